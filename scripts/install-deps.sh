@@ -1,0 +1,19 @@
+#!/bin/sh
+# Installs the Debian 12 packages tcast needs, only when one is missing.
+# Used by `make`, `make test`, `make demo` and .ci/run.
+set -eu
+PKGS="cmake make gcc pkg-config libjansson-dev libyaml-dev libxxhash-dev
+libssl-dev liburing-dev libcmocka-dev python3 python3-numpy python3-pytest
+python3-torch"
+[ "${1:-}" = "--dev" ] && PKGS="$PKGS clang-14 libclang-rt-14-dev clang-format"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing" >&2
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing

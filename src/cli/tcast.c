@@ -1,0 +1,3 @@
+#include <stdio.h>
+#include "tcast/version.h"
+int main(void) { puts(tc_version()); return 0; }

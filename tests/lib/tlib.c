@@ -1,0 +1,1 @@
+int tlib_placeholder;
