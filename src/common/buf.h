@@ -22,7 +22,10 @@ struct tc__buf {
 	bool oom;      /* an append failed; contents are incomplete */
 };
 
-#define TC_BUF_INIT { NULL, 0, 0, false }
+#define TC_BUF_INIT               \
+	{                         \
+		NULL, 0, 0, false \
+	}
 
 void tc__buf_init(struct tc__buf *b);
 void tc__buf_release(struct tc__buf *b);
@@ -46,7 +49,7 @@ void tc__buf_printf(struct tc__buf *b, const char *fmt, ...)
 /* A read-only window over bytes owned elsewhere. */
 struct tc__cur {
 	const uint8_t *p; /* next unread byte (borrowed) */
-	size_t left;      /* bytes remaining */
+	size_t left;	  /* bytes remaining */
 };
 
 static inline void tc__cur_init(struct tc__cur *c, const void *p, size_t n)

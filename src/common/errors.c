@@ -17,8 +17,8 @@ TC_API const char *tc_strerror(int err)
 	switch (err) {
 	case 0:
 		return "success";
-#define TC__ERR_MSG(name, val, msg)                                          \
-	case val:                                                            \
+#define TC__ERR_MSG(name, val, msg) \
+	case val:                   \
 		return msg;
 		TC_ERROR_MAP(TC__ERR_MSG)
 #undef TC__ERR_MSG
@@ -33,8 +33,8 @@ TC_API const char *tc_err_name(int err)
 	switch (err) {
 	case 0:
 		return "OK";
-#define TC__ERR_NAME(name, val, msg)                                         \
-	case val:                                                            \
+#define TC__ERR_NAME(name, val, msg) \
+	case val:                    \
 		return #name;
 		TC_ERROR_MAP(TC__ERR_NAME)
 #undef TC__ERR_NAME

@@ -96,7 +96,8 @@ int tc__is_id(const char *s)
 	if (strncmp(s, TC_ID_PREFIX, 4))
 		return 0;
 	for (int i = 4; i < TC_ID_LEN; i++)
-		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+		if (!((s[i] >= '0' && s[i] <= '9') ||
+		      (s[i] >= 'a' && s[i] <= 'f')))
 			return 0;
 	return s[TC_ID_LEN] == '\0';
 }

@@ -15,8 +15,8 @@
 #include <stdint.h>
 
 #define TC_CHUNK_BYTES ((uint64_t)4 << 20) /* digest chunk size */
-#define TC_ID_PREFIX "tc1:"
-#define TC_ID_LEN 36 /* "tc1:" + 32 hex digits, without NUL */
+#define TC_ID_PREFIX   "tc1:"
+#define TC_ID_LEN      36 /* "tc1:" + 32 hex digits, without NUL */
 
 struct tc__digest {
 	uint64_t hi;

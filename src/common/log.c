@@ -31,8 +31,7 @@ int tc__log_parse_level(const char *s)
 	return -1;
 }
 
-void tc__log_write(int level, const char *file, int line, const char *fmt,
-		   ...)
+void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
 {
 	char ts[32];
 	struct timespec now;

@@ -20,26 +20,26 @@ enum tc_log_level {
 
 extern int tc__log_level; /* messages above this level are dropped */
 
-#define tc__log(level, ...)                                                  \
-	do {                                                                 \
-		if ((level) <= tc__log_level)                                \
-			tc__log_write((level), __FILE__, __LINE__,           \
-				      __VA_ARGS__);                          \
+#define tc__log(level, ...)                                        \
+	do {                                                       \
+		if ((level) <= tc__log_level)                      \
+			tc__log_write((level), __FILE__, __LINE__, \
+				      __VA_ARGS__);                \
 	} while (0)
 
-void tc__log_write(int level, const char *file, int line, const char *fmt,
-		   ...) __attribute__((format(printf, 4, 5)));
+void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
 /* Send log lines to `f` (not closed by the logger); NULL means stderr. */
 void tc__log_set_file(FILE *f);
 /* Parse "error|warn|info|debug"; returns the level or -1. */
 int tc__log_parse_level(const char *s);
 
 /* Log file and line, then abort: for programmer errors only. */
-#define TC_BUG(msg)                                                          \
-	do {                                                                 \
-		tc__log_write(TC_LOG_ERROR, __FILE__, __LINE__, "BUG: %s",   \
-			      (msg));                                        \
-		abort();                                                     \
+#define TC_BUG(msg)                                                        \
+	do {                                                               \
+		tc__log_write(TC_LOG_ERROR, __FILE__, __LINE__, "BUG: %s", \
+			      (msg));                                      \
+		abort();                                                   \
 	} while (0)
 
 #endif /* TC_LOG_H */

@@ -12,26 +12,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TC_MAX_RANK 16             /* dimensions per tensor */
-#define TC_MAX_NAME 1024           /* bytes in a tensor name, without NUL */
-#define TC_MAX_TENSORS 262144      /* tensors per file, folder or artifact */
-#define TC_MAX_META 1024           /* __metadata__ entries */
+#define TC_MAX_RANK	  16	    /* dimensions per tensor */
+#define TC_MAX_NAME	  1024	    /* bytes in a tensor name, without NUL */
+#define TC_MAX_TENSORS	  262144    /* tensors per file, folder or artifact */
+#define TC_MAX_META	  1024	    /* __metadata__ entries */
 #define TC_MAX_META_BYTES (1 << 20) /* bytes in one metadata key or value */
-#define TC_ALIGN 256               /* byte alignment of tensors in artifacts */
+#define TC_ALIGN	  256	    /* byte alignment of tensors in artifacts */
 
 /*
  * Invariant: nbytes == ceil(prod(shape) * tc_dtype_bits(dtype) / 8) and the
  * product did not overflow; name is NUL-terminated UTF-8 with no NUL inside.
  */
 struct tc__tensor {
-	char *name;                  /* owned by the table that holds it */
-	uint8_t dtype;               /* enum tc_dtype */
-	uint8_t ndim;                /* 0..TC_MAX_RANK */
+	char *name;		     /* owned by the table that holds it */
+	uint8_t dtype;		     /* enum tc_dtype */
+	uint8_t ndim;		     /* 0..TC_MAX_RANK */
 	uint64_t shape[TC_MAX_RANK]; /* elements per dimension */
-	uint64_t nbytes;             /* bytes of data */
-	uint64_t offset;             /* byte offset in the artifact */
-	uint32_t src_file;           /* index of the source file (parsers) */
-	uint64_t src_offset;         /* absolute offset in that file */
+	uint64_t nbytes;	     /* bytes of data */
+	uint64_t offset;	     /* byte offset in the artifact */
+	uint32_t src_file;	     /* index of the source file (parsers) */
+	uint64_t src_offset;	     /* absolute offset in that file */
 };
 
 /* Metadata entry: string to string (safetensors __metadata__). */

@@ -1,0 +1,188 @@
+/*
+ * client.h - libtcast: the C ABI every tcast client uses.
+ *
+ * Designed for ctypes: real exported functions, opaque handles, fixed-width
+ * integers, explicit lengths, option structs that begin with a field mask.
+ * Every function that can fail returns 0 or a negative code (errors.h); the
+ * human message of the last failure is tc_client_errmsg(c), valid until the
+ * next call on that handle from the same thread.
+ *
+ * Lifetimes.  A tc_client is reference counted: tc_client_close() drops the
+ * caller's reference, and each attached artifact holds one more, so the
+ * connection stays open while any artifact (or any tensor exported from it)
+ * is alive.  A tc_artifact is reference counted too: tc_artifact_close()
+ * and every DLPack deleter drop one reference; the last one unmaps the
+ * memory and tells the daemon (which may then evict or free it).  All
+ * handle functions are thread-safe; requests on one client are serialised.
+ * If the daemon dies, mapped artifacts stay readable; new calls fail with
+ * TC_ECLOSED.
+ */
+#ifndef TCAST_CLIENT_H
+#define TCAST_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "export.h"
+
+#define TC_ID_BUFLEN 40 /* bytes for an artifact id and its NUL */
+
+typedef struct tc_client tc_client;
+typedef struct tc_artifact tc_artifact;
+typedef struct tc_put tc_put;
+
+/* Called with bytes done and total during long operations, on the thread
+ * that made the call.  Must not call back into the same client. */
+typedef void tc_progress_cb(uint64_t done, uint64_t total, void *arg);
+
+/* ----------------------------------------------------------- connection */
+
+/* The socket path a client uses by default ($TCAST_SOCKET, else
+ * $XDG_RUNTIME_DIR/tcast/daemon.sock, else /tmp/tcast-$UID/daemon.sock).
+ * Returns 0 or TC_ELIMIT when it does not fit in `len`. */
+TC_API int tc_default_socket(char *buf, size_t len);
+
+/* Connect and say HELLO.  `socket_path` NULL means the default.  On success
+ * *out is owned by the caller (tc_client_close).  Returns 0,
+ * TC_ENODAEMON (nobody listening), TC_EVERSION, TC_EPERM or -errno; `err`
+ * (may be NULL) receives the message. */
+TC_API int tc_client_connect(const char *socket_path, tc_client **out,
+			     char *err, size_t errlen);
+/* Drop the caller's reference; NULL is a no-op. */
+TC_API void tc_client_close(tc_client *c);
+/* Message of the last failed call on `c` (never NULL). */
+TC_API const char *tc_client_errmsg(const tc_client *c);
+/* Daemon process id and incarnation (changes on every daemon start). */
+TC_API int32_t tc_client_daemon_pid(const tc_client *c);
+TC_API uint64_t tc_client_daemon_epoch(const tc_client *c);
+
+/* Free memory returned by libtcast (JSON strings).  NULL is a no-op. */
+TC_API void tc_free(void *p);
+
+/* ------------------------------------------------------- import and put */
+
+#define TC_OPT_KEY	(1u << 0) /* key: publish the artifact under it */
+#define TC_OPT_POLICY	(1u << 1) /* policy: cache|warm|pinned|... */
+#define TC_OPT_EXPECT	(1u << 2) /* expect_gen: move the key by CAS */
+#define TC_OPT_PROGRESS (1u << 3) /* progress, progress_arg */
+
+struct tc_opts {
+	uint64_t field_mask; /* TC_OPT_*: fields not in the mask are ignored */
+	const char *key;     /* borrowed */
+	const char *policy;  /* borrowed; default "cache" */
+	uint64_t expect_gen; /* key generation expected; 0 = must not exist */
+	tc_progress_cb *progress;
+	void *progress_arg;
+};
+
+/* What a created artifact came to. */
+struct tc_result {
+	char id[TC_ID_BUFLEN]; /* "tc1:<32 hex>" */
+	uint64_t bytes;	       /* size of the byte space */
+	uint32_t ntensors;
+	uint32_t deduplicated;	 /* 1 when the daemon already held it */
+	uint64_t nanoseconds;	 /* daemon-side duration */
+	uint64_t key_generation; /* 0 when no key was given */
+};
+
+/* Import a safetensors file or a Hugging Face folder (index + shards, or a
+ * single model.safetensors) into daemon memory.  The daemon reads the file
+ * through a descriptor this process opens, so it reads exactly what the
+ * caller may read.  Returns 0 or a negative code; `res` may be NULL. */
+TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
+		     struct tc_result *res);
+
+/* A tensor to put: name (UTF-8), dtype (enum tc_dtype), shape. */
+struct tc_tensor_desc {
+	const char *name;      /* borrowed */
+	int32_t dtype;	       /* enum tc_dtype */
+	uint32_t ndim;	       /* 0..16 */
+	const uint64_t *shape; /* borrowed, ndim entries */
+};
+
+/* Begin a put: the daemon creates the artifact's memory and this process
+ * maps it writable.  Fill each tensor at tc_put_data(p, i), then commit.
+ * `meta_json` is a JSON object of string values or NULL.  On success *out
+ * is owned by the caller until tc_put_commit or tc_put_abort. */
+TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
+			uint32_t n, const char *meta_json,
+			const struct tc_opts *o, tc_put **out);
+/* Writable address of tensor i (NULL when i is out of range).  Borrowed:
+ * valid until commit or abort. */
+TC_API void *tc_put_data(tc_put *p, uint32_t i);
+TC_API uint64_t tc_put_nbytes(const tc_put *p, uint32_t i);
+/* Unmap, seal (the memory is immutable from here on), hash and register.
+ * Frees `p` whatever the result.  Returns 0 or a negative code. */
+TC_API int tc_put_commit(tc_put *p, struct tc_result *res);
+/* Discard the put and free `p`.  NULL is a no-op. */
+TC_API void tc_put_abort(tc_put *p);
+
+/* ------------------------------------------------------------- attach */
+
+/* Map an artifact, by key or id, read-only into this process: no copy.
+ * On success *out is owned by the caller (tc_artifact_close).
+ * Returns 0, TC_ENOTFOUND, TC_ECLOSED or -errno. */
+TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out);
+/* Take one more reference. */
+TC_API void tc_artifact_ref(tc_artifact *a);
+/* Drop one reference; the last unmaps and releases.  NULL is a no-op. */
+TC_API void tc_artifact_close(tc_artifact *a);
+
+/* Accessors: strings and arrays are borrowed, valid while `a` lives. */
+TC_API const char *tc_artifact_id(const tc_artifact *a);
+TC_API const void *tc_artifact_data(const tc_artifact *a);
+TC_API uint64_t tc_artifact_size(const tc_artifact *a);
+TC_API uint32_t tc_artifact_count(const tc_artifact *a);
+/* Index of the tensor called `name`, or TC_ENOTFOUND. */
+TC_API int64_t tc_artifact_find(const tc_artifact *a, const char *name);
+
+/* One tensor of an attached artifact (fixed layout, part of the ABI). */
+struct tc_tensor_info {
+	const char *name; /* borrowed */
+	int32_t dtype;	  /* enum tc_dtype */
+	uint32_t ndim;
+	uint64_t offset; /* bytes from tc_artifact_data() */
+	uint64_t nbytes;
+	uint64_t shape[16];
+};
+
+/* The whole table at once (ntensors entries), borrowed; for bindings that
+ * would otherwise make several calls per tensor. */
+TC_API const struct tc_tensor_info *tc_artifact_tensors(const tc_artifact *a);
+TC_API uint32_t tc_artifact_meta_count(const tc_artifact *a);
+TC_API const char *tc_artifact_meta_key(const tc_artifact *a, uint32_t i);
+TC_API const char *tc_artifact_meta_value(const tc_artifact *a, uint32_t i);
+
+/* Export tensor i as a DLPack capsule payload on the CPU: a
+ * DLManagedTensorVersioned (versioned != 0, flags READ_ONLY) or a legacy
+ * DLManagedTensor.  The tensor holds a reference on `a`; its deleter drops
+ * it.  *out is owned by the consumer (call its deleter).  Returns 0,
+ * TC_EINVAL (i out of range) or -ENOMEM. */
+TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
+			      void **out);
+
+/* ------------------------------------------------------ keys and verbs */
+
+/* Point `key` at artifact `id`.  `has_expect` = 0: create, or no-op when it
+ * already points there (else TC_ECONFLICT).  `has_expect` = 1: move only if
+ * the key is at generation `expect_gen` (0 = must not exist).  *gen (may
+ * be NULL) receives the resulting generation. */
+TC_API int tc_key_set(tc_client *c, const char *key, const char *id,
+		      int has_expect, uint64_t expect_gen, uint64_t *gen);
+/* Remove a key (and its artifact when no other key names it) or an artifact
+ * by id.  Memory a client still maps is freed when it lets go. */
+TC_API int tc_rm(tc_client *c, const char *ref);
+
+/* JSON documents (docs/protocol.md); *out is freed with tc_free. */
+TC_API int tc_status_json(tc_client *c, char **out);
+TC_API int tc_list_json(tc_client *c, char **out);
+TC_API int tc_inspect_json(tc_client *c, const char *ref, char **out);
+/* One key with its history, or every key when `key` is NULL or "". */
+TC_API int tc_keys_json(tc_client *c, const char *key, char **out);
+
+/* Write an artifact to a safetensors file (atomically: tmp, fsync,
+ * rename).  Returns 0 or a negative code. */
+TC_API int tc_export(tc_client *c, const char *ref, const char *path);
+
+#endif /* TCAST_CLIENT_H */

@@ -1,0 +1,36 @@
+/*
+ * client_internal.h - what the files of libtcast share.
+ */
+#ifndef TC_CLIENT_INTERNAL_H
+#define TC_CLIENT_INTERNAL_H
+
+#include "common/buf.h"
+#include "proto/proto.h"
+#include "tcast/client.h"
+
+/* A reply body (after the status) and the fds that came with it; both
+ * owned by the holder until reply_release. */
+struct reply {
+	uint8_t *data;
+	struct tc__cur body;
+	int fds[TC_PROTO_MAX_FDS];
+	int nfds;
+};
+
+void reply_release(struct reply *rep);
+/* Start a request frame with a fresh req_id; returns the header offset. */
+size_t tc__client_begin(tc_client *c, struct tc__buf *b, int type);
+/* Send and wait for the reply (see client.c). */
+int tc__client_call(tc_client *c, struct tc__buf *req, const int *fds, int nfds,
+		    const struct tc_opts *o, struct reply *rep);
+/* Send a frame that has no reply. */
+int tc__client_send(tc_client *c, struct tc__buf *req);
+void tc__client_ref(tc_client *c);
+/* Record a message on the handle and return rc. */
+int tc__client_err(tc_client *c, int rc, const char *msg);
+void tc__client_put_opts(struct tc__buf *b, const struct tc_opts *o,
+			 uint32_t flags);
+int tc__client_read_result(tc_client *c, struct reply *rep,
+			   struct tc_result *res);
+
+#endif /* TC_CLIENT_INTERNAL_H */

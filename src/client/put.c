@@ -1,0 +1,249 @@
+/*
+ * put.c - create -> fill -> seal from client memory.
+ *
+ * The daemon creates the memfd (already sealed against resizing) and hands
+ * this process a writable descriptor; the caller writes each tensor once,
+ * straight into the memory that will be shared.  Commit unmaps before
+ * asking the daemon to seal: a writable mapping left anywhere would make the
+ * seal fail, which is what keeps sealed artifacts immutable.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+#include "common/alloc.h"
+#include "tcast/errors.h"
+
+struct tc_put {
+	tc_client *c; /* holds a reference */
+	uint64_t handle;
+	uint8_t *map;
+	uint64_t map_size;
+	struct tc__table table; /* with the daemon's offsets */
+	struct tc_opts opts;	/* progress is not used by SEAL */
+};
+
+/* Build the CREATE table from the caller's descriptors and metadata. */
+static int build_table(tc_client *c, const struct tc_tensor_desc *d, uint32_t n,
+		       const char *meta_json, struct tc__table *t)
+{
+	json_t *meta = NULL;
+	json_error_t jerr;
+	char msg[600];
+	int rc;
+
+	tc__table_init(t);
+	if (n > TC_MAX_TENSORS)
+		return tc__client_err(c, TC_ELIMIT, "too many tensors");
+	t->tensors = tc__calloc(n, sizeof(*t->tensors));
+	if (!t->tensors)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		struct tc__tensor *x = &t->tensors[i];
+
+		t->ntensors = i + 1;
+		if (!d[i].name || !d[i].name[0] || d[i].ndim > TC_MAX_RANK ||
+		    (d[i].ndim && !d[i].shape)) {
+			snprintf(msg, sizeof(msg),
+				 "tensor #%u: empty name, bad rank or no shape",
+				 i);
+			rc = tc__client_err(c, TC_EINVAL, msg);
+			goto out_release;
+		}
+		x->name = tc__strdup(d[i].name);
+		if (!x->name) {
+			rc = -ENOMEM;
+			goto out_release;
+		}
+		x->dtype = (uint8_t)d[i].dtype;
+		x->ndim = (uint8_t)d[i].ndim;
+		memcpy(x->shape, d[i].shape, sizeof(uint64_t) * d[i].ndim);
+		if (d[i].dtype < 0 || d[i].dtype >= TC_DTYPE__COUNT ||
+		    tc__tensor_nbytes(d[i].dtype, d[i].ndim, d[i].shape,
+				      &x->nbytes) < 0) {
+			snprintf(msg, sizeof(msg),
+				 "tensor '%.500s': bad dtype or size overflow",
+				 d[i].name);
+			rc = tc__client_err(c, TC_EINVAL, msg);
+			goto out_release;
+		}
+	}
+	if (meta_json && *meta_json) {
+		const char *k;
+		json_t *v;
+		uint32_t i = 0;
+
+		meta = json_loads(meta_json, JSON_REJECT_DUPLICATES, &jerr);
+		if (!meta || !json_is_object(meta) ||
+		    json_object_size(meta) > TC_MAX_META) {
+			rc = tc__client_err(c, TC_EINVAL,
+					    "metadata must be a JSON object of "
+					    "strings");
+			goto out_release;
+		}
+		t->meta = tc__calloc(json_object_size(meta), sizeof(*t->meta));
+		if (!t->meta) {
+			rc = -ENOMEM;
+			goto out_release;
+		}
+		json_object_foreach(meta, k, v)
+		{
+			if (!json_is_string(v)) {
+				snprintf(msg, sizeof(msg),
+					 "metadata '%.500s' is not a string",
+					 k);
+				rc = tc__client_err(c, TC_EINVAL, msg);
+				goto out_release;
+			}
+			t->nmeta = i + 1;
+			t->meta[i].key = tc__strdup(k);
+			t->meta[i].val = tc__strdup(json_string_value(v));
+			if (!t->meta[i].key || !t->meta[i].val) {
+				rc = -ENOMEM;
+				goto out_release;
+			}
+			i++;
+		}
+	}
+	json_decref(meta);
+	return 0;
+
+out_release:
+	json_decref(meta);
+	tc__table_release(t);
+	return rc;
+}
+
+TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
+			uint32_t n, const char *meta_json,
+			const struct tc_opts *o, tc_put **out)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__table t;
+	struct reply rep;
+	char err[512];
+	tc_put *p;
+	size_t off;
+	void *map;
+	int rc;
+
+	*out = NULL;
+	rc = build_table(c, tensors, n, meta_json, &t);
+	if (rc < 0)
+		return rc;
+	off = tc__client_begin(c, &b, TC_MSG_CREATE);
+	tc__proto_put_table(&b, &t);
+	tc__client_put_opts(&b, o, 0);
+	tc__frame_finish(&b, off);
+	tc__table_release(&t);
+	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
+	tc__buf_release(&b);
+	if (rc < 0)
+		return rc;
+	p = tc__calloc(1, sizeof(*p));
+	if (!p) {
+		rc = -ENOMEM;
+		goto out_reply;
+	}
+	if (rep.nfds != 1 || tc__cur_read_u64(&rep.body, &p->handle) < 0 ||
+	    tc__cur_read_u64(&rep.body, &p->map_size) < 0 ||
+	    tc__proto_get_table(&rep.body, 1, &p->table, err, sizeof(err)) <
+		    0 ||
+	    p->table.total_bytes > p->map_size) {
+		rc = tc__client_err(c, TC_EPROTO, "malformed CREATE reply");
+		goto out_free;
+	}
+	map = mmap(NULL, p->map_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   rep.fds[0], 0);
+	if (map == MAP_FAILED) {
+		rc = -errno;
+		tc__client_err(c, rc, "cannot map the new artifact");
+		tc__table_release(&p->table);
+		goto out_free;
+	}
+	p->map = map;
+	p->c = c;
+	if (o)
+		p->opts = *o;
+	tc__client_ref(c);
+	reply_release(&rep);
+	*out = p;
+	return 0;
+
+out_free:
+	tc__free(p);
+out_reply:
+	reply_release(&rep);
+	return rc;
+}
+
+TC_API void *tc_put_data(tc_put *p, uint32_t i)
+{
+	if (i >= p->table.ntensors)
+		return NULL;
+	return p->map + p->table.tensors[i].offset;
+}
+
+TC_API uint64_t tc_put_nbytes(const tc_put *p, uint32_t i)
+{
+	return i < p->table.ntensors ? p->table.tensors[i].nbytes : 0;
+}
+
+static void put_free(tc_put *p)
+{
+	if (p->map)
+		munmap(p->map, p->map_size);
+	tc__table_release(&p->table);
+	tc_client_close(p->c);
+	tc__free(p);
+}
+
+static int send_handle(tc_put *p, int type, struct reply *rep)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	size_t off = tc__client_begin(p->c, &b, type);
+	int rc;
+
+	tc__buf_put_u64(&b, p->handle);
+	tc__frame_finish(&b, off);
+	rc = tc__client_call(p->c, &b, NULL, 0, NULL, rep);
+	tc__buf_release(&b);
+	return rc;
+}
+
+TC_API int tc_put_commit(tc_put *p, struct tc_result *res)
+{
+	struct reply rep;
+	int rc;
+
+	munmap(p->map, p->map_size);
+	p->map = NULL;
+	rc = send_handle(p, TC_MSG_SEAL, &rep);
+	if (rc == 0) {
+		rc = tc__client_read_result(p->c, &rep, res);
+		reply_release(&rep);
+	} else if (rc != TC_ECLOSED) {
+		/* Leave nothing half-made behind on the daemon. */
+		if (send_handle(p, TC_MSG_ABORT, &rep) == 0)
+			reply_release(&rep);
+	}
+	put_free(p);
+	return rc;
+}
+
+TC_API void tc_put_abort(tc_put *p)
+{
+	struct reply rep;
+
+	if (!p)
+		return;
+	munmap(p->map, p->map_size);
+	p->map = NULL;
+	if (send_handle(p, TC_MSG_ABORT, &rep) == 0)
+		reply_release(&rep);
+	put_free(p);
+}

@@ -1,0 +1,87 @@
+/*
+ * proto.h - frames and bodies of the local protocol, shared by the daemon
+ * and libtcast.
+ *
+ * Every frame is a fixed 24-byte header, then `body_len` bytes of body,
+ * with `nfds` file descriptors attached (SCM_RIGHTS) to the frame's bytes.
+ * All integers are little-endian.  A reply repeats the request's type and
+ * req_id with TC_PF_REPLY set; its body starts with an i32 status and, when
+ * the status is negative, a string message.  Bodies are decoded only through
+ * a bounded cursor (common/buf.h) and every length has a hard limit; a
+ * protocol error ends the connection.  Depends only on src/common.
+ */
+#ifndef TC_PROTO_H
+#define TC_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/tensor.h"
+
+#define TC_PROTO_MAGIC	  0x31435354u /* "TSC1" on the wire */
+#define TC_PROTO_VERSION  1
+#define TC_FRAME_HDR	  24			/* header bytes */
+#define TC_PROTO_MAX_BODY ((uint32_t)256 << 20) /* bytes of one body */
+#define TC_PROTO_MAX_FDS  4			/* fds on one frame */
+#define TC_PROTO_MAX_STR  4096			/* keys, paths, messages */
+#define TC_PROTO_MAX_JSON ((uint32_t)64 << 20)	/* JSON replies */
+
+/* Frame flags. */
+#define TC_PF_REPLY 0x1u /* this frame answers req_id */
+#define TC_PF_KNOWN 0x1u /* every flag this version understands */
+
+/* Request flags inside bodies. */
+#define TC_RF_PROGRESS 0x1u /* IMPORT: send PROGRESS frames */
+#define TC_RF_EXPECT   0x2u /* IMPORT/CREATE/KEY_SET: compare-and-swap */
+#define TC_RF_NOTABLE  0x4u /* ATTACH: caller has the table already */
+
+enum tc_msg_type {
+#define MSG(name, id, handler, flags) TC_MSG_##name = (id),
+#include "msgs.def"
+#undef MSG
+	TC_MSG__MAX
+};
+
+struct tc__frame_hdr {
+	uint16_t version;
+	uint16_t type;	 /* enum tc_msg_type */
+	uint32_t flags;	 /* TC_PF_* */
+	uint32_t req_id; /* chosen by the client, echoed in the reply */
+	uint32_t body_len;
+	uint16_t nfds;
+};
+
+/* Name of a message type ("ATTACH") or "?" (static storage). */
+const char *tc__proto_name(int type);
+void tc__frame_encode(const struct tc__frame_hdr *h, uint8_t out[TC_FRAME_HDR]);
+/* Decode and validate a header: magic, version, known type and flags,
+ * body_len and nfds within limits.  Returns 0, TC_EPROTO, TC_EVERSION or
+ * TC_ELIMIT; `err` says which field was wrong. */
+int tc__frame_decode(const uint8_t in[TC_FRAME_HDR], struct tc__frame_hdr *h,
+		     char *err, size_t errlen);
+
+/* Start a frame in `b` (header space reserved); tc__frame_finish patches the
+ * body length.  Returns the offset of the header. */
+size_t tc__frame_begin(struct tc__buf *b, int type, uint32_t flags,
+		       uint32_t req_id, uint16_t nfds);
+void tc__frame_finish(struct tc__buf *b, size_t hdr_off);
+
+/*
+ * Tensor tables on the wire:
+ *   u32 ntensors, then per tensor: str name, u8 dtype, u8 ndim,
+ *   u64 shape[ndim], u64 offset, u64 nbytes;
+ *   u32 nmeta, then per entry: str key, str value; u64 total_bytes.
+ * The same bytes are the canonical table whose digest is part of an
+ * artifact's id.
+ */
+void tc__proto_put_table(struct tc__buf *b, const struct tc__table *t);
+/* Decode and validate a table: names non-empty and unique, dtypes known,
+ * nbytes == size(shape, dtype), when `check_layout` offsets ascending,
+ * aligned to TC_ALIGN, non-overlapping and inside total_bytes.  On failure
+ * `out` is released and `err` names the tensor.  Returns 0, TC_EPROTO,
+ * TC_ELIMIT, TC_EBADDTYPE, TC_EINVAL or -ENOMEM. */
+int tc__proto_get_table(struct tc__cur *c, int check_layout,
+			struct tc__table *out, char *err, size_t errlen);
+
+#endif /* TC_PROTO_H */

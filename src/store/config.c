@@ -1,0 +1,250 @@
+/*
+ * config.c - defaults and the YAML configuration file (libyaml).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "common/log.h"
+#include "config.h"
+#include "net/net.h"
+#include "tcast/errors.h"
+
+void tc__config_defaults(struct tc__store_config *c)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	memset(c, 0, sizeof(*c));
+	if (tc__sock_default_path(c->socket, sizeof(c->socket)) < 0)
+		c->socket[0] = '\0';
+	/* Half of RAM: the host tier is a cache next to the applications. */
+	c->host_bytes = pages > 0 && psz > 0 ?
+				(uint64_t)pages * (uint64_t)psz / 2 :
+				(uint64_t)1 << 30;
+	c->io_threads = ncpu > 0 ? (int)(ncpu < 16 ? ncpu : 16) : 4;
+	c->job_threads = 2;
+	c->max_clients = 1024;
+	c->log_level = TC_LOG_INFO;
+	c->handshake_ms = 10000;
+	c->max_outbuf = (uint64_t)256 << 20;
+}
+
+int tc__parse_size(const char *s, uint64_t *out)
+{
+	static const struct {
+		const char *suffix;
+		double mult;
+	} units[] = { { "", 1 },
+		      { "B", 1 },
+		      { "K", 1e3 },
+		      { "KB", 1e3 },
+		      { "M", 1e6 },
+		      { "MB", 1e6 },
+		      { "G", 1e9 },
+		      { "GB", 1e9 },
+		      { "T", 1e12 },
+		      { "TB", 1e12 },
+		      { "KiB", 1024.0 },
+		      { "MiB", 1048576.0 },
+		      { "GiB", 1073741824.0 },
+		      { "TiB", 1099511627776.0 } };
+	char *end;
+	double v;
+
+	if (!s || !*s)
+		return TC_EINVAL;
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || !isfinite(v) || v < 0)
+		return TC_EINVAL;
+	while (*end == ' ')
+		end++;
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		if (!strcasecmp(end, units[i].suffix) &&
+		    (strlen(units[i].suffix) < 3 ||
+		     !strcmp(end, units[i].suffix))) {
+			double b = v * units[i].mult;
+
+			if (b >= 18446744073709551615.0)
+				return TC_EINVAL;
+			*out = (uint64_t)b;
+			return 0;
+		}
+	}
+	return TC_EINVAL;
+}
+
+static int set_int(const char *val, int lo, int hi, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(val, &end, 10);
+	if (errno || end == val || *end || v < lo || v > hi)
+		return TC_EINVAL;
+	*out = (int)v;
+	return 0;
+}
+
+static int apply(struct tc__store_config *c, const char *key, const char *val,
+		 char *why, size_t whylen)
+{
+	if (!strcmp(key, "socket")) {
+		if (strlen(val) >= sizeof(c->socket)) {
+			snprintf(why, whylen, "path longer than %zu bytes",
+				 sizeof(c->socket) - 1);
+			return TC_EINVAL;
+		}
+		strcpy(c->socket, val);
+		return 0;
+	}
+	if (!strcmp(key, "host_memory") || !strcmp(key, "max_client_buffer")) {
+		uint64_t v;
+
+		if (tc__parse_size(val, &v) < 0 || v == 0) {
+			snprintf(why, whylen,
+				 "'%s' is not a size (e.g. 8GiB, 512MiB)", val);
+			return TC_EINVAL;
+		}
+		if (key[0] == 'h')
+			c->host_bytes = v;
+		else
+			c->max_outbuf = v;
+		return 0;
+	}
+	if (!strcmp(key, "io_threads") || !strcmp(key, "job_threads")) {
+		int *dst = key[0] == 'i' ? &c->io_threads : &c->job_threads;
+
+		if (set_int(val, 1, 64, dst) < 0) {
+			snprintf(why, whylen, "must be an integer 1..64");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "max_clients")) {
+		if (set_int(val, 1, 65000, &c->max_clients) < 0) {
+			snprintf(why, whylen, "must be an integer 1..65000");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "handshake_ms")) {
+		if (set_int(val, 1, 3600000, &c->handshake_ms) < 0) {
+			snprintf(why, whylen, "must be 1..3600000");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "log_level")) {
+		int l = tc__log_parse_level(val);
+
+		if (l < 0) {
+			snprintf(why, whylen,
+				 "must be error, warn, info or debug");
+			return TC_EINVAL;
+		}
+		c->log_level = l;
+		return 0;
+	}
+	if (!strcmp(key, "log_file")) {
+		if (strlen(val) >= sizeof(c->log_file)) {
+			snprintf(why, whylen, "path too long");
+			return TC_EINVAL;
+		}
+		strcpy(c->log_file, val);
+		return 0;
+	}
+	snprintf(why, whylen, "unknown key");
+	return TC_EBADCONFIG;
+}
+
+int tc__config_load(struct tc__store_config *c, const char *path, char *err,
+		    size_t errlen)
+{
+	yaml_parser_t p;
+	yaml_event_t ev;
+	FILE *f = fopen(path, "r");
+	char key[64] = "", why[160];
+	int depth = 0, rc = 0, have_key = 0, done = 0;
+
+	if (!f) {
+		int e = errno;
+
+		snprintf(err, errlen, "cannot open config '%s': %s", path,
+			 strerror(e));
+		return -e;
+	}
+	yaml_parser_initialize(&p);
+	yaml_parser_set_input_file(&p, f);
+	while (!done) {
+		if (!yaml_parser_parse(&p, &ev)) {
+			snprintf(err, errlen, "%s:%zu: %s", path,
+				 p.problem_mark.line + 1,
+				 p.problem ? p.problem : "invalid YAML");
+			rc = TC_EBADCONFIG;
+			break;
+		}
+		switch (ev.type) {
+		case YAML_STREAM_END_EVENT:
+			done = 1;
+			break;
+		case YAML_MAPPING_START_EVENT:
+			if (++depth > 1) {
+				snprintf(err, errlen,
+					 "%s:%zu: nested mappings are not "
+					 "allowed",
+					 path, ev.start_mark.line + 1);
+				rc = TC_EBADCONFIG;
+			}
+			break;
+		case YAML_MAPPING_END_EVENT:
+			depth--;
+			break;
+		case YAML_SEQUENCE_START_EVENT:
+			snprintf(err, errlen, "%s:%zu: lists are not allowed",
+				 path, ev.start_mark.line + 1);
+			rc = TC_EBADCONFIG;
+			break;
+		case YAML_SCALAR_EVENT: {
+			const char *v = (const char *)ev.data.scalar.value;
+
+			if (depth != 1) {
+				snprintf(err, errlen,
+					 "%s:%zu: expected a mapping of keys",
+					 path, ev.start_mark.line + 1);
+				rc = TC_EBADCONFIG;
+			} else if (!have_key) {
+				snprintf(key, sizeof(key), "%s", v);
+				have_key = 1;
+			} else {
+				int r = apply(c, key, v, why, sizeof(why));
+
+				if (r < 0) {
+					snprintf(err, errlen,
+						 "%s:%zu: key '%s': %s", path,
+						 ev.start_mark.line + 1, key,
+						 why);
+					rc = TC_EBADCONFIG;
+				}
+				have_key = 0;
+			}
+			break;
+		}
+		default:
+			break;
+		}
+		yaml_event_delete(&ev);
+		if (rc < 0)
+			break;
+	}
+	yaml_parser_delete(&p);
+	fclose(f);
+	return rc;
+}

@@ -1,0 +1,38 @@
+/*
+ * config.h - the daemon's configuration: defaults, YAML file, overrides.
+ *
+ * Configuration is strict: an unknown key, a malformed size or a value out
+ * of range is an error at start-up that names the key, never a silent
+ * default.  Precedence: built-in defaults < config file < command line.
+ */
+#ifndef TC_CONFIG_H
+#define TC_CONFIG_H
+
+#include <limits.h>
+#include <stdint.h>
+#include <sys/un.h>
+
+struct tc__store_config {
+	char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	uint64_t host_bytes;	 /* host-memory budget */
+	int io_threads;		 /* threads per import or digest */
+	int job_threads;	 /* imports/digests running at once */
+	int max_clients;	 /* connections accepted at once */
+	int log_level;		 /* enum tc_log_level */
+	char log_file[PATH_MAX]; /* "" = stderr */
+	int handshake_ms;	 /* time a new connection has to say HELLO */
+	uint64_t max_outbuf; /* bytes queued to a client before dropping it */
+};
+
+void tc__config_defaults(struct tc__store_config *c);
+/* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
+ * job_threads, max_clients, log_level, log_file, handshake_ms,
+ * max_client_buffer).  Returns 0, TC_EBADCONFIG or -errno; `err` names the
+ * file, line and key. */
+int tc__config_load(struct tc__store_config *c, const char *path, char *err,
+		    size_t errlen);
+/* Parse "8GiB", "512MiB", "1.5G", "100%"-free byte sizes: plain integers,
+ * K/M/G/T (powers of 1000) and KiB/MiB/GiB/TiB.  Returns 0 or TC_EINVAL. */
+int tc__parse_size(const char *s, uint64_t *out);
+
+#endif /* TC_CONFIG_H */

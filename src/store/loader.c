@@ -1,0 +1,228 @@
+/*
+ * loader.c - parallel pread + hash into artifact memory.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/compiler.h"
+#include "loader.h"
+#include "proto/proto.h"
+#include "tcast/errors.h"
+
+/* Bytes read and hashed at a time: small enough to stay in L2. */
+#define WINDOW_BYTES ((uint64_t)1 << 20)
+
+struct load_ctx {
+	const struct tc__source *src; /* NULL when only hashing */
+	uint8_t *dst;		      /* destination (or data to hash) */
+	uint64_t size;		      /* byte space */
+	uint64_t nchunks;
+	struct tc__digest *chunks;
+	struct tc__load_progress *prog;
+	_Atomic uint64_t next_chunk;
+	pthread_mutex_t lock; /* guards rc and err */
+	int rc;
+	char *err;
+	size_t errlen;
+};
+
+static void fail(struct load_ctx *c, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void fail(struct load_ctx *c, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->rc == 0) {
+		c->rc = rc;
+		va_start(ap, fmt);
+		if (c->err)
+			vsnprintf(c->err, c->errlen, fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (c->prog)
+		atomic_store(&c->prog->cancel, 1);
+}
+
+/* First tensor whose bytes end after `pos` (tensors sorted by offset). */
+static uint32_t first_tensor(const struct tc__table *t, uint64_t pos)
+{
+	uint32_t lo = 0, hi = t->ntensors;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		const struct tc__tensor *x = &t->tensors[mid];
+
+		if (x->offset + x->nbytes <= pos)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int read_full(int fd, uint8_t *p, uint64_t len, uint64_t off)
+{
+	while (len > 0) {
+		size_t want = (size_t)TC_MIN(len, (uint64_t)1 << 30);
+		ssize_t n = pread(fd, p, want, (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return TC_EBADFILE;
+		p += n;
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Read the tensor bytes that fall in [w0, w1) into dst. */
+static int fill_window(struct load_ctx *c, uint64_t w0, uint64_t w1,
+		       uint32_t *cursor)
+{
+	const struct tc__table *t = &c->src->table;
+
+	for (uint32_t i = *cursor; i < t->ntensors; i++) {
+		const struct tc__tensor *x = &t->tensors[i];
+		uint64_t a, b;
+		int rc;
+
+		if (x->offset >= w1)
+			break;
+		a = TC_MAX(x->offset, w0);
+		b = TC_MIN(x->offset + x->nbytes, w1);
+		if (a >= b)
+			continue;
+		rc = read_full(c->src->files[x->src_file].fd, c->dst + a, b - a,
+			       x->src_offset + (a - x->offset));
+		if (rc < 0) {
+			fail(c, rc,
+			     rc == TC_EBADFILE ?
+				     "'%s' shrank while reading tensor '%s'" :
+				     "cannot read '%s' (tensor '%s'): %s",
+			     c->src->files[x->src_file].name, x->name,
+			     strerror(-rc));
+			return rc;
+		}
+		/* The next window starts where this tensor may continue. */
+		if (x->offset + x->nbytes <= w1)
+			*cursor = i + 1;
+	}
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	struct load_ctx *c = arg;
+	struct tc__hasher *h = tc__hasher_new();
+
+	if (!h) {
+		fail(c, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	for (;;) {
+		uint64_t k = atomic_fetch_add(&c->next_chunk, 1);
+		uint64_t c0, c1;
+		uint32_t cursor = 0;
+
+		if (k >= c->nchunks)
+			break;
+		if (c->prog && atomic_load(&c->prog->cancel)) {
+			fail(c, -ECANCELED, "load cancelled");
+			break;
+		}
+		c0 = k * TC_CHUNK_BYTES;
+		c1 = TC_MIN(c0 + TC_CHUNK_BYTES, c->size);
+		if (c->src)
+			cursor = first_tensor(&c->src->table, c0);
+		tc__hasher_reset(h);
+		for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
+			uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);
+
+			if (c->src && fill_window(c, w, we, &cursor) < 0)
+				goto out;
+			tc__hasher_update(h, c->dst + w, (size_t)(we - w));
+		}
+		tc__hasher_final(h, &c->chunks[k]);
+		if (c->prog)
+			atomic_fetch_add(&c->prog->done_bytes, c1 - c0);
+	}
+out:
+	tc__hasher_free(h);
+	return NULL;
+}
+
+static int run(struct load_ctx *c, int nthreads)
+{
+	pthread_t tids[64];
+	int started = 0;
+
+	c->nchunks = tc__chunk_count(c->size);
+	atomic_init(&c->next_chunk, 0);
+	pthread_mutex_init(&c->lock, NULL);
+	nthreads = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), c->nchunks);
+	nthreads = TC_MIN(nthreads, (int)TC_ARRAY_SIZE(tids));
+	/* Threads beyond the first are an optimisation: when one cannot be
+	 * created the rest (at least this thread) still finish the work. */
+	for (int i = 1; i < nthreads; i++)
+		if (pthread_create(&tids[started], NULL, worker, c) == 0)
+			started++;
+	worker(c);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	pthread_mutex_destroy(&c->lock);
+	return c->rc;
+}
+
+int tc__load_source(const struct tc__source *src, void *dst, int nthreads,
+		    struct tc__digest *chunks, struct tc__load_progress *prog,
+		    char *err, size_t errlen)
+{
+	struct load_ctx c = { 0 };
+
+	c.src = src;
+	c.dst = dst;
+	c.size = src->table.total_bytes;
+	c.chunks = chunks;
+	c.prog = prog;
+	c.err = err;
+	c.errlen = errlen;
+	return run(&c, nthreads);
+}
+
+int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
+		    struct tc__digest *chunks)
+{
+	struct load_ctx c = { 0 };
+
+	c.dst = (uint8_t *)p;
+	c.size = size;
+	c.chunks = chunks;
+	return run(&c, nthreads);
+}
+
+int tc__table_digest(const struct tc__table *t, struct tc__digest *out)
+{
+	struct tc__buf b = TC_BUF_INIT;
+
+	tc__proto_put_table(&b, t);
+	if (b.oom) {
+		tc__buf_release(&b);
+		return -ENOMEM;
+	}
+	tc__hash128(b.data, b.len, out);
+	tc__buf_release(&b);
+	return 0;
+}

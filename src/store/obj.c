@@ -1,0 +1,614 @@
+/*
+ * obj.c - artifacts, keys, budget, LRU, leases.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "loader.h"
+#include "net/ev.h"
+#include "obj.h"
+#include "proto/proto.h"
+#include "tcast/dtype.h"
+#include "tcast/errors.h"
+
+static uint64_t unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void tc__objs_init(struct tc__objs *s, uint64_t budget)
+{
+	memset(s, 0, sizeof(*s));
+	tc__map_init(&s->by_id);
+	tc__map_init(&s->keys);
+	s->budget = budget;
+}
+
+struct tc__obj *tc__obj_new(void)
+{
+	struct tc__obj *o = tc__calloc(1, sizeof(*o));
+
+	if (!o)
+		return NULL;
+	tc__table_init(&o->table);
+	tc__buf_init(&o->attach_body);
+	o->created_ms = unix_ms();
+	o->last_use_ns = tc__now_ns();
+	return o;
+}
+
+void tc__obj_free(struct tc__obj *o)
+{
+	if (!o)
+		return;
+	tc__shm_free(o->shm);
+	tc__table_release(&o->table);
+	tc__buf_release(&o->attach_body);
+	tc__free(o);
+}
+
+int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
+		   uint64_t nchunks)
+{
+	struct tc__digest td;
+	int rc = tc__table_digest(&o->table, &td);
+
+	if (rc < 0)
+		return rc;
+	tc__digest_root(&td, chunks, nchunks, &o->digest);
+	tc__digest_id(&o->digest, o->id);
+	tc__buf_put_str(&o->attach_body, o->id);
+	tc__buf_put_u64(&o->attach_body, o->shm->size);
+	tc__proto_put_table(&o->attach_body, &o->table);
+	return o->attach_body.oom ? -ENOMEM : 0;
+}
+
+/* ------------------------------------------------------------------ LRU */
+
+static void lru_unlink(struct tc__objs *s, struct tc__obj *o)
+{
+	if (o->lru_prev)
+		o->lru_prev->lru_next = o->lru_next;
+	else if (s->lru_head == o)
+		s->lru_head = o->lru_next;
+	if (o->lru_next)
+		o->lru_next->lru_prev = o->lru_prev;
+	else if (s->lru_tail == o)
+		s->lru_tail = o->lru_prev;
+	o->lru_prev = o->lru_next = NULL;
+}
+
+static void lru_push(struct tc__objs *s, struct tc__obj *o)
+{
+	o->lru_prev = NULL;
+	o->lru_next = s->lru_head;
+	if (s->lru_head)
+		s->lru_head->lru_prev = o;
+	s->lru_head = o;
+	if (!s->lru_tail)
+		s->lru_tail = o;
+}
+
+void tc__objs_touch(struct tc__objs *s, struct tc__obj *o)
+{
+	o->last_use_ns = tc__now_ns();
+	if (s->lru_head != o) {
+		lru_unlink(s, o);
+		lru_push(s, o);
+	}
+}
+
+/* Take `o` out of the table and the LRU list; free it now when no lease
+ * holds it, else when the last lease goes. */
+static void obj_kill(struct tc__objs *s, struct tc__obj *o)
+{
+	if (o->dead)
+		return;
+	o->dead = true;
+	lru_unlink(s, o);
+	if (o->leases == 0) {
+		tc__map_del(&s->by_id, o->id);
+		s->used -= o->mem_bytes;
+		tc__obj_free(o);
+	}
+}
+
+void tc__objs_release(struct tc__objs *s)
+{
+	struct tc__map_entry *e;
+	size_t b;
+
+	for (e = tc__map_next(&s->by_id, NULL, &b); e;
+	     e = tc__map_next(&s->by_id, e, &b))
+		tc__obj_free(e->val);
+	for (e = tc__map_next(&s->keys, NULL, &b); e;
+	     e = tc__map_next(&s->keys, e, &b)) {
+		struct tc__key *k = e->val;
+
+		tc__free(k->name);
+		tc__free(k);
+	}
+	tc__map_release(&s->by_id);
+	tc__map_release(&s->keys);
+}
+
+/* --------------------------------------------------------------- policy */
+
+int tc__policy_parse(const char *name, enum tc__policy *out, char *err,
+		     size_t errlen)
+{
+	if (!name || !*name || !strcmp(name, "cache")) {
+		*out = TC_POLICY_CACHE;
+		return 0;
+	}
+	if (!strcmp(name, "warm")) {
+		*out = TC_POLICY_WARM;
+		return 0;
+	}
+	if (!strcmp(name, "pinned")) {
+		*out = TC_POLICY_PINNED;
+		return 0;
+	}
+	if (!strcmp(name, "durable") || !strcmp(name, "ha") ||
+	    !strcmp(name, "cold")) {
+		snprintf(err, errlen,
+			 "policy '%s' needs a shared-disk tier, which this "
+			 "node does not have (use cache, warm or pinned)",
+			 name);
+		return TC_EPOLICY;
+	}
+	snprintf(err, errlen,
+		 "unknown policy '%s' (known: cache, warm, pinned, durable, "
+		 "ha, cold)",
+		 name);
+	return TC_EINVAL;
+}
+
+const char *tc__policy_name(enum tc__policy p)
+{
+	switch (p) {
+	case TC_POLICY_WARM:
+		return "warm";
+	case TC_POLICY_PINNED:
+		return "pinned";
+	default:
+		return "cache";
+	}
+}
+
+/* --------------------------------------------------------------- budget */
+
+int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
+		     char *err, size_t errlen)
+{
+	struct tc__obj *o, *prev;
+	uint64_t held = 0, pinned = 0;
+
+	if (bytes > s->budget) {
+		snprintf(err, errlen,
+			 "needs %llu bytes but the host budget is %llu bytes",
+			 (unsigned long long)bytes,
+			 (unsigned long long)s->budget);
+		return TC_ENOSPACE;
+	}
+	if (s->used + bytes > s->budget && policy == TC_POLICY_CACHE) {
+		for (o = s->lru_tail; o && s->used + bytes > s->budget;
+		     o = prev) {
+			prev = o->lru_prev;
+			if (o->leases || o->policy == TC_POLICY_PINNED)
+				continue;
+			tc__log(TC_LOG_INFO,
+				"evicting '%s' (%llu bytes) to make room",
+				o->id, (unsigned long long)o->mem_bytes);
+			s->evictions++;
+			obj_kill(s, o);
+		}
+	}
+	if (s->used + bytes > s->budget) {
+		for (o = s->lru_head; o; o = o->lru_next) {
+			if (o->leases)
+				held += o->mem_bytes;
+			else if (o->policy == TC_POLICY_PINNED)
+				pinned += o->mem_bytes;
+		}
+		snprintf(err, errlen,
+			 "host budget exhausted: need %llu bytes, %llu of %llu "
+			 "free; %llu held by clients, %llu pinned%s",
+			 (unsigned long long)bytes,
+			 (unsigned long long)(s->budget - s->used),
+			 (unsigned long long)s->budget,
+			 (unsigned long long)held, (unsigned long long)pinned,
+			 policy == TC_POLICY_CACHE ?
+				 "" :
+				 " (this policy does not evict others)");
+		return TC_ENOSPACE;
+	}
+	s->used += bytes;
+	return 0;
+}
+
+void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes)
+{
+	s->used -= bytes;
+}
+
+int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
+{
+	struct tc__obj *old = tc__map_get(&s->by_id, o->id);
+
+	enum tc__policy o_policy = o->policy;
+
+	if (old && !old->dead) {
+		/* Same content already held: keep one copy, with the
+		 * stronger of the two policies. */
+		tc__objs_unreserve(s, o->mem_bytes);
+		tc__obj_free(o);
+		if (o_policy == TC_POLICY_PINNED)
+			old->policy = TC_POLICY_PINNED;
+		tc__objs_touch(s, old);
+		*out = old;
+		return 0;
+	}
+	if (old) {
+		/* A removed copy still leased by clients: let it live on
+		 * unnamed until its last release, and index the new one. */
+		tc__map_del(&s->by_id, old->id);
+		old->id[0] = '\0';
+	}
+	if (tc__map_put(&s->by_id, o->id, o) < 0)
+		return -ENOMEM;
+	lru_push(s, o);
+	s->inserted++;
+	*out = o;
+	return 0;
+}
+
+struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
+				 size_t errlen, int *rc)
+{
+	struct tc__obj *o;
+	struct tc__key *k;
+
+	*rc = TC_ENOTFOUND;
+	if (tc__is_id(ref)) {
+		o = tc__map_get(&s->by_id, ref);
+		if (o && !o->dead) {
+			*rc = 0;
+			return o;
+		}
+		snprintf(err, errlen, "no artifact '%s' (evicted or removed)",
+			 ref);
+		return NULL;
+	}
+	k = tc__map_get(&s->keys, ref);
+	if (!k) {
+		snprintf(err, errlen, "no key or artifact '%s'", ref);
+		return NULL;
+	}
+	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
+	if (!o || o->dead) {
+		snprintf(err, errlen,
+			 "key '%s' (generation %llu) points to '%s', which is "
+			 "no longer held (evicted or removed)",
+			 ref, (unsigned long long)k->gen,
+			 k->id[0] ? k->id : "nothing");
+		return NULL;
+	}
+	*rc = 0;
+	return o;
+}
+
+void tc__objs_lease(struct tc__objs *s, struct tc__obj *o)
+{
+	o->leases++;
+	tc__objs_touch(s, o);
+}
+
+void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o)
+{
+	if (o->leases == 0)
+		return;
+	if (--o->leases == 0 && o->dead) {
+		if (o->id[0] && tc__map_get(&s->by_id, o->id) == o)
+			tc__map_del(&s->by_id, o->id);
+		s->used -= o->mem_bytes;
+		tc__obj_free(o);
+	}
+}
+
+/* ------------------------------------------------------------------ keys */
+
+static void key_record(struct tc__key *k, const char *id)
+{
+	struct tc__key_version *v = &k->hist[k->nhist % TC_KEY_HISTORY];
+
+	v->gen = k->gen;
+	snprintf(v->id, sizeof(v->id), "%s", id);
+	v->unix_ms = unix_ms();
+	k->nhist++;
+}
+
+static void key_retarget(struct tc__objs *s, struct tc__key *k, const char *id)
+{
+	struct tc__obj *o;
+
+	if (k->id[0] && (o = tc__map_get(&s->by_id, k->id)) && o->nkeys)
+		o->nkeys--;
+	snprintf(k->id, sizeof(k->id), "%s", id);
+	if (id[0] && (o = tc__map_get(&s->by_id, id)))
+		o->nkeys++;
+}
+
+static int key_name_ok(const char *key, char *err, size_t errlen)
+{
+	size_t n = strlen(key);
+
+	if (n == 0 || n > TC_KEY_MAX) {
+		snprintf(err, errlen, "key must be 1..%d bytes", TC_KEY_MAX);
+		return TC_EINVAL;
+	}
+	if (tc__is_id(key)) {
+		snprintf(err, errlen, "key '%s' looks like an artifact id",
+			 key);
+		return TC_EINVAL;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f) {
+			snprintf(err, errlen,
+				 "key contains a control character at byte %zu",
+				 i);
+			return TC_EINVAL;
+		}
+	return 0;
+}
+
+int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
+		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
+		     size_t errlen)
+{
+	struct tc__key *k;
+	struct tc__obj *o;
+	int rc = key_name_ok(key, err, errlen);
+
+	*gen = 0;
+	if (rc < 0)
+		return rc;
+	o = tc__map_get(&s->by_id, id);
+	if (!o || o->dead) {
+		snprintf(err, errlen, "no artifact '%s'", id);
+		return TC_ENOTFOUND;
+	}
+	k = tc__map_get(&s->keys, key);
+	if (!k) {
+		if (expect && expect_gen != 0) {
+			snprintf(err, errlen,
+				 "key '%s' does not exist (expected generation "
+				 "%llu)",
+				 key, (unsigned long long)expect_gen);
+			return TC_ECONFLICT;
+		}
+		k = tc__calloc(1, sizeof(*k));
+		if (!k)
+			return -ENOMEM;
+		k->name = tc__strdup(key);
+		if (!k->name || tc__map_put(&s->keys, k->name, k) < 0) {
+			tc__free(k->name);
+			tc__free(k);
+			return -ENOMEM;
+		}
+		k->gen = 1;
+		key_retarget(s, k, id);
+		key_record(k, id);
+		*gen = k->gen;
+		return 0;
+	}
+	if (!expect) {
+		if (!strcmp(k->id, id)) {
+			*gen = k->gen;
+			return 0;
+		}
+		snprintf(err, errlen,
+			 "key '%s' points to '%s' (generation %llu); moving it "
+			 "needs compare-and-swap (expect generation %llu)",
+			 key, k->id[0] ? k->id : "nothing",
+			 (unsigned long long)k->gen,
+			 (unsigned long long)k->gen);
+		*gen = k->gen;
+		return TC_ECONFLICT;
+	}
+	if (expect_gen != k->gen) {
+		snprintf(err, errlen,
+			 "key '%s' is at generation %llu, not %llu (it points "
+			 "to '%s')",
+			 key, (unsigned long long)k->gen,
+			 (unsigned long long)expect_gen,
+			 k->id[0] ? k->id : "nothing");
+		*gen = k->gen;
+		return TC_ECONFLICT;
+	}
+	if (strcmp(k->id, id)) {
+		k->gen++;
+		key_retarget(s, k, id);
+		key_record(k, id);
+	}
+	*gen = k->gen;
+	return 0;
+}
+
+int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen)
+{
+	struct tc__map_entry *e;
+	struct tc__obj *o;
+	struct tc__key *k;
+	size_t b;
+
+	if (tc__is_id(ref)) {
+		o = tc__map_get(&s->by_id, ref);
+		if (!o || o->dead) {
+			snprintf(err, errlen, "no artifact '%s'", ref);
+			return TC_ENOTFOUND;
+		}
+		/* Keys naming it lose their target but keep their history. */
+		for (e = tc__map_next(&s->keys, NULL, &b); e;
+		     e = tc__map_next(&s->keys, e, &b)) {
+			k = e->val;
+			if (!strcmp(k->id, ref))
+				k->id[0] = '\0';
+		}
+		o->nkeys = 0;
+		obj_kill(s, o);
+		return 0;
+	}
+	k = tc__map_get(&s->keys, ref);
+	if (!k) {
+		snprintf(err, errlen, "no key or artifact '%s'", ref);
+		return TC_ENOTFOUND;
+	}
+	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
+	tc__map_del(&s->keys, ref);
+	if (o && o->nkeys)
+		o->nkeys--;
+	if (o && !o->dead && o->nkeys == 0)
+		obj_kill(s, o);
+	tc__free(k->name);
+	tc__free(k);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ JSON */
+
+static char *dump(json_t *j)
+{
+	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+
+	json_decref(j);
+	return s;
+}
+
+static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
+{
+	json_t *keys = json_array();
+	struct tc__map_entry *e;
+	size_t b;
+	char hex[33];
+
+	for (e = tc__map_next(&s->keys, NULL, &b); e;
+	     e = tc__map_next(&s->keys, e, &b)) {
+		struct tc__key *k = e->val;
+
+		if (!strcmp(k->id, o->id))
+			json_array_append_new(keys, json_string(k->name));
+	}
+	tc__digest_hex(&o->digest, hex);
+	return json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, s:I, "
+			 "s:f, s:[{s:s, s:I}]}",
+			 "id", o->id, "digest", hex, "keys", keys, "tensors",
+			 (json_int_t)o->table.ntensors, "bytes",
+			 (json_int_t)o->table.total_bytes, "mem_bytes",
+			 (json_int_t)o->mem_bytes, "leases",
+			 (json_int_t)o->leases, "policy",
+			 tc__policy_name(o->policy), "source", o->source,
+			 "created_ms", (json_int_t)o->created_ms,
+			 "load_seconds", o->load_seconds, "replicas", "tier",
+			 "host", "bytes", (json_int_t)o->mem_bytes);
+}
+
+char *tc__objs_list_json(struct tc__objs *s)
+{
+	json_t *arr = json_array();
+
+	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next)
+		json_array_append_new(arr, obj_summary(s, o));
+	return dump(json_pack("{s:o, s:I, s:I}", "artifacts", arr, "used_bytes",
+			      (json_int_t)s->used, "budget_bytes",
+			      (json_int_t)s->budget));
+}
+
+char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o)
+{
+	json_t *j = obj_summary(s, o), *ts = json_array(),
+	       *meta = json_object();
+
+	for (uint32_t i = 0; i < o->table.ntensors; i++) {
+		const struct tc__tensor *x = &o->table.tensors[i];
+		json_t *shape = json_array();
+
+		for (uint32_t d = 0; d < x->ndim; d++)
+			json_array_append_new(
+				shape, json_integer((json_int_t)x->shape[d]));
+		json_array_append_new(
+			ts,
+			json_pack("{s:s, s:s, s:o, s:I, s:I}", "name", x->name,
+				  "dtype", tc_dtype_name(x->dtype), "shape",
+				  shape, "offset", (json_int_t)x->offset,
+				  "nbytes", (json_int_t)x->nbytes));
+	}
+	for (uint32_t i = 0; i < o->table.nmeta; i++)
+		json_object_set_new(meta, o->table.meta[i].key,
+				    json_string(o->table.meta[i].val));
+	json_object_set_new(j, "tensor_table", ts);
+	json_object_set_new(j, "metadata", meta);
+	json_object_set_new(j, "chunk_bytes", json_integer(TC_CHUNK_BYTES));
+	return dump(j);
+}
+
+static json_t *key_json(struct tc__objs *s, struct tc__key *k, int history)
+{
+	struct tc__obj *o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
+	json_t *j = json_pack("{s:s, s:s, s:I, s:b}", "key", k->name, "id",
+			      k->id, "generation", (json_int_t)k->gen, "held",
+			      o && !o->dead);
+
+	if (history) {
+		json_t *h = json_array();
+		uint32_t n = k->nhist < TC_KEY_HISTORY ? k->nhist :
+							 TC_KEY_HISTORY;
+
+		for (uint32_t i = 0; i < n; i++) {
+			const struct tc__key_version *v =
+				&k->hist[(k->nhist - 1 - i) % TC_KEY_HISTORY];
+
+			json_array_append_new(
+				h,
+				json_pack("{s:I, s:s, s:I}", "generation",
+					  (json_int_t)v->gen, "id", v->id,
+					  "unix_ms", (json_int_t)v->unix_ms));
+		}
+		json_object_set_new(j, "history", h);
+	}
+	return j;
+}
+
+char *tc__objs_keys_json(struct tc__objs *s, const char *key, int *rc,
+			 char *err, size_t errlen)
+{
+	struct tc__map_entry *e;
+	json_t *arr;
+	size_t b;
+
+	*rc = 0;
+	if (key && *key) {
+		struct tc__key *k = tc__map_get(&s->keys, key);
+
+		if (!k) {
+			snprintf(err, errlen, "no key '%s'", key);
+			*rc = TC_ENOTFOUND;
+			return NULL;
+		}
+		return dump(key_json(s, k, 1));
+	}
+	arr = json_array();
+	for (e = tc__map_next(&s->keys, NULL, &b); e;
+	     e = tc__map_next(&s->keys, e, &b))
+		json_array_append_new(arr, key_json(s, e->val, 0));
+	return dump(json_pack("{s:o}", "keys", arr));
+}

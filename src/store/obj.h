@@ -1,0 +1,139 @@
+/*
+ * obj.h - the daemon's artifacts, keys, memory budget and leases.
+ *
+ * An artifact (struct tc__obj) is immutable once inserted: its bytes live in
+ * a sealed memfd and its tensor table never changes.  Clients hold leases
+ * (counted per connection by the server); an artifact with leases is never
+ * evicted or freed; `rm` of a leased artifact hides it and the memory is
+ * returned when the last lease goes.  Eviction picks the least recently
+ * used artifact without leases whose policy allows it.
+ *
+ * Keys name artifacts and keep a version history.  A key is created by the
+ * first publish; moving it to another artifact needs the caller to state the
+ * generation it expects (compare-and-swap), so two publishers cannot
+ * overwrite each other unknowingly.  A key whose artifact was evicted stays
+ * and says so.  Everything here runs on the loop thread only.
+ */
+#ifndef TC_OBJ_H
+#define TC_OBJ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/hash.h"
+#include "common/map.h"
+#include "common/tensor.h"
+#include "shm.h"
+
+#define TC_KEY_MAX     512 /* bytes in a key name */
+#define TC_KEY_HISTORY 64  /* versions remembered per key */
+
+enum tc__policy {
+	TC_POLICY_CACHE,  /* evictable; may evict others to fit */
+	TC_POLICY_WARM,	  /* evictable; refuse rather than evict others */
+	TC_POLICY_PINNED, /* never evicted; refuse rather than evict others */
+};
+
+struct tc__obj {
+	char id[TC_ID_LEN + 1];
+	struct tc__digest digest;
+	struct tc__shm *shm;	    /* owned; sealed */
+	struct tc__table table;	    /* owned; laid out */
+	struct tc__buf attach_body; /* owned: id, size and encoded table */
+	uint64_t mem_bytes;	    /* bytes charged to the budget */
+	uint32_t leases;	    /* total over all connections */
+	uint32_t nkeys;		    /* keys whose current target this is */
+	bool dead;		    /* removed; free at zero leases */
+	enum tc__policy policy;
+	char source[512];	  /* where it came from, for inspect */
+	uint64_t created_ms;	  /* unix time */
+	uint64_t last_use_ns;	  /* monotonic; LRU order */
+	double load_seconds;	  /* import/put duration */
+	struct tc__obj *lru_prev; /* neighbours in the LRU list */
+	struct tc__obj *lru_next;
+};
+
+struct tc__key_version {
+	uint64_t gen;
+	char id[TC_ID_LEN + 1];
+	uint64_t unix_ms;
+};
+
+struct tc__key {
+	char *name;		/* owned */
+	char id[TC_ID_LEN + 1]; /* current target ("" after rm of the target) */
+	uint64_t gen;		/* current generation, starts at 1 */
+	struct tc__key_version hist[TC_KEY_HISTORY]; /* ring of versions */
+	uint32_t nhist;
+};
+
+struct tc__objs {
+	struct tc__map by_id;	  /* id -> struct tc__obj (live and dead) */
+	struct tc__map keys;	  /* name -> struct tc__key */
+	uint64_t budget;	  /* host bytes we may hold */
+	uint64_t used;		  /* bytes of artifacts + reservations */
+	struct tc__obj *lru_head; /* most recently used */
+	struct tc__obj *lru_tail; /* eviction starts here */
+	uint64_t evictions;	  /* counters for status */
+	uint64_t inserted;
+};
+
+void tc__objs_init(struct tc__objs *s, uint64_t budget);
+/* Free every artifact regardless of leases (daemon exit). */
+void tc__objs_release(struct tc__objs *s);
+
+/* Parse a policy name; returns 0, or TC_EPOLICY with a message for names
+ * this node cannot honour (durable, ha, cold need a shared-disk tier) or
+ * TC_EINVAL for unknown names. */
+int tc__policy_parse(const char *name, enum tc__policy *out, char *err,
+		     size_t errlen);
+const char *tc__policy_name(enum tc__policy p);
+
+/* Charge `bytes` to the budget, evicting LRU artifacts when `policy` allows.
+ * Returns 0 or TC_ENOSPACE with a message saying what holds the memory. */
+int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
+		     char *err, size_t errlen);
+void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes);
+
+/* Insert `o` (its mem_bytes already reserved).  When a live artifact with the
+ * same id exists, `o` is freed, its reservation returned, and *out is the
+ * existing one; else *out = o.  Returns 0 or -ENOMEM (o untouched). */
+int tc__objs_insert(struct tc__objs *s, struct tc__obj *o,
+		    struct tc__obj **out);
+/* Key name or artifact id to a live artifact; NULL with a message. */
+struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
+				 size_t errlen, int *rc);
+void tc__objs_touch(struct tc__objs *s, struct tc__obj *o);
+void tc__objs_lease(struct tc__objs *s, struct tc__obj *o);
+/* Drop one lease; frees a dead artifact at zero. */
+void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o);
+/* Remove by key (the key, and the artifact when no other key names it) or
+ * by id (the artifact and the keys naming it).  Leased artifacts are freed
+ * at their last release. */
+int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen);
+
+/* Point `key` at artifact `id`.  Without `expect`, only creating the key or
+ * re-publishing the same artifact succeeds; with it, the key's current
+ * generation must equal `expect_gen` (0 = the key must not exist).
+ * *gen receives the key's generation after the call.  Returns 0, TC_EINVAL,
+ * TC_ENOTFOUND, TC_ECONFLICT or -ENOMEM. */
+int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
+		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
+		     size_t errlen);
+
+/* Allocate an empty artifact (caller fills shm, table, id). */
+struct tc__obj *tc__obj_new(void);
+/* Free an artifact that is not in the table. */
+void tc__obj_free(struct tc__obj *o);
+/* Compute the id from the table and chunk digests, build attach_body. */
+int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
+		   uint64_t nchunks);
+
+/* JSON documents for the read verbs (malloc'd strings; NULL on OOM). */
+char *tc__objs_list_json(struct tc__objs *s);
+char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o);
+char *tc__objs_keys_json(struct tc__objs *s, const char *key, int *rc,
+			 char *err, size_t errlen);
+
+#endif /* TC_OBJ_H */

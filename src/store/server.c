@@ -1,0 +1,1457 @@
+/*
+ * server.c - connections, framing, fd passing and request handlers.
+ *
+ * Everything here runs on the loop thread.  Frames are parsed from a
+ * per-connection input buffer; fds received with SCM_RIGHTS go to a small
+ * per-connection queue and are taken by the frame that declares them.  A
+ * stream socket delivers a frame's fds with its first byte, so when every
+ * complete frame is handled and no partial frame is buffered, fds left in
+ * the queue were sent with no frame to claim them: a protocol error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/compiler.h"
+#include "common/log.h"
+#include "jobs.h"
+#include "loader.h"
+#include "net/ev.h"
+#include "net/net.h"
+#include "obj.h"
+#include "proto/proto.h"
+#include "server.h"
+#include "tcast/errors.h"
+#include "tcast/version.h"
+
+#define FDQ_MAX		 8     /* fds a connection may have in flight */
+#define READ_CHUNK	 65536 /* bytes read per readable event at most */
+#define MAX_PENDING_PUTS 64    /* unsealed puts per connection */
+#define PROGRESS_MS	 200   /* interval of PROGRESS frames */
+
+struct server;
+
+/* One lease a connection holds: `n` attaches of `o` not yet released. */
+struct lease {
+	struct tc__obj *o;
+	uint32_t n;
+};
+
+/* A put between CREATE and SEAL: the artifact is not visible yet. */
+struct pending {
+	uint64_t handle;
+	struct tc__obj *o; /* owned until inserted */
+	char key[TC_KEY_MAX + 1];
+	uint32_t flags;
+	uint64_t expect_gen;
+	uint64_t t0_ns;
+	struct pending *next;
+};
+
+/* An fd attachment in the output buffer: sent with byte `at`. */
+struct out_fds {
+	size_t at;
+	int fds[TC_PROTO_MAX_FDS];
+	int n;
+	bool owned; /* close after sending */
+};
+
+struct conn {
+	struct server *srv;
+	int fd;
+	pid_t pid;
+	uid_t uid;
+	bool hello;   /* handshake done */
+	bool closing; /* reap in before_sleep */
+	int jobs;     /* jobs in flight for this connection */
+	bool paused;  /* a job runs: frames wait in `in` */
+	uint64_t accepted_ms;
+	char name[64];
+
+	uint8_t *in; /* owned input buffer */
+	size_t in_off, in_len, in_cap;
+	int fdq[FDQ_MAX]; /* received fds not yet claimed */
+	int nfdq;
+
+	struct tc__buf out; /* frames not yet sent */
+	size_t out_off;
+	struct out_fds *ofds; /* owned array, in `at` order */
+	int nofds, cap_ofds;
+
+	struct lease *leases; /* owned array */
+	uint32_t nleases, cap_leases;
+	struct pending *pending;
+	uint32_t npending;
+	uint64_t next_handle;
+
+	/* An import in flight wants PROGRESS frames with this req_id. */
+	struct import_job *progress_job;
+	uint32_t progress_req;
+	uint64_t progress_next_ms;
+
+	struct conn *next;
+	char err[512]; /* message of the request being handled */
+};
+
+struct server {
+	const struct tc__store_config *cfg;
+	struct tc__ev *ev;
+	struct tc__jobs *jobs;
+	struct tc__objs objs;
+	int lfd;
+	int sigfd;
+	struct conn *conns;
+	int nconns;
+	uint64_t epoch;
+	uint64_t start_ms;
+	uint64_t n_attach, n_import, n_put, n_proto_err;
+};
+
+/* A frame being handled: its header, body cursor and claimed fds. */
+struct req {
+	struct tc__frame_hdr h;
+	struct tc__cur body;
+	int fds[TC_PROTO_MAX_FDS];
+	int nfds;
+};
+
+static void conn_close(struct conn *c, const char *why);
+static void conn_flush(struct conn *c);
+static void conn_process(struct conn *c);
+
+/* ------------------------------------------------------------ replies */
+
+/* Begin a reply frame with status 0; returns the header offset. */
+static size_t reply_begin(struct conn *c, const struct req *r)
+{
+	size_t off = tc__frame_begin(&c->out, r->h.type, TC_PF_REPLY,
+				     r->h.req_id, 0);
+
+	tc__buf_put_i32(&c->out, 0);
+	return off;
+}
+
+static void reply_end(struct conn *c, size_t off)
+{
+	tc__frame_finish(&c->out, off);
+	if (c->out.oom)
+		conn_close(c, "out of memory building a reply");
+}
+
+/* Attach fds to the reply frame that starts at `off`. */
+static int reply_fds(struct conn *c, size_t off, const int *fds, int n,
+		     bool owned)
+{
+	struct out_fds *o;
+
+	if (c->nofds == c->cap_ofds) {
+		int cap = c->cap_ofds ? c->cap_ofds * 2 : 4;
+		struct out_fds *p =
+			tc__reallocarray(c->ofds, (size_t)cap, sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		c->ofds = p;
+		c->cap_ofds = cap;
+	}
+	o = &c->ofds[c->nofds++];
+	o->at = off;
+	memcpy(o->fds, fds, (size_t)n * sizeof(int));
+	o->n = n;
+	o->owned = owned;
+	/* Patch nfds in the already written header. */
+	c->out.data[off + 20] = (uint8_t)n;
+	return 0;
+}
+
+static void reply_error(struct conn *c, const struct req *r, int rc)
+{
+	size_t off;
+
+	if (!c->err[0])
+		snprintf(c->err, sizeof(c->err), "%s", tc_strerror(rc));
+	tc__log(TC_LOG_DEBUG, "%s from pid %d failed: %s: %s",
+		tc__proto_name(r->h.type), (int)c->pid, tc_err_name(rc),
+		c->err);
+	off = tc__frame_begin(&c->out, r->h.type, TC_PF_REPLY, r->h.req_id, 0);
+	tc__buf_put_i32(&c->out, rc);
+	tc__buf_put_str(&c->out, c->err);
+	reply_end(c, off);
+}
+
+static void reply_status(struct conn *c, const struct req *r, int rc)
+{
+	if (rc < 0)
+		reply_error(c, r, rc);
+	else
+		reply_end(c, reply_begin(c, r));
+}
+
+static void reply_json(struct conn *c, const struct req *r, char *json)
+{
+	size_t off;
+
+	if (!json) {
+		reply_error(c, r, -ENOMEM);
+		return;
+	}
+	off = reply_begin(c, r);
+	tc__buf_put_str(&c->out, json);
+	reply_end(c, off);
+	free(json);
+}
+
+/* ------------------------------------------------------------- leases */
+
+static struct lease *lease_find(struct conn *c, const char *id)
+{
+	for (uint32_t i = 0; i < c->nleases; i++)
+		if (!strcmp(c->leases[i].o->id, id) && !c->leases[i].o->dead)
+			return &c->leases[i];
+	return NULL;
+}
+
+static int lease_add(struct conn *c, struct tc__obj *o)
+{
+	for (uint32_t i = 0; i < c->nleases; i++)
+		if (c->leases[i].o == o) {
+			c->leases[i].n++;
+			tc__objs_lease(&c->srv->objs, o);
+			return 0;
+		}
+	if (c->nleases == c->cap_leases) {
+		uint32_t cap = c->cap_leases ? c->cap_leases * 2 : 8;
+		struct lease *p = tc__reallocarray(c->leases, cap, sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		c->leases = p;
+		c->cap_leases = cap;
+	}
+	c->leases[c->nleases].o = o;
+	c->leases[c->nleases].n = 1;
+	c->nleases++;
+	tc__objs_lease(&c->srv->objs, o);
+	return 0;
+}
+
+static void lease_drop(struct conn *c, struct lease *l)
+{
+	struct tc__obj *o = l->o;
+
+	if (--l->n == 0)
+		*l = c->leases[--c->nleases];
+	tc__objs_unlease(&c->srv->objs, o);
+}
+
+/* ----------------------------------------------------------- handlers */
+
+static int read_str(struct conn *c, struct req *r, const char *what, char *dst,
+		    size_t dstlen)
+{
+	int rc = tc__cur_read_strcpy(&r->body, dst, dstlen);
+
+	if (rc < 0)
+		snprintf(c->err, sizeof(c->err), "%s: %s", what,
+			 rc == TC_ELIMIT ? "too long" : "malformed string");
+	return rc;
+}
+
+static int on_hello(struct conn *c, struct req *r)
+{
+	uint32_t ver, pid;
+	size_t off;
+	int rc;
+
+	if (tc__cur_read_u32(&r->body, &ver) < 0 ||
+	    tc__cur_read_u32(&r->body, &pid) < 0)
+		return TC_EPROTO;
+	rc = read_str(c, r, "client name", c->name, sizeof(c->name));
+	if (rc < 0)
+		return rc;
+	if (ver != TC_PROTO_VERSION) {
+		snprintf(c->err, sizeof(c->err),
+			 "client speaks protocol %u, daemon %u", ver,
+			 TC_PROTO_VERSION);
+		return TC_EVERSION;
+	}
+	c->hello = true;
+	off = reply_begin(c, r);
+	tc__buf_put_u32(&c->out, TC_PROTO_VERSION);
+	tc__buf_put_u64(&c->out, c->srv->epoch);
+	tc__buf_put_u32(&c->out, (uint32_t)getpid());
+	tc__buf_put_str(&c->out, TC_VERSION_STRING);
+	reply_end(c, off);
+	return 0;
+}
+
+static int on_status(struct conn *c, struct req *r)
+{
+	struct server *s = c->srv;
+	char *json;
+	int n = 0;
+
+	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+		n++;
+	if (asprintf(&json,
+		     "{\"version\":\"%s\",\"pid\":%d,\"epoch\":%llu,"
+		     "\"socket\":\"%s\",\"uptime_ms\":%llu,\"clients\":%d,"
+		     "\"artifacts\":%d,\"keys\":%zu,\"host_used_bytes\":%llu,"
+		     "\"host_budget_bytes\":%llu,\"evictions\":%llu,"
+		     "\"attaches\":%llu,\"imports\":%llu,\"puts\":%llu,"
+		     "\"protocol_errors\":%llu,\"io_threads\":%d,"
+		     "\"jobs_pending\":%d}",
+		     TC_VERSION_STRING, (int)getpid(),
+		     (unsigned long long)s->epoch, s->cfg->socket,
+		     (unsigned long long)(tc__now_ms() - s->start_ms),
+		     s->nconns, n, s->objs.keys.count,
+		     (unsigned long long)s->objs.used,
+		     (unsigned long long)s->objs.budget,
+		     (unsigned long long)s->objs.evictions,
+		     (unsigned long long)s->n_attach,
+		     (unsigned long long)s->n_import,
+		     (unsigned long long)s->n_put,
+		     (unsigned long long)s->n_proto_err, s->cfg->io_threads,
+		     tc__jobs_pending(s->jobs)) < 0)
+		json = NULL;
+	reply_json(c, r, json);
+	return 0;
+}
+
+/* Publish `o` under `key` after insert; fills c->err on failure. */
+static int publish_key(struct conn *c, struct tc__obj *o, const char *key,
+		       uint32_t flags, uint64_t expect_gen, uint64_t *gen)
+{
+	*gen = 0;
+	if (!key[0])
+		return 0;
+	return tc__objs_key_set(&c->srv->objs, key, o->id, flags & TC_RF_EXPECT,
+				expect_gen, gen, c->err, sizeof(c->err));
+}
+
+/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen. */
+static void reply_created(struct conn *c, const struct req *r,
+			  struct tc__obj *o, uint64_t ns, bool dedup,
+			  uint64_t gen)
+{
+	size_t off = reply_begin(c, r);
+
+	tc__buf_put_str(&c->out, o->id);
+	tc__buf_put_u64(&c->out, o->table.total_bytes);
+	tc__buf_put_u32(&c->out, o->table.ntensors);
+	tc__buf_put_u64(&c->out, ns);
+	tc__buf_put_u32(&c->out, dedup);
+	tc__buf_put_u64(&c->out, gen);
+	reply_end(c, off);
+}
+
+/* ------------------------------------------------------------- import */
+
+struct import_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r; /* header copy; body consumed */
+	int phase;    /* 1 = parse, 2 = load */
+	int fd;	      /* the file or folder the client passed */
+	char display[TC_PROTO_MAX_STR];
+	char key[TC_KEY_MAX + 1];
+	enum tc__policy policy;
+	uint32_t flags;
+	uint64_t expect_gen;
+	struct tc__source *src;
+	struct tc__obj *o;
+	struct tc__digest *chunks;
+	struct tc__load_progress prog;
+	uint64_t t0_ns;
+	int io_threads;
+	int rc;
+	char err[512];
+};
+
+static void import_free(struct import_job *j)
+{
+	if (j->fd >= 0)
+		close(j->fd);
+	tc__source_free(j->src);
+	tc__obj_free(j->o);
+	tc__free(j->chunks);
+	tc__free(j);
+}
+
+static void import_run(struct tc__job *job)
+{
+	struct import_job *j = (struct import_job *)job;
+	uint64_t n;
+
+	if (j->phase == 1) {
+		j->rc = tc__source_open_fd(j->fd, j->display, &j->src, j->err,
+					   sizeof(j->err));
+		if (j->rc == 0) {
+			j->rc = tc__table_layout(&j->src->table);
+			if (j->rc < 0)
+				snprintf(j->err, sizeof(j->err),
+					 "'%s': artifact too large",
+					 j->display);
+		}
+		return;
+	}
+	/* Phase 2: memory was reserved on the loop; fill and seal it. */
+	n = tc__chunk_count(j->src->table.total_bytes);
+	j->chunks = tc__calloc(n ? n : 1, sizeof(*j->chunks));
+	if (!j->chunks) {
+		j->rc = -ENOMEM;
+		return;
+	}
+	j->rc = tc__shm_map_rw(j->o->shm);
+	if (j->rc < 0) {
+		snprintf(j->err, sizeof(j->err), "cannot map segment: %s",
+			 strerror(-j->rc));
+		return;
+	}
+	j->rc = tc__load_source(j->src, j->o->shm->rw_map, j->io_threads,
+				j->chunks, &j->prog, j->err, sizeof(j->err));
+	if (j->rc < 0)
+		return;
+	j->rc = tc__shm_seal(j->o->shm);
+	if (j->rc < 0) {
+		snprintf(j->err, sizeof(j->err), "cannot seal segment: %s",
+			 tc_strerror(j->rc));
+		return;
+	}
+	/* The table moves into the artifact; the source keeps its files. */
+	j->o->table = j->src->table;
+	tc__table_init(&j->src->table);
+	j->rc = tc__obj_finish(j->o, j->chunks, n);
+}
+
+static void import_done(struct tc__job *job);
+
+static void import_fail(struct import_job *j, int rc, const char *msg)
+{
+	struct conn *c = j->c;
+
+	if (c->progress_job == j)
+		c->progress_job = NULL;
+	c->jobs--;
+	c->paused = false;
+	if (!c->closing) {
+		snprintf(c->err, sizeof(c->err), "%s",
+			 msg && *msg ? msg : tc_strerror(rc));
+		reply_error(c, &j->r, rc);
+		conn_flush(c);
+		conn_process(c);
+	}
+	import_free(j);
+}
+
+static void import_done(struct tc__job *job)
+{
+	struct import_job *j = (struct import_job *)job;
+	struct conn *c = j->c;
+	struct server *s = c->srv;
+	struct tc__obj *o;
+	uint64_t gen, ns;
+	int rc;
+
+	if (j->rc < 0) {
+		import_fail(j, j->rc, j->err);
+		return;
+	}
+	if (j->phase == 1) {
+		uint64_t bytes = tc__shm_round(j->src->table.total_bytes);
+
+		rc = tc__objs_reserve(&s->objs, bytes, j->policy, j->err,
+				      sizeof(j->err));
+		if (rc < 0) {
+			import_fail(j, rc, j->err);
+			return;
+		}
+		j->o = tc__obj_new();
+		rc = j->o ? tc__shm_create("tcast-import", bytes, &j->o->shm) :
+			    -ENOMEM;
+		if (rc < 0) {
+			tc__objs_unreserve(&s->objs, bytes);
+			snprintf(j->err, sizeof(j->err),
+				 "cannot create a %llu-byte segment: %s",
+				 (unsigned long long)bytes, tc_strerror(rc));
+			import_fail(j, rc, j->err);
+			return;
+		}
+		j->o->mem_bytes = bytes;
+		j->o->policy = j->policy;
+		snprintf(j->o->source, sizeof(j->o->source), "import:%s",
+			 j->display);
+		j->phase = 2;
+		tc__jobs_submit(s->jobs, &j->job);
+		return;
+	}
+	/* Phase 2 finished: the artifact is complete and sealed. */
+	if (c->progress_job == j)
+		c->progress_job = NULL;
+	ns = tc__now_ns() - j->t0_ns;
+	j->o->load_seconds = (double)ns / 1e9;
+	o = j->o;
+	rc = tc__objs_insert(&s->objs, j->o, &o);
+	if (rc < 0) {
+		tc__objs_unreserve(&s->objs, j->o->mem_bytes);
+		import_fail(j, rc, "out of memory");
+		return;
+	}
+	bool dedup = o != j->o;
+
+	j->o = NULL; /* owned by the table now (or freed as a duplicate) */
+	s->n_import++;
+	tc__log(TC_LOG_INFO,
+		"imported '%s' as %s: %u tensors, %llu bytes in "
+		"%.3f s%s",
+		j->display, o->id, o->table.ntensors,
+		(unsigned long long)o->table.total_bytes, (double)ns / 1e9,
+		dedup ? " (already held)" : "");
+	c->jobs--;
+	c->paused = false;
+	if (!c->closing) {
+		c->err[0] = '\0';
+		rc = publish_key(c, o, j->key, j->flags, j->expect_gen, &gen);
+		if (rc < 0)
+			reply_error(c, &j->r, rc);
+		else
+			reply_created(c, &j->r, o, ns, dedup, gen);
+		conn_flush(c);
+		conn_process(c);
+	}
+	import_free(j);
+}
+
+static int on_import(struct conn *c, struct req *r)
+{
+	struct import_job *j;
+	char policy[32];
+	struct stat st;
+	int rc;
+
+	if (r->nfds != 1) {
+		snprintf(c->err, sizeof(c->err),
+			 "IMPORT needs exactly one fd (the file or folder)");
+		return TC_EPROTO;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->fd = -1;
+	if ((rc = read_str(c, r, "path", j->display, sizeof(j->display))) < 0 ||
+	    (rc = read_str(c, r, "key", j->key, sizeof(j->key))) < 0 ||
+	    (rc = read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+		goto out_free;
+	if (tc__cur_read_u32(&r->body, &j->flags) < 0 ||
+	    tc__cur_read_u64(&r->body, &j->expect_gen) < 0) {
+		rc = TC_EPROTO;
+		goto out_free;
+	}
+	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	/* Only a regular file or a directory; a FIFO or device would block a
+	 * worker or read forever. */
+	if (fstat(r->fds[0], &st) < 0 ||
+	    !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
+		snprintf(c->err, sizeof(c->err),
+			 "'%s' is not a regular file or a folder", j->display);
+		rc = TC_EINVAL;
+		goto out_free;
+	}
+	j->fd = r->fds[0];
+	r->fds[0] = -1;
+	j->c = c;
+	j->r = *r;
+	j->phase = 1;
+	j->io_threads = c->srv->cfg->io_threads;
+	j->t0_ns = tc__now_ns();
+	j->job.run = import_run;
+	j->job.done = import_done;
+	c->jobs++;
+	c->paused = true;
+	if (j->flags & TC_RF_PROGRESS) {
+		c->progress_job = j;
+		c->progress_req = r->h.req_id;
+		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
+	}
+	tc__jobs_submit(c->srv->jobs, &j->job);
+	return 1; /* reply comes later */
+
+out_free:
+	tc__free(j);
+	return rc;
+}
+
+static void send_progress(struct conn *c, uint64_t now_ms)
+{
+	struct import_job *j = c->progress_job;
+	size_t off;
+
+	if (!j || j->phase != 2 || now_ms < c->progress_next_ms)
+		return;
+	c->progress_next_ms = now_ms + PROGRESS_MS;
+	off = tc__frame_begin(&c->out, TC_MSG_PROGRESS, 0, c->progress_req, 0);
+	tc__buf_put_u64(&c->out, atomic_load(&j->prog.done_bytes));
+	tc__buf_put_u64(&c->out, j->src ? j->src->table.total_bytes : 0);
+	reply_end(c, off);
+	conn_flush(c);
+}
+
+static int on_progress(struct conn *c, struct req *r)
+{
+	snprintf(c->err, sizeof(c->err), "PROGRESS is sent by the daemon only");
+	return TC_EPROTO;
+}
+
+/* ---------------------------------------------------------------- put */
+
+static int on_create(struct conn *c, struct req *r)
+{
+	struct pending *p;
+	char policy[32];
+	enum tc__policy pol;
+	uint64_t bytes;
+	size_t off;
+	int rc, fd;
+
+	if (c->npending >= MAX_PENDING_PUTS) {
+		snprintf(c->err, sizeof(c->err),
+			 "%d puts already unsealed on this connection",
+			 MAX_PENDING_PUTS);
+		return TC_ELIMIT;
+	}
+	p = tc__calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->o = tc__obj_new();
+	if (!p->o) {
+		tc__free(p);
+		return -ENOMEM;
+	}
+	rc = tc__proto_get_table(&r->body, 0, &p->o->table, c->err,
+				 sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	if ((rc = read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
+	    (rc = read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+		goto out_free;
+	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
+	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0) {
+		rc = TC_EPROTO;
+		goto out_free;
+	}
+	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__table_layout(&p->o->table);
+	if (rc < 0) {
+		snprintf(c->err, sizeof(c->err), "artifact too large");
+		goto out_free;
+	}
+	bytes = tc__shm_round(p->o->table.total_bytes);
+	rc = tc__objs_reserve(&c->srv->objs, bytes, pol, c->err,
+			      sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__shm_create("tcast-put", bytes, &p->o->shm);
+	if (rc < 0) {
+		tc__objs_unreserve(&c->srv->objs, bytes);
+		snprintf(c->err, sizeof(c->err),
+			 "cannot create a %llu-byte segment: %s",
+			 (unsigned long long)bytes, tc_strerror(rc));
+		goto out_free;
+	}
+	p->o->mem_bytes = bytes;
+	p->o->policy = pol;
+	snprintf(p->o->source, sizeof(p->o->source), "put:pid %d%s%s",
+		 (int)c->pid, c->name[0] ? " " : "", c->name);
+	p->handle = ++c->next_handle;
+	p->t0_ns = tc__now_ns();
+	p->next = c->pending;
+	c->pending = p;
+	c->npending++;
+
+	off = reply_begin(c, r);
+	tc__buf_put_u64(&c->out, p->handle);
+	tc__buf_put_u64(&c->out, p->o->shm->size);
+	tc__proto_put_table(&c->out, &p->o->table);
+	fd = p->o->shm->fd;
+	if (reply_fds(c, off, &fd, 1, false) < 0)
+		return -ENOMEM;
+	reply_end(c, off);
+	return 0;
+
+out_free:
+	tc__obj_free(p->o);
+	tc__free(p);
+	return rc;
+}
+
+static struct pending *pending_take(struct conn *c, uint64_t handle)
+{
+	for (struct pending **pp = &c->pending; *pp; pp = &(*pp)->next)
+		if ((*pp)->handle == handle) {
+			struct pending *p = *pp;
+
+			*pp = p->next;
+			c->npending--;
+			return p;
+		}
+	return NULL;
+}
+
+static void pending_free(struct conn *c, struct pending *p)
+{
+	tc__objs_unreserve(&c->srv->objs, p->o->mem_bytes);
+	tc__obj_free(p->o);
+	tc__free(p);
+}
+
+struct seal_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	struct pending *p;
+	struct tc__digest *chunks;
+	uint64_t nchunks;
+	int io_threads;
+	int rc;
+};
+
+static void seal_run(struct tc__job *job)
+{
+	struct seal_job *j = (struct seal_job *)job;
+	struct tc__obj *o = j->p->o;
+
+	j->nchunks = tc__chunk_count(o->table.total_bytes);
+	j->chunks = tc__calloc(j->nchunks ? j->nchunks : 1, sizeof(*j->chunks));
+	if (!j->chunks) {
+		j->rc = -ENOMEM;
+		return;
+	}
+	j->rc = tc__hash_chunks(o->shm->map, o->table.total_bytes,
+				j->io_threads, j->chunks);
+	if (j->rc == 0)
+		j->rc = tc__obj_finish(o, j->chunks, j->nchunks);
+}
+
+static void seal_done(struct tc__job *job)
+{
+	struct seal_job *j = (struct seal_job *)job;
+	struct conn *c = j->c;
+	struct pending *p = j->p;
+	struct tc__obj *o = NULL;
+	uint64_t gen, ns = tc__now_ns() - p->t0_ns;
+	int rc = j->rc;
+
+	c->jobs--;
+	c->paused = false;
+	if (rc == 0) {
+		p->o->load_seconds = (double)ns / 1e9;
+		rc = tc__objs_insert(&c->srv->objs, p->o, &o);
+	}
+	if (rc < 0) {
+		pending_free(c, p);
+	} else {
+		bool dedup = o != p->o;
+
+		tc__free(p);
+		c->srv->n_put++;
+		if (!c->closing) {
+			c->err[0] = '\0';
+			rc = publish_key(c, o, p->key, p->flags, p->expect_gen,
+					 &gen);
+			if (rc == 0)
+				reply_created(c, &j->r, o, ns, dedup, gen);
+		}
+	}
+	if (!c->closing) {
+		if (rc < 0)
+			reply_error(c, &j->r, rc);
+		conn_flush(c);
+		conn_process(c);
+	}
+	tc__free(j->chunks);
+	tc__free(j);
+}
+
+static int on_seal(struct conn *c, struct req *r)
+{
+	struct seal_job *j;
+	struct pending *p;
+	uint64_t handle;
+	int rc;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0)
+		return TC_EPROTO;
+	p = pending_take(c, handle);
+	if (!p) {
+		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
+			 (unsigned long long)handle);
+		return TC_ENOTFOUND;
+	}
+	rc = tc__shm_seal(p->o->shm);
+	if (rc < 0) {
+		snprintf(c->err, sizeof(c->err),
+			 rc == TC_EBUSY ?
+				 "cannot seal put %llu: a writable mapping of "
+				 "it still exists (unmap before sealing)" :
+				 "cannot seal put %llu: %s",
+			 (unsigned long long)handle, tc_strerror(rc));
+		/* Back to pending: the client may unmap and seal again. */
+		p->next = c->pending;
+		c->pending = p;
+		c->npending++;
+		return rc;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j) {
+		pending_free(c, p);
+		return -ENOMEM;
+	}
+	j->c = c;
+	j->r = *r;
+	j->p = p;
+	j->io_threads = c->srv->cfg->io_threads;
+	j->job.run = seal_run;
+	j->job.done = seal_done;
+	c->jobs++;
+	c->paused = true;
+	tc__jobs_submit(c->srv->jobs, &j->job);
+	return 1;
+}
+
+static int on_abort(struct conn *c, struct req *r)
+{
+	struct pending *p;
+	uint64_t handle;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0)
+		return TC_EPROTO;
+	p = pending_take(c, handle);
+	if (!p) {
+		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
+			 (unsigned long long)handle);
+		return TC_ENOTFOUND;
+	}
+	pending_free(c, p);
+	return 0;
+}
+
+/* ------------------------------------------------------- attach/release */
+
+static int on_attach(struct conn *c, struct req *r)
+{
+	char ref[TC_PROTO_MAX_STR];
+	struct tc__obj *o;
+	uint32_t flags;
+	size_t off;
+	int rc;
+
+	rc = read_str(c, r, "reference", ref, sizeof(ref));
+	if (rc < 0)
+		return rc;
+	if (tc__cur_read_u32(&r->body, &flags) < 0)
+		return TC_EPROTO;
+	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
+	if (!o)
+		return rc;
+	if (lease_add(c, o) < 0)
+		return -ENOMEM;
+	c->srv->n_attach++;
+	off = reply_begin(c, r);
+	tc__buf_put(&c->out, o->attach_body.data, o->attach_body.len);
+	if (reply_fds(c, off, &o->shm->ro_fd, 1, false) < 0) {
+		/* The lease would be held with no reply to release it. */
+		lease_drop(c, lease_find(c, o->id));
+		return -ENOMEM;
+	}
+	reply_end(c, off);
+	return 0;
+}
+
+static int on_release(struct conn *c, struct req *r)
+{
+	char id[TC_ID_LEN + 1];
+	struct lease *l;
+
+	if (tc__cur_read_strcpy(&r->body, id, sizeof(id)) < 0)
+		return TC_EPROTO;
+	l = lease_find(c, id);
+	if (!l) {
+		/* Also reached when rm made the artifact dead: find it by
+		 * pointer among dead leases. */
+		for (uint32_t i = 0; i < c->nleases; i++)
+			if (c->leases[i].o->dead &&
+			    !strcmp(c->leases[i].o->id, id))
+				l = &c->leases[i];
+	}
+	if (!l) {
+		tc__log(TC_LOG_WARN,
+			"pid %d released '%s', which it does not "
+			"hold",
+			(int)c->pid, id);
+		return 1; /* no reply to a fire-and-forget message */
+	}
+	lease_drop(c, l);
+	return 1;
+}
+
+/* ----------------------------------------------------- read-only verbs */
+
+static int on_list(struct conn *c, struct req *r)
+{
+	reply_json(c, r, tc__objs_list_json(&c->srv->objs));
+	return 0;
+}
+
+static int on_inspect(struct conn *c, struct req *r)
+{
+	char ref[TC_PROTO_MAX_STR];
+	struct tc__obj *o;
+	int rc = read_str(c, r, "reference", ref, sizeof(ref));
+
+	if (rc < 0)
+		return rc;
+	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
+	if (!o)
+		return rc;
+	reply_json(c, r, tc__objs_inspect_json(&c->srv->objs, o));
+	return 0;
+}
+
+static int on_rm(struct conn *c, struct req *r)
+{
+	char ref[TC_PROTO_MAX_STR];
+	int rc = read_str(c, r, "reference", ref, sizeof(ref));
+
+	if (rc < 0)
+		return rc;
+	rc = tc__objs_rm(&c->srv->objs, ref, c->err, sizeof(c->err));
+	if (rc == 0)
+		tc__log(TC_LOG_INFO, "pid %d removed '%s'", (int)c->pid, ref);
+	return rc;
+}
+
+static int on_key_set(struct conn *c, struct req *r)
+{
+	char key[TC_KEY_MAX + 1], id[TC_ID_LEN + 1];
+	uint32_t flags;
+	uint64_t expect, gen;
+	size_t off;
+	int rc;
+
+	if ((rc = read_str(c, r, "key", key, sizeof(key))) < 0 ||
+	    (rc = read_str(c, r, "artifact id", id, sizeof(id))) < 0)
+		return rc;
+	if (tc__cur_read_u32(&r->body, &flags) < 0 ||
+	    tc__cur_read_u64(&r->body, &expect) < 0)
+		return TC_EPROTO;
+	rc = tc__objs_key_set(&c->srv->objs, key, id, flags & TC_RF_EXPECT,
+			      expect, &gen, c->err, sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	off = reply_begin(c, r);
+	tc__buf_put_u64(&c->out, gen);
+	reply_end(c, off);
+	return 0;
+}
+
+static int on_keys(struct conn *c, struct req *r)
+{
+	char key[TC_KEY_MAX + 1];
+	char *json;
+	int rc = read_str(c, r, "key", key, sizeof(key));
+
+	if (rc < 0)
+		return rc;
+	json = tc__objs_keys_json(&c->srv->objs, key, &rc, c->err,
+				  sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	reply_json(c, r, json);
+	return 0;
+}
+
+/* ----------------------------------------------------------- dispatch */
+
+#define MSG_NOAUTH  0x1
+#define MSG_FDS_IN  0x2
+#define MSG_FDS_OUT 0x4
+#define MSG_NOREPLY 0x8
+
+typedef int handler_fn(struct conn *c, struct req *r);
+
+static const struct {
+	handler_fn *fn;
+	int flags;
+} handlers[TC_MSG__MAX] = {
+#define MSG(name, id, handler, flags) [id] = { handler, flags },
+#include "proto/msgs.def"
+#undef MSG
+};
+
+/* Handle one complete frame.  Returns 0 to go on, or a negative code after
+ * which the connection is closed (protocol error). */
+static int dispatch(struct conn *c, struct req *r)
+{
+	int rc, fl = handlers[r->h.type].flags;
+
+	c->err[0] = '\0';
+	if (r->h.flags & TC_PF_REPLY) {
+		snprintf(c->err, sizeof(c->err), "client sent a reply frame");
+		return TC_EPROTO;
+	}
+	if (!c->hello && !(fl & MSG_NOAUTH)) {
+		snprintf(c->err, sizeof(c->err), "%s before HELLO",
+			 tc__proto_name(r->h.type));
+		return TC_EPROTO;
+	}
+	if (r->nfds && !(fl & MSG_FDS_IN)) {
+		snprintf(c->err, sizeof(c->err), "%s carries unexpected fds",
+			 tc__proto_name(r->h.type));
+		return TC_EPROTO;
+	}
+	rc = handlers[r->h.type].fn(c, r);
+	if (rc == 1)
+		return 0; /* replied later, or never (NOREPLY) */
+	if (rc == TC_EPROTO || rc == TC_EVERSION) {
+		if (!(fl & MSG_NOREPLY))
+			reply_error(c, r, rc);
+		return rc;
+	}
+	if (!(fl & MSG_NOREPLY))
+		reply_status(c, r, rc);
+	/* Body bytes the handler did not read mean a malformed request. */
+	return 0;
+}
+
+/* Parse and dispatch every complete frame in the input buffer. */
+static void conn_process(struct conn *c)
+{
+	char err[256];
+
+	while (!c->closing && !c->paused) {
+		size_t avail = c->in_len - c->in_off;
+		struct req r;
+		int rc;
+
+		if (avail < TC_FRAME_HDR)
+			break;
+		rc = tc__frame_decode(c->in + c->in_off, &r.h, err,
+				      sizeof(err));
+		if (rc < 0) {
+			c->srv->n_proto_err++;
+			conn_close(c, err);
+			return;
+		}
+		if (avail < TC_FRAME_HDR + (size_t)r.h.body_len)
+			break;
+		if (r.h.nfds > c->nfdq) {
+			c->srv->n_proto_err++;
+			conn_close(c, "frame declares fds that did not arrive");
+			return;
+		}
+		r.nfds = r.h.nfds;
+		memcpy(r.fds, c->fdq, sizeof(int) * (size_t)r.nfds);
+		c->nfdq -= r.nfds;
+		memmove(c->fdq, c->fdq + r.nfds, sizeof(int) * (size_t)c->nfdq);
+		tc__cur_init(&r.body, c->in + c->in_off + TC_FRAME_HDR,
+			     r.h.body_len);
+		c->in_off += TC_FRAME_HDR + r.h.body_len;
+		rc = dispatch(c, &r);
+		for (int i = 0; i < r.nfds; i++)
+			if (r.fds[i] >= 0)
+				close(r.fds[i]);
+		if (rc < 0) {
+			c->srv->n_proto_err++;
+			conn_close(c, c->err[0] ? c->err : tc_strerror(rc));
+			return;
+		}
+	}
+	if (c->in_off == c->in_len) {
+		c->in_off = c->in_len = 0;
+		if (c->nfdq && !c->paused) {
+			c->srv->n_proto_err++;
+			conn_close(c, "fds sent with no frame to claim them");
+			return;
+		}
+	}
+	conn_flush(c);
+}
+
+/* --------------------------------------------------------------- I/O */
+
+static void on_conn_io(struct tc__ev *ev, int fd, void *arg, int mask);
+
+static void conn_update_events(struct conn *c)
+{
+	int mask = 0;
+
+	if (c->closing)
+		return;
+	if (!c->paused)
+		mask |= TC_EV_READ;
+	if (c->out_off < c->out.len)
+		mask |= TC_EV_WRITE;
+	if (tc__ev_mask(c->srv->ev, c->fd) != mask)
+		tc__ev_add(c->srv->ev, c->fd, mask, on_conn_io, c);
+}
+
+static void conn_flush(struct conn *c)
+{
+	while (!c->closing && c->out_off < c->out.len) {
+		size_t end = c->out.len;
+		int *fds = NULL, nfds = 0;
+		struct iovec iov;
+		ssize_t n;
+
+		/* fds travel with the first byte of their frame, so a send
+		 * stops before the next frame that carries fds. */
+		if (c->nofds && c->ofds[0].at == c->out_off) {
+			fds = c->ofds[0].fds;
+			nfds = c->ofds[0].n;
+			if (c->nofds > 1)
+				end = c->ofds[1].at;
+		} else if (c->nofds) {
+			end = c->ofds[0].at;
+		}
+		iov.iov_base = c->out.data + c->out_off;
+		iov.iov_len = end - c->out_off;
+		n = tc__fdpass_send(c->fd, &iov, 1, fds, nfds);
+		if (n < 0) {
+			if (n == -EAGAIN)
+				break;
+			conn_close(c, "send failed");
+			return;
+		}
+		if (nfds) {
+			if (c->ofds[0].owned)
+				for (int i = 0; i < nfds; i++)
+					close(fds[i]);
+			memmove(c->ofds, c->ofds + 1,
+				sizeof(*c->ofds) * (size_t)(--c->nofds));
+		}
+		c->out_off += (size_t)n;
+	}
+	if (c->out_off == c->out.len) {
+		c->out_off = c->out.len = 0;
+		/* Give back a big buffer once drained. */
+		if (c->out.cap > ((size_t)1 << 20))
+			tc__buf_release(&c->out);
+	} else if (c->out.len - c->out_off > c->srv->cfg->max_outbuf) {
+		conn_close(c, "client does not read its replies");
+		return;
+	}
+	conn_update_events(c);
+}
+
+static void conn_read(struct conn *c)
+{
+	int fds[TC_MAX_FDS_PER_MSG], nfds;
+	ssize_t n;
+
+	if (c->in_cap - c->in_len < READ_CHUNK) {
+		size_t need = c->in_len - c->in_off + READ_CHUNK;
+		size_t cap = c->in_cap ? c->in_cap : READ_CHUNK * 2;
+		uint8_t *p;
+
+		/* Compact first: most of the time the buffer is drained. */
+		if (c->in_off) {
+			memmove(c->in, c->in + c->in_off,
+				c->in_len - c->in_off);
+			c->in_len -= c->in_off;
+			c->in_off = 0;
+		}
+		while (cap < need)
+			cap *= 2;
+		if (cap > c->in_cap) {
+			/* Grows only as bytes really arrive, never from a
+			 * declared length. */
+			if (cap > (size_t)TC_PROTO_MAX_BODY + 2 * READ_CHUNK) {
+				conn_close(c, "frame too large");
+				return;
+			}
+			p = tc__realloc(c->in, cap);
+			if (!p) {
+				conn_close(c, "out of memory");
+				return;
+			}
+			c->in = p;
+			c->in_cap = cap;
+		}
+	}
+	n = tc__fdpass_recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len,
+			    fds, &nfds, TC_MAX_FDS_PER_MSG);
+	if (n == -EAGAIN)
+		return;
+	if (n == TC_EPROTO) {
+		conn_close(c, "too many or truncated fds");
+		return;
+	}
+	if (n <= 0) {
+		conn_close(c, n == 0 ? NULL : "receive failed");
+		return;
+	}
+	if (c->nfdq + nfds > FDQ_MAX) {
+		for (int i = 0; i < nfds; i++)
+			close(fds[i]);
+		conn_close(c, "too many fds in flight");
+		return;
+	}
+	memcpy(c->fdq + c->nfdq, fds, sizeof(int) * (size_t)nfds);
+	c->nfdq += nfds;
+	c->in_len += (size_t)n;
+	conn_process(c);
+}
+
+static void on_conn_io(struct tc__ev *ev, int fd, void *arg, int mask)
+{
+	struct conn *c = arg;
+
+	if (c->closing)
+		return;
+	if (mask & TC_EV_WRITE)
+		conn_flush(c);
+	if ((mask & TC_EV_READ) && !c->closing && !c->paused)
+		conn_read(c);
+}
+
+static void conn_close(struct conn *c, const char *why)
+{
+	if (c->closing)
+		return;
+	if (why)
+		tc__log(TC_LOG_INFO, "closing connection of pid %d: %s",
+			(int)c->pid, why);
+	c->closing = true;
+	tc__ev_del(c->srv->ev, c->fd);
+	shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Free a closed connection: its leases, unsealed puts, queued fds. */
+static void conn_free(struct conn *c)
+{
+	struct server *s = c->srv;
+
+	while (c->nleases) {
+		struct lease *l = &c->leases[0];
+
+		while (l->n > 1) {
+			l->n--;
+			tc__objs_unlease(&s->objs, l->o);
+		}
+		lease_drop(c, l);
+	}
+	while (c->pending) {
+		struct pending *p = c->pending;
+
+		c->pending = p->next;
+		pending_free(c, p);
+	}
+	for (int i = 0; i < c->nfdq; i++)
+		close(c->fdq[i]);
+	for (int i = 0; i < c->nofds; i++)
+		if (c->ofds[i].owned)
+			for (int k = 0; k < c->ofds[i].n; k++)
+				close(c->ofds[i].fds[k]);
+	close(c->fd);
+	tc__free(c->in);
+	tc__free(c->ofds);
+	tc__free(c->leases);
+	tc__buf_release(&c->out);
+	s->nconns--;
+	tc__free(c);
+}
+
+/* ------------------------------------------------------------- accept */
+
+static void on_accept(struct tc__ev *ev, int lfd, void *arg, int mask)
+{
+	struct server *s = arg;
+
+	for (int burst = 0; burst < 64; burst++) {
+		struct conn *c;
+		pid_t pid;
+		uid_t uid;
+		gid_t gid;
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				tc__log(TC_LOG_WARN, "accept failed: %s",
+					strerror(errno));
+			return;
+		}
+		if (tc__sock_peercred(fd, &pid, &uid, &gid) < 0 ||
+		    (uid != getuid() && uid != 0)) {
+			tc__log(TC_LOG_WARN,
+				"refused a connection from uid %u (pid %d)",
+				(unsigned)uid, (int)pid);
+			close(fd);
+			continue;
+		}
+		if (s->nconns >= s->cfg->max_clients) {
+			tc__log(TC_LOG_WARN,
+				"refused pid %d: %d clients already connected",
+				(int)pid, s->nconns);
+			close(fd);
+			continue;
+		}
+		c = tc__calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->srv = s;
+		c->fd = fd;
+		c->pid = pid;
+		c->uid = uid;
+		c->accepted_ms = tc__now_ms();
+		tc__buf_init(&c->out);
+		if (tc__ev_add(s->ev, fd, TC_EV_READ, on_conn_io, c) < 0) {
+			close(fd);
+			tc__free(c);
+			continue;
+		}
+		c->next = s->conns;
+		s->conns = c;
+		s->nconns++;
+	}
+}
+
+/* -------------------------------------------------------------- hooks */
+
+static void before_sleep(struct tc__ev *ev, void *arg)
+{
+	struct server *s = arg;
+
+	for (struct conn **pp = &s->conns; *pp;) {
+		struct conn *c = *pp;
+
+		if (c->closing && c->jobs == 0) {
+			*pp = c->next;
+			conn_free(c);
+		} else {
+			pp = &c->next;
+		}
+	}
+}
+
+static void on_tick(struct tc__ev *ev, void *arg)
+{
+	struct server *s = arg;
+	uint64_t now = tc__now_ms();
+
+	for (struct conn *c = s->conns; c; c = c->next) {
+		if (c->closing)
+			continue;
+		if (!c->hello &&
+		    now - c->accepted_ms > (uint64_t)s->cfg->handshake_ms)
+			conn_close(c, "no HELLO within the handshake timeout");
+		else if (c->progress_job)
+			send_progress(c, now);
+	}
+}
+
+static void on_signal(struct tc__ev *ev, int fd, void *arg, int mask)
+{
+	struct signalfd_siginfo si;
+
+	while (read(fd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+			tc__log(TC_LOG_INFO, "signal %u: shutting down",
+				si.ssi_signo);
+			tc__ev_stop(ev);
+		}
+	}
+}
+
+/* -------------------------------------------------------------- run */
+
+int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
+		   size_t errlen)
+{
+	struct server s = { 0 };
+	sigset_t mask;
+	int rc;
+
+	s.cfg = cfg;
+	s.lfd = s.sigfd = -1;
+	s.epoch =
+		(uint64_t)time(NULL) * 1000000000u + tc__now_ns() % 1000000000u;
+	s.start_ms = tc__now_ms();
+	tc__objs_init(&s.objs, cfg->host_bytes);
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+
+	s.ev = tc__ev_new(cfg->max_clients + 256);
+	if (!s.ev) {
+		snprintf(err, errlen, "cannot create the event loop: %s",
+			 strerror(errno));
+		return -errno;
+	}
+	rc = tc__sock_prepare_dir(cfg->socket, err, errlen);
+	if (rc < 0)
+		goto out_ev;
+	rc = tc__sock_listen(cfg->socket, 512, &s.lfd, err, errlen);
+	if (rc < 0)
+		goto out_ev;
+	s.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (s.sigfd < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "signalfd: %s", strerror(errno));
+		goto out_listen;
+	}
+	rc = tc__jobs_new(cfg->job_threads, s.ev, &s.jobs);
+	if (rc < 0) {
+		snprintf(err, errlen, "cannot start workers: %s",
+			 strerror(-rc));
+		goto out_sig;
+	}
+	tc__ev_add(s.ev, s.lfd, TC_EV_READ, on_accept, &s);
+	tc__ev_add(s.ev, s.sigfd, TC_EV_READ, on_signal, &s);
+	tc__ev_set_hooks(s.ev, before_sleep, on_tick, 50, &s);
+	tc__log(TC_LOG_INFO,
+		"tcast daemon %s listening on '%s' (pid %d, host budget %llu "
+		"bytes, %d io threads)",
+		TC_VERSION_STRING, cfg->socket, (int)getpid(),
+		(unsigned long long)cfg->host_bytes, cfg->io_threads);
+	if (ready_fd >= 0) {
+		if (write(ready_fd, "R", 1) < 0) {
+			/* The starter went away; keep serving anyway. */
+		}
+		close(ready_fd);
+	}
+	rc = tc__ev_run(s.ev);
+
+	/* Shutdown: stop accepting, finish jobs, drop every connection. */
+	tc__ev_del(s.ev, s.lfd);
+	for (struct conn *c = s.conns; c; c = c->next)
+		conn_close(c, NULL);
+	tc__jobs_free(s.jobs);
+	before_sleep(s.ev, &s);
+	tc__objs_release(&s.objs);
+	unlink(cfg->socket);
+	tc__log(TC_LOG_INFO, "tcast daemon stopped");
+out_sig:
+	close(s.sigfd);
+out_listen:
+	close(s.lfd);
+out_ev:
+	tc__ev_free(s.ev);
+	return rc;
+}

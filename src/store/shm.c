@@ -1,0 +1,112 @@
+/*
+ * shm.c - memfd segments: create, fill, seal.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "shm.h"
+#include "tcast/errors.h"
+
+uint64_t tc__shm_round(uint64_t size)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+
+	if (size == 0)
+		return pg;
+	if (size > UINT64_MAX - pg)
+		return UINT64_MAX;
+	return (size + pg - 1) / pg * pg;
+}
+
+int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out)
+{
+	struct tc__shm *seg;
+	int rc;
+
+	*out = NULL;
+	size = tc__shm_round(size);
+	if (size > (uint64_t)INT64_MAX)
+		return -EFBIG;
+	seg = tc__calloc(1, sizeof(*seg));
+	if (!seg)
+		return -ENOMEM;
+	seg->ro_fd = -1;
+	seg->size = size;
+	seg->fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (seg->fd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+	if (ftruncate(seg->fd, (off_t)size) < 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	/* Clients may write the fill, never resize: a shrink under a mapping
+	 * would SIGBUS the daemon and every reader. */
+	if (fcntl(seg->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	*out = seg;
+	return 0;
+
+out_close:
+	close(seg->fd);
+out_free:
+	tc__free(seg);
+	return rc;
+}
+
+int tc__shm_map_rw(struct tc__shm *seg)
+{
+	void *p;
+
+	if (seg->rw_map)
+		return 0;
+	p = mmap(NULL, seg->size, PROT_READ | PROT_WRITE, MAP_SHARED, seg->fd,
+		 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	seg->rw_map = p;
+	return 0;
+}
+
+int tc__shm_seal(struct tc__shm *seg)
+{
+	char path[64];
+	void *p;
+
+	if (seg->rw_map) {
+		munmap(seg->rw_map, seg->size);
+		seg->rw_map = NULL;
+	}
+	if (fcntl(seg->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+		return errno == EBUSY ? TC_EBUSY : -errno;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", seg->fd);
+	seg->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (seg->ro_fd < 0)
+		return -errno;
+	p = mmap(NULL, seg->size, PROT_READ, MAP_SHARED, seg->ro_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	seg->map = p;
+	return 0;
+}
+
+void tc__shm_free(struct tc__shm *seg)
+{
+	if (!seg)
+		return;
+	if (seg->rw_map)
+		munmap(seg->rw_map, seg->size);
+	if (seg->map)
+		munmap((void *)seg->map, seg->size);
+	if (seg->ro_fd >= 0)
+		close(seg->ro_fd);
+	close(seg->fd);
+	tc__free(seg);
+}

@@ -1,0 +1,42 @@
+/*
+ * shm.h - host shared-memory segments owned by the store daemon.
+ *
+ * A segment is a memfd created by the daemon, filled (by the daemon's loader
+ * or by a client through a writable fd that cannot resize it), then sealed
+ * against write, shrink and grow before any reader sees it.  Readers get a
+ * separate O_RDONLY descriptor of the same file, so even the fd a client
+ * holds cannot be used to write.  Only the daemon creates segments.
+ */
+#ifndef TC_SHM_H
+#define TC_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Invariant: size is a multiple of the page size (> 0); rw_map is non-NULL
+ * only between create and seal; ro_fd >= 0 only after seal. */
+struct tc__shm {
+	int fd;		 /* owned: the memfd, O_RDWR */
+	int ro_fd;	 /* owned: O_RDONLY reopen, handed to readers */
+	uint64_t size;	 /* bytes mapped and accounted (page-rounded) */
+	void *rw_map;	 /* daemon's writable mapping while filling, or NULL */
+	const void *map; /* daemon's read-only mapping after seal, or NULL */
+};
+
+/* Create a segment of at least `size` bytes (page-rounded; 0 becomes one
+ * page) already sealed against shrink and grow.  Returns 0, -ENOMEM, or -errno
+ * from memfd_create(2)/ftruncate(2). */
+int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out);
+/* Map writable for the daemon (for the loader).  Returns 0 or -errno. */
+int tc__shm_map_rw(struct tc__shm *seg);
+/* Drop the writable mapping, seal against writes, open the read-only fd and
+ * map read-only.  Returns 0, TC_EBUSY when a writable mapping still exists
+ * somewhere (a client kept one), or -errno. */
+int tc__shm_seal(struct tc__shm *seg);
+/* Unmap, close and free.  Clients' mappings stay valid: the kernel keeps the
+ * memory until the last mapping and fd are gone.  NULL is a no-op. */
+void tc__shm_free(struct tc__shm *seg);
+/* Page size rounding used for accounting. */
+uint64_t tc__shm_round(uint64_t size);
+
+#endif /* TC_SHM_H */
