@@ -1,0 +1,1033 @@
+/*
+ * vmm.c - exportable VMM allocations, imports, copies, streams, events and
+ * host registration over the driver table in cu.c.
+ *
+ * Each entry point loads the driver (once), makes the device's primary
+ * context current for the duration of the call and restores the caller's
+ * context before returning.  Every acquisition is undone in reverse order on
+ * failure, so a failed call leaves no handle, address range, mapping or fd
+ * behind; teardown (tc__gpu_release) keeps going past driver errors so a
+ * lost GPU never leaks host resources.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "tcast/errors.h"
+#include "common/alloc.h"
+#include "common/compiler.h"
+#include "common/log.h"
+#include "cu.h"
+#include "vmm.h"
+
+/* A stream on one device; owned streams are destroyed by _free, wrapped
+ * ones (torch's, DLPack's 0/1/2) only lose the wrapper. */
+struct tc__gpu_stream {
+	CUstream s; /* driver handle; 0, 1, 2 are the special streams */
+	int device; /* ordinal it belongs to */
+	bool owned; /* created by tc__gpu_stream_create */
+};
+
+struct tc__gpu_event {
+	CUevent e;	/* driver handle */
+	int device;	/* ordinal it was created on */
+	unsigned flags; /* TC_GPU_EVENT_* */
+};
+
+/* Load the driver and enter `ordinal`'s context. */
+static int gpu_begin(int ordinal, const struct tc__cu **cu,
+		     struct tc__cu_guard *g, char *err, size_t errlen)
+{
+	int ret = tc__cu_get(cu, err, errlen);
+
+	if (ret < 0)
+		return ret;
+	return tc__cu_enter(*cu, ordinal, g, err, errlen);
+}
+
+/* Log a teardown failure; teardown goes on regardless. */
+static void warn_cuda(const struct tc__cu *cu, CUresult r, const char *call,
+		      const char *what, int ordinal)
+{
+	char err[256];
+
+	tc__cu_fail(cu, r, call, err, sizeof(err), "cannot %s on GPU %d", what,
+		    ordinal);
+	tc__log(TC_LOG_WARN, "%s", err);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Driver and devices                                                        */
+/* ------------------------------------------------------------------------ */
+
+int tc__gpu_init(char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+
+	return tc__cu_get(&cu, err, errlen);
+}
+
+int tc__gpu_device_count(char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	int ret = tc__cu_get(&cu, err, errlen);
+
+	return ret < 0 ? ret : cu->ndev;
+}
+
+int tc__gpu_driver_version(int *version, const char **path, char *err,
+			   size_t errlen)
+{
+	const struct tc__cu *cu;
+	int ret = tc__cu_get(&cu, err, errlen);
+
+	*version = 0;
+	if (path)
+		*path = NULL;
+	if (ret < 0)
+		return ret;
+	*version = cu->driver_version;
+	if (path)
+		*path = cu->path;
+	return 0;
+}
+
+int tc__gpu_device_info(int ordinal, struct tc__gpu_info *out, char *err,
+			size_t errlen)
+{
+	const struct tc__cu *cu;
+	const struct tc__cu_dev *d;
+	int ret = tc__cu_get(&cu, err, errlen);
+
+	if (ret < 0)
+		return ret;
+	d = tc__cu_dev(cu, ordinal, err, errlen);
+	if (!d)
+		return TC_EDEVICE;
+	*out = d->info;
+	return 0;
+}
+
+int tc__gpu_device_find(const uint8_t uuid[TC_GPU_UUID_BYTES], char *err,
+			size_t errlen)
+{
+	const struct tc__cu *cu;
+	char s[TC_GPU_UUID_STRLEN];
+	int ret = tc__cu_get(&cu, err, errlen);
+
+	if (ret < 0)
+		return ret;
+	for (int i = 0; i < cu->ndev; i++)
+		if (!memcmp(cu->devs[i].info.uuid, uuid, TC_GPU_UUID_BYTES))
+			return i;
+	tc__gpu_uuid_format(uuid, s);
+	return tc__cu_seterr(TC_EDEVICE, err, errlen,
+			     "no visible GPU has UUID '%s' (%d visible)", s,
+			     cu->ndev);
+}
+
+void tc__gpu_uuid_format(const uint8_t u[TC_GPU_UUID_BYTES],
+			 char out[TC_GPU_UUID_STRLEN])
+{
+	snprintf(out, TC_GPU_UUID_STRLEN,
+		 "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+		 "%02x%02x%02x%02x%02x%02x",
+		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9],
+		 u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int tc__gpu_uuid_parse(const char *s, uint8_t out[TC_GPU_UUID_BYTES])
+{
+	uint8_t u[TC_GPU_UUID_BYTES];
+	int nib = 0;
+
+	if (!strncasecmp(s, "GPU-", 4) || !strncasecmp(s, "MIG-", 4))
+		s += 4;
+	if (strlen(s) != 36)
+		return TC_EINVAL;
+	for (int i = 0; i < 36; i++) {
+		int v;
+
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (s[i] != '-')
+				return TC_EINVAL;
+			continue;
+		}
+		v = hexval(s[i]);
+		if (v < 0)
+			return TC_EINVAL;
+		if (nib % 2 == 0)
+			u[nib / 2] = (uint8_t)(v << 4);
+		else
+			u[nib / 2] |= (uint8_t)v;
+		nib++;
+	}
+	memcpy(out, u, sizeof(u));
+	return 0;
+}
+
+int tc__gpu_granularity(int ordinal, uint64_t *min_bytes, uint64_t *rec_bytes,
+			char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	size_t gmin = 0, grec = 0;
+	int ret = tc__cu_get(&cu, err, errlen);
+
+	if (ret >= 0)
+		ret = tc__cu_granularity(cu, ordinal, &gmin, &grec, err,
+					 errlen);
+	if (min_bytes)
+		*min_bytes = ret < 0 ? 0 : gmin;
+	if (rec_bytes)
+		*rec_bytes = ret < 0 ? 0 : grec;
+	return ret;
+}
+
+int tc__gpu_mem_info(int ordinal, uint64_t *free_bytes, uint64_t *total_bytes,
+		     char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	size_t fr = 0, tot = 0;
+	CUresult r;
+	int ret;
+
+	*free_bytes = 0;
+	*total_bytes = 0;
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuMemGetInfo(&fr, &tot);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuMemGetInfo", err, errlen,
+				  "cannot query memory of GPU %d", ordinal);
+	tc__cu_leave(cu, &g);
+	if (ret == 0) {
+		*free_bytes = fr;
+		*total_bytes = tot;
+	}
+	return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Allocations                                                               */
+/* ------------------------------------------------------------------------ */
+
+void tc__gpu_mem_init(struct tc__gpu_mem *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+}
+
+/* Reserve an address range, map h there and set this device's access.
+ * On failure nothing stays reserved or mapped. */
+static int map_handle(const struct tc__cu *cu, int ordinal,
+		      CUmemGenericAllocationHandle h, size_t bytes,
+		      size_t align, CUmemAccess_flags access, CUdeviceptr *va,
+		      char *err, size_t errlen)
+{
+	CUmemAccessDesc desc;
+	CUresult r;
+	int ret;
+
+	*va = 0;
+	r = cu->fn.cuMemAddressReserve(va, bytes, align, 0, 0);
+	if (r)
+		return tc__cu_fail(cu, r, "cuMemAddressReserve", err, errlen,
+				   "cannot reserve %zu bytes of address space "
+				   "on GPU %d",
+				   bytes, ordinal);
+	r = cu->fn.cuMemMap(*va, bytes, 0, h, 0);
+	if (r) {
+		ret = tc__cu_fail(cu, r, "cuMemMap", err, errlen,
+				  "cannot map %zu bytes on GPU %d", bytes,
+				  ordinal);
+		goto out_free_va;
+	}
+	memset(&desc, 0, sizeof(desc));
+	desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	desc.location.id = cu->devs[ordinal].dev;
+	desc.flags = access;
+	r = cu->fn.cuMemSetAccess(*va, bytes, &desc, 1);
+	if (r) {
+		ret = tc__cu_fail(cu, r, "cuMemSetAccess", err, errlen,
+				  "cannot set %s access to %zu bytes on GPU %d",
+				  access == CU_MEM_ACCESS_FLAGS_PROT_READ ?
+					  "read-only" :
+					  "read-write",
+				  bytes, ordinal);
+		goto out_unmap;
+	}
+	return 0;
+
+out_unmap:
+	r = cu->fn.cuMemUnmap(*va, bytes);
+	if (r)
+		warn_cuda(cu, r, "cuMemUnmap", "unmap", ordinal);
+out_free_va:
+	r = cu->fn.cuMemAddressFree(*va, bytes);
+	if (r)
+		warn_cuda(cu, r, "cuMemAddressFree", "free address range",
+			  ordinal);
+	*va = 0;
+	return ret;
+}
+
+int tc__gpu_alloc(int ordinal, uint64_t size, unsigned flags,
+		  struct tc__gpu_mem *out, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUmemAllocationProp prop;
+	CUmemGenericAllocationHandle h = 0;
+	CUdeviceptr va;
+	size_t gmin, grec, bytes;
+	int fd = -1, ret;
+	CUresult r;
+
+	tc__gpu_mem_init(out);
+	if (flags & ~(unsigned)TC_GPU_RDMA)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot allocate GPU memory: unknown "
+				     "flags %#x",
+				     flags);
+	if (size == 0)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot allocate 0 bytes of GPU memory");
+	ret = tc__cu_get(&cu, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__cu_granularity(cu, ordinal, &gmin, &grec, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (size > SIZE_MAX - (gmin - 1))
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot allocate %" PRIu64
+				     " bytes of GPU memory: too large",
+				     size);
+	bytes = TC_ALIGN_UP((size_t)size, gmin);
+	ret = tc__cu_enter(cu, ordinal, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+
+	memset(&prop, 0, sizeof(prop));
+	prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+	prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	prop.location.id = cu->devs[ordinal].dev;
+	prop.allocFlags.gpuDirectRDMACapable = (flags & TC_GPU_RDMA) ? 1 : 0;
+	r = cu->fn.cuMemCreate(&h, bytes, &prop, 0);
+	if (r) {
+		ret = tc__cu_fail(cu, r, "cuMemCreate", err, errlen,
+				  "cannot allocate %zu bytes on GPU %d", bytes,
+				  ordinal);
+		goto out_leave;
+	}
+	r = cu->fn.cuMemExportToShareableHandle(
+		&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+	if (r) {
+		ret = tc__cu_fail(cu, r, "cuMemExportToShareableHandle", err,
+				  errlen,
+				  "cannot export %zu bytes on GPU %d as a "
+				  "file descriptor",
+				  bytes, ordinal);
+		goto out_release_handle;
+	}
+	ret = map_handle(cu, ordinal, h, bytes, gmin,
+			 CU_MEM_ACCESS_FLAGS_PROT_READWRITE, &va, err, errlen);
+	if (ret < 0)
+		goto out_close_fd;
+	tc__cu_leave(cu, &g);
+
+	out->dptr = va;
+	out->size = bytes;
+	out->handle = h;
+	out->device = ordinal;
+	out->fd = fd;
+	out->flags = flags;
+	return 0;
+
+out_close_fd:
+	close(fd);
+out_release_handle:
+	r = cu->fn.cuMemRelease(h);
+	if (r)
+		warn_cuda(cu, r, "cuMemRelease", "release allocation", ordinal);
+out_leave:
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
+		   struct tc__gpu_mem *out, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUmemGenericAllocationHandle h = 0;
+	CUdeviceptr va;
+	size_t gmin, grec;
+	int ret;
+	CUresult r;
+
+	tc__gpu_mem_init(out);
+	if (flags & ~(unsigned)TC_GPU_READ_ONLY)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot import GPU memory: unknown flags "
+				     "%#x",
+				     flags);
+	if (fd < 0)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot import GPU memory: bad fd %d", fd);
+	ret = tc__cu_get(&cu, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__cu_granularity(cu, ordinal, &gmin, &grec, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (size == 0 || size > SIZE_MAX || size % gmin)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot import %" PRIu64
+				     " bytes of GPU memory: not a multiple of "
+				     "the %zu-byte granularity",
+				     size, gmin);
+	ret = tc__cu_enter(cu, ordinal, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+
+	r = cu->fn.cuMemImportFromShareableHandle(
+		&h, (void *)(uintptr_t)fd,
+		CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+	if (r) {
+		ret = tc__cu_fail(cu, r, "cuMemImportFromShareableHandle", err,
+				  errlen, "cannot import fd %d on GPU %d", fd,
+				  ordinal);
+		goto out_leave;
+	}
+	ret = map_handle(cu, ordinal, h, (size_t)size, gmin,
+			 (flags & TC_GPU_READ_ONLY) ?
+				 CU_MEM_ACCESS_FLAGS_PROT_READ :
+				 CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+			 &va, err, errlen);
+	if (ret < 0)
+		goto out_release_handle;
+	tc__cu_leave(cu, &g);
+
+	out->dptr = va;
+	out->size = size;
+	out->handle = h;
+	out->device = ordinal;
+	out->fd = -1;
+	out->flags = flags;
+	return 0;
+
+out_release_handle:
+	r = cu->fn.cuMemRelease(h);
+	if (r)
+		warn_cuda(cu, r, "cuMemRelease", "release imported allocation",
+			  ordinal);
+out_leave:
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_export(const struct tc__gpu_mem *m, int *fd, char *err,
+		   size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	int newfd = -1, ret;
+	CUresult r;
+
+	*fd = -1;
+	if (!m->handle)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot export an empty GPU allocation");
+	ret = gpu_begin(m->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuMemExportToShareableHandle(
+		&newfd, (CUmemGenericAllocationHandle)m->handle,
+		CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuMemExportToShareableHandle", err,
+				  errlen,
+				  "cannot export %" PRIu64
+				  " bytes on GPU %d as a file descriptor",
+				  m->size, m->device);
+	else
+		*fd = newfd;
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+void tc__gpu_release(struct tc__gpu_mem *m)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	char err[256];
+	CUresult r;
+
+	if (!m->handle && !m->dptr && m->fd < 0)
+		goto out_reset;
+	if (tc__cu_get(&cu, err, sizeof(err)) < 0) {
+		/* A forked child: the driver's objects are not ours to
+		 * touch, but the fd copy is. */
+		goto out_close_fd;
+	}
+	/* Without a context (a lost GPU) we still drop our references. */
+	if (tc__cu_enter(cu, m->device, &g, err, sizeof(err)) < 0)
+		tc__log(TC_LOG_WARN, "%s", err);
+	if (m->dptr) {
+		r = cu->fn.cuMemUnmap((CUdeviceptr)m->dptr, (size_t)m->size);
+		if (r)
+			warn_cuda(cu, r, "cuMemUnmap", "unmap", m->device);
+		r = cu->fn.cuMemAddressFree((CUdeviceptr)m->dptr,
+					    (size_t)m->size);
+		if (r)
+			warn_cuda(cu, r, "cuMemAddressFree",
+				  "free address range", m->device);
+	}
+	if (m->handle) {
+		r = cu->fn.cuMemRelease(
+			(CUmemGenericAllocationHandle)m->handle);
+		if (r)
+			warn_cuda(cu, r, "cuMemRelease", "release allocation",
+				  m->device);
+	}
+	tc__cu_leave(cu, &g);
+out_close_fd:
+	if (m->fd >= 0)
+		close(m->fd);
+out_reset:
+	tc__gpu_mem_init(m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Streams and events                                                        */
+/* ------------------------------------------------------------------------ */
+
+int tc__gpu_stream_create(int ordinal, struct tc__gpu_stream **out, char *err,
+			  size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	struct tc__gpu_stream *s;
+	CUresult r;
+	int ret;
+
+	*out = NULL;
+	s = tc__calloc(1, sizeof(*s));
+	if (!s)
+		return tc__cu_seterr(-ENOMEM, err, errlen,
+				     "cannot create a stream: out of memory");
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret < 0)
+		goto out_free_stream;
+	r = cu->fn.cuStreamCreate(&s->s, CU_STREAM_NON_BLOCKING);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuStreamCreate", err, errlen,
+				  "cannot create a stream on GPU %d", ordinal);
+	tc__cu_leave(cu, &g);
+	if (ret < 0)
+		goto out_free_stream;
+	s->device = ordinal;
+	s->owned = true;
+	*out = s;
+	return 0;
+
+out_free_stream:
+	tc__free(s);
+	return ret;
+}
+
+int tc__gpu_stream_wrap(int ordinal, uintptr_t handle,
+			struct tc__gpu_stream **out, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__gpu_stream *s;
+	int ret;
+
+	*out = NULL;
+	ret = tc__cu_get(&cu, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (!tc__cu_dev(cu, ordinal, err, errlen))
+		return TC_EDEVICE;
+	s = tc__calloc(1, sizeof(*s));
+	if (!s)
+		return tc__cu_seterr(-ENOMEM, err, errlen,
+				     "cannot wrap a stream: out of memory");
+	s->s = (CUstream)handle;
+	s->device = ordinal;
+	s->owned = false;
+	*out = s;
+	return 0;
+}
+
+uintptr_t tc__gpu_stream_handle(const struct tc__gpu_stream *s)
+{
+	return (uintptr_t)s->s;
+}
+
+int tc__gpu_stream_sync(struct tc__gpu_stream *s, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	/* The special handles mean "the current context's stream", so the
+	 * right context must be current even to synchronise. */
+	ret = gpu_begin(s->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuStreamSynchronize(s->s);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuStreamSynchronize", err, errlen,
+				  "cannot synchronise a stream on GPU %d",
+				  s->device);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_stream_wait_event(struct tc__gpu_stream *s, struct tc__gpu_event *e,
+			      char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	ret = gpu_begin(s->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuStreamWaitEvent(s->s, e->e, 0);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuStreamWaitEvent", err, errlen,
+				  "cannot order a stream on GPU %d after an "
+				  "event",
+				  s->device);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+void tc__gpu_stream_free(struct tc__gpu_stream *s)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	char err[256];
+	CUresult r;
+
+	if (!s)
+		return;
+	if (s->owned && tc__cu_get(&cu, err, sizeof(err)) == 0) {
+		if (tc__cu_enter(cu, s->device, &g, err, sizeof(err)) < 0)
+			tc__log(TC_LOG_WARN, "%s", err);
+		r = cu->fn.cuStreamDestroy(s->s);
+		if (r)
+			warn_cuda(cu, r, "cuStreamDestroy", "destroy a stream",
+				  s->device);
+		tc__cu_leave(cu, &g);
+	}
+	tc__free(s);
+}
+
+int tc__gpu_event_create(int ordinal, unsigned flags,
+			 struct tc__gpu_event **out, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	struct tc__gpu_event *e;
+	CUresult r;
+	int ret;
+
+	*out = NULL;
+	if (flags & ~(unsigned)TC_GPU_EVENT_TIMING)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot create an event: unknown flags "
+				     "%#x",
+				     flags);
+	e = tc__calloc(1, sizeof(*e));
+	if (!e)
+		return tc__cu_seterr(-ENOMEM, err, errlen,
+				     "cannot create an event: out of memory");
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret < 0)
+		goto out_free_event;
+	r = cu->fn.cuEventCreate(&e->e, (flags & TC_GPU_EVENT_TIMING) ?
+						CU_EVENT_DEFAULT :
+						CU_EVENT_DISABLE_TIMING);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuEventCreate", err, errlen,
+				  "cannot create an event on GPU %d", ordinal);
+	tc__cu_leave(cu, &g);
+	if (ret < 0)
+		goto out_free_event;
+	e->device = ordinal;
+	e->flags = flags;
+	*out = e;
+	return 0;
+
+out_free_event:
+	tc__free(e);
+	return ret;
+}
+
+int tc__gpu_event_record(struct tc__gpu_event *e, struct tc__gpu_stream *s,
+			 char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	if (s && s->device != e->device)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot record an event of GPU %d on a "
+				     "stream of GPU %d",
+				     e->device, s->device);
+	ret = gpu_begin(e->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuEventRecord(e->e, s ? s->s : NULL);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuEventRecord", err, errlen,
+				  "cannot record an event on GPU %d",
+				  e->device);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_event_sync(struct tc__gpu_event *e, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	ret = gpu_begin(e->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuEventSynchronize(e->e);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuEventSynchronize", err, errlen,
+				  "cannot wait for an event on GPU %d",
+				  e->device);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_event_query(struct tc__gpu_event *e, bool *done, char *err,
+			size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	*done = false;
+	ret = gpu_begin(e->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuEventQuery(e->e);
+	if (r == CUDA_SUCCESS)
+		*done = true;
+	else if (r != CUDA_ERROR_NOT_READY)
+		ret = tc__cu_fail(cu, r, "cuEventQuery", err, errlen,
+				  "cannot query an event on GPU %d", e->device);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_event_elapsed_ms(struct tc__gpu_event *start,
+			     struct tc__gpu_event *end, float *ms, char *err,
+			     size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	*ms = 0;
+	if (!(start->flags & end->flags & TC_GPU_EVENT_TIMING))
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot time events created without "
+				     "TC_GPU_EVENT_TIMING");
+	ret = gpu_begin(start->device, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuEventElapsedTime(ms, start->e, end->e);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuEventElapsedTime", err, errlen,
+				  "cannot time events on GPU %d",
+				  start->device);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+void tc__gpu_event_free(struct tc__gpu_event *e)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	char err[256];
+	CUresult r;
+
+	if (!e)
+		return;
+	if (tc__cu_get(&cu, err, sizeof(err)) == 0) {
+		if (tc__cu_enter(cu, e->device, &g, err, sizeof(err)) < 0)
+			tc__log(TC_LOG_WARN, "%s", err);
+		r = cu->fn.cuEventDestroy(e->e);
+		if (r)
+			warn_cuda(cu, r, "cuEventDestroy", "destroy an event",
+				  e->device);
+		tc__cu_leave(cu, &g);
+	}
+	tc__free(e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Copies                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static int copy_begin(int ordinal, const struct tc__gpu_stream *s,
+		      const struct tc__cu **cu, struct tc__cu_guard *g,
+		      char *err, size_t errlen)
+{
+	if (s && s->device != ordinal)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot copy on GPU %d with a stream of "
+				     "GPU %d",
+				     ordinal, s->device);
+	return gpu_begin(ordinal, cu, g, err, errlen);
+}
+
+int tc__gpu_htod(int ordinal, uint64_t dst, const void *src, uint64_t n,
+		 struct tc__gpu_stream *s, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	if (n == 0)
+		return 0;
+	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (s)
+		r = cu->fn.cuMemcpyHtoDAsync(dst, src, n, s->s);
+	else
+		r = cu->fn.cuMemcpyHtoD(dst, src, n);
+	if (r)
+		ret = tc__cu_fail(cu, r,
+				  s ? "cuMemcpyHtoDAsync" : "cuMemcpyHtoD", err,
+				  errlen,
+				  "cannot copy %" PRIu64
+				  " bytes to GPU %d at 0x%" PRIx64,
+				  n, ordinal, dst);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_dtoh(int ordinal, void *dst, uint64_t src, uint64_t n,
+		 struct tc__gpu_stream *s, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	if (n == 0)
+		return 0;
+	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (s)
+		r = cu->fn.cuMemcpyDtoHAsync(dst, src, n, s->s);
+	else
+		r = cu->fn.cuMemcpyDtoH(dst, src, n);
+	if (r)
+		ret = tc__cu_fail(cu, r,
+				  s ? "cuMemcpyDtoHAsync" : "cuMemcpyDtoH", err,
+				  errlen,
+				  "cannot copy %" PRIu64
+				  " bytes from GPU %d at 0x%" PRIx64,
+				  n, ordinal, src);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_dtod(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
+		 struct tc__gpu_stream *s, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	if (n == 0)
+		return 0;
+	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (s)
+		r = cu->fn.cuMemcpyDtoDAsync(dst, src, n, s->s);
+	else
+		r = cu->fn.cuMemcpyDtoD(dst, src, n);
+	if (r)
+		ret = tc__cu_fail(cu, r,
+				  s ? "cuMemcpyDtoDAsync" : "cuMemcpyDtoD", err,
+				  errlen,
+				  "cannot copy %" PRIu64
+				  " bytes on GPU %d from 0x%" PRIx64
+				  " to 0x%" PRIx64,
+				  n, ordinal, src, dst);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_memset8(int ordinal, uint64_t dst, uint8_t value, uint64_t n,
+		    struct tc__gpu_stream *s, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	if (n == 0)
+		return 0;
+	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (s)
+		r = cu->fn.cuMemsetD8Async(dst, value, n, s->s);
+	else
+		r = cu->fn.cuMemsetD8(dst, value, n);
+	if (r)
+		ret = tc__cu_fail(cu, r, s ? "cuMemsetD8Async" : "cuMemsetD8",
+				  err, errlen,
+				  "cannot set %" PRIu64
+				  " bytes on GPU %d at 0x%" PRIx64,
+				  n, ordinal, dst);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+static int check_range(const struct tc__gpu_mem *m, uint64_t off, uint64_t n,
+		       const char *verb, char *err, size_t errlen)
+{
+	if (!m->handle)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot %s an empty GPU allocation", verb);
+	if (off > m->size || n > m->size - off)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot %s bytes [%" PRIu64 ", %" PRIu64
+				     ") of a %" PRIu64 "-byte GPU allocation",
+				     verb, off, off + n, m->size);
+	return 0;
+}
+
+int tc__gpu_mem_write(const struct tc__gpu_mem *m, uint64_t off,
+		      const void *src, uint64_t n, struct tc__gpu_stream *s,
+		      char *err, size_t errlen)
+{
+	TC_GUARD(check_range(m, off, n, "write", err, errlen));
+	return tc__gpu_htod(m->device, m->dptr + off, src, n, s, err, errlen);
+}
+
+int tc__gpu_mem_read(const struct tc__gpu_mem *m, uint64_t off, void *dst,
+		     uint64_t n, struct tc__gpu_stream *s, char *err,
+		     size_t errlen)
+{
+	TC_GUARD(check_range(m, off, n, "read", err, errlen));
+	return tc__gpu_dtoh(m->device, dst, m->dptr + off, n, s, err, errlen);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pinned host memory                                                        */
+/* ------------------------------------------------------------------------ */
+
+int tc__gpu_host_register(int ordinal, void *p, uint64_t n, unsigned flags,
+			  char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	unsigned int cuflags = CU_MEMHOSTREGISTER_PORTABLE;
+	CUresult r;
+	int ret;
+
+	if (!p || n == 0 || (flags & ~(unsigned)TC_GPU_READ_ONLY))
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot pin host memory: bad range %p "
+				     "+%" PRIu64 " or flags %#x",
+				     p, n, flags);
+	if (flags & TC_GPU_READ_ONLY)
+		cuflags |= CU_MEMHOSTREGISTER_READ_ONLY;
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuMemHostRegister(p, n, cuflags);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuMemHostRegister", err, errlen,
+				  "cannot pin %" PRIu64
+				  " bytes of host memory at %p for GPU %d",
+				  n, p, ordinal);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+int tc__gpu_host_unregister(int ordinal, void *p, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuMemHostUnregister(p);
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuMemHostUnregister", err, errlen,
+				  "cannot unpin host memory at %p", p);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Diagnostics                                                               */
+/* ------------------------------------------------------------------------ */
+
+int tc__gpu_last_cuda_error(void)
+{
+	return tc__cu_last_error();
+}
+
+bool tc__gpu_last_error_oom(void)
+{
+	return tc__cu_last_error() == CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+const char *tc__gpu_cuda_error_name(int cuda_error)
+{
+	const struct tc__cu *cu;
+
+	if (tc__cu_get(&cu, NULL, 0) < 0)
+		cu = NULL;
+	return tc__cu_error_name(cu, cuda_error);
+}

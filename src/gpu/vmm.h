@@ -1,0 +1,311 @@
+/*
+ * vmm.h - GPU memory for the rest of tcast: devices, exportable VMM
+ * allocations shared as POSIX file descriptors, copies, streams, events and
+ * pinned host registrations.
+ *
+ * This is the only GPU interface the daemon, libtcast and the CLI use, and
+ * it has no CUDA types: device addresses are uint64_t, streams and events
+ * are opaque.  Underneath, the CUDA driver is dlopen()ed on first use
+ * (cu.h); with no driver every call returns TC_ENODEV, so callers need no
+ * #ifdef.  Work runs in each device's primary context, the one the CUDA
+ * runtime (and so torch) uses, and every call restores the calling thread's
+ * current context before it returns.
+ *
+ * Errors: 0 is success; TC_ENODEV (no usable driver), TC_EDEVICE (bad
+ * ordinal or unknown UUID), TC_ENOTSUP (the GPU cannot do VMM with POSIX
+ * fds), TC_EINVAL (bad argument) or TC_ECUDA (a driver call failed; the raw
+ * CUresult is in tc__gpu_last_cuda_error()).  Every function that can fail
+ * takes `char *err, size_t errlen` (err may be NULL) and writes the reason
+ * there, in the house wording, e.g.
+ *   cannot allocate 2097152 bytes on GPU 0: cuMemCreate:
+ *   CUDA_ERROR_OUT_OF_MEMORY (out of memory)
+ *
+ * Ownership (docs/gpu.md has the long form): an allocation's memory lives
+ * until every handle, exported fd and mapping of it is gone, in every
+ * process.  A process that imported it keeps it alive even if the exporter
+ * exits.  So the daemon's accounting must count what clients still map.
+ *
+ * All functions are thread-safe.  They are not usable in a child forked
+ * after the driver was initialised (CUDA forbids it); there they return
+ * TC_ENODEV.
+ */
+#ifndef TC_GPU_VMM_H
+#define TC_GPU_VMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TC_GPU_UUID_BYTES 16 /* raw GPU UUID */
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" and a NUL */
+#define TC_GPU_UUID_STRLEN 41
+#define TC_GPU_NAME_MAX	   96 /* bytes of device name kept, with NUL */
+#define TC_GPU_PCI_MAX	   16 /* "0000:17:00.0" and a NUL */
+
+/* Flags for tc__gpu_alloc, tc__gpu_import and tc__gpu_host_register.
+ * TC_GPU_READ_ONLY: import maps PROT_READ; host_register is told the range
+ * is mapped read-only.  TC_GPU_RDMA: alloc asks for gpuDirectRDMACapable
+ * memory (so a NIC may register it later). */
+#define TC_GPU_READ_ONLY 0x1
+#define TC_GPU_RDMA	 0x2
+
+/* Flags for tc__gpu_event_create. */
+#define TC_GPU_EVENT_TIMING 0x1 /* keep timestamps (else cheaper sync-only) */
+
+/*
+ * What a process can know about one GPU without creating a context on it.
+ * Filled once when the driver loads; ordinal is this process's view, uuid
+ * is the GPU's identity across processes.
+ */
+struct tc__gpu_info {
+	int ordinal;			   /* CUDA device ordinal here */
+	uint8_t uuid[TC_GPU_UUID_BYTES];   /* stable identity */
+	char uuid_str[TC_GPU_UUID_STRLEN]; /* nvidia-smi form */
+	char name[TC_GPU_NAME_MAX];	   /* "NVIDIA H100 80GB HBM3" */
+	char pci_bus_id[TC_GPU_PCI_MAX];   /* "0000:17:00.0" */
+	uint64_t total_bytes;		   /* device memory */
+	int cc_major;			   /* compute capability */
+	int cc_minor;
+	int sm_count;	       /* multiprocessors */
+	bool vmm;	       /* VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED */
+	bool posix_fd;	       /* HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED */
+	bool rdma;	       /* GPU_DIRECT_RDMA_SUPPORTED */
+	bool host_register;    /* HOST_REGISTER_SUPPORTED */
+	bool host_register_ro; /* READ_ONLY_HOST_REGISTER_SUPPORTED */
+};
+
+/*
+ * One VMM allocation mapped into this process.
+ *
+ * Made by tc__gpu_alloc (the owner: mapped read-write, fd exported) or by
+ * tc__gpu_import (a borrower: mapped with the access it asked for, fd -1).
+ * Caller-allocated; tc__gpu_mem_init() puts it in the empty state and
+ * tc__gpu_release() returns it there.
+ *
+ * Invariant: either empty (dptr == 0, handle == 0, fd == -1, size == 0) or
+ * complete (dptr != 0, handle != 0, size a non-zero multiple of the device's
+ * minimum granularity, [dptr, dptr + size) mapped with the access in flags).
+ */
+struct tc__gpu_mem {
+	uint64_t dptr;	 /* device address of byte 0 of the mapping */
+	uint64_t size;	 /* bytes mapped; the requested size rounded up */
+	uint64_t handle; /* driver allocation handle: private to src/gpu */
+	int device;	 /* ordinal in this process */
+	int fd;		 /* owned: the exported POSIX fd, or -1.  Send it
+			    (SCM_RIGHTS dups it), never close it yourself:
+			    tc__gpu_release() does */
+	unsigned flags;	 /* TC_GPU_* it was made with */
+};
+
+/* ---- driver and devices ------------------------------------------------ */
+
+/* Load the driver (once per process).  Returns 0, TC_ENODEV (no driver, no
+ * device, or forked after init) or TC_ECUDA.  Every other function calls it
+ * first, so calling it is only needed to get the reason early. */
+int tc__gpu_init(char *err, size_t errlen);
+
+/* Number of visible GPUs (> 0), or TC_ENODEV / TC_ECUDA. */
+int tc__gpu_device_count(char *err, size_t errlen);
+
+/* Driver version as CUDA encodes it (12080 = 12.8) in *version, and the
+ * library path that was loaded in *path (borrowed, static, may be NULL).
+ * Returns 0, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_driver_version(int *version, const char **path, char *err,
+			   size_t errlen);
+
+/* Copy device `ordinal`'s description into *out.  Returns 0, TC_ENODEV,
+ * TC_ECUDA or TC_EDEVICE. */
+int tc__gpu_device_info(int ordinal, struct tc__gpu_info *out, char *err,
+			size_t errlen);
+
+/* Ordinal, in this process, of the GPU with this UUID: >= 0, or TC_EDEVICE
+ * (not visible here), TC_ENODEV or TC_ECUDA. */
+int tc__gpu_device_find(const uint8_t uuid[TC_GPU_UUID_BYTES], char *err,
+			size_t errlen);
+
+/* Format a UUID as nvidia-smi does ("GPU-" + 8-4-4-4-12 lowercase hex). */
+void tc__gpu_uuid_format(const uint8_t uuid[TC_GPU_UUID_BYTES],
+			 char out[TC_GPU_UUID_STRLEN]);
+
+/* Parse that form, with or without "GPU-".  Returns 0 or TC_EINVAL. */
+int tc__gpu_uuid_parse(const char *s, uint8_t out[TC_GPU_UUID_BYTES]);
+
+/* VMM granularity of device `ordinal` for exportable pinned memory: the
+ * minimum (every size and address is a multiple of it; 2 MiB on current
+ * GPUs) and the recommended one (either pointer may be NULL).  Creates the
+ * device's primary context if needed.  Returns 0, TC_ENOTSUP (no VMM),
+ * TC_EDEVICE, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_granularity(int ordinal, uint64_t *min_bytes, uint64_t *rec_bytes,
+			char *err, size_t errlen);
+
+/* Free and total device memory as the driver reports them.  Returns 0,
+ * TC_EDEVICE, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_mem_info(int ordinal, uint64_t *free_bytes, uint64_t *total_bytes,
+		     char *err, size_t errlen);
+
+/* ---- allocations ------------------------------------------------------- */
+
+/* Put *m in the empty state (fd = -1). */
+void tc__gpu_mem_init(struct tc__gpu_mem *m);
+
+/* Allocate at least `size` bytes on device `ordinal` (rounded up to the
+ * minimum granularity), exportable as a POSIX fd, export it once into
+ * out->fd and map it read-write for this process.  flags: 0 or
+ * TC_GPU_RDMA.  On success *out is complete and owned by the caller, who
+ * frees it with tc__gpu_release(); on failure *out is empty and nothing
+ * leaks.  Returns 0, TC_EINVAL (size 0 or too large, unknown flag),
+ * TC_EDEVICE, TC_ENOTSUP (no VMM or no POSIX-fd handles on this GPU),
+ * TC_ENODEV or TC_ECUDA (CUDA_ERROR_OUT_OF_MEMORY when the GPU is full:
+ * see tc__gpu_last_error_oom()). */
+int tc__gpu_alloc(int ordinal, uint64_t size, unsigned flags,
+		  struct tc__gpu_mem *out, char *err, size_t errlen);
+
+/* Import an allocation another process (or this one) exported, and map it
+ * on device `ordinal` (find it with tc__gpu_device_find: ordinals differ
+ * between processes).  fd is borrowed: the driver takes its own reference,
+ * so the caller may close fd as soon as this returns.  size is the
+ * exporter's out->size (a multiple of the granularity; the driver cannot
+ * report it).  flags: TC_GPU_READ_ONLY maps it PROT_READ, so device writes
+ * through this mapping fail (copies return TC_ECUDA); without it the
+ * mapping is read-write.  Read-only is chosen by the importer: it catches
+ * bugs, it is not a security boundary.  On success *out is complete (fd
+ * -1) and owned by the caller (tc__gpu_release); on failure it is empty.
+ * Returns 0, TC_EINVAL (bad fd, size or flags), TC_EDEVICE, TC_ENOTSUP,
+ * TC_ENODEV or TC_ECUDA (e.g. the fd is not a CUDA allocation). */
+int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
+		   struct tc__gpu_mem *out, char *err, size_t errlen);
+
+/* Export one more POSIX fd for m's allocation into *fd (owned by the
+ * caller, who closes it; close-on-exec is not guaranteed).  *fd is -1 on
+ * failure.  Returns 0, TC_EINVAL (m empty), TC_ENODEV or TC_ECUDA. */
+int tc__gpu_export(const struct tc__gpu_mem *m, int *fd, char *err,
+		   size_t errlen);
+
+/* Unmap m, free its address range, release its handle and close its fd,
+ * then leave *m empty.  An empty m is a no-op.  Driver failures (a lost
+ * GPU) are logged and the rest of the teardown still runs, so host
+ * resources never leak. */
+void tc__gpu_release(struct tc__gpu_mem *m);
+
+/* ---- streams and events ------------------------------------------------ */
+
+struct tc__gpu_stream; /* opaque */
+struct tc__gpu_event;  /* opaque */
+
+/* Create a non-blocking stream on device `ordinal`.  *out is owned by the
+ * caller (tc__gpu_stream_free), NULL on failure.  Returns 0, TC_EDEVICE,
+ * TC_ENODEV, TC_ECUDA or -ENOMEM. */
+int tc__gpu_stream_create(int ordinal, struct tc__gpu_stream **out, char *err,
+			  size_t errlen);
+
+/* Wrap a stream someone else owns (a torch stream's cuda_stream value; 1
+ * and 2 are DLPack's legacy and per-thread default streams, 0 the NULL
+ * stream).  tc__gpu_stream_free() frees the wrapper, never the stream.
+ * Returns 0, TC_EDEVICE, TC_ENODEV or -ENOMEM. */
+int tc__gpu_stream_wrap(int ordinal, uintptr_t handle,
+			struct tc__gpu_stream **out, char *err, size_t errlen);
+
+/* The raw CUstream value (for DLPack's stream argument). */
+uintptr_t tc__gpu_stream_handle(const struct tc__gpu_stream *s);
+
+/* Wait until all work queued on s is done.  Returns 0, TC_ENODEV or
+ * TC_ECUDA. */
+int tc__gpu_stream_sync(struct tc__gpu_stream *s, char *err, size_t errlen);
+
+/* Make future work on s wait for e (cross-stream ordering, DLPack's
+ * producer side).  Returns 0, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_stream_wait_event(struct tc__gpu_stream *s, struct tc__gpu_event *e,
+			      char *err, size_t errlen);
+
+/* Destroy a created stream (after its work completes) or free a wrapper.
+ * NULL is a no-op. */
+void tc__gpu_stream_free(struct tc__gpu_stream *s);
+
+/* Create an event on device `ordinal`; flags 0 or TC_GPU_EVENT_TIMING.
+ * *out is owned by the caller (tc__gpu_event_free).  Returns 0, TC_EINVAL,
+ * TC_EDEVICE, TC_ENODEV, TC_ECUDA or -ENOMEM. */
+int tc__gpu_event_create(int ordinal, unsigned flags,
+			 struct tc__gpu_event **out, char *err, size_t errlen);
+
+/* Record e on s (NULL: the NULL stream).  s must be on e's device.
+ * Returns 0, TC_EINVAL, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_event_record(struct tc__gpu_event *e, struct tc__gpu_stream *s,
+			 char *err, size_t errlen);
+
+/* Block until e completes.  Returns 0, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_event_sync(struct tc__gpu_event *e, char *err, size_t errlen);
+
+/* *done = whether e has completed.  Returns 0, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_event_query(struct tc__gpu_event *e, bool *done, char *err,
+			size_t errlen);
+
+/* Milliseconds between two completed timing events.  Returns 0, TC_EINVAL
+ * (not timing events), TC_ENODEV or TC_ECUDA. */
+int tc__gpu_event_elapsed_ms(struct tc__gpu_event *start,
+			     struct tc__gpu_event *end, float *ms, char *err,
+			     size_t errlen);
+
+/* NULL is a no-op. */
+void tc__gpu_event_free(struct tc__gpu_event *e);
+
+/* ---- copies ------------------------------------------------------------ */
+
+/*
+ * Copies on device `ordinal`.  With s == NULL they are synchronous; with a
+ * stream they are queued on it and the host buffer must stay valid (and
+ * for real overlap be pinned: tc__gpu_host_register) until the stream is
+ * synchronised.  s, when given, must belong to `ordinal` (TC_EINVAL).
+ * Writing through a read-only mapping fails with TC_ECUDA (the driver says
+ * CUDA_ERROR_INVALID_VALUE) and changes nothing.  n == 0 is a no-op.
+ * Each returns 0, TC_EINVAL, TC_EDEVICE, TC_ENODEV or TC_ECUDA.
+ */
+int tc__gpu_htod(int ordinal, uint64_t dst, const void *src, uint64_t n,
+		 struct tc__gpu_stream *s, char *err, size_t errlen);
+int tc__gpu_dtoh(int ordinal, void *dst, uint64_t src, uint64_t n,
+		 struct tc__gpu_stream *s, char *err, size_t errlen);
+int tc__gpu_dtod(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
+		 struct tc__gpu_stream *s, char *err, size_t errlen);
+int tc__gpu_memset8(int ordinal, uint64_t dst, uint8_t value, uint64_t n,
+		    struct tc__gpu_stream *s, char *err, size_t errlen);
+
+/* Bounds-checked forms on an allocation: [off, off + n) must lie inside m
+ * (TC_EINVAL otherwise).  Same returns as above. */
+int tc__gpu_mem_write(const struct tc__gpu_mem *m, uint64_t off,
+		      const void *src, uint64_t n, struct tc__gpu_stream *s,
+		      char *err, size_t errlen);
+int tc__gpu_mem_read(const struct tc__gpu_mem *m, uint64_t off, void *dst,
+		     uint64_t n, struct tc__gpu_stream *s, char *err,
+		     size_t errlen);
+
+/* ---- pinned host memory ------------------------------------------------ */
+
+/* Page-lock an existing host mapping (a memfd mapping, say) for every
+ * context (PORTABLE), so copies from it run at the pinned rate.  p and n
+ * should cover whole pages of one mapping, already faulted in (register
+ * pins what is there).  flags: TC_GPU_READ_ONLY when the mapping is
+ * PROT_READ (a sealed memfd): the driver then pins it without asking for
+ * write access.  The range must be unregistered before it is unmapped.
+ * Returns 0, TC_EINVAL, TC_EDEVICE, TC_ENODEV or TC_ECUDA (e.g. already
+ * registered). */
+int tc__gpu_host_register(int ordinal, void *p, uint64_t n, unsigned flags,
+			  char *err, size_t errlen);
+
+/* Undo tc__gpu_host_register(p).  Returns 0, TC_EDEVICE, TC_ENODEV or
+ * TC_ECUDA (not registered). */
+int tc__gpu_host_unregister(int ordinal, void *p, char *err, size_t errlen);
+
+/* ---- diagnostics ------------------------------------------------------- */
+
+/* Raw CUresult of the last driver call that failed on this thread (0 if
+ * none yet), for logs and metrics. */
+int tc__gpu_last_cuda_error(void);
+
+/* Whether that last failure was CUDA_ERROR_OUT_OF_MEMORY: the daemon
+ * evicts and retries on it. */
+bool tc__gpu_last_error_oom(void);
+
+/* Symbolic name of a raw CUresult ("CUDA_ERROR_OUT_OF_MEMORY"), from the
+ * driver when it is loaded; never NULL, static storage. */
+const char *tc__gpu_cuda_error_name(int cuda_error);
+
+#endif /* TC_GPU_VMM_H */

@@ -1,0 +1,1410 @@
+/*
+ * fakecuda.c - a fake libcuda.so.1: the subset of the CUDA driver API that
+ * src/gpu uses, implemented over host memory, so CI machines without a GPU
+ * run every GPU code path.  Point TCAST_CUDA_LIB at the built library.
+ *
+ * Model:
+ *   - "Device memory" is one memfd per cuMemCreate, named
+ *     "fakecuda:dev<N>" so an importer can tell which GPU it lives on.
+ *     Export is a dup of the memfd, so real SCM_RIGHTS passing works
+ *     between processes; import dups the fd it is given.
+ *   - cuMemAddressReserve reserves host address space (mmap PROT_NONE);
+ *     cuMemMap maps the memfd there (MAP_FIXED|MAP_SHARED) still PROT_NONE,
+ *     and cuMemSetAccess mprotects it to PROT_READ or PROT_READ|PROT_WRITE,
+ *     as the real driver only grants access at cuMemSetAccess.  Device
+ *     pointers are host addresses, so copies are memcpy.
+ *   - Copies and memsets check the target range: writing into a read-only
+ *     or unmapped range returns CUDA_ERROR_INVALID_VALUE and changes
+ *     nothing (what an H200 did for cuMemsetD8 into a PROT_READ mapping),
+ *     instead of faulting.
+ *   - An allocation's memory lives until its handle and every mapping are
+ *     gone; an exported fd keeps the memfd (not the budget) alive.
+ *   - Streams and events are bookkeeping; async work completes at once.
+ *
+ * Environment (read at cuInit unless noted):
+ *   TC_FAKECUDA_DEVICES=N       physical fake GPUs (default 2, max 16; 0 makes
+ *                               cuInit fail with CUDA_ERROR_NO_DEVICE)
+ *   TC_FAKECUDA_MEM_BYTES=N     per-GPU memory budget (default 16 GiB;
+ *                               suffixes k, m, g); cuMemCreate beyond it
+ *                               fails with CUDA_ERROR_OUT_OF_MEMORY
+ *   TC_FAKECUDA_NO_VMM=1        report no VMM / POSIX-fd support
+ *   CUDA_VISIBLE_DEVICES=1,0    visible subset and order, by physical index;
+ *                               the first bad entry ends the list, as in CUDA
+ *   TC_FAKECUDA_FAIL=fn:n[+][:ERR][,...]   (re-read on every call)
+ *                               fail the n-th call of fn (counting from when
+ *                               the value last changed; "+" fails every call
+ *                               from the n-th on; fn "*" counts every call)
+ *                               with CUDA_ERROR_OUT_OF_MEMORY or ERR (a
+ *                               CUDA_ERROR_* name or a number).  fn may name
+ *                               the symbol with or without its _v2 suffix.
+ *   TC_FAKECUDA_LOST_AFTER=n    (re-read on every call) after n more calls
+ *                               the device is "lost": every call returns
+ *                               CUDA_ERROR_DEVICE_UNAVAILABLE.  Teardown
+ *                               calls (release, unmap, free, destroy,
+ *                               unregister) still tear down before failing,
+ *                               as a driver does for a dead GPU, so callers
+ *                               can be checked for leaks.
+ * cuGetErrorName/cuGetErrorString are never failed or counted.
+ *
+ * One global lock serialises the fake; it is a test double, not fast.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gpu/cu.h"
+
+#define FAKE_API	 __attribute__((visibility("default")))
+#define FAKE_MAX_DEV	 16
+#define FAKE_GRAN	 ((size_t)2 << 20) /* VMM granularity, as on H100/H200 */
+#define FAKE_DEFAULT_MEM ((size_t)16 << 30)
+#define FAKE_VERSION	 12080 /* reports CUDA 12.8 */
+#define FAKE_MAX_SPECS	 16
+
+/* ------------------------------------------------------------------------ */
+/* State                                                                     */
+/* ------------------------------------------------------------------------ */
+
+struct fctx {
+	int ordinal; /* visible ordinal of its device */
+	int refs;    /* primary-context retain count */
+};
+
+/* One visible device. */
+struct fdev {
+	int phys;      /* physical index: names the memfd, makes the UUID */
+	size_t budget; /* bytes */
+	size_t used;   /* bytes charged by live cuMemCreate allocations */
+	struct fctx ctx;
+};
+
+/* An allocation handle (created or imported). Lives while refs > 0: the
+ * handle itself and one per mapping. */
+struct falloc {
+	int fd; /* memfd */
+	size_t size;
+	int phys; /* physical device */
+	int refs;
+	bool charged;	/* counted in devs[].used (created here) */
+	bool handle;	/* the handle is not yet released */
+	unsigned types; /* requested handle types */
+	struct falloc *next;
+};
+
+struct fres { /* a cuMemAddressReserve range */
+	uintptr_t base;
+	size_t size;
+	struct fres *next;
+};
+
+struct fmap { /* a cuMemMap mapping */
+	uintptr_t va;
+	size_t size;
+	struct falloc *a;
+	int prot; /* PROT_* granted by cuMemSetAccess */
+	struct fmap *next;
+};
+
+struct freg { /* a cuMemHostRegister range */
+	uintptr_t p;
+	size_t n;
+	struct freg *next;
+};
+
+struct fstream {
+	int ordinal;
+	struct fstream *next;
+};
+
+struct fevent {
+	unsigned flags;
+	bool recorded;
+	struct timespec t;
+	struct fevent *next;
+};
+
+struct fspec { /* one TC_FAKECUDA_FAIL entry */
+	char fn[64];
+	long nth;
+	bool and_after;
+	CUresult err;
+	long count;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	bool inited;
+	int ndev;
+	struct fdev devs[FAKE_MAX_DEV];
+	bool no_vmm;
+	struct falloc *allocs;
+	struct fres *res;
+	struct fmap *maps;
+	struct freg *regs;
+	struct fstream *streams;
+	struct fevent *events;
+	/* fault injection */
+	char *fail_env; /* last TC_FAKECUDA_FAIL seen, owned */
+	struct fspec specs[FAKE_MAX_SPECS];
+	int nspecs;
+	char *lost_env;	 /* last TC_FAKECUDA_LOST_AFTER seen, owned */
+	long lost_after; /* -1: not armed */
+	long lost_calls;
+} F = { .lock = PTHREAD_MUTEX_INITIALIZER, .lost_after = -1 };
+
+static __thread struct fctx *cur_ctx;
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static const struct {
+	CUresult code;
+	const char *name;
+	const char *text;
+} errtab[] = {
+	{ CUDA_SUCCESS, "CUDA_SUCCESS", "no error" },
+	{ CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE",
+	  "invalid argument" },
+	{ CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY",
+	  "out of memory" },
+	{ CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED",
+	  "initialization error" },
+	{ CUDA_ERROR_DEINITIALIZED, "CUDA_ERROR_DEINITIALIZED",
+	  "driver shutting down" },
+	{ CUDA_ERROR_DEVICE_UNAVAILABLE, "CUDA_ERROR_DEVICE_UNAVAILABLE",
+	  "CUDA-capable device(s) is/are busy or unavailable" },
+	{ CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE",
+	  "no CUDA-capable device is detected" },
+	{ CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE",
+	  "invalid device ordinal" },
+	{ CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT",
+	  "invalid device context" },
+	{ CUDA_ERROR_MAP_FAILED, "CUDA_ERROR_MAP_FAILED",
+	  "mapping of buffer object failed" },
+	{ CUDA_ERROR_ALREADY_MAPPED, "CUDA_ERROR_ALREADY_MAPPED",
+	  "resource already mapped" },
+	{ CUDA_ERROR_NOT_MAPPED, "CUDA_ERROR_NOT_MAPPED",
+	  "resource not mapped" },
+	{ CUDA_ERROR_ECC_UNCORRECTABLE, "CUDA_ERROR_ECC_UNCORRECTABLE",
+	  "uncorrectable ECC error encountered" },
+	{ CUDA_ERROR_OPERATING_SYSTEM, "CUDA_ERROR_OPERATING_SYSTEM",
+	  "OS call failed or operation not supported on this OS" },
+	{ CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE",
+	  "invalid resource handle" },
+	{ CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND",
+	  "named symbol not found" },
+	{ CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready" },
+	{ CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS",
+	  "an illegal memory access was encountered" },
+	{ CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED,
+	  "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
+	  "part or all of the requested memory range is already mapped" },
+	{ CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED,
+	  "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
+	  "pointer does not correspond to a registered memory region" },
+	{ CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED",
+	  "unspecified launch failure" },
+	{ CUDA_ERROR_NOT_PERMITTED, "CUDA_ERROR_NOT_PERMITTED",
+	  "operation not permitted" },
+	{ CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED",
+	  "operation not supported" },
+	{ CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error" },
+};
+
+static int err_index(CUresult r)
+{
+	for (size_t i = 0; i < sizeof(errtab) / sizeof(errtab[0]); i++)
+		if (errtab[i].code == r)
+			return (int)i;
+	return -1;
+}
+
+FAKE_API CUresult cuGetErrorName(CUresult r, const char **s)
+{
+	int i = err_index(r);
+
+	if (!s)
+		return CUDA_ERROR_INVALID_VALUE;
+	*s = i < 0 ? NULL : errtab[i].name;
+	return i < 0 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
+FAKE_API CUresult cuGetErrorString(CUresult r, const char **s)
+{
+	int i = err_index(r);
+
+	if (!s)
+		return CUDA_ERROR_INVALID_VALUE;
+	*s = i < 0 ? NULL : errtab[i].text;
+	return i < 0 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
+static CUresult parse_err(const char *s)
+{
+	char *end;
+	long v;
+
+	for (size_t i = 0; i < sizeof(errtab) / sizeof(errtab[0]); i++)
+		if (!strcmp(errtab[i].name, s))
+			return errtab[i].code;
+	v = strtol(s, &end, 0);
+	if (*s && !*end && v > 0)
+		return (CUresult)v;
+	return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fault injection                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Strip a _v2 suffix so "cuMemcpyHtoD" and "cuMemcpyHtoD_v2" match. */
+static void base_name(const char *in, char *out, size_t outlen)
+{
+	size_t n;
+
+	snprintf(out, outlen, "%s", in);
+	n = strlen(out);
+	if (n > 3 && !strcmp(out + n - 3, "_v2"))
+		out[n - 3] = '\0';
+}
+
+static void parse_fail_env(const char *env)
+{
+	char *copy = strdup(env), *save = NULL, *tok;
+
+	F.nspecs = 0;
+	if (!copy)
+		return;
+	for (tok = strtok_r(copy, ",", &save); tok && F.nspecs < FAKE_MAX_SPECS;
+	     tok = strtok_r(NULL, ",", &save)) {
+		struct fspec *sp = &F.specs[F.nspecs];
+		char *c1 = strchr(tok, ':'), *c2, *end;
+
+		if (!c1)
+			continue;
+		*c1++ = '\0';
+		c2 = strchr(c1, ':');
+		if (c2)
+			*c2++ = '\0';
+		memset(sp, 0, sizeof(*sp));
+		base_name(tok, sp->fn, sizeof(sp->fn));
+		sp->nth = strtol(c1, &end, 10);
+		sp->and_after = *end == '+';
+		sp->err = c2 ? parse_err(c2) : CUDA_ERROR_OUT_OF_MEMORY;
+		if (sp->nth > 0)
+			F.nspecs++;
+	}
+	free(copy);
+}
+
+/* Has an environment value changed since we last looked? */
+static bool env_changed(const char *env, char **seen)
+{
+	if (!env && !*seen)
+		return false;
+	if (env && *seen && !strcmp(env, *seen))
+		return false;
+	free(*seen);
+	*seen = env ? strdup(env) : NULL;
+	return true;
+}
+
+/*
+ * Called under F.lock at the top of every entry point.  Returns the error to
+ * fail this call with, or CUDA_SUCCESS.  For teardown calls (deferred !=
+ * NULL) a lost device does not stop the call: its error is stored in
+ * *deferred and returned after the teardown ran.
+ */
+static CUresult fake_enter(const char *fn, CUresult *deferred)
+{
+	const char *env;
+	char base[64];
+
+	if (deferred)
+		*deferred = CUDA_SUCCESS;
+	env = getenv("TC_FAKECUDA_FAIL");
+	if (env_changed(env, &F.fail_env)) {
+		F.nspecs = 0;
+		if (env)
+			parse_fail_env(env);
+	}
+	env = getenv("TC_FAKECUDA_LOST_AFTER");
+	if (env_changed(env, &F.lost_env)) {
+		F.lost_after = env ? strtol(env, NULL, 10) : -1;
+		F.lost_calls = 0;
+	}
+
+	if (F.lost_after >= 0 && F.lost_calls++ >= F.lost_after) {
+		if (!deferred)
+			return CUDA_ERROR_DEVICE_UNAVAILABLE;
+		*deferred = CUDA_ERROR_DEVICE_UNAVAILABLE;
+	}
+	base_name(fn, base, sizeof(base));
+	for (int i = 0; i < F.nspecs; i++) {
+		struct fspec *sp = &F.specs[i];
+
+		if (strcmp(sp->fn, "*") && strcmp(sp->fn, base))
+			continue;
+		sp->count++;
+		if (sp->count == sp->nth ||
+		    (sp->and_after && sp->count > sp->nth))
+			return sp->err;
+	}
+	return CUDA_SUCCESS;
+}
+
+#define LOCK()	 pthread_mutex_lock(&F.lock)
+#define UNLOCK() pthread_mutex_unlock(&F.lock)
+
+/* Enter a normal call: lock, injected failure, initialised. */
+#define ENTER(name)                              \
+	CUresult r_;                             \
+	LOCK();                                  \
+	r_ = fake_enter(name, NULL);             \
+	if (!r_ && !F.inited)                    \
+		r_ = CUDA_ERROR_NOT_INITIALIZED; \
+	if (r_) {                                \
+		UNLOCK();                        \
+		return r_;                       \
+	}
+
+/* Enter a teardown call: a lost device still tears down. */
+#define ENTER_TEARDOWN(name)                     \
+	CUresult lost_, r_;                      \
+	LOCK();                                  \
+	r_ = fake_enter(name, &lost_);           \
+	if (!r_ && !F.inited)                    \
+		r_ = CUDA_ERROR_NOT_INITIALIZED; \
+	if (r_) {                                \
+		UNLOCK();                        \
+		return r_;                       \
+	}
+
+#define RETURN(code)                   \
+	do {                           \
+		CUresult rr_ = (code); \
+		UNLOCK();              \
+		return rr_;            \
+	} while (0)
+
+#define RETURN_TEARDOWN(code)             \
+	do {                              \
+		CUresult rr_ = (code);    \
+		UNLOCK();                 \
+		return rr_ ? rr_ : lost_; \
+	} while (0)
+
+/* A context must be current (and alive) for this call. */
+#define NEED_CTX()                                          \
+	do {                                                \
+		if (!cur_ctx || cur_ctx->refs <= 0)         \
+			RETURN(CUDA_ERROR_INVALID_CONTEXT); \
+	} while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Init and devices                                                          */
+/* ------------------------------------------------------------------------ */
+
+static size_t parse_bytes(const char *s, size_t dflt)
+{
+	char *end;
+	unsigned long long v;
+
+	if (!s || !*s)
+		return dflt;
+	v = strtoull(s, &end, 0);
+	switch (*end) {
+	case 'k':
+	case 'K':
+		v <<= 10;
+		break;
+	case 'm':
+	case 'M':
+		v <<= 20;
+		break;
+	case 'g':
+	case 'G':
+		v <<= 30;
+		break;
+	default:
+		break;
+	}
+	return (size_t)v;
+}
+
+static void fake_uuid(int phys, char out[16])
+{
+	memcpy(out, "tcastfakeGPU", 12);
+	out[12] = 0x10;
+	out[13] = 0x20;
+	out[14] = (char)(phys >> 8);
+	out[15] = (char)phys;
+}
+
+static struct fdev *dev_of(CUdevice d)
+{
+	return (d >= 0 && d < F.ndev) ? &F.devs[d] : NULL;
+}
+
+/* Visible ordinal of a physical device, or -1. */
+static int ordinal_of_phys(int phys)
+{
+	for (int i = 0; i < F.ndev; i++)
+		if (F.devs[i].phys == phys)
+			return i;
+	return -1;
+}
+
+FAKE_API CUresult cuInit(unsigned int flags)
+{
+	const char *env, *vis;
+	int nphys;
+	size_t budget;
+	CUresult r;
+
+	LOCK();
+	r = fake_enter("cuInit", NULL);
+	if (r)
+		RETURN(r);
+	if (flags)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (F.inited)
+		RETURN(F.ndev ? CUDA_SUCCESS : CUDA_ERROR_NO_DEVICE);
+	env = getenv("TC_FAKECUDA_DEVICES");
+	nphys = env ? atoi(env) : 2;
+	if (nphys < 0)
+		nphys = 0;
+	if (nphys > FAKE_MAX_DEV)
+		nphys = FAKE_MAX_DEV;
+	budget = parse_bytes(getenv("TC_FAKECUDA_MEM_BYTES"), FAKE_DEFAULT_MEM);
+	env = getenv("TC_FAKECUDA_NO_VMM");
+	F.no_vmm = env && *env && strcmp(env, "0");
+
+	F.ndev = 0;
+	vis = getenv("CUDA_VISIBLE_DEVICES");
+	if (!vis) {
+		for (int i = 0; i < nphys; i++)
+			F.devs[F.ndev++].phys = i;
+	} else {
+		/* Indices in order; the first invalid entry ends the list. */
+		const char *p = vis;
+
+		while (*p && F.ndev < FAKE_MAX_DEV) {
+			char *end;
+			long v = strtol(p, &end, 10);
+
+			if (end == p || v < 0 || v >= nphys ||
+			    ordinal_of_phys((int)v) >= 0)
+				break;
+			F.devs[F.ndev++].phys = (int)v;
+			p = end;
+			if (*p == ',')
+				p++;
+			else if (*p)
+				break;
+		}
+	}
+	for (int i = 0; i < F.ndev; i++) {
+		F.devs[i].budget = budget;
+		F.devs[i].used = 0;
+		F.devs[i].ctx.ordinal = i;
+		F.devs[i].ctx.refs = 0;
+	}
+	F.inited = true;
+	RETURN(F.ndev ? CUDA_SUCCESS : CUDA_ERROR_NO_DEVICE);
+}
+
+FAKE_API CUresult cuDriverGetVersion(int *v)
+{
+	CUresult r;
+
+	LOCK();
+	r = fake_enter("cuDriverGetVersion", NULL);
+	if (r)
+		RETURN(r);
+	if (!v)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	*v = FAKE_VERSION;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDeviceGetCount(int *n)
+{
+	ENTER("cuDeviceGetCount");
+	if (!n)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	*n = F.ndev;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDeviceGet(CUdevice *d, int ordinal)
+{
+	ENTER("cuDeviceGet");
+	if (!d)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(ordinal))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	*d = ordinal;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDeviceGetName(char *name, int len, CUdevice d)
+{
+	ENTER("cuDeviceGetName");
+	if (!name || len <= 0)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	snprintf(name, (size_t)len, "tcast fake GPU %d", F.devs[d].phys);
+	RETURN(CUDA_SUCCESS);
+}
+
+static CUresult get_uuid(const char *fn, CUuuid *u, CUdevice d)
+{
+	ENTER(fn);
+	if (!u)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	fake_uuid(F.devs[d].phys, u->bytes);
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d)
+{
+	return get_uuid("cuDeviceGetUuid", u, d);
+}
+
+FAKE_API CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d)
+{
+	return get_uuid("cuDeviceGetUuid_v2", u, d);
+}
+
+FAKE_API CUresult cuDeviceGetPCIBusId(char *s, int len, CUdevice d)
+{
+	ENTER("cuDeviceGetPCIBusId");
+	if (!s || len <= 0)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	snprintf(s, (size_t)len, "0000:%02x:00.0", 0x10 + F.devs[d].phys);
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice d)
+{
+	ENTER("cuDeviceTotalMem_v2");
+	if (!bytes)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	*bytes = F.devs[d].budget;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d)
+{
+	ENTER("cuDeviceGetAttribute");
+	if (!v)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	switch (a) {
+	case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT:
+		*v = 132;
+		break;
+	case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID:
+		*v = 0x10 + F.devs[d].phys;
+		break;
+	case CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID:
+	case CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID:
+		*v = 0;
+		break;
+	case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR:
+		*v = 9;
+		break;
+	case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR:
+		*v = 0;
+		break;
+	case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING:
+	case CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED:
+	case CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED:
+	case CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED:
+		*v = 1;
+		break;
+	case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
+	case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED:
+		*v = F.no_vmm ? 0 : 1;
+		break;
+	default:
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	}
+	RETURN(CUDA_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Contexts                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static bool ctx_valid(CUcontext c)
+{
+	for (int i = 0; i < F.ndev; i++)
+		if ((void *)c == (void *)&F.devs[i].ctx)
+			return true;
+	return false;
+}
+
+FAKE_API CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d)
+{
+	ENTER("cuDevicePrimaryCtxRetain");
+	if (!c)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	F.devs[d].ctx.refs++;
+	*c = (CUcontext)(void *)&F.devs[d].ctx;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d)
+{
+	ENTER_TEARDOWN("cuDevicePrimaryCtxRelease_v2");
+	if (!dev_of(d))
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_DEVICE);
+	if (F.devs[d].ctx.refs <= 0)
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_CONTEXT);
+	F.devs[d].ctx.refs--;
+	RETURN_TEARDOWN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuCtxGetCurrent(CUcontext *c)
+{
+	ENTER("cuCtxGetCurrent");
+	if (!c)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	*c = (CUcontext)(void *)cur_ctx;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuCtxSetCurrent(CUcontext c)
+{
+	ENTER("cuCtxSetCurrent");
+	if (c && !ctx_valid(c))
+		RETURN(CUDA_ERROR_INVALID_CONTEXT);
+	cur_ctx = (struct fctx *)(void *)c;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuCtxSynchronize(void)
+{
+	ENTER("cuCtxSynchronize");
+	NEED_CTX();
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemGetInfo_v2(size_t *fr, size_t *total)
+{
+	struct fdev *d;
+
+	ENTER("cuMemGetInfo_v2");
+	NEED_CTX();
+	if (!fr || !total)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	d = &F.devs[cur_ctx->ordinal];
+	*fr = d->budget - d->used;
+	*total = d->budget;
+	RETURN(CUDA_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------ */
+/* VMM                                                                       */
+/* ------------------------------------------------------------------------ */
+
+static bool prop_ok(const CUmemAllocationProp *p)
+{
+	return p && p->type == CU_MEM_ALLOCATION_TYPE_PINNED &&
+	       p->location.type == CU_MEM_LOCATION_TYPE_DEVICE &&
+	       dev_of(p->location.id) &&
+	       !(p->requestedHandleTypes &
+		 ~(unsigned)CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+}
+
+FAKE_API CUresult
+cuMemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *prop,
+			      CUmemAllocationGranularity_flags opt)
+{
+	ENTER("cuMemGetAllocationGranularity");
+	if (F.no_vmm)
+		RETURN(CUDA_ERROR_NOT_SUPPORTED);
+	if (!g || !prop_ok(prop) ||
+	    (opt != CU_MEM_ALLOC_GRANULARITY_MINIMUM &&
+	     opt != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	*g = FAKE_GRAN;
+	RETURN(CUDA_SUCCESS);
+}
+
+static struct falloc *alloc_of(CUmemGenericAllocationHandle h)
+{
+	for (struct falloc *a = F.allocs; a; a = a->next)
+		if ((uintptr_t)a == (uintptr_t)h)
+			return a;
+	return NULL;
+}
+
+static void alloc_unref(struct falloc *a)
+{
+	struct falloc **pp;
+
+	if (--a->refs > 0)
+		return;
+	for (pp = &F.allocs; *pp; pp = &(*pp)->next)
+		if (*pp == a) {
+			*pp = a->next;
+			break;
+		}
+	if (a->charged) {
+		int o = ordinal_of_phys(a->phys);
+
+		if (o >= 0)
+			F.devs[o].used -= a->size;
+	}
+	close(a->fd);
+	free(a);
+}
+
+FAKE_API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size,
+			      const CUmemAllocationProp *prop,
+			      unsigned long long flags)
+{
+	struct fdev *d;
+	struct falloc *a;
+	char name[32];
+	int fd;
+
+	ENTER("cuMemCreate");
+	if (F.no_vmm)
+		RETURN(CUDA_ERROR_NOT_SUPPORTED);
+	if (!h || !prop_ok(prop) || flags || size == 0 || size % FAKE_GRAN)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	d = dev_of(prop->location.id);
+	if (size > d->budget - d->used)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	snprintf(name, sizeof(name), "fakecuda:dev%d", d->phys);
+	fd = memfd_create(name, MFD_CLOEXEC);
+	if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+		if (fd >= 0)
+			close(fd);
+		free(a);
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	}
+	a->fd = fd;
+	a->size = size;
+	a->phys = d->phys;
+	a->refs = 1;
+	a->handle = true;
+	a->charged = true;
+	a->types = prop->requestedHandleTypes;
+	a->next = F.allocs;
+	F.allocs = a;
+	d->used += size;
+	*h = (CUmemGenericAllocationHandle)(uintptr_t)a;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemRelease(CUmemGenericAllocationHandle h)
+{
+	struct falloc *a;
+
+	ENTER_TEARDOWN("cuMemRelease");
+	a = alloc_of(h);
+	if (!a || !a->handle)
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_VALUE);
+	a->handle = false;
+	alloc_unref(a);
+	RETURN_TEARDOWN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemExportToShareableHandle(void *out,
+					       CUmemGenericAllocationHandle h,
+					       CUmemAllocationHandleType type,
+					       unsigned long long flags)
+{
+	struct falloc *a;
+	int fd;
+
+	ENTER("cuMemExportToShareableHandle");
+	a = alloc_of(h);
+	if (!out || !a || !a->handle || flags ||
+	    type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR ||
+	    !(a->types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	fd = fcntl(a->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	*(int *)out = fd;
+	RETURN(CUDA_SUCCESS);
+}
+
+/* The physical device of a fake allocation's memfd, or -1 if fd is not one. */
+static int memfd_phys(int fd)
+{
+	char path[64], target[256];
+	ssize_t n;
+	int phys;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -1;
+	target[n] = '\0';
+	if (sscanf(target, "/memfd:fakecuda:dev%d", &phys) != 1)
+		return -1;
+	return phys;
+}
+
+FAKE_API CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *h,
+						 void *os_handle,
+						 CUmemAllocationHandleType type)
+{
+	struct falloc *a;
+	struct stat st;
+	int fd = (int)(intptr_t)os_handle, phys, dupfd;
+
+	ENTER("cuMemImportFromShareableHandle");
+	if (!h || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	phys = memfd_phys(fd);
+	if (phys < 0 || fstat(fd, &st) < 0 || st.st_size <= 0 ||
+	    st.st_size % (off_t)FAKE_GRAN)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (ordinal_of_phys(phys) < 0)
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (dupfd < 0) {
+		free(a);
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	}
+	a->fd = dupfd;
+	a->size = (size_t)st.st_size;
+	a->phys = phys;
+	a->refs = 1;
+	a->handle = true;
+	a->charged = false; /* the exporter's budget pays for it */
+	a->types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+	a->next = F.allocs;
+	F.allocs = a;
+	*h = (CUmemGenericAllocationHandle)(uintptr_t)a;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size,
+				      size_t align, CUdeviceptr addr,
+				      unsigned long long flags)
+{
+	struct fres *res;
+	uintptr_t base, aligned;
+	void *p;
+
+	ENTER("cuMemAddressReserve");
+	if (align == 0)
+		align = FAKE_GRAN;
+	if (!ptr || size == 0 || size % FAKE_GRAN || (align & (align - 1)) ||
+	    align % FAKE_GRAN || flags)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	(void)addr; /* a hint; ignored */
+	res = calloc(1, sizeof(*res));
+	if (!res)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	p = mmap(NULL, size + align, PROT_NONE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		free(res);
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	}
+	base = (uintptr_t)p;
+	aligned = (base + align - 1) & ~(uintptr_t)(align - 1);
+	if (aligned > base)
+		munmap(p, aligned - base);
+	if (aligned + size < base + size + align)
+		munmap((void *)(aligned + size), base + align - aligned);
+	res->base = aligned;
+	res->size = size;
+	res->next = F.res;
+	F.res = res;
+	*ptr = aligned;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+	struct fres **pp, *res;
+
+	ENTER_TEARDOWN("cuMemAddressFree");
+	for (pp = &F.res; *pp; pp = &(*pp)->next)
+		if ((*pp)->base == ptr && (*pp)->size == size)
+			break;
+	if (!*pp)
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_VALUE);
+	for (struct fmap *m = F.maps; m; m = m->next)
+		if (m->va >= ptr && m->va < ptr + size)
+			RETURN_TEARDOWN(CUDA_ERROR_INVALID_VALUE);
+	res = *pp;
+	*pp = res->next;
+	munmap((void *)res->base, res->size);
+	free(res);
+	RETURN_TEARDOWN(CUDA_SUCCESS);
+}
+
+static struct fres *res_containing(uintptr_t p, size_t n)
+{
+	for (struct fres *r = F.res; r; r = r->next)
+		if (p >= r->base && n <= r->size && p - r->base <= r->size - n)
+			return r;
+	return NULL;
+}
+
+FAKE_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+			   CUmemGenericAllocationHandle h,
+			   unsigned long long flags)
+{
+	struct falloc *a = NULL;
+	struct fmap *m;
+	void *p;
+
+	ENTER("cuMemMap");
+	a = alloc_of(h);
+	if (!a || !a->handle || offset || flags || size == 0 ||
+	    size % FAKE_GRAN || ptr % FAKE_GRAN || size > a->size ||
+	    !res_containing(ptr, size))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	for (m = F.maps; m; m = m->next)
+		if (ptr < m->va + m->size && m->va < ptr + size)
+			RETURN(CUDA_ERROR_INVALID_VALUE);
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	/* Mapped but not accessible until cuMemSetAccess. */
+	p = mmap((void *)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED, a->fd,
+		 0);
+	if (p == MAP_FAILED) {
+		free(m);
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	}
+	m->va = ptr;
+	m->size = size;
+	m->a = a;
+	m->prot = PROT_NONE;
+	m->next = F.maps;
+	F.maps = m;
+	a->refs++;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+	struct fmap **pp, *m;
+	bool found = false;
+
+	ENTER_TEARDOWN("cuMemUnmap");
+	if (size == 0 || !res_containing(ptr, size))
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_VALUE);
+	/* Every mapping in the range must lie wholly inside it. */
+	for (m = F.maps; m; m = m->next)
+		if (ptr < m->va + m->size && m->va < ptr + size &&
+		    (m->va < ptr || m->va + m->size > ptr + size))
+			RETURN_TEARDOWN(CUDA_ERROR_INVALID_VALUE);
+	for (pp = &F.maps; *pp;) {
+		m = *pp;
+		if (m->va >= ptr && m->va + m->size <= ptr + size) {
+			*pp = m->next;
+			/* Back to a PROT_NONE reservation. */
+			mmap((void *)m->va, m->size, PROT_NONE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+				     MAP_FIXED,
+			     -1, 0);
+			alloc_unref(m->a);
+			free(m);
+			found = true;
+		} else {
+			pp = &m->next;
+		}
+	}
+	RETURN_TEARDOWN(found ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE);
+}
+
+/* Are [p, p + n) all mapped, contiguously, with at least `need` access? */
+static bool range_ok(uintptr_t p, size_t n, int need)
+{
+	while (n > 0) {
+		struct fmap *m;
+		size_t chunk;
+
+		for (m = F.maps; m; m = m->next)
+			if (p >= m->va && p < m->va + m->size)
+				break;
+		if (!m || (m->prot & need) != need)
+			return false;
+		chunk = m->va + m->size - p;
+		if (chunk >= n)
+			return true;
+		p += chunk;
+		n -= chunk;
+	}
+	return true;
+}
+
+FAKE_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,
+				 const CUmemAccessDesc *desc, size_t count)
+{
+	int prot = PROT_NONE;
+
+	ENTER("cuMemSetAccess");
+	if (!desc || count == 0 || size == 0)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	for (size_t i = 0; i < count; i++) {
+		if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+		    !dev_of(desc[i].location.id))
+			RETURN(CUDA_ERROR_INVALID_DEVICE);
+		switch (desc[i].flags) {
+		case CU_MEM_ACCESS_FLAGS_PROT_NONE:
+			break;
+		case CU_MEM_ACCESS_FLAGS_PROT_READ:
+			prot |= PROT_READ;
+			break;
+		case CU_MEM_ACCESS_FLAGS_PROT_READWRITE:
+			prot |= PROT_READ | PROT_WRITE;
+			break;
+		default:
+			RETURN(CUDA_ERROR_INVALID_VALUE);
+		}
+	}
+	/* The whole range must be mapped: check before changing anything. */
+	if (!range_ok(ptr, size, PROT_NONE))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	for (struct fmap *m = F.maps; m; m = m->next) {
+		if (m->va + m->size <= ptr || m->va >= ptr + size)
+			continue;
+		if (m->va < ptr || m->va + m->size > ptr + size)
+			RETURN(CUDA_ERROR_INVALID_VALUE);
+		if (mprotect((void *)m->va, m->size, prot) < 0)
+			RETURN(CUDA_ERROR_UNKNOWN);
+		m->prot = prot;
+	}
+	RETURN(CUDA_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Streams, events, copies                                                   */
+/* ------------------------------------------------------------------------ */
+
+static bool stream_ok(CUstream s)
+{
+	if (s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD)
+		return true;
+	for (struct fstream *f = F.streams; f; f = f->next)
+		if ((void *)f == (void *)s)
+			return true;
+	return false;
+}
+
+static struct fevent *event_of(CUevent e)
+{
+	for (struct fevent *f = F.events; f; f = f->next)
+		if ((void *)f == (void *)e)
+			return f;
+	return NULL;
+}
+
+/* One body for the eight copy/memset entry points. */
+static CUresult do_copy(const char *fn, uintptr_t dst, int dst_need,
+			uintptr_t src, int src_need, int fill, size_t n,
+			bool async, CUstream s)
+{
+	ENTER(fn);
+	NEED_CTX();
+	if (async && !stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if (n == 0)
+		RETURN(CUDA_SUCCESS);
+	if (!dst || !src)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (dst_need && !range_ok(dst, n, dst_need))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (src_need && !range_ok(src, n, src_need))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (fill >= 0)
+		memset((void *)dst, fill, n);
+	else
+		memmove((void *)dst, (const void *)src, n);
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n)
+{
+	return do_copy("cuMemcpyHtoD_v2", dst, PROT_WRITE, (uintptr_t)src, 0,
+		       -1, n, false, NULL);
+}
+
+FAKE_API CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
+{
+	return do_copy("cuMemcpyDtoH_v2", (uintptr_t)dst, 0, src, PROT_READ, -1,
+		       n, false, NULL);
+}
+
+FAKE_API CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+	return do_copy("cuMemcpyDtoD_v2", dst, PROT_WRITE, src, PROT_READ, -1,
+		       n, false, NULL);
+}
+
+FAKE_API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src,
+				       size_t n, CUstream s)
+{
+	return do_copy("cuMemcpyHtoDAsync_v2", dst, PROT_WRITE, (uintptr_t)src,
+		       0, -1, n, true, s);
+}
+
+FAKE_API CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n,
+				       CUstream s)
+{
+	return do_copy("cuMemcpyDtoHAsync_v2", (uintptr_t)dst, 0, src,
+		       PROT_READ, -1, n, true, s);
+}
+
+FAKE_API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src,
+				       size_t n, CUstream s)
+{
+	return do_copy("cuMemcpyDtoDAsync_v2", dst, PROT_WRITE, src, PROT_READ,
+		       -1, n, true, s);
+}
+
+FAKE_API CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char v, size_t n)
+{
+	return do_copy("cuMemsetD8_v2", dst, PROT_WRITE, 1, 0, v, n, false,
+		       NULL);
+}
+
+FAKE_API CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n,
+				  CUstream s)
+{
+	return do_copy("cuMemsetD8Async", dst, PROT_WRITE, 1, 0, v, n, true, s);
+}
+
+FAKE_API CUresult cuStreamCreate(CUstream *s, unsigned int flags)
+{
+	struct fstream *f;
+
+	ENTER("cuStreamCreate");
+	NEED_CTX();
+	if (!s || (flags & ~(unsigned)CU_STREAM_NON_BLOCKING))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	f->ordinal = cur_ctx->ordinal;
+	f->next = F.streams;
+	F.streams = f;
+	*s = (CUstream)(void *)f;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuStreamDestroy_v2(CUstream s)
+{
+	struct fstream **pp, *f;
+
+	ENTER_TEARDOWN("cuStreamDestroy_v2");
+	for (pp = &F.streams; *pp; pp = &(*pp)->next)
+		if ((void *)*pp == (void *)s)
+			break;
+	if (!*pp)
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_HANDLE);
+	f = *pp;
+	*pp = f->next;
+	free(f);
+	RETURN_TEARDOWN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuStreamSynchronize(CUstream s)
+{
+	ENTER("cuStreamSynchronize");
+	NEED_CTX();
+	RETURN(stream_ok(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+}
+
+FAKE_API CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags)
+{
+	ENTER("cuStreamWaitEvent");
+	NEED_CTX();
+	if (!stream_ok(s) || !event_of(e))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	RETURN(flags ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuEventCreate(CUevent *e, unsigned int flags)
+{
+	struct fevent *f;
+
+	ENTER("cuEventCreate");
+	NEED_CTX();
+	if (!e || (flags & ~7u))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	f->flags = flags;
+	f->next = F.events;
+	F.events = f;
+	*e = (CUevent)(void *)f;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuEventDestroy_v2(CUevent e)
+{
+	struct fevent **pp, *f;
+
+	ENTER_TEARDOWN("cuEventDestroy_v2");
+	for (pp = &F.events; *pp; pp = &(*pp)->next)
+		if ((void *)*pp == (void *)e)
+			break;
+	if (!*pp)
+		RETURN_TEARDOWN(CUDA_ERROR_INVALID_HANDLE);
+	f = *pp;
+	*pp = f->next;
+	free(f);
+	RETURN_TEARDOWN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuEventRecord(CUevent e, CUstream s)
+{
+	struct fevent *f;
+
+	ENTER("cuEventRecord");
+	NEED_CTX();
+	f = event_of(e);
+	if (!f || !stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	clock_gettime(CLOCK_MONOTONIC, &f->t);
+	f->recorded = true;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuEventSynchronize(CUevent e)
+{
+	ENTER("cuEventSynchronize");
+	RETURN(event_of(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+}
+
+FAKE_API CUresult cuEventQuery(CUevent e)
+{
+	ENTER("cuEventQuery");
+	RETURN(event_of(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+}
+
+FAKE_API CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
+{
+	struct fevent *fa, *fb;
+
+	ENTER("cuEventElapsedTime");
+	fa = event_of(a);
+	fb = event_of(b);
+	if (!ms)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!fa || !fb || !fa->recorded || !fb->recorded ||
+	    ((fa->flags | fb->flags) & CU_EVENT_DISABLE_TIMING))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	*ms = (float)((double)(fb->t.tv_sec - fa->t.tv_sec) * 1e3 +
+		      (double)(fb->t.tv_nsec - fa->t.tv_nsec) / 1e6);
+	RETURN(CUDA_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Host registration                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Is [p, p + n) wholly mapped, and writable unless read_only?  Checked in
+ * /proc/self/maps, the way the driver's pinning would find out. */
+static bool host_range_ok(uintptr_t p, size_t n, bool read_only)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[512];
+	uintptr_t cur = p, end = p + n;
+
+	if (!f)
+		return false;
+	while (cur < end && fgets(line, sizeof(line), f)) {
+		uintptr_t lo, hi;
+		char perms[8];
+
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %7s", &lo, &hi,
+			   perms) != 3)
+			continue;
+		if (cur < lo || cur >= hi)
+			continue;
+		if (perms[0] != 'r' || (!read_only && perms[1] != 'w'))
+			break;
+		cur = hi;
+	}
+	fclose(f);
+	return cur >= end;
+}
+
+FAKE_API CUresult cuMemHostRegister_v2(void *p, size_t n, unsigned int flags)
+{
+	struct freg *reg;
+	uintptr_t a = (uintptr_t)p;
+
+	ENTER("cuMemHostRegister_v2");
+	NEED_CTX();
+	if (!p || n == 0 || (flags & ~0xfu))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (flags & CU_MEMHOSTREGISTER_IOMEMORY)
+		RETURN(CUDA_ERROR_NOT_PERMITTED);
+	for (reg = F.regs; reg; reg = reg->next)
+		if (a < reg->p + reg->n && reg->p < a + n)
+			RETURN(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+	/* A read-only mapping needs CU_MEMHOSTREGISTER_READ_ONLY. */
+	if (!host_range_ok(a, n, flags & CU_MEMHOSTREGISTER_READ_ONLY))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	reg = calloc(1, sizeof(*reg));
+	if (!reg)
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	reg->p = a;
+	reg->n = n;
+	reg->next = F.regs;
+	F.regs = reg;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemHostUnregister(void *p)
+{
+	struct freg **pp, *reg;
+
+	ENTER_TEARDOWN("cuMemHostUnregister");
+	NEED_CTX();
+	for (pp = &F.regs; *pp; pp = &(*pp)->next)
+		if ((*pp)->p == (uintptr_t)p)
+			break;
+	if (!*pp)
+		RETURN_TEARDOWN(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED);
+	reg = *pp;
+	*pp = reg->next;
+	free(reg);
+	RETURN_TEARDOWN(CUDA_SUCCESS);
+}

@@ -1,0 +1,194 @@
+/*
+ * gpu_test.h - helpers shared by tests/unit/test_gpu.c (fake driver) and
+ * tests/gpu/test_gpu_real.c (real driver): a second process, real fd
+ * passing, fd counting and checksums.
+ *
+ * The second process is this test binary run again ("--child MODE FD"),
+ * not a bare fork: CUDA cannot be used in a child forked after the driver
+ * was initialised, so a fresh exec is what a real client looks like.  The
+ * parent and child talk over a SOCK_SEQPACKET socketpair; fds travel with
+ * SCM_RIGHTS exactly as the daemon will send them.
+ */
+#ifndef TC_TESTS_GPU_TEST_H
+#define TC_TESTS_GPU_TEST_H
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Open file descriptors of this process. */
+static inline int t_count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the directory's own fd */
+}
+
+/* Send n bytes and, if fd >= 0, one fd.  Returns 0 or -errno. */
+static inline int t_send(int sock, int fd, const void *buf, size_t n)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { (void *)buf, n };
+	struct msghdr msg = { 0 };
+	struct cmsghdr *c;
+
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	if (fd >= 0) {
+		memset(cbuf, 0, sizeof(cbuf));
+		msg.msg_control = cbuf;
+		msg.msg_controllen = sizeof(cbuf);
+		c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	if (sendmsg(sock, &msg, MSG_NOSIGNAL) != (ssize_t)n)
+		return -errno;
+	return 0;
+}
+
+/* Receive exactly n bytes and at most one fd (into *fd, -1 if none; the
+ * receiver owns it).  Returns 0, -EPROTO on a short or truncated message,
+ * or -errno. */
+static inline int t_recv(int sock, int *fd, void *buf, size_t n)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { buf, n };
+	struct msghdr msg = { 0 };
+	struct cmsghdr *c;
+	ssize_t got;
+
+	if (fd)
+		*fd = -1;
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = cbuf;
+	msg.msg_controllen = sizeof(cbuf);
+	got = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	if (got < 0)
+		return -errno;
+	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		int rfd;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		memcpy(&rfd, CMSG_DATA(c), sizeof(int));
+		if (fd && *fd < 0)
+			*fd = rfd;
+		else
+			close(rfd);
+	}
+	if ((size_t)got != n || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		if (fd && *fd >= 0) {
+			close(*fd);
+			*fd = -1;
+		}
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/*
+ * Run this binary again as "--child MODE FD" with its environment changed
+ * by env (NULL-terminated; "NAME=value" sets, "-NAME" unsets).  *sock gets
+ * the parent's end of the socketpair.  Returns the child's pid or -errno.
+ */
+static inline pid_t t_spawn_child(const char *mode, char *const env[],
+				  int *sock)
+{
+	char exe[4096], fdbuf[16];
+	ssize_t n;
+	int sv[2];
+	pid_t pid;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n < 0)
+		return -errno;
+	exe[n] = '\0';
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		int e = errno;
+
+		close(sv[0]);
+		close(sv[1]);
+		return -e;
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		/* Keep the child's end across exec. */
+		fcntl(sv[1], F_SETFD, 0);
+		for (int i = 0; env && env[i]; i++) {
+			if (env[i][0] == '-')
+				unsetenv(env[i] + 1);
+			else
+				putenv(env[i]);
+		}
+		snprintf(fdbuf, sizeof(fdbuf), "%d", sv[1]);
+		execl(exe, exe, "--child", mode, fdbuf, (char *)NULL);
+		_exit(127);
+	}
+	close(sv[1]);
+	*sock = sv[0];
+	return pid;
+}
+
+/* Wait for pid; its exit status, 128 + signal, or -errno. */
+static inline int t_wait_child(pid_t pid)
+{
+	int st;
+
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	return 128 + WTERMSIG(st);
+}
+
+static inline double t_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A deterministic, position-dependent pattern (so a shifted or partial copy
+ * is caught, not only a missing one). */
+static inline void t_fill_pattern(void *p, size_t n, uint64_t seed)
+{
+	uint64_t *w = p, x = seed * 0x9E3779B97F4A7C15ull + 1;
+	size_t i;
+
+	for (i = 0; i < n / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w[i] = x + i;
+	}
+	for (i = n / 8 * 8; i < n; i++)
+		((uint8_t *)p)[i] = (uint8_t)(seed + i);
+}
+
+#endif /* TC_TESTS_GPU_TEST_H */

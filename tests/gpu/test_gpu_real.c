@@ -1,0 +1,516 @@
+/*
+ * test_gpu_real.c - src/gpu against the real CUDA driver.
+ *
+ * Run on a GPU machine: build, then `build/tests/test_gpu_real` (or ctest -R
+ * gpu/test_gpu_real).  Exits 77 (skipped) when libcuda.so.1 cannot be
+ * loaded, no GPU is visible, or the GPU lacks VMM with POSIX fds.
+ *
+ * What it proves, with the facts it measures printed as "[info]" lines:
+ *   - the driver table loads (real symbol names) and devices enumerate
+ *     with UUIDs;
+ *   - exportable VMM allocations round-trip data (sync, async, memset,
+ *     device-to-device), and a read-only import refuses device writes
+ *     while the context stays usable;
+ *   - cuMemHostRegister of a memfd mapping works (also read-only), and the
+ *     pinned vs pageable copy rates;
+ *   - a TC_GPU_TEST_BYTES (default 1 GiB) allocation exported as an fd,
+ *     passed with SCM_RIGHTS to a freshly exec'd child, imported read-only
+ *     there (import + map timed), the fd closed at once, the exporter's
+ *     allocation released, and the child still reads data whose checksum
+ *     matches - the lifetime rule docs/gpu.md relies on;
+ *   - out-of-memory is reported as such; no fd leaks; the caller's CUDA
+ *     context is left as it was.
+ *
+ * Environment: TC_GPU_TEST_BYTES (size of the big allocation),
+ * TC_GPU_TEST_DEVICE (ordinal, default 0), TCAST_CUDA_LIB (driver; ctest's
+ * gpu/test_gpu_real_on_fake points it at the fake).
+ */
+#include <dlfcn.h>
+#include <inttypes.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <cmocka.h>
+
+#include "tcast/errors.h"
+#include "common/compiler.h"
+#include "common/hash.h"
+#include "gpu/vmm.h"
+#include "gpu_test.h"
+
+#define MiB ((uint64_t)1 << 20)
+#define GiB ((uint64_t)1 << 30)
+
+static int dev;	      /* TC_GPU_TEST_DEVICE */
+static uint64_t big;  /* TC_GPU_TEST_BYTES */
+static uint64_t gran; /* minimum granularity of dev */
+static char err[512];
+
+#define info(...)                              \
+	do {                                   \
+		printf("[info] " __VA_ARGS__); \
+		fflush(stdout);                \
+	} while (0)
+
+#define check_ok(expr)                                                    \
+	do {                                                              \
+		int ret_ = (expr);                                        \
+		if (ret_ != 0)                                            \
+			fail_msg("%s = %s: %s", #expr, tc_err_name(ret_), \
+				 err);                                    \
+	} while (0)
+
+static double gbps(uint64_t bytes, double ms)
+{
+	return ms > 0 ? (double)bytes / (ms * 1e6) : 0;
+}
+
+/* Page-aligned anonymous host memory, faulted in. */
+static void *host_alloc(size_t n)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	memset(p, 0, n);
+	return p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The child: a second process that imports                                  */
+/* ------------------------------------------------------------------------ */
+
+struct big_req {
+	uint64_t size;
+	uint8_t uuid[TC_GPU_UUID_BYTES];
+	struct tc__digest digest;
+};
+
+struct big_reply {
+	int phase;	  /* 1: imported, 2: done */
+	int ret;	  /* 0 or the failing tcast code */
+	double import_ms; /* tc__gpu_import (import + reserve + map + access) */
+	double import2_ms; /* a second, read-write import of the same fd */
+	double d2h_ms;	   /* reading everything back, pinned */
+	int data_ok;	   /* checksum matched, and again after the write try */
+	int write_ret;	   /* memset through the read-only mapping */
+	int write_cuda;	   /* its CUresult */
+	int fd_delta;	   /* fds after minus before */
+	char msg[256];
+	char write_msg[256];
+};
+
+static int child_big(int sock)
+{
+	struct big_req req;
+	struct big_reply rep;
+	struct tc__gpu_mem ro, rw;
+	struct tc__digest d;
+	uint8_t *buf = NULL, go;
+	double t0;
+	int fd, ord = -1, fds0, ret;
+
+	memset(&rep, 0, sizeof(rep));
+	rep.phase = 1;
+	if (t_recv(sock, &fd, &req, sizeof(req)) < 0 || fd < 0)
+		return 3;
+	fds0 = t_count_fds() - 1;
+	ret = tc__gpu_init(rep.msg, sizeof(rep.msg));
+	if (ret < 0)
+		goto out_report;
+	ord = tc__gpu_device_find(req.uuid, rep.msg, sizeof(rep.msg));
+	if (ord < 0) {
+		ret = ord;
+		goto out_report;
+	}
+	t0 = t_now_ms();
+	ret = tc__gpu_import(ord, fd, req.size, TC_GPU_READ_ONLY, &ro, rep.msg,
+			     sizeof(rep.msg));
+	rep.import_ms = t_now_ms() - t0;
+	if (ret == 0) {
+		t0 = t_now_ms();
+		ret = tc__gpu_import(ord, fd, req.size, 0, &rw, rep.msg,
+				     sizeof(rep.msg));
+		rep.import2_ms = t_now_ms() - t0;
+		tc__gpu_release(&rw);
+	}
+	/* Close our fd now: the imported handle must keep the memory. */
+	close(fd);
+	fd = -1;
+out_report:
+	rep.ret = ret;
+	if (t_send(sock, -1, &rep, sizeof(rep)) < 0 || ret < 0)
+		return ret < 0 ? 0 : 3;
+
+	/* Wait until the exporter has released its allocation. */
+	if (t_recv(sock, NULL, &go, 1) < 0)
+		return 3;
+	rep.phase = 2;
+	buf = host_alloc(req.size);
+	if (!buf) {
+		rep.ret = -ENOMEM;
+		goto out_done;
+	}
+	rep.ret = tc__gpu_host_register(ord, buf, req.size, 0, rep.msg,
+					sizeof(rep.msg));
+	if (rep.ret < 0)
+		goto out_done;
+	t0 = t_now_ms();
+	rep.ret = tc__gpu_mem_read(&ro, 0, buf, req.size, NULL, rep.msg,
+				   sizeof(rep.msg));
+	rep.d2h_ms = t_now_ms() - t0;
+	if (rep.ret == 0) {
+		tc__hash128(buf, req.size, &d);
+		rep.data_ok = !memcmp(&d, &req.digest, sizeof(d));
+		rep.write_ret = tc__gpu_memset8(ord, ro.dptr, 0xEE, 4096, NULL,
+						rep.write_msg,
+						sizeof(rep.write_msg));
+		rep.write_cuda = tc__gpu_last_cuda_error();
+		/* Unchanged, and the context still works after the refusal. */
+		rep.ret = tc__gpu_mem_read(&ro, 0, buf, MiB, NULL, rep.msg,
+					   sizeof(rep.msg));
+		if (rep.ret == 0) {
+			tc__hash128(buf, req.size, &d);
+			rep.data_ok = rep.data_ok &&
+				      !memcmp(&d, &req.digest, sizeof(d));
+		}
+	}
+	tc__gpu_host_unregister(ord, buf, NULL, 0);
+out_done:
+	tc__gpu_release(&ro);
+	if (buf)
+		munmap(buf, req.size);
+	rep.fd_delta = t_count_fds() - fds0;
+	if (t_send(sock, -1, &rep, sizeof(rep)) < 0)
+		return 3;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cases                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void test_real__devices(void **state)
+{
+	struct tc__gpu_info gi;
+	uint8_t u[TC_GPU_UUID_BYTES];
+	uint64_t fr, tot, rec;
+	int n = tc__gpu_device_count(err, sizeof(err));
+
+	assert_true(n > 0);
+	for (int i = 0; i < n; i++) {
+		check_ok(tc__gpu_device_info(i, &gi, err, sizeof(err)));
+		info("GPU %d: %s %s pci %s cc %d.%d, %d SMs, %.1f GiB; vmm %d "
+		     "posix_fd %d rdma %d host_register %d (read-only %d)\n",
+		     i, gi.name, gi.uuid_str, gi.pci_bus_id, gi.cc_major,
+		     gi.cc_minor, gi.sm_count, (double)gi.total_bytes / GiB,
+		     gi.vmm, gi.posix_fd, gi.rdma, gi.host_register,
+		     gi.host_register_ro);
+		assert_int_equal(tc__gpu_device_find(gi.uuid, err, sizeof(err)),
+				 i);
+		assert_int_equal(tc__gpu_uuid_parse(gi.uuid_str, u), 0);
+		assert_memory_equal(u, gi.uuid, sizeof(u));
+	}
+	check_ok(tc__gpu_granularity(dev, &gran, &rec, err, sizeof(err)));
+	info("GPU %d VMM granularity: minimum %" PRIu64
+	     " B, recommended %" PRIu64 " B\n",
+	     dev, gran, rec);
+	check_ok(tc__gpu_mem_info(dev, &fr, &tot, err, sizeof(err)));
+	info("GPU %d memory: %.2f GiB free of %.2f GiB\n", dev,
+	     (double)fr / GiB, (double)tot / GiB);
+	assert_int_equal(tc__gpu_device_info(n, &gi, err, sizeof(err)),
+			 TC_EDEVICE);
+}
+
+static void test_real__small_roundtrip(void **state)
+{
+	const size_t n = 8 * MiB;
+	struct tc__gpu_mem m, ro;
+	struct tc__gpu_stream *s;
+	struct tc__gpu_event *e0, *e1;
+	uint8_t *src = malloc(n), *dst = malloc(n);
+	int fd, fds = t_count_fds();
+	float ms;
+
+	assert_true(src && dst);
+	t_fill_pattern(src, n, 1);
+	check_ok(tc__gpu_alloc(dev, n - 1, 0, &m, err, sizeof(err)));
+	assert_int_equal(m.size % gran, 0);
+	assert_true(m.size >= n - 1);
+	assert_true(m.fd >= 0);
+	check_ok(tc__gpu_mem_write(&m, 0, src, n, NULL, err, sizeof(err)));
+	memset(dst, 0, n);
+	check_ok(tc__gpu_mem_read(&m, 0, dst, n, NULL, err, sizeof(err)));
+	assert_memory_equal(src, dst, n);
+
+	check_ok(tc__gpu_dtod(dev, m.dptr, m.dptr + n / 2, n / 2, NULL, err,
+			      sizeof(err)));
+	check_ok(tc__gpu_memset8(dev, m.dptr + n / 2, 0x3C, 4096, NULL, err,
+				 sizeof(err)));
+	check_ok(tc__gpu_mem_read(&m, 0, dst, n, NULL, err, sizeof(err)));
+	assert_memory_equal(dst, src + n / 2, n / 2);
+	for (int i = 0; i < 4096; i++)
+		assert_int_equal(dst[n / 2 + i], 0x3C);
+
+	check_ok(tc__gpu_stream_create(dev, &s, err, sizeof(err)));
+	check_ok(tc__gpu_event_create(dev, TC_GPU_EVENT_TIMING, &e0, err,
+				      sizeof(err)));
+	check_ok(tc__gpu_event_create(dev, TC_GPU_EVENT_TIMING, &e1, err,
+				      sizeof(err)));
+	check_ok(tc__gpu_event_record(e0, s, err, sizeof(err)));
+	check_ok(tc__gpu_mem_write(&m, 0, src, n, s, err, sizeof(err)));
+	check_ok(tc__gpu_mem_read(&m, 0, dst, n, s, err, sizeof(err)));
+	check_ok(tc__gpu_event_record(e1, s, err, sizeof(err)));
+	check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
+	assert_memory_equal(src, dst, n);
+	check_ok(tc__gpu_event_elapsed_ms(e0, e1, &ms, err, sizeof(err)));
+	info("async pageable %zu MiB write+read on a stream: %.3f ms\n",
+	     n / MiB, ms);
+
+	/* Read-only import of our own export: writes refused, data intact,
+	 * context still usable. */
+	check_ok(tc__gpu_export(&m, &fd, err, sizeof(err)));
+	check_ok(tc__gpu_import(dev, fd, m.size, TC_GPU_READ_ONLY, &ro, err,
+				sizeof(err)));
+	close(fd);
+	assert_int_equal(tc__gpu_memset8(dev, ro.dptr, 0, 4096, NULL, err,
+					 sizeof(err)),
+			 TC_ECUDA);
+	info("memset into a read-only mapping: %s\n", err);
+	assert_int_equal(tc__gpu_mem_write(&ro, 0, dst, 4096, NULL, err,
+					   sizeof(err)),
+			 TC_ECUDA);
+	info("copy into a read-only mapping: %s\n", err);
+	check_ok(tc__gpu_mem_read(&ro, 0, dst, n, NULL, err, sizeof(err)));
+	assert_memory_equal(src, dst, n);
+	check_ok(tc__gpu_mem_write(&m, 0, src, 4096, NULL, err, sizeof(err)));
+
+	tc__gpu_event_free(e0);
+	tc__gpu_event_free(e1);
+	tc__gpu_stream_free(s);
+	tc__gpu_release(&ro);
+	tc__gpu_release(&m);
+	free(src);
+	free(dst);
+	assert_int_equal(t_count_fds(), fds);
+}
+
+static void test_real__host_register(void **state)
+{
+	const size_t n = TC_MIN(big, 256 * MiB);
+	struct tc__gpu_mem m;
+	uint8_t *rw, *ro, *pageable;
+	double t0, t_pin, t_page, t_reg;
+	int fd = memfd_create("tcast-test", MFD_CLOEXEC), ret;
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)n), 0);
+	rw = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ro = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(rw != MAP_FAILED && ro != MAP_FAILED);
+	t_fill_pattern(rw, n, 5);
+	pageable = malloc(n);
+	assert_non_null(pageable);
+	memcpy(pageable, rw, n);
+	check_ok(tc__gpu_alloc(dev, n, 0, &m, err, sizeof(err)));
+
+	t0 = t_now_ms();
+	check_ok(tc__gpu_host_register(dev, rw, n, 0, err, sizeof(err)));
+	t_reg = t_now_ms() - t0;
+	/* Warm up once, then time. */
+	check_ok(tc__gpu_mem_write(&m, 0, rw, n, NULL, err, sizeof(err)));
+	t0 = t_now_ms();
+	check_ok(tc__gpu_mem_write(&m, 0, rw, n, NULL, err, sizeof(err)));
+	t_pin = t_now_ms() - t0;
+	t0 = t_now_ms();
+	check_ok(tc__gpu_mem_write(&m, 0, pageable, n, NULL, err, sizeof(err)));
+	t_page = t_now_ms() - t0;
+	info("cuMemHostRegister of %zu MiB memfd mapping: %.2f ms\n", n / MiB,
+	     t_reg);
+	info("H2D %zu MiB: pinned memfd %.1f GB/s, pageable %.1f GB/s\n",
+	     n / MiB, gbps(n, t_pin), gbps(n, t_page));
+	check_ok(tc__gpu_host_unregister(dev, rw, err, sizeof(err)));
+
+	/* Read-only mapping (what a sealed memfd gives a client). */
+	ret = tc__gpu_host_register(dev, ro, n, 0, err, sizeof(err));
+	info("register of a PROT_READ mapping without READ_ONLY: %s%s\n",
+	     ret ? "refused: " : "accepted", ret ? err : "");
+	if (ret == 0)
+		check_ok(tc__gpu_host_unregister(dev, ro, err, sizeof(err)));
+	check_ok(tc__gpu_host_register(dev, ro, n, TC_GPU_READ_ONLY, err,
+				       sizeof(err)));
+	check_ok(tc__gpu_mem_write(&m, 0, ro, n, NULL, err, sizeof(err)));
+	check_ok(tc__gpu_host_unregister(dev, ro, err, sizeof(err)));
+	assert_int_equal(tc__gpu_host_unregister(dev, ro, err, sizeof(err)),
+			 TC_ECUDA);
+	info("unregister twice: %s\n", err);
+
+	tc__gpu_release(&m);
+	free(pageable);
+	munmap(rw, n);
+	munmap(ro, n);
+	close(fd);
+}
+
+static void test_real__import_big_in_child(void **state)
+{
+	struct tc__gpu_mem m;
+	struct tc__gpu_info gi;
+	struct big_req req;
+	struct big_reply rep;
+	uint8_t *stage, go = 1;
+	double t0, t_alloc, t_fill;
+	int sock = -1, fds = t_count_fds();
+	pid_t pid;
+	int fd_memfd = memfd_create("tcast-stage", MFD_CLOEXEC);
+
+	/* Stage the pattern in a pinned memfd, as the daemon will. */
+	assert_true(fd_memfd >= 0);
+	assert_int_equal(ftruncate(fd_memfd, (off_t)big), 0);
+	stage = mmap(NULL, big, PROT_READ | PROT_WRITE, MAP_SHARED, fd_memfd,
+		     0);
+	assert_true(stage != MAP_FAILED);
+	t_fill_pattern(stage, big, 77);
+	memset(&req, 0, sizeof(req));
+	tc__hash128(stage, big, &req.digest);
+	check_ok(tc__gpu_host_register(dev, stage, big, 0, err, sizeof(err)));
+
+	t0 = t_now_ms();
+	check_ok(tc__gpu_alloc(dev, big, 0, &m, err, sizeof(err)));
+	t_alloc = t_now_ms() - t0;
+	t0 = t_now_ms();
+	check_ok(tc__gpu_mem_write(&m, 0, stage, big, NULL, err, sizeof(err)));
+	t_fill = t_now_ms() - t0;
+	info("%.0f MiB: alloc+export+map %.2f ms; fill from pinned memfd "
+	     "%.1f GB/s\n",
+	     (double)big / MiB, t_alloc, gbps(big, t_fill));
+	check_ok(tc__gpu_host_unregister(dev, stage, err, sizeof(err)));
+	munmap(stage, big);
+	close(fd_memfd);
+
+	check_ok(tc__gpu_device_info(dev, &gi, err, sizeof(err)));
+	req.size = m.size;
+	memcpy(req.uuid, gi.uuid, sizeof(req.uuid));
+	pid = t_spawn_child("big", NULL, &sock);
+	assert_true(pid > 0);
+	assert_int_equal(t_send(sock, m.fd, &req, sizeof(req)), 0);
+	assert_int_equal(t_recv(sock, NULL, &rep, sizeof(rep)), 0);
+	if (rep.ret)
+		fail_msg("child import failed: %s (%s)", rep.msg,
+			 tc_err_name(rep.ret));
+	info("child: import+map read-only %.0f MiB in %.3f ms (second, "
+	     "read-write: %.3f ms)\n",
+	     (double)big / MiB, rep.import_ms, rep.import2_ms);
+
+	/* The exporter lets go first; the importer must keep the memory. */
+	tc__gpu_release(&m);
+	assert_int_equal(t_send(sock, -1, &go, 1), 0);
+	assert_int_equal(t_recv(sock, NULL, &rep, sizeof(rep)), 0);
+	close(sock);
+	assert_int_equal(t_wait_child(pid), 0);
+	if (rep.ret)
+		fail_msg("child read failed: %s (%s)", rep.msg,
+			 tc_err_name(rep.ret));
+	info("child: read back %.1f GB/s after the exporter released; "
+	     "checksum %s\n",
+	     gbps(big, rep.d2h_ms), rep.data_ok ? "matches" : "DIFFERS");
+	info("child: write through read-only mapping -> %s (%s)\n",
+	     tc_err_name(rep.write_ret), rep.write_msg);
+	assert_true(rep.data_ok);
+	assert_int_equal(rep.write_ret, TC_ECUDA);
+	assert_int_equal(rep.fd_delta, 0);
+	assert_int_equal(t_count_fds(), fds);
+}
+
+static void test_real__out_of_memory(void **state)
+{
+	struct tc__gpu_mem m;
+	uint64_t fr, tot;
+	int fds = t_count_fds();
+
+	check_ok(tc__gpu_mem_info(dev, &fr, &tot, err, sizeof(err)));
+	assert_int_equal(tc__gpu_alloc(dev, tot + gran, 0, &m, err,
+				       sizeof(err)),
+			 TC_ECUDA);
+	info("allocating more than the GPU has: %s\n", err);
+	assert_true(tc__gpu_last_error_oom());
+	assert_int_equal(m.fd, -1);
+	assert_int_equal(t_count_fds(), fds);
+}
+
+static void test_real__context_restored(void **state)
+{
+	typedef int (*get_fn)(void **);
+	typedef int (*set_fn)(void *);
+	const char *path;
+	void *dl, *cur = (void *)1;
+	uint64_t fr, tot;
+	get_fn get;
+	set_fn set;
+	int v;
+
+	check_ok(tc__gpu_driver_version(&v, &path, err, sizeof(err)));
+	dl = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+	assert_non_null(dl);
+	get = (get_fn)dlsym(dl, "cuCtxGetCurrent");
+	set = (set_fn)dlsym(dl, "cuCtxSetCurrent");
+	assert_true(get && set);
+	assert_int_equal(set(NULL), 0);
+	check_ok(tc__gpu_mem_info(dev, &fr, &tot, err, sizeof(err)));
+	assert_int_equal(get(&cur), 0);
+	assert_null(cur);
+	dlclose(dl);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_real__devices),
+		cmocka_unit_test(test_real__small_roundtrip),
+		cmocka_unit_test(test_real__host_register),
+		cmocka_unit_test(test_real__import_big_in_child),
+		cmocka_unit_test(test_real__out_of_memory),
+		cmocka_unit_test(test_real__context_restored),
+	};
+	struct tc__gpu_info gi;
+	const char *env, *path;
+	int v, ret;
+
+	if (argc == 4 && !strcmp(argv[1], "--child") && !strcmp(argv[2], "big"))
+		return child_big(atoi(argv[3]));
+
+	env = getenv("TC_GPU_TEST_BYTES");
+	big = env ? strtoull(env, NULL, 0) : GiB;
+	env = getenv("TC_GPU_TEST_DEVICE");
+	dev = env ? atoi(env) : 0;
+
+	ret = tc__gpu_init(err, sizeof(err));
+	if (ret == TC_ENODEV) {
+		printf("SKIP: no usable CUDA driver or GPU: %s\n", err);
+		return 77;
+	}
+	if (ret < 0) {
+		printf("FAIL: %s: %s\n", tc_err_name(ret), err);
+		return 1;
+	}
+	tc__gpu_driver_version(&v, &path, NULL, 0);
+	info("driver '%s', CUDA %d.%d, %d GPU(s) visible; testing GPU %d "
+	     "with a %.0f MiB allocation\n",
+	     path, v / 1000, v % 1000 / 10, tc__gpu_device_count(NULL, 0), dev,
+	     (double)big / MiB);
+	if (tc__gpu_device_info(dev, &gi, err, sizeof(err)) < 0) {
+		printf("SKIP: %s\n", err);
+		return 77;
+	}
+	if (!gi.vmm || !gi.posix_fd) {
+		printf("SKIP: GPU %d (%s) lacks VMM with POSIX fds\n", dev,
+		       gi.name);
+		return 77;
+	}
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1091 @@
+/*
+ * test_gpu.c - src/gpu against the fake driver (tests/fakecuda).
+ *
+ * main() points TCAST_CUDA_LIB at the fake built next to this test (two
+ * fake GPUs of 64 MiB each) and runs the cases below.  Cases that need a
+ * process in another state (no driver, no device, no VMM, a second
+ * importer) run this binary again as a child: see tests/gpu/gpu_test.h.
+ * Every case checks that it leaves no fd open and no fake device memory
+ * allocated.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <cmocka.h>
+
+#include "tcast/errors.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "gpu/vmm.h"
+#include "../gpu/gpu_test.h"
+
+#define MiB	 ((uint64_t)1 << 20)
+#define FAKE_MEM (64 * MiB) /* TC_FAKECUDA_MEM_BYTES for the tests */
+#define GRAN	 (2 * MiB)  /* the fake's granularity */
+
+static char err[256];
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void assert_mem_empty(const struct tc__gpu_mem *m)
+{
+	assert_int_equal(m->dptr, 0);
+	assert_int_equal(m->handle, 0);
+	assert_int_equal(m->size, 0);
+	assert_int_equal(m->fd, -1);
+}
+
+/* Every fake GPU has its whole budget free again. */
+static void assert_no_device_memory_used(void)
+{
+	for (int i = 0; i < 2; i++) {
+		uint64_t fr, tot;
+
+		assert_int_equal(
+			tc__gpu_mem_info(i, &fr, &tot, err, sizeof(err)), 0);
+		assert_int_equal(tot, FAKE_MEM);
+		assert_int_equal(fr, FAKE_MEM);
+	}
+}
+
+static void assert_err_has(const char *needle)
+{
+	if (!strstr(err, needle))
+		fail_msg("message '%s' lacks '%s'", err, needle);
+}
+
+/* Sweeps fail the context restore too, which only logs: keep it quiet. */
+static int saved_level;
+
+static void quiet(void)
+{
+	saved_level = tc__log_level;
+	tc__log_level = -1;
+}
+
+static void loud(void)
+{
+	tc__log_level = saved_level;
+}
+
+static void digest_of(const void *p, size_t n, struct tc__digest *d)
+{
+	tc__hash128(p, n, d);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The child side                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* What the parent asks a child importer to do. */
+struct child_req {
+	uint64_t size;			 /* exporter's mem.size */
+	uint8_t uuid[TC_GPU_UUID_BYTES]; /* GPU it lives on */
+	uint32_t flags;			 /* TC_GPU_READ_ONLY or 0 */
+	uint8_t fill;		  /* RW: byte written to the first 4 KiB */
+	struct tc__digest digest; /* expected content */
+};
+
+/* What a child reports back. */
+struct child_reply {
+	int ret;       /* 0, or the first failing code */
+	int ndev;      /* devices the child sees */
+	int ordinal;   /* where the import landed */
+	int write_ret; /* result of the write attempt */
+	int fd_delta;  /* fds after minus before (0: no leak) */
+	int data_ok;   /* content matched, before and after */
+	uint8_t uuid0[TC_GPU_UUID_BYTES]; /* child's ordinal 0 */
+	char msg[256];			  /* tcast message of the failure */
+};
+
+static int child_import(int sock, struct child_reply *rep)
+{
+	struct child_req req;
+	struct tc__gpu_mem m;
+	struct tc__digest d1, d2;
+	uint8_t *buf = NULL, junk[4096];
+	int fd, fds0, ret;
+
+	ret = t_recv(sock, &fd, &req, sizeof(req));
+	if (ret < 0 || fd < 0)
+		return rep->ret = ret < 0 ? ret : -EPROTO;
+	fds0 = t_count_fds() - 1; /* the received fd is closed below */
+	ret = tc__gpu_device_find(req.uuid, rep->msg, sizeof(rep->msg));
+	if (ret < 0)
+		goto out_close;
+	rep->ordinal = ret;
+	ret = tc__gpu_import(rep->ordinal, fd, req.size, req.flags, &m,
+			     rep->msg, sizeof(rep->msg));
+	/* The driver holds its own reference: the fd can go at once. */
+	close(fd);
+	fd = -1;
+	if (ret < 0)
+		goto out;
+	buf = malloc(req.size);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out_release;
+	}
+	ret = tc__gpu_mem_read(&m, 0, buf, req.size, NULL, rep->msg,
+			       sizeof(rep->msg));
+	if (ret < 0)
+		goto out_release;
+	digest_of(buf, req.size, &d1);
+	memset(junk, req.fill, sizeof(junk));
+	if (req.flags & TC_GPU_READ_ONLY) {
+		/* Both kinds of device write must be refused. */
+		rep->write_ret = tc__gpu_memset8(m.device, m.dptr, 0xEE, 4096,
+						 NULL, NULL, 0);
+		if (rep->write_ret == TC_ECUDA)
+			rep->write_ret = tc__gpu_mem_write(
+				&m, 0, junk, sizeof(junk), NULL, NULL, 0);
+	} else {
+		rep->write_ret = tc__gpu_mem_write(&m, 0, junk, sizeof(junk),
+						   NULL, NULL, 0);
+	}
+	ret = tc__gpu_mem_read(&m, 0, buf, req.size, NULL, rep->msg,
+			       sizeof(rep->msg));
+	if (ret < 0)
+		goto out_release;
+	digest_of(buf, req.size, &d2);
+	if (req.flags & TC_GPU_READ_ONLY)
+		rep->data_ok = !memcmp(&d1, &req.digest, sizeof(d1)) &&
+			       !memcmp(&d2, &req.digest, sizeof(d2));
+	else
+		rep->data_ok = !memcmp(&d1, &req.digest, sizeof(d1)) &&
+			       !memcmp(buf, junk, sizeof(junk));
+out_release:
+	tc__gpu_release(&m);
+out:
+	free(buf);
+out_close:
+	if (fd >= 0)
+		close(fd);
+	rep->fd_delta = t_count_fds() - fds0;
+	return rep->ret = ret;
+}
+
+static int child_main(const char *mode, int sock)
+{
+	struct child_reply rep;
+	struct tc__gpu_info info;
+
+	memset(&rep, 0, sizeof(rep));
+	rep.ret = tc__gpu_init(rep.msg, sizeof(rep.msg));
+	if (rep.ret == 0) {
+		rep.ndev = tc__gpu_device_count(NULL, 0);
+		if (tc__gpu_device_info(0, &info, NULL, 0) == 0)
+			memcpy(rep.uuid0, info.uuid, sizeof(rep.uuid0));
+		if (!strcmp(mode, "import")) {
+			child_import(sock, &rep);
+		} else if (!strcmp(mode, "alloc")) {
+			struct tc__gpu_mem m;
+
+			rep.ret = tc__gpu_alloc(0, MiB, 0, &m, rep.msg,
+						sizeof(rep.msg));
+			tc__gpu_release(&m);
+		}
+	}
+	if (t_send(sock, -1, &rep, sizeof(rep)) < 0)
+		return 2;
+	close(sock);
+	return 0;
+}
+
+/* Spawn a child in `mode` with `env` changes, optionally hand it req + fd,
+ * and collect its reply. */
+static void run_child(const char *mode, char *const env[],
+		      const struct child_req *req, int fd,
+		      struct child_reply *rep)
+{
+	int sock = -1, st;
+	pid_t pid = t_spawn_child(mode, env, &sock);
+
+	assert_true(pid > 0);
+	if (req)
+		assert_int_equal(t_send(sock, fd, req, sizeof(*req)), 0);
+	assert_int_equal(t_recv(sock, NULL, rep, sizeof(*rep)), 0);
+	close(sock);
+	st = t_wait_child(pid);
+	assert_int_equal(st, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Driver and devices                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void test_gpu__load(void **state)
+{
+	const char *path;
+	int v;
+
+	assert_int_equal(tc__gpu_init(err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_device_count(err, sizeof(err)), 2);
+	assert_int_equal(tc__gpu_driver_version(&v, &path, err, sizeof(err)),
+			 0);
+	assert_int_equal(v, 12080);
+	assert_string_equal(path, TC_FAKECUDA_PATH);
+	assert_string_equal(tc__gpu_cuda_error_name(2),
+			    "CUDA_ERROR_OUT_OF_MEMORY");
+	assert_string_equal(tc__gpu_cuda_error_name(123456),
+			    "CUDA error 123456");
+}
+
+static void test_gpu__devices(void **state)
+{
+	struct tc__gpu_info a, b;
+	uint8_t zero[TC_GPU_UUID_BYTES] = { 0 };
+
+	assert_int_equal(tc__gpu_device_info(0, &a, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_device_info(1, &b, err, sizeof(err)), 0);
+	assert_int_equal(a.ordinal, 0);
+	assert_int_equal(b.ordinal, 1);
+	assert_string_equal(a.name, "tcast fake GPU 0");
+	assert_string_equal(a.pci_bus_id, "0000:10:00.0");
+	assert_string_equal(b.pci_bus_id, "0000:11:00.0");
+	assert_int_equal(a.total_bytes, FAKE_MEM);
+	assert_true(a.vmm && a.posix_fd && a.rdma && a.host_register &&
+		    a.host_register_ro);
+	assert_int_equal(a.cc_major, 9);
+	assert_int_equal(strlen(a.uuid_str), TC_GPU_UUID_STRLEN - 1);
+	assert_memory_not_equal(a.uuid, b.uuid, TC_GPU_UUID_BYTES);
+	assert_int_equal(tc__gpu_device_find(b.uuid, err, sizeof(err)), 1);
+	assert_int_equal(tc__gpu_device_find(a.uuid, err, sizeof(err)), 0);
+
+	assert_int_equal(tc__gpu_device_find(zero, err, sizeof(err)),
+			 TC_EDEVICE);
+	assert_err_has("GPU-00000000-0000-0000-0000-000000000000");
+	assert_int_equal(tc__gpu_device_info(2, &a, err, sizeof(err)),
+			 TC_EDEVICE);
+	assert_string_equal(err, "no GPU with ordinal 2 (2 visible)");
+	assert_int_equal(tc__gpu_device_info(-1, &a, NULL, 0), TC_EDEVICE);
+}
+
+static void test_gpu__uuid_text(void **state)
+{
+	uint8_t u[TC_GPU_UUID_BYTES], v[TC_GPU_UUID_BYTES];
+	char s[TC_GPU_UUID_STRLEN];
+
+	for (int i = 0; i < TC_GPU_UUID_BYTES; i++)
+		u[i] = (uint8_t)(i * 17 + 3);
+	tc__gpu_uuid_format(u, s);
+	assert_string_equal(s, "GPU-03142536-4758-697a-8b9c-adbecfe0f102");
+	assert_int_equal(tc__gpu_uuid_parse(s, v), 0);
+	assert_memory_equal(u, v, sizeof(u));
+	assert_int_equal(tc__gpu_uuid_parse(s + 4, v), 0);
+	assert_memory_equal(u, v, sizeof(u));
+	assert_int_equal(tc__gpu_uuid_parse(
+				 "MIG-03142536-4758-697A-8B9C-ADBECFE0F102", v),
+			 0);
+	assert_memory_equal(u, v, sizeof(u));
+	assert_int_equal(tc__gpu_uuid_parse("GPU-0314253-64758-697a-8b9c-"
+					    "adbecfe0f102",
+					    v),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_uuid_parse("GPU-03142536-4758-697a-8b9c-"
+					    "adbecfe0f10g",
+					    v),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_uuid_parse("", v), TC_EINVAL);
+}
+
+static void test_gpu__visible_devices(void **state)
+{
+	char *env[] = { (char *)"CUDA_VISIBLE_DEVICES=1", NULL };
+	struct child_reply rep;
+	struct tc__gpu_info b;
+
+	/* Ordinals differ between processes; UUIDs do not. */
+	assert_int_equal(tc__gpu_device_info(1, &b, err, sizeof(err)), 0);
+	run_child("info", env, NULL, -1, &rep);
+	assert_int_equal(rep.ret, 0);
+	assert_int_equal(rep.ndev, 1);
+	assert_memory_equal(rep.uuid0, b.uuid, TC_GPU_UUID_BYTES);
+}
+
+static void test_gpu__granularity(void **state)
+{
+	uint64_t gmin, grec;
+
+	assert_int_equal(tc__gpu_granularity(0, &gmin, &grec, err, sizeof(err)),
+			 0);
+	assert_int_equal(gmin, GRAN);
+	assert_true(grec >= gmin);
+	assert_int_equal(tc__gpu_granularity(7, &gmin, NULL, err, sizeof(err)),
+			 TC_EDEVICE);
+	assert_int_equal(gmin, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Allocations and copies                                                    */
+/* ------------------------------------------------------------------------ */
+
+static void test_gpu__alloc_release(void **state)
+{
+	struct tc__gpu_mem m;
+	uint64_t fr, tot;
+	int fds = t_count_fds();
+
+	assert_int_equal(tc__gpu_alloc(0, 1, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.size, GRAN);
+	assert_true(m.dptr != 0 && m.dptr % GRAN == 0);
+	assert_true(m.fd >= 0);
+	assert_int_equal(m.device, 0);
+	/* Ours, and the fake's memfd (a real driver keeps its own). */
+	assert_int_equal(t_count_fds(), fds + 2);
+	assert_int_equal(tc__gpu_mem_info(0, &fr, &tot, err, sizeof(err)), 0);
+	assert_int_equal(fr, tot - GRAN);
+	tc__gpu_release(&m);
+	assert_mem_empty(&m);
+	tc__gpu_release(&m); /* empty: a no-op */
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+
+	assert_int_equal(tc__gpu_alloc(1, 5 * MiB, TC_GPU_RDMA, &m, err,
+				       sizeof(err)),
+			 0);
+	assert_int_equal(m.size, 6 * MiB);
+	assert_int_equal(m.device, 1);
+	tc__gpu_release(&m);
+
+	assert_int_equal(tc__gpu_alloc(0, 0, 0, &m, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_mem_empty(&m);
+	assert_int_equal(tc__gpu_alloc(0, MiB, 0x80, &m, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_alloc(0, UINT64_MAX, 0, &m, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_alloc(2, MiB, 0, &m, err, sizeof(err)),
+			 TC_EDEVICE);
+	assert_mem_empty(&m);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+static void test_gpu__copy_roundtrip(void **state)
+{
+	const size_t n = 4 * MiB;
+	struct tc__gpu_mem m;
+	struct tc__gpu_stream *s, *s1, *legacy;
+	struct tc__gpu_event *e0, *e1, *plain;
+	uint8_t *src = malloc(n), *dst = malloc(n);
+	float ms;
+	bool done;
+
+	assert_non_null(src);
+	assert_non_null(dst);
+	t_fill_pattern(src, n, 7);
+	assert_int_equal(tc__gpu_alloc(0, 3 * MiB + 1, 0, &m, err, sizeof(err)),
+			 0);
+	assert_int_equal(m.size, n);
+
+	/* Synchronous, whole and partial. */
+	assert_int_equal(
+		tc__gpu_mem_write(&m, 0, src, n, NULL, err, sizeof(err)), 0);
+	memset(dst, 0, n);
+	assert_int_equal(
+		tc__gpu_mem_read(&m, 0, dst, n, NULL, err, sizeof(err)), 0);
+	assert_memory_equal(src, dst, n);
+	assert_int_equal(tc__gpu_mem_read(&m, 12345, dst, 1000, NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(src + 12345, dst, 1000);
+
+	/* Device to device and memset. */
+	assert_int_equal(tc__gpu_dtod(0, m.dptr, m.dptr + MiB, MiB, NULL, err,
+				      sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_memset8(0, m.dptr + 2 * MiB, 0xAB, 4096, NULL,
+					 err, sizeof(err)),
+			 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&m, 0, dst, n, NULL, err, sizeof(err)), 0);
+	assert_memory_equal(dst, src + MiB, MiB);
+	for (int i = 0; i < 4096; i++)
+		assert_int_equal(dst[2 * MiB + i], 0xAB);
+
+	/* Asynchronous on a stream, timed with events. */
+	assert_int_equal(tc__gpu_stream_create(0, &s, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_event_create(0, TC_GPU_EVENT_TIMING, &e0, err,
+					      sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_event_create(0, TC_GPU_EVENT_TIMING, &e1, err,
+					      sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_event_create(0, 0, &plain, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_event_record(e0, s, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_write(&m, 0, src, n, s, err, sizeof(err)),
+			 0);
+	memset(dst, 0, n);
+	assert_int_equal(tc__gpu_mem_read(&m, 0, dst, n, s, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_event_record(e1, s, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_event_sync(e1, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_event_query(e1, &done, err, sizeof(err)), 0);
+	assert_true(done);
+	assert_int_equal(tc__gpu_stream_sync(s, err, sizeof(err)), 0);
+	assert_memory_equal(src, dst, n);
+	assert_int_equal(
+		tc__gpu_event_elapsed_ms(e0, e1, &ms, err, sizeof(err)), 0);
+	assert_true(ms >= 0);
+	assert_int_equal(tc__gpu_event_elapsed_ms(e0, plain, &ms, err,
+						  sizeof(err)),
+			 TC_EINVAL);
+
+	/* A borrowed stream: DLPack's legacy default stream (1). */
+	assert_int_equal(tc__gpu_stream_wrap(0, 1, &legacy, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_stream_handle(legacy), 1);
+	assert_int_equal(tc__gpu_event_record(plain, s, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__gpu_stream_wait_event(legacy, plain, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__gpu_mem_write(&m, 0, src, 64, legacy, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_stream_sync(legacy, err, sizeof(err)), 0);
+
+	/* Misuse. */
+	assert_int_equal(tc__gpu_stream_create(1, &s1, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_write(&m, 0, src, 64, s1, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_err_has("stream of GPU 1");
+	assert_int_equal(tc__gpu_event_record(e0, s1, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_mem_write(&m, n - 10, src, 11, NULL, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_err_has("4194294, 4194305");
+	assert_int_equal(tc__gpu_mem_read(&m, UINT64_MAX, dst, 2, NULL, err,
+					  sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(
+		tc__gpu_mem_write(&m, 0, src, 0, NULL, err, sizeof(err)), 0);
+
+	tc__gpu_stream_free(legacy);
+	tc__gpu_stream_free(s1);
+	tc__gpu_stream_free(s);
+	tc__gpu_stream_free(NULL);
+	tc__gpu_event_free(e0);
+	tc__gpu_event_free(e1);
+	tc__gpu_event_free(plain);
+	tc__gpu_event_free(NULL);
+	tc__gpu_release(&m);
+	free(src);
+	free(dst);
+	assert_no_device_memory_used();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sharing                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void test_gpu__import_second_process(void **state)
+{
+	/* The child sees only GPU 1, and as its ordinal 0: it must find the
+	 * allocation's GPU by UUID. */
+	char *env[] = { (char *)"CUDA_VISIBLE_DEVICES=1", NULL };
+	const size_t n = 6 * MiB;
+	struct tc__gpu_mem m;
+	struct tc__gpu_info info;
+	struct child_req req;
+	struct child_reply rep;
+	uint8_t *buf = malloc(n);
+	int fds = t_count_fds();
+
+	assert_non_null(buf);
+	assert_int_equal(tc__gpu_alloc(1, n, 0, &m, err, sizeof(err)), 0);
+	t_fill_pattern(buf, n, 42);
+	assert_int_equal(
+		tc__gpu_mem_write(&m, 0, buf, n, NULL, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_device_info(1, &info, err, sizeof(err)), 0);
+
+	memset(&req, 0, sizeof(req));
+	req.size = m.size;
+	memcpy(req.uuid, info.uuid, sizeof(req.uuid));
+	req.flags = TC_GPU_READ_ONLY;
+	req.fill = 0x5A;
+	digest_of(buf, n, &req.digest);
+
+	/* Read-only: the child reads the data, its writes are refused. */
+	run_child("import", env, &req, m.fd, &rep);
+	if (rep.ret)
+		fail_msg("child: %s (%d)", rep.msg, rep.ret);
+	assert_int_equal(rep.ordinal, 0);
+	assert_true(rep.data_ok);
+	assert_int_equal(rep.write_ret, TC_ECUDA);
+	assert_int_equal(rep.fd_delta, 0);
+
+	/* Read-write: the child's write shows up here (same memory). */
+	req.flags = 0;
+	run_child("import", env, &req, m.fd, &rep);
+	if (rep.ret)
+		fail_msg("child: %s (%d)", rep.msg, rep.ret);
+	assert_true(rep.data_ok);
+	assert_int_equal(rep.write_ret, 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&m, 0, buf, 4096, NULL, err, sizeof(err)), 0);
+	for (int i = 0; i < 4096; i++)
+		assert_int_equal(buf[i], 0x5A);
+
+	tc__gpu_release(&m);
+	free(buf);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+static void test_gpu__readonly_refuses_writes(void **state)
+{
+	struct tc__gpu_mem owner, ro, rw;
+	uint8_t buf[4096], back[4096];
+	int fd, fds = t_count_fds();
+
+	assert_int_equal(tc__gpu_alloc(0, GRAN, 0, &owner, err, sizeof(err)),
+			 0);
+	t_fill_pattern(buf, sizeof(buf), 3);
+	assert_int_equal(tc__gpu_mem_write(&owner, 0, buf, sizeof(buf), NULL,
+					   err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_export(&owner, &fd, err, sizeof(err)), 0);
+	assert_true(fd >= 0 && fd != owner.fd);
+	assert_int_equal(tc__gpu_import(0, fd, owner.size, TC_GPU_READ_ONLY,
+					&ro, err, sizeof(err)),
+			 0);
+	assert_int_equal(
+		tc__gpu_import(0, fd, owner.size, 0, &rw, err, sizeof(err)), 0);
+	close(fd);
+	assert_true(ro.dptr != owner.dptr && rw.dptr != ro.dptr);
+	assert_int_equal(ro.fd, -1);
+
+	memset(back, 0, sizeof(back));
+	assert_int_equal(tc__gpu_mem_write(&ro, 0, back, sizeof(back), NULL,
+					   err, sizeof(err)),
+			 TC_ECUDA);
+	assert_err_has("cuMemcpyHtoD: CUDA_ERROR_INVALID_VALUE");
+	assert_int_equal(tc__gpu_last_cuda_error(), 1);
+	assert_false(tc__gpu_last_error_oom());
+	assert_int_equal(tc__gpu_memset8(0, ro.dptr, 0, 16, NULL, err,
+					 sizeof(err)),
+			 TC_ECUDA);
+	assert_err_has("cuMemsetD8");
+	assert_int_equal(tc__gpu_dtod(0, ro.dptr, owner.dptr, 16, NULL, err,
+				      sizeof(err)),
+			 TC_ECUDA);
+	/* Unchanged, and readable through every mapping. */
+	assert_int_equal(tc__gpu_mem_read(&ro, 0, back, sizeof(back), NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(buf, back, sizeof(buf));
+	/* Writes through a read-write import land in the same memory. */
+	assert_int_equal(tc__gpu_memset8(0, rw.dptr, 0x11, 16, NULL, err,
+					 sizeof(err)),
+			 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&ro, 0, back, 16, NULL, err, sizeof(err)), 0);
+	for (int i = 0; i < 16; i++)
+		assert_int_equal(back[i], 0x11);
+
+	/* The exporter may go first: importers keep the memory alive. */
+	tc__gpu_release(&owner);
+	assert_int_equal(
+		tc__gpu_mem_read(&ro, 16, back, 16, NULL, err, sizeof(err)), 0);
+	assert_memory_equal(buf + 16, back, 16);
+	tc__gpu_release(&ro);
+	tc__gpu_release(&rw);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+static void test_gpu__import_bad_input(void **state)
+{
+	struct tc__gpu_mem m;
+	int p[2], fds = t_count_fds();
+
+	assert_int_equal(tc__gpu_import(0, -1, GRAN, 0, &m, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_mem_empty(&m);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(tc__gpu_import(0, p[0], 0, 0, &m, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_import(0, p[0], GRAN + 1, 0, &m, err,
+					sizeof(err)),
+			 TC_EINVAL);
+	assert_err_has("granularity");
+	assert_int_equal(tc__gpu_import(0, p[0], GRAN, 0x40, &m, err,
+					sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_import(0, p[0], GRAN, 0, &m, err, sizeof(err)),
+			 TC_ECUDA);
+	assert_err_has("cannot import fd");
+	assert_err_has("cuMemImportFromShareableHandle");
+	assert_mem_empty(&m);
+	assert_int_equal(tc__gpu_import(9, p[0], GRAN, 0, &m, err, sizeof(err)),
+			 TC_EDEVICE);
+	close(p[0]);
+	assert_int_equal(tc__gpu_export(&m, &p[0], err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(p[0], -1);
+	close(p[1]);
+	assert_int_equal(t_count_fds(), fds);
+}
+
+static void test_gpu__host_register(void **state)
+{
+	const size_t n = 4 * MiB;
+	struct tc__gpu_mem m;
+	uint8_t *rw, *ro, back[256];
+	int fd = memfd_create("test-gpu", MFD_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)n), 0);
+	rw = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ro = mmap(NULL, n, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(rw != MAP_FAILED && ro != MAP_FAILED);
+	t_fill_pattern(rw, n, 9);
+	assert_int_equal(tc__gpu_alloc(0, n, 0, &m, err, sizeof(err)), 0);
+
+	assert_int_equal(tc__gpu_host_register(0, rw, n, 0, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_host_register(0, rw + 4096, 4096, 0, err,
+					       sizeof(err)),
+			 TC_ECUDA);
+	assert_err_has("CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED");
+	assert_int_equal(
+		tc__gpu_mem_write(&m, 0, rw, n, NULL, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_read(&m, n - 256, back, 256, NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(back, rw + n - 256, 256);
+	/* Registered for every context: usable from GPU 1 too. */
+	assert_int_equal(tc__gpu_host_unregister(1, rw, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_host_unregister(0, rw, err, sizeof(err)),
+			 TC_ECUDA);
+	assert_err_has("CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED");
+
+	/* A read-only mapping (a sealed memfd) needs TC_GPU_READ_ONLY. */
+	assert_int_equal(tc__gpu_host_register(0, ro, n, 0, err, sizeof(err)),
+			 TC_ECUDA);
+	assert_int_equal(tc__gpu_host_register(0, ro, n, TC_GPU_READ_ONLY, err,
+					       sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_host_unregister(0, ro, err, sizeof(err)), 0);
+
+	assert_int_equal(tc__gpu_host_register(0, NULL, n, 0, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_host_register(0, rw, 0, 0, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_host_register(0, rw, n, 0x10, err,
+					       sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_host_register(5, rw, n, 0, err, sizeof(err)),
+			 TC_EDEVICE);
+
+	tc__gpu_release(&m);
+	munmap(rw, n);
+	munmap(ro, n);
+	close(fd);
+	assert_no_device_memory_used();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Failures                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void test_gpu__out_of_memory(void **state)
+{
+	struct tc__gpu_mem all, more;
+	int fds = t_count_fds();
+
+	assert_int_equal(tc__gpu_alloc(0, FAKE_MEM, 0, &all, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_alloc(0, 1, 0, &more, err, sizeof(err)),
+			 TC_ECUDA);
+	assert_string_equal(err, "cannot allocate 2097152 bytes on GPU 0: "
+				 "cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY (out "
+				 "of memory)");
+	assert_true(tc__gpu_last_error_oom());
+	assert_int_equal(tc__gpu_last_cuda_error(), 2);
+	assert_mem_empty(&more);
+	assert_int_equal(t_count_fds(), fds + 2); /* `all` only */
+	/* The other GPU has its own budget. */
+	assert_int_equal(tc__gpu_alloc(1, 1, 0, &more, err, sizeof(err)), 0);
+	tc__gpu_release(&more);
+	tc__gpu_release(&all);
+	assert_int_equal(tc__gpu_alloc(0, FAKE_MEM + 1, 0, &more, err,
+				       sizeof(err)),
+			 TC_ECUDA);
+	assert_true(tc__gpu_last_error_oom());
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+/* Each driver call tc__gpu_alloc makes, failed on its own. */
+static void test_gpu__inject_alloc_steps(void **state)
+{
+	static const char *const steps[] = {
+		"cuMemCreate",	       "cuMemExportToShareableHandle",
+		"cuMemAddressReserve", "cuMemMap",
+		"cuMemSetAccess",      "cuCtxSetCurrent",
+	};
+	struct tc__gpu_mem m;
+	char spec[96];
+	int fds = t_count_fds();
+
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		snprintf(spec, sizeof(spec), "%s:1", steps[i]);
+		setenv("TC_FAKECUDA_FAIL", spec, 1);
+		assert_int_equal(tc__gpu_alloc(0, MiB, 0, &m, err, sizeof(err)),
+				 TC_ECUDA);
+		unsetenv("TC_FAKECUDA_FAIL");
+		assert_err_has(steps[i]);
+		assert_err_has("CUDA_ERROR_OUT_OF_MEMORY");
+		assert_mem_empty(&m);
+		assert_int_equal(t_count_fds(), fds);
+		assert_no_device_memory_used();
+	}
+	/* A named error, on the v2 symbol name. */
+	setenv("TC_FAKECUDA_FAIL",
+	       "cuMemcpyHtoD_v2:1:CUDA_ERROR_ILLEGAL_ADDRESS", 1);
+	assert_int_equal(tc__gpu_alloc(0, MiB, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_htod(0, m.dptr, spec, 8, NULL, err,
+				      sizeof(err)),
+			 TC_ECUDA);
+	unsetenv("TC_FAKECUDA_FAIL");
+	assert_err_has("CUDA_ERROR_ILLEGAL_ADDRESS");
+	assert_int_equal(tc__gpu_last_cuda_error(), 700);
+	tc__gpu_release(&m);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+/* Fail the n-th driver call for n = 1, 2, ... until the operation succeeds
+ * (SQLite's way): every failure must be clean. */
+static void test_gpu__inject_sweep_alloc(void **state)
+{
+	struct tc__gpu_mem m;
+	char spec[32];
+	int n, ret, fds = t_count_fds();
+
+	quiet();
+	for (n = 1; n < 100; n++) {
+		snprintf(spec, sizeof(spec), "*:%d", n);
+		setenv("TC_FAKECUDA_FAIL", spec, 1);
+		err[0] = '\0';
+		ret = tc__gpu_alloc(1, 3 * MiB, 0, &m, err, sizeof(err));
+		unsetenv("TC_FAKECUDA_FAIL");
+		if (ret == 0) {
+			tc__gpu_release(&m);
+			break;
+		}
+		assert_int_equal(ret, TC_ECUDA);
+		assert_err_has("CUDA_ERROR_OUT_OF_MEMORY");
+		assert_mem_empty(&m);
+		assert_int_equal(t_count_fds(), fds);
+		assert_no_device_memory_used();
+	}
+	loud();
+	/* enter (2 calls), create, export, reserve, map, set access. */
+	assert_true(n > 6);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+static void test_gpu__inject_sweep_import(void **state)
+{
+	struct tc__gpu_mem owner, m;
+	char spec[32];
+	int n, ret, fds = t_count_fds();
+
+	assert_int_equal(tc__gpu_alloc(0, GRAN, 0, &owner, err, sizeof(err)),
+			 0);
+	quiet();
+	for (n = 1; n < 100; n++) {
+		snprintf(spec, sizeof(spec), "*:%d", n);
+		setenv("TC_FAKECUDA_FAIL", spec, 1);
+		ret = tc__gpu_import(0, owner.fd, owner.size, TC_GPU_READ_ONLY,
+				     &m, err, sizeof(err));
+		unsetenv("TC_FAKECUDA_FAIL");
+		if (ret == 0) {
+			tc__gpu_release(&m);
+			break;
+		}
+		assert_int_equal(ret, TC_ECUDA);
+		assert_mem_empty(&m);
+		assert_int_equal(t_count_fds(), fds + 2); /* owner's */
+	}
+	loud();
+	assert_true(n > 5);
+	tc__gpu_release(&owner);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+static void test_gpu__inject_sweep_stream_event(void **state)
+{
+	struct tc__gpu_stream *s;
+	struct tc__gpu_event *e;
+	char spec[32];
+	int n, ret;
+
+	quiet();
+	for (n = 1; n < 20; n++) {
+		snprintf(spec, sizeof(spec), "*:%d", n);
+		setenv("TC_FAKECUDA_FAIL", spec, 1);
+		ret = tc__gpu_stream_create(1, &s, err, sizeof(err));
+		unsetenv("TC_FAKECUDA_FAIL");
+		if (ret == 0)
+			break;
+		assert_int_equal(ret, TC_ECUDA);
+		assert_null(s);
+	}
+	tc__gpu_stream_free(s);
+	for (n = 1; n < 20; n++) {
+		snprintf(spec, sizeof(spec), "*:%d", n);
+		setenv("TC_FAKECUDA_FAIL", spec, 1);
+		ret = tc__gpu_event_create(1, 0, &e, err, sizeof(err));
+		unsetenv("TC_FAKECUDA_FAIL");
+		if (ret == 0)
+			break;
+		assert_int_equal(ret, TC_ECUDA);
+		assert_null(e);
+	}
+	loud();
+	tc__gpu_event_free(e);
+}
+
+static void test_gpu__device_lost(void **state)
+{
+	struct tc__gpu_mem m, m2;
+	struct tc__gpu_stream *s;
+	struct tc__gpu_event *e;
+	uint64_t fr, tot;
+	uint8_t buf[64] = { 0 };
+	int lvl = tc__log_level, fds = t_count_fds();
+
+	assert_int_equal(tc__gpu_alloc(1, GRAN, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_stream_create(1, &s, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_event_create(1, 0, &e, err, sizeof(err)), 0);
+
+	setenv("TC_FAKECUDA_LOST_AFTER", "0", 1);
+	assert_int_equal(tc__gpu_mem_write(&m, 0, buf, sizeof(buf), NULL, err,
+					   sizeof(err)),
+			 TC_ECUDA);
+	assert_err_has("CUDA_ERROR_DEVICE_UNAVAILABLE");
+	assert_int_equal(tc__gpu_last_cuda_error(), 46);
+	assert_int_equal(tc__gpu_mem_info(1, &fr, &tot, err, sizeof(err)),
+			 TC_ECUDA);
+	assert_int_equal(tc__gpu_alloc(1, GRAN, 0, &m2, err, sizeof(err)),
+			 TC_ECUDA);
+	assert_mem_empty(&m2);
+	assert_int_equal(tc__gpu_stream_sync(s, err, sizeof(err)), TC_ECUDA);
+	/* Teardown still frees everything host-side (quietly: it warns). */
+	tc__log_level = TC_LOG_ERROR - 1;
+	tc__gpu_event_free(e);
+	tc__gpu_stream_free(s);
+	tc__gpu_release(&m);
+	tc__log_level = lvl;
+	assert_mem_empty(&m);
+	unsetenv("TC_FAKECUDA_LOST_AFTER");
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+static void test_gpu__no_driver(void **state)
+{
+	char *env[] = { (char *)"TCAST_CUDA_LIB=/nonexistent/libcuda.so.1",
+			NULL };
+	struct child_reply rep;
+
+	run_child("info", env, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ENODEV);
+	if (!strstr(rep.msg, "cannot load CUDA driver "
+			     "'/nonexistent/libcuda.so.1'"))
+		fail_msg("unexpected: %s", rep.msg);
+}
+
+static void test_gpu__no_device(void **state)
+{
+	char *none[] = { (char *)"TC_FAKECUDA_DEVICES=0", NULL };
+	char *hidden[] = { (char *)"CUDA_VISIBLE_DEVICES=", NULL };
+	struct child_reply rep;
+
+	run_child("info", none, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ENODEV);
+	if (!strstr(rep.msg, "cuInit: CUDA_ERROR_NO_DEVICE"))
+		fail_msg("unexpected: %s", rep.msg);
+	run_child("info", hidden, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ENODEV);
+}
+
+static void test_gpu__no_vmm(void **state)
+{
+	char *env[] = { (char *)"TC_FAKECUDA_NO_VMM=1", NULL };
+	struct child_reply rep;
+
+	run_child("alloc", env, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ENOTSUP);
+	if (!strstr(rep.msg, "does not support virtual memory management"))
+		fail_msg("unexpected: %s", rep.msg);
+}
+
+static void test_gpu__forked_child_refused(void **state)
+{
+	struct tc__gpu_mem m;
+	int fds = t_count_fds();
+	pid_t pid;
+
+	assert_int_equal(tc__gpu_alloc(0, GRAN, 0, &m, err, sizeof(err)), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		uint64_t fr, tot;
+		char msg[256];
+		int ret = tc__gpu_mem_info(0, &fr, &tot, msg, sizeof(msg));
+
+		/* The inherited fd copy is still released. */
+		tc__gpu_release(&m);
+		_exit(ret == TC_ENODEV && strstr(msg, "forked") && m.fd == -1 ?
+			      0 :
+			      1);
+	}
+	assert_int_equal(t_wait_child(pid), 0);
+	tc__gpu_release(&m);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
+/* tcast must leave the calling thread's CUDA context as it found it, or it
+ * would move torch's current device under it. */
+static void test_gpu__context_restored(void **state)
+{
+	typedef int (*get_fn)(void **);
+	typedef int (*set_fn)(void *);
+	typedef int (*retain_fn)(void **, int);
+	typedef int (*release_fn)(int);
+	void *dl = dlopen(TC_FAKECUDA_PATH, RTLD_NOW | RTLD_NOLOAD);
+	get_fn get;
+	set_fn set;
+	retain_fn retain;
+	release_fn release;
+	struct tc__gpu_mem m;
+	uint64_t fr, tot;
+	void *ctx0, *cur;
+
+	assert_non_null(dl);
+	get = (get_fn)dlsym(dl, "cuCtxGetCurrent");
+	set = (set_fn)dlsym(dl, "cuCtxSetCurrent");
+	retain = (retain_fn)dlsym(dl, "cuDevicePrimaryCtxRetain");
+	release = (release_fn)dlsym(dl, "cuDevicePrimaryCtxRelease_v2");
+	assert_true(get && set && retain && release);
+
+	assert_int_equal(set(NULL), 0);
+	assert_int_equal(tc__gpu_mem_info(1, &fr, &tot, err, sizeof(err)), 0);
+	assert_int_equal(get(&cur), 0);
+	assert_null(cur);
+
+	assert_int_equal(retain(&ctx0, 0), 0);
+	assert_int_equal(set(ctx0), 0);
+	assert_int_equal(tc__gpu_alloc(1, GRAN, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__gpu_memset8(1, m.dptr, 1, 8, NULL, err, sizeof(err)), 0);
+	tc__gpu_release(&m);
+	assert_int_equal(get(&cur), 0);
+	assert_ptr_equal(cur, ctx0);
+	assert_int_equal(set(NULL), 0);
+	assert_int_equal(release(0), 0);
+	dlclose(dl);
+}
+
+struct thread_arg {
+	int device;
+	int failures;
+};
+
+static void *thread_main(void *p)
+{
+	struct thread_arg *a = p;
+	uint8_t in[8192], out[8192];
+	char msg[256];
+
+	t_fill_pattern(in, sizeof(in), (uint64_t)a->device);
+	for (int i = 0; i < 25; i++) {
+		struct tc__gpu_mem m;
+
+		if (tc__gpu_alloc(a->device, GRAN, 0, &m, msg, sizeof(msg)) ||
+		    tc__gpu_mem_write(&m, 100, in, sizeof(in), NULL, msg,
+				      sizeof(msg)) ||
+		    tc__gpu_mem_read(&m, 100, out, sizeof(out), NULL, msg,
+				     sizeof(msg)) ||
+		    memcmp(in, out, sizeof(in)))
+			a->failures++;
+		tc__gpu_release(&m);
+	}
+	return NULL;
+}
+
+static void test_gpu__threads(void **state)
+{
+	pthread_t t[4];
+	struct thread_arg args[4];
+
+	for (int i = 0; i < 4; i++) {
+		args[i].device = i % 2;
+		args[i].failures = 0;
+		assert_int_equal(
+			pthread_create(&t[i], NULL, thread_main, &args[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(args[i].failures, 0);
+	}
+	assert_no_device_memory_used();
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_gpu__load),
+		cmocka_unit_test(test_gpu__devices),
+		cmocka_unit_test(test_gpu__uuid_text),
+		cmocka_unit_test(test_gpu__visible_devices),
+		cmocka_unit_test(test_gpu__granularity),
+		cmocka_unit_test(test_gpu__alloc_release),
+		cmocka_unit_test(test_gpu__copy_roundtrip),
+		cmocka_unit_test(test_gpu__import_second_process),
+		cmocka_unit_test(test_gpu__readonly_refuses_writes),
+		cmocka_unit_test(test_gpu__import_bad_input),
+		cmocka_unit_test(test_gpu__host_register),
+		cmocka_unit_test(test_gpu__out_of_memory),
+		cmocka_unit_test(test_gpu__inject_alloc_steps),
+		cmocka_unit_test(test_gpu__inject_sweep_alloc),
+		cmocka_unit_test(test_gpu__inject_sweep_import),
+		cmocka_unit_test(test_gpu__inject_sweep_stream_event),
+		cmocka_unit_test(test_gpu__device_lost),
+		cmocka_unit_test(test_gpu__no_driver),
+		cmocka_unit_test(test_gpu__no_device),
+		cmocka_unit_test(test_gpu__no_vmm),
+		cmocka_unit_test(test_gpu__forked_child_refused),
+		cmocka_unit_test(test_gpu__context_restored),
+		cmocka_unit_test(test_gpu__threads),
+	};
+
+	if (argc == 4 && !strcmp(argv[1], "--child"))
+		return child_main(argv[2], atoi(argv[3]));
+	/* Children inherit this environment (plus their own changes). */
+	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);
+	setenv("TC_FAKECUDA_DEVICES", "2", 1);
+	setenv("TC_FAKECUDA_MEM_BYTES", "64m", 1);
+	unsetenv("TC_FAKECUDA_FAIL");
+	unsetenv("TC_FAKECUDA_LOST_AFTER");
+	unsetenv("TC_FAKECUDA_NO_VMM");
+	unsetenv("CUDA_VISIBLE_DEVICES");
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
