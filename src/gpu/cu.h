@@ -331,7 +331,8 @@ void tc__cu_leave(const struct tc__cu *cu, struct tc__cu_guard *g);
 
 /* Minimum and recommended VMM granularity of exportable pinned memory on
  * `ordinal`, queried once and cached.  Returns 0, TC_EDEVICE, TC_ENOTSUP
- * (no VMM or no POSIX-fd handles) or TC_ECUDA.  Needs no context. */
+ * (no VMM or no POSIX-fd handles) or TC_ECUDA.  Callers query it inside
+ * tc__cu_enter(): the driver does not promise to need no context. */
 int tc__cu_granularity(const struct tc__cu *cu, int ordinal, size_t *min,
 		       size_t *rec, char *err, size_t errlen);
 

@@ -184,12 +184,18 @@ int tc__gpu_granularity(int ordinal, uint64_t *min_bytes, uint64_t *rec_bytes,
 			char *err, size_t errlen)
 {
 	const struct tc__cu *cu;
+	struct tc__cu_guard g;
 	size_t gmin = 0, grec = 0;
-	int ret = tc__cu_get(&cu, err, errlen);
+	int ret;
 
-	if (ret >= 0)
+	/* Queried inside the device's context: the driver documents no need
+	 * for one, but nothing promises it either. */
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret >= 0) {
 		ret = tc__cu_granularity(cu, ordinal, &gmin, &grec, err,
 					 errlen);
+		tc__cu_leave(cu, &g);
+	}
 	if (min_bytes)
 		*min_bytes = ret < 0 ? 0 : gmin;
 	if (rec_bytes)
@@ -308,21 +314,20 @@ int tc__gpu_alloc(int ordinal, uint64_t size, unsigned flags,
 	if (size == 0)
 		return tc__cu_seterr(TC_EINVAL, err, errlen,
 				     "cannot allocate 0 bytes of GPU memory");
-	ret = tc__cu_get(&cu, err, errlen);
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
 	if (ret < 0)
 		return ret;
 	ret = tc__cu_granularity(cu, ordinal, &gmin, &grec, err, errlen);
 	if (ret < 0)
-		return ret;
-	if (size > SIZE_MAX - (gmin - 1))
-		return tc__cu_seterr(TC_EINVAL, err, errlen,
-				     "cannot allocate %" PRIu64
-				     " bytes of GPU memory: too large",
-				     size);
+		goto out_leave;
+	if (size > SIZE_MAX - (gmin - 1)) {
+		ret = tc__cu_seterr(TC_EINVAL, err, errlen,
+				    "cannot allocate %" PRIu64
+				    " bytes of GPU memory: too large",
+				    size);
+		goto out_leave;
+	}
 	bytes = TC_ALIGN_UP((size_t)size, gmin);
-	ret = tc__cu_enter(cu, ordinal, &g, err, errlen);
-	if (ret < 0)
-		return ret;
 
 	memset(&prop, 0, sizeof(prop));
 	prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -392,21 +397,20 @@ int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
 	if (fd < 0)
 		return tc__cu_seterr(TC_EINVAL, err, errlen,
 				     "cannot import GPU memory: bad fd %d", fd);
-	ret = tc__cu_get(&cu, err, errlen);
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
 	if (ret < 0)
 		return ret;
 	ret = tc__cu_granularity(cu, ordinal, &gmin, &grec, err, errlen);
 	if (ret < 0)
-		return ret;
-	if (size == 0 || size > SIZE_MAX || size % gmin)
-		return tc__cu_seterr(TC_EINVAL, err, errlen,
-				     "cannot import %" PRIu64
-				     " bytes of GPU memory: not a multiple of "
-				     "the %zu-byte granularity",
-				     size, gmin);
-	ret = tc__cu_enter(cu, ordinal, &g, err, errlen);
-	if (ret < 0)
-		return ret;
+		goto out_leave;
+	if (size == 0 || size > SIZE_MAX || size % gmin) {
+		ret = tc__cu_seterr(TC_EINVAL, err, errlen,
+				    "cannot import %" PRIu64
+				    " bytes of GPU memory: not a multiple of "
+				    "the %zu-byte granularity",
+				    size, gmin);
+		goto out_leave;
+	}
 
 	r = cu->fn.cuMemImportFromShareableHandle(
 		&h, (void *)(uintptr_t)fd,
