@@ -96,11 +96,12 @@ struct big_reply {
 	int ret;	  /* 0 or the failing tcast code */
 	double import_ms; /* tc__gpu_import (import + reserve + map + access) */
 	double import2_ms; /* a second, read-write import of the same fd */
-	double d2h_ms;	   /* reading everything back, pinned */
+	double d2h_ms;	   /* reading everything back */
 	int data_ok;	   /* checksum matched, and again after the write try */
 	int write_ret;	   /* memset through the read-only mapping */
 	int write_cuda;	   /* its CUresult */
 	int fd_delta;	   /* fds after minus before */
+	int pinned;	   /* the read-back buffer was registered */
 	char msg[256];
 	char write_msg[256];
 };
@@ -156,10 +157,8 @@ out_report:
 		rep.ret = -ENOMEM;
 		goto out_done;
 	}
-	rep.ret = tc__gpu_host_register(ord, buf, req.size, 0, rep.msg,
-					sizeof(rep.msg));
-	if (rep.ret < 0)
-		goto out_done;
+	/* Pinned only for speed: carry on pageable if it is refused. */
+	rep.pinned = tc__gpu_host_register(ord, buf, req.size, 0, NULL, 0) == 0;
 	t0 = t_now_ms();
 	rep.ret = tc__gpu_mem_read(&ro, 0, buf, req.size, NULL, rep.msg,
 				   sizeof(rep.msg));
@@ -180,7 +179,8 @@ out_report:
 				      !memcmp(&d, &req.digest, sizeof(d));
 		}
 	}
-	tc__gpu_host_unregister(ord, buf, NULL, 0);
+	if (rep.pinned)
+		tc__gpu_host_unregister(ord, buf, NULL, 0);
 out_done:
 	tc__gpu_release(&ro);
 	if (buf)
@@ -365,6 +365,7 @@ static void test_real__import_big_in_child(void **state)
 	struct big_reply rep;
 	uint8_t *stage, go = 1;
 	double t0, t_alloc, t_fill;
+	int pinned;
 	int sock = -1, fds = t_count_fds();
 	pid_t pid;
 	int fd_memfd = memfd_create("tcast-stage", MFD_CLOEXEC);
@@ -378,7 +379,9 @@ static void test_real__import_big_in_child(void **state)
 	t_fill_pattern(stage, big, 77);
 	memset(&req, 0, sizeof(req));
 	tc__hash128(stage, big, &req.digest);
-	check_ok(tc__gpu_host_register(dev, stage, big, 0, err, sizeof(err)));
+	pinned = tc__gpu_host_register(dev, stage, big, 0, err, sizeof(err));
+	if (pinned < 0)
+		info("staging stays pageable: %s\n", err);
 
 	t0 = t_now_ms();
 	check_ok(tc__gpu_alloc(dev, big, 0, &m, err, sizeof(err)));
@@ -386,10 +389,12 @@ static void test_real__import_big_in_child(void **state)
 	t0 = t_now_ms();
 	check_ok(tc__gpu_mem_write(&m, 0, stage, big, NULL, err, sizeof(err)));
 	t_fill = t_now_ms() - t0;
-	info("%.0f MiB: alloc+export+map %.2f ms; fill from pinned memfd "
+	info("%.0f MiB: alloc+export+map %.2f ms; fill from %s memfd "
 	     "%.1f GB/s\n",
-	     (double)big / MiB, t_alloc, gbps(big, t_fill));
-	check_ok(tc__gpu_host_unregister(dev, stage, err, sizeof(err)));
+	     (double)big / MiB, t_alloc, pinned == 0 ? "pinned" : "pageable",
+	     gbps(big, t_fill));
+	if (pinned == 0)
+		check_ok(tc__gpu_host_unregister(dev, stage, err, sizeof(err)));
 	munmap(stage, big);
 	close(fd_memfd);
 
@@ -416,9 +421,10 @@ static void test_real__import_big_in_child(void **state)
 	if (rep.ret)
 		fail_msg("child read failed: %s (%s)", rep.msg,
 			 tc_err_name(rep.ret));
-	info("child: read back %.1f GB/s after the exporter released; "
+	info("child: read back (%s) %.1f GB/s after the exporter released; "
 	     "checksum %s\n",
-	     gbps(big, rep.d2h_ms), rep.data_ok ? "matches" : "DIFFERS");
+	     rep.pinned ? "pinned" : "pageable", gbps(big, rep.d2h_ms),
+	     rep.data_ok ? "matches" : "DIFFERS");
 	info("child: write through read-only mapping -> %s (%s)\n",
 	     tc_err_name(rep.write_ret), rep.write_msg);
 	assert_true(rep.data_ok);
