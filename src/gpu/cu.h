@@ -302,7 +302,8 @@ struct tc__cu_guard {
 /* Load the driver once per process (pthread_once) and return it in *out.
  * Returns 0; TC_ENODEV when no driver library loads, a required symbol is
  * missing, cuInit fails, no device is visible, or the process was forked
- * after the driver was initialised; TC_ECUDA when enumerating devices fails.
+ * after the driver was initialised; TC_ECUDA when enumerating devices fails;
+ * -ENOMEM.
  * A failure is sticky for the life of the process.  *out is borrowed and
  * lives until exit; NULL on failure.  err (may be NULL) gets the reason. */
 int tc__cu_get(const struct tc__cu **out, char *err, size_t errlen);

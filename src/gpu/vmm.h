@@ -100,7 +100,8 @@ struct tc__gpu_mem {
 /* ---- driver and devices ------------------------------------------------ */
 
 /* Load the driver (once per process).  Returns 0, TC_ENODEV (no driver, no
- * device, or forked after init) or TC_ECUDA.  Every other function calls it
+ * device, or forked after init), TC_ECUDA (enumeration failed) or
+ * -ENOMEM; the result is sticky for the process.  Every other function calls it
  * first, so calling it is only needed to get the reason early. */
 int tc__gpu_init(char *err, size_t errlen);
 

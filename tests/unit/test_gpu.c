@@ -911,6 +911,42 @@ static void test_gpu__no_driver(void **state)
 		fail_msg("unexpected: %s", rep.msg);
 }
 
+static void test_gpu__not_a_driver(void **state)
+{
+	/* A library that loads but is not libcuda. */
+	char *env[] = { (char *)"TCAST_CUDA_LIB=libm.so.6", NULL };
+	struct child_reply rep;
+
+	run_child("info", env, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ENODEV);
+	if (!strstr(rep.msg, "lacks 'cuGetErrorName'"))
+		fail_msg("unexpected: %s", rep.msg);
+}
+
+static void test_gpu__init_failures(void **state)
+{
+	char *init[] = { (char *)"TC_FAKECUDA_FAIL=cuInit:1:CUDA_ERROR_UNKNOWN",
+			 NULL };
+	char *name[] = { (char *)"TC_FAKECUDA_FAIL=cuDeviceGetName:2", NULL };
+	char *uuid[] = { (char *)"TC_FAKECUDA_FAIL=cuDeviceGetUuid:1", NULL };
+	struct child_reply rep;
+
+	/* cuInit failing means no usable GPU. */
+	run_child("info", init, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ENODEV);
+	if (!strstr(rep.msg, "cuInit: CUDA_ERROR_UNKNOWN (unknown error)"))
+		fail_msg("unexpected: %s", rep.msg);
+	/* Enumeration failing is a driver error, and sticky. */
+	run_child("info", name, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ECUDA);
+	if (!strstr(rep.msg, "cannot enumerate GPU 1: cuDeviceGetName"))
+		fail_msg("unexpected: %s", rep.msg);
+	run_child("info", uuid, NULL, -1, &rep);
+	assert_int_equal(rep.ret, TC_ECUDA);
+	if (!strstr(rep.msg, "cuDeviceGetUuid: CUDA_ERROR_OUT_OF_MEMORY"))
+		fail_msg("unexpected: %s", rep.msg);
+}
+
 static void test_gpu__no_device(void **state)
 {
 	char *none[] = { (char *)"TC_FAKECUDA_DEVICES=0", NULL };
@@ -1070,6 +1106,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__inject_sweep_stream_event),
 		cmocka_unit_test(test_gpu__device_lost),
 		cmocka_unit_test(test_gpu__no_driver),
+		cmocka_unit_test(test_gpu__not_a_driver),
+		cmocka_unit_test(test_gpu__init_failures),
 		cmocka_unit_test(test_gpu__no_device),
 		cmocka_unit_test(test_gpu__no_vmm),
 		cmocka_unit_test(test_gpu__forked_child_refused),
