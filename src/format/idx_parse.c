@@ -8,7 +8,8 @@
  * basename (hostile-inputs.md 1.2.1): the path escape reported in 2026
  * against several loaders is refused here, before any open.
  *
- * jansson parses the JSON (JSON_REJECT_DUPLICATES); a lexical pre-scan first
+ * jansson parses the JSON (JSON_REJECT_DUPLICATES; it also refuses \u0000,
+ * which shard_name_problem checks again); a lexical pre-scan first
  * bounds the number of JSON values so a 64 MB index of "[0,0,0,..." cannot
  * cost gigabytes of DOM.
  */
@@ -149,10 +150,11 @@ static int shard_id(struct tc__index *idx, json_t *ids, const char *name,
 	idx->shards[idx->nshards] = tc__strdup(name);
 	if (!idx->shards[idx->nshards])
 		return -ENOMEM;
-	v = json_integer(idx->nshards);
+	/* Owned by idx from here, so a failure below cannot leak it. */
+	*id = idx->nshards++;
+	v = json_integer(*id);
 	if (!v || json_object_set_new(ids, name, v))
 		return -ENOMEM;
-	*id = idx->nshards++;
 	return 0;
 }
 
@@ -320,9 +322,17 @@ int tc__idx_parse(const char *json, size_t len, struct tc__index *out,
 			    (unsigned long long)IDX_MAX_VALUES);
 		return TC_ELIMIT;
 	}
-	root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+	/* No number of the index is used (total_size is advisory), so read
+	 * integers as reals: a huge total_size must not fail the index. */
+	root = json_loadb(json, len,
+			  JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL,
+			  &jerr);
 	if (!root) {
-		if (json_error_code(&jerr) == json_error_out_of_memory) {
+		/* jansson 2.14 leaves the error empty when lex_init cannot
+		 * allocate (and reports some later allocation failures as
+		 * syntax errors, which cannot be told apart). */
+		if (json_error_code(&jerr) == json_error_out_of_memory ||
+		    !jerr.text[0]) {
 			tc__fmt_err(err, errlen,
 				    "out of memory parsing the index");
 			return -ENOMEM;

@@ -358,8 +358,9 @@ static int merge_tables(struct tc__source *s, struct tc__table *tabs,
 	if (!s->table.tensors)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < s->nfiles; i++) {
-		memcpy(s->table.tensors + o, tabs[i].tensors,
-		       tabs[i].ntensors * sizeof(*tabs[i].tensors));
+		if (tabs[i].ntensors)
+			memcpy(s->table.tensors + o, tabs[i].tensors,
+			       tabs[i].ntensors * sizeof(*tabs[i].tensors));
 		o += tabs[i].ntensors;
 		s->table.ntensors = o;
 		/* The names now belong to s->table. */

@@ -153,6 +153,8 @@ static int expect(struct hp *h, char c, const char *what)
 
 static int sbuf_put(struct hp *h, const void *p, size_t n)
 {
+	if (n == 0)
+		return 0;
 	if (n > h->scap - h->slen) {
 		size_t cap = h->scap ? h->scap : 64;
 		char *nb;
