@@ -1,0 +1,495 @@
+"""tcast: shared, immutable tensor artifacts -- the Python SDK.
+
+    import tcast as tc
+    tc.init()                                   # connect to the node's daemon
+    art = tc.put({"w": torch.randn(4, 4)}, key="demo:v1")
+    tensors = tc.artifact("demo:v1").tensor_dict()   # zero-copy, read-only
+    model = tc.from_disk("/models/llama").tensor_dict(device="cpu")
+
+Pure Python over libtcast.so (ctypes); tensors reach frameworks without a
+copy (torch, numpy, or any DLPack consumer).  torch and numpy are optional.
+See docs/python.md for the API, lifetime rules, dtype rules and errors.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+from . import _native, dtypes, errors
+from ._artifact import (
+    POLICIES,
+    Artifact,
+    Diagnostics,
+    DLPackTensor,
+    FallbackOptions,
+    GetArtifactOptions,
+    ImportResult,
+    TensorDictResult,
+    TensorInfo,
+    _result_of,
+    import_path,
+    make_opts,
+    validate_policy,
+)
+from ._session import PrivateDaemon, Session
+from .dtypes import RawTensor
+from .errors import *  # noqa: F401,F403  (the exception classes)
+from .errors import TcastError
+
+__version__ = "0.1.0"
+
+_lock = threading.RLock()
+_session: Optional[Session] = None
+_atexit_registered = False
+
+# ------------------------------------------------------------ lifecycle
+
+
+def init(
+    mode: str = "connect",
+    address: Optional[str] = None,
+    *,
+    host_memory: Optional[str] = None,
+    daemon_args: Sequence[str] = (),
+    show_daemon_logs: bool = False,
+    timeout: float = 30.0,
+) -> None:
+    """Connect to a daemon ("connect"), or start a private one ("create").
+
+    connect: ``address`` is the daemon's Unix socket (default
+    $TCAST_SOCKET, else $XDG_RUNTIME_DIR/tcast/daemon.sock, else
+    /tmp/tcast-$UID/daemon.sock).
+    create: starts ``tcast daemon run`` in a private temporary folder (or
+    on ``address`` if given) owned by this process, with ``host_memory``
+    (e.g. "4GiB") and extra ``daemon_args``; tc.shutdown() -- or the exit
+    of this process -- stops it.
+    auto: connect if a daemon answers, else create.
+    Calling init again with a session open raises unless shutdown() ran.
+    """
+    global _session, _atexit_registered
+    if mode not in ("connect", "create", "auto"):
+        raise errors.InvalidArgumentError(f"mode must be 'connect', 'create' or 'auto', not {mode!r}")
+    with _lock:
+        if _session is not None and not _session.closed:
+            raise errors.AlreadyExistsError(
+                f"tcast is already initialised (socket {_session.socket_path}); call tcast.shutdown() first"
+            )
+        _native.load()
+        daemon = None
+        if mode == "auto":
+            try:
+                _session = Session(address)
+                return
+            except errors.NoDaemonError:
+                mode = "create"
+        if mode == "create":
+            daemon = PrivateDaemon(address, host_memory, daemon_args, show_daemon_logs, timeout)
+            try:
+                _session = Session(daemon.socket, daemon)
+            except BaseException:
+                daemon.stop()
+                raise
+            if not _atexit_registered:
+                atexit.register(shutdown)
+                _atexit_registered = True
+            return
+        if host_memory is not None or daemon_args:
+            raise errors.InvalidArgumentError("host_memory and daemon_args apply to mode='create' only")
+        _session = Session(address)
+
+
+def shutdown() -> None:
+    """Close the connection (and stop the private daemon of mode="create").
+
+    Tensors obtained before stay valid and readable: their memory is
+    mapped into this process and is unmapped when the last one dies."""
+    global _session
+    with _lock:
+        s, _session = _session, None
+    if s is not None:
+        s.close()
+
+
+def is_initialized() -> bool:
+    return _session is not None and not _session.closed
+
+
+def _sess() -> Session:
+    """The current session; connects to the default daemon on first use."""
+    s = _session
+    if s is not None and not s.closed:
+        return s
+    with _lock:
+        if _session is None or _session.closed:
+            init("connect")
+        assert _session is not None
+        return _session
+
+
+def daemon_info() -> Dict[str, Any]:
+    """The socket, pid and incarnation of the daemon in use, and whether
+    this process owns it (mode="create")."""
+    s = _sess()
+    return {
+        "socket": s.socket_path,
+        "pid": s.daemon_pid,
+        "epoch": s.daemon_epoch,
+        "private": s.daemon is not None,
+        "library": _native.lib_path,
+        "library_version": _native.lib.tc_version().decode(),
+    }
+
+
+# --------------------------------------------------------------- creating
+
+
+def _to_bytes_source(name: str, t: Any):
+    """(DType, shape, writer) for one input tensor.  writer(dst_addr, nbytes)
+    copies the tensor's bytes into the shared memory."""
+    raw = None
+    if isinstance(t, RawTensor):
+        raw, t = t, t.data
+    mod = type(t).__module__
+    if mod.startswith("torch") and hasattr(t, "data_ptr"):
+        import torch
+
+        if raw is not None:
+            dt, shape = raw.dtype, raw.shape
+        else:
+            dt, shape = dtypes.from_torch_dtype(t.dtype), tuple(t.shape)
+        src = t.detach()
+        nbytes = src.numel() * src.element_size()
+
+        def write(addr: int, size: int) -> None:
+            _check_size(name, dt, shape, nbytes, size)
+            if size == 0:
+                return
+            if src.device.type == "cpu" and src.is_contiguous():
+                ctypes.memmove(addr, src.data_ptr(), size)
+                return
+            # Strided or on a GPU: one copy straight into the shared memory.
+            buf = (ctypes.c_ubyte * size).from_address(addr)
+            dst = torch.frombuffer(buf, dtype=torch.uint8).view(src.dtype).view(src.shape)
+            dst.copy_(src)
+
+        return dt, shape, write
+    if mod == "numpy" and hasattr(t, "__array_interface__"):
+        import numpy as np
+
+        a = t
+        if raw is not None:
+            dt, shape = raw.dtype, raw.shape
+        else:
+            dt, shape = dtypes.from_numpy_dtype(a.dtype), tuple(a.shape)
+            if a.dtype.byteorder == ">":
+                a = a.astype(a.dtype.newbyteorder("<"))  # same values, tcast byte order
+        nbytes = a.nbytes
+
+        def write(addr: int, size: int) -> None:
+            _check_size(name, dt, shape, nbytes, size)
+            if size == 0:
+                return
+            if a.flags.c_contiguous:
+                ctypes.memmove(addr, a.ctypes.data, size)
+                return
+            buf = (ctypes.c_ubyte * size).from_address(addr)
+            dst = np.frombuffer(buf, np.uint8).view(a.dtype).reshape(a.shape)
+            np.copyto(dst, a, casting="no")
+
+        return dt, shape, write
+    raise errors.InvalidArgumentError(
+        f"tensor {name!r}: expected a torch.Tensor, a numpy.ndarray or a tcast.RawTensor, "
+        f"got {type(t).__module__}.{type(t).__name__}"
+    )
+
+
+def _check_size(name: str, dt: dtypes.DType, shape, have: int, want: int) -> None:
+    if have != want:
+        raise errors.ShapeError(
+            f"tensor {name!r}: {dt.name}{list(shape)} is {want} bytes but the data has {have}"
+        )
+
+
+def put(
+    tensors: Mapping[str, Any],
+    *,
+    key: Optional[str] = None,
+    policy: Optional[str] = None,
+    metadata: Optional[Mapping[str, str]] = None,
+    expect_generation: Optional[int] = None,
+) -> Artifact:
+    """Copy tensors into the daemon's shared memory as one artifact.
+
+    ``tensors``: {name: torch.Tensor | numpy.ndarray | tcast.RawTensor}
+    (any device for torch; strided inputs are fine).  ``key`` publishes the
+    artifact under that name; ``expect_generation`` moves an existing key
+    by compare-and-swap (0: the key must not exist yet).  ``policy``: cache
+    (default), warm, pinned; durable/ha/cold need a shared-disk tier and
+    raise PolicyError on a single node.  Returns the registered artifact;
+    ``.last_import`` says what it cost and whether the daemon already held
+    identical content.
+    """
+    if not isinstance(tensors, Mapping):
+        raise errors.InvalidArgumentError(f"put() takes a mapping of name -> tensor, not {type(tensors).__name__}")
+    validate_policy(policy)
+    meta_json = None
+    if metadata is not None:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise errors.InvalidArgumentError(f"metadata keys and values must be strings (bad: {bad[:3]!r})")
+        meta_json = json.dumps(dict(metadata)).encode()
+    names = list(tensors)
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise errors.InvalidArgumentError(f"tensor names must be non-empty strings, not {n!r}")
+    sources = [_to_bytes_source(n, tensors[n]) for n in names]
+    n = len(names)
+    descs = (_native.TcTensorDesc * max(n, 1))()
+    keep: List[Any] = []
+    for i, (name, (dt, shape, _)) in enumerate(zip(names, sources)):
+        if len(shape) > _native.TC_MAX_RANK:
+            raise errors.LimitError(f"tensor {name!r} has {len(shape)} dimensions (at most {_native.TC_MAX_RANK})")
+        sh = (ctypes.c_uint64 * max(len(shape), 1))(*shape)
+        nm = name.encode()
+        keep += [sh, nm]
+        descs[i].name = nm
+        descs[i].dtype = dt.id
+        descs[i].ndim = len(shape)
+        descs[i].shape = ctypes.cast(sh, ctypes.POINTER(ctypes.c_uint64))
+    opts, keep_opts = make_opts(key, policy, expect_generation)
+    s = _sess()
+    lib = s.lib
+    p = ctypes.c_void_p()
+    t0 = time.perf_counter()
+    s.call(lib.tc_put_begin, descs, n, meta_json, ctypes.byref(opts), ctypes.byref(p))
+    try:
+        for i, (_, _, write) in enumerate(sources):
+            addr = lib.tc_put_data(p, i) or 0
+            write(addr, lib.tc_put_nbytes(p, i))
+    except BaseException:
+        lib.tc_put_abort(p)
+        raise
+    res = _native.TcResult()
+    with s.lock:  # commit frees p whatever happens; read the message here
+        rc = lib.tc_put_commit(p, ctypes.byref(res))
+        if rc < 0:
+            raise errors.error_from_code(rc, lib.tc_client_errmsg(s._h()).decode(errors="replace"))
+    del keep, keep_opts
+    r = _result_of(res, time.perf_counter() - t0)
+    return Artifact(_sess, key=key, artifact_id=r.artifact_id, policy=policy, result=r)
+
+
+def artifact(
+    key_or_id: Optional[str] = None,
+    *,
+    key: Optional[str] = None,
+    artifact_id: Optional[str] = None,
+    disk_path: "str | os.PathLike | None" = None,
+    fallback: "FallbackOptions | str | None" = None,
+) -> Artifact:
+    """A lazy handle: no daemon call until first use.  ``key_or_id`` is a
+    key ("model:llama:v3") or an id ("tc1:..."); ``disk_path`` (or
+    ``fallback=FallbackOptions.for_disk(path)`` / "disk:/path") says where to
+    import it from when the daemon does not hold it."""
+    if key_or_id is not None:
+        if not isinstance(key_or_id, str) or not key_or_id:
+            raise errors.InvalidArgumentError(f"expected a key or an artifact id, not {key_or_id!r}")
+        if key_or_id.startswith("tc1:"):
+            artifact_id = key_or_id
+        else:
+            key = key_or_id
+    return Artifact(_sess, key=key, artifact_id=artifact_id, disk_path=disk_path, fallback=fallback)
+
+
+def from_disk(
+    path: "str | os.PathLike",
+    *,
+    key: Optional[str] = None,
+    verify_checksums: bool = True,
+    fallback: "FallbackOptions | str | None" = None,
+    policy: Optional[str] = None,
+) -> Artifact:
+    """A lazy handle on a safetensors file or Hugging Face folder.  First use
+    imports it into the daemon (which deduplicates identical content it
+    already holds) and attaches it; with ``key`` the import publishes it."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise errors.error_from_code(-2, f"cannot open '{p}': No such file or directory")
+    return Artifact(_sess, key=key, disk_path=p, fallback=fallback, policy=policy, default_source="auto")
+
+
+def import_from_disk(
+    path: "str | os.PathLike",
+    *,
+    key: Optional[str] = None,
+    policy: Optional[str] = None,
+    verify_checksums: bool = True,
+    expect_generation: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Artifact:
+    """Import now; returns the registered artifact (``.artifact_id``,
+    ``.last_import`` with bytes, seconds and deduplication)."""
+    r = import_path(_sess(), path, key=key, policy=policy, expect_generation=expect_generation, progress=progress)
+    return Artifact(_sess, key=key, artifact_id=r.artifact_id, disk_path=os.fspath(path), policy=policy, result=r)
+
+
+# ------------------------------------------------------------ keys, verbs
+
+
+def _ref_of(x: Union[str, Artifact]) -> str:
+    if isinstance(x, Artifact):
+        if x._att is not None or x._id is not None:
+            return x.artifact_id
+        if x.key is not None:
+            return x.key
+        raise errors.InvalidArgumentError(f"{x!r} has not been imported yet: nothing to deregister")
+    if not isinstance(x, str) or not x:
+        raise errors.InvalidArgumentError(f"expected an artifact, an artifact id or a key, not {x!r}")
+    return x
+
+
+def deregister_artifact(artifact: Union[str, Artifact], *, wait: bool = True) -> None:
+    """Remove an artifact from the daemon (by Artifact, id, or key).
+
+    By id: the artifact goes; keys naming it keep their history and name
+    nothing.  By key: the key goes, and its artifact with it unless another
+    key names it.  Tensors already obtained stay valid: the memory is
+    returned when the last of them dies.  ``wait`` is accepted for
+    TensorCast compatibility; removal is always synchronous here."""
+    s = _sess()
+    s.call(s.lib.tc_rm, _ref_of(artifact).encode())
+
+
+def rm(ref: Union[str, Artifact]) -> None:
+    """Alias of deregister_artifact (the CLI's verb)."""
+    deregister_artifact(ref)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    key: str
+    artifact_id: str  # "" when the artifact it named was removed
+    generation: int
+    held: bool  # the daemon holds the artifact now
+    history: Optional[List[Dict[str, Any]]] = None  # newest first
+
+
+def keys() -> List[KeyInfo]:
+    """Every key of the daemon."""
+    s = _sess()
+    doc = s.call_json(s.lib.tc_keys_json, b"")
+    return [KeyInfo(k["key"], k["id"], k["generation"], k["held"]) for k in doc["keys"]]
+
+
+def key_info(key: str) -> KeyInfo:
+    """One key with its version history (newest first)."""
+    s = _sess()
+    k = s.call_json(s.lib.tc_keys_json, key.encode())
+    return KeyInfo(k["key"], k["id"], k["generation"], k["held"], k.get("history"))
+
+
+def set_key(key: str, artifact: Union[str, Artifact], *, expect_generation: Optional[int] = None) -> int:
+    """Point ``key`` at an artifact; returns the key's new generation.
+    Without expect_generation the key must be new or already point there
+    (else ConflictError); with it the key moves only if it is at that
+    generation (0: must not exist)."""
+    s = _sess()
+    ref = artifact.artifact_id if isinstance(artifact, Artifact) else artifact
+    gen = ctypes.c_uint64()
+    s.call(
+        s.lib.tc_key_set,
+        key.encode(),
+        ref.encode(),
+        1 if expect_generation is not None else 0,
+        int(expect_generation or 0),
+        ctypes.byref(gen),
+    )
+    return gen.value
+
+
+def list_artifacts() -> List[Dict[str, Any]]:
+    """Every artifact the daemon holds (tcast ls --json)."""
+    s = _sess()
+    return s.call_json(s.lib.tc_list_json)["artifacts"]
+
+
+def status() -> Dict[str, Any]:
+    """The daemon's status (tcast daemon status --json)."""
+    s = _sess()
+    return s.call_json(s.lib.tc_status_json)
+
+
+def inspect(ref: Union[str, Artifact]) -> Dict[str, Any]:
+    """One artifact in detail, tensor table included (tcast inspect --json)."""
+    s = _sess()
+    return s.call_json(s.lib.tc_inspect_json, _ref_of(ref).encode())
+
+
+def export(ref: Union[str, Artifact], path: "str | os.PathLike") -> None:
+    """Write an artifact to a safetensors file (atomically)."""
+    s = _sess()
+    s.call(s.lib.tc_export, _ref_of(ref).encode(), os.fsencode(path))
+
+
+def verify(path: "str | os.PathLike") -> Dict[str, Any]:
+    """Check a safetensors file or model folder as the daemon would, without
+    a daemon and without reading tensor data; raises the mapped error if it
+    would be refused, else returns {"files", "tensors", "bytes", "dtypes"}."""
+    lib = _native.load()
+    buf = ctypes.create_string_buffer(1 << 16)
+    rc = lib.tc_st_verify_json(os.fsencode(path), buf, len(buf))
+    doc = json.loads(buf.value.decode()) if buf.value else {}
+    if rc < 0:
+        raise errors.error_from_code(rc, doc.get("message") or lib.tc_strerror(rc).decode())
+    return doc
+
+
+def library_version() -> str:
+    return _native.load().tc_version().decode()
+
+
+def raw_dtype(artifact: Artifact, name: str) -> str:
+    """The real dtype of a tensor ("BF16", "F8_E4M3", ...)."""
+    return artifact.tensor_meta(name).dtype
+
+
+__all__ = [
+    "init",
+    "shutdown",
+    "is_initialized",
+    "daemon_info",
+    "put",
+    "artifact",
+    "from_disk",
+    "import_from_disk",
+    "deregister_artifact",
+    "rm",
+    "keys",
+    "key_info",
+    "set_key",
+    "list_artifacts",
+    "status",
+    "inspect",
+    "export",
+    "verify",
+    "library_version",
+    "raw_dtype",
+    "Artifact",
+    "KeyInfo",
+    "TensorInfo",
+    "ImportResult",
+    "Diagnostics",
+    "TensorDictResult",
+    "DLPackTensor",
+    "GetArtifactOptions",
+    "FallbackOptions",
+    "RawTensor",
+    "POLICIES",
+    "TcastError",
+] + [row[3] for row in errors.ERROR_TABLE] + ["SystemCallError"]

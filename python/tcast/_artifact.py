@@ -1,0 +1,982 @@
+"""Artifacts: lazy handles, zero-copy tensor views, copies, DLPack exports.
+
+How a zero-copy tensor_dict is built (the fast path).  An attached artifact
+is one read-only mapping of the daemon's sealed memfd.  For each call we
+take one C reference on the artifact (tc_artifact_ref) and hand it to an
+``_Owner`` object; the owner is reachable from a ctypes array spanning the
+mapping, the framework wraps that array once (torch.frombuffer, or
+numpy.frombuffer over a read-only memoryview), and every tensor is a view
+of it (as_strided / ndarray).  The views keep the base alive, the base
+keeps the owner alive, and the owner drops the C reference when the last
+view dies -- which unmaps the memory once nothing else holds it and tells
+the daemon the lease is over.  Nothing here depends on the artifact handle,
+its key, the session or the daemon staying alive.
+
+The per-tensor work is one framework call; the tensor table is read once
+per attachment with one bulk copy of ``tc_artifact_tensors``.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping as TMapping, Optional, Tuple
+
+from . import _native, dtypes, errors
+from ._session import Session
+
+SOURCES = ("auto", "local_only", "disk_first", "disk_only")
+PREFER = ("auto", "local", "disk", "p2p")
+POLICIES = ("cache", "warm", "pinned", "durable", "ha", "cold")
+
+
+def validate_policy(policy: Optional[str]) -> Optional[str]:
+    """Names are checked here; whether the node can honour one is the
+    daemon's call (durable/ha/cold need a shared-disk tier: PolicyError)."""
+    if policy is None:
+        return None
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise errors.InvalidArgumentError(
+            f"unknown policy {policy!r} (known: {', '.join(POLICIES)})"
+        )
+    return policy
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass
+class FallbackOptions:
+    """Where an artifact may come from when it is not attached yet.
+
+    prefer: "auto" (local replica, else disk), "local", "disk", or "p2p"
+    (peer transfer: not available on a single node, raises
+    NotSupportedError when used).  disk_path: a safetensors file or a
+    Hugging Face folder to import when the daemon does not hold it.
+    """
+
+    prefer: str = "auto"
+    disk_path: Optional[str] = None
+    allow_p2p: bool = True
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prefer not in PREFER:
+            raise errors.InvalidArgumentError(
+                f"FallbackOptions.prefer must be one of {', '.join(PREFER)}, not {self.prefer!r}"
+            )
+        if self.disk_path is not None:
+            self.disk_path = os.fspath(self.disk_path)
+
+    @classmethod
+    def for_disk(cls, path: "str | os.PathLike", verify: bool = True) -> "FallbackOptions":
+        return cls(prefer="auto", disk_path=os.fspath(path), verify_checksums=verify)
+
+    @classmethod
+    def local_only(cls) -> "FallbackOptions":
+        return cls(prefer="local", allow_p2p=False)
+
+    @classmethod
+    def parse(cls, spec: "str | FallbackOptions | None") -> Optional["FallbackOptions"]:
+        """Accepts a FallbackOptions, "local", "disk:/path", "p2p", "auto"."""
+        if spec is None or isinstance(spec, FallbackOptions):
+            return spec
+        if isinstance(spec, str):
+            if spec.startswith("disk:"):
+                return cls.for_disk(spec[5:])
+            if spec == "local":
+                return cls.local_only()
+            return cls(prefer=spec)
+        raise errors.InvalidArgumentError(f"fallback must be a FallbackOptions or a string, not {spec!r}")
+
+
+@dataclass
+class GetArtifactOptions:
+    """How tensor_dict and friends obtain the artifact.
+
+    source: "auto" (attach the daemon's replica; import from the disk path
+    when the daemon does not hold it), "local_only" (attach, never read
+    disk), "disk_first" (import from the disk path, which the daemon
+    deduplicates against what it holds; attach locally if the file cannot
+    be read), "disk_only" (import from disk, nothing else).
+    verify_checksums: the daemon always hashes what it imports; False is
+    accepted and changes nothing.
+    """
+
+    source: str = "auto"
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise errors.InvalidArgumentError(
+                f"GetArtifactOptions.source must be one of {', '.join(SOURCES)}, not {self.source!r}"
+            )
+
+
+# ------------------------------------------------------------ result types
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of an artifact: its real dtype, shape and place."""
+
+    name: str
+    dtype: str  # tcast/safetensors name, e.g. "BF16"
+    shape: Tuple[int, ...]
+    nbytes: int
+    offset: int  # bytes from the start of the artifact's byte space
+
+    @property
+    def dtype_info(self) -> dtypes.DType:
+        return dtypes.BY_ID[dtypes.BY_NAME[self.dtype].id]
+
+
+@dataclass
+class ImportResult:
+    """What the daemon reported for an import or put."""
+
+    artifact_id: str
+    bytes: int
+    ntensors: int
+    deduplicated: bool  # the daemon already held the same content
+    daemon_seconds: float  # daemon-side duration
+    seconds: float  # wall time seen by this process
+    key_generation: int  # 0 when no key was given
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Diagnostics:
+    """What served a tensor_dict call, and how fast.
+
+    source: "local" (attached the daemon's replica) or "disk" (imported
+    from disk_path, then attached; ``deduplicated`` says the daemon already
+    held identical content).  bytes / seconds / gbps cover the whole call
+    (import, attach, views and any device copy); zero_copy is False only
+    when tensors were copied to another device.
+    """
+
+    artifact_id: str
+    key: Optional[str]
+    source: str
+    framework: str
+    device: str
+    ntensors: int
+    bytes: int
+    seconds: float
+    attach_seconds: float = 0.0
+    import_seconds: float = 0.0
+    daemon_seconds: float = 0.0
+    deduplicated: Optional[bool] = None
+    zero_copy: bool = True
+    fallback_reason: Optional[str] = None
+    raw_dtypes: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TensorDictResult:
+    tensors: Dict[str, Any]
+    diagnostics: Diagnostics
+    release_fn: Callable[[], None]
+
+    def release(self) -> None:
+        self.release_fn()
+
+    def __iter__(self) -> Iterator[Any]:  # tensors, diag = result
+        return iter((self.tensors, self.diagnostics))
+
+
+# ------------------------------------------------------------ attachment
+
+
+class _Owner:
+    """Holds one C reference on an attached artifact; drops it when the last
+    object pointing here (views, DLPack exports, handles) is gone."""
+
+    __slots__ = ("handle", "__weakref__")
+
+    def __init__(self, handle: int):
+        self.handle: Optional[int] = handle
+
+    def close(self) -> None:
+        h, self.handle = self.handle, None
+        if h is not None:
+            lib = _native.lib
+            if lib is not None:  # None only at interpreter teardown
+                lib.tc_artifact_close(h)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # never raise from a finaliser
+            pass
+
+
+class _Attachment:
+    """A mapped artifact and its tensor table, read once."""
+
+    def __init__(self, session: Session, ref: str):
+        lib = session.lib
+        h = ctypes.c_void_p()
+        t0 = time.perf_counter()
+        session.call(lib.tc_attach, ref.encode(), ctypes.byref(h))
+        self.seconds = time.perf_counter() - t0
+        self.owner = _Owner(h.value)  # the handle's own reference
+        self.handle: int = h.value  # type: ignore[assignment]
+        self.id: str = lib.tc_artifact_id(self.handle).decode()
+        self.size: int = lib.tc_artifact_size(self.handle)
+        self.data: int = lib.tc_artifact_data(self.handle) or 0
+        n = lib.tc_artifact_count(self.handle)
+        infos: List[TensorInfo] = []
+        if n:
+            raw = ctypes.string_at(lib.tc_artifact_tensors(self.handle), n * _native.TENSOR_INFO_FORMAT.size)
+            string_at = ctypes.string_at
+            by_id = dtypes.BY_ID
+            for rec in _native.TENSOR_INFO_FORMAT.iter_unpack(raw):
+                name_p, dt, ndim, off, nb = rec[:5]
+                infos.append(
+                    TensorInfo(string_at(name_p).decode(), by_id[dt].name, tuple(rec[5 : 5 + ndim]), nb, off)
+                )
+        self.infos = infos
+        self.index: Dict[str, int] = {t.name: i for i, t in enumerate(infos)}
+        self.meta: Dict[str, str] = {}
+        for i in range(lib.tc_artifact_meta_count(self.handle)):
+            k = lib.tc_artifact_meta_key(self.handle, i)
+            v = lib.tc_artifact_meta_value(self.handle, i)
+            self.meta[k.decode()] = v.decode()
+        self._plans: Dict[str, Any] = {}
+
+    def new_owner(self) -> _Owner:
+        """One more C reference, owned by the returned object."""
+        if self.owner.handle is None:
+            raise errors.InvalidArgumentError("the artifact handle was released")
+        _native.lib.tc_artifact_ref(self.handle)
+        return _Owner(self.handle)
+
+    def buffer(self, owner: _Owner):
+        """A ctypes array over the mapping that keeps `owner` alive."""
+        buf = (ctypes.c_ubyte * self.size).from_address(self.data)
+        buf._tcast_owner = owner  # type: ignore[attr-defined]
+        return buf
+
+    def find(self, name: str) -> int:
+        i = self.index.get(name)
+        if i is None:
+            raise errors.NotFoundError(
+                f"artifact {self.id} has no tensor {name!r}"
+                + _name_hint(name, self.index)
+            )
+        return i
+
+    # ---------------------------------------------------------- plans
+
+    def torch_plan(self):
+        plan = self._plans.get("torch")
+        if plan is None:
+            maps = dtypes.torch_mappings()
+            rows = []
+            for t in self.infos:
+                dt = dtypes.BY_NAME[t.dtype]
+                m = maps[dt.id]
+                shape = m.out_shape(dt, t.shape, t.nbytes)
+                stride = _contiguous_strides(shape)
+                numel = 1
+                for s in shape:
+                    numel *= s
+                if numel == 0:
+                    kind = 1  # empty: no memory to view
+                elif t.offset % m.itemsize:
+                    kind = 2  # unaligned: frombuffer with a byte offset
+                else:
+                    kind = 0
+                rows.append((t.name, m.fw_dtype, shape, stride, t.offset // m.itemsize, kind, t.offset, numel))
+            raw = {t.name: t.dtype for t in self.infos if maps[dtypes.BY_NAME[t.dtype].id].raw}
+            plan = (rows, raw, {r[1] for r in rows if r[5] == 0})
+            self._plans["torch"] = plan
+        return plan
+
+    def numpy_plan(self):
+        plan = self._plans.get("numpy")
+        if plan is None:
+            maps = dtypes.numpy_mappings()
+            rows = []
+            for t in self.infos:
+                dt = dtypes.BY_NAME[t.dtype]
+                m = maps[dt.id]
+                rows.append((t.name, m.fw_dtype, m.out_shape(dt, t.shape, t.nbytes), t.offset))
+            raw = {t.name: t.dtype for t in self.infos if maps[dtypes.BY_NAME[t.dtype].id].raw}
+            plan = (rows, raw)
+            self._plans["numpy"] = plan
+        return plan
+
+    # ---------------------------------------------------------- views
+
+    def torch_views(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
+        import torch
+
+        rows, _, fw_dtypes = self.torch_plan()
+        if names is not None:
+            rows = [rows[self.find(n)] for n in names]
+        out: Dict[str, Any] = {}
+        if self.size == 0 or not rows:
+            for name, fwdt, shape, *_ in rows:
+                out[name] = torch.empty(shape, dtype=fwdt)
+            return out
+        buf = self.buffer(self.new_owner())
+        base = torch.frombuffer(buf, dtype=torch.uint8)
+        typed = {}
+        for fwdt in fw_dtypes:
+            isz = torch.empty((), dtype=fwdt).element_size()
+            typed[fwdt] = base[: self.size - self.size % isz].view(fwdt) if isz > 1 else base.view(fwdt)
+        for name, fwdt, shape, stride, eoff, kind, off, numel in rows:
+            if kind == 0:
+                out[name] = typed[fwdt].as_strided(shape, stride, eoff)
+            elif kind == 1:
+                out[name] = torch.empty(shape, dtype=fwdt)
+            else:
+                out[name] = torch.frombuffer(buf, dtype=fwdt, count=numel, offset=off).view(shape)
+        return out
+
+    def numpy_views(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
+        import numpy as np
+
+        rows, _ = self.numpy_plan()
+        if names is not None:
+            rows = [rows[self.find(n)] for n in names]
+        if self.size == 0:
+            base = np.zeros(0, np.uint8)
+        else:
+            # A read-only memoryview as the final base: numpy then refuses
+            # to make any view writable again (the pages are PROT_READ).
+            mv = memoryview(self.buffer(self.new_owner())).toreadonly()
+            base = np.frombuffer(mv, np.uint8)
+        nd = np.ndarray
+        out = {name: nd(shape, fwdt, base, off) for name, fwdt, shape, off in rows}
+        return out
+
+    def dlpack_views(self, names: Optional[List[str]] = None) -> Dict[str, "DLPackTensor"]:
+        idx = range(len(self.infos)) if names is None else [self.find(n) for n in names]
+        owner = self.new_owner()
+        return {self.infos[i].name: DLPackTensor(owner, i, self.infos[i]) for i in idx}
+
+
+def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    st = []
+    acc = 1
+    for s in reversed(shape):
+        st.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(st))
+
+
+def _name_hint(name: str, names: TMapping[str, int]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(names), n=3)
+    if close:
+        return f" (did you mean {', '.join(repr(c) for c in close)}?)"
+    return f" ({len(names)} tensors)"
+
+
+# ------------------------------------------------------------------ DLPack
+
+_NAME_LEGACY = ctypes.create_string_buffer(b"dltensor")
+_NAME_VERSIONED = ctypes.create_string_buffer(b"dltensor_versioned")
+_NAME_LEGACY_P = ctypes.addressof(_NAME_LEGACY)
+_NAME_VERSIONED_P = ctypes.addressof(_NAME_VERSIONED)
+
+
+def _capsule_destructor_impl(cap: int) -> None:
+    # A consumer that took the tensor renamed the capsule ("used_...") and
+    # owns it; only an unconsumed capsule still owns the managed tensor.
+    for name_p, off in (
+        (_NAME_LEGACY_P, _native.DL_LEGACY_DELETER_OFFSET),
+        (_NAME_VERSIONED_P, _native.DL_VERSIONED_DELETER_OFFSET),
+    ):
+        if _native.PyCapsule_IsValid(cap, name_p):
+            p = _native.PyCapsule_GetPointer(cap, name_p)
+            if p:
+                deleter = ctypes.c_void_p.from_address(p + off).value
+                if deleter:
+                    _native.DL_DELETER(deleter)(p)
+            return
+
+
+# Kept at module level for the life of the process: capsules point at it.
+_capsule_destructor = _native.CAPSULE_DESTRUCTOR(_capsule_destructor_impl)
+
+
+def make_capsule(handle: int, index: int, versioned: bool) -> Any:
+    """A DLPack capsule for tensor `index`, owning one C reference."""
+    out = ctypes.c_void_p()
+    rc = _native.lib.tc_artifact_dlpack(handle, index, 1 if versioned else 0, ctypes.byref(out))
+    if rc < 0:
+        raise errors.error_from_code(rc, f"cannot export tensor #{index} through DLPack")
+    try:
+        return _native.PyCapsule_New(
+            out.value, _NAME_VERSIONED_P if versioned else _NAME_LEGACY_P, _capsule_destructor
+        )
+    except BaseException:
+        off = _native.DL_VERSIONED_DELETER_OFFSET if versioned else _native.DL_LEGACY_DELETER_OFFSET
+        _native.DL_DELETER(ctypes.c_void_p.from_address(out.value + off).value)(out.value)
+        raise
+
+
+class DLPackTensor:
+    """One tensor of an attached artifact as a DLPack producer.
+
+    Any consumer takes it: ``torch.from_dlpack(t)`` (torch 1.13:
+    ``torch.utils.dlpack.from_dlpack``), ``numpy.from_dlpack(t)``,
+    ``cupy.from_dlpack``, ``jax.dlpack.from_dlpack``.  Each export is
+    zero-copy and read-only (the versioned capsule carries the READ_ONLY
+    flag; consumers of the legacy capsule cannot be told, and a write
+    through such a view faults).  The legacy capsule is returned unless the
+    consumer asks for DLPack >= 1.0 with ``max_version``.
+    """
+
+    __slots__ = ("_owner", "_index", "info")
+
+    def __init__(self, owner: _Owner, index: int, info: TensorInfo):
+        self._owner = owner
+        self._index = index
+        self.info = info
+
+    @property
+    def dtype(self) -> str:
+        return self.info.dtype
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.info.shape
+
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+    def __dlpack__(self, *, stream: Any = None, max_version: Any = None, dl_device: Any = None, copy: Any = None) -> Any:
+        if dl_device is not None and tuple(dl_device) != (1, 0):
+            raise BufferError(f"tcast exports CPU tensors; cannot export to device {dl_device}")
+        if copy:
+            raise BufferError("tcast exports zero-copy views only (copy=True asked for a copy)")
+        h = self._owner.handle
+        if h is None:
+            raise BufferError("the artifact was released")
+        versioned = max_version is not None and int(max_version[0]) >= 1
+        return make_capsule(h, self._index, versioned)
+
+    def __repr__(self) -> str:
+        return f"DLPackTensor({self.info.name!r}, dtype={self.info.dtype}, shape={self.info.shape})"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _framework(framework: Optional[str]) -> str:
+    if framework is None or framework == "auto":
+        try:
+            import torch  # noqa: F401
+
+            return "torch"
+        except ImportError:
+            return "numpy"
+    if framework not in ("torch", "numpy", "dlpack"):
+        raise errors.InvalidArgumentError(
+            f"framework must be 'torch', 'numpy', 'dlpack' or 'auto', not {framework!r}"
+        )
+    return framework
+
+
+def _device(device: Any, framework: str) -> str:
+    d = "cpu" if device is None else str(device)
+    if d == "cpu" or d == "cpu:0":
+        return "cpu"
+    if framework != "torch":
+        raise errors.DeviceError(
+            f"device {d!r}: {framework} tensors from tcast live on the CPU (use framework='torch' to copy to a GPU)"
+        )
+    if not d.startswith("cuda"):
+        raise errors.DeviceError(f"unknown device {d!r} (use 'cpu' or 'cuda[:N]')")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise errors.DeviceError(f"device {d!r}: torch sees no CUDA device")
+    return d
+
+
+def _result_of(r: _native.TcResult, seconds: float) -> ImportResult:
+    return ImportResult(
+        artifact_id=r.id.decode(),
+        bytes=r.bytes,
+        ntensors=r.ntensors,
+        deduplicated=bool(r.deduplicated),
+        daemon_seconds=r.nanoseconds / 1e9,
+        seconds=seconds,
+        key_generation=r.key_generation,
+    )
+
+
+def make_opts(
+    key: Optional[str] = None,
+    policy: Optional[str] = None,
+    expect_generation: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Tuple[_native.TcOpts, Any]:
+    """A tc_opts and the objects it borrows (keep both alive during the call)."""
+    o = _native.TcOpts()
+    keep: List[Any] = []
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise errors.InvalidArgumentError(f"key must be a non-empty string, not {key!r}")
+        o.field_mask |= _native.TC_OPT_KEY
+        o.key = key.encode()
+    if policy is not None:
+        o.field_mask |= _native.TC_OPT_POLICY
+        o.policy = validate_policy(policy).encode()  # type: ignore[union-attr]
+    if expect_generation is not None:
+        o.field_mask |= _native.TC_OPT_EXPECT
+        o.expect_gen = int(expect_generation)
+    if progress is not None:
+        cb = _native.PROGRESS_CB(lambda done, total, _arg: progress(done, total))
+        keep.append(cb)
+        o.field_mask |= _native.TC_OPT_PROGRESS
+        o.progress = cb
+    return o, keep
+
+
+def import_path(
+    session: Session,
+    path: "str | os.PathLike",
+    key: Optional[str] = None,
+    policy: Optional[str] = None,
+    expect_generation: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> ImportResult:
+    opts, keep = make_opts(key, policy, expect_generation, progress)
+    res = _native.TcResult()
+    t0 = time.perf_counter()
+    session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
+    result = _result_of(res, time.perf_counter() - t0)
+    del keep
+    return result
+
+
+# ---------------------------------------------------------------- Artifact
+
+
+class Artifact:
+    """A lazy handle on an artifact: by key, by id, or by a disk path.
+
+    Nothing is contacted until first use.  The first use attaches the
+    artifact (mapping it read-only) and the handle keeps that attachment,
+    so a handle made from a key stays on the artifact the key named at
+    first use even if the key moves later (make a new handle to follow it).
+    ``release()`` (or leaving a ``with`` block) drops the attachment;
+    tensors already obtained stay valid regardless.
+    """
+
+    def __init__(
+        self,
+        session_fn: Callable[[], Session],
+        *,
+        key: Optional[str] = None,
+        artifact_id: Optional[str] = None,
+        disk_path: "str | os.PathLike | None" = None,
+        fallback: "FallbackOptions | str | None" = None,
+        policy: Optional[str] = None,
+        default_source: str = "auto",
+        result: Optional[ImportResult] = None,
+    ):
+        fb = FallbackOptions.parse(fallback)
+        if disk_path is None and fb is not None and fb.disk_path:
+            disk_path = fb.disk_path
+        if key is None and artifact_id is None and disk_path is None:
+            raise errors.InvalidArgumentError("an artifact needs a key, an artifact id or a disk path")
+        self._session_fn = session_fn
+        self._session: Optional[Session] = None
+        self._key = key
+        self._id = artifact_id
+        self._disk_path = os.fspath(disk_path) if disk_path is not None else None
+        self._fallback = fb
+        self._policy = validate_policy(policy)
+        self._default_source = default_source
+        self._att: Optional[_Attachment] = None
+        self._lock = threading.RLock()
+        self.last_import: Optional[ImportResult] = result
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def key(self) -> Optional[str]:
+        return self._key
+
+    @property
+    def disk_path(self) -> Optional[str]:
+        return self._disk_path
+
+    @property
+    def artifact_id(self) -> str:
+        """The content id ("tc1:..."); attaches (or imports) if needed."""
+        if self._att is not None:
+            return self._att.id
+        if self._id is not None:
+            return self._id
+        return self._attach().id
+
+    def __repr__(self) -> str:
+        parts = []
+        if self._att is not None or self._id:
+            parts.append(f"id={self._att.id if self._att else self._id!r}")
+        if self._key:
+            parts.append(f"key={self._key!r}")
+        if self._disk_path:
+            parts.append(f"disk_path={self._disk_path!r}")
+        parts.append("attached" if self._att is not None else "lazy")
+        return f"<tcast.Artifact {' '.join(parts)}>"
+
+    def __enter__(self) -> "Artifact":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    # --------------------------------------------------------- attaching
+
+    def _sess(self) -> Session:
+        s = self._session
+        if s is None or s.closed:
+            s = self._session = self._session_fn()
+        return s
+
+    def _ref(self) -> Optional[str]:
+        return self._id or self._key
+
+    def _attach_ref(self, ref: str) -> _Attachment:
+        att = _Attachment(self._sess(), ref)
+        old, self._att = self._att, att
+        if old is not None:
+            old.owner.close()
+        self._id = att.id
+        return att
+
+    def _import(self) -> ImportResult:
+        assert self._disk_path is not None
+        r = import_path(self._sess(), self._disk_path, key=self._key, policy=self._policy)
+        self.last_import = r
+        return r
+
+    def _attach(self, options: Optional[GetArtifactOptions] = None) -> _Attachment:
+        att, _ = self._realize(options)
+        return att
+
+    def _source(self, options: Optional[GetArtifactOptions]) -> str:
+        if options is not None:
+            if not isinstance(options, GetArtifactOptions):
+                raise errors.InvalidArgumentError(f"options must be a GetArtifactOptions, not {options!r}")
+            return options.source
+        fb = self._fallback
+        if fb is not None:
+            if fb.prefer == "p2p":
+                raise errors.NotSupportedError(
+                    "peer-to-peer transfer is not available: this daemon runs alone "
+                    "(no global store); use prefer='local' or 'disk'"
+                )
+            return {"auto": self._default_source, "local": "local_only", "disk": "disk_first"}[fb.prefer]
+        return self._default_source
+
+    def _realize(self, options: Optional[GetArtifactOptions]) -> Tuple[_Attachment, Dict[str, Any]]:
+        """Attach per the source rules; returns the attachment and facts for
+        diagnostics (source, import result, fallback reason)."""
+        with self._lock:
+            src = self._source(options)
+            info: Dict[str, Any] = {"source": "local", "import": None, "fallback_reason": None}
+            before = self._att
+            att, info = self._realize_src(src, info)
+            info["attach_seconds"] = att.seconds if att is not before else 0.0
+            return att, info
+
+    def _realize_src(self, src: str, info: Dict[str, Any]) -> Tuple[_Attachment, Dict[str, Any]]:
+        if src in ("auto", "local_only") and self._att is not None:
+            return self._att, info
+        if src == "local_only":
+            ref = self._ref()
+            if ref is None:
+                raise errors.InvalidArgumentError(
+                    f"source='local_only' needs a key or an artifact id; this artifact is only known "
+                    f"by its disk path {self._disk_path!r}"
+                )
+            return self._attach_ref(ref), info
+        if src == "auto":
+            ref = self._ref()
+            if ref is not None:
+                try:
+                    return self._attach_ref(ref), info
+                except errors.NotFoundError as e:
+                    if self._disk_path is None:
+                        raise
+                    info["fallback_reason"] = f"not held locally ({e.message}); imported from disk"
+            return self._from_disk(info)
+        if src == "disk_only":
+            if self._disk_path is None:
+                raise errors.InvalidArgumentError(
+                    "source='disk_only' needs a disk path (tc.from_disk(path) or "
+                    "FallbackOptions.for_disk(path))"
+                )
+            return self._from_disk(info)
+        # disk_first
+        if self._disk_path is not None:
+            try:
+                return self._from_disk(info)
+            except (errors.SystemCallError, errors.NotFoundError) as e:
+                ref = self._ref()
+                if ref is None:
+                    raise
+                info["fallback_reason"] = f"disk unavailable ({e}); attached the local replica"
+        else:
+            info["fallback_reason"] = "no disk path; attached the local replica"
+        ref = self._ref()
+        if self._att is not None:
+            return self._att, info
+        assert ref is not None
+        return self._attach_ref(ref), info
+
+    def _from_disk(self, info: Dict[str, Any]) -> Tuple[_Attachment, Dict[str, Any]]:
+        r = self._import()
+        info["source"] = "disk"
+        info["import"] = r
+        if self._att is not None and self._att.id == r.artifact_id:
+            return self._att, info
+        return self._attach_ref(r.artifact_id), info
+
+    def attach(self, options: Optional[GetArtifactOptions] = None) -> "Artifact":
+        """Attach now (normally done on first use).  Returns self."""
+        self._attach(options)
+        return self
+
+    def release(self) -> None:
+        """Drop this handle's attachment.  Tensors obtained from it stay
+        valid; the next use attaches again."""
+        with self._lock:
+            att, self._att = self._att, None
+        if att is not None:
+            att.owner.close()
+
+    # ------------------------------------------------------------ metadata
+
+    def _a(self) -> _Attachment:
+        return self._att if self._att is not None else self._attach()
+
+    @property
+    def tensor_names(self) -> List[str]:
+        return [t.name for t in self._a().infos]
+
+    def tensor_meta(self, name: str) -> TensorInfo:
+        a = self._a()
+        return a.infos[a.find(name)]
+
+    @property
+    def tensors(self) -> Dict[str, TensorInfo]:
+        return {t.name: t for t in self._a().infos}
+
+    @property
+    def dtypes(self) -> Dict[str, str]:
+        """Real (tcast) dtype of every tensor, e.g. {"w": "BF16"}."""
+        return {t.name: t.dtype for t in self._a().infos}
+
+    @property
+    def metadata(self) -> Dict[str, str]:
+        return dict(self._a().meta)
+
+    @property
+    def nbytes(self) -> int:
+        return self._a().size
+
+    def __len__(self) -> int:
+        return len(self._a().infos)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._a().index
+
+    def describe(self) -> Dict[str, Any]:
+        a = self._a()
+        return {
+            "artifact_id": a.id,
+            "key": self._key,
+            "disk_path": self._disk_path,
+            "tensor_names": [t.name for t in a.infos],
+            "tensors": {t.name: t for t in a.infos},
+            "bytes": a.size,
+            "metadata": dict(a.meta),
+        }
+
+    def exists(self) -> bool:
+        """Whether the daemon holds it now (by id if known, else by key)."""
+        ref = self._ref()
+        if ref is None:
+            return False
+        try:
+            self._sess().call_json(self._sess().lib.tc_inspect_json, ref.encode())
+            return True
+        except errors.NotFoundError:
+            return False
+
+    def inspect(self) -> Dict[str, Any]:
+        """The daemon's view (tcast inspect --json)."""
+        s = self._sess()
+        return s.call_json(s.lib.tc_inspect_json, self.artifact_id.encode())
+
+    def export(self, path: "str | os.PathLike") -> None:
+        """Write the artifact as a safetensors file (atomic)."""
+        s = self._sess()
+        s.call(s.lib.tc_export, self.artifact_id.encode(), os.fsencode(path))
+
+    # ------------------------------------------------------------ tensors
+
+    def tensor_dict(
+        self,
+        *,
+        device: Any = "cpu",
+        options: Optional[GetArtifactOptions] = None,
+        framework: Optional[str] = None,
+        names: Optional[List[str]] = None,
+    ) -> Dict[str, Any]:
+        """{name: tensor}: zero-copy, read-only views of the shared memory
+        on the CPU (torch tensors, numpy arrays, or DLPackTensor objects).
+        With torch and device='cuda[:N]' the views are copied to the GPU."""
+        return self.tensor_dict_with_diagnostics(device=device, options=options, framework=framework, names=names).tensors
+
+    def tensor(self, name: str, *, device: Any = "cpu", framework: Optional[str] = None) -> Any:
+        return self.tensor_dict(device=device, framework=framework, names=[name])[name]
+
+    def tensor_dict_with_diagnostics(
+        self,
+        *,
+        device: Any = "cpu",
+        options: Optional[GetArtifactOptions] = None,
+        framework: Optional[str] = None,
+        names: Optional[List[str]] = None,
+    ) -> TensorDictResult:
+        t0 = time.perf_counter()
+        fw = _framework(framework)
+        dev = _device(device, fw)
+        att, info = self._realize(options)
+        imp: Optional[ImportResult] = info["import"]
+        if fw == "torch":
+            out = att.torch_views(names)
+            raw_all = att.torch_plan()[1]
+        elif fw == "numpy":
+            out = att.numpy_views(names)
+            raw_all = att.numpy_plan()[1]
+        else:
+            out = att.dlpack_views(names)
+            raw_all = {}
+        zero_copy = True
+        if dev != "cpu":
+            out = {k: v.to(dev, non_blocking=False) for k, v in out.items()}
+            zero_copy = False
+        seconds = time.perf_counter() - t0
+        sel = att.infos if names is None else [att.infos[att.find(n)] for n in names]
+        diag = Diagnostics(
+            artifact_id=att.id,
+            key=self._key,
+            source=info["source"],
+            framework=fw,
+            device=dev,
+            ntensors=len(out),
+            bytes=sum(t.nbytes for t in sel),
+            seconds=seconds,
+            attach_seconds=info["attach_seconds"],
+            import_seconds=imp.seconds if imp else 0.0,
+            daemon_seconds=imp.daemon_seconds if imp else 0.0,
+            deduplicated=imp.deduplicated if imp else None,
+            zero_copy=zero_copy,
+            fallback_reason=info["fallback_reason"],
+            raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
+        )
+        return TensorDictResult(out, diag, out.clear)
+
+    def tensor_dict_into(
+        self,
+        target: TMapping[str, Any],
+        *,
+        options: Optional[GetArtifactOptions] = None,
+        strict: bool = False,
+    ) -> TMapping[str, Any]:
+        """Copy into caller-owned tensors (torch tensors on any device, or
+        writable numpy arrays).  Every name must exist, and each target
+        must have the dtype and shape tensor_dict would return for it
+        (checked for all before anything is copied).  strict=True also
+        requires the target to name every tensor of the artifact."""
+        att, _ = self._realize(options)
+        unknown = [n for n in target if n not in att.index]
+        if unknown:
+            raise errors.NotFoundError(
+                f"artifact {att.id} has no tensor "
+                + "; ".join(repr(n) + _name_hint(n, att.index) for n in unknown[:5])
+                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            )
+        if strict:
+            missing = [t.name for t in att.infos if t.name not in target]
+            if missing:
+                raise errors.InvalidArgumentError(
+                    f"strict: the target lacks {len(missing)} tensors of {att.id}: "
+                    + ", ".join(map(repr, missing[:5]))
+                )
+        torch_names = [n for n, v in target.items() if _is_torch(v)]
+        np_names = [n for n, v in target.items() if _is_numpy(v)]
+        others = [n for n in target if n not in torch_names and n not in np_names]
+        if others:
+            raise errors.InvalidArgumentError(
+                "tensor_dict_into copies into torch tensors or numpy arrays; "
+                + ", ".join(f"{n!r} is a {type(target[n]).__name__}" for n in others[:5])
+            )
+        srcs: Dict[str, Any] = {}
+        if torch_names:
+            srcs.update(att.torch_views(torch_names))
+        if np_names:
+            srcs.update(att.numpy_views(np_names))
+        problems = []
+        for n, src in srcs.items():
+            dst = target[n]
+            if dst.dtype != src.dtype or tuple(dst.shape) != tuple(src.shape):
+                t = att.infos[att.index[n]]
+                problems.append(
+                    f"{n!r}: artifact has {t.dtype}{list(t.shape)} (as {src.dtype} {tuple(src.shape)}), "
+                    f"target is {dst.dtype} {tuple(dst.shape)}"
+                )
+            elif n in np_names and not dst.flags.writeable:
+                problems.append(f"{n!r}: target array is read-only")
+        if problems:
+            raise errors.ShapeError(f"tensor_dict_into({att.id}): " + "; ".join(problems))
+        if torch_names:
+            import torch
+
+            with torch.no_grad():
+                for n in torch_names:
+                    target[n].copy_(srcs[n])
+        if np_names:
+            import numpy as np
+
+            for n in np_names:
+                np.copyto(target[n], srcs[n], casting="no")
+        return target
+
+    def tensor_into(self, name: str, target: Any) -> Any:
+        self.tensor_dict_into({name: target})
+        return target
+
+
+def _is_torch(x: Any) -> bool:
+    mod = type(x).__module__
+    return mod.startswith("torch") and hasattr(x, "copy_")
+
+
+def _is_numpy(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and hasattr(x, "flags")
