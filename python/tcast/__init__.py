@@ -45,7 +45,7 @@ from .errors import TcastError
 __version__ = "0.1.0"
 
 _lock = threading.RLock()
-_session: Optional[Session] = None
+_current: Optional[Session] = None
 _atexit_registered = False
 
 # ------------------------------------------------------------ lifecycle
@@ -72,26 +72,26 @@ def init(
     auto: connect if a daemon answers, else create.
     Calling init again with a session open raises unless shutdown() ran.
     """
-    global _session, _atexit_registered
+    global _current, _atexit_registered
     if mode not in ("connect", "create", "auto"):
         raise errors.InvalidArgumentError(f"mode must be 'connect', 'create' or 'auto', not {mode!r}")
     with _lock:
-        if _session is not None and not _session.closed:
+        if _current is not None and not _current.closed:
             raise errors.AlreadyExistsError(
-                f"tcast is already initialised (socket {_session.socket_path}); call tcast.shutdown() first"
+                f"tcast is already initialised (socket {_current.socket_path}); call tcast.shutdown() first"
             )
         _native.load()
         daemon = None
         if mode == "auto":
             try:
-                _session = Session(address)
+                _current = Session(address)
                 return
             except errors.NoDaemonError:
                 mode = "create"
         if mode == "create":
             daemon = PrivateDaemon(address, host_memory, daemon_args, show_daemon_logs, timeout)
             try:
-                _session = Session(daemon.socket, daemon)
+                _current = Session(daemon.socket, daemon)
             except BaseException:
                 daemon.stop()
                 raise
@@ -101,7 +101,7 @@ def init(
             return
         if host_memory is not None or daemon_args:
             raise errors.InvalidArgumentError("host_memory and daemon_args apply to mode='create' only")
-        _session = Session(address)
+        _current = Session(address)
 
 
 def shutdown() -> None:
@@ -109,27 +109,27 @@ def shutdown() -> None:
 
     Tensors obtained before stay valid and readable: their memory is
     mapped into this process and is unmapped when the last one dies."""
-    global _session
+    global _current
     with _lock:
-        s, _session = _session, None
+        s, _current = _current, None
     if s is not None:
         s.close()
 
 
 def is_initialized() -> bool:
-    return _session is not None and not _session.closed
+    return _current is not None and not _current.closed
 
 
 def _sess() -> Session:
     """The current session; connects to the default daemon on first use."""
-    s = _session
+    s = _current
     if s is not None and not s.closed:
         return s
     with _lock:
-        if _session is None or _session.closed:
+        if _current is None or _current.closed:
             init("connect")
-        assert _session is not None
-        return _session
+        assert _current is not None
+        return _current
 
 
 def daemon_info() -> Dict[str, Any]:
