@@ -227,9 +227,15 @@ TC_API int tc_put_commit(tc_put *p, struct tc_result *res)
 		rc = tc__client_read_result(p->c, &rep, res);
 		reply_release(&rep);
 	} else if (rc != TC_ECLOSED) {
-		/* Leave nothing half-made behind on the daemon. */
+		/* Leave nothing half-made behind on the daemon.  The ABORT
+		 * usually fails (SEAL already consumed the put), and its
+		 * message must not replace the one that explains `rc`. */
+		char msg[1024];
+
+		snprintf(msg, sizeof(msg), "%s", tc_client_errmsg(p->c));
 		if (send_handle(p, TC_MSG_ABORT, &rep) == 0)
 			reply_release(&rep);
+		tc__client_err(p->c, rc, msg);
 	}
 	put_free(p);
 	return rc;
