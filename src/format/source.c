@@ -37,6 +37,8 @@
 #define FD_HEADROOM 64
 /* Names listed in the "several files and no index" message. */
 #define LIST_NAMES 4
+/* open_hf_repo: the folder has no refs/main. */
+#define NOT_HF_REPO 1
 
 static const char *kind_of(mode_t m)
 {
@@ -550,7 +552,8 @@ static int open_folder(struct tc__source *s, int dirfd, const char *where,
 		       int depth, char *err, size_t errlen);
 
 /* A Hugging Face cache repository folder (models--org--name/): follow
- * refs/main to snapshots/<commit>/.  -ENOENT when this is not one. */
+ * refs/main to snapshots/<commit>/.  Returns NOT_HF_REPO (> 0) when there
+ * is no refs/main, so a missing snapshot (-ENOENT) is still reported. */
 static int open_hf_repo(struct tc__source *s, int dirfd, const char *where,
 			char *err, size_t errlen)
 {
@@ -560,7 +563,7 @@ static int open_hf_repo(struct tc__source *s, int dirfd, const char *where,
 
 	ret = open_shard(dirfd, "refs/main", where, &sfd, err, errlen);
 	if (ret == -ENOENT || ret == -ENOTDIR)
-		return -ENOENT;
+		return NOT_HF_REPO;
 	if (ret < 0)
 		return ret;
 	ret = tc__fmt_pread_full(sfd, ref, sizeof(ref) - 1, 0, &got);
@@ -637,7 +640,7 @@ static int open_folder(struct tc__source *s, int dirfd, const char *where,
 		return ret;
 	if (depth == 0) {
 		ret = open_hf_repo(s, dirfd, where, err, errlen);
-		if (ret != -ENOENT)
+		if (ret != NOT_HF_REPO)
 			return ret;
 	}
 	return open_only_file(s, dirfd, where, err, errlen);

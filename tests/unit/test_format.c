@@ -890,6 +890,399 @@ static void test_format__jansson_agrees(void **state)
 
 /* --------------------------------------------------------------- writer */
 
+/* Small headers for the branches the corpus does not reach.  `ndata` is the
+ * data section the file has after the header. */
+static const struct {
+	const char *hdr;
+	uint64_t ndata;
+	int code;
+	const char *frag;
+} header_cases[] = {
+	/* separators and structure */
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[2 2]}}", 0, TC_EBADFILE,
+	  "expected ',' or ']' in shape, found '2'" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0 8]}}", 8,
+	  TC_EBADFILE, "expected ',', found '8'" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8}}", 8,
+	  TC_EBADFILE, "expected ']', found '}'" },
+	{ "{\"a\":{\"dtype\":\"F32\" \"shape\":[2]}}", 0, TC_EBADFILE,
+	  "tensor 'a': invalid JSON at header byte 20: expected ',' or '}', found '\"'" },
+	{ "{\"a\":{dtype:1}}", 0, TC_EBADFILE,
+	  "expected a field name, found 'd'" },
+	{ "{\"a\":{\"dtype\" 1}}", 0, TC_EBADFILE, "expected ':', found '1'" },
+	{ "{\"a\" {}}", 0, TC_EBADFILE,
+	  "tensor 'a': invalid JSON at header byte 5: expected ':'" },
+	{ "{\"a\":{}", 0, TC_EBADFILE, "tensor 'a': missing field 'dtype'" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]} \"b\"",
+	  4, TC_EBADFILE, "expected ',' or '}', found '\"'" },
+	{ "{\"__metadata__\":{\"k\":\"v\" \"x\"}}", 0, TC_EBADFILE,
+	  "expected ',' or '}', found '\"'" },
+	{ "{\"__metadata__\":{k:1}}", 0, TC_EBADFILE,
+	  "expected a __metadata__ key, found 'k'" },
+	{ "{\"__metadata__\" {}}", 0, TC_EBADFILE, "expected ':', found '{'" },
+	{ "{\"__metadata__\":{\"k\" \"v\"}}", 0, TC_EBADFILE,
+	  "expected ':', found '\"'" },
+	{ "{\"__metadata__\":{\"\\q\":\"v\"}}", 0, TC_EBADFILE,
+	  "invalid escape at header byte 18" },
+	{ "{\"__metadata__\":{\"k\":\"\\q\"}}", 0, TC_EBADFILE,
+	  "invalid escape at header byte 22" },
+	{ "{\"__metadata__\":{},\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},}",
+	  1, TC_EBADFILE, "expected a tensor name, found '}'" },
+	{ "{\"a\":{\"\\q\":1}}", 0, TC_EBADFILE, "tensor 'a': invalid escape" },
+	{ "{\"a\":{\"dtype\":\"\\q\"}}", 0, TC_EBADFILE,
+	  "tensor 'a': invalid escape" },
+	{ "{1}", 0, TC_EBADFILE, "expected a tensor name, found '1'" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[x]}}", 0, TC_EBADFILE,
+	  "shape: expected an integer at header byte 29, found 'x'" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[-x]}}", 0, TC_EBADFILE,
+	  "shape: expected an integer at header byte 29, found '-'" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[2", 0, TC_EBADFILE,
+	  "expected ',' or ']' in shape, found end of header" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[\x01]}}", 0, TC_EBADFILE,
+	  "found byte 0x01" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"data_offsets\":{}}}", 0, TC_EBADFILE,
+	  "tensor 'a': data_offsets is not an array" },
+	/* strings: escapes then raw bytes, cut escapes */
+	{ "{\"\\n\x01\":{}}", 0, TC_EBADFILE,
+	  "control character 0x01 in a string at header byte 4" },
+	{ "{\"\\n\xff\":{}}", 0, TC_EBADFILE,
+	  "invalid UTF-8 at header byte 4" },
+	{ "{\"\\n", 0, TC_EBADFILE, "unterminated string at header byte 1" },
+	{ "{\"\\", 0, TC_EBADFILE, "unterminated string at header byte 2" },
+	{ "{\"\\u12", 0, TC_EBADFILE, "invalid \\u escape at header byte 2" },
+	{ "{\"\\ud800\\u0041\":{}}", 0, TC_EBADFILE,
+	  "unpaired surrogate escape" },
+	{ "{\"\\ud800\\uDBFF\":{}}", 0, TC_EBADFILE,
+	  "unpaired surrogate escape" },
+	{ "{\"\\ud800\\ue000\":{}}", 0, TC_EBADFILE,
+	  "unpaired surrogate escape" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[1E5]}}", 0, TC_EBADFILE,
+	  "shape: number at header byte 29 is not an integer" },
+	{ "{\"ab", 0, TC_EBADFILE, "unterminated string at header byte 1" },
+	{ "{\"a\\nb\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n"
+	  "\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n"
+	  "\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\\n\":1}",
+	  0, TC_EBADFILE, "entry is not an object" },
+	/* limits */
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[9223372036854775807,0],\"data_offsets\":[0,0]}}",
+	  0, 0, NULL },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[9223372036854775807,3],\"data_offsets\":[0,0]}}",
+	  0, TC_EBADFILE, "element count overflows 64 bits" },
+	{ "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 9,
+	  TC_EBADFILE,
+	  "1 bytes after the last tensor (data ends at 70, file at 71)" },
+	/* valid, for the success paths of each construct */
+	{ " \t\r\n{ \"a\" : { \"dtype\" : \"U8\" , \"shape\" : [ 1 , 2 ] , \"data_offsets\" : [ 0 , 2 ] } , "
+	  "\"__metadata__\" : { \"k\" : \"v\" , \"\" : \"\" } }  ",
+	  2, 0, NULL },
+	{ "{\"__metadata__\":{}}", 0, 0, NULL },
+	{ "{}", 0, 0, NULL },
+};
+
+static void test_format__header_table(void **state)
+{
+	struct tc__table t;
+	char err[MSG];
+	int ret;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(header_cases) / sizeof(header_cases[0]);
+	     i++) {
+		const char *h = header_cases[i].hdr;
+
+		ret = parse_mem(h, strlen(h), header_cases[i].ndata, &t, err);
+		if (ret != header_cases[i].code ||
+		    (header_cases[i].frag &&
+		     !strstr(err, header_cases[i].frag)))
+			fail_msg("case %zu `%s`: want %s `%s`, got %s `%s`", i,
+				 h, tc_err_name(header_cases[i].code),
+				 header_cases[i].frag ? header_cases[i].frag :
+							"",
+				 tc_err_name(ret), err);
+		if (ret == 0) {
+			assert_null(st_oracle_check(h, strlen(h), &t));
+			tc__table_release(&t);
+		}
+		assert_int_equal(t.ntensors, 0);
+	}
+}
+
+/* Escapes decode to exactly what JSON says, on both paths of the string
+ * scanner (escape first, escape after a run, raw UTF-8 after an escape). */
+static void test_format__escapes_decode(void **state)
+{
+	static const char h[] =
+		"{\"\\b\\f\\n\\r\\t\\/\\\"\\\\ \\u0041\\u00e9\\u20ac\\ud83d\\ude00\\uFFFD caf\xc3\xa9\":"
+		"{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+		"\"\\u005f_metadata__\":{\"\\u006b\":\"\\u2603 \xe2\x98\x83\"}}";
+	static const char want[] =
+		"\b\f\n\r\t/\"\\ A\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xef\xbf\xbd caf\xc3\xa9";
+	struct tc__table t;
+	char err[MSG];
+
+	(void)state;
+	if (parse_mem(h, strlen(h), 1, &t, err))
+		fail_msg("%s", err);
+	assert_int_equal(t.ntensors, 1);
+	assert_string_equal(t.tensors[0].name, want);
+	assert_int_equal(t.nmeta, 1);
+	assert_string_equal(t.meta[0].key, "k");
+	assert_string_equal(t.meta[0].val, "\xe2\x98\x83 \xe2\x98\x83");
+	assert_null(st_oracle_check(h, strlen(h), &t));
+	tc__table_release(&t);
+}
+
+/* Direct callers get the same guards tc__st_read applies. */
+static void test_format__parse_guards(void **state)
+{
+	struct tc__table t;
+	char err[MSG];
+	int p[2];
+	uint64_t size;
+
+	(void)state;
+	tc__table_init(&t);
+	t.ntensors = 1;
+	assert_int_equal(tc__st_parse_header("{}", 2, 10, 0, &t, err,
+					     sizeof(err)),
+			 TC_EINVAL);
+	tc__table_init(&t);
+	assert_int_equal(tc__st_parse_header("{}", (size_t)TC_ST_MAX_HEADER + 1,
+					     UINT64_MAX, 0, &t, err,
+					     sizeof(err)),
+			 TC_ELIMIT);
+	assert_int_equal(tc__st_parse_header("{}", 2, 9, 0, &t, err,
+					     sizeof(err)),
+			 TC_EBADFILE);
+	assert_non_null(strstr(
+		err,
+		"header length 2 runs past the end of the file (9 bytes)"));
+	assert_int_equal(tc__st_parse_header("{}", 2, 5, 0, &t, err,
+					     sizeof(err)),
+			 TC_EBADFILE);
+	assert_int_equal(tc__st_parse_header("{}", 2, 10, 0, &t, NULL, 0), 0);
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	assert_int_equal(tc__st_read(p[0], 0, &t, &size, err, sizeof(err)),
+			 TC_EBADFILE);
+	assert_non_null(strstr(err, "not a regular file"));
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(tc__st_read(p[0], 0, &t, &size, err, sizeof(err)),
+			 -EBADF);
+}
+
+static const struct {
+	const char *json;
+	int code;
+	const char *frag;
+} index_cases[] = {
+	{ "{\"weight_map\":{\"\":\"a.safetensors\"}}", TC_EBADINDEX,
+	  "weight_map has an empty tensor name" },
+	{ "{\"weight_map\":{\"t\":null}}", TC_EBADINDEX,
+	  "weight_map tensor 't': shard is not a string" },
+	{ "{\"weight_map\":{\"t\":\"a-of-2.safetensors\",\"u\":\"b-1-of-.safetensors\",\"v\":\"-1-of-1.safetensors\",\"w\":\"x1-of-1.safetensors\"}}",
+	  0, NULL },
+	{ "{\"weight_map\":{\"t\":\"a-00001-of-00002.safetensors\",\"u\":\"b.safetensors\"}}",
+	  0, NULL },
+	{ "{\"weight_map\":{\"t\":\"a-00002-of-00001.safetensors\"}}",
+	  TC_EBADINDEX,
+	  "shard 'a-00002-of-00001.safetensors' is numbered 2 of 1" },
+	{ "{\"weight_map\":{\"t\":\"a-1234567890-of-1.safetensors\"}}", 0,
+	  NULL },
+	{ "{\"weight_map\":{\"t\":\"a-1-of-1234567890.safetensors\"}}", 0,
+	  NULL },
+	{ "{\"weight_map\":{\"t\":\"a-1-of-1x.safetensors\"}}", 0, NULL },
+	{ "{\"weight_map\":{\"t\":\".safetensors\"}}", TC_EBADINDEX,
+	  "does not end in '.safetensors'" },
+	{ "{\"weight_map\":{\"t\":\"a\\u007f.safetensors\"}}", TC_EBADINDEX,
+	  "contains a control character" },
+	{ "{\"weight_map\":{\"t\":\"a.safetensors\"},\"weight_map\":{}}",
+	  TC_EBADINDEX, "duplicate object key" },
+	{ "{\"metadata\":{\"total_size\":1e400},\"weight_map\":{\"t\":\"a.safetensors\"}}",
+	  TC_EBADINDEX, "real number overflow" },
+	{ "\xef\xbb\xbf{\"weight_map\":{\"t\":\"a.safetensors\"}}",
+	  TC_EBADINDEX, "invalid JSON" },
+	{ "", TC_EBADINDEX, "invalid JSON" },
+};
+
+static void test_format__index_table(void **state)
+{
+	struct tc__index idx;
+	char err[MSG], *big;
+	size_t n;
+	int ret;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(index_cases) / sizeof(index_cases[0]);
+	     i++) {
+		const char *j = index_cases[i].json;
+
+		ret = tc__idx_parse(j, strlen(j), &idx, err, sizeof(err));
+		if (ret != index_cases[i].code ||
+		    (index_cases[i].frag && !strstr(err, index_cases[i].frag)))
+			fail_msg("case %zu `%s`: want %s `%s`, got %s `%s`", i,
+				 j, tc_err_name(index_cases[i].code),
+				 index_cases[i].frag ? index_cases[i].frag : "",
+				 tc_err_name(ret), err);
+		tc__idx_release(&idx);
+	}
+	/* a 1025-byte tensor name */
+	big = malloc(4096);
+	n = (size_t)sprintf(big, "{\"weight_map\":{\"");
+	memset(big + n, 'n', 1025);
+	n += 1025;
+	n += (size_t)sprintf(big + n, "\":\"a.safetensors\"}}");
+	assert_int_equal(tc__idx_parse(big, n, &idx, err, sizeof(err)),
+			 TC_ELIMIT);
+	assert_non_null(strstr(err, "is 1025 bytes, longer than 1024"));
+	free(big);
+	/* value bombs are refused before jansson builds a DOM */
+	n = 2 * 600000 + 64;
+	big = malloc(n);
+	n = (size_t)sprintf(big, "{\"x\":[");
+	for (int i = 0; i < 600000; i++)
+		n += (size_t)sprintf(big + n, "0,");
+	n += (size_t)sprintf(big + n - 1, "]}") - 1;
+	assert_int_equal(tc__idx_parse(big, n, &idx, err, sizeof(err)),
+			 TC_ELIMIT);
+	assert_non_null(strstr(err, "JSON values"));
+	free(big);
+	/* the size cap is checked before the bytes are looked at */
+	big = calloc(1, (size_t)TC_IDX_MAX_BYTES + 1);
+	assert_int_equal(tc__idx_parse(big, (size_t)TC_IDX_MAX_BYTES + 1, &idx,
+				       err, sizeof(err)),
+			 TC_ELIMIT);
+	free(big);
+	/* 262,145 tensors */
+	n = (size_t)(TC_MAX_TENSORS + 1) * 32 + 64;
+	big = malloc(n);
+	n = (size_t)sprintf(big, "{\"weight_map\":{");
+	for (int i = 0; i <= TC_MAX_TENSORS; i++)
+		n += (size_t)sprintf(big + n, "%s\"%d\":\"a.safetensors\"",
+				     i ? "," : "", i);
+	n += (size_t)sprintf(big + n, "}}");
+	assert_int_equal(tc__idx_parse(big, n, &idx, err, sizeof(err)),
+			 TC_ELIMIT);
+	assert_non_null(strstr(err, "more than 262144 tensors"));
+	free(big);
+}
+
+/* Folder shapes the corpus cannot hold. */
+static void test_format__folder_edges(void **state)
+{
+	char *d = tmpdir(), *p, name[64], msg[MSG];
+	struct tc__source *s;
+	int fd, pfd[2];
+
+	(void)state;
+	/* an index that is a folder */
+	p = path_join(d, TC_IDX_NAME);
+	assert_int_equal(mkdir(p, 0755), 0);
+	assert_int_equal(tc_st_verify(d, msg, sizeof(msg)), TC_EBADINDEX);
+	assert_non_null(
+		strstr(msg, "model.safetensors.index.json' is a folder"));
+	assert_int_equal(rmdir(p), 0);
+	/* an index over the size cap (sparse) */
+	fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	assert_int_equal(ftruncate(fd, (off_t)TC_IDX_MAX_BYTES + 1), 0);
+	close(fd);
+	assert_int_equal(tc_st_verify(d, msg, sizeof(msg)), TC_ELIMIT);
+	assert_non_null(strstr(msg, "index is 67108865 bytes"));
+	assert_int_equal(unlink(p), 0);
+	free(p);
+	/* six files and no index: the message lists four and counts the rest */
+	for (int i = 0; i < 6; i++) {
+		snprintf(name, sizeof(name), "f%d.safetensors", i);
+		p = path_join(d, name);
+		write_st(p, "{}", 0);
+		free(p);
+	}
+	assert_int_equal(tc_st_verify(d, msg, sizeof(msg)), TC_EBADINDEX);
+	assert_non_null(strstr(
+		msg,
+		"6 safetensors files and no 'model.safetensors.index.json'"));
+	assert_non_null(strstr(
+		msg,
+		"'f0.safetensors', 'f1.safetensors', 'f2.safetensors', 'f3.safetensors' and 2 more"));
+	/* an HF repository whose snapshot is missing */
+	p = path_join(d, "repo");
+	assert_int_equal(mkdir(p, 0755), 0);
+	free(p);
+	p = path_join(d, "repo/refs");
+	assert_int_equal(mkdir(p, 0755), 0);
+	free(p);
+	p = path_join(d, "repo/refs/main");
+	write_file(p, "0123456789abcdef0123456789abcdef01234567", 40);
+	free(p);
+	p = path_join(d, "repo");
+	assert_int_equal(tc_st_verify(p, msg, sizeof(msg)), -ENOENT);
+	assert_non_null(strstr(
+		msg,
+		"repo/snapshots/0123456789abcdef0123456789abcdef01234567"));
+	free(p);
+	/* an fd that is neither a file nor a folder; a NULL display */
+	assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+	assert_int_equal(tc__source_open_fd(pfd[0], NULL, &s, msg, sizeof(msg)),
+			 TC_EBADFILE);
+	assert_non_null(
+		strstr(msg, "'(fd)' is a FIFO, not a regular file or folder"));
+	close(pfd[0]);
+	close(pfd[1]);
+	assert_int_equal(tc__source_open_fd(pfd[0], "x", &s, msg, sizeof(msg)),
+			 -EBADF);
+	rmtree(d);
+}
+
+/* __metadata__ caps: entries, key and value sizes; growth past 8. */
+static void test_format__metadata_limits(void **state)
+{
+	size_t cap = (size_t)TC_MAX_META_BYTES + 4096, o;
+	char *h = malloc(cap + 64 * (TC_MAX_META + 2)), err[MSG];
+	struct tc__table t;
+
+	(void)state;
+	for (int n = TC_MAX_META; n <= TC_MAX_META + 1; n++) {
+		o = (size_t)sprintf(h, "{\"__metadata__\":{");
+		for (int i = 0; i < n; i++)
+			o += (size_t)sprintf(h + o, "%s\"k%d\":\"v\"",
+					     i ? "," : "", i);
+		o += (size_t)sprintf(h + o, "}}");
+		if (n == TC_MAX_META) {
+			assert_int_equal(parse_mem(h, o, 0, &t, err), 0);
+			assert_int_equal(t.nmeta, TC_MAX_META);
+			assert_string_equal(t.meta[TC_MAX_META - 1].key,
+					    "k1023");
+			tc__table_release(&t);
+		} else {
+			assert_int_equal(parse_mem(h, o, 0, &t, err),
+					 TC_ELIMIT);
+			assert_non_null(strstr(
+				err,
+				"__metadata__ has more than 1024 entries"));
+		}
+	}
+	for (int key = 0; key < 2; key++) {
+		o = (size_t)sprintf(h, "{\"__metadata__\":{\"");
+		if (key) {
+			memset(h + o, 'k', TC_MAX_META_BYTES + 1);
+			o += TC_MAX_META_BYTES + 1;
+			o += (size_t)sprintf(h + o, "\":\"v\"}}");
+		} else {
+			o += (size_t)sprintf(h + o, "k\":\"");
+			memset(h + o, 'v', TC_MAX_META_BYTES + 1);
+			o += TC_MAX_META_BYTES + 1;
+			o += (size_t)sprintf(h + o, "\"}}");
+		}
+		assert_int_equal(parse_mem(h, o, 0, &t, err), TC_ELIMIT);
+		assert_non_null(strstr(
+			err,
+			key ? "__metadata__ key 'kkk" :
+			      "__metadata__ 'k': value is longer than 1048576 bytes"));
+	}
+	free(h);
+	tc__idx_release(NULL);
+}
+
 /* Re-write a file from its parsed table; reference-written files must come
  * back byte for byte (same order, escaping, padding). */
 static void roundtrip(const char *path, bool identical)
@@ -1366,6 +1759,15 @@ static void test_format__oom(void **state)
 	oom_loop("tiny-llama", op_source, DATA "/tiny-llama", false);
 	oom_loop("tiny-llama", op_source, DATA "/tiny-llama", true);
 	oom_loop("verify_json", op_verify_json, DATA "/tiny-llama", false);
+	/* out-of-order offsets (sorting), escapes (scratch buffer) */
+	oom_loop("unsorted offsets", op_source,
+		 DATA "/hostile/st/zero_size_boundary_ok.safetensors", false);
+	oom_loop("escaped names", op_source,
+		 DATA "/hostile/st/escaped_names_ok.safetensors", false);
+	oom_loop("folder without index", op_source,
+		 DATA "/hostile/idx/no_index_one_file_ok", false);
+	oom_loop("folder with model.safetensors", op_source,
+		 DATA "/hostile/idx/model_safetensors_preferred_ok", false);
 	/* zero-size tensors need no data, so base may be NULL */
 	tc__table_init(&t);
 	t.tensors = tc__calloc(3, sizeof(*t.tensors));
@@ -1433,6 +1835,12 @@ int main(void)
 		cmocka_unit_test(test_format__many_shards),
 		cmocka_unit_test(test_format__fd_limit),
 		cmocka_unit_test(test_format__jansson_agrees),
+		cmocka_unit_test(test_format__header_table),
+		cmocka_unit_test(test_format__escapes_decode),
+		cmocka_unit_test(test_format__parse_guards),
+		cmocka_unit_test(test_format__index_table),
+		cmocka_unit_test(test_format__folder_edges),
+		cmocka_unit_test(test_format__metadata_limits),
 		cmocka_unit_test(test_format__write_roundtrip_files),
 		cmocka_unit_test(test_format__write_every_dtype),
 		cmocka_unit_test(test_format__write_rejects),
