@@ -585,7 +585,7 @@ static int on_import(struct conn *c, struct req *r)
 		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
 	}
 	tc__jobs_submit(c->srv->jobs, &j->job);
-	return 1; /* reply comes later */
+	return 0; /* the reply comes when the job is done */
 
 out_free:
 	tc__free(j);
@@ -828,7 +828,7 @@ static int on_seal(struct conn *c, struct req *r)
 	c->jobs++;
 	c->paused = true;
 	tc__jobs_submit(c->srv->jobs, &j->job);
-	return 1;
+	return 0; /* the reply comes when the job is done */
 }
 
 static int on_abort(struct conn *c, struct req *r)
@@ -845,6 +845,7 @@ static int on_abort(struct conn *c, struct req *r)
 		return TC_ENOTFOUND;
 	}
 	pending_free(c, p);
+	reply_status(c, r, 0);
 	return 0;
 }
 
@@ -901,10 +902,10 @@ static int on_release(struct conn *c, struct req *r)
 			"pid %d released '%s', which it does not "
 			"hold",
 			(int)c->pid, id);
-		return 1; /* no reply to a fire-and-forget message */
+		return 0; /* no reply to a fire-and-forget message */
 	}
 	lease_drop(c, l);
-	return 1;
+	return 0;
 }
 
 /* ----------------------------------------------------- read-only verbs */
@@ -938,9 +939,11 @@ static int on_rm(struct conn *c, struct req *r)
 	if (rc < 0)
 		return rc;
 	rc = tc__objs_rm(&c->srv->objs, ref, c->err, sizeof(c->err));
-	if (rc == 0)
-		tc__log(TC_LOG_INFO, "pid %d removed '%s'", (int)c->pid, ref);
-	return rc;
+	if (rc < 0)
+		return rc;
+	tc__log(TC_LOG_INFO, "pid %d removed '%s'", (int)c->pid, ref);
+	reply_status(c, r, 0);
+	return 0;
 }
 
 static int on_key_set(struct conn *c, struct req *r)
@@ -1001,8 +1004,12 @@ static const struct {
 #undef MSG
 };
 
-/* Handle one complete frame.  Returns 0 to go on, or a negative code after
- * which the connection is closed (protocol error). */
+/*
+ * Handle one complete frame.  A handler returns 0 when it has replied, will
+ * reply when its job is done, or owes no reply (MSG_NOREPLY); or a negative
+ * code, which is sent back as the reply.  dispatch returns 0 to go on, or a
+ * negative code after which the connection is closed (protocol error).
+ */
 static int dispatch(struct conn *c, struct req *r)
 {
 	int rc, fl = handlers[r->h.type].flags;
@@ -1010,30 +1017,24 @@ static int dispatch(struct conn *c, struct req *r)
 	c->err[0] = '\0';
 	if (r->h.flags & TC_PF_REPLY) {
 		snprintf(c->err, sizeof(c->err), "client sent a reply frame");
-		return TC_EPROTO;
-	}
-	if (!c->hello && !(fl & MSG_NOAUTH)) {
+		rc = TC_EPROTO;
+	} else if (!c->hello && !(fl & MSG_NOAUTH)) {
 		snprintf(c->err, sizeof(c->err), "%s before HELLO",
 			 tc__proto_name(r->h.type));
-		return TC_EPROTO;
-	}
-	if (r->nfds && !(fl & MSG_FDS_IN)) {
+		rc = TC_EPROTO;
+	} else if (r->nfds && !(fl & MSG_FDS_IN)) {
 		snprintf(c->err, sizeof(c->err), "%s carries unexpected fds",
 			 tc__proto_name(r->h.type));
-		return TC_EPROTO;
-	}
-	rc = handlers[r->h.type].fn(c, r);
-	if (rc == 1)
-		return 0; /* replied later, or never (NOREPLY) */
-	if (rc == TC_EPROTO || rc == TC_EVERSION) {
-		if (!(fl & MSG_NOREPLY))
-			reply_error(c, r, rc);
-		return rc;
+		rc = TC_EPROTO;
+	} else {
+		rc = handlers[r->h.type].fn(c, r);
+		if (rc >= 0)
+			return 0;
 	}
 	if (!(fl & MSG_NOREPLY))
-		reply_status(c, r, rc);
-	/* Body bytes the handler did not read mean a malformed request. */
-	return 0;
+		reply_error(c, r, rc);
+	/* A malformed frame means we no longer trust the stream. */
+	return rc == TC_EPROTO || rc == TC_EVERSION ? rc : 0;
 }
 
 /* Parse and dispatch every complete frame in the input buffer. */
@@ -1074,7 +1075,9 @@ static void conn_process(struct conn *c)
 			if (r.fds[i] >= 0)
 				close(r.fds[i]);
 		if (rc < 0) {
+			/* Say why before hanging up, if the socket takes it. */
 			c->srv->n_proto_err++;
+			conn_flush(c);
 			conn_close(c, c->err[0] ? c->err : tc_strerror(rc));
 			return;
 		}
@@ -1083,6 +1086,7 @@ static void conn_process(struct conn *c)
 		c->in_off = c->in_len = 0;
 		if (c->nfdq && !c->paused) {
 			c->srv->n_proto_err++;
+			conn_flush(c);
 			conn_close(c, "fds sent with no frame to claim them");
 			return;
 		}
@@ -1132,6 +1136,8 @@ static void conn_flush(struct conn *c)
 		if (n < 0) {
 			if (n == -EAGAIN)
 				break;
+			tc__log(TC_LOG_DEBUG, "send to pid %d: %s", (int)c->pid,
+				strerror((int)-n));
 			conn_close(c, "send failed");
 			return;
 		}

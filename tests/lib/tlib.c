@@ -1,1 +1,246 @@
-int tlib_placeholder;
+/*
+ * tlib.c - test helpers.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "net/net.h"
+#include "tlib.h"
+
+char *t_tmpdir(void)
+{
+	char tmpl[] = "/tmp/tcast-test-XXXXXX";
+	char *d = mkdtemp(tmpl);
+
+	if (!d) {
+		perror("mkdtemp");
+		abort();
+	}
+	return strdup(d);
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag,
+		  struct FTW *ftw)
+{
+	return remove(p);
+}
+
+void t_rmtree(const char *path)
+{
+	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
+{
+	char *argv[32], bin[512], *dir = t_tmpdir();
+	int argc = 0;
+	va_list ap;
+
+	snprintf(d->dir, sizeof(d->dir), "%s", dir);
+	free(dir);
+	/* The daemon insists on a private directory for its socket. */
+	snprintf(d->sock, sizeof(d->sock), "%s/run/d.sock", d->dir);
+	snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
+	argv[argc++] = bin;
+	argv[argc++] = "--socket";
+	argv[argc++] = d->sock;
+	argv[argc++] = "daemon";
+	argv[argc++] = "run";
+	argv[argc++] = "--host-memory";
+	argv[argc++] = (char *)host_memory;
+	argv[argc++] = "--log-level";
+	argv[argc++] = "debug";
+	va_start(ap, host_memory);
+	for (char *a; (a = va_arg(ap, char *)) && argc < 30;)
+		argv[argc++] = a;
+	va_end(ap);
+	argv[argc] = NULL;
+	d->pid = fork();
+	if (d->pid == 0) {
+		char log[600];
+		int fd;
+
+		snprintf(log, sizeof(log), "%s/daemon.log", d->dir);
+		fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(bin, argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 1000; i++) {
+		int fd;
+
+		if (tc__sock_connect(d->sock, &fd) == 0) {
+			close(fd);
+			return;
+		}
+		if (waitpid(d->pid, NULL, WNOHANG) == d->pid)
+			break;
+		usleep(10000);
+	}
+	fprintf(stderr, "daemon did not start; see %s/daemon.log\n", d->dir);
+	abort();
+}
+
+int t_daemon_stop(struct t_daemon *d)
+{
+	int status = 0;
+
+	if (d->pid <= 0)
+		return 0;
+	kill(d->pid, SIGTERM);
+	waitpid(d->pid, &status, 0);
+	d->pid = 0;
+	if (getenv("TC_KEEP_LOGS") == NULL)
+		t_rmtree(d->dir);
+	return status;
+}
+
+int t_raw_connect(const char *sock)
+{
+	int fd;
+
+	if (tc__sock_connect(sock, &fd) < 0)
+		return -1;
+	return fd;
+}
+
+int t_raw_send(int fd, int type, uint32_t req_id, const void *body, size_t len,
+	       const int *fds, int nfds)
+{
+	struct tc__frame_hdr h = { TC_PROTO_VERSION, (uint16_t)type, 0, req_id,
+				   (uint32_t)len,    (uint16_t)nfds };
+	uint8_t hdr[TC_FRAME_HDR];
+	struct iovec iov[2] = { { hdr, sizeof(hdr) }, { (void *)body, len } };
+
+	tc__frame_encode(&h, hdr);
+	return tc__fdpass_send(fd, iov, len ? 2 : 1, fds, nfds) < 0 ? -1 : 0;
+}
+
+static int read_all(int fd, uint8_t *p, size_t n, int *fds, int *nfds)
+{
+	while (n) {
+		int got;
+		ssize_t r = tc__fdpass_recv(fd, p, n, fds ? fds + *nfds : NULL,
+					    &got, fds ? 4 - *nfds : 0);
+
+		if (r <= 0)
+			return -1;
+		if (fds)
+			*nfds += got;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+int t_raw_recv(int fd, struct tc__frame_hdr *h, uint8_t **body, int *fds,
+	       int *nfds)
+{
+	uint8_t hdr[TC_FRAME_HDR];
+	char err[128];
+	int dummy = 0;
+
+	if (!nfds)
+		nfds = &dummy;
+	*nfds = 0;
+	*body = NULL;
+	if (read_all(fd, hdr, sizeof(hdr), fds, nfds) < 0)
+		return -1;
+	if (tc__frame_decode(hdr, h, err, sizeof(err)) < 0)
+		return -1;
+	*body = malloc(h->body_len + 1);
+	if (read_all(fd, *body, h->body_len, fds, nfds) < 0)
+		return -1;
+	return 0;
+}
+
+int t_raw_hello(int fd)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__frame_hdr h;
+	uint8_t *body;
+	int rc;
+
+	tc__buf_put_u32(&b, TC_PROTO_VERSION);
+	tc__buf_put_u32(&b, (uint32_t)getpid());
+	tc__buf_put_str(&b, "raw-test");
+	rc = t_raw_send(fd, TC_MSG_HELLO, 1, b.data, b.len, NULL, 0);
+	tc__buf_release(&b);
+	if (rc < 0 || t_raw_recv(fd, &h, &body, NULL, NULL) < 0)
+		return -1;
+	rc = (int)(body[0] | body[1] << 8 | body[2] << 16 |
+		   (uint32_t)body[3] << 24);
+	free(body);
+	return rc;
+}
+
+void t_sha256_hex(const void *p, size_t n, char out[65])
+{
+	unsigned char md[32];
+	unsigned int len = 0;
+
+	EVP_Digest(p, n, md, &len, EVP_sha256(), NULL);
+	for (int i = 0; i < 32; i++)
+		sprintf(out + 2 * i, "%02x", md[i]);
+}
+
+int t_count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the DIR's own fd */
+}
+
+const char *t_data(const char *rel)
+{
+	static char buf[4][1024];
+	static int k;
+
+	k = (k + 1) % 4;
+	snprintf(buf[k], sizeof(buf[k]), "%s/%s", TC_TEST_DATA, rel);
+	return buf[k];
+}
+
+char *t_slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf;
+	long n;
+
+	if (!f)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc((size_t)n + 1);
+	if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+		free(buf);
+		fclose(f);
+		return NULL;
+	}
+	buf[n] = '\0';
+	fclose(f);
+	if (len)
+		*len = (size_t)n;
+	return buf;
+}

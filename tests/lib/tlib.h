@@ -1,0 +1,49 @@
+/*
+ * tlib.h - helpers for tcast's C tests: temporary directories, a real
+ * daemon on a private socket, a raw protocol client for hostile frames,
+ * SHA-256, fd counting.
+ */
+#ifndef TC_TLIB_H
+#define TC_TLIB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "proto/proto.h"
+
+/* A private directory (mkdtemp); removed recursively by t_rmtree. */
+char *t_tmpdir(void);
+void t_rmtree(const char *path);
+
+struct t_daemon {
+	pid_t pid;
+	char dir[256];
+	char sock[300];
+};
+
+/* Start `tcast daemon run` on dir/d.sock with extra "--set k=v" style
+ * arguments (NULL-terminated), wait until it accepts.  Aborts the test
+ * process on failure. */
+void t_daemon_start(struct t_daemon *d, const char *host_memory, ...);
+/* SIGTERM and wait; returns the exit status. */
+int t_daemon_stop(struct t_daemon *d);
+
+/* Raw protocol: connect (no HELLO), send a frame, read a frame. */
+int t_raw_connect(const char *sock);
+int t_raw_hello(int fd);
+int t_raw_send(int fd, int type, uint32_t req_id, const void *body, size_t len,
+	       const int *fds, int nfds);
+/* Reads one frame; body malloc'd into *body.  Returns 0, or -1 on EOF. */
+int t_raw_recv(int fd, struct tc__frame_hdr *h, uint8_t **body, int *fds,
+	       int *nfds);
+
+void t_sha256_hex(const void *p, size_t n, char out[65]);
+/* Open fds of this process. */
+int t_count_fds(void);
+/* Path of a test data file. */
+const char *t_data(const char *rel);
+/* Read a whole file (malloc'd). */
+char *t_slurp(const char *path, size_t *len);
+
+#endif /* TC_TLIB_H */
