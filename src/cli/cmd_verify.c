@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
 #include "cmd_verify.h"
 #include "tcast/errors.h"
 #include "tcast/st.h"
@@ -30,7 +31,8 @@ static void usage(FILE *f)
 int cmd_verify(int argc, char **argv)
 {
 	static char out[VERIFY_JSON_LEN];
-	bool json = false, opts = true;
+	/* main() may already have taken --json into cli.json. */
+	bool json = cli.json, opts = true;
 	int i, first = 0, failed = 0, ret;
 
 	for (i = 1; i < argc; i++) {
@@ -46,7 +48,7 @@ int cmd_verify(int argc, char **argv)
 		} else if (opts && a[0] == '-' && a[1]) {
 			fprintf(stderr, "error: unknown option '%s'\n", a);
 			usage(stderr);
-			return 2;
+			return EXIT_USAGE;
 		} else if (!first) {
 			first = i;
 		}
@@ -54,7 +56,7 @@ int cmd_verify(int argc, char **argv)
 	if (!first) {
 		fprintf(stderr, "error: no PATH given\n");
 		usage(stderr);
-		return 2;
+		return EXIT_USAGE;
 	}
 	opts = true;
 	for (i = 1; i < argc; i++) {
@@ -87,7 +89,7 @@ int cmd_verify(int argc, char **argv)
 				printf("%s\n", out);
 		}
 		if (ret < 0)
-			failed = 1;
+			failed = EXIT_RUNTIME;
 	}
 	fflush(stdout);
 	return failed;

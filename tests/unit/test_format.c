@@ -43,8 +43,10 @@
 
 #include "../fuzz/st_oracle.h"
 
-/* The CLI verb is argument parsing over tc_st_verify: test it here. */
+/* The CLI verb is argument parsing over tc_st_verify: test it here.  The
+ * global options live in cli.c, which this test does not link. */
 #include "../../src/cli/cmd_verify.c"
+struct cli_global cli;
 
 #define DATA TC_TEST_DATA
 #define MSG  2048
@@ -1661,6 +1663,13 @@ static void test_format__cli_verify(void **state)
 	assert_non_null(j);
 	assert_int_equal(json_integer_value(json_object_get(j, "tensors")), 30);
 	json_decref(j);
+	/* --json taken by main() into cli.json before the verb runs */
+	cli.json = true;
+	assert_int_equal(run_verify(out, sizeof(out), errs, sizeof(errs), 2,
+				    "verify", DATA "/tiny-llama"),
+			 0);
+	cli.json = false;
+	assert_int_equal(strncmp(out, "{\"path\":", 8), 0);
 	assert_int_equal(run_verify(out, sizeof(out), errs, sizeof(errs), 1,
 				    "verify"),
 			 2);
