@@ -22,7 +22,8 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping as TMapping, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Iterator, List, Mapping as TMapping, NamedTuple, Optional, Tuple
 
 from . import _native, dtypes, errors
 from ._session import Session
@@ -118,8 +119,7 @@ class GetArtifactOptions:
 # ------------------------------------------------------------ result types
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     """One tensor of an artifact: its real dtype, shape and place."""
 
     name: str
@@ -130,7 +130,7 @@ class TensorInfo:
 
     @property
     def dtype_info(self) -> dtypes.DType:
-        return dtypes.BY_ID[dtypes.BY_NAME[self.dtype].id]
+        return dtypes.BY_NAME[self.dtype]
 
 
 @dataclass
@@ -221,39 +221,131 @@ class _Owner:
             pass
 
 
+class _Table:
+    """An artifact's tensor table and the per-framework view plans built from
+    it.  The artifact id is a digest over this very table (names, dtypes,
+    shapes, offsets, metadata) and the data, so a table read once serves
+    every later attachment of the same id (``_TABLES``)."""
+
+    __slots__ = ("infos", "index", "meta", "size", "plans")
+
+    def __init__(self, lib, handle: int, size: int):
+        n = lib.tc_artifact_count(handle)
+        infos: List[TensorInfo] = []
+        if n:
+            raw = ctypes.string_at(lib.tc_artifact_tensors(handle), n * _native.TENSOR_INFO_FORMAT.size)
+            string_at = ctypes.string_at
+            names = [d.name for d in dtypes.DTYPES]
+            new = TensorInfo._make
+            for rec in _native.TENSOR_INFO_FORMAT.iter_unpack(raw):
+                infos.append(new((string_at(rec[0]).decode(), names[rec[1]], rec[5 : 5 + rec[2]], rec[4], rec[3])))
+        self.infos = infos
+        self.index: Dict[str, int] = {t.name: i for i, t in enumerate(infos)}
+        self.meta: Dict[str, str] = {}
+        for i in range(lib.tc_artifact_meta_count(handle)):
+            k = lib.tc_artifact_meta_key(handle, i)
+            v = lib.tc_artifact_meta_value(handle, i)
+            self.meta[k.decode()] = v.decode()
+        self.size = size
+        self.plans: Dict[str, Any] = {}
+
+    def torch_plan(self):
+        """(rows, raw dtypes, fw dtypes used).  A row: name, position of its
+        fw dtype in that list, shape, stride, element offset, kind, byte
+        offset, numel."""
+        plan = self.plans.get("torch")
+        if plan is None:
+            maps = dtypes.torch_mappings()
+            used: List[Any] = []
+            pos: Dict[Any, int] = {}
+            rows = []
+            raw = {}
+            for t in self.infos:
+                dt = dtypes.BY_NAME[t.dtype]
+                m = maps[dt.id]
+                shape = m.out_shape(dt, t.shape, t.nbytes) if m.packed else t.shape
+                numel = 1
+                for x in shape:
+                    numel *= x
+                if m.raw:
+                    raw[t.name] = t.dtype
+                if numel == 0:
+                    kind = 1  # empty: no memory to view
+                elif t.offset % m.itemsize:
+                    kind = 2  # unaligned: frombuffer with a byte offset
+                else:
+                    kind = 0
+                k = pos.get(m.fw_dtype)
+                if k is None:
+                    k = pos[m.fw_dtype] = len(used)
+                    used.append(m.fw_dtype)
+                rows.append(
+                    (t.name, k, shape, _contiguous_strides(shape), t.offset // m.itemsize, kind, t.offset, numel)
+                )
+            plan = (rows, raw, used)
+            self.plans["torch"] = plan
+        return plan
+
+    def numpy_plan(self):
+        plan = self.plans.get("numpy")
+        if plan is None:
+            maps = dtypes.numpy_mappings()
+            rows = []
+            raw = {}
+            for t in self.infos:
+                dt = dtypes.BY_NAME[t.dtype]
+                m = maps[dt.id]
+                if m.raw:
+                    raw[t.name] = t.dtype
+                rows.append((t.name, m.fw_dtype, m.out_shape(dt, t.shape, t.nbytes) if m.packed else t.shape, t.offset))
+            plan = (rows, raw)
+            self.plans["numpy"] = plan
+        return plan
+
+
+_TABLES: "OrderedDict[str, _Table]" = OrderedDict()
+_TABLES_MAX = 64
+_tables_lock = threading.Lock()
+
+
+def _table_for(lib, handle: int, aid: str, size: int) -> _Table:
+    with _tables_lock:
+        t = _TABLES.get(aid)
+        if t is not None and t.size == size and len(t.infos) == lib.tc_artifact_count(handle):
+            _TABLES.move_to_end(aid)
+            return t
+    t = _Table(lib, handle, size)
+    with _tables_lock:
+        _TABLES[aid] = t
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return t
+
+
 class _Attachment:
-    """A mapped artifact and its tensor table, read once."""
+    """A mapped artifact (one C reference, one daemon lease) and its table."""
 
     def __init__(self, session: Session, ref: str):
         lib = session.lib
         h = ctypes.c_void_p()
         t0 = time.perf_counter()
         session.call(lib.tc_attach, ref.encode(), ctypes.byref(h))
-        self.seconds = time.perf_counter() - t0
         self.owner = _Owner(h.value)  # the handle's own reference
         self.handle: int = h.value  # type: ignore[assignment]
         self.id: str = lib.tc_artifact_id(self.handle).decode()
         self.size: int = lib.tc_artifact_size(self.handle)
         self.data: int = lib.tc_artifact_data(self.handle) or 0
-        n = lib.tc_artifact_count(self.handle)
-        infos: List[TensorInfo] = []
-        if n:
-            raw = ctypes.string_at(lib.tc_artifact_tensors(self.handle), n * _native.TENSOR_INFO_FORMAT.size)
-            string_at = ctypes.string_at
-            by_id = dtypes.BY_ID
-            for rec in _native.TENSOR_INFO_FORMAT.iter_unpack(raw):
-                name_p, dt, ndim, off, nb = rec[:5]
-                infos.append(
-                    TensorInfo(string_at(name_p).decode(), by_id[dt].name, tuple(rec[5 : 5 + ndim]), nb, off)
-                )
-        self.infos = infos
-        self.index: Dict[str, int] = {t.name: i for i, t in enumerate(infos)}
-        self.meta: Dict[str, str] = {}
-        for i in range(lib.tc_artifact_meta_count(self.handle)):
-            k = lib.tc_artifact_meta_key(self.handle, i)
-            v = lib.tc_artifact_meta_value(self.handle, i)
-            self.meta[k.decode()] = v.decode()
-        self._plans: Dict[str, Any] = {}
+        self.table = _table_for(lib, self.handle, self.id, self.size)
+        self.infos = self.table.infos
+        self.index = self.table.index
+        self.meta = self.table.meta
+        self.seconds = time.perf_counter() - t0
+
+    def torch_plan(self):
+        return self.table.torch_plan()
+
+    def numpy_plan(self):
+        return self.table.numpy_plan()
 
     def new_owner(self) -> _Owner:
         """One more C reference, owned by the returned object."""
@@ -277,79 +369,40 @@ class _Attachment:
             )
         return i
 
-    # ---------------------------------------------------------- plans
-
-    def torch_plan(self):
-        plan = self._plans.get("torch")
-        if plan is None:
-            maps = dtypes.torch_mappings()
-            rows = []
-            for t in self.infos:
-                dt = dtypes.BY_NAME[t.dtype]
-                m = maps[dt.id]
-                shape = m.out_shape(dt, t.shape, t.nbytes)
-                stride = _contiguous_strides(shape)
-                numel = 1
-                for s in shape:
-                    numel *= s
-                if numel == 0:
-                    kind = 1  # empty: no memory to view
-                elif t.offset % m.itemsize:
-                    kind = 2  # unaligned: frombuffer with a byte offset
-                else:
-                    kind = 0
-                rows.append((t.name, m.fw_dtype, shape, stride, t.offset // m.itemsize, kind, t.offset, numel))
-            raw = {t.name: t.dtype for t in self.infos if maps[dtypes.BY_NAME[t.dtype].id].raw}
-            plan = (rows, raw, {r[1] for r in rows if r[5] == 0})
-            self._plans["torch"] = plan
-        return plan
-
-    def numpy_plan(self):
-        plan = self._plans.get("numpy")
-        if plan is None:
-            maps = dtypes.numpy_mappings()
-            rows = []
-            for t in self.infos:
-                dt = dtypes.BY_NAME[t.dtype]
-                m = maps[dt.id]
-                rows.append((t.name, m.fw_dtype, m.out_shape(dt, t.shape, t.nbytes), t.offset))
-            raw = {t.name: t.dtype for t in self.infos if maps[dtypes.BY_NAME[t.dtype].id].raw}
-            plan = (rows, raw)
-            self._plans["numpy"] = plan
-        return plan
-
     # ---------------------------------------------------------- views
 
     def torch_views(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
         import torch
 
-        rows, _, fw_dtypes = self.torch_plan()
+        rows, _, used = self.table.torch_plan()
         if names is not None:
             rows = [rows[self.find(n)] for n in names]
         out: Dict[str, Any] = {}
         if self.size == 0 or not rows:
-            for name, fwdt, shape, *_ in rows:
-                out[name] = torch.empty(shape, dtype=fwdt)
+            for name, k, shape, *_ in rows:
+                out[name] = torch.empty(shape, dtype=used[k])
             return out
         buf = self.buffer(self.new_owner())
         base = torch.frombuffer(buf, dtype=torch.uint8)
-        typed = {}
-        for fwdt in fw_dtypes:
+        # One typed view of the whole mapping per dtype; each tensor is then
+        # a single as_strided on it (bound methods hoisted out of the loop).
+        views = []
+        for fwdt in used:
             isz = torch.empty((), dtype=fwdt).element_size()
-            typed[fwdt] = base[: self.size - self.size % isz].view(fwdt) if isz > 1 else base.view(fwdt)
-        for name, fwdt, shape, stride, eoff, kind, off, numel in rows:
+            views.append((base[: self.size - self.size % isz] if isz > 1 else base).view(fwdt).as_strided)
+        for name, k, shape, stride, eoff, kind, off, numel in rows:
             if kind == 0:
-                out[name] = typed[fwdt].as_strided(shape, stride, eoff)
+                out[name] = views[k](shape, stride, eoff)
             elif kind == 1:
-                out[name] = torch.empty(shape, dtype=fwdt)
+                out[name] = torch.empty(shape, dtype=used[k])
             else:
-                out[name] = torch.frombuffer(buf, dtype=fwdt, count=numel, offset=off).view(shape)
+                out[name] = torch.frombuffer(buf, dtype=used[k], count=numel, offset=off).view(shape)
         return out
 
     def numpy_views(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
         import numpy as np
 
-        rows, _ = self.numpy_plan()
+        rows, _ = self.table.numpy_plan()
         if names is not None:
             rows = [rows[self.find(n)] for n in names]
         if self.size == 0:
@@ -370,12 +423,18 @@ class _Attachment:
 
 
 def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
-    st = []
+    n = len(shape)
+    if n == 0:
+        return ()
+    if n == 1:
+        return (1,)
+    st = [1] * n
     acc = 1
-    for s in reversed(shape):
-        st.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(st))
+    for i in range(n - 1, 0, -1):
+        s = shape[i]
+        acc *= s if s > 1 else 1
+        st[i - 1] = acc
+    return tuple(st)
 
 
 def _name_hint(name: str, names: TMapping[str, int]) -> str:
