@@ -13,9 +13,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TC_FMT_ERRLEN	512 /* scratch size for one message */
-#define TC_FMT_QUOTE	100 /* bytes of a quoted name, NUL included */
-#define TC_FMT_NAME_MAX 255 /* bytes in a shard file name (NAME_MAX) */
+#define TC_FMT_ERRLEN	1024 /* scratch size for one message */
+#define TC_FMT_QUOTE	100  /* bytes of a quoted name, NUL included */
+#define TC_FMT_NAME_MAX 255  /* bytes in a shard file name (NAME_MAX) */
 #define TC_FMT_IO_MAX	((size_t)0x7ffff000) /* Linux's cap per read/write */
 
 /* snprintf into err (NULL or errlen 0: nothing). */

@@ -285,7 +285,7 @@ static int cross_check(struct tc__source *s, const struct tc__index *idx,
 	seen = tc__calloc(idx->nentries, sizeof(*seen));
 	if (!ord || !seen) {
 		ret = -ENOMEM;
-		goto out_free;
+		goto out_free_lookup;
 	}
 	for (uint32_t i = 0; i < idx->nentries; i++)
 		ord[i] = i;
@@ -302,7 +302,7 @@ static int cross_check(struct tc__source *s, const struct tc__index *idx,
 				    where, file,
 				    tc__fmt_quote(q, x->name, strlen(x->name)));
 			ret = TC_EBADINDEX;
-			goto out_free;
+			goto out_free_lookup;
 		}
 		if (map[idx->entries[*hit].shard] != x->src_file) {
 			const char *other =
@@ -315,7 +315,7 @@ static int cross_check(struct tc__source *s, const struct tc__index *idx,
 				tc__fmt_quote(q, x->name, strlen(x->name)),
 				tc__fmt_quote(q2, other, strlen(other)));
 			ret = TC_EBADINDEX;
-			goto out_free;
+			goto out_free_lookup;
 		}
 		seen[*hit] = true;
 	}
@@ -331,9 +331,9 @@ static int cross_check(struct tc__source *s, const struct tc__index *idx,
 			tc__fmt_quote(q, e->tensor, strlen(e->tensor)),
 			idx->shards[e->shard]);
 		ret = TC_EBADINDEX;
-		goto out_free;
+		goto out_free_lookup;
 	}
-out_free:
+out_free_lookup:
 	tc__free(seen);
 	tc__free(ord);
 	return ret;
@@ -416,20 +416,20 @@ static int open_indexed(struct tc__source *s, int dirfd, int idxfd,
 	tabs = tc__calloc(n, sizeof(*tabs));
 	if (!byname || !map || !tabs) {
 		ret = -ENOMEM;
-		goto out_free;
+		goto out_free_tables;
 	}
 	for (uint32_t i = 0; i < n; i++)
 		byname[i] = &idx.shards[i];
 	qsort(byname, n, sizeof(*byname), cmp_str_ptr);
 	ret = alloc_files(s, n);
 	if (ret < 0)
-		goto out_free;
+		goto out_free_tables;
 	for (uint32_t i = 0; i < n; i++) {
 		map[byname[i] - idx.shards] = i;
 		s->files[i].name = tc__strdup(*byname[i]);
 		if (!s->files[i].name) {
 			ret = -ENOMEM;
-			goto out_free;
+			goto out_free_tables;
 		}
 	}
 	for (uint32_t i = 0; i < n; i++) {
@@ -437,16 +437,16 @@ static int open_indexed(struct tc__source *s, int dirfd, int idxfd,
 		ret = open_shard(dirfd, s->files[i].name, where,
 				 &s->files[i].fd, err, errlen);
 		if (ret < 0)
-			goto out_free;
+			goto out_free_tables;
 		ret = read_shard(s, i, where, &tabs[i], err, errlen);
 		if (ret < 0)
-			goto out_free;
+			goto out_free_tables;
 	}
 	ret = merge_tables(s, tabs, where, err, errlen);
 	if (ret < 0)
-		goto out_free;
+		goto out_free_tables;
 	ret = cross_check(s, &idx, map, where, err, errlen);
-out_free:
+out_free_tables:
 	if (tabs)
 		for (uint32_t i = 0; i < n; i++)
 			tc__table_release(&tabs[i]);
@@ -494,14 +494,14 @@ static int open_only_file(struct tc__source *s, int dirfd, const char *where,
 			nn = tc__reallocarray(names, cap, sizeof(*names));
 			if (!nn) {
 				ret = -ENOMEM;
-				goto out_free;
+				goto out_free_names;
 			}
 			names = nn;
 		}
 		names[kept] = tc__strdup(de->d_name);
 		if (!names[kept]) {
 			ret = -ENOMEM;
-			goto out_free;
+			goto out_free_names;
 		}
 		kept++;
 	}
@@ -538,7 +538,7 @@ static int open_only_file(struct tc__source *s, int dirfd, const char *where,
 		if (ret == 0)
 			ret = read_shard(s, 0, where, &s->table, err, errlen);
 	}
-out_free:
+out_free_names:
 	for (uint32_t i = 0; i < kept; i++)
 		tc__free(names[i]);
 	tc__free(names);
@@ -674,7 +674,7 @@ int tc__source_open_fd(int fd, const char *display, struct tc__source **out,
 	s = tc__calloc(1, sizeof(*s));
 	if (!s) {
 		ret = -ENOMEM;
-		goto out_nomem;
+		goto out_report_nomem;
 	}
 	tc__table_init(&s->table);
 	s->display = tc__strdup(display);
@@ -693,7 +693,7 @@ int tc__source_open_fd(int fd, const char *display, struct tc__source **out,
 
 out_free_source:
 	tc__source_free(s);
-out_nomem:
+out_report_nomem:
 	if (ret == -ENOMEM)
 		tc__fmt_err(err, errlen, "out of memory opening '%s'", display);
 	return ret;

@@ -347,18 +347,18 @@ int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
 	tc__fmt_err(err, errlen, "no error");
 	ret = check_table(t, err, errlen);
 	if (ret < 0)
-		goto out_nomem_msg;
+		goto out_report_nomem;
 	ord = tc__reallocarray(NULL, t->ntensors + 1, sizeof(*ord));
 	if (!ord) {
 		ret = -ENOMEM;
-		goto out_nomem_msg;
+		goto out_report_nomem;
 	}
 	for (uint32_t i = 0; i < t->ntensors; i++)
 		ord[i] = i;
 	qsort_r(ord, t->ntensors, sizeof(*ord), cmp_write_order, t->tensors);
 	ret = build_header(&b, t, ord, err, errlen);
 	if (ret < 0)
-		goto out_free;
+		goto out_free_header;
 	ret = write_full(fd, b.data, b.len);
 	/* Data in header order; tensors adjacent in `base` go out in one
 	 * write (a table from the parser is usually one run). */
@@ -381,10 +381,10 @@ int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
 		ret = write_full(fd, run, runlen);
 	if (ret < 0 && ret != -ENOMEM)
 		tc__fmt_err(err, errlen, "cannot write: %s", tc_strerror(ret));
-out_free:
+out_free_header:
 	tc__free(ord);
 	tc__buf_release(&b);
-out_nomem_msg:
+out_report_nomem:
 	if (ret == -ENOMEM)
 		tc__fmt_err(err, errlen, "out of memory writing a header");
 	return ret;
