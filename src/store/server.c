@@ -765,7 +765,6 @@ static void seal_done(struct tc__job *job)
 	} else {
 		bool dedup = o != p->o;
 
-		tc__free(p);
 		c->srv->n_put++;
 		if (!c->closing) {
 			c->err[0] = '\0';
@@ -774,6 +773,7 @@ static void seal_done(struct tc__job *job)
 			if (rc == 0)
 				reply_created(c, &j->r, o, ns, dedup, gen);
 		}
+		tc__free(p);
 	}
 	if (!c->closing) {
 		if (rc < 0)
