@@ -46,6 +46,7 @@ __version__ = "0.1.0"
 
 _lock = threading.RLock()
 _current: Optional[Session] = None
+_last_address: Optional[str] = None  # what a reconnect (after fork) uses
 _atexit_registered = False
 
 # ------------------------------------------------------------ lifecycle
@@ -72,36 +73,41 @@ def init(
     auto: connect if a daemon answers, else create.
     Calling init again with a session open raises unless shutdown() ran.
     """
-    global _current, _atexit_registered
+    global _current, _last_address
     if mode not in ("connect", "create", "auto"):
         raise errors.InvalidArgumentError(f"mode must be 'connect', 'create' or 'auto', not {mode!r}")
     with _lock:
-        if _current is not None and not _current.closed:
+        if _current is not None and not _current.closed and not _current.forked:
             raise errors.AlreadyExistsError(
                 f"tcast is already initialised (socket {_current.socket_path}); call tcast.shutdown() first"
             )
         _native.load()
-        daemon = None
-        if mode == "auto":
-            try:
-                _current = Session(address)
-                return
-            except errors.NoDaemonError:
-                mode = "create"
-        if mode == "create":
-            daemon = PrivateDaemon(address, host_memory, daemon_args, show_daemon_logs, timeout)
-            try:
-                _current = Session(daemon.socket, daemon)
-            except BaseException:
-                daemon.stop()
-                raise
-            if not _atexit_registered:
-                atexit.register(shutdown)
-                _atexit_registered = True
-            return
+        s = _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout)
+        _current = s
+        _last_address = s.socket_path
+
+
+def _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout) -> Session:
+    global _atexit_registered
+    if mode == "auto":
+        try:
+            return Session(address)
+        except errors.NoDaemonError:
+            mode = "create"
+    if mode == "connect":
         if host_memory is not None or daemon_args:
             raise errors.InvalidArgumentError("host_memory and daemon_args apply to mode='create' only")
-        _current = Session(address)
+        return Session(address)
+    daemon = PrivateDaemon(address, host_memory, daemon_args, show_daemon_logs, timeout)
+    try:
+        s = Session(daemon.socket, daemon)
+    except BaseException:
+        daemon.stop()
+        raise
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
+    return s
 
 
 def shutdown() -> None:
@@ -117,7 +123,21 @@ def shutdown() -> None:
 
 
 def is_initialized() -> bool:
-    return _current is not None and not _current.closed
+    return _current is not None and not _current.closed and not _current.forked
+
+
+def _after_fork_in_child() -> None:
+    # The parent's connection (a shared socket) and private daemon are not
+    # ours: forget them; the next call connects afresh.  Tensors inherited
+    # from the parent stay readable (the mappings are inherited).
+    global _current
+    s, _current = _current, None
+    if s is not None:
+        s.abandon()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _sess() -> Session:
@@ -127,7 +147,9 @@ def _sess() -> Session:
         return s
     with _lock:
         if _current is None or _current.closed:
-            init("connect")
+            # First use (or after shutdown/fork): connect to the same socket
+            # as before, else the default one.
+            init("connect", _last_address)
         assert _current is not None
         return _current
 

@@ -200,16 +200,21 @@ class TensorDictResult:
 
 class _Owner:
     """Holds one C reference on an attached artifact; drops it when the last
-    object pointing here (views, DLPack exports, handles) is gone."""
+    object pointing here (views, DLPack exports, handles) is gone.
 
-    __slots__ = ("handle", "__weakref__")
+    In a child made by fork() the reference belongs to the parent (the
+    connection's socket is shared): the child keeps the inherited mapping
+    readable and never releases, so it cannot drop the parent's lease."""
+
+    __slots__ = ("handle", "pid", "__weakref__")
 
     def __init__(self, handle: int):
         self.handle: Optional[int] = handle
+        self.pid = os.getpid()
 
     def close(self) -> None:
         h, self.handle = self.handle, None
-        if h is not None:
+        if h is not None and self.pid == os.getpid():
             lib = _native.lib
             if lib is not None:  # None only at interpreter teardown
                 lib.tc_artifact_close(h)

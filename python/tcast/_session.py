@@ -39,6 +39,7 @@ class Session:
         self.socket_path = socket_path
         self.daemon = daemon
         self.lock = threading.RLock()
+        self.pid = os.getpid()
         handle = ctypes.c_void_p()
         err = ctypes.create_string_buffer(1024)
         path = socket_path.encode() if socket_path else None
@@ -56,6 +57,11 @@ class Session:
 
     def _h(self) -> int:
         h = self.handle
+        if h is not None and self.pid != os.getpid():
+            raise errors.ConnectionClosedError(
+                "this tcast connection belongs to the parent process (fork); call tcast.init() "
+                "in the child, or use tcast's module functions, which reconnect by themselves"
+            )
         if h is None:
             raise errors.ConnectionClosedError(
                 "tcast is shut down: call tcast.init() again (tensors and "
@@ -85,11 +91,22 @@ class Session:
     def close(self) -> None:
         with self.lock:
             h, self.handle = self.handle, None
+        if self.pid != os.getpid():
+            return  # a forked child: the connection and daemon are the parent's
         if h is not None:
             self.lib.tc_client_close(h)
         if self.daemon is not None:
             self.daemon.stop()
             self.daemon = None
+
+    def abandon(self) -> None:
+        """Forget the connection without touching it (after fork)."""
+        self.handle = None
+        self.daemon = None
+
+    @property
+    def forked(self) -> bool:
+        return self.pid != os.getpid()
 
     @property
     def closed(self) -> bool:
@@ -111,6 +128,7 @@ class PrivateDaemon:
         show_logs: bool = False,
         timeout: float = 30.0,
     ):
+        self.owner_pid = os.getpid()
         self.binary = _native.find_binary()
         self.tmpdir = tempfile.mkdtemp(prefix="tcast-")
         os.chmod(self.tmpdir, 0o700)
@@ -169,6 +187,8 @@ class PrivateDaemon:
             return "(no log)"
 
     def stop(self, timeout: float = 10.0) -> None:
+        if getattr(self, "owner_pid", os.getpid()) != os.getpid():
+            return  # only the process that started it stops it
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

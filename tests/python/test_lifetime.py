@@ -267,3 +267,45 @@ def test_create_mode_daemon_dies_with_a_killed_owner():
     p.send_signal(signal.SIGKILL)
     p.wait()
     wait_until(lambda: _gone(pid), timeout=15, what="the orphaned private daemon to stop (PR_SET_PDEATHSIG)")
+
+
+def test_fork_child_reads_inherited_tensors_and_leaves_parent_leases(tc, key):
+    """A forked child (DataLoader workers) reads the parent's tensors through
+    the inherited mapping, gets its own connection for new calls, and never
+    releases the parent's leases or talks on the parent's socket."""
+    data = fresh()
+    art = tc.put({"x": data}, key=key)
+    aid = art.artifact_id
+    t = art.tensor_dict(framework="numpy")["x"]
+    assert artifact_leases(tc, aid) == 1
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            os.close(r)
+            ok = sha(t) == sha(data)
+            assert not tc.is_initialized()
+            st = tc.status()  # a new connection of its own
+            child = tc.artifact(key).tensor_dict(framework="numpy")["x"]
+            ok = ok and sha(child) == sha(data) and st["clients"] >= 2
+            del t, child
+            art.release()  # the parent's attachment: must not be released here
+            gc.collect()
+            os.write(w, b"ok" if ok else b"bad")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    msg = os.read(r, 16)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert msg == b"ok" and status == 0
+    time.sleep(0.1)
+    assert artifact_leases(tc, aid) == 1  # the parent's lease survived the child
+    assert sha(t) == sha(data)
+    tc.status()  # the parent's connection is intact
+    del t
+    art.release()
+    wait_until(lambda: artifact_leases(tc, aid) == 0, what="the parent's release")
+    tc.deregister_artifact(key)
