@@ -5,7 +5,7 @@ set -u
 lib=$1
 root=$2
 fail=0
-syms=$(nm -D --defined-only "$lib" | awk '$2 == "T" {print $3}' | sort -u)
+syms=$(nm -D --defined-only "$lib" | awk '$2 == "T" {sub(/@.*/, "", $3); print $3}' | sort -u)
 for s in $syms; do
 	case $s in tc_*) ;; *) echo "abi: unprefixed export $s"; fail=1 ;; esac
 	if [ -f "$root/python/tcast/_native.py" ] &&
