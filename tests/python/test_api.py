@@ -368,3 +368,21 @@ def test_threads_share_one_session(tc):
     for t in ts:
         t.join()
     assert not errs, errs
+
+
+def test_over_budget_is_refused_before_any_copy(tc):
+    # 1 TiB against the test daemon's 2 GiB budget: refused at put_begin,
+    # before this process allocates or copies anything.
+    huge = tcast.RawTensor(np.zeros(1, np.uint8), "U8", shape=(1 << 40,))
+    with pytest.raises(tcast.NoSpaceError, match="budget"):
+        tc.put({"huge": huge})
+
+
+def test_unicode_names_keys_and_empty_put(tc, key):
+    k = key + ":clé"
+    art = tc.put({"ünï/cødé.weight": np.ones(3, np.float32)}, key=k)
+    assert art.tensor_names == ["ünï/cødé.weight"]
+    assert tc.artifact(k).tensor("ünï/cødé.weight", framework="numpy").tolist() == [1.0, 1.0, 1.0]
+    tc.deregister_artifact(k)
+    empty = tc.put({})
+    assert len(empty) == 0 and empty.tensor_dict() == {}
