@@ -8,7 +8,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cmd_verify.h"
 #include "tcast/errors.h"
 #include "tcast/st.h"
 

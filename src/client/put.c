@@ -165,6 +165,11 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 		tc__table_release(&p->table);
 		goto out_free;
 	}
+#ifdef MADV_POPULATE_WRITE
+	/* The caller is about to write every byte: allocate the pages in one
+	 * call rather than a fault per page during its copies. */
+	madvise(map, p->map_size, MADV_POPULATE_WRITE);
+#endif
 	p->map = map;
 	p->c = c;
 	if (o)

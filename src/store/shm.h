@@ -27,7 +27,8 @@ struct tc__shm {
  * page) already sealed against shrink and grow.  Returns 0, -ENOMEM, or -errno
  * from memfd_create(2)/ftruncate(2). */
 int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out);
-/* Map writable for the daemon (for the loader).  Returns 0 or -errno. */
+/* Allocate and map every page writable for the daemon (for the loader).
+ * Returns 0, -ENOSPC/-ENOMEM when the memory is not there, or -errno. */
 int tc__shm_map_rw(struct tc__shm *seg);
 /* Drop the writable mapping, seal against writes, open the read-only fd and
  * map read-only.  Returns 0, TC_EBUSY when a writable mapping still exists
