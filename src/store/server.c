@@ -127,6 +127,7 @@ struct req {
 static void conn_close(struct conn *c, const char *why);
 static void conn_flush(struct conn *c);
 static void conn_process(struct conn *c);
+static void send_progress(struct conn *c, uint64_t now_ms);
 
 /* ------------------------------------------------------------ replies */
 
@@ -492,6 +493,11 @@ static void import_done(struct tc__job *job)
 			 j->display);
 		j->phase = 2;
 		tc__jobs_submit(s->jobs, &j->job);
+		/* The size is known now: tell a watching client at once. */
+		if (c->progress_job == j && !c->closing) {
+			c->progress_next_ms = 0;
+			send_progress(c, tc__now_ms());
+		}
 		return;
 	}
 	/* Phase 2 finished: the artifact is complete and sealed. */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -354,6 +355,7 @@ static void test_store__client_crash_releases(void **state)
 		tc_client *cc;
 		tc_artifact *a;
 
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (tc_client_connect(D.sock, &cc, NULL, 0) < 0 ||
 		    tc_attach(cc, "crash:model", &a) < 0 ||
 		    tc_attach(cc, "crash:model", &a) < 0)
@@ -507,6 +509,28 @@ static void test_store__eviction_lru_and_leases(void **state)
 }
 
 /* -------------------------------------------------------------- keys */
+
+static void on_progress(uint64_t done, uint64_t total, void *arg)
+{
+	uint64_t *seen = arg;
+
+	assert_true(done <= total);
+	seen[0]++;
+	seen[1] = total;
+}
+
+static void test_store__import_reports_progress(void **state)
+{
+	tc_client *c = connect_ok();
+	uint64_t seen[2] = { 0, 0 };
+	struct tc_opts o = { TC_OPT_PROGRESS, NULL, NULL, 0, on_progress, seen };
+	struct tc_result r;
+
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+	assert_true(seen[0] >= 1);
+	assert_int_equal(seen[1], r.bytes);
+	tc_client_close(c);
+}
 
 static void test_store__keys_cas_and_history(void **state)
 {
@@ -844,6 +868,7 @@ int main(void)
 		cmocka_unit_test(test_store__client_crash_releases),
 		cmocka_unit_test(test_store__rm_while_mapped),
 		cmocka_unit_test(test_store__eviction_lru_and_leases),
+		cmocka_unit_test(test_store__import_reports_progress),
 		cmocka_unit_test(test_store__keys_cas_and_history),
 		cmocka_unit_test(test_store__export_reimport),
 		cmocka_unit_test(test_store__hostile_files),

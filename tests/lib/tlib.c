@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -71,6 +72,9 @@ void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
 	d->pid = fork();
 	if (d->pid == 0) {
 		char log[600];
+
+		/* A test that dies must not leave its daemon behind. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		int fd;
 
 		snprintf(log, sizeof(log), "%s/daemon.log", d->dir);

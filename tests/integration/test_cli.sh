@@ -1,0 +1,55 @@
+#!/bin/bash
+# The tcast CLI end to end through the real binary: daemon lifecycle,
+# every verb, --json output, exit codes (0 ok, 1 runtime, 2 usage).
+set -u
+T=${TCAST:?}
+DATA=${TC_TEST_DATA:?}
+dir=$(mktemp -d /tmp/tcast-cli-XXXXXX)
+sock=$dir/run/d.sock
+pass=0 fail=0
+t() { "$T" --socket "$sock" "$@"; }
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $*" >&2; fi; }
+rc_is() { local want=$1; shift; "$@" >/dev/null 2>&1; local got=$?; [ "$got" = "$want" ] || { echo "  exit $got, want $want: $*" >&2; return 1; }; }
+json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+cleanup() { t daemon stop >/dev/null 2>&1; rm -rf "$dir"; }
+trap cleanup EXIT
+
+ok rc_is 1 t daemon status
+ok rc_is 1 t ls                                   # no daemon: runtime error
+ok rc_is 2 t bogus-verb
+ok rc_is 2 t import
+ok rc_is 1 t daemon start --set bogus_key=1       # strict config
+ok rc_is 0 t daemon start --host-memory 64MiB
+ok rc_is 1 t daemon start                          # a second start is refused
+ok rc_is 0 t daemon status
+[ "$(t --json daemon status | json 'd["host_budget_bytes"]')" = 67108864 ]; ok test $? = 0
+
+id=$(t import "$DATA/tiny-llama" --key cli:llama:v1)
+ok test "${id:0:4}" = "tc1:"
+ok rc_is 0 t verify "$DATA/tiny-llama" "$DATA/dtypes.safetensors"
+ok rc_is 1 t verify "$DATA/hostile/st/len_7.safetensors"
+t verify "$DATA/hostile/st/len_7.safetensors" 2>&1 | grep -q "TC_EBADFILE"; ok test $? = 0
+[ "$(t --json ls | json 'len(d["artifacts"])')" = 1 ]; ok test $? = 0
+[ "$(t --json inspect cli:llama:v1 | json 'd["tensors"]')" = 30 ]; ok test $? = 0
+t inspect cli:llama:v1 | grep -q "model.embed_tokens.weight"; ok test $? = 0
+id2=$(t import "$DATA/dtypes.safetensors")
+ok rc_is 1 t keys set cli:llama:v1 "$id2"              # needs CAS
+ok rc_is 1 t keys set cli:llama:v1 "$id2" --expect 5   # wrong generation
+ok rc_is 0 t keys set cli:llama:v1 "$id2" --expect 1
+[ "$(t --json keys cli:llama:v1 | json 'd["generation"]')" = 2 ]; ok test $? = 0
+[ "$(t --json keys | json 'len(d["keys"])')" = 1 ]; ok test $? = 0
+ok rc_is 0 t export cli:llama:v1 "$dir/out.safetensors"
+ok rc_is 0 t verify "$dir/out.safetensors"
+[ "$(t --json import "$dir/out.safetensors" | json 'd["deduplicated"]')" = True ]; ok test $? = 0
+ok rc_is 1 t import "$DATA/hostile/st/dup_tensor.safetensors"
+ok rc_is 1 t import /nonexistent
+ok rc_is 1 t import "$DATA/tiny-llama" --policy durable
+ok rc_is 0 t rm cli:llama:v1
+ok rc_is 1 t inspect cli:llama:v1
+ok rc_is 0 t rm "$id"
+t daemon logs -n 5 | grep -q "removed"; ok test $? = 0
+ok rc_is 0 t daemon stop
+ok rc_is 1 t daemon status
+ok rc_is 0 t daemon stop                                # idempotent
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
