@@ -1,0 +1,21 @@
+#!/bin/bash
+# Assemble .gpu/: what a GPU-machine run needs from this machine's build
+# (binaries, libtcast, test and bench programs, the Debian libraries they
+# link, and pytest, which that machine lacks).  .gpu/ is git-ignored; pass
+# it to the device tool's `carry`.
+set -euo pipefail
+build=${1:-build}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out="$root/.gpu"
+rm -rf "$out"
+mkdir -p "$out"/{bin,lib,tests,bench,libs,py}
+cp "$root/$build"/bin/tcast "$out/bin/"
+cp -P "$root/$build"/lib/libtcast.so* "$out/lib/"
+find "$root/$build/tests" -maxdepth 1 -type f -perm -u+x -name 'test_*' -exec cp {} "$out/tests/" \;
+[ -d "$root/$build/fakecuda" ] && cp -r "$root/$build/fakecuda" "$out/"
+find "$root/$build/bench" -maxdepth 1 -type f -perm -u+x -name 'bench_*' -exec cp {} "$out/bench/" \;
+/work/shared/device/bundle-libs "$out/libs" "$out"/bin/* "$out"/lib/libtcast.so "$out"/tests/* "$out"/bench/* >/dev/null
+for p in pytest _pytest pluggy iniconfig packaging py.py; do
+	[ -e "/usr/lib/python3/dist-packages/$p" ] && cp -r "/usr/lib/python3/dist-packages/$p" "$out/py/"
+done
+du -sh "$out"

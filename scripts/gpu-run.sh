@@ -1,0 +1,41 @@
+#!/bin/bash
+# Runs on the GPU machine over the carried .gpu/ bundle (scripts/gpu-bundle.sh)
+# and writes every log to $OUT.  Usage: scripts/gpu-run.sh [steps...]
+# steps: env gpu python bench pybench (default: all)
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+G="$root/.gpu"
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
+export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast"
+export PYTHONPATH="$root/python:$G/py" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+steps=${*:-env gpu python bench pybench}
+for s in $steps; do
+	case $s in
+	env)
+		{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv;
+		  nproc; free -g; uname -r; python3 -c 'import torch,safetensors,numpy; print(torch.__version__, safetensors.__version__, numpy.__version__)';
+		  cat /sys/kernel/mm/transparent_hugepage/shmem_enabled; ulimit -l; df -h /tmp | tail -1; } > "$OUT/env.log" 2>&1
+		cat "$OUT/env.log" ;;
+	gpu)
+		for t in "$G"/tests/test_gpu_real "$G"/tests/test_gpu_tier_real; do
+			[ -x "$t" ] || continue
+			echo "== $(basename "$t")"
+			"$t" > "$OUT/$(basename "$t").log" 2>&1; echo "exit $?" >> "$OUT/$(basename "$t").log"
+			tail -15 "$OUT/$(basename "$t").log"
+		done ;;
+	python)
+		echo "== pytest (torch $(python3 -c 'import torch; print(torch.__version__)'))"
+		(cd "$root" && timeout 400 python3 -m pytest -q -p no:cacheprovider tests/python) > "$OUT/pytest-gpu.log" 2>&1
+		tail -15 "$OUT/pytest-gpu.log" ;;
+	bench)
+		echo "== bench_store"
+		"$G/bench/bench_store" --tcast "$G/bin/tcast" --bytes $((8 << 30)) --big-bytes $((16 << 30)) > "$OUT/bench_store.log" 2>&1
+		cat "$OUT/bench_store.log" ;;
+	pybench)
+		echo "== python benches"
+		python3 "$root/bench/bench_tensor_dict.py" > "$OUT/bench_tensor_dict.log" 2>&1; tail -8 "$OUT/bench_tensor_dict.log"
+		python3 "$root/bench/bench_gpu_load.py" > "$OUT/bench_gpu_load.log" 2>&1; tail -15 "$OUT/bench_gpu_load.log" ;;
+	esac
+done
