@@ -112,7 +112,9 @@ void tc__buf_put_str(struct tc__buf *b, const char *s)
 
 void tc__buf_patch_u32(struct tc__buf *b, size_t off, uint32_t v)
 {
-	if (b->oom || off + 4 > b->len)
+	/* Written as a subtraction: `off + 4` wraps for offsets near
+	 * SIZE_MAX and would pass the check. */
+	if (b->oom || off > b->len || b->len - off < 4)
 		return;
 	for (int i = 0; i < 4; i++)
 		b->data[off + i] = (uint8_t)(v >> (8 * i));
