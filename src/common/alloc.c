@@ -17,13 +17,19 @@ static int should_fail(void)
 {
 	long b = atomic_load_explicit(&fail_budget, memory_order_relaxed);
 
-	if (b < 0)
-		return 0;
-	if (b == 0) {
-		atomic_fetch_add(&fail_count, 1);
-		return 1;
-	}
-	atomic_fetch_sub(&fail_budget, 1);
+	/* Take one unit of the budget with a compare-and-swap: a plain
+	 * load-then-decrement lets two threads both see 1 and drive the
+	 * budget to -1, which silently switches injection off. */
+	do {
+		if (b < 0)
+			return 0;
+		if (b == 0) {
+			atomic_fetch_add(&fail_count, 1);
+			return 1;
+		}
+	} while (!atomic_compare_exchange_weak_explicit(&fail_budget, &b, b - 1,
+							memory_order_relaxed,
+							memory_order_relaxed));
 	return 0;
 }
 
