@@ -228,6 +228,31 @@ def find_binary() -> str:
 
 lib: Optional[ctypes.CDLL] = None
 lib_path: Optional[str] = None
+unavailable: set = set()  # declared functions the loaded library lacks
+
+# What this package cannot work without (libtcast 0.1.0).  Functions added
+# later are optional: with an older library, calling one raises
+# NotSupportedError instead of refusing to load at all.
+REQUIRED = frozenset(
+    """tc_version tc_strerror tc_err_name tc_dtype_name tc_dtype_from_name
+    tc_dtype_bits tc_dtype_dlpack tc_default_socket tc_client_connect
+    tc_client_close tc_client_errmsg tc_client_daemon_pid tc_client_daemon_epoch
+    tc_free tc_import tc_put_begin tc_put_data tc_put_nbytes tc_put_commit
+    tc_put_abort tc_attach tc_artifact_ref tc_artifact_close tc_artifact_id
+    tc_artifact_data tc_artifact_size tc_artifact_count tc_artifact_find
+    tc_artifact_tensors tc_artifact_meta_count tc_artifact_meta_key
+    tc_artifact_meta_value tc_artifact_dlpack tc_key_set tc_rm tc_status_json
+    tc_list_json tc_inspect_json tc_keys_json tc_export""".split()
+)
+
+
+def _unavailable(name: str, path: str):
+    def call(*_args):
+        from . import errors
+
+        raise errors.NotSupportedError(f"{name} is not in the loaded libtcast ({path}); rebuild it")
+
+    return call
 _load_lock = threading.Lock()
 
 
@@ -250,15 +275,18 @@ def load() -> ctypes.CDLL:
                 fn = getattr(handle, name)
             except AttributeError:
                 missing.append(name)
+                setattr(handle, name, _unavailable(name, path))
                 continue
             fn.restype = res
             fn.argtypes = args
-        if missing:
+        needed = sorted(set(missing) & REQUIRED)
+        if needed:
             raise LibraryNotFound(
-                f"{path} lacks {', '.join(missing)}: it is older than this "
+                f"{path} lacks {', '.join(needed)}: it is older than this "
                 "Python package; rebuild libtcast or point TCAST_LIB at a "
                 "matching build"
             )
+        unavailable.update(missing)
         lib_path = path
         lib = handle
         from . import errors  # codes a newer library adds get classes too

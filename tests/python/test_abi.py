@@ -62,3 +62,31 @@ def test_struct_layouts():
     assert ctypes.sizeof(_native.TcResult) == 72
     assert ctypes.sizeof(_native.TcOpts) == 48
     assert ctypes.sizeof(_native.TcTensorDesc) == 24
+
+
+def test_missing_optional_function_is_not_fatal():
+    """A library older than the package still loads; calling a function it
+    lacks raises NotSupportedError (required ones refuse the load)."""
+    from conftest import run_py
+
+    code = (
+        "import tcast, tcast._native as n\n"
+        "n.PROTOTYPES['tc_from_the_future'] = (None, [])\n"
+        "n.load()\n"
+        "assert 'tc_from_the_future' in n.unavailable\n"
+        "try:\n"
+        "    n.lib.tc_from_the_future()\n"
+        "except tcast.NotSupportedError as e:\n"
+        "    print('ok', e)\n"
+    )
+    assert run_py(code).stdout.startswith("ok TC_ENOTSUP: tc_from_the_future")
+    code = (
+        "import tcast._native as n\n"
+        "n.PROTOTYPES['tc_from_the_future'] = (None, [])\n"
+        "n.REQUIRED = n.REQUIRED | {'tc_from_the_future'}\n"
+        "try:\n"
+        "    n.load()\n"
+        "except n.LibraryNotFound as e:\n"
+        "    print('refused', e)\n"
+    )
+    assert "refused" in run_py(code).stdout
