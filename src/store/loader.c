@@ -51,8 +51,7 @@ static void fail(struct load_ctx *c, int rc, const char *fmt, ...)
 		atomic_store(&c->prog->cancel, 1);
 }
 
-/* First tensor whose bytes end after `pos` (tensors sorted by offset). */
-static uint32_t first_tensor(const struct tc__table *t, uint64_t pos)
+uint32_t tc__load_first_tensor(const struct tc__table *t, uint64_t pos)
 {
 	uint32_t lo = 0, hi = t->ntensors;
 
@@ -68,7 +67,7 @@ static uint32_t first_tensor(const struct tc__table *t, uint64_t pos)
 	return lo;
 }
 
-static int read_full(int fd, uint8_t *p, uint64_t len, uint64_t off)
+static int pread_full(int fd, uint8_t *p, uint64_t len, uint64_t off)
 {
 	while (len > 0) {
 		size_t want = (size_t)TC_MIN(len, (uint64_t)1 << 30);
@@ -88,15 +87,17 @@ static int read_full(int fd, uint8_t *p, uint64_t len, uint64_t off)
 	return 0;
 }
 
-/* Read the tensor bytes that fall in [w0, w1) into dst. */
-static int fill_window(struct load_ctx *c, uint64_t w0, uint64_t w1,
-		       uint32_t *cursor)
+int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
+		   uint64_t w1, uint32_t *cursor, bool zero_gaps,
+		   struct tc__reader *rd, char *err, size_t errlen)
 {
-	const struct tc__table *t = &c->src->table;
+	const struct tc__table *t = &src->table;
+	uint64_t filled = w0; /* bytes before this are read or zeroed */
 
 	for (uint32_t i = *cursor; i < t->ntensors; i++) {
 		const struct tc__tensor *x = &t->tensors[i];
-		uint64_t a, b;
+		const struct tc__source_file *f = &src->files[x->src_file];
+		uint64_t a, b, off;
 		int rc;
 
 		if (x->offset >= w1)
@@ -105,22 +106,42 @@ static int fill_window(struct load_ctx *c, uint64_t w0, uint64_t w1,
 		b = TC_MIN(x->offset + x->nbytes, w1);
 		if (a >= b)
 			continue;
-		rc = read_full(c->src->files[x->src_file].fd, c->dst + a, b - a,
-			       x->src_offset + (a - x->offset));
+		if (zero_gaps && a > filled)
+			memset(buf + (filled - w0), 0, a - filled);
+		off = x->src_offset + (a - x->offset);
+		rc = rd ? rd->read(rd, x->src_file, buf + (a - w0), b - a,
+				   off) :
+			  pread_full(f->fd, buf + (a - w0), b - a, off);
 		if (rc < 0) {
-			fail(c, rc,
-			     rc == TC_EBADFILE ?
-				     "'%s' shrank while reading tensor '%s'" :
-				     "cannot read '%s' (tensor '%s'): %s",
-			     c->src->files[x->src_file].name, x->name,
-			     strerror(-rc));
+			snprintf(
+				err, errlen,
+				rc == TC_EBADFILE ?
+					"'%s' shrank while reading tensor '%s'" :
+					"cannot read '%s' (tensor '%s'): %s",
+				f->name, x->name, tc_strerror(rc));
 			return rc;
 		}
+		filled = b;
 		/* The next window starts where this tensor may continue. */
 		if (x->offset + x->nbytes <= w1)
 			*cursor = i + 1;
 	}
+	if (zero_gaps && w1 > filled)
+		memset(buf + (filled - w0), 0, w1 - filled);
 	return 0;
+}
+
+/* Read the tensor bytes that fall in [w0, w1) into the destination. */
+static int fill_window(struct load_ctx *c, uint64_t w0, uint64_t w1,
+		       uint32_t *cursor)
+{
+	char msg[512];
+	int rc = tc__load_range(c->src, c->dst + w0, w0, w1, cursor, false,
+				NULL, msg, sizeof(msg));
+
+	if (rc < 0)
+		fail(c, rc, "%s", msg);
+	return rc;
 }
 
 static void *worker(void *arg)
@@ -146,7 +167,7 @@ static void *worker(void *arg)
 		c0 = k * TC_CHUNK_BYTES;
 		c1 = TC_MIN(c0 + TC_CHUNK_BYTES, c->size);
 		if (c->src)
-			cursor = first_tensor(&c->src->table, c0);
+			cursor = tc__load_first_tensor(&c->src->table, c0);
 		tc__hasher_reset(h);
 		for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
 			uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);

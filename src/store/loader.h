@@ -12,6 +12,7 @@
 #define TC_LOADER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -35,6 +36,30 @@ struct tc__load_progress {
 int tc__load_source(const struct tc__source *src, void *dst, int nthreads,
 		    struct tc__digest *chunks, struct tc__load_progress *prog,
 		    char *err, size_t errlen);
+
+/* Where tc__load_range gets bytes from: `read` fills dst with `len` bytes
+ * of source file `file` at offset `off`, returning 0, TC_EBADFILE (short)
+ * or -errno.  NULL means plain pread on the source's fds. */
+struct tc__reader {
+	int (*read)(struct tc__reader *r, uint32_t file, uint8_t *dst,
+		    uint64_t len, uint64_t off);
+};
+
+/* Index of the first tensor whose bytes end after byte `pos` of the
+ * artifact (tensors are sorted by offset). */
+uint32_t tc__load_first_tensor(const struct tc__table *t, uint64_t pos);
+
+/*
+ * Fill `buf` with bytes [w0, w1) of the artifact laid out from `src`:
+ * buf[0] is byte w0.  *cursor is a tensor index at or before the first one
+ * overlapping w0 (tc__load_first_tensor) and is advanced for the next
+ * window.  With zero_gaps the alignment padding between tensors is zeroed
+ * (for reused staging buffers; a fresh memfd is zero already).  Returns 0
+ * or a negative code with `err` naming the file and tensor.
+ */
+int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
+		   uint64_t w1, uint32_t *cursor, bool zero_gaps,
+		   struct tc__reader *rd, char *err, size_t errlen);
 
 /* Chunk digests of `size` bytes at `p` with `nthreads` threads. */
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,

@@ -1,0 +1,376 @@
+/*
+ * gpu_loader.c - disk (or page cache) -> pinned staging ring -> GPU.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/compiler.h"
+#include "common/log.h"
+#include "gpu_loader.h"
+#include "tcast/errors.h"
+
+#define MAX_THREADS	  64
+#define MAX_DEPTH	  8
+#define DIO_ALIGN_DEFAULT 4096
+
+/* A source file as the reader threads see it. */
+struct lfile {
+	int dfd;	/* O_DIRECT descriptor, or -1: use the source's fd */
+	uint64_t align; /* direct I/O offset and length alignment */
+};
+
+struct gload {
+	const struct tc__source *src;
+	const struct tc__gpu_mem *dst;
+	const struct tc__gpu_load_opts *o;
+	struct tc__digest *chunks;
+	struct tc__load_progress *prog;
+	struct lfile *files; /* owned, src->nfiles */
+	uint64_t size;
+	uint64_t nchunks;
+	_Atomic uint64_t next;
+	_Atomic uint64_t direct_bytes;
+	_Atomic int stop;
+	pthread_mutex_t lock; /* guards rc and err */
+	int rc;
+	char *err;
+	size_t errlen;
+};
+
+/* One staging buffer: pinned host memory and the event of its last copy. */
+struct slot {
+	uint8_t *p;
+	struct tc__gpu_event *ev;
+	bool busy; /* a copy from it may still run */
+};
+
+/* Per-thread reader: the tc__reader interface plus a bounce buffer for
+ * O_DIRECT pieces that are not aligned. */
+struct treader {
+	struct tc__reader base;
+	struct gload *g;
+	uint8_t *bounce;
+	uint64_t bounce_len;
+};
+
+static void gfail(struct gload *g, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void gfail(struct gload *g, int rc, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->rc == 0) {
+		g->rc = rc;
+		va_start(ap, fmt);
+		vsnprintf(g->err, g->errlen, fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&g->lock);
+	atomic_store(&g->stop, 1);
+}
+
+static int pread_all(int fd, uint8_t *p, uint64_t len, uint64_t off,
+		     uint64_t *got)
+{
+	*got = 0;
+	while (len > 0) {
+		ssize_t n = pread(fd, p, (size_t)TC_MIN(len, (uint64_t)1 << 30),
+				  (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		p += n;
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+		*got += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Read len bytes at off of file `file`: buffered, or O_DIRECT through the
+ * bounce buffer in aligned pieces (the file's tail may end mid-block). */
+static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
+		 uint64_t len, uint64_t off)
+{
+	struct treader *t = (struct treader *)r;
+	struct lfile *lf = &t->g->files[file];
+	uint64_t got;
+	int rc;
+
+	if (lf->dfd < 0) {
+		rc = pread_all(t->g->src->files[file].fd, dst, len, off, &got);
+		return rc < 0 ? rc : got < len ? TC_EBADFILE : 0;
+	}
+	while (len > 0) {
+		uint64_t a0 = off & ~(lf->align - 1);
+		uint64_t want = TC_ALIGN_UP(off + len, lf->align) - a0;
+		uint64_t skip = off - a0, take;
+
+		want = TC_MIN(want, t->bounce_len);
+		rc = pread_all(lf->dfd, t->bounce, want, a0, &got);
+		if (rc < 0)
+			return rc;
+		if (got <= skip)
+			return TC_EBADFILE;
+		take = TC_MIN(got - skip, len);
+		memcpy(dst, t->bounce + skip, take);
+		dst += take;
+		off += take;
+		len -= take;
+		atomic_fetch_add(&t->g->direct_bytes, take);
+		if (len && got < want)
+			return TC_EBADFILE;
+	}
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	struct gload *g = arg;
+	int dev = g->dst->device,
+	    depth = TC_MAX(1, TC_MIN(g->o->depth, MAX_DEPTH));
+	struct slot slots[MAX_DEPTH] = { 0 };
+	struct treader rd = { { tread }, g, NULL, 0 };
+	struct tc__gpu_stream *s = NULL;
+	struct tc__hasher *h = tc__hasher_new();
+	char err[512];
+	uint64_t k;
+	int rc, nslots = 0, i = 0;
+
+	if (!h) {
+		gfail(g, -ENOMEM, "out of memory");
+		return NULL;
+	}
+	rc = tc__gpu_stream_create(dev, &s, err, sizeof(err));
+	if (rc < 0) {
+		gfail(g, rc, "%s", err);
+		goto out;
+	}
+	/* Pinned staging: anonymous pages touched now, then registered, which
+	 * is far faster than allocating pinned memory through the driver. */
+	for (; nslots < depth; nslots++) {
+		void *p = mmap(NULL, TC_CHUNK_BYTES, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
+			       0);
+
+		if (p == MAP_FAILED) {
+			gfail(g, -errno, "cannot allocate staging memory");
+			goto out;
+		}
+		slots[nslots].p = p;
+		rc = tc__gpu_host_register(dev, p, TC_CHUNK_BYTES, 0, err,
+					   sizeof(err));
+		if (rc == 0)
+			rc = tc__gpu_event_create(dev, 0, &slots[nslots].ev,
+						  err, sizeof(err));
+		if (rc < 0) {
+			gfail(g, rc, "%s", err);
+			nslots++;
+			goto out;
+		}
+	}
+	rd.bounce_len = TC_CHUNK_BYTES + 2 * 65536;
+	rd.bounce = mmap(NULL, rd.bounce_len, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (rd.bounce == MAP_FAILED) {
+		rd.bounce = NULL;
+		gfail(g, -ENOMEM, "cannot allocate a bounce buffer");
+		goto out;
+	}
+	while (!atomic_load(&g->stop) &&
+	       (k = atomic_fetch_add(&g->next, 1)) < g->nchunks) {
+		struct slot *sl = &slots[i++ % nslots];
+		uint64_t c0 = k * TC_CHUNK_BYTES;
+		uint64_t c1 = TC_MIN(c0 + TC_CHUNK_BYTES, g->size);
+		uint32_t cursor = tc__load_first_tensor(&g->src->table, c0);
+
+		if (g->prog && atomic_load(&g->prog->cancel)) {
+			gfail(g, -ECANCELED, "load cancelled");
+			break;
+		}
+		if (sl->busy) {
+			rc = tc__gpu_event_sync(sl->ev, err, sizeof(err));
+			if (rc < 0) {
+				gfail(g, rc, "%s", err);
+				break;
+			}
+			sl->busy = false;
+		}
+		rc = tc__load_range(g->src, sl->p, c0, c1, &cursor, true,
+				    &rd.base, err, sizeof(err));
+		if (rc < 0) {
+			gfail(g, rc, "%s", err);
+			break;
+		}
+		tc__hasher_reset(h);
+		tc__hasher_update(h, sl->p, (size_t)(c1 - c0));
+		tc__hasher_final(h, &g->chunks[k]);
+		rc = tc__gpu_htod(dev, g->dst->dptr + c0, sl->p, c1 - c0, s,
+				  err, sizeof(err));
+		if (rc == 0)
+			rc = tc__gpu_event_record(sl->ev, s, err, sizeof(err));
+		if (rc < 0) {
+			gfail(g, rc, "%s", err);
+			break;
+		}
+		sl->busy = true;
+		if (g->prog)
+			atomic_fetch_add(&g->prog->done_bytes, c1 - c0);
+	}
+out:
+	/* No buffer may be unpinned or unmapped while a copy reads it. */
+	if (s && tc__gpu_stream_sync(s, err, sizeof(err)) < 0)
+		gfail(g, TC_ECUDA, "%s", err);
+	for (int j = 0; j < nslots; j++) {
+		if (slots[j].ev)
+			tc__gpu_event_free(slots[j].ev);
+		if (slots[j].p) {
+			tc__gpu_host_unregister(dev, slots[j].p, err,
+						sizeof(err));
+			munmap(slots[j].p, TC_CHUNK_BYTES);
+		}
+	}
+	if (rd.bounce)
+		munmap(rd.bounce, rd.bounce_len);
+	tc__gpu_stream_free(s);
+	tc__hasher_free(h);
+	return NULL;
+}
+
+/* Whether any sampled page of the file is in the page cache. */
+static bool file_cached(int fd, uint64_t size)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	unsigned char v[1];
+	bool cached = false;
+	void *p;
+
+	if (size == 0)
+		return true;
+	p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return true;
+	for (int i = 0; i < 16 && !cached; i++) {
+		uint64_t off =
+			size / 16 * (uint64_t)i / (uint64_t)pg * (uint64_t)pg;
+
+		if (mincore((uint8_t *)p + off, 1, v) == 0 && (v[0] & 1))
+			cached = true;
+	}
+	munmap(p, size);
+	return cached;
+}
+
+static void open_direct(struct gload *g)
+{
+	for (uint32_t i = 0; i < g->src->nfiles; i++) {
+		const struct tc__source_file *f = &g->src->files[i];
+		struct lfile *lf = &g->files[i];
+		char path[64];
+		struct statx sx;
+
+		lf->dfd = -1;
+		lf->align = DIO_ALIGN_DEFAULT;
+		if (g->o->direct == 0 ||
+		    (g->o->direct < 0 && file_cached(f->fd, f->size)))
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
+		lf->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		if (lf->dfd < 0) {
+			/* No O_DIRECT here (tmpfs, some overlays): buffered
+			 * reads with read-ahead are the next best thing. */
+			posix_fadvise(f->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+			continue;
+		}
+#ifdef STATX_DIOALIGN
+		if (statx(lf->dfd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) ==
+			    0 &&
+		    (sx.stx_mask & STATX_DIOALIGN) && sx.stx_dio_offset_align &&
+		    sx.stx_dio_offset_align <= 65536)
+			lf->align = TC_MAX((uint64_t)sx.stx_dio_offset_align,
+					   (uint64_t)sx.stx_dio_mem_align);
+#else
+		(void)sx;
+#endif
+	}
+}
+
+int tc__gpu_load_source(const struct tc__source *src,
+			const struct tc__gpu_mem *dst,
+			const struct tc__gpu_load_opts *o,
+			struct tc__digest *chunks,
+			struct tc__load_progress *prog,
+			struct tc__gpu_load_stats *stats, char *err,
+			size_t errlen)
+{
+	struct gload g = { 0 };
+	pthread_t tids[MAX_THREADS];
+	struct timespec t0, t1;
+	int n, started = 0;
+
+	if (dst->size < src->table.total_bytes) {
+		snprintf(err, errlen,
+			 "GPU allocation of %llu bytes is smaller "
+			 "than the artifact (%llu bytes)",
+			 (unsigned long long)dst->size,
+			 (unsigned long long)src->table.total_bytes);
+		return TC_EINVAL;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	g.src = src;
+	g.dst = dst;
+	g.o = o;
+	g.chunks = chunks;
+	g.prog = prog;
+	g.size = src->table.total_bytes;
+	g.nchunks = tc__chunk_count(g.size);
+	g.err = err;
+	g.errlen = errlen;
+	pthread_mutex_init(&g.lock, NULL);
+	g.files = tc__calloc(src->nfiles ? src->nfiles : 1, sizeof(*g.files));
+	if (!g.files)
+		return -ENOMEM;
+	open_direct(&g);
+	n = (int)TC_MIN((uint64_t)TC_MAX(o->nthreads, 1), g.nchunks);
+	n = TC_MIN(n, MAX_THREADS);
+	for (int i = 1; i < n; i++)
+		if (pthread_create(&tids[started], NULL, worker, &g) == 0)
+			started++;
+	if (g.nchunks)
+		worker(&g);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	for (uint32_t i = 0; i < src->nfiles; i++)
+		if (g.files[i].dfd >= 0)
+			close(g.files[i].dfd);
+	tc__free(g.files);
+	pthread_mutex_destroy(&g.lock);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (stats) {
+		stats->bytes = g.rc ? 0 : g.size;
+		stats->direct_bytes = atomic_load(&g.direct_bytes);
+		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
+				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+		stats->staging_bytes =
+			(uint64_t)(started + (g.nchunks ? 1 : 0)) *
+			(uint64_t)TC_MAX(1, TC_MIN(o->depth, MAX_DEPTH)) *
+			TC_CHUNK_BYTES;
+	}
+	return g.rc;
+}

@@ -1,0 +1,52 @@
+/*
+ * gpu_loader.h - safetensors sources straight into GPU memory.
+ *
+ * The artifact's byte space is processed one 4 MiB digest chunk at a time.
+ * Each reader thread owns a small ring of pinned staging buffers and one
+ * stream: it reads a chunk's tensor bytes into a free buffer (pread from
+ * the page cache, or O_DIRECT for cold files), hashes the chunk while it is
+ * in cache, and queues one host-to-device copy of it; the buffer is reused
+ * once the copy's event has fired.  So disk, CPU and PCIe work overlap, and
+ * staging memory is threads x depth x 4 MiB whatever the model's size.
+ */
+#ifndef TC_GPU_LOADER_H
+#define TC_GPU_LOADER_H
+
+#include <stdint.h>
+
+#include "common/hash.h"
+#include "format/format.h"
+#include "gpu/vmm.h"
+#include "loader.h"
+
+struct tc__gpu_load_opts {
+	int nthreads; /* reader threads (each with its own stream) */
+	int depth;    /* staging buffers per thread (>= 2 to overlap) */
+	int direct;   /* 1: O_DIRECT reads, 0: buffered, -1: per file, direct
+			 when the file is not in the page cache */
+};
+
+struct tc__gpu_load_stats {
+	uint64_t bytes;		/* artifact bytes copied to the GPU */
+	uint64_t direct_bytes;	/* of which read with O_DIRECT */
+	double seconds;		/* wall time of the whole load */
+	uint64_t staging_bytes; /* pinned staging memory used */
+};
+
+/*
+ * Load every tensor of `src` (laid out by tc__table_layout) into `dst`,
+ * which must hold at least src->table.total_bytes, and store the chunk
+ * digests in `chunks` (tc__chunk_count(total) entries).  `prog` may be NULL.
+ * Returns 0, or a negative code with `err` naming the file, tensor or CUDA
+ * call: -errno from reads, TC_EBADFILE (a file shrank), TC_ECUDA,
+ * TC_ENODEV, -ENOMEM, -ECANCELED.  Nothing leaks on any path.
+ */
+int tc__gpu_load_source(const struct tc__source *src,
+			const struct tc__gpu_mem *dst,
+			const struct tc__gpu_load_opts *o,
+			struct tc__digest *chunks,
+			struct tc__load_progress *prog,
+			struct tc__gpu_load_stats *stats, char *err,
+			size_t errlen);
+
+#endif /* TC_GPU_LOADER_H */
