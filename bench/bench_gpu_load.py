@@ -12,6 +12,7 @@ ratio safetensors time / tcast time (> 1: tcast is faster).  Also reports
 what only tcast can do: a second attach of the held artifact (what another
 process on the node pays).
 
+    python3 bench/bench_gpu_load.py                               # tests/data/tiny-llama + a 2 GiB synthetic model
     python3 bench/bench_gpu_load.py /models/llama-3-8b            # a HF folder or .safetensors files
     python3 bench/bench_gpu_load.py --synthetic 8GiB              # no model at hand: write one
     python3 bench/bench_gpu_load.py --synthetic 8GiB --cold       # drop the page cache before each load (root)
@@ -150,12 +151,16 @@ def main():
 
     tmp = None
     paths = [Path(p) for p in args.paths]
+    if not paths and not args.synthetic:
+        # Nothing named: the small test model, and a synthetic one large
+        # enough for the ratio to mean something (tiny files only measure
+        # per-call overhead).
+        paths = [REPO / "tests" / "data" / "tiny-llama"]
+        args.synthetic = "2GiB"
     if args.synthetic:
         base = Path(args.workdir) if args.workdir else Path(tmp := tempfile.mkdtemp(prefix="tcast-bench-"))
         print(f"writing a {args.synthetic} synthetic model under {base} ...", flush=True)
         paths.append(write_synthetic(base / "synthetic", parse_size(args.synthetic), args.shards))
-    if not paths:
-        paths = [REPO / "tests" / "data" / "tiny-llama", REPO / "tests" / "data" / "many-tensors.safetensors"]
     sizes = {p: size_of(p) for p in paths}
     host = args.host_memory or f"{(2 * max(sizes.values()) >> 20) + 1024}MiB"
     tc.init(mode="create", host_memory=host)
