@@ -271,12 +271,16 @@ int tc__proto_get_table(struct tc__cur *c, int check_layout,
 	}
 	if (tc__cur_read_u32(c, &nmeta) < 0)
 		goto out_short_release;
-	if (nmeta > TC_MAX_META || (uint64_t)nmeta * 8 > c->left) {
-		snprintf(err, errlen, "%u metadata entries exceed the limit",
-			 nmeta);
+	if (nmeta > TC_MAX_META) {
+		snprintf(err, errlen, "%u metadata entries exceed the limit %u",
+			 nmeta, TC_MAX_META);
 		rc = TC_ELIMIT;
 		goto out_release;
 	}
+	/* Each entry takes at least 8 bytes: a count the remaining bytes
+	 * cannot hold is a truncated table, as for tensors above. */
+	if ((uint64_t)nmeta * 8 > c->left)
+		goto out_short_release;
 	out->meta = tc__calloc(nmeta, sizeof(*out->meta));
 	if (!out->meta) {
 		rc = -ENOMEM;
@@ -286,9 +290,18 @@ int tc__proto_get_table(struct tc__cur *c, int check_layout,
 		const char *k, *v;
 		size_t kl, vl;
 
-		if (tc__cur_read_str(c, TC_MAX_META_BYTES, &k, &kl) < 0 ||
-		    tc__cur_read_str(c, TC_MAX_META_BYTES, &v, &vl) < 0)
-			goto out_short_release;
+		rc = tc__cur_read_str(c, TC_MAX_META_BYTES, &k, &kl);
+		if (rc == 0)
+			rc = tc__cur_read_str(c, TC_MAX_META_BYTES, &v, &vl);
+		if (rc < 0) {
+			/* TC_ELIMIT for a string over the limit, TC_EPROTO
+			 * for an embedded NUL or a truncation. */
+			snprintf(err, errlen,
+				 "metadata entry #%u: bad or too long key or "
+				 "value",
+				 i);
+			goto out_release;
+		}
 		out->nmeta = i + 1;
 		out->meta[i].key = tc__strndup(k, kl);
 		out->meta[i].val = tc__strndup(v, vl);
