@@ -124,6 +124,21 @@ TC_API void tc_put_abort(tc_put *p);
  * On success *out is owned by the caller (tc_artifact_close).
  * Returns 0, TC_ENOTFOUND, TC_ECLOSED or -errno. */
 TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out);
+/* Map an artifact's replica on a GPU, read-only, into this process: the
+ * daemon makes the replica on that GPU if it has none (a host-to-device
+ * copy from its host copy, once, shared by every process that attaches it
+ * there), then this process imports it.  `device` is this process's CUDA
+ * ordinal; the daemon is told the GPU's UUID, so CUDA_VISIBLE_DEVICES may
+ * differ between processes.  tc_artifact_data() is then a device pointer,
+ * tc_artifact_device() the ordinal, and DLPack exports are kDLCUDA tensors.
+ * Device writes through the mapping fail.  On success *out is owned by the
+ * caller (tc_artifact_close, which unmaps and releases the GPU lease).
+ * Returns 0, TC_ENOTFOUND, TC_ENODEV (no GPU driver here or in the daemon),
+ * TC_EDEVICE (no such ordinal here, or the daemon does not see that GPU),
+ * TC_ENOTSUP (the GPU cannot share VMM memory), TC_ENOSPACE (the GPU's
+ * budget is held by replicas in use), TC_ECUDA, TC_ECLOSED or -errno. */
+TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
+			 tc_artifact **out);
 /* Take one more reference. */
 TC_API void tc_artifact_ref(tc_artifact *a);
 /* Drop one reference; the last unmaps and releases.  NULL is a no-op. */
@@ -131,7 +146,10 @@ TC_API void tc_artifact_close(tc_artifact *a);
 
 /* Accessors: strings and arrays are borrowed, valid while `a` lives. */
 TC_API const char *tc_artifact_id(const tc_artifact *a);
+/* Host address of byte 0, or the device address for tc_attach_gpu. */
 TC_API const void *tc_artifact_data(const tc_artifact *a);
+/* The CUDA ordinal (in this process) the data lives on, or -1: host. */
+TC_API int32_t tc_artifact_device(const tc_artifact *a);
 TC_API uint64_t tc_artifact_size(const tc_artifact *a);
 TC_API uint32_t tc_artifact_count(const tc_artifact *a);
 /* Index of the tensor called `name`, or TC_ENOTFOUND. */
@@ -154,7 +172,8 @@ TC_API uint32_t tc_artifact_meta_count(const tc_artifact *a);
 TC_API const char *tc_artifact_meta_key(const tc_artifact *a, uint32_t i);
 TC_API const char *tc_artifact_meta_value(const tc_artifact *a, uint32_t i);
 
-/* Export tensor i as a DLPack capsule payload on the CPU: a
+/* Export tensor i as a DLPack capsule payload (on the CPU, or kDLCUDA with
+ * device_id = tc_artifact_device(a) for a GPU attach): a
  * DLManagedTensorVersioned (versioned != 0, flags READ_ONLY) or a legacy
  * DLManagedTensor.  The tensor holds a reference on `a`; its deleter drops
  * it.  *out is owned by the consumer (call its deleter).  Returns 0,

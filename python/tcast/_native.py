@@ -136,10 +136,12 @@ PROTOTYPES = {
     "tc_put_abort": (None, [_p]),
     # client.h: attach
     "tc_attach": (c_int, [_p, c_char_p, _pp]),
+    "tc_attach_gpu": (c_int, [_p, c_char_p, c_int32, _pp]),
     "tc_artifact_ref": (None, [_p]),
     "tc_artifact_close": (None, [_p]),
     "tc_artifact_id": (c_char_p, [_p]),
     "tc_artifact_data": (c_void_p, [_p]),
+    "tc_artifact_device": (c_int32, [_p]),
     "tc_artifact_size": (c_uint64, [_p]),
     "tc_artifact_count": (c_uint32, [_p]),
     "tc_artifact_find": (c_int64, [_p, c_char_p]),

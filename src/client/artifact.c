@@ -1,5 +1,6 @@
 /*
- * artifact.c - attached artifacts: mapping, table, DLPack, export.
+ * artifact.c - attached artifacts: mapping (host memfd or GPU replica),
+ * table, DLPack, export.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -12,11 +13,13 @@
 #include "common/alloc.h"
 #include "common/hash.h"
 #include "format/format.h"
+#include "gpu/vmm.h"
 #include "tcast/dlpack.h"
 #include "tcast/errors.h"
 
-/* Invariant: map covers map_size bytes read-only; every tensor of `table`
- * lies inside it (checked when the reply was decoded). */
+/* Invariant: map covers map_size bytes read-only (host memory when
+ * device < 0, else the GPU mapping in gmem); every tensor of `table` lies
+ * inside it (checked when the reply was decoded). */
 struct tc_artifact {
 	_Atomic int refs;
 	tc_client *c; /* holds a reference */
@@ -24,15 +27,67 @@ struct tc_artifact {
 	const uint8_t *map;
 	uint64_t map_size;
 	struct tc__table table;
-	struct tc_tensor_info *infos; /* owned, table.ntensors */
+	struct tc_tensor_info *infos;  /* owned, table.ntensors */
+	int32_t device;		       /* CUDA ordinal here, or -1: host */
+	struct tc__gpu_mem gmem;       /* owned when device >= 0 */
+	char uuid[TC_GPU_UUID_STRLEN]; /* the GPU's UUID when device >= 0 */
 };
+
+/* Tell the daemon one lease is gone (fire and forget: a DLPack deleter
+ * must never block on a reply, and a dead daemon dropped it already). */
+static void send_release(tc_client *c, const char *id, const char *uuid)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	size_t off;
+
+	off = tc__client_begin(c, &b,
+			       uuid ? TC_MSG_RELEASE_GPU : TC_MSG_RELEASE);
+	tc__buf_put_str(&b, id);
+	if (uuid)
+		tc__buf_put_str(&b, uuid);
+	tc__frame_finish(&b, off);
+	tc__client_send(c, &b);
+	tc__buf_release(&b);
+}
+
+/* Decode the table of an ATTACH or ATTACH_GPU reply and fill infos. */
+static int read_table(tc_client *c, struct reply *rep, tc_artifact *a,
+		      const char *what)
+{
+	char err[512];
+	int rc =
+		tc__proto_get_table(&rep->body, 1, &a->table, err, sizeof(err));
+
+	if (rc < 0 || a->table.total_bytes > a->map_size) {
+		if (rc == 0)
+			tc__table_release(&a->table);
+		return tc__client_err(c, TC_EPROTO, what);
+	}
+	a->infos = tc__calloc(a->table.ntensors ? a->table.ntensors : 1,
+			      sizeof(*a->infos));
+	if (!a->infos) {
+		tc__table_release(&a->table);
+		return tc__client_err(c, -ENOMEM, "out of memory");
+	}
+	for (uint32_t i = 0; i < a->table.ntensors; i++) {
+		const struct tc__tensor *x = &a->table.tensors[i];
+		struct tc_tensor_info *t = &a->infos[i];
+
+		t->name = x->name;
+		t->dtype = x->dtype;
+		t->ndim = x->ndim;
+		t->offset = x->offset;
+		t->nbytes = x->nbytes;
+		memcpy(t->shape, x->shape, sizeof(uint64_t) * x->ndim);
+	}
+	return 0;
+}
 
 TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc_artifact *a;
 	struct reply rep;
-	char err[512];
 	size_t off;
 	void *p;
 	int rc;
@@ -57,27 +112,9 @@ TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
 		rc = tc__client_err(c, TC_EPROTO, "malformed ATTACH reply");
 		goto out_free;
 	}
-	rc = tc__proto_get_table(&rep.body, 1, &a->table, err, sizeof(err));
-	if (rc < 0 || a->table.total_bytes > a->map_size) {
-		rc = tc__client_err(c, TC_EPROTO, "malformed ATTACH table");
-		goto out_table;
-	}
-	a->infos = tc__calloc(a->table.ntensors, sizeof(*a->infos));
-	if (!a->infos) {
-		rc = -ENOMEM;
-		goto out_table;
-	}
-	for (uint32_t i = 0; i < a->table.ntensors; i++) {
-		const struct tc__tensor *x = &a->table.tensors[i];
-		struct tc_tensor_info *t = &a->infos[i];
-
-		t->name = x->name;
-		t->dtype = x->dtype;
-		t->ndim = x->ndim;
-		t->offset = x->offset;
-		t->nbytes = x->nbytes;
-		memcpy(t->shape, x->shape, sizeof(uint64_t) * x->ndim);
-	}
+	rc = read_table(c, &rep, a, "malformed ATTACH table");
+	if (rc < 0)
+		goto out_free;
 	/* No MAP_POPULATE: attaching costs the same for 16 MiB and 4 GiB;
 	 * pages are mapped as they are first read. */
 	p = mmap(NULL, a->map_size, PROT_READ, MAP_SHARED, rep.fds[0], 0);
@@ -87,6 +124,8 @@ TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
 		goto out_infos;
 	}
 	a->map = p;
+	a->device = -1;
+	tc__gpu_mem_init(&a->gmem);
 	atomic_init(&a->refs, 1);
 	a->c = c;
 	tc__client_ref(c);
@@ -96,20 +135,11 @@ TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
 
 out_infos:
 	tc__free(a->infos);
-out_table:
 	tc__table_release(&a->table);
 out_free:
 	/* The daemon counted a lease: give it back. */
-	{
-		struct tc__buf r = TC_BUF_INIT;
-		size_t o = tc__client_begin(c, &r, TC_MSG_RELEASE);
-
-		tc__buf_put_str(&r, a->id);
-		tc__frame_finish(&r, o);
-		if (a->id[0])
-			tc__client_send(c, &r);
-		tc__buf_release(&r);
-	}
+	if (a->id[0])
+		send_release(c, a->id, NULL);
 	tc__free(a);
 out_reply:
 	reply_release(&rep);
@@ -121,21 +151,101 @@ TC_API void tc_artifact_ref(tc_artifact *a)
 	atomic_fetch_add(&a->refs, 1);
 }
 
-TC_API void tc_artifact_close(tc_artifact *a)
+TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
+			 tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
+	struct tc__gpu_info info;
+	char err[512], uuid[TC_GPU_UUID_STRLEN + 8];
+	struct tc_artifact *a;
+	struct reply rep;
 	size_t off;
+	int rc;
 
+	*out = NULL;
+	/* Ordinals are per process (CUDA_VISIBLE_DEVICES): the daemon is
+	 * told the GPU's UUID, never our ordinal. */
+	rc = tc__gpu_device_info(device, &info, err, sizeof(err));
+	if (rc < 0)
+		return tc__client_err(c, rc, err);
+	off = tc__client_begin(c, &b, TC_MSG_ATTACH_GPU);
+	tc__buf_put_str(&b, ref);
+	tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
+	tc__buf_put_u32(&b, 0);
+	tc__buf_put_str(&b, info.uuid_str);
+	tc__frame_finish(&b, off);
+	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
+	tc__buf_release(&b);
+	if (rc < 0)
+		return rc;
+	a = tc__calloc(1, sizeof(*a));
+	if (!a) {
+		rc = -ENOMEM;
+		goto out_reply;
+	}
+	a->device = device;
+	tc__gpu_mem_init(&a->gmem);
+	if (rep.nfds != 1 ||
+	    tc__cur_read_strcpy(&rep.body, a->id, sizeof(a->id)) < 0 ||
+	    tc__cur_read_u64(&rep.body, &a->map_size) < 0 ||
+	    tc__cur_read_strcpy(&rep.body, uuid, sizeof(uuid)) < 0) {
+		rc = tc__client_err(c, TC_EPROTO, "malformed ATTACH_GPU reply");
+		goto out_free;
+	}
+	if (strcmp(uuid, info.uuid_str)) {
+		rc = tc__client_err(c, TC_EPROTO,
+				    "ATTACH_GPU reply is for another GPU");
+		goto out_free;
+	}
+	snprintf(a->uuid, sizeof(a->uuid), "%s", uuid);
+	rc = read_table(c, &rep, a, "malformed ATTACH_GPU table");
+	if (rc < 0)
+		goto out_free;
+	/* Read-only: the mapping refuses device writes (it catches bugs;
+	 * the fd would allow a read-write import). */
+	rc = tc__gpu_import(device, rep.fds[0], a->map_size, TC_GPU_READ_ONLY,
+			    &a->gmem, err, sizeof(err));
+	if (rc < 0) {
+		tc__client_err(c, rc, err);
+		goto out_table;
+	}
+	a->map = (const uint8_t *)(uintptr_t)a->gmem.dptr;
+	atomic_init(&a->refs, 1);
+	a->c = c;
+	tc__client_ref(c);
+	reply_release(&rep); /* closes the fd: the import holds its own */
+	*out = a;
+	return 0;
+
+out_table:
+	tc__free(a->infos);
+	tc__table_release(&a->table);
+out_free:
+	/* The daemon counted a lease: give it back. */
+	if (a->id[0])
+		send_release(c, a->id, info.uuid_str);
+	tc__free(a);
+out_reply:
+	reply_release(&rep);
+	return rc;
+}
+
+TC_API int32_t tc_artifact_device(const tc_artifact *a)
+{
+	return a->device;
+}
+
+TC_API void tc_artifact_close(tc_artifact *a)
+{
 	if (!a || atomic_fetch_sub(&a->refs, 1) != 1)
 		return;
-	munmap((void *)a->map, a->map_size);
-	/* Fire and forget: a DLPack deleter must never block on a reply,
-	 * and a dead daemon has dropped the lease already. */
-	off = tc__client_begin(a->c, &b, TC_MSG_RELEASE);
-	tc__buf_put_str(&b, a->id);
-	tc__frame_finish(&b, off);
-	tc__client_send(a->c, &b);
-	tc__buf_release(&b);
+	if (a->device >= 0) {
+		tc__gpu_release(&a->gmem);
+		send_release(a->c, a->id, a->uuid);
+	} else {
+		munmap((void *)a->map, a->map_size);
+		send_release(a->c, a->id, NULL);
+	}
 	tc_client_close(a->c);
 	tc__table_release(&a->table);
 	tc__free(a->infos);
@@ -240,8 +350,8 @@ TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
 		e->shape[d] = (int64_t)x->shape[d];
 	t = versioned ? &e->u.v.dl_tensor : &e->u.l.dl_tensor;
 	t->data = (void *)(a->map + x->offset);
-	t->device.device_type = TC_kDLCPU;
-	t->device.device_id = 0;
+	t->device.device_type = a->device >= 0 ? TC_kDLCUDA : TC_kDLCPU;
+	t->device.device_id = a->device >= 0 ? a->device : 0;
 	t->ndim = x->ndim;
 	t->dtype.code = code;
 	t->dtype.bits = bits;

@@ -36,6 +36,9 @@
 #define TC_RF_EXPECT   0x2u /* IMPORT/CREATE/KEY_SET: compare-and-swap */
 #define TC_RF_NOTABLE  0x4u /* ATTACH: caller has the table already */
 
+/* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
+#define TC_GPU_ANY_DEVICE 0xffffffffu
+
 enum tc_msg_type {
 #define MSG(name, id, handler, flags) TC_MSG_##name = (id),
 #include "msgs.def"

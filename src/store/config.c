@@ -33,6 +33,8 @@ void tc__config_defaults(struct tc__store_config *c)
 	c->log_level = TC_LOG_INFO;
 	c->handshake_ms = 10000;
 	c->max_outbuf = (uint64_t)256 << 20;
+	/* 90% of each GPU: room for the CUDA contexts of its clients. */
+	c->gpu_percent = 90;
 }
 
 int tc__parse_size(const char *s, uint64_t *out)
@@ -117,6 +119,35 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 			c->host_bytes = v;
 		else
 			c->max_outbuf = v;
+		return 0;
+	}
+	if (!strcmp(key, "gpu_memory")) {
+		size_t n = strlen(val);
+		int pct;
+
+		if (n > 1 && val[n - 1] == '%') {
+			char num[16];
+
+			snprintf(num, sizeof(num), "%.*s", (int)(n - 1), val);
+			if (n - 1 >= sizeof(num) ||
+			    set_int(num, 1, 100, &pct) < 0) {
+				snprintf(why, whylen,
+					 "'%s' is not a percentage 1%%..100%%",
+					 val);
+				return TC_EINVAL;
+			}
+			c->gpu_percent = pct;
+			c->gpu_bytes = 0;
+			return 0;
+		}
+		if (tc__parse_size(val, &c->gpu_bytes) < 0 ||
+		    c->gpu_bytes == 0) {
+			snprintf(why, whylen,
+				 "'%s' is not a size or a percentage (e.g. "
+				 "40GiB, 80%%)",
+				 val);
+			return TC_EINVAL;
+		}
 		return 0;
 	}
 	if (!strcmp(key, "io_threads") || !strcmp(key, "job_threads")) {

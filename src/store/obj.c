@@ -10,6 +10,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "gpu_tier.h"
 #include "loader.h"
 #include "net/ev.h"
 #include "obj.h"
@@ -50,6 +51,8 @@ void tc__obj_free(struct tc__obj *o)
 {
 	if (!o)
 		return;
+	/* GPU replicas first: they unpin the host mapping. */
+	tc__gpu_tier_obj_free(o);
 	tc__shm_free(o->shm);
 	tc__table_release(&o->table);
 	tc__buf_release(&o->attach_body);
@@ -119,6 +122,9 @@ static void obj_kill(struct tc__objs *s, struct tc__obj *o)
 		tc__map_del(&s->by_id, o->id);
 		s->used -= o->mem_bytes;
 		tc__obj_free(o);
+	} else {
+		/* Replicas no client maps go now; the rest at release. */
+		tc__gpu_tier_obj_trim(o);
 	}
 }
 
@@ -522,12 +528,22 @@ static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 			 "host", "bytes", (json_int_t)o->mem_bytes);
 }
 
+/* obj_summary plus the GPU replicas. */
+static json_t *obj_json(struct tc__objs *s, struct tc__obj *o)
+{
+	json_t *j = obj_summary(s, o);
+
+	if (j)
+		tc__gpu_tier_obj_json(o, json_object_get(j, "replicas"));
+	return j;
+}
+
 char *tc__objs_list_json(struct tc__objs *s)
 {
 	json_t *arr = json_array();
 
 	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next)
-		json_array_append_new(arr, obj_summary(s, o));
+		json_array_append_new(arr, obj_json(s, o));
 	return dump(json_pack("{s:o, s:I, s:I}", "artifacts", arr, "used_bytes",
 			      (json_int_t)s->used, "budget_bytes",
 			      (json_int_t)s->budget));
@@ -535,8 +551,7 @@ char *tc__objs_list_json(struct tc__objs *s)
 
 char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o)
 {
-	json_t *j = obj_summary(s, o), *ts = json_array(),
-	       *meta = json_object();
+	json_t *j = obj_json(s, o), *ts = json_array(), *meta = json_object();
 
 	for (uint32_t i = 0; i < o->table.ntensors; i++) {
 		const struct tc__tensor *x = &o->table.tensors[i];

@@ -26,6 +26,8 @@
 #include "common/tensor.h"
 #include "shm.h"
 
+struct tc__obj_gpu;
+
 #define TC_KEY_MAX     512 /* bytes in a key name */
 #define TC_KEY_HISTORY 64  /* versions remembered per key */
 
@@ -52,6 +54,7 @@ struct tc__obj {
 	double load_seconds;	  /* import/put duration */
 	struct tc__obj *lru_prev; /* neighbours in the LRU list */
 	struct tc__obj *lru_next;
+	struct tc__obj_gpu *gpu; /* owned: GPU replicas (gpu_tier.h), or NULL */
 };
 
 struct tc__key_version {

@@ -23,6 +23,7 @@
 #include "common/alloc.h"
 #include "common/compiler.h"
 #include "common/log.h"
+#include "gpu_tier.h"
 #include "jobs.h"
 #include "loader.h"
 #include "net/ev.h"
@@ -40,9 +41,11 @@
 
 struct server;
 
-/* One lease a connection holds: `n` attaches of `o` not yet released. */
+/* One lease a connection holds: `n` attaches of `o` not yet released, of
+ * its host replica (rep NULL) or of one GPU replica. */
 struct lease {
 	struct tc__obj *o;
+	struct tc__gpu_replica *rep;
 	uint32_t n;
 };
 
@@ -107,13 +110,14 @@ struct server {
 	struct tc__ev *ev;
 	struct tc__jobs *jobs;
 	struct tc__objs objs;
+	struct tc__gpu_tier *gpu;
 	int lfd;
 	int sigfd;
 	struct conn *conns;
 	int nconns;
 	uint64_t epoch;
 	uint64_t start_ms;
-	uint64_t n_attach, n_import, n_put, n_proto_err;
+	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */
@@ -216,17 +220,29 @@ static void reply_json(struct conn *c, const struct req *r, char *json)
 static struct lease *lease_find(struct conn *c, const char *id)
 {
 	for (uint32_t i = 0; i < c->nleases; i++)
-		if (!strcmp(c->leases[i].o->id, id) && !c->leases[i].o->dead)
+		if (!c->leases[i].rep && !strcmp(c->leases[i].o->id, id) &&
+		    !c->leases[i].o->dead)
 			return &c->leases[i];
 	return NULL;
 }
 
-static int lease_add(struct conn *c, struct tc__obj *o)
+/* Take one lease on o's host replica (rep NULL) or on a GPU replica. */
+static void lease_take(struct conn *c, struct tc__obj *o,
+		       struct tc__gpu_replica *rep)
+{
+	if (rep)
+		tc__gpu_replica_lease(c->srv->gpu, rep);
+	else
+		tc__objs_lease(&c->srv->objs, o);
+}
+
+static int lease_add(struct conn *c, struct tc__obj *o,
+		     struct tc__gpu_replica *rep)
 {
 	for (uint32_t i = 0; i < c->nleases; i++)
-		if (c->leases[i].o == o) {
+		if (c->leases[i].o == o && c->leases[i].rep == rep) {
 			c->leases[i].n++;
-			tc__objs_lease(&c->srv->objs, o);
+			lease_take(c, o, rep);
 			return 0;
 		}
 	if (c->nleases == c->cap_leases) {
@@ -239,19 +255,24 @@ static int lease_add(struct conn *c, struct tc__obj *o)
 		c->cap_leases = cap;
 	}
 	c->leases[c->nleases].o = o;
+	c->leases[c->nleases].rep = rep;
 	c->leases[c->nleases].n = 1;
 	c->nleases++;
-	tc__objs_lease(&c->srv->objs, o);
+	lease_take(c, o, rep);
 	return 0;
 }
 
 static void lease_drop(struct conn *c, struct lease *l)
 {
+	struct tc__gpu_replica *rep = l->rep;
 	struct tc__obj *o = l->o;
 
 	if (--l->n == 0)
 		*l = c->leases[--c->nleases];
-	tc__objs_unlease(&c->srv->objs, o);
+	if (rep)
+		tc__gpu_replica_unlease(c->srv->gpu, rep);
+	else
+		tc__objs_unlease(&c->srv->objs, o);
 }
 
 /* ----------------------------------------------------------- handlers */
@@ -298,7 +319,7 @@ static int on_hello(struct conn *c, struct req *r)
 static int on_status(struct conn *c, struct req *r)
 {
 	struct server *s = c->srv;
-	char *json;
+	char *json, *gpu = tc__gpu_tier_status_json(s->gpu);
 	int n = 0;
 
 	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
@@ -310,7 +331,7 @@ static int on_status(struct conn *c, struct req *r)
 		     "\"host_budget_bytes\":%llu,\"evictions\":%llu,"
 		     "\"attaches\":%llu,\"imports\":%llu,\"puts\":%llu,"
 		     "\"protocol_errors\":%llu,\"io_threads\":%d,"
-		     "\"jobs_pending\":%d}",
+		     "\"jobs_pending\":%d,\"gpu_attaches\":%llu,\"gpu\":%s}",
 		     TC_VERSION_STRING, (int)getpid(),
 		     (unsigned long long)s->epoch, s->cfg->socket,
 		     (unsigned long long)(tc__now_ms() - s->start_ms),
@@ -322,8 +343,11 @@ static int on_status(struct conn *c, struct req *r)
 		     (unsigned long long)s->n_import,
 		     (unsigned long long)s->n_put,
 		     (unsigned long long)s->n_proto_err, s->cfg->io_threads,
-		     tc__jobs_pending(s->jobs)) < 0)
+		     tc__jobs_pending(s->jobs),
+		     (unsigned long long)s->n_attach_gpu,
+		     gpu ? gpu : "null") < 0)
 		json = NULL;
+	free(gpu);
 	reply_json(c, r, json);
 	return 0;
 }
@@ -873,7 +897,7 @@ static int on_attach(struct conn *c, struct req *r)
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
 		return rc;
-	if (lease_add(c, o) < 0)
+	if (lease_add(c, o, NULL) < 0)
 		return -ENOMEM;
 	c->srv->n_attach++;
 	off = reply_begin(c, r);
@@ -899,7 +923,7 @@ static int on_release(struct conn *c, struct req *r)
 		/* Also reached when rm made the artifact dead: find it by
 		 * pointer among dead leases. */
 		for (uint32_t i = 0; i < c->nleases; i++)
-			if (c->leases[i].o->dead &&
+			if (!c->leases[i].rep && c->leases[i].o->dead &&
 			    !strcmp(c->leases[i].o->id, id))
 				l = &c->leases[i];
 	}
@@ -908,6 +932,154 @@ static int on_release(struct conn *c, struct req *r)
 			"pid %d released '%s', which it does not "
 			"hold",
 			(int)c->pid, id);
+		return 0; /* no reply to a fire-and-forget message */
+	}
+	lease_drop(c, l);
+	return 0;
+}
+
+/* ------------------------------------------------------------ GPU tier */
+
+/* An ATTACH_GPU waiting for the driver or a fill (gpu_tier.c answers). */
+struct gpu_wait {
+	struct conn *c;
+	struct req r; /* header copy; body consumed */
+};
+
+/* Lease `rep` for c and reply: id, allocation size, GPU UUID, table, and
+ * the exported fd (borrowed from the replica: sendmsg dups it, and the
+ * lease keeps the replica until this reply is long gone). */
+static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
+		     struct tc__gpu_replica *rep)
+{
+	struct lease *l;
+	size_t off;
+
+	if (lease_add(c, o, rep) < 0)
+		return -ENOMEM;
+	c->srv->n_attach_gpu++;
+	off = reply_begin(c, r);
+	tc__buf_put_str(&c->out, o->id);
+	tc__buf_put_u64(&c->out, rep->mem.size);
+	tc__buf_put_str(&c->out, rep->dev->info.uuid_str);
+	tc__proto_put_table(&c->out, &o->table);
+	if (reply_fds(c, off, &rep->mem.fd, 1, false) < 0) {
+		/* Drop the half-built frame with the lease. */
+		c->out.len = off;
+		for (l = c->leases; l < c->leases + c->nleases; l++)
+			if (l->rep == rep) {
+				lease_drop(c, l);
+				break;
+			}
+		return -ENOMEM;
+	}
+	reply_end(c, off);
+	return 0;
+}
+
+static void attach_gpu_done(void *arg, struct tc__obj *o,
+			    struct tc__gpu_replica *rep, int rc,
+			    const char *err)
+{
+	struct gpu_wait *w = arg;
+	struct conn *c = w->c;
+
+	c->jobs--;
+	c->paused = false;
+	if (!c->closing) {
+		c->err[0] = '\0';
+		if (rc == 0)
+			rc = reply_gpu(c, &w->r, o, rep);
+		else
+			snprintf(c->err, sizeof(c->err), "%s",
+				 err && *err ? err : tc_strerror(rc));
+		if (rc < 0)
+			reply_error(c, &w->r, rc);
+		conn_flush(c);
+		conn_process(c);
+	}
+	tc__free(w);
+}
+
+static int on_attach_gpu(struct conn *c, struct req *r)
+{
+	char ref[TC_PROTO_MAX_STR], uuid_s[TC_GPU_UUID_STRLEN + 8];
+	uint8_t uuid[TC_GPU_UUID_BYTES];
+	struct tc__gpu_replica *rep;
+	uint32_t device, flags;
+	struct gpu_wait *w;
+	struct tc__obj *o;
+	int rc;
+
+	if ((rc = read_str(c, r, "reference", ref, sizeof(ref))) < 0)
+		return rc;
+	if (tc__cur_read_u32(&r->body, &device) < 0 ||
+	    tc__cur_read_u32(&r->body, &flags) < 0)
+		return TC_EPROTO;
+	if ((rc = read_str(c, r, "GPU UUID", uuid_s, sizeof(uuid_s))) < 0)
+		return rc;
+	if (flags) {
+		snprintf(c->err, sizeof(c->err), "unknown ATTACH_GPU flags %#x",
+			 flags);
+		return TC_EINVAL;
+	}
+	if (uuid_s[0] && tc__gpu_uuid_parse(uuid_s, uuid) < 0) {
+		snprintf(c->err, sizeof(c->err), "'%s' is not a GPU UUID",
+			 uuid_s);
+		return TC_EINVAL;
+	}
+	if (!uuid_s[0] && device == TC_GPU_ANY_DEVICE) {
+		snprintf(c->err, sizeof(c->err),
+			 "ATTACH_GPU names no device (no ordinal, no UUID)");
+		return TC_EINVAL;
+	}
+	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
+	if (!o)
+		return rc;
+	w = tc__calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->c = c;
+	w->r = *r;
+	rc = tc__gpu_tier_attach(c->srv->gpu, o, device,
+				 uuid_s[0] ? uuid : NULL, attach_gpu_done, w,
+				 &rep, c->err, sizeof(c->err));
+	if (rc == 1) {
+		/* Frames of this connection wait until the answer. */
+		c->jobs++;
+		c->paused = true;
+		return 0;
+	}
+	tc__free(w);
+	if (rc < 0)
+		return rc;
+	return reply_gpu(c, r, o, rep);
+}
+
+static int on_release_gpu(struct conn *c, struct req *r)
+{
+	char id[TC_ID_LEN + 1], uuid_s[TC_GPU_UUID_STRLEN + 8];
+	uint8_t uuid[TC_GPU_UUID_BYTES];
+	struct lease *l = NULL;
+
+	if (tc__cur_read_strcpy(&r->body, id, sizeof(id)) < 0 ||
+	    tc__cur_read_strcpy(&r->body, uuid_s, sizeof(uuid_s)) < 0 ||
+	    tc__gpu_uuid_parse(uuid_s, uuid) < 0)
+		return TC_EPROTO;
+	/* Prefer a live artifact's lease; a removed one keeps its id. */
+	for (uint32_t i = 0; i < c->nleases; i++) {
+		struct lease *x = &c->leases[i];
+
+		if (!x->rep || strcmp(x->o->id, id) ||
+		    memcmp(x->rep->dev->info.uuid, uuid, TC_GPU_UUID_BYTES))
+			continue;
+		if (!l || !x->o->dead)
+			l = x;
+	}
+	if (!l) {
+		tc__log(TC_LOG_WARN,
+			"pid %d released '%s' on %s, which it does not hold",
+			(int)c->pid, id, uuid_s);
 		return 0; /* no reply to a fire-and-forget message */
 	}
 	lease_drop(c, l);
@@ -1259,10 +1431,8 @@ static void conn_free(struct conn *c)
 	while (c->nleases) {
 		struct lease *l = &c->leases[0];
 
-		while (l->n > 1) {
-			l->n--;
-			tc__objs_unlease(&s->objs, l->o);
-		}
+		while (l->n > 1)
+			lease_drop(c, l);
 		lease_drop(c, l);
 	}
 	while (c->pending) {
@@ -1434,6 +1604,12 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 			 strerror(-rc));
 		goto out_sig;
 	}
+	rc = tc__gpu_tier_new(cfg, &s.objs, s.jobs, &s.gpu);
+	if (rc < 0) {
+		snprintf(err, errlen, "out of memory");
+		tc__jobs_free(s.jobs);
+		goto out_sig;
+	}
 	tc__ev_add(s.ev, s.lfd, TC_EV_READ, on_accept, &s);
 	tc__ev_add(s.ev, s.sigfd, TC_EV_READ, on_signal, &s);
 	tc__ev_set_hooks(s.ev, before_sleep, on_tick, 50, &s);
@@ -1454,9 +1630,11 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	tc__ev_del(s.ev, s.lfd);
 	for (struct conn *c = s.conns; c; c = c->next)
 		conn_close(c, NULL);
+	tc__gpu_tier_stop(s.gpu);
 	tc__jobs_free(s.jobs);
 	before_sleep(s.ev, &s);
 	tc__objs_release(&s.objs);
+	tc__gpu_tier_free(s.gpu);
 	unlink(cfg->socket);
 	tc__log(TC_LOG_INFO, "tcast daemon stopped");
 out_sig:

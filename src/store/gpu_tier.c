@@ -1,0 +1,824 @@
+/*
+ * gpu_tier.c - GPU replicas of artifacts: lazy driver load, per-device
+ * budgets, fill jobs, leases, LRU eviction.
+ *
+ * State machine of the tier: CLOSED (driver never asked for) -> OPENING (a
+ * job loads the driver and lists devices; requests queue) -> OPEN, or
+ * FAILED (sticky: every request gets the load error).  A replica is created
+ * by the first request for (artifact, device): budget reserved on the loop,
+ * then a job pins the artifact's host mapping (once per artifact),
+ * allocates, copies and zeroes the tail; requests for it meanwhile wait on
+ * the replica.  Only done() callbacks and the functions below touch tier
+ * state, all on the loop thread.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "config.h"
+#include "gpu_tier.h"
+#include "jobs.h"
+#include "net/ev.h"
+#include "obj.h"
+#include "proto/proto.h"
+#include "tcast/errors.h"
+
+#define GT_DEFAULT_GRAN ((uint64_t)2 << 20) /* until a device tells us */
+
+enum { GT_CLOSED, GT_OPENING, GT_OPEN, GT_FAILED };
+
+/* One request waiting for the driver or for a fill.  Holds an artifact
+ * lease so the artifact outlives the wait. */
+struct gt_req {
+	struct tc__obj *o;
+	uint32_t device; /* daemon ordinal or TC_GPU_ANY_DEVICE */
+	bool by_uuid;	 /* uuid names the device */
+	uint8_t uuid[TC_GPU_UUID_BYTES]; /* when by_uuid */
+	tc__gpu_tier_cb *cb;
+	void *arg;
+	struct gt_req *next;
+};
+
+struct tc__gpu_tier {
+	const struct tc__store_config *cfg;
+	struct tc__objs *objs;
+	struct tc__jobs *jobs;
+	int state;		     /* GT_* */
+	bool stopping;		     /* daemon exit: submit no more jobs */
+	int open_rc;		     /* when FAILED */
+	char open_err[384];	     /* when FAILED */
+	struct gt_req *open_waiters; /* while OPENING, in arrival order */
+	int driver_version;
+	char driver_path[256];
+	int ndev;
+	struct tc__gpu_dev devs[TC_GPU_TIER_MAX_DEV];
+	uint64_t n_fills, n_fill_failures, n_fill_bytes;
+};
+
+/* Loads the driver and lists devices (no context is created). */
+struct open_job {
+	struct tc__job job;
+	struct tc__gpu_tier *t;
+	int rc;
+	int ndev;
+	int version;
+	char path[256];
+	struct tc__gpu_info infos[TC_GPU_TIER_MAX_DEV];
+	char err[384];
+};
+
+/* Fills one replica.  run() sees only these fields. */
+struct fill_job {
+	struct tc__job job;
+	struct tc__gpu_tier *t;
+	struct tc__gpu_replica *r; /* done() only */
+	int ordinal;
+	const void *src;      /* the artifact's read-only host mapping */
+	uint64_t src_bytes;   /* bytes to copy (the byte space) */
+	uint64_t map_bytes;   /* bytes of the mapping (page-rounded) */
+	uint64_t alloc_bytes; /* bytes to allocate */
+	bool do_register;     /* pin the host mapping first */
+	bool pinned;	      /* copy runs from pinned memory */
+	bool retried;	      /* evicted once after an OOM already */
+	int reg_rc;
+	char reg_err[256];
+	struct tc__gpu_mem mem;
+	uint64_t gran;
+	int rc;
+	bool oom;
+	double seconds;
+	char err[384];
+};
+
+static int dev_index(const struct tc__gpu_tier *t, const struct tc__gpu_dev *d)
+{
+	return (int)(d - t->devs);
+}
+
+/* ------------------------------------------------------------------ LRU */
+
+static void lru_unlink(struct tc__gpu_dev *d, struct tc__gpu_replica *r)
+{
+	if (r->lru_prev)
+		r->lru_prev->lru_next = r->lru_next;
+	else if (d->lru_head == r)
+		d->lru_head = r->lru_next;
+	if (r->lru_next)
+		r->lru_next->lru_prev = r->lru_prev;
+	else if (d->lru_tail == r)
+		d->lru_tail = r->lru_prev;
+	r->lru_prev = r->lru_next = NULL;
+}
+
+static void lru_push(struct tc__gpu_dev *d, struct tc__gpu_replica *r)
+{
+	r->lru_prev = NULL;
+	r->lru_next = d->lru_head;
+	if (d->lru_head)
+		d->lru_head->lru_prev = r;
+	d->lru_head = r;
+	if (!d->lru_tail)
+		d->lru_tail = r;
+}
+
+static void replica_touch(struct tc__gpu_replica *r)
+{
+	r->last_use_ns = tc__now_ns();
+	if (r->ready && r->dev->lru_head != r) {
+		lru_unlink(r->dev, r);
+		lru_push(r->dev, r);
+	}
+}
+
+/* Free a ready, unleased replica: unaccount, unmap, release. */
+static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
+{
+	struct tc__gpu_dev *d = r->dev;
+
+	if (r->ready)
+		lru_unlink(d, r);
+	r->o->gpu->rep[dev_index(t, d)] = NULL;
+	d->used -= r->bytes;
+	d->nreplicas--;
+	tc__gpu_release(&r->mem);
+	tc__free(r);
+}
+
+/* Evict unleased ready replicas of `d`, least recently used first, until
+ * `need` more bytes fit (need 0: until `want` bytes were freed).  Returns
+ * the number evicted. */
+static int evict(struct tc__gpu_tier *t, struct tc__gpu_dev *d, uint64_t need,
+		 uint64_t want)
+{
+	struct tc__gpu_replica *r, *prev;
+	uint64_t freed = 0;
+	int n = 0;
+
+	for (r = d->lru_tail; r; r = prev) {
+		prev = r->lru_prev;
+		if (need ? d->used + need <= d->budget : freed >= want)
+			break;
+		if (r->leases)
+			continue;
+		tc__log(TC_LOG_INFO,
+			"evicting GPU %d replica of '%s' (%llu bytes) to make "
+			"room",
+			dev_index(t, d), r->o->id,
+			(unsigned long long)r->bytes);
+		freed += r->bytes;
+		d->evictions++;
+		n++;
+		replica_free(t, r);
+	}
+	return n;
+}
+
+/* Charge `bytes` to d, evicting unleased replicas if needed. */
+static int reserve(struct tc__gpu_tier *t, struct tc__gpu_dev *d,
+		   uint64_t bytes, char *err, size_t errlen)
+{
+	uint64_t held = 0, filling = 0;
+	int i = dev_index(t, d);
+
+	if (bytes > d->budget) {
+		snprintf(err, errlen,
+			 "needs %llu bytes but the budget of GPU %d (%s) is "
+			 "%llu bytes",
+			 (unsigned long long)bytes, i, d->info.uuid_str,
+			 (unsigned long long)d->budget);
+		return TC_ENOSPACE;
+	}
+	if (d->used + bytes > d->budget)
+		evict(t, d, bytes, 0);
+	if (d->used + bytes > d->budget) {
+		for (struct tc__gpu_replica *r = d->lru_head; r;
+		     r = r->lru_next)
+			if (r->leases)
+				held += r->bytes;
+		filling = d->used;
+		for (struct tc__gpu_replica *r = d->lru_head; r;
+		     r = r->lru_next)
+			filling -= r->bytes;
+		snprintf(err, errlen,
+			 "GPU %d budget exhausted: need %llu bytes, %llu of "
+			 "%llu free; %llu held by clients, %llu being filled",
+			 i, (unsigned long long)bytes,
+			 (unsigned long long)(d->budget - d->used),
+			 (unsigned long long)d->budget,
+			 (unsigned long long)held, (unsigned long long)filling);
+		return TC_ENOSPACE;
+	}
+	d->used += bytes;
+	return 0;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int tc__gpu_tier_new(const struct tc__store_config *cfg, struct tc__objs *objs,
+		     struct tc__jobs *jobs, struct tc__gpu_tier **out)
+{
+	struct tc__gpu_tier *t = tc__calloc(1, sizeof(*t));
+
+	*out = NULL;
+	if (!t)
+		return -ENOMEM;
+	t->cfg = cfg;
+	t->objs = objs;
+	t->jobs = jobs;
+	t->state = GT_CLOSED;
+	*out = t;
+	return 0;
+}
+
+void tc__gpu_tier_stop(struct tc__gpu_tier *t)
+{
+	t->stopping = true;
+}
+
+void tc__gpu_tier_free(struct tc__gpu_tier *t)
+{
+	if (!t)
+		return;
+	for (int i = 0; i < t->ndev; i++)
+		if (t->devs[i].nreplicas)
+			tc__log(TC_LOG_WARN,
+				"GPU %d: %u replicas outlive the tier", i,
+				t->devs[i].nreplicas);
+	tc__free(t);
+}
+
+/* ------------------------------------------------------------- requests */
+
+static void req_free(struct tc__gpu_tier *t, struct gt_req *q)
+{
+	struct tc__obj *o = q->o;
+
+	tc__free(q);
+	tc__objs_unlease(t->objs, o); /* may free a removed artifact */
+}
+
+static void fill_run(struct tc__job *job);
+static void fill_done(struct tc__job *job);
+
+/* Route q to its device: 0 with *rep ready, 1 when q now waits on a fill
+ * (owned by the replica), or an error (q still the caller's). */
+static int route(struct tc__gpu_tier *t, struct gt_req *q,
+		 struct tc__gpu_replica **rep, char *err, size_t errlen)
+{
+	struct tc__obj *o = q->o;
+	struct tc__gpu_replica *r;
+	struct tc__gpu_dev *d = NULL;
+	struct fill_job *j;
+	uint64_t gran, bytes;
+	int i, rc;
+
+	*rep = NULL;
+	if (t->stopping) {
+		snprintf(err, errlen, "the daemon is shutting down");
+		return TC_ECLOSED;
+	}
+	if (q->by_uuid) {
+		char s[TC_GPU_UUID_STRLEN];
+
+		for (i = 0; i < t->ndev; i++)
+			if (!memcmp(t->devs[i].info.uuid, q->uuid,
+				    TC_GPU_UUID_BYTES)) {
+				d = &t->devs[i];
+				break;
+			}
+		tc__gpu_uuid_format(q->uuid, s);
+		if (!d) {
+			snprintf(err, errlen,
+				 "GPU '%s' is not visible to the daemon (it "
+				 "sees %d GPUs; check CUDA_VISIBLE_DEVICES of "
+				 "the daemon)",
+				 s, t->ndev);
+			return TC_EDEVICE;
+		}
+		if (q->device != TC_GPU_ANY_DEVICE &&
+		    q->device != (uint32_t)i) {
+			snprintf(err, errlen,
+				 "GPU '%s' is the daemon's GPU %d, not %u", s,
+				 i, q->device);
+			return TC_EINVAL;
+		}
+	} else {
+		if (q->device >= (uint32_t)t->ndev) {
+			snprintf(err, errlen,
+				 "no GPU %u in the daemon (it sees %d GPUs)",
+				 q->device, t->ndev);
+			return TC_EDEVICE;
+		}
+		i = (int)q->device;
+		d = &t->devs[i];
+	}
+	if (!d->info.vmm || !d->info.posix_fd) {
+		snprintf(err, errlen,
+			 "GPU %d (%s) cannot share memory as POSIX fds (no "
+			 "VMM or no POSIX-fd handles)",
+			 i, d->info.name);
+		return TC_ENOTSUP;
+	}
+	r = o->gpu ? o->gpu->rep[i] : NULL;
+	if (r && r->ready) {
+		replica_touch(r);
+		*rep = r;
+		return 0;
+	}
+	if (r) {
+		q->next = r->waiters;
+		r->waiters = q;
+		return 1;
+	}
+	if (!o->gpu) {
+		o->gpu = tc__calloc(1, sizeof(*o->gpu));
+		if (!o->gpu)
+			return -ENOMEM;
+		o->gpu->tier = t;
+	}
+	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
+	bytes = o->table.total_bytes ? o->table.total_bytes : 1;
+	bytes = (bytes + gran - 1) / gran * gran;
+	r = tc__calloc(1, sizeof(*r));
+	j = tc__calloc(1, sizeof(*j));
+	if (!r || !j) {
+		tc__free(r);
+		tc__free(j);
+		return -ENOMEM;
+	}
+	rc = reserve(t, d, bytes, err, errlen);
+	if (rc < 0) {
+		tc__free(r);
+		tc__free(j);
+		return rc;
+	}
+	r->o = o;
+	r->dev = d;
+	r->bytes = bytes;
+	tc__gpu_mem_init(&r->mem);
+	o->gpu->rep[i] = r;
+	d->nreplicas++;
+
+	j->t = t;
+	j->r = r;
+	j->ordinal = i;
+	j->src = o->shm->map;
+	j->src_bytes = o->table.total_bytes;
+	j->map_bytes = o->shm->size;
+	j->alloc_bytes = bytes;
+	if (o->gpu->reg_state == GT_REG_NONE) {
+		o->gpu->reg_state = GT_REG_BUSY;
+		j->do_register = true;
+	}
+	j->pinned = o->gpu->reg_state == GT_REG_DONE;
+	tc__gpu_mem_init(&j->mem);
+	j->job.run = fill_run;
+	j->job.done = fill_done;
+	tc__objs_lease(t->objs, o); /* the job's own hold */
+	q->next = NULL;
+	r->waiters = q;
+	tc__jobs_submit(t->jobs, &j->job);
+	return 1;
+}
+
+/* Answer a request that waited for the driver. */
+static void answer_routed(struct tc__gpu_tier *t, struct gt_req *q)
+{
+	struct tc__gpu_replica *rep;
+	char err[512];
+	int rc;
+
+	err[0] = '\0';
+	rc = route(t, q, &rep, err, sizeof(err));
+	if (rc == 1)
+		return; /* waits on a fill now */
+	q->cb(q->arg, q->o, rep, rc, err);
+	req_free(t, q);
+}
+
+static void open_run(struct tc__job *job)
+{
+	struct open_job *j = (struct open_job *)job;
+	const char *path = NULL;
+	int n;
+
+	j->rc = tc__gpu_init(j->err, sizeof(j->err));
+	if (j->rc < 0)
+		return;
+	if (tc__gpu_driver_version(&j->version, &path, NULL, 0) == 0 && path)
+		snprintf(j->path, sizeof(j->path), "%s", path);
+	n = tc__gpu_device_count(j->err, sizeof(j->err));
+	if (n < 0) {
+		j->rc = n;
+		return;
+	}
+	if (n > TC_GPU_TIER_MAX_DEV)
+		n = TC_GPU_TIER_MAX_DEV;
+	for (int i = 0; i < n; i++) {
+		j->rc = tc__gpu_device_info(i, &j->infos[i], j->err,
+					    sizeof(j->err));
+		if (j->rc < 0)
+			return;
+	}
+	j->ndev = n;
+}
+
+static void open_done(struct tc__job *job)
+{
+	struct open_job *j = (struct open_job *)job;
+	struct tc__gpu_tier *t = j->t;
+	struct gt_req *q, *next, *list = NULL;
+
+	/* Answer in arrival order. */
+	for (q = t->open_waiters; q; q = next) {
+		next = q->next;
+		q->next = list;
+		list = q;
+	}
+	t->open_waiters = NULL;
+	if (j->rc < 0) {
+		t->state = GT_FAILED;
+		t->open_rc = j->rc == TC_ECUDA || j->rc == -ENOMEM ? j->rc :
+								     TC_ENODEV;
+		snprintf(t->open_err, sizeof(t->open_err),
+			 "the daemon cannot use GPUs: %s", j->err);
+		tc__log(TC_LOG_WARN, "%s", t->open_err);
+		for (q = list; q; q = next) {
+			next = q->next;
+			q->cb(q->arg, q->o, NULL, t->open_rc, t->open_err);
+			req_free(t, q);
+		}
+		tc__free(j);
+		return;
+	}
+	t->state = GT_OPEN;
+	t->ndev = j->ndev;
+	t->driver_version = j->version;
+	snprintf(t->driver_path, sizeof(t->driver_path), "%s", j->path);
+	for (int i = 0; i < t->ndev; i++) {
+		struct tc__gpu_dev *d = &t->devs[i];
+		uint64_t total = j->infos[i].total_bytes;
+
+		d->info = j->infos[i];
+		if (t->cfg->gpu_bytes) {
+			d->budget = t->cfg->gpu_bytes;
+			if (d->budget > total) {
+				tc__log(TC_LOG_WARN,
+					"gpu_memory %llu bytes exceeds GPU "
+					"%d's %llu bytes: using all of it",
+					(unsigned long long)d->budget, i,
+					(unsigned long long)total);
+				d->budget = total;
+			}
+		} else {
+			d->budget = total / 100 * (uint64_t)t->cfg->gpu_percent;
+		}
+		tc__log(TC_LOG_INFO,
+			"GPU %d: %s %s (%s), %llu bytes, budget %llu bytes%s",
+			i, d->info.uuid_str, d->info.name, d->info.pci_bus_id,
+			(unsigned long long)total,
+			(unsigned long long)d->budget,
+			d->info.vmm && d->info.posix_fd ?
+				"" :
+				" (no VMM/POSIX-fd sharing: unusable)");
+	}
+	tc__log(TC_LOG_INFO, "GPU driver %d.%d loaded from '%s': %d GPUs",
+		t->driver_version / 1000, t->driver_version % 1000 / 10,
+		t->driver_path, t->ndev);
+	for (q = list; q; q = next) {
+		next = q->next;
+		answer_routed(t, q);
+	}
+	tc__free(j);
+}
+
+int tc__gpu_tier_attach(struct tc__gpu_tier *t, struct tc__obj *o,
+			uint32_t device, const uint8_t *uuid,
+			tc__gpu_tier_cb *cb, void *arg,
+			struct tc__gpu_replica **rep, char *err, size_t errlen)
+{
+	struct open_job *j;
+	struct gt_req *q;
+	int rc;
+
+	*rep = NULL;
+	if (t->stopping) {
+		snprintf(err, errlen, "the daemon is shutting down");
+		return TC_ECLOSED;
+	}
+	if (t->state == GT_FAILED) {
+		snprintf(err, errlen, "%s", t->open_err);
+		return t->open_rc;
+	}
+	q = tc__calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->o = o;
+	q->device = device;
+	q->by_uuid = uuid != NULL;
+	if (uuid)
+		memcpy(q->uuid, uuid, TC_GPU_UUID_BYTES);
+	q->cb = cb;
+	q->arg = arg;
+	tc__objs_lease(t->objs, o);
+	if (t->state == GT_OPEN) {
+		rc = route(t, q, rep, err, errlen);
+		if (rc != 1)
+			req_free(t, q);
+		return rc;
+	}
+	if (t->state == GT_CLOSED) {
+		j = tc__calloc(1, sizeof(*j));
+		if (!j) {
+			req_free(t, q);
+			return -ENOMEM;
+		}
+		j->t = t;
+		j->job.run = open_run;
+		j->job.done = open_done;
+		t->state = GT_OPENING;
+		tc__log(TC_LOG_INFO, "first GPU request: loading the driver");
+		tc__jobs_submit(t->jobs, &j->job);
+	}
+	q->next = t->open_waiters;
+	t->open_waiters = q;
+	return 1;
+}
+
+struct tc__gpu_replica *tc__gpu_tier_find(struct tc__gpu_tier *t,
+					  struct tc__obj *o,
+					  const uint8_t uuid[TC_GPU_UUID_BYTES])
+{
+	if (t->state != GT_OPEN || !o->gpu)
+		return NULL;
+	for (int i = 0; i < t->ndev; i++)
+		if (!memcmp(t->devs[i].info.uuid, uuid, TC_GPU_UUID_BYTES))
+			return o->gpu->rep[i] && o->gpu->rep[i]->ready ?
+				       o->gpu->rep[i] :
+				       NULL;
+	return NULL;
+}
+
+/* ----------------------------------------------------------------- fill */
+
+static void fill_run(struct tc__job *job)
+{
+	struct fill_job *j = (struct fill_job *)job;
+	uint64_t t0 = tc__now_ns();
+
+	if (j->do_register) {
+		/* Pin the sealed mapping once, so this and later copies run
+		 * at the pinned rate.  A failure (RLIMIT_MEMLOCK, a driver
+		 * that cannot pin read-only memory) only costs speed. */
+		j->reg_rc = tc__gpu_host_register(j->ordinal, (void *)j->src,
+						  j->map_bytes,
+						  TC_GPU_READ_ONLY, j->reg_err,
+						  sizeof(j->reg_err));
+		j->pinned = j->reg_rc == 0;
+	}
+	j->rc = tc__gpu_alloc(j->ordinal, j->alloc_bytes, 0, &j->mem, j->err,
+			      sizeof(j->err));
+	if (j->rc < 0) {
+		j->oom = tc__gpu_last_error_oom();
+		goto out;
+	}
+	if (tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
+		j->gran = 0;
+	j->rc = tc__gpu_mem_write(&j->mem, 0, j->src, j->src_bytes, NULL,
+				  j->err, sizeof(j->err));
+	/* Zero the rounding tail: clients see only what the artifact says. */
+	if (j->rc == 0 && j->mem.size > j->src_bytes)
+		j->rc = tc__gpu_memset8(j->ordinal, j->mem.dptr + j->src_bytes,
+					0, j->mem.size - j->src_bytes, NULL,
+					j->err, sizeof(j->err));
+	if (j->rc < 0)
+		tc__gpu_release(&j->mem);
+out:
+	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
+}
+
+static void fill_done(struct tc__job *job)
+{
+	struct fill_job *j = (struct fill_job *)job;
+	struct tc__gpu_tier *t = j->t;
+	struct tc__gpu_replica *r = j->r;
+	struct tc__gpu_dev *d = r->dev;
+	struct tc__obj *o = r->o;
+	struct gt_req *q, *next, *list;
+	int i = dev_index(t, d);
+
+	if (j->do_register) {
+		j->do_register = false;
+		o->gpu->reg_state = j->reg_rc == 0 ? GT_REG_DONE :
+						     GT_REG_FAILED;
+		o->gpu->reg_dev = i;
+		if (j->reg_rc < 0)
+			tc__log(TC_LOG_WARN,
+				"copying '%s' from pageable memory: %s", o->id,
+				j->reg_err);
+	}
+	if (j->rc < 0 && j->oom && !j->retried && !t->stopping &&
+	    evict(t, d, 0, r->bytes)) {
+		/* The driver is fuller than our budget knows (other
+		 * processes use this GPU): make room once and retry. */
+		tc__log(TC_LOG_INFO, "GPU %d out of memory: retrying '%s'", i,
+			o->id);
+		j->retried = true;
+		j->pinned = o->gpu->reg_state == GT_REG_DONE;
+		tc__jobs_submit(t->jobs, &j->job);
+		return;
+	}
+	list = r->waiters;
+	r->waiters = NULL;
+	if (j->rc == 0) {
+		r->mem = j->mem;
+		d->used = d->used - r->bytes + j->mem.size;
+		r->bytes = j->mem.size;
+		if (j->gran)
+			d->gran = j->gran;
+		d->touched = true;
+		r->ready = true;
+		r->fill_seconds = j->seconds;
+		r->fill_pinned = j->pinned;
+		r->last_use_ns = tc__now_ns();
+		lru_push(d, r);
+		t->n_fills++;
+		t->n_fill_bytes += j->src_bytes;
+		tc__log(TC_LOG_INFO,
+			"GPU %d replica of '%s': %llu bytes in %.3f s "
+			"(%.2f GB/s from %s memory)",
+			i, o->id, (unsigned long long)j->src_bytes, j->seconds,
+			j->seconds > 0 ?
+				(double)j->src_bytes / j->seconds / 1e9 :
+				0.0,
+			j->pinned ? "pinned" : "pageable");
+		/* Hold it while answering: a waiter's reply path may run
+		 * that client's next requests, releases included. */
+		r->leases++;
+		for (q = list; q; q = q->next)
+			q->cb(q->arg, o, r, 0, NULL);
+		r->leases--;
+		if (o->dead && r->leases == 0)
+			replica_free(t, r);
+	} else {
+		t->n_fill_failures++;
+		tc__log(TC_LOG_WARN, "cannot make a GPU %d replica of '%s': %s",
+			i, o->id, j->err);
+		r->ready = false;
+		replica_free(t, r);
+		for (q = list; q; q = q->next)
+			q->cb(q->arg, o, NULL, j->rc, j->err);
+	}
+	for (q = list; q; q = next) {
+		next = q->next;
+		req_free(t, q);
+	}
+	tc__free(j);
+	tc__objs_unlease(t->objs, o); /* the job's hold; may free o */
+}
+
+/* --------------------------------------------------------------- leases */
+
+void tc__gpu_replica_lease(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
+{
+	r->leases++;
+	replica_touch(r);
+	tc__objs_lease(t->objs, r->o);
+}
+
+void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
+{
+	struct tc__obj *o = r->o;
+
+	if (r->leases == 0)
+		return;
+	r->leases--;
+	/* A removed artifact keeps only what clients still hold. */
+	if (o->dead && r->leases == 0)
+		replica_free(t, r);
+	tc__objs_unlease(t->objs, o);
+}
+
+/* ------------------------------------------------------------ obj hooks */
+
+void tc__gpu_tier_obj_free(struct tc__obj *o)
+{
+	struct tc__obj_gpu *g = o->gpu;
+	char err[256];
+
+	if (!g)
+		return;
+	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++) {
+		struct tc__gpu_replica *r = g->rep[i];
+
+		if (!r)
+			continue;
+		/* Only at daemon exit can a replica still be leased; a fill
+		 * job holds its artifact, so none is filling here. */
+		if (!r->ready)
+			TC_BUG("freeing an artifact while a GPU replica fills");
+		replica_free(g->tier, r);
+	}
+	if (g->reg_state == GT_REG_DONE &&
+	    tc__gpu_host_unregister(g->reg_dev, (void *)o->shm->map, err,
+				    sizeof(err)) < 0)
+		tc__log(TC_LOG_WARN, "%s", err);
+	tc__free(g);
+	o->gpu = NULL;
+}
+
+void tc__gpu_tier_obj_trim(struct tc__obj *o)
+{
+	if (!o->gpu)
+		return;
+	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++) {
+		struct tc__gpu_replica *r = o->gpu->rep[i];
+
+		if (r && r->ready && r->leases == 0)
+			replica_free(o->gpu->tier, r);
+	}
+}
+
+/* ----------------------------------------------------------------- JSON */
+
+void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr)
+{
+	if (!o->gpu)
+		return;
+	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++) {
+		const struct tc__gpu_replica *r = o->gpu->rep[i];
+
+		if (!r)
+			continue;
+		json_array_append_new(
+			arr,
+			json_pack(
+				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:b}",
+				"tier", "gpu", "device", r->dev->info.uuid_str,
+				"ordinal", i, "bytes", (json_int_t)r->bytes,
+				"leases", (json_int_t)r->leases, "state",
+				r->ready ? "ready" : "filling", "fill_seconds",
+				r->fill_seconds, "pinned", r->fill_pinned));
+	}
+}
+
+char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
+{
+	static const char *const states[] = { "not loaded", "loading", "ready",
+					      "unavailable" };
+	json_t *j, *devs = json_array();
+	char *s;
+
+	for (int i = 0; i < t->ndev; i++) {
+		struct tc__gpu_dev *d = &t->devs[i];
+		uint32_t leases = 0;
+		json_t *dj;
+
+		for (struct tc__gpu_replica *r = d->lru_head; r;
+		     r = r->lru_next)
+			leases += r->leases;
+		dj = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, "
+			       "s:I}",
+			       "ordinal", i, "uuid", d->info.uuid_str, "name",
+			       d->info.name, "pci_bus_id", d->info.pci_bus_id,
+			       "total_bytes", (json_int_t)d->info.total_bytes,
+			       "budget_bytes", (json_int_t)d->budget,
+			       "used_bytes", (json_int_t)d->used, "replicas",
+			       (json_int_t)d->nreplicas, "leases",
+			       (json_int_t)leases, "evictions",
+			       (json_int_t)d->evictions);
+		/* Only where we already have a context: a status query
+		 * must not create one (hundreds of MiB on a real GPU). */
+		if (dj && d->touched) {
+			uint64_t fr, tot;
+
+			if (tc__gpu_mem_info(i, &fr, &tot, NULL, 0) == 0) {
+				json_object_set_new(
+					dj, "driver_free_bytes",
+					json_integer((json_int_t)fr));
+				json_object_set_new(
+					dj, "driver_total_bytes",
+					json_integer((json_int_t)tot));
+			}
+		}
+		json_array_append_new(devs, dj);
+	}
+	j = json_pack("{s:s, s:o, s:I, s:I, s:I}", "state", states[t->state],
+		      "devices", devs, "fills", (json_int_t)t->n_fills,
+		      "fill_failures", (json_int_t)t->n_fill_failures,
+		      "fill_bytes", (json_int_t)t->n_fill_bytes);
+	if (j && t->state == GT_FAILED)
+		json_object_set_new(j, "error", json_string(t->open_err));
+	if (j && t->state == GT_OPEN) {
+		json_object_set_new(j, "driver_version",
+				    json_integer(t->driver_version));
+		json_object_set_new(j, "library", json_string(t->driver_path));
+	}
+	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	return s;
+}

@@ -1,0 +1,144 @@
+/*
+ * gpu_tier.h - the daemon's GPU tier: per-device replicas of host
+ * artifacts, their budgets, leases and eviction.
+ *
+ * A GPU replica is one exportable VMM allocation (src/gpu/vmm.h) on one
+ * device holding a copy of an artifact's byte space, made from the sealed
+ * memfd by a worker job.  Clients import the exported fd read-only; the
+ * daemon hands out the same fd (SCM_RIGHTS dups it) to every attacher.
+ *
+ * The driver is loaded lazily, by a job, at the first GPU request, so a
+ * machine that never asks for a GPU never loads libcuda; a failed load is
+ * sticky (TC_ENODEV with the reason).  Devices are the daemon's CUDA
+ * ordinals; clients name them by UUID.
+ *
+ * Lifetimes: a replica lives inside its artifact (struct tc__obj.gpu).  A
+ * GPU lease holds one artifact lease too, so an artifact is never freed
+ * (nor evicted from host memory) while a client maps one of its replicas.
+ * A replica without leases is evicted, least recently used first, when a
+ * new replica on its device needs room, and freed with its artifact
+ * (eviction, rm).  A client's mapping outlives all of that: the driver
+ * frees the memory when the last handle and mapping are gone.
+ *
+ * Everything here runs on the loop thread, except the bodies of the jobs
+ * (driver load, allocation + copy), which touch only their own data.
+ */
+#ifndef TC_GPU_TIER_H
+#define TC_GPU_TIER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gpu/vmm.h"
+
+#define TC_GPU_TIER_MAX_DEV 32 /* devices the tier manages */
+
+struct tc__obj;
+struct tc__objs;
+struct tc__jobs;
+struct tc__store_config;
+struct tc__gpu_tier;
+struct gt_req;
+
+/* One device as the tier sees it.  used counts replicas and reservations
+ * of replicas being filled; lru lists ready replicas, most recent first. */
+struct tc__gpu_dev {
+	struct tc__gpu_info info; /* from enumeration (no context made) */
+	uint64_t budget;	  /* bytes the tier may hold here */
+	uint64_t used;		  /* bytes of replicas + reservations */
+	uint64_t gran;		  /* VMM granularity, 0 until first alloc */
+	uint64_t evictions;	  /* replicas evicted to make room */
+	uint32_t nreplicas;	  /* replicas here, filling or ready */
+	bool touched;		  /* a context exists (we allocated here) */
+	struct tc__gpu_replica *lru_head;
+	struct tc__gpu_replica *lru_tail;
+};
+
+/*
+ * One artifact's copy on one device.  Invariant: ready => mem complete and
+ * filled, on dev's LRU list; !ready => a fill job is in flight (it holds an
+ * artifact lease) and `waiters` are the requests to answer when it ends.
+ */
+struct tc__gpu_replica {
+	struct tc__obj *o;	 /* the artifact it copies */
+	struct tc__gpu_dev *dev; /* where it lives (tier-owned) */
+	struct tc__gpu_mem mem;	 /* owned: allocation, mapping, exported fd */
+	uint64_t bytes;		 /* charged to dev->used */
+	uint32_t leases;	 /* client attaches not yet released */
+	bool ready;		 /* filled and attachable */
+	uint64_t last_use_ns;	 /* monotonic; LRU order */
+	double fill_seconds;	 /* allocation + copy time */
+	bool fill_pinned;	 /* the copy ran from pinned host memory */
+	struct gt_req *waiters;	 /* requests waiting for the fill */
+	struct tc__gpu_replica *lru_prev, *lru_next;
+};
+
+/* Per-artifact GPU state (struct tc__obj.gpu), NULL until the first GPU
+ * request for it.  The host mapping is registered (pinned) once, by the
+ * first fill job, and unregistered when the artifact is freed. */
+enum { GT_REG_NONE, GT_REG_BUSY, GT_REG_DONE, GT_REG_FAILED };
+struct tc__obj_gpu {
+	struct tc__gpu_tier *tier;
+	struct tc__gpu_replica *rep[TC_GPU_TIER_MAX_DEV]; /* by daemon ordinal
+							   */
+	int reg_state;					  /* GT_REG_* */
+	int reg_dev; /* ordinal that registered the host mapping */
+};
+
+/* Called on the loop thread when a pending request is answered: rep is the
+ * ready replica (rc 0) or NULL with rc < 0 and a message.  The callee takes
+ * a lease (tc__gpu_replica_lease) if it replies with the replica; the
+ * artifact is guaranteed alive during the call. */
+typedef void tc__gpu_tier_cb(void *arg, struct tc__obj *o,
+			     struct tc__gpu_replica *rep, int rc,
+			     const char *err);
+
+/* Create the tier (no driver is loaded).  Returns 0 or -ENOMEM. */
+int tc__gpu_tier_new(const struct tc__store_config *cfg, struct tc__objs *objs,
+		     struct tc__jobs *jobs, struct tc__gpu_tier **out);
+/* Daemon exit, before tc__jobs_free: submit no more jobs (requests and
+ * OOM retries fail with TC_ECLOSED), so draining the pool ends. */
+void tc__gpu_tier_stop(struct tc__gpu_tier *t);
+/* Free the tier.  Every artifact must be freed first (tc__objs_release);
+ * jobs must be finished (tc__jobs_free).  NULL is a no-op. */
+void tc__gpu_tier_free(struct tc__gpu_tier *t);
+
+/*
+ * Find or make o's replica on a device: the daemon's ordinal `device`, or,
+ * when `uuid` is non-NULL, the GPU with that UUID (and `device` must be
+ * TC_GPU_ANY_DEVICE (proto.h) or that GPU's ordinal).  Returns 0 with *rep
+ * ready (the caller replies at once), 1 when the answer will come through
+ * cb(arg, ...) later (loading the driver or filling the replica), or an error
+ * with a message: TC_ENODEV (no driver), TC_EDEVICE (no such GPU here),
+ * TC_ENOSPACE (the device's budget is held by leased replicas), TC_EINVAL or
+ * -ENOMEM.
+ */
+int tc__gpu_tier_attach(struct tc__gpu_tier *t, struct tc__obj *o,
+			uint32_t device, const uint8_t *uuid,
+			tc__gpu_tier_cb *cb, void *arg,
+			struct tc__gpu_replica **rep, char *err, size_t errlen);
+
+/* The ready replica of o on the GPU with this UUID, or NULL. */
+struct tc__gpu_replica *
+tc__gpu_tier_find(struct tc__gpu_tier *t, struct tc__obj *o,
+		  const uint8_t uuid[TC_GPU_UUID_BYTES]);
+
+/* Take / drop one client lease on a ready replica.  A lease also holds the
+ * artifact (tc__objs_lease); dropping the last artifact lease of a removed
+ * artifact frees it, replicas included. */
+void tc__gpu_replica_lease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
+void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
+
+/* Hooks of obj.c.  obj_free: release every replica (none may be leased or
+ * filling) and unpin the host mapping; called before the shm is freed.
+ * obj_trim: free the unleased ready replicas of a removed artifact. */
+void tc__gpu_tier_obj_free(struct tc__obj *o);
+void tc__gpu_tier_obj_trim(struct tc__obj *o);
+
+/* JSON (malloc'd strings, NULL on OOM): the "gpu" member of STATUS, and the
+ * GPU entries of an artifact's "replicas" array (appended to `arr`, a
+ * json_t *). */
+char *tc__gpu_tier_status_json(struct tc__gpu_tier *t);
+void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr);
+
+#endif /* TC_GPU_TIER_H */

@@ -1,0 +1,918 @@
+/*
+ * test_gpu_tier.c - the daemon's GPU tier end to end on the fake CUDA
+ * driver: a real daemon (TCAST_CUDA_LIB pointing at tests/fakecuda), real
+ * client processes importing its VMM fds, budgets, eviction, leases,
+ * driver failures and leak checks.
+ *
+ * Client processes are this binary run again ("--child MODE ..."), never
+ * a bare fork: CUDA cannot be used in a child forked after the driver was
+ * initialised, and this process initialises it in the first test.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "gpu/vmm.h"
+#include "tcast/client.h"
+#include "tcast/dlpack.h"
+#include "tcast/errors.h"
+#include "tlib.h"
+
+#ifndef TC_FAKECUDA_PATH
+#error "TC_FAKECUDA_PATH must name the fake driver"
+#endif
+
+#define MiB ((uint64_t)1 << 20)
+
+static struct t_daemon D;
+
+/* --------------------------------------------------------------- helpers */
+
+/* Start a daemon with `env` ("NAME=value", NULL-terminated) set for it
+ * only, and extra daemon arguments after it. */
+static void daemon_start(const char *const *env, ...)
+{
+	char *saved[8] = { 0 }, names[8][64];
+	const char *args[8] = { 0 };
+	int n = 0, na = 0;
+	va_list ap;
+
+	for (; env && env[n]; n++) {
+		const char *eq = strchr(env[n], '=');
+		const char *old;
+
+		snprintf(names[n], sizeof(names[n]), "%.*s", (int)(eq - env[n]),
+			 env[n]);
+		old = getenv(names[n]);
+		saved[n] = old ? strdup(old) : NULL;
+		setenv(names[n], eq + 1, 1);
+	}
+	va_start(ap, env);
+	for (const char *a; (a = va_arg(ap, const char *)) && na < 7;)
+		args[na++] = a;
+	va_end(ap);
+	t_daemon_start(&D, "256MiB", args[0], args[1], args[2], args[3],
+		       args[4], args[5], args[6], NULL);
+	for (int i = 0; i < n; i++) {
+		if (saved[i])
+			setenv(names[i], saved[i], 1);
+		else
+			unsetenv(names[i]);
+		free(saved[i]);
+	}
+}
+
+static void daemon_stop(void)
+{
+	assert_int_equal(t_daemon_stop(&D), 0);
+}
+
+static tc_client *connect_ok(void)
+{
+	char err[512];
+	tc_client *c = NULL;
+	int rc = tc_client_connect(D.sock, &c, err, sizeof(err));
+
+	if (rc < 0)
+		fail_msg("connect: %s", err);
+	return c;
+}
+
+static json_t *get_json(tc_client *c, const char *ref)
+{
+	char *s;
+	json_t *j;
+	int rc = ref ? tc_inspect_json(c, ref, &s) : tc_status_json(c, &s);
+
+	if (rc < 0)
+		fail_msg("json: %s", tc_client_errmsg(c));
+	j = json_loads(s, 0, NULL);
+	tc_free(s);
+	assert_non_null(j);
+	return j;
+}
+
+/* A field of GPU `dev` in STATUS. */
+static long long gpu_stat(tc_client *c, int dev, const char *field)
+{
+	json_t *j = get_json(c, NULL);
+	json_t *d = json_array_get(json_object_get(json_object_get(j, "gpu"),
+						   "devices"),
+				   (size_t)dev);
+	long long v = d ? json_integer_value(json_object_get(d, field)) : -1;
+
+	json_decref(j);
+	return v;
+}
+
+static long long gpu_total(tc_client *c, const char *field)
+{
+	json_t *j = get_json(c, NULL);
+	long long v = json_integer_value(
+		json_object_get(json_object_get(j, "gpu"), field));
+
+	json_decref(j);
+	return v;
+}
+
+/* The GPU replica entry of `ref` on GPU ordinal `dev` (daemon's), or
+ * NULL; the caller decrefs the returned document *doc. */
+static json_t *gpu_replica(tc_client *c, const char *ref, int dev, json_t **doc)
+{
+	json_t *reps, *r;
+	size_t i;
+
+	*doc = get_json(c, ref);
+	reps = json_object_get(*doc, "replicas");
+	json_array_foreach(reps, i, r)
+	{
+		if (!strcmp(json_string_value(json_object_get(r, "tier")),
+			    "gpu") &&
+		    json_integer_value(json_object_get(r, "ordinal")) == dev)
+			return r;
+	}
+	return NULL;
+}
+
+static long long replica_leases(tc_client *c, const char *ref, int dev)
+{
+	json_t *doc, *r = gpu_replica(c, ref, dev, &doc);
+	long long v = r ? json_integer_value(json_object_get(r, "leases")) : -1;
+
+	json_decref(doc);
+	return v;
+}
+
+/* Put `bytes` bytes of a seed-dependent pattern as one U8 tensor. */
+static void put_blob(tc_client *c, const char *key, uint64_t bytes,
+		     uint32_t seed, char id[TC_ID_BUFLEN])
+{
+	struct tc_tensor_desc d = { "blob", TC_DTYPE_U8, 1, &bytes };
+	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL };
+	struct tc_result r;
+	uint8_t *p;
+	tc_put *put;
+
+	if (tc_put_begin(c, &d, 1, NULL, &o, &put) < 0)
+		fail_msg("put: %s", tc_client_errmsg(c));
+	p = tc_put_data(put, 0);
+	for (uint64_t i = 0; i < bytes; i++)
+		p[i] = (uint8_t)((i * 2654435761u) >> 13 ^ seed);
+	if (tc_put_commit(put, &r) < 0)
+		fail_msg("commit: %s", tc_client_errmsg(c));
+	if (id)
+		memcpy(id, r.id, TC_ID_BUFLEN);
+}
+
+/* SHA-256 of an artifact's byte space, read from wherever it lives. */
+static void artifact_sha(tc_artifact *a, char hex[65])
+{
+	uint64_t n = tc_artifact_size(a);
+	void *buf;
+	char err[256];
+
+	if (tc_artifact_device(a) < 0) {
+		t_sha256_hex(tc_artifact_data(a), n, hex);
+		return;
+	}
+	buf = malloc(n ? n : 1);
+	assert_non_null(buf);
+	if (tc__gpu_dtoh(tc_artifact_device(a), buf,
+			 (uint64_t)(uintptr_t)tc_artifact_data(a), n, NULL, err,
+			 sizeof(err)) < 0)
+		fail_msg("dtoh: %s", err);
+	t_sha256_hex(buf, n, hex);
+	free(buf);
+}
+
+static void host_sha(tc_client *c, const char *ref, char hex[65])
+{
+	tc_artifact *a;
+
+	assert_int_equal(tc_attach(c, ref, &a), 0);
+	artifact_sha(a, hex);
+	tc_artifact_close(a);
+}
+
+static tc_artifact *attach_gpu_ok(tc_client *c, const char *ref, int dev)
+{
+	tc_artifact *a = NULL;
+	int rc = tc_attach_gpu(c, ref, dev, &a);
+
+	if (rc < 0)
+		fail_msg("attach_gpu '%s' on %d: %s: %s", ref, dev,
+			 tc_err_name(rc), tc_client_errmsg(c));
+	assert_int_equal(tc_artifact_device(a), dev);
+	return a;
+}
+
+static int count_fds_of(pid_t pid)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+static int count_maps(void)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	int n = 0, ch;
+
+	while ((ch = fgetc(f)) != EOF)
+		n += ch == '\n';
+	fclose(f);
+	return n;
+}
+
+/* Run this binary as "--child MODE SOCK REF ORDINAL" with `env` changes
+ * ("NAME=value" sets, "-NAME" unsets).  *out reads its stdout. */
+static pid_t spawn(const char *mode, const char *ref, int ordinal,
+		   const char *const *env, int *out)
+{
+	char exe[4096], ord[16];
+	int p[2];
+	ssize_t n;
+	pid_t pid;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	assert_true(n > 0);
+	exe[n] = '\0';
+	snprintf(ord, sizeof(ord), "%d", ordinal);
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(p[1], 1);
+		for (int i = 0; env && env[i]; i++) {
+			if (env[i][0] == '-')
+				unsetenv(env[i] + 1);
+			else
+				putenv((char *)env[i]);
+		}
+		execl(exe, exe, "--child", mode, D.sock, ref, ord,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	*out = p[0];
+	return pid;
+}
+
+/* Read one line of a child's output. */
+static void read_line(int fd, char *buf, size_t len)
+{
+	size_t k = 0;
+
+	while (k + 1 < len) {
+		ssize_t n = read(fd, buf + k, 1);
+
+		if (n <= 0 || buf[k] == '\n')
+			break;
+		k++;
+	}
+	buf[k] = '\0';
+}
+
+static int wait_status(pid_t pid)
+{
+	int st;
+
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Run a child to the end; its first output line goes to `line`. */
+static int run_child(const char *mode, const char *ref, int ordinal,
+		     const char *const *env, char *line, size_t len)
+{
+	char scratch[256];
+	int fd;
+	pid_t pid = spawn(mode, ref, ordinal, env, &fd);
+
+	read_line(fd, line ? line : scratch, line ? len : sizeof(scratch));
+	close(fd);
+	return wait_status(pid);
+}
+
+/* ---------------------------------------------------------------- child */
+
+static int child_main(int argc, char **argv)
+{
+	const char *mode = argv[2], *sock = argv[3], *ref = argv[4];
+	int dev = atoi(argv[5]), rc;
+	char err[512], hex[65];
+	tc_client *c;
+	tc_artifact *a;
+
+	if (tc_client_connect(sock, &c, err, sizeof(err)) < 0) {
+		printf("connect: %s\n", err);
+		return 10;
+	}
+	rc = tc_attach_gpu(c, ref, dev, &a);
+	if (!strcmp(mode, "nodriver")) {
+		printf("%s %s\n", tc_err_name(rc), tc_client_errmsg(c));
+		return rc == TC_ENODEV ? 0 : 11;
+	}
+	if (rc < 0) {
+		printf("attach: %s: %s\n", tc_err_name(rc),
+		       tc_client_errmsg(c));
+		return 12;
+	}
+	if (!strcmp(mode, "sha")) {
+		void *dl;
+		struct tc_DLManagedTensorVersioned *m;
+
+		artifact_sha(a, hex);
+		if (tc_artifact_dlpack(a, 0, 1, &dl) < 0)
+			return 13;
+		m = dl;
+		printf("%s %d %d %d\n", hex, tc_artifact_device(a),
+		       m->dl_tensor.device.device_type,
+		       m->dl_tensor.device.device_id);
+		m->deleter(m);
+	} else if (!strcmp(mode, "write")) {
+		/* A CPU write through the fake's read-only mapping: the
+		 * parent expects SIGSEGV. */
+		fflush(stdout);
+		*(volatile uint8_t *)tc_artifact_data(a) = 0x5a;
+		printf("wrote\n");
+		return 14;
+	} else if (!strcmp(mode, "copy")) {
+		uint8_t before[64], after[64], junk[64];
+		uint64_t dptr = (uint64_t)(uintptr_t)tc_artifact_data(a);
+
+		memset(junk, 0xee, sizeof(junk));
+		if (tc__gpu_dtoh(dev, before, dptr, 64, NULL, err,
+				 sizeof(err)) < 0)
+			return 15;
+		rc = tc__gpu_htod(dev, dptr, junk, 64, NULL, err, sizeof(err));
+		if (tc__gpu_dtoh(dev, after, dptr, 64, NULL, err, sizeof(err)) <
+		    0)
+			return 16;
+		printf("%s %s\n", tc_err_name(rc), err);
+		if (rc != TC_ECUDA || memcmp(before, after, 64))
+			return 17;
+	} else if (!strcmp(mode, "hold")) {
+		printf("ready\n");
+		fflush(stdout);
+		pause();
+	}
+	tc_artifact_close(a);
+	tc_client_close(c);
+	return 0;
+}
+
+/* ----------------------------------------------------------------- tests */
+
+static const char *const fake_env[] = { "TC_FAKECUDA_DEVICES=2", NULL };
+
+/* Two processes per GPU share one replica; bytes equal the host copy;
+ * DLPack says kDLCUDA on the client's own ordinal; inspect and status
+ * show the replicas. */
+static void test_gpu_tier__share_across_processes(void **state)
+{
+	static const char *const swap[] = { "CUDA_VISIBLE_DEVICES=1,0", NULL };
+	char hex[65], line[256], want[300];
+	tc_client *c;
+	tc_artifact *a;
+	json_t *doc, *r;
+	void *dl;
+	struct tc_DLManagedTensorVersioned *m;
+	struct tc_DLManagedTensor *l;
+
+	daemon_start(fake_env, NULL);
+	c = connect_ok();
+	{
+		struct tc_opts o = { TC_OPT_KEY, "llama", NULL, 0, NULL, NULL };
+
+		if (tc_import(c, t_data("tiny-llama"), &o, NULL) < 0)
+			fail_msg("import: %s", tc_client_errmsg(c));
+	}
+	host_sha(c, "llama", hex);
+	/* Nothing loads the driver before the first GPU request. */
+	doc = get_json(c, NULL);
+	assert_string_equal(json_string_value(json_object_get(
+				    json_object_get(doc, "gpu"), "state")),
+			    "not loaded");
+	json_decref(doc);
+
+	/* GPU 0 seen as ordinal 0 here and as ordinal 1 by a process with
+	 * CUDA_VISIBLE_DEVICES=1,0: the UUID maps them to one replica. */
+	assert_int_equal(run_child("sha", "llama", 0, NULL, line, sizeof(line)),
+			 0);
+	snprintf(want, sizeof(want), "%s 0 %d 0", hex, TC_kDLCUDA);
+	assert_string_equal(line, want);
+	assert_int_equal(run_child("sha", "llama", 1, swap, line, sizeof(line)),
+			 0);
+	snprintf(want, sizeof(want), "%s 1 %d 1", hex, TC_kDLCUDA);
+	assert_string_equal(line, want);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+	assert_int_equal(gpu_stat(c, 1, "replicas"), 0);
+	assert_int_equal(gpu_total(c, "fills"), 1);
+
+	/* And GPU 1, from two processes again. */
+	assert_int_equal(run_child("sha", "llama", 1, NULL, line, sizeof(line)),
+			 0);
+	snprintf(want, sizeof(want), "%s 1 %d 1", hex, TC_kDLCUDA);
+	assert_string_equal(line, want);
+	assert_int_equal(run_child("sha", "llama", 0, swap, line, sizeof(line)),
+			 0);
+	snprintf(want, sizeof(want), "%s 0 %d 0", hex, TC_kDLCUDA);
+	assert_string_equal(line, want);
+	assert_int_equal(gpu_stat(c, 1, "replicas"), 1);
+	assert_int_equal(gpu_total(c, "fills"), 2);
+
+	/* In this process too, with DLPack in both forms. */
+	a = attach_gpu_ok(c, "llama", 1);
+	{
+		char h2[65];
+
+		artifact_sha(a, h2);
+		assert_string_equal(h2, hex);
+	}
+	assert_int_equal(tc_artifact_dlpack(a, 2, 1, &dl), 0);
+	m = dl;
+	assert_int_equal(m->dl_tensor.device.device_type, TC_kDLCUDA);
+	assert_int_equal(m->dl_tensor.device.device_id, 1);
+	assert_int_equal(m->flags & TC_DLPACK_FLAG_READ_ONLY,
+			 TC_DLPACK_FLAG_READ_ONLY);
+	assert_ptr_equal(m->dl_tensor.data,
+			 (const uint8_t *)tc_artifact_data(a) +
+				 tc_artifact_tensors(a)[2].offset);
+	assert_int_equal(tc_artifact_dlpack(a, 0, 0, &dl), 0);
+	l = dl;
+	assert_int_equal(l->dl_tensor.device.device_type, TC_kDLCUDA);
+	assert_int_equal(replica_leases(c, "llama", 1), 1);
+	tc_artifact_close(a); /* the DLPack tensors still hold it */
+	assert_int_equal(replica_leases(c, "llama", 1), 1);
+	m->deleter(m);
+	l->deleter(l);
+	assert_int_equal(replica_leases(c, "llama", 1), 0);
+
+	/* inspect lists both GPU replicas next to the host one. */
+	r = gpu_replica(c, "llama", 0, &doc);
+	assert_non_null(r);
+	assert_string_equal(json_string_value(json_object_get(r, "state")),
+			    "ready");
+	assert_int_equal(
+		json_integer_value(json_object_get(r, "bytes")) % (2 * MiB), 0);
+	assert_true(!strncmp(json_string_value(json_object_get(r, "device")),
+			     "GPU-", 4));
+	assert_int_equal(json_array_size(json_object_get(doc, "replicas")), 3);
+	json_decref(doc);
+	assert_true(gpu_stat(c, 0, "used_bytes") > 0);
+	assert_true(gpu_stat(c, 0, "budget_bytes") >
+		    gpu_stat(c, 0, "used_bytes"));
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* The client maps read-only: a CPU write through the fake's mapping
+ * faults, a device copy into it fails and changes nothing. */
+static void test_gpu_tier__read_only(void **state)
+{
+	char line[512];
+	tc_client *c;
+
+	daemon_start(fake_env, NULL);
+	c = connect_ok();
+	put_blob(c, "ro", 3 * MiB + 17, 1, NULL);
+	assert_int_equal(run_child("write", "ro", 0, NULL, NULL, 0),
+			 128 + SIGSEGV);
+	assert_int_equal(run_child("copy", "ro", 1, NULL, line, sizeof(line)),
+			 0);
+	assert_non_null(strstr(line, "TC_ECUDA"));
+	/* Both children are gone: so are their leases. */
+	for (int i = 0; i < 200 && replica_leases(c, "ro", 0); i++)
+		usleep(10000);
+	assert_int_equal(replica_leases(c, "ro", 0), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* A per-GPU budget: unleased replicas are evicted LRU first; leased ones
+ * never; what cannot fit is refused with a message. */
+static void test_gpu_tier__budget_and_eviction(void **state)
+{
+	tc_client *c;
+	tc_artifact *a, *b, *x;
+	json_t *doc;
+	int rc;
+
+	daemon_start(fake_env, "--set", "gpu_memory=8MiB", NULL);
+	c = connect_ok();
+	put_blob(c, "e1", 3 * MiB, 1, NULL); /* 4 MiB on a GPU */
+	put_blob(c, "e2", 3 * MiB, 2, NULL);
+	put_blob(c, "e3", 3 * MiB, 3, NULL);
+	put_blob(c, "big", 9 * MiB, 4, NULL);
+
+	a = attach_gpu_ok(c, "e1", 0);
+	tc_artifact_close(a);
+	a = attach_gpu_ok(c, "e2", 0);
+	tc_artifact_close(a);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 8 * MiB);
+	assert_int_equal(gpu_stat(c, 0, "budget_bytes"), 8 * MiB);
+	/* e1 is the least recently used: it goes. */
+	a = attach_gpu_ok(c, "e3", 0);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 1);
+	assert_null(gpu_replica(c, "e1", 0, &doc));
+	json_decref(doc);
+	assert_non_null(gpu_replica(c, "e2", 0, &doc));
+	json_decref(doc);
+	/* e3 held, e2 held: nothing can go. */
+	b = attach_gpu_ok(c, "e2", 0);
+	rc = tc_attach_gpu(c, "e1", 0, &x);
+	assert_int_equal(rc, TC_ENOSPACE);
+	assert_non_null(strstr(tc_client_errmsg(c), "held by clients"));
+	/* Another GPU has its own budget. */
+	x = attach_gpu_ok(c, "e1", 1);
+	tc_artifact_close(x);
+	/* Larger than the budget: refused whatever is evictable. */
+	assert_int_equal(tc_attach_gpu(c, "big", 1, &x), TC_ENOSPACE);
+	assert_non_null(strstr(tc_client_errmsg(c), "budget"));
+	/* Let go of e2: e1 fits again on GPU 0, evicting e2. */
+	tc_artifact_close(b);
+	x = attach_gpu_ok(c, "e1", 0);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 2);
+	assert_null(gpu_replica(c, "e2", 0, &doc));
+	json_decref(doc);
+	tc_artifact_close(x);
+	tc_artifact_close(a);
+
+	/* Removing an artifact frees its replicas; one still mapped stays
+	 * readable until the client lets go. */
+	{
+		char h1[65], h2[65];
+
+		host_sha(c, "e3", h1);
+		a = attach_gpu_ok(c, "e3", 1);
+		assert_int_equal(tc_rm(c, "e3"), 0);
+		artifact_sha(a, h2);
+		assert_string_equal(h1, h2);
+		assert_int_equal(gpu_stat(c, 1, "replicas"), 2);
+		tc_artifact_close(a);
+		/* e3 on GPU 0 was unleased: gone at rm; on GPU 1 at close. */
+		for (int i = 0; i < 100 && gpu_stat(c, 1, "replicas") != 1; i++)
+			usleep(10000);
+		assert_int_equal(gpu_stat(c, 1, "replicas"), 1);
+		assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+	}
+	/* Removing an artifact frees its replicas on every GPU. */
+	assert_int_equal(tc_rm(c, "e1"), 0);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	assert_int_equal(gpu_stat(c, 1, "replicas"), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	assert_int_equal(gpu_stat(c, 1, "used_bytes"), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* A client killed with SIGKILL gives its GPU leases back. */
+static void test_gpu_tier__killed_client_releases(void **state)
+{
+	char line[64];
+	tc_client *c;
+	int fd1, fd2;
+	pid_t p1, p2;
+
+	daemon_start(fake_env, "--set", "gpu_memory=2MiB", NULL);
+	c = connect_ok();
+	put_blob(c, "k1", MiB, 1, NULL);
+	put_blob(c, "k2", MiB, 2, NULL);
+	p1 = spawn("hold", "k1", 0, NULL, &fd1);
+	p2 = spawn("hold", "k1", 0, NULL, &fd2);
+	read_line(fd1, line, sizeof(line));
+	assert_string_equal(line, "ready");
+	read_line(fd2, line, sizeof(line));
+	assert_string_equal(line, "ready");
+	assert_int_equal(replica_leases(c, "k1", 0), 2);
+	kill(p1, SIGKILL);
+	kill(p2, SIGKILL);
+	assert_int_equal(wait_status(p1), 128 + SIGKILL);
+	assert_int_equal(wait_status(p2), 128 + SIGKILL);
+	close(fd1);
+	close(fd2);
+	for (int i = 0; i < 200 && replica_leases(c, "k1", 0); i++)
+		usleep(10000);
+	assert_int_equal(replica_leases(c, "k1", 0), 0);
+	/* Now unleased, it makes room for another. */
+	tc_artifact_close(attach_gpu_ok(c, "k2", 0));
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 1);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* cuMemCreate failing: a clean error, and the daemon keeps serving. */
+static void test_gpu_tier__alloc_failure(void **state)
+{
+	static const char *const env[] = { "TC_FAKECUDA_DEVICES=2",
+					   "TC_FAKECUDA_FAIL=cuMemCreate:1",
+					   NULL };
+	tc_client *c;
+	tc_artifact *a;
+	char h1[65], h2[65];
+	int rc;
+
+	daemon_start(env, NULL);
+	c = connect_ok();
+	put_blob(c, "f", 2 * MiB + 5, 7, NULL);
+	rc = tc_attach_gpu(c, "f", 0, &a);
+	assert_int_equal(rc, TC_ECUDA);
+	assert_null(a);
+	assert_non_null(strstr(tc_client_errmsg(c), "cuMemCreate"));
+	assert_int_equal(gpu_total(c, "fill_failures"), 1);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	/* The next try allocates. */
+	a = attach_gpu_ok(c, "f", 0);
+	artifact_sha(a, h1);
+	host_sha(c, "f", h2);
+	assert_string_equal(h1, h2);
+	tc_artifact_close(a);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* Device lost after n driver calls, for a sweep of n: every request gets
+ * an answer (success or an error), the daemon never crashes, host
+ * requests keep working, and it exits cleanly. */
+static void test_gpu_tier__device_lost(void **state)
+{
+	static const int ns[] = { 0, 1, 3, 6, 10, 15, 20, 30, 45, 70, 100 };
+	int ok_total = 0, err_total = 0;
+
+	for (size_t k = 0; k < sizeof(ns) / sizeof(ns[0]); k++) {
+		char env_lost[64];
+		const char *env[] = { "TC_FAKECUDA_DEVICES=2", env_lost, NULL };
+		char ids[3][TC_ID_BUFLEN];
+		tc_client *c;
+
+		snprintf(env_lost, sizeof(env_lost),
+			 "TC_FAKECUDA_LOST_AFTER=%d", ns[k]);
+		daemon_start(env, NULL);
+		c = connect_ok();
+		for (int i = 0; i < 3; i++) {
+			char key[16];
+
+			snprintf(key, sizeof(key), "l%d", i);
+			put_blob(c, key, MiB + (uint64_t)i, (uint32_t)i,
+				 ids[i]);
+		}
+		for (int i = 0; i < 6; i++) {
+			tc_artifact *a;
+			int rc = tc_attach_gpu(c, ids[i % 3], i % 2, &a);
+
+			if (rc == 0) {
+				ok_total++;
+				tc_artifact_close(a);
+			} else {
+				err_total++;
+				/* Lost while the driver lists devices, a
+				 * GPU reads as one without VMM. */
+				if (rc != TC_ECUDA && rc != TC_ENODEV &&
+				    rc != TC_ENOTSUP)
+					fail_msg("n=%d: %s: %s", ns[k],
+						 tc_err_name(rc),
+						 tc_client_errmsg(c));
+			}
+		}
+		{
+			char h[65];
+
+			host_sha(c, "l0", h);
+		}
+		assert_int_equal(tc_rm(c, "l1"), 0);
+		json_decref(get_json(c, NULL));
+		tc_client_close(c);
+		daemon_stop();
+	}
+	/* The sweep covered both sides of the loss. */
+	assert_true(ok_total > 0);
+	assert_true(err_total > 0);
+}
+
+/* No driver in the daemon: TC_ENODEV with the reason, sticky, and
+ * nothing else breaks.  No driver in the client: TC_ENODEV too. */
+static void test_gpu_tier__no_driver(void **state)
+{
+	static const char *const env[] = { "TCAST_CUDA_LIB=/nonexistent/lib",
+					   NULL };
+	static const char *const cenv[] = { "TCAST_CUDA_LIB=/nonexistent/lib",
+					    NULL };
+	char line[512];
+	tc_client *c;
+	tc_artifact *a;
+	json_t *j;
+
+	daemon_start(env, NULL);
+	c = connect_ok();
+	put_blob(c, "n", MiB, 1, NULL);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(tc_attach_gpu(c, "n", 0, &a), TC_ENODEV);
+		assert_non_null(strstr(tc_client_errmsg(c), "cannot use GPUs"));
+		assert_non_null(strstr(tc_client_errmsg(c), "/nonexistent"));
+	}
+	j = get_json(c, NULL);
+	assert_string_equal(json_string_value(json_object_get(
+				    json_object_get(j, "gpu"), "state")),
+			    "unavailable");
+	json_decref(j);
+	assert_int_equal(tc_attach(c, "n", &a), 0);
+	tc_artifact_close(a);
+	assert_int_equal(
+		run_child("nodriver", "n", 0, cenv, line, sizeof(line)), 0);
+	assert_non_null(strstr(line, "TC_ENODEV"));
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* 1,000 attach/detach cycles, half of them refilling a replica after an
+ * eviction: no fd, mapping or device memory grows anywhere. */
+static void test_gpu_tier__cycles_do_not_leak(void **state)
+{
+	long long free0, free1;
+	int dfd0, dfd1, fd0, fd1, maps0, maps1;
+	tc_client *c;
+	tc_artifact *a;
+
+	daemon_start(fake_env, "--set", "gpu_memory=4MiB", NULL);
+	c = connect_ok();
+	put_blob(c, "c0", MiB + 1, 1, NULL);
+	put_blob(c, "c1", MiB + 2, 2, NULL);
+	put_blob(c, "c2", 3 * MiB, 3, NULL);
+	/* Warm up: both GPUs have a replica and a context. */
+	tc_artifact_close(attach_gpu_ok(c, "c1", 0));
+	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
+	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
+	dfd0 = count_fds_of(D.pid);
+	fd0 = t_count_fds();
+	maps0 = count_maps();
+	free0 = gpu_stat(c, 0, "driver_free_bytes");
+	assert_true(free0 > 0);
+	for (int i = 0; i < 1000; i++) {
+		/* GPU 0: c0 and c1 share a budget of two replicas, stay.
+		 * GPU 1: c2 and c0 fit one at a time, so each attach evicts
+		 * the other and fills again. */
+		const char *ref = i % 2 ? (i % 4 == 1 ? "c2" : "c0") :
+					  (i % 4 ? "c1" : "c0");
+		int dev = i % 2;
+
+		a = attach_gpu_ok(c, ref, dev);
+		if (i % 100 == 0) {
+			char h1[65], h2[65];
+
+			artifact_sha(a, h1);
+			host_sha(c, ref, h2);
+			assert_string_equal(h1, h2);
+		}
+		tc_artifact_close(a);
+	}
+	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
+	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
+	dfd1 = count_fds_of(D.pid);
+	fd1 = t_count_fds();
+	maps1 = count_maps();
+	free1 = gpu_stat(c, 0, "driver_free_bytes");
+	assert_int_equal(dfd1, dfd0);
+	assert_int_equal(fd1, fd0);
+	assert_int_equal(maps1, maps0);
+	assert_int_equal(free1, free0);
+	assert_true(gpu_stat(c, 1, "evictions") >= 499);
+	assert_true(gpu_total(c, "fills") >= 500);
+	/* Everything released: the daemon holds no lease. */
+	assert_int_equal(replica_leases(c, "c0", 0), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* Malformed ATTACH_GPU / RELEASE_GPU frames through the raw protocol. */
+static void test_gpu_tier__bad_requests(void **state)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__frame_hdr h;
+	uint8_t *body;
+	int fd, fds[4], nfds, status;
+	tc_client *c;
+
+	daemon_start(fake_env, NULL);
+	c = connect_ok();
+	put_blob(c, "b", MiB, 1, NULL);
+	fd = t_raw_connect(D.sock);
+	assert_true(fd >= 0);
+	assert_int_equal(t_raw_hello(fd), 0);
+	/* Unknown UUID, bad UUID text, bad ordinal, unknown flags, no
+	 * device at all: error replies, the connection goes on. */
+	{
+		static const struct {
+			uint32_t dev, flags;
+			const char *uuid;
+			int want;
+		} cases[] = {
+			{ 0xffffffffu, 0,
+			  "GPU-00000000-0000-0000-0000-000000000000",
+			  TC_EDEVICE },
+			{ 0xffffffffu, 0, "not-a-uuid", TC_EINVAL },
+			{ 7, 0, "", TC_EDEVICE },
+			{ 0, 4, "", TC_EINVAL },
+			{ 0xffffffffu, 0, "", TC_EINVAL },
+		};
+
+		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+			tc__buf_put_str(&b, "b");
+			tc__buf_put_u32(&b, cases[i].dev);
+			tc__buf_put_u32(&b, cases[i].flags);
+			tc__buf_put_str(&b, cases[i].uuid);
+			t_raw_send(fd, TC_MSG_ATTACH_GPU, 9, b.data, b.len,
+				   NULL, 0);
+			b.len = 0;
+			assert_int_equal(t_raw_recv(fd, &h, &body, fds, &nfds),
+					 0);
+			memcpy(&status, body, 4);
+			free(body);
+			assert_int_equal(nfds, 0);
+			assert_int_equal(status, cases[i].want);
+		}
+	}
+	/* By the daemon's ordinal, no UUID: works, one fd. */
+	tc__buf_put_str(&b, "b");
+	tc__buf_put_u32(&b, 1);
+	tc__buf_put_u32(&b, 0);
+	tc__buf_put_str(&b, "");
+	t_raw_send(fd, TC_MSG_ATTACH_GPU, 10, b.data, b.len, NULL, 0);
+	b.len = 0;
+	assert_int_equal(t_raw_recv(fd, &h, &body, fds, &nfds), 0);
+	memcpy(&status, body, 4);
+	free(body);
+	assert_int_equal(status, 0);
+	assert_int_equal(nfds, 1);
+	close(fds[0]);
+	assert_int_equal(replica_leases(c, "b", 1), 1);
+	/* A release of something not held is ignored; a truncated one is a
+	 * protocol error that ends the connection, and its lease. */
+	tc__buf_put_str(&b, "tc1:00000000000000000000000000000000");
+	tc__buf_put_str(&b, "GPU-00000000-0000-0000-0000-000000000000");
+	t_raw_send(fd, TC_MSG_RELEASE_GPU, 11, b.data, b.len, NULL, 0);
+	b.len = 0;
+	assert_int_equal(replica_leases(c, "b", 1), 1);
+	tc__buf_put_str(&b, "tc1:00000000000000000000000000000000");
+	t_raw_send(fd, TC_MSG_RELEASE_GPU, 12, b.data, b.len, NULL, 0);
+	b.len = 0;
+	while (t_raw_recv(fd, &h, &body, fds, &nfds) == 0)
+		free(body);
+	for (int i = 0; i < 200 && replica_leases(c, "b", 1); i++)
+		usleep(10000);
+	assert_int_equal(replica_leases(c, "b", 1), 0);
+	close(fd);
+	tc__buf_release(&b);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_gpu_tier__share_across_processes),
+		cmocka_unit_test(test_gpu_tier__read_only),
+		cmocka_unit_test(test_gpu_tier__budget_and_eviction),
+		cmocka_unit_test(test_gpu_tier__killed_client_releases),
+		cmocka_unit_test(test_gpu_tier__alloc_failure),
+		cmocka_unit_test(test_gpu_tier__device_lost),
+		cmocka_unit_test(test_gpu_tier__no_driver),
+		cmocka_unit_test(test_gpu_tier__cycles_do_not_leak),
+		cmocka_unit_test(test_gpu_tier__bad_requests),
+	};
+
+	/* This process and every daemon and child use the fake. */
+	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 0);
+	setenv("TC_FAKECUDA_DEVICES", "2", 0);
+	if (argc >= 6 && !strcmp(argv[1], "--child"))
+		return child_main(argc, argv);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
