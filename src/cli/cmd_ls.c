@@ -89,6 +89,38 @@ int cmd_ls(int argc, char **argv)
 	return with_json(get_list, NULL, show_list);
 }
 
+static void show_replicas(json_t *reps)
+{
+	json_t *r;
+	size_t i;
+	char b[32];
+
+	json_array_foreach(reps, i, r)
+	{
+		const char *tier =
+			json_string_value(json_object_get(r, "tier"));
+
+		if (tier && !strcmp(tier, "gpu"))
+			printf("%s GPU %lld %s, %s, %s, leases %lld\n",
+			       i ? "         " : "replicas:",
+			       json_integer_value(
+				       json_object_get(r, "ordinal")),
+			       json_string_value(json_object_get(r, "device")),
+			       cli_bytes((uint64_t)json_integer_value(
+						 json_object_get(r, "bytes")),
+					 b, sizeof(b)),
+			       json_string_value(json_object_get(r, "state")),
+			       json_integer_value(
+				       json_object_get(r, "leases")));
+		else
+			printf("%s host memory (sealed memfd), %s\n",
+			       i ? "         " : "replicas:",
+			       cli_bytes((uint64_t)json_integer_value(
+						 json_object_get(r, "bytes")),
+					 b, sizeof(b)));
+	}
+}
+
 static void show_inspect(json_t *j)
 {
 	json_t *ts = json_object_get(j, "tensor_table"), *t, *meta;
@@ -111,7 +143,7 @@ static void show_inspect(json_t *j)
 	printf("policy:   %s, leases %lld\n",
 	       json_string_value(json_object_get(j, "policy")),
 	       json_integer_value(json_object_get(j, "leases")));
-	printf("replicas: host memory (sealed memfd)\n");
+	show_replicas(json_object_get(j, "replicas"));
 	meta = json_object_get(j, "metadata");
 	json_object_foreach(meta, k, v)
 		printf("meta:     %s = %s\n", k, json_string_value(v));
@@ -146,6 +178,43 @@ int cmd_inspect(int argc, char **argv)
 	return with_json(tc_inspect_json, argv[1], show_inspect);
 }
 
+/* The GPU tier's part of STATUS: its state, then one line per GPU. */
+static void show_gpus(json_t *g)
+{
+	const char *state = json_string_value(json_object_get(g, "state"));
+	json_t *d;
+	size_t i;
+	char b1[32], b2[32];
+
+	if (!state)
+		return;
+	if (strcmp(state, "ready")) {
+		printf("GPUs: %s%s%s\n", state,
+		       json_object_get(g, "error") ? ": " : "",
+		       json_object_get(g, "error") ?
+			       json_string_value(json_object_get(g, "error")) :
+			       "");
+		return;
+	}
+	json_array_foreach(json_object_get(g, "devices"), i, d)
+	{
+		printf("GPU %lld %s (%s): %s used of %s, %lld replicas, %lld "
+		       "leases, %lld evictions\n",
+		       json_integer_value(json_object_get(d, "ordinal")),
+		       json_string_value(json_object_get(d, "uuid")),
+		       json_string_value(json_object_get(d, "name")),
+		       cli_bytes((uint64_t)json_integer_value(
+					 json_object_get(d, "used_bytes")),
+				 b1, sizeof(b1)),
+		       cli_bytes((uint64_t)json_integer_value(
+					 json_object_get(d, "budget_bytes")),
+				 b2, sizeof(b2)),
+		       json_integer_value(json_object_get(d, "replicas")),
+		       json_integer_value(json_object_get(d, "leases")),
+		       json_integer_value(json_object_get(d, "evictions")));
+	}
+}
+
 static void show_status(json_t *j)
 {
 	char b1[32], b2[32];
@@ -168,6 +237,7 @@ static void show_status(json_t *j)
 				 json_object_get(j, "host_budget_bytes")),
 			 b2, sizeof(b2)),
 	       json_integer_value(json_object_get(j, "evictions")));
+	show_gpus(json_object_get(j, "gpu"));
 }
 
 int cmd_status(int argc, char **argv)

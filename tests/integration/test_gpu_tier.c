@@ -321,6 +321,24 @@ static int run_child(const char *mode, const char *ref, int ordinal,
 	return wait_status(pid);
 }
 
+/* Output of `tcast --socket D.sock ARGS` (malloc'd). */
+static char *cli_output(const char *args)
+{
+	char cmd[1024], chunk[4096], *buf = NULL;
+	size_t len = 0, n;
+	FILE *p, *m = open_memstream(&buf, &len);
+
+	snprintf(cmd, sizeof(cmd), "%s/tcast --socket '%s' %s", TC_TEST_BIN,
+		 D.sock, args);
+	p = popen(cmd, "r");
+	assert_non_null(p);
+	while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+		fwrite(chunk, 1, n, m);
+	assert_int_equal(pclose(p), 0);
+	fclose(m);
+	return buf;
+}
+
 /* ---------------------------------------------------------------- child */
 
 static int child_main(int argc, char **argv)
@@ -338,11 +356,15 @@ static int child_main(int argc, char **argv)
 	rc = tc_attach_gpu(c, ref, dev, &a);
 	if (!strcmp(mode, "nodriver")) {
 		printf("%s %s\n", tc_err_name(rc), tc_client_errmsg(c));
+		if (rc == 0)
+			tc_artifact_close(a);
+		tc_client_close(c);
 		return rc == TC_ENODEV ? 0 : 11;
 	}
 	if (rc < 0) {
 		printf("attach: %s: %s\n", tc_err_name(rc),
 		       tc_client_errmsg(c));
+		tc_client_close(c);
 		return 12;
 	}
 	if (!strcmp(mode, "sha")) {
@@ -490,6 +512,20 @@ static void test_gpu_tier__share_across_processes(void **state)
 	assert_true(gpu_stat(c, 0, "used_bytes") > 0);
 	assert_true(gpu_stat(c, 0, "budget_bytes") >
 		    gpu_stat(c, 0, "used_bytes"));
+
+	/* The CLI shows them: inspect per replica, status per GPU. */
+	{
+		char *out = cli_output("inspect llama");
+
+		assert_non_null(strstr(out, "replicas: host memory"));
+		assert_non_null(strstr(out, "GPU 0 GPU-"));
+		assert_non_null(strstr(out, "GPU 1 GPU-"));
+		free(out);
+		out = cli_output("daemon status");
+		assert_non_null(strstr(out, "GPU 0 GPU-"));
+		assert_non_null(strstr(out, "used of"));
+		free(out);
+	}
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -504,7 +540,11 @@ static void test_gpu_tier__read_only(void **state)
 	daemon_start(fake_env, NULL);
 	c = connect_ok();
 	put_blob(c, "ro", 3 * MiB + 17, 1, NULL);
-	assert_int_equal(run_child("write", "ro", 0, NULL, NULL, 0),
+	/* Under ASan the fault must reach the kernel's default action. */
+	static const char *const segv_env[] = { "ASAN_OPTIONS=handle_segv=0",
+						NULL };
+
+	assert_int_equal(run_child("write", "ro", 0, segv_env, NULL, 0),
 			 128 + SIGSEGV);
 	assert_int_equal(run_child("copy", "ro", 1, NULL, line, sizeof(line)),
 			 0);
