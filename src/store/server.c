@@ -396,6 +396,7 @@ struct import_job {
 	struct tc__obj *o;
 	struct tc__digest *chunks;
 	struct tc__load_progress prog;
+	uint64_t total_bytes; /* for PROGRESS; set on the loop before phase 2 */
 	uint64_t t0_ns;
 	int io_threads;
 	int rc;
@@ -515,6 +516,7 @@ static void import_done(struct tc__job *job)
 		j->o->policy = j->policy;
 		snprintf(j->o->source, sizeof(j->o->source), "import:%s",
 			 j->display);
+		j->total_bytes = j->src->table.total_bytes;
 		j->phase = 2;
 		tc__jobs_submit(s->jobs, &j->job);
 		/* The size is known now: tell a watching client at once. */
@@ -632,7 +634,8 @@ static void send_progress(struct conn *c, uint64_t now_ms)
 	c->progress_next_ms = now_ms + PROGRESS_MS;
 	off = tc__frame_begin(&c->out, TC_MSG_PROGRESS, 0, c->progress_req, 0);
 	tc__buf_put_u64(&c->out, atomic_load(&j->prog.done_bytes));
-	tc__buf_put_u64(&c->out, j->src ? j->src->table.total_bytes : 0);
+	/* Not j->src->table: the worker moves it into the artifact. */
+	tc__buf_put_u64(&c->out, j->total_bytes);
 	reply_end(c, off);
 	conn_flush(c);
 }
