@@ -5,7 +5,7 @@
  * integers, explicit lengths, option structs that begin with a field mask.
  * Every function that can fail returns 0 or a negative code (errors.h); the
  * human message of the last failure is tc_client_errmsg(c), valid until the
- * next call on that handle from the same thread.
+ * next call on that handle (from any thread).
  *
  * Lifetimes.  A tc_client is reference counted: tc_client_close() drops the
  * caller's reference, and each attached artifact holds one more, so the

@@ -250,25 +250,24 @@ void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes)
 int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 {
 	struct tc__obj *old = tc__map_get(&s->by_id, o->id);
-
 	enum tc__policy o_policy = o->policy;
 
-	if (old && !old->dead) {
+	if (old) {
 		/* Same content already held: keep one copy, with the
-		 * stronger of the two policies. */
+		 * stronger of the two policies.  A copy removed while clients
+		 * still lease it is the same bytes, so it comes back to life
+		 * rather than living on beside a twin with the same id. */
 		tc__objs_unreserve(s, o->mem_bytes);
 		tc__obj_free(o);
+		if (old->dead) {
+			old->dead = false;
+			lru_push(s, old);
+		}
 		if (o_policy == TC_POLICY_PINNED)
 			old->policy = TC_POLICY_PINNED;
 		tc__objs_touch(s, old);
 		*out = old;
 		return 0;
-	}
-	if (old) {
-		/* A removed copy still leased by clients: let it live on
-		 * unnamed until its last release, and index the new one. */
-		tc__map_del(&s->by_id, old->id);
-		old->id[0] = '\0';
 	}
 	if (tc__map_put(&s->by_id, o->id, o) < 0)
 		return -ENOMEM;
@@ -324,8 +323,7 @@ void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o)
 	if (o->leases == 0)
 		return;
 	if (--o->leases == 0 && o->dead) {
-		if (o->id[0] && tc__map_get(&s->by_id, o->id) == o)
-			tc__map_del(&s->by_id, o->id);
+		tc__map_del(&s->by_id, o->id);
 		s->used -= o->mem_bytes;
 		tc__obj_free(o);
 	}

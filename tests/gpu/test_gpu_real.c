@@ -120,7 +120,7 @@ static int child_big(int sock)
 	rep.phase = 1;
 	if (t_recv(sock, &fd, &req, sizeof(req)) < 0 || fd < 0)
 		return 3;
-	fds0 = t_count_fds() - 1;
+	fds0 = t_count_own_fds() - 1;
 	ret = tc__gpu_init(rep.msg, sizeof(rep.msg));
 	if (ret < 0)
 		goto out_report;
@@ -185,7 +185,7 @@ out_done:
 	tc__gpu_release(&ro);
 	if (buf)
 		munmap(buf, req.size);
-	rep.fd_delta = t_count_fds() - fds0;
+	rep.fd_delta = t_count_own_fds() - fds0;
 	if (t_send(sock, -1, &rep, sizeof(rep)) < 0)
 		return 3;
 	return 0;

@@ -432,6 +432,43 @@ static void test_store__rm_while_mapped(void **state)
 	tc_client_close(c);
 }
 
+/* The same content put again while its removed copy is still leased: one
+ * copy comes back to life, leases stay exact, memory returns at the end. */
+static void test_store__reput_of_removed_leased_content(void **state)
+{
+	tc_client *c = connect_ok();
+	char id1[40], id2[40];
+	tc_artifact *a, *b, *x;
+	long long used0 = status_int(c, "host_used_bytes");
+
+	put_blob(c, "same", 9, 2 << 20, "cache", 0, id1);
+	assert_int_equal(tc_key_set(c, "re:k1", id1, 0, 0, NULL), 0);
+	assert_int_equal(tc_attach(c, "re:k1", &a), 0);
+	assert_int_equal(tc_rm(c, "re:k1"), 0);
+	assert_int_equal(tc_attach(c, id1, &x), TC_ENOTFOUND);
+	put_blob(c, "same", 9, 2 << 20, "cache", 0, id2);
+	assert_string_equal(id1, id2);
+	assert_int_equal(tc_attach(c, id2, &b), 0);
+	assert_int_equal(status_int(c, "host_used_bytes"), used0 + (2 << 20));
+	tc_artifact_close(a);
+	/* b's lease is intact: the artifact is still held and leased once. */
+	{
+		char *s;
+		json_t *j;
+
+		assert_int_equal(tc_inspect_json(c, id2, &s), 0);
+		j = json_loads(s, 0, NULL);
+		assert_int_equal(
+			json_integer_value(json_object_get(j, "leases")), 1);
+		json_decref(j);
+		tc_free(s);
+	}
+	tc_artifact_close(b);
+	assert_int_equal(tc_rm(c, id2), 0);
+	assert_int_equal(status_int(c, "host_used_bytes"), used0);
+	tc_client_close(c);
+}
+
 /* ---------------------------------------------------------- eviction */
 
 static void put_blob(tc_client *c, const char *name, uint8_t fill,
@@ -865,6 +902,7 @@ int main(void)
 		cmocka_unit_test(test_store__seal_with_writable_mapping_fails),
 		cmocka_unit_test(test_store__client_crash_releases),
 		cmocka_unit_test(test_store__rm_while_mapped),
+		cmocka_unit_test(test_store__reput_of_removed_leased_content),
 		cmocka_unit_test(test_store__eviction_lru_and_leases),
 		cmocka_unit_test(test_store__import_reports_progress),
 		cmocka_unit_test(test_store__keys_cas_and_history),
