@@ -144,11 +144,13 @@ static double safetensors_gbs(const char *path, uint64_t bytes)
 	return line[0] ? (double)bytes / atof(line) / 1e9 : -1;
 }
 
+static int stage_chunks; /* --stage: digest chunks per staging buffer */
+
 static double load_gbs(struct tc__source *src, struct tc__gpu_mem *m,
 		       int nthreads, int depth, int direct,
 		       struct tc__digest *chunks, uint64_t *direct_bytes)
 {
-	struct tc__gpu_load_opts o = { nthreads, depth, direct };
+	struct tc__gpu_load_opts o = { nthreads, depth, direct, stage_chunks };
 	struct tc__gpu_load_stats st;
 	char err[512];
 
@@ -179,6 +181,8 @@ int main(int argc, char **argv)
 			file = argv[i + 1];
 		else if (!strcmp(argv[i], "--device"))
 			dev = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--stage"))
+			stage_chunks = atoi(argv[i + 1]);
 	}
 	if (tc__gpu_init(err, sizeof(err)) < 0 ||
 	    tc__gpu_device_count(err, sizeof(err)) <= 0) {

@@ -21,6 +21,9 @@
 #define MAX_THREADS	  64
 #define MAX_DEPTH	  8
 #define DIO_ALIGN_DEFAULT 4096
+#define MAX_STAGE_CHUNKS  16
+/* Read and hash this much at a time, so the hash reads from L2. */
+#define WINDOW_BYTES ((uint64_t)1 << 20)
 
 /* A source file as the reader threads see it. */
 struct lfile {
@@ -37,6 +40,8 @@ struct gload {
 	struct lfile *files; /* owned, src->nfiles */
 	uint64_t size;
 	uint64_t nchunks;
+	uint64_t unit; /* bytes per staging buffer: stage digest chunks */
+	uint64_t nunits;
 	_Atomic uint64_t next;
 	_Atomic uint64_t direct_bytes;
 	_Atomic int stop;
@@ -165,16 +170,19 @@ static void *worker(void *arg)
 	/* Pinned staging: anonymous pages touched now, then registered, which
 	 * is far faster than allocating pinned memory through the driver. */
 	for (; nslots < depth; nslots++) {
-		void *p = mmap(NULL, TC_CHUNK_BYTES, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
-			       0);
+		void *p = mmap(NULL, g->unit, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 		if (p == MAP_FAILED) {
 			gfail(g, -errno, "cannot allocate staging memory");
 			goto out;
 		}
+		/* Huge pages where the kernel allows: fewer TLB misses for
+		 * the copies in and fewer pages for the driver to pin. */
+		madvise(p, g->unit, MADV_HUGEPAGE);
+		memset(p, 0, g->unit);
 		slots[nslots].p = p;
-		rc = tc__gpu_host_register(dev, p, TC_CHUNK_BYTES, 0, err,
+		rc = tc__gpu_host_register(dev, p, g->unit, 0, err,
 					   sizeof(err));
 		if (rc == 0)
 			rc = tc__gpu_event_create(dev, 0, &slots[nslots].ev,
@@ -185,7 +193,7 @@ static void *worker(void *arg)
 			goto out;
 		}
 	}
-	rd.bounce_len = TC_CHUNK_BYTES + 2 * 65536;
+	rd.bounce_len = WINDOW_BYTES + 2 * 65536;
 	rd.bounce = mmap(NULL, rd.bounce_len, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (rd.bounce == MAP_FAILED) {
@@ -194,11 +202,10 @@ static void *worker(void *arg)
 		goto out;
 	}
 	while (!atomic_load(&g->stop) &&
-	       (k = atomic_fetch_add(&g->next, 1)) < g->nchunks) {
+	       (k = atomic_fetch_add(&g->next, 1)) < g->nunits) {
 		struct slot *sl = &slots[i++ % nslots];
-		uint64_t c0 = k * TC_CHUNK_BYTES;
-		uint64_t c1 = TC_MIN(c0 + TC_CHUNK_BYTES, g->size);
-		uint32_t cursor = tc__load_first_tensor(&g->src->table, c0);
+		uint64_t u0 = k * g->unit, u1 = TC_MIN(u0 + g->unit, g->size);
+		uint32_t cursor = tc__load_first_tensor(&g->src->table, u0);
 
 		if (g->prog && atomic_load(&g->prog->cancel)) {
 			gfail(g, -ECANCELED, "load cancelled");
@@ -212,27 +219,38 @@ static void *worker(void *arg)
 			}
 			sl->busy = false;
 		}
-		rc = tc__load_range(g->src, sl->p, c0, c1, &cursor, true,
-				    &rd.base, err, sizeof(err));
-		if (rc < 0) {
-			gfail(g, rc, "%s", err);
-			break;
+		/* Digest chunk by digest chunk, window by window: each window
+		 * is hashed while it is still in cache. */
+		for (uint64_t c0 = u0; c0 < u1; c0 += TC_CHUNK_BYTES) {
+			uint64_t c1 = TC_MIN(c0 + TC_CHUNK_BYTES, u1);
+
+			tc__hasher_reset(h);
+			for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
+				uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);
+				uint8_t *p = sl->p + (w - u0);
+
+				rc = tc__load_range(g->src, p, w, we, &cursor,
+						    true, &rd.base, err,
+						    sizeof(err));
+				if (rc < 0)
+					goto out_fail;
+				tc__hasher_update(h, p, (size_t)(we - w));
+			}
+			tc__hasher_final(h, &g->chunks[c0 / TC_CHUNK_BYTES]);
 		}
-		tc__hasher_reset(h);
-		tc__hasher_update(h, sl->p, (size_t)(c1 - c0));
-		tc__hasher_final(h, &g->chunks[k]);
-		rc = tc__gpu_htod(dev, g->dst->dptr + c0, sl->p, c1 - c0, s,
+		rc = tc__gpu_htod(dev, g->dst->dptr + u0, sl->p, u1 - u0, s,
 				  err, sizeof(err));
 		if (rc == 0)
 			rc = tc__gpu_event_record(sl->ev, s, err, sizeof(err));
-		if (rc < 0) {
-			gfail(g, rc, "%s", err);
-			break;
-		}
+		if (rc < 0)
+			goto out_fail;
 		sl->busy = true;
 		if (g->prog)
-			atomic_fetch_add(&g->prog->done_bytes, c1 - c0);
+			atomic_fetch_add(&g->prog->done_bytes, u1 - u0);
 	}
+	goto out;
+out_fail:
+	gfail(g, rc, "%s", err);
 out:
 	/* No buffer may be unpinned or unmapped while a copy reads it. */
 	if (s && tc__gpu_stream_sync(s, err, sizeof(err)) < 0)
@@ -243,7 +261,7 @@ out:
 		if (slots[j].p) {
 			tc__gpu_host_unregister(dev, slots[j].p, err,
 						sizeof(err));
-			munmap(slots[j].p, TC_CHUNK_BYTES);
+			munmap(slots[j].p, g->unit);
 		}
 	}
 	if (rd.bounce)
@@ -340,6 +358,11 @@ int tc__gpu_load_source(const struct tc__source *src,
 	g.prog = prog;
 	g.size = src->table.total_bytes;
 	g.nchunks = tc__chunk_count(g.size);
+	g.unit = TC_CHUNK_BYTES *
+		 (uint64_t)(o->stage_chunks > 0 ?
+				    TC_MIN(o->stage_chunks, MAX_STAGE_CHUNKS) :
+				    4);
+	g.nunits = g.size / g.unit + (g.size % g.unit != 0);
 	g.err = err;
 	g.errlen = errlen;
 	pthread_mutex_init(&g.lock, NULL);
@@ -347,12 +370,12 @@ int tc__gpu_load_source(const struct tc__source *src,
 	if (!g.files)
 		return -ENOMEM;
 	open_direct(&g);
-	n = (int)TC_MIN((uint64_t)TC_MAX(o->nthreads, 1), g.nchunks);
+	n = (int)TC_MIN((uint64_t)TC_MAX(o->nthreads, 1), g.nunits);
 	n = TC_MIN(n, MAX_THREADS);
 	for (int i = 1; i < n; i++)
 		if (pthread_create(&tids[started], NULL, worker, &g) == 0)
 			started++;
-	if (g.nchunks)
+	if (g.nunits)
 		worker(&g);
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
@@ -368,9 +391,9 @@ int tc__gpu_load_source(const struct tc__source *src,
 		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
 				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 		stats->staging_bytes =
-			(uint64_t)(started + (g.nchunks ? 1 : 0)) *
+			(uint64_t)(started + (g.nunits ? 1 : 0)) *
 			(uint64_t)TC_MAX(1, TC_MIN(o->depth, MAX_DEPTH)) *
-			TC_CHUNK_BYTES;
+			g.unit;
 	}
 	return g.rc;
 }

@@ -24,6 +24,8 @@ struct tc__gpu_load_opts {
 	int depth;    /* staging buffers per thread (>= 2 to overlap) */
 	int direct;   /* 1: O_DIRECT reads, 0: buffered, -1: per file, direct
 			 when the file is not in the page cache */
+	int stage_chunks; /* digest chunks per staging buffer and copy;
+			     0 means 4 (16 MiB) */
 };
 
 struct tc__gpu_load_stats {

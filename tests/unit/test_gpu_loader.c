@@ -57,9 +57,10 @@ static void ref_close(struct ref *r)
 	free(r->chunks);
 }
 
-static void load_and_compare(struct ref *r, int nthreads, int depth, int direct)
+static void load_and_compare(struct ref *r, int nthreads, int depth, int direct,
+			     int stage)
 {
-	struct tc__gpu_load_opts o = { nthreads, depth, direct };
+	struct tc__gpu_load_opts o = { nthreads, depth, direct, stage };
 	struct tc__gpu_load_stats st;
 	struct tc__gpu_mem m;
 	struct tc__digest *chunks = calloc(r->nchunks + 1, sizeof(*chunks));
@@ -100,11 +101,11 @@ static void test_gpu_loader__matches_host_loader(void **state)
 
 		ref_open(&r, t_data(items[i]));
 		for (int direct = 0; direct <= 1; direct++) {
-			load_and_compare(&r, 1, 1, direct);
-			load_and_compare(&r, 2, 2, direct);
-			load_and_compare(&r, 4, 3, direct);
+			load_and_compare(&r, 1, 1, direct, 1);
+			load_and_compare(&r, 2, 2, direct, 2);
+			load_and_compare(&r, 4, 3, direct, 0);
 		}
-		load_and_compare(&r, 2, 2, -1);
+		load_and_compare(&r, 2, 2, -1, 0);
 		ref_close(&r);
 	}
 }
@@ -156,11 +157,13 @@ static void test_gpu_loader__multi_chunk_unaligned(void **state)
 	hl = write_model(path, &off);
 	ref_open(&r, path);
 	assert_true(r.nchunks >= 4);
-	load_and_compare(&r, 3, 2, 1);
-	load_and_compare(&r, 3, 2, 0);
+	load_and_compare(&r, 3, 2, 1, 1);
+	load_and_compare(&r, 3, 2, 0, 1);
+	load_and_compare(&r, 1, 2, 0, 3); /* units straddle the tail */
+	load_and_compare(&r, 2, 2, 1, 0);
 	/* Truncated after parsing: a clean TC_EBADFILE naming the file. */
 	{
-		struct tc__gpu_load_opts o = { 2, 2, 0 };
+		struct tc__gpu_load_opts o = { 2, 2, 0, 0 };
 		struct tc__digest *ch = calloc(r.nchunks, sizeof(*ch));
 		struct tc__gpu_mem m;
 		char err[512];
@@ -204,7 +207,7 @@ static void test_gpu_loader__driver_failures(void **state)
 	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
 		/* One thread, two buffers: the third chunk must wait for the
 		 * first one's copy, so every call below is reached. */
-		struct tc__gpu_load_opts o = { 1, 2, 0 };
+		struct tc__gpu_load_opts o = { 1, 2, 0, 1 };
 		struct tc__digest ch[16];
 		struct tc__gpu_mem m;
 		char spec[96], err[512];
@@ -225,7 +228,7 @@ static void test_gpu_loader__driver_failures(void **state)
 		tc__gpu_release(&m);
 		assert_int_equal(t_count_fds(), fd0);
 	}
-	load_and_compare(&r, 2, 2, 0);
+	load_and_compare(&r, 2, 2, 0, 0);
 	ref_close(&r);
 	unlink(path);
 	rmdir(dir);
@@ -233,7 +236,7 @@ static void test_gpu_loader__driver_failures(void **state)
 
 static void test_gpu_loader__too_small_destination(void **state)
 {
-	struct tc__gpu_load_opts o = { 1, 2, 0 };
+	struct tc__gpu_load_opts o = { 1, 2, 0, 0 };
 	struct tc__gpu_mem m;
 	struct tc__digest ch[4];
 	char err[512];
