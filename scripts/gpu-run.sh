@@ -9,7 +9,14 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
 export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast"
-export PYTHONPATH="$root/python:$G/py" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# The machine's own pytest when it has one (its plugins expect it); else
+# the Debian copy carried in the bundle, with plugin autoload off.
+if python3 -c 'import pytest' 2>/dev/null; then
+	export PYTHONPATH="$root/python"
+else
+	export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+fi
 steps=${*:-env gpu python bench pybench}
 for s in $steps; do
 	case $s in
