@@ -88,10 +88,11 @@ static void write_model(const char *path, size_t bytes, int ntensors)
 
 	hl += (size_t)sprintf(hdr + hl, "{");
 	for (int i = 0; i < ntensors; i++) {
-		hl += (size_t)sprintf(hdr + hl,
-				      "%s\"layer.%d\":{\"dtype\":\"U8\",\"shape\":"
-				      "[%zu],\"data_offsets\":[%zu,%zu]}",
-				      i ? "," : "", i, per, off, off + per);
+		hl += (size_t)sprintf(
+			hdr + hl,
+			"%s\"layer.%d\":{\"dtype\":\"U8\",\"shape\":"
+			"[%zu],\"data_offsets\":[%zu,%zu]}",
+			i ? "," : "", i, per, off, off + per);
 		off += per;
 	}
 	hl += (size_t)sprintf(hdr + hl, "}");

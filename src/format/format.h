@@ -17,9 +17,9 @@
 #include "common/tensor.h"
 
 #define TC_ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000) /* reference cap */
-#define TC_IDX_MAX_BYTES ((uint64_t)64 << 20)           /* index.json cap */
-#define TC_MAX_SHARDS 65536                             /* files per folder */
-#define TC_IDX_NAME "model.safetensors.index.json"
+#define TC_IDX_MAX_BYTES ((uint64_t)64 << 20)	       /* index.json cap */
+#define TC_MAX_SHARDS	 65536			       /* files per folder */
+#define TC_IDX_NAME	 "model.safetensors.index.json"
 
 /* ---------------------------------------------------------------- parsing */
 
@@ -44,7 +44,7 @@ int tc__st_read(int fd, uint32_t file_index, struct tc__table *out,
 
 /* A parsed model.safetensors.index.json. */
 struct tc__index_entry {
-	char *tensor;   /* owned */
+	char *tensor;	/* owned */
 	uint32_t shard; /* index into shards[] */
 };
 
@@ -66,7 +66,7 @@ void tc__idx_release(struct tc__index *idx);
 
 struct tc__source_file {
 	char *name;    /* owned: basename inside the folder, or the path */
-	int fd;        /* owned, O_RDONLY | O_CLOEXEC, a regular file */
+	int fd;	       /* owned, O_RDONLY | O_CLOEXEC, a regular file */
 	uint64_t size; /* bytes, as validated */
 };
 
@@ -76,7 +76,7 @@ struct tc__source_file {
  * file's data section; table.tensors are ordered by (src_file, src_offset).
  */
 struct tc__source {
-	char *display;                 /* owned: what messages call it */
+	char *display;		       /* owned: what messages call it */
 	struct tc__source_file *files; /* owned array */
 	uint32_t nfiles;
 	struct tc__table table; /* tensors and metadata (offsets unset) */
@@ -96,8 +96,8 @@ struct tc__source {
  * Metadata of a folder: the first shard's __metadata__.
  * Returns 0 or a negative code; `err` names the file and the problem.
  */
-int tc__source_open_fd(int fd, const char *display,
-		       struct tc__source **out, char *err, size_t errlen);
+int tc__source_open_fd(int fd, const char *display, struct tc__source **out,
+		       char *err, size_t errlen);
 /* Same, opening `path` first (O_RDONLY | O_NONBLOCK | O_CLOEXEC). */
 int tc__source_open(const char *path, struct tc__source **out, char *err,
 		    size_t errlen);
