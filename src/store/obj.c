@@ -263,8 +263,9 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 			old->dead = false;
 			lru_push(s, old);
 		}
-		if (o_policy == TC_POLICY_PINNED)
-			old->policy = TC_POLICY_PINNED;
+		/* enum tc__policy runs from weakest to strongest. */
+		if (o_policy > old->policy)
+			old->policy = o_policy;
 		tc__objs_touch(s, old);
 		*out = old;
 		return 0;
