@@ -251,6 +251,8 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 {
 	struct tc__obj *old = tc__map_get(&s->by_id, o->id);
 	enum tc__policy o_policy = o->policy;
+	struct tc__map_entry *e;
+	size_t b;
 
 	if (old) {
 		/* Same content already held: keep one copy, with the
@@ -272,6 +274,14 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 	}
 	if (tc__map_put(&s->by_id, o->id, o) < 0)
 		return -ENOMEM;
+	/* Keys keep naming an evicted artifact's id; when the same content
+	 * is loaded again they name this object, so count them, or rm of
+	 * one of them would take the artifact from the others. */
+	o->nkeys = 0;
+	for (e = tc__map_next(&s->keys, NULL, &b); e;
+	     e = tc__map_next(&s->keys, e, &b))
+		if (!strcmp(((struct tc__key *)e->val)->id, o->id))
+			o->nkeys++;
 	lru_push(s, o);
 	s->inserted++;
 	*out = o;
