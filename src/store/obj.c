@@ -197,7 +197,9 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 		     char *err, size_t errlen)
 {
 	struct tc__obj *o, *prev;
+	struct tc__map_entry *e;
 	uint64_t held = 0, pinned = 0;
+	size_t b;
 
 	if (bytes > s->budget) {
 		snprintf(err, errlen,
@@ -220,7 +222,12 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 		}
 	}
 	if (s->used + bytes > s->budget) {
-		for (o = s->lru_head; o; o = o->lru_next) {
+		/* Walk the table, not the LRU list: a removed artifact that
+		 * clients still lease is off the list but its memory is
+		 * held by clients all the same. */
+		for (e = tc__map_next(&s->by_id, NULL, &b); e;
+		     e = tc__map_next(&s->by_id, e, &b)) {
+			o = e->val;
 			if (o->leases)
 				held += o->mem_bytes;
 			else if (o->policy == TC_POLICY_PINNED)
