@@ -475,7 +475,9 @@ static void open_done(struct tc__job *job)
 				d->budget = total;
 			}
 		} else {
-			d->budget = total / 100 * (uint64_t)t->cfg->gpu_percent;
+			d->budget =
+				(uint64_t)((unsigned __int128)total *
+					   (unsigned)t->cfg->gpu_percent / 100);
 		}
 		tc__log(TC_LOG_INFO,
 			"GPU %d: %s %s (%s), %llu bytes, budget %llu bytes%s",

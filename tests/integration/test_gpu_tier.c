@@ -935,6 +935,149 @@ static void test_gpu_tier__bad_requests(void **state)
 	daemon_stop();
 }
 
+/* An artifact evicted from host memory takes its GPU replicas along; a
+ * GPU lease keeps an artifact in host memory. */
+static void test_gpu_tier__host_eviction_frees_replicas(void **state)
+{
+	tc_client *c;
+	tc_artifact *a, *x;
+
+	daemon_start(fake_env, "--host-memory", "12MiB", NULL);
+	c = connect_ok();
+	put_blob(c, "h1", 5 * MiB, 1, NULL);
+	a = attach_gpu_ok(c, "h1", 0);
+	put_blob(c, "h2", 5 * MiB, 2, NULL);
+	/* h1 is older but GPU-leased: h2 goes. */
+	put_blob(c, "h3", 5 * MiB, 3, NULL);
+	assert_int_equal(tc_attach(c, "h2", &x), TC_ENOTFOUND);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+	tc_artifact_close(a);
+	/* Now h1 is the least recently used and nobody holds it. */
+	put_blob(c, "h4", 5 * MiB, 4, NULL);
+	assert_int_equal(tc_attach(c, "h1", &x), TC_ENOTFOUND);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+static void raw_attach_gpu(int fd, uint32_t req, const char *ref, uint32_t dev)
+{
+	struct tc__buf b = TC_BUF_INIT;
+
+	tc__buf_put_str(&b, ref);
+	tc__buf_put_u32(&b, dev);
+	tc__buf_put_u32(&b, 0);
+	tc__buf_put_str(&b, "");
+	assert_int_equal(t_raw_send(fd, TC_MSG_ATTACH_GPU, req, b.data, b.len,
+				    NULL, 0),
+			 0);
+	tc__buf_release(&b);
+}
+
+/* Requests that arrive while the driver loads and the replica fills all
+ * get the one replica; a client that hangs up while waiting leaves no
+ * lease behind. */
+static void test_gpu_tier__concurrent_and_abandoned(void **state)
+{
+	struct tc__frame_hdr h;
+	int fds[3], rfd[4], nfds, status;
+	uint8_t *body;
+	tc_client *c;
+
+	daemon_start(fake_env, NULL);
+	c = connect_ok();
+	put_blob(c, "w", 64 * MiB, 9, NULL);
+	for (int i = 0; i < 3; i++) {
+		fds[i] = t_raw_connect(D.sock);
+		assert_true(fds[i] >= 0);
+		assert_int_equal(t_raw_hello(fds[i]), 0);
+	}
+	for (int i = 0; i < 3; i++)
+		raw_attach_gpu(fds[i], 20 + (uint32_t)i, "w", 1);
+	close(fds[2]); /* gone before the answer */
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(t_raw_recv(fds[i], &h, &body, rfd, &nfds), 0);
+		memcpy(&status, body, 4);
+		free(body);
+		assert_int_equal(status, 0);
+		assert_int_equal(h.req_id, 20 + (uint32_t)i);
+		assert_int_equal(nfds, 1);
+		close(rfd[0]);
+	}
+	assert_int_equal(gpu_total(c, "fills"), 1);
+	for (int i = 0; i < 200 && replica_leases(c, "w", 1) != 2; i++)
+		usleep(10000);
+	assert_int_equal(replica_leases(c, "w", 1), 2);
+	/* The connection goes on after the reply. */
+	raw_attach_gpu(fds[0], 30, "w", 1);
+	assert_int_equal(t_raw_recv(fds[0], &h, &body, rfd, &nfds), 0);
+	free(body);
+	assert_int_equal(nfds, 1);
+	close(rfd[0]);
+	assert_int_equal(replica_leases(c, "w", 1), 3);
+	close(fds[0]);
+	close(fds[1]);
+	for (int i = 0; i < 200 && replica_leases(c, "w", 1); i++)
+		usleep(10000);
+	assert_int_equal(replica_leases(c, "w", 1), 0);
+	assert_int_equal(gpu_total(c, "fills"), 1);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* gpu_memory is checked strictly at start-up. */
+static void test_gpu_tier__config(void **state)
+{
+	static const char *const bad[] = { "gpu_memory=bogus", "gpu_memory=0",
+					   "gpu_memory=0%", "gpu_memory=101%",
+					   "gpu_memory=12x%" };
+	char cmd[1024];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		FILE *p;
+		char out[1024] = "";
+		size_t n;
+		int st;
+
+		snprintf(cmd, sizeof(cmd),
+			 "%s/tcast --socket /nonexistent/x.sock daemon run "
+			 "--set %s 2>&1",
+			 TC_TEST_BIN, bad[i]);
+		p = popen(cmd, "r");
+		assert_non_null(p);
+		n = fread(out, 1, sizeof(out) - 1, p);
+		out[n] = '\0';
+		st = pclose(p);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+		if (!strstr(out, "gpu_memory"))
+			fail_msg("'%s': %s", bad[i], out);
+	}
+	/* A percentage works, and a size larger than the GPU is cut. */
+	daemon_start(fake_env, "--set", "gpu_memory=50%", NULL);
+	{
+		tc_client *c = connect_ok();
+
+		put_blob(c, "p", MiB, 1, NULL);
+		tc_artifact_close(attach_gpu_ok(c, "p", 0));
+		assert_int_equal(gpu_stat(c, 0, "budget_bytes"),
+				 gpu_stat(c, 0, "total_bytes") / 2);
+		tc_client_close(c);
+	}
+	daemon_stop();
+	daemon_start(fake_env, "--set", "gpu_memory=1TiB", NULL);
+	{
+		tc_client *c = connect_ok();
+
+		put_blob(c, "p", MiB, 1, NULL);
+		tc_artifact_close(attach_gpu_ok(c, "p", 0));
+		assert_int_equal(gpu_stat(c, 0, "budget_bytes"),
+				 gpu_stat(c, 0, "total_bytes"));
+		tc_client_close(c);
+	}
+	daemon_stop();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -947,6 +1090,9 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__no_driver),
 		cmocka_unit_test(test_gpu_tier__cycles_do_not_leak),
 		cmocka_unit_test(test_gpu_tier__bad_requests),
+		cmocka_unit_test(test_gpu_tier__host_eviction_frees_replicas),
+		cmocka_unit_test(test_gpu_tier__concurrent_and_abandoned),
+		cmocka_unit_test(test_gpu_tier__config),
 	};
 
 	/* This process and every daemon and child use the fake. */
