@@ -181,6 +181,12 @@ TC_API const char *tc_artifact_meta_value(const tc_artifact *a, uint32_t i);
 TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
 			      void **out);
 
+/* The whole byte space (tc_artifact_size bytes) as one 1-D uint8 DLPack
+ * tensor on the artifact's device, holding a reference on `a` like
+ * tc_artifact_dlpack.  Bindings slice typed views of every tensor out of
+ * it with one framework call each.  Returns 0 or -ENOMEM. */
+TC_API int tc_artifact_dlpack_bytes(tc_artifact *a, int versioned, void **out);
+
 /* ------------------------------------------------------ keys and verbs */
 
 /* Point `key` at artifact `id`.  `has_expect` = 0: create, or no-op when it

@@ -495,6 +495,58 @@ def make_capsule(handle: int, index: int, versioned: bool) -> Any:
         raise
 
 
+def bytes_capsule(handle: int) -> Any:
+    """A legacy DLPack capsule of the artifact's whole byte space (uint8, on
+    the artifact's device), owning one C reference."""
+    out = ctypes.c_void_p()
+    rc = _native.lib.tc_artifact_dlpack_bytes(handle, 0, ctypes.byref(out))
+    if rc < 0:
+        raise errors.error_from_code(rc, "cannot export the artifact through DLPack")
+    try:
+        return _native.PyCapsule_New(out.value, _NAME_LEGACY_P, _capsule_destructor)
+    except BaseException:
+        off = _native.DL_LEGACY_DELETER_OFFSET
+        _native.DL_DELETER(ctypes.c_void_p.from_address(out.value + off).value)(out.value)
+        raise
+
+
+def gpu_torch_views(session: Session, artifact_id: str, table: "_Table", device: str,
+                    names: Optional[List[str]], find) -> Dict[str, Any]:
+    """Zero-copy torch views of the daemon's replica on a GPU: the daemon
+    makes the replica if it has none, this process maps it read-only, and
+    every tensor is one strided view of a single uint8 base tensor that
+    holds the mapping (and its lease) until the last view dies."""
+    import torch
+    from torch.utils.dlpack import from_dlpack
+
+    ordinal = torch.device(device).index
+    if ordinal is None:
+        ordinal = torch.cuda.current_device()
+    h = ctypes.c_void_p()
+    session.call(session.lib.tc_attach_gpu, artifact_id.encode(), ordinal, ctypes.byref(h))
+    try:
+        base = from_dlpack(bytes_capsule(h.value))
+    finally:
+        session.lib.tc_artifact_close(h.value)  # the base holds its own reference
+    rows, _, used = table.torch_plan()
+    if names is not None:
+        rows = [rows[find(n)] for n in names]
+    size = table_size = base.numel()
+    views = []
+    for fwdt in used:
+        isz = torch.empty((), dtype=fwdt).element_size()
+        views.append((base[: table_size - table_size % isz] if isz > 1 else base).view(fwdt).as_strided)
+    out: Dict[str, Any] = {}
+    for name, k, shape, stride, eoff, kind, off, numel in rows:
+        if kind == 0 and size:
+            out[name] = views[k](shape, stride, eoff)
+        elif kind == 1 or not size:
+            out[name] = torch.empty(shape, dtype=used[k], device=base.device)
+        else:
+            out[name] = base[off: off + numel * used[k].itemsize].view(used[k]).view(shape)
+    return out
+
+
 class DLPackTensor:
     """One tensor of an attached artifact as a DLPack producer.
 
@@ -943,8 +995,15 @@ class Artifact:
             raw_all = {}
         zero_copy = True
         if dev != "cpu":
-            out = {k: v.to(dev, non_blocking=False) for k, v in out.items()}
-            zero_copy = False
+            try:
+                out = gpu_torch_views(self._sess(), att.id, att.table, dev, names, att.find)
+                info["source"] = f"local GPU replica ({dev})"
+            except (errors.NotSupportedError, errors.NoGpuError) as e:
+                # No GPU tier (an older daemon, no driver visible to it):
+                # copy the host views instead, and say so.
+                out = {k: v.to(dev, non_blocking=False) for k, v in out.items()}
+                zero_copy = False
+                info["fallback_reason"] = f"copied from host memory: {e}"
         seconds = time.perf_counter() - t0
         sel = att.infos if names is None else [att.infos[att.find(n)] for n in names]
         diag = Diagnostics(

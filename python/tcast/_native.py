@@ -150,6 +150,7 @@ PROTOTYPES = {
     "tc_artifact_meta_key": (c_char_p, [_p, c_uint32]),
     "tc_artifact_meta_value": (c_char_p, [_p, c_uint32]),
     "tc_artifact_dlpack": (c_int, [_p, c_uint32, c_int, _pp]),
+    "tc_artifact_dlpack_bytes": (c_int, [_p, c_int, _pp]),
     # client.h: keys and verbs
     "tc_key_set": (
         c_int,

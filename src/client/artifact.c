@@ -329,30 +329,23 @@ static void dl_delete_legacy(struct tc_DLManagedTensor *m)
 	tc__free(e);
 }
 
-TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
-			      void **out)
+/* A DLPack tensor over `ptr` on a's device holding one reference on a. */
+static int dl_make(tc_artifact *a, const void *ptr, uint32_t ndim,
+		   const uint64_t *shape, uint8_t code, uint8_t bits,
+		   int versioned, void **out)
 {
-	const struct tc__tensor *x;
 	struct tc_DLTensor *t;
-	struct dl_export *e;
-	uint8_t code, bits;
+	struct dl_export *e = tc__calloc(1, sizeof(*e));
 
-	*out = NULL;
-	if (i >= a->table.ntensors)
-		return TC_EINVAL;
-	x = &a->table.tensors[i];
-	if (tc_dtype_dlpack(x->dtype, &code, &bits) < 0)
-		return TC_EBADDTYPE;
-	e = tc__calloc(1, sizeof(*e));
 	if (!e)
 		return -ENOMEM;
-	for (uint32_t d = 0; d < x->ndim; d++)
-		e->shape[d] = (int64_t)x->shape[d];
+	for (uint32_t d = 0; d < ndim; d++)
+		e->shape[d] = (int64_t)shape[d];
 	t = versioned ? &e->u.v.dl_tensor : &e->u.l.dl_tensor;
-	t->data = (void *)(a->map + x->offset);
+	t->data = (void *)ptr;
 	t->device.device_type = a->device >= 0 ? TC_kDLCUDA : TC_kDLCPU;
 	t->device.device_id = a->device >= 0 ? a->device : 0;
-	t->ndim = x->ndim;
+	t->ndim = (int32_t)ndim;
 	t->dtype.code = code;
 	t->dtype.bits = bits;
 	t->dtype.lanes = 1;
@@ -373,6 +366,30 @@ TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
 	tc_artifact_ref(a);
 	*out = e;
 	return 0;
+}
+
+TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
+			      void **out)
+{
+	const struct tc__tensor *x;
+	uint8_t code, bits;
+
+	*out = NULL;
+	if (i >= a->table.ntensors)
+		return TC_EINVAL;
+	x = &a->table.tensors[i];
+	if (tc_dtype_dlpack(x->dtype, &code, &bits) < 0)
+		return TC_EBADDTYPE;
+	return dl_make(a, a->map + x->offset, x->ndim, x->shape, code, bits,
+		       versioned, out);
+}
+
+TC_API int tc_artifact_dlpack_bytes(tc_artifact *a, int versioned, void **out)
+{
+	uint64_t n = a->table.total_bytes;
+
+	*out = NULL;
+	return dl_make(a, a->map, 1, &n, 1 /* kDLUInt */, 8, versioned, out);
 }
 
 /* ---------------------------------------------------------------- export */

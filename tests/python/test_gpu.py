@@ -1,0 +1,85 @@
+"""tensor_dict(device="cuda:N"): zero-copy views of the daemon's GPU replica.
+
+Runs on a machine whose torch sees a GPU (the GPU machine); skipped
+elsewhere.  The C side of the GPU tier is covered in CI through the fake
+driver (tests/integration/test_gpu_tier.c).
+"""
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, run_py, wait_until
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _gpu_leases(tc, aid):
+    reps = tc.inspect(aid)["replicas"]
+    return sum(r.get("leases", 0) for r in reps if r.get("tier") == "gpu")
+
+
+@pytest.mark.parametrize("name", ["dtypes.safetensors", "many-tensors.safetensors", "tiny-llama"])
+def test_cuda_views_equal_host_views(tc, name):
+    art = tc.import_from_disk(DATA / name)
+    host = art.tensor_dict(device="cpu")
+    res = art.tensor_dict_with_diagnostics(device="cuda:0")
+    assert res.diagnostics.zero_copy, res.diagnostics
+    assert "GPU" in res.diagnostics.source
+    assert sorted(res.tensors) == sorted(host)
+    for k, t in res.tensors.items():
+        assert t.device.type == "cuda"
+        assert t.dtype == host[k].dtype and t.shape == host[k].shape
+        assert torch.equal(t.cpu(), host[k]), k
+
+
+def test_cuda_replica_shared_and_released(tc):
+    art = tc.import_from_disk(DATA / "tiny-llama")
+    aid = art.artifact_id
+    a = art.tensor_dict(device="cuda:0")
+    b = tc.artifact(aid).tensor_dict(device="cuda:0")
+    gpu = [r for r in tc.inspect(aid)["replicas"] if r.get("tier") == "gpu"]
+    assert len(gpu) == 1, gpu  # one replica, two attaches
+    del a, b
+    gc.collect()
+    wait_until(lambda: _gpu_leases(tc, aid) == 0, what="GPU leases released")
+
+
+def test_cuda_second_process_reads_same_replica(tc):
+    art = tc.import_from_disk(DATA / "dtypes.safetensors")
+    want = {k: v.cpu() for k, v in art.tensor_dict(device="cuda:0").items()}
+    code = f"""
+import sys, torch, tcast as tc
+tc.init(mode="connect")
+t = tc.artifact({art.artifact_id!r}).tensor_dict(device="cuda:0")
+torch.save({{k: v.cpu() for k, v in t.items()}}, sys.argv[1])
+"""
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "t.pt")
+        run_py(code, out)
+        got = torch.load(out)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_cuda_write_is_refused(tc):
+    art = tc.import_from_disk(DATA / "many-tensors.safetensors")
+    code = f"""
+import torch, tcast as tc
+tc.init(mode="connect")
+t = tc.artifact({art.artifact_id!r}).tensor_dict(device="cuda:0")["blocks.0.w"]
+t.add_(1)
+torch.cuda.synchronize()
+print("WROTE")
+"""
+    r = run_py(code, check=False)
+    assert "WROTE" not in r.stdout, "a write through a read-only GPU mapping went through"
+    # The replica is unchanged for everyone else.
+    host = art.tensor_dict(device="cpu")["blocks.0.w"]
+    assert torch.equal(art.tensor_dict(device="cuda:0")["blocks.0.w"].cpu(), host)
