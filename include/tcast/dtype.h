@@ -45,7 +45,8 @@ enum tc_dtype {
 
 /* safetensors name ("BF16") or NULL for an unknown id.  Static storage. */
 TC_API const char *tc_dtype_name(int dtype);
-/* Id for an exact, case-sensitive safetensors name, or TC_EBADDTYPE. */
+/* Id for an exact, case-sensitive safetensors name, or TC_EBADDTYPE (also
+ * for NULL). */
 TC_API int tc_dtype_from_name(const char *name);
 /* Bits per element (4, 6, 8, 16, 32, 64), or 0 for an unknown id. */
 TC_API uint32_t tc_dtype_bits(int dtype);

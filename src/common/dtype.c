@@ -28,6 +28,8 @@ TC_API const char *tc_dtype_name(int dtype)
 
 TC_API int tc_dtype_from_name(const char *name)
 {
+	if (!name)
+		return TC_EBADDTYPE;
 	for (int i = 0; i < TC_DTYPE__COUNT; i++)
 		if (!strcmp(dtypes[i].name, name))
 			return i;
