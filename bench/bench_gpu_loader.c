@@ -11,6 +11,7 @@
  *              new GPU allocation.
  *
  * Usage: bench_gpu_loader [--gib N] [--file PATH] [--device N]
+ *                         [--stage CHUNKS] [--cold 0|1]
  * Needs root for dropping caches (skips cold runs otherwise).
  */
 #include <errno.h>
@@ -168,7 +169,7 @@ int main(int argc, char **argv)
 	char path[512], err[512];
 	double gib = 8, best = 0, st_warm, st_cold = -1, dd = -1, cold = -1,
 	       cold_buf = -1, h2d, host2gpu;
-	int dev = 0, best_t = 0, threads[] = { 2, 4, 8, 12, 16 };
+	int dev = 0, best_t = 0, threads[] = { 2, 4, 8, 12, 16 }, cold_runs = 1;
 	struct tc__source *src;
 	struct tc__gpu_mem m;
 	struct tc__digest *ref, *chunks;
@@ -183,6 +184,8 @@ int main(int argc, char **argv)
 			dev = atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--stage"))
 			stage_chunks = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--cold"))
+			cold_runs = atoi(argv[i + 1]);
 	}
 	if (tc__gpu_init(err, sizeof(err)) < 0 ||
 	    tc__gpu_device_count(err, sizeof(err)) <= 0) {
@@ -242,8 +245,8 @@ int main(int argc, char **argv)
 	memcpy(ref, chunks, nchunks * sizeof(*ref));
 	st_warm = safetensors_gbs(file, size);
 
-	/* Cold. */
-	if (drop_caches(file) == 0) {
+	/* Cold (--cold 0 skips it, e.g. when sweeping staging sizes). */
+	if (cold_runs && drop_caches(file) == 0) {
 		dd = dd_direct_gbs(file, size);
 		drop_caches(file);
 		cold = load_gbs(src, &m, best_t, 4, 1, chunks, &dbytes);
