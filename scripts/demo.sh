@@ -39,6 +39,7 @@ say "3. verify and import"
 say "4. a second process attaches it, zero copy"
 /usr/bin/python3 - "$model" <<'PY'
 import hashlib, json, os, struct, sys, time
+import torch
 import tcast as tc
 
 model = sys.argv[1]
@@ -49,9 +50,10 @@ res = art.tensor_dict_with_diagnostics(device="cpu")
 t1 = time.perf_counter()
 tensors = res.tensors
 nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
-print(f"attached {len(tensors)} tensors, {nbytes / 2**20:.0f} MiB "
-      f"in {(t1 - t0) * 1e3:.2f} ms (no bytes copied)")
-print("diagnostics:", res.diagnostics)
+d = res.diagnostics
+print(f"attached {len(tensors)} tensors, {nbytes / 2**20:.0f} MiB in "
+      f"{(t1 - t0) * 1e3:.2f} ms (attach {d.attach_seconds * 1e3:.2f} ms, "
+      f"zero copy: {d.zero_copy}, source: {d.source})")
 
 # Same bytes as the files: hash every tensor from the shared mapping.
 index = json.load(open(os.path.join(model, "model.safetensors.index.json")))
@@ -65,7 +67,7 @@ for name, shard in index["weight_map"].items():
         f.seek(8 + n + b)
         want = hashlib.sha256(f.read(e - b)).hexdigest()
     t = tensors[name]
-    got = hashlib.sha256(t.contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes()).hexdigest()
+    got = hashlib.sha256(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
     ok += want == got
 t3 = time.perf_counter()
 print(f"sha256 of all {ok}/{len(index['weight_map'])} tensors match the "
@@ -78,7 +80,9 @@ with open("/proc/self/maps") as f:
     for line in f:
         lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
         if lo <= ptr < hi:
-            print("mapping:", " ".join(line.split()[:2]), line.split()[-1] if len(line.split()) > 5 else "")
+            f = line.split(maxsplit=5)
+            print(f"mapping of {name!r}: {f[0]} {f[1]} {f[5].strip() if len(f) > 5 else ''}")
+            print("  (r--s: read-only and shared: the daemon's sealed memfd, not a copy)")
             break
 print("read-only: writing through the view would fault; the memfd is sealed")
 PY
