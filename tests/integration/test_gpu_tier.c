@@ -50,6 +50,10 @@ static void daemon_start(const char *const *env, ...)
 	int n = 0, na = 0;
 	va_list ap;
 
+	/* A failed test leaves its daemon running: stop it first. */
+	if (D.pid > 0)
+		t_daemon_stop(&D);
+
 	for (; env && env[n]; n++) {
 		const char *eq = strchr(env[n], '=');
 		const char *old;
@@ -540,8 +544,10 @@ static void test_gpu_tier__read_only(void **state)
 	daemon_start(fake_env, NULL);
 	c = connect_ok();
 	put_blob(c, "ro", 3 * MiB + 17, 1, NULL);
-	/* Under ASan the fault must reach the kernel's default action. */
+	/* Under ASan or TSan the fault must reach the kernel's default
+	 * action. */
 	static const char *const segv_env[] = { "ASAN_OPTIONS=handle_segv=0",
+						"TSAN_OPTIONS=handle_segv=0",
 						NULL };
 
 	assert_int_equal(run_child("write", "ro", 0, segv_env, NULL, 0),
