@@ -33,6 +33,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	c->log_level = TC_LOG_INFO;
 	c->handshake_ms = 10000;
 	c->max_outbuf = (uint64_t)256 << 20;
+	c->host_spare = TC_SPARE_AUTO;
 	/* 90% of each GPU: room for the CUDA contexts of its clients. */
 	c->gpu_percent = 90;
 }
@@ -119,6 +120,20 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 			c->host_bytes = v;
 		else
 			c->max_outbuf = v;
+		return 0;
+	}
+	if (!strcmp(key, "host_spare")) {
+		if (!strcmp(val, "auto")) {
+			c->host_spare = TC_SPARE_AUTO;
+			return 0;
+		}
+		if (tc__parse_size(val, &c->host_spare) < 0) {
+			snprintf(
+				why, whylen,
+				"'%s' is not a size or 'auto' (0 turns it off)",
+				val);
+			return TC_EINVAL;
+		}
 		return 0;
 	}
 	if (!strcmp(key, "gpu_memory")) {

@@ -23,14 +23,18 @@ struct tc__store_config {
 	int handshake_ms;	 /* time a new connection has to say HELLO */
 	uint64_t max_outbuf; /* bytes queued to a client before dropping it */
 	uint64_t gpu_bytes;  /* GPU budget per device; 0: gpu_percent */
+	uint64_t host_spare; /* bytes kept allocated for the next import or
+				put; TC_SPARE_AUTO: min(1 GiB, budget / 8) */
 	int gpu_percent;     /* GPU budget per device, % of its memory */
 };
+
+#define TC_SPARE_AUTO UINT64_MAX
 
 void tc__config_defaults(struct tc__store_config *c);
 /* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
  * job_threads, max_clients, log_level, log_file, handshake_ms,
- * max_client_buffer, gpu_memory).  Returns 0, TC_EBADCONFIG or -errno; `err`
- * names the file, line and key. */
+ * max_client_buffer, gpu_memory, host_spare).  Returns 0, TC_EBADCONFIG or
+ * -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);
 /* Parse "8GiB", "512MiB", "1.5G", "100%"-free byte sizes: plain integers,

@@ -118,6 +118,15 @@ struct server {
 	uint64_t epoch;
 	uint64_t start_ms;
 	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
+	/* The spare (shm.h): one segment allocated ahead at idle, charged to
+	 * the budget, taken by the next import or put that fits, and dropped
+	 * first when a request needs its room. */
+	struct tc__shm *spare;
+	uint64_t spare_target;	/* bytes to keep ready; 0 = off */
+	bool spare_filling;	/* a job is allocating the next one */
+	uint64_t spare_charged; /* budget bytes held by the spare (ready or
+				   being allocated) */
+	bool stopping;
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */
@@ -331,12 +340,13 @@ static int on_status(struct conn *c, struct req *r)
 		     "\"host_budget_bytes\":%llu,\"evictions\":%llu,"
 		     "\"attaches\":%llu,\"imports\":%llu,\"puts\":%llu,"
 		     "\"protocol_errors\":%llu,\"io_threads\":%d,"
-		     "\"jobs_pending\":%d,\"gpu_attaches\":%llu,\"gpu\":%s}",
+		     "\"jobs_pending\":%d,\"host_spare_bytes\":%llu,"
+		     "\"gpu_attaches\":%llu,\"gpu\":%s}",
 		     TC_VERSION_STRING, (int)getpid(),
 		     (unsigned long long)s->epoch, s->cfg->socket,
 		     (unsigned long long)(tc__now_ms() - s->start_ms),
 		     s->nconns, n, s->objs.keys.count,
-		     (unsigned long long)s->objs.used,
+		     (unsigned long long)(s->objs.used - s->spare_charged),
 		     (unsigned long long)s->objs.budget,
 		     (unsigned long long)s->objs.evictions,
 		     (unsigned long long)s->n_attach,
@@ -344,6 +354,7 @@ static int on_status(struct conn *c, struct req *r)
 		     (unsigned long long)s->n_put,
 		     (unsigned long long)s->n_proto_err, s->cfg->io_threads,
 		     tc__jobs_pending(s->jobs),
+		     (unsigned long long)(s->spare ? s->spare->size : 0),
 		     (unsigned long long)s->n_attach_gpu,
 		     gpu ? gpu : "null") < 0)
 		json = NULL;
@@ -377,6 +388,126 @@ static void reply_created(struct conn *c, const struct req *r,
 	tc__buf_put_u32(&c->out, dedup);
 	tc__buf_put_u64(&c->out, gen);
 	reply_end(c, off);
+}
+
+/* -------------------------------------------------------------- spare */
+
+struct spare_job {
+	struct tc__job job;
+	struct server *s;
+	uint64_t size; /* charged to the budget when submitted */
+	struct tc__shm *seg;
+	int rc;
+};
+
+static void spare_run(struct tc__job *job)
+{
+	struct spare_job *j = (struct spare_job *)job;
+
+	j->rc = tc__shm_spare_new(j->size, &j->seg);
+}
+
+static void spare_done(struct tc__job *job)
+{
+	struct spare_job *j = (struct spare_job *)job;
+	struct server *s = j->s;
+
+	s->spare_filling = false;
+	if (j->rc == 0 && !s->spare && !s->stopping) {
+		s->spare = j->seg; /* the charge now covers it */
+	} else {
+		s->spare_charged -= j->size;
+		if (j->rc < 0)
+			tc__log(TC_LOG_WARN,
+				"cannot prepare a %llu-byte spare: %s",
+				(unsigned long long)j->size,
+				tc_strerror(j->rc));
+		tc__shm_free(j->seg);
+		tc__objs_unreserve(&s->objs, j->size);
+	}
+	tc__free(j);
+}
+
+/* Start allocating the next spare when the daemon is idle and the budget
+ * has free room (a spare never evicts anything). */
+static void spare_refill(struct server *s)
+{
+	struct spare_job *j;
+	char err[256];
+	uint64_t bytes = tc__shm_round(s->spare_target);
+
+	if (!s->spare_target || s->spare || s->spare_filling || s->stopping ||
+	    tc__jobs_pending(s->jobs))
+		return;
+	if (tc__objs_reserve(&s->objs, bytes, TC_POLICY_WARM, err,
+			     sizeof(err)) < 0)
+		return;
+	j = tc__calloc(1, sizeof(*j));
+	if (!j) {
+		tc__objs_unreserve(&s->objs, bytes);
+		return;
+	}
+	j->s = s;
+	j->size = bytes;
+	s->spare_charged += bytes;
+	j->job.run = spare_run;
+	j->job.done = spare_done;
+	s->spare_filling = true;
+	tc__jobs_submit(s->jobs, &j->job);
+}
+
+static void spare_drop(struct server *s)
+{
+	if (!s->spare)
+		return;
+	s->spare_charged -= s->spare->size;
+	tc__objs_unreserve(&s->objs, s->spare->size);
+	tc__shm_free(s->spare);
+	s->spare = NULL;
+}
+
+/*
+ * Reserve `bytes` (page-rounded) for a new artifact and give it memory:
+ * the spare when it is big enough (its pages exist already), else a fresh
+ * segment.  Returns 0, TC_ENOSPACE or -errno with `err` set.
+ */
+static int artifact_memory(struct server *s, uint64_t bytes,
+			   enum tc__policy pol, struct tc__shm **out, char *err,
+			   size_t errlen)
+{
+	struct tc__shm *seg = NULL;
+	int rc;
+
+	*out = NULL;
+	if (s->spare && bytes <= s->spare->size) {
+		seg = s->spare;
+		s->spare = NULL;
+		s->spare_charged -= seg->size;
+		tc__objs_unreserve(&s->objs, seg->size);
+	} else if (s->spare && s->objs.used + bytes > s->objs.budget) {
+		/* A spare too small for this request gives up its room
+		 * before any artifact is evicted for it. */
+		spare_drop(s);
+	}
+	rc = tc__objs_reserve(&s->objs, bytes, pol, err, errlen);
+	if (rc < 0) {
+		tc__shm_free(seg);
+		return rc;
+	}
+	if (seg) {
+		if (tc__shm_spare_take(seg, bytes) == 0) {
+			*out = seg;
+			return 0;
+		}
+		tc__shm_free(seg); /* fall back to a fresh segment */
+	}
+	rc = tc__shm_create("tcast-artifact", bytes, out);
+	if (rc < 0) {
+		tc__objs_unreserve(&s->objs, bytes);
+		snprintf(err, errlen, "cannot create a %llu-byte segment: %s",
+			 (unsigned long long)bytes, tc_strerror(rc));
+	}
+	return rc;
 }
 
 /* ------------------------------------------------------------- import */
@@ -495,20 +626,14 @@ static void import_done(struct tc__job *job)
 	if (j->phase == 1) {
 		uint64_t bytes = tc__shm_round(j->src->table.total_bytes);
 
-		rc = tc__objs_reserve(&s->objs, bytes, j->policy, j->err,
-				      sizeof(j->err));
-		if (rc < 0) {
-			import_fail(j, rc, j->err);
+		j->o = tc__obj_new();
+		if (!j->o) {
+			import_fail(j, -ENOMEM, "out of memory");
 			return;
 		}
-		j->o = tc__obj_new();
-		rc = j->o ? tc__shm_create("tcast-import", bytes, &j->o->shm) :
-			    -ENOMEM;
+		rc = artifact_memory(s, bytes, j->policy, &j->o->shm, j->err,
+				     sizeof(j->err));
 		if (rc < 0) {
-			tc__objs_unreserve(&s->objs, bytes);
-			snprintf(j->err, sizeof(j->err),
-				 "cannot create a %llu-byte segment: %s",
-				 (unsigned long long)bytes, tc_strerror(rc));
 			import_fail(j, rc, j->err);
 			return;
 		}
@@ -692,18 +817,10 @@ static int on_create(struct conn *c, struct req *r)
 		goto out_free;
 	}
 	bytes = tc__shm_round(p->o->table.total_bytes);
-	rc = tc__objs_reserve(&c->srv->objs, bytes, pol, c->err,
-			      sizeof(c->err));
+	rc = artifact_memory(c->srv, bytes, pol, &p->o->shm, c->err,
+			     sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
-	rc = tc__shm_create("tcast-put", bytes, &p->o->shm);
-	if (rc < 0) {
-		tc__objs_unreserve(&c->srv->objs, bytes);
-		snprintf(c->err, sizeof(c->err),
-			 "cannot create a %llu-byte segment: %s",
-			 (unsigned long long)bytes, tc_strerror(rc));
-		goto out_free;
-	}
 	p->o->mem_bytes = bytes;
 	p->o->policy = pol;
 	snprintf(p->o->source, sizeof(p->o->source), "put:pid %d%s%s",
@@ -1547,6 +1664,7 @@ static void on_tick(struct tc__ev *ev, void *arg)
 		else if (c->progress_job)
 			send_progress(c, now);
 	}
+	spare_refill(s);
 }
 
 static void on_signal(struct tc__ev *ev, int fd, void *arg, int mask)
@@ -1577,6 +1695,9 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		(uint64_t)time(NULL) * 1000000000u + tc__now_ns() % 1000000000u;
 	s.start_ms = tc__now_ms();
 	tc__objs_init(&s.objs, cfg->host_bytes);
+	s.spare_target = cfg->host_spare != TC_SPARE_AUTO ?
+				 TC_MIN(cfg->host_spare, cfg->host_bytes / 2) :
+				 TC_MIN((uint64_t)1 << 30, cfg->host_bytes / 8);
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -1634,7 +1755,9 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	for (struct conn *c = s.conns; c; c = c->next)
 		conn_close(c, NULL);
 	tc__gpu_tier_stop(s.gpu);
+	s.stopping = true;
 	tc__jobs_free(s.jobs);
+	spare_drop(&s);
 	before_sleep(s.ev, &s);
 	tc__objs_release(&s.objs);
 	tc__gpu_tier_free(s.gpu);

@@ -106,6 +106,60 @@ int tc__shm_seal(struct tc__shm *seg)
 	return 0;
 }
 
+int tc__shm_spare_new(uint64_t size, struct tc__shm **out)
+{
+	struct tc__shm *seg;
+	int rc;
+
+	*out = NULL;
+	size = tc__shm_round(size);
+	if (size > (uint64_t)INT64_MAX)
+		return -EFBIG;
+	seg = tc__calloc(1, sizeof(*seg));
+	if (!seg)
+		return -ENOMEM;
+	seg->ro_fd = -1;
+	seg->size = size;
+	seg->fd =
+		memfd_create("tcast-artifact", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (seg->fd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+	if (ftruncate(seg->fd, (off_t)size) < 0) {
+		rc = -errno;
+		goto out_close;
+	}
+	rc = tc__shm_map_rw(seg);
+	if (rc < 0)
+		goto out_close;
+	*out = seg;
+	return 0;
+
+out_close:
+	close(seg->fd);
+out_free:
+	tc__free(seg);
+	return rc;
+}
+
+int tc__shm_spare_take(struct tc__shm *seg, uint64_t size)
+{
+	size = tc__shm_round(size);
+	if (size > seg->size)
+		return -EINVAL;
+	if (size < seg->size) {
+		/* Unmap the tail before the file shrinks under it. */
+		munmap((uint8_t *)seg->rw_map + size, seg->size - size);
+		seg->size = size;
+		if (ftruncate(seg->fd, (off_t)size) < 0)
+			return -errno;
+	}
+	if (fcntl(seg->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+		return -errno;
+	return 0;
+}
+
 void tc__shm_free(struct tc__shm *seg)
 {
 	if (!seg)

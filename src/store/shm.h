@@ -27,6 +27,18 @@ struct tc__shm {
  * page) already sealed against shrink and grow.  Returns 0, -ENOMEM, or -errno
  * from memfd_create(2)/ftruncate(2). */
 int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out);
+/* A spare: an unsealed segment of `size` bytes (page-rounded) whose pages
+ * are all allocated, zeroed and mapped writable, made ahead of time so an
+ * import or put does not pay for page allocation while it copies.  Runs
+ * for ~size / page-allocation-rate: call it on a worker.  Returns 0 or
+ * -errno (-ENOSPC/-ENOMEM when the memory is not there). */
+int tc__shm_spare_new(uint64_t size, struct tc__shm **out);
+/* Turn a spare into a segment of `size` bytes (<= its size): the tail is
+ * unmapped and returned to the kernel, and the segment is sealed against
+ * shrink and grow like one from tc__shm_create (rw_map stays).  Returns 0
+ * or -errno (the spare is then unusable: free it). */
+int tc__shm_spare_take(struct tc__shm *seg, uint64_t size);
+
 /* Allocate and map every page writable for the daemon (for the loader).
  * Returns 0, -ENOSPC/-ENOMEM when the memory is not there, or -errno. */
 int tc__shm_map_rw(struct tc__shm *seg);

@@ -808,7 +808,9 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	tc_client *c;
 	tc_artifact *a;
 
-	daemon_start(fake_env, "--set", "gpu_memory=4MiB", NULL);
+	/* No host spare: its memfd would show up as a daemon fd. */
+	daemon_start(fake_env, "--set", "gpu_memory=4MiB", "--set",
+		     "host_spare=0", NULL);
 	c = connect_ok();
 	put_blob(c, "c0", MiB + 1, 1, NULL);
 	put_blob(c, "c1", MiB + 2, 2, NULL);

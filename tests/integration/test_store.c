@@ -501,7 +501,8 @@ static void test_store__eviction_lru_and_leases(void **state)
 	tc_client *c;
 	tc_artifact *h, *x;
 
-	t_daemon_start(&small, "3MiB", NULL);
+	/* No spare: this test counts every byte of the budget. */
+	t_daemon_start(&small, "3MiB", "--set", "host_spare=0", NULL);
 	D = small;
 	c = connect_ok();
 	put_blob(c, "a", 1, 1 << 20, "cache", 0, a);
@@ -540,6 +541,55 @@ static void test_store__eviction_lru_and_leases(void **state)
 	tc_artifact_close(h);
 	tc_client_close(c);
 	assert_int_equal(t_daemon_stop(&small), 0);
+	D = saved;
+}
+
+/* The spare: allocated at idle, taken by a put that fits, and given up
+ * before any artifact is evicted for a request it cannot serve. */
+static long long wait_spare(tc_client *c, long long want)
+{
+	for (int i = 0; i < 500; i++) {
+		long long v = status_int(c, "host_spare_bytes");
+
+		if (v == want)
+			return v;
+		usleep(10000);
+	}
+	return status_int(c, "host_spare_bytes");
+}
+
+static void test_store__spare_segment(void **state)
+{
+	struct t_daemon sd, saved = D;
+	char a[40], b[40], x[40];
+	tc_client *c;
+	tc_artifact *h;
+
+	t_daemon_start(&sd, "8MiB", "--set", "host_spare=4MiB", NULL);
+	D = sd;
+	c = connect_ok();
+	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20);
+	assert_int_equal(status_int(c, "host_used_bytes"), 0);
+	put_blob(c, "a", 1, 2 << 20, "cache", 0, a); /* takes the spare */
+	assert_int_equal(status_int(c, "host_used_bytes"), 2 << 20);
+	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20); /* refilled */
+	assert_int_equal(tc_attach(c, a, &h), 0);
+	assert_int_equal(((const uint8_t *)tc_artifact_data(h))[(2 << 20) - 1],
+			 1);
+	tc_artifact_close(h);
+	/* 2 MiB used + 4 MiB spare: a 5 MiB put cannot use the spare; the
+	 * spare goes, not the artifact. */
+	put_blob(c, "b", 2, 5 << 20, "cache", 0, b);
+	assert_int_equal(tc_attach(c, a, &h), 0);
+	tc_artifact_close(h);
+	assert_int_equal(status_int(c, "evictions"), 0);
+	/* Full now (7 MiB of 8): no room for a spare, so none is made. */
+	usleep(200000);
+	assert_int_equal(status_int(c, "host_spare_bytes"), 0);
+	put_blob(c, "x", 3, 1 << 20, "warm", 0, x);
+	(void)b;
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&sd), 0);
 	D = saved;
 }
 
@@ -904,6 +954,7 @@ int main(void)
 		cmocka_unit_test(test_store__rm_while_mapped),
 		cmocka_unit_test(test_store__reput_of_removed_leased_content),
 		cmocka_unit_test(test_store__eviction_lru_and_leases),
+		cmocka_unit_test(test_store__spare_segment),
 		cmocka_unit_test(test_store__import_reports_progress),
 		cmocka_unit_test(test_store__keys_cas_and_history),
 		cmocka_unit_test(test_store__export_reimport),
