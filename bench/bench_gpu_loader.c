@@ -145,7 +145,8 @@ static double safetensors_gbs(const char *path, uint64_t bytes)
 	return line[0] ? (double)bytes / atof(line) / 1e9 : -1;
 }
 
-static int stage_chunks; /* --stage: digest chunks per staging buffer */
+static int stage_chunks;  /* --stage: digest chunks per staging buffer */
+static int depth_opt = 3; /* --depth: staging buffers per thread */
 
 static double load_gbs(struct tc__source *src, struct tc__gpu_mem *m,
 		       int nthreads, int depth, int direct,
@@ -184,6 +185,8 @@ int main(int argc, char **argv)
 			dev = atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--stage"))
 			stage_chunks = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--depth"))
+			depth_opt = atoi(argv[i + 1]);
 		else if (!strcmp(argv[i], "--cold"))
 			cold_runs = atoi(argv[i + 1]);
 	}
@@ -233,7 +236,8 @@ int main(int argc, char **argv)
 	/* Page-cached. */
 	warm(file);
 	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
-		double g = load_gbs(src, &m, threads[i], 3, 0, chunks, NULL);
+		double g = load_gbs(src, &m, threads[i], depth_opt, 0, chunks,
+				    NULL);
 
 		printf("cached  tcast %2d threads            %7.2f GB/s\n",
 		       threads[i], g);

@@ -361,7 +361,7 @@ int tc__gpu_load_source(const struct tc__source *src,
 	g.unit = TC_CHUNK_BYTES *
 		 (uint64_t)(o->stage_chunks > 0 ?
 				    TC_MIN(o->stage_chunks, MAX_STAGE_CHUNKS) :
-				    4);
+				    1);
 	g.nunits = g.size / g.unit + (g.size % g.unit != 0);
 	g.err = err;
 	g.errlen = errlen;

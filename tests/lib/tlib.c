@@ -54,7 +54,12 @@ void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
 	free(dir);
 	/* The daemon insists on a private directory for its socket. */
 	snprintf(d->sock, sizeof(d->sock), "%s/run/d.sock", d->dir);
-	snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
+	/* $TCAST_BIN runs the tests against another build (the bundle on
+	 * the GPU machine); else the tcast built beside this test. */
+	if (getenv("TCAST_BIN"))
+		snprintf(bin, sizeof(bin), "%s", getenv("TCAST_BIN"));
+	else
+		snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
 	argv[argc++] = bin;
 	argv[argc++] = "--socket";
 	argv[argc++] = d->sock;
