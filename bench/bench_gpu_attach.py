@@ -91,6 +91,8 @@ def main():
     args = ap.parse_args()
     big = parse_size(args.big)
     tc.init(mode="create", host_memory=f"{(2 * big >> 20) + 4096}MiB")
+    # Spawned children connect to this private daemon, not the default one.
+    os.environ["TCAST_SOCKET"] = tc.status()["socket"]
     rows = []
     for size in (16 << 20, big):
         for count in (1, 1000):

@@ -186,7 +186,9 @@ def test_tensor_dict_into(tc):
         if target[n].numel():
             assert target[n].data_ptr() != src[n].data_ptr()  # a real copy
     # numpy targets, a subset, and writable copies
-    npt = {"f32": np.zeros((5, 11), np.float32), "bf16": np.zeros((33, 5), np.uint16)}
+    # bf16 is uint16 raw bytes in numpy, or ml_dtypes.bfloat16 where installed
+    bf16_np = art.tensor_dict(framework="numpy")["bf16"].dtype
+    npt = {"f32": np.zeros((5, 11), np.float32), "bf16": np.zeros((33, 5), bf16_np)}
     art.tensor_dict_into(npt)
     assert sha(npt["f32"]) == sha(src["f32"]) and sha(npt["bf16"]) == sha(src["bf16"])
     npt["f32"][0, 0] = 1.0
