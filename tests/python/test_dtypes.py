@@ -78,7 +78,7 @@ def test_raw_dtypes_are_stated(tc):
     t = a.tensor_dict(framework="torch")
     assert t["bf16"].dtype == torch.bfloat16
     # bf16 bits equal in both views (numpy uint16 carrier == torch bf16 bits)
-    assert np.array_equal(t["bf16"].view(torch.int16).numpy().view(np.uint16), r.tensors["bf16"])
+    assert np.array_equal(t["bf16"].view(torch.int16).numpy().view(np.uint16), r.tensors["bf16"].view(np.uint16))
 
 
 def test_put_dtype_errors(tc):
