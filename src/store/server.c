@@ -860,6 +860,25 @@ static struct pending *pending_take(struct conn *c, uint64_t handle)
 	return NULL;
 }
 
+/* The unsealed put a SEAL or ABORT names; NULL with *rc and c->err set. */
+static struct pending *pending_of_req(struct conn *c, struct req *r, int *rc)
+{
+	struct pending *p;
+	uint64_t handle;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0) {
+		*rc = TC_EPROTO;
+		return NULL;
+	}
+	p = pending_take(c, handle);
+	if (!p) {
+		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
+			 (unsigned long long)handle);
+		*rc = TC_ENOTFOUND;
+	}
+	return p;
+}
+
 static void pending_free(struct conn *c, struct pending *p)
 {
 	tc__objs_unreserve(&c->srv->objs, p->o->mem_bytes);
@@ -939,17 +958,11 @@ static int on_seal(struct conn *c, struct req *r)
 {
 	struct seal_job *j;
 	struct pending *p;
-	uint64_t handle;
 	int rc;
 
-	if (tc__cur_read_u64(&r->body, &handle) < 0)
-		return TC_EPROTO;
-	p = pending_take(c, handle);
-	if (!p) {
-		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
-			 (unsigned long long)handle);
-		return TC_ENOTFOUND;
-	}
+	p = pending_of_req(c, r, &rc);
+	if (!p)
+		return rc;
 	rc = tc__shm_seal(p->o->shm);
 	if (rc < 0) {
 		snprintf(c->err, sizeof(c->err),
@@ -957,7 +970,7 @@ static int on_seal(struct conn *c, struct req *r)
 				 "cannot seal put %llu: a writable mapping of "
 				 "it still exists (unmap before sealing)" :
 				 "cannot seal put %llu: %s",
-			 (unsigned long long)handle, tc_strerror(rc));
+			 (unsigned long long)p->handle, tc_strerror(rc));
 		/* Back to pending: the client may unmap and seal again. */
 		p->next = c->pending;
 		c->pending = p;
@@ -984,16 +997,11 @@ static int on_seal(struct conn *c, struct req *r)
 static int on_abort(struct conn *c, struct req *r)
 {
 	struct pending *p;
-	uint64_t handle;
+	int rc;
 
-	if (tc__cur_read_u64(&r->body, &handle) < 0)
-		return TC_EPROTO;
-	p = pending_take(c, handle);
-	if (!p) {
-		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
-			 (unsigned long long)handle);
-		return TC_ENOTFOUND;
-	}
+	p = pending_of_req(c, r, &rc);
+	if (!p)
+		return rc;
 	pending_free(c, p);
 	reply_status(c, r, 0);
 	return 0;

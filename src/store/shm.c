@@ -22,7 +22,8 @@ uint64_t tc__shm_round(uint64_t size)
 	return (size + pg - 1) / pg * pg;
 }
 
-int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out)
+/* A memfd of `size` bytes (page-rounded), allowing seals, nothing sealed. */
+static int shm_new(const char *name, uint64_t size, struct tc__shm **out)
 {
 	struct tc__shm *seg;
 	int rc;
@@ -43,21 +44,30 @@ int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out)
 	}
 	if (ftruncate(seg->fd, (off_t)size) < 0) {
 		rc = -errno;
-		goto out_close;
-	}
-	/* Clients may write the fill, never resize: a shrink under a mapping
-	 * would SIGBUS the daemon and every reader. */
-	if (fcntl(seg->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
-		rc = -errno;
-		goto out_close;
+		close(seg->fd);
+		goto out_free;
 	}
 	*out = seg;
 	return 0;
 
-out_close:
-	close(seg->fd);
 out_free:
 	tc__free(seg);
+	return rc;
+}
+
+int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out)
+{
+	int rc = shm_new(name, size, out);
+
+	if (rc < 0)
+		return rc;
+	/* Clients may write the fill, never resize: a shrink under a mapping
+	 * would SIGBUS the daemon and every reader. */
+	if (fcntl((*out)->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		rc = -errno;
+		tc__shm_free(*out);
+		*out = NULL;
+	}
 	return rc;
 }
 
@@ -108,38 +118,15 @@ int tc__shm_seal(struct tc__shm *seg)
 
 int tc__shm_spare_new(uint64_t size, struct tc__shm **out)
 {
-	struct tc__shm *seg;
-	int rc;
+	int rc = shm_new("tcast-artifact", size, out);
 
-	*out = NULL;
-	size = tc__shm_round(size);
-	if (size > (uint64_t)INT64_MAX)
-		return -EFBIG;
-	seg = tc__calloc(1, sizeof(*seg));
-	if (!seg)
-		return -ENOMEM;
-	seg->ro_fd = -1;
-	seg->size = size;
-	seg->fd =
-		memfd_create("tcast-artifact", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (seg->fd < 0) {
-		rc = -errno;
-		goto out_free;
-	}
-	if (ftruncate(seg->fd, (off_t)size) < 0) {
-		rc = -errno;
-		goto out_close;
-	}
-	rc = tc__shm_map_rw(seg);
 	if (rc < 0)
-		goto out_close;
-	*out = seg;
-	return 0;
-
-out_close:
-	close(seg->fd);
-out_free:
-	tc__free(seg);
+		return rc;
+	rc = tc__shm_map_rw(*out);
+	if (rc < 0) {
+		tc__shm_free(*out);
+		*out = NULL;
+	}
 	return rc;
 }
 
