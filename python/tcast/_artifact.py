@@ -198,6 +198,23 @@ class TensorDictResult:
 # ------------------------------------------------------------ attachment
 
 
+@dataclass(frozen=True)
+class Prefetch:
+    """What Artifact.prefetch did: the artifact, where it is now ready,
+    where it came from, and how long it took.  Prefetch is synchronous, so
+    it is always done; wait() exists for code written against operation
+    handles."""
+
+    artifact_id: str
+    device: str
+    source: str
+    seconds: float
+    done: bool = True
+
+    def wait(self, timeout: Optional[float] = None) -> "Prefetch":
+        return self
+
+
 class _Owner:
     """Holds one C reference on an attached artifact; drops it when the last
     object pointing here (views, DLPack exports, handles) is gone.
@@ -1025,6 +1042,28 @@ class Artifact:
         )
         return TensorDictResult(out, diag, out.clear)
 
+    def prefetch(self, device: Any = "cpu", *, options: Optional[GetArtifactOptions] = None) -> "Prefetch":
+        """Make the artifact ready where it will be used, without building
+        tensors: held in the daemon's host memory (imported from disk if
+        this handle came from from_disk), and for device='cuda[:N]' a
+        replica on that GPU.  Later tensor_dict() calls then only attach.
+        The replica stays in the daemon, unleased (evictable), after this
+        returns.  Synchronous; the returned Prefetch says what it did."""
+        t0 = time.perf_counter()
+        att, info = self._realize(options)
+        dev = _device(device, "torch") if str(device) != "cpu" else "cpu"
+        if dev != "cpu":
+            import torch
+
+            ordinal = torch.device(dev).index
+            if ordinal is None:
+                ordinal = torch.cuda.current_device()
+            sess = self._sess()
+            h = ctypes.c_void_p()
+            sess.call(sess.lib.tc_attach_gpu, att.id.encode(), ordinal, ctypes.byref(h))
+            sess.lib.tc_artifact_close(h.value)
+        return Prefetch(att.id, dev, info["source"], time.perf_counter() - t0)
+
     def tensor_dict_into(
         self,
         target: TMapping[str, Any],
@@ -1081,6 +1120,17 @@ class Artifact:
         if torch_names:
             import torch
 
+            # CUDA targets copy device to device from the daemon's replica
+            # on their GPU (one per device), not from host memory.
+            by_dev: Dict[str, List[str]] = {}
+            for n in torch_names:
+                if target[n].is_cuda:
+                    by_dev.setdefault(str(target[n].device), []).append(n)
+            for dev, names in by_dev.items():
+                try:
+                    srcs.update(gpu_torch_views(self._sess(), att.id, att.table, dev, names, att.find))
+                except (errors.NotSupportedError, errors.NoGpuError):
+                    pass  # no GPU tier: the host views copy host to device
             with torch.no_grad():
                 for n in torch_names:
                     target[n].copy_(srcs[n])

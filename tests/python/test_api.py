@@ -388,3 +388,19 @@ def test_unicode_names_keys_and_empty_put(tc, key):
     tc.deregister_artifact(k)
     empty = tc.put({})
     assert len(empty) == 0 and empty.tensor_dict() == {}
+
+
+def test_prefetch_host(tc, key):
+    """prefetch() makes the artifact held without building tensors; from a
+    disk path it imports, and later tensor_dict() only attaches."""
+    from conftest import DATA
+
+    art = tc.from_disk(DATA / "tiny-llama")
+    p = art.prefetch()
+    assert p.done and p.wait() is p and p.device == "cpu"
+    assert p.artifact_id.startswith("tc1:") and p.seconds >= 0
+    assert tc.inspect(p.artifact_id)["tensors"] == 30
+    r = art.tensor_dict_with_diagnostics()
+    assert r.diagnostics.artifact_id == p.artifact_id
+    with pytest.raises(tcast.DeviceError):
+        art.prefetch("tpu:0")

@@ -83,3 +83,20 @@ print("WROTE")
     # The replica is unchanged for everyone else.
     host = art.tensor_dict(device="cpu")["blocks.0.w"]
     assert torch.equal(art.tensor_dict(device="cuda:0")["blocks.0.w"].cpu(), host)
+
+
+def test_prefetch_makes_a_gpu_replica(tc):
+    art = tc.import_from_disk(DATA / "many-tensors.safetensors")
+    p = art.prefetch("cuda:0")
+    assert p.device.startswith("cuda")
+    reps = [r for r in tc.inspect(art.artifact_id)["replicas"] if r.get("tier") == "gpu"]
+    assert len(reps) == 1 and reps[0]["state"] == "ready" and reps[0]["leases"] == 0
+
+
+def test_tensor_dict_into_cuda_targets(tc):
+    art = tc.import_from_disk(DATA / "dtypes.safetensors")
+    host = art.tensor_dict()
+    target = {n: torch.zeros_like(t, device="cuda:0") for n, t in host.items()}
+    art.tensor_dict_into(target)
+    for n, t in target.items():
+        assert torch.equal(t.cpu(), host[n]), n
