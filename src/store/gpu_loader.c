@@ -32,7 +32,8 @@ struct lfile {
 };
 
 struct gload {
-	const struct tc__source *src;
+	const struct tc__source *src; /* files to read, or NULL ... */
+	const uint8_t *host_src;      /* ... host memory to copy (no hash) */
 	const struct tc__gpu_mem *dst;
 	const struct tc__gpu_load_opts *o;
 	struct tc__digest *chunks;
@@ -205,7 +206,8 @@ static void *worker(void *arg)
 	       (k = atomic_fetch_add(&g->next, 1)) < g->nunits) {
 		struct slot *sl = &slots[i++ % nslots];
 		uint64_t u0 = k * g->unit, u1 = TC_MIN(u0 + g->unit, g->size);
-		uint32_t cursor = tc__load_first_tensor(&g->src->table, u0);
+		uint32_t cursor =
+			g->src ? tc__load_first_tensor(&g->src->table, u0) : 0;
 
 		if (g->prog && atomic_load(&g->prog->cancel)) {
 			gfail(g, -ECANCELED, "load cancelled");
@@ -218,6 +220,12 @@ static void *worker(void *arg)
 				break;
 			}
 			sl->busy = false;
+		}
+		if (g->host_src) {
+			/* Host memory that is not pinned: one memcpy into
+			 * pinned staging, then DMA (already hashed). */
+			memcpy(sl->p, g->host_src + u0, u1 - u0);
+			goto copy;
 		}
 		/* Digest chunk by digest chunk, window by window: each window
 		 * is hashed while it is still in cache. */
@@ -238,6 +246,7 @@ static void *worker(void *arg)
 			}
 			tc__hasher_final(h, &g->chunks[c0 / TC_CHUNK_BYTES]);
 		}
+copy:
 		rc = tc__gpu_htod(dev, g->dst->dptr + u0, sl->p, u1 - u0, s,
 				  err, sizeof(err));
 		if (rc == 0)
@@ -395,5 +404,44 @@ int tc__gpu_load_source(const struct tc__source *src,
 			(uint64_t)TC_MAX(1, TC_MIN(o->depth, MAX_DEPTH)) *
 			g.unit;
 	}
+	return g.rc;
+}
+
+int tc__gpu_copy_host(const void *src, uint64_t n,
+		      const struct tc__gpu_mem *dst, int nthreads, char *err,
+		      size_t errlen)
+{
+	struct tc__gpu_load_opts o = { nthreads, 2, 0, 1 };
+	struct gload g = { 0 };
+	pthread_t tids[MAX_THREADS];
+	int k, started = 0;
+
+	if (dst->size < n) {
+		snprintf(
+			err, errlen,
+			"GPU allocation of %llu bytes is smaller than the %llu "
+			"bytes to copy",
+			(unsigned long long)dst->size, (unsigned long long)n);
+		return TC_EINVAL;
+	}
+	g.host_src = src;
+	g.dst = dst;
+	g.o = &o;
+	g.size = n;
+	g.unit = TC_CHUNK_BYTES;
+	g.nunits = n / g.unit + (n % g.unit != 0);
+	g.err = err;
+	g.errlen = errlen;
+	pthread_mutex_init(&g.lock, NULL);
+	k = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), g.nunits);
+	k = TC_MIN(k, MAX_THREADS);
+	for (int i = 1; i < k; i++)
+		if (pthread_create(&tids[started], NULL, worker, &g) == 0)
+			started++;
+	if (g.nunits)
+		worker(&g);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	pthread_mutex_destroy(&g.lock);
 	return g.rc;
 }
