@@ -100,3 +100,45 @@ def test_tensor_dict_into_cuda_targets(tc):
     art.tensor_dict_into(target)
     for n, t in target.items():
         assert torch.equal(t.cpu(), host[n]), n
+
+
+def test_generated_model_sha256_on_gpu(tc, tmp_path):
+    """A generated model of several GiB (TC_GPU_TEST_MODEL_BYTES, default
+    3 GiB): every tensor read back from the daemon's GPU replica has the
+    SHA-256 of its bytes in the file."""
+    import hashlib
+    import json
+    import os
+    import struct
+
+    import numpy as np
+
+    total = int(os.environ.get("TC_GPU_TEST_MODEL_BYTES", 3 << 30))
+    per = 64 << 20
+    n = max(2, total // per)
+    rng = np.random.default_rng(7)
+    path = tmp_path / "model.safetensors"
+    header, off, want = {"__metadata__": {"format": "pt"}}, 0, {}
+    for i in range(n):
+        # Odd sizes too, so tensors do not all start on aligned offsets.
+        nb = per - (i % 3) * 2
+        header[f"w.{i}"] = {"dtype": "BF16", "shape": [nb // 2], "data_offsets": [off, off + nb]}
+        off += nb
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for i in range(n):
+            nb = header[f"w.{i}"]["data_offsets"][1] - header[f"w.{i}"]["data_offsets"][0]
+            b = rng.integers(0, 256, size=nb, dtype=np.uint8).tobytes()
+            want[f"w.{i}"] = hashlib.sha256(b).hexdigest()
+            f.write(b)
+    art = tc.import_from_disk(path)
+    res = art.tensor_dict_with_diagnostics(device="cuda:0")
+    assert res.diagnostics.zero_copy
+    for name, t in res.tensors.items():
+        got = hashlib.sha256(t.contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+        assert got == want[name], name
+    del res
+    tc.deregister_artifact(art.artifact_id)
