@@ -78,7 +78,9 @@ class Daemon:
 @pytest.fixture(scope="session")
 def daemon():
     with tempfile.TemporaryDirectory(prefix="tcast-pytest-") as tmp:
-        d = Daemon(Path(tmp))
+        # TC_TEST_HOST_MEMORY: a bigger budget where a test uses a large
+        # model (the GPU machine runs a multi-GiB one).
+        d = Daemon(Path(tmp), os.environ.get("TC_TEST_HOST_MEMORY", "2GiB"))
         old = os.environ.get("TCAST_SOCKET")
         os.environ["TCAST_SOCKET"] = d.socket
         try:
