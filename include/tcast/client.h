@@ -66,6 +66,7 @@ TC_API void tc_free(void *p);
 #define TC_OPT_POLICY	(1u << 1) /* policy: cache|warm|pinned|... */
 #define TC_OPT_EXPECT	(1u << 2) /* expect_gen: move the key by CAS */
 #define TC_OPT_PROGRESS (1u << 3) /* progress, progress_arg */
+#define TC_OPT_DEVICE	(1u << 4) /* device: tc_import straight to a GPU */
 
 struct tc_opts {
 	uint64_t field_mask; /* TC_OPT_*: fields not in the mask are ignored */
@@ -74,6 +75,7 @@ struct tc_opts {
 	uint64_t expect_gen; /* key generation expected; 0 = must not exist */
 	tc_progress_cb *progress;
 	void *progress_arg;
+	int32_t device; /* this process's CUDA ordinal (TC_OPT_DEVICE) */
 };
 
 /* What a created artifact came to. */
@@ -87,9 +89,13 @@ struct tc_result {
 };
 
 /* Import a safetensors file or a Hugging Face folder (index + shards, or a
- * single model.safetensors) into daemon memory.  The daemon reads the file
- * through a descriptor this process opens, so it reads exactly what the
- * caller may read.  Returns 0 or a negative code; `res` may be NULL. */
+ * single model.safetensors) into daemon memory.  With TC_OPT_DEVICE the
+ * daemon loads it straight into a replica on that GPU (disk -> pinned
+ * staging -> GPU, no host copy); such an artifact is attached with
+ * tc_attach_gpu on that GPU (tc_attach says it is held on a GPU only).  The
+ * daemon reads the file through a descriptor this process opens, so it reads
+ * exactly what the caller may read.  Returns 0 or a negative code; `res` may be
+ * NULL. */
 TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 		     struct tc_result *res);
 

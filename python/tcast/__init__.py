@@ -355,10 +355,14 @@ def import_from_disk(
     verify_checksums: bool = True,
     expect_generation: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    device: Any = None,
 ) -> Artifact:
     """Import now; returns the registered artifact (``.artifact_id``,
-    ``.last_import`` with bytes, seconds and deduplication)."""
-    r = import_path(_sess(), path, key=key, policy=policy, expect_generation=expect_generation, progress=progress)
+    ``.last_import`` with bytes, seconds and deduplication).  With
+    device='cuda[:N]' the daemon loads the files straight into a replica on
+    that GPU (no host copy: use tensor_dict(device=...) on that GPU)."""
+    r = import_path(_sess(), path, key=key, policy=policy, expect_generation=expect_generation,
+                    progress=progress, device=device)
     return Artifact(_sess, key=key, artifact_id=r.artifact_id, disk_path=os.fspath(path), policy=policy, result=r)
 
 

@@ -144,6 +144,7 @@ class ImportResult:
     daemon_seconds: float  # daemon-side duration
     seconds: float  # wall time seen by this process
     key_generation: int  # 0 when no key was given
+    device: Optional[str] = None  # "cuda:N" when imported straight to a GPU
 
     @property
     def gbps(self) -> float:
@@ -527,7 +528,7 @@ def bytes_capsule(handle: int) -> Any:
         raise
 
 
-def gpu_torch_views(session: Session, artifact_id: str, table: "_Table", device: str,
+def gpu_torch_views(session: Session, artifact_id: str, table: "Optional[_Table]", device: str,
                     names: Optional[List[str]], find) -> Dict[str, Any]:
     """Zero-copy torch views of the daemon's replica on a GPU: the daemon
     makes the replica if it has none, this process maps it read-only, and
@@ -542,11 +543,18 @@ def gpu_torch_views(session: Session, artifact_id: str, table: "_Table", device:
     h = ctypes.c_void_p()
     session.call(session.lib.tc_attach_gpu, artifact_id.encode(), ordinal, ctypes.byref(h))
     try:
+        if table is None:  # held on a GPU only: the table comes from here
+            lib = session.lib
+            aid = lib.tc_artifact_id(h.value).decode()
+            table = _table_for(lib, h.value, aid, lib.tc_artifact_size(h.value))
         base = from_dlpack(bytes_capsule(h.value))
     finally:
         session.lib.tc_artifact_close(h.value)  # the base holds its own reference
     rows, _, used = table.torch_plan()
     if names is not None:
+        if find is None:
+            index = table.index
+            find = lambda n: index[n]  # noqa: E731
         rows = [rows[find(n)] for n in names]
     size = table_size = base.numel()
     views = []
@@ -691,12 +699,23 @@ def import_path(
     policy: Optional[str] = None,
     expect_generation: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    device: Any = None,
 ) -> ImportResult:
     opts, keep = make_opts(key, policy, expect_generation, progress)
+    gpu = None
+    if device is not None and str(device) != "cpu":
+        import torch
+
+        d = torch.device(_device(device, "torch"))
+        gpu = d.index if d.index is not None else torch.cuda.current_device()
+        opts.field_mask |= _native.TC_OPT_DEVICE
+        opts.device = gpu
     res = _native.TcResult()
     t0 = time.perf_counter()
     session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
     result = _result_of(res, time.perf_counter() - t0)
+    if gpu is not None:
+        result.device = f"cuda:{gpu}"
     del keep
     return result
 
@@ -743,6 +762,8 @@ class Artifact:
         self._att: Optional[_Attachment] = None
         self._lock = threading.RLock()
         self.last_import: Optional[ImportResult] = result
+        # Imported straight to a GPU: no host copy to attach.
+        self._gpu_only = bool(result is not None and getattr(result, "device", None))
 
     # ------------------------------------------------------------ identity
 
@@ -988,6 +1009,25 @@ class Artifact:
     def tensor(self, name: str, *, device: Any = "cpu", framework: Optional[str] = None) -> Any:
         return self.tensor_dict(device=device, framework=framework, names=[name])[name]
 
+    def _gpu_only_views(self, dev: str, names: Optional[List[str]], t0: float) -> Optional[TensorDictResult]:
+        """An artifact imported straight to a GPU has no host copy to
+        attach: serve it from the GPU replica alone.  None when this handle
+        does not name such an artifact (the usual path then runs)."""
+        if self._att is not None or not self._gpu_only:
+            return None
+        ref = self._ref()
+        if ref is None:
+            return None
+        out = gpu_torch_views(self._sess(), ref, None, dev, names, None)
+        nbytes = sum(t.numel() * t.element_size() for t in out.values())
+        diag = Diagnostics(
+            artifact_id=self._id or ref, key=self._key, source=f"local GPU replica ({dev}), no host copy",
+            framework="torch", device=dev, ntensors=len(out), bytes=nbytes,
+            seconds=time.perf_counter() - t0, attach_seconds=0.0, import_seconds=0.0,
+            daemon_seconds=0.0, deduplicated=None, zero_copy=True, fallback_reason=None, raw_dtypes={},
+        )
+        return TensorDictResult(out, diag, out.clear)
+
     def tensor_dict_with_diagnostics(
         self,
         *,
@@ -999,6 +1039,10 @@ class Artifact:
         t0 = time.perf_counter()
         fw = _framework(framework)
         dev = _device(device, fw)
+        if dev != "cpu" and fw == "torch":
+            gpu_only = self._gpu_only_views(dev, names, t0)
+            if gpu_only is not None:
+                return gpu_only
         att, info = self._realize(options)
         imp: Optional[ImportResult] = info["import"]
         if fw == "torch":

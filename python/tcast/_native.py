@@ -41,6 +41,7 @@ TC_OPT_KEY = 1 << 0
 TC_OPT_POLICY = 1 << 1
 TC_OPT_EXPECT = 1 << 2
 TC_OPT_PROGRESS = 1 << 3
+TC_OPT_DEVICE = 1 << 4
 
 # void tc_progress_cb(uint64_t done, uint64_t total, void *arg)
 PROGRESS_CB = CFUNCTYPE(None, c_uint64, c_uint64, c_void_p)
@@ -54,6 +55,7 @@ class TcOpts(Structure):
         ("expect_gen", c_uint64),
         ("progress", PROGRESS_CB),
         ("progress_arg", c_void_p),
+        ("device", c_int32),
     ]
 
 

@@ -9,7 +9,7 @@
 
 static const char usage[] =
 	"tcast import PATH [--key KEY] [--policy cache|warm|pinned] "
-	"[--expect GEN] [--json]";
+	"[--expect GEN] [--device cuda:N] [--json]";
 
 int cmd_import(int argc, char **argv)
 {
@@ -27,6 +27,15 @@ int cmd_import(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--policy") && i + 1 < argc) {
 			o.policy = argv[++i];
 			o.field_mask |= TC_OPT_POLICY;
+		} else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+			const char *d = argv[++i];
+
+			if (!strncmp(d, "cuda:", 5))
+				d += 5;
+			else if (!strcmp(d, "cuda"))
+				d = "0";
+			o.device = atoi(d);
+			o.field_mask |= TC_OPT_DEVICE;
 		} else if (!strcmp(argv[i], "--expect") && i + 1 < argc) {
 			o.expect_gen = strtoull(argv[++i], NULL, 10);
 			o.field_mask |= TC_OPT_EXPECT;

@@ -24,6 +24,7 @@
 #include "common/alloc.h"
 #include "common/hash.h"
 #include "format/format.h"
+#include "gpu/vmm.h"
 #include "net/net.h"
 #include "tcast/errors.h"
 #include "tcast/version.h"
@@ -476,7 +477,23 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 		snprintf(display, sizeof(display), "%s", path);
 	off = tc__client_begin(c, &b, TC_MSG_IMPORT);
 	tc__buf_put_str(&b, display);
-	tc__client_put_opts(&b, o, 0);
+	if (o && (o->field_mask & TC_OPT_DEVICE)) {
+		struct tc__gpu_info info;
+		char err[512];
+
+		/* Ordinals are per process: the daemon is told the UUID. */
+		rc = tc__gpu_device_info(o->device, &info, err, sizeof(err));
+		if (rc < 0) {
+			tc__buf_release(&b);
+			close(fd);
+			return tc__client_err(c, rc, err);
+		}
+		tc__client_put_opts(&b, o, TC_RF_GPU);
+		tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
+		tc__buf_put_str(&b, info.uuid_str);
+	} else {
+		tc__client_put_opts(&b, o, 0);
+	}
 	tc__frame_finish(&b, off);
 	b.data[off + 20] = 1; /* nfds */
 	rc = tc__client_call(c, &b, &fd, 1, o, &rep);

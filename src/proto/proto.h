@@ -35,6 +35,9 @@
 #define TC_RF_PROGRESS 0x1u /* IMPORT: send PROGRESS frames */
 #define TC_RF_EXPECT   0x2u /* IMPORT/CREATE/KEY_SET: compare-and-swap */
 #define TC_RF_NOTABLE  0x4u /* ATTACH: caller has the table already */
+#define TC_RF_GPU                                         \
+	0x8u /* IMPORT: straight to a GPU; u32 device and \
+		  str uuid follow expect_gen */
 
 /* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
 #define TC_GPU_ANY_DEVICE 0xffffffffu

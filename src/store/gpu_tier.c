@@ -173,10 +173,16 @@ static int evict(struct tc__gpu_tier *t, struct tc__gpu_dev *d, uint64_t need,
 			"room",
 			dev_index(t, d), r->o->id,
 			(unsigned long long)r->bytes);
+		struct tc__obj *o = r->o;
+
 		freed += r->bytes;
 		d->evictions++;
 		n++;
 		replica_free(t, r);
+		/* An artifact held only on GPUs is gone with its last replica.
+		 */
+		if (!o->shm && tc__gpu_tier_obj_empty(o))
+			tc__objs_kill(t->objs, o);
 	}
 	return n;
 }
@@ -343,6 +349,14 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		if (!o->gpu)
 			return -ENOMEM;
 		o->gpu->tier = t;
+	}
+	if (!o->shm) {
+		snprintf(
+			err, errlen,
+			"'%s' is held on other GPUs only (imported straight to "
+			"a GPU); attach it there or import it again",
+			o->id);
+		return TC_ENOTSUP;
 	}
 	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
 	bytes = o->table.total_bytes ? o->table.total_bytes : 1;
@@ -566,6 +580,133 @@ int tc__gpu_tier_attach(struct tc__gpu_tier *t, struct tc__obj *o,
 	q->next = t->open_waiters;
 	t->open_waiters = q;
 	return 1;
+}
+
+int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen)
+{
+	struct open_job *j;
+
+	if (t->state == GT_OPEN)
+		return 0;
+	if (t->state == GT_FAILED) {
+		snprintf(err, errlen, "%s", t->open_err);
+		return t->open_rc;
+	}
+	if (t->state == GT_OPENING) {
+		snprintf(err, errlen,
+			 "the daemon is still loading the GPU driver: retry");
+		return TC_EBUSY;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->t = t;
+	/* The caller's worker loaded the driver (tc__gpu_init is sticky), so
+	 * this is only a device enumeration on the loop thread. */
+	open_run(&j->job);
+	open_done(&j->job); /* frees j */
+	if (t->state != GT_OPEN) {
+		snprintf(err, errlen, "%s", t->open_err);
+		return t->open_rc;
+	}
+	return 0;
+}
+
+int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
+			     const uint8_t uuid[TC_GPU_UUID_BYTES],
+			     uint64_t bytes, int *dev, uint64_t *charged,
+			     char *err, size_t errlen)
+{
+	struct tc__gpu_dev *d = NULL;
+	uint64_t gran;
+	int rc;
+
+	*dev = -1;
+	*charged = 0;
+	for (int i = 0; i < t->ndev; i++)
+		if (!memcmp(t->devs[i].info.uuid, uuid, TC_GPU_UUID_BYTES))
+			d = &t->devs[i];
+	if (!d) {
+		char s[TC_GPU_UUID_STRLEN];
+
+		tc__gpu_uuid_format(uuid, s);
+		snprintf(err, errlen,
+			 "GPU '%s' is not visible to the daemon (it sees %d "
+			 "GPUs)",
+			 s, t->ndev);
+		return TC_EDEVICE;
+	}
+	if (!d->info.vmm || !d->info.posix_fd) {
+		snprintf(err, errlen,
+			 "GPU %d (%s) cannot share memory as POSIX fds",
+			 dev_index(t, d), d->info.name);
+		return TC_ENOTSUP;
+	}
+	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
+	bytes = bytes ? bytes : 1;
+	bytes = (bytes + gran - 1) / gran * gran;
+	rc = reserve(t, d, bytes, err, errlen);
+	if (rc < 0)
+		return rc;
+	d->nreplicas++;
+	*dev = dev_index(t, d);
+	*charged = bytes;
+	return 0;
+}
+
+void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged)
+{
+	t->devs[dev].used -= charged;
+	t->devs[dev].nreplicas--;
+}
+
+int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
+		       struct tc__gpu_mem *mem, uint64_t charged,
+		       double seconds)
+{
+	struct tc__gpu_dev *d = &t->devs[dev];
+	struct tc__gpu_replica *r;
+
+	if (!o->gpu) {
+		o->gpu = tc__calloc(1, sizeof(*o->gpu));
+		if (!o->gpu)
+			goto out_drop;
+		o->gpu->tier = t;
+	}
+	if (o->gpu->rep[dev])
+		goto out_drop; /* the same content is already on that GPU */
+	r = tc__calloc(1, sizeof(*r));
+	if (!r)
+		goto out_drop;
+	r->o = o;
+	r->dev = d;
+	r->mem = *mem;
+	tc__gpu_mem_init(mem);
+	r->bytes = charged;
+	r->ready = true;
+	r->fill_seconds = seconds;
+	r->fill_pinned = true;
+	r->last_use_ns = tc__now_ns();
+	o->gpu->rep[dev] = r;
+	lru_push(d, r);
+	t->n_fills++;
+	t->n_fill_bytes += o->table.total_bytes;
+	return 0;
+
+out_drop:
+	tc__gpu_release(mem);
+	tc__gpu_tier_unreserve(t, dev, charged);
+	return -ENOMEM;
+}
+
+bool tc__gpu_tier_obj_empty(const struct tc__obj *o)
+{
+	if (!o->gpu)
+		return true;
+	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++)
+		if (o->gpu->rep[i])
+			return false;
+	return true;
 }
 
 struct tc__gpu_replica *tc__gpu_tier_find(struct tc__gpu_tier *t,

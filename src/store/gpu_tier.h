@@ -118,6 +118,31 @@ int tc__gpu_tier_attach(struct tc__gpu_tier *t, struct tc__obj *o,
 			tc__gpu_tier_cb *cb, void *arg,
 			struct tc__gpu_replica **rep, char *err, size_t errlen);
 
+/* ---- imports straight to a GPU (the loader fills the allocation) ---- */
+
+/* Open the tier now if it is closed: only after a worker has loaded the
+ * driver (tc__gpu_init), so this costs a device enumeration.  Returns 0,
+ * TC_EBUSY (an asynchronous open is in flight), or the sticky open error. */
+int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen);
+/* Charge a new replica of `bytes` on the GPU with this UUID, evicting
+ * unleased replicas when needed.  *dev: the daemon's ordinal; *charged: the
+ * granularity-rounded bytes.  Returns 0, TC_EDEVICE, TC_ENOTSUP or
+ * TC_ENOSPACE with a message. */
+int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
+			     const uint8_t uuid[TC_GPU_UUID_BYTES],
+			     uint64_t bytes, int *dev, uint64_t *charged,
+			     char *err, size_t errlen);
+void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged);
+/* Make `mem` (filled, charged by reserve_new) o's ready replica on `dev`;
+ * *mem is left empty.  When o already has a replica there (the same
+ * content imported again) the new one is released and its charge returned.
+ * Returns 0, or -ENOMEM (also released). */
+int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
+		       struct tc__gpu_mem *mem, uint64_t charged,
+		       double seconds);
+/* True when o has no GPU replica (filling or ready). */
+bool tc__gpu_tier_obj_empty(const struct tc__obj *o);
+
 /* The ready replica of o on the GPU with this UUID, or NULL. */
 struct tc__gpu_replica *
 tc__gpu_tier_find(struct tc__gpu_tier *t, struct tc__obj *o,

@@ -69,6 +69,10 @@ int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
 		return rc;
 	tc__digest_root(&td, chunks, nchunks, &o->digest);
 	tc__digest_id(&o->digest, o->id);
+	/* The host attach reply; an artifact imported straight to a GPU has
+	 * no host replica to attach (yet). */
+	if (!o->shm)
+		return 0;
 	tc__buf_put_str(&o->attach_body, o->id);
 	tc__buf_put_u64(&o->attach_body, o->shm->size);
 	tc__proto_put_table(&o->attach_body, &o->table);
@@ -126,6 +130,11 @@ static void obj_kill(struct tc__objs *s, struct tc__obj *o)
 		/* Replicas no client maps go now; the rest at release. */
 		tc__gpu_tier_obj_trim(o);
 	}
+}
+
+void tc__objs_kill(struct tc__objs *s, struct tc__obj *o)
+{
+	obj_kill(s, o);
 }
 
 void tc__objs_release(struct tc__objs *s)
@@ -212,7 +221,10 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 		for (o = s->lru_tail; o && s->used + bytes > s->budget;
 		     o = prev) {
 			prev = o->lru_prev;
-			if (o->leases || o->policy == TC_POLICY_PINNED)
+			/* Held by clients, pinned, or on GPUs only (evicting
+			 * it would free no host memory). */
+			if (o->leases || o->policy == TC_POLICY_PINNED ||
+			    !o->mem_bytes)
 				continue;
 			tc__log(TC_LOG_INFO,
 				"evicting '%s' (%llu bytes) to make room",
@@ -266,7 +278,18 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 		 * stronger of the two policies.  A copy removed while clients
 		 * still lease it is the same bytes, so it comes back to life
 		 * rather than living on beside a twin with the same id. */
-		tc__objs_unreserve(s, o->mem_bytes);
+		if (!old->shm && o->shm) {
+			/* A host copy of content held on GPUs only: the
+			 * artifact gains it (its charge moves along). */
+			old->shm = o->shm;
+			o->shm = NULL;
+			old->mem_bytes = o->mem_bytes;
+			tc__buf_release(&old->attach_body);
+			old->attach_body = o->attach_body;
+			tc__buf_init(&o->attach_body);
+		} else {
+			tc__objs_unreserve(s, o->mem_bytes);
+		}
 		tc__obj_free(o);
 		if (old->dead) {
 			old->dead = false;
@@ -518,7 +541,7 @@ static char *dump(json_t *j)
 
 static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 {
-	json_t *keys = json_array();
+	json_t *keys = json_array(), *reps;
 	struct tc__map_entry *e;
 	size_t b;
 	char hex[33];
@@ -531,8 +554,13 @@ static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 			json_array_append_new(keys, json_string(k->name));
 	}
 	tc__digest_hex(&o->digest, hex);
+	reps = json_array();
+	if (o->shm)
+		json_array_append_new(
+			reps, json_pack("{s:s, s:I}", "tier", "host", "bytes",
+					(json_int_t)o->mem_bytes));
 	return json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, s:I, "
-			 "s:f, s:[{s:s, s:I}]}",
+			 "s:f, s:o}",
 			 "id", o->id, "digest", hex, "keys", keys, "tensors",
 			 (json_int_t)o->table.ntensors, "bytes",
 			 (json_int_t)o->table.total_bytes, "mem_bytes",
@@ -540,8 +568,7 @@ static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 			 (json_int_t)o->leases, "policy",
 			 tc__policy_name(o->policy), "source", o->source,
 			 "created_ms", (json_int_t)o->created_ms,
-			 "load_seconds", o->load_seconds, "replicas", "tier",
-			 "host", "bytes", (json_int_t)o->mem_bytes);
+			 "load_seconds", o->load_seconds, "replicas", reps);
 }
 
 /* obj_summary plus the GPU replicas. */

@@ -109,6 +109,9 @@ struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 				 size_t errlen, int *rc);
 void tc__objs_touch(struct tc__objs *s, struct tc__obj *o);
 void tc__objs_lease(struct tc__objs *s, struct tc__obj *o);
+/* Remove `o` from the table (evicted: its keys dangle); freed now or at
+ * its last lease. */
+void tc__objs_kill(struct tc__objs *s, struct tc__obj *o);
 /* Drop one lease; frees a dead artifact at zero. */
 void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o);
 /* Remove by key (the key, and the artifact when no other key names it) or

@@ -23,6 +23,7 @@
 #include "common/alloc.h"
 #include "common/compiler.h"
 #include "common/log.h"
+#include "gpu_loader.h"
 #include "gpu_tier.h"
 #include "jobs.h"
 #include "loader.h"
@@ -530,12 +531,25 @@ struct import_job {
 	uint64_t total_bytes; /* for PROGRESS; set on the loop before phase 2 */
 	uint64_t t0_ns;
 	int io_threads;
+	/* Straight to a GPU (TC_RF_GPU): the loader fills a new allocation
+	 * that the tier adopts as the artifact's only replica. */
+	bool gpu;
+	uint8_t gpu_uuid[TC_GPU_UUID_BYTES];
+	int gpu_dev;		 /* the daemon's ordinal, once charged */
+	uint64_t gpu_charged;	 /* bytes charged to that GPU's budget */
+	struct tc__gpu_mem gmem; /* the allocation while the job owns it */
+	double gpu_seconds;
 	int rc;
 	char err[512];
 };
 
 static void import_free(struct import_job *j)
 {
+	if (j->gpu_charged) {
+		tc__gpu_release(&j->gmem);
+		tc__gpu_tier_unreserve(j->c->srv->gpu, j->gpu_dev,
+				       j->gpu_charged);
+	}
 	if (j->fd >= 0)
 		close(j->fd);
 	tc__source_free(j->src);
@@ -559,6 +573,10 @@ static void import_run(struct tc__job *job)
 					 "'%s': artifact too large",
 					 j->display);
 		}
+		/* Load the driver here, off the loop: the loop then only
+		 * lists devices. */
+		if (j->rc == 0 && j->gpu)
+			j->rc = tc__gpu_init(j->err, sizeof(j->err));
 		return;
 	}
 	/* Phase 2: memory was reserved on the loop; fill and seal it. */
@@ -566,6 +584,31 @@ static void import_run(struct tc__job *job)
 	j->chunks = tc__calloc(n ? n : 1, sizeof(*j->chunks));
 	if (!j->chunks) {
 		j->rc = -ENOMEM;
+		return;
+	}
+	if (j->gpu) {
+		struct tc__gpu_load_opts lo = { j->io_threads, 2, -1, 1 };
+		struct tc__gpu_load_stats st;
+		uint64_t total = j->src->table.total_bytes;
+
+		j->rc = tc__gpu_alloc(j->gpu_dev, j->gpu_charged, 0, &j->gmem,
+				      j->err, sizeof(j->err));
+		if (j->rc == 0)
+			j->rc = tc__gpu_load_source(j->src, &j->gmem, &lo,
+						    j->chunks, &j->prog, &st,
+						    j->err, sizeof(j->err));
+		/* Clients see only what the artifact says: zero the tail. */
+		if (j->rc == 0 && j->gmem.size > total)
+			j->rc = tc__gpu_memset8(j->gpu_dev,
+						j->gmem.dptr + total, 0,
+						j->gmem.size - total, NULL,
+						j->err, sizeof(j->err));
+		if (j->rc < 0)
+			return;
+		j->gpu_seconds = st.seconds;
+		j->o->table = j->src->table;
+		tc__table_init(&j->src->table);
+		j->rc = tc__obj_finish(j->o, j->chunks, n);
 		return;
 	}
 	j->rc = tc__shm_map_rw(j->o->shm);
@@ -631,11 +674,29 @@ static void import_done(struct tc__job *job)
 			import_fail(j, -ENOMEM, "out of memory");
 			return;
 		}
-		rc = artifact_memory(s, bytes, j->policy, &j->o->shm, j->err,
-				     sizeof(j->err));
-		if (rc < 0) {
-			import_fail(j, rc, j->err);
-			return;
+		if (j->gpu) {
+			/* Straight to a GPU: charge its budget, not host
+			 * memory; the artifact has no host replica. */
+			rc = tc__gpu_tier_open_now(s->gpu, j->err,
+						   sizeof(j->err));
+			if (rc == 0)
+				rc = tc__gpu_tier_reserve_new(
+					s->gpu, j->gpu_uuid,
+					j->src->table.total_bytes, &j->gpu_dev,
+					&j->gpu_charged, j->err,
+					sizeof(j->err));
+			if (rc < 0) {
+				import_fail(j, rc, j->err);
+				return;
+			}
+			bytes = 0;
+		} else {
+			rc = artifact_memory(s, bytes, j->policy, &j->o->shm,
+					     j->err, sizeof(j->err));
+			if (rc < 0) {
+				import_fail(j, rc, j->err);
+				return;
+			}
 		}
 		j->o->mem_bytes = bytes;
 		j->o->policy = j->policy;
@@ -666,6 +727,14 @@ static void import_done(struct tc__job *job)
 	bool dedup = o != j->o;
 
 	j->o = NULL; /* owned by the table now (or freed as a duplicate) */
+	if (j->gpu) {
+		/* The allocation becomes o's replica (or is dropped when the
+		 * same content is already on that GPU): the job owns neither
+		 * it nor its charge from here. */
+		tc__gpu_tier_adopt(s->gpu, o, j->gpu_dev, &j->gmem,
+				   j->gpu_charged, j->gpu_seconds);
+		j->gpu_charged = 0;
+	}
 	s->n_import++;
 	tc__log(TC_LOG_INFO,
 		"imported '%s' as %s: %u tensors, %llu bytes in "
@@ -712,6 +781,25 @@ static int on_import(struct conn *c, struct req *r)
 	    tc__cur_read_u64(&r->body, &j->expect_gen) < 0) {
 		rc = TC_EPROTO;
 		goto out_free;
+	}
+	if (j->flags & TC_RF_GPU) {
+		char uuid[TC_PROTO_MAX_STR];
+		uint32_t dev;
+
+		if (tc__cur_read_u32(&r->body, &dev) < 0) {
+			rc = TC_EPROTO;
+			goto out_free;
+		}
+		rc = read_str(c, r, "GPU uuid", uuid, sizeof(uuid));
+		if (rc < 0)
+			goto out_free;
+		if (tc__gpu_uuid_parse(uuid, j->gpu_uuid) < 0) {
+			snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'",
+				 uuid);
+			rc = TC_EINVAL;
+			goto out_free;
+		}
+		j->gpu = true;
 	}
 	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
 	if (rc < 0)
@@ -1025,6 +1113,14 @@ static int on_attach(struct conn *c, struct req *r)
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
 		return rc;
+	if (!o->shm) {
+		snprintf(c->err, sizeof(c->err),
+			 "'%s' is held on a GPU only (it was imported straight "
+			 "to one): attach it on that GPU, or import it without "
+			 "a device for host memory",
+			 o->id);
+		return TC_ENOTSUP;
+	}
 	if (lease_add(c, o, NULL) < 0)
 		return -ENOMEM;
 	c->srv->n_attach++;

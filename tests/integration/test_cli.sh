@@ -51,5 +51,18 @@ t daemon logs -n 5 | grep -q "removed"; ok test $? = 0
 ok rc_is 0 t daemon stop
 ok rc_is 1 t daemon status
 ok rc_is 0 t daemon stop                                # idempotent
+
+# Straight to a GPU, through the fake driver (daemon and CLI both use it).
+if [ -e "$TC_BUILD/fakecuda/libcuda.so.1" ]; then
+	export TCAST_CUDA_LIB="$TC_BUILD/fakecuda/libcuda.so.1"
+	ok rc_is 0 t daemon start --host-memory 64MiB
+	gid=$(t import "$DATA/tiny-llama" --device cuda:0)
+	ok test "${gid:0:4}" = "tc1:"
+	[ "$(t --json inspect "$gid" | json '[r["tier"] for r in d["replicas"]]')" = "['gpu']" ]; ok test $? = 0
+	t export "$gid" "$dir/gpu.safetensors" 2>&1 | grep -q "GPU only"; ok test $? = 0
+	ok rc_is 1 t import "$DATA/tiny-llama" --device cuda:7
+	ok rc_is 0 t daemon stop
+	unset TCAST_CUDA_LIB
+fi
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

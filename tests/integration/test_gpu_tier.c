@@ -165,7 +165,7 @@ static void put_blob(tc_client *c, const char *key, uint64_t bytes,
 		     uint32_t seed, char id[TC_ID_BUFLEN])
 {
 	struct tc_tensor_desc d = { "blob", TC_DTYPE_U8, 1, &bytes };
-	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL };
+	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL, 0 };
 	struct tc_result r;
 	uint8_t *p;
 	tc_put *put;
@@ -436,7 +436,9 @@ static void test_gpu_tier__share_across_processes(void **state)
 	daemon_start(fake_env, NULL);
 	c = connect_ok();
 	{
-		struct tc_opts o = { TC_OPT_KEY, "llama", NULL, 0, NULL, NULL };
+		struct tc_opts o = {
+			TC_OPT_KEY, "llama", NULL, 0, NULL, NULL, 0
+		};
 
 		if (tc_import(c, t_data("tiny-llama"), &o, NULL) < 0)
 			fail_msg("import: %s", tc_client_errmsg(c));
@@ -1086,6 +1088,86 @@ static void test_gpu_tier__config(void **state)
 	daemon_stop();
 }
 
+/* IMPORT straight to a GPU: the loader fills a replica, no host copy is
+ * made, bytes equal a host import's, the same content imported for host
+ * memory joins the same artifact, and evicting its only replica frees
+ * a GPU-only artifact. */
+static void test_gpu_tier__import_straight_to_gpu(void **state)
+{
+	char h1[65], h2[65], *s;
+	struct tc_opts o = {
+		TC_OPT_KEY | TC_OPT_DEVICE, "g:llama", NULL, 0, NULL, NULL, 1
+	};
+	struct tc_result r, r2, r3;
+	tc_artifact *a, *x;
+	tc_client *c;
+	json_t *j;
+
+	/* Room for one 2 MiB replica per GPU: each import evicts. */
+	daemon_start(fake_env, "--set", "gpu_memory=2MiB", NULL);
+	c = connect_ok();
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+	assert_int_equal(tc_inspect_json(c, "g:llama", &s), 0);
+	j = json_loads(s, 0, NULL);
+	tc_free(s);
+	assert_int_equal(json_integer_value(json_object_get(j, "mem_bytes")),
+			 0);
+	assert_int_equal(json_array_size(json_object_get(j, "replicas")), 1);
+	assert_string_equal(
+		json_string_value(json_object_get(
+			json_array_get(json_object_get(j, "replicas"), 0),
+			"tier")),
+		"gpu");
+	json_decref(j);
+	/* No host replica: a host attach says where it is. */
+	assert_int_equal(tc_attach(c, "g:llama", &x), TC_ENOTSUP);
+	assert_non_null(strstr(tc_client_errmsg(c), "GPU only"));
+	/* On another GPU it cannot be copied from host memory either. */
+	assert_int_equal(tc_attach_gpu(c, "g:llama", 0, &x), TC_ENOTSUP);
+	a = attach_gpu_ok(c, "g:llama", 1);
+	artifact_sha(a, h1);
+	tc_artifact_close(a);
+	/* The same files imported for host memory: the same id (the digest
+	 * does not depend on the path the bytes took), one artifact, which
+	 * now has its host copy too. */
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), NULL, &r2), 0);
+	assert_string_equal(r.id, r2.id);
+	assert_int_equal(r2.deduplicated, 1);
+	host_sha(c, r.id, h2);
+	assert_string_equal(h1, h2);
+	assert_int_equal(tc_attach(c, r.id, &x), 0);
+	tc_artifact_close(x);
+	/* A GPU-only artifact whose only replica is evicted is gone. */
+	{
+		struct tc_opts o2 = { TC_OPT_DEVICE, NULL, NULL, 0,
+				      NULL,	     NULL, 1 };
+
+		assert_int_equal(tc_import(c, t_data("dtypes.safetensors"), &o2,
+					   &r3),
+				 0);
+		assert_int_equal(tc_import(c,
+					   t_data("many-tensors.safetensors"),
+					   &o2, &r2),
+				 0);
+		assert_int_equal(tc_inspect_json(c, r3.id, &s), TC_ENOTFOUND);
+		assert_int_equal(tc_inspect_json(c, r.id, &s), 0); /* has host
+								    */
+		tc_free(s);
+	}
+	/* A failed load returns its GPU charge and serves on. */
+	setenv("TC_FAKECUDA_FAIL", "cuMemcpyHtoDAsync_v2:1", 1);
+	daemon_start(fake_env, NULL);
+	unsetenv("TC_FAKECUDA_FAIL");
+	tc_client_close(c);
+	c = connect_ok();
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), TC_ECUDA);
+	assert_non_null(strstr(tc_client_errmsg(c), "CUDA_ERROR"));
+	assert_int_equal(gpu_stat(c, 1, "used_bytes"), 0);
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1101,6 +1183,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__host_eviction_frees_replicas),
 		cmocka_unit_test(test_gpu_tier__concurrent_and_abandoned),
 		cmocka_unit_test(test_gpu_tier__config),
+		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 	};
 
 	/* This process and every daemon and child use the fake. */

@@ -60,7 +60,10 @@ def test_struct_layouts():
     assert ctypes.sizeof(_native.TcTensorInfo) == 160
     assert _native.TcTensorInfo.offset.offset == 16 and _native.TcTensorInfo.shape.offset == 32
     assert ctypes.sizeof(_native.TcResult) == 72
-    assert ctypes.sizeof(_native.TcOpts) == 48
+    # tc_opts grows only at the end, each field behind a field_mask bit, so
+    # a caller built against an older, shorter struct never makes the
+    # library read past it (TC_OPT_DEVICE added `device` at 48).
+    assert ctypes.sizeof(_native.TcOpts) == 56 and _native.TcOpts.device.offset == 48
     assert ctypes.sizeof(_native.TcTensorDesc) == 24
 
 

@@ -142,3 +142,23 @@ def test_generated_model_sha256_on_gpu(tc, tmp_path):
         assert got == want[name], name
     del res
     tc.deregister_artifact(art.artifact_id)
+
+
+def test_import_straight_to_gpu(tc):
+    """import_from_disk(device=...) loads the files into a GPU replica with
+    no host copy; the views equal the files' bytes."""
+    from safetensors.torch import load_file  # the reference reader
+
+    art = tc.import_from_disk(DATA / "dtypes.safetensors", device="cuda:0")
+    reps = [r["tier"] for r in tc.inspect(art.artifact_id)["replicas"]]
+    assert reps == ["gpu"], reps
+    res = art.tensor_dict_with_diagnostics(device="cuda:0")
+    assert res.diagnostics.zero_copy and "GPU" in res.diagnostics.source
+    ref = load_file(str(DATA / "dtypes.safetensors"))
+    for k, v in ref.items():
+        g = res.tensors[k]
+        if g.dtype != v.dtype:
+            g = g.view(v.dtype)
+        assert torch.equal(g.cpu(), v), k
+    with pytest.raises(tc.NotSupportedError, match="GPU only"):
+        tc.artifact(art.artifact_id).tensor_dict(device="cpu")
