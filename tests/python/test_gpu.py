@@ -7,6 +7,7 @@ driver (tests/integration/test_gpu_tier.c).
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 
@@ -144,17 +145,22 @@ def test_generated_model_sha256_on_gpu(tc, tmp_path):
     tc.deregister_artifact(art.artifact_id)
 
 
-def test_import_straight_to_gpu(tc):
+def test_import_straight_to_gpu(tc, tmp_path):
     """import_from_disk(device=...) loads the files into a GPU replica with
     no host copy; the views equal the files' bytes."""
-    from safetensors.torch import load_file  # the reference reader
+    from safetensors.torch import load_file, save_file  # the reference
 
-    art = tc.import_from_disk(DATA / "dtypes.safetensors", device="cuda:0")
+    # Content no earlier test imported (else it joins that artifact).
+    path = tmp_path / "fresh.safetensors"
+    g = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    save_file({"a": torch.randn(300, 7, generator=g), "b": torch.randn(5, generator=g).to(torch.bfloat16),
+               "c": torch.arange(11, dtype=torch.int64)}, str(path))
+    art = tc.import_from_disk(path, device="cuda:0")
     reps = [r["tier"] for r in tc.inspect(art.artifact_id)["replicas"]]
     assert reps == ["gpu"], reps
     res = art.tensor_dict_with_diagnostics(device="cuda:0")
     assert res.diagnostics.zero_copy and "GPU" in res.diagnostics.source
-    ref = load_file(str(DATA / "dtypes.safetensors"))
+    ref = load_file(str(path))
     for k, v in ref.items():
         g = res.tensors[k]
         if g.dtype != v.dtype:
