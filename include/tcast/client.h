@@ -193,6 +193,25 @@ TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
  * it with one framework call each.  Returns 0 or -ENOMEM. */
 TC_API int tc_artifact_dlpack_bytes(tc_artifact *a, int versioned, void **out);
 
+/* ------------------------------------------------------------ bindings */
+
+/* Bind an artifact on a GPU: the daemon allocates memory it owns for this
+ * client, copies the artifact in, and this process maps it read-only: a
+ * tc_artifact like tc_attach_gpu's, at addresses that stay the same for
+ * the binding's life.  Closing it (tc_artifact_close, or the client going
+ * away) frees the memory.  Returns 0, TC_ENOTFOUND, TC_ENODEV,
+ * TC_EDEVICE, TC_ENOSPACE (the GPU's budget), TC_ENOTSUP or TC_ECUDA. */
+TC_API int tc_bind(tc_client *c, const char *ref, int32_t device,
+		   tc_artifact **out);
+/* Refill the binding in place with another artifact of the same layout
+ * (tensor names, dtypes, shapes and offsets), so consumers keep their
+ * pointers; tc_artifact_id(a) then names the new artifact.  Returns when
+ * the copy is complete.  It does not wait for kernels reading the
+ * binding: pause them around the swap.  Returns 0, TC_ESHAPE (another
+ * layout: nothing was written), TC_ENOTFOUND, TC_EINVAL (not a binding)
+ * or TC_ECUDA (the content is then undefined until a swap succeeds). */
+TC_API int tc_binding_swap(tc_artifact *a, const char *ref);
+
 /* ------------------------------------------------------ keys and verbs */
 
 /* Point `key` at artifact `id`.  `has_expect` = 0: create, or no-op when it

@@ -550,17 +550,25 @@ def gpu_torch_views(session: Session, artifact_id: str, table: "Optional[_Table]
         base = from_dlpack(bytes_capsule(h.value))
     finally:
         session.lib.tc_artifact_close(h.value)  # the base holds its own reference
+    return _torch_views_from_base(base, table, names, find)
+
+
+def _torch_views_from_base(base: Any, table: "_Table", names: Optional[List[str]], find) -> Dict[str, Any]:
+    """Every tensor as one strided view of `base` (a uint8 tensor over the
+    artifact's byte space, on any device); the views keep it alive."""
+    import torch
+
     rows, _, used = table.torch_plan()
     if names is not None:
         if find is None:
             index = table.index
             find = lambda n: index[n]  # noqa: E731
         rows = [rows[find(n)] for n in names]
-    size = table_size = base.numel()
+    size = base.numel()
     views = []
     for fwdt in used:
         isz = torch.empty((), dtype=fwdt).element_size()
-        views.append((base[: table_size - table_size % isz] if isz > 1 else base).view(fwdt).as_strided)
+        views.append((base[: size - size % isz] if isz > 1 else base).view(fwdt).as_strided)
     out: Dict[str, Any] = {}
     for name, k, shape, stride, eoff, kind, off, numel in rows:
         if kind == 0 and size:
@@ -568,8 +576,71 @@ def gpu_torch_views(session: Session, artifact_id: str, table: "Optional[_Table]
         elif kind == 1 or not size:
             out[name] = torch.empty(shape, dtype=used[k], device=base.device)
         else:
-            out[name] = base[off: off + numel * used[k].itemsize].view(used[k]).view(shape)
+            isz = torch.empty((), dtype=used[k]).element_size()
+            out[name] = base[off: off + numel * isz].view(used[k]).view(shape)
     return out
+
+
+class Binding:
+    """GPU memory the daemon owns for this process, holding an artifact at
+    addresses that stay the same: ``tensors`` are read-only views of it,
+    and ``swap(other)`` refills it in place with another artifact of the
+    same layout (names, dtypes, shapes), so code holding those tensors (a
+    model whose parameters were assigned from them) sees the new weights
+    without re-binding.  A swap returns when the copy is done but does not
+    wait for kernels reading the memory: pause them around it.  The memory
+    is freed when the binding is closed and every tensor from it is gone."""
+
+    def __init__(self, session: Session, handle: int, device: str):
+        from torch.utils.dlpack import from_dlpack
+
+        lib = session.lib
+        self._session = session
+        self._handle: Optional[int] = handle
+        self.device = device
+        aid = lib.tc_artifact_id(handle).decode()
+        self._table = _table_for(lib, handle, aid, lib.tc_artifact_size(handle))
+        base = from_dlpack(bytes_capsule(handle))  # holds its own reference
+        self.tensors: Dict[str, Any] = _torch_views_from_base(base, self._table, None, None)
+
+    @property
+    def artifact_id(self) -> str:
+        """The artifact the binding holds now."""
+        if self._handle is None:
+            raise errors.InvalidArgumentError("the binding is closed")
+        return self._session.lib.tc_artifact_id(self._handle).decode()
+
+    def swap(self, artifact: "Artifact | str") -> str:
+        """Refill in place with `artifact` (an Artifact, key or id) of the
+        same layout.  Returns the new artifact id; raises ShapeError (and
+        writes nothing) for another layout."""
+        if self._handle is None:
+            raise errors.InvalidArgumentError("the binding is closed")
+        ref = artifact if isinstance(artifact, str) else artifact.artifact_id
+        s = self._session
+        with s.lock:
+            rc = s.lib.tc_binding_swap(self._handle, ref.encode())
+            if rc < 0:
+                raise errors.error_from_code(rc, s.lib.tc_client_errmsg(s._h()).decode(errors="replace"))
+        return self.artifact_id
+
+    def close(self) -> None:
+        """Drop this handle; the memory goes when the tensors are gone too."""
+        h, self._handle = self._handle, None
+        if h is not None:
+            self._session.lib.tc_artifact_close(h)
+
+    def __enter__(self) -> "Binding":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 class DLPackTensor:
@@ -1085,6 +1156,25 @@ class Artifact:
             raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
         )
         return TensorDictResult(out, diag, out.clear)
+
+    def bind(self, device: Any = "cuda") -> Binding:
+        """Bind this artifact on a GPU: memory the daemon owns for this
+        process, at addresses that stay the same across ``swap``."""
+        import torch
+
+        dev = _device(device, "torch")
+        if dev == "cpu":
+            raise errors.DeviceError("bind() needs a GPU device (cuda[:N])")
+        ordinal = torch.device(dev).index
+        if ordinal is None:
+            ordinal = torch.cuda.current_device()
+        ref = self._ref()
+        if ref is None:
+            ref, _ = self._realize(None)[0].id, None
+        sess = self._sess()
+        h = ctypes.c_void_p()
+        sess.call(sess.lib.tc_bind, ref.encode(), ordinal, ctypes.byref(h))
+        return Binding(sess, h.value, dev)
 
     def prefetch(self, device: Any = "cpu", *, options: Optional[GetArtifactOptions] = None) -> "Prefetch":
         """Make the artifact ready where it will be used, without building

@@ -153,6 +153,8 @@ PROTOTYPES = {
     "tc_artifact_meta_value": (c_char_p, [_p, c_uint32]),
     "tc_artifact_dlpack": (c_int, [_p, c_uint32, c_int, _pp]),
     "tc_artifact_dlpack_bytes": (c_int, [_p, c_int, _pp]),
+    "tc_bind": (c_int, [_p, c_char_p, c_int32, _pp]),
+    "tc_binding_swap": (c_int, [_p, c_char_p]),
     # client.h: keys and verbs
     "tc_key_set": (
         c_int,

@@ -31,6 +31,7 @@ struct tc_artifact {
 	int32_t device;		       /* CUDA ordinal here, or -1: host */
 	struct tc__gpu_mem gmem;       /* owned when device >= 0 */
 	char uuid[TC_GPU_UUID_STRLEN]; /* the GPU's UUID when device >= 0 */
+	uint64_t binding;	       /* a BIND handle, or 0 */
 };
 
 /* Tell the daemon one lease is gone (fire and forget: a DLPack deleter
@@ -230,6 +231,108 @@ out_reply:
 	return rc;
 }
 
+TC_API int tc_bind(tc_client *c, const char *ref, int32_t device,
+		   tc_artifact **out)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__gpu_info info;
+	char err[512], uuid[TC_GPU_UUID_STRLEN + 8];
+	struct tc_artifact *a;
+	struct reply rep;
+	size_t off;
+	int rc;
+
+	*out = NULL;
+	rc = tc__gpu_device_info(device, &info, err, sizeof(err));
+	if (rc < 0)
+		return tc__client_err(c, rc, err);
+	off = tc__client_begin(c, &b, TC_MSG_BIND);
+	tc__buf_put_str(&b, ref);
+	tc__buf_put_u32(&b, 0);
+	tc__buf_put_str(&b, info.uuid_str);
+	tc__frame_finish(&b, off);
+	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
+	tc__buf_release(&b);
+	if (rc < 0)
+		return rc;
+	a = tc__calloc(1, sizeof(*a));
+	if (!a) {
+		rc = -ENOMEM;
+		goto out_reply;
+	}
+	a->device = device;
+	tc__gpu_mem_init(&a->gmem);
+	if (rep.nfds != 1 || tc__cur_read_u64(&rep.body, &a->binding) < 0 ||
+	    tc__cur_read_strcpy(&rep.body, a->id, sizeof(a->id)) < 0 ||
+	    tc__cur_read_u64(&rep.body, &a->map_size) < 0 ||
+	    tc__cur_read_strcpy(&rep.body, uuid, sizeof(uuid)) < 0 ||
+	    strcmp(uuid, info.uuid_str)) {
+		rc = tc__client_err(c, TC_EPROTO, "malformed BIND reply");
+		goto out_free;
+	}
+	snprintf(a->uuid, sizeof(a->uuid), "%s", uuid);
+	rc = read_table(c, &rep, a, "malformed BIND table");
+	if (rc < 0)
+		goto out_free;
+	rc = tc__gpu_import(device, rep.fds[0], a->map_size, TC_GPU_READ_ONLY,
+			    &a->gmem, err, sizeof(err));
+	if (rc < 0) {
+		tc__client_err(c, rc, err);
+		tc__free(a->infos);
+		tc__table_release(&a->table);
+		goto out_free;
+	}
+	a->map = (const uint8_t *)(uintptr_t)a->gmem.dptr;
+	atomic_init(&a->refs, 1);
+	a->c = c;
+	tc__client_ref(c);
+	reply_release(&rep);
+	*out = a;
+	return 0;
+
+out_free:
+	if (a->binding) {
+		struct tc__buf u = TC_BUF_INIT;
+		size_t o = tc__client_begin(c, &u, TC_MSG_UNBIND);
+
+		tc__buf_put_u64(&u, a->binding);
+		tc__frame_finish(&u, o);
+		tc__client_send(c, &u);
+		tc__buf_release(&u);
+	}
+	tc__free(a);
+out_reply:
+	reply_release(&rep);
+	return rc;
+}
+
+TC_API int tc_binding_swap(tc_artifact *a, const char *ref)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	char id[TC_ID_BUFLEN];
+	struct reply rep;
+	size_t off;
+	int rc;
+
+	if (!a->binding)
+		return tc__client_err(a->c, TC_EINVAL,
+				      "not a binding (made with tc_bind)");
+	off = tc__client_begin(a->c, &b, TC_MSG_SWAP);
+	tc__buf_put_u64(&b, a->binding);
+	tc__buf_put_str(&b, ref);
+	tc__frame_finish(&b, off);
+	rc = tc__client_call(a->c, &b, NULL, 0, NULL, &rep);
+	tc__buf_release(&b);
+	if (rc < 0)
+		return rc;
+	rc = tc__cur_read_strcpy(&rep.body, id, sizeof(id));
+	reply_release(&rep);
+	if (rc < 0)
+		return tc__client_err(a->c, TC_EPROTO, "malformed SWAP reply");
+	snprintf(a->id, sizeof(a->id), "%s", id);
+	return 0;
+}
+
 TC_API int32_t tc_artifact_device(const tc_artifact *a)
 {
 	return a->device;
@@ -239,7 +342,17 @@ TC_API void tc_artifact_close(tc_artifact *a)
 {
 	if (!a || atomic_fetch_sub(&a->refs, 1) != 1)
 		return;
-	if (a->device >= 0) {
+	if (a->binding) {
+		struct tc__buf b = TC_BUF_INIT;
+		size_t off;
+
+		tc__gpu_release(&a->gmem);
+		off = tc__client_begin(a->c, &b, TC_MSG_UNBIND);
+		tc__buf_put_u64(&b, a->binding);
+		tc__frame_finish(&b, off);
+		tc__client_send(a->c, &b);
+		tc__buf_release(&b);
+	} else if (a->device >= 0) {
 		tc__gpu_release(&a->gmem);
 		send_release(a->c, a->id, a->uuid);
 	} else {

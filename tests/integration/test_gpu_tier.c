@@ -1168,6 +1168,57 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 	daemon_stop();
 }
 
+/* bind + swap: daemon-owned GPU memory at stable addresses, refilled in
+ * place by an artifact of the same layout; another layout is refused
+ * without writing; closing gives the budget back. */
+static void test_gpu_tier__bind_and_swap(void **state)
+{
+	char a[TC_ID_BUFLEN], b[TC_ID_BUFLEN], cc[TC_ID_BUFLEN], h1[65], h2[65];
+	tc_artifact *bd, *x;
+	const void *p0;
+	long long used;
+	tc_client *c;
+
+	daemon_start(fake_env, NULL);
+	c = connect_ok();
+	put_blob(c, "bind:a", 3 * MiB, 1, a);
+	put_blob(c, "bind:b", 3 * MiB, 2, b);
+	put_blob(c, "bind:c", 2 * MiB, 3, cc);
+	assert_int_equal(tc_bind(c, "bind:a", 1, &bd), 0);
+	assert_string_equal(tc_artifact_id(bd), a);
+	assert_int_equal(tc_artifact_device(bd), 1);
+	artifact_sha(bd, h1);
+	host_sha(c, a, h2);
+	assert_string_equal(h1, h2);
+	p0 = tc_artifact_data(bd);
+	used = gpu_stat(c, 1, "used_bytes");
+	assert_true(used >= (long long)(3 * MiB));
+	/* In place: the same address now holds b. */
+	assert_int_equal(tc_binding_swap(bd, "bind:b"), 0);
+	assert_ptr_equal(tc_artifact_data(bd), p0);
+	assert_string_equal(tc_artifact_id(bd), b);
+	artifact_sha(bd, h1);
+	host_sha(c, b, h2);
+	assert_string_equal(h1, h2);
+	/* Another layout: refused, nothing written. */
+	assert_int_equal(tc_binding_swap(bd, "bind:c"), TC_ESHAPE);
+	assert_non_null(strstr(tc_client_errmsg(c), "layout"));
+	artifact_sha(bd, h1);
+	assert_string_equal(h1, h2);
+	assert_int_equal(tc_binding_swap(bd, "no:such"), TC_ENOTFOUND);
+	/* Closing the binding returns its GPU budget. */
+	tc_artifact_close(bd);
+	for (int i = 0; i < 200 && gpu_stat(c, 1, "used_bytes") >= used; i++)
+		usleep(10000);
+	assert_true(gpu_stat(c, 1, "used_bytes") < used);
+	/* A plain attach is not a binding. */
+	x = attach_gpu_ok(c, "bind:a", 1);
+	assert_int_equal(tc_binding_swap(x, "bind:b"), TC_EINVAL);
+	tc_artifact_close(x);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1184,6 +1235,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__concurrent_and_abandoned),
 		cmocka_unit_test(test_gpu_tier__config),
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
+		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 	};
 
 	/* This process and every daemon and child use the fake. */

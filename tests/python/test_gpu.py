@@ -168,3 +168,26 @@ def test_import_straight_to_gpu(tc, tmp_path):
         assert torch.equal(g.cpu(), v), k
     with pytest.raises(tc.NotSupportedError, match="GPU only"):
         tc.artifact(art.artifact_id).tensor_dict(device="cpu")
+
+
+def test_bind_and_swap_in_place(tc):
+    """bind(): daemon-owned GPU memory at stable addresses; swap() refills
+    it in place (the same data_ptr sees the new weights); another layout
+    is refused without writing."""
+    base = torch.arange(4096, dtype=torch.float32) + float(os.getpid() % 1000)
+    a = tc.put({"w": base, "b": torch.ones(3)})
+    b = tc.put({"w": base * 2, "b": torch.ones(3) * 5})
+    other = tc.put({"w": torch.zeros(10), "b": torch.ones(3)})
+    bd = a.bind("cuda:0")
+    w = bd.tensors["w"]
+    ptr = w.data_ptr()
+    assert torch.equal(w.cpu(), base)
+    assert bd.swap(b) == b.artifact_id == bd.artifact_id
+    assert w.data_ptr() == ptr
+    assert torch.equal(w.cpu(), base * 2) and torch.equal(bd.tensors["b"].cpu(), torch.ones(3) * 5)
+    with pytest.raises(tc.ShapeError, match="layout"):
+        bd.swap(other)
+    assert torch.equal(w.cpu(), base * 2)
+    bd.close()
+    del w
+    gc.collect()
