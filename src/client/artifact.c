@@ -152,8 +152,22 @@ TC_API void tc_artifact_ref(tc_artifact *a)
 	atomic_fetch_add(&a->refs, 1);
 }
 
-TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
-			 tc_artifact **out)
+/* Tell the daemon a binding is gone (fire and forget, as RELEASE). */
+static void send_unbind(tc_client *c, uint64_t handle)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	size_t off = tc__client_begin(c, &b, TC_MSG_UNBIND);
+
+	tc__buf_put_u64(&b, handle);
+	tc__frame_finish(&b, off);
+	tc__client_send(c, &b);
+	tc__buf_release(&b);
+}
+
+/* ATTACH_GPU or BIND: ask for the memory, decode the reply (a BIND reply
+ * starts with the binding's handle), import the fd read-only. */
+static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
+		      tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__gpu_info info;
@@ -169,9 +183,10 @@ TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
 	rc = tc__gpu_device_info(device, &info, err, sizeof(err));
 	if (rc < 0)
 		return tc__client_err(c, rc, err);
-	off = tc__client_begin(c, &b, TC_MSG_ATTACH_GPU);
+	off = tc__client_begin(c, &b, type);
 	tc__buf_put_str(&b, ref);
-	tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
+	if (type == TC_MSG_ATTACH_GPU)
+		tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
 	tc__buf_put_u32(&b, 0);
 	tc__buf_put_str(&b, info.uuid_str);
 	tc__frame_finish(&b, off);
@@ -187,19 +202,18 @@ TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
 	a->device = device;
 	tc__gpu_mem_init(&a->gmem);
 	if (rep.nfds != 1 ||
+	    (type == TC_MSG_BIND &&
+	     tc__cur_read_u64(&rep.body, &a->binding) < 0) ||
 	    tc__cur_read_strcpy(&rep.body, a->id, sizeof(a->id)) < 0 ||
 	    tc__cur_read_u64(&rep.body, &a->map_size) < 0 ||
-	    tc__cur_read_strcpy(&rep.body, uuid, sizeof(uuid)) < 0) {
-		rc = tc__client_err(c, TC_EPROTO, "malformed ATTACH_GPU reply");
-		goto out_free;
-	}
-	if (strcmp(uuid, info.uuid_str)) {
+	    tc__cur_read_strcpy(&rep.body, uuid, sizeof(uuid)) < 0 ||
+	    strcmp(uuid, info.uuid_str)) {
 		rc = tc__client_err(c, TC_EPROTO,
-				    "ATTACH_GPU reply is for another GPU");
+				    "malformed reply, or one for another GPU");
 		goto out_free;
 	}
 	snprintf(a->uuid, sizeof(a->uuid), "%s", uuid);
-	rc = read_table(c, &rep, a, "malformed ATTACH_GPU table");
+	rc = read_table(c, &rep, a, "malformed tensor table");
 	if (rc < 0)
 		goto out_free;
 	/* Read-only: the mapping refuses device writes (it catches bugs;
@@ -222,8 +236,10 @@ out_table:
 	tc__free(a->infos);
 	tc__table_release(&a->table);
 out_free:
-	/* The daemon counted a lease: give it back. */
-	if (a->id[0])
+	/* The daemon counted a lease or made a binding: give it back. */
+	if (a->binding)
+		send_unbind(c, a->binding);
+	else if (a->id[0])
 		send_release(c, a->id, info.uuid_str);
 	tc__free(a);
 out_reply:
@@ -231,79 +247,16 @@ out_reply:
 	return rc;
 }
 
+TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
+			 tc_artifact **out)
+{
+	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, out);
+}
+
 TC_API int tc_bind(tc_client *c, const char *ref, int32_t device,
 		   tc_artifact **out)
 {
-	struct tc__buf b = TC_BUF_INIT;
-	struct tc__gpu_info info;
-	char err[512], uuid[TC_GPU_UUID_STRLEN + 8];
-	struct tc_artifact *a;
-	struct reply rep;
-	size_t off;
-	int rc;
-
-	*out = NULL;
-	rc = tc__gpu_device_info(device, &info, err, sizeof(err));
-	if (rc < 0)
-		return tc__client_err(c, rc, err);
-	off = tc__client_begin(c, &b, TC_MSG_BIND);
-	tc__buf_put_str(&b, ref);
-	tc__buf_put_u32(&b, 0);
-	tc__buf_put_str(&b, info.uuid_str);
-	tc__frame_finish(&b, off);
-	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
-	tc__buf_release(&b);
-	if (rc < 0)
-		return rc;
-	a = tc__calloc(1, sizeof(*a));
-	if (!a) {
-		rc = -ENOMEM;
-		goto out_reply;
-	}
-	a->device = device;
-	tc__gpu_mem_init(&a->gmem);
-	if (rep.nfds != 1 || tc__cur_read_u64(&rep.body, &a->binding) < 0 ||
-	    tc__cur_read_strcpy(&rep.body, a->id, sizeof(a->id)) < 0 ||
-	    tc__cur_read_u64(&rep.body, &a->map_size) < 0 ||
-	    tc__cur_read_strcpy(&rep.body, uuid, sizeof(uuid)) < 0 ||
-	    strcmp(uuid, info.uuid_str)) {
-		rc = tc__client_err(c, TC_EPROTO, "malformed BIND reply");
-		goto out_free;
-	}
-	snprintf(a->uuid, sizeof(a->uuid), "%s", uuid);
-	rc = read_table(c, &rep, a, "malformed BIND table");
-	if (rc < 0)
-		goto out_free;
-	rc = tc__gpu_import(device, rep.fds[0], a->map_size, TC_GPU_READ_ONLY,
-			    &a->gmem, err, sizeof(err));
-	if (rc < 0) {
-		tc__client_err(c, rc, err);
-		tc__free(a->infos);
-		tc__table_release(&a->table);
-		goto out_free;
-	}
-	a->map = (const uint8_t *)(uintptr_t)a->gmem.dptr;
-	atomic_init(&a->refs, 1);
-	a->c = c;
-	tc__client_ref(c);
-	reply_release(&rep);
-	*out = a;
-	return 0;
-
-out_free:
-	if (a->binding) {
-		struct tc__buf u = TC_BUF_INIT;
-		size_t o = tc__client_begin(c, &u, TC_MSG_UNBIND);
-
-		tc__buf_put_u64(&u, a->binding);
-		tc__frame_finish(&u, o);
-		tc__client_send(c, &u);
-		tc__buf_release(&u);
-	}
-	tc__free(a);
-out_reply:
-	reply_release(&rep);
-	return rc;
+	return gpu_attach(c, TC_MSG_BIND, ref, device, out);
 }
 
 TC_API int tc_binding_swap(tc_artifact *a, const char *ref)
@@ -343,15 +296,8 @@ TC_API void tc_artifact_close(tc_artifact *a)
 	if (!a || atomic_fetch_sub(&a->refs, 1) != 1)
 		return;
 	if (a->binding) {
-		struct tc__buf b = TC_BUF_INIT;
-		size_t off;
-
 		tc__gpu_release(&a->gmem);
-		off = tc__client_begin(a->c, &b, TC_MSG_UNBIND);
-		tc__buf_put_u64(&b, a->binding);
-		tc__frame_finish(&b, off);
-		tc__client_send(a->c, &b);
-		tc__buf_release(&b);
+		send_unbind(a->c, a->binding);
 	} else if (a->device >= 0) {
 		tc__gpu_release(&a->gmem);
 		send_release(a->c, a->id, a->uuid);

@@ -2,6 +2,7 @@
  * proto.c - frame header codec and the tensor-table codec.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -129,7 +130,10 @@ void tc__frame_finish(struct tc__buf *b, size_t hdr_off)
 	tc__buf_patch_u32(b, hdr_off + 16, (uint32_t)body);
 }
 
-void tc__proto_put_table(struct tc__buf *b, const struct tc__table *t)
+/* The tensor entries of a table; the layout leaves out nbytes (implied by
+ * dtype and shape). */
+static void put_tensors(struct tc__buf *b, const struct tc__table *t,
+			bool with_nbytes)
 {
 	tc__buf_put_u32(b, t->ntensors);
 	for (uint32_t i = 0; i < t->ntensors; i++) {
@@ -141,13 +145,25 @@ void tc__proto_put_table(struct tc__buf *b, const struct tc__table *t)
 		for (uint32_t d = 0; d < x->ndim; d++)
 			tc__buf_put_u64(b, x->shape[d]);
 		tc__buf_put_u64(b, x->offset);
-		tc__buf_put_u64(b, x->nbytes);
+		if (with_nbytes)
+			tc__buf_put_u64(b, x->nbytes);
 	}
+}
+
+void tc__proto_put_table(struct tc__buf *b, const struct tc__table *t)
+{
+	put_tensors(b, t, true);
 	tc__buf_put_u32(b, t->nmeta);
 	for (uint32_t i = 0; i < t->nmeta; i++) {
 		tc__buf_put_str(b, t->meta[i].key);
 		tc__buf_put_str(b, t->meta[i].val);
 	}
+	tc__buf_put_u64(b, t->total_bytes);
+}
+
+void tc__proto_put_layout(struct tc__buf *b, const struct tc__table *t)
+{
+	put_tensors(b, t, false);
 	tc__buf_put_u64(b, t->total_bytes);
 }
 

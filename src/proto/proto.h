@@ -82,6 +82,10 @@ void tc__frame_finish(struct tc__buf *b, size_t hdr_off);
  * artifact's id.
  */
 void tc__proto_put_table(struct tc__buf *b, const struct tc__table *t);
+/* The layout of a table (names, dtypes, shapes, offsets, total; no
+ * metadata): equal encodings mean one artifact can replace the other in
+ * place (binding swaps). */
+void tc__proto_put_layout(struct tc__buf *b, const struct tc__table *t);
 /* Decode and validate a table: names non-empty and unique, dtypes known,
  * nbytes == size(shape, dtype), when `check_layout` offsets ascending,
  * aligned to TC_ALIGN, non-overlapping and inside total_bytes.  On failure

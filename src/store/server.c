@@ -1413,23 +1413,6 @@ struct binding {
 	struct binding *next;
 };
 
-/* The layout of a table: what must match for a swap. */
-static void layout_encode(const struct tc__table *t, struct tc__buf *b)
-{
-	tc__buf_put_u32(b, t->ntensors);
-	for (uint32_t i = 0; i < t->ntensors; i++) {
-		const struct tc__tensor *x = &t->tensors[i];
-
-		tc__buf_put_str(b, x->name);
-		tc__buf_put_u8(b, x->dtype);
-		tc__buf_put_u8(b, x->ndim);
-		for (uint32_t d = 0; d < x->ndim; d++)
-			tc__buf_put_u64(b, x->shape[d]);
-		tc__buf_put_u64(b, x->offset);
-	}
-	tc__buf_put_u64(b, t->total_bytes);
-}
-
 static void binding_free(struct server *s, struct binding *bd)
 {
 	tc__gpu_release(&bd->mem);
@@ -1674,7 +1657,7 @@ static int on_bind(struct conn *c, struct req *r)
 	}
 	tc__gpu_mem_init(&bd->mem);
 	tc__buf_init(&bd->layout);
-	layout_encode(&o->table, &bd->layout);
+	tc__proto_put_layout(&bd->layout, &o->table);
 	if (bd->layout.oom) {
 		binding_free(c->srv, bd);
 		return -ENOMEM;
@@ -1713,7 +1696,7 @@ static int on_swap(struct conn *c, struct req *r)
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
 		return rc;
-	layout_encode(&o->table, &lay);
+	tc__proto_put_layout(&lay, &o->table);
 	same = !lay.oom && lay.len == bd->layout.len &&
 	       !memcmp(lay.data, bd->layout.data, lay.len);
 	tc__buf_release(&lay);
