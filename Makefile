@@ -4,7 +4,7 @@ BUILD    ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS     ?= $(shell nproc)
-FUZZ_SECONDS ?= 100
+FUZZ_SECONDS ?= 120
 PYTHON   ?= /usr/bin/python3
 CMAKE_FLAGS ?=
 
