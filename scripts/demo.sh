@@ -34,7 +34,7 @@ trap '[ $started = 1 ] && "$tcast" daemon stop >/dev/null' EXIT
 say "3. verify and import"
 "$tcast" verify "$model"
 "$tcast" import "$model" --key demo:model:v1
-"$tcast" inspect demo:model:v1 | head -12
+"$tcast" inspect demo:model:v1 | sed -n 1,12p  # sed reads it all: no SIGPIPE
 
 say "4. a second process attaches it, zero copy"
 /usr/bin/python3 - "$model" <<'PY'
