@@ -581,15 +581,15 @@ static json_t *obj_json(struct tc__objs *s, struct tc__obj *o)
 	return j;
 }
 
-char *tc__objs_list_json(struct tc__objs *s)
+char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts)
 {
 	json_t *arr = json_array();
 
 	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next)
 		json_array_append_new(arr, obj_json(s, o));
 	return dump(json_pack("{s:o, s:I, s:I}", "artifacts", arr, "used_bytes",
-			      (json_int_t)s->used, "budget_bytes",
-			      (json_int_t)s->budget));
+			      (json_int_t)(s->used - not_artifacts),
+			      "budget_bytes", (json_int_t)s->budget));
 }
 
 char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o)

@@ -137,7 +137,9 @@ int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
 		   uint64_t nchunks);
 
 /* JSON documents for the read verbs (malloc'd strings; NULL on OOM). */
-char *tc__objs_list_json(struct tc__objs *s);
+/* `not_artifacts`: budget bytes held for other things (the spare), left out
+ * of used_bytes. */
+char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts);
 char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o);
 char *tc__objs_keys_json(struct tc__objs *s, const char *key, int *rc,
 			 char *err, size_t errlen);

@@ -1316,7 +1316,8 @@ static int on_release_gpu(struct conn *c, struct req *r)
 
 static int on_list(struct conn *c, struct req *r)
 {
-	reply_json(c, r, tc__objs_list_json(&c->srv->objs));
+	reply_json(c, r,
+		   tc__objs_list_json(&c->srv->objs, c->srv->spare_charged));
 	return 0;
 }
 

@@ -570,6 +570,19 @@ static void test_store__spare_segment(void **state)
 	c = connect_ok();
 	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20);
 	assert_int_equal(status_int(c, "host_used_bytes"), 0);
+	{
+		/* ls reports what artifacts use, like status: not the spare. */
+		char *ls;
+		json_t *j;
+
+		assert_int_equal(tc_list_json(c, &ls), 0);
+		j = json_loads(ls, 0, NULL);
+		assert_int_equal(
+			json_integer_value(json_object_get(j, "used_bytes")),
+			0);
+		json_decref(j);
+		tc_free(ls);
+	}
 	put_blob(c, "a", 1, 2 << 20, "cache", 0, a); /* takes the spare */
 	assert_int_equal(status_int(c, "host_used_bytes"), 2 << 20);
 	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20); /* refilled */

@@ -594,7 +594,7 @@ static void test_objstore__rm_leased(void **state)
 	assert_false(held(&s, id));
 	assert_int_equal(s.used, PG);
 	assert_int_equal(tc__objs_rm(&s, id, err, sizeof(err)), TC_ENOTFOUND);
-	j = parse(tc__objs_list_json(&s));
+	j = parse(tc__objs_list_json(&s, 0));
 	assert_int_equal(json_array_size(json_object_get(j, "artifacts")), 0);
 	assert_int_equal(json_integer_value(json_object_get(j, "used_bytes")),
 			 PG);
@@ -1031,7 +1031,7 @@ static void test_objstore__json(void **state)
 	assert_int_equal(kset(&s, "m1", a->id, false, 0, &gen, err), 0);
 	assert_int_equal(kset(&s, "m2", a->id, false, 0, &gen, err), 0);
 
-	j = parse(tc__objs_list_json(&s));
+	j = parse(tc__objs_list_json(&s, 0));
 	assert_int_equal(json_integer_value(json_object_get(j, "used_bytes")),
 			 3 * PG);
 	assert_int_equal(json_integer_value(json_object_get(j, "budget_bytes")),
@@ -1129,7 +1129,7 @@ static void test_objstore__json(void **state)
 
 	/* An empty store. */
 	tc__objs_init(&s, 0);
-	j = parse(tc__objs_list_json(&s));
+	j = parse(tc__objs_list_json(&s, 0));
 	assert_int_equal(json_array_size(json_object_get(j, "artifacts")), 0);
 	json_decref(j);
 	j = parse(tc__objs_keys_json(&s, NULL, &rc, err, MSG));
