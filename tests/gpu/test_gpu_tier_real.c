@@ -61,16 +61,6 @@ static double now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static tc_client *connect_ok(void)
-{
-	char err[512];
-	tc_client *c = NULL;
-
-	if (tc_client_connect(D.sock, &c, err, sizeof(err)) < 0)
-		fail_msg("connect: %s", err);
-	return c;
-}
-
 static json_t *status(tc_client *c)
 {
 	char *s;
@@ -181,24 +171,6 @@ static tc_artifact *attach_gpu_ok(tc_client *c, const char *ref)
 	return a;
 }
 
-static int count_fds_of(pid_t pid)
-{
-	char path[64];
-	struct dirent *e;
-	DIR *d;
-	int n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	d = opendir(path);
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
 /* This binary as "--child MODE SOCK REF ORDINAL"; *out reads its stdout. */
 static pid_t spawn(const char *mode, const char *ref, int *out)
 {
@@ -224,25 +196,6 @@ static pid_t spawn(const char *mode, const char *ref, int *out)
 	close(p[1]);
 	*out = p[0];
 	return pid;
-}
-
-static void read_line(int fd, char *buf, size_t len)
-{
-	size_t k = 0;
-
-	while (k + 1 < len && read(fd, buf + k, 1) == 1 && buf[k] != '\n')
-		k++;
-	buf[k] = '\0';
-}
-
-static int wait_status(pid_t pid)
-{
-	int st;
-
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR)
-			return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 /* ---------------------------------------------------------------- child */
@@ -316,7 +269,7 @@ static void test_tier_real__large_attach(void **state)
 	pid_t pid;
 
 	t_daemon_start(&D, "64GiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "big", big, 1);
 	hd = host_hash(c, "big");
 	tc__digest_hex(&hd, want);
@@ -362,9 +315,9 @@ static void test_tier_real__large_attach(void **state)
 
 	/* Another process, same replica. */
 	pid = spawn("hash", "big", &fd);
-	read_line(fd, line, sizeof(line));
+	t_read_line(fd, line, sizeof(line));
 	close(fd);
-	assert_int_equal(wait_status(pid), 0);
+	assert_int_equal(t_wait_status(pid), 0);
 	assert_int_equal(sscanf(line, "%32s %lf", hex, &child_ms), 2);
 	assert_string_equal(hex, want);
 	info("attach in a second process: %.3f ms\n", child_ms);
@@ -388,7 +341,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 	double t0;
 
 	t_daemon_start(&D, "4GiB", "--set", "gpu_memory=160MiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "s1", small, 11);
 	put_blob(c, "s2", small, 12);
 	put_blob(c, "s3", small, 13);
@@ -401,11 +354,11 @@ static void test_tier_real__budget_leases_cycles(void **state)
 
 	/* A client holding s2 is killed: its lease comes back. */
 	pid = spawn("hold", "s2", &fd);
-	read_line(fd, line, sizeof(line));
+	t_read_line(fd, line, sizeof(line));
 	assert_string_equal(line, "ready");
 	assert_int_equal(gpu_stat(c, "leases"), 1);
 	kill(pid, SIGKILL);
-	assert_int_equal(wait_status(pid), 128 + SIGKILL);
+	assert_int_equal(t_wait_status(pid), 128 + SIGKILL);
 	close(fd);
 	for (int i = 0; i < 300 && gpu_stat(c, "leases"); i++)
 		usleep(10000);
@@ -413,7 +366,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 
 	/* Cycles: attach/detach cached replicas, and refills by eviction;
 	 * the daemon's fds and the driver's free memory do not move. */
-	dfd0 = count_fds_of(D.pid);
+	dfd0 = t_count_fds_of(D.pid);
 	free0 = gpu_stat(c, "driver_free_bytes");
 	t0 = now_ms();
 	for (int i = 0; i < 1000; i++) {
@@ -436,7 +389,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 	assert_true(gpu_stat(c, "evictions") >= 50);
 	tc_artifact_close(attach_gpu_ok(c, "s2"));
 	tc_artifact_close(attach_gpu_ok(c, "s3"));
-	dfd1 = count_fds_of(D.pid);
+	dfd1 = t_count_fds_of(D.pid);
 	free1 = gpu_stat(c, "driver_free_bytes");
 	info("daemon fds %d -> %d, driver free bytes %lld -> %lld\n", dfd0,
 	     dfd1, free0, free1);
@@ -457,7 +410,7 @@ static void test_tier_real__daemon_dies_while_mapped(void **state)
 	pid_t pid;
 
 	t_daemon_start(&D, "4GiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "o", 32 * MiB, 21);
 	hd = host_hash(c, "o");
 	tc__digest_hex(&hd, want);
@@ -472,16 +425,16 @@ static void test_tier_real__daemon_dies_while_mapped(void **state)
 		close(saved);
 		close(in[0]);
 	}
-	read_line(out, line, sizeof(line));
+	t_read_line(out, line, sizeof(line));
 	assert_string_equal(line, "ready");
 	tc_client_close(c);
 	kill(D.pid, SIGKILL);
 	waitpid(D.pid, NULL, 0);
 	D.pid = 0;
 	assert_int_equal(write(in[1], "g", 1), 1);
-	read_line(out, line, sizeof(line));
+	t_read_line(out, line, sizeof(line));
 	assert_string_equal(line, want);
-	assert_int_equal(wait_status(pid), 0);
+	assert_int_equal(t_wait_status(pid), 0);
 	close(in[1]);
 	close(out);
 	t_rmtree(D.dir);

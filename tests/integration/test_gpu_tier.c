@@ -84,17 +84,6 @@ static void daemon_stop(void)
 	assert_int_equal(t_daemon_stop(&D), 0);
 }
 
-static tc_client *connect_ok(void)
-{
-	char err[512];
-	tc_client *c = NULL;
-	int rc = tc_client_connect(D.sock, &c, err, sizeof(err));
-
-	if (rc < 0)
-		fail_msg("connect: %s", err);
-	return c;
-}
-
 static json_t *get_json(tc_client *c, const char *ref)
 {
 	char *s;
@@ -223,24 +212,6 @@ static tc_artifact *attach_gpu_ok(tc_client *c, const char *ref, int dev)
 	return a;
 }
 
-static int count_fds_of(pid_t pid)
-{
-	char path[64];
-	struct dirent *e;
-	DIR *d;
-	int n = 0;
-
-	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-	d = opendir(path);
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n;
-}
-
 static int count_maps(void)
 {
 	FILE *f = fopen("/proc/self/maps", "r");
@@ -288,29 +259,6 @@ static pid_t spawn(const char *mode, const char *ref, int ordinal,
 }
 
 /* Read one line of a child's output. */
-static void read_line(int fd, char *buf, size_t len)
-{
-	size_t k = 0;
-
-	while (k + 1 < len) {
-		ssize_t n = read(fd, buf + k, 1);
-
-		if (n <= 0 || buf[k] == '\n')
-			break;
-		k++;
-	}
-	buf[k] = '\0';
-}
-
-static int wait_status(pid_t pid)
-{
-	int st;
-
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR)
-			return -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
 
 /* Run a child to the end; its first output line goes to `line`. */
 static int run_child(const char *mode, const char *ref, int ordinal,
@@ -320,9 +268,9 @@ static int run_child(const char *mode, const char *ref, int ordinal,
 	int fd;
 	pid_t pid = spawn(mode, ref, ordinal, env, &fd);
 
-	read_line(fd, line ? line : scratch, line ? len : sizeof(scratch));
+	t_read_line(fd, line ? line : scratch, line ? len : sizeof(scratch));
 	close(fd);
-	return wait_status(pid);
+	return t_wait_status(pid);
 }
 
 /* Output of `tcast --socket D.sock ARGS` (malloc'd). */
@@ -434,7 +382,7 @@ static void test_gpu_tier__share_across_processes(void **state)
 	struct tc_DLManagedTensor *l;
 
 	daemon_start(fake_env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	{
 		struct tc_opts o = {
 			TC_OPT_KEY, "llama", NULL, 0, NULL, NULL, 0
@@ -544,7 +492,7 @@ static void test_gpu_tier__read_only(void **state)
 	tc_client *c;
 
 	daemon_start(fake_env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "ro", 3 * MiB + 17, 1, NULL);
 	/* Under ASan or TSan the fault must reach the kernel's default
 	 * action. */
@@ -575,7 +523,7 @@ static void test_gpu_tier__budget_and_eviction(void **state)
 	int rc;
 
 	daemon_start(fake_env, "--set", "gpu_memory=8MiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "e1", 3 * MiB, 1, NULL); /* 4 MiB on a GPU */
 	put_blob(c, "e2", 3 * MiB, 2, NULL);
 	put_blob(c, "e3", 3 * MiB, 3, NULL);
@@ -651,20 +599,20 @@ static void test_gpu_tier__killed_client_releases(void **state)
 	pid_t p1, p2;
 
 	daemon_start(fake_env, "--set", "gpu_memory=2MiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "k1", MiB, 1, NULL);
 	put_blob(c, "k2", MiB, 2, NULL);
 	p1 = spawn("hold", "k1", 0, NULL, &fd1);
 	p2 = spawn("hold", "k1", 0, NULL, &fd2);
-	read_line(fd1, line, sizeof(line));
+	t_read_line(fd1, line, sizeof(line));
 	assert_string_equal(line, "ready");
-	read_line(fd2, line, sizeof(line));
+	t_read_line(fd2, line, sizeof(line));
 	assert_string_equal(line, "ready");
 	assert_int_equal(replica_leases(c, "k1", 0), 2);
 	kill(p1, SIGKILL);
 	kill(p2, SIGKILL);
-	assert_int_equal(wait_status(p1), 128 + SIGKILL);
-	assert_int_equal(wait_status(p2), 128 + SIGKILL);
+	assert_int_equal(t_wait_status(p1), 128 + SIGKILL);
+	assert_int_equal(t_wait_status(p2), 128 + SIGKILL);
 	close(fd1);
 	close(fd2);
 	for (int i = 0; i < 200 && replica_leases(c, "k1", 0); i++)
@@ -689,7 +637,7 @@ static void test_gpu_tier__alloc_failure(void **state)
 	int rc;
 
 	daemon_start(env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "f", 2 * MiB + 5, 7, NULL);
 	rc = tc_attach_gpu(c, "f", 0, &a);
 	assert_int_equal(rc, TC_ECUDA);
@@ -725,7 +673,7 @@ static void test_gpu_tier__device_lost(void **state)
 		snprintf(env_lost, sizeof(env_lost),
 			 "TC_FAKECUDA_LOST_AFTER=%d", ns[k]);
 		daemon_start(env, NULL);
-		c = connect_ok();
+		c = t_connect(D.sock);
 		for (int i = 0; i < 3; i++) {
 			char key[16];
 
@@ -780,7 +728,7 @@ static void test_gpu_tier__no_driver(void **state)
 	json_t *j;
 
 	daemon_start(env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "n", MiB, 1, NULL);
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(tc_attach_gpu(c, "n", 0, &a), TC_ENODEV);
@@ -813,7 +761,7 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	/* No host spare: its memfd would show up as a daemon fd. */
 	daemon_start(fake_env, "--set", "gpu_memory=4MiB", "--set",
 		     "host_spare=0", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "c0", MiB + 1, 1, NULL);
 	put_blob(c, "c1", MiB + 2, 2, NULL);
 	put_blob(c, "c2", 3 * MiB, 3, NULL);
@@ -821,7 +769,7 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	tc_artifact_close(attach_gpu_ok(c, "c1", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
-	dfd0 = count_fds_of(D.pid);
+	dfd0 = t_count_fds_of(D.pid);
 	fd0 = t_count_fds();
 	maps0 = count_maps();
 	free0 = gpu_stat(c, 0, "driver_free_bytes");
@@ -846,7 +794,7 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	}
 	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
-	dfd1 = count_fds_of(D.pid);
+	dfd1 = t_count_fds_of(D.pid);
 	fd1 = t_count_fds();
 	maps1 = count_maps();
 	free1 = gpu_stat(c, 0, "driver_free_bytes");
@@ -872,7 +820,7 @@ static void test_gpu_tier__bad_requests(void **state)
 	tc_client *c;
 
 	daemon_start(fake_env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "b", MiB, 1, NULL);
 	fd = t_raw_connect(D.sock);
 	assert_true(fd >= 0);
@@ -953,7 +901,7 @@ static void test_gpu_tier__host_eviction_frees_replicas(void **state)
 	tc_artifact *a, *x;
 
 	daemon_start(fake_env, "--host-memory", "12MiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "h1", 5 * MiB, 1, NULL);
 	a = attach_gpu_ok(c, "h1", 0);
 	put_blob(c, "h2", 5 * MiB, 2, NULL);
@@ -996,7 +944,7 @@ static void test_gpu_tier__concurrent_and_abandoned(void **state)
 	tc_client *c;
 
 	daemon_start(fake_env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "w", 64 * MiB, 9, NULL);
 	for (int i = 0; i < 3; i++) {
 		fds[i] = t_raw_connect(D.sock);
@@ -1066,7 +1014,7 @@ static void test_gpu_tier__config(void **state)
 	/* A percentage works, and a size larger than the GPU is cut. */
 	daemon_start(fake_env, "--set", "gpu_memory=50%", NULL);
 	{
-		tc_client *c = connect_ok();
+		tc_client *c = t_connect(D.sock);
 
 		put_blob(c, "p", MiB, 1, NULL);
 		tc_artifact_close(attach_gpu_ok(c, "p", 0));
@@ -1077,7 +1025,7 @@ static void test_gpu_tier__config(void **state)
 	daemon_stop();
 	daemon_start(fake_env, "--set", "gpu_memory=1TiB", NULL);
 	{
-		tc_client *c = connect_ok();
+		tc_client *c = t_connect(D.sock);
 
 		put_blob(c, "p", MiB, 1, NULL);
 		tc_artifact_close(attach_gpu_ok(c, "p", 0));
@@ -1105,7 +1053,7 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 
 	/* Room for one 2 MiB replica per GPU: each import evicts. */
 	daemon_start(fake_env, "--set", "gpu_memory=2MiB", NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
 	assert_int_equal(tc_inspect_json(c, "g:llama", &s), 0);
 	j = json_loads(s, 0, NULL);
@@ -1159,7 +1107,7 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 	daemon_start(fake_env, NULL);
 	unsetenv("TC_FAKECUDA_FAIL");
 	tc_client_close(c);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), TC_ECUDA);
 	assert_non_null(strstr(tc_client_errmsg(c), "CUDA_ERROR"));
 	assert_int_equal(gpu_stat(c, 1, "used_bytes"), 0);
@@ -1180,7 +1128,7 @@ static void test_gpu_tier__bind_and_swap(void **state)
 	tc_client *c;
 
 	daemon_start(fake_env, NULL);
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "bind:a", 3 * MiB, 1, a);
 	put_blob(c, "bind:b", 3 * MiB, 2, b);
 	put_blob(c, "bind:c", 2 * MiB, 3, cc);

@@ -42,17 +42,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static tc_client *connect_ok(void)
-{
-	char err[512];
-	tc_client *c = NULL;
-	int rc = tc_client_connect(D.sock, &c, err, sizeof(err));
-
-	if (rc < 0)
-		fail_msg("connect: %s", err);
-	return c;
-}
-
 static json_t *status(tc_client *c)
 {
 	char *s;
@@ -133,7 +122,7 @@ static void test_store__roundtrip_testdata(void **state)
 	static const char *const items[] = { "dtypes.safetensors",
 					     "many-tensors.safetensors",
 					     "tiny-llama" };
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 
 	for (size_t i = 0; i < 3; i++) {
 		struct tc_result r, r2;
@@ -163,7 +152,7 @@ static void test_store__roundtrip_testdata(void **state)
 /* put the bytes of an imported artifact again: same id, same bytes. */
 static void test_store__put_roundtrip(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc_tensor_desc *d;
 	const struct tc_tensor_info *info;
 	struct tc_result r, rp;
@@ -237,7 +226,7 @@ static int raw_attach(int fd, const char *ref, int *memfd)
 
 static void test_store__sealed_memfd_refuses_writes(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc_result r;
 	char path[64];
 	int fd, mfd = -1, rw;
@@ -279,7 +268,7 @@ static void test_store__sealed_memfd_refuses_writes(void **state)
  * and the put can be finished after unmapping. */
 static void test_store__seal_with_writable_mapping_fails(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	uint64_t shape[1] = { 1024 };
 	struct tc_tensor_desc d = { "w", TC_DTYPE_F32, 1, shape };
 	struct tc__buf b = TC_BUF_INIT;
@@ -341,7 +330,7 @@ static void test_store__seal_with_writable_mapping_fails(void **state)
 
 static void test_store__client_crash_releases(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc_result r;
 	int pfd[2], status;
 	pid_t pid;
@@ -410,7 +399,7 @@ static void put_blob(tc_client *c, const char *name, uint8_t fill,
  * client lets go; the mapping stays readable meanwhile. */
 static void test_store__rm_while_mapped(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc_result r;
 	tc_artifact *a, *b;
 	long long used0, used1;
@@ -436,7 +425,7 @@ static void test_store__rm_while_mapped(void **state)
  * copy comes back to life, leases stay exact, memory returns at the end. */
 static void test_store__reput_of_removed_leased_content(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	char id1[40], id2[40];
 	tc_artifact *a, *b, *x;
 	long long used0 = status_int(c, "host_used_bytes");
@@ -504,7 +493,7 @@ static void test_store__eviction_lru_and_leases(void **state)
 	/* No spare: this test counts every byte of the budget. */
 	t_daemon_start(&small, "3MiB", "--set", "host_spare=0", NULL);
 	D = small;
-	c = connect_ok();
+	c = t_connect(D.sock);
 	put_blob(c, "a", 1, 1 << 20, "cache", 0, a);
 	put_blob(c, "b", 2, 1 << 20, "cache", 0, b);
 	put_blob(c, "c", 3, 1 << 20, "cache", 0, cc);
@@ -567,7 +556,7 @@ static void test_store__spare_segment(void **state)
 
 	t_daemon_start(&sd, "8MiB", "--set", "host_spare=4MiB", NULL);
 	D = sd;
-	c = connect_ok();
+	c = t_connect(D.sock);
 	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20);
 	assert_int_equal(status_int(c, "host_used_bytes"), 0);
 	{
@@ -619,7 +608,7 @@ static void on_progress(uint64_t done, uint64_t total, void *arg)
 
 static void test_store__import_reports_progress(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	uint64_t seen[2] = { 0, 0 };
 	struct tc_opts o = { TC_OPT_PROGRESS, NULL, NULL, 0,
 			     on_progress,     seen, 0 };
@@ -633,7 +622,7 @@ static void test_store__import_reports_progress(void **state)
 
 static void test_store__keys_cas_and_history(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc_result r1, r2;
 	struct tc_opts o = { 0 };
 	uint64_t gen;
@@ -683,7 +672,7 @@ static void test_store__keys_cas_and_history(void **state)
 
 static void test_store__export_reimport(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc_result r, r2;
 	char path[512];
 
@@ -707,7 +696,7 @@ static void test_store__export_reimport(void **state)
 
 static void test_store__hostile_files(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	char dir[512], path[1024];
 	struct dirent *e;
 	DIR *d;
@@ -741,7 +730,7 @@ static void test_store__hostile_files(void **state)
 static void test_store__hostile_frames(void **state)
 {
 	static const uint8_t junk[TC_FRAME_HDR] = { 'x', 'y', 'z' };
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct tc__frame_hdr h;
 	uint8_t *body, big[TC_FRAME_HDR];
 	int fd, p[2], status;
@@ -884,7 +873,7 @@ static void *attach_loop(void *p)
 
 static void test_store__concurrent_clients_and_a_stalled_one(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	struct worker_arg w[8];
 	pthread_t t[8];
 	struct tc_result r;
@@ -937,7 +926,7 @@ static void test_store__concurrent_clients_and_a_stalled_one(void **state)
 
 static void test_store__bad_requests_keep_connection(void **state)
 {
-	tc_client *c = connect_ok();
+	tc_client *c = t_connect(D.sock);
 	tc_artifact *a;
 	char big[8192];
 

@@ -18,6 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <setjmp.h>
+#include <stddef.h>
+#include <cmocka.h>
+
 #include "net/net.h"
 #include "tlib.h"
 
@@ -195,6 +199,53 @@ int t_raw_hello(int fd)
 		   (uint32_t)body[3] << 24);
 	free(body);
 	return rc;
+}
+
+tc_client *t_connect(const char *sock)
+{
+	char err[512];
+	tc_client *c = NULL;
+
+	if (tc_client_connect(sock, &c, err, sizeof(err)) < 0)
+		fail_msg("connect: %s", err);
+	return c;
+}
+
+int t_count_fds_of(pid_t pid)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *d;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n;
+}
+
+void t_read_line(int fd, char *buf, size_t len)
+{
+	size_t k = 0;
+
+	while (k + 1 < len && read(fd, buf + k, 1) == 1 && buf[k] != '\n')
+		k++;
+	buf[k] = '\0';
+}
+
+int t_wait_status(pid_t pid)
+{
+	int st;
+
+	while (waitpid(pid, &st, 0) < 0)
+		if (errno != EINTR)
+			return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 void t_sha256_hex(const void *p, size_t n, char out[65])

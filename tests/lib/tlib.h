@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "proto/proto.h"
+#include "tcast/client.h"
 
 /* A private directory (mkdtemp); removed recursively by t_rmtree. */
 char *t_tmpdir(void);
@@ -37,6 +38,15 @@ int t_raw_send(int fd, int type, uint32_t req_id, const void *body, size_t len,
 /* Reads one frame; body malloc'd into *body.  Returns 0, or -1 on EOF. */
 int t_raw_recv(int fd, struct tc__frame_hdr *h, uint8_t **body, int *fds,
 	       int *nfds);
+
+/* Connect to the daemon at `sock`, or fail the running cmocka test. */
+tc_client *t_connect(const char *sock);
+/* Open fds of process `pid` (-1 if it cannot be read). */
+int t_count_fds_of(pid_t pid);
+/* One line from fd (without its newline) into buf, NUL-terminated. */
+void t_read_line(int fd, char *buf, size_t len);
+/* Wait for pid: its exit status, or 128 + the signal that killed it. */
+int t_wait_status(pid_t pid);
 
 void t_sha256_hex(const void *p, size_t n, char out[65]);
 /* Open fds of this process. */
