@@ -34,7 +34,6 @@
 /* Request flags inside bodies. */
 #define TC_RF_PROGRESS 0x1u /* IMPORT: send PROGRESS frames */
 #define TC_RF_EXPECT   0x2u /* IMPORT/CREATE/KEY_SET: compare-and-swap */
-#define TC_RF_NOTABLE  0x4u /* ATTACH: caller has the table already */
 #define TC_RF_GPU                                         \
 	0x8u /* IMPORT: straight to a GPU; u32 device and \
 		  str uuid follow expect_gen */

@@ -229,11 +229,13 @@ static void reply_json(struct conn *c, const struct req *r, char *json)
 
 /* ------------------------------------------------------------- leases */
 
+/* The host lease on artifact `id`.  One id is one object (a removed copy
+ * that is still leased comes back to life rather than getting a twin), so
+ * the id alone finds it, removed or not. */
 static struct lease *lease_find(struct conn *c, const char *id)
 {
 	for (uint32_t i = 0; i < c->nleases; i++)
-		if (!c->leases[i].rep && !strcmp(c->leases[i].o->id, id) &&
-		    !c->leases[i].o->dead)
+		if (!c->leases[i].rep && !strcmp(c->leases[i].o->id, id))
 			return &c->leases[i];
 	return NULL;
 }
@@ -439,8 +441,11 @@ static void spare_refill(struct server *s)
 	char err[256];
 	uint64_t bytes = tc__shm_round(s->spare_target);
 
+	/* Called every tick: a full budget must cost a comparison, not a
+	 * failed reservation (which walks every artifact for its message). */
 	if (!s->spare_target || s->spare || s->spare_filling || s->stopping ||
-	    tc__jobs_pending(s->jobs))
+	    tc__jobs_pending(s->jobs) || bytes > s->objs.budget ||
+	    s->objs.used > s->objs.budget - bytes)
 		return;
 	if (tc__objs_reserve(&s->objs, bytes, TC_POLICY_WARM, err,
 			     sizeof(err)) < 0)
@@ -1145,14 +1150,6 @@ static int on_release(struct conn *c, struct req *r)
 	if (tc__cur_read_strcpy(&r->body, id, sizeof(id)) < 0)
 		return TC_EPROTO;
 	l = lease_find(c, id);
-	if (!l) {
-		/* Also reached when rm made the artifact dead: find it by
-		 * pointer among dead leases. */
-		for (uint32_t i = 0; i < c->nleases; i++)
-			if (!c->leases[i].rep && c->leases[i].o->dead &&
-			    !strcmp(c->leases[i].o->id, id))
-				l = &c->leases[i];
-	}
 	if (!l) {
 		tc__log(TC_LOG_WARN,
 			"pid %d released '%s', which it does not "
