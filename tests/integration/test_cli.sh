@@ -48,7 +48,16 @@ ok rc_is 0 t rm cli:llama:v1
 ok rc_is 1 t inspect cli:llama:v1
 ok rc_is 0 t rm "$id"
 t daemon logs -n 5 | grep -q "removed"; ok test $? = 0
+# A YAML config; flags override it; restart keeps serving on the socket.
+printf 'host_memory: 48MiB\nio_threads: 2\nlog_level: debug\n' > "$dir/d.yaml"
+printf 'host_memory: 48MiB\nno_such_key: 1\n' > "$dir/bad.yaml"
+ok rc_is 0 t daemon restart --config "$dir/d.yaml"
+[ "$(t --json daemon status | json 'd["host_budget_bytes"]')" = $((48 << 20)) ]; ok test $? = 0
+[ "$(t --json daemon status | json 'd["io_threads"]')" = 2 ]; ok test $? = 0
+ok rc_is 0 t daemon restart --config "$dir/d.yaml" --host-memory 40MiB
+[ "$(t --json daemon status | json 'd["host_budget_bytes"]')" = $((40 << 20)) ]; ok test $? = 0
 ok rc_is 0 t daemon stop
+t daemon start --config "$dir/bad.yaml" 2>&1 | grep -q "bad.yaml:2: key 'no_such_key'"; ok test $? = 0
 ok rc_is 1 t daemon status
 ok rc_is 0 t daemon stop                                # idempotent
 
