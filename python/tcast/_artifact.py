@@ -534,12 +534,9 @@ def gpu_torch_views(session: Session, artifact_id: str, table: "Optional[_Table]
     makes the replica if it has none, this process maps it read-only, and
     every tensor is one strided view of a single uint8 base tensor that
     holds the mapping (and its lease) until the last view dies."""
-    import torch
     from torch.utils.dlpack import from_dlpack
 
-    ordinal = torch.device(device).index
-    if ordinal is None:
-        ordinal = torch.cuda.current_device()
+    ordinal = _cuda_ordinal(device)
     h = ctypes.c_void_p()
     session.call(session.lib.tc_attach_gpu, artifact_id.encode(), ordinal, ctypes.byref(h))
     try:
@@ -723,6 +720,14 @@ def _device(device: Any, framework: str) -> str:
     return d
 
 
+def _cuda_ordinal(dev: str) -> int:
+    """This process's CUDA ordinal of a torch device string ("cuda[:N]")."""
+    import torch
+
+    index = torch.device(dev).index
+    return torch.cuda.current_device() if index is None else index
+
+
 def _result_of(r: _native.TcResult, seconds: float) -> ImportResult:
     return ImportResult(
         artifact_id=r.id.decode(),
@@ -774,11 +779,9 @@ def import_path(
 ) -> ImportResult:
     opts, keep = make_opts(key, policy, expect_generation, progress)
     gpu = None
-    if device is not None and str(device) != "cpu":
-        import torch
-
-        d = torch.device(_device(device, "torch"))
-        gpu = d.index if d.index is not None else torch.cuda.current_device()
+    dev = _device(device, "torch") if device is not None else "cpu"
+    if dev != "cpu":
+        gpu = _cuda_ordinal(dev)
         opts.field_mask |= _native.TC_OPT_DEVICE
         opts.device = gpu
     res = _native.TcResult()
@@ -1160,20 +1163,13 @@ class Artifact:
     def bind(self, device: Any = "cuda") -> Binding:
         """Bind this artifact on a GPU: memory the daemon owns for this
         process, at addresses that stay the same across ``swap``."""
-        import torch
-
         dev = _device(device, "torch")
         if dev == "cpu":
             raise errors.DeviceError("bind() needs a GPU device (cuda[:N])")
-        ordinal = torch.device(dev).index
-        if ordinal is None:
-            ordinal = torch.cuda.current_device()
-        ref = self._ref()
-        if ref is None:
-            ref, _ = self._realize(None)[0].id, None
+        ref = self._ref() or self._realize(None)[0].id
         sess = self._sess()
         h = ctypes.c_void_p()
-        sess.call(sess.lib.tc_bind, ref.encode(), ordinal, ctypes.byref(h))
+        sess.call(sess.lib.tc_bind, ref.encode(), _cuda_ordinal(dev), ctypes.byref(h))
         return Binding(sess, h.value, dev)
 
     def prefetch(self, device: Any = "cpu", *, options: Optional[GetArtifactOptions] = None) -> "Prefetch":
@@ -1185,16 +1181,11 @@ class Artifact:
         returns.  Synchronous; the returned Prefetch says what it did."""
         t0 = time.perf_counter()
         att, info = self._realize(options)
-        dev = _device(device, "torch") if str(device) != "cpu" else "cpu"
+        dev = _device(device, "torch")
         if dev != "cpu":
-            import torch
-
-            ordinal = torch.device(dev).index
-            if ordinal is None:
-                ordinal = torch.cuda.current_device()
             sess = self._sess()
             h = ctypes.c_void_p()
-            sess.call(sess.lib.tc_attach_gpu, att.id.encode(), ordinal, ctypes.byref(h))
+            sess.call(sess.lib.tc_attach_gpu, att.id.encode(), _cuda_ordinal(dev), ctypes.byref(h))
             sess.lib.tc_artifact_close(h.value)
         return Prefetch(att.id, dev, info["source"], time.perf_counter() - t0)
 
