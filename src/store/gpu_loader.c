@@ -433,7 +433,12 @@ int tc__gpu_copy_host(const void *src, uint64_t n,
 	g.err = err;
 	g.errlen = errlen;
 	pthread_mutex_init(&g.lock, NULL);
-	k = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), g.nunits);
+	/* One thread per 512 MiB, at least 2: setting up a thread's stream
+	 * and staging costs ~1 ms, which small copies (swaps of a few MiB)
+	 * must not pay sixteen times over. */
+	k = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1),
+			TC_MAX(n >> 29, (uint64_t)2));
+	k = (int)TC_MIN((uint64_t)k, g.nunits);
 	k = TC_MIN(k, MAX_THREADS);
 	for (int i = 1; i < k; i++)
 		if (pthread_create(&tids[started], NULL, worker, &g) == 0)

@@ -57,7 +57,9 @@ int tc__gpu_load_source(const struct tc__source *src,
  * mapping, say) to byte 0 of `dst` through the same staging ring, with
  * `nthreads` threads: pinning a large mapping first costs more than the
  * copy (about 0.5 s for 16 GiB on an H200), the ring costs nothing up
- * front.  Returns 0, TC_EINVAL, TC_ECUDA, TC_ENODEV or -errno with `err`.
+ * front.  `nthreads` is a ceiling: one thread per 512 MiB is used, at
+ * least two.  Returns 0, TC_EINVAL, TC_ECUDA, TC_ENODEV or -errno with
+ * `err`.
  */
 int tc__gpu_copy_host(const void *src, uint64_t n,
 		      const struct tc__gpu_mem *dst, int nthreads, char *err,

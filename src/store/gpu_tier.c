@@ -393,14 +393,8 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	 * copy itself (~0.5 s for 16 GiB).  Small ones are pinned once. */
 	if (o->table.total_bytes >= GT_STAGE_MIN &&
 	    o->gpu->reg_state != GT_REG_DONE) {
-		/* One thread per 512 MiB, at least 2, at most io_threads. */
-		uint64_t k = o->table.total_bytes >> 29;
-
 		j->staged = true;
-		j->nthreads = (int)(k < 2 ? 2 :
-				    k > (uint64_t)t->cfg->io_threads ?
-					    (uint64_t)t->cfg->io_threads :
-					    k);
+		j->nthreads = t->cfg->io_threads; /* at most: see copy_host */
 	} else if (o->gpu->reg_state == GT_REG_NONE) {
 		o->gpu->reg_state = GT_REG_BUSY;
 		j->do_register = true;
