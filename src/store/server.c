@@ -35,120 +35,15 @@
 #include "tcast/errors.h"
 #include "tcast/version.h"
 
-#define FDQ_MAX		 8     /* fds a connection may have in flight */
-#define READ_CHUNK	 65536 /* bytes read per readable event at most */
-#define MAX_PENDING_PUTS 64    /* unsealed puts per connection */
-#define PROGRESS_MS	 200   /* interval of PROGRESS frames */
-
-struct server;
-
-/* One lease a connection holds: `n` attaches of `o` not yet released, of
- * its host replica (rep NULL) or of one GPU replica. */
-struct lease {
-	struct tc__obj *o;
-	struct tc__gpu_replica *rep;
-	uint32_t n;
-};
-
-/* A put between CREATE and SEAL: the artifact is not visible yet. */
-struct pending {
-	uint64_t handle;
-	struct tc__obj *o; /* owned until inserted */
-	char key[TC_KEY_MAX + 1];
-	uint32_t flags;
-	uint64_t expect_gen;
-	uint64_t t0_ns;
-	struct pending *next;
-};
-
-/* An fd attachment in the output buffer: sent with byte `at`. */
-struct out_fds {
-	size_t at;
-	int fds[TC_PROTO_MAX_FDS];
-	int n;
-	bool owned; /* close after sending */
-};
-
-struct conn {
-	struct server *srv;
-	int fd;
-	pid_t pid;
-	uid_t uid;
-	bool hello;   /* handshake done */
-	bool closing; /* reap in before_sleep */
-	int jobs;     /* jobs in flight for this connection */
-	bool paused;  /* a job runs: frames wait in `in` */
-	uint64_t accepted_ms;
-	char name[64];
-
-	uint8_t *in; /* owned input buffer */
-	size_t in_off, in_len, in_cap;
-	int fdq[FDQ_MAX]; /* received fds not yet claimed */
-	int nfdq;
-
-	struct tc__buf out; /* frames not yet sent */
-	size_t out_off;
-	struct out_fds *ofds; /* owned array, in `at` order */
-	int nofds, cap_ofds;
-
-	struct lease *leases; /* owned array */
-	uint32_t nleases, cap_leases;
-	struct pending *pending;
-	struct binding *bindings; /* BIND allocations this client owns */
-	uint64_t next_binding;
-	uint32_t npending;
-	uint64_t next_handle;
-
-	/* An import in flight wants PROGRESS frames with this req_id. */
-	struct import_job *progress_job;
-	uint32_t progress_req;
-	uint64_t progress_next_ms;
-
-	struct conn *next;
-	char err[512]; /* message of the request being handled */
-};
-
-struct server {
-	const struct tc__store_config *cfg;
-	struct tc__ev *ev;
-	struct tc__jobs *jobs;
-	struct tc__objs objs;
-	struct tc__gpu_tier *gpu;
-	int lfd;
-	int sigfd;
-	struct conn *conns;
-	int nconns;
-	uint64_t epoch;
-	uint64_t start_ms;
-	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
-	/* The spare (shm.h): one segment allocated ahead at idle, charged to
-	 * the budget, taken by the next import or put that fits, and dropped
-	 * first when a request needs its room. */
-	struct tc__shm *spare;
-	uint64_t spare_target;	/* bytes to keep ready; 0 = off */
-	bool spare_filling;	/* a job is allocating the next one */
-	uint64_t spare_charged; /* budget bytes held by the spare (ready or
-				   being allocated) */
-	bool stopping;
-};
-
-/* A frame being handled: its header, body cursor and claimed fds. */
-struct req {
-	struct tc__frame_hdr h;
-	struct tc__cur body;
-	int fds[TC_PROTO_MAX_FDS];
-	int nfds;
-};
+#include "server_internal.h"
 
 static void conn_close(struct conn *c, const char *why);
-static void conn_flush(struct conn *c);
-static void conn_process(struct conn *c);
 static void send_progress(struct conn *c, uint64_t now_ms);
 
 /* ------------------------------------------------------------ replies */
 
 /* Begin a reply frame with status 0; returns the header offset. */
-static size_t reply_begin(struct conn *c, const struct req *r)
+size_t tc__srv_reply_begin(struct conn *c, const struct req *r)
 {
 	size_t off = tc__frame_begin(&c->out, r->h.type, TC_PF_REPLY,
 				     r->h.req_id, 0);
@@ -157,7 +52,7 @@ static size_t reply_begin(struct conn *c, const struct req *r)
 	return off;
 }
 
-static void reply_end(struct conn *c, size_t off)
+void tc__srv_reply_end(struct conn *c, size_t off)
 {
 	tc__frame_finish(&c->out, off);
 	if (c->out.oom)
@@ -165,8 +60,8 @@ static void reply_end(struct conn *c, size_t off)
 }
 
 /* Attach fds to the reply frame that starts at `off`. */
-static int reply_fds(struct conn *c, size_t off, const int *fds, int n,
-		     bool owned)
+int tc__srv_reply_fds(struct conn *c, size_t off, const int *fds, int n,
+		      bool owned)
 {
 	struct out_fds *o;
 
@@ -190,7 +85,7 @@ static int reply_fds(struct conn *c, size_t off, const int *fds, int n,
 	return 0;
 }
 
-static void reply_error(struct conn *c, const struct req *r, int rc)
+void tc__srv_reply_error(struct conn *c, const struct req *r, int rc)
 {
 	size_t off;
 
@@ -202,15 +97,15 @@ static void reply_error(struct conn *c, const struct req *r, int rc)
 	off = tc__frame_begin(&c->out, r->h.type, TC_PF_REPLY, r->h.req_id, 0);
 	tc__buf_put_i32(&c->out, rc);
 	tc__buf_put_str(&c->out, c->err);
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 }
 
 static void reply_status(struct conn *c, const struct req *r, int rc)
 {
 	if (rc < 0)
-		reply_error(c, r, rc);
+		tc__srv_reply_error(c, r, rc);
 	else
-		reply_end(c, reply_begin(c, r));
+		tc__srv_reply_end(c, tc__srv_reply_begin(c, r));
 }
 
 static void reply_json(struct conn *c, const struct req *r, char *json)
@@ -218,12 +113,12 @@ static void reply_json(struct conn *c, const struct req *r, char *json)
 	size_t off;
 
 	if (!json) {
-		reply_error(c, r, -ENOMEM);
+		tc__srv_reply_error(c, r, -ENOMEM);
 		return;
 	}
-	off = reply_begin(c, r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_str(&c->out, json);
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 	free(json);
 }
 
@@ -291,8 +186,8 @@ static void lease_drop(struct conn *c, struct lease *l)
 
 /* ----------------------------------------------------------- handlers */
 
-static int read_str(struct conn *c, struct req *r, const char *what, char *dst,
-		    size_t dstlen)
+int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
+		     size_t dstlen)
 {
 	int rc = tc__cur_read_strcpy(&r->body, dst, dstlen);
 
@@ -311,7 +206,7 @@ static int on_hello(struct conn *c, struct req *r)
 	if (tc__cur_read_u32(&r->body, &ver) < 0 ||
 	    tc__cur_read_u32(&r->body, &pid) < 0)
 		return TC_EPROTO;
-	rc = read_str(c, r, "client name", c->name, sizeof(c->name));
+	rc = tc__srv_read_str(c, r, "client name", c->name, sizeof(c->name));
 	if (rc < 0)
 		return rc;
 	if (ver != TC_PROTO_VERSION) {
@@ -321,12 +216,12 @@ static int on_hello(struct conn *c, struct req *r)
 		return TC_EVERSION;
 	}
 	c->hello = true;
-	off = reply_begin(c, r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_u32(&c->out, TC_PROTO_VERSION);
 	tc__buf_put_u64(&c->out, c->srv->epoch);
 	tc__buf_put_u32(&c->out, (uint32_t)getpid());
 	tc__buf_put_str(&c->out, TC_VERSION_STRING);
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 	return 0;
 }
 
@@ -384,7 +279,7 @@ static void reply_created(struct conn *c, const struct req *r,
 			  struct tc__obj *o, uint64_t ns, bool dedup,
 			  uint64_t gen)
 {
-	size_t off = reply_begin(c, r);
+	size_t off = tc__srv_reply_begin(c, r);
 
 	tc__buf_put_str(&c->out, o->id);
 	tc__buf_put_u64(&c->out, o->table.total_bytes);
@@ -392,7 +287,7 @@ static void reply_created(struct conn *c, const struct req *r,
 	tc__buf_put_u64(&c->out, ns);
 	tc__buf_put_u32(&c->out, dedup);
 	tc__buf_put_u64(&c->out, gen);
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 }
 
 /* -------------------------------------------------------------- spare */
@@ -653,9 +548,9 @@ static void import_fail(struct import_job *j, int rc, const char *msg)
 	if (!c->closing) {
 		snprintf(c->err, sizeof(c->err), "%s",
 			 msg && *msg ? msg : tc_strerror(rc));
-		reply_error(c, &j->r, rc);
-		conn_flush(c);
-		conn_process(c);
+		tc__srv_reply_error(c, &j->r, rc);
+		tc__srv_conn_flush(c);
+		tc__srv_conn_process(c);
 	}
 	import_free(j);
 }
@@ -755,11 +650,11 @@ static void import_done(struct tc__job *job)
 		c->err[0] = '\0';
 		rc = publish_key(c, o, j->key, j->flags, j->expect_gen, &gen);
 		if (rc < 0)
-			reply_error(c, &j->r, rc);
+			tc__srv_reply_error(c, &j->r, rc);
 		else
 			reply_created(c, &j->r, o, ns, dedup, gen);
-		conn_flush(c);
-		conn_process(c);
+		tc__srv_conn_flush(c);
+		tc__srv_conn_process(c);
 	}
 	import_free(j);
 }
@@ -780,9 +675,10 @@ static int on_import(struct conn *c, struct req *r)
 	if (!j)
 		return -ENOMEM;
 	j->fd = -1;
-	if ((rc = read_str(c, r, "path", j->display, sizeof(j->display))) < 0 ||
-	    (rc = read_str(c, r, "key", j->key, sizeof(j->key))) < 0 ||
-	    (rc = read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "path", j->display,
+				   sizeof(j->display))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "key", j->key, sizeof(j->key))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
 		goto out_free;
 	if (tc__cur_read_u32(&r->body, &j->flags) < 0 ||
 	    tc__cur_read_u64(&r->body, &j->expect_gen) < 0) {
@@ -797,7 +693,7 @@ static int on_import(struct conn *c, struct req *r)
 			rc = TC_EPROTO;
 			goto out_free;
 		}
-		rc = read_str(c, r, "GPU uuid", uuid, sizeof(uuid));
+		rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid));
 		if (rc < 0)
 			goto out_free;
 		if (tc__gpu_uuid_parse(uuid, j->gpu_uuid) < 0) {
@@ -856,8 +752,8 @@ static void send_progress(struct conn *c, uint64_t now_ms)
 	tc__buf_put_u64(&c->out, atomic_load(&j->prog.done_bytes));
 	/* Not j->src->table: the worker moves it into the artifact. */
 	tc__buf_put_u64(&c->out, j->total_bytes);
-	reply_end(c, off);
-	conn_flush(c);
+	tc__srv_reply_end(c, off);
+	tc__srv_conn_flush(c);
 }
 
 static int on_progress(struct conn *c, struct req *r)
@@ -895,8 +791,8 @@ static int on_create(struct conn *c, struct req *r)
 				 sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
-	if ((rc = read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
-	    (rc = read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
 		goto out_free;
 	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
 	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0) {
@@ -926,14 +822,14 @@ static int on_create(struct conn *c, struct req *r)
 	c->pending = p;
 	c->npending++;
 
-	off = reply_begin(c, r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_u64(&c->out, p->handle);
 	tc__buf_put_u64(&c->out, p->o->shm->size);
 	tc__proto_put_table(&c->out, &p->o->table);
 	fd = p->o->shm->fd;
-	if (reply_fds(c, off, &fd, 1, false) < 0)
+	if (tc__srv_reply_fds(c, off, &fd, 1, false) < 0)
 		return -ENOMEM;
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 	return 0;
 
 out_free:
@@ -1041,9 +937,9 @@ static void seal_done(struct tc__job *job)
 	}
 	if (!c->closing) {
 		if (rc < 0)
-			reply_error(c, &j->r, rc);
-		conn_flush(c);
-		conn_process(c);
+			tc__srv_reply_error(c, &j->r, rc);
+		tc__srv_conn_flush(c);
+		tc__srv_conn_process(c);
 	}
 	tc__free(j->chunks);
 	tc__free(j);
@@ -1112,7 +1008,7 @@ static int on_attach(struct conn *c, struct req *r)
 	size_t off;
 	int rc;
 
-	rc = read_str(c, r, "reference", ref, sizeof(ref));
+	rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref));
 	if (rc < 0)
 		return rc;
 	if (tc__cur_read_u32(&r->body, &flags) < 0)
@@ -1131,14 +1027,14 @@ static int on_attach(struct conn *c, struct req *r)
 	if (lease_add(c, o, NULL) < 0)
 		return -ENOMEM;
 	c->srv->n_attach++;
-	off = reply_begin(c, r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put(&c->out, o->attach_body.data, o->attach_body.len);
-	if (reply_fds(c, off, &o->shm->ro_fd, 1, false) < 0) {
+	if (tc__srv_reply_fds(c, off, &o->shm->ro_fd, 1, false) < 0) {
 		/* The lease would be held with no reply to release it. */
 		lease_drop(c, lease_find(c, o->id));
 		return -ENOMEM;
 	}
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 	return 0;
 }
 
@@ -1181,12 +1077,12 @@ static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
 	if (lease_add(c, o, rep) < 0)
 		return -ENOMEM;
 	c->srv->n_attach_gpu++;
-	off = reply_begin(c, r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_str(&c->out, o->id);
 	tc__buf_put_u64(&c->out, rep->mem.size);
 	tc__buf_put_str(&c->out, rep->dev->info.uuid_str);
 	tc__proto_put_table(&c->out, &o->table);
-	if (reply_fds(c, off, &rep->mem.fd, 1, false) < 0) {
+	if (tc__srv_reply_fds(c, off, &rep->mem.fd, 1, false) < 0) {
 		/* Drop the half-built frame with the lease. */
 		c->out.len = off;
 		for (l = c->leases; l < c->leases + c->nleases; l++)
@@ -1196,7 +1092,7 @@ static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
 			}
 		return -ENOMEM;
 	}
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 	return 0;
 }
 
@@ -1217,9 +1113,9 @@ static void attach_gpu_done(void *arg, struct tc__obj *o,
 			snprintf(c->err, sizeof(c->err), "%s",
 				 err && *err ? err : tc_strerror(rc));
 		if (rc < 0)
-			reply_error(c, &w->r, rc);
-		conn_flush(c);
-		conn_process(c);
+			tc__srv_reply_error(c, &w->r, rc);
+		tc__srv_conn_flush(c);
+		tc__srv_conn_process(c);
 	}
 	tc__free(w);
 }
@@ -1234,12 +1130,13 @@ static int on_attach_gpu(struct conn *c, struct req *r)
 	struct tc__obj *o;
 	int rc;
 
-	if ((rc = read_str(c, r, "reference", ref, sizeof(ref))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0)
 		return rc;
 	if (tc__cur_read_u32(&r->body, &device) < 0 ||
 	    tc__cur_read_u32(&r->body, &flags) < 0)
 		return TC_EPROTO;
-	if ((rc = read_str(c, r, "GPU UUID", uuid_s, sizeof(uuid_s))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "GPU UUID", uuid_s, sizeof(uuid_s))) <
+	    0)
 		return rc;
 	if (flags) {
 		snprintf(c->err, sizeof(c->err), "unknown ATTACH_GPU flags %#x",
@@ -1322,7 +1219,7 @@ static int on_inspect(struct conn *c, struct req *r)
 {
 	char ref[TC_PROTO_MAX_STR];
 	struct tc__obj *o;
-	int rc = read_str(c, r, "reference", ref, sizeof(ref));
+	int rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref));
 
 	if (rc < 0)
 		return rc;
@@ -1336,7 +1233,7 @@ static int on_inspect(struct conn *c, struct req *r)
 static int on_rm(struct conn *c, struct req *r)
 {
 	char ref[TC_PROTO_MAX_STR];
-	int rc = read_str(c, r, "reference", ref, sizeof(ref));
+	int rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref));
 
 	if (rc < 0)
 		return rc;
@@ -1356,8 +1253,8 @@ static int on_key_set(struct conn *c, struct req *r)
 	size_t off;
 	int rc;
 
-	if ((rc = read_str(c, r, "key", key, sizeof(key))) < 0 ||
-	    (rc = read_str(c, r, "artifact id", id, sizeof(id))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "key", key, sizeof(key))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "artifact id", id, sizeof(id))) < 0)
 		return rc;
 	if (tc__cur_read_u32(&r->body, &flags) < 0 ||
 	    tc__cur_read_u64(&r->body, &expect) < 0)
@@ -1366,9 +1263,9 @@ static int on_key_set(struct conn *c, struct req *r)
 			      expect, &gen, c->err, sizeof(c->err));
 	if (rc < 0)
 		return rc;
-	off = reply_begin(c, r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_u64(&c->out, gen);
-	reply_end(c, off);
+	tc__srv_reply_end(c, off);
 	return 0;
 }
 
@@ -1376,7 +1273,7 @@ static int on_keys(struct conn *c, struct req *r)
 {
 	char key[TC_KEY_MAX + 1];
 	char *json;
-	int rc = read_str(c, r, "key", key, sizeof(key));
+	int rc = tc__srv_read_str(c, r, "key", key, sizeof(key));
 
 	if (rc < 0)
 		return rc;
@@ -1385,346 +1282,6 @@ static int on_keys(struct conn *c, struct req *r)
 	if (rc < 0)
 		return rc;
 	reply_json(c, r, json);
-	return 0;
-}
-
-/* ------------------------------------------------------------ bindings */
-
-/*
- * A binding is GPU memory the daemon owns for one client, holding a copy
- * of an artifact at stable addresses: the client maps it read-only once,
- * and SWAP refills the same memory in place with another artifact of the
- * same layout, so the client's pointers stay valid.  A swap does not wait
- * for the client's kernels: the caller pauses its readers around it.
- * Invariant: busy => a fill job owns `mem` until it is done.
- */
-struct binding {
-	uint64_t handle;
-	char id[TC_ID_LEN + 1]; /* the artifact it holds now */
-	struct tc__buf layout;	/* names, dtypes, shapes, offsets */
-	uint8_t uuid[TC_GPU_UUID_BYTES];
-	int dev;		/* the daemon's ordinal, once charged */
-	uint64_t charged;	/* GPU budget bytes */
-	struct tc__gpu_mem mem; /* daemon-owned allocation */
-	bool busy;
-	bool dead; /* unbound or its client gone: free when not busy */
-	struct binding *next;
-};
-
-static void binding_free(struct server *s, struct binding *bd)
-{
-	tc__gpu_release(&bd->mem);
-	if (bd->charged)
-		tc__gpu_tier_unreserve(s->gpu, bd->dev, bd->charged);
-	tc__buf_release(&bd->layout);
-	tc__free(bd);
-}
-
-static void binding_unlink(struct conn *c, struct binding *bd)
-{
-	for (struct binding **pp = &c->bindings; *pp; pp = &(*pp)->next)
-		if (*pp == bd) {
-			*pp = bd->next;
-			return;
-		}
-}
-
-static struct binding *binding_find(struct conn *c, uint64_t handle)
-{
-	for (struct binding *bd = c->bindings; bd; bd = bd->next)
-		if (bd->handle == handle && !bd->dead)
-			return bd;
-	return NULL;
-}
-
-struct bind_job {
-	struct tc__job job;
-	struct conn *c;
-	struct req r;
-	struct binding *bd;
-	struct tc__obj *o;	     /* source, leased for the job */
-	struct tc__gpu_replica *rep; /* GPU source, leased, or NULL */
-	int phase;		     /* 1: driver, 2: allocate + fill */
-	bool swap;
-	int nthreads;
-	int rc;
-	char err[512];
-};
-
-static void bind_run(struct tc__job *job)
-{
-	struct bind_job *j = (struct bind_job *)job;
-	struct binding *bd = j->bd;
-	uint64_t n = j->o->table.total_bytes;
-
-	if (j->phase == 1) {
-		j->rc = tc__gpu_init(j->err, sizeof(j->err));
-		return;
-	}
-	if (!j->swap)
-		j->rc = tc__gpu_alloc(bd->dev, bd->charged, 0, &bd->mem, j->err,
-				      sizeof(j->err));
-	if (j->rc < 0)
-		return;
-	if (j->o->shm)
-		j->rc = tc__gpu_copy_host(j->o->shm->map, n, &bd->mem,
-					  j->nthreads, j->err, sizeof(j->err));
-	else
-		j->rc = tc__gpu_dtod(bd->dev, bd->mem.dptr, j->rep->mem.dptr, n,
-				     NULL, j->err, sizeof(j->err));
-	if (j->rc == 0 && bd->mem.size > n)
-		j->rc = tc__gpu_memset8(bd->dev, bd->mem.dptr + n, 0,
-					bd->mem.size - n, NULL, j->err,
-					sizeof(j->err));
-}
-
-static void bind_finish(struct bind_job *j, int rc)
-{
-	struct conn *c = j->c;
-	struct binding *bd = j->bd;
-	size_t off;
-
-	if (j->rep)
-		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
-	tc__objs_unlease(&c->srv->objs, j->o);
-	bd->busy = false;
-	c->jobs--;
-	c->paused = false;
-	if (rc == 0 && j->swap && !c->closing && !bd->dead) {
-		off = reply_begin(c, &j->r);
-		tc__buf_put_str(&c->out, bd->id);
-		reply_end(c, off);
-	}
-	if (rc < 0 && j->swap) {
-		/* Part of the memory may hold the new artifact: say so. */
-		bd->id[0] = '\0';
-		snprintf(j->err + strlen(j->err),
-			 sizeof(j->err) - strlen(j->err),
-			 " (the binding's content is undefined until a swap "
-			 "succeeds)");
-	}
-	if (rc < 0 && !c->closing) {
-		snprintf(c->err, sizeof(c->err), "%s",
-			 j->err[0] ? j->err : tc_strerror(rc));
-		reply_error(c, &j->r, rc);
-	}
-	if (rc < 0 && !j->swap) {
-		binding_unlink(c, bd);
-		binding_free(c->srv, bd);
-	} else if (bd->dead) {
-		binding_unlink(c, bd);
-		binding_free(c->srv, bd);
-	}
-	if (!c->closing) {
-		conn_flush(c);
-		conn_process(c);
-	}
-	tc__free(j);
-}
-
-static void bind_done(struct tc__job *job);
-
-static int bind_reply_new(struct bind_job *j)
-{
-	struct conn *c = j->c;
-	struct binding *bd = j->bd;
-	struct tc__obj *o = j->o;
-	size_t off;
-	char uuid[TC_GPU_UUID_STRLEN];
-
-	tc__gpu_uuid_format(bd->uuid, uuid);
-	off = reply_begin(c, &j->r);
-	tc__buf_put_u64(&c->out, bd->handle);
-	tc__buf_put_str(&c->out, bd->id);
-	tc__buf_put_u64(&c->out, bd->mem.size);
-	tc__buf_put_str(&c->out, uuid);
-	tc__proto_put_table(&c->out, &o->table);
-	if (reply_fds(c, off, &bd->mem.fd, 1, false) < 0) {
-		c->out.len = off;
-		return -ENOMEM;
-	}
-	reply_end(c, off);
-	return 0;
-}
-
-static void bind_done(struct tc__job *job)
-{
-	struct bind_job *j = (struct bind_job *)job;
-	struct conn *c = j->c;
-	struct server *s = c->srv;
-	struct binding *bd = j->bd;
-	int rc = j->rc;
-
-	if (rc == 0 && j->phase == 1) {
-		rc = tc__gpu_tier_open_now(s->gpu, j->err, sizeof(j->err));
-		if (rc == 0)
-			rc = tc__gpu_tier_reserve_new(s->gpu, bd->uuid,
-						      j->o->table.total_bytes,
-						      &bd->dev, &bd->charged,
-						      j->err, sizeof(j->err));
-		if (rc == 0 && !j->o->shm) {
-			/* Held on GPUs only: copy from the replica on this
-			 * GPU, leased for the copy. */
-			j->rep = j->o->gpu ? j->o->gpu->rep[bd->dev] : NULL;
-			if (!j->rep || !j->rep->ready) {
-				j->rep = NULL;
-				snprintf(j->err, sizeof(j->err),
-					 "'%s' has no host copy and no replica "
-					 "on that GPU to bind from",
-					 j->o->id);
-				rc = TC_ENOTSUP;
-			} else {
-				tc__gpu_replica_lease(s->gpu, j->rep);
-			}
-		}
-		if (rc == 0) {
-			j->phase = 2;
-			tc__jobs_submit(s->jobs, &j->job);
-			return;
-		}
-	}
-	/* A new binding replies here (with its fd); bind_finish sends the
-	 * reply of a swap and every error. */
-	if (rc == 0 && !j->swap && !c->closing && !bd->dead)
-		rc = bind_reply_new(j);
-	bind_finish(j, rc);
-}
-
-/* Start a fill job of bd from artifact o (phase 1 when the tier may need
- * the driver, else straight to 2). */
-static int bind_start(struct conn *c, struct req *r, struct binding *bd,
-		      struct tc__obj *o, bool swap)
-{
-	struct bind_job *j = tc__calloc(1, sizeof(*j));
-
-	if (!j)
-		return -ENOMEM;
-	j->c = c;
-	j->r = *r;
-	j->bd = bd;
-	j->o = o;
-	j->swap = swap;
-	j->phase = swap ? 2 : 1;
-	j->nthreads = c->srv->cfg->io_threads;
-	if (swap && !o->shm) {
-		j->rep = o->gpu ? o->gpu->rep[bd->dev] : NULL;
-		if (!j->rep || !j->rep->ready) {
-			tc__free(j);
-			snprintf(c->err, sizeof(c->err),
-				 "'%s' has no host copy and no replica on the "
-				 "bound GPU to swap in from",
-				 o->id);
-			return TC_ENOTSUP;
-		}
-		tc__gpu_replica_lease(c->srv->gpu, j->rep);
-	}
-	tc__objs_lease(&c->srv->objs, o);
-	bd->busy = true;
-	j->job.run = bind_run;
-	j->job.done = bind_done;
-	c->jobs++;
-	c->paused = true;
-	tc__jobs_submit(c->srv->jobs, &j->job);
-	return 0;
-}
-
-static int on_bind(struct conn *c, struct req *r)
-{
-	char ref[TC_PROTO_MAX_STR], uuid[TC_PROTO_MAX_STR];
-	struct binding *bd;
-	struct tc__obj *o;
-	uint32_t flags;
-	int rc;
-
-	if ((rc = read_str(c, r, "reference", ref, sizeof(ref))) < 0)
-		return rc;
-	if (tc__cur_read_u32(&r->body, &flags) < 0)
-		return TC_EPROTO;
-	if ((rc = read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0)
-		return rc;
-	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
-	if (!o)
-		return rc;
-	bd = tc__calloc(1, sizeof(*bd));
-	if (!bd)
-		return -ENOMEM;
-	if (tc__gpu_uuid_parse(uuid, bd->uuid) < 0) {
-		tc__free(bd);
-		snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'", uuid);
-		return TC_EINVAL;
-	}
-	tc__gpu_mem_init(&bd->mem);
-	tc__buf_init(&bd->layout);
-	tc__proto_put_layout(&bd->layout, &o->table);
-	if (bd->layout.oom) {
-		binding_free(c->srv, bd);
-		return -ENOMEM;
-	}
-	bd->handle = ++c->next_binding;
-	snprintf(bd->id, sizeof(bd->id), "%s", o->id);
-	bd->next = c->bindings;
-	c->bindings = bd;
-	rc = bind_start(c, r, bd, o, false);
-	if (rc < 0) {
-		binding_unlink(c, bd);
-		binding_free(c->srv, bd);
-	}
-	return rc;
-}
-
-static int on_swap(struct conn *c, struct req *r)
-{
-	char ref[TC_PROTO_MAX_STR];
-	struct tc__buf lay = TC_BUF_INIT;
-	struct binding *bd;
-	struct tc__obj *o;
-	uint64_t handle;
-	int rc, same;
-
-	if (tc__cur_read_u64(&r->body, &handle) < 0)
-		return TC_EPROTO;
-	if ((rc = read_str(c, r, "reference", ref, sizeof(ref))) < 0)
-		return rc;
-	bd = binding_find(c, handle);
-	if (!bd) {
-		snprintf(c->err, sizeof(c->err), "no binding %llu",
-			 (unsigned long long)handle);
-		return TC_ENOTFOUND;
-	}
-	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
-	if (!o)
-		return rc;
-	tc__proto_put_layout(&lay, &o->table);
-	same = !lay.oom && lay.len == bd->layout.len &&
-	       !memcmp(lay.data, bd->layout.data, lay.len);
-	tc__buf_release(&lay);
-	if (!same) {
-		snprintf(
-			c->err, sizeof(c->err),
-			"'%s' does not have the layout of the bound '%s' "
-			"(tensor names, dtypes, shapes and offsets must match)",
-			o->id, bd->id);
-		return TC_ESHAPE;
-	}
-	snprintf(bd->id, sizeof(bd->id), "%s", o->id);
-	return bind_start(c, r, bd, o, true);
-}
-
-static int on_unbind(struct conn *c, struct req *r)
-{
-	struct binding *bd;
-	uint64_t handle;
-
-	if (tc__cur_read_u64(&r->body, &handle) < 0)
-		return TC_EPROTO;
-	bd = binding_find(c, handle);
-	if (!bd)
-		return 0; /* fire and forget */
-	bd->dead = true;
-	if (!bd->busy) {
-		binding_unlink(c, bd);
-		binding_free(c->srv, bd);
-	}
 	return 0;
 }
 
@@ -1774,13 +1331,13 @@ static int dispatch(struct conn *c, struct req *r)
 			return 0;
 	}
 	if (!(fl & MSG_NOREPLY))
-		reply_error(c, r, rc);
+		tc__srv_reply_error(c, r, rc);
 	/* A malformed frame means we no longer trust the stream. */
 	return rc == TC_EPROTO || rc == TC_EVERSION ? rc : 0;
 }
 
 /* Parse and dispatch every complete frame in the input buffer. */
-static void conn_process(struct conn *c)
+void tc__srv_conn_process(struct conn *c)
 {
 	char err[256];
 
@@ -1819,7 +1376,7 @@ static void conn_process(struct conn *c)
 		if (rc < 0) {
 			/* Say why before hanging up, if the socket takes it. */
 			c->srv->n_proto_err++;
-			conn_flush(c);
+			tc__srv_conn_flush(c);
 			conn_close(c, c->err[0] ? c->err : tc_strerror(rc));
 			return;
 		}
@@ -1828,12 +1385,12 @@ static void conn_process(struct conn *c)
 		c->in_off = c->in_len = 0;
 		if (c->nfdq && !c->paused) {
 			c->srv->n_proto_err++;
-			conn_flush(c);
+			tc__srv_conn_flush(c);
 			conn_close(c, "fds sent with no frame to claim them");
 			return;
 		}
 	}
-	conn_flush(c);
+	tc__srv_conn_flush(c);
 }
 
 /* --------------------------------------------------------------- I/O */
@@ -1854,7 +1411,7 @@ static void conn_update_events(struct conn *c)
 		tc__ev_add(c->srv->ev, c->fd, mask, on_conn_io, c);
 }
 
-static void conn_flush(struct conn *c)
+void tc__srv_conn_flush(struct conn *c)
 {
 	while (!c->closing && c->out_off < c->out.len) {
 		size_t end = c->out.len;
@@ -1960,7 +1517,7 @@ static void conn_read(struct conn *c)
 	memcpy(c->fdq + c->nfdq, fds, sizeof(int) * (size_t)nfds);
 	c->nfdq += nfds;
 	c->in_len += (size_t)n;
-	conn_process(c);
+	tc__srv_conn_process(c);
 }
 
 static void on_conn_io(struct tc__ev *ev, int fd, void *arg, int mask)
@@ -1970,7 +1527,7 @@ static void on_conn_io(struct tc__ev *ev, int fd, void *arg, int mask)
 	if (c->closing)
 		return;
 	if (mask & TC_EV_WRITE)
-		conn_flush(c);
+		tc__srv_conn_flush(c);
 	if ((mask & TC_EV_READ) && !c->closing && !c->paused)
 		conn_read(c);
 }
@@ -2005,12 +1562,7 @@ static void conn_free(struct conn *c)
 		c->pending = p->next;
 		pending_free(c, p);
 	}
-	while (c->bindings) {
-		struct binding *bd = c->bindings;
-
-		c->bindings = bd->next;
-		binding_free(s, bd);
-	}
+	tc__srv_bindings_free(c);
 	for (int i = 0; i < c->nfdq; i++)
 		close(c->fdq[i]);
 	for (int i = 0; i < c->nofds; i++)

@@ -1,0 +1,362 @@
+/*
+ * binding.c - BIND, SWAP and UNBIND: GPU memory the daemon owns for one
+ * client at stable addresses, refilled in place (docs/gpu.md).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "gpu/vmm.h"
+#include "gpu_loader.h"
+#include "gpu_tier.h"
+#include "server_internal.h"
+#include "tcast/errors.h"
+
+/*
+ * A binding is GPU memory the daemon owns for one client, holding a copy
+ * of an artifact at stable addresses: the client maps it read-only once,
+ * and SWAP refills the same memory in place with another artifact of the
+ * same layout, so the client's pointers stay valid.  A swap does not wait
+ * for the client's kernels: the caller pauses its readers around it.
+ * Invariant: busy => a fill job owns `mem` until it is done.
+ */
+struct binding {
+	uint64_t handle;
+	char id[TC_ID_LEN + 1]; /* the artifact it holds now */
+	struct tc__buf layout;	/* names, dtypes, shapes, offsets */
+	uint8_t uuid[TC_GPU_UUID_BYTES];
+	int dev;		/* the daemon's ordinal, once charged */
+	uint64_t charged;	/* GPU budget bytes */
+	struct tc__gpu_mem mem; /* daemon-owned allocation */
+	bool busy;
+	bool dead; /* unbound or its client gone: free when not busy */
+	struct binding *next;
+};
+
+static void binding_free(struct server *s, struct binding *bd)
+{
+	tc__gpu_release(&bd->mem);
+	if (bd->charged)
+		tc__gpu_tier_unreserve(s->gpu, bd->dev, bd->charged);
+	tc__buf_release(&bd->layout);
+	tc__free(bd);
+}
+
+static void binding_unlink(struct conn *c, struct binding *bd)
+{
+	for (struct binding **pp = &c->bindings; *pp; pp = &(*pp)->next)
+		if (*pp == bd) {
+			*pp = bd->next;
+			return;
+		}
+}
+
+static struct binding *binding_find(struct conn *c, uint64_t handle)
+{
+	for (struct binding *bd = c->bindings; bd; bd = bd->next)
+		if (bd->handle == handle && !bd->dead)
+			return bd;
+	return NULL;
+}
+
+struct bind_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	struct binding *bd;
+	struct tc__obj *o;	     /* source, leased for the job */
+	struct tc__gpu_replica *rep; /* GPU source, leased, or NULL */
+	int phase;		     /* 1: driver, 2: allocate + fill */
+	bool swap;
+	int nthreads;
+	int rc;
+	char err[512];
+};
+
+static void bind_run(struct tc__job *job)
+{
+	struct bind_job *j = (struct bind_job *)job;
+	struct binding *bd = j->bd;
+	uint64_t n = j->o->table.total_bytes;
+
+	if (j->phase == 1) {
+		j->rc = tc__gpu_init(j->err, sizeof(j->err));
+		return;
+	}
+	if (!j->swap)
+		j->rc = tc__gpu_alloc(bd->dev, bd->charged, 0, &bd->mem, j->err,
+				      sizeof(j->err));
+	if (j->rc < 0)
+		return;
+	if (j->o->shm)
+		j->rc = tc__gpu_copy_host(j->o->shm->map, n, &bd->mem,
+					  j->nthreads, j->err, sizeof(j->err));
+	else
+		j->rc = tc__gpu_dtod(bd->dev, bd->mem.dptr, j->rep->mem.dptr, n,
+				     NULL, j->err, sizeof(j->err));
+	if (j->rc == 0 && bd->mem.size > n)
+		j->rc = tc__gpu_memset8(bd->dev, bd->mem.dptr + n, 0,
+					bd->mem.size - n, NULL, j->err,
+					sizeof(j->err));
+}
+
+static void bind_finish(struct bind_job *j, int rc)
+{
+	struct conn *c = j->c;
+	struct binding *bd = j->bd;
+	size_t off;
+
+	if (j->rep)
+		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
+	tc__objs_unlease(&c->srv->objs, j->o);
+	bd->busy = false;
+	c->jobs--;
+	c->paused = false;
+	if (rc == 0 && j->swap && !c->closing && !bd->dead) {
+		off = tc__srv_reply_begin(c, &j->r);
+		tc__buf_put_str(&c->out, bd->id);
+		tc__srv_reply_end(c, off);
+	}
+	if (rc < 0 && j->swap) {
+		/* Part of the memory may hold the new artifact: say so. */
+		bd->id[0] = '\0';
+		snprintf(j->err + strlen(j->err),
+			 sizeof(j->err) - strlen(j->err),
+			 " (the binding's content is undefined until a swap "
+			 "succeeds)");
+	}
+	if (rc < 0 && !c->closing) {
+		snprintf(c->err, sizeof(c->err), "%s",
+			 j->err[0] ? j->err : tc_strerror(rc));
+		tc__srv_reply_error(c, &j->r, rc);
+	}
+	if (rc < 0 && !j->swap) {
+		binding_unlink(c, bd);
+		binding_free(c->srv, bd);
+	} else if (bd->dead) {
+		binding_unlink(c, bd);
+		binding_free(c->srv, bd);
+	}
+	if (!c->closing) {
+		tc__srv_conn_flush(c);
+		tc__srv_conn_process(c);
+	}
+	tc__free(j);
+}
+
+static void bind_done(struct tc__job *job);
+
+static int bind_reply_new(struct bind_job *j)
+{
+	struct conn *c = j->c;
+	struct binding *bd = j->bd;
+	struct tc__obj *o = j->o;
+	size_t off;
+	char uuid[TC_GPU_UUID_STRLEN];
+
+	tc__gpu_uuid_format(bd->uuid, uuid);
+	off = tc__srv_reply_begin(c, &j->r);
+	tc__buf_put_u64(&c->out, bd->handle);
+	tc__buf_put_str(&c->out, bd->id);
+	tc__buf_put_u64(&c->out, bd->mem.size);
+	tc__buf_put_str(&c->out, uuid);
+	tc__proto_put_table(&c->out, &o->table);
+	if (tc__srv_reply_fds(c, off, &bd->mem.fd, 1, false) < 0) {
+		c->out.len = off;
+		return -ENOMEM;
+	}
+	tc__srv_reply_end(c, off);
+	return 0;
+}
+
+static void bind_done(struct tc__job *job)
+{
+	struct bind_job *j = (struct bind_job *)job;
+	struct conn *c = j->c;
+	struct server *s = c->srv;
+	struct binding *bd = j->bd;
+	int rc = j->rc;
+
+	if (rc == 0 && j->phase == 1) {
+		rc = tc__gpu_tier_open_now(s->gpu, j->err, sizeof(j->err));
+		if (rc == 0)
+			rc = tc__gpu_tier_reserve_new(s->gpu, bd->uuid,
+						      j->o->table.total_bytes,
+						      &bd->dev, &bd->charged,
+						      j->err, sizeof(j->err));
+		if (rc == 0 && !j->o->shm) {
+			/* Held on GPUs only: copy from the replica on this
+			 * GPU, leased for the copy. */
+			j->rep = j->o->gpu ? j->o->gpu->rep[bd->dev] : NULL;
+			if (!j->rep || !j->rep->ready) {
+				j->rep = NULL;
+				snprintf(j->err, sizeof(j->err),
+					 "'%s' has no host copy and no replica "
+					 "on that GPU to bind from",
+					 j->o->id);
+				rc = TC_ENOTSUP;
+			} else {
+				tc__gpu_replica_lease(s->gpu, j->rep);
+			}
+		}
+		if (rc == 0) {
+			j->phase = 2;
+			tc__jobs_submit(s->jobs, &j->job);
+			return;
+		}
+	}
+	/* A new binding replies here (with its fd); bind_finish sends the
+	 * reply of a swap and every error. */
+	if (rc == 0 && !j->swap && !c->closing && !bd->dead)
+		rc = bind_reply_new(j);
+	bind_finish(j, rc);
+}
+
+/* Start a fill job of bd from artifact o (phase 1 when the tier may need
+ * the driver, else straight to 2). */
+static int bind_start(struct conn *c, struct req *r, struct binding *bd,
+		      struct tc__obj *o, bool swap)
+{
+	struct bind_job *j = tc__calloc(1, sizeof(*j));
+
+	if (!j)
+		return -ENOMEM;
+	j->c = c;
+	j->r = *r;
+	j->bd = bd;
+	j->o = o;
+	j->swap = swap;
+	j->phase = swap ? 2 : 1;
+	j->nthreads = c->srv->cfg->io_threads;
+	if (swap && !o->shm) {
+		j->rep = o->gpu ? o->gpu->rep[bd->dev] : NULL;
+		if (!j->rep || !j->rep->ready) {
+			tc__free(j);
+			snprintf(c->err, sizeof(c->err),
+				 "'%s' has no host copy and no replica on the "
+				 "bound GPU to swap in from",
+				 o->id);
+			return TC_ENOTSUP;
+		}
+		tc__gpu_replica_lease(c->srv->gpu, j->rep);
+	}
+	tc__objs_lease(&c->srv->objs, o);
+	bd->busy = true;
+	j->job.run = bind_run;
+	j->job.done = bind_done;
+	c->jobs++;
+	c->paused = true;
+	tc__jobs_submit(c->srv->jobs, &j->job);
+	return 0;
+}
+
+int on_bind(struct conn *c, struct req *r)
+{
+	char ref[TC_PROTO_MAX_STR], uuid[TC_PROTO_MAX_STR];
+	struct binding *bd;
+	struct tc__obj *o;
+	uint32_t flags;
+	int rc;
+
+	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0)
+		return rc;
+	if (tc__cur_read_u32(&r->body, &flags) < 0)
+		return TC_EPROTO;
+	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0)
+		return rc;
+	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
+	if (!o)
+		return rc;
+	bd = tc__calloc(1, sizeof(*bd));
+	if (!bd)
+		return -ENOMEM;
+	if (tc__gpu_uuid_parse(uuid, bd->uuid) < 0) {
+		tc__free(bd);
+		snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'", uuid);
+		return TC_EINVAL;
+	}
+	tc__gpu_mem_init(&bd->mem);
+	tc__buf_init(&bd->layout);
+	tc__proto_put_layout(&bd->layout, &o->table);
+	if (bd->layout.oom) {
+		binding_free(c->srv, bd);
+		return -ENOMEM;
+	}
+	bd->handle = ++c->next_binding;
+	snprintf(bd->id, sizeof(bd->id), "%s", o->id);
+	bd->next = c->bindings;
+	c->bindings = bd;
+	rc = bind_start(c, r, bd, o, false);
+	if (rc < 0) {
+		binding_unlink(c, bd);
+		binding_free(c->srv, bd);
+	}
+	return rc;
+}
+
+int on_swap(struct conn *c, struct req *r)
+{
+	char ref[TC_PROTO_MAX_STR];
+	struct tc__buf lay = TC_BUF_INIT;
+	struct binding *bd;
+	struct tc__obj *o;
+	uint64_t handle;
+	int rc, same;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0)
+		return TC_EPROTO;
+	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0)
+		return rc;
+	bd = binding_find(c, handle);
+	if (!bd) {
+		snprintf(c->err, sizeof(c->err), "no binding %llu",
+			 (unsigned long long)handle);
+		return TC_ENOTFOUND;
+	}
+	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
+	if (!o)
+		return rc;
+	tc__proto_put_layout(&lay, &o->table);
+	same = !lay.oom && lay.len == bd->layout.len &&
+	       !memcmp(lay.data, bd->layout.data, lay.len);
+	tc__buf_release(&lay);
+	if (!same) {
+		snprintf(
+			c->err, sizeof(c->err),
+			"'%s' does not have the layout of the bound '%s' "
+			"(tensor names, dtypes, shapes and offsets must match)",
+			o->id, bd->id);
+		return TC_ESHAPE;
+	}
+	snprintf(bd->id, sizeof(bd->id), "%s", o->id);
+	return bind_start(c, r, bd, o, true);
+}
+
+int on_unbind(struct conn *c, struct req *r)
+{
+	struct binding *bd;
+	uint64_t handle;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0)
+		return TC_EPROTO;
+	bd = binding_find(c, handle);
+	if (!bd)
+		return 0; /* fire and forget */
+	bd->dead = true;
+	if (!bd->busy) {
+		binding_unlink(c, bd);
+		binding_free(c->srv, bd);
+	}
+	return 0;
+}
+
+void tc__srv_bindings_free(struct conn *c)
+{
+	while (c->bindings) {
+		struct binding *bd = c->bindings;
+
+		c->bindings = bd->next;
+		binding_free(c->srv, bd);
+	}
+}

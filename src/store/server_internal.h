@@ -1,0 +1,159 @@
+/*
+ * server_internal.h - what the daemon's server files share: connections,
+ * the server, the request being handled, and the reply helpers.
+ *
+ * Private to src/store (server.c owns the loop and the connections;
+ * binding.c the BIND/SWAP/UNBIND handlers).  Everything here runs on the
+ * loop thread.
+ */
+#ifndef TC_SERVER_INTERNAL_H
+#define TC_SERVER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/buf.h"
+#include "config.h"
+#include "jobs.h"
+#include "net/ev.h"
+#include "obj.h"
+#include "proto/proto.h"
+#include "shm.h"
+
+struct tc__gpu_tier;
+struct tc__gpu_replica;
+struct binding;
+
+#define FDQ_MAX		 8     /* fds a connection may have in flight */
+#define READ_CHUNK	 65536 /* bytes read per readable event at most */
+#define MAX_PENDING_PUTS 64    /* unsealed puts per connection */
+#define PROGRESS_MS	 200   /* interval of PROGRESS frames */
+
+struct server;
+
+/* One lease a connection holds: `n` attaches of `o` not yet released, of
+ * its host replica (rep NULL) or of one GPU replica. */
+struct lease {
+	struct tc__obj *o;
+	struct tc__gpu_replica *rep;
+	uint32_t n;
+};
+
+/* A put between CREATE and SEAL: the artifact is not visible yet. */
+struct pending {
+	uint64_t handle;
+	struct tc__obj *o; /* owned until inserted */
+	char key[TC_KEY_MAX + 1];
+	uint32_t flags;
+	uint64_t expect_gen;
+	uint64_t t0_ns;
+	struct pending *next;
+};
+
+/* An fd attachment in the output buffer: sent with byte `at`. */
+struct out_fds {
+	size_t at;
+	int fds[TC_PROTO_MAX_FDS];
+	int n;
+	bool owned; /* close after sending */
+};
+
+struct conn {
+	struct server *srv;
+	int fd;
+	pid_t pid;
+	uid_t uid;
+	bool hello;   /* handshake done */
+	bool closing; /* reap in before_sleep */
+	int jobs;     /* jobs in flight for this connection */
+	bool paused;  /* a job runs: frames wait in `in` */
+	uint64_t accepted_ms;
+	char name[64];
+
+	uint8_t *in; /* owned input buffer */
+	size_t in_off, in_len, in_cap;
+	int fdq[FDQ_MAX]; /* received fds not yet claimed */
+	int nfdq;
+
+	struct tc__buf out; /* frames not yet sent */
+	size_t out_off;
+	struct out_fds *ofds; /* owned array, in `at` order */
+	int nofds, cap_ofds;
+
+	struct lease *leases; /* owned array */
+	uint32_t nleases, cap_leases;
+	struct pending *pending;
+	struct binding *bindings; /* BIND allocations this client owns */
+	uint64_t next_binding;
+	uint32_t npending;
+	uint64_t next_handle;
+
+	/* An import in flight wants PROGRESS frames with this req_id. */
+	struct import_job *progress_job;
+	uint32_t progress_req;
+	uint64_t progress_next_ms;
+
+	struct conn *next;
+	char err[512]; /* message of the request being handled */
+};
+
+struct server {
+	const struct tc__store_config *cfg;
+	struct tc__ev *ev;
+	struct tc__jobs *jobs;
+	struct tc__objs objs;
+	struct tc__gpu_tier *gpu;
+	int lfd;
+	int sigfd;
+	struct conn *conns;
+	int nconns;
+	uint64_t epoch;
+	uint64_t start_ms;
+	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
+	/* The spare (shm.h): one segment allocated ahead at idle, charged to
+	 * the budget, taken by the next import or put that fits, and dropped
+	 * first when a request needs its room. */
+	struct tc__shm *spare;
+	uint64_t spare_target;	/* bytes to keep ready; 0 = off */
+	bool spare_filling;	/* a job is allocating the next one */
+	uint64_t spare_charged; /* budget bytes held by the spare (ready or
+				   being allocated) */
+	bool stopping;
+};
+
+/* A frame being handled: its header, body cursor and claimed fds. */
+struct req {
+	struct tc__frame_hdr h;
+	struct tc__cur body;
+	int fds[TC_PROTO_MAX_FDS];
+	int nfds;
+};
+
+/* ---- reply helpers (server.c) ---------------------------------------- */
+
+/* Begin a reply frame with status 0; returns the header offset. */
+size_t tc__srv_reply_begin(struct conn *c, const struct req *r);
+void tc__srv_reply_end(struct conn *c, size_t off);
+/* Attach fds to the reply frame that starts at `off`. */
+int tc__srv_reply_fds(struct conn *c, size_t off, const int *fds, int n,
+		      bool owned);
+/* A reply carrying rc and c->err (or rc's message). */
+void tc__srv_reply_error(struct conn *c, const struct req *r, int rc);
+/* Send what is queued; go on with frames that waited (after a job). */
+void tc__srv_conn_flush(struct conn *c);
+void tc__srv_conn_process(struct conn *c);
+/* Read a string field of the request into dst; sets c->err on failure. */
+int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
+		     size_t dstlen);
+
+/* ---- bindings (binding.c) -------------------------------------------- */
+
+int on_bind(struct conn *c, struct req *r);
+int on_swap(struct conn *c, struct req *r);
+int on_unbind(struct conn *c, struct req *r);
+/* Free every binding of a closed connection (no job may be running). */
+void tc__srv_bindings_free(struct conn *c);
+
+#endif /* TC_SERVER_INTERNAL_H */
