@@ -25,21 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Open file descriptors of this process. */
-static inline int t_count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	int n = 0;
-
-	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n - 1; /* the directory's own fd */
-}
+#include "tlib.h"
 
 /* Open fds of this process that are ours: the CUDA driver opens its own
  * device nodes and eventfds lazily, once, and they are not leaks. */
@@ -138,70 +124,29 @@ static inline int t_recv(int sock, int *fd, void *buf, size_t n)
 }
 
 /*
- * Run this binary again as "--child MODE FD" with its environment changed
- * by env (NULL-terminated; "NAME=value" sets, "-NAME" unsets).  *sock gets
- * the parent's end of the socketpair.  Returns the child's pid or -errno.
+ * Run this binary again as "--child MODE FD" with env changes (see
+ * t_spawn_self).  *sock gets the parent's end of a SOCK_SEQPACKET
+ * socketpair whose other end is FD in the child.  Returns the child's pid
+ * or -errno.
  */
-static inline pid_t t_spawn_child(const char *mode, char *const env[],
+static inline pid_t t_spawn_child(const char *mode, const char *const env[],
 				  int *sock)
 {
-	char exe[4096], fdbuf[16];
-	ssize_t n;
+	char fdbuf[16];
 	int sv[2];
 	pid_t pid;
 
-	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (n < 0)
-		return -errno;
-	exe[n] = '\0';
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
-	pid = fork();
-	if (pid < 0) {
-		int e = errno;
-
-		close(sv[0]);
-		close(sv[1]);
-		return -e;
-	}
-	if (pid == 0) {
-		close(sv[0]);
-		/* Keep the child's end across exec. */
-		fcntl(sv[1], F_SETFD, 0);
-		for (int i = 0; env && env[i]; i++) {
-			if (env[i][0] == '-')
-				unsetenv(env[i] + 1);
-			else
-				putenv(env[i]);
-		}
-		snprintf(fdbuf, sizeof(fdbuf), "%d", sv[1]);
-		execl(exe, exe, "--child", mode, fdbuf, (char *)NULL);
-		_exit(127);
-	}
+	snprintf(fdbuf, sizeof(fdbuf), "%d", sv[1]);
+	pid = t_spawn_self((const char *const[]){ mode, fdbuf, NULL }, env, -1,
+			   sv[1]);
 	close(sv[1]);
-	*sock = sv[0];
+	if (pid < 0)
+		close(sv[0]);
+	else
+		*sock = sv[0];
 	return pid;
-}
-
-/* Wait for pid; its exit status, 128 + signal, or -errno. */
-static inline int t_wait_child(pid_t pid)
-{
-	int st;
-
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR)
-			return -errno;
-	if (WIFEXITED(st))
-		return WEXITSTATUS(st);
-	return 128 + WTERMSIG(st);
-}
-
-static inline double t_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* A deterministic, position-dependent pattern (so a shifted or partial copy

@@ -442,7 +442,7 @@ static void test_real__import_big_in_child(void **state)
 	assert_int_equal(t_send(sock, -1, &go, 1), 0);
 	assert_int_equal(t_recv(sock, NULL, &rep, sizeof(rep)), 0);
 	close(sock);
-	assert_int_equal(t_wait_child(pid), 0);
+	assert_int_equal(t_wait_status(pid), 0);
 	if (rep.ret)
 		fail_msg("child read failed: %s (%s)", rep.msg,
 			 tc_err_name(rep.ret));

@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,14 +51,6 @@ static uint64_t big; /* TC_GPU_TEST_BYTES */
 		printf("[info] " __VA_ARGS__); \
 		fflush(stdout);                \
 	} while (0)
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static json_t *status(tc_client *c)
 {
@@ -174,25 +165,16 @@ static tc_artifact *attach_gpu_ok(tc_client *c, const char *ref)
 /* This binary as "--child MODE SOCK REF ORDINAL"; *out reads its stdout. */
 static pid_t spawn(const char *mode, const char *ref, int *out)
 {
-	char exe[4096], ord[16];
+	char ord[16];
 	int p[2];
-	ssize_t n;
 	pid_t pid;
 
-	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	assert_true(n > 0);
-	exe[n] = '\0';
 	snprintf(ord, sizeof(ord), "%d", dev);
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(p[1], 1);
-		execl(exe, exe, "--child", mode, D.sock, ref, ord,
-		      (char *)NULL);
-		_exit(127);
-	}
+	pid = t_spawn_self((const char *const[]){ mode, D.sock, ref, ord,
+						  NULL },
+			   NULL, p[1], -1);
+	assert_true(pid > 0);
 	close(p[1]);
 	*out = p[0];
 	return pid;
@@ -215,7 +197,7 @@ static int child_main(char **argv)
 		printf("connect: %s\n", err);
 		return 10;
 	}
-	t0 = now_ms();
+	t0 = t_now_ms();
 	rc = tc_attach_gpu(c, ref, dev, &a);
 	if (rc < 0) {
 		printf("attach: %s: %s\n", tc_err_name(rc),
@@ -224,7 +206,7 @@ static int child_main(char **argv)
 		return 12;
 	}
 	if (!strcmp(mode, "hash")) {
-		double ms = now_ms() - t0;
+		double ms = t_now_ms() - t0;
 
 		d = artifact_hash(a);
 		tc__digest_hex(&d, hex);
@@ -274,12 +256,12 @@ static void test_tier_real__large_attach(void **state)
 	hd = host_hash(c, "big");
 	tc__digest_hex(&hd, want);
 
-	t0 = now_ms();
+	t0 = t_now_ms();
 	a = attach_gpu_ok(c, "big");
-	first_ms = now_ms() - t0;
-	t0 = now_ms();
+	first_ms = t_now_ms() - t0;
+	t0 = t_now_ms();
 	b = attach_gpu_ok(c, "big");
-	again_ms = now_ms() - t0;
+	again_ms = t_now_ms() - t0;
 	info("attach of a %.0f MiB replica on GPU %d: first %.1f ms (daemon "
 	     "pins, allocates and copies: %.2f GB/s end to end), again %.3f "
 	     "ms (import + map)\n",
@@ -368,15 +350,15 @@ static void test_tier_real__budget_leases_cycles(void **state)
 	 * the daemon's fds and the driver's free memory do not move. */
 	dfd0 = t_count_fds_of(D.pid);
 	free0 = gpu_stat(c, "driver_free_bytes");
-	t0 = now_ms();
+	t0 = t_now_ms();
 	for (int i = 0; i < 1000; i++) {
 		a = attach_gpu_ok(c, i % 2 ? "s2" : "s3");
 		tc_artifact_close(a);
 	}
 	info("1000 attach/detach cycles of a cached 64 MiB replica: %.3f ms "
 	     "each\n",
-	     (now_ms() - t0) / 1000);
-	t0 = now_ms();
+	     (t_now_ms() - t0) / 1000);
+	t0 = t_now_ms();
 	/* Three artifacts in turn with room for two: every one misses. */
 	for (int i = 0; i < 50; i++) {
 		static const char *const refs[] = { "s1", "s2", "s3" };
@@ -385,7 +367,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 		tc_artifact_close(a);
 	}
 	info("50 attaches that each evict and refill 64 MiB: %.2f ms each\n",
-	     (now_ms() - t0) / 50);
+	     (t_now_ms() - t0) / 50);
 	assert_true(gpu_stat(c, "evictions") >= 50);
 	tc_artifact_close(attach_gpu_ok(c, "s2"));
 	tc_artifact_close(attach_gpu_ok(c, "s3"));

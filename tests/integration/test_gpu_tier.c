@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -228,37 +227,20 @@ static int count_maps(void)
 static pid_t spawn(const char *mode, const char *ref, int ordinal,
 		   const char *const *env, int *out)
 {
-	char exe[4096], ord[16];
+	char ord[16];
 	int p[2];
-	ssize_t n;
 	pid_t pid;
 
-	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	assert_true(n > 0);
-	exe[n] = '\0';
 	snprintf(ord, sizeof(ord), "%d", ordinal);
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		dup2(p[1], 1);
-		for (int i = 0; env && env[i]; i++) {
-			if (env[i][0] == '-')
-				unsetenv(env[i] + 1);
-			else
-				putenv((char *)env[i]);
-		}
-		execl(exe, exe, "--child", mode, D.sock, ref, ord,
-		      (char *)NULL);
-		_exit(127);
-	}
+	pid = t_spawn_self((const char *const[]){ mode, D.sock, ref, ord,
+						  NULL },
+			   env, p[1], -1);
+	assert_true(pid > 0);
 	close(p[1]);
 	*out = p[0];
 	return pid;
 }
-
-/* Read one line of a child's output. */
 
 /* Run a child to the end; its first output line goes to `line`. */
 static int run_child(const char *mode, const char *ref, int ordinal,

@@ -248,6 +248,55 @@ int t_wait_status(pid_t pid)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+pid_t t_spawn_self(const char *const args[], const char *const env[],
+		   int stdout_fd, int keep_fd)
+{
+	const char *argv[16];
+	char exe[4096];
+	ssize_t n;
+	pid_t pid;
+	int k = 0;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n < 0)
+		return -errno;
+	exe[n] = '\0';
+	argv[k++] = exe;
+	argv[k++] = "--child";
+	for (int i = 0; args[i]; i++) {
+		if (k + 1 >= (int)(sizeof(argv) / sizeof(argv[0])))
+			return -E2BIG;
+		argv[k++] = args[i];
+	}
+	argv[k] = NULL;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		return pid;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (stdout_fd >= 0)
+		dup2(stdout_fd, STDOUT_FILENO);
+	if (keep_fd >= 0)
+		fcntl(keep_fd, F_SETFD, 0);
+	for (int i = 0; env && env[i]; i++) {
+		if (env[i][0] == '-')
+			unsetenv(env[i] + 1);
+		else
+			putenv((char *)env[i]);
+	}
+	execv(exe, (char *const *)argv);
+	_exit(127);
+}
+
+double t_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 void t_sha256_hex(const void *p, size_t n, char out[65])
 {
 	unsigned char md[32];
@@ -264,6 +313,8 @@ int t_count_fds(void)
 	struct dirent *e;
 	int n = 0;
 
+	if (!d)
+		return -1;
 	while ((e = readdir(d)))
 		if (e->d_name[0] != '.')
 			n++;

@@ -47,6 +47,18 @@ int t_count_fds_of(pid_t pid);
 void t_read_line(int fd, char *buf, size_t len);
 /* Wait for pid: its exit status, or 128 + the signal that killed it. */
 int t_wait_status(pid_t pid);
+/*
+ * Run this test binary again as "--child ARGS..." (args NULL-terminated),
+ * with env applied in the child only ("NAME=value" sets, "-NAME" unsets).
+ * stdout_fd, if >= 0, becomes the child's stdout; keep_fd, if >= 0, stays
+ * open across exec.  The child dies with the calling thread.  A fresh exec,
+ * not a bare fork: CUDA cannot be used in a child forked after the driver
+ * was initialised.  Returns the child's pid or -errno.
+ */
+pid_t t_spawn_self(const char *const args[], const char *const env[],
+		   int stdout_fd, int keep_fd);
+/* CLOCK_MONOTONIC in milliseconds. */
+double t_now_ms(void);
 
 void t_sha256_hex(const void *p, size_t n, char out[65]);
 /* Open fds of this process. */

@@ -202,7 +202,7 @@ static int child_main(const char *mode, int sock)
 
 /* Spawn a child in `mode` with `env` changes, optionally hand it req + fd,
  * and collect its reply. */
-static void run_child(const char *mode, char *const env[],
+static void run_child(const char *mode, const char *const env[],
 		      const struct child_req *req, int fd,
 		      struct child_reply *rep)
 {
@@ -214,7 +214,7 @@ static void run_child(const char *mode, char *const env[],
 		assert_int_equal(t_send(sock, fd, req, sizeof(*req)), 0);
 	assert_int_equal(t_recv(sock, NULL, rep, sizeof(*rep)), 0);
 	close(sock);
-	st = t_wait_child(pid);
+	st = t_wait_status(pid);
 	assert_int_equal(st, 0);
 }
 
@@ -299,7 +299,7 @@ static void test_gpu__uuid_text(void **state)
 
 static void test_gpu__visible_devices(void **state)
 {
-	char *env[] = { (char *)"CUDA_VISIBLE_DEVICES=1", NULL };
+	const char *env[] = { "CUDA_VISIBLE_DEVICES=1", NULL };
 	struct child_reply rep;
 	struct tc__gpu_info b;
 
@@ -492,7 +492,7 @@ static void test_gpu__import_second_process(void **state)
 {
 	/* The child sees only GPU 1, and as its ordinal 0: it must find the
 	 * allocation's GPU by UUID. */
-	char *env[] = { (char *)"CUDA_VISIBLE_DEVICES=1", NULL };
+	const char *env[] = { "CUDA_VISIBLE_DEVICES=1", NULL };
 	const size_t n = 6 * MiB;
 	struct tc__gpu_mem m;
 	struct tc__gpu_info info;
@@ -900,8 +900,8 @@ static void test_gpu__device_lost(void **state)
 
 static void test_gpu__no_driver(void **state)
 {
-	char *env[] = { (char *)"TCAST_CUDA_LIB=/nonexistent/libcuda.so.1",
-			NULL };
+	const char *env[] = { "TCAST_CUDA_LIB=/nonexistent/libcuda.so.1",
+			      NULL };
 	struct child_reply rep;
 
 	run_child("info", env, NULL, -1, &rep);
@@ -914,7 +914,7 @@ static void test_gpu__no_driver(void **state)
 static void test_gpu__not_a_driver(void **state)
 {
 	/* A library that loads but is not libcuda. */
-	char *env[] = { (char *)"TCAST_CUDA_LIB=libm.so.6", NULL };
+	const char *env[] = { "TCAST_CUDA_LIB=libm.so.6", NULL };
 	struct child_reply rep;
 
 	run_child("info", env, NULL, -1, &rep);
@@ -925,10 +925,10 @@ static void test_gpu__not_a_driver(void **state)
 
 static void test_gpu__init_failures(void **state)
 {
-	char *init[] = { (char *)"TC_FAKECUDA_FAIL=cuInit:1:CUDA_ERROR_UNKNOWN",
-			 NULL };
-	char *name[] = { (char *)"TC_FAKECUDA_FAIL=cuDeviceGetName:2", NULL };
-	char *uuid[] = { (char *)"TC_FAKECUDA_FAIL=cuDeviceGetUuid:1", NULL };
+	const char *init[] = { "TC_FAKECUDA_FAIL=cuInit:1:CUDA_ERROR_UNKNOWN",
+			       NULL };
+	const char *name[] = { "TC_FAKECUDA_FAIL=cuDeviceGetName:2", NULL };
+	const char *uuid[] = { "TC_FAKECUDA_FAIL=cuDeviceGetUuid:1", NULL };
 	struct child_reply rep;
 
 	/* cuInit failing means no usable GPU. */
@@ -949,8 +949,8 @@ static void test_gpu__init_failures(void **state)
 
 static void test_gpu__no_device(void **state)
 {
-	char *none[] = { (char *)"TC_FAKECUDA_DEVICES=0", NULL };
-	char *hidden[] = { (char *)"CUDA_VISIBLE_DEVICES=", NULL };
+	const char *none[] = { "TC_FAKECUDA_DEVICES=0", NULL };
+	const char *hidden[] = { "CUDA_VISIBLE_DEVICES=", NULL };
 	struct child_reply rep;
 
 	run_child("info", none, NULL, -1, &rep);
@@ -963,7 +963,7 @@ static void test_gpu__no_device(void **state)
 
 static void test_gpu__no_vmm(void **state)
 {
-	char *env[] = { (char *)"TC_FAKECUDA_NO_VMM=1", NULL };
+	const char *env[] = { "TC_FAKECUDA_NO_VMM=1", NULL };
 	struct child_reply rep;
 
 	run_child("alloc", env, NULL, -1, &rep);
@@ -992,7 +992,7 @@ static void test_gpu__forked_child_refused(void **state)
 			      0 :
 			      1);
 	}
-	assert_int_equal(t_wait_child(pid), 0);
+	assert_int_equal(t_wait_status(pid), 0);
 	tc__gpu_release(&m);
 	assert_int_equal(t_count_fds(), fds);
 	assert_no_device_memory_used();
