@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "common/hash.h"
 #include "format/format.h"
 #include "gpu/vmm.h"
@@ -149,10 +150,14 @@ static int stage_chunks;  /* --stage: digest chunks per staging buffer */
 static int depth_opt = 3; /* --depth: staging buffers per thread */
 
 static double load_gbs(struct tc__source *src, struct tc__gpu_mem *m,
-		       int nthreads, int depth, int direct,
+		       int nthreads, int depth, int direct, int io,
 		       struct tc__digest *chunks, uint64_t *direct_bytes)
 {
-	struct tc__gpu_load_opts o = { nthreads, depth, direct, stage_chunks };
+	struct tc__gpu_load_opts o = { .nthreads = nthreads,
+				       .depth = depth,
+				       .direct = direct,
+				       .stage_chunks = stage_chunks,
+				       .io = io };
 	struct tc__gpu_load_stats st;
 	char err[512];
 
@@ -161,6 +166,8 @@ static double load_gbs(struct tc__source *src, struct tc__gpu_mem *m,
 		die("load", err);
 	if (direct_bytes)
 		*direct_bytes = st.direct_bytes;
+	if (io == TC_IO_URING && st.uring_bytes == 0)
+		die("load", "io_uring asked for, not used");
 	return (double)st.bytes / st.seconds / 1e9;
 }
 
@@ -169,7 +176,7 @@ int main(int argc, char **argv)
 	const char *file = NULL;
 	char path[512], err[512];
 	double gib = 8, best = 0, st_warm, st_cold = -1, dd = -1, cold = -1,
-	       cold_buf = -1, h2d, host2gpu;
+	       cold_buf = -1, h2d, host2gpu, best_pread = 0, cold_pread = -1;
 	int dev = 0, best_t = 0, threads[] = { 2, 4, 8, 12, 16 }, cold_runs = 1;
 	struct tc__source *src;
 	struct tc__gpu_mem m;
@@ -236,15 +243,19 @@ int main(int argc, char **argv)
 	/* Page-cached. */
 	warm(file);
 	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
-		double g = load_gbs(src, &m, threads[i], depth_opt, 0, chunks,
-				    NULL);
+		double g = load_gbs(src, &m, threads[i], depth_opt, 0,
+				    TC_IO_URING, chunks, NULL),
+		       gp = load_gbs(src, &m, threads[i], depth_opt, 0,
+				     TC_IO_PREAD, chunks, NULL);
 
-		printf("cached  tcast %2d threads            %7.2f GB/s\n",
-		       threads[i], g);
+		printf("cached  tcast %2d threads  io_uring %7.2f GB/s   pread "
+		       "%7.2f GB/s\n",
+		       threads[i], g, gp);
 		if (g > best) {
 			best = g;
 			best_t = threads[i];
 		}
+		best_pread = TC_MAX(best_pread, gp);
 	}
 	memcpy(ref, chunks, nchunks * sizeof(*ref));
 	st_warm = safetensors_gbs(file, size);
@@ -253,12 +264,20 @@ int main(int argc, char **argv)
 	if (cold_runs && drop_caches(file) == 0) {
 		dd = dd_direct_gbs(file, size);
 		drop_caches(file);
-		cold = load_gbs(src, &m, best_t, 4, 1, chunks, &dbytes);
+		cold = load_gbs(src, &m, best_t, 4, 1, TC_IO_URING, chunks,
+				&dbytes);
 		if (memcmp(ref, chunks, nchunks * sizeof(*ref)))
 			die("digest",
 			    "cold load digests differ from cached ones");
 		drop_caches(file);
-		cold_buf = load_gbs(src, &m, best_t, 4, 0, chunks, NULL);
+		cold_pread = load_gbs(src, &m, best_t, 4, 1, TC_IO_PREAD,
+				      chunks, NULL);
+		if (memcmp(ref, chunks, nchunks * sizeof(*ref)))
+			die("digest",
+			    "cold load digests differ from cached ones");
+		drop_caches(file);
+		cold_buf = load_gbs(src, &m, best_t, 4, 0, TC_IO_URING, chunks,
+				    NULL);
 		drop_caches(file);
 		st_cold = safetensors_gbs(file, size);
 	}
@@ -298,10 +317,14 @@ int main(int argc, char **argv)
 	printf("cached: tcast best (%d threads)       %7.2f GB/s   safetensors "
 	       "%.2f GB/s   ratio %.1fx\n",
 	       best_t, best, st_warm, st_warm > 0 ? best / st_warm : 0);
-	printf("cold:   tcast O_DIRECT               %7.2f GB/s   (%.0f%% "
+	printf("cached: pread engine best           %7.2f GB/s\n", best_pread);
+	printf("cold:   tcast O_DIRECT io_uring      %7.2f GB/s   (%.0f%% "
 	       "direct) dd iflag=direct %.2f GB/s   ratio %.0f%%\n",
 	       cold, dbytes ? 100.0 * (double)dbytes / (double)size : 0, dd,
 	       dd > 0 ? 100 * cold / dd : 0);
+	printf("cold:   tcast O_DIRECT pread         %7.2f GB/s   ratio "
+	       "%.0f%%\n",
+	       cold_pread, dd > 0 ? 100 * cold_pread / dd : 0);
 	printf("cold:   tcast buffered               %7.2f GB/s   safetensors "
 	       "%.2f GB/s\n",
 	       cold_buf, st_cold);
@@ -310,9 +333,10 @@ int main(int argc, char **argv)
 	       "\"cached_threads\":%d,\"safetensors_warm_gbs\":%.2f,"
 	       "\"cold_direct_gbs\":%.2f,\"dd_direct_gbs\":%.2f,"
 	       "\"cold_buffered_gbs\":%.2f,\"safetensors_cold_gbs\":%.2f,"
-	       "\"host_to_gpu_gbs\":%.2f}\n",
+	       "\"host_to_gpu_gbs\":%.2f,\"cached_pread_gbs\":%.2f,"
+	       "\"cold_direct_pread_gbs\":%.2f}\n",
 	       (unsigned long long)size, h2d, best, best_t, st_warm, cold, dd,
-	       cold_buf, st_cold, host2gpu);
+	       cold_buf, st_cold, host2gpu, best_pread, cold_pread);
 	tc__gpu_release(&m);
 	tc__source_free(src);
 	free(ref);

@@ -3,7 +3,7 @@
 # Used by `make`, `make test`, `make demo` and .ci/run.
 set -eu
 PKGS="cmake make gcc pkg-config libjansson-dev libyaml-dev libxxhash-dev
-libssl-dev libcmocka-dev python3 python3-numpy python3-pytest
+libssl-dev libcmocka-dev liburing-dev python3 python3-numpy python3-pytest
 python3-torch"
 [ "${1:-}" = "--dev" ] && PKGS="$PKGS clang-14 libclang-rt-14-dev clang-format"
 missing=""

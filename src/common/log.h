@@ -10,6 +10,7 @@
 #define TC_LOG_H
 
 #include <stdio.h>
+#include <stdlib.h>
 
 enum tc_log_level {
 	TC_LOG_ERROR = 0,

@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "config.h"
+#include "gpu_loader.h"
 #include "net/net.h"
 #include "tcast/errors.h"
 
@@ -161,6 +162,20 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 				 "'%s' is not a size or a percentage (e.g. "
 				 "40GiB, 80%%)",
 				 val);
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "io_engine")) {
+		if (!strcmp(val, "auto"))
+			c->io_engine = TC_IO_AUTO;
+		else if (!strcmp(val, "io_uring"))
+			c->io_engine = TC_IO_URING;
+		else if (!strcmp(val, "pread"))
+			c->io_engine = TC_IO_PREAD;
+		else {
+			snprintf(why, whylen,
+				 "'%s' is not auto, io_uring or pread", val);
 			return TC_EINVAL;
 		}
 		return 0;

@@ -19,14 +19,26 @@
 #include "gpu/vmm.h"
 #include "loader.h"
 
+/* How the loader reads files. */
+enum tc__io_engine {
+	TC_IO_AUTO = 0,	 /* io_uring where the kernel allows it, else pread */
+	TC_IO_PREAD = 1, /* one pread at a time per thread */
+	TC_IO_URING = 2, /* io_uring or fail (benchmarks, tests) */
+};
+
 struct tc__gpu_load_opts {
 	int nthreads; /* reader threads (each with its own stream) */
 	int depth;    /* staging buffers per thread (>= 2 to overlap) */
 	int direct;   /* 1: O_DIRECT reads, 0: buffered, -1: per file, direct
 			 when the file is not in the page cache */
-	int stage_chunks; /* digest chunks per staging buffer and copy;
-			     0 means 1 (4 MiB: on an H200 4 MiB
-			     units ran at 47.8 GB/s, 16 MiB at 35) */
+	int stage_chunks;   /* digest chunks per staging buffer and copy;
+			       0 means 1 (4 MiB: on an H200 4 MiB
+			       units ran at 47.8 GB/s, 16 MiB at 35) */
+	uint64_t copy_unit; /* bytes per staging buffer when copying host
+			       memory (tc__gpu_copy_host_opts); 0: 4 MiB */
+	int copy_plain;	    /* 1: memcpy into staging, not streaming stores
+			       (benchmarks compare the two) */
+	int io;		    /* enum tc__io_engine */
 };
 
 struct tc__gpu_load_stats {
@@ -34,6 +46,9 @@ struct tc__gpu_load_stats {
 	uint64_t direct_bytes;	/* of which read with O_DIRECT */
 	double seconds;		/* wall time of the whole load */
 	uint64_t staging_bytes; /* pinned staging memory used */
+	uint64_t uring_bytes;	/* of `bytes`, read through io_uring */
+	int uring_errno;	/* why io_uring was not used (0: it was, or
+				   it was not asked for) */
 };
 
 /*
@@ -64,5 +79,43 @@ int tc__gpu_load_source(const struct tc__source *src,
 int tc__gpu_copy_host(const void *src, uint64_t n,
 		      const struct tc__gpu_mem *dst, int nthreads, char *err,
 		      size_t errlen);
+
+/* The same with every knob given (benchmarks): o->nthreads threads exactly,
+ * o->depth buffers of o->copy_unit bytes each. */
+int tc__gpu_copy_host_opts(const void *src, uint64_t n,
+			   const struct tc__gpu_mem *dst,
+			   const struct tc__gpu_load_opts *o, char *err,
+			   size_t errlen);
+
+/* Host memory pinned segment by segment by tc__gpu_copy_host_pinning. */
+struct tc__gpu_pinning {
+	int device;    /* the ordinal the ranges were registered through */
+	uint8_t *base; /* the copy's source */
+	uint64_t seg;  /* bytes per segment (page multiple) */
+	uint64_t nsegs;
+	uint8_t *pinned; /* owned: 1 where segment k is registered */
+};
+
+/*
+ * Copy `n` bytes of a page-aligned host mapping to byte 0 of `dst` by
+ * pinning it `seg` bytes at a time and queueing each segment's DMA as soon
+ * as it is pinned, on `nthreads` threads with a stream each: pinning and
+ * copying overlap, and the memory stays pinned in `pin` so that later
+ * copies from it run at the pinned rate.  The mapping must extend to the
+ * page boundary after `n` and stay mapped until tc__gpu_unpin(pin).
+ * A segment that cannot be pinned is copied from pageable memory.
+ * Returns 0 or TC_EINVAL, TC_ECUDA, TC_ENODEV, -ENOMEM with `err`; on
+ * failure nothing stays pinned.
+ */
+int tc__gpu_copy_host_pinning(const void *src, uint64_t n,
+			      const struct tc__gpu_mem *dst, int nthreads,
+			      uint64_t seg, struct tc__gpu_pinning *pin,
+			      char *err, size_t errlen);
+
+/* Bytes of `pin` actually pinned. */
+uint64_t tc__gpu_pinned_bytes(const struct tc__gpu_pinning *pin);
+
+/* Unpin every segment of `pin` and reset it.  A zeroed pin is a no-op. */
+void tc__gpu_unpin(struct tc__gpu_pinning *pin);
 
 #endif /* TC_GPU_LOADER_H */

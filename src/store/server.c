@@ -240,6 +240,7 @@ static int on_status(struct conn *c, struct req *r)
 		     "\"host_budget_bytes\":%llu,\"evictions\":%llu,"
 		     "\"attaches\":%llu,\"imports\":%llu,\"puts\":%llu,"
 		     "\"protocol_errors\":%llu,\"io_threads\":%d,"
+		     "\"io_engine\":\"%s\","
 		     "\"jobs_pending\":%d,\"host_spare_bytes\":%llu,"
 		     "\"gpu_attaches\":%llu,\"gpu\":%s}",
 		     TC_VERSION_STRING, (int)getpid(),
@@ -253,6 +254,9 @@ static int on_status(struct conn *c, struct req *r)
 		     (unsigned long long)s->n_import,
 		     (unsigned long long)s->n_put,
 		     (unsigned long long)s->n_proto_err, s->cfg->io_threads,
+		     s->cfg->io_engine == TC_IO_URING ? "io_uring" :
+		     s->cfg->io_engine == TC_IO_PREAD ? "pread" :
+							"auto",
 		     tc__jobs_pending(s->jobs),
 		     (unsigned long long)(s->spare ? s->spare->size : 0),
 		     (unsigned long long)s->n_attach_gpu,
@@ -441,6 +445,8 @@ struct import_job {
 	uint64_t gpu_charged;	 /* bytes charged to that GPU's budget */
 	struct tc__gpu_mem gmem; /* the allocation while the job owns it */
 	double gpu_seconds;
+	struct tc__gpu_load_stats gpu_stats;
+	int io_engine;
 	int rc;
 	char err[512];
 };
@@ -489,15 +495,19 @@ static void import_run(struct tc__job *job)
 		return;
 	}
 	if (j->gpu) {
-		struct tc__gpu_load_opts lo = { j->io_threads, 2, -1, 1 };
-		struct tc__gpu_load_stats st;
+		struct tc__gpu_load_opts lo = { .nthreads = j->io_threads,
+						.depth = 2,
+						.direct = -1,
+						.stage_chunks = 1,
+						.io = j->io_engine };
+		struct tc__gpu_load_stats *st = &j->gpu_stats;
 		uint64_t total = j->src->table.total_bytes;
 
 		j->rc = tc__gpu_alloc(j->gpu_dev, j->gpu_charged, 0, &j->gmem,
 				      j->err, sizeof(j->err));
 		if (j->rc == 0)
 			j->rc = tc__gpu_load_source(j->src, &j->gmem, &lo,
-						    j->chunks, &j->prog, &st,
+						    j->chunks, &j->prog, st,
 						    j->err, sizeof(j->err));
 		/* Clients see only what the artifact says: zero the tail. */
 		if (j->rc == 0 && j->gmem.size > total)
@@ -507,7 +517,7 @@ static void import_run(struct tc__job *job)
 						j->err, sizeof(j->err));
 		if (j->rc < 0)
 			return;
-		j->gpu_seconds = st.seconds;
+		j->gpu_seconds = st->seconds;
 		j->o->table = j->src->table;
 		tc__table_init(&j->src->table);
 		j->rc = tc__obj_finish(j->o, j->chunks, n);
@@ -644,6 +654,26 @@ static void import_done(struct tc__job *job)
 		j->display, o->id, o->table.ntensors,
 		(unsigned long long)o->table.total_bytes, (double)ns / 1e9,
 		dedup ? " (already held)" : "");
+	if (j->gpu) {
+		const struct tc__gpu_load_stats *st = &j->gpu_stats;
+		char why[96] = "";
+
+		/* What the loader did, for whoever wonders why a load was
+		 * slow: the engine, and how much bypassed the page cache. */
+		if (st->uring_errno)
+			snprintf(why, sizeof(why),
+				 " (io_uring unavailable: %s)",
+				 strerror(st->uring_errno));
+		tc__log(TC_LOG_INFO,
+			"'%s' to GPU %d: %.2f GB/s, read with %s%s, %llu bytes "
+			"with O_DIRECT",
+			j->display, j->gpu_dev,
+			st->seconds > 0 ?
+				(double)st->bytes / st->seconds / 1e9 :
+				0.0,
+			st->uring_bytes ? "io_uring" : "pread", why,
+			(unsigned long long)st->direct_bytes);
+	}
 	c->jobs--;
 	c->paused = false;
 	if (!c->closing) {
@@ -722,6 +752,7 @@ static int on_import(struct conn *c, struct req *r)
 	j->r = *r;
 	j->phase = 1;
 	j->io_threads = c->srv->cfg->io_threads;
+	j->io_engine = c->srv->cfg->io_engine;
 	j->t0_ns = tc__now_ns();
 	j->job.run = import_run;
 	j->job.done = import_done;

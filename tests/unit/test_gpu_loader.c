@@ -12,19 +12,41 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "common/hash.h"
 #include "format/format.h"
 #include "gpu/vmm.h"
 #include "store/gpu_loader.h"
+#include "store/ioring.h"
 #include "store/loader.h"
 #include "tcast/errors.h"
 #include "tlib.h"
+
+static bool have_uring(void)
+{
+	static int have = -1;
+	struct tc__ioring *r;
+
+	if (have < 0) {
+		have = tc__ioring_new(4, 1, &r) == 0;
+		tc__ioring_free(r);
+		if (!have)
+			print_message("io_uring unavailable here: its "
+				      "variants run as pread\n");
+	}
+	return have;
+}
 
 /* Host reference: bytes and chunk digests from the memfd loader. */
 struct ref {
@@ -57,10 +79,34 @@ static void ref_close(struct ref *r)
 	free(r->chunks);
 }
 
-static void load_and_compare(struct ref *r, int nthreads, int depth, int direct,
-			     int stage)
+/* Whether `path` can be opened with O_DIRECT here (not on tmpfs). */
+static bool direct_ok(const char *path)
 {
-	struct tc__gpu_load_opts o = { nthreads, depth, direct, stage };
+	int fd = open(path, O_RDONLY | O_DIRECT);
+
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+static uint64_t payload(const struct tc__source *src)
+{
+	uint64_t n = 0;
+
+	for (uint32_t i = 0; i < src->table.ntensors; i++)
+		n += src->table.tensors[i].nbytes;
+	return n;
+}
+
+static void load_and_compare_io(struct ref *r, int nthreads, int depth,
+				int direct, int stage, int io)
+{
+	struct tc__gpu_load_opts o = { .nthreads = nthreads,
+				       .depth = depth,
+				       .direct = direct,
+				       .stage_chunks = stage,
+				       .io = io };
 	struct tc__gpu_load_stats st;
 	struct tc__gpu_mem m;
 	struct tc__digest *chunks = calloc(r->nchunks + 1, sizeof(*chunks));
@@ -81,6 +127,17 @@ static void load_and_compare(struct ref *r, int nthreads, int depth, int direct,
 	if (rc < 0)
 		fail_msg("load: %s", err);
 	assert_int_equal(st.bytes, size);
+	/* Every byte went through the engine asked for. */
+	if (io == TC_IO_URING) {
+		assert_int_equal(st.uring_bytes, payload(r->src));
+		assert_int_equal(st.uring_errno, 0);
+	} else if (io == TC_IO_PREAD) {
+		assert_int_equal(st.uring_bytes, 0);
+	}
+	if (direct == 1 && direct_ok(r->src->files[0].name))
+		assert_int_equal(st.direct_bytes, payload(r->src));
+	if (direct == 0)
+		assert_int_equal(st.direct_bytes, 0);
 	assert_int_equal(
 		tc__gpu_mem_read(&m, 0, back, size, NULL, err, sizeof(err)), 0);
 	assert_memory_equal(back, r->bytes, size);
@@ -88,6 +145,16 @@ static void load_and_compare(struct ref *r, int nthreads, int depth, int direct,
 	tc__gpu_release(&m);
 	free(back);
 	free(chunks);
+}
+
+/* Both read engines, where this kernel has io_uring (it is tested
+ * without it below, under a seccomp filter). */
+static void load_and_compare(struct ref *r, int nthreads, int depth, int direct,
+			     int stage)
+{
+	load_and_compare_io(r, nthreads, depth, direct, stage, TC_IO_PREAD);
+	load_and_compare_io(r, nthreads, depth, direct, stage,
+			    have_uring() ? TC_IO_URING : TC_IO_AUTO);
 }
 
 static void test_gpu_loader__matches_host_loader(void **state)
@@ -161,15 +228,21 @@ static void test_gpu_loader__multi_chunk_unaligned(void **state)
 	load_and_compare(&r, 3, 2, 0, 1);
 	load_and_compare(&r, 1, 2, 0, 3); /* units straddle the tail */
 	load_and_compare(&r, 2, 2, 1, 0);
-	/* Truncated after parsing: a clean TC_EBADFILE naming the file. */
-	{
-		struct tc__gpu_load_opts o = { 2, 2, 0, 0 };
+	/* Truncated after parsing: a clean TC_EBADFILE naming the file and
+	 * a tensor, whichever engine reads, buffered or direct. */
+	assert_int_equal(truncate(path, 8 + (off_t)hl + (6 << 20)), 0);
+	for (int k = 0; k < 4; k++) {
+		struct tc__gpu_load_opts o = { .nthreads = 2,
+					       .depth = 2,
+					       .direct = k & 1,
+					       .stage_chunks = 0,
+					       .io = k < 2 ? TC_IO_PREAD :
+							     TC_IO_AUTO };
 		struct tc__digest *ch = calloc(r.nchunks, sizeof(*ch));
 		struct tc__gpu_mem m;
 		char err[512];
 		int fd0 = t_count_fds();
 
-		assert_int_equal(truncate(path, 8 + (off_t)hl + (6 << 20)), 0);
 		tc__gpu_mem_init(&m);
 		assert_int_equal(tc__gpu_alloc(0, r.src->table.total_bytes, 0,
 					       &m, err, sizeof(err)),
@@ -178,6 +251,7 @@ static void test_gpu_loader__multi_chunk_unaligned(void **state)
 						     NULL, err, sizeof(err)),
 				 TC_EBADFILE);
 		assert_non_null(strstr(err, "m.safetensors"));
+		assert_non_null(strstr(err, "shrank while reading tensor 't"));
 		tc__gpu_release(&m);
 		free(ch);
 		assert_int_equal(t_count_fds(), fd0);
@@ -207,7 +281,10 @@ static void test_gpu_loader__driver_failures(void **state)
 	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
 		/* One thread, two buffers: the third chunk must wait for the
 		 * first one's copy, so every call below is reached. */
-		struct tc__gpu_load_opts o = { 1, 2, 0, 1 };
+		struct tc__gpu_load_opts o = { .nthreads = 1,
+					       .depth = 2,
+					       .direct = 0,
+					       .stage_chunks = 1 };
 		struct tc__digest ch[16];
 		struct tc__gpu_mem m;
 		char spec[96], err[512];
@@ -236,7 +313,9 @@ static void test_gpu_loader__driver_failures(void **state)
 
 static void test_gpu_loader__too_small_destination(void **state)
 {
-	struct tc__gpu_load_opts o = { 1, 2, 0, 0 };
+	struct tc__gpu_load_opts o = {
+		.nthreads = 1, .depth = 2, .direct = 0, .stage_chunks = 0
+	};
 	struct tc__gpu_mem m;
 	struct tc__digest ch[4];
 	char err[512];
@@ -252,15 +331,159 @@ static void test_gpu_loader__too_small_destination(void **state)
 	ref_close(&r);
 }
 
-int main(void)
+/* The ring on its own: more reads than slots, tags, both kinds of
+ * descriptor, reads past the end. */
+static void test_gpu_loader__ioring(void **state)
+{
+	char path[] = "/tmp/tcast-ior-XXXXXX";
+	int fd = mkstemp(path), dfd;
+	size_t n = (3 << 20) + 12345;
+	uint8_t *want = malloc(n), *got = malloc(n + 4096), *at;
+	struct tc__ioring *r;
+	uint32_t file;
+
+	if (!have_uring()) {
+		skip();
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		want[i] = (uint8_t)(i * 7 + (i >> 12));
+	assert_int_equal(write(fd, want, n), (ssize_t)n);
+	dfd = open(path, O_RDONLY | O_DIRECT);
+	assert_int_equal(tc__ioring_new(4, 3, &r), 0);
+	for (int direct = 0; direct <= 1 && (direct == 0 || dfd >= 0);
+	     direct++) {
+		memset(got, 0, n);
+		/* 300 odd-sized reads across three tags, at most 4 at once. */
+		for (size_t off = 0, i = 0; off < n; i++) {
+			size_t len = TC_MIN(n - off, 1000 + (i * 7919) % 60000);
+
+			assert_int_equal(tc__ioring_read(r, direct ? dfd : fd,
+							 direct ? 4096 : 0,
+							 got + off, len, off,
+							 (unsigned)(i % 3), 9),
+					 0);
+			off += len;
+		}
+		assert_int_equal(tc__ioring_wait(r, 1), 0);
+		assert_int_equal(tc__ioring_wait(r, TC_IORING_ALL), 0);
+		assert_memory_equal(got, want, n);
+	}
+	/* Bad arguments are refused without harm. */
+	assert_int_equal(tc__ioring_read(r, fd, 0, got, 1, 0, 3, 0), -EINVAL);
+	assert_int_equal(tc__ioring_read(r, fd, 3000, got, 1, 0, 0, 0),
+			 -EINVAL);
+	/* Past the end: TC_EBADFILE, sticky, with the file and where. */
+	assert_int_equal(tc__ioring_read(r, fd, 0, got, 8192, n - 100, 0, 5),
+			 0);
+	assert_int_equal(tc__ioring_wait(r, 0), TC_EBADFILE);
+	tc__ioring_failure(r, &file, &at);
+	assert_int_equal(file, 5);
+	assert_ptr_equal(at, got + 100);
+	assert_int_equal(tc__ioring_read(r, fd, 0, got, 1, 0, 0, 0),
+			 TC_EBADFILE);
+	tc__ioring_free(r);
+	if (dfd >= 0) {
+		assert_int_equal(tc__ioring_new(2, 1, &r), 0);
+		assert_int_equal(tc__ioring_read(r, dfd, 4096, got, 100,
+						 n + 5000, 0, 1),
+				 0);
+		assert_int_equal(tc__ioring_wait(r, TC_IORING_ALL),
+				 TC_EBADFILE);
+		tc__ioring_free(r);
+		close(dfd);
+	}
+	assert_int_equal(tc__ioring_new(0, 1, &r), -EINVAL);
+	close(fd);
+	unlink(path);
+	free(want);
+	free(got);
+}
+
+/* As in a container whose seccomp profile refuses io_uring (Docker's
+ * default does): auto falls back to pread and says why; asking for
+ * io_uring is a clear error. */
+/* The child of the test below: io_uring refused by seccomp. */
+static int child_no_uring(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K,
+			 SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { TC_ARRAY_SIZE(f), f };
+	struct tc__gpu_load_opts o = {
+		.nthreads = 2, .depth = 2, .direct = 0, .io = TC_IO_AUTO
+	};
+	struct tc__gpu_load_stats st;
+	struct tc__digest *ch;
+	struct tc__gpu_mem m;
+	char err[512];
+	struct ref r;
+	int rc;
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+		return 10;
+	ref_open(&r, t_data("many-tensors.safetensors"));
+	ch = calloc(r.nchunks + 1, sizeof(*ch));
+	tc__gpu_mem_init(&m);
+	if (tc__gpu_alloc(0, r.src->table.total_bytes, 0, &m, err,
+			  sizeof(err)) < 0) {
+		fprintf(stderr, "alloc: %s\n", err);
+		return 11;
+	}
+	rc = tc__gpu_load_source(r.src, &m, &o, ch, NULL, &st, err,
+				 sizeof(err));
+	if (rc != 0 || st.uring_bytes != 0 || st.uring_errno != EPERM ||
+	    memcmp(ch, r.chunks, r.nchunks * sizeof(*ch))) {
+		fprintf(stderr, "auto: rc %d uring_bytes %llu errno %d: %s\n",
+			rc, (unsigned long long)st.uring_bytes, st.uring_errno,
+			err);
+		return 12;
+	}
+	o.io = TC_IO_URING;
+	rc = tc__gpu_load_source(r.src, &m, &o, ch, NULL, &st, err,
+				 sizeof(err));
+	if (rc != -EPERM || !strstr(err, "io_uring is not available")) {
+		fprintf(stderr, "uring: rc %d: %s\n", rc, err);
+		return 13;
+	}
+	tc__gpu_release(&m);
+	free(ch);
+	ref_close(&r);
+	return 0;
+}
+
+/* As in a container whose seccomp profile refuses io_uring (Docker's
+ * default does): auto falls back to pread and says why; asking for
+ * io_uring is a clear error. */
+static void test_gpu_loader__no_uring_under_seccomp(void **state)
+{
+	pid_t pid = t_spawn_self((const char *const[]){ "no-uring", NULL },
+				 NULL, -1, -1);
+
+	assert_true(pid > 0);
+	assert_int_equal(t_wait_status(pid), 0);
+}
+
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_gpu_loader__matches_host_loader),
 		cmocka_unit_test(test_gpu_loader__multi_chunk_unaligned),
 		cmocka_unit_test(test_gpu_loader__driver_failures),
 		cmocka_unit_test(test_gpu_loader__too_small_destination),
+		cmocka_unit_test(test_gpu_loader__ioring),
+		cmocka_unit_test(test_gpu_loader__no_uring_under_seccomp),
 	};
 
 	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);
+	if (argc >= 3 && !strcmp(argv[1], "--child") &&
+	    !strcmp(argv[2], "no-uring"))
+		return child_no_uring();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,6 +43,7 @@
 #include "net/ev.h"
 #include "proto/proto.h"
 #include "store/config.h"
+#include "store/gpu_loader.h"
 #include "store/jobs.h"
 #include "store/loader.h"
 #include "store/obj.h"
@@ -1193,8 +1194,10 @@ static void test_objstore__config_load(void **state)
 		      "log_file: /var/log/tcast.log\n"
 		      "handshake_ms: 2500\n"
 		      "max_client_buffer: 64MiB\n"
-		      "gpu_memory: 40GiB\n");
+		      "gpu_memory: 40GiB\n"
+		      "io_engine: pread\n");
 	tc__config_defaults(&c);
+	assert_int_equal(c.io_engine, TC_IO_AUTO);
 	assert_int_equal(tc__config_load(&c, p, err, sizeof(err)), 0);
 	assert_string_equal(c.socket, "/run/x/d.sock");
 	assert_int_equal(c.host_bytes, (uint64_t)8 << 30);
@@ -1206,6 +1209,7 @@ static void test_objstore__config_load(void **state)
 	assert_int_equal(c.handshake_ms, 2500);
 	assert_int_equal(c.max_outbuf, (uint64_t)64 << 20);
 	assert_int_equal(c.gpu_bytes, (uint64_t)40 << 30);
+	assert_int_equal(c.io_engine, TC_IO_PREAD);
 	free(p);
 
 	/* The GPU budget as a share of each GPU. */
@@ -1307,6 +1311,8 @@ static void test_objstore__config_bad(void **state)
 	expect_bad_config(dir, "max_clients: 65001\n", "'max_clients'", NULL);
 	expect_bad_config(dir, "handshake_ms: 0\n", "'handshake_ms'", NULL);
 	expect_bad_config(dir, "log_level: loud\n", "'log_level'", NULL);
+	expect_bad_config(dir, "io_engine: fast\n", "'io_engine'",
+			  "'fast' is not auto, io_uring or pread", NULL);
 	expect_bad_config(dir, "gpu_memory: 101%\n", "'gpu_memory'",
 			  "percentage", NULL);
 	expect_bad_config(dir, "gpu_memory: 0%\n", "'gpu_memory'", NULL);

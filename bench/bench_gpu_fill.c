@@ -1,0 +1,301 @@
+/*
+ * bench_gpu_fill.c - a daemon host replica (sealed memfd) to a new GPU
+ * allocation, every way tcast can do it, against torch in the same run
+ * (GPU machine; exits 77 without a GPU).
+ *
+ *   ceiling:  pinned host-to-device copy of 1 GiB;
+ *   ring:     memcpy into a pinned staging ring + DMA (tc__gpu_copy_host),
+ *             by staging unit, ring depth and threads;
+ *   pinseg:   pin the memfd in segments, each DMA'd as soon as it is
+ *             pinned (tc__gpu_copy_host_pinning), by segment and threads;
+ *   pinned:   the whole memfd pinned once, then one copy (what a replica
+ *             pinned ahead of time costs);
+ *   torch:    torch.empty(n).to("cuda") (pageable) and .pin_memory() first.
+ *
+ * Usage: bench_gpu_fill [--gib N] [--device N] [--quick 1]
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/compiler.h"
+#include "gpu/vmm.h"
+#include "store/gpu_loader.h"
+#include "store/shm.h"
+#include "tcast/errors.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what, const char *err)
+{
+	fprintf(stderr, "bench_gpu_fill: %s: %s\n", what, err);
+	exit(1);
+}
+
+/* Compare 64 pages spread over the copy with the host bytes. */
+static void verify(const uint8_t *host, uint64_t n, const struct tc__gpu_mem *m,
+		   const char *what)
+{
+	uint8_t page[4096];
+	char err[512];
+
+	for (int i = 0; i < 64; i++) {
+		uint64_t off = (n - sizeof(page)) / 63 * (uint64_t)i & ~4095ull;
+
+		if (tc__gpu_mem_read(m, off, page, sizeof(page), NULL, err,
+				     sizeof(err)) < 0)
+			die("read back", err);
+		if (memcmp(page, host + off, sizeof(page)))
+			die(what, "GPU bytes differ from the host replica");
+	}
+}
+
+static void clear(const struct tc__gpu_mem *m)
+{
+	char err[512];
+
+	if (tc__gpu_memset8(m->device, m->dptr, 0, m->size, NULL, err,
+			    sizeof(err)) < 0)
+		die("memset", err);
+}
+
+static double ring(const uint8_t *src, uint64_t n, const struct tc__gpu_mem *m,
+		   int threads, int depth, uint64_t unit, int plain)
+{
+	struct tc__gpu_load_opts o = { 0 };
+	char err[512];
+	double t, g;
+
+	o.nthreads = threads;
+	o.depth = depth;
+	o.copy_unit = unit;
+	o.copy_plain = plain;
+	clear(m);
+	t = now_s();
+	if (tc__gpu_copy_host_opts(src, n, m, &o, err, sizeof(err)) < 0)
+		die("ring", err);
+	g = (double)n / (now_s() - t) / 1e9;
+	verify(src, n, m, "ring");
+	return g;
+}
+
+static double torch_gbs(uint64_t n, int pin)
+{
+	char cmd[1024], line[256] = "";
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd),
+		 "python3 -c \"import time,torch;"
+		 "x=torch.ones(%llu,dtype=torch.uint8);"
+		 "torch.zeros(1,device='cuda');torch.cuda.synchronize();"
+		 "t=time.perf_counter();x=x.pin_memory() if %d else x;"
+		 "y=x.to('cuda');torch.cuda.synchronize();"
+		 "print(time.perf_counter()-t)\" 2>/dev/null",
+		 (unsigned long long)n, pin);
+	p = popen(cmd, "r");
+	if (!p)
+		return -1;
+	if (!fgets(line, sizeof(line), p))
+		line[0] = '\0';
+	pclose(p);
+	return line[0] ? (double)n / atof(line) / 1e9 : -1;
+}
+
+int main(int argc, char **argv)
+{
+	double gib = 16, h2d, best_ring = 0, best_seg = 0, t, reg_s, copy_s,
+	       alloc_s;
+	int dev = 0, quick = 0;
+	uint64_t n;
+	struct tc__shm *seg;
+	struct tc__gpu_mem m;
+	char err[512], best_ring_cfg[64] = "", best_seg_cfg[64] = "";
+
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--gib"))
+			gib = atof(argv[i + 1]);
+		else if (!strcmp(argv[i], "--device"))
+			dev = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--quick"))
+			quick = atoi(argv[i + 1]);
+	}
+	if (tc__gpu_init(err, sizeof(err)) < 0 ||
+	    tc__gpu_device_count(err, sizeof(err)) <= 0) {
+		printf("SKIP: no GPU: %s\n", err);
+		return 77;
+	}
+	n = (uint64_t)(gib * (double)(1ull << 30)) & ~((2ull << 20) - 1);
+	if (tc__shm_create("bench-fill", n, &seg) < 0 ||
+	    tc__shm_map_rw(seg) < 0)
+		die("memfd", "cannot create");
+	for (uint64_t off = 0; off < n; off += 4096)
+		memset(seg->rw_map + off, (int)((off >> 12) * 131 + 7), 4096);
+	if (tc__shm_seal(seg) < 0)
+		die("memfd", "cannot seal");
+
+	/* Ceiling: pinned H2D of 1 GiB. */
+	tc__gpu_mem_init(&m);
+	t = now_s();
+	if (tc__gpu_alloc(dev, n, 0, &m, err, sizeof(err)) < 0)
+		die("alloc", err);
+	alloc_s = now_s() - t;
+	{
+		size_t c = (size_t)1 << 30;
+		void *p = mmap(NULL, c, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
+			       0);
+
+		if (tc__gpu_host_register(dev, p, c, 0, err, sizeof(err)) < 0)
+			die("register", err);
+		tc__gpu_htod(dev, m.dptr, p, c, NULL, err, sizeof(err));
+		t = now_s();
+		for (int i = 0; i < 4; i++)
+			tc__gpu_htod(dev, m.dptr, p, c, NULL, err, sizeof(err));
+		h2d = 4.0 * (double)c / (now_s() - t) / 1e9;
+		tc__gpu_host_unregister(dev, p, err, sizeof(err));
+		munmap(p, c);
+	}
+	printf("%.2f GiB sealed memfd -> GPU %d\n", (double)n / (1 << 30), dev);
+	printf("pinned H2D ceiling (1 GiB)         %7.2f GB/s\n", h2d);
+	printf("cuMemCreate+map of %.2f GiB         %7.1f ms\n",
+	       (double)n / (1 << 30), alloc_s * 1e3);
+
+	/* Warm allocation cost (the first one above also made the context). */
+	{
+		struct tc__gpu_mem m2;
+
+		tc__gpu_mem_init(&m2);
+		t = now_s();
+		if (tc__gpu_alloc(dev, n, 0, &m2, err, sizeof(err)) < 0)
+			die("alloc", err);
+		alloc_s = now_s() - t;
+		tc__gpu_release(&m2);
+		printf("cuMemCreate+map again              %7.1f ms\n",
+		       alloc_s * 1e3);
+	}
+
+	/* Ring: store kind x unit x depth x threads. */
+	{
+		uint64_t units[] = { 4, 8 };
+		int depths[] = { 2, 3 }, threads[] = { 4, 6, 8, 10, 12, 16 };
+
+		for (int plain = 0; plain < 2; plain++)
+			for (size_t u = 0; u < TC_ARRAY_SIZE(units); u++)
+				for (size_t d = 0; d < TC_ARRAY_SIZE(depths);
+				     d++)
+					for (size_t k = 0;
+					     k < TC_ARRAY_SIZE(threads); k++) {
+						char cfg[64];
+						double g;
+
+						if (quick && (units[u] != 4 ||
+							      depths[d] != 2))
+							continue;
+						snprintf(cfg, sizeof(cfg),
+							 "%s/%lluMiB/%d/%d",
+							 plain ? "memcpy" :
+								 "stream",
+							 (unsigned long long)
+								 units[u],
+							 depths[d], threads[k]);
+						g = ring(seg->map, n, &m,
+							 threads[k], depths[d],
+							 units[u] << 20, plain);
+						printf("ring %-22s %7.2f GB/s\n",
+						       cfg, g);
+						if (g > best_ring) {
+							best_ring = g;
+							snprintf(
+								best_ring_cfg,
+								sizeof(best_ring_cfg),
+								"%s", cfg);
+						}
+					}
+	}
+
+	/* Pin in segments, each copied as soon as it is pinned. */
+	{
+		uint64_t segs[] = { 128 };
+		int threads[] = { 4, 16 };
+
+		for (size_t s = 0; s < TC_ARRAY_SIZE(segs); s++)
+			for (size_t k = 0; k < TC_ARRAY_SIZE(threads); k++) {
+				struct tc__gpu_pinning pin;
+				double g, unpin;
+
+				clear(&m);
+				t = now_s();
+				if (tc__gpu_copy_host_pinning(
+					    seg->map, n, &m, threads[k],
+					    segs[s] << 20, &pin, err,
+					    sizeof(err)) < 0)
+					die("pinseg", err);
+				g = (double)n / (now_s() - t) / 1e9;
+				verify(seg->map, n, &m, "pinseg");
+				t = now_s();
+				tc__gpu_unpin(&pin);
+				unpin = now_s() - t;
+				printf("pinseg seg %3llu MiB threads %2d       "
+				       "%7.2f GB/s (unpin %.0f ms)\n",
+				       (unsigned long long)segs[s], threads[k],
+				       g, unpin * 1e3);
+				if (g > best_seg) {
+					best_seg = g;
+					snprintf(best_seg_cfg,
+						 sizeof(best_seg_cfg),
+						 "%lluMiB/%d",
+						 (unsigned long long)segs[s],
+						 threads[k]);
+				}
+			}
+	}
+
+	/* Pinned once, then copied: the cost of each half. */
+	t = now_s();
+	if (tc__gpu_host_register(dev, (void *)seg->map, seg->size,
+				  TC_GPU_READ_ONLY, err, sizeof(err)) < 0)
+		die("register memfd", err);
+	reg_s = now_s() - t;
+	clear(&m);
+	t = now_s();
+	if (tc__gpu_htod(dev, m.dptr, seg->map, n, NULL, err, sizeof(err)) < 0)
+		die("htod", err);
+	copy_s = now_s() - t;
+	verify(seg->map, n, &m, "pinned");
+	tc__gpu_host_unregister(dev, (void *)seg->map, err, sizeof(err));
+	printf("pinned: pin %.0f ms (%.1f GB/s), copy %.2f GB/s\n", reg_s * 1e3,
+	       (double)n / reg_s / 1e9, (double)n / copy_s / 1e9);
+
+	tc__gpu_release(&m);
+	tc__shm_free(seg);
+	{
+		double tp = torch_gbs(n, 0), tq = torch_gbs(n, 1);
+
+		printf("torch .to('cuda') pageable %.2f GB/s, pin_memory()+copy "
+		       "%.2f GB/s\n",
+		       tp, tq);
+		printf("best ring %s %.2f GB/s (%.0f%% of ceiling, %.1fx "
+		       "torch), best pinseg %s %.2f GB/s\n",
+		       best_ring_cfg, best_ring, 100 * best_ring / h2d,
+		       tp > 0 ? best_ring / tp : 0, best_seg_cfg, best_seg);
+		printf("{\"bytes\":%llu,\"h2d_gbs\":%.2f,\"alloc_ms\":%.1f,"
+		       "\"ring_gbs\":%.2f,\"ring_cfg\":\"%s\",\"pinseg_gbs\":"
+		       "%.2f,\"pinseg_cfg\":\"%s\",\"pin_ms\":%.0f,"
+		       "\"pinned_copy_gbs\":%.2f,\"torch_pageable_gbs\":%.2f,"
+		       "\"torch_pin_gbs\":%.2f}\n",
+		       (unsigned long long)n, h2d, alloc_s * 1e3, best_ring,
+		       best_ring_cfg, best_seg, best_seg_cfg, reg_s * 1e3,
+		       (double)n / copy_s / 1e9, tp, tq);
+	}
+	return 0;
+}
