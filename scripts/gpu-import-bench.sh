@@ -21,5 +21,6 @@ torch.zeros(1, device='cuda'); torch.cuda.synchronize()
 t = time.perf_counter(); x = st.load_file('$f', device='cuda'); torch.cuda.synchronize()
 s = time.perf_counter() - t
 print(f'safetensors.torch.load_file(device=cuda): {$size/s/1e9:.2f} GB/s ({s:.3f} s)')"
+$T daemon logs -n 40 | grep "to GPU" | tail -3
 $T daemon stop >/dev/null
 rm -rf "$d"
