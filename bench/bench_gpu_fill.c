@@ -4,10 +4,10 @@
  * (GPU machine; exits 77 without a GPU).
  *
  *   ceiling:  pinned host-to-device copy of 1 GiB;
- *   ring:     memcpy into a pinned staging ring + DMA (tc__gpu_copy_host),
- *             by staging unit, ring depth and threads;
- *   pinseg:   pin the memfd in segments, each DMA'd as soon as it is
- *             pinned (tc__gpu_copy_host_pinning), by segment and threads;
+ *   ring:     memcpy into pinned staging rings + DMA, by threads;
+ *   pin:      the same with one more thread pinning the memfd from its end
+ *             and DMAing straight from it (tc__gpu_copy_host with a
+ *             pinning), by segment size and ring threads;
  *   pinned:   the whole memfd pinned once, then one copy (what a replica
  *             pinned ahead of time costs);
  *   torch:    torch.empty(n).to("cuda") (pageable) and .pin_memory() first.
@@ -69,23 +69,31 @@ static void clear(const struct tc__gpu_mem *m)
 		die("memset", err);
 }
 
+/* One copy through the ring, with a pinning thread when pin_seg > 0.
+ * *unpin_ms gets the time to unpin what it left pinned. */
 static double ring(const uint8_t *src, uint64_t n, const struct tc__gpu_mem *m,
-		   int threads, int depth, uint64_t unit, int plain)
+		   int threads, int depth, uint64_t unit, uint64_t pin_seg,
+		   double *unpin_ms, double *pinned_frac)
 {
 	struct tc__gpu_load_opts o = { 0 };
+	struct tc__gpu_pinning pin;
 	char err[512];
 	double t, g;
 
 	o.nthreads = threads;
 	o.depth = depth;
 	o.copy_unit = unit;
-	o.copy_plain = plain;
+	o.pin_segment = pin_seg;
 	clear(m);
 	t = now_s();
-	if (tc__gpu_copy_host_opts(src, n, m, &o, err, sizeof(err)) < 0)
+	if (tc__gpu_copy_host_opts(src, n, m, &o, &pin, err, sizeof(err)) < 0)
 		die("ring", err);
 	g = (double)n / (now_s() - t) / 1e9;
 	verify(src, n, m, "ring");
+	*pinned_frac = (double)(pin.nsegs * pin.seg) / (double)n;
+	t = now_s();
+	tc__gpu_unpin(&pin);
+	*unpin_ms = (now_s() - t) * 1e3;
 	return g;
 }
 
@@ -114,7 +122,7 @@ static double torch_gbs(uint64_t n, int pin)
 int main(int argc, char **argv)
 {
 	double gib = 16, h2d, best_ring = 0, best_seg = 0, t, reg_s, copy_s,
-	       alloc_s;
+	       alloc_s, dflt = 0;
 	int dev = 0, quick = 0;
 	uint64_t n;
 	struct tc__shm *seg;
@@ -184,80 +192,56 @@ int main(int argc, char **argv)
 		       alloc_s * 1e3);
 	}
 
-	/* Ring: store kind x unit x depth x threads. */
+	/* The ring alone, then with a pinning thread, by segment size and
+	 * ring threads; last, what the daemon uses (tc__gpu_copy_host). */
 	{
-		uint64_t units[] = { 4, 8 };
-		int depths[] = { 2, 3 }, threads[] = { 4, 6, 8, 10, 12, 16 };
+		uint64_t segs[] = { 0, 32, 64, 128, 256 };
+		int threads[] = { 6, 8, 10, 12, 16 };
 
-		for (int plain = 0; plain < 2; plain++)
-			for (size_t u = 0; u < TC_ARRAY_SIZE(units); u++)
-				for (size_t d = 0; d < TC_ARRAY_SIZE(depths);
-				     d++)
-					for (size_t k = 0;
-					     k < TC_ARRAY_SIZE(threads); k++) {
-						char cfg[64];
-						double g;
-
-						if (quick && (units[u] != 4 ||
-							      depths[d] != 2))
-							continue;
-						snprintf(cfg, sizeof(cfg),
-							 "%s/%lluMiB/%d/%d",
-							 plain ? "memcpy" :
-								 "stream",
-							 (unsigned long long)
-								 units[u],
-							 depths[d], threads[k]);
-						g = ring(seg->map, n, &m,
-							 threads[k], depths[d],
-							 units[u] << 20, plain);
-						printf("ring %-22s %7.2f GB/s\n",
-						       cfg, g);
-						if (g > best_ring) {
-							best_ring = g;
-							snprintf(
-								best_ring_cfg,
-								sizeof(best_ring_cfg),
-								"%s", cfg);
-						}
-					}
-	}
-
-	/* Pin in segments, each copied as soon as it is pinned. */
-	{
-		uint64_t segs[] = { 128 };
-		int threads[] = { 4, 16 };
-
-		for (size_t s = 0; s < TC_ARRAY_SIZE(segs); s++)
+		for (size_t p = 0; p < TC_ARRAY_SIZE(segs); p++)
 			for (size_t k = 0; k < TC_ARRAY_SIZE(threads); k++) {
-				struct tc__gpu_pinning pin;
-				double g, unpin;
+				double g, unpin, frac;
+				char cfg[64];
 
-				clear(&m);
-				t = now_s();
-				if (tc__gpu_copy_host_pinning(
-					    seg->map, n, &m, threads[k],
-					    segs[s] << 20, &pin, err,
-					    sizeof(err)) < 0)
-					die("pinseg", err);
-				g = (double)n / (now_s() - t) / 1e9;
-				verify(seg->map, n, &m, "pinseg");
-				t = now_s();
-				tc__gpu_unpin(&pin);
-				unpin = now_s() - t;
-				printf("pinseg seg %3llu MiB threads %2d       "
-				       "%7.2f GB/s (unpin %.0f ms)\n",
-				       (unsigned long long)segs[s], threads[k],
-				       g, unpin * 1e3);
-				if (g > best_seg) {
+				if (quick && k != 1)
+					continue;
+				snprintf(cfg, sizeof(cfg), "%s%llu/%d",
+					 segs[p] ? "pin " : "ring only ",
+					 (unsigned long long)segs[p],
+					 threads[k]);
+				g = ring(seg->map, n, &m, threads[k], 2,
+					 4 << 20, segs[p] << 20, &unpin, &frac);
+				printf("%-18s %7.2f GB/s  pinned %3.0f%%, "
+				       "unpin %.0f ms\n",
+				       cfg, g, 100 * frac, unpin);
+				if (segs[p] == 0 && g > best_ring) {
+					best_ring = g;
+					snprintf(best_ring_cfg,
+						 sizeof(best_ring_cfg), "%s",
+						 cfg);
+				}
+				if (segs[p] && g > best_seg) {
 					best_seg = g;
 					snprintf(best_seg_cfg,
-						 sizeof(best_seg_cfg),
-						 "%lluMiB/%d",
-						 (unsigned long long)segs[s],
-						 threads[k]);
+						 sizeof(best_seg_cfg), "%s",
+						 cfg);
 				}
 			}
+		for (int r = 0; r < 3; r++) {
+			struct tc__gpu_pinning pin;
+
+			clear(&m);
+			t = now_s();
+			if (tc__gpu_copy_host(seg->map, n, &m, 16, &pin, err,
+					      sizeof(err)) < 0)
+				die("copy_host", err);
+			dflt = TC_MAX(dflt, (double)n / (now_s() - t) / 1e9);
+			verify(seg->map, n, &m, "copy_host");
+			tc__gpu_unpin(&pin);
+		}
+		printf("daemon default (tc__gpu_copy_host), best of 3: %.2f "
+		       "GB/s\n",
+		       dflt);
 	}
 
 	/* Pinned once, then copied: the cost of each half. */
@@ -284,17 +268,18 @@ int main(int argc, char **argv)
 		printf("torch .to('cuda') pageable %.2f GB/s, pin_memory()+copy "
 		       "%.2f GB/s\n",
 		       tp, tq);
-		printf("best ring %s %.2f GB/s (%.0f%% of ceiling, %.1fx "
-		       "torch), best pinseg %s %.2f GB/s\n",
-		       best_ring_cfg, best_ring, 100 * best_ring / h2d,
-		       tp > 0 ? best_ring / tp : 0, best_seg_cfg, best_seg);
+		printf("ring only best %s: %.2f GB/s; with a pinning thread "
+		       "best %s: %.2f GB/s; daemon default %.2f GB/s (%.0f%% "
+		       "of the pinned ceiling, %.1fx torch pageable)\n",
+		       best_ring_cfg, best_ring, best_seg_cfg, best_seg, dflt,
+		       100 * dflt / h2d, tp > 0 ? dflt / tp : 0);
 		printf("{\"bytes\":%llu,\"h2d_gbs\":%.2f,\"alloc_ms\":%.1f,"
-		       "\"ring_gbs\":%.2f,\"ring_cfg\":\"%s\",\"pinseg_gbs\":"
-		       "%.2f,\"pinseg_cfg\":\"%s\",\"pin_ms\":%.0f,"
-		       "\"pinned_copy_gbs\":%.2f,\"torch_pageable_gbs\":%.2f,"
-		       "\"torch_pin_gbs\":%.2f}\n",
+		       "\"ring_gbs\":%.2f,\"ring_cfg\":\"%s\",\"pin_gbs\":"
+		       "%.2f,\"pin_cfg\":\"%s\",\"default_gbs\":%.2f,"
+		       "\"pin_all_ms\":%.0f,\"pinned_copy_gbs\":%.2f,"
+		       "\"torch_pageable_gbs\":%.2f,\"torch_pin_gbs\":%.2f}\n",
 		       (unsigned long long)n, h2d, alloc_s * 1e3, best_ring,
-		       best_ring_cfg, best_seg, best_seg_cfg, reg_s * 1e3,
+		       best_ring_cfg, best_seg, best_seg_cfg, dflt, reg_s * 1e3,
 		       (double)n / copy_s / 1e9, tp, tq);
 	}
 	return 0;

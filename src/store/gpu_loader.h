@@ -31,14 +31,17 @@ struct tc__gpu_load_opts {
 	int depth;    /* staging buffers per thread (>= 2 to overlap) */
 	int direct;   /* 1: O_DIRECT reads, 0: buffered, -1: per file, direct
 			 when the file is not in the page cache */
-	int stage_chunks;   /* digest chunks per staging buffer and copy;
-			       0 means 1 (4 MiB: on an H200 4 MiB
-			       units ran at 47.8 GB/s, 16 MiB at 35) */
-	uint64_t copy_unit; /* bytes per staging buffer when copying host
-			       memory (tc__gpu_copy_host_opts); 0: 4 MiB */
-	int copy_plain;	    /* 1: memcpy into staging, not streaming stores
-			       (benchmarks compare the two) */
-	int io;		    /* enum tc__io_engine */
+	int stage_chunks;     /* digest chunks per staging buffer and copy;
+				 0 means 1 (4 MiB: on an H200 4 MiB
+				 units ran at 47.8 GB/s, 16 MiB at 35) */
+	uint64_t copy_unit;   /* bytes per staging buffer when copying host
+				 memory (tc__gpu_copy_host_opts); 0: 4 MiB */
+	int io;		      /* enum tc__io_engine */
+	uint64_t pin_segment; /* host copies: > 0 adds a thread that pins
+				 the source from its end, this many bytes
+				 (a multiple of copy_unit) at a time, and
+				 copies straight from it (see
+				 tc__gpu_copy_host) */
 };
 
 struct tc__gpu_load_stats {
@@ -67,55 +70,44 @@ int tc__gpu_load_source(const struct tc__source *src,
 			struct tc__gpu_load_stats *stats, char *err,
 			size_t errlen);
 
-/*
- * Copy `n` bytes of host memory that is not pinned (a sealed memfd
- * mapping, say) to byte 0 of `dst` through the same staging ring, with
- * `nthreads` threads: pinning a large mapping first costs more than the
- * copy (about 0.5 s for 16 GiB on an H200), the ring costs nothing up
- * front.  `nthreads` is a ceiling: one thread per 512 MiB is used, at
- * least two.  Returns 0, TC_EINVAL, TC_ECUDA, TC_ENODEV or -errno with
- * `err`.
- */
-int tc__gpu_copy_host(const void *src, uint64_t n,
-		      const struct tc__gpu_mem *dst, int nthreads, char *err,
-		      size_t errlen);
-
-/* The same with every knob given (benchmarks): o->nthreads threads exactly,
- * o->depth buffers of o->copy_unit bytes each. */
-int tc__gpu_copy_host_opts(const void *src, uint64_t n,
-			   const struct tc__gpu_mem *dst,
-			   const struct tc__gpu_load_opts *o, char *err,
-			   size_t errlen);
-
-/* Host memory pinned segment by segment by tc__gpu_copy_host_pinning. */
+/* Host memory a copy left pinned: `nsegs` registrations of `seg` bytes,
+ * contiguous from `base`.  Zeroed: nothing pinned. */
 struct tc__gpu_pinning {
-	int device;    /* the ordinal the ranges were registered through */
-	uint8_t *base; /* the copy's source */
-	uint64_t seg;  /* bytes per segment (page multiple) */
+	int device; /* the ordinal they were registered through */
+	uint8_t *base;
+	uint64_t seg;
 	uint64_t nsegs;
-	uint8_t *pinned; /* owned: 1 where segment k is registered */
 };
 
 /*
- * Copy `n` bytes of a page-aligned host mapping to byte 0 of `dst` by
- * pinning it `seg` bytes at a time and queueing each segment's DMA as soon
- * as it is pinned, on `nthreads` threads with a stream each: pinning and
- * copying overlap, and the memory stays pinned in `pin` so that later
- * copies from it run at the pinned rate.  The mapping must extend to the
- * page boundary after `n` and stay mapped until tc__gpu_unpin(pin).
- * A segment that cannot be pinned is copied from pageable memory.
- * Returns 0 or TC_EINVAL, TC_ECUDA, TC_ENODEV, -ENOMEM with `err`; on
- * failure nothing stays pinned.
+ * Copy `n` bytes of host memory that is not pinned (a sealed memfd
+ * mapping, say) to byte 0 of `dst`.  Up to 8 threads (one per 512 MiB,
+ * at least two; `nthreads` is a ceiling) memcpy it through their staging
+ * rings from the front.  Pinning the whole source first would cost more
+ * than the copy (the driver pins at ~17-25 GB/s, one caller at a time), but
+ * with `pin` one more thread pins it from the back, 64 MiB at a time, and
+ * queues DMA straight from each pinned piece: the DMA engine is then fed
+ * from two sides and the CPU copies less.  What that thread pinned stays
+ * pinned in `pin` (to be given to tc__gpu_unpin before the memory is
+ * unmapped; `src` must then be page-aligned).  Returns 0, TC_EINVAL,
+ * TC_ECUDA, TC_ENODEV or -errno with `err`; on failure nothing stays
+ * pinned.
  */
-int tc__gpu_copy_host_pinning(const void *src, uint64_t n,
-			      const struct tc__gpu_mem *dst, int nthreads,
-			      uint64_t seg, struct tc__gpu_pinning *pin,
-			      char *err, size_t errlen);
+int tc__gpu_copy_host(const void *src, uint64_t n,
+		      const struct tc__gpu_mem *dst, int nthreads,
+		      struct tc__gpu_pinning *pin, char *err, size_t errlen);
 
-/* Bytes of `pin` actually pinned. */
-uint64_t tc__gpu_pinned_bytes(const struct tc__gpu_pinning *pin);
+/* The same with every knob given (benchmarks): o->nthreads ring threads
+ * exactly, o->depth buffers of o->copy_unit bytes each, and with
+ * o->pin_segment a pinning thread (then `pin` must not be NULL). */
+int tc__gpu_copy_host_opts(const void *src, uint64_t n,
+			   const struct tc__gpu_mem *dst,
+			   const struct tc__gpu_load_opts *o,
+			   struct tc__gpu_pinning *pin, char *err,
+			   size_t errlen);
 
-/* Unpin every segment of `pin` and reset it.  A zeroed pin is a no-op. */
+/* Unregister what `pin` holds and zero it: ~10 ms per GiB, so callers do
+ * it where nobody waits.  A zeroed pin is a no-op. */
 void tc__gpu_unpin(struct tc__gpu_pinning *pin);
 
 #endif /* TC_GPU_LOADER_H */

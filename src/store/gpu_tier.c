@@ -59,6 +59,8 @@ struct tc__gpu_tier {
 	int ndev;
 	struct tc__gpu_dev devs[TC_GPU_TIER_MAX_DEV];
 	uint64_t n_fills, n_fill_failures, n_fill_bytes;
+	uint64_t n_fill_pinned_bytes; /* copied straight from pinned pages */
+	uint64_t pinned_host_bytes;   /* pinned by fills, not yet unpinned */
 };
 
 /* Loads the driver and lists devices (no context is created). */
@@ -78,6 +80,7 @@ struct fill_job {
 	struct tc__job job;
 	struct tc__gpu_tier *t;
 	struct tc__gpu_replica *r; /* done() only */
+	struct tc__obj *o;	   /* held by the job until it is freed */
 	int ordinal;
 	const void *src;      /* the artifact's read-only host mapping */
 	uint64_t src_bytes;   /* bytes to copy (the byte space) */
@@ -85,12 +88,15 @@ struct fill_job {
 	uint64_t alloc_bytes; /* bytes to allocate */
 	bool do_register;     /* pin the host mapping first */
 	bool staged;	      /* copy through the loader's staging ring */
+	bool may_pin;	      /* and pin on the way (o->gpu->pinning) */
 	int nthreads;	      /* threads of a staged copy */
 	bool pinned;	      /* copy runs from pinned memory */
 	bool retried;	      /* evicted once after an OOM already */
 	int reg_rc;
 	char reg_err[256];
 	struct tc__gpu_mem mem;
+	struct tc__gpu_pinning pin; /* what a staged copy left pinned */
+	uint64_t pin_bytes;	    /* its size, once unpinned */
 	uint64_t gran;
 	int rc;
 	bool oom;
@@ -383,6 +389,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 
 	j->t = t;
 	j->r = r;
+	j->o = o;
 	j->ordinal = i;
 	j->src = o->shm->map;
 	j->src_bytes = o->table.total_bytes;
@@ -395,6 +402,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	    o->gpu->reg_state != GT_REG_DONE) {
 		j->staged = true;
 		j->nthreads = t->cfg->io_threads; /* at most: see copy_host */
+		j->may_pin = o->gpu->pinning++ == 0;
 	} else if (o->gpu->reg_state == GT_REG_NONE) {
 		o->gpu->reg_state = GT_REG_BUSY;
 		j->do_register = true;
@@ -744,7 +752,9 @@ static void fill_run(struct tc__job *job)
 		j->gran = 0;
 	if (j->staged)
 		j->rc = tc__gpu_copy_host(j->src, j->src_bytes, &j->mem,
-					  j->nthreads, j->err, sizeof(j->err));
+					  j->nthreads,
+					  j->may_pin ? &j->pin : NULL, j->err,
+					  sizeof(j->err));
 	else
 		j->rc = tc__gpu_mem_write(&j->mem, 0, j->src, j->src_bytes,
 					  NULL, j->err, sizeof(j->err));
@@ -757,6 +767,26 @@ static void fill_run(struct tc__job *job)
 		tc__gpu_release(&j->mem);
 out:
 	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
+}
+
+static void unpin_run(struct tc__job *job)
+{
+	struct fill_job *j = (struct fill_job *)job;
+
+	j->pin_bytes = j->pin.nsegs * j->pin.seg;
+	tc__gpu_unpin(&j->pin);
+}
+
+static void unpin_done(struct tc__job *job)
+{
+	struct fill_job *j = (struct fill_job *)job;
+	struct tc__objs *objs = j->t->objs;
+	struct tc__obj *o = j->o;
+
+	j->t->pinned_host_bytes -= j->pin_bytes;
+	o->gpu->pinning--;
+	tc__free(j);
+	tc__objs_unlease(objs, o); /* the fill job's hold; may free o */
 }
 
 static void fill_done(struct tc__job *job)
@@ -806,14 +836,17 @@ static void fill_done(struct tc__job *job)
 		lru_push(d, r);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
+		t->n_fill_pinned_bytes += j->pin.nsegs * j->pin.seg;
 		tc__log(TC_LOG_INFO,
 			"GPU %d replica of '%s': %llu bytes in %.3f s "
-			"(%.2f GB/s from %s memory)",
+			"(%.2f GB/s from %s memory, %llu bytes straight "
+			"from pages pinned on the way)",
 			i, o->id, (unsigned long long)j->src_bytes, j->seconds,
 			j->seconds > 0 ?
 				(double)j->src_bytes / j->seconds / 1e9 :
 				0.0,
-			j->pinned ? "pinned" : "pageable");
+			j->pinned ? "pinned" : "pageable",
+			(unsigned long long)(j->pin.nsegs * j->pin.seg));
 		/* Hold it while answering: a waiter's reply path may run
 		 * that client's next requests, releases included. */
 		r->leases++;
@@ -835,6 +868,18 @@ static void fill_done(struct tc__job *job)
 		next = q->next;
 		req_free(t, q);
 	}
+	if (j->pin.nsegs) {
+		t->pinned_host_bytes += j->pin.nsegs * j->pin.seg;
+		/* Unpinning costs ~10 ms per GiB: a worker does it after the
+		 * clients have their answer, the job still holding o (its
+		 * mapping must outlive the registrations). */
+		j->job.run = unpin_run;
+		j->job.done = unpin_done;
+		tc__jobs_submit(t->jobs, &j->job);
+		return;
+	}
+	if (j->may_pin)
+		o->gpu->pinning--;
 	tc__free(j);
 	tc__objs_unlease(t->objs, o); /* the job's hold; may free o */
 }
@@ -965,10 +1010,13 @@ char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
 		}
 		json_array_append_new(devs, dj);
 	}
-	j = json_pack("{s:s, s:o, s:I, s:I, s:I}", "state", states[t->state],
-		      "devices", devs, "fills", (json_int_t)t->n_fills,
-		      "fill_failures", (json_int_t)t->n_fill_failures,
-		      "fill_bytes", (json_int_t)t->n_fill_bytes);
+	j = json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:I}", "state",
+		      states[t->state], "devices", devs, "fills",
+		      (json_int_t)t->n_fills, "fill_failures",
+		      (json_int_t)t->n_fill_failures, "fill_bytes",
+		      (json_int_t)t->n_fill_bytes, "fill_pinned_bytes",
+		      (json_int_t)t->n_fill_pinned_bytes, "pinned_host_bytes",
+		      (json_int_t)t->pinned_host_bytes);
 	if (j && t->state == GT_FAILED)
 		json_object_set_new(j, "error", json_string(t->open_err));
 	if (j && t->state == GT_OPEN) {

@@ -83,6 +83,8 @@ struct tc__obj_gpu {
 							   */
 	int reg_state;					  /* GT_REG_* */
 	int reg_dev; /* ordinal that registered the host mapping */
+	int pinning; /* fills that may hold part of the mapping pinned: a
+			second one must not try to pin the same pages */
 };
 
 /* Called on the loop thread when a pending request is answered: rep is the

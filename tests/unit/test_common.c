@@ -28,7 +28,6 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/compiler.h"
-#include "common/copy.h"
 #include "common/hash.h"
 #include "common/map.h"
 #include "common/tensor.h"
@@ -1276,36 +1275,9 @@ static void test_common__alloc_fail_after_threads(void **state)
 	assert_int_equal(bad, 0);
 }
 
-/* The streaming copy equals memcpy for every length and both alignments,
- * and writes nothing outside the destination. */
-static void test_common__copy_nt(void **state)
-{
-	size_t cap = 70000;
-	uint8_t *src = malloc(cap + 64), *a = malloc(cap + 128),
-		*b = malloc(cap + 128);
-	size_t lens[] = { 0,   1,   15,	  16,	63,   64,	  255,
-			  256, 257, 1000, 4096, 4097, 65536 + 13, 69999 };
-
-	for (size_t i = 0; i < cap + 64; i++)
-		src[i] = (uint8_t)(i * 31 + 7);
-	for (size_t l = 0; l < TC_ARRAY_SIZE(lens); l++)
-		for (size_t so = 0; so < 32; so += 5)
-			for (size_t d = 0; d < 32; d += 3) {
-				memset(a, 0xEE, cap + 128);
-				memset(b, 0xEE, cap + 128);
-				memcpy(a + 32 + d, src + so, lens[l]);
-				tc__copy_nt(b + 32 + d, src + so, lens[l]);
-				assert_memory_equal(a, b, cap + 128);
-			}
-	free(src);
-	free(a);
-	free(b);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_common__copy_nt),
 		cmocka_unit_test_teardown(test_common__buf_growth,
 					  teardown_alloc),
 		cmocka_unit_test_teardown(test_common__buf_encodings,
