@@ -820,6 +820,22 @@ static int copy_begin(int ordinal, const struct tc__gpu_stream *s,
 	return gpu_begin(ordinal, cu, g, err, errlen);
 }
 
+/* The driver's blocking memset and device-to-device copy return before the
+ * device has finished, and a blocking copy from pageable memory returns
+ * once the bytes are staged: wait for the legacy stream too, so that with
+ * s == NULL the bytes are in place, for this process and any other, when
+ * the call returns. */
+static CUresult legacy_sync(const struct tc__cu *cu, CUresult r,
+			    const char **what)
+{
+	if (r == CUDA_SUCCESS) {
+		r = cu->fn.cuStreamSynchronize(NULL);
+		if (r)
+			*what = "cuStreamSynchronize";
+	}
+	return r;
+}
+
 int tc__gpu_htod(int ordinal, uint64_t dst, const void *src, uint64_t n,
 		 struct tc__gpu_stream *s, char *err, size_t errlen)
 {
@@ -827,6 +843,7 @@ int tc__gpu_htod(int ordinal, uint64_t dst, const void *src, uint64_t n,
 	struct tc__cu_guard g;
 	CUresult r;
 	int ret;
+	const char *what = s ? "cuMemcpyHtoDAsync" : "cuMemcpyHtoD";
 
 	if (n == 0)
 		return 0;
@@ -836,11 +853,9 @@ int tc__gpu_htod(int ordinal, uint64_t dst, const void *src, uint64_t n,
 	if (s)
 		r = cu->fn.cuMemcpyHtoDAsync(dst, src, n, s->s);
 	else
-		r = cu->fn.cuMemcpyHtoD(dst, src, n);
+		r = legacy_sync(cu, cu->fn.cuMemcpyHtoD(dst, src, n), &what);
 	if (r)
-		ret = tc__cu_fail(cu, r,
-				  s ? "cuMemcpyHtoDAsync" : "cuMemcpyHtoD", err,
-				  errlen,
+		ret = tc__cu_fail(cu, r, what, err, errlen,
 				  "cannot copy %" PRIu64
 				  " bytes to GPU %d at 0x%" PRIx64,
 				  n, ordinal, dst);
@@ -883,6 +898,7 @@ int tc__gpu_dtod(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 	struct tc__cu_guard g;
 	CUresult r;
 	int ret;
+	const char *what = s ? "cuMemcpyDtoDAsync" : "cuMemcpyDtoD";
 
 	if (n == 0)
 		return 0;
@@ -892,11 +908,9 @@ int tc__gpu_dtod(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 	if (s)
 		r = cu->fn.cuMemcpyDtoDAsync(dst, src, n, s->s);
 	else
-		r = cu->fn.cuMemcpyDtoD(dst, src, n);
+		r = legacy_sync(cu, cu->fn.cuMemcpyDtoD(dst, src, n), &what);
 	if (r)
-		ret = tc__cu_fail(cu, r,
-				  s ? "cuMemcpyDtoDAsync" : "cuMemcpyDtoD", err,
-				  errlen,
+		ret = tc__cu_fail(cu, r, what, err, errlen,
 				  "cannot copy %" PRIu64
 				  " bytes on GPU %d from 0x%" PRIx64
 				  " to 0x%" PRIx64,
@@ -912,6 +926,7 @@ int tc__gpu_memset8(int ordinal, uint64_t dst, uint8_t value, uint64_t n,
 	struct tc__cu_guard g;
 	CUresult r;
 	int ret;
+	const char *what = s ? "cuMemsetD8Async" : "cuMemsetD8";
 
 	if (n == 0)
 		return 0;
@@ -921,10 +936,9 @@ int tc__gpu_memset8(int ordinal, uint64_t dst, uint8_t value, uint64_t n,
 	if (s)
 		r = cu->fn.cuMemsetD8Async(dst, value, n, s->s);
 	else
-		r = cu->fn.cuMemsetD8(dst, value, n);
+		r = legacy_sync(cu, cu->fn.cuMemsetD8(dst, value, n), &what);
 	if (r)
-		ret = tc__cu_fail(cu, r, s ? "cuMemsetD8Async" : "cuMemsetD8",
-				  err, errlen,
+		ret = tc__cu_fail(cu, r, what, err, errlen,
 				  "cannot set %" PRIu64
 				  " bytes on GPU %d at 0x%" PRIx64,
 				  n, ordinal, dst);

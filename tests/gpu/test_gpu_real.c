@@ -498,6 +498,50 @@ static void test_real__context_restored(void **state)
 	dlclose(dl);
 }
 
+/* A blocking memset or device-to-device copy (s == NULL) is finished when
+ * it returns: work queued at once on a non-blocking stream (as the
+ * loader's and every client's are) sees its result.  The driver's own
+ * cuMemsetD8 / cuMemcpyDtoD return before the device is done. */
+static void test_real__blocking_means_done(void **state)
+{
+	uint64_t n = (uint64_t)2 << 30;
+	struct tc__gpu_mem a, b;
+	struct tc__gpu_stream *s;
+	uint8_t *tail = malloc(1 << 20);
+
+	tc__gpu_mem_init(&a);
+	tc__gpu_mem_init(&b);
+	check_ok(tc__gpu_alloc(dev, n, 0, &a, err, sizeof(err)));
+	check_ok(tc__gpu_alloc(dev, n, 0, &b, err, sizeof(err)));
+	check_ok(tc__gpu_stream_create(dev, &s, err, sizeof(err)));
+	for (int round = 0; round < 4; round++) {
+		uint8_t v = (uint8_t)(0x11 * (round + 1));
+
+		check_ok(tc__gpu_memset8(dev, a.dptr, v, n, NULL, err,
+					 sizeof(err)));
+		check_ok(tc__gpu_mem_read(&a, n - (1 << 20), tail, 1 << 20, s,
+					  err, sizeof(err)));
+		check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
+		for (int i = 0; i < 1 << 20; i++)
+			if (tail[i] != v)
+				fail_msg("memset not done: byte %d is %#x", i,
+					 tail[i]);
+		check_ok(tc__gpu_dtod(dev, b.dptr, a.dptr, n, NULL, err,
+				      sizeof(err)));
+		check_ok(tc__gpu_mem_read(&b, n - (1 << 20), tail, 1 << 20, s,
+					  err, sizeof(err)));
+		check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
+		for (int i = 0; i < 1 << 20; i++)
+			if (tail[i] != v)
+				fail_msg("dtod not done: byte %d is %#x", i,
+					 tail[i]);
+	}
+	tc__gpu_stream_free(s);
+	tc__gpu_release(&a);
+	tc__gpu_release(&b);
+	free(tail);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -507,6 +551,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_real__import_big_in_child),
 		cmocka_unit_test(test_real__out_of_memory),
 		cmocka_unit_test(test_real__context_restored),
+		cmocka_unit_test(test_real__blocking_means_done),
 	};
 	struct tc__gpu_info gi;
 	const char *env, *path;
