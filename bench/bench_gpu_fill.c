@@ -4,12 +4,12 @@
  * (GPU machine; exits 77 without a GPU).
  *
  *   ceiling:  pinned host-to-device copy of 1 GiB;
- *   ring:     memcpy into pinned staging rings + DMA, by threads;
- *   pin:      the same with one more thread pinning the memfd from its end
- *             and DMAing straight from it (tc__gpu_copy_host with a
- *             pinning), by segment size and ring threads;
- *   pinned:   the whole memfd pinned once, then one copy (what a replica
- *             pinned ahead of time costs);
+ *   ring:     memcpy into pinned staging rings + DMA, by threads, and what
+ *             the daemon's first fill of a large replica uses
+ *             (tc__gpu_copy_host);
+ *   pinned:   the memfd pinned in 128 MiB pieces (what the daemon does
+ *             after a first fill), then copied from (tc__gpu_copy_pinned:
+ *             later fills); and pinned whole, then one copy;
  *   torch:    torch.empty(n).to("cuda") (pageable) and .pin_memory() first.
  *
  * Usage: bench_gpu_fill [--gib N] [--device N] [--quick 1]
@@ -69,31 +69,23 @@ static void clear(const struct tc__gpu_mem *m)
 		die("memset", err);
 }
 
-/* One copy through the ring, with a pinning thread when pin_seg > 0.
- * *unpin_ms gets the time to unpin what it left pinned. */
+/* One copy through the ring. */
 static double ring(const uint8_t *src, uint64_t n, const struct tc__gpu_mem *m,
-		   int threads, int depth, uint64_t unit, uint64_t pin_seg,
-		   double *unpin_ms, double *pinned_frac)
+		   int threads, int depth, uint64_t unit)
 {
 	struct tc__gpu_load_opts o = { 0 };
-	struct tc__gpu_pinning pin;
 	char err[512];
 	double t, g;
 
 	o.nthreads = threads;
 	o.depth = depth;
 	o.copy_unit = unit;
-	o.pin_segment = pin_seg;
 	clear(m);
 	t = now_s();
-	if (tc__gpu_copy_host_opts(src, n, m, &o, &pin, err, sizeof(err)) < 0)
+	if (tc__gpu_copy_host_opts(src, n, m, &o, err, sizeof(err)) < 0)
 		die("ring", err);
 	g = (double)n / (now_s() - t) / 1e9;
 	verify(src, n, m, "ring");
-	*pinned_frac = (double)(pin.nsegs * pin.seg) / (double)n;
-	t = now_s();
-	tc__gpu_unpin(&pin);
-	*unpin_ms = (now_s() - t) * 1e3;
 	return g;
 }
 
@@ -121,13 +113,13 @@ static double torch_gbs(uint64_t n, int pin)
 
 int main(int argc, char **argv)
 {
-	double gib = 16, h2d, best_ring = 0, best_seg = 0, t, reg_s, copy_s,
-	       alloc_s, dflt = 0;
-	int dev = 0, quick = 0;
+	double gib = 16, h2d, best_ring = 0, t, reg_s, copy_s, alloc_s,
+	       dflt = 0, pin_s, pinned = 0;
+	int dev = 0, quick = 0, best_t = 0;
 	uint64_t n;
 	struct tc__shm *seg;
 	struct tc__gpu_mem m;
-	char err[512], best_ring_cfg[64] = "", best_seg_cfg[64] = "";
+	char err[512];
 
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--gib"))
@@ -192,59 +184,67 @@ int main(int argc, char **argv)
 		       alloc_s * 1e3);
 	}
 
-	/* The ring alone, then with a pinning thread, by segment size and
-	 * ring threads; last, what the daemon uses (tc__gpu_copy_host). */
+	/* The ring by threads, then as the daemon calls it. */
 	{
-		uint64_t segs[] = { 0, 32, 64, 128, 256 };
 		int threads[] = { 6, 8, 10, 12, 16 };
 
-		for (size_t p = 0; p < TC_ARRAY_SIZE(segs); p++)
-			for (size_t k = 0; k < TC_ARRAY_SIZE(threads); k++) {
-				double g, unpin, frac;
-				char cfg[64];
+		for (size_t k = 0; k < TC_ARRAY_SIZE(threads); k++) {
+			double g;
 
-				if (quick && k != 1)
-					continue;
-				snprintf(cfg, sizeof(cfg), "%s%llu/%d",
-					 segs[p] ? "pin " : "ring only ",
-					 (unsigned long long)segs[p],
-					 threads[k]);
-				g = ring(seg->map, n, &m, threads[k], 2,
-					 4 << 20, segs[p] << 20, &unpin, &frac);
-				printf("%-18s %7.2f GB/s  pinned %3.0f%%, "
-				       "unpin %.0f ms\n",
-				       cfg, g, 100 * frac, unpin);
-				if (segs[p] == 0 && g > best_ring) {
-					best_ring = g;
-					snprintf(best_ring_cfg,
-						 sizeof(best_ring_cfg), "%s",
-						 cfg);
-				}
-				if (segs[p] && g > best_seg) {
-					best_seg = g;
-					snprintf(best_seg_cfg,
-						 sizeof(best_seg_cfg), "%s",
-						 cfg);
-				}
+			if (quick && threads[k] != 8)
+				continue;
+			g = ring(seg->map, n, &m, threads[k], 2, 4 << 20);
+			printf("ring, %2d threads                   %7.2f "
+			       "GB/s\n",
+			       threads[k], g);
+			if (g > best_ring) {
+				best_ring = g;
+				best_t = threads[k];
 			}
+		}
 		for (int r = 0; r < 3; r++) {
-			struct tc__gpu_pinning pin;
-
 			clear(&m);
 			t = now_s();
-			if (tc__gpu_copy_host(seg->map, n, &m, 16, &pin, err,
+			if (tc__gpu_copy_host(seg->map, n, &m, 16, err,
 					      sizeof(err)) < 0)
 				die("copy_host", err);
 			dflt = TC_MAX(dflt, (double)n / (now_s() - t) / 1e9);
 			verify(seg->map, n, &m, "copy_host");
-			tc__gpu_unpin(&pin);
 		}
-		printf("daemon default (tc__gpu_copy_host), best of 3: %.2f "
-		       "GB/s\n",
+		printf("first fill (tc__gpu_copy_host), best of 3 %7.2f GB/s\n",
 		       dflt);
 	}
 
-	/* Pinned once, then copied: the cost of each half. */
+	/* Pinned in pieces, as the daemon does after a first fill; later
+	 * fills copy from it. */
+	{
+		struct tc__gpu_pinning pin;
+
+		t = now_s();
+		if (tc__gpu_pin(dev, (void *)seg->map, seg->size,
+				(uint64_t)128 << 20, &pin, err,
+				sizeof(err)) < 0)
+			die("pin", err);
+		pin_s = now_s() - t;
+		for (int r = 0; r < 3; r++) {
+			clear(&m);
+			t = now_s();
+			if (tc__gpu_copy_pinned(&pin, n, &m, err, sizeof(err)) <
+			    0)
+				die("copy_pinned", err);
+			pinned =
+				TC_MAX(pinned, (double)n / (now_s() - t) / 1e9);
+			verify(seg->map, n, &m, "copy_pinned");
+		}
+		t = now_s();
+		tc__gpu_unpin(&pin);
+		printf("pinned in 128 MiB pieces: pin %.0f ms (%.1f GB/s), "
+		       "copy best of 3 %.2f GB/s, unpin %.0f ms\n",
+		       pin_s * 1e3, (double)n / pin_s / 1e9, pinned,
+		       (now_s() - t) * 1e3);
+	}
+
+	/* Pinned whole, then one copy. */
 	t = now_s();
 	if (tc__gpu_host_register(dev, (void *)seg->map, seg->size,
 				  TC_GPU_READ_ONLY, err, sizeof(err)) < 0)
@@ -257,53 +257,8 @@ int main(int argc, char **argv)
 	copy_s = now_s() - t;
 	verify(seg->map, n, &m, "pinned");
 	tc__gpu_host_unregister(dev, (void *)seg->map, err, sizeof(err));
-	printf("pinned: pin %.0f ms (%.1f GB/s), copy %.2f GB/s\n", reg_s * 1e3,
-	       (double)n / reg_s / 1e9, (double)n / copy_s / 1e9);
-
-	/* Pinned in 256 MiB pieces (so other driver calls can interleave),
-	 * then copied piece by piece on 4 streams. */
-	{
-		uint64_t piece = (uint64_t)256 << 20, np = n / piece;
-		struct tc__gpu_stream *st[4];
-		double pin_s, cp_s;
-
-		t = now_s();
-		for (uint64_t i = 0; i < np; i++)
-			if (tc__gpu_host_register(
-				    dev, (uint8_t *)seg->map + i * piece, piece,
-				    TC_GPU_READ_ONLY, err, sizeof(err)) < 0)
-				die("register piece", err);
-		pin_s = now_s() - t;
-		for (int i = 0; i < 4; i++)
-			if (tc__gpu_stream_create(dev, &st[i], err,
-						  sizeof(err)) < 0)
-				die("stream", err);
-		for (int r = 0; r < 2; r++) {
-			clear(&m);
-			t = now_s();
-			for (uint64_t i = 0; i < np; i++)
-				if (tc__gpu_htod(dev, m.dptr + i * piece,
-						 seg->map + i * piece, piece,
-						 st[i % 4], err,
-						 sizeof(err)) < 0)
-					die("htod piece", err);
-			for (int i = 0; i < 4; i++)
-				tc__gpu_stream_sync(st[i], err, sizeof(err));
-			cp_s = now_s() - t;
-		}
-		verify(seg->map, np * piece, &m, "pieces");
-		for (int i = 0; i < 4; i++)
-			tc__gpu_stream_free(st[i]);
-		t = now_s();
-		for (uint64_t i = 0; i < np; i++)
-			tc__gpu_host_unregister(dev,
-						(uint8_t *)seg->map + i * piece,
-						err, sizeof(err));
-		printf("pinned in 256 MiB pieces: pin %.0f ms, copy %.2f GB/s, "
-		       "unpin %.0f ms\n",
-		       pin_s * 1e3, (double)(np * piece) / cp_s / 1e9,
-		       (now_s() - t) * 1e3);
-	}
+	printf("pinned whole: pin %.0f ms (%.1f GB/s), copy %.2f GB/s\n",
+	       reg_s * 1e3, (double)n / reg_s / 1e9, (double)n / copy_s / 1e9);
 
 	tc__gpu_release(&m);
 	tc__shm_free(seg);
@@ -313,18 +268,20 @@ int main(int argc, char **argv)
 		printf("torch .to('cuda') pageable %.2f GB/s, pin_memory()+copy "
 		       "%.2f GB/s\n",
 		       tp, tq);
-		printf("ring only best %s: %.2f GB/s; with a pinning thread "
-		       "best %s: %.2f GB/s; daemon default %.2f GB/s (%.0f%% "
-		       "of the pinned ceiling, %.1fx torch pageable)\n",
-		       best_ring_cfg, best_ring, best_seg_cfg, best_seg, dflt,
-		       100 * dflt / h2d, tp > 0 ? dflt / tp : 0);
+		printf("first fill %.2f GB/s (%.0f%% of the pinned ceiling, "
+		       "%.1fx torch pageable; ring best %.2f GB/s at %d "
+		       "threads); fill from the pinned host copy %.2f GB/s "
+		       "(%.1fx torch pageable)\n",
+		       dflt, 100 * dflt / h2d, tp > 0 ? dflt / tp : 0,
+		       best_ring, best_t, pinned, tp > 0 ? pinned / tp : 0);
 		printf("{\"bytes\":%llu,\"h2d_gbs\":%.2f,\"alloc_ms\":%.1f,"
-		       "\"ring_gbs\":%.2f,\"ring_cfg\":\"%s\",\"pin_gbs\":"
-		       "%.2f,\"pin_cfg\":\"%s\",\"default_gbs\":%.2f,"
-		       "\"pin_all_ms\":%.0f,\"pinned_copy_gbs\":%.2f,"
+		       "\"ring_gbs\":%.2f,\"ring_threads\":%d,"
+		       "\"first_fill_gbs\":%.2f,\"pin_ms\":%.0f,"
+		       "\"pinned_fill_gbs\":%.2f,\"pin_whole_ms\":%.0f,"
+		       "\"pinned_whole_copy_gbs\":%.2f,"
 		       "\"torch_pageable_gbs\":%.2f,\"torch_pin_gbs\":%.2f}\n",
 		       (unsigned long long)n, h2d, alloc_s * 1e3, best_ring,
-		       best_ring_cfg, best_seg, best_seg_cfg, dflt, reg_s * 1e3,
+		       best_t, dflt, pin_s * 1e3, pinned, reg_s * 1e3,
 		       (double)n / copy_s / 1e9, tp, tq);
 	}
 	return 0;

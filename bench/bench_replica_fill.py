@@ -3,9 +3,13 @@
 
     tcast:  an artifact put into the daemon's host memory, then the first
             tensor_dict(device="cuda:0"): the daemon allocates GPU memory,
-            copies the host replica into it and hands the client a
-            read-only mapping.  Timed in the client (request to usable
-            tensor) and by the daemon (its fill_seconds: allocation + copy).
+            copies the host replica into it (through staging: nothing is
+            pinned yet) and hands the client a read-only mapping.  Timed in
+            the client (request to usable tensor) and by the daemon (its
+            fill_seconds: allocation + copy).  The daemon then pins the host
+            copy in the background; a later fill of the same artifact (here:
+            after another artifact evicted it from the GPU budget) copies
+            from the pinned pages.
     torch:  the same bytes as a CPU tensor moved with .to("cuda") (pageable)
             and with .pin_memory() first, in the same process.
 
@@ -52,7 +56,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     n = parse_size(args.size)
-    tc.init(mode="create", host_memory=f"{(2 * n >> 20) + 4096}MiB")
+    # Room on the GPU for one replica of this size: a second evicts it.
+    tc.init(mode="create", host_memory=f"{(3 * n >> 20) + 4096}MiB",
+            daemon_args=["--set", f"gpu_memory={(n * 3 // 2) >> 20}MiB"])
     torch.zeros(1, device="cuda:0")
     # The daemon's first GPU request loads the driver: not a fill's cost.
     warm = tc.put({"w": torch.ones(1 << 20, dtype=torch.uint8)})
@@ -73,6 +79,30 @@ def main():
         del d
         tc.deregister_artifact(art.artifact_id)
         del art
+    # A later fill: A's host copy is pinned after its first fill; B's fill
+    # evicts A's replica; A's refill copies from the pinned pages.
+    later = []
+    host[:: 1 << 16] = 101
+    a = tc.put({"w": host})
+    a.tensor_dict(device="cuda:0")
+    for _ in range(200):  # pinning 16 GiB takes about a second
+        if tc.status()["gpu"]["pinned_host_bytes"] >= n:
+            break
+        time.sleep(0.05)
+    pinned_ok = tc.status()["gpu"]["pinned_host_bytes"] >= n
+    host[:: 1 << 16] = 102
+    b = tc.put({"w": host})
+    for i in range(args.repeat):
+        b.tensor_dict(device="cuda:0")  # evicts A's replica
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        d = a.tensor_dict(device="cuda:0")  # evicts B's, refills A
+        torch.cuda.synchronize()
+        later.append(n / (time.perf_counter() - t0) / 1e9)
+        assert d["w"][:: 1 << 16].eq(101).all().item()
+        reps = [r for r in tc.inspect(a.artifact_id)["replicas"] if r["tier"] == "gpu"]
+        assert reps[0]["pinned"], reps
+        del d
     tp = torch_gbs(host, False)
     tq = torch_gbs(host, True)
     best = max(client)
@@ -81,9 +111,14 @@ def main():
           f"median {statistics.median(client):.2f} GB/s, all {[round(x, 2) for x in client]}")
     print(f"tcast daemon fill (alloc + copy):        best {max(daemon):.2f} GB/s, "
           f"all {[round(x, 2) for x in daemon]}")
+    print(f"tcast later fill from the pinned host copy (client, end to end): "
+          f"best {max(later):.2f} GB/s, median {statistics.median(later):.2f} GB/s, "
+          f"all {[round(x, 2) for x in later]} (host copy pinned in the background: {pinned_ok})")
     print(f"torch .to('cuda') pageable {tp:.2f} GB/s, pin_memory()+.to('cuda') {tq:.2f} GB/s")
-    print(f"ratio tcast/torch pageable {best / tp:.1f}x; goal >= 50 GB/s: "
-          f"{'met' if statistics.median(client) >= 50 else 'not met'} (median)")
+    print(f"ratio tcast/torch pageable: first fill {best / tp:.1f}x, later fill "
+          f"{max(later) / tp:.1f}x; goal >= 50 GB/s (median): first fill "
+          f"{'met' if statistics.median(client) >= 50 else 'not met'}, later fill "
+          f"{'met' if statistics.median(later) >= 50 else 'not met'}")
     tc.shutdown()
 
 

@@ -91,8 +91,7 @@ static void bind_run(struct tc__job *job)
 		return;
 	if (j->o->shm)
 		j->rc = tc__gpu_copy_host(j->o->shm->map, n, &bd->mem,
-					  j->nthreads, NULL, j->err,
-					  sizeof(j->err));
+					  j->nthreads, j->err, sizeof(j->err));
 	else
 		j->rc = tc__gpu_dtod(bd->dev, bd->mem.dptr, j->rep->mem.dptr, n,
 				     NULL, j->err, sizeof(j->err));

@@ -26,8 +26,8 @@
 /* Threads of a host-memory copy: on an H200 host a 16 GiB copy through
  * the ring ran at 51.4 GB/s with 8 threads, 49.9 with 16. */
 #define COPY_THREADS_MAX 8
-/* Bytes the pinning thread of a host copy pins and copies at a time. */
-#define PIN_SEGMENT ((uint64_t)64 << 20)
+/* Streams a copy from pinned pieces keeps busy. */
+#define PINNED_STREAMS 4
 /* io_uring reads in flight per loader thread. */
 #define URING_DEPTH 8
 /* Read and hash this much at a time, so the hash reads from L2. */
@@ -52,14 +52,6 @@ struct gload {
 	uint64_t unit; /* bytes per staging buffer: stage digest chunks */
 	uint64_t nunits;
 	_Atomic uint64_t next;
-	/* Host copies with a pinning thread: the ring threads take units
-	 * from the front (lo), the pinner groups of whole units from the
-	 * back (hi); the partial last unit, if any, is the ring's. */
-	bool split;
-	pthread_mutex_t split_lock;
-	uint64_t lo, hi;
-	bool tail_taken;
-	struct tc__gpu_pinning *pin;
 	_Atomic uint64_t direct_bytes;
 	_Atomic uint64_t uring_bytes;
 	_Atomic int uring_errno;
@@ -253,24 +245,6 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 	return rc;
 }
 
-/* The next unit for a ring thread, or g->nunits when none is left. */
-static uint64_t ring_claim(struct gload *g)
-{
-	uint64_t k = g->nunits;
-
-	if (!g->split)
-		return atomic_fetch_add(&g->next, 1);
-	pthread_mutex_lock(&g->split_lock);
-	if (g->lo < g->hi) {
-		k = g->lo++;
-	} else if (!g->tail_taken) {
-		g->tail_taken = true;
-		k = g->size / g->unit; /* the partial unit, or none */
-	}
-	pthread_mutex_unlock(&g->split_lock);
-	return k;
-}
-
 static void *worker(void *arg)
 {
 	struct gload *g = arg;
@@ -341,7 +315,8 @@ static void *worker(void *arg)
 		gfail(g, -ENOMEM, "cannot allocate a bounce buffer");
 		goto out;
 	}
-	while (!atomic_load(&g->stop) && (k = ring_claim(g)) < g->nunits) {
+	while (!atomic_load(&g->stop) &&
+	       (k = atomic_fetch_add(&g->next, 1)) < g->nunits) {
 		struct slot *sl = &slots[i++ % nslots];
 		uint64_t u0 = k * g->unit, u1 = TC_MIN(u0 + g->unit, g->size);
 		uint32_t cursor =
@@ -559,127 +534,33 @@ int tc__gpu_load_source(const struct tc__source *src,
 	return g.rc;
 }
 
-/* The first unit of the next group of `gu` units for the pinner, taken
- * from the back, or UINT64_MAX when the ring has (nearly) met it. */
-static uint64_t pin_claim(struct gload *g, uint64_t gu)
-{
-	uint64_t k = UINT64_MAX;
-
-	pthread_mutex_lock(&g->split_lock);
-	if (g->hi - g->lo >= gu) {
-		g->hi -= gu;
-		k = g->hi;
-	}
-	pthread_mutex_unlock(&g->split_lock);
-	return k;
-}
-
-/* The pinning thread: pin a group, queue its DMA, take the next one down.
- * The pinned groups are contiguous, so `pin` needs only its lowest. */
-static void *pinner(void *arg)
-{
-	struct gload *g = arg;
-	struct tc__gpu_pinning *pin = g->pin;
-	uint64_t gu = TC_MAX(g->o->pin_segment / g->unit, (uint64_t)1), k;
-	int dev = g->dst->device, rc;
-	struct tc__gpu_stream *s = NULL;
-	char err[512];
-
-	rc = tc__gpu_stream_create(dev, &s, err, sizeof(err));
-	if (rc < 0) {
-		gfail(g, rc, "%s", err);
-		return NULL;
-	}
-	while (!atomic_load(&g->stop) && (k = pin_claim(g, gu)) != UINT64_MAX) {
-		uint64_t off = k * g->unit, len = gu * g->unit;
-		uint8_t *p = (uint8_t *)g->host_src + off;
-
-		/* Where pinning fails (RLIMIT_MEMLOCK, a driver without
-		 * read-only registration) the group is copied from pageable
-		 * memory, slowly, and the ring takes the rest. */
-		if (tc__gpu_host_register(dev, p, len, TC_GPU_READ_ONLY, err,
-					  sizeof(err)) < 0) {
-			rc = tc__gpu_htod(dev, g->dst->dptr + off, p, len, NULL,
-					  err, sizeof(err));
-			if (rc < 0)
-				gfail(g, rc, "%s", err);
-			break;
-		}
-		pin->base = p;
-		pin->nsegs++;
-		rc = tc__gpu_htod(dev, g->dst->dptr + off, p, len, s, err,
-				  sizeof(err));
-		if (rc < 0) {
-			gfail(g, rc, "%s", err);
-			break;
-		}
-	}
-	if (tc__gpu_stream_sync(s, err, sizeof(err)) < 0)
-		gfail(g, TC_ECUDA, "%s", err);
-	tc__gpu_stream_free(s);
-	return NULL;
-}
-
-void tc__gpu_unpin(struct tc__gpu_pinning *pin)
-{
-	char err[512];
-
-	for (uint64_t i = 0; i < pin->nsegs; i++)
-		if (tc__gpu_host_unregister(pin->device,
-					    pin->base + i * pin->seg, err,
-					    sizeof(err)) < 0)
-			tc__log(TC_LOG_WARN, "%s", err);
-	memset(pin, 0, sizeof(*pin));
-}
-
 int tc__gpu_copy_host_opts(const void *src, uint64_t n,
 			   const struct tc__gpu_mem *dst,
-			   const struct tc__gpu_load_opts *o,
-			   struct tc__gpu_pinning *pin, char *err,
+			   const struct tc__gpu_load_opts *o, char *err,
 			   size_t errlen)
 {
 	struct gload g = { 0 };
-	pthread_t tids[MAX_THREADS], ptid;
-	long pg = sysconf(_SC_PAGESIZE);
-	bool pinning = false;
+	pthread_t tids[MAX_THREADS];
 	int k, started = 0;
 
-	if (pin)
-		memset(pin, 0, sizeof(*pin));
-	if (dst->size < n || (o->pin_segment && !pin)) {
-		snprintf(err, errlen,
-			 "cannot copy %llu bytes to a GPU allocation of %llu "
-			 "bytes%s",
-			 (unsigned long long)n, (unsigned long long)dst->size,
-			 dst->size < n ?
-				 "" :
-				 " (pinning needs somewhere to say so)");
+	if (dst->size < n) {
+		snprintf(
+			err, errlen,
+			"GPU allocation of %llu bytes is smaller than the %llu "
+			"bytes to copy",
+			(unsigned long long)dst->size, (unsigned long long)n);
 		return TC_EINVAL;
 	}
 	g.host_src = src;
 	g.dst = dst;
 	g.o = o;
 	g.size = n;
-	g.unit = o->copy_unit ? TC_ALIGN_UP(o->copy_unit, (uint64_t)pg) :
+	g.unit = o->copy_unit ? TC_ALIGN_UP(o->copy_unit, 4096) :
 				TC_CHUNK_BYTES;
 	g.nunits = n / g.unit + (n % g.unit != 0);
 	g.err = err;
 	g.errlen = errlen;
 	pthread_mutex_init(&g.lock, NULL);
-	pthread_mutex_init(&g.split_lock, NULL);
-	/* Pin only what is worth a thread: at least four groups. */
-	if (o->pin_segment && !((uintptr_t)src & (uintptr_t)(pg - 1)) &&
-	    n / g.unit >= 4 * TC_MAX(o->pin_segment / g.unit, (uint64_t)1)) {
-		g.split = true;
-		g.hi = n / g.unit;
-		g.pin = pin;
-		pin->device = dst->device;
-		pin->seg =
-			TC_MAX(o->pin_segment / g.unit, (uint64_t)1) * g.unit;
-		pinning = pthread_create(&ptid, NULL, pinner, &g) == 0;
-		if (!pinning)
-			g.hi = 0; /* no pinner: the ring takes everything */
-	}
 	k = (int)TC_MIN((uint64_t)TC_MAX(o->nthreads, 1), g.nunits);
 	k = TC_MIN(k, MAX_THREADS);
 	for (int i = 1; i < k; i++)
@@ -689,18 +570,13 @@ int tc__gpu_copy_host_opts(const void *src, uint64_t n,
 		worker(&g);
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
-	if (pinning)
-		pthread_join(ptid, NULL);
-	pthread_mutex_destroy(&g.split_lock);
 	pthread_mutex_destroy(&g.lock);
-	if (g.rc < 0 && pin)
-		tc__gpu_unpin(pin);
 	return g.rc;
 }
 
 int tc__gpu_copy_host(const void *src, uint64_t n,
-		      const struct tc__gpu_mem *dst, int nthreads,
-		      struct tc__gpu_pinning *pin, char *err, size_t errlen)
+		      const struct tc__gpu_mem *dst, int nthreads, char *err,
+		      size_t errlen)
 {
 	struct tc__gpu_load_opts o = { 0 };
 
@@ -713,6 +589,94 @@ int tc__gpu_copy_host(const void *src, uint64_t n,
 	o.nthreads = TC_MIN(o.nthreads, COPY_THREADS_MAX);
 	o.depth = 2;
 	o.stage_chunks = 1;
-	o.pin_segment = pin ? PIN_SEGMENT : 0;
-	return tc__gpu_copy_host_opts(src, n, dst, &o, pin, err, errlen);
+	return tc__gpu_copy_host_opts(src, n, dst, &o, err, errlen);
+}
+
+/* ------------------------------------------------------- pinned sources */
+
+int tc__gpu_pin(int ordinal, void *p, uint64_t n, uint64_t piece,
+		struct tc__gpu_pinning *pin, char *err, size_t errlen)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int rc;
+
+	memset(pin, 0, sizeof(*pin));
+	if (!p || n == 0 || ((uintptr_t)p & (uintptr_t)(pg - 1)) ||
+	    piece == 0 || (piece & (uint64_t)(pg - 1))) {
+		snprintf(err, errlen,
+			 "cannot pin %llu bytes at %p in pieces of %llu: "
+			 "not page-aligned",
+			 (unsigned long long)n, p, (unsigned long long)piece);
+		return TC_EINVAL;
+	}
+	pin->device = ordinal;
+	pin->base = p;
+	pin->seg = piece;
+	for (uint64_t off = 0; off < n; off += piece) {
+		uint64_t len = TC_MIN(piece, n - off);
+
+		rc = tc__gpu_host_register(ordinal, pin->base + off, len,
+					   TC_GPU_READ_ONLY, err, errlen);
+		if (rc < 0) {
+			tc__gpu_unpin(pin);
+			return rc;
+		}
+		pin->nsegs++;
+		pin->bytes += len;
+	}
+	return 0;
+}
+
+int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,
+			const struct tc__gpu_mem *dst, char *err, size_t errlen)
+{
+	struct tc__gpu_stream *s[PINNED_STREAMS] = { 0 };
+	uint64_t pieces;
+	int rc = 0, ns = 0;
+
+	if (n > pin->bytes || n > dst->size) {
+		snprintf(err, errlen,
+			 "cannot copy %llu bytes from %llu pinned bytes to a "
+			 "GPU allocation of %llu",
+			 (unsigned long long)n, (unsigned long long)pin->bytes,
+			 (unsigned long long)dst->size);
+		return TC_EINVAL;
+	}
+	/* One copy per registration (a copy that spans two may be treated
+	 * as pageable), spread over a few streams so the next is queued
+	 * while one runs; a single piece needs no stream of its own. */
+	pieces = n / pin->seg + (n % pin->seg != 0);
+	if (pieces <= 1)
+		return tc__gpu_htod(dst->device, dst->dptr, pin->base, n, NULL,
+				    err, errlen);
+	while (ns < (int)TC_MIN(pieces, (uint64_t)PINNED_STREAMS) && rc == 0)
+		rc = tc__gpu_stream_create(dst->device, &s[ns++], err, errlen);
+	for (uint64_t i = 0; rc == 0 && i < pieces; i++) {
+		uint64_t off = i * pin->seg;
+
+		rc = tc__gpu_htod(dst->device, dst->dptr + off, pin->base + off,
+				  TC_MIN(pin->seg, n - off),
+				  s[i % (uint64_t)ns], err, errlen);
+	}
+	for (int i = 0; i < ns; i++) {
+		if (s[i] &&
+		    tc__gpu_stream_sync(s[i], rc ? NULL : err,
+					rc ? 0 : errlen) < 0 &&
+		    rc == 0)
+			rc = TC_ECUDA;
+		tc__gpu_stream_free(s[i]);
+	}
+	return rc;
+}
+
+void tc__gpu_unpin(struct tc__gpu_pinning *pin)
+{
+	char err[512];
+
+	for (uint64_t i = 0; i < pin->nsegs; i++)
+		if (tc__gpu_host_unregister(pin->device,
+					    pin->base + i * pin->seg, err,
+					    sizeof(err)) < 0)
+			tc__log(TC_LOG_WARN, "%s", err);
+	memset(pin, 0, sizeof(*pin));
 }

@@ -31,17 +31,12 @@ struct tc__gpu_load_opts {
 	int depth;    /* staging buffers per thread (>= 2 to overlap) */
 	int direct;   /* 1: O_DIRECT reads, 0: buffered, -1: per file, direct
 			 when the file is not in the page cache */
-	int stage_chunks;     /* digest chunks per staging buffer and copy;
-				 0 means 1 (4 MiB: on an H200 4 MiB
-				 units ran at 47.8 GB/s, 16 MiB at 35) */
-	uint64_t copy_unit;   /* bytes per staging buffer when copying host
-				 memory (tc__gpu_copy_host_opts); 0: 4 MiB */
-	int io;		      /* enum tc__io_engine */
-	uint64_t pin_segment; /* host copies: > 0 adds a thread that pins
-				 the source from its end, this many bytes
-				 (a multiple of copy_unit) at a time, and
-				 copies straight from it (see
-				 tc__gpu_copy_host) */
+	int stage_chunks;   /* digest chunks per staging buffer and copy;
+			       0 means 1 (4 MiB: on an H200 4 MiB
+			       units ran at 47.8 GB/s, 16 MiB at 35) */
+	uint64_t copy_unit; /* bytes per staging buffer when copying host
+			       memory (tc__gpu_copy_host_opts); 0: 4 MiB */
+	int io;		    /* enum tc__io_engine */
 };
 
 struct tc__gpu_load_stats {
@@ -70,44 +65,53 @@ int tc__gpu_load_source(const struct tc__source *src,
 			struct tc__gpu_load_stats *stats, char *err,
 			size_t errlen);
 
-/* Host memory a copy left pinned: `nsegs` registrations of `seg` bytes,
- * contiguous from `base`.  Zeroed: nothing pinned. */
+/*
+ * Copy `n` bytes of host memory that is not pinned (a sealed memfd
+ * mapping, say) to byte 0 of `dst` through staging rings: up to 8 threads
+ * (one per 512 MiB, at least two; `nthreads` is a ceiling) each memcpy 4
+ * MiB pieces into their pinned buffers and queue the DMA.  Pinning the
+ * source first costs more than this copy (the driver pins at 17-35 GB/s
+ * and holds a lock that stalls every other driver call meanwhile).
+ * Returns 0, TC_EINVAL, TC_ECUDA, TC_ENODEV or -errno with `err`.
+ */
+int tc__gpu_copy_host(const void *src, uint64_t n,
+		      const struct tc__gpu_mem *dst, int nthreads, char *err,
+		      size_t errlen);
+
+/* The same with every knob given (benchmarks): o->nthreads threads exactly,
+ * o->depth buffers of o->copy_unit bytes each. */
+int tc__gpu_copy_host_opts(const void *src, uint64_t n,
+			   const struct tc__gpu_mem *dst,
+			   const struct tc__gpu_load_opts *o, char *err,
+			   size_t errlen);
+
+/* Host memory pinned by tc__gpu_pin: `nsegs` registrations of `seg` bytes
+ * (the last may be shorter), contiguous from `base`, `bytes` in all.
+ * Zeroed: nothing pinned. */
 struct tc__gpu_pinning {
 	int device; /* the ordinal they were registered through */
 	uint8_t *base;
 	uint64_t seg;
 	uint64_t nsegs;
+	uint64_t bytes;
 };
 
-/*
- * Copy `n` bytes of host memory that is not pinned (a sealed memfd
- * mapping, say) to byte 0 of `dst`.  Up to 8 threads (one per 512 MiB,
- * at least two; `nthreads` is a ceiling) memcpy it through their staging
- * rings from the front.  Pinning the whole source first would cost more
- * than the copy (the driver pins at ~17-25 GB/s, one caller at a time), but
- * with `pin` one more thread pins it from the back, 64 MiB at a time, and
- * queues DMA straight from each pinned piece: the DMA engine is then fed
- * from two sides and the CPU copies less.  What that thread pinned stays
- * pinned in `pin` (to be given to tc__gpu_unpin before the memory is
- * unmapped; `src` must then be page-aligned).  Returns 0, TC_EINVAL,
- * TC_ECUDA, TC_ENODEV or -errno with `err`; on failure nothing stays
- * pinned.
- */
-int tc__gpu_copy_host(const void *src, uint64_t n,
-		      const struct tc__gpu_mem *dst, int nthreads,
-		      struct tc__gpu_pinning *pin, char *err, size_t errlen);
+/* Pin `n` bytes at page-aligned `p` read-only, in pieces of `piece` bytes
+ * (a page multiple): each piece holds the driver's lock only briefly, so
+ * other driver calls in the process interleave.  Returns 0, or TC_EINVAL,
+ * TC_ECUDA (RLIMIT_MEMLOCK, a driver without read-only registration),
+ * TC_ENODEV with `err` and nothing left pinned. */
+int tc__gpu_pin(int ordinal, void *p, uint64_t n, uint64_t piece,
+		struct tc__gpu_pinning *pin, char *err, size_t errlen);
 
-/* The same with every knob given (benchmarks): o->nthreads ring threads
- * exactly, o->depth buffers of o->copy_unit bytes each, and with
- * o->pin_segment a pinning thread (then `pin` must not be NULL). */
-int tc__gpu_copy_host_opts(const void *src, uint64_t n,
-			   const struct tc__gpu_mem *dst,
-			   const struct tc__gpu_load_opts *o,
-			   struct tc__gpu_pinning *pin, char *err,
-			   size_t errlen);
+/* Copy the first `n` bytes of pinned memory to byte 0 of `dst` at the
+ * pinned rate (one copy per piece, over a few streams).  Returns 0,
+ * TC_EINVAL, TC_ECUDA or TC_ENODEV with `err`. */
+int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,
+			const struct tc__gpu_mem *dst, char *err,
+			size_t errlen);
 
-/* Unregister what `pin` holds and zero it: ~10 ms per GiB, so callers do
- * it where nobody waits.  A zeroed pin is a no-op. */
+/* Unpin all of `pin` and zero it (~6 ms per GiB).  Zeroed: a no-op. */
 void tc__gpu_unpin(struct tc__gpu_pinning *pin);
 
 #endif /* TC_GPU_LOADER_H */

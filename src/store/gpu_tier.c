@@ -30,6 +30,9 @@
 
 #define GT_DEFAULT_GRAN ((uint64_t)2 << 20)  /* until a device tells us */
 #define GT_STAGE_MIN	((uint64_t)64 << 20) /* staged copy from this size */
+/* Host replicas are pinned this much per driver call: each call holds a
+ * driver lock that stalls the process's other CUDA calls (~4 ms here). */
+#define GT_PIN_PIECE ((uint64_t)128 << 20)
 
 enum { GT_CLOSED, GT_OPENING, GT_OPEN, GT_FAILED };
 
@@ -59,8 +62,8 @@ struct tc__gpu_tier {
 	int ndev;
 	struct tc__gpu_dev devs[TC_GPU_TIER_MAX_DEV];
 	uint64_t n_fills, n_fill_failures, n_fill_bytes;
-	uint64_t n_fill_pinned_bytes; /* copied straight from pinned pages */
-	uint64_t pinned_host_bytes;   /* pinned by fills, not yet unpinned */
+	uint64_t n_fill_pinned_bytes; /* copied from pinned host replicas */
+	uint64_t pinned_host_bytes;   /* host replicas pinned now */
 };
 
 /* Loads the driver and lists devices (no context is created). */
@@ -88,15 +91,13 @@ struct fill_job {
 	uint64_t alloc_bytes; /* bytes to allocate */
 	bool do_register;     /* pin the host mapping first */
 	bool staged;	      /* copy through the loader's staging ring */
-	bool may_pin;	      /* and pin on the way (o->gpu->pinning) */
 	int nthreads;	      /* threads of a staged copy */
 	bool pinned;	      /* copy runs from pinned memory */
 	bool retried;	      /* evicted once after an OOM already */
 	int reg_rc;
 	char reg_err[256];
 	struct tc__gpu_mem mem;
-	struct tc__gpu_pinning pin; /* what a staged copy left pinned */
-	uint64_t pin_bytes;	    /* its size, once unpinned */
+	struct tc__gpu_pinning pin; /* the pinned host mapping to copy from */
 	uint64_t gran;
 	int rc;
 	bool oom;
@@ -395,14 +396,15 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->src_bytes = o->table.total_bytes;
 	j->map_bytes = o->shm->size;
 	j->alloc_bytes = bytes;
-	/* Large artifacts are copied through a pinned staging ring by many
-	 * threads: pinning the whole mapping first would cost more than the
-	 * copy itself (~0.5 s for 16 GiB).  Small ones are pinned once. */
-	if (o->table.total_bytes >= GT_STAGE_MIN &&
-	    o->gpu->reg_state != GT_REG_DONE) {
+	/* A pinned host replica is copied from directly.  Otherwise large
+	 * ones go through staging rings (pinning 16 GiB first would cost
+	 * more than the copy: 0.5-1 s) and are pinned after, off the
+	 * clients' path (pin_later); small ones are pinned first, once. */
+	if (o->gpu->reg_state == GT_REG_DONE) {
+		j->pin = o->gpu->pin; /* stays pinned: the job holds o */
+	} else if (o->table.total_bytes >= GT_STAGE_MIN) {
 		j->staged = true;
 		j->nthreads = t->cfg->io_threads; /* at most: see copy_host */
-		j->may_pin = o->gpu->pinning++ == 0;
 	} else if (o->gpu->reg_state == GT_REG_NONE) {
 		o->gpu->reg_state = GT_REG_BUSY;
 		j->do_register = true;
@@ -736,10 +738,9 @@ static void fill_run(struct tc__job *job)
 		/* Pin the sealed mapping once, so this and later copies run
 		 * at the pinned rate.  A failure (RLIMIT_MEMLOCK, a driver
 		 * that cannot pin read-only memory) only costs speed. */
-		j->reg_rc = tc__gpu_host_register(j->ordinal, (void *)j->src,
-						  j->map_bytes,
-						  TC_GPU_READ_ONLY, j->reg_err,
-						  sizeof(j->reg_err));
+		j->reg_rc = tc__gpu_pin(j->ordinal, (void *)j->src,
+					j->map_bytes, j->map_bytes, &j->pin,
+					j->reg_err, sizeof(j->reg_err));
 		j->pinned = j->reg_rc == 0;
 	}
 	j->rc = tc__gpu_alloc(j->ordinal, j->alloc_bytes, 0, &j->mem, j->err,
@@ -750,11 +751,12 @@ static void fill_run(struct tc__job *job)
 	}
 	if (tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
 		j->gran = 0;
-	if (j->staged)
+	if (j->pin.nsegs)
+		j->rc = tc__gpu_copy_pinned(&j->pin, j->src_bytes, &j->mem,
+					    j->err, sizeof(j->err));
+	else if (j->staged)
 		j->rc = tc__gpu_copy_host(j->src, j->src_bytes, &j->mem,
-					  j->nthreads,
-					  j->may_pin ? &j->pin : NULL, j->err,
-					  sizeof(j->err));
+					  j->nthreads, j->err, sizeof(j->err));
 	else
 		j->rc = tc__gpu_mem_write(&j->mem, 0, j->src, j->src_bytes,
 					  NULL, j->err, sizeof(j->err));
@@ -769,24 +771,72 @@ out:
 	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
 }
 
-static void unpin_run(struct tc__job *job)
-{
-	struct fill_job *j = (struct fill_job *)job;
+/* Pins a host replica after its first large fill, so that later fills
+ * (other GPUs, refills after eviction) copy at the pinned rate.  Holds o. */
+struct pin_job {
+	struct tc__job job;
+	struct tc__gpu_tier *t;
+	struct tc__obj *o;
+	int ordinal;
+	void *map;
+	uint64_t map_bytes;
+	struct tc__gpu_pinning pin;
+	int rc;
+	double seconds;
+	char err[256];
+};
 
-	j->pin_bytes = j->pin.nsegs * j->pin.seg;
-	tc__gpu_unpin(&j->pin);
+static void pin_run(struct tc__job *job)
+{
+	struct pin_job *j = (struct pin_job *)job;
+	uint64_t t0 = tc__now_ns();
+
+	j->rc = tc__gpu_pin(j->ordinal, j->map, j->map_bytes, GT_PIN_PIECE,
+			    &j->pin, j->err, sizeof(j->err));
+	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
 }
 
-static void unpin_done(struct tc__job *job)
+static void pin_done(struct tc__job *job)
 {
-	struct fill_job *j = (struct fill_job *)job;
-	struct tc__objs *objs = j->t->objs;
+	struct pin_job *j = (struct pin_job *)job;
+	struct tc__gpu_tier *t = j->t;
 	struct tc__obj *o = j->o;
 
-	j->t->pinned_host_bytes -= j->pin_bytes;
-	o->gpu->pinning--;
+	if (j->rc == 0) {
+		o->gpu->reg_state = GT_REG_DONE;
+		o->gpu->pin = j->pin;
+		t->pinned_host_bytes += j->pin.bytes;
+		tc__log(TC_LOG_INFO,
+			"pinned the host copy of '%s' (%llu bytes in %.3f s): "
+			"its next GPU replicas fill at the pinned rate",
+			o->id, (unsigned long long)j->pin.bytes, j->seconds);
+	} else {
+		o->gpu->reg_state = GT_REG_FAILED;
+		tc__log(TC_LOG_WARN,
+			"cannot pin the host copy of '%s' (its GPU replicas "
+			"fill through staging): %s",
+			o->id, j->err);
+	}
 	tc__free(j);
-	tc__objs_unlease(objs, o); /* the fill job's hold; may free o */
+	tc__objs_unlease(t->objs, o); /* may free o, unpinning it */
+}
+
+static void pin_later(struct tc__gpu_tier *t, struct tc__obj *o, int ordinal)
+{
+	struct pin_job *j = tc__calloc(1, sizeof(*j));
+
+	if (!j)
+		return; /* only speed is lost */
+	j->t = t;
+	j->o = o;
+	j->ordinal = ordinal;
+	j->map = (void *)o->shm->map;
+	j->map_bytes = o->shm->size;
+	j->job.run = pin_run;
+	j->job.done = pin_done;
+	o->gpu->reg_state = GT_REG_BUSY;
+	tc__objs_lease(t->objs, o);
+	tc__jobs_submit(t->jobs, &j->job);
 }
 
 static void fill_done(struct tc__job *job)
@@ -803,7 +853,10 @@ static void fill_done(struct tc__job *job)
 		j->do_register = false;
 		o->gpu->reg_state = j->reg_rc == 0 ? GT_REG_DONE :
 						     GT_REG_FAILED;
-		o->gpu->reg_dev = i;
+		if (j->reg_rc == 0) {
+			o->gpu->pin = j->pin;
+			t->pinned_host_bytes += j->pin.bytes;
+		}
 		if (j->reg_rc < 0)
 			tc__log(TC_LOG_WARN,
 				"copying '%s' from pageable memory: %s", o->id,
@@ -836,17 +889,18 @@ static void fill_done(struct tc__job *job)
 		lru_push(d, r);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
-		t->n_fill_pinned_bytes += j->pin.nsegs * j->pin.seg;
+		if (j->pin.nsegs)
+			t->n_fill_pinned_bytes += j->src_bytes;
 		tc__log(TC_LOG_INFO,
 			"GPU %d replica of '%s': %llu bytes in %.3f s "
-			"(%.2f GB/s from %s memory, %llu bytes straight "
-			"from pages pinned on the way)",
+			"(%.2f GB/s from %s memory)",
 			i, o->id, (unsigned long long)j->src_bytes, j->seconds,
 			j->seconds > 0 ?
 				(double)j->src_bytes / j->seconds / 1e9 :
 				0.0,
-			j->pinned ? "pinned" : "pageable",
-			(unsigned long long)(j->pin.nsegs * j->pin.seg));
+			j->pin.nsegs ? "pinned" :
+			j->staged    ? "staged" :
+				       "pageable");
 		/* Hold it while answering: a waiter's reply path may run
 		 * that client's next requests, releases included. */
 		r->leases++;
@@ -868,18 +922,11 @@ static void fill_done(struct tc__job *job)
 		next = q->next;
 		req_free(t, q);
 	}
-	if (j->pin.nsegs) {
-		t->pinned_host_bytes += j->pin.nsegs * j->pin.seg;
-		/* Unpinning costs ~10 ms per GiB: a worker does it after the
-		 * clients have their answer, the job still holding o (its
-		 * mapping must outlive the registrations). */
-		j->job.run = unpin_run;
-		j->job.done = unpin_done;
-		tc__jobs_submit(t->jobs, &j->job);
-		return;
-	}
-	if (j->may_pin)
-		o->gpu->pinning--;
+	/* A host replica that fed a GPU through staging is pinned now, off
+	 * the clients' path, for the next GPU that wants it. */
+	if (j->rc == 0 && j->staged && o->gpu->reg_state == GT_REG_NONE &&
+	    !o->dead && !t->stopping)
+		pin_later(t, o, i);
 	tc__free(j);
 	tc__objs_unlease(t->objs, o); /* the job's hold; may free o */
 }
@@ -908,10 +955,52 @@ void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 
 /* ------------------------------------------------------------ obj hooks */
 
+/* Unpins a host replica's mapping and frees it, off the loop. */
+struct unpin_job {
+	struct tc__job job;
+	struct tc__gpu_pinning pin;
+	struct tc__shm *shm;
+};
+
+static void unpin_run(struct tc__job *job)
+{
+	struct unpin_job *j = (struct unpin_job *)job;
+
+	tc__gpu_unpin(&j->pin);
+	tc__shm_free(j->shm);
+}
+
+static void unpin_done(struct tc__job *job)
+{
+	tc__free(job);
+}
+
+/* Unpin `pin` (on `*shm`'s mapping), then let the mapping go.  A large one
+ * costs ~6 ms per GiB, so a worker does it and takes the mapping over
+ * (*shm becomes NULL); at shutdown, or short of memory, it happens here. */
+static void unpin_and_free(struct tc__gpu_tier *t, struct tc__gpu_pinning *pin,
+			   struct tc__shm **shm)
+{
+	struct unpin_job *j = NULL;
+
+	if (!t->stopping && pin->bytes >= GT_STAGE_MIN)
+		j = tc__calloc(1, sizeof(*j));
+	if (!j) {
+		tc__gpu_unpin(pin);
+		return;
+	}
+	j->pin = *pin;
+	j->shm = *shm;
+	*shm = NULL;
+	memset(pin, 0, sizeof(*pin));
+	j->job.run = unpin_run;
+	j->job.done = unpin_done;
+	tc__jobs_submit(t->jobs, &j->job);
+}
+
 void tc__gpu_tier_obj_free(struct tc__obj *o)
 {
 	struct tc__obj_gpu *g = o->gpu;
-	char err[256];
 
 	if (!g)
 		return;
@@ -926,10 +1015,10 @@ void tc__gpu_tier_obj_free(struct tc__obj *o)
 			TC_BUG("freeing an artifact while a GPU replica fills");
 		replica_free(g->tier, r);
 	}
-	if (g->reg_state == GT_REG_DONE &&
-	    tc__gpu_host_unregister(g->reg_dev, (void *)o->shm->map, err,
-				    sizeof(err)) < 0)
-		tc__log(TC_LOG_WARN, "%s", err);
+	if (g->reg_state == GT_REG_DONE) {
+		g->tier->pinned_host_bytes -= g->pin.bytes;
+		unpin_and_free(g->tier, &g->pin, &o->shm);
+	}
 	tc__free(g);
 	o->gpu = NULL;
 }

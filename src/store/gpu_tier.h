@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "gpu/vmm.h"
+#include "gpu_loader.h"
 
 #define TC_GPU_TIER_MAX_DEV 32 /* devices the tier manages */
 
@@ -74,17 +75,17 @@ struct tc__gpu_replica {
 };
 
 /* Per-artifact GPU state (struct tc__obj.gpu), NULL until the first GPU
- * request for it.  The host mapping is registered (pinned) once, by the
- * first fill job, and unregistered when the artifact is freed. */
+ * request for it.  The host mapping is registered (pinned) once: by the
+ * first fill job of a small artifact, after the first fill of a large one
+ * (which goes through staging); it is unregistered when the artifact is
+ * freed (by a worker, for large ones). */
 enum { GT_REG_NONE, GT_REG_BUSY, GT_REG_DONE, GT_REG_FAILED };
 struct tc__obj_gpu {
 	struct tc__gpu_tier *tier;
 	struct tc__gpu_replica *rep[TC_GPU_TIER_MAX_DEV]; /* by daemon ordinal
 							   */
 	int reg_state;					  /* GT_REG_* */
-	int reg_dev; /* ordinal that registered the host mapping */
-	int pinning; /* fills that may hold part of the mapping pinned: a
-			second one must not try to pin the same pages */
+	struct tc__gpu_pinning pin; /* the host mapping, when GT_REG_DONE */
 };
 
 /* Called on the loop thread when a pending request is answered: rep is the

@@ -966,37 +966,58 @@ static void test_gpu_tier__concurrent_and_abandoned(void **state)
 	daemon_stop();
 }
 
-/* A replica of 320 MiB: the daemon's copy pins the back of the host
- * mapping on the way and copies straight from it, unpins it after the
- * answer, and the bytes are the host's, on a second GPU too (filled while
- * the first fill's pages may still be pinned). */
-static void test_gpu_tier__large_fill_pins_on_the_way(void **state)
+/* A large replica: the first fill goes through staging, then the daemon
+ * pins the host copy in the background; the next GPU's fill copies from
+ * the pinned pages.  Removing it unpins it (on a worker); removing one
+ * whose pinning is still under way is safe too. */
+static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 {
+	uint64_t n = 320 * MiB + 4097;
 	char hex[65], h2[65];
 	tc_artifact *a;
 	tc_client *c;
+	json_t *doc, *r;
 
-	daemon_start(fake_env, "--host-memory", "512MiB", NULL);
+	daemon_start(fake_env, "--host-memory", "900MiB", NULL);
 	c = t_connect(D.sock);
-	put_blob(c, "big", 320 * MiB + 4097, 5, NULL);
+	put_blob(c, "big", n, 5, NULL);
 	host_sha(c, "big", hex);
-	for (int round = 0; round < 2; round++) {
-		a = attach_gpu_ok(c, "big", round);
-		artifact_sha(a, h2);
-		assert_string_equal(h2, hex);
-		tc_artifact_close(a);
-		/* Some of the first came straight from pinned pages; the
-		 * second may find them still pinned and use the ring. */
-		assert_true(gpu_total(c, "fill_pinned_bytes") >=
-			    (long long)(64 * MiB));
-	}
-	/* ... and all of it is unpinned soon after the answers. */
+	a = attach_gpu_ok(c, "big", 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), 0);
+	for (int i = 0; i < 500 && !gpu_total(c, "pinned_host_bytes"); i++)
+		usleep(10000);
+	assert_true(gpu_total(c, "pinned_host_bytes") >= (long long)n);
+
+	a = attach_gpu_ok(c, "big", 1);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), (long long)n);
+	r = gpu_replica(c, "big", 1, &doc);
+	assert_non_null(r);
+	assert_true(json_is_true(json_object_get(r, "pinned")));
+	json_decref(doc);
+
+	assert_int_equal(tc_rm(c, "big"), 0);
+	assert_int_equal(gpu_total(c, "pinned_host_bytes"), 0);
+	/* Removed while its pinning may still run. */
+	put_blob(c, "big2", n, 6, NULL);
+	a = attach_gpu_ok(c, "big2", 0);
+	tc_artifact_close(a);
+	assert_int_equal(tc_rm(c, "big2"), 0);
 	for (int i = 0; i < 500 && gpu_total(c, "pinned_host_bytes"); i++)
 		usleep(10000);
 	assert_int_equal(gpu_total(c, "pinned_host_bytes"), 0);
-	assert_int_equal(gpu_total(c, "fills"), 2);
-	/* Removing it frees the mapping the registrations were on. */
-	assert_int_equal(tc_rm(c, "big"), 0);
+	/* Still serving. */
+	put_blob(c, "small", MiB, 7, NULL);
+	host_sha(c, "small", hex);
+	a = attach_gpu_ok(c, "small", 1);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -1198,7 +1219,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__bad_requests),
 		cmocka_unit_test(test_gpu_tier__host_eviction_frees_replicas),
 		cmocka_unit_test(test_gpu_tier__concurrent_and_abandoned),
-		cmocka_unit_test(test_gpu_tier__large_fill_pins_on_the_way),
+		cmocka_unit_test(
+			test_gpu_tier__large_replica_pinned_after_first_fill),
 		cmocka_unit_test(test_gpu_tier__config),
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),

@@ -403,19 +403,15 @@ static void test_gpu_loader__ioring(void **state)
 /* As in a container whose seccomp profile refuses io_uring (Docker's
  * default does): auto falls back to pread and says why; asking for
  * io_uring is a clear error. */
-/* A host copy with a pinning thread: the ring takes the front, the pinner
- * the back; every byte arrives, what was pinned is listed and unpins, and
- * a failing registration or copy leaves nothing pinned. */
-static void test_gpu_loader__copy_host_pinning(void **state)
+/* Pinning in pieces: every piece registered read-only, a copy from them
+ * lands every byte, unpinning leaves nothing registered, and a failing
+ * registration or copy is a clean error with nothing left pinned. */
+static void test_gpu_loader__pin_and_copy_pinned(void **state)
 {
 	uint64_t n = (5 << 20) + 123, map = TC_ALIGN_UP(n, 4096);
 	uint8_t *src = mmap(NULL, map, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uint8_t *back = malloc(n);
-	struct tc__gpu_load_opts o = { .nthreads = 3,
-				       .depth = 2,
-				       .copy_unit = 64 << 10,
-				       .pin_segment = 256 << 10 };
 	struct tc__gpu_pinning pin;
 	struct tc__gpu_mem m;
 	char err[512];
@@ -423,60 +419,53 @@ static void test_gpu_loader__copy_host_pinning(void **state)
 	assert_true(src != MAP_FAILED);
 	for (uint64_t i = 0; i < n; i++)
 		src[i] = (uint8_t)(i * 131 + (i >> 16));
+	mprotect(src, map, PROT_READ); /* as a sealed memfd is mapped */
 	tc__gpu_mem_init(&m);
 	assert_int_equal(tc__gpu_alloc(0, n, 0, &m, err, sizeof(err)), 0);
-	for (int round = 0; round < 3; round++) {
-		/* 1: every registration fails, 2: the ring's copies fail. */
-		if (round == 1)
-			setenv("TC_FAKECUDA_FAIL", "cuMemHostRegister_v2:1", 1);
-		assert_int_equal(tc__gpu_memset8(0, m.dptr, 0, m.size, NULL,
-						 err, sizeof(err)),
-				 0);
-		if (round == 2) {
-			setenv("TC_FAKECUDA_FAIL", "cuMemcpyHtoDAsync_v2:3", 1);
-			assert_int_equal(tc__gpu_copy_host_opts(src, n, &m, &o,
-								&pin, err,
-								sizeof(err)),
-					 TC_ECUDA);
-			unsetenv("TC_FAKECUDA_FAIL");
-			assert_int_equal(pin.nsegs, 0);
-		} else {
-			assert_int_equal(tc__gpu_copy_host_opts(src, n, &m, &o,
-								&pin, err,
-								sizeof(err)),
-					 0);
-			unsetenv("TC_FAKECUDA_FAIL");
-			assert_int_equal(tc__gpu_mem_read(&m, 0, back, n, NULL,
-							  err, sizeof(err)),
-					 0);
-			assert_memory_equal(back, src, n);
-			if (round == 0) {
-				/* The pinned part is the back, contiguous,
-				 * and really registered. */
-				assert_true(pin.nsegs > 0);
-				assert_int_equal(pin.seg, 256 << 10);
-				assert_true(pin.base + pin.nsegs * pin.seg <=
-					    src + n);
-				assert_int_equal(
-					tc__gpu_host_register(0, src, map, 0,
-							      err, sizeof(err)),
-					TC_ECUDA);
-			} else {
-				assert_int_equal(pin.nsegs, 0);
-			}
-		}
-		tc__gpu_unpin(&pin);
-		assert_int_equal(pin.nsegs, 0);
-		/* Nothing of src is registered any more. */
-		assert_int_equal(tc__gpu_host_register(0, src, map, 0, err,
-						       sizeof(err)),
-				 0);
-		assert_int_equal(
-			tc__gpu_host_unregister(0, src, err, sizeof(err)), 0);
-	}
-	/* Asking for a pinner without a place to report it. */
-	assert_int_equal(tc__gpu_copy_host_opts(src, n, &m, &o, NULL, err,
-						sizeof(err)),
+
+	assert_int_equal(
+		tc__gpu_pin(0, src, map, 1 << 20, &pin, err, sizeof(err)), 0);
+	assert_int_equal(pin.nsegs, 6); /* five whole pieces and the rest */
+	assert_int_equal(pin.bytes, map);
+	/* Really registered: the range cannot be registered again. */
+	assert_int_equal(tc__gpu_host_register(0, src, map, TC_GPU_READ_ONLY,
+					       err, sizeof(err)),
+			 TC_ECUDA);
+	assert_int_equal(tc__gpu_copy_pinned(&pin, n, &m, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&m, 0, back, n, NULL, err, sizeof(err)), 0);
+	assert_memory_equal(back, src, n);
+	/* More than is pinned, or than the destination holds. */
+	assert_int_equal(tc__gpu_copy_pinned(&pin, map + 1, &m, err,
+					     sizeof(err)),
+			 TC_EINVAL);
+	/* A failing copy is an error naming the call. */
+	setenv("TC_FAKECUDA_FAIL", "cuMemcpyHtoDAsync_v2:3", 1);
+	assert_int_equal(tc__gpu_copy_pinned(&pin, n, &m, err, sizeof(err)),
+			 TC_ECUDA);
+	unsetenv("TC_FAKECUDA_FAIL");
+	assert_non_null(strstr(err, "CUDA_ERROR"));
+	tc__gpu_unpin(&pin);
+	assert_int_equal(pin.nsegs, 0);
+	tc__gpu_unpin(&pin); /* zeroed: a no-op */
+
+	/* The fourth piece fails: the first three are undone. */
+	setenv("TC_FAKECUDA_FAIL", "cuMemHostRegister_v2:4", 1);
+	assert_int_equal(tc__gpu_pin(0, src, map, 1 << 20, &pin, err,
+				     sizeof(err)),
+			 TC_ECUDA);
+	unsetenv("TC_FAKECUDA_FAIL");
+	assert_int_equal(pin.nsegs, 0);
+	/* Nothing of src is registered any more. */
+	assert_int_equal(tc__gpu_host_register(0, src, map, TC_GPU_READ_ONLY,
+					       err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_host_unregister(0, src, err, sizeof(err)), 0);
+	/* Not page-aligned. */
+	assert_int_equal(tc__gpu_pin(0, src + 1, 4096, 4096, &pin, err,
+				     sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_pin(0, src, map, 1000, &pin, err, sizeof(err)),
 			 TC_EINVAL);
 	tc__gpu_release(&m);
 	munmap(src, map);
@@ -558,7 +547,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_loader__driver_failures),
 		cmocka_unit_test(test_gpu_loader__too_small_destination),
 		cmocka_unit_test(test_gpu_loader__ioring),
-		cmocka_unit_test(test_gpu_loader__copy_host_pinning),
+		cmocka_unit_test(test_gpu_loader__pin_and_copy_pinned),
 		cmocka_unit_test(test_gpu_loader__no_uring_under_seccomp),
 	};
 
