@@ -54,6 +54,7 @@ struct gload {
 	_Atomic uint64_t next;
 	_Atomic uint64_t direct_bytes;
 	_Atomic uint64_t uring_bytes;
+	bool any_direct; /* some file is read with O_DIRECT */
 	_Atomic int uring_errno;
 	_Atomic int stop;
 	pthread_mutex_t lock; /* guards rc and err */
@@ -171,7 +172,15 @@ static int qread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	struct qreader *q = (struct qreader *)r;
 	struct lfile *lf = &q->g->files[file];
 	bool direct = lf->dfd >= 0;
+	uint64_t got;
+	int rc;
 
+	/* From the page cache io_uring only copies too, later: pread here
+	 * keeps the window in cache for its hash (it ran ~10% faster). */
+	if (!direct && q->g->o->io == TC_IO_AUTO) {
+		rc = pread_all(q->g->src->files[file].fd, dst, len, off, &got);
+		return rc < 0 ? rc : got < len ? TC_EBADFILE : 0;
+	}
 	if (direct)
 		atomic_fetch_add(&q->g->direct_bytes, len);
 	atomic_fetch_add(&q->g->uring_bytes, len);
@@ -263,7 +272,8 @@ static void *worker(void *arg)
 		gfail(g, -ENOMEM, "out of memory");
 		return NULL;
 	}
-	if (g->src && g->o->io != TC_IO_PREAD) {
+	if (g->src && (g->o->io == TC_IO_URING ||
+		       (g->o->io == TC_IO_AUTO && g->any_direct))) {
 		rc = tc__ioring_new(URING_DEPTH,
 				    (unsigned)(g->unit / WINDOW_BYTES) + 1,
 				    &ur);
@@ -444,6 +454,7 @@ static void open_direct(struct gload *g)
 			continue;
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
 		lf->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+		g->any_direct |= lf->dfd >= 0;
 		if (lf->dfd < 0) {
 			/* No O_DIRECT here (tmpfs, some overlays): buffered
 			 * reads with read-ahead are the next best thing. */
@@ -594,28 +605,31 @@ int tc__gpu_copy_host(const void *src, uint64_t n,
 
 /* ------------------------------------------------------- pinned sources */
 
-int tc__gpu_pin(int ordinal, void *p, uint64_t n, uint64_t piece,
-		struct tc__gpu_pinning *pin, char *err, size_t errlen)
+int tc__gpu_pin_more(struct tc__gpu_pinning *pin, int ordinal, void *p,
+		     uint64_t n, uint64_t piece, uint64_t budget, char *err,
+		     size_t errlen)
 {
 	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t done = 0;
 	int rc;
 
-	memset(pin, 0, sizeof(*pin));
 	if (!p || n == 0 || ((uintptr_t)p & (uintptr_t)(pg - 1)) ||
-	    piece == 0 || (piece & (uint64_t)(pg - 1))) {
+	    piece == 0 || (piece & (uint64_t)(pg - 1)) ||
+	    (pin->nsegs && (pin->base != p || pin->seg != piece))) {
 		snprintf(err, errlen,
 			 "cannot pin %llu bytes at %p in pieces of %llu: "
-			 "not page-aligned",
+			 "not page-aligned, or not the range begun",
 			 (unsigned long long)n, p, (unsigned long long)piece);
+		tc__gpu_unpin(pin);
 		return TC_EINVAL;
 	}
 	pin->device = ordinal;
 	pin->base = p;
 	pin->seg = piece;
-	for (uint64_t off = 0; off < n; off += piece) {
-		uint64_t len = TC_MIN(piece, n - off);
+	while (pin->bytes < n && done < budget) {
+		uint64_t len = TC_MIN(piece, n - pin->bytes);
 
-		rc = tc__gpu_host_register(ordinal, pin->base + off, len,
+		rc = tc__gpu_host_register(ordinal, pin->base + pin->bytes, len,
 					   TC_GPU_READ_ONLY, err, errlen);
 		if (rc < 0) {
 			tc__gpu_unpin(pin);
@@ -623,8 +637,20 @@ int tc__gpu_pin(int ordinal, void *p, uint64_t n, uint64_t piece,
 		}
 		pin->nsegs++;
 		pin->bytes += len;
+		done += len;
 	}
-	return 0;
+	return pin->bytes == n;
+}
+
+int tc__gpu_pin(int ordinal, void *p, uint64_t n, uint64_t piece,
+		struct tc__gpu_pinning *pin, char *err, size_t errlen)
+{
+	int rc;
+
+	memset(pin, 0, sizeof(*pin));
+	rc = tc__gpu_pin_more(pin, ordinal, p, n, piece, UINT64_MAX, err,
+			      errlen);
+	return rc < 0 ? rc : 0;
 }
 
 int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,

@@ -21,7 +21,8 @@
 
 /* How the loader reads files. */
 enum tc__io_engine {
-	TC_IO_AUTO = 0,	 /* io_uring where the kernel allows it, else pread */
+	TC_IO_AUTO = 0,	 /* O_DIRECT reads through io_uring where the kernel
+			    allows it, else pread; page-cache reads pread */
 	TC_IO_PREAD = 1, /* one pread at a time per thread */
 	TC_IO_URING = 2, /* io_uring or fail (benchmarks, tests) */
 };
@@ -103,6 +104,14 @@ struct tc__gpu_pinning {
  * TC_ENODEV with `err` and nothing left pinned. */
 int tc__gpu_pin(int ordinal, void *p, uint64_t n, uint64_t piece,
 		struct tc__gpu_pinning *pin, char *err, size_t errlen);
+
+/* The same a burst at a time: pin about `budget` more bytes of the range
+ * `pin` has begun (zeroed: begin it).  Returns 1 once all `n` bytes are
+ * pinned, 0 while some remain, or an error as tc__gpu_pin (with nothing
+ * left pinned). */
+int tc__gpu_pin_more(struct tc__gpu_pinning *pin, int ordinal, void *p,
+		     uint64_t n, uint64_t piece, uint64_t budget, char *err,
+		     size_t errlen);
 
 /* Copy the first `n` bytes of pinned memory to byte 0 of `dst` at the
  * pinned rate (one copy per piece, over a few streams).  Returns 0,
