@@ -265,7 +265,7 @@ static void *worker(void *arg)
 	struct tc__hasher *h = tc__hasher_new();
 	struct tc__ioring *ur = NULL;
 	char err[512];
-	uint64_t k;
+	uint64_t k, got;
 	int rc, nslots = 0, i = 0;
 
 	if (!h) {
@@ -350,7 +350,19 @@ static void *worker(void *arg)
 			 * stores: streaming ones ran slower (42 vs 48.8 GB/s
 			 * on an H200 host), the DMA reading staging lines
 			 * from cache rather than DRAM. */
-			memcpy(sl->p, g->host_src + u0, u1 - u0);
+			if (!g->o->copy_pread) {
+				memcpy(sl->p, g->host_src + u0, u1 - u0);
+				goto copy;
+			}
+			rc = pread_all(g->o->copy_fd, sl->p, u1 - u0, u0, &got);
+			if (rc == 0 && got < u1 - u0)
+				rc = TC_EBADFILE;
+			if (rc < 0) {
+				snprintf(err, sizeof(err),
+					 "cannot read the host copy: %s",
+					 tc_strerror(rc));
+				goto out_fail;
+			}
 			goto copy;
 		}
 		if (ur) {
