@@ -38,9 +38,6 @@ struct tc__gpu_load_opts {
 	uint64_t copy_unit; /* bytes per staging buffer when copying host
 			       memory (tc__gpu_copy_host_opts); 0: 4 MiB */
 	int io;		    /* enum tc__io_engine */
-	bool copy_pread;    /* host copies: pread copy_fd (the source's
-			       memfd) rather than read its mapping */
-	int copy_fd;
 };
 
 struct tc__gpu_load_stats {

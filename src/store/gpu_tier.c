@@ -30,11 +30,11 @@
 
 #define GT_DEFAULT_GRAN ((uint64_t)2 << 20)  /* until a device tells us */
 #define GT_STAGE_MIN	((uint64_t)64 << 20) /* staged copy from this size */
-/* Host replicas are pinned this much per driver call (each call holds a
- * driver lock that stalls the process's other CUDA calls: ~6 ms), and this
- * much per job run before fills get a chance to go first. */
+/* Host replicas are pinned this much per driver call, and per job run
+ * before a fill that arrived gets to go first: each call holds a driver
+ * lock that stalls the process's other CUDA calls (~6 ms at 21 GB/s). */
 #define GT_PIN_PIECE ((uint64_t)128 << 20)
-#define GT_PIN_BURST ((uint64_t)512 << 20)
+#define GT_PIN_BURST GT_PIN_PIECE
 
 enum { GT_CLOSED, GT_OPENING, GT_OPEN, GT_FAILED };
 
