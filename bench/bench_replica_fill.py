@@ -64,7 +64,7 @@ def main():
     warm = tc.put({"w": torch.ones(1 << 20, dtype=torch.uint8)})
     warm.tensor_dict(device="cuda:0")
     tc.deregister_artifact(warm.artifact_id)
-    client, daemon = [], []
+    client, daemon, first_alloc = [], [], []
     host = torch.empty(n, dtype=torch.uint8)
     for i in range(args.repeat):
         host[:: 1 << 16] = i + 1  # a new artifact each time
@@ -75,13 +75,14 @@ def main():
         client.append(n / (time.perf_counter() - t0) / 1e9)
         reps = [r for r in tc.inspect(art.artifact_id)["replicas"] if r["tier"] == "gpu"]
         daemon.append(n / reps[0]["fill_seconds"] / 1e9)
+        first_alloc.append(reps[0]["alloc_seconds"] * 1e3)
         assert d["w"][:: 1 << 16].eq(i + 1).all().item()
         del d
         tc.deregister_artifact(art.artifact_id)
         del art
     # A later fill: A's host copy is pinned after its first fill; B's fill
     # evicts A's replica; A's refill copies from the pinned pages.
-    later, later_daemon = [], []
+    later, later_daemon, later_alloc = [], [], []
     host[:: 1 << 16] = 101
     a = tc.put({"w": host})
     a.tensor_dict(device="cuda:0")
@@ -109,6 +110,7 @@ def main():
         reps = [r for r in tc.inspect(a.artifact_id)["replicas"] if r["tier"] == "gpu"]
         assert reps[0]["pinned"], reps
         later_daemon.append(n / reps[0]["fill_seconds"] / 1e9)
+        later_alloc.append(reps[0]["alloc_seconds"] * 1e3)
         del d
     tp = torch_gbs(host, False)
     tq = torch_gbs(host, True)
@@ -117,13 +119,15 @@ def main():
     print(f"tcast first attach (client, end to end): best {best:.2f} GB/s, "
           f"median {statistics.median(client):.2f} GB/s, all {[round(x, 2) for x in client]}")
     print(f"tcast daemon fill (alloc + copy):        best {max(daemon):.2f} GB/s, "
-          f"all {[round(x, 2) for x in daemon]}")
+          f"all {[round(x, 2) for x in daemon]}; of which allocation (ms) "
+          f"{[round(x, 1) for x in first_alloc]}")
     print(f"tcast later fill from the pinned host copy (client, end to end): "
           f"best {max(later):.2f} GB/s, median {statistics.median(later):.2f} GB/s, "
           f"all {[round(x, 2) for x in later]} (host copy pinned in the background: {pinned_ok}; "
           f"includes evicting the other replica)")
     print(f"tcast later fill, daemon side (alloc + copy): best {max(later_daemon):.2f} GB/s, "
-          f"median {statistics.median(later_daemon):.2f} GB/s")
+          f"median {statistics.median(later_daemon):.2f} GB/s; of which allocation (ms) "
+          f"{[round(x, 1) for x in later_alloc]}")
     print(f"torch .to('cuda') pageable {tp:.2f} GB/s, pin_memory()+.to('cuda') {tq:.2f} GB/s")
     print(f"ratio tcast/torch pageable: first fill {best / tp:.1f}x, later fill "
           f"{max(later) / tp:.1f}x; goal >= 50 GB/s (median): first fill "

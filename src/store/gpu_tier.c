@@ -106,6 +106,7 @@ struct fill_job {
 	int rc;
 	bool oom;
 	double seconds;
+	double alloc_seconds;
 	char err[384];
 };
 
@@ -753,6 +754,7 @@ static void fill_run(struct tc__job *job)
 	}
 	j->rc = tc__gpu_alloc(j->ordinal, j->alloc_bytes, 0, &j->mem, j->err,
 			      sizeof(j->err));
+	j->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9;
 	if (j->rc < 0) {
 		j->oom = tc__gpu_last_error_oom();
 		goto out;
@@ -941,6 +943,7 @@ static void fill_done(struct tc__job *job)
 		d->touched = true;
 		r->ready = true;
 		r->fill_seconds = j->seconds;
+		r->alloc_seconds = j->alloc_seconds;
 		r->fill_pinned = j->pinned;
 		r->last_use_ns = tc__now_ns();
 		lru_push(d, r);
@@ -1108,12 +1111,13 @@ void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr)
 		json_array_append_new(
 			arr,
 			json_pack(
-				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:b}",
+				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:f, s:b}",
 				"tier", "gpu", "device", r->dev->info.uuid_str,
 				"ordinal", i, "bytes", (json_int_t)r->bytes,
 				"leases", (json_int_t)r->leases, "state",
 				r->ready ? "ready" : "filling", "fill_seconds",
-				r->fill_seconds, "pinned", r->fill_pinned));
+				r->fill_seconds, "alloc_seconds",
+				r->alloc_seconds, "pinned", r->fill_pinned));
 	}
 }
 

@@ -69,6 +69,7 @@ struct tc__gpu_replica {
 	bool ready;		 /* filled and attachable */
 	uint64_t last_use_ns;	 /* monotonic; LRU order */
 	double fill_seconds;	 /* allocation + copy time */
+	double alloc_seconds;	 /* of which allocation */
 	bool fill_pinned;	 /* the copy ran from pinned host memory */
 	struct gt_req *waiters;	 /* requests waiting for the fill */
 	struct tc__gpu_replica *lru_prev, *lru_next;

@@ -999,6 +999,10 @@ static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 	r = gpu_replica(c, "big", 1, &doc);
 	assert_non_null(r);
 	assert_true(json_is_true(json_object_get(r, "pinned")));
+	/* The fill's time, and the allocation's part of it. */
+	assert_true(json_real_value(json_object_get(r, "alloc_seconds")) <=
+		    json_real_value(json_object_get(r, "fill_seconds")));
+	assert_true(json_real_value(json_object_get(r, "fill_seconds")) > 0);
 	json_decref(doc);
 
 	assert_int_equal(tc_rm(c, "big"), 0);
