@@ -23,24 +23,11 @@
 #include <unistd.h>
 
 #include "common/compiler.h"
+#include "bench_gpu.h"
 #include "gpu/vmm.h"
 #include "store/gpu_loader.h"
 #include "store/shm.h"
 #include "tcast/errors.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, const char *err)
-{
-	fprintf(stderr, "bench_gpu_fill: %s: %s\n", what, err);
-	exit(1);
-}
 
 /* Compare 64 pages spread over the copy with the host bytes. */
 static void verify(const uint8_t *host, uint64_t n, const struct tc__gpu_mem *m,
@@ -91,8 +78,7 @@ static double ring(const uint8_t *src, uint64_t n, const struct tc__gpu_mem *m,
 
 static double torch_gbs(uint64_t n, int pin)
 {
-	char cmd[1024], line[256] = "";
-	FILE *p;
+	char cmd[1024];
 
 	snprintf(cmd, sizeof(cmd),
 		 "python3 -c \"import time,torch;"
@@ -102,13 +88,7 @@ static double torch_gbs(uint64_t n, int pin)
 		 "y=x.to('cuda');torch.cuda.synchronize();"
 		 "print(time.perf_counter()-t)\" 2>/dev/null",
 		 (unsigned long long)n, pin);
-	p = popen(cmd, "r");
-	if (!p)
-		return -1;
-	if (!fgets(line, sizeof(line), p))
-		line[0] = '\0';
-	pclose(p);
-	return line[0] ? (double)n / atof(line) / 1e9 : -1;
+	return popen_gbs(cmd, n);
 }
 
 int main(int argc, char **argv)
@@ -121,6 +101,7 @@ int main(int argc, char **argv)
 	struct tc__gpu_mem m;
 	char err[512];
 
+	bench_name = "bench_gpu_fill";
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--gib"))
 			gib = atof(argv[i + 1]);
@@ -149,22 +130,7 @@ int main(int argc, char **argv)
 	if (tc__gpu_alloc(dev, n, 0, &m, err, sizeof(err)) < 0)
 		die("alloc", err);
 	alloc_s = now_s() - t;
-	{
-		size_t c = (size_t)1 << 30;
-		void *p = mmap(NULL, c, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
-			       0);
-
-		if (tc__gpu_host_register(dev, p, c, 0, err, sizeof(err)) < 0)
-			die("register", err);
-		tc__gpu_htod(dev, m.dptr, p, c, NULL, err, sizeof(err));
-		t = now_s();
-		for (int i = 0; i < 4; i++)
-			tc__gpu_htod(dev, m.dptr, p, c, NULL, err, sizeof(err));
-		h2d = 4.0 * (double)c / (now_s() - t) / 1e9;
-		tc__gpu_host_unregister(dev, p, err, sizeof(err));
-		munmap(p, c);
-	}
+	h2d = h2d_ceiling(dev, &m);
 	printf("%.2f GiB sealed memfd -> GPU %d\n", (double)n / (1 << 30), dev);
 	printf("pinned H2D ceiling (1 GiB)         %7.2f GB/s\n", h2d);
 	printf("cuMemCreate+map of %.2f GiB         %7.1f ms\n",

@@ -28,25 +28,12 @@
 #include "common/compiler.h"
 #include "common/hash.h"
 #include "format/format.h"
+#include "bench_gpu.h"
 #include "gpu/vmm.h"
 #include "store/gpu_loader.h"
 #include "store/loader.h"
 #include "store/shm.h"
 #include "tcast/errors.h"
-
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void die(const char *what, const char *err)
-{
-	fprintf(stderr, "bench_gpu_loader: %s: %s\n", what, err);
-	exit(1);
-}
 
 /* A bf16 llama-like file of about `gib` GiB: 64 MiB tensors. */
 static void write_model(const char *path, double gib)
@@ -127,8 +114,7 @@ static double dd_direct_gbs(const char *path, uint64_t bytes)
 /* safetensors.torch.load_file(device="cuda") GB/s, via python3. */
 static double safetensors_gbs(const char *path, uint64_t bytes)
 {
-	char cmd[1024], line[256] = "";
-	FILE *p;
+	char cmd[1024];
 
 	snprintf(cmd, sizeof(cmd),
 		 "python3 -c \"import time,torch,safetensors.torch as st;"
@@ -137,13 +123,7 @@ static double safetensors_gbs(const char *path, uint64_t bytes)
 		 "torch.cuda.synchronize();print(time.perf_counter()-t)\" "
 		 "2>/dev/null",
 		 path);
-	p = popen(cmd, "r");
-	if (!p)
-		return -1;
-	if (!fgets(line, sizeof(line), p))
-		line[0] = '\0';
-	pclose(p);
-	return line[0] ? (double)bytes / atof(line) / 1e9 : -1;
+	return popen_gbs(cmd, bytes);
 }
 
 static int stage_chunks;  /* --stage: digest chunks per staging buffer */
@@ -183,6 +163,7 @@ int main(int argc, char **argv)
 	struct tc__digest *ref, *chunks;
 	uint64_t size, nchunks, dbytes = 0;
 
+	bench_name = "bench_gpu_loader";
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--gib"))
 			gib = atof(argv[i + 1]);
@@ -222,23 +203,7 @@ int main(int argc, char **argv)
 		die("alloc", err);
 
 	/* Ceiling: pinned H2D of 1 GiB. */
-	{
-		size_t n = (size_t)1 << 30;
-		void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
-			       0);
-		double t;
-
-		if (tc__gpu_host_register(dev, p, n, 0, err, sizeof(err)) < 0)
-			die("register", err);
-		tc__gpu_htod(dev, m.dptr, p, n, NULL, err, sizeof(err));
-		t = now_s();
-		for (int i = 0; i < 4; i++)
-			tc__gpu_htod(dev, m.dptr, p, n, NULL, err, sizeof(err));
-		h2d = 4.0 * (double)n / (now_s() - t) / 1e9;
-		tc__gpu_host_unregister(dev, p, err, sizeof(err));
-		munmap(p, n);
-	}
+	h2d = h2d_ceiling(dev, &m);
 
 	/* Page-cached. */
 	warm(file);
