@@ -13,7 +13,9 @@
     torch:  the same bytes as a CPU tensor moved with .to("cuda") (pageable)
             and with .pin_memory() first, in the same process.
 
-The goal for tcast: at least 50 GB/s.  GPU machine only.
+With two GPUs, also a second GPU's replica filled from the pinned host copy
+(the fan-out case, nothing evicted).  The goal for tcast: at least 50 GB/s.
+GPU machine only.
 
     python3 bench/bench_replica_fill.py [--size 16GiB] [--repeat 3]
 """
@@ -112,6 +114,30 @@ def main():
         later_daemon.append(n / reps[0]["fill_seconds"] / 1e9)
         later_alloc.append(reps[0]["alloc_seconds"] * 1e3)
         del d
+    # With a second GPU: A's replica there is filled from the pinned host
+    # copy with nothing evicted (no memory just freed on that GPU).
+    second = []
+    if torch.cuda.device_count() > 1:
+        torch.zeros(1, device="cuda:1")
+        for i in range(args.repeat):
+            host[:: 1 << 16] = 200 + i
+            c = tc.put({"w": host})
+            c.tensor_dict(device="cuda:0")
+            for _ in range(200):
+                if tc.inspect(c.artifact_id)["replicas"] and tc.status()["gpu"]["pinned_host_bytes"] >= 3 * n:
+                    break
+                time.sleep(0.05)
+            torch.cuda.synchronize("cuda:1")
+            t0 = time.perf_counter()
+            d = c.tensor_dict(device="cuda:1")
+            torch.cuda.synchronize("cuda:1")
+            second.append(n / (time.perf_counter() - t0) / 1e9)
+            reps = [r for r in tc.inspect(c.artifact_id)["replicas"]
+                    if r["tier"] == "gpu" and r["ordinal"] == 1]
+            print(f"  second GPU: {second[-1]:.2f} GB/s end to end, daemon side "
+                  f"{n / reps[0]['fill_seconds'] / 1e9:.2f} GB/s, pinned {reps[0]['pinned']}")
+            del d
+            tc.deregister_artifact(c.artifact_id)
     tp = torch_gbs(host, False)
     tq = torch_gbs(host, True)
     best = max(client)
@@ -128,6 +154,9 @@ def main():
     print(f"tcast later fill, daemon side (alloc + copy): best {max(later_daemon):.2f} GB/s, "
           f"median {statistics.median(later_daemon):.2f} GB/s; of which allocation (ms) "
           f"{[round(x, 1) for x in later_alloc]}")
+    if second:
+        print(f"tcast fill of a second GPU from the pinned host copy: best {max(second):.2f} GB/s, "
+              f"median {statistics.median(second):.2f} GB/s")
     print(f"torch .to('cuda') pageable {tp:.2f} GB/s, pin_memory()+.to('cuda') {tq:.2f} GB/s")
     print(f"ratio tcast/torch pageable: first fill {best / tp:.1f}x, later fill "
           f"{max(later) / tp:.1f}x; goal >= 50 GB/s (median): first fill "
