@@ -69,6 +69,7 @@ struct bind_job {
 	struct tc__gpu_replica *rep; /* GPU source, leased, or NULL */
 	int phase;		     /* 1: driver, 2: allocate + fill */
 	bool swap;
+	bool copying; /* counted in tc__gpu_tier_copy_begin */
 	int nthreads;
 	int rc;
 	char err[512];
@@ -109,6 +110,8 @@ static void bind_finish(struct bind_job *j, int rc)
 
 	if (j->rep)
 		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
+	if (j->copying)
+		tc__gpu_tier_copy_end(c->srv->gpu);
 	tc__objs_unlease(&c->srv->objs, j->o);
 	bd->busy = false;
 	c->jobs--;
@@ -202,6 +205,8 @@ static void bind_done(struct tc__job *job)
 		}
 		if (rc == 0) {
 			j->phase = 2;
+			tc__gpu_tier_copy_begin(s->gpu);
+			j->copying = true;
 			tc__jobs_submit(s->jobs, &j->job);
 			return;
 		}
@@ -245,6 +250,10 @@ static int bind_start(struct conn *c, struct req *r, struct binding *bd,
 	bd->busy = true;
 	j->job.run = bind_run;
 	j->job.done = bind_done;
+	if (j->phase == 2) {
+		tc__gpu_tier_copy_begin(c->srv->gpu);
+		j->copying = true;
+	}
 	c->jobs++;
 	c->paused = true;
 	tc__jobs_submit(c->srv->jobs, &j->job);

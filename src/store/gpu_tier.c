@@ -56,7 +56,7 @@ struct tc__gpu_tier {
 	struct tc__jobs *jobs;
 	int state;		     /* GT_* */
 	bool stopping;		     /* daemon exit: submit no more jobs */
-	unsigned fills_running;	     /* fill jobs submitted, not done */
+	unsigned copies_running;     /* fills, GPU imports, binding copies */
 	struct pin_job *parked;	     /* pinning that waits for them */
 	int open_rc;		     /* when FAILED */
 	char open_err[384];	     /* when FAILED */
@@ -422,7 +422,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->job.run = fill_run;
 	j->job.done = fill_done;
 	tc__objs_lease(t->objs, o); /* the job's own hold */
-	t->fills_running++;
+	t->copies_running++;
 	q->next = NULL;
 	r->waiters = q;
 	tc__jobs_submit(t->jobs, &j->job);
@@ -830,7 +830,7 @@ static void pin_done(struct tc__job *job)
 	if (j->rc == 0 && (t->stopping || o->dead)) {
 		tc__gpu_unpin(&j->pin); /* nobody will use it */
 		o->gpu->reg_state = GT_REG_NONE;
-	} else if (j->rc == 0 && t->fills_running) {
+	} else if (j->rc == 0 && t->copies_running) {
 		j->next = t->parked;
 		t->parked = j;
 		return;
@@ -856,10 +856,10 @@ static void pin_done(struct tc__job *job)
 	pin_end(j);
 }
 
-/* The last fill is done: parked pinning goes on. */
+/* The last copy is done: parked pinning goes on. */
 static void pin_resume(struct tc__gpu_tier *t)
 {
-	while (t->parked && !t->fills_running) {
+	while (t->parked && !t->copies_running) {
 		struct pin_job *j = t->parked;
 
 		t->parked = j->next;
@@ -877,6 +877,17 @@ static void pin_drop_parked(struct tc__gpu_tier *t)
 		j->o->gpu->reg_state = GT_REG_NONE;
 		pin_end(j);
 	}
+}
+
+void tc__gpu_tier_copy_begin(struct tc__gpu_tier *t)
+{
+	t->copies_running++;
+}
+
+void tc__gpu_tier_copy_end(struct tc__gpu_tier *t)
+{
+	t->copies_running--;
+	pin_resume(t);
 }
 
 static void pin_later(struct tc__gpu_tier *t, struct tc__obj *o, int ordinal)
@@ -987,7 +998,7 @@ static void fill_done(struct tc__job *job)
 	if (j->rc == 0 && j->staged && o->gpu->reg_state == GT_REG_NONE &&
 	    !o->dead && !t->stopping)
 		pin_later(t, o, i);
-	t->fills_running--;
+	t->copies_running--;
 	pin_resume(t);
 	tc__free(j);
 	tc__objs_unlease(t->objs, o); /* the job's hold; may free o */

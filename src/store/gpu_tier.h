@@ -147,6 +147,13 @@ int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
 /* True when o has no GPU replica (filling or ready). */
 bool tc__gpu_tier_obj_empty(const struct tc__obj *o);
 
+/* A GPU copy other than a replica fill (an import straight to a GPU, a
+ * binding's fill) begins or has ended, on the loop thread: the tier pins
+ * host copies in the background only while none runs, since pinning
+ * stalls the process's other driver calls. */
+void tc__gpu_tier_copy_begin(struct tc__gpu_tier *t);
+void tc__gpu_tier_copy_end(struct tc__gpu_tier *t);
+
 /* The ready replica of o on the GPU with this UUID, or NULL. */
 struct tc__gpu_replica *
 tc__gpu_tier_find(struct tc__gpu_tier *t, struct tc__obj *o,

@@ -447,12 +447,15 @@ struct import_job {
 	double gpu_seconds;
 	struct tc__gpu_load_stats gpu_stats;
 	int io_engine;
+	bool gpu_copying; /* counted in tc__gpu_tier_copy_begin */
 	int rc;
 	char err[512];
 };
 
 static void import_free(struct import_job *j)
 {
+	if (j->gpu_copying)
+		tc__gpu_tier_copy_end(j->c->srv->gpu);
 	if (j->gpu_charged) {
 		tc__gpu_release(&j->gmem);
 		tc__gpu_tier_unreserve(j->c->srv->gpu, j->gpu_dev,
@@ -616,6 +619,10 @@ static void import_done(struct tc__job *job)
 			 j->display);
 		j->total_bytes = j->src->table.total_bytes;
 		j->phase = 2;
+		if (j->gpu) {
+			tc__gpu_tier_copy_begin(s->gpu);
+			j->gpu_copying = true;
+		}
 		tc__jobs_submit(s->jobs, &j->job);
 		/* The size is known now: tell a watching client at once. */
 		if (c->progress_job == j && !c->closing) {

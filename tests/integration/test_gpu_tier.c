@@ -980,6 +980,23 @@ static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 
 	daemon_start(fake_env, "--host-memory", "900MiB", NULL);
 	c = t_connect(D.sock);
+	/* Other GPU copies first (an import straight to a GPU, a binding
+	 * and its swap): pinning waits for them, and must not wait for
+	 * ever once they are done. */
+	{
+		struct tc_opts o = {
+			TC_OPT_DEVICE, NULL, NULL, 0, NULL, NULL, 0
+		};
+		tc_artifact *bd;
+
+		if (tc_import(c, t_data("tiny-llama"), &o, NULL) < 0)
+			fail_msg("import: %s", tc_client_errmsg(c));
+		put_blob(c, "s1", MiB, 1, NULL);
+		put_blob(c, "s2", MiB, 2, NULL);
+		assert_int_equal(tc_bind(c, "s1", 1, &bd), 0);
+		assert_int_equal(tc_binding_swap(bd, "s2"), 0);
+		tc_artifact_close(bd);
+	}
 	put_blob(c, "big", n, 5, NULL);
 	host_sha(c, "big", hex);
 	a = attach_gpu_ok(c, "big", 0);
