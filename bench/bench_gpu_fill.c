@@ -223,6 +223,39 @@ int main(int argc, char **argv)
 				TC_MAX(pinned, (double)n / (now_s() - t) / 1e9);
 			verify(seg->map, n, &m, "copy_pinned");
 		}
+		/* As the daemon's refill after an eviction: into a new
+		 * allocation, made right after another of the same size was
+		 * freed (the driver may still be scrubbing it), and into a
+		 * new one with nothing freed just before. */
+		for (int k = 0; k < 2; k++) {
+			struct tc__gpu_mem a, b;
+			double ta, tc_;
+
+			tc__gpu_mem_init(&a);
+			tc__gpu_mem_init(&b);
+			if (k == 0) {
+				if (tc__gpu_alloc(dev, n, 0, &a, err,
+						  sizeof(err)) < 0)
+					die("alloc", err);
+				clear(&a);
+				tc__gpu_release(&a);
+			}
+			t = now_s();
+			if (tc__gpu_alloc(dev, n, 0, &b, err, sizeof(err)) < 0)
+				die("alloc", err);
+			ta = now_s() - t;
+			if (tc__gpu_copy_pinned(&pin, n, &b, err, sizeof(err)) <
+			    0)
+				die("copy_pinned", err);
+			tc_ = now_s() - t;
+			verify(seg->map, n, &b, "copy_pinned new");
+			printf("pinned -> new allocation%-28s alloc %.1f ms, "
+			       "alloc + copy %.2f GB/s\n",
+			       k == 0 ? ", as much freed just before:" : ":",
+			       ta * 1e3, (double)n / tc_ / 1e9);
+			tc__gpu_release(&b);
+			usleep(500000); /* let a scrub, if any, finish */
+		}
 		t = now_s();
 		tc__gpu_unpin(&pin);
 		printf("pinned in 128 MiB pieces: pin %.0f ms (%.1f GB/s), "
