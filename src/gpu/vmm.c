@@ -820,130 +820,132 @@ static int copy_begin(int ordinal, const struct tc__gpu_stream *s,
 	return gpu_begin(ordinal, cu, g, err, errlen);
 }
 
-/* The driver's blocking memset and device-to-device copy return before the
- * device has finished, and a blocking copy from pageable memory returns
- * once the bytes are staged: wait for the legacy stream too, so that with
- * s == NULL the bytes are in place, for this process and any other, when
- * the call returns. */
-static CUresult legacy_sync(const struct tc__cu *cu, CUresult r,
-			    const char **what)
+/* One copy or memset: what moves, between which addresses. */
+enum xfer_kind { XF_HTOD, XF_DTOH, XF_DTOD, XF_SET };
+struct xfer {
+	enum xfer_kind kind;
+	uint64_t ddst, dsrc; /* device addresses (by kind) */
+	void *hdst;	     /* XF_DTOH */
+	const void *hsrc;    /* XF_HTOD */
+	uint8_t value;	     /* XF_SET */
+};
+
+/*
+ * Every copy and memset goes through here.  With a stream it is queued;
+ * without one it is finished when this returns.  The driver's blocking
+ * memset and device-to-device copy return before the device has finished,
+ * and a blocking copy from pageable memory returns once the bytes are
+ * staged, while every stream tcast makes is non-blocking (unordered with
+ * the legacy stream): so the blocking forms also wait for the legacy
+ * stream, and the bytes are in place for this process and any other.
+ */
+static int xfer_run(int ordinal, const struct xfer *x, uint64_t n,
+		    struct tc__gpu_stream *s, char *err, size_t errlen)
 {
-	if (r == CUDA_SUCCESS) {
-		r = cu->fn.cuStreamSynchronize(NULL);
-		if (r)
-			*what = "cuStreamSynchronize";
+	static const char *const names[][2] = {
+		[XF_HTOD] = { "cuMemcpyHtoD", "cuMemcpyHtoDAsync" },
+		[XF_DTOH] = { "cuMemcpyDtoH", "cuMemcpyDtoHAsync" },
+		[XF_DTOD] = { "cuMemcpyDtoD", "cuMemcpyDtoDAsync" },
+		[XF_SET] = { "cuMemsetD8", "cuMemsetD8Async" },
+	};
+	const char *what = names[x->kind][s != NULL];
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r = CUDA_SUCCESS;
+	int ret;
+
+	if (n == 0)
+		return 0;
+	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	switch (x->kind) {
+	case XF_HTOD:
+		r = s ? cu->fn.cuMemcpyHtoDAsync(x->ddst, x->hsrc, n, s->s) :
+			cu->fn.cuMemcpyHtoD(x->ddst, x->hsrc, n);
+		break;
+	case XF_DTOH:
+		r = s ? cu->fn.cuMemcpyDtoHAsync(x->hdst, x->dsrc, n, s->s) :
+			cu->fn.cuMemcpyDtoH(x->hdst, x->dsrc, n);
+		break;
+	case XF_DTOD:
+		r = s ? cu->fn.cuMemcpyDtoDAsync(x->ddst, x->dsrc, n, s->s) :
+			cu->fn.cuMemcpyDtoD(x->ddst, x->dsrc, n);
+		break;
+	case XF_SET:
+		r = s ? cu->fn.cuMemsetD8Async(x->ddst, x->value, n, s->s) :
+			cu->fn.cuMemsetD8(x->ddst, x->value, n);
+		break;
 	}
-	return r;
+	/* A blocking copy to host memory is already complete. */
+	if (r == CUDA_SUCCESS && !s && x->kind != XF_DTOH) {
+		r = cu->fn.cuStreamSynchronize(NULL);
+		what = "cuStreamSynchronize";
+	}
+	if (r == CUDA_SUCCESS)
+		goto out;
+	switch (x->kind) {
+	case XF_HTOD:
+		ret = tc__cu_fail(cu, r, what, err, errlen,
+				  "cannot copy %" PRIu64
+				  " bytes to GPU %d at 0x%" PRIx64,
+				  n, ordinal, x->ddst);
+		break;
+	case XF_DTOH:
+		ret = tc__cu_fail(cu, r, what, err, errlen,
+				  "cannot copy %" PRIu64
+				  " bytes from GPU %d at 0x%" PRIx64,
+				  n, ordinal, x->dsrc);
+		break;
+	case XF_DTOD:
+		ret = tc__cu_fail(cu, r, what, err, errlen,
+				  "cannot copy %" PRIu64
+				  " bytes on GPU %d from 0x%" PRIx64
+				  " to 0x%" PRIx64,
+				  n, ordinal, x->dsrc, x->ddst);
+		break;
+	case XF_SET:
+		ret = tc__cu_fail(cu, r, what, err, errlen,
+				  "cannot set %" PRIu64
+				  " bytes on GPU %d at 0x%" PRIx64,
+				  n, ordinal, x->ddst);
+		break;
+	}
+out:
+	tc__cu_leave(cu, &g);
+	return ret;
 }
 
 int tc__gpu_htod(int ordinal, uint64_t dst, const void *src, uint64_t n,
 		 struct tc__gpu_stream *s, char *err, size_t errlen)
 {
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUresult r;
-	int ret;
-	const char *what = s ? "cuMemcpyHtoDAsync" : "cuMemcpyHtoD";
+	struct xfer x = { .kind = XF_HTOD, .ddst = dst, .hsrc = src };
 
-	if (n == 0)
-		return 0;
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	if (s)
-		r = cu->fn.cuMemcpyHtoDAsync(dst, src, n, s->s);
-	else
-		r = legacy_sync(cu, cu->fn.cuMemcpyHtoD(dst, src, n), &what);
-	if (r)
-		ret = tc__cu_fail(cu, r, what, err, errlen,
-				  "cannot copy %" PRIu64
-				  " bytes to GPU %d at 0x%" PRIx64,
-				  n, ordinal, dst);
-	tc__cu_leave(cu, &g);
-	return ret;
+	return xfer_run(ordinal, &x, n, s, err, errlen);
 }
 
 int tc__gpu_dtoh(int ordinal, void *dst, uint64_t src, uint64_t n,
 		 struct tc__gpu_stream *s, char *err, size_t errlen)
 {
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUresult r;
-	int ret;
+	struct xfer x = { .kind = XF_DTOH, .hdst = dst, .dsrc = src };
 
-	if (n == 0)
-		return 0;
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	if (s)
-		r = cu->fn.cuMemcpyDtoHAsync(dst, src, n, s->s);
-	else
-		r = cu->fn.cuMemcpyDtoH(dst, src, n);
-	if (r)
-		ret = tc__cu_fail(cu, r,
-				  s ? "cuMemcpyDtoHAsync" : "cuMemcpyDtoH", err,
-				  errlen,
-				  "cannot copy %" PRIu64
-				  " bytes from GPU %d at 0x%" PRIx64,
-				  n, ordinal, src);
-	tc__cu_leave(cu, &g);
-	return ret;
+	return xfer_run(ordinal, &x, n, s, err, errlen);
 }
 
 int tc__gpu_dtod(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 		 struct tc__gpu_stream *s, char *err, size_t errlen)
 {
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUresult r;
-	int ret;
-	const char *what = s ? "cuMemcpyDtoDAsync" : "cuMemcpyDtoD";
+	struct xfer x = { .kind = XF_DTOD, .ddst = dst, .dsrc = src };
 
-	if (n == 0)
-		return 0;
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	if (s)
-		r = cu->fn.cuMemcpyDtoDAsync(dst, src, n, s->s);
-	else
-		r = legacy_sync(cu, cu->fn.cuMemcpyDtoD(dst, src, n), &what);
-	if (r)
-		ret = tc__cu_fail(cu, r, what, err, errlen,
-				  "cannot copy %" PRIu64
-				  " bytes on GPU %d from 0x%" PRIx64
-				  " to 0x%" PRIx64,
-				  n, ordinal, src, dst);
-	tc__cu_leave(cu, &g);
-	return ret;
+	return xfer_run(ordinal, &x, n, s, err, errlen);
 }
 
 int tc__gpu_memset8(int ordinal, uint64_t dst, uint8_t value, uint64_t n,
 		    struct tc__gpu_stream *s, char *err, size_t errlen)
 {
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUresult r;
-	int ret;
-	const char *what = s ? "cuMemsetD8Async" : "cuMemsetD8";
+	struct xfer x = { .kind = XF_SET, .ddst = dst, .value = value };
 
-	if (n == 0)
-		return 0;
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	if (s)
-		r = cu->fn.cuMemsetD8Async(dst, value, n, s->s);
-	else
-		r = legacy_sync(cu, cu->fn.cuMemsetD8(dst, value, n), &what);
-	if (r)
-		ret = tc__cu_fail(cu, r, what, err, errlen,
-				  "cannot set %" PRIu64
-				  " bytes on GPU %d at 0x%" PRIx64,
-				  n, ordinal, dst);
-	tc__cu_leave(cu, &g);
-	return ret;
+	return xfer_run(ordinal, &x, n, s, err, errlen);
 }
 
 static int check_range(const struct tc__gpu_mem *m, uint64_t off, uint64_t n,
