@@ -476,6 +476,26 @@ static void open_direct(struct gload *g)
 	}
 }
 
+/* Run g's units on up to `nthreads` threads, this one included, and
+ * return how many ran.  Threads beyond the first are an optimisation: when
+ * one cannot be created the others still finish the work. */
+static int run_workers(struct gload *g, int nthreads)
+{
+	pthread_t tids[MAX_THREADS];
+	int n = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), g->nunits),
+	    started = 0;
+
+	n = TC_MIN(n, MAX_THREADS);
+	for (int i = 1; i < n; i++)
+		if (pthread_create(&tids[started], NULL, worker, g) == 0)
+			started++;
+	if (g->nunits)
+		worker(g);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	return g->nunits ? started + 1 : 0;
+}
+
 int tc__gpu_load_source(const struct tc__source *src,
 			const struct tc__gpu_mem *dst,
 			const struct tc__gpu_load_opts *o,
@@ -485,9 +505,8 @@ int tc__gpu_load_source(const struct tc__source *src,
 			size_t errlen)
 {
 	struct gload g = { 0 };
-	pthread_t tids[MAX_THREADS];
 	struct timespec t0, t1;
-	int n, started = 0;
+	int n;
 
 	if (dst->size < src->table.total_bytes) {
 		snprintf(err, errlen,
@@ -517,15 +536,7 @@ int tc__gpu_load_source(const struct tc__source *src,
 	if (!g.files)
 		return -ENOMEM;
 	open_direct(&g);
-	n = (int)TC_MIN((uint64_t)TC_MAX(o->nthreads, 1), g.nunits);
-	n = TC_MIN(n, MAX_THREADS);
-	for (int i = 1; i < n; i++)
-		if (pthread_create(&tids[started], NULL, worker, &g) == 0)
-			started++;
-	if (g.nunits)
-		worker(&g);
-	for (int i = 0; i < started; i++)
-		pthread_join(tids[i], NULL);
+	n = run_workers(&g, o->nthreads);
 	for (uint32_t i = 0; i < src->nfiles; i++)
 		if (g.files[i].dfd >= 0)
 			close(g.files[i].dfd);
@@ -540,7 +551,7 @@ int tc__gpu_load_source(const struct tc__source *src,
 		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
 				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 		stats->staging_bytes =
-			(uint64_t)(started + (g.nunits ? 1 : 0)) *
+			(uint64_t)n *
 			(uint64_t)TC_MAX(1, TC_MIN(o->depth, MAX_DEPTH)) *
 			g.unit;
 	}
@@ -553,8 +564,6 @@ int tc__gpu_copy_host_opts(const void *src, uint64_t n,
 			   size_t errlen)
 {
 	struct gload g = { 0 };
-	pthread_t tids[MAX_THREADS];
-	int k, started = 0;
 
 	if (dst->size < n) {
 		snprintf(
@@ -574,15 +583,7 @@ int tc__gpu_copy_host_opts(const void *src, uint64_t n,
 	g.err = err;
 	g.errlen = errlen;
 	pthread_mutex_init(&g.lock, NULL);
-	k = (int)TC_MIN((uint64_t)TC_MAX(o->nthreads, 1), g.nunits);
-	k = TC_MIN(k, MAX_THREADS);
-	for (int i = 1; i < k; i++)
-		if (pthread_create(&tids[started], NULL, worker, &g) == 0)
-			started++;
-	if (g.nunits)
-		worker(&g);
-	for (int i = 0; i < started; i++)
-		pthread_join(tids[i], NULL);
+	run_workers(&g, o->nthreads);
 	pthread_mutex_destroy(&g.lock);
 	return g.rc;
 }
