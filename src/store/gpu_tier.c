@@ -96,7 +96,6 @@ struct fill_job {
 	bool do_register;     /* pin the host mapping first */
 	bool staged;	      /* copy through the loader's staging ring */
 	int nthreads;	      /* threads of a staged copy */
-	bool pinned;	      /* copy runs from pinned memory */
 	bool retried;	      /* evicted once after an OOM already */
 	int reg_rc;
 	char reg_err[256];
@@ -417,7 +416,6 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		o->gpu->reg_state = GT_REG_BUSY;
 		j->do_register = true;
 	}
-	j->pinned = j->staged || o->gpu->reg_state == GT_REG_DONE;
 	tc__gpu_mem_init(&j->mem);
 	j->job.run = fill_run;
 	j->job.done = fill_done;
@@ -750,7 +748,6 @@ static void fill_run(struct tc__job *job)
 		j->reg_rc = tc__gpu_pin(j->ordinal, (void *)j->src,
 					j->map_bytes, j->map_bytes, &j->pin,
 					j->reg_err, sizeof(j->reg_err));
-		j->pinned = j->reg_rc == 0;
 	}
 	j->rc = tc__gpu_alloc(j->ordinal, j->alloc_bytes, 0, &j->mem, j->err,
 			      sizeof(j->err));
@@ -939,7 +936,6 @@ static void fill_done(struct tc__job *job)
 		tc__log(TC_LOG_INFO, "GPU %d out of memory: retrying '%s'", i,
 			o->id);
 		j->retried = true;
-		j->pinned = o->gpu->reg_state == GT_REG_DONE;
 		tc__jobs_submit(t->jobs, &j->job);
 		return;
 	}
@@ -955,7 +951,9 @@ static void fill_done(struct tc__job *job)
 		r->ready = true;
 		r->fill_seconds = j->seconds;
 		r->alloc_seconds = j->alloc_seconds;
-		r->fill_pinned = j->pinned;
+		/* Staging buffers are pinned too: only a pageable copy
+		 * (registration refused) is not. */
+		r->fill_pinned = j->staged || j->pin.nsegs;
 		r->last_use_ns = tc__now_ns();
 		lru_push(d, r);
 		t->n_fills++;
