@@ -131,30 +131,9 @@ static int read_frame(tc_client *c, struct tc__frame_hdr *h)
 			if (avail >= TC_FRAME_HDR + (size_t)h->body_len)
 				return 0;
 		}
-		if (c->in_off && c->in_off == c->in_len)
-			c->in_off = c->in_len = 0;
-		if (c->in_cap - c->in_len < 65536) {
-			size_t need = c->in_len - c->in_off + 65536;
-			size_t cap = c->in_cap ? c->in_cap : 131072;
-			uint8_t *p;
-
-			if (c->in_off) {
-				memmove(c->in, c->in + c->in_off,
-					c->in_len - c->in_off);
-				c->in_len -= c->in_off;
-				c->in_off = 0;
-			}
-			while (cap < need)
-				cap *= 2;
-			if (cap > c->in_cap) {
-				p = tc__realloc(c->in, cap);
-				if (!p)
-					return set_err(c, -ENOMEM,
-						       "out of memory");
-				c->in = p;
-				c->in_cap = cap;
-			}
-		}
+		if (tc__rxbuf_room(&c->in, &c->in_cap, &c->in_off, &c->in_len,
+				   65536, SIZE_MAX) < 0)
+			return set_err(c, -ENOMEM, "out of memory");
 		n = tc__fdpass_recv(c->fd, c->in + c->in_len,
 				    c->in_cap - c->in_len, fds, &nfds,
 				    TC_MAX_FDS_PER_MSG);

@@ -241,3 +241,33 @@ int tc__cur_read_strcpy(struct tc__cur *c, char *dst, size_t dstlen)
 	dst[n] = '\0';
 	return 0;
 }
+
+int tc__rxbuf_room(uint8_t **buf, size_t *cap, size_t *off, size_t *len,
+		   size_t want, size_t max)
+{
+	size_t need, ncap;
+	uint8_t *p;
+
+	if (*cap - *len >= want)
+		return 0;
+	/* Compact first: most of the time the buffer is drained. */
+	if (*off) {
+		memmove(*buf, *buf + *off, *len - *off);
+		*len -= *off;
+		*off = 0;
+	}
+	need = *len + want;
+	ncap = *cap ? *cap : 2 * want;
+	while (ncap < need)
+		ncap *= 2;
+	if (ncap <= *cap)
+		return 0;
+	if (ncap > max)
+		return -EMSGSIZE;
+	p = tc__realloc(*buf, ncap);
+	if (!p)
+		return -ENOMEM;
+	*buf = p;
+	*cap = ncap;
+	return 0;
+}

@@ -46,6 +46,15 @@ void tc__buf_patch_u32(struct tc__buf *b, size_t off, uint32_t v);
 void tc__buf_printf(struct tc__buf *b, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/*
+ * A receive buffer holds unread bytes [*off, *len) of *cap.  Make room for
+ * `want` more at the end: compact the unread bytes to the front, then grow
+ * (doubling, from 2 x want) as needed, to at most `max` bytes.  Returns 0,
+ * -ENOMEM, or -EMSGSIZE when `max` would be passed.
+ */
+int tc__rxbuf_room(uint8_t **buf, size_t *cap, size_t *off, size_t *len,
+		   size_t want, size_t max);
+
 /* A read-only window over bytes owned elsewhere. */
 struct tc__cur {
 	const uint8_t *p; /* next unread byte (borrowed) */

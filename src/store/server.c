@@ -1501,38 +1501,18 @@ void tc__srv_conn_flush(struct conn *c)
 
 static void conn_read(struct conn *c)
 {
-	int fds[TC_MAX_FDS_PER_MSG], nfds;
+	int fds[TC_MAX_FDS_PER_MSG], nfds, rc;
 	ssize_t n;
 
-	if (c->in_cap - c->in_len < READ_CHUNK) {
-		size_t need = c->in_len - c->in_off + READ_CHUNK;
-		size_t cap = c->in_cap ? c->in_cap : READ_CHUNK * 2;
-		uint8_t *p;
-
-		/* Compact first: most of the time the buffer is drained. */
-		if (c->in_off) {
-			memmove(c->in, c->in + c->in_off,
-				c->in_len - c->in_off);
-			c->in_len -= c->in_off;
-			c->in_off = 0;
-		}
-		while (cap < need)
-			cap *= 2;
-		if (cap > c->in_cap) {
-			/* Grows only as bytes really arrive, never from a
-			 * declared length. */
-			if (cap > (size_t)TC_PROTO_MAX_BODY + 2 * READ_CHUNK) {
-				conn_close(c, "frame too large");
-				return;
-			}
-			p = tc__realloc(c->in, cap);
-			if (!p) {
-				conn_close(c, "out of memory");
-				return;
-			}
-			c->in = p;
-			c->in_cap = cap;
-		}
+	/* Grows only as bytes really arrive, never from a declared
+	 * length. */
+	rc = tc__rxbuf_room(&c->in, &c->in_cap, &c->in_off, &c->in_len,
+			    READ_CHUNK,
+			    (size_t)TC_PROTO_MAX_BODY + 2 * READ_CHUNK);
+	if (rc < 0) {
+		conn_close(c, rc == -EMSGSIZE ? "frame too large" :
+						"out of memory");
+		return;
 	}
 	n = tc__fdpass_recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len,
 			    fds, &nfds, TC_MAX_FDS_PER_MSG);

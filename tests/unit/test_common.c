@@ -1275,9 +1275,42 @@ static void test_common__alloc_fail_after_threads(void **state)
 	assert_int_equal(bad, 0);
 }
 
+/* A receive buffer: unread bytes move to the front, it grows only as
+ * needed and never past its limit, and what was unread survives. */
+static void test_common__rxbuf_room(void **state)
+{
+	uint8_t *buf = NULL;
+	size_t cap = 0, off = 0, len = 0;
+
+	assert_int_equal(tc__rxbuf_room(&buf, &cap, &off, &len, 100, 1000), 0);
+	assert_int_equal(cap, 200);
+	memcpy(buf, "0123456789", 10);
+	len = 150;
+	off = 100;
+	memcpy(buf + 100, "unread", 6);
+	/* 50 free, 100 wanted: compacting alone makes room. */
+	assert_int_equal(tc__rxbuf_room(&buf, &cap, &off, &len, 100, 1000), 0);
+	assert_int_equal(cap, 200);
+	assert_int_equal(off, 0);
+	assert_int_equal(len, 50);
+	assert_memory_equal(buf, "unread", 6);
+	/* Growth doubles. */
+	len = 190;
+	assert_int_equal(tc__rxbuf_room(&buf, &cap, &off, &len, 100, 1000), 0);
+	assert_int_equal(cap, 400);
+	assert_memory_equal(buf, "unread", 6);
+	/* Never past the limit. */
+	len = 390;
+	assert_int_equal(tc__rxbuf_room(&buf, &cap, &off, &len, 500, 800),
+			 -EMSGSIZE);
+	assert_int_equal(cap, 400);
+	tc__free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_common__rxbuf_room),
 		cmocka_unit_test_teardown(test_common__buf_growth,
 					  teardown_alloc),
 		cmocka_unit_test_teardown(test_common__buf_encodings,
