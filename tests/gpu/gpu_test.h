@@ -25,7 +25,36 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gpu/vmm.h"
+#include "tcast/errors.h"
 #include "tlib.h"
+
+/*
+ * The start every real-GPU test shares: *bytes from TC_GPU_TEST_BYTES
+ * (default 1 GiB), *dev from TC_GPU_TEST_DEVICE (default 0), then the
+ * driver.  Returns -1 to go on, else the exit status: 77 (skip) without a
+ * usable driver or GPU, 1 on any other failure.
+ */
+static inline int t_gpu_start(uint64_t *bytes, int *dev)
+{
+	const char *env = getenv("TC_GPU_TEST_BYTES");
+	char err[512];
+	int ret;
+
+	*bytes = env ? strtoull(env, NULL, 0) : (uint64_t)1 << 30;
+	env = getenv("TC_GPU_TEST_DEVICE");
+	*dev = env ? atoi(env) : 0;
+	ret = tc__gpu_init(err, sizeof(err));
+	if (ret == TC_ENODEV) {
+		printf("SKIP: no usable CUDA driver or GPU: %s\n", err);
+		return 77;
+	}
+	if (ret < 0) {
+		printf("FAIL: %s: %s\n", tc_err_name(ret), err);
+		return 1;
+	}
+	return -1;
+}
 
 /* Open fds of this process that are ours: the CUDA driver opens its own
  * device nodes and eventfds lazily, once, and they are not leaks. */

@@ -554,26 +554,15 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_real__blocking_means_done),
 	};
 	struct tc__gpu_info gi;
-	const char *env, *path;
+	const char *path;
 	int v, ret;
 
 	if (argc == 4 && !strcmp(argv[1], "--child") && !strcmp(argv[2], "big"))
 		return child_big(atoi(argv[3]));
 
-	env = getenv("TC_GPU_TEST_BYTES");
-	big = env ? strtoull(env, NULL, 0) : GiB;
-	env = getenv("TC_GPU_TEST_DEVICE");
-	dev = env ? atoi(env) : 0;
-
-	ret = tc__gpu_init(err, sizeof(err));
-	if (ret == TC_ENODEV) {
-		printf("SKIP: no usable CUDA driver or GPU: %s\n", err);
-		return 77;
-	}
-	if (ret < 0) {
-		printf("FAIL: %s: %s\n", tc_err_name(ret), err);
-		return 1;
-	}
+	ret = t_gpu_start(&big, &dev);
+	if (ret >= 0)
+		return ret;
 	tc__gpu_driver_version(&v, &path, NULL, 0);
 	info("driver '%s', CUDA %d.%d, %d GPU(s) visible; testing GPU %d "
 	     "with a %.0f MiB allocation\n",

@@ -37,7 +37,7 @@
 #include "tcast/client.h"
 #include "tcast/dlpack.h"
 #include "tcast/errors.h"
-#include "tlib.h"
+#include "gpu_test.h"
 
 #define MiB ((uint64_t)1 << 20)
 #define GiB ((uint64_t)1 << 30)
@@ -431,24 +431,13 @@ int main(int argc, char **argv)
 	};
 	struct tc__gpu_info gi;
 	char err[512];
-	const char *env;
 	int ret;
 
 	if (argc >= 6 && !strcmp(argv[1], "--child"))
 		return child_main(argv);
-	env = getenv("TC_GPU_TEST_BYTES");
-	big = env ? strtoull(env, NULL, 0) : GiB;
-	env = getenv("TC_GPU_TEST_DEVICE");
-	dev = env ? atoi(env) : 0;
-	ret = tc__gpu_init(err, sizeof(err));
-	if (ret == TC_ENODEV) {
-		printf("SKIP: no usable CUDA driver or GPU: %s\n", err);
-		return 77;
-	}
-	if (ret < 0) {
-		printf("FAIL: %s: %s\n", tc_err_name(ret), err);
-		return 1;
-	}
+	ret = t_gpu_start(&big, &dev);
+	if (ret >= 0)
+		return ret;
 	if (tc__gpu_device_info(dev, &gi, err, sizeof(err)) < 0) {
 		printf("SKIP: %s\n", err);
 		return 77;
