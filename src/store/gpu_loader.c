@@ -476,10 +476,10 @@ static void open_direct(struct gload *g)
 	}
 }
 
-/* Run g's units on up to `nthreads` threads, this one included, and
- * return how many ran.  Threads beyond the first are an optimisation: when
- * one cannot be created the others still finish the work. */
-static int run_workers(struct gload *g, int nthreads)
+/* Run g's units on up to `nthreads` threads, this one included.  Threads
+ * beyond the first are an optimisation: when one cannot be created the
+ * others still finish the work. */
+static void run_workers(struct gload *g, int nthreads)
 {
 	pthread_t tids[MAX_THREADS];
 	int n = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), g->nunits),
@@ -493,7 +493,6 @@ static int run_workers(struct gload *g, int nthreads)
 		worker(g);
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
-	return g->nunits ? started + 1 : 0;
 }
 
 int tc__gpu_load_source(const struct tc__source *src,
@@ -506,7 +505,6 @@ int tc__gpu_load_source(const struct tc__source *src,
 {
 	struct gload g = { 0 };
 	struct timespec t0, t1;
-	int n;
 
 	if (dst->size < src->table.total_bytes) {
 		snprintf(err, errlen,
@@ -536,7 +534,7 @@ int tc__gpu_load_source(const struct tc__source *src,
 	if (!g.files)
 		return -ENOMEM;
 	open_direct(&g);
-	n = run_workers(&g, o->nthreads);
+	run_workers(&g, o->nthreads);
 	for (uint32_t i = 0; i < src->nfiles; i++)
 		if (g.files[i].dfd >= 0)
 			close(g.files[i].dfd);
@@ -550,10 +548,6 @@ int tc__gpu_load_source(const struct tc__source *src,
 		stats->uring_errno = atomic_load(&g.uring_errno);
 		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
 				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-		stats->staging_bytes =
-			(uint64_t)n *
-			(uint64_t)TC_MAX(1, TC_MIN(o->depth, MAX_DEPTH)) *
-			g.unit;
 	}
 	return g.rc;
 }

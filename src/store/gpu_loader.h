@@ -41,13 +41,12 @@ struct tc__gpu_load_opts {
 };
 
 struct tc__gpu_load_stats {
-	uint64_t bytes;		/* artifact bytes copied to the GPU */
-	uint64_t direct_bytes;	/* of which read with O_DIRECT */
-	double seconds;		/* wall time of the whole load */
-	uint64_t staging_bytes; /* pinned staging memory used */
-	uint64_t uring_bytes;	/* of `bytes`, read through io_uring */
-	int uring_errno;	/* why io_uring was not used (0: it was, or
-				   it was not asked for) */
+	uint64_t bytes;	       /* artifact bytes copied to the GPU */
+	uint64_t direct_bytes; /* of which read with O_DIRECT */
+	double seconds;	       /* wall time of the whole load */
+	uint64_t uring_bytes;  /* of `bytes`, read through io_uring */
+	int uring_errno;       /* why io_uring was not used (0: it was, or
+				  it was not asked for) */
 };
 
 /*
