@@ -13,10 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TC_FMT_ERRLEN	1024 /* scratch size for one message */
-#define TC_FMT_QUOTE	100  /* bytes of a quoted name, NUL included */
-#define TC_FMT_NAME_MAX 255  /* bytes in a shard file name (NAME_MAX) */
-#define TC_FMT_IO_MAX	((size_t)0x7ffff000) /* Linux's cap per read/write */
+#include "common/io.h"
+
+#define TC_FMT_ERRLEN	1024	  /* scratch size for one message */
+#define TC_FMT_QUOTE	100	  /* bytes of a quoted name, NUL included */
+#define TC_FMT_NAME_MAX 255	  /* bytes in a shard file name (NAME_MAX) */
+#define TC_FMT_IO_MAX	TC_IO_MAX /* Linux's cap per read/write */
 
 /* snprintf into err (NULL or errlen 0: nothing). */
 void tc__fmt_err(char *err, size_t errlen, const char *fmt, ...)
@@ -41,10 +43,6 @@ size_t tc__fmt_utf8_seq(const uint8_t *p, size_t n);
 /* Whole-string check: every byte is ASCII or part of a well-formed
  * sequence.  NUL bytes are allowed here; callers check those. */
 bool tc__fmt_utf8_valid(const char *s, size_t n);
-
-/* Read up to n bytes at `off`, retrying on EINTR and short reads; *got is
- * the count read (less than n only at end of file).  Returns 0 or -errno. */
-int tc__fmt_pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got);
 
 /* "%llu" with thousands separators ("287,616") into buf (>= 27 bytes). */
 const char *tc__fmt_thousands(char *buf, size_t buflen, uint64_t v);

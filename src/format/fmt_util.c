@@ -130,31 +130,6 @@ const char *tc__fmt_quote(char buf[TC_FMT_QUOTE], const char *s, size_t len)
 	return buf;
 }
 
-int tc__fmt_pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got)
-{
-	size_t done = 0;
-
-	while (done < n) {
-		/* Linux transfers at most 0x7ffff000 bytes per call. */
-		size_t want = n - done < TC_FMT_IO_MAX ? n - done :
-							 TC_FMT_IO_MAX;
-		ssize_t r = pread(fd, (char *)buf + done, want,
-				  (off_t)(off + done));
-
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			*got = done;
-			return -errno;
-		}
-		if (r == 0)
-			break;
-		done += (size_t)r;
-	}
-	*got = done;
-	return 0;
-}
-
 const char *tc__fmt_thousands(char *buf, size_t buflen, uint64_t v)
 {
 	char digits[24], out[32];

@@ -195,7 +195,7 @@ static int read_index(const char *where, struct tc__index *idx, int fd,
 	buf = tc__malloc((size_t)st.st_size + 1);
 	if (!buf)
 		return -ENOMEM;
-	ret = tc__fmt_pread_full(fd, buf, (size_t)st.st_size, 0, &got);
+	ret = tc__pread_full(fd, buf, (size_t)st.st_size, 0, &got);
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot read '%s/%s': %s", where,
 			    TC_IDX_NAME, tc_strerror(ret));
@@ -566,7 +566,7 @@ static int open_hf_repo(struct tc__source *s, int dirfd, const char *where,
 		return NOT_HF_REPO;
 	if (ret < 0)
 		return ret;
-	ret = tc__fmt_pread_full(sfd, ref, sizeof(ref) - 1, 0, &got);
+	ret = tc__pread_full(sfd, ref, sizeof(ref) - 1, 0, &got);
 	close(sfd);
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot read '%s/refs/main': %s",

@@ -1117,7 +1117,7 @@ int tc__st_read(int fd, uint32_t file_index, struct tc__table *out,
 			(unsigned long long)size);
 		return TC_EBADFILE;
 	}
-	ret = tc__fmt_pread_full(fd, pre, 8, 0, &got);
+	ret = tc__pread_full(fd, pre, 8, 0, &got);
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot read: %s", tc_strerror(ret));
 		return ret;
@@ -1150,7 +1150,7 @@ int tc__st_read(int fd, uint32_t file_index, struct tc__table *out,
 			    (unsigned long long)n);
 		return -ENOMEM;
 	}
-	ret = tc__fmt_pread_full(fd, hdr, (size_t)n, 8, &got);
+	ret = tc__pread_full(fd, hdr, (size_t)n, 8, &got);
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot read the header: %s",
 			    tc_strerror(ret));

@@ -14,6 +14,7 @@
 
 #include "common/alloc.h"
 #include "common/compiler.h"
+#include "common/io.h"
 #include "common/log.h"
 #include "gpu_loader.h"
 #include "ioring.h"
@@ -99,29 +100,6 @@ static void gfail(struct gload *g, int rc, const char *fmt, ...)
 	atomic_store(&g->stop, 1);
 }
 
-static int pread_all(int fd, uint8_t *p, uint64_t len, uint64_t off,
-		     uint64_t *got)
-{
-	*got = 0;
-	while (len > 0) {
-		ssize_t n = pread(fd, p, (size_t)TC_MIN(len, (uint64_t)1 << 30),
-				  (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			break;
-		p += n;
-		off += (uint64_t)n;
-		len -= (uint64_t)n;
-		*got += (uint64_t)n;
-	}
-	return 0;
-}
-
 /* Read len bytes at off of file `file`: buffered, or O_DIRECT through the
  * bounce buffer in aligned pieces (the file's tail may end mid-block). */
 static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
@@ -129,20 +107,19 @@ static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 {
 	struct treader *t = (struct treader *)r;
 	struct lfile *lf = &t->g->files[file];
-	uint64_t got;
+	size_t got;
 	int rc;
 
-	if (lf->dfd < 0) {
-		rc = pread_all(t->g->src->files[file].fd, dst, len, off, &got);
-		return rc < 0 ? rc : got < len ? TC_EBADFILE : 0;
-	}
+	if (lf->dfd < 0)
+		return tc__pread_exact(t->g->src->files[file].fd, dst,
+				       (size_t)len, off);
 	while (len > 0) {
 		uint64_t a0 = off & ~(lf->align - 1);
 		uint64_t want = TC_ALIGN_UP(off + len, lf->align) - a0;
 		uint64_t skip = off - a0, take;
 
 		want = TC_MIN(want, t->bounce_len);
-		rc = pread_all(lf->dfd, t->bounce, want, a0, &got);
+		rc = tc__pread_full(lf->dfd, t->bounce, (size_t)want, a0, &got);
 		if (rc < 0)
 			return rc;
 		if (got <= skip)
@@ -174,15 +151,12 @@ static int qread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	struct qreader *q = (struct qreader *)r;
 	struct lfile *lf = &q->g->files[file];
 	bool direct = lf->dfd >= 0;
-	uint64_t got;
-	int rc;
 
 	/* From the page cache io_uring only copies too, later: pread here
 	 * keeps the window in cache for its hash (it ran ~10% faster). */
-	if (!direct && q->g->o->io == TC_IO_AUTO) {
-		rc = pread_all(q->g->src->files[file].fd, dst, len, off, &got);
-		return rc < 0 ? rc : got < len ? TC_EBADFILE : 0;
-	}
+	if (!direct && q->g->o->io == TC_IO_AUTO)
+		return tc__pread_exact(q->g->src->files[file].fd, dst,
+				       (size_t)len, off);
 	if (direct)
 		atomic_fetch_add(&q->g->direct_bytes, len);
 	atomic_fetch_add(&q->g->uring_bytes, len);

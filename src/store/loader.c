@@ -10,6 +10,7 @@
 
 #include "common/alloc.h"
 #include "common/compiler.h"
+#include "common/io.h"
 #include "loader.h"
 #include "proto/proto.h"
 #include "tcast/errors.h"
@@ -67,26 +68,6 @@ uint32_t tc__load_first_tensor(const struct tc__table *t, uint64_t pos)
 	return lo;
 }
 
-static int pread_full(int fd, uint8_t *p, uint64_t len, uint64_t off)
-{
-	while (len > 0) {
-		size_t want = (size_t)TC_MIN(len, (uint64_t)1 << 30);
-		ssize_t n = pread(fd, p, want, (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return TC_EBADFILE;
-		p += n;
-		off += (uint64_t)n;
-		len -= (uint64_t)n;
-	}
-	return 0;
-}
-
 int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 		   uint64_t w1, uint32_t *cursor, bool zero_gaps,
 		   struct tc__reader *rd, char *err, size_t errlen)
@@ -111,7 +92,7 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 		off = x->src_offset + (a - x->offset);
 		rc = rd ? rd->read(rd, x->src_file, buf + (a - w0), b - a,
 				   off) :
-			  pread_full(f->fd, buf + (a - w0), b - a, off);
+			  tc__pread_exact(f->fd, buf + (a - w0), b - a, off);
 		if (rc < 0) {
 			snprintf(
 				err, errlen,
