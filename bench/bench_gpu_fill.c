@@ -94,7 +94,7 @@ static double torch_gbs(uint64_t n, int pin)
 int main(int argc, char **argv)
 {
 	double gib = 16, h2d, best_ring = 0, t, reg_s, copy_s, alloc_s,
-	       dflt = 0, pin_s, pinned = 0;
+	       dflt = 0, pin_s, pinned = 0, ta_other;
 	int dev = 0, quick = 0, best_t = 0;
 	uint64_t n;
 	struct tc__shm *seg;
@@ -255,6 +255,33 @@ int main(int argc, char **argv)
 			       ta * 1e3, (double)n / tc_ / 1e9);
 			tc__gpu_release(&b);
 			usleep(500000); /* let a scrub, if any, finish */
+		}
+		/* The fan-out case: pinned through this GPU's context
+		 * (PORTABLE), copied to another GPU. */
+		if (tc__gpu_device_count(err, sizeof(err)) > 1) {
+			struct tc__gpu_mem o;
+			int other = dev == 0 ? 1 : 0;
+
+			for (int k = 0; k < 2; k++) {
+				tc__gpu_mem_init(&o);
+				t = now_s();
+				if (tc__gpu_alloc(other, n, 0, &o, err,
+						  sizeof(err)) < 0)
+					die("alloc", err);
+				ta_other = now_s() - t;
+				if (tc__gpu_copy_pinned(&pin, n, &o, err,
+							sizeof(err)) < 0)
+					die("copy_pinned", err);
+				printf("pinned -> GPU %d (%s): alloc %.1f ms, "
+				       "alloc + copy %.2f GB/s\n",
+				       other,
+				       k ? "again" : "its first allocation",
+				       ta_other * 1e3,
+				       (double)n / (now_s() - t) / 1e9);
+				verify(seg->map, n, &o, "copy_pinned other");
+				tc__gpu_release(&o);
+				usleep(500000);
+			}
 		}
 		t = now_s();
 		tc__gpu_unpin(&pin);

@@ -9,6 +9,7 @@
 #define TC_CONFIG_H
 
 #include <limits.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/un.h>
 
@@ -28,6 +29,9 @@ struct tc__store_config {
 	int gpu_percent;     /* GPU budget per device, % of its memory */
 	int io_engine;	     /* how GPU loads read files: TC_IO_AUTO,
 				TC_IO_URING or TC_IO_PREAD (gpu_loader.h) */
+	bool pin_eager;	     /* gpu_pin_host: pin large host replicas when
+				they are sealed (eager), not after their
+				first GPU fill (on_use) */
 };
 
 #define TC_SPARE_AUTO UINT64_MAX
@@ -35,8 +39,8 @@ struct tc__store_config {
 void tc__config_defaults(struct tc__store_config *c);
 /* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
  * job_threads, max_clients, log_level, log_file, handshake_ms,
- * max_client_buffer, gpu_memory, host_spare, io_engine).  Returns 0,
- * TC_EBADCONFIG or -errno; `err` names the file, line and key. */
+ * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host).  Returns
+ * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);
 /* Parse "8GiB", "512MiB", "1.5G", "100%"-free byte sizes: plain integers,

@@ -49,6 +49,7 @@ struct tc__gpu_dev {
 	uint64_t used;		  /* bytes of replicas + reservations */
 	uint64_t gran;		  /* VMM granularity, 0 until first alloc */
 	uint64_t evictions;	  /* replicas evicted to make room */
+	uint64_t reused;	  /* of which the allocation was refilled */
 	uint32_t nreplicas;	  /* replicas here, filling or ready */
 	bool touched;		  /* a context exists (we allocated here) */
 	struct tc__gpu_replica *lru_head;
@@ -71,6 +72,9 @@ struct tc__gpu_replica {
 	double fill_seconds;	 /* allocation + copy time */
 	double alloc_seconds;	 /* of which allocation */
 	bool fill_pinned;	 /* the copy ran from pinned host memory */
+	bool reused;		 /* filled in an evicted replica's memory */
+	bool no_reuse;		 /* may be mapped without a lease: when
+				    evicted, release, never refill */
 	struct gt_req *waiters;	 /* requests waiting for the fill */
 	struct tc__gpu_replica *lru_prev, *lru_next;
 };
@@ -154,10 +158,20 @@ bool tc__gpu_tier_obj_empty(const struct tc__obj *o);
 void tc__gpu_tier_copy_begin(struct tc__gpu_tier *t);
 void tc__gpu_tier_copy_end(struct tc__gpu_tier *t);
 
+/* o, a host artifact, was just sealed and inserted.  With gpu_pin_host:
+ * eager (the default) and a GPU already in use, a large one is pinned in
+ * the background now, so that its first GPU replica fills from pinned
+ * memory too (else it is pinned after that first fill). */
+void tc__gpu_tier_host_added(struct tc__gpu_tier *t, struct tc__obj *o);
+
 /* The ready replica of o on the GPU with this UUID, or NULL. */
 struct tc__gpu_replica *
 tc__gpu_tier_find(struct tc__gpu_tier *t, struct tc__obj *o,
 		  const uint8_t uuid[TC_GPU_UUID_BYTES]);
+
+/* A lease of r ends without the client's release (its connection closed):
+ * r's allocation is never refilled with another artifact when evicted. */
+void tc__gpu_replica_keep_private(struct tc__gpu_replica *r);
 
 /* Take / drop one client lease on a ready replica.  A lease also holds the
  * artifact (tc__objs_lease); dropping the last artifact lease of a removed

@@ -646,6 +646,7 @@ static void import_done(struct tc__job *job)
 	bool dedup = o != j->o;
 
 	j->o = NULL; /* owned by the table now (or freed as a duplicate) */
+	tc__gpu_tier_host_added(s->gpu, o);
 	if (j->gpu) {
 		/* The allocation becomes o's replica (or is dropped when the
 		 * same content is already on that GPU): the job owns neither
@@ -964,6 +965,7 @@ static void seal_done(struct tc__job *job)
 		bool dedup = o != p->o;
 
 		c->srv->n_put++;
+		tc__gpu_tier_host_added(c->srv->gpu, o);
 		if (!c->closing) {
 			c->err[0] = '\0';
 			rc = publish_key(c, o, p->key, p->flags, p->expect_gen,
@@ -1570,6 +1572,11 @@ static void conn_free(struct conn *c)
 	while (c->nleases) {
 		struct lease *l = &c->leases[0];
 
+		/* The client did not release it: its process may live on
+		 * (a connection the daemon dropped) and still map the
+		 * replica, so that memory must never show other bytes. */
+		if (l->rep)
+			tc__gpu_replica_keep_private(l->rep);
 		while (l->n > 1)
 			lease_drop(c, l);
 		lease_drop(c, l);

@@ -978,7 +978,10 @@ static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 	tc_client *c;
 	json_t *doc, *r;
 
-	daemon_start(fake_env, "--host-memory", "900MiB", NULL);
+	/* on_use: pinned after the first fill, not when put (see
+	 * test_gpu_tier__eager_pin_and_reuse for the default). */
+	daemon_start(fake_env, "--host-memory", "900MiB", "--set",
+		     "gpu_pin_host=on_use", NULL);
 	c = t_connect(D.sock);
 	/* Other GPU copies first (an import straight to a GPU, a binding
 	 * and its swap): pinning waits for them, and must not wait for
@@ -1039,6 +1042,114 @@ static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 	artifact_sha(a, h2);
 	assert_string_equal(h2, hex);
 	tc_artifact_close(a);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+static bool replica_flag(tc_client *c, const char *ref, int dev,
+			 const char *field)
+{
+	json_t *doc, *r = gpu_replica(c, ref, dev, &doc);
+	bool v = r && json_is_true(json_object_get(r, field));
+
+	json_decref(doc);
+	return v;
+}
+
+static void wait_pinned(tc_client *c, long long bytes)
+{
+	for (int i = 0; i < 500 && gpu_total(c, "pinned_host_bytes") < bytes;
+	     i++)
+		usleep(10000);
+	assert_true(gpu_total(c, "pinned_host_bytes") >= bytes);
+}
+
+/* The default gpu_pin_host=eager: once a GPU is in use, a large host
+ * artifact is pinned when it is put, so even its first replica fills from
+ * pinned memory.  An evicted replica of the same size is refilled in place
+ * (no free + allocate: the driver scrubs freed memory while the next copy
+ * runs), unless its lease ended with a connection rather than a release:
+ * that process may live on and still map it. */
+static void test_gpu_tier__eager_pin_and_reuse(void **state)
+{
+	uint64_t n = 320 * MiB + 4097; /* 322 MiB on a GPU */
+	char hex[65], h2[65], line[64];
+	tc_artifact *a;
+	tc_client *c;
+	int fd;
+	pid_t p;
+
+	daemon_start(fake_env, "--host-memory", "1400MiB", "--set",
+		     "gpu_memory=400MiB", NULL);
+	c = t_connect(D.sock);
+	/* Before any GPU request nothing is pinned: no context is made for
+	 * it. */
+	put_blob(c, "early", 70 * MiB, 1, NULL);
+	usleep(100000);
+	assert_int_equal(gpu_total(c, "pinned_host_bytes"), 0);
+	put_blob(c, "s", MiB, 2, NULL);
+	tc_artifact_close(attach_gpu_ok(c, "s", 0));
+	/* Small ones are pinned by their own fill; this one was not asked
+	 * for a GPU yet. */
+	long long small = gpu_total(c, "pinned_host_bytes");
+
+	put_blob(c, "big", n, 3, NULL);
+	wait_pinned(c, small + (long long)n);
+	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), MiB);
+	host_sha(c, "big", hex);
+	a = attach_gpu_ok(c, "big", 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), MiB + (long long)n);
+	assert_true(replica_flag(c, "big", 0, "pinned"));
+	assert_false(replica_flag(c, "big", 0, "reused_allocation"));
+
+	/* Same size, other bytes: it evicts "s" (released) and "big"
+	 * (allocation reused). */
+	put_blob(c, "big2", n, 4, NULL);
+	wait_pinned(c, small + 2 * (long long)n);
+	host_sha(c, "big2", hex);
+	a = attach_gpu_ok(c, "big2", 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+	assert_true(replica_flag(c, "big2", 0, "reused_allocation"));
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 2);
+	assert_int_equal(gpu_stat(c, 0, "reused_allocations"), 1);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 322 * MiB);
+	/* And back: big's bytes again, in big2's allocation. */
+	host_sha(c, "big", hex);
+	a = attach_gpu_ok(c, "big", 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+	assert_int_equal(gpu_stat(c, 0, "reused_allocations"), 2);
+
+	/* A client killed while holding big: its lease ends with its
+	 * connection, so big's memory is released at eviction, not reused. */
+	p = spawn("hold", "big", 0, NULL, &fd);
+	t_read_line(fd, line, sizeof(line));
+	assert_string_equal(line, "ready");
+	kill(p, SIGKILL);
+	assert_int_equal(t_wait_status(p), 128 + SIGKILL);
+	close(fd);
+	for (int i = 0; i < 200 && replica_leases(c, "big", 0); i++)
+		usleep(10000);
+	assert_int_equal(replica_leases(c, "big", 0), 0);
+	host_sha(c, "big2", hex);
+	a = attach_gpu_ok(c, "big2", 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+	assert_false(replica_flag(c, "big2", 0, "reused_allocation"));
+	assert_int_equal(gpu_stat(c, 0, "reused_allocations"), 2);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 4);
+
+	/* Removing pinned artifacts unpins them. */
+	assert_int_equal(tc_rm(c, "big"), 0);
+	assert_int_equal(tc_rm(c, "big2"), 0);
+	assert_int_equal(gpu_total(c, "pinned_host_bytes"), small);
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -1242,6 +1353,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__concurrent_and_abandoned),
 		cmocka_unit_test(
 			test_gpu_tier__large_replica_pinned_after_first_fill),
+		cmocka_unit_test(test_gpu_tier__eager_pin_and_reuse),
 		cmocka_unit_test(test_gpu_tier__config),
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),

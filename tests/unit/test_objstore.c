@@ -1195,9 +1195,11 @@ static void test_objstore__config_load(void **state)
 		      "handshake_ms: 2500\n"
 		      "max_client_buffer: 64MiB\n"
 		      "gpu_memory: 40GiB\n"
-		      "io_engine: pread\n");
+		      "io_engine: pread\n"
+		      "gpu_pin_host: on_use\n");
 	tc__config_defaults(&c);
 	assert_int_equal(c.io_engine, TC_IO_AUTO);
+	assert_true(c.pin_eager);
 	assert_int_equal(tc__config_load(&c, p, err, sizeof(err)), 0);
 	assert_string_equal(c.socket, "/run/x/d.sock");
 	assert_int_equal(c.host_bytes, (uint64_t)8 << 30);
@@ -1210,6 +1212,7 @@ static void test_objstore__config_load(void **state)
 	assert_int_equal(c.max_outbuf, (uint64_t)64 << 20);
 	assert_int_equal(c.gpu_bytes, (uint64_t)40 << 30);
 	assert_int_equal(c.io_engine, TC_IO_PREAD);
+	assert_false(c.pin_eager);
 	free(p);
 
 	/* The GPU budget as a share of each GPU. */
@@ -1313,6 +1316,8 @@ static void test_objstore__config_bad(void **state)
 	expect_bad_config(dir, "log_level: loud\n", "'log_level'", NULL);
 	expect_bad_config(dir, "io_engine: fast\n", "'io_engine'",
 			  "'fast' is not auto, io_uring or pread", NULL);
+	expect_bad_config(dir, "gpu_pin_host: always\n", "'gpu_pin_host'",
+			  "'always' is not eager or on_use", NULL);
 	expect_bad_config(dir, "gpu_memory: 101%\n", "'gpu_memory'",
 			  "percentage", NULL);
 	expect_bad_config(dir, "gpu_memory: 0%\n", "'gpu_memory'", NULL);
