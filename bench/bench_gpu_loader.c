@@ -157,7 +157,9 @@ int main(int argc, char **argv)
 	char path[512], err[512];
 	double gib = 8, best = 0, st_warm, st_cold = -1, dd = -1, cold = -1,
 	       cold_buf = -1, h2d, host2gpu, best_pread = 0, cold_pread = -1;
-	int dev = 0, best_t = 0, threads[] = { 2, 4, 8, 12, 16 }, cold_runs = 1;
+	int dev = 0, best_t = 0, threads[] = { 2, 4, 8, 12, 16, 24, 32 },
+	    cold_runs = 1;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	struct tc__source *src;
 	struct tc__gpu_mem m;
 	struct tc__digest *ref, *chunks;
@@ -208,6 +210,8 @@ int main(int argc, char **argv)
 	/* Page-cached. */
 	warm(file);
 	for (size_t i = 0; i < sizeof(threads) / sizeof(threads[0]); i++) {
+		if (threads[i] > 16 && threads[i] > ncpu)
+			break; /* more threads than cores only up to 16 */
 		double g = load_gbs(src, &m, threads[i], depth_opt, 0,
 				    TC_IO_URING, chunks, NULL),
 		       gp = load_gbs(src, &m, threads[i], depth_opt, 0,

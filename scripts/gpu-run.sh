@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs on the GPU machine over the carried .gpu/ bundle (scripts/gpu-bundle.sh)
 # and writes every log to $OUT.  Usage: scripts/gpu-run.sh [steps...]
-# steps: env gpu python bench pybench fill loader (default: all)
+# steps: env gpu python bench pybench fill loader attach (default: all)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 G="$root/.gpu"
@@ -17,7 +17,7 @@ if python3 -c 'import pytest' 2>/dev/null; then
 else
 	export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
 fi
-steps=${*:-env gpu python bench pybench fill loader}
+steps=${*:-env gpu python bench pybench fill loader attach}
 for s in $steps; do
 	case $s in
 	env)
@@ -48,6 +48,9 @@ for s in $steps; do
 		echo "== loader (bench_gpu_loader, gpu-import-bench)"
 		"$G/bench/bench_gpu_loader" --gib 8 > "$OUT/bench_gpu_loader.log" 2>&1; tail -9 "$OUT/bench_gpu_loader.log"
 		"$root/scripts/gpu-import-bench.sh" /tmp/tcast-bench-8gib.safetensors 3 > "$OUT/import_bench.log" 2>&1; cat "$OUT/import_bench.log" ;;
+	attach)
+		echo "== bench_gpu_attach.py"
+		python3 "$root/bench/bench_gpu_attach.py" > "$OUT/bench_gpu_attach.log" 2>&1; tail -12 "$OUT/bench_gpu_attach.log" ;;
 	pybench)
 		echo "== python benches"
 		python3 "$root/bench/bench_tensor_dict.py" > "$OUT/bench_tensor_dict.log" 2>&1; tail -8 "$OUT/bench_tensor_dict.log"
