@@ -35,6 +35,11 @@
 #define URING_DEPTH 8
 /* Read and hash this much at a time, so the hash reads from L2. */
 #define WINDOW_BYTES ((uint64_t)1 << 20)
+/* Pinned staging buffers kept between loads and fills: each registration
+ * is a driver call under a process-wide lock, and a load's 32 buffers
+ * (16 threads x 2) cost that at its start and again at its end.  128 MiB
+ * at the default 4 MiB unit. */
+#define STAGE_POOL_MAX 32
 
 /* A source file as the reader threads see it. */
 struct lfile {
@@ -230,6 +235,91 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 	return rc;
 }
 
+static struct {
+	pthread_mutex_t mu;
+	int n;
+	struct {
+		void *p;
+		uint64_t len;
+		int dev; /* whose context registered it */
+	} buf[STAGE_POOL_MAX];
+} stage_pool = { PTHREAD_MUTEX_INITIALIZER, 0, { { NULL, 0, 0 } } };
+
+/* A pinned staging buffer of `len` bytes: from the pool, or anonymous
+ * pages touched now, then registered (far faster than allocating pinned
+ * memory through the driver).  Returns 0 or an error with `err`. */
+static int stage_get(int dev, uint64_t len, void **out, char *err,
+		     size_t errlen)
+{
+	void *p = NULL;
+	int rc;
+
+	pthread_mutex_lock(&stage_pool.mu);
+	for (int i = stage_pool.n - 1; i >= 0 && !p; i--)
+		if (stage_pool.buf[i].len == len) {
+			p = stage_pool.buf[i].p;
+			stage_pool.buf[i] = stage_pool.buf[--stage_pool.n];
+		}
+	pthread_mutex_unlock(&stage_pool.mu);
+	if (p) {
+		*out = p;
+		return 0;
+	}
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	if (p == MAP_FAILED) {
+		snprintf(err, errlen, "cannot allocate staging memory: %s",
+			 strerror(errno));
+		return -errno;
+	}
+	/* Huge pages where the kernel allows: fewer TLB misses for the copies
+	 * in and fewer pages for the driver to pin. */
+	madvise(p, len, MADV_HUGEPAGE);
+	memset(p, 0, len);
+	rc = tc__gpu_host_register(dev, p, len, 0, err, errlen);
+	if (rc < 0) {
+		munmap(p, len);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
+/* Give a buffer of stage_get back (it must be idle). */
+static void stage_put(int dev, void *p, uint64_t len)
+{
+	char err[256];
+
+	pthread_mutex_lock(&stage_pool.mu);
+	if (stage_pool.n < STAGE_POOL_MAX) {
+		stage_pool.buf[stage_pool.n].p = p;
+		stage_pool.buf[stage_pool.n].len = len;
+		stage_pool.buf[stage_pool.n++].dev = dev;
+		p = NULL;
+	}
+	pthread_mutex_unlock(&stage_pool.mu);
+	if (p) {
+		tc__gpu_host_unregister(dev, p, err, sizeof(err));
+		munmap(p, len);
+	}
+}
+
+void tc__gpu_stage_pool_drain(void)
+{
+	char err[256];
+
+	pthread_mutex_lock(&stage_pool.mu);
+	while (stage_pool.n) {
+		stage_pool.n--;
+		tc__gpu_host_unregister(stage_pool.buf[stage_pool.n].dev,
+					stage_pool.buf[stage_pool.n].p, err,
+					sizeof(err));
+		munmap(stage_pool.buf[stage_pool.n].p,
+		       stage_pool.buf[stage_pool.n].len);
+	}
+	pthread_mutex_unlock(&stage_pool.mu);
+}
+
 static void *worker(void *arg)
 {
 	struct gload *g = arg;
@@ -243,6 +333,7 @@ static void *worker(void *arg)
 	char err[512];
 	uint64_t k;
 	int rc, nslots = 0, i = 0;
+	bool synced = true;
 
 	if (!h) {
 		gfail(g, -ENOMEM, "out of memory");
@@ -267,23 +358,11 @@ static void *worker(void *arg)
 		gfail(g, rc, "%s", err);
 		goto out;
 	}
-	/* Pinned staging: anonymous pages touched now, then registered, which
-	 * is far faster than allocating pinned memory through the driver. */
 	for (; nslots < depth; nslots++) {
-		void *p = mmap(NULL, g->unit, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		void *p = NULL;
 
-		if (p == MAP_FAILED) {
-			gfail(g, -errno, "cannot allocate staging memory");
-			goto out;
-		}
-		/* Huge pages where the kernel allows: fewer TLB misses for
-		 * the copies in and fewer pages for the driver to pin. */
-		madvise(p, g->unit, MADV_HUGEPAGE);
-		memset(p, 0, g->unit);
+		rc = stage_get(dev, g->unit, &p, err, sizeof(err));
 		slots[nslots].p = p;
-		rc = tc__gpu_host_register(dev, p, g->unit, 0, err,
-					   sizeof(err));
 		if (rc == 0)
 			rc = tc__gpu_event_create(dev, 0, &slots[nslots].ev,
 						  err, sizeof(err));
@@ -373,12 +452,17 @@ out:
 	/* No buffer may be unpinned or unmapped while a read fills it or a
 	 * copy reads it. */
 	tc__ioring_free(ur);
-	if (s && tc__gpu_stream_sync(s, err, sizeof(err)) < 0)
+	if (s && tc__gpu_stream_sync(s, err, sizeof(err)) < 0) {
 		gfail(g, TC_ECUDA, "%s", err);
+		synced = false;
+	}
 	for (int j = 0; j < nslots; j++) {
 		if (slots[j].ev)
 			tc__gpu_event_free(slots[j].ev);
-		if (slots[j].p) {
+		/* Pooled only when no copy can still be reading it. */
+		if (slots[j].p && synced) {
+			stage_put(dev, slots[j].p, g->unit);
+		} else if (slots[j].p) {
 			tc__gpu_host_unregister(dev, slots[j].p, err,
 						sizeof(err));
 			munmap(slots[j].p, g->unit);

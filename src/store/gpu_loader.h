@@ -122,4 +122,8 @@ int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,
 /* Unpin all of `pin` and zero it (~6 ms per GiB).  Zeroed: a no-op. */
 void tc__gpu_unpin(struct tc__gpu_pinning *pin);
 
+/* Unregister and unmap the pinned staging buffers kept between loads (at
+ * daemon exit, with no load or fill running). */
+void tc__gpu_stage_pool_drain(void);
+
 #endif /* TC_GPU_LOADER_H */

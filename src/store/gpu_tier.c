@@ -306,6 +306,8 @@ void tc__gpu_tier_free(struct tc__gpu_tier *t)
 			tc__log(TC_LOG_WARN,
 				"GPU %d: %u replicas outlive the tier", i,
 				t->devs[i].nreplicas);
+	if (t->state == GT_OPEN)
+		tc__gpu_stage_pool_drain(); /* every job has ended */
 	tc__free(t);
 }
 

@@ -300,6 +300,9 @@ static void test_gpu_loader__driver_failures(void **state)
 					       &m, err, sizeof(err)),
 				 0);
 		snprintf(spec, sizeof(spec), "%s:1", fns[i]);
+		/* Staging buffers are kept between loads: none now, so the
+		 * next load registers its own. */
+		tc__gpu_stage_pool_drain();
 		setenv("TC_FAKECUDA_FAIL", spec, 1);
 		rc = tc__gpu_load_source(r.src, &m, &o, ch, NULL, NULL, err,
 					 sizeof(err));
@@ -311,6 +314,51 @@ static void test_gpu_loader__driver_failures(void **state)
 		assert_int_equal(t_count_fds(), fd0);
 	}
 	load_and_compare(&r, 2, 2, 0, 0);
+	ref_close(&r);
+	unlink(path);
+	rmdir(dir);
+}
+
+/* Pinned staging buffers are kept between loads (no registration per
+ * load) and given back to the driver by tc__gpu_stage_pool_drain. */
+static void test_gpu_loader__staging_kept_between_loads(void **state)
+{
+	char dir[] = "/tmp/tcast-gl-XXXXXX", path[64], err[512];
+	struct tc__gpu_load_opts o = { .nthreads = 2, .depth = 2 };
+	struct tc__digest ch[16];
+	struct tc__gpu_mem m;
+	uint64_t off;
+	struct ref r;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/m.safetensors", dir);
+	write_model(path, &off);
+	ref_open(&r, path);
+	tc__gpu_mem_init(&m);
+	assert_int_equal(tc__gpu_alloc(0, r.src->table.total_bytes, 0, &m, err,
+				       sizeof(err)),
+			 0);
+	tc__gpu_stage_pool_drain();
+	assert_int_equal(tc__gpu_load_source(r.src, &m, &o, ch, NULL, NULL, err,
+					     sizeof(err)),
+			 0);
+	/* The second load registers nothing: a failing registration does
+	 * not touch it. */
+	setenv("TC_FAKECUDA_FAIL", "cuMemHostRegister_v2:1", 1);
+	memset(ch, 0, sizeof(ch));
+	if (tc__gpu_load_source(r.src, &m, &o, ch, NULL, NULL, err,
+				sizeof(err)) < 0)
+		fail_msg("second load: %s", err);
+	unsetenv("TC_FAKECUDA_FAIL");
+	assert_memory_equal(ch, r.chunks, r.nchunks * sizeof(ch[0]));
+	/* Drained, the next load registers again. */
+	tc__gpu_stage_pool_drain();
+	setenv("TC_FAKECUDA_FAIL", "cuMemHostRegister_v2:1", 1);
+	assert_int_equal(tc__gpu_load_source(r.src, &m, &o, ch, NULL, NULL, err,
+					     sizeof(err)),
+			 TC_ECUDA);
+	unsetenv("TC_FAKECUDA_FAIL");
+	tc__gpu_release(&m);
 	ref_close(&r);
 	unlink(path);
 	rmdir(dir);
@@ -578,6 +626,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_loader__matches_host_loader),
 		cmocka_unit_test(test_gpu_loader__multi_chunk_unaligned),
 		cmocka_unit_test(test_gpu_loader__driver_failures),
+		cmocka_unit_test(test_gpu_loader__staging_kept_between_loads),
 		cmocka_unit_test(test_gpu_loader__too_small_destination),
 		cmocka_unit_test(test_gpu_loader__ioring),
 		cmocka_unit_test(test_gpu_loader__pin_and_copy_pinned),
