@@ -211,6 +211,20 @@ static tc_artifact *attach_gpu_ok(tc_client *c, const char *ref, int dev)
 	return a;
 }
 
+/* Attach `ref` on GPU `dev`, check its bytes against the host copy by
+ * SHA-256, and close it. */
+static void gpu_copy_matches_host(tc_client *c, const char *ref, int dev)
+{
+	char hex[65], h2[65];
+	tc_artifact *a;
+
+	host_sha(c, ref, hex);
+	a = attach_gpu_ok(c, ref, dev);
+	artifact_sha(a, h2);
+	assert_string_equal(h2, hex);
+	tc_artifact_close(a);
+}
+
 static int count_maps(void)
 {
 	FILE *f = fopen("/proc/self/maps", "r");
@@ -1001,11 +1015,8 @@ static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 		tc_artifact_close(bd);
 	}
 	put_blob(c, "big", n, 5, NULL);
+	gpu_copy_matches_host(c, "big", 0);
 	host_sha(c, "big", hex);
-	a = attach_gpu_ok(c, "big", 0);
-	artifact_sha(a, h2);
-	assert_string_equal(h2, hex);
-	tc_artifact_close(a);
 	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), 0);
 	for (int i = 0; i < 500 && !gpu_total(c, "pinned_host_bytes"); i++)
 		usleep(10000);
@@ -1073,8 +1084,7 @@ static void wait_pinned(tc_client *c, long long bytes)
 static void test_gpu_tier__eager_pin_and_reuse(void **state)
 {
 	uint64_t n = 320 * MiB + 4097; /* 322 MiB on a GPU */
-	char hex[65], h2[65], line[64];
-	tc_artifact *a;
+	char line[64];
 	tc_client *c;
 	int fd;
 	pid_t p;
@@ -1096,11 +1106,7 @@ static void test_gpu_tier__eager_pin_and_reuse(void **state)
 	put_blob(c, "big", n, 3, NULL);
 	wait_pinned(c, small + (long long)n);
 	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), MiB);
-	host_sha(c, "big", hex);
-	a = attach_gpu_ok(c, "big", 0);
-	artifact_sha(a, h2);
-	assert_string_equal(h2, hex);
-	tc_artifact_close(a);
+	gpu_copy_matches_host(c, "big", 0);
 	assert_int_equal(gpu_total(c, "fill_pinned_bytes"), MiB + (long long)n);
 	assert_true(replica_flag(c, "big", 0, "pinned"));
 	assert_false(replica_flag(c, "big", 0, "reused_allocation"));
@@ -1109,21 +1115,13 @@ static void test_gpu_tier__eager_pin_and_reuse(void **state)
 	 * (allocation reused). */
 	put_blob(c, "big2", n, 4, NULL);
 	wait_pinned(c, small + 2 * (long long)n);
-	host_sha(c, "big2", hex);
-	a = attach_gpu_ok(c, "big2", 0);
-	artifact_sha(a, h2);
-	assert_string_equal(h2, hex);
-	tc_artifact_close(a);
+	gpu_copy_matches_host(c, "big2", 0);
 	assert_true(replica_flag(c, "big2", 0, "reused_allocation"));
 	assert_int_equal(gpu_stat(c, 0, "evictions"), 2);
 	assert_int_equal(gpu_stat(c, 0, "reused_allocations"), 1);
 	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 322 * MiB);
 	/* And back: big's bytes again, in big2's allocation. */
-	host_sha(c, "big", hex);
-	a = attach_gpu_ok(c, "big", 0);
-	artifact_sha(a, h2);
-	assert_string_equal(h2, hex);
-	tc_artifact_close(a);
+	gpu_copy_matches_host(c, "big", 0);
 	assert_int_equal(gpu_stat(c, 0, "reused_allocations"), 2);
 
 	/* A client killed while holding big: its lease ends with its
@@ -1137,11 +1135,7 @@ static void test_gpu_tier__eager_pin_and_reuse(void **state)
 	for (int i = 0; i < 200 && replica_leases(c, "big", 0); i++)
 		usleep(10000);
 	assert_int_equal(replica_leases(c, "big", 0), 0);
-	host_sha(c, "big2", hex);
-	a = attach_gpu_ok(c, "big2", 0);
-	artifact_sha(a, h2);
-	assert_string_equal(h2, hex);
-	tc_artifact_close(a);
+	gpu_copy_matches_host(c, "big2", 0);
 	assert_false(replica_flag(c, "big2", 0, "reused_allocation"));
 	assert_int_equal(gpu_stat(c, 0, "reused_allocations"), 2);
 	assert_int_equal(gpu_stat(c, 0, "evictions"), 4);

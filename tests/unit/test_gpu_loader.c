@@ -217,6 +217,27 @@ static size_t write_model(const char *path, uint64_t *data_bytes)
 	return hl;
 }
 
+/* A generated model in a new temporary folder dir (a mkdtemp template),
+ * opened as r; returns write_model's header length. */
+static size_t model_open(char *dir, char *path, size_t pathlen, uint64_t *off,
+			 struct ref *r)
+{
+	size_t hl;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, pathlen, "%s/m.safetensors", dir);
+	hl = write_model(path, off);
+	ref_open(r, path);
+	return hl;
+}
+
+static void model_close(const char *dir, const char *path, struct ref *r)
+{
+	ref_close(r);
+	unlink(path);
+	rmdir(dir);
+}
+
 static void test_gpu_loader__multi_chunk_unaligned(void **state)
 {
 	char dir[] = "/tmp/tcast-gl-XXXXXX", path[64];
@@ -224,10 +245,7 @@ static void test_gpu_loader__multi_chunk_unaligned(void **state)
 	size_t hl;
 	struct ref r;
 
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/m.safetensors", dir);
-	hl = write_model(path, &off);
-	ref_open(&r, path);
+	hl = model_open(dir, path, sizeof(path), &off, &r);
 	assert_true(r.nchunks >= 4);
 	load_and_compare(&r, 3, 2, 1, 1);
 	load_and_compare(&r, 3, 2, 0, 1);
@@ -261,9 +279,7 @@ static void test_gpu_loader__multi_chunk_unaligned(void **state)
 		free(ch);
 		assert_int_equal(t_count_fds(), fd0);
 	}
-	ref_close(&r);
-	unlink(path);
-	rmdir(dir);
+	model_close(dir, path, &r);
 }
 
 /* Every driver call the loader makes failing in turn: an error with the
@@ -279,10 +295,7 @@ static void test_gpu_loader__driver_failures(void **state)
 	uint64_t off;
 	struct ref r;
 
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/m.safetensors", dir);
-	write_model(path, &off);
-	ref_open(&r, path);
+	model_open(dir, path, sizeof(path), &off, &r);
 	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
 		/* One thread, two buffers: the third chunk must wait for the
 		 * first one's copy, so every call below is reached. */
@@ -314,9 +327,7 @@ static void test_gpu_loader__driver_failures(void **state)
 		assert_int_equal(t_count_fds(), fd0);
 	}
 	load_and_compare(&r, 2, 2, 0, 0);
-	ref_close(&r);
-	unlink(path);
-	rmdir(dir);
+	model_close(dir, path, &r);
 }
 
 /* Pinned staging buffers are kept between loads (no registration per
@@ -330,10 +341,7 @@ static void test_gpu_loader__staging_kept_between_loads(void **state)
 	uint64_t off;
 	struct ref r;
 
-	assert_non_null(mkdtemp(dir));
-	snprintf(path, sizeof(path), "%s/m.safetensors", dir);
-	write_model(path, &off);
-	ref_open(&r, path);
+	model_open(dir, path, sizeof(path), &off, &r);
 	tc__gpu_mem_init(&m);
 	assert_int_equal(tc__gpu_alloc(0, r.src->table.total_bytes, 0, &m, err,
 				       sizeof(err)),
@@ -359,9 +367,7 @@ static void test_gpu_loader__staging_kept_between_loads(void **state)
 			 TC_ECUDA);
 	unsetenv("TC_FAKECUDA_FAIL");
 	tc__gpu_release(&m);
-	ref_close(&r);
-	unlink(path);
-	rmdir(dir);
+	model_close(dir, path, &r);
 }
 
 static void test_gpu_loader__too_small_destination(void **state)
