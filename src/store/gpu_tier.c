@@ -5,11 +5,13 @@
  * State machine of the tier: CLOSED (driver never asked for) -> OPENING (a
  * job loads the driver and lists devices; requests queue) -> OPEN, or
  * FAILED (sticky: every request gets the load error).  A replica is created
- * by the first request for (artifact, device): budget reserved on the loop,
- * then a job pins the artifact's host mapping (once per artifact),
- * allocates, copies and zeroes the tail; requests for it meanwhile wait on
- * the replica.  Only done() callbacks and the functions below touch tier
- * state, all on the loop thread.
+ * by the first request for (artifact, device): budget reserved on the loop
+ * (an evicted replica of the same size may give its allocation), then a
+ * job allocates unless given one, copies from the pinned host mapping or
+ * through staging rings, and zeroes the tail; requests for it meanwhile
+ * wait on the replica.  Host mappings are pinned by background jobs that
+ * yield to every GPU copy (pin_later).  Only done() callbacks and the
+ * functions below touch tier state, all on the loop thread.
  */
 #include <errno.h>
 #include <jansson.h>

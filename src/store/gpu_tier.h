@@ -18,7 +18,12 @@
  * A replica without leases is evicted, least recently used first, when a
  * new replica on its device needs room, and freed with its artifact
  * (eviction, rm).  A client's mapping outlives all of that: the driver
- * frees the memory when the last handle and mapping are gone.
+ * frees the memory when the last handle and mapping are gone.  One
+ * exception, on purpose: an evicted replica's allocation may be refilled
+ * with another artifact of the same size (the driver scrubs freed memory
+ * under the next copy), so a client that kept a mapping past its release
+ * may see other bytes; replicas whose lease ended with a connection, not
+ * a release, are never reused.
  *
  * Everything here runs on the loop thread, except the bodies of the jobs
  * (driver load, allocation + copy), which touch only their own data.
