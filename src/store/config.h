@@ -30,8 +30,9 @@ struct tc__store_config {
 	int io_engine;	     /* how GPU loads read files: TC_IO_AUTO,
 				TC_IO_URING or TC_IO_PREAD (gpu_loader.h) */
 	bool pin_eager;	     /* gpu_pin_host: pin large host replicas when
-				they are sealed (eager), not after their
-				first GPU fill (on_use) */
+				they are sealed, once a GPU is in use
+				(eager), or after their first GPU fill
+				(on_use) */
 };
 
 #define TC_SPARE_AUTO UINT64_MAX

@@ -235,6 +235,9 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 	return rc;
 }
 
+/* The pool: n idle buffers, each registered by device `dev`'s context and
+ * handed out again only for that device (so its unregistration runs there
+ * too). */
 static struct {
 	pthread_mutex_t mu;
 	int n;
@@ -256,7 +259,8 @@ static int stage_get(int dev, uint64_t len, void **out, char *err,
 
 	pthread_mutex_lock(&stage_pool.mu);
 	for (int i = stage_pool.n - 1; i >= 0 && !p; i--)
-		if (stage_pool.buf[i].len == len) {
+		if (stage_pool.buf[i].len == len &&
+		    stage_pool.buf[i].dev == dev) {
 			p = stage_pool.buf[i].p;
 			stage_pool.buf[i] = stage_pool.buf[--stage_pool.n];
 		}
@@ -268,9 +272,10 @@ static int stage_get(int dev, uint64_t len, void **out, char *err,
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		 -1, 0);
 	if (p == MAP_FAILED) {
+		rc = -errno;
 		snprintf(err, errlen, "cannot allocate staging memory: %s",
-			 strerror(errno));
-		return -errno;
+			 strerror(-rc));
+		return rc;
 	}
 	/* Huge pages where the kernel allows: fewer TLB misses for the copies
 	 * in and fewer pages for the driver to pin. */

@@ -443,8 +443,9 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->alloc_bytes = bytes;
 	/* A pinned host replica is copied from directly.  Otherwise large
 	 * ones go through staging rings (pinning 16 GiB first would cost
-	 * more than the copy: 0.5-1 s) and are pinned after, off the
-	 * clients' path (pin_later); small ones are pinned first, once. */
+	 * more than the copy: 0.5-1 s) and are pinned in the background,
+	 * off the clients' path (pin_later: from their seal, or after this
+	 * fill); small ones are pinned first, once. */
 	if (o->gpu->reg_state == GT_REG_DONE) {
 		j->pin = o->gpu->pin; /* stays pinned: the job holds o */
 	} else if (o->table.total_bytes >= GT_STAGE_MIN) {
@@ -736,6 +737,7 @@ int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
 	r->fill_seconds = seconds;
 	r->fill_pinned = true;
 	r->last_use_ns = tc__now_ns();
+	d->touched = true; /* the import made a context here */
 	o->gpu->rep[dev] = r;
 	lru_push(d, r);
 	t->n_fills++;
@@ -819,12 +821,14 @@ out:
 	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
 }
 
-/* Pins a host replica after its first large fill, so that later fills
- * (other GPUs, refills after eviction) copy at the pinned rate.  While the
- * driver pins it holds a lock that stalls every other driver call of the
- * process (fills ran at 19 instead of 46 GB/s beside it), so this is done
- * a burst at a time, and only while no fill runs: otherwise the job is
- * parked until the last one is done.  Holds o. */
+/* Pins a host replica in the background (when it is sealed, or after its
+ * first large fill: gpu_pin_host), so that its GPU fills copy at the pinned
+ * rate.  While the driver pins it holds a lock that stalls every other
+ * driver call of the process (fills ran at 19 instead of 46 GB/s beside
+ * it), so this is done a burst at a time, and only while no GPU copy runs:
+ * otherwise the job is parked until the last one is done.  It holds o (an
+ * artifact lease) only while a burst runs: a parked job leaves o evictable,
+ * and freeing o drops it (pin_cancel). */
 struct pin_job {
 	struct tc__job job;
 	struct tc__gpu_tier *t;
@@ -871,6 +875,7 @@ static void pin_done(struct tc__job *job)
 	} else if (j->rc == 0 && t->copies_running) {
 		j->next = t->parked;
 		t->parked = j;
+		tc__objs_unlease(t->objs, o); /* o is not dead: not freed */
 		return;
 	} else if (j->rc == 0) {
 		tc__jobs_submit(t->jobs, &j->job);
@@ -901,7 +906,26 @@ static void pin_resume(struct tc__gpu_tier *t)
 		struct pin_job *j = t->parked;
 
 		t->parked = j->next;
+		tc__objs_lease(t->objs, j->o);
 		tc__jobs_submit(t->jobs, &j->job);
+	}
+}
+
+static void unpin_and_free(struct tc__gpu_tier *t, struct tc__gpu_pinning *pin,
+			   struct tc__shm **shm);
+
+/* o is being freed: drop its parked pin job, unpinning what it pinned. */
+static void pin_cancel(struct tc__gpu_tier *t, struct tc__obj *o)
+{
+	for (struct pin_job **pp = &t->parked; *pp; pp = &(*pp)->next) {
+		struct pin_job *j = *pp;
+
+		if (j->o != o)
+			continue;
+		*pp = j->next;
+		unpin_and_free(t, &j->pin, &o->shm);
+		tc__free(j);
+		return;
 	}
 }
 
@@ -913,7 +937,7 @@ static void pin_drop_parked(struct tc__gpu_tier *t)
 		t->parked = j->next;
 		tc__gpu_unpin(&j->pin);
 		j->o->gpu->reg_state = GT_REG_NONE;
-		pin_end(j);
+		tc__free(j); /* a parked job holds no lease */
 	}
 }
 
@@ -942,7 +966,6 @@ static void pin_later(struct tc__gpu_tier *t, struct tc__obj *o, int ordinal)
 	j->job.run = pin_run;
 	j->job.done = pin_done;
 	o->gpu->reg_state = GT_REG_BUSY;
-	tc__objs_lease(t->objs, o);
 	j->next = t->parked;
 	t->parked = j; /* pin_resume submits it once no fill runs */
 }
@@ -1165,6 +1188,8 @@ void tc__gpu_tier_obj_free(struct tc__obj *o)
 	if (g->reg_state == GT_REG_DONE) {
 		g->tier->pinned_host_bytes -= g->pin.bytes;
 		unpin_and_free(g->tier, &g->pin, &o->shm);
+	} else if (g->reg_state == GT_REG_BUSY) {
+		pin_cancel(g->tier, o); /* a running job or fill holds o */
 	}
 	tc__free(g);
 	o->gpu = NULL;

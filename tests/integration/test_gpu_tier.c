@@ -1089,7 +1089,12 @@ static void test_gpu_tier__eager_pin_and_reuse(void **state)
 	int fd;
 	pid_t p;
 
-	daemon_start(fake_env, "--host-memory", "1400MiB", "--set",
+	/* The fake GPU has little more than the budget: a fill that
+	 * allocated beside a reused allocation would run out of memory. */
+	static const char *const env[] = { "TC_FAKECUDA_DEVICES=2",
+					   "TC_FAKECUDA_MEM_BYTES=700m", NULL };
+
+	daemon_start(env, "--host-memory", "1400MiB", "--set",
 		     "gpu_memory=400MiB", NULL);
 	c = t_connect(D.sock);
 	/* Before any GPU request nothing is pinned: no context is made for
