@@ -189,6 +189,65 @@ static void uring_error(struct gload *g, struct tc__ioring *ur, int rc,
 		 i < t->ntensors ? t->tensors[i].name : "?", tc_strerror(rc));
 }
 
+/* Makes window [w, we) of a unit (at p) readable: reads it, or waits for
+ * the ring's reads of it.  Returns 0 or an error with `err`. */
+typedef int window_fn(void *ctx, uint8_t *p, uint64_t w, uint64_t we, char *err,
+		      size_t errlen);
+
+/* Hash unit [u0, u1) at p digest chunk by digest chunk, window by window,
+ * each window as soon as `ready` has it in, while it is still in cache. */
+static int hash_unit(struct gload *g, uint8_t *p, uint64_t u0, uint64_t u1,
+		     struct tc__hasher *h, window_fn *ready, void *ctx,
+		     char *err, size_t errlen)
+{
+	for (uint64_t c0 = u0; c0 < u1; c0 += TC_CHUNK_BYTES) {
+		uint64_t c1 = TC_MIN(c0 + TC_CHUNK_BYTES, u1);
+
+		tc__hasher_reset(h);
+		for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
+			uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);
+			int rc = ready(ctx, p + (w - u0), w, we, err, errlen);
+
+			if (rc < 0)
+				return rc;
+			tc__hasher_update(h, p + (w - u0), (size_t)(we - w));
+		}
+		tc__hasher_final(h, &g->chunks[c0 / TC_CHUNK_BYTES]);
+	}
+	return 0;
+}
+
+/* pread engine: read the window now. */
+struct pread_ctx {
+	struct gload *g;
+	struct tc__reader *rd;
+	uint32_t cursor;
+};
+
+static int pread_window(void *ctx, uint8_t *p, uint64_t w, uint64_t we,
+			char *err, size_t errlen)
+{
+	struct pread_ctx *c = ctx;
+
+	return tc__load_range(c->g->src, p, w, we, &c->cursor, true, c->rd, err,
+			      errlen);
+}
+
+/* io_uring engine: the window's reads were queued; wait for them. */
+struct uring_ctx {
+	struct tc__ioring *ur;
+	uint64_t u0;
+};
+
+static int uring_window(void *ctx, uint8_t *p, uint64_t w, uint64_t we,
+			char *err, size_t errlen)
+{
+	struct uring_ctx *c = ctx;
+
+	(void)p, (void)we, (void)err, (void)errlen;
+	return tc__ioring_wait(c->ur, (unsigned)((w - c->u0) / WINDOW_BYTES));
+}
+
 /*
  * Fill unit [u0, u1) into p through the ring and hash it: every read of
  * the unit is queued first, then each window is hashed as soon as its
@@ -199,6 +258,7 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 		      size_t errlen)
 {
 	struct qreader qr = { { qread }, g, ur, 0 };
+	struct uring_ctx uc = { ur, u0 };
 	uint32_t cursor = tc__load_first_tensor(&g->src->table, u0);
 	int rc = 0, drc;
 
@@ -208,22 +268,8 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 				    TC_MIN(w + WINDOW_BYTES, u1), &cursor, true,
 				    &qr.base, err, errlen);
 	}
-	for (uint64_t c0 = u0; c0 < u1 && rc == 0; c0 += TC_CHUNK_BYTES) {
-		uint64_t c1 = TC_MIN(c0 + TC_CHUNK_BYTES, u1);
-
-		tc__hasher_reset(h);
-		for (uint64_t w = c0; w < c1 && rc == 0; w += WINDOW_BYTES) {
-			rc = tc__ioring_wait(
-				ur, (unsigned)((w - u0) / WINDOW_BYTES));
-			if (rc == 0)
-				tc__hasher_update(
-					h, p + (w - u0),
-					(size_t)(TC_MIN(w + WINDOW_BYTES, c1) -
-						 w));
-		}
-		if (rc == 0)
-			tc__hasher_final(h, &g->chunks[c0 / TC_CHUNK_BYTES]);
-	}
+	if (rc == 0)
+		rc = hash_unit(g, p, u0, u1, h, uring_window, &uc, err, errlen);
 	if (rc == 0)
 		return 0;
 	/* Nothing may still be landing in p when the caller reuses it. */
@@ -290,37 +336,39 @@ static int stage_get(int dev, uint64_t len, void **out, char *err,
 	return 0;
 }
 
-/* Give a buffer of stage_get back (it must be idle). */
-static void stage_put(int dev, void *p, uint64_t len)
+static void stage_free(int dev, void *p, uint64_t len)
 {
 	char err[256];
 
+	if (tc__gpu_host_unregister(dev, p, err, sizeof(err)) < 0)
+		tc__log(TC_LOG_WARN, "%s", err);
+	munmap(p, len);
+}
+
+/* Give a buffer of stage_get back; it is pooled when `idle` (no copy can
+ * still read it) and the pool has room, else unpinned and unmapped. */
+static void stage_put(int dev, void *p, uint64_t len, bool idle)
+{
 	pthread_mutex_lock(&stage_pool.mu);
-	if (stage_pool.n < STAGE_POOL_MAX) {
+	if (idle && stage_pool.n < STAGE_POOL_MAX) {
 		stage_pool.buf[stage_pool.n].p = p;
 		stage_pool.buf[stage_pool.n].len = len;
 		stage_pool.buf[stage_pool.n++].dev = dev;
 		p = NULL;
 	}
 	pthread_mutex_unlock(&stage_pool.mu);
-	if (p) {
-		tc__gpu_host_unregister(dev, p, err, sizeof(err));
-		munmap(p, len);
-	}
+	if (p)
+		stage_free(dev, p, len);
 }
 
 void tc__gpu_stage_pool_drain(void)
 {
-	char err[256];
-
 	pthread_mutex_lock(&stage_pool.mu);
 	while (stage_pool.n) {
 		stage_pool.n--;
-		tc__gpu_host_unregister(stage_pool.buf[stage_pool.n].dev,
-					stage_pool.buf[stage_pool.n].p, err,
-					sizeof(err));
-		munmap(stage_pool.buf[stage_pool.n].p,
-		       stage_pool.buf[stage_pool.n].len);
+		stage_free(stage_pool.buf[stage_pool.n].dev,
+			   stage_pool.buf[stage_pool.n].p,
+			   stage_pool.buf[stage_pool.n].len);
 	}
 	pthread_mutex_unlock(&stage_pool.mu);
 }
@@ -332,6 +380,7 @@ static void *worker(void *arg)
 	    depth = TC_MAX(1, TC_MIN(g->o->depth, MAX_DEPTH));
 	struct slot slots[MAX_DEPTH] = { 0 };
 	struct treader rd = { { tread }, g, NULL, 0 };
+	struct pread_ctx pc = { g, &rd.base, 0 };
 	struct tc__gpu_stream *s = NULL;
 	struct tc__hasher *h = tc__hasher_new();
 	struct tc__ioring *ur = NULL;
@@ -389,8 +438,6 @@ static void *worker(void *arg)
 	       (k = atomic_fetch_add(&g->next, 1)) < g->nunits) {
 		struct slot *sl = &slots[i++ % nslots];
 		uint64_t u0 = k * g->unit, u1 = TC_MIN(u0 + g->unit, g->size);
-		uint32_t cursor =
-			g->src ? tc__load_first_tensor(&g->src->table, u0) : 0;
 
 		if (g->prog && atomic_load(&g->prog->cancel)) {
 			gfail(g, -ECANCELED, "load cancelled");
@@ -420,25 +467,11 @@ static void *worker(void *arg)
 				goto out_fail;
 			goto copy;
 		}
-		/* Digest chunk by digest chunk, window by window: each window
-		 * is hashed while it is still in cache. */
-		for (uint64_t c0 = u0; c0 < u1; c0 += TC_CHUNK_BYTES) {
-			uint64_t c1 = TC_MIN(c0 + TC_CHUNK_BYTES, u1);
-
-			tc__hasher_reset(h);
-			for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
-				uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);
-				uint8_t *p = sl->p + (w - u0);
-
-				rc = tc__load_range(g->src, p, w, we, &cursor,
-						    true, &rd.base, err,
-						    sizeof(err));
-				if (rc < 0)
-					goto out_fail;
-				tc__hasher_update(h, p, (size_t)(we - w));
-			}
-			tc__hasher_final(h, &g->chunks[c0 / TC_CHUNK_BYTES]);
-		}
+		pc.cursor = tc__load_first_tensor(&g->src->table, u0);
+		rc = hash_unit(g, sl->p, u0, u1, h, pread_window, &pc, err,
+			       sizeof(err));
+		if (rc < 0)
+			goto out_fail;
 copy:
 		rc = tc__gpu_htod(dev, g->dst->dptr + u0, sl->p, u1 - u0, s,
 				  err, sizeof(err));
@@ -464,14 +497,8 @@ out:
 	for (int j = 0; j < nslots; j++) {
 		if (slots[j].ev)
 			tc__gpu_event_free(slots[j].ev);
-		/* Pooled only when no copy can still be reading it. */
-		if (slots[j].p && synced) {
-			stage_put(dev, slots[j].p, g->unit);
-		} else if (slots[j].p) {
-			tc__gpu_host_unregister(dev, slots[j].p, err,
-						sizeof(err));
-			munmap(slots[j].p, g->unit);
-		}
+		if (slots[j].p)
+			stage_put(dev, slots[j].p, g->unit, synced);
 	}
 	if (rd.bounce)
 		munmap(rd.bounce, rd.bounce_len);
