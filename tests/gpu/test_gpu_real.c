@@ -502,6 +502,20 @@ static void test_real__context_restored(void **state)
  * it returns: work queued at once on a non-blocking stream (as the
  * loader's and every client's are) sees its result.  The driver's own
  * cuMemsetD8 / cuMemcpyDtoD return before the device is done. */
+/* The last MiB of m, read on a non-blocking stream, is all v. */
+static void expect_tail(const struct tc__gpu_mem *m, uint64_t n,
+			struct tc__gpu_stream *s, uint8_t *tail, uint8_t v,
+			const char *what)
+{
+	check_ok(tc__gpu_mem_read(m, n - (1 << 20), tail, 1 << 20, s, err,
+				  sizeof(err)));
+	check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
+	for (int i = 0; i < 1 << 20; i++)
+		if (tail[i] != v)
+			fail_msg("%s not done: byte %d is %#x", what, i,
+				 tail[i]);
+}
+
 static void test_real__blocking_means_done(void **state)
 {
 	uint64_t n = (uint64_t)2 << 30;
@@ -519,22 +533,10 @@ static void test_real__blocking_means_done(void **state)
 
 		check_ok(tc__gpu_memset8(dev, a.dptr, v, n, NULL, err,
 					 sizeof(err)));
-		check_ok(tc__gpu_mem_read(&a, n - (1 << 20), tail, 1 << 20, s,
-					  err, sizeof(err)));
-		check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
-		for (int i = 0; i < 1 << 20; i++)
-			if (tail[i] != v)
-				fail_msg("memset not done: byte %d is %#x", i,
-					 tail[i]);
+		expect_tail(&a, n, s, tail, v, "memset");
 		check_ok(tc__gpu_dtod(dev, b.dptr, a.dptr, n, NULL, err,
 				      sizeof(err)));
-		check_ok(tc__gpu_mem_read(&b, n - (1 << 20), tail, 1 << 20, s,
-					  err, sizeof(err)));
-		check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
-		for (int i = 0; i < 1 << 20; i++)
-			if (tail[i] != v)
-				fail_msg("dtod not done: byte %d is %#x", i,
-					 tail[i]);
+		expect_tail(&b, n, s, tail, v, "dtod");
 	}
 	tc__gpu_stream_free(s);
 	tc__gpu_release(&a);
