@@ -10,11 +10,25 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "common/compiler.h"
 #include "common/log.h"
 #include "config.h"
 #include "gpu_loader.h"
 #include "net/net.h"
 #include "tcast/errors.h"
+
+/* io_engine's values by TC_IO_* (gpu_loader.h). */
+static const char *const io_engines[] = {
+	[TC_IO_AUTO] = "auto",
+	[TC_IO_PREAD] = "pread",
+	[TC_IO_URING] = "io_uring",
+};
+
+const char *tc__io_engine_name(int e)
+{
+	return e >= 0 && e < (int)TC_ARRAY_SIZE(io_engines) ? io_engines[e] :
+							      "?";
+}
 
 void tc__config_defaults(struct tc__store_config *c)
 {
@@ -171,18 +185,14 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		return 0;
 	}
 	if (!strcmp(key, "io_engine")) {
-		if (!strcmp(val, "auto"))
-			c->io_engine = TC_IO_AUTO;
-		else if (!strcmp(val, "io_uring"))
-			c->io_engine = TC_IO_URING;
-		else if (!strcmp(val, "pread"))
-			c->io_engine = TC_IO_PREAD;
-		else {
-			snprintf(why, whylen,
-				 "'%s' is not auto, io_uring or pread", val);
-			return TC_EINVAL;
-		}
-		return 0;
+		for (int e = 0; e < (int)TC_ARRAY_SIZE(io_engines); e++)
+			if (!strcmp(val, io_engines[e])) {
+				c->io_engine = e;
+				return 0;
+			}
+		snprintf(why, whylen, "'%s' is not auto, io_uring or pread",
+			 val);
+		return TC_EINVAL;
 	}
 	if (!strcmp(key, "gpu_pin_host")) {
 		if (strcmp(val, "eager") && strcmp(val, "on_use")) {

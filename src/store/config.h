@@ -47,5 +47,7 @@ int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 /* Parse "8GiB", "512MiB", "1.5G", "100%"-free byte sizes: plain integers,
  * K/M/G/T (powers of 1000) and KiB/MiB/GiB/TiB.  Returns 0 or TC_EINVAL. */
 int tc__parse_size(const char *s, uint64_t *out);
+/* The config name of an io_engine value (TC_IO_*). */
+const char *tc__io_engine_name(int e);
 
 #endif /* TC_CONFIG_H */

@@ -254,9 +254,7 @@ static int on_status(struct conn *c, struct req *r)
 		     (unsigned long long)s->n_import,
 		     (unsigned long long)s->n_put,
 		     (unsigned long long)s->n_proto_err, s->cfg->io_threads,
-		     s->cfg->io_engine == TC_IO_URING ? "io_uring" :
-		     s->cfg->io_engine == TC_IO_PREAD ? "pread" :
-							"auto",
+		     tc__io_engine_name(s->cfg->io_engine),
 		     tc__jobs_pending(s->jobs),
 		     (unsigned long long)(s->spare ? s->spare->size : 0),
 		     (unsigned long long)s->n_attach_gpu,
