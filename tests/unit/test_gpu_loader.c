@@ -359,6 +359,22 @@ static void test_gpu_loader__staging_kept_between_loads(void **state)
 		fail_msg("second load: %s", err);
 	unsetenv("TC_FAKECUDA_FAIL");
 	assert_memory_equal(ch, r.chunks, r.nchunks * sizeof(ch[0]));
+	/* Pooled buffers serve only the device whose context registered
+	 * them: a load to GPU 1 registers its own. */
+	{
+		struct tc__gpu_mem m1;
+
+		tc__gpu_mem_init(&m1);
+		assert_int_equal(tc__gpu_alloc(1, r.src->table.total_bytes, 0,
+					       &m1, err, sizeof(err)),
+				 0);
+		setenv("TC_FAKECUDA_FAIL", "cuMemHostRegister_v2:1", 1);
+		assert_int_equal(tc__gpu_load_source(r.src, &m1, &o, ch, NULL,
+						     NULL, err, sizeof(err)),
+				 TC_ECUDA);
+		unsetenv("TC_FAKECUDA_FAIL");
+		tc__gpu_release(&m1);
+	}
 	/* Drained, the next load registers again. */
 	tc__gpu_stage_pool_drain();
 	setenv("TC_FAKECUDA_FAIL", "cuMemHostRegister_v2:1", 1);
