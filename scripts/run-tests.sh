@@ -2,42 +2,78 @@
 # Runs the whole suite against one build directory: every ctest program
 # (unit, integration, lint, GPU tests through the fake driver; real-GPU
 # tests skip with 77) and, for the normal build, the Python tests with
-# Debian's /usr/bin/python3.  Ends with one "N passed, N failed" line.
+# Debian's /usr/bin/python3.  Ends with one "N passed, N failed" line and
+# exits non-zero when anything failed.
+#
+# The verdict rests on each runner's exit status first and on the counts it
+# prints second: a summary line we fail to parse (a new pytest wording, a
+# crash before the summary) can only add a failure, never hide one.  Only
+# shell arithmetic is used: a fresh Debian has no bc (issue 9: the runner
+# once summed pytest's failures with bc and reported green without it).
+#
+# TC_PYTEST_DIR overrides the Python test folder (tests/python), and
+# TC_PYTHON the interpreter; tests/integration/test_runner.sh uses both to
+# prove that a failing case turns this script red.
 set -u
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+pydir=${TC_PYTEST_DIR:-tests/python}
+python=${TC_PYTHON:-/usr/bin/python3}
 passed=0 failed=0 skipped=0
 
+# last_count REGEX FILE: the number before REGEX on the last summary line.
+last_count() {
+	local n
+	n=$(grep -Eo "[0-9]+ $1\b" "$2" | tail -1 | grep -Eo '^[0-9]+')
+	echo "${n:-0}"
+}
+
 log=$(mktemp)
-(cd "$build" && ctest --output-on-failure -j "$(nproc)" --timeout 600) 2>&1 | tee "$log"
-c_pass=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 \1/p' "$log" | tail -1)
-if [ -n "$c_pass" ]; then
-	set -- $c_pass
-	failed=$((failed + $2))
-	passed=$((passed + $1 - $2))
+(cd "$build" && ctest --output-on-failure -j "$(nproc)" --timeout 600) >"$log" 2>&1
+c_rc=$?
+cat "$log"
+c_line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -1)
+if [ -n "$c_line" ]; then
+	c_failed=$(echo "$c_line" | sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/')
+	c_total=$(echo "$c_line" | sed -E 's/.*out of ([0-9]+).*/\1/')
+	c_skipped=$(grep -c '(Skipped)\|(Not Run)' "$log")
+	failed=$((failed + c_failed))
+	skipped=$((skipped + c_skipped))
+	passed=$((passed + c_total - c_failed - c_skipped))
+	# ctest red with no failure counted (a crash of ctest itself): count one.
+	[ "$c_rc" -ne 0 ] && [ "$c_failed" -eq 0 ] && failed=$((failed + 1))
 else
+	echo "run-tests: ctest printed no summary (exit $c_rc)" >&2
 	failed=$((failed + 1))
 fi
-skipped=$(grep -c '\*\*\*Skipped\|Not Run' "$log" || true)
-passed=$((passed - skipped))
 rm -f "$log"
 
-if [ -z "${TC_SANITIZED:-}" ] && [ -d tests/python ]; then
+if [ -z "${TC_SANITIZED:-}" ] && [ -d "$pydir" ]; then
 	# Python loads the library through ctypes; the sanitized build would
 	# need its runtime preloaded into the interpreter, so the Python suite
 	# runs against the normal build only.
 	plog=$(mktemp)
 	TCAST_LIB="$root/$build/lib/libtcast.so" TCAST_BIN="$root/$build/bin/tcast" \
 		PYTHONPATH="$root/python" PYTHONDONTWRITEBYTECODE=1 \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/python 2>&1 | tee "$plog"
-	p=$(grep -Eo '[0-9]+ passed' "$plog" | tail -1 | grep -Eo '[0-9]+')
-	f=$(grep -Eo '[0-9]+ (failed|error)' "$plog" | grep -Eo '[0-9]+' | paste -sd+ | bc 2>/dev/null)
-	s=$(grep -Eo '[0-9]+ skipped' "$plog" | tail -1 | grep -Eo '[0-9]+')
-	passed=$((passed + ${p:-0}))
-	failed=$((failed + ${f:-0}))
-	skipped=$((skipped + ${s:-0}))
-	[ -z "$p" ] && [ -z "$f" ] && failed=$((failed + 1))
+		"$python" -m pytest -q -p no:cacheprovider "$pydir" >"$plog" 2>&1
+	p_rc=$?
+	cat "$plog"
+	summary=$(grep -E '^=*.*[0-9]+ (passed|failed|error|errors|skipped)' "$plog" | tail -1)
+	echo "$summary" >"$plog"
+	p=$(last_count passed "$plog")
+	f=$(($(last_count failed "$plog") + $(last_count 'errors?' "$plog")))
+	s=$(last_count skipped "$plog")
+	passed=$((passed + p))
+	skipped=$((skipped + s))
+	failed=$((failed + f))
+	# pytest exits 0 (all passed) or 5 (nothing collected: that is a
+	# failure here too, the folder exists); anything else without a
+	# counted failure is a crash or an interrupted run.
+	if [ "$p_rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+		echo "run-tests: pytest exited $p_rc with no failure counted" >&2
+		failed=$((failed + 1))
+	fi
 	rm -f "$plog"
 fi
 echo
