@@ -1,0 +1,259 @@
+"""SharedTensorClient: calls a server's endpoints; SharedObjectHandle."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Dict, Iterable, List, Optional
+
+from . import _payload, _wire
+from .errors import (
+    SharedTensorCacheKeyError,
+    SharedTensorConfigurationError,
+    SharedTensorConnectionLostError,
+    SharedTensorPayloadError,
+    SharedTensorProviderError,
+    SharedTensorRemoteError,
+    SharedTensorServerUnavailableError,
+    SharedTensorStaleHandleError,
+    SharedTensorTaskError,
+)
+from .utils import DEFAULT_BASE_PORT, device_uuid, load_secret, probe_device_index, resolve_base_port, resolve_runtime_port
+
+_ERRORS = {
+    "payload": SharedTensorPayloadError,
+    "cachekey": SharedTensorCacheKeyError,
+    "provider": SharedTensorProviderError,
+    "task": SharedTensorTaskError,
+    "stale": SharedTensorStaleHandleError,
+    "config": SharedTensorConfigurationError,
+}
+
+
+def _raise(rep: Dict[str, Any], where: str) -> None:
+    kind = rep.get("kind")
+    cls = _ERRORS.get(kind)
+    if cls is not None:
+        raise cls(rep["message"])
+    raise SharedTensorRemoteError(
+        f"{where} raised {rep.get('type', '?')}: {rep.get('message', '')}\n--- server traceback ---\n{rep.get('traceback', '')}",
+        remote_type=rep.get("type", ""),
+        remote_traceback=rep.get("traceback", ""),
+    )
+
+
+class SharedObjectHandle:
+    """A managed object held on the server: ``.value`` (the object, mapped
+    here), ``.object_id``, ``.release()`` (idempotent; the server frees the
+    object with its last reference), and ``with handle as h:`` releasing on
+    exit."""
+
+    def __init__(self, client: "SharedTensorClient", object_id: str, value: Any):
+        self._client = client
+        self.object_id = object_id
+        self._value = value
+        self._released = False
+
+    @property
+    def value(self) -> Any:
+        if self._released:
+            raise SharedTensorStaleHandleError(f"managed object {self.object_id} was released")
+        return self._value
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> bool:
+        if self._released:
+            return False
+        self._released = True
+        self._value = None
+        return bool(self._client.release_many([self.object_id]).get(self.object_id))
+
+    def __enter__(self) -> "SharedObjectHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else _payload.describe(self._value)
+        return f"SharedObjectHandle({self.object_id}, {state})"
+
+
+class SharedTensorClient:
+    """A connection pool to one server (127.0.0.1:port); every connection of
+    this client shares one client id, so the server ties managed references
+    and tasks to this process and drops them when it goes away."""
+
+    def __init__(
+        self,
+        base_port: int = DEFAULT_BASE_PORT,
+        device_index: Optional[int] = None,
+        *,
+        port: Optional[int] = None,
+        timeout: float = 30.0,
+        readonly_guard: bool = True,
+        **_: Any,
+    ):
+        self.base_port = resolve_base_port(base_port)
+        self.device_index = device_index if device_index is not None else probe_device_index()
+        self.port = port if port is not None else resolve_runtime_port(self.base_port, self.device_index)
+        self.timeout = timeout
+        self.readonly_guard = readonly_guard
+        self.client_id = uuid.uuid4().hex
+        self._free: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._secret: Optional[bytes] = None
+        self.server_info: Optional[Dict[str, Any]] = None
+        self._closed = False
+
+    @property
+    def where(self) -> str:
+        return f"tcast.shared server 127.0.0.1:{self.port}"
+
+    # --------------------------------------------------------- connections
+
+    def _connect(self) -> socket.socket:
+        if self._secret is None:
+            self._secret = load_secret(create=True)
+        try:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        except ConnectionRefusedError:
+            raise SharedTensorServerUnavailableError(
+                f"no {self.where} (port = base {self.base_port} + device {self.device_index}): start one with "
+                f"SHARED_TENSOR_ROLE=server, or check SHARED_TENSOR_BASE_PORT"
+            ) from None
+        except OSError as e:
+            raise SharedTensorServerUnavailableError(f"cannot reach the {self.where}: {e}") from None
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _wire.client_handshake(s, self._secret, self.where)
+            _wire.send_msg(s, {"op": "hello", "client_id": self.client_id, "pid": os.getpid(),
+                               "device_uuid": device_uuid(self.device_index)})
+            rep = _wire.recv_msg(s)
+            if not rep.get("ok"):
+                _raise(rep, self.where)
+            s.settimeout(None)  # calls may build models for minutes
+        except BaseException:
+            s.close()
+            raise
+        self.server_info = rep
+        return s
+
+    def _take(self) -> socket.socket:
+        if os.getpid() != self._pid:  # forked: the parent's sockets are not ours
+            self._free, self._pid = [], os.getpid()
+            self.client_id = uuid.uuid4().hex
+        with self._lock:
+            if self._closed:
+                raise SharedTensorProviderError("this client is closed")
+            if self._free:
+                return self._free.pop()
+        return self._connect()
+
+    def _give(self, s: socket.socket) -> None:
+        with self._lock:
+            if not self._closed:
+                self._free.append(s)
+                return
+        s.close()
+
+    def request(self, req: Dict[str, Any], what: str) -> Dict[str, Any]:
+        s = self._take()
+        try:
+            _wire.send_msg(s, req)
+            rep = _wire.recv_msg(s)
+        except (EOFError, OSError) as e:
+            s.close()
+            raise SharedTensorConnectionLostError(
+                f"the {self.where} closed the connection during {what} ({e}): it stopped or died mid-call"
+            ) from None
+        except BaseException:
+            s.close()
+            raise
+        self._give(s)
+        if not rep.get("ok"):
+            _raise(rep, f"{what} on the {self.where}")
+        return rep
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for s in free:
+            s.close()
+
+    # --------------------------------------------------------------- calls
+
+    def _call(self, endpoint: str, args: tuple, kwargs: Dict[str, Any], submit: bool) -> Dict[str, Any]:
+        if not isinstance(endpoint, str):
+            raise SharedTensorProviderError(f"endpoint names are str, not {type(endpoint).__name__}")
+        for i, a in enumerate(args):
+            _payload.check(a, f"args[{i}]", results=False)
+        for k, v in kwargs.items():
+            _payload.check(v, f"kwargs[{k!r}]", results=False)
+        msg, pub = _payload.encode((tuple(args), dict(kwargs)), "tcast", self.device_index)
+        try:
+            return self.request({"op": "call", "endpoint": endpoint, "payload": msg, "submit": submit},
+                                f"call {endpoint!r}")
+        finally:
+            pub.close()  # the server mapped the arguments (or failed)
+
+    def _result(self, rep: Dict[str, Any]) -> Any:
+        value = _payload.decode(rep["payload"], self.device_index, self.readonly_guard)
+        if rep["kind"] == "managed":
+            return SharedObjectHandle(self, rep["object_id"], value)
+        return value
+
+    def call(self, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+        """Run the endpoint on the server and return its result (a
+        SharedObjectHandle for managed endpoints); blocks until done."""
+        return self._result(self._call(endpoint, args, kwargs, submit=False))
+
+    def submit(self, endpoint: str, *args: Any, **kwargs: Any) -> str:
+        """Start the endpoint as a task; returns its task id at once."""
+        return self._call(endpoint, args, kwargs, submit=True)["task_id"]
+
+    def wait_for_task(self, task_id: str, timeout: Optional[float] = None, callback=None) -> Any:
+        rep = self.request({"op": "wait", "task_id": task_id, "timeout": timeout}, f"wait for {task_id}")
+        value = self._result(rep)
+        if callback is not None:
+            callback(value)
+        return value
+
+    def get_task_status(self, task_id: str) -> str:
+        return self.request({"op": "task_status", "task_id": task_id}, "task status")["status"]
+
+    def cancel_task(self, task_id: str) -> bool:
+        return self.request({"op": "cancel", "task_id": task_id}, "cancel")["cancelled"]
+
+    def release_many(self, object_ids: Iterable[Any]) -> Dict[str, bool]:
+        ids = [o.object_id if isinstance(o, SharedObjectHandle) else str(o) for o in object_ids]
+        for o in object_ids:
+            if isinstance(o, SharedObjectHandle):
+                o._released, o._value = True, None
+        return self.request({"op": "release", "object_ids": ids}, "release")["released"]
+
+    def release(self, object_id: Any) -> bool:
+        return self.release_many([object_id]).get(
+            object_id.object_id if isinstance(object_id, SharedObjectHandle) else str(object_id), False
+        )
+
+    def get_object_info(self, object_id: Any) -> Dict[str, Any]:
+        oid = object_id.object_id if isinstance(object_id, SharedObjectHandle) else str(object_id)
+        return self.request({"op": "object_info", "object_id": oid}, "object info")["info"]
+
+    def get_server_info(self) -> Dict[str, Any]:
+        return self.request({"op": "status"}, "status")["status"]
+
+    status = get_server_info
+
+    def ping(self) -> float:
+        t0 = time.perf_counter()
+        self.request({"op": "ping"}, "ping")
+        return time.perf_counter() - t0
