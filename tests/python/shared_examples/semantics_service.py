@@ -1,0 +1,102 @@
+"""Endpoints for the CI tests of tcast.shared semantics (run under the
+fake driver: TCAST_SHARED_TEST_CPU_AS_CUDA=1, CPU tensors stand for CUDA)."""
+import os
+import threading
+import time
+
+import torch
+from shared_tensor import SharedTensorProvider
+
+provider = SharedTensorProvider()
+_lock = threading.Lock()
+runs = {}
+active = {"serial": 0, "parallel": 0}
+peak = {"serial": 0, "parallel": 0}
+
+
+def _count(name):
+    with _lock:
+        runs[name] = runs.get(name, 0) + 1
+
+
+@provider.share(execution="direct", cache=True, cache_format_key="slow:{k}")
+def slow(k: int) -> torch.Tensor:
+    _count(f"slow:{k}")
+    time.sleep(0.5)
+    return torch.full((2,), float(k))
+
+
+@provider.share(execution="direct", cache=False, singleflight=False, cache_format_key="nosf:{k}")
+def slow_nosf(k: int) -> torch.Tensor:
+    _count(f"nosf:{k}")
+    time.sleep(0.5)
+    return torch.full((2,), float(k))
+
+
+def _conc(kind):
+    with _lock:
+        active[kind] += 1
+        peak[kind] = max(peak[kind], active[kind])
+    time.sleep(0.3)
+    with _lock:
+        active[kind] -= 1
+
+
+@provider.share(cache=False, concurrency="serialized")
+def serial(t: torch.Tensor) -> torch.Tensor:
+    _conc("serial")
+    return t + 1
+
+
+@provider.share(cache=False, concurrency="parallel")
+def parallel(t: torch.Tensor) -> torch.Tensor:
+    _conc("parallel")
+    return t + 1
+
+
+@provider.share(execution="task", managed=True, cache_format_key="obj:{n}")
+def obj(n: int = 4) -> torch.Tensor:
+    _count(f"obj:{n}")
+    return torch.arange(n, dtype=torch.float32)
+
+
+@provider.share(execution="task", cache=False)
+def task(n: int, delay: float = 0.3) -> torch.Tensor:
+    time.sleep(delay)
+    return torch.arange(n, dtype=torch.float32) * 2
+
+
+@provider.share(cache=False)
+def fails(t: torch.Tensor) -> torch.Tensor:
+    raise ValueError("boom from the endpoint")
+
+
+@provider.share(cache=False)
+def plain_result() -> torch.Tensor:
+    return 3
+
+
+@provider.share(cache=False)
+def nested(batch: dict) -> dict:
+    return {"sum": batch["a"] + batch["b"][0], "pair": (batch["a"] * 2, [batch["b"][1]])}
+
+
+@provider.share(cache=False)
+def module_forward(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return m(x)
+
+
+@provider.share(cache=False)
+def sleepy(t: torch.Tensor) -> torch.Tensor:
+    time.sleep(float(os.environ.get("SLEEPY", "30")))
+    return t
+
+
+@provider.share(cache=False)
+def stats() -> dict:
+    with _lock:
+        d = {k: torch.tensor([float(v)]) for k, v in runs.items()}
+        d["peak_serial"] = torch.tensor([float(peak["serial"])])
+        d["peak_parallel"] = torch.tensor([float(peak["parallel"])])
+    return d

@@ -1,0 +1,128 @@
+"""tcast.shared on a real GPU (pytest -m gpu; skipped without CUDA).
+
+The README's zero-branch example run unchanged as two processes, the
+model-service scenario (nn.Linear and a transformers model shared to a
+second process, outputs equal), read-only mappings, the torch_ipc option's
+writable alias, and payloads surviving the server's death."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from shared_helpers import EXAMPLES, ServerProc, env_for, free_port, run_client
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+
+@pytest.fixture
+def senv(tmp_path, daemon):
+    port = free_port()
+    return port, env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket)
+
+
+def test_zero_branch_readme_example_unchanged(senv, tmp_path):
+    port, env = senv
+    srv = ServerProc(EXAMPLES / "zero_branch_env.py", env, port)
+    try:
+        r = run_client(EXAMPLES / "zero_branch_env.py", env)
+        assert r.returncode == 0, r.stderr
+    finally:
+        out = srv.kill()
+    # The server ran the same main locally: same model, same outputs.
+    assert r.stdout.strip() and r.stdout.strip() in out, (r.stdout, out)
+    assert "device='cuda:0'" in r.stdout
+
+
+CLIENT = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import model_service as ms
+from shared_tensor import SharedObjectHandle
+out = {}
+x = torch.randn(3, 64, device="cuda")
+with ms.linear(64) as h:
+    assert isinstance(h, SharedObjectHandle)
+    lin = h.value
+    assert lin.weight.is_cuda
+    out["linear_equal"] = bool(torch.equal(lin(x), ms.linear_reference(x)))
+    info = ms.provider.client.get_object_info(h.object_id)
+    out["linear_refcount"] = info["refcount"]
+ids = torch.randint(0, 512, (2, 16), device="cuda")
+h = ms.llama(2)
+m = h.value
+with torch.no_grad():
+    mine = m(ids).logits
+theirs = ms.llama_reference(ids)
+out["llama_equal"] = bool(torch.equal(mine, theirs))
+out["llama_tied"] = m.lm_head.weight is m.model.embed_tokens.weight
+with torch.no_grad():
+    g = m.generate(ids[:, :4], max_new_tokens=4, do_sample=False)
+out["generate_shape"] = list(g.shape)
+out["scale"] = bool(torch.equal(ms.scale(x, torch.full_like(x, 2.0)), x * 2))
+# torch_ipc: a writable alias of the server's own tensor.
+b = ms.ipc_buffer(16)
+b.value.add_(1)
+torch.cuda.synchronize()
+out["ipc_server_sum"] = float(ms.ipc_buffer_sum(16).item())
+print(json.dumps(out), flush=True)
+# Last: a write into the read-only mapping (may poison this CUDA context).
+try:
+    m.lm_head.weight.add_(1)
+    torch.cuda.synchronize()
+    print("WRITE went through")
+except Exception as e:
+    print("WRITE refused:", type(e).__name__, str(e)[:200])
+"""
+
+
+def test_model_service_linear_and_transformers(senv):
+    pytest.importorskip("transformers")
+    port, env = senv
+    srv = ServerProc(EXAMPLES / "model_service.py", env, port)
+    try:
+        r = run_client(CLIENT.replace("sys.argv[1]", repr(str(EXAMPLES))), env)
+    finally:
+        srv.kill()
+    lines = r.stdout.strip().splitlines()
+    assert lines and lines[0].startswith("{"), r.stdout + r.stderr
+    out = json.loads(lines[0])
+    print(out, lines[1:])
+    assert "WRITE went through" not in r.stdout
+    assert out["linear_equal"] and out["llama_equal"], out
+    assert out["linear_refcount"] == 1
+    assert out["llama_tied"], "tied embeddings must stay one tensor"
+    assert out["generate_shape"] == [2, 8]
+    assert out["scale"]
+    assert out["ipc_server_sum"] == 16.0, out  # the client's write is visible to the server
+
+
+def test_payload_survives_server_death(senv):
+    port, env = senv
+    srv = ServerProc(EXAMPLES / "model_service.py", env, port)
+    code = r"""
+import os, signal, sys, torch
+sys.path.insert(0, %r)
+import model_service as ms
+x = torch.randn(4, 64, device="cuda")
+h = ms.linear(64)
+want = ms.linear_reference(x)
+os.kill(int(sys.argv[1]), signal.SIGKILL)
+import time; time.sleep(1)
+assert torch.equal(h.value(x), want)
+try:
+    ms.linear_reference(x)
+except Exception as e:
+    print(type(e).__name__, e)
+""" % str(EXAMPLES)
+    try:
+        import subprocess, sys
+
+        r = subprocess.run([sys.executable, "-c", code, str(srv.proc.pid)], env=env, capture_output=True, text=True,
+                           timeout=180)
+    finally:
+        srv.kill()
+    assert r.returncode == 0, r.stderr
+    assert "SharedTensorConnectionLostError" in r.stdout or "SharedTensorServerUnavailableError" in r.stdout, r.stdout
