@@ -34,6 +34,10 @@ os.environ.setdefault("TCAST_BIN", str(REPO / "build" / "bin" / "tcast"))
 import tcast  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (pytest -m gpu on the GPU machine)")
+
+
 def wait_until(pred, timeout=10.0, what="condition"):
     """Poll pred() until truthy (RELEASE messages are fire-and-forget)."""
     deadline = time.monotonic() + timeout

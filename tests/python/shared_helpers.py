@@ -29,6 +29,7 @@ def env_for(tmp: Path, base_port: int, fake: bool, **extra) -> dict:
     e["SHARED_TENSOR_BASE_PORT"] = str(base_port)
     e["TCAST_SHARED_SECRET_FILE"] = str(tmp / "secret")
     e.pop("SHARED_TENSOR_ROLE", None)
+    e["PYTHONUNBUFFERED"] = "1"  # a killed server's prints still reach the test
     if fake:
         e["TCAST_SHARED_TEST_CPU_AS_CUDA"] = "1"
         e["TCAST_CUDA_LIB"] = fakecuda_lib()

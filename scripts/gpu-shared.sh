@@ -1,0 +1,41 @@
+#!/bin/bash
+# tcast.shared on the GPU machine (issue 15): the README's zero-branch
+# example unchanged as two processes, pytest -m gpu, and bench_shared.py.
+# Runs over the .gpu/ bundle like gpu-run.sh; logs go to $OUT.
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+G="$root/.gpu"
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
+export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+if python3 -c 'import pytest' 2>/dev/null; then export PYTHONPATH="$root/python"
+else export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1; fi
+D=$(mktemp -d /tmp/tcast-shared-XXXX); chmod 700 "$D"
+export TCAST_SOCKET="$D/d.sock" TCAST_SHARED_SECRET_FILE="$D/secret"
+"$TCAST_BIN" --socket "$TCAST_SOCKET" daemon run --host-memory 24GiB --log-file "$D/daemon.log" & dpid=$!
+for _ in $(seq 100); do [ -S "$TCAST_SOCKET" ] && break; sleep 0.1; done
+{
+	date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+	python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+	echo "== zero-branch example (tests/python/shared_examples/zero_branch_env.py, the README's file unchanged)"
+	cd "$D" && cp "$root/tests/python/shared_examples/zero_branch_env.py" demo.py
+	export SHARED_TENSOR_BASE_PORT=25537
+	SHARED_TENSOR_ROLE=server python3 demo.py > server.out 2>&1 & spid=$!
+	for _ in $(seq 300); do (echo > /dev/tcp/127.0.0.1/25537) 2>/dev/null && break; sleep 0.1; done
+	echo "-- process B (client): python demo.py"; timeout 120 python3 demo.py; echo "client exit $?"
+	echo "-- python3 -m tcast.shared status"; python3 -m tcast.shared status
+	kill $spid; wait $spid 2>/dev/null
+	echo "-- process A (SHARED_TENSOR_ROLE=server python demo.py) printed:"; cat server.out
+	unset SHARED_TENSOR_BASE_PORT; cd "$root"
+} > "$OUT/shared-zero-branch.log" 2>&1
+cat "$OUT/shared-zero-branch.log"
+echo "== pytest -m gpu"
+(cd "$root" && TC_TEST_HOST_MEMORY=8GiB timeout 300 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/python/test_shared_gpu.py) > "$OUT/shared-pytest-gpu.log" 2>&1
+tail -25 "$OUT/shared-pytest-gpu.log"
+echo "== bench_shared.py"
+timeout ${BENCH_TIMEOUT:-330} python3 "$root/bench/bench_shared.py" ${BENCH_ARGS:-} > "$OUT/shared-bench.log" 2>&1; echo "bench exit $?" >> "$OUT/shared-bench.log"
+cat "$OUT/shared-bench.log"
+kill $dpid; wait $dpid 2>/dev/null
+cp "$D/daemon.log" "$OUT/shared-daemon.log" 2>/dev/null
+true
