@@ -216,23 +216,34 @@ def main():
             # ---- 2. a >= 14 GiB, 1,000-parameter module to a second process
             renv = dict(env)
             recv = []
-            for i in range(a.receivers + 1):
+            # This process builds it first (cold: build + publish) and
+            # holds a reference, so receivers that release theirs (or exit)
+            # do not free it: they are the warm case the figure is about.
+            holder = SharedTensorClient()
+            t0 = time.perf_counter()
+            hold = holder.call("big_model")
+            cold_s = time.perf_counter() - t0
+            print(f"tcast.shared module, first call (build 14 GiB on the GPU + publish through the daemon): {cold_s:.2f} s",
+                  flush=True)
+            for i in range(1, a.receivers + 1):
                 t0 = time.perf_counter()
                 r = subprocess.run([sys.executable, "-c", RECEIVER, tmp], env=renv, capture_output=True, text=True, timeout=400)
                 if r.returncode != 0:
                     raise SystemExit(f"receiver failed: {r.stderr}")
                 d = json.loads(r.stdout.strip().splitlines()[-1])
                 d["process_s"] = time.perf_counter() - t0
-                label = "cold (first call: build + publish)" if i == 0 else f"warm receiver {i}"
+                label = f"receiver process {i}"
                 print(f"tcast.shared module to a second process, {label}: receive {ms(d['receive_s'])}, "
                       f"first forward {ms(d['first_forward_s'])}, {d['params']} params, {d['bytes'] / 2**30:.2f} GiB, "
                       f"outputs equal: {d['equal']}", flush=True)
                 recv.append(d)
-            warm = [d["receive_s"] for d in recv[1:]]
-            out["tcast_module"] = {"cold_s": recv[0]["receive_s"], "warm_receive_ms": [w_ * 1e3 for w_ in warm],
+            warm = [d["receive_s"] for d in recv]
+            out["tcast_module"] = {"cold_s": cold_s, "warm_receive_ms": [w_ * 1e3 for w_ in warm],
                                    "warm_median_ms": statistics.median(warm) * 1e3, "params": recv[0]["params"],
                                    "gib": recv[0]["bytes"] / 2**30, "equal": all(d["equal"] for d in recv),
-                                   "first_forward_ms": statistics.median(d["first_forward_s"] for d in recv[1:]) * 1e3}
+                                   "first_forward_ms": statistics.median(d["first_forward_s"] for d in recv) * 1e3}
+            hold.release()
+            holder.close()
             srv.terminate()
             srv.wait(30)
             srv = None

@@ -400,11 +400,13 @@ print("local", ss.slow(3).tolist(), flush=True)
 """)
     srv = ServerProc(script, env, port)
     try:
-        out = client(env, "print(json.dumps({'v': ss.slow(3).tolist(), 'runs': stats()['slow:3']}))")
+        out = client(env, "print(json.dumps({'v': ss.slow(3).tolist(), 'runs': stats()['slow:3'], "
+                          "'late': ss.late_hook(torch.ones(1)).tolist()}))")
     finally:
         log = srv.kill(signal.SIGTERM)
     assert "local [3.0, 3.0]" in log
-    assert out == {"v": [3.0, 3.0], "runs": 1.0}
+    assert out == {"v": [3.0, 3.0], "runs": 1.0, "late": [2.0]}, log
+    assert srv.proc.returncode == 0  # SIGTERM stops it cleanly (not killed by the signal)
 
 
 def test_secret_is_checked_on_every_connection(svc, tmp_path):

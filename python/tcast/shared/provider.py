@@ -194,11 +194,12 @@ class SharedTensorProvider:
 
             if self._device_index is None:
                 self._device_index = probe_device_index()
-            srv = SharedTensorServer(self, daemon_thread=False)
+            srv = SharedTensorServer(self, daemon_thread=True)
             if self._local is not None:  # keep what local calls already cached
                 srv._cache.update(self._local._cache)
             srv.start(blocking=False)
             self._server = srv
+        _serve_after_main(srv)
 
     def attach_server(self, server) -> None:
         """Used by SharedTensorServer(provider).start(): in-process calls go
@@ -229,3 +230,54 @@ class SharedTensorProvider:
             c.close()
         if s is not None:
             s.stop()
+
+
+_after_main_lock = threading.Lock()
+_after_main: "list" = []
+
+
+def _serve_after_main(server) -> None:
+    """Keep an auto server (SHARED_TENSOR_ROLE=server) serving after the
+    script's main code ends, until SIGTERM or Ctrl-C.
+
+    Not by a non-daemon thread: the interpreter marks itself as shutting
+    down before it joins those, and from then on endpoint code that
+    imports anything registering a thread exit hook (concurrent.futures,
+    hence transformers) fails with "can't register atexit after shutdown".
+    Instead the wait runs first thing in threading._shutdown, the step
+    that starts finalisation, while the interpreter is still whole."""
+    import signal
+
+    with _after_main_lock:
+        _after_main.append(server)
+        if len(_after_main) > 1:
+            return
+        orig = getattr(threading, "_shutdown", None)
+        if orig is None:  # another Python: fall back to a non-daemon waiter
+            threading.Thread(target=_wait_servers, name="tcast-shared-keepalive").start()
+            return
+
+        def shutdown_after_serving():
+            try:
+                _wait_servers()
+            except KeyboardInterrupt:
+                pass
+            for s in list(_after_main):
+                s.stop()
+            orig()
+
+        threading._shutdown = shutdown_after_serving
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM stops the server cleanly (its artifacts are removed from the daemon).
+        def on_term(signum, frame):
+            for s in list(_after_main):
+                s.stop()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+
+
+def _wait_servers() -> None:
+    while any(s.running for s in _after_main):
+        for s in list(_after_main):
+            s._stopping.wait(0.5)

@@ -100,3 +100,11 @@ def stats() -> dict:
         d["peak_serial"] = torch.tensor([float(peak["serial"])])
         d["peak_parallel"] = torch.tensor([float(peak["parallel"])])
     return d
+
+
+@provider.share(cache=False)
+def late_hook(t: torch.Tensor) -> torch.Tensor:
+    # What importing concurrent.futures (transformers does) needs: an
+    # interpreter that is not shutting down, even after main ended.
+    threading._register_atexit(lambda: None)
+    return t + 1
