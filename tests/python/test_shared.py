@@ -200,6 +200,19 @@ print(json.dumps({"sum": r["sum"].tolist(), "pair0": r["pair"][0].tolist(), "pai
     assert out["module_equal"]
 
 
+def test_torch_ipc_transport_is_a_writable_alias(svc):
+    """transport="torch_ipc": the client's write lands in the server's own
+    tensor (the tcast transport gives read-only mappings instead)."""
+    port, env, _ = svc
+    out = client(env, """
+h = ss.ipc_buffer(8)
+h.value.add_(2)
+print(json.dumps({"server_sum": ss.ipc_sum(8).tolist(), "kind": type(h).__name__,
+                  "transport": ss.provider.client.get_object_info(h.object_id)["transport"]}))
+""")
+    assert out == {"server_sum": [16.0], "kind": "SharedObjectHandle", "transport": "torch_ipc"}
+
+
 # -------------------------------------------------------------- semantics
 
 

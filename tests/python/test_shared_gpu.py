@@ -62,12 +62,12 @@ with torch.no_grad():
     g = m.generate(ids[:, :4], max_new_tokens=4, do_sample=False)
 out["generate_shape"] = list(g.shape)
 out["scale"] = bool(torch.equal(ms.scale(x, torch.full_like(x, 2.0)), x * 2))
+print(json.dumps(out), flush=True)
 # torch_ipc: a writable alias of the server's own tensor.
 b = ms.ipc_buffer(16)
 b.value.add_(1)
 torch.cuda.synchronize()
-out["ipc_server_sum"] = float(ms.ipc_buffer_sum(16).item())
-print(json.dumps(out), flush=True)
+print(json.dumps({"ipc_server_sum": float(ms.ipc_buffer_sum(16).item())}), flush=True)
 # Last: a write into the read-only mapping (may poison this CUDA context).
 try:
     m.lm_head.weight.add_(1)
@@ -90,6 +90,8 @@ def test_model_service_linear_and_transformers(senv):
     assert lines and lines[0].startswith("{"), r.stdout + r.stderr
     out = json.loads(lines[0])
     print(out, lines[1:])
+    assert len(lines) > 1 and lines[1].startswith("{"), r.stdout + r.stderr
+    out.update(json.loads(lines[1]))
     assert "WRITE went through" not in r.stdout
     assert out["linear_equal"] and out["llama_equal"], out
     assert out["linear_refcount"] == 1

@@ -200,7 +200,9 @@ def _publish(tensors: Dict[str, Any], device_index: int) -> Published:
 def encode(obj: Any, transport: str, device_index: int) -> Tuple[Dict[str, Any], Published]:
     """(wire message, what keeps it alive until the receiver attached)."""
     if transport == "torch_ipc":
-        from torch.multiprocessing.reductions import ForkingPickler  # registers CUDA reductions
+        from multiprocessing.reduction import ForkingPickler
+
+        import torch.multiprocessing  # noqa: F401  (registers torch's reductions with ForkingPickler)
 
         buf = io.BytesIO()
         ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump(obj)

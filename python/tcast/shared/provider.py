@@ -234,6 +234,7 @@ class SharedTensorProvider:
 
 _after_main_lock = threading.Lock()
 _after_main: "list" = []
+_waiting: "list" = []  # non-empty once the main code ended and we serve
 
 
 def _serve_after_main(server) -> None:
@@ -258,6 +259,7 @@ def _serve_after_main(server) -> None:
             return
 
         def shutdown_after_serving():
+            _waiting.append(True)
             try:
                 _wait_servers()
             except KeyboardInterrupt:
@@ -272,7 +274,8 @@ def _serve_after_main(server) -> None:
         def on_term(signum, frame):
             for s in list(_after_main):
                 s.stop()
-            raise SystemExit(128 + signum)
+            if not _waiting:  # still in the script's main code: end it
+                raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, on_term)
 

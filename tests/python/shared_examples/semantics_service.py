@@ -5,9 +5,13 @@ import threading
 import time
 
 import torch
+import torch.multiprocessing
 from shared_tensor import SharedTensorProvider
 
 provider = SharedTensorProvider()
+# CPU tensors over torch's IPC between unrelated processes (the torch_ipc
+# transport under the CI test double) need named shared memory.
+torch.multiprocessing.set_sharing_strategy("file_system")
 _lock = threading.Lock()
 runs = {}
 active = {"serial": 0, "parallel": 0}
@@ -108,3 +112,13 @@ def late_hook(t: torch.Tensor) -> torch.Tensor:
     # interpreter that is not shutting down, even after main ended.
     threading._register_atexit(lambda: None)
     return t + 1
+
+
+@provider.share(execution="task", managed=True, transport="torch_ipc", cache_format_key="ipc:{n}")
+def ipc_buffer(n: int = 8) -> torch.Tensor:
+    return torch.zeros(n)
+
+
+@provider.share(cache=False)
+def ipc_sum(n: int = 8) -> torch.Tensor:
+    return ipc_buffer(n).sum().reshape(1)
