@@ -3,41 +3,107 @@
  *
  * The CLI parses arguments and calls libtcast; it holds no logic of its
  * own.  Exit codes: 0 success, 1 runtime error, 2 usage error.  Machine
- * output (--json) goes to stdout, diagnostics to stderr as
- * "error: TC_ENAME: message".
+ * output (--json) is exactly one JSON document on stdout, errors included
+ * ({"error":{"code":"TC_ENAME","message":...}}); diagnostics go to stderr
+ * as "error: TC_ENAME: message".  Everything printed for people passes
+ * through cli_esc(), so names from files and other users cannot drive the
+ * terminal.
  */
 #ifndef TC_CLI_H
 #define TC_CLI_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "tcast/client.h"
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
 
-/* Options every verb understands. */
+/* One verb of the table in tcast.c. */
+struct cli_verb {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary; /* one line for `tcast help` */
+	const char *usage;   /* the verb's synopsis and options */
+};
+
+/* Options every verb understands, and the verb being run. */
 struct cli_global {
 	const char *socket; /* --socket, else default */
 	bool json;	    /* --json */
+	const struct cli_verb *verb;
+	/* Under --json: members merged into the error document of a verb
+	 * that fails half-way (rm's "removed" so far). */
+	json_t *partial;
 };
 
 extern struct cli_global cli;
 
-/* Remove --socket/--json from argv wherever they appear; returns argc. */
+/* Remove --socket/--json from argv wherever they appear (up to "--");
+ * returns argc, or -1 after a usage error. */
 int cli_take_global(int argc, char **argv);
 /* Connect or print why not; NULL on failure. */
 tc_client *cli_connect(void);
-/* Print "error: NAME: msg" and return EXIT_RUNTIME. */
+/* Report a runtime error: "error: NAME: msg" on stderr and, under --json,
+ * the error document on stdout.  Returns EXIT_RUNTIME. */
 int cli_fail(int rc, const char *msg);
-int cli_usage(const char *usage);
+/* Report a usage error (printf-style message, then the verb's usage) the
+ * same way.  Returns EXIT_USAGE. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print a verb's usage on `f`. */
+void cli_print_usage(const struct cli_verb *v, FILE *f);
+
+/*
+ * Strict option values: the whole string must parse, no sign, no
+ * overflow.  Each returns 0, or EXIT_USAGE after a usage error that names
+ * the option and the value.
+ */
+/* "--name VALUE" or "--name=VALUE" at argv[*i]: 1 with *val set (and *i
+ * moved past the value), 0 when argv[*i] is another argument, -1 after a
+ * usage error when the value is missing. */
+int cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
+/* The operands of a verb that takes no options: between `min` and `max`
+ * of them (anything but "-" that starts with '-' before "--" is an unknown
+ * option) into ops[].  Returns their number, or -1 after a usage error. */
+int cli_operands(int argc, char **argv, int min, int max, const char **ops);
+int cli_parse_uint(const char *opt, const char *val, uint64_t lo, uint64_t hi,
+		   uint64_t *out);
+/* Byte sizes: 8GiB, 512MiB, 1.5G, 1000000. */
+int cli_parse_size(const char *opt, const char *val, uint64_t *out);
+/* "cuda", "cuda:N" or "N": a CUDA ordinal. */
+int cli_parse_device(const char *opt, const char *val, int32_t *out);
+/* One of `choices` (NULL-terminated). */
+int cli_parse_choice(const char *opt, const char *val,
+		     const char *const *choices);
+/* Any non-empty string. */
+int cli_parse_nonempty(const char *opt, const char *val);
+
+/* `s` made safe for a terminal: control characters, C1 controls, bidi
+ * overrides (U+202A..U+202E, U+2066..U+2069), backslashes and invalid
+ * UTF-8 become escapes (\x1b, \u202e, \\).  The result lives until 16
+ * more calls; NULL becomes "". */
+const char *cli_esc(const char *s);
+
 /* Human sizes: "1.5 GiB". */
 const char *cli_bytes(uint64_t n, char *buf, size_t len);
+/* " (1.23 GB/s)", " (512.0 MB/s)", or "" when too little was moved in too
+ * little time for a rate to mean anything. */
+const char *cli_rate(uint64_t bytes, uint64_t ns, char *buf, size_t len);
 /* Print a JSON document pretty (for humans) or as is (--json). */
 void cli_print_json(const char *json);
-/* A progress callback that draws a bar on stderr when it is a terminal. */
+/* Print `j` compact on stdout (one line) and drop the reference. */
+void cli_put_json(json_t *j);
+
+/* A progress callback that draws a bar on stderr when it is a terminal.
+ * cli_progress_begin() arms it (and a handler that ends the line when
+ * the user interrupts); cli_progress_end() ends a line left open, on
+ * success and failure alike. */
 void cli_progress(uint64_t done, uint64_t total, void *arg);
+void cli_progress_begin(void);
+void cli_progress_end(void);
 
 int cmd_daemon(int argc, char **argv);
 int cmd_import(int argc, char **argv);

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <libgen.h>
 #include <limits.h>
 #include <poll.h>
@@ -27,82 +28,115 @@
 #include "store/server.h"
 #include "tcast/errors.h"
 
-static const char usage[] =
-	"tcast daemon start|run [--config FILE.yaml] [--host-memory SIZE]\n"
-	"                       [--io-threads N] [--log-level LEVEL] "
-	"[--set KEY=VALUE]\n"
-	"       tcast daemon stop [--timeout SECONDS]\n"
-	"       tcast daemon restart [options of start]\n"
-	"       tcast daemon status [--json]\n"
-	"       tcast daemon logs [-n LINES] [-f]\n"
-	"       (every verb takes --socket PATH; default $TCAST_SOCKET)";
-
-/* Apply "key=value" as if it were a line of the config file. */
-static int config_set(struct tc__store_config *cfg, const char *kv)
+/* Read the running daemon's effective configuration (STATUS "config")
+ * into `cfg`, so that `restart` keeps what it was given.  Returns 1 when a
+ * daemon answered, 0 when none did. */
+static int running_config(const char *socket, struct tc__store_config *cfg)
 {
-	char path[] = "/tmp/tcast-set-XXXXXX", err[512];
-	const char *eq = strchr(kv, '=');
-	int fd, rc;
-	FILE *f;
+	char *doc = NULL, err[512];
+	json_t *j = NULL, *v;
+	const char *k;
+	tc_client *c;
+	int got = 0;
 
-	if (!eq)
-		return cli_usage(usage);
-	fd = mkstemp(path);
-	if (fd < 0)
-		return cli_fail(-errno, "cannot create a temporary file");
-	f = fdopen(fd, "w");
-	fprintf(f, "%.*s: \"%s\"\n", (int)(eq - kv), kv, eq + 1);
-	fclose(f);
-	rc = tc__config_load(cfg, path, err, sizeof(err));
-	unlink(path);
-	if (rc < 0)
-		return cli_fail(rc, err);
-	return 0;
+	if (tc_client_connect(socket, &c, NULL, 0) < 0)
+		return 0;
+	if (tc_status_json(c, &doc) == 0)
+		j = json_loads(doc, 0, NULL);
+	json_object_foreach(json_object_get(j, "config"), k, v)
+	{
+		got = 1;
+		if (!json_is_string(v) ||
+		    tc__config_set(cfg, k, json_string_value(v), err,
+				   sizeof(err)) < 0)
+			fprintf(stderr,
+				"warning: the running daemon's setting '%s' "
+				"is not kept: %s\n",
+				cli_esc(k), cli_esc(err));
+	}
+	if (!got && j)
+		fprintf(stderr,
+			"warning: the running daemon does not report "
+			"its configuration; restarting with defaults\n");
+	json_decref(j);
+	tc_free(doc);
+	tc_client_close(c);
+	return 1;
 }
 
+static int set_key(struct tc__store_config *cfg, const char *key,
+		   const char *val)
+{
+	char err[512];
+	int rc = tc__config_set(cfg, key, val, err, sizeof(err));
+
+	return rc < 0 ? cli_fail(rc, err) : 0;
+}
+
+/* Options of start, run and restart over `cfg` (defaults, or the running
+ * daemon's configuration for restart): the config file first, so flags
+ * override it wherever they are. */
 static int parse_config(int argc, char **argv, struct tc__store_config *cfg)
 {
+	static const char *const levels[] = { "error", "warn", "info", "debug",
+					      NULL };
 	char err[1024];
-	int rc;
+	const char *v;
+	uint64_t n;
+	int rc, m;
 
-	tc__config_defaults(cfg);
-	/* The config file first, so flags override it wherever they are. */
-	for (int i = 2; i < argc; i++)
-		if (!strcmp(argv[i], "--config") && i + 1 < argc) {
-			rc = tc__config_load(cfg, argv[i + 1], err,
-					     sizeof(err));
+	for (int i = 2; i < argc; i++) {
+		if ((m = cli_opt(argc, argv, &i, "--config", &v))) {
+			if (m < 0 || cli_parse_nonempty("--config", v))
+				return EXIT_USAGE;
+			rc = tc__config_load(cfg, v, err, sizeof(err));
 			if (rc < 0)
 				return cli_fail(rc, err);
 		}
+	}
 	if (cli.socket) {
 		if (strlen(cli.socket) >= sizeof(cfg->socket))
 			return cli_fail(TC_ELIMIT, "socket path too long");
 		strcpy(cfg->socket, cli.socket);
 	}
 	for (int i = 2; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		char kv[PATH_MAX + 32];
+		const char *a = argv[i];
 
-		if (!strcmp(a, "--config") && v) {
-			i++;
-			continue;
+		if ((m = cli_opt(argc, argv, &i, "--config", &v))) {
+			continue; /* applied above */
+		} else if ((m = cli_opt(argc, argv, &i, "--host-memory", &v))) {
+			if (m < 0 || cli_parse_size("--host-memory", v, &n))
+				return EXIT_USAGE;
+			rc = set_key(cfg, "host_memory", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--io-threads", &v))) {
+			if (m < 0 ||
+			    cli_parse_uint("--io-threads", v, 1, 64, &n))
+				return EXIT_USAGE;
+			rc = set_key(cfg, "io_threads", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--log-level", &v))) {
+			if (m < 0 || cli_parse_choice("--log-level", v, levels))
+				return EXIT_USAGE;
+			rc = set_key(cfg, "log_level", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--log-file", &v))) {
+			if (m < 0 || cli_parse_nonempty("--log-file", v))
+				return EXIT_USAGE;
+			rc = set_key(cfg, "log_file", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--set", &v))) {
+			const char *eq = m > 0 ? strchr(v, '=') : NULL;
+			char key[64];
+
+			if (m < 0)
+				return EXIT_USAGE;
+			if (!eq || eq == v || (size_t)(eq - v) >= sizeof(key))
+				return cli_usage_error(
+					"--set: '%s' is not KEY=VALUE",
+					cli_esc(v));
+			snprintf(key, sizeof(key), "%.*s", (int)(eq - v), v);
+			rc = set_key(cfg, key, eq + 1);
+		} else {
+			return cli_usage_error("unknown option '%s'",
+					       cli_esc(a));
 		}
-		if (!v && strcmp(a, "--foreground"))
-			return cli_usage(usage);
-		if (!strcmp(a, "--host-memory"))
-			snprintf(kv, sizeof(kv), "host_memory=%s", v);
-		else if (!strcmp(a, "--io-threads"))
-			snprintf(kv, sizeof(kv), "io_threads=%s", v);
-		else if (!strcmp(a, "--log-level"))
-			snprintf(kv, sizeof(kv), "log_level=%s", v);
-		else if (!strcmp(a, "--log-file"))
-			snprintf(kv, sizeof(kv), "log_file=%s", v);
-		else if (!strcmp(a, "--set"))
-			snprintf(kv, sizeof(kv), "%s", v);
-		else
-			return cli_usage(usage);
-		i++;
-		rc = config_set(cfg, kv);
 		if (rc)
 			return rc;
 	}
@@ -158,11 +192,59 @@ static int run_foreground(struct tc__store_config *cfg, int ready_fd)
 	return rc < 0 ? EXIT_RUNTIME : 0;
 }
 
-static void print_log_tail(const char *path, int lines);
-
-static int start(struct tc__store_config *cfg)
+/* The last `lines` lines of the file at `path` (malloc'd), NULL when it
+ * cannot be read. */
+static char *log_tail(const char *path, int lines)
 {
-	char err[512], logpath[PATH_MAX];
+	char *buf = NULL, *p, *out, chunk[65536];
+	size_t len = 0, k;
+	FILE *f = fopen(path, "r"), *m;
+	int n = 0;
+
+	if (!f)
+		return NULL;
+	m = open_memstream(&buf, &len);
+	if (!m) {
+		fclose(f);
+		return NULL;
+	}
+	while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		fwrite(chunk, 1, k, m);
+	fclose(m);
+	fclose(f);
+	for (p = buf + len; p > buf && lines > 0; p--)
+		if (p[-1] == '\n' && p != buf + len && ++n >= lines)
+			break;
+	if (lines == 0)
+		p = buf + len;
+	out = strdup(p);
+	free(buf);
+	return out;
+}
+
+/* Print `text` line by line, escaped (log lines quote client names,
+ * keys and paths). */
+static void put_escaped_lines(const char *text, FILE *f)
+{
+	const char *p = text, *nl;
+
+	while (*p) {
+		char *line;
+
+		nl = strchr(p, '\n');
+		line = strndup(p, nl ? (size_t)(nl - p) : strlen(p));
+		if (line)
+			fprintf(f, "%s\n", cli_esc(line));
+		free(line);
+		if (!nl)
+			break;
+		p = nl + 1;
+	}
+}
+
+static int start(struct tc__store_config *cfg, json_t **info)
+{
+	char err[512], logpath[PATH_MAX], msg[4096], *tail;
 	int pfd[2], rc, status;
 	pid_t pid, other;
 	struct pollfd p;
@@ -170,10 +252,10 @@ static int start(struct tc__store_config *cfg)
 
 	other = running_pid(cfg->socket);
 	if (other) {
-		fprintf(stderr,
-			"error: TC_EEXIST: a daemon (pid %d) already serves '%s'\n",
-			(int)other, cfg->socket);
-		return EXIT_RUNTIME;
+		snprintf(msg, sizeof(msg),
+			 "a daemon (pid %d) already serves '%s'", (int)other,
+			 cfg->socket);
+		return cli_fail(TC_EEXIST, msg);
 	}
 	rc = tc__sock_prepare_dir(cfg->socket, err, sizeof(err));
 	if (rc < 0)
@@ -205,12 +287,13 @@ static int start(struct tc__store_config *cfg)
 	rc = poll(&p, 1, 60000);
 	if (rc == 1 && read(pfd[0], &byte, 1) == 1) {
 		close(pfd[0]);
-		if (cli.json)
-			printf("{\"pid\":%d,\"socket\":\"%s\",\"log\":\"%s\"}\n",
-			       (int)pid, cfg->socket, logpath);
-		else
-			printf("tcast daemon started (pid %d, socket %s, log %s)\n",
-			       (int)pid, cfg->socket, logpath);
+		*info = json_pack("{s:i, s:s, s:s}", "pid", (int)pid, "socket",
+				  cfg->socket, "log", logpath);
+		if (!cli.json)
+			printf("tcast daemon started (pid %d, socket %s, log "
+			       "%s)\n",
+			       (int)pid, cli_esc(cfg->socket),
+			       cli_esc(logpath));
 		return 0;
 	}
 	close(pfd[0]);
@@ -218,76 +301,132 @@ static int start(struct tc__store_config *cfg)
 		kill(pid, SIGKILL);
 		waitpid(pid, &status, 0);
 	}
-	fprintf(stderr, "error: the daemon did not start; its log says:\n");
-	print_log_tail(logpath, 10);
-	return EXIT_RUNTIME;
+	tail = log_tail(logpath, 10);
+	snprintf(msg, sizeof(msg), "the daemon did not start; %s%s",
+		 tail ? "its log says:\n" : "no log at ",
+		 tail ? tail : logpath);
+	free(tail);
+	return cli_fail(TC_ENODAEMON, msg);
 }
 
-static int stop(const char *socket, int timeout_s)
+/* What stopping drops: the artifacts the daemon holds only in memory.  The
+ * status counts them all today; a daemon that keeps durable artifacts
+ * reports them apart ("durable_artifacts", "durable_bytes"), and those
+ * survive a stop. */
+static void volatile_state(const char *socket, long long *arts,
+			   long long *bytes)
+{
+	char *doc = NULL;
+	tc_client *c;
+	json_t *j = NULL;
+
+	*arts = *bytes = -1;
+	if (tc_client_connect(socket, &c, NULL, 0) < 0)
+		return;
+	if (tc_status_json(c, &doc) == 0)
+		j = json_loads(doc, 0, NULL);
+	if (j) {
+		*arts = json_integer_value(json_object_get(j, "artifacts")) -
+			json_integer_value(
+				json_object_get(j, "durable_artifacts"));
+		*bytes =
+			json_integer_value(
+				json_object_get(j, "host_used_bytes")) -
+			json_integer_value(json_object_get(j, "durable_bytes"));
+	}
+	json_decref(j);
+	tc_free(doc);
+	tc_client_close(c);
+}
+
+static int stop(const char *socket, int timeout_s, json_t **info)
 {
 	pid_t pid = running_pid(socket);
 	struct timespec ts = { 0, 20 * 1000000 };
+	long long arts, bytes;
+	bool killed = true;
+	char b[32];
 
 	if (!pid) {
-		printf("tcast daemon is not running on '%s'\n", socket);
+		*info = json_pack("{s:b, s:s}", "stopped", 0, "socket", socket);
+		if (!cli.json)
+			printf("tcast daemon is not running on '%s'\n",
+			       cli_esc(socket));
 		return 0;
 	}
+	volatile_state(socket, &arts, &bytes);
 	if (kill(pid, SIGTERM) < 0)
 		return cli_fail(-errno, "cannot signal the daemon");
 	for (int i = 0; i < timeout_s * 50; i++) {
 		if (kill(pid, 0) < 0 && errno == ESRCH) {
-			printf("tcast daemon stopped (pid %d)\n", (int)pid);
-			return 0;
+			killed = false;
+			break;
 		}
 		nanosleep(&ts, NULL);
 	}
-	fprintf(stderr, "daemon pid %d did not stop in %d s: killing it\n",
-		(int)pid, timeout_s);
-	kill(pid, SIGKILL);
-	return 0;
-}
-
-static void print_log_tail(const char *path, int lines)
-{
-	char *buf = NULL, *p;
-	size_t len = 0;
-	FILE *f = fopen(path, "r");
-	int n = 0;
-
-	if (!f) {
-		fprintf(stderr, "no log at '%s'\n", path);
-		return;
+	if (killed) {
+		fprintf(stderr,
+			"daemon pid %d did not stop in %d s: killing it\n",
+			(int)pid, timeout_s);
+		kill(pid, SIGKILL);
 	}
-	FILE *m = open_memstream(&buf, &len);
-	char chunk[65536];
-	size_t k;
-
-	while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
-		fwrite(chunk, 1, k, m);
-	fclose(m);
-	fclose(f);
-	for (p = buf + len; p > buf; p--)
-		if (p[-1] == '\n' && p != buf + len && ++n >= lines)
-			break;
-	fwrite(p, 1, len - (size_t)(p - buf), stdout);
-	free(buf);
+	*info = json_pack("{s:b, s:i, s:b, s:I, s:I}", "stopped", 1, "pid",
+			  (int)pid, "killed", killed, "dropped_artifacts",
+			  (json_int_t)arts, "dropped_bytes", (json_int_t)bytes);
+	if (!cli.json) {
+		printf("tcast daemon stopped (pid %d)", (int)pid);
+		if (arts >= 0)
+			printf("; dropped %lld artifact%s (%s) held only in "
+			       "memory",
+			       arts, arts == 1 ? "" : "s",
+			       cli_bytes((uint64_t)(bytes > 0 ? bytes : 0), b,
+					 sizeof(b)));
+		putchar('\n');
+	}
+	return 0;
 }
 
 static int logs(const char *socket, int argc, char **argv)
 {
-	char path[PATH_MAX];
-	int lines = 50, follow = 0;
+	char path[PATH_MAX], *tail;
+	uint64_t lines = 50;
+	int follow = 0, m;
+	const char *v;
 
 	for (int i = 2; i < argc; i++) {
-		if (!strcmp(argv[i], "-n") && i + 1 < argc)
-			lines = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "-f"))
+		if ((m = cli_opt(argc, argv, &i, "-n", &v))) {
+			if (m < 0 ||
+			    cli_parse_uint("-n", v, 0, 100000000, &lines))
+				return EXIT_USAGE;
+		} else if (!strcmp(argv[i], "-f")) {
 			follow = 1;
-		else
-			return cli_usage(usage);
+		} else {
+			return cli_usage_error("unknown argument '%s'",
+					       cli_esc(argv[i]));
+		}
 	}
+	if (follow && cli.json)
+		return cli_usage_error("-f cannot give one JSON document");
 	side_path(socket, "daemon.log", path, sizeof(path));
-	print_log_tail(path, lines);
+	tail = log_tail(path, (int)lines);
+	if (!tail) {
+		char msg[PATH_MAX + 32];
+
+		snprintf(msg, sizeof(msg), "no log at '%s'", path);
+		return cli_fail(-errno ? -errno : -ENOENT, msg);
+	}
+	if (cli.json) {
+		json_t *a = json_array();
+		char *save = NULL;
+
+		for (char *l = strtok_r(tail, "\n", &save); l;
+		     l = strtok_r(NULL, "\n", &save))
+			json_array_append_new(a, json_string(l));
+		cli_put_json(json_pack("{s:s, s:o}", "log", path, "lines", a));
+	} else {
+		put_escaped_lines(tail, stdout);
+	}
+	free(tail);
 	if (follow) {
 		FILE *f = fopen(path, "r");
 		char line[4096];
@@ -297,7 +436,7 @@ static int logs(const char *socket, int argc, char **argv)
 		fseek(f, 0, SEEK_END);
 		for (;;) {
 			if (fgets(line, sizeof(line), f)) {
-				fputs(line, stdout);
+				put_escaped_lines(line, stdout);
 				fflush(stdout);
 			} else {
 				clearerr(f);
@@ -310,48 +449,72 @@ static int logs(const char *socket, int argc, char **argv)
 
 int cmd_daemon(int argc, char **argv)
 {
+	static const char *const subverbs[] = { "start", "run",	   "restart",
+						"stop",	 "status", "logs",
+						NULL };
 	struct tc__store_config cfg;
 	const char *verb = argc > 1 ? argv[1] : "";
+	json_t *down = NULL, *up = NULL;
 	char sock[PATH_MAX];
-	int rc;
+	uint64_t timeout = 35;
+	const char *v;
+	int rc, m;
 
+	if (argc < 2)
+		return cli_usage_error("which daemon verb?");
+	if (cli_parse_choice("daemon", verb, subverbs))
+		return EXIT_USAGE;
+	if (cli.socket)
+		snprintf(sock, sizeof(sock), "%s", cli.socket);
+	else if (tc_default_socket(sock, sizeof(sock)) < 0)
+		return cli_fail(TC_ELIMIT, "default socket path too long");
 	if (!strcmp(verb, "start") || !strcmp(verb, "run") ||
 	    !strcmp(verb, "restart")) {
+		tc__config_defaults(&cfg);
+		/* restart keeps the running daemon's configuration; its
+		 * options (and a --config file) override it. */
+		if (!strcmp(verb, "restart"))
+			running_config(sock, &cfg);
 		rc = parse_config(argc, argv, &cfg);
 		if (rc)
 			return rc;
 		if (!strcmp(verb, "run"))
 			return run_foreground(&cfg, -1);
-		if (!strcmp(verb, "restart"))
-			stop(cfg.socket, 35);
-		return start(&cfg);
-	}
-	if (cli.socket)
-		snprintf(sock, sizeof(sock), "%s", cli.socket);
-	else if (tc_default_socket(sock, sizeof(sock)) < 0)
-		return cli_fail(TC_ELIMIT, "default socket path too long");
-	if (!strcmp(verb, "stop")) {
-		int timeout = 35;
-
-		if (argc == 4 && !strcmp(argv[2], "--timeout"))
-			timeout = atoi(argv[3]);
-		else if (argc != 2)
-			return cli_usage(usage);
-		return stop(sock, timeout);
-	}
-	if (!strcmp(verb, "status")) {
-		if (!running_pid(sock)) {
-			if (cli.json)
-				printf("{\"running\":false,\"socket\":\"%s\"}\n",
-				       sock);
-			else
-				printf("tcast daemon is not running on '%s'\n",
-				       sock);
-			return EXIT_RUNTIME;
+		if (!strcmp(verb, "restart")) {
+			rc = stop(sock, 35, &down);
+			if (rc)
+				return rc;
 		}
-		return cmd_status(argc - 1, argv + 1);
+		rc = start(&cfg, &up);
+		if (rc == 0 && cli.json) {
+			cli_put_json(down ? json_pack("{s:o, s:o}", "stopped",
+						      down, "started", up) :
+					    up);
+		} else {
+			json_decref(down);
+			json_decref(up);
+		}
+		return rc;
 	}
-	if (!strcmp(verb, "logs"))
-		return logs(sock, argc, argv);
-	return cli_usage(usage);
+	if (!strcmp(verb, "stop")) {
+		for (int i = 2; i < argc; i++) {
+			if ((m = cli_opt(argc, argv, &i, "--timeout", &v))) {
+				if (m < 0 || cli_parse_uint("--timeout", v, 1,
+							    86400, &timeout))
+					return EXIT_USAGE;
+			} else {
+				return cli_usage_error("unknown argument '%s'",
+						       cli_esc(argv[i]));
+			}
+		}
+		rc = stop(sock, (int)timeout, &down);
+		if (rc == 0 && cli.json)
+			cli_put_json(down);
+		else
+			json_decref(down);
+		return rc;
+	}
+	if (!strcmp(verb, "status"))
+		return cmd_status(argc - 1, argv + 1);
+	return logs(sock, argc, argv);
 }

@@ -1,5 +1,6 @@
 /*
  * cmd_import.c - tcast import PATH [--key KEY] [--policy P] [--expect GEN]
+ *                [--device D]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,76 +8,91 @@
 
 #include "cli.h"
 
-static const char usage[] =
-	"tcast import PATH [--key KEY] [--policy cache|warm|pinned] "
-	"[--expect GEN] [--device cuda:N] [--json]";
-
 int cmd_import(int argc, char **argv)
 {
 	struct tc_opts o = { 0 };
 	struct tc_result r;
-	const char *path = NULL;
-	char b1[32];
+	const char *path = NULL, *v;
+	bool opts = true;
+	char b1[32], b2[48];
 	tc_client *c;
-	int rc;
+	uint64_t gen;
+	int rc, m;
 
 	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--key") && i + 1 < argc) {
-			o.key = argv[++i];
-			o.field_mask |= TC_OPT_KEY;
-		} else if (!strcmp(argv[i], "--policy") && i + 1 < argc) {
-			o.policy = argv[++i];
-			o.field_mask |= TC_OPT_POLICY;
-		} else if (!strcmp(argv[i], "--device") && i + 1 < argc) {
-			const char *d = argv[++i];
+		const char *a = argv[i];
 
-			if (!strncmp(d, "cuda:", 5))
-				d += 5;
-			else if (!strcmp(d, "cuda"))
-				d = "0";
-			o.device = atoi(d);
+		if (opts && !strcmp(a, "--")) {
+			opts = false;
+		} else if (opts && (m = cli_opt(argc, argv, &i, "--key", &v))) {
+			if (m < 0 || cli_parse_nonempty("--key", v))
+				return EXIT_USAGE;
+			o.key = v;
+			o.field_mask |= TC_OPT_KEY;
+		} else if (opts &&
+			   (m = cli_opt(argc, argv, &i, "--policy", &v))) {
+			if (m < 0 || cli_parse_nonempty("--policy", v))
+				return EXIT_USAGE;
+			o.policy = v;
+			o.field_mask |= TC_OPT_POLICY;
+		} else if (opts &&
+			   (m = cli_opt(argc, argv, &i, "--device", &v))) {
+			if (m < 0 || cli_parse_device("--device", v, &o.device))
+				return EXIT_USAGE;
 			o.field_mask |= TC_OPT_DEVICE;
-		} else if (!strcmp(argv[i], "--expect") && i + 1 < argc) {
-			o.expect_gen = strtoull(argv[++i], NULL, 10);
+		} else if (opts &&
+			   (m = cli_opt(argc, argv, &i, "--expect", &v))) {
+			if (m < 0 ||
+			    cli_parse_uint("--expect", v, 0, UINT64_MAX, &gen))
+				return EXIT_USAGE;
+			o.expect_gen = gen;
 			o.field_mask |= TC_OPT_EXPECT;
-		} else if (argv[i][0] == '-' || path) {
-			return cli_usage(usage);
+		} else if (opts && a[0] == '-' && a[1]) {
+			return cli_usage_error("unknown option '%s'",
+					       cli_esc(a));
+		} else if (path) {
+			return cli_usage_error("one PATH only ('%s' and '%s')",
+					       cli_esc(path), cli_esc(a));
 		} else {
-			path = argv[i];
+			path = a;
 		}
 	}
 	if (!path)
-		return cli_usage(usage);
+		return cli_usage_error("no PATH given");
+	if ((o.field_mask & TC_OPT_EXPECT) && !o.key)
+		return cli_usage_error("--expect needs --key");
 	o.field_mask |= TC_OPT_PROGRESS;
 	o.progress = cli_progress;
 	c = cli_connect();
 	if (!c)
 		return EXIT_RUNTIME;
+	cli_progress_begin();
 	rc = tc_import(c, path, &o, &r);
+	/* The bar's line ends whatever happened, before anything else. */
+	cli_progress_end();
 	if (rc < 0) {
 		rc = cli_fail(rc, tc_client_errmsg(c));
 		tc_client_close(c);
 		return rc;
 	}
 	if (cli.json) {
-		printf("{\"id\":\"%s\",\"bytes\":%llu,\"tensors\":%u,"
-		       "\"seconds\":%.6f,\"deduplicated\":%s,"
-		       "\"key_generation\":%llu}\n",
-		       r.id, (unsigned long long)r.bytes, r.ntensors,
-		       (double)r.nanoseconds / 1e9,
-		       r.deduplicated ? "true" : "false",
-		       (unsigned long long)r.key_generation);
+		cli_put_json(json_pack(
+			"{s:s, s:I, s:I, s:f, s:b, s:I}", "id", r.id, "bytes",
+			(json_int_t)r.bytes, "tensors", (json_int_t)r.ntensors,
+			"seconds", (double)r.nanoseconds / 1e9, "deduplicated",
+			r.deduplicated, "key_generation",
+			(json_int_t)r.key_generation));
 	} else {
-		puts(r.id);
-		fprintf(stderr, "%u tensors, %s in %.3f s (%.2f GB/s)%s",
-			r.ntensors, cli_bytes(r.bytes, b1, sizeof(b1)),
+		puts(cli_esc(r.id));
+		fflush(stdout);
+		fprintf(stderr, "%u tensors, %s in %.3f s%s%s", r.ntensors,
+			cli_bytes(r.bytes, b1, sizeof(b1)),
 			(double)r.nanoseconds / 1e9,
-			r.nanoseconds ?
-				(double)r.bytes / (double)r.nanoseconds :
-				0.0,
+			cli_rate(r.bytes, r.nanoseconds, b2, sizeof(b2)),
 			r.deduplicated ? ", already held" : "");
 		if (o.key)
-			fprintf(stderr, "; key '%s' at generation %llu", o.key,
+			fprintf(stderr, "; key '%s' at generation %llu",
+				cli_esc(o.key),
 				(unsigned long long)r.key_generation);
 		fputc('\n', stderr);
 	}

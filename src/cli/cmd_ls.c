@@ -4,11 +4,27 @@
  * The read verbs print what the daemon returns: JSON with --json, a table
  * for people otherwise.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "client/client_internal.h"
+#include "tcast/errors.h"
+
+/* A string member, escaped for the terminal ("" when absent). */
+static const char *str(json_t *j, const char *name)
+{
+	return cli_esc(json_string_value(json_object_get(j, name)));
+}
+
+static long long num(json_t *j, const char *name)
+{
+	return json_integer_value(json_object_get(j, name));
+}
 
 /* Run one JSON-returning call and hand the document to `show`. */
 static int with_json(int (*get)(tc_client *, const char *, char **),
@@ -40,12 +56,8 @@ static int with_json(int (*get)(tc_client *, const char *, char **),
 
 static int get_list(tc_client *c, const char *arg, char **out)
 {
+	(void)arg;
 	return tc_list_json(c, out);
-}
-
-static int get_status(tc_client *c, const char *arg, char **out)
-{
-	return tc_status_json(c, out);
 }
 
 static void show_list(json_t *j)
@@ -61,31 +73,22 @@ static void show_list(json_t *j)
 		json_t *keys = json_object_get(a, "keys"), *k;
 		size_t n;
 
-		printf("%-36s %10s %8lld %6lld %-7s ",
-		       json_string_value(json_object_get(a, "id")),
-		       cli_bytes((uint64_t)json_integer_value(
-					 json_object_get(a, "bytes")),
-				 b1, sizeof(b1)),
-		       json_integer_value(json_object_get(a, "tensors")),
-		       json_integer_value(json_object_get(a, "leases")),
-		       json_string_value(json_object_get(a, "policy")));
-		json_array_foreach(keys, n, k)
-			printf("%s%s", n ? "," : "", json_string_value(k));
+		printf("%-36s %10s %8lld %6lld %-7s ", str(a, "id"),
+		       cli_bytes((uint64_t)num(a, "bytes"), b1, sizeof(b1)),
+		       num(a, "tensors"), num(a, "leases"), str(a, "policy"));
+		json_array_foreach(keys, n, k) printf(
+			"%s%s", n ? "," : "", cli_esc(json_string_value(k)));
 		putchar('\n');
 	}
 	printf("host memory: %s used of %s\n",
-	       cli_bytes((uint64_t)json_integer_value(
-				 json_object_get(j, "used_bytes")),
-			 b2, sizeof(b2)),
-	       cli_bytes((uint64_t)json_integer_value(
-				 json_object_get(j, "budget_bytes")),
-			 b3, sizeof(b3)));
+	       cli_bytes((uint64_t)num(j, "used_bytes"), b2, sizeof(b2)),
+	       cli_bytes((uint64_t)num(j, "budget_bytes"), b3, sizeof(b3)));
 }
 
 int cmd_ls(int argc, char **argv)
 {
-	if (argc != 1)
-		return cli_usage("tcast ls [--json]");
+	if (cli_operands(argc, argv, 0, 0, NULL) < 0)
+		return EXIT_USAGE;
 	return with_json(get_list, NULL, show_list);
 }
 
@@ -102,51 +105,44 @@ static void show_replicas(json_t *reps)
 
 		if (tier && !strcmp(tier, "gpu"))
 			printf("%s GPU %lld %s, %s, %s, leases %lld\n",
-			       i ? "         " : "replicas:",
-			       json_integer_value(
-				       json_object_get(r, "ordinal")),
-			       json_string_value(json_object_get(r, "device")),
-			       cli_bytes((uint64_t)json_integer_value(
-						 json_object_get(r, "bytes")),
-					 b, sizeof(b)),
-			       json_string_value(json_object_get(r, "state")),
-			       json_integer_value(
-				       json_object_get(r, "leases")));
+			       i ? "         " : "replicas:", num(r, "ordinal"),
+			       str(r, "device"),
+			       cli_bytes((uint64_t)num(r, "bytes"), b,
+					 sizeof(b)),
+			       str(r, "state"), num(r, "leases"));
 		else
 			printf("%s host memory (sealed memfd), %s\n",
 			       i ? "         " : "replicas:",
-			       cli_bytes((uint64_t)json_integer_value(
-						 json_object_get(r, "bytes")),
-					 b, sizeof(b)));
+			       cli_bytes((uint64_t)num(r, "bytes"), b,
+					 sizeof(b)));
 	}
 }
 
 static void show_inspect(json_t *j)
 {
-	json_t *ts = json_object_get(j, "tensor_table"), *t, *meta;
+	json_t *ts = json_object_get(j, "tensor_table"), *t, *meta, *alg;
 	const char *k;
 	json_t *v;
 	size_t i;
 	char b[32];
 
-	printf("id:       %s\n", json_string_value(json_object_get(j, "id")));
-	printf("digest:   xxh3-128 %s (chunks of %lld bytes)\n",
-	       json_string_value(json_object_get(j, "digest")),
-	       json_integer_value(json_object_get(j, "chunk_bytes")));
+	printf("id:       %s\n", str(j, "id"));
+	/* The digest's algorithm when the daemon names it. */
+	alg = json_object_get(j, "digest_algorithm");
+	printf("digest:   %s%s%s (chunks of %lld bytes)\n",
+	       alg ? str(j, "digest_algorithm") : "", alg ? " " : "",
+	       str(j, "digest"), num(j, "chunk_bytes"));
 	printf("size:     %s in %lld tensors\n",
-	       cli_bytes((uint64_t)json_integer_value(
-				 json_object_get(j, "bytes")),
-			 b, sizeof(b)),
-	       json_integer_value(json_object_get(j, "tensors")));
-	printf("source:   %s\n",
-	       json_string_value(json_object_get(j, "source")));
-	printf("policy:   %s, leases %lld\n",
-	       json_string_value(json_object_get(j, "policy")),
-	       json_integer_value(json_object_get(j, "leases")));
+	       cli_bytes((uint64_t)num(j, "bytes"), b, sizeof(b)),
+	       num(j, "tensors"));
+	printf("source:   %s\n", str(j, "source"));
+	printf("policy:   %s, leases %lld\n", str(j, "policy"),
+	       num(j, "leases"));
 	show_replicas(json_object_get(j, "replicas"));
 	meta = json_object_get(j, "metadata");
 	json_object_foreach(meta, k, v)
-		printf("meta:     %s = %s\n", k, json_string_value(v));
+		printf("meta:     %s = %s\n", cli_esc(k),
+		       cli_esc(json_string_value(v)));
 	printf("%-48s %-8s %-20s %12s %10s\n", "TENSOR", "DTYPE", "SHAPE",
 	       "OFFSET", "BYTES");
 	json_array_foreach(ts, i, t)
@@ -163,19 +159,18 @@ static void show_inspect(json_t *j)
 				 json_integer_value(d));
 		}
 		strncat(sh, "]", sizeof(sh) - strlen(sh) - 1);
-		printf("%-48s %-8s %-20s %12lld %10lld\n",
-		       json_string_value(json_object_get(t, "name")),
-		       json_string_value(json_object_get(t, "dtype")), sh,
-		       json_integer_value(json_object_get(t, "offset")),
-		       json_integer_value(json_object_get(t, "nbytes")));
+		printf("%-48s %-8s %-20s %12lld %10lld\n", str(t, "name"),
+		       str(t, "dtype"), sh, num(t, "offset"), num(t, "nbytes"));
 	}
 }
 
 int cmd_inspect(int argc, char **argv)
 {
-	if (argc != 2)
-		return cli_usage("tcast inspect KEY|ID [--json]");
-	return with_json(tc_inspect_json, argv[1], show_inspect);
+	const char *ref;
+
+	if (cli_operands(argc, argv, 1, 1, &ref) < 0)
+		return EXIT_USAGE;
+	return with_json(tc_inspect_json, ref, show_inspect);
 }
 
 /* The GPU tier's part of STATUS: its state, then one line per GPU. */
@@ -189,97 +184,172 @@ static void show_gpus(json_t *g)
 	if (!state)
 		return;
 	if (strcmp(state, "ready")) {
-		printf("GPUs: %s%s%s\n", state,
+		printf("GPUs: %s%s%s\n", cli_esc(state),
 		       json_object_get(g, "error") ? ": " : "",
-		       json_object_get(g, "error") ?
-			       json_string_value(json_object_get(g, "error")) :
-			       "");
+		       json_object_get(g, "error") ? str(g, "error") : "");
 		return;
 	}
 	json_array_foreach(json_object_get(g, "devices"), i, d)
 	{
 		printf("GPU %lld %s (%s): %s used of %s, %lld replicas, %lld "
 		       "leases, %lld evictions\n",
-		       json_integer_value(json_object_get(d, "ordinal")),
-		       json_string_value(json_object_get(d, "uuid")),
-		       json_string_value(json_object_get(d, "name")),
-		       cli_bytes((uint64_t)json_integer_value(
-					 json_object_get(d, "used_bytes")),
-				 b1, sizeof(b1)),
-		       cli_bytes((uint64_t)json_integer_value(
-					 json_object_get(d, "budget_bytes")),
-				 b2, sizeof(b2)),
-		       json_integer_value(json_object_get(d, "replicas")),
-		       json_integer_value(json_object_get(d, "leases")),
-		       json_integer_value(json_object_get(d, "evictions")));
+		       num(d, "ordinal"), str(d, "uuid"), str(d, "name"),
+		       cli_bytes((uint64_t)num(d, "used_bytes"), b1,
+				 sizeof(b1)),
+		       cli_bytes((uint64_t)num(d, "budget_bytes"), b2,
+				 sizeof(b2)),
+		       num(d, "replicas"), num(d, "leases"),
+		       num(d, "evictions"));
 	}
 }
 
 static void show_status(json_t *j)
 {
+	json_t *cfg = json_object_get(j, "config");
 	char b1[32], b2[32];
 
 	printf("tcast daemon %s running, pid %lld, socket %s\n",
-	       json_string_value(json_object_get(j, "version")),
-	       json_integer_value(json_object_get(j, "pid")),
-	       json_string_value(json_object_get(j, "socket")));
+	       str(j, "version"), num(j, "pid"), str(j, "socket"));
 	printf("uptime %.1f s, %lld clients, %lld artifacts, %lld keys\n",
-	       (double)json_integer_value(json_object_get(j, "uptime_ms")) /
-		       1000,
-	       json_integer_value(json_object_get(j, "clients")),
-	       json_integer_value(json_object_get(j, "artifacts")),
-	       json_integer_value(json_object_get(j, "keys")));
+	       (double)num(j, "uptime_ms") / 1000, num(j, "clients"),
+	       num(j, "artifacts"), num(j, "keys"));
 	printf("host memory %s used of %s, %lld evictions\n",
-	       cli_bytes((uint64_t)json_integer_value(
-				 json_object_get(j, "host_used_bytes")),
-			 b1, sizeof(b1)),
-	       cli_bytes((uint64_t)json_integer_value(
-				 json_object_get(j, "host_budget_bytes")),
-			 b2, sizeof(b2)),
-	       json_integer_value(json_object_get(j, "evictions")));
+	       cli_bytes((uint64_t)num(j, "host_used_bytes"), b1, sizeof(b1)),
+	       cli_bytes((uint64_t)num(j, "host_budget_bytes"), b2, sizeof(b2)),
+	       num(j, "evictions"));
 	show_gpus(json_object_get(j, "gpu"));
+	if (cfg) {
+		const char *k;
+		json_t *v;
+
+		printf("configuration:");
+		json_object_foreach(cfg, k, v) printf(
+			" %s=%s", cli_esc(k), cli_esc(json_string_value(v)));
+		putchar('\n');
+	}
 }
 
 int cmd_status(int argc, char **argv)
 {
-	return with_json(get_status, NULL, show_status);
-}
-
-int cmd_rm(int argc, char **argv)
-{
+	char err[1024], sock[4096], *doc = NULL;
 	tc_client *c;
+	json_t *j;
 	int rc;
 
-	if (argc < 2)
-		return cli_usage("tcast rm KEY|ID...");
-	c = cli_connect();
-	if (!c)
+	if (cli_operands(argc, argv, 0, 0, NULL) < 0)
+		return EXIT_USAGE;
+	rc = tc_client_connect(cli.socket, &c, err, sizeof(err));
+	if (rc == TC_ENODAEMON) {
+		/* The same answer as `tcast daemon status`: not an error
+		 * message, a state, with exit status 1. */
+		if (cli.socket)
+			snprintf(sock, sizeof(sock), "%s", cli.socket);
+		else if (tc_default_socket(sock, sizeof(sock)) < 0)
+			sock[0] = '\0';
+		if (cli.json)
+			cli_put_json(json_pack("{s:b, s:s}", "running", 0,
+					       "socket", sock));
+		else
+			printf("tcast daemon is not running on '%s'\n",
+			       cli_esc(sock));
 		return EXIT_RUNTIME;
-	for (int i = 1; i < argc; i++) {
-		rc = tc_rm(c, argv[i]);
-		if (rc < 0) {
-			rc = cli_fail(rc, tc_client_errmsg(c));
-			tc_client_close(c);
-			return rc;
-		}
 	}
+	if (rc < 0)
+		return cli_fail(rc, err);
+	rc = tc_status_json(c, &doc);
+	if (rc < 0) {
+		rc = cli_fail(rc, tc_client_errmsg(c));
+		tc_client_close(c);
+		return rc;
+	}
+	j = json_loads(doc, 0, NULL);
+	if (j) {
+		json_object_set_new(j, "running", json_true());
+		if (cli.json)
+			cli_put_json(json_incref(j));
+		else
+			show_status(j);
+		json_decref(j);
+	} else {
+		cli_print_json(doc);
+	}
+	tc_free(doc);
 	tc_client_close(c);
 	return 0;
 }
 
+int cmd_rm(int argc, char **argv)
+{
+	const char **refs = calloc((size_t)argc, sizeof(*refs));
+	json_t *removed = json_array();
+	int rc = 0, n;
+	tc_client *c;
+
+	n = refs ? cli_operands(argc, argv, 1, argc, refs) : -1;
+	if (n < 0) {
+		rc = refs ? EXIT_USAGE : cli_fail(-ENOMEM, NULL);
+		goto out_free;
+	}
+	c = cli_connect();
+	if (!c) {
+		rc = EXIT_RUNTIME;
+		goto out_free;
+	}
+	for (int i = 0; i < n; i++) {
+		rc = tc_rm(c, refs[i]);
+		if (rc < 0) {
+			/* Under --json the error says what went before. */
+			cli.partial = json_pack("{s:O}", "removed", removed);
+			rc = cli_fail(rc, tc_client_errmsg(c));
+			break;
+		}
+		json_array_append_new(removed, json_string(refs[i]));
+		if (!cli.json)
+			printf("removed %s\n", cli_esc(refs[i]));
+	}
+	if (rc == 0 && cli.json)
+		cli_put_json(json_pack("{s:O}", "removed", removed));
+	tc_client_close(c);
+out_free:
+	json_decref(removed);
+	free(refs);
+	return rc;
+}
+
 int cmd_export(int argc, char **argv)
 {
+	const char *ops[2];
+	struct stat st;
 	tc_client *c;
 	int rc;
 
-	if (argc != 3)
-		return cli_usage("tcast export KEY|ID OUT.safetensors");
+	if (cli_operands(argc, argv, 2, 2, ops) < 0)
+		return EXIT_USAGE;
+	if (!strcmp(ops[1], "-")) {
+		if (cli.json)
+			return cli_usage_error(
+				"--json and 'export REF -' would share stdout");
+		if (isatty(STDOUT_FILENO))
+			return cli_usage_error(
+				"refusing to write safetensors bytes to a "
+				"terminal: redirect stdout or give a file");
+	}
 	c = cli_connect();
 	if (!c)
 		return EXIT_RUNTIME;
-	rc = tc_export(c, argv[1], argv[2]);
-	if (rc < 0)
+	if (!strcmp(ops[1], "-"))
+		rc = tc__client_export_fd(c, ops[0], STDOUT_FILENO);
+	else
+		rc = tc_export(c, ops[0], ops[1]);
+	if (rc < 0) {
 		rc = cli_fail(rc, tc_client_errmsg(c));
+	} else if (cli.json) {
+		cli_put_json(json_pack("{s:s, s:s, s:I}", "ref", ops[0], "path",
+				       ops[1], "bytes",
+				       stat(ops[1], &st) == 0 ?
+					       (json_int_t)st.st_size :
+					       (json_int_t)-1));
+	}
 	tc_client_close(c);
 	return rc;
 }

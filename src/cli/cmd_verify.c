@@ -1,10 +1,14 @@
 /*
  * cmd_verify.c - `tcast verify [--json] PATH...`.
  *
- * Argument parsing only; the check is tc_st_verify() in libtcast.
+ * Argument parsing only; the check is tc_st_verify() in libtcast.  Under
+ * --json the answers of every PATH go out as one document.
  */
+#include <errno.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -14,82 +18,55 @@
 #define VERIFY_MSG_LEN	2048
 #define VERIFY_JSON_LEN 65536
 
-static void usage(FILE *f)
-{
-	fprintf(f,
-		"usage: tcast verify [--json] PATH...\n"
-		"\n"
-		"Check safetensors files and model folders (index and shards,\n"
-		"Hugging Face cache snapshots) without loading tensor data.\n"
-		"\n"
-		"  --json  one JSON object per path on stdout\n"
-		"\n"
-		"Exit status: 0 all valid, 1 any invalid, 2 usage error.\n");
-}
-
 int cmd_verify(int argc, char **argv)
 {
 	static char out[VERIFY_JSON_LEN];
-	/* main() may already have taken --json into cli.json. */
-	bool json = cli.json, opts = true;
-	int i, first = 0, failed = 0, ret;
+	const char **paths = calloc((size_t)argc, sizeof(*paths));
+	json_t *results = json_array();
+	int n, failed = 0, ret;
 
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i];
-
-		if (opts && !strcmp(a, "--")) {
-			opts = false;
-		} else if (opts && !strcmp(a, "--json")) {
-			json = true;
-		} else if (opts && (!strcmp(a, "-h") || !strcmp(a, "--help"))) {
-			usage(stdout);
-			return 0;
-		} else if (opts && a[0] == '-' && a[1]) {
-			fprintf(stderr, "error: unknown option '%s'\n", a);
-			usage(stderr);
-			return EXIT_USAGE;
-		} else if (!first) {
-			first = i;
-		}
+	n = paths ? cli_operands(argc, argv, 1, argc, paths) : -1;
+	if (n < 0) {
+		failed = paths ? EXIT_USAGE : cli_fail(-ENOMEM, NULL);
+		goto out_free;
 	}
-	if (!first) {
-		fprintf(stderr, "error: no PATH given\n");
-		usage(stderr);
-		return EXIT_USAGE;
-	}
-	opts = true;
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i];
+	for (int i = 0; i < n; i++) {
+		const char *a = paths[i];
+		char msg[VERIFY_MSG_LEN];
+		json_t *r;
 
-		/* Skip the options seen above; paths may follow "--". */
-		if (opts && !strcmp(a, "--")) {
-			opts = false;
-			continue;
-		}
-		if (opts && a[0] == '-' && a[1])
-			continue;
-		if (json) {
+		if (cli.json) {
 			ret = tc_st_verify_json(a, out, sizeof(out));
-			if (out[0])
-				printf("%s\n", out);
+			r = out[0] ? json_loads(out, 0, NULL) : NULL;
+			if (!r) /* the answer did not fit: say so */
+				r = json_pack("{s:s, s:b, s:s, s:i, s:s}",
+					      "path", a, "ok", 0, "error",
+					      tc_err_name(ret), "code", ret,
+					      "message",
+					      "the report exceeds the buffer");
+			json_array_append_new(results, r);
 			if (ret < 0) {
-				char msg[VERIFY_MSG_LEN];
-
 				tc_st_verify(a, msg, sizeof(msg));
 				fprintf(stderr, "error: %s: %s\n",
-					tc_err_name(ret), msg);
+					tc_err_name(ret), cli_esc(msg));
 			}
 		} else {
 			ret = tc_st_verify(a, out, VERIFY_MSG_LEN);
 			if (ret < 0)
 				fprintf(stderr, "error: %s: %s\n",
-					tc_err_name(ret), out);
+					tc_err_name(ret), cli_esc(out));
 			else
-				printf("%s\n", out);
+				printf("%s\n", cli_esc(out));
 		}
 		if (ret < 0)
 			failed = EXIT_RUNTIME;
 	}
+	if (cli.json)
+		cli_put_json(json_pack("{s:b, s:O}", "valid", !failed,
+				       "results", results));
 	fflush(stdout);
+out_free:
+	json_decref(results);
+	free(paths);
 	return failed;
 }

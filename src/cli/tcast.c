@@ -1,5 +1,10 @@
 /*
  * tcast.c - main(): the verb table.  Parsing and dispatch, nothing more.
+ *
+ * Help is generic: `tcast VERB --help`, `tcast VERB -h` and `tcast help
+ * VERB` print the verb's usage from this table on stdout and exit 0, for
+ * every verb, before the verb sees its arguments (so no verb can mistake
+ * "--help" for a key, or act on it).
  */
 #include <stdio.h>
 #include <string.h>
@@ -7,47 +12,173 @@
 #include "cli.h"
 #include "tcast/version.h"
 
-static const struct {
-	const char *name;
-	int (*fn)(int argc, char **argv);
-	const char *help;
-} verbs[] = {
-	{ "daemon", cmd_daemon, "start|stop|status|logs|run the store daemon" },
-	{ "import", cmd_import, "import a safetensors file or folder" },
-	{ "ls", cmd_ls, "list artifacts" },
-	{ "inspect", cmd_inspect, "show an artifact's tensors and digest" },
-	{ "rm", cmd_rm, "remove a key or an artifact" },
-	{ "keys", cmd_keys, "list keys, show history, or set a key (CAS)" },
-	{ "export", cmd_export, "write an artifact to a safetensors file" },
-	{ "verify", cmd_verify, "validate a safetensors file or folder" },
-	{ "status", cmd_status, "same as 'daemon status'" },
+#define GLOBAL_OPTS                                                          \
+	"\nEvery verb takes --socket PATH (default $TCAST_SOCKET, else "     \
+	"$XDG_RUNTIME_DIR/tcast/daemon.sock)\nand --json (exactly one JSON " \
+	"document on stdout, errors included).\n"                            \
+	"Exit status: 0 success, 1 runtime error, 2 usage error.\n"
+#define REF_HELP                                                              \
+	"\nREF is a key, an artifact id (tc1:...), or a unique prefix of an " \
+	"id of at least\n4 hex digits, with or without its tc1: (as git "     \
+	"takes short commit names).\n"
+
+static const struct cli_verb verbs[] = {
+	{ "daemon", cmd_daemon,
+	  "start|stop|restart|status|logs|run the store daemon",
+	  "tcast daemon start|run [--config FILE.yaml] [--host-memory SIZE]\n"
+	  "                       [--io-threads N] [--log-level LEVEL]\n"
+	  "                       [--log-file PATH] [--set KEY=VALUE]...\n"
+	  "       tcast daemon restart [options of start]\n"
+	  "       tcast daemon stop [--timeout SECONDS]\n"
+	  "       tcast daemon status\n"
+	  "       tcast daemon logs [-n LINES] [-f]\n"
+	  "\n"
+	  "  start         run the daemon in the background; returns once it "
+	  "serves\n"
+	  "  run           run it in the foreground (systemd, containers)\n"
+	  "  restart       stop, then start with the running daemon's "
+	  "configuration;\n"
+	  "                options given here override it\n"
+	  "  stop          SIGTERM, then SIGKILL after --timeout (1..86400, "
+	  "default 35);\n"
+	  "                says how many artifacts held only in memory it "
+	  "drops\n"
+	  "  status        pid, memory, configuration; exit 1 when not "
+	  "running\n"
+	  "  logs          the last LINES (default 50) lines of the log; -f "
+	  "follows it\n"
+	  "\n"
+	  "  SIZE is 8GiB, 512MiB, 1.5G...; LEVEL is error, warn, info or "
+	  "debug;\n"
+	  "  --set takes any key of the configuration file "
+	  "(docs/configuration.md).\n" GLOBAL_OPTS },
+	{ "import", cmd_import, "import a safetensors file or folder",
+	  "tcast import PATH [--key KEY] [--policy cache|warm|pinned]\n"
+	  "                  [--expect GEN] [--device cuda:N]\n"
+	  "\n"
+	  "  --key KEY      publish the artifact under KEY\n"
+	  "  --policy P     eviction policy (default cache)\n"
+	  "  --expect GEN   move KEY only if it is at generation GEN "
+	  "(0: must not exist)\n"
+	  "  --device D     load straight into a GPU: cuda, cuda:N or N\n"
+	  "\n"
+	  "Prints the artifact id on stdout; size, time and rate on "
+	  "stderr.\n" GLOBAL_OPTS },
+	{ "ls", cmd_ls, "list artifacts", "tcast ls\n" GLOBAL_OPTS },
+	{ "inspect", cmd_inspect, "show an artifact's tensors and digest",
+	  "tcast inspect REF\n" REF_HELP GLOBAL_OPTS },
+	{ "rm", cmd_rm, "remove a key or an artifact",
+	  "tcast rm REF...\n"
+	  "\n"
+	  "A key is removed with its artifact unless another key names it; "
+	  "an id\nremoves the artifact and leaves its keys pointing at "
+	  "nothing.\n" REF_HELP GLOBAL_OPTS },
+	{ "keys", cmd_keys, "list keys, show history, or set a key (CAS)",
+	  "tcast keys [KEY]\n"
+	  "       tcast keys set KEY REF [--expect GEN]\n"
+	  "\n"
+	  "  keys           every key, its artifact and generation\n"
+	  "  keys KEY       one key and its history (times in UTC)\n"
+	  "  keys set       point KEY at an artifact; --expect GEN moves "
+	  "it only if\n"
+	  "                 it is at generation GEN (compare-and-swap)\n" REF_HELP
+		  GLOBAL_OPTS },
+	{ "export", cmd_export, "write an artifact to a safetensors file",
+	  "tcast export REF OUT.safetensors|-\n"
+	  "\n"
+	  "Writes the file atomically (temporary file, fsync, rename); '-' "
+	  "writes\nthe bytes to stdout, which must not be a terminal.\n" REF_HELP
+		  GLOBAL_OPTS },
+	{ "verify", cmd_verify, "validate a safetensors file or folder",
+	  "tcast verify [--] PATH...\n"
+	  "\n"
+	  "Check safetensors files and model folders (index and shards, "
+	  "Hugging Face\ncache snapshots) without loading tensor data.  "
+	  "With --json: one document,\n{\"valid\": BOOL, \"results\": "
+	  "[one object per PATH]}.\n"
+	  "Exit status: 0 all valid, 1 any invalid, 2 usage error.\n" },
+	{ "status", cmd_status, "same as 'daemon status'",
+	  "tcast status\n"
+	  "\n"
+	  "The daemon's pid, memory, artifacts and configuration; exit 1 "
+	  "when no\ndaemon is running (as 'tcast daemon status').\n" GLOBAL_OPTS },
 };
+
+#define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
 
 static int usage(FILE *f)
 {
 	fprintf(f, "usage: tcast [--socket PATH] [--json] <verb> [args]\n\n");
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		fprintf(f, "  %-8s %s\n", verbs[i].name, verbs[i].help);
-	fprintf(f, "\n'tcast <verb> --help' for a verb's options; "
-		   "man tcast(1).\n");
+	for (size_t i = 0; i < NVERBS; i++)
+		fprintf(f, "  %-8s %s\n", verbs[i].name, verbs[i].summary);
+	fprintf(f, "\n'tcast help VERB' or 'tcast VERB --help' for a verb's "
+		   "options; man tcast(1).\n"
+		   "Exit status: 0 success, 1 runtime error, 2 usage error.\n");
 	return f == stdout ? 0 : EXIT_USAGE;
+}
+
+static const struct cli_verb *find_verb(const char *name)
+{
+	for (size_t i = 0; i < NVERBS; i++)
+		if (!strcmp(name, verbs[i].name))
+			return &verbs[i];
+	return NULL;
+}
+
+static void verb_help(const struct cli_verb *v)
+{
+	if (v->usage)
+		cli_print_usage(v, stdout);
+	else
+		printf("usage: tcast %s\n\n%s\n", v->name, v->summary);
+}
+
+/* True when the verb's arguments ask for help (before any "--"). */
+static int wants_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--"))
+			return 0;
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return 1;
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
+	const struct cli_verb *v;
+
 	argc = cli_take_global(argc, argv);
+	if (argc < 0)
+		return EXIT_USAGE;
 	if (argc < 2)
 		return usage(stderr);
-	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
-	    !strcmp(argv[1], "help"))
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))
 		return usage(stdout);
+	if (!strcmp(argv[1], "help")) {
+		if (argc < 3)
+			return usage(stdout);
+		v = find_verb(argv[2]);
+		if (!v || argc > 3)
+			return cli_usage_error("help: no verb '%s'",
+					       cli_esc(argv[2]));
+		verb_help(v);
+		return 0;
+	}
 	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
 		printf("tcast %s\n", tc_version());
 		return 0;
 	}
-	for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-		if (!strcmp(argv[1], verbs[i].name))
-			return verbs[i].fn(argc - 1, argv + 1);
-	fprintf(stderr, "tcast: unknown verb '%s'\n", argv[1]);
-	return usage(stderr);
+	v = find_verb(argv[1]);
+	if (!v) {
+		cli_usage_error("unknown verb '%s'", cli_esc(argv[1]));
+		return usage(stderr);
+	}
+	cli.verb = v;
+	if (wants_help(argc - 1, argv + 1)) {
+		verb_help(v);
+		return 0;
+	}
+	return v->fn(argc - 1, argv + 1);
 }

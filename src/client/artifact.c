@@ -467,3 +467,18 @@ TC_API int tc_export(tc_client *c, const char *ref, const char *path)
 	tc_artifact_close(a);
 	return rc;
 }
+
+int tc__client_export_fd(tc_client *c, const char *ref, int fd)
+{
+	tc_artifact *a;
+	char err[512];
+	int rc = tc_attach(c, ref, &a);
+
+	if (rc < 0)
+		return rc;
+	rc = tc__st_write_fd(fd, &a->table, a->map, err, sizeof(err));
+	if (rc < 0)
+		tc__client_err(c, rc, err);
+	tc_artifact_close(a);
+	return rc;
+}

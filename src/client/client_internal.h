@@ -33,4 +33,9 @@ void tc__client_put_opts(struct tc__buf *b, const struct tc_opts *o,
 int tc__client_read_result(tc_client *c, struct reply *rep,
 			   struct tc_result *res);
 
+/* Write artifact `ref` as a safetensors stream to `fd` (a pipe, stdout:
+ * `tcast export REF -`); the caller owns `fd`.  Returns 0 or a code, with
+ * the message in tc_client_errmsg(c). */
+int tc__client_export_fd(tc_client *c, const char *ref, int fd);
+
 #endif /* TC_CLIENT_INTERNAL_H */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <jansson.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -331,4 +332,68 @@ int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 	yaml_parser_delete(&p);
 	fclose(f);
 	return rc;
+}
+
+int tc__config_set(struct tc__store_config *c, const char *key, const char *val,
+		   char *err, size_t errlen)
+{
+	char why[160];
+	int rc = apply(c, key, val, why, sizeof(why));
+
+	if (rc < 0) {
+		snprintf(err, errlen, "key '%s': %s", key, why);
+		return TC_EBADCONFIG;
+	}
+	return 0;
+}
+
+/* Every value in the syntax apply() reads back, so that `daemon restart`
+ * can hand the running daemon's configuration to the next one unchanged. */
+char *tc__config_json(const struct tc__store_config *c)
+{
+	static const char *const levels[] = { "error", "warn", "info",
+					      "debug" };
+	json_t *j = json_object();
+	char num[32], *out;
+
+#define TC__CFG_NUM(key, v)                                                  \
+	do {                                                                 \
+		snprintf(num, sizeof(num), "%llu", (unsigned long long)(v)); \
+		json_object_set_new(j, key, json_string(num));               \
+	} while (0)
+	if (!j)
+		return NULL;
+	json_object_set_new(j, "socket", json_string(c->socket));
+	TC__CFG_NUM("host_memory", c->host_bytes);
+	TC__CFG_NUM("io_threads", c->io_threads);
+	TC__CFG_NUM("job_threads", c->job_threads);
+	TC__CFG_NUM("max_clients", c->max_clients);
+	json_object_set_new(
+		j, "log_level",
+		json_string(c->log_level >= 0 &&
+					    c->log_level <
+						    (int)TC_ARRAY_SIZE(levels) ?
+				    levels[c->log_level] :
+				    "info"));
+	json_object_set_new(j, "log_file", json_string(c->log_file));
+	TC__CFG_NUM("handshake_ms", c->handshake_ms);
+	TC__CFG_NUM("max_client_buffer", c->max_outbuf);
+	if (c->gpu_bytes) {
+		TC__CFG_NUM("gpu_memory", c->gpu_bytes);
+	} else {
+		snprintf(num, sizeof(num), "%d%%", c->gpu_percent);
+		json_object_set_new(j, "gpu_memory", json_string(num));
+	}
+	if (c->host_spare == TC_SPARE_AUTO)
+		json_object_set_new(j, "host_spare", json_string("auto"));
+	else
+		TC__CFG_NUM("host_spare", c->host_spare);
+	json_object_set_new(j, "io_engine",
+			    json_string(tc__io_engine_name(c->io_engine)));
+	json_object_set_new(j, "gpu_pin_host",
+			    json_string(c->pin_eager ? "eager" : "on_use"));
+#undef TC__CFG_NUM
+	out = json_dumps(j, JSON_COMPACT);
+	json_decref(j);
+	return out;
 }

@@ -44,6 +44,14 @@ void tc__config_defaults(struct tc__store_config *c);
  * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);
+/* Apply one key as if it were a line of a config file (`--set`,
+ * `daemon restart`).  Returns 0 or TC_EBADCONFIG; `err` names the key. */
+int tc__config_set(struct tc__store_config *c, const char *key, const char *val,
+		   char *err, size_t errlen);
+/* The effective configuration as a JSON object of strings, each in the
+ * syntax tc__config_set reads (malloc'd; NULL on OOM).  Reported by STATUS
+ * as "config" so that a restart keeps what the running daemon was given. */
+char *tc__config_json(const struct tc__store_config *c);
 /* Parse "8GiB", "512MiB", "1.5G", "100%"-free byte sizes: plain integers,
  * K/M/G/T (powers of 1000) and KiB/MiB/GiB/TiB.  Returns 0 or TC_EINVAL. */
 int tc__parse_size(const char *s, uint64_t *out);

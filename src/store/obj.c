@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "common/alloc.h"
@@ -318,6 +319,84 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 	return 0;
 }
 
+/* Hex digits an id prefix needs, as git asks for short object names. */
+#define TC_ID_PREFIX_MIN 4
+
+/* The hex digits of `ref` when it has the shape of an id prefix ("tc1:ab12"
+ * or "ab12"), else NULL.  No id length is assumed: ids may grow. */
+static const char *prefix_hex(const char *ref)
+{
+	size_t plen = strlen(TC_ID_PREFIX);
+	const char *h = strncmp(ref, TC_ID_PREFIX, plen) ? ref : ref + plen;
+
+	if (!*h)
+		return NULL;
+	for (const char *p = h; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') ||
+		      (*p >= 'A' && *p <= 'F')))
+			return NULL;
+	return h;
+}
+
+/* The one live artifact whose id starts with `ref` (a unique prefix, as in
+ * git), looked up after keys so that a key always wins.  NULL with *rc
+ * TC_ENOTFOUND (no match, or not an id prefix) or TC_EINVAL (ambiguous, or
+ * "tc1:" with fewer than TC_ID_PREFIX_MIN digits). */
+static struct tc__obj *objs_by_prefix(struct tc__objs *s, const char *ref,
+				      char *err, size_t errlen, int *rc)
+{
+	const char *hex = prefix_hex(ref);
+	size_t n, plen = strlen(TC_ID_PREFIX), used = 0, b;
+	struct tc__obj *found = NULL;
+	struct tc__map_entry *e;
+	char list[512] = "";
+	int matches = 0;
+
+	*rc = TC_ENOTFOUND;
+	if (!hex) {
+		snprintf(err, errlen, "no key or artifact '%s'", ref);
+		return NULL;
+	}
+	n = strlen(hex);
+	if (n < TC_ID_PREFIX_MIN) {
+		if (hex != ref)
+			*rc = TC_EINVAL;
+		snprintf(err, errlen,
+			 "no key '%s', and an id prefix needs at least %d hex "
+			 "digits",
+			 ref, TC_ID_PREFIX_MIN);
+		return NULL;
+	}
+	for (e = tc__map_next(&s->by_id, NULL, &b); e;
+	     e = tc__map_next(&s->by_id, e, &b)) {
+		struct tc__obj *o = e->val;
+
+		if (o->dead || strlen(o->id) < plen ||
+		    strncasecmp(o->id + plen, hex, n))
+			continue;
+		if (++matches == 1)
+			found = o;
+		if (used < sizeof(list))
+			used += (size_t)snprintf(list + used,
+						 sizeof(list) - used, "%s%s",
+						 matches > 1 ? ", " : "",
+						 o->id);
+	}
+	if (matches == 0) {
+		snprintf(err, errlen, "no key or artifact '%s'", ref);
+		return NULL;
+	}
+	if (matches > 1) {
+		*rc = TC_EINVAL;
+		snprintf(err, errlen,
+			 "id prefix '%s' is ambiguous: %d artifacts match (%s)",
+			 ref, matches, list);
+		return NULL;
+	}
+	*rc = 0;
+	return found;
+}
+
 struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 				 size_t errlen, int *rc)
 {
@@ -336,10 +415,8 @@ struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 		return NULL;
 	}
 	k = tc__map_get(&s->keys, ref);
-	if (!k) {
-		snprintf(err, errlen, "no key or artifact '%s'", ref);
-		return NULL;
-	}
+	if (!k)
+		return objs_by_prefix(s, ref, err, errlen, rc);
 	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
 	if (!o || o->dead) {
 		snprintf(err, errlen,
@@ -428,7 +505,12 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 	if (rc < 0)
 		return rc;
 	o = tc__map_get(&s->by_id, id);
-	if (!o || o->dead) {
+	if ((!o || o->dead) && !tc__is_id(id)) {
+		o = objs_by_prefix(s, id, err, errlen, &rc);
+		if (!o)
+			return rc;
+		id = o->id;
+	} else if (!o || o->dead) {
 		snprintf(err, errlen, "no artifact '%s'", id);
 		return TC_ENOTFOUND;
 	}
@@ -492,10 +574,18 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen)
 {
 	struct tc__map_entry *e;
-	struct tc__obj *o;
+	struct tc__obj *o = NULL;
 	struct tc__key *k;
 	size_t b;
+	int rc;
 
+	if (!tc__is_id(ref) && !tc__map_get(&s->keys, ref)) {
+		/* An id prefix names the artifact, as a full id does. */
+		o = objs_by_prefix(s, ref, err, errlen, &rc);
+		if (!o)
+			return rc;
+		ref = o->id;
+	}
 	if (tc__is_id(ref)) {
 		o = tc__map_get(&s->by_id, ref);
 		if (!o || o->dead) {

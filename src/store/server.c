@@ -229,6 +229,7 @@ static int on_status(struct conn *c, struct req *r)
 {
 	struct server *s = c->srv;
 	char *json, *gpu = tc__gpu_tier_status_json(s->gpu);
+	char *cfg = tc__config_json(s->cfg);
 	int n = 0;
 
 	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
@@ -242,7 +243,7 @@ static int on_status(struct conn *c, struct req *r)
 		     "\"protocol_errors\":%llu,\"io_threads\":%d,"
 		     "\"io_engine\":\"%s\","
 		     "\"jobs_pending\":%d,\"host_spare_bytes\":%llu,"
-		     "\"gpu_attaches\":%llu,\"gpu\":%s}",
+		     "\"gpu_attaches\":%llu,\"gpu\":%s,\"config\":%s}",
 		     TC_VERSION_STRING, (int)getpid(),
 		     (unsigned long long)s->epoch, s->cfg->socket,
 		     (unsigned long long)(tc__now_ms() - s->start_ms),
@@ -257,10 +258,11 @@ static int on_status(struct conn *c, struct req *r)
 		     tc__io_engine_name(s->cfg->io_engine),
 		     tc__jobs_pending(s->jobs),
 		     (unsigned long long)(s->spare ? s->spare->size : 0),
-		     (unsigned long long)s->n_attach_gpu,
-		     gpu ? gpu : "null") < 0)
+		     (unsigned long long)s->n_attach_gpu, gpu ? gpu : "null",
+		     cfg ? cfg : "null") < 0)
 		json = NULL;
 	free(gpu);
+	free(cfg);
 	reply_json(c, r, json);
 	return 0;
 }
