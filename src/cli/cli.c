@@ -74,7 +74,7 @@ int cli_fail(int rc, const char *msg)
 
 void cli_print_usage(const struct cli_verb *v, FILE *f)
 {
-	if (v)
+	if (v && v->usage)
 		fprintf(f, "usage: %s\n", v->usage);
 	else
 		fprintf(f, "usage: tcast [--socket PATH] [--json] VERB "
@@ -90,7 +90,17 @@ int cli_usage_error(const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "error: %s: %s\n", tc_err_name(TC_EINVAL), msg);
-	cli_print_usage(cli.verb, stderr);
+	if (cli.verb && cli.verb->usage) {
+		/* The synopsis only; the options are one --help away. */
+		const char *end = strstr(cli.verb->usage, "\n\n");
+
+		fprintf(stderr, "usage: %.*s\n'tcast help %s' for more.\n",
+			end ? (int)(end - cli.verb->usage) :
+			      (int)strlen(cli.verb->usage),
+			cli.verb->usage, cli.verb->name);
+	} else {
+		cli_print_usage(cli.verb, stderr);
+	}
 	if (cli.json)
 		put_error_json(TC_EINVAL, msg, true);
 	return EXIT_USAGE;
