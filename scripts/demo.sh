@@ -6,22 +6,40 @@
 #   4. a second process attaches it zero-copy through the Python SDK and
 #      proves it: same physical pages, read-only, checksums match the files
 #   5. show what the daemon holds; stop the daemon if the demo started it
+#   6. remove the model it wrote (about 1 GiB) unless TCAST_DEMO_KEEP=1
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
-tcast="$root/$build/bin/tcast"
-export TCAST_LIB="$root/$build/lib/libtcast.so" TCAST_BIN="$tcast"
+case $build in /*) ;; *) build="$root/$build" ;; esac
+tcast="$build/bin/tcast"
+export TCAST_LIB="$build/lib/libtcast.so" TCAST_BIN="$tcast"
 export PYTHONPATH="$root/python" PYTHONDONTWRITEBYTECODE=1
 work=${TCAST_DEMO_DIR:-${TMPDIR:-/tmp}/tcast-demo}
 model="$work/model"
 mib=${TCAST_DEMO_MIB:-1024}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
+started=0
+# On every exit, failures and Ctrl-C included: stop what the demo started
+# and remove what it wrote, unless asked to keep the model.
+finish() {
+	local rc=$?
+	[ "$started" = 1 ] && "$tcast" daemon stop >/dev/null || true
+	if [ "${TCAST_DEMO_KEEP:-0}" = 1 ]; then
+		echo "kept the model in $model (TCAST_DEMO_KEEP=1)"
+	elif [ -z "${TCAST_DEMO_DIR:-}" ]; then
+		rm -rf "$work"
+	else
+		rm -rf "$model"
+	fi
+	return $rc
+}
+trap finish EXIT
+
 say "1. writing a ${mib} MiB sharded bf16 model to $model"
 /usr/bin/python3 "$root/scripts/make-model.py" "$model" "$mib"
 ls -la "$model"
 
-started=0
 say "2. daemon on the default socket"
 if "$tcast" daemon status >/dev/null 2>&1; then
 	echo "a daemon is already running; using it"
@@ -29,7 +47,6 @@ else
 	"$tcast" daemon start
 	started=1
 fi
-trap '[ $started = 1 ] && "$tcast" daemon stop >/dev/null' EXIT
 
 say "3. verify and import"
 "$tcast" verify "$model"

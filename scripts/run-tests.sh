@@ -22,6 +22,13 @@ pydir=${TC_PYTEST_DIR:-tests/python}
 python=${TC_PYTHON:-/usr/bin/python3}
 passed=0 failed=0 skipped=0
 
+# The tests put their temporaries under $TMPDIR (tests/lib t_tmpdir, the
+# shell tests' mktemp, Python's tempfile): here a folder of this run's own.
+# Whatever a test leaves in it is named and counted as a failure (issue 9:
+# `make test` used to leave /tmp/tcast-* behind), then removed.
+suite_tmp=$(mktemp -d "${TMPDIR:-/tmp}/tcast-suite-XXXXXX")
+export TMPDIR=$suite_tmp
+
 # last_count REGEX FILE: the number before REGEX on the last summary line.
 last_count() {
 	local n
@@ -76,6 +83,13 @@ if [ -z "${TC_SANITIZED:-}" ] && [ -d "$pydir" ]; then
 	fi
 	rm -f "$plog"
 fi
+left=$(find "$suite_tmp" -mindepth 1 -maxdepth 1 ! -name 'pytest-of-*' | sort)
+if [ -n "$left" ]; then
+	echo "run-tests: the tests left these behind in \$TMPDIR:" >&2
+	echo "$left" | head -20 >&2
+	failed=$((failed + 1))
+fi
+rm -rf "$suite_tmp"
 echo
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

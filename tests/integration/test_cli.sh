@@ -4,7 +4,7 @@
 set -u
 T=${TCAST:?}
 DATA=${TC_TEST_DATA:?}
-dir=$(mktemp -d /tmp/tcast-cli-XXXXXX)
+dir=$(mktemp -d "${TMPDIR:-/tmp}/tcast-cli-XXXXXX")
 sock=$dir/run/d.sock
 pass=0 fail=0
 t() { "$T" --socket "$sock" "$@"; }

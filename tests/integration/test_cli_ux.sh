@@ -11,7 +11,7 @@ T=${TCAST:?}
 DATA=${TC_TEST_DATA:?}
 PY=/usr/bin/python3
 before=$(ls -d /tmp/tcast-* 2>/dev/null | sort)
-dir=$(mktemp -d /tmp/tcast-ux-XXXXXX)
+dir=$(mktemp -d "${TMPDIR:-/tmp}/tcast-ux-XXXXXX")
 sock=$dir/run/d.sock
 pass=0 fail=0
 t() { "$T" --socket "$sock" "$@"; }
@@ -322,6 +322,23 @@ ok one_json
 ok is "$(jq_ 'd["stopped"], d["dropped_artifacts"]')" "True 0"
 
 # ------------------------------------------ 9. nothing left in /tmp
+# make demo removes the model it wrote (a small one here) unless asked to
+# keep it; it runs on a private socket, never the user's daemon.
+root=$(cd "$(dirname "$0")/../.." && pwd)
+if $PY -c 'import torch' 2>/dev/null; then
+	mkdir -p "$dir/demo"
+	TMPDIR=$dir/demo TCAST_SOCKET=$dir/demo/run/d.sock TCAST_DEMO_MIB=64 \
+		bash "$root/scripts/demo.sh" "${TC_BUILD:?}" >"$dir/demo.log" 2>&1
+	ok is "$?" 0
+	ok test ! -e "$dir/demo/tcast-demo"
+	TMPDIR=$dir/demo TCAST_SOCKET=$dir/demo/run/d.sock TCAST_DEMO_MIB=64 TCAST_DEMO_KEEP=1 \
+		bash "$root/scripts/demo.sh" "$TC_BUILD" >"$dir/demo.log" 2>&1
+	ok is "$?" 0
+	ok test -e "$dir/demo/tcast-demo/model/model.safetensors.index.json"
+	ok grep -q "kept the model" "$dir/demo.log"
+	"$T" --socket "$dir/demo/run/d.sock" daemon status >/dev/null 2>&1
+	ok is "$?" 1 # the demo stopped the daemon it started
+fi
 rm -rf "$dir/ro"
 after=$(ls -d /tmp/tcast-* 2>/dev/null | grep -v "^$dir\$" | sort)
 new=$(comm -13 <(echo "$before") <(echo "$after") | grep -E '^/tmp/tcast-set-' || true)

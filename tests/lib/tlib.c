@@ -27,9 +27,15 @@
 
 char *t_tmpdir(void)
 {
-	char tmpl[] = "/tmp/tcast-test-XXXXXX";
-	char *d = mkdtemp(tmpl);
+	/* $TMPDIR first: scripts/run-tests.sh runs the suite in a folder of
+	 * its own and fails it when anything is left there. */
+	const char *base = getenv("TMPDIR");
+	char tmpl[512];
+	char *d;
 
+	snprintf(tmpl, sizeof(tmpl), "%s/tcast-test-XXXXXX",
+		 base && *base ? base : "/tmp");
+	d = mkdtemp(tmpl);
 	if (!d) {
 		perror("mkdtemp");
 		abort();
