@@ -452,11 +452,13 @@ void cli_progress(uint64_t done, uint64_t total, void *arg)
 	if (done > total)
 		done = total;
 	fill = (int)((double)done / (double)total * width);
+	/* Open before the first byte goes out: a signal that lands between
+	 * the write and the flag must still end the line. */
+	bar_open = 1;
 	fprintf(stderr, "\r[%.*s%*s] %3d%% %s / %s ", fill,
 		"##############################", width - fill, "",
 		(int)(100.0 * (double)done / (double)total),
 		cli_bytes(done, a, sizeof(a)), cli_bytes(total, b, sizeof(b)));
-	bar_open = 1;
 	if (done >= total) {
 		fputc('\n', stderr);
 		bar_open = 0;

@@ -437,37 +437,39 @@ int tc__st_write_path(const char *path, const struct tc__table *t,
 		return -ENOMEM;
 	}
 	snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
+	/* Messages name `path`: the user never made the temporary file. */
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
 		  0644);
 	if (fd < 0) {
 		ret = -errno;
-		tc__fmt_err(err, errlen, "cannot create '%s': %s", tmp,
+		tc__fmt_err(err, errlen, "cannot create '%s': %s", path,
 			    tc_strerror(ret));
 		goto out_free_tmp;
 	}
 	ret = tc__st_write_fd(fd, t, base, err, errlen);
 	if (ret < 0) {
-		tc__fmt_prefix(err, errlen, "%s", tmp);
+		tc__fmt_prefix(err, errlen, "%s", path);
 		goto out_close;
 	}
 	if (fsync(fd) < 0) {
 		ret = -errno;
-		tc__fmt_err(err, errlen, "cannot fsync '%s': %s", tmp,
+		tc__fmt_err(err, errlen, "cannot fsync '%s': %s", path,
 			    tc_strerror(ret));
 		goto out_close;
 	}
 	if (close(fd) < 0) {
 		fd = -1;
 		ret = -errno;
-		tc__fmt_err(err, errlen, "cannot close '%s': %s", tmp,
+		tc__fmt_err(err, errlen, "cannot close '%s': %s", path,
 			    tc_strerror(ret));
 		goto out_unlink;
 	}
 	fd = -1;
 	if (rename(tmp, path) < 0) {
 		ret = -errno;
-		tc__fmt_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp,
-			    path, tc_strerror(ret));
+		tc__fmt_err(err, errlen,
+			    "cannot rename the new file over '%s': %s", path,
+			    tc_strerror(ret));
 		goto out_unlink;
 	}
 	ret = fsync_parent(path, err, errlen);

@@ -175,13 +175,11 @@ ok is "$rc" 1
 ok has "$err" "error: TC_EBADCONFIG: key 'host_memory'"
 ok hasnt "$err" "/tmp/tcast-set"
 ok t daemon status >/dev/null # a refused restart leaves it running
-mkdir "$dir/ro" && chmod 500 "$dir/ro"
-if [ "$(id -u)" != 0 ]; then
-	run t export ux:a "$dir/ro/out.safetensors"
-	ok is "$rc" 1
-	ok has "$err" "$dir/ro/out.safetensors"
-	ok hasnt "$err" ".tmp."
-fi
+# (a parent that is a file fails as root too)
+run t export ux:a "$dir/a.safetensors/out.safetensors"
+ok is "$rc" 1
+ok has "$err" "'$dir/a.safetensors/out.safetensors'"
+ok hasnt "$err" ".tmp."
 
 # --------------------------------------- 5. human output is escaped
 $PY - "$dir/evil.safetensors" <<'PY'
@@ -259,6 +257,34 @@ ok grep -aq "^tc1:\|^tc[0-9]:" <(tr -d '\r' <"$dir/tty")
 tty_run "$T" --socket "$sock" import "$dir/big.safetensors" --key ux:big --expect 9
 ok bars_end "$dir/tty"
 ok grep -aq "^error: TC_ECONFLICT" <(tr -d '\r' <"$dir/tty")
+# interrupted while the bar is drawn (Ctrl-C): the line still ends
+tty_int() {
+	$PY - "$@" <<'PY'
+import os, signal, sys
+pid, fd = os.forkpty()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out, sent = bytearray(), False
+while True:
+    try:
+        b = os.read(fd, 65536)
+    except OSError:
+        break
+    if not b:
+        break
+    out += b
+    if not sent and b"%" in out:
+        os.kill(pid, signal.SIGINT)
+        sent = True
+_, st = os.waitpid(pid, 0)
+open(os.environ["TTY_OUT"], "wb").write(out)
+sys.exit(0 if sent else 1)
+PY
+}
+"$T" --socket "$sock" rm ux:big >/dev/null 2>&1
+ok tty_int "$T" --socket "$sock" import "$dir/big.safetensors"
+ok bars_end "$dir/tty"
+ok is "$(tail -c 1 "$dir/tty" | od -An -c | tr -d ' ')" '\n'
 # tiny imports show no meaningless rate
 run t import "$DATA/dtypes.safetensors"
 ok hasnt "$err" "0.00 GB/s"
@@ -339,7 +365,6 @@ if $PY -c 'import torch' 2>/dev/null; then
 	"$T" --socket "$dir/demo/run/d.sock" daemon status >/dev/null 2>&1
 	ok is "$?" 1 # the demo stopped the daemon it started
 fi
-rm -rf "$dir/ro"
 after=$(ls -d /tmp/tcast-* 2>/dev/null | grep -v "^$dir\$" | sort)
 new=$(comm -13 <(echo "$before") <(echo "$after") | grep -E '^/tmp/tcast-set-' || true)
 ok is "$new" ""
