@@ -10,6 +10,11 @@
 
 int cmd_import(int argc, char **argv)
 {
+	/* Every policy the daemon knows; it refuses the disk-tier ones
+	 * (durable, ha, cold) on a node without that tier, at run time. */
+	static const char *const policies[] = { "cache",   "warm", "pinned",
+						"durable", "ha",   "cold",
+						NULL };
 	struct tc_opts o = { 0 };
 	struct tc_result r;
 	const char *path = NULL, *v;
@@ -31,7 +36,7 @@ int cmd_import(int argc, char **argv)
 			o.field_mask |= TC_OPT_KEY;
 		} else if (opts &&
 			   (m = cli_opt(argc, argv, &i, "--policy", &v))) {
-			if (m < 0 || cli_parse_nonempty("--policy", v))
+			if (m < 0 || cli_parse_choice("--policy", v, policies))
 				return EXIT_USAGE;
 			o.policy = v;
 			o.field_mask |= TC_OPT_POLICY;

@@ -95,6 +95,7 @@ bad 2 --device gpu0 -- import "$DATA/dtypes.safetensors" --device gpu0
 bad 2 --device cuda:abc -- import "$DATA/dtypes.safetensors" --device cuda:abc
 bad 2 --device cuda:-1 -- import "$DATA/dtypes.safetensors" --device cuda:-1
 bad 2 --device cuda: -- import "$DATA/dtypes.safetensors" --device cuda:
+bad 2 --policy hot -- import "$DATA/dtypes.safetensors" --policy hot
 bad 2 -n abc -- daemon logs -n abc
 bad 2 -n -3 -- daemon logs -n -3
 bad 2 --host-memory 12XB -- daemon start --host-memory 12XB

@@ -3,6 +3,7 @@ the artifact's registration and the connection; memory goes back when the
 last tensor dies; a process that exits or is killed releases everything."""
 import gc
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,6 +236,7 @@ if mode == "shutdown":
 elif mode == "atexit":
     print("ok")
 elif mode == "hang":
+    print(os.path.dirname(sock), flush=True)
     import time; time.sleep(600)
 """
 
@@ -264,9 +266,14 @@ def test_create_mode_daemon_dies_with_a_killed_owner():
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
     p = subprocess.Popen([sys.executable, "-c", CREATE, "hang"], stdout=subprocess.PIPE, text=True, env=env)
     pid = int(p.stdout.readline())
+    folder = p.stdout.readline().strip()
     p.send_signal(signal.SIGKILL)
     p.wait()
     wait_until(lambda: _gone(pid), timeout=15, what="the orphaned private daemon to stop (PR_SET_PDEATHSIG)")
+    # A killed owner cannot remove the private folder (the daemon's log is
+    # in it): the test does, so the suite leaves nothing in $TMPDIR.
+    assert os.path.isdir(folder) and os.path.basename(folder).startswith("tcast-"), folder
+    shutil.rmtree(folder)
 
 
 def test_fork_child_reads_inherited_tensors_and_leaves_parent_leases(tc, key):
