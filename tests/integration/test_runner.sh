@@ -69,5 +69,18 @@ add_test(sk "sh" "-c" "exit 77")
 set_tests_properties(sk PROPERTIES SKIP_RETURN_CODE 77)' "$ok_py"
 expect skip 0 '^tests: 3 passed, 0 failed, 1 skipped'
 
-echo "runner cases: $((5 - fails)) passed, $fails failed"
+# A test that leaves something in $TMPDIR turns the run red and is named
+# (issue 9: make test left /tmp/tcast-* behind); the run still cleans up.
+suite litter 'add_test(litter "sh" "-c" "mkdir \"$TMPDIR/tcast-litter-dir\"")' "$ok_py"
+expect litter nonzero '^tests: 3 passed, 1 failed'
+out=$(cd "$root" && TC_PYTEST_DIR="$work/litter/py" TMPDIR="$work" bash "$runner" "$work/litter/build" 2>&1)
+if ! grep -q "left these behind" <<<"$out" || ! grep -q "tcast-litter-dir" <<<"$out" ||
+	ls -d "$work"/tcast-suite-* >/dev/null 2>&1; then
+	echo "FAIL litter: not named, or the run's folder was not removed"
+	fails=$((fails + 1))
+else
+	echo "ok   litter: named and removed"
+fi
+
+echo "runner cases: $((7 - fails)) passed, $fails failed"
 [ $fails -eq 0 ]
