@@ -108,6 +108,17 @@ static const struct cli_verb verbs[] = {
 
 static int usage(FILE *f)
 {
+	if (cli.json && f == stdout) {
+		json_t *a = json_array();
+
+		for (size_t i = 0; i < NVERBS; i++)
+			json_array_append_new(a, json_pack("{s:s, s:s}", "verb",
+							   verbs[i].name,
+							   "summary",
+							   verbs[i].summary));
+		cli_put_json(json_pack("{s:o}", "verbs", a));
+		return 0;
+	}
 	fprintf(f, "usage: tcast [--socket PATH] [--json] <verb> [args]\n\n");
 	for (size_t i = 0; i < NVERBS; i++)
 		fprintf(f, "  %-8s %s\n", verbs[i].name, verbs[i].summary);
@@ -127,7 +138,11 @@ static const struct cli_verb *find_verb(const char *name)
 
 static void verb_help(const struct cli_verb *v)
 {
-	if (v->usage)
+	if (cli.json)
+		cli_put_json(json_pack("{s:s, s:s, s:s}", "verb", v->name,
+				       "summary", v->summary, "usage",
+				       v->usage ? v->usage : ""));
+	else if (v->usage)
 		cli_print_usage(v, stdout);
 	else
 		printf("usage: tcast %s\n\n%s\n", v->name, v->summary);

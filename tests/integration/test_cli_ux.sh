@@ -51,6 +51,11 @@ for sub in start run restart stop status logs; do
 	ok is "$rc" 0
 	ok has "$out" "tcast daemon stop [--timeout SECONDS]"
 done
+run "$T" --json help import
+ok one_json
+ok is "$(jq_ 'd["verb"], d["usage"].startswith("tcast import")')" "import True"
+run "$T" --json help
+ok one_json
 run "$T" help no-such-verb
 ok is "$rc" 2
 run "$T" help
