@@ -237,6 +237,24 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		c->log_level = l;
 		return 0;
 	}
+	if (!strcmp(key, "metrics_port")) {
+		if (set_int(val, 0, 65535, &c->metrics_port) < 0) {
+			snprintf(why, whylen,
+				 "must be a TCP port 1..65535, or 0 for off");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "log_format")) {
+		int f = tc__log_parse_format(val);
+
+		if (f < 0) {
+			snprintf(why, whylen, "must be text or json");
+			return TC_EINVAL;
+		}
+		c->log_format = f;
+		return 0;
+	}
 	if (!strcmp(key, "log_file")) {
 		if (strlen(val) >= sizeof(c->log_file)) {
 			snprintf(why, whylen, "path too long");
