@@ -21,6 +21,8 @@ static const struct {
 	{ "export", cmd_export, "write an artifact to a safetensors file" },
 	{ "verify", cmd_verify, "validate a safetensors file or folder" },
 	{ "status", cmd_status, "same as 'daemon status'" },
+	{ "doctor", cmd_doctor,
+	  "check this machine: memfd, io_uring, GPUs, ..." },
 };
 
 static int usage(FILE *f)
