@@ -301,7 +301,7 @@ char *tc__metrics_render(size_t *len)
 			b[i] = GET(m.lat[t][i]);
 			cum += b[i];
 		}
-		if (!cum || !name)
+		if (!cum || !name || name[0] == '?')
 			continue;
 		lower(lname, name, sizeof(lname));
 		cum = 0;
