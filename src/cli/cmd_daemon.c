@@ -31,6 +31,7 @@ static const char usage[] =
 	"tcast daemon start|run [--config FILE.yaml] [--host-memory SIZE]\n"
 	"                       [--io-threads N] [--log-level LEVEL] "
 	"[--set KEY=VALUE]\n"
+	"                       [--log-format text|json] [--metrics-port PORT]\n"
 	"       tcast daemon stop [--timeout SECONDS]\n"
 	"       tcast daemon restart [options of start]\n"
 	"       tcast daemon status [--json]\n"
@@ -97,6 +98,10 @@ static int parse_config(int argc, char **argv, struct tc__store_config *cfg)
 			snprintf(kv, sizeof(kv), "log_level=%s", v);
 		else if (!strcmp(a, "--log-file"))
 			snprintf(kv, sizeof(kv), "log_file=%s", v);
+		else if (!strcmp(a, "--log-format"))
+			snprintf(kv, sizeof(kv), "log_format=%s", v);
+		else if (!strcmp(a, "--metrics-port"))
+			snprintf(kv, sizeof(kv), "metrics_port=%s", v);
 		else if (!strcmp(a, "--set"))
 			snprintf(kv, sizeof(kv), "%s", v);
 		else

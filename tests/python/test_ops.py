@@ -38,7 +38,7 @@ def free_port() -> int:
 class OpsDaemon:
     """`tcast daemon run` with extra --set options and environment."""
 
-    def __init__(self, tmp: Path, *sets: str, env=None, host_memory="1GiB", log_file=True):
+    def __init__(self, tmp: Path, *sets: str, env=None, host_memory="1GiB", log_file=True, flags=()):
         self.socket = str(tmp / "d.sock")
         self.log = str(tmp / "daemon.log")
         args = [BIN, "--socket", self.socket, "daemon", "run", "--host-memory", host_memory]
@@ -46,6 +46,7 @@ class OpsDaemon:
             args += ["--log-file", self.log]
         for s in sets:
             args += ["--set", s]
+        args += list(flags)
         e = dict(os.environ)
         e.update(env or {})
         self.env = e  # clients see the same (fake) driver
@@ -209,7 +210,7 @@ def test_metrics_port_is_checked(tmp_path):
 def test_metrics_scraped_during_import_load(tmp_path):
     port = free_port()
     env = {"TCAST_CUDA_LIB": str(FAKECUDA), "TC_FAKECUDA_DEVICES": "2"} if FAKECUDA.exists() else {}
-    d = OpsDaemon(tmp_path, f"metrics_port={port}", "log_level=debug", env=env)
+    d = OpsDaemon(tmp_path, "log_level=debug", env=env, flags=["--metrics-port", str(port)])
     try:
         # Loopback only: the listening socket is 127.0.0.1:port, nothing wider.
         hexport = f"{port:04X}"
@@ -351,7 +352,7 @@ def test_evictions_counted(tmp_path):
 
 
 def test_json_logs(tmp_path):
-    d = OpsDaemon(tmp_path, "log_format=json", "log_level=debug")
+    d = OpsDaemon(tmp_path, "log_level=debug", flags=["--log-format", "json"])
     try:
         f = tmp_path / 'we"ird\tname\x01.safetensors'
         write_safetensors(f, {"x": 4096})
