@@ -57,6 +57,9 @@ class OpsDaemon:
                 out, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else (b"", b"")
                 raise RuntimeError(f"daemon did not start: {err.decode()}")
             time.sleep(0.01)
+        # The socket exists from listen(); an answer means the loop runs,
+        # which is after the metrics endpoint is up.
+        self.cli("status")
 
     def cli(self, *args, check=True, timeout=120):
         r = subprocess.run([BIN, "--socket", self.socket, *args], capture_output=True, text=True, timeout=timeout,
