@@ -333,6 +333,29 @@ def test_metrics_scraped_during_import_load(tmp_path):
             assert gpu1[0][0]["uuid"].startswith("GPU-")
             assert sum(v for (name, lab), v in s4.items()
                        if name == "tcast_budget_bytes" and dict(lab).get("tier") == "gpu") > 0
+            # A host artifact attached on GPU 0: a GPU fill, then a GPU lease.
+            code = (
+                "import ctypes, sys\n"
+                "lib = ctypes.CDLL(sys.argv[1])\n"
+                "c, a = ctypes.c_void_p(), ctypes.c_void_p()\n"
+                "assert lib.tc_client_connect(sys.argv[2].encode(), ctypes.byref(c), None, 0) == 0\n"
+                "rc = lib.tc_attach_gpu(c, b'ops:m2', 0, ctypes.byref(a))\n"
+                "assert rc == 0, rc\n"
+                "print('held', flush=True); sys.stdin.read()\n"
+            )
+            holder = subprocess.Popen([sys.executable, "-c", code, os.environ["TCAST_LIB"], d.socket],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=d.env)
+            assert holder.stdout.readline().strip() == "held"
+            time.sleep(0.4)
+            s5, _ = scrape(port)
+            assert val(s5, "tcast_path_bytes_total", path="gpu_fill") == files[2][1]
+            assert val(s5, "tcast_path_operations_total", path="attach_gpu") == 1
+            assert val(s5, "tcast_request_duration_seconds_count", type="attach_gpu") == 1
+            gpu0 = {dict(lab)["gpu"]: v for (name, lab), v in s5.items()
+                    if name == "tcast_leases" and dict(lab).get("tier") == "gpu"}
+            assert gpu0 == {"0": 1, "1": 0}, gpu0
+            holder.stdin.close()
+            holder.wait(30)
     finally:
         assert d.stop() == 0
 
