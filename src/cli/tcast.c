@@ -21,8 +21,7 @@ static const struct {
 	{ "export", cmd_export, "write an artifact to a safetensors file" },
 	{ "verify", cmd_verify, "validate a safetensors file or folder" },
 	{ "status", cmd_status, "same as 'daemon status'" },
-	{ "doctor", cmd_doctor,
-	  "check this machine: memfd, io_uring, GPUs, ..." },
+	{ "doctor", cmd_doctor, "check what tcast needs on this machine" },
 };
 
 static int usage(FILE *f)
