@@ -298,10 +298,12 @@ def test_metrics_scraped_during_import_load(tmp_path):
         assert d.cli("import", str(bad), check=False).returncode == 1
         assert d.cli("inspect", "no:such:key", check=False).returncode == 1
         # A lease held by a client shows up, and goes when it lets go.
+        # It also puts 1 MiB of its own: the put path.
         holder = subprocess.Popen(
             [sys.executable, "-c",
-             "import sys, tcast; tcast.init(address=sys.argv[1]); "
+             "import sys, numpy, tcast; tcast.init(address=sys.argv[1]); "
              "t = tcast.artifact('ops:m0').tensor_dict(framework='numpy'); "
+             "tcast.put({'p': numpy.arange(1 << 18, dtype=numpy.float32)}, key='ops:put'); "
              "print('held', flush=True); sys.stdin.read()", d.socket],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env=dict(os.environ, PYTHONPATH=str(REPO / "python")))
@@ -314,6 +316,10 @@ def test_metrics_scraped_during_import_load(tmp_path):
         assert val(s2, "tcast_connections") >= 1
         assert val(s2, "tcast_path_operations_total", path="attach_host") == 1
         assert val(s2, "tcast_path_bytes_total", path="attach_host") == files[0][1]
+        assert val(s2, "tcast_path_bytes_total", path="put") == 1 << 20
+        assert val(s2, "tcast_path_operations_total", path="put") == 1
+        assert val(s2, "tcast_request_duration_seconds_count", type="seal") == 1
+        assert val(s2, "tcast_keys") == 5
         holder.stdin.close()
         holder.wait(30)
         time.sleep(0.4)
