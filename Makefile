@@ -8,7 +8,7 @@ FUZZ_SECONDS ?= 120
 PYTHON   ?= /usr/bin/python3
 CMAKE_FLAGS ?=
 
-.PHONY: all deps build test test-c test-python asan fuzz demo format format-check bench clean
+.PHONY: all deps build install test test-c test-python asan fuzz demo format format-check bench clean
 
 all: build
 
@@ -18,6 +18,14 @@ deps:
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# make install [PREFIX=/usr/local] [DESTDIR=/staging]: the CLI, libtcast,
+# headers, tcast.pc, man pages and systemd units (docs/operations.md).
+PREFIX ?= /usr/local
+install: build
+	@cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+	@DESTDIR=$(DESTDIR) cmake --install $(BUILD)
 
 test: build
 	@scripts/run-tests.sh $(BUILD)

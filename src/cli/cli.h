@@ -114,5 +114,6 @@ int cmd_keys(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_doctor(int argc, char **argv);
 
 #endif /* TC_CLI_H */

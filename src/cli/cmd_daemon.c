@@ -80,6 +80,7 @@ static int parse_config(int argc, char **argv, struct tc__store_config *cfg)
 {
 	static const char *const levels[] = { "error", "warn", "info", "debug",
 					      NULL };
+	static const char *const formats[] = { "text", "json", NULL };
 	char err[1024];
 	const char *v;
 	uint64_t n;
@@ -121,6 +122,17 @@ static int parse_config(int argc, char **argv, struct tc__store_config *cfg)
 			if (m < 0 || cli_parse_nonempty("--log-file", v))
 				return EXIT_USAGE;
 			rc = set_key(cfg, "log_file", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--log-format", &v))) {
+			if (m < 0 ||
+			    cli_parse_choice("--log-format", v, formats))
+				return EXIT_USAGE;
+			rc = set_key(cfg, "log_format", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--metrics-port",
+					&v))) {
+			if (m < 0 ||
+			    cli_parse_uint("--metrics-port", v, 1, 65535, &n))
+				return EXIT_USAGE;
+			rc = set_key(cfg, "metrics_port", v);
 		} else if ((m = cli_opt(argc, argv, &i, "--set", &v))) {
 			const char *eq = m > 0 ? strchr(v, '=') : NULL;
 			char key[64];

@@ -27,7 +27,8 @@ static const struct cli_verb verbs[] = {
 	  "start|stop|restart|status|logs|run the store daemon",
 	  "tcast daemon start|run [--config FILE.yaml] [--host-memory SIZE]\n"
 	  "                       [--io-threads N] [--log-level LEVEL]\n"
-	  "                       [--log-file PATH] [--set KEY=VALUE]...\n"
+	  "                       [--log-file PATH] [--log-format text|json]\n"
+	  "                       [--metrics-port PORT] [--set KEY=VALUE]...\n"
 	  "       tcast daemon restart [options of start]\n"
 	  "       tcast daemon stop [--timeout SECONDS]\n"
 	  "       tcast daemon status\n"
@@ -102,6 +103,13 @@ static const struct cli_verb verbs[] = {
 	  "\n"
 	  "The daemon's pid, memory, artifacts and configuration; exit 1 "
 	  "when no\ndaemon is running (as 'tcast daemon status').\n" GLOBAL_OPTS },
+	{ "doctor", cmd_doctor, "check what tcast needs on this machine",
+	  "tcast doctor [--json]\n"
+	  "\n"
+	  "One line per check (memfd seals, io_uring, ulimit -l, the CUDA "
+	  "driver and\nVMM per GPU, the socket directory, free memory) with "
+	  "ok, warn or fail and\nwhat to do.  Exit status: 0 when nothing "
+	  "failed, 1 otherwise.\n" GLOBAL_OPTS },
 };
 
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))

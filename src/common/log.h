@@ -21,6 +21,13 @@ enum tc_log_level {
 
 extern int tc__log_level; /* messages above this level are dropped */
 
+/* Line formats: the default text line, or one JSON object per line for
+ * log collectors (docs/operations.md lists its keys). */
+enum tc_log_format {
+	TC_LOG_TEXT = 0,
+	TC_LOG_JSON = 1,
+};
+
 #define tc__log(level, ...)                                        \
 	do {                                                       \
 		if ((level) <= tc__log_level)                      \
@@ -32,6 +39,9 @@ void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 /* Send log lines to `f` (not closed by the logger); NULL means stderr. */
 void tc__log_set_file(FILE *f);
+void tc__log_set_format(int format);
+/* Parse "text|json"; returns the format or -1. */
+int tc__log_parse_format(const char *s);
 /* Parse "error|warn|info|debug"; returns the level or -1. */
 int tc__log_parse_level(const char *s);
 

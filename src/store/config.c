@@ -238,6 +238,24 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		c->log_level = l;
 		return 0;
 	}
+	if (!strcmp(key, "metrics_port")) {
+		if (set_int(val, 0, 65535, &c->metrics_port) < 0) {
+			snprintf(why, whylen,
+				 "must be a TCP port 1..65535, or 0 for off");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "log_format")) {
+		int f = tc__log_parse_format(val);
+
+		if (f < 0) {
+			snprintf(why, whylen, "must be text or json");
+			return TC_EINVAL;
+		}
+		c->log_format = f;
+		return 0;
+	}
 	if (!strcmp(key, "log_file")) {
 		if (strlen(val) >= sizeof(c->log_file)) {
 			snprintf(why, whylen, "path too long");
@@ -392,6 +410,10 @@ char *tc__config_json(const struct tc__store_config *c)
 			    json_string(tc__io_engine_name(c->io_engine)));
 	json_object_set_new(j, "gpu_pin_host",
 			    json_string(c->pin_eager ? "eager" : "on_use"));
+	TC__CFG_NUM("metrics_port", c->metrics_port);
+	json_object_set_new(j, "log_format",
+			    json_string(c->log_format == TC_LOG_JSON ? "json" :
+								       "text"));
 #undef TC__CFG_NUM
 	out = json_dumps(j, JSON_COMPACT);
 	json_decref(j);

@@ -29,6 +29,8 @@ struct tc__store_config {
 	int gpu_percent;     /* GPU budget per device, % of its memory */
 	int io_engine;	     /* how GPU loads read files: TC_IO_AUTO,
 				TC_IO_URING or TC_IO_PREAD (gpu_loader.h) */
+	int metrics_port;    /* Prometheus endpoint on 127.0.0.1; 0 = off */
+	int log_format;	     /* TC_LOG_TEXT or TC_LOG_JSON (common/log.h) */
 	bool pin_eager;	     /* gpu_pin_host: pin large host replicas when
 				they are sealed, once a GPU is in use
 				(eager), or after their first GPU fill
@@ -40,7 +42,8 @@ struct tc__store_config {
 void tc__config_defaults(struct tc__store_config *c);
 /* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
  * job_threads, max_clients, log_level, log_file, handshake_ms,
- * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host).  Returns
+ * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,
+ * metrics_port, log_format).  Returns
  * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "gpu_loader.h"
 #include "gpu_tier.h"
+#include "metrics.h"
 #include "jobs.h"
 #include "net/ev.h"
 #include "obj.h"
@@ -1050,6 +1051,8 @@ static void fill_done(struct tc__job *job)
 		lru_push(d, r);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
+		tc__metrics_path(TC_MPATH_GPU_FILL, j->src_bytes,
+				 (uint64_t)(j->seconds * 1e9));
 		if (j->pin.nsegs)
 			t->n_fill_pinned_bytes += j->src_bytes;
 		tc__log(TC_LOG_INFO,
@@ -1230,6 +1233,24 @@ void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr)
 				r->fill_seconds, "alloc_seconds",
 				r->alloc_seconds, "pinned", r->fill_pinned,
 				"reused_allocation", r->reused));
+	}
+}
+
+void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)
+{
+	for (int i = 0; t->state == GT_OPEN && i < t->ndev; i++) {
+		struct tc__gpu_dev *d = &t->devs[i];
+		struct tc__metrics_tier m = { .replicas = d->nreplicas,
+					      .budget = d->budget,
+					      .used = d->used,
+					      .evictions = d->evictions };
+
+		for (struct tc__gpu_replica *r = d->lru_head; r;
+		     r = r->lru_next) {
+			m.bytes += r->bytes;
+			m.leases += r->leases;
+		}
+		tc__metrics_set_gpu(i, d->info.uuid_str, &m);
 	}
 }
 

@@ -196,4 +196,8 @@ void tc__gpu_tier_obj_trim(struct tc__obj *o);
 char *tc__gpu_tier_status_json(struct tc__gpu_tier *t);
 void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr);
 
+/* Publish each opened device's replicas, bytes, budget, evictions and
+ * leases to the metrics (metrics.h); nothing before the driver is open. */
+void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t);
+
 #endif /* TC_GPU_TIER_H */

@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,6 +28,7 @@
 #include "gpu_tier.h"
 #include "jobs.h"
 #include "loader.h"
+#include "metrics.h"
 #include "net/ev.h"
 #include "net/net.h"
 #include "obj.h"
@@ -48,6 +50,8 @@ size_t tc__srv_reply_begin(struct conn *c, const struct req *r)
 	size_t off = tc__frame_begin(&c->out, r->h.type, TC_PF_REPLY,
 				     r->h.req_id, 0);
 
+	if (r->t0_ns)
+		tc__metrics_request(r->h.type, tc__now_ns() - r->t0_ns);
 	tc__buf_put_i32(&c->out, 0);
 	return off;
 }
@@ -94,6 +98,9 @@ void tc__srv_reply_error(struct conn *c, const struct req *r, int rc)
 	tc__log(TC_LOG_DEBUG, "%s from pid %d failed: %s: %s",
 		tc__proto_name(r->h.type), (int)c->pid, tc_err_name(rc),
 		c->err);
+	tc__metrics_error(rc);
+	if (r->t0_ns)
+		tc__metrics_request(r->h.type, tc__now_ns() - r->t0_ns);
 	off = tc__frame_begin(&c->out, r->h.type, TC_PF_REPLY, r->h.req_id, 0);
 	tc__buf_put_i32(&c->out, rc);
 	tc__buf_put_str(&c->out, c->err);
@@ -656,6 +663,8 @@ static void import_done(struct tc__job *job)
 		j->gpu_charged = 0;
 	}
 	s->n_import++;
+	tc__metrics_path(j->gpu ? TC_MPATH_IMPORT_GPU : TC_MPATH_IMPORT_HOST,
+			 o->table.total_bytes, ns);
 	tc__log(TC_LOG_INFO,
 		"imported '%s' as %s: %u tensors, %llu bytes in "
 		"%.3f s%s",
@@ -965,6 +974,7 @@ static void seal_done(struct tc__job *job)
 		bool dedup = o != p->o;
 
 		c->srv->n_put++;
+		tc__metrics_path(TC_MPATH_PUT, o->table.total_bytes, ns);
 		tc__gpu_tier_host_added(c->srv->gpu, o);
 		if (!c->closing) {
 			c->err[0] = '\0';
@@ -1067,6 +1077,8 @@ static int on_attach(struct conn *c, struct req *r)
 	if (lease_add(c, o, NULL) < 0)
 		return -ENOMEM;
 	c->srv->n_attach++;
+	tc__metrics_path(TC_MPATH_ATTACH_HOST, o->table.total_bytes,
+			 tc__now_ns() - r->t0_ns);
 	off = tc__srv_reply_begin(c, r);
 	tc__buf_put(&c->out, o->attach_body.data, o->attach_body.len);
 	if (tc__srv_reply_fds(c, off, &o->shm->ro_fd, 1, false) < 0) {
@@ -1117,6 +1129,8 @@ static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
 	if (lease_add(c, o, rep) < 0)
 		return -ENOMEM;
 	c->srv->n_attach_gpu++;
+	tc__metrics_path(TC_MPATH_ATTACH_GPU, o->table.total_bytes,
+			 r->t0_ns ? tc__now_ns() - r->t0_ns : 0);
 	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_str(&c->out, o->id);
 	tc__buf_put_u64(&c->out, rep->mem.size);
@@ -1409,6 +1423,7 @@ void tc__srv_conn_process(struct conn *c)
 		tc__cur_init(&r.body, c->in + c->in_off + TC_FRAME_HDR,
 			     r.h.body_len);
 		c->in_off += TC_FRAME_HDR + r.h.body_len;
+		r.t0_ns = tc__now_ns();
 		rc = dispatch(c, &r);
 		for (int i = 0; i < r.nfds; i++)
 			if (r.fds[i] >= 0)
@@ -1692,6 +1707,7 @@ static void on_tick(struct tc__ev *ev, void *arg)
 			send_progress(c, now);
 	}
 	spare_refill(s);
+	tc__srv_metrics_publish(s, now, false);
 }
 
 static void on_signal(struct tc__ev *ev, int fd, void *arg, int mask)
@@ -1716,6 +1732,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	sigset_t mask;
 	int rc;
 
+	tc__log_set_format(cfg->log_format);
 	s.cfg = cfg;
 	s.lfd = s.sigfd = -1;
 	s.epoch =
@@ -1769,6 +1786,20 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		"bytes, %d io threads)",
 		TC_VERSION_STRING, cfg->socket, (int)getpid(),
 		(unsigned long long)cfg->host_bytes, cfg->io_threads);
+	if (cfg->metrics_port) {
+		/* Asked for and unavailable is a start-up error, not a
+		 * silently missing endpoint. */
+		rc = tc__metrics_start(cfg->metrics_port, err, errlen);
+		if (rc < 0)
+			goto out_stop;
+		tc__log(TC_LOG_INFO, "metrics on http://127.0.0.1:%d/metrics",
+			cfg->metrics_port);
+	}
+	tc__srv_metrics_publish(&s, tc__now_ms(), true);
+	/* systemd Type=notify: ready once the socket accepts; a no-op
+	 * without NOTIFY_SOCKET. */
+	sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=serving on %s",
+		   (int)getpid(), cfg->socket);
 	if (ready_fd >= 0) {
 		if (write(ready_fd, "R", 1) < 0) {
 			/* The starter went away; keep serving anyway. */
@@ -1778,6 +1809,9 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	rc = tc__ev_run(s.ev);
 
 	/* Shutdown: stop accepting, finish jobs, drop every connection. */
+	sd_notify(0, "STOPPING=1\nSTATUS=shutting down");
+out_stop:
+	tc__metrics_stop();
 	tc__ev_del(s.ev, s.lfd);
 	for (struct conn *c = s.conns; c; c = c->next)
 		conn_close(c, NULL);

@@ -126,6 +126,7 @@ struct server {
 /* A frame being handled: its header, body cursor and claimed fds. */
 struct req {
 	struct tc__frame_hdr h;
+	uint64_t t0_ns; /* arrival, for the latency metrics; 0: not timed */
 	struct tc__cur body;
 	int fds[TC_PROTO_MAX_FDS];
 	int nfds;
@@ -147,6 +148,10 @@ void tc__srv_conn_process(struct conn *c);
 /* Read a string field of the request into dst; sets c->err on failure. */
 int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
 		     size_t dstlen);
+
+/* Refresh the metrics gauges (server_metrics.c): at most every 250 ms
+ * unless `force`. */
+void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force);
 
 /* ---- bindings (binding.c) -------------------------------------------- */
 

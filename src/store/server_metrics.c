@@ -1,0 +1,39 @@
+/*
+ * server_metrics.c - the loop's side of the metrics: publish what only the
+ * loop may walk (artifacts, leases, connections) as gauges the scrape
+ * thread reads (metrics.h).
+ */
+#include "gpu_tier.h"
+#include "metrics.h"
+#include "server_internal.h"
+
+/* How often the loop refreshes the gauges: often enough for a scrape
+ * interval of a second, rare enough that a node with many artifacts does
+ * not walk them on every 50 ms tick. */
+#define PUBLISH_MS 250
+
+void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force)
+{
+	static uint64_t next_ms;
+	struct tc__metrics_tier host = { 0 };
+
+	if (!force && now_ms < next_ms)
+		return;
+	next_ms = now_ms + PUBLISH_MS;
+	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+		if (o->shm) {
+			host.replicas++;
+			host.bytes += o->mem_bytes;
+		}
+	for (struct conn *c = s->conns; c; c = c->next)
+		for (uint32_t i = 0; i < c->nleases; i++)
+			if (!c->leases[i].rep)
+				host.leases += c->leases[i].n;
+	host.budget = s->objs.budget;
+	host.used = s->objs.used;
+	host.evictions = s->objs.evictions;
+	tc__metrics_set_host(&host);
+	tc__metrics_set_server(s->objs.keys.count, tc__jobs_pending(s->jobs),
+			       s->nconns, s->n_proto_err);
+	tc__gpu_tier_publish_metrics(s->gpu);
+}
