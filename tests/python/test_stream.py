@@ -528,6 +528,21 @@ def test_modified_in_place_after_offload_is_refused(store):
             om2(x)
 
 
+def test_debug_mode_catches_writes_through_data(store):
+    """p.data.add_() bypasses the version counter: debug_mode compares each
+    evicted slot with the stored bytes and refuses the layer's next call."""
+    m = nn.Sequential(*[nn.Linear(32, 32) for _ in range(6)])
+    x = torch.randn(2, 32)
+    om = ts.offload(copy.deepcopy(m), cfg(store, unit_bytes(m[0]), prefetch_strategy="none", debug_mode=True))
+    assert ts.get_model_statistics(om)["resident_layers"] == 0
+    with torch.no_grad():
+        assert torch.equal(om(x), m(x))
+        om[5].weight.data.add_(1)  # the last layer is still in the one slot
+        with pytest.raises(ts.WeightsModifiedError, match=r"'5\.weight'.*debug_mode"):
+            for _ in range(2):
+                om(x)
+
+
 def test_gpudirect_falls_back_and_says_why(store, tc):
     m = mlp(n=2)
     om = ts.offload(copy.deepcopy(m), cfg(store, 1 << 20, backend="gpudirect"))

@@ -430,6 +430,22 @@ class Engine:
                 )
                 raise WeightsModifiedError(u.poisoned)
 
+    def _verify(self, u: _Unit) -> None:
+        """debug_mode: compare an evicted unit's slot with the stored bytes,
+        which catches writes the version counter misses (p.data.add_())."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        buf = u.slot.buf
+        for p in u.params:
+            if not p.nbytes:
+                continue
+            want = torch.empty(p.nbytes, dtype=torch.uint8)
+            self._copy_param(p, want)
+            if not torch.equal(buf[p.off:p.off + p.nbytes].cpu(), want):
+                u.poisoned = (f"parameter {p.name!r} ({u.name}) was modified after tcast.stream.offload() "
+                              "(found by debug_mode's check at eviction): offloaded weights are read-only")
+                return
+
     def _bind(self, u: _Unit, buf) -> None:
         for p in u.params:
             p.param.data = buf[p.off:p.off + p.nbytes].view(p.dtype).view(p.shape)
@@ -441,6 +457,8 @@ class Engine:
             # occupant's copy must not race it (GPU copies are ordered by the stream).
             u.future.result()
             u.future = None
+        if self.config.debug_mode and not u.poisoned and u.slot is not None and u.ready is None:
+            self._verify(u)
         for p in u.params:
             if not u.poisoned and (p.param._version != p.version or p.param.data_ptr() != p.ptr):
                 u.poisoned = (f"parameter {p.name!r} ({u.name}) was modified in place or replaced after "
