@@ -73,6 +73,8 @@ def test_llama_bit_identical_within_budget(strategy, store, tc):
     gen_ids = ids[:1, :8]
     ref, work, gen = reference(m, ids, gen_ids)
     budget = int(size * 0.35)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()  # the model, its inputs and the reference outputs
     m = ts.offload(m, ts.Config(storage_path=store, vram_budget_gb=budget / 2**30, backend="cuda", prefetch_strategy=strategy))
     gc.collect()
     torch.cuda.empty_cache()
@@ -81,14 +83,15 @@ def test_llama_bit_identical_within_budget(strategy, store, tc):
     assert st["offloaded_layers"] >= 4 and st["vram_usage_bytes"] <= budget
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
-    assert base <= budget + 1 * MiB, (base, budget)  # nothing else of the model is left on the GPU
+    # The model's own weights are gone from the GPU; what tcast holds is within the budget.
+    assert base - (before - size) <= budget + 1 * MiB, (base, before, size, budget)
     torch.cuda.reset_peak_memory_stats()
     for _ in range(3):
         with torch.no_grad():
             out = m(ids).logits
         assert torch.equal(out, ref)
     torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
+    peak = torch.cuda.max_memory_allocated() - (before - size)
     assert peak <= budget + work + 1 * MiB, (peak, budget, work)
     g = m.generate(gen_ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
     assert torch.equal(g, gen)
@@ -122,6 +125,8 @@ def test_two_models_share_the_gpu_budget(store, tc):
     with torch.no_grad():
         ra, rb = a(ids).logits, b(ids).logits
     budget = int(nbytes(a) * 0.8)
+    torch.cuda.synchronize()
+    extra = torch.cuda.memory_allocated() - nbytes(a) - nbytes(b)
     a = ts.offload(a, ts.Config(storage_path=store, vram_budget_gb=budget / 2**30, backend="cuda"))
     b = ts.offload(b, ts.Config(storage_path=store, vram_budget_gb=budget / 2**30, backend="cuda"))
     gc.collect()
@@ -129,7 +134,7 @@ def test_two_models_share_the_gpu_budget(store, tc):
     sa, sb = ts.get_model_statistics(a), ts.get_model_statistics(b)
     assert sa["vram_usage_bytes"] + sb["vram_usage_bytes"] <= budget
     torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() <= budget + 2 * MiB
+    assert torch.cuda.memory_allocated() - extra <= budget + 1 * MiB
     with torch.no_grad():
         for _ in range(2):
             assert torch.equal(a(ids).logits, ra) and torch.equal(b(ids).logits, rb)
