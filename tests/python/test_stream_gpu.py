@@ -5,7 +5,6 @@ budget plus the working set; generate() works.  Skips without CUDA or
 transformers (CI); scripts/gpu-run.sh runs it on the GPU machine."""
 from __future__ import annotations
 
-import copy
 import gc
 
 import pytest
@@ -15,7 +14,6 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 transformers = pytest.importorskip("transformers")
 
-import tcast  # noqa: E402
 import tcast.stream as ts  # noqa: E402
 
 MiB = 1 << 20

@@ -17,7 +17,6 @@ import itertools
 import logging
 import math
 import os
-import types
 import weakref
 from typing import Any, Callable, Dict, List, Optional
 

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import os
 import threading
 import time
-import types
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -32,7 +30,7 @@ import torch
 
 from .. import errors
 from . import _storage
-from .config import BackendType, Config, MemoryPressureMode, PrefetchStrategy
+from .config import Config, MemoryPressureMode, PrefetchStrategy
 
 log = logging.getLogger("tcast.stream")
 
