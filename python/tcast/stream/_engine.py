@@ -482,7 +482,8 @@ class Engine:
                 tmp = torch.empty(p.nbytes, dtype=torch.uint8)
                 _storage.decompress_into(tmp.data_ptr(), p.nbytes, p.csrc.data_ptr(), p.csrc.numel(), p.name)
                 dst.copy_(tmp, non_blocking=False)
-            self.stats["decompress_seconds"] += time.perf_counter() - t0
+            with self.lock:  # I/O threads add concurrently
+                self.stats["decompress_seconds"] += time.perf_counter() - t0
         elif p.nbytes:
             dst.copy_(p.src, non_blocking=self.pinned)
 
