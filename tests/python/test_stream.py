@@ -331,6 +331,23 @@ def test_streamed_weights_outside_forward_are_nan_placeholders(store):
     assert w.shape == (64, 64) and w.dtype == torch.float32 and w.device.type == "cpu"
 
 
+@pytest.mark.parametrize("compression", [False, True])
+def test_state_dict_gives_the_real_weights(compression, store):
+    """Saving an offloaded model saves its weights, not placeholders."""
+    m = Decoder()
+    om = ts.offload(copy.deepcopy(m), cfg(store, ts.estimate_model_memory(m) // 3, compression_enabled=compression))
+    assert ts.get_model_statistics(om)["offloaded_layers"] >= 3
+    sd, ref = om.state_dict(), m.state_dict()
+    assert sd.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(sd[k], ref[k]), k
+    fresh = Decoder(seed=5)
+    fresh.load_state_dict(sd)
+    idx = torch.randint(0, 97, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(fresh(idx), m(idx))
+
+
 def test_to_same_device_works_and_dtype_change_is_refused(store):
     m = mlp()
     x = torch.randn(2, 64)

@@ -268,6 +268,23 @@ def _override_apply(engine: Engine, m: torch.nn.Module, managed: set) -> None:
     m._apply = _apply
 
 
+def _state_dict_hook(engine: Engine, m: torch.nn.Module, pmap: Dict[int, _P]) -> None:
+    """state_dict() of an offloaded model gives every weight's real value
+    (from the stored copy, on the CPU), never a placeholder."""
+    eref = weakref.ref(engine)
+
+    def hook(module: torch.nn.Module, sd: Dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        e = eref()
+        if e is None:
+            return
+        for name, p in module._parameters.items():
+            key = prefix + name
+            if p is not None and id(p) in pmap and key in sd:
+                sd[key] = e.stored_tensor(pmap[id(p)])
+
+    m._register_state_dict_hook(hook)
+
+
 def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
     """Stream model's layers within config.vram_budget_gb; returns the same
     model object, which is used exactly as before (forward, generate,
@@ -378,8 +395,10 @@ def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
         for m in u.module.modules():
             if any(id(p) in managed for p in m._parameters.values() if p is not None):
                 owners[id(m)] = m
+    pmap = {id(p.param): p for u in units for p in u.params}
     for m in owners.values():
         _override_apply(engine, m, managed)
+        _state_dict_hook(engine, m, pmap)
     _wrap_root(engine, model)
     try:
         engine.move_to(device)

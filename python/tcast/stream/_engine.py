@@ -428,6 +428,16 @@ class Engine:
                 )
                 raise WeightsModifiedError(u.poisoned)
 
+    def stored_tensor(self, p: _P) -> torch.Tensor:
+        """p's value from the stored copy, on the CPU: a read-only view of
+        the host replica or the mapped file (a new tensor when compressed)."""
+        if p.src is not None:
+            return p.src.view(p.dtype).view(p.shape)
+        t = torch.empty(p.nbytes, dtype=torch.uint8)
+        if p.nbytes:
+            self._copy_param(p, t)
+        return t.view(p.dtype).view(p.shape)
+
     def _verify(self, u: _Unit) -> None:
         """debug_mode: compare an evicted unit's slot with the stored bytes,
         which catches writes the version counter misses (p.data.add_())."""
