@@ -331,11 +331,12 @@ def test_streamed_weights_outside_forward_are_nan_placeholders(store):
     assert w.shape == (64, 64) and w.dtype == torch.float32 and w.device.type == "cpu"
 
 
-@pytest.mark.parametrize("compression", [False, True])
-def test_state_dict_gives_the_real_weights(compression, store):
+@pytest.mark.parametrize("backend,compression", [("mmap", False), ("mmap", True), ("cuda", False)])
+def test_state_dict_gives_the_real_weights(backend, compression, store, tc):
     """Saving an offloaded model saves its weights, not placeholders."""
     m = Decoder()
-    om = ts.offload(copy.deepcopy(m), cfg(store, ts.estimate_model_memory(m) // 3, compression_enabled=compression))
+    om = ts.offload(copy.deepcopy(m), cfg(store, ts.estimate_model_memory(m) // 3, backend=backend,
+                                          compression_enabled=compression))
     assert ts.get_model_statistics(om)["offloaded_layers"] >= 3
     sd, ref = om.state_dict(), m.state_dict()
     assert sd.keys() == ref.keys()
