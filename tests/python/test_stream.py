@@ -623,3 +623,26 @@ def test_daemon_memory_full_is_a_clear_error(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "ERR TC_ENOSPACE: the tcast daemon's host memory cannot hold" in r.stdout and "--host-memory" in r.stdout
     assert "SAME True False" in r.stdout
+
+
+def test_pip_install_ships_tcast_stream_and_tensorstream(tmp_path):
+    """The wheel carries tcast.stream and the tensorstream shim: an installed
+    copy (not the source tree) imports both."""
+    import shutil
+
+    src = tmp_path / "python"
+    shutil.copytree(REPO / "python", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = tmp_path / "site"
+    env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-index", "--no-deps",
+                        "--target", str(target), str(src)], capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode != 0 and "No module named pip" in r.stderr:
+        pytest.skip("pip is not installed")
+    assert r.returncode == 0, r.stdout + r.stderr
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    clean["PYTHONPATH"] = str(target)
+    code = ("import tensorstream, tcast.stream; from tensorstream.config import BackendType; "
+            "assert tensorstream.offload is tcast.stream.offload; print(tcast.stream.__file__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(target))
