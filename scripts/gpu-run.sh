@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs on the GPU machine over the carried .gpu/ bundle (scripts/gpu-bundle.sh)
 # and writes every log to $OUT.  Usage: scripts/gpu-run.sh [steps...]
-# steps: env gpu python bench pybench fill loader attach (default: all)
+# steps: env gpu python bench pybench fill loader attach stream (default: all but stream)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 G="$root/.gpu"
@@ -51,6 +51,9 @@ for s in $steps; do
 	attach)
 		echo "== bench_gpu_attach.py"
 		python3 "$root/bench/bench_gpu_attach.py" > "$OUT/bench_gpu_attach.log" 2>&1; tail -12 "$OUT/bench_gpu_attach.log" ;;
+	stream)
+		echo "== bench_stream.py (layer streaming, 8 B decoder, tcast.stream vs accelerate)"
+		python3 "$root/bench/bench_stream.py" --json "$OUT/bench_stream.json" > "$OUT/bench_stream.log" 2>&1; tail -6 "$OUT/bench_stream.log" ;;
 	pybench)
 		echo "== python benches"
 		python3 "$root/bench/bench_tensor_dict.py" > "$OUT/bench_tensor_dict.log" 2>&1; tail -8 "$OUT/bench_tensor_dict.log"
