@@ -63,27 +63,51 @@ void tc__srv_reply_end(struct conn *c, size_t off)
 		conn_close(c, "out of memory building a reply");
 }
 
-/* Attach fds to the reply frame that starts at `off`. */
+/*
+ * Attach fds to the reply frame that starts at `off`.  The queue owns what
+ * it sends: a borrowed fd (owned false) is duplicated here, because the
+ * object it belongs to may be freed, and its number reused for another
+ * client's file, by a later frame of this same connection (RELEASE+RM,
+ * ABORT, UNBIND) before this reply leaves.  `owned` fds are taken as they
+ * are.  Every queued fd is closed after its frame is sent or when the
+ * connection ends; on failure nothing is taken.
+ */
 int tc__srv_reply_fds(struct conn *c, size_t off, const int *fds, int n,
 		      bool owned)
 {
+	int mine[TC_PROTO_MAX_FDS];
 	struct out_fds *o;
 
+	if (n < 0 || n > TC_PROTO_MAX_FDS)
+		return -EINVAL;
+	for (int i = 0; i < n; i++) {
+		mine[i] = owned ? fds[i] : fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+		if (mine[i] < 0) {
+			int e = errno;
+
+			while (i-- > 0)
+				close(mine[i]);
+			return -e;
+		}
+	}
 	if (c->nofds == c->cap_ofds) {
 		int cap = c->cap_ofds ? c->cap_ofds * 2 : 4;
 		struct out_fds *p =
 			tc__reallocarray(c->ofds, (size_t)cap, sizeof(*p));
 
-		if (!p)
+		if (!p) {
+			if (!owned)
+				for (int i = 0; i < n; i++)
+					close(mine[i]);
 			return -ENOMEM;
+		}
 		c->ofds = p;
 		c->cap_ofds = cap;
 	}
 	o = &c->ofds[c->nofds++];
 	o->at = off;
-	memcpy(o->fds, fds, (size_t)n * sizeof(int));
+	memcpy(o->fds, mine, (size_t)n * sizeof(int));
 	o->n = n;
-	o->owned = owned;
 	/* Patch nfds in the already written header. */
 	c->out.data[off + 20] = (uint8_t)n;
 	return 0;
@@ -812,6 +836,9 @@ static int on_progress(struct conn *c, struct req *r)
 
 /* ---------------------------------------------------------------- put */
 
+static struct pending *pending_take(struct conn *c, uint64_t handle);
+static void pending_free(struct conn *c, struct pending *p);
+
 static int on_create(struct conn *c, struct req *r)
 {
 	struct pending *p;
@@ -875,8 +902,14 @@ static int on_create(struct conn *c, struct req *r)
 	tc__buf_put_u64(&c->out, p->o->shm->size);
 	tc__proto_put_table(&c->out, &p->o->table);
 	fd = p->o->shm->fd;
-	if (tc__srv_reply_fds(c, off, &fd, 1, false) < 0)
-		return -ENOMEM;
+	if (tc__srv_reply_fds(c, off, &fd, 1, false) < 0) {
+		/* No half-built frame, and no put the client cannot name. */
+		c->out.len = off;
+		pending_free(c, pending_take(c, p->handle));
+		snprintf(c->err, sizeof(c->err),
+			 "cannot pass the segment's fd: out of descriptors");
+		return TC_EBUSY;
+	}
 	tc__srv_reply_end(c, off);
 	return 0;
 
@@ -1083,6 +1116,7 @@ static int on_attach(struct conn *c, struct req *r)
 	tc__buf_put(&c->out, o->attach_body.data, o->attach_body.len);
 	if (tc__srv_reply_fds(c, off, &o->shm->ro_fd, 1, false) < 0) {
 		/* The lease would be held with no reply to release it. */
+		c->out.len = off;
 		lease_drop(c, lease_find(c, o->id));
 		return -ENOMEM;
 	}
@@ -1118,8 +1152,8 @@ struct gpu_wait {
 };
 
 /* Lease `rep` for c and reply: id, allocation size, GPU UUID, table, and
- * the exported fd (borrowed from the replica: sendmsg dups it, and the
- * lease keeps the replica until this reply is long gone). */
+ * the exported fd (the reply queue sends its own dup of it, so a
+ * RELEASE_GPU pipelined behind this request cannot change what leaves). */
 static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
 		     struct tc__gpu_replica *rep)
 {
@@ -1496,9 +1530,8 @@ void tc__srv_conn_flush(struct conn *c)
 			return;
 		}
 		if (nfds) {
-			if (c->ofds[0].owned)
-				for (int i = 0; i < nfds; i++)
-					close(fds[i]);
+			for (int i = 0; i < nfds; i++)
+				close(fds[i]); /* the queue's dups */
 			memmove(c->ofds, c->ofds + 1,
 				sizeof(*c->ofds) * (size_t)(--c->nofds));
 		}
@@ -1606,9 +1639,8 @@ static void conn_free(struct conn *c)
 	for (int i = 0; i < c->nfdq; i++)
 		close(c->fdq[i]);
 	for (int i = 0; i < c->nofds; i++)
-		if (c->ofds[i].owned)
-			for (int k = 0; k < c->ofds[i].n; k++)
-				close(c->ofds[i].fds[k]);
+		for (int k = 0; k < c->ofds[i].n; k++)
+			close(c->ofds[i].fds[k]);
 	close(c->fd);
 	tc__free(c->in);
 	tc__free(c->ofds);

@@ -52,12 +52,12 @@ struct pending {
 	struct pending *next;
 };
 
-/* An fd attachment in the output buffer: sent with byte `at`. */
+/* An fd attachment in the output buffer: sent with byte `at`.  The fds
+ * are the queue's own (dups), closed once sent or with the connection. */
 struct out_fds {
 	size_t at;
 	int fds[TC_PROTO_MAX_FDS];
 	int n;
-	bool owned; /* close after sending */
 };
 
 struct conn {
@@ -137,7 +137,10 @@ struct req {
 /* Begin a reply frame with status 0; returns the header offset. */
 size_t tc__srv_reply_begin(struct conn *c, const struct req *r);
 void tc__srv_reply_end(struct conn *c, size_t off);
-/* Attach fds to the reply frame that starts at `off`. */
+/* Attach fds to the reply frame that starts at `off`: borrowed fds
+ * (owned false) are duplicated, so the queue owns what it will send
+ * whatever happens to their objects meanwhile; owned ones are taken.
+ * Returns 0 or -errno (nothing taken). */
 int tc__srv_reply_fds(struct conn *c, size_t off, const int *fds, int n,
 		      bool owned);
 /* A reply carrying rc and c->err (or rc's message). */
