@@ -38,7 +38,8 @@ struct tc_client {
 	uint32_t next_req;
 	int32_t daemon_pid;
 	uint64_t epoch;
-	bool broken; /* the connection failed; every call says so */
+	bool broken;  /* the connection failed; every call says so */
+	bool refused; /* a send failed: read the daemon's reason once */
 	uint8_t *in;
 	size_t in_off, in_len, in_cap;
 	int fdq[CLIENT_FDQ];
@@ -99,6 +100,15 @@ static int send_frame(tc_client *c, const uint8_t *p, size_t len,
 		ssize_t n = tc__fdpass_send(c->fd, &iov, 1, fds, nfds);
 
 		if (n < 0) {
+			/* The daemon may have turned us away and closed:
+			 * its reason may wait to be read (call_locked). */
+			if ((n == -EPIPE || n == -ECONNRESET) && !c->refused) {
+				c->refused = true;
+				set_err(c, TC_ECLOSED,
+					"connection to the daemon lost: %s",
+					strerror((int)-n));
+				return TC_ECLOSED;
+			}
 			client_break(c, strerror((int)-n));
 			return TC_ECLOSED;
 		}
@@ -179,7 +189,7 @@ static int call_locked(tc_client *c, struct tc__buf *req, const int *fds,
 	id = (uint32_t)(req->data[12] | req->data[13] << 8 |
 			req->data[14] << 16 | (uint32_t)req->data[15] << 24);
 	rc = send_frame(c, req->data, req->len, fds, nfds);
-	if (rc < 0)
+	if (rc < 0 && !c->refused)
 		return rc;
 	for (;;) {
 		const uint8_t *body;
@@ -200,6 +210,23 @@ static int call_locked(tc_client *c, struct tc__buf *req, const int *fds,
 		memcpy(rep->fds, c->fdq, sizeof(int) * h.nfds);
 		c->nfdq -= h.nfds;
 		memmove(c->fdq, c->fdq + h.nfds, sizeof(int) * (size_t)c->nfdq);
+		tc__cur_init(&cur, body, h.body_len);
+		if (h.req_id == 0 && (h.flags & TC_PF_REPLY) &&
+		    tc__cur_read_i32(&cur, &status) == 0 && status < 0) {
+			/* A connection-level error (the daemon refused us or
+			 * could not read a header): say why, then stop. */
+			const char *m;
+			size_t ml;
+
+			reply_release(rep);
+			if (tc__cur_read_str(&cur, TC_PROTO_MAX_STR, &m, &ml) ==
+			    0)
+				set_err(c, status, "%.*s", (int)ml, m);
+			else
+				set_err(c, status, "%s", tc_strerror(status));
+			c->broken = true;
+			return status;
+		}
 		if (h.req_id != id) {
 			reply_release(rep);
 			client_break(c, "reply to a request never sent");

@@ -3,6 +3,7 @@
  */
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -100,12 +101,12 @@ int tc__log_parse_level(const char *s)
 	return -1;
 }
 
-void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
+static void log_v(int level, const char *file, int line, const char *suffix,
+		  const char *fmt, va_list ap)
 {
 	char ts[32];
 	struct timespec now;
 	struct tm tm;
-	va_list ap;
 	const char *base = strrchr(file, '/');
 	FILE *out;
 
@@ -140,10 +141,43 @@ void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
 	}
 	fprintf(out, "%s.%03ldZ %-5s %s:%d: ", ts, now.tv_nsec / 1000000,
 		level_names[level], base ? base + 1 : file, line);
-	va_start(ap, fmt);
 	vfprintf(out, fmt, ap);
-	va_end(ap);
+	fputs(suffix, out);
 	fputc('\n', out);
 	fflush(out);
 	pthread_mutex_unlock(&sink_lock);
+}
+
+void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_v(level, file, line, "", fmt, ap);
+	va_end(ap);
+}
+
+void tc__log_limited(struct tc__ratelimit *rl, int level, const char *file,
+		     int line, const char *fmt, ...)
+{
+	struct timespec now;
+	char suffix[64] = "";
+	uint64_t ms;
+	va_list ap;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+	if (ms < rl->next_ms) {
+		rl->suppressed++;
+		return;
+	}
+	if (rl->suppressed)
+		snprintf(suffix, sizeof(suffix),
+			 " (%llu similar lines suppressed)",
+			 (unsigned long long)rl->suppressed);
+	rl->suppressed = 0;
+	rl->next_ms = ms + TC_LOG_INTERVAL_MS;
+	va_start(ap, fmt);
+	log_v(level, file, line, suffix, fmt, ap);
+	va_end(ap);
 }

@@ -9,6 +9,7 @@
 #ifndef TC_LOG_H
 #define TC_LOG_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -44,6 +45,30 @@ void tc__log_set_format(int format);
 int tc__log_parse_format(const char *s);
 /* Parse "error|warn|info|debug"; returns the level or -1. */
 int tc__log_parse_level(const char *s);
+
+/*
+ * A log line that an attacker can repeat (a refused connection, accept
+ * failing for want of fds) goes through a rate limit: at most one line per
+ * `interval_ms`; the next line that passes says how many were suppressed.
+ * One struct per call site (static); loop thread or one thread only.
+ */
+struct tc__ratelimit {
+	uint64_t next_ms;    /* no line before this */
+	uint64_t suppressed; /* lines dropped since the last one */
+};
+
+#define TC_LOG_INTERVAL_MS 1000
+
+#define tc__log_rl(rl, level, ...)                                         \
+	do {                                                               \
+		if ((level) <= tc__log_level)                              \
+			tc__log_limited((rl), (level), __FILE__, __LINE__, \
+					__VA_ARGS__);                      \
+	} while (0)
+
+void tc__log_limited(struct tc__ratelimit *rl, int level, const char *file,
+		     int line, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
 
 /* Log file and line, then abort: for programmer errors only. */
 #define TC_BUG(msg)                                                        \

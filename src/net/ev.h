@@ -36,6 +36,9 @@ void tc__ev_set_hooks(struct tc__ev *ev, tc__ev_hook *before_sleep,
 /* Run until tc__ev_stop(); returns 0 or -errno from epoll_wait. */
 int tc__ev_run(struct tc__ev *ev);
 void tc__ev_stop(struct tc__ev *ev);
+/* From before_sleep: work is waiting that no fd will announce; poll once
+ * without sleeping before calling before_sleep again. */
+void tc__ev_no_sleep(struct tc__ev *ev);
 /* Monotonic milliseconds. */
 uint64_t tc__now_ms(void);
 uint64_t tc__now_ns(void);

@@ -19,7 +19,8 @@ struct tc__ev {
 	int epfd;
 	int setsize;
 	int stop;
-	struct ev_slot *slots;	    /* owned, setsize entries */
+	int no_sleep;	       /* poll once without waiting (tc__ev_no_sleep) */
+	struct ev_slot *slots; /* owned, setsize entries */
 	struct epoll_event *events; /* owned, setsize entries */
 	tc__ev_hook *before_sleep;
 	tc__ev_hook *tick;
@@ -125,6 +126,11 @@ void tc__ev_stop(struct tc__ev *ev)
 	ev->stop = 1;
 }
 
+void tc__ev_no_sleep(struct tc__ev *ev)
+{
+	ev->no_sleep = 1;
+}
+
 int tc__ev_run(struct tc__ev *ev)
 {
 	ev->stop = 0;
@@ -141,6 +147,10 @@ int tc__ev_run(struct tc__ev *ev)
 			timeout = now >= ev->next_tick_ms ?
 					  0 :
 					  (int)(ev->next_tick_ms - now);
+		}
+		if (ev->no_sleep) {
+			ev->no_sleep = 0;
+			timeout = 0;
 		}
 		n = epoll_wait(ev->epfd, ev->events, ev->setsize, timeout);
 		if (n < 0) {

@@ -272,7 +272,8 @@ int on_bind(struct conn *c, struct req *r)
 		return rc;
 	if (tc__cur_read_u32(&r->body, &flags) < 0)
 		return TC_EPROTO;
-	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0 ||
+	    (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
@@ -315,7 +316,8 @@ int on_swap(struct conn *c, struct req *r)
 
 	if (tc__cur_read_u64(&r->body, &handle) < 0)
 		return TC_EPROTO;
-	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0)
+	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0 ||
+	    (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	bd = binding_find(c, handle);
 	if (!bd) {
@@ -347,7 +349,8 @@ int on_unbind(struct conn *c, struct req *r)
 	struct binding *bd;
 	uint64_t handle;
 
-	if (tc__cur_read_u64(&r->body, &handle) < 0)
+	if (tc__cur_read_u64(&r->body, &handle) < 0 ||
+	    tc__srv_body_end(c, r) < 0)
 		return TC_EPROTO;
 	bd = binding_find(c, handle);
 	if (!bd)

@@ -13,6 +13,7 @@
 
 #include "common/compiler.h"
 #include "common/log.h"
+#include "common/tensor.h"
 #include "config.h"
 #include "gpu_loader.h"
 #include "net/net.h"
@@ -50,6 +51,12 @@ void tc__config_defaults(struct tc__store_config *c)
 	c->handshake_ms = 10000;
 	c->max_outbuf = (uint64_t)256 << 20;
 	c->host_spare = TC_SPARE_AUTO;
+	/* Generous for real clients (a trainer may hold a connection quiet
+	 * for minutes); only connections that hold nothing time out. */
+	c->idle_timeout_ms = 600000;
+	c->write_stall_ms = 30000;
+	c->max_clients_per_uid = 0;
+	c->max_tensors = TC_MAX_TENSORS;
 	/* 90% of each GPU: room for the CUDA contexts of its clients. */
 	c->gpu_percent = 90;
 	/* A host replica that feeds GPUs should be pinned before the first
@@ -225,6 +232,36 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 			snprintf(why, whylen, "must be 1..3600000");
 			return TC_EINVAL;
 		}
+		return 0;
+	}
+	if (!strcmp(key, "idle_timeout_ms") || !strcmp(key, "write_stall_ms")) {
+		int *dst = key[0] == 'i' ? &c->idle_timeout_ms :
+					   &c->write_stall_ms;
+
+		if (set_int(val, key[0] == 'i' ? 0 : 100, 86400000, dst) < 0) {
+			snprintf(why, whylen, "must be %s..86400000 (ms)",
+				 key[0] == 'i' ? "0 (never)" : "100");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "max_clients_per_uid")) {
+		if (set_int(val, 0, 65000, &c->max_clients_per_uid) < 0) {
+			snprintf(why, whylen,
+				 "must be an integer 0 (auto)..65000");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "max_tensors")) {
+		int v;
+
+		if (set_int(val, 1, TC_MAX_TENSORS, &v) < 0) {
+			snprintf(why, whylen, "must be an integer 1..%d",
+				 TC_MAX_TENSORS);
+			return TC_EINVAL;
+		}
+		c->max_tensors = (uint32_t)v;
 		return 0;
 	}
 	if (!strcmp(key, "log_level")) {

@@ -31,10 +31,19 @@ struct tc__store_config {
 				TC_IO_URING or TC_IO_PREAD (gpu_loader.h) */
 	int metrics_port;    /* Prometheus endpoint on 127.0.0.1; 0 = off */
 	int log_format;	     /* TC_LOG_TEXT or TC_LOG_JSON (common/log.h) */
-	bool pin_eager;	     /* gpu_pin_host: pin large host replicas when
-				they are sealed, once a GPU is in use
-				(eager), or after their first GPU fill
-				(on_use) */
+	int idle_timeout_ms; /* a connection holding nothing (no lease, put,
+				binding or job) and sending nothing this long
+				is closed; 0 = never */
+	int write_stall_ms;  /* a client whose queued replies make no
+				progress this long is dropped */
+	int max_clients_per_uid; /* connections of one uid; 0 = auto
+				    (max_clients - max_clients / 8: the
+				    rest is kept for root) */
+	uint32_t max_tensors;	 /* tensors per artifact (<= TC_MAX_TENSORS) */
+	bool pin_eager;		 /* gpu_pin_host: pin large host replicas when
+				    they are sealed, once a GPU is in use
+				    (eager), or after their first GPU fill
+				    (on_use) */
 };
 
 #define TC_SPARE_AUTO UINT64_MAX
@@ -43,7 +52,8 @@ void tc__config_defaults(struct tc__store_config *c);
 /* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
  * job_threads, max_clients, log_level, log_file, handshake_ms,
  * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,
- * metrics_port, log_format).  Returns
+ * metrics_port, log_format, idle_timeout_ms, write_stall_ms,
+ * max_clients_per_uid, max_tensors).  Returns
  * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -20,6 +21,9 @@ struct tc__jobs {
 	int efd;
 	struct tc__ev *ev;
 	int nthreads;
+	int max_threads; /* elastic pools grow up to this */
+	int idle;	 /* workers waiting for a job */
+	int queued;	 /* jobs waiting for a worker */
 	pthread_t *threads;
 };
 
@@ -32,10 +36,14 @@ static void *worker(void *arg)
 	for (;;) {
 		struct tc__job *j;
 
-		while (!p->todo_head && !p->stopping)
+		while (!p->todo_head && !p->stopping) {
+			p->idle++;
 			pthread_cond_wait(&p->cond, &p->lock);
+			p->idle--;
+		}
 		if (!p->todo_head)
 			break;
+		p->queued--;
 		j = p->todo_head;
 		p->todo_head = j->next;
 		if (!p->todo_head)
@@ -88,6 +96,12 @@ static void on_efd(struct tc__ev *ev, int fd, void *arg, int mask)
 
 int tc__jobs_new(int nthreads, struct tc__ev *ev, struct tc__jobs **out)
 {
+	return tc__jobs_new_elastic(nthreads, nthreads, ev, out);
+}
+
+int tc__jobs_new_elastic(int nthreads, int max_threads, struct tc__ev *ev,
+			 struct tc__jobs **out)
+{
 	struct tc__jobs *p = tc__calloc(1, sizeof(*p));
 	int rc;
 
@@ -105,7 +119,10 @@ int tc__jobs_new(int nthreads, struct tc__ev *ev, struct tc__jobs **out)
 	rc = tc__ev_add(ev, p->efd, TC_EV_READ, on_efd, p);
 	if (rc < 0)
 		goto out_close;
-	p->threads = tc__calloc((size_t)nthreads, sizeof(pthread_t));
+	if (max_threads < nthreads)
+		max_threads = nthreads;
+	p->max_threads = max_threads;
+	p->threads = tc__calloc((size_t)max_threads, sizeof(pthread_t));
 	if (!p->threads) {
 		rc = -ENOMEM;
 		goto out_del;
@@ -141,6 +158,13 @@ void tc__jobs_submit(struct tc__jobs *p, struct tc__job *job)
 		p->todo_head = job;
 	p->todo_tail = job;
 	p->pending++;
+	p->queued++;
+	/* Every worker busy (perhaps blocked in a read that never returns):
+	 * an elastic pool adds one rather than make this job wait behind
+	 * them.  Failing to add one only means waiting. */
+	if (p->queued > p->idle && p->nthreads < p->max_threads &&
+	    pthread_create(&p->threads[p->nthreads], NULL, worker, p) == 0)
+		p->nthreads++;
 	pthread_cond_signal(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 }
@@ -148,6 +172,17 @@ void tc__jobs_submit(struct tc__jobs *p, struct tc__job *job)
 int tc__jobs_pending(const struct tc__jobs *p)
 {
 	return p->pending;
+}
+
+static void pool_destroy(struct tc__jobs *p)
+{
+	drain(p);
+	tc__ev_del(p->ev, p->efd);
+	close(p->efd);
+	tc__free(p->threads);
+	pthread_mutex_destroy(&p->lock);
+	pthread_cond_destroy(&p->cond);
+	tc__free(p);
 }
 
 void tc__jobs_free(struct tc__jobs *p)
@@ -161,11 +196,29 @@ void tc__jobs_free(struct tc__jobs *p)
 	/* Workers finish what is queued before they exit. */
 	for (int i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
-	drain(p);
-	tc__ev_del(p->ev, p->efd);
-	close(p->efd);
-	tc__free(p->threads);
-	pthread_mutex_destroy(&p->lock);
-	pthread_cond_destroy(&p->cond);
-	tc__free(p);
+	pool_destroy(p);
+}
+
+int tc__jobs_free_within(struct tc__jobs *p, int ms)
+{
+	struct timespec dl;
+
+	if (!p)
+		return 0;
+	pthread_mutex_lock(&p->lock);
+	p->stopping = 1;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	for (int i = 0; i < p->nthreads; i++)
+		if (pthread_timedjoin_np(p->threads[i], NULL, &dl) != 0)
+			return -ETIMEDOUT; /* p stays: a worker still uses it */
+	pool_destroy(p);
+	return 0;
 }

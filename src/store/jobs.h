@@ -25,10 +25,20 @@ struct tc__jobs;
 /* Start `nthreads` workers and register the completion eventfd on `ev`.
  * Returns 0 or a negative errno. */
 int tc__jobs_new(int nthreads, struct tc__ev *ev, struct tc__jobs **out);
+/* A pool that starts `nthreads` workers and adds one (up to max_threads)
+ * whenever a job is submitted while every worker is busy: for jobs that
+ * may block for good (a read on a hung mount), so they cannot starve the
+ * jobs behind them. */
+int tc__jobs_new_elastic(int nthreads, int max_threads, struct tc__ev *ev,
+			 struct tc__jobs **out);
 void tc__jobs_submit(struct tc__jobs *p, struct tc__job *job);
 /* Number of jobs submitted and not yet done. */
 int tc__jobs_pending(const struct tc__jobs *p);
 /* Wait for running jobs, run every done(), stop the threads, free. */
 void tc__jobs_free(struct tc__jobs *p);
+/* tc__jobs_free, waiting at most `ms` for the workers: -ETIMEDOUT leaves
+ * the pool allocated (a worker is blocked in it; the process should exit),
+ * 0 freed it. */
+int tc__jobs_free_within(struct tc__jobs *p, int ms);
 
 #endif /* TC_JOBS_H */

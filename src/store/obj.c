@@ -682,10 +682,20 @@ char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts)
 			      "budget_bytes", (json_int_t)s->budget));
 }
 
-char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o)
+void *tc__objs_inspect_head(struct tc__objs *s, struct tc__obj *o)
 {
-	json_t *j = obj_json(s, o), *ts = json_array(), *meta = json_object();
+	return obj_json(s, o);
+}
 
+char *tc__obj_inspect_finish(void *head, const struct tc__obj *o)
+{
+	json_t *j = head, *ts = json_array(), *meta = json_object();
+
+	if (!j) {
+		json_decref(ts);
+		json_decref(meta);
+		return NULL;
+	}
 	for (uint32_t i = 0; i < o->table.ntensors; i++) {
 		const struct tc__tensor *x = &o->table.tensors[i];
 		json_t *shape = json_array();
@@ -707,6 +717,29 @@ char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o)
 	json_object_set_new(j, "metadata", meta);
 	json_object_set_new(j, "chunk_bytes", json_integer(TC_CHUNK_BYTES));
 	return dump(j);
+}
+
+char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o)
+{
+	return tc__obj_inspect_finish(tc__objs_inspect_head(s, o), o);
+}
+
+uint64_t tc__table_cost(const struct tc__table *t)
+{
+	/* The table itself, its names, and the ATTACH body that repeats it
+	 * (name, dtype, rank, shape, offset, size), plus allocator slack. */
+	uint64_t b = (uint64_t)t->ntensors * (sizeof(*t->tensors) + 64);
+
+	for (uint32_t i = 0; i < t->ntensors; i++)
+		b += 2 * (strlen(t->tensors[i].name) + 1) + 4 + 2 +
+		     8 * (uint64_t)t->tensors[i].ndim + 16;
+	for (uint32_t i = 0; i < t->nmeta; i++)
+		b += 2 * (strlen(t->meta[i].key) + strlen(t->meta[i].val) + 2 +
+			  8) +
+		     64;
+	/* The first page rides free: a small table costs less than the
+	 * segment's page rounding, and small artifacts keep exact sizes. */
+	return b > TC_TABLE_FREE_BYTES ? b - TC_TABLE_FREE_BYTES : 0;
 }
 
 static json_t *key_json(struct tc__objs *s, struct tc__key *k, int history)

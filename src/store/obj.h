@@ -141,6 +141,16 @@ int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
  * of used_bytes. */
 char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts);
 char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o);
+/* INSPECT in two halves: the summary (keys, leases, replicas) on the loop,
+ * then the tensor table and the dump, which read only o's table (fixed
+ * once inserted) and may run on a worker while o is leased.  head is a
+ * json_t *, consumed by finish. */
+void *tc__objs_inspect_head(struct tc__objs *s, struct tc__obj *o);
+char *tc__obj_inspect_finish(void *head, const struct tc__obj *o);
+/* Host bytes a table costs beyond the artifact's segment (the table, its
+ * names, the ATTACH body): charged to the budget with the segment. */
+#define TC_TABLE_FREE_BYTES 4096 /* not charged (see tc__table_cost) */
+uint64_t tc__table_cost(const struct tc__table *t);
 char *tc__objs_keys_json(struct tc__objs *s, const char *key, int *rc,
 			 char *err, size_t errlen);
 

@@ -21,6 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <stdarg.h>
+#include <sys/resource.h>
+
 #include "common/alloc.h"
 #include "common/compiler.h"
 #include "common/log.h"
@@ -228,6 +232,18 @@ int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
 	return rc;
 }
 
+/* Every byte of a body belongs to a field: bytes after the last one are a
+ * malformed frame, refused before the request does anything. */
+int tc__srv_body_end(struct conn *c, struct req *r)
+{
+	if (r->body.left == 0)
+		return 0;
+	snprintf(c->err, sizeof(c->err),
+		 "%zu unexpected bytes after the %s body", r->body.left,
+		 tc__proto_name(r->h.type));
+	return TC_EPROTO;
+}
+
 static int on_hello(struct conn *c, struct req *r)
 {
 	uint32_t ver, pid;
@@ -239,6 +255,8 @@ static int on_hello(struct conn *c, struct req *r)
 		return TC_EPROTO;
 	rc = tc__srv_read_str(c, r, "client name", c->name, sizeof(c->name));
 	if (rc < 0)
+		return rc;
+	if ((rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	if (ver != TC_PROTO_VERSION) {
 		snprintf(c->err, sizeof(c->err),
@@ -259,42 +277,48 @@ static int on_hello(struct conn *c, struct req *r)
 static int on_status(struct conn *c, struct req *r)
 {
 	struct server *s = c->srv;
-	char *json, *gpu = tc__gpu_tier_status_json(s->gpu);
-	char *cfg = tc__config_json(s->cfg);
-	int n = 0;
+	char *gpu, *cfg;
+	json_t *j, *g = NULL, *cj = NULL;
+	int n = 0, rc = tc__srv_body_end(c, r);
 
+	if (rc < 0)
+		return rc;
 	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
 		n++;
-	if (asprintf(&json,
-		     "{\"version\":\"%s\",\"pid\":%d,\"epoch\":%llu,"
-		     "\"socket\":\"%s\",\"uptime_ms\":%llu,\"clients\":%d,"
-		     "\"artifacts\":%d,\"keys\":%zu,\"host_used_bytes\":%llu,"
-		     "\"host_budget_bytes\":%llu,\"evictions\":%llu,"
-		     "\"attaches\":%llu,\"imports\":%llu,\"puts\":%llu,"
-		     "\"protocol_errors\":%llu,\"io_threads\":%d,"
-		     "\"io_engine\":\"%s\","
-		     "\"jobs_pending\":%d,\"host_spare_bytes\":%llu,"
-		     "\"gpu_attaches\":%llu,\"gpu\":%s,\"config\":%s}",
-		     TC_VERSION_STRING, (int)getpid(),
-		     (unsigned long long)s->epoch, s->cfg->socket,
-		     (unsigned long long)(tc__now_ms() - s->start_ms),
-		     s->nconns, n, s->objs.keys.count,
-		     (unsigned long long)(s->objs.used - s->spare_charged),
-		     (unsigned long long)s->objs.budget,
-		     (unsigned long long)s->objs.evictions,
-		     (unsigned long long)s->n_attach,
-		     (unsigned long long)s->n_import,
-		     (unsigned long long)s->n_put,
-		     (unsigned long long)s->n_proto_err, s->cfg->io_threads,
-		     tc__io_engine_name(s->cfg->io_engine),
-		     tc__jobs_pending(s->jobs),
-		     (unsigned long long)(s->spare ? s->spare->size : 0),
-		     (unsigned long long)s->n_attach_gpu, gpu ? gpu : "null",
-		     cfg ? cfg : "null") < 0)
-		json = NULL;
+	/* Built with jansson: the socket path may hold quotes or control
+	 * characters, and the reply must stay valid JSON. */
+	gpu = tc__gpu_tier_status_json(s->gpu);
+	if (gpu)
+		g = json_loads(gpu, 0, NULL);
 	free(gpu);
+	cfg = tc__config_json(s->cfg);
+	if (cfg)
+		cj = json_loads(cfg, 0, NULL);
 	free(cfg);
-	reply_json(c, r, json);
+	j = json_pack(
+		"{s:s, s:i, s:I, s:s?, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, "
+		"s:I, s:I, s:I, s:i, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:i}",
+		"version", TC_VERSION_STRING, "pid", (int)getpid(), "epoch",
+		(json_int_t)s->epoch, "socket", s->cfg->socket, "uptime_ms",
+		(json_int_t)(tc__now_ms() - s->start_ms), "clients", s->nconns,
+		"artifacts", n, "keys", (json_int_t)s->objs.keys.count,
+		"host_used_bytes",
+		(json_int_t)(s->objs.used - s->spare_charged),
+		"host_budget_bytes", (json_int_t)s->objs.budget, "evictions",
+		(json_int_t)s->objs.evictions, "attaches",
+		(json_int_t)s->n_attach, "imports", (json_int_t)s->n_import,
+		"puts", (json_int_t)s->n_put, "protocol_errors",
+		(json_int_t)s->n_proto_err, "io_threads", s->cfg->io_threads,
+		"io_engine", tc__io_engine_name(s->cfg->io_engine),
+		"jobs_pending",
+		tc__jobs_pending(s->jobs) + tc__jobs_pending(s->io_jobs),
+		"host_spare_bytes", (json_int_t)(s->spare ? s->spare->size : 0),
+		"gpu_attaches", (json_int_t)s->n_attach_gpu, "gpu",
+		g ? g : json_null(), "config", cj ? cj : json_null(),
+		"max_clients", s->max_clients, "max_clients_per_uid",
+		s->max_per_uid);
+	reply_json(c, r, j ? json_dumps(j, JSON_COMPACT) : NULL);
+	json_decref(j);
 	return 0;
 }
 
@@ -409,7 +433,7 @@ static void spare_drop(struct server *s)
  * the spare when it is big enough (its pages exist already), else a fresh
  * segment.  Returns 0, TC_ENOSPACE or -errno with `err` set.
  */
-static int artifact_memory(struct server *s, uint64_t bytes,
+static int artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 			   enum tc__policy pol, struct tc__shm **out, char *err,
 			   size_t errlen)
 {
@@ -422,12 +446,13 @@ static int artifact_memory(struct server *s, uint64_t bytes,
 		s->spare = NULL;
 		s->spare_charged -= seg->size;
 		tc__objs_unreserve(&s->objs, seg->size);
-	} else if (s->spare && s->objs.used + bytes > s->objs.budget) {
+	} else if (s->spare && s->objs.used + bytes + extra > s->objs.budget) {
 		/* A spare too small for this request gives up its room
 		 * before any artifact is evicted for it. */
 		spare_drop(s);
 	}
-	rc = tc__objs_reserve(&s->objs, bytes, pol, err, errlen);
+	/* The segment and the table's host memory (extra) together. */
+	rc = tc__objs_reserve(&s->objs, bytes + extra, pol, err, errlen);
 	if (rc < 0) {
 		tc__shm_free(seg);
 		return rc;
@@ -441,7 +466,7 @@ static int artifact_memory(struct server *s, uint64_t bytes,
 	}
 	rc = tc__shm_create("tcast-artifact", bytes, out);
 	if (rc < 0) {
-		tc__objs_unreserve(&s->objs, bytes);
+		tc__objs_unreserve(&s->objs, bytes + extra);
 		snprintf(err, errlen, "cannot create a %llu-byte segment: %s",
 			 (unsigned long long)bytes, tc_strerror(rc));
 	}
@@ -614,7 +639,17 @@ static void import_done(struct tc__job *job)
 	}
 	if (j->phase == 1) {
 		uint64_t bytes = tc__shm_round(j->src->table.total_bytes);
+		uint64_t extra = tc__table_cost(&j->src->table);
 
+		if (j->src->table.ntensors > s->cfg->max_tensors) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s' has %u tensors; this daemon takes at "
+				 "most %u per artifact (max_tensors)",
+				 j->display, j->src->table.ntensors,
+				 s->cfg->max_tensors);
+			import_fail(j, TC_ELIMIT, j->err);
+			return;
+		}
 		j->o = tc__obj_new();
 		if (!j->o) {
 			import_fail(j, -ENOMEM, "out of memory");
@@ -637,12 +672,14 @@ static void import_done(struct tc__job *job)
 			}
 			bytes = 0;
 		} else {
-			rc = artifact_memory(s, bytes, j->policy, &j->o->shm,
-					     j->err, sizeof(j->err));
+			rc = artifact_memory(s, bytes, extra, j->policy,
+					     &j->o->shm, j->err,
+					     sizeof(j->err));
 			if (rc < 0) {
 				import_fail(j, rc, j->err);
 				return;
 			}
+			bytes += extra;
 		}
 		j->o->mem_bytes = bytes;
 		j->o->policy = j->policy;
@@ -654,7 +691,7 @@ static void import_done(struct tc__job *job)
 			tc__gpu_tier_copy_begin(s->gpu);
 			j->gpu_copying = true;
 		}
-		tc__jobs_submit(s->jobs, &j->job);
+		tc__jobs_submit(s->io_jobs, &j->job);
 		/* The size is known now: tell a watching client at once. */
 		if (c->progress_job == j && !c->closing) {
 			c->progress_next_ms = 0;
@@ -775,6 +812,8 @@ static int on_import(struct conn *c, struct req *r)
 		}
 		j->gpu = true;
 	}
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		goto out_free;
 	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
@@ -804,7 +843,7 @@ static int on_import(struct conn *c, struct req *r)
 		c->progress_req = r->h.req_id;
 		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
 	}
-	tc__jobs_submit(c->srv->jobs, &j->job);
+	tc__jobs_submit(c->srv->io_jobs, &j->job);
 	return 0; /* the reply comes when the job is done */
 
 out_free:
@@ -844,7 +883,7 @@ static int on_create(struct conn *c, struct req *r)
 	struct pending *p;
 	char policy[32];
 	enum tc__policy pol;
-	uint64_t bytes;
+	uint64_t bytes, extra;
 	size_t off;
 	int rc, fd;
 
@@ -874,6 +913,8 @@ static int on_create(struct conn *c, struct req *r)
 		rc = TC_EPROTO;
 		goto out_free;
 	}
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		goto out_free;
 	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
@@ -882,12 +923,21 @@ static int on_create(struct conn *c, struct req *r)
 		snprintf(c->err, sizeof(c->err), "artifact too large");
 		goto out_free;
 	}
+	if (p->o->table.ntensors > c->srv->cfg->max_tensors) {
+		snprintf(c->err, sizeof(c->err),
+			 "%u tensors; this daemon takes at most %u per "
+			 "artifact (max_tensors)",
+			 p->o->table.ntensors, c->srv->cfg->max_tensors);
+		rc = TC_ELIMIT;
+		goto out_free;
+	}
 	bytes = tc__shm_round(p->o->table.total_bytes);
-	rc = artifact_memory(c->srv, bytes, pol, &p->o->shm, c->err,
+	extra = tc__table_cost(&p->o->table);
+	rc = artifact_memory(c->srv, bytes, extra, pol, &p->o->shm, c->err,
 			     sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
-	p->o->mem_bytes = bytes;
+	p->o->mem_bytes = bytes + extra;
 	p->o->policy = pol;
 	snprintf(p->o->source, sizeof(p->o->source), "put:pid %d%s%s",
 		 (int)c->pid, c->name[0] ? " " : "", c->name);
@@ -942,6 +992,8 @@ static struct pending *pending_of_req(struct conn *c, struct req *r, int *rc)
 		*rc = TC_EPROTO;
 		return NULL;
 	}
+	if ((*rc = tc__srv_body_end(c, r)) < 0)
+		return NULL;
 	p = pending_take(c, handle);
 	if (!p) {
 		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
@@ -1096,6 +1148,8 @@ static int on_attach(struct conn *c, struct req *r)
 		return rc;
 	if (tc__cur_read_u32(&r->body, &flags) < 0)
 		return TC_EPROTO;
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
 		return rc;
@@ -1129,7 +1183,8 @@ static int on_release(struct conn *c, struct req *r)
 	char id[TC_ID_LEN + 1];
 	struct lease *l;
 
-	if (tc__cur_read_strcpy(&r->body, id, sizeof(id)) < 0)
+	if (tc__cur_read_strcpy(&r->body, id, sizeof(id)) < 0 ||
+	    tc__srv_body_end(c, r) < 0)
 		return TC_EPROTO;
 	l = lease_find(c, id);
 	if (!l) {
@@ -1226,6 +1281,8 @@ static int on_attach_gpu(struct conn *c, struct req *r)
 	if ((rc = tc__srv_read_str(c, r, "GPU UUID", uuid_s, sizeof(uuid_s))) <
 	    0)
 		return rc;
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		return rc;
 	if (flags) {
 		snprintf(c->err, sizeof(c->err), "unknown ATTACH_GPU flags %#x",
 			 flags);
@@ -1272,7 +1329,7 @@ static int on_release_gpu(struct conn *c, struct req *r)
 
 	if (tc__cur_read_strcpy(&r->body, id, sizeof(id)) < 0 ||
 	    tc__cur_read_strcpy(&r->body, uuid_s, sizeof(uuid_s)) < 0 ||
-	    tc__gpu_uuid_parse(uuid_s, uuid) < 0)
+	    tc__srv_body_end(c, r) < 0 || tc__gpu_uuid_parse(uuid_s, uuid) < 0)
 		return TC_EPROTO;
 	/* Prefer a live artifact's lease; a removed one keeps its id. */
 	for (uint32_t i = 0; i < c->nleases; i++) {
@@ -1298,24 +1355,83 @@ static int on_release_gpu(struct conn *c, struct req *r)
 
 static int on_list(struct conn *c, struct req *r)
 {
+	int rc = tc__srv_body_end(c, r);
+
+	if (rc < 0)
+		return rc;
 	reply_json(c, r,
 		   tc__objs_list_json(&c->srv->objs, c->srv->spare_charged));
 	return 0;
 }
 
+/* INSPECT of a large artifact costs ~5 us and ~160 bytes per tensor: the
+ * table half is built on a worker (the object leased meanwhile), and the
+ * connection waits like for any job, so the loop serves others. */
+struct inspect_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r; /* header copy; body consumed */
+	struct tc__obj *o;
+	void *head;
+	char *json;
+};
+
+static void inspect_run(struct tc__job *job)
+{
+	struct inspect_job *j = (struct inspect_job *)job;
+
+	j->json = tc__obj_inspect_finish(j->head, j->o);
+}
+
+static void inspect_done(struct tc__job *job)
+{
+	struct inspect_job *j = (struct inspect_job *)job;
+	struct conn *c = j->c;
+
+	c->jobs--;
+	c->paused = false;
+	tc__objs_unlease(&c->srv->objs, j->o);
+	if (!c->closing) {
+		c->err[0] = '\0';
+		reply_json(c, &j->r, j->json);
+		tc__srv_conn_flush(c);
+		tc__srv_conn_process(c);
+	} else {
+		free(j->json);
+	}
+	tc__free(j);
+}
+
 static int on_inspect(struct conn *c, struct req *r)
 {
 	char ref[TC_PROTO_MAX_STR];
+	struct inspect_job *j;
 	struct tc__obj *o;
 	int rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref));
 
-	if (rc < 0)
+	if (rc < 0 || (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
 		return rc;
-	reply_json(c, r, tc__objs_inspect_json(&c->srv->objs, o));
-	return 0;
+	if (o->table.ntensors < 1024) {
+		reply_json(c, r, tc__objs_inspect_json(&c->srv->objs, o));
+		return 0;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->head = tc__objs_inspect_head(&c->srv->objs, o);
+	j->c = c;
+	j->r = *r;
+	j->o = o;
+	tc__objs_lease(&c->srv->objs, o);
+	j->job.run = inspect_run;
+	j->job.done = inspect_done;
+	c->jobs++;
+	c->paused = true;
+	tc__jobs_submit(c->srv->jobs, &j->job);
+	return 0; /* the reply comes when the job is done */
 }
 
 static int on_rm(struct conn *c, struct req *r)
@@ -1323,7 +1439,7 @@ static int on_rm(struct conn *c, struct req *r)
 	char ref[TC_PROTO_MAX_STR];
 	int rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref));
 
-	if (rc < 0)
+	if (rc < 0 || (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	rc = tc__objs_rm(&c->srv->objs, ref, c->err, sizeof(c->err));
 	if (rc < 0)
@@ -1345,7 +1461,8 @@ static int on_key_set(struct conn *c, struct req *r)
 	    (rc = tc__srv_read_str(c, r, "artifact id", id, sizeof(id))) < 0)
 		return rc;
 	if (tc__cur_read_u32(&r->body, &flags) < 0 ||
-	    tc__cur_read_u64(&r->body, &expect) < 0)
+	    tc__cur_read_u64(&r->body, &expect) < 0 ||
+	    tc__srv_body_end(c, r) < 0)
 		return TC_EPROTO;
 	rc = tc__objs_key_set(&c->srv->objs, key, id, flags & TC_RF_EXPECT,
 			      expect, &gen, c->err, sizeof(c->err));
@@ -1363,7 +1480,7 @@ static int on_keys(struct conn *c, struct req *r)
 	char *json;
 	int rc = tc__srv_read_str(c, r, "key", key, sizeof(key));
 
-	if (rc < 0)
+	if (rc < 0 || (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	json = tc__objs_keys_json(&c->srv->objs, key, &rc, c->err,
 				  sizeof(c->err));
@@ -1424,11 +1541,45 @@ static int dispatch(struct conn *c, struct req *r)
 	return rc == TC_EPROTO || rc == TC_EVERSION ? rc : 0;
 }
 
+/*
+ * A header that cannot be decoded (bad magic, version, type, flags or
+ * length): say why in an error reply, then close, as docs/protocol.md
+ * promises.  The reply echoes the header's type and req_id when the magic
+ * says they are ours to read; else it is a HELLO reply with req_id 0 (a
+ * connection-level error, see docs/protocol.md).
+ */
+static void header_error(struct conn *c, const uint8_t *in, int rc,
+			 const char *why)
+{
+	uint32_t magic = (uint32_t)in[0] | (uint32_t)in[1] << 8 |
+			 (uint32_t)in[2] << 16 | (uint32_t)in[3] << 24;
+	uint16_t type = (uint16_t)(in[6] | in[7] << 8);
+	uint32_t req = 0;
+	size_t off;
+
+	if (magic == TC_PROTO_MAGIC) {
+		req = (uint32_t)in[12] | (uint32_t)in[13] << 8 |
+		      (uint32_t)in[14] << 16 | (uint32_t)in[15] << 24;
+		if (type == 0 || type >= TC_MSG__MAX || !handlers[type].fn)
+			type = TC_MSG_HELLO;
+	} else {
+		type = TC_MSG_HELLO;
+	}
+	off = tc__frame_begin(&c->out, type, TC_PF_REPLY, req, 0);
+	tc__buf_put_i32(&c->out, rc);
+	tc__buf_put_str(&c->out, why);
+	tc__frame_finish(&c->out, off);
+	tc__srv_conn_flush(c);
+	conn_close(c, why);
+}
+
 /* Parse and dispatch every complete frame in the input buffer. */
 void tc__srv_conn_process(struct conn *c)
 {
+	int budget = FRAMES_PER_TURN;
 	char err[256];
 
+	c->backlog = false;
 	while (!c->closing && !c->paused) {
 		size_t avail = c->in_len - c->in_off;
 		struct req r;
@@ -1440,11 +1591,20 @@ void tc__srv_conn_process(struct conn *c)
 				      sizeof(err));
 		if (rc < 0) {
 			c->srv->n_proto_err++;
-			conn_close(c, err);
+			header_error(c, c->in + c->in_off, rc, err);
 			return;
 		}
 		if (avail < TC_FRAME_HDR + (size_t)r.h.body_len)
 			break;
+		/* Before the request runs: this turn's share is spent, or
+		 * the client has not read what it was sent.  Go on in a
+		 * later turn (before_sleep), or once the queue drains. */
+		if (budget == 0 || c->out.len - c->out_off > OUT_PAUSE_BYTES ||
+		    c->nofds >= OUT_PAUSE_FDS) {
+			c->backlog = true;
+			break;
+		}
+		budget--;
 		if (r.h.nfds > c->nfdq) {
 			c->srv->n_proto_err++;
 			conn_close(c, "frame declares fds that did not arrive");
@@ -1492,7 +1652,10 @@ static void conn_update_events(struct conn *c)
 
 	if (c->closing)
 		return;
-	if (!c->paused)
+	/* Read no more while frames already read wait their turn or the
+	 * client leaves its replies unread: the input stays bounded. */
+	if (!c->paused && !c->backlog &&
+	    c->out.len - c->out_off <= OUT_PAUSE_BYTES)
 		mask |= TC_EV_READ;
 	if (c->out_off < c->out.len)
 		mask |= TC_EV_WRITE;
@@ -1529,6 +1692,8 @@ void tc__srv_conn_flush(struct conn *c)
 			conn_close(c, "send failed");
 			return;
 		}
+		if (n > 0)
+			c->out_progress_ms = tc__now_ms();
 		if (nfds) {
 			for (int i = 0; i < nfds; i++)
 				close(fds[i]); /* the queue's dups */
@@ -1539,12 +1704,15 @@ void tc__srv_conn_flush(struct conn *c)
 	}
 	if (c->out_off == c->out.len) {
 		c->out_off = c->out.len = 0;
+		c->out_progress_ms = 0;
 		/* Give back a big buffer once drained. */
 		if (c->out.cap > ((size_t)1 << 20))
 			tc__buf_release(&c->out);
 	} else if (c->out.len - c->out_off > c->srv->cfg->max_outbuf) {
 		conn_close(c, "client does not read its replies");
 		return;
+	} else if (!c->out_progress_ms) {
+		c->out_progress_ms = tc__now_ms(); /* waiting from now */
 	}
 	conn_update_events(c);
 }
@@ -1585,6 +1753,7 @@ static void conn_read(struct conn *c)
 	memcpy(c->fdq + c->nfdq, fds, sizeof(int) * (size_t)nfds);
 	c->nfdq += nfds;
 	c->in_len += (size_t)n;
+	c->last_rx_ms = tc__now_ms();
 	tc__srv_conn_process(c);
 }
 
@@ -1652,11 +1821,129 @@ static void conn_free(struct conn *c)
 
 /* ------------------------------------------------------------- accept */
 
+/*
+ * Turn a connection away with a reason it can show: a HELLO reply with
+ * req_id 0 (a connection-level error, docs/protocol.md), then close.  What
+ * the client already sent is read and dropped first (fds closed), so the
+ * close does not reset the connection before the client reads the reply.
+ */
+static void refuse(int fd, int rc, const char *fmt, ...)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	char msg[256];
+	va_list ap;
+	size_t off;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	off = tc__frame_begin(&b, TC_MSG_HELLO, TC_PF_REPLY, 0, 0);
+	tc__buf_put_i32(&b, rc);
+	tc__buf_put_str(&b, msg);
+	tc__frame_finish(&b, off);
+	if (!b.oom &&
+	    send(fd, b.data, b.len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		/* The client is gone or not reading: nothing to tell. */
+	}
+	tc__buf_release(&b);
+	shutdown(fd, SHUT_WR);
+	for (int i = 0; i < 4; i++) {
+		uint8_t junk[4096];
+		int fds[TC_MAX_FDS_PER_MSG], nfds = 0;
+		struct iovec iov = { junk, sizeof(junk) };
+		ssize_t n = tc__fdpass_recv(fd, iov.iov_base, iov.iov_len, fds,
+					    &nfds, TC_MAX_FDS_PER_MSG);
+
+		for (int k = 0; k < nfds; k++)
+			close(fds[k]);
+		if (n <= 0)
+			break;
+	}
+	close(fd);
+}
+
+/* Holds nothing the client could lose: no lease, put, binding, job or
+ * unsent reply. */
+static bool conn_empty(const struct conn *c)
+{
+	return !c->closing && !c->nleases && !c->npending && !c->bindings &&
+	       !c->jobs && c->out_off == c->out.len;
+}
+
+/*
+ * Every slot (or uid's share, uid != -1) is taken: close the connection
+ * that holds nothing and has been quiet longest (at least
+ * EVICT_MIN_IDLE_MS), so idle connections cannot lock a new client out.
+ * Returns whether one was closed.
+ */
+static bool evict_idle(struct server *s, long uid, uint64_t now)
+{
+	struct conn *victim = NULL;
+
+	for (struct conn *c = s->conns; c; c = c->next) {
+		if ((uid >= 0 && c->uid != (uid_t)uid) || !conn_empty(c) ||
+		    now - c->last_rx_ms < EVICT_MIN_IDLE_MS)
+			continue;
+		if (!victim || c->last_rx_ms < victim->last_rx_ms)
+			victim = c;
+	}
+	if (!victim)
+		return false;
+	conn_close(victim, "idle, holding nothing: its slot went to a new "
+			   "client");
+	return true;
+}
+
+/* Live (not closing) connections, all or of one uid. */
+static int conns_live(const struct server *s, long uid)
+{
+	int n = 0;
+
+	for (const struct conn *c = s->conns; c; c = c->next)
+		if (!c->closing && (uid < 0 || c->uid == (uid_t)uid))
+			n++;
+	return n;
+}
+
+/*
+ * accept failed with EMFILE/ENFILE: the pending connection would wake the
+ * loop again at once (a busy loop).  Spend the reserve fd to accept it and
+ * turn it away, then take the reserve back; without a reserve, stop
+ * accepting for a moment (on_tick resumes).
+ */
+static void accept_shed(struct server *s, int err)
+{
+	static struct tc__ratelimit rl;
+	int fd;
+
+	if (s->reserve_fd >= 0) {
+		close(s->reserve_fd);
+		s->reserve_fd = -1;
+		fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0)
+			refuse(fd, TC_EBUSY,
+			       "the daemon is out of file descriptors (%s); "
+			       "try again later",
+			       strerror(err));
+		s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	tc__log_rl(&rl, TC_LOG_WARN,
+		   "accept: %s: refusing new connections until fds are "
+		   "free (%d clients)",
+		   strerror(err), s->nconns);
+	if (s->reserve_fd < 0) {
+		tc__ev_del(s->ev, s->lfd);
+		s->accept_resume_ms = tc__now_ms() + 100;
+	}
+}
+
 static void on_accept(struct tc__ev *ev, int lfd, void *arg, int mask)
 {
+	static struct tc__ratelimit rl_uid, rl_full, rl_err;
 	struct server *s = arg;
 
 	for (int burst = 0; burst < 64; burst++) {
+		uint64_t now = tc__now_ms();
 		struct conn *c;
 		pid_t pid;
 		uid_t uid;
@@ -1664,39 +1951,70 @@ static void on_accept(struct tc__ev *ev, int lfd, void *arg, int mask)
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				accept_shed(s, errno);
+				if (s->reserve_fd < 0)
+					return;
+				continue;
+			}
 			if (errno != EAGAIN && errno != EINTR)
-				tc__log(TC_LOG_WARN, "accept failed: %s",
-					strerror(errno));
+				tc__log_rl(&rl_err, TC_LOG_WARN,
+					   "accept failed: %s",
+					   strerror(errno));
 			return;
 		}
 		if (tc__sock_peercred(fd, &pid, &uid, &gid) < 0 ||
 		    (uid != getuid() && uid != 0)) {
-			tc__log(TC_LOG_WARN,
-				"refused a connection from uid %u (pid %d)",
-				(unsigned)uid, (int)pid);
-			close(fd);
+			tc__log_rl(&rl_uid, TC_LOG_WARN,
+				   "refused a connection from uid %u (pid %d)",
+				   (unsigned)uid, (int)pid);
+			refuse(fd, TC_EPERM,
+			       "uid %u may not use this daemon (it serves uid "
+			       "%u and root)",
+			       (unsigned)uid, (unsigned)getuid());
 			continue;
 		}
-		if (s->nconns >= s->cfg->max_clients) {
-			tc__log(TC_LOG_WARN,
-				"refused pid %d: %d clients already connected",
-				(int)pid, s->nconns);
-			close(fd);
+		/* A uid over its share (root keeps the rest), or no slot
+		 * left: an idle connection holding nothing gives its slot;
+		 * else the newcomer is told why. */
+		if (uid != 0 && conns_live(s, (long)uid) >= s->max_per_uid &&
+		    !evict_idle(s, (long)uid, now)) {
+			tc__log_rl(&rl_full, TC_LOG_WARN,
+				   "refused pid %d: uid %u holds %d "
+				   "connections (max_clients_per_uid)",
+				   (int)pid, (unsigned)uid, s->max_per_uid);
+			refuse(fd, TC_EBUSY,
+			       "uid %u already holds %d connections to the "
+			       "daemon (max_clients_per_uid)",
+			       (unsigned)uid, s->max_per_uid);
+			continue;
+		}
+		if (conns_live(s, -1) >= s->max_clients &&
+		    !evict_idle(s, -1, now)) {
+			tc__log_rl(&rl_full, TC_LOG_WARN,
+				   "refused pid %d: %d clients already "
+				   "connected (max_clients)",
+				   (int)pid, s->max_clients);
+			refuse(fd, TC_EBUSY,
+			       "the daemon serves %d clients already "
+			       "(max_clients); try again later",
+			       s->max_clients);
 			continue;
 		}
 		c = tc__calloc(1, sizeof(*c));
 		if (!c) {
-			close(fd);
+			refuse(fd, -ENOMEM, "the daemon is out of memory");
 			continue;
 		}
 		c->srv = s;
 		c->fd = fd;
 		c->pid = pid;
 		c->uid = uid;
-		c->accepted_ms = tc__now_ms();
+		c->accepted_ms = c->last_rx_ms = now;
 		tc__buf_init(&c->out);
 		if (tc__ev_add(s->ev, fd, TC_EV_READ, on_conn_io, c) < 0) {
-			close(fd);
+			refuse(fd, TC_EBUSY,
+			       "the daemon cannot watch more connections");
 			tc__free(c);
 			continue;
 		}
@@ -1714,6 +2032,18 @@ static void before_sleep(struct tc__ev *ev, void *arg)
 
 	for (struct conn **pp = &s->conns; *pp;) {
 		struct conn *c = *pp;
+
+		/* One more share for each connection with frames waiting
+		 * (round robin: every connection gets a turn per loop). */
+		if (!c->closing && c->backlog && !c->paused &&
+		    c->out.len - c->out_off <= OUT_PAUSE_BYTES &&
+		    c->nofds < OUT_PAUSE_FDS) {
+			tc__srv_conn_process(c);
+			if (c->backlog && !c->paused &&
+			    c->out.len - c->out_off <= OUT_PAUSE_BYTES &&
+			    c->nofds < OUT_PAUSE_FDS)
+				tc__ev_no_sleep(ev);
+		}
 
 		if (c->closing && c->jobs == 0) {
 			*pp = c->next;
@@ -1735,8 +2065,24 @@ static void on_tick(struct tc__ev *ev, void *arg)
 		if (!c->hello &&
 		    now - c->accepted_ms > (uint64_t)s->cfg->handshake_ms)
 			conn_close(c, "no HELLO within the handshake timeout");
+		else if (c->out_progress_ms &&
+			 now - c->out_progress_ms >
+				 (uint64_t)s->cfg->write_stall_ms)
+			conn_close(c, "client reads none of its replies "
+				      "(write_stall_ms)");
+		else if (s->cfg->idle_timeout_ms && conn_empty(c) &&
+			 now - c->last_rx_ms >
+				 (uint64_t)s->cfg->idle_timeout_ms)
+			conn_close(c, "idle, holding nothing "
+				      "(idle_timeout_ms)");
 		else if (c->progress_job)
 			send_progress(c, now);
+	}
+	if (s->accept_resume_ms && now >= s->accept_resume_ms) {
+		s->accept_resume_ms = 0;
+		if (s->reserve_fd < 0)
+			s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		tc__ev_add(s->ev, s->lfd, TC_EV_READ, on_accept, s);
 	}
 	spare_refill(s);
 	tc__srv_metrics_publish(s, now, false);
@@ -1757,6 +2103,59 @@ static void on_signal(struct tc__ev *ev, int fd, void *arg, int mask)
 
 /* -------------------------------------------------------------- run */
 
+/* fds kept for everything but clients: artifacts (two each), imports,
+ * workers, the log. */
+#define FD_HEADROOM 256
+/* fds one client may hold at worst is more (queued input and output fds,
+ * an import), but most hold one or two; EMFILE is handled either way. */
+#define FDS_PER_CLIENT 4
+
+/*
+ * Raise the soft RLIMIT_NOFILE to the hard limit, and size the client
+ * limit so that clients cannot take the fds artifacts and imports need.
+ * Returns the fd limit the event loop must cover.
+ */
+static int size_limits(struct server *s)
+{
+	const struct tc__store_config *cfg = s->cfg;
+	struct rlimit rl;
+	rlim_t want;
+	int fit, nofile = 1024;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		want = rl.rlim_max;
+		/* An unlimited hard limit still has the kernel's cap, and
+		 * the loop keeps a slot per fd number: stay reasonable. */
+		if (want == RLIM_INFINITY || want > (rlim_t)1 << 20)
+			want = (rlim_t)1 << 20;
+		if (rl.rlim_cur < want) {
+			rl.rlim_cur = want;
+			if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+				getrlimit(RLIMIT_NOFILE, &rl);
+		}
+		nofile = rl.rlim_cur > (rlim_t)1 << 20 ? 1 << 20 :
+							 (int)rl.rlim_cur;
+	}
+	fit = (nofile - FD_HEADROOM) / FDS_PER_CLIENT;
+	if (fit < 1)
+		fit = 1;
+	s->max_clients = cfg->max_clients;
+	if (s->max_clients > fit) {
+		tc__log(TC_LOG_WARN,
+			"max_clients %d lowered to %d: the fd limit is %d "
+			"(raise the hard limit, ulimit -Hn, for more)",
+			cfg->max_clients, fit, nofile);
+		s->max_clients = fit;
+	}
+	s->max_per_uid =
+		cfg->max_clients_per_uid ?
+			TC_MIN(cfg->max_clients_per_uid, s->max_clients) :
+			s->max_clients - s->max_clients / 8;
+	if (s->max_per_uid < 1)
+		s->max_per_uid = 1;
+	return nofile;
+}
+
 int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		   size_t errlen)
 {
@@ -1766,7 +2165,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 
 	tc__log_set_format(cfg->log_format);
 	s.cfg = cfg;
-	s.lfd = s.sigfd = -1;
+	s.lfd = s.sigfd = s.reserve_fd = -1;
 	s.epoch =
 		(uint64_t)time(NULL) * 1000000000u + tc__now_ns() % 1000000000u;
 	s.start_ms = tc__now_ms();
@@ -1780,7 +2179,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	sigaddset(&mask, SIGINT);
 	pthread_sigmask(SIG_BLOCK, &mask, NULL);
 
-	s.ev = tc__ev_new(cfg->max_clients + 256);
+	s.ev = tc__ev_new(size_limits(&s));
 	if (!s.ev) {
 		snprintf(err, errlen, "cannot create the event loop: %s",
 			 strerror(errno));
@@ -1792,6 +2191,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	rc = tc__sock_listen(cfg->socket, 512, &s.lfd, err, errlen);
 	if (rc < 0)
 		goto out_ev;
+	s.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	s.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (s.sigfd < 0) {
 		rc = -errno;
@@ -1799,14 +2199,19 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		goto out_listen;
 	}
 	rc = tc__jobs_new(cfg->job_threads, s.ev, &s.jobs);
+	if (rc == 0)
+		rc = tc__jobs_new_elastic(cfg->job_threads, IO_JOBS_MAX, s.ev,
+					  &s.io_jobs);
 	if (rc < 0) {
 		snprintf(err, errlen, "cannot start workers: %s",
 			 strerror(-rc));
+		tc__jobs_free(s.jobs);
 		goto out_sig;
 	}
 	rc = tc__gpu_tier_new(cfg, &s.objs, s.jobs, &s.gpu);
 	if (rc < 0) {
 		snprintf(err, errlen, "out of memory");
+		tc__jobs_free(s.io_jobs);
 		tc__jobs_free(s.jobs);
 		goto out_sig;
 	}
@@ -1849,6 +2254,17 @@ out_stop:
 		conn_close(c, NULL);
 	tc__gpu_tier_stop(s.gpu);
 	s.stopping = true;
+	/* An import blocked in a read that never returns (a hung mount)
+	 * must not hold the stop: give I/O jobs a moment, then leave them
+	 * (the process exits; their connections are not freed). */
+	if (tc__jobs_free_within(s.io_jobs, STOP_IO_WAIT_MS) < 0) {
+		tc__log(TC_LOG_WARN,
+			"stopping with imports still blocked in I/O");
+		unlink(cfg->socket);
+		tc__jobs_free(s.jobs);
+		tc__log(TC_LOG_INFO, "tcast daemon stopped");
+		return 0;
+	}
 	tc__jobs_free(s.jobs);
 	spare_drop(&s);
 	before_sleep(s.ev, &s);
@@ -1858,6 +2274,8 @@ out_stop:
 	tc__log(TC_LOG_INFO, "tcast daemon stopped");
 out_sig:
 	close(s.sigfd);
+	if (s.reserve_fd >= 0)
+		close(s.reserve_fd);
 out_listen:
 	close(s.lfd);
 out_ev:

@@ -30,6 +30,22 @@ struct binding;
 #define READ_CHUNK	 65536 /* bytes read per readable event at most */
 #define MAX_PENDING_PUTS 64    /* unsealed puts per connection */
 #define PROGRESS_MS	 200   /* interval of PROGRESS frames */
+/* Per connection and loop turn: at most this many frames are handled, and
+ * none while more than OUT_PAUSE_BYTES or OUT_PAUSE_FDS of replies wait to
+ * be sent (checked before each request runs).  The rest waits for a later
+ * turn, so one client's pipeline cannot hold the loop or grow its queue
+ * without bound while others wait. */
+#define FRAMES_PER_TURN 16
+#define OUT_PAUSE_BYTES ((size_t)4 << 20)
+#define OUT_PAUSE_FDS	16
+/* A connection holding nothing, quiet this long, may give its slot to a
+ * new client when every slot is taken. */
+#define EVICT_MIN_IDLE_MS 1000
+/* Import workers: one per import in flight, up to this many, so imports
+ * blocked for good in a hung mount do not starve the others. */
+#define IO_JOBS_MAX 64
+/* How long a stop waits for imports blocked in I/O. */
+#define STOP_IO_WAIT_MS 2000
 
 struct server;
 
@@ -70,6 +86,9 @@ struct conn {
 	int jobs;     /* jobs in flight for this connection */
 	bool paused;  /* a job runs: frames wait in `in` */
 	uint64_t accepted_ms;
+	uint64_t last_rx_ms;	  /* bytes last arrived */
+	uint64_t out_progress_ms; /* replies waiting since; 0 = none */
+	bool backlog;		  /* complete frames left for a later turn */
 	char name[64];
 
 	uint8_t *in; /* owned input buffer */
@@ -107,6 +126,11 @@ struct server {
 	struct tc__gpu_tier *gpu;
 	int lfd;
 	int sigfd;
+	int reserve_fd;		   /* spent to shed a connection on EMFILE */
+	int max_clients;	   /* cfg's, lowered to fit RLIMIT_NOFILE */
+	int max_per_uid;	   /* connections one non-root uid may hold */
+	uint64_t accept_resume_ms; /* accepting paused until (fds ran out) */
+	struct tc__jobs *io_jobs;  /* imports: I/O that may hang */
 	struct conn *conns;
 	int nconns;
 	uint64_t epoch;
@@ -155,6 +179,8 @@ int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
 /* Refresh the metrics gauges (server_metrics.c): at most every 250 ms
  * unless `force`. */
 void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force);
+/* TC_EPROTO (c->err set) when bytes follow the last field of the body. */
+int tc__srv_body_end(struct conn *c, struct req *r);
 
 /* ---- bindings (binding.c) -------------------------------------------- */
 

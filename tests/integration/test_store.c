@@ -735,9 +735,13 @@ static void test_store__hostile_frames(void **state)
 	uint8_t *body, big[TC_FRAME_HDR];
 	int fd, p[2], status;
 
-	/* Bad magic. */
+	/* Bad magic: an error reply says why, then the connection ends. */
 	fd = t_raw_connect(D.sock);
 	assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	assert_int_equal(t_raw_recv(fd, &h, &body, NULL, NULL), 0);
+	memcpy(&status, body, 4);
+	assert_int_equal(status, TC_EPROTO);
+	free(body);
 	assert_int_equal(t_raw_recv(fd, &h, &body, NULL, NULL), -1);
 	free(body);
 	close(fd);
@@ -762,6 +766,10 @@ static void test_store__hostile_frames(void **state)
 		assert_int_equal(write(fd, big, sizeof(big)),
 				 (ssize_t)sizeof(big));
 	}
+	assert_int_equal(t_raw_recv(fd, &h, &body, NULL, NULL), 0);
+	memcpy(&status, body, 4);
+	assert_int_equal(status, TC_ELIMIT);
+	free(body);
 	assert_int_equal(t_raw_recv(fd, &h, &body, NULL, NULL), -1);
 	free(body);
 	close(fd);
