@@ -245,8 +245,12 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		}
 		return 0;
 	}
-	if (!strcmp(key, "max_clients_per_uid")) {
-		if (set_int(val, 0, 65000, &c->max_clients_per_uid) < 0) {
+	if (!strcmp(key, "max_clients_per_uid") ||
+	    !strcmp(key, "max_clients_per_pid")) {
+		int *dst = key[16] == 'u' ? &c->max_clients_per_uid :
+					    &c->max_clients_per_pid;
+
+		if (set_int(val, 0, 65000, dst) < 0) {
 			snprintf(why, whylen,
 				 "must be an integer 0 (auto)..65000");
 			return TC_EINVAL;

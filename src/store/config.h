@@ -39,6 +39,8 @@ struct tc__store_config {
 	int max_clients_per_uid; /* connections of one uid; 0 = auto
 				    (max_clients - max_clients / 8: the
 				    rest is kept for root) */
+	int max_clients_per_pid; /* connections of one process; 0 = auto
+				    (max_clients / 4, at least 4) */
 	uint32_t max_tensors;	 /* tensors per artifact (<= TC_MAX_TENSORS) */
 	bool pin_eager;		 /* gpu_pin_host: pin large host replicas when
 				    they are sealed, once a GPU is in use
@@ -53,7 +55,7 @@ void tc__config_defaults(struct tc__store_config *c);
  * job_threads, max_clients, log_level, log_file, handshake_ms,
  * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,
  * metrics_port, log_format, idle_timeout_ms, write_stall_ms,
- * max_clients_per_uid, max_tensors).  Returns
+ * max_clients_per_uid, max_clients_per_pid, max_tensors).  Returns
  * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);

@@ -27,6 +27,7 @@
 
 #include "common/alloc.h"
 #include "common/compiler.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "gpu_loader.h"
 #include "gpu_tier.h"
@@ -297,7 +298,7 @@ static int on_status(struct conn *c, struct req *r)
 	free(cfg);
 	j = json_pack(
 		"{s:s, s:i, s:I, s:s?, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, "
-		"s:I, s:I, s:I, s:i, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:i}",
+		"s:I, s:I, s:I, s:i, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:i, s:i}",
 		"version", TC_VERSION_STRING, "pid", (int)getpid(), "epoch",
 		(json_int_t)s->epoch, "socket", s->cfg->socket, "uptime_ms",
 		(json_int_t)(tc__now_ms() - s->start_ms), "clients", s->nconns,
@@ -316,7 +317,7 @@ static int on_status(struct conn *c, struct req *r)
 		"gpu_attaches", (json_int_t)s->n_attach_gpu, "gpu",
 		g ? g : json_null(), "config", cj ? cj : json_null(),
 		"max_clients", s->max_clients, "max_clients_per_uid",
-		s->max_per_uid);
+		s->max_per_uid, "max_clients_per_pid", s->max_per_pid);
 	reply_json(c, r, j ? json_dumps(j, JSON_COMPACT) : NULL);
 	json_decref(j);
 	return 0;
@@ -531,6 +532,8 @@ static void import_run(struct tc__job *job)
 	uint64_t n;
 
 	if (j->phase == 1) {
+		/* Tests: a read that never returns (a hung mount). */
+		tc__failpoint_hang("import_hang", j->display);
 		j->rc = tc__source_open_fd(j->fd, j->display, &j->src, j->err,
 					   sizeof(j->err));
 		if (j->rc == 0) {
@@ -1876,12 +1879,13 @@ static bool conn_empty(const struct conn *c)
  * EVICT_MIN_IDLE_MS), so idle connections cannot lock a new client out.
  * Returns whether one was closed.
  */
-static bool evict_idle(struct server *s, long uid, uint64_t now)
+static bool evict_idle(struct server *s, long uid, long pid, uint64_t now)
 {
 	struct conn *victim = NULL;
 
 	for (struct conn *c = s->conns; c; c = c->next) {
-		if ((uid >= 0 && c->uid != (uid_t)uid) || !conn_empty(c) ||
+		if ((uid >= 0 && c->uid != (uid_t)uid) ||
+		    (pid >= 0 && c->pid != (pid_t)pid) || !conn_empty(c) ||
 		    now - c->last_rx_ms < EVICT_MIN_IDLE_MS)
 			continue;
 		if (!victim || c->last_rx_ms < victim->last_rx_ms)
@@ -1894,13 +1898,14 @@ static bool evict_idle(struct server *s, long uid, uint64_t now)
 	return true;
 }
 
-/* Live (not closing) connections, all or of one uid. */
-static int conns_live(const struct server *s, long uid)
+/* Live (not closing) connections, all or of one uid or pid. */
+static int conns_live(const struct server *s, long uid, long pid)
 {
 	int n = 0;
 
 	for (const struct conn *c = s->conns; c; c = c->next)
-		if (!c->closing && (uid < 0 || c->uid == (uid_t)uid))
+		if (!c->closing && (uid < 0 || c->uid == (uid_t)uid) &&
+		    (pid < 0 || c->pid == (pid_t)pid))
 			n++;
 	return n;
 }
@@ -1974,11 +1979,25 @@ static void on_accept(struct tc__ev *ev, int lfd, void *arg, int mask)
 			       (unsigned)uid, (unsigned)getuid());
 			continue;
 		}
-		/* A uid over its share (root keeps the rest), or no slot
-		 * left: an idle connection holding nothing gives its slot;
+		/* A process over its share, a uid over its share (root
+		 * keeps the rest), or no slot left: an idle connection
+		 * holding nothing (of that process or uid) gives its slot;
 		 * else the newcomer is told why. */
-		if (uid != 0 && conns_live(s, (long)uid) >= s->max_per_uid &&
-		    !evict_idle(s, (long)uid, now)) {
+		if (conns_live(s, -1, (long)pid) >= s->max_per_pid &&
+		    !evict_idle(s, -1, (long)pid, now)) {
+			tc__log_rl(&rl_full, TC_LOG_WARN,
+				   "refused pid %d: it holds %d connections "
+				   "(max_clients_per_pid)",
+				   (int)pid, s->max_per_pid);
+			refuse(fd, TC_EBUSY,
+			       "process %d already holds %d connections to "
+			       "the daemon (max_clients_per_pid)",
+			       (int)pid, s->max_per_pid);
+			continue;
+		}
+		if (uid != 0 &&
+		    conns_live(s, (long)uid, -1) >= s->max_per_uid &&
+		    !evict_idle(s, (long)uid, -1, now)) {
 			tc__log_rl(&rl_full, TC_LOG_WARN,
 				   "refused pid %d: uid %u holds %d "
 				   "connections (max_clients_per_uid)",
@@ -1989,8 +2008,8 @@ static void on_accept(struct tc__ev *ev, int lfd, void *arg, int mask)
 			       (unsigned)uid, s->max_per_uid);
 			continue;
 		}
-		if (conns_live(s, -1) >= s->max_clients &&
-		    !evict_idle(s, -1, now)) {
+		if (conns_live(s, -1, -1) >= s->max_clients &&
+		    !evict_idle(s, -1, -1, now)) {
 			tc__log_rl(&rl_full, TC_LOG_WARN,
 				   "refused pid %d: %d clients already "
 				   "connected (max_clients)",
@@ -2136,7 +2155,7 @@ static int size_limits(struct server *s)
 		nofile = rl.rlim_cur > (rlim_t)1 << 20 ? 1 << 20 :
 							 (int)rl.rlim_cur;
 	}
-	fit = (nofile - FD_HEADROOM) / FDS_PER_CLIENT;
+	fit = (nofile - TC_MIN(FD_HEADROOM, nofile / 2)) / FDS_PER_CLIENT;
 	if (fit < 1)
 		fit = 1;
 	s->max_clients = cfg->max_clients;
@@ -2153,6 +2172,10 @@ static int size_limits(struct server *s)
 			s->max_clients - s->max_clients / 8;
 	if (s->max_per_uid < 1)
 		s->max_per_uid = 1;
+	s->max_per_pid =
+		cfg->max_clients_per_pid ?
+			TC_MIN(cfg->max_clients_per_pid, s->max_clients) :
+			TC_MAX(TC_MIN(4, s->max_clients), s->max_clients / 4);
 	return nofile;
 }
 

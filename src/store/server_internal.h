@@ -129,6 +129,7 @@ struct server {
 	int reserve_fd;		   /* spent to shed a connection on EMFILE */
 	int max_clients;	   /* cfg's, lowered to fit RLIMIT_NOFILE */
 	int max_per_uid;	   /* connections one non-root uid may hold */
+	int max_per_pid;	   /* connections one process may hold */
 	uint64_t accept_resume_ms; /* accepting paused until (fds ran out) */
 	struct tc__jobs *io_jobs;  /* imports: I/O that may hang */
 	struct conn *conns;

@@ -1,0 +1,57 @@
+/*
+ * failpoint.c - named fault-injection points (see failpoint.h).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "failpoint.h"
+
+static const char *spec;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void load(void)
+{
+	spec = getenv("TCAST_FAILPOINTS");
+	if (spec && !*spec)
+		spec = NULL;
+}
+
+bool tc__failpoint(const char *name, const char *subject)
+{
+	size_t nl = strlen(name);
+
+	pthread_once(&once, load);
+	if (!spec)
+		return false;
+	for (const char *p = spec; *p;) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (len > nl && !strncmp(p, name, nl) && p[nl] == '=') {
+			char sub[256];
+			size_t sl = len - nl - 1;
+
+			if (sl < sizeof(sub)) {
+				memcpy(sub, p + nl + 1, sl);
+				sub[sl] = '\0';
+				if (!sl || (subject && strstr(subject, sub)))
+					return true;
+			}
+		}
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	return false;
+}
+
+void tc__failpoint_hang(const char *name, const char *subject)
+{
+	if (!tc__failpoint(name, subject))
+		return;
+	for (;;)
+		pause();
+}

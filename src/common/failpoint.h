@@ -1,0 +1,21 @@
+/*
+ * failpoint.h - named fault-injection points for tests.
+ *
+ * TCAST_FAILPOINTS="name=substring[,name=substring...]" in the daemon's
+ * environment arms them; unset (the normal case) each check is one load
+ * of a cached flag.  Only the daemon's owner sets its environment, so a
+ * failpoint gives nobody anything they could not do already.
+ */
+#ifndef TC_FAILPOINT_H
+#define TC_FAILPOINT_H
+
+#include <stdbool.h>
+
+/* True when failpoint `name` is armed for `subject` (its substring is in
+ * subject, or it is armed with an empty substring). */
+bool tc__failpoint(const char *name, const char *subject);
+/* "hang" failpoints: block the calling thread for good, like a read on a
+ * hung NFS or FUSE mount (only the process's exit ends it). */
+void tc__failpoint_hang(const char *name, const char *subject);
+
+#endif /* TC_FAILPOINT_H */
