@@ -238,7 +238,11 @@ static void test_conn__status_json_hostile_socket_path(void **state)
 	snprintf(sdir, sizeof(sdir), "%s/q\"x\\y\x01z", dir);
 	assert_int_equal(mkdir(sdir, 0700), 0);
 	snprintf(sock, sizeof(sock), "%s/d.sock", sdir);
-	snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
+	/* $TCAST_BIN: another daemon build (as tlib's t_daemon_start). */
+	if (getenv("TCAST_BIN"))
+		snprintf(bin, sizeof(bin), "%s", getenv("TCAST_BIN"));
+	else
+		snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
 	pid = fork();
 	if (pid == 0) {
 		int null = open("/dev/null", O_WRONLY);

@@ -74,7 +74,11 @@ static void start_daemon(struct t_daemon *d, int nofile, const char *env,
 	snprintf(d->dir, sizeof(d->dir), "%s", dir);
 	free(dir);
 	snprintf(d->sock, sizeof(d->sock), "%s/run/d.sock", d->dir);
-	snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
+	/* $TCAST_BIN: another daemon build (as tlib's t_daemon_start). */
+	if (getenv("TCAST_BIN"))
+		snprintf(bin, sizeof(bin), "%s", getenv("TCAST_BIN"));
+	else
+		snprintf(bin, sizeof(bin), "%s/tcast", TC_TEST_BIN);
 	snprintf(log, sizeof(log), "%s/log", d->dir);
 	argv[argc++] = bin;
 	argv[argc++] = "--socket";
