@@ -1580,6 +1580,7 @@ static void header_error(struct conn *c, const uint8_t *in, int rc,
 void tc__srv_conn_process(struct conn *c)
 {
 	int budget = FRAMES_PER_TURN;
+	size_t body_bytes = 0; /* decoding a big table costs per byte */
 	char err[256];
 
 	c->backlog = false;
@@ -1602,12 +1603,14 @@ void tc__srv_conn_process(struct conn *c)
 		/* Before the request runs: this turn's share is spent, or
 		 * the client has not read what it was sent.  Go on in a
 		 * later turn (before_sleep), or once the queue drains. */
-		if (budget == 0 || c->out.len - c->out_off > OUT_PAUSE_BYTES ||
+		if (budget == 0 || body_bytes >= BODY_BYTES_PER_TURN ||
+		    c->out.len - c->out_off > OUT_PAUSE_BYTES ||
 		    c->nofds >= OUT_PAUSE_FDS) {
 			c->backlog = true;
 			break;
 		}
 		budget--;
+		body_bytes += r.h.body_len;
 		if (r.h.nfds > c->nfdq) {
 			c->srv->n_proto_err++;
 			conn_close(c, "frame declares fds that did not arrive");

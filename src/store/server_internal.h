@@ -35,9 +35,10 @@ struct binding;
  * be sent (checked before each request runs).  The rest waits for a later
  * turn, so one client's pipeline cannot hold the loop or grow its queue
  * without bound while others wait. */
-#define FRAMES_PER_TURN 16
-#define OUT_PAUSE_BYTES ((size_t)4 << 20)
-#define OUT_PAUSE_FDS	16
+#define FRAMES_PER_TURN	    16
+#define BODY_BYTES_PER_TURN ((size_t)1 << 20) /* after the first frame */
+#define OUT_PAUSE_BYTES	    ((size_t)4 << 20)
+#define OUT_PAUSE_FDS	    16
 /* A connection holding nothing, quiet this long, may give its slot to a
  * new client when every slot is taken. */
 #define EVICT_MIN_IDLE_MS 1000
