@@ -51,9 +51,11 @@ void tc__config_defaults(struct tc__store_config *c)
 	c->handshake_ms = 10000;
 	c->max_outbuf = (uint64_t)256 << 20;
 	c->host_spare = TC_SPARE_AUTO;
-	/* Generous for real clients (a trainer may hold a connection quiet
-	 * for minutes); only connections that hold nothing time out. */
-	c->idle_timeout_ms = 600000;
+	/* Off: a real client may keep a connection that holds nothing quiet
+	 * for hours (a put per checkpoint), and libtcast does not reconnect.
+	 * Idle connections give up their slot when the daemon is full
+	 * instead (server.c, evict_idle). */
+	c->idle_timeout_ms = 0;
 	c->write_stall_ms = 30000;
 	c->max_clients_per_uid = 0;
 	c->max_tensors = TC_MAX_TENSORS;

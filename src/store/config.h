@@ -33,7 +33,7 @@ struct tc__store_config {
 	int log_format;	     /* TC_LOG_TEXT or TC_LOG_JSON (common/log.h) */
 	int idle_timeout_ms; /* a connection holding nothing (no lease, put,
 				binding or job) and sending nothing this long
-				is closed; 0 = never */
+				is closed; 0 = never (default) */
 	int write_stall_ms;  /* a client whose queued replies make no
 				progress this long is dropped */
 	int max_clients_per_uid; /* connections of one uid; 0 = auto

@@ -1868,6 +1868,19 @@ static void refuse(int fd, int rc, const char *fmt, ...)
 	close(fd);
 }
 
+/* Close a connection that holds nothing, telling the client why: a
+ * connection-level error (req_id 0) its next call returns. */
+static void conn_close_told(struct conn *c, const char *why)
+{
+	size_t off = tc__frame_begin(&c->out, TC_MSG_HELLO, TC_PF_REPLY, 0, 0);
+
+	tc__buf_put_i32(&c->out, TC_EBUSY);
+	tc__buf_put_str(&c->out, why);
+	tc__frame_finish(&c->out, off);
+	tc__srv_conn_flush(c);
+	conn_close(c, why);
+}
+
 /* Holds nothing the client could lose: no lease, put, binding, job or
  * unsent reply. */
 static bool conn_empty(const struct conn *c)
@@ -1896,8 +1909,8 @@ static bool evict_idle(struct server *s, long uid, long pid, uint64_t now)
 	}
 	if (!victim)
 		return false;
-	conn_close(victim, "idle, holding nothing: its slot went to a new "
-			   "client");
+	conn_close_told(victim, "the daemon closed this idle connection: its "
+				"slot went to a new client (reconnect)");
 	return true;
 }
 
@@ -2095,8 +2108,8 @@ static void on_tick(struct tc__ev *ev, void *arg)
 		else if (s->cfg->idle_timeout_ms && conn_empty(c) &&
 			 now - c->last_rx_ms >
 				 (uint64_t)s->cfg->idle_timeout_ms)
-			conn_close(c, "idle, holding nothing "
-				      "(idle_timeout_ms)");
+			conn_close_told(c, "the daemon closed this idle "
+					   "connection (idle_timeout_ms)");
 		else if (c->progress_job)
 			send_progress(c, now);
 	}

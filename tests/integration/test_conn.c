@@ -200,9 +200,11 @@ static void test_conn__full_daemon_says_why(void **state)
 	if (rc != 0)
 		fail_msg("newcomer refused: %s", err);
 	assert_true(status_int(c, "clients") <= 3);
-	/* The evicted one learns it on its next call. */
+	/* The evicted one learns why on its next call. */
 	idle = tc_attach(held[2], id, &a[2]);
-	assert_true(idle < 0);
+	assert_int_equal(idle, TC_EBUSY);
+	if (!strstr(tc_client_errmsg(held[2]), "idle connection"))
+		fail_msg("evicted client told '%s'", tc_client_errmsg(held[2]));
 	tc_client_close(c);
 	for (int i = 0; i < 2; i++) {
 		tc_artifact_close(a[i]);
