@@ -161,8 +161,10 @@ void tc__jobs_submit(struct tc__jobs *p, struct tc__job *job)
 	p->queued++;
 	/* Every worker busy (perhaps blocked in a read that never returns):
 	 * an elastic pool adds one rather than make this job wait behind
-	 * them.  Failing to add one only means waiting. */
+	 * them.  Failing to add one only means waiting; a stopping pool (its
+	 * workers joined) adds none. */
 	if (p->queued > p->idle && p->nthreads < p->max_threads &&
+	    !p->stopping &&
 	    pthread_create(&p->threads[p->nthreads], NULL, worker, p) == 0)
 		p->nthreads++;
 	pthread_cond_signal(&p->cond);

@@ -10,20 +10,19 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <jansson.h>
-#include <stdarg.h>
-#include <sys/resource.h>
 
 #include "common/alloc.h"
 #include "common/compiler.h"
@@ -2295,15 +2294,11 @@ out_stop:
 	s.stopping = true;
 	/* An import blocked in a read that never returns (a hung mount)
 	 * must not hold the stop: give I/O jobs a moment, then leave them
-	 * (the process exits; their connections are not freed). */
-	if (tc__jobs_free_within(s.io_jobs, STOP_IO_WAIT_MS) < 0) {
+	 * blocked (the process exits under them).  Their pool and their
+	 * connections stay allocated: a blocked worker still uses them. */
+	if (tc__jobs_free_within(s.io_jobs, STOP_IO_WAIT_MS) < 0)
 		tc__log(TC_LOG_WARN,
 			"stopping with imports still blocked in I/O");
-		unlink(cfg->socket);
-		tc__jobs_free(s.jobs);
-		tc__log(TC_LOG_INFO, "tcast daemon stopped");
-		return 0;
-	}
 	tc__jobs_free(s.jobs);
 	spare_drop(&s);
 	before_sleep(s.ev, &s);

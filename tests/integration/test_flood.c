@@ -631,11 +631,11 @@ static void test_flood__soak(void **state)
 	       SOAK_S);
 	if (s.fail)
 		printf("soak: last error: %s\n", s.last_err);
-	assert_true(s.n > 1000);
+	assert_true(s.n > (getenv("TC_SANITIZED") ? 200 : 1000));
 	assert_int_equal(s.fail, 0);
 	/* The target is < 50 ms; this bound is loose for a shared 2-core
-	 * box. */
-	assert_true(s.worst_ms < 1000);
+	 * box (and looser under the sanitizers, which slow the daemon ~3x). */
+	assert_true(s.worst_ms < (getenv("TC_SANITIZED") ? 3000 : 1000));
 	/* The daemon is intact: it still answers status (on a new
 	 * connection: `c`, idle and holding nothing, may have given its slot
 	 * to the flood of its own process). */
