@@ -269,6 +269,42 @@ static void test_conn__status_json_hostile_socket_path(void **state)
 	tc_client_close(c);
 	kill(pid, SIGTERM);
 	assert_int_equal(t_wait_status(pid), 0);
+	/* The CLI's own JSON too: `daemon status --json` with no daemon
+	 * there, and `--set` values holding quotes. */
+	{
+		char cmd[2048], out[1024] = "";
+		FILE *f;
+		size_t n;
+
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' --json --socket \"$SOCK\" daemon status "
+			 "2>/dev/null",
+			 bin);
+		setenv("SOCK", sock, 1);
+		f = popen(cmd, "r");
+		n = fread(out, 1, sizeof(out) - 1, f);
+		out[n] = '\0';
+		pclose(f);
+		j = json_loads(out, 0, NULL);
+		if (!j)
+			fail_msg("daemon status --json is not JSON: %s", out);
+		assert_string_equal(
+			json_string_value(json_object_get(j, "socket")), sock);
+		json_decref(j);
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' --socket \"$SOCK\" daemon run --set "
+			 "'log_file=%s/a\"b.log' --set max_clients=nope "
+			 ">/dev/null 2>&1",
+			 bin, dir);
+		/* Refused for max_clients, after taking the quoted path. */
+		assert_int_not_equal(system(cmd), 0);
+		snprintf(cmd, sizeof(cmd),
+			 "'%s' --socket \"$SOCK\" daemon run --set "
+			 "'log_file=%s/a\"b.log' --set max_clients=nope 2>&1 "
+			 "| grep -q \"key 'max_clients'\"",
+			 bin, dir);
+		assert_int_equal(system(cmd), 0);
+	}
 	t_rmtree(dir);
 	free(dir);
 }

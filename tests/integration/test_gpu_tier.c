@@ -765,6 +765,7 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	tc_artifact_close(attach_gpu_ok(c, "c1", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
+	usleep(100000); /* the last reply's dup is closed (see below) */
 	dfd0 = t_count_fds_of(D.pid);
 	fd0 = t_count_fds();
 	maps0 = count_maps();
@@ -790,6 +791,10 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	}
 	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
+	/* A reply's fd is the daemon's own dup, closed just after sendmsg
+	 * returns: the client may look before that close runs. */
+	for (int i = 0; i < 100 && t_count_fds_of(D.pid) != dfd0; i++)
+		usleep(10000);
 	dfd1 = t_count_fds_of(D.pid);
 	fd1 = t_count_fds();
 	maps1 = count_maps();
