@@ -457,6 +457,11 @@ char *tc__config_json(const struct tc__store_config *c)
 	json_object_set_new(j, "log_format",
 			    json_string(c->log_format == TC_LOG_JSON ? "json" :
 								       "text"));
+	TC__CFG_NUM("idle_timeout_ms", c->idle_timeout_ms);
+	TC__CFG_NUM("write_stall_ms", c->write_stall_ms);
+	TC__CFG_NUM("max_clients_per_uid", c->max_clients_per_uid);
+	TC__CFG_NUM("max_clients_per_pid", c->max_clients_per_pid);
+	TC__CFG_NUM("max_tensors", c->max_tensors);
 #undef TC__CFG_NUM
 	out = json_dumps(j, JSON_COMPACT);
 	json_decref(j);
