@@ -122,11 +122,12 @@ static void log_v(int level, const char *file, int line, const char *suffix,
 	out = sink ? sink : stderr;
 	if (log_format == TC_LOG_JSON) {
 		char msg[2048];
+		size_t ml;
 
 		/* Formatted first: the message is escaped as a whole. */
-		va_start(ap, fmt);
 		vsnprintf(msg, sizeof(msg), fmt, ap);
-		va_end(ap);
+		ml = strlen(msg);
+		snprintf(msg + ml, sizeof(msg) - ml, "%s", suffix);
 		fprintf(out, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",", ts,
 			now.tv_nsec / 1000000, level_names[level]);
 		fputs("\"message\":\"", out);
