@@ -6,6 +6,7 @@ transformers (CI); scripts/gpu-run.sh runs it on the GPU machine."""
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 
@@ -175,9 +176,80 @@ def test_memory_pressure_from_free_memory_and_oom(store, tc):
         ts.set_memory_pressure_callback(None)
 
 
-def test_gpudirect_says_why_it_falls_back(store, tc):
+def _fs_type(path):
+    best, typ = "", ""
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mp = parts[1].replace("\\040", " ")
+            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+                best, typ = mp, parts[2]
+    return typ
+
+
+@pytest.fixture
+def disk_store(tmp_path):
+    """cuFile (and O_DIRECT) want a disk-backed file system, not tmpfs."""
+    import shutil
+    import tempfile
+
+    from conftest import REPO
+
+    for d in (tmp_path, REPO / "build", REPO):
+        d = str(d)
+        if os.path.isdir(d) and _fs_type(os.path.realpath(d)) not in ("tmpfs", "ramfs"):
+            p = tempfile.mkdtemp(prefix="tcast-gds-", dir=d)
+            yield p
+            shutil.rmtree(p, ignore_errors=True)
+            return
+    pytest.skip("no disk-backed folder for cuFile")
+
+
+def test_gpudirect_says_why_it_falls_back(store, tc, monkeypatch):
+    if ts._cufile.nvidia_fs_loaded():
+        pytest.skip("nvidia-fs is loaded here: GPUDIRECT does not fall back")
+    monkeypatch.delenv("TCAST_STREAM_GDS_COMPAT", raising=False)
     m = llama(seed=5, layers=2)
     m = ts.offload(m, ts.Config(storage_path=store, vram_budget_gb=nbytes(m) * 0.6 / 2**30, backend="gpudirect"))
     st = ts.get_model_statistics(m)
+    print("GPUDIRECT fallback:", st["backend_reason"])
     assert st["backend"] == "CUDA" and st["backend_reason"].startswith("GPUDIRECT requested")
-    print("GPUDIRECT:", st["backend_reason"])
+    assert "nvidia-fs" in st["backend_reason"] and "TCAST_STREAM_GDS_COMPAT=1" in st["backend_reason"]
+    assert st["cufile_bytes"] == 0
+
+
+def test_gpudirect_cufile_compat_mode_bit_identical(disk_store, tc, monkeypatch):
+    """GPUDIRECT forced into cuFile's compatibility mode (no nvidia-fs here):
+    every streamed layer is read by cuFileRead from storage_path into its
+    VRAM slot; logits and generate() equal the model wholly in VRAM."""
+    monkeypatch.setenv("TCAST_STREAM_GDS_COMPAT", "1")
+    nvfs = ts._cufile.nvidia_fs_loaded()
+    m = llama(seed=6, layers=4, vocab=8000)
+    size = nbytes(m)
+    ids = torch.randint(0, 8000, (2, 64), device="cuda")
+    gen_ids = ids[:1, :8]
+    ref, _, gen = reference(m, ids, gen_ids, new=8)
+    budget = int(size * 0.5)
+    m = ts.offload(m, ts.Config(storage_path=disk_store, vram_budget_gb=budget / 2**30, backend="gpudirect"))
+    gc.collect()
+    torch.cuda.empty_cache()
+    st = ts.get_model_statistics(m)
+    print("GPUDIRECT:", st["backend"], "|", st["backend_reason"], "|", st["pinned_reason"])
+    assert st["backend"] == "GPUDIRECT", st["backend_reason"]
+    if nvfs:
+        assert st["cufile_mode"] == "gds" and "nvidia-fs loaded" in st["backend_reason"]
+    else:
+        assert st["cufile_mode"] == "compat"
+        assert st["backend_reason"].startswith("gpudirect (cuFile compatibility mode: nvidia-fs not loaded)")
+    assert not st["pinned"] and st["artifact_id"] is None and os.path.exists(st["storage_file"])
+    assert st["offloaded_layers"] >= 4 and st["vram_usage_bytes"] <= budget
+    for _ in range(3):
+        with torch.no_grad():
+            assert torch.equal(m(ids).logits, ref)
+    g = m.generate(gen_ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert torch.equal(g, gen)
+    st = ts.get_model_statistics(m)
+    print("GPUDIRECT stats:", {k: st[k] for k in ("bytes_streamed", "cufile_reads", "cufile_bytes", "cufile_seconds",
+                                                  "cufile_gbps", "gpu_wait_seconds", "cache_hit_rate", "loads")})
+    assert st["bytes_streamed"] > 0 and st["cufile_reads"] > 0
+    assert st["cufile_bytes"] >= st["bytes_streamed"]  # every streamed byte (and the residents') came through cuFile

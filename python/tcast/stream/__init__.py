@@ -18,12 +18,12 @@ import logging
 import math
 import os
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
 from .. import errors
-from . import _engine, _storage
+from . import _cufile, _engine, _storage
 from ._engine import (
     AlreadyOffloadedError,
     Engine,
@@ -119,24 +119,39 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return devs.pop()
 
 
-def _probe_gpudirect() -> str:
-    """Why GPUDirect Storage cannot be used here (always a reason: see docs)."""
-    import ctypes
+def _probe_gpudirect() -> Tuple[Optional[str], bool, bool]:
+    """What GPUDIRECT needs, as found here: (why libcufile cannot be loaded,
+    or None; the nvidia-fs module is loaded; a CUDA GPU is present)."""
+    lib_error = None
+    try:
+        _cufile.load()
+    except errors.TcastError as e:
+        lib_error = e.message
+    return lib_error, _cufile.nvidia_fs_loaded(), torch.cuda.is_available()
 
-    lib = None
-    for name in ("libcufile.so.0", "libcufile.so"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        return "libcufile.so (GPUDirect Storage) is not installed"
-    if not os.path.exists("/proc/driver/nvidia-fs"):
-        return ("the nvidia-fs kernel module is not loaded: cuFile would run in compatibility mode, a bounce through "
-                "host memory that is slower than copying from the pinned host replica")
-    return ("cuFile reads are not implemented in this build; the pinned host replica already feeds PCIe at its "
-            "bound, which GPUDirect from NVMe (7-14 GB/s a drive) does not beat")
+
+def _gds_compat_forced(config: Config) -> bool:
+    """Config.gds_compat or TCAST_STREAM_GDS_COMPAT=1 (1/true/yes/on)."""
+    v = os.environ.get("TCAST_STREAM_GDS_COMPAT", "").strip().lower()
+    return config.gds_compat or v in ("1", "true", "yes", "on")
+
+
+def _choose_gpudirect(lib_error: Optional[str], nvfs: bool, cuda: bool, force_compat: bool) -> Tuple[Optional[str], str]:
+    """The GPUDIRECT decision from the probe's findings: ("gds" | "compat",
+    what the stats say) to read with cuFile, or (None, why not) to fall back
+    to CUDA.  Compatibility mode (no nvidia-fs) is a bounce through host
+    memory, slower than the pinned host replica: only when forced."""
+    if lib_error:
+        return None, lib_error
+    if not cuda:
+        return None, "no CUDA GPU: GPUDirect Storage reads into GPU memory"
+    if nvfs:
+        return "gds", "gpudirect (cuFile GPUDirect Storage: nvidia-fs loaded)"
+    if force_compat:
+        return "compat", "gpudirect (cuFile compatibility mode: nvidia-fs not loaded)"
+    return None, ("the nvidia-fs kernel module is not loaded: cuFile would run in compatibility mode, a bounce through "
+                  "host memory that is slower than copying from the pinned host replica "
+                  "(TCAST_STREAM_GDS_COMPAT=1 or Config(gds_compat=True) uses it anyway)")
 
 
 def _connect_daemon(model_bytes: int, config: Config):
@@ -322,11 +337,18 @@ def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
     # Where the weights are streamed from.
     backend = config.backend
     reason = ""
+    gds_mode: Optional[str] = None
     if backend is BackendType.GPUDIRECT:
-        why = _probe_gpudirect()
-        reason = f"GPUDIRECT requested; using CUDA (the pinned host replica): {why}"
-        log.warning("%s: %s", label, reason)
-        backend = BackendType.CUDA
+        force = _gds_compat_forced(config)
+        if force and not _cufile.nvidia_fs_loaded():
+            _cufile.prefer_compat()  # before libcufile is loaded and reads its configuration
+        gds_mode, why = _choose_gpudirect(*_probe_gpudirect(), force)
+        if gds_mode is None:
+            reason = f"GPUDIRECT requested; using CUDA (the pinned host replica): {why}"
+            log.warning("%s: %s", label, reason)
+            backend = BackendType.CUDA
+        else:
+            reason = why
     storage = _storage.prepare_dir(config.storage_path)
     if config.compression_enabled and backend is not BackendType.MMAP:
         # The host replica must feed PCIe at ~55 GB/s; CPU zstd cannot: compression is for the disk copy.
@@ -345,16 +367,32 @@ def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
         else:
             backend = BackendType.MMAP
             reason = "AUTO: no GPU: MMAP from storage_path"
-    engine.backend = backend
-    engine.backend_reason = reason
-    if config.compression_enabled and backend is BackendType.CUDA:
-        engine.backend_reason = (reason + "; " if reason else "") + (
-            "compression_enabled ignored for the CUDA backend: the replica is kept uncompressed in host memory "
-            "(CPU zstd cannot feed PCIe)")
     engine.pool = _engine.concurrent.futures.ThreadPoolExecutor(config.num_io_threads, thread_name_prefix="tcast-stream-io")
 
     named = [(p.name, p.param) for u in units for p in u.params]
+    stem = f"tcast-stream-{os.getpid()}-{label.replace('#', '-')}"
     try:
+        if backend is BackendType.GPUDIRECT:
+            # Raw bytes, every tensor at a 4 KiB-aligned offset: cuFile reads them straight into the slots.
+            stored = _storage.write_file(storage, stem, named, None, engine.pool)
+            try:
+                lib = _cufile.load()
+                lib.open_driver(compat=(gds_mode == "compat"))
+                engine.cufile = _cufile.File(lib, stored.path, compat=(gds_mode == "compat"))
+                engine.cufile_mode = gds_mode
+                if not engine.cufile.direct:
+                    reason += "; storage_path's file system refuses O_DIRECT: cuFile reads it buffered"
+            except errors.TcastError as e:
+                stored.close()
+                reason = f"GPUDIRECT requested; using CUDA (the pinned host replica): {e.message}"
+                log.warning("%s: %s", label, reason)
+                backend = BackendType.CUDA
+            else:
+                engine.stored = stored
+                for u in units:
+                    for p in u.params:
+                        p.src = stored.view(p.name)
+                        p.foff = stored.entries[p.name][0]
         if backend is BackendType.CUDA:
             tcast = _connect_daemon(model_bytes, config)
             try:
@@ -368,8 +406,7 @@ def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
             for u in units:
                 for p in u.params:
                     p.src = views[p.name].reshape(-1).view(torch.uint8) if p.nbytes else None
-        else:
-            stem = f"tcast-stream-{os.getpid()}-{label.replace('#', '-')}"
+        elif backend is BackendType.MMAP:
             level = config.compression_level if config.compression_enabled else None
             stored = _storage.write_file(storage, stem, named, level, engine.pool)
             engine.stored = stored
@@ -382,7 +419,20 @@ def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
                         p.src = v
     except BaseException:
         engine.pool.shutdown(wait=False)
+        if engine.cufile is not None:
+            engine.cufile.close()
+            engine.cufile = None
+        if engine.stored is not None:
+            engine.stored.close()
+            engine.stored = None
         raise
+    engine.backend = backend
+    engine.backend_reason = reason
+    if config.compression_enabled and backend in (BackendType.CUDA, BackendType.GPUDIRECT):
+        engine.backend_reason = (reason + "; " if reason else "") + (
+            "compression_enabled ignored for the CUDA backend: the replica is kept uncompressed in host memory "
+            "(CPU zstd cannot feed PCIe)" if backend is BackendType.CUDA else
+            "compression_enabled ignored for GPUDIRECT: cuFile reads the raw bytes straight into GPU memory")
 
     # From here the model is managed: originals are dropped as params become placeholders.
     managed = {id(p.param) for u in units for p in u.params}
@@ -482,7 +532,7 @@ def reconfigure(model: torch.nn.Module, *, vram_budget_gb: Optional[float] = Non
             c = e.config
             e.config = Config(c.storage_path, vram_budget_gb, c.backend, c.prefetch_strategy, c.compression_enabled,
                               c.compression_level, c.num_io_threads, c.memory_pressure_mode, c.debug_mode,
-                              c.prefetch_depth, c.daemon_host_memory)
+                              c.prefetch_depth, c.daemon_host_memory, c.gds_compat)
             e.pressure_shed = 0
         if prefetch_strategy is not None:
             e.strategy = _enum(PrefetchStrategy, prefetch_strategy, "prefetch_strategy")

@@ -63,7 +63,7 @@ def _align(n: int) -> int:
 class _P:
     """One managed parameter."""
 
-    __slots__ = ("name", "param", "shape", "dtype", "nbytes", "off", "src", "csrc", "version", "ptr")
+    __slots__ = ("name", "param", "shape", "dtype", "nbytes", "off", "src", "csrc", "version", "ptr", "foff")
 
     def __init__(self, name: str, param: torch.nn.Parameter):
         self.name = name
@@ -74,6 +74,7 @@ class _P:
         self.off = 0  # in the unit's layout
         self.src = None  # uint8 source bytes (host replica or mapped file)
         self.csrc = None  # compressed source (bytes view) or None
+        self.foff = 0  # offset of its bytes in the stored file (GPUDIRECT reads it there)
         self.version = -1
         self.ptr = 0
 
@@ -247,6 +248,8 @@ class Engine:
         self.backend_reason = ""
         self.artifact = None
         self.stored: Optional[_storage.StoredFile] = None
+        self.cufile = None  # _cufile.File: GPUDIRECT reads the stored file with cuFile
+        self.cufile_mode: Optional[str] = None  # "gds" or "compat"
         self.pinned = False
         self.pin_reason = "the compute device is not a GPU"
         self.pin_ptr = 0
@@ -273,7 +276,8 @@ class Engine:
         self.stats: Dict[str, Any] = dict(
             calls=0, hits=0, misses=0, resident_calls=0, loads=0, prefetches=0, bytes_streamed=0,
             evictions=0, wait_seconds=0.0, gpu_wait_seconds=0.0, decompress_seconds=0.0,
-            pressure_events=0, shed_bytes=0, replans=0, passes=0,
+            pressure_events=0, shed_bytes=0, replans=0, passes=0, cufile_reads=0, cufile_bytes=0,
+            cufile_seconds=0.0,
         )
         self.lock = threading.RLock()
 
@@ -484,6 +488,17 @@ class Engine:
 
     def _copy_param(self, p: _P, dst) -> None:
         """dst: the uint8 region for p on the device (any thread)."""
+        if self.cufile is not None and p.nbytes and p.csrc is None and dst.device.type == "cuda":
+            # GPUDIRECT: straight from storage_path into the slot; synchronous
+            # (the caller has ordered it after the slot's previous reader).
+            t0 = time.perf_counter()
+            with torch.cuda.device(dst.device):
+                self.cufile.read_into(dst.data_ptr(), p.nbytes, p.foff, f"parameter {p.name!r} of {self.label}")
+            with self.lock:
+                self.stats["cufile_reads"] += 1
+                self.stats["cufile_bytes"] += p.nbytes
+                self.stats["cufile_seconds"] += time.perf_counter() - t0
+            return
         if p.csrc is not None:
             t0 = time.perf_counter()
             if dst.device.type == "cpu":
@@ -504,6 +519,14 @@ class Engine:
     def _job(self, u: _Unit, buf, wait_ev):
         """I/O thread: copy u into buf; on a GPU returns the event to wait on."""
         with torch.inference_mode(False), torch.no_grad():
+            if self.device.type == "cuda" and self.cufile is not None:
+                # cuFileRead is synchronous and outside any stream: the slot's
+                # previous occupant must be done on the GPU before it is overwritten.
+                if wait_ev is not None:
+                    wait_ev.synchronize()
+                with torch.cuda.device(self.device):
+                    self._copy_sync(u, buf)
+                return None
             if self.device.type == "cuda":
                 with torch.cuda.device(self.device), torch.cuda.stream(self.copy_stream):
                     if wait_ev is not None:
@@ -844,7 +867,10 @@ class Engine:
         """Register the host replica with CUDA in this process (read-only:
         the mapping is PROT_READ), so copies run at the pinned rate."""
         if self.pinned or self.artifact is None:
-            if self.artifact is None:
+            if self.artifact is None and self.cufile is not None:
+                self.pin_reason = ("the GPUDIRECT backend reads storage_path with cuFile straight into GPU memory "
+                                   "(no host replica)")
+            elif self.artifact is None:
                 self.pin_reason = f"the {self.backend.name} backend reads a mapped file (pageable)"
             return
         srcs = [p.src for u in self.units for p in u.params if p.nbytes]
@@ -897,6 +923,12 @@ class Engine:
             self.pinned = False
         if self.pool is not None:
             self.pool.shutdown(wait=True)
+        if self.cufile is not None:
+            try:
+                self.cufile.close()
+            except Exception:  # noqa: BLE001: the process may be exiting
+                pass
+            self.cufile = None
         if self.stored is not None:
             for u in self.units:
                 for p in u.params:
@@ -907,6 +939,9 @@ class Engine:
     # ---------------------------------------------------------- stats
 
     def statistics(self) -> Dict[str, Any]:
+        if self.cufile is not None:
+            # Reads still in flight on the I/O threads: let the cuFile counters catch up with bytes_streamed.
+            concurrent.futures.wait([u.future for u in self.units if u.future is not None])
         if self.device.type == "cuda" and self.timing:
             torch.cuda.synchronize(self.device)
             self._collect_timing(block=True)
@@ -937,13 +972,20 @@ class Engine:
             "prefetches": st["prefetches"],
             "evictions": st["evictions"],
             "bytes_streamed": st["bytes_streamed"],
-            "gpu_wait_seconds": st["gpu_wait_seconds"] if self.device.type == "cuda" else st["wait_seconds"],
+            # GPUDIRECT's reads are synchronous on the I/O threads: the host's wait for them is the GPU's.
+            "gpu_wait_seconds": (st["gpu_wait_seconds"] + (st["wait_seconds"] if self.cufile is not None else 0.0)
+                                 if self.device.type == "cuda" else st["wait_seconds"]),
             "host_wait_seconds": st["wait_seconds"],
             "backend": self.backend.name,
             "backend_reason": self.backend_reason,
             "pinned": self.pinned,
             "pinned_reason": self.pin_reason,
             "pin_seconds": self.pin_seconds,
+            "cufile_mode": self.cufile_mode,
+            "cufile_reads": st["cufile_reads"],
+            "cufile_bytes": st["cufile_bytes"],
+            "cufile_seconds": st["cufile_seconds"],
+            "cufile_gbps": (st["cufile_bytes"] / st["cufile_seconds"] / 1e9) if st["cufile_seconds"] > 0 else None,
             "prefetch_strategy": self.strategy.name,
             "order_relearned": self.relearned,
             "passes": st["passes"],

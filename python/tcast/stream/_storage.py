@@ -1,7 +1,13 @@
 """storage_path: the safetensors copy the disk backends read, and zstd.
 
 The file holds every streamed parameter under its model name, in layer
-order, as a plain safetensors file (any safetensors reader opens it).  With
+order, as a plain safetensors file (any safetensors reader opens it).
+Every tensor starts at a file offset that is a multiple of 4 KiB (ALIGN),
+as O_DIRECT and GPUDirect Storage reads need: the header is padded with
+spaces (which safetensors allows) so that the data starts 4 KiB-aligned,
+and because safetensors wants the data section contiguous, each gap
+before an unaligned tensor is a zero-filled U8 tensor named
+``__tcast_pad__.<n>`` (``tcast.stream.align`` in ``__metadata__``).  With
 compression on, each tensor is stored as a U8 tensor ``<name>`` holding one
 zstd frame, and ``__metadata__`` records the real dtype, shape and size
 (``tcast.stream.codec = zstd``); it is still a valid safetensors file, but
@@ -22,6 +28,9 @@ import struct
 import threading
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
+
+ALIGN = 4096  # every tensor's file offset: O_DIRECT / cuFile (GPUDIRECT) reads
+PAD_PREFIX = "__tcast_pad__."
 
 from .. import errors
 from .. import dtypes as _dtypes
@@ -162,11 +171,19 @@ def write_file(dirpath: str, stem: str, tensors: List[Tuple[str, Any]], compress
         blobs = list(pool.map(job, datas)) if pool is not None else [job(d) for d in datas]
         datas = [(n, b, dt, sh, raw) for (n, _, dt, sh, raw), b in zip(datas, blobs)]
     header: Dict[str, Any] = {}
-    meta: Dict[str, str] = {"format": "pt", "tcast.stream": "1"}
+    meta: Dict[str, str] = {"format": "pt", "tcast.stream": "1", "tcast.stream.align": str(ALIGN)}
     off = 0
     sizes = []
-    for name, blob, dt, shape, raw in datas:
+    offs = []  # each tensor's offset in the data section
+    pads: Dict[int, int] = {}  # index in datas -> zero bytes written before it
+    for i, (name, blob, dt, shape, raw) in enumerate(datas):
         n = len(blob) if codec else blob.nbytes
+        gap = (-off) % ALIGN
+        if gap and n:
+            header[f"{PAD_PREFIX}{len(pads)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [off, off + gap]}
+            pads[i] = gap
+            off += gap
+        offs.append(off)
         if codec:
             header[name] = {"dtype": "U8", "shape": [n], "data_offsets": [off, off + n]}
             meta["tcast.stream.tensor." + name] = json.dumps({"dtype": dt, "shape": shape, "nbytes": raw})
@@ -178,7 +195,7 @@ def write_file(dirpath: str, stem: str, tensors: List[Tuple[str, Any]], compress
         meta["tcast.stream.codec"] = codec
     header["__metadata__"] = meta
     hj = json.dumps(header, separators=(",", ":")).encode()
-    hj += b" " * ((-len(hj) - 8) % 64)  # data starts 64-byte aligned
+    hj += b" " * ((-len(hj) - 8) % ALIGN)  # data starts 4 KiB-aligned
     total = 8 + len(hj) + off
     st = os.statvfs(dirpath)
     avail = st.f_bavail * st.f_frsize
@@ -193,7 +210,9 @@ def write_file(dirpath: str, stem: str, tensors: List[Tuple[str, Any]], compress
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(hj)))
             f.write(hj)
-            for _, blob, _, _, _ in datas:
+            for i, (_, blob, _, _, _) in enumerate(datas):
+                if i in pads:
+                    f.write(bytes(pads[i]))
                 f.write(memoryview(blob) if codec else memoryview(blob).cast("B"))
             f.flush()
             os.fsync(f.fileno())
@@ -207,8 +226,6 @@ def write_file(dirpath: str, stem: str, tensors: List[Tuple[str, Any]], compress
         raise cls(f"storage_path {dirpath!r}: writing {os.path.basename(path)} failed: {e.strerror or e}") from None
     base = 8 + len(hj)
     entries = {}
-    o = 0
-    for (name, _, _, _, raw), n in zip(datas, sizes):
+    for (name, _, _, _, raw), n, o in zip(datas, sizes, offs):
         entries[name] = (base + o, n, raw)
-        o += n
-    return StoredFile(path, entries, codec, off, raw_total)
+    return StoredFile(path, entries, codec, sum(sizes), raw_total)

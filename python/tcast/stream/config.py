@@ -80,6 +80,8 @@ class Config:
       offloaded in this process on that device.  Activations and KV cache
       are the caller's working set, not counted.
     num_io_threads: threads that read (and decompress) for the disk backends.
+    gds_compat (tcast): let GPUDIRECT run cuFile in compatibility mode when
+      the nvidia-fs module is not loaded (else it falls back to CUDA).
     """
 
     storage_path: str
@@ -95,6 +97,10 @@ class Config:
     # daemon's host-memory budget when offload() has to start a private one.
     prefetch_depth: int = 2
     daemon_host_memory: Optional[str] = None
+    # GPUDIRECT without the nvidia-fs module: use cuFile's compatibility mode
+    # anyway (a bounce through host memory) instead of falling back to CUDA.
+    # Also TCAST_STREAM_GDS_COMPAT=1.
+    gds_compat: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.storage_path, (str, os.PathLike)) or not str(self.storage_path):
@@ -123,6 +129,7 @@ class Config:
             raise errors.ConfigError(f"prefetch_depth must be 1-64, not {self.prefetch_depth!r}")
         self.prefetch_depth = d
         self.compression_enabled = bool(self.compression_enabled)
+        self.gds_compat = bool(self.gds_compat)
         self.debug_mode = bool(self.debug_mode)
 
     @property
