@@ -21,8 +21,9 @@ class BackendType(enum.Enum):
 
     AUTO: CUDA when the compute device is a GPU and a tcast daemon holds the
     weights, else MMAP.  GPUDIRECT: cuFile reads from storage_path straight
-    into VRAM when the platform supports it, else CUDA (the reason is in the
-    statistics and the log).  CUDA: the daemon's host replica, registered
+    into VRAM when the nvidia-fs module is loaded (or, forced by
+    Config.gds_compat / TCAST_STREAM_GDS_COMPAT=1, cuFile's compatibility
+    mode without it), else CUDA (the reason is in the statistics and the log).  CUDA: the daemon's host replica, registered
     (pinned) in this process, copied on a side stream.  MMAP: the
     safetensors file in storage_path, mapped; works without a GPU.
     """
