@@ -101,11 +101,10 @@ def candidates() -> List[str]:
         # nvidia/cufile/lib (CUDA 12 wheels), nvidia/cu13/lib (CUDA 13 wheels), ...
         for sub in ("nvidia/cufile/lib", "nvidia/cu13/lib", "nvidia/cu12/lib", "nvidia/*/lib"):
             for f in sorted(glob.glob(os.path.join(d, sub, "libcufile.so*"))):
-                if f.endswith(".so.0") or f.endswith(".so"):
-                    r = os.path.realpath(f)
-                    if r not in seen:
-                        seen.add(r)
-                        out.append(f)
+                r = os.path.realpath(f)
+                if r not in seen:
+                    seen.add(r)
+                    out.append(f)
     for d in ("/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"):
         f = os.path.join(d, "libcufile.so.0")
         if os.path.exists(f):

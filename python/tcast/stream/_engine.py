@@ -280,6 +280,9 @@ class Engine:
             cufile_seconds=0.0,
         )
         self.lock = threading.RLock()
+        # I/O threads add to the counters while the compute thread may hold
+        # self.lock and wait for them (apply_share -> _sync): a lock of their own.
+        self.stats_lock = threading.Lock()
 
     # ---------------------------------------------------------- accounting
 
@@ -494,7 +497,7 @@ class Engine:
             t0 = time.perf_counter()
             with torch.cuda.device(dst.device):
                 self.cufile.read_into(dst.data_ptr(), p.nbytes, p.foff, f"parameter {p.name!r} of {self.label}")
-            with self.lock:
+            with self.stats_lock:
                 self.stats["cufile_reads"] += 1
                 self.stats["cufile_bytes"] += p.nbytes
                 self.stats["cufile_seconds"] += time.perf_counter() - t0
@@ -507,7 +510,7 @@ class Engine:
                 tmp = torch.empty(p.nbytes, dtype=torch.uint8)
                 _storage.decompress_into(tmp.data_ptr(), p.nbytes, p.csrc.data_ptr(), p.csrc.numel(), p.name)
                 dst.copy_(tmp, non_blocking=False)
-            with self.lock:  # I/O threads add concurrently
+            with self.stats_lock:  # I/O threads add concurrently
                 self.stats["decompress_seconds"] += time.perf_counter() - t0
         elif p.nbytes:
             dst.copy_(p.src, non_blocking=self.pinned)
