@@ -348,7 +348,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 
 	/* Cycles: attach/detach cached replicas, and refills by eviction;
 	 * the daemon's fds and the driver's free memory do not move. */
-	dfd0 = t_count_fds_of(D.pid);
+	dfd0 = t_daemon_fds(D.pid);
 	free0 = gpu_stat(c, "driver_free_bytes");
 	t0 = t_now_ms();
 	for (int i = 0; i < 1000; i++) {
@@ -371,7 +371,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 	assert_true(gpu_stat(c, "evictions") >= 50);
 	tc_artifact_close(attach_gpu_ok(c, "s2"));
 	tc_artifact_close(attach_gpu_ok(c, "s3"));
-	dfd1 = t_count_fds_of(D.pid);
+	dfd1 = t_daemon_fds(D.pid);
 	free1 = gpu_stat(c, "driver_free_bytes");
 	info("daemon fds %d -> %d, driver free bytes %lld -> %lld\n", dfd0,
 	     dfd1, free0, free1);

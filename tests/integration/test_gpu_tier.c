@@ -765,8 +765,7 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	tc_artifact_close(attach_gpu_ok(c, "c1", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
-	usleep(100000); /* the last reply's dup is closed (see below) */
-	dfd0 = t_count_fds_of(D.pid);
+	dfd0 = t_daemon_fds(D.pid);
 	fd0 = t_count_fds();
 	maps0 = count_maps();
 	free0 = gpu_stat(c, 0, "driver_free_bytes");
@@ -791,11 +790,7 @@ static void test_gpu_tier__cycles_do_not_leak(void **state)
 	}
 	tc_artifact_close(attach_gpu_ok(c, "c0", 0));
 	tc_artifact_close(attach_gpu_ok(c, "c2", 1));
-	/* A reply's fd is the daemon's own dup, closed just after sendmsg
-	 * returns: the client may look before that close runs. */
-	for (int i = 0; i < 100 && t_count_fds_of(D.pid) != dfd0; i++)
-		usleep(10000);
-	dfd1 = t_count_fds_of(D.pid);
+	dfd1 = t_daemon_fds(D.pid);
 	fd1 = t_count_fds();
 	maps1 = count_maps();
 	free1 = gpu_stat(c, 0, "driver_free_bytes");

@@ -235,6 +235,21 @@ int t_count_fds_of(pid_t pid)
 	return n;
 }
 
+int t_daemon_fds(pid_t pid)
+{
+	int n = t_count_fds_of(pid), still = 0;
+
+	for (int i = 0; i < 200 && still < 5; i++) {
+		int m;
+
+		usleep(10000);
+		m = t_count_fds_of(pid);
+		still = m == n ? still + 1 : 0;
+		n = m;
+	}
+	return n;
+}
+
 void t_read_line(int fd, char *buf, size_t len)
 {
 	size_t k = 0;

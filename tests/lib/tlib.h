@@ -43,6 +43,11 @@ int t_raw_recv(int fd, struct tc__frame_hdr *h, uint8_t **body, int *fds,
 tc_client *t_connect(const char *sock);
 /* Open fds of process `pid` (-1 if it cannot be read). */
 int t_count_fds_of(pid_t pid);
+/* The daemon's open fds once its count has held still for 50 ms (at most
+ * 2 s): a reply's fd is the daemon's own dup, closed just after sendmsg
+ * returns, so a client that reads the count right after its reply can see
+ * one more than there is. */
+int t_daemon_fds(pid_t pid);
 /* One line from fd (without its newline) into buf, NUL-terminated. */
 void t_read_line(int fd, char *buf, size_t len);
 /* Wait for pid: its exit status, or 128 + the signal that killed it. */
