@@ -262,6 +262,11 @@ static int start(struct tc__store_config *cfg, json_t **info)
 	struct pollfd p;
 	char byte;
 
+	/* The directory first: one another user owns is refused before we
+	 * ask whoever listens there whether it is "our" daemon. */
+	rc = tc__sock_prepare_dir(cfg->socket, err, sizeof(err));
+	if (rc < 0)
+		return cli_fail(rc, err);
 	other = running_pid(cfg->socket);
 	if (other) {
 		snprintf(msg, sizeof(msg),
@@ -269,9 +274,6 @@ static int start(struct tc__store_config *cfg, json_t **info)
 			 cfg->socket);
 		return cli_fail(TC_EEXIST, msg);
 	}
-	rc = tc__sock_prepare_dir(cfg->socket, err, sizeof(err));
-	if (rc < 0)
-		return cli_fail(rc, err);
 	if (!cfg->log_file[0])
 		side_path(cfg->socket, "daemon.log", cfg->log_file,
 			  sizeof(cfg->log_file));

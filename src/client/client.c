@@ -325,7 +325,7 @@ TC_API int tc_client_connect(const char *socket_path, tc_client **out,
 	tc_client *c;
 	size_t off;
 	uint32_t ver, pid;
-	int rc, fd;
+	int rc, fd, trust_root;
 
 	*out = NULL;
 	if (!err || !errlen) {
@@ -339,8 +339,29 @@ TC_API int tc_client_connect(const char *socket_path, tc_client **out,
 		}
 		socket_path = path;
 	}
+	/* Nothing is sent (not even HELLO, certainly no file descriptor)
+	 * until the socket's directory and the process answering on it are
+	 * known to be the user's own: a squatted /tmp/tcast-$UID would
+	 * otherwise receive our files and serve us its bytes. */
+	trust_root = tc__sock_trust_root();
+	rc = tc__sock_check_dir(socket_path, trust_root, err, errlen);
+	if (rc == -ENOENT) {
+		snprintf(err, errlen,
+			 "cannot connect to the daemon at '%s': %s (start it "
+			 "with 'tcast daemon start')",
+			 socket_path, strerror(ENOENT));
+		return TC_ENODAEMON;
+	}
+	if (rc < 0)
+		return rc == -EACCES ? TC_EPERM : rc;
 	rc = tc__sock_connect(socket_path, &fd);
-	if (rc < 0) {
+	if (rc == 0) {
+		rc = tc__sock_check_peer(fd, trust_root, err, errlen);
+		if (rc < 0) {
+			close(fd);
+			return rc;
+		}
+	} else {
 		snprintf(err, errlen,
 			 "cannot connect to the daemon at '%s': %s%s",
 			 socket_path, strerror(-rc),

@@ -23,8 +23,22 @@
 int tc__sock_default_path(char *buf, size_t len);
 
 /* Create the parent directory 0700 if missing and refuse one that another
- * user owns or that others can enter.  Returns 0, TC_EPERM or -errno. */
+ * user owns, that others can enter, or that is a symlink.  Returns 0,
+ * TC_EPERM or -errno. */
 int tc__sock_prepare_dir(const char *sock_path, char *err, size_t errlen);
+
+/* Client side, before anything is sent: the socket's directory must be the
+ * user's own with mode 0700, not a symlink (or root's and not writable by
+ * others, when trust_root).  Returns 0, TC_EPERM or -errno. */
+int tc__sock_check_dir(const char *sock_path, int trust_root, char *err,
+		       size_t errlen);
+
+/* The peer of a connected socket must run as our uid (or root, when
+ * trust_root).  Returns 0, TC_EPERM or -errno. */
+int tc__sock_check_peer(int fd, int trust_root, char *err, size_t errlen);
+
+/* TCAST_TRUST_ROOT=1 in the environment: a daemon run by root is trusted. */
+int tc__sock_trust_root(void);
 
 /* Bind and listen on `path` (non-blocking, close-on-exec).  A stale socket
  * file (nobody accepting) is removed first; a live one gives -EADDRINUSE. */

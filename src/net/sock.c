@@ -33,13 +33,14 @@ int tc__sock_default_path(char *buf, size_t len)
 	return 0;
 }
 
-int tc__sock_prepare_dir(const char *sock_path, char *err, size_t errlen)
+/* The parent directory of sock_path into dir; 0 when there is none (a
+ * path without a slash, or one directly under /). */
+static int parent_dir(const char *sock_path, char *dir, size_t dirlen,
+		      char *err, size_t errlen)
 {
-	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	char *slash;
-	struct stat st;
 
-	if (strlen(sock_path) >= sizeof(dir)) {
+	if (strlen(sock_path) >= dirlen) {
 		snprintf(err, errlen, "socket path too long: '%s'", sock_path);
 		return TC_ELIMIT;
 	}
@@ -48,6 +49,87 @@ int tc__sock_prepare_dir(const char *sock_path, char *err, size_t errlen)
 	if (!slash || slash == dir)
 		return 0;
 	*slash = '\0';
+	return 1;
+}
+
+int tc__sock_trust_root(void)
+{
+	const char *e = getenv("TCAST_TRUST_ROOT");
+
+	return e && strcmp(e, "1") == 0;
+}
+
+/*
+ * Whoever controls the directory controls which daemon answers on the
+ * socket inside it, so it must be ours (or root's, when root is trusted),
+ * a real directory (fstat of an O_NOFOLLOW open, so a symlink is never
+ * followed) and closed to everyone else.
+ */
+static int check_dir(const char *dir, int trust_root, char *err, size_t errlen)
+{
+	struct stat st;
+	uid_t me = getuid();
+	int dfd, e;
+
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0) {
+		e = errno;
+		if (e == ELOOP || e == ENOTDIR) {
+			snprintf(
+				err, errlen,
+				"unsafe socket directory '%s': it is a symlink "
+				"or not a directory",
+				dir);
+			return TC_EPERM;
+		}
+		snprintf(err, errlen, "cannot open socket directory '%s': %s",
+			 dir, strerror(e));
+		return -e;
+	}
+	if (fstat(dfd, &st) < 0) {
+		e = errno;
+		close(dfd);
+		snprintf(err, errlen, "cannot stat '%s': %s", dir, strerror(e));
+		return -e;
+	}
+	close(dfd);
+	if (st.st_uid == me && !(st.st_mode & 0077))
+		return 0;
+	/* A root-owned directory others cannot write (/run/tcast) is as safe
+	 * as root itself, which the user chose to trust. */
+	if (trust_root && st.st_uid == 0 && !(st.st_mode & 0022))
+		return 0;
+	snprintf(
+		err, errlen,
+		"unsafe socket directory '%s': owned by uid %u with mode %04o; "
+		"it must be owned by uid %u with mode 0700 (another user may "
+		"have created it: remove it or choose another socket path)",
+		dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
+		(unsigned)me);
+	return TC_EPERM;
+}
+
+int tc__sock_check_dir(const char *sock_path, int trust_root, char *err,
+		       size_t errlen)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int rc = parent_dir(sock_path, dir, sizeof(dir), err, errlen);
+
+	if (rc <= 0)
+		return rc;
+	return check_dir(dir, trust_root, err, errlen);
+}
+
+int tc__sock_prepare_dir(const char *sock_path, char *err, size_t errlen)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	int rc = parent_dir(sock_path, dir, sizeof(dir), err, errlen);
+
+	if (rc <= 0)
+		return rc;
+	/* mkdir never follows a symlink at the last component (EEXIST), and
+	 * check_dir opens with O_NOFOLLOW: a planted link is refused, not
+	 * used. */
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		int e = errno;
 
@@ -55,23 +137,31 @@ int tc__sock_prepare_dir(const char *sock_path, char *err, size_t errlen)
 			 dir, strerror(e));
 		return -e;
 	}
-	if (lstat(dir, &st) < 0) {
-		int e = errno;
+	return check_dir(dir, 0, err, errlen);
+}
 
-		snprintf(err, errlen, "cannot stat '%s': %s", dir, strerror(e));
-		return -e;
-	}
-	/* A directory someone else owns, or others can enter, would let them
-	 * replace our socket or connect to it. */
-	if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() ||
-	    (st.st_mode & 0077)) {
+int tc__sock_check_peer(int fd, int trust_root, char *err, size_t errlen)
+{
+	pid_t pid = 0;
+	uid_t uid = (uid_t)-1;
+	gid_t gid = (gid_t)-1;
+	int rc = tc__sock_peercred(fd, &pid, &uid, &gid);
+
+	if (rc < 0) {
 		snprintf(err, errlen,
-			 "unsafe socket directory '%s': must be a directory "
-			 "owned by uid %u with mode 0700",
-			 dir, (unsigned)getuid());
-		return TC_EPERM;
+			 "cannot read the daemon's credentials: %s",
+			 strerror(-rc));
+		return rc;
 	}
-	return 0;
+	if (uid == getuid() || (trust_root && uid == 0))
+		return 0;
+	snprintf(err, errlen,
+		 "the daemon on this socket runs as uid %u (pid %d), not as "
+		 "uid %u%s; refusing to talk to it",
+		 (unsigned)uid, (int)pid, (unsigned)getuid(),
+		 uid == 0 ? " (set TCAST_TRUST_ROOT=1 to trust a root daemon)" :
+			    "");
+	return TC_EPERM;
 }
 
 static int fill_addr(const char *path, struct sockaddr_un *a)
