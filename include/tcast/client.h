@@ -26,7 +26,7 @@
 #include "dtype.h"
 #include "export.h"
 
-#define TC_ID_BUFLEN 40 /* bytes for an artifact id and its NUL */
+#define TC_ID_BUFLEN 72 /* bytes for an artifact id ("tc2:" + 64 hex) and its NUL */
 
 typedef struct tc_client tc_client;
 typedef struct tc_artifact tc_artifact;
@@ -80,7 +80,7 @@ struct tc_opts {
 
 /* What a created artifact came to. */
 struct tc_result {
-	char id[TC_ID_BUFLEN]; /* "tc1:<32 hex>" */
+	char id[TC_ID_BUFLEN]; /* "tc2:<64 hex>" (BLAKE3-256) */
 	uint64_t bytes;	       /* size of the byte space */
 	uint32_t ntensors;
 	uint32_t deduplicated;	 /* 1 when the daemon already held it */

@@ -318,13 +318,13 @@ def artifact(
     fallback: "FallbackOptions | str | None" = None,
 ) -> Artifact:
     """A lazy handle: no daemon call until first use.  ``key_or_id`` is a
-    key ("model:llama:v3") or an id ("tc1:..."); ``disk_path`` (or
+    key ("model:llama:v3") or an id ("tc2:..."); ``disk_path`` (or
     ``fallback=FallbackOptions.for_disk(path)`` / "disk:/path") says where to
     import it from when the daemon does not hold it."""
     if key_or_id is not None:
         if not isinstance(key_or_id, str) or not key_or_id:
             raise errors.InvalidArgumentError(f"expected a key or an artifact id, not {key_or_id!r}")
-        if key_or_id.startswith("tc1:"):
+        if key_or_id.startswith("tc2:"):
             artifact_id = key_or_id
         else:
             key = key_or_id

@@ -851,7 +851,7 @@ class Artifact:
 
     @property
     def artifact_id(self) -> str:
-        """The content id ("tc1:..."); attaches (or imports) if needed."""
+        """The content id ("tc2:..."); attaches (or imports) if needed."""
         if self._att is not None:
             return self._att.id
         if self._id is not None:

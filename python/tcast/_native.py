@@ -34,7 +34,7 @@ from typing import Optional
 
 # ------------------------------------------------------------------ structs
 
-TC_ID_BUFLEN = 40
+TC_ID_BUFLEN = 72
 TC_MAX_RANK = 16
 
 TC_OPT_KEY = 1 << 0

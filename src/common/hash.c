@@ -1,52 +1,52 @@
 /*
- * hash.c - XXH3-128 digests (libxxhash).
+ * hash.c - BLAKE3-256 digests (upstream's C implementation, see
+ * CMakeLists.txt), and artifact ids built from them.
  */
+#include <blake3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include "hash.h"
 
-static void from_xxh(XXH128_hash_t h, struct tc__digest *out)
-{
-	out->hi = h.high64;
-	out->lo = h.low64;
-}
+_Static_assert(BLAKE3_OUT_LEN == TC_DIGEST_BYTES, "digest size");
 
-void tc__hash128(const void *p, size_t n, struct tc__digest *out)
+void tc__hash256(const void *p, size_t n, struct tc__digest *out)
 {
-	from_xxh(XXH3_128bits(p, n), out);
+	blake3_hasher h;
+
+	blake3_hasher_init(&h);
+	blake3_hasher_update(&h, p, n);
+	blake3_hasher_finalize(&h, out->b, TC_DIGEST_BYTES);
 }
 
 struct tc__hasher *tc__hasher_new(void)
 {
-	XXH3_state_t *s = XXH3_createState();
+	blake3_hasher *h = malloc(sizeof(*h));
 
-	if (s)
-		XXH3_128bits_reset(s);
-	return (struct tc__hasher *)s;
+	if (h)
+		blake3_hasher_init(h);
+	return (struct tc__hasher *)h;
 }
 
 void tc__hasher_reset(struct tc__hasher *h)
 {
-	XXH3_128bits_reset((XXH3_state_t *)h);
+	blake3_hasher_init((blake3_hasher *)h);
 }
 
 void tc__hasher_update(struct tc__hasher *h, const void *p, size_t n)
 {
-	XXH3_128bits_update((XXH3_state_t *)h, p, n);
+	blake3_hasher_update((blake3_hasher *)h, p, n);
 }
 
 void tc__hasher_final(struct tc__hasher *h, struct tc__digest *out)
 {
-	from_xxh(XXH3_128bits_digest((XXH3_state_t *)h), out);
+	blake3_hasher_finalize((blake3_hasher *)h, out->b, TC_DIGEST_BYTES);
 }
 
 void tc__hasher_free(struct tc__hasher *h)
 {
-	XXH3_freeState((XXH3_state_t *)h);
+	free(h);
 }
 
 uint64_t tc__chunk_count(uint64_t size)
@@ -54,35 +54,40 @@ uint64_t tc__chunk_count(uint64_t size)
 	return size / TC_CHUNK_BYTES + (size % TC_CHUNK_BYTES != 0);
 }
 
-static void put_be(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-void tc__digest_root(const struct tc__digest *table,
+void tc__digest_root(const void *canon_table, size_t table_len,
 		     const struct tc__digest *chunks, uint64_t nchunks,
 		     struct tc__digest *out)
 {
-	XXH3_state_t st;
-	uint8_t b[16];
+	blake3_hasher h;
 
-	XXH3_128bits_reset(&st);
-	put_be(b, table->hi);
-	put_be(b + 8, table->lo);
-	XXH3_128bits_update(&st, b, 16);
-	for (uint64_t i = 0; i < nchunks; i++) {
-		put_be(b, chunks[i].hi);
-		put_be(b + 8, chunks[i].lo);
-		XXH3_128bits_update(&st, b, 16);
-	}
-	from_xxh(XXH3_128bits_digest(&st), out);
+	blake3_hasher_init(&h);
+	blake3_hasher_update(&h, canon_table, table_len);
+	/* struct tc__digest is exactly its 32 bytes: hash the array whole. */
+	_Static_assert(sizeof(struct tc__digest) == TC_DIGEST_BYTES, "packed");
+	if (nchunks)
+		blake3_hasher_update(&h, chunks,
+				     (size_t)nchunks * TC_DIGEST_BYTES);
+	blake3_hasher_finalize(&h, out->b, TC_DIGEST_BYTES);
 }
 
-void tc__digest_hex(const struct tc__digest *d, char out[33])
+int tc__digest_eq(const struct tc__digest *a, const struct tc__digest *b)
 {
-	snprintf(out, 33, "%016llx%016llx", (unsigned long long)d->hi,
-		 (unsigned long long)d->lo);
+	uint8_t d = 0;
+
+	for (int i = 0; i < TC_DIGEST_BYTES; i++)
+		d |= a->b[i] ^ b->b[i];
+	return d == 0;
+}
+
+void tc__digest_hex(const struct tc__digest *d, char out[TC_DIGEST_HEX + 1])
+{
+	static const char hx[] = "0123456789abcdef";
+
+	for (int i = 0; i < TC_DIGEST_BYTES; i++) {
+		out[2 * i] = hx[d->b[i] >> 4];
+		out[2 * i + 1] = hx[d->b[i] & 15];
+	}
+	out[TC_DIGEST_HEX] = '\0';
 }
 
 void tc__digest_id(const struct tc__digest *d, char out[TC_ID_LEN + 1])

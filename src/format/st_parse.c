@@ -29,10 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include "common/alloc.h"
 #include "common/compiler.h"
-#include "common/hash.h"
 #include "format.h"
 #include "fmt_internal.h"
 #include "tcast/dtype.h"
@@ -861,7 +862,6 @@ static int cmp_hname(const void *a, const void *b)
 static const char *find_dup(uint32_t n, const char *(*get)(void *, uint32_t),
 			    void *arg, const char *nomem)
 {
-	struct tc__digest d;
 	struct hname *v = tc__reallocarray(NULL, n, sizeof(*v));
 	const char *dup = NULL;
 
@@ -869,8 +869,7 @@ static const char *find_dup(uint32_t n, const char *(*get)(void *, uint32_t),
 		return nomem;
 	for (uint32_t i = 0; i < n; i++) {
 		v[i].name = get(arg, i);
-		tc__hash128(v[i].name, strlen(v[i].name), &d);
-		v[i].hash = d.lo;
+		v[i].hash = XXH3_64bits(v[i].name, strlen(v[i].name));
 	}
 	qsort(v, n, sizeof(*v), cmp_hname);
 	for (uint32_t i = 1; i < n && !dup; i++)

@@ -20,7 +20,7 @@
 #include "common/tensor.h"
 
 #define TC_PROTO_MAGIC	  0x31435354u /* "TSC1" on the wire */
-#define TC_PROTO_VERSION  1
+#define TC_PROTO_VERSION  2 /* 2: ids are "tc2:" + 64 hex (BLAKE3) */
 #define TC_FRAME_HDR	  24			/* header bytes */
 #define TC_PROTO_MAX_BODY ((uint32_t)256 << 20) /* bytes of one body */
 #define TC_PROTO_MAX_FDS  4			/* fds on one frame */

@@ -214,17 +214,3 @@ int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 	c.chunks = chunks;
 	return run(&c, nthreads);
 }
-
-int tc__table_digest(const struct tc__table *t, struct tc__digest *out)
-{
-	struct tc__buf b = TC_BUF_INIT;
-
-	tc__proto_put_table(&b, t);
-	if (b.oom) {
-		tc__buf_release(&b);
-		return -ENOMEM;
-	}
-	tc__hash128(b.data, b.len, out);
-	tc__buf_release(&b);
-	return 0;
-}

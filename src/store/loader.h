@@ -65,7 +65,4 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 		    struct tc__digest *chunks);
 
-/* Digest of the canonical table encoding (proto table codec). */
-int tc__table_digest(const struct tc__table *t, struct tc__digest *out);
-
 #endif /* TC_LOADER_H */

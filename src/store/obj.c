@@ -15,6 +15,7 @@
 #include "loader.h"
 #include "net/ev.h"
 #include "obj.h"
+#include "format/canon.h"
 #include "proto/proto.h"
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
@@ -63,12 +64,10 @@ void tc__obj_free(struct tc__obj *o)
 int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
 		   uint64_t nchunks)
 {
-	struct tc__digest td;
-	int rc = tc__table_digest(&o->table, &td);
+	int rc = tc__canon_root(&o->table, chunks, nchunks, &o->digest);
 
 	if (rc < 0)
 		return rc;
-	tc__digest_root(&td, chunks, nchunks, &o->digest);
 	tc__digest_id(&o->digest, o->id);
 	/* The host attach reply; an artifact imported straight to a GPU has
 	 * no host replica to attach (yet). */
@@ -634,7 +633,7 @@ static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 	json_t *keys = json_array(), *reps;
 	struct tc__map_entry *e;
 	size_t b;
-	char hex[33];
+	char hex[TC_DIGEST_HEX + 1];
 
 	for (e = tc__map_next(&s->keys, NULL, &b); e;
 	     e = tc__map_next(&s->keys, e, &b)) {
@@ -649,9 +648,10 @@ static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 		json_array_append_new(
 			reps, json_pack("{s:s, s:I}", "tier", "host", "bytes",
 					(json_int_t)o->mem_bytes));
-	return json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, s:I, "
-			 "s:f, s:o}",
-			 "id", o->id, "digest", hex, "keys", keys, "tensors",
+	return json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
+			 "s:I, s:f, s:o}",
+			 "id", o->id, "digest", hex, "digest_algorithm",
+			 "blake3", "keys", keys, "tensors",
 			 (json_int_t)o->table.ntensors, "bytes",
 			 (json_int_t)o->table.total_bytes, "mem_bytes",
 			 (json_int_t)o->mem_bytes, "leases",

@@ -164,7 +164,7 @@ out_report:
 				   sizeof(rep.msg));
 	rep.d2h_ms = t_now_ms() - t0;
 	if (rep.ret == 0) {
-		tc__hash128(buf, req.size, &d);
+		tc__hash256(buf, req.size, &d);
 		rep.data_ok = !memcmp(&d, &req.digest, sizeof(d));
 		rep.write_ret = tc__gpu_memset8(ord, ro.dptr, 0xEE, 4096, NULL,
 						rep.write_msg,
@@ -174,7 +174,7 @@ out_report:
 		rep.ret = tc__gpu_mem_read(&ro, 0, buf, MiB, NULL, rep.msg,
 					   sizeof(rep.msg));
 		if (rep.ret == 0) {
-			tc__hash128(buf, req.size, &d);
+			tc__hash256(buf, req.size, &d);
 			rep.data_ok = rep.data_ok &&
 				      !memcmp(&d, &req.digest, sizeof(d));
 		}
@@ -403,7 +403,7 @@ static void test_real__import_big_in_child(void **state)
 	assert_true(stage != MAP_FAILED);
 	t_fill_pattern(stage, big, 77);
 	memset(&req, 0, sizeof(req));
-	tc__hash128(stage, big, &req.digest);
+	tc__hash256(stage, big, &req.digest);
 	pinned = tc__gpu_host_register(dev, stage, big, 0, err, sizeof(err));
 	if (pinned < 0)
 		info("staging stays pageable: %s\n", err);

@@ -107,7 +107,7 @@ static void put_blob(tc_client *c, const char *key, uint64_t bytes,
 		fail_msg("commit: %s", tc_client_errmsg(c));
 }
 
-/* XXH3-128 of an attached artifact's byte space, read back in pinned-free
+/* BLAKE3 of an attached artifact's byte space, read back in pinned-free
  * 64 MiB pieces wherever it lives. */
 static struct tc__digest artifact_hash(tc_artifact *a)
 {
@@ -186,7 +186,7 @@ static int child_main(char **argv)
 {
 	const char *mode = argv[2], *sock = argv[3], *ref = argv[4];
 	struct tc__digest d;
-	char err[512], hex[33];
+	char err[512], hex[TC_DIGEST_HEX + 1];
 	tc_client *c;
 	tc_artifact *a;
 	double t0;
@@ -238,7 +238,7 @@ static int child_main(char **argv)
  * only import; a second process reads the same bytes; writes fail. */
 static void test_tier_real__large_attach(void **state)
 {
-	char hex[33], want[33], line[128];
+	char hex[TC_DIGEST_HEX + 1], want[TC_DIGEST_HEX + 1], line[160];
 	struct tc__digest hd, gd;
 	double t0, first_ms, again_ms, child_ms;
 	tc_client *c;
@@ -300,7 +300,7 @@ static void test_tier_real__large_attach(void **state)
 	t_read_line(fd, line, sizeof(line));
 	close(fd);
 	assert_int_equal(t_wait_status(pid), 0);
-	assert_int_equal(sscanf(line, "%32s %lf", hex, &child_ms), 2);
+	assert_int_equal(sscanf(line, "%64s %lf", hex, &child_ms), 2);
 	assert_string_equal(hex, want);
 	info("attach in a second process: %.3f ms\n", child_ms);
 	assert_int_equal(gpu_stat(c, "replicas"), 1);
@@ -385,7 +385,7 @@ static void test_tier_real__budget_leases_cycles(void **state)
 /* The daemon dies; a client's mapping stays valid and correct. */
 static void test_tier_real__daemon_dies_while_mapped(void **state)
 {
-	char want[33], line[64];
+	char want[TC_DIGEST_HEX + 1], line[160];
 	struct tc__digest hd;
 	int out, in[2];
 	tc_client *c;

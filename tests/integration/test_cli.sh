@@ -25,7 +25,7 @@ ok rc_is 0 t daemon status
 [ "$(t --json daemon status | json 'd["host_budget_bytes"]')" = 67108864 ]; ok test $? = 0
 
 id=$(t import "$DATA/tiny-llama" --key cli:llama:v1)
-ok test "${id:0:4}" = "tc1:"
+ok test "${id:0:4}" = "tc2:"
 ok rc_is 0 t verify "$DATA/tiny-llama" "$DATA/dtypes.safetensors"
 ok rc_is 1 t verify "$DATA/hostile/st/len_7.safetensors"
 t verify "$DATA/hostile/st/len_7.safetensors" 2>&1 | grep -q "TC_EBADFILE"; ok test $? = 0
@@ -66,7 +66,7 @@ if [ -e "$TC_BUILD/fakecuda/libcuda.so.1" ]; then
 	export TCAST_CUDA_LIB="$TC_BUILD/fakecuda/libcuda.so.1"
 	ok rc_is 0 t daemon start --host-memory 64MiB
 	gid=$(t import "$DATA/tiny-llama" --device cuda:0)
-	ok test "${gid:0:4}" = "tc1:"
+	ok test "${gid:0:4}" = "tc2:"
 	[ "$(t --json inspect "$gid" | json '[r["tier"] for r in d["replicas"]]')" = "['gpu']" ]; ok test $? = 0
 	t export "$gid" "$dir/gpu.safetensors" 2>&1 | grep -q "GPU only"; ok test $? = 0
 	ok rc_is 1 t import "$DATA/tiny-llama" --device cuda:7

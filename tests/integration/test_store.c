@@ -131,7 +131,7 @@ static void test_store__roundtrip_testdata(void **state)
 
 		snprintf(key, sizeof(key), "test:%zu", i);
 		import_ok(c, t_data(items[i]), key, &r);
-		assert_int_equal(strlen(r.id), 36);
+		assert_int_equal(strlen(r.id), 68);
 		assert_int_equal(r.key_generation, 1);
 		/* By id and by key, the same bytes. */
 		assert_int_equal(tc_attach(c, r.id, &a), 0);
@@ -426,7 +426,7 @@ static void test_store__rm_while_mapped(void **state)
 static void test_store__reput_of_removed_leased_content(void **state)
 {
 	tc_client *c = t_connect(D.sock);
-	char id1[40], id2[40];
+	char id1[TC_ID_BUFLEN], id2[TC_ID_BUFLEN];
 	tc_artifact *a, *b, *x;
 	long long used0 = status_int(c, "host_used_bytes");
 
@@ -486,7 +486,8 @@ static void test_store__eviction_lru_and_leases(void **state)
 {
 	struct t_daemon small;
 	struct t_daemon saved = D;
-	char a[40], b[40], cc[40], d[40], e[40], msg[512];
+	char a[TC_ID_BUFLEN], b[TC_ID_BUFLEN], cc[TC_ID_BUFLEN],
+		d[TC_ID_BUFLEN], e[TC_ID_BUFLEN], msg[512];
 	tc_client *c;
 	tc_artifact *h, *x;
 
@@ -550,7 +551,7 @@ static long long wait_spare(tc_client *c, long long want)
 static void test_store__spare_segment(void **state)
 {
 	struct t_daemon sd, saved = D;
-	char a[40], b[40], x[40];
+	char a[TC_ID_BUFLEN], b[TC_ID_BUFLEN], x[TC_ID_BUFLEN];
 	tc_client *c;
 	tc_artifact *h;
 
@@ -940,9 +941,12 @@ static void test_store__bad_requests_keep_connection(void **state)
 
 	assert_int_equal(tc_attach(c, "no:such:key", &a), TC_ENOTFOUND);
 	assert_non_null(strstr(tc_client_errmsg(c), "no:such:key"));
-	assert_int_equal(tc_attach(c, "tc1:0123456789abcdef0123456789abcdef",
-				   &a),
-			 TC_ENOTFOUND);
+	assert_int_equal(
+		tc_attach(
+			c,
+			"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+			&a),
+		TC_ENOTFOUND);
 	memset(big, 'k', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
 	/* An oversized field is refused; the connection goes on. */

@@ -59,7 +59,9 @@ def test_struct_layouts():
     # client.h layouts on x86-64 (fixed: part of the ABI).
     assert ctypes.sizeof(_native.TcTensorInfo) == 160
     assert _native.TcTensorInfo.offset.offset == 16 and _native.TcTensorInfo.shape.offset == 32
-    assert ctypes.sizeof(_native.TcResult) == 72
+    # 104 since ids became "tc2:" + 64 hex (TC_ID_BUFLEN 72, BLAKE3-256).
+    assert ctypes.sizeof(_native.TcResult) == 104
+    assert _native.TcResult.bytes.offset == 72
     # tc_opts grows only at the end, each field behind a field_mask bit, so
     # a caller built against an older, shorter struct never makes the
     # library read past it (TC_OPT_DEVICE added `device` at 48).

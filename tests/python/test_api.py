@@ -89,7 +89,7 @@ def test_handle_stays_on_what_the_key_named_first(tc, key):
 
 def test_bad_keys(tc):
     with pytest.raises(tcast.InvalidArgumentError, match="artifact id"):
-        tc.put({"x": np.zeros(2)}, key="tc1:0123456789abcdef0123456789abcdef")
+        tc.put({"x": np.zeros(2)}, key="tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
     with pytest.raises(tcast.InvalidArgumentError):
         tc.put({"x": np.zeros(2)}, key="")
     with pytest.raises(tcast.InvalidArgumentError, match="control"):
@@ -398,7 +398,7 @@ def test_prefetch_host(tc, key):
     art = tc.from_disk(DATA / "tiny-llama")
     p = art.prefetch()
     assert p.done and p.wait() is p and p.device == "cpu"
-    assert p.artifact_id.startswith("tc1:") and p.seconds >= 0
+    assert p.artifact_id.startswith("tc2:") and p.seconds >= 0
     assert tc.inspect(p.artifact_id)["tensors"] == 30
     r = art.tensor_dict_with_diagnostics()
     assert r.diagnostics.artifact_id == p.artifact_id

@@ -74,5 +74,5 @@ def test_daemon_message_reaches_python(tc):
         tc.artifact("no:such:key:here").tensor_dict()
     assert "no:such:key:here" in ei.value.message
     with pytest.raises(tcast.NotFoundError) as ei:
-        tc.artifact("tc1:00000000000000000000000000000000").tensor_dict()
-    assert "tc1:00000000000000000000000000000000" in str(ei.value)
+        tc.artifact("tc2:0000000000000000000000000000000000000000000000000000000000000000").tensor_dict()
+    assert "tc2:0000000000000000000000000000000000000000000000000000000000000000" in str(ei.value)

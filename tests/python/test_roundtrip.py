@@ -36,7 +36,7 @@ def check_shapes(tensors, expected, art):
 @pytest.mark.parametrize("framework", ["torch", "numpy"])
 def test_import_from_disk(tc, manifest, entry, framework):
     art = tc.import_from_disk(DATA / entry)
-    assert art.artifact_id.startswith("tc1:")
+    assert art.artifact_id.startswith("tc2:")
     assert art.last_import.ntensors == len(manifest[entry])
     t = art.tensor_dict(framework=framework)
     check_against_manifest(t, manifest[entry], art)

@@ -1,6 +1,6 @@
 /*
  * test_common.c - src/common: the growable buffer and the bounded cursor,
- * the string map, XXH3 digests and artifact ids, tensor sizes and layout,
+ * the string map, BLAKE3 digests and artifact ids, tensor sizes and layout,
  * the error table, the dtype table and the allocator's failure hook.
  *
  * Digests are pinned to xxHash's own sanity vectors (xsum_sanity_check.c),
@@ -631,73 +631,75 @@ static void test_common__map_oom(void **state)
 
 /* ------------------------------------------------------------------ hash */
 
-/* xxHash's sanity buffer (xsum_sanity_check.c, XSUM_fillTestBuffer). */
-static void fill_sanity(uint8_t *p, size_t n)
+/* Hex of a digest, for comparisons that print well when they fail. */
+static void hexof(const struct tc__digest *d, char out[TC_DIGEST_HEX + 1])
 {
-	uint64_t gen = 2654435761u; /* PRIME32 */
-
-	for (size_t i = 0; i < n; i++) {
-		p[i] = (uint8_t)(gen >> 56);
-		gen *= 11400714785074694797ull; /* PRIME64 */
-	}
+	tc__digest_hex(d, out);
 }
 
 static void test_common__hash_vectors(void **state)
 {
-	/* XSUM_XXH128_testdata, seed 0: {len, low64, high64}. */
+	/* BLAKE3's official test vectors (test_vectors.json): the input is
+	 * bytes i % 251, the hash the first 32 bytes of the output. */
 	static const struct {
 		size_t len;
-		uint64_t lo, hi;
+		const char *hex;
 	} v[] = {
-		{ 0, 0x6001C324468D497Full, 0x99AA06D3014798D8ull },
-		{ 1, 0xC44BDFF4074EECDBull, 0xA6CD5E9392000F6Aull },
-		{ 6, 0x3E7039BDDA43CFC6ull, 0x082AFE0B8162D12Aull },
-		{ 222, 0xF1AEBD597CEC6B3Aull, 0x337E09641B948717ull },
-		{ 2048, 0xDD59E2C3A5F038E0ull, 0xF736557FD47073A5ull },
-		{ 2367, 0xCB37AEB9E5D361EDull, 0xE89C0F6FF369B427ull },
+		{ 0,
+		  "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262" },
+		{ 1,
+		  "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213" },
+		{ 1023,
+		  "10108970eeda3eb932baac1428c7a2163b0e924c9a9e25b35bba72b28f70bd11" },
+		{ 1024,
+		  "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7" },
+		{ 1025,
+		  "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444" },
 	};
-	uint8_t buf[2367];
+	uint8_t buf[1025];
 	struct tc__hasher *h = tc__hasher_new();
-	char hex[33], id[TC_ID_LEN + 1];
+	char hex[TC_DIGEST_HEX + 1], id[TC_ID_LEN + 1];
 
 	assert_non_null(h);
-	fill_sanity(buf, sizeof(buf));
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i % 251);
 	for (size_t i = 0; i < TC_ARRAY_SIZE(v); i++) {
 		struct tc__digest d;
 
-		tc__hash128(buf, v[i].len, &d);
-		assert_int_equal(d.lo, v[i].lo);
-		assert_int_equal(d.hi, v[i].hi);
+		tc__hash256(buf, v[i].len, &d);
+		hexof(&d, hex);
+		assert_string_equal(hex, v[i].hex);
 		/* Streaming, in one piece and byte by byte. */
 		tc__hasher_reset(h);
 		tc__hasher_update(h, buf, v[i].len);
 		tc__hasher_final(h, &d);
-		assert_int_equal(d.lo, v[i].lo);
-		assert_int_equal(d.hi, v[i].hi);
+		hexof(&d, hex);
+		assert_string_equal(hex, v[i].hex);
 		tc__hasher_reset(h);
 		for (size_t k = 0; k < v[i].len; k++)
 			tc__hasher_update(h, buf + k, 1);
 		tc__hasher_final(h, &d);
-		assert_int_equal(d.lo, v[i].lo);
-		assert_int_equal(d.hi, v[i].hi);
+		hexof(&d, hex);
+		assert_string_equal(hex, v[i].hex);
 	}
 	tc__hasher_free(h);
 
-	/* Hex is high word first, lowercase (XXH128's canonical form). */
+	/* Hex is the digest's bytes in order, lowercase. */
 	{
 		struct tc__digest d;
 
-		tc__hash128("", 0, &d);
-		tc__digest_hex(&d, hex);
-		assert_string_equal(hex, "99aa06d3014798d86001c324468d497f");
+		tc__hash256("", 0, &d);
 		tc__digest_id(&d, id);
-		assert_string_equal(id, "tc1:99aa06d3014798d86001c324468d497f");
+		assert_string_equal(id, "tc2:af1349b9f5f9a1a6a0404dea36dcc949"
+					"9bcb25c9adc112b7cc9a93cae41f3262");
 		assert_int_equal(strlen(id), TC_ID_LEN);
 		assert_true(tc__is_id(id));
-		d.hi = 0;
-		d.lo = 1;
+		memset(&d, 0, sizeof(d));
+		d.b[31] = 1;
 		tc__digest_hex(&d, hex);
-		assert_string_equal(hex, "00000000000000000000000000000001");
+		assert_string_equal(hex,
+				    "0000000000000000000000000000000000000000"
+				    "000000000000000000000001");
 	}
 }
 
@@ -713,104 +715,92 @@ static void test_common__chunk_count(void **state)
 			 UINT64_MAX / TC_CHUNK_BYTES + 1);
 }
 
-/* The root from its definition: XXH3-128 over the big-endian table digest
- * then each chunk digest. */
-static void root_ref(const struct tc__digest *t, const struct tc__digest *c,
-		     uint64_t n, struct tc__digest *out)
+/* The root from its definition: BLAKE3 over the table bytes then each
+ * chunk digest's 32 bytes. */
+static void root_ref(const char *t, const struct tc__digest *c, uint64_t n,
+		     struct tc__digest *out)
 {
-	uint8_t *b = malloc(16 * (n + 1));
-	XXH128_hash_t h;
+	size_t tl = strlen(t);
+	uint8_t *b = malloc(tl + 32 * n + 1);
 
 	assert_non_null(b);
-	for (uint64_t i = 0; i <= n; i++) {
-		const struct tc__digest *d = i == 0 ? t : &c[i - 1];
-
-		for (int k = 0; k < 8; k++) {
-			b[16 * i + k] = (uint8_t)(d->hi >> (56 - 8 * k));
-			b[16 * i + 8 + k] = (uint8_t)(d->lo >> (56 - 8 * k));
-		}
-	}
-	h = XXH3_128bits(b, 16 * (n + 1));
-	out->hi = h.high64;
-	out->lo = h.low64;
+	memcpy(b, t, tl);
+	for (uint64_t i = 0; i < n; i++)
+		memcpy(b + tl + 32 * i, c[i].b, 32);
+	tc__hash256(b, tl + 32 * n, out);
 	free(b);
 }
 
 static bool deq(const struct tc__digest *a, const struct tc__digest *b)
 {
-	return a->hi == b->hi && a->lo == b->lo;
+	return tc__digest_eq(a, b) && !memcmp(a, b, sizeof(*a));
 }
 
 static void test_common__digest_root(void **state)
 {
-	struct tc__digest t, c[3], sw[3], r1, r2, ref;
+	struct tc__digest c[3], sw[3], r1, r2, ref;
 
-	tc__hash128("table", 5, &t);
-	tc__hash128("c0", 2, &c[0]);
-	tc__hash128("c1", 2, &c[1]);
-	tc__hash128("c2", 2, &c[2]);
+	tc__hash256("c0", 2, &c[0]);
+	tc__hash256("c1", 2, &c[1]);
+	tc__hash256("c2", 2, &c[2]);
 
 	for (uint64_t n = 0; n <= 3; n++) {
-		tc__digest_root(&t, c, n, &r1);
-		root_ref(&t, c, n, &ref);
+		tc__digest_root("table", 5, c, n, &r1);
+		root_ref("table", c, n, &ref);
 		assert_true(deq(&r1, &ref));
 	}
 	/* Deterministic. */
-	tc__digest_root(&t, c, 3, &r1);
-	tc__digest_root(&t, c, 3, &r2);
+	tc__digest_root("table", 5, c, 3, &r1);
+	tc__digest_root("table", 5, c, 3, &r2);
 	assert_true(deq(&r1, &r2));
 	/* Order of chunks matters. */
 	sw[0] = c[1];
 	sw[1] = c[0];
 	sw[2] = c[2];
-	tc__digest_root(&t, sw, 3, &r2);
+	tc__digest_root("table", 5, sw, 3, &r2);
 	assert_false(deq(&r1, &r2));
-	/* The table digest is not just another chunk: moving it changes
-	 * the root. */
-	sw[0] = t;
-	sw[1] = c[1];
-	sw[2] = c[2];
-	tc__digest_root(&c[0], sw, 3, &r2);
-	assert_false(deq(&r1, &r2));
-	/* hi and lo are not interchangeable. */
+	/* One bit of one chunk digest changes it. */
 	sw[0] = c[0];
-	sw[0].hi = c[0].lo;
-	sw[0].lo = c[0].hi;
+	sw[0].b[17] ^= 0x10;
 	sw[1] = c[1];
 	sw[2] = c[2];
-	tc__digest_root(&t, sw, 3, &r2);
+	tc__digest_root("table", 5, sw, 3, &r2);
+	assert_false(deq(&r1, &r2));
+	assert_false(tc__digest_eq(&sw[0], &c[0]));
+	/* The table matters. */
+	tc__digest_root("tablf", 5, c, 3, &r2);
 	assert_false(deq(&r1, &r2));
 	/* Dropping the last chunk changes it. */
-	tc__digest_root(&t, c, 2, &r2);
+	tc__digest_root("table", 5, c, 2, &r2);
 	assert_false(deq(&r1, &r2));
 }
 
 static void test_common__is_id(void **state)
 {
 	static const char *const good[] = {
-		"tc1:00000000000000000000000000000000",
-		"tc1:0123456789abcdef0123456789abcdef",
-		"tc1:ffffffffffffffffffffffffffffffff",
+		"tc2:0000000000000000000000000000000000000000000000000000000000000000",
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"tc2:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
 	};
 	static const char *const bad[] = {
-		"",
-		"tc1:",
-		"tc1",
-		"tc1:0123456789abcdef0123456789abcde",	  /* 31 */
-		"tc1:0123456789abcdef0123456789abcdef0",  /* 33 */
-		"tc1:0123456789ABCDEF0123456789abcdef",	  /* upper */
-		"tc1:0123456789abcdef0123456789abcdeg",	  /* 'g' */
-		"tc1:0123456789abcdef 123456789abcdef",	  /* space */
-		"tc1:0123456789abcdef0123456789abcdef\n", /* trailer */
-		"TC1:0123456789abcdef0123456789abcdef",
-		"tc2:0123456789abcdef0123456789abcdef",
-		"tc1-0123456789abcdef0123456789abcdef",
-		" tc1:0123456789abcdef0123456789abcde",
-		"0123456789abcdef0123456789abcdef",
-		"tc1:0x23456789abcdef0123456789abcdef",
-		"tc1:/123456789abcdef0123456789abcdef", /* '0' - 1 */
-		"tc1::123456789abcdef0123456789abcdef", /* '9' + 1 */
-		"tc1:`123456789abcdef0123456789abcdef", /* 'a' - 1 */
+		"", "tc2:", "tc2",
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde", /* 63 */
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0", /* 65 */
+		"tc2:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef", /* upper */
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg", /* 'g' */
+		"tc2:0123456789abcdef 123456789abcdef0123456789abcdef0123456789abcdef", /* space */
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n", /* trailer */
+		"TC2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		/* the old XXH3-128 form is not an id any more */
+		"tc1:0123456789abcdef0123456789abcdef",
+		"tc1:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"tc2-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		" tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde",
+		"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"tc2:0x23456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"tc2:/123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", /* '0' - 1 */
+		"tc2::123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", /* '9' + 1 */
+		"tc2:`123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", /* 'a' - 1 */
 	};
 
 	for (size_t i = 0; i < TC_ARRAY_SIZE(good); i++)
@@ -821,7 +811,8 @@ static void test_common__is_id(void **state)
 	}
 	/* A NUL inside the 32 digits ends the string: not an id. */
 	{
-		char s[TC_ID_LEN + 2] = "tc1:0123456789abcdef0123456789abcdef";
+		char s[TC_ID_LEN + 2] = "tc2:0123456789abcdef0123456789abcdef"
+					"0123456789abcdef0123456789abcdef";
 
 		s[20] = '\0';
 		assert_false(tc__is_id(s));

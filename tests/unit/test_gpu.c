@@ -78,7 +78,7 @@ static void loud(void)
 
 static void digest_of(const void *p, size_t n, struct tc__digest *d)
 {
-	tc__hash128(p, n, d);
+	tc__hash256(p, n, d);
 }
 
 /* ------------------------------------------------------------------------ */

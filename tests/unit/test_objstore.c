@@ -47,6 +47,7 @@
 #include "store/jobs.h"
 #include "store/loader.h"
 #include "store/obj.h"
+#include "format/canon.h"
 #include "store/shm.h"
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
@@ -540,25 +541,25 @@ static void test_objstore__obj_finish(void **state)
 	size_t n;
 	uint64_t size;
 
-	/* id = root(digest of the canonical table, chunk digests). */
-	tc__proto_put_table(&b, &o->table);
-	tc__hash128(b.data, b.len, &td);
+	/* id = BLAKE3(canonical table || chunk digests). */
+	tc__canon_table(&b, &o->table);
+	assert_false(b.oom);
+	tc__hash256(o->shm->map, o->table.total_bytes, &chunk);
+	tc__digest_root(b.data, b.len, &chunk, 1, &root);
 	tc__buf_release(&b);
-	{
-		struct tc__digest t2;
-
-		assert_int_equal(tc__table_digest(&o->table, &t2), 0);
-		assert_true(t2.hi == td.hi && t2.lo == td.lo);
-	}
-	tc__hash128(o->shm->map, o->table.total_bytes, &chunk);
-	tc__digest_root(&td, &chunk, 1, &root);
+	/* And not the protocol's table encoding (the wire does not name
+	 * artifacts). */
+	tc__proto_put_table(&b, &o->table);
+	tc__digest_root(b.data, b.len, &chunk, 1, &td);
+	tc__buf_release(&b);
+	assert_false(tc__digest_eq(&td, &root));
 	tc__digest_id(&root, id);
 	assert_string_equal(o->id, id);
 	assert_true(tc__is_id(o->id));
 
 	/* attach_body: id, segment size, then the table. */
 	tc__cur_init(&c, o->attach_body.data, o->attach_body.len);
-	assert_int_equal(tc__cur_read_str(&c, 64, &s, &n), 0);
+	assert_int_equal(tc__cur_read_str(&c, 128, &s, &n), 0);
 	assert_int_equal(n, TC_ID_LEN);
 	assert_memory_equal(s, o->id, n);
 	assert_int_equal(tc__cur_read_u64(&c, &size), 0);
@@ -717,9 +718,11 @@ static void test_objstore__keys_cas(void **state)
 	must_contain(err, "does not exist");
 	assert_null(tc__objs_resolve(&s, "o", err, MSG, &(int){ 0 }));
 	/* A target that does not exist. */
-	assert_int_equal(kset(&s, "p", "tc1:00000000000000000000000000000000",
-			      false, 0, &gen, err),
-			 TC_ENOTFOUND);
+	assert_int_equal(
+		kset(&s, "p",
+		     "tc2:0000000000000000000000000000000000000000000000000000000000000000",
+		     false, 0, &gen, err),
+		TC_ENOTFOUND);
 	assert_int_equal(kset(&s, "p", "nonsense", false, 0, &gen, err),
 			 TC_ENOTFOUND);
 	assert_int_equal(s.keys.count, 2);
@@ -733,17 +736,21 @@ static void test_objstore__key_names(void **state)
 	char err[MSG], name[TC_KEY_MAX + 2];
 	uint64_t gen;
 	static const char *const bad[] = {
-		"",	   "a\nb",
-		"\x01",	   "tab\there",
-		"del\x7f", "esc\x1b[0m",
-		"end\x1f", "tc1:0123456789abcdef0123456789abcdef",
+		"",
+		"a\nb",
+		"\x01",
+		"tab\there",
+		"del\x7f",
+		"esc\x1b[0m",
+		"end\x1f",
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 	};
 	static const char *const good[] = {
 		"m",
 		"org/model:v1",
-		"tc1:0123",
-		"tc1:0123456789abcdef0123456789abcdef0",
-		"TC1:0123456789abcdef0123456789abcdef",
+		"tc2:0123",
+		"tc2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0",
+		"TC2:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 		"\xc3\xa9t\xc3\xa9",
 		" spaced ",
 		"../x",
@@ -878,8 +885,10 @@ static void test_objstore__resolve(void **state)
 	assert_null(tc__objs_resolve(&s, "nope", err, MSG, &rc));
 	assert_int_equal(rc, TC_ENOTFOUND);
 	must_contain(err, "'nope'");
-	assert_null(tc__objs_resolve(&s, "tc1:ffffffffffffffffffffffffffffffff",
-				     err, MSG, &rc));
+	assert_null(tc__objs_resolve(
+		&s,
+		"tc2:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+		err, MSG, &rc));
 	assert_int_equal(rc, TC_ENOTFOUND);
 	release_all(&s);
 }
@@ -940,9 +949,12 @@ static void test_objstore__rm(void **state)
 	assert_int_equal(tc__objs_rm(&s, "kx", err, MSG), 0);
 	assert_int_equal(tc__objs_rm(&s, "kx", err, MSG), TC_ENOTFOUND);
 	must_contain(err, "'kx'");
-	assert_int_equal(tc__objs_rm(&s, "tc1:00000000000000000000000000000000",
-				     err, MSG),
-			 TC_ENOTFOUND);
+	assert_int_equal(
+		tc__objs_rm(
+			&s,
+			"tc2:0000000000000000000000000000000000000000000000000000000000000000",
+			err, MSG),
+		TC_ENOTFOUND);
 	assert_int_equal(s.used, 0);
 	release_all(&s);
 }
@@ -1013,7 +1025,7 @@ static void test_objstore__json(void **state)
 {
 	struct tc__objs s;
 	struct tc__obj *a, *b;
-	char err[MSG], hex[33];
+	char err[MSG], hex[TC_DIGEST_HEX + 1];
 	uint64_t gen;
 	json_t *j, *arts, *x, *r;
 	int rc;
@@ -1526,10 +1538,7 @@ static void ref_chunks(const uint8_t *p, uint64_t size, struct tc__digest *d)
 		uint64_t off = k * TC_CHUNK_BYTES,
 			 n = size - off < TC_CHUNK_BYTES ? size - off :
 							   TC_CHUNK_BYTES;
-		XXH128_hash_t h = XXH3_128bits(p + off, n);
-
-		d[k].hi = h.high64;
-		d[k].lo = h.low64;
+		tc__hash256(p + off, n, &d[k]);
 	}
 }
 

@@ -161,7 +161,7 @@ static void test_proto__frame_bad_magic(void **state)
 
 static void test_proto__frame_bad_version(void **state)
 {
-	static const uint16_t v[] = { 0, 2, 3, 0x100, 0xffff };
+	static const uint16_t v[] = { 0, 1, 3, 0x100, 0xffff };
 	uint8_t raw[TC_FRAME_HDR];
 
 	for (size_t i = 0; i < TC_ARRAY_SIZE(v); i++) {
@@ -172,7 +172,7 @@ static void test_proto__frame_bad_version(void **state)
 	/* A version mismatch wins over the fields it may define
 	 * differently (a newer peer's types and flags). */
 	good_hdr(raw);
-	put_le(raw + 4, 2, 2);
+	put_le(raw + 4, 3, 2);
 	put_le(raw + 6, 999, 2);
 	put_le(raw + 8, 0xffffffffu, 4);
 	expect_decode(raw, TC_EVERSION, "version");
