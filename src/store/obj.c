@@ -570,6 +570,43 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 	return 0;
 }
 
+int tc__objs_key_precheck(struct tc__objs *s, const char *key, bool expect,
+			  uint64_t expect_gen, char *err, size_t errlen)
+{
+	struct tc__key *k;
+	int rc;
+
+	if (!key[0])
+		return 0;
+	rc = key_name_ok(key, err, errlen);
+	if (rc < 0 || !expect)
+		return rc;
+	k = tc__map_get(&s->keys, key);
+	if (!k && expect_gen != 0) {
+		snprintf(err, errlen,
+			 "key '%s' does not exist (expected generation %llu); "
+			 "nothing was loaded",
+			 key, (unsigned long long)expect_gen);
+		return TC_ECONFLICT;
+	}
+	if (k && k->gen != expect_gen) {
+		snprintf(err, errlen,
+			 "key '%s' is at generation %llu, not %llu (it points "
+			 "to '%s'); nothing was loaded",
+			 key, (unsigned long long)k->gen,
+			 (unsigned long long)expect_gen,
+			 k->id[0] ? k->id : "nothing");
+		return TC_ECONFLICT;
+	}
+	return 0;
+}
+
+void tc__objs_discard_new(struct tc__objs *s, struct tc__obj *o)
+{
+	if (o->nkeys == 0 && o->leases == 0 && !o->dead)
+		obj_kill(s, o);
+}
+
 int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen)
 {
 	struct tc__map_entry *e;

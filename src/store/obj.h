@@ -114,6 +114,16 @@ void tc__objs_lease(struct tc__objs *s, struct tc__obj *o);
 void tc__objs_kill(struct tc__objs *s, struct tc__obj *o);
 /* Drop one lease; frees a dead artifact at zero. */
 void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o);
+/* The checks of tc__objs_key_set that do not need the artifact: the key's
+ * name, and with `expect` its generation.  Run before a load, so a CAS
+ * import or put that cannot publish reserves, loads and evicts nothing.
+ * Returns 0, TC_EINVAL or TC_ECONFLICT with err set. */
+int tc__objs_key_precheck(struct tc__objs *s, const char *key, bool expect,
+			  uint64_t expect_gen, char *err, size_t errlen);
+/* Take back an artifact that an import or put just inserted (not a
+ * deduplicated one) when publishing its key failed: unless a key or a
+ * lease has reached it since, it goes, and its memory with it. */
+void tc__objs_discard_new(struct tc__objs *s, struct tc__obj *o);
 /* Remove by key (the key, and the artifact when no other key names it) or
  * by id (the artifact and the keys naming it).  Leased artifacts are freed
  * at their last release. */

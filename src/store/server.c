@@ -497,6 +497,8 @@ struct import_job {
 	 * that the tier adopts as the artifact's only replica. */
 	bool gpu;
 	uint8_t gpu_uuid[TC_GPU_UUID_BYTES];
+	uint64_t host_charged;	 /* host budget reserved for j->o, until
+				    tc__objs_insert takes it over */
 	int gpu_dev;		 /* the daemon's ordinal, once charged */
 	uint64_t gpu_charged;	 /* bytes charged to that GPU's budget */
 	struct tc__gpu_mem gmem; /* the allocation while the job owns it */
@@ -517,6 +519,11 @@ static void import_free(struct import_job *j)
 		tc__gpu_tier_unreserve(j->c->srv->gpu, j->gpu_dev,
 				       j->gpu_charged);
 	}
+	/* Every exit returns what the job reserved: a load that failed (a
+	 * shard that shrank, a bad file, a GPU error, a cancel) leaves the
+	 * budget as it found it. */
+	if (j->host_charged)
+		tc__objs_unreserve(&j->c->srv->objs, j->host_charged);
 	if (j->fd >= 0)
 		close(j->fd);
 	tc__source_free(j->src);
@@ -682,6 +689,8 @@ static void import_done(struct tc__job *job)
 				return;
 			}
 			bytes += extra;
+			/* the reservation: segment and table charge */
+			j->host_charged = bytes;
 		}
 		j->o->mem_bytes = bytes;
 		j->o->policy = j->policy;
@@ -709,13 +718,13 @@ static void import_done(struct tc__job *job)
 	o = j->o;
 	rc = tc__objs_insert(&s->objs, j->o, &o);
 	if (rc < 0) {
-		tc__objs_unreserve(&s->objs, j->o->mem_bytes);
 		import_fail(j, rc, "out of memory");
 		return;
 	}
 	bool dedup = o != j->o;
 
 	j->o = NULL; /* owned by the table now (or freed as a duplicate) */
+	j->host_charged = 0; /* and so is its charge */
 	tc__gpu_tier_host_added(s->gpu, o);
 	if (j->gpu) {
 		/* The allocation becomes o's replica (or is dropped when the
@@ -759,9 +768,13 @@ static void import_done(struct tc__job *job)
 	if (!c->closing) {
 		c->err[0] = '\0';
 		rc = publish_key(c, o, j->key, j->flags, j->expect_gen, &gen);
-		if (rc < 0)
+		if (rc < 0) {
+			/* The key moved while we loaded: what this import
+			 * added goes again, so the failure leaves nothing. */
+			if (!dedup)
+				tc__objs_discard_new(&s->objs, o);
 			tc__srv_reply_error(c, &j->r, rc);
-		else
+		} else
 			reply_created(c, &j->r, o, ns, dedup, gen);
 		tc__srv_conn_flush(c);
 		tc__srv_conn_process(c);
@@ -817,6 +830,14 @@ static int on_import(struct conn *c, struct req *r)
 	if ((rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;
 	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	/* A key the import could never publish under (a bad name, a CAS
+	 * generation that does not match) fails now: before anything is
+	 * read, reserved or evicted.  publish_key checks again at the end. */
+	rc = tc__objs_key_precheck(&c->srv->objs, j->key,
+				   j->flags & TC_RF_EXPECT, j->expect_gen,
+				   c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	/* Only a regular file or a directory; a FIFO or device would block a
@@ -918,6 +939,11 @@ static int on_create(struct conn *c, struct req *r)
 	if ((rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;
 	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__objs_key_precheck(&c->srv->objs, p->key,
+				   p->flags & TC_RF_EXPECT, p->expect_gen,
+				   c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	rc = tc__table_layout(&p->o->table);
@@ -1069,6 +1095,8 @@ static void seal_done(struct tc__job *job)
 					 &gen);
 			if (rc == 0)
 				reply_created(c, &j->r, o, ns, dedup, gen);
+			else if (!dedup)
+				tc__objs_discard_new(&c->srv->objs, o);
 		}
 		tc__free(p);
 	}
