@@ -234,5 +234,12 @@ TC_API int tc_keys_json(tc_client *c, const char *key, char **out);
 /* Write an artifact to a safetensors file (atomically: tmp, fsync,
  * rename).  Returns 0 or a negative code. */
 TC_API int tc_export(tc_client *c, const char *ref, const char *path);
+/* tc_export with flags.  Export writes a fresh temporary beside `path` and
+ * renames it into place (mode 0666 & ~umask); it never replaces anything
+ * but a regular file (a FIFO, device, folder or symlink: TC_EINVAL), and a
+ * regular file only with TC_EXPORT_FORCE (else TC_EEXIST). */
+#define TC_EXPORT_FORCE 1u
+TC_API int tc_export_ex(tc_client *c, const char *ref, const char *path,
+			uint32_t flags);
 
 #endif /* TCAST_CLIENT_H */

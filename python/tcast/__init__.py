@@ -459,10 +459,16 @@ def inspect(ref: Union[str, Artifact]) -> Dict[str, Any]:
     return s.call_json(s.lib.tc_inspect_json, _ref_of(ref).encode())
 
 
-def export(ref: Union[str, Artifact], path: "str | os.PathLike") -> None:
-    """Write an artifact to a safetensors file (atomically)."""
+def export(ref: Union[str, Artifact], path: "str | os.PathLike", force: bool = False) -> None:
+    """Write an artifact to a safetensors file (atomically).
+
+    An existing regular file at ``path`` is replaced only with
+    ``force=True`` (else ``AlreadyExistsError``, TC_EEXIST); a FIFO,
+    device, folder or symlink there is never replaced (TC_EINVAL).  The new
+    file's mode is 0666 & ~umask.
+    """
     s = _sess()
-    s.call(s.lib.tc_export, _ref_of(ref).encode(), os.fsencode(path))
+    s.call(s.lib.tc_export_ex, _ref_of(ref).encode(), os.fsencode(path), 1 if force else 0)
 
 
 def verify(path: "str | os.PathLike") -> Dict[str, Any]:

@@ -166,6 +166,7 @@ PROTOTYPES = {
     "tc_inspect_json": (c_int, [_p, c_char_p, _pp]),
     "tc_keys_json": (c_int, [_p, c_char_p, _pp]),
     "tc_export": (c_int, [_p, c_char_p, c_char_p]),
+    "tc_export_ex": (c_int, [_p, c_char_p, c_char_p, c_uint32]),
 }
 
 # ------------------------------------------------------------ the library

@@ -319,11 +319,30 @@ out_free:
 int cmd_export(int argc, char **argv)
 {
 	const char *ops[2];
+	char **args;
 	struct stat st;
+	uint32_t flags = 0;
 	tc_client *c;
-	int rc;
+	int nargs = 0, rc;
 
-	if (cli_operands(argc, argv, 2, 2, ops) < 0)
+	/* --force (-f) before a "--": replacing an existing file is asked
+	 * for, never assumed; the rest is parsed as operands. */
+	args = calloc((size_t)argc + 1, sizeof(*args));
+	if (!args)
+		return cli_fail(-ENOMEM, "out of memory");
+	for (int i = 0, opts = 1; i < argc; i++) {
+		if (i > 0 && opts && !strcmp(argv[i], "--"))
+			opts = 0;
+		if (i > 0 && opts &&
+		    (!strcmp(argv[i], "--force") || !strcmp(argv[i], "-f"))) {
+			flags |= TC_EXPORT_FORCE;
+			continue;
+		}
+		args[nargs++] = argv[i];
+	}
+	rc = cli_operands(nargs, args, 2, 2, ops);
+	free(args);
+	if (rc < 0)
 		return EXIT_USAGE;
 	if (!strcmp(ops[1], "-")) {
 		if (cli.json)
@@ -340,7 +359,7 @@ int cmd_export(int argc, char **argv)
 	if (!strcmp(ops[1], "-"))
 		rc = tc__client_export_fd(c, ops[0], STDOUT_FILENO);
 	else
-		rc = tc_export(c, ops[0], ops[1]);
+		rc = tc_export_ex(c, ops[0], ops[1], flags);
 	if (rc < 0) {
 		rc = cli_fail(rc, tc_client_errmsg(c));
 	} else if (cli.json) {

@@ -85,10 +85,12 @@ static const struct cli_verb verbs[] = {
 	  "                 it is at generation GEN (compare-and-swap)\n" REF_HELP
 		  GLOBAL_OPTS },
 	{ "export", cmd_export, "write an artifact to a safetensors file",
-	  "tcast export REF OUT.safetensors|-\n"
+	  "tcast export REF OUT.safetensors|- [--force]\n"
 	  "\n"
-	  "Writes the file atomically (temporary file, fsync, rename); '-' "
-	  "writes\nthe bytes to stdout, which must not be a terminal.\n" REF_HELP
+	  "Writes the file atomically (a fresh temporary file, fsync, rename; "
+	  "mode\n0666 & ~umask); '-' writes the bytes to stdout, which must "
+	  "not be a\nterminal.  An existing regular file is replaced only "
+	  "with --force (-f);\na FIFO, device, folder or symlink never.\n" REF_HELP
 		  GLOBAL_OPTS },
 	{ "verify", cmd_verify, "validate a safetensors file or folder",
 	  "tcast verify [--] PATH...\n"

@@ -455,13 +455,24 @@ TC_API int tc_artifact_dlpack_bytes(tc_artifact *a, int versioned, void **out)
 
 TC_API int tc_export(tc_client *c, const char *ref, const char *path)
 {
+	return tc_export_ex(c, ref, path, 0);
+}
+
+TC_API int tc_export_ex(tc_client *c, const char *ref, const char *path,
+			uint32_t flags)
+{
 	tc_artifact *a;
 	char err[512];
-	int rc = tc_attach(c, ref, &a);
+	int rc;
 
+	if (flags & ~(uint32_t)TC_EXPORT_FORCE)
+		return tc__client_err(c, TC_EINVAL, "unknown export flags");
+	rc = tc_attach(c, ref, &a);
 	if (rc < 0)
 		return rc;
-	rc = tc__st_write_path(path, &a->table, a->map, err, sizeof(err));
+	rc = tc__st_write_path(path, &a->table, a->map,
+			       flags & TC_EXPORT_FORCE ? TC_ST_WRITE_FORCE : 0,
+			       err, sizeof(err));
 	if (rc < 0)
 		tc__client_err(c, rc, err);
 	tc_artifact_close(a);

@@ -115,9 +115,14 @@ void tc__source_free(struct tc__source *s);
  */
 int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
 		    char *err, size_t errlen);
-/* Write to "<path>.tmp.<pid>", fsync, rename over `path`, fsync the
- * directory: a crash leaves the old file or the new one, never half. */
+/* Write to a fresh O_EXCL temporary beside `path`, fsync, rename to
+ * `path`, fsync the directory: a crash leaves the old file or the new one,
+ * never half.  Refuses (TC_EINVAL) to replace anything but a regular file,
+ * and (TC_EEXIST) a regular file without TC_ST_WRITE_FORCE.  The new file's
+ * mode is 0666 & ~umask. */
+#define TC_ST_WRITE_FORCE 1u /* replace an existing regular file */
 int tc__st_write_path(const char *path, const struct tc__table *t,
-		      const void *base, char *err, size_t errlen);
+		      const void *base, unsigned flags, char *err,
+		      size_t errlen);
 
 #endif /* TC_FORMAT_H */

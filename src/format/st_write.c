@@ -8,8 +8,11 @@
  * table is validated first (the writer is also fed by clients), so the
  * output always passes tc__st_parse_header.
  *
- * tc__st_write_path publishes atomically: write "<path>.tmp.<pid>", fsync
- * it, rename it over path, fsync the folder.  An fsync error is returned,
+ * tc__st_write_path publishes atomically: write a fresh O_EXCL|O_NOFOLLOW
+ * temporary beside path (a random name; mode 0666 & ~umask), fsync it,
+ * rename it to path (RENAME_NOREPLACE unless forced), fsync the folder.
+ * It never replaces anything but a regular file, and that only when
+ * forced.  An fsync error is returned,
  * never retried: after a writeback error the pages may be gone.
  */
 #include <errno.h>
@@ -17,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -424,26 +429,92 @@ out_free_dir:
 	return ret;
 }
 
-int tc__st_write_path(const char *path, const struct tc__table *t,
-		      const void *base, char *err, size_t errlen)
+/* Refuse a target export must not replace: anything but a regular file
+ * (a FIFO, a device node such as /dev/null, a folder, a symlink), and a
+ * regular file unless the caller said so.  0 when absent or replaceable. */
+static int check_target(const char *path, unsigned flags, char *err,
+			size_t errlen)
 {
-	size_t len = strlen(path) + 32;
+	struct stat st;
+
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		tc__fmt_err(err, errlen, "cannot inspect '%s': %s", path,
+			    strerror(errno));
+		return -errno;
+	}
+	if (S_ISLNK(st.st_mode) || !S_ISREG(st.st_mode)) {
+		tc__fmt_err(err, errlen,
+			    "'%s' exists and is %s; export replaces only "
+			    "regular files",
+			    path,
+			    S_ISLNK(st.st_mode)	 ? "a symlink" :
+			    S_ISDIR(st.st_mode)	 ? "a folder" :
+			    S_ISFIFO(st.st_mode) ? "a FIFO" :
+			    S_ISCHR(st.st_mode)	 ? "a character device" :
+			    S_ISBLK(st.st_mode)	 ? "a block device" :
+			    S_ISSOCK(st.st_mode) ? "a socket" :
+						   "not a regular file");
+		return TC_EINVAL;
+	}
+	if (!(flags & TC_ST_WRITE_FORCE)) {
+		tc__fmt_err(err, errlen,
+			    "'%s' exists; pass --force (TC_EXPORT_FORCE) to "
+			    "replace it",
+			    path);
+		return TC_EEXIST;
+	}
+	return 0;
+}
+
+/*
+ * A fresh temporary beside `path`, created O_EXCL|O_NOFOLLOW so that a name
+ * another user planted (a file, a symlink) is never opened, only skipped;
+ * the random part makes planting them all hopeless.  Mode 0666 & ~umask,
+ * as any new file.  Returns the fd or -errno.
+ */
+static int open_temp(const char *path, char *tmp, size_t len)
+{
+	for (int i = 0; i < 64; i++) {
+		uint64_t r = 0;
+		int fd;
+
+		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+			r = (uint64_t)getpid() * 2654435761u + (uint64_t)i;
+		snprintf(tmp, len, "%s.tcast-%016llx.tmp", path,
+			 (unsigned long long)r);
+		fd = open(tmp,
+			  O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			  0666);
+		if (fd >= 0 || errno != EEXIST)
+			return fd >= 0 ? fd : -errno;
+	}
+	return -EEXIST;
+}
+
+int tc__st_write_path(const char *path, const struct tc__table *t,
+		      const void *base, unsigned flags, char *err,
+		      size_t errlen)
+{
+	size_t len = strlen(path) + 40;
 	char *tmp;
 	int fd, ret;
 
+	ret = check_target(path, flags, err, errlen);
+	if (ret < 0)
+		return ret;
 	tmp = tc__malloc(len);
 	if (!tmp) {
 		tc__fmt_err(err, errlen, "out of memory writing '%s'", path);
 		return -ENOMEM;
 	}
-	snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
-	/* Messages name `path`: the user never made the temporary file. */
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-		  0644);
+	fd = open_temp(path, tmp, len);
 	if (fd < 0) {
-		ret = -errno;
-		tc__fmt_err(err, errlen, "cannot create '%s': %s", path,
-			    tc_strerror(ret));
+		ret = fd;
+		tc__fmt_err(err, errlen,
+			    "cannot create a temporary file beside '%s': %s",
+			    path, tc_strerror(ret));
 		goto out_free_tmp;
 	}
 	ret = tc__st_write_fd(fd, t, base, err, errlen);
@@ -465,12 +536,32 @@ int tc__st_write_path(const char *path, const struct tc__table *t,
 		goto out_unlink;
 	}
 	fd = -1;
-	if (rename(tmp, path) < 0) {
-		ret = -errno;
-		tc__fmt_err(err, errlen,
-			    "cannot rename the new file over '%s': %s", path,
-			    tc_strerror(ret));
-		goto out_unlink;
+	/* Without force, never clobber: a file that appeared since the check
+	 * stays (RENAME_NOREPLACE is atomic).  With force, check again just
+	 * before: what is there must still be a regular file. */
+	if (!(flags & TC_ST_WRITE_FORCE)) {
+		if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) <
+		    0) {
+			ret = -errno;
+			if (ret == -EEXIST)
+				check_target(path, flags, err, errlen);
+			else
+				tc__fmt_err(err, errlen,
+					    "cannot create '%s': %s", path,
+					    tc_strerror(ret));
+			ret = ret == -EEXIST ? TC_EEXIST : ret;
+			goto out_unlink;
+		}
+	} else {
+		ret = check_target(path, flags, err, errlen);
+		if (ret < 0)
+			goto out_unlink;
+		if (rename(tmp, path) < 0) {
+			ret = -errno;
+			tc__fmt_err(err, errlen, "cannot replace '%s': %s",
+				    path, tc_strerror(ret));
+			goto out_unlink;
+		}
 	}
 	ret = fsync_parent(path, err, errlen);
 	goto out_free_tmp;

@@ -1300,8 +1300,8 @@ static void roundtrip(const char *path, bool identical)
 	for (uint32_t i = 0; i < s->table.ntensors; i++)
 		s->table.tensors[i].offset =
 			s->table.tensors[i].src_offset - data_start;
-	if (tc__st_write_path(out, &s->table, orig + data_start, err,
-			      sizeof(err)))
+	if (tc__st_write_path(out, &s->table, orig + data_start,
+			      TC_ST_WRITE_FORCE, err, sizeof(err)))
 		fail_msg("%s", err);
 	copy = slurp(out, &len2);
 	if (identical) {
@@ -1508,16 +1508,18 @@ static void test_format__write_rejects(void **state)
 	/* the path variant leaves no temporary file behind on failure */
 	d = tmpdir();
 	p = path_join(d, "missing/out.safetensors");
-	assert_int_equal(tc__st_write_path(p, &t, base, err, sizeof(err)),
+	assert_int_equal(tc__st_write_path(p, &t, base, 0, err, sizeof(err)),
 			 -ENOENT);
 	free(p);
 	p = path_join(d, "out.safetensors");
-	assert_int_equal(mkdir(p, 0755), 0); /* rename over a folder fails */
-	assert_int_equal(tc__st_write_path(p, &t, base, err, sizeof(err)),
-			 -EISDIR);
-	assert_non_null(strstr(err, "cannot rename"));
+	assert_int_equal(mkdir(p, 0755), 0); /* never over a folder */
+	assert_int_equal(tc__st_write_path(p, &t, base, TC_ST_WRITE_FORCE, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_non_null(strstr(err, "a folder"));
 	assert_int_equal(rmdir(p), 0);
-	assert_int_equal(tc__st_write_path(p, &t, base, err, sizeof(err)), 0);
+	assert_int_equal(tc__st_write_path(p, &t, base, 0, err, sizeof(err)),
+			 0);
 	assert_int_equal(rmdir(d) < 0 && errno == ENOTEMPTY, 1);
 	assert_int_equal(unlink(p), 0);
 	assert_int_equal(rmdir(d), 0); /* only out.safetensors was there */
