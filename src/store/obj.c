@@ -11,6 +11,7 @@
 
 #include "common/alloc.h"
 #include "common/log.h"
+#include "common/names.h"
 #include "gpu_tier.h"
 #include "loader.h"
 #include "net/ev.h"
@@ -482,14 +483,7 @@ static int key_name_ok(const char *key, char *err, size_t errlen)
 			 key);
 		return TC_EINVAL;
 	}
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)key[i] < 0x20 || key[i] == 0x7f) {
-			snprintf(err, errlen,
-				 "key contains a control character at byte %zu",
-				 i);
-			return TC_EINVAL;
-		}
-	return 0;
+	return tc__name_check("key", key, n, TC_KEY_MAX, 0, err, errlen);
 }
 
 int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,

@@ -28,6 +28,7 @@
 #include "common/compiler.h"
 #include "common/failpoint.h"
 #include "common/log.h"
+#include "common/names.h"
 #include "gpu_loader.h"
 #include "gpu_tier.h"
 #include "jobs.h"
@@ -224,12 +225,24 @@ static void lease_drop(struct conn *c, struct lease *l)
 int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
 		     size_t dstlen)
 {
-	int rc = tc__cur_read_strcpy(&r->body, dst, dstlen);
+	const char *s;
+	size_t n;
+	int rc = tc__cur_read_str(&r->body, TC_PROTO_MAX_STR, &s, &n);
 
-	if (rc < 0)
+	if (rc < 0) {
 		snprintf(c->err, sizeof(c->err), "%s: %s", what,
 			 rc == TC_ELIMIT ? "too long" : "malformed string");
-	return rc;
+		return rc;
+	}
+	/* Every string a client sends (key, path, policy, client name)
+	 * passes here: UTF-8, no control characters, no NUL inside. */
+	rc = tc__name_check(what, s, n, dstlen - 1, TC_NAME_EMPTY_OK, c->err,
+			    sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return 0;
 }
 
 /* Every byte of a body belongs to a field: bytes after the last one are a
@@ -542,6 +555,15 @@ static void import_run(struct tc__job *job)
 		tc__failpoint_hang("import_hang", j->display);
 		j->rc = tc__source_open_fd(j->fd, j->display, &j->src, j->err,
 					   sizeof(j->err));
+		if (j->rc == 0) {
+			char why[400];
+
+			j->rc = tc__table_check_names(&j->src->table, why,
+						      sizeof(why));
+			if (j->rc < 0)
+				snprintf(j->err, sizeof(j->err), "'%s': %s",
+					 j->display, why);
+		}
 		if (j->rc == 0) {
 			j->rc = tc__table_layout(&j->src->table);
 			if (j->rc < 0)
@@ -926,6 +948,12 @@ static int on_create(struct conn *c, struct req *r)
 	}
 	rc = tc__proto_get_table(&r->body, 0, &p->o->table, c->err,
 				 sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	/* Names are checked here, at put, not first at export (where a
+	 * tensor called __metadata__ used to be refused) or in JSON (where
+	 * bad UTF-8 used to vanish). */
+	rc = tc__table_check_names(&p->o->table, c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	if ((rc = tc__srv_read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
