@@ -173,7 +173,8 @@ static int read_frame(tc_client *c, struct tc__frame_hdr *h)
  * message in c->errmsg.  Caller holds c->lock.
  */
 static int call_locked(tc_client *c, struct tc__buf *req, const int *fds,
-		       int nfds, const struct tc_opts *o, struct reply *rep)
+		       int nfds, const struct tc_opts *o, struct reply *rep,
+		       int (*after_send)(void *), void *arg)
 {
 	struct tc__frame_hdr h;
 	uint32_t id;
@@ -191,6 +192,15 @@ static int call_locked(tc_client *c, struct tc__buf *req, const int *fds,
 	rc = send_frame(c, req->data, req->len, fds, nfds);
 	if (rc < 0 && !c->refused)
 		return rc;
+	/* Whatever goes beside the request (a folder's shard fds) goes once
+	 * the daemon can start reading it, so it cannot fill a buffer first. */
+	if (after_send) {
+		rc = after_send(arg);
+		if (rc < 0) {
+			client_break(c, "cannot send the shards");
+			return rc;
+		}
+	}
 	for (;;) {
 		const uint8_t *body;
 		struct tc__cur cur;
@@ -278,7 +288,7 @@ int tc__client_call(tc_client *c, struct tc__buf *req, const int *fds, int nfds,
 	int rc;
 
 	pthread_mutex_lock(&c->lock);
-	rc = call_locked(c, req, fds, nfds, o, rep);
+	rc = call_locked(c, req, fds, nfds, o, rep, NULL, NULL);
 	pthread_mutex_unlock(&c->lock);
 	return rc;
 }
@@ -478,6 +488,71 @@ int tc__client_read_result(tc_client *c, struct reply *rep,
 	return 0;
 }
 
+/* The shard fds of a folder, sent on the socket IMPORT carried. */
+struct shard_stream {
+	int sock;
+	const struct tc__source *src;
+};
+
+static int send_shards(void *arg)
+{
+	struct shard_stream *ss = arg;
+	int fds[TC_IMPORT_FDS_PER_MSG];
+
+	for (uint32_t i = 0; i < ss->src->nfiles;) {
+		struct iovec iov = { (void *)"s", 1 };
+		int n = 0;
+		ssize_t w;
+
+		while (n < TC_IMPORT_FDS_PER_MSG && i < ss->src->nfiles)
+			fds[n++] = ss->src->files[i++].fd;
+		w = tc__fdpass_send(ss->sock, &iov, 1, fds, n);
+		if (w < 0)
+			return (int)w;
+	}
+	shutdown(ss->sock, SHUT_WR);
+	return 0;
+}
+
+/*
+ * A folder is resolved here, in the client, with the client's rights
+ * (index, shards, Hugging Face snapshot symlinks): the daemon receives the
+ * open shard fds and never opens a path on the client's behalf, so it can
+ * read nothing the client could not.
+ */
+static int import_folder_frame(tc_client *c, int dirfd, const char *display,
+			       const struct tc_opts *o, struct tc__buf *b,
+			       size_t off, struct reply *rep)
+{
+	struct tc__source *src;
+	struct shard_stream ss;
+	char err[1024];
+	int sp[2], rc;
+
+	rc = tc__source_open_fd(dirfd, display, &src, err, sizeof(err));
+	if (rc < 0)
+		return set_err(c, rc, "%s", err);
+	tc__buf_put_u32(b, src->nfiles);
+	for (uint32_t i = 0; i < src->nfiles; i++)
+		tc__buf_put_str(b, src->files[i].name);
+	tc__frame_finish(b, off);
+	b->data[off + 20] = 1; /* nfds: the socket */
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0) {
+		rc = set_err(c, -errno, "socketpair: %s", strerror(errno));
+		tc__source_free(src);
+		return rc;
+	}
+	ss.sock = sp[0];
+	ss.src = src;
+	pthread_mutex_lock(&c->lock);
+	rc = call_locked(c, b, &sp[1], 1, o, rep, send_shards, &ss);
+	pthread_mutex_unlock(&c->lock);
+	close(sp[0]);
+	close(sp[1]);
+	tc__source_free(src);
+	return rc;
+}
+
 TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 		     struct tc_result *res)
 {
@@ -486,6 +561,7 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 	struct reply rep;
 	struct stat st;
 	size_t off;
+	uint32_t shards;
 	int fd, rc;
 
 	/* O_NONBLOCK: opening a FIFO must not hang; the daemon refuses
@@ -502,6 +578,7 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 	}
 	if (!realpath(path, display))
 		snprintf(display, sizeof(display), "%s", path);
+	shards = S_ISDIR(st.st_mode) ? TC_RF_SHARDS : 0;
 	off = tc__client_begin(c, &b, TC_MSG_IMPORT);
 	tc__buf_put_str(&b, display);
 	if (o && (o->field_mask & TC_OPT_DEVICE)) {
@@ -515,15 +592,21 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 			close(fd);
 			return tc__client_err(c, rc, err);
 		}
-		tc__client_put_opts(&b, o, TC_RF_GPU);
+		tc__client_put_opts(&b, o, TC_RF_GPU | shards);
 		tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
 		tc__buf_put_str(&b, info.uuid_str);
 	} else {
-		tc__client_put_opts(&b, o, 0);
+		tc__client_put_opts(&b, o, shards);
 	}
-	tc__frame_finish(&b, off);
-	b.data[off + 20] = 1; /* nfds */
-	rc = tc__client_call(c, &b, &fd, 1, o, &rep);
+	if (shards) {
+		/* The frame is finished by import_folder's call once the
+		 * shard names are in. */
+		rc = import_folder_frame(c, fd, display, o, &b, off, &rep);
+	} else {
+		tc__frame_finish(&b, off);
+		b.data[off + 20] = 1; /* nfds */
+		rc = tc__client_call(c, &b, &fd, 1, o, &rep);
+	}
 	tc__buf_release(&b);
 	close(fd);
 	if (rc < 0)

@@ -104,6 +104,17 @@ int tc__source_open(const char *path, struct tc__source **out, char *err,
 /* Close every fd and free.  NULL is a no-op. */
 void tc__source_free(struct tc__source *s);
 
+/*
+ * A source of shards that a client opened and resolved itself (a folder
+ * import: docs/protocol.md, IMPORT with TC_RF_SHARDS): fds[i] (the caller
+ * keeps them; they are dup'd) must be regular files, read in the order
+ * given, named names[i] in messages; metadata from the first.  Nothing is
+ * opened by path here, so the daemon reads only what the client could.
+ */
+int tc__source_open_shards(const int *fds, const char *const *names, uint32_t n,
+			   const char *display, struct tc__source **out,
+			   char *err, size_t errlen);
+
 /* ----------------------------------------------------------------- writer */
 
 /*

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/map.h"
 #include "format.h"
 #include "fmt_internal.h"
 #include "tcast/errors.h"
@@ -722,5 +723,114 @@ int tc__source_open(const char *path, struct tc__source **out, char *err,
 	}
 	ret = tc__source_open_fd(fd, path, out, err, errlen);
 	close(fd);
+	return ret;
+}
+
+/* ------------------------------------------------------- client's shards */
+
+/* Names of one shard must be distinct (a tensor in two shards, or one shard
+ * twice, would make two tensors of one name). */
+static int dup_tensor(const struct tc__table *t, const char *where, char *err,
+		      size_t errlen)
+{
+	struct tc__map m;
+	int ret = 0;
+
+	tc__map_init(&m);
+	for (uint32_t i = 0; i < t->ntensors && ret == 0; i++) {
+		if (tc__map_get(&m, t->tensors[i].name)) {
+			tc__fmt_err(err, errlen,
+				    "%s: tensor '%s' appears in two shards",
+				    where, t->tensors[i].name);
+			ret = TC_EBADINDEX;
+		} else if (tc__map_put(&m, t->tensors[i].name,
+				       (void *)t->tensors[i].name) < 0) {
+			ret = -ENOMEM;
+		}
+	}
+	tc__map_release(&m);
+	return ret;
+}
+
+int tc__source_open_shards(const int *fds, const char *const *names, uint32_t n,
+			   const char *display, struct tc__source **out,
+			   char *err, size_t errlen)
+{
+	struct tc__table *tabs = NULL;
+	struct tc__source *s;
+	int ret;
+
+	*out = NULL;
+	if (!display)
+		display = "(shards)";
+	if (n == 0 || n > TC_MAX_SHARDS) {
+		tc__fmt_err(err, errlen, "%s: %u shards (1..%d)", display, n,
+			    TC_MAX_SHARDS);
+		return TC_ELIMIT;
+	}
+	ret = check_fd_budget(n, display, err, errlen);
+	if (ret < 0)
+		return ret;
+	s = tc__calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	tc__table_init(&s->table);
+	s->display = tc__strdup(display);
+	tabs = tc__calloc(n, sizeof(*tabs));
+	if (!s->display || !tabs) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = alloc_files(s, n);
+	if (ret < 0)
+		goto out_free;
+	for (uint32_t i = 0; i < n; i++) {
+		struct stat st;
+
+		tc__table_init(&tabs[i]);
+		s->files[i].name = tc__strdup(names[i]);
+		if (!s->files[i].name) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+		/* The client opened it, with its own rights; we only check
+		 * what it is before reading. */
+		if (fstat(fds[i], &st) < 0 || !S_ISREG(st.st_mode)) {
+			tc__fmt_err(err, errlen,
+				    "'%s/%s' is not a regular file", display,
+				    names[i]);
+			ret = TC_EBADFILE;
+			goto out_free;
+		}
+		s->files[i].fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+		if (s->files[i].fd < 0) {
+			ret = -errno;
+			tc__fmt_err(err, errlen, "cannot dup a shard fd: %s",
+				    tc_strerror(ret));
+			goto out_free;
+		}
+		ret = read_shard(s, i, display, &tabs[i], err, errlen);
+		if (ret < 0)
+			goto out_free;
+	}
+	ret = merge_tables(s, tabs, display, err, errlen);
+	if (ret == 0)
+		ret = dup_tensor(&s->table, display, err, errlen);
+	if (ret < 0)
+		goto out_free;
+	for (uint32_t i = 0; i < n; i++)
+		tc__table_release(&tabs[i]);
+	tc__free(tabs);
+	*out = s;
+	return 0;
+
+out_free:
+	if (tabs)
+		for (uint32_t i = 0; i < n; i++)
+			tc__table_release(&tabs[i]);
+	tc__free(tabs);
+	tc__source_free(s);
+	if (ret == -ENOMEM)
+		tc__fmt_err(err, errlen, "out of memory opening '%s'", display);
 	return ret;
 }

@@ -20,8 +20,8 @@
 #include "common/tensor.h"
 
 #define TC_PROTO_MAGIC	  0x31435354u /* "TSC1" on the wire */
-#define TC_PROTO_VERSION  2 /* 2: ids are "tc2:" + 64 hex (BLAKE3) */
-#define TC_FRAME_HDR	  24			/* header bytes */
+#define TC_PROTO_VERSION  2	      /* 2: ids are "tc2:" + 64 hex (BLAKE3) */
+#define TC_FRAME_HDR	  24	      /* header bytes */
 #define TC_PROTO_MAX_BODY ((uint32_t)256 << 20) /* bytes of one body */
 #define TC_PROTO_MAX_FDS  4			/* fds on one frame */
 #define TC_PROTO_MAX_STR  4096			/* keys, paths, messages */
@@ -37,6 +37,12 @@
 #define TC_RF_GPU                                         \
 	0x8u /* IMPORT: straight to a GPU; u32 device and \
 		  str uuid follow expect_gen */
+
+#define TC_RF_SHARDS                                                  \
+	0x10u /* IMPORT: a folder the client resolved; u32 n and n    \
+		 shard names follow (after the GPU fields), the fd is \
+		 a socket that then carries the n shard fds */
+#define TC_IMPORT_FDS_PER_MSG 8 /* shard fds per message on that socket */
 
 /* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
 #define TC_GPU_ANY_DEVICE 0xffffffffu

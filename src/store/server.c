@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/names.h"
+#include "format/format.h"
 #include "gpu_loader.h"
 #include "gpu_tier.h"
 #include "jobs.h"
@@ -493,7 +495,9 @@ struct import_job {
 	struct conn *c;
 	struct req r; /* header copy; body consumed */
 	int phase;    /* 1 = parse, 2 = load */
-	int fd;	      /* the file or folder the client passed */
+	int fd;	      /* the file, or the shard socket, the client passed */
+	char **shard_names; /* TC_RF_SHARDS: owned, nshards of them */
+	uint32_t nshards;
 	char display[TC_PROTO_MAX_STR];
 	char key[TC_KEY_MAX + 1];
 	enum tc__policy policy;
@@ -539,10 +543,87 @@ static void import_free(struct import_job *j)
 		tc__objs_unreserve(&j->c->srv->objs, j->host_charged);
 	if (j->fd >= 0)
 		close(j->fd);
+	for (uint32_t i = 0; i < j->nshards; i++)
+		tc__free(j->shard_names[i]);
+	tc__free(j->shard_names);
 	tc__source_free(j->src);
 	tc__obj_free(j->o);
 	tc__free(j->chunks);
 	tc__free(j);
+}
+
+/*
+ * Receive the shard fds a client sends for a folder it resolved (on the
+ * socket IMPORT carried: TC_IMPORT_FDS_PER_MSG per message, then EOF) and
+ * open the source from them.  A client that stalls is given up on after
+ * SHARD_TIMEOUT_MS per message; one that sends more or fewer fds than it
+ * named is refused.
+ */
+#define SHARD_TIMEOUT_MS 10000
+
+static int open_client_shards(struct import_job *j)
+{
+	int *fds = tc__calloc(j->nshards, sizeof(*fds)), rc = 0;
+	uint32_t got = 0;
+
+	if (!fds)
+		return -ENOMEM;
+	for (;;) {
+		struct pollfd p = { j->fd, POLLIN, 0 };
+		int batch[TC_MAX_FDS_PER_MSG], nb = 0;
+		char byte[8];
+		ssize_t n;
+
+		if (poll(&p, 1, SHARD_TIMEOUT_MS) != 1) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': the client sent %u of %u shards and "
+				 "then nothing",
+				 j->display, got, j->nshards);
+			rc = TC_EPROTO;
+			break;
+		}
+		n = tc__fdpass_recv(j->fd, byte, sizeof(byte), batch, &nb,
+				    TC_MAX_FDS_PER_MSG);
+		if (n < 0 && n != -EAGAIN && n != -EINTR) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': receiving shards: %s", j->display,
+				 tc_strerror((int)n));
+			rc = TC_EPROTO;
+			break;
+		}
+		if (n == 0 && nb == 0)
+			break; /* EOF: all sent */
+		for (int i = 0; i < nb; i++) {
+			if (got < j->nshards)
+				fds[got++] = batch[i];
+			else {
+				close(batch[i]);
+				rc = TC_EPROTO;
+			}
+		}
+		if (rc < 0) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': the client sent more shards than the "
+				 "%u it named",
+				 j->display, j->nshards);
+			break;
+		}
+	}
+	if (rc == 0 && got != j->nshards) {
+		snprintf(j->err, sizeof(j->err),
+			 "'%s': the client named %u shards but sent %u",
+			 j->display, j->nshards, got);
+		rc = TC_EPROTO;
+	}
+	if (rc == 0)
+		rc = tc__source_open_shards(fds,
+					    (const char *const *)j->shard_names,
+					    j->nshards, j->display, &j->src,
+					    j->err, sizeof(j->err));
+	for (uint32_t i = 0; i < got; i++)
+		close(fds[i]);
+	tc__free(fds);
+	return rc;
 }
 
 static void import_run(struct tc__job *job)
@@ -553,8 +634,11 @@ static void import_run(struct tc__job *job)
 	if (j->phase == 1) {
 		/* Tests: a read that never returns (a hung mount). */
 		tc__failpoint_hang("import_hang", j->display);
-		j->rc = tc__source_open_fd(j->fd, j->display, &j->src, j->err,
-					   sizeof(j->err));
+		if (j->nshards)
+			j->rc = open_client_shards(j);
+		else
+			j->rc = tc__source_open_fd(j->fd, j->display, &j->src,
+						   j->err, sizeof(j->err));
 		if (j->rc == 0) {
 			char why[400];
 
@@ -804,6 +888,39 @@ static void import_done(struct tc__job *job)
 	import_free(j);
 }
 
+/* TC_RF_SHARDS: u32 n, then n shard names (for messages only). */
+static int read_shard_names(struct conn *c, struct req *r, struct import_job *j)
+{
+	uint32_t n;
+	char name[TC_PROTO_MAX_STR];
+	int rc;
+
+	if (tc__cur_read_u32(&r->body, &n) < 0)
+		return TC_EPROTO;
+	if (n == 0 || n > TC_MAX_SHARDS) {
+		snprintf(c->err, sizeof(c->err), "%u shards (1..%d)", n,
+			 TC_MAX_SHARDS);
+		return TC_ELIMIT;
+	}
+	/* Each name takes at least 4 bytes of the body: no allocation
+	 * larger than what was received. */
+	if ((size_t)n * 4 > r->body.left)
+		return TC_EPROTO;
+	j->shard_names = tc__calloc(n, sizeof(*j->shard_names));
+	if (!j->shard_names)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		rc = tc__srv_read_str(c, r, "shard name", name, sizeof(name));
+		if (rc < 0)
+			return rc;
+		j->shard_names[i] = tc__strdup(name);
+		if (!j->shard_names[i])
+			return -ENOMEM;
+		j->nshards = i + 1;
+	}
+	return 0;
+}
+
 static int on_import(struct conn *c, struct req *r)
 {
 	struct import_job *j;
@@ -849,6 +966,11 @@ static int on_import(struct conn *c, struct req *r)
 		}
 		j->gpu = true;
 	}
+	if (j->flags & TC_RF_SHARDS) {
+		rc = read_shard_names(c, r, j);
+		if (rc < 0)
+			goto out_free;
+	}
 	if ((rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;
 	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
@@ -862,12 +984,20 @@ static int on_import(struct conn *c, struct req *r)
 				   c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
-	/* Only a regular file or a directory; a FIFO or device would block a
-	 * worker or read forever. */
+	/* Only a regular file, or for a folder the socket its shards come
+	 * on; a FIFO or device would block a worker or read forever, and a
+	 * folder fd would have us open paths with our rights, not the
+	 * client's. */
 	if (fstat(r->fds[0], &st) < 0 ||
-	    !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
+	    !((S_ISREG(st.st_mode) && !(j->flags & TC_RF_SHARDS)) ||
+	      (S_ISSOCK(st.st_mode) && (j->flags & TC_RF_SHARDS)))) {
 		snprintf(c->err, sizeof(c->err),
-			 "'%s' is not a regular file or a folder", j->display);
+			 S_ISDIR(st.st_mode) ?
+				 "'%s' is a folder: the client resolves it "
+				 "and sends its shards (TC_RF_SHARDS)" :
+				 "'%s' is not a regular file (or, with "
+				 "TC_RF_SHARDS, a socket)",
+			 j->display);
 		rc = TC_EINVAL;
 		goto out_free;
 	}
@@ -892,6 +1022,9 @@ static int on_import(struct conn *c, struct req *r)
 	return 0; /* the reply comes when the job is done */
 
 out_free:
+	for (uint32_t i = 0; i < j->nshards; i++)
+		tc__free(j->shard_names[i]);
+	tc__free(j->shard_names);
 	tc__free(j);
 	return rc;
 }
