@@ -256,7 +256,7 @@ int main(int argc, char **argv)
 	size_t bytes = (size_t)2 << 30, big = (size_t)4 << 30, fsize;
 	const char *tcast = "build/bin/tcast";
 	char dir[] = "/tmp/tcast-bench-XXXXXX", sock[256], model[256];
-	char id16[64], id4g[64], budget[32];
+	char id16[TC_ID_BUFLEN], id4g[TC_ID_BUFLEN], budget[32];
 	double mc, imp[3], imp_spare[3], rd[3], a16, a4g, a16_rd, rtt;
 	tc_client *c;
 	pid_t daemon;
