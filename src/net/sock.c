@@ -102,10 +102,14 @@ static int check_dir(const char *dir, int trust_root, char *err, size_t errlen)
 	snprintf(
 		err, errlen,
 		"unsafe socket directory '%s': owned by uid %u with mode %04o; "
-		"it must be owned by uid %u with mode 0700 (another user may "
-		"have created it: remove it or choose another socket path)",
+		"it must be owned by uid %u with mode 0700 (%s)",
 		dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777),
-		(unsigned)me);
+		(unsigned)me,
+		st.st_uid == 0 && !trust_root ?
+			"or by root, not writable by others, with "
+			"TCAST_TRUST_ROOT=1 set to trust a root daemon" :
+			"another user may have created it: remove it or "
+			"choose another socket path");
 	return TC_EPERM;
 }
 

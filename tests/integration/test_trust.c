@@ -298,6 +298,79 @@ static void daemon_start_refuses_squatted_directory(void **state)
 	free(d);
 }
 
+/* A user (not root) and a daemon run by root: refused by default; with
+ * TCAST_TRUST_ROOT=1 a root-owned directory others cannot write and a root
+ * peer are accepted (the daemon then decides whether to serve this uid). */
+static void root_daemon_needs_trust_root(void **state)
+{
+	char *d = tree(), run[400], sock[500];
+	long bytes;
+	int p[2], status;
+	pid_t pid;
+
+	(void)state;
+	snprintf(run, sizeof(run), "%s/run", d);
+	assert_int_equal(mkdir(run, 0755), 0);
+	snprintf(sock, sizeof(sock), "%s/daemon.sock", run);
+	/* A root "daemon" (listens as root) that counts what it gets. */
+	{
+		int l = socket(AF_UNIX, SOCK_STREAM, 0);
+		struct sockaddr_un a = { .sun_family = AF_UNIX };
+
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", sock);
+		assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+		assert_int_equal(chmod(sock, 0777), 0);
+		assert_int_equal(listen(l, 8), 0);
+		assert_int_equal(pipe(p), 0);
+		pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			char err[512];
+			tc_client *c = NULL;
+			int r1, r2;
+
+			close(p[0]);
+			become_other();
+			unsetenv("TCAST_TRUST_ROOT");
+			r1 = tc_client_connect(sock, &c, err, sizeof(err));
+			if (r1 == TC_EPERM &&
+			    !strstr(err, "TCAST_TRUST_ROOT=1"))
+				r1 = -1;
+			setenv("TCAST_TRUST_ROOT", "1", 1);
+			/* Trusted now: it connects and says HELLO (our
+			 * listener never answers, so that call fails
+			 * later, not with TC_EPERM). */
+			r2 = tc_client_connect(sock, &c, err, sizeof(err));
+			_exit(r1 == TC_EPERM && r2 != TC_EPERM ? 0 : 1);
+		}
+		close(p[1]);
+		/* Accept what comes: the trusted connection sends HELLO. */
+		{
+			struct pollfd pf = { l, POLLIN, 0 };
+			long got = 0;
+
+			if (poll(&pf, 1, 5000) == 1) {
+				int cfd = accept(l, NULL, NULL);
+				char buf[256];
+				ssize_t n;
+
+				assert_true(cfd >= 0);
+				n = read(cfd, buf, sizeof(buf));
+				got = n > 0 ? n : 0;
+				close(cfd); /* the client's HELLO then fails */
+			}
+			bytes = got;
+		}
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+		assert_true(bytes > 0); /* only the trusted attempt spoke */
+		close(p[0]);
+		close(l);
+	}
+	t_rmtree(d);
+	free(d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -305,6 +378,7 @@ int main(void)
 		cmocka_unit_test(daemon_of_another_uid_is_refused),
 		cmocka_unit_test(symlinked_directory_is_refused),
 		cmocka_unit_test(daemon_start_refuses_squatted_directory),
+		cmocka_unit_test(root_daemon_needs_trust_root),
 	};
 
 	if (geteuid() != 0) {
