@@ -18,8 +18,8 @@
 	"document on stdout, errors included).\n"                            \
 	"Exit status: 0 success, 1 runtime error, 2 usage error.\n"
 #define REF_HELP                                                              \
-	"\nREF is a key, an artifact id (tc1:...), or a unique prefix of an " \
-	"id of at least\n4 hex digits, with or without its tc1: (as git "     \
+	"\nREF is a key, an artifact id (tc2:...), or a unique prefix of an " \
+	"id of at least\n4 hex digits, with or without its tc2: (as git "     \
 	"takes short commit names).\n"
 
 static const struct cli_verb verbs[] = {

@@ -322,7 +322,7 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 /* Hex digits an id prefix needs, as git asks for short object names. */
 #define TC_ID_PREFIX_MIN 4
 
-/* The hex digits of `ref` when it has the shape of an id prefix ("tc1:ab12"
+/* The hex digits of `ref` when it has the shape of an id prefix ("tc2:ab12"
  * or "ab12"), else NULL.  No id length is assumed: ids may grow. */
 static const char *prefix_hex(const char *ref)
 {
@@ -341,7 +341,7 @@ static const char *prefix_hex(const char *ref)
 /* The one live artifact whose id starts with `ref` (a unique prefix, as in
  * git), looked up after keys so that a key always wins.  NULL with *rc
  * TC_ENOTFOUND (no match, or not an id prefix) or TC_EINVAL (ambiguous, or
- * "tc1:" with fewer than TC_ID_PREFIX_MIN digits). */
+ * "tc2:" with fewer than TC_ID_PREFIX_MIN digits). */
 static struct tc__obj *objs_by_prefix(struct tc__objs *s, const char *ref,
 				      char *err, size_t errlen, int *rc)
 {
