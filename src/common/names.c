@@ -49,9 +49,45 @@ static size_t utf8_seq(const uint8_t *p, size_t n, uint32_t *cp)
 	return len;
 }
 
+/* A printable rendering of s for messages: control characters and bytes
+ * that are not UTF-8 as \xNN (C1 as \u00NN), at most ~64 bytes of s. */
+static void quote(const char *s, size_t n, char *out, size_t outlen)
+{
+	const uint8_t *p = (const uint8_t *)s;
+	size_t o = 0, i = 0;
+
+	while (i < n && i < 64 && o + 8 < outlen) {
+		uint32_t cp;
+		size_t k = utf8_seq(p + i, n - i, &cp);
+
+		if (!k) {
+			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x",
+					      p[i]);
+			i++;
+			continue;
+		}
+		if (cp < 0x20 || cp == 0x7f)
+			o += (size_t)snprintf(out + o, outlen - o, "\\x%02x",
+					      (unsigned)cp);
+		else if (cp >= 0x80 && cp <= 0x9f)
+			o += (size_t)snprintf(out + o, outlen - o, "\\u%04x",
+					      (unsigned)cp);
+		else if (o + k < outlen) {
+			memcpy(out + o, p + i, k);
+			o += k;
+		}
+		i += k;
+	}
+	if (i < n && o + 4 < outlen)
+		o += (size_t)snprintf(out + o, outlen - o, "...");
+	out[o < outlen ? o : outlen - 1] = '\0';
+}
+
 int tc__name_check(const char *field, const char *s, size_t n, size_t max,
 		   unsigned flags, char *err, size_t errlen)
 {
+	char q[300];
+
 	const uint8_t *p = (const uint8_t *)s;
 
 	if (n == 0 && !(flags & TC_NAME_EMPTY_OK)) {
@@ -68,18 +104,21 @@ int tc__name_check(const char *field, const char *s, size_t n, size_t max,
 		size_t k = utf8_seq(p + i, n - i, &cp);
 
 		if (!k) {
+			quote(s, n, q, sizeof(q));
 			snprintf(err, errlen,
-				 "%s: not valid UTF-8 at byte %zu (0x%02x)",
-				 field, i, p[i]);
+				 "%s: not valid UTF-8 at byte %zu (0x%02x) in "
+				 "'%s'",
+				 field, i, p[i], q);
 			return TC_EINVAL;
 		}
 		if (cp < 0x20 || cp == 0x7f || (cp >= 0x80 && cp <= 0x9f)) {
 			if (!((flags & TC_NAME_TEXT) &&
 			      (cp == '\t' || cp == '\n' || cp == '\r'))) {
+				quote(s, n, q, sizeof(q));
 				snprintf(err, errlen,
 					 "%s: control character U+%04X at "
-					 "byte %zu",
-					 field, (unsigned)cp, i);
+					 "byte %zu in '%s'",
+					 field, (unsigned)cp, i, q);
 				return TC_EINVAL;
 			}
 		}

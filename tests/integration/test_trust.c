@@ -145,11 +145,15 @@ static void fake_finish(struct fake *f, long *conns, long *bytes, long *fds)
 	assert_int_equal(sscanf(buf, "%ld %ld %ld", conns, bytes, fds), 3);
 }
 
-/* A private 0711 tree root can write and others can only traverse. */
+/* A private 0711 tree root can write and others can only traverse.  In
+ * /tmp itself, not $TMPDIR: the other uid must reach it, and the suite's
+ * $TMPDIR is private to root. */
 static char *tree(void)
 {
-	char *d = t_tmpdir();
+	char *d = strdup("/tmp/tcast-trust-XXXXXX");
 
+	assert_non_null(d);
+	assert_non_null(mkdtemp(d));
 	assert_int_equal(chmod(d, 0711), 0);
 	return d;
 }

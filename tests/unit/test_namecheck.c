@@ -63,7 +63,8 @@ static void test_names__controls_and_limits(void **state)
 	char err[256];
 
 	assert_int_equal(check("a\x1b", 2, 0, err), TC_EINVAL);
-	assert_string_equal(err, "f: control character U+001B at byte 1");
+	assert_string_equal(
+		err, "f: control character U+001B at byte 1 in 'a\\x1b'");
 	assert_int_equal(check("\x7f", 1, 0, err), TC_EINVAL);
 	assert_int_equal(check("\xc2\x80", 2, 0, err), TC_EINVAL); /* C1 */
 	assert_int_equal(check("\xc2\x9f", 2, 0, err), TC_EINVAL);
