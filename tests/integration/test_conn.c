@@ -144,10 +144,12 @@ static void test_conn__bad_header_gets_reply(void **state)
 	int fd;
 
 	t_daemon_start(&d, "64MiB", NULL);
-	/* Version 2. */
+	/* A version this daemon does not speak. */
 	fd = t_raw_connect(d.sock);
 	{
-		struct tc__frame_hdr bh = { 2, TC_MSG_HELLO, 0, 7, 0, 0 };
+		struct tc__frame_hdr bh = {
+			TC_PROTO_VERSION + 1, TC_MSG_HELLO, 0, 7, 0, 0
+		};
 
 		tc__frame_encode(&bh, hdr);
 	}
