@@ -26,7 +26,8 @@
 #include "dtype.h"
 #include "export.h"
 
-#define TC_ID_BUFLEN 72 /* bytes for an artifact id ("tc2:" + 64 hex) and its NUL */
+#define TC_ID_BUFLEN \
+	72 /* bytes for an artifact id ("tc2:" + 64 hex) and its NUL */
 
 typedef struct tc_client tc_client;
 typedef struct tc_artifact tc_artifact;

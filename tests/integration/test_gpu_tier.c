@@ -870,12 +870,16 @@ static void test_gpu_tier__bad_requests(void **state)
 	assert_int_equal(replica_leases(c, "b", 1), 1);
 	/* A release of something not held is ignored; a truncated one is a
 	 * protocol error that ends the connection, and its lease. */
-	tc__buf_put_str(&b, "tc2:0000000000000000000000000000000000000000000000000000000000000000");
+	tc__buf_put_str(
+		&b,
+		"tc2:0000000000000000000000000000000000000000000000000000000000000000");
 	tc__buf_put_str(&b, "GPU-00000000-0000-0000-0000-000000000000");
 	t_raw_send(fd, TC_MSG_RELEASE_GPU, 11, b.data, b.len, NULL, 0);
 	b.len = 0;
 	assert_int_equal(replica_leases(c, "b", 1), 1);
-	tc__buf_put_str(&b, "tc2:0000000000000000000000000000000000000000000000000000000000000000");
+	tc__buf_put_str(
+		&b,
+		"tc2:0000000000000000000000000000000000000000000000000000000000000000");
 	t_raw_send(fd, TC_MSG_RELEASE_GPU, 12, b.data, b.len, NULL, 0);
 	b.len = 0;
 	while (t_raw_recv(fd, &h, &body, fds, &nfds) == 0)
