@@ -10,5 +10,6 @@
 #include "errors.h"
 #include "st.h"
 #include "version.h"
+#include "view.h"
 
 #endif /* TCAST_TCAST_H */

@@ -90,6 +90,19 @@ class TcTensorInfo(Structure):
     ]
 
 
+class TcViewStats(Structure):
+    _fields_ = [
+        ("bytes_needed", c_uint64),
+        ("artifact_bytes", c_uint64),
+        ("bytes_read", c_uint64),
+        ("reads", c_uint64),
+        ("header_bytes", c_uint64),
+        ("pieces", c_uint64),
+        ("from_disk", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
 # struct tc_tensor_info as raw bytes: read the whole table with one
 # string_at() and unpack it in Python (far cheaper than ctypes field access).
 TENSOR_INFO_FORMAT = struct.Struct("<QiIQQ16Q")
@@ -167,6 +180,26 @@ PROTOTYPES = {
     "tc_keys_json": (c_int, [_p, c_char_p, _pp]),
     "tc_export": (c_int, [_p, c_char_p, c_char_p]),
     "tc_export_ex": (c_int, [_p, c_char_p, c_char_p, c_uint32]),
+    # view.h
+    "tc_view_new": (c_int, [_pp]),
+    "tc_view_parse": (c_int, [c_char_p, _pp, c_char_p, c_size_t]),
+    "tc_view_select": (c_int, [_p, c_char_p]),
+    "tc_view_slice": (c_int, [_p, c_char_p, c_uint32, c_uint64, c_uint64]),
+    "tc_view_transpose": (c_int, [_p, c_char_p, c_uint32, c_uint32]),
+    "tc_view_cast": (c_int, [_p, c_char_p, c_int32]),
+    "tc_view_push": (c_int, [_p]),
+    "tc_view_free": (None, [_p]),
+    "tc_view_plan_artifact": (c_int, [_p, _p, _pp, c_char_p, c_size_t]),
+    "tc_view_plan_path": (c_int, [_p, c_char_p, _pp, c_char_p, c_size_t]),
+    "tc_view_plan_free": (None, [_p]),
+    "tc_view_plan_id": (c_char_p, [_p]),
+    "tc_view_plan_count": (c_uint32, [_p]),
+    "tc_view_plan_tensors": (c_void_p, [_p]),
+    "tc_view_plan_size": (c_uint64, [_p]),
+    "tc_view_plan_source_offset": (c_int64, [_p, c_uint32]),
+    "tc_view_plan_stats": (c_int, [_p, POINTER(TcViewStats)]),
+    "tc_view_realize": (c_int, [_p, c_void_p, c_uint64, c_char_p, c_size_t]),
+    "tc_view_realize_tensor": (c_int, [_p, c_uint32, c_void_p, c_uint64, c_char_p, c_size_t]),
 }
 
 # ------------------------------------------------------------ the library

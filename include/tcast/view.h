@@ -1,0 +1,116 @@
+/*
+ * view.h - views: what a consumer needs from an artifact, planned and
+ * realized into memory the caller owns.
+ *
+ * A view selects tensors, slices any dimensions (several per tensor,
+ * step 1), swaps two dimensions and casts among F16, BF16 and F32 (or to the
+ * same dtype).  A spec is built with calls or parsed from JSON
+ * (docs/formats.md, "Views"); tc_view_push starts a view of the view built
+ * so far, and planning folds every level into one spec.  A plan is made
+ * against an attached artifact (read from its host mapping) or a
+ * safetensors file or folder (read with pread: only the byte ranges the
+ * view needs).  Planning reads no tensor data; every error names the
+ * tensor, the dimension and the bound, and nothing is realized.
+ *
+ * Not done yet: realizing on a GPU (callers copy the host result), and
+ * keeping a realized view as a replica under its id.
+ */
+#ifndef TCAST_VIEW_H
+#define TCAST_VIEW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "client.h"
+#include "export.h"
+
+typedef struct tc_view tc_view;
+typedef struct tc_view_plan tc_view_plan;
+
+/* ------------------------------------------------------------------ spec */
+
+/* An empty spec (every tensor, unchanged).  *out is owned by the caller
+ * (tc_view_free).  Returns 0 or -ENOMEM. */
+TC_API int tc_view_new(tc_view **out);
+/* A spec from its JSON form: one level object or an array of levels.
+ * Returns 0, TC_EINVAL (err says where), TC_ELIMIT or -ENOMEM. */
+TC_API int tc_view_parse(const char *json, tc_view **out, char *err,
+			 size_t errlen);
+/* Keep `name` (in call order); without any select every tensor is kept. */
+TC_API int tc_view_select(tc_view *v, const char *name);
+/* Keep [start, stop) of dimension `dim` of `name`. */
+TC_API int tc_view_slice(tc_view *v, const char *name, uint32_t dim,
+			 uint64_t start, uint64_t stop);
+/* Swap dims dim0 and dim1 of `name`, or of every tensor of rank above both
+ * when `name` is NULL. */
+TC_API int tc_view_transpose(tc_view *v, const char *name, uint32_t dim0,
+			     uint32_t dim1);
+/* Cast `name` (NULL: every tensor) to `dtype` (enum tc_dtype). */
+TC_API int tc_view_cast(tc_view *v, const char *name, int32_t dtype);
+/* Later calls describe a view of the view built so far (its names, its
+ * dims after its transposes).  Returns 0, TC_ELIMIT or -ENOMEM. */
+TC_API int tc_view_push(tc_view *v);
+/* NULL is a no-op. */
+TC_API void tc_view_free(tc_view *v);
+/* Builders return 0, TC_EINVAL (NULL or empty name, unknown dtype),
+ * TC_ELIMIT or -ENOMEM.  Table checks happen when planning. */
+
+/* ------------------------------------------------------------------ plan */
+
+/* Plan `v` against an attached artifact; the plan holds a reference on
+ * `a`.  *out is owned by the caller (tc_view_plan_free).  Returns 0,
+ * TC_ENOTFOUND, TC_EINVAL, TC_EBADDTYPE, TC_ELIMIT or -ENOMEM; `err` names
+ * the tensor, the dimension and the bound. */
+TC_API int tc_view_plan_artifact(const tc_view *v, tc_artifact *a,
+				 tc_view_plan **out, char *err, size_t errlen);
+/* Plan `v` against a safetensors file or Hugging Face folder (opened and
+ * validated as tc_st_verify does; the plan keeps the files open).  Its
+ * view id covers the path, not the content (no content id is computed).
+ * Returns what tc_view_plan_artifact returns, or tc_st_verify's codes. */
+TC_API int tc_view_plan_path(const tc_view *v, const char *path,
+			     tc_view_plan **out, char *err, size_t errlen);
+/* NULL is a no-op. */
+TC_API void tc_view_plan_free(tc_view_plan *p);
+
+/* "view:" + a digest of the artifact id and the normalized spec: equal
+ * specs (a full slice or none, a view of a view or the same view at once)
+ * give equal ids.  Borrowed, valid while `p` lives. */
+TC_API const char *tc_view_plan_id(const tc_view_plan *p);
+/* The view's tensors, offsets aligned to 256 bytes in the view's own byte
+ * space of tc_view_plan_size() bytes.  Borrowed, valid while `p` lives. */
+TC_API uint32_t tc_view_plan_count(const tc_view_plan *p);
+TC_API const struct tc_tensor_info *tc_view_plan_tensors(const tc_view_plan *p);
+TC_API uint64_t tc_view_plan_size(const tc_view_plan *p);
+/* Where output tensor i already lies, unchanged and contiguous, in the
+ * source byte space (a whole tensor, a row shard): its byte offset there,
+ * so a caller holding the mapping can use it without a copy.  -1 when the
+ * tensor needs a gather, transpose or cast (or i is out of range). */
+TC_API int64_t tc_view_plan_source_offset(const tc_view_plan *p, uint32_t i);
+
+/* What a plan reads.  Counters accumulate over every realize call. */
+struct tc_view_stats {
+	uint64_t bytes_needed;	 /* source bytes the view covers */
+	uint64_t artifact_bytes; /* the whole artifact's tensor byte space */
+	uint64_t bytes_read;	 /* bytes read so far (files or memory) */
+	uint64_t reads;		 /* pread calls so far (files) */
+	uint64_t header_bytes;	 /* safetensors headers read when planning */
+	uint64_t pieces;	 /* contiguous source pieces */
+	uint32_t from_disk;	 /* 1: planned against a file or folder */
+	uint32_t reserved;
+};
+TC_API int tc_view_plan_stats(const tc_view_plan *p, struct tc_view_stats *out);
+
+/* ---------------------------------------------------------------- realize */
+
+/* The whole view into `dst` (host memory, >= tc_view_plan_size bytes):
+ * tensor i at tc_view_plan_tensors(p)[i].offset; padding is zeroed.
+ * Returns 0, TC_EINVAL (dst too small), TC_ENOTSUP (the artifact is
+ * attached on a GPU: attach on the host), TC_EBADFILE (a file shrank),
+ * -ENOMEM or -errno. */
+TC_API int tc_view_realize(tc_view_plan *p, void *dst, uint64_t len, char *err,
+			   size_t errlen);
+/* Output tensor i only, into `dst` (>= its nbytes). */
+TC_API int tc_view_realize_tensor(tc_view_plan *p, uint32_t i, void *dst,
+				  uint64_t len, char *err, size_t errlen);
+
+#endif /* TCAST_VIEW_H */

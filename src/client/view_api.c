@@ -1,0 +1,391 @@
+/*
+ * view_api.c - the public view ABI (include/tcast/view.h) over the planner
+ * and executors of src/format/view.h.
+ *
+ * A plan holds what it reads from: a reference on an attached artifact
+ * (its host mapping) or an open safetensors source.  Counters are atomic so
+ * tensors of one plan may be realized from several threads.
+ */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "format/format.h"
+#include "format/view.h"
+#include "tcast/errors.h"
+#include "tcast/view.h"
+
+struct tc_view {
+	struct tc__view_spec spec;
+};
+
+struct tc_view_plan {
+	struct tc__view_plan plan;
+	struct tc_tensor_info *infos; /* owned, plan.out.ntensors entries */
+	tc_artifact *a;		      /* a reference, or NULL */
+	struct tc__source *src;	      /* owned, or NULL */
+	uint64_t header_bytes;
+	_Atomic uint64_t bytes_read;
+	_Atomic uint64_t reads;
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, const char *s)
+{
+	if (err && errlen)
+		snprintf(err, errlen, fmt, s);
+}
+
+/* ------------------------------------------------------------------ spec */
+
+TC_API int tc_view_new(tc_view **out)
+{
+	tc_view *v;
+	int ret;
+
+	*out = NULL;
+	v = tc__calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	ret = tc__view_spec_init(&v->spec);
+	if (ret < 0) {
+		tc__free(v);
+		return ret;
+	}
+	*out = v;
+	return 0;
+}
+
+TC_API int tc_view_parse(const char *json, tc_view **out, char *err,
+			 size_t errlen)
+{
+	tc_view *v;
+	int ret;
+
+	*out = NULL;
+	if (!json) {
+		set_err(err, errlen, "%s", "view spec: NULL");
+		return TC_EINVAL;
+	}
+	v = tc__calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	ret = tc__view_spec_parse(json, strlen(json), &v->spec, err, errlen);
+	if (ret < 0) {
+		tc__free(v);
+		return ret;
+	}
+	*out = v;
+	return 0;
+}
+
+TC_API int tc_view_select(tc_view *v, const char *name)
+{
+	return v ? tc__view_spec_select(&v->spec, name) : TC_EINVAL;
+}
+
+TC_API int tc_view_slice(tc_view *v, const char *name, uint32_t dim,
+			 uint64_t start, uint64_t stop)
+{
+	return v ? tc__view_spec_slice(&v->spec, name, dim, start, stop) :
+		   TC_EINVAL;
+}
+
+TC_API int tc_view_transpose(tc_view *v, const char *name, uint32_t dim0,
+			     uint32_t dim1)
+{
+	return v ? tc__view_spec_transpose(&v->spec, name, dim0, dim1) :
+		   TC_EINVAL;
+}
+
+TC_API int tc_view_cast(tc_view *v, const char *name, int32_t dtype)
+{
+	return v ? tc__view_spec_cast(&v->spec, name, dtype) : TC_EINVAL;
+}
+
+TC_API int tc_view_push(tc_view *v)
+{
+	return v ? tc__view_spec_push(&v->spec) : TC_EINVAL;
+}
+
+TC_API void tc_view_free(tc_view *v)
+{
+	if (!v)
+		return;
+	tc__view_spec_release(&v->spec);
+	tc__free(v);
+}
+
+/* ------------------------------------------------------------------ plan */
+
+static int finish_plan(tc_view_plan *p)
+{
+	uint32_t n = p->plan.out.ntensors;
+
+	p->infos = tc__calloc(n ? n : 1, sizeof(*p->infos));
+	if (!p->infos)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct tc__tensor *t = &p->plan.out.tensors[i];
+		struct tc_tensor_info *x = &p->infos[i];
+
+		x->name = t->name;
+		x->dtype = t->dtype;
+		x->ndim = t->ndim;
+		x->offset = t->offset;
+		x->nbytes = t->nbytes;
+		memcpy(x->shape, t->shape, sizeof(x->shape));
+	}
+	return 0;
+}
+
+TC_API void tc_view_plan_free(tc_view_plan *p)
+{
+	if (!p)
+		return;
+	tc__view_plan_release(&p->plan);
+	tc__free(p->infos);
+	if (p->a)
+		tc_artifact_close(p->a);
+	tc__source_free(p->src);
+	tc__free(p);
+}
+
+TC_API int tc_view_plan_artifact(const tc_view *v, tc_artifact *a,
+				 tc_view_plan **out, char *err, size_t errlen)
+{
+	const struct tc_tensor_info *ti;
+	struct tc__table t;
+	tc_view_plan *p;
+	uint32_t n;
+	int ret;
+
+	*out = NULL;
+	if (!v || !a) {
+		set_err(err, errlen, "%s", "view: NULL spec or artifact");
+		return TC_EINVAL;
+	}
+	/* The artifact's table as the planner wants it; names borrowed. */
+	n = tc_artifact_count(a);
+	ti = tc_artifact_tensors(a);
+	tc__table_init(&t);
+	t.tensors = tc__calloc(n ? n : 1, sizeof(*t.tensors));
+	if (!t.tensors)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		struct tc__tensor *x = &t.tensors[i];
+
+		x->name = (char *)ti[i].name;
+		x->dtype = (uint8_t)ti[i].dtype;
+		x->ndim = (uint8_t)ti[i].ndim;
+		memcpy(x->shape, ti[i].shape, sizeof(x->shape));
+		x->nbytes = ti[i].nbytes;
+		x->offset = ti[i].offset;
+	}
+	t.ntensors = n;
+	t.total_bytes = tc_artifact_size(a);
+	p = tc__calloc(1, sizeof(*p));
+	if (!p) {
+		ret = -ENOMEM;
+		goto out_free_tensors;
+	}
+	ret = tc__view_plan(&t, tc_artifact_id(a), &v->spec, &p->plan, err,
+			    errlen);
+	if (ret < 0)
+		goto out_free_plan;
+	ret = finish_plan(p);
+	if (ret < 0)
+		goto out_release_plan;
+	tc_artifact_ref(a);
+	p->a = a;
+	tc__free(t.tensors); /* names were borrowed */
+	*out = p;
+	return 0;
+
+out_release_plan:
+	tc__view_plan_release(&p->plan);
+out_free_plan:
+	tc__free(p);
+out_free_tensors:
+	tc__free(t.tensors);
+	return ret;
+}
+
+TC_API int tc_view_plan_path(const tc_view *v, const char *path,
+			     tc_view_plan **out, char *err, size_t errlen)
+{
+	struct tc__source *src;
+	tc_view_plan *p;
+	char *id, *real;
+	size_t idlen;
+	int ret;
+
+	*out = NULL;
+	if (!v || !path) {
+		set_err(err, errlen, "%s", "view: NULL spec or path");
+		return TC_EINVAL;
+	}
+	ret = tc__source_open(path, &src, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__table_layout(&src->table);
+	if (ret < 0) {
+		set_err(err, errlen, "view: '%s': too large to lay out", path);
+		goto out_free_source;
+	}
+	p = tc__calloc(1, sizeof(*p));
+	real = realpath(path, NULL);
+	idlen = strlen(real ? real : path) + 6;
+	id = tc__malloc(idlen);
+	if (!p || !id) {
+		tc__free(p);
+		tc__free(id);
+		free(real);
+		ret = -ENOMEM;
+		goto out_free_source;
+	}
+	snprintf(id, idlen, "path:%s", real ? real : path);
+	free(real);
+	ret = tc__view_plan(&src->table, id, &v->spec, &p->plan, err, errlen);
+	tc__free(id);
+	if (ret < 0)
+		goto out_free_plan;
+	ret = finish_plan(p);
+	if (ret < 0)
+		goto out_release_plan;
+	/* Each file's header: data starts 8 + N bytes in (tensors lie in
+	 * data order, so the first tensor of a file marks its start). */
+	for (uint32_t f = 0; f < src->nfiles; f++)
+		for (uint32_t i = 0; i < src->table.ntensors; i++)
+			if (src->table.tensors[i].src_file == f) {
+				p->header_bytes +=
+					src->table.tensors[i].src_offset;
+				break;
+			}
+	p->src = src;
+	*out = p;
+	return 0;
+
+out_release_plan:
+	tc__view_plan_release(&p->plan);
+out_free_plan:
+	tc__free(p);
+out_free_source:
+	tc__source_free(src);
+	return ret;
+}
+
+TC_API const char *tc_view_plan_id(const tc_view_plan *p)
+{
+	return p->plan.id;
+}
+
+TC_API uint32_t tc_view_plan_count(const tc_view_plan *p)
+{
+	return p->plan.out.ntensors;
+}
+
+TC_API const struct tc_tensor_info *tc_view_plan_tensors(const tc_view_plan *p)
+{
+	return p->infos;
+}
+
+TC_API uint64_t tc_view_plan_size(const tc_view_plan *p)
+{
+	return p->plan.out.total_bytes;
+}
+
+TC_API int64_t tc_view_plan_source_offset(const tc_view_plan *p, uint32_t i)
+{
+	const struct tc__view_tplan *t;
+
+	if (i >= p->plan.out.ntensors)
+		return -1;
+	t = &p->plan.t[i];
+	if (t->flags || t->nruns != 1 || t->runs[0].count != 1 ||
+	    t->runs[0].src > INT64_MAX)
+		return -1;
+	return (int64_t)t->runs[0].src;
+}
+
+TC_API int tc_view_plan_stats(const tc_view_plan *p, struct tc_view_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->bytes_needed = p->plan.bytes_needed;
+	out->artifact_bytes = p->plan.artifact_bytes;
+	out->bytes_read = atomic_load(&p->bytes_read);
+	out->reads = atomic_load(&p->reads);
+	out->header_bytes = p->header_bytes;
+	for (uint32_t i = 0; i < p->plan.out.ntensors; i++)
+		out->pieces += tc__view_tplan_pieces(&p->plan.t[i]);
+	out->from_disk = p->src != NULL;
+	return 0;
+}
+
+/* ---------------------------------------------------------------- realize */
+
+TC_API int tc_view_realize_tensor(tc_view_plan *p, uint32_t i, void *dst,
+				  uint64_t len, char *err, size_t errlen)
+{
+	struct tc__view_io io = { 0 };
+	int ret;
+
+	if (!p || !dst) {
+		set_err(err, errlen, "%s", "view: NULL plan or destination");
+		return TC_EINVAL;
+	}
+	if (p->src) {
+		ret = tc__view_exec_source(&p->plan, i, p->src, dst, len, &io,
+					   err, errlen);
+	} else {
+		if (tc_artifact_device(p->a) >= 0) {
+			set_err(err, errlen,
+				"view of '%s': the artifact is attached on a "
+				"GPU; views are realized from a host "
+				"attachment (GPU-side views are not done yet)",
+				tc_artifact_id(p->a));
+			return TC_ENOTSUP;
+		}
+		ret = tc__view_exec_host(&p->plan, i, tc_artifact_data(p->a),
+					 tc_artifact_size(p->a), dst, len, &io,
+					 err, errlen);
+	}
+	atomic_fetch_add(&p->bytes_read, io.bytes_read);
+	atomic_fetch_add(&p->reads, io.reads);
+	return ret;
+}
+
+TC_API int tc_view_realize(tc_view_plan *p, void *dst, uint64_t len, char *err,
+			   size_t errlen)
+{
+	uint64_t at = 0;
+	uint8_t *d = dst;
+
+	if (!p || !dst) {
+		set_err(err, errlen, "%s", "view: NULL plan or destination");
+		return TC_EINVAL;
+	}
+	if (len < p->plan.out.total_bytes) {
+		if (err && errlen)
+			snprintf(err, errlen,
+				 "view: destination holds %llu bytes, the "
+				 "view needs %llu",
+				 (unsigned long long)len,
+				 (unsigned long long)p->plan.out.total_bytes);
+		return TC_EINVAL;
+	}
+	for (uint32_t i = 0; i < p->plan.out.ntensors; i++) {
+		const struct tc__tensor *t = &p->plan.out.tensors[i];
+		int ret;
+
+		memset(d + at, 0, t->offset - at); /* alignment padding */
+		ret = tc_view_realize_tensor(p, i, d + t->offset, t->nbytes,
+					     err, errlen);
+		if (ret < 0)
+			return ret;
+		at = t->offset + t->nbytes;
+	}
+	return 0;
+}
