@@ -38,7 +38,8 @@ TC_API int tc_view_parse(const char *json, tc_view **out, char *err,
 			 size_t errlen);
 /* Keep `name` (in call order); without any select every tensor is kept. */
 TC_API int tc_view_select(tc_view *v, const char *name);
-/* Keep [start, stop) of dimension `dim` of `name`. */
+/* Keep [start, stop) of dimension `dim` of `name`; stop UINT64_MAX means
+ * to the end of the dimension. */
 TC_API int tc_view_slice(tc_view *v, const char *name, uint32_t dim,
 			 uint64_t start, uint64_t stop);
 /* Swap dims dim0 and dim1 of `name`, or of every tensor of rank above both

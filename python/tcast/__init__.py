@@ -40,6 +40,7 @@ from ._artifact import (
     validate_policy,
 )
 from ._session import PrivateDaemon, Session
+from ._view import View, ViewDiagnostics
 from .dtypes import RawTensor
 from .errors import *  # noqa: F401,F403  (the exception classes)
 from .errors import TcastError
@@ -522,6 +523,8 @@ __all__ = [
     "TensorDictResult",
     "Prefetch",
     "Binding",
+    "View",
+    "ViewDiagnostics",
     "DLPackTensor",
     "GetArtifactOptions",
     "FallbackOptions",

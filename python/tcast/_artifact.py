@@ -1160,6 +1160,16 @@ class Artifact:
         )
         return TensorDictResult(out, diag, out.clear)
 
+    def view(self, slices: Any = None, transpose: Any = None, dtype: Any = None,
+             names: Optional[List[str]] = None) -> "Any":
+        """A lazy view (tcast.View): ``slices={name: [(dim, slice(start,
+        stop)), ...]}``, ``transpose=True | (d0, d1) | {name: (d0, d1)}``,
+        ``dtype="F32" | torch.float32 | {name: dtype}``, ``names=[...]``.
+        Nothing is read until it is realized (docs/python.md, "Views")."""
+        from ._view import View, make_level
+
+        return View(self, (make_level(slices, transpose, dtype, names),))
+
     def bind(self, device: Any = "cuda") -> Binding:
         """Bind this artifact on a GPU: memory the daemon owns for this
         process, at addresses that stay the same across ``swap``."""

@@ -246,7 +246,10 @@ static int parse_level(json_t *o, uint32_t li, struct tc__view_spec *s,
 				    json_array_size(e) != 3 ||
 				    json_u64(json_array_get(e, 0), &d) ||
 				    json_u64(json_array_get(e, 1), &a) ||
-				    json_u64(json_array_get(e, 2), &b) ||
+				    (json_is_null(json_array_get(e, 2)) ?
+					     (b = TC_VIEW_END, 0) :
+					     json_u64(json_array_get(e, 2),
+						      &b)) ||
 				    d > UINT32_MAX) {
 					tc__fmt_err(err, errlen,
 						    "view spec level %u: "
@@ -488,7 +491,7 @@ static int apply_level(const struct tc__table *src,
 	for (uint32_t o = 0; o < l->nops; o++) {
 		const struct tc__view_op *op = &l->ops[o];
 		struct vt *t;
-		uint64_t ext, base;
+		uint64_t ext, base, stop;
 		uint8_t s;
 		long k;
 
@@ -516,38 +519,38 @@ static int apply_level(const struct tc__table *src,
 		}
 		s = t->perm[op->dim];
 		ext = t->stop[s] - t->start[s];
+		stop = op->stop == TC_VIEW_END ? ext : op->stop;
 		if (t->sliced[op->dim]) {
 			tc__fmt_err(err, errlen,
 				    "view: tensor '%s': dim %u sliced twice%s",
 				    op->name, op->dim, w);
 			return TC_EINVAL;
 		}
-		if (op->start > op->stop) {
+		if (op->start > stop) {
 			tc__fmt_err(err, errlen,
 				    "view: tensor '%s': dim %u: reversed slice "
 				    "[%" PRIu64 ", %" PRIu64 ")%s",
-				    op->name, op->dim, op->start, op->stop, w);
+				    op->name, op->dim, op->start, stop, w);
 			return TC_EINVAL;
 		}
-		if (op->start == op->stop) {
+		if (op->start == stop) {
 			tc__fmt_err(err, errlen,
 				    "view: tensor '%s': dim %u: empty slice "
 				    "[%" PRIu64 ", %" PRIu64 ")%s",
-				    op->name, op->dim, op->start, op->stop, w);
+				    op->name, op->dim, op->start, stop, w);
 			return TC_EINVAL;
 		}
-		if (op->stop > ext) {
+		if (stop > ext) {
 			tc__fmt_err(err, errlen,
 				    "view: tensor '%s': dim %u: slice [%" PRIu64
 				    ", %" PRIu64 ") outside the shape (size "
 				    "%" PRIu64 ")%s",
-				    op->name, op->dim, op->start, op->stop, ext,
-				    w);
+				    op->name, op->dim, op->start, stop, ext, w);
 			return TC_EINVAL;
 		}
 		base = t->start[s];
 		t->start[s] = base + op->start;
-		t->stop[s] = base + op->stop;
+		t->stop[s] = base + stop;
 		t->sliced[op->dim] = true;
 	}
 	/* Transposes. */

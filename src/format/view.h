@@ -31,6 +31,7 @@
 #define TC_VIEW_MAX_LEVELS 64	      /* views of views */
 #define TC_VIEW_MAX_OPS	   1048576    /* slices, transposes, casts per spec */
 #define TC_VIEW_MAX_RUNS   (1u << 22) /* run entries per plan */
+#define TC_VIEW_END	   UINT64_MAX /* a slice's stop: to the end */
 #define TC_VIEW_ID_PREFIX  "view:"
 #define TC_VIEW_ID_LEN	   (5 + TC_ID_LEN) /* "view:" + an artifact id */
 

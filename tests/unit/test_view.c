@@ -191,6 +191,8 @@ static void test_view__ids(void **state)
 		"{\"slices\":{\"w\":[[1,2,6]]},\"transpose\":[0,1]}]",
 		"{\"names\":[\"w\"],\"slices\":{\"w\":[[0,2,6]]},"
 		"\"dtype\":\"BF16\"}",
+		"[{\"names\":[\"w\"],\"slices\":{\"w\":[[0,2,null]]}},"
+		"{\"slices\":{\"w\":[[0,0,4]]}}]",
 	};
 	const char *other[] = {
 		"{\"names\":[\"w\"],\"slices\":{\"w\":[[0,2,5]]}}",

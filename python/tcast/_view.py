@@ -1,0 +1,611 @@
+"""Views: ``artifact.view(slices=..., transpose=..., dtype=..., names=...)``.
+
+A View is lazy: it records the spec (one level per ``.view`` call) and
+nothing is contacted until it is realized.  Realizing plans the view in C
+(libtcast's tc_view_*: the planner folds the levels into one spec, checks
+it against the table and lists the byte runs to read), then:
+
+* from a host attachment of the artifact: tensors that are one contiguous,
+  unchanged range of the mapping (whole tensors, row shards) are zero-copy
+  views of it, read-only like tensor_dict's; the others are made by the C
+  executor into fresh memory (gathers, transposes, casts);
+* from ``tc.from_disk(path)`` (not attached yet): the C executor reads only
+  the planned byte ranges of the files with pread, into fresh memory; the
+  daemon is not involved.
+
+On ``device="cuda[:N]"`` the view is realized on the host and copied
+(GPU-side views and cached view replicas are not done yet).
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping as TMapping, Optional, Sequence, Tuple
+
+from . import _native, dtypes, errors
+
+_END = (1 << 64) - 1  # a slice's stop: to the end of the dimension
+_ERRLEN = 1024
+
+
+# ------------------------------------------------------------------ spec
+
+
+def _dtype_name(d: Any, what: str) -> str:
+    """A tcast dtype name from "F32"/"float32"/"bf16", a torch or numpy
+    dtype."""
+    if isinstance(d, str):
+        if d in dtypes.BY_NAME:
+            return d
+        aliases = {
+            "float32": "F32", "fp32": "F32", "f32": "F32", "float": "F32",
+            "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
+            "bfloat16": "BF16", "bf16": "BF16",
+        }
+        a = aliases.get(d.lower().replace("torch.", ""))
+        if a:
+            return a
+        raise errors.BadDtypeError(f"{what}: unknown dtype {d!r} (use F16, BF16 or F32)")
+    if type(d).__module__.startswith("torch"):
+        return dtypes.from_torch_dtype(d).name
+    try:
+        import numpy as np
+
+        return dtypes.from_numpy_dtype(np.dtype(d)).name
+    except (TypeError, ImportError):
+        raise errors.BadDtypeError(f"{what}: unknown dtype {d!r} (use F16, BF16 or F32)") from None
+
+
+def _bound(x: Any, what: str) -> Optional[int]:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, int) and not hasattr(x, "__index__"):
+        raise errors.InvalidArgumentError(f"{what}: {x!r} is not an integer")
+    v = int(x.__index__())
+    if v < 0:
+        raise errors.InvalidArgumentError(f"{what}: negative bound {v} (views take bounds from 0)")
+    return v
+
+
+def _norm_slice(name: str, item: Any) -> Tuple[int, int, int]:
+    """(dim, start, stop) from (dim, slice(a, b)), (dim, a, b) or
+    (dim, (a, b)); stop None -> to the end."""
+    what = f"slices[{name!r}]"
+    if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+        raise errors.InvalidArgumentError(
+            f"{what}: each entry is (dim, slice(start, stop)), not {item!r}"
+        )
+    dim = _bound(item[0], f"{what} dim")
+    if dim is None:
+        raise errors.InvalidArgumentError(f"{what}: the dim is None")
+    if len(item) == 3:
+        a, b = item[1], item[2]
+    elif isinstance(item[1], slice):
+        sl = item[1]
+        if sl.step not in (None, 1):
+            raise errors.InvalidArgumentError(f"{what} dim {dim}: step {sl.step} (views take step 1)")
+        a, b = sl.start, sl.stop
+    elif isinstance(item[1], (tuple, list)) and len(item[1]) == 2:
+        a, b = item[1]
+    else:
+        raise errors.InvalidArgumentError(
+            f"{what}: each entry is (dim, slice(start, stop)), not {item!r}"
+        )
+    start = _bound(a, f"{what} dim {dim} start") or 0
+    stop = _bound(b, f"{what} dim {dim} stop")
+    return dim, start, _END if stop is None else stop
+
+
+def _norm_pair(x: Any, what: str) -> Tuple[int, int]:
+    if x is True:
+        return (0, 1)
+    if isinstance(x, (tuple, list)) and len(x) == 2:
+        a, b = _bound(x[0], what), _bound(x[1], what)
+        if a is not None and b is not None:
+            return (a, b)
+    raise errors.InvalidArgumentError(f"{what}: expected True or (dim0, dim1), not {x!r}")
+
+
+@dataclass(frozen=True)
+class _Level:
+    names: Optional[Tuple[str, ...]]
+    slices: Tuple[Tuple[str, int, int, int], ...]
+    transpose: Tuple[Tuple[Optional[str], int, int], ...]
+    casts: Tuple[Tuple[Optional[str], str], ...]
+
+
+def make_level(slices: Any = None, transpose: Any = None, dtype: Any = None,
+               names: Optional[Sequence[str]] = None) -> _Level:
+    """Check the Python forms and normalize them (no table needed)."""
+    nm: Optional[Tuple[str, ...]] = None
+    if names is not None:
+        if isinstance(names, str):
+            names = [names]
+        nm = tuple(names)
+        for n in nm:
+            if not isinstance(n, str) or not n:
+                raise errors.InvalidArgumentError(f"names: {n!r} is not a tensor name")
+    sl: List[Tuple[str, int, int, int]] = []
+    if slices is not None:
+        if not isinstance(slices, TMapping):
+            raise errors.InvalidArgumentError(
+                "slices must be {name: [(dim, slice(start, stop)), ...]}"
+            )
+        for name, items in slices.items():
+            if not isinstance(name, str) or not name:
+                raise errors.InvalidArgumentError(f"slices: {name!r} is not a tensor name")
+            if isinstance(items, tuple) and items and not isinstance(items[0], (tuple, list)):
+                items = [items]  # one (dim, slice) without the list
+            for item in items:
+                sl.append((name, *_norm_slice(name, item)))
+    tr: List[Tuple[Optional[str], int, int]] = []
+    if transpose is not None and transpose is not False:
+        if isinstance(transpose, TMapping):
+            for name, pair in transpose.items():
+                tr.append((name, *_norm_pair(pair, f"transpose[{name!r}]")))
+        elif isinstance(transpose, (list, tuple)) and transpose and all(isinstance(x, str) for x in transpose):
+            tr.extend((name, 0, 1) for name in transpose)
+        else:
+            tr.append((None, *_norm_pair(transpose, "transpose")))
+    ca: List[Tuple[Optional[str], str]] = []
+    if dtype is not None:
+        if isinstance(dtype, TMapping):
+            for name, d in dtype.items():
+                ca.append((name, _dtype_name(d, f"dtype[{name!r}]")))
+        else:
+            ca.append((None, _dtype_name(dtype, "dtype")))
+    return _Level(nm, tuple(sl), tuple(tr), tuple(ca))
+
+
+def _enc(s: Optional[str]) -> Optional[bytes]:
+    return None if s is None else s.encode()
+
+
+class _Spec:
+    """A tc_view built from levels; freed with the object."""
+
+    def __init__(self, levels: Sequence[_Level]):
+        lib = _native.load()
+        h = ctypes.c_void_p()
+        rc = lib.tc_view_new(ctypes.byref(h))
+        if rc < 0:
+            raise errors.error_from_code(rc, "cannot make a view spec")
+        self.lib = lib
+        self.h = h.value
+        try:
+            for i, lv in enumerate(levels):
+                if i:
+                    self._chk(lib.tc_view_push(self.h), "too many view levels")
+                for n in lv.names or ():
+                    self._chk(lib.tc_view_select(self.h, n.encode()), f"names: {n!r}")
+                if lv.names is not None and not lv.names:
+                    raise errors.InvalidArgumentError("names=[] selects nothing")
+                for n, d, a, b in lv.slices:
+                    self._chk(lib.tc_view_slice(self.h, n.encode(), d, a, b), f"slices[{n!r}]")
+                for n, a, b in lv.transpose:
+                    self._chk(lib.tc_view_transpose(self.h, _enc(n), a, b), "transpose")
+                for n, d in lv.casts:
+                    self._chk(lib.tc_view_cast(self.h, _enc(n), dtypes.BY_NAME[d].id), "dtype")
+        except BaseException:
+            self.close()
+            raise
+
+    def _chk(self, rc: int, what: str) -> None:
+        if rc < 0:
+            raise errors.error_from_code(rc, f"view spec: {what}: {self.lib.tc_strerror(rc).decode()}")
+
+    def close(self) -> None:
+        h, self.h = self.h, None
+        if h:
+            self.lib.tc_view_free(h)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Plan:
+    """A tc_view_plan: the view's table and what to read."""
+
+    def __init__(self, spec: _Spec, *, att: Any = None, path: Optional[str] = None):
+        lib = spec.lib
+        h = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(_ERRLEN)
+        if att is not None:
+            rc = lib.tc_view_plan_artifact(spec.h, att.handle, ctypes.byref(h), err, _ERRLEN)
+        else:
+            rc = lib.tc_view_plan_path(spec.h, path.encode(), ctypes.byref(h), err, _ERRLEN)  # type: ignore[union-attr]
+        if rc < 0:
+            raise errors.error_from_code(rc, err.value.decode(errors="replace"))
+        self.lib = lib
+        self.h = h.value
+        self.id: str = lib.tc_view_plan_id(self.h).decode()
+        self.size: int = lib.tc_view_plan_size(self.h)
+        n = lib.tc_view_plan_count(self.h)
+        from ._artifact import TensorInfo
+
+        infos = []
+        if n:
+            raw = ctypes.string_at(lib.tc_view_plan_tensors(self.h), n * _native.TENSOR_INFO_FORMAT.size)
+            names = {d.id: d.name for d in dtypes.DTYPES}
+            for rec in _native.TENSOR_INFO_FORMAT.iter_unpack(raw):
+                infos.append(TensorInfo(ctypes.string_at(rec[0]).decode(), names[rec[1]],
+                                        tuple(rec[5:5 + rec[2]]), rec[4], rec[3]))
+        self.infos: List[Any] = infos
+        self.src_offsets = [lib.tc_view_plan_source_offset(self.h, i) for i in range(n)]
+
+    def stats(self) -> _native.TcViewStats:
+        st = _native.TcViewStats()
+        self.lib.tc_view_plan_stats(self.h, ctypes.byref(st))
+        return st
+
+    def realize_tensor(self, i: int, addr: int, nbytes: int) -> None:
+        err = ctypes.create_string_buffer(_ERRLEN)
+        rc = self.lib.tc_view_realize_tensor(self.h, i, addr, nbytes, err, _ERRLEN)
+        if rc < 0:
+            raise errors.error_from_code(rc, err.value.decode(errors="replace"))
+
+    def close(self) -> None:
+        h, self.h = self.h, None
+        if h:
+            self.lib.tc_view_plan_free(h)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _table_of(infos: List[Any], size: int):
+    """A _Table over `infos` (offsets in whatever byte space they name)."""
+    from ._artifact import _Table
+
+    t = _Table.__new__(_Table)
+    t.infos = infos
+    t.index = {x.name: i for i, x in enumerate(infos)}
+    t.meta = {}
+    t.size = size
+    t.plans = {}
+    return t
+
+
+# ------------------------------------------------------------ diagnostics
+
+
+@dataclass
+class ViewDiagnostics:
+    """What realizing a view read and made.
+
+    source: "disk (view ranges)" (pread of the planned ranges of the
+    files), or what the artifact's own realization reported ("local",
+    "disk" after an import).  bytes_read: source bytes read or copied for
+    this call (zero-copy tensors read nothing); bytes_needed: the source
+    bytes the view covers; artifact_bytes: the whole artifact's byte
+    space; header_bytes: safetensors headers read when planning from disk.
+    """
+
+    view_id: str
+    artifact_id: Optional[str]
+    source: str
+    framework: str
+    device: str
+    ntensors: int
+    bytes: int  # bytes of the view's tensors
+    bytes_read: int
+    bytes_needed: int
+    artifact_bytes: int
+    header_bytes: int
+    reads: int
+    zero_copy_tensors: int
+    seconds: float
+    fallback_reason: Optional[str] = None
+
+    @property
+    def zero_copy(self) -> bool:
+        return self.ntensors == self.zero_copy_tensors
+
+    @property
+    def read_fraction(self) -> float:
+        return self.bytes_read / self.artifact_bytes if self.artifact_bytes else 0.0
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+# ------------------------------------------------------------------- View
+
+
+class View:
+    """A lazy view of an artifact (``Artifact.view``); ``.view(...)`` on it
+    makes a view of the view (one combined spec when realized)."""
+
+    def __init__(self, artifact: Any, levels: Tuple[_Level, ...]):
+        self._artifact = artifact
+        self._levels = levels
+
+    def view(self, slices: Any = None, transpose: Any = None, dtype: Any = None,
+             names: Optional[Sequence[str]] = None) -> "View":
+        return View(self._artifact, self._levels + (make_level(slices, transpose, dtype, names),))
+
+    @property
+    def artifact(self) -> Any:
+        return self._artifact
+
+    def __repr__(self) -> str:
+        return f"<tcast.View of {self._artifact!r}, {len(self._levels)} level(s)>"
+
+    # ------------------------------------------------------------ planning
+
+    def _uses_disk(self, options: Any) -> bool:
+        a = self._artifact
+        if a._disk_path is None or a._att is not None:
+            return False
+        src = a._source(options)
+        return src in ("auto", "disk_first", "disk_only") and (src != "auto" or a._ref() is None)
+
+    def _plan(self, options: Any = None) -> Tuple[_Plan, Any, Dict[str, Any]]:
+        """(plan, attachment or None, facts)."""
+        spec = _Spec(self._levels)
+        try:
+            if self._uses_disk(options):
+                plan = _Plan(spec, path=self._artifact._disk_path)
+                return plan, None, {"source": "disk (view ranges)", "fallback_reason": None}
+            att, info = self._artifact._realize(options)
+            return _Plan(spec, att=att), att, info
+        finally:
+            spec.close()
+
+    @property
+    def view_id(self) -> str:
+        """"view:" + a digest of the artifact id and the normalized spec."""
+        return self._plan()[0].id
+
+    @property
+    def tensors(self) -> Dict[str, Any]:
+        """{name: TensorInfo} of the view (offsets in its own byte space)."""
+        return {t.name: t for t in self._plan()[0].infos}
+
+    @property
+    def tensor_names(self) -> List[str]:
+        return [t.name for t in self._plan()[0].infos]
+
+    # ------------------------------------------------------------ realizing
+
+    def tensor_dict(self, *, device: Any = "cpu", options: Any = None,
+                    framework: Optional[str] = None) -> Dict[str, Any]:
+        return self.tensor_dict_with_diagnostics(device=device, options=options, framework=framework).tensors
+
+    def tensor_dict_with_diagnostics(self, *, device: Any = "cpu", options: Any = None,
+                                     framework: Optional[str] = None):
+        from ._artifact import TensorDictResult, _device, _framework
+
+        t0 = time.perf_counter()
+        fw = _framework(framework)
+        if fw == "dlpack":
+            raise errors.NotSupportedError("views realize torch tensors or numpy arrays (framework='dlpack' is not done yet)")
+        dev = _device(device, fw)
+        plan, att, info = self._plan(options)
+        before = plan.stats().bytes_read
+        try:
+            out, nzc = self._realize(plan, att, fw)
+        finally:
+            st = plan.stats()
+            plan.close()
+        if dev != "cpu":
+            out = {k: v.to(dev) for k, v in out.items()}
+            nzc = 0
+        diag = ViewDiagnostics(
+            view_id=plan.id,
+            artifact_id=att.id if att is not None else None,
+            source=info["source"],
+            framework=fw,
+            device=dev,
+            ntensors=len(out),
+            bytes=sum(t.nbytes for t in plan.infos),
+            bytes_read=st.bytes_read - before,
+            bytes_needed=st.bytes_needed,
+            artifact_bytes=st.artifact_bytes,
+            header_bytes=st.header_bytes,
+            reads=st.reads,
+            zero_copy_tensors=nzc,
+            seconds=time.perf_counter() - t0,
+            fallback_reason=info.get("fallback_reason"),
+        )
+        return TensorDictResult(out, diag, out.clear)  # type: ignore[arg-type]
+
+    def _realize(self, plan: _Plan, att: Any, fw: str) -> Tuple[Dict[str, Any], int]:
+        infos = plan.infos
+        zc = [i for i, off in enumerate(plan.src_offsets) if att is not None and off >= 0]
+        zcs = set(zc)
+        copied = [i for i in range(len(infos)) if i not in zcs]
+        out: Dict[str, Any] = {}
+        if zc:
+            # Zero-copy: the same views tensor_dict makes, at the source
+            # offsets the plan reported.
+            src_infos = [infos[i]._replace(offset=plan.src_offsets[i]) for i in zc]
+            tab = _table_of(src_infos, att.size)
+            fake = _AttView(att, tab)
+            views = fake.torch_views() if fw == "torch" else fake.numpy_views()
+            out.update(views)
+        if copied:
+            if fw == "torch":
+                import torch
+
+                buf = torch.empty(plan.size, dtype=torch.uint8)
+                base_addr = buf.data_ptr()
+            else:
+                import numpy as np
+
+                buf = np.empty(plan.size, np.uint8)
+                base_addr = buf.ctypes.data
+            for i in copied:
+                plan.realize_tensor(i, base_addr + infos[i].offset, infos[i].nbytes)
+            tab = _table_of(infos, plan.size)
+            names = [infos[i].name for i in copied]
+            if fw == "torch":
+                from ._artifact import _torch_views_from_base
+
+                got = _torch_views_from_base(buf, tab, names, None)
+            else:
+                got = _numpy_views(buf, tab, names)
+            out.update(got)
+        # The view's order, not zero-copy first.
+        return {t.name: out[t.name] for t in infos}, len(zc)
+
+    def tensor_dict_into(self, target: TMapping[str, Any], *, options: Any = None,
+                         strict: bool = False) -> TMapping[str, Any]:
+        """Realize into caller-owned tensors (torch tensors on any device or
+        writable numpy arrays) of the view's dtypes and shapes.  Contiguous
+        CPU targets are written by the C executor directly; others go
+        through a host buffer."""
+        plan, att, _ = self._plan(options)
+        try:
+            index = {t.name: i for i, t in enumerate(plan.infos)}
+            unknown = [n for n in target if n not in index]
+            if unknown:
+                raise errors.NotFoundError(
+                    f"view {plan.id} has no tensor " + ", ".join(repr(n) for n in unknown[:5])
+                    + f" (it has {', '.join(repr(t.name) for t in plan.infos[:5])}"
+                    + (" ..." if len(plan.infos) > 5 else "") + ")"
+                )
+            if strict:
+                missing = [t.name for t in plan.infos if t.name not in target]
+                if missing:
+                    raise errors.InvalidArgumentError(
+                        f"strict: the target lacks {', '.join(map(repr, missing[:5]))} of view {plan.id}"
+                    )
+            problems = []
+            for n, dst in target.items():
+                t = plan.infos[index[n]]
+                want = _fw_of(dst, t)
+                if want is None:
+                    problems.append(f"{n!r}: a {type(dst).__name__} (torch tensors or numpy arrays only)")
+                    continue
+                wdt, wshape = want
+                if dst.dtype != wdt or tuple(dst.shape) != tuple(wshape):
+                    problems.append(f"{n!r}: view has {t.dtype}{list(t.shape)}, target is {dst.dtype} {tuple(dst.shape)}")
+                elif _is_np(dst) and not dst.flags.writeable:
+                    problems.append(f"{n!r}: target array is read-only")
+            if problems:
+                raise errors.ShapeError(f"tensor_dict_into(view {plan.id}): " + "; ".join(problems))
+            for n, dst in target.items():
+                i = index[n]
+                t = plan.infos[i]
+                if _is_np(dst):
+                    if dst.flags.c_contiguous:
+                        plan.realize_tensor(i, dst.ctypes.data, t.nbytes)
+                        continue
+                elif not dst.is_cuda and dst.is_contiguous():
+                    if t.nbytes:
+                        plan.realize_tensor(i, dst.data_ptr(), t.nbytes)
+                    continue
+                tmp = self._host_tensor(plan, i, dst)
+                if _is_np(dst):
+                    import numpy as np
+
+                    np.copyto(dst, tmp, casting="no")
+                else:
+                    import torch
+
+                    with torch.no_grad():
+                        dst.copy_(tmp)
+        finally:
+            plan.close()
+        return target
+
+    @staticmethod
+    def _host_tensor(plan: _Plan, i: int, like: Any) -> Any:
+        t = plan.infos[i]
+        if _is_np(like):
+            import numpy as np
+
+            tmp = np.empty(like.shape, like.dtype)
+            plan.realize_tensor(i, tmp.ctypes.data, t.nbytes)
+            return tmp
+        import torch
+
+        tmp = torch.empty(tuple(like.shape), dtype=like.dtype)
+        if t.nbytes:
+            plan.realize_tensor(i, tmp.data_ptr(), t.nbytes)
+        return tmp
+
+    def prefetch(self, device: Any = "cpu", *, options: Any = None):
+        """Make the view's source ready and check the view: for an artifact,
+        what Artifact.prefetch does (held by the daemon, and a GPU replica
+        for device='cuda[:N]'); for a disk view, the files are opened and
+        the view planned (nothing is read: realization reads the ranges).
+        Raises the planning error, if any, now."""
+        from ._artifact import Prefetch
+
+        t0 = time.perf_counter()
+        if self._uses_disk(options):
+            plan, _, info = self._plan(options)
+            plan.close()
+            return Prefetch(plan.id, "cpu", info["source"], time.perf_counter() - t0)
+        p = self._artifact.prefetch(device, options=options)
+        plan, _, _ = self._plan(options)
+        plan.close()
+        return Prefetch(p.artifact_id, p.device, p.source, time.perf_counter() - t0)
+
+
+class _AttView:
+    """An attachment with a different table: zero-copy views at the offsets
+    the plan reported, through the attachment's own view code."""
+
+    def __init__(self, att: Any, table: Any):
+        self._att = att
+        self.table = table
+        self.size = att.size
+
+    def torch_views(self) -> Dict[str, Any]:
+        from ._artifact import _Attachment
+
+        return _Attachment.torch_views(self)  # type: ignore[arg-type]
+
+    def numpy_views(self) -> Dict[str, Any]:
+        from ._artifact import _Attachment
+
+        return _Attachment.numpy_views(self)  # type: ignore[arg-type]
+
+    def new_owner(self):
+        return self._att.new_owner()
+
+    def buffer(self, owner):
+        return self._att.buffer(owner)
+
+    def find(self, name: str) -> int:
+        return self.table.index[name]
+
+
+def _numpy_views(buf: Any, tab: Any, names: List[str]) -> Dict[str, Any]:
+    import numpy as np
+
+    rows, _ = tab.numpy_plan()
+    out = {}
+    want = set(names)
+    for name, fwdt, shape, off in rows:
+        if name in want:
+            out[name] = np.ndarray(shape, fwdt, buf, off)
+    return out
+
+
+def _is_np(x: Any) -> bool:
+    return type(x).__module__ == "numpy" and hasattr(x, "flags")
+
+
+def _fw_of(dst: Any, t: Any) -> Optional[Tuple[Any, Tuple[int, ...]]]:
+    """(framework dtype, shape) a target for view tensor `t` must have."""
+    dt = dtypes.BY_NAME[t.dtype]
+    if _is_np(dst):
+        m = dtypes.numpy_mappings()[dt.id]
+    elif type(dst).__module__.startswith("torch") and hasattr(dst, "copy_"):
+        m = dtypes.torch_mappings()[dt.id]
+    else:
+        return None
+    shape = m.out_shape(dt, t.shape, t.nbytes) if m.packed else t.shape
+    return m.fw_dtype, tuple(shape)
