@@ -68,7 +68,8 @@ def init(
 
     connect: ``address`` is the daemon's Unix socket (default
     $TCAST_SOCKET, else $XDG_RUNTIME_DIR/tcast/daemon.sock, else
-    /tmp/tcast-$UID/daemon.sock).
+    /tmp/tcast-$UID/daemon.sock); a loopback "127.0.0.1:PORT" (TensorCast's
+    form) means that default socket.
     create: starts ``tcast daemon run`` in a private temporary folder (or
     on ``address`` if given) owned by this process, with ``host_memory``
     (e.g. "4GiB") and extra ``daemon_args``; tc.shutdown() -- or the exit
@@ -90,8 +91,31 @@ def init(
         _last_address = s.socket_path
 
 
+def _local_address(address: Optional[str]) -> Optional[str]:
+    """TensorCast code names the node-local daemon by a TCP address
+    ("127.0.0.1:50052"); tcast's local daemon listens on a Unix socket, so a
+    loopback host:port means the default socket.  Another host is refused:
+    clients only ever talk to their own node's daemon."""
+    if address is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"(127\.\d+\.\d+\.\d+|localhost|\[::1\]|::1):(\d+)", address)
+    if m:
+        return None
+    m = re.fullmatch(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(\d+)", address)
+    if m and not os.path.exists(address):
+        raise errors.InvalidArgumentError(
+            f"address {address!r}: tcast clients reach their own node's daemon over a Unix socket "
+            "(a loopback host:port means the default socket); give a socket path"
+        )
+    return address
+
+
 def _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout) -> Session:
     global _atexit_registered
+    if mode in ("connect", "auto"):
+        address = _local_address(address)
     if mode == "auto":
         try:
             return Session(address)
