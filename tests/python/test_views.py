@@ -354,3 +354,26 @@ def _has_key(tc, key):
         return True
     except tc.NotFoundError:
         return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_view_on_cuda(tc, tmp_path):
+    """device='cuda:N': realized on the host, then copied (the GPU-side
+    application of views is not done yet)."""
+    import tcast
+
+    w = torch.randn(64, 32).to(torch.bfloat16)
+    a = tc.put({"w": w})
+    for src in (a, None):
+        if src is None:
+            write_st(tmp_path / "m.safetensors", {"w": w})
+            src = tcast.from_disk(tmp_path / "m.safetensors")
+        v = src.view(slices={"w": [(1, slice(8, 24))]}, transpose=True, dtype="F32")
+        res = v.tensor_dict_with_diagnostics(device="cuda:0")
+        t = res.tensors["w"]
+        assert t.is_cuda and not res.diagnostics.zero_copy
+        same(t.cpu(), w[:, 8:24].t().float())
+        out = {"w": torch.empty(16, 64, device="cuda:0")}
+        v.tensor_dict_into(out)
+        same(out["w"].cpu(), w[:, 8:24].t().float())
