@@ -497,7 +497,7 @@ static char *write_file(const char *dir, const struct tc__table *t,
 
 	assert_non_null(path);
 	snprintf(path, 512, "%s/m.safetensors", dir);
-	if (tc__st_write_path(path, t, data, err, MSG))
+	if (tc__st_write_path(path, t, data, TC_ST_WRITE_FORCE, err, MSG))
 		fail_msg("%s", err);
 	return path;
 }
