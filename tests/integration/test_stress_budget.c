@@ -733,7 +733,7 @@ int main(void)
 {
 	const char *e = getenv("TC_STRESS_SEED");
 	long ops = getenv("TC_STRESS_OPS") ? atol(getenv("TC_STRESS_OPS")) :
-					     400;
+					     800;
 	char path[400], err[256];
 	tc_client *c = NULL;
 	long nfail = 0, ngood = 0, nkinds = 0;
