@@ -229,7 +229,7 @@ static const mode_t modes[] = { 0700, 0750, 0777, 0711 };
 
 /* Outcome counters for the summary. */
 static long n_refused_dir, n_refused_peer, n_connected, n_own_fake, n_no_socket,
-	n_daemon_start;
+	n_daemon_start, n_hardlink;
 
 static void own(const char *path, int other)
 {
