@@ -282,7 +282,7 @@ static void one_state(const char *root)
 	int dir_other = below(3) == 0;
 	mode_t dir_mode = below(2) ? 0700 : modes[below(4)];
 	enum sock_kind sk = (enum sock_kind)below(NSOCK);
-	int dir_ok, try_start = below(4) == 0, rc;
+	int dir_ok, try_start = below(4) == 0, rc, hard = 0;
 	struct fake f = { -1, -1, -1 };
 	long conns = 0, bytes = 0, fds = 0;
 	tc_client *c = NULL;
@@ -329,7 +329,7 @@ static void one_state(const char *root)
 	switch (sk) {
 	case S_DAEMON_LINK:
 		if (link(D.sock, sock) == 0) {
-			n_hardlink++;
+			hard = 1;
 			break;
 		}
 		sk = S_DAEMON_SYMLINK; /* another file system */
@@ -393,6 +393,7 @@ static void one_state(const char *root)
 	} else if (sk == S_DAEMON_LINK || sk == S_DAEMON_SYMLINK) {
 		CHECK(rc == 0, "our own daemon refused: %d (%s)", rc, err);
 		n_connected++;
+		n_hardlink += hard;
 	} else if (sk == S_FAKE_US) {
 		/* Ours: trusted, so it spoke; the fake never answers. */
 		CHECK(rc < 0 && rc != TC_EPERM && bytes > 0 && conns == 1,
@@ -417,7 +418,7 @@ int main(void)
 	const char *e = getenv("TC_STRESS_SEED");
 	long states = getenv("TC_STRESS_STATES") ?
 			      atol(getenv("TC_STRESS_STATES")) :
-			      2500;
+			      1500;
 	char root[] = "/tmp/tcast-squat-XXXXXX", secret[400];
 	double t0 = t_now_ms();
 
