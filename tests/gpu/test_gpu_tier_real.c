@@ -52,24 +52,11 @@ static uint64_t big; /* TC_GPU_TEST_BYTES */
 		fflush(stdout);                \
 	} while (0)
 
-static json_t *status(tc_client *c)
-{
-	char *s;
-	json_t *j;
-
-	if (tc_status_json(c, &s) < 0)
-		fail_msg("status: %s", tc_client_errmsg(c));
-	j = json_loads(s, 0, NULL);
-	tc_free(s);
-	assert_non_null(j);
-	return j;
-}
-
 /* A field of the daemon's GPU whose UUID is this process's `dev`. */
 static long long gpu_stat(tc_client *c, const char *field)
 {
 	struct tc__gpu_info gi;
-	json_t *j = status(c), *d;
+	json_t *j = t_status(c), *d;
 	long long v = -1;
 	size_t i;
 

@@ -33,27 +33,6 @@
 #include "tcast/errors.h"
 #include "tlib.h"
 
-static json_t *status_of(tc_client *c)
-{
-	char *s;
-	json_t *j;
-
-	assert_int_equal(tc_status_json(c, &s), 0);
-	j = json_loads(s, 0, NULL);
-	tc_free(s);
-	assert_non_null(j);
-	return j;
-}
-
-static long long status_int(tc_client *c, const char *field)
-{
-	json_t *j = status_of(c);
-	long long v = json_integer_value(json_object_get(j, field));
-
-	json_decref(j);
-	return v;
-}
-
 /* Put n one-element F32 tensors; returns the id in `id`. */
 static int put_many(tc_client *c, uint32_t n, char id[TC_ID_BUFLEN])
 {
@@ -201,7 +180,7 @@ static void test_conn__full_daemon_says_why(void **state)
 	rc = tc_client_connect(d.sock, &c, err, sizeof(err));
 	if (rc != 0)
 		fail_msg("newcomer refused: %s", err);
-	assert_true(status_int(c, "clients") <= 3);
+	assert_true(t_status_int(c, "clients") <= 3);
 	/* The evicted one learns why on its next call. */
 	idle = tc_attach(held[2], id, &a[2]);
 	assert_int_equal(idle, TC_EBUSY);
@@ -324,9 +303,9 @@ static void test_conn__tables_charged_and_capped(void **state)
 	t_daemon_start(&d, "1GiB", "--set", "host_spare=0", "--set",
 		       "max_tensors=60000", NULL);
 	c = t_connect(d.sock);
-	before = status_int(c, "host_used_bytes");
+	before = t_status_int(c, "host_used_bytes");
 	assert_int_equal(put_many(c, 50000, id), 0);
-	after = status_int(c, "host_used_bytes");
+	after = t_status_int(c, "host_used_bytes");
 	seg = 50000LL * 256; /* one 256-byte aligned slot per tensor */
 	printf("conn: 50000-tensor put charged %lld bytes (segment %lld, "
 	       "table %lld)\n",
@@ -484,7 +463,7 @@ static void test_conn__stalled_and_idle_dropped(void **state)
 		       i ? "idle" : "stalled", t_now_ms() - t0);
 	}
 	/* The good client, quiet as long but holding a lease, is kept. */
-	assert_true(status_int(c, "pid") > 0);
+	assert_true(t_status_int(c, "pid") > 0);
 	tc_artifact_close(held);
 	close(stalled);
 	close(idle);

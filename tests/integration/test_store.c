@@ -42,27 +42,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static json_t *status(tc_client *c)
-{
-	char *s;
-	json_t *j;
-
-	assert_int_equal(tc_status_json(c, &s), 0);
-	j = json_loads(s, 0, NULL);
-	tc_free(s);
-	assert_non_null(j);
-	return j;
-}
-
-static long long status_int(tc_client *c, const char *field)
-{
-	json_t *j = status(c);
-	long long v = json_integer_value(json_object_get(j, field));
-
-	json_decref(j);
-	return v;
-}
-
 /* Check every tensor of `a` whose manifest file is `file` (or in folder
  * `prefix`) against manifest.json's SHA-256. */
 static void check_manifest(tc_artifact *a, const char *top)
@@ -385,7 +364,7 @@ static void test_store__client_crash_releases(void **state)
 		assert_true(i < 199);
 		usleep(10000);
 	}
-	assert_int_equal(status_int(c, "clients"), 1);
+	assert_int_equal(t_status_int(c, "clients"), 1);
 	close(pfd[0]);
 	close(pfd[1]);
 	tc_client_close(c);
@@ -404,20 +383,20 @@ static void test_store__rm_while_mapped(void **state)
 	tc_artifact *a, *b;
 	long long used0, used1;
 
-	used0 = status_int(c, "host_used_bytes");
+	used0 = t_status_int(c, "host_used_bytes");
 	put_blob(c, "rm-me", 42, 3 << 20, "cache", 0, r.id);
 	assert_int_equal(tc_key_set(c, "rm:me", r.id, 0, 0, NULL), 0);
 	assert_int_equal(tc_attach(c, "rm:me", &a), 0);
-	used1 = status_int(c, "host_used_bytes");
+	used1 = t_status_int(c, "host_used_bytes");
 	assert_true(used1 > used0);
 	assert_int_equal(tc_rm(c, "rm:me"), 0);
 	assert_int_equal(tc_attach(c, "rm:me", &b), TC_ENOTFOUND);
 	assert_int_equal(tc_attach(c, r.id, &b), TC_ENOTFOUND);
 	assert_int_equal(((const uint8_t *)tc_artifact_data(a))[(3 << 20) - 1],
 			 42);
-	assert_int_equal(status_int(c, "host_used_bytes"), used1);
+	assert_int_equal(t_status_int(c, "host_used_bytes"), used1);
 	tc_artifact_close(a);
-	assert_int_equal(status_int(c, "host_used_bytes"), used0);
+	assert_int_equal(t_status_int(c, "host_used_bytes"), used0);
 	tc_client_close(c);
 }
 
@@ -428,7 +407,7 @@ static void test_store__reput_of_removed_leased_content(void **state)
 	tc_client *c = t_connect(D.sock);
 	char id1[TC_ID_BUFLEN], id2[TC_ID_BUFLEN];
 	tc_artifact *a, *b, *x;
-	long long used0 = status_int(c, "host_used_bytes");
+	long long used0 = t_status_int(c, "host_used_bytes");
 
 	put_blob(c, "same", 9, 2 << 20, "cache", 0, id1);
 	assert_int_equal(tc_key_set(c, "re:k1", id1, 0, 0, NULL), 0);
@@ -438,7 +417,7 @@ static void test_store__reput_of_removed_leased_content(void **state)
 	put_blob(c, "same", 9, 2 << 20, "cache", 0, id2);
 	assert_string_equal(id1, id2);
 	assert_int_equal(tc_attach(c, id2, &b), 0);
-	assert_int_equal(status_int(c, "host_used_bytes"), used0 + (2 << 20));
+	assert_int_equal(t_status_int(c, "host_used_bytes"), used0 + (2 << 20));
 	tc_artifact_close(a);
 	/* b's lease is intact: the artifact is still held and leased once. */
 	{
@@ -454,7 +433,7 @@ static void test_store__reput_of_removed_leased_content(void **state)
 	}
 	tc_artifact_close(b);
 	assert_int_equal(tc_rm(c, id2), 0);
-	assert_int_equal(status_int(c, "host_used_bytes"), used0);
+	assert_int_equal(t_status_int(c, "host_used_bytes"), used0);
 	tc_client_close(c);
 }
 
@@ -527,7 +506,7 @@ static void test_store__eviction_lru_and_leases(void **state)
 	/* Unknown and unsupported policies are refused by name. */
 	put_blob(c, "x", 1, 10, "durable", TC_EPOLICY, NULL);
 	put_blob(c, "x", 1, 10, "bogus", TC_EINVAL, NULL);
-	assert_true(status_int(c, "evictions") >= 3);
+	assert_true(t_status_int(c, "evictions") >= 3);
 	tc_artifact_close(h);
 	tc_client_close(c);
 	assert_int_equal(t_daemon_stop(&small), 0);
@@ -539,13 +518,13 @@ static void test_store__eviction_lru_and_leases(void **state)
 static long long wait_spare(tc_client *c, long long want)
 {
 	for (int i = 0; i < 500; i++) {
-		long long v = status_int(c, "host_spare_bytes");
+		long long v = t_status_int(c, "host_spare_bytes");
 
 		if (v == want)
 			return v;
 		usleep(10000);
 	}
-	return status_int(c, "host_spare_bytes");
+	return t_status_int(c, "host_spare_bytes");
 }
 
 static void test_store__spare_segment(void **state)
@@ -559,7 +538,7 @@ static void test_store__spare_segment(void **state)
 	D = sd;
 	c = t_connect(D.sock);
 	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20);
-	assert_int_equal(status_int(c, "host_used_bytes"), 0);
+	assert_int_equal(t_status_int(c, "host_used_bytes"), 0);
 	{
 		/* ls reports what artifacts use, like status: not the spare. */
 		char *ls;
@@ -574,7 +553,7 @@ static void test_store__spare_segment(void **state)
 		tc_free(ls);
 	}
 	put_blob(c, "a", 1, 2 << 20, "cache", 0, a); /* takes the spare */
-	assert_int_equal(status_int(c, "host_used_bytes"), 2 << 20);
+	assert_int_equal(t_status_int(c, "host_used_bytes"), 2 << 20);
 	assert_int_equal(wait_spare(c, 4 << 20), 4 << 20); /* refilled */
 	assert_int_equal(tc_attach(c, a, &h), 0);
 	assert_int_equal(((const uint8_t *)tc_artifact_data(h))[(2 << 20) - 1],
@@ -585,10 +564,10 @@ static void test_store__spare_segment(void **state)
 	put_blob(c, "b", 2, 5 << 20, "cache", 0, b);
 	assert_int_equal(tc_attach(c, a, &h), 0);
 	tc_artifact_close(h);
-	assert_int_equal(status_int(c, "evictions"), 0);
+	assert_int_equal(t_status_int(c, "evictions"), 0);
 	/* Full now (7 MiB of 8): no room for a spare, so none is made. */
 	usleep(200000);
-	assert_int_equal(status_int(c, "host_spare_bytes"), 0);
+	assert_int_equal(t_status_int(c, "host_spare_bytes"), 0);
 	put_blob(c, "x", 3, 1 << 20, "warm", 0, x);
 	(void)b;
 	tc_client_close(c);
@@ -723,7 +702,7 @@ static void test_store__hostile_files(void **state)
 	closedir(d);
 	assert_true(n > 10);
 	/* Still serving. */
-	assert_true(status_int(c, "pid") > 0);
+	assert_true(t_status_int(c, "pid") > 0);
 	tc_client_close(c);
 }
 
@@ -844,7 +823,7 @@ static void test_store__hostile_frames(void **state)
 	}
 	close(fd);
 	/* The daemon kept serving everyone else. */
-	assert_true(status_int(c, "protocol_errors") >= 5);
+	assert_true(t_status_int(c, "protocol_errors") >= 5);
 	tc_client_close(c);
 }
 
@@ -954,7 +933,7 @@ static void test_store__bad_requests_keep_connection(void **state)
 	assert_int_equal(tc_import(c, "/nonexistent/file", NULL, NULL),
 			 -ENOENT);
 	assert_int_equal(tc_import(c, "/dev/null", NULL, NULL), TC_EINVAL);
-	assert_true(status_int(c, "pid") > 0);
+	assert_true(t_status_int(c, "pid") > 0);
 	tc_client_close(c);
 }
 

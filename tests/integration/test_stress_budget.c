@@ -33,7 +33,8 @@
 #define BUDGET (64 * MiB)
 
 static struct t_daemon D;
-static uint64_t seed, rng;
+static uint64_t seed;
+static struct t_rng R;
 static int opno;
 static const char *opname = "setup";
 
@@ -59,20 +60,6 @@ static void die(const char *fmt, ...)
 		if (!(cond))              \
 			die(__VA_ARGS__); \
 	} while (0)
-
-/* xorshift64*: the same seed gives the same sequence everywhere. */
-static uint64_t rnd(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 2685821657736338717ull;
-}
-
-static uint64_t below(uint64_t n)
-{
-	return n ? rnd() % n : 0;
-}
 
 static int lru_order = 1;
 
@@ -436,7 +423,7 @@ static void killed_child(enum child_what what, const char *ref, uint64_t nbytes)
 /* A key that exists now (and holds an artifact, when `held`), or NULL. */
 static const char *some_key(tc_client *c, char *buf, size_t len, int held)
 {
-	unsigned start = (unsigned)below(NKEYS);
+	unsigned start = (unsigned)t_rng_below(&R, NKEYS);
 
 	for (unsigned i = 0; i < NKEYS; i++) {
 		int h;
@@ -463,10 +450,12 @@ static int failing(tc_client *c, enum kind k, const char *path)
 	case K_TRUNCATED: {
 		struct shrink s = { path, 0 };
 
-		write_st(path, (8 + below(40)) * MiB, (uint8_t)rnd());
+		write_st(path, (8 + t_rng_below(&R, 40)) * MiB,
+			 (uint8_t)t_rng_next(&R));
 		free(before);
 		before = state(c);
-		rc = import_opts(c, path, below(2) ? "stress:trunc" : NULL,
+		rc = import_opts(c, path,
+				 t_rng_below(&R, 2) ? "stress:trunc" : NULL,
 				 NULL, 0, 0, shrink_on_progress, &s, &r);
 		if (rc == 0) {
 			/* The loader won the race: undo, and it is no
@@ -483,15 +472,16 @@ static int failing(tc_client *c, enum kind k, const char *path)
 
 		/* Sizes up to the whole budget: a right generation would
 		 * have had to evict. */
-		write_st(path, (1 + below(60)) * MiB, (uint8_t)rnd());
+		write_st(path, (1 + t_rng_below(&R, 60)) * MiB,
+			 (uint8_t)t_rng_next(&R));
 		free(before);
 		before = state(c);
-		if (kk && below(3)) {
-			g = gen_of(c, kk, NULL) + 1 + below(5);
+		if (kk && t_rng_below(&R, 3)) {
+			g = gen_of(c, kk, NULL) + 1 + t_rng_below(&R, 5);
 		} else {
 			snprintf(key, sizeof(key), "stress:absent");
 			kk = key;
-			g = 1 + below(9);
+			g = 1 + t_rng_below(&R, 9);
 		}
 		rc = import_opts(c, path, kk, NULL, 1, g, NULL, NULL, &r);
 		CHECK(rc == TC_ECONFLICT,
@@ -501,7 +491,7 @@ static int failing(tc_client *c, enum kind k, const char *path)
 	}
 	case K_CAS_PUT: {
 		const char *kk = some_key(c, key, sizeof(key), 0);
-		uint64_t n = (1 + below(60)) * MiB, g;
+		uint64_t n = (1 + t_rng_below(&R, 60)) * MiB, g;
 		struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
 		struct tc_opts o = { 0 };
 		tc_put *p = NULL;
@@ -509,9 +499,9 @@ static int failing(tc_client *c, enum kind k, const char *path)
 		if (!kk) {
 			snprintf(key, sizeof(key), "stress:absent");
 			kk = key;
-			g = 1 + below(9);
+			g = 1 + t_rng_below(&R, 9);
 		} else {
-			g = gen_of(c, kk, NULL) + 1 + below(5);
+			g = gen_of(c, kk, NULL) + 1 + t_rng_below(&R, 5);
 		}
 		o.field_mask = TC_OPT_KEY | TC_OPT_EXPECT;
 		o.key = kk;
@@ -522,32 +512,33 @@ static int failing(tc_client *c, enum kind k, const char *path)
 		break;
 	}
 	case K_PUT_ABORT: {
-		uint64_t n = (1 + below(30)) * MiB;
+		uint64_t n = (1 + t_rng_below(&R, 30)) * MiB;
 		struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
 		struct tc_opts o = { 0 };
 		tc_put *p;
 
 		o.field_mask = TC_OPT_KEY;
 		o.key = "stress:aborted";
-		rc = tc_put_begin(c, &d, 1, NULL, below(2) ? &o : NULL, &p);
+		rc = tc_put_begin(c, &d, 1, NULL,
+				  t_rng_below(&R, 2) ? &o : NULL, &p);
 		if (rc == TC_ENOSPACE) {
 			/* Pinned artifacts leave no room: a failure too. */
 			break;
 		}
 		CHECK(rc == 0, "put_begin: %d (%s)", rc, tc_client_errmsg(c));
-		memset(tc_put_data(p, 0), 1, (size_t)below(n));
+		memset(tc_put_data(p, 0), 1, (size_t)t_rng_below(&R, n));
 		tc_put_abort(p);
 		break;
 	}
 	case K_PUT_KILLED:
-		killed_child(CH_PUT, NULL, (1 + below(24)) * MiB);
+		killed_child(CH_PUT, NULL, (1 + t_rng_below(&R, 24)) * MiB);
 		break;
 	case K_BAD_TABLE: {
 		static const char *names[] = { "", "bad\x01name", "x\xff\xfe",
 					       "w" };
-		uint64_t shape[17] = { 0 }, n = 1 + below(4);
+		uint64_t shape[17] = { 0 }, n = 1 + t_rng_below(&R, 4);
 		struct tc_tensor_desc d[2];
-		unsigned v = (unsigned)below(5);
+		unsigned v = (unsigned)t_rng_below(&R, 5);
 		tc_put *p;
 
 		for (int i = 0; i < 17; i++)
@@ -556,7 +547,7 @@ static int failing(tc_client *c, enum kind k, const char *path)
 		d[1] = (struct tc_tensor_desc){ "b", TC_DTYPE_U8, 1, &n };
 		switch (v) {
 		case 0: /* a bad name */
-			d[1].name = names[below(3)];
+			d[1].name = names[t_rng_below(&R, 3)];
 			break;
 		case 1: /* an unknown dtype */
 			d[1].dtype = 999;
@@ -585,7 +576,7 @@ static int failing(tc_client *c, enum kind k, const char *path)
 		FILE *f = fopen(path, "w");
 		uint64_t hl;
 		const char *h =
-			below(2) ?
+			t_rng_below(&R, 2) ?
 				"{\"w\":{\"dtype\":\"U8\",\"shape\":[1048576],"
 				"\"data_offsets\":[0,1048576]}}" :
 				"{\"w\":{\"dtype\":\"U8\",\"shape\":[2],\"da";
@@ -602,7 +593,7 @@ static int failing(tc_client *c, enum kind k, const char *path)
 		break;
 	}
 	case K_TOO_BIG:
-		write_st(path, BUDGET + (1 + below(8)) * MiB, 9);
+		write_st(path, BUDGET + (1 + t_rng_below(&R, 8)) * MiB, 9);
 		rc = import_opts(c, path, NULL, NULL, 0, 0, NULL, NULL, &r);
 		CHECK(rc < 0, "import bigger than the budget accepted");
 		break;
@@ -621,7 +612,7 @@ static int failing(tc_client *c, enum kind k, const char *path)
 		 * nets to nothing. */
 		const char *kk = some_key(c, key, sizeof(key), 1);
 		tc_artifact *a[16];
-		int n = (int)(1 + below(16));
+		int n = (int)(1 + t_rng_below(&R, 16));
 
 		if (!kk) {
 			failed = 0;
@@ -656,17 +647,17 @@ static int failing(tc_client *c, enum kind k, const char *path)
 static void good(tc_client *c, const char *path, int *pinned)
 {
 	char key[64], *before;
-	uint64_t n = (1 + below(20)) * MiB;
-	int pin = !*pinned && below(6) == 0, rc;
+	uint64_t n = (1 + t_rng_below(&R, 20)) * MiB;
+	int pin = !*pinned && t_rng_below(&R, 6) == 0, rc;
 	struct tc_result r;
 	uint64_t gen;
 
-	key_name(key, sizeof(key), (unsigned)below(NKEYS));
+	key_name(key, sizeof(key), (unsigned)t_rng_below(&R, NKEYS));
 	/* A key that exists moves only by compare-and-swap: the right
 	 * generation, which may have to evict. */
 	gen = gen_of(c, key, NULL);
-	if (below(2)) {
-		write_st(path, n, (uint8_t)rnd());
+	if (t_rng_below(&R, 2)) {
+		write_st(path, n, (uint8_t)t_rng_next(&R));
 		before = state(c);
 		rc = import_opts(c, path, key, pin ? "pinned" : NULL, gen != 0,
 				 gen, NULL, NULL, &r);
@@ -683,7 +674,7 @@ static void good(tc_client *c, const char *path, int *pinned)
 		before = state(c);
 		rc = tc_put_begin(c, &d, 1, NULL, &o, &p);
 		if (rc == 0) {
-			memset(tc_put_data(p, 0), (int)(rnd() & 0xff),
+			memset(tc_put_data(p, 0), (int)(t_rng_next(&R) & 0xff),
 			       (size_t)n);
 			rc = tc_put_commit(p, &r);
 		}
@@ -731,7 +722,6 @@ static void remove_all(tc_client *c)
 
 int main(void)
 {
-	const char *e = getenv("TC_STRESS_SEED");
 	long ops = getenv("TC_STRESS_OPS") ? atol(getenv("TC_STRESS_OPS")) :
 					     800;
 	char path[400], err[256];
@@ -740,9 +730,8 @@ int main(void)
 	int pinned = 0;
 	double t0 = t_now_ms();
 
-	seed = e && *e ? strtoull(e, NULL, 0) :
-			 (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	rng = seed ? seed : 1;
+	seed = t_rng_seed("TC_STRESS_SEED");
+	t_rng_init(&R, seed);
 	printf("stress budget: seed %" PRIu64 " (TC_STRESS_SEED=%" PRIu64
 	       " replays it), %ld ops\n",
 	       seed, seed, ops);
@@ -751,13 +740,13 @@ int main(void)
 	snprintf(path, sizeof(path), "%s/f.safetensors", D.dir);
 	CHECK(tc_client_connect(D.sock, &c, err, sizeof(err)) == 0, "%s", err);
 	for (opno = 0; opno < ops; opno++) {
-		if (below(3) == 0) {
+		if (t_rng_below(&R, 3) == 0) {
 			opname = "good";
 			good(c, path, &pinned);
 			ngood++;
 			continue;
 		}
-		enum kind k = (enum kind)below(NKINDS);
+		enum kind k = (enum kind)t_rng_below(&R, NKINDS);
 
 		opname = kind_name[k];
 		if (failing(c, k, path)) {

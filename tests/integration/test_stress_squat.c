@@ -47,7 +47,8 @@
 #define OTHER_UID 65534 /* nobody */
 
 static struct t_daemon D;
-static uint64_t seed, rng;
+static uint64_t seed;
+static struct t_rng R;
 static int stno;
 static char desc[512];
 
@@ -72,19 +73,6 @@ static void die(const char *fmt, ...)
 		if (!(cond))              \
 			die(__VA_ARGS__); \
 	} while (0)
-
-static uint64_t rnd(void)
-{
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return rng * 2685821657736338717ull;
-}
-
-static uint64_t below(uint64_t n)
-{
-	return rnd() % n;
-}
 
 /* ------------------------------------------------------- fake daemon */
 
@@ -146,31 +134,7 @@ static struct fake fake_start(const char *sock, int other)
 			if (cfd < 0)
 				continue;
 			conns++;
-			for (;;) {
-				struct pollfd q = { cfd, POLLIN, 0 };
-				char buf[4096];
-				char cbuf[CMSG_SPACE(sizeof(int) * 8)];
-				struct iovec iov = { buf, sizeof(buf) };
-				struct msghdr m = { 0 };
-				ssize_t n;
-
-				if (poll(&q, 1, 100) != 1)
-					break;
-				m.msg_iov = &iov;
-				m.msg_iovlen = 1;
-				m.msg_control = cbuf;
-				m.msg_controllen = sizeof(cbuf);
-				n = recvmsg(cfd, &m, 0);
-				if (n <= 0)
-					break;
-				bytes += n;
-				for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h;
-				     h = CMSG_NXTHDR(&m, h))
-					if (h->cmsg_type == SCM_RIGHTS)
-						fds += (long)((h->cmsg_len -
-							       CMSG_LEN(0)) /
-							      sizeof(int));
-			}
+			t_drain_count(cfd, 100, 0, &bytes, &fds);
 			close(cfd);
 		}
 		snprintf(out, sizeof(out), "%ld %ld %ld\n", conns, bytes, fds);
@@ -275,14 +239,18 @@ static void one_state(const char *root)
 {
 	char par[300], parl[300], real[300], run[400], sock[500], target[300],
 		err[512] = "", secret[400];
-	int par_other = (int)below(2), par_link = below(4) == 0;
-	mode_t par_mode = below(2) ? 0711 : modes[1 + below(3)];
+	int par_other = (int)t_rng_below(&R, 2),
+	    par_link = t_rng_below(&R, 4) == 0;
+	mode_t par_mode = t_rng_below(&R, 2) ? 0711 :
+					       modes[1 + t_rng_below(&R, 3)];
 	/* Weighted so that about a third of the states are safe ones. */
-	enum dir_kind dk = below(2) ? DIR_REAL : (enum dir_kind)below(NDIR);
-	int dir_other = below(3) == 0;
-	mode_t dir_mode = below(2) ? 0700 : modes[below(4)];
-	enum sock_kind sk = (enum sock_kind)below(NSOCK);
-	int dir_ok, try_start = below(4) == 0, rc, hard = 0;
+	enum dir_kind dk = t_rng_below(&R, 2) ?
+				   DIR_REAL :
+				   (enum dir_kind)t_rng_below(&R, NDIR);
+	int dir_other = t_rng_below(&R, 3) == 0;
+	mode_t dir_mode = t_rng_below(&R, 2) ? 0700 : modes[t_rng_below(&R, 4)];
+	enum sock_kind sk = (enum sock_kind)t_rng_below(&R, NSOCK);
+	int dir_ok, try_start = t_rng_below(&R, 4) == 0, rc, hard = 0;
 	struct fake f = { -1, -1, -1 };
 	long conns = 0, bytes = 0, fds = 0;
 	tc_client *c = NULL;
@@ -415,7 +383,6 @@ static void one_state(const char *root)
 
 int main(void)
 {
-	const char *e = getenv("TC_STRESS_SEED");
 	long states = getenv("TC_STRESS_STATES") ?
 			      atol(getenv("TC_STRESS_STATES")) :
 			      1500;
@@ -427,9 +394,8 @@ int main(void)
 				"uid; skipped\n");
 		return 77;
 	}
-	seed = e && *e ? strtoull(e, NULL, 0) :
-			 (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-	rng = seed ? seed : 1;
+	seed = t_rng_seed("TC_STRESS_SEED");
+	t_rng_init(&R, seed);
 	printf("stress squat: seed %" PRIu64 " (TC_STRESS_SEED=%" PRIu64
 	       " replays it), %ld states\n",
 	       seed, seed, states);

@@ -95,31 +95,7 @@ static struct fake fake_start(const char *sock, bool bind_as_root, int secs)
 			if (cfd < 0)
 				continue;
 			conns++;
-			for (;;) {
-				struct pollfd q = { cfd, POLLIN, 0 };
-				char buf[4096];
-				char cbuf[CMSG_SPACE(sizeof(int) * 8)];
-				struct iovec iov = { buf, sizeof(buf) };
-				struct msghdr m = { 0 };
-				ssize_t n;
-
-				if (poll(&q, 1, (int)(end - t_now_ms())) != 1)
-					break;
-				m.msg_iov = &iov;
-				m.msg_iovlen = 1;
-				m.msg_control = cbuf;
-				m.msg_controllen = sizeof(cbuf);
-				n = recvmsg(cfd, &m, 0);
-				if (n <= 0)
-					break;
-				bytes += n;
-				for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h;
-				     h = CMSG_NXTHDR(&m, h))
-					if (h->cmsg_type == SCM_RIGHTS)
-						fds += (long)((h->cmsg_len -
-							       CMSG_LEN(0)) /
-							      sizeof(int));
-			}
+			t_drain_count(cfd, -1, end, &bytes, &fds);
 			close(cfd);
 		}
 		snprintf(out, sizeof(out), "%ld %ld %ld\n", conns, bytes, fds);

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <inttypes.h>
+#include <poll.h>
 #include <openssl/evp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -367,4 +369,101 @@ char *t_slurp(const char *path, size_t *len)
 	if (len)
 		*len = (size_t)n;
 	return buf;
+}
+
+json_t *t_status(tc_client *c)
+{
+	char *s;
+	json_t *j;
+
+	if (tc_status_json(c, &s) < 0)
+		fail_msg("status: %s", tc_client_errmsg(c));
+	j = json_loads(s, 0, NULL);
+	tc_free(s);
+	assert_non_null(j);
+	return j;
+}
+
+long long t_status_int(tc_client *c, const char *field)
+{
+	json_t *j = t_status(c);
+	long long v = json_integer_value(json_object_get(j, field));
+
+	json_decref(j);
+	return v;
+}
+
+void t_drain_count(int fd, int idle_ms, double end_ms, long *bytes, long *fds)
+{
+	for (;;) {
+		struct pollfd q = { fd, POLLIN, 0 };
+		char buf[4096];
+		char cbuf[CMSG_SPACE(sizeof(int) * 8)];
+		struct iovec iov = { buf, sizeof(buf) };
+		struct msghdr m = { 0 };
+		int wait = idle_ms;
+		ssize_t n;
+
+		if (end_ms > 0) {
+			double left = end_ms - t_now_ms();
+
+			if (left <= 0)
+				return;
+			if (wait < 0 || left < wait)
+				wait = (int)left + 1;
+		}
+		if (poll(&q, 1, wait) != 1)
+			return;
+		m.msg_iov = &iov;
+		m.msg_iovlen = 1;
+		m.msg_control = cbuf;
+		m.msg_controllen = sizeof(cbuf);
+		n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+		if (n <= 0)
+			return;
+		*bytes += n;
+		for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h;
+		     h = CMSG_NXTHDR(&m, h)) {
+			size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			if (h->cmsg_level != SOL_SOCKET ||
+			    h->cmsg_type != SCM_RIGHTS)
+				continue;
+			for (size_t i = 0; i < k; i++) {
+				int got;
+
+				memcpy(&got, CMSG_DATA(h) + i * sizeof(int),
+				       sizeof(int));
+				close(got);
+			}
+			*fds += (long)k;
+		}
+	}
+}
+
+uint64_t t_rng_seed(const char *env)
+{
+	const char *e = getenv(env);
+
+	if (e && *e)
+		return strtoull(e, NULL, 0);
+	return (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+}
+
+void t_rng_init(struct t_rng *r, uint64_t seed)
+{
+	r->s = seed ? seed : 1;
+}
+
+uint64_t t_rng_next(struct t_rng *r)
+{
+	r->s ^= r->s >> 12;
+	r->s ^= r->s << 25;
+	r->s ^= r->s >> 27;
+	return r->s * 2685821657736338717ull;
+}
+
+uint64_t t_rng_below(struct t_rng *r, uint64_t n)
+{
+	return n ? t_rng_next(r) % n : 0;
 }

@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "proto/proto.h"
 #include "tcast/client.h"
 
@@ -72,5 +74,33 @@ int t_count_fds(void);
 const char *t_data(const char *rel);
 /* Read a whole file (malloc'd). */
 char *t_slurp(const char *path, size_t *len);
+
+/* The daemon's STATUS document (owned: json_decref), or fail the running
+ * cmocka test with the client's message. */
+json_t *t_status(tc_client *c);
+/* One integer field of STATUS (0 when absent). */
+long long t_status_int(tc_client *c, const char *field);
+
+/*
+ * Read what a peer sends on `fd` until it closes, nothing arrives for
+ * idle_ms (-1: no idle limit) or t_now_ms() reaches end_ms (0: no
+ * deadline); add the bytes and the fds it passed (SCM_RIGHTS; closed at
+ * once) to *bytes and *fds.  Fake daemons use it to prove a client sent
+ * them nothing.
+ */
+void t_drain_count(int fd, int idle_ms, double end_ms, long *bytes, long *fds);
+
+/* A seeded xorshift64* stream: one seed gives one sequence everywhere, so
+ * a stress test that prints its seed can be replayed. */
+struct t_rng {
+	uint64_t s; /* never 0 */
+};
+/* The seed in environment variable `env` (any base strtoull reads), else
+ * one from the clock and the pid. */
+uint64_t t_rng_seed(const char *env);
+void t_rng_init(struct t_rng *r, uint64_t seed);
+uint64_t t_rng_next(struct t_rng *r);
+/* Uniform-enough in [0, n); 0 when n is 0. */
+uint64_t t_rng_below(struct t_rng *r, uint64_t n);
 
 #endif /* TC_TLIB_H */

@@ -52,24 +52,37 @@ def wait_until(pred, timeout=10.0, what="condition"):
 
 
 class Daemon:
-    def __init__(self, tmp: Path, host_memory="2GiB"):
+    def __init__(self, tmp: Path, host_memory="2GiB", *, args=(), env=None):
+        """`tcast daemon run` on tmp/d.sock, logging to tmp/daemon.log, with
+        extra command-line `args` and environment `env` (kept as self.env so
+        clients see the same driver).  Returns once the socket exists."""
         self.dir = tmp
         self.socket = str(tmp / "d.sock")
         self.log = str(tmp / "daemon.log")
         self.bin = os.environ["TCAST_BIN"]
-        self.proc = subprocess.Popen(
-            [self.bin, "--socket", self.socket, "daemon", "run", "--host-memory", host_memory, "--log-file", self.log],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        self.env = dict(os.environ, **(env or {}))
+        # stderr to a file, not a pipe nobody drains: a chatty daemon must
+        # never block on it.
+        err_path = tmp / "daemon.stderr"
+        with open(err_path, "wb") as err_file:
+            self.proc = subprocess.Popen(
+                [self.bin, "--socket", self.socket, "daemon", "run", "--host-memory", host_memory, "--log-file",
+                 self.log, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err_file,
+                env=self.env,
+            )
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not start: {Path(self.log).read_text() if os.path.exists(self.log) else ''}")
+                err = err_path.read_text(errors="replace")
+                log = Path(self.log).read_text() if os.path.exists(self.log) else ""
+                raise RuntimeError(f"daemon did not start: {err}{log}")
             time.sleep(0.01)
 
     def stop(self):
+        """SIGTERM, SIGKILL after 20 s; the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -77,6 +90,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        return self.proc.returncode
 
 
 @pytest.fixture(scope="session")

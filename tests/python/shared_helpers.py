@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, Daemon
 
 EXAMPLES = Path(__file__).resolve().parent / "shared_examples"
 
@@ -83,30 +83,10 @@ def fakecuda_lib() -> str:
     return str(lib.parent.parent / "fakecuda" / "libcuda.so.1")
 
 
-class FakeGpuDaemon:
+class FakeGpuDaemon(Daemon):
     """A tcast daemon whose GPU tier runs on the fake driver."""
 
     def __init__(self, tmp: Path):
         tmp.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o700)
-        self.socket = str(tmp / "d.sock")
-        self.log = tmp / "daemon.log"
-        env = dict(os.environ, TCAST_CUDA_LIB=fakecuda_lib())
-        self.proc = subprocess.Popen(
-            [os.environ["TCAST_BIN"], "--socket", self.socket, "daemon", "run", "--host-memory", "512MiB",
-             "--log-file", str(self.log)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("fake-GPU daemon did not start")
-            time.sleep(0.01)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(tmp, "512MiB", env={"TCAST_CUDA_LIB": fakecuda_lib()})

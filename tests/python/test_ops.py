@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_py
+from conftest import REPO, Daemon
 
 BIN = os.environ["TCAST_BIN"]
 FAKECUDA = Path(os.environ["TCAST_BIN"]).resolve().parents[1] / "fakecuda" / "libcuda.so.1"
@@ -35,28 +34,13 @@ def free_port() -> int:
     return port
 
 
-class OpsDaemon:
-    """`tcast daemon run` with extra --set options and environment."""
+class OpsDaemon(Daemon):
+    """`tcast daemon run` with extra --set options, flags and environment,
+    answering requests when the constructor returns."""
 
-    def __init__(self, tmp: Path, *sets: str, env=None, host_memory="1GiB", log_file=True, flags=()):
-        self.socket = str(tmp / "d.sock")
-        self.log = str(tmp / "daemon.log")
-        args = [BIN, "--socket", self.socket, "daemon", "run", "--host-memory", host_memory]
-        if log_file:
-            args += ["--log-file", self.log]
-        for s in sets:
-            args += ["--set", s]
-        args += list(flags)
-        e = dict(os.environ)
-        e.update(env or {})
-        self.env = e  # clients see the same (fake) driver
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.socket):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                out, err = self.proc.communicate(timeout=5) if self.proc.poll() is not None else (b"", b"")
-                raise RuntimeError(f"daemon did not start: {err.decode()}")
-            time.sleep(0.01)
+    def __init__(self, tmp: Path, *sets: str, env=None, host_memory="1GiB", flags=()):
+        args = [a for s in sets for a in ("--set", s)] + list(flags)
+        super().__init__(tmp, host_memory, args=args, env=env)
         # The socket exists from listen(); an answer means the loop runs,
         # which is after the metrics endpoint is up.
         self.cli("status")
@@ -68,15 +52,6 @@ class OpsDaemon:
             assert r.returncode == 0, r.stderr
         return r
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 def write_safetensors(path: Path, tensors: dict) -> int:
@@ -454,7 +429,6 @@ def test_sd_notify_ready_and_stopping(tmp_path):
 
 
 def test_no_notify_socket_is_fine(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     d = OpsDaemon(tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "nobody-listens")})
     try:
         d.cli("status")
