@@ -79,6 +79,18 @@ TC_API int tc_default_socket(char *buf, size_t len)
 
 /* ---------------------------------------------------------- transport */
 
+/* An error reply's status and, when the body carries one, the daemon's
+ * message onto the handle.  Returns status. */
+static int error_reply(tc_client *c, struct tc__cur *cur, int status)
+{
+	const char *m;
+	size_t ml;
+
+	if (tc__cur_read_str(cur, TC_PROTO_MAX_STR, &m, &ml) == 0)
+		return set_err(c, status, "%.*s", (int)ml, m);
+	return set_err(c, status, "%s", tc_strerror(status));
+}
+
 static void client_break(tc_client *c, const char *why)
 {
 	if (!c->broken)
@@ -225,17 +237,9 @@ static int call_locked(tc_client *c, struct tc__buf *req, const int *fds,
 		    tc__cur_read_i32(&cur, &status) == 0 && status < 0) {
 			/* A connection-level error (the daemon refused us or
 			 * could not read a header): say why, then stop. */
-			const char *m;
-			size_t ml;
-
 			reply_release(rep);
-			if (tc__cur_read_str(&cur, TC_PROTO_MAX_STR, &m, &ml) ==
-			    0)
-				set_err(c, status, "%.*s", (int)ml, m);
-			else
-				set_err(c, status, "%s", tc_strerror(status));
 			c->broken = true;
-			return status;
+			return error_reply(c, &cur, status);
 		}
 		if (h.req_id != id) {
 			reply_release(rep);
@@ -260,16 +264,8 @@ static int call_locked(tc_client *c, struct tc__buf *req, const int *fds,
 			return TC_ECLOSED;
 		}
 		if (status < 0) {
-			const char *m;
-			size_t ml;
-
 			reply_release(rep);
-			if (tc__cur_read_str(&cur, TC_PROTO_MAX_STR, &m, &ml) ==
-			    0)
-				set_err(c, status, "%.*s", (int)ml, m);
-			else
-				set_err(c, status, "%s", tc_strerror(status));
-			return status;
+			return error_reply(c, &cur, status);
 		}
 		rep->data = tc__malloc(cur.left ? cur.left : 1);
 		if (!rep->data) {

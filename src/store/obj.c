@@ -486,6 +486,20 @@ static int key_name_ok(const char *key, char *err, size_t errlen)
 	return tc__name_check("key", key, n, TC_KEY_MAX, 0, err, errlen);
 }
 
+/* A compare-and-swap that expected another generation: TC_ECONFLICT, and
+ * the message says where the key is now ("tail" adds what was not done). */
+static int gen_conflict(const struct tc__key *k, const char *key,
+			uint64_t expect_gen, const char *tail, char *err,
+			size_t errlen)
+{
+	snprintf(err, errlen,
+		 "key '%s' is at generation %llu, not %llu (it points to "
+		 "'%s')%s",
+		 key, (unsigned long long)k->gen,
+		 (unsigned long long)expect_gen, k->id[0] ? k->id : "nothing",
+		 tail);
+	return TC_ECONFLICT;
+}
 int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
 		     size_t errlen)
@@ -546,14 +560,8 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		return TC_ECONFLICT;
 	}
 	if (expect_gen != k->gen) {
-		snprintf(err, errlen,
-			 "key '%s' is at generation %llu, not %llu (it points "
-			 "to '%s')",
-			 key, (unsigned long long)k->gen,
-			 (unsigned long long)expect_gen,
-			 k->id[0] ? k->id : "nothing");
 		*gen = k->gen;
-		return TC_ECONFLICT;
+		return gen_conflict(k, key, expect_gen, "", err, errlen);
 	}
 	if (strcmp(k->id, id)) {
 		k->gen++;
@@ -583,15 +591,9 @@ int tc__objs_key_precheck(struct tc__objs *s, const char *key, bool expect,
 			 key, (unsigned long long)expect_gen);
 		return TC_ECONFLICT;
 	}
-	if (k && k->gen != expect_gen) {
-		snprintf(err, errlen,
-			 "key '%s' is at generation %llu, not %llu (it points "
-			 "to '%s'); nothing was loaded",
-			 key, (unsigned long long)k->gen,
-			 (unsigned long long)expect_gen,
-			 k->id[0] ? k->id : "nothing");
-		return TC_ECONFLICT;
-	}
+	if (k && k->gen != expect_gen)
+		return gen_conflict(k, key, expect_gen, "; nothing was loaded",
+				    err, errlen);
 	return 0;
 }
 

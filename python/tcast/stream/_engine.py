@@ -647,7 +647,10 @@ class Engine:
         nxt = self._predict(u, self.k - 1)
         if not nxt:
             return
-        window = {v.idx for v in nxt} | {u.idx}
+        self._queue(nxt, {v.idx for v in nxt} | {u.idx})
+
+    def _queue(self, nxt, window) -> None:
+        """Prefetch the units of nxt in order into free slots, never evicting one of `window`."""
         for v in nxt:
             if v.slot is not None:
                 v.expected = True
@@ -689,16 +692,7 @@ class Engine:
                     nxt.append(v)
                     if len(nxt) >= self.k:
                         break
-            window = {v.idx for v in nxt}
-            for v in nxt:
-                if v.slot is not None:
-                    v.expected = True
-                    continue
-                s = self._free_slot(window, demand=False)
-                if s is None:
-                    break
-                self._issue(v, s, prefetch=True)
-                v.expected = True
+            self._queue(nxt, {v.idx for v in nxt})
 
     def enter(self, u: _Unit) -> None:
         """u's forward starts (the wrapper has checked u and counted it as a user)."""
