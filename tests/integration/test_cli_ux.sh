@@ -352,13 +352,14 @@ ok one_json
 ok is "$(jq_ 'd["running"]')" False
 # restart keeps the running daemon's configuration
 printf 'io_threads: 3\n' >"$dir/d.yaml"
-ok t daemon start --host-memory 48MiB --config "$dir/d.yaml" --set job_threads=3 --log-level debug >/dev/null
+ok t daemon start --host-memory 48MiB --config "$dir/d.yaml" --set job_threads=3 --log-level debug --log-format json >/dev/null
 t import "$DATA/dtypes.safetensors" >/dev/null 2>&1
 run t daemon restart
 ok is "$rc" 0
 ok has "$out" "dropped 1 artifact ("
 run t --json status
 ok is "$(jq_ 'd["host_budget_bytes"], d["io_threads"], d["config"]["job_threads"], d["config"]["log_level"]')" "50331648 3 3 debug"
+ok is "$(jq_ 'd["config"]["log_format"]')" json
 # options given to restart override what it keeps
 run t --json daemon restart --host-memory 40MiB
 ok one_json
