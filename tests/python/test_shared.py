@@ -544,3 +544,61 @@ def test_shim_is_the_tcast_implementation():
     from shared_tensor.managed_object import SharedObjectHandle as H2
 
     assert H2 is SharedObjectHandle
+
+
+def test_reentrant_calls_refuse_instead_of_deadlocking(svc):
+    port, env, _ = svc
+    out = client(env, """
+res = {}
+for name, call in (("serial", lambda: ss.serial_recurse(torch.ones(2), depth=2)),
+                   ("singleflight", lambda: ss.sf_recurse(7)),
+                   ("rpc", lambda: ss.serial_rpc_self(torch.ones(2)))):
+    try:
+        call()
+        res[name] = "returned"
+    except E.SharedTensorError as e:
+        res[name] = f"{type(e).__name__}: {e}"
+res["other"] = ss.serial_calls_parallel(torch.ones(2)).tolist()
+res["fib"] = ss.fib(12).tolist()
+res["serial_after"] = ss.serial(torch.zeros(1)).tolist()
+print(json.dumps(res))
+""", timeout=60)
+    assert "serial_recurse -> serial_recurse" in out["serial"] and "wait for itself" in out["serial"], out
+    assert "'sfr:7'" in out["singleflight"] and "singleflight" in out["singleflight"], out
+    assert "serial_rpc_self -> serial_rpc_self" in out["rpc"] and "wait for itself" in out["rpc"], out
+    assert out["other"] == [4.0, 4.0]
+    assert out["fib"] == [144.0]
+    assert out["serial_after"] == [1.0]  # the lock was given back after the refusal
+
+
+def test_uncollected_task_results_expire(fakegpu, tmp_path):
+    port = free_port()
+    env = env_for(tmp_path, port, fake=True, TCAST_SOCKET=fakegpu.socket, TCAST_SHARED_TASK_RESULT_TTL="1")
+    srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
+    try:
+        out = client(env, """
+res = {}
+tid = ss.task.submit(3, delay=0.0)
+keep = ss.task.submit(2, delay=0.0)
+time.sleep(0.3)
+res["fresh"] = ss.provider.wait_for_task(keep).tolist()
+time.sleep(2.5)
+ss.provider.get_runtime_info()
+try:
+    ss.provider.wait_for_task(tid)
+    res["late"] = "returned"
+except E.SharedTensorTaskError as e:
+    res["late"] = str(e)
+print(json.dumps(res))
+""")
+        assert out["fresh"] == [0.0, 2.0]
+        assert "expired" in out["late"] and "1 s" in out["late"] and "(task)" in out["late"], out
+        st = subprocess.run(
+            [sys.executable, "-m", "tcast.shared", "status", "--port", str(port), "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert st.returncode == 0, st.stdout + st.stderr
+        info = json.loads(st.stdout)
+        assert info["tasks"] == [] and info["tasks_expired"] == 1, info
+    finally:
+        srv.kill(signal.SIGTERM)

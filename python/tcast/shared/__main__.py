@@ -30,7 +30,8 @@ def _print(st) -> None:
     print(f"clients ({len(st['clients'])}):")
     for c in st["clients"]:
         print(f"  pid {c['pid']:<8} connections {c['connections']} calls {c['calls']}  {c['client_id']}")
-    print(f"tasks ({len(st['tasks'])}):")
+    print(f"tasks ({len(st['tasks'])}; finished results kept {st.get('task_result_ttl', 0):g} s uncollected, "
+          f"{st.get('tasks_expired', 0)} expired):")
     for t in st["tasks"]:
         print(f"  {t['task_id']} {t['endpoint']} {t['state']}")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -198,9 +199,12 @@ class SharedTensorClient:
         for k, v in kwargs.items():
             _payload.check(v, f"kwargs[{k!r}]", results=False)
         msg, pub = _payload.encode((tuple(args), dict(kwargs)), "tcast", self.device_index)
+        req = {"op": "call", "endpoint": endpoint, "payload": msg, "submit": submit}
+        chain = _calling_chain()
+        if chain and not submit:  # a submitted task does not hold the caller
+            req["chain"] = chain
         try:
-            return self.request({"op": "call", "endpoint": endpoint, "payload": msg, "submit": submit},
-                                f"call {endpoint!r}")
+            return self.request(req, f"call {endpoint!r}")
         finally:
             pub.close()  # the server mapped the arguments (or failed)
 
@@ -257,3 +261,12 @@ class SharedTensorClient:
         t0 = time.perf_counter()
         self.request({"op": "ping"}, "ping")
         return time.perf_counter() - t0
+
+
+def _calling_chain() -> list:
+    """The endpoints this thread is executing, when an endpoint calls a
+    server over RPC (its own, typically): the server refuses a call that
+    would wait for one of them instead of hanging."""
+    srv = sys.modules.get(__package__ + ".server")
+    st = getattr(getattr(srv, "_running", None), "stack", None) if srv is not None else None
+    return [list(x) for x in st] if st else []

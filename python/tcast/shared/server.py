@@ -34,6 +34,24 @@ from .utils import device_uuid, load_secret, probe_device_index, resolve_runtime
 
 log = logging.getLogger("tcast.shared")
 
+# Finished task results nobody collects are dropped after this many seconds
+# (SharedTensorServer(task_result_ttl=) or this variable overrides it).
+TASK_RESULT_TTL_ENV = "TCAST_SHARED_TASK_RESULT_TTL"
+DEFAULT_TASK_RESULT_TTL = 3600.0
+_EXPIRED_REMEMBERED = 4096  # expired ids kept to say "expired", not "unknown"
+
+# What this thread is executing: (endpoint name, cache key) per level.  An
+# endpoint calling itself in-process would otherwise wait for itself
+# forever (its serialized lock, or its own singleflight future).
+_running = threading.local()
+
+
+def _stack() -> list:
+    st = getattr(_running, "stack", None)
+    if st is None:
+        st = _running.stack = []
+    return st
+
 # Error kinds on the wire -> client exception classes (client.py).
 _KINDS = (
     (SharedTensorPayloadError, "payload"),
@@ -96,6 +114,11 @@ class _Task:
         self.client_id = client_id
         self.future = fut
         self.created = time.time()
+        self.done_at: Optional[float] = None
+        fut.add_done_callback(self._finished)
+
+    def _finished(self, _f: Future) -> None:
+        self.done_at = time.monotonic()
 
 
 class _Session:
@@ -119,6 +142,7 @@ class SharedTensorServer:
         host: str = "127.0.0.1",
         max_connections: int = 64,
         task_workers: int = 8,
+        task_result_ttl: Optional[float] = None,
         daemon_thread: bool = True,
         **_: Any,
     ):
@@ -140,6 +164,20 @@ class SharedTensorServer:
         self._sessions: Dict[str, _Session] = {}
         self._conns: List[socket.socket] = []
         self._executor = _Workers(task_workers)
+        if task_result_ttl is None:
+            env = os.environ.get(TASK_RESULT_TTL_ENV)
+            try:
+                task_result_ttl = float(env) if env else DEFAULT_TASK_RESULT_TTL
+            except ValueError:
+                raise SharedTensorConfigurationError(
+                    f"{TASK_RESULT_TTL_ENV}={env!r}: expected a number of seconds"
+                ) from None
+        if not task_result_ttl > 0:
+            raise SharedTensorConfigurationError(f"task_result_ttl must be > 0 seconds, not {task_result_ttl!r}")
+        self.task_result_ttl = float(task_result_ttl)
+        self._expired: Dict[str, str] = {}  # task id -> endpoint, oldest first
+        self._next_sweep = 0.0
+        self.tasks_expired = 0
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
@@ -340,6 +378,7 @@ class SharedTensorServer:
     # ------------------------------------------------------------- requests
 
     def _dispatch(self, req: Dict[str, Any], s: _Session, pending: List[_payload.Published]) -> Dict[str, Any]:
+        self._sweep_tasks()
         op = req.get("op")
         if op == "call":
             ep = self._endpoint(req["endpoint"])
@@ -350,7 +389,7 @@ class SharedTensorServer:
             if req.get("submit"):
                 tid = self._submit(ep, args, kwargs, s.client_id)
                 return {"ok": True, "kind": "task", "task_id": tid}
-            entry = self.call_sync(ep, args, kwargs)
+            entry = self.call_sync(ep, args, kwargs, _chain(req.get("chain")))
             return self._reply(entry, s, pending)
         if op == "wait":
             return self._wait(req["task_id"], req.get("timeout"), s, pending)
@@ -400,8 +439,18 @@ class SharedTensorServer:
 
     # ------------------------------------------------------------ execution
 
-    def resolve(self, ep: EndpointDefinition, args: tuple, kwargs: Dict[str, Any]) -> _Entry:
-        """Cache, singleflight and serialization around one execution."""
+    def resolve(self, ep: EndpointDefinition, args: tuple, kwargs: Dict[str, Any], chain=None) -> _Entry:
+        """Cache, singleflight and serialization around one execution.
+        ``chain``: the endpoints an RPC caller is executing (its own
+        server's, when an endpoint calls over RPC), checked like this
+        thread's own."""
+        if chain:
+            prev = getattr(_running, "stack", None)
+            _running.stack = list(chain)
+            try:
+                return self.resolve(ep, args, kwargs)
+            finally:
+                _running.stack = prev
         key = ep.cache_key(args, kwargs) if ep.keyed else None
         if ep.cache:
             with self._lock:
@@ -409,6 +458,32 @@ class SharedTensorServer:
                 if e is not None:
                     e.hits += 1
                     return e
+        st = _stack()
+        self._check_reentry(ep, key, st)
+        st.append((ep.name, key))
+        try:
+            return self._resolve_uncached(ep, key, args, kwargs)
+        finally:
+            st.pop()
+
+    @staticmethod
+    def _check_reentry(ep: EndpointDefinition, key: Optional[str], st: list) -> None:
+        if not st:
+            return
+        chain = " -> ".join(n for n, _ in st) + f" -> {ep.name}"
+        if ep.concurrency == "serialized" and any(n == ep.name for n, _ in st):
+            raise SharedTensorProviderError(
+                f"endpoint {ep.name!r} is serialized and was called again from inside its own execution "
+                f"({chain}): the call would wait for itself forever; make it concurrency='parallel' or "
+                f"call the undecorated function"
+            )
+        if ep.singleflight and key is not None and any(n == ep.name and k == key for n, k in st):
+            raise SharedTensorProviderError(
+                f"endpoint {ep.name!r} was called with cache key {display_key(key)!r} from inside the execution "
+                f"of that same key ({chain}): singleflight would make it wait for itself forever"
+            )
+
+    def _resolve_uncached(self, ep: EndpointDefinition, key: Optional[str], args: tuple, kwargs: Dict[str, Any]) -> _Entry:
         if not (ep.singleflight and key is not None):
             return self._execute(ep, key, args, kwargs)
         with self._lock:
@@ -468,9 +543,36 @@ class SharedTensorServer:
             self._tasks[tid] = _Task(tid, ep, client_id, fut)
         return tid
 
+    def _sweep_tasks(self, now: Optional[float] = None) -> None:
+        """Drop finished results left uncollected past task_result_ttl, so
+        a client that submits and never waits cannot grow the server."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + min(1.0, self.task_result_ttl / 4)
+        gone = []
+        with self._lock:
+            for tid, t in list(self._tasks.items()):
+                if t.done_at is not None and now - t.done_at >= self.task_result_ttl:
+                    del self._tasks[tid]
+                    self._expired[tid] = t.ep.name
+                    self.tasks_expired += 1
+                    gone.append(t)
+            while len(self._expired) > _EXPIRED_REMEMBERED:
+                del self._expired[next(iter(self._expired))]
+        for t in gone:
+            log.info("task %s (%s): result uncollected for %.0f s, dropped", t.task_id, t.ep.name, self.task_result_ttl)
+            self._drop_unclaimed(t.future)
+
     def _task(self, tid: str) -> _Task:
         with self._lock:
             t = self._tasks.get(tid)
+            ep = self._expired.get(tid) if t is None else None
+        if ep is not None:
+            raise SharedTensorTaskError(
+                f"task {tid} ({ep}) finished but its result was not collected within {self.task_result_ttl:g} s "
+                f"(task_result_ttl, {TASK_RESULT_TTL_ENV}): it expired and was dropped"
+            )
         if t is None:
             raise SharedTensorTaskError(f"unknown task {tid!r} (never submitted, cancelled, or already collected)")
         return t
@@ -487,10 +589,10 @@ class SharedTensorServer:
                     self._tasks.pop(tid, None)
         return self._reply(e, s, pending)
 
-    def call_sync(self, ep: EndpointDefinition, args: tuple, kwargs: Dict[str, Any]) -> _Entry:
+    def call_sync(self, ep: EndpointDefinition, args: tuple, kwargs: Dict[str, Any], chain=None) -> _Entry:
         if ep.execution == "task":
-            return self._executor.submit(self.resolve, ep, args, kwargs).result()
-        return self.resolve(ep, args, kwargs)
+            return self._executor.submit(self.resolve, ep, args, kwargs, chain).result()
+        return self.resolve(ep, args, kwargs, chain)
 
     # -------------------------------------------------------- managed objects
 
@@ -534,6 +636,7 @@ class SharedTensorServer:
         }
 
     def status(self) -> Dict[str, Any]:
+        self._sweep_tasks()
         with self._lock:
             entries = list(dict.fromkeys(list(self._cache.values()) + list(self._objects.values())))
             return {
@@ -554,6 +657,8 @@ class SharedTensorServer:
                     for t in self._tasks.values()
                 ],
                 "inflight_keys": [display_key(k) for k in self._inflight],
+                "task_result_ttl": self.task_result_ttl,
+                "tasks_expired": self.tasks_expired,
             }
 
 
@@ -582,6 +687,18 @@ class _Workers:
 
         threading.Thread(target=run, name="tcast-shared-task", daemon=True).start()
         return fut
+
+
+def _chain(raw: Any) -> list:
+    """A request's calling chain, validated: at most 64 (name, key) pairs."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > 64 or not all(
+        isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and (x[1] is None or isinstance(x[1], str))
+        for x in raw
+    ):
+        raise SharedTensorProviderError("malformed call chain in the request (expected <= 64 [endpoint, key] pairs)")
+    return [(x[0], x[1]) for x in raw]
 
 
 def _task_state(t: _Task) -> str:

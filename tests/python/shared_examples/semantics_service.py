@@ -122,3 +122,42 @@ def ipc_buffer(n: int = 8) -> torch.Tensor:
 @provider.share(cache=False)
 def ipc_sum(n: int = 8) -> torch.Tensor:
     return ipc_buffer(n).sum().reshape(1)
+
+
+@provider.share(cache=False, concurrency="serialized")
+def serial_recurse(t: torch.Tensor, depth: int = 1) -> torch.Tensor:
+    # Calls itself: a serialized endpoint must refuse, not wait for itself.
+    return serial_recurse(t, depth - 1) if depth > 0 else t
+
+
+@provider.share(execution="direct", cache=True, cache_format_key="sfr:{k}")
+def sf_recurse(k: int) -> torch.Tensor:
+    # The same key from inside its own execution: singleflight must refuse.
+    return sf_recurse(k)
+
+
+@provider.share(cache=False, concurrency="serialized")
+def serial_calls_parallel(t: torch.Tensor) -> torch.Tensor:
+    # A serialized endpoint calling a different one: allowed.
+    return parallel(t) * 2
+
+
+@provider.share(execution="task", cache=True, cache_format_key="fib:{n}")
+def fib(n: int) -> torch.Tensor:
+    # Nested calls deeper than the task workers (8), other keys: allowed.
+    if n < 2:
+        return torch.tensor([float(n)])
+    return fib(n - 1) + fib(n - 2)
+
+
+@provider.share(cache=False, concurrency="serialized")
+def serial_rpc_self(t: torch.Tensor) -> torch.Tensor:
+    # Calls its own server over RPC (another connection, another thread):
+    # the calling chain travels with the request, so this is refused too.
+    from tcast.shared.client import SharedTensorClient
+
+    c = SharedTensorClient(provider.base_port, None, port=provider.get_runtime_info()["port"], timeout=30)
+    try:
+        return c.call("serial_rpc_self", t)
+    finally:
+        c.close()
