@@ -238,3 +238,33 @@ def test_offloaded_file_is_aligned_and_loads_as_before(store):
     x = torch.randn(2, 37)
     with torch.no_grad():
         assert torch.equal(om(x), m(x))
+
+
+def test_register_failure_names_the_missing_udev_record(tmp_path):
+    """cuFile says only "file descriptor is not registered" (5027) when it
+    cannot read the volume's udev properties; the hint says which record is
+    missing, or that the file is not on a block device at all."""
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"\0" * 4096)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        dev = os.fstat(fd).st_dev
+        maj, mnr = os.major(dev), os.minor(dev)
+        empty = tmp_path / "udev-data"
+        empty.mkdir()
+        hint = _cufile.register_hint(fd, str(empty))
+        if maj == 0:
+            assert "not on a block device" in hint and f"{maj}:{mnr}" in hint
+        else:
+            assert f"{empty}/b{maj}:{mnr} does not exist" in hint and "/run/udev" in hint
+            (empty / f"b{maj}:{mnr}").write_text("E:ID_FS_USAGE=filesystem\n")
+            assert _cufile.register_hint(fd, str(empty)) == ""
+    finally:
+        os.close(fd)
+    shm = "/dev/shm"
+    if os.path.isdir(shm):
+        fd = os.open(shm, os.O_RDONLY)
+        try:
+            assert "not on a block device" in _cufile.register_hint(fd, str(tmp_path))
+        finally:
+            os.close(fd)

@@ -172,7 +172,8 @@ class Lib:
         h = ctypes.c_void_p()
         st = self._l.cuFileHandleRegister(ctypes.byref(h), ctypes.byref(d))
         if st.err != 0:
-            raise CuFileError(f"cuFileHandleRegister({path!r}) failed: {_status(st)}")
+            hint = register_hint(fd)
+            raise CuFileError(f"cuFileHandleRegister({path!r}) failed: {_status(st)}" + (f"; {hint}" if hint else ""))
         return h.value
 
     def deregister(self, h: int) -> None:
@@ -213,6 +214,31 @@ def prefer_compat() -> None:
     a user's own setting wins."""
     os.environ.setdefault("CUFILE_ALLOW_COMPAT_MODE", "true")
     os.environ.setdefault("CUFILE_FORCE_COMPAT_MODE", "true")
+
+
+UDEV_DATA = "/run/udev/data"
+
+
+def register_hint(fd: int, udev_data: str = UDEV_DATA) -> str:
+    """Why cuFile likely refused ``fd``: it registers a file only after
+    reading the udev properties of the file system's block device (even in
+    compatibility mode), and says no more than "file descriptor is not
+    registered" (5027) when they are missing: a file not on a block device,
+    or a container that lacks the host's /run/udev (seen on the H200 host of
+    2026-12-02: tests/gpu/logs/2026-12-02-h200-gds-probe)."""
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError:
+        return ""
+    maj, mnr = os.major(dev), os.minor(dev)
+    if maj == 0:
+        return (f"the file is not on a block device (device {maj}:{mnr}: tmpfs, overlay or another virtual file "
+                "system): cuFile registers files of block-device file systems only; put storage_path on a disk")
+    rec = os.path.join(udev_data, f"b{maj}:{mnr}")
+    if not os.path.exists(rec):
+        return (f"cuFile reads the udev properties of the file's block device {maj}:{mnr} and {rec} does not "
+                f"exist (a container without the host's /run/udev: bind-mount it read-only)")
+    return ""
 
 
 def nvidia_fs_loaded() -> bool:
