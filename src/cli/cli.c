@@ -66,7 +66,7 @@ int cli_fail(int rc, const char *msg)
 {
 	if (!msg || !*msg)
 		msg = tc_strerror(rc);
-	fprintf(stderr, "error: %s: %s\n", tc_err_name(rc), cli_esc(msg));
+	fprintf(stderr, "error: %s: %s\n", tc_err_name(rc), cli_esc_msg(msg));
 	if (cli.json)
 		put_error_json(rc, msg, false);
 	return EXIT_RUNTIME;
@@ -277,7 +277,11 @@ static int utf8_seq(const unsigned char *p, uint32_t *cp)
 	return len;
 }
 
-const char *cli_esc(const char *s)
+/* keep_bs: messages (from the daemon or libtcast) quote names already
+ * escaped, so their backslashes are the escapes' own and are not doubled;
+ * control and hostile characters are still neutralised, whoever made the
+ * message. */
+static const char *esc(const char *s, bool keep_bs)
 {
 	static char *ring[16];
 	static unsigned next;
@@ -298,7 +302,8 @@ const char *cli_esc(const char *s)
 
 		if (*p == '\\') {
 			*o++ = '\\';
-			*o++ = '\\';
+			if (!keep_bs)
+				*o++ = '\\';
 			p++;
 		} else if (*p < 0x20 || *p == 0x7f) {
 			o += sprintf(o, "\\x%02x", *p++);
@@ -317,6 +322,16 @@ const char *cli_esc(const char *s)
 	}
 	*o = '\0';
 	return out;
+}
+
+const char *cli_esc(const char *s)
+{
+	return esc(s, false);
+}
+
+const char *cli_esc_msg(const char *s)
+{
+	return esc(s, true);
 }
 
 tc_client *cli_connect(void)

@@ -86,6 +86,9 @@ int cli_parse_nonempty(const char *opt, const char *val);
  * UTF-8 become escapes (\x1b, \u202e, \\).  The result lives until 16
  * more calls; NULL becomes "". */
 const char *cli_esc(const char *s);
+/* cli_esc for error messages, which quote names already escaped by their
+ * maker: backslashes kept as they are. */
+const char *cli_esc_msg(const char *s);
 
 /* Human sizes: "1.5 GiB". */
 const char *cli_bytes(uint64_t n, char *buf, size_t len);

@@ -52,7 +52,7 @@ static int running_config(const char *socket, struct tc__store_config *cfg)
 			fprintf(stderr,
 				"warning: the running daemon's setting '%s' "
 				"is not kept: %s\n",
-				cli_esc(k), cli_esc(err));
+				cli_esc(k), cli_esc_msg(err));
 	}
 	if (!got && j)
 		fprintf(stderr,

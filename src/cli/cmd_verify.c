@@ -48,7 +48,7 @@ int cmd_verify(int argc, char **argv)
 			if (ret < 0) {
 				tc_st_verify(a, msg, sizeof(msg));
 				fprintf(stderr, "error: %s: %s\n",
-					tc_err_name(ret), cli_esc(msg));
+					tc_err_name(ret), cli_esc_msg(msg));
 			}
 		} else {
 			ret = tc_st_verify(a, out, VERIFY_MSG_LEN);
