@@ -769,7 +769,10 @@ int tc__auth_io(struct tc__auth *a, int fd, int *events)
 					    "(wrong cluster secret or role? "
 					    "its log says)" :
 					    "the server closed the connection "
-					    "during the handshake");
+					    "before its challenge: it refused "
+					    "us (another cluster secret, or a "
+					    "role it does not admit? its log "
+					    "says)");
 		}
 		ret = tc__auth_feed(a, buf, (size_t)r);
 		if (ret < 0)
