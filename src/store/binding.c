@@ -102,64 +102,17 @@ static void bind_run(struct tc__job *job)
 					sizeof(j->err));
 }
 
-static void bind_finish(struct bind_job *j, int rc)
+/* A new binding's reply: handle, id, size, GPU, table and the fd. */
+static int bind_reply_new(struct conn *c, const struct req *r,
+			  struct bind_job *j)
 {
-	struct conn *c = j->c;
-	struct binding *bd = j->bd;
-	size_t off;
-
-	if (j->rep)
-		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
-	if (j->copying)
-		tc__gpu_tier_copy_end(c->srv->gpu);
-	tc__objs_unlease(&c->srv->objs, j->o);
-	bd->busy = false;
-	c->jobs--;
-	c->paused = false;
-	if (rc == 0 && j->swap && !c->closing && !bd->dead) {
-		off = tc__srv_reply_begin(c, &j->r);
-		tc__buf_put_str(&c->out, bd->id);
-		tc__srv_reply_end(c, off);
-	}
-	if (rc < 0 && j->swap) {
-		/* Part of the memory may hold the new artifact: say so. */
-		bd->id[0] = '\0';
-		snprintf(j->err + strlen(j->err),
-			 sizeof(j->err) - strlen(j->err),
-			 " (the binding's content is undefined until a swap "
-			 "succeeds)");
-	}
-	if (rc < 0 && !c->closing) {
-		snprintf(c->err, sizeof(c->err), "%s",
-			 j->err[0] ? j->err : tc_strerror(rc));
-		tc__srv_reply_error(c, &j->r, rc);
-	}
-	if (rc < 0 && !j->swap) {
-		binding_unlink(c, bd);
-		binding_free(c->srv, bd);
-	} else if (bd->dead) {
-		binding_unlink(c, bd);
-		binding_free(c->srv, bd);
-	}
-	if (!c->closing) {
-		tc__srv_conn_flush(c);
-		tc__srv_conn_process(c);
-	}
-	tc__free(j);
-}
-
-static void bind_done(struct tc__job *job);
-
-static int bind_reply_new(struct bind_job *j)
-{
-	struct conn *c = j->c;
 	struct binding *bd = j->bd;
 	struct tc__obj *o = j->o;
 	size_t off;
 	char uuid[TC_GPU_UUID_STRLEN];
 
 	tc__gpu_uuid_format(bd->uuid, uuid);
-	off = tc__srv_reply_begin(c, &j->r);
+	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_u64(&c->out, bd->handle);
 	tc__buf_put_str(&c->out, bd->id);
 	tc__buf_put_u64(&c->out, bd->mem.size);
@@ -171,6 +124,62 @@ static int bind_reply_new(struct bind_job *j)
 	}
 	tc__srv_reply_end(c, off);
 	return 0;
+}
+
+/* The success reply of a BIND (with its fd) or a SWAP (the new id); none
+ * for a binding unbound meanwhile. */
+static int bind_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct bind_job *j = arg;
+	size_t off;
+	int rc;
+
+	if (!j->bd)
+		return 0;
+	if (j->swap) {
+		off = tc__srv_reply_begin(c, r);
+		tc__buf_put_str(&c->out, j->bd->id);
+		tc__srv_reply_end(c, off);
+		return 0;
+	}
+	rc = bind_reply_new(c, r, j);
+	if (rc < 0) {
+		/* No binding the client could not name. */
+		binding_unlink(c, j->bd);
+		binding_free(c->srv, j->bd);
+		j->bd = NULL;
+	}
+	return rc;
+}
+
+static void bind_finish(struct bind_job *j, int rc)
+{
+	struct conn *c = j->c;
+	struct binding *bd = j->bd;
+
+	if (j->rep)
+		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
+	if (j->copying)
+		tc__gpu_tier_copy_end(c->srv->gpu);
+	tc__objs_unlease(&c->srv->objs, j->o);
+	bd->busy = false;
+	if (rc < 0 && j->swap) {
+		/* Part of the memory may hold the new artifact: say so. */
+		bd->id[0] = '\0';
+		snprintf(j->err + strlen(j->err),
+			 sizeof(j->err) - strlen(j->err),
+			 " (the binding's content is undefined until a swap "
+			 "succeeds)");
+	}
+	/* Gone before the frames that waited run: a failed BIND leaves no
+	 * binding, an unbound one goes now that no job owns it. */
+	if ((rc < 0 && !j->swap) || bd->dead) {
+		binding_unlink(c, bd);
+		binding_free(c->srv, bd);
+		j->bd = NULL;
+	}
+	tc__srv_finish(c, &j->r, rc, j->err, bind_reply, j);
+	tc__free(j);
 }
 
 static void bind_done(struct tc__job *job)
@@ -211,10 +220,6 @@ static void bind_done(struct tc__job *job)
 			return;
 		}
 	}
-	/* A new binding replies here (with its fd); bind_finish sends the
-	 * reply of a swap and every error. */
-	if (rc == 0 && !j->swap && !c->closing && !bd->dead)
-		rc = bind_reply_new(j);
 	bind_finish(j, rc);
 }
 
@@ -254,8 +259,7 @@ static int bind_start(struct conn *c, struct req *r, struct binding *bd,
 		tc__gpu_tier_copy_begin(c->srv->gpu);
 		j->copying = true;
 	}
-	c->jobs++;
-	c->paused = true;
+	tc__srv_defer(c);
 	tc__jobs_submit(c->srv->jobs, &j->job);
 	return 0;
 }

@@ -54,7 +54,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	/* Off: a real client may keep a connection that holds nothing quiet
 	 * for hours (a put per checkpoint), and libtcast does not reconnect.
 	 * Idle connections give up their slot when the daemon is full
-	 * instead (server.c, evict_idle). */
+	 * instead (conn.c, evict_idle). */
 	c->idle_timeout_ms = 0;
 	c->write_stall_ms = 30000;
 	c->max_clients_per_uid = 0;

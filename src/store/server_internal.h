@@ -2,9 +2,19 @@
  * server_internal.h - what the daemon's server files share: connections,
  * the server, the request being handled, and the reply helpers.
  *
- * Private to src/store (server.c owns the loop and the connections;
- * binding.c the BIND/SWAP/UNBIND handlers).  Everything here runs on the
- * loop thread.
+ * Private to src/store.  The daemon's files, each with one job:
+ *   server.c    start-up, signals, the loop's hooks, shutdown
+ *   conn.c      connections: accept, read, send, close, shedding, idle
+ *               eviction (connection I/O only: no request knowledge)
+ *   dispatch.c  frames -> the msgs.def handler table
+ *   request.c   reply helpers and the deferred reply (defer / finish)
+ *   ops_admin.c HELLO STATUS LIST INSPECT RM PROGRESS
+ *   ops_put.c   CREATE SEAL ABORT, the spare segment, artifact memory
+ *   ops_import.c IMPORT and its PROGRESS frames
+ *   ops_attach.c ATTACH RELEASE ATTACH_GPU RELEASE_GPU and the leases
+ *   ops_keys.c  KEY_SET KEYS
+ *   binding.c   BIND SWAP UNBIND
+ * Everything here runs on the loop thread.
  */
 #ifndef TC_SERVER_INTERNAL_H
 #define TC_SERVER_INTERNAL_H
@@ -158,7 +168,18 @@ struct req {
 	int nfds;
 };
 
-/* ---- reply helpers (server.c) ---------------------------------------- */
+/* ---- request handlers (ops_*.c, binding.c) -------------------------- */
+
+/* One handler per message of proto/msgs.def.  It returns 0 when it has
+ * replied, owes no reply (MSG_NOREPLY), or deferred its reply
+ * (tc__srv_defer); or a negative code, sent back as the reply (c->err
+ * holds the message).  dispatch.c builds its table from the same file. */
+#define MSG(name, id, handler, flags) \
+	int handler(struct conn *c, struct req *r);
+#include "proto/msgs.def"
+#undef MSG
+
+/* ---- replies (request.c) ---------------------------------------------- */
 
 /* Begin a reply frame with status 0; returns the header offset. */
 size_t tc__srv_reply_begin(struct conn *c, const struct req *r);
@@ -171,25 +192,96 @@ int tc__srv_reply_fds(struct conn *c, size_t off, const int *fds, int n,
 		      bool owned);
 /* A reply carrying rc and c->err (or rc's message). */
 void tc__srv_reply_error(struct conn *c, const struct req *r, int rc);
-/* Send what is queued; go on with frames that waited (after a job). */
-void tc__srv_conn_flush(struct conn *c);
-void tc__srv_conn_process(struct conn *c);
+/* An empty reply for rc 0, else an error reply. */
+void tc__srv_reply_status(struct conn *c, const struct req *r, int rc);
+/* A reply of one JSON string, freed here (free(3)); NULL: -ENOMEM. */
+void tc__srv_reply_json(struct conn *c, const struct req *r, char *json);
 /* Read a string field of the request into dst; sets c->err on failure. */
 int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
 		     size_t dstlen);
-
-/* Refresh the metrics gauges (server_metrics.c): at most every 250 ms
- * unless `force`. */
-void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force);
 /* TC_EPROTO (c->err set) when bytes follow the last field of the body. */
 int tc__srv_body_end(struct conn *c, struct req *r);
 
-/* ---- bindings (binding.c) -------------------------------------------- */
+/* ---- deferred replies (request.c) ------------------------------------- */
 
-int on_bind(struct conn *c, struct req *r);
-int on_swap(struct conn *c, struct req *r);
-int on_unbind(struct conn *c, struct req *r);
+/* Writes the success reply of a deferred request (c->err is empty when
+ * it runs); returns 0, or a negative code with c->err set, which
+ * tc__srv_finish sends as an error reply instead.  Runs only when the
+ * connection still wants a reply. */
+typedef int tc__srv_reply_fn(struct conn *c, const struct req *r, void *arg);
+
+/* The request being handled will be answered later (a job, a GPU fill):
+ * the connection counts one more job and reads no further frames until
+ * tc__srv_finish.  The handler then returns 0. */
+void tc__srv_defer(struct conn *c);
+/* A deferred request is done.  Unless the connection is closing: reply
+ * (`reply` on rc 0, else an error with `err` or rc's message), send, and
+ * handle the frames that waited.  `r` is the request's header copy. */
+void tc__srv_finish(struct conn *c, const struct req *r, int rc,
+		    const char *err, tc__srv_reply_fn *reply, void *arg);
+
+/* ---- frames (dispatch.c) ---------------------------------------------- */
+
+/* Parse and dispatch the complete frames in c's input buffer, within the
+ * turn's share (FRAMES_PER_TURN, BODY_BYTES_PER_TURN). */
+void tc__srv_conn_process(struct conn *c);
+
+/* ---- connections (conn.c) --------------------------------------------- */
+
+/* Send what is queued (fds with the first byte of their frame). */
+void tc__srv_conn_flush(struct conn *c);
+/* Mark c closing (`why` logged when not NULL); freed in before_sleep once
+ * no job of it runs. */
+void tc__srv_conn_close(struct conn *c, const char *why);
+/* The listening socket's callback. */
+void tc__srv_on_accept(struct tc__ev *ev, int lfd, void *arg, int mask);
+/* Before the loop sleeps: give waiting connections their turn, free the
+ * closed ones. */
+void tc__srv_conns_sweep(struct server *s);
+/* Every tick: handshake, write-stall and idle timeouts, PROGRESS. */
+void tc__srv_conns_tick(struct server *s, uint64_t now_ms);
+
+/* ---- puts, the spare and artifact memory (ops_put.c) ------------------ */
+
+/* Reserve `bytes` (page-rounded) plus `extra` for a new artifact and give
+ * it memory (the spare when it fits).  Returns 0, TC_ENOSPACE or -errno
+ * with `err` set. */
+int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
+			    enum tc__policy pol, struct tc__shm **out,
+			    char *err, size_t errlen);
+/* Allocate the next spare if the daemon is idle and the budget has room. */
+void tc__srv_spare_refill(struct server *s);
+/* Give the spare's memory and charge back. */
+void tc__srv_spare_drop(struct server *s);
+/* Publish `o` under `key` (none when empty) after insert; fills c->err on
+ * failure. */
+int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
+			uint32_t flags, uint64_t expect_gen, uint64_t *gen);
+/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen. */
+void tc__srv_reply_created(struct conn *c, const struct req *r,
+			   struct tc__obj *o, uint64_t ns, bool dedup,
+			   uint64_t gen);
+/* Discard every unsealed put of a closed connection. */
+void tc__srv_puts_free(struct conn *c);
+
+/* ---- imports (ops_import.c) ------------------------------------------- */
+
+/* A PROGRESS frame for c's watched import, if one is due. */
+void tc__srv_send_progress(struct conn *c, uint64_t now_ms);
+
+/* ---- leases (ops_attach.c) -------------------------------------------- */
+
+/* Drop every lease of a closed connection. */
+void tc__srv_leases_free(struct conn *c);
+
+/* ---- bindings (binding.c) --------------------------------------------- */
+
 /* Free every binding of a closed connection (no job may be running). */
 void tc__srv_bindings_free(struct conn *c);
+
+/* ---- metrics (server_metrics.c) --------------------------------------- */
+
+/* Refresh the metrics gauges: at most every 250 ms unless `force`. */
+void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force);
 
 #endif /* TC_SERVER_INTERNAL_H */

@@ -7,7 +7,7 @@
  * (Named test_objstore, not test_store, so its target does not clash with
  * tests/integration/test_store.c.)
  *
- * Artifacts are built the way the daemon builds them (server.c on_create
+ * Artifacts are built the way the daemon builds them (ops_put.c on_create
  * and seal_run): a laid-out table, a memfd segment filled and sealed, chunk
  * digests, tc__obj_finish.  Every test frees what it made: at the end the
  * store is released and the budget's used bytes are checked to return.

@@ -1,0 +1,597 @@
+/*
+ * ops_import.c - IMPORT: a safetensors file (or a folder's shards, which
+ * the client opens and sends) loaded into a new artifact, in host memory
+ * or straight to a GPU, with PROGRESS frames for a client that asks.
+ *
+ * Two phases on the I/O workers (imports may block for good in a hung
+ * mount, so they have their own elastic pool): parse, then (memory
+ * reserved on the loop in between) load and seal.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/failpoint.h"
+#include "common/log.h"
+#include "common/names.h"
+#include "format/format.h"
+#include "gpu/vmm.h"
+#include "gpu_loader.h"
+#include "gpu_tier.h"
+#include "jobs.h"
+#include "loader.h"
+#include "metrics.h"
+#include "net/net.h"
+#include "obj.h"
+#include "proto/proto.h"
+#include "shm.h"
+#include "tcast/errors.h"
+
+#include "server_internal.h"
+
+struct import_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r; /* header copy; body consumed */
+	int phase;    /* 1 = parse, 2 = load */
+	int fd;	      /* the file, or the shard socket, the client passed */
+	char **shard_names; /* TC_RF_SHARDS: owned, nshards of them */
+	uint32_t nshards;
+	char display[TC_PROTO_MAX_STR];
+	char key[TC_KEY_MAX + 1];
+	enum tc__policy policy;
+	uint32_t flags;
+	uint64_t expect_gen;
+	struct tc__source *src;
+	struct tc__obj *o;
+	struct tc__digest *chunks;
+	struct tc__load_progress prog;
+	uint64_t total_bytes; /* for PROGRESS; set on the loop before phase 2 */
+	uint64_t t0_ns;
+	int io_threads;
+	/* Straight to a GPU (TC_RF_GPU): the loader fills a new allocation
+	 * that the tier adopts as the artifact's only replica. */
+	bool gpu;
+	uint8_t gpu_uuid[TC_GPU_UUID_BYTES];
+	uint64_t host_charged;	 /* host budget reserved for j->o, until
+				    tc__objs_insert takes it over */
+	int gpu_dev;		 /* the daemon's ordinal, once charged */
+	uint64_t gpu_charged;	 /* bytes charged to that GPU's budget */
+	struct tc__gpu_mem gmem; /* the allocation while the job owns it */
+	double gpu_seconds;
+	struct tc__gpu_load_stats gpu_stats;
+	int io_engine;
+	bool gpu_copying; /* counted in tc__gpu_tier_copy_begin */
+	int rc;
+	char err[512];
+};
+
+static void import_free(struct import_job *j)
+{
+	if (j->gpu_copying)
+		tc__gpu_tier_copy_end(j->c->srv->gpu);
+	if (j->gpu_charged) {
+		tc__gpu_release(&j->gmem);
+		tc__gpu_tier_unreserve(j->c->srv->gpu, j->gpu_dev,
+				       j->gpu_charged);
+	}
+	/* Every exit returns what the job reserved: a load that failed (a
+	 * shard that shrank, a bad file, a GPU error, a cancel) leaves the
+	 * budget as it found it. */
+	if (j->host_charged)
+		tc__objs_unreserve(&j->c->srv->objs, j->host_charged);
+	if (j->fd >= 0)
+		close(j->fd);
+	for (uint32_t i = 0; i < j->nshards; i++)
+		tc__free(j->shard_names[i]);
+	tc__free(j->shard_names);
+	tc__source_free(j->src);
+	tc__obj_free(j->o);
+	tc__free(j->chunks);
+	tc__free(j);
+}
+
+/*
+ * Receive the shard fds a client sends for a folder it resolved (on the
+ * socket IMPORT carried: TC_IMPORT_FDS_PER_MSG per message, then EOF) and
+ * open the source from them.  A client that stalls is given up on after
+ * SHARD_TIMEOUT_MS per message; one that sends more or fewer fds than it
+ * named is refused.
+ */
+#define SHARD_TIMEOUT_MS 10000
+
+static int open_client_shards(struct import_job *j)
+{
+	int *fds = tc__calloc(j->nshards, sizeof(*fds)), rc = 0;
+	uint32_t got = 0;
+
+	if (!fds)
+		return -ENOMEM;
+	for (;;) {
+		struct pollfd p = { j->fd, POLLIN, 0 };
+		int batch[TC_MAX_FDS_PER_MSG], nb = 0;
+		char byte[8];
+		ssize_t n;
+
+		if (poll(&p, 1, SHARD_TIMEOUT_MS) != 1) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': the client sent %u of %u shards and "
+				 "then nothing",
+				 j->display, got, j->nshards);
+			rc = TC_EPROTO;
+			break;
+		}
+		n = tc__fdpass_recv(j->fd, byte, sizeof(byte), batch, &nb,
+				    TC_MAX_FDS_PER_MSG);
+		if (n < 0 && n != -EAGAIN && n != -EINTR) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': receiving shards: %s", j->display,
+				 tc_strerror((int)n));
+			rc = TC_EPROTO;
+			break;
+		}
+		if (n == 0 && nb == 0)
+			break; /* EOF: all sent */
+		for (int i = 0; i < nb; i++) {
+			if (got < j->nshards)
+				fds[got++] = batch[i];
+			else {
+				close(batch[i]);
+				rc = TC_EPROTO;
+			}
+		}
+		if (rc < 0) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': the client sent more shards than the "
+				 "%u it named",
+				 j->display, j->nshards);
+			break;
+		}
+	}
+	if (rc == 0 && got != j->nshards) {
+		snprintf(j->err, sizeof(j->err),
+			 "'%s': the client named %u shards but sent %u",
+			 j->display, j->nshards, got);
+		rc = TC_EPROTO;
+	}
+	if (rc == 0)
+		rc = tc__source_open_shards(fds,
+					    (const char *const *)j->shard_names,
+					    j->nshards, j->display, &j->src,
+					    j->err, sizeof(j->err));
+	for (uint32_t i = 0; i < got; i++)
+		close(fds[i]);
+	tc__free(fds);
+	return rc;
+}
+
+static void import_run(struct tc__job *job)
+{
+	struct import_job *j = (struct import_job *)job;
+	uint64_t n;
+
+	if (j->phase == 1) {
+		/* Tests: a read that never returns (a hung mount). */
+		tc__failpoint_hang("import_hang", j->display);
+		if (j->nshards)
+			j->rc = open_client_shards(j);
+		else
+			j->rc = tc__source_open_fd(j->fd, j->display, &j->src,
+						   j->err, sizeof(j->err));
+		if (j->rc == 0) {
+			char why[400];
+
+			j->rc = tc__table_check_names(&j->src->table, why,
+						      sizeof(why));
+			if (j->rc < 0)
+				snprintf(j->err, sizeof(j->err), "'%s': %s",
+					 j->display, why);
+		}
+		if (j->rc == 0) {
+			j->rc = tc__table_layout(&j->src->table);
+			if (j->rc < 0)
+				snprintf(j->err, sizeof(j->err),
+					 "'%s': artifact too large",
+					 j->display);
+		}
+		/* Load the driver here, off the loop: the loop then only
+		 * lists devices. */
+		if (j->rc == 0 && j->gpu)
+			j->rc = tc__gpu_init(j->err, sizeof(j->err));
+		return;
+	}
+	/* Phase 2: memory was reserved on the loop; fill and seal it. */
+	n = tc__chunk_count(j->src->table.total_bytes);
+	j->chunks = tc__calloc(n ? n : 1, sizeof(*j->chunks));
+	if (!j->chunks) {
+		j->rc = -ENOMEM;
+		return;
+	}
+	if (j->gpu) {
+		struct tc__gpu_load_opts lo = { .nthreads = j->io_threads,
+						.depth = 2,
+						.direct = -1,
+						.stage_chunks = 1,
+						.io = j->io_engine };
+		struct tc__gpu_load_stats *st = &j->gpu_stats;
+		uint64_t total = j->src->table.total_bytes;
+
+		j->rc = tc__gpu_alloc(j->gpu_dev, j->gpu_charged, 0, &j->gmem,
+				      j->err, sizeof(j->err));
+		if (j->rc == 0)
+			j->rc = tc__gpu_load_source(j->src, &j->gmem, &lo,
+						    j->chunks, &j->prog, st,
+						    j->err, sizeof(j->err));
+		/* Clients see only what the artifact says: zero the tail. */
+		if (j->rc == 0 && j->gmem.size > total)
+			j->rc = tc__gpu_memset8(j->gpu_dev,
+						j->gmem.dptr + total, 0,
+						j->gmem.size - total, NULL,
+						j->err, sizeof(j->err));
+		if (j->rc < 0)
+			return;
+		j->gpu_seconds = st->seconds;
+		j->o->table = j->src->table;
+		tc__table_init(&j->src->table);
+		j->rc = tc__obj_finish(j->o, j->chunks, n);
+		return;
+	}
+	j->rc = tc__shm_map_rw(j->o->shm);
+	if (j->rc < 0) {
+		snprintf(j->err, sizeof(j->err), "cannot map segment: %s",
+			 strerror(-j->rc));
+		return;
+	}
+	j->rc = tc__load_source(j->src, j->o->shm->rw_map, j->io_threads,
+				j->chunks, &j->prog, j->err, sizeof(j->err));
+	if (j->rc < 0)
+		return;
+	j->rc = tc__shm_seal(j->o->shm);
+	if (j->rc < 0) {
+		snprintf(j->err, sizeof(j->err), "cannot seal segment: %s",
+			 tc_strerror(j->rc));
+		return;
+	}
+	/* The table moves into the artifact; the source keeps its files. */
+	j->o->table = j->src->table;
+	tc__table_init(&j->src->table);
+	j->rc = tc__obj_finish(j->o, j->chunks, n);
+}
+
+static void import_done(struct tc__job *job);
+
+static void import_fail(struct import_job *j, int rc, const char *msg)
+{
+	struct conn *c = j->c;
+
+	if (c->progress_job == j)
+		c->progress_job = NULL;
+	tc__srv_finish(c, &j->r, rc, msg, NULL, NULL);
+	import_free(j);
+}
+
+/* Publish the key and reply; `o` is what the import inserted (or the copy
+ * already held, dedup). */
+struct import_reply {
+	struct import_job *j;
+	struct tc__obj *o;
+	uint64_t ns;
+	bool dedup;
+};
+
+static int import_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct import_reply *a = arg;
+	struct import_job *j = a->j;
+	uint64_t gen;
+	int rc;
+
+	rc = tc__srv_publish_key(c, a->o, j->key, j->flags, j->expect_gen,
+				 &gen);
+	if (rc < 0) {
+		/* The key moved while we loaded: what this import added
+		 * goes again, so the failure leaves nothing. */
+		if (!a->dedup)
+			tc__objs_discard_new(&c->srv->objs, a->o);
+		return rc;
+	}
+	tc__srv_reply_created(c, r, a->o, a->ns, a->dedup, gen);
+	return 0;
+}
+
+static void import_done(struct tc__job *job)
+{
+	struct import_job *j = (struct import_job *)job;
+	struct conn *c = j->c;
+	struct server *s = c->srv;
+	struct tc__obj *o;
+	uint64_t ns;
+	int rc;
+
+	if (j->rc < 0) {
+		import_fail(j, j->rc, j->err);
+		return;
+	}
+	if (j->phase == 1) {
+		uint64_t bytes = tc__shm_round(j->src->table.total_bytes);
+		uint64_t extra = tc__table_cost(&j->src->table);
+
+		if (j->src->table.ntensors > s->cfg->max_tensors) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s' has %u tensors; this daemon takes at "
+				 "most %u per artifact (max_tensors)",
+				 j->display, j->src->table.ntensors,
+				 s->cfg->max_tensors);
+			import_fail(j, TC_ELIMIT, j->err);
+			return;
+		}
+		j->o = tc__obj_new();
+		if (!j->o) {
+			import_fail(j, -ENOMEM, "out of memory");
+			return;
+		}
+		if (j->gpu) {
+			/* Straight to a GPU: charge its budget, not host
+			 * memory; the artifact has no host replica. */
+			rc = tc__gpu_tier_open_now(s->gpu, j->err,
+						   sizeof(j->err));
+			if (rc == 0)
+				rc = tc__gpu_tier_reserve_new(
+					s->gpu, j->gpu_uuid,
+					j->src->table.total_bytes, &j->gpu_dev,
+					&j->gpu_charged, j->err,
+					sizeof(j->err));
+			if (rc < 0) {
+				import_fail(j, rc, j->err);
+				return;
+			}
+			bytes = 0;
+		} else {
+			rc = tc__srv_artifact_memory(s, bytes, extra, j->policy,
+					     &j->o->shm, j->err,
+					     sizeof(j->err));
+			if (rc < 0) {
+				import_fail(j, rc, j->err);
+				return;
+			}
+			bytes += extra;
+			/* the reservation: segment and table charge */
+			j->host_charged = bytes;
+		}
+		j->o->mem_bytes = bytes;
+		j->o->policy = j->policy;
+		snprintf(j->o->source, sizeof(j->o->source), "import:%s",
+			 j->display);
+		j->total_bytes = j->src->table.total_bytes;
+		j->phase = 2;
+		if (j->gpu) {
+			tc__gpu_tier_copy_begin(s->gpu);
+			j->gpu_copying = true;
+		}
+		tc__jobs_submit(s->io_jobs, &j->job);
+		/* The size is known now: tell a watching client at once. */
+		if (c->progress_job == j && !c->closing) {
+			c->progress_next_ms = 0;
+			tc__srv_send_progress(c, tc__now_ms());
+		}
+		return;
+	}
+	/* Phase 2 finished: the artifact is complete and sealed. */
+	if (c->progress_job == j)
+		c->progress_job = NULL;
+	ns = tc__now_ns() - j->t0_ns;
+	j->o->load_seconds = (double)ns / 1e9;
+	o = j->o;
+	rc = tc__objs_insert(&s->objs, j->o, &o);
+	if (rc < 0) {
+		import_fail(j, rc, "out of memory");
+		return;
+	}
+	bool dedup = o != j->o;
+
+	j->o = NULL; /* owned by the table now (or freed as a duplicate) */
+	j->host_charged = 0; /* and so is its charge */
+	tc__gpu_tier_host_added(s->gpu, o);
+	if (j->gpu) {
+		/* The allocation becomes o's replica (or is dropped when the
+		 * same content is already on that GPU): the job owns neither
+		 * it nor its charge from here. */
+		tc__gpu_tier_adopt(s->gpu, o, j->gpu_dev, &j->gmem,
+				   j->gpu_charged, j->gpu_seconds);
+		j->gpu_charged = 0;
+	}
+	s->n_import++;
+	tc__metrics_path(j->gpu ? TC_MPATH_IMPORT_GPU : TC_MPATH_IMPORT_HOST,
+			 o->table.total_bytes, ns);
+	tc__log(TC_LOG_INFO,
+		"imported '%s' as %s: %u tensors, %llu bytes in "
+		"%.3f s%s",
+		j->display, o->id, o->table.ntensors,
+		(unsigned long long)o->table.total_bytes, (double)ns / 1e9,
+		dedup ? " (already held)" : "");
+	if (j->gpu) {
+		const struct tc__gpu_load_stats *st = &j->gpu_stats;
+		char why[96] = "";
+
+		/* What the loader did, for whoever wonders why a load was
+		 * slow: the engine, and how much bypassed the page cache. */
+		if (st->uring_errno)
+			snprintf(why, sizeof(why),
+				 " (io_uring unavailable: %s)",
+				 strerror(st->uring_errno));
+		tc__log(TC_LOG_INFO,
+			"'%s' to GPU %d: %.2f GB/s, read with %s%s, %llu bytes "
+			"with O_DIRECT",
+			j->display, j->gpu_dev,
+			st->seconds > 0 ?
+				(double)st->bytes / st->seconds / 1e9 :
+				0.0,
+			st->uring_bytes ? "io_uring" : "pread", why,
+			(unsigned long long)st->direct_bytes);
+	}
+	struct import_reply a = { j, o, ns, dedup };
+
+	tc__srv_finish(c, &j->r, 0, NULL, import_reply, &a);
+	import_free(j);
+}
+
+/* TC_RF_SHARDS: u32 n, then n shard names (for messages only). */
+static int read_shard_names(struct conn *c, struct req *r, struct import_job *j)
+{
+	uint32_t n;
+	char name[TC_PROTO_MAX_STR];
+	int rc;
+
+	if (tc__cur_read_u32(&r->body, &n) < 0)
+		return TC_EPROTO;
+	if (n == 0 || n > TC_MAX_SHARDS) {
+		snprintf(c->err, sizeof(c->err), "%u shards (1..%d)", n,
+			 TC_MAX_SHARDS);
+		return TC_ELIMIT;
+	}
+	/* Each name takes at least 4 bytes of the body: no allocation
+	 * larger than what was received. */
+	if ((size_t)n * 4 > r->body.left)
+		return TC_EPROTO;
+	j->shard_names = tc__calloc(n, sizeof(*j->shard_names));
+	if (!j->shard_names)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		rc = tc__srv_read_str(c, r, "shard name", name, sizeof(name));
+		if (rc < 0)
+			return rc;
+		j->shard_names[i] = tc__strdup(name);
+		if (!j->shard_names[i])
+			return -ENOMEM;
+		j->nshards = i + 1;
+	}
+	return 0;
+}
+
+int on_import(struct conn *c, struct req *r)
+{
+	struct import_job *j;
+	char policy[32];
+	struct stat st;
+	int rc;
+
+	if (r->nfds != 1) {
+		snprintf(c->err, sizeof(c->err),
+			 "IMPORT needs exactly one fd (the file or folder)");
+		return TC_EPROTO;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->fd = -1;
+	if ((rc = tc__srv_read_str(c, r, "path", j->display,
+				   sizeof(j->display))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "key", j->key, sizeof(j->key))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+		goto out_free;
+	if (tc__cur_read_u32(&r->body, &j->flags) < 0 ||
+	    tc__cur_read_u64(&r->body, &j->expect_gen) < 0) {
+		rc = TC_EPROTO;
+		goto out_free;
+	}
+	if (j->flags & TC_RF_GPU) {
+		char uuid[TC_PROTO_MAX_STR];
+		uint32_t dev;
+
+		if (tc__cur_read_u32(&r->body, &dev) < 0) {
+			rc = TC_EPROTO;
+			goto out_free;
+		}
+		rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid));
+		if (rc < 0)
+			goto out_free;
+		if (tc__gpu_uuid_parse(uuid, j->gpu_uuid) < 0) {
+			snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'",
+				 uuid);
+			rc = TC_EINVAL;
+			goto out_free;
+		}
+		j->gpu = true;
+	}
+	if (j->flags & TC_RF_SHARDS) {
+		rc = read_shard_names(c, r, j);
+		if (rc < 0)
+			goto out_free;
+	}
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		goto out_free;
+	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	/* A key the import could never publish under (a bad name, a CAS
+	 * generation that does not match) fails now: before anything is
+	 * read, reserved or evicted.  publish_key checks again at the end. */
+	rc = tc__objs_key_precheck(&c->srv->objs, j->key,
+				   j->flags & TC_RF_EXPECT, j->expect_gen,
+				   c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	/* Only a regular file, or for a folder the socket its shards come
+	 * on; a FIFO or device would block a worker or read forever, and a
+	 * folder fd would have us open paths with our rights, not the
+	 * client's. */
+	if (fstat(r->fds[0], &st) < 0 ||
+	    !((S_ISREG(st.st_mode) && !(j->flags & TC_RF_SHARDS)) ||
+	      (S_ISSOCK(st.st_mode) && (j->flags & TC_RF_SHARDS)))) {
+		snprintf(c->err, sizeof(c->err),
+			 S_ISDIR(st.st_mode) ?
+				 "'%s' is a folder: the client resolves it "
+				 "and sends its shards (TC_RF_SHARDS)" :
+				 "'%s' is not a regular file (or, with "
+				 "TC_RF_SHARDS, a socket)",
+			 j->display);
+		rc = TC_EINVAL;
+		goto out_free;
+	}
+	j->fd = r->fds[0];
+	r->fds[0] = -1;
+	j->c = c;
+	j->r = *r;
+	j->phase = 1;
+	j->io_threads = c->srv->cfg->io_threads;
+	j->io_engine = c->srv->cfg->io_engine;
+	j->t0_ns = tc__now_ns();
+	j->job.run = import_run;
+	j->job.done = import_done;
+	tc__srv_defer(c);
+	if (j->flags & TC_RF_PROGRESS) {
+		c->progress_job = j;
+		c->progress_req = r->h.req_id;
+		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
+	}
+	tc__jobs_submit(c->srv->io_jobs, &j->job);
+	return 0; /* the reply comes when the job is done */
+
+out_free:
+	for (uint32_t i = 0; i < j->nshards; i++)
+		tc__free(j->shard_names[i]);
+	tc__free(j->shard_names);
+	tc__free(j);
+	return rc;
+}
+
+void tc__srv_send_progress(struct conn *c, uint64_t now_ms)
+{
+	struct import_job *j = c->progress_job;
+	size_t off;
+
+	if (!j || j->phase != 2 || now_ms < c->progress_next_ms)
+		return;
+	c->progress_next_ms = now_ms + PROGRESS_MS;
+	off = tc__frame_begin(&c->out, TC_MSG_PROGRESS, 0, c->progress_req, 0);
+	tc__buf_put_u64(&c->out, atomic_load(&j->prog.done_bytes));
+	/* Not j->src->table: the worker moves it into the artifact. */
+	tc__buf_put_u64(&c->out, j->total_bytes);
+	tc__srv_reply_end(c, off);
+	tc__srv_conn_flush(c);
+}

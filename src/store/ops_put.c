@@ -1,0 +1,462 @@
+/*
+ * ops_put.c - puts (CREATE, SEAL, ABORT: a client fills a segment the
+ * daemon made, then seals it into an artifact), the host memory a new
+ * artifact gets (the spare segment, else a fresh one), and the publish
+ * and reply steps that imports share.  Loop thread only; hashing runs on
+ * a worker.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/names.h"
+#include "format/format.h"
+#include "gpu_tier.h"
+#include "jobs.h"
+#include "loader.h"
+#include "metrics.h"
+#include "obj.h"
+#include "proto/proto.h"
+#include "shm.h"
+#include "tcast/errors.h"
+
+#include "server_internal.h"
+
+/* ------------------------------------------------- publish and reply */
+
+/* Publish `o` under `key` after insert; fills c->err on failure. */
+int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
+		       uint32_t flags, uint64_t expect_gen, uint64_t *gen)
+{
+	*gen = 0;
+	if (!key[0])
+		return 0;
+	return tc__objs_key_set(&c->srv->objs, key, o->id, flags & TC_RF_EXPECT,
+				expect_gen, gen, c->err, sizeof(c->err));
+}
+
+/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen. */
+void tc__srv_reply_created(struct conn *c, const struct req *r,
+			  struct tc__obj *o, uint64_t ns, bool dedup,
+			  uint64_t gen)
+{
+	size_t off = tc__srv_reply_begin(c, r);
+
+	tc__buf_put_str(&c->out, o->id);
+	tc__buf_put_u64(&c->out, o->table.total_bytes);
+	tc__buf_put_u32(&c->out, o->table.ntensors);
+	tc__buf_put_u64(&c->out, ns);
+	tc__buf_put_u32(&c->out, dedup);
+	tc__buf_put_u64(&c->out, gen);
+	tc__srv_reply_end(c, off);
+}
+
+/* -------------------------------------------------------------- spare */
+
+struct spare_job {
+	struct tc__job job;
+	struct server *s;
+	uint64_t size; /* charged to the budget when submitted */
+	struct tc__shm *seg;
+	int rc;
+};
+
+static void spare_run(struct tc__job *job)
+{
+	struct spare_job *j = (struct spare_job *)job;
+
+	j->rc = tc__shm_spare_new(j->size, &j->seg);
+}
+
+static void spare_done(struct tc__job *job)
+{
+	struct spare_job *j = (struct spare_job *)job;
+	struct server *s = j->s;
+
+	s->spare_filling = false;
+	if (j->rc == 0 && !s->spare && !s->stopping) {
+		s->spare = j->seg; /* the charge now covers it */
+	} else {
+		s->spare_charged -= j->size;
+		if (j->rc < 0)
+			tc__log(TC_LOG_WARN,
+				"cannot prepare a %llu-byte spare: %s",
+				(unsigned long long)j->size,
+				tc_strerror(j->rc));
+		tc__shm_free(j->seg);
+		tc__objs_unreserve(&s->objs, j->size);
+	}
+	tc__free(j);
+}
+
+/* Start allocating the next spare when the daemon is idle and the budget
+ * has free room (a spare never evicts anything). */
+void tc__srv_spare_refill(struct server *s)
+{
+	struct spare_job *j;
+	char err[256];
+	uint64_t bytes = tc__shm_round(s->spare_target);
+
+	/* Called every tick: a full budget must cost a comparison, not a
+	 * failed reservation (which walks every artifact for its message). */
+	if (!s->spare_target || s->spare || s->spare_filling || s->stopping ||
+	    tc__jobs_pending(s->jobs) || bytes > s->objs.budget ||
+	    s->objs.used > s->objs.budget - bytes)
+		return;
+	if (tc__objs_reserve(&s->objs, bytes, TC_POLICY_WARM, err,
+			     sizeof(err)) < 0)
+		return;
+	j = tc__calloc(1, sizeof(*j));
+	if (!j) {
+		tc__objs_unreserve(&s->objs, bytes);
+		return;
+	}
+	j->s = s;
+	j->size = bytes;
+	s->spare_charged += bytes;
+	j->job.run = spare_run;
+	j->job.done = spare_done;
+	s->spare_filling = true;
+	tc__jobs_submit(s->jobs, &j->job);
+}
+
+void tc__srv_spare_drop(struct server *s)
+{
+	if (!s->spare)
+		return;
+	s->spare_charged -= s->spare->size;
+	tc__objs_unreserve(&s->objs, s->spare->size);
+	tc__shm_free(s->spare);
+	s->spare = NULL;
+}
+
+/*
+ * Reserve `bytes` (page-rounded) for a new artifact and give it memory:
+ * the spare when it is big enough (its pages exist already), else a fresh
+ * segment.  Returns 0, TC_ENOSPACE or -errno with `err` set.
+ */
+int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
+			   enum tc__policy pol, struct tc__shm **out, char *err,
+			   size_t errlen)
+{
+	struct tc__shm *seg = NULL;
+	int rc;
+
+	*out = NULL;
+	if (s->spare && bytes <= s->spare->size) {
+		seg = s->spare;
+		s->spare = NULL;
+		s->spare_charged -= seg->size;
+		tc__objs_unreserve(&s->objs, seg->size);
+	} else if (s->spare && s->objs.used + bytes + extra > s->objs.budget) {
+		/* A spare too small for this request gives up its room
+		 * before any artifact is evicted for it. */
+		tc__srv_spare_drop(s);
+	}
+	/* The segment and the table's host memory (extra) together. */
+	rc = tc__objs_reserve(&s->objs, bytes + extra, pol, err, errlen);
+	if (rc < 0) {
+		tc__shm_free(seg);
+		return rc;
+	}
+	if (seg) {
+		if (tc__shm_spare_take(seg, bytes) == 0) {
+			*out = seg;
+			return 0;
+		}
+		tc__shm_free(seg); /* fall back to a fresh segment */
+	}
+	rc = tc__shm_create("tcast-artifact", bytes, out);
+	if (rc < 0) {
+		tc__objs_unreserve(&s->objs, bytes + extra);
+		snprintf(err, errlen, "cannot create a %llu-byte segment: %s",
+			 (unsigned long long)bytes, tc_strerror(rc));
+	}
+	return rc;
+}
+
+
+/* ---------------------------------------------------------------- put */
+
+static struct pending *pending_take(struct conn *c, uint64_t handle);
+static void pending_free(struct conn *c, struct pending *p);
+
+int on_create(struct conn *c, struct req *r)
+{
+	struct pending *p;
+	char policy[32];
+	enum tc__policy pol;
+	uint64_t bytes, extra;
+	size_t off;
+	int rc, fd;
+
+	if (c->npending >= MAX_PENDING_PUTS) {
+		snprintf(c->err, sizeof(c->err),
+			 "%d puts already unsealed on this connection",
+			 MAX_PENDING_PUTS);
+		return TC_ELIMIT;
+	}
+	p = tc__calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->o = tc__obj_new();
+	if (!p->o) {
+		tc__free(p);
+		return -ENOMEM;
+	}
+	rc = tc__proto_get_table(&r->body, 0, &p->o->table, c->err,
+				 sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	/* Names are checked here, at put, not first at export (where a
+	 * tensor called __metadata__ used to be refused) or in JSON (where
+	 * bad UTF-8 used to vanish). */
+	rc = tc__table_check_names(&p->o->table, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	if ((rc = tc__srv_read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+		goto out_free;
+	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
+	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0) {
+		rc = TC_EPROTO;
+		goto out_free;
+	}
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		goto out_free;
+	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__objs_key_precheck(&c->srv->objs, p->key,
+				   p->flags & TC_RF_EXPECT, p->expect_gen,
+				   c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__table_layout(&p->o->table);
+	if (rc < 0) {
+		snprintf(c->err, sizeof(c->err), "artifact too large");
+		goto out_free;
+	}
+	if (p->o->table.ntensors > c->srv->cfg->max_tensors) {
+		snprintf(c->err, sizeof(c->err),
+			 "%u tensors; this daemon takes at most %u per "
+			 "artifact (max_tensors)",
+			 p->o->table.ntensors, c->srv->cfg->max_tensors);
+		rc = TC_ELIMIT;
+		goto out_free;
+	}
+	bytes = tc__shm_round(p->o->table.total_bytes);
+	extra = tc__table_cost(&p->o->table);
+	rc = tc__srv_artifact_memory(c->srv, bytes, extra, pol, &p->o->shm, c->err,
+			     sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	p->o->mem_bytes = bytes + extra;
+	p->o->policy = pol;
+	snprintf(p->o->source, sizeof(p->o->source), "put:pid %d%s%s",
+		 (int)c->pid, c->name[0] ? " " : "", c->name);
+	p->handle = ++c->next_handle;
+	p->t0_ns = tc__now_ns();
+	p->next = c->pending;
+	c->pending = p;
+	c->npending++;
+
+	off = tc__srv_reply_begin(c, r);
+	tc__buf_put_u64(&c->out, p->handle);
+	tc__buf_put_u64(&c->out, p->o->shm->size);
+	tc__proto_put_table(&c->out, &p->o->table);
+	fd = p->o->shm->fd;
+	if (tc__srv_reply_fds(c, off, &fd, 1, false) < 0) {
+		/* No half-built frame, and no put the client cannot name. */
+		c->out.len = off;
+		pending_free(c, pending_take(c, p->handle));
+		snprintf(c->err, sizeof(c->err),
+			 "cannot pass the segment's fd: out of descriptors");
+		return TC_EBUSY;
+	}
+	tc__srv_reply_end(c, off);
+	return 0;
+
+out_free:
+	tc__obj_free(p->o);
+	tc__free(p);
+	return rc;
+}
+
+static struct pending *pending_take(struct conn *c, uint64_t handle)
+{
+	for (struct pending **pp = &c->pending; *pp; pp = &(*pp)->next)
+		if ((*pp)->handle == handle) {
+			struct pending *p = *pp;
+
+			*pp = p->next;
+			c->npending--;
+			return p;
+		}
+	return NULL;
+}
+
+/* The unsealed put a SEAL or ABORT names; NULL with *rc and c->err set. */
+static struct pending *pending_of_req(struct conn *c, struct req *r, int *rc)
+{
+	struct pending *p;
+	uint64_t handle;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0) {
+		*rc = TC_EPROTO;
+		return NULL;
+	}
+	if ((*rc = tc__srv_body_end(c, r)) < 0)
+		return NULL;
+	p = pending_take(c, handle);
+	if (!p) {
+		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
+			 (unsigned long long)handle);
+		*rc = TC_ENOTFOUND;
+	}
+	return p;
+}
+
+static void pending_free(struct conn *c, struct pending *p)
+{
+	tc__objs_unreserve(&c->srv->objs, p->o->mem_bytes);
+	tc__obj_free(p->o);
+	tc__free(p);
+}
+
+struct seal_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	struct pending *p;
+	struct tc__digest *chunks;
+	uint64_t nchunks;
+	int io_threads;
+	int rc;
+	struct tc__obj *o; /* once inserted: p->o, or the copy held already */
+	uint64_t ns;
+};
+
+static void seal_run(struct tc__job *job)
+{
+	struct seal_job *j = (struct seal_job *)job;
+	struct tc__obj *o = j->p->o;
+
+	j->nchunks = tc__chunk_count(o->table.total_bytes);
+	j->chunks = tc__calloc(j->nchunks ? j->nchunks : 1, sizeof(*j->chunks));
+	if (!j->chunks) {
+		j->rc = -ENOMEM;
+		return;
+	}
+	j->rc = tc__hash_chunks(o->shm->map, o->table.total_bytes,
+				j->io_threads, j->chunks);
+	if (j->rc == 0)
+		j->rc = tc__obj_finish(o, j->chunks, j->nchunks);
+}
+
+static int seal_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct seal_job *j = arg;
+	struct pending *p = j->p;
+	bool dedup = j->o != p->o;
+	uint64_t gen;
+	int rc;
+
+	rc = tc__srv_publish_key(c, j->o, p->key, p->flags, p->expect_gen,
+				 &gen);
+	if (rc == 0)
+		tc__srv_reply_created(c, r, j->o, j->ns, dedup, gen);
+	else if (!dedup)
+		tc__objs_discard_new(&c->srv->objs, j->o);
+	return rc;
+}
+
+static void seal_done(struct tc__job *job)
+{
+	struct seal_job *j = (struct seal_job *)job;
+	struct conn *c = j->c;
+	struct pending *p = j->p;
+	int rc = j->rc;
+
+	j->ns = tc__now_ns() - p->t0_ns;
+	if (rc == 0) {
+		p->o->load_seconds = (double)j->ns / 1e9;
+		rc = tc__objs_insert(&c->srv->objs, p->o, &j->o);
+	}
+	if (rc < 0) {
+		pending_free(c, p);
+		tc__srv_finish(c, &j->r, rc, NULL, NULL, NULL);
+	} else {
+		c->srv->n_put++;
+		tc__metrics_path(TC_MPATH_PUT, j->o->table.total_bytes, j->ns);
+		tc__gpu_tier_host_added(c->srv->gpu, j->o);
+		tc__srv_finish(c, &j->r, 0, NULL, seal_reply, j);
+		tc__free(p);
+	}
+	tc__free(j->chunks);
+	tc__free(j);
+}
+
+int on_seal(struct conn *c, struct req *r)
+{
+	struct seal_job *j;
+	struct pending *p;
+	int rc;
+
+	p = pending_of_req(c, r, &rc);
+	if (!p)
+		return rc;
+	rc = tc__shm_seal(p->o->shm);
+	if (rc < 0) {
+		snprintf(c->err, sizeof(c->err),
+			 rc == TC_EBUSY ?
+				 "cannot seal put %llu: a writable mapping of "
+				 "it still exists (unmap before sealing)" :
+				 "cannot seal put %llu: %s",
+			 (unsigned long long)p->handle, tc_strerror(rc));
+		/* Back to pending: the client may unmap and seal again. */
+		p->next = c->pending;
+		c->pending = p;
+		c->npending++;
+		return rc;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j) {
+		pending_free(c, p);
+		return -ENOMEM;
+	}
+	j->c = c;
+	j->r = *r;
+	j->p = p;
+	j->io_threads = c->srv->cfg->io_threads;
+	j->job.run = seal_run;
+	j->job.done = seal_done;
+	tc__srv_defer(c);
+	tc__jobs_submit(c->srv->jobs, &j->job);
+	return 0; /* the reply comes when the job is done */
+}
+
+int on_abort(struct conn *c, struct req *r)
+{
+	struct pending *p;
+	int rc;
+
+	p = pending_of_req(c, r, &rc);
+	if (!p)
+		return rc;
+	pending_free(c, p);
+	tc__srv_reply_status(c, r, 0);
+	return 0;
+}
+
+void tc__srv_puts_free(struct conn *c)
+{
+	while (c->pending) {
+		struct pending *p = c->pending;
+
+		c->pending = p->next;
+		pending_free(c, p);
+	}
+}
