@@ -114,7 +114,7 @@ static void conn_read(struct conn *c)
 			    (size_t)TC_PROTO_MAX_BODY + 2 * READ_CHUNK);
 	if (rc < 0) {
 		tc__srv_conn_close(c, rc == -EMSGSIZE ? "frame too large" :
-						"out of memory");
+							"out of memory");
 		return;
 	}
 	n = tc__fdpass_recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len,
@@ -457,12 +457,14 @@ void tc__srv_conns_tick(struct server *s, uint64_t now)
 			continue;
 		if (!c->hello &&
 		    now - c->accepted_ms > (uint64_t)s->cfg->handshake_ms)
-			tc__srv_conn_close(c, "no HELLO within the handshake timeout");
+			tc__srv_conn_close(
+				c, "no HELLO within the handshake timeout");
 		else if (c->out_progress_ms &&
 			 now - c->out_progress_ms >
 				 (uint64_t)s->cfg->write_stall_ms)
-			tc__srv_conn_close(c, "client reads none of its replies "
-				      "(write_stall_ms)");
+			tc__srv_conn_close(c,
+					   "client reads none of its replies "
+					   "(write_stall_ms)");
 		else if (s->cfg->idle_timeout_ms && conn_empty(c) &&
 			 now - c->last_rx_ms >
 				 (uint64_t)s->cfg->idle_timeout_ms)

@@ -18,7 +18,6 @@
 
 #include "server_internal.h"
 
-
 #define MSG_NOAUTH  0x1
 #define MSG_FDS_IN  0x2
 #define MSG_FDS_OUT 0x4
@@ -137,7 +136,8 @@ void tc__srv_conn_process(struct conn *c)
 		body_bytes += r.h.body_len;
 		if (r.h.nfds > c->nfdq) {
 			c->srv->n_proto_err++;
-			tc__srv_conn_close(c, "frame declares fds that did not arrive");
+			tc__srv_conn_close(
+				c, "frame declares fds that did not arrive");
 			return;
 		}
 		r.nfds = r.h.nfds;
@@ -156,7 +156,8 @@ void tc__srv_conn_process(struct conn *c)
 			/* Say why before hanging up, if the socket takes it. */
 			c->srv->n_proto_err++;
 			tc__srv_conn_flush(c);
-			tc__srv_conn_close(c, c->err[0] ? c->err : tc_strerror(rc));
+			tc__srv_conn_close(c, c->err[0] ? c->err :
+							  tc_strerror(rc));
 			return;
 		}
 	}
@@ -165,10 +166,10 @@ void tc__srv_conn_process(struct conn *c)
 		if (c->nfdq && !c->paused) {
 			c->srv->n_proto_err++;
 			tc__srv_conn_flush(c);
-			tc__srv_conn_close(c, "fds sent with no frame to claim them");
+			tc__srv_conn_close(
+				c, "fds sent with no frame to claim them");
 			return;
 		}
 	}
 	tc__srv_conn_flush(c);
 }
-

@@ -107,8 +107,8 @@ int on_list(struct conn *c, struct req *r)
 
 	if (rc < 0)
 		return rc;
-	tc__srv_reply_json(c, r,
-		   tc__objs_list_json(&c->srv->objs, c->srv->spare_charged));
+	tc__srv_reply_json(
+		c, r, tc__objs_list_json(&c->srv->objs, c->srv->spare_charged));
 	return 0;
 }
 
@@ -163,7 +163,8 @@ int on_inspect(struct conn *c, struct req *r)
 	if (!o)
 		return rc;
 	if (o->table.ntensors < 1024) {
-		tc__srv_reply_json(c, r, tc__objs_inspect_json(&c->srv->objs, o));
+		tc__srv_reply_json(c, r,
+				   tc__objs_inspect_json(&c->srv->objs, o));
 		return 0;
 	}
 	j = tc__calloc(1, sizeof(*j));

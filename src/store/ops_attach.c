@@ -81,7 +81,6 @@ static void lease_drop(struct conn *c, struct lease *l)
 		tc__objs_unlease(&c->srv->objs, o);
 }
 
-
 void tc__srv_leases_free(struct conn *c)
 {
 	while (c->nleases) {
@@ -168,8 +167,8 @@ int on_release(struct conn *c, struct req *r)
 /* An ATTACH_GPU waiting for the driver or a fill (gpu_tier.c answers). */
 struct gpu_wait {
 	struct conn *c;
-	struct req r; /* header copy; body consumed */
-	struct tc__obj *o;	     /* the answer, when it succeeded */
+	struct req r;	   /* header copy; body consumed */
+	struct tc__obj *o; /* the answer, when it succeeded */
 	struct tc__gpu_replica *rep;
 };
 
@@ -311,4 +310,3 @@ int on_release_gpu(struct conn *c, struct req *r)
 	lease_drop(c, l);
 	return 0;
 }
-

@@ -353,8 +353,8 @@ static void import_done(struct tc__job *job)
 			bytes = 0;
 		} else {
 			rc = tc__srv_artifact_memory(s, bytes, extra, j->policy,
-					     &j->o->shm, j->err,
-					     sizeof(j->err));
+						     &j->o->shm, j->err,
+						     sizeof(j->err));
 			if (rc < 0) {
 				import_fail(j, rc, j->err);
 				return;

@@ -51,4 +51,3 @@ int on_keys(struct conn *c, struct req *r)
 	tc__srv_reply_json(c, r, json);
 	return 0;
 }
-

@@ -28,7 +28,7 @@
 
 /* Publish `o` under `key` after insert; fills c->err on failure. */
 int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
-		       uint32_t flags, uint64_t expect_gen, uint64_t *gen)
+			uint32_t flags, uint64_t expect_gen, uint64_t *gen)
 {
 	*gen = 0;
 	if (!key[0])
@@ -39,8 +39,8 @@ int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
 
 /* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen. */
 void tc__srv_reply_created(struct conn *c, const struct req *r,
-			  struct tc__obj *o, uint64_t ns, bool dedup,
-			  uint64_t gen)
+			   struct tc__obj *o, uint64_t ns, bool dedup,
+			   uint64_t gen)
 {
 	size_t off = tc__srv_reply_begin(c, r);
 
@@ -138,8 +138,8 @@ void tc__srv_spare_drop(struct server *s)
  * segment.  Returns 0, TC_ENOSPACE or -errno with `err` set.
  */
 int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
-			   enum tc__policy pol, struct tc__shm **out, char *err,
-			   size_t errlen)
+			    enum tc__policy pol, struct tc__shm **out,
+			    char *err, size_t errlen)
 {
 	struct tc__shm *seg = NULL;
 	int rc;
@@ -176,7 +176,6 @@ int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 	}
 	return rc;
 }
-
 
 /* ---------------------------------------------------------------- put */
 
@@ -249,8 +248,8 @@ int on_create(struct conn *c, struct req *r)
 	}
 	bytes = tc__shm_round(p->o->table.total_bytes);
 	extra = tc__table_cost(&p->o->table);
-	rc = tc__srv_artifact_memory(c->srv, bytes, extra, pol, &p->o->shm, c->err,
-			     sizeof(c->err));
+	rc = tc__srv_artifact_memory(c->srv, bytes, extra, pol, &p->o->shm,
+				     c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	p->o->mem_bytes = bytes + extra;
