@@ -194,6 +194,74 @@ TC_API int tc_artifact_dlpack(tc_artifact *a, uint32_t i, int versioned,
  * it with one framework call each.  Returns 0 or -ENOMEM. */
 TC_API int tc_artifact_dlpack_bytes(tc_artifact *a, int versioned, void **out);
 
+/* -------------------------------------------------------- realization */
+
+/* Where tc_realize may take an artifact from.  On one node the sources
+ * are the daemon's replicas ("local") and the disk path ("disk"). */
+enum tc_source {
+	TC_SOURCE_AUTO = 0,	  /* attach the daemon's replica; when it holds
+				     none and a disk path is known, import it */
+	TC_SOURCE_LOCAL_ONLY = 1, /* attach; never read disk */
+	TC_SOURCE_DISK_FIRST = 2, /* import from the disk path (deduplicated
+				     against what the daemon holds); attach the
+				     local replica when the file cannot be read
+				   */
+	TC_SOURCE_DISK_ONLY = 3,  /* import from the disk path; no fallback */
+};
+
+/* What served a tc_realize call (tc_realize_info.served). */
+#define TC_SERVED_LOCAL 1 /* attached a replica the daemon already held */
+#define TC_SERVED_DISK	2 /* imported from the disk path, then attached */
+
+#define TC_REALIZE_SOURCE (1u << 0) /* source */
+#define TC_REALIZE_DEVICE (1u << 1) /* device */
+#define TC_REALIZE_IMPORT (1u << 2) /* import: options of an import */
+
+struct tc_realize_opts {
+	uint64_t field_mask; /* TC_REALIZE_*: fields not in the mask are
+				ignored */
+	int32_t source;	     /* enum tc_source; default TC_SOURCE_AUTO */
+	int32_t device;	     /* this process's CUDA ordinal, or -1 (the
+				default): host memory */
+	const struct tc_opts *import; /* borrowed: key, policy, expect_gen and
+					 progress of an import (device is
+					 ignored: `device` above decides) */
+};
+
+/* What tc_realize did, for diagnostics (the same for every client). */
+struct tc_realize_info {
+	int32_t served;	     /* TC_SERVED_* */
+	int32_t device;	     /* where the returned artifact is: the CUDA
+				ordinal, or -1: host memory (a GPU was asked
+				for and fallback_reason says why not) */
+	uint32_t imported;   /* 1: `import` describes the import made */
+	uint32_t gpu_direct; /* 1: imported straight to the GPU by the
+				daemon's loader (no host copy) */
+	struct tc_result import;
+	uint64_t import_ns;	   /* wall time of the import, this side */
+	uint64_t attach_ns;	   /* wall time of the attach, this side */
+	char fallback_reason[512]; /* why the preferred source or device was
+				      not used; "" when it was */
+};
+
+/* Realize artifact `ref` (a key or an id; may be NULL) known to live at
+ * `disk_path` (a safetensors file or a Hugging Face folder; may be NULL)
+ * by the rules of `o->source` (docs/python.md, "Sources"), attached in
+ * host memory or, with TC_REALIZE_DEVICE, on that GPU: imports for a GPU go
+ * straight to it through the daemon's loader, and a replica held in host
+ * memory is copied to the GPU by the daemon once.  When the daemon has no
+ * GPU tier (no driver, no VMM) the host copy is attached instead and
+ * info->device is -1, with the reason.  On success *out is owned by the
+ * caller (tc_artifact_close).  `o` and `info` may be NULL.  Returns 0,
+ * TC_EINVAL (the source needs a ref or a disk path the call lacks; the
+ * message says which), TC_ENOTFOUND, or any code of tc_attach,
+ * tc_attach_gpu and tc_import; the message names every source tried. */
+TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
+		      const struct tc_realize_opts *o, tc_artifact **out,
+		      struct tc_realize_info *info);
+/* "auto", "local_only", "disk_first", "disk_only", or NULL. */
+TC_API const char *tc_source_name(int32_t source);
+
 /* ------------------------------------------------------------ bindings */
 
 /* Bind an artifact on a GPU: the daemon allocates memory it owns for this

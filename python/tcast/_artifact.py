@@ -272,6 +272,12 @@ class _Table:
         self.size = size
         self.plans: Dict[str, Any] = {}
 
+    def find(self, name: str) -> int:
+        i = self.index.get(name)
+        if i is None:
+            raise errors.NotFoundError(f"the artifact has no tensor {name!r}" + _name_hint(name, self.index))
+        return i
+
     def torch_plan(self):
         """(rows, raw dtypes, fw dtypes used).  A row: name, position of its
         fw dtype in that list, shape, stride, element offset, kind, byte
@@ -348,13 +354,18 @@ def _table_for(lib, handle: int, aid: str, size: int) -> _Table:
 class _Attachment:
     """A mapped artifact (one C reference, one daemon lease) and its table."""
 
-    def __init__(self, session: Session, ref: str):
+    def __init__(self, session: Session, ref: Optional[str], handle: Optional[int] = None,
+                 seconds: Optional[float] = None):
+        """Attach `ref` now, or adopt `handle` (a host attachment made by
+        tc_realize; its reference becomes this object's)."""
         lib = session.lib
-        h = ctypes.c_void_p()
         t0 = time.perf_counter()
-        session.call(lib.tc_attach, ref.encode(), ctypes.byref(h))
-        self.owner = _Owner(h.value)  # the handle's own reference
-        self.handle: int = h.value  # type: ignore[assignment]
+        if handle is None:
+            h = ctypes.c_void_p()
+            session.call(lib.tc_attach, ref.encode(), ctypes.byref(h))  # type: ignore[union-attr]
+            handle = h.value
+        self.owner = _Owner(handle)  # the handle's own reference
+        self.handle: int = handle  # type: ignore[assignment]
         self.id: str = lib.tc_artifact_id(self.handle).decode()
         self.size: int = lib.tc_artifact_size(self.handle)
         self.data: int = lib.tc_artifact_data(self.handle) or 0
@@ -362,7 +373,7 @@ class _Attachment:
         self.infos = self.table.infos
         self.index = self.table.index
         self.meta = self.table.meta
-        self.seconds = time.perf_counter() - t0
+        self.seconds = time.perf_counter() - t0 if seconds is None else seconds
 
     def torch_plan(self):
         return self.table.torch_plan()
@@ -652,12 +663,13 @@ class DLPackTensor:
     consumer asks for DLPack >= 1.0 with ``max_version``.
     """
 
-    __slots__ = ("_owner", "_index", "info")
+    __slots__ = ("_owner", "_index", "info", "device_id")
 
-    def __init__(self, owner: _Owner, index: int, info: TensorInfo):
+    def __init__(self, owner: _Owner, index: int, info: TensorInfo, device_id: int = -1):
         self._owner = owner
         self._index = index
         self.info = info
+        self.device_id = device_id  # CUDA ordinal in this process, or -1: host
 
     @property
     def dtype(self) -> str:
@@ -668,11 +680,16 @@ class DLPackTensor:
         return self.info.shape
 
     def __dlpack_device__(self) -> Tuple[int, int]:
-        return (1, 0)  # kDLCPU
+        # kDLCUDA (2) for a GPU replica mapped here, else kDLCPU (1).
+        return (2, self.device_id) if self.device_id >= 0 else (1, 0)
 
     def __dlpack__(self, *, stream: Any = None, max_version: Any = None, dl_device: Any = None, copy: Any = None) -> Any:
-        if dl_device is not None and tuple(dl_device) != (1, 0):
-            raise BufferError(f"tcast exports CPU tensors; cannot export to device {dl_device}")
+        # `stream` needs no wait: the daemon finished filling the replica
+        # (and synchronised) before it answered, and nothing writes it.
+        if dl_device is not None and tuple(dl_device) != self.__dlpack_device__():
+            raise BufferError(
+                f"tcast exports zero-copy views on {self.__dlpack_device__()}; cannot export to device {dl_device}"
+            )
         if copy:
             raise BufferError("tcast exports zero-copy views only (copy=True asked for a copy)")
         h = self._owner.handle
@@ -682,7 +699,8 @@ class DLPackTensor:
         return make_capsule(h, self._index, versioned)
 
     def __repr__(self) -> str:
-        return f"DLPackTensor({self.info.name!r}, dtype={self.info.dtype}, shape={self.info.shape})"
+        where = f", device=cuda:{self.device_id}" if self.device_id >= 0 else ""
+        return f"DLPackTensor({self.info.name!r}, dtype={self.info.dtype}, shape={self.info.shape}{where})"
 
 
 # ------------------------------------------------------------------ helpers
@@ -707,12 +725,14 @@ def _device(device: Any, framework: str) -> str:
     d = "cpu" if device is None else str(device)
     if d == "cpu" or d == "cpu:0":
         return "cpu"
-    if framework != "torch":
+    if framework == "numpy":
         raise errors.DeviceError(
-            f"device {d!r}: {framework} tensors from tcast live on the CPU (use framework='torch' to copy to a GPU)"
+            f"device {d!r}: numpy arrays live on the CPU (use framework='torch' or 'dlpack' for a GPU)"
         )
-    if not d.startswith("cuda"):
+    if not d.startswith("cuda") or (d != "cuda" and not (d[4:5] == ":" and d[5:].isdigit())):
         raise errors.DeviceError(f"unknown device {d!r} (use 'cpu' or 'cuda[:N]')")
+    if framework == "dlpack":
+        return d  # any DLPack consumer: torch is not needed
     import torch
 
     if not torch.cuda.is_available():
@@ -722,10 +742,13 @@ def _device(device: Any, framework: str) -> str:
 
 def _cuda_ordinal(dev: str) -> int:
     """This process's CUDA ordinal of a torch device string ("cuda[:N]")."""
-    import torch
-
-    index = torch.device(dev).index
-    return torch.cuda.current_device() if index is None else index
+    if dev.startswith("cuda:"):
+        return int(dev[5:])
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def _result_of(r: _native.TcResult, seconds: float) -> ImportResult:
@@ -836,8 +859,6 @@ class Artifact:
         self._att: Optional[_Attachment] = None
         self._lock = threading.RLock()
         self.last_import: Optional[ImportResult] = result
-        # Imported straight to a GPU: no host copy to attach.
-        self._gpu_only = bool(result is not None and getattr(result, "device", None))
 
     # ------------------------------------------------------------ identity
 
@@ -886,20 +907,6 @@ class Artifact:
     def _ref(self) -> Optional[str]:
         return self._id or self._key
 
-    def _attach_ref(self, ref: str) -> _Attachment:
-        att = _Attachment(self._sess(), ref)
-        old, self._att = self._att, att
-        if old is not None:
-            old.owner.close()
-        self._id = att.id
-        return att
-
-    def _import(self) -> ImportResult:
-        assert self._disk_path is not None
-        r = import_path(self._sess(), self._disk_path, key=self._key, policy=self._policy)
-        self.last_import = r
-        return r
-
     def _attach(self, options: Optional[GetArtifactOptions] = None) -> _Attachment:
         att, _ = self._realize(options)
         return att
@@ -920,68 +927,62 @@ class Artifact:
         return self._default_source
 
     def _realize(self, options: Optional[GetArtifactOptions]) -> Tuple[_Attachment, Dict[str, Any]]:
-        """Attach per the source rules; returns the attachment and facts for
-        diagnostics (source, import result, fallback reason)."""
+        """Attach in host memory per the source rules; returns the
+        attachment and facts for diagnostics (source, import result,
+        fallback reason).  The rules are libtcast's (tc_realize); only an
+        attachment this handle already keeps is reused here."""
         with self._lock:
             src = self._source(options)
-            info: Dict[str, Any] = {"source": "local", "import": None, "fallback_reason": None}
-            before = self._att
-            att, info = self._realize_src(src, info)
-            info["attach_seconds"] = att.seconds if att is not before else 0.0
+            if src in ("auto", "local_only") and self._att is not None:
+                return self._att, {"source": "local", "import": None, "fallback_reason": None,
+                                   "attach_seconds": 0.0}
+            h, info = self._c_realize(src, -1)
+            att = _Attachment(self._sess(), None, handle=h, seconds=info["attach_seconds"])
+            old, self._att = self._att, att
+            if old is not None:
+                old.owner.close()
+            self._id = att.id
             return att, info
 
-    def _realize_src(self, src: str, info: Dict[str, Any]) -> Tuple[_Attachment, Dict[str, Any]]:
-        if src in ("auto", "local_only") and self._att is not None:
-            return self._att, info
-        if src == "local_only":
-            ref = self._ref()
-            if ref is None:
-                raise errors.InvalidArgumentError(
-                    f"source='local_only' needs a key or an artifact id; this artifact is only known "
-                    f"by its disk path {self._disk_path!r}"
-                )
-            return self._attach_ref(ref), info
-        if src == "auto":
-            ref = self._ref()
-            if ref is not None:
-                try:
-                    return self._attach_ref(ref), info
-                except errors.NotFoundError as e:
-                    if self._disk_path is None:
-                        raise
-                    info["fallback_reason"] = f"not held locally ({e.message}); imported from disk"
-            return self._from_disk(info)
-        if src == "disk_only":
-            if self._disk_path is None:
-                raise errors.InvalidArgumentError(
-                    "source='disk_only' needs a disk path (tc.from_disk(path) or "
-                    "FallbackOptions.for_disk(path))"
-                )
-            return self._from_disk(info)
-        # disk_first
-        if self._disk_path is not None:
-            try:
-                return self._from_disk(info)
-            except (errors.SystemCallError, errors.NotFoundError) as e:
-                ref = self._ref()
-                if ref is None:
-                    raise
-                info["fallback_reason"] = f"disk unavailable ({e}); attached the local replica"
-        else:
-            info["fallback_reason"] = "no disk path; attached the local replica"
+    def _c_realize(self, src: str, device: int) -> Tuple[int, Dict[str, Any]]:
+        """tc_realize: which source serves (libtcast decides, with the same
+        rules and words for every client).  Returns the handle (owned by
+        the caller) and the diagnostics facts; info["device"] is where the
+        handle's memory is (-1: host, also when a GPU was asked for and the
+        daemon has none: fallback_reason says so)."""
+        s = self._sess()
+        lib = s.lib
+        o = _native.TcRealizeOpts()
+        o.field_mask = _native.TC_REALIZE_SOURCE | _native.TC_REALIZE_DEVICE | _native.TC_REALIZE_IMPORT
+        o.source = SOURCES.index(src)
+        o.device = device
+        iopts, keep = make_opts(self._key, self._policy)
+        o.import_opts = ctypes.pointer(iopts)
+        info = _native.TcRealizeInfo()
+        h = ctypes.c_void_p()
         ref = self._ref()
-        if self._att is not None:
-            return self._att, info
-        assert ref is not None
-        return self._attach_ref(ref), info
-
-    def _from_disk(self, info: Dict[str, Any]) -> Tuple[_Attachment, Dict[str, Any]]:
-        r = self._import()
-        info["source"] = "disk"
-        info["import"] = r
-        if self._att is not None and self._att.id == r.artifact_id:
-            return self._att, info
-        return self._attach_ref(r.artifact_id), info
+        t0 = time.perf_counter()
+        s.call(lib.tc_realize, ref.encode() if ref else None,
+               os.fsencode(self._disk_path) if self._disk_path is not None else None,
+               ctypes.byref(o), ctypes.byref(h), ctypes.byref(info))
+        seconds = time.perf_counter() - t0
+        del keep
+        imp: Optional[ImportResult] = None
+        if info.imported:
+            imp = _result_of(info.import_result, info.import_ns / 1e9)
+            if info.gpu_direct:
+                imp.device = f"cuda:{device}"
+            self.last_import = imp
+        reason = info.fallback_reason.decode(errors="replace") or None
+        return h.value, {  # type: ignore[return-value]
+            "source": "disk" if info.served == _native.TC_SERVED_DISK else "local",
+            "import": imp,
+            "fallback_reason": reason,
+            "attach_seconds": info.attach_ns / 1e9,
+            "device": info.device,
+            "gpu_direct": bool(info.gpu_direct),
+            "seconds": seconds,
+        }
 
     def attach(self, options: Optional[GetArtifactOptions] = None) -> "Artifact":
         """Attach now (normally done on first use).  Returns self."""
@@ -1083,22 +1084,69 @@ class Artifact:
     def tensor(self, name: str, *, device: Any = "cpu", framework: Optional[str] = None) -> Any:
         return self.tensor_dict(device=device, framework=framework, names=[name])[name]
 
-    def _gpu_only_views(self, dev: str, names: Optional[List[str]], t0: float) -> Optional[TensorDictResult]:
-        """An artifact imported straight to a GPU has no host copy to
-        attach: serve it from the GPU replica alone.  None when this handle
-        does not name such an artifact (the usual path then runs)."""
-        if self._att is not None or not self._gpu_only:
-            return None
-        ref = self._ref()
-        if ref is None:
-            return None
-        out = gpu_torch_views(self._sess(), ref, None, dev, names, None)
-        nbytes = sum(t.numel() * t.element_size() for t in out.values())
+    def _device_views(self, dev: str, fw: str, options: Optional[GetArtifactOptions],
+                      names: Optional[List[str]], t0: float) -> TensorDictResult:
+        """tensor_dict on a GPU: libtcast realizes the artifact there (a
+        replica the daemon holds, made from its host copy once, or an
+        import straight to the GPU through the daemon's loader) and this
+        process maps it read-only; every tensor is a view of that mapping.
+        When the daemon has no GPU tier, the host copy is copied to the GPU
+        (torch only) and the diagnostics say so."""
+        ordinal = _cuda_ordinal(dev)
+        with self._lock:
+            h, info = self._c_realize(self._source(options), ordinal)
+        lib = self._sess().lib
+        zero_copy = True
+        try:
+            aid = lib.tc_artifact_id(h).decode()
+            self._id = aid
+            table = _table_for(lib, h, aid, lib.tc_artifact_size(h))
+            find = table.find
+            sel = table.infos if names is None else [table.infos[find(n)] for n in names]
+            if info["device"] < 0:
+                # No GPU tier: a host attachment came back instead.
+                if fw != "torch":
+                    raise errors.NoGpuError(
+                        f"{dev}: the daemon cannot hold this artifact on a GPU "
+                        f"({info['fallback_reason']}); DLPack producers on the GPU need it"
+                    )
+                att = _Attachment(self._sess(), None, handle=h, seconds=info["attach_seconds"])
+                h = None
+                with self._lock:
+                    old, self._att = self._att, att
+                if old is not None:
+                    old.owner.close()
+                out = {k: v.to(dev, non_blocking=False) for k, v in att.torch_views(names).items()}
+                zero_copy = False
+                raw_all = att.torch_plan()[1]
+            elif fw == "torch":
+                from torch.utils.dlpack import from_dlpack
+
+                base = from_dlpack(bytes_capsule(h))  # holds its own reference
+                out = _torch_views_from_base(base, table, names, find)
+                raw_all = table.torch_plan()[1]
+            else:
+                owner = _Owner(h)  # the producers share the handle's reference
+                h = None
+                idx = range(len(table.infos)) if names is None else [find(n) for n in names]
+                out = {table.infos[i].name: DLPackTensor(owner, i, table.infos[i], ordinal) for i in idx}
+                raw_all = {}
+        finally:
+            if h is not None:
+                lib.tc_artifact_close(h)
+        imp: Optional[ImportResult] = info["import"]
+        if info["device"] >= 0:
+            src = (f"disk, straight to the GPU replica ({dev})" if info["gpu_direct"]
+                   else f"{'local' if info['source'] == 'local' else 'disk, then'} GPU replica ({dev})")
+        else:
+            src = info["source"]
         diag = Diagnostics(
-            artifact_id=self._id or ref, key=self._key, source=f"local GPU replica ({dev}), no host copy",
-            framework="torch", device=dev, ntensors=len(out), bytes=nbytes,
-            seconds=time.perf_counter() - t0, attach_seconds=0.0, import_seconds=0.0,
-            daemon_seconds=0.0, deduplicated=None, zero_copy=True, fallback_reason=None, raw_dtypes={},
+            artifact_id=aid, key=self._key, source=src, framework=fw, device=dev, ntensors=len(out),
+            bytes=sum(t.nbytes for t in sel), seconds=time.perf_counter() - t0,
+            attach_seconds=info["attach_seconds"], import_seconds=imp.seconds if imp else 0.0,
+            daemon_seconds=imp.daemon_seconds if imp else 0.0, deduplicated=imp.deduplicated if imp else None,
+            zero_copy=zero_copy, fallback_reason=info["fallback_reason"],
+            raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
         )
         return TensorDictResult(out, diag, out.clear)
 
@@ -1113,10 +1161,8 @@ class Artifact:
         t0 = time.perf_counter()
         fw = _framework(framework)
         dev = _device(device, fw)
-        if dev != "cpu" and fw == "torch":
-            gpu_only = self._gpu_only_views(dev, names, t0)
-            if gpu_only is not None:
-                return gpu_only
+        if dev != "cpu":
+            return self._device_views(dev, fw, options, names, t0)
         att, info = self._realize(options)
         imp: Optional[ImportResult] = info["import"]
         if fw == "torch":
@@ -1128,17 +1174,6 @@ class Artifact:
         else:
             out = att.dlpack_views(names)
             raw_all = {}
-        zero_copy = True
-        if dev != "cpu":
-            try:
-                out = gpu_torch_views(self._sess(), att.id, att.table, dev, names, att.find)
-                info["source"] = f"local GPU replica ({dev})"
-            except (errors.NotSupportedError, errors.NoGpuError) as e:
-                # No GPU tier (an older daemon, no driver visible to it):
-                # copy the host views instead, and say so.
-                out = {k: v.to(dev, non_blocking=False) for k, v in out.items()}
-                zero_copy = False
-                info["fallback_reason"] = f"copied from host memory: {e}"
         seconds = time.perf_counter() - t0
         sel = att.infos if names is None else [att.infos[att.find(n)] for n in names]
         diag = Diagnostics(
@@ -1154,7 +1189,7 @@ class Artifact:
             import_seconds=imp.seconds if imp else 0.0,
             daemon_seconds=imp.daemon_seconds if imp else 0.0,
             deduplicated=imp.deduplicated if imp else None,
-            zero_copy=zero_copy,
+            zero_copy=True,
             fallback_reason=info["fallback_reason"],
             raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
         )
@@ -1190,14 +1225,20 @@ class Artifact:
         The replica stays in the daemon, unleased (evictable), after this
         returns.  Synchronous; the returned Prefetch says what it did."""
         t0 = time.perf_counter()
-        att, info = self._realize(options)
         dev = _device(device, "torch")
-        if dev != "cpu":
-            sess = self._sess()
-            h = ctypes.c_void_p()
-            sess.call(sess.lib.tc_attach_gpu, att.id.encode(), _cuda_ordinal(dev), ctypes.byref(h))
-            sess.lib.tc_artifact_close(h.value)
-        return Prefetch(att.id, dev, info["source"], time.perf_counter() - t0)
+        if dev == "cpu":
+            att, info = self._realize(options)
+            return Prefetch(att.id, dev, info["source"], time.perf_counter() - t0)
+        # The same realization as tensor_dict(device=...): an import goes
+        # straight to the GPU through the daemon's loader.
+        with self._lock:
+            h, info = self._c_realize(self._source(options), _cuda_ordinal(dev))
+        lib = self._sess().lib
+        try:
+            aid = self._id = lib.tc_artifact_id(h).decode()
+        finally:
+            lib.tc_artifact_close(h)
+        return Prefetch(aid, dev if info["device"] >= 0 else "cpu", info["source"], time.perf_counter() - t0)
 
     def tensor_dict_into(
         self,

@@ -70,6 +70,35 @@ class TcResult(Structure):
     ]
 
 
+TC_REALIZE_SOURCE = 1 << 0
+TC_REALIZE_DEVICE = 1 << 1
+TC_REALIZE_IMPORT = 1 << 2
+TC_SERVED_LOCAL = 1
+TC_SERVED_DISK = 2
+
+
+class TcRealizeOpts(Structure):
+    _fields_ = [
+        ("field_mask", c_uint64),
+        ("source", c_int32),
+        ("device", c_int32),
+        ("import_opts", POINTER(TcOpts)),
+    ]
+
+
+class TcRealizeInfo(Structure):
+    _fields_ = [
+        ("served", c_int32),
+        ("device", c_int32),
+        ("imported", c_uint32),
+        ("gpu_direct", c_uint32),
+        ("import_result", TcResult),
+        ("import_ns", c_uint64),
+        ("attach_ns", c_uint64),
+        ("fallback_reason", c_char * 512),
+    ]
+
+
 class TcTensorDesc(Structure):
     _fields_ = [
         ("name", c_char_p),
@@ -166,6 +195,11 @@ PROTOTYPES = {
     "tc_artifact_meta_value": (c_char_p, [_p, c_uint32]),
     "tc_artifact_dlpack": (c_int, [_p, c_uint32, c_int, _pp]),
     "tc_artifact_dlpack_bytes": (c_int, [_p, c_int, _pp]),
+    "tc_realize": (
+        c_int,
+        [_p, c_char_p, c_char_p, POINTER(TcRealizeOpts), _pp, POINTER(TcRealizeInfo)],
+    ),
+    "tc_source_name": (c_char_p, [c_int32]),
     "tc_bind": (c_int, [_p, c_char_p, c_int32, _pp]),
     "tc_binding_swap": (c_int, [_p, c_char_p]),
     # client.h: keys and verbs

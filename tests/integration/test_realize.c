@@ -1,0 +1,308 @@
+/*
+ * test_realize.c - tc_realize against a real daemon: the four sources,
+ * every fallback and its reason, in host memory and on GPUs of the fake
+ * driver (imports straight to the GPU, replicas made from a host copy, a
+ * daemon with no GPU tier).  The Python SDK calls the same function, so
+ * tests/python/test_api.py and test_realize_gpu.py check the same rules
+ * from the other side.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "tcast/client.h"
+#include "tcast/errors.h"
+#include "tlib.h"
+
+#ifndef TC_FAKECUDA_PATH
+#error "TC_FAKECUDA_PATH must name the fake driver"
+#endif
+
+static struct t_daemon D;
+
+static void start(const char *cuda_lib)
+{
+	char *saved = getenv("TCAST_CUDA_LIB");
+
+	saved = saved ? strdup(saved) : NULL;
+	setenv("TCAST_CUDA_LIB", cuda_lib, 1);
+	t_daemon_start(&D, "256MiB", NULL);
+	if (saved)
+		setenv("TCAST_CUDA_LIB", saved, 1);
+	free(saved);
+}
+
+static int realize(tc_client *c, const char *ref, const char *path, int src,
+		   int dev, const char *key, tc_artifact **a,
+		   struct tc_realize_info *info)
+{
+	struct tc_opts io = { 0 };
+	struct tc_realize_opts o = { 0 };
+
+	if (key) {
+		io.field_mask = TC_OPT_KEY;
+		io.key = key;
+	}
+	o.field_mask = TC_REALIZE_SOURCE | TC_REALIZE_DEVICE |
+		       TC_REALIZE_IMPORT;
+	o.source = src;
+	o.device = dev;
+	o.import = &io;
+	return tc_realize(c, ref, path, &o, a, info);
+}
+
+#define assert_has(s, sub)                                                  \
+	do {                                                                \
+		if (!strstr((s), (sub)))                                    \
+			fail_msg("'%s' does not contain '%s'", (s), (sub)); \
+	} while (0)
+
+static void test_realize__host_sources(void **state)
+{
+	struct tc_realize_info info;
+	const char *file = t_data("dtypes.safetensors");
+	tc_artifact *a;
+	tc_client *c;
+	char id[TC_ID_BUFLEN];
+	int rc;
+
+	(void)state;
+	start("/nonexistent/libcuda.so.1");
+	c = t_connect(D.sock);
+
+	/* auto: not held, so imported (publishing the key), and said so */
+	rc = realize(c, "r:k", file, TC_SOURCE_AUTO, -1, "r:k", &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_DISK);
+	assert_int_equal(info.imported, 1);
+	assert_int_equal(info.device, -1);
+	assert_int_equal(tc_artifact_device(a), -1);
+	assert_true(info.import_ns > 0 && info.attach_ns > 0);
+	assert_has(info.fallback_reason, "not held locally");
+	assert_has(info.fallback_reason, "r:k");
+	assert_string_equal(info.import.id, tc_artifact_id(a));
+	assert_true(tc_artifact_count(a) > 0);
+	snprintf(id, sizeof(id), "%s", tc_artifact_id(a));
+	tc_artifact_close(a);
+
+	/* auto again: the key is held now */
+	rc = realize(c, "r:k", file, TC_SOURCE_AUTO, -1, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_LOCAL);
+	assert_int_equal(info.imported, 0);
+	assert_string_equal(info.fallback_reason, "");
+	assert_string_equal(tc_artifact_id(a), id);
+	tc_artifact_close(a);
+
+	/* local_only */
+	rc = realize(c, NULL, file, TC_SOURCE_LOCAL_ONLY, -1, NULL, &a, &info);
+	assert_int_equal(rc, TC_EINVAL);
+	assert_null(a);
+	assert_has(tc_client_errmsg(c), "needs a key or an artifact id");
+	rc = realize(c, "r:none", file, TC_SOURCE_LOCAL_ONLY, -1, NULL, &a,
+		     &info);
+	assert_int_equal(rc, TC_ENOTFOUND);
+	assert_has(tc_client_errmsg(c), "r:none");
+
+	/* disk_only: deduplicated against what the daemon holds */
+	rc = realize(c, "r:k", NULL, TC_SOURCE_DISK_ONLY, -1, NULL, &a, &info);
+	assert_int_equal(rc, TC_EINVAL);
+	assert_has(tc_client_errmsg(c), "needs a disk path");
+	rc = realize(c, "r:k", file, TC_SOURCE_DISK_ONLY, -1, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_DISK);
+	assert_int_equal(info.import.deduplicated, 1);
+	tc_artifact_close(a);
+	rc = realize(c, "r:k", "/nonexistent/m.safetensors",
+		     TC_SOURCE_DISK_ONLY, -1, NULL, &a, &info);
+	assert_int_equal(rc, -ENOENT);
+	assert_null(a);
+
+	/* disk_first: an unreadable file falls back to the local replica */
+	rc = realize(c, "r:k", "/nonexistent/m.safetensors",
+		     TC_SOURCE_DISK_FIRST, -1, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_LOCAL);
+	assert_int_equal(info.imported, 0);
+	assert_has(info.fallback_reason, "disk unavailable");
+	assert_has(info.fallback_reason, "/nonexistent/m.safetensors");
+	tc_artifact_close(a);
+	rc = realize(c, id, NULL, TC_SOURCE_DISK_FIRST, -1, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_string_equal(info.fallback_reason,
+			    "no disk path; attached the local replica");
+	tc_artifact_close(a);
+	rc = realize(c, id, file, TC_SOURCE_DISK_FIRST, -1, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_DISK);
+	assert_string_equal(info.fallback_reason, "");
+	tc_artifact_close(a);
+
+	/* both sources fail: the message names both */
+	rc = realize(c, "r:none", "/nonexistent/m.safetensors", TC_SOURCE_AUTO,
+		     -1, NULL, &a, &info);
+	assert_int_equal(rc, -ENOENT);
+	assert_has(tc_client_errmsg(c), "r:none");
+	assert_has(tc_client_errmsg(c), "importing from disk");
+
+	/* bad requests */
+	assert_int_equal(realize(c, NULL, NULL, TC_SOURCE_AUTO, -1, NULL, &a,
+				 &info),
+			 TC_EINVAL);
+	assert_has(tc_client_errmsg(c), "nothing to realize");
+	assert_int_equal(realize(c, id, NULL, 9, -1, NULL, &a, &info),
+			 TC_EINVAL);
+	assert_has(tc_client_errmsg(c), "unknown source 9");
+	assert_int_equal(realize(c, id, NULL, TC_SOURCE_AUTO, -7, NULL, &a,
+				 &info),
+			 TC_EINVAL);
+	/* NULL options and info: auto, host */
+	assert_int_equal(tc_realize(c, id, NULL, NULL, &a, NULL), 0);
+	tc_artifact_close(a);
+	assert_string_equal(tc_source_name(TC_SOURCE_DISK_FIRST), "disk_first");
+	assert_null(tc_source_name(4));
+
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&D), 0);
+}
+
+/* One inspect field: the tiers of an artifact's replicas, "gpu,host". */
+static void tiers(tc_client *c, const char *id, char *out, size_t len)
+{
+	json_t *j, *r;
+	size_t i;
+	char *s;
+
+	out[0] = '\0';
+	assert_int_equal(tc_inspect_json(c, id, &s), 0);
+	j = json_loads(s, 0, NULL);
+	tc_free(s);
+	json_array_foreach(json_object_get(j, "replicas"), i, r)
+	{
+		if (out[0])
+			strncat(out, ",", len - strlen(out) - 1);
+		strncat(out, json_string_value(json_object_get(r, "tier")),
+			len - strlen(out) - 1);
+	}
+	json_decref(j);
+}
+
+static void test_realize__gpu(void **state)
+{
+	struct tc_realize_info info;
+	struct tc_tensor_desc d;
+	uint64_t shape[1] = { 4096 };
+	struct tc_result res;
+	tc_artifact *a;
+	tc_client *c;
+	tc_put *p;
+	char id[TC_ID_BUFLEN], t[64];
+	int rc;
+
+	(void)state;
+	start(TC_FAKECUDA_PATH);
+	c = t_connect(D.sock);
+
+	/* from disk to a GPU: the daemon's loader, no host copy */
+	rc = realize(c, NULL, t_data("many-tensors.safetensors"),
+		     TC_SOURCE_AUTO, 0, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_DISK);
+	assert_int_equal(info.gpu_direct, 1);
+	assert_int_equal(info.device, 0);
+	assert_int_equal(tc_artifact_device(a), 0);
+	assert_string_equal(info.fallback_reason, "");
+	snprintf(id, sizeof(id), "%s", tc_artifact_id(a));
+	tc_artifact_close(a);
+	tiers(c, id, t, sizeof(t));
+	assert_string_equal(t, "gpu");
+
+	/* held on GPU 0 only: GPU 1 and host memory cannot serve it, and
+	 * nothing pretends they can */
+	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 0, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_LOCAL);
+	tc_artifact_close(a);
+	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 1, NULL, &a, &info);
+	assert_int_equal(rc, TC_ENOTSUP);
+	assert_null(a);
+	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, -1, NULL, &a, &info);
+	assert_int_equal(rc, TC_ENOTSUP);
+	assert_has(tc_client_errmsg(c), "GPU only");
+
+	/* a host artifact on GPU 1: the daemon copies its host copy once */
+	d.name = "w";
+	d.dtype = TC_DTYPE_F32;
+	d.ndim = 1;
+	d.shape = shape;
+	assert_int_equal(tc_put_begin(c, &d, 1, NULL, NULL, &p), 0);
+	for (uint32_t i = 0; i < 4096; i++)
+		((float *)tc_put_data(p, 0))[i] = (float)i;
+	assert_int_equal(tc_put_commit(p, &res), 0);
+	rc = realize(c, res.id, NULL, TC_SOURCE_AUTO, 1, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_LOCAL);
+	assert_int_equal(info.device, 1);
+	/* the fake maps device memory at host addresses */
+	assert_true(((const float *)tc_artifact_data(a))[4095] == 4095.0f);
+	tc_artifact_close(a);
+	tiers(c, res.id, t, sizeof(t));
+	assert_true(!strcmp(t, "host,gpu") || !strcmp(t, "gpu,host"));
+
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&D), 0);
+}
+
+static void test_realize__daemon_without_gpu(void **state)
+{
+	struct tc_realize_info info;
+	char id[TC_ID_BUFLEN];
+	tc_artifact *a;
+	tc_client *c;
+	int rc;
+
+	(void)state;
+	start("/nonexistent/libcuda.so.1");
+	c = t_connect(D.sock);
+	rc = realize(c, NULL, t_data("dtypes.safetensors"), TC_SOURCE_AUTO, 0,
+		     NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_DISK);
+	assert_int_equal(info.gpu_direct, 0);
+	assert_int_equal(info.device, -1);
+	assert_int_equal(tc_artifact_device(a), -1);
+	assert_has(info.fallback_reason, "cannot load straight to GPU 0");
+	assert_has(info.fallback_reason, "imported to host memory");
+	snprintf(id, sizeof(id), "%s", info.import.id);
+	tc_artifact_close(a);
+	/* held now: attaching for GPU 0 falls back to the host copy */
+	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 0, NULL, &a, &info);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.device, -1);
+	assert_has(info.fallback_reason, "no replica on GPU 0");
+	tc_artifact_close(a);
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&D), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_realize__host_sources),
+		cmocka_unit_test(test_realize__gpu),
+		cmocka_unit_test(test_realize__daemon_without_gpu),
+	};
+
+	/* This process is a client on the fake's GPUs throughout. */
+	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);
+	setenv("TC_FAKECUDA_DEVICES", "2", 1);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
