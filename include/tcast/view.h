@@ -12,8 +12,11 @@
  * view needs).  Planning reads no tensor data; every error names the
  * tensor, the dimension and the bound, and nothing is realized.
  *
- * Not done yet: realizing on a GPU (callers copy the host result), and
- * keeping a realized view as a replica under its id.
+ * A view is realized into host memory (tc_view_realize), into GPU memory
+ * the caller owns (tc_view_realize_gpu: 2D copies, transposes and casts by
+ * a GPU kernel), or kept by the daemon as an artifact of its own under the
+ * view id (tc_view_attach), so every later realization of the same view,
+ * in any process, is a zero-copy attach on the host or a GPU.
  */
 #ifndef TCAST_VIEW_H
 #define TCAST_VIEW_H
@@ -113,5 +116,68 @@ TC_API int tc_view_realize(tc_view_plan *p, void *dst, uint64_t len, char *err,
 /* Output tensor i only, into `dst` (>= its nbytes). */
 TC_API int tc_view_realize_tensor(tc_view_plan *p, uint32_t i, void *dst,
 				  uint64_t len, char *err, size_t errlen);
+
+/* ----------------------------------------------------------- on a GPU */
+
+/* How tc_view_realize_gpu makes transposes and casts. */
+#define TC_VIEW_GPU_AUTO   0u /* the kernel when it loads, else the host */
+#define TC_VIEW_GPU_KERNEL 1u /* gathered on the GPU, then the view kernel */
+#define TC_VIEW_GPU_HOST   2u /* made on the host, then one copy */
+
+/*
+ * The whole view into GPU memory at device address `dptr` (>=
+ * tc_view_plan_size bytes, on this process's CUDA ordinal `device`),
+ * tensor i at tc_view_plan_tensors(p)[i].offset, padding zeroed.  Plain
+ * tensors (whole, row or column shards) move with one 2D copy per run
+ * straight into place; transposes and casts per `mode`.  The source is the
+ * plan's host attachment, its GPU attachment on the same device (copies
+ * stay on the GPU; transposes and casts then need the kernel), or its
+ * files (read on the host, then copied).  Work is queued on `stream` (a
+ * CUstream value; 0 the NULL stream) and complete when this returns.
+ * Returns 0, TC_EINVAL (dst too small), TC_ENOTSUP (the artifact is on
+ * another GPU; a transform from a GPU attachment without the kernel),
+ * TC_ENODEV, TC_EDEVICE, TC_ECUDA, TC_EBADFILE, -ENOMEM or -errno; err
+ * says what and where.  On failure the destination's content is
+ * unspecified.
+ */
+TC_API int tc_view_realize_gpu(tc_view_plan *p, int32_t device, uint64_t dptr,
+			       uint64_t len, uintptr_t stream, uint32_t mode,
+			       char *err, size_t errlen);
+/* Output tensor i only, into `dptr` (>= its nbytes). */
+TC_API int tc_view_realize_tensor_gpu(tc_view_plan *p, uint32_t i,
+				      int32_t device, uint64_t dptr,
+				      uint64_t len, uintptr_t stream,
+				      uint32_t mode, char *err, size_t errlen);
+/* How many tensors the GPU realizations of `p` transformed with the
+ * kernel and on the host so far (either pointer may be NULL), and why the
+ * kernel was not used ("" when it was, or was not needed). */
+TC_API int tc_view_plan_gpu_counts(const tc_view_plan *p, uint64_t *kernel,
+				   uint64_t *host, char *why, size_t whylen);
+
+/* -------------------------------------------------- views kept as replicas */
+
+#define TC_VIEW_ATTACH_CACHED 1u /* OUT: the daemon already held the view */
+
+/*
+ * The view as an artifact of the daemon, attached: its tensors are the
+ * view's (tc_artifact_tensors gives the same table as the plan, offsets in
+ * the view's byte space) and its key is tc_view_plan_id(p).  If the daemon
+ * holds that key (another process realized the same view of the same
+ * artifact), this is a zero-copy attach; otherwise the view is realized
+ * from the plan's source straight into a new artifact's memory (put),
+ * published under the view id and attached.  device < 0: a host
+ * attachment; else a GPU replica of the view on that ordinal (the daemon
+ * copies it once; later attaches on that GPU are zero-copy).  Only plans
+ * made by tc_view_plan_artifact (a file's view id names a path, not
+ * content).  *out is owned by the caller (tc_artifact_close); *flags (may
+ * be NULL) gets TC_VIEW_ATTACH_CACHED.  Returns 0, TC_ENOTSUP (a plan of
+ * a file), TC_ECONFLICT (the key names an artifact of another table), or
+ * what tc_put_begin, tc_put_commit, tc_key_set, tc_attach and
+ * tc_attach_gpu return; err says what.  A failure leaves nothing behind
+ * (no key, no partial artifact).
+ */
+TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
+			  tc_artifact **out, uint32_t *flags, char *err,
+			  size_t errlen);
 
 #endif /* TCAST_VIEW_H */

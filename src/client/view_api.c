@@ -17,6 +17,7 @@
 #include "format/view.h"
 #include "tcast/errors.h"
 #include "tcast/view.h"
+#include "view_gpu.h"
 
 struct tc_view {
 	struct tc__view_spec spec;
@@ -30,6 +31,9 @@ struct tc_view_plan {
 	uint64_t header_bytes;
 	_Atomic uint64_t bytes_read;
 	_Atomic uint64_t reads;
+	_Atomic uint64_t kernel_tensors; /* GPU realizations: by the kernel */
+	_Atomic uint64_t host_tensors;	 /* and on the host */
+	char kernel_why[256];		 /* why not the kernel, or "" */
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, const char *s)
@@ -388,4 +392,293 @@ TC_API int tc_view_realize(tc_view_plan *p, void *dst, uint64_t len, char *err,
 		at = t->offset + t->nbytes;
 	}
 	return 0;
+}
+
+/* ----------------------------------------------------------- on a GPU */
+
+/* Where plan p reads from, for a GPU realization on `device`. */
+static int gpu_source(tc_view_plan *p, int32_t device, const void **host,
+		      uint64_t *dev, uint64_t *len, char *err, size_t errlen)
+{
+	*host = NULL;
+	*dev = 0;
+	*len = 0;
+	if (p->src)
+		return 0;
+	*len = tc_artifact_size(p->a);
+	if (tc_artifact_device(p->a) < 0) {
+		*host = tc_artifact_data(p->a);
+		return 0;
+	}
+	if (tc_artifact_device(p->a) != device) {
+		if (err && errlen)
+			snprintf(err, errlen,
+				 "view of '%s': the artifact is attached on "
+				 "GPU %d, not GPU %d: attach it on the host or "
+				 "on GPU %d",
+				 tc_artifact_id(p->a), tc_artifact_device(p->a),
+				 device, device);
+		return TC_ENOTSUP;
+	}
+	*dev = (uint64_t)(uintptr_t)tc_artifact_data(p->a);
+	return 0;
+}
+
+static int realize_gpu(tc_view_plan *p, int64_t only, int32_t device,
+		       uint64_t dptr, uint64_t len, uintptr_t stream,
+		       uint32_t mode, char *err, size_t errlen)
+{
+	struct tc__view_gpu_ctx x;
+	struct tc__gpu_stream *s;
+	struct tc__view_io io = { 0 };
+	const void *host;
+	uint64_t dev, slen, at = 0;
+	int ret, ret2;
+
+	if (!p || !dptr) {
+		set_err(err, errlen, "%s", "view: NULL plan or destination");
+		return TC_EINVAL;
+	}
+	if (mode > TC_VIEW_GPU_HOST) {
+		set_err(err, errlen, "%s", "view: unknown GPU mode");
+		return TC_EINVAL;
+	}
+	if (only < 0 && len < p->plan.out.total_bytes) {
+		if (err && errlen)
+			snprintf(err, errlen,
+				 "view: destination holds %llu bytes, the "
+				 "view needs %llu",
+				 (unsigned long long)len,
+				 (unsigned long long)p->plan.out.total_bytes);
+		return TC_EINVAL;
+	}
+	ret = gpu_source(p, device, &host, &dev, &slen, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__gpu_stream_wrap(device, stream, &s, err, errlen);
+	if (ret < 0)
+		return ret;
+	tc__view_gpu_ctx_init(&x, device, s, mode);
+	for (uint32_t i = 0; i < p->plan.out.ntensors; i++) {
+		const struct tc__tensor *t = &p->plan.out.tensors[i];
+
+		if (only >= 0) {
+			if (i != (uint64_t)only)
+				continue;
+			ret = tc__view_exec_gpu(&p->plan, i, host, dev, slen,
+						p->src, dptr, len, &x, &io, err,
+						errlen);
+			break;
+		}
+		if (t->offset > at) { /* alignment padding */
+			ret = tc__gpu_memset8(device, dptr + at, 0,
+					      t->offset - at, s, err, errlen);
+			if (ret < 0)
+				break;
+		}
+		ret = tc__view_exec_gpu(&p->plan, i, host, dev, slen, p->src,
+					dptr + t->offset, t->nbytes, &x, &io,
+					err, errlen);
+		if (ret < 0)
+			break;
+		at = t->offset + t->nbytes;
+	}
+	if (only >= (int64_t)p->plan.out.ntensors) {
+		if (err && errlen)
+			snprintf(err, errlen,
+				 "view: no output tensor #%lld (%u)",
+				 (long long)only, p->plan.out.ntensors);
+		ret = TC_EINVAL;
+	}
+	/* Wait for the queued work even after a failure: the scratch it
+	 * uses is freed next. */
+	ret2 = tc__view_gpu_ctx_release(&x, ret < 0 ? NULL : err,
+					ret < 0 ? 0 : errlen);
+	if (ret == 0)
+		ret = ret2;
+	tc__gpu_stream_free(s);
+	atomic_fetch_add(&p->bytes_read, io.bytes_read);
+	atomic_fetch_add(&p->reads, io.reads);
+	atomic_fetch_add(&p->kernel_tensors, x.kernel_tensors);
+	atomic_fetch_add(&p->host_tensors, x.host_tensors);
+	if (x.kernel_err[0])
+		snprintf(p->kernel_why, sizeof(p->kernel_why), "%s",
+			 x.kernel_err);
+	return ret;
+}
+
+TC_API int tc_view_realize_gpu(tc_view_plan *p, int32_t device, uint64_t dptr,
+			       uint64_t len, uintptr_t stream, uint32_t mode,
+			       char *err, size_t errlen)
+{
+	return realize_gpu(p, -1, device, dptr, len, stream, mode, err, errlen);
+}
+
+TC_API int tc_view_realize_tensor_gpu(tc_view_plan *p, uint32_t i,
+				      int32_t device, uint64_t dptr,
+				      uint64_t len, uintptr_t stream,
+				      uint32_t mode, char *err, size_t errlen)
+{
+	return realize_gpu(p, i, device, dptr, len, stream, mode, err, errlen);
+}
+
+TC_API int tc_view_plan_gpu_counts(const tc_view_plan *p, uint64_t *kernel,
+				   uint64_t *host, char *why, size_t whylen)
+{
+	if (!p)
+		return TC_EINVAL;
+	if (kernel)
+		*kernel = atomic_load(&p->kernel_tensors);
+	if (host)
+		*host = atomic_load(&p->host_tensors);
+	if (why && whylen)
+		snprintf(why, whylen, "%s", p->kernel_why);
+	return 0;
+}
+
+/* -------------------------------------------------- views kept as replicas */
+
+/* Does attached artifact `a` have the plan's table? */
+static bool same_table(const tc_view_plan *p, tc_artifact *a)
+{
+	const struct tc_tensor_info *ti = tc_artifact_tensors(a);
+	uint32_t n = tc_artifact_count(a);
+
+	if (n != p->plan.out.ntensors)
+		return false;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct tc__tensor *t = &p->plan.out.tensors[i];
+
+		if (strcmp(ti[i].name, t->name) || ti[i].dtype != t->dtype ||
+		    ti[i].ndim != t->ndim || ti[i].nbytes != t->nbytes ||
+		    memcmp(ti[i].shape, t->shape, t->ndim * sizeof(uint64_t)))
+			return false;
+	}
+	return true;
+}
+
+static int attach_ref(tc_client *c, const char *ref, int32_t device,
+		      tc_artifact **out)
+{
+	return device < 0 ? tc_attach(c, ref, out) :
+			    tc_attach_gpu(c, ref, device, out);
+}
+
+static int client_fail(tc_client *c, int ret, const char *what, char *err,
+		       size_t errlen)
+{
+	if (err && errlen)
+		snprintf(err, errlen, "%s: %s", what,
+			 tc_client_errmsg(c)[0] ? tc_client_errmsg(c) :
+						  tc_strerror(ret));
+	return ret;
+}
+
+TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
+			  tc_artifact **out, uint32_t *flags, char *err,
+			  size_t errlen)
+{
+	struct tc_tensor_desc *descs = NULL;
+	struct tc_opts o = { 0 };
+	struct tc_result res;
+	char what[200], *meta = NULL;
+	tc_put *put = NULL;
+	tc_artifact *a = NULL;
+	uint32_t n;
+	size_t mlen;
+	int ret;
+
+	*out = NULL;
+	if (flags)
+		*flags = 0;
+	if (!c || !p) {
+		set_err(err, errlen, "%s", "view: NULL client or plan");
+		return TC_EINVAL;
+	}
+	if (p->src) {
+		set_err(err, errlen, "%s",
+			"view: a view of a file is not kept by the daemon (its "
+			"id names a path, not content): import the file and "
+			"view the artifact");
+		return TC_ENOTSUP;
+	}
+	snprintf(what, sizeof(what), "view %s of '%s'", p->plan.id,
+		 tc_artifact_id(p->a));
+	ret = attach_ref(c, p->plan.id, device, &a);
+	if (ret == 0) {
+		if (!same_table(p, a)) {
+			if (err && errlen)
+				snprintf(err, errlen,
+					 "%s: the daemon's key names artifact "
+					 "'%s', whose table is not the view's",
+					 what, tc_artifact_id(a));
+			tc_artifact_close(a);
+			return TC_ECONFLICT;
+		}
+		if (flags)
+			*flags = TC_VIEW_ATTACH_CACHED;
+		*out = a;
+		return 0;
+	}
+	if (ret != TC_ENOTFOUND)
+		return client_fail(c, ret, what, err, errlen);
+	/* Not held: realize it straight into a new artifact's memory. */
+	n = p->plan.out.ntensors;
+	descs = tc__calloc(n ? n : 1, sizeof(*descs));
+	mlen = strlen(p->plan.id) + strlen(tc_artifact_id(p->a)) + 64;
+	meta = tc__malloc(mlen);
+	if (!descs || !meta) {
+		ret = -ENOMEM;
+		set_err(err, errlen, "%s", "view: out of memory");
+		goto out_free;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		descs[i].name = p->infos[i].name;
+		descs[i].dtype = p->infos[i].dtype;
+		descs[i].ndim = p->infos[i].ndim;
+		descs[i].shape = p->infos[i].shape;
+	}
+	/* Ids are "tc2:" + hex: nothing to escape. */
+	snprintf(meta, mlen, "{\"tcast.view\":\"%s\",\"tcast.view_of\":\"%s\"}",
+		 p->plan.id, tc_artifact_id(p->a));
+	o.field_mask = TC_OPT_POLICY;
+	o.policy = "cache";
+	ret = tc_put_begin(c, descs, n, meta, &o, &put);
+	if (ret < 0) {
+		client_fail(c, ret, what, err, errlen);
+		goto out_free;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		ret = tc_view_realize_tensor(p, i, tc_put_data(put, i),
+					     tc_put_nbytes(put, i), err,
+					     errlen);
+		if (ret < 0) {
+			tc_put_abort(put);
+			goto out_free;
+		}
+	}
+	ret = tc_put_commit(put, &res);
+	if (ret < 0) {
+		client_fail(c, ret, what, err, errlen);
+		goto out_free;
+	}
+	/* Create the key, or find it already there (another process made
+	 * the same view meanwhile: same content, same id). */
+	ret = tc_key_set(c, p->plan.id, res.id, 0, 0, NULL);
+	if (ret < 0) {
+		client_fail(c, ret, what, err, errlen);
+		if (!res.deduplicated)
+			tc_rm(c, res.id);
+		goto out_free;
+	}
+	ret = attach_ref(c, res.id, device, &a);
+	if (ret < 0) {
+		client_fail(c, ret, what, err, errlen);
+		goto out_free;
+	}
+	*out = a;
+out_free:
+	tc__free(meta);
+	tc__free(descs);
+	return ret;
 }

@@ -33,6 +33,9 @@ typedef unsigned long long CUmemGenericAllocationHandle;
 typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
+typedef struct CUmod_st *CUmodule;
+typedef struct CUfunc_st *CUfunction;
+typedef struct CUarray_st *CUarray;
 
 typedef struct CUuuid_st {
 	char bytes[16];
@@ -140,6 +143,35 @@ typedef struct CUmemAccessDesc_st {
 	CUmemAccess_flags flags;
 } CUmemAccessDesc;
 
+typedef enum CUmemorytype_enum {
+	CU_MEMORYTYPE_HOST = 0x01,
+	CU_MEMORYTYPE_DEVICE = 0x02,
+	CU_MEMORYTYPE_ARRAY = 0x03,
+	CU_MEMORYTYPE_UNIFIED = 0x04,
+} CUmemorytype;
+
+/* cuMemcpy2D's description (CUDA_MEMCPY2D_v2): copy Height rows of
+ * WidthInBytes bytes, row r from src + srcY*srcPitch + srcXInBytes +
+ * r*srcPitch to the same place in dst with dstPitch. */
+typedef struct CUDA_MEMCPY2D_st {
+	size_t srcXInBytes;
+	size_t srcY;
+	CUmemorytype srcMemoryType;
+	const void *srcHost;
+	CUdeviceptr srcDevice;
+	CUarray srcArray;
+	size_t srcPitch;
+	size_t dstXInBytes;
+	size_t dstY;
+	CUmemorytype dstMemoryType;
+	void *dstHost;
+	CUdeviceptr dstDevice;
+	CUarray dstArray;
+	size_t dstPitch;
+	size_t WidthInBytes;
+	size_t Height;
+} CUDA_MEMCPY2D;
+
 /* cuStreamCreate flags */
 #define CU_STREAM_DEFAULT      0x0
 #define CU_STREAM_NON_BLOCKING 0x1
@@ -229,6 +261,17 @@ typedef struct CUmemAccessDesc_st {
 	  (void *, CUdeviceptr, size_t, CUstream))                             \
 	X(cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2", NULL,                     \
 	  (CUdeviceptr, CUdeviceptr, size_t, CUstream))                        \
+	X(cuMemcpy2DAsync, "cuMemcpy2DAsync_v2", NULL,                         \
+	  (const CUDA_MEMCPY2D *, CUstream))                                   \
+	X(cuModuleLoadData, "cuModuleLoadData", NULL,                          \
+	  (CUmodule *, const void *))                                          \
+	X(cuModuleUnload, "cuModuleUnload", NULL, (CUmodule))                  \
+	X(cuModuleGetFunction, "cuModuleGetFunction", NULL,                    \
+	  (CUfunction *, CUmodule, const char *))                              \
+	X(cuLaunchKernel, "cuLaunchKernel", NULL,                              \
+	  (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, \
+	   unsigned int, unsigned int, unsigned int, CUstream, void **,        \
+	   void **))                                                           \
 	X(cuMemsetD8, "cuMemsetD8_v2", NULL,                                   \
 	  (CUdeviceptr, unsigned char, size_t))                                \
 	X(cuMemsetD8Async, "cuMemsetD8Async", NULL,                            \
@@ -368,6 +411,11 @@ _Static_assert(__builtin_offsetof(CUmemAllocationProp, win32HandleMetaData) ==
 _Static_assert(__builtin_offsetof(CUmemAllocationProp, allocFlags) == 24,
 	       "CUmemAllocationProp.allocFlags offset");
 _Static_assert(sizeof(CUuuid) == 16, "CUuuid size");
+_Static_assert(sizeof(CUDA_MEMCPY2D) == 128, "CUDA_MEMCPY2D size");
+_Static_assert(__builtin_offsetof(CUDA_MEMCPY2D, dstXInBytes) == 56,
+	       "CUDA_MEMCPY2D.dstXInBytes offset");
+_Static_assert(__builtin_offsetof(CUDA_MEMCPY2D, WidthInBytes) == 112,
+	       "CUDA_MEMCPY2D.WidthInBytes offset");
 _Static_assert(sizeof(CUdeviceptr) == 8, "CUdeviceptr is 64-bit");
 
 #endif /* TC_GPU_CU_H */

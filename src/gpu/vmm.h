@@ -278,6 +278,63 @@ int tc__gpu_mem_read(const struct tc__gpu_mem *m, uint64_t off, void *dst,
 		     uint64_t n, struct tc__gpu_stream *s, char *err,
 		     size_t errlen);
 
+/* ---- strided copies and the view kernel -------------------------------- */
+
+/*
+ * Copy `height` rows of `width` bytes on device `ordinal`: row r goes from
+ * src + r * spitch to dst + r * dpitch.  Each side is a device address
+ * (dst_dev / src_dev) or a host pointer cast to uint64_t.  One
+ * cuMemcpy2DAsync when the pitches fit the driver's limit, row by row
+ * otherwise.  Synchronous with s == NULL, queued on s otherwise (host
+ * memory must then stay valid until s is synchronised).  width or height
+ * 0 is a no-op.  Returns 0, TC_EINVAL (a pitch below width), TC_EDEVICE,
+ * TC_ENODEV or TC_ECUDA.
+ */
+int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
+		    uint64_t src, bool src_dev, uint64_t spitch, uint64_t width,
+		    uint64_t height, struct tc__gpu_stream *s, char *err,
+		    size_t errlen);
+
+/* Element kinds of the view kernel: the low byte is the element size. */
+#define TC_GPU_KIND_B1	 0x001 /* any 1-byte element, copied */
+#define TC_GPU_KIND_B2	 0x002
+#define TC_GPU_KIND_B4	 0x004
+#define TC_GPU_KIND_B8	 0x008
+#define TC_GPU_KIND_F16	 0x102 /* converted when the kinds differ */
+#define TC_GPU_KIND_BF16 0x202
+#define TC_GPU_KIND_F32	 0x304
+
+/*
+ * One launch of the view kernel (src/gpu/kernels/view_permute.cu): output
+ * element o (row-major over oshape) is input element sum(idx_d *
+ * istride[d]) of the packed input, converted from src_kind to dst_kind
+ * (equal kinds: copied; else both among F16, BF16, F32).  The layout is
+ * the kernel's parameter block: do not reorder.
+ */
+struct tc__gpu_permute {
+	uint64_t dst;	      /* device address of the output */
+	uint64_t src;	      /* device address of the packed input */
+	uint64_t n;	      /* output elements */
+	uint64_t oshape[16];  /* output shape, ndim entries used */
+	uint64_t istride[16]; /* input stride in elements per output dim */
+	uint32_t ndim;	      /* 1..16 */
+	uint32_t src_kind;    /* TC_GPU_KIND_* */
+	uint32_t dst_kind;    /* TC_GPU_KIND_* */
+	uint32_t pad;	      /* zero */
+};
+
+/* Whether the view kernel loads on device `ordinal` (the PTX is compiled
+ * by the driver on first use, once per device and process).  Returns 0,
+ * TC_ENOTSUP (the driver refused the PTX: err says why), TC_EDEVICE,
+ * TC_ENODEV or TC_ECUDA. */
+int tc__gpu_permute_ready(int ordinal, char *err, size_t errlen);
+
+/* Launch it on s (NULL: the NULL stream, and wait).  Returns 0, TC_EINVAL
+ * (ndim 0 or above 16, a kind it does not know, a cast between kinds of
+ * different families), TC_ENOTSUP, TC_EDEVICE, TC_ENODEV or TC_ECUDA. */
+int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
+		    struct tc__gpu_stream *s, char *err, size_t errlen);
+
 /* ---- pinned host memory ------------------------------------------------ */
 
 /* Page-lock an existing host mapping (a memfd mapping, say) for every

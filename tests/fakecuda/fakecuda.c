@@ -1408,3 +1408,277 @@ FAKE_API CUresult cuMemHostUnregister(void *p)
 	free(reg);
 	RETURN_TEARDOWN(CUDA_SUCCESS);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Strided copies                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Every row is checked before any is copied, so a bad range changes
+ * nothing (as for the 1D copies). */
+FAKE_API CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *m, CUstream s)
+{
+	uintptr_t src, dst;
+	int sneed, dneed;
+
+	ENTER("cuMemcpy2DAsync_v2");
+	NEED_CTX();
+	if (!stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if (!m || m->srcArray || m->dstArray ||
+	    (m->srcMemoryType != CU_MEMORYTYPE_HOST &&
+	     m->srcMemoryType != CU_MEMORYTYPE_DEVICE) ||
+	    (m->dstMemoryType != CU_MEMORYTYPE_HOST &&
+	     m->dstMemoryType != CU_MEMORYTYPE_DEVICE))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (m->WidthInBytes == 0 || m->Height == 0)
+		RETURN(CUDA_SUCCESS);
+	/* The real driver's limits: pitches at least the width and at most
+	 * CU_DEVICE_ATTRIBUTE_MAX_PITCH (2^31 - 1). */
+	if (m->srcPitch < m->WidthInBytes || m->dstPitch < m->WidthInBytes ||
+	    m->srcPitch > INT32_MAX || m->dstPitch > INT32_MAX)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	src = m->srcMemoryType == CU_MEMORYTYPE_HOST ? (uintptr_t)m->srcHost :
+						       (uintptr_t)m->srcDevice;
+	dst = m->dstMemoryType == CU_MEMORYTYPE_HOST ? (uintptr_t)m->dstHost :
+						       (uintptr_t)m->dstDevice;
+	src += m->srcY * m->srcPitch + m->srcXInBytes;
+	dst += m->dstY * m->dstPitch + m->dstXInBytes;
+	if (!src || !dst)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	sneed = m->srcMemoryType == CU_MEMORYTYPE_DEVICE ? PROT_READ : 0;
+	dneed = m->dstMemoryType == CU_MEMORYTYPE_DEVICE ? PROT_WRITE : 0;
+	for (size_t r = 0; r < m->Height; r++)
+		if ((sneed && !range_ok(src + r * m->srcPitch, m->WidthInBytes,
+					sneed)) ||
+		    (dneed &&
+		     !range_ok(dst + r * m->dstPitch, m->WidthInBytes, dneed)))
+			RETURN(CUDA_ERROR_INVALID_VALUE);
+	for (size_t r = 0; r < m->Height; r++)
+		memmove((void *)(dst + r * m->dstPitch),
+			(const void *)(src + r * m->srcPitch), m->WidthInBytes);
+	RETURN(CUDA_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Modules and the view kernel                                               */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * The fake cannot run PTX.  It accepts a PTX text (it must start like one
+ * and declare the entry), and knows one kernel by name, tc_view_permute
+ * (src/gpu/kernels/view_permute.cu), which it runs on the host with the
+ * same semantics: so the callers' arguments, ranges and launch are
+ * exercised in CI, and the PTX itself on a GPU (tests/gpu).
+ */
+#define CUDA_ERROR_INVALID_IMAGE ((CUresult)200)
+#define CUDA_ERROR_INVALID_PTX	 ((CUresult)218)
+
+struct fmod {
+	char *image; /* owned copy of the PTX text */
+	struct fmod *next;
+};
+
+struct ffunc {
+	struct fmod *mod;
+};
+
+static struct fmod *mods;
+static struct ffunc permute_fn;
+
+FAKE_API CUresult cuModuleLoadData(CUmodule *out, const void *image)
+{
+	const char *s = image;
+	struct fmod *m;
+
+	ENTER("cuModuleLoadData");
+	NEED_CTX();
+	if (!out || !s)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!strstr(s, ".version") || !strstr(s, ".target"))
+		RETURN(CUDA_ERROR_INVALID_IMAGE);
+	m = calloc(1, sizeof(*m));
+	if (!m || !(m->image = strdup(s))) {
+		free(m);
+		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
+	}
+	m->next = mods;
+	mods = m;
+	*out = (CUmodule)m;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuModuleUnload(CUmodule mod)
+{
+	ENTER("cuModuleUnload");
+	for (struct fmod **pp = &mods; *pp; pp = &(*pp)->next)
+		if ((void *)*pp == (void *)mod) {
+			struct fmod *m = *pp;
+
+			*pp = m->next;
+			if (permute_fn.mod == m)
+				permute_fn.mod = NULL;
+			free(m->image);
+			free(m);
+			RETURN(CUDA_SUCCESS);
+		}
+	RETURN(CUDA_ERROR_INVALID_HANDLE);
+}
+
+FAKE_API CUresult cuModuleGetFunction(CUfunction *out, CUmodule mod,
+				      const char *name)
+{
+	struct fmod *m = NULL;
+
+	ENTER("cuModuleGetFunction");
+	for (struct fmod *x = mods; x; x = x->next)
+		if ((void *)x == (void *)mod)
+			m = x;
+	if (!m || !out || !name)
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if (strcmp(name, "tc_view_permute") ||
+	    !strstr(m->image, ".entry tc_view_permute("))
+		RETURN(CUDA_ERROR_NOT_FOUND);
+	permute_fn.mod = m;
+	*out = (CUfunction)&permute_fn;
+	RETURN(CUDA_SUCCESS);
+}
+
+/* struct tc__gpu_permute (src/gpu/vmm.h), the kernel's parameter block. */
+struct fperm {
+	uint64_t dst, src, n;
+	uint64_t oshape[16];
+	uint64_t istride[16];
+	uint32_t ndim, src_kind, dst_kind, pad;
+};
+
+static float fk_from_bits(uint32_t x)
+{
+	float f;
+
+	memcpy(&f, &x, 4);
+	return f;
+}
+
+static uint32_t fk_bits(float f)
+{
+	uint32_t x;
+
+	memcpy(&x, &f, 4);
+	return x;
+}
+
+static float fk_load(uint32_t kind, const uint8_t *p)
+{
+	uint16_t h;
+	float f;
+
+	if (kind == 0x304) {
+		memcpy(&f, p, 4);
+		return f;
+	}
+	memcpy(&h, p, 2);
+	if (kind == 0x202)
+		return fk_from_bits((uint32_t)h << 16);
+	{
+		uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+		uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+
+		if (e == 0)
+			return fk_from_bits(fk_bits((float)m * 0x1p-24f) |
+					    sign);
+		if (e == 31)
+			return fk_from_bits(sign | 0x7f800000u | (m << 13));
+		return fk_from_bits(sign | ((e + 112) << 23) | (m << 13));
+	}
+}
+
+static void fk_store(uint32_t kind, uint8_t *p, float f)
+{
+	uint32_t x = fk_bits(f);
+	uint16_t h;
+
+	if (kind == 0x304) {
+		memcpy(p, &f, 4);
+		return;
+	}
+	if (kind == 0x202) {
+		if ((x & 0x7fffffffu) > 0x7f800000u)
+			h = (uint16_t)((x >> 16) | 0x40);
+		else
+			h = (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+	} else {
+		uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+
+		if (ax > 0x7f800000u)
+			h = (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));
+		else if (ax >= 0x477ff000u)
+			h = (uint16_t)(sign | 0x7c00);
+		else if (ax < 0x38800000u)
+			h = (uint16_t)(sign |
+				       (fk_bits(fk_from_bits(ax) + 0.5f) -
+					0x3f000000u));
+		else
+			h = (uint16_t)(sign |
+				       ((ax + 0xc8000fffu + ((ax >> 13) & 1)) >>
+					13));
+	}
+	memcpy(p, &h, 2);
+}
+
+FAKE_API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy,
+				 unsigned int gz, unsigned int bx,
+				 unsigned int by, unsigned int bz,
+				 unsigned int shared, CUstream s, void **params,
+				 void **extra)
+{
+	struct fperm a;
+	uint64_t maxin = 0;
+	size_t is, os;
+
+	ENTER("cuLaunchKernel");
+	NEED_CTX();
+	if (!stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if ((void *)f != (void *)&permute_fn || !permute_fn.mod)
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024 ||
+	    !params || extra)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	memcpy(&a, params[0], sizeof(a));
+	if (a.ndim == 0 || a.ndim > 16)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	is = a.src_kind & 0xff;
+	os = a.dst_kind & 0xff;
+	if (!a.n)
+		RETURN(CUDA_SUCCESS);
+	for (uint32_t d = 0; d < a.ndim; d++) {
+		if (!a.oshape[d])
+			RETURN(CUDA_SUCCESS);
+		maxin += (a.oshape[d] - 1) * a.istride[d];
+	}
+	/* A kernel that reads or writes outside its allocations faults on a
+	 * GPU (CUDA_ERROR_ILLEGAL_ADDRESS); say so without touching it. */
+	if (!range_ok(a.src, (maxin + 1) * is, PROT_READ) ||
+	    !range_ok(a.dst, a.n * os, PROT_WRITE))
+		RETURN(CUDA_ERROR_ILLEGAL_ADDRESS);
+	for (uint64_t o = 0; o < a.n; o++) {
+		uint64_t rem = o, in = 0;
+		const uint8_t *sp;
+		uint8_t *tp;
+
+		for (int d = (int)a.ndim - 1; d > 0; d--) {
+			uint64_t q = rem / a.oshape[d];
+
+			in += (rem - q * a.oshape[d]) * a.istride[d];
+			rem = q;
+		}
+		in += rem * a.istride[0];
+		sp = (const uint8_t *)(uintptr_t)a.src + in * is;
+		tp = (uint8_t *)(uintptr_t)a.dst + o * os;
+		if (a.src_kind == a.dst_kind)
+			memcpy(tp, sp, is);
+		else
+			fk_store(a.dst_kind, tp, fk_load(a.src_kind, sp));
+	}
+	RETURN(CUDA_SUCCESS);
+}
