@@ -618,13 +618,21 @@ class Binding:
             raise errors.InvalidArgumentError("the binding is closed")
         return self._session.lib.tc_artifact_id(self._handle).decode()
 
-    def swap(self, artifact: "Artifact | str") -> str:
-        """Refill in place with `artifact` (an Artifact, key or id) of the
-        same layout.  Returns the new artifact id; raises ShapeError (and
-        writes nothing) for another layout."""
+    def swap(self, artifact: "Artifact | str | Any") -> str:
+        """Refill in place with `artifact` (an Artifact, key or id, or a
+        View: its copy kept in the daemon) of the same layout.  Returns the
+        new artifact id; raises ShapeError (and writes nothing) for another
+        layout."""
+        from ._view import View
+
         if self._handle is None:
             raise errors.InvalidArgumentError("the binding is closed")
-        ref = artifact if isinstance(artifact, str) else artifact.artifact_id
+        if isinstance(artifact, str):
+            ref = artifact
+        elif isinstance(artifact, View):
+            ref = artifact.kept_id()
+        else:
+            ref = artifact.artifact_id
         s = self._session
         with s.lock:
             rc = s.lib.tc_binding_swap(self._handle, ref.encode())

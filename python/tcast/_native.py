@@ -234,6 +234,11 @@ PROTOTYPES = {
     "tc_view_plan_stats": (c_int, [_p, POINTER(TcViewStats)]),
     "tc_view_realize": (c_int, [_p, c_void_p, c_uint64, c_char_p, c_size_t]),
     "tc_view_realize_tensor": (c_int, [_p, c_uint32, c_void_p, c_uint64, c_char_p, c_size_t]),
+    "tc_view_realize_gpu": (c_int, [_p, c_int32, c_uint64, c_uint64, c_size_t, c_uint32, c_char_p, c_size_t]),
+    "tc_view_realize_tensor_gpu": (c_int, [_p, c_uint32, c_int32, c_uint64, c_uint64, c_size_t, c_uint32,
+                                           c_char_p, c_size_t]),
+    "tc_view_plan_gpu_counts": (c_int, [_p, POINTER(c_uint64), POINTER(c_uint64), c_char_p, c_size_t]),
+    "tc_view_attach": (c_int, [_p, _p, c_int32, _pp, POINTER(c_uint32), c_char_p, c_size_t]),
 }
 
 # ------------------------------------------------------------ the library

@@ -13,8 +13,20 @@ it against the table and lists the byte runs to read), then:
   the planned byte ranges of the files with pread, into fresh memory; the
   daemon is not involved.
 
-On ``device="cuda[:N]"`` the view is realized on the host and copied
-(GPU-side views and cached view replicas are not done yet).
+On ``device="cuda[:N]"`` (docs/python.md, "Views on a GPU"):
+
+* ``cache=True`` (the default there): the daemon keeps the view as an
+  artifact of its own under the view id (libtcast's tc_view_attach: made
+  once, from the host replica, straight into the new artifact's memory),
+  and this process attaches its replica on that GPU zero-copy.  A second
+  process asking for the same view of the same artifact attaches it
+  without realizing anything.
+* ``cache=False``: realized into fresh CUDA memory of this process with
+  tc_view_realize_gpu: plain tensors (whole, row and column shards) by 2D
+  copies straight into place, transposes and casts by the view kernel on
+  the GPU (``gpu_transform="kernel"``) or on the host before one copy
+  (``"host"``); ``"auto"`` takes the kernel when it loads.  Views of files
+  always go this way (their id names a path, not content).
 """
 from __future__ import annotations
 
@@ -27,6 +39,7 @@ from . import _native, dtypes, errors
 
 _END = (1 << 64) - 1  # a slice's stop: to the end of the dimension
 _ERRLEN = 1024
+_GPU_MODES = {"auto": 0, "kernel": 1, "host": 2}
 
 
 # ------------------------------------------------------------------ spec
@@ -248,6 +261,24 @@ class _Plan:
         if rc < 0:
             raise errors.error_from_code(rc, err.value.decode(errors="replace"))
 
+    def realize_tensor_gpu(self, i: int, ordinal: int, addr: int, nbytes: int, stream: int, mode: int) -> None:
+        err = ctypes.create_string_buffer(_ERRLEN)
+        rc = self.lib.tc_view_realize_tensor_gpu(self.h, i, ordinal, addr, nbytes, stream, mode, err, _ERRLEN)
+        if rc < 0:
+            raise errors.error_from_code(rc, err.value.decode(errors="replace"))
+
+    def realize_gpu(self, ordinal: int, addr: int, nbytes: int, stream: int, mode: int) -> None:
+        err = ctypes.create_string_buffer(_ERRLEN)
+        rc = self.lib.tc_view_realize_gpu(self.h, ordinal, addr, nbytes, stream, mode, err, _ERRLEN)
+        if rc < 0:
+            raise errors.error_from_code(rc, err.value.decode(errors="replace"))
+
+    def gpu_counts(self) -> Tuple[int, int, str]:
+        k, h = ctypes.c_uint64(), ctypes.c_uint64()
+        why = ctypes.create_string_buffer(256)
+        self.lib.tc_view_plan_gpu_counts(self.h, ctypes.byref(k), ctypes.byref(h), why, 256)
+        return k.value, h.value, why.value.decode(errors="replace")
+
     def close(self) -> None:
         h, self.h = self.h, None
         if h:
@@ -258,6 +289,22 @@ class _Plan:
             self.close()
         except Exception:
             pass
+
+
+def _gpu_mode(gpu_transform: str) -> int:
+    m = _GPU_MODES.get(gpu_transform)
+    if m is None:
+        raise errors.InvalidArgumentError(
+            f"gpu_transform={gpu_transform!r}: use 'auto', 'kernel' or 'host'"
+        )
+    return m
+
+
+def _stream_of(device: str) -> int:
+    """The current torch stream's CUstream on `device` (0: the NULL stream)."""
+    import torch
+
+    return int(torch.cuda.current_stream(torch.device(device)).cuda_stream)
 
 
 def _table_of(infos: List[Any], size: int):
@@ -303,6 +350,16 @@ class ViewDiagnostics:
     zero_copy_tensors: int
     seconds: float
     fallback_reason: Optional[str] = None
+    # The daemon's copy of the view (cache=True): "attached" (it held the
+    # view already: nothing was read), "made" (realized now and kept), or
+    # None (not kept).  view_artifact_id: that artifact's content id.
+    cached: Optional[str] = None
+    view_artifact_id: Optional[str] = None
+    # GPU realizations (cache=False): tensors transposed or cast by the
+    # view kernel and on the host, and why not the kernel ("" if it ran).
+    kernel_tensors: int = 0
+    host_transform_tensors: int = 0
+    kernel_unavailable: str = ""
 
     @property
     def zero_copy(self) -> bool:
@@ -377,11 +434,18 @@ class View:
     # ------------------------------------------------------------ realizing
 
     def tensor_dict(self, *, device: Any = "cpu", options: Any = None,
-                    framework: Optional[str] = None) -> Dict[str, Any]:
-        return self.tensor_dict_with_diagnostics(device=device, options=options, framework=framework).tensors
+                    framework: Optional[str] = None, cache: Optional[bool] = None,
+                    gpu_transform: str = "auto") -> Dict[str, Any]:
+        return self.tensor_dict_with_diagnostics(device=device, options=options, framework=framework,
+                                                 cache=cache, gpu_transform=gpu_transform).tensors
 
     def tensor_dict_with_diagnostics(self, *, device: Any = "cpu", options: Any = None,
-                                     framework: Optional[str] = None):
+                                     framework: Optional[str] = None, cache: Optional[bool] = None,
+                                     gpu_transform: str = "auto"):
+        """Realize the view.  cache: keep it in the daemon under its view id
+        and attach that (default: on a GPU yes, on the CPU no); a view of a
+        file is never kept.  gpu_transform: how cache=False makes
+        transposes and casts on a GPU ('auto', 'kernel', 'host')."""
         from ._artifact import TensorDictResult, _device, _framework
 
         t0 = time.perf_counter()
@@ -389,16 +453,37 @@ class View:
         if fw == "dlpack":
             raise errors.NotSupportedError("views realize torch tensors or numpy arrays (framework='dlpack' is not done yet)")
         dev = _device(device, fw)
+        mode = _gpu_mode(gpu_transform)
         plan, att, info = self._plan(options)
+        keep = (dev != "cpu") if cache is None else bool(cache)
+        if keep and att is None:
+            if cache:
+                plan.close()
+                raise errors.NotSupportedError(
+                    "cache=True: a view of a file is not kept by the daemon (its id names a path, "
+                    "not content); import it first (tc.import_from_disk) and view the artifact"
+                )
+            keep = False
         before = plan.stats().bytes_read
+        cached = vaid = None
         try:
-            out, nzc = self._realize(plan, att, fw)
+            if keep:
+                out, nzc, cached, vaid = self._attach_kept(plan, dev, fw)
+            elif dev != "cpu":
+                out = self._realize_gpu(plan, dev, mode)
+                nzc = 0
+            else:
+                out, nzc = self._realize(plan, att, fw)
         finally:
             st = plan.stats()
+            kern, hostx, why = plan.gpu_counts()
             plan.close()
-        if dev != "cpu":
-            out = {k: v.to(dev) for k, v in out.items()}
-            nzc = 0
+        if cached == "attached":
+            info = dict(info, source=f"view replica in the daemon ({dev})")
+        elif cached == "made":
+            info = dict(info, source=f"{info['source']}, view kept in the daemon ({dev})")
+        elif dev != "cpu":
+            info = dict(info, source=f"{info['source']}, realized on {dev}")
         diag = ViewDiagnostics(
             view_id=plan.id,
             artifact_id=att.id if att is not None else None,
@@ -415,8 +500,93 @@ class View:
             zero_copy_tensors=nzc,
             seconds=time.perf_counter() - t0,
             fallback_reason=info.get("fallback_reason"),
+            cached=cached,
+            view_artifact_id=vaid,
+            kernel_tensors=kern,
+            host_transform_tensors=hostx,
+            kernel_unavailable=why,
         )
         return TensorDictResult(out, diag, out.clear)  # type: ignore[arg-type]
+
+    def _kept_handle(self, plan: _Plan, ordinal: int) -> Tuple[int, bool]:
+        """tc_view_attach: (artifact handle, whether the daemon held it)."""
+        sess = self._artifact._sess()
+        lib = sess.lib
+        h = ctypes.c_void_p()
+        flags = ctypes.c_uint32()
+        err = ctypes.create_string_buffer(_ERRLEN)
+        with sess.lock:
+            rc = lib.tc_view_attach(sess._h(), plan.h, ordinal, ctypes.byref(h), ctypes.byref(flags), err, _ERRLEN)
+        if rc < 0:
+            raise errors.error_from_code(rc, err.value.decode(errors="replace"))
+        return h.value, bool(flags.value & 1)  # type: ignore[return-value]
+
+    def _attach_kept(self, plan: _Plan, dev: str, fw: str) -> Tuple[Dict[str, Any], int, str, str]:
+        from ._artifact import _Attachment, _cuda_ordinal, _table_for, _torch_views_from_base, bytes_capsule
+
+        sess = self._artifact._sess()
+        lib = sess.lib
+        ordinal = -1 if dev == "cpu" else _cuda_ordinal(dev)
+        h, was = self._kept_handle(plan, ordinal)
+        try:
+            vaid = lib.tc_artifact_id(h).decode()
+            if dev == "cpu":
+                kept = _Attachment(sess, vaid)
+                out = kept.torch_views() if fw == "torch" else kept.numpy_views()
+                kept.owner.close()  # the views hold their own references
+            else:
+                from torch.utils.dlpack import from_dlpack
+
+                table = _table_for(lib, h, vaid, lib.tc_artifact_size(h))
+                base = from_dlpack(bytes_capsule(h))
+                out = _torch_views_from_base(base, table, None, None)
+        finally:
+            lib.tc_artifact_close(h)
+        return {t.name: out[t.name] for t in plan.infos}, len(out), ("attached" if was else "made"), vaid
+
+    def _realize_gpu(self, plan: _Plan, dev: str, mode: int) -> Dict[str, Any]:
+        import torch
+
+        from ._artifact import _cuda_ordinal, _torch_views_from_base
+
+        buf = torch.empty(max(plan.size, 1), dtype=torch.uint8, device=dev)
+        if plan.size:
+            plan.realize_gpu(_cuda_ordinal(dev), buf.data_ptr(), plan.size, _stream_of(dev), mode)
+        return _torch_views_from_base(buf[: plan.size], _table_of(plan.infos, plan.size), None, None)
+
+    def bind(self, device: Any = "cuda"):
+        """Bind the view on a GPU: daemon-owned memory at stable addresses
+        holding the view (kept in the daemon under its view id first, so
+        the bind copies from it).  ``Binding.swap(other_view)`` refills it
+        with the same view of another artifact (same layout)."""
+        from ._artifact import Binding, _cuda_ordinal, _device
+
+        dev = _device(device, "torch")
+        if dev == "cpu":
+            raise errors.DeviceError("bind() needs a GPU device (cuda[:N])")
+        vaid = self.kept_id()
+        sess = self._artifact._sess()
+        h = ctypes.c_void_p()
+        sess.call(sess.lib.tc_bind, vaid.encode(), _cuda_ordinal(dev), ctypes.byref(h))
+        return Binding(sess, h.value, dev)
+
+    def kept_id(self, options: Any = None) -> str:
+        """The content id of the daemon's copy of this view, made now if
+        the daemon does not hold it (the view id is its key)."""
+        plan, att, _ = self._plan(options)
+        try:
+            if att is None:
+                raise errors.NotSupportedError(
+                    "a view of a file is not kept by the daemon: import it first and view the artifact"
+                )
+            h, _ = self._kept_handle(plan, -1)
+            lib = plan.lib
+            try:
+                return lib.tc_artifact_id(h).decode()
+            finally:
+                lib.tc_artifact_close(h)
+        finally:
+            plan.close()
 
     def _realize(self, plan: _Plan, att: Any, fw: str) -> Tuple[Dict[str, Any], int]:
         infos = plan.infos
@@ -503,6 +673,15 @@ class View:
                 elif not dst.is_cuda and dst.is_contiguous():
                     if t.nbytes:
                         plan.realize_tensor(i, dst.data_ptr(), t.nbytes)
+                    continue
+                elif dst.is_cuda and dst.is_contiguous():
+                    # Straight onto the GPU: 2D copies, the view kernel.
+                    if t.nbytes:
+                        from ._artifact import _cuda_ordinal
+
+                        dev = str(dst.device)
+                        plan.realize_tensor_gpu(i, _cuda_ordinal(dev), dst.data_ptr(), t.nbytes,
+                                                _stream_of(dev), 0)
                     continue
                 tmp = self._host_tensor(plan, i, dst)
                 if _is_np(dst):

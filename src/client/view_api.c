@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "common/alloc.h"
 #include "format/format.h"
 #include "format/view.h"
@@ -574,6 +576,37 @@ static int client_fail(tc_client *c, int ret, const char *what, char *err,
 	return ret;
 }
 
+/*
+ * The key names something else: the artifact it named was removed (the
+ * key then names nothing) or evicted and made again under another layout
+ * of the daemon.  What was just made is the view's content, so move the
+ * key onto it by compare-and-swap at the generation read now (a racing
+ * process that moved it first makes this fail, and its artifact is as
+ * good as ours).
+ */
+static int move_key(tc_client *c, const char *key, const char *id)
+{
+	json_t *doc, *g;
+	char *text = NULL;
+	uint64_t gen;
+	int ret;
+
+	ret = tc_keys_json(c, key, &text);
+	if (ret < 0)
+		return ret;
+	doc = json_loads(text, 0, NULL);
+	tc_free(text);
+	g = doc ? json_object_get(doc, "generation") : NULL;
+	if (!json_is_integer(g)) {
+		json_decref(doc);
+		return TC_EPROTO;
+	}
+	gen = (uint64_t)json_integer_value(g);
+	json_decref(doc);
+	ret = tc_key_set(c, key, id, 1, gen, NULL);
+	return ret == TC_ECONFLICT ? 0 : ret;
+}
+
 TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 			  tc_artifact **out, uint32_t *flags, char *err,
 			  size_t errlen)
@@ -665,6 +698,8 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	/* Create the key, or find it already there (another process made
 	 * the same view meanwhile: same content, same id). */
 	ret = tc_key_set(c, p->plan.id, res.id, 0, 0, NULL);
+	if (ret == TC_ECONFLICT)
+		ret = move_key(c, p->plan.id, res.id);
 	if (ret < 0) {
 		client_fail(c, ret, what, err, errlen);
 		if (!res.deduplicated)

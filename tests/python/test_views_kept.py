@@ -1,0 +1,203 @@
+"""Views kept by the daemon under their view id, and views realized onto a
+GPU through the fake driver.
+
+Kept views (tc_view_attach): the first realization puts the view into a
+new artifact published under the view id; the same view asked again, by
+this process or a fresh one, is an attach that reads nothing.  Bad views
+leave no key and no artifact, and the daemon keeps serving.
+
+On the fake driver (tests/fakecuda: "device memory" is host memory, so a
+test can read it back), hypothesis draws random shapes, dtypes, slices,
+swaps and casts and checks against torch: views kept on GPU 0 (the
+daemon's GPU replica of the view, attached zero-copy), and views realized
+by tc_view_realize_gpu into device memory with the view kernel and with
+the host transform.  The same properties run on a real GPU in
+tests/gpu/test_views_gpu.py.
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import Daemon, run_py
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("hypothesis")
+
+FAKECUDA = Path(os.environ["TCAST_BIN"]).resolve().parents[1] / "fakecuda" / "libcuda.so.1"
+
+
+def test_kept_view_is_made_once_and_attached_after(tc, tmp_path):
+    w = torch.randn(48, 64)
+    a = tc.put({"w": w, "b": torch.arange(10)})
+    v = a.view(names=["w"], slices={"w": [(1, slice(8, 40))]}, transpose=True, dtype="BF16")
+    want = w[:, 8:40].t().to(torch.bfloat16).contiguous()
+    first = v.tensor_dict_with_diagnostics(cache=True)
+    d = first.diagnostics
+    assert d.cached == "made" and d.bytes_read == d.bytes_needed == 48 * 32 * 4
+    assert d.artifact_bytes >= w.numel() * 4 + 10 * 8
+    assert torch.equal(first.tensors["w"], want)
+    again = v.tensor_dict_with_diagnostics(cache=True)
+    assert again.diagnostics.cached == "attached" and again.diagnostics.bytes_read == 0
+    assert again.diagnostics.view_artifact_id == d.view_artifact_id
+    assert torch.equal(again.tensors["w"], want)
+    # The key is the view id; the artifact says what it is a view of.
+    k = tc.key_info(d.view_id)
+    assert k.artifact_id == d.view_artifact_id and k.held
+    meta = tc.artifact(d.view_artifact_id).metadata
+    assert meta["tcast.view"] == d.view_id and meta["tcast.view_of"] == a.artifact_id
+    # A fresh process: the same view of the same artifact is an attach.
+    p = run_py(textwrap.dedent(f"""
+        import torch, tcast as tc
+        tc.init(address={tc.daemon_info()["socket"]!r})
+        v = tc.artifact({a.artifact_id!r}).view(names=["w"], slices={{"w": [(1, slice(8, 40))]}},
+                                               transpose=True, dtype="BF16")
+        r = v.tensor_dict_with_diagnostics(cache=True)
+        print(r.diagnostics.cached, r.diagnostics.bytes_read, r.diagnostics.view_id)
+        torch.save(r.tensors["w"].clone(), {str(tmp_path / "w.pt")!r})
+    """))
+    cached, nread, vid = p.stdout.split()
+    assert (cached, nread, vid) == ("attached", "0", d.view_id)
+    assert torch.equal(torch.load(tmp_path / "w.pt"), want)
+    # Evicted or removed: made again, under the same key.
+    tc.rm(d.view_artifact_id)
+    third = v.tensor_dict_with_diagnostics(cache=True)
+    assert third.diagnostics.cached == "made" and torch.equal(third.tensors["w"], want)
+    assert tc.key_info(d.view_id).held
+
+
+def test_bad_views_leave_nothing(tc):
+    a = tc.put({"w": torch.zeros(8, 4), "i": torch.zeros(3, dtype=torch.int32)})
+    keys_before = {k.key for k in tc.keys()}
+    arts_before = {x["id"] for x in tc.list_artifacts()}
+    cases = [
+        (dict(slices={"nope": [(0, slice(0, 1))]}), tc.NotFoundError, "view: no tensor 'nope' in the artifact"),
+        (dict(slices={"w": [(2, slice(0, 1))]}), tc.InvalidArgumentError,
+         "view: tensor 'w': dim 2 out of range (rank 2)"),
+        (dict(slices={"w": [(0, slice(0, 9))]}), tc.InvalidArgumentError,
+         "view: tensor 'w': dim 0: slice [0, 9) outside the shape (size 8)"),
+        (dict(slices={"w": [(1, slice(3, 3))]}), tc.InvalidArgumentError, "view: tensor 'w': dim 1: empty slice [3, 3)"),
+        (dict(slices={"w": [(1, slice(3, 1))]}), tc.InvalidArgumentError,
+         "view: tensor 'w': dim 1: reversed slice [3, 1)"),
+        (dict(names=["i"], dtype="BF16"), tc.BadDtypeError, "view: tensor 'i': cannot cast I32 to BF16"),
+    ]
+    for kw, exc, msg in cases:
+        for cache in (True, False):
+            with pytest.raises(exc) as e:
+                a.view(**kw).tensor_dict(cache=cache)
+            assert msg in str(e.value), (kw, str(e.value))
+    assert {k.key for k in tc.keys()} == keys_before
+    assert {x["id"] for x in tc.list_artifacts()} == arts_before
+    # The daemon serves on.
+    b = tc.put({"x": torch.arange(5)})
+    assert torch.equal(b.view(slices={"x": [(0, slice(1, 3))]}).tensor_dict(cache=True)["x"], torch.arange(1, 3))
+
+
+def test_kept_view_of_a_file_is_refused(tc, tmp_path):
+    from test_views import write_st
+
+    write_st(tmp_path / "m.safetensors", {"w": torch.zeros(4, 4)})
+    v = tc.from_disk(tmp_path / "m.safetensors").view(slices={"w": [(1, slice(0, 2))]})
+    with pytest.raises(tc.NotSupportedError, match="a view of a file is not kept"):
+        v.tensor_dict(cache=True)
+    assert v.tensor_dict()["w"].shape == (4, 2)  # default: realized, not kept
+
+
+# ---------------------------------------------------------- fake driver
+
+_FAKE_PROPS = r'''
+import ctypes, os, sys
+import torch
+import tcast as tc
+from hypothesis import given, settings, HealthCheck
+sys.path.insert(0, os.environ["TESTS_PY"])
+from test_views import cases, make_tensor, ref, spec_of
+
+tc.init(address=os.environ["SOCK"])
+cu = ctypes.CDLL(os.environ["TCAST_CUDA_LIB"])
+u64, sz = ctypes.c_ulonglong, ctypes.c_size_t
+cu.cuMemCreate.argtypes = [ctypes.POINTER(u64), sz, ctypes.c_void_p, u64]
+cu.cuMemAddressReserve.argtypes = [ctypes.POINTER(u64), sz, sz, u64, u64]
+cu.cuMemMap.argtypes = [u64, sz, sz, u64, u64]
+cu.cuMemSetAccess.argtypes = [u64, sz, ctypes.c_void_p, sz]
+
+class Prop(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("htypes", ctypes.c_int), ("loc", ctypes.c_int), ("id", ctypes.c_int),
+                ("w32", ctypes.c_void_p), ("flags", ctypes.c_ubyte * 8)]
+
+class Access(ctypes.Structure):
+    _fields_ = [("loc", ctypes.c_int), ("id", ctypes.c_int), ("flags", ctypes.c_int)]
+
+def dev_alloc(n):
+    """Writable fake device memory on GPU 0 (VMM, as tcast allocates)."""
+    assert cu.cuInit(0) == 0
+    dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+    assert cu.cuDeviceGet(ctypes.byref(dev), 0) == 0
+    assert cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0
+    assert cu.cuCtxSetCurrent(ctx) == 0
+    n = (n + (2 << 20) - 1) // (2 << 20) * (2 << 20)
+    h, p = u64(), u64()
+    assert cu.cuMemCreate(ctypes.byref(h), n, ctypes.byref(Prop(1, 1, 1, 0)), 0) == 0
+    assert cu.cuMemAddressReserve(ctypes.byref(p), n, 0, 0, 0) == 0
+    assert cu.cuMemMap(p.value, n, 0, h.value, 0) == 0
+    assert cu.cuMemSetAccess(p.value, n, ctypes.byref(Access(1, 0, 3)), 1) == 0
+    return p.value
+
+DST = dev_alloc(8 << 20)
+
+def raw(t):
+    return torch.empty(t.shape, dtype=t.dtype).copy_(t).reshape(-1).view(torch.uint8).numpy().tobytes()
+
+n_kernel = n_host = 0
+
+@settings(max_examples=int(os.environ.get("EXAMPLES", "40")), deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(c=cases())
+def prop(c):
+    global n_kernel, n_host
+    dt, shape, slices, swap, cast, seed = c
+    t = make_tensor(dt, shape, seed)
+    a = tc.put({"pad": torch.arange(7, dtype=torch.int8), "t": t})
+    v = a.view(names=["t"], **spec_of(slices, swap, cast))
+    want = raw(ref(t, slices, swap, cast))
+    # Kept on GPU 0: the daemon's replica of the view, attached here.
+    plan = v._plan()[0]
+    h, _ = v._kept_handle(plan, 0)
+    lib = plan.lib
+    assert lib.tc_artifact_device(h) == 0
+    info = plan.infos[0]
+    got = ctypes.string_at(lib.tc_artifact_data(h) + info.offset, info.nbytes)
+    lib.tc_artifact_close(h)
+    assert got == want, ("kept", c)
+    # Realized by this process into device memory, both transforms.
+    for mode in (1, 2):
+        ctypes.memset(DST, 0xA5, plan.size + 8)
+        plan.realize_gpu(0, DST, plan.size, 0, mode)
+        assert ctypes.string_at(DST + info.offset, info.nbytes) == want, ("gpu", mode, c)
+        assert ctypes.string_at(DST + plan.size, 8) == b"\xa5" * 8  # nothing past the view
+    k, hx, why = plan.gpu_counts()
+    n_kernel += k
+    n_host += hx
+    plan.close()
+    a.release()
+
+prop()
+print("ok", n_kernel, n_host)
+'''
+
+
+@pytest.mark.skipif(not FAKECUDA.exists(), reason="fake driver not built")
+def test_views_on_the_fake_gpu(tmp_path):
+    d = Daemon(tmp_path, "1GiB", env={"TCAST_CUDA_LIB": str(FAKECUDA), "TC_FAKECUDA_DEVICES": "1",
+                                      "TC_FAKECUDA_MEM_BYTES": "1g"})
+    try:
+        p = run_py(_FAKE_PROPS, timeout=600, env={
+            "TCAST_CUDA_LIB": str(FAKECUDA), "TC_FAKECUDA_DEVICES": "1", "TC_FAKECUDA_MEM_BYTES": "1g",
+            "SOCK": d.socket, "TESTS_PY": str(Path(__file__).parent)})
+        ok, n_kernel, n_host = p.stdout.split()[-3:]
+        assert ok == "ok" and int(n_kernel) > 0 and int(n_host) > 0
+    finally:
+        assert d.stop() == 0
