@@ -112,6 +112,9 @@ int cmd_daemon(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+/* tcast inspect REF --view SPEC [--keep] [--device D] (cmd_view.c). */
+int cli_inspect_view(const char *ref, const char *spec, bool keep,
+		     int32_t device);
 int cmd_rm(int argc, char **argv);
 int cmd_keys(int argc, char **argv);
 int cmd_export(int argc, char **argv);

@@ -166,10 +166,43 @@ static void show_inspect(json_t *j)
 
 int cmd_inspect(int argc, char **argv)
 {
-	const char *ref;
+	const char *ref = NULL, *spec = NULL, *v;
+	bool keep = false, opts = true;
+	int32_t device = -1;
+	int m;
 
-	if (cli_operands(argc, argv, 1, 1, &ref) < 0)
-		return EXIT_USAGE;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (opts && !strcmp(a, "--")) {
+			opts = false;
+		} else if (opts &&
+			   (m = cli_opt(argc, argv, &i, "--view", &v))) {
+			if (m < 0 || cli_parse_nonempty("--view", v))
+				return EXIT_USAGE;
+			spec = v;
+		} else if (opts &&
+			   (m = cli_opt(argc, argv, &i, "--device", &v))) {
+			if (m < 0 || cli_parse_device("--device", v, &device))
+				return EXIT_USAGE;
+		} else if (opts && !strcmp(a, "--keep")) {
+			keep = true;
+		} else if (opts && a[0] == '-' && a[1]) {
+			return cli_usage_error("unknown option '%s'",
+					       cli_esc(a));
+		} else if (ref) {
+			return cli_usage_error("one REF only ('%s' and '%s')",
+					       cli_esc(ref), cli_esc(a));
+		} else {
+			ref = a;
+		}
+	}
+	if (!ref)
+		return cli_usage_error("no REF given");
+	if (!spec && (keep || device >= 0))
+		return cli_usage_error("--keep and --device need --view");
+	if (spec)
+		return cli_inspect_view(ref, spec, keep || device >= 0, device);
 	return with_json(tc_inspect_json, ref, show_inspect);
 }
 

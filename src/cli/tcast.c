@@ -67,7 +67,15 @@ static const struct cli_verb verbs[] = {
 	  "stderr.\n" GLOBAL_OPTS },
 	{ "ls", cmd_ls, "list artifacts", "tcast ls\n" GLOBAL_OPTS },
 	{ "inspect", cmd_inspect, "show an artifact's tensors and digest",
-	  "tcast inspect REF\n" REF_HELP GLOBAL_OPTS },
+	  "tcast inspect REF [--view SPEC [--keep] [--device cuda:N]]\n"
+	  "\n"
+	  "  --view SPEC    plan a view (JSON, docs/formats.md \"Views\"): its\n"
+	  "                 id, table, and bytes read against the artifact\n"
+	  "  --keep         make the daemon keep the view under its id\n"
+	  "  --device D     keep it on a GPU too: cuda, cuda:N or N\n"
+	  "\n"
+	  "e.g. --view '{\"slices\": {\"w\": [[0, 0, 512]]}, \"dtype\": "
+	  "\"F32\"}'\n" REF_HELP GLOBAL_OPTS },
 	{ "rm", cmd_rm, "remove a key or an artifact",
 	  "tcast rm REF...\n"
 	  "\n"
