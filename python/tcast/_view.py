@@ -40,6 +40,8 @@ from . import _native, dtypes, errors
 _END = (1 << 64) - 1  # a slice's stop: to the end of the dimension
 _ERRLEN = 1024
 _GPU_MODES = {"auto": 0, "kernel": 1, "host": 2}
+_PARALLEL_BYTES = 64 << 20  # views at least this big realize tensors in parallel
+_WORKERS = 8
 
 
 # ------------------------------------------------------------------ spec
@@ -550,8 +552,22 @@ class View:
         from ._artifact import _cuda_ordinal, _torch_views_from_base
 
         buf = torch.empty(max(plan.size, 1), dtype=torch.uint8, device=dev)
-        if plan.size:
-            plan.realize_gpu(_cuda_ordinal(dev), buf.data_ptr(), plan.size, _stream_of(dev), mode)
+        ordinal, base = _cuda_ordinal(dev), buf.data_ptr()
+        infos = plan.infos
+        if len(infos) > 1 and plan.size >= _PARALLEL_BYTES:
+            # Tensors in parallel (ctypes lets go of the GIL): reads from
+            # files and host-side gathers run on several cores.  Each call
+            # waits for its own copies; the NULL stream orders them after
+            # the allocation.
+            from concurrent.futures import ThreadPoolExecutor
+
+            torch.cuda.current_stream(torch.device(dev)).synchronize()
+            with ThreadPoolExecutor(min(_WORKERS, len(infos))) as ex:
+                list(ex.map(lambda i: plan.realize_tensor_gpu(i, ordinal, base + infos[i].offset,
+                                                              infos[i].nbytes, 0, mode),
+                            [i for i, t in enumerate(infos) if t.nbytes]))
+        elif plan.size:
+            plan.realize_gpu(ordinal, base, plan.size, _stream_of(dev), mode)
         return _torch_views_from_base(buf[: plan.size], _table_of(plan.infos, plan.size), None, None)
 
     def bind(self, device: Any = "cuda"):

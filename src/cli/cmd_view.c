@@ -25,9 +25,9 @@ static json_t *table_json(const tc_view_plan *p)
 		json_t *shape = json_array();
 
 		for (uint32_t d = 0; d < ti[i].ndim; d++)
-			json_array_append_new(shape,
-					      json_integer((json_int_t)ti[i]
-								   .shape[d]));
+			json_array_append_new(
+				shape,
+				json_integer((json_int_t)ti[i].shape[d]));
 		json_array_append_new(
 			a, json_pack("{s:s, s:s, s:o, s:I, s:I}", "name",
 				     ti[i].name, "dtype",

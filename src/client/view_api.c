@@ -349,8 +349,9 @@ TC_API int tc_view_realize_tensor(tc_view_plan *p, uint32_t i, void *dst,
 		if (tc_artifact_device(p->a) >= 0) {
 			set_err(err, errlen,
 				"view of '%s': the artifact is attached on a "
-				"GPU; views are realized from a host "
-				"attachment (GPU-side views are not done yet)",
+				"GPU: realize the view there "
+				"(tc_view_realize_gpu) or attach it on the "
+				"host",
 				tc_artifact_id(p->a));
 			return TC_ENOTSUP;
 		}

@@ -364,8 +364,9 @@ def _has_key(tc, key):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_view_on_cuda(tc, tmp_path):
-    """device='cuda:N': realized on the host, then copied (the GPU-side
-    application of views is not done yet)."""
+    """device='cuda:N': a view of an artifact is kept by the daemon and its
+    GPU replica attached zero-copy; a view of a file (and cache=False) is
+    realized into this process's CUDA memory (2D copies, the view kernel)."""
     import tcast
 
     w = torch.randn(64, 32).to(torch.bfloat16)
@@ -377,8 +378,12 @@ def test_view_on_cuda(tc, tmp_path):
         v = src.view(slices={"w": [(1, slice(8, 24))]}, transpose=True, dtype="F32")
         res = v.tensor_dict_with_diagnostics(device="cuda:0")
         t = res.tensors["w"]
-        assert t.is_cuda and not res.diagnostics.zero_copy
+        assert t.is_cuda and res.diagnostics.zero_copy == (src is a)
+        assert (res.diagnostics.cached is not None) == (src is a)
         same(t.cpu(), w[:, 8:24].t().float())
+        for mode in ("kernel", "host"):
+            r = v.tensor_dict_with_diagnostics(device="cuda:0", cache=False, gpu_transform=mode)
+            same(r.tensors["w"].cpu(), w[:, 8:24].t().float())
         out = {"w": torch.empty(16, 64, device="cuda:0")}
         v.tensor_dict_into(out)
         same(out["w"].cpu(), w[:, 8:24].t().float())
