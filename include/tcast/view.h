@@ -179,5 +179,9 @@ TC_API int tc_view_plan_gpu_counts(const tc_view_plan *p, uint64_t *kernel,
 TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 			  tc_artifact **out, uint32_t *flags, char *err,
 			  size_t errlen);
+/* A view bound on a GPU (stable addresses, refilled by swap) is a binding
+ * of the kept view: tc_bind(c, tc_artifact_id(kept), device, &b), and
+ * tc_binding_swap(b, id) with the kept id of the same view of the next
+ * version (same layout). */
 
 #endif /* TCAST_VIEW_H */

@@ -11,7 +11,9 @@ test can read it back), hypothesis draws random shapes, dtypes, slices,
 swaps and casts and checks against torch: views kept on GPU 0 (the
 daemon's GPU replica of the view, attached zero-copy), and views realized
 by tc_view_realize_gpu into device memory with the view kernel and with
-the host transform.  The same properties run on a real GPU in
+the host transform; then a kept view bound on GPU 0 and swapped for the
+same view of another version (same addresses, new bytes; another layout
+refused).  The same properties run on a real GPU in
 tests/gpu/test_views_gpu.py.
 """
 from __future__ import annotations
@@ -185,6 +187,23 @@ def prop(c):
     a.release()
 
 prop()
+
+# Bind a view (the kept view's artifact) on GPU 0, then swap in the same
+# view of the next version: same addresses, new bytes.
+w1, w2 = torch.randn(64, 32), torch.randn(64, 32)
+v1 = tc.put({"w": w1}).view(slices={"w": [(1, slice(8, 24))]}, transpose=True, dtype="BF16")
+v2 = tc.put({"w": w2}).view(slices={"w": [(1, slice(8, 24))]}, transpose=True, dtype="BF16")
+lib = tc._sess().lib
+h = ctypes.c_void_p()
+tc._sess().call(lib.tc_bind, v1.kept_id().encode(), 0, ctypes.byref(h))
+addr = lib.tc_artifact_data(h)
+assert ctypes.string_at(addr, 16 * 64 * 2) == raw(w1[:, 8:24].t().to(torch.bfloat16))
+assert lib.tc_binding_swap(h, v2.kept_id().encode()) == 0
+assert lib.tc_artifact_data(h) == addr
+assert ctypes.string_at(addr, 16 * 64 * 2) == raw(w2[:, 8:24].t().to(torch.bfloat16))
+other = tc.put({"w": w1}).view(slices={"w": [(1, slice(8, 25))]})
+assert lib.tc_binding_swap(h, other.kept_id().encode()) == -4021  # TC_ESHAPE: another layout
+lib.tc_artifact_close(h)
 print("ok", n_kernel, n_host)
 '''
 
