@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/hash.h"
 #include "common/tensor.h"
 
 #define TC_ST_MAX_HEADER ((uint64_t)100 * 1000 * 1000) /* reference cap */
@@ -80,6 +81,11 @@ struct tc__source {
 	struct tc__source_file *files; /* owned array */
 	uint32_t nfiles;
 	struct tc__table table; /* tensors and metadata (offsets unset) */
+	/* A native folder (tcast.manifest.json): what the bytes must hash
+	 * to, checked by tc__native_check after a load; "" otherwise. */
+	struct tc__digest *expect_chunks; /* owned */
+	uint64_t nexpect;
+	char expect_id[TC_ID_LEN + 1];
 };
 
 /*
@@ -135,5 +141,70 @@ int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
 int tc__st_write_path(const char *path, const struct tc__table *t,
 		      const void *base, unsigned flags, char *err,
 		      size_t errlen);
+
+/* ------------------------------------------------------- native layout */
+
+/*
+ * tcast's own layout (docs/formats.md, "Native layout"): a folder named by
+ * the id's hex digits holding tcast.data (the artifact's byte space,
+ * verbatim) and tcast.manifest.json (table, chunk digests, id).  A folder
+ * with a manifest is read by tc__source_open* like a safetensors folder:
+ * files[0] is the manifest (no tensor in it), files[1] the data, and
+ * expect_* say what a load must hash to.
+ */
+#define TC_NATIVE_MANIFEST     "tcast.manifest.json"
+#define TC_NATIVE_DATA	       "tcast.data"
+#define TC_NATIVE_VERSION      1
+#define TC_NATIVE_TMP_PREFIX   ".tmp-" /* writers' temporaries */
+#define TC_NATIVE_MAX_MANIFEST ((uint64_t)64 << 20)
+
+/* A parsed manifest: the table laid out (offsets set; src_file 1,
+ * src_offset = offset), one digest per 4 MiB chunk, the id. */
+struct tc__native {
+	struct tc__table table;
+	struct tc__digest *chunks; /* owned, nchunks */
+	uint64_t nchunks;
+	char id[TC_ID_LEN + 1];
+};
+
+/* Parse and check a manifest: keys, types, caps, names, dtypes, shapes,
+ * the offsets against the canonical layout, the chunk count, and the id
+ * against BLAKE3(canonical table || chunks).  data_size is the data file's
+ * length (UINT64_MAX: not checked).  Returns 0, TC_EBADFILE, TC_EBADDTYPE,
+ * TC_ELIMIT, TC_ENOTSUP (another version), TC_EDIGEST (the id lies) or
+ * -ENOMEM; on failure `out` is empty. */
+int tc__native_parse(const char *json, size_t len, uint64_t data_size,
+		     struct tc__native *out, char *err, size_t errlen);
+void tc__native_release(struct tc__native *n);
+/* The manifest of an artifact as compact JSON (malloc'd; NULL on OOM). */
+char *tc__native_manifest(const struct tc__table *t,
+			  const struct tc__digest *chunks, uint64_t nchunks,
+			  const char *id);
+/* Write artifact `id` (table t laid out, bytes at base, its chunk digests)
+ * as folder <hex> of the folder `parent` (`where` names it in messages):
+ * a temporary folder .tmp-<hex>-<random>, fsync of both files and the
+ * folder, rename (never over anything), fsync of `parent`.  A folder of
+ * the same id already there is accepted.  Nothing is left behind on
+ * failure.  Failpoints (common/failpoint.h, subject the id):
+ * durable_enospc, durable_fsync, durable_rename.  Returns 0, TC_EINVAL,
+ * TC_EEXIST (the name holds another artifact), -ENOMEM or -errno. */
+int tc__native_write(int parent, const char *where, const char *id,
+		     const struct tc__table *t, const void *base,
+		     const struct tc__digest *chunks, uint64_t nchunks,
+		     char *err, size_t errlen);
+/* Remove folder <hex of id> of `parent` (manifest first).  0 when absent. */
+int tc__native_remove(int parent, const char *id);
+/* Read the manifest of folder `name` of `parent` (the data is not read). */
+int tc__native_read_at(int parent, const char *name, struct tc__native *out,
+		       char *err, size_t errlen);
+/* Fill s (files, table, expect_*) from an open manifest and data file; s
+ * takes both fds, also on failure.  Used by the folder reader. */
+int tc__native_source(struct tc__source *s, int mfd, int datafd,
+		      const char *where, char *err, size_t errlen);
+/* After loading a native source: every chunk digest and the id must be
+ * the manifest's.  0 for other sources.  Returns 0 or TC_EDIGEST. */
+int tc__native_check(const struct tc__source *s,
+		     const struct tc__digest *chunks, uint64_t n,
+		     const char *id, char *err, size_t errlen);
 
 #endif /* TC_FORMAT_H */

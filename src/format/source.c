@@ -40,6 +40,8 @@
 #define LIST_NAMES 4
 /* open_hf_repo: the folder has no refs/main. */
 #define NOT_HF_REPO 1
+/* open_native: the folder has no tcast.manifest.json. */
+#define NOT_NATIVE 2
 
 static const char *kind_of(mode_t m)
 {
@@ -68,6 +70,7 @@ void tc__source_free(struct tc__source *s)
 		tc__free(s->files[i].name);
 	}
 	tc__free(s->files);
+	tc__free(s->expect_chunks);
 	tc__table_release(&s->table);
 	tc__free(s->display);
 	tc__free(s);
@@ -606,10 +609,34 @@ out_close:
 	return ret;
 }
 
+/* A folder in tcast's native layout (format.h): a manifest and the data
+ * file.  NOT_NATIVE when there is no manifest. */
+static int open_native(struct tc__source *s, int dirfd, const char *where,
+		       char *err, size_t errlen)
+{
+	int mfd, dfd, ret;
+
+	ret = open_shard(dirfd, TC_NATIVE_MANIFEST, where, &mfd, err, errlen);
+	if (ret == -ENOENT)
+		return NOT_NATIVE;
+	if (ret < 0)
+		return ret;
+	ret = open_shard(dirfd, TC_NATIVE_DATA, where, &dfd, err, errlen);
+	if (ret < 0) {
+		close(mfd);
+		return ret;
+	}
+	return tc__native_source(s, mfd, dfd, where, err, errlen);
+}
+
 static int open_folder(struct tc__source *s, int dirfd, const char *where,
 		       int depth, char *err, size_t errlen)
 {
 	int fd, ret;
+
+	ret = open_native(s, dirfd, where, err, errlen);
+	if (ret != NOT_NATIVE)
+		return ret;
 
 	fd = openat(dirfd, TC_IDX_NAME,
 		    O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
@@ -752,6 +779,41 @@ static int dup_tensor(const struct tc__table *t, const char *where, char *err,
 	return ret;
 }
 
+/* The client resolved a native folder: its manifest and data file. */
+static int open_native_shards(struct tc__source *s, const int *fds,
+			      struct tc__source **out, char *err, size_t errlen)
+{
+	int mfd = -1, dfd = -1, ret;
+
+	if (!s->display) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	mfd = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+	dfd = fcntl(fds[1], F_DUPFD_CLOEXEC, 0);
+	if (mfd < 0 || dfd < 0) {
+		ret = -errno;
+		tc__fmt_err(err, errlen, "cannot dup a shard fd: %s",
+			    tc_strerror(ret));
+		if (mfd >= 0)
+			close(mfd);
+		if (dfd >= 0)
+			close(dfd);
+		goto out_free;
+	}
+	ret = tc__native_source(s, mfd, dfd, s->display, err, errlen);
+	if (ret < 0)
+		goto out_free;
+	*out = s;
+	return 0;
+
+out_free:
+	tc__source_free(s);
+	if (ret == -ENOMEM)
+		tc__fmt_err(err, errlen, "out of memory opening a folder");
+	return ret;
+}
+
 int tc__source_open_shards(const int *fds, const char *const *names, uint32_t n,
 			   const char *display, struct tc__source **out,
 			   char *err, size_t errlen)
@@ -776,6 +838,9 @@ int tc__source_open_shards(const int *fds, const char *const *names, uint32_t n,
 		return -ENOMEM;
 	tc__table_init(&s->table);
 	s->display = tc__strdup(display);
+	if (n == 2 && !strcmp(names[0], TC_NATIVE_MANIFEST) &&
+	    !strcmp(names[1], TC_NATIVE_DATA))
+		return open_native_shards(s, fds, out, err, errlen);
 	tabs = tc__calloc(n, sizeof(*tabs));
 	if (!s->display || !tabs) {
 		ret = -ENOMEM;

@@ -1,0 +1,479 @@
+/*
+ * test_native.c - tcast's native layout (src/format/native.c) and the
+ * daemon's SQLite metadata (src/store/mdb.c): round trips through real
+ * files, the id of docs/formats.md's tiny artifact read back from disk,
+ * hostile manifests with their codes and messages, digests checked on
+ * load, the failpoints of the durable write (nothing left behind), and
+ * the metadata surviving a close and reopen with the key history trimmed.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/alloc.h"
+#include "common/hash.h"
+#include "common/tensor.h"
+#include "format/canon.h"
+#include "format/format.h"
+#include "store/loader.h"
+#include "store/mdb.h"
+#include "tcast/dtype.h"
+#include "tcast/errors.h"
+#include "tcast/st.h"
+
+#define TINY_ID \
+	"tc2:37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b70eeb"
+
+/* docs/formats.md's tiny artifact, and a larger one (3 chunks) whose
+ * tensors are filled from `seed`. */
+static void tiny(struct tc__table *t, uint8_t **bytes)
+{
+	static const uint8_t a[8] = { 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40 };
+
+	tc__table_init(t);
+	t->tensors = tc__calloc(2, sizeof(*t->tensors));
+	t->meta = tc__calloc(2, sizeof(*t->meta));
+	t->ntensors = 2;
+	t->tensors[0].name = tc__strdup("a");
+	t->tensors[0].dtype = TC_DTYPE_F32;
+	t->tensors[0].ndim = 1;
+	t->tensors[0].shape[0] = 2;
+	t->tensors[0].nbytes = 8;
+	t->tensors[1].name = tc__strdup("b");
+	t->tensors[1].dtype = TC_DTYPE_U8;
+	t->tensors[1].ndim = 1;
+	t->tensors[1].shape[0] = 3;
+	t->tensors[1].nbytes = 3;
+	t->nmeta = 2;
+	t->meta[0].key = tc__strdup("z");
+	t->meta[0].val = tc__strdup("1");
+	t->meta[1].key = tc__strdup("format");
+	t->meta[1].val = tc__strdup("pt");
+	assert_int_equal(tc__table_layout(t), 0);
+	*bytes = tc__calloc(1, 259);
+	memcpy(*bytes, a, 8);
+	(*bytes)[256] = 1;
+	(*bytes)[257] = 2;
+	(*bytes)[258] = 3;
+}
+
+static void big(struct tc__table *t, uint8_t **bytes, uint8_t seed)
+{
+	tc__table_init(t);
+	t->tensors = tc__calloc(2, sizeof(*t->tensors));
+	t->ntensors = 2;
+	t->tensors[0].name = tc__strdup("w");
+	t->tensors[0].dtype = TC_DTYPE_BF16;
+	t->tensors[0].ndim = 2;
+	t->tensors[0].shape[0] = 1000;
+	t->tensors[0].shape[1] = 4099;
+	t->tensors[0].nbytes = 1000 * 4099 * 2;
+	t->tensors[1].name = tc__strdup("b");
+	t->tensors[1].dtype = TC_DTYPE_F32;
+	t->tensors[1].ndim = 1;
+	t->tensors[1].shape[0] = 1000001;
+	t->tensors[1].nbytes = 4000004;
+	assert_int_equal(tc__table_layout(t), 0);
+	*bytes = tc__calloc(1, t->total_bytes);
+	for (uint32_t i = 0; i < t->ntensors; i++)
+		for (uint64_t k = 0; k < t->tensors[i].nbytes; k++)
+			(*bytes)[t->tensors[i].offset + k] =
+				(uint8_t)(k * 131 + seed + i);
+}
+
+static void id_of(const struct tc__table *t, const uint8_t *bytes,
+		  struct tc__digest **chunks, uint64_t *n,
+		  char id[TC_ID_LEN + 1])
+{
+	struct tc__digest root;
+
+	*n = tc__chunk_count(t->total_bytes);
+	*chunks = tc__calloc(*n ? *n : 1, sizeof(**chunks));
+	assert_int_equal(tc__hash_chunks(bytes, t->total_bytes, 2, *chunks), 0);
+	assert_int_equal(tc__canon_root(t, *chunks, *n, &root), 0);
+	tc__digest_id(&root, id);
+}
+
+static char tmpdir[64];
+
+static int entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((e = readdir(d)))
+		n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+	closedir(d);
+	return n;
+}
+
+static int setup(void **state)
+{
+	strcpy(tmpdir, "/tmp/tc-native-XXXXXX");
+	assert_non_null(mkdtemp(tmpdir));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+	return system(cmd);
+}
+
+static void test_native__tiny_round_trip(void **state)
+{
+	struct tc__table t;
+	struct tc__source *src;
+	struct tc__digest *chunks, *got;
+	uint64_t n;
+	uint8_t *bytes, back[259];
+	char id[TC_ID_LEN + 1], err[1024], path[256], msg[512];
+	int pfd = open(tmpdir, O_RDONLY | O_DIRECTORY);
+
+	tiny(&t, &bytes);
+	id_of(&t, bytes, &chunks, &n, id);
+	assert_string_equal(id, TINY_ID);
+	assert_int_equal(tc__native_write(pfd, tmpdir, id, &t, bytes, chunks, n,
+					  err, sizeof(err)),
+			 0);
+	/* Written again (same content): accepted, nothing added. */
+	assert_int_equal(tc__native_write(pfd, tmpdir, id, &t, bytes, chunks, n,
+					  err, sizeof(err)),
+			 0);
+	assert_int_equal(entries(tmpdir), 1);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, id + 4);
+	assert_int_equal(tc__source_open(path, &src, err, sizeof(err)), 0);
+	assert_int_equal(src->nfiles, 2);
+	assert_string_equal(src->expect_id, TINY_ID);
+	assert_int_equal(src->table.ntensors, 2);
+	assert_int_equal(src->table.total_bytes, 259);
+	assert_int_equal(src->table.tensors[1].offset, 256);
+	assert_int_equal(src->table.nmeta, 2);
+	memset(back, 0xee, sizeof(back));
+	got = tc__calloc(1, sizeof(*got));
+	memset(back, 0, sizeof(back));
+	assert_int_equal(
+		tc__load_source(src, back, 1, got, NULL, err, sizeof(err)), 0);
+	assert_memory_equal(back, bytes, 259);
+	assert_int_equal(
+		tc__native_check(src, got, 1, TINY_ID, err, sizeof(err)), 0);
+	/* `tcast verify` reads it like a safetensors folder. */
+	assert_int_equal(tc_st_verify(path, msg, sizeof(msg)), 0);
+	assert_non_null(strstr(msg, "2 tensors"));
+	tc__source_free(src);
+	tc__free(got);
+	assert_int_equal(tc__native_remove(pfd, id), 0);
+	assert_int_equal(entries(tmpdir), 0);
+	close(pfd);
+	tc__free(chunks);
+	tc__free(bytes);
+	tc__table_release(&t);
+}
+
+/* A byte flipped in the data file is found by its chunk, on load. */
+static void test_native__corrupt_data_is_caught(void **state)
+{
+	struct tc__table t;
+	struct tc__source *src;
+	struct tc__digest *chunks, *got;
+	uint64_t n;
+	uint8_t *bytes, *back, x;
+	char id[TC_ID_LEN + 1], err[1024], path[256];
+	int pfd = open(tmpdir, O_RDONLY | O_DIRECTORY), fd;
+
+	big(&t, &bytes, 7);
+	id_of(&t, bytes, &chunks, &n, id);
+	assert_int_equal(n, 3);
+	assert_int_equal(tc__native_write(pfd, tmpdir, id, &t, bytes, chunks, n,
+					  err, sizeof(err)),
+			 0);
+	snprintf(path, sizeof(path), "%s/%s/%s", tmpdir, id + 4,
+		 TC_NATIVE_DATA);
+	fd = open(path, O_RDWR);
+	assert_int_equal(pread(fd, &x, 1, 5 << 20), 1);
+	x ^= 0x10;
+	assert_int_equal(pwrite(fd, &x, 1, 5 << 20), 1);
+	close(fd);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, id + 4);
+	assert_int_equal(tc__source_open(path, &src, err, sizeof(err)), 0);
+	back = tc__calloc(1, t.total_bytes);
+	got = tc__calloc(n, sizeof(*got));
+	assert_int_equal(
+		tc__load_source(src, back, 2, got, NULL, err, sizeof(err)), 0);
+	assert_int_equal(tc__native_check(src, got, n, id, err, sizeof(err)),
+			 TC_EDIGEST);
+	assert_non_null(strstr(err, "chunk 1 (from byte 4194304)"));
+	tc__source_free(src);
+	/* A data file of the wrong length is refused before any read. */
+	snprintf(path, sizeof(path), "%s/%s/%s", tmpdir, id + 4,
+		 TC_NATIVE_DATA);
+	assert_int_equal(truncate(path, 100), 0);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, id + 4);
+	assert_int_equal(tc__source_open(path, &src, err, sizeof(err)),
+			 TC_EBADFILE);
+	assert_non_null(strstr(err, "'tcast.data' is 100 bytes"));
+	assert_int_equal(tc__native_remove(pfd, id), 0);
+	close(pfd);
+	tc__free(back);
+	tc__free(got);
+	tc__free(chunks);
+	tc__free(bytes);
+	tc__table_release(&t);
+}
+
+/* Hostile manifests: each rejected with its code and a message naming
+ * the problem, nothing allocated left over (ASan). */
+static void test_native__hostile_manifests(void **state)
+{
+	static const char ok_tail[] =
+		"\"chunks\":\"0000000000000000000000000000000000000000000000000"
+		"000000000000000\"}";
+	static const struct {
+		const char *json;
+		int rc;
+		const char *msg;
+	} cases[] = {
+		{ "", TC_EBADFILE, "line" },
+		{ "[]", TC_EBADFILE, "not a JSON object" },
+		{ "{\"format\":\"tcast-native\"}", TC_EBADFILE,
+		  "missing key 'version'" },
+		{ "{\"format\":\"tcast-native\",\"format\":\"x\"}", TC_EBADFILE,
+		  "duplicate" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"x\","
+		  "\"total_bytes\":0,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[],\"metadata\":{},\"chunks\":"
+		  "\"\",\"evil\":1}",
+		  TC_EBADFILE, "unknown key 'evil'" },
+		{ "{\"format\":\"tcast-native\",\"version\":2,\"id\":\"x\","
+		  "\"total_bytes\":0,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[],\"metadata\":{},\"chunks\":"
+		  "\"\"}",
+		  TC_ENOTSUP, "'version' is not 1" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"x\","
+		  "\"total_bytes\":0,\"chunk_bytes\":4194304,\"data\":"
+		  "\"../etc/passwd\",\"tensors\":[],\"metadata\":{},"
+		  "\"chunks\":\"\"}",
+		  TC_EBADFILE, "'data' is not" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":8,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F32\",[3],0,8]],"
+		  "\"metadata\":{},\"chunks\":\"\"}",
+		  TC_EBADFILE, "nbytes 8, but its dtype and shape make 12" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":8,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F33\",[2],0,8]],"
+		  "\"metadata\":{},\"chunks\":\"\"}",
+		  TC_EBADDTYPE, "unknown dtype" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":264,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F32\",[2],0,8],[\"b\","
+		  "\"U8\",[8],8,8]],\"metadata\":{},\"chunks\":\"\"}",
+		  TC_EBADFILE,
+		  "tensor 'b': offset 8, where the layout puts it "
+		  "at 256" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":8,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F32\",[2],0,8],[\"a\","
+		  "\"F32\",[2],256,8]],\"metadata\":{},\"chunks\":\"\"}",
+		  TC_EBADFILE, "tensor 'a' appears twice" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":8,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F32\",[2],0,8]],"
+		  "\"metadata\":{},\"chunks\":\"\"}",
+		  TC_EBADFILE, "'chunks' must be 1 digests" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":8,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F32\",[2],0,8]],"
+		  "\"metadata\":{\"k\":1},",
+		  TC_EBADFILE, "metadata entry 0 is not a string" },
+		{ "{\"format\":\"tcast-native\",\"version\":1,\"id\":\"tc2:"
+		  "37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b7"
+		  "0eeb\",\"total_bytes\":8,\"chunk_bytes\":4194304,\"data\":"
+		  "\"tcast.data\",\"tensors\":[[\"a\",\"F32\",[2],0,8]],"
+		  "\"metadata\":{},",
+		  TC_EDIGEST, "is not the id of its table" },
+	};
+	char buf[4096], err[1024];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tc__native n;
+		const char *j = cases[i].json;
+		int rc;
+
+		/* Cases ending in ',' take the valid chunk list. */
+		snprintf(buf, sizeof(buf), "%s%s", j,
+			 j[0] && j[strlen(j) - 1] == ',' ? ok_tail : "");
+		rc = tc__native_parse(buf, strlen(buf), UINT64_MAX, &n, err,
+				      sizeof(err));
+		if (rc != cases[i].rc || !strstr(err, cases[i].msg))
+			fail_msg("case %zu: rc %d (want %d), '%s' (want '%s')",
+				 i, rc, cases[i].rc, err, cases[i].msg);
+		assert_null(n.chunks);
+		assert_int_equal(n.table.ntensors, 0);
+	}
+}
+
+/* The failpoints of the durable write: each fails the write with its
+ * errno and leaves nothing in the folder, neither the artifact's name nor
+ * a temporary.  main() arms them for the ids of seeds 1, 2, 3. */
+static char fail_ids[3][TC_ID_LEN + 1];
+
+static void test_native__failed_writes_leave_nothing(void **state)
+{
+	static const int want[3] = { -ENOSPC, -EIO, -EIO };
+	static const char *what[3] = { "cannot write", "cannot fsync",
+				       "cannot rename" };
+	int pfd = open(tmpdir, O_RDONLY | O_DIRECTORY);
+
+	for (int k = 0; k < 3; k++) {
+		struct tc__table t;
+		struct tc__digest *chunks;
+		uint8_t *bytes;
+		uint64_t n;
+		char id[TC_ID_LEN + 1], err[1024];
+
+		big(&t, &bytes, (uint8_t)(k + 1));
+		id_of(&t, bytes, &chunks, &n, id);
+		assert_string_equal(id, fail_ids[k]);
+		assert_int_equal(tc__native_write(pfd, tmpdir, id, &t, bytes,
+						  chunks, n, err, sizeof(err)),
+				 want[k]);
+		assert_non_null(strstr(err, what[k]));
+		assert_int_equal(entries(tmpdir), 0);
+		tc__free(chunks);
+		tc__free(bytes);
+		tc__table_release(&t);
+	}
+	close(pfd);
+}
+
+static int load_art(void *arg, const struct tc__mdb_artifact *a)
+{
+	int *n = arg;
+
+	assert_string_equal(a->id, TINY_ID);
+	assert_string_equal(a->policy, "durable");
+	assert_int_equal(a->bytes, 259);
+	assert_int_equal(a->expires_ms, 1234);
+	n[0]++;
+	return 0;
+}
+
+static int load_key(void *arg, const char *key, const struct tc__mdb_version *v,
+		    uint32_t nv)
+{
+	int *n = arg;
+
+	assert_string_equal(key, "model:x");
+	assert_int_equal(nv, 3); /* the newest 3 of 5 */
+	assert_int_equal(v[0].gen, 3);
+	assert_int_equal(v[2].gen, 5);
+	assert_string_equal(v[2].id, TINY_ID);
+	n[1]++;
+	return 0;
+}
+
+static void test_mdb__survives_reopen(void **state)
+{
+	struct tc__mdb *db;
+	struct tc__mdb_artifact a = { .id = TINY_ID,
+				      .policy = "durable",
+				      .bytes = 259,
+				      .ntensors = 2,
+				      .created_ms = 1,
+				      .expires_ms = 1234,
+				      .source = "put" };
+	char dir[128], err[512];
+	int n[2] = { 0, 0 };
+
+	snprintf(dir, sizeof(dir), "%s/state", tmpdir);
+	assert_int_equal(tc__mdb_open(dir, &db, err, sizeof(err)), 0);
+	assert_int_equal(tc__mdb_artifact_put(db, &a, err, sizeof(err)), 0);
+	for (uint64_t g = 1; g <= 5; g++) {
+		struct tc__mdb_version v = { .gen = g, .unix_ms = g };
+
+		snprintf(v.id, sizeof(v.id), "%s", TINY_ID);
+		assert_int_equal(tc__mdb_key_set(db, "model:x", &v, 3, err,
+						 sizeof(err)),
+				 0);
+	}
+	assert_int_equal(tc__mdb_key_set(db, "gone",
+					 &(struct tc__mdb_version){ 1, "x", 1 },
+					 3, err, sizeof(err)),
+			 0);
+	assert_true(tc__mdb_key_known(db, "gone"));
+	assert_int_equal(tc__mdb_key_del(db, "gone", err, sizeof(err)), 0);
+	assert_false(tc__mdb_key_known(db, "gone"));
+	tc__mdb_close(db);
+	assert_int_equal(tc__mdb_open(dir, &db, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__mdb_load(db, load_art, load_key, n, err, sizeof(err)), 0);
+	assert_int_equal(n[0], 1);
+	assert_int_equal(n[1], 1);
+	assert_int_equal(tc__mdb_artifact_del(db, TINY_ID, err, sizeof(err)),
+			 0);
+	tc__mdb_close(db);
+	/* A state folder that is a file: a clear configuration error. */
+	snprintf(dir, sizeof(dir), "%s/state/%s", tmpdir, TC_MDB_FILE);
+	assert_int_equal(tc__mdb_open(dir, &db, err, sizeof(err)),
+			 TC_EBADCONFIG);
+	assert_non_null(strstr(err, "is not a folder"));
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_native__tiny_round_trip,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_native__corrupt_data_is_caught, setup, teardown),
+		cmocka_unit_test(test_native__hostile_manifests),
+		cmocka_unit_test_setup_teardown(
+			test_native__failed_writes_leave_nothing, setup,
+			teardown),
+		cmocka_unit_test_setup_teardown(test_mdb__survives_reopen,
+						setup, teardown),
+	};
+	char fp[512];
+
+	/* Arm the failpoints before anything reads them (they are loaded
+	 * once per process). */
+	for (int k = 0; k < 3; k++) {
+		struct tc__table t;
+		struct tc__digest *chunks;
+		uint8_t *bytes;
+		uint64_t n;
+
+		big(&t, &bytes, (uint8_t)(k + 1));
+		id_of(&t, bytes, &chunks, &n, fail_ids[k]);
+		tc__free(chunks);
+		tc__free(bytes);
+		tc__table_release(&t);
+	}
+	snprintf(fp, sizeof(fp),
+		 "durable_enospc=%s,durable_fsync=%s,durable_rename=%s",
+		 fail_ids[0] + 4, fail_ids[1] + 4, fail_ids[2] + 4);
+	setenv("TCAST_FAILPOINTS", fp, 1);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
