@@ -68,6 +68,10 @@ TC_API void tc_free(void *p);
 #define TC_OPT_EXPECT	(1u << 2) /* expect_gen: move the key by CAS */
 #define TC_OPT_PROGRESS (1u << 3) /* progress, progress_arg */
 #define TC_OPT_DEVICE	(1u << 4) /* device: tc_import straight to a GPU */
+#define TC_OPT_TTL	(1u << 5) /* ttl_ms: the artifact goes after it */
+#define TC_OPT_NOWAIT                                    \
+	(1u << 6) /* durable policies: return before the \
+		     shared-disk copy is durable */
 
 struct tc_opts {
 	uint64_t field_mask; /* TC_OPT_*: fields not in the mask are ignored */
@@ -76,8 +80,18 @@ struct tc_opts {
 	uint64_t expect_gen; /* key generation expected; 0 = must not exist */
 	tc_progress_cb *progress;
 	void *progress_arg;
-	int32_t device; /* this process's CUDA ordinal (TC_OPT_DEVICE) */
+	int32_t device;	 /* this process's CUDA ordinal (TC_OPT_DEVICE) */
+	uint64_t ttl_ms; /* TC_OPT_TTL: removed (memory, shared disk and
+			    records) this long after it is created */
 };
+
+/* Where the artifact of the last tc_import or tc_put_commit on this handle
+ * is kept (docs/durable.md). */
+#define TC_PERSIST_MEMORY  0 /* host memory only: gone with the daemon */
+#define TC_PERSIST_DURABLE 1 /* on the shared disk and in the metadata */
+#define TC_PERSIST_PENDING                      \
+	2 /* being written (TC_OPT_NOWAIT): see \
+	     tc_inspect_json's "durable" */
 
 /* What a created artifact came to. */
 struct tc_result {
@@ -122,6 +136,11 @@ TC_API uint64_t tc_put_nbytes(const tc_put *p, uint32_t i);
 /* Unmap, seal (the memory is immutable from here on), hash and register.
  * Frees `p` whatever the result.  Returns 0 or a negative code. */
 TC_API int tc_put_commit(tc_put *p, struct tc_result *res);
+/* The persistence of the last artifact created on this handle
+ * (TC_PERSIST_*), and into `degraded` (when not NULL) what a "should" of
+ * its policy could not do ("" when nothing): ha without a cluster has no
+ * replica on another node.  Valid until the next call on the handle. */
+TC_API int tc_last_persistence(tc_client *c, char *degraded, size_t len);
 /* Discard the put and free `p`.  NULL is a no-op. */
 TC_API void tc_put_abort(tc_put *p);
 
@@ -292,6 +311,11 @@ TC_API int tc_key_set(tc_client *c, const char *key, const char *id,
 /* Remove a key (and its artifact when no other key names it) or an artifact
  * by id.  Memory a client still maps is freed when it lets go. */
 TC_API int tc_rm(tc_client *c, const char *ref);
+/* tc_rm with flags: TC_RM_KEEP_SHARED_DISK leaves a durable artifact's
+ * shared-disk folder in place (readable with tc_import and tcast verify;
+ * the daemon forgets it).  Without it the folder goes too. */
+#define TC_RM_KEEP_SHARED_DISK 0x1u
+TC_API int tc_rm2(tc_client *c, const char *ref, uint32_t flags);
 
 /* JSON documents (docs/protocol.md); *out is freed with tc_free. */
 TC_API int tc_status_json(tc_client *c, char **out);

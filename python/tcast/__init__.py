@@ -37,6 +37,7 @@ from ._artifact import (
     _result_of,
     import_path,
     make_opts,
+    persistence_of,
     validate_policy,
 )
 from ._session import PrivateDaemon, Session
@@ -272,6 +273,8 @@ def put(
     policy: Optional[str] = None,
     metadata: Optional[Mapping[str, str]] = None,
     expect_generation: Optional[int] = None,
+    wait_persistence: bool = True,
+    ttl_ms: Optional[int] = None,
 ) -> Artifact:
     """Copy tensors into the daemon's shared memory as one artifact.
 
@@ -279,10 +282,14 @@ def put(
     (any device for torch; strided inputs are fine).  ``key`` publishes the
     artifact under that name; ``expect_generation`` moves an existing key
     by compare-and-swap (0: the key must not exist yet).  ``policy``: cache
-    (default), warm, pinned; durable/ha/cold need a shared-disk tier and
-    raise PolicyError on a single node.  Returns the registered artifact;
-    ``.last_import`` says what it cost and whether the daemon already held
-    identical content.
+    (default), warm, pinned, durable, ha, cold (docs/durable.md); the last
+    three need the daemon's shared_disk and raise PolicyError without it.
+    A durable put returns once the bytes and manifest are on the shared
+    disk, unless ``wait_persistence=False`` (then
+    ``.wait_persistence()``).  ``ttl_ms``: the artifact goes after that
+    long.  Returns the registered artifact; ``.last_import`` says what it
+    cost, whether the daemon already held identical content, its
+    ``persistence`` and what was ``degraded``.
     """
     if not isinstance(tensors, Mapping):
         raise errors.InvalidArgumentError(f"put() takes a mapping of name -> tensor, not {type(tensors).__name__}")
@@ -311,7 +318,7 @@ def put(
         descs[i].dtype = dt.id
         descs[i].ndim = len(shape)
         descs[i].shape = ctypes.cast(sh, ctypes.POINTER(ctypes.c_uint64))
-    opts, keep_opts = make_opts(key, policy, expect_generation)
+    opts, keep_opts = make_opts(key, policy, expect_generation, None, ttl_ms, wait_persistence)
     s = _sess()
     lib = s.lib
     p = ctypes.c_void_p()
@@ -329,8 +336,8 @@ def put(
         rc = lib.tc_put_commit(p, ctypes.byref(res))
         if rc < 0:
             raise errors.error_from_code(rc, lib.tc_client_errmsg(s._h()).decode(errors="replace"))
+        r = persistence_of(s, _result_of(res, time.perf_counter() - t0))
     del keep, keep_opts
-    r = _result_of(res, time.perf_counter() - t0)
     return Artifact(_sess, key=key, artifact_id=r.artifact_id, policy=policy, result=r)
 
 
@@ -382,13 +389,18 @@ def import_from_disk(
     expect_generation: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     device: Any = None,
+    wait_persistence: bool = True,
+    ttl_ms: Optional[int] = None,
 ) -> Artifact:
     """Import now; returns the registered artifact (``.artifact_id``,
-    ``.last_import`` with bytes, seconds and deduplication).  With
-    device='cuda[:N]' the daemon loads the files straight into a replica on
-    that GPU (no host copy: use tensor_dict(device=...) on that GPU)."""
+    ``.last_import`` with bytes, seconds, deduplication and persistence).
+    With device='cuda[:N]' the daemon loads the files straight into a
+    replica on that GPU (no host copy: use tensor_dict(device=...) on that
+    GPU).  Folders in tcast's native layout (a durable artifact's folder on
+    the shared disk) import like safetensors folders, their chunk digests
+    checked."""
     r = import_path(_sess(), path, key=key, policy=policy, expect_generation=expect_generation,
-                    progress=progress, device=device)
+                    progress=progress, device=device, ttl_ms=ttl_ms, wait_persistence=wait_persistence)
     return Artifact(_sess, key=key, artifact_id=r.artifact_id, disk_path=os.fspath(path), policy=policy, result=r)
 
 
@@ -407,16 +419,24 @@ def _ref_of(x: Union[str, Artifact]) -> str:
     return x
 
 
-def deregister_artifact(artifact: Union[str, Artifact], *, wait: bool = True) -> None:
+def deregister_artifact(
+    artifact: Union[str, Artifact], *, wait: bool = True, keep_shared_disk_copy: bool = False
+) -> None:
     """Remove an artifact from the daemon (by Artifact, id, or key).
 
     By id: the artifact goes; keys naming it keep their history and name
     nothing.  By key: the key goes, and its artifact with it unless another
     key names it.  Tensors already obtained stay valid: the memory is
-    returned when the last of them dies.  ``wait`` is accepted for
-    TensorCast compatibility; removal is always synchronous here."""
+    returned when the last of them dies.  A durable artifact's shared-disk
+    folder is deleted too unless ``keep_shared_disk_copy`` (then it stays,
+    readable with from_disk, and the daemon forgets it).  ``wait`` is
+    accepted for TensorCast compatibility; removal is always synchronous
+    here."""
     s = _sess()
-    s.call(s.lib.tc_rm, _ref_of(artifact).encode())
+    if keep_shared_disk_copy:
+        s.call(s.lib.tc_rm2, _ref_of(artifact).encode(), _native.TC_RM_KEEP_SHARED_DISK)
+    else:
+        s.call(s.lib.tc_rm, _ref_of(artifact).encode())
 
 
 def rm(ref: Union[str, Artifact]) -> None:

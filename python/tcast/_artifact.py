@@ -145,6 +145,12 @@ class ImportResult:
     seconds: float  # wall time seen by this process
     key_generation: int  # 0 when no key was given
     device: Optional[str] = None  # "cuda:N" when imported straight to a GPU
+    # "memory" (gone with the daemon), "durable" (on the shared disk and in
+    # the daemon's metadata) or "pending" (wait_persistence=False: being
+    # written; Artifact.wait_persistence() waits for it)
+    persistence: str = "memory"
+    # what a "should" of the policy could not do (ha without a cluster)
+    degraded: Tuple[str, ...] = ()
 
     @property
     def gbps(self) -> float:
@@ -771,15 +777,38 @@ def _result_of(r: _native.TcResult, seconds: float) -> ImportResult:
     )
 
 
+def persistence_of(session: Session, r: ImportResult) -> ImportResult:
+    """Fill r.persistence and r.degraded from the handle (call under its
+    lock, right after the put or import)."""
+    fn = getattr(session.lib, "tc_last_persistence", None)
+    if fn is None or "tc_last_persistence" in _native.unavailable:
+        return r
+    buf = ctypes.create_string_buffer(512)
+    st = fn(session._h(), buf, len(buf))
+    r.persistence = _native.PERSISTENCE.get(st, "memory")
+    note = buf.value.decode(errors="replace")
+    r.degraded = (note,) if note else ()
+    return r
+
+
 def make_opts(
     key: Optional[str] = None,
     policy: Optional[str] = None,
     expect_generation: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    ttl_ms: Optional[int] = None,
+    wait_persistence: bool = True,
 ) -> Tuple[_native.TcOpts, Any]:
     """A tc_opts and the objects it borrows (keep both alive during the call)."""
     o = _native.TcOpts()
     keep: List[Any] = []
+    if ttl_ms is not None:
+        if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
+            raise errors.InvalidArgumentError(f"ttl_ms must be a positive integer, not {ttl_ms!r}")
+        o.field_mask |= _native.TC_OPT_TTL
+        o.ttl_ms = ttl_ms
+    if not wait_persistence:
+        o.field_mask |= _native.TC_OPT_NOWAIT
     if key is not None:
         if not isinstance(key, str) or not key:
             raise errors.InvalidArgumentError(f"key must be a non-empty string, not {key!r}")
@@ -807,8 +836,10 @@ def import_path(
     expect_generation: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     device: Any = None,
+    ttl_ms: Optional[int] = None,
+    wait_persistence: bool = True,
 ) -> ImportResult:
-    opts, keep = make_opts(key, policy, expect_generation, progress)
+    opts, keep = make_opts(key, policy, expect_generation, progress, ttl_ms, wait_persistence)
     gpu = None
     dev = _device(device, "torch") if device is not None else "cpu"
     if dev != "cpu":
@@ -817,8 +848,9 @@ def import_path(
         opts.device = gpu
     res = _native.TcResult()
     t0 = time.perf_counter()
-    session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
-    result = _result_of(res, time.perf_counter() - t0)
+    with session.lock:
+        session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
+        result = persistence_of(session, _result_of(res, time.perf_counter() - t0))
     if gpu is not None:
         result.device = f"cuda:{gpu}"
     del keep
@@ -1068,6 +1100,33 @@ class Artifact:
         """The daemon's view (tcast inspect --json)."""
         s = self._sess()
         return s.call_json(s.lib.tc_inspect_json, self.artifact_id.encode())
+
+    def persistence(self) -> str:
+        """"durable", "pending" (being written), "failed" (the write after a
+        wait_persistence=False put failed: see inspect()["durable"]), or
+        "memory" (not on the shared disk)."""
+        d = self.inspect().get("durable")
+        return d["state"] if d else "memory"
+
+    def wait_persistence(self, timeout_s: Optional[float] = 600.0) -> None:
+        """Wait until the shared-disk copy of a put or import made with
+        wait_persistence=False is durable.  Raises IOError_ (the write
+        failed: the artifact is in memory only) or TimeoutError."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            d = self.inspect().get("durable") or {}
+            st = d.get("state", "memory")
+            if st == "durable":
+                return
+            if st != "pending":
+                raise errors.error_from_code(
+                    -5, f"{self.artifact_id} is not durable: {d.get('error') or 'its policy does not write it to the shared disk'}"
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.artifact_id}: not durable after {timeout_s} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def export(self, path: "str | os.PathLike") -> None:
         """Write the artifact as a safetensors file (atomic)."""

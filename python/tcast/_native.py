@@ -42,6 +42,11 @@ TC_OPT_POLICY = 1 << 1
 TC_OPT_EXPECT = 1 << 2
 TC_OPT_PROGRESS = 1 << 3
 TC_OPT_DEVICE = 1 << 4
+TC_OPT_TTL = 1 << 5
+TC_OPT_NOWAIT = 1 << 6
+TC_RM_KEEP_SHARED_DISK = 1
+# tc_last_persistence
+PERSISTENCE = {0: "memory", 1: "durable", 2: "pending"}
 
 # void tc_progress_cb(uint64_t done, uint64_t total, void *arg)
 PROGRESS_CB = CFUNCTYPE(None, c_uint64, c_uint64, c_void_p)
@@ -56,6 +61,7 @@ class TcOpts(Structure):
         ("progress", PROGRESS_CB),
         ("progress_arg", c_void_p),
         ("device", c_int32),
+        ("ttl_ms", c_uint64),
     ]
 
 
@@ -208,6 +214,8 @@ PROTOTYPES = {
         [_p, c_char_p, c_char_p, c_int, c_uint64, POINTER(c_uint64)],
     ),
     "tc_rm": (c_int, [_p, c_char_p]),
+    "tc_rm2": (c_int, [_p, c_char_p, c_uint32]),
+    "tc_last_persistence": (c_int, [_p, c_char_p, c_size_t]),
     "tc_status_json": (c_int, [_p, _pp]),
     "tc_list_json": (c_int, [_p, _pp]),
     "tc_inspect_json": (c_int, [_p, c_char_p, _pp]),

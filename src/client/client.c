@@ -45,6 +45,8 @@ struct tc_client {
 	int fdq[CLIENT_FDQ];
 	int nfdq;
 	char errmsg[1024];
+	uint32_t persist;   /* of the last created artifact */
+	char degraded[512]; /* and what its policy could not do */
 };
 
 /* ------------------------------------------------------------- errors */
@@ -462,9 +464,15 @@ void tc__client_put_opts(struct tc__buf *b, const struct tc_opts *o,
 		flags |= TC_RF_EXPECT;
 	if (o && (o->field_mask & TC_OPT_PROGRESS) && o->progress)
 		flags |= TC_RF_PROGRESS;
+	if (o && (o->field_mask & TC_OPT_TTL) && o->ttl_ms)
+		flags |= TC_RF_TTL;
+	if (o && (o->field_mask & TC_OPT_NOWAIT))
+		flags |= TC_RF_NOWAIT;
 	tc__buf_put_u32(b, flags);
 	tc__buf_put_u64(
 		b, o && (o->field_mask & TC_OPT_EXPECT) ? o->expect_gen : 0);
+	if (flags & TC_RF_TTL)
+		tc__buf_put_u64(b, o->ttl_ms);
 }
 
 int tc__client_read_result(tc_client *c, struct reply *rep,
@@ -479,9 +487,23 @@ int tc__client_read_result(tc_client *c, struct reply *rep,
 	    tc__cur_read_u32(&rep->body, &r.deduplicated) < 0 ||
 	    tc__cur_read_u64(&rep->body, &r.key_generation) < 0)
 		return set_err(c, TC_EPROTO, "malformed result");
+	/* Daemons before the shared-disk tier end the reply here. */
+	c->persist = TC_PERSIST_MEMORY;
+	c->degraded[0] = '\0';
+	if (rep->body.left && (tc__cur_read_u32(&rep->body, &c->persist) < 0 ||
+			       tc__cur_read_strcpy(&rep->body, c->degraded,
+						   sizeof(c->degraded)) < 0))
+		return set_err(c, TC_EPROTO, "malformed result");
 	if (res)
 		*res = r;
 	return 0;
+}
+
+TC_API int tc_last_persistence(tc_client *c, char *degraded, size_t len)
+{
+	if (degraded && len)
+		snprintf(degraded, len, "%s", c->degraded);
+	return (int)c->persist;
 }
 
 /* The shard fds of a folder, sent on the socket IMPORT carried. */
@@ -677,6 +699,27 @@ TC_API int tc_keys_json(tc_client *c, const char *key, char **out)
 TC_API int tc_rm(tc_client *c, const char *ref)
 {
 	return call_strings(c, TC_MSG_RM, ref, NULL, NULL);
+}
+
+TC_API int tc_rm2(tc_client *c, const char *ref, uint32_t flags)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct reply rep;
+	size_t off;
+	int rc;
+
+	if (!flags)
+		return tc_rm(c, ref);
+	off = tc__client_begin(c, &b, TC_MSG_RM);
+	tc__buf_put_str(&b, ref);
+	tc__buf_put_u32(&b, flags);
+	tc__frame_finish(&b, off);
+	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
+	tc__buf_release(&b);
+	if (rc < 0)
+		return rc;
+	reply_release(&rep);
+	return 0;
 }
 
 TC_API int tc_key_set(tc_client *c, const char *key, const char *id,

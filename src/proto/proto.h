@@ -43,6 +43,19 @@
 		 shard names follow (after the GPU fields), the fd is \
 		 a socket that then carries the n shard fds */
 #define TC_IMPORT_FDS_PER_MSG 8 /* shard fds per message on that socket */
+#define TC_RF_NOWAIT                                                 \
+	0x20u /* IMPORT/CREATE: reply before the shared-disk copy is \
+		 durable (INSPECT says when it is) */
+#define TC_RF_TTL                                                  \
+	0x40u /* IMPORT/CREATE: u64 ttl_ms follows expect_gen; the \
+		 artifact goes when it passes */
+/* RM: an optional u32 of flags after the reference. */
+#define TC_RM_KEEP_DISK 0x1u /* leave the shared-disk copy in place */
+/* IMPORT/SEAL replies end with u32 persistence and str degraded (what a
+ * "should" of the policy could not do, or ""). */
+#define TC_PERSIST_MEMORY  0 /* in memory only (lost with the daemon) */
+#define TC_PERSIST_DURABLE 1 /* on the shared disk and in the metadata */
+#define TC_PERSIST_PENDING 2 /* being written (TC_RF_NOWAIT) */
 
 /* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
 #define TC_GPU_ANY_DEVICE 0xffffffffu

@@ -56,6 +56,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	 * Idle connections give up their slot when the daemon is full
 	 * instead (conn.c, evict_idle). */
 	c->idle_timeout_ms = 0;
+	c->cold_ttl_ms = 60000; /* TensorCast's cold profile: 60 s */
 	c->write_stall_ms = 30000;
 	c->max_clients_per_uid = 0;
 	c->max_tensors = TC_MAX_TENSORS;
@@ -236,6 +237,13 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		}
 		return 0;
 	}
+	if (!strcmp(key, "cold_ttl_ms")) {
+		if (set_int(val, 100, 86400000, &c->cold_ttl_ms) < 0) {
+			snprintf(why, whylen, "must be 100..86400000 (ms)");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
 	if (!strcmp(key, "idle_timeout_ms") || !strcmp(key, "write_stall_ms")) {
 		int *dst = key[0] == 'i' ? &c->idle_timeout_ms :
 					   &c->write_stall_ms;
@@ -297,6 +305,23 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 			return TC_EINVAL;
 		}
 		c->log_format = f;
+		return 0;
+	}
+	if (!strcmp(key, "shared_disk") || !strcmp(key, "state_dir")) {
+		char *dst = key[1] == 'h' ? c->shared_disk : c->state_dir;
+
+		if (strlen(val) >= PATH_MAX) {
+			snprintf(why, whylen, "path too long");
+			return TC_EINVAL;
+		}
+		if (val[0] && val[0] != '/') {
+			/* The daemon runs from /, not from where it was
+			 * started: a relative path would name another
+			 * folder. */
+			snprintf(why, whylen, "must be an absolute path");
+			return TC_EINVAL;
+		}
+		strcpy(dst, val);
 		return 0;
 	}
 	if (!strcmp(key, "log_file")) {
@@ -458,10 +483,13 @@ char *tc__config_json(const struct tc__store_config *c)
 			    json_string(c->log_format == TC_LOG_JSON ? "json" :
 								       "text"));
 	TC__CFG_NUM("idle_timeout_ms", c->idle_timeout_ms);
+	TC__CFG_NUM("cold_ttl_ms", c->cold_ttl_ms);
 	TC__CFG_NUM("write_stall_ms", c->write_stall_ms);
 	TC__CFG_NUM("max_clients_per_uid", c->max_clients_per_uid);
 	TC__CFG_NUM("max_clients_per_pid", c->max_clients_per_pid);
 	TC__CFG_NUM("max_tensors", c->max_tensors);
+	json_object_set_new(j, "shared_disk", json_string(c->shared_disk));
+	json_object_set_new(j, "state_dir", json_string(c->state_dir));
 #undef TC__CFG_NUM
 	out = json_dumps(j, JSON_COMPACT);
 	json_decref(j);

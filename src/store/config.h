@@ -42,10 +42,17 @@ struct tc__store_config {
 	int max_clients_per_pid; /* connections of one process; 0 = auto
 				    (max_clients / 4, at least 4) */
 	uint32_t max_tensors;	 /* tensors per artifact (<= TC_MAX_TENSORS) */
-	bool pin_eager;		 /* gpu_pin_host: pin large host replicas when
-				    they are sealed, once a GPU is in use
-				    (eager), or after their first GPU fill
-				    (on_use) */
+	char shared_disk[PATH_MAX]; /* the shared-disk tier: durable, ha and
+				       cold artifacts are written under
+				       <shared_disk>/tcast/; "" = none */
+	int cold_ttl_ms;	    /* cold: host copy kept this long after
+				       its last use */
+	char state_dir[PATH_MAX];   /* the daemon's own metadata (SQLite);
+				       "" = "state" next to the socket */
+	bool pin_eager; /* gpu_pin_host: pin large host replicas when
+			   they are sealed, once a GPU is in use
+			   (eager), or after their first GPU fill
+			   (on_use) */
 };
 
 #define TC_SPARE_AUTO UINT64_MAX
@@ -55,7 +62,8 @@ void tc__config_defaults(struct tc__store_config *c);
  * job_threads, max_clients, log_level, log_file, handshake_ms,
  * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,
  * metrics_port, log_format, idle_timeout_ms, write_stall_ms,
- * max_clients_per_uid, max_clients_per_pid, max_tensors).  Returns
+ * max_clients_per_uid, max_clients_per_pid, max_tensors, shared_disk,
+ * state_dir, cold_ttl_ms).  Returns
  * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);

@@ -40,7 +40,7 @@ static const struct {
  * code, which is sent back as the reply.  dispatch returns 0 to go on, or a
  * negative code after which the connection is closed (protocol error).
  */
-static int dispatch(struct conn *c, struct req *r)
+int tc__srv_dispatch(struct conn *c, struct req *r)
 {
 	int rc, fl = handlers[r->h.type].flags;
 
@@ -148,7 +148,7 @@ void tc__srv_conn_process(struct conn *c)
 			     r.h.body_len);
 		c->in_off += TC_FRAME_HDR + r.h.body_len;
 		r.t0_ns = tc__now_ns();
-		rc = dispatch(c, &r);
+		rc = tc__srv_dispatch(c, &r);
 		for (int i = 0; i < r.nfds; i++)
 			if (r.fds[i] >= 0)
 				close(r.fds[i]);

@@ -271,12 +271,9 @@ static void col_text(sqlite3_stmt *q, int i, char *dst, size_t n)
 	snprintf(dst, n, "%s", s ? (const char *)s : "");
 }
 
-int tc__mdb_load(struct tc__mdb *db, tc__mdb_artifact_cb *acb,
-		 tc__mdb_key_cb *kcb, void *arg, char *err, size_t errlen)
+int tc__mdb_load_artifacts(struct tc__mdb *db, tc__mdb_artifact_cb *acb,
+			   void *arg, char *err, size_t errlen)
 {
-	struct tc__mdb_version *v = NULL;
-	uint32_t nv = 0, cap = 0;
-	char cur[1024] = "";
 	sqlite3_stmt *q;
 	int rc = 0, step;
 
@@ -299,8 +296,18 @@ int tc__mdb_load(struct tc__mdb *db, tc__mdb_artifact_cb *acb,
 		rc = acb(arg, &a);
 	}
 	sqlite3_finalize(q);
-	if (rc < 0)
-		return rc;
+	return rc;
+}
+
+int tc__mdb_load_keys(struct tc__mdb *db, tc__mdb_key_cb *kcb, void *arg,
+		      char *err, size_t errlen)
+{
+	struct tc__mdb_version *v = NULL;
+	uint32_t nv = 0, cap = 0;
+	char cur[1024] = "";
+	sqlite3_stmt *q;
+	int rc = 0, step;
+
 	/* Versions of keys that still exist, by key then generation. */
 	if (sqlite3_prepare_v2(db->db,
 			       "SELECT v.name, v.gen, v.id, v.unix_ms FROM "

@@ -67,13 +67,15 @@ int tc__mdb_key_del(struct tc__mdb *db, const char *key, char *err,
 /* True when the key is recorded. */
 bool tc__mdb_key_known(struct tc__mdb *db, const char *key);
 
-/* Read everything back: one call per artifact, then per key with its
- * versions oldest first (the current one last).  A callback returning < 0
- * stops and that value is returned. */
+/* Read everything back: one call per artifact; then one call per key
+ * with its versions oldest first (the current one last).  A callback
+ * returning < 0 stops and that value is returned. */
 typedef int tc__mdb_artifact_cb(void *arg, const struct tc__mdb_artifact *a);
 typedef int tc__mdb_key_cb(void *arg, const char *key,
 			   const struct tc__mdb_version *v, uint32_t n);
-int tc__mdb_load(struct tc__mdb *db, tc__mdb_artifact_cb *acb,
-		 tc__mdb_key_cb *kcb, void *arg, char *err, size_t errlen);
+int tc__mdb_load_artifacts(struct tc__mdb *db, tc__mdb_artifact_cb *cb,
+			   void *arg, char *err, size_t errlen);
+int tc__mdb_load_keys(struct tc__mdb *db, tc__mdb_key_cb *cb, void *arg,
+		      char *err, size_t errlen);
 
 #endif /* TC_MDB_H */

@@ -10,11 +10,13 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "common/log.h"
 #include "common/names.h"
 #include "gpu_tier.h"
 #include "loader.h"
 #include "net/ev.h"
+#include "mdb.h"
 #include "obj.h"
 #include "format/canon.h"
 #include "proto/proto.h"
@@ -159,29 +161,24 @@ void tc__objs_release(struct tc__objs *s)
 
 /* --------------------------------------------------------------- policy */
 
+static const char *const policy_names[] = {
+	[TC_POLICY_CACHE] = "cache",	 [TC_POLICY_COLD] = "cold",
+	[TC_POLICY_DURABLE] = "durable", [TC_POLICY_HA] = "ha",
+	[TC_POLICY_WARM] = "warm",	 [TC_POLICY_PINNED] = "pinned",
+};
+
 int tc__policy_parse(const char *name, enum tc__policy *out, char *err,
 		     size_t errlen)
 {
-	if (!name || !*name || !strcmp(name, "cache")) {
+	if (!name || !*name) {
 		*out = TC_POLICY_CACHE;
 		return 0;
 	}
-	if (!strcmp(name, "warm")) {
-		*out = TC_POLICY_WARM;
-		return 0;
-	}
-	if (!strcmp(name, "pinned")) {
-		*out = TC_POLICY_PINNED;
-		return 0;
-	}
-	if (!strcmp(name, "durable") || !strcmp(name, "ha") ||
-	    !strcmp(name, "cold")) {
-		snprintf(err, errlen,
-			 "policy '%s' needs a shared-disk tier, which this "
-			 "node does not have (use cache, warm or pinned)",
-			 name);
-		return TC_EPOLICY;
-	}
+	for (size_t i = 0; i < TC_ARRAY_SIZE(policy_names); i++)
+		if (!strcmp(name, policy_names[i])) {
+			*out = (enum tc__policy)i;
+			return 0;
+		}
 	snprintf(err, errlen,
 		 "unknown policy '%s' (known: cache, warm, pinned, durable, "
 		 "ha, cold)",
@@ -191,14 +188,21 @@ int tc__policy_parse(const char *name, enum tc__policy *out, char *err,
 
 const char *tc__policy_name(enum tc__policy p)
 {
-	switch (p) {
-	case TC_POLICY_WARM:
-		return "warm";
-	case TC_POLICY_PINNED:
-		return "pinned";
-	default:
-		return "cache";
-	}
+	return (size_t)p < TC_ARRAY_SIZE(policy_names) ? policy_names[p] :
+							 "cache";
+}
+
+bool tc__policy_on_disk(enum tc__policy p)
+{
+	return p == TC_POLICY_DURABLE || p == TC_POLICY_HA ||
+	       p == TC_POLICY_COLD;
+}
+
+/* Overflow "evict": the profiles that may evict others to fit.  warm and
+ * pinned reject instead. */
+static bool policy_evicts(enum tc__policy p)
+{
+	return p != TC_POLICY_WARM && p != TC_POLICY_PINNED;
 }
 
 /* --------------------------------------------------------------- budget */
@@ -218,7 +222,7 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 			 (unsigned long long)s->budget);
 		return TC_ENOSPACE;
 	}
-	if (s->used + bytes > s->budget && policy == TC_POLICY_CACHE) {
+	if (s->used + bytes > s->budget && policy_evicts(policy)) {
 		for (o = s->lru_tail; o && s->used + bytes > s->budget;
 		     o = prev) {
 			prev = o->lru_prev;
@@ -253,7 +257,7 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 			 (unsigned long long)(s->budget - s->used),
 			 (unsigned long long)s->budget,
 			 (unsigned long long)held, (unsigned long long)pinned,
-			 policy == TC_POLICY_CACHE ?
+			 policy_evicts(policy) ?
 				 "" :
 				 " (this policy does not evict others)");
 		return TC_ENOSPACE;
@@ -572,6 +576,37 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 	return 0;
 }
 
+int tc__objs_key_restore(struct tc__objs *s, const char *key,
+			 const struct tc__mdb_version *v, uint32_t n)
+{
+	struct tc__key *k;
+
+	if (n == 0 || tc__map_get(&s->keys, key))
+		return 0;
+	k = tc__calloc(1, sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	k->name = tc__strdup(key);
+	if (!k->name || tc__map_put(&s->keys, k->name, k) < 0) {
+		tc__free(k->name);
+		tc__free(k);
+		return -ENOMEM;
+	}
+	/* Only the newest TC_KEY_HISTORY fit the ring. */
+	for (uint32_t i = n > TC_KEY_HISTORY ? n - TC_KEY_HISTORY : 0; i < n;
+	     i++) {
+		struct tc__key_version *h = &k->hist[k->nhist % TC_KEY_HISTORY];
+
+		h->gen = v[i].gen;
+		snprintf(h->id, sizeof(h->id), "%s", v[i].id);
+		h->unix_ms = v[i].unix_ms;
+		k->nhist++;
+	}
+	k->gen = v[n - 1].gen;
+	snprintf(k->id, sizeof(k->id), "%s", v[n - 1].id);
+	return 0;
+}
+
 int tc__objs_key_precheck(struct tc__objs *s, const char *key, bool expect,
 			  uint64_t expect_gen, char *err, size_t errlen)
 {
@@ -704,12 +739,16 @@ static json_t *obj_json(struct tc__objs *s, struct tc__obj *o)
 	return j;
 }
 
-char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts)
+char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts, void *more)
 {
 	json_t *arr = json_array();
 
 	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next)
 		json_array_append_new(arr, obj_json(s, o));
+	if (more) {
+		json_array_extend(arr, more);
+		json_decref(more);
+	}
 	return dump(json_pack("{s:o, s:I, s:I}", "artifacts", arr, "used_bytes",
 			      (json_int_t)(s->used - not_artifacts),
 			      "budget_bytes", (json_int_t)s->budget));

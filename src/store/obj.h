@@ -31,11 +31,21 @@ struct tc__obj_gpu;
 #define TC_KEY_MAX     512 /* bytes in a key name */
 #define TC_KEY_HISTORY 64  /* versions remembered per key */
 
+/* TensorCast's profiles (docs/durable.md).  The host copy's treatment is
+ * here; the shared-disk copy of durable, ha and cold lives in durable.h.
+ * Ordered from weakest to strongest host retention: a deduplicated
+ * import keeps the stronger. */
 enum tc__policy {
-	TC_POLICY_CACHE,  /* evictable; may evict others to fit */
-	TC_POLICY_WARM,	  /* evictable; refuse rather than evict others */
-	TC_POLICY_PINNED, /* never evicted; refuse rather than evict others */
+	TC_POLICY_CACHE,   /* evictable; may evict others to fit */
+	TC_POLICY_COLD,	   /* disk copy required; host copy kept for a TTL */
+	TC_POLICY_DURABLE, /* disk copy required; host copy best effort */
+	TC_POLICY_HA,	   /* durable, and a replica on another node */
+	TC_POLICY_WARM,	   /* evictable; refuse rather than evict others */
+	TC_POLICY_PINNED,  /* never evicted; refuse rather than evict others */
 };
+
+/* The policy needs the shared-disk tier (durable, ha, cold). */
+bool tc__policy_on_disk(enum tc__policy p);
 
 struct tc__obj {
 	char id[TC_ID_LEN + 1];
@@ -55,6 +65,9 @@ struct tc__obj {
 	struct tc__obj *lru_prev; /* neighbours in the LRU list */
 	struct tc__obj *lru_next;
 	struct tc__obj_gpu *gpu; /* owned: GPU replicas (gpu_tier.h), or NULL */
+	uint64_t expires_ms;	 /* unix time its TTL passes; 0 = never */
+	bool persisting; /* its shared-disk copy is being written (leased) */
+	char persist_err[256]; /* why the last such write failed, or "" */
 };
 
 struct tc__key_version {
@@ -86,9 +99,9 @@ void tc__objs_init(struct tc__objs *s, uint64_t budget);
 /* Free every artifact regardless of leases (daemon exit). */
 void tc__objs_release(struct tc__objs *s);
 
-/* Parse a policy name; returns 0, or TC_EPOLICY with a message for names
- * this node cannot honour (durable, ha, cold need a shared-disk tier) or
- * TC_EINVAL for unknown names. */
+/* Parse a policy name; returns 0, or TC_EINVAL for unknown names.  Whether
+ * the shared-disk tier can honour durable, ha and cold is the caller's
+ * check (durable.h). */
 int tc__policy_parse(const char *name, enum tc__policy *out, char *err,
 		     size_t errlen);
 const char *tc__policy_name(enum tc__policy p);
@@ -138,6 +151,12 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
 		     size_t errlen);
 
+/* Recreate a key from the daemon's metadata at start (versions oldest
+ * first, the last one current).  Returns 0 or -ENOMEM. */
+struct tc__mdb_version;
+int tc__objs_key_restore(struct tc__objs *s, const char *key,
+			 const struct tc__mdb_version *v, uint32_t n);
+
 /* Allocate an empty artifact (caller fills shm, table, id). */
 struct tc__obj *tc__obj_new(void);
 /* Free an artifact that is not in the table. */
@@ -149,7 +168,10 @@ int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
 /* JSON documents for the read verbs (malloc'd strings; NULL on OOM). */
 /* `not_artifacts`: budget bytes held for other things (the spare), left out
  * of used_bytes. */
-char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts);
+/* `more`: a json_t array of entries to append (artifacts on the shared
+ * disk only), consumed; NULL for none. */
+char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts,
+			 void *more);
 char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o);
 /* INSPECT in two halves: the summary (keys, leases, replicas) on the loop,
  * then the tensor table and the dump, which read only o's table (fixed

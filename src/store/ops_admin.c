@@ -19,6 +19,7 @@
 #include "tcast/errors.h"
 #include "tcast/version.h"
 
+#include "durable.h"
 #include "server_internal.h"
 
 int on_hello(struct conn *c, struct req *r)
@@ -94,6 +95,9 @@ int on_status(struct conn *c, struct req *r)
 		g ? g : json_null(), "config", cj ? cj : json_null(),
 		"max_clients", s->max_clients, "max_clients_per_uid",
 		s->max_per_uid, "max_clients_per_pid", s->max_per_pid);
+	if (j)
+		json_object_set_new(j, "durable",
+				    tc__durable_status_json(s->durable));
 	tc__srv_reply_json(c, r, j ? json_dumps(j, JSON_COMPACT) : NULL);
 	json_decref(j);
 	return 0;
@@ -108,7 +112,10 @@ int on_list(struct conn *c, struct req *r)
 	if (rc < 0)
 		return rc;
 	tc__srv_reply_json(
-		c, r, tc__objs_list_json(&c->srv->objs, c->srv->spare_charged));
+		c, r,
+		tc__objs_list_json(&c->srv->objs, c->srv->spare_charged,
+				   tc__durable_list_json(c->srv->durable,
+							 &c->srv->objs)));
 	return 0;
 }
 
@@ -161,16 +168,19 @@ int on_inspect(struct conn *c, struct req *r)
 		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return rc;
+		return tc__srv_durable_miss(c, r, ref, rc);
 	if (o->table.ntensors < 1024) {
-		tc__srv_reply_json(c, r,
-				   tc__objs_inspect_json(&c->srv->objs, o));
+		void *head = tc__objs_inspect_head(&c->srv->objs, o);
+
+		tc__srv_durable_inspect(c->srv, o, head);
+		tc__srv_reply_json(c, r, tc__obj_inspect_finish(head, o));
 		return 0;
 	}
 	j = tc__calloc(1, sizeof(*j));
 	if (!j)
 		return -ENOMEM;
 	j->head = tc__objs_inspect_head(&c->srv->objs, o);
+	tc__srv_durable_inspect(c->srv, o, j->head);
 	j->c = c;
 	j->r = *r;
 	j->o = o;
@@ -185,11 +195,19 @@ int on_inspect(struct conn *c, struct req *r)
 int on_rm(struct conn *c, struct req *r)
 {
 	char ref[TC_PROTO_MAX_STR];
+	uint32_t flags = 0;
 	int rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref));
 
+	/* Flags are optional: clients before them send none. */
+	if (rc == 0 && r->body.left && tc__cur_read_u32(&r->body, &flags) < 0)
+		rc = TC_EPROTO;
 	if (rc < 0 || (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
-	rc = tc__objs_rm(&c->srv->objs, ref, c->err, sizeof(c->err));
+	if (flags & ~TC_RM_KEEP_DISK) {
+		snprintf(c->err, sizeof(c->err), "unknown RM flags %#x", flags);
+		return TC_EINVAL;
+	}
+	rc = tc__srv_durable_rm(c, ref, flags);
 	if (rc < 0)
 		return rc;
 	tc__log(TC_LOG_INFO, "pid %d removed '%s'", (int)c->pid, ref);

@@ -116,7 +116,7 @@ int on_attach(struct conn *c, struct req *r)
 		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return rc;
+		return tc__srv_durable_miss(c, r, ref, rc);
 	if (!o->shm) {
 		snprintf(c->err, sizeof(c->err),
 			 "'%s' is held on a GPU only (it was imported straight "
@@ -261,7 +261,7 @@ int on_attach_gpu(struct conn *c, struct req *r)
 	}
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return rc;
+		return tc__srv_durable_miss(c, r, ref, rc);
 	w = tc__calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;

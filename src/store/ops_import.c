@@ -32,6 +32,7 @@
 #include "shm.h"
 #include "tcast/errors.h"
 
+#include "durable.h"
 #include "server_internal.h"
 
 struct import_job {
@@ -66,7 +67,8 @@ struct import_job {
 	double gpu_seconds;
 	struct tc__gpu_load_stats gpu_stats;
 	int io_engine;
-	bool gpu_copying; /* counted in tc__gpu_tier_copy_begin */
+	bool gpu_copying;	    /* counted in tc__gpu_tier_copy_begin */
+	struct persist_req persist; /* the policy's shared-disk part */
 	int rc;
 	char err[512];
 };
@@ -239,6 +241,10 @@ static void import_run(struct tc__job *job)
 		j->o->table = j->src->table;
 		tc__table_init(&j->src->table);
 		j->rc = tc__obj_finish(j->o, j->chunks, n);
+		/* A native folder's bytes must hash to its manifest's. */
+		if (j->rc == 0)
+			j->rc = tc__native_check(j->src, j->chunks, n, j->o->id,
+						 j->err, sizeof(j->err));
 		return;
 	}
 	j->rc = tc__shm_map_rw(j->o->shm);
@@ -261,6 +267,12 @@ static void import_run(struct tc__job *job)
 	j->o->table = j->src->table;
 	tc__table_init(&j->src->table);
 	j->rc = tc__obj_finish(j->o, j->chunks, n);
+	/* A native folder's bytes must hash to its manifest's. */
+	if (j->rc == 0)
+		j->rc = tc__native_check(j->src, j->chunks, n, j->o->id, j->err,
+					 sizeof(j->err));
+	if (j->rc == 0)
+		tc__srv_persist_write(&j->persist, j->o, j->chunks, n);
 }
 
 static void import_done(struct tc__job *job);
@@ -300,7 +312,8 @@ static int import_reply(struct conn *c, const struct req *r, void *arg)
 			tc__objs_discard_new(&c->srv->objs, a->o);
 		return rc;
 	}
-	tc__srv_reply_created(c, r, a->o, a->ns, a->dedup, gen);
+	tc__durable_key_changed(c->srv->durable, &c->srv->objs, j->key);
+	tc__srv_reply_created(c, r, a->o, a->ns, a->dedup, gen, &j->persist);
 	return 0;
 }
 
@@ -436,7 +449,15 @@ static void import_done(struct tc__job *job)
 	}
 	struct import_reply a = { j, o, ns, dedup };
 
-	tc__srv_finish(c, &j->r, 0, NULL, import_reply, &a);
+	/* Recorded (or its write started) even when the client went; a
+	 * failed must takes back what this import added. */
+	c->err[0] = '\0';
+	rc = tc__srv_persist_commit(c, &j->persist, o, j->chunks,
+				    tc__chunk_count(o->table.total_bytes));
+	if (rc < 0 && !dedup)
+		tc__objs_discard_new(&s->objs, o);
+	snprintf(j->err, sizeof(j->err), "%s", c->err);
+	tc__srv_finish(c, &j->r, rc, j->err, import_reply, &a);
 	import_free(j);
 }
 
@@ -476,6 +497,7 @@ static int read_shard_names(struct conn *c, struct req *r, struct import_job *j)
 int on_import(struct conn *c, struct req *r)
 {
 	struct import_job *j;
+	uint64_t ttl_ms = 0;
 	char policy[32];
 	struct stat st;
 	int rc;
@@ -495,7 +517,9 @@ int on_import(struct conn *c, struct req *r)
 	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
 		goto out_free;
 	if (tc__cur_read_u32(&r->body, &j->flags) < 0 ||
-	    tc__cur_read_u64(&r->body, &j->expect_gen) < 0) {
+	    tc__cur_read_u64(&r->body, &j->expect_gen) < 0 ||
+	    ((j->flags & TC_RF_TTL) &&
+	     tc__cur_read_u64(&r->body, &ttl_ms) < 0)) {
 		rc = TC_EPROTO;
 		goto out_free;
 	}
@@ -526,6 +550,9 @@ int on_import(struct conn *c, struct req *r)
 	if ((rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;
 	rc = tc__policy_parse(policy, &j->policy, c->err, sizeof(c->err));
+	if (rc == 0)
+		rc = tc__srv_persist_prepare(c, &j->persist, j->policy,
+					     j->flags, ttl_ms);
 	if (rc < 0)
 		goto out_free;
 	/* A key the import could never publish under (a bad name, a CAS

@@ -9,6 +9,7 @@
 #include "proto/proto.h"
 #include "tcast/errors.h"
 
+#include "durable.h"
 #include "server_internal.h"
 
 int on_key_set(struct conn *c, struct req *r)
@@ -30,6 +31,7 @@ int on_key_set(struct conn *c, struct req *r)
 			      expect, &gen, c->err, sizeof(c->err));
 	if (rc < 0)
 		return rc;
+	tc__durable_key_changed(c->srv->durable, &c->srv->objs, key);
 	off = tc__srv_reply_begin(c, r);
 	tc__buf_put_u64(&c->out, gen);
 	tc__srv_reply_end(c, off);

@@ -22,6 +22,7 @@
 #include "shm.h"
 #include "tcast/errors.h"
 
+#include "durable.h"
 #include "server_internal.h"
 
 /* ------------------------------------------------- publish and reply */
@@ -37,10 +38,11 @@ int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
 				expect_gen, gen, c->err, sizeof(c->err));
 }
 
-/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen. */
+/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen,
+ * persistence, degraded. */
 void tc__srv_reply_created(struct conn *c, const struct req *r,
 			   struct tc__obj *o, uint64_t ns, bool dedup,
-			   uint64_t gen)
+			   uint64_t gen, const struct persist_req *p)
 {
 	size_t off = tc__srv_reply_begin(c, r);
 
@@ -50,6 +52,7 @@ void tc__srv_reply_created(struct conn *c, const struct req *r,
 	tc__buf_put_u64(&c->out, ns);
 	tc__buf_put_u32(&c->out, dedup);
 	tc__buf_put_u64(&c->out, gen);
+	tc__srv_put_durability(c, p, o);
 	tc__srv_reply_end(c, off);
 }
 
@@ -187,7 +190,7 @@ int on_create(struct conn *c, struct req *r)
 	struct pending *p;
 	char policy[32];
 	enum tc__policy pol;
-	uint64_t bytes, extra;
+	uint64_t bytes, extra, ttl_ms = 0;
 	size_t off;
 	int rc, fd;
 
@@ -219,13 +222,18 @@ int on_create(struct conn *c, struct req *r)
 	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
 		goto out_free;
 	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
-	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0) {
+	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0 ||
+	    ((p->flags & TC_RF_TTL) &&
+	     tc__cur_read_u64(&r->body, &ttl_ms) < 0)) {
 		rc = TC_EPROTO;
 		goto out_free;
 	}
 	if ((rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;
 	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
+	if (rc == 0)
+		rc = tc__srv_persist_prepare(c, &p->persist, pol, p->flags,
+					     ttl_ms);
 	if (rc < 0)
 		goto out_free;
 	rc = tc__objs_key_precheck(&c->srv->objs, p->key,
@@ -353,6 +361,8 @@ static void seal_run(struct tc__job *job)
 				j->io_threads, j->chunks);
 	if (j->rc == 0)
 		j->rc = tc__obj_finish(o, j->chunks, j->nchunks);
+	if (j->rc == 0)
+		tc__srv_persist_write(&j->p->persist, o, j->chunks, j->nchunks);
 }
 
 static int seal_reply(struct conn *c, const struct req *r, void *arg)
@@ -365,10 +375,13 @@ static int seal_reply(struct conn *c, const struct req *r, void *arg)
 
 	rc = tc__srv_publish_key(c, j->o, p->key, p->flags, p->expect_gen,
 				 &gen);
-	if (rc == 0)
-		tc__srv_reply_created(c, r, j->o, j->ns, dedup, gen);
-	else if (!dedup)
+	if (rc == 0) {
+		tc__durable_key_changed(c->srv->durable, &c->srv->objs, p->key);
+		tc__srv_reply_created(c, r, j->o, j->ns, dedup, gen,
+				      &p->persist);
+	} else if (!dedup) {
 		tc__objs_discard_new(&c->srv->objs, j->o);
+	}
 	return rc;
 }
 
@@ -378,6 +391,7 @@ static void seal_done(struct tc__job *job)
 	struct conn *c = j->c;
 	struct pending *p = j->p;
 	int rc = j->rc;
+	char why[sizeof(c->err)];
 
 	j->ns = tc__now_ns() - p->t0_ns;
 	if (rc == 0) {
@@ -391,7 +405,16 @@ static void seal_done(struct tc__job *job)
 		c->srv->n_put++;
 		tc__metrics_path(TC_MPATH_PUT, j->o->table.total_bytes, j->ns);
 		tc__gpu_tier_host_added(c->srv->gpu, j->o);
-		tc__srv_finish(c, &j->r, 0, NULL, seal_reply, j);
+		/* The disk copy is recorded (or its write starts) even when
+		 * the client went: the bytes are durable whoever waits.  A
+		 * failed must takes back what this put added. */
+		c->err[0] = '\0';
+		rc = tc__srv_persist_commit(c, &p->persist, j->o, j->chunks,
+					    j->nchunks);
+		if (rc < 0 && j->o == p->o)
+			tc__objs_discard_new(&c->srv->objs, j->o);
+		snprintf(why, sizeof(why), "%s", c->err);
+		tc__srv_finish(c, &j->r, rc, why, seal_reply, j);
 		tc__free(p);
 	}
 	tc__free(j->chunks);

@@ -27,6 +27,7 @@
 #include "server.h"
 #include "tcast/version.h"
 
+#include "durable.h"
 #include "server_internal.h"
 
 /* -------------------------------------------------------------- hooks */
@@ -49,6 +50,7 @@ static void on_tick(struct tc__ev *ev, void *arg)
 		tc__ev_add(s->ev, s->lfd, TC_EV_READ, tc__srv_on_accept, s);
 	}
 	tc__srv_spare_refill(s);
+	tc__srv_durable_tick(s, now);
 	tc__srv_metrics_publish(s, now, false);
 }
 
@@ -156,6 +158,11 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	rc = tc__sock_prepare_dir(cfg->socket, err, errlen);
 	if (rc < 0)
 		goto out_ev;
+	/* Before listening: the first client already finds every durable
+	 * artifact and key a restart or crash left. */
+	rc = tc__srv_durable_init(&s, err, errlen);
+	if (rc < 0)
+		goto out_ev;
 	rc = tc__sock_listen(cfg->socket, 512, &s.lfd, err, errlen);
 	if (rc < 0)
 		goto out_ev;
@@ -243,6 +250,7 @@ out_sig:
 out_listen:
 	close(s.lfd);
 out_ev:
+	tc__durable_close(s.durable);
 	tc__ev_free(s.ev);
 	return rc;
 }

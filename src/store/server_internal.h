@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <limits.h>
 #include <sys/types.h>
 
 #include "common/buf.h"
@@ -68,6 +69,21 @@ struct lease {
 	uint32_t n;
 };
 
+/* What a put or import owes the shared-disk tier (srv_durable.c): set on
+ * the loop at the request, written by the worker that seals, committed on
+ * the loop after insert. */
+struct persist_req {
+	bool on;		 /* the policy needs the shared disk */
+	bool wait;		 /* written before the reply */
+	bool written;		 /* the worker wrote (rc says how) */
+	enum tc__policy policy;	 /* what was asked for */
+	uint64_t ttl_ms;	 /* 0 = none */
+	int dirfd;		 /* the shared folder, borrowed */
+	char root[PATH_MAX + 8]; /* its name, for messages */
+	int rc;			 /* the write's result */
+	char err[512];		 /* and its message */
+};
+
 /* A put between CREATE and SEAL: the artifact is not visible yet. */
 struct pending {
 	uint64_t handle;
@@ -76,6 +92,7 @@ struct pending {
 	uint32_t flags;
 	uint64_t expect_gen;
 	uint64_t t0_ns;
+	struct persist_req persist; /* the policy's shared-disk part */
 	struct pending *next;
 };
 
@@ -157,6 +174,8 @@ struct server {
 	uint64_t spare_charged; /* budget bytes held by the spare (ready or
 				   being allocated) */
 	bool stopping;
+	struct tc__durable *durable; /* the shared-disk tier, or NULL */
+	uint64_t durable_tick_ms;    /* last tc__srv_durable_tick */
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */
@@ -257,10 +276,11 @@ void tc__srv_spare_drop(struct server *s);
  * failure. */
 int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
 			uint32_t flags, uint64_t expect_gen, uint64_t *gen);
-/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen. */
+/* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen,
+ * then the persistence and what the policy could not do (p may be NULL). */
 void tc__srv_reply_created(struct conn *c, const struct req *r,
 			   struct tc__obj *o, uint64_t ns, bool dedup,
-			   uint64_t gen);
+			   uint64_t gen, const struct persist_req *p);
 /* Discard every unsealed put of a closed connection. */
 void tc__srv_puts_free(struct conn *c);
 
@@ -274,7 +294,41 @@ void tc__srv_send_progress(struct conn *c, uint64_t now_ms);
 /* Drop every lease of a closed connection. */
 void tc__srv_leases_free(struct conn *c);
 
-/* ---- bindings (binding.c) --------------------------------------------- */
+/* Run the handler of one request (dispatch.c): a request that waited for
+ * its artifact to load from the shared disk runs again through it. */
+int tc__srv_dispatch(struct conn *c, struct req *r);
+
+/* ---- shared-disk tier (srv_durable.c) -------------------------------- */
+int tc__srv_durable_init(struct server *s, char *err, size_t errlen);
+/* Check a put's or import's policy and TTL and fill p; 0 or TC_EPOLICY
+ * (c->err set: a "must" that cannot be met). */
+int tc__srv_persist_prepare(struct conn *c, struct persist_req *p,
+			    enum tc__policy pol, uint32_t flags,
+			    uint64_t ttl_ms);
+/* Worker: write o to the shared disk when p says so (before the reply). */
+void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
+			   const struct tc__digest *chunks, uint64_t n);
+/* Loop, after insert: record the write, or start it (TC_RF_NOWAIT), and
+ * set the TTL.  0 or a code with c->err set (the put failed). */
+int tc__srv_persist_commit(struct conn *c, struct persist_req *p,
+			   struct tc__obj *o, const struct tc__digest *chunks,
+			   uint64_t n);
+/* Append the persistence state and degraded note to a created reply. */
+void tc__srv_put_durability(struct conn *c, const struct persist_req *p,
+			    const struct tc__obj *o);
+/* A handler's lookup of `ref` failed with rc: when ref is a durable
+ * artifact on disk only, load it and run the request again (returns 0:
+ * the reply comes then); else rc. */
+int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref,
+			 int rc);
+/* RM with TC_RM_* flags: memory, key, record and disk copy. */
+int tc__srv_durable_rm(struct conn *c, const char *ref, uint32_t flags);
+void tc__srv_durable_tick(struct server *s, uint64_t now_ms);
+/* Add the "durable" object and the disk replica to an INSPECT head. */
+void tc__srv_durable_inspect(struct server *s, const struct tc__obj *o,
+			     void *head);
+
+/* ---- bindings (binding.c) -------------------------------------------- */
 
 /* Free every binding of a closed connection (no job may be running). */
 void tc__srv_bindings_free(struct conn *c);

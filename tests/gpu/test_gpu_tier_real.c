@@ -76,7 +76,7 @@ static void put_blob(tc_client *c, const char *key, uint64_t bytes,
 		     uint32_t seed)
 {
 	struct tc_tensor_desc d = { "blob", TC_DTYPE_U8, 1, &bytes };
-	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL, 0 };
+	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL, 0, 0 };
 	uint64_t *w;
 	tc_put *p;
 

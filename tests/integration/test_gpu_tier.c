@@ -153,7 +153,7 @@ static void put_blob(tc_client *c, const char *key, uint64_t bytes,
 		     uint32_t seed, char id[TC_ID_BUFLEN])
 {
 	struct tc_tensor_desc d = { "blob", TC_DTYPE_U8, 1, &bytes };
-	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL, 0 };
+	struct tc_opts o = { TC_OPT_KEY, key, NULL, 0, NULL, NULL, 0, 0 };
 	struct tc_result r;
 	uint8_t *p;
 	tc_put *put;
@@ -380,9 +380,8 @@ static void test_gpu_tier__share_across_processes(void **state)
 	daemon_start(fake_env, NULL);
 	c = t_connect(D.sock);
 	{
-		struct tc_opts o = {
-			TC_OPT_KEY, "llama", NULL, 0, NULL, NULL, 0
-		};
+		struct tc_opts o = { TC_OPT_KEY, "llama", NULL, 0,
+				     NULL,	 NULL,	  0,	0 };
 
 		if (tc_import(c, t_data("tiny-llama"), &o, NULL) < 0)
 			fail_msg("import: %s", tc_client_errmsg(c));
@@ -1005,9 +1004,8 @@ static void test_gpu_tier__large_replica_pinned_after_first_fill(void **state)
 	 * and its swap): pinning waits for them, and must not wait for
 	 * ever once they are done. */
 	{
-		struct tc_opts o = {
-			TC_OPT_DEVICE, NULL, NULL, 0, NULL, NULL, 0
-		};
+		struct tc_opts o = { TC_OPT_DEVICE, NULL, NULL, 0,
+				     NULL,	    NULL, 0,	0 };
 		tc_artifact *bd;
 
 		if (tc_import(c, t_data("tiny-llama"), &o, NULL) < 0)
@@ -1217,7 +1215,7 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 {
 	char h1[65], h2[65], *s;
 	struct tc_opts o = {
-		TC_OPT_KEY | TC_OPT_DEVICE, "g:llama", NULL, 0, NULL, NULL, 1
+		TC_OPT_KEY | TC_OPT_DEVICE, "g:llama", NULL, 0, NULL, NULL, 1, 0
 	};
 	struct tc_result r, r2, r3;
 	tc_artifact *a, *x;
@@ -1261,7 +1259,7 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 	/* A GPU-only artifact whose only replica is evicted is gone. */
 	{
 		struct tc_opts o2 = { TC_OPT_DEVICE, NULL, NULL, 0,
-				      NULL,	     NULL, 1 };
+				      NULL,	     NULL, 1,	 0 };
 
 		assert_int_equal(tc_import(c, t_data("dtypes.safetensors"), &o2,
 					   &r3),

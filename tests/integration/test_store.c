@@ -445,7 +445,7 @@ static void put_blob(tc_client *c, const char *name, uint8_t fill,
 {
 	uint64_t shape[1] = { bytes };
 	struct tc_tensor_desc d = { name, TC_DTYPE_U8, 1, shape };
-	struct tc_opts o = { TC_OPT_POLICY, NULL, policy, 0, NULL, NULL, 0 };
+	struct tc_opts o = { TC_OPT_POLICY, NULL, policy, 0, NULL, NULL, 0, 0 };
 	struct tc_result r;
 	tc_put *p;
 	int rc = tc_put_begin(c, &d, 1, NULL, &o, &p);
@@ -591,7 +591,7 @@ static void test_store__import_reports_progress(void **state)
 	tc_client *c = t_connect(D.sock);
 	uint64_t seen[2] = { 0, 0 };
 	struct tc_opts o = { TC_OPT_PROGRESS, NULL, NULL, 0,
-			     on_progress,     seen, 0 };
+			     on_progress,     seen, 0,	  0 };
 	struct tc_result r;
 
 	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);

@@ -10,6 +10,7 @@
 #include <openssl/evp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,14 +57,18 @@ void t_rmtree(const char *path)
 	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
+static void daemon_vstart(struct t_daemon *d, bool reuse,
+			  const char *host_memory, va_list ap)
 {
-	char *argv[32], bin[512], *dir = t_tmpdir();
+	char *argv[32], bin[512];
 	int argc = 0;
-	va_list ap;
 
-	snprintf(d->dir, sizeof(d->dir), "%s", dir);
-	free(dir);
+	if (!reuse) {
+		char *dir = t_tmpdir();
+
+		snprintf(d->dir, sizeof(d->dir), "%s", dir);
+		free(dir);
+	}
 	/* The daemon insists on a private directory for its socket. */
 	snprintf(d->sock, sizeof(d->sock), "%s/run/d.sock", d->dir);
 	/* $TCAST_BIN runs the tests against another build (the bundle on
@@ -81,10 +86,8 @@ void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
 	argv[argc++] = (char *)host_memory;
 	argv[argc++] = "--log-level";
 	argv[argc++] = "debug";
-	va_start(ap, host_memory);
 	for (char *a; (a = va_arg(ap, char *)) && argc < 30;)
 		argv[argc++] = a;
-	va_end(ap);
 	argv[argc] = NULL;
 	d->pid = fork();
 	if (d->pid == 0) {
@@ -114,6 +117,24 @@ void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
 	}
 	fprintf(stderr, "daemon did not start; see %s/daemon.log\n", d->dir);
 	abort();
+}
+
+void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
+{
+	va_list ap;
+
+	va_start(ap, host_memory);
+	daemon_vstart(d, false, host_memory, ap);
+	va_end(ap);
+}
+
+void t_daemon_restart(struct t_daemon *d, const char *host_memory, ...)
+{
+	va_list ap;
+
+	va_start(ap, host_memory);
+	daemon_vstart(d, true, host_memory, ap);
+	va_end(ap);
 }
 
 int t_daemon_stop(struct t_daemon *d)

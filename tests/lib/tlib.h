@@ -29,6 +29,9 @@ struct t_daemon {
  * arguments (NULL-terminated), wait until it accepts.  Aborts the test
  * process on failure. */
 void t_daemon_start(struct t_daemon *d, const char *host_memory, ...);
+/* t_daemon_start again in d's directory (the same socket, log and state
+ * folder), after a stop or a kill. */
+void t_daemon_restart(struct t_daemon *d, const char *host_memory, ...);
 /* SIGTERM and wait; returns the exit status. */
 int t_daemon_stop(struct t_daemon *d);
 

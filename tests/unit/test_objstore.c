@@ -596,7 +596,7 @@ static void test_objstore__rm_leased(void **state)
 	assert_false(held(&s, id));
 	assert_int_equal(s.used, PG);
 	assert_int_equal(tc__objs_rm(&s, id, err, sizeof(err)), TC_ENOTFOUND);
-	j = parse(tc__objs_list_json(&s, 0));
+	j = parse(tc__objs_list_json(&s, 0, NULL));
 	assert_int_equal(json_array_size(json_object_get(j, "artifacts")), 0);
 	assert_int_equal(json_integer_value(json_object_get(j, "used_bytes")),
 			 PG);
@@ -1005,13 +1005,17 @@ static void test_objstore__policy_parse(void **state)
 	assert_int_equal(p, TC_POLICY_WARM);
 	assert_int_equal(tc__policy_parse("pinned", &p, err, MSG), 0);
 	assert_int_equal(p, TC_POLICY_PINNED);
-	for (const char *const *n =
-		     (const char *const[]){ "durable", "ha", "cold", NULL };
-	     *n; n++) {
-		assert_int_equal(tc__policy_parse(*n, &p, err, MSG),
-				 TC_EPOLICY);
-		must_contain(err, "shared-disk");
-	}
+	/* Known here; whether the shared disk can honour them is the
+	 * server's check (tests/integration/test_durable.c). */
+	assert_int_equal(tc__policy_parse("durable", &p, err, MSG), 0);
+	assert_int_equal(p, TC_POLICY_DURABLE);
+	assert_true(tc__policy_on_disk(p));
+	assert_int_equal(tc__policy_parse("ha", &p, err, MSG), 0);
+	assert_int_equal(p, TC_POLICY_HA);
+	assert_int_equal(tc__policy_parse("cold", &p, err, MSG), 0);
+	assert_int_equal(p, TC_POLICY_COLD);
+	assert_true(tc__policy_on_disk(p));
+	assert_false(tc__policy_on_disk(TC_POLICY_PINNED));
 	assert_int_equal(tc__policy_parse("Pinned", &p, err, MSG), TC_EINVAL);
 	must_contain(err, "unknown policy 'Pinned'");
 	assert_string_equal(tc__policy_name(TC_POLICY_CACHE), "cache");
@@ -1044,7 +1048,7 @@ static void test_objstore__json(void **state)
 	assert_int_equal(kset(&s, "m1", a->id, false, 0, &gen, err), 0);
 	assert_int_equal(kset(&s, "m2", a->id, false, 0, &gen, err), 0);
 
-	j = parse(tc__objs_list_json(&s, 0));
+	j = parse(tc__objs_list_json(&s, 0, NULL));
 	assert_int_equal(json_integer_value(json_object_get(j, "used_bytes")),
 			 3 * PG);
 	assert_int_equal(json_integer_value(json_object_get(j, "budget_bytes")),
@@ -1142,7 +1146,7 @@ static void test_objstore__json(void **state)
 
 	/* An empty store. */
 	tc__objs_init(&s, 0);
-	j = parse(tc__objs_list_json(&s, 0));
+	j = parse(tc__objs_list_json(&s, 0, NULL));
 	assert_int_equal(json_array_size(json_object_get(j, "artifacts")), 0);
 	json_decref(j);
 	j = parse(tc__objs_keys_json(&s, NULL, &rc, err, MSG));

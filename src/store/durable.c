@@ -1,0 +1,731 @@
+/*
+ * durable.c - the shared-disk tier (see durable.h).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/map.h"
+#include "durable.h"
+#include "format/format.h"
+#include "loader.h"
+#include "net/ev.h"
+#include "shm.h"
+#include "tcast/errors.h"
+
+struct tc__durable {
+	char shared[PATH_MAX];	 /* the configured shared_disk */
+	char root[PATH_MAX + 8]; /* <shared>/tcast */
+	int rootfd;		 /* -1 while unusable */
+	char disk_err[512];	 /* why, while unusable */
+	struct tc__mdb *db;
+	struct tc__map arts;  /* id -> struct tc__dart */
+	uint64_t bytes;	      /* byte spaces of arts */
+	uint64_t cold_ttl_ns; /* cold: host copy kept this long */
+	uint64_t written, write_failures, restores, restore_failures, expired,
+		cold_dropped;
+};
+
+struct tc__restore {
+	struct tc__job job;
+	struct tc__durable *d;
+	struct tc__objs *objs;
+	struct tc__dart *a; /* NULL once forgotten meanwhile */
+	int phase;	    /* 1 = read the manifest, 2 = load */
+	int io_threads;
+	struct tc__jobs *pool;
+	struct tc__source *src;
+	struct tc__obj *o;
+	struct tc__digest *chunks;
+	uint64_t charged;
+	struct waiter {
+		tc__durable_done_fn *fn;
+		void *arg;
+	} * w;
+	uint32_t nw;
+	int rc;
+	char err[512];
+};
+
+static uint64_t unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Temporaries a crash left behind (format.h: .tmp-<hex>-<random>): never
+ * artifacts, removed at start so they do not pile up. */
+static void remove_temps(int rootfd)
+{
+	int fd = dup(rootfd);
+	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *e;
+	size_t pl = strlen(TC_NATIVE_TMP_PREFIX);
+	uint32_t n = 0;
+
+	if (!dir) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while ((e = readdir(dir))) {
+		int sub;
+
+		if (strncmp(e->d_name, TC_NATIVE_TMP_PREFIX, pl))
+			continue;
+		sub = openat(rootfd, e->d_name,
+			     O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+		if (sub >= 0) {
+			unlinkat(sub, TC_NATIVE_DATA, 0);
+			unlinkat(sub, TC_NATIVE_MANIFEST, 0);
+			close(sub);
+		}
+		if (unlinkat(rootfd, e->d_name, AT_REMOVEDIR) == 0)
+			n++;
+	}
+	closedir(dir);
+	if (n)
+		tc__log(TC_LOG_INFO,
+			"removed %u unfinished write(s) left by a crash", n);
+}
+
+/* Open <shared>/tcast, creating the subfolder; the shared folder itself
+ * must exist (it is a mount, not ours to invent). */
+static int open_root(struct tc__durable *d)
+{
+	struct statvfs vfs;
+	int fd;
+
+	if (d->rootfd >= 0)
+		return 0;
+	if (mkdir(d->root, 0777) < 0 && errno != EEXIST) {
+		snprintf(d->disk_err, sizeof(d->disk_err),
+			 "shared disk '%s' is unusable: %s", d->shared,
+			 strerror(errno));
+		return -1;
+	}
+	fd = open(d->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		snprintf(d->disk_err, sizeof(d->disk_err),
+			 "shared disk '%s' is unusable: %s", d->root,
+			 strerror(errno));
+		return -1;
+	}
+	/* root passes permission checks: a read-only mount is the case to
+	 * catch, with the folder's own write bit for everyone else. */
+	if ((fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY)) ||
+	    faccessat(fd, ".", W_OK, AT_EACCESS) < 0) {
+		snprintf(d->disk_err, sizeof(d->disk_err),
+			 "shared disk '%s' is read-only", d->root);
+		close(fd);
+		return -1;
+	}
+	d->rootfd = fd;
+	d->disk_err[0] = '\0';
+	remove_temps(fd);
+	return 0;
+}
+
+static int load_art(void *arg, const struct tc__mdb_artifact *r)
+{
+	struct tc__durable *d = arg;
+	struct tc__dart *a;
+	char why[128];
+
+	if (!tc__is_id(r->id) || tc__map_get(&d->arts, r->id))
+		return 0;
+	a = tc__calloc(1, sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	a->rec = *r;
+	if (tc__policy_parse(r->policy, &a->policy, why, sizeof(why)) < 0 ||
+	    !tc__policy_on_disk(a->policy))
+		a->policy = TC_POLICY_DURABLE;
+	if (tc__map_put(&d->arts, a->rec.id, a) < 0) {
+		tc__free(a);
+		return -ENOMEM;
+	}
+	d->bytes += r->bytes;
+	return 0;
+}
+
+static int load_key(void *arg, const char *key, const struct tc__mdb_version *v,
+		    uint32_t n)
+{
+	return tc__objs_key_restore(arg, key, v, n);
+}
+
+int tc__durable_open(const struct tc__store_config *cfg, struct tc__objs *objs,
+		     struct tc__durable **out, char *err, size_t errlen)
+{
+	struct tc__durable *d;
+	char state[PATH_MAX + 16], sock[sizeof(cfg->socket)];
+	uint64_t t0 = tc__now_ns();
+	int rc;
+
+	*out = NULL;
+	if (!cfg->shared_disk[0])
+		return 0;
+	if (cfg->state_dir[0]) {
+		snprintf(state, sizeof(state), "%s", cfg->state_dir);
+	} else {
+		snprintf(sock, sizeof(sock), "%s", cfg->socket);
+		snprintf(state, sizeof(state), "%s/state", dirname(sock));
+	}
+	d = tc__calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	d->rootfd = -1;
+	d->cold_ttl_ns = (uint64_t)cfg->cold_ttl_ms * 1000000;
+	tc__map_init(&d->arts);
+	snprintf(d->shared, sizeof(d->shared), "%s", cfg->shared_disk);
+	snprintf(d->root, sizeof(d->root), "%s/%s", cfg->shared_disk,
+		 TC_DURABLE_SUBDIR);
+	rc = tc__mdb_open(state, &d->db, err, errlen);
+	if (rc < 0)
+		goto out_free;
+	rc = tc__mdb_load_artifacts(d->db, load_art, d, err, errlen);
+	if (rc == 0)
+		rc = tc__mdb_load_keys(d->db, load_key, objs, err, errlen);
+	if (rc < 0)
+		goto out_free;
+	if (open_root(d) < 0)
+		tc__log(TC_LOG_WARN,
+			"%s: durable, ha and cold requests fail "
+			"until it is usable",
+			d->disk_err);
+	tc__log(TC_LOG_INFO,
+		"durable tier: %s, metadata in %s/%s, %zu artifacts (%llu "
+		"bytes) known, loaded in %.1f ms",
+		d->root, state, TC_MDB_FILE, d->arts.count,
+		(unsigned long long)d->bytes,
+		(double)(tc__now_ns() - t0) / 1e6);
+	*out = d;
+	return 0;
+
+out_free:
+	tc__durable_close(d);
+	return rc;
+}
+
+void tc__durable_close(struct tc__durable *d)
+{
+	struct tc__map_entry *e;
+	size_t b;
+
+	if (!d)
+		return;
+	for (e = tc__map_next(&d->arts, NULL, &b); e;
+	     e = tc__map_next(&d->arts, e, &b)) {
+		struct tc__dart *a = e->val;
+
+		/* A restore still running keeps its job; it sees a NULL
+		 * dart.  The daemon is exiting: the pool is gone first. */
+		if (a->restore)
+			a->restore->a = NULL;
+		tc__free(a);
+	}
+	tc__map_release(&d->arts);
+	tc__mdb_close(d->db);
+	if (d->rootfd >= 0)
+		close(d->rootfd);
+	tc__free(d);
+}
+
+int tc__durable_check(struct tc__durable *d, enum tc__policy p, char *err,
+		      size_t errlen)
+{
+	if (!tc__policy_on_disk(p))
+		return 0;
+	if (!d) {
+		snprintf(err, errlen,
+			 "policy '%s' needs a shared-disk tier, which this "
+			 "daemon does not have (set shared_disk in its "
+			 "configuration, or use cache, warm or pinned)",
+			 tc__policy_name(p));
+		return TC_EPOLICY;
+	}
+	if (open_root(d) < 0) {
+		snprintf(err, errlen, "policy '%s': %s", tc__policy_name(p),
+			 d->disk_err);
+		return TC_EPOLICY;
+	}
+	return 0;
+}
+
+int tc__durable_dirfd(const struct tc__durable *d)
+{
+	return d ? d->rootfd : -1;
+}
+
+const char *tc__durable_root(const struct tc__durable *d)
+{
+	return d ? d->root : "";
+}
+
+int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
+		      const struct tc__digest *chunks, uint64_t nchunks,
+		      char *err, size_t errlen)
+{
+	if (!o->shm || !o->shm->map) {
+		snprintf(err, errlen,
+			 "'%s' has no sealed host copy to write to the shared "
+			 "disk",
+			 o->id);
+		return TC_ENOTSUP;
+	}
+	return tc__native_write(dirfd, root, o->id, &o->table, o->shm->map,
+				chunks, nchunks, err, errlen);
+}
+
+int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
+		       enum tc__policy p, uint64_t ttl_ms, char *err,
+		       size_t errlen)
+{
+	struct tc__dart *a = tc__map_get(&d->arts, o->id);
+	struct tc__mdb_artifact r;
+	bool fresh = !a;
+	int rc;
+
+	memset(&r, 0, sizeof(r));
+	if (a) {
+		r = a->rec;
+		/* The stronger policy stays (as a deduplicated import). */
+		if (p > a->policy)
+			snprintf(r.policy, sizeof(r.policy), "%s",
+				 tc__policy_name(p));
+	} else {
+		snprintf(r.id, sizeof(r.id), "%s", o->id);
+		snprintf(r.policy, sizeof(r.policy), "%s", tc__policy_name(p));
+		r.bytes = o->table.total_bytes;
+		r.ntensors = o->table.ntensors;
+		r.created_ms = unix_ms();
+		snprintf(r.source, sizeof(r.source), "%s", o->source);
+	}
+	if (ttl_ms)
+		r.expires_ms = unix_ms() + ttl_ms;
+	rc = tc__mdb_artifact_put(d->db, &r, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (fresh) {
+		a = tc__calloc(1, sizeof(*a));
+		if (a)
+			a->rec = r;
+		/* The map borrows the key: the dart's own copy of the id. */
+		if (!a || tc__map_put(&d->arts, a->rec.id, a) < 0) {
+			tc__free(a);
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		d->bytes += r.bytes;
+		d->written++;
+	}
+	a->rec = r;
+	if (tc__policy_parse(r.policy, &a->policy, err, errlen) < 0)
+		a->policy = p;
+	return 0;
+}
+
+bool tc__durable_has(struct tc__durable *d, const char *id)
+{
+	return d && tc__map_get(&d->arts, id);
+}
+
+struct tc__dart *tc__durable_find(struct tc__durable *d, struct tc__objs *objs,
+				  const char *ref)
+{
+	struct tc__key *k;
+
+	if (!d)
+		return NULL;
+	if (tc__is_id(ref))
+		return tc__map_get(&d->arts, ref);
+	k = tc__map_get(&objs->keys, ref);
+	return k && k->id[0] ? tc__map_get(&d->arts, k->id) : NULL;
+}
+
+int tc__durable_forget(struct tc__durable *d, const char *id, bool keep_disk,
+		       char *err, size_t errlen)
+{
+	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
+	int rc;
+
+	if (!a)
+		return 0;
+	/* The record first: a crash between the two leaves a folder no
+	 * record names (harmless), never a record naming nothing. */
+	rc = tc__mdb_artifact_del(d->db, id, err, errlen);
+	if (rc < 0)
+		return rc;
+	tc__map_del(&d->arts, id);
+	d->bytes -= a->rec.bytes;
+	if (a->restore)
+		a->restore->a = NULL;
+	tc__free(a);
+	if (keep_disk)
+		return 0;
+	if (open_root(d) == 0 && (rc = tc__native_remove(d->rootfd, id)) < 0)
+		tc__log(TC_LOG_WARN, "cannot remove '%s/%s': %s", d->root,
+			id + strlen(TC_ID_PREFIX), tc_strerror(rc));
+	return 0;
+}
+
+void tc__durable_key_changed(struct tc__durable *d, struct tc__objs *objs,
+			     const char *key)
+{
+	struct tc__key *k;
+	struct tc__key_version *h;
+	struct tc__mdb_version v;
+	char err[256];
+
+	if (!d || !(k = tc__map_get(&objs->keys, key)) || !k->nhist)
+		return;
+	if (!tc__map_get(&d->arts, k->id) && !tc__mdb_key_known(d->db, key))
+		return;
+	h = &k->hist[(k->nhist - 1) % TC_KEY_HISTORY];
+	v.gen = h->gen;
+	snprintf(v.id, sizeof(v.id), "%s", h->id);
+	v.unix_ms = h->unix_ms;
+	if (tc__mdb_key_set(d->db, key, &v, TC_KEY_HISTORY, err, sizeof(err)) <
+	    0)
+		tc__log(TC_LOG_ERROR, "key '%s': %s", key, err);
+}
+
+void tc__durable_key_removed(struct tc__durable *d, const char *key)
+{
+	char err[256];
+
+	if (d && tc__mdb_key_known(d->db, key) &&
+	    tc__mdb_key_del(d->db, key, err, sizeof(err)) < 0)
+		tc__log(TC_LOG_ERROR, "key '%s': %s", key, err);
+}
+
+/* -------------------------------------------------------------- restore */
+
+static void restore_finish(struct tc__restore *r, struct tc__obj *o)
+{
+	if (r->a)
+		r->a->restore = NULL;
+	if (r->rc < 0)
+		r->d->restore_failures++;
+	else
+		r->d->restores++;
+	for (uint32_t i = 0; i < r->nw; i++)
+		r->w[i].fn(r->w[i].arg, o, r->rc, r->err);
+	if (r->charged)
+		tc__objs_unreserve(r->objs, r->charged);
+	tc__source_free(r->src);
+	tc__obj_free(r->o);
+	tc__free(r->chunks);
+	tc__free(r->w);
+	tc__free(r);
+}
+
+static void restore_run(struct tc__job *job)
+{
+	struct tc__restore *r = (struct tc__restore *)job;
+	uint64_t n;
+
+	if (r->phase == 1) {
+		char path[PATH_MAX + 80];
+
+		snprintf(path, sizeof(path), "%s/%s", r->d->root,
+			 r->o->id + strlen(TC_ID_PREFIX));
+		r->rc = tc__source_open(path, &r->src, r->err, sizeof(r->err));
+		if (r->rc == 0 && strcmp(r->src->expect_id, r->o->id)) {
+			snprintf(r->err, sizeof(r->err),
+				 "'%s' holds %s, not %s", path,
+				 r->src->expect_id[0] ? r->src->expect_id :
+							"no native artifact",
+				 r->o->id);
+			r->rc = TC_EDIGEST;
+		}
+		return;
+	}
+	n = tc__chunk_count(r->src->table.total_bytes);
+	r->chunks = tc__calloc(n ? n : 1, sizeof(*r->chunks));
+	if (!r->chunks) {
+		r->rc = -ENOMEM;
+		return;
+	}
+	r->rc = tc__shm_map_rw(r->o->shm);
+	if (r->rc == 0)
+		r->rc = tc__load_source(r->src, r->o->shm->rw_map,
+					r->io_threads, r->chunks, NULL, r->err,
+					sizeof(r->err));
+	if (r->rc == 0)
+		r->rc = tc__shm_seal(r->o->shm);
+	if (r->rc < 0) {
+		if (!r->err[0])
+			snprintf(r->err, sizeof(r->err), "%s",
+				 tc_strerror(r->rc));
+		return;
+	}
+	r->o->table = r->src->table;
+	tc__table_init(&r->src->table);
+	r->rc = tc__obj_finish(r->o, r->chunks, n);
+	if (r->rc == 0)
+		r->rc = tc__native_check(r->src, r->chunks, n, r->o->id, r->err,
+					 sizeof(r->err));
+}
+
+static void restore_done(struct tc__job *job)
+{
+	struct tc__restore *r = (struct tc__restore *)job;
+	struct tc__obj *o;
+	uint64_t bytes, extra;
+
+	if (r->rc == 0 && r->phase == 1) {
+		bytes = tc__shm_round(r->src->table.total_bytes);
+		extra = tc__table_cost(&r->src->table);
+		r->rc = tc__objs_reserve(r->objs, bytes + extra,
+					 r->a ? r->a->policy :
+						TC_POLICY_DURABLE,
+					 r->err, sizeof(r->err));
+		if (r->rc == 0) {
+			r->charged = bytes + extra;
+			r->rc = tc__shm_create("tcast-artifact", bytes,
+					       &r->o->shm);
+			if (r->rc < 0)
+				snprintf(r->err, sizeof(r->err),
+					 "cannot create a %llu-byte segment: "
+					 "%s",
+					 (unsigned long long)bytes,
+					 tc_strerror(r->rc));
+		}
+		if (r->rc == 0) {
+			r->o->mem_bytes = bytes + extra;
+			r->phase = 2;
+			tc__jobs_submit(r->pool, &r->job);
+			return;
+		}
+	}
+	if (r->rc < 0) {
+		tc__log(TC_LOG_ERROR, "cannot load %s from the shared disk: %s",
+			r->o->id, r->err);
+		restore_finish(r, NULL);
+		return;
+	}
+	r->o->policy = r->a ? r->a->policy : TC_POLICY_DURABLE;
+	r->o->load_seconds = 0;
+	snprintf(r->o->source, sizeof(r->o->source), "disk:%s/%s", r->d->root,
+		 r->o->id + strlen(TC_ID_PREFIX));
+	o = r->o;
+	if (tc__objs_insert(r->objs, r->o, &o) < 0) {
+		r->rc = -ENOMEM;
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		restore_finish(r, NULL);
+		return;
+	}
+	r->o = NULL;
+	r->charged = 0;
+	tc__log(TC_LOG_INFO, "loaded %s from the shared disk (%llu bytes)",
+		o->id, (unsigned long long)o->table.total_bytes);
+	restore_finish(r, o);
+}
+
+int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
+			struct tc__objs *objs, struct tc__jobs *pool,
+			int io_threads, tc__durable_done_fn *done, void *arg,
+			char *err, size_t errlen)
+{
+	struct tc__restore *r = a->restore;
+	struct waiter *w;
+
+	if (!r) {
+		if (open_root(d) < 0) {
+			snprintf(err, errlen, "'%s' is on the shared disk: %s",
+				 a->rec.id, d->disk_err);
+			return TC_EPOLICY;
+		}
+		r = tc__calloc(1, sizeof(*r));
+		if (!r || !(r->o = tc__obj_new())) {
+			tc__free(r);
+			snprintf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+		snprintf(r->o->id, sizeof(r->o->id), "%s", a->rec.id);
+		r->d = d;
+		r->objs = objs;
+		r->a = a;
+		r->phase = 1;
+		r->pool = pool;
+		r->io_threads = io_threads;
+		r->job.run = restore_run;
+		r->job.done = restore_done;
+		a->restore = r;
+		tc__jobs_submit(pool, &r->job);
+	}
+	w = tc__realloc(r->w, (r->nw + 1) * sizeof(*w));
+	if (!w) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	r->w = w;
+	r->w[r->nw].fn = done;
+	r->w[r->nw].arg = arg;
+	r->nw++;
+	return 0;
+}
+
+/* ----------------------------------------------------------------- time */
+
+void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs)
+{
+	uint64_t now = unix_ms(), mono = tc__now_ns();
+	char(*gone)[TC_ID_LEN + 1] = NULL, err[256];
+	struct tc__map_entry *e;
+	size_t b, ngone = 0;
+
+	if (!d)
+		return;
+	for (e = tc__map_next(&d->arts, NULL, &b); e;
+	     e = tc__map_next(&d->arts, e, &b)) {
+		struct tc__dart *a = e->val;
+		struct tc__obj *o = tc__map_get(&objs->by_id, a->rec.id);
+
+		if (o && o->dead)
+			o = NULL;
+		if (a->rec.expires_ms && now >= a->rec.expires_ms &&
+		    !a->restore) {
+			/* Removed after the walk: the map cannot change
+			 * under it. */
+			void *g =
+				tc__realloc(gone, (ngone + 1) * sizeof(*gone));
+
+			if (g) {
+				gone = g;
+				memcpy(gone[ngone++], a->rec.id, TC_ID_LEN + 1);
+			}
+			continue;
+		}
+		/* cold: the host copy is kept for a TTL after its last use;
+		 * the disk copy serves the next one. */
+		if (o && o->policy == TC_POLICY_COLD && !o->leases &&
+		    o->mem_bytes && mono - o->last_use_ns > d->cold_ttl_ns) {
+			tc__objs_kill(objs, o);
+			d->cold_dropped++;
+		}
+	}
+	for (size_t i = 0; i < ngone; i++) {
+		struct tc__obj *o = tc__map_get(&objs->by_id, gone[i]);
+
+		tc__log(TC_LOG_INFO, "%s: its TTL passed; removing it",
+			gone[i]);
+		if (o && !o->dead)
+			tc__objs_rm(objs, gone[i], err, sizeof(err));
+		if (tc__durable_forget(d, gone[i], false, err, sizeof(err)) < 0)
+			tc__log(TC_LOG_ERROR, "%s: %s", gone[i], err);
+		else
+			d->expired++;
+	}
+	tc__free(gone);
+}
+
+/* ----------------------------------------------------------------- JSON */
+
+json_t *tc__durable_status_json(struct tc__durable *d)
+{
+	if (!d)
+		return json_null();
+	return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+			 "s:I}",
+			 "shared_disk", d->root, "state",
+			 d->rootfd >= 0 ? "ok" : "unavailable", "error",
+			 d->disk_err, "artifacts", (json_int_t)d->arts.count,
+			 "bytes", (json_int_t)d->bytes, "written",
+			 (json_int_t)d->written, "write_failures",
+			 (json_int_t)d->write_failures, "restores",
+			 (json_int_t)d->restores, "restore_failures",
+			 (json_int_t)d->restore_failures, "expired",
+			 (json_int_t)d->expired, "cold_dropped",
+			 (json_int_t)d->cold_dropped);
+}
+
+const char *tc__durable_degraded(enum tc__policy p)
+{
+	if (p == TC_POLICY_HA)
+		return "ha: no replica on another node (this daemon is not "
+		       "part of a cluster)";
+	return NULL;
+}
+
+json_t *tc__durable_obj_json(struct tc__durable *d, const char *id)
+{
+	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
+	const char *why;
+	json_t *deg;
+	char path[PATH_MAX + 80];
+
+	if (!a)
+		return NULL;
+	deg = json_array();
+	why = tc__durable_degraded(a->policy);
+	if (why)
+		json_array_append_new(deg, json_string(why));
+	snprintf(path, sizeof(path), "%s/%s", d->root,
+		 id + strlen(TC_ID_PREFIX));
+	return json_pack("{s:s, s:s, s:s, s:I, s:I, s:o}", "state", "durable",
+			 "policy", tc__policy_name(a->policy), "path", path,
+			 "created_ms", (json_int_t)a->rec.created_ms,
+			 "expires_ms", (json_int_t)a->rec.expires_ms,
+			 "degraded", deg);
+}
+
+json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs)
+{
+	json_t *arr = json_array();
+	struct tc__map_entry *e;
+	size_t b;
+
+	if (!d)
+		return arr;
+	for (e = tc__map_next(&d->arts, NULL, &b); e;
+	     e = tc__map_next(&d->arts, e, &b)) {
+		struct tc__dart *a = e->val;
+		struct tc__obj *o = tc__map_get(&objs->by_id, a->rec.id);
+		json_t *keys = json_array();
+		struct tc__map_entry *ke;
+		size_t kb;
+
+		if (o && !o->dead)
+			continue;
+		for (ke = tc__map_next(&objs->keys, NULL, &kb); ke;
+		     ke = tc__map_next(&objs->keys, ke, &kb)) {
+			struct tc__key *k = ke->val;
+
+			if (!strcmp(k->id, a->rec.id))
+				json_array_append_new(keys,
+						      json_string(k->name));
+		}
+		json_array_append_new(
+			arr,
+			json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
+				  "s:I, s:o, s:o}",
+				  "id", a->rec.id, "keys", keys, "tensors",
+				  (json_int_t)a->rec.ntensors, "bytes",
+				  (json_int_t)a->rec.bytes, "mem_bytes",
+				  (json_int_t)0, "leases", (json_int_t)0,
+				  "policy", tc__policy_name(a->policy),
+				  "source", a->rec.source, "created_ms",
+				  (json_int_t)a->rec.created_ms, "replicas",
+				  json_pack("[{s:s, s:I}]", "tier", "disk",
+					    "bytes", (json_int_t)a->rec.bytes),
+				  "durable",
+				  tc__durable_obj_json(d, a->rec.id)));
+	}
+	return arr;
+}

@@ -1,0 +1,117 @@
+/*
+ * durable.h - the shared-disk tier: durable, ha and cold artifacts.
+ *
+ * A durable artifact has a copy in tcast's native layout under
+ * <shared_disk>/tcast/<hex of id>/ (format.h) and a row in the daemon's
+ * SQLite metadata (mdb.h).  The order is always disk copy first (temp
+ * folder, fsync, rename, fsync), metadata second, acknowledgement last,
+ * so nothing acknowledged is lost and no record points at a partial copy.
+ * After a restart, a crash or kill -9 the records come back at start;
+ * bytes are loaded from the disk copy when a request first needs them
+ * (tc__durable_restore), their chunk digests checked against the
+ * manifest.  Keys naming durable artifacts are recorded with their
+ * history.  The host copy of a durable artifact is evictable: the disk
+ * copy remains and is loaded again on use.
+ *
+ * The disk is allowed to fail: a missing, read-only or full shared folder
+ * makes durable requests fail with a message (a "must" failure) while the
+ * daemon serves everything else; the folder is tried again at the next
+ * durable request.  Loop thread only, except tc__durable_write, which a
+ * worker runs.
+ */
+#ifndef TC_DURABLE_H
+#define TC_DURABLE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+#include "config.h"
+#include "jobs.h"
+#include "mdb.h"
+#include "obj.h"
+
+#define TC_DURABLE_SUBDIR "tcast" /* under shared_disk */
+
+struct tc__durable;
+
+/* A durable artifact known to this daemon (on disk; maybe in memory). */
+struct tc__dart {
+	struct tc__mdb_artifact rec;
+	enum tc__policy policy;
+	struct tc__restore *restore; /* the load running now, or NULL */
+};
+
+/* Open the tier for cfg.  Without shared_disk, *out is NULL and every
+ * durable request is refused (tc__durable_check).  The state folder is
+ * required (TC_EBADCONFIG when unusable); the shared folder is not: when
+ * it is missing or read-only, the daemon starts and says so.  Records
+ * are loaded; keys are recreated in objs. */
+int tc__durable_open(const struct tc__store_config *cfg, struct tc__objs *objs,
+		     struct tc__durable **out, char *err, size_t errlen);
+void tc__durable_close(struct tc__durable *d);
+
+/* Can a request with this policy be honoured now?  0, or TC_EPOLICY
+ * with the reason (no shared_disk configured, the folder is missing, not
+ * writable...).  Retries opening an unusable folder. */
+int tc__durable_check(struct tc__durable *d, enum tc__policy p, char *err,
+		      size_t errlen);
+/* The folder's fd for a worker (valid until close). */
+int tc__durable_dirfd(const struct tc__durable *d);
+const char *tc__durable_root(const struct tc__durable *d);
+
+/* Worker: write o's bytes (its sealed host copy) to the shared disk.
+ * Returns 0 or a negative code with err set; nothing half-written stays. */
+int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
+		      const struct tc__digest *chunks, uint64_t nchunks,
+		      char *err, size_t errlen);
+/* Loop: record o as durable (after tc__durable_write succeeded).  ttl_ms
+ * 0 = no expiry.  Returns 0 or -EIO (the metadata could not be
+ * committed: not durable). */
+int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
+		       enum tc__policy p, uint64_t ttl_ms, char *err,
+		       size_t errlen);
+/* The durable artifact `ref` (id or key) names, or NULL. */
+struct tc__dart *tc__durable_find(struct tc__durable *d, struct tc__objs *objs,
+				  const char *ref);
+bool tc__durable_has(struct tc__durable *d, const char *id);
+/* Forget artifact id: its record, and its disk copy unless keep_disk.
+ * 0 when it was not durable. */
+int tc__durable_forget(struct tc__durable *d, const char *id, bool keep_disk,
+		       char *err, size_t errlen);
+/* A key changed (created, moved) or went: record it when it names a
+ * durable artifact or was recorded before.  Errors are logged. */
+void tc__durable_key_changed(struct tc__durable *d, struct tc__objs *objs,
+			     const char *key);
+void tc__durable_key_removed(struct tc__durable *d, const char *key);
+
+/* Load a durable artifact's bytes from its disk copy into host memory,
+ * checking every chunk digest.  done(arg, o, rc, err) runs on the loop
+ * with the inserted artifact (or NULL and rc < 0); requests for an
+ * artifact being loaded join the running load.  Returns 0 (done will
+ * run) or a negative code with err set (done will not run). */
+typedef void tc__durable_done_fn(void *arg, struct tc__obj *o, int rc,
+				 const char *err);
+int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
+			struct tc__objs *objs, struct tc__jobs *pool,
+			int io_threads, tc__durable_done_fn *done, void *arg,
+			char *err, size_t errlen);
+
+/* Once a second: artifacts whose TTL passed go (memory, disk, record);
+ * cold artifacts' host copies unused for cold_ttl_ms are dropped (the
+ * disk copy stays). */
+void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs);
+
+/* Status and inspect: the tier's state and counters, and one artifact's
+ * durability ({"state": "durable", "path": ..., "degraded": [...]}), or
+ * NULL when it is not durable. */
+json_t *tc__durable_status_json(struct tc__durable *d);
+json_t *tc__durable_obj_json(struct tc__durable *d, const char *id);
+/* Durable artifacts not in memory, for LIST (an array of objects). */
+json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs);
+/* The "should" part of a policy that cannot be met here: ha's replica on
+ * another node needs a cluster.  NULL when nothing is degraded. */
+const char *tc__durable_degraded(enum tc__policy p);
+
+#endif /* TC_DURABLE_H */

@@ -1,0 +1,381 @@
+/*
+ * srv_durable.c - the server's side of the shared-disk tier (durable.h):
+ * policies checked at the request, the disk write of a put or import
+ * (before the reply, or after it with TC_RF_NOWAIT), requests for an
+ * artifact whose bytes are only on disk (loaded, then the request runs
+ * again), rm with or without the disk copy, TTLs.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "durable.h"
+#include "format/format.h"
+#include "gpu_tier.h"
+#include "server_internal.h"
+#include "tcast/errors.h"
+
+static uint64_t unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int tc__srv_durable_init(struct server *s, char *err, size_t errlen)
+{
+	return tc__durable_open(s->cfg, &s->objs, &s->durable, err, errlen);
+}
+
+/* ---------------------------------------------------------------- puts */
+
+int tc__srv_persist_prepare(struct conn *c, struct persist_req *p,
+			    enum tc__policy pol, uint32_t flags,
+			    uint64_t ttl_ms)
+{
+	struct tc__durable *d = c->srv->durable;
+	int rc;
+
+	memset(p, 0, sizeof(*p));
+	p->policy = pol;
+	p->ttl_ms = ttl_ms;
+	p->dirfd = -1;
+	if (!tc__policy_on_disk(pol))
+		return 0;
+	rc = tc__durable_check(d, pol, c->err, sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	if (flags & TC_RF_GPU) {
+		snprintf(c->err, sizeof(c->err),
+			 "policy '%s' writes the host copy to the shared "
+			 "disk; an import straight to a GPU has none (import "
+			 "it for host memory, then attach it on the GPU)",
+			 tc__policy_name(pol));
+		return TC_EPOLICY;
+	}
+	p->on = true;
+	p->wait = !(flags & TC_RF_NOWAIT);
+	p->dirfd = tc__durable_dirfd(d);
+	snprintf(p->root, sizeof(p->root), "%s", tc__durable_root(d));
+	return 0;
+}
+
+void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
+			   const struct tc__digest *chunks, uint64_t n)
+{
+	if (!p->on || !p->wait)
+		return;
+	p->rc = tc__durable_write(p->dirfd, p->root, o, chunks, n, p->err,
+				  sizeof(p->err));
+	p->written = true;
+}
+
+/* A write after the reply (TC_RF_NOWAIT): the artifact is leased so it
+ * stays in memory until its bytes are on disk. */
+struct persist_job {
+	struct tc__job job;
+	struct server *s;
+	struct tc__obj *o;
+	struct persist_req p;
+	struct tc__digest *chunks;
+	uint64_t n;
+};
+
+static void persist_run(struct tc__job *job)
+{
+	struct persist_job *j = (struct persist_job *)job;
+
+	j->p.wait = true;
+	tc__srv_persist_write(&j->p, j->o, j->chunks, j->n);
+}
+
+static void persist_done(struct tc__job *job)
+{
+	struct persist_job *j = (struct persist_job *)job;
+	struct tc__durable *d = j->s->durable;
+	struct tc__map_entry *e;
+	size_t b;
+	int rc = j->p.rc;
+
+	if (rc == 0 && j->o->dead) {
+		/* Removed while it was being written: not durable after
+		 * all, and its copy goes. */
+		tc__native_remove(j->p.dirfd, j->o->id);
+		rc = TC_ENOTFOUND;
+		snprintf(j->p.err, sizeof(j->p.err), "removed meanwhile");
+	} else if (rc == 0)
+		rc = tc__durable_record(d, j->o, j->p.policy, j->p.ttl_ms,
+					j->p.err, sizeof(j->p.err));
+	if (rc < 0) {
+		tc__log(TC_LOG_ERROR, "%s is not durable: %s", j->o->id,
+			j->p.err);
+		snprintf(j->o->persist_err, sizeof(j->o->persist_err), "%s",
+			 j->p.err);
+	} else {
+		/* Keys published meanwhile are recorded now. */
+		for (e = tc__map_next(&j->s->objs.keys, NULL, &b); e;
+		     e = tc__map_next(&j->s->objs.keys, e, &b)) {
+			struct tc__key *k = e->val;
+
+			if (!strcmp(k->id, j->o->id))
+				tc__durable_key_changed(d, &j->s->objs,
+							k->name);
+		}
+	}
+	j->o->persisting = false;
+	tc__objs_unlease(&j->s->objs, j->o);
+	tc__free(j->chunks);
+	tc__free(j);
+}
+
+int tc__srv_persist_commit(struct conn *c, struct persist_req *p,
+			   struct tc__obj *o, const struct tc__digest *chunks,
+			   uint64_t n)
+{
+	struct server *s = c->srv;
+	struct persist_job *j;
+	int rc;
+
+	if (p->ttl_ms)
+		o->expires_ms = unix_ms() + p->ttl_ms;
+	if (!p->on || tc__durable_has(s->durable, o->id)) {
+		if (p->on) /* already durable: a deduplicated put */
+			return tc__durable_record(s->durable, o, p->policy,
+						  p->ttl_ms, c->err,
+						  sizeof(c->err));
+		return 0;
+	}
+	if (p->wait) {
+		if (p->rc < 0 || !p->written) {
+			snprintf(c->err, sizeof(c->err), "%s",
+				 p->written ? p->err :
+					      "not written to the shared disk");
+			return p->rc < 0 ? p->rc : TC_EPOLICY;
+		}
+		rc = tc__durable_record(s->durable, o, p->policy, p->ttl_ms,
+					c->err, sizeof(c->err));
+		return rc;
+	}
+	if (o->persisting)
+		return 0;
+	j = tc__calloc(1, sizeof(*j));
+	if (!j || !(j->chunks = tc__calloc(n ? n : 1, sizeof(*chunks)))) {
+		tc__free(j);
+		snprintf(c->err, sizeof(c->err), "out of memory");
+		return -ENOMEM;
+	}
+	memcpy(j->chunks, chunks, n * sizeof(*chunks));
+	j->n = n;
+	j->s = s;
+	j->o = o;
+	j->p = *p;
+	o->persisting = true;
+	o->persist_err[0] = '\0';
+	tc__objs_lease(&s->objs, o);
+	j->job.run = persist_run;
+	j->job.done = persist_done;
+	tc__jobs_submit(s->jobs, &j->job);
+	return 0;
+}
+
+void tc__srv_put_durability(struct conn *c, const struct persist_req *p,
+			    const struct tc__obj *o)
+{
+	struct tc__durable *d = c->srv->durable;
+	const char *why;
+	uint32_t state = TC_PERSIST_MEMORY;
+
+	if (tc__durable_has(d, o->id))
+		state = TC_PERSIST_DURABLE;
+	else if (o->persisting)
+		state = TC_PERSIST_PENDING;
+	why = p ? tc__durable_degraded(p->policy) : NULL;
+	tc__buf_put_u32(&c->out, state);
+	tc__buf_put_str(&c->out, why ? why : "");
+}
+
+/* ------------------------------------------------ requests that wait */
+
+/* A request for an artifact whose bytes are on the shared disk only: it
+ * runs again, whole, once they are loaded. */
+struct retry {
+	struct conn *c;
+	struct req r;
+	uint8_t *body; /* owned copy */
+};
+
+/* Run the request again, whole: its handler finds the artifact now. */
+static int rerun(struct conn *c, const struct req *r, void *arg)
+{
+	struct retry *w = arg;
+	struct req again = *r;
+
+	tc__cur_init(&again.body, w->body, r->h.body_len);
+	again.nfds = 0;
+	tc__srv_dispatch(c, &again);
+	return 0;
+}
+
+static void retry_done(void *arg, struct tc__obj *o, int rc, const char *err)
+{
+	struct retry *w = arg;
+
+	if (rc == 0)
+		tc__gpu_tier_host_added(w->c->srv->gpu, o);
+	tc__srv_finish(w->c, &w->r, rc, err, rerun, w);
+	tc__free(w->body);
+	tc__free(w);
+}
+
+int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc)
+{
+	struct server *s = c->srv;
+	struct tc__dart *a;
+	struct retry *w;
+	size_t used = r->h.body_len - r->body.left;
+	int rc2;
+
+	if (rc != TC_ENOTFOUND ||
+	    !(a = tc__durable_find(s->durable, &s->objs, ref)))
+		return rc;
+	w = tc__calloc(1, sizeof(*w));
+	if (!w || !(w->body = tc__malloc(r->h.body_len ? r->h.body_len : 1))) {
+		tc__free(w);
+		return -ENOMEM;
+	}
+	/* The handler read the body already: copy it from its start. */
+	memcpy(w->body, r->body.p - used, r->h.body_len);
+	w->c = c;
+	w->r = *r;
+	rc2 = tc__durable_restore(s->durable, a, &s->objs, s->io_jobs,
+				  s->cfg->io_threads, retry_done, w, c->err,
+				  sizeof(c->err));
+	if (rc2 < 0) {
+		tc__free(w->body);
+		tc__free(w);
+		return rc2;
+	}
+	tc__srv_defer(c);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ rm */
+
+int tc__srv_durable_rm(struct conn *c, const char *ref, uint32_t flags)
+{
+	struct server *s = c->srv;
+	struct tc__durable *d = s->durable;
+	struct tc__dart *a = tc__durable_find(d, &s->objs, ref);
+	char id[TC_ID_LEN + 1] = "";
+	bool is_key = !tc__is_id(ref) && tc__map_get(&s->objs.keys, ref);
+	int rc;
+
+	if (a)
+		snprintf(id, sizeof(id), "%s", a->rec.id);
+	rc = tc__objs_rm(&s->objs, ref, c->err, sizeof(c->err));
+	if (rc == TC_ENOTFOUND && a && !is_key) {
+		/* On disk only: nothing in memory to remove. */
+		struct tc__map_entry *e;
+		size_t b;
+
+		for (e = tc__map_next(&s->objs.keys, NULL, &b); e;
+		     e = tc__map_next(&s->objs.keys, e, &b)) {
+			struct tc__key *k = e->val;
+
+			if (!strcmp(k->id, id))
+				k->id[0] = '\0';
+		}
+		rc = 0;
+	}
+	if (rc < 0)
+		return rc;
+	if (is_key)
+		tc__durable_key_removed(d, ref);
+	if (!a)
+		return 0;
+	if (is_key) {
+		/* rm KEY removes the artifact when no other key names it. */
+		struct tc__map_entry *e;
+		size_t b;
+
+		for (e = tc__map_next(&s->objs.keys, NULL, &b); e;
+		     e = tc__map_next(&s->objs.keys, e, &b))
+			if (!strcmp(((struct tc__key *)e->val)->id, id))
+				return 0;
+	}
+	return tc__durable_forget(d, id, flags & TC_RM_KEEP_DISK, c->err,
+				  sizeof(c->err));
+}
+
+/* ---------------------------------------------------------------- time */
+
+void tc__srv_durable_tick(struct server *s, uint64_t now_ms)
+{
+	uint64_t now = unix_ms();
+	char(*gone)[TC_ID_LEN + 1] = NULL, err[256];
+	struct tc__map_entry *e;
+	size_t b, ngone = 0;
+
+	if (now_ms - s->durable_tick_ms < 1000)
+		return;
+	s->durable_tick_ms = now_ms;
+	tc__durable_tick(s->durable, &s->objs);
+	/* TTLs of artifacts that are not durable. */
+	for (e = tc__map_next(&s->objs.by_id, NULL, &b); e;
+	     e = tc__map_next(&s->objs.by_id, e, &b)) {
+		struct tc__obj *o = e->val;
+		void *g;
+
+		if (o->dead || !o->expires_ms || now < o->expires_ms ||
+		    tc__durable_has(s->durable, o->id))
+			continue;
+		g = tc__realloc(gone, (ngone + 1) * sizeof(*gone));
+		if (!g)
+			break;
+		gone = g;
+		memcpy(gone[ngone++], o->id, TC_ID_LEN + 1);
+	}
+	for (size_t i = 0; i < ngone; i++) {
+		tc__log(TC_LOG_INFO, "%s: its TTL passed; removing it",
+			gone[i]);
+		tc__objs_rm(&s->objs, gone[i], err, sizeof(err));
+	}
+	tc__free(gone);
+}
+
+/* ---------------------------------------------------------------- JSON */
+
+void tc__srv_durable_inspect(struct server *s, const struct tc__obj *o,
+			     void *head)
+{
+	json_t *j = head, *dj = tc__durable_obj_json(s->durable, o->id);
+
+	if (!j)
+		return;
+	if (dj) {
+		json_t *reps = json_object_get(j, "replicas");
+
+		if (json_is_array(reps))
+			json_array_append_new(
+				reps,
+				json_pack("{s:s, s:O, s:I}", "tier", "disk",
+					  "path", json_object_get(dj, "path"),
+					  "bytes",
+					  (json_int_t)o->table.total_bytes));
+	} else if (o->persisting || o->persist_err[0]) {
+		dj = json_pack("{s:s, s:s}", "state",
+			       o->persisting ? "pending" : "failed", "error",
+			       o->persist_err);
+	}
+	if (dj)
+		json_object_set_new(j, "durable", dj);
+	if (o->expires_ms)
+		json_object_set_new(j, "expires_ms",
+				    json_integer((json_int_t)o->expires_ms));
+}
