@@ -786,29 +786,24 @@ out_close:
 int tc__native_remove(int parent, const char *id)
 {
 	const char *name = id + strlen(TC_ID_PREFIX);
-	int dfd, ret = 0;
+	char tmp[TC_DIGEST_HEX + 40];
+	uint64_t r = 0;
 
 	if (!tc__is_id(id))
 		return TC_EINVAL;
-	dfd = openat(parent, name,
-		     O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-	if (dfd < 0)
+	/* Out of the artifact's name first, in one step: a crash then
+	 * leaves a temporary (removed at the next start), never a folder
+	 * that is neither whole nor gone under the name. */
+	if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+		r = (uint64_t)getpid();
+	snprintf(tmp, sizeof(tmp), "%s%s-rm-%016llx", TC_NATIVE_TMP_PREFIX,
+		 name, (unsigned long long)r);
+	if (renameat(parent, name, parent, tmp) < 0)
 		return errno == ENOENT ? 0 : -errno;
-	/* Manifest first: a folder without one is never read as an
-	 * artifact, so a crash halfway leaves nothing that looks valid. */
-	if (unlinkat(dfd, TC_NATIVE_MANIFEST, 0) < 0 && errno != ENOENT)
-		ret = -errno;
-	if (ret == 0 && fsync(dfd) < 0)
-		ret = -errno;
-	if (ret == 0 && unlinkat(dfd, TC_NATIVE_DATA, 0) < 0 && errno != ENOENT)
-		ret = -errno;
-	close(dfd);
-	if (ret == 0 && unlinkat(parent, name, AT_REMOVEDIR) < 0 &&
-	    errno != ENOENT)
-		ret = -errno;
-	if (ret == 0)
-		fsync(parent);
-	return ret;
+	if (fsync(parent) < 0)
+		return -errno;
+	remove_tmp(parent, tmp);
+	return 0;
 }
 
 /* --------------------------------------------------------------- reader */
