@@ -64,8 +64,10 @@ def test_struct_layouts():
     assert _native.TcResult.bytes.offset == 72
     # tc_opts grows only at the end, each field behind a field_mask bit, so
     # a caller built against an older, shorter struct never makes the
-    # library read past it (TC_OPT_DEVICE added `device` at 48).
-    assert ctypes.sizeof(_native.TcOpts) == 56 and _native.TcOpts.device.offset == 48
+    # library read past it (TC_OPT_DEVICE added `device` at 48, TC_OPT_TTL
+    # `ttl_ms` at 56).
+    assert ctypes.sizeof(_native.TcOpts) == 64 and _native.TcOpts.device.offset == 48
+    assert _native.TcOpts.ttl_ms.offset == 56
     assert ctypes.sizeof(_native.TcTensorDesc) == 24
 
 

@@ -427,9 +427,8 @@ static void test_mdb__survives_reopen(void **state)
 	assert_false(tc__mdb_key_known(db, "gone"));
 	tc__mdb_close(db);
 	assert_int_equal(tc__mdb_open(dir, &db, err, sizeof(err)), 0);
-	assert_int_equal(tc__mdb_load_artifacts(db, load_art, n, err,
-						sizeof(err)),
-			 0);
+	assert_int_equal(
+		tc__mdb_load_artifacts(db, load_art, n, err, sizeof(err)), 0);
 	assert_int_equal(tc__mdb_load_keys(db, load_key, n, err, sizeof(err)),
 			 0);
 	assert_int_equal(n[0], 1);

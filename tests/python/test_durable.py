@@ -1,0 +1,129 @@
+"""The shared-disk tier from Python (docs/durable.md): put/import with
+durable, ha and cold, wait_persistence, a kill -9 of the daemon, the
+native folder read back with from_disk and `tcast verify`, and
+deregister_artifact with and without keep_shared_disk_copy."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tcast
+from conftest import Daemon
+
+DTYPES_FILE = Path(__file__).resolve().parents[1] / "data" / "dtypes.safetensors"
+
+
+@pytest.fixture
+def durable(tmp_path):
+    """A private daemon with a shared disk; tcast connected to it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    args = ["--set", f"shared_disk={shared}"]
+    d = Daemon(tmp_path, "512MiB", args=args)
+    tcast.shutdown()
+    tcast.init(address=d.socket)
+    d.shared = shared / "tcast"
+    d.args = args
+    yield d
+    tcast.shutdown()
+    d.stop()
+
+
+def _restart(d, kill9=True):
+    tcast.shutdown()
+    if kill9:
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+    else:
+        d.stop()
+    os.unlink(d.socket) if os.path.exists(d.socket) else None
+    nd = Daemon(d.dir, "512MiB", args=d.args)
+    d.proc = nd.proc
+    tcast.init(address=d.socket)
+
+
+def test_put_durable_survives_kill9(durable):
+    w = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    a = tcast.put({"w": w, "b": np.arange(7, dtype=np.int16)}, key="pub:v1", policy="durable",
+                  metadata={"step": "12"})
+    assert a.last_import.persistence == "durable"
+    assert a.last_import.degraded == ()
+    folder = durable.shared / a.artifact_id[4:]
+    assert (folder / "tcast.manifest.json").is_file() and (folder / "tcast.data").is_file()
+    c = tcast.put({"x": np.ones(3, np.float32)}, key="scratch")
+    assert c.last_import.persistence == "memory"
+    _restart(durable)
+    got = tcast.artifact("pub:v1").tensor_dict(device="cpu")
+    assert torch.equal(got["w"], w)
+    assert got["b"].tolist() == list(range(7))
+    assert tcast.artifact("pub:v1").describe()["metadata"]["step"] == "12"
+    assert not tcast.artifact("scratch").exists()  # cache: gone, as documented
+
+
+def test_native_folder_reads_like_safetensors(durable, tmp_path):
+    a = tcast.put({"w": torch.randn(33, 17), "i": torch.arange(5)}, policy="durable")
+    folder = durable.shared / a.artifact_id[4:]
+    # tcast verify accepts it, and from_disk imports it as the same artifact
+    out = subprocess.run([durable.bin, "verify", str(folder)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "2 tensors" in out.stdout
+    b = tcast.from_disk(folder)
+    assert b.tensor_dict(device="cpu")["w"].shape == (33, 17)
+    assert b.artifact_id == a.artifact_id
+    # a flipped byte is refused by its chunk digest, never served
+    tcast.deregister_artifact(a, keep_shared_disk_copy=True)
+    data = folder / "tcast.data"
+    raw = bytearray(data.read_bytes())
+    raw[5] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(tcast.TcastError, match="chunk 0"):
+        tcast.import_from_disk(folder)
+
+
+def test_wait_persistence_false_and_ha(durable):
+    a = tcast.put({"w": np.zeros(1 << 20, np.uint8)}, key="nw", policy="durable", wait_persistence=False)
+    assert a.last_import.persistence in ("pending", "durable")
+    a.wait_persistence(timeout_s=30)
+    assert a.persistence() == "durable"
+    h = tcast.put({"w": np.ones(8, np.float32)}, policy="ha")
+    assert h.last_import.persistence == "durable"
+    assert "no replica on another node" in h.last_import.degraded[0]
+    assert h.inspect()["durable"]["degraded"]
+    # cache never becomes durable: waiting says so
+    c = tcast.put({"w": np.full(8, 3, np.float32)})
+    with pytest.raises(tcast.TcastError, match="not durable"):
+        c.wait_persistence(timeout_s=1)
+
+
+def test_import_durable_and_deregister(durable):
+    a = tcast.import_from_disk(DTYPES_FILE, key="imp", policy="cold")
+    assert a.last_import.persistence == "durable"
+    folder = durable.shared / a.artifact_id[4:]
+    assert folder.is_dir()
+    tcast.deregister_artifact("imp", keep_shared_disk_copy=True)
+    assert folder.is_dir()
+    b = tcast.import_from_disk(DTYPES_FILE, policy="durable")
+    assert (durable.shared / b.artifact_id[4:]).is_dir()
+    tcast.deregister_artifact(b)
+    assert not (durable.shared / b.artifact_id[4:]).exists()
+    _restart(durable, kill9=False)
+    assert not tcast.artifact(b.artifact_id).exists()
+
+
+def test_ttl(durable):
+    a = tcast.put({"w": np.ones(8, np.float32)}, policy="durable", ttl_ms=500)
+    folder = durable.shared / a.artifact_id[4:]
+    assert folder.is_dir()
+    deadline = time.monotonic() + 10
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not folder.exists()
+    assert not a.exists()
+    with pytest.raises(tcast.InvalidArgumentError):
+        tcast.put({"w": np.ones(8, np.float32)}, ttl_ms=0)
