@@ -95,9 +95,21 @@ int on_status(struct conn *c, struct req *r)
 		g ? g : json_null(), "config", cj ? cj : json_null(),
 		"max_clients", s->max_clients, "max_clients_per_uid",
 		s->max_per_uid, "max_clients_per_pid", s->max_per_pid);
-	if (j)
+	if (j) {
+		json_int_t dn = 0, db = 0;
+
+		/* In memory but also on the shared disk: a stop keeps them
+		 * (what `daemon stop` says it drops leaves them out). */
+		for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+			if (tc__durable_has(s->durable, o->id)) {
+				dn++;
+				db += (json_int_t)o->mem_bytes;
+			}
 		json_object_set_new(j, "durable",
 				    tc__durable_status_json(s->durable));
+		json_object_set_new(j, "durable_artifacts", json_integer(dn));
+		json_object_set_new(j, "durable_bytes", json_integer(db));
+	}
 	tc__srv_reply_json(c, r, j ? json_dumps(j, JSON_COMPACT) : NULL);
 	json_decref(j);
 	return 0;

@@ -235,19 +235,36 @@ static void read_logs(void)
 	}
 }
 
+static void read_logs(void);
+
+/* Whether the client has meanwhile tried to remove a->seq (the sample
+ * checks run while the clients do). */
+static bool removed_since(const struct acked *a)
+{
+	read_logs();
+	for (size_t k = 0; k < nacks; k++)
+		if (acks[k].client == a->client && acks[k].seq == a->seq)
+			return acks[k].rm;
+	return false;
+}
+
 /* One acknowledged put: by key (the key survived) and by id, the bytes
  * its client hashed. */
 static void verify_one(tc_client *c, const struct acked *a)
 {
 	char key[64], hex[65];
+	struct acked copy = *a;
 	tc_artifact *art;
 	int rc;
 
 	snprintf(key, sizeof(key), "c%d:%u", a->client, a->seq);
 	rc = tc_attach(c, key, &art);
+	if (rc == TC_ENOTFOUND && removed_since(&copy))
+		return;
 	if (rc < 0)
-		fail_msg("acknowledged %s (%s) lost: %s: %s", key, a->id,
+		fail_msg("acknowledged %s (%s) lost: %s: %s", key, copy.id,
 			 tc_err_name(rc), tc_client_errmsg(c));
+	a = &copy;
 	if (strcmp(tc_artifact_id(art), a->id))
 		fail_msg("%s names %s, acknowledged as %s", key,
 			 tc_artifact_id(art), a->id);
@@ -347,11 +364,10 @@ static void test_durable_crash__kill9_loop(void **state)
 			read_logs();
 			c = t_connect(D.sock);
 			for (int i = 0; i < 5 && nacks; i++) {
-				const struct acked *a =
-					&acks[t_rng_below(&rng, nacks)];
+				struct acked a = acks[t_rng_below(&rng, nacks)];
 
-				if (!a->rm)
-					verify_one(c, a);
+				if (!a.rm)
+					verify_one(c, &a);
 			}
 			tc_client_close(c);
 		}
@@ -390,7 +406,8 @@ static void test_durable_crash__kill9_loop(void **state)
 			"digests; restart %.1f ms mean, %.1f ms worst\n",
 			kills, (t_now_ms() - t0) / 1000, nacks, live, nimports,
 			restart_ms / kills, worst_ms);
-		assert_true(nacks > (size_t)kills / 4);
+		/* Enough acknowledged work for the kills to have hit it. */
+		assert_true(nacks >= 20);
 	}
 	tc_client_close(c);
 	assert_int_equal(t_daemon_stop(&D), 0);
