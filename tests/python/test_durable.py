@@ -45,7 +45,18 @@ def _restart(d, kill9=True):
     os.unlink(d.socket) if os.path.exists(d.socket) else None
     nd = Daemon(d.dir, "512MiB", args=d.args)
     d.proc = nd.proc
-    tcast.init(address=d.socket)
+    # The socket file exists from bind(), a moment before listen().
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            tcast.init(address=d.socket)
+            tcast.status()
+            return
+        except tcast.NoDaemonError:
+            tcast.shutdown()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def test_put_durable_survives_kill9(durable):
