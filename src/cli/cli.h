@@ -109,6 +109,14 @@ void cli_progress_begin(void);
 void cli_progress_end(void);
 
 int cmd_daemon(int argc, char **argv);
+int cmd_pull(int argc, char **argv);
+
+/* The daemon's peer server (daemon_peer.c): started before the store when
+ * peer_listen is set, stopped after it. */
+struct tc__store_config;
+int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
+			  size_t errlen);
+void cli_daemon_peer_stop(void);
 int cmd_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);

@@ -192,7 +192,11 @@ static int run_foreground(struct tc__store_config *cfg, int ready_fd)
 			return cli_fail(-errno, "cannot open the log file");
 		tc__log_set_file(log);
 	}
-	rc = tc__server_run(cfg, ready_fd, err, sizeof(err));
+	rc = cli_daemon_peer_start(cfg, err, sizeof(err));
+	if (rc == 0) {
+		rc = tc__server_run(cfg, ready_fd, err, sizeof(err));
+		cli_daemon_peer_stop();
+	}
 	if (rc < 0) {
 		tc__log(TC_LOG_ERROR, "cannot start: %s", err);
 		if (!log)

@@ -108,6 +108,20 @@ static const struct cli_verb verbs[] = {
 	  "With --json: one document,\n{\"valid\": BOOL, \"results\": "
 	  "[one object per PATH]}.\n"
 	  "Exit status: 0 all valid, 1 any invalid, 2 usage error.\n" },
+	{ "pull", cmd_pull, "pull an artifact from peer daemons",
+	  "tcast pull REF --from HOST:PORT [--from HOST:PORT]...\n"
+	  "                [--streams N] [--timeout-ms MS] [--secret-file PATH]\n"
+	  "                [--key KEY | --no-key] [--policy cache|warm|pinned]\n"
+	  "\n"
+	  "Pull an artifact (by key or full id) from the peer servers of "
+	  "other\ndaemons (their peer_listen) into this node's daemon as a "
+	  "host replica.\nChunks are striped over every source, N streams "
+	  "each (default 4), and\neach is checked against its digest; a "
+	  "bad or missing chunk comes from\nanother source.  A key pulled "
+	  "is published here under the same key.\nThe cluster secret is "
+	  "the local daemon's cluster_secret_file unless\n--secret-file "
+	  "says otherwise.  Prints the id; per source bytes and rate\non "
+	  "stderr (--json: one document).\n" GLOBAL_OPTS },
 	{ "status", cmd_status, "same as 'daemon status'",
 	  "tcast status\n"
 	  "\n"

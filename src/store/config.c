@@ -66,6 +66,9 @@ void tc__config_defaults(struct tc__store_config *c)
 	 * one asks (DESIGN.md 4): the pinned copy runs ~10% faster than the
 	 * staging rings and needs no CPU. */
 	c->pin_eager = true;
+	/* Longer than any pause a loaded sender shows, short enough that a
+	 * pull moves a stalled source's chunks elsewhere quickly. */
+	c->peer_timeout_ms = 5000;
 }
 
 int tc__parse_size(const char *s, uint64_t *out)
@@ -324,6 +327,32 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		strcpy(dst, val);
 		return 0;
 	}
+	if (!strcmp(key, "peer_timeout_ms")) {
+		if (set_int(val, 100, 600000, &c->peer_timeout_ms) < 0) {
+			snprintf(why, whylen, "must be an integer 100..600000");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "peer_listen")) {
+		if (strlen(val) >= sizeof(c->peer_listen) ||
+		    (val[0] && !strrchr(val, ':'))) {
+			snprintf(why, whylen,
+				 "must be HOST:PORT (port 0 picks one), or "
+				 "empty for off");
+			return TC_EINVAL;
+		}
+		strcpy(c->peer_listen, val);
+		return 0;
+	}
+	if (!strcmp(key, "cluster_secret_file")) {
+		if (strlen(val) >= sizeof(c->cluster_secret_file)) {
+			snprintf(why, whylen, "path too long");
+			return TC_EINVAL;
+		}
+		strcpy(c->cluster_secret_file, val);
+		return 0;
+	}
 	if (!strcmp(key, "log_file")) {
 		if (strlen(val) >= sizeof(c->log_file)) {
 			snprintf(why, whylen, "path too long");
@@ -490,6 +519,10 @@ char *tc__config_json(const struct tc__store_config *c)
 	TC__CFG_NUM("max_tensors", c->max_tensors);
 	json_object_set_new(j, "shared_disk", json_string(c->shared_disk));
 	json_object_set_new(j, "state_dir", json_string(c->state_dir));
+	json_object_set_new(j, "peer_listen", json_string(c->peer_listen));
+	json_object_set_new(j, "cluster_secret_file",
+			    json_string(c->cluster_secret_file));
+	TC__CFG_NUM("peer_timeout_ms", c->peer_timeout_ms);
 #undef TC__CFG_NUM
 	out = json_dumps(j, JSON_COMPACT);
 	json_decref(j);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/un.h>
 
+struct tc__objs_observer;
+
 struct tc__store_config {
 	char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	uint64_t host_bytes;	 /* host-memory budget */
@@ -49,10 +51,18 @@ struct tc__store_config {
 				       its last use */
 	char state_dir[PATH_MAX];   /* the daemon's own metadata (SQLite);
 				       "" = "state" next to the socket */
-	bool pin_eager; /* gpu_pin_host: pin large host replicas when
-			   they are sealed, once a GPU is in use
-			   (eager), or after their first GPU fill
-			   (on_use) */
+	bool pin_eager;	       /* gpu_pin_host: pin large host replicas when
+				  they are sealed, once a GPU is in use
+				  (eager), or after their first GPU fill
+				  (on_use) */
+	char peer_listen[128]; /* HOST:PORT of the peer server
+				  (port 0 picks one); "" = off */
+	char cluster_secret_file[PATH_MAX]; /* 0600 file; required with
+					       peer_listen */
+	int peer_timeout_ms; /* a peer silent this long mid-transfer is
+				given up (its chunks go elsewhere) */
+	/* Not configuration: wired by the daemon's main (obj.h). */
+	const struct tc__objs_observer *observer;
 };
 
 #define TC_SPARE_AUTO UINT64_MAX
@@ -63,7 +73,8 @@ void tc__config_defaults(struct tc__store_config *c);
  * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,
  * metrics_port, log_format, idle_timeout_ms, write_stall_ms,
  * max_clients_per_uid, max_clients_per_pid, max_tensors, shared_disk,
- * state_dir, cold_ttl_ms).  Returns
+ * state_dir, cold_ttl_ms, peer_listen, cluster_secret_file,
+ * peer_timeout_ms).  Returns
  * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);

@@ -61,7 +61,20 @@ void tc__obj_free(struct tc__obj *o)
 	tc__shm_free(o->shm);
 	tc__table_release(&o->table);
 	tc__buf_release(&o->attach_body);
+	tc__free(o->chunks);
 	tc__free(o);
+}
+
+static void notify_replica(struct tc__objs *s, const struct tc__obj *o, bool up)
+{
+	if (s->observer && s->observer->replica && o->shm && o->shm->ro_fd >= 0)
+		s->observer->replica(s->observer->arg, o, up);
+}
+
+static void notify_key(struct tc__objs *s, const char *key, const char *id)
+{
+	if (s->observer && s->observer->key)
+		s->observer->key(s->observer->arg, key, id);
 }
 
 int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
@@ -72,6 +85,17 @@ int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
 	if (rc < 0)
 		return rc;
 	tc__digest_id(&o->digest, o->id);
+	/* Kept so a peer can verify each chunk it pulls on its own. */
+	tc__free(o->chunks);
+	o->chunks = NULL;
+	o->nchunks = 0;
+	if (nchunks) {
+		o->chunks = tc__malloc(nchunks * sizeof(*chunks));
+		if (!o->chunks)
+			return -ENOMEM;
+		memcpy(o->chunks, chunks, nchunks * sizeof(*chunks));
+		o->nchunks = nchunks;
+	}
 	/* The host attach reply; an artifact imported straight to a GPU has
 	 * no host replica to attach (yet). */
 	if (!o->shm)
@@ -124,6 +148,7 @@ static void obj_kill(struct tc__objs *s, struct tc__obj *o)
 	if (o->dead)
 		return;
 	o->dead = true;
+	notify_replica(s, o, false);
 	lru_unlink(s, o);
 	if (o->leases == 0) {
 		tc__map_del(&s->by_id, o->id);
@@ -146,8 +171,11 @@ void tc__objs_release(struct tc__objs *s)
 	size_t b;
 
 	for (e = tc__map_next(&s->by_id, NULL, &b); e;
-	     e = tc__map_next(&s->by_id, e, &b))
+	     e = tc__map_next(&s->by_id, e, &b)) {
+		if (!((struct tc__obj *)e->val)->dead)
+			notify_replica(s, e->val, false);
 		tc__obj_free(e->val);
+	}
 	for (e = tc__map_next(&s->keys, NULL, &b); e;
 	     e = tc__map_next(&s->keys, e, &b)) {
 		struct tc__key *k = e->val;
@@ -283,7 +311,9 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 		 * stronger of the two policies.  A copy removed while clients
 		 * still lease it is the same bytes, so it comes back to life
 		 * rather than living on beside a twin with the same id. */
-		if (!old->shm && o->shm) {
+		bool gained = !old->shm && o->shm;
+
+		if (gained) {
 			/* A host copy of content held on GPUs only: the
 			 * artifact gains it (its charge moves along). */
 			old->shm = o->shm;
@@ -299,6 +329,9 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 		if (old->dead) {
 			old->dead = false;
 			lru_push(s, old);
+			notify_replica(s, old, true);
+		} else if (gained) {
+			notify_replica(s, old, true);
 		}
 		/* enum tc__policy runs from weakest to strongest. */
 		if (o_policy > old->policy)
@@ -319,6 +352,7 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 			o->nkeys++;
 	lru_push(s, o);
 	s->inserted++;
+	notify_replica(s, o, true);
 	*out = o;
 	return 0;
 }
@@ -472,6 +506,7 @@ static void key_retarget(struct tc__objs *s, struct tc__key *k, const char *id)
 	snprintf(k->id, sizeof(k->id), "%s", id);
 	if (id[0] && (o = tc__map_get(&s->by_id, id)))
 		o->nkeys++;
+	notify_key(s, k->name, id);
 }
 
 static int key_name_ok(const char *key, char *err, size_t errlen)
@@ -663,8 +698,10 @@ int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen)
 		for (e = tc__map_next(&s->keys, NULL, &b); e;
 		     e = tc__map_next(&s->keys, e, &b)) {
 			k = e->val;
-			if (!strcmp(k->id, ref))
+			if (!strcmp(k->id, ref)) {
 				k->id[0] = '\0';
+				notify_key(s, k->name, "");
+			}
 		}
 		o->nkeys = 0;
 		obj_kill(s, o);
@@ -676,6 +713,7 @@ int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen)
 		return TC_ENOTFOUND;
 	}
 	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
+	notify_key(s, k->name, "");
 	tc__map_del(&s->keys, ref);
 	if (o && o->nkeys)
 		o->nkeys--;

@@ -67,7 +67,9 @@ struct tc__obj {
 	struct tc__obj_gpu *gpu; /* owned: GPU replicas (gpu_tier.h), or NULL */
 	uint64_t expires_ms;	 /* unix time its TTL passes; 0 = never */
 	bool persisting; /* its shared-disk copy is being written (leased) */
-	char persist_err[256]; /* why the last such write failed, or "" */
+	char persist_err[256];	   /* why the last such write failed, or "" */
+	struct tc__digest *chunks; /* owned: the chunk digests, for peers */
+	uint64_t nchunks;
 };
 
 struct tc__key_version {
@@ -84,7 +86,20 @@ struct tc__key {
 	uint32_t nhist;
 };
 
+/* Who else must know when a host replica can be served or a key moves:
+ * the daemon's main wires the peer server here (the store does not know
+ * the peer layer).  Called on the loop thread; `replica` with up=true
+ * when a sealed host replica enters the table (or comes back), false when
+ * it leaves it (rm, eviction, exit); the callee dups what it keeps.
+ * `key` with id "" when the key no longer names an artifact. */
+struct tc__objs_observer {
+	void *arg;
+	void (*replica)(void *arg, const struct tc__obj *o, bool up);
+	void (*key)(void *arg, const char *key, const char *id);
+};
+
 struct tc__objs {
+	const struct tc__objs_observer *observer; /* borrowed, or NULL */
 	struct tc__map by_id;	  /* id -> struct tc__obj (live and dead) */
 	struct tc__map keys;	  /* name -> struct tc__key */
 	uint64_t budget;	  /* host bytes we may hold */

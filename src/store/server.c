@@ -140,6 +140,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		(uint64_t)time(NULL) * 1000000000u + tc__now_ns() % 1000000000u;
 	s.start_ms = tc__now_ms();
 	tc__objs_init(&s.objs, cfg->host_bytes);
+	s.objs.observer = cfg->observer;
 	s.spare_target = cfg->host_spare != TC_SPARE_AUTO ?
 				 TC_MIN(cfg->host_spare, cfg->host_bytes / 2) :
 				 TC_MIN((uint64_t)1 << 30, cfg->host_bytes / 8);

@@ -1,0 +1,306 @@
+/*
+ * cmd_pull.c - tcast pull REF --from HOST:PORT [--from ...]
+ *
+ * Pulls an artifact from peer daemons into the local daemon as a host
+ * replica: the receiver (src/peer/pull.c) writes straight into a put's
+ * memory (the daemon's memfd, mapped here), then the put is committed, so
+ * the daemon hashes the whole artifact once more and registers it under
+ * its id (and the key, when REF is a key).  The id it computes must be
+ * the one the sources announced: a second, end-to-end check on top of the
+ * per-chunk digests.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "peer/peer.h"
+#include "tcast/errors.h"
+
+struct sink {
+	tc_client *c;
+	const struct tc_opts *o;
+	tc_put *put;
+	char err[512];
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Create the local artifact's memory with the manifest's tensors; the
+ * daemon lays them out as the source did (the manifest's layout was
+ * checked to be the canonical one), which is checked here too. */
+static int sink_begin(void *arg, const char *id, const struct tc__table *t,
+		      uint8_t **base, char *err, size_t errlen)
+{
+	struct sink *s = arg;
+	struct tc_tensor_desc *d;
+	json_t *meta = json_object();
+	char *mj = NULL;
+	int rc;
+
+	*base = NULL;
+	d = calloc(t->ntensors ? t->ntensors : 1, sizeof(*d));
+	if (!d || !meta) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < t->ntensors; i++) {
+		d[i].name = t->tensors[i].name;
+		d[i].dtype = t->tensors[i].dtype;
+		d[i].ndim = t->tensors[i].ndim;
+		d[i].shape = t->tensors[i].shape;
+	}
+	for (uint32_t i = 0; i < t->nmeta; i++)
+		json_object_set_new(meta, t->meta[i].key,
+				    json_string(t->meta[i].val));
+	mj = json_dumps(meta, JSON_COMPACT);
+	rc = tc_put_begin(s->c, d, t->ntensors, mj, s->o, &s->put);
+	if (rc < 0) {
+		snprintf(err, errlen, "local daemon: %s",
+			 tc_client_errmsg(s->c));
+		goto out;
+	}
+	if (t->ntensors) {
+		uint8_t *b = (uint8_t *)tc_put_data(s->put, 0) -
+			     t->tensors[0].offset;
+
+		for (uint32_t i = 0; i < t->ntensors; i++)
+			if ((uint8_t *)tc_put_data(s->put, i) !=
+			    b + t->tensors[i].offset) {
+				snprintf(err, errlen,
+					 "the local daemon lays '%s' out "
+					 "elsewhere than the source",
+					 t->tensors[i].name);
+				rc = TC_EINVAL;
+				goto out;
+			}
+		*base = b;
+	}
+	rc = 0;
+out:
+	free(mj);
+	json_decref(meta);
+	free(d);
+	return rc;
+}
+
+static double gbps(uint64_t bytes, uint64_t ns)
+{
+	return ns ? (double)bytes / (double)ns : 0.0;
+}
+
+static json_t *sources_json(const struct tc__peer_pull_result *r)
+{
+	json_t *a = json_array();
+
+	for (int i = 0; i < r->nsources; i++) {
+		const struct tc__peer_source_stats *s = &r->src[i];
+
+		json_array_append_new(
+			a, json_pack("{s:s, s:I, s:I, s:f, s:i, s:b, s:s?}",
+				     "addr", s->addr, "bytes",
+				     (json_int_t)s->bytes, "chunks",
+				     (json_int_t)s->chunks, "gbps",
+				     gbps(s->bytes, r->ns), "bad_chunks",
+				     (int)s->bad_chunks, "failed", s->failed,
+				     "error", s->failed ? s->err : NULL));
+	}
+	return a;
+}
+
+static int secret_from_daemon(tc_client *c, char *path, size_t len)
+{
+	char *doc = NULL;
+	json_t *j = NULL;
+	const char *v;
+
+	if (tc_status_json(c, &doc) == 0)
+		j = json_loads(doc, 0, NULL);
+	v = json_string_value(json_object_get(json_object_get(j, "config"),
+					      "cluster_secret_file"));
+	snprintf(path, len, "%s", v ? v : "");
+	json_decref(j);
+	tc_free(doc);
+	return path[0] ? 0 : -1;
+}
+
+int cmd_pull(int argc, char **argv)
+{
+	static const char *const policies[] = { "cache", "warm", "pinned",
+						NULL };
+	const char *sources[TC_PEER_MAX_SOURCES];
+	struct tc__peer_pull_opts po = { 0 };
+	struct tc__peer_pull_result *r = NULL;
+	struct tc__secret *secret = NULL;
+	struct tc_opts o = { 0 };
+	struct tc_result res;
+	struct sink sk = { 0 };
+	const char *ref = NULL, *v, *secret_file = NULL;
+	char spath[4096], err[2048], b1[32], b2[48];
+	uint64_t streams = 4, timeout = 5000, t0, t1;
+	int nsrc = 0, rc, m;
+	bool nokey = false;
+
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if ((m = cli_opt(argc, argv, &i, "--from", &v))) {
+			if (m < 0 || cli_parse_nonempty("--from", v))
+				return EXIT_USAGE;
+			if (nsrc == TC_PEER_MAX_SOURCES)
+				return cli_usage_error("at most %d --from",
+						       TC_PEER_MAX_SOURCES);
+			sources[nsrc++] = v;
+		} else if ((m = cli_opt(argc, argv, &i, "--streams", &v))) {
+			if (m < 0 ||
+			    cli_parse_uint("--streams", v, 1,
+					   TC_PEER_MAX_STREAMS, &streams))
+				return EXIT_USAGE;
+		} else if ((m = cli_opt(argc, argv, &i, "--timeout-ms", &v))) {
+			if (m < 0 || cli_parse_uint("--timeout-ms", v, 100,
+						    600000, &timeout))
+				return EXIT_USAGE;
+		} else if ((m = cli_opt(argc, argv, &i, "--secret-file", &v))) {
+			if (m < 0 || cli_parse_nonempty("--secret-file", v))
+				return EXIT_USAGE;
+			secret_file = v;
+		} else if ((m = cli_opt(argc, argv, &i, "--key", &v))) {
+			if (m < 0 || cli_parse_nonempty("--key", v))
+				return EXIT_USAGE;
+			o.key = v;
+		} else if ((m = cli_opt(argc, argv, &i, "--policy", &v))) {
+			if (m < 0 || cli_parse_choice("--policy", v, policies))
+				return EXIT_USAGE;
+			o.policy = v;
+			o.field_mask |= TC_OPT_POLICY;
+		} else if (!strcmp(a, "--no-key")) {
+			nokey = true;
+		} else if (a[0] == '-' && a[1]) {
+			return cli_usage_error("unknown option '%s'",
+					       cli_esc(a));
+		} else if (ref) {
+			return cli_usage_error("one REF only ('%s' and '%s')",
+					       cli_esc(ref), cli_esc(a));
+		} else {
+			ref = a;
+		}
+	}
+	if (!ref)
+		return cli_usage_error("no REF given");
+	if (!nsrc)
+		return cli_usage_error(
+			"no --from HOST:PORT given (sources from the global "
+			"store are not wired yet)");
+	/* A key pulled is registered under that key here too. */
+	if (!o.key && !nokey && !tc__is_id(ref))
+		o.key = ref;
+	if (o.key && !nokey)
+		o.field_mask |= TC_OPT_KEY;
+	sk.o = &o;
+	sk.c = cli_connect();
+	if (!sk.c)
+		return EXIT_RUNTIME;
+	if (!secret_file && secret_from_daemon(sk.c, spath, sizeof(spath)) == 0)
+		secret_file = spath;
+	if (!secret_file) {
+		rc = cli_fail(TC_EBADCONFIG,
+			      "no cluster secret: pass --secret-file or set "
+			      "cluster_secret_file in the daemon's config");
+		goto out_close;
+	}
+	secret = calloc(1, sizeof(*secret));
+	r = calloc(1, sizeof(*r));
+	if (!secret || !r) {
+		rc = cli_fail(-ENOMEM, NULL);
+		goto out_close;
+	}
+	rc = tc__secret_load(secret_file, secret, err, sizeof(err));
+	if (rc < 0) {
+		rc = cli_fail(rc, err);
+		goto out_close;
+	}
+	po.ref = ref;
+	po.sources = sources;
+	po.nsources = nsrc;
+	po.streams = (int)streams;
+	po.timeout_ms = (int)timeout;
+	po.secret = secret;
+	po.sink.arg = &sk;
+	po.sink.begin = sink_begin;
+	t0 = now_ns();
+	rc = tc__peer_pull(&po, r, err, sizeof(err));
+	if (rc < 0) {
+		tc_put_abort(sk.put);
+		if (cli.json)
+			cli.partial =
+				json_pack("{s:o}", "sources", sources_json(r));
+		else
+			for (int i = 0; i < r->nsources; i++)
+				if (r->src[i].failed)
+					fprintf(stderr, "  %s: %s\n",
+						cli_esc(r->src[i].addr),
+						cli_esc(r->src[i].err));
+		rc = cli_fail(rc, err);
+		goto out_close;
+	}
+	t1 = now_ns();
+	rc = tc_put_commit(sk.put, &res);
+	if (rc < 0) {
+		rc = cli_fail(rc, tc_client_errmsg(sk.c));
+		goto out_close;
+	}
+	if (strcmp(res.id, r->id)) {
+		/* Cannot happen unless the daemon and the sources disagree
+		 * on the id's definition: do not leave it behind. */
+		tc_rm(sk.c, res.id);
+		snprintf(err, sizeof(err),
+			 "the local daemon made '%s' of what the sources call "
+			 "'%s'",
+			 res.id, r->id);
+		rc = cli_fail(TC_EDIGEST, err);
+		goto out_close;
+	}
+	if (cli.json) {
+		cli_put_json(json_pack(
+			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o}", "id",
+			res.id, "key",
+			(o.field_mask & TC_OPT_KEY) ? o.key : NULL, "bytes",
+			(json_int_t)r->bytes, "chunks", (json_int_t)r->nchunks,
+			"seconds", (double)(now_ns() - t0) / 1e9,
+			"transfer_seconds", (double)r->ns / 1e9, "gbps",
+			gbps(r->bytes, r->ns), "sources", sources_json(r)));
+	} else {
+		puts(res.id);
+		fflush(stdout);
+		fprintf(stderr, "%s in %.3f s%s (+%.3f s to register)\n",
+			cli_bytes(r->bytes, b1, sizeof(b1)),
+			(double)r->ns / 1e9,
+			cli_rate(r->bytes, r->ns, b2, sizeof(b2)),
+			(double)(now_ns() - t1) / 1e9);
+		for (int i = 0; i < r->nsources; i++) {
+			const struct tc__peer_source_stats *s = &r->src[i];
+
+			fprintf(stderr, "  %s: %s%s, %u bad chunks%s%s\n",
+				cli_esc(s->addr),
+				cli_bytes(s->bytes, b1, sizeof(b1)),
+				cli_rate(s->bytes, r->ns, b2, sizeof(b2)),
+				s->bad_chunks, s->failed ? "; dropped: " : "",
+				s->failed ? cli_esc(s->err) : "");
+		}
+	}
+	rc = 0;
+out_close:
+	free(r);
+	free(secret);
+	tc_client_close(sk.c);
+	return rc;
+}

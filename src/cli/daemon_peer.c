@@ -1,0 +1,98 @@
+/*
+ * daemon_peer.c - the daemon's main wires the peer server to the store.
+ *
+ * The store and the peer layer do not know each other (docs/design.md):
+ * the store reports host replicas and key moves through its observer
+ * (store/obj.h), and this file forwards them to the peer server's
+ * registry.  The bound address goes to `peer.addr` next to the socket, so
+ * `peer_listen: HOST:0` is usable by scripts and tests.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "common/log.h"
+#include "peer/peer.h"
+#include "store/config.h"
+#include "store/obj.h"
+#include "tcast/errors.h"
+
+static struct tc__peer_server *srv;
+static struct tc__secret secret;
+static char addr_file[PATH_MAX];
+
+static void on_replica(void *arg, const struct tc__obj *o, bool up)
+{
+	int rc;
+
+	if (!up) {
+		tc__peer_server_withdraw(srv, o->id);
+		return;
+	}
+	rc = tc__peer_server_publish(srv, o->id, o->shm->ro_fd, &o->table,
+				     o->chunks, o->nchunks);
+	if (rc < 0)
+		tc__log(TC_LOG_WARN, "peer: cannot serve %s: %s", o->id,
+			tc_strerror(rc));
+}
+
+static void on_key(void *arg, const char *key, const char *id)
+{
+	tc__peer_server_key(srv, key, id);
+}
+
+static const struct tc__objs_observer observer = {
+	.replica = on_replica,
+	.key = on_key,
+};
+
+int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
+			  size_t errlen)
+{
+	struct tc__peer_server_opts o = { 0 };
+	char tmp[PATH_MAX];
+	FILE *f;
+	int rc;
+
+	if (!cfg->peer_listen[0])
+		return 0;
+	if (!cfg->cluster_secret_file[0]) {
+		snprintf(err, errlen,
+			 "peer_listen needs cluster_secret_file (a 0600 file "
+			 "of at least %d bytes)",
+			 TC_SECRET_MIN);
+		return TC_EBADCONFIG;
+	}
+	rc = tc__secret_load(cfg->cluster_secret_file, &secret, err, errlen);
+	if (rc < 0)
+		return rc;
+	o.listen = cfg->peer_listen;
+	o.secret = &secret;
+	o.io_timeout_ms = cfg->peer_timeout_ms;
+	rc = tc__peer_server_start(&o, &srv, err, errlen);
+	if (rc < 0)
+		return rc;
+	cfg->observer = &observer;
+	snprintf(tmp, sizeof(tmp), "%s", cfg->socket);
+	snprintf(addr_file, sizeof(addr_file), "%s/peer.addr", dirname(tmp));
+	f = fopen(addr_file, "w");
+	if (f) {
+		fprintf(f, "%s\n", tc__peer_server_addr(srv));
+		fclose(f);
+	}
+	return 0;
+}
+
+void cli_daemon_peer_stop(void)
+{
+	if (!srv)
+		return;
+	unlink(addr_file);
+	tc__peer_server_stop(srv);
+	srv = NULL;
+}

@@ -1,0 +1,66 @@
+/*
+ * frameio.c - whole frames over a transport (frameio.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "frameio.h"
+#include "tcast/errors.h"
+
+static void io_msg(char *err, size_t errlen, const char *addr, int rc)
+{
+	snprintf(err, errlen, "%s: %s", addr,
+		 rc == TC_ECLOSED ? "connection closed" :
+		 rc == -ETIMEDOUT ? "timed out (no bytes)" :
+				    strerror(-rc));
+}
+
+int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
+		      char *err, size_t errlen)
+{
+	uint8_t raw[TC_PEER_HDR_BYTES], small[TC_PEER_MAX_CTRL];
+	struct tc__peer_hdr h;
+	char why[256];
+	uint8_t *body = small;
+	int rc;
+
+	tc__peer_msg_init(m);
+	rc = c->t->recv(c, raw, sizeof(raw));
+	if (rc < 0) {
+		io_msg(err, errlen, c->addr, rc);
+		return rc;
+	}
+	rc = tc__peer_hdr_decode(raw, &h, why, sizeof(why));
+	if (rc < 0) {
+		snprintf(err, errlen, "%s: %s", c->addr, why);
+		return rc;
+	}
+	if (h.len > sizeof(small)) {
+		/* Only a MANIFEST may be this large (checked above). */
+		body = tc__malloc(h.len);
+		if (!body)
+			return -ENOMEM;
+	}
+	rc = h.len ? c->t->recv(c, body, h.len) : 0;
+	if (rc < 0) {
+		io_msg(err, errlen, c->addr, rc);
+		goto out_free;
+	}
+	rc = tc__peer_msg_decode(&h, body, m, why, sizeof(why));
+	if (rc < 0)
+		snprintf(err, errlen, "%s: %s", c->addr, why);
+out_free:
+	if (body != small)
+		tc__free(body);
+	return rc;
+}
+
+int tc__peer_send_buf(struct tc__peer_conn *c, const struct tc__buf *b,
+		      bool more)
+{
+	if (b->oom)
+		return -ENOMEM;
+	return c->t->send(c, b->data, b->len, more);
+}

@@ -1,0 +1,19 @@
+/*
+ * frameio.h - reading and writing whole peer frames on a connection.
+ */
+#ifndef TC_PEER_FRAMEIO_H
+#define TC_PEER_FRAMEIO_H
+
+#include "common/buf.h"
+#include "transport.h"
+#include "wire.h"
+
+/* Receive one frame and decode it into `m` (tc__peer_msg_release after,
+ * whatever the result).  Returns 0 or a negative code with err set. */
+int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
+		      char *err, size_t errlen);
+/* Send a built buffer (b->oom gives -ENOMEM). */
+int tc__peer_send_buf(struct tc__peer_conn *c, const struct tc__buf *b,
+		      bool more);
+
+#endif /* TC_PEER_FRAMEIO_H */

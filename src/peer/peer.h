@@ -1,0 +1,124 @@
+/*
+ * peer.h - peer transfer between tcast daemons: the server that sends host
+ * replicas and the receiver that pulls an artifact from several sources.
+ *
+ * Layering: this module knows nothing of the store.  The daemon's main
+ * (src/cli/cmd_daemon.c) tells the server which replicas exist through
+ * tc__peer_server_publish/withdraw/key, fed by the store's observer
+ * (store/obj.h); the receiver writes into whatever destination its
+ * caller's sink hands it (tcast pull: a put into the local daemon).
+ * Wire protocol: wire.h.  Transports: transport.h (TCP now).  Design and
+ * figures: docs/peer.md.
+ */
+#ifndef TC_PEER_H
+#define TC_PEER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+#include "common/tensor.h"
+#include "handshake.h"
+#include "transport.h"
+
+#define TC_PEER_MAX_SOURCES 16 /* sources one pull stripes over */
+#define TC_PEER_MAX_STREAMS 16 /* TCP streams per source */
+#define TC_PEER_BAD_LIMIT   3  /* bad chunks before a source is dropped */
+
+/* ------------------------------------------------------------- server */
+
+struct tc__peer_server;
+
+struct tc__peer_server_opts {
+	const char *listen;		 /* "host:port"; port 0 picks one */
+	const struct tc__secret *secret; /* borrowed for the server's life */
+	int io_timeout_ms;		 /* a request or send stalled this
+					    long ends the connection */
+	int idle_timeout_ms;		 /* an idle connection is closed */
+	int max_conns;			 /* connections served at once */
+};
+
+/* Listen and serve on threads of its own.  Returns 0 or a negative code
+ * with `err` set. */
+int tc__peer_server_start(const struct tc__peer_server_opts *o,
+			  struct tc__peer_server **out, char *err,
+			  size_t errlen);
+/* The bound "host:port" (port resolved).  Borrowed. */
+const char *tc__peer_server_addr(const struct tc__peer_server *s);
+/* Close the listener and every connection, wait for their threads, free.
+ * NULL is a no-op. */
+void tc__peer_server_stop(struct tc__peer_server *s);
+
+/* Make artifact `id` servable from `fd` (a sealed memfd holding its byte
+ * space; dup'd, so the caller keeps its own).  Idempotent.  Returns 0 or
+ * -errno. */
+int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
+			    const struct tc__table *t,
+			    const struct tc__digest *chunks, uint64_t nchunks);
+/* Stop serving `id` (sends in progress finish first). */
+void tc__peer_server_withdraw(struct tc__peer_server *s, const char *id);
+/* `key` names `id` here ("" = names nothing any more). */
+void tc__peer_server_key(struct tc__peer_server *s, const char *key,
+			 const char *id);
+
+struct tc__peer_server_stats {
+	uint64_t conns;	      /* accepted */
+	uint64_t refused;     /* failed the handshake or over the cap */
+	uint64_t chunks_sent; /* DATA frames */
+	uint64_t bytes_sent;  /* payload bytes */
+};
+void tc__peer_server_stats(struct tc__peer_server *s,
+			   struct tc__peer_server_stats *out);
+
+/* ------------------------------------------------------------ receiver */
+
+/* Where pulled bytes go.  begin() is called once, with the verified
+ * manifest, and returns a writable mapping of the artifact's whole byte
+ * space (table->total_bytes) that stays valid until tc__peer_pull
+ * returns. */
+struct tc__peer_sink {
+	void *arg;
+	int (*begin)(void *arg, const char *id, const struct tc__table *t,
+		     uint8_t **base, char *err, size_t errlen);
+};
+
+struct tc__peer_pull_opts {
+	const char *ref;	    /* key or full id */
+	const char *const *sources; /* "host:port", in order of preference */
+	int nsources;		    /* 1..TC_PEER_MAX_SOURCES */
+	int streams;		    /* per source, 1..TC_PEER_MAX_STREAMS */
+	int timeout_ms;		    /* connect, and no bytes for this long */
+	const struct tc__secret *secret;
+	struct tc__peer_sink sink;
+};
+
+struct tc__peer_source_stats {
+	char addr[TC_PEER_ADDR_MAX];
+	uint64_t bytes;	     /* verified payload bytes from it */
+	uint64_t chunks;     /* verified chunks */
+	uint32_t bad_chunks; /* chunks that failed their digest */
+	bool failed;	     /* dropped: died, stalled, refused, lied */
+	char err[256];	     /* why, when failed */
+};
+
+struct tc__peer_pull_result {
+	char id[TC_ID_LEN + 1];
+	uint64_t bytes; /* artifact size */
+	uint64_t nchunks;
+	uint64_t ns; /* manifest to last verified chunk */
+	int nsources;
+	struct tc__peer_source_stats src[TC_PEER_MAX_SOURCES];
+};
+
+/* Pull `o->ref` into the sink: the manifest from the first source that
+ * has it (its root digest must be the id), then every chunk over
+ * `streams` connections per source, each chunk verified against its
+ * digest before it counts; a bad chunk is fetched again elsewhere and its
+ * source reported, a source that dies or stalls leaves its chunks to the
+ * others.  Returns 0 (every chunk verified) or a negative code with `err`
+ * naming what each source did; `res` is filled either way. */
+int tc__peer_pull(const struct tc__peer_pull_opts *o,
+		  struct tc__peer_pull_result *res, char *err, size_t errlen);
+
+#endif /* TC_PEER_H */

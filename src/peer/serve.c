@@ -1,0 +1,487 @@
+/*
+ * serve.c - the peer server: sends chunks of host replicas (peer.h).
+ *
+ * One accept thread, one thread per connection (a stream is a long
+ * sequence of 4 MiB sendfiles: a thread each keeps the sends of several
+ * streams on several cores, reference/cluster.md 1).  The registry of
+ * servable replicas is shared with the daemon's loop thread (publish,
+ * withdraw, key) under one mutex; a connection holds a reference on the
+ * entry it is sending from, so a withdrawn replica's fd is closed when
+ * its last send ends, never under a send.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "common/compiler.h"
+#include "common/failpoint.h"
+#include "common/io.h"
+#include "common/log.h"
+#include "common/map.h"
+#include "frameio.h"
+#include "peer.h"
+#include "tcast/errors.h"
+
+struct entry {
+	char id[TC_ID_LEN + 1];
+	int fd;		/* owned: dup of the replica's memfd */
+	uint64_t total; /* bytes of the byte space */
+	uint64_t nchunks;
+	struct tc__buf manifest; /* the whole MANIFEST frame, prebuilt */
+	int refs;		 /* registry + connections sending */
+	bool gone;		 /* withdrawn */
+};
+
+struct keyent {
+	char id[TC_ID_LEN + 1];
+	char name[]; /* the map's key */
+};
+
+struct conn {
+	struct tc__peer_server *srv;
+	struct tc__peer_conn *c;
+	struct conn *next;
+};
+
+struct tc__peer_server {
+	struct tc__peer_server_opts o;
+	struct tc__peer_listener *l;
+	int stop_pipe[2];
+	pthread_t acceptor;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct tc__map by_id; /* id -> struct entry (live ones) */
+	struct tc__map keys;  /* key -> malloc'd id */
+	struct conn *conns;   /* live connections */
+	int nconns;
+	bool stopping;
+	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
+};
+
+static void entry_put(struct entry *e) /* mu held */
+{
+	if (--e->refs == 0) {
+		close(e->fd);
+		tc__buf_release(&e->manifest);
+		tc__free(e);
+	}
+}
+
+int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
+			    const struct tc__table *t,
+			    const struct tc__digest *chunks, uint64_t nchunks)
+{
+	struct entry *e, *old;
+	int rc = 0;
+
+	if (nchunks != tc__chunk_count(t->total_bytes))
+		return TC_EINVAL;
+	e = tc__calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	snprintf(e->id, sizeof(e->id), "%s", id);
+	e->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (e->fd < 0) {
+		rc = -errno;
+		tc__free(e);
+		return rc;
+	}
+	e->total = t->total_bytes;
+	e->nchunks = nchunks;
+	e->refs = 1;
+	tc__buf_init(&e->manifest);
+	tc__peer_put_manifest(&e->manifest, id, t, chunks, nchunks);
+	if (e->manifest.oom ||
+	    e->manifest.len - TC_PEER_HDR_BYTES > TC_PEER_MAX_MANIFEST) {
+		rc = e->manifest.oom ? -ENOMEM : TC_ELIMIT;
+		goto out_free;
+	}
+	pthread_mutex_lock(&s->mu);
+	old = tc__map_del(&s->by_id, e->id);
+	if (old) {
+		old->gone = true;
+		entry_put(old);
+	}
+	if (tc__map_put(&s->by_id, e->id, e) < 0)
+		rc = -ENOMEM;
+	pthread_mutex_unlock(&s->mu);
+	if (rc == 0)
+		return 0;
+out_free:
+	close(e->fd);
+	tc__buf_release(&e->manifest);
+	tc__free(e);
+	return rc;
+}
+
+void tc__peer_server_withdraw(struct tc__peer_server *s, const char *id)
+{
+	struct entry *e;
+
+	pthread_mutex_lock(&s->mu);
+	e = tc__map_del(&s->by_id, id);
+	if (e) {
+		e->gone = true;
+		entry_put(e);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+void tc__peer_server_key(struct tc__peer_server *s, const char *key,
+			 const char *id)
+{
+	struct keyent *old, *k = NULL;
+	size_t n = strlen(key);
+
+	if (id[0]) {
+		k = tc__malloc(sizeof(*k) + n + 1);
+		if (!k)
+			return; /* the key is not served; its id still is */
+		snprintf(k->id, sizeof(k->id), "%s", id);
+		memcpy(k->name, key, n + 1);
+	}
+	pthread_mutex_lock(&s->mu);
+	old = tc__map_del(&s->keys, key);
+	if (k && tc__map_put(&s->keys, k->name, k) < 0) {
+		tc__free(k);
+	}
+	pthread_mutex_unlock(&s->mu);
+	tc__free(old);
+}
+
+/* A key or full id to a referenced entry, or NULL. */
+static struct entry *lookup(struct tc__peer_server *s, const char *ref)
+{
+	struct entry *e = NULL;
+	struct keyent *k;
+
+	pthread_mutex_lock(&s->mu);
+	if (tc__is_id(ref))
+		e = tc__map_get(&s->by_id, ref);
+	else if ((k = tc__map_get(&s->keys, ref)))
+		e = tc__map_get(&s->by_id, k->id);
+	if (e)
+		e->refs++;
+	pthread_mutex_unlock(&s->mu);
+	return e;
+}
+
+static void unref(struct tc__peer_server *s, struct entry *e)
+{
+	pthread_mutex_lock(&s->mu);
+	entry_put(e);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static int send_error(struct tc__peer_conn *c, int code, const char *msg)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	int rc;
+
+	tc__peer_put_error(&b, code, msg);
+	rc = tc__peer_send_buf(c, &b, false);
+	tc__buf_release(&b);
+	return rc;
+}
+
+/* A chunk with one byte flipped (failpoint peer.corrupt_chunk): what a
+ * lying or broken peer sends.  Read, not mapped: the replica is sealed. */
+static int send_corrupt(struct tc__peer_conn *c, int fd, uint64_t off,
+			uint32_t n)
+{
+	uint8_t *p = tc__malloc(n);
+	int rc;
+
+	if (!p)
+		return -ENOMEM;
+	rc = tc__pread_exact(fd, p, n, off);
+	if (rc == 0) {
+		p[n / 2] ^= 0x5a;
+		rc = c->t->send(c, p, n, false);
+	}
+	tc__free(p);
+	return rc;
+}
+
+static int serve_get(struct tc__peer_server *s, struct tc__peer_conn *c,
+		     const struct tc__peer_msg *m)
+{
+	struct entry *e = lookup(s, m->id);
+	struct tc__buf b = TC_BUF_INIT;
+	char subject[TC_ID_LEN + 32];
+	int rc = 0;
+
+	if (!e)
+		return send_error(c, TC_ENOTFOUND, "no such artifact here");
+	if (m->first >= e->nchunks || m->count > e->nchunks - m->first) {
+		unref(s, e);
+		return send_error(c, TC_EINVAL, "chunk range past the end");
+	}
+	for (uint64_t k = m->first; rc == 0 && k < m->first + m->count; k++) {
+		uint64_t off = k * TC_CHUNK_BYTES;
+		uint32_t n = (uint32_t)TC_MIN(TC_CHUNK_BYTES, e->total - off);
+
+		snprintf(subject, sizeof(subject), "%s#%llu.", e->id,
+			 (unsigned long long)k);
+		if (tc__failpoint("peer.delay_chunk", subject))
+			usleep(100 * 1000);
+		b.len = 0;
+		tc__peer_put_data(&b, k, n);
+		rc = tc__peer_send_buf(c, &b, true);
+		if (rc < 0)
+			break;
+		if (tc__failpoint("peer.corrupt_chunk", subject))
+			rc = send_corrupt(c, e->fd, off, n);
+		else
+			rc = c->t->send_file(c, e->fd, off, n);
+		if (rc == 0) {
+			s->n_chunks++;
+			s->n_bytes += n;
+		}
+	}
+	tc__buf_release(&b);
+	unref(s, e);
+	return rc;
+}
+
+static int serve_manifest(struct tc__peer_server *s, struct tc__peer_conn *c,
+			  const struct tc__peer_msg *m)
+{
+	struct entry *e = lookup(s, m->ref);
+	int rc;
+
+	if (!e)
+		return send_error(c, TC_ENOTFOUND,
+				  "no such artifact or key here");
+	rc = tc__peer_send_buf(c, &e->manifest, false);
+	unref(s, e);
+	return rc;
+}
+
+static void *conn_main(void *arg)
+{
+	struct conn *cn = arg;
+	struct tc__peer_server *s = cn->srv;
+	struct tc__peer_conn *c = cn->c;
+	struct timeval idle = { s->o.idle_timeout_ms / 1000,
+				(s->o.idle_timeout_ms % 1000) * 1000 };
+	struct timeval io = { s->o.io_timeout_ms / 1000,
+			      (s->o.io_timeout_ms % 1000) * 1000 };
+	char err[512];
+	int rc;
+
+	rc = tc__handshake_server(c->fd, s->o.secret, err, sizeof(err));
+	if (rc < 0) {
+		s->n_refused++;
+		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, err);
+		goto out;
+	}
+	for (;;) {
+		struct tc__peer_msg m;
+
+		/* Waiting for the next request may take long; a request
+		 * once started must not. */
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof(idle));
+		rc = tc__peer_recv_msg(c, &m, err, sizeof(err));
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &io, sizeof(io));
+		if (rc == 0 && m.type == TC_PEER_MANIFEST_REQ)
+			rc = serve_manifest(s, c, &m);
+		else if (rc == 0 && m.type == TC_PEER_GET)
+			rc = serve_get(s, c, &m);
+		else if (rc == 0) {
+			snprintf(err, sizeof(err),
+				 "%s: frame type %u is not a request", c->addr,
+				 m.type);
+			rc = TC_EPROTO;
+		}
+		tc__peer_msg_release(&m);
+		if (rc < 0)
+			break;
+	}
+	if (rc != TC_ECLOSED && !s->stopping)
+		tc__log(TC_LOG_WARN, "peer connection %s dropped: %s", c->addr,
+			err);
+out:
+	pthread_mutex_lock(&s->mu);
+	for (struct conn **p = &s->conns; *p; p = &(*p)->next)
+		if (*p == cn) {
+			*p = cn->next;
+			break;
+		}
+	s->nconns--;
+	c->t->close(c);
+	tc__free(cn);
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+static void *accept_main(void *arg)
+{
+	struct tc__peer_server *s = arg;
+	struct pollfd p[2] = { { s->l->fd, POLLIN, 0 },
+			       { s->stop_pipe[0], POLLIN, 0 } };
+
+	for (;;) {
+		struct tc__peer_conn *c;
+		struct conn *cn;
+		pthread_attr_t at;
+		pthread_t th;
+
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		if (!(p[0].revents & POLLIN))
+			continue;
+		if (s->l->t->accept(s->l, s->o.io_timeout_ms, &c) < 0)
+			continue; /* EMFILE, ECONNABORTED: try again */
+		s->n_conns++;
+		cn = tc__calloc(1, sizeof(*cn));
+		pthread_mutex_lock(&s->mu);
+		if (!cn || s->nconns >= s->o.max_conns) {
+			pthread_mutex_unlock(&s->mu);
+			s->n_refused++;
+			tc__log(TC_LOG_WARN,
+				"peer %s refused: %d connections already",
+				c->addr, s->o.max_conns);
+			c->t->close(c);
+			tc__free(cn);
+			continue;
+		}
+		cn->srv = s;
+		cn->c = c;
+		cn->next = s->conns;
+		s->conns = cn;
+		s->nconns++;
+		pthread_mutex_unlock(&s->mu);
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&at, 256 << 10);
+		if (pthread_create(&th, &at, conn_main, cn)) {
+			pthread_mutex_lock(&s->mu);
+			s->conns = cn->next;
+			s->nconns--;
+			pthread_mutex_unlock(&s->mu);
+			c->t->close(c);
+			tc__free(cn);
+		}
+		pthread_attr_destroy(&at);
+	}
+	return NULL;
+}
+
+int tc__peer_server_start(const struct tc__peer_server_opts *o,
+			  struct tc__peer_server **out, char *err,
+			  size_t errlen)
+{
+	struct tc__peer_server *s;
+	sigset_t all, old;
+	int rc;
+
+	*out = NULL;
+	s = tc__calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->o = *o;
+	if (s->o.io_timeout_ms <= 0)
+		s->o.io_timeout_ms = 5000;
+	if (s->o.idle_timeout_ms <= 0)
+		s->o.idle_timeout_ms = 300000;
+	if (s->o.max_conns <= 0)
+		s->o.max_conns = 256;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	tc__map_init(&s->by_id);
+	tc__map_init(&s->keys);
+	if (pipe2(s->stop_pipe, O_CLOEXEC) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		goto out_free;
+	}
+	rc = tc__peer_tcp.listen(o->listen, &s->l, err, errlen);
+	if (rc < 0)
+		goto out_pipe;
+	/* The daemon takes SIGTERM through a signalfd on its loop thread:
+	 * the peer threads (and the connection threads they start, which
+	 * inherit the mask) must never be the ones a signal lands on. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&s->acceptor, NULL, accept_main, s);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc) {
+		rc = -EAGAIN;
+		snprintf(err, errlen, "cannot start the peer accept thread");
+		goto out_listen;
+	}
+	tc__log(TC_LOG_INFO, "peer server listening on %s (%s)", s->l->addr,
+		s->l->t->name);
+	*out = s;
+	return 0;
+
+out_listen:
+	s->l->t->unlisten(s->l);
+out_pipe:
+	close(s->stop_pipe[0]);
+	close(s->stop_pipe[1]);
+out_free:
+	tc__map_release(&s->by_id);
+	tc__map_release(&s->keys);
+	tc__free(s);
+	return rc;
+}
+
+const char *tc__peer_server_addr(const struct tc__peer_server *s)
+{
+	return s->l->addr;
+}
+
+void tc__peer_server_stats(struct tc__peer_server *s,
+			   struct tc__peer_server_stats *out)
+{
+	out->conns = s->n_conns;
+	out->refused = s->n_refused;
+	out->chunks_sent = s->n_chunks;
+	out->bytes_sent = s->n_bytes;
+}
+
+void tc__peer_server_stop(struct tc__peer_server *s)
+{
+	struct tc__map_entry *me;
+	size_t b;
+
+	if (!s)
+		return;
+	(void)!write(s->stop_pipe[1], "x", 1);
+	pthread_join(s->acceptor, NULL);
+	pthread_mutex_lock(&s->mu);
+	s->stopping = true;
+	for (struct conn *cn = s->conns; cn; cn = cn->next)
+		shutdown(cn->c->fd, SHUT_RDWR);
+	while (s->nconns)
+		pthread_cond_wait(&s->cv, &s->mu);
+	for (me = tc__map_next(&s->by_id, NULL, &b); me;
+	     me = tc__map_next(&s->by_id, me, &b))
+		entry_put(me->val);
+	for (me = tc__map_next(&s->keys, NULL, &b); me;
+	     me = tc__map_next(&s->keys, me, &b))
+		tc__free(me->val);
+	pthread_mutex_unlock(&s->mu);
+	tc__map_release(&s->by_id);
+	tc__map_release(&s->keys);
+	s->l->t->unlisten(s->l);
+	close(s->stop_pipe[0]);
+	close(s->stop_pipe[1]);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	tc__free(s);
+}

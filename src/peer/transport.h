@@ -1,0 +1,67 @@
+/*
+ * transport.h - how peer bytes move: a small vtable, TCP first.
+ *
+ * The protocol layer (serve.c, pull.c) sees connections only through these
+ * operations; a transport's private state stays in its own file.  Every
+ * connection has a TCP socket (`fd`): TCP carries everything on it, and a
+ * later RDMA transport (rdma-core verbs or UCX) uses it to authenticate
+ * and exchange memory keys before moving chunks by one-sided reads
+ * (docs/peer.md says how, and what it should reach).
+ */
+#ifndef TC_PEER_TRANSPORT_H
+#define TC_PEER_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define TC_PEER_ADDR_MAX 128 /* "host:port" text */
+
+struct tc__peer_transport;
+
+/* One connection.  Transports embed it first in their own struct. */
+struct tc__peer_conn {
+	const struct tc__peer_transport *t;
+	int fd;			     /* the TCP socket, owned */
+	char addr[TC_PEER_ADDR_MAX]; /* the other side, for messages */
+};
+
+struct tc__peer_listener {
+	const struct tc__peer_transport *t;
+	int fd;			     /* owned */
+	char addr[TC_PEER_ADDR_MAX]; /* bound address, port resolved */
+};
+
+struct tc__peer_transport {
+	const char *name;
+	/* Connect to "host:port" within timeout_ms; set I/O timeouts of
+	 * io_timeout_ms.  Returns 0 or -errno with err set. */
+	int (*connect)(const char *addr, int timeout_ms, int io_timeout_ms,
+		       struct tc__peer_conn **out, char *err, size_t errlen);
+	/* Listen on "host:port" (port 0 picks one). */
+	int (*listen)(const char *addr, struct tc__peer_listener **out,
+		      char *err, size_t errlen);
+	/* Accept one connection (the listener is readable). */
+	int (*accept)(struct tc__peer_listener *l, int io_timeout_ms,
+		      struct tc__peer_conn **out);
+	/* Send or receive exactly n bytes: 0, TC_ECLOSED, -ETIMEDOUT or
+	 * -errno.  `more`: further bytes follow at once (a header before
+	 * its payload), so do not push a packet yet. */
+	int (*send)(struct tc__peer_conn *c, const void *p, size_t n,
+		    bool more);
+	int (*recv)(struct tc__peer_conn *c, void *p, size_t n);
+	/* Send n bytes of file `fd` from `off` with no user-space copy. */
+	int (*send_file)(struct tc__peer_conn *c, int fd, uint64_t off,
+			 uint64_t n);
+	void (*close)(struct tc__peer_conn *c);
+	void (*unlisten)(struct tc__peer_listener *l);
+};
+
+extern const struct tc__peer_transport tc__peer_tcp;
+
+/* Split "host:port" (host may be [v6]); returns 0 or TC_EINVAL. */
+int tc__peer_addr_split(const char *addr, char *host, size_t hostlen,
+			char *port, size_t portlen);
+
+#endif /* TC_PEER_TRANSPORT_H */

@@ -1,0 +1,99 @@
+/*
+ * wire.h - the peer data protocol: frames between tcast daemons over TCP.
+ *
+ * Every connection starts with the cluster-secret handshake (auth.h); then
+ * the receiver sends requests and the sender answers in order:
+ *
+ *   MANIFEST_REQ {ref}             -> MANIFEST {id, table, chunk digests}
+ *                                     or ERROR
+ *   GET {id, first, count}         -> count x DATA {chunk, nbytes} + bytes
+ *                                     or ERROR
+ *
+ * A frame is a 12-byte header (magic, version, type, flags, body length)
+ * and a body read with a bounded cursor.  A DATA frame's body is only its
+ * header fields; the chunk's raw bytes follow it on the stream, so the
+ * sender can hand them to sendfile(2) and the receiver can recv(2) them
+ * straight into the destination.  Every field has a limit; a frame that
+ * breaks one ends the connection.  The decoder is fuzzed
+ * (tests/fuzz/fuzz_peer_wire.c).
+ */
+#ifndef TC_PEER_WIRE_H
+#define TC_PEER_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "common/hash.h"
+#include "common/tensor.h"
+
+#define TC_PEER_MAGIC	     0x31504354u /* "TCP1" little-endian */
+#define TC_PEER_VERSION	     1
+#define TC_PEER_HDR_BYTES    12
+#define TC_PEER_MAX_CTRL     4096 /* body of any frame but MANIFEST */
+#define TC_PEER_MAX_MANIFEST ((uint32_t)64 << 20) /* table + digests */
+#define TC_PEER_MAX_REF	     1024 /* bytes of a key or id in a request */
+#define TC_PEER_MAX_GET	     16	  /* chunks in one GET */
+#define TC_PEER_MAX_ERRMSG   256
+/* 2^40 chunks of 4 MiB would be 4 EiB: cap the count so that
+ * nchunks * TC_DIGEST_BYTES fits the manifest limit. */
+#define TC_PEER_MAX_CHUNKS ((TC_PEER_MAX_MANIFEST - 65536) / TC_DIGEST_BYTES)
+
+enum tc__peer_type {
+	TC_PEER_MANIFEST_REQ = 1,
+	TC_PEER_MANIFEST = 2,
+	TC_PEER_GET = 3,
+	TC_PEER_DATA = 4,
+	TC_PEER_ERROR = 5,
+	TC_PEER__TYPES
+};
+
+struct tc__peer_hdr {
+	uint8_t type; /* enum tc__peer_type */
+	uint32_t len; /* body bytes (checked against the type's limit) */
+};
+
+/* One decoded frame.  Strings are NUL-terminated copies; table and
+ * digests are owned (tc__peer_msg_release). */
+struct tc__peer_msg {
+	uint8_t type;
+	char ref[TC_PEER_MAX_REF + 1];	  /* MANIFEST_REQ */
+	char id[TC_ID_LEN + 1];		  /* MANIFEST, GET */
+	struct tc__table table;		  /* MANIFEST */
+	struct tc__digest *chunks;	  /* MANIFEST: nchunks digests */
+	uint64_t nchunks;		  /* MANIFEST */
+	uint64_t first;			  /* GET: first chunk; DATA: chunk */
+	uint32_t count;			  /* GET: chunks; DATA: payload bytes */
+	int32_t code;			  /* ERROR: a negative tcast code */
+	char msg[TC_PEER_MAX_ERRMSG + 1]; /* ERROR */
+};
+
+/* Check a frame header: magic, version, known type, no flag bits, body
+ * length within the type's limit.  Returns 0 or TC_EPROTO/TC_EVERSION/
+ * TC_ELIMIT with `err` naming the field. */
+int tc__peer_hdr_decode(const uint8_t raw[TC_PEER_HDR_BYTES],
+			struct tc__peer_hdr *out, char *err, size_t errlen);
+/* Decode a body of `h`'s type.  A MANIFEST is fully validated: the table
+ * (names, dtypes, layout), nchunks against the table's size, and the
+ * root digest of table + chunks against the id, so a manifest that
+ * decodes is one whose every chunk digest the id vouches for.  Returns 0
+ * or a negative code with `err` set; `out` needs tc__peer_msg_release
+ * either way. */
+int tc__peer_msg_decode(const struct tc__peer_hdr *h, const uint8_t *body,
+			struct tc__peer_msg *out, char *err, size_t errlen);
+void tc__peer_msg_init(struct tc__peer_msg *m);
+void tc__peer_msg_release(struct tc__peer_msg *m);
+
+/* Encoders: append one whole frame (header + body) to b (b->oom on
+ * failure). */
+void tc__peer_put_manifest_req(struct tc__buf *b, const char *ref);
+void tc__peer_put_manifest(struct tc__buf *b, const char *id,
+			   const struct tc__table *t,
+			   const struct tc__digest *chunks, uint64_t nchunks);
+void tc__peer_put_get(struct tc__buf *b, const char *id, uint64_t first,
+		      uint32_t count);
+/* The DATA frame only; the caller sends `nbytes` raw bytes after it. */
+void tc__peer_put_data(struct tc__buf *b, uint64_t chunk, uint32_t nbytes);
+void tc__peer_put_error(struct tc__buf *b, int code, const char *msg);
+
+#endif /* TC_PEER_WIRE_H */
