@@ -131,17 +131,22 @@ int tc__handshake_client(int fd, const struct tc__secret *s, char *err,
 	rc = xfer(fd, srv, sizeof(srv), 0, err, errlen);
 	if (rc < 0)
 		return rc;
-	if (mac(s, "tcast-s", hello + 4, srv, want) < 0)
+	/* Our proof goes first, whatever the server's says: the server
+	 * can then log a wrong secret as such.  It is bound to the
+	 * server's fresh nonce, so it is worth nothing anywhere else. */
+	if (mac(s, "tcast-c", hello + 4, srv, proof) < 0 ||
+	    mac(s, "tcast-s", hello + 4, srv, want) < 0)
 		return -EIO;
+	rc = xfer(fd, proof, sizeof(proof), 1, err, errlen);
+	if (rc < 0)
+		return rc;
 	if (CRYPTO_memcmp(want, srv + NONCE, MAC)) {
 		snprintf(err, errlen,
 			 "handshake: the server does not know the cluster "
 			 "secret");
 		return TC_EPERM;
 	}
-	if (mac(s, "tcast-c", hello + 4, srv, proof) < 0)
-		return -EIO;
-	return xfer(fd, proof, sizeof(proof), 1, err, errlen);
+	return 0;
 }
 
 int tc__handshake_server(int fd, const struct tc__secret *s, char *err,

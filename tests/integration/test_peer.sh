@@ -1,0 +1,196 @@
+#!/bin/bash
+# The peer data path (issue 12, item 3) between real daemons in network
+# namespaces (one veth each on a private bridge), through `tcast pull`:
+#   put on A, pull on B: same id, same bytes; striping over two sources;
+#   a corrupt chunk (failpoint peer.corrupt_chunk) caught and fetched
+#   elsewhere, never registered; kill -9 of a source mid-pull, the pull
+#   finishes from the other; a stalled source (SIGSTOP) timed out; a wrong
+#   secret and a garbage client refused; a secret file of mode 0644
+#   refused at start.  Needs root (ip netns); skipped otherwise.
+set -u
+T=${TCAST:?}
+PY=/usr/bin/python3
+if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
+	echo "SKIP: needs root and iproute2 for network namespaces (ip netns)"
+	exit 77
+fi
+id=$$
+sub="10.$((200 + id % 50)).$(((id / 50) % 250))"
+br="tcpbr$((id % 100000))"
+ns=(tcpa$id tcpb$id tcpc$id)
+dir=$(mktemp -d "${TMPDIR:-/tmp}/tcast-peer-XXXXXX")
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $*" >&2; fi; }
+is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
+has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
+mark() { echo "[$(date +%T.%3N)] $*"; }
+run() { "$@" >"$dir/o" 2>"$dir/e"; rc=$?; out=$(cat "$dir/o"); err=$(cat "$dir/e"); }
+jq_() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$dir/o"; }
+socks=()
+cleanup() {
+	for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 5 >/dev/null 2>&1; done
+	for n in "${ns[@]}"; do ip netns del "$n" 2>/dev/null; done
+	ip link del "$br" 2>/dev/null
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+
+ip link add "$br" type bridge && ip link set "$br" up || { echo "SKIP: cannot make a bridge"; exit 77; }
+for i in 0 1 2; do
+	n=${ns[$i]}
+	ip netns add "$n"
+	ip link add "v$i-$id" type veth peer name "b$i-$id"
+	ip link set "v$i-$id" netns "$n"
+	ip link set "b$i-$id" master "$br" up
+	ip -n "$n" link set lo up
+	ip -n "$n" addr add "$sub.$((11 + i))/24" dev "v$i-$id"
+	ip -n "$n" link set "v$i-$id" up
+done
+A=$sub.11 B=$sub.12
+head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
+chmod 600 "$dir/secret"
+head -c 48 /dev/urandom | base64 -w0 >"$dir/wrong"
+chmod 600 "$dir/wrong"
+
+# daemon NAME NETNS ADDR [ENV...]: start a daemon with a peer server
+daemon() {
+	local name=$1 n=$2 addr=$3
+	shift 3
+	mkdir -p -m 700 "$dir/$name"
+	socks+=("$dir/$name/d.sock")
+	env "$@" ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json daemon start \
+		--host-memory 1GiB --set peer_listen="$addr" \
+		--set cluster_secret_file="$dir/secret" --set peer_timeout_ms=1500 \
+		>"$dir/$name/start.json" || { echo "cannot start daemon $name" >&2; cat "$dir/$name"/*.log >&2; return 1; }
+}
+pid_of() { $PY -c "import json; print(json.load(open('$dir/$1/start.json'))['pid'])"; }
+t() { local name=$1; shift; "$T" --socket "$dir/$name/d.sock" "$@"; }
+# pull_on NAME NETNS ARGS...: tcast pull run inside NETNS into daemon NAME
+pull_on() { local name=$1 n=$2; shift 2; ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json pull "$@"; }
+
+# A 64 MiB artifact (16 chunks) and a tiny tensor after it.
+$PY - "$dir/m.safetensors" <<'PYEOF'
+import json, os, struct, sys
+n = 64 << 20
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]},
+                "b": {"dtype": "F32", "shape": [3], "data_offsets": [n, n + 12]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n) + struct.pack("<3f", 1, 2, 3))
+PYEOF
+
+mark setup done
+daemon a "${ns[0]}" "$A:7070" || exit 1
+daemon b "${ns[1]}" "$B:7070" || exit 1
+daemon c "${ns[2]}" "$sub.13:0" || exit 1
+ok test -s "$dir/c/peer.addr"
+ok has "$(cat "$dir/c/peer.addr")" "$sub.13:"
+want=$(t a import "$dir/m.safetensors" --key model:peer 2>/dev/null)
+ok has "$want" "tc2:"
+
+# 1. put on A, pull on B by key: same id, same bytes, the key registered
+mark "1. put on A, pull on B by key: same id, same bytes, the key registered"
+run pull_on b "${ns[1]}" model:peer --from "$A:7070"
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'd["sources"][0]["bytes"]')" "$((64 * 1048576 + 12))"
+ok is "$(t b keys --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["keys"][0]["id"])')" "$want"
+t a export "$want" "$dir/a.st" && t b export model:peer "$dir/b.st"
+ok cmp -s "$dir/a.st" "$dir/b.st"
+
+# 2. striped over two sources (B now holds it too): both send
+mark "2. striped over two sources (B now holds it too): both send"
+run pull_on c "${ns[2]}" "$want" --from "$A:7070" --from "$B:7070" --streams 2
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'int(all(s["bytes"] > 0 for s in d["sources"]))')" 1
+ok is "$(jq_ 'sum(s["bytes"] for s in d["sources"])')" "$((64 * 1048576 + 12))"
+
+# 3. a source that corrupts every chunk it sends: caught, never registered,
+mark "3. a source that corrupts every chunk it sends: caught, never registered,"
+#    and the pull finishes from a good source
+daemon x "${ns[0]}" "$A:7071" TCAST_FAILPOINTS=peer.corrupt_chunk= || exit 1
+t x import "$dir/m.safetensors" >/dev/null 2>&1
+t c rm "$want" >/dev/null
+run pull_on c "${ns[2]}" "$want" --from "$A:7071"
+ok is "$rc" 1
+ok has "$out" TC_EDIGEST
+ok has "$out" "fail their digest"
+ok is "$(t c ls --json | $PY -c 'import json,sys; print(len(json.load(sys.stdin)["artifacts"]))')" 0
+run pull_on c "${ns[2]}" "$want" --from "$A:7071" --from "$B:7070" --streams 2
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+echo "  corrupt source: $(jq_ 'd["sources"][0]')"
+t c export "$want" "$dir/c.st" --force
+ok cmp -s "$dir/a.st" "$dir/c.st"
+
+# 4. kill -9 of a source mid-pull: the other one finishes it
+mark "4. kill -9 of a source mid-pull: the other one finishes it"
+daemon y "${ns[0]}" "$A:7072" TCAST_FAILPOINTS=peer.delay_chunk= || exit 1
+daemon z "${ns[1]}" "$B:7072" TCAST_FAILPOINTS=peer.delay_chunk= || exit 1
+t y import "$dir/m.safetensors" >/dev/null 2>&1
+t z import "$dir/m.safetensors" >/dev/null 2>&1
+t c rm "$want" >/dev/null
+pull_on c "${ns[2]}" "$want" --from "$A:7072" --from "$B:7072" --streams 1 >"$dir/o" 2>"$dir/e" &
+pp=$!
+sleep 0.4
+kill -9 "$(pid_of y)"
+wait $pp
+rc=$?
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'd["sources"][0]["failed"]')" True
+ok is "$(jq_ 'int(d["sources"][1]["bytes"] > 0)')" 1
+t c export "$want" "$dir/c.st" --force
+ok cmp -s "$dir/a.st" "$dir/c.st"
+
+# 5. a stalled source (SIGSTOP): timed out after peer_timeout, the pull
+mark "5. a stalled source (SIGSTOP): timed out after peer_timeout, the pull"
+#    finishes from B, in bounded time
+t c rm "$want" >/dev/null
+start=$(date +%s)
+pull_on c "${ns[2]}" "$want" --from "$B:7072" --from "$B:7070" --streams 1 --timeout-ms 1500 >"$dir/o" 2>"$dir/e" &
+pp=$!
+sleep 0.3
+kill -STOP "$(pid_of z)"
+wait $pp
+rc=$?
+kill -CONT "$(pid_of z)"
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'd["sources"][0]["failed"]')" True
+ok has "$(jq_ 'd["sources"][0]["error"]')" "timed out"
+ok test $(($(date +%s) - start)) -lt 20
+
+# 6. a wrong secret and a garbage client are refused; A serves on
+mark "6. a wrong secret and a garbage client are refused; A serves on"
+t c rm "$want" >/dev/null
+run pull_on c "${ns[2]}" "$want" --from "$A:7070" --secret-file "$dir/wrong"
+ok is "$rc" 1
+ok has "$out" TC_EPERM
+ok has "$out" "does not know the cluster secret"
+ip netns exec "${ns[2]}" "$PY" -c '
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7070), timeout=5)
+try:
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n" * 20)
+    print("closed" if s.recv(100) == b"" else "answered")
+except ConnectionResetError:
+    print("closed")' "$A" >"$dir/g" 2>&1
+ok is "$(cat "$dir/g")" closed
+sleep 0.2
+ok grep -q "refused: handshake: wrong cluster secret" "$dir/a/daemon.log"
+ok grep -q "refused: handshake: not a tcast peer" "$dir/a/daemon.log"
+run pull_on c "${ns[2]}" "$want" --from "$A:7070"
+ok is "$rc" 0
+
+# 7. a cluster secret others can read is refused at start
+mark "7. a cluster secret others can read is refused at start"
+chmod 644 "$dir/secret"
+run ip netns exec "${ns[2]}" "$T" --socket "$dir/w/d.sock" daemon start \
+	--set peer_listen="$sub.13:0" --set cluster_secret_file="$dir/secret"
+ok is "$rc" 1
+ok has "$err" "must be 0600"
+
+echo "test_peer: $pass passed, $fail failed"
+[ "$fail" = 0 ]
