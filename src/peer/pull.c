@@ -131,7 +131,7 @@ static int recv_chunk(struct pull *p, struct tc__peer_conn *c,
 		rc = c->t->recv(c, dst + got, piece);
 		if (rc < 0) {
 			snprintf(err, errlen, "%s: %s in chunk %llu", c->addr,
-				 rc == TC_ECLOSED   ? "connection closed" :
+				 rc == TC_ECLOSED ? "connection closed" :
 				 rc == -ETIMEDOUT ? "timed out (no bytes)" :
 						    strerror(-rc),
 				 (unsigned long long)k);
