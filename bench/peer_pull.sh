@@ -1,0 +1,99 @@
+#!/bin/bash
+# A 4 GiB `tcast pull` between two network namespaces (one veth pair)
+# against iperf3 with the same number of TCP streams, in the same run
+# (issue 12 figures: >= 95% of iperf3).  Needs root, iproute2 and iperf3
+# (apt-get install -y iperf3).  Usage:
+#   bench/peer_pull.sh [BUILD] [SIZE_GIB] [STREAMS] [ROUNDS]
+# Prints one line per measurement and the ratios; the artifact's bytes are
+# zeros (a sparse file: TCP and BLAKE3 do not care what the bytes are).
+set -eu
+build=${1:-build}
+gib=${2:-4}
+streams=${3:-4}
+rounds=${4:-3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+T=$root/$build/bin/tcast
+PY=/usr/bin/python3
+[ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
+command -v iperf3 >/dev/null || { echo "needs iperf3: apt-get install -y iperf3"; exit 77; }
+id=$$
+A=tcbena$id B=tcbenb$id
+dir=$(mktemp -d /tmp/tcast-bench-peer-XXXXXX)
+cleanup() {
+	"$T" --socket "$dir/a/d.sock" daemon stop >/dev/null 2>&1 || true
+	"$T" --socket "$dir/b/d.sock" daemon stop >/dev/null 2>&1 || true
+	ip netns pids "$A" 2>/dev/null | xargs -r kill 2>/dev/null || true
+	ip netns del "$A" 2>/dev/null || true
+	ip netns del "$B" 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+ip netns add "$A"
+ip netns add "$B"
+ip link add "pa$id" type veth peer name "pb$id"
+ip link set "pa$id" netns "$A"
+ip link set "pb$id" netns "$B"
+ip -n "$A" addr add 10.99.0.1/24 dev "pa$id"
+ip -n "$B" addr add 10.99.0.2/24 dev "pb$id"
+for n in "$A" "$B"; do ip -n "$n" link set lo up; done
+ip -n "$A" link set "pa$id" up
+ip -n "$B" link set "pb$id" up
+head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
+chmod 600 "$dir/secret"
+mem=$((gib + 2))GiB
+for x in a b; do
+	mkdir -m 700 "$dir/$x"
+	ns=$A
+	[ $x = b ] && ns=$B
+	ip netns exec "$ns" "$T" --socket "$dir/$x/d.sock" daemon start --host-memory "$mem" \
+		--set host_spare=0 --set peer_listen=10.99.0.$([ $x = a ] && echo 1 || echo 2):7070 \
+		--set cluster_secret_file="$dir/secret" >/dev/null
+done
+# A sparse safetensors file of SIZE GiB of zeros, imported into A.
+$PY - "$dir/m.safetensors" "$gib" <<'PYEOF'
+import json, struct, sys
+n = int(sys.argv[2]) << 30
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    f.truncate(8 + len(h) + n)
+PYEOF
+id_=$("$T" --socket "$dir/a/d.sock" import "$dir/m.safetensors" 2>/dev/null)
+rm -f "$dir/m.safetensors"
+echo "== $(date -u '+%F %T') UTC, $(nproc) cores, kernel $(uname -r), $(iperf3 --version | head -1)"
+echo "   ${gib} GiB artifact, $streams streams, veth pair between two namespaces"
+
+iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received
+	ip netns exec "$A" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+	local s=$!
+	sleep 0.5
+	ip netns exec "$B" iperf3 -c 10.99.0.1 -p 5201 -P "$streams" -t 5 -J "$@" >"$dir/ip.json" || true
+	wait $s 2>/dev/null || true
+	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$dir/ip.json"
+}
+pull() { # prints transfer Gbit/s and end-to-end Gbit/s
+	"$T" --socket "$dir/b/d.sock" rm "$id_" >/dev/null 2>&1 || true
+	ip netns exec "$B" "$T" --socket "$dir/b/d.sock" --json pull "$id_" --from 10.99.0.1:7070 \
+		--streams "$streams" >"$dir/p.json"
+	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); b=d["bytes"]*8/1e9; print("%.2f %.2f" % (b / d["transfer_seconds"], b / d["seconds"]))' "$dir/p.json"
+}
+best_ip=0 best_ipz=0 best_pull=0 best_e2e=0
+max() { $PY -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
+for r in $(seq "$rounds"); do
+	i=$(iperf)
+	iz=$(iperf -Z)
+	read -r p e <<<"$(pull)"
+	echo "round $r: iperf3 -P $streams $i Gbit/s, iperf3 -Z -P $streams $iz Gbit/s, tcast pull $p Gbit/s (transfer, verified), $e Gbit/s (end to end, with the local daemon's re-hash and seal)"
+	best_ip=$(max "$best_ip" "$i")
+	best_ipz=$(max "$best_ipz" "$iz")
+	best_pull=$(max "$best_pull" "$p")
+	best_e2e=$(max "$best_e2e" "$e")
+done
+$PY - "$best_ip" "$best_ipz" "$best_pull" "$best_e2e" <<'PYEOF'
+import sys
+ip, ipz, p, e = map(float, sys.argv[1:])
+ref = max(ip, ipz)
+print(f"best: iperf3 {ip:.2f}, iperf3 -Z {ipz:.2f}, pull {p:.2f} (transfer), {e:.2f} (end to end) Gbit/s")
+print(f"ratio pull / best iperf3: {p / ref:.2f} (transfer), {e / ref:.2f} (end to end); goal >= 0.95")
+PYEOF
