@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "peer/peer.h"
@@ -140,12 +141,12 @@ int cmd_pull(int argc, char **argv)
 	const char *sources[TC_PEER_MAX_SOURCES];
 	struct tc__peer_pull_opts po = { 0 };
 	struct tc__peer_pull_result *r = NULL;
-	struct tc__secret *secret = NULL;
+	struct tc__auth_secret *secret = NULL;
 	struct tc_opts o = { 0 };
 	struct tc_result res;
 	struct sink sk = { 0 };
 	const char *ref = NULL, *v, *secret_file = NULL;
-	char spath[4096], err[2048], b1[32], b2[48];
+	char spath[4096], err[2048], b1[32], b2[48], host[64] = "";
 	uint64_t streams = 4, timeout = 5000, t0, t1;
 	int nsrc = 0, rc, m;
 	bool nokey = false;
@@ -223,7 +224,7 @@ int cmd_pull(int argc, char **argv)
 		rc = cli_fail(-ENOMEM, NULL);
 		goto out_close;
 	}
-	rc = tc__secret_load(secret_file, secret, err, sizeof(err));
+	rc = tc__auth_load_secret(secret_file, secret, err, sizeof(err));
 	if (rc < 0) {
 		rc = cli_fail(rc, err);
 		goto out_close;
@@ -234,6 +235,8 @@ int cmd_pull(int argc, char **argv)
 	po.streams = (int)streams;
 	po.timeout_ms = (int)timeout;
 	po.secret = secret;
+	gethostname(host, sizeof(host) - 1);
+	po.name = host;
 	po.sink.arg = &sk;
 	po.sink.begin = sink_begin;
 	t0 = now_ns();
@@ -300,6 +303,8 @@ int cmd_pull(int argc, char **argv)
 	rc = 0;
 out_close:
 	free(r);
+	if (secret)
+		tc__auth_secret_wipe(secret);
 	free(secret);
 	tc_client_close(sk.c);
 	return rc;

@@ -23,7 +23,8 @@
 #include "tcast/errors.h"
 
 static struct tc__peer_server *srv;
-static struct tc__secret secret;
+static struct tc__auth_secret secret;
+static char node_name[64];
 static char addr_file[PATH_MAX];
 
 static void on_replica(void *arg, const struct tc__obj *o, bool up)
@@ -65,14 +66,17 @@ int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
 		snprintf(err, errlen,
 			 "peer_listen needs cluster_secret_file (a 0600 file "
 			 "of at least %d bytes)",
-			 TC_SECRET_MIN);
+			 TC_AUTH_MIN_SECRET);
 		return TC_EBADCONFIG;
 	}
-	rc = tc__secret_load(cfg->cluster_secret_file, &secret, err, errlen);
+	rc = tc__auth_load_secret(cfg->cluster_secret_file, &secret, err,
+				  errlen);
 	if (rc < 0)
 		return rc;
 	o.listen = cfg->peer_listen;
 	o.secret = &secret;
+	gethostname(node_name, sizeof(node_name) - 1);
+	o.name = node_name;
 	o.io_timeout_ms = cfg->peer_timeout_ms;
 	rc = tc__peer_server_start(&o, &srv, err, errlen);
 	if (rc < 0)

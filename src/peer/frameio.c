@@ -57,6 +57,23 @@ out_free:
 	return rc;
 }
 
+int tc__peer_auth_client(struct tc__peer_conn *c,
+			 const struct tc__auth_secret *secret, const char *name,
+			 int timeout_ms, char *err, size_t errlen)
+{
+	struct tc__auth a;
+	int rc;
+
+	rc = tc__auth_init_client(&a, secret, TC_AUTH_ROLE_PEER,
+				  name ? name : "", timeout_ms);
+	if (rc == 0)
+		rc = tc__auth_run(&a, c->fd);
+	if (rc < 0)
+		snprintf(err, errlen, "%s: %s", c->addr, a.err);
+	tc__auth_wipe(&a);
+	return rc;
+}
+
 int tc__peer_send_buf(struct tc__peer_conn *c, const struct tc__buf *b,
 		      bool more)
 {

@@ -5,6 +5,7 @@
 #define TC_PEER_FRAMEIO_H
 
 #include "common/buf.h"
+#include "net/auth.h"
 #include "transport.h"
 #include "wire.h"
 
@@ -12,6 +13,11 @@
  * whatever the result).  Returns 0 or a negative code with err set. */
 int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
 		      char *err, size_t errlen);
+/* The client side of the cluster handshake on a fresh connection.
+ * Returns 0 or the code of net/auth.h with `err` naming the peer. */
+int tc__peer_auth_client(struct tc__peer_conn *c,
+			 const struct tc__auth_secret *secret, const char *name,
+			 int timeout_ms, char *err, size_t errlen);
 /* Send a built buffer (b->oom gives -ENOMEM). */
 int tc__peer_send_buf(struct tc__peer_conn *c, const struct tc__buf *b,
 		      bool more);

@@ -19,7 +19,7 @@
 
 #include "common/hash.h"
 #include "common/tensor.h"
-#include "handshake.h"
+#include "net/auth.h"
 #include "transport.h"
 
 #define TC_PEER_MAX_SOURCES 16 /* sources one pull stripes over */
@@ -31,12 +31,14 @@
 struct tc__peer_server;
 
 struct tc__peer_server_opts {
-	const char *listen;		 /* "host:port"; port 0 picks one */
-	const struct tc__secret *secret; /* borrowed for the server's life */
-	int io_timeout_ms;		 /* a request or send stalled this
-					    long ends the connection */
-	int idle_timeout_ms;		 /* an idle connection is closed */
-	int max_conns;			 /* connections served at once */
+	const char *listen; /* "host:port"; port 0 picks one */
+	const struct tc__auth_secret *secret; /* borrowed for the server's
+						 life */
+	const char *name;    /* this node, in handshakes and logs */
+	int io_timeout_ms;   /* a request or send stalled this
+				long ends the connection */
+	int idle_timeout_ms; /* an idle connection is closed */
+	int max_conns;	     /* connections served at once */
 };
 
 /* Listen and serve on threads of its own.  Returns 0 or a negative code
@@ -89,7 +91,8 @@ struct tc__peer_pull_opts {
 	int nsources;		    /* 1..TC_PEER_MAX_SOURCES */
 	int streams;		    /* per source, 1..TC_PEER_MAX_STREAMS */
 	int timeout_ms;		    /* connect, and no bytes for this long */
-	const struct tc__secret *secret;
+	const struct tc__auth_secret *secret;
+	const char *name; /* this node, in handshakes */
 	struct tc__peer_sink sink;
 };
 

@@ -161,7 +161,8 @@ static void *stream_main(void *arg)
 				      o->timeout_ms, &c, err, sizeof(err)) :
 		 -ENOMEM;
 	if (rc == 0)
-		rc = tc__handshake_client(c->fd, o->secret, err, sizeof(err));
+		rc = tc__peer_auth_client(c, o->secret, o->name, o->timeout_ms,
+					  err, sizeof(err));
 	while (rc == 0) {
 		pthread_mutex_lock(&p->mu);
 		while (!p->dropped[sm->src] && nq < TC_PULL_DEPTH) {
@@ -257,8 +258,8 @@ static int get_manifest(struct pull *p, char *err, size_t errlen)
 		rc = tc__peer_tcp.connect(o->sources[i], o->timeout_ms,
 					  o->timeout_ms, &c, e, sizeof(e));
 		if (rc == 0)
-			rc = tc__handshake_client(c->fd, o->secret, e,
-						  sizeof(e));
+			rc = tc__peer_auth_client(c, o->secret, o->name,
+						  o->timeout_ms, e, sizeof(e));
 		if (rc == 0) {
 			tc__peer_put_manifest_req(&b, o->ref);
 			rc = tc__peer_send_buf(c, &b, false);

@@ -267,6 +267,26 @@ static int serve_manifest(struct tc__peer_server *s, struct tc__peer_conn *c,
 	return rc;
 }
 
+/* The cluster handshake, first on every connection (net/auth.h): only a
+ * peer that proves it knows the secret gets a single frame decoded. */
+static int auth(struct tc__peer_server *s, struct tc__peer_conn *c)
+{
+	struct tc__auth a;
+	int rc;
+
+	rc = tc__auth_init_server(&a, s->o.secret, TC_AUTH_ROLE_PEER,
+				  TC_AUTH_ROLE_PEER, s->o.name,
+				  s->o.io_timeout_ms);
+	if (rc == 0)
+		rc = tc__auth_run(&a, c->fd);
+	if (rc < 0) {
+		s->n_refused++;
+		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, a.err);
+	}
+	tc__auth_wipe(&a);
+	return rc;
+}
+
 static void *conn_main(void *arg)
 {
 	struct conn *cn = arg;
@@ -279,12 +299,9 @@ static void *conn_main(void *arg)
 	char err[512];
 	int rc;
 
-	rc = tc__handshake_server(c->fd, s->o.secret, err, sizeof(err));
-	if (rc < 0) {
-		s->n_refused++;
-		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, err);
+	rc = auth(s, c);
+	if (rc < 0)
 		goto out;
-	}
 	for (;;) {
 		struct tc__peer_msg m;
 

@@ -1,19 +1,18 @@
 /*
  * tcp.c - the TCP transport (transport.h).
  *
- * Sockets get TCP_NODELAY (requests are small and latency-bound),
- * SO_RCVTIMEO/SO_SNDTIMEO so a silent peer ends a blocking call, and
- * TCP_USER_TIMEOUT + keepalive so a peer that vanished without a FIN is
- * noticed even while data is unacknowledged (reference/cluster.md 5).
+ * Endpoints come from net/tcp.h (the cluster's one HOST:PORT parser,
+ * listen and connect); on top, every peer socket gets SO_RCVTIMEO/
+ * SO_SNDTIMEO so a silent peer ends a blocking call, and TCP_USER_TIMEOUT
+ * of the same length so one that vanished without a FIN is noticed even
+ * while data is unacknowledged (reference/cluster.md 5).
  * Buffer sizes are left to the kernel's autotuning.  Host replicas go out
  * with sendfile(2) from the sealed memfd: no copy in user space.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -21,62 +20,19 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "net/tcp.h"
 #include "tcast/errors.h"
 #include "transport.h"
-
-int tc__peer_addr_split(const char *addr, char *host, size_t hostlen,
-			char *port, size_t portlen)
-{
-	const char *colon = strrchr(addr, ':');
-	const char *h = addr;
-	size_t hl;
-
-	if (!colon || !colon[1] || strlen(colon + 1) >= portlen)
-		return TC_EINVAL;
-	hl = (size_t)(colon - addr);
-	if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
-		h++;
-		hl -= 2;
-	}
-	if (hl >= hostlen)
-		return TC_EINVAL;
-	memcpy(host, h, hl);
-	host[hl] = '\0';
-	strcpy(port, colon + 1);
-	for (const char *p = port; *p; p++)
-		if (*p < '0' || *p > '9')
-			return TC_EINVAL;
-	return 0;
-}
-
-static void name_of(const struct sockaddr *sa, socklen_t len, char *out,
-		    size_t outlen)
-{
-	char h[NI_MAXHOST], p[NI_MAXSERV];
-
-	if (getnameinfo(sa, len, h, sizeof(h), p, sizeof(p),
-			NI_NUMERICHOST | NI_NUMERICSERV))
-		snprintf(out, outlen, "?");
-	else if (sa->sa_family == AF_INET6)
-		snprintf(out, outlen, "[%s]:%s", h, p);
-	else
-		snprintf(out, outlen, "%s:%s", h, p);
-}
 
 static void set_timeouts(int fd, int io_timeout_ms)
 {
 	struct timeval tv = { io_timeout_ms / 1000,
 			      (io_timeout_ms % 1000) * 1000 };
 	unsigned int ut = (unsigned int)io_timeout_ms;
-	int one = 1, idle = 5, intvl = 2, cnt = 3;
 
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	tc__tcp_tune(fd);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
-	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 	setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
 }
 
@@ -96,67 +52,13 @@ static int conn_new(int fd, const char *addr, struct tc__peer_conn **out)
 static int tcp_connect(const char *addr, int timeout_ms, int io_timeout_ms,
 		       struct tc__peer_conn **out, char *err, size_t errlen)
 {
-	char host[TC_PEER_ADDR_MAX], port[16];
-	struct addrinfo hints = { 0 }, *ai = NULL, *a;
-	int fd = -1, rc, gai;
+	int fd, rc;
 
 	*out = NULL;
-	if (tc__peer_addr_split(addr, host, sizeof(host), port, sizeof(port)) <
-	    0) {
-		snprintf(err, errlen, "'%s' is not HOST:PORT", addr);
-		return TC_EINVAL;
-	}
-	hints.ai_socktype = SOCK_STREAM;
-	gai = getaddrinfo(host, port, &hints, &ai);
-	if (gai) {
-		snprintf(err, errlen, "cannot resolve '%s': %s", addr,
-			 gai_strerror(gai));
-		return -EHOSTUNREACH;
-	}
-	rc = -ECONNREFUSED;
-	for (a = ai; a; a = a->ai_next) {
-		struct pollfd p;
-		socklen_t sl = sizeof(int);
-		int soerr = 0;
-
-		fd = socket(a->ai_family,
-			    a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-			    a->ai_protocol);
-		if (fd < 0) {
-			rc = -errno;
-			continue;
-		}
-		if (connect(fd, a->ai_addr, a->ai_addrlen) < 0 &&
-		    errno != EINPROGRESS) {
-			rc = -errno;
-			goto next;
-		}
-		p.fd = fd;
-		p.events = POLLOUT;
-		if (poll(&p, 1, timeout_ms) <= 0) {
-			rc = -ETIMEDOUT;
-			goto next;
-		}
-		getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-		if (soerr) {
-			rc = -soerr;
-			goto next;
-		}
-		/* Blocking from here on: one thread per stream, with
-		 * timeouts on every call. */
-		fcntl(fd, F_SETFL, 0);
-		set_timeouts(fd, io_timeout_ms);
-		break;
-next:
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	if (fd < 0) {
-		snprintf(err, errlen, "cannot connect to '%s': %s", addr,
-			 strerror(-rc));
+	rc = tc__tcp_connect(addr, timeout_ms, &fd, err, errlen);
+	if (rc < 0)
 		return rc;
-	}
+	set_timeouts(fd, io_timeout_ms);
 	rc = conn_new(fd, addr, out);
 	if (rc < 0)
 		close(fd);
@@ -166,57 +68,23 @@ next:
 static int tcp_listen(const char *addr, struct tc__peer_listener **out,
 		      char *err, size_t errlen)
 {
-	char host[TC_PEER_ADDR_MAX], port[16];
-	struct addrinfo hints = { 0 }, *ai = NULL;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
 	struct tc__peer_listener *l;
-	int fd, one = 1, gai, rc;
+	int fd, rc;
 
 	*out = NULL;
-	if (tc__peer_addr_split(addr, host, sizeof(host), port, sizeof(port)) <
-	    0) {
-		snprintf(err, errlen, "peer_listen '%s' is not HOST:PORT",
-			 addr);
-		return TC_EINVAL;
-	}
-	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE;
-	gai = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
-	if (gai) {
-		snprintf(err, errlen, "cannot resolve '%s': %s", addr,
-			 gai_strerror(gai));
-		return TC_EINVAL;
-	}
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		rc = -errno;
-		goto out_free;
-	}
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0 ||
-	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
-		rc = -errno;
-		close(fd);
-		goto out_free;
-	}
 	l = tc__calloc(1, sizeof(*l));
-	if (!l) {
-		rc = -ENOMEM;
-		close(fd);
-		goto out_free;
+	if (!l)
+		return -ENOMEM;
+	rc = tc__tcp_listen(addr, 128, &fd, l->addr, sizeof(l->addr), err,
+			    errlen);
+	if (rc < 0) {
+		tc__free(l);
+		return rc;
 	}
 	l->t = &tc__peer_tcp;
 	l->fd = fd;
-	name_of((struct sockaddr *)&ss, sl, l->addr, sizeof(l->addr));
 	*out = l;
-	rc = 0;
-out_free:
-	if (rc < 0)
-		snprintf(err, errlen, "cannot listen on '%s': %s", addr,
-			 strerror(-rc));
-	freeaddrinfo(ai);
-	return rc;
+	return 0;
 }
 
 static int tcp_accept(struct tc__peer_listener *l, int io_timeout_ms,
@@ -232,7 +100,7 @@ static int tcp_accept(struct tc__peer_listener *l, int io_timeout_ms,
 	if (fd < 0)
 		return -errno;
 	set_timeouts(fd, io_timeout_ms);
-	name_of((struct sockaddr *)&ss, sl, name, sizeof(name));
+	tc__tcp_addr_str((struct sockaddr *)&ss, sl, name, sizeof(name));
 	rc = conn_new(fd, name, out);
 	if (rc < 0)
 		close(fd);

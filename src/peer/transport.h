@@ -60,8 +60,4 @@ struct tc__peer_transport {
 
 extern const struct tc__peer_transport tc__peer_tcp;
 
-/* Split "host:port" (host may be [v6]); returns 0 or TC_EINVAL. */
-int tc__peer_addr_split(const char *addr, char *host, size_t hostlen,
-			char *port, size_t portlen);
-
 #endif /* TC_PEER_TRANSPORT_H */

@@ -5,7 +5,7 @@
 #   a corrupt chunk (failpoint peer.corrupt_chunk) caught and fetched
 #   elsewhere, never registered; kill -9 of a source mid-pull, the pull
 #   finishes from the other; a stalled source (SIGSTOP) timed out; a wrong
-#   secret and a garbage client refused; a secret file of mode 0644
+#   secret and a garbage client refused (net/auth.h); a secret file of mode 0644
 #   refused at start.  Needs root (ip netns); skipped otherwise.
 set -u
 T=${TCAST:?}
@@ -167,8 +167,8 @@ mark "6. a wrong secret and a garbage client are refused; A serves on"
 t c rm "$want" >/dev/null
 run pull_on c "${ns[2]}" "$want" --from "$A:7070" --secret-file "$dir/wrong"
 ok is "$rc" 1
-ok has "$out" TC_EPERM
-ok has "$out" "does not know the cluster secret"
+ok has "$out" TC_ECLOSED
+ok has "$out" "refused us (another cluster secret"
 ip netns exec "${ns[2]}" "$PY" -c '
 import socket, sys
 s = socket.create_connection((sys.argv[1], 7070), timeout=5)
@@ -179,8 +179,8 @@ except ConnectionResetError:
     print("closed")' "$A" >"$dir/g" 2>&1
 ok is "$(cat "$dir/g")" closed
 sleep 0.2
-ok grep -q "refused: handshake: wrong cluster secret" "$dir/a/daemon.log"
-ok grep -q "refused: handshake: not a tcast peer" "$dir/a/daemon.log"
+ok grep -q "refused: peer '.*' uses another cluster secret" "$dir/a/daemon.log"
+ok grep -q "refused: not a tcast cluster handshake" "$dir/a/daemon.log"
 run pull_on c "${ns[2]}" "$want" --from "$A:7070"
 ok is "$rc" 0
 
