@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from . import _native, dtypes, errors
+from . import _native, _peer, dtypes, errors
+from ._peer import PeerStat, PullResult
 from ._artifact import (
     POLICIES,
     Artifact,
@@ -363,6 +364,28 @@ def artifact(
     return Artifact(_sess, key=key, artifact_id=artifact_id, disk_path=disk_path, fallback=fallback)
 
 
+def pull(
+    key_or_id: str,
+    sources: "Sequence[str] | None" = None,
+    *,
+    streams: int = 4,
+    timeout_ms: int = 5000,
+    key: Optional[str] = None,
+    secret_file: "str | os.PathLike | None" = None,
+) -> PullResult:
+    """Pull an artifact from peer daemons (``sources``: "HOST:PORT" of
+    their peer_listen, else $TCAST_PEERS) into this node's daemon as a host
+    replica, registered under its id and, for a key, that key.  Chunks are
+    striped over every source and checked against their digests
+    (docs/peer.md).  Returns a PullResult whose ``peers`` name each source
+    with the bytes it sent and its GB/s."""
+    srcs = list(sources) if sources is not None else _peer.peers_from_env()
+    return _peer.pull(
+        _sess().socket_path, key_or_id, srcs, streams=streams, timeout_ms=timeout_ms, key=key,
+        secret_file=secret_file,
+    )
+
+
 def from_disk(
     path: "str | os.PathLike",
     *,
@@ -571,6 +594,9 @@ __all__ = [
     "ViewDiagnostics",
     "DLPackTensor",
     "GetArtifactOptions",
+    "PeerStat",
+    "PullResult",
+    "pull",
     "FallbackOptions",
     "RawTensor",
     "POLICIES",

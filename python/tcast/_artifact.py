@@ -25,10 +25,15 @@ from dataclasses import dataclass, field
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, List, Mapping as TMapping, NamedTuple, Optional, Tuple
 
-from . import _native, dtypes, errors
+from . import _native, _peer, dtypes, errors
+from ._peer import PeerStat, PullResult
 from ._session import Session
 
 SOURCES = ("auto", "local_only", "disk_first", "disk_only")
+# The dict form of GetArtifactOptions.source, as TensorCast writes it:
+# {"preference": ..., "allow_p2p": bool, "allow_disk": bool}.
+SOURCE_PREFERENCES = ("prefer_local", "prefer_disk", "prefer_p2p", "local_only", "disk_only", "p2p_only")
+SOURCE_KEYS = ("preference", "allow_p2p", "allow_disk", "allow_local", "peers", "streams", "timeout_ms")
 PREFER = ("auto", "local", "disk", "p2p")
 POLICIES = ("cache", "warm", "pinned", "durable", "ha", "cold")
 
@@ -106,14 +111,65 @@ class GetArtifactOptions:
     accepted and changes nothing.
     """
 
-    source: str = "auto"
+    source: Any = "auto"
     verify_checksums: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.source, dict):
+            self.plan()  # validates
+            return
         if self.source not in SOURCES:
             raise errors.InvalidArgumentError(
-                f"GetArtifactOptions.source must be one of {', '.join(SOURCES)}, not {self.source!r}"
+                f"GetArtifactOptions.source must be one of {', '.join(SOURCES)} or a dict "
+                f"{{'preference': ..., 'allow_p2p': ..., 'allow_disk': ...}}, not {self.source!r}"
             )
+
+    def plan(self) -> Tuple[List[str], Dict[str, Any]]:
+        """For the dict form: the sources to try in order ("local", "p2p",
+        "disk") and the peer settings.  A local replica is a zero-copy
+        attach, so every preference but disk-first tries it first;
+        prefer_p2p then pulls from peers before reading disk.  allow_p2p
+        defaults to False, allow_disk and allow_local to True."""
+        d = self.source
+        bad = [k for k in d if k not in SOURCE_KEYS]
+        if bad:
+            raise errors.InvalidArgumentError(
+                f"unknown GetArtifactOptions.source key(s) {bad}; known: {', '.join(SOURCE_KEYS)}"
+            )
+        pref = d.get("preference", "prefer_local")
+        if pref not in SOURCE_PREFERENCES:
+            raise errors.InvalidArgumentError(
+                f"source preference must be one of {', '.join(SOURCE_PREFERENCES)}, not {pref!r}"
+            )
+        for k in ("allow_p2p", "allow_disk", "allow_local"):
+            if k in d and not isinstance(d[k], bool):
+                raise errors.InvalidArgumentError(f"source {k!r} must be True or False, not {d[k]!r}")
+        order = {
+            "prefer_local": ["local", "disk", "p2p"],
+            "prefer_disk": ["disk", "local", "p2p"],
+            "prefer_p2p": ["local", "p2p", "disk"],
+            "local_only": ["local"],
+            "disk_only": ["disk"],
+            "p2p_only": ["p2p"],
+        }[pref]
+        allowed = {
+            "local": d.get("allow_local", True),
+            "p2p": d.get("allow_p2p", pref == "p2p_only"),
+            "disk": d.get("allow_disk", True),
+        }
+        if pref.endswith("_only") and not allowed[order[0]]:
+            raise errors.InvalidArgumentError(f"source preference {pref!r} with that source not allowed")
+        peers = d.get("peers")
+        if peers is not None and (
+            isinstance(peers, str) or not all(isinstance(x, str) and x for x in peers)
+        ):
+            raise errors.InvalidArgumentError(f"source 'peers' must be a list of 'HOST:PORT', not {peers!r}")
+        cfg = {
+            "peers": list(peers) if peers is not None else None,
+            "streams": int(d.get("streams", 4)),
+            "timeout_ms": int(d.get("timeout_ms", 5000)),
+        }
+        return [x for x in order if allowed[x]], cfg
 
 
 # ------------------------------------------------------------ result types
@@ -183,6 +239,8 @@ class Diagnostics:
     zero_copy: bool = True
     fallback_reason: Optional[str] = None
     raw_dtypes: Dict[str, str] = field(default_factory=dict)
+    # source "p2p": every peer the pull used, with its bytes and GB/s
+    peers: List[PeerStat] = field(default_factory=list)
 
     @property
     def gbps(self) -> float:
@@ -973,16 +1031,33 @@ class Artifact:
         attachment this handle already keeps is reused here."""
         with self._lock:
             src = self._source(options)
+            if isinstance(src, dict):
+                return self._realize_plan(options)
             if src in ("auto", "local_only") and self._att is not None:
                 return self._att, {"source": "local", "import": None, "fallback_reason": None,
                                    "attach_seconds": 0.0}
-            h, info = self._c_realize(src, -1)
-            att = _Attachment(self._sess(), None, handle=h, seconds=info["attach_seconds"])
-            old, self._att = self._att, att
-            if old is not None:
-                old.owner.close()
-            self._id = att.id
-            return att, info
+            return self._host_realize(src)
+
+    def _gpu_source(self, options: Optional[GetArtifactOptions]) -> Tuple[str, Dict[str, Any]]:
+        """The source for tc_realize on a GPU.  A source dict is settled
+        on the host first (a pull from peers, an import, or the local
+        replica), then the GPU replica is made from that local copy; the
+        facts of how it got here override tc_realize's."""
+        src = self._source(options)
+        if not isinstance(src, dict):
+            return src, {}
+        _, info = self._realize_plan(options)  # type: ignore[arg-type]
+        return "local_only", {k: info[k] for k in ("source", "fallback_reason", "peers") if k in info}
+
+    def _host_realize(self, src: str) -> Tuple[_Attachment, Dict[str, Any]]:
+        """tc_realize for a host attachment; it becomes this handle's."""
+        h, info = self._c_realize(src, -1)
+        att = _Attachment(self._sess(), None, handle=h, seconds=info["attach_seconds"])
+        old, self._att = self._att, att
+        if old is not None:
+            old.owner.close()
+        self._id = att.id
+        return att, info
 
     def _c_realize(self, src: str, device: int) -> Tuple[int, Dict[str, Any]]:
         """tc_realize: which source serves (libtcast decides, with the same
@@ -1023,6 +1098,60 @@ class Artifact:
             "gpu_direct": bool(info.gpu_direct),
             "seconds": seconds,
         }
+
+    def _realize_plan(self, options: GetArtifactOptions) -> Tuple[_Attachment, Dict[str, Any]]:
+        """The dict form of source: try each allowed source in order
+        ("local", "p2p", "disk"); why earlier ones were passed over goes to
+        fallback_reason, and a p2p source names each peer it used."""
+        order, cfg = options.plan()
+        why: List[str] = []
+        last: Optional[errors.TcastError] = None
+        for kind in order:
+            try:
+                if kind == "local":
+                    if self._att is not None:
+                        att, info = self._att, {"source": "local", "import": None,
+                                                "fallback_reason": None, "attach_seconds": 0.0}
+                    elif self._ref() is None:
+                        why.append("local: no key or id")
+                        continue
+                    else:
+                        att, info = self._host_realize("local_only")
+                elif kind == "disk":
+                    if self._disk_path is None:
+                        why.append("disk: no disk path")
+                        continue
+                    att, info = self._host_realize("disk_only")
+                else:
+                    pulled = self._from_peers(cfg)
+                    if pulled is None:
+                        why.append("p2p: no peers known (source 'peers', $TCAST_PEERS)")
+                        continue
+                    self._id = pulled.artifact_id
+                    att, info = self._host_realize("local_only")
+                    info["source"] = "p2p"
+                    info["peers"] = pulled.peers
+                if why:
+                    info["fallback_reason"] = "; ".join(why)
+                return att, info
+            except errors.TcastError as e:
+                why.append(f"{kind}: {e}")
+                last = e
+        msg = "no allowed source could provide the artifact: " + ("; ".join(why) or "none allowed")
+        if last is not None:
+            raise errors.error_from_code(last.code, msg) from last
+        raise errors.NotFoundError(msg)
+
+    def _from_peers(self, cfg: Dict[str, Any]) -> Optional[PullResult]:
+        ref = self._ref()
+        if ref is None:
+            raise errors.InvalidArgumentError("p2p needs a key or an artifact id")
+        peers = cfg["peers"] if cfg["peers"] is not None else _peer.peers_from_env()
+        if not peers:
+            return None
+        return _peer.pull(
+            self._sess().socket_path, ref, peers, streams=cfg["streams"], timeout_ms=cfg["timeout_ms"]
+        )
 
     def attach(self, options: Optional[GetArtifactOptions] = None) -> "Artifact":
         """Attach now (normally done on first use).  Returns self."""
@@ -1161,7 +1290,9 @@ class Artifact:
         (torch only) and the diagnostics say so."""
         ordinal = _cuda_ordinal(dev)
         with self._lock:
-            h, info = self._c_realize(self._source(options), ordinal)
+            src, extra = self._gpu_source(options)
+            h, info = self._c_realize(src, ordinal)
+            info.update(extra)
         lib = self._sess().lib
         zero_copy = True
         try:
@@ -1204,7 +1335,7 @@ class Artifact:
         imp: Optional[ImportResult] = info["import"]
         if info["device"] >= 0:
             src = (f"disk, straight to the GPU replica ({dev})" if info["gpu_direct"]
-                   else f"{'local' if info['source'] == 'local' else 'disk, then'} GPU replica ({dev})")
+                   else f"{'local' if info['source'] == 'local' else info['source'] + ', then'} GPU replica ({dev})")
         else:
             src = info["source"]
         diag = Diagnostics(
@@ -1214,6 +1345,7 @@ class Artifact:
             daemon_seconds=imp.daemon_seconds if imp else 0.0, deduplicated=imp.deduplicated if imp else None,
             zero_copy=zero_copy, fallback_reason=info["fallback_reason"],
             raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
+            peers=list(info.get("peers") or []),
         )
         return TensorDictResult(out, diag, out.clear)
 
@@ -1259,6 +1391,7 @@ class Artifact:
             zero_copy=True,
             fallback_reason=info["fallback_reason"],
             raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
+            peers=list(info.get("peers") or []),
         )
         return TensorDictResult(out, diag, out.clear)
 
@@ -1299,7 +1432,9 @@ class Artifact:
         # The same realization as tensor_dict(device=...): an import goes
         # straight to the GPU through the daemon's loader.
         with self._lock:
-            h, info = self._c_realize(self._source(options), _cuda_ordinal(dev))
+            src, extra = self._gpu_source(options)
+            h, info = self._c_realize(src, _cuda_ordinal(dev))
+            info.update(extra)
         lib = self._sess().lib
         try:
             aid = self._id = lib.tc_artifact_id(h).decode()

@@ -149,6 +149,8 @@ int cmd_pull(int argc, char **argv)
 	char spath[4096], err[2048], b1[32], b2[48], host[64] = "";
 	uint64_t streams = 4, timeout = 5000, t0, t1;
 	int nsrc = 0, rc, m;
+	int32_t device = -1;
+	uint64_t gpu_ns = 0;
 	bool nokey = false;
 
 	for (int i = 1; i < argc; i++) {
@@ -183,6 +185,9 @@ int cmd_pull(int argc, char **argv)
 				return EXIT_USAGE;
 			o.policy = v;
 			o.field_mask |= TC_OPT_POLICY;
+		} else if ((m = cli_opt(argc, argv, &i, "--device", &v))) {
+			if (m < 0 || cli_parse_device("--device", v, &device))
+				return EXIT_USAGE;
 		} else if (!strcmp(a, "--no-key")) {
 			nokey = true;
 		} else if (a[0] == '-' && a[1]) {
@@ -210,6 +215,9 @@ int cmd_pull(int argc, char **argv)
 	sk.c = cli_connect();
 	if (!sk.c)
 		return EXIT_RUNTIME;
+	if (!secret_file && getenv("TCAST_CLUSTER_SECRET_FILE") &&
+	    *getenv("TCAST_CLUSTER_SECRET_FILE"))
+		secret_file = getenv("TCAST_CLUSTER_SECRET_FILE");
 	if (!secret_file && secret_from_daemon(sk.c, spath, sizeof(spath)) == 0)
 		secret_file = spath;
 	if (!secret_file) {
@@ -272,15 +280,31 @@ int cmd_pull(int argc, char **argv)
 		rc = cli_fail(TC_EDIGEST, err);
 		goto out_close;
 	}
+	if (device >= 0) {
+		/* The GPU replica is made by the local daemon from the host
+		 * replica just registered (pinned, docs/gpu.md); pulling
+		 * straight into GPU memory through staging is not done yet. */
+		tc_artifact *ga;
+		uint64_t g0 = now_ns();
+
+		rc = tc_attach_gpu(sk.c, res.id, device, &ga);
+		if (rc < 0) {
+			rc = cli_fail(rc, tc_client_errmsg(sk.c));
+			goto out_close;
+		}
+		tc_artifact_close(ga);
+		gpu_ns = now_ns() - g0;
+	}
 	if (cli.json) {
 		cli_put_json(json_pack(
-			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o}", "id",
+			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o, s:f}", "id",
 			res.id, "key",
 			(o.field_mask & TC_OPT_KEY) ? o.key : NULL, "bytes",
 			(json_int_t)r->bytes, "chunks", (json_int_t)r->nchunks,
 			"seconds", (double)(now_ns() - t0) / 1e9,
 			"transfer_seconds", (double)r->ns / 1e9, "gbps",
-			gbps(r->bytes, r->ns), "sources", sources_json(r)));
+			gbps(r->bytes, r->ns), "sources", sources_json(r),
+			"gpu_seconds", (double)gpu_ns / 1e9));
 	} else {
 		puts(res.id);
 		fflush(stdout);

@@ -112,6 +112,7 @@ static const struct cli_verb verbs[] = {
 	  "tcast pull REF --from HOST:PORT [--from HOST:PORT]...\n"
 	  "                [--streams N] [--timeout-ms MS] [--secret-file PATH]\n"
 	  "                [--key KEY | --no-key] [--policy cache|warm|pinned]\n"
+	  "                [--device cuda:N]\n"
 	  "\n"
 	  "Pull an artifact (by key or full id) from the peer servers of "
 	  "other\ndaemons (their peer_listen) into this node's daemon as a "
@@ -119,8 +120,9 @@ static const struct cli_verb verbs[] = {
 	  "each (default 4), and\neach is checked against its digest; a "
 	  "bad or missing chunk comes from\nanother source.  A key pulled "
 	  "is published here under the same key.\nThe cluster secret is "
-	  "the local daemon's cluster_secret_file unless\n--secret-file "
-	  "says otherwise.  Prints the id; per source bytes and rate\non "
+	  "--secret-file, else $TCAST_CLUSTER_SECRET_FILE, else\nthe local "
+	  "daemon's cluster_secret_file.  --device also makes a replica on "
+	  "that GPU\n(from the host replica).  Prints the id; per source bytes and rate\non "
 	  "stderr (--json: one document).\n" GLOBAL_OPTS },
 	{ "status", cmd_status, "same as 'daemon status'",
 	  "tcast status\n"

@@ -1,0 +1,119 @@
+"""Peer transfer from Python: ``tc.pull`` and the p2p source of
+``GetArtifactOptions``.
+
+The receiver is the native ``tcast pull`` (src/peer; libtcast, which this
+package loads, talks only to the local daemon): it writes the artifact
+straight into the local daemon's memory and registers it there, and this
+module reads its JSON report, so every peer used is named with its bytes
+and GB/s.  Sources are explicit (``sources=[...]`` or the ``peers`` entry
+of a source dict) or come from ``$TCAST_PEERS`` (comma-separated
+HOST:PORT); the global store will supply them once it is wired in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from . import _cli, errors
+
+
+@dataclass(frozen=True)
+class PeerStat:
+    """One source of a pull: what it sent (verified) and how fast."""
+
+    addr: str
+    bytes: int
+    chunks: int
+    gbps: float
+    bad_chunks: int
+    failed: bool
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PullResult:
+    artifact_id: str
+    key: Optional[str]
+    bytes: int
+    seconds: float  # the whole call, registration included
+    transfer_seconds: float  # manifest to last verified chunk
+    gbps: float  # bytes / transfer_seconds / 1e9
+    peers: List[PeerStat]
+
+
+def peers_from_env() -> List[str]:
+    return [p.strip() for p in os.environ.get("TCAST_PEERS", "").split(",") if p.strip()]
+
+
+def _stats(doc: dict) -> List[PeerStat]:
+    return [
+        PeerStat(
+            addr=s.get("addr", "?"),
+            bytes=int(s.get("bytes", 0)),
+            chunks=int(s.get("chunks", 0)),
+            gbps=float(s.get("gbps", 0.0)),
+            bad_chunks=int(s.get("bad_chunks", 0)),
+            failed=bool(s.get("failed", False)),
+            error=s.get("error"),
+        )
+        for s in doc.get("sources", [])
+    ]
+
+
+def pull(
+    socket_path: Optional[str],
+    ref: str,
+    sources: Sequence[str],
+    *,
+    streams: int = 4,
+    timeout_ms: int = 5000,
+    key: Optional[str] = None,
+    secret_file: Optional[str] = None,
+) -> PullResult:
+    if not isinstance(ref, str) or not ref:
+        raise errors.InvalidArgumentError(f"pull needs a key or an artifact id, not {ref!r}")
+    srcs = list(sources)
+    if not srcs or not all(isinstance(s, str) and s for s in srcs):
+        raise errors.InvalidArgumentError(
+            "pull needs sources: HOST:PORT strings (sources=[...] or $TCAST_PEERS)"
+        )
+    exe = _cli.binary()
+    if not exe:
+        raise errors.NotSupportedError("no tcast binary found for the peer receiver (set TCAST_BIN)")
+    cmd = [exe, "--json"]
+    if socket_path:
+        cmd += ["--socket", socket_path]
+    cmd += ["pull", ref, "--streams", str(int(streams)), "--timeout-ms", str(int(timeout_ms))]
+    for s in srcs:
+        cmd += ["--from", s]
+    if key:
+        cmd += ["--key", key]
+    if secret_file:
+        cmd += ["--secret-file", os.fspath(secret_file)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    try:
+        doc = json.loads(p.stdout)
+    except ValueError:
+        raise errors.error_from_code(
+            -5, f"tcast pull gave no report (exit {p.returncode}): {p.stderr.strip()[:500]}"
+        ) from None
+    if p.returncode != 0 or "error" in doc:
+        err = doc.get("error", {})
+        e = errors.error_from_code(int(err.get("errno", -4014)), err.get("message", "pull failed"))
+        e.peers = _stats(doc)  # type: ignore[attr-defined]
+        raise e
+    return PullResult(
+        artifact_id=doc["id"],
+        key=doc.get("key"),
+        bytes=int(doc["bytes"]),
+        seconds=time.perf_counter() - t0,
+        transfer_seconds=float(doc["transfer_seconds"]),
+        gbps=float(doc["gbps"]),
+        peers=_stats(doc),
+    )
