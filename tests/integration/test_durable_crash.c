@@ -207,7 +207,7 @@ static void read_logs(void)
 
 			if (!strncmp(line, "bad", 3))
 				fail_msg("client %d: %s", i, line);
-			if (sscanf(line, "put %u %80s %64s %llu", &a.seq, a.id,
+			if (sscanf(line, "put %u %71s %64s %llu", &a.seq, a.id,
 				   a.sha, &n) == 4) {
 				a.n = n;
 				if (nacks == cap_acks) {
@@ -222,7 +222,7 @@ static void read_logs(void)
 					if (acks[k].client == i &&
 					    acks[k].seq == a.seq)
 						acks[k].rm = true;
-			} else if (sscanf(line, "imp %80s", id) == 1) {
+			} else if (sscanf(line, "imp %71s", id) == 1) {
 				bool seen = false;
 
 				for (int k = 0; k < nimports; k++)
