@@ -109,6 +109,7 @@ void cli_progress_begin(void);
 void cli_progress_end(void);
 
 int cmd_daemon(int argc, char **argv);
+int cmd_global(int argc, char **argv);
 int cmd_pull(int argc, char **argv);
 
 /* The daemon's peer server (daemon_peer.c): started before the store when

@@ -53,6 +53,26 @@ static const struct cli_verb verbs[] = {
 	  "debug;\n"
 	  "  --set takes any key of the configuration file "
 	  "(docs/configuration.md).\n" GLOBAL_OPTS },
+	{ "global", cmd_global,
+	  "start|stop|status|logs|run the cluster's global store",
+	  "tcast global start|run [--config FILE.yaml] [--listen HOST:PORT]\n"
+	  "                       [--cluster-secret-file PATH] [--state-dir DIR]\n"
+	  "                       [--db PATH] [--log-file PATH] [--log-level LEVEL]\n"
+	  "                       [--lease-ms MS] [--set KEY=VALUE]...\n"
+	  "       tcast global stop [--state-dir DIR] [--timeout SECONDS]\n"
+	  "       tcast global status [--global HOST:PORT] [--cluster-secret-file PATH]\n"
+	  "       tcast global resolve KEY|ID [--global HOST:PORT] [--max N]\n"
+	  "       tcast global logs [--state-dir DIR]\n"
+	  "\n"
+	  "  start         run the global store in the background; returns once "
+	  "it listens\n"
+	  "  run           run it in the foreground\n"
+	  "  status        nodes, leases, artifacts, replicas per node and tier\n"
+	  "  resolve       a key or artifact id to its id and ranked sources\n"
+	  "\n"
+	  "  The config file takes listen, cluster_secret_file, state_dir, db,\n"
+	  "  log_file, log_level, lease_ms, heartbeat_ms, durability "
+	  "(docs/cluster.md).\n" GLOBAL_OPTS },
 	{ "import", cmd_import, "import a safetensors file or folder",
 	  "tcast import PATH [--key KEY] [--policy cache|warm|pinned]\n"
 	  "                  [--expect GEN] [--device cuda:N]\n"

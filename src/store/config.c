@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -300,6 +301,55 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		}
 		return 0;
 	}
+	{
+		static const struct {
+			const char *key;
+			size_t off, len;
+			bool addr;
+		} strs[] = {
+#define S(k, f, a)                                 \
+	{ k, offsetof(struct tc__store_config, f), \
+	  sizeof(((struct tc__store_config *)0)->f), a }
+			S("global", global, true),
+			S("peer_listen", peer_listen, true),
+			S("cluster_secret_file", cluster_secret_file, false),
+			S("node_name", node_name, false),
+			S("zone", zone, false),
+			S("rack", rack, false),
+			S("host", host_label, false),
+#undef S
+		};
+
+		for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+			if (strcmp(key, strs[i].key))
+				continue;
+			if (strlen(val) >= strs[i].len) {
+				snprintf(why, whylen, "longer than %zu bytes",
+					 strs[i].len - 1);
+				return TC_EINVAL;
+			}
+			if (strs[i].addr && *val && !strchr(val, ':')) {
+				snprintf(why, whylen, "'%s' is not HOST:PORT",
+					 val);
+				return TC_EINVAL;
+			}
+			/* names and labels travel to the global store:
+			 * printable, no spaces */
+			for (const char *p = val;
+			     !strs[i].addr &&
+			     strcmp(key, "cluster_secret_file") && *p;
+			     p++)
+				if ((unsigned char)*p < 0x21 ||
+				    (unsigned char)*p > 0x7e) {
+					snprintf(why, whylen,
+						 "only printable ASCII without "
+						 "spaces");
+					return TC_EINVAL;
+				}
+			strcpy((char *)c + strs[i].off, val);
+			return 0;
+		}
+	}
 	if (!strcmp(key, "log_format")) {
 		int f = tc__log_parse_format(val);
 
@@ -524,6 +574,16 @@ char *tc__config_json(const struct tc__store_config *c)
 			    json_string(c->cluster_secret_file));
 	TC__CFG_NUM("peer_timeout_ms", c->peer_timeout_ms);
 #undef TC__CFG_NUM
+	{
+		const char *const k[] = { "global", "node_name", "zone", "rack",
+					  "host" };
+		const char *const v[] = { c->global, c->node_name, c->zone,
+					  c->rack, c->host_label };
+
+		for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++)
+			if (v[i][0])
+				json_object_set_new(j, k[i], json_string(v[i]));
+	}
 	out = json_dumps(j, JSON_COMPACT);
 	json_decref(j);
 	return out;

@@ -63,6 +63,10 @@ struct tc__store_config {
 				given up (its chunks go elsewhere) */
 	/* Not configuration: wired by the daemon's main (obj.h). */
 	const struct tc__objs_observer *observer;
+	/* The cluster (docs/cluster.md); empty global: this node is alone. */
+	char global[129];   /* global store HOST:PORT */
+	char node_name[65]; /* unique in the cluster; hostname */
+	char zone[65], rack[65], host_label[65]; /* topology labels */
 };
 
 #define TC_SPARE_AUTO UINT64_MAX

@@ -1,0 +1,524 @@
+/*
+ * cmd_global.c - tcast global start|stop|status|logs|run|resolve
+ *
+ * The global store's lifecycle mirrors `tcast daemon`: `start` forks it
+ * and returns once it listens (or prints why it did not start), `run`
+ * keeps it in the foreground.  Its pid, log and bound address live in its
+ * state directory, which is how stop, logs and status find it; status and
+ * resolve talk to it over TCP with the cluster secret like any client.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "common/log.h"
+#include "global/gs.h"
+#include "net/auth.h"
+#include "store/gsc.h"
+#include "tcast/errors.h"
+
+struct gopts {
+	struct tc__gs_config cfg;
+	char global[TC_GSP_MAX_ADDR + 1]; /* --global: whom to ask */
+	uint64_t timeout;
+	const char *operand;
+	uint64_t max;
+};
+
+static int set(struct tc__gs_config *c, const char *k, const char *v)
+{
+	char err[512];
+	int rc = tc__gs_config_set(c, k, v, err, sizeof(err));
+
+	return rc < 0 ? cli_fail(rc, err) : 0;
+}
+
+static int parse(int argc, char **argv, struct gopts *o, bool operand)
+{
+	static const struct {
+		const char *opt, *key;
+	} map[] = {
+		{ "--listen", "listen" },
+		{ "--cluster-secret-file", "cluster_secret_file" },
+		{ "--state-dir", "state_dir" },
+		{ "--db", "db" },
+		{ "--log-file", "log_file" },
+		{ "--log-level", "log_level" },
+		{ "--lease-ms", "lease_ms" },
+	};
+	char err[1024];
+	const char *v;
+	int rc, m;
+
+	tc__gs_config_defaults(&o->cfg);
+	o->timeout = 35;
+	o->max = 8;
+	for (int i = 2; i < argc; i++) {
+		if ((m = cli_opt(argc, argv, &i, "--config", &v))) {
+			if (m < 0 || cli_parse_nonempty("--config", v))
+				return EXIT_USAGE;
+			rc = tc__gs_config_load(&o->cfg, v, err, sizeof(err));
+			if (rc < 0)
+				return cli_fail(rc, err);
+		}
+	}
+	for (int i = 2; i < argc; i++) {
+		bool done = false;
+
+		if ((m = cli_opt(argc, argv, &i, "--config", &v)))
+			continue;
+		for (size_t k = 0; k < sizeof(map) / sizeof(map[0]); k++) {
+			if ((m = cli_opt(argc, argv, &i, map[k].opt, &v))) {
+				if (m < 0)
+					return EXIT_USAGE;
+				rc = set(&o->cfg, map[k].key, v);
+				if (rc)
+					return rc;
+				done = true;
+				break;
+			}
+		}
+		if (done)
+			continue;
+		if ((m = cli_opt(argc, argv, &i, "--global", &v))) {
+			if (m < 0 || strlen(v) > TC_GSP_MAX_ADDR)
+				return m < 0 ? EXIT_USAGE :
+					       cli_usage_error("--global: too "
+							       "long");
+			snprintf(o->global, sizeof(o->global), "%s", v);
+		} else if ((m = cli_opt(argc, argv, &i, "--timeout", &v))) {
+			if (m < 0 || cli_parse_uint("--timeout", v, 1, 86400,
+						    &o->timeout))
+				return EXIT_USAGE;
+		} else if ((m = cli_opt(argc, argv, &i, "--max", &v))) {
+			if (m < 0 ||
+			    cli_parse_uint("--max", v, 1, TC_GSP_MAX_SOURCES,
+					   &o->max))
+				return EXIT_USAGE;
+		} else if ((m = cli_opt(argc, argv, &i, "--set", &v))) {
+			const char *eq = m > 0 ? strchr(v, '=') : NULL;
+			char key[64];
+
+			if (m < 0)
+				return EXIT_USAGE;
+			if (!eq || eq == v || (size_t)(eq - v) >= sizeof(key))
+				return cli_usage_error(
+					"--set: '%s' is not KEY=VALUE",
+					cli_esc(v));
+			snprintf(key, sizeof(key), "%.*s", (int)(eq - v), v);
+			rc = set(&o->cfg, key, eq + 1);
+			if (rc)
+				return rc;
+		} else if (operand && !o->operand && argv[i][0] != '-') {
+			o->operand = argv[i];
+		} else {
+			return cli_usage_error("unknown argument '%s'",
+					       cli_esc(argv[i]));
+		}
+	}
+	tc__gs_config_finish(&o->cfg);
+	if (!o->cfg.log_file[0])
+		snprintf(o->cfg.log_file, sizeof(o->cfg.log_file),
+			 "%s/global.log", o->cfg.state_dir);
+	return 0;
+}
+
+static int run_foreground(const struct tc__gs_config *cfg, int ready_fd,
+			  bool to_file)
+{
+	char err[1024];
+	FILE *log = NULL;
+	int rc;
+
+	tc__log_level = cfg->log_level;
+	if (to_file) {
+		char dir[PATH_MAX];
+
+		log = fopen(cfg->log_file, "a");
+		if (!log) {
+			/* the state directory may not exist yet */
+			char *slash;
+
+			snprintf(dir, sizeof(dir), "%s", cfg->log_file);
+			slash = strrchr(dir, '/');
+			if (slash && slash != dir) {
+				*slash = '\0';
+				mkdir(dir, 0700);
+			}
+			log = fopen(cfg->log_file, "a");
+		}
+		if (log) {
+			setvbuf(log, NULL, _IOLBF, 0);
+			tc__log_set_file(log);
+		}
+	}
+	rc = tc__gs_run(cfg, ready_fd, err, sizeof(err));
+	if (rc < 0) {
+		tc__log(TC_LOG_ERROR, "cannot start: %s", err);
+		if (!log)
+			fprintf(stderr, "error: %s: %s\n", tc_err_name(rc),
+				err);
+	}
+	if (log)
+		fclose(log);
+	return rc < 0 ? EXIT_RUNTIME : 0;
+}
+
+static char *slurp_line(const char *dir, const char *name)
+{
+	char path[PATH_MAX], buf[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	if (!fgets(buf, sizeof(buf), f)) {
+		fclose(f);
+		return NULL;
+	}
+	fclose(f);
+	buf[strcspn(buf, "\n")] = '\0';
+	return strdup(buf);
+}
+
+static pid_t running_pid(const struct tc__gs_config *cfg)
+{
+	char *s = slurp_line(cfg->state_dir, "global.pid");
+	pid_t pid = s ? (pid_t)atoi(s) : 0;
+
+	free(s);
+	if (pid > 0 && kill(pid, 0) == 0)
+		return pid;
+	return 0;
+}
+
+static int start(struct gopts *o)
+{
+	char msg[4096];
+	int pfd[2], status;
+	struct pollfd p;
+	pid_t pid, other;
+	char byte;
+
+	other = running_pid(&o->cfg);
+	if (other) {
+		snprintf(msg, sizeof(msg),
+			 "a global store (pid %d) already runs from '%s'",
+			 (int)other, o->cfg.state_dir);
+		return cli_fail(TC_EEXIST, msg);
+	}
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return cli_fail(-errno, "pipe");
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+		return cli_fail(-errno, "fork");
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
+		close(pfd[0]);
+		setsid();
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+		close(null);
+		_exit(run_foreground(&o->cfg, pfd[1], true));
+	}
+	close(pfd[1]);
+	p.fd = pfd[0];
+	p.events = POLLIN;
+	if (poll(&p, 1, 60000) == 1 && read(pfd[0], &byte, 1) == 1) {
+		char *addr = slurp_line(o->cfg.state_dir, "global.addr");
+
+		close(pfd[0]);
+		if (cli.json)
+			cli_put_json(json_pack(
+				"{s:i, s:s, s:s, s:s}", "pid", (int)pid,
+				"listen", addr ? addr : "", "log",
+				o->cfg.log_file, "db", o->cfg.db));
+		else
+			printf("tcast global started (pid %d, listening on "
+			       "%s, log %s)\n",
+			       (int)pid, cli_esc(addr ? addr : "?"),
+			       cli_esc(o->cfg.log_file));
+		free(addr);
+		return 0;
+	}
+	close(pfd[0]);
+	if (waitpid(pid, &status, WNOHANG) == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+	{
+		FILE *f = fopen(o->cfg.log_file, "r");
+		char line[1024], last[1024] = "";
+
+		while (f && fgets(line, sizeof(line), f))
+			snprintf(last, sizeof(last), "%s", line);
+		if (f)
+			fclose(f);
+		last[strcspn(last, "\n")] = '\0';
+		snprintf(msg, sizeof(msg),
+			 "the global store did not start; its log says: %s",
+			 last[0] ? last : "(nothing)");
+	}
+	return cli_fail(TC_ENODAEMON, msg);
+}
+
+static int stop(struct gopts *o)
+{
+	pid_t pid = running_pid(&o->cfg);
+	struct timespec ts = { 0, 20 * 1000000 };
+	bool killed = true;
+
+	if (!pid) {
+		if (cli.json)
+			cli_put_json(json_pack("{s:b}", "stopped", 0));
+		else
+			printf("tcast global is not running from '%s'\n",
+			       cli_esc(o->cfg.state_dir));
+		return 0;
+	}
+	if (kill(pid, SIGTERM) < 0)
+		return cli_fail(-errno, "cannot signal the global store");
+	for (uint64_t i = 0; i < o->timeout * 50; i++) {
+		if (kill(pid, 0) < 0 && errno == ESRCH) {
+			killed = false;
+			break;
+		}
+		nanosleep(&ts, NULL);
+	}
+	if (killed)
+		kill(pid, SIGKILL);
+	if (cli.json)
+		cli_put_json(json_pack("{s:b, s:i, s:b}", "stopped", 1, "pid",
+				       (int)pid, "killed", killed));
+	else
+		printf("tcast global stopped (pid %d)%s\n", (int)pid,
+		       killed ? " by SIGKILL" : "");
+	return 0;
+}
+
+/* Connect as a tool to --global or the address the state dir records. */
+static int connect_tool(struct gopts *o, struct tc__gsc *g)
+{
+	struct tc__auth_secret sec;
+	char err[1024], *addr = NULL;
+	const char *where = o->global;
+	int rc;
+
+	if (!o->cfg.secret_file[0])
+		return cli_fail(TC_EBADCONFIG,
+				"no cluster secret: pass "
+				"--cluster-secret-file or --config");
+	rc = tc__auth_load_secret(o->cfg.secret_file, &sec, err, sizeof(err));
+	if (rc < 0)
+		return cli_fail(rc, err);
+	if (!where[0]) {
+		addr = slurp_line(o->cfg.state_dir, "global.addr");
+		if (!addr) {
+			tc__auth_secret_wipe(&sec);
+			snprintf(err, sizeof(err),
+				 "no global store address: pass --global "
+				 "HOST:PORT (none recorded in '%s')",
+				 o->cfg.state_dir);
+			return cli_fail(TC_ENODAEMON, err);
+		}
+		where = addr;
+	}
+	tc__gsc_init(g, 5000);
+	rc = tc__gsc_connect(g, where, &sec, TC_AUTH_ROLE_TOOL, "tcast-cli");
+	tc__auth_secret_wipe(&sec);
+	free(addr);
+	if (rc < 0) {
+		cli_fail(rc, g->err);
+		tc__gsc_close(g);
+		return EXIT_RUNTIME;
+	}
+	return 0;
+}
+
+static int status(struct gopts *o)
+{
+	struct tc__gsc g;
+	char *doc = NULL;
+	json_t *j, *n;
+	size_t i;
+	int rc = connect_tool(o, &g);
+
+	if (rc)
+		return rc;
+	rc = tc__gsc_status(&g, &doc);
+	if (rc < 0) {
+		rc = cli_fail(rc, g.err);
+		tc__gsc_close(&g);
+		return rc;
+	}
+	tc__gsc_close(&g);
+	j = json_loads(doc, 0, NULL);
+	free(doc);
+	if (!j)
+		return cli_fail(TC_EPROTO, "status is not JSON");
+	if (cli.json) {
+		cli_put_json(j);
+		return 0;
+	}
+	printf("global store %s (pid %lld, %s), up %lld s\n",
+	       cli_esc(json_string_value(json_object_get(j, "listen"))),
+	       json_integer_value(json_object_get(j, "pid")),
+	       cli_esc(json_string_value(json_object_get(j, "backend"))),
+	       json_integer_value(json_object_get(j, "uptime_ms")) / 1000);
+	printf("nodes %zu (%lld live), artifacts %lld, replicas %lld, keys "
+	       "%lld; lease %lld ms\n",
+	       json_array_size(json_object_get(j, "nodes")),
+	       json_integer_value(json_object_get(j, "nodes_live")),
+	       json_integer_value(json_object_get(j, "artifacts")),
+	       json_integer_value(json_object_get(j, "replicas")),
+	       json_integer_value(json_object_get(j, "keys")),
+	       json_integer_value(json_object_get(j, "lease_ms")));
+	printf("%-4s %-20s %-22s %-5s %-9s %-22s %s\n", "ID", "NODE", "PEER",
+	       "LIVE", "LEASE", "ZONE/RACK/HOST", "REPLICAS");
+	json_array_foreach(json_object_get(j, "nodes"), i, n)
+	{
+		char labels[200], reps[200] = "";
+		const char *k;
+		json_t *v;
+		size_t off = 0;
+
+		snprintf(labels, sizeof(labels), "%s/%s/%s",
+			 json_string_value(json_object_get(n, "zone")),
+			 json_string_value(json_object_get(n, "rack")),
+			 json_string_value(json_object_get(n, "host")));
+		json_object_foreach(json_object_get(n, "replicas"), k, v)
+		{
+			off += (size_t)snprintf(reps + off, sizeof(reps) - off,
+						"%s%s:%lld", off ? " " : "", k,
+						json_integer_value(v));
+			if (off >= sizeof(reps))
+				break;
+		}
+		printf("%-4lld %-20s %-22s %-5s %-9lld %-22s %s\n",
+		       json_integer_value(json_object_get(n, "id")),
+		       cli_esc(json_string_value(json_object_get(n, "name"))),
+		       cli_esc(json_string_value(
+			       json_object_get(n, "peer_addr"))),
+		       json_is_true(json_object_get(n, "live")) ? "yes" : "no",
+		       json_integer_value(json_object_get(n, "lease_ms_left")),
+		       cli_esc(labels), reps[0] ? reps : "-");
+	}
+	json_decref(j);
+	return 0;
+}
+
+static int resolve(struct gopts *o)
+{
+	struct tc__gsp_source src[TC_GSP_MAX_SOURCES];
+	char id[TC_GSP_MAX_ID + 1];
+	struct tc__gsc g;
+	uint64_t gen;
+	uint32_t n;
+	int rc;
+
+	if (!o->operand)
+		return cli_usage_error("resolve: which key or artifact id?");
+	rc = connect_tool(o, &g);
+	if (rc)
+		return rc;
+	rc = tc__gsc_resolve(&g, o->operand, "", (uint32_t)o->max, id, &gen,
+			     src, &n);
+	if (rc < 0) {
+		rc = cli_fail(rc, g.err);
+		tc__gsc_close(&g);
+		return rc;
+	}
+	tc__gsc_close(&g);
+	if (cli.json) {
+		json_t *a = json_array();
+
+		for (uint32_t i = 0; i < n; i++)
+			json_array_append_new(
+				a, json_pack("{s:s, s:s, s:s, s:i, s:b, s:i, "
+					     "s:i}",
+					     "node", src[i].name, "peer_addr",
+					     src[i].peer_addr, "tier",
+					     tc__gsp_tier_name(src[i].tier),
+					     "device", (int)src[i].device,
+					     "complete", src[i].complete,
+					     "distance", (int)src[i].distance,
+					     "uploads", (int)src[i].uploads));
+		cli_put_json(json_pack("{s:s, s:I, s:o}", "id", id, "gen",
+				       (json_int_t)gen, "sources", a));
+		return 0;
+	}
+	printf("%s", cli_esc(id));
+	if (gen)
+		printf(" (generation %llu)", (unsigned long long)gen);
+	printf("\n");
+	for (uint32_t i = 0; i < n; i++)
+		printf("  %-20s %-22s %-6s %s distance %u uploads %u\n",
+		       cli_esc(src[i].name), cli_esc(src[i].peer_addr),
+		       tc__gsp_tier_name(src[i].tier),
+		       src[i].complete ? "complete" : "partial",
+		       src[i].distance, src[i].uploads);
+	return 0;
+}
+
+static int logs(struct gopts *o)
+{
+	FILE *f = fopen(o->cfg.log_file, "r");
+	char line[4096];
+
+	if (!f) {
+		char msg[PATH_MAX + 32];
+
+		snprintf(msg, sizeof(msg), "no log at '%s'", o->cfg.log_file);
+		return cli_fail(-errno, msg);
+	}
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		printf("%s\n", cli_esc(line));
+	}
+	fclose(f);
+	return 0;
+}
+
+int cmd_global(int argc, char **argv)
+{
+	static const char *const subverbs[] = { "start",  "run",  "stop",
+						"status", "logs", "resolve",
+						NULL };
+	struct gopts o = { 0 };
+	const char *verb = argc > 1 ? argv[1] : "";
+	int rc;
+
+	if (argc < 2)
+		return cli_usage_error("which global verb?");
+	if (cli_parse_choice("global", verb, subverbs))
+		return EXIT_USAGE;
+	rc = parse(argc, argv, &o, !strcmp(verb, "resolve"));
+	if (rc)
+		return rc;
+	if (!strcmp(verb, "run"))
+		return run_foreground(&o.cfg, -1, false);
+	if (!strcmp(verb, "start"))
+		return start(&o);
+	if (!strcmp(verb, "stop"))
+		return stop(&o);
+	if (!strcmp(verb, "status"))
+		return status(&o);
+	if (!strcmp(verb, "resolve"))
+		return resolve(&o);
+	return logs(&o);
+}

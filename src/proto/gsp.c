@@ -1,0 +1,438 @@
+/*
+ * gsp.c - the global-store protocol's frames and records (gsp.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/names.h"
+#include "gsp.h"
+#include "tcast/errors.h"
+
+const char *tc__gsp_name(int type)
+{
+	switch (type) {
+#define GSP(name, id)       \
+	case TC_GSP_##name: \
+		return #name;
+#include "gsp_msgs.def"
+#undef GSP
+	}
+	return "?";
+}
+
+const char *tc__gsp_tier_name(int tier)
+{
+	static const char *const n[] = { "host", "gpu", "disk", "shared" };
+
+	return tier >= 0 && tier <= TC_GSP_MAX_TIER ? n[tier] : "?";
+}
+
+static void put_le(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void tc__gsp_hdr_encode(const struct tc__gsp_hdr *h, uint8_t out[TC_GSP_HDR])
+{
+	put_le(out, TC_GSP_MAGIC, 4);
+	put_le(out + 4, TC_GSP_VERSION, 2);
+	put_le(out + 6, h->type, 2);
+	put_le(out + 8, h->flags, 4);
+	put_le(out + 12, h->req_id, 4);
+	put_le(out + 16, h->body_len, 4);
+}
+
+int tc__gsp_hdr_decode(const uint8_t in[TC_GSP_HDR], struct tc__gsp_hdr *h,
+		       char *err, size_t errlen)
+{
+	struct tc__cur c;
+	uint32_t magic;
+	uint16_t ver;
+
+	tc__cur_init(&c, in, TC_GSP_HDR);
+	tc__cur_read_u32(&c, &magic);
+	tc__cur_read_u16(&c, &ver);
+	tc__cur_read_u16(&c, &h->type);
+	tc__cur_read_u32(&c, &h->flags);
+	tc__cur_read_u32(&c, &h->req_id);
+	tc__cur_read_u32(&c, &h->body_len);
+	if (magic != TC_GSP_MAGIC) {
+		snprintf(err, errlen, "not a global-store frame (magic 0x%08x)",
+			 magic);
+		return TC_EPROTO;
+	}
+	if (ver != TC_GSP_VERSION) {
+		snprintf(err, errlen,
+			 "global-store protocol version %u (this "
+			 "side speaks %d)",
+			 ver, TC_GSP_VERSION);
+		return TC_EVERSION;
+	}
+	if (h->type == 0 || h->type >= TC_GSP__MAX) {
+		snprintf(err, errlen, "unknown message type %u", h->type);
+		return TC_EPROTO;
+	}
+	if (h->flags & ~TC_GSP_REPLY) {
+		snprintf(err, errlen, "unknown flags 0x%x", h->flags);
+		return TC_EPROTO;
+	}
+	if (h->body_len > TC_GSP_MAX_BODY) {
+		snprintf(err, errlen, "body of %u bytes (at most %u)",
+			 h->body_len, TC_GSP_MAX_BODY);
+		return TC_ELIMIT;
+	}
+	return 0;
+}
+
+size_t tc__gsp_begin(struct tc__buf *b, int type, uint32_t flags,
+		     uint32_t req_id)
+{
+	struct tc__gsp_hdr h = { (uint16_t)type, flags, req_id, 0 };
+	uint8_t raw[TC_GSP_HDR];
+	size_t off = b->len;
+
+	tc__gsp_hdr_encode(&h, raw);
+	tc__buf_put(b, raw, sizeof(raw));
+	return off;
+}
+
+void tc__gsp_finish(struct tc__buf *b, size_t off)
+{
+	if (!b->oom)
+		tc__buf_patch_u32(b, off + 16,
+				  (uint32_t)(b->len - off - TC_GSP_HDR));
+}
+
+size_t tc__gsp_reply_begin(struct tc__buf *b, int type, uint32_t req_id,
+			   int status, const char *msg)
+{
+	size_t off = tc__gsp_begin(b, type, TC_GSP_REPLY, req_id);
+
+	tc__buf_put_i32(b, status);
+	if (status < 0) {
+		size_t n = msg ? strlen(msg) : 0;
+
+		tc__buf_put_strn(b, msg ? msg : "",
+				 n > TC_GSP_MAX_MSG ? TC_GSP_MAX_MSG : n);
+	}
+	return off;
+}
+
+int tc__gsp_end(const struct tc__cur *c, char *err, size_t errlen)
+{
+	if (c->left) {
+		snprintf(err, errlen, "%zu bytes after the last field",
+			 c->left);
+		return TC_EPROTO;
+	}
+	return 0;
+}
+
+static bool printable(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+			return false;
+	return true;
+}
+
+int tc__gsp_get_name(struct tc__cur *c, const char *field, char *dst,
+		     size_t max, bool empty_ok, char *err, size_t errlen)
+{
+	const char *s;
+	size_t n;
+	uint32_t len;
+	struct tc__cur peek = *c;
+
+	if (tc__cur_read_u32(&peek, &len) < 0) {
+		snprintf(err, errlen, "%s: truncated", field);
+		return TC_EPROTO;
+	}
+	if (len > max) {
+		snprintf(err, errlen, "%s: %u bytes (at most %zu)", field, len,
+			 max);
+		return TC_ELIMIT;
+	}
+	if (tc__cur_read_str(c, max, &s, &n) < 0) {
+		snprintf(err, errlen, "%s: truncated or holds a NUL", field);
+		return TC_EPROTO;
+	}
+	if ((!n && !empty_ok) || !printable(s, n)) {
+		snprintf(err, errlen, "%s: %s", field,
+			 n ? "a byte outside printable ASCII (or a space)" :
+			     "empty");
+		return TC_EPROTO;
+	}
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return 0;
+}
+
+int tc__gsp_get_key(struct tc__cur *c, char *dst, char *err, size_t errlen)
+{
+	const char *s;
+	size_t n;
+	uint32_t len;
+	struct tc__cur peek = *c;
+	int ret;
+
+	if (tc__cur_read_u32(&peek, &len) < 0) {
+		snprintf(err, errlen, "key: truncated");
+		return TC_EPROTO;
+	}
+	if (len > TC_GSP_MAX_KEY) {
+		snprintf(err, errlen, "key: %u bytes (at most %d)", len,
+			 TC_GSP_MAX_KEY);
+		return TC_ELIMIT;
+	}
+	if (tc__cur_read_str(c, TC_GSP_MAX_KEY, &s, &n) < 0) {
+		snprintf(err, errlen, "key: truncated or holds a NUL");
+		return TC_EPROTO;
+	}
+	ret = tc__name_check("key", s, n, TC_GSP_MAX_KEY, 0, err, errlen);
+	if (ret < 0)
+		return ret;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return 0;
+}
+
+void tc__gsp_put_node(struct tc__buf *b, const struct tc__gsp_node *n)
+{
+	tc__buf_put_str(b, n->name);
+	tc__buf_put_u64(b, n->epoch);
+	tc__buf_put_str(b, n->peer_addr);
+	tc__buf_put_str(b, n->zone);
+	tc__buf_put_str(b, n->rack);
+	tc__buf_put_str(b, n->host);
+}
+
+int tc__gsp_get_node(struct tc__cur *c, struct tc__gsp_node *n, char *err,
+		     size_t errlen)
+{
+	int ret;
+
+	memset(n, 0, sizeof(*n));
+	if ((ret = tc__gsp_get_name(c, "node name", n->name, TC_GSP_MAX_NAME,
+				    false, err, errlen)) < 0)
+		return ret;
+	if (tc__cur_read_u64(c, &n->epoch) < 0) {
+		snprintf(err, errlen, "epoch: truncated");
+		return TC_EPROTO;
+	}
+	if ((ret = tc__gsp_get_name(c, "peer address", n->peer_addr,
+				    TC_GSP_MAX_ADDR, true, err, errlen)) < 0 ||
+	    (ret = tc__gsp_get_name(c, "zone", n->zone, TC_GSP_MAX_NAME, true,
+				    err, errlen)) < 0 ||
+	    (ret = tc__gsp_get_name(c, "rack", n->rack, TC_GSP_MAX_NAME, true,
+				    err, errlen)) < 0 ||
+	    (ret = tc__gsp_get_name(c, "host", n->host, TC_GSP_MAX_NAME, true,
+				    err, errlen)) < 0)
+		return ret;
+	return 0;
+}
+
+void tc__gsp_put_replica(struct tc__buf *b, const struct tc__gsp_replica *r)
+{
+	tc__buf_put_str(b, r->id);
+	tc__buf_put_u8(b, r->tier);
+	tc__buf_put_u32(b, r->device);
+	tc__buf_put_u64(b, r->size);
+	tc__buf_put_u32(b, r->nchunks);
+	tc__buf_put_u8(b, r->have ? 0 : 1);
+	if (r->have) {
+		tc__buf_put_u32(b, tc__gsp_bitmap_len(r->nchunks));
+		tc__buf_put(b, r->have, tc__gsp_bitmap_len(r->nchunks));
+	}
+}
+
+void tc__gsp_replica_release(struct tc__gsp_replica *r)
+{
+	tc__free(r->have);
+	r->have = NULL;
+}
+
+int tc__gsp_get_replica(struct tc__cur *c, struct tc__gsp_replica *r, char *err,
+			size_t errlen)
+{
+	const uint8_t *bm;
+	uint32_t blen;
+	uint8_t complete;
+	int ret;
+
+	memset(r, 0, sizeof(*r));
+	if ((ret = tc__gsp_get_name(c, "artifact id", r->id, TC_GSP_MAX_ID,
+				    false, err, errlen)) < 0)
+		return ret;
+	if (tc__cur_read_u8(c, &r->tier) < 0 ||
+	    tc__cur_read_u32(c, &r->device) < 0 ||
+	    tc__cur_read_u64(c, &r->size) < 0 ||
+	    tc__cur_read_u32(c, &r->nchunks) < 0 ||
+	    tc__cur_read_u8(c, &complete) < 0) {
+		snprintf(err, errlen, "replica '%s': truncated", r->id);
+		return TC_EPROTO;
+	}
+	if (r->tier > TC_GSP_MAX_TIER || complete > 1) {
+		snprintf(err, errlen, "replica '%s': tier %u, complete %u",
+			 r->id, r->tier, complete);
+		return TC_EPROTO;
+	}
+	if (r->nchunks > TC_GSP_MAX_CHUNKS) {
+		snprintf(err, errlen, "replica '%s': %u chunks (at most %u)",
+			 r->id, r->nchunks, TC_GSP_MAX_CHUNKS);
+		return TC_ELIMIT;
+	}
+	if (complete)
+		return 0;
+	if (tc__cur_read_u32(c, &blen) < 0 ||
+	    blen != tc__gsp_bitmap_len(r->nchunks)) {
+		snprintf(err, errlen,
+			 "replica '%s': chunk bitmap must be %u bytes", r->id,
+			 tc__gsp_bitmap_len(r->nchunks));
+		return TC_EPROTO;
+	}
+	if (tc__cur_read_bytes(c, blen, &bm) < 0) {
+		snprintf(err, errlen, "replica '%s': bitmap truncated", r->id);
+		return TC_EPROTO;
+	}
+	r->have = tc__malloc(blen ? blen : 1);
+	if (!r->have)
+		return -ENOMEM;
+	memcpy(r->have, bm, blen);
+	return 0;
+}
+
+void tc__gsp_put_artifact(struct tc__buf *b, const struct tc__gsp_artifact *a)
+{
+	tc__buf_put_str(b, a->id);
+	tc__buf_put_u64(b, a->size);
+	tc__buf_put_u32(b, a->nchunks);
+	tc__buf_put_str(b, a->policy);
+	tc__buf_put_u32(b, a->table_len);
+	tc__buf_put(b, a->table, a->table_len);
+	tc__buf_put_u32(b, a->digests_len);
+	tc__buf_put(b, a->digests, a->digests_len);
+}
+
+void tc__gsp_artifact_release(struct tc__gsp_artifact *a)
+{
+	tc__free(a->table);
+	tc__free(a->digests);
+	a->table = a->digests = NULL;
+	a->table_len = a->digests_len = 0;
+}
+
+static int get_blob(struct tc__cur *c, const char *field, uint32_t max,
+		    uint8_t **out, uint32_t *outlen, char *err, size_t errlen)
+{
+	const uint8_t *p;
+	uint32_t n;
+
+	if (tc__cur_read_u32(c, &n) < 0) {
+		snprintf(err, errlen, "%s: truncated", field);
+		return TC_EPROTO;
+	}
+	if (n > max) {
+		snprintf(err, errlen, "%s: %u bytes (at most %u)", field, n,
+			 max);
+		return TC_ELIMIT;
+	}
+	if (tc__cur_read_bytes(c, n, &p) < 0) {
+		snprintf(err, errlen, "%s: truncated", field);
+		return TC_EPROTO;
+	}
+	*outlen = n;
+	*out = NULL;
+	if (!n)
+		return 0;
+	*out = tc__malloc(n);
+	if (!*out)
+		return -ENOMEM;
+	memcpy(*out, p, n);
+	return 0;
+}
+
+int tc__gsp_get_artifact(struct tc__cur *c, struct tc__gsp_artifact *a,
+			 char *err, size_t errlen)
+{
+	int ret;
+
+	memset(a, 0, sizeof(*a));
+	if ((ret = tc__gsp_get_name(c, "artifact id", a->id, TC_GSP_MAX_ID,
+				    false, err, errlen)) < 0)
+		return ret;
+	if (tc__cur_read_u64(c, &a->size) < 0 ||
+	    tc__cur_read_u32(c, &a->nchunks) < 0) {
+		snprintf(err, errlen, "artifact '%s': truncated", a->id);
+		return TC_EPROTO;
+	}
+	if (a->nchunks > TC_GSP_MAX_CHUNKS) {
+		snprintf(err, errlen, "artifact '%s': %u chunks (at most %u)",
+			 a->id, a->nchunks, TC_GSP_MAX_CHUNKS);
+		return TC_ELIMIT;
+	}
+	if ((ret = tc__gsp_get_name(c, "policy", a->policy, TC_GSP_MAX_POLICY,
+				    true, err, errlen)) < 0)
+		return ret;
+	ret = get_blob(c, "tensor table", TC_GSP_MAX_TABLE, &a->table,
+		       &a->table_len, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = get_blob(c, "chunk digests", a->nchunks * 32u, &a->digests,
+		       &a->digests_len, err, errlen);
+	if (ret == 0 && a->digests_len && a->digests_len != a->nchunks * 32u) {
+		snprintf(err, errlen,
+			 "artifact '%s': %u digest bytes for %u chunks", a->id,
+			 a->digests_len, a->nchunks);
+		ret = TC_EPROTO;
+	}
+	if (ret < 0)
+		tc__gsp_artifact_release(a);
+	return ret;
+}
+
+void tc__gsp_put_source(struct tc__buf *b, const struct tc__gsp_source *s)
+{
+	tc__buf_put_u64(b, s->node_id);
+	tc__buf_put_str(b, s->name);
+	tc__buf_put_str(b, s->peer_addr);
+	tc__buf_put_u8(b, s->tier);
+	tc__buf_put_u32(b, s->device);
+	tc__buf_put_u8(b, s->complete);
+	tc__buf_put_u32(b, s->distance);
+	tc__buf_put_u32(b, s->uploads);
+}
+
+int tc__gsp_get_source(struct tc__cur *c, struct tc__gsp_source *s, char *err,
+		       size_t errlen)
+{
+	int ret;
+
+	memset(s, 0, sizeof(*s));
+	if (tc__cur_read_u64(c, &s->node_id) < 0) {
+		snprintf(err, errlen, "source: truncated");
+		return TC_EPROTO;
+	}
+	if ((ret = tc__gsp_get_name(c, "source name", s->name, TC_GSP_MAX_NAME,
+				    false, err, errlen)) < 0 ||
+	    (ret = tc__gsp_get_name(c, "source address", s->peer_addr,
+				    TC_GSP_MAX_ADDR, true, err, errlen)) < 0)
+		return ret;
+	if (tc__cur_read_u8(c, &s->tier) < 0 ||
+	    tc__cur_read_u32(c, &s->device) < 0 ||
+	    tc__cur_read_u8(c, &s->complete) < 0 ||
+	    tc__cur_read_u32(c, &s->distance) < 0 ||
+	    tc__cur_read_u32(c, &s->uploads) < 0) {
+		snprintf(err, errlen, "source '%s': truncated", s->name);
+		return TC_EPROTO;
+	}
+	if (s->tier > TC_GSP_MAX_TIER || s->complete > 1) {
+		snprintf(err, errlen, "source '%s': tier %u complete %u",
+			 s->name, s->tier, s->complete);
+		return TC_EPROTO;
+	}
+	return 0;
+}

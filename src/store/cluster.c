@@ -1,0 +1,715 @@
+/*
+ * cluster.c - the daemon's membership in a cluster (cluster.h).
+ *
+ * The loop thread only queues (inventory changes, key moves) under `mu`;
+ * the cluster thread owns the connection and does every blocking call.
+ * `io` serializes calls on the connection between the cluster thread and
+ * resolve callers (workers).  The inventory is the daemon's own view of
+ * its replicas: REGISTER always sends all of it, so after any reconnect
+ * the global store's view is whole again; deltas only follow it.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cluster.h"
+#include "common/alloc.h"
+#include "common/buf.h"
+#include "common/hash.h"
+#include "common/log.h"
+#include "common/tensor.h"
+#include "config.h"
+#include "gsc.h"
+#include "net/auth.h"
+#include "net/ev.h"
+#include "proto/proto.h"
+#include "tcast/errors.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CALL_MS	       2000 /* one request to the global store */
+
+/* One replica of the inventory.  `sent`: the global store has it since
+ * the last (re)registration. */
+struct crep {
+	struct tc__gsp_replica r;
+	struct tc__gsp_artifact a; /* the record sent with it */
+	bool sent;
+	struct crep *next;
+};
+
+enum { OP_DEL, OP_KEY };
+
+struct cop {
+	int kind;
+	char id[TC_GSP_MAX_ID + 1];
+	uint8_t tier;
+	uint32_t device;
+	char key[TC_GSP_MAX_KEY + 1];
+	char prev[TC_GSP_MAX_ID + 1];
+	struct cop *next;
+};
+
+struct tc__cluster {
+	pthread_t th;
+	pthread_mutex_t mu; /* everything below up to `io` */
+	pthread_cond_t cv;
+	bool stop, started;
+	struct crep *reps;
+	struct cop *ops, **ops_tail;
+	bool dirty; /* a rep is unsent or an op is queued */
+	struct tc__gsp_node node;
+	uint32_t uploads;
+	/* figures */
+	uint64_t registers, failures, key_conflicts, sent_ops;
+	char last_err[256];
+	bool connected;
+	uint64_t node_id;
+	uint32_t lease_ms, hb_ms;
+	uint64_t joined_unix_ms;
+
+	pthread_mutex_t io; /* the connection */
+	struct tc__gsc g;
+	char global[TC_GSP_MAX_ADDR + 1];
+	struct tc__auth_secret sec;
+};
+
+static void crep_free(struct crep *c)
+{
+	tc__gsp_replica_release(&c->r);
+	tc__gsp_artifact_release(&c->a);
+	tc__free(c);
+}
+
+static uint64_t unix_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------ hooks */
+
+void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
+			     uint32_t device, uint64_t size,
+			     const struct tc__table *t, const char *policy)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct crep *c, **pp;
+
+	if (!cl)
+		return;
+	c = tc__calloc(1, sizeof(*c));
+	if (!c)
+		return;
+	snprintf(c->r.id, sizeof(c->r.id), "%s", id);
+	c->r.tier = (uint8_t)tier;
+	c->r.device = device;
+	c->r.size = size;
+	c->r.nchunks = (uint32_t)tc__chunk_count(size);
+	c->a.size = size;
+	c->a.nchunks = c->r.nchunks;
+	snprintf(c->a.id, sizeof(c->a.id), "%s", id);
+	snprintf(c->a.policy, sizeof(c->a.policy), "%s", policy ? policy : "");
+	if (t) {
+		tc__proto_put_table(&b, t);
+		if (!b.oom && b.len <= TC_GSP_MAX_TABLE) {
+			c->a.table = b.data; /* detach */
+			c->a.table_len = (uint32_t)b.len;
+			tc__buf_init(&b);
+		}
+		tc__buf_release(&b);
+	}
+	pthread_mutex_lock(&cl->mu);
+	for (pp = &cl->reps; *pp; pp = &(*pp)->next) {
+		struct crep *o = *pp;
+
+		if (!strcmp(o->r.id, id) && o->r.tier == tier &&
+		    o->r.device == device) {
+			*pp = o->next;
+			crep_free(o);
+			break;
+		}
+	}
+	c->next = cl->reps;
+	cl->reps = c;
+	cl->dirty = true;
+	pthread_cond_signal(&cl->cv);
+	pthread_mutex_unlock(&cl->mu);
+}
+
+static void op_queue(struct tc__cluster *cl, struct cop *op)
+{
+	op->next = NULL;
+	*cl->ops_tail = op;
+	cl->ops_tail = &op->next;
+	cl->dirty = true;
+	pthread_cond_signal(&cl->cv);
+}
+
+void tc__cluster_replica_del(struct tc__cluster *cl, const char *id, int tier,
+			     uint32_t device)
+{
+	struct crep **pp;
+	struct cop *op;
+	bool was_sent = false, found = false;
+
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->mu);
+	for (pp = &cl->reps; *pp; pp = &(*pp)->next) {
+		struct crep *o = *pp;
+
+		if (!strcmp(o->r.id, id) && o->r.tier == tier &&
+		    o->r.device == device) {
+			*pp = o->next;
+			was_sent = o->sent;
+			found = true;
+			crep_free(o);
+			break;
+		}
+	}
+	/* Never sent: the global store never heard of it. */
+	if (found && was_sent && (op = tc__calloc(1, sizeof(*op)))) {
+		op->kind = OP_DEL;
+		snprintf(op->id, sizeof(op->id), "%s", id);
+		op->tier = (uint8_t)tier;
+		op->device = device;
+		op_queue(cl, op);
+	}
+	pthread_mutex_unlock(&cl->mu);
+}
+
+void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
+			 const char *id, const char *prev)
+{
+	struct cop *op;
+
+	if (!cl || strlen(key) > TC_GSP_MAX_KEY)
+		return;
+	op = tc__calloc(1, sizeof(*op));
+	if (!op)
+		return;
+	op->kind = OP_KEY;
+	snprintf(op->key, sizeof(op->key), "%s", key);
+	snprintf(op->id, sizeof(op->id), "%s", id);
+	snprintf(op->prev, sizeof(op->prev), "%s", prev ? prev : "");
+	pthread_mutex_lock(&cl->mu);
+	op_queue(cl, op);
+	pthread_mutex_unlock(&cl->mu);
+}
+
+void tc__cluster_set_peer_addr(struct tc__cluster *cl, const char *addr)
+{
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->mu);
+	if (strcmp(cl->node.peer_addr, addr)) {
+		snprintf(cl->node.peer_addr, sizeof(cl->node.peer_addr), "%s",
+			 addr);
+		/* the global store learns it by registering again */
+		cl->connected = false;
+		pthread_cond_signal(&cl->cv);
+	}
+	pthread_mutex_unlock(&cl->mu);
+}
+
+void tc__cluster_set_uploads(struct tc__cluster *cl, uint32_t uploads)
+{
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->mu);
+	cl->uploads = uploads;
+	pthread_mutex_unlock(&cl->mu);
+}
+
+/* ------------------------------------------------------------ thread */
+
+static void set_err(struct tc__cluster *cl, const char *what, const char *why)
+{
+	pthread_mutex_lock(&cl->mu);
+	snprintf(cl->last_err, sizeof(cl->last_err), "%s: %s", what, why);
+	cl->failures++;
+	pthread_mutex_unlock(&cl->mu);
+}
+
+/* Connect, authenticate, register with the whole inventory.  Called with
+ * `io` held. */
+static int join(struct tc__cluster *cl)
+{
+	struct tc__gsp_replica *reps = NULL;
+	struct tc__gsp_node node;
+	struct crep *c;
+	struct cop *op, *next, *keys = NULL, **kt = &keys;
+	uint32_t n = 0, i = 0;
+	uint64_t id;
+	uint32_t lease, hb;
+	int ret;
+
+	ret = tc__gsc_connect(&cl->g, cl->global, &cl->sec, TC_AUTH_ROLE_DAEMON,
+			      cl->node.name);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&cl->mu);
+	node = cl->node;
+	for (c = cl->reps; c; c = c->next)
+		n++;
+	reps = tc__calloc(n ? n : 1, sizeof(*reps));
+	if (!reps) {
+		pthread_mutex_unlock(&cl->mu);
+		return -ENOMEM;
+	}
+	/* Borrow the have bitmaps: reps outlive this call only under mu,
+	 * and hooks never change a crep in place (they replace it), so
+	 * copy the plain fields and leave `have` NULL (complete). */
+	for (c = cl->reps; c; c = c->next) {
+		reps[i] = c->r;
+		reps[i].have = NULL;
+		c->sent = false;
+		i++;
+	}
+	/* Deletes are moot: the list below replaces everything. */
+	for (op = cl->ops; op; op = next) {
+		next = op->next;
+		if (op->kind == OP_DEL) {
+			tc__free(op);
+		} else {
+			*kt = op;
+			kt = &op->next;
+		}
+	}
+	*kt = NULL;
+	cl->ops = keys;
+	cl->ops_tail = kt;
+	pthread_mutex_unlock(&cl->mu);
+	ret = tc__gsc_register(&cl->g, &node, reps, n, &id, &lease, &hb);
+	tc__free(reps);
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&cl->mu);
+	cl->connected = true;
+	cl->node_id = id;
+	cl->lease_ms = lease;
+	cl->hb_ms = hb ? hb : 1000;
+	cl->registers++;
+	cl->joined_unix_ms = unix_ms();
+	/* Their records (tables) still have to go: mark them unsent so the
+	 * drain sends each REPLICA_ADD with its artifact record once. */
+	cl->dirty = true;
+	pthread_mutex_unlock(&cl->mu);
+	tc__log(TC_LOG_INFO,
+		"joined the cluster at %s as node '%s' (id %llu) with %u "
+		"replicas",
+		cl->global, node.name, (unsigned long long)id, n);
+	return 0;
+}
+
+/* Send one queued change.  Returns 1 when something was sent, 0 when
+ * nothing was queued, < 0 on a connection failure (the change stays
+ * queued). */
+static int drain_one(struct tc__cluster *cl)
+{
+	struct tc__gsp_replica r;
+	struct tc__gsp_artifact a;
+	struct crep *c;
+	struct cop *op = NULL;
+	uint64_t gen;
+	int ret;
+
+	pthread_mutex_lock(&cl->mu);
+	for (c = cl->reps; c; c = c->next)
+		if (!c->sent)
+			break;
+	if (c) {
+		/* Copy out: the hook may replace the crep meanwhile. */
+		r = c->r;
+		r.have = NULL;
+		a = c->a;
+		a.table = NULL;
+		a.digests = NULL;
+		if (c->a.table_len) {
+			a.table = tc__malloc(c->a.table_len);
+			if (a.table)
+				memcpy(a.table, c->a.table, c->a.table_len);
+			else
+				a.table_len = 0;
+		}
+		a.digests_len = 0;
+		c->sent = true;
+	} else if (cl->ops) {
+		op = cl->ops;
+		cl->ops = op->next;
+		if (!cl->ops)
+			cl->ops_tail = &cl->ops;
+	} else {
+		cl->dirty = false;
+	}
+	pthread_mutex_unlock(&cl->mu);
+	if (!c && !op)
+		return 0;
+	pthread_mutex_lock(&cl->io);
+	if (c) {
+		ret = tc__gsc_replica_add(&cl->g, &r, &a);
+		tc__free(a.table);
+	} else if (op->kind == OP_DEL) {
+		ret = tc__gsc_replica_del(&cl->g, op->id, op->tier, op->device);
+	} else {
+		ret = tc__gsc_key_set(&cl->g, op->key, op->id,
+				      op->prev[0] ? TC_GSP_KF_PREV : 0, 0,
+				      op->prev, &gen);
+	}
+	pthread_mutex_unlock(&cl->io);
+	if (ret == TC_ECLOSED || ret == -ETIMEDOUT || cl->g.fd < 0) {
+		/* the connection broke: keep the change for next time */
+		pthread_mutex_lock(&cl->mu);
+		if (c) {
+			for (struct crep *x = cl->reps; x; x = x->next)
+				if (!strcmp(x->r.id, r.id) &&
+				    x->r.tier == r.tier &&
+				    x->r.device == r.device)
+					x->sent = false;
+		} else if (op->kind == OP_KEY) {
+			op->next = cl->ops;
+			cl->ops = op;
+			if (!op->next)
+				cl->ops_tail = &op->next;
+			op = NULL;
+		}
+		cl->connected = false;
+		pthread_mutex_unlock(&cl->mu);
+		tc__free(op);
+		return ret < 0 ? ret : TC_ECLOSED;
+	}
+	if (ret < 0) {
+		tc__log(TC_LOG_WARN, "global store refused %s: %s",
+			c		   ? "a replica" :
+			op->kind == OP_KEY ? "a key" :
+					     "a delete",
+			cl->g.err);
+		pthread_mutex_lock(&cl->mu);
+		if (op && op->kind == OP_KEY && ret == TC_ECONFLICT)
+			cl->key_conflicts++;
+		snprintf(cl->last_err, sizeof(cl->last_err), "%s", cl->g.err);
+		pthread_mutex_unlock(&cl->mu);
+	} else {
+		pthread_mutex_lock(&cl->mu);
+		cl->sent_ops++;
+		pthread_mutex_unlock(&cl->mu);
+	}
+	tc__free(op);
+	return 1;
+}
+
+static uint32_t jitter(uint32_t ms)
+{
+	uint32_t r = 0;
+
+	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
+		r = (uint32_t)tc__now_ns();
+	/* +-50 % so that many daemons do not come back in step */
+	return ms / 2 + r % (ms + 1);
+}
+
+/* Sleep up to `ms`; queued work ends it early only when `on_work`
+ * (while the store is unreachable only stop does, so a busy daemon does
+ * not turn its backoff into a reconnect storm). */
+static void wait_ms(struct tc__cluster *cl, uint32_t ms, bool on_work)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&cl->mu);
+	while (!cl->stop && !(on_work && cl->dirty))
+		if (pthread_cond_timedwait(&cl->cv, &cl->mu, &ts) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&cl->mu);
+}
+
+static void *cluster_main(void *arg)
+{
+	struct tc__cluster *cl = arg;
+	uint32_t backoff = BACKOFF_MIN_MS;
+	uint64_t next_hb = 0;
+	bool logged_down = false;
+
+	for (;;) {
+		bool stop, connected;
+		int ret;
+
+		pthread_mutex_lock(&cl->mu);
+		stop = cl->stop;
+		connected = cl->connected;
+		pthread_mutex_unlock(&cl->mu);
+		if (stop)
+			break;
+		if (!connected) {
+			pthread_mutex_lock(&cl->io);
+			ret = join(cl);
+			if (ret < 0)
+				tc__gsc_close(&cl->g);
+			pthread_mutex_unlock(&cl->io);
+			if (ret < 0) {
+				set_err(cl, "cannot join", cl->g.err);
+				if (!logged_down)
+					tc__log(TC_LOG_WARN,
+						"global store %s unreachable "
+						"(%s); serving local clients, "
+						"retrying",
+						cl->global, cl->g.err);
+				logged_down = true;
+				wait_ms(cl, jitter(backoff), false);
+				backoff = backoff * 2 > BACKOFF_MAX_MS ?
+						  BACKOFF_MAX_MS :
+						  backoff * 2;
+				continue;
+			}
+			logged_down = false;
+			backoff = BACKOFF_MIN_MS;
+			next_hb = tc__now_ms() + cl->hb_ms;
+		}
+		while ((ret = drain_one(cl)) > 0)
+			;
+		if (ret < 0) {
+			set_err(cl, "connection lost", cl->g.err);
+			tc__log(TC_LOG_WARN,
+				"lost the global store at %s (%s): "
+				"reconnecting",
+				cl->global, cl->g.err);
+			continue;
+		}
+		if (tc__now_ms() >= next_hb) {
+			uint32_t up;
+
+			pthread_mutex_lock(&cl->mu);
+			up = cl->uploads;
+			pthread_mutex_unlock(&cl->mu);
+			pthread_mutex_lock(&cl->io);
+			ret = tc__gsc_heartbeat(&cl->g, up, 0);
+			pthread_mutex_unlock(&cl->io);
+			next_hb = tc__now_ms() + cl->hb_ms;
+			if (ret < 0) {
+				/* TC_ENOTFOUND: it restarted and forgot this
+				 * connection; anything else: gone.  Either
+				 * way register again. */
+				set_err(cl, "heartbeat", cl->g.err);
+				tc__log(TC_LOG_WARN,
+					"heartbeat to %s failed (%s): "
+					"registering again",
+					cl->global, cl->g.err);
+				pthread_mutex_lock(&cl->mu);
+				cl->connected = false;
+				pthread_mutex_unlock(&cl->mu);
+				pthread_mutex_lock(&cl->io);
+				tc__gsc_close(&cl->g);
+				pthread_mutex_unlock(&cl->io);
+				continue;
+			}
+		}
+		{
+			uint64_t now = tc__now_ms();
+
+			wait_ms(cl,
+				next_hb > now ? (uint32_t)(next_hb - now) : 0,
+				true);
+		}
+	}
+	/* Leaving: say so, so routing drops us now rather than at lease
+	 * expiry (best effort, bounded). */
+	pthread_mutex_lock(&cl->io);
+	if (cl->g.fd >= 0) {
+		struct tc__cur r;
+
+		cl->g.timeout_ms = 1000;
+		tc__gsc_call(&cl->g, TC_GSP_DEREGISTER, NULL, 0, &r);
+	}
+	tc__gsc_close(&cl->g);
+	pthread_mutex_unlock(&cl->io);
+	return NULL;
+}
+
+int tc__cluster_start(const struct tc__store_config *cfg,
+		      struct tc__cluster **out, char *err, size_t errlen)
+{
+	struct tc__cluster *cl;
+	char host[256];
+	int ret;
+
+	*out = NULL;
+	if (!cfg->global[0])
+		return 0;
+	if (!cfg->cluster_secret_file[0]) {
+		snprintf(err, errlen,
+			 "global is set but cluster_secret_file is not: "
+			 "every cluster connection is authenticated "
+			 "(docs/cluster.md)");
+		return TC_EBADCONFIG;
+	}
+	cl = tc__calloc(1, sizeof(*cl));
+	if (!cl)
+		return -ENOMEM;
+	ret = tc__auth_load_secret(cfg->cluster_secret_file, &cl->sec, err,
+				   errlen);
+	if (ret < 0) {
+		tc__free(cl);
+		return ret;
+	}
+	pthread_mutex_init(&cl->mu, NULL);
+	pthread_mutex_init(&cl->io, NULL);
+	{
+		pthread_condattr_t ca;
+
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&cl->cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	cl->ops_tail = &cl->ops;
+	tc__gsc_init(&cl->g, CALL_MS);
+	snprintf(cl->global, sizeof(cl->global), "%s", cfg->global);
+	if (cfg->node_name[0]) {
+		snprintf(cl->node.name, sizeof(cl->node.name), "%s",
+			 cfg->node_name);
+	} else {
+		if (gethostname(host, sizeof(host)) < 0)
+			snprintf(host, sizeof(host), "node");
+		host[sizeof(host) - 1] = '\0';
+		snprintf(cl->node.name, sizeof(cl->node.name), "%.64s", host);
+		for (char *p = cl->node.name; *p; p++)
+			if ((unsigned char)*p < 0x21 ||
+			    (unsigned char)*p > 0x7e)
+				*p = '_';
+	}
+	/* A new epoch per start: the global store tells a restarted daemon
+	 * (whose replicas are gone) from a reconnecting one. */
+	if (getrandom(&cl->node.epoch, sizeof(cl->node.epoch), 0) !=
+	    sizeof(cl->node.epoch))
+		cl->node.epoch = tc__now_ns() ^ (uint64_t)getpid();
+	/* Port 0 is resolved by the peer server when it binds; until then
+	 * advertise what the config says. */
+	snprintf(cl->node.peer_addr, sizeof(cl->node.peer_addr), "%s",
+		 cfg->peer_listen);
+	snprintf(cl->node.zone, sizeof(cl->node.zone), "%s", cfg->zone);
+	snprintf(cl->node.rack, sizeof(cl->node.rack), "%s", cfg->rack);
+	snprintf(cl->node.host, sizeof(cl->node.host), "%s", cfg->host_label);
+	ret = pthread_create(&cl->th, NULL, cluster_main, cl);
+	if (ret) {
+		tc__auth_secret_wipe(&cl->sec);
+		tc__free(cl);
+		snprintf(err, errlen, "cluster thread: %s", strerror(ret));
+		return -ret;
+	}
+	cl->started = true;
+	*out = cl;
+	return 0;
+}
+
+void tc__cluster_stop(struct tc__cluster *cl)
+{
+	struct cop *op, *next;
+	struct crep *c, *cn;
+
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->mu);
+	cl->stop = true;
+	pthread_cond_signal(&cl->cv);
+	pthread_mutex_unlock(&cl->mu);
+	/* The thread may sit in a connect or a call: both are bounded
+	 * (CALL_MS), so the join is too. */
+	pthread_join(cl->th, NULL);
+	for (op = cl->ops; op; op = next) {
+		next = op->next;
+		tc__free(op);
+	}
+	for (c = cl->reps; c; c = cn) {
+		cn = c->next;
+		crep_free(c);
+	}
+	tc__auth_secret_wipe(&cl->sec);
+	pthread_mutex_destroy(&cl->mu);
+	pthread_mutex_destroy(&cl->io);
+	pthread_cond_destroy(&cl->cv);
+	tc__free(cl);
+}
+
+int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
+			uint64_t *gen, struct tc__gsp_source *src, uint32_t max,
+			uint32_t *nsrc, char *err, size_t errlen)
+{
+	char name[TC_GSP_MAX_NAME + 1];
+	bool up;
+	int ret;
+
+	*nsrc = 0;
+	if (!cl) {
+		snprintf(err, errlen,
+			 "this daemon is not in a cluster (no 'global' in its "
+			 "config)");
+		return TC_ENOTSUP;
+	}
+	pthread_mutex_lock(&cl->mu);
+	up = cl->connected;
+	snprintf(name, sizeof(name), "%s", cl->node.name);
+	pthread_mutex_unlock(&cl->mu);
+	if (!up) {
+		snprintf(err, errlen, "the global store at %s is unreachable",
+			 cl->global);
+		return TC_ENODAEMON;
+	}
+	pthread_mutex_lock(&cl->io);
+	ret = tc__gsc_resolve(&cl->g, what, name, max, id, gen, src, nsrc);
+	if (ret < 0)
+		snprintf(err, errlen, "%s", cl->g.err);
+	pthread_mutex_unlock(&cl->io);
+	if (ret == TC_ECLOSED || ret == -ETIMEDOUT) {
+		pthread_mutex_lock(&cl->mu);
+		cl->connected = false;
+		pthread_cond_signal(&cl->cv);
+		pthread_mutex_unlock(&cl->mu);
+	}
+	return ret;
+}
+
+char *tc__cluster_status_json(struct tc__cluster *cl)
+{
+	json_t *j;
+	char *s;
+	size_t n = 0, unsent = 0;
+
+	if (!cl)
+		return NULL;
+	pthread_mutex_lock(&cl->mu);
+	for (struct crep *c = cl->reps; c; c = c->next) {
+		n++;
+		unsent += !c->sent;
+	}
+	j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:s, s:s, s:s, s:s, s:I, "
+		      "s:I, s:I, s:I, s:I, s:I, s:s}",
+		      "global", cl->global, "node", cl->node.name, "connected",
+		      cl->connected, "node_id", (json_int_t)cl->node_id,
+		      "epoch", (json_int_t)(cl->node.epoch >> 1), "peer_addr",
+		      cl->node.peer_addr, "zone", cl->node.zone, "rack",
+		      cl->node.rack, "host", cl->node.host, "replicas",
+		      (json_int_t)n, "replicas_unsent", (json_int_t)unsent,
+		      "registers", (json_int_t)cl->registers, "failures",
+		      (json_int_t)cl->failures, "key_conflicts",
+		      (json_int_t)cl->key_conflicts, "sent",
+		      (json_int_t)cl->sent_ops, "last_error", cl->last_err);
+	pthread_mutex_unlock(&cl->mu);
+	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	return s;
+}

@@ -1,0 +1,61 @@
+/*
+ * cluster.h - the daemon's membership in a cluster (`global: HOST:PORT`).
+ *
+ * A thread of its own keeps one authenticated connection to the global
+ * store: it registers the node (name, epoch, peer address, zone/rack/host
+ * labels) with its whole replica inventory, heartbeats, and sends replica
+ * and key changes as the event loop reports them through the hooks below
+ * (which only queue, under a mutex, and never block the loop).  When the
+ * global store is unreachable the daemon goes on serving local clients;
+ * the thread retries with jittered backoff (100 ms doubling to 5 s) and
+ * re-registers with the full inventory when it is back, so nothing the
+ * daemon holds is lost to the cluster's view.
+ */
+#ifndef TC_CLUSTER_H
+#define TC_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto/gsp.h"
+
+struct tc__cluster;
+struct tc__store_config;
+struct tc__table;
+
+/* Load the secret (refusing a readable file), pick an epoch and start the
+ * thread.  *out stays NULL when the config names no global store.
+ * Returns 0 or a negative code with `err`. */
+int tc__cluster_start(const struct tc__store_config *cfg,
+		      struct tc__cluster **out, char *err, size_t errlen);
+/* Leave the cluster (DEREGISTER within 1 s, best effort), stop the
+ * thread, free.  NULL is a no-op. */
+void tc__cluster_stop(struct tc__cluster *cl);
+
+/* Hooks, from the loop thread.  The table is encoded at once (borrowed
+ * only for the call). */
+void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
+			     uint32_t device, uint64_t size,
+			     const struct tc__table *t, const char *policy);
+void tc__cluster_replica_del(struct tc__cluster *cl, const char *id, int tier,
+			     uint32_t device);
+/* A key now names `id`; `prev` is what it named before ("" when new). */
+void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
+			 const char *id, const char *prev);
+/* The peer server's bound address (port 0 resolved), once known. */
+void tc__cluster_set_peer_addr(struct tc__cluster *cl, const char *addr);
+/* Uploads in flight, for the next heartbeat. */
+void tc__cluster_set_uploads(struct tc__cluster *cl, uint32_t uploads);
+
+/* RESOLVE a key or id cluster-wide (blocking, bounded by 2 s; call it
+ * off the loop thread).  TC_ENODAEMON at once when the global store is
+ * unreachable.  Returns 0 or a negative code with `err`. */
+int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
+			uint64_t *gen, struct tc__gsp_source *src, uint32_t max,
+			uint32_t *nsrc, char *err, size_t errlen);
+
+/* The "cluster" object of the daemon's STATUS (malloc'd JSON text). */
+char *tc__cluster_status_json(struct tc__cluster *cl);
+
+#endif /* TC_CLUSTER_H */

@@ -1,0 +1,363 @@
+/*
+ * gsc.c - blocking global-store client (gsc.h).
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/alloc.h"
+#include "gsc.h"
+#include "net/ev.h"
+#include "net/tcp.h"
+#include "tcast/errors.h"
+
+void tc__gsc_init(struct tc__gsc *g, int timeout_ms)
+{
+	memset(g, 0, sizeof(*g));
+	g->fd = -1;
+	g->timeout_ms = timeout_ms > 0 ? timeout_ms : 5000;
+	g->next_req = 1;
+	tc__buf_init(&g->out);
+}
+
+void tc__gsc_close(struct tc__gsc *g)
+{
+	if (g->fd >= 0)
+		close(g->fd);
+	g->fd = -1;
+	tc__buf_release(&g->out);
+	tc__free(g->in);
+	g->in = NULL;
+	g->in_cap = 0;
+}
+
+int tc__gsc_connect(struct tc__gsc *g, const char *addr,
+		    const struct tc__auth_secret *sec, int role,
+		    const char *name)
+{
+	struct tc__auth a;
+	int ret, fd;
+
+	if (g->fd >= 0) {
+		close(g->fd);
+		g->fd = -1;
+	}
+	ret = tc__tcp_connect(addr, g->timeout_ms, &fd, g->err, sizeof(g->err));
+	if (ret < 0)
+		return ret;
+	ret = tc__auth_init_client(&a, sec, role, name, g->timeout_ms);
+	if (ret == 0)
+		ret = tc__auth_run(&a, fd);
+	if (ret < 0) {
+		snprintf(g->err, sizeof(g->err),
+			 "cluster handshake with the global store at '%s': %s",
+			 addr, a.err);
+		tc__auth_wipe(&a);
+		close(fd);
+		return ret;
+	}
+	tc__auth_wipe(&a);
+	g->fd = fd;
+	return 0;
+}
+
+static int io_fail(struct tc__gsc *g, int ret, const char *what)
+{
+	snprintf(g->err, sizeof(g->err), "global store connection: %s: %s",
+		 what,
+		 ret == TC_ECLOSED ? "closed by the server" : strerror(-ret));
+	if (g->fd >= 0)
+		close(g->fd);
+	g->fd = -1;
+	return ret;
+}
+
+/* Wait for `ev` (POLLIN/POLLOUT) until `deadline`. */
+static int wait_fd(int fd, short ev, uint64_t deadline)
+{
+	struct pollfd p = { .fd = fd, .events = ev };
+
+	for (;;) {
+		uint64_t now = tc__now_ms();
+		int r;
+
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		r = poll(&p, 1, (int)(deadline - now));
+		if (r > 0)
+			return 0;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+int tc__gsc_send(struct tc__gsc *g, int type, const void *body, size_t len)
+{
+	uint64_t deadline = tc__now_ms() + (uint64_t)g->timeout_ms;
+	uint32_t req = g->next_req++;
+	size_t off = 0;
+	int ret;
+
+	if (g->fd < 0) {
+		snprintf(g->err, sizeof(g->err),
+			 "not connected to the global store");
+		return TC_ECLOSED;
+	}
+	if (len > TC_GSP_MAX_BODY) {
+		snprintf(g->err, sizeof(g->err), "request too large");
+		return TC_ELIMIT;
+	}
+	g->out.len = 0;
+	off = tc__gsp_begin(&g->out, type, 0, req);
+	tc__buf_put(&g->out, body, len);
+	tc__gsp_finish(&g->out, off);
+	if (g->out.oom)
+		return -ENOMEM;
+	off = 0;
+	while (off < g->out.len) {
+		ssize_t r = send(g->fd, g->out.data + off, g->out.len - off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			ret = wait_fd(g->fd, POLLOUT, deadline);
+			if (ret < 0)
+				return io_fail(g, ret, "send");
+			continue;
+		}
+		if (r < 0)
+			return io_fail(g, -errno, "send");
+		off += (size_t)r;
+	}
+	return (int)(req & 0x7fffffff);
+}
+
+static int read_full(struct tc__gsc *g, uint8_t *p, size_t n, uint64_t deadline)
+{
+	size_t got = 0;
+	int ret;
+
+	while (got < n) {
+		ssize_t r = recv(g->fd, p + got, n - got, MSG_DONTWAIT);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			ret = wait_fd(g->fd, POLLIN, deadline);
+			if (ret < 0)
+				return ret;
+			continue;
+		}
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return TC_ECLOSED;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+int tc__gsc_recv(struct tc__gsc *g, struct tc__cur *reply)
+{
+	uint64_t deadline = tc__now_ms() + (uint64_t)g->timeout_ms;
+	uint8_t hdr[TC_GSP_HDR];
+	struct tc__gsp_hdr h;
+	struct tc__cur c;
+	int32_t status;
+	const char *m;
+	size_t ml;
+	int ret;
+
+	if (g->fd < 0) {
+		snprintf(g->err, sizeof(g->err),
+			 "not connected to the global store");
+		return TC_ECLOSED;
+	}
+	ret = read_full(g, hdr, sizeof(hdr), deadline);
+	if (ret < 0)
+		return io_fail(g, ret, "receive");
+	ret = tc__gsp_hdr_decode(hdr, &h, g->err, sizeof(g->err));
+	if (ret < 0 || !(h.flags & TC_GSP_REPLY))
+		return io_fail(g, TC_EPROTO, "bad reply header");
+	if (h.body_len > g->in_cap) {
+		uint8_t *p = tc__realloc(g->in, h.body_len);
+
+		if (!p)
+			return io_fail(g, -ENOMEM, "reply buffer");
+		g->in = p;
+		g->in_cap = h.body_len;
+	}
+	ret = read_full(g, g->in, h.body_len, deadline);
+	if (ret < 0)
+		return io_fail(g, ret, "receive");
+	tc__cur_init(&c, g->in, h.body_len);
+	if (tc__cur_read_i32(&c, &status) < 0)
+		return io_fail(g, TC_EPROTO, "reply without status");
+	if (status < 0) {
+		if (tc__cur_read_str(&c, TC_GSP_MAX_MSG, &m, &ml) == 0)
+			snprintf(g->err, sizeof(g->err), "%.*s", (int)ml, m);
+		else
+			snprintf(g->err, sizeof(g->err), "%s",
+				 tc_strerror(status));
+		return status;
+	}
+	*reply = c;
+	return 0;
+}
+
+int tc__gsc_call(struct tc__gsc *g, int type, const void *body, size_t len,
+		 struct tc__cur *reply)
+{
+	int ret = tc__gsc_send(g, type, body, len);
+
+	if (ret < 0)
+		return ret;
+	return tc__gsc_recv(g, reply);
+}
+
+static int call_buf(struct tc__gsc *g, int type, struct tc__buf *b,
+		    struct tc__cur *reply)
+{
+	int ret = b->oom ? -ENOMEM :
+			   tc__gsc_call(g, type, b->data, b->len, reply);
+
+	tc__buf_release(b);
+	return ret;
+}
+
+static int bad_reply(struct tc__gsc *g, const char *what)
+{
+	snprintf(g->err, sizeof(g->err), "malformed %s reply", what);
+	return TC_EPROTO;
+}
+
+int tc__gsc_register(struct tc__gsc *g, const struct tc__gsp_node *node,
+		     const struct tc__gsp_replica *reps, uint32_t n,
+		     uint64_t *node_id, uint32_t *lease_ms,
+		     uint32_t *heartbeat_ms)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	uint8_t re;
+	int ret;
+
+	tc__gsp_put_node(&b, node);
+	tc__buf_put_u32(&b, n);
+	for (uint32_t i = 0; i < n; i++)
+		tc__gsp_put_replica(&b, &reps[i]);
+	ret = call_buf(g, TC_GSP_REGISTER, &b, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u64(&r, node_id) < 0 ||
+	    tc__cur_read_u32(&r, lease_ms) < 0 ||
+	    tc__cur_read_u32(&r, heartbeat_ms) < 0 ||
+	    tc__cur_read_u8(&r, &re) < 0)
+		return bad_reply(g, "REGISTER");
+	return 0;
+}
+
+int tc__gsc_heartbeat(struct tc__gsc *g, uint32_t uploads, uint64_t tx_bps)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+
+	tc__buf_put_u32(&b, uploads);
+	tc__buf_put_u64(&b, tx_bps);
+	return call_buf(g, TC_GSP_HEARTBEAT, &b, &r);
+}
+
+int tc__gsc_replica_add(struct tc__gsc *g, const struct tc__gsp_replica *rep,
+			const struct tc__gsp_artifact *a)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+
+	tc__gsp_put_replica(&b, rep);
+	tc__buf_put_u8(&b, a ? 1 : 0);
+	if (a)
+		tc__gsp_put_artifact(&b, a);
+	return call_buf(g, TC_GSP_REPLICA_ADD, &b, &r);
+}
+
+int tc__gsc_replica_del(struct tc__gsc *g, const char *id, int tier,
+			uint32_t device)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+
+	tc__buf_put_str(&b, id);
+	tc__buf_put_u8(&b, (uint8_t)tier);
+	tc__buf_put_u32(&b, device);
+	return call_buf(g, TC_GSP_REPLICA_DEL, &b, &r);
+}
+
+int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
+		    uint32_t flags, uint64_t expect_gen, const char *prev,
+		    uint64_t *gen)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	int ret;
+
+	tc__buf_put_str(&b, key);
+	tc__buf_put_str(&b, id);
+	tc__buf_put_u32(&b, flags);
+	tc__buf_put_u64(&b, expect_gen);
+	if (flags & TC_GSP_KF_PREV)
+		tc__buf_put_str(&b, prev ? prev : "");
+	ret = call_buf(g, TC_GSP_KEY_SET, &b, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u64(&r, gen) < 0)
+		return bad_reply(g, "KEY_SET");
+	return 0;
+}
+
+int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
+		    uint32_t max, char *id, uint64_t *gen,
+		    struct tc__gsp_source *src, uint32_t *nsrc)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	uint32_t n;
+	int ret;
+
+	tc__buf_put_str(&b, what);
+	tc__buf_put_str(&b, requester ? requester : "");
+	tc__buf_put_u32(&b, max);
+	ret = call_buf(g, TC_GSP_RESOLVE, &b, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__gsp_get_name(&r, "artifact id", id, TC_GSP_MAX_ID, false,
+			     g->err, sizeof(g->err)) < 0 ||
+	    tc__cur_read_u64(&r, gen) < 0 || tc__cur_read_u32(&r, &n) < 0 ||
+	    n > max)
+		return bad_reply(g, "RESOLVE");
+	for (uint32_t i = 0; i < n; i++)
+		if (tc__gsp_get_source(&r, &src[i], g->err, sizeof(g->err)) < 0)
+			return bad_reply(g, "RESOLVE");
+	*nsrc = n;
+	return 0;
+}
+
+int tc__gsc_status(struct tc__gsc *g, char **json)
+{
+	struct tc__cur r;
+	const char *s;
+	size_t n;
+	int ret;
+
+	*json = NULL;
+	ret = tc__gsc_call(g, TC_GSP_STATUS, NULL, 0, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_str(&r, TC_GSP_MAX_BODY, &s, &n) < 0)
+		return bad_reply(g, "STATUS");
+	*json = strndup(s, n);
+	return *json ? 0 : -ENOMEM;
+}

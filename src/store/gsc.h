@@ -1,0 +1,76 @@
+/*
+ * gsc.h - a blocking client of the global store (proto/gsp.h over TCP,
+ * after the cluster handshake of net/auth.h).
+ *
+ * Used by the daemon's cluster thread (cluster.c), the CLI (`tcast global
+ * status`), tests and benchmarks.  One request at a time per handle (or a
+ * pipeline: tc__gsc_send several, then tc__gsc_recv as many); every call
+ * is bounded by the handle's timeout.  Not thread-safe: callers that share
+ * a handle hold their own lock.
+ */
+#ifndef TC_GSC_H
+#define TC_GSC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/buf.h"
+#include "net/auth.h"
+#include "proto/gsp.h"
+
+struct tc__gsc {
+	int fd;		    /* -1 when not connected */
+	int timeout_ms;	    /* per call */
+	uint32_t next_req;  /* req_id of the next request */
+	struct tc__buf out; /* frame being sent */
+	uint8_t *in;	    /* reply being read (owned) */
+	size_t in_cap;
+	char err[1024]; /* why the last call failed */
+};
+
+void tc__gsc_init(struct tc__gsc *g, int timeout_ms);
+/* Connect to HOST:PORT and authenticate as `role` named `name`.  Returns
+ * 0, or a negative code with g->err (TC_ECLOSED with "refused us" for a
+ * wrong secret). */
+int tc__gsc_connect(struct tc__gsc *g, const char *addr,
+		    const struct tc__auth_secret *sec, int role,
+		    const char *name);
+void tc__gsc_close(struct tc__gsc *g);
+
+/* Send one request (body of `len` bytes); returns its req_id or < 0. */
+int tc__gsc_send(struct tc__gsc *g, int type, const void *body, size_t len);
+/* Read the next reply: its status (0 or the server's negative code, with
+ * g->err = its message), *reply over the rest of its body (valid until the
+ * next call).  A broken connection is closed and gives TC_ECLOSED or
+ * -ETIMEDOUT. */
+int tc__gsc_recv(struct tc__gsc *g, struct tc__cur *reply);
+/* send + recv. */
+int tc__gsc_call(struct tc__gsc *g, int type, const void *body, size_t len,
+		 struct tc__cur *reply);
+
+/* REGISTER: the node and its whole inventory.  Returns 0 with node id,
+ * lease and heartbeat period, or < 0. */
+int tc__gsc_register(struct tc__gsc *g, const struct tc__gsp_node *node,
+		     const struct tc__gsp_replica *reps, uint32_t n,
+		     uint64_t *node_id, uint32_t *lease_ms,
+		     uint32_t *heartbeat_ms);
+int tc__gsc_heartbeat(struct tc__gsc *g, uint32_t uploads, uint64_t tx_bps);
+/* REPLICA_ADD, with the artifact's record when `a` is not NULL. */
+int tc__gsc_replica_add(struct tc__gsc *g, const struct tc__gsp_replica *r,
+			const struct tc__gsp_artifact *a);
+int tc__gsc_replica_del(struct tc__gsc *g, const char *id, int tier,
+			uint32_t device);
+/* KEY_SET; `prev` (with TC_GSP_KF_PREV) is the id the key must name. */
+int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
+		    uint32_t flags, uint64_t expect_gen, const char *prev,
+		    uint64_t *gen);
+/* RESOLVE a key or an artifact id for `requester` (a node name, or ""):
+ * id (TC_GSP_MAX_ID + 1 bytes), generation (0 for an id), up to `max`
+ * sources into src[]; *nsrc gets their count. */
+int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
+		    uint32_t max, char *id, uint64_t *gen,
+		    struct tc__gsp_source *src, uint32_t *nsrc);
+/* STATUS: the JSON document (malloc'd, free()). */
+int tc__gsc_status(struct tc__gsc *g, char **json);
+
+#endif /* TC_GSC_H */
