@@ -100,6 +100,8 @@ struct gconn {
 	uint64_t last_ms;
 	struct gconn *next, *prev; /* all connections */
 	struct gconn *turn_next;   /* replied to this turn */
+	struct gconn *reap_next;   /* closing: freed after the turn */
+	struct gconn *again_next;  /* frames left for the next turn */
 };
 
 struct gs {
@@ -113,7 +115,7 @@ struct gs {
 	struct gnode **nodes; /* index id - 1 */
 	size_t nnodes;
 	struct tc__map node_by_name, arts, keys;
-	struct gconn *conns, *turn;
+	struct gconn *conns, *turn, *reap;
 	int nconns;
 	bool txn, txn_failed;
 	uint64_t started_ms;
@@ -1057,6 +1059,8 @@ static void conn_close(struct gconn *c, const char *why)
 	if (c->closing)
 		return;
 	c->closing = true;
+	c->reap_next = c->gs->reap;
+	c->gs->reap = c;
 	if (why)
 		tc__log(TC_LOG_INFO, "connection %s%s%s closed: %s", c->addr,
 			c->node ? " of node " : "",
@@ -1337,7 +1341,7 @@ static void on_accept(struct tc__ev *ev, int fd, void *arg, int mask)
 static void before_sleep(struct tc__ev *ev, void *arg)
 {
 	struct gs *gs = arg;
-	struct gconn *c, *next;
+	struct gconn *c, *next, *again = NULL;
 
 	if (gs->txn) {
 		int ret;
@@ -1366,20 +1370,29 @@ static void before_sleep(struct tc__ev *ev, void *arg)
 		c->in_turn = false;
 		c->turn_next = NULL;
 		conn_flush(c);
-		/* frames left over from a busy turn run next turn */
-		if (!c->closing && c->in_len - c->in_off >= TC_GSP_HDR &&
-		    c->out.len - c->out_off < OUT_PAUSE)
-			tc__ev_no_sleep(ev);
+		/* frames left over from a busy turn run in the next one */
+		if (!c->closing && c->authed &&
+		    c->in_len - c->in_off >= TC_GSP_HDR &&
+		    c->out.len - c->out_off < OUT_PAUSE) {
+			c->again_next = again;
+			again = c;
+		}
 		conn_watch(c);
 	}
 	gs->turn = NULL;
-	for (c = gs->conns; c; c = next) {
-		next = c->next;
-		if (c->closing && !c->in_turn)
-			conn_free(c);
-		else if (!c->closing && c->in_len - c->in_off >= TC_GSP_HDR &&
-			 c->authed)
-			conn_frames(c), conn_watch(c);
+	while (gs->reap) {
+		c = gs->reap;
+		gs->reap = c->reap_next;
+		conn_free(c);
+	}
+	for (c = again; c; c = next) {
+		next = c->again_next;
+		c->again_next = NULL;
+		if (c->closing)
+			continue;
+		conn_frames(c);
+		conn_watch(c);
+		tc__ev_no_sleep(ev);
 	}
 }
 
