@@ -25,6 +25,8 @@
 #include "common/log.h"
 #include "global/gs.h"
 #include "net/auth.h"
+#include "net/net.h"
+#include "proto/proto.h"
 #include "store/gsc.h"
 #include "tcast/errors.h"
 
@@ -34,6 +36,7 @@ struct gopts {
 	uint64_t timeout;
 	const char *operand;
 	uint64_t max;
+	bool via_daemon;
 };
 
 static int set(struct tc__gs_config *c, const char *k, const char *v)
@@ -120,6 +123,8 @@ static int parse(int argc, char **argv, struct gopts *o, bool operand)
 			rc = set(&o->cfg, key, eq + 1);
 			if (rc)
 				return rc;
+		} else if (operand && !strcmp(argv[i], "--via-daemon")) {
+			o->via_daemon = true;
 		} else if (operand && !o->operand && argv[i][0] != '-') {
 			o->operand = argv[i];
 		} else {
@@ -198,10 +203,23 @@ static pid_t running_pid(const struct tc__gs_config *cfg)
 	char *s = slurp_line(cfg->state_dir, "global.pid");
 	pid_t pid = s ? (pid_t)atoi(s) : 0;
 
+	char path[64], st[512];
+	FILE *f;
+	char *rp;
+
 	free(s);
-	if (pid > 0 && kill(pid, 0) == 0)
-		return pid;
-	return 0;
+	if (pid <= 0 || kill(pid, 0) < 0)
+		return 0;
+	/* A store killed with -9 may linger as a zombie its parent never
+	 * reaps: it no longer runs. */
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (f && fgets(st, sizeof(st), f) && (rp = strrchr(st, ')')) &&
+	    rp[1] == ' ' && rp[2] == 'Z')
+		pid = 0;
+	if (f)
+		fclose(f);
+	return pid;
 }
 
 static int start(struct gopts *o)
@@ -422,6 +440,147 @@ static int status(struct gopts *o)
 	return 0;
 }
 
+/* Read exactly n bytes (blocking). */
+static int read_all(int fd, void *p, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = read(fd, (char *)p + got, n - got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : TC_ECLOSED;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+/* One request to the local daemon over its socket: HELLO, then `type`
+ * with `body`; the reply body (after a 0 status) into *out (malloc'd). */
+static int daemon_call(int type, const struct tc__buf *body, uint8_t **out,
+		       size_t *outlen, char *err, size_t errlen)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__frame_hdr h;
+	uint8_t hdr[TC_FRAME_HDR], *rb = NULL;
+	char sock[PATH_MAX];
+	size_t off;
+	int fd, rc;
+
+	*out = NULL;
+	if (cli.socket)
+		snprintf(sock, sizeof(sock), "%s", cli.socket);
+	else if (tc__sock_default_path(sock, sizeof(sock)) < 0)
+		return TC_ELIMIT;
+	rc = tc__sock_check_dir(sock, tc__sock_trust_root(), err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = tc__sock_connect(sock, &fd);
+	if (rc < 0) {
+		snprintf(err, errlen, "no daemon on '%s': %s", sock,
+			 strerror(-rc));
+		return TC_ENODAEMON;
+	}
+	rc = tc__sock_check_peer(fd, tc__sock_trust_root(), err, errlen);
+	if (rc < 0)
+		goto out;
+	off = tc__frame_begin(&b, TC_MSG_HELLO, 0, 1, 0);
+	tc__buf_put_u32(&b, TC_PROTO_VERSION);
+	tc__buf_put_u32(&b, (uint32_t)getpid());
+	tc__buf_put_str(&b, "tcast-global-cli");
+	tc__frame_finish(&b, off);
+	off = tc__frame_begin(&b, type, 0, 2, 0);
+	tc__buf_put(&b, body->data, body->len);
+	tc__frame_finish(&b, off);
+	if (b.oom || write(fd, b.data, b.len) != (ssize_t)b.len) {
+		rc = -EIO;
+		snprintf(err, errlen, "cannot send to the daemon");
+		goto out;
+	}
+	for (int k = 0; k < 2; k++) {
+		struct tc__cur c;
+		int32_t st;
+
+		free(rb);
+		rb = NULL;
+		rc = read_all(fd, hdr, sizeof(hdr));
+		if (rc == 0)
+			rc = tc__frame_decode(hdr, &h, err, errlen);
+		if (rc < 0)
+			goto out;
+		rb = malloc(h.body_len ? h.body_len : 1);
+		if (!rb) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		rc = read_all(fd, rb, h.body_len);
+		if (rc < 0)
+			goto out;
+		tc__cur_init(&c, rb, h.body_len);
+		if (tc__cur_read_i32(&c, &st) < 0) {
+			rc = TC_EPROTO;
+			snprintf(err, errlen, "reply without a status");
+			goto out;
+		}
+		if (st < 0) {
+			const char *m;
+			size_t ml;
+
+			if (tc__cur_read_str(&c, 65536, &m, &ml) == 0)
+				snprintf(err, errlen, "%.*s", (int)ml, m);
+			rc = st;
+			goto out;
+		}
+		if (k == 1) {
+			*outlen = c.left;
+			memmove(rb, c.p, c.left);
+			*out = rb;
+			rb = NULL;
+		}
+	}
+	rc = 0;
+out:
+	free(rb);
+	tc__buf_release(&b);
+	close(fd);
+	return rc;
+}
+
+/* The same question through the local daemon, which asks the global
+ * store over its own authenticated connection (no secret needed here). */
+static int resolve_via_daemon(struct gopts *o, char *id, uint64_t *gen,
+			      struct tc__gsp_source *src, uint32_t *n)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	uint8_t *rb = NULL;
+	size_t rl = 0;
+	char err[1024] = "";
+	int rc;
+
+	tc__buf_put_str(&b, o->operand);
+	tc__buf_put_u32(&b, (uint32_t)o->max);
+	rc = daemon_call(TC_MSG_CLUSTER_RESOLVE, &b, &rb, &rl, err,
+			 sizeof(err));
+	tc__buf_release(&b);
+	if (rc < 0)
+		return cli_fail(rc, err[0] ? err : tc_strerror(rc));
+	tc__cur_init(&c, rb, rl);
+	rc = tc__gsp_get_name(&c, "id", id, TC_GSP_MAX_ID, false, err,
+			      sizeof(err));
+	if (rc == 0 && (tc__cur_read_u64(&c, gen) < 0 ||
+			tc__cur_read_u32(&c, n) < 0 || *n > TC_GSP_MAX_SOURCES))
+		rc = TC_EPROTO;
+	for (uint32_t i = 0; rc == 0 && i < *n; i++)
+		rc = tc__gsp_get_source(&c, &src[i], err, sizeof(err));
+	free(rb);
+	if (rc < 0)
+		return cli_fail(rc, "malformed reply from the daemon");
+	return 0;
+}
+
 static int resolve(struct gopts *o)
 {
 	struct tc__gsp_source src[TC_GSP_MAX_SOURCES];
@@ -433,17 +592,23 @@ static int resolve(struct gopts *o)
 
 	if (!o->operand)
 		return cli_usage_error("resolve: which key or artifact id?");
-	rc = connect_tool(o, &g);
-	if (rc)
-		return rc;
-	rc = tc__gsc_resolve(&g, o->operand, "", (uint32_t)o->max, id, &gen,
-			     src, &n);
-	if (rc < 0) {
-		rc = cli_fail(rc, g.err);
+	if (o->via_daemon) {
+		rc = resolve_via_daemon(o, id, &gen, src, &n);
+		if (rc)
+			return rc;
+	} else {
+		rc = connect_tool(o, &g);
+		if (rc)
+			return rc;
+		rc = tc__gsc_resolve(&g, o->operand, "", (uint32_t)o->max, id,
+				     &gen, src, &n);
+		if (rc < 0) {
+			rc = cli_fail(rc, g.err);
+			tc__gsc_close(&g);
+			return rc;
+		}
 		tc__gsc_close(&g);
-		return rc;
 	}
-	tc__gsc_close(&g);
 	if (cli.json) {
 		json_t *a = json_array();
 

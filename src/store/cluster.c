@@ -287,7 +287,7 @@ static int join(struct tc__cluster *cl)
 	}
 	*kt = NULL;
 	cl->ops = keys;
-	cl->ops_tail = kt;
+	cl->ops_tail = keys ? kt : &cl->ops; /* kt may point at `keys` */
 	pthread_mutex_unlock(&cl->mu);
 	ret = tc__gsc_register(&cl->g, &node, reps, n, &id, &lease, &hb);
 	tc__free(reps);

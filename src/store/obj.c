@@ -150,6 +150,8 @@ static void obj_kill(struct tc__objs *s, struct tc__obj *o)
 	o->dead = true;
 	notify_replica(s, o, false);
 	lru_unlink(s, o);
+	if (o->shm && s->hooks.removed)
+		s->hooks.removed(s->hooks.arg, o);
 	if (o->leases == 0) {
 		tc__map_del(&s->by_id, o->id);
 		s->used -= o->mem_bytes;
@@ -333,6 +335,8 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 		} else if (gained) {
 			notify_replica(s, old, true);
 		}
+		if (old->shm && s->hooks.added)
+			s->hooks.added(s->hooks.arg, old);
 		/* enum tc__policy runs from weakest to strongest. */
 		if (o_policy > old->policy)
 			old->policy = o_policy;
@@ -353,6 +357,8 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 	lru_push(s, o);
 	s->inserted++;
 	notify_replica(s, o, true);
+	if (o->shm && s->hooks.added)
+		s->hooks.added(s->hooks.arg, o);
 	*out = o;
 	return 0;
 }
@@ -582,6 +588,8 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		key_retarget(s, k, id);
 		key_record(k, id);
 		*gen = k->gen;
+		if (s->hooks.key_moved)
+			s->hooks.key_moved(s->hooks.arg, key, id, "");
 		return 0;
 	}
 	if (!expect) {
@@ -603,9 +611,14 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		return gen_conflict(k, key, expect_gen, "", err, errlen);
 	}
 	if (strcmp(k->id, id)) {
+		char prev[TC_ID_LEN + 1];
+
+		snprintf(prev, sizeof(prev), "%s", k->id);
 		k->gen++;
 		key_retarget(s, k, id);
 		key_record(k, id);
+		if (s->hooks.key_moved)
+			s->hooks.key_moved(s->hooks.arg, key, id, prev);
 	}
 	*gen = k->gen;
 	return 0;

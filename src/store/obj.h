@@ -98,6 +98,20 @@ struct tc__objs_observer {
 	void (*key)(void *arg, const char *key, const char *id);
 };
 
+/* Who else wants to know when host replicas and keys change (the
+ * cluster, cluster.h).  Called on the loop thread, synchronously; a hook
+ * must only queue.  Unset (NULL) members are skipped. */
+struct tc__objs_hooks {
+	void *arg;
+	/* `o` gained a host replica (inserted, revived or given a copy) */
+	void (*added)(void *arg, const struct tc__obj *o);
+	/* `o` lost its host replica (rm, eviction, removal) */
+	void (*removed)(void *arg, const struct tc__obj *o);
+	/* `key` names `id` now; `prev` is what it named ("" when new) */
+	void (*key_moved)(void *arg, const char *key, const char *id,
+			  const char *prev);
+};
+
 struct tc__objs {
 	const struct tc__objs_observer *observer; /* borrowed, or NULL */
 	struct tc__map by_id;	  /* id -> struct tc__obj (live and dead) */
@@ -108,6 +122,7 @@ struct tc__objs {
 	struct tc__obj *lru_tail; /* eviction starts here */
 	uint64_t evictions;	  /* counters for status */
 	uint64_t inserted;
+	struct tc__objs_hooks hooks; /* zeroed by tc__objs_init: none */
 };
 
 void tc__objs_init(struct tc__objs *s, uint64_t budget);

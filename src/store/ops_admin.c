@@ -20,6 +20,7 @@
 #include "tcast/version.h"
 
 #include "durable.h"
+#include "cluster.h"
 #include "server_internal.h"
 
 int on_hello(struct conn *c, struct req *r)
@@ -109,6 +110,14 @@ int on_status(struct conn *c, struct req *r)
 				    tc__durable_status_json(s->durable));
 		json_object_set_new(j, "durable_artifacts", json_integer(dn));
 		json_object_set_new(j, "durable_bytes", json_integer(db));
+	}
+	if (j && s->cluster) {
+		char *cl = tc__cluster_status_json(s->cluster);
+		json_t *clj = cl ? json_loads(cl, 0, NULL) : NULL;
+
+		free(cl);
+		if (clj)
+			json_object_set_new(j, "cluster", clj);
 	}
 	tc__srv_reply_json(c, r, j ? json_dumps(j, JSON_COMPACT) : NULL);
 	json_decref(j);

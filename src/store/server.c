@@ -191,6 +191,13 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		tc__jobs_free(s.jobs);
 		goto out_sig;
 	}
+	rc = tc__srv_cluster_start(&s, err, errlen);
+	if (rc < 0) {
+		tc__gpu_tier_free(s.gpu);
+		tc__jobs_free(s.io_jobs);
+		tc__jobs_free(s.jobs);
+		goto out_sig;
+	}
 	tc__ev_add(s.ev, s.lfd, TC_EV_READ, tc__srv_on_accept, &s);
 	tc__ev_add(s.ev, s.sigfd, TC_EV_READ, on_signal, &s);
 	tc__ev_set_hooks(s.ev, before_sleep, on_tick, 50, &s);
@@ -240,6 +247,7 @@ out_stop:
 	tc__jobs_free(s.jobs);
 	tc__srv_spare_drop(&s);
 	before_sleep(s.ev, &s);
+	tc__srv_cluster_stop(&s);
 	tc__objs_release(&s.objs);
 	tc__gpu_tier_free(s.gpu);
 	unlink(cfg->socket);

@@ -35,6 +35,7 @@
 
 struct tc__gpu_tier;
 struct tc__gpu_replica;
+struct tc__cluster;
 struct binding;
 
 #define FDQ_MAX		 8     /* fds a connection may have in flight */
@@ -176,6 +177,7 @@ struct server {
 	bool stopping;
 	struct tc__durable *durable; /* the shared-disk tier, or NULL */
 	uint64_t durable_tick_ms;    /* last tc__srv_durable_tick */
+	struct tc__cluster *cluster; /* cluster.h; NULL when alone */
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */
@@ -332,6 +334,15 @@ void tc__srv_durable_inspect(struct server *s, const struct tc__obj *o,
 
 /* Free every binding of a closed connection (no job may be running). */
 void tc__srv_bindings_free(struct conn *c);
+
+/* ---- the cluster (ops_cluster.c) -------------------------------------- */
+
+/* Join the cluster the config names (nothing when none): start the
+ * cluster thread and hook the artifact table to it.  Returns 0 or a
+ * negative code with `err`. */
+int tc__srv_cluster_start(struct server *s, char *err, size_t errlen);
+/* Leave it (before the artifact table is released). */
+void tc__srv_cluster_stop(struct server *s);
 
 /* ---- metrics (server_metrics.c) --------------------------------------- */
 

@@ -1,0 +1,149 @@
+/*
+ * ops_cluster.c - the daemon's side of the cluster: the artifact table's
+ * hooks feed the cluster thread (cluster.h), and CLUSTER_RESOLVE answers
+ * "which artifact is this key, cluster-wide, and who holds it" for a
+ * local client.  The resolve itself is a blocking call to the global
+ * store, so it runs on an I/O worker; the loop never waits on the
+ * network.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cluster.h"
+#include "common/alloc.h"
+#include "common/log.h"
+#include "obj.h"
+#include "proto/gsp.h"
+#include "proto/proto.h"
+#include "tcast/errors.h"
+
+#include "server_internal.h"
+
+static void hook_added(void *arg, const struct tc__obj *o)
+{
+	tc__cluster_replica_add(arg, o->id, TC_GSP_TIER_HOST, 0,
+				o->table.total_bytes, &o->table,
+				tc__policy_name(o->policy));
+}
+
+static void hook_removed(void *arg, const struct tc__obj *o)
+{
+	tc__cluster_replica_del(arg, o->id, TC_GSP_TIER_HOST, 0);
+}
+
+static void hook_key(void *arg, const char *key, const char *id,
+		     const char *prev)
+{
+	tc__cluster_key_set(arg, key, id, prev);
+}
+
+int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
+{
+	int rc = tc__cluster_start(s->cfg, &s->cluster, err, errlen);
+
+	if (rc < 0 || !s->cluster)
+		return rc;
+	s->objs.hooks.arg = s->cluster;
+	s->objs.hooks.added = hook_added;
+	s->objs.hooks.removed = hook_removed;
+	s->objs.hooks.key_moved = hook_key;
+	tc__log(TC_LOG_INFO, "joining the cluster at %s", s->cfg->global);
+	return 0;
+}
+
+void tc__srv_cluster_stop(struct server *s)
+{
+	memset(&s->objs.hooks, 0, sizeof(s->objs.hooks));
+	tc__cluster_stop(s->cluster);
+	s->cluster = NULL;
+}
+
+struct resolve_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	struct tc__cluster *cl;
+	char what[TC_PROTO_MAX_STR];
+	uint32_t max;
+	int rc;
+	char id[TC_GSP_MAX_ID + 1];
+	uint64_t gen;
+	struct tc__gsp_source src[TC_GSP_MAX_SOURCES];
+	uint32_t nsrc;
+	char err[512];
+};
+
+static void resolve_run(struct tc__job *job)
+{
+	struct resolve_job *j = (struct resolve_job *)job;
+
+	j->rc = tc__cluster_resolve(j->cl, j->what, j->id, &j->gen, j->src,
+				    j->max, &j->nsrc, j->err, sizeof(j->err));
+}
+
+static int resolve_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct resolve_job *j = arg;
+	size_t off = tc__srv_reply_begin(c, r);
+
+	tc__buf_put_str(&c->out, j->id);
+	tc__buf_put_u64(&c->out, j->gen);
+	tc__buf_put_u32(&c->out, j->nsrc);
+	for (uint32_t i = 0; i < j->nsrc; i++)
+		tc__gsp_put_source(&c->out, &j->src[i]);
+	tc__srv_reply_end(c, off);
+	return 0;
+}
+
+static void resolve_done(struct tc__job *job)
+{
+	struct resolve_job *j = (struct resolve_job *)job;
+
+	tc__srv_finish(j->c, &j->r, j->rc, j->err, resolve_reply, j);
+	tc__free(j);
+}
+
+/* CLUSTER_RESOLVE: str key or id, u32 max sources (0: the store's
+ * default) -> str id, u64 generation (0 for an id), u32 n, n sources. */
+int on_cluster_resolve(struct conn *c, struct req *r)
+{
+	struct resolve_job *j;
+	char what[TC_PROTO_MAX_STR];
+	uint32_t max;
+	int rc = tc__srv_read_str(c, r, "key or id", what, sizeof(what));
+
+	if (rc < 0)
+		return rc;
+	if (tc__cur_read_u32(&r->body, &max) < 0) {
+		snprintf(c->err, sizeof(c->err), "max sources: truncated");
+		return TC_EPROTO;
+	}
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		return rc;
+	if (!c->srv->cluster) {
+		snprintf(c->err, sizeof(c->err),
+			 "this daemon is not in a cluster (no 'global' in "
+			 "its configuration)");
+		return TC_ENOTSUP;
+	}
+	if (strlen(what) > TC_GSP_MAX_KEY) {
+		snprintf(c->err, sizeof(c->err),
+			 "key or id: %zu bytes (at most %d)", strlen(what),
+			 TC_GSP_MAX_KEY);
+		return TC_ELIMIT;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	j->c = c;
+	j->r = *r;
+	j->cl = c->srv->cluster;
+	snprintf(j->what, sizeof(j->what), "%s", what);
+	j->max = max == 0 || max > TC_GSP_MAX_SOURCES ? 8 : max;
+	j->job.run = resolve_run;
+	j->job.done = resolve_done;
+	tc__srv_defer(c);
+	tc__jobs_submit(c->srv->io_jobs, &j->job);
+	return 0; /* the reply comes when the job is done */
+}

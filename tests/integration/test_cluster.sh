@@ -1,0 +1,151 @@
+#!/bin/bash
+# The cluster's control side end to end, with real processes on loopback
+# TCP: one global store and three daemons (zone/rack/host labels).  A key
+# put on A resolves on B and C, ranked by topology; a compare-and-swap on
+# A moves it cluster-wide; kill -9 of the global store loses nothing it
+# acknowledged (SQLite WAL) and the daemons re-register by themselves
+# while they keep serving; a node whose lease lapses (SIGSTOP) leaves
+# routing and comes back; a wrong secret, garbage bytes and a silent
+# client are refused; a secret file others can read is refused at start.
+# (Loopback, not network namespaces: the control plane's behaviour does
+# not depend on them; the peer data path's tests use them.)
+set -u
+T=${TCAST:?}
+DATA=${TC_TEST_DATA:?}
+dir=$(mktemp -d /tmp/tcast-cluster-XXXXXX)
+chmod 700 "$dir"
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
+json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
+d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
+cleanup() {
+	for n in a b c; do d $n daemon stop >/dev/null 2>&1; done
+	g stop >/dev/null 2>&1
+	[ "$fail" = 0 ] || tail -n 30 "$dir/gs/global.log" >&2
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+# wait_for SECONDS CMD...: poll until CMD succeeds (bounded).
+wait_for() {
+	local t=$1; shift
+	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+
+(umask 077; openssl rand -hex 32 >"$dir/secret"; openssl rand -hex 32 >"$dir/wrong")
+
+# A secret file others may read is refused, saying why.
+chmod 644 "$dir/secret"
+out=$(g run --listen 127.0.0.1:0 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "has mode 0644: others may read it; it must be 0600"
+ok test $? = 0
+chmod 600 "$dir/secret"
+
+out=$(g start --listen 127.0.0.1:0 --lease-ms 1500 --set handshake_ms=500)
+ok test $? = 0
+G=$(cat "$dir/gs/global.addr")
+ok test -n "$G"
+
+start_daemon() { # name zone rack host
+	mkdir -p "$dir/$1" && chmod 700 "$dir/$1"
+	d "$1" daemon start --host-memory 256MiB --set "global=$G" \
+		--set "cluster_secret_file=$dir/secret" --set "node_name=node-$1" \
+		--set "zone=$2" --set "rack=$3" --set "host=$4" \
+		--set "peer_listen=127.0.0.1:$5" >/dev/null
+}
+# A daemon refuses a readable secret too.
+cp "$dir/secret" "$dir/open" && chmod 644 "$dir/open"
+mkdir -p "$dir/x" && chmod 700 "$dir/x"
+out=$(d x daemon start --set "global=$G" --set "cluster_secret_file=$dir/open" 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "must be 0600"
+ok test $? = 0
+
+start_daemon a z1 r1 h1 7101
+ok test $? = 0
+start_daemon b z1 r1 h2 7102
+ok test $? = 0
+start_daemon c z2 r9 h3 7103
+ok test $? = 0
+live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
+ok wait_for 10 live 3
+
+# Put on A; B and C resolve the key through their own daemons.
+id=$(d a import "$DATA/dtypes.safetensors" --key model:v1 2>/dev/null)
+ok test -n "$id"
+has_src() { # daemon key node
+	d "$1" --json global resolve "$2" --via-daemon | json "'$3' in [s['node'] for s in d['sources']]" | grep -q True
+}
+ok wait_for 10 has_src b model:v1 node-a
+r=$(d b --json global resolve model:v1 --via-daemon)
+ok test "$(echo "$r" | json 'd["id"]')" = "$id"
+ok test "$(echo "$r" | json 'd["gen"]')" = 1
+ok test "$(echo "$r" | json 'd["sources"][0]["distance"]')" = 2 # same rack
+r=$(d c --json global resolve model:v1 --via-daemon)
+ok test "$(echo "$r" | json 'd["sources"][0]["distance"]')" = 4 # other zone
+ok test "$(echo "$r" | json 'd["sources"][0]["peer_addr"]')" = 127.0.0.1:7101
+# C gets its own copy: it now ranks itself first.
+d c import "$DATA/dtypes.safetensors" >/dev/null 2>&1
+first_is_c() { test "$(d c --json global resolve model:v1 --via-daemon | json 'd["sources"][0]["node"]')" = node-c; }
+ok wait_for 10 first_is_c
+ok test "$(d c --json global resolve model:v1 --via-daemon | json 'd["sources"][0]["distance"]')" = 0
+
+# Compare-and-swap on A moves the key cluster-wide.
+id2=$(d a import "$DATA/many-tensors.safetensors" --key model:v1 --expect 1 2>/dev/null)
+ok test -n "$id2"
+moved() { test "$(d b --json global resolve model:v1 --via-daemon | json 'd["id"]')" = "$id2"; }
+ok wait_for 10 moved
+ok test "$(d b --json global resolve model:v1 --via-daemon | json 'd["gen"]')" = 2
+
+# Wrong secret, garbage and a silent client: refused, reason logged, and
+# the store keeps serving.
+out=$("$T" global status --global "$G" --cluster-secret-file "$dir/wrong" 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "refused us"
+ok test $? = 0
+ok wait_for 5 grep -q "uses another cluster secret" "$dir/gs/global.log"
+port=${G##*:}
+sleep 1.1 # refusals are logged at most once a second (rate limit)
+exec 5<>/dev/tcp/127.0.0.1/$port && printf 'GET / HTTP/1.1\r\n\r\n' >&5
+ok wait_for 5 grep -q "not a tcast cluster handshake" "$dir/gs/global.log"
+exec 5>&-
+sleep 1.1
+exec 6<>/dev/tcp/127.0.0.1/$port # says nothing
+ok wait_for 5 grep -q "not finished within its deadline" "$dir/gs/global.log"
+exec 6>&-
+ok live 3
+
+# kill -9 of the global store: the daemons keep serving; nothing it
+# acknowledged is lost; they re-register on their own.
+gpid=$(cat "$dir/gs/global.pid")
+kill -9 "$gpid"
+ok d a ls >/dev/null
+out=$(d b global resolve model:v1 --via-daemon 2>&1)
+ok test $? != 0
+g start --listen "$G" --lease-ms 1500 >/dev/null
+ok test $? = 0
+ok test "$(g status --json | json 'd["keys"]')" = 1
+ok wait_for 15 live 3
+ok wait_for 10 moved
+ok test "$(g status --json | json '[n["replicas"].get("host",0) for n in d["nodes"] if n["name"]=="node-a"][0]')" = 2
+ok test "$(g status --json | json 'd["counters"]["registers"]')" -ge 3
+
+# Lease expiry: a stopped daemon leaves routing, and returns.
+apid=$(d a --json daemon status | json 'd["pid"]')
+kill -STOP "$apid"
+gone() { ! has_src b model:v1 node-a; }
+ok wait_for 6 gone
+ok test "$(g status --json | json '[n["live"] for n in d["nodes"] if n["name"]=="node-a"][0]')" = False
+kill -CONT "$apid"
+ok wait_for 10 has_src b model:v1 node-a
+
+# A daemon that stops leaves routing at once (DEREGISTER).
+d a daemon stop >/dev/null
+ok test "$(g status --json | json '[n["live"] for n in d["nodes"] if n["name"]=="node-a"][0]')" = False
+ok test "$(g status --json | json '[sum(n["replicas"].values()) for n in d["nodes"] if n["name"]=="node-a"][0]')" = 0
+
+echo "test_cluster: $pass passed, $fail failed"
+[ "$fail" = 0 ]
