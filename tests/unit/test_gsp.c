@@ -1,0 +1,283 @@
+/*
+ * test_gsp.c - src/proto/gsp: the global-store protocol's frames and
+ * records against the wire cases of docs/hostile-inputs.md section 1.3:
+ * round trips, every truncation refused, limits with their own code,
+ * bitmaps of the wrong length, names that would reach logs raw, trailing
+ * bytes.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <cmocka.h>
+
+#include "common/buf.h"
+#include "proto/gsp.h"
+#include "tcast/errors.h"
+
+static const char ID[] =
+	"tc2:abababababababababababababababababababababababababababababababab";
+
+static void test_gsp__hdr(void **state)
+{
+	struct tc__gsp_hdr h = { TC_GSP_RESOLVE, 0, 42, 100 }, o;
+	uint8_t raw[TC_GSP_HDR];
+	char err[256];
+
+	tc__gsp_hdr_encode(&h, raw);
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)), 0);
+	assert_int_equal(o.type, TC_GSP_RESOLVE);
+	assert_int_equal(o.req_id, 42);
+	assert_int_equal(o.body_len, 100);
+	raw[0] ^= 1;
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	raw[0] ^= 1;
+	raw[4] = 2; /* version */
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_EVERSION);
+	raw[4] = 1;
+	h.type = TC_GSP__MAX;
+	tc__gsp_hdr_encode(&h, raw);
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	h.type = 0;
+	tc__gsp_hdr_encode(&h, raw);
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	h.type = TC_GSP_STATUS;
+	h.flags = 2;
+	tc__gsp_hdr_encode(&h, raw);
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	h.flags = 0;
+	h.body_len = TC_GSP_MAX_BODY + 1;
+	tc__gsp_hdr_encode(&h, raw);
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_ELIMIT);
+	h.body_len = 0xffffffffu;
+	tc__gsp_hdr_encode(&h, raw);
+	assert_int_equal(tc__gsp_hdr_decode(raw, &o, err, sizeof(err)),
+			 TC_ELIMIT);
+}
+
+static void test_gsp__node(void **state)
+{
+	struct tc__gsp_node n = { "node-a", 7, "10.0.0.1:7471", "z1", "r1",
+				  "h1" },
+			    o;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256];
+
+	tc__gsp_put_node(&b, &n);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_node(&c, &o, err, sizeof(err)), 0);
+	assert_int_equal(tc__gsp_end(&c, err, sizeof(err)), 0);
+	assert_string_equal(o.name, "node-a");
+	assert_int_equal(o.epoch, 7);
+	assert_string_equal(o.zone, "z1");
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_true(tc__gsp_get_node(&c, &o, err, sizeof(err)) < 0);
+	}
+	/* a name over the limit, an empty one, one with a space or an
+	 * escape (names reach logs and terminals) */
+	b.len = 0;
+	memset(n.name, 'x', TC_GSP_MAX_NAME);
+	n.name[TC_GSP_MAX_NAME] = '\0';
+	tc__gsp_put_node(&b, &n);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_node(&c, &o, err, sizeof(err)), 0);
+	b.len = 0;
+	tc__buf_put_u32(&b, TC_GSP_MAX_NAME + 1);
+	for (int i = 0; i <= TC_GSP_MAX_NAME; i++)
+		tc__buf_put_u8(&b, 'x');
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_node(&c, &o, err, sizeof(err)),
+			 TC_ELIMIT);
+	assert_non_null(strstr(err, "node name"));
+	const char *bad[] = { "", "a b", "a\x1b[2J", "caf\xc3\xa9" };
+	for (size_t k = 0; k < 4; k++) {
+		b.len = 0;
+		snprintf(n.name, sizeof(n.name), "%s", bad[k]);
+		tc__gsp_put_node(&b, &n);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_node(&c, &o, err, sizeof(err)),
+				 TC_EPROTO);
+	}
+	tc__buf_release(&b);
+}
+
+static void test_gsp__replica(void **state)
+{
+	uint8_t have[2] = { 0xff, 0x01 };
+	struct tc__gsp_replica r = { .tier = TC_GSP_TIER_GPU,
+				     .device = 3,
+				     .size = 9 << 20,
+				     .nchunks = 9,
+				     .have = have },
+			       o;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256];
+
+	snprintf(r.id, sizeof(r.id), "%s", ID);
+	tc__gsp_put_replica(&b, &r);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_replica(&c, &o, err, sizeof(err)), 0);
+	assert_int_equal(o.device, 3);
+	assert_non_null(o.have);
+	assert_memory_equal(o.have, have, 2);
+	tc__gsp_replica_release(&o);
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_true(tc__gsp_get_replica(&c, &o, err, sizeof(err)) < 0);
+		assert_null(o.have);
+	}
+	/* a bitmap that does not match the chunk count */
+	b.data[b.len - 3] = 3; /* the bitmap's length field, low byte */
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_replica(&c, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	assert_non_null(strstr(err, "bitmap"));
+	/* too many chunks, a tier that does not exist */
+	b.len = 0;
+	r.nchunks = TC_GSP_MAX_CHUNKS + 1;
+	r.have = NULL;
+	tc__gsp_put_replica(&b, &r);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_replica(&c, &o, err, sizeof(err)),
+			 TC_ELIMIT);
+	b.len = 0;
+	r.nchunks = 1;
+	r.tier = TC_GSP_MAX_TIER + 1;
+	tc__gsp_put_replica(&b, &r);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_replica(&c, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	tc__buf_release(&b);
+}
+
+static void test_gsp__artifact(void **state)
+{
+	uint8_t table[16] = { 1, 2, 3 }, dig[64] = { 9 };
+	struct tc__gsp_artifact a = { .size = 5 << 20,
+				      .nchunks = 2,
+				      .policy = "cache",
+				      .table = table,
+				      .table_len = 16,
+				      .digests = dig,
+				      .digests_len = 64 },
+				o;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256];
+
+	snprintf(a.id, sizeof(a.id), "%s", ID);
+	tc__gsp_put_artifact(&b, &a);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_artifact(&c, &o, err, sizeof(err)), 0);
+	assert_int_equal(tc__gsp_end(&c, err, sizeof(err)), 0);
+	assert_memory_equal(o.table, table, 16);
+	assert_int_equal(o.digests_len, 64);
+	tc__gsp_artifact_release(&o);
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_true(tc__gsp_get_artifact(&c, &o, err, sizeof(err)) <
+			    0);
+		assert_null(o.table);
+		assert_null(o.digests);
+	}
+	/* digests for the wrong number of chunks */
+	b.len = 0;
+	a.digests_len = 32;
+	tc__gsp_put_artifact(&b, &a);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_artifact(&c, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	/* a table length over the limit, with few bytes behind it */
+	b.len = 0;
+	tc__buf_put_str(&b, ID);
+	tc__buf_put_u64(&b, 1);
+	tc__buf_put_u32(&b, 1);
+	tc__buf_put_str(&b, "cache");
+	tc__buf_put_u32(&b, TC_GSP_MAX_TABLE + 1);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_artifact(&c, &o, err, sizeof(err)),
+			 TC_ELIMIT);
+	assert_non_null(strstr(err, "tensor table"));
+	/* trailing bytes after a whole record */
+	b.len = 0;
+	a.digests_len = 64;
+	tc__gsp_put_artifact(&b, &a);
+	tc__buf_put_u8(&b, 0);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_artifact(&c, &o, err, sizeof(err)), 0);
+	assert_int_equal(tc__gsp_end(&c, err, sizeof(err)), TC_EPROTO);
+	tc__gsp_artifact_release(&o);
+	tc__buf_release(&b);
+}
+
+static void test_gsp__key(void **state)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256], key[TC_GSP_MAX_KEY + 1];
+
+	tc__buf_put_str(&b, "model:llama:v12");
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_key(&c, key, err, sizeof(err)), 0);
+	assert_string_equal(key, "model:llama:v12");
+	b.len = 0;
+	tc__buf_put_str(&b, "bad\x07key");
+	tc__cur_init(&c, b.data, b.len);
+	assert_true(tc__gsp_get_key(&c, key, err, sizeof(err)) < 0);
+	b.len = 0;
+	tc__buf_put_u32(&b, TC_GSP_MAX_KEY + 1);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_key(&c, key, err, sizeof(err)),
+			 TC_ELIMIT);
+	tc__buf_release(&b);
+}
+
+static void test_gsp__source(void **state)
+{
+	struct tc__gsp_source s = { 5,	 "node-b", "10.0.0.2:7471", 1,
+				    0,	 1,	   2,		    3 },
+			      o;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256];
+
+	tc__gsp_put_source(&b, &s);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_source(&c, &o, err, sizeof(err)), 0);
+	assert_int_equal(o.node_id, 5);
+	assert_string_equal(o.peer_addr, "10.0.0.2:7471");
+	assert_int_equal(o.distance, 2);
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_true(tc__gsp_get_source(&c, &o, err, sizeof(err)) < 0);
+	}
+	tc__buf_release(&b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_gsp__hdr),
+		cmocka_unit_test(test_gsp__node),
+		cmocka_unit_test(test_gsp__replica),
+		cmocka_unit_test(test_gsp__artifact),
+		cmocka_unit_test(test_gsp__key),
+		cmocka_unit_test(test_gsp__source),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
