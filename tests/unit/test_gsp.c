@@ -68,9 +68,9 @@ static void test_gsp__hdr(void **state)
 
 static void test_gsp__node(void **state)
 {
-	struct tc__gsp_node n = { "node-a", 7, "10.0.0.1:7471", "z1", "r1",
-				  "h1" },
-			    o;
+	struct tc__gsp_node
+		n = { "node-a", 7, "10.0.0.1:7471", "z1", "r1", "h1" },
+		o;
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__cur c;
 	char err[256];
@@ -99,8 +99,7 @@ static void test_gsp__node(void **state)
 	for (int i = 0; i <= TC_GSP_MAX_NAME; i++)
 		tc__buf_put_u8(&b, 'x');
 	tc__cur_init(&c, b.data, b.len);
-	assert_int_equal(tc__gsp_get_node(&c, &o, err, sizeof(err)),
-			 TC_ELIMIT);
+	assert_int_equal(tc__gsp_get_node(&c, &o, err, sizeof(err)), TC_ELIMIT);
 	assert_non_null(strstr(err, "node name"));
 	const char *bad[] = { "", "a b", "a\x1b[2J", "caf\xc3\xa9" };
 	for (size_t k = 0; k < 4; k++) {
@@ -189,8 +188,7 @@ static void test_gsp__artifact(void **state)
 	tc__gsp_artifact_release(&o);
 	for (size_t i = 0; i < b.len; i++) {
 		tc__cur_init(&c, b.data, i);
-		assert_true(tc__gsp_get_artifact(&c, &o, err, sizeof(err)) <
-			    0);
+		assert_true(tc__gsp_get_artifact(&c, &o, err, sizeof(err)) < 0);
 		assert_null(o.table);
 		assert_null(o.digests);
 	}
@@ -241,16 +239,15 @@ static void test_gsp__key(void **state)
 	b.len = 0;
 	tc__buf_put_u32(&b, TC_GSP_MAX_KEY + 1);
 	tc__cur_init(&c, b.data, b.len);
-	assert_int_equal(tc__gsp_get_key(&c, key, err, sizeof(err)),
-			 TC_ELIMIT);
+	assert_int_equal(tc__gsp_get_key(&c, key, err, sizeof(err)), TC_ELIMIT);
 	tc__buf_release(&b);
 }
 
 static void test_gsp__source(void **state)
 {
-	struct tc__gsp_source s = { 5,	 "node-b", "10.0.0.2:7471", 1,
-				    0,	 1,	   2,		    3 },
-			      o;
+	struct tc__gsp_source
+		s = { 5, "node-b", "10.0.0.2:7471", 1, 0, 1, 2, 3 },
+		o;
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__cur c;
 	char err[256];
