@@ -116,7 +116,7 @@ sleep 1.1
 exec 6<>/dev/tcp/127.0.0.1/$port # says nothing
 ok wait_for 5 grep -q "not finished within its deadline" "$dir/gs/global.log"
 exec 6>&-
-ok live 3
+ok wait_for 5 live 3
 
 # kill -9 of the global store: the daemons keep serving; nothing it
 # acknowledged is lost; they re-register on their own.
