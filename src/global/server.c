@@ -1097,10 +1097,7 @@ static void conn_watch(struct gconn *c)
 	if (c->closing)
 		return;
 	if (!c->authed) {
-		int want = 0;
-
-		tc__auth_io(&c->auth, c->fd, &want);
-		mask = want ? want : TC_EV_READ;
+		return; /* on_conn_io keeps the handshake's own mask */
 	} else {
 		if (c->out.len - c->out_off < OUT_PAUSE)
 			mask |= TC_EV_READ;
