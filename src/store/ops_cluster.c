@@ -48,6 +48,23 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 	s->objs.hooks.added = hook_added;
 	s->objs.hooks.removed = hook_removed;
 	s->objs.hooks.key_moved = hook_key;
+	/* What the daemon already holds (recovered from the shared disk at
+	 * start) joins the inventory too. */
+	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+		if (o->shm)
+			hook_added(s->cluster, o);
+	{
+		struct tc__map_entry *e;
+		size_t b;
+
+		for (e = tc__map_next(&s->objs.keys, NULL, &b); e;
+		     e = tc__map_next(&s->objs.keys, e, &b)) {
+			struct tc__key *k = e->val;
+
+			if (k->id[0])
+				hook_key(s->cluster, k->name, k->id, "");
+		}
+	}
 	tc__log(TC_LOG_INFO, "joining the cluster at %s", s->cfg->global);
 	return 0;
 }
