@@ -123,15 +123,29 @@ struct tc_tensor_desc {
 };
 
 /* Begin a put: the daemon creates the artifact's memory and this process
- * maps it writable.  Fill each tensor at tc_put_data(p, i), then commit.
- * `meta_json` is a JSON object of string values or NULL.  On success *out
- * is owned by the caller until tc_put_commit or tc_put_abort. */
+ * maps it writable.  With TC_OPT_DEVICE that memory is a new replica on
+ * GPU o->device (no host copy): fill it with tc_put_copy_from_device (or
+ * any device writes to tc_put_data); commit hashes it in the daemon and
+ * keeps it as the artifact's replica on that GPU.  Fill each tensor at
+ * tc_put_data(p, i), then commit. `meta_json` is a JSON object of string values
+ * or NULL.  On success *out is owned by the caller until tc_put_commit or
+ * tc_put_abort. */
 TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 			uint32_t n, const char *meta_json,
 			const struct tc_opts *o, tc_put **out);
-/* Writable address of tensor i (NULL when i is out of range).  Borrowed:
- * valid until commit or abort. */
+/* Writable address of tensor i (NULL when i is out of range): host memory,
+ * or for a GPU put (TC_OPT_DEVICE) a device address on that GPU.
+ * Borrowed: valid until commit or abort. */
 TC_API void *tc_put_data(tc_put *p, uint32_t i);
+/* The CUDA ordinal a put fills (TC_OPT_DEVICE in tc_put_begin), or -1. */
+TC_API int32_t tc_put_device(const tc_put *p);
+/* GPU puts: copy tensor index[k] from device address src[k] (on the put's
+ * GPU, tc_put_nbytes(p, index[k]) bytes) for k < n, device to device on one
+ * stream, and return when every copy is done.  The caller makes sure the
+ * sources are written (its own streams synchronised).  Returns 0, TC_EINVAL
+ * (not a GPU put, an index out of range), TC_ECUDA or TC_ENODEV. */
+TC_API int tc_put_copy_from_device(tc_put *p, uint32_t n, const uint32_t *index,
+				   const uint64_t *src);
 TC_API uint64_t tc_put_nbytes(const tc_put *p, uint32_t i);
 /* Unmap, seal (the memory is immutable from here on), hash and register.
  * Frees `p` whatever the result.  Returns 0 or a negative code. */

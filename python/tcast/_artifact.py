@@ -18,6 +18,7 @@ per attachment with one bulk copy of ``tc_artifact_tensors``.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 import time
@@ -200,13 +201,14 @@ class ImportResult:
     daemon_seconds: float  # daemon-side duration
     seconds: float  # wall time seen by this process
     key_generation: int  # 0 when no key was given
-    device: Optional[str] = None  # "cuda:N" when imported straight to a GPU
+    device: Optional[str] = None  # "cuda:N" when imported (or put) straight to a GPU
     # "memory" (gone with the daemon), "durable" (on the shared disk and in
     # the daemon's metadata) or "pending" (wait_persistence=False: being
     # written; Artifact.wait_persistence() waits for it)
     persistence: str = "memory"
     # what a "should" of the policy could not do (ha without a cluster)
     degraded: Tuple[str, ...] = ()
+    copy_seconds: float = 0.0  # a put from GPU memory: the device-to-device copy
 
     @property
     def gbps(self) -> float:
@@ -520,7 +522,39 @@ class _Attachment:
         return {self.infos[i].name: DLPackTensor(owner, i, self.infos[i]) for i in idx}
 
 
+class _NoGC:
+    """Keeps the cyclic garbage collector out of a burst of allocations.
+
+    Building a thousand views allocates tens of thousands of small objects;
+    in a process that has just imported torch, that reliably triggers a
+    full collection over everything the import made (tens of ms: most of
+    a fresh process's first tensor_dict).  None of these objects form
+    cycles, so collecting in the middle of the burst finds nothing."""
+
+    __slots__ = ("was",)
+
+    def __enter__(self) -> None:
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.was:
+            gc.enable()
+
+
+_STRIDES: Dict[Tuple[int, ...], Tuple[int, ...]] = {}
+
+
 def _contiguous_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    st = _STRIDES.get(shape)
+    if st is None:
+        st = _STRIDES[shape] = _strides_of(shape)
+        if len(_STRIDES) > 4096:
+            _STRIDES.clear()
+    return st
+
+
+def _strides_of(shape: Tuple[int, ...]) -> Tuple[int, ...]:
     n = len(shape)
     if n == 0:
         return ()
@@ -1293,6 +1327,11 @@ class Artifact:
             src, extra = self._gpu_source(options)
             h, info = self._c_realize(src, ordinal)
             info.update(extra)
+        with _NoGC():
+            return self._device_views_of(h, info, dev, fw, names, ordinal, t0)
+
+    def _device_views_of(self, h: int, info: Dict[str, Any], dev: str, fw: str,
+                         names: Optional[List[str]], ordinal: int, t0: float) -> TensorDictResult:
         lib = self._sess().lib
         zero_copy = True
         try:
@@ -1362,6 +1401,12 @@ class Artifact:
         dev = _device(device, fw)
         if dev != "cpu":
             return self._device_views(dev, fw, options, names, t0)
+        with _NoGC():
+            return self._host_views(fw, options, names, t0)
+
+    def _host_views(self, fw: str, options: Optional[GetArtifactOptions], names: Optional[List[str]],
+                    t0: float) -> TensorDictResult:
+        dev = "cpu"
         att, info = self._realize(options)
         imp: Optional[ImportResult] = info["import"]
         if fw == "torch":

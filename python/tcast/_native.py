@@ -182,6 +182,8 @@ PROTOTYPES = {
     ),
     "tc_put_data": (c_void_p, [_p, c_uint32]),
     "tc_put_nbytes": (c_uint64, [_p, c_uint32]),
+    "tc_put_device": (c_int32, [_p]),
+    "tc_put_copy_from_device": (c_int, [_p, c_uint32, POINTER(c_uint32), POINTER(c_uint64)]),
     "tc_put_commit": (c_int, [_p, POINTER(TcResult)]),
     "tc_put_abort": (None, [_p]),
     # client.h: attach

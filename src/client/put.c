@@ -6,6 +6,11 @@
  * straight into the memory that will be shared.  Commit unmaps before
  * asking the daemon to seal: a writable mapping left anywhere would make the
  * seal fail, which is what keeps sealed artifacts immutable.
+ *
+ * With TC_OPT_DEVICE the memory is a new replica on that GPU (CREATE_GPU):
+ * the daemon allocates it, this process maps it writable and fills it
+ * device to device (tc_put_copy_from_device), and SEAL_GPU makes the
+ * daemon hash it and keep it as the artifact's only replica: no host copy.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -16,6 +21,7 @@
 
 #include "client_internal.h"
 #include "common/alloc.h"
+#include "gpu/vmm.h"
 #include "tcast/errors.h"
 
 struct tc_put {
@@ -23,8 +29,10 @@ struct tc_put {
 	uint64_t handle;
 	uint8_t *map;
 	uint64_t map_size;
-	struct tc__table table; /* with the daemon's offsets */
-	struct tc_opts opts;	/* progress is not used by SEAL */
+	struct tc__table table;	 /* with the daemon's offsets */
+	struct tc_opts opts;	 /* progress is not used by SEAL */
+	int32_t device;		 /* CUDA ordinal of a GPU put, else -1 */
+	struct tc__gpu_mem gmem; /* the writable mapping of a GPU put */
 };
 
 /* Build the CREATE table from the caller's descriptors and metadata. */
@@ -118,11 +126,32 @@ out_release:
 	return rc;
 }
 
+/* The daemon holds an allocation for a GPU put this process could not map:
+ * give it back, keeping the message that explains the failure. */
+static void abort_gpu_handle(tc_client *c, uint64_t handle)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct reply rep;
+	char msg[1024];
+	size_t off;
+
+	snprintf(msg, sizeof(msg), "%s", tc_client_errmsg(c));
+	off = tc__client_begin(c, &b, TC_MSG_ABORT_GPU);
+	tc__buf_put_u64(&b, handle);
+	tc__frame_finish(&b, off);
+	if (tc__client_call(c, &b, NULL, 0, NULL, &rep) == 0)
+		reply_release(&rep);
+	tc__buf_release(&b);
+	tc__client_err(c, TC_EINVAL, msg); /* restores the message only */
+}
+
 TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 			uint32_t n, const char *meta_json,
 			const struct tc_opts *o, tc_put **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
+	bool gpu = o && (o->field_mask & TC_OPT_DEVICE);
+	struct tc__gpu_info info;
 	struct tc__table t;
 	struct reply rep;
 	char err[512];
@@ -132,12 +161,20 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 	int rc;
 
 	*out = NULL;
+	if (gpu) {
+		/* Ordinals are per process: the daemon is told the UUID. */
+		rc = tc__gpu_device_info(o->device, &info, err, sizeof(err));
+		if (rc < 0)
+			return tc__client_err(c, rc, err);
+	}
 	rc = build_table(c, tensors, n, meta_json, &t);
 	if (rc < 0)
 		return rc;
-	off = tc__client_begin(c, &b, TC_MSG_CREATE);
+	off = tc__client_begin(c, &b, gpu ? TC_MSG_CREATE_GPU : TC_MSG_CREATE);
 	tc__proto_put_table(&b, &t);
 	tc__client_put_opts(&b, o, 0);
+	if (gpu)
+		tc__buf_put_str(&b, info.uuid_str);
 	tc__frame_finish(&b, off);
 	tc__table_release(&t);
 	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
@@ -157,6 +194,19 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 		rc = tc__client_err(c, TC_EPROTO, "malformed CREATE reply");
 		goto out_free;
 	}
+	tc__gpu_mem_init(&p->gmem);
+	p->device = -1;
+	if (gpu) {
+		rc = tc__gpu_import(o->device, rep.fds[0], p->map_size, 0,
+				    &p->gmem, err, sizeof(err));
+		if (rc < 0) {
+			tc__client_err(c, rc, err);
+			tc__table_release(&p->table);
+			goto out_abort;
+		}
+		p->device = o->device;
+		goto out_ok;
+	}
 	map = mmap(NULL, p->map_size, PROT_READ | PROT_WRITE, MAP_SHARED,
 		   rep.fds[0], 0);
 	if (map == MAP_FAILED) {
@@ -171,6 +221,7 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 	madvise(map, p->map_size, MADV_POPULATE_WRITE);
 #endif
 	p->map = map;
+out_ok:
 	p->c = c;
 	if (o)
 		p->opts = *o;
@@ -179,6 +230,8 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 	*out = p;
 	return 0;
 
+out_abort:
+	abort_gpu_handle(c, p->handle);
 out_free:
 	tc__free(p);
 out_reply:
@@ -190,7 +243,55 @@ TC_API void *tc_put_data(tc_put *p, uint32_t i)
 {
 	if (i >= p->table.ntensors)
 		return NULL;
+	if (p->device >= 0)
+		return (void *)(uintptr_t)(p->gmem.dptr +
+					   p->table.tensors[i].offset);
 	return p->map + p->table.tensors[i].offset;
+}
+
+TC_API int32_t tc_put_device(const tc_put *p)
+{
+	return p->device;
+}
+
+TC_API int tc_put_copy_from_device(tc_put *p, uint32_t n, const uint32_t *index,
+				   const uint64_t *src)
+{
+	struct tc__gpu_stream *s = NULL;
+	char err[512], err2[512];
+	int rc, rc2;
+
+	if (p->device < 0)
+		return tc__client_err(p->c, TC_EINVAL,
+				      "not a GPU put (tc_put_begin without "
+				      "TC_OPT_DEVICE)");
+	for (uint32_t k = 0; k < n; k++)
+		if (index[k] >= p->table.ntensors) {
+			snprintf(err, sizeof(err),
+				 "tensor index %u out of range (%u tensors)",
+				 index[k], p->table.ntensors);
+			return tc__client_err(p->c, TC_EINVAL, err);
+		}
+	/* One stream, one synchronisation: a model's thousand tensors must
+	 * not pay a thousand blocking copies. */
+	rc = tc__gpu_stream_create(p->device, &s, err, sizeof(err));
+	for (uint32_t k = 0; rc == 0 && k < n; k++) {
+		const struct tc__tensor *x = &p->table.tensors[index[k]];
+
+		if (x->nbytes)
+			rc = tc__gpu_dtod(p->device, p->gmem.dptr + x->offset,
+					  src[k], x->nbytes, s, err,
+					  sizeof(err));
+	}
+	if (s) {
+		rc2 = tc__gpu_stream_sync(s, err2, sizeof(err2));
+		if (rc == 0 && rc2 < 0) {
+			rc = rc2;
+			memcpy(err, err2, sizeof(err));
+		}
+		tc__gpu_stream_free(s);
+	}
+	return rc < 0 ? tc__client_err(p->c, rc, err) : 0;
 }
 
 TC_API uint64_t tc_put_nbytes(const tc_put *p, uint32_t i)
@@ -202,6 +303,7 @@ static void put_free(tc_put *p)
 {
 	if (p->map)
 		munmap(p->map, p->map_size);
+	tc__gpu_release(&p->gmem);
 	tc__table_release(&p->table);
 	tc_client_close(p->c);
 	tc__free(p);
@@ -210,7 +312,11 @@ static void put_free(tc_put *p)
 static int send_handle(tc_put *p, int type, struct reply *rep)
 {
 	struct tc__buf b = TC_BUF_INIT;
-	size_t off = tc__client_begin(p->c, &b, type);
+	size_t off;
+
+	if (p->device >= 0) /* the GPU forms of SEAL and ABORT */
+		type = type == TC_MSG_SEAL ? TC_MSG_SEAL_GPU : TC_MSG_ABORT_GPU;
+	off = tc__client_begin(p->c, &b, type);
 	int rc;
 
 	tc__buf_put_u64(&b, p->handle);
@@ -225,8 +331,11 @@ TC_API int tc_put_commit(tc_put *p, struct tc_result *res)
 	struct reply rep;
 	int rc;
 
-	munmap(p->map, p->map_size);
+	if (p->map)
+		munmap(p->map, p->map_size);
 	p->map = NULL;
+	/* Our writable mapping goes before the seal, as with a memfd. */
+	tc__gpu_release(&p->gmem);
 	rc = send_handle(p, TC_MSG_SEAL, &rep);
 	if (rc == 0) {
 		rc = tc__client_read_result(p->c, &rep, res);
@@ -252,8 +361,10 @@ TC_API void tc_put_abort(tc_put *p)
 
 	if (!p)
 		return;
-	munmap(p->map, p->map_size);
+	if (p->map)
+		munmap(p->map, p->map_size);
 	p->map = NULL;
+	tc__gpu_release(&p->gmem);
 	if (send_handle(p, TC_MSG_ABORT, &rep) == 0)
 		reply_release(&rep);
 	put_free(p);

@@ -174,6 +174,7 @@ static void conn_free(struct conn *c)
 	tc__srv_leases_free(c);
 	tc__srv_puts_free(c);
 	tc__srv_bindings_free(c);
+	tc__srv_gpu_puts_free(c);
 	for (int i = 0; i < c->nfdq; i++)
 		close(c->fdq[i]);
 	for (int i = 0; i < c->nofds; i++)
@@ -249,7 +250,7 @@ static void conn_close_told(struct conn *c, const char *why)
 static bool conn_empty(const struct conn *c)
 {
 	return !c->closing && !c->nleases && !c->npending && !c->bindings &&
-	       !c->jobs && c->out_off == c->out.len;
+	       !c->gpu_puts && !c->jobs && c->out_off == c->out.len;
 }
 
 /*

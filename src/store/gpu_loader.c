@@ -793,3 +793,130 @@ void tc__gpu_unpin(struct tc__gpu_pinning *pin)
 			tc__log(TC_LOG_WARN, "%s", err);
 	memset(pin, 0, sizeof(*pin));
 }
+
+/* -------------------------------------------- digests of GPU memory */
+
+/*
+ * The digest of bytes that are only on a GPU (a put of CUDA tensors): each
+ * thread takes 4 MiB chunks in turn, copies chunk k+1 device to host into
+ * one pinned staging buffer while it hashes chunk k from the other.  Bound
+ * by the CPU's BLAKE3 rate, not by the copy.
+ */
+struct ghash {
+	const struct tc__gpu_mem *src;
+	uint64_t size, nchunks;
+	struct tc__digest *chunks;
+	pthread_mutex_t lock;
+	uint64_t next; /* next chunk to take */
+	int rc;
+	char *err;
+	size_t errlen;
+};
+
+static int64_t ghash_take(struct ghash *h)
+{
+	int64_t k = -1;
+
+	pthread_mutex_lock(&h->lock);
+	if (h->rc == 0 && h->next < h->nchunks)
+		k = (int64_t)h->next++;
+	pthread_mutex_unlock(&h->lock);
+	return k;
+}
+
+static void ghash_fail(struct ghash *h, int rc, const char *msg)
+{
+	pthread_mutex_lock(&h->lock);
+	if (h->rc == 0) {
+		h->rc = rc;
+		snprintf(h->err, h->errlen, "%s", msg);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
+static void *ghash_worker(void *arg)
+{
+	struct ghash *h = arg;
+	int dev = h->src->device;
+	struct tc__gpu_stream *s = NULL;
+	void *buf[2] = { NULL, NULL };
+	uint64_t len[2] = { 0, 0 };
+	int64_t k[2] = { -1, -1 };
+	char err[512];
+	int rc, cur = 0;
+
+	rc = tc__gpu_stream_create(dev, &s, err, sizeof(err));
+	for (int i = 0; rc == 0 && i < 2; i++)
+		rc = stage_get(dev, TC_CHUNK_BYTES, &buf[i], err, sizeof(err));
+	if (rc < 0)
+		goto out;
+	/* One copy in flight: chunk k[!cur] arrives while k[cur] is hashed. */
+	k[cur] = ghash_take(h);
+	if (k[cur] >= 0) {
+		len[cur] = TC_MIN(TC_CHUNK_BYTES,
+				  h->size - (uint64_t)k[cur] * TC_CHUNK_BYTES);
+		rc = tc__gpu_dtoh(dev, buf[cur],
+				  h->src->dptr +
+					  (uint64_t)k[cur] * TC_CHUNK_BYTES,
+				  len[cur], s, err, sizeof(err));
+	}
+	while (rc == 0 && k[cur] >= 0) {
+		rc = tc__gpu_stream_sync(s, err, sizeof(err));
+		if (rc < 0)
+			break;
+		k[!cur] = ghash_take(h);
+		if (k[!cur] >= 0) {
+			uint64_t off = (uint64_t)k[!cur] * TC_CHUNK_BYTES;
+
+			len[!cur] = TC_MIN(TC_CHUNK_BYTES, h->size - off);
+			rc = tc__gpu_dtoh(dev, buf[!cur], h->src->dptr + off,
+					  len[!cur], s, err, sizeof(err));
+		}
+		tc__hash256(buf[cur], len[cur], &h->chunks[k[cur]]);
+		cur = !cur;
+	}
+out:
+	if (rc < 0)
+		ghash_fail(h, rc, err);
+	/* A buffer a failed copy may still write is never pooled. */
+	if (s && rc < 0)
+		rc = tc__gpu_stream_sync(s, err, sizeof(err));
+	for (int i = 0; i < 2; i++)
+		if (buf[i])
+			stage_put(dev, buf[i], TC_CHUNK_BYTES, rc == 0);
+	tc__gpu_stream_free(s);
+	return NULL;
+}
+
+int tc__gpu_hash_chunks(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
+			struct tc__digest *chunks, char *err, size_t errlen)
+{
+	struct ghash h = { 0 };
+	pthread_t tids[MAX_THREADS];
+	int started = 0, want;
+
+	if (src->size < n) {
+		snprintf(err, errlen,
+			 "cannot hash %llu bytes of a %llu-byte GPU allocation",
+			 (unsigned long long)n, (unsigned long long)src->size);
+		return TC_EINVAL;
+	}
+	h.src = src;
+	h.size = n;
+	h.nchunks = tc__chunk_count(n);
+	h.chunks = chunks;
+	h.err = err;
+	h.errlen = errlen;
+	pthread_mutex_init(&h.lock, NULL);
+	want = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), h.nchunks);
+	want = TC_MIN(want, MAX_THREADS);
+	for (int i = 1; i < want; i++)
+		if (pthread_create(&tids[started], NULL, ghash_worker, &h) == 0)
+			started++;
+	if (h.nchunks)
+		ghash_worker(&h);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	pthread_mutex_destroy(&h.lock);
+	return h.rc;
+}

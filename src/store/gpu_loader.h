@@ -119,6 +119,14 @@ int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,
 			const struct tc__gpu_mem *dst, char *err,
 			size_t errlen);
 
+/* Chunk digests (tc__chunk_count(n) entries into `chunks`) of the first
+ * `n` bytes of a GPU allocation, as a host import would compute them:
+ * `nthreads` threads copy 4 MiB chunks into pinned staging and hash them,
+ * the next chunk's copy overlapping this one's hash.  Returns 0, TC_EINVAL,
+ * TC_ECUDA or TC_ENODEV with `err`. */
+int tc__gpu_hash_chunks(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
+			struct tc__digest *chunks, char *err, size_t errlen);
+
 /* Unpin all of `pin` and zero it (~6 ms per GiB).  Zeroed: a no-op. */
 void tc__gpu_unpin(struct tc__gpu_pinning *pin);
 

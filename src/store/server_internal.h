@@ -135,6 +135,7 @@ struct conn {
 	struct pending *pending;
 	struct binding *bindings; /* BIND allocations this client owns */
 	uint64_t next_binding;
+	struct gpu_put *gpu_puts; /* CREATE_GPU puts not sealed yet */
 	uint32_t npending;
 	uint64_t next_handle;
 
@@ -343,6 +344,11 @@ void tc__srv_bindings_free(struct conn *c);
 int tc__srv_cluster_start(struct server *s, char *err, size_t errlen);
 /* Leave it (before the artifact table is released). */
 void tc__srv_cluster_stop(struct server *s);
+
+/* ---- puts from GPU memory (put_gpu.c) --------------------------------- */
+
+/* Free every unsealed GPU put of a closed connection (no job running). */
+void tc__srv_gpu_puts_free(struct conn *c);
 
 /* ---- metrics (server_metrics.c) --------------------------------------- */
 

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "gpu/vmm.h"
 #include "tcast/client.h"
 #include "tcast/errors.h"
 #include "tlib.h"
@@ -195,6 +196,19 @@ static void tiers(tc_client *c, const char *id, char *out, size_t len)
 	json_decref(j);
 }
 
+/* GPU budget bytes in use on the daemon's GPU 0. */
+static long long gpu_used(tc_client *c)
+{
+	json_t *j = t_status(c);
+	json_t *d = json_array_get(
+		json_object_get(json_object_get(j, "gpu"), "devices"), 0);
+	long long v = d ? json_integer_value(json_object_get(d, "used_bytes")) :
+			  -1;
+
+	json_decref(j);
+	return v;
+}
+
 static void test_realize__gpu(void **state)
 {
 	struct tc_realize_info info;
@@ -261,6 +275,122 @@ static void test_realize__gpu(void **state)
 	assert_int_equal(t_daemon_stop(&D), 0);
 }
 
+/* Two tensors "a" (F32 [n]) and "b" (U8 [m]) put from GPU 0's memory: the
+ * daemon keeps a GPU replica and no host copy, and the id is the one a
+ * host put of the same bytes gets (which then joins it). */
+static void test_realize__put_from_device(void **state)
+{
+	enum { NA = 300000, NB = 77 };
+	struct tc_tensor_desc d[2];
+	uint64_t sa[1] = { NA }, sb[1] = { NB };
+	struct tc_opts o = { 0 };
+	struct tc__gpu_mem src;
+	struct tc_result res, hres;
+	struct tc_realize_info info;
+	float *a = malloc(NA * sizeof(float));
+	uint8_t b[NB];
+	uint32_t idx[1] = { 0 }, bad[1] = { 2 };
+	uint64_t ptr[1];
+	char err[512], t[64];
+	tc_artifact *art;
+	tc_client *c;
+	tc_put *p;
+
+	(void)state;
+	for (int i = 0; i < NA; i++)
+		a[i] = (float)i * 0.5f;
+	for (int i = 0; i < NB; i++)
+		b[i] = (uint8_t)(i * 7);
+	start(TC_FAKECUDA_PATH);
+	c = t_connect(D.sock);
+	d[0] = (struct tc_tensor_desc){ "a", TC_DTYPE_F32, 1, sa };
+	d[1] = (struct tc_tensor_desc){ "b", TC_DTYPE_U8, 1, sb };
+	/* the caller's tensor "a" lives on GPU 0 */
+	assert_int_equal(tc__gpu_alloc(0, 2 << 20, 0, &src, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_mem_write(&src, 0, a, NA * sizeof(float), NULL,
+					   err, sizeof(err)),
+			 0);
+	o.field_mask = TC_OPT_DEVICE;
+	o.device = 0;
+	assert_int_equal(tc_put_begin(c, d, 2, NULL, &o, &p), 0);
+	assert_int_equal(tc_put_device(p), 0);
+	ptr[0] = src.dptr;
+	assert_int_equal(tc_put_copy_from_device(p, 1, bad, ptr), TC_EINVAL);
+	assert_int_equal(tc_put_copy_from_device(p, 1, idx, ptr), 0);
+	/* the fake's device memory is host-addressable: "b" written directly */
+	memcpy(tc_put_data(p, 1), b, NB);
+	assert_int_equal(tc_put_commit(p, &res), 0);
+	assert_int_equal(res.deduplicated, 0);
+	tiers(c, res.id, t, sizeof(t));
+	assert_string_equal(t, "gpu");
+
+	/* a host put of the same bytes: the same id, joined */
+	assert_int_equal(tc_put_begin(c, d, 2, NULL, NULL, &p), 0);
+	assert_int_equal(tc_put_device(p), -1);
+	assert_int_equal(tc_put_copy_from_device(p, 1, idx, ptr), TC_EINVAL);
+	memcpy(tc_put_data(p, 0), a, NA * sizeof(float));
+	memcpy(tc_put_data(p, 1), b, NB);
+	assert_int_equal(tc_put_commit(p, &hres), 0);
+	assert_string_equal(hres.id, res.id);
+	assert_int_equal(hres.deduplicated, 1);
+	tiers(c, res.id, t, sizeof(t));
+	assert_true(!strcmp(t, "host,gpu") || !strcmp(t, "gpu,host"));
+
+	/* the GPU replica serves an attach there */
+	assert_int_equal(realize(c, res.id, NULL, TC_SOURCE_LOCAL_ONLY, 0, NULL,
+				 &art, &info),
+			 0);
+	assert_int_equal(info.device, 0);
+	assert_memory_equal(tc_artifact_data(art), a, NA * sizeof(float));
+	tc_artifact_close(art);
+
+	/* a binding swapped to an artifact with a replica on its GPU is
+	 * filled device to device, and the daemon says so */
+	{
+		char id2[TC_ID_BUFLEN], want[200], path[600];
+		tc_artifact *bd;
+		char *log;
+
+		assert_int_equal(tc_put_begin(c, d, 2, NULL, &o, &p), 0);
+		a[0] = -1.0f;
+		memcpy(tc_put_data(p, 0), a, NA * sizeof(float));
+		memcpy(tc_put_data(p, 1), b, NB);
+		assert_int_equal(tc_put_commit(p, &hres), 0);
+		snprintf(id2, sizeof(id2), "%s", hres.id);
+		assert_int_equal(tc_bind(c, res.id, 0, &bd), 0);
+		assert_int_equal(tc_binding_swap(bd, id2), 0);
+		assert_memory_equal(tc_artifact_data(bd), a,
+				    NA * sizeof(float));
+		/* the old id stays when a swap is refused before copying */
+		assert_int_equal(tc_binding_swap(bd, "r:none"), TC_ENOTFOUND);
+		assert_string_equal(tc_artifact_id(bd), id2);
+		tc_artifact_close(bd);
+		snprintf(path, sizeof(path), "%s/daemon.log", D.dir);
+		log = t_slurp(path, NULL);
+		snprintf(want, sizeof(want),
+			 "swapped to '%s' from its replica on that GPU (device "
+			 "to device)",
+			 id2);
+		assert_has(log, want);
+		free(log);
+	}
+
+	/* an aborted GPU put leaves nothing: its budget comes back */
+	{
+		long long used = gpu_used(c);
+
+		assert_int_equal(tc_put_begin(c, d, 2, NULL, &o, &p), 0);
+		assert_true(gpu_used(c) > used);
+		tc_put_abort(p);
+		assert_int_equal(gpu_used(c), used);
+	}
+	tc__gpu_release(&src);
+	free(a);
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&D), 0);
+}
+
 static void test_realize__daemon_without_gpu(void **state)
 {
 	struct tc_realize_info info;
@@ -298,6 +428,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_realize__host_sources),
 		cmocka_unit_test(test_realize__gpu),
+		cmocka_unit_test(test_realize__put_from_device),
 		cmocka_unit_test(test_realize__daemon_without_gpu),
 	};
 

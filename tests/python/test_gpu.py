@@ -191,3 +191,52 @@ def test_bind_and_swap_in_place(tc):
     bd.close()
     del w
     gc.collect()
+
+
+def test_put_of_cuda_tensors_lands_on_the_gpu(tc):
+    """tc.put of CUDA tensors: a GPU replica filled device to device, no
+    host copy; the id is the one the same bytes get from the host."""
+    g = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
+    src = {"w": torch.randn(512, 300, device="cuda:0", generator=g).to(torch.bfloat16),
+           "t": torch.randn(300, 512, device="cuda:0", generator=g)[:, ::2],  # strided
+           "i": torch.arange(1000, device="cuda:0", dtype=torch.int32)}
+    art = tc.put(src)
+    assert art.last_import.device == "cuda:0" and art.last_import.copy_seconds > 0
+    reps = [r["tier"] for r in tc.inspect(art.artifact_id)["replicas"]]
+    assert reps == ["gpu"], reps
+    got = art.tensor_dict(device="cuda:0")
+    for k, v in src.items():
+        assert torch.equal(got[k], v), k
+    host = tc.put({k: v.cpu() for k, v in src.items()})
+    assert host.artifact_id == art.artifact_id and host.last_import.deduplicated
+    tc.deregister_artifact(art.artifact_id)
+
+
+def test_swap_from_a_gpu_replica_copies_device_to_device(tc, daemon):
+    """bind + swap to an artifact with a replica on that GPU: the daemon
+    copies device to device (its log names the source)."""
+    a = tc.put({"w": torch.zeros(1 << 20, device="cuda:0"), "b": torch.ones(8, device="cuda:0")})
+    b = tc.put({"w": torch.full((1 << 20,), 3.0, device="cuda:0"), "b": torch.ones(8, device="cuda:0") * 2})
+    bd = a.bind("cuda:0")
+    w = bd.tensors["w"]
+    assert bd.swap(b) == b.artifact_id
+    assert torch.equal(w, torch.full((1 << 20,), 3.0, device="cuda:0"))
+    log = open(daemon.log).read()
+    assert f"swapped to '{b.artifact_id}' from its replica on that GPU (device to device)" in log
+    bd.close()
+
+
+def test_dlpack_producers_on_cuda(tc, tmp_path):
+    """framework='dlpack' with a cuda device: kDLCUDA producers that torch
+    (a DLPack consumer like CuPy and JAX) takes zero-copy."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "dl.safetensors"
+    save_file({"a": torch.randn(64, 33), "b": torch.arange(9, dtype=torch.int64)}, str(path))
+    res = tc.from_disk(path).tensor_dict_with_diagnostics(device="cuda:0", framework="dlpack")
+    assert res.diagnostics.source.startswith("disk, straight to the GPU")
+    ref = load_file(str(path))
+    for k, p in res.tensors.items():
+        assert p.__dlpack_device__() == (2, 0)
+        t = torch.from_dlpack(p)
+        assert t.is_cuda and torch.equal(t.cpu(), ref[k]), k

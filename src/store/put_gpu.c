@@ -1,0 +1,440 @@
+/*
+ * put_gpu.c - CREATE_GPU, SEAL_GPU and ABORT_GPU: a put of tensors that
+ * already live on a GPU, landing in a GPU replica device to device.
+ *
+ * The daemon allocates the replica (charged to that GPU's budget) and hands
+ * the client a writable VMM fd; the client maps it and copies its tensors
+ * in device to device; SEAL_GPU hashes the bytes (device to host through
+ * pinned staging, BLAKE3 on the CPU: the id is the same content id a host
+ * put of the same tensors gets) and keeps the allocation as the artifact's
+ * replica on that GPU.  No host copy is made.  Like SEAL after an unmapped
+ * memfd, the seal trusts the client to have released its writable mapping
+ * (libtcast does, before it sends SEAL_GPU); GPU sharing is one trust
+ * domain per uid (docs/gpu.md).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/alloc.h"
+#include "common/log.h"
+#include "common/names.h"
+#include "gpu/vmm.h"
+#include "gpu_loader.h"
+#include "gpu_tier.h"
+#include "metrics.h"
+#include "server_internal.h"
+#include "tcast/errors.h"
+
+/*
+ * A GPU put between CREATE_GPU and SEAL_GPU.  Invariant: busy => a job
+ * owns `mem` and `o`; charged != 0 => `charged` bytes of GPU `dev`'s budget
+ * are held for it.
+ */
+struct gpu_put {
+	uint64_t handle;
+	struct tc__obj *o; /* owned until inserted; o->shm is NULL */
+	char key[TC_KEY_MAX + 1];
+	uint32_t flags;
+	uint64_t expect_gen;
+	uint64_t t0_ns;
+	struct persist_req persist; /* the TTL; no shared-disk copy */
+	uint8_t uuid[TC_GPU_UUID_BYTES];
+	int dev;		/* the daemon's ordinal, once charged */
+	uint64_t charged;	/* GPU budget bytes */
+	struct tc__gpu_mem mem; /* the replica-to-be */
+	bool busy; /* a job runs for it (its connection is paused) */
+	struct gpu_put *next;
+};
+
+static void gput_free(struct server *s, struct gpu_put *p)
+{
+	tc__gpu_release(&p->mem);
+	if (p->charged)
+		tc__gpu_tier_unreserve(s->gpu, p->dev, p->charged);
+	tc__obj_free(p->o);
+	tc__free(p);
+}
+
+static void gput_unlink(struct conn *c, struct gpu_put *p)
+{
+	for (struct gpu_put **pp = &c->gpu_puts; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			return;
+		}
+}
+
+static struct gpu_put *gput_find(struct conn *c, uint64_t handle)
+{
+	for (struct gpu_put *p = c->gpu_puts; p; p = p->next)
+		if (p->handle == handle)
+			return p;
+	return NULL;
+}
+
+struct gput_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	struct gpu_put *p; /* NULL once sealed or freed */
+	int phase;	   /* 1: driver, 2: allocate, 3: hash (SEAL_GPU) */
+	int nthreads;
+	bool copying; /* counted in tc__gpu_tier_copy_begin */
+	double seconds;
+	/* A sealed put: what the reply says. */
+	struct tc__obj *o;
+	bool dedup;
+	uint64_t ns;
+	char key[TC_KEY_MAX + 1];
+	uint32_t flags;
+	uint64_t expect_gen;
+	struct persist_req persist;
+	int rc;
+	char err[512];
+};
+
+static void gput_run(struct tc__job *job)
+{
+	struct gput_job *j = (struct gput_job *)job;
+	struct gpu_put *p = j->p;
+	struct tc__obj *o = p->o;
+	uint64_t n = o->table.total_bytes, nchunks, t0 = tc__now_ns();
+	struct tc__digest *chunks;
+
+	if (j->phase == 1) {
+		j->rc = tc__gpu_init(j->err, sizeof(j->err));
+		return;
+	}
+	if (j->phase == 2) {
+		j->rc = tc__gpu_alloc(p->dev, p->charged, 0, &p->mem, j->err,
+				      sizeof(j->err));
+		return;
+	}
+	nchunks = tc__chunk_count(n);
+	chunks = tc__calloc(nchunks ? nchunks : 1, sizeof(*chunks));
+	if (!chunks) {
+		j->rc = -ENOMEM;
+		snprintf(j->err, sizeof(j->err), "out of memory");
+		return;
+	}
+	/* Clients see only what the table says; the rounding tail is zero,
+	 * as in every other replica. */
+	if (p->mem.size > n)
+		j->rc = tc__gpu_memset8(p->dev, p->mem.dptr + n, 0,
+					p->mem.size - n, NULL, j->err,
+					sizeof(j->err));
+	if (j->rc == 0)
+		j->rc = tc__gpu_hash_chunks(&p->mem, n, j->nthreads, chunks,
+					    j->err, sizeof(j->err));
+	if (j->rc == 0)
+		j->rc = tc__obj_finish(o, chunks, nchunks);
+	tc__free(chunks);
+	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
+}
+
+/* SEAL_GPU's hash is done: insert (or join the artifact with the same id)
+ * and keep the allocation as its replica on that GPU.  The put is over
+ * whether or not its client still waits for the reply. */
+static int seal_insert(struct gput_job *j)
+{
+	struct server *s = j->c->srv;
+	struct gpu_put *p = j->p;
+	struct tc__obj *o = NULL;
+	int rc;
+
+	j->ns = tc__now_ns() - p->t0_ns;
+	p->o->load_seconds = (double)j->ns / 1e9;
+	rc = tc__objs_insert(&s->objs, p->o, &o);
+	if (rc < 0)
+		return rc;
+	j->dedup = o != p->o;
+	j->o = o;
+	p->o = NULL; /* the table's now (or freed as a duplicate) */
+	/* The allocation becomes o's replica on that GPU (or is dropped when
+	 * the same content is there already); its charge goes with it. */
+	tc__gpu_tier_adopt(s->gpu, o, p->dev, &p->mem, p->charged, j->seconds);
+	p->charged = 0;
+	s->n_put++;
+	tc__metrics_path(TC_MPATH_PUT, o->table.total_bytes, j->ns);
+	tc__log(TC_LOG_INFO,
+		"put '%s' on GPU %d from device memory: %llu bytes, hashed "
+		"in %.3f s (%.2f GB/s)%s",
+		o->id, p->dev, (unsigned long long)o->table.total_bytes,
+		j->seconds,
+		j->seconds > 0 ?
+			(double)o->table.total_bytes / j->seconds / 1e9 :
+			0.0,
+		j->dedup ? " (already held)" : "");
+	memcpy(j->key, p->key, sizeof(j->key));
+	j->flags = p->flags;
+	j->expect_gen = p->expect_gen;
+	j->persist = p->persist;
+	/* No shared-disk part (refused at CREATE_GPU): this sets the TTL. */
+	return tc__srv_persist_commit(j->c, &j->persist, o, NULL, 0);
+}
+
+/* The success reply: CREATE_GPU's handle, size, table and fd; SEAL_GPU's
+ * result once the key is published. */
+static int gput_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct gput_job *j = arg;
+	struct gpu_put *p = j->p;
+	uint64_t gen;
+	size_t off;
+	int rc;
+
+	if (j->phase == 3) {
+		rc = tc__srv_publish_key(c, j->o, j->key, j->flags,
+					 j->expect_gen, &gen);
+		if (rc < 0) {
+			if (!j->dedup)
+				tc__objs_discard_new(&c->srv->objs, j->o);
+			return rc;
+		}
+		tc__srv_reply_created(c, r, j->o, j->ns, j->dedup, gen,
+				      &j->persist);
+		return 0;
+	}
+	off = tc__srv_reply_begin(c, r);
+	tc__buf_put_u64(&c->out, p->handle);
+	tc__buf_put_u64(&c->out, p->mem.size);
+	tc__proto_put_table(&c->out, &p->o->table);
+	if (tc__srv_reply_fds(c, off, &p->mem.fd, 1, false) < 0) {
+		c->out.len = off;
+		/* No put the client could not name. */
+		gput_unlink(c, p);
+		gput_free(c->srv, p);
+		j->p = NULL;
+		snprintf(c->err, sizeof(c->err),
+			 "cannot pass the allocation's fd: out of descriptors");
+		return TC_EBUSY;
+	}
+	tc__srv_reply_end(c, off);
+	return 0;
+}
+
+static void gput_done(struct tc__job *job)
+{
+	struct gput_job *j = (struct gput_job *)job;
+	struct conn *c = j->c;
+	struct server *s = c->srv;
+	struct gpu_put *p = j->p;
+	int rc = j->rc;
+
+	if (rc == 0 && j->phase == 1) {
+		rc = tc__gpu_tier_open_now(s->gpu, j->err, sizeof(j->err));
+		if (rc == 0)
+			rc = tc__gpu_tier_reserve_new(s->gpu, p->uuid,
+						      p->o->table.total_bytes,
+						      &p->dev, &p->charged,
+						      j->err, sizeof(j->err));
+		if (rc == 0) {
+			j->phase = 2;
+			tc__jobs_submit(s->jobs, &j->job);
+			return;
+		}
+	}
+	if (j->copying)
+		tc__gpu_tier_copy_end(s->gpu);
+	p->busy = false;
+	if (rc == 0 && j->phase == 3) {
+		rc = seal_insert(j);
+		if (rc == 0) { /* o and mem were handed on */
+			gput_unlink(c, p);
+			gput_free(s, p);
+			j->p = NULL;
+		}
+	}
+	if (rc < 0 && j->p) {
+		/* A failed create or seal leaves nothing behind. */
+		gput_unlink(c, p);
+		gput_free(s, p);
+		j->p = NULL;
+	}
+	tc__srv_finish(c, &j->r, rc, j->err, gput_reply, j);
+	tc__free(j);
+}
+
+static int gput_submit(struct conn *c, struct req *r, struct gpu_put *p,
+		       int phase)
+{
+	struct gput_job *j = tc__calloc(1, sizeof(*j));
+
+	if (!j)
+		return -ENOMEM;
+	j->c = c;
+	j->r = *r;
+	j->p = p;
+	j->phase = phase;
+	j->nthreads = c->srv->cfg->io_threads;
+	j->job.run = gput_run;
+	j->job.done = gput_done;
+	if (phase == 3) {
+		/* Staging copies: background pinning waits for them. */
+		tc__gpu_tier_copy_begin(c->srv->gpu);
+		j->copying = true;
+	}
+	p->busy = true;
+	tc__srv_defer(c);
+	tc__jobs_submit(c->srv->jobs, &j->job);
+	return 0;
+}
+
+int on_create_gpu(struct conn *c, struct req *r)
+{
+	char policy[32], uuid[TC_PROTO_MAX_STR];
+	uint64_t ttl_ms = 0;
+	enum tc__policy pol;
+	struct gpu_put *p;
+	uint32_t n = 0;
+	int rc;
+
+	for (p = c->gpu_puts; p; p = p->next)
+		n++;
+	if (c->npending + n >= MAX_PENDING_PUTS) {
+		snprintf(c->err, sizeof(c->err),
+			 "%d puts already unsealed on this connection",
+			 MAX_PENDING_PUTS);
+		return TC_ELIMIT;
+	}
+	p = tc__calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	tc__gpu_mem_init(&p->mem);
+	p->o = tc__obj_new();
+	if (!p->o) {
+		tc__free(p);
+		return -ENOMEM;
+	}
+	rc = tc__proto_get_table(&r->body, 0, &p->o->table, c->err,
+				 sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__table_check_names(&p->o->table, c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	if ((rc = tc__srv_read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
+		goto out_free;
+	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
+	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0 ||
+	    ((p->flags & TC_RF_TTL) &&
+	     tc__cur_read_u64(&r->body, &ttl_ms) < 0)) {
+		rc = TC_EPROTO;
+		goto out_free;
+	}
+	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0 ||
+	    (rc = tc__srv_body_end(c, r)) < 0)
+		goto out_free;
+	if (tc__gpu_uuid_parse(uuid, p->uuid) < 0) {
+		snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'", uuid);
+		rc = TC_EINVAL;
+		goto out_free;
+	}
+	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
+	/* A policy that writes the host copy to the shared disk is refused
+	 * (TC_EPOLICY): this put has no host copy. */
+	if (rc == 0)
+		rc = tc__srv_persist_prepare(c, &p->persist, pol,
+					     p->flags | TC_RF_GPU, ttl_ms);
+	if (rc < 0)
+		goto out_free;
+	rc = tc__objs_key_precheck(&c->srv->objs, p->key,
+				   p->flags & TC_RF_EXPECT, p->expect_gen,
+				   c->err, sizeof(c->err));
+	if (rc < 0)
+		goto out_free;
+	rc = tc__table_layout(&p->o->table);
+	if (rc < 0) {
+		snprintf(c->err, sizeof(c->err), "artifact too large");
+		goto out_free;
+	}
+	if (p->o->table.ntensors > c->srv->cfg->max_tensors) {
+		snprintf(c->err, sizeof(c->err),
+			 "%u tensors; this daemon takes at most %u per "
+			 "artifact (max_tensors)",
+			 p->o->table.ntensors, c->srv->cfg->max_tensors);
+		rc = TC_ELIMIT;
+		goto out_free;
+	}
+	/* Held on that GPU only, like an import straight to a GPU: its
+	 * budget is charged, not host memory. */
+	p->o->mem_bytes = 0;
+	p->o->policy = pol;
+	snprintf(p->o->source, sizeof(p->o->source),
+		 "put (GPU memory):pid %d%s%s", (int)c->pid,
+		 c->name[0] ? " " : "", c->name);
+	p->handle = ++c->next_handle;
+	p->t0_ns = tc__now_ns();
+	rc = gput_submit(c, r, p, 1);
+	if (rc < 0)
+		goto out_free;
+	p->next = c->gpu_puts;
+	c->gpu_puts = p;
+	return 0;
+
+out_free:
+	tc__obj_free(p->o);
+	tc__free(p);
+	return rc;
+}
+
+/* The unsealed GPU put a SEAL_GPU or ABORT_GPU names; NULL with *rc. */
+static struct gpu_put *gput_of_req(struct conn *c, struct req *r, int *rc)
+{
+	struct gpu_put *p;
+	uint64_t handle;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0) {
+		*rc = TC_EPROTO;
+		return NULL;
+	}
+	if ((*rc = tc__srv_body_end(c, r)) < 0)
+		return NULL;
+	p = gput_find(c, handle);
+	if (!p || p->busy) {
+		snprintf(c->err, sizeof(c->err),
+			 p ? "GPU put %llu is busy" :
+			     "no unsealed GPU put %llu",
+			 (unsigned long long)handle);
+		*rc = p ? TC_EBUSY : TC_ENOTFOUND;
+		return NULL;
+	}
+	return p;
+}
+
+int on_seal_gpu(struct conn *c, struct req *r)
+{
+	struct gpu_put *p;
+	int rc;
+
+	p = gput_of_req(c, r, &rc);
+	if (!p)
+		return rc;
+	return gput_submit(c, r, p, 3);
+}
+
+int on_abort_gpu(struct conn *c, struct req *r)
+{
+	struct gpu_put *p;
+	int rc;
+
+	p = gput_of_req(c, r, &rc);
+	if (!p)
+		return rc;
+	gput_unlink(c, p);
+	gput_free(c->srv, p);
+	tc__srv_reply_status(c, r, 0);
+	return 0;
+}
+
+void tc__srv_gpu_puts_free(struct conn *c)
+{
+	while (c->gpu_puts) {
+		struct gpu_put *p = c->gpu_puts;
+
+		c->gpu_puts = p->next;
+		gput_free(c->srv, p);
+	}
+}
