@@ -241,7 +241,11 @@ def main():
         else:
             for name, fn in ways + [("dd iflag=direct bs=16M", t_dd)]:
                 drop_caches()
-                s, what = fn(path, nbytes)
+                try:
+                    s, what = fn(path, nbytes)
+                except Exception as e:  # a benchmark reports, never stops
+                    log(f"cold         {name:38s} failed: {e}")
+                    continue
                 res[("cold", name)] = nbytes / s / 1e9
                 log(f"cold         {name:38s} {nbytes / s / 1e9:7.2f} GB/s  ({s:.3f} s; {what})")
 
@@ -274,7 +278,9 @@ def main():
     b_src = {k: v.add(1) for k, v in list(src.items())}
     b = tc.put(b_src)
     del b_src
-    c = tc.put({k: v.cpu() for k, v in src.items()})  # held in host memory only
+    # Held in host memory only: other bytes than a's (the same bytes would
+    # be deduplicated onto a, which has a GPU replica).
+    c = tc.put({k: v.add(2).cpu() for k, v in src.items()})
     bd = a.bind("cuda:0")
     sw = []
     for _ in range(args.repeat):
@@ -324,7 +330,7 @@ def main():
         log(f"loader page-cached (tcast import --device): {res[('warm', 'tcast import --device cuda:0')] / pin * 100:.0f}% "
             f"of pinned H2D (goal >= 90%); from_disk {w / pin * 100:.0f}%")
     cw = res.get(("cold", "from_disk(p).tensor_dict(cuda:0)"))
-    if cw:
+    if cw and ("cold", "dd iflag=direct bs=16M") in res:
         log(f"from_disk cold: {cw:.2f} GB/s = {cw / res[('cold', 'dd iflag=direct bs=16M')] * 100:.0f}% of dd (goal >= 100%)")
     log(f"put: {res['put'] / 1e3:.3f} TB/s end to end, copy {res['put_copy'] / 1e3:.3f} TB/s (goal >= 1 TB/s); "
         f"swap d2d {res['swap_d2d'] / 1e3:.3f} TB/s (goal >= 1 TB/s)")

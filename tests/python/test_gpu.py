@@ -240,3 +240,22 @@ def test_dlpack_producers_on_cuda(tc, tmp_path):
         assert p.__dlpack_device__() == (2, 0)
         t = torch.from_dlpack(p)
         assert t.is_cuda and torch.equal(t.cpu(), ref[k]), k
+
+
+@pytest.mark.parametrize("consumer", ["cupy", "jax"])
+def test_dlpack_cuda_reaches_cupy_and_jax(tc, consumer):
+    """kDLCUDA producers are taken by CuPy and JAX (where installed)."""
+    mod = pytest.importorskip(consumer)
+    x = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    art = tc.put({"x": x})
+    p = art.tensor_dict(device="cuda:0", framework="dlpack")["x"]
+    if consumer == "cupy":
+        got = mod.from_dlpack(p)
+        assert int(got.device.id) == 0
+        host = mod.asnumpy(got)
+    else:
+        import jax.dlpack
+
+        got = jax.dlpack.from_dlpack(p)
+        host = __import__("numpy").asarray(got)
+    assert (host == x.numpy()).all()
