@@ -131,4 +131,10 @@ int cmd_verify(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 
+/* Sources of REF (key or id) from the global store, asked through the
+ * local daemon (cmd_global.c); reports its own errors. */
+struct tc__gsp_source;
+int cli_cluster_resolve(const char *ref, uint32_t max, char *id, uint64_t *gen,
+			struct tc__gsp_source *src, uint32_t *n);
+
 #endif /* TC_CLI_H */

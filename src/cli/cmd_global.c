@@ -549,9 +549,10 @@ out:
 }
 
 /* The same question through the local daemon, which asks the global
- * store over its own authenticated connection (no secret needed here). */
-static int resolve_via_daemon(struct gopts *o, char *id, uint64_t *gen,
-			      struct tc__gsp_source *src, uint32_t *n)
+ * store over its own authenticated connection (no secret needed here).
+ * `src` holds TC_GSP_MAX_SOURCES; errors are reported (cli_fail). */
+int cli_cluster_resolve(const char *ref, uint32_t max, char *id, uint64_t *gen,
+			struct tc__gsp_source *src, uint32_t *n)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__cur c;
@@ -560,8 +561,8 @@ static int resolve_via_daemon(struct gopts *o, char *id, uint64_t *gen,
 	char err[1024] = "";
 	int rc;
 
-	tc__buf_put_str(&b, o->operand);
-	tc__buf_put_u32(&b, (uint32_t)o->max);
+	tc__buf_put_str(&b, ref);
+	tc__buf_put_u32(&b, max);
 	rc = daemon_call(TC_MSG_CLUSTER_RESOLVE, &b, &rb, &rl, err,
 			 sizeof(err));
 	tc__buf_release(&b);
@@ -593,7 +594,8 @@ static int resolve(struct gopts *o)
 	if (!o->operand)
 		return cli_usage_error("resolve: which key or artifact id?");
 	if (o->via_daemon) {
-		rc = resolve_via_daemon(o, id, &gen, src, &n);
+		rc = cli_cluster_resolve(o->operand, (uint32_t)o->max, id, &gen,
+					 src, &n);
 		if (rc)
 			return rc;
 	} else {

@@ -1,5 +1,5 @@
 /*
- * cmd_pull.c - tcast pull REF --from HOST:PORT [--from ...]
+ * cmd_pull.c - tcast pull REF [--from HOST:PORT ...]
  *
  * Pulls an artifact from peer daemons into the local daemon as a host
  * replica: the receiver (src/peer/pull.c) writes straight into a put's
@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "peer/peer.h"
+#include "proto/gsp.h"
 #include "tcast/errors.h"
 
 struct sink {
@@ -134,6 +135,37 @@ static int secret_from_daemon(tc_client *c, char *path, size_t len)
 	return path[0] ? 0 : -1;
 }
 
+/* No --from: the sources the global store ranks for `ref`, through the
+ * local daemon (a node in a cluster); this node's own entries skipped. */
+static int global_sources(const char *ref, char *id,
+			  char addr[][TC_GSP_MAX_ADDR + 1], const char **out,
+			  int *nout)
+{
+	static struct tc__gsp_source src[TC_GSP_MAX_SOURCES];
+	uint64_t gen;
+	uint32_t n = 0;
+	int rc =
+		cli_cluster_resolve(ref, TC_GSP_MAX_SOURCES, id, &gen, src, &n);
+
+	if (rc)
+		return rc;
+	for (uint32_t i = 0; i < n && *nout < TC_PEER_MAX_SOURCES; i++) {
+		if (src[i].distance == 0 || !src[i].peer_addr[0] ||
+		    !src[i].complete || src[i].tier != TC_GSP_TIER_HOST)
+			continue;
+		snprintf(addr[*nout], TC_GSP_MAX_ADDR + 1, "%s",
+			 src[i].peer_addr);
+		out[*nout] = addr[*nout];
+		(*nout)++;
+	}
+	if (!*nout)
+		return cli_fail(TC_ENOTFOUND,
+				"no peer holds it: the global store knows no "
+				"complete replica of it on another node with "
+				"a peer address (or pass --from HOST:PORT)");
+	return 0;
+}
+
 int cmd_pull(int argc, char **argv)
 {
 	static const char *const policies[] = { "cache", "warm", "pinned",
@@ -147,6 +179,8 @@ int cmd_pull(int argc, char **argv)
 	struct sink sk = { 0 };
 	const char *ref = NULL, *v, *secret_file = NULL;
 	char spath[4096], err[2048], b1[32], b2[48], host[64] = "";
+	static char gid[TC_GSP_MAX_ID + 1];
+	static char gaddr[TC_PEER_MAX_SOURCES][TC_GSP_MAX_ADDR + 1];
 	uint64_t streams = 4, timeout = 5000, t0, t1;
 	int nsrc = 0, rc, m;
 	int32_t device = -1;
@@ -202,13 +236,15 @@ int cmd_pull(int argc, char **argv)
 	}
 	if (!ref)
 		return cli_usage_error("no REF given");
-	if (!nsrc)
-		return cli_usage_error(
-			"no --from HOST:PORT given (sources from the global "
-			"store are not wired yet)");
 	/* A key pulled is registered under that key here too. */
 	if (!o.key && !nokey && !tc__is_id(ref))
 		o.key = ref;
+	if (!nsrc) {
+		rc = global_sources(ref, gid, gaddr, sources, &nsrc);
+		if (rc)
+			return rc;
+		ref = gid; /* the sources serve the id the key named */
+	}
 	if (o.key && !nokey)
 		o.field_mask |= TC_OPT_KEY;
 	sk.o = &o;

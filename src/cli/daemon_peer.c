@@ -82,6 +82,9 @@ int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
 	if (rc < 0)
 		return rc;
 	cfg->observer = &observer;
+	/* Port 0 chose a port: the cluster advertises the one bound. */
+	snprintf(cfg->peer_bound, sizeof(cfg->peer_bound), "%s",
+		 tc__peer_server_addr(srv));
 	snprintf(tmp, sizeof(tmp), "%s", cfg->socket);
 	snprintf(addr_file, sizeof(addr_file), "%s/peer.addr", dirname(tmp));
 	f = fopen(addr_file, "w");

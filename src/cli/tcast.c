@@ -132,14 +132,16 @@ static const struct cli_verb verbs[] = {
 	  "[one object per PATH]}.\n"
 	  "Exit status: 0 all valid, 1 any invalid, 2 usage error.\n" },
 	{ "pull", cmd_pull, "pull an artifact from peer daemons",
-	  "tcast pull REF --from HOST:PORT [--from HOST:PORT]...\n"
+	  "tcast pull REF [--from HOST:PORT]...\n"
 	  "                [--streams N] [--timeout-ms MS] [--secret-file PATH]\n"
 	  "                [--key KEY | --no-key] [--policy cache|warm|pinned]\n"
 	  "                [--device cuda:N]\n"
 	  "\n"
 	  "Pull an artifact (by key or full id) from the peer servers of "
 	  "other\ndaemons (their peer_listen) into this node's daemon as a "
-	  "host replica.\nChunks are striped over every source, N streams "
+	  "host replica.\nSources: each --from, else (a daemon in a cluster) "
+	  "the global store's\nranked host replicas on other nodes.  "
+	  "Chunks are striped over every source, N streams "
 	  "each (default 4), and\neach is checked against its digest; a "
 	  "bad or missing chunk comes from\nanother source.  A key pulled "
 	  "is published here under the same key.\nThe cluster secret is "

@@ -600,7 +600,7 @@ int tc__cluster_start(const struct tc__store_config *cfg,
 	/* Port 0 is resolved by the peer server when it binds; until then
 	 * advertise what the config says. */
 	snprintf(cl->node.peer_addr, sizeof(cl->node.peer_addr), "%s",
-		 cfg->peer_listen);
+		 cfg->peer_bound[0] ? cfg->peer_bound : cfg->peer_listen);
 	snprintf(cl->node.zone, sizeof(cl->node.zone), "%s", cfg->zone);
 	snprintf(cl->node.rack, sizeof(cl->node.rack), "%s", cfg->rack);
 	snprintf(cl->node.host, sizeof(cl->node.host), "%s", cfg->host_label);

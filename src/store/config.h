@@ -63,6 +63,10 @@ struct tc__store_config {
 				given up (its chunks go elsewhere) */
 	/* Not configuration: wired by the daemon's main (obj.h). */
 	const struct tc__objs_observer *observer;
+	/* Not configuration: the address the peer server bound (peer_listen
+	 * with its port chosen), advertised to the cluster; "" = peer_listen.
+	 */
+	char peer_bound[128];
 	/* The cluster (docs/cluster.md); empty global: this node is alone. */
 	char global[129];   /* global store HOST:PORT */
 	char node_name[65]; /* unique in the cluster; hostname */

@@ -68,7 +68,7 @@ start_daemon a z1 r1 h1 7101
 ok test $? = 0
 start_daemon b z1 r1 h2 7102
 ok test $? = 0
-start_daemon c z2 r9 h3 7103
+start_daemon c z2 r9 h3 0 # the port the peer server picks is advertised
 ok test $? = 0
 live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
 ok wait_for 10 live 3
@@ -92,6 +92,14 @@ d c import "$DATA/dtypes.safetensors" >/dev/null 2>&1
 first_is_c() { test "$(d c --json global resolve model:v1 --via-daemon | json 'd["sources"][0]["node"]')" = node-c; }
 ok wait_for 10 first_is_c
 ok test "$(d c --json global resolve model:v1 --via-daemon | json 'd["sources"][0]["distance"]')" = 0
+# B pulls it with no --from: the global store names A and C as sources.
+r=$(d b --json pull model:v1 2>/dev/null)
+ok test "$(echo "$r" | json 'd["id"]')" = "$id"
+ok test "$(echo "$r" | json 'len(d["sources"])')" = 2
+ok test "$(d b --json global resolve model:v1 --via-daemon | json 'd["sources"][0]["node"]')" = node-b
+c_addr=$(cat "$dir/c/peer.addr")
+ok test "${c_addr##*:}" -gt 0
+ok test "$(d c --json global resolve model:v1 --via-daemon | json 'd["sources"][0]["peer_addr"]')" = "$c_addr"
 
 # Compare-and-swap on A moves the key cluster-wide.
 id2=$(d a import "$DATA/many-tensors.safetensors" --key model:v1 --expect 1 2>/dev/null)
