@@ -25,7 +25,7 @@
 #include "common/compiler.h"
 #include "bench_gpu.h"
 #include "gpu/vmm.h"
-#include "store/gpu_loader.h"
+#include "xfer/gpu_loader.h"
 #include "store/shm.h"
 #include "tcast/errors.h"
 

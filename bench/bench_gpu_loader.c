@@ -30,8 +30,8 @@
 #include "format/format.h"
 #include "bench_gpu.h"
 #include "gpu/vmm.h"
-#include "store/gpu_loader.h"
-#include "store/loader.h"
+#include "xfer/gpu_loader.h"
+#include "xfer/loader.h"
 #include "store/shm.h"
 #include "tcast/errors.h"
 

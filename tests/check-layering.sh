@@ -1,7 +1,10 @@
 #!/bin/bash
 # Checks the #include graph against docs/design.md's layering rules:
-# lower layers never include upper ones, store/global/peer never include each
-# other, client never includes store, and only src/gpu knows CUDA.
+# lower layers never include upper ones, store/global/peer never include
+# each other, client never includes store, only src/gpu knows CUDA, and no
+# two files of one folder include each other, directly or through others
+# (x.c and x.h count as one module; a cycle means neither can be read,
+# tested or replaced without the other).
 set -u
 root=${1:-.}
 cd "$root/src" || exit 2
@@ -10,19 +13,32 @@ allowed() { # module -> modules it may include
 	case $1 in
 	common) echo "common" ;;
 	net | proto | format | gpu) echo "common $1" ;;
+	xfer) echo "common net format gpu xfer" ;;
 	client) echo "common net proto format gpu client" ;;
-	store) echo "common net proto format gpu store" ;;
+	store) echo "common net proto format gpu xfer store" ;;
 	global) echo "common net proto global" ;;
-	peer) echo "common net proto format gpu peer" ;;
-	cli) echo "common net proto format gpu client store global peer cli" ;;
+	peer) echo "common net proto format gpu xfer peer" ;;
+	cli) echo "common net proto format gpu xfer client store global peer cli" ;;
 	esac
 }
-for f in $(find . -name '*.[ch]' | sed 's|^\./||'); do
+edges=$(mktemp)
+trap 'rm -f "$edges"' EXIT
+for f in $(find . -name '*.[ch]' | sed 's|^\./||' | sort); do
 	mod=${f%%/*}
 	ok=$(allowed "$mod")
+	base=$(basename "$f")
 	while read -r inc; do
 		dep=${inc%%/*}
-		[ "$dep" = "$inc" ] && continue # same-directory include
+		if [ "$dep" = "$inc" ] || [ "$dep" = "$mod" ]; then
+			# Same folder: an edge between modules (x.c, x.h) for
+			# the cycle check; .def files are tables, not modules.
+			h=${inc#"$mod"/}
+			case $h in *.h) ;; *) continue ;; esac
+			[ -e "$mod/$h" ] || continue
+			[ "${h%.h}" = "${base%.*}" ] ||
+				echo "$mod ${base%.*} ${h%.h}" >>"$edges"
+			continue
+		fi
 		case " $ok " in *" $dep "*) ;; *)
 			echo "layering: src/$f includes \"$inc\" ($mod may use: $ok)"
 			fail=1
@@ -31,6 +47,15 @@ for f in $(find . -name '*.[ch]' | sed 's|^\./||'); do
 	done < <(sed -n 's/^#include "\([^"]*\)".*/\1/p' "$f" | grep -v '^tcast/')
 	if [ "$mod" != gpu ] && grep -q 'cuda\.h\|CUdeviceptr\|CUresult' "$f"; then
 		echo "layering: src/$f uses CUDA types outside src/gpu"
+		fail=1
+	fi
+done
+# tsort names the modules of each cycle it finds.
+for mod in $(cut -d' ' -f1 "$edges" | sort -u); do
+	cyc=$(awk -v m="$mod" '$1 == m { print $2, $3 }' "$edges" |
+		tsort 2>&1 >/dev/null | sed -n 's/^tsort: \([^-][^ ]*\)$/\1/p')
+	if [ -n "$cyc" ]; then
+		echo "layering: include cycle in src/$mod:" $cyc
 		fail=1
 	fi
 done

@@ -26,7 +26,7 @@
 
 #include "cli.h"
 #include "gpu/vmm.h"
-#include "store/ioring.h"
+#include "xfer/ioring.h"
 #include "tcast/errors.h"
 
 enum verdict { V_OK, V_WARN, V_FAIL };

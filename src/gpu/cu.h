@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "vmm.h"
+#include "device.h"
 
 /* ------------------------------------------------------------------------ */
 /* Driver types (cuda.h subset)                                              */

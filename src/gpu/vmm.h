@@ -36,11 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TC_GPU_UUID_BYTES 16 /* raw GPU UUID */
-/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" and a NUL */
-#define TC_GPU_UUID_STRLEN 41
-#define TC_GPU_NAME_MAX	   96 /* bytes of device name kept, with NUL */
-#define TC_GPU_PCI_MAX	   16 /* "0000:17:00.0" and a NUL */
+#include "device.h"
 
 /* Flags for tc__gpu_alloc, tc__gpu_import and tc__gpu_host_register.
  * TC_GPU_READ_ONLY: import maps PROT_READ; host_register is told the range
@@ -51,28 +47,6 @@
 
 /* Flags for tc__gpu_event_create. */
 #define TC_GPU_EVENT_TIMING 0x1 /* keep timestamps (else cheaper sync-only) */
-
-/*
- * What a process can know about one GPU without creating a context on it.
- * Filled once when the driver loads; ordinal is this process's view, uuid
- * is the GPU's identity across processes.
- */
-struct tc__gpu_info {
-	int ordinal;			   /* CUDA device ordinal here */
-	uint8_t uuid[TC_GPU_UUID_BYTES];   /* stable identity */
-	char uuid_str[TC_GPU_UUID_STRLEN]; /* nvidia-smi form */
-	char name[TC_GPU_NAME_MAX];	   /* "NVIDIA H100 80GB HBM3" */
-	char pci_bus_id[TC_GPU_PCI_MAX];   /* "0000:17:00.0" */
-	uint64_t total_bytes;		   /* device memory */
-	int cc_major;			   /* compute capability */
-	int cc_minor;
-	int sm_count;	       /* multiprocessors */
-	bool vmm;	       /* VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED */
-	bool posix_fd;	       /* HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED */
-	bool rdma;	       /* GPU_DIRECT_RDMA_SUPPORTED */
-	bool host_register;    /* HOST_REGISTER_SUPPORTED */
-	bool host_register_ro; /* READ_ONLY_HOST_REGISTER_SUPPORTED */
-};
 
 /*
  * One VMM allocation mapped into this process.
@@ -123,13 +97,6 @@ int tc__gpu_device_info(int ordinal, struct tc__gpu_info *out, char *err,
  * (not visible here), TC_ENODEV or TC_ECUDA. */
 int tc__gpu_device_find(const uint8_t uuid[TC_GPU_UUID_BYTES], char *err,
 			size_t errlen);
-
-/* Format a UUID as nvidia-smi does ("GPU-" + 8-4-4-4-12 lowercase hex). */
-void tc__gpu_uuid_format(const uint8_t uuid[TC_GPU_UUID_BYTES],
-			 char out[TC_GPU_UUID_STRLEN]);
-
-/* Parse that form, with or without "GPU-".  Returns 0 or TC_EINVAL. */
-int tc__gpu_uuid_parse(const char *s, uint8_t out[TC_GPU_UUID_BYTES]);
 
 /* VMM granularity of device `ordinal` for exportable pinned memory: the
  * minimum (every size and address is a multiple of it; 2 MiB on current

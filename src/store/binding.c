@@ -9,7 +9,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "gpu/vmm.h"
-#include "gpu_loader.h"
+#include "xfer/gpu_loader.h"
 #include "gpu_tier.h"
 #include "server_internal.h"
 #include "tcast/errors.h"

@@ -16,7 +16,7 @@
 #include "common/log.h"
 #include "common/tensor.h"
 #include "config.h"
-#include "gpu_loader.h"
+#include "xfer/gpu_loader.h"
 #include "net/net.h"
 #include "tcast/errors.h"
 

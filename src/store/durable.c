@@ -19,7 +19,7 @@
 #include "common/map.h"
 #include "durable.h"
 #include "format/format.h"
-#include "loader.h"
+#include "xfer/loader.h"
 #include "net/ev.h"
 #include "shm.h"
 #include "tcast/errors.h"

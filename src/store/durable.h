@@ -28,7 +28,7 @@
 
 #include "common/hash.h"
 #include "config.h"
-#include "jobs.h"
+#include "xfer/jobs.h"
 #include "mdb.h"
 #include "obj.h"
 

@@ -22,10 +22,10 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "config.h"
-#include "gpu_loader.h"
+#include "xfer/gpu_loader.h"
 #include "gpu_tier.h"
 #include "metrics.h"
-#include "jobs.h"
+#include "xfer/jobs.h"
 #include "net/ev.h"
 #include "obj.h"
 #include "proto/proto.h"
@@ -152,6 +152,8 @@ static void replica_touch(struct tc__gpu_replica *r)
 		lru_push(r->dev, r);
 	}
 }
+
+static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o);
 
 /* Free a ready, unleased replica: unaccount, unmap, release -- or, with
  * `keep`, hand its allocation (mapping and exported fd) over instead. */
@@ -397,12 +399,8 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		r->waiters = q;
 		return 1;
 	}
-	if (!o->gpu) {
-		o->gpu = tc__calloc(1, sizeof(*o->gpu));
-		if (!o->gpu)
-			return -ENOMEM;
-		o->gpu->tier = t;
-	}
+	if (!obj_gpu(t, o))
+		return -ENOMEM;
 	if (!o->shm) {
 		snprintf(
 			err, errlen,
@@ -718,12 +716,8 @@ int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
 	struct tc__gpu_dev *d = &t->devs[dev];
 	struct tc__gpu_replica *r;
 
-	if (!o->gpu) {
-		o->gpu = tc__calloc(1, sizeof(*o->gpu));
-		if (!o->gpu)
-			goto out_drop;
-		o->gpu->tier = t;
-	}
+	if (!obj_gpu(t, o))
+		goto out_drop;
 	if (o->gpu->rep[dev])
 		goto out_drop; /* the same content is already on that GPU */
 	r = tc__calloc(1, sizeof(*r));
@@ -986,12 +980,8 @@ void tc__gpu_tier_host_added(struct tc__gpu_tier *t, struct tc__obj *o)
 			ordinal = i;
 	if (ordinal < 0)
 		return;
-	if (!o->gpu) {
-		o->gpu = tc__calloc(1, sizeof(*o->gpu));
-		if (!o->gpu)
-			return; /* only speed is lost */
-		o->gpu->tier = t;
-	}
+	if (!obj_gpu(t, o))
+		return; /* only speed is lost */
 	if (o->gpu->reg_state != GT_REG_NONE)
 		return;
 	pin_later(t, o, ordinal);
@@ -1171,7 +1161,7 @@ static void unpin_and_free(struct tc__gpu_tier *t, struct tc__gpu_pinning *pin,
 	tc__jobs_submit(t->jobs, &j->job);
 }
 
-void tc__gpu_tier_obj_free(struct tc__obj *o)
+static void obj_gpu_free(struct tc__obj *o)
 {
 	struct tc__obj_gpu *g = o->gpu;
 
@@ -1196,9 +1186,10 @@ void tc__gpu_tier_obj_free(struct tc__obj *o)
 	}
 	tc__free(g);
 	o->gpu = NULL;
+	o->gpu_ops = NULL;
 }
 
-void tc__gpu_tier_obj_trim(struct tc__obj *o)
+static void obj_gpu_trim(struct tc__obj *o)
 {
 	if (!o->gpu)
 		return;
@@ -1212,7 +1203,7 @@ void tc__gpu_tier_obj_trim(struct tc__obj *o)
 
 /* ----------------------------------------------------------------- JSON */
 
-void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr)
+static void obj_gpu_json(const struct tc__obj *o, void *arr)
 {
 	if (!o->gpu)
 		return;
@@ -1234,6 +1225,26 @@ void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr)
 				r->alloc_seconds, "pinned", r->fill_pinned,
 				"reused_allocation", r->reused));
 	}
+}
+
+/* What obj.c calls on an artifact's GPU replicas (obj.h). */
+static const struct tc__replica_ops gpu_replica_ops = {
+	.free = obj_gpu_free,
+	.trim = obj_gpu_trim,
+	.json = obj_gpu_json,
+};
+
+/* o's GPU state, made on first use; NULL when out of memory. */
+static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o)
+{
+	if (!o->gpu) {
+		o->gpu = tc__calloc(1, sizeof(*o->gpu));
+		if (!o->gpu)
+			return NULL;
+		o->gpu->tier = t;
+		o->gpu_ops = &gpu_replica_ops;
+	}
+	return o->gpu;
 }
 
 void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)

@@ -35,7 +35,7 @@
 #include <stdint.h>
 
 #include "gpu/vmm.h"
-#include "gpu_loader.h"
+#include "xfer/gpu_loader.h"
 
 #define TC_GPU_TIER_MAX_DEV 32 /* devices the tier manages */
 
@@ -184,17 +184,9 @@ void tc__gpu_replica_keep_private(struct tc__gpu_replica *r);
 void tc__gpu_replica_lease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
 void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
 
-/* Hooks of obj.c.  obj_free: release every replica (none may be leased or
- * filling) and unpin the host mapping; called before the shm is freed.
- * obj_trim: free the unleased ready replicas of a removed artifact. */
-void tc__gpu_tier_obj_free(struct tc__obj *o);
-void tc__gpu_tier_obj_trim(struct tc__obj *o);
-
-/* JSON (malloc'd strings, NULL on OOM): the "gpu" member of STATUS, and the
- * GPU entries of an artifact's "replicas" array (appended to `arr`, a
- * json_t *). */
+/* The "gpu" member of STATUS (a malloc'd string, NULL on OOM).  An
+ * artifact's own GPU entries come through its tc__replica_ops (obj.h). */
 char *tc__gpu_tier_status_json(struct tc__gpu_tier *t);
-void tc__gpu_tier_obj_json(const struct tc__obj *o, void *arr);
 
 /* Publish each opened device's replicas, bytes, budget, evictions and
  * leases to the metrics (metrics.h); nothing before the driver is open. */

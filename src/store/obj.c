@@ -13,8 +13,7 @@
 #include "common/compiler.h"
 #include "common/log.h"
 #include "common/names.h"
-#include "gpu_tier.h"
-#include "loader.h"
+#include "xfer/loader.h"
 #include "net/ev.h"
 #include "mdb.h"
 #include "obj.h"
@@ -57,7 +56,8 @@ void tc__obj_free(struct tc__obj *o)
 	if (!o)
 		return;
 	/* GPU replicas first: they unpin the host mapping. */
-	tc__gpu_tier_obj_free(o);
+	if (o->gpu)
+		o->gpu_ops->free(o);
 	tc__shm_free(o->shm);
 	tc__table_release(&o->table);
 	tc__buf_release(&o->attach_body);
@@ -158,7 +158,8 @@ static void obj_kill(struct tc__objs *s, struct tc__obj *o)
 		tc__obj_free(o);
 	} else {
 		/* Replicas no client maps go now; the rest at release. */
-		tc__gpu_tier_obj_trim(o);
+		if (o->gpu)
+			o->gpu_ops->trim(o);
 	}
 }
 
@@ -785,8 +786,8 @@ static json_t *obj_json(struct tc__objs *s, struct tc__obj *o)
 {
 	json_t *j = obj_summary(s, o);
 
-	if (j)
-		tc__gpu_tier_obj_json(o, json_object_get(j, "replicas"));
+	if (j && o->gpu)
+		o->gpu_ops->json(o, json_object_get(j, "replicas"));
 	return j;
 }
 

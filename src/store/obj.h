@@ -26,7 +26,26 @@
 #include "common/tensor.h"
 #include "shm.h"
 
+struct tc__obj;
 struct tc__obj_gpu;
+
+/*
+ * What obj.c asks of a tier that holds replicas of an artifact besides its
+ * host segment (today the GPU tier, gpu_tier.c).  obj.c includes no tier:
+ * the tier sets these with the replica state it hangs on the artifact, and
+ * obj.c calls them only while that state exists.
+ */
+struct tc__replica_ops {
+	/* The artifact is freed: release every replica (none may be leased
+	 * or filling) and what they hold of it (a host pinning), and the
+	 * tier's state; called before the host segment is freed. */
+	void (*free)(struct tc__obj *o);
+	/* The artifact was removed but is still leased: free the replicas
+	 * no client maps. */
+	void (*trim)(struct tc__obj *o);
+	/* Append one JSON object per replica to `arr` (a json_t array). */
+	void (*json)(const struct tc__obj *o, void *arr);
+};
 
 #define TC_KEY_MAX     512 /* bytes in a key name */
 #define TC_KEY_HISTORY 64  /* versions remembered per key */
@@ -65,7 +84,8 @@ struct tc__obj {
 	struct tc__obj *lru_prev; /* neighbours in the LRU list */
 	struct tc__obj *lru_next;
 	struct tc__obj_gpu *gpu; /* owned: GPU replicas (gpu_tier.h), or NULL */
-	uint64_t expires_ms;	 /* unix time its TTL passes; 0 = never */
+	const struct tc__replica_ops *gpu_ops; /* set with `gpu` */
+	uint64_t expires_ms; /* unix time its TTL passes; 0 = never */
 	bool persisting; /* its shared-disk copy is being written (leased) */
 	char persist_err[256];	   /* why the last such write failed, or "" */
 	struct tc__digest *chunks; /* owned: the chunk digests, for peers */

@@ -20,7 +20,7 @@
 #include "common/log.h"
 #include "common/names.h"
 #include "gpu/vmm.h"
-#include "gpu_loader.h"
+#include "xfer/gpu_loader.h"
 #include "gpu_tier.h"
 #include "metrics.h"
 #include "server_internal.h"

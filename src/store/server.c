@@ -19,7 +19,7 @@
 #include "common/compiler.h"
 #include "common/log.h"
 #include "gpu_tier.h"
-#include "jobs.h"
+#include "xfer/jobs.h"
 #include "metrics.h"
 #include "net/ev.h"
 #include "net/net.h"

@@ -27,7 +27,7 @@
 
 #include "common/buf.h"
 #include "config.h"
-#include "jobs.h"
+#include "xfer/jobs.h"
 #include "net/ev.h"
 #include "obj.h"
 #include "proto/proto.h"

@@ -1,5 +1,5 @@
 /*
- * test_gpu_loader.c - src/store/gpu_loader.c against the fake driver:
+ * test_gpu_loader.c - src/xfer/gpu_loader.c against the fake driver:
  * every source of tests/data lands on the "GPU" with the same bytes and
  * the same chunk digests as the host loader, for every thread count,
  * staging depth and read mode; failures are clean errors with no leaks.
@@ -27,9 +27,9 @@
 #include "common/hash.h"
 #include "format/format.h"
 #include "gpu/vmm.h"
-#include "store/gpu_loader.h"
-#include "store/ioring.h"
-#include "store/loader.h"
+#include "xfer/gpu_loader.h"
+#include "xfer/ioring.h"
+#include "xfer/loader.h"
 #include "tcast/errors.h"
 #include "tlib.h"
 

@@ -26,7 +26,7 @@
 #include "common/tensor.h"
 #include "format/canon.h"
 #include "format/format.h"
-#include "store/loader.h"
+#include "xfer/loader.h"
 #include "store/mdb.h"
 #include "tcast/dtype.h"
 #include "tcast/errors.h"

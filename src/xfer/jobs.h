@@ -5,6 +5,10 @@
  * state; its done() executes later on the loop thread, which learns of it
  * through an eventfd.  Jobs are owned by their submitter; done() is the last
  * call the pool makes on a job, and it may free it.
+ *
+ * Part of src/xfer (uses common, net, format, gpu): the engines that move
+ * bytes for the daemon and, later, the peer module; nothing here knows
+ * artifacts, connections or budgets.
  */
 #ifndef TC_JOBS_H
 #define TC_JOBS_H

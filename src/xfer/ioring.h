@@ -15,6 +15,10 @@
  * Where the kernel has no io_uring (ENOSYS), forbids it (EPERM: seccomp,
  * kernel.io_uring_disabled) or lacks IORING_OP_READ, tc__ioring_new fails
  * and the caller reads with pread.
+ *
+ * Part of src/xfer (uses common, net, format, gpu): the engines that move
+ * bytes for the daemon and, later, the peer module; nothing here knows
+ * artifacts, connections or budgets.
  */
 #ifndef TC_IORING_H
 #define TC_IORING_H

@@ -7,6 +7,10 @@
  * window while it is still in cache, so the digest costs no second pass
  * over memory.  Reads use pread into owned memory, so a file truncated
  * during the load is an error, never SIGBUS.
+ *
+ * Part of src/xfer (uses common, net, format, gpu): the engines that move
+ * bytes for the daemon and, later, the peer module; nothing here knows
+ * artifacts, connections or budgets.
  */
 #ifndef TC_LOADER_H
 #define TC_LOADER_H

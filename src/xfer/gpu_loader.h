@@ -8,6 +8,10 @@
  * in cache, and queues one host-to-device copy of it; the buffer is reused
  * once the copy's event has fired.  So disk, CPU and PCIe work overlap, and
  * staging memory is threads x depth x 4 MiB whatever the model's size.
+ *
+ * Part of src/xfer (uses common, net, format, gpu): the engines that move
+ * bytes for the daemon and, later, the peer module; nothing here knows
+ * artifacts, connections or budgets.
  */
 #ifndef TC_GPU_LOADER_H
 #define TC_GPU_LOADER_H

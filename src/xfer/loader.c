@@ -12,7 +12,6 @@
 #include "common/compiler.h"
 #include "common/io.h"
 #include "loader.h"
-#include "proto/proto.h"
 #include "tcast/errors.h"
 
 /* Bytes read and hashed at a time: small enough to stay in L2. */
