@@ -11,6 +11,7 @@
 #include "gpu/vmm.h"
 #include "xfer/gpu_loader.h"
 #include "gpu_tier.h"
+#include "xfer/xfer.h"
 #include "server_internal.h"
 #include "tcast/errors.h"
 
@@ -83,33 +84,30 @@ static void bind_run(struct tc__job *job)
 {
 	struct bind_job *j = (struct bind_job *)job;
 	struct binding *bd = j->bd;
-	uint64_t n = j->o->table.total_bytes, t0;
+	uint64_t t0 = tc__now_ns();
+	/* The fastest source the artifact has (choose_source): the replica
+	 * on this GPU device to device, the pinned host replica, else the
+	 * host replica through the staging ring.  A BIND allocates (bd->mem
+	 * is empty), a SWAP refills in place. */
+	struct tc__xfer x = { .from = j->rep ? TC_XFER_FROM_GPU :
+					       TC_XFER_FROM_HOST,
+			      .host = j->o->shm ? j->o->shm->map : NULL,
+			      .pin = j->pinned ? &j->pin : NULL,
+			      .staged = true,
+			      .gpu_src = j->rep ? &j->rep->mem : NULL,
+			      .bytes = j->o->table.total_bytes,
+			      .to = TC_XFER_TO_GPU,
+			      .gpu_dst = &bd->mem,
+			      .ordinal = bd->dev,
+			      .alloc_bytes = bd->charged,
+			      .nthreads = j->nthreads };
 
 	if (j->phase == 1) {
 		j->rc = tc__gpu_init(j->err, sizeof(j->err));
 		return;
 	}
-	if (!j->swap)
-		j->rc = tc__gpu_alloc(bd->dev, bd->charged, 0, &bd->mem, j->err,
-				      sizeof(j->err));
-	if (j->rc < 0)
-		return;
-	t0 = tc__now_ns();
-	/* The fastest source the artifact has (choose_source). */
-	if (j->rep)
-		j->rc = tc__gpu_dtod(bd->dev, bd->mem.dptr, j->rep->mem.dptr, n,
-				     NULL, j->err, sizeof(j->err));
-	else if (j->pinned)
-		j->rc = tc__gpu_copy_pinned(&j->pin, n, &bd->mem, j->err,
-					    sizeof(j->err));
-	else
-		j->rc = tc__gpu_copy_host(j->o->shm->map, n, &bd->mem,
-					  j->nthreads, j->err, sizeof(j->err));
-	j->copy_seconds = (double)(tc__now_ns() - t0) / 1e9;
-	if (j->rc == 0 && bd->mem.size > n)
-		j->rc = tc__gpu_memset8(bd->dev, bd->mem.dptr + n, 0,
-					bd->mem.size - n, NULL, j->err,
-					sizeof(j->err));
+	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
+	j->copy_seconds = (double)(tc__now_ns() - t0) / 1e9 - x.alloc_seconds;
 }
 
 /* A new binding's reply: handle, id, size, GPU, table and the fd. */

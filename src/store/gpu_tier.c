@@ -26,6 +26,7 @@
 #include "gpu_tier.h"
 #include "metrics.h"
 #include "xfer/jobs.h"
+#include "xfer/xfer.h"
 #include "net/ev.h"
 #include "obj.h"
 #include "proto/proto.h"
@@ -775,6 +776,16 @@ static void fill_run(struct tc__job *job)
 {
 	struct fill_job *j = (struct fill_job *)job;
 	uint64_t t0 = tc__now_ns();
+	struct tc__xfer x = { .from = TC_XFER_FROM_HOST,
+			      .host = j->src,
+			      .pin = &j->pin,
+			      .staged = j->staged,
+			      .bytes = j->src_bytes,
+			      .to = TC_XFER_TO_GPU,
+			      .gpu_dst = &j->mem,
+			      .ordinal = j->ordinal,
+			      .alloc_bytes = j->alloc_bytes,
+			      .nthreads = j->nthreads };
 
 	if (j->do_register) {
 		/* Pin the sealed mapping once, so this and later copies run
@@ -785,34 +796,16 @@ static void fill_run(struct tc__job *job)
 					j->reg_err, sizeof(j->reg_err));
 	}
 	/* An evicted replica's allocation of the same size is refilled in
-	 * place (evict()); else a new one. */
-	if (!j->mem.dptr)
-		j->rc = tc__gpu_alloc(j->ordinal, j->alloc_bytes, 0, &j->mem,
-				      j->err, sizeof(j->err));
-	j->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9;
-	if (j->rc < 0) {
-		j->oom = tc__gpu_last_error_oom();
-		goto out;
-	}
-	if (tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
+	 * place (evict(): j->mem is given); else the transfer makes one. */
+	j->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9; /* the pin */
+	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
+	j->alloc_seconds += x.alloc_seconds;
+	j->oom = x.alloc_oom;
+	if (j->mem.dptr &&
+	    tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
 		j->gran = 0;
-	if (j->pin.nsegs)
-		j->rc = tc__gpu_copy_pinned(&j->pin, j->src_bytes, &j->mem,
-					    j->err, sizeof(j->err));
-	else if (j->staged)
-		j->rc = tc__gpu_copy_host(j->src, j->src_bytes, &j->mem,
-					  j->nthreads, j->err, sizeof(j->err));
-	else
-		j->rc = tc__gpu_mem_write(&j->mem, 0, j->src, j->src_bytes,
-					  NULL, j->err, sizeof(j->err));
-	/* Zero the rounding tail: clients see only what the artifact says. */
-	if (j->rc == 0 && j->mem.size > j->src_bytes)
-		j->rc = tc__gpu_memset8(j->ordinal, j->mem.dptr + j->src_bytes,
-					0, j->mem.size - j->src_bytes, NULL,
-					j->err, sizeof(j->err));
 	if (j->rc < 0)
 		tc__gpu_release(&j->mem);
-out:
 	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
 }
 

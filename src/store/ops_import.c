@@ -25,6 +25,7 @@
 #include "gpu_tier.h"
 #include "xfer/jobs.h"
 #include "xfer/loader.h"
+#include "xfer/xfer.h"
 #include "metrics.h"
 #include "net/net.h"
 #include "obj.h"
@@ -220,24 +221,22 @@ static void import_run(struct tc__job *job)
 						.direct = -1,
 						.stage_chunks = 1,
 						.io = j->io_engine };
-		struct tc__gpu_load_stats *st = &j->gpu_stats;
-		uint64_t total = j->src->table.total_bytes;
+		struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
+				      .files = j->src,
+				      .to = TC_XFER_TO_GPU,
+				      .gpu_dst = &j->gmem,
+				      .ordinal = j->gpu_dev,
+				      .alloc_bytes = j->gpu_charged,
+				      .nthreads = j->io_threads,
+				      .load = &lo,
+				      .chunks = j->chunks,
+				      .prog = &j->prog };
 
-		j->rc = tc__gpu_alloc(j->gpu_dev, j->gpu_charged, 0, &j->gmem,
-				      j->err, sizeof(j->err));
-		if (j->rc == 0)
-			j->rc = tc__gpu_load_source(j->src, &j->gmem, &lo,
-						    j->chunks, &j->prog, st,
-						    j->err, sizeof(j->err));
-		/* Clients see only what the artifact says: zero the tail. */
-		if (j->rc == 0 && j->gmem.size > total)
-			j->rc = tc__gpu_memset8(j->gpu_dev,
-						j->gmem.dptr + total, 0,
-						j->gmem.size - total, NULL,
-						j->err, sizeof(j->err));
+		j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
+		j->gpu_stats = x.stats;
 		if (j->rc < 0)
 			return;
-		j->gpu_seconds = st->seconds;
+		j->gpu_seconds = x.stats.seconds;
 		j->o->table = j->src->table;
 		tc__table_init(&j->src->table);
 		j->rc = tc__obj_finish(j->o, j->chunks, n);
@@ -253,8 +252,15 @@ static void import_run(struct tc__job *job)
 			 strerror(-j->rc));
 		return;
 	}
-	j->rc = tc__load_source(j->src, j->o->shm->rw_map, j->io_threads,
-				j->chunks, &j->prog, j->err, sizeof(j->err));
+	struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
+			      .files = j->src,
+			      .to = TC_XFER_TO_HOST,
+			      .host_dst = j->o->shm->rw_map,
+			      .nthreads = j->io_threads,
+			      .chunks = j->chunks,
+			      .prog = &j->prog };
+
+	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
 	if (j->rc < 0)
 		return;
 	j->rc = tc__shm_seal(j->o->shm);

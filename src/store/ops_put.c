@@ -8,8 +8,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "common/names.h"
 #include "format/format.h"
@@ -70,6 +72,9 @@ static void spare_run(struct tc__job *job)
 {
 	struct spare_job *j = (struct spare_job *)job;
 
+	/* Tests: an allocation as slow as on a loaded host. */
+	if (tc__failpoint("spare_slow", ""))
+		nanosleep(&(struct timespec){ 3, 0 }, NULL);
 	j->rc = tc__shm_spare_new(j->size, &j->seg);
 }
 
@@ -79,7 +84,11 @@ static void spare_done(struct tc__job *job)
 	struct server *s = j->s;
 
 	s->spare_filling = false;
-	if (j->rc == 0 && !s->spare && !s->stopping) {
+	if (s->spare_given_up) {
+		/* A request took the charge back while we allocated. */
+		s->spare_given_up = false;
+		tc__shm_free(j->seg);
+	} else if (j->rc == 0 && !s->spare && !s->stopping) {
 		s->spare = j->seg; /* the charge now covers it */
 	} else {
 		s->spare_charged -= j->size;
@@ -127,6 +136,16 @@ void tc__srv_spare_refill(struct server *s)
 
 void tc__srv_spare_drop(struct server *s)
 {
+	if (!s->spare && s->spare_filling && !s->spare_given_up &&
+	    s->spare_charged) {
+		/* Its pages are being made: the room goes back now (a request
+		 * needs it, and the job may take a while on a loaded host),
+		 * the segment when the job is done. */
+		tc__objs_unreserve(&s->objs, s->spare_charged);
+		s->spare_charged = 0;
+		s->spare_given_up = true;
+		return;
+	}
 	if (!s->spare)
 		return;
 	s->spare_charged -= s->spare->size;
@@ -153,9 +172,10 @@ int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 		s->spare = NULL;
 		s->spare_charged -= seg->size;
 		tc__objs_unreserve(&s->objs, seg->size);
-	} else if (s->spare && s->objs.used + bytes + extra > s->objs.budget) {
-		/* A spare too small for this request gives up its room
-		 * before any artifact is evicted for it. */
+	} else if (s->spare_charged &&
+		   s->objs.used + bytes + extra > s->objs.budget) {
+		/* A spare too small for this request, or still being made,
+		 * gives up its room before any artifact is evicted for it. */
 		tc__srv_spare_drop(s);
 	}
 	/* The segment and the table's host memory (extra) together. */

@@ -173,6 +173,8 @@ struct server {
 	struct tc__shm *spare;
 	uint64_t spare_target;	/* bytes to keep ready; 0 = off */
 	bool spare_filling;	/* a job is allocating the next one */
+	bool spare_given_up;	/* ...and a request took its charge back:
+				   the job frees what it made */
 	uint64_t spare_charged; /* budget bytes held by the spare (ready or
 				   being allocated) */
 	bool stopping;
@@ -273,7 +275,8 @@ int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 			    char *err, size_t errlen);
 /* Allocate the next spare if the daemon is idle and the budget has room. */
 void tc__srv_spare_refill(struct server *s);
-/* Give the spare's memory and charge back. */
+/* Give the spare's memory and charge back; a spare still being allocated
+ * gives its charge back now and its memory when its job is done. */
 void tc__srv_spare_drop(struct server *s);
 /* Publish `o` under `key` (none when empty) after insert; fills c->err on
  * failure. */

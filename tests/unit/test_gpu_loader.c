@@ -30,6 +30,7 @@
 #include "xfer/gpu_loader.h"
 #include "xfer/ioring.h"
 #include "xfer/loader.h"
+#include "xfer/xfer.h"
 #include "tcast/errors.h"
 #include "tlib.h"
 
@@ -642,6 +643,118 @@ static void test_gpu_loader__no_uring_under_seccomp(void **state)
 	assert_int_equal(t_wait_status(pid), 0);
 }
 
+/*
+ * xfer.h: every source to every sink it serves, bytes and digests as the
+ * host loader's, the GPU sink allocated when empty and its tail past the
+ * byte space zeroed (even over garbage, when refilled in place), and a
+ * pair it does not serve refused by name.
+ */
+static void test_gpu_loader__xfer_sources_and_sinks(void **state)
+{
+	struct tc__gpu_mem a, b;
+	struct tc__digest *chunks;
+	struct ref r;
+	uint64_t n, tail;
+	uint8_t *back, *host;
+	char err[512];
+
+	ref_open(&r, t_data("many-tensors.safetensors"));
+	n = r.src->table.total_bytes;
+	chunks = calloc(r.nchunks + 1, sizeof(*chunks));
+	host = calloc(1, n + 1);
+	tc__gpu_mem_init(&a);
+	tc__gpu_mem_init(&b);
+
+	/* files -> host memory */
+	struct tc__xfer fh = { .from = TC_XFER_FROM_FILES,
+			       .files = r.src,
+			       .to = TC_XFER_TO_HOST,
+			       .host_dst = host,
+			       .nthreads = 2,
+			       .chunks = chunks };
+	assert_int_equal(tc__xfer_run(&fh, err, sizeof(err)), 0);
+	assert_int_equal(fh.bytes, n);
+	assert_memory_equal(host, r.bytes, n);
+	assert_memory_equal(chunks, r.chunks, r.nchunks * sizeof(*chunks));
+
+	/* files -> a GPU allocation the transfer makes */
+	memset(chunks, 0, r.nchunks * sizeof(*chunks));
+	struct tc__xfer fg = { .from = TC_XFER_FROM_FILES,
+			       .files = r.src,
+			       .to = TC_XFER_TO_GPU,
+			       .gpu_dst = &a,
+			       .ordinal = 0,
+			       .alloc_bytes = n + 4096,
+			       .nthreads = 2,
+			       .chunks = chunks };
+	assert_int_equal(tc__xfer_run(&fg, err, sizeof(err)), 0);
+	assert_true(a.dptr != 0 && a.size >= n + 4096);
+	back = malloc(a.size); /* the allocation is granularity-rounded */
+	assert_int_equal(fg.stats.bytes, n);
+	assert_memory_equal(chunks, r.chunks, r.nchunks * sizeof(*chunks));
+	tail = a.size - n;
+	assert_int_equal(tc__gpu_mem_read(&a, 0, back, n + tail, NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(back, r.bytes, n);
+	for (uint64_t i = 0; i < tail; i++)
+		assert_int_equal(back[n + i], 0);
+
+	/* host -> GPU, staged and direct, refilled in place over garbage */
+	for (int staged = 0; staged <= 1; staged++) {
+		assert_int_equal(tc__gpu_memset8(0, a.dptr, 0xAB, a.size, NULL,
+						 err, sizeof(err)),
+				 0);
+		struct tc__xfer hg = { .from = TC_XFER_FROM_HOST,
+				       .host = r.bytes,
+				       .staged = staged,
+				       .bytes = n,
+				       .to = TC_XFER_TO_GPU,
+				       .gpu_dst = &a,
+				       .ordinal = 0,
+				       .nthreads = 2 };
+		uint64_t dptr = a.dptr;
+
+		assert_int_equal(tc__xfer_run(&hg, err, sizeof(err)), 0);
+		assert_int_equal(a.dptr, dptr); /* no new allocation */
+		assert_int_equal(tc__gpu_mem_read(&a, 0, back, a.size, NULL,
+						  err, sizeof(err)),
+				 0);
+		assert_memory_equal(back, r.bytes, n);
+		for (uint64_t i = n; i < a.size; i++)
+			assert_int_equal(back[i], 0);
+	}
+
+	/* GPU -> GPU (device to device) */
+	struct tc__xfer gg = { .from = TC_XFER_FROM_GPU,
+			       .gpu_src = &a,
+			       .bytes = n,
+			       .to = TC_XFER_TO_GPU,
+			       .gpu_dst = &b,
+			       .ordinal = 0,
+			       .alloc_bytes = n };
+	assert_int_equal(tc__xfer_run(&gg, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&b, 0, back, n, NULL, err, sizeof(err)), 0);
+	assert_memory_equal(back, r.bytes, n);
+
+	/* GPU -> host: not served, said so */
+	struct tc__xfer gh = { .from = TC_XFER_FROM_GPU,
+			       .gpu_src = &a,
+			       .bytes = n,
+			       .to = TC_XFER_TO_HOST,
+			       .host_dst = host };
+	assert_int_equal(tc__xfer_run(&gh, err, sizeof(err)), TC_ENOTSUP);
+	assert_non_null(strstr(err, "GPU to host"));
+
+	tc__gpu_release(&a);
+	tc__gpu_release(&b);
+	free(host);
+	free(back);
+	free(chunks);
+	ref_close(&r);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -653,6 +766,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_loader__ioring),
 		cmocka_unit_test(test_gpu_loader__pin_and_copy_pinned),
 		cmocka_unit_test(test_gpu_loader__no_uring_under_seccomp),
+		cmocka_unit_test(test_gpu_loader__xfer_sources_and_sinks),
 	};
 
 	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);

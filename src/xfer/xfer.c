@@ -1,0 +1,94 @@
+/*
+ * xfer.c - one transfer from a source to a sink (xfer.h): the engines of
+ * loader.c and gpu_loader.c, and the driver's copies, behind one call.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "net/ev.h"
+#include "tcast/errors.h"
+#include "xfer.h"
+
+/* Allocate an empty GPU sink. */
+static int sink_alloc(struct tc__xfer *x, char *err, size_t errlen)
+{
+	uint64_t t0 = tc__now_ns();
+	int rc;
+
+	if (x->gpu_dst->dptr)
+		return 0; /* given: refilled in place */
+	rc = tc__gpu_alloc(x->ordinal, x->alloc_bytes, 0, x->gpu_dst, err,
+			   errlen);
+	x->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9;
+	if (rc < 0)
+		x->alloc_oom = tc__gpu_last_error_oom();
+	return rc;
+}
+
+static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
+{
+	const struct tc__gpu_load_opts def = { .nthreads = x->nthreads,
+					       .depth = 2,
+					       .direct = -1,
+					       .stage_chunks = 1 };
+	struct tc__gpu_mem *dst = x->gpu_dst;
+
+	switch (x->from) {
+	case TC_XFER_FROM_FILES:
+		return tc__gpu_load_source(x->files, dst,
+					   x->load ? x->load : &def, x->chunks,
+					   x->prog, &x->stats, err, errlen);
+	case TC_XFER_FROM_HOST:
+		if (x->pin && x->pin->nsegs)
+			return tc__gpu_copy_pinned(x->pin, x->bytes, dst, err,
+						   errlen);
+		if (x->staged)
+			return tc__gpu_copy_host(x->host, x->bytes, dst,
+						 x->nthreads, err, errlen);
+		return tc__gpu_mem_write(dst, 0, x->host, x->bytes, NULL, err,
+					 errlen);
+	case TC_XFER_FROM_GPU:
+		return tc__gpu_dtod(x->ordinal, dst->dptr, x->gpu_src->dptr,
+				    x->bytes, NULL, err, errlen);
+	}
+	return TC_EINVAL;
+}
+
+static int to_host(struct tc__xfer *x, char *err, size_t errlen)
+{
+	switch (x->from) {
+	case TC_XFER_FROM_FILES:
+		return tc__load_source(x->files, x->host_dst, x->nthreads,
+				       x->chunks, x->prog, err, errlen);
+	case TC_XFER_FROM_HOST:
+		memcpy(x->host_dst, x->host, x->bytes);
+		return 0;
+	case TC_XFER_FROM_GPU:
+		break;
+	}
+	snprintf(err, errlen,
+		 "a transfer from GPU to host memory is not "
+		 "implemented");
+	return TC_ENOTSUP;
+}
+
+int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen)
+{
+	uint64_t n;
+	int rc;
+
+	if (x->from == TC_XFER_FROM_FILES)
+		x->bytes = x->files->table.total_bytes;
+	n = x->bytes;
+	if (x->to == TC_XFER_TO_HOST)
+		return to_host(x, err, errlen);
+	rc = sink_alloc(x, err, errlen);
+	if (rc == 0)
+		rc = to_gpu(x, err, errlen);
+	/* Clients see only what the artifact says: zero the tail. */
+	if (rc == 0 && x->gpu_dst->size > n)
+		rc = tc__gpu_memset8(x->ordinal, x->gpu_dst->dptr + n, 0,
+				     x->gpu_dst->size - n, NULL, err, errlen);
+	return rc;
+}

@@ -1,0 +1,84 @@
+/*
+ * xfer.h - one transfer: an artifact's byte space from a source to a
+ * sink, run on the calling (worker) thread.
+ *
+ * Sources: safetensors files laid out as an artifact (the chunk digests
+ * are computed on the way), host memory (pinned or not), or a GPU
+ * allocation.  Sinks: host memory (a writable memfd mapping, or a
+ * caller's buffer) or a GPU allocation, which the transfer makes when it
+ * is still empty and whose tail past the byte space it zeroes (clients see
+ * only what the artifact says).  The daemon's disk import, GPU replica
+ * fill and binding fill are each one call; a peer module gets the same
+ * engines without knowing the daemon.
+ *
+ * Part of src/xfer (uses common, net, format, gpu): nothing here knows
+ * artifacts, connections or budgets.
+ */
+#ifndef TC_XFER_H
+#define TC_XFER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/hash.h"
+#include "format/format.h"
+#include "gpu/vmm.h"
+#include "gpu_loader.h"
+#include "loader.h"
+
+enum tc__xfer_src {
+	TC_XFER_FROM_FILES, /* files: every tensor, read and hashed */
+	TC_XFER_FROM_HOST,  /* host: `bytes` bytes of host memory */
+	TC_XFER_FROM_GPU,   /* gpu: `bytes` bytes on the sink's device */
+};
+
+enum tc__xfer_sink {
+	TC_XFER_TO_HOST, /* host_dst: writable, zero-filled, >= bytes */
+	TC_XFER_TO_GPU,	 /* gpu_dst, allocated here when empty */
+};
+
+/*
+ * One transfer.  The caller fills the source, the sink and the options;
+ * tc__xfer_run fills the results.  Nothing is owned: every pointer is
+ * borrowed for the call, and a GPU allocation made here belongs to the
+ * caller whatever the result (tc__gpu_release frees it).
+ */
+struct tc__xfer {
+	enum tc__xfer_src from;
+	const struct tc__source *files;	   /* FILES: laid out */
+	const void *host;		   /* HOST */
+	const struct tc__gpu_pinning *pin; /* HOST, optional: `host` pinned
+					      (copied at the pinned rate) */
+	bool staged; /* HOST, unpinned: through the pinned staging ring
+			(large copies), else one direct write */
+	const struct tc__gpu_mem *gpu_src; /* GPU */
+	uint64_t bytes; /* HOST, GPU: bytes to move (FILES: the table's) */
+
+	enum tc__xfer_sink to;
+	void *host_dst;		     /* TO_HOST */
+	struct tc__gpu_mem *gpu_dst; /* TO_GPU */
+	int ordinal;		     /* TO_GPU: the device */
+	uint64_t alloc_bytes;	     /* TO_GPU, gpu_dst empty: its size */
+
+	int nthreads;			      /* reader or copy threads */
+	const struct tc__gpu_load_opts *load; /* FILES -> GPU: the loader's
+						 knobs (NULL: defaults) */
+	struct tc__digest *chunks;	      /* FILES: tc__chunk_count(total)
+						 digests out */
+	struct tc__load_progress *prog;	      /* FILES, optional */
+
+	/* Results. */
+	struct tc__gpu_load_stats stats; /* FILES -> GPU */
+	double alloc_seconds;		 /* TO_GPU: allocation time */
+	bool alloc_oom;			 /* the allocation ran out of memory */
+};
+
+/*
+ * Run `x`.  Returns 0, or a negative code with `err` naming what failed:
+ * -errno or TC_EBADFILE from reads, TC_ECUDA, TC_ENODEV, TC_EINVAL, -ENOMEM,
+ * -ECANCELED (x->prog's cancel), TC_ENOTSUP for a pair of source and sink
+ * not implemented (GPU -> host).
+ */
+int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen);
+
+#endif /* TC_XFER_H */
