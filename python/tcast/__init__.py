@@ -276,6 +276,7 @@ def put(
     expect_generation: Optional[int] = None,
     wait_persistence: bool = True,
     ttl_ms: Optional[int] = None,
+    host: bool = False,
 ) -> Artifact:
     """Copy tensors into the daemon's shared memory as one artifact.
 
@@ -291,6 +292,10 @@ def put(
     long.  Returns the registered artifact; ``.last_import`` says what it
     cost, whether the daemon already held identical content, its
     ``persistence`` and what was ``degraded``.
+
+    CUDA tensors all on one GPU become a replica on that GPU, copied device
+    to device; ``host=True`` (or a policy that keeps a disk copy: durable,
+    ha, cold) puts them in host memory instead, copied device to host.
     """
     if not isinstance(tensors, Mapping):
         raise errors.InvalidArgumentError(f"put() takes a mapping of name -> tensor, not {type(tensors).__name__}")
@@ -323,7 +328,9 @@ def put(
     s = _sess()
     lib = s.lib
     p = ctypes.c_void_p()
-    gpu = _cuda_ordinal_of(tensors) if n else None
+    # The disk-backed policies persist from host memory.
+    to_gpu = n and not host and policy not in ("durable", "ha", "cold")
+    gpu = _cuda_ordinal_of(tensors) if to_gpu else None
     copy_seconds = 0.0
     if gpu is not None:
         # Every tensor on one GPU: the artifact becomes a replica on that

@@ -396,7 +396,9 @@ def offload(model: torch.nn.Module, config: Config) -> torch.nn.Module:
         if backend is BackendType.CUDA:
             tcast = _connect_daemon(model_bytes, config)
             try:
-                art = tcast.put({n: t for n, t in named}, metadata={"tcast.stream": label})
+                # host=True: the CUDA backend streams from the pinned host replica,
+                # even when the model's weights are on the GPU now.
+                art = tcast.put({n: t for n, t in named}, metadata={"tcast.stream": label}, host=True)
             except errors.NoSpaceError as e:
                 raise errors.NoSpaceError(
                     f"the tcast daemon's host memory cannot hold {label}'s weights ({model_bytes / 2**30:.3f} GiB): {e.message}; "
