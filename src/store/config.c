@@ -10,9 +10,9 @@
 #include <strings.h>
 #include <jansson.h>
 #include <unistd.h>
-#include <yaml.h>
 
 #include "common/compiler.h"
+#include "common/kvyaml.h"
 #include "common/log.h"
 #include "common/tensor.h"
 #include "config.h"
@@ -415,88 +415,16 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 	return TC_EBADCONFIG;
 }
 
+static int apply_cb(void *arg, const char *key, const char *val, char *why,
+		    size_t whylen)
+{
+	return apply(arg, key, val, why, whylen);
+}
+
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen)
 {
-	yaml_parser_t p;
-	yaml_event_t ev;
-	FILE *f = fopen(path, "r");
-	char key[64] = "", why[160];
-	int depth = 0, rc = 0, have_key = 0, done = 0;
-
-	if (!f) {
-		int e = errno;
-
-		snprintf(err, errlen, "cannot open config '%s': %s", path,
-			 strerror(e));
-		return -e;
-	}
-	yaml_parser_initialize(&p);
-	yaml_parser_set_input_file(&p, f);
-	while (!done) {
-		if (!yaml_parser_parse(&p, &ev)) {
-			snprintf(err, errlen, "%s:%zu: %s", path,
-				 p.problem_mark.line + 1,
-				 p.problem ? p.problem : "invalid YAML");
-			rc = TC_EBADCONFIG;
-			break;
-		}
-		switch (ev.type) {
-		case YAML_STREAM_END_EVENT:
-			done = 1;
-			break;
-		case YAML_MAPPING_START_EVENT:
-			if (++depth > 1) {
-				snprintf(err, errlen,
-					 "%s:%zu: nested mappings are not "
-					 "allowed",
-					 path, ev.start_mark.line + 1);
-				rc = TC_EBADCONFIG;
-			}
-			break;
-		case YAML_MAPPING_END_EVENT:
-			depth--;
-			break;
-		case YAML_SEQUENCE_START_EVENT:
-			snprintf(err, errlen, "%s:%zu: lists are not allowed",
-				 path, ev.start_mark.line + 1);
-			rc = TC_EBADCONFIG;
-			break;
-		case YAML_SCALAR_EVENT: {
-			const char *v = (const char *)ev.data.scalar.value;
-
-			if (depth != 1) {
-				snprintf(err, errlen,
-					 "%s:%zu: expected a mapping of keys",
-					 path, ev.start_mark.line + 1);
-				rc = TC_EBADCONFIG;
-			} else if (!have_key) {
-				snprintf(key, sizeof(key), "%s", v);
-				have_key = 1;
-			} else {
-				int r = apply(c, key, v, why, sizeof(why));
-
-				if (r < 0) {
-					snprintf(err, errlen,
-						 "%s:%zu: key '%s': %s", path,
-						 ev.start_mark.line + 1, key,
-						 why);
-					rc = TC_EBADCONFIG;
-				}
-				have_key = 0;
-			}
-			break;
-		}
-		default:
-			break;
-		}
-		yaml_event_delete(&ev);
-		if (rc < 0)
-			break;
-	}
-	yaml_parser_delete(&p);
-	fclose(f);
-	return rc;
+	return tc__kvyaml_load(path, apply_cb, c, err, errlen);
 }
 
 int tc__config_set(struct tc__store_config *c, const char *key, const char *val,
