@@ -301,6 +301,7 @@ static void accept_shed(struct server *s, int err)
 	static struct tc__ratelimit rl;
 	int fd;
 
+	s->fd_short_ms = tc__now_ms();
 	if (s->reserve_fd >= 0) {
 		close(s->reserve_fd);
 		s->reserve_fd = -1;

@@ -117,6 +117,10 @@ void tc__srv_spare_refill(struct server *s)
 	    tc__jobs_pending(s->jobs) || bytes > s->objs.budget ||
 	    s->objs.used > s->objs.budget - bytes)
 		return;
+	/* Out of fds lately: the spare's memfd, made on a worker, would
+	 * race accept_shed for the reserve's slot. */
+	if (s->reserve_fd < 0 || tc__now_ms() < s->fd_short_ms + 5000)
+		return;
 	if (tc__objs_reserve(&s->objs, bytes, TC_POLICY_WARM, err,
 			     sizeof(err)) < 0)
 		return;

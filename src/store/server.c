@@ -47,6 +47,13 @@ static void on_tick(struct tc__ev *ev, void *arg)
 		s->accept_resume_ms = 0;
 		if (s->reserve_fd < 0)
 			s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		/* The spare's job may have taken the reserve's slot in the
+		 * instant accept_shed had it closed: without a reserve no
+		 * flooder is ever told why, so the spare gives its fd. */
+		if (s->reserve_fd < 0 && s->spare) {
+			tc__srv_spare_drop(s);
+			s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		}
 		tc__ev_add(s->ev, s->lfd, TC_EV_READ, tc__srv_on_accept, s);
 	}
 	tc__srv_spare_refill(s);

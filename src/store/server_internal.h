@@ -161,6 +161,7 @@ struct server {
 	int max_per_uid;	   /* connections one non-root uid may hold */
 	int max_per_pid;	   /* connections one process may hold */
 	uint64_t accept_resume_ms; /* accepting paused until (fds ran out) */
+	uint64_t fd_short_ms;	   /* when accept last hit EMFILE/ENFILE */
 	struct tc__jobs *io_jobs;  /* imports: I/O that may hang */
 	struct conn *conns;
 	int nconns;
