@@ -698,16 +698,39 @@ class Binding:
     is freed when the binding is closed and every tensor from it is gone."""
 
     def __init__(self, session: Session, handle: int, device: str):
-        from torch.utils.dlpack import from_dlpack
-
         lib = session.lib
         self._session = session
         self._handle: Optional[int] = handle
         self.device = device
         aid = lib.tc_artifact_id(handle).decode()
         self._table = _table_for(lib, handle, aid, lib.tc_artifact_size(handle))
-        base = from_dlpack(bytes_capsule(handle))  # holds its own reference
-        self.tensors: Dict[str, Any] = _torch_views_from_base(base, self._table, None, None)
+        self._tensors: Optional[Dict[str, Any]] = None
+
+    @property
+    def tensors(self) -> Dict[str, Any]:
+        """torch views of the bound memory (made on first use, so a
+        process whose torch cannot take CUDA tensors can still bind and
+        swap, e.g. on the fake driver through ``data_ptr``)."""
+        if self._tensors is None:
+            from torch.utils.dlpack import from_dlpack
+
+            if self._handle is None:
+                raise errors.InvalidArgumentError("the binding is closed")
+            base = from_dlpack(bytes_capsule(self._handle))  # holds its own reference
+            self._tensors = _torch_views_from_base(base, self._table, None, None)
+        return self._tensors
+
+    @property
+    def data_ptr(self) -> int:
+        """The device address of the bound bytes (stable across swaps)."""
+        if self._handle is None:
+            raise errors.InvalidArgumentError("the binding is closed")
+        return self._session.lib.tc_artifact_data(self._handle) or 0
+
+    @property
+    def table(self) -> List["TensorInfo"]:
+        """name, dtype, shape, nbytes and offset of each bound tensor."""
+        return list(self._table.infos)
 
     @property
     def artifact_id(self) -> str:

@@ -7,7 +7,7 @@ straight into the local daemon's memory and registers it there, and this
 module reads its JSON report, so every peer used is named with its bytes
 and GB/s.  Sources are explicit (``sources=[...]`` or the ``peers`` entry
 of a source dict) or come from ``$TCAST_PEERS`` (comma-separated
-HOST:PORT); the global store will supply them once it is wired in.
+HOST:PORT); with none, the daemon asks the global store it joined.
 """
 
 from __future__ import annotations
@@ -78,9 +78,11 @@ def pull(
     if not isinstance(ref, str) or not ref:
         raise errors.InvalidArgumentError(f"pull needs a key or an artifact id, not {ref!r}")
     srcs = list(sources)
-    if not srcs or not all(isinstance(s, str) and s for s in srcs):
+    # No sources: the local daemon asks the global store it joined for the
+    # ranked sources (`tcast pull` without --from); without one it says so.
+    if not all(isinstance(s, str) and s for s in srcs):
         raise errors.InvalidArgumentError(
-            "pull needs sources: HOST:PORT strings (sources=[...] or $TCAST_PEERS)"
+            "pull sources must be HOST:PORT strings (sources=[...] or $TCAST_PEERS)"
         )
     exe = _cli.binary()
     if not exe:
