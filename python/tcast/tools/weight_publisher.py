@@ -481,8 +481,10 @@ class WeightPublisher:
                             f"already published ({where}); nothing was changed")
                 retired = self._trim(cfg.keep_last - 1 if cfg.keep_last > 0 else None, v)
                 meta = dict(cfg.metadata or {})
-                meta.update({"tcast.weight_version": str(v), "tcast.model_name": cfg.model_name})
                 t0 = time.perf_counter()
+                # when publishing started: receivers measure publish-to-apply from it
+                meta.update({"tcast.weight_version": str(v), "tcast.model_name": cfg.model_name,
+                             "tcast.published_unix_ms": str(int(time.time() * 1000))})
                 try:
                     aid, dedup = make(key, meta)
                 except errors.ConflictError as e:

@@ -1,0 +1,216 @@
+"""Group realization: tensor-parallel ranks switch to a new version together
+or not at all (docs/weight-publisher.md#group-realization).
+
+    g = GroupRealization("llama-serve", rank=r, world_size=4, device="cuda:0")
+    g.stage(version, "model:llama:v12", view=lambda a: a.view(slices=...))   # prepared
+    if g.wait(version, timeout_s=30) == "commit":                          # the barrier
+        tensors = g.acquire(version)                                        # switch
+    # else: every rank stays on the version it had
+
+Each rank stages its rank-local view of the new version (the daemon keeps
+the view as an artifact, ready on the device), then reports *prepared*.
+The group's decision is one key created by compare-and-swap
+(``expect_generation=0``): the rank that sees every rank prepared creates
+it naming the commit marker, a rank that fails, gives up or is told to
+abort creates it naming the abort marker, and whichever comes first is the
+decision for everyone.  A rank that dies mid-stage never reports prepared,
+so the group can only abort (at the latest when a surviving rank's wait
+times out).  Only after a commit does a rank copy the staged values into
+its live binding (same addresses; ``acquire``), so an abort leaves every
+rank on the old version, bit for bit.
+
+The prepared reports and the decision are keys of the node's daemon: a
+group is the ranks of one node (tensor parallelism within a server).
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import tcast as tc
+from tcast import errors
+
+_PREFIX = "tcast.group/"
+COMMIT, ABORT = "commit", "abort"
+
+
+def _marker(decision: str) -> str:
+    """The artifact a decision key names: content-addressed, so every rank
+    that makes it gets the same id."""
+    import numpy as np
+
+    a = tc.put({"decision": np.array([1 if decision == COMMIT else 0], dtype=np.uint8)},
+               metadata={"tcast.group.decision": decision})
+    # a key of its own keeps it while decision keys come and go (removing
+    # the last key naming an artifact removes the artifact)
+    tc.set_key(f"{_PREFIX}_marker/{decision}", a.artifact_id)
+    return a.artifact_id
+
+
+class GroupAborted(errors.TcastError):
+    name = "GROUP_ABORTED"
+    code = -4011
+
+
+class GroupRealization:
+    def __init__(self, group: str, rank: int, world_size: int, *, device: str = "cuda:0",
+                 fake_gpu: bool = False, poll_s: float = 0.05):
+        if not isinstance(group, str) or not group or "/" in group:
+            raise errors.InvalidArgumentError(f"group must be a non-empty name without '/', not {group!r}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise errors.InvalidArgumentError(f"rank {rank!r} of world_size {world_size!r}: need 0 <= rank < world_size")
+        self.group, self.rank, self.world_size = group, rank, world_size
+        self.device, self.fake_gpu, self.poll_s = device, fake_gpu, poll_s
+        self.binding: Any = None
+        self.version: Optional[int] = None  # the version the live binding holds
+        self._staged: Dict[int, str] = {}
+        self._markers: Dict[str, str] = {}
+
+    # -------------------------------------------------------------- keys
+
+    def _k(self, version: int, what: str) -> str:
+        return f"{_PREFIX}{self.group}/v{version}/{what}"
+
+    def _marker_id(self, decision: str) -> str:
+        if decision not in self._markers:
+            self._markers[decision] = _marker(decision)
+        return self._markers[decision]
+
+    def decision(self, version: int) -> Optional[str]:
+        try:
+            ki = tc.key_info(self._k(version, "decision"))
+        except errors.NotFoundError:
+            return None
+        if ki.artifact_id == self._marker_id(COMMIT):
+            return COMMIT
+        if ki.artifact_id == self._marker_id(ABORT):
+            return ABORT
+        raise errors.ConflictError(f"group {self.group} v{version}: the decision key names {ki.artifact_id}, "
+                                   "neither marker")
+
+    def _decide(self, version: int, decision: str) -> str:
+        """Create the decision key; whoever created it first decided."""
+        try:
+            tc.set_key(self._k(version, "decision"), self._marker_id(decision), expect_generation=0)
+            return decision
+        except errors.ConflictError:
+            d = self.decision(version)
+            assert d is not None
+            return d
+
+    def prepared(self, version: int) -> List[int]:
+        """The ranks that reported prepared for ``version``."""
+        pre = self._k(version, "rank")
+        out = []
+        for k in tc.keys():
+            if k.key.startswith(pre):
+                try:
+                    out.append(int(k.key[len(pre):]))
+                except ValueError:
+                    pass
+        return sorted(out)
+
+    # ----------------------------------------------------------- the steps
+
+    def stage(self, version: int, ref: str, *, view: Optional[Callable[[Any], Any]] = None) -> str:
+        """Make this rank's values of ``version`` ready (the view kept by the
+        daemon, without touching the live binding), then report prepared.
+        Returns the staged artifact id.  A failure aborts the group's
+        version and raises."""
+        try:
+            a = tc.artifact(ref)
+            staged = view(a).kept_id() if view is not None else a.artifact_id
+            if not self.fake_gpu and self.device != "cpu":
+                tc.artifact(staged).prefetch(self.device)
+        except BaseException as e:
+            self.abort(version, f"rank {self.rank} could not stage {ref}: {e}")
+            raise
+        self._staged[version] = staged
+        tc.set_key(self._k(version, f"rank{self.rank}"), staged, expect_generation=0)
+        return staged
+
+    def wait(self, version: int, timeout_s: float = 60.0) -> str:
+        """The barrier: "commit" once every rank is prepared (this rank may
+        be the one that decides), "abort" when a rank aborted, or on this
+        rank's timeout (which then aborts for everyone)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            d = self.decision(version)
+            if d is not None:
+                return d
+            if len(self.prepared(version)) >= self.world_size:
+                return self._decide(version, COMMIT)
+            if time.monotonic() >= deadline:
+                have = self.prepared(version)
+                missing = sorted(set(range(self.world_size)) - set(have))
+                return self._decide(version, ABORT) if missing else self._decide(version, COMMIT)
+            time.sleep(self.poll_s)
+
+    def abort(self, version: int, reason: str = "") -> str:
+        return self._decide(version, ABORT)
+
+    def acquire(self, version: int) -> Any:
+        """Switch: copy the staged values into the live binding (bound at
+        the first version); only after a commit.  Returns the binding."""
+        d = self.decision(version)
+        if d != COMMIT:
+            raise GroupAborted(f"group {self.group} v{version} is {d or 'undecided'}: rank {self.rank} stays on "
+                               f"version {self.version}")
+        staged = self._staged.pop(version)
+        if self.binding is None:
+            self.binding = self._bind(staged)
+        else:
+            self.binding.swap(staged)
+        self.version = version
+        return self.binding
+
+    def cleanup(self, version: int) -> None:
+        """Drop the group's keys for ``version`` (after every rank acted)."""
+        for k in tc.keys():
+            if k.key.startswith(self._k(version, "")):
+                try:
+                    tc.deregister_artifact(k.key)
+                except errors.TcastError:
+                    pass
+
+    def _bind(self, aid: str) -> Any:
+        if not self.fake_gpu:
+            return tc.artifact(aid).bind(self.device)
+        from tcast._artifact import Binding
+
+        s = tc._sess()
+        h = ctypes.c_void_p()
+        s.call(s.lib.tc_bind, aid.encode(), int(self.device.partition(":")[2] or 0), ctypes.byref(h))
+        return Binding(s, h.value, self.device)
+
+    def host_views(self) -> Dict[str, Any]:
+        """CPU torch views of the live binding on the fake driver (CI), where
+        device memory is host memory; the binding's tensors on a real GPU."""
+        if not self.fake_gpu:
+            return self.binding.tensors
+        import torch
+
+        from tcast import dtypes
+
+        return fake_gpu_views(self.binding)
+
+
+def fake_gpu_views(binding: Any) -> Dict[str, Any]:
+    """CPU torch tensors over a binding's memory on the fake driver
+    (tests/fakecuda), where device memory is host memory mapped into this
+    process.  Never on a real GPU: the address is a device address there."""
+    import torch
+
+    from tcast import dtypes
+
+    maps = dtypes.torch_mappings()
+    out = {}
+    base = binding.data_ptr
+    for t in binding.table:
+        m = maps[dtypes.BY_NAME[t.dtype].id]
+        buf = (ctypes.c_ubyte * max(t.nbytes, 1)).from_address(base + t.offset)
+        flat = torch.frombuffer(buf, dtype=m.fw_dtype, count=t.nbytes // m.itemsize) if t.nbytes else \
+            torch.empty(0, dtype=m.fw_dtype)
+        out[t.name] = flat.view(m.out_shape(dtypes.BY_NAME[t.dtype], tuple(t.shape), t.nbytes))
+    return out

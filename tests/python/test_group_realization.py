@@ -1,0 +1,180 @@
+"""Group realization (python/tcast/tools/group_realization.py): four rank
+processes, each with its live binding on the fake driver, switch to a new
+version together or not at all.
+
+All prepared -> commit -> every rank holds its shard of the new version
+at the same addresses; one rank killed (SIGKILL) mid-stage -> the others'
+barrier times out, the group aborts, every surviving rank still holds the
+old version bit for bit; a rank that aborts explicitly stops the others at
+once; and the end-to-end harness in single-host mode (keep_last=2 over
+v1..v3, tp_world_size 2, group realization into bindings).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, Daemon
+from shared_helpers import fakecuda_lib
+
+torch = pytest.importorskip("torch")
+
+import tcast  # noqa: E402
+from tcast.tools.weight_publisher_e2e import payload  # noqa: E402
+
+FAKE = Path(fakecuda_lib())
+pytestmark = pytest.mark.skipif(not FAKE.exists(), reason="fake driver not built")
+W = 4
+
+RANK = textwrap.dedent(r"""
+    import ctypes, sys, json, time, numpy as np, tcast as tc
+    from tcast.tools.group_realization import GroupRealization
+    from tcast.tools.weight_publisher_e2e import shard_view, validate
+
+    def views(b):
+        # numpy over the fake driver's device memory (host memory): no
+        # torch import in four processes at once
+        return {t.name: np.frombuffer((ctypes.c_ubyte * t.nbytes).from_address(b.data_ptr + t.offset),
+                                      np.float32).reshape(t.shape) for t in b.table}
+    tc.init(address=sys.argv[1])
+    rank, world = int(sys.argv[2]), int(sys.argv[3])
+    g = GroupRealization("grp", rank, world, fake_gpu=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        try:
+            if cmd[0] == "stage":
+                v = int(cmd[1])
+                if cmd[2:] == ["hang"]:   # stages forever: the test kills it here
+                    g.stage(v, f"m:v{v}", view=lambda a: time.sleep(3600))
+                g.stage(v, f"m:v{v}", view=shard_view(world, rank))
+                out = "staged"
+            elif cmd[0] == "wait":
+                out = g.wait(int(cmd[1]), float(cmd[2]))
+            elif cmd[0] == "abort":
+                out = g.abort(int(cmd[1]), "told to")
+            elif cmd[0] == "acquire":
+                g.acquire(int(cmd[1]))
+                out = "ok"
+            elif cmd[0] == "check":
+                err = validate(views(g.binding), int(cmd[1]), rank)
+                out = json.dumps({"err": err, "version": g.version, "addr": g.binding.data_ptr})
+        except Exception as e:
+            out = f"error {type(e).__name__}: {e}"
+        print(out, flush=True)
+""")
+
+
+class Rank:
+    def __init__(self, sock, r):
+        env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TCAST_CUDA_LIB=str(FAKE))
+        self.p = subprocess.Popen([sys.executable, "-c", RANK, sock, str(r), str(W)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def send(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def recv(self):
+        return self.p.stdout.readline().strip()
+
+    def cmd(self, line):
+        self.send(line)
+        return self.recv()
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+
+def each(ranks, line):
+    t0 = time.monotonic()
+    for r in ranks:
+        r.send(line)
+    out = [r.recv() for r in ranks]
+    print(f"{line}: {time.monotonic() - t0:.2f} s")
+    return out
+
+
+@pytest.fixture
+def fake_daemon(tmp_path):
+    os.chmod(tmp_path, 0o700)
+    d = Daemon(tmp_path, "1GiB", env={"TCAST_CUDA_LIB": str(FAKE)})
+    tcast.shutdown()
+    tcast.init(address=d.socket)
+    yield d
+    tcast.shutdown()
+    d.stop()
+
+
+def test_four_ranks_commit_abort_and_a_rank_killed_mid_stage(fake_daemon):
+    for v in (1, 2, 3, 4):
+        tcast.put(payload(v, W, 1 << 20, 3), key=f"m:v{v}")
+    ranks = [Rank(fake_daemon.socket, r) for r in range(W)]
+    try:
+        # v1: all prepared -> commit -> all switch
+        assert each(ranks, "stage 1") == ["staged"] * W
+        assert each(ranks, "wait 1 10") == ["commit"] * W
+        assert each(ranks, "acquire 1") == ["ok"] * W
+        checks = [json.loads(x) for x in each(ranks, "check 1")]
+        assert all(c["err"] is None and c["version"] == 1 for c in checks), checks
+        addrs = [c["addr"] for c in checks]
+        # v2: also committed; every rank at the same addresses as before
+        each(ranks, "stage 2")
+        assert each(ranks, "wait 2 10") == ["commit"] * W
+        each(ranks, "acquire 2")
+        checks = [json.loads(x) for x in each(ranks, "check 2")]
+        assert all(c["err"] is None for c in checks) and [c["addr"] for c in checks] == addrs
+        # v3: rank 2 dies while staging; the others are prepared, time out, abort
+        ranks[2].send("stage 3 hang")
+        live = [ranks[i] for i in (0, 1, 3)]
+        assert each(live, "stage 3") == ["staged"] * 3
+        time.sleep(0.2)
+        ranks[2].p.kill()
+        ranks[2].p.wait()
+        t0 = time.monotonic()
+        assert each(live, "wait 3 1.5") == ["abort"] * 3
+        assert time.monotonic() - t0 < 6
+        assert all(x.startswith("error GroupAborted") for x in each(live, "acquire 3"))
+        checks = [json.loads(x) for x in each(live, "check 2")]  # still v2, bit for bit
+        assert all(c["err"] is None and c["version"] == 2 for c in checks), checks
+        ki = tcast.key_info("tcast.group/grp/v3/decision")
+        assert tcast.artifact(ki.artifact_id).metadata["tcast.group.decision"] == "abort"
+        # v4: an explicit abort by one rank stops the others at once
+        assert each(live, "stage 4") == ["staged"] * 3
+        assert live[1].cmd("abort 4") == "abort"
+        t0 = time.monotonic()
+        assert each([live[0], live[2]], "wait 4 30") == ["abort"] * 2
+        assert time.monotonic() - t0 < 5
+        checks = [json.loads(x) for x in each(live, "check 2")]
+        assert all(c["err"] is None and c["version"] == 2 for c in checks), checks
+    finally:
+        for r in ranks:
+            r.close()
+
+
+def test_e2e_single_host(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TCAST_CUDA_LIB=str(FAKE))
+    p = subprocess.run(
+        [sys.executable, "-m", "tcast.tools.weight_publisher_e2e", "single-host", "--init-mode", "create",
+         "--num-versions", "3", "--keep-last", "2", "--payload-mode", "tp_ranked", "--tp-world-size", "2",
+         "--publish-interval-s", "0.5", "--receiver-timeout-s", "60", "--retention-timeout-s", "10",
+         "--materialize-device", "cuda:0", "--fake-gpu", "--payload-bytes", str(2 << 20),
+         "--output-dir", str(tmp_path), "--run-id", "r1"],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = json.loads((tmp_path / "r1" / "summary-single-host.json").read_text())
+    assert s["ok"]
+    assert [r["version"] for r in s["received"]] == [1, 2, 3] and all(r["validated"] for r in s["received"])
+    ret = s["retention"]["versions"]
+    assert ret["1"] == {"resolvable": True, "realizable": False, "expected_realizable": False,
+                        "cluster_sources": ret["1"]["cluster_sources"]}
+    assert ret["2"]["realizable"] and ret["3"]["realizable"]
+    assert s["publish_to_apply_s"]["n"] == 3 and s["publish_to_apply_s"]["p99"] < 30
