@@ -53,11 +53,16 @@ import tcast as tc
 LAYOUT = {"fc1.weight": (64, 32), "fc1.bias": (64,), "fc2.weight": (8, 64), "fc2.bias": (8,)}
 
 
-def make_weights(version: int, dtype=torch.float32):
+def make_weights(version: int, dtype=torch.float32, extra_bytes: int = 0, device="cpu"):
     """The example model's tensors for a version: deterministic, so a client
-    can check which version answered."""
+    can check which version answered.  ``extra_bytes`` adds "extra.weight"
+    (bf16, every element = version): the bulk of a large model, which the
+    server carries through reloads without computing with it."""
     g = torch.Generator().manual_seed(version)
-    return {n: (torch.randn(s, generator=g) * 0.1 + version).to(dtype) for n, s in LAYOUT.items()}
+    w = {n: (torch.randn(s, generator=g) * 0.1 + version).to(dtype).to(device) for n, s in LAYOUT.items()}
+    if extra_bytes:
+        w["extra.weight"] = torch.full((extra_bytes // 2,), float(version), dtype=torch.bfloat16, device=device)
+    return w
 
 
 def forward(w, x):
@@ -167,7 +172,10 @@ class Receiver:
                 except tc.TcastError as e:
                     raise ReloadFailed(500, f"cannot bind {key!r} on {self.args.device}: {e}") from None
                 names = {t.name: tuple(t.shape) for t in b.table}
-                if names != LAYOUT:
+                want = dict(LAYOUT)
+                if self.args.extra_bytes:
+                    want["extra.weight"] = (self.args.extra_bytes // 2,)
+                if names != want:
                     b.close()
                     raise ReloadFailed(409, f"key {key!r} does not have the model's layout: {names}")
                 weights = self._views(b)
@@ -216,6 +224,8 @@ class Receiver:
         base_addr = b.data_ptr
         out = {}
         for t in b.table:
+            if t.name not in LAYOUT:
+                continue
             buf = (ctypes.c_ubyte * t.nbytes).from_address(base_addr + t.offset)
             out[t.name] = torch.frombuffer(buf, dtype=torch.float32).view(t.shape)
         return out
@@ -359,6 +369,7 @@ def main(argv=None):
     ap.add_argument("--fake-gpu", action="store_true", help="the fake CUDA driver (CI): see the docstring")
     ap.add_argument("--socket", help="the local daemon's socket (default: $TCAST_SOCKET)")
     ap.add_argument("--initial-version", type=int, help="load this version before serving")
+    ap.add_argument("--extra-bytes", type=int, default=0, help="the weights also hold extra.weight of this size")
     ap.add_argument("--no-pull", action="store_true", help="never pull from peers")
     ap.add_argument("--pull-streams", type=int, default=4)
     ap.add_argument("--pull-timeout-ms", type=int, default=5000)

@@ -185,32 +185,33 @@ class GroupRealization:
         return Binding(s, h.value, self.device)
 
     def host_views(self) -> Dict[str, Any]:
-        """CPU torch views of the live binding on the fake driver (CI), where
-        device memory is host memory; the binding's tensors on a real GPU."""
-        if not self.fake_gpu:
-            return self.binding.tensors
-        import torch
-
-        from tcast import dtypes
-
-        return fake_gpu_views(self.binding)
+        """The live binding's torch tensors; on the fake driver (CI), CPU
+        views of its memory."""
+        return fake_gpu_views(self.binding) if self.fake_gpu else self.binding.tensors
 
 
-def fake_gpu_views(binding: Any) -> Dict[str, Any]:
-    """CPU torch tensors over a binding's memory on the fake driver
-    (tests/fakecuda), where device memory is host memory mapped into this
-    process.  Never on a real GPU: the address is a device address there."""
-    import torch
-
+def fake_gpu_views(binding: Any, framework: str = "torch") -> Dict[str, Any]:
+    """CPU tensors (torch or numpy) over a binding's memory on the fake
+    driver (tests/fakecuda), where device memory is host memory mapped into
+    this process.  Never on a real GPU: the address is a device address
+    there."""
     from tcast import dtypes
 
-    maps = dtypes.torch_mappings()
+    maps = dtypes.numpy_mappings() if framework == "numpy" else dtypes.torch_mappings()
     out = {}
     base = binding.data_ptr
     for t in binding.table:
-        m = maps[dtypes.BY_NAME[t.dtype].id]
+        dt = dtypes.BY_NAME[t.dtype]
+        m = maps[dt.id]
         buf = (ctypes.c_ubyte * max(t.nbytes, 1)).from_address(base + t.offset)
-        flat = torch.frombuffer(buf, dtype=m.fw_dtype, count=t.nbytes // m.itemsize) if t.nbytes else \
-            torch.empty(0, dtype=m.fw_dtype)
-        out[t.name] = flat.view(m.out_shape(dtypes.BY_NAME[t.dtype], tuple(t.shape), t.nbytes))
+        count = t.nbytes // m.itemsize
+        if framework == "numpy":
+            import numpy as np
+
+            flat = np.frombuffer(buf, dtype=m.fw_dtype, count=count)
+        else:
+            import torch
+
+            flat = torch.frombuffer(buf, dtype=m.fw_dtype, count=count) if count else torch.empty(0, dtype=m.fw_dtype)
+        out[t.name] = flat.reshape(m.out_shape(dt, tuple(t.shape), t.nbytes))
     return out

@@ -45,17 +45,18 @@ from .weight_publisher import WeightPublisher, WeightPublisherConfig
 
 
 def payload(version: int, tp: int, total_bytes: int, ntensors: int) -> Dict[str, Any]:
-    """tp_ranked tensors: layer i is [tp * rows, cols] float32; rank r's rows
-    hold version * 1000 + r + i / 8 (exact in float32 for the sizes used)."""
-    import torch
+    """tp_ranked tensors (numpy: the harness needs no torch): layer i is
+    [tp * rows, cols] float32; rank r's rows hold version * 1000 + r + i / 8
+    (exact in float32 for the versions used)."""
+    import numpy as np
 
     cols = 256
     rows = max(1, total_bytes // (ntensors * tp * cols * 4))
     out = {}
     for i in range(ntensors):
-        t = torch.empty(tp * rows, cols)
+        t = np.empty((tp * rows, cols), dtype=np.float32)
         for r in range(tp):
-            t[r * rows:(r + 1) * rows].fill_(expected(version, r, i))
+            t[r * rows:(r + 1) * rows] = expected(version, r, i)
         out[f"layers.{i}.weight"] = t
     return out
 
@@ -194,6 +195,9 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
     ranks = [GroupRealization(group, r, tp, device=device, fake_gpu=fake) for r in range(tp)] if use_binding else []
     results = out.setdefault("received", [])
     pulled: List[str] = []
+    # explicit sources (the baseline lane: the publisher only), else the
+    # global store's ranking (every node that holds the version)
+    peers = [p for p in (args.peers or "").split(",") if p]
     ok = True
     tmpl = args.key_template
     for n in range(args.num_versions):
@@ -206,7 +210,7 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
         while aid is None:
             try:
                 if distributed:
-                    r = tc.pull(key, streams=args.pull_streams, timeout_ms=args.pull_timeout_ms)
+                    r = tc.pull(key, peers, streams=args.pull_streams, timeout_ms=args.pull_timeout_ms)
                     aid = r.artifact_id
                     rec["pull_seconds"] = round(r.seconds, 6)
                     rec["sources"] = {p.addr: p.bytes for p in r.peers if p.bytes}
@@ -240,7 +244,7 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
                         errs[r] = "group aborted"
                         return
                     g.acquire(v)
-                    vals = fake_gpu_views(g.binding) if fake else g.binding.tensors
+                    vals = fake_gpu_views(g.binding, "numpy") if fake else g.binding.tensors
                     errs[r] = validate(vals, v, r)
                 except Exception as e:  # reported in the summary
                     errs[r] = f"rank {r}: {e}"
@@ -253,7 +257,7 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
             bad = next((e for e in errs if e), None)
             ranks[0].cleanup(v)
         else:
-            tensors = tc.artifact(aid).tensor_dict(device="cpu")
+            tensors = tc.artifact(aid).tensor_dict(device="cpu", framework="numpy")
             for r in range(tp):
                 sub = {}
                 for name, t in tensors.items():
@@ -270,7 +274,8 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
         results.append(rec)
         # a receiver lets go of versions it pulled outside its window, so a
         # retired version is not kept realizable by receivers
-        while distributed and len(pulled) > max(args.keep_last, 1):
+        rkeep = args.keep_last if args.receiver_keep is None else args.receiver_keep
+        while distributed and len(pulled) > rkeep:
             old = pulled.pop(0)
             try:
                 tc.deregister_artifact(old)
@@ -310,6 +315,11 @@ def main(argv=None) -> int:
     ap.add_argument("--policy", default="auto", help="auto (durable when the daemon has a shared disk), none, or a name")
     ap.add_argument("--host-memory", default="2GiB", help="--init-mode create: the private daemon's budget")
     ap.add_argument("--daemon-arg", action="append", help="--init-mode create: extra daemon arguments")
+    ap.add_argument("--peers", default="", help="receiver: pull only from these HOST:PORT (comma-separated); "
+                    "default: the sources the global store names")
+    ap.add_argument("--receiver-keep", type=int, default=None,
+                    help="receiver: pulled versions kept in the daemon after applying (default --keep-last; "
+                    "0 lets go of each version once applied)")
     ap.add_argument("--pull-streams", type=int, default=4)
     ap.add_argument("--pull-timeout-ms", type=int, default=5000)
     ap.add_argument("--poll-s", type=float, default=0.05)
