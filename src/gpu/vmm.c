@@ -22,21 +22,8 @@
 #include "common/compiler.h"
 #include "common/log.h"
 #include "cu.h"
+#include "gpu_internal.h"
 #include "vmm.h"
-
-/* A stream on one device; owned streams are destroyed by _free, wrapped
- * ones (torch's, DLPack's 0/1/2) only lose the wrapper. */
-struct tc__gpu_stream {
-	CUstream s; /* driver handle; 0, 1, 2 are the special streams */
-	int device; /* ordinal it belongs to */
-	bool owned; /* created by tc__gpu_stream_create */
-};
-
-struct tc__gpu_event {
-	CUevent e;	/* driver handle */
-	int device;	/* ordinal it was created on */
-	unsigned flags; /* TC_GPU_EVENT_* */
-};
 
 /* Load the driver and enter `ordinal`'s context. */
 static int gpu_begin(int ordinal, const struct tc__cu **cu,
@@ -758,9 +745,9 @@ void tc__gpu_event_free(struct tc__gpu_event *e)
 /* Copies                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static int copy_begin(int ordinal, const struct tc__gpu_stream *s,
-		      const struct tc__cu **cu, struct tc__cu_guard *g,
-		      char *err, size_t errlen)
+int tc__gpu_enter(int ordinal, const struct tc__gpu_stream *s,
+		  const struct tc__cu **cu, struct tc__cu_guard *g, char *err,
+		  size_t errlen)
 {
 	if (s && s->device != ordinal)
 		return tc__cu_seterr(TC_EINVAL, err, errlen,
@@ -806,7 +793,7 @@ static int xfer_run(int ordinal, const struct xfer *x, uint64_t n,
 
 	if (n == 0)
 		return 0;
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
 	if (ret < 0)
 		return ret;
 	switch (x->kind) {
@@ -927,7 +914,7 @@ int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 				     " bytes with pitches %" PRIu64
 				     " and %" PRIu64,
 				     width, dpitch, spitch);
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
+	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
 	if (ret < 0)
 		return ret;
 	memset(&m, 0, sizeof(m));
@@ -979,144 +966,6 @@ int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 				  dst_dev	     ? "to" :
 						       "from",
 				  ordinal);
-	tc__cu_leave(cu, &g);
-	return ret;
-}
-
-/* ------------------------------------------------------------------------ */
-/* The view kernel                                                           */
-/* ------------------------------------------------------------------------ */
-
-#include "view_permute_ptx.h"
-
-_Static_assert(sizeof(struct tc__gpu_permute) == 296,
-	       "struct tc__gpu_permute is the kernel's 296-byte parameter");
-
-#define KMAX_DEV 64 /* devices whose module we cache */
-
-/* Per device: the loaded module, or the sticky reason it did not load.
- * Guarded by kernel_lock; a loaded function never changes. */
-static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-	int state; /* 0 not tried, 1 loaded, < 0 the error */
-	CUmodule mod;
-	CUfunction fn;
-	char why[256];
-} kernels[KMAX_DEV];
-
-/* Inside the device's context: load the module once. */
-static int kernel_get(const struct tc__cu *cu, int ordinal, CUfunction *fn,
-		      char *err, size_t errlen)
-{
-	CUresult r;
-	int ret;
-
-	if (ordinal < 0 || ordinal >= KMAX_DEV)
-		return tc__cu_seterr(TC_EDEVICE, err, errlen,
-				     "no view kernel for GPU %d", ordinal);
-	pthread_mutex_lock(&kernel_lock);
-	if (kernels[ordinal].state == 0) {
-		r = cu->fn.cuModuleLoadData(&kernels[ordinal].mod,
-					    tc__view_permute_ptx);
-		if (r == CUDA_SUCCESS) {
-			r = cu->fn.cuModuleGetFunction(&kernels[ordinal].fn,
-						       kernels[ordinal].mod,
-						       "tc_view_permute");
-			if (r != CUDA_SUCCESS)
-				cu->fn.cuModuleUnload(kernels[ordinal].mod);
-		}
-		if (r == CUDA_SUCCESS) {
-			kernels[ordinal].state = 1;
-		} else {
-			tc__cu_fail(cu, r, "cuModuleLoadData",
-				    kernels[ordinal].why,
-				    sizeof(kernels[ordinal].why),
-				    "cannot load the view kernel on GPU %d",
-				    ordinal);
-			kernels[ordinal].state = TC_ENOTSUP;
-		}
-	}
-	ret = kernels[ordinal].state;
-	if (ret == 1)
-		*fn = kernels[ordinal].fn;
-	else
-		tc__cu_seterr(ret, err, errlen, "%s", kernels[ordinal].why);
-	pthread_mutex_unlock(&kernel_lock);
-	return ret < 0 ? ret : 0;
-}
-
-int tc__gpu_permute_ready(int ordinal, char *err, size_t errlen)
-{
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUfunction fn;
-	int ret;
-
-	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	ret = kernel_get(cu, ordinal, &fn, err, errlen);
-	tc__cu_leave(cu, &g);
-	return ret;
-}
-
-static bool kind_ok(uint32_t k)
-{
-	switch (k) {
-	case TC_GPU_KIND_B1:
-	case TC_GPU_KIND_B2:
-	case TC_GPU_KIND_B4:
-	case TC_GPU_KIND_B8:
-	case TC_GPU_KIND_F16:
-	case TC_GPU_KIND_BF16:
-	case TC_GPU_KIND_F32:
-		return true;
-	}
-	return false;
-}
-
-int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
-		    struct tc__gpu_stream *s, char *err, size_t errlen)
-{
-	struct tc__gpu_permute args = *a;
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUfunction fn;
-	CUresult r;
-	void *params[1] = { &args };
-	uint64_t blocks;
-	int ret;
-
-	if (a->ndim == 0 || a->ndim > 16 || !kind_ok(a->src_kind) ||
-	    !kind_ok(a->dst_kind) ||
-	    (a->src_kind != a->dst_kind &&
-	     ((a->src_kind >> 8) == 0 || (a->dst_kind >> 8) == 0)))
-		return tc__cu_seterr(TC_EINVAL, err, errlen,
-				     "view kernel: bad arguments (ndim %u, "
-				     "kinds 0x%x -> 0x%x)",
-				     a->ndim, a->src_kind, a->dst_kind);
-	if (a->n == 0)
-		return 0;
-	ret = copy_begin(ordinal, s, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	ret = kernel_get(cu, ordinal, &fn, err, errlen);
-	if (ret < 0)
-		goto out;
-	args.pad = 0;
-	blocks = (a->n + 255) / 256;
-	if (blocks > (1u << 20)) /* grid-stride beyond this */
-		blocks = 1u << 20;
-	r = cu->fn.cuLaunchKernel(fn, (unsigned)blocks, 1, 1, 256, 1, 1, 0,
-				  s ? s->s : NULL, params, NULL);
-	if (r == CUDA_SUCCESS && !s)
-		r = cu->fn.cuStreamSynchronize(NULL);
-	if (r != CUDA_SUCCESS)
-		ret = tc__cu_fail(cu, r, "cuLaunchKernel", err, errlen,
-				  "cannot run the view kernel on GPU %d "
-				  "(%" PRIu64 " elements)",
-				  ordinal, a->n);
-out:
 	tc__cu_leave(cu, &g);
 	return ret;
 }

@@ -302,6 +302,37 @@ int tc__gpu_permute_ready(int ordinal, char *err, size_t errlen);
 int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
 		    struct tc__gpu_stream *s, char *err, size_t errlen);
 
+/* ---- the chunk-hash kernels -------------------------------------------- */
+
+/* The parameter block of tc_b3_leaves / tc_b3_parents
+ * (src/gpu/kernels/b3core.h, struct b3_args): do not reorder. */
+struct tc__gpu_b3 {
+	uint64_t data, size;	  /* the byte space */
+	uint64_t chunk0, nchunks; /* the digest chunks of this launch */
+	uint64_t cvs, tmp;	  /* scratch, 32 bytes per leaf each */
+	uint64_t out;		  /* nchunks digests */
+	uint64_t chunk_bytes;	  /* TC_CHUNK_BYTES */
+};
+
+/* Whether the chunk-hash kernels load on device `ordinal`.  Returns as
+ * tc__gpu_permute_ready. */
+int tc__gpu_hash_ready(int ordinal, char *err, size_t errlen);
+
+struct tc__digest;
+
+/*
+ * The BLAKE3-256 digest of every TC_CHUNK_BYTES chunk of the first n bytes
+ * of m, computed on m's GPU (src/gpu/kernels/chunk_hash.cu): the same
+ * digests tc__hash256 gives on the host, at device-memory speed instead of
+ * the CPU's.  Work queued on other streams that writes m must be finished
+ * (or the NULL stream ordered after it) first.  Takes 64 MiB of scratch
+ * device memory for the call.  Returns 0, TC_EINVAL (n beyond m),
+ * TC_ENOTSUP (the driver refused the PTX: err says why), TC_EDEVICE,
+ * TC_ENODEV or TC_ECUDA (out of device memory for the scratch included).
+ */
+int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
+			    struct tc__digest *out, char *err, size_t errlen);
+
 /* ---- pinned host memory ------------------------------------------------ */
 
 /* Page-lock an existing host mapping (a memfd mapping, say) for every

@@ -4,10 +4,12 @@
  * The artifact's byte space is processed one 4 MiB digest chunk at a time.
  * Each reader thread owns a small ring of pinned staging buffers and one
  * stream: it reads a chunk's tensor bytes into a free buffer (pread from
- * the page cache, or O_DIRECT for cold files), hashes the chunk while it is
- * in cache, and queues one host-to-device copy of it; the buffer is reused
- * once the copy's event has fired.  So disk, CPU and PCIe work overlap, and
- * staging memory is threads x depth x 4 MiB whatever the model's size.
+ * the page cache, or O_DIRECT for cold files) and queues one host-to-device
+ * copy of it; the buffer is reused once the copy's event has fired.  So
+ * disk, CPU and PCIe work overlap, and staging memory is threads x depth x
+ * 4 MiB whatever the model's size.  The chunks are hashed on the GPU once
+ * all are in (src/gpu/kernels/chunk_hash.cu); where those kernels cannot
+ * run, each thread hashes its chunk while it is in cache, before the copy.
  *
  * Part of src/xfer (uses common, net, format, gpu): the engines that move
  * bytes for the daemon and, later, the peer module; nothing here knows
@@ -124,9 +126,11 @@ int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,
 			size_t errlen);
 
 /* Chunk digests (tc__chunk_count(n) entries into `chunks`) of the first
- * `n` bytes of a GPU allocation, as a host import would compute them:
- * `nthreads` threads copy 4 MiB chunks into pinned staging and hash them,
- * the next chunk's copy overlapping this one's hash.  Returns 0, TC_EINVAL,
+ * `n` bytes of a GPU allocation, as a host import would compute them: by
+ * the chunk-hash kernels on that GPU (tc__gpu_hash_chunks_dev); where they
+ * cannot run (or with TCAST_GPU_HASH_HOST set, to compare), `nthreads`
+ * threads copy 4 MiB chunks into pinned staging and hash them, the next
+ * chunk's copy overlapping this one's hash.  Returns 0, TC_EINVAL,
  * TC_ECUDA or TC_ENODEV with `err`. */
 int tc__gpu_hash_chunks(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
 			struct tc__digest *chunks, char *err, size_t errlen);

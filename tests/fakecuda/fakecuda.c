@@ -62,6 +62,7 @@
 #include <unistd.h>
 
 #include "gpu/cu.h"
+#include "gpu/kernels/b3core.h"
 
 #define FAKE_API	 __attribute__((visibility("default")))
 #define FAKE_MAX_DEV	 16
@@ -1465,10 +1466,12 @@ FAKE_API CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *m, CUstream s)
 
 /*
  * The fake cannot run PTX.  It accepts a PTX text (it must start like one
- * and declare the entry), and knows one kernel by name, tc_view_permute
- * (src/gpu/kernels/view_permute.cu), which it runs on the host with the
- * same semantics: so the callers' arguments, ranges and launch are
- * exercised in CI, and the PTX itself on a GPU (tests/gpu).
+ * and declare the entry), and knows tcast's kernels by name:
+ * tc_view_permute (src/gpu/kernels/view_permute.cu), run on the host with
+ * the same semantics, and the chunk-hash kernels (chunk_hash.cu), run
+ * through the very arithmetic they are compiled from (b3core.h).  So the
+ * callers' arguments, ranges and launches are exercised in CI, and the
+ * PTX itself on a GPU (tests/gpu).
  */
 #define CUDA_ERROR_INVALID_IMAGE ((CUresult)200)
 #define CUDA_ERROR_INVALID_PTX	 ((CUresult)218)
@@ -1479,11 +1482,16 @@ struct fmod {
 };
 
 struct ffunc {
-	struct fmod *mod;
+	const char *name;
+	struct fmod *mod; /* the module it was got from; NULL: none */
 };
 
 static struct fmod *mods;
-static struct ffunc permute_fn;
+static struct ffunc permute_fn = { "tc_view_permute", NULL };
+static struct ffunc b3_leaves_fn = { "tc_b3_leaves", NULL };
+static struct ffunc b3_parents_fn = { "tc_b3_parents", NULL };
+static struct ffunc *const known_fns[] = { &permute_fn, &b3_leaves_fn,
+					   &b3_parents_fn };
 
 FAKE_API CUresult cuModuleLoadData(CUmodule *out, const void *image)
 {
@@ -1515,8 +1523,10 @@ FAKE_API CUresult cuModuleUnload(CUmodule mod)
 			struct fmod *m = *pp;
 
 			*pp = m->next;
-			if (permute_fn.mod == m)
-				permute_fn.mod = NULL;
+			for (size_t i = 0;
+			     i < sizeof(known_fns) / sizeof(known_fns[0]); i++)
+				if (known_fns[i]->mod == m)
+					known_fns[i]->mod = NULL;
 			free(m->image);
 			free(m);
 			RETURN(CUDA_SUCCESS);
@@ -1535,12 +1545,19 @@ FAKE_API CUresult cuModuleGetFunction(CUfunction *out, CUmodule mod,
 			m = x;
 	if (!m || !out || !name)
 		RETURN(CUDA_ERROR_INVALID_HANDLE);
-	if (strcmp(name, "tc_view_permute") ||
-	    !strstr(m->image, ".entry tc_view_permute("))
-		RETURN(CUDA_ERROR_NOT_FOUND);
-	permute_fn.mod = m;
-	*out = (CUfunction)&permute_fn;
-	RETURN(CUDA_SUCCESS);
+	for (size_t i = 0; i < sizeof(known_fns) / sizeof(known_fns[0]); i++) {
+		char entry[64];
+
+		snprintf(entry, sizeof(entry), ".entry %s(",
+			 known_fns[i]->name);
+		if (!strcmp(name, known_fns[i]->name) &&
+		    strstr(m->image, entry)) {
+			known_fns[i]->mod = m;
+			*out = (CUfunction)known_fns[i];
+			RETURN(CUDA_SUCCESS);
+		}
+	}
+	RETURN(CUDA_ERROR_NOT_FOUND);
 }
 
 /* struct tc__gpu_permute (src/gpu/vmm.h), the kernel's parameter block. */
@@ -1625,6 +1642,56 @@ static void fk_store(uint32_t kind, uint8_t *p, float f)
 	memcpy(p, &h, 2);
 }
 
+/*
+ * The chunk-hash kernels, block after block and thread after thread: the
+ * leaves in index order, then each chunk's merge level by level, which is
+ * what the GPU's barriers order.  A launch that would touch memory outside
+ * its allocations fails as a GPU's would, before touching it.
+ */
+static CUresult b3_launch(const struct ffunc *f, void **params)
+{
+	struct b3_args a;
+	uint64_t per, nleaf;
+
+	memcpy(&a, params[0], sizeof(a));
+	if (a.chunk_bytes < B3_LEAF_BYTES || a.chunk_bytes % B3_LEAF_BYTES ||
+	    !a.nchunks || a.chunk0 * a.chunk_bytes >= a.size)
+		return CUDA_ERROR_INVALID_VALUE;
+	per = a.chunk_bytes / B3_LEAF_BYTES;
+	nleaf = a.nchunks * per;
+	if (!range_ok(a.cvs, nleaf * 32, PROT_WRITE) ||
+	    !range_ok(a.tmp, nleaf * 32, PROT_WRITE) ||
+	    !range_ok(a.out, a.nchunks * 32, PROT_WRITE) ||
+	    !range_ok(a.data + a.chunk0 * a.chunk_bytes,
+		      a.size - a.chunk0 * a.chunk_bytes <
+				      a.nchunks * a.chunk_bytes ?
+			      a.size - a.chunk0 * a.chunk_bytes :
+			      a.nchunks * a.chunk_bytes,
+		      PROT_READ))
+		return CUDA_ERROR_ILLEGAL_ADDRESS;
+	if (f == &b3_leaves_fn) {
+		for (uint64_t i = 0; i < nleaf; i++)
+			b3_leaf_at(&a, i);
+		return CUDA_SUCCESS;
+	}
+	for (uint64_t k = 0; k < a.nchunks; k++) {
+		uint32_t *in = (uint32_t *)(uintptr_t)a.cvs + k * per * 8;
+		uint32_t *to = (uint32_t *)(uintptr_t)a.tmp + k * per * 8;
+		uint64_t n = b3_leaves(
+			b3_chunk_len(a.size, a.chunk_bytes, a.chunk0 + k));
+
+		while (n > 2) {
+			uint32_t *sw = in;
+
+			n = b3_level(in, to, n, 0, 1);
+			in = to;
+			to = sw;
+		}
+		b3_root(in, n, (uint32_t *)(uintptr_t)a.out + k * 8);
+	}
+	return CUDA_SUCCESS;
+}
+
 FAKE_API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy,
 				 unsigned int gz, unsigned int bx,
 				 unsigned int by, unsigned int bz,
@@ -1639,11 +1706,16 @@ FAKE_API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy,
 	NEED_CTX();
 	if (!stream_ok(s))
 		RETURN(CUDA_ERROR_INVALID_HANDLE);
-	if ((void *)f != (void *)&permute_fn || !permute_fn.mod)
+	if (!f || !((struct ffunc *)f)->mod)
 		RETURN(CUDA_ERROR_INVALID_HANDLE);
 	if (!gx || !gy || !gz || !bx || !by || !bz || bx * by * bz > 1024 ||
 	    !params || extra)
 		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if ((void *)f == (void *)&b3_leaves_fn ||
+	    (void *)f == (void *)&b3_parents_fn)
+		RETURN(b3_launch((struct ffunc *)f, params));
+	if ((void *)f != (void *)&permute_fn)
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
 	memcpy(&a, params[0], sizeof(a));
 	if (a.ndim == 0 || a.ndim > 16)
 		RETURN(CUDA_ERROR_INVALID_VALUE);

@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <cmocka.h>
 
@@ -544,6 +545,44 @@ static void test_real__blocking_means_done(void **state)
 	free(tail);
 }
 
+/* The chunk-hash kernels on this GPU give the host's digests: every chunk
+ * of `big` bytes less an odd tail (a short last chunk, a partial leaf and
+ * block), timed. */
+static void test_real__chunk_hash(void **state)
+{
+	uint64_t n = big - 4093, nch = tc__chunk_count(n);
+	struct tc__digest *got = calloc(nch, sizeof(*got)), want;
+	uint8_t *src = malloc(n);
+	struct timespec t0, t1;
+	struct tc__gpu_mem m;
+	double s;
+
+	assert_true(got && src);
+	t_fill_pattern(src, n, 7);
+	check_ok(tc__gpu_hash_ready(dev, err, sizeof(err)));
+	check_ok(tc__gpu_alloc(dev, n, 0, &m, err, sizeof(err)));
+	check_ok(tc__gpu_mem_write(&m, 0, src, n, NULL, err, sizeof(err)));
+	check_ok(tc__gpu_hash_chunks_dev(&m, n, got, err, sizeof(err)));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	check_ok(tc__gpu_hash_chunks_dev(&m, n, got, err, sizeof(err)));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	s = (double)(t1.tv_sec - t0.tv_sec) +
+	    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	info("chunk hash on the GPU: %llu MiB in %.3f ms, %.1f GB/s\n",
+	     (unsigned long long)(n / MiB), s * 1e3, (double)n / s / 1e9);
+	for (uint64_t k = 0; k < nch; k++) {
+		tc__hash256(src + k * TC_CHUNK_BYTES,
+			    TC_MIN(TC_CHUNK_BYTES, n - k * TC_CHUNK_BYTES),
+			    &want);
+		if (!tc__digest_eq(&got[k], &want))
+			fail_msg("chunk %llu: the GPU's digest differs",
+				 (unsigned long long)k);
+	}
+	tc__gpu_release(&m);
+	free(src);
+	free(got);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -554,6 +593,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_real__out_of_memory),
 		cmocka_unit_test(test_real__context_restored),
 		cmocka_unit_test(test_real__blocking_means_done),
+		cmocka_unit_test(test_real__chunk_hash),
 	};
 	struct tc__gpu_info gi;
 	const char *path;

@@ -20,8 +20,10 @@
 #include <cmocka.h>
 
 #include "tcast/errors.h"
+#include "common/compiler.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "gpu/kernels/b3core.h"
 #include "gpu/vmm.h"
 #include "../gpu/gpu_test.h"
 
@@ -1085,6 +1087,121 @@ static void test_gpu__threads(void **state)
 	assert_no_device_memory_used();
 }
 
+/* b3core.h's tree for chunks of `chunk_bytes`, run on the host as the
+ * kernels run it (leaves, then level by level). */
+static void b3_host(const uint8_t *p, uint64_t size, uint64_t chunk_bytes,
+		    struct tc__digest *out)
+{
+	uint64_t per = chunk_bytes / B3_LEAF_BYTES, nch;
+	uint32_t *cvs, *tmp;
+	struct b3_args a;
+
+	nch = (size + chunk_bytes - 1) / chunk_bytes;
+	cvs = calloc(nch * per, 32);
+	tmp = calloc(nch * per, 32);
+	assert_non_null(cvs);
+	assert_non_null(tmp);
+	a = (struct b3_args){
+		(uintptr_t)p,	size,		0,	    nch, (uintptr_t)cvs,
+		(uintptr_t)tmp, (uintptr_t)out, chunk_bytes
+	};
+	for (uint64_t i = 0; i < nch * per; i++)
+		b3_leaf_at(&a, i);
+	for (uint64_t k = 0; k < nch; k++) {
+		uint32_t *in = cvs + k * per * 8, *to = tmp + k * per * 8;
+		uint64_t n = b3_leaves(b3_chunk_len(size, chunk_bytes, k));
+
+		while (n > 2) {
+			uint32_t *sw = in;
+
+			n = b3_level(in, to, n, 0, 1);
+			in = to;
+			to = sw;
+		}
+		b3_root(in, n, (uint32_t *)out[k].b);
+	}
+	free(cvs);
+	free(tmp);
+}
+
+/* The kernels' arithmetic is BLAKE3: every tree shape (1 to 13 leaves per
+ * chunk, partial blocks, partial leaves) against upstream's C code. */
+static void test_gpu__chunk_hash_core_is_blake3(void **state)
+{
+	static const uint64_t cb[] = { 1024, 3072, 5120, 7168, 13312 };
+	uint8_t *buf = malloc(40000);
+
+	assert_non_null(buf);
+	for (int i = 0; i < 40000; i++)
+		buf[i] = (uint8_t)(i * 131 + (i >> 7));
+	for (size_t c = 0; c < sizeof(cb) / sizeof(cb[0]); c++)
+		for (uint64_t size = 1; size < 40000;
+		     size += 1 + size / 3 + (size % 61)) {
+			uint64_t nch = (size + cb[c] - 1) / cb[c];
+			struct tc__digest got[40], want;
+
+			b3_host(buf, size, cb[c], got);
+			for (uint64_t k = 0; k < nch; k++) {
+				uint64_t len = b3_chunk_len(size, cb[c], k);
+
+				tc__hash256(buf + k * cb[c], len, &want);
+				if (!tc__digest_eq(&got[k], &want))
+					fail_msg("chunk %llu of %llu bytes "
+						 "(chunks of %llu): digest "
+						 "differs",
+						 (unsigned long long)k,
+						 (unsigned long long)size,
+						 (unsigned long long)cb[c]);
+			}
+		}
+	free(buf);
+}
+
+/* tc__gpu_hash_chunks_dev on the fake: the launches, the scratch and the
+ * copy of the digests back, for sizes around the leaf and chunk bounds. */
+static void test_gpu__chunk_hash_on_device(void **state)
+{
+	static const uint64_t sizes[] = { 1,	       1000,	     1024,
+					  1025,	       4 * MiB - 1,  4 * MiB,
+					  4 * MiB + 3, 9 * MiB + 517 };
+	struct tc__gpu_mem m;
+	uint8_t *host = malloc(10 * MiB);
+	struct tc__digest got[3], want;
+
+	assert_non_null(host);
+	for (uint64_t i = 0; i < 10 * MiB; i++)
+		host[i] = (uint8_t)((i * 2654435761u) >> 13);
+	assert_int_equal(tc__gpu_hash_ready(0, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_alloc(0, 10 * MiB, 0, &m, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_mem_write(&m, 0, host, 10 * MiB, NULL, err,
+					   sizeof(err)),
+			 0);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		uint64_t n = tc__chunk_count(sizes[i]);
+
+		memset(got, 0, sizeof(got));
+		assert_int_equal(tc__gpu_hash_chunks_dev(&m, sizes[i], got, err,
+							 sizeof(err)),
+				 0);
+		for (uint64_t k = 0; k < n; k++) {
+			tc__hash256(host + k * TC_CHUNK_BYTES,
+				    TC_MIN(TC_CHUNK_BYTES,
+					   sizes[i] - k * TC_CHUNK_BYTES),
+				    &want);
+			assert_true(tc__digest_eq(&got[k], &want));
+		}
+	}
+	/* Beyond the allocation: refused, nothing launched. */
+	assert_int_equal(tc__gpu_hash_chunks_dev(&m, m.size + 1, got, err,
+						 sizeof(err)),
+			 TC_EINVAL);
+	assert_non_null(strstr(err, "cannot hash"));
+	tc__gpu_release(&m);
+	free(host);
+	assert_no_device_memory_used();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1113,6 +1230,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__forked_child_refused),
 		cmocka_unit_test(test_gpu__context_restored),
 		cmocka_unit_test(test_gpu__threads),
+		cmocka_unit_test(test_gpu__chunk_hash_core_is_blake3),
+		cmocka_unit_test(test_gpu__chunk_hash_on_device),
 	};
 
 	if (argc == 4 && !strcmp(argv[1], "--child"))

@@ -2,7 +2,7 @@
  * view_permute.cu - the GPU kernel of views: permute the dims of a packed
  * tensor and cast its elements, in one pass.
  *
- * Not compiled by the build: scripts/gen-view-ptx.sh turns it into PTX
+ * Not compiled by the build: scripts/gen-ptx.sh turns it into PTX
  * (src/gpu/view_permute_ptx.h, checked in), which tcast loads at run time
  * with cuModuleLoadData, so the project builds without a CUDA toolkit and
  * the driver JIT-compiles the PTX for whatever GPU it finds.

@@ -1,0 +1,264 @@
+/*
+ * kernels.c - tcast's own GPU kernels: the view kernel (permute + cast)
+ * and the chunk-hash kernels (BLAKE3 of digest chunks in device memory).
+ *
+ * Each module is PTX checked in as a C string (scripts/gen-ptx.sh), loaded
+ * once per device and process with cuModuleLoadData (the driver compiles
+ * it for the GPU it finds), so the build needs no CUDA toolkit.  A module
+ * the driver refuses stays refused, with its reason, for the process:
+ * callers fall back to their host path and say why.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tcast/errors.h"
+#include "common/compiler.h"
+#include "common/hash.h"
+#include "cu.h"
+#include "gpu_internal.h"
+#include "vmm.h"
+
+#include "chunk_hash_ptx.h"
+#include "view_permute_ptx.h"
+
+_Static_assert(sizeof(struct tc__gpu_permute) == 296,
+	       "struct tc__gpu_permute is the kernel's 296-byte parameter");
+
+#define KMAX_DEV 64 /* devices whose modules we cache */
+
+enum kmod { KMOD_VIEW, KMOD_HASH, KMOD_N };
+
+static const struct {
+	const char *ptx, *what;
+	const char *entry[2]; /* functions, in the order kernel_get gives */
+} kmods[KMOD_N] = {
+	[KMOD_VIEW] = { tc__view_permute_ptx, "view", { "tc_view_permute" } },
+	[KMOD_HASH] = { tc__chunk_hash_ptx,
+			"chunk hash",
+			{ "tc_b3_leaves", "tc_b3_parents" } },
+};
+
+/* Per device and module: the loaded functions, or the sticky reason it
+ * did not load.  Guarded by kernel_lock; a loaded function never
+ * changes. */
+static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	int state; /* 0 not tried, 1 loaded, < 0 the error */
+	CUmodule mod;
+	CUfunction fn[2];
+	char why[256];
+} kernels[KMAX_DEV][KMOD_N];
+
+/* Inside the device's context: load module k once; fn gets its entries. */
+static int kernel_get(const struct tc__cu *cu, int ordinal, enum kmod k,
+		      CUfunction *fn, char *err, size_t errlen)
+{
+	const char *call = "cuModuleLoadData";
+	CUresult r;
+	int ret;
+
+	if (ordinal < 0 || ordinal >= KMAX_DEV)
+		return tc__cu_seterr(TC_EDEVICE, err, errlen,
+				     "no %s kernel for GPU %d", kmods[k].what,
+				     ordinal);
+	pthread_mutex_lock(&kernel_lock);
+	if (kernels[ordinal][k].state == 0) {
+		__typeof__(kernels[0][0]) *kk = &kernels[ordinal][k];
+
+		r = cu->fn.cuModuleLoadData(&kk->mod, kmods[k].ptx);
+		for (int i = 0; r == CUDA_SUCCESS && i < 2 && kmods[k].entry[i];
+		     i++) {
+			call = "cuModuleGetFunction";
+			r = cu->fn.cuModuleGetFunction(&kk->fn[i], kk->mod,
+						       kmods[k].entry[i]);
+			if (r != CUDA_SUCCESS)
+				cu->fn.cuModuleUnload(kk->mod);
+		}
+		if (r == CUDA_SUCCESS) {
+			kk->state = 1;
+		} else {
+			tc__cu_fail(cu, r, call, kk->why, sizeof(kk->why),
+				    "cannot load the %s kernel on GPU %d",
+				    kmods[k].what, ordinal);
+			kk->state = TC_ENOTSUP;
+		}
+	}
+	ret = kernels[ordinal][k].state;
+	if (ret == 1)
+		memcpy(fn, kernels[ordinal][k].fn,
+		       sizeof(kernels[ordinal][k].fn));
+	else
+		tc__cu_seterr(ret, err, errlen, "%s", kernels[ordinal][k].why);
+	pthread_mutex_unlock(&kernel_lock);
+	return ret < 0 ? ret : 0;
+}
+
+static int kernel_ready(int ordinal, enum kmod k, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUfunction fn[2];
+	int ret;
+
+	ret = tc__gpu_enter(ordinal, NULL, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = kernel_get(cu, ordinal, k, fn, err, errlen);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The view kernel                                                           */
+/* ------------------------------------------------------------------------ */
+
+int tc__gpu_permute_ready(int ordinal, char *err, size_t errlen)
+{
+	return kernel_ready(ordinal, KMOD_VIEW, err, errlen);
+}
+
+static bool kind_ok(uint32_t k)
+{
+	switch (k) {
+	case TC_GPU_KIND_B1:
+	case TC_GPU_KIND_B2:
+	case TC_GPU_KIND_B4:
+	case TC_GPU_KIND_B8:
+	case TC_GPU_KIND_F16:
+	case TC_GPU_KIND_BF16:
+	case TC_GPU_KIND_F32:
+		return true;
+	}
+	return false;
+}
+
+int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
+		    struct tc__gpu_stream *s, char *err, size_t errlen)
+{
+	struct tc__gpu_permute args = *a;
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUfunction fn[2];
+	CUresult r;
+	void *params[1] = { &args };
+	uint64_t blocks;
+	int ret;
+
+	if (a->ndim == 0 || a->ndim > 16 || !kind_ok(a->src_kind) ||
+	    !kind_ok(a->dst_kind) ||
+	    (a->src_kind != a->dst_kind &&
+	     ((a->src_kind >> 8) == 0 || (a->dst_kind >> 8) == 0)))
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "view kernel: bad arguments (ndim %u, "
+				     "kinds 0x%x -> 0x%x)",
+				     a->ndim, a->src_kind, a->dst_kind);
+	if (a->n == 0)
+		return 0;
+	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = kernel_get(cu, ordinal, KMOD_VIEW, fn, err, errlen);
+	if (ret < 0)
+		goto out;
+	args.pad = 0;
+	blocks = (a->n + 255) / 256;
+	if (blocks > (1u << 20)) /* grid-stride beyond this */
+		blocks = 1u << 20;
+	r = cu->fn.cuLaunchKernel(fn[0], (unsigned)blocks, 1, 1, 256, 1, 1, 0,
+				  s ? s->s : NULL, params, NULL);
+	if (r == CUDA_SUCCESS && !s)
+		r = cu->fn.cuStreamSynchronize(NULL);
+	if (r != CUDA_SUCCESS)
+		ret = tc__cu_fail(cu, r, "cuLaunchKernel", err, errlen,
+				  "cannot run the view kernel on GPU %d "
+				  "(%" PRIu64 " elements)",
+				  ordinal, a->n);
+out:
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The chunk-hash kernels                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Digest chunks per pair of launches: bounds the scratch (two chaining
+ * values of 32 bytes per 1 KiB leaf: 64 MiB for 256 chunks of 4 MiB). */
+#define HASH_BATCH 256
+
+_Static_assert(sizeof(struct tc__gpu_b3) == 64,
+	       "struct tc__gpu_b3 is the kernels' 64-byte parameter");
+
+int tc__gpu_hash_ready(int ordinal, char *err, size_t errlen)
+{
+	return kernel_ready(ordinal, KMOD_HASH, err, errlen);
+}
+
+int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
+			    struct tc__digest *out, char *err, size_t errlen)
+{
+	uint64_t nchunks = tc__chunk_count(n), leaves, scratch;
+	struct tc__gpu_mem tmp;
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUfunction fn[2];
+	CUresult r = CUDA_SUCCESS;
+	int ret;
+
+	if (!m->handle || n > m->size)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot hash %" PRIu64 " bytes of a %" PRIu64
+				     "-byte GPU allocation",
+				     n, m->size);
+	if (nchunks == 0)
+		return 0;
+	ret = kernel_ready(m->device, KMOD_HASH, err, errlen);
+	if (ret < 0)
+		return ret;
+	leaves = TC_MIN(nchunks, (uint64_t)HASH_BATCH) * (TC_CHUNK_BYTES / 1024);
+	scratch = 2 * leaves * 32 + HASH_BATCH * TC_DIGEST_BYTES;
+	ret = tc__gpu_alloc(m->device, scratch, 0, &tmp, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__gpu_enter(m->device, NULL, &cu, &g, err, errlen);
+	if (ret < 0)
+		goto out_free;
+	ret = kernel_get(cu, m->device, KMOD_HASH, fn, err, errlen);
+	for (uint64_t c0 = 0; ret == 0 && c0 < nchunks; c0 += HASH_BATCH) {
+		struct tc__gpu_b3 a = {
+			.data = m->dptr,
+			.size = n,
+			.chunk0 = c0,
+			.nchunks = TC_MIN((uint64_t)HASH_BATCH, nchunks - c0),
+			.cvs = tmp.dptr,
+			.tmp = tmp.dptr + leaves * 32,
+			.out = tmp.dptr + 2 * leaves * 32,
+			.chunk_bytes = TC_CHUNK_BYTES,
+		};
+		uint64_t nl = a.nchunks * (TC_CHUNK_BYTES / 1024);
+		void *params[1] = { &a };
+		unsigned blocks = (unsigned)TC_MIN((nl + 127) / 128,
+						   (uint64_t)1 << 20);
+
+		r = cu->fn.cuLaunchKernel(fn[0], blocks, 1, 1, 128, 1, 1, 0,
+					  NULL, params, NULL);
+		if (r == CUDA_SUCCESS)
+			r = cu->fn.cuLaunchKernel(fn[1], (unsigned)a.nchunks,
+						  1, 1, 256, 1, 1, 0, NULL,
+						  params, NULL);
+		if (r == CUDA_SUCCESS)
+			r = cu->fn.cuMemcpyDtoH(&out[c0], a.out,
+						a.nchunks * TC_DIGEST_BYTES);
+		if (r != CUDA_SUCCESS)
+			ret = tc__cu_fail(cu, r, "cuLaunchKernel", err, errlen,
+					  "cannot hash chunks %" PRIu64
+					  "..%" PRIu64 " on GPU %d",
+					  c0, c0 + a.nchunks, m->device);
+	}
+	tc__cu_leave(cu, &g);
+out_free:
+	tc__gpu_release(&tmp);
+	return ret;
+}

@@ -1,0 +1,243 @@
+/*
+ * b3core.h - BLAKE3 for digest chunks held in GPU memory: the compression
+ * function and the leaf rule, written once for two compilers.
+ *
+ * nvcc compiles it into the chunk-hash kernels (chunk_hash.cu, turned into
+ * PTX by scripts/gen-ptx.sh); the C compiler compiles the same text into
+ * the fake driver (tests/fakecuda), whose kernels run on the host and are
+ * checked against upstream's BLAKE3 in CI.  So the arithmetic that decides
+ * every artifact id on a GPU is tested on every commit, not only when a
+ * GPU is lent.
+ *
+ * A digest chunk (TC_CHUNK_BYTES, the last one shorter) is hashed as plain
+ * unkeyed BLAKE3-256.  Its 1 KiB BLAKE3 chunks ("leaves") are compressed
+ * independently, one per GPU thread; the leaves' chaining values are then
+ * merged pairwise, level by level, an odd last node going up unchanged.
+ * That is BLAKE3's left-complete tree: for n leaves the left subtree holds
+ * the largest power of two below n, which level-wise pairing reproduces.
+ */
+#ifndef TC_B3CORE_H
+#define TC_B3CORE_H
+
+#ifdef __CUDACC__
+#define B3_FN __device__ __forceinline__ static
+typedef unsigned long long b3_u64;
+typedef unsigned int b3_u32;
+typedef unsigned char b3_u8;
+#else
+#include <stdint.h>
+#define B3_FN static inline
+typedef uint64_t b3_u64;
+typedef uint32_t b3_u32;
+typedef uint8_t b3_u8;
+#endif
+
+#define B3_LEAF_BYTES  1024u
+#define B3_BLOCK_BYTES 64u
+#define B3_CHUNK_START 1u
+#define B3_CHUNK_END   2u
+#define B3_PARENT      4u
+#define B3_ROOT	       8u
+
+/* The kernels' parameter block (struct tc__gpu_b3 in src/gpu/vmm.h). */
+struct b3_args {
+	b3_u64 data;	/* device address of byte 0 of the byte space */
+	b3_u64 size;	/* bytes in the byte space */
+	b3_u64 chunk0;	/* first digest chunk of this launch */
+	b3_u64 nchunks; /* digest chunks in this launch */
+	b3_u64 cvs;	/* scratch: 8 words per leaf of this launch */
+	b3_u64 tmp;	/* scratch of the same size (ping-pong) */
+	b3_u64 out;	/* nchunks digests, 32 bytes each */
+	b3_u64 chunk_bytes;
+};
+
+B3_FN b3_u32 b3_iv(int i)
+{
+	const b3_u32 iv[8] = { 0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u,
+			       0xA54FF53Au, 0x510E527Fu, 0x9B05688Cu,
+			       0x1F83D9ABu, 0x5BE0CD19u };
+	return iv[i];
+}
+
+B3_FN b3_u32 b3_rotr(b3_u32 x, int n)
+{
+	return (x >> n) | (x << (32 - n));
+}
+
+#define B3_G(a, b, c, d, x, y)                     \
+	do {                                       \
+		v[a] = v[a] + v[b] + (x);          \
+		v[d] = b3_rotr(v[d] ^ v[a], 16);   \
+		v[c] = v[c] + v[d];                \
+		v[b] = b3_rotr(v[b] ^ v[c], 12);   \
+		v[a] = v[a] + v[b] + (y);          \
+		v[d] = b3_rotr(v[d] ^ v[a], 8);    \
+		v[c] = v[c] + v[d];                \
+		v[b] = b3_rotr(v[b] ^ v[c], 7);    \
+	} while (0)
+
+/* cv = first 8 words of compress(cv, m, counter, len, flags). */
+B3_FN void b3_compress(b3_u32 cv[8], const b3_u32 m[16], b3_u64 counter,
+		       b3_u32 len, b3_u32 flags)
+{
+	/* BLAKE3's message schedule: round r reads word S[r][i]. */
+	const unsigned char S[7][16] = {
+		{ 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15 },
+		{ 2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8 },
+		{ 3, 4, 10, 12, 13, 2, 7, 14, 6, 5, 9, 0, 11, 15, 8, 1 },
+		{ 10, 7, 12, 9, 14, 3, 13, 15, 4, 0, 11, 2, 5, 8, 1, 6 },
+		{ 12, 13, 9, 11, 15, 10, 14, 8, 7, 2, 5, 3, 0, 1, 6, 4 },
+		{ 9, 14, 11, 5, 8, 12, 15, 1, 13, 3, 0, 10, 2, 6, 4, 7 },
+		{ 11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13 },
+	};
+	b3_u32 v[16];
+
+	for (int i = 0; i < 8; i++)
+		v[i] = cv[i];
+	for (int i = 0; i < 4; i++)
+		v[8 + i] = b3_iv(i);
+	v[12] = (b3_u32)counter;
+	v[13] = (b3_u32)(counter >> 32);
+	v[14] = len;
+	v[15] = flags;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+	for (int r = 0; r < 7; r++) {
+		B3_G(0, 4, 8, 12, m[S[r][0]], m[S[r][1]]);
+		B3_G(1, 5, 9, 13, m[S[r][2]], m[S[r][3]]);
+		B3_G(2, 6, 10, 14, m[S[r][4]], m[S[r][5]]);
+		B3_G(3, 7, 11, 15, m[S[r][6]], m[S[r][7]]);
+		B3_G(0, 5, 10, 15, m[S[r][8]], m[S[r][9]]);
+		B3_G(1, 6, 11, 12, m[S[r][10]], m[S[r][11]]);
+		B3_G(2, 7, 8, 13, m[S[r][12]], m[S[r][13]]);
+		B3_G(3, 4, 9, 14, m[S[r][14]], m[S[r][15]]);
+	}
+	for (int i = 0; i < 8; i++)
+		cv[i] = v[i] ^ v[i + 8];
+}
+
+/* Leaves of a digest chunk of `len` bytes (len > 0). */
+B3_FN b3_u64 b3_leaves(b3_u64 len)
+{
+	return (len + B3_LEAF_BYTES - 1) / B3_LEAF_BYTES;
+}
+
+/*
+ * Leaf `j` of the digest chunk at `p` (len bytes) into cv.  A chunk of one
+ * leaf is its own root: its last block carries ROOT and cv is the digest.
+ * Whole 4-byte words are read where the leaf has them (p is 4-aligned:
+ * chunks start at multiples of 1 KiB of an aligned allocation); the tail
+ * is read byte by byte so nothing past the byte space is touched.
+ */
+B3_FN void b3_leaf(const b3_u8 *p, b3_u64 len, b3_u64 j, b3_u32 cv[8])
+{
+	b3_u64 off = j * B3_LEAF_BYTES;
+	b3_u32 n = (b3_u32)(len - off < B3_LEAF_BYTES ? len - off
+						       : B3_LEAF_BYTES);
+	b3_u32 nblocks = (n + B3_BLOCK_BYTES - 1) / B3_BLOCK_BYTES;
+	b3_u32 root = b3_leaves(len) == 1 ? B3_ROOT : 0;
+	const b3_u8 *leaf = p + off;
+
+	for (int i = 0; i < 8; i++)
+		cv[i] = b3_iv(i);
+	for (b3_u32 b = 0; b < nblocks; b++) {
+		b3_u32 m[16], blen = n - b * B3_BLOCK_BYTES, flags = 0;
+		const b3_u8 *q = leaf + b * B3_BLOCK_BYTES;
+
+		if (blen > B3_BLOCK_BYTES)
+			blen = B3_BLOCK_BYTES;
+		/* Word by word with constant indices, so m stays in
+		 * registers (a byte loop indexing m spills it to the
+		 * stack). */
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+		for (b3_u32 w = 0; w < 16; w++) {
+			b3_u32 x = 0;
+
+			if (4 * w + 4 <= blen)
+				x = ((const b3_u32 *)q)[w];
+			else
+				for (b3_u32 k = 0; k < 4; k++)
+					if (4 * w + k < blen)
+						x |= (b3_u32)q[4 * w + k]
+						     << (8 * k);
+			m[w] = x;
+		}
+		if (b == 0)
+			flags |= B3_CHUNK_START;
+		if (b == nblocks - 1)
+			flags |= B3_CHUNK_END | root;
+		b3_compress(cv, m, j, blen, flags);
+	}
+}
+
+/* out = parent(l, r); the last merge of a chunk carries ROOT. */
+B3_FN void b3_parent(const b3_u32 *l, const b3_u32 *r, int root, b3_u32 *out)
+{
+	b3_u32 m[16], cv[8];
+
+	for (int i = 0; i < 8; i++) {
+		m[i] = l[i];
+		m[8 + i] = r[i];
+		cv[i] = b3_iv(i);
+	}
+	b3_compress(cv, m, 0, B3_BLOCK_BYTES, B3_PARENT | (root ? B3_ROOT : 0));
+	for (int i = 0; i < 8; i++)
+		out[i] = cv[i];
+}
+
+/* Bytes of digest chunk c of a byte space of `size` bytes. */
+B3_FN b3_u64 b3_chunk_len(b3_u64 size, b3_u64 chunk_bytes, b3_u64 c)
+{
+	b3_u64 off = c * chunk_bytes;
+
+	return size - off < chunk_bytes ? size - off : chunk_bytes;
+}
+
+/* Leaf i of a launch (i counts leaves of full chunks from chunk0): its
+ * chaining value into a->cvs; past the end of a short last chunk,
+ * nothing. */
+B3_FN void b3_leaf_at(const struct b3_args *a, b3_u64 i)
+{
+	b3_u64 per = a->chunk_bytes / B3_LEAF_BYTES;
+	b3_u64 c = a->chunk0 + i / per, j = i % per;
+	b3_u64 len = b3_chunk_len(a->size, a->chunk_bytes, c);
+	b3_u32 cv[8], *out = (b3_u32 *)a->cvs + i * 8;
+
+	if (j >= b3_leaves(len))
+		return;
+	b3_leaf((const b3_u8 *)a->data + c * a->chunk_bytes, len, j, cv);
+	for (int k = 0; k < 8; k++)
+		out[k] = cv[k];
+}
+
+/* One level of a chunk's merge: the pairs t0, t0 + step, ... of the n
+ * nodes at `in` into `to` (a GPU block's thread takes t0 = its index;
+ * the fake driver takes them all), the odd last node carried up by the
+ * caller with t0 == 0.  Returns the next level's node count. */
+B3_FN b3_u64 b3_level(const b3_u32 *in, b3_u32 *to, b3_u64 n, b3_u64 t0,
+		      b3_u64 step)
+{
+	b3_u64 pairs = n / 2;
+
+	for (b3_u64 t = t0; t < pairs; t += step)
+		b3_parent(in + 16 * t, in + 16 * t + 8, 0, to + 8 * t);
+	if ((n & 1) && t0 == 0)
+		for (int w = 0; w < 8; w++)
+			to[8 * pairs + w] = in[8 * (n - 1) + w];
+	return pairs + (n & 1);
+}
+
+/* The chunk's digest from its last one or two nodes. */
+B3_FN void b3_root(const b3_u32 *in, b3_u64 n, b3_u32 *dig)
+{
+	if (n == 2)
+		b3_parent(in, in + 8, 1, dig);
+	else
+		for (int w = 0; w < 8; w++)
+			dig[w] = in[w];
+}
+
+#endif /* TC_B3CORE_H */
