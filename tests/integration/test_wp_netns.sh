@@ -25,7 +25,7 @@ ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (li
 q() { /usr/bin/python3 -c "import json; d=json.load(open('$dir/run/suite.json')); print($1)"; }
 
 TCAST=$T TCAST_LIB=${TC_BUILD:-$(dirname "$T")/..}/lib/libtcast.so TC_WP_OUT=$dir/run \
-	TC_SCALE_RECEIVER_COUNTS=4 TC_SCALE_NUM_VERSIONS=3 TC_WP_KEEP_LAST=2 TC_PUBLISH_INTERVAL_S=0.5 \
+	TC_SCALE_RECEIVER_COUNTS=4 TC_SCALE_NUM_VERSIONS=3 TC_WP_KEEP_LAST=2 TC_PUBLISH_INTERVAL_S=1.5 \
 	TC_WP_BASELINE_ENABLE=0 TC_WP_PROGRESSIVE_ENABLE=1 TC_WP_FAILURE_INJECTION_ENABLE=1 \
 	TC_WP_FAILURE_INJECTION_DELAY_S=1 TC_RECEIVER_TIMEOUT_S=40 TC_RETENTION_TIMEOUT_S=20 \
 	bash "$root/examples/cross_host/run_multihost_weight_publisher_suite.sh" >"$dir/suite.out" 2>&1
