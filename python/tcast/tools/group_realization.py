@@ -25,6 +25,7 @@ group is the ranks of one node (tensor parallelism within a server).
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -66,6 +67,40 @@ class GroupRealization:
         self.version: Optional[int] = None  # the version the live binding holds
         self._staged: Dict[int, str] = {}
         self._markers: Dict[str, str] = {}
+        self._alive = self._announce()
+
+    def _announce(self) -> Any:
+        """This rank's liveness: an artifact unique to this process that
+        this process keeps attached (a lease in the daemon), named by
+        ``tcast.group/<group>/alive/rank<r>``.  When the process dies, its
+        connection closes and the lease goes: the other ranks see it at
+        once instead of waiting for their timeout."""
+        import numpy as np
+
+        a = tc.put({"alive": np.array([self.rank, os.getpid(), time.time_ns()], dtype=np.int64)},
+                   metadata={"tcast.group": self.group})
+        a.attach()
+        key = f"{_PREFIX}{self.group}/alive/rank{self.rank}"
+        try:
+            gen = tc.key_info(key).generation
+        except errors.NotFoundError:
+            gen = 0
+        tc.set_key(key, a.artifact_id, expect_generation=gen)
+        return a
+
+    def dead_ranks(self) -> List[int]:
+        """Ranks whose process announced itself and has since gone (its
+        liveness artifact holds no lease any more)."""
+        leases = {x["id"]: x.get("leases", 0) for x in tc.list_artifacts()}
+        dead = []
+        for r in range(self.world_size):
+            try:
+                aid = tc.key_info(f"{_PREFIX}{self.group}/alive/rank{r}").artifact_id
+            except errors.NotFoundError:
+                continue  # not started yet: only the timeout covers it
+            if leases.get(aid, 0) == 0:
+                dead.append(r)
+        return dead
 
     # -------------------------------------------------------------- keys
 
@@ -139,8 +174,11 @@ class GroupRealization:
             d = self.decision(version)
             if d is not None:
                 return d
-            if len(self.prepared(version)) >= self.world_size:
+            have = self.prepared(version)
+            if len(have) >= self.world_size:
                 return self._decide(version, COMMIT)
+            if set(self.dead_ranks()) - set(have):
+                return self._decide(version, ABORT)
             if time.monotonic() >= deadline:
                 have = self.prepared(version)
                 missing = sorted(set(range(self.world_size)) - set(have))
