@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tcast/errors.h"
@@ -31,14 +32,23 @@ _Static_assert(sizeof(struct tc__gpu_permute) == 296,
 enum kmod { KMOD_VIEW, KMOD_HASH, KMOD_N };
 
 static const struct {
-	const char *ptx, *what;
+	const char *ptx;
+	const unsigned char *sm90; /* the same compiled for Hopper */
+	const char *what;
 	const char *entry[2]; /* functions, in the order kernel_get gives */
 } kmods[KMOD_N] = {
-	[KMOD_VIEW] = { tc__view_permute_ptx, "view", { "tc_view_permute" } },
+	[KMOD_VIEW] = { tc__view_permute_ptx,
+			tc__view_permute_sm90,
+			"view",
+			{ "tc_view_permute" } },
 	[KMOD_HASH] = { tc__chunk_hash_ptx,
+			tc__chunk_hash_sm90,
 			"chunk hash",
 			{ "tc_b3_leaves", "tc_b3_parents" } },
 };
+
+static int hash_selftest(const struct tc__cu *cu, int ordinal,
+			 const CUfunction fn[2], char *err, size_t errlen);
 
 /* Per device and module: the loaded functions, or the sticky reason it
  * did not load.  Guarded by kernel_lock; a loaded function never
@@ -67,7 +77,11 @@ static int kernel_get(const struct tc__cu *cu, int ordinal, enum kmod k,
 	if (kernels[ordinal][k].state == 0) {
 		__typeof__(kernels[0][0]) *kk = &kernels[ordinal][k];
 
-		r = cu->fn.cuModuleLoadData(&kk->mod, kmods[k].ptx);
+		/* Hopper's machine code first (no JIT); any other GPU
+		 * refuses it, and the driver compiles the PTX instead. */
+		r = cu->fn.cuModuleLoadData(&kk->mod, kmods[k].sm90);
+		if (r != CUDA_SUCCESS)
+			r = cu->fn.cuModuleLoadData(&kk->mod, kmods[k].ptx);
 		for (int i = 0; r == CUDA_SUCCESS && i < 2 && kmods[k].entry[i];
 		     i++) {
 			call = "cuModuleGetFunction";
@@ -78,6 +92,15 @@ static int kernel_get(const struct tc__cu *cu, int ordinal, enum kmod k,
 		}
 		if (r == CUDA_SUCCESS) {
 			kk->state = 1;
+			/* Ids are made from these digests: a kernel that
+			 * disagrees with the host (a driver's or JIT's bug)
+			 * is never used. */
+			if (k == KMOD_HASH &&
+			    hash_selftest(cu, ordinal, kk->fn, kk->why,
+					  sizeof(kk->why)) < 0) {
+				cu->fn.cuModuleUnload(kk->mod);
+				kk->state = TC_ENOTSUP;
+			}
 		} else {
 			tc__cu_fail(cu, r, call, kk->why, sizeof(kk->why),
 				    "cannot load the %s kernel on GPU %d",
@@ -196,6 +219,84 @@ int tc__gpu_hash_ready(int ordinal, char *err, size_t errlen)
 	return kernel_ready(ordinal, KMOD_HASH, err, errlen);
 }
 
+/* Both kernels over a's chunks, on the NULL stream. */
+static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[2],
+			  struct tc__gpu_b3 *a)
+{
+	uint64_t nl = a->nchunks * (a->chunk_bytes / 1024);
+	void *params[1] = { a };
+	CUresult r;
+
+	r = cu->fn.cuLaunchKernel(
+		fn[0], (unsigned)TC_MIN((nl + 127) / 128, (uint64_t)1 << 20), 1,
+		1, 128, 1, 1, 0, NULL, params, NULL);
+	if (r == CUDA_SUCCESS)
+		r = cu->fn.cuLaunchKernel(fn[1], (unsigned)a->nchunks, 1, 1,
+					  256, 1, 1, 0, NULL, params, NULL);
+	return r;
+}
+
+/*
+ * Hash 20,000 known bytes in chunks of 7 KiB on the GPU and on the host:
+ * 7 leaves per chunk (a tree that is not a power of two), a last chunk of
+ * 6 leaves ending mid-block.  Returns 0, or TC_ENOTSUP with the reason
+ * (digests differ, or the test could not run).
+ */
+static int hash_selftest(const struct tc__cu *cu, int ordinal,
+			 const CUfunction fn[2], char *err, size_t errlen)
+{
+	enum { CH = 7168, N = 20000, NCH = (N + CH - 1) / CH };
+	struct tc__digest got[NCH], want;
+	uint8_t *data = malloc(N);
+	struct tc__gpu_mem m;
+	struct tc__gpu_b3 a;
+	char why[256] = "";
+	CUresult r;
+	int ret;
+
+	if (!data)
+		return tc__cu_seterr(TC_ENOTSUP, err, errlen,
+				     "chunk hash self-test: out of memory");
+	for (int i = 0; i < N; i++)
+		data[i] = (uint8_t)((i * 2654435761u) >> 11);
+	ret = tc__gpu_alloc(ordinal, 65536, 0, &m, why, sizeof(why));
+	if (ret == 0)
+		ret = tc__gpu_htod(ordinal, m.dptr, data, N, NULL, why,
+				   sizeof(why));
+	if (ret == 0) {
+		a = (struct tc__gpu_b3){ .data = m.dptr,
+					 .size = N,
+					 .nchunks = NCH,
+					 .cvs = m.dptr + 32768,
+					 .tmp = m.dptr + 40960,
+					 .out = m.dptr + 49152,
+					 .chunk_bytes = CH };
+		r = b3_launch(cu, fn, &a);
+		if (r == CUDA_SUCCESS)
+			r = cu->fn.cuMemcpyDtoH(got, a.out, sizeof(got));
+		if (r != CUDA_SUCCESS)
+			ret = tc__cu_fail(cu, r, "cuLaunchKernel", why,
+					  sizeof(why), "launch");
+	}
+	for (int k = 0; ret == 0 && k < NCH; k++) {
+		tc__hash256(data + k * CH, TC_MIN(CH, N - k * CH), &want);
+		if (!tc__digest_eq(&got[k], &want)) {
+			snprintf(why, sizeof(why),
+				 "chunk %d's digest differs from the host's",
+				 k);
+			ret = TC_ENOTSUP;
+		}
+	}
+	tc__gpu_release(&m);
+	free(data);
+	if (ret < 0)
+		return tc__cu_seterr(TC_ENOTSUP, err, errlen,
+				     "the chunk hash kernels failed their "
+				     "self-test on GPU %d (%s)",
+				     ordinal, why);
+	return 0;
+}
+
 int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 			    struct tc__digest *out, char *err, size_t errlen)
 {
@@ -209,7 +310,8 @@ int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 
 	if (!m->handle || n > m->size)
 		return tc__cu_seterr(TC_EINVAL, err, errlen,
-				     "cannot hash %" PRIu64 " bytes of a %" PRIu64
+				     "cannot hash %" PRIu64
+				     " bytes of a %" PRIu64
 				     "-byte GPU allocation",
 				     n, m->size);
 	if (nchunks == 0)
@@ -217,7 +319,8 @@ int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 	ret = kernel_ready(m->device, KMOD_HASH, err, errlen);
 	if (ret < 0)
 		return ret;
-	leaves = TC_MIN(nchunks, (uint64_t)HASH_BATCH) * (TC_CHUNK_BYTES / 1024);
+	leaves =
+		TC_MIN(nchunks, (uint64_t)HASH_BATCH) * (TC_CHUNK_BYTES / 1024);
 	scratch = 2 * leaves * 32 + HASH_BATCH * TC_DIGEST_BYTES;
 	ret = tc__gpu_alloc(m->device, scratch, 0, &tmp, err, errlen);
 	if (ret < 0)
@@ -237,17 +340,8 @@ int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 			.out = tmp.dptr + 2 * leaves * 32,
 			.chunk_bytes = TC_CHUNK_BYTES,
 		};
-		uint64_t nl = a.nchunks * (TC_CHUNK_BYTES / 1024);
-		void *params[1] = { &a };
-		unsigned blocks = (unsigned)TC_MIN((nl + 127) / 128,
-						   (uint64_t)1 << 20);
 
-		r = cu->fn.cuLaunchKernel(fn[0], blocks, 1, 1, 128, 1, 1, 0,
-					  NULL, params, NULL);
-		if (r == CUDA_SUCCESS)
-			r = cu->fn.cuLaunchKernel(fn[1], (unsigned)a.nchunks,
-						  1, 1, 256, 1, 1, 0, NULL,
-						  params, NULL);
+		r = b3_launch(cu, fn, &a);
 		if (r == CUDA_SUCCESS)
 			r = cu->fn.cuMemcpyDtoH(&out[c0], a.out,
 						a.nchunks * TC_DIGEST_BYTES);

@@ -37,6 +37,9 @@
  *                               with CUDA_ERROR_OUT_OF_MEMORY or ERR (a
  *                               CUDA_ERROR_* name or a number).  fn may name
  *                               the symbol with or without its _v2 suffix.
+ *   TC_FAKECUDA_B3_WRONG=1      (re-read on every launch) the chunk-hash
+ *                               kernels give a wrong digest, as a broken
+ *                               driver or JIT might (tests of the self-test)
  *   TC_FAKECUDA_LOST_AFTER=n    (re-read on every call) after n more calls
  *                               the device is "lost": every call returns
  *                               CUDA_ERROR_DEVICE_UNAVAILABLE.  Teardown
@@ -1688,6 +1691,8 @@ static CUresult b3_launch(const struct ffunc *f, void **params)
 			to = sw;
 		}
 		b3_root(in, n, (uint32_t *)(uintptr_t)a.out + k * 8);
+		if (getenv("TC_FAKECUDA_B3_WRONG"))
+			((uint32_t *)(uintptr_t)a.out)[k * 8] ^= 1;
 	}
 	return CUDA_SUCCESS;
 }

@@ -762,9 +762,46 @@ static void test_gpu_loader__xfer_sources_and_sinks(void **state)
 	ref_close(&r);
 }
 
+/* A GPU whose hash kernels disagree with the host (a driver's or JIT's
+ * bug) never makes a digest: the self-test refuses the kernels, with the
+ * reason, and hashing falls back to the host, whose digests are right. */
+static void test_gpu_loader__hash_kernel_self_test(void **state)
+{
+	const uint64_t n = 5 * (1 << 20) + 77;
+	struct tc__digest got[2], want;
+	struct tc__gpu_mem m;
+	uint8_t *src = malloc(n);
+	char err[512];
+
+	assert_non_null(src);
+	for (uint64_t i = 0; i < n; i++)
+		src[i] = (uint8_t)(i * 7 + (i >> 12));
+	assert_int_equal(tc__gpu_alloc(1, n, 0, &m, err, sizeof(err)), 0);
+	assert_int_equal(
+		tc__gpu_mem_write(&m, 0, src, n, NULL, err, sizeof(err)), 0);
+	setenv("TC_FAKECUDA_B3_WRONG", "1", 1);
+	assert_int_equal(tc__gpu_hash_ready(1, err, sizeof(err)), TC_ENOTSUP);
+	assert_non_null(strstr(err, "self-test"));
+	unsetenv("TC_FAKECUDA_B3_WRONG");
+	/* Refused for the process, even once the kernels would be right. */
+	assert_int_equal(tc__gpu_hash_chunks_dev(&m, n, got, err, sizeof(err)),
+			 TC_ENOTSUP);
+	assert_int_equal(tc__gpu_hash_chunks(&m, n, 2, got, err, sizeof(err)),
+			 0);
+	for (int k = 0; k < 2; k++) {
+		tc__hash256(src + (uint64_t)k * TC_CHUNK_BYTES,
+			    k ? n - TC_CHUNK_BYTES : TC_CHUNK_BYTES, &want);
+		assert_true(tc__digest_eq(&got[k], &want));
+	}
+	tc__gpu_release(&m);
+	free(src);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
+		/* First: it needs a GPU whose kernels are not loaded yet. */
+		cmocka_unit_test(test_gpu_loader__hash_kernel_self_test),
 		cmocka_unit_test(test_gpu_loader__matches_host_loader),
 		cmocka_unit_test(test_gpu_loader__multi_chunk_unaligned),
 		cmocka_unit_test(test_gpu_loader__driver_failures),

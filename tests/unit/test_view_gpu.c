@@ -352,7 +352,8 @@ static void test_view_gpu__kernel_not_loaded(void **state)
 	fill(&t, &c, data);
 	make_plan(&t, &c, &s, &p);
 	reference(&c, data + t.tensors[1].offset, want);
-	setenv("TC_FAKECUDA_FAIL", "cuModuleLoadData:1:218", 1);
+	/* Both images refused: the Hopper cubin and the PTX. */
+	setenv("TC_FAKECUDA_FAIL", "cuModuleLoadData:1+:218", 1);
 	tc__gpu_mem_init(&dst);
 	assert_int_equal(tc__gpu_alloc(1, 70, 0, &dst, err, MSG), 0);
 	assert_int_equal(tc__gpu_stream_create(1, &st, err, MSG), 0);

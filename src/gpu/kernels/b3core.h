@@ -64,16 +64,16 @@ B3_FN b3_u32 b3_rotr(b3_u32 x, int n)
 	return (x >> n) | (x << (32 - n));
 }
 
-#define B3_G(a, b, c, d, x, y)                     \
-	do {                                       \
-		v[a] = v[a] + v[b] + (x);          \
-		v[d] = b3_rotr(v[d] ^ v[a], 16);   \
-		v[c] = v[c] + v[d];                \
-		v[b] = b3_rotr(v[b] ^ v[c], 12);   \
-		v[a] = v[a] + v[b] + (y);          \
-		v[d] = b3_rotr(v[d] ^ v[a], 8);    \
-		v[c] = v[c] + v[d];                \
-		v[b] = b3_rotr(v[b] ^ v[c], 7);    \
+#define B3_G(a, b, c, d, x, y)                   \
+	do {                                     \
+		v[a] = v[a] + v[b] + (x);        \
+		v[d] = b3_rotr(v[d] ^ v[a], 16); \
+		v[c] = v[c] + v[d];              \
+		v[b] = b3_rotr(v[b] ^ v[c], 12); \
+		v[a] = v[a] + v[b] + (y);        \
+		v[d] = b3_rotr(v[d] ^ v[a], 8);  \
+		v[c] = v[c] + v[d];              \
+		v[b] = b3_rotr(v[b] ^ v[c], 7);  \
 	} while (0)
 
 /* cv = first 8 words of compress(cv, m, counter, len, flags). */
@@ -133,8 +133,8 @@ B3_FN b3_u64 b3_leaves(b3_u64 len)
 B3_FN void b3_leaf(const b3_u8 *p, b3_u64 len, b3_u64 j, b3_u32 cv[8])
 {
 	b3_u64 off = j * B3_LEAF_BYTES;
-	b3_u32 n = (b3_u32)(len - off < B3_LEAF_BYTES ? len - off
-						       : B3_LEAF_BYTES);
+	b3_u32 n =
+		(b3_u32)(len - off < B3_LEAF_BYTES ? len - off : B3_LEAF_BYTES);
 	b3_u32 nblocks = (n + B3_BLOCK_BYTES - 1) / B3_BLOCK_BYTES;
 	b3_u32 root = b3_leaves(len) == 1 ? B3_ROOT : 0;
 	const b3_u8 *leaf = p + off;
@@ -147,9 +147,9 @@ B3_FN void b3_leaf(const b3_u8 *p, b3_u64 len, b3_u64 j, b3_u32 cv[8])
 
 		if (blen > B3_BLOCK_BYTES)
 			blen = B3_BLOCK_BYTES;
-		/* Word by word with constant indices, so m stays in
-		 * registers (a byte loop indexing m spills it to the
-		 * stack). */
+			/* Word by word with constant indices, so m stays in
+			 * registers (a byte loop indexing m spills it to the
+			 * stack). */
 #ifdef __CUDACC__
 #pragma unroll
 #endif
