@@ -249,8 +249,14 @@ class Receiver:
         try:
             if self.weights is None:
                 raise ReloadFailed(503, "no weights loaded yet")
-            with torch.no_grad():
+            try:
                 xt = torch.tensor(x, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ReloadFailed(400, f"input must be a list of rows of numbers: {e}") from None
+            inp = LAYOUT["fc1.weight"][1]
+            if xt.dim() != 2 or xt.shape[1] != inp:
+                raise ReloadFailed(400, f"input must be [batch, {inp}], not {list(xt.shape)}")
+            with torch.no_grad():
                 dev = next(iter(self.weights.values())).device
                 y = forward(self.weights, xt.to(dev)).cpu()
             self.requests += 1
@@ -328,6 +334,8 @@ def make_handler(rx: Receiver):
                 self._send(e.status, {"error": str(e), "weight_version": rx.version})
             except (ValueError, TypeError) as e:
                 self._send(400, {"error": str(e), "weight_version": rx.version})
+            except Exception as e:  # never a dropped connection: say what broke
+                self._send(500, {"error": f"{type(e).__name__}: {e}", "weight_version": rx.version})
 
     return H
 

@@ -410,3 +410,94 @@ def test_publish_from_disk_and_a_folder_changing_under_it(env):
     _write_hf(env.tmp / "disk-v2b", 62)
     aid2 = p.publish_from_disk(env.tmp / "disk-v2b", version=2)
     assert aid2 != aid and rx.get("/weight_version")["weight_version"] == 2
+
+
+def test_hostile_requests_to_the_receiver(env):
+    """Garbage to the example server's endpoints: 4xx with a reason, and it
+    keeps serving the version it had."""
+    import http.client
+
+    rx = env.rx[1]
+    pub(env, "hostile", policy=None, reload_url=rx.url + "/set_model_weight").publish(make_weights(70), version=70)
+    before = rx.get("/weight_version")
+    cases = [
+        ("/set_model_weight", b"not json", 400, "not JSON"),
+        ("/set_model_weight", b'{"weight_version": "7"}', 400, "must be an integer"),
+        ("/set_model_weight", b'{"weight_version": true}', 400, "must be an integer"),
+        ("/set_model_weight?drain_timeout_s=abc", b'{"weight_version": 7}', 400, "could not convert"),
+        ("/reload_serving_artifact", b'{"selector": {"kind": "latest"}}', 400, "selector must be"),
+        ("/reload_serving_artifact", b'{"selector": {"kind": "version_key", "value": "model:x:v1"}, '
+                                     b'"policy": {"mode": "eager"}}', 400, "not supported"),
+        ("/v1/infer", b'{"input": [[1, 2]]}', 400, "input must be [batch, 32], not [1, 2]"),
+        ("/v1/infer", b'{"input": "x"}', 400, "input must be a list of rows"),
+        ("/nope", b"{}", 404, "no such path"),
+    ]
+    for path, body, status, msg in cases:
+        c = http.client.HTTPConnection("127.0.0.1", rx.port, timeout=10)
+        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        text = r.read().decode()
+        c.close()
+        assert r.status == status, (path, body, r.status, text)
+        assert msg in text, (path, text)
+    # a body announced as larger than 1 MiB is refused before it is read
+    c = http.client.HTTPConnection("127.0.0.1", rx.port, timeout=10)
+    c.putrequest("POST", "/set_model_weight")
+    c.putheader("Content-Length", str(1 << 30))
+    c.endheaders()
+    r = c.getresponse()
+    assert r.status == 413
+    c.close()
+    assert rx.get("/weight_version") == before
+    assert serves(rx, 70)
+
+
+def test_history_and_router_answers_are_parsed_strictly(env, tmp_path):
+    """The two documents the publisher reads from outside: a history file
+    and a router's endpoint list.  Garbage is refused with a message naming
+    the file or the answer, never another exception."""
+    from hypothesis import given, settings, strategies as st
+
+    from tcast.tools.weight_publisher import _endpoints_of, _History, _HttpFailure
+
+    h = tmp_path / "h.json"
+    for text, msg in [("{", "not JSON"), ("[]", "not a tcast.weight_publisher.history/1"),
+                      ('{"format": "tcast.weight_publisher.history/1", "model_name": "other"}', "belongs to model"),
+                      ('{"format": "tcast.weight_publisher.history/1", "model_name": "m", "versions": [{"version": '
+                       '"1"}]}', "'versions' is malformed")]:
+        h.write_text(text)
+        with pytest.raises(tcast.ConfigError, match=msg):
+            _History(str(h), "m", "k{weight_version}").load()
+    with pytest.raises(tcast.ConfigError, match="not JSON"):
+        h.write_text("{")
+        WeightPublisher(WeightPublisherConfig(model_name="m", history_path=str(h), policy=None))
+
+    words = st.sampled_from(["", "a", "h:1", "http://x:2", "https://y/", "endpoints", "instances", "url", "host",
+                             "port", "versions", "version", "key", "artifact_id", "format", "model_name",
+                             "tcast.weight_publisher.history/1", "m", "ftp://z"])
+    json_values = st.recursive(st.none() | st.booleans() | st.integers() | words,
+                               lambda c: st.lists(c, max_size=4) | st.dictionaries(words, c, max_size=4),
+                               max_leaves=12)
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(json_values)
+    def router(doc):
+        try:
+            eps = _endpoints_of(doc)
+        except _HttpFailure:
+            return
+        assert all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in eps)
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(json_values)
+    def history(doc):
+        h.write_text(json.dumps(doc))
+        try:
+            _History(str(h), "m", "k{weight_version}").load()
+        except tcast.ConfigError:
+            pass
+
+    router()
+    history()
+    assert _endpoints_of({"endpoints": ["10.0.0.1:8000", {"host": "h", "port": 1}, {"url": "https://x/"}]}) == [
+        "http://10.0.0.1:8000", "http://h:1", "https://x"]
