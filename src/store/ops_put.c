@@ -206,6 +206,33 @@ int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 
 /* ---------------------------------------------------------------- put */
 
+int tc__srv_read_create(struct conn *c, struct req *r, struct tc__table *t,
+			char *key, size_t keylen, char *policy,
+			size_t policylen, uint32_t *flags, uint64_t *expect_gen,
+			uint64_t *ttl_ms)
+{
+	int rc;
+
+	rc = tc__proto_get_table(&r->body, 0, t, c->err, sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	/* Names are checked here, at put, not first at export (where a
+	 * tensor called __metadata__ used to be refused) or in JSON (where
+	 * bad UTF-8 used to vanish). */
+	rc = tc__table_check_names(t, c->err, sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	if ((rc = tc__srv_read_str(c, r, "key", key, keylen)) < 0 ||
+	    (rc = tc__srv_read_str(c, r, "policy", policy, policylen)) < 0)
+		return rc;
+	*ttl_ms = 0;
+	if (tc__cur_read_u32(&r->body, flags) < 0 ||
+	    tc__cur_read_u64(&r->body, expect_gen) < 0 ||
+	    ((*flags & TC_RF_TTL) && tc__cur_read_u64(&r->body, ttl_ms) < 0))
+		return TC_EPROTO;
+	return 0;
+}
+
 static struct pending *pending_take(struct conn *c, uint64_t handle);
 static void pending_free(struct conn *c, struct pending *p);
 
@@ -232,27 +259,10 @@ int on_create(struct conn *c, struct req *r)
 		tc__free(p);
 		return -ENOMEM;
 	}
-	rc = tc__proto_get_table(&r->body, 0, &p->o->table, c->err,
-				 sizeof(c->err));
-	if (rc < 0)
-		goto out_free;
-	/* Names are checked here, at put, not first at export (where a
-	 * tensor called __metadata__ used to be refused) or in JSON (where
-	 * bad UTF-8 used to vanish). */
-	rc = tc__table_check_names(&p->o->table, c->err, sizeof(c->err));
-	if (rc < 0)
-		goto out_free;
-	if ((rc = tc__srv_read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
-	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
-		goto out_free;
-	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
-	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0 ||
-	    ((p->flags & TC_RF_TTL) &&
-	     tc__cur_read_u64(&r->body, &ttl_ms) < 0)) {
-		rc = TC_EPROTO;
-		goto out_free;
-	}
-	if ((rc = tc__srv_body_end(c, r)) < 0)
+	rc = tc__srv_read_create(c, r, &p->o->table, p->key, sizeof(p->key),
+				 policy, sizeof(policy), &p->flags,
+				 &p->expect_gen, &ttl_ms);
+	if (rc < 0 || (rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;
 	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
 	if (rc == 0)

@@ -307,23 +307,12 @@ int on_create_gpu(struct conn *c, struct req *r)
 		tc__free(p);
 		return -ENOMEM;
 	}
-	rc = tc__proto_get_table(&r->body, 0, &p->o->table, c->err,
-				 sizeof(c->err));
+	/* CREATE's body, then the GPU it goes to. */
+	rc = tc__srv_read_create(c, r, &p->o->table, p->key, sizeof(p->key),
+				 policy, sizeof(policy), &p->flags,
+				 &p->expect_gen, &ttl_ms);
 	if (rc < 0)
 		goto out_free;
-	rc = tc__table_check_names(&p->o->table, c->err, sizeof(c->err));
-	if (rc < 0)
-		goto out_free;
-	if ((rc = tc__srv_read_str(c, r, "key", p->key, sizeof(p->key))) < 0 ||
-	    (rc = tc__srv_read_str(c, r, "policy", policy, sizeof(policy))) < 0)
-		goto out_free;
-	if (tc__cur_read_u32(&r->body, &p->flags) < 0 ||
-	    tc__cur_read_u64(&r->body, &p->expect_gen) < 0 ||
-	    ((p->flags & TC_RF_TTL) &&
-	     tc__cur_read_u64(&r->body, &ttl_ms) < 0)) {
-		rc = TC_EPROTO;
-		goto out_free;
-	}
 	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0 ||
 	    (rc = tc__srv_body_end(c, r)) < 0)
 		goto out_free;

@@ -226,6 +226,14 @@ int tc__srv_read_str(struct conn *c, struct req *r, const char *what, char *dst,
 		     size_t dstlen);
 /* TC_EPROTO (c->err set) when bytes follow the last field of the body. */
 int tc__srv_body_end(struct conn *c, struct req *r);
+/* CREATE's body (CREATE_GPU's starts the same): the tensor table, its
+ * names checked, then key, policy, flags, expected key generation and,
+ * with TC_RF_TTL, the TTL (else *ttl_ms = 0).  Returns 0 or an error with
+ * c->err. */
+int tc__srv_read_create(struct conn *c, struct req *r, struct tc__table *t,
+			char *key, size_t keylen, char *policy,
+			size_t policylen, uint32_t *flags, uint64_t *expect_gen,
+			uint64_t *ttl_ms);
 
 /* ---- deferred replies (request.c) ------------------------------------- */
 
