@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "common/alloc.h"
+#include "common/tensor.h"
 #include "net/net.h"
 #include "tlib.h"
 
@@ -487,4 +489,40 @@ uint64_t t_rng_next(struct t_rng *r)
 uint64_t t_rng_below(struct t_rng *r, uint64_t n)
 {
 	return n ? t_rng_next(r) % n : 0;
+}
+
+/* The tiny artifact of docs/formats.md: "a" F32 [2] = {1.0, 2.0} at 0,
+ * "b" U8 [3] = {1, 2, 3} at 256, metadata {"z": "1", "format": "pt"}. */
+void t_tiny_artifact(struct tc__table *t, uint8_t bytes[259])
+{
+	static const uint8_t a[8] = { 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40 };
+
+	tc__table_init(t);
+	t->tensors = tc__calloc(2, sizeof(*t->tensors));
+	t->meta = tc__calloc(2, sizeof(*t->meta));
+	assert_non_null(t->tensors);
+	assert_non_null(t->meta);
+	t->ntensors = 2;
+	t->tensors[0].name = tc__strdup("a");
+	t->tensors[0].dtype = TC_DTYPE_F32;
+	t->tensors[0].ndim = 1;
+	t->tensors[0].shape[0] = 2;
+	t->tensors[0].nbytes = 8;
+	t->tensors[1].name = tc__strdup("b");
+	t->tensors[1].dtype = TC_DTYPE_U8;
+	t->tensors[1].ndim = 1;
+	t->tensors[1].shape[0] = 3;
+	t->tensors[1].nbytes = 3;
+	t->nmeta = 2;
+	t->meta[0].key = tc__strdup("z");
+	t->meta[0].val = tc__strdup("1");
+	t->meta[1].key = tc__strdup("format");
+	t->meta[1].val = tc__strdup("pt");
+	assert_int_equal(tc__table_layout(t), 0);
+	assert_int_equal(t->total_bytes, 259);
+	memset(bytes, 0, 259);
+	memcpy(bytes, a, 8);
+	bytes[256] = 1;
+	bytes[257] = 2;
+	bytes[258] = 3;
 }

@@ -106,4 +106,10 @@ uint64_t t_rng_next(struct t_rng *r);
 /* Uniform-enough in [0, n); 0 when n is 0. */
 uint64_t t_rng_below(struct t_rng *r, uint64_t n);
 
+struct tc__table;
+/* The tiny artifact of docs/formats.md into t and bytes: "a" F32 [2] =
+ * {1.0, 2.0} at 0, "b" U8 [3] = {1, 2, 3} at 256, metadata {"z": "1",
+ * "format": "pt"}. */
+void t_tiny_artifact(struct tc__table *t, uint8_t bytes[259]);
+
 #endif /* TC_TLIB_H */

@@ -22,42 +22,7 @@
 #include "format/canon.h"
 #include "proto/proto.h"
 #include "tcast/dtype.h"
-
-/* The tiny artifact of docs/formats.md: "a" F32 [2] = {1.0, 2.0} at 0,
- * "b" U8 [3] = {1, 2, 3} at 256, metadata {"z": "1", "format": "pt"}. */
-static void tiny(struct tc__table *t, uint8_t bytes[259])
-{
-	static const uint8_t a[8] = { 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40 };
-
-	tc__table_init(t);
-	t->tensors = tc__calloc(2, sizeof(*t->tensors));
-	t->meta = tc__calloc(2, sizeof(*t->meta));
-	assert_non_null(t->tensors);
-	assert_non_null(t->meta);
-	t->ntensors = 2;
-	t->tensors[0].name = tc__strdup("a");
-	t->tensors[0].dtype = TC_DTYPE_F32;
-	t->tensors[0].ndim = 1;
-	t->tensors[0].shape[0] = 2;
-	t->tensors[0].nbytes = 8;
-	t->tensors[1].name = tc__strdup("b");
-	t->tensors[1].dtype = TC_DTYPE_U8;
-	t->tensors[1].ndim = 1;
-	t->tensors[1].shape[0] = 3;
-	t->tensors[1].nbytes = 3;
-	t->nmeta = 2;
-	t->meta[0].key = tc__strdup("z");
-	t->meta[0].val = tc__strdup("1");
-	t->meta[1].key = tc__strdup("format");
-	t->meta[1].val = tc__strdup("pt");
-	assert_int_equal(tc__table_layout(t), 0);
-	assert_int_equal(t->total_bytes, 259);
-	memset(bytes, 0, 259);
-	memcpy(bytes, a, 8);
-	bytes[256] = 1;
-	bytes[257] = 2;
-	bytes[258] = 3;
-}
+#include "tlib.h"
 
 static void hex(const uint8_t *p, size_t n, char *out)
 {
@@ -105,7 +70,7 @@ static void test_canon__tiny_vector(void **state)
 	uint8_t bytes[259];
 	char want[sizeof(CANON_HEX)], *got, id[TC_ID_LEN + 1];
 
-	tiny(&t, bytes);
+	t_tiny_artifact(&t, bytes);
 	tc__canon_table(&b, &t);
 	assert_false(b.oom);
 	got = malloc(2 * b.len + 1);
@@ -136,7 +101,7 @@ static void test_canon__what_changes_the_id(void **state)
 	struct tc__meta m;
 	uint8_t bytes[259];
 
-	tiny(&t, bytes);
+	t_tiny_artifact(&t, bytes);
 	tc__hash256(bytes, sizeof(bytes), &chunk);
 	assert_int_equal(tc__canon_root(&t, &chunk, 1, &base), 0);
 
@@ -194,7 +159,7 @@ static void test_canon__independent_of_the_wire(void **state)
 	struct tc__buf c = TC_BUF_INIT, w = TC_BUF_INIT;
 	uint8_t bytes[259];
 
-	tiny(&t, bytes);
+	t_tiny_artifact(&t, bytes);
 	tc__canon_table(&c, &t);
 	tc__proto_put_table(&w, &t);
 	assert_true(c.len != w.len || memcmp(c.data, w.data, c.len));

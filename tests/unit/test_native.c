@@ -31,43 +31,13 @@
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
 #include "tcast/st.h"
+#include "tlib.h"
 
 #define TINY_ID \
 	"tc2:37815ee52fe011d82c50a380302d5ad0c6ecf458b739c74dc8c8c83ed7b70eeb"
 
-/* docs/formats.md's tiny artifact, and a larger one (3 chunks) whose
- * tensors are filled from `seed`. */
-static void tiny(struct tc__table *t, uint8_t **bytes)
-{
-	static const uint8_t a[8] = { 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40 };
-
-	tc__table_init(t);
-	t->tensors = tc__calloc(2, sizeof(*t->tensors));
-	t->meta = tc__calloc(2, sizeof(*t->meta));
-	t->ntensors = 2;
-	t->tensors[0].name = tc__strdup("a");
-	t->tensors[0].dtype = TC_DTYPE_F32;
-	t->tensors[0].ndim = 1;
-	t->tensors[0].shape[0] = 2;
-	t->tensors[0].nbytes = 8;
-	t->tensors[1].name = tc__strdup("b");
-	t->tensors[1].dtype = TC_DTYPE_U8;
-	t->tensors[1].ndim = 1;
-	t->tensors[1].shape[0] = 3;
-	t->tensors[1].nbytes = 3;
-	t->nmeta = 2;
-	t->meta[0].key = tc__strdup("z");
-	t->meta[0].val = tc__strdup("1");
-	t->meta[1].key = tc__strdup("format");
-	t->meta[1].val = tc__strdup("pt");
-	assert_int_equal(tc__table_layout(t), 0);
-	*bytes = tc__calloc(1, 259);
-	memcpy(*bytes, a, 8);
-	(*bytes)[256] = 1;
-	(*bytes)[257] = 2;
-	(*bytes)[258] = 3;
-}
-
+/* A larger artifact than t_tiny_artifact's (3 chunks) whose tensors are
+ * filled from `seed`. */
 static void big(struct tc__table *t, uint8_t **bytes, uint8_t seed)
 {
 	tc__table_init(t);
@@ -145,7 +115,9 @@ static void test_native__tiny_round_trip(void **state)
 	char id[TC_ID_LEN + 1], err[1024], path[256], msg[512];
 	int pfd = open(tmpdir, O_RDONLY | O_DIRECTORY);
 
-	tiny(&t, &bytes);
+	bytes = tc__calloc(1, 259);
+	assert_non_null(bytes);
+	t_tiny_artifact(&t, bytes);
 	id_of(&t, bytes, &chunks, &n, id);
 	assert_string_equal(id, TINY_ID);
 	assert_int_equal(tc__native_write(pfd, tmpdir, id, &t, bytes, chunks, n,

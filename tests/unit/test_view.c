@@ -27,6 +27,7 @@
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
 #include "tlib.h"
+#include "vcase.h"
 
 #define MSG 1024
 
@@ -410,83 +411,11 @@ static void test_view__casts(void **state)
 
 /* -------------------------------------------------- executors vs reference */
 
+static struct t_rng rng;
+
 static uint64_t rnd(uint64_t n)
 {
-	return (uint64_t)random() % n;
-}
-
-static const int dts[] = { TC_DTYPE_BF16, TC_DTYPE_F16, TC_DTYPE_F32,
-			   TC_DTYPE_I8, TC_DTYPE_I64 };
-
-/* A random tensor spec, applied element by element. */
-struct rcase {
-	uint32_t ndim;
-	uint64_t shape[4], start[4], stop[4];
-	int sliced[4];
-	int swap, d0, d1;
-	int src_dt, dst_dt;
-};
-
-static void reference(const struct rcase *c, const uint8_t *src, uint8_t *out)
-{
-	size_t is = tc_dtype_bits(c->src_dt) / 8;
-	size_t os = tc_dtype_bits(c->dst_dt) / 8;
-	uint64_t oshape[4], idx[4] = { 0 }, sidx[4], n = 1;
-	uint32_t perm[4];
-
-	for (uint32_t d = 0; d < c->ndim; d++)
-		perm[d] = d;
-	if (c->swap) {
-		perm[c->d0] = c->d1;
-		perm[c->d1] = c->d0;
-	}
-	for (uint32_t d = 0; d < c->ndim; d++) {
-		oshape[d] = c->stop[perm[d]] - c->start[perm[d]];
-		n *= oshape[d];
-	}
-	for (uint64_t e = 0; e < n; e++) {
-		uint64_t rem = e, off = 0;
-
-		for (int d = (int)c->ndim - 1; d >= 0; d--) {
-			idx[d] = rem % oshape[d];
-			rem /= oshape[d];
-		}
-		for (uint32_t d = 0; d < c->ndim; d++)
-			sidx[perm[d]] = idx[d] + c->start[perm[d]];
-		for (uint32_t d = 0; d < c->ndim; d++)
-			off = off * c->shape[d] + sidx[d];
-		tc__view_cast(c->src_dt, c->dst_dt, src + off * is,
-			      out + e * os, 1);
-	}
-}
-
-static void random_case(struct rcase *c)
-{
-	memset(c, 0, sizeof(*c));
-	c->ndim = 1 + (uint32_t)rnd(4);
-	c->src_dt = dts[rnd(5)];
-	c->dst_dt = c->src_dt;
-	if (tc_dtype_bits(c->src_dt) <= 32 && c->src_dt != TC_DTYPE_I8 &&
-	    rnd(2))
-		c->dst_dt = dts[rnd(3)];
-	for (uint32_t d = 0; d < c->ndim; d++) {
-		c->shape[d] = 1 + rnd(c->ndim > 2 ? 7 : 40);
-		c->start[d] = 0;
-		c->stop[d] = c->shape[d];
-		if (rnd(2)) {
-			c->start[d] = rnd(c->shape[d]);
-			c->stop[d] = c->start[d] + 1 +
-				     rnd(c->shape[d] - c->start[d]);
-			c->sliced[d] = 1;
-		}
-	}
-	if (c->ndim >= 2 && rnd(2)) {
-		c->swap = 1;
-		c->d0 = (int)rnd(c->ndim);
-		do
-			c->d1 = (int)rnd(c->ndim);
-		while (c->d1 == c->d0);
-	}
+	return t_rng_below(&rng, n);
 }
 
 static char *write_file(const char *dir, const struct tc__table *t,
@@ -506,9 +435,9 @@ static void test_view__executors_match_reference(void **state)
 {
 	char *dir = t_tmpdir();
 
-	srandom(7);
+	t_rng_init(&rng, 7);
 	for (int iter = 0; iter < 300; iter++) {
-		struct rcase c;
+		struct t_vcase c;
 		struct tdesc d[2] = {
 			{ "pad", TC_DTYPE_U8, 1, { 1 + rnd(300) } },
 			{ "t", 0, 0, { 0 } },
@@ -522,7 +451,7 @@ static void test_view__executors_match_reference(void **state)
 		char err[MSG], *path;
 		uint64_t nout;
 
-		random_case(&c);
+		t_vcase_random(&rng, &c);
 		d[1].dtype = c.src_dt;
 		d[1].ndim = c.ndim;
 		memcpy(d[1].shape, c.shape, sizeof(c.shape));
@@ -566,7 +495,7 @@ static void test_view__executors_match_reference(void **state)
 		want = calloc(1, nout + 1);
 		got = calloc(1, nout + 1);
 		got2 = calloc(1, nout + 1);
-		reference(&c, data + t.tensors[1].offset, want);
+		t_vcase_reference(&c, data + t.tensors[1].offset, want);
 		assert_int_equal(tc__view_exec_host(&p, 0, data, t.total_bytes,
 						    got, nout, &hio, err, MSG),
 				 0);

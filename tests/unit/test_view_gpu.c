@@ -31,6 +31,7 @@
 #include "tcast/errors.h"
 #include "tcast/view.h"
 #include "tlib.h"
+#include "vcase.h"
 
 #define MSG 1024
 
@@ -41,80 +42,8 @@ static uint64_t rnd(uint64_t n)
 	return t_rng_below(&rng, n);
 }
 
-static const int dts[] = { TC_DTYPE_BF16, TC_DTYPE_F16, TC_DTYPE_F32,
-			   TC_DTYPE_I8, TC_DTYPE_I64 };
-
-struct rcase {
-	uint32_t ndim;
-	uint64_t shape[4], start[4], stop[4];
-	int sliced[4];
-	int swap, d0, d1;
-	int src_dt, dst_dt;
-};
-
-static void reference(const struct rcase *c, const uint8_t *src, uint8_t *out)
-{
-	size_t is = tc_dtype_bits(c->src_dt) / 8;
-	size_t os = tc_dtype_bits(c->dst_dt) / 8;
-	uint64_t oshape[4], idx[4] = { 0 }, sidx[4], n = 1;
-	uint32_t perm[4];
-
-	for (uint32_t d = 0; d < c->ndim; d++)
-		perm[d] = d;
-	if (c->swap) {
-		perm[c->d0] = c->d1;
-		perm[c->d1] = c->d0;
-	}
-	for (uint32_t d = 0; d < c->ndim; d++) {
-		oshape[d] = c->stop[perm[d]] - c->start[perm[d]];
-		n *= oshape[d];
-	}
-	for (uint64_t e = 0; e < n; e++) {
-		uint64_t rem = e, off = 0;
-
-		for (int d = (int)c->ndim - 1; d >= 0; d--) {
-			idx[d] = rem % oshape[d];
-			rem /= oshape[d];
-		}
-		for (uint32_t d = 0; d < c->ndim; d++)
-			sidx[perm[d]] = idx[d] + c->start[perm[d]];
-		for (uint32_t d = 0; d < c->ndim; d++)
-			off = off * c->shape[d] + sidx[d];
-		tc__view_cast(c->src_dt, c->dst_dt, src + off * is,
-			      out + e * os, 1);
-	}
-}
-
-static void random_case(struct rcase *c)
-{
-	memset(c, 0, sizeof(*c));
-	c->ndim = 1 + (uint32_t)rnd(4);
-	c->src_dt = dts[rnd(5)];
-	c->dst_dt = c->src_dt;
-	if (tc_dtype_bits(c->src_dt) <= 32 && c->src_dt != TC_DTYPE_I8 &&
-	    rnd(2))
-		c->dst_dt = dts[rnd(3)];
-	for (uint32_t d = 0; d < c->ndim; d++) {
-		c->shape[d] = 1 + rnd(c->ndim > 2 ? 7 : 40);
-		c->stop[d] = c->shape[d];
-		if (rnd(2)) {
-			c->start[d] = rnd(c->shape[d]);
-			c->stop[d] = c->start[d] + 1 +
-				     rnd(c->shape[d] - c->start[d]);
-			c->sliced[d] = 1;
-		}
-	}
-	if (c->ndim >= 2 && rnd(2)) {
-		c->swap = 1;
-		c->d0 = (int)rnd(c->ndim);
-		do
-			c->d1 = (int)rnd(c->ndim);
-		while (c->d1 == c->d0);
-	}
-}
-
 /* A table of "pad" (so the tensor does not start at 0) and "t". */
-static void make_table(struct tc__table *t, const struct rcase *c)
+static void make_table(struct tc__table *t, const struct t_vcase *c)
 {
 	tc__table_init(t);
 	t->tensors = calloc(2, sizeof(*t->tensors));
@@ -137,7 +66,7 @@ static void make_table(struct tc__table *t, const struct rcase *c)
 	assert_int_equal(tc__table_layout(t), 0);
 }
 
-static void fill(const struct tc__table *t, const struct rcase *c,
+static void fill(const struct tc__table *t, const struct t_vcase *c,
 		 uint8_t *data)
 {
 	for (uint64_t k = 0; k < t->total_bytes; k++)
@@ -155,7 +84,7 @@ static void fill(const struct tc__table *t, const struct rcase *c,
 	}
 }
 
-static void make_plan(const struct tc__table *t, const struct rcase *c,
+static void make_plan(const struct tc__table *t, const struct t_vcase *c,
 		      struct tc__view_spec *s, struct tc__view_plan *p)
 {
 	char err[MSG];
@@ -215,7 +144,7 @@ static void test_view_gpu__matches_reference(void **state)
 	char err[MSG];
 
 	for (int iter = 0; iter < 200; iter++) {
-		struct rcase c;
+		struct t_vcase c;
 		struct tc__table t;
 		struct tc__view_spec s;
 		struct tc__view_plan p;
@@ -223,7 +152,7 @@ static void test_view_gpu__matches_reference(void **state)
 		uint8_t *data, *want, *got;
 		uint64_t n;
 
-		random_case(&c);
+		t_vcase_random(&rng, &c);
 		make_table(&t, &c);
 		data = malloc(t.total_bytes);
 		assert_non_null(data);
@@ -232,7 +161,7 @@ static void test_view_gpu__matches_reference(void **state)
 		n = p.out.tensors[0].nbytes;
 		want = calloc(1, n + 1);
 		got = calloc(1, n + 1);
-		reference(&c, data + t.tensors[1].offset, want);
+		t_vcase_reference(&c, data + t.tensors[1].offset, want);
 		tc__gpu_mem_init(&src);
 		assert_int_equal(
 			tc__gpu_alloc(0, t.total_bytes, 0, &src, err, MSG), 0);
@@ -282,13 +211,13 @@ static void test_view_gpu__matches_reference(void **state)
 /* A column shard of a matrix is one run of `rows` pieces: one 2D copy. */
 static void test_view_gpu__column_shard_is_one_2d_copy(void **state)
 {
-	struct rcase c = { .ndim = 2,
-			   .shape = { 64, 96 },
-			   .start = { 0, 24 },
-			   .stop = { 64, 36 },
-			   .sliced = { 0, 1 },
-			   .src_dt = TC_DTYPE_BF16,
-			   .dst_dt = TC_DTYPE_BF16 };
+	struct t_vcase c = { .ndim = 2,
+			     .shape = { 64, 96 },
+			     .start = { 0, 24 },
+			     .stop = { 64, 36 },
+			     .sliced = { 0, 1 },
+			     .src_dt = TC_DTYPE_BF16,
+			     .dst_dt = TC_DTYPE_BF16 };
 	struct tc__table t;
 	struct tc__view_spec s;
 	struct tc__view_plan p;
@@ -302,7 +231,7 @@ static void test_view_gpu__column_shard_is_one_2d_copy(void **state)
 	make_plan(&t, &c, &s, &p);
 	assert_int_equal(p.t[0].nruns, 1);
 	assert_int_equal(p.t[0].runs[0].count, 64);
-	reference(&c, data + t.tensors[1].offset, want);
+	t_vcase_reference(&c, data + t.tensors[1].offset, want);
 	/* The first 2D copy fails: the error says so, and a second try
 	 * (the fault spent) gives the right bytes. */
 	setenv("TC_FAKECUDA_FAIL", "cuMemcpy2DAsync:1:CUDA_ERROR_INVALID_VALUE",
@@ -329,14 +258,14 @@ static void test_view_gpu__column_shard_is_one_2d_copy(void **state)
  * and keeps the reason; kernel mode fails with it. */
 static void test_view_gpu__kernel_not_loaded(void **state)
 {
-	struct rcase c = { .ndim = 2,
-			   .shape = { 5, 7 },
-			   .stop = { 5, 7 },
-			   .swap = 1,
-			   .d0 = 0,
-			   .d1 = 1,
-			   .src_dt = TC_DTYPE_F32,
-			   .dst_dt = TC_DTYPE_BF16 };
+	struct t_vcase c = { .ndim = 2,
+			     .shape = { 5, 7 },
+			     .stop = { 5, 7 },
+			     .swap = 1,
+			     .d0 = 0,
+			     .d1 = 1,
+			     .src_dt = TC_DTYPE_F32,
+			     .dst_dt = TC_DTYPE_BF16 };
 	struct tc__table t;
 	struct tc__view_spec s;
 	struct tc__view_plan p;
@@ -351,7 +280,7 @@ static void test_view_gpu__kernel_not_loaded(void **state)
 	assert_non_null(data);
 	fill(&t, &c, data);
 	make_plan(&t, &c, &s, &p);
-	reference(&c, data + t.tensors[1].offset, want);
+	t_vcase_reference(&c, data + t.tensors[1].offset, want);
 	/* Both images refused: the Hopper cubin and the PTX. */
 	setenv("TC_FAKECUDA_FAIL", "cuModuleLoadData:1+:218", 1);
 	tc__gpu_mem_init(&dst);
