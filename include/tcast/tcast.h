@@ -9,6 +9,7 @@
 #include "dtype.h"
 #include "errors.h"
 #include "st.h"
+#include "ring.h"
 #include "version.h"
 #include "view.h"
 

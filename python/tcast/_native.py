@@ -138,6 +138,21 @@ class TcViewStats(Structure):
     ]
 
 
+class TcRingStats(Structure):
+    _fields_ = [
+        ("slabs", c_uint32),
+        ("busy", c_uint32),
+        ("bytes", c_uint64),
+        ("views", c_uint64),
+        ("acquired", c_uint64),
+        ("created", c_uint64),
+        ("imported", c_uint64),
+        ("refused", c_uint64),
+        ("dead", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
 # struct tc_tensor_info as raw bytes: read the whole table with one
 # string_at() and unpack it in Python (far cheaper than ctypes field access).
 TENSOR_INFO_FORMAT = struct.Struct("<QiIQQ16Q")
@@ -203,6 +218,21 @@ PROTOTYPES = {
     "tc_artifact_meta_value": (c_char_p, [_p, c_uint32]),
     "tc_artifact_dlpack": (c_int, [_p, c_uint32, c_int, _pp]),
     "tc_artifact_dlpack_bytes": (c_int, [_p, c_int, _pp]),
+    # ring.h: slab rings for per-call tensors (tcast.shared)
+    "tc_ring_create": (c_int, [c_int, c_int, c_uint64, _pp]),
+    "tc_ring_free": (None, [_p]),
+    "tc_ring_errmsg": (c_char_p, [_p]),
+    "tc_ring_acquire": (
+        c_int,
+        [_p, c_uint64, POINTER(c_uint32), POINTER(c_uint32), POINTER(c_uint64), POINTER(c_int)],
+    ),
+    "tc_ring_fd": (c_int, [_p, c_uint32, POINTER(c_int), POINTER(c_uint64)]),
+    "tc_ring_put_back": (c_int, [_p, c_uint32, c_uint32]),
+    "tc_ring_trim": (c_int, [_p]),
+    "tc_ring_import": (c_int, [_p, c_uint32, c_int, c_uint64]),
+    "tc_ring_view": (c_int, [_p, c_uint32, c_uint32, c_uint64, c_uint32, _pp]),
+    "tc_ring_drain": (c_int, [_p, POINTER(c_uint64), c_uint32]),
+    "tc_ring_stats": (c_int, [_p, POINTER(TcRingStats)]),
     "tc_realize": (
         c_int,
         [_p, c_char_p, c_char_p, POINTER(TcRealizeOpts), _pp, POINTER(TcRealizeInfo)],
