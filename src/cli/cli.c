@@ -3,12 +3,15 @@
  * strict option values, terminal-safe text, sizes, rates and progress.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -479,4 +482,78 @@ void cli_progress(uint64_t done, uint64_t total, void *arg)
 		bar_open = 0;
 	}
 	fflush(stderr);
+}
+
+char *cli_log_tail(const char *path, int lines)
+{
+	char *buf = NULL, *p, *out, chunk[65536];
+	size_t len = 0, k;
+	FILE *f = fopen(path, "r"), *m;
+	int n = 0;
+
+	if (!f)
+		return NULL;
+	m = open_memstream(&buf, &len);
+	if (!m) {
+		fclose(f);
+		return NULL;
+	}
+	while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
+		fwrite(chunk, 1, k, m);
+	fclose(m);
+	fclose(f);
+	for (p = buf + len; p > buf && lines > 0; p--)
+		if (p[-1] == '\n' && p != buf + len && ++n >= lines)
+			break;
+	if (lines == 0)
+		p = buf + len;
+	out = strdup(p);
+	free(buf);
+	return out;
+}
+
+int cli_spawn_service(int (*run)(void *arg, int ready_fd), void *arg,
+		      pid_t *pid_out)
+{
+	int pfd[2], status;
+	struct pollfd p;
+	pid_t pid;
+	char byte;
+
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -errno;
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		int e = -errno;
+
+		close(pfd[0]);
+		close(pfd[1]);
+		return e;
+	}
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
+		close(pfd[0]);
+		setsid();
+		dup2(null, STDIN_FILENO);
+		dup2(null, STDOUT_FILENO);
+		dup2(null, STDERR_FILENO);
+		close(null);
+		_exit(run(arg, pfd[1]));
+	}
+	close(pfd[1]);
+	p.fd = pfd[0];
+	p.events = POLLIN;
+	if (poll(&p, 1, 60000) == 1 && read(pfd[0], &byte, 1) == 1) {
+		close(pfd[0]);
+		*pid_out = pid;
+		return 0;
+	}
+	close(pfd[0]);
+	if (waitpid(pid, &status, WNOHANG) == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+	}
+	return TC_ENODAEMON;
 }

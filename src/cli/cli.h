@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "tcast/client.h"
 
@@ -50,6 +51,18 @@ tc_client *cli_connect(void);
 /* Report a runtime error: "error: NAME: msg" on stderr and, under --json,
  * the error document on stdout.  Returns EXIT_RUNTIME. */
 int cli_fail(int rc, const char *msg);
+
+/* The last `lines` lines of the file at `path` (malloc'd), NULL when it
+ * cannot be read. */
+char *cli_log_tail(const char *path, int lines);
+
+/* Start a service in the background: a child in its own session, stdio on
+ * /dev/null, runs run(arg, ready_fd) and writes one byte to ready_fd once
+ * it serves.  Returns 0 with *pid_out once it is ready; TC_ENODAEMON when
+ * it exited or did not get ready within 60 s (then it is killed and
+ * reaped); -errno when it could not be forked. */
+int cli_spawn_service(int (*run)(void *arg, int ready_fd), void *arg,
+		      pid_t *pid_out);
 /* Report a usage error (printf-style message, then the verb's usage) the
  * same way.  Returns EXIT_USAGE. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -208,36 +208,6 @@ static int run_foreground(struct tc__store_config *cfg, int ready_fd)
 	return rc < 0 ? EXIT_RUNTIME : 0;
 }
 
-/* The last `lines` lines of the file at `path` (malloc'd), NULL when it
- * cannot be read. */
-static char *log_tail(const char *path, int lines)
-{
-	char *buf = NULL, *p, *out, chunk[65536];
-	size_t len = 0, k;
-	FILE *f = fopen(path, "r"), *m;
-	int n = 0;
-
-	if (!f)
-		return NULL;
-	m = open_memstream(&buf, &len);
-	if (!m) {
-		fclose(f);
-		return NULL;
-	}
-	while ((k = fread(chunk, 1, sizeof(chunk), f)) > 0)
-		fwrite(chunk, 1, k, m);
-	fclose(m);
-	fclose(f);
-	for (p = buf + len; p > buf && lines > 0; p--)
-		if (p[-1] == '\n' && p != buf + len && ++n >= lines)
-			break;
-	if (lines == 0)
-		p = buf + len;
-	out = strdup(p);
-	free(buf);
-	return out;
-}
-
 /* Print `text` line by line, escaped (log lines quote client names,
  * keys and paths). */
 static void put_escaped_lines(const char *text, FILE *f)
@@ -258,13 +228,16 @@ static void put_escaped_lines(const char *text, FILE *f)
 	}
 }
 
+static int daemon_child(void *cfg, int ready_fd)
+{
+	return run_foreground(cfg, ready_fd);
+}
+
 static int start(struct tc__store_config *cfg, json_t **info)
 {
 	char err[512], logpath[PATH_MAX], msg[4096], *tail;
-	int pfd[2], rc, status;
 	pid_t pid, other;
-	struct pollfd p;
-	char byte;
+	int rc;
 
 	/* The directory first: one another user owns is refused before we
 	 * ask whoever listens there whether it is "our" daemon. */
@@ -282,29 +255,10 @@ static int start(struct tc__store_config *cfg, json_t **info)
 		side_path(cfg->socket, "daemon.log", cfg->log_file,
 			  sizeof(cfg->log_file));
 	snprintf(logpath, sizeof(logpath), "%s", cfg->log_file);
-	if (pipe2(pfd, O_CLOEXEC) < 0)
-		return cli_fail(-errno, "pipe");
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0)
-		return cli_fail(-errno, "fork");
-	if (pid == 0) {
-		int null = open("/dev/null", O_RDWR);
-
-		close(pfd[0]);
-		setsid();
-		dup2(null, STDIN_FILENO);
-		dup2(null, STDOUT_FILENO);
-		dup2(null, STDERR_FILENO);
-		close(null);
-		_exit(run_foreground(cfg, pfd[1]));
-	}
-	close(pfd[1]);
-	p.fd = pfd[0];
-	p.events = POLLIN;
-	rc = poll(&p, 1, 60000);
-	if (rc == 1 && read(pfd[0], &byte, 1) == 1) {
-		close(pfd[0]);
+	rc = cli_spawn_service(daemon_child, cfg, &pid);
+	if (rc < 0 && rc != TC_ENODAEMON)
+		return cli_fail(rc, "cannot start the daemon");
+	if (rc == 0) {
 		*info = json_pack("{s:i, s:s, s:s}", "pid", (int)pid, "socket",
 				  cfg->socket, "log", logpath);
 		if (!cli.json)
@@ -314,12 +268,7 @@ static int start(struct tc__store_config *cfg, json_t **info)
 			       cli_esc(logpath));
 		return 0;
 	}
-	close(pfd[0]);
-	if (waitpid(pid, &status, WNOHANG) == 0) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-	}
-	tail = log_tail(logpath, 10);
+	tail = cli_log_tail(logpath, 10);
 	snprintf(msg, sizeof(msg), "the daemon did not start; %s%s",
 		 tail ? "its log says:\n" : "no log at ",
 		 tail ? tail : logpath);
@@ -426,7 +375,7 @@ static int logs(const char *socket, int argc, char **argv)
 	if (follow && cli.json)
 		return cli_usage_error("-f cannot give one JSON document");
 	side_path(socket, "daemon.log", path, sizeof(path));
-	tail = log_tail(path, (int)lines);
+	tail = cli_log_tail(path, (int)lines);
 	if (!tail) {
 		char msg[PATH_MAX + 32];
 

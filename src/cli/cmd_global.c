@@ -222,13 +222,16 @@ static pid_t running_pid(const struct tc__gs_config *cfg)
 	return pid;
 }
 
+static int global_child(void *cfg, int ready_fd)
+{
+	return run_foreground(cfg, ready_fd, true);
+}
+
 static int start(struct gopts *o)
 {
 	char msg[4096];
-	int pfd[2], status;
-	struct pollfd p;
 	pid_t pid, other;
-	char byte;
+	int rc;
 
 	other = running_pid(&o->cfg);
 	if (other) {
@@ -237,30 +240,12 @@ static int start(struct gopts *o)
 			 (int)other, o->cfg.state_dir);
 		return cli_fail(TC_EEXIST, msg);
 	}
-	if (pipe2(pfd, O_CLOEXEC) < 0)
-		return cli_fail(-errno, "pipe");
-	fflush(NULL);
-	pid = fork();
-	if (pid < 0)
-		return cli_fail(-errno, "fork");
-	if (pid == 0) {
-		int null = open("/dev/null", O_RDWR);
-
-		close(pfd[0]);
-		setsid();
-		dup2(null, STDIN_FILENO);
-		dup2(null, STDOUT_FILENO);
-		dup2(null, STDERR_FILENO);
-		close(null);
-		_exit(run_foreground(&o->cfg, pfd[1], true));
-	}
-	close(pfd[1]);
-	p.fd = pfd[0];
-	p.events = POLLIN;
-	if (poll(&p, 1, 60000) == 1 && read(pfd[0], &byte, 1) == 1) {
+	rc = cli_spawn_service(global_child, &o->cfg, &pid);
+	if (rc < 0 && rc != TC_ENODAEMON)
+		return cli_fail(rc, "cannot start the global store");
+	if (rc == 0) {
 		char *addr = slurp_line(o->cfg.state_dir, "global.addr");
 
-		close(pfd[0]);
 		if (cli.json)
 			cli_put_json(json_pack(
 				"{s:i, s:s, s:s, s:s}", "pid", (int)pid,
@@ -274,23 +259,14 @@ static int start(struct gopts *o)
 		free(addr);
 		return 0;
 	}
-	close(pfd[0]);
-	if (waitpid(pid, &status, WNOHANG) == 0) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &status, 0);
-	}
 	{
-		FILE *f = fopen(o->cfg.log_file, "r");
-		char line[1024], last[1024] = "";
+		char *tail = cli_log_tail(o->cfg.log_file, 10);
 
-		while (f && fgets(line, sizeof(line), f))
-			snprintf(last, sizeof(last), "%s", line);
-		if (f)
-			fclose(f);
-		last[strcspn(last, "\n")] = '\0';
 		snprintf(msg, sizeof(msg),
-			 "the global store did not start; its log says: %s",
-			 last[0] ? last : "(nothing)");
+			 "the global store did not start; %s%s",
+			 tail ? "its log says:\n" : "no log at ",
+			 tail ? tail : o->cfg.log_file);
+		free(tail);
 	}
 	return cli_fail(TC_ENODAEMON, msg);
 }

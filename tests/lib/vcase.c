@@ -10,8 +10,8 @@
 static const int dts[] = { TC_DTYPE_BF16, TC_DTYPE_F16, TC_DTYPE_F32,
 			   TC_DTYPE_I8, TC_DTYPE_I64 };
 
-
-void t_vcase_reference(const struct t_vcase *c, const uint8_t *src, uint8_t *out)
+void t_vcase_reference(const struct t_vcase *c, const uint8_t *src,
+		       uint8_t *out)
 {
 	size_t is = tc_dtype_bits(c->src_dt) / 8;
 	size_t os = tc_dtype_bits(c->dst_dt) / 8;
@@ -58,8 +58,9 @@ void t_vcase_random(struct t_rng *rng, struct t_vcase *c)
 		c->stop[d] = c->shape[d];
 		if (t_rng_below(rng, 2)) {
 			c->start[d] = t_rng_below(rng, c->shape[d]);
-			c->stop[d] = c->start[d] + 1 +
-				     t_rng_below(rng, c->shape[d] - c->start[d]);
+			c->stop[d] =
+				c->start[d] + 1 +
+				t_rng_below(rng, c->shape[d] - c->start[d]);
 			c->sliced[d] = 1;
 		}
 	}
@@ -71,4 +72,3 @@ void t_vcase_random(struct t_rng *rng, struct t_vcase *c)
 		while (c->d1 == c->d0);
 	}
 }
-
