@@ -35,7 +35,10 @@ struct gopts {
 	char global[TC_GSP_MAX_ADDR + 1]; /* --global: whom to ask */
 	uint64_t timeout;
 	const char *operand;
+	const char *operand2; /* key-set: the id */
 	uint64_t max;
+	uint64_t expect; /* key-set --expect */
+	bool has_expect;
 	bool via_daemon;
 };
 
@@ -123,10 +126,18 @@ static int parse(int argc, char **argv, struct gopts *o, bool operand)
 			rc = set(&o->cfg, key, eq + 1);
 			if (rc)
 				return rc;
+		} else if ((m = cli_opt(argc, argv, &i, "--expect", &v))) {
+			if (m < 0 || !operand ||
+			    cli_parse_uint("--expect", v, 0, UINT64_MAX,
+					   &o->expect))
+				return EXIT_USAGE;
+			o->has_expect = true;
 		} else if (operand && !strcmp(argv[i], "--via-daemon")) {
 			o->via_daemon = true;
 		} else if (operand && !o->operand && argv[i][0] != '-') {
 			o->operand = argv[i];
+		} else if (operand && !o->operand2 && argv[i][0] != '-') {
+			o->operand2 = argv[i];
 		} else {
 			return cli_usage_error("unknown argument '%s'",
 					       cli_esc(argv[i]));
@@ -569,6 +580,8 @@ static int resolve(struct gopts *o)
 
 	if (!o->operand)
 		return cli_usage_error("resolve: which key or artifact id?");
+	if (o->operand2 || o->has_expect)
+		return cli_usage_error("resolve takes one key or id");
 	if (o->via_daemon) {
 		rc = cli_cluster_resolve(o->operand, (uint32_t)o->max, id, &gen,
 					 src, &n);
@@ -618,6 +631,45 @@ static int resolve(struct gopts *o)
 	return 0;
 }
 
+/* key-set KEY ID [--expect GEN]: the global store's compare-and-swap,
+ * acknowledged only once committed to its database.  --expect 0 creates
+ * the key only if it does not exist: exactly one of several racing
+ * writers wins, which is what group realization's decisions rest on. */
+static int key_set(struct gopts *o)
+{
+	struct tc__gsc g;
+	uint64_t gen = 0;
+	int rc;
+
+	if (!o->operand || !o->operand2)
+		return cli_usage_error("key-set: which key, and which id?");
+	if (o->via_daemon)
+		return cli_usage_error("key-set talks to the global store "
+				       "itself (--global, "
+				       "--cluster-secret-file)");
+	rc = connect_tool(o, &g);
+	if (rc)
+		return rc;
+	rc = tc__gsc_key_set(&g, o->operand, o->operand2,
+			     o->has_expect ? TC_GSP_KF_EXPECT : 0, o->expect,
+			     NULL, &gen);
+	if (rc < 0) {
+		rc = cli_fail(rc, g.err);
+		tc__gsc_close(&g);
+		return rc;
+	}
+	tc__gsc_close(&g);
+	if (cli.json) {
+		cli_put_json(json_pack("{s:s, s:s, s:I}", "key", o->operand,
+				       "id", o->operand2, "gen",
+				       (json_int_t)gen));
+		return 0;
+	}
+	printf("%s -> %s (generation %llu)\n", cli_esc(o->operand),
+	       cli_esc(o->operand2), (unsigned long long)gen);
+	return 0;
+}
+
 static int logs(struct gopts *o)
 {
 	FILE *f = fopen(o->cfg.log_file, "r");
@@ -639,9 +691,9 @@ static int logs(struct gopts *o)
 
 int cmd_global(int argc, char **argv)
 {
-	static const char *const subverbs[] = { "start",  "run",  "stop",
-						"status", "logs", "resolve",
-						NULL };
+	static const char *const subverbs[] = { "start",   "run",  "stop",
+						"status",  "logs", "resolve",
+						"key-set", NULL };
 	struct gopts o = { 0 };
 	const char *verb = argc > 1 ? argv[1] : "";
 	int rc;
@@ -650,7 +702,8 @@ int cmd_global(int argc, char **argv)
 		return cli_usage_error("which global verb?");
 	if (cli_parse_choice("global", verb, subverbs))
 		return EXIT_USAGE;
-	rc = parse(argc, argv, &o, !strcmp(verb, "resolve"));
+	rc = parse(argc, argv, &o,
+		   !strcmp(verb, "resolve") || !strcmp(verb, "key-set"));
 	if (rc)
 		return rc;
 	if (!strcmp(verb, "run"))
@@ -663,5 +716,7 @@ int cmd_global(int argc, char **argv)
 		return status(&o);
 	if (!strcmp(verb, "resolve"))
 		return resolve(&o);
+	if (!strcmp(verb, "key-set"))
+		return key_set(&o);
 	return logs(&o);
 }

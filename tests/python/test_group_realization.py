@@ -45,7 +45,10 @@ RANK = textwrap.dedent(r"""
                                       np.float32).reshape(t.shape) for t in b.table}
     tc.init(address=sys.argv[1])
     rank, world = int(sys.argv[2]), int(sys.argv[3])
-    g = GroupRealization("grp", rank, world, fake_gpu=True)
+    import os
+    scope = os.environ.get("GR_SCOPE", "node")
+    g = GroupRealization(os.environ.get("GR_GROUP", "grp"), rank, world, fake_gpu=True, scope=scope,
+                         global_address=os.environ.get("GR_GLOBAL"), cluster_secret_file=os.environ.get("GR_SECRET"))
     for line in sys.stdin:
         cmd = line.split()
         try:
@@ -72,8 +75,8 @@ RANK = textwrap.dedent(r"""
 
 
 class Rank:
-    def __init__(self, sock, r):
-        env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TCAST_CUDA_LIB=str(FAKE))
+    def __init__(self, sock, r, **extra):
+        env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TCAST_CUDA_LIB=str(FAKE), **extra)
         self.p = subprocess.Popen([sys.executable, "-c", RANK, sock, str(r), str(W)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
@@ -168,6 +171,59 @@ def test_four_ranks_commit_abort_and_a_rank_killed_mid_stage(fake_daemon):
     finally:
         for r in ranks:
             r.close()
+
+
+def test_ranks_decide_through_the_global_store(fake_daemon, tmp_path):
+    """scope="cluster": the prepared reports and the decision are keys of
+    the global store, created by its compare-and-swap; the decision
+    survives a kill -9 of the store."""
+    T = os.environ["TCAST_BIN"]
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(32).hex())
+    os.chmod(secret, 0o600)
+    S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", *S], check=True, capture_output=True)
+    try:
+        addr = (tmp_path / "gs" / "global.addr").read_text().strip()
+        for v in (1, 2):
+            tcast.put(payload(v, W, 1 << 20, 3), key=f"m:v{v}")
+        env = {"GR_SCOPE": "cluster", "GR_GROUP": "cl", "GR_GLOBAL": addr, "GR_SECRET": str(secret)}
+        ranks = [Rank(fake_daemon.socket, r, **env) for r in range(W)]
+        try:
+            assert each(ranks, "stage 1") == ["staged"] * W
+            assert each(ranks, "wait 1 20") == ["commit"] * W
+            each(ranks, "acquire 1")
+            assert all(json.loads(x)["err"] is None for x in each(ranks, "check 1"))
+            # rank 3 dies mid-stage: the others time out and abort
+            ranks[3].send("stage 2 hang")
+            live = ranks[:3]
+            assert each(live, "stage 2") == ["staged"] * 3
+            ranks[3].p.kill()
+            assert each(live, "wait 2 2") == ["abort"] * 3
+            assert all(json.loads(x)["version"] == 1 and json.loads(x)["err"] is None for x in each(live, "check 1"))
+        finally:
+            for r in ranks:
+                r.close()
+
+        def resolve(key):
+            p = subprocess.run([T, "--json", "global", "resolve", key, *S], capture_output=True, text=True)
+            return json.loads(p.stdout)
+
+        assert resolve("tcast.group/cl/v1/decision")["id"] == "tcast-group:commit"
+        assert resolve("tcast.group/cl/v2/decision")["id"] == "tcast-group:abort"
+        assert "error" in resolve("tcast.group/cl/v2/rank3")  # never prepared
+        # the store acknowledged the decisions only once committed: a kill -9 keeps them
+        pid = int((tmp_path / "gs" / "global.pid").read_text())
+        os.kill(pid, 9)
+        subprocess.run([T, "global", "start", "--listen", addr, *S], check=True, capture_output=True)
+        assert resolve("tcast.group/cl/v2/decision")["id"] == "tcast-group:abort"
+        # a late rank cannot overturn a decision
+        p = subprocess.run([T, "global", "key-set", "tcast.group/cl/v2/decision", "tcast-group:commit", "--expect",
+                            "0", "--global", addr, "--cluster-secret-file", str(secret)], capture_output=True,
+                           text=True)
+        assert p.returncode != 0 and "TC_ECONFLICT" in p.stderr
+    finally:
+        subprocess.run([T, "global", "stop", *S[:2]], capture_output=True)
 
 
 def test_e2e_single_host(tmp_path):

@@ -19,8 +19,12 @@ times out).  Only after a commit does a rank copy the staged values into
 its live binding (same addresses; ``acquire``), so an abort leaves every
 rank on the old version, bit for bit.
 
-The prepared reports and the decision are keys of the node's daemon: a
-group is the ranks of one node (tensor parallelism within a server).
+The prepared reports and the decision are keys of the node's daemon
+(``scope="node"``: the ranks of one server), or of the global store
+(``scope="cluster"``: ranks on several nodes; the keys are created by the
+store's compare-and-swap through ``tcast global key-set`` and read with
+``tcast global resolve``, so every rank needs the cluster secret; a rank's
+death is then seen through the timeout only).
 """
 from __future__ import annotations
 
@@ -56,7 +60,19 @@ class GroupAborted(errors.TcastError):
 
 class GroupRealization:
     def __init__(self, group: str, rank: int, world_size: int, *, device: str = "cuda:0",
-                 fake_gpu: bool = False, poll_s: float = 0.05):
+                 fake_gpu: bool = False, poll_s: float = 0.05, scope: str = "node",
+                 global_address: Optional[str] = None, cluster_secret_file: Optional[str] = None):
+        """``scope="node"``: the group's keys live in this node's daemon
+        (ranks of one server).  ``scope="cluster"``: they live in the global
+        store at ``global_address`` (ranks on several nodes; needs the
+        cluster secret), created by its compare-and-swap, which it
+        acknowledges only once committed to its database."""
+        if scope not in ("node", "cluster"):
+            raise errors.InvalidArgumentError(f"scope must be 'node' or 'cluster', not {scope!r}")
+        if scope == "cluster" and not (global_address and cluster_secret_file):
+            raise errors.InvalidArgumentError("scope='cluster' needs global_address and cluster_secret_file")
+        self.scope = scope
+        self._gs = (global_address, cluster_secret_file)
         if not isinstance(group, str) or not group or "/" in group:
             raise errors.InvalidArgumentError(f"group must be a non-empty name without '/', not {group!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -67,7 +83,7 @@ class GroupRealization:
         self.version: Optional[int] = None  # the version the live binding holds
         self._staged: Dict[int, str] = {}
         self._markers: Dict[str, str] = {}
-        self._alive = self._announce()
+        self._alive = self._announce() if scope == "node" else None
 
     def _announce(self) -> Any:
         """This rank's liveness: an artifact unique to this process that
@@ -91,6 +107,8 @@ class GroupRealization:
     def dead_ranks(self) -> List[int]:
         """Ranks whose process announced itself and has since gone (its
         liveness artifact holds no lease any more)."""
+        if self.scope != "node":
+            return []  # across nodes a death is seen by the timeout only
         leases = {x["id"]: x.get("leases", 0) for x in tc.list_artifacts()}
         dead = []
         for r in range(self.world_size):
@@ -108,26 +126,70 @@ class GroupRealization:
         return f"{_PREFIX}{self.group}/v{version}/{what}"
 
     def _marker_id(self, decision: str) -> str:
+        if self.scope == "cluster":
+            return f"tcast-group:{decision}"  # global keys may name any id
         if decision not in self._markers:
             self._markers[decision] = _marker(decision)
         return self._markers[decision]
 
-    def decision(self, version: int) -> Optional[str]:
-        try:
-            ki = tc.key_info(self._k(version, "decision"))
-        except errors.NotFoundError:
+    def _get(self, key: str) -> Optional[str]:
+        """The id ``key`` names, None when it does not exist."""
+        if self.scope == "node":
+            try:
+                return tc.key_info(key).artifact_id
+            except errors.NotFoundError:
+                return None
+        p = self._global("resolve", key, "--max", "1")
+        if p is None:
             return None
-        if ki.artifact_id == self._marker_id(COMMIT):
+        return p["id"]
+
+    def _create(self, key: str, aid: str) -> None:
+        """Create ``key`` naming ``aid``; ConflictError if it exists."""
+        if self.scope == "node":
+            tc.set_key(key, aid, expect_generation=0)
+        else:
+            self._global("key-set", key, aid, "--expect", "0")
+
+    def _global(self, verb: str, *args: str) -> Optional[Dict[str, Any]]:
+        """`tcast global VERB` against the global store: its JSON, None for
+        a key that does not exist, the mapped error otherwise."""
+        import json
+        import subprocess
+
+        from tcast import _cli
+
+        addr, secret = self._gs
+        p = subprocess.run([_cli.binary() or "tcast", "--json", "global", verb, *args, "--global", str(addr),
+                            "--cluster-secret-file", str(secret)], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
+        try:
+            doc = json.loads(p.stdout)
+        except ValueError:
+            raise errors.error_from_code(-5, f"tcast global {verb} gave no report: {p.stderr.strip()[:300]}") \
+                from None
+        if p.returncode == 0:
+            return doc
+        err = doc.get("error", {})
+        code = int(err.get("errno", -4014))
+        if code == -4000 and verb == "resolve":
+            return None
+        raise errors.error_from_code(code, err.get("message", f"tcast global {verb} failed"))
+
+    def decision(self, version: int) -> Optional[str]:
+        aid = self._get(self._k(version, "decision"))
+        if aid is None:
+            return None
+        if aid == self._marker_id(COMMIT):
             return COMMIT
-        if ki.artifact_id == self._marker_id(ABORT):
+        if aid == self._marker_id(ABORT):
             return ABORT
-        raise errors.ConflictError(f"group {self.group} v{version}: the decision key names {ki.artifact_id}, "
-                                   "neither marker")
+        raise errors.ConflictError(f"group {self.group} v{version}: the decision key names {aid}, neither marker")
 
     def _decide(self, version: int, decision: str) -> str:
         """Create the decision key; whoever created it first decided."""
         try:
-            tc.set_key(self._k(version, "decision"), self._marker_id(decision), expect_generation=0)
+            self._create(self._k(version, "decision"), self._marker_id(decision))
             return decision
         except errors.ConflictError:
             d = self.decision(version)
@@ -136,6 +198,8 @@ class GroupRealization:
 
     def prepared(self, version: int) -> List[int]:
         """The ranks that reported prepared for ``version``."""
+        if self.scope == "cluster":
+            return [r for r in range(self.world_size) if self._get(self._k(version, f"rank{r}")) is not None]
         pre = self._k(version, "rank")
         out = []
         for k in tc.keys():
@@ -162,7 +226,7 @@ class GroupRealization:
             self.abort(version, f"rank {self.rank} could not stage {ref}: {e}")
             raise
         self._staged[version] = staged
-        tc.set_key(self._k(version, f"rank{self.rank}"), staged, expect_generation=0)
+        self._create(self._k(version, f"rank{self.rank}"), staged)
         return staged
 
     def wait(self, version: int, timeout_s: float = 60.0) -> str:
@@ -204,7 +268,10 @@ class GroupRealization:
         return self.binding
 
     def cleanup(self, version: int) -> None:
-        """Drop the group's keys for ``version`` (after every rank acted)."""
+        """Drop the group's keys for ``version`` (after every rank acted;
+        node scope: the global store keeps its keys, append-only)."""
+        if self.scope != "node":
+            return
         for k in tc.keys():
             if k.key.startswith(self._k(version, "")):
                 try:
