@@ -11,6 +11,7 @@
 #ifndef TC_FORMAT_H
 #define TC_FORMAT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -182,7 +183,7 @@ char *tc__native_manifest(const struct tc__table *t,
 			  const char *id);
 /* Write artifact `id` (table t laid out, bytes at base, its chunk digests)
  * as folder <hex> of the folder `parent` (`where` names it in messages):
- * a temporary folder .tmp-<hex>-<random>, fsync of both files and the
+ * a temporary folder .tmp-w-<random>, fsync of both files and the
  * folder, rename (never over anything), fsync of `parent`.  A folder of
  * the same id already there is accepted.  Nothing is left behind on
  * failure.  Failpoints (common/failpoint.h, subject the id):
@@ -192,6 +193,43 @@ int tc__native_write(int parent, const char *where, const char *id,
 		     const struct tc__table *t, const void *base,
 		     const struct tc__digest *chunks, uint64_t nchunks,
 		     char *err, size_t errlen);
+/*
+ * The same in steps, so the data can be written while it is still being
+ * hashed (before the id is known): begin makes the temporary folder
+ * .tmp-w-<random> and its data file with the blocks reserved; write_data
+ * writes a range of the byte space (thread-safe: several threads write
+ * their own ranges; O_DIRECT for the block-aligned part when the file
+ * system takes it); commit finishes with the id once known, or cleans up
+ * when data_rc < 0.  begin fails with nothing left; after it, exactly one
+ * of commit or abort must run.
+ */
+struct tc__native_tmp {
+	int parent;	     /* the folder the artifact goes to */
+	int dfd;	     /* the temporary folder */
+	int fd;		     /* its data file, through the page cache */
+	int direct_fd;	     /* the same file with O_DIRECT, or -1 */
+	_Atomic bool direct; /* direct_fd still usable */
+	uint64_t size;	     /* the byte space's length */
+	char name[64];	     /* the temporary's name; "" when done */
+};
+int tc__native_begin(int parent, const char *where, uint64_t total_bytes,
+		     struct tc__native_tmp *w, char *err, size_t errlen);
+/* 0 or -errno (-EINVAL for a range outside the byte space). */
+int tc__native_write_data(struct tc__native_tmp *w, const void *buf,
+			  uint64_t off, uint64_t len);
+/* The data is whole (data_rc 0; otherwise the error the writes had):
+ * fsync it, write the manifest, fsync, rename to <hex of id>, fsync the
+ * parent.  The same returns and failpoints as tc__native_write. */
+int tc__native_commit(struct tc__native_tmp *w, const char *where,
+		      const char *id, const struct tc__table *t,
+		      const struct tc__digest *chunks, uint64_t nchunks,
+		      int data_rc, char *err, size_t errlen);
+void tc__native_abort(struct tc__native_tmp *w);
+/* Is <hex of id> already in `parent` (a valid manifest of that id)?
+ * 1 (and the parent fsynced), 0 when absent, or a negative code (the
+ * name holds something else: TC_EEXIST, TC_EBADFILE...). */
+int tc__native_have(int parent, const char *where, const char *id, char *err,
+		    size_t errlen);
 /* Remove folder <hex of id> of `parent` (manifest first).  0 when absent. */
 int tc__native_remove(int parent, const char *id);
 /* Read the manifest of folder `name` of `parent` (the data is not read). */

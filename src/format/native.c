@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -570,16 +571,19 @@ out:
 
 /* --------------------------------------------------------------- writer */
 
-static int write_all(int fd, const void *p, uint64_t n, const char *id)
+/* O_DIRECT wants the buffer, the offset and the length aligned to the
+ * logical block size; 4096 covers every block size Linux file systems
+ * use. */
+#define DIRECT_ALIGN ((uint64_t)4096)
+
+static int write_all(int fd, const void *p, uint64_t n, uint64_t at)
 {
 	const uint8_t *b = p;
 	uint64_t off = 0;
 
-	if (tc__failpoint("durable_enospc", id))
-		return -ENOSPC;
 	while (off < n) {
 		size_t len = (size_t)TC_MIN(n - off, (uint64_t)TC_FMT_IO_MAX);
-		ssize_t w = pwrite(fd, b + off, len, (off_t)off);
+		ssize_t w = pwrite(fd, b + off, len, (off_t)(at + off));
 
 		if (w < 0) {
 			if (errno == EINTR)
@@ -636,97 +640,182 @@ static int check_existing(int parent, const char *name, const char *id,
 	return ret;
 }
 
-int tc__native_write(int parent, const char *where, const char *id,
-		     const struct tc__table *t, const void *base,
-		     const struct tc__digest *chunks, uint64_t nchunks,
-		     char *err, size_t errlen)
+static void tmp_close(struct tc__native_tmp *w)
 {
-	char tmp[TC_DIGEST_HEX + 40], *manifest;
-	const char *name = id + strlen(TC_ID_PREFIX);
-	int dfd = -1, fd = -1, ret;
-	struct stat st;
+	if (w->direct_fd >= 0)
+		close(w->direct_fd);
+	if (w->fd >= 0)
+		close(w->fd);
+	if (w->dfd >= 0)
+		close(w->dfd);
+	w->direct_fd = w->fd = w->dfd = -1;
+}
 
-	if (!tc__is_id(id)) {
-		tc__fmt_err(err, errlen, "'%s' is not an artifact id", id);
-		return TC_EINVAL;
-	}
-	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-		ret = check_existing(parent, name, id, err, errlen);
-		if (ret < 0)
-			return ret;
-		/* Make sure the rename that put it there is durable too. */
-		ret = sync_fd(parent, id);
-		if (ret < 0)
-			tc__fmt_err(err, errlen, "cannot fsync '%s': %s", where,
-				    tc_strerror(ret));
-		return ret;
-	}
-	manifest = tc__native_manifest(t, chunks, nchunks, id);
-	if (!manifest) {
-		tc__fmt_err(err, errlen, "out of memory writing a manifest");
-		return -ENOMEM;
-	}
+void tc__native_abort(struct tc__native_tmp *w)
+{
+	if (!w->name[0])
+		return;
+	tmp_close(w);
+	remove_tmp(w->parent, w->name);
+	w->name[0] = '\0';
+}
+
+int tc__native_begin(int parent, const char *where, uint64_t total_bytes,
+		     struct tc__native_tmp *w, char *err, size_t errlen)
+{
+	int ret;
+
+	memset(w, 0, sizeof(*w));
+	w->parent = parent;
+	w->dfd = w->fd = w->direct_fd = -1;
+	w->size = total_bytes;
+	/* Named before the id is known (the bytes are written while they
+	 * are hashed): .tmp-w-<random>, removed at start like any other. */
 	for (int i = 0;; i++) {
 		uint64_t r = 0;
 
 		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
 			r = (uint64_t)getpid() * 2654435761u + (uint64_t)i;
-		snprintf(tmp, sizeof(tmp), "%s%s-%016llx", TC_NATIVE_TMP_PREFIX,
-			 name, (unsigned long long)r);
-		if (mkdirat(parent, tmp, 0777) == 0)
+		snprintf(w->name, sizeof(w->name), "%sw-%016llx",
+			 TC_NATIVE_TMP_PREFIX, (unsigned long long)r);
+		if (mkdirat(parent, w->name, 0777) == 0)
 			break;
 		if (errno != EEXIST || i == 16) {
 			ret = -errno;
 			tc__fmt_err(err, errlen,
 				    "cannot create a folder in '%s': %s", where,
 				    tc_strerror(ret));
-			tc__free(manifest);
+			w->name[0] = '\0';
 			return ret;
 		}
 	}
-	dfd = openat(parent, tmp,
-		     O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-	if (dfd < 0) {
+	w->dfd = openat(parent, w->name,
+			O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	if (w->dfd < 0) {
 		ret = -errno;
-		tc__fmt_err(err, errlen, "cannot open '%s/%s': %s", where, tmp,
-			    tc_strerror(ret));
-		goto out_remove;
+		tc__fmt_err(err, errlen, "cannot open '%s/%s': %s", where,
+			    w->name, tc_strerror(ret));
+		goto fail;
 	}
-	fd = openat(dfd, TC_NATIVE_DATA,
-		    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
-	if (fd < 0) {
+	w->fd = openat(w->dfd, TC_NATIVE_DATA,
+		       O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		       0666);
+	if (w->fd < 0) {
 		ret = -errno;
 		tc__fmt_err(err, errlen, "cannot create '%s/%s/%s': %s", where,
-			    tmp, TC_NATIVE_DATA, tc_strerror(ret));
-		goto out_remove;
+			    w->name, TC_NATIVE_DATA, tc_strerror(ret));
+		goto fail;
 	}
 	/* Reserve the blocks first: a disk too small fails here, at once,
 	 * rather than after gigabytes were written. */
-	if (t->total_bytes) {
-		ret = posix_fallocate(fd, 0, (off_t)t->total_bytes);
+	if (total_bytes) {
+		ret = posix_fallocate(w->fd, 0, (off_t)total_bytes);
 		if (ret == ENOSPC || ret == EDQUOT || ret == EFBIG) {
 			ret = -ret;
 			tc__fmt_err(err, errlen,
 				    "cannot write %llu bytes to '%s': %s",
-				    (unsigned long long)t->total_bytes, where,
+				    (unsigned long long)total_bytes, where,
 				    tc_strerror(ret));
-			goto out_remove;
+			goto fail;
 		}
 	}
-	ret = write_all(fd, base, t->total_bytes, id);
+	/* The bulk goes with O_DIRECT: from the artifact's memory straight
+	 * to the disk, no second copy in the page cache and no dirty pages
+	 * for writeback to throttle (on the dev VM buffered writes of a
+	 * memfd ran at a third of the disk's speed, direct ones at ~5x dd's).
+	 * File systems without it (older tmpfs, some FUSE) get the buffered
+	 * path. */
+	w->direct_fd = openat(w->dfd, TC_NATIVE_DATA,
+			      O_WRONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC);
+	atomic_init(&w->direct, w->direct_fd >= 0);
+	return 0;
+
+fail:
+	tc__native_abort(w);
+	return ret;
+}
+
+int tc__native_write_data(struct tc__native_tmp *w, const void *buf,
+			  uint64_t off, uint64_t len)
+{
+	const uint8_t *b = buf;
+	uint64_t head = 0, mid = 0;
+	int ret;
+
+	if (off > w->size || len > w->size - off)
+		return -EINVAL;
+	/* Aligned middle part with O_DIRECT, the rest (a tail shorter than
+	 * a block, or a misaligned buffer) through the page cache: the two
+	 * never share a block, and fsync flushes both. */
+	if (atomic_load(&w->direct) &&
+	    ((uintptr_t)b % DIRECT_ALIGN) == (off % DIRECT_ALIGN)) {
+		head = (DIRECT_ALIGN - off % DIRECT_ALIGN) % DIRECT_ALIGN;
+		head = TC_MIN(head, len);
+		mid = (len - head) / DIRECT_ALIGN * DIRECT_ALIGN;
+	}
+	if (head) {
+		ret = write_all(w->fd, b, head, off);
+		if (ret < 0)
+			return ret;
+	}
+	if (mid) {
+		ret = write_all(w->direct_fd, b + head, mid, off + head);
+		if (ret == -EINVAL) {
+			/* The file system refused this direct write after
+			 * all: the page cache for everything from now on. */
+			atomic_store(&w->direct, false);
+			ret = write_all(w->fd, b + head, mid, off + head);
+		}
+		if (ret < 0)
+			return ret;
+	}
+	if (len > head + mid)
+		return write_all(w->fd, b + head + mid, len - head - mid,
+				 off + head + mid);
+	return 0;
+}
+
+int tc__native_commit(struct tc__native_tmp *w, const char *where,
+		      const char *id, const struct tc__table *t,
+		      const struct tc__digest *chunks, uint64_t nchunks,
+		      int data_rc, char *err, size_t errlen)
+{
+	const char *name = id + strlen(TC_ID_PREFIX);
+	char *manifest = NULL;
+	int fd = -1, ret = data_rc;
+
+	if (!tc__is_id(id)) {
+		tc__fmt_err(err, errlen, "'%s' is not an artifact id", id);
+		ret = TC_EINVAL;
+		goto out_remove;
+	}
+	if (ret == 0 && tc__failpoint("durable_enospc", id))
+		ret = -ENOSPC;
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot write '%s/%s': %s", where,
 			    TC_NATIVE_DATA, tc_strerror(ret));
 		goto out_remove;
 	}
-	ret = sync_fd(fd, id);
+	ret = tc__native_have(w->parent, where, id, err, errlen);
+	if (ret != 0) {
+		/* Written already (the same content, put before): ours is
+		 * not needed. */
+		tc__native_abort(w);
+		return ret < 0 ? ret : 0;
+	}
+	ret = sync_fd(w->fd, id);
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot fsync '%s/%s': %s", where,
 			    TC_NATIVE_DATA, tc_strerror(ret));
 		goto out_remove;
 	}
-	close(fd);
-	fd = openat(dfd, TC_NATIVE_MANIFEST,
+	manifest = tc__native_manifest(t, chunks, nchunks, id);
+	if (!manifest) {
+		tc__fmt_err(err, errlen, "out of memory writing a manifest");
+		ret = -ENOMEM;
+		goto out_remove;
+	}
+	fd = openat(w->dfd, TC_NATIVE_MANIFEST,
 		    O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
 	if (fd < 0) {
 		ret = -errno;
@@ -734,11 +823,12 @@ int tc__native_write(int parent, const char *where, const char *id,
 			    TC_NATIVE_MANIFEST, tc_strerror(ret));
 		goto out_remove;
 	}
-	ret = write_all(fd, manifest, strlen(manifest), id);
+	ret = write_all(fd, manifest, strlen(manifest), 0);
 	if (ret == 0)
 		ret = sync_fd(fd, id);
 	if (ret == 0)
-		ret = sync_fd(dfd, id);
+		ret = sync_fd(w->dfd, id);
+	close(fd);
 	if (ret < 0) {
 		tc__fmt_err(err, errlen, "cannot write '%s/%s': %s", where,
 			    TC_NATIVE_MANIFEST, tc_strerror(ret));
@@ -750,7 +840,8 @@ int tc__native_write(int parent, const char *where, const char *id,
 			    tc_strerror(ret));
 		goto out_remove;
 	}
-	if (renameat2(parent, tmp, parent, name, RENAME_NOREPLACE) < 0) {
+	if (renameat2(w->parent, w->name, w->parent, name, RENAME_NOREPLACE) <
+	    0) {
 		ret = -errno;
 		if (ret != -EEXIST && ret != -ENOTEMPTY) {
 			tc__fmt_err(err, errlen, "cannot rename into '%s': %s",
@@ -758,29 +849,72 @@ int tc__native_write(int parent, const char *where, const char *id,
 			goto out_remove;
 		}
 		/* Another writer of the same content won the race. */
-		ret = check_existing(parent, name, id, err, errlen);
+		ret = check_existing(w->parent, name, id, err, errlen);
 		if (ret < 0)
 			goto out_remove;
-		remove_tmp(parent, tmp);
+		tc__native_abort(w);
 	}
-	ret = sync_fd(parent, id);
+	tmp_close(w);
+	w->name[0] = '\0';
+	ret = sync_fd(w->parent, id);
 	if (ret < 0) {
 		/* Named but perhaps not durably: not acknowledged, and the
 		 * caller's record of it must not say durable either. */
 		tc__fmt_err(err, errlen, "cannot fsync '%s': %s", where,
 			    tc_strerror(ret));
 	}
-	goto out_close;
-
-out_remove:
-	remove_tmp(parent, tmp);
-out_close:
-	if (fd >= 0)
-		close(fd);
-	if (dfd >= 0)
-		close(dfd);
 	tc__free(manifest);
 	return ret;
+
+out_remove:
+	tc__native_abort(w);
+	tc__free(manifest);
+	return ret;
+}
+
+int tc__native_have(int parent, const char *where, const char *id, char *err,
+		    size_t errlen)
+{
+	const char *name = id + strlen(TC_ID_PREFIX);
+	struct stat st;
+	int ret;
+
+	if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return 0;
+	ret = check_existing(parent, name, id, err, errlen);
+	if (ret < 0)
+		return ret;
+	/* Make sure the rename that put it there is durable too. */
+	ret = sync_fd(parent, id);
+	if (ret < 0) {
+		tc__fmt_err(err, errlen, "cannot fsync '%s': %s", where,
+			    tc_strerror(ret));
+		return ret;
+	}
+	return 1;
+}
+
+int tc__native_write(int parent, const char *where, const char *id,
+		     const struct tc__table *t, const void *base,
+		     const struct tc__digest *chunks, uint64_t nchunks,
+		     char *err, size_t errlen)
+{
+	struct tc__native_tmp w;
+	int ret;
+
+	if (!tc__is_id(id)) {
+		tc__fmt_err(err, errlen, "'%s' is not an artifact id", id);
+		return TC_EINVAL;
+	}
+	ret = tc__native_have(parent, where, id, err, errlen);
+	if (ret != 0)
+		return ret < 0 ? ret : 0;
+	ret = tc__native_begin(parent, where, t->total_bytes, &w, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__native_write_data(&w, base, 0, t->total_bytes);
+	return tc__native_commit(&w, where, id, t, chunks, nchunks, ret, err,
+				 errlen);
 }
 
 int tc__native_remove(int parent, const char *id)

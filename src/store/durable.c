@@ -280,6 +280,9 @@ int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
 		      const struct tc__digest *chunks, uint64_t nchunks,
 		      char *err, size_t errlen)
 {
+	struct tc__native_tmp w;
+	int rc, wrc;
+
 	if (!o->shm || !o->shm->map) {
 		snprintf(err, errlen,
 			 "'%s' has no sealed host copy to write to the shared "
@@ -287,8 +290,49 @@ int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
 			 o->id);
 		return TC_ENOTSUP;
 	}
-	return tc__native_write(dirfd, root, o->id, &o->table, o->shm->map,
-				chunks, nchunks, err, errlen);
+	rc = tc__native_have(dirfd, root, o->id, err, errlen);
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
+	rc = tc__native_begin(dirfd, root, o->table.total_bytes, &w, err,
+			      errlen);
+	if (rc < 0)
+		return rc;
+	tc__hash_chunks_write(o->shm->map, o->table.total_bytes, 0, NULL, &w,
+			      TC_DURABLE_WRITERS, &wrc);
+	return tc__native_commit(&w, root, o->id, &o->table, chunks, nchunks,
+				 wrc, err, errlen);
+}
+
+int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
+			   int nthreads, struct tc__digest *chunks,
+			   uint64_t nchunks, int *disk_rc, char *err,
+			   size_t errlen)
+{
+	struct tc__native_tmp w;
+	uint64_t size = o->table.total_bytes;
+	int rc, wrc = 0;
+
+	*disk_rc = tc__native_begin(dirfd, root, size, &w, err, errlen);
+	if (*disk_rc < 0) {
+		/* The disk failed already: the put fails with its reason,
+		 * but the hash still runs (the caller frees by the id). */
+		rc = tc__hash_chunks(o->shm->map, size, nthreads, chunks);
+		return rc == 0 ? tc__obj_finish(o, chunks, nchunks) : rc;
+	}
+	rc = tc__hash_chunks_write(o->shm->map, size, nthreads, chunks, &w,
+				   TC_DURABLE_WRITERS, &wrc);
+	if (rc == 0)
+		rc = tc__obj_finish(o, chunks, nchunks);
+	if (rc < 0) {
+		tc__native_abort(&w);
+		*disk_rc = rc;
+		snprintf(err, errlen, "cannot hash '%s': %s", o->id,
+			 tc_strerror(rc));
+		return rc;
+	}
+	*disk_rc = tc__native_commit(&w, root, o->id, &o->table, chunks,
+				     nchunks, wrc, err, errlen);
+	return 0;
 }
 
 int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,

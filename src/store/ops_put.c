@@ -391,12 +391,8 @@ static void seal_run(struct tc__job *job)
 		j->rc = -ENOMEM;
 		return;
 	}
-	j->rc = tc__hash_chunks(o->shm->map, o->table.total_bytes,
-				j->io_threads, j->chunks);
-	if (j->rc == 0)
-		j->rc = tc__obj_finish(o, j->chunks, j->nchunks);
-	if (j->rc == 0)
-		tc__srv_persist_write(&j->p->persist, o, j->chunks, j->nchunks);
+	j->rc = tc__srv_persist_hash(&j->p->persist, o, j->io_threads,
+				     j->chunks, j->nchunks);
 }
 
 static int seal_reply(struct conn *c, const struct req *r, void *arg)

@@ -323,6 +323,12 @@ int tc__srv_persist_prepare(struct conn *c, struct persist_req *p,
 /* Worker: write o to the shared disk when p says so (before the reply). */
 void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
 			   const struct tc__digest *chunks, uint64_t n);
+/* Worker, a put: hash o's sealed bytes into chunks and finish o (its
+ * id); when p says so, write them to the shared disk at the same time
+ * (tc__durable_hash_write; p->rc and p->err say how that went).  Returns
+ * the hashing's result. */
+int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
+			 struct tc__digest *chunks, uint64_t n);
 /* Loop, after insert: record the write, or start it (TC_RF_NOWAIT), and
  * set the TTL.  0 or a code with c->err set (the put failed). */
 int tc__srv_persist_commit(struct conn *c, struct persist_req *p,

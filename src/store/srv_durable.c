@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "common/alloc.h"
@@ -17,6 +18,7 @@
 #include "durable.h"
 #include "format/format.h"
 #include "gpu_tier.h"
+#include "xfer/loader.h"
 #include "server_internal.h"
 #include "tcast/errors.h"
 
@@ -74,6 +76,27 @@ void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
 	p->rc = tc__durable_write(p->dirfd, p->root, o, chunks, n, p->err,
 				  sizeof(p->err));
 	p->written = true;
+}
+
+int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
+			 struct tc__digest *chunks, uint64_t n)
+{
+	int rc;
+
+#ifdef MADV_POPULATE_READ
+	/* The sealed mapping is fresh: its page tables in one call, not a
+	 * fault per few pages while hashing (faults are dear on VMs). */
+	madvise((void *)o->shm->map, o->shm->size, MADV_POPULATE_READ);
+#endif
+	if (!p->on || !p->wait) {
+		rc = tc__hash_chunks(o->shm->map, o->table.total_bytes,
+				     nthreads, chunks);
+		return rc == 0 ? tc__obj_finish(o, chunks, n) : rc;
+	}
+	rc = tc__durable_hash_write(p->dirfd, p->root, o, nthreads, chunks, n,
+				    &p->rc, p->err, sizeof(p->err));
+	p->written = true;
+	return rc;
 }
 
 /* A write after the reply (TC_RF_NOWAIT): the artifact is leased so it

@@ -17,8 +17,15 @@
 /* Bytes read and hashed at a time: small enough to stay in L2. */
 #define WINDOW_BYTES ((uint64_t)1 << 20)
 
+/* Bytes one write call takes while hashing runs beside it: big enough
+ * for the disk to stream, small enough that several are in flight. */
+#define WRITE_PIECE_BYTES ((uint64_t)8 << 20)
+
 struct load_ctx {
 	const struct tc__source *src; /* NULL when only hashing */
+	struct tc__native_tmp *w;     /* written beside the hashing, or NULL */
+	_Atomic uint64_t next_write;  /* the next piece to write */
+	_Atomic int wrc;	      /* the first write error */
 	uint8_t *dst;		      /* destination (or data to hash) */
 	uint64_t size;		      /* byte space */
 	uint64_t nchunks;
@@ -165,24 +172,63 @@ out:
 	return NULL;
 }
 
-static int run(struct load_ctx *c, int nthreads)
+/* Write the byte space to c->w piece by piece.  The bytes are sealed, so
+ * the writes need not wait for the hashing: the disk and the CPU work at
+ * once, and the slower of the two is the whole put's time. */
+static void *writer(void *arg)
 {
-	pthread_t tids[64];
-	int started = 0;
+	struct load_ctx *c = arg;
+
+	while (atomic_load(&c->wrc) == 0) {
+		uint64_t off =
+			atomic_fetch_add(&c->next_write, WRITE_PIECE_BYTES);
+		int rc;
+
+		if (off >= c->size)
+			break;
+		rc = tc__native_write_data(c->w, c->dst + off, off,
+					   TC_MIN(WRITE_PIECE_BYTES,
+						  c->size - off));
+		if (rc < 0) {
+			int zero = 0;
+
+			atomic_compare_exchange_strong(&c->wrc, &zero, rc);
+		}
+	}
+	return NULL;
+}
+
+static int run(struct load_ctx *c, int nthreads, int wthreads)
+{
+	pthread_t tids[64], wids[16];
+	int started = 0, wstarted = 0;
 
 	c->nchunks = tc__chunk_count(c->size);
 	atomic_init(&c->next_chunk, 0);
+	atomic_init(&c->next_write, 0);
+	atomic_init(&c->wrc, 0);
 	pthread_mutex_init(&c->lock, NULL);
 	nthreads = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), c->nchunks);
 	nthreads = TC_MIN(nthreads, (int)TC_ARRAY_SIZE(tids));
+	wthreads =
+		c->w ? TC_MIN(TC_MAX(wthreads, 1), (int)TC_ARRAY_SIZE(wids)) :
+		       0;
+	for (int i = 0; i < wthreads; i++)
+		if (pthread_create(&wids[wstarted], NULL, writer, c) == 0)
+			wstarted++;
 	/* Threads beyond the first are an optimisation: when one cannot be
 	 * created the rest (at least this thread) still finish the work. */
 	for (int i = 1; i < nthreads; i++)
 		if (pthread_create(&tids[started], NULL, worker, c) == 0)
 			started++;
-	worker(c);
+	if (c->chunks)
+		worker(c);
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
+	if (c->w && !wstarted)
+		writer(c);
+	for (int i = 0; i < wstarted; i++)
+		pthread_join(wids[i], NULL);
 	pthread_mutex_destroy(&c->lock);
 	return c->rc;
 }
@@ -200,7 +246,7 @@ int tc__load_source(const struct tc__source *src, void *dst, int nthreads,
 	c.prog = prog;
 	c.err = err;
 	c.errlen = errlen;
-	return run(&c, nthreads);
+	return run(&c, nthreads, 0);
 }
 
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
@@ -211,5 +257,21 @@ int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 	c.dst = (uint8_t *)p;
 	c.size = size;
 	c.chunks = chunks;
-	return run(&c, nthreads);
+	return run(&c, nthreads, 0);
+}
+
+int tc__hash_chunks_write(const void *p, uint64_t size, int nthreads,
+			  struct tc__digest *chunks, struct tc__native_tmp *w,
+			  int wthreads, int *wrc)
+{
+	struct load_ctx c = { 0 };
+	int rc;
+
+	c.dst = (uint8_t *)p;
+	c.size = size;
+	c.chunks = chunks;
+	c.w = w;
+	rc = run(&c, chunks ? nthreads : 0, wthreads);
+	*wrc = atomic_load(&c.wrc);
+	return rc;
 }

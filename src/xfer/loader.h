@@ -69,4 +69,11 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 		    struct tc__digest *chunks);
 
+/* The same while `wthreads` more threads write the bytes to w
+ * (tc__native_write_data) beside the hashing; chunks NULL: write only.
+ * Returns the hashing's result; *wrc gets the writes' (0 or -errno). */
+int tc__hash_chunks_write(const void *p, uint64_t size, int nthreads,
+			  struct tc__digest *chunks, struct tc__native_tmp *w,
+			  int wthreads, int *wrc);
+
 #endif /* TC_LOADER_H */
