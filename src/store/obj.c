@@ -464,11 +464,16 @@ struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 		return objs_by_prefix(s, ref, err, errlen, rc);
 	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
 	if (!o || o->dead) {
-		snprintf(err, errlen,
-			 "key '%s' (generation %llu) points to '%s', which is "
-			 "no longer held (evicted or removed)",
-			 ref, (unsigned long long)k->gen,
-			 k->id[0] ? k->id : "nothing");
+		if (!k->id[0])
+			snprintf(err, errlen,
+				 "key '%s' was deleted (generation %llu names "
+				 "no artifact)",
+				 ref, (unsigned long long)k->gen);
+		else
+			snprintf(err, errlen,
+				 "key '%s' (generation %llu) points to '%s', "
+				 "which is no longer held (evicted or removed)",
+				 ref, (unsigned long long)k->gen, k->id);
 		return NULL;
 	}
 	*rc = 0;
@@ -538,12 +543,15 @@ static int gen_conflict(const struct tc__key *k, const char *key,
 			uint64_t expect_gen, const char *tail, char *err,
 			size_t errlen)
 {
-	snprintf(err, errlen,
-		 "key '%s' is at generation %llu, not %llu (it points to "
-		 "'%s')%s",
+	char to[sizeof(k->id) + 32];
+
+	if (k->id[0])
+		snprintf(to, sizeof(to), "it points to '%s'", k->id);
+	else
+		snprintf(to, sizeof(to), "deleted: it names no artifact");
+	snprintf(err, errlen, "key '%s' is at generation %llu, not %llu (%s)%s",
 		 key, (unsigned long long)k->gen,
-		 (unsigned long long)expect_gen, k->id[0] ? k->id : "nothing",
-		 tail);
+		 (unsigned long long)expect_gen, to, tail);
 	return TC_ECONFLICT;
 }
 int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
