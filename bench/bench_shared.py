@@ -4,6 +4,8 @@
  1. call latency (p50, p99) of a `direct` endpoint taking and returning a
     4 MiB CUDA tensor, against a torch.multiprocessing queue handing the
     same tensor over CUDA IPC (a worker that clones it and sends it back);
+    tcast twice: through the slab ring (the default) and through per-call
+    artifacts (TCAST_SHARED_RING=0 in the client), with the ratios;
  2. a second process receiving a 1,000-parameter module of >= 14 GiB
     (500 bf16 Linear(3880, 3880) layers) ready to run, against torch CUDA
     IPC of the same module through a torch.multiprocessing queue.
@@ -177,20 +179,35 @@ def main():
     try:
         # ---- 1. call latency, 4 MiB in and out
         x = torch.randn(1 << 20, device="cuda")  # 4 MiB of float32
-        c = SharedTensorClient()
-        lat = []
-        for i in range(a.iters + 20):
-            t0 = time.perf_counter()
-            y = c.call("echo", x)
-            torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            if i == 0:
-                assert torch.equal(y, x)
-            del y
-            if i >= 20:
-                lat.append(dt)
-        out["tcast_direct_4MiB"] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "n": len(lat)}
-        print(f"tcast.shared direct call, 4 MiB in + out: p50 {ms(pct(lat, 50))}  p99 {ms(pct(lat, 99))}  (n={len(lat)})", flush=True)
+
+        def tcast_calls(label, key, iters):
+            c = SharedTensorClient()
+            lat = []
+            for i in range(iters + 20):
+                t0 = time.perf_counter()
+                y = c.call("echo", x)
+                torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                if i == 0:
+                    assert torch.equal(y, x)
+                del y
+                if i >= 20:
+                    lat.append(dt)
+            out[key] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "n": len(lat)}
+            if c._chan is not None:
+                out[key]["ring"] = {"args": c._chan.args.stats(), "results": c._chan.results.stats()}
+            print(f"tcast.shared direct call, 4 MiB in + out, {label}: p50 {ms(pct(lat, 50))}  p99 {ms(pct(lat, 99))}"
+                  f"  (n={len(lat)})", flush=True)
+            if c._chan is not None:
+                r = out[key]["ring"]
+                print(f"  slab ring: {r['args']['acquired']} argument payloads in {r['args']['created']} slabs, "
+                      f"results mapped {r['results']['imported']} times", flush=True)
+            c.close()
+
+        tcast_calls("slab ring", "tcast_direct_4MiB", a.iters)
+        os.environ["TCAST_SHARED_RING"] = "0"
+        tcast_calls("per-call artifacts (TCAST_SHARED_RING=0)", "tcast_direct_4MiB_artifacts", min(a.iters, 100))
+        del os.environ["TCAST_SHARED_RING"]
 
         ctx = mp.get_context("spawn")
         q_in, q_out = ctx.Queue(), ctx.Queue()
@@ -210,7 +227,10 @@ def main():
         w.join()
         out["torch_ipc_queue_4MiB"] = {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3, "n": len(lat)}
         print(f"torch.multiprocessing queue (CUDA IPC), 4 MiB in + out: p50 {ms(pct(lat, 50))}  p99 {ms(pct(lat, 99))}", flush=True)
-        c.close()
+        t, i_ = out["tcast_direct_4MiB"], out["torch_ipc_queue_4MiB"]
+        out["ratio_ring_vs_torch_ipc"] = {"p50": t["p50_ms"] / i_["p50_ms"], "p99": t["p99_ms"] / i_["p99_ms"]}
+        print(f"ratio tcast.shared (slab ring) / torch CUDA IPC: p50 {t['p50_ms'] / i_['p50_ms']:.2f}x, "
+              f"p99 {t['p99_ms'] / i_['p99_ms']:.2f}x", flush=True)
 
         if not a.skip_module:
             # ---- 2. a >= 14 GiB, 1,000-parameter module to a second process
@@ -261,6 +281,9 @@ def main():
                                        "params": d["params"]}
             print(f"torch CUDA IPC (mp queue), same module: receive {ms(d['receive_s'])}, first forward "
                   f"{ms(d['first_forward_s'])}, {d['params']} params", flush=True)
+            tm = out["tcast_module"]["warm_median_ms"]
+            out["ratio_module_tcast_vs_torch_ipc"] = tm / (d["receive_s"] * 1e3)
+            print(f"ratio tcast.shared / torch CUDA IPC, module receive: {tm / (d['receive_s'] * 1e3):.2f}x", flush=True)
     finally:
         if srv is not None:
             srv.terminate()

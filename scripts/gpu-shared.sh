@@ -30,6 +30,9 @@ for _ in $(seq 100); do [ -S "$TCAST_SOCKET" ] && break; sleep 0.1; done
 	unset SHARED_TENSOR_BASE_PORT; cd "$root"
 } > "$OUT/shared-zero-branch.log" 2>&1
 cat "$OUT/shared-zero-branch.log"
+echo "== test_ring_real (slab rings between two processes, C)"
+"$G/tests/test_ring_real" > "$OUT/test_ring_real.log" 2>&1; echo "exit $?" >> "$OUT/test_ring_real.log"
+tail -5 "$OUT/test_ring_real.log"
 echo "== pytest -m gpu"
 (cd "$root" && TC_TEST_HOST_MEMORY=8GiB timeout 300 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/python/test_shared_gpu.py) > "$OUT/shared-pytest-gpu.log" 2>&1
 tail -25 "$OUT/shared-pytest-gpu.log"

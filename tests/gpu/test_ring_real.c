@@ -265,7 +265,9 @@ static void test_ring__replace_small_and_views_outlive_free(void **state)
 	assert_int_equal(st.bytes, 4 * MiB);
 	/* A view holds the slab after the ring is freed. */
 	assert_int_equal(tc_ring_view(r, s2, g2, 3 * MiB, 0, &v), 0);
+	view_drop(v);
 	assert_int_equal(tc_ring_view(r, s2, g2, 5 * MiB, 0, &v), TC_EINVAL);
+	assert_null(v);
 	assert_int_equal(tc_ring_view(r, s2, g2, 3 * MiB, 0, &v), 0);
 	fill(dptr, 3 * MiB, 7);
 	tc_ring_free(r);

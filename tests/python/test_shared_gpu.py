@@ -128,3 +128,50 @@ except Exception as e:
         srv.kill()
     assert r.returncode == 0, r.stderr
     assert "SharedTensorConnectionLostError" in r.stdout or "SharedTensorServerUnavailableError" in r.stdout, r.stdout
+
+
+def test_per_call_cuda_tensors_through_the_slab_ring(senv):
+    """Direct calls with CUDA tensors: arguments and results through
+    reusable slabs (each exported and mapped once), values equal, results
+    writable private copies on the caller's GPU, concurrent callers."""
+    port, env = senv
+    srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
+    try:
+        r = run_client(f"""
+import json, sys, threading, torch
+sys.path.insert(0, {str(EXAMPLES)!r})
+import semantics_service as ss
+c = ss.provider.client
+res = {{"bad": []}}
+for i in range(30):
+    t = torch.randn(1 << 20, device="cuda")
+    v = torch.randn(7, 3, device="cuda", dtype=torch.bfloat16)
+    y, d = ss.ring_echo(t, {{"v": v}})
+    if not (torch.equal(y, t * 2) and torch.equal(d["v"], v)):
+        res["bad"].append(i)
+res["device"] = str(y.device)
+y.add_(1)
+torch.cuda.synchronize()
+w = torch.ones(1000, device="cuda")
+res["write_arg"] = float(ss.ring_write_arg(w)[0]); res["caller"] = float(w[0])
+errs = []
+def worker(k):
+    for i in range(10):
+        t = torch.full((100_000,), float(k * 10 + i), device="cuda")
+        y, d = ss.ring_echo(t, {{"v": t[:5]}})
+        if not (torch.equal(y, t * 2) and torch.equal(d["v"], t[:5])):
+            errs.append((k, i))
+th = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+[x.start() for x in th]; [x.join() for x in th]
+res["errs"] = errs
+res["args"] = c._chan.args.stats(); res["results"] = c._chan.results.stats()
+print(json.dumps(res))
+""", env)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+    finally:
+        srv.kill()
+    assert out["bad"] == [] and out["errs"] == [] and out["device"] == "cuda:0"
+    assert out["write_arg"] == 101.0 and out["caller"] == 1.0
+    assert out["args"]["acquired"] == 71 and out["args"]["created"] <= 12
+    assert out["results"]["imported"] <= 12

@@ -34,6 +34,14 @@ def _print(st) -> None:
           f"{st.get('tasks_expired', 0)} expired):")
     for t in st["tasks"]:
         print(f"  {t['task_id']} {t['endpoint']} {t['state']}")
+    ring = st.get("ring") or {}
+    chans = ring.get("channels", [])
+    print(f"slab rings ({'on' if ring.get('enabled') else 'off'}, {len(chans)} client channels, "
+          f"{ring.get('bytes_per_ring', 0) >> 20} MiB each way at most):")
+    for ch in chans:
+        r, a = ch["results"], ch["args"]
+        print(f"  pid {ch['pid']:<8} results {r['slabs']} slabs {r['bytes'] >> 20} MiB ({r['busy']} held), "
+              f"arguments {a['slabs']} slabs mapped {a['bytes'] >> 20} MiB  {ch['client_id']}")
 
 
 def main(argv=None) -> int:

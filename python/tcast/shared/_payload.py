@@ -260,11 +260,20 @@ class _Closer:
             pass
 
 
-def decode(msg: Dict[str, Any], device_index: int, readonly_guard: bool = True) -> Any:
+def decode(msg: Dict[str, Any], device_index: int, readonly_guard: bool = True, ring: Any = None) -> Any:
+    """The payload of a wire message.  ``ring``: the reader ring of this
+    message's slab channel (_ring.py), for "ring" messages, whose tensors
+    are this receiver's private, writable copies (no write guard)."""
     if msg["transport"] == "torch_ipc":
         import torch.multiprocessing  # noqa: F401  (registers the CUDA rebuilders)
 
         return pickle.loads(msg["pickle"])
+    if msg["transport"] == "ring":
+        if ring is None:
+            raise SharedTensorPayloadError("a slab-ring payload arrived without a slab channel")
+        from . import _ring
+
+        return _TensorUnpickler(io.BytesIO(msg["pickle"]), _ring.decode_views(msg, ring)).load()
     views: Dict[str, Any] = {}
     if msg.get("artifact"):
         views = _views(msg["artifact"], device_index)

@@ -1,6 +1,7 @@
 """SharedTensorClient: calls a server's endpoints; SharedObjectHandle."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -9,7 +10,8 @@ import time
 import uuid
 from typing import Any, Dict, Iterable, List, Optional
 
-from . import _payload, _wire
+from .. import errors as tc_errors
+from . import _payload, _ring, _wire
 from .errors import (
     SharedTensorCacheKeyError,
     SharedTensorConfigurationError,
@@ -22,6 +24,8 @@ from .errors import (
     SharedTensorTaskError,
 )
 from .utils import DEFAULT_BASE_PORT, device_uuid, load_secret, probe_device_index, resolve_base_port, resolve_runtime_port
+
+log = logging.getLogger("tcast.shared")
 
 _ERRORS = {
     "payload": SharedTensorPayloadError,
@@ -112,6 +116,11 @@ class SharedTensorClient:
         self._secret: Optional[bytes] = None
         self.server_info: Optional[Dict[str, Any]] = None
         self._closed = False
+        # The slab channel (_ring.py): made at the first call with tensors
+        # when the server offers one; None until then or when off.
+        self._chan: Optional[_ring.ClientChannel] = None
+        self._chan_lock = threading.Lock()
+        self.ring_off: Optional[str] = None if _ring.enabled() else f"{_ring.ENV_RING}=0"
 
     @property
     def where(self) -> str:
@@ -144,12 +153,21 @@ class SharedTensorClient:
             s.close()
             raise
         self.server_info = rep
+        ch = self._chan
+        ring = rep.get("ring") or {}
+        if ch is not None and ch.token != ring.get("token"):
+            # Another server (it restarted): the old channel is dead.
+            with self._chan_lock:
+                if self._chan is ch:
+                    self._chan = None
+            ch.close()
         return s
 
     def _take(self) -> socket.socket:
         if os.getpid() != self._pid:  # forked: the parent's sockets are not ours
             self._free, self._pid = [], os.getpid()
             self.client_id = uuid.uuid4().hex
+            self._chan = None
         with self._lock:
             if self._closed:
                 raise SharedTensorProviderError("this client is closed")
@@ -178,6 +196,9 @@ class SharedTensorClient:
             s.close()
             raise
         self._give(s)
+        dead = rep.get("dead")
+        if dead and self._chan is not None and req.get("ring") == self._chan.token:
+            self._chan.args.put_back(dead)  # argument slabs the server is done with
         if not rep.get("ok"):
             _raise(rep, f"{what} on the {self.where}")
         return rep
@@ -188,6 +209,58 @@ class SharedTensorClient:
             free, self._free = self._free, []
         for s in free:
             s.close()
+        with self._chan_lock:
+            ch, self._chan = self._chan, None
+        if ch is not None:
+            ch.close()
+
+    # ------------------------------------------------------- slab channel
+
+    def _channel(self) -> Optional[_ring.ClientChannel]:
+        """This client's slab channel, opened on first use; None when the
+        server offers none or it failed (then payloads go as artifacts)."""
+        ch = self._chan
+        if ch is not None and not ch.broken:
+            return ch
+        if self.ring_off is not None:
+            return None
+        if self.server_info is None:
+            self._give(self._take())  # connect: the hello says where the channel is
+        ring = (self.server_info or {}).get("ring")
+        if not ring:
+            return None
+        with self._chan_lock:
+            if self._chan is not None and not self._chan.broken:
+                return self._chan
+            old, self._chan = self._chan, None
+            if old is not None:
+                old.close()
+            try:
+                self._chan = _ring.ClientChannel(ring["path"], ring["token"], self.device_index,
+                                                 _ring.cap_bytes())
+            except (OSError, EOFError, ValueError) as e:
+                self.ring_off = f"cannot open the slab channel {ring.get('path')}: {e}"
+                return None
+            return self._chan
+
+    def _ring_failed(self, why: str) -> None:
+        if self.ring_off is None:
+            log.warning("tcast.shared: slab ring off for this client (%s); payloads go as artifacts", why)
+            self.ring_off = f"slab ring failed: {why}"
+        with self._chan_lock:
+            ch, self._chan = self._chan, None
+        if ch is not None:
+            ch.close()
+
+    def _ring_fields(self, req: Dict[str, Any], ch: Optional[_ring.ClientChannel]) -> None:
+        """Name the channel (so the result may come through a slab) and
+        hand back the result slabs this process is done with."""
+        if ch is None:
+            return
+        req["ring"] = ch.token
+        dead = _ring.report(ch.results)
+        if dead:
+            req["dead"] = dead
 
     # --------------------------------------------------------------- calls
 
@@ -198,8 +271,29 @@ class SharedTensorClient:
             _payload.check(a, f"args[{i}]", results=False)
         for k, v in kwargs.items():
             _payload.check(v, f"kwargs[{k!r}]", results=False)
-        msg, pub = _payload.encode((tuple(args), dict(kwargs)), "tcast", self.device_index)
+        ch = self._channel()
+        payload = (tuple(args), dict(kwargs))
+        msg = None
+        if ch is not None:
+            try:
+                msg = _ring.encode(payload, ch.args)
+            except (tc_errors.TcastError, RuntimeError) as e:
+                # Not a contract error: the ring itself failed here (a
+                # driver refusing the slab, say).  Artifacts still work.
+                self._ring_failed(f"arguments: {e}")
+                ch, msg = None, None
+        if msg is not None:
+            if msg["new"]:
+                try:
+                    ch.offer(msg["slot"])
+                except BaseException:
+                    ch.args.put_back([msg["slot"] << 32 | msg["gen"]])
+                    raise
+            pub = _payload.Published(None, None, 0)
+        else:
+            msg, pub = _payload.encode(payload, "tcast", self.device_index)
         req = {"op": "call", "endpoint": endpoint, "payload": msg, "submit": submit}
+        self._ring_fields(req, ch)
         chain = _calling_chain()
         if chain and not submit:  # a submitted task does not hold the caller
             req["chain"] = chain
@@ -209,7 +303,16 @@ class SharedTensorClient:
             pub.close()  # the server mapped the arguments (or failed)
 
     def _result(self, rep: Dict[str, Any]) -> Any:
-        value = _payload.decode(rep["payload"], self.device_index, self.readonly_guard)
+        msg = rep["payload"]
+        ring = None
+        if msg["transport"] == "ring":
+            ch = self._chan
+            if ch is None:
+                raise SharedTensorConnectionLostError(f"the {self.where} sent a slab result but this client's channel closed")
+            if msg["new"]:
+                ch.fetch(msg["slot"])
+            ring = ch.results
+        value = _payload.decode(msg, self.device_index, self.readonly_guard, ring=ring)
         if rep["kind"] == "managed":
             return SharedObjectHandle(self, rep["object_id"], value)
         return value
@@ -224,7 +327,9 @@ class SharedTensorClient:
         return self._call(endpoint, args, kwargs, submit=True)["task_id"]
 
     def wait_for_task(self, task_id: str, timeout: Optional[float] = None, callback=None) -> Any:
-        rep = self.request({"op": "wait", "task_id": task_id, "timeout": timeout}, f"wait for {task_id}")
+        req = {"op": "wait", "task_id": task_id, "timeout": timeout}
+        self._ring_fields(req, self._channel())
+        rep = self.request(req, f"wait for {task_id}")
         value = self._result(rep)
         if callback is not None:
             callback(value)

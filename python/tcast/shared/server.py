@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 import traceback
@@ -19,7 +20,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Dict, List, Optional
 
-from . import _payload, _wire
+from .. import errors as tc_errors
+from . import _payload, _ring, _wire
 from ._endpoint import EndpointDefinition, display_key
 from .errors import (
     SharedTensorCacheKeyError,
@@ -127,6 +129,9 @@ class _Session:
         self.pid = pid
         self.conns = 0
         self.calls = 0
+        # Presented on the slab channel's Unix socket: it proves that
+        # connection comes from a client that passed the secret check.
+        self.ring_token = _ring.new_token()
 
 
 class SharedTensorServer:
@@ -163,6 +168,14 @@ class SharedTensorServer:
         self._tasks: Dict[str, _Task] = {}
         self._sessions: Dict[str, _Session] = {}
         self._conns: List[socket.socket] = []
+        # Slab rings (_ring.py): token -> client id of sessions that may
+        # open a channel; token -> open channel.
+        self.ring = _ring.enabled()
+        self.ring_bytes = _ring.cap_bytes() if self.ring else 0
+        self._ring_tokens: Dict[str, _Session] = {}
+        self._channels: Dict[str, _ring.ServerChannel] = {}
+        self._ring_sock: Optional[socket.socket] = None
+        self.ring_path: Optional[str] = None
         self._executor = _Workers(task_workers)
         if task_result_ttl is None:
             env = os.environ.get(TASK_RESULT_TTL_ENV)
@@ -199,6 +212,8 @@ class SharedTensorServer:
         s.listen(128)
         self._sock = s
         self.port = s.getsockname()[1]
+        if self.ring:
+            self._start_ring_listener()
         self.provider.attach_server(self)
         log.info("tcast.shared server on 127.0.0.1:%d (device %d)", self.port, self.device_index)
         if blocking:
@@ -213,8 +228,80 @@ class SharedTensorServer:
             self._thread.start()
         return self
 
+    def _start_ring_listener(self) -> None:
+        """The Unix socket slab fds travel on (the runtime dir is 0700; we
+        own the TCP port, so a socket file left there is a dead server's)."""
+        path = _ring.socket_path(self.port)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            u.bind(path)
+            os.chmod(path, 0o600)
+            u.listen(64)
+        except OSError as e:
+            u.close()
+            log.warning("slab channel off: cannot listen on %s: %s (payloads go as artifacts)", path, e)
+            self.ring = False
+            return
+        self._ring_sock, self.ring_path = u, path
+        threading.Thread(target=self._ring_accept_loop, args=(u,), name="tcast-shared-ring", daemon=True).start()
+
+    def _ring_accept_loop(self, u: socket.socket) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = u.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_ring, args=(conn,), name="tcast-shared-ring-conn", daemon=True).start()
+
+    def _serve_ring(self, conn: socket.socket) -> None:
+        ch: Optional[_ring.ServerChannel] = None
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            if uid != os.getuid():
+                log.warning("slab channel: refused a connection of uid %d", uid)
+                return
+            conn.settimeout(10)
+            req = _wire.recv_msg(conn)
+            tok = str(req.get("token", "")) if isinstance(req, dict) else ""
+            with self._lock:
+                sess = self._ring_tokens.get(tok)
+                if sess is not None and tok in self._channels:
+                    sess = None  # one channel per token
+            if sess is None or req.get("op") != "open":
+                _wire.send_msg(conn, {"ok": False, "message": "unknown slab channel token"})
+                return
+            ch = _ring.ServerChannel(tok, sess.client_id, int(req.get("pid", 0)), self.device_index, self.ring_bytes)
+            with self._lock:
+                self._channels[tok] = ch
+            _wire.send_msg(conn, {"ok": True})
+            conn.settimeout(None)
+            ch.serve(conn)
+        except (EOFError, OSError, ValueError) as e:
+            log.debug("slab channel ended: %s", e)
+        finally:
+            conn.close()
+            if ch is not None:
+                # The client went away: its slabs go (mappings still used
+                # by live tensors here stay until those die).
+                with self._lock:
+                    self._channels.pop(ch.token, None)
+                ch.close()
+
     def stop(self) -> None:
         self._stopping.set()
+        u, self._ring_sock = self._ring_sock, None
+        if u is not None:
+            u.close()
+            try:
+                if self.ring_path:
+                    os.unlink(self.ring_path)
+            except OSError:
+                pass
         s, self._sock = self._sock, None
         if s is not None:
             try:
@@ -292,7 +379,7 @@ class SharedTensorServer:
                     except SharedTensorError as e:
                         _wire.send_msg(conn, error_reply(e))
                         return
-                    _wire.send_msg(conn, self._hello_reply())
+                    _wire.send_msg(conn, self._hello_reply(session))
                     continue
                 if session is None:
                     _wire.send_msg(conn, {"ok": False, "kind": "provider", "message": "hello expected first"})
@@ -320,6 +407,7 @@ class SharedTensorServer:
             s = self._sessions.get(cid)
             if s is None:
                 s = self._sessions[cid] = _Session(cid, int(req.get("pid", 0)))
+                self._ring_tokens[s.ring_token] = s
             s.conns += 1
         want = req.get("device_uuid")
         if want and self.uuid and want != self.uuid:
@@ -330,9 +418,12 @@ class SharedTensorServer:
             )
         return s
 
-    def _hello_reply(self) -> Dict[str, Any]:
+    def _hello_reply(self, s: Optional[_Session] = None) -> Dict[str, Any]:
+        ring = {"path": self.ring_path, "token": s.ring_token, "bytes": self.ring_bytes} if (
+            self.ring and self.ring_path and s is not None) else None
         return {
             "ok": True,
+            "ring": ring,
             "pid": os.getpid(),
             "port": self.port,
             "device_index": self.device_index,
@@ -346,6 +437,7 @@ class SharedTensorServer:
             if s.conns > 0:
                 return
             self._sessions.pop(s.client_id, None)
+            self._ring_tokens.pop(s.ring_token, None)
             drop = []
             for oid, e in list(self._objects.items()):
                 if e.refs.pop(s.client_id, 0) and not e.refs:
@@ -380,19 +472,22 @@ class SharedTensorServer:
     def _dispatch(self, req: Dict[str, Any], s: _Session, pending: List[_payload.Published]) -> Dict[str, Any]:
         self._sweep_tasks()
         op = req.get("op")
+        ch = self._channel(req)
         if op == "call":
             ep = self._endpoint(req["endpoint"])
-            args, kwargs = _payload.decode(req["payload"], self.device_index, readonly_guard=False)
             with self._lock:
                 s.calls += 1
                 self.calls += 1
             if req.get("submit"):
+                args, kwargs = _payload.decode(req["payload"], self.device_index, readonly_guard=False,
+                                               ring=ch.args if ch else None)
                 tid = self._submit(ep, args, kwargs, s.client_id)
-                return {"ok": True, "kind": "task", "task_id": tid}
-            entry = self.call_sync(ep, args, kwargs, _chain(req.get("chain")))
-            return self._reply(entry, s, pending)
+                del args, kwargs
+                return self._ring_done(ch, {"ok": True, "kind": "task", "task_id": tid})
+            entry = self._call_decoded(ep, req, ch)
+            return self._ring_done(ch, self._reply(entry, s, pending, ch))
         if op == "wait":
-            return self._wait(req["task_id"], req.get("timeout"), s, pending)
+            return self._ring_done(ch, self._wait(req["task_id"], req.get("timeout"), s, pending, ch))
         if op == "task_status":
             t = self._task(req["task_id"])
             return {"ok": True, "status": _task_state(t), "endpoint": t.ep.name}
@@ -413,6 +508,39 @@ class SharedTensorServer:
             return {"ok": True}
         raise SharedTensorProviderError(f"unknown request {op!r}")
 
+    def _call_decoded(self, ep: EndpointDefinition, req: Dict[str, Any], ch) -> _Entry:
+        """Decode and run; the arguments die when this returns (unless the
+        endpoint kept them), so their slabs can be reported at once."""
+        args, kwargs = _payload.decode(req["payload"], self.device_index, readonly_guard=False,
+                                       ring=ch.args if ch else None)
+        return self.call_sync(ep, args, kwargs, _chain(req.get("chain")))
+
+    def _channel(self, req: Dict[str, Any]):
+        """The request's slab channel, after the client's reports of result
+        slabs it is done with."""
+        tok = req.get("ring")
+        if not tok:
+            return None
+        with self._lock:
+            ch = self._channels.get(tok)
+        if ch is None:
+            raise SharedTensorProviderError(
+                "the request names a slab channel this server does not have (it restarted?): reconnect"
+            )
+        dead = req.get("dead")
+        if dead:
+            ch.results.put_back(dead)
+        return ch
+
+    @staticmethod
+    def _ring_done(ch, rep: Dict[str, Any]) -> Dict[str, Any]:
+        """Add the argument slabs this server is done with to a reply."""
+        if ch is not None:
+            dead = _ring.report(ch.args)
+            if dead:
+                rep["dead"] = dead
+        return rep
+
     def _endpoint(self, name: str) -> EndpointDefinition:
         ep = self.provider._endpoints.get(name)
         if ep is None:
@@ -421,11 +549,19 @@ class SharedTensorServer:
             )
         return ep
 
-    def _reply(self, entry: _Entry, s: _Session, pending: List[_payload.Published]) -> Dict[str, Any]:
+    def _reply(self, entry: _Entry, s: _Session, pending: List[_payload.Published], ch=None) -> Dict[str, Any]:
         ep = entry.ep
+        msg = None
         if ep.cache or ep.managed:
             msg = entry.payload(self.device_index)
-        else:  # per call: this reply's own artifact, closed once consumed
+        elif ch is not None and ep.transport == "tcast":
+            # per call, one reader: a slab of this client's ring
+            try:
+                msg = _ring.encode(entry.value, ch.results)
+            except (tc_errors.TcastError, RuntimeError) as e:
+                log.warning("slab ring: result of %r goes as an artifact: %s", ep.name, e)
+                msg = None
+        if msg is None:  # per call: this reply's own artifact, closed once consumed
             msg, pub = _payload.encode(entry.value, ep.transport, self.device_index)
             pending.append(pub)
         if not ep.managed:
@@ -577,7 +713,7 @@ class SharedTensorServer:
             raise SharedTensorTaskError(f"unknown task {tid!r} (never submitted, cancelled, or already collected)")
         return t
 
-    def _wait(self, tid: str, timeout: Optional[float], s: _Session, pending) -> Dict[str, Any]:
+    def _wait(self, tid: str, timeout: Optional[float], s: _Session, pending, ch=None) -> Dict[str, Any]:
         t = self._task(tid)
         try:
             e = t.future.result(timeout=timeout)
@@ -587,7 +723,7 @@ class SharedTensorServer:
             if t.future.done():
                 with self._lock:
                     self._tasks.pop(tid, None)
-        return self._reply(e, s, pending)
+        return self._reply(e, s, pending, ch)
 
     def call_sync(self, ep: EndpointDefinition, args: tuple, kwargs: Dict[str, Any], chain=None) -> _Entry:
         if ep.execution == "task":
@@ -658,6 +794,8 @@ class SharedTensorServer:
                 ],
                 "inflight_keys": [display_key(k) for k in self._inflight],
                 "task_result_ttl": self.task_result_ttl,
+                "ring": {"enabled": self.ring, "path": self.ring_path, "bytes_per_ring": self.ring_bytes,
+                         "channels": [c.info() for c in self._channels.values()]},
                 "tasks_expired": self.tasks_expired,
             }
 

@@ -161,3 +161,37 @@ def serial_rpc_self(t: torch.Tensor) -> torch.Tensor:
         return c.call("serial_rpc_self", t)
     finally:
         c.close()
+
+
+# ---- per-call tensors through the slab ring (tests/python/test_shared_ring.py)
+
+_held = []
+
+
+@provider.share(cache=False, singleflight=False)
+def ring_echo(t: torch.Tensor, extra: dict) -> tuple:
+    # extra["v"] comes back as it came: a view of the argument slab, which
+    # the reply must copy into a result slab, not alias.
+    return t * 2, {"v": extra["v"], "n": torch.tensor([extra["v"].numel() + t.numel()])}
+
+
+@provider.share(cache=False, singleflight=False)
+def ring_hold(t: torch.Tensor) -> torch.Tensor:
+    # Keeps its argument: that slab stays busy in the client's ring.
+    _held.append(t)
+    return t.sum().reshape(1)
+
+
+@provider.share(cache=False, singleflight=False)
+def ring_drop() -> torch.Tensor:
+    n = len(_held)
+    _held.clear()
+    return torch.tensor([float(n)])
+
+
+@provider.share(cache=False, singleflight=False)
+def ring_write_arg(t: torch.Tensor) -> torch.Tensor:
+    # The argument is the server's private copy: writing it is allowed
+    # and never reaches the caller.
+    t.add_(100)
+    return t
