@@ -157,6 +157,23 @@ TC_API int tc_put_commit(tc_put *p, struct tc_result *res);
 TC_API int tc_last_persistence(tc_client *c, char *degraded, size_t len);
 /* Discard the put and free `p`.  NULL is a no-op. */
 TC_API void tc_put_abort(tc_put *p);
+/* While a host put fills artifact `id` (a peer pull: the caller knows the
+ * id and the `nchunks` 32-byte chunk digests beforehand), have the daemon
+ * serve the chunks tc_put_have names to its peers and announce the
+ * filling replica to the cluster, so receivers of a fan-out pull from
+ * each other.  The digests must hash, with the put's table, to `id`.
+ * Returns 0, TC_EDIGEST, TC_EINVAL (not a host put, wrong chunk count),
+ * TC_ENOTFOUND (the put is gone) or a connection error. */
+TC_API int tc_put_serve(tc_put *p, const char *id, const void *digests,
+			uint64_t nchunks);
+/* Chunks[0..n) of a serving put are written and verified (n <= 65536):
+ * the daemon may send them to peers now.  With TC_HAVE_FETCHING they are
+ * being fetched from a sealed source: peers then ask that source for
+ * other chunks first.  Fire and forget; returns 0, TC_EINVAL or a
+ * connection error. */
+#define TC_HAVE_FETCHING 1u
+TC_API int tc_put_have(tc_put *p, const uint64_t *chunks, uint32_t n,
+		       uint32_t flags);
 
 /* ------------------------------------------------------------- attach */
 

@@ -201,6 +201,8 @@ PROTOTYPES = {
     "tc_put_copy_from_device": (c_int, [_p, c_uint32, POINTER(c_uint32), POINTER(c_uint64)]),
     "tc_put_commit": (c_int, [_p, POINTER(TcResult)]),
     "tc_put_abort": (None, [_p]),
+    "tc_put_serve": (c_int, [_p, c_char_p, c_void_p, c_uint64]),
+    "tc_put_have": (c_int, [_p, POINTER(c_uint64), c_uint32, c_uint32]),
     # client.h: attach
     "tc_attach": (c_int, [_p, c_char_p, _pp]),
     "tc_attach_gpu": (c_int, [_p, c_char_p, c_int32, _pp]),

@@ -149,5 +149,9 @@ int cmd_doctor(int argc, char **argv);
 struct tc__gsp_source;
 int cli_cluster_resolve(const char *ref, uint32_t max, char *id, uint64_t *gen,
 			struct tc__gsp_source *src, uint32_t *n);
+/* The same, quiet: returns 0 or a negative code with `err` set. */
+int cli_cluster_sources(const char *ref, uint32_t max, char *id, uint64_t *gen,
+			struct tc__gsp_source *src, uint32_t *n, char *err,
+			size_t errlen);
 
 #endif /* TC_CLI_H */

@@ -538,35 +538,47 @@ out:
 /* The same question through the local daemon, which asks the global
  * store over its own authenticated connection (no secret needed here).
  * `src` holds TC_GSP_MAX_SOURCES; errors are reported (cli_fail). */
-int cli_cluster_resolve(const char *ref, uint32_t max, char *id, uint64_t *gen,
-			struct tc__gsp_source *src, uint32_t *n)
+int cli_cluster_sources(const char *ref, uint32_t max, char *id, uint64_t *gen,
+			struct tc__gsp_source *src, uint32_t *n, char *err,
+			size_t errlen)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__cur c;
 	uint8_t *rb = NULL;
 	size_t rl = 0;
-	char err[1024] = "";
 	int rc;
 
+	err[0] = '\0';
 	tc__buf_put_str(&b, ref);
 	tc__buf_put_u32(&b, max);
-	rc = daemon_call(TC_MSG_CLUSTER_RESOLVE, &b, &rb, &rl, err,
-			 sizeof(err));
+	rc = daemon_call(TC_MSG_CLUSTER_RESOLVE, &b, &rb, &rl, err, errlen);
 	tc__buf_release(&b);
-	if (rc < 0)
-		return cli_fail(rc, err[0] ? err : tc_strerror(rc));
+	if (rc < 0) {
+		if (!err[0])
+			snprintf(err, errlen, "%s", tc_strerror(rc));
+		return rc;
+	}
 	tc__cur_init(&c, rb, rl);
-	rc = tc__gsp_get_name(&c, "id", id, TC_GSP_MAX_ID, false, err,
-			      sizeof(err));
+	rc = tc__gsp_get_name(&c, "id", id, TC_GSP_MAX_ID, false, err, errlen);
 	if (rc == 0 && (tc__cur_read_u64(&c, gen) < 0 ||
 			tc__cur_read_u32(&c, n) < 0 || *n > TC_GSP_MAX_SOURCES))
 		rc = TC_EPROTO;
 	for (uint32_t i = 0; rc == 0 && i < *n; i++)
-		rc = tc__gsp_get_source(&c, &src[i], err, sizeof(err));
+		rc = tc__gsp_get_source(&c, &src[i], err, errlen);
 	free(rb);
 	if (rc < 0)
-		return cli_fail(rc, "malformed reply from the daemon");
-	return 0;
+		snprintf(err, errlen, "malformed reply from the daemon");
+	return rc;
+}
+
+int cli_cluster_resolve(const char *ref, uint32_t max, char *id, uint64_t *gen,
+			struct tc__gsp_source *src, uint32_t *n)
+{
+	char err[1024];
+	int rc = cli_cluster_sources(ref, max, id, gen, src, n, err,
+				     sizeof(err));
+
+	return rc < 0 ? cli_fail(rc, err) : 0;
 }
 
 static int resolve(struct gopts *o)

@@ -26,6 +26,7 @@ struct sink {
 	tc_client *c;
 	const struct tc_opts *o;
 	tc_put *put;
+	bool serving; /* the daemon serves what we verify */
 	char err[512];
 };
 
@@ -95,6 +96,54 @@ out:
 	return rc;
 }
 
+/* Serve what we verify while we pull: the local daemon sends those
+ * chunks to other receivers (a fan-out becomes a pipeline). */
+static void sink_serve(void *arg, const char *id,
+		       const struct tc__digest *chunks, uint64_t nchunks)
+{
+	struct sink *s = arg;
+
+	if (tc_put_serve(s->put, id, chunks, nchunks) < 0)
+		snprintf(s->err, sizeof(s->err), "%s", tc_client_errmsg(s->c));
+	else
+		s->serving = true;
+}
+
+static void sink_have(void *arg, const uint64_t *chunks, uint32_t n,
+		      bool fetching)
+{
+	struct sink *s = arg;
+
+	if (s->serving)
+		tc_put_have(s->put, chunks, n, fetching ? TC_HAVE_FETCHING : 0);
+}
+
+/* Another receiver's address is a source a fan-out pulls from too:
+ * every host replica, complete or filling, on another node. */
+static int usable(const struct tc__gsp_source *s)
+{
+	return s->distance != 0 && s->peer_addr[0] &&
+	       s->tier == TC_GSP_TIER_HOST;
+}
+
+static int discover(void *arg, char (*addr)[TC_PEER_ADDR_MAX], int max)
+{
+	static struct tc__gsp_source src[TC_GSP_MAX_SOURCES];
+	char id[TC_GSP_MAX_ID + 1], err[512];
+	uint64_t gen;
+	uint32_t n = 0;
+	int k = 0;
+
+	if (cli_cluster_sources(arg, TC_GSP_MAX_SOURCES, id, &gen, src, &n, err,
+				sizeof(err)) < 0)
+		return 0; /* the store is away: go on with what we have */
+	for (uint32_t i = 0; i < n && k < max; i++)
+		if (usable(&src[i]))
+			snprintf(addr[k++], TC_PEER_ADDR_MAX, "%s",
+				 src[i].peer_addr);
+	return k;
+}
+
 static double gbps(uint64_t bytes, uint64_t ns)
 {
 	return ns ? (double)bytes / (double)ns : 0.0;
@@ -108,13 +157,15 @@ static json_t *sources_json(const struct tc__peer_pull_result *r)
 		const struct tc__peer_source_stats *s = &r->src[i];
 
 		json_array_append_new(
-			a, json_pack("{s:s, s:I, s:I, s:f, s:i, s:b, s:s?}",
+			a, json_pack("{s:s, s:I, s:I, s:f, s:i, s:b, s:b, "
+				     "s:s?}",
 				     "addr", s->addr, "bytes",
 				     (json_int_t)s->bytes, "chunks",
 				     (json_int_t)s->chunks, "gbps",
 				     gbps(s->bytes, r->ns), "bad_chunks",
-				     (int)s->bad_chunks, "failed", s->failed,
-				     "error", s->failed ? s->err : NULL));
+				     (int)s->bad_chunks, "filling", s->partial,
+				     "failed", s->failed, "error",
+				     s->failed ? s->err : NULL));
 	}
 	return a;
 }
@@ -150,8 +201,7 @@ static int global_sources(const char *ref, char *id,
 	if (rc)
 		return rc;
 	for (uint32_t i = 0; i < n && *nout < TC_PEER_MAX_SOURCES; i++) {
-		if (src[i].distance == 0 || !src[i].peer_addr[0] ||
-		    !src[i].complete || src[i].tier != TC_GSP_TIER_HOST)
+		if (!usable(&src[i]))
 			continue;
 		snprintf(addr[*nout], TC_GSP_MAX_ADDR + 1, "%s",
 			 src[i].peer_addr);
@@ -161,8 +211,8 @@ static int global_sources(const char *ref, char *id,
 	if (!*nout)
 		return cli_fail(TC_ENOTFOUND,
 				"no peer holds it: the global store knows no "
-				"complete replica of it on another node with "
-				"a peer address (or pass --from HOST:PORT)");
+				"host replica of it on another node with a "
+				"peer address (or pass --from HOST:PORT)");
 	return 0;
 }
 
@@ -244,6 +294,9 @@ int cmd_pull(int argc, char **argv)
 		if (rc)
 			return rc;
 		ref = gid; /* the sources serve the id the key named */
+		/* Receivers that start after us join as they appear. */
+		po.discover.fn = discover;
+		po.discover.arg = gid;
 	}
 	if (o.key && !nokey)
 		o.field_mask |= TC_OPT_KEY;
@@ -283,6 +336,8 @@ int cmd_pull(int argc, char **argv)
 	po.name = host;
 	po.sink.arg = &sk;
 	po.sink.begin = sink_begin;
+	po.sink.serve = sink_serve;
+	po.sink.have = sink_have;
 	t0 = now_ns();
 	rc = tc__peer_pull(&po, r, err, sizeof(err));
 	if (rc < 0) {

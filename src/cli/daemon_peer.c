@@ -47,9 +47,42 @@ static void on_key(void *arg, const char *key, const char *id)
 	tc__peer_server_key(srv, key, id);
 }
 
+/* A pull into this daemon fills `id`: serve what it has verified, so
+ * the other receivers of a fan-out pull from here too. */
+static void on_filling(void *arg, const char *id, int fd,
+		       const struct tc__table *t,
+		       const struct tc__digest *chunks, uint64_t nchunks,
+		       bool up)
+{
+	int rc;
+
+	if (!up) {
+		tc__peer_server_withdraw_partial(srv, id);
+		return;
+	}
+	rc = tc__peer_server_publish_partial(srv, id, fd, t, chunks, nchunks);
+	if (rc < 0)
+		tc__log(TC_LOG_WARN, "peer: cannot serve %s while it fills: %s",
+			id, tc_strerror(rc));
+}
+
+static void on_filling_have(void *arg, const char *id, const uint64_t *chunks,
+			    uint32_t n, bool fetching)
+{
+	tc__peer_server_have(srv, id, chunks, n, fetching);
+}
+
+static uint32_t on_uploads(void *arg)
+{
+	return tc__peer_server_uploads(srv);
+}
+
 static const struct tc__objs_observer observer = {
 	.replica = on_replica,
 	.key = on_key,
+	.filling = on_filling,
+	.filling_have = on_filling_have,
+	.uploads = on_uploads,
 };
 
 int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,

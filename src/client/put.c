@@ -21,6 +21,7 @@
 
 #include "client_internal.h"
 #include "common/alloc.h"
+#include "common/hash.h"
 #include "gpu/vmm.h"
 #include "tcast/errors.h"
 
@@ -368,4 +369,52 @@ TC_API void tc_put_abort(tc_put *p)
 	if (send_handle(p, TC_MSG_ABORT, &rep) == 0)
 		reply_release(&rep);
 	put_free(p);
+}
+
+TC_API int tc_put_serve(tc_put *p, const char *id, const void *digests,
+			uint64_t nchunks)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct reply rep;
+	size_t off;
+	int rc;
+
+	if (!p || !id || (nchunks && !digests) || p->device >= 0)
+		return p ? tc__client_err(p->c, TC_EINVAL,
+					  "tc_put_serve: a host put, an id "
+					  "and its digests") :
+			   TC_EINVAL;
+	off = tc__client_begin(p->c, &b, TC_MSG_PUT_SERVE);
+	tc__buf_put_u64(&b, p->handle);
+	tc__buf_put_str(&b, id);
+	tc__buf_put_u64(&b, nchunks);
+	if (nchunks)
+		tc__buf_put(&b, digests, nchunks * TC_DIGEST_BYTES);
+	tc__frame_finish(&b, off);
+	rc = b.oom ? -ENOMEM : tc__client_call(p->c, &b, NULL, 0, NULL, &rep);
+	tc__buf_release(&b);
+	if (rc == 0)
+		reply_release(&rep);
+	return rc;
+}
+
+TC_API int tc_put_have(tc_put *p, const uint64_t *chunks, uint32_t n,
+		       uint32_t flags)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	size_t off;
+	int rc;
+
+	if (!p || (n && !chunks) || n > 65536 || (flags & ~TC_HAVE_FETCHING))
+		return TC_EINVAL;
+	off = tc__client_begin(p->c, &b, TC_MSG_PUT_HAVE);
+	tc__buf_put_u64(&b, p->handle);
+	tc__buf_put_u32(&b, flags);
+	tc__buf_put_u32(&b, n);
+	for (uint32_t i = 0; i < n; i++)
+		tc__buf_put_u64(&b, chunks[i]);
+	tc__frame_finish(&b, off);
+	rc = b.oom ? -ENOMEM : tc__client_send(p->c, &b);
+	tc__buf_release(&b);
+	return rc;
 }

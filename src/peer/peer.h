@@ -58,8 +58,28 @@ void tc__peer_server_stop(struct tc__peer_server *s);
 int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
 			    const struct tc__table *t,
 			    const struct tc__digest *chunks, uint64_t nchunks);
+/* Serve `id` while it fills (a pull in progress into `fd`): only the
+ * chunks later marked with tc__peer_server_have are sent; others are
+ * answered "not here yet".  A sealed replica of `id` published already
+ * wins (nothing changes); tc__peer_server_publish replaces a filling one.
+ * Returns 0 or -errno. */
+int tc__peer_server_publish_partial(struct tc__peer_server *s, const char *id,
+				    int fd, const struct tc__table *t,
+				    const struct tc__digest *chunks,
+				    uint64_t nchunks);
+/* Chunks of a filling `id` that are verified in place, or (`fetching`)
+ * that it is fetching from a sealed source, which peers then ask the seed
+ * for last.  No-op for a sealed or unknown id. */
+void tc__peer_server_have(struct tc__peer_server *s, const char *id,
+			  const uint64_t *chunks, uint32_t n, bool fetching);
 /* Stop serving `id` (sends in progress finish first). */
 void tc__peer_server_withdraw(struct tc__peer_server *s, const char *id);
+/* The same, only when what is served is a filling copy (an aborted pull
+ * must not withdraw a sealed replica of the same id). */
+void tc__peer_server_withdraw_partial(struct tc__peer_server *s,
+				      const char *id);
+/* GET requests being answered now (the node's load, for routing). */
+uint32_t tc__peer_server_uploads(struct tc__peer_server *s);
 /* `key` names `id` here ("" = names nothing any more). */
 void tc__peer_server_key(struct tc__peer_server *s, const char *key,
 			 const char *id);
@@ -83,7 +103,28 @@ struct tc__peer_sink {
 	void *arg;
 	int (*begin)(void *arg, const char *id, const struct tc__table *t,
 		     uint8_t **base, char *err, size_t errlen);
+	/* Optional, so that this node serves what it holds while it pulls
+	 * (a fan-out becomes a pipeline).  serve() is called once after
+	 * begin() with the verified digests; have() with chunks verified
+	 * in place since the last call, or (fetching) asked of a sealed
+	 * source since the last call.  Both run on the caller's thread
+	 * (the one in tc__peer_pull), never on a stream's; a failure only
+	 * means this node does not serve. */
+	void (*serve)(void *arg, const char *id,
+		      const struct tc__digest *chunks, uint64_t nchunks);
+	void (*have)(void *arg, const uint64_t *chunks, uint32_t n,
+		     bool fetching);
 };
+
+/* Optional: more sources while a pull runs (other receivers of the same
+ * artifact, still filling).  Writes up to `max` "host:port" into `addr`
+ * and returns how many; called from the caller's thread about every
+ * TC_PEER_DISCOVER_MS.  Addresses the pull knows already are ignored. */
+struct tc__peer_discover {
+	void *arg;
+	int (*fn)(void *arg, char (*addr)[TC_PEER_ADDR_MAX], int max);
+};
+#define TC_PEER_DISCOVER_MS 300
 
 struct tc__peer_pull_opts {
 	const char *ref;	    /* key or full id */
@@ -94,6 +135,7 @@ struct tc__peer_pull_opts {
 	const struct tc__auth_secret *secret;
 	const char *name; /* this node, in handshakes */
 	struct tc__peer_sink sink;
+	struct tc__peer_discover discover; /* fn NULL: the sources above */
 };
 
 struct tc__peer_source_stats {
@@ -101,6 +143,7 @@ struct tc__peer_source_stats {
 	uint64_t bytes;	     /* verified payload bytes from it */
 	uint64_t chunks;     /* verified chunks */
 	uint32_t bad_chunks; /* chunks that failed their digest */
+	bool partial;	     /* was still filling when first asked */
 	bool failed;	     /* dropped: died, stalled, refused, lied */
 	char err[256];	     /* why, when failed */
 };
@@ -119,8 +162,11 @@ struct tc__peer_pull_result {
  * `streams` connections per source, each chunk verified against its
  * digest before it counts; a bad chunk is fetched again elsewhere and its
  * source reported, a source that dies or stalls leaves its chunks to the
- * others.  Returns 0 (every chunk verified) or a negative code with `err`
- * naming what each source did; `res` is filled either way. */
+ * others.  Sources still filling (other receivers) are asked only for
+ * what they hold; a sealed source is asked first for chunks no filling
+ * source holds, so each chunk tends to leave it once.  Returns 0 (every chunk
+ * verified) or a negative code with `err` naming what each source did; `res` is
+ * filled either way. */
 int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		  struct tc__peer_pull_result *res, char *err, size_t errlen);
 

@@ -13,6 +13,19 @@
  * TC_PEER_BAD_LIMIT bad chunks, or whose stream died or stalled past the
  * timeout, is dropped and its chunks go to the others.  Shared state is
  * under one mutex, taken once per chunk.
+ *
+ * Fan-out as a pipeline: a source may be another receiver still filling.
+ * Each stream first asks its source what it holds (HAVE); a filling
+ * source is asked only for chunks it holds, and asked again when nothing
+ * of it is left to take.  A sealed source is asked first for chunks no
+ * filling source holds, so with many receivers each chunk tends to leave
+ * it once and the receivers swap the rest; after TC_PULL_VALVE_MS
+ * without a verified chunk it sends anything (a filling source may be
+ * slow or stuck).  Chunks are scanned from a random start per pull, so
+ * receivers started together ask the seed for different chunks.  The
+ * caller's thread supervises: it reports newly verified chunks to the
+ * sink (which makes this node serve them) and adds sources the discover
+ * callback finds.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -20,17 +33,33 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/random.h>
+
 #include "common/alloc.h"
 #include "common/compiler.h"
 #include "common/log.h"
 #include "frameio.h"
 #include "peer.h"
+#include "net/ev.h"
 #include "tcast/errors.h"
 
-#define TC_PULL_DEPTH 2		 /* requests outstanding per stream */
-#define TC_PULL_PIECE (1u << 20) /* bytes per recv (then hashed) */
+#define TC_PULL_DEPTH	 2	    /* requests outstanding per stream */
+#define TC_PULL_PIECE	 (1u << 20) /* bytes per recv (then hashed) */
+#define TC_PULL_HAVE_MS	 20	    /* ask a filling source again after */
+#define TC_PULL_VALVE_MS 300	    /* no progress: the seed sends anything */
+#define TC_PULL_TICK_MS	 50	    /* supervisor and idle-stream period */
 
 enum { C_TODO, C_FLIGHT, C_DONE };
+
+/* What the pull knows of one source (under mu). */
+struct psrc {
+	char addr[TC_PEER_ADDR_MAX];
+	bool known;	   /* its first HAVE arrived */
+	bool complete;	   /* sealed there: every chunk */
+	uint8_t *have;	   /* filling: chunks it said it holds (owned) */
+	uint8_t *fetching; /* filling: chunks it fetches from a seed */
+	uint64_t have_ns;  /* when it last said so */
+};
 
 struct pull {
 	const struct tc__peer_pull_opts *o;
@@ -38,9 +67,19 @@ struct pull {
 	struct tc__peer_msg man; /* the verified manifest */
 	uint8_t *base;		 /* destination of the byte space */
 	uint64_t n;		 /* chunks */
+	uint64_t start;		 /* scans begin here (random) */
 	uint8_t *state;		 /* C_* per chunk */
 	uint16_t *barred;	 /* per chunk: sources that sent it bad */
 	uint64_t ndone, nflight;
+	uint64_t progress_ns; /* last verified chunk (or the start) */
+	uint64_t *fresh;      /* verified, not yet told to the sink */
+	uint64_t nfresh;
+	uint64_t *asked; /* asked of a sealed source, not yet told */
+	uint64_t nasked;
+	uint8_t *told; /* per chunk: `asked` of it went already */
+	int nsrc;      /* sources so far (grows by discovery) */
+	int nlive;
+	struct psrc src[TC_PEER_MAX_SOURCES];
 	int live[TC_PEER_MAX_SOURCES];	   /* streams still running */
 	bool dropped[TC_PEER_MAX_SOURCES]; /* use no more */
 	pthread_mutex_t mu;
@@ -78,15 +117,54 @@ static void drop_source(struct pull *p, int src, const char *why)
 	pthread_cond_broadcast(&p->cv);
 }
 
-/* The next chunk stream `src` may fetch, marked in flight, or -1. */
-static int64_t take(struct pull *p, int src)
+static bool bit(const uint8_t *b, uint64_t k)
 {
-	for (uint64_t k = 0; k < p->n; k++)
-		if (p->state[k] == C_TODO && !(p->barred[k] & (1u << src))) {
+	return b[k / 8] & (1u << k % 8);
+}
+
+/* Some live filling source other than `self` holds chunk k, or fetches
+ * it from a seed (mu held). */
+static bool peer_holds(const struct pull *p, int self, uint64_t k)
+{
+	for (int i = 0; i < p->nsrc; i++)
+		if (i != self && !p->dropped[i] && p->src[i].have &&
+		    (bit(p->src[i].have, k) || bit(p->src[i].fetching, k)))
+			return true;
+	return false;
+}
+
+/* The next chunk stream `src` may fetch, marked in flight, or -1 (mu
+ * held).  A filling source: only what it holds.  A sealed one: what no
+ * filling source holds, unless the pull has stalled. */
+static int64_t take(struct pull *p, int src, uint64_t now)
+{
+	const struct psrc *ps = &p->src[src];
+	bool valve = now - p->progress_ns > TC_PULL_VALVE_MS * 1000000ull;
+
+	if (!ps->known)
+		return -1;
+	for (int pass = 0; pass < 2; pass++) {
+		for (uint64_t i = 0; i < p->n; i++) {
+			uint64_t k = (p->start + i) % p->n;
+
+			if (p->state[k] != C_TODO ||
+			    (p->barred[k] & (1u << src)))
+				continue;
+			if (!ps->complete && !bit(ps->have, k))
+				continue;
+			if (ps->complete && pass == 0 && peer_holds(p, src, k))
+				continue;
 			p->state[k] = C_FLIGHT;
 			p->nflight++;
+			if (ps->complete && !p->told[k]) {
+				p->told[k] = 1;
+				p->asked[p->nasked++] = k;
+			}
 			return (int64_t)k;
 		}
+		if (!ps->complete || !valve)
+			break;
+	}
 	return -1;
 }
 
@@ -97,9 +175,10 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
 }
 
 /* Receive one chunk's DATA into place and check it.  Returns 1 when it
- * verified, 0 when it did not (the stream is still in sync), or a
- * negative code (the stream is not). */
-static int recv_chunk(struct pull *p, struct tc__peer_conn *c,
+ * verified, 0 when it did not (the stream is still in sync), 2 when a
+ * filling source does not hold it yet (in sync too), or a negative code
+ * (the stream is not). */
+static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 		      struct tc__hasher *h, uint64_t k, char *err,
 		      size_t errlen)
 {
@@ -110,6 +189,11 @@ static int recv_chunk(struct pull *p, struct tc__peer_conn *c,
 	int rc;
 
 	rc = tc__peer_recv_msg(c, &m, err, errlen);
+	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_ENOTFOUND &&
+	    !p->src[src].complete) {
+		tc__peer_msg_release(&m);
+		return 2;
+	}
 	if (rc == 0 && m.type == TC_PEER_ERROR) {
 		snprintf(err, errlen, "%s says: %s (%s)", c->addr, m.msg,
 			 tc_err_name(m.code));
@@ -144,12 +228,67 @@ static int recv_chunk(struct pull *p, struct tc__peer_conn *c,
 	return tc__digest_eq(&d, &p->man.chunks[k]) ? 1 : 0;
 }
 
+/* Ask the source what it holds (no request of ours outstanding on `c`).
+ * Returns 0 or a negative code with `err` set. */
+static int ask_have(struct pull *p, int src, struct tc__peer_conn *c,
+		    struct tc__buf *b, char *err, size_t errlen)
+{
+	struct psrc *ps = &p->src[src];
+	struct tc__peer_msg m;
+	int rc;
+
+	b->len = 0;
+	tc__peer_put_have_req(b, p->man.id);
+	rc = tc__peer_send_buf(c, b, false);
+	if (rc < 0) {
+		snprintf(err, errlen, "%s: send: %s", c->addr, strerror(-rc));
+		return rc;
+	}
+	rc = tc__peer_recv_msg(c, &m, err, errlen);
+	if (rc == 0 && m.type == TC_PEER_ERROR) {
+		snprintf(err, errlen, "%s says: %s (%s)", c->addr, m.msg,
+			 tc_err_name(m.code));
+		rc = m.code;
+	} else if (rc == 0 && (m.type != TC_PEER_HAVE || m.nchunks != p->n)) {
+		snprintf(err, errlen, "%s: not a HAVE for %llu chunks", c->addr,
+			 (unsigned long long)p->n);
+		rc = TC_EPROTO;
+	}
+	if (rc == 0) {
+		pthread_mutex_lock(&p->mu);
+		if (m.complete) {
+			ps->complete = true;
+		} else if (!ps->complete) {
+			/* Holdings only grow: OR, so a stream's older
+			 * answer never hides what another one learnt. */
+			if (!ps->have) {
+				ps->have = m.have;
+				ps->fetching = m.fetching;
+				m.have = m.fetching = NULL;
+				p->res->src[src].partial = true;
+			} else {
+				for (uint64_t i = 0; i < (p->n + 7) / 8; i++) {
+					ps->have[i] |= m.have[i];
+					ps->fetching[i] |= m.fetching[i];
+				}
+			}
+		}
+		ps->known = true;
+		ps->have_ns = tc__now_ns();
+		pthread_cond_broadcast(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+	}
+	tc__peer_msg_release(&m);
+	return rc;
+}
+
 static void *stream_main(void *arg)
 {
 	struct stream *sm = arg;
 	struct pull *p = sm->p;
 	const struct tc__peer_pull_opts *o = p->o;
 	struct tc__peer_source_stats *st = &p->res->src[sm->src];
+	struct psrc *ps = &p->src[sm->src];
 	struct tc__peer_conn *c = NULL;
 	struct tc__hasher *h = tc__hasher_new();
 	struct tc__buf b = TC_BUF_INIT;
@@ -157,31 +296,67 @@ static void *stream_main(void *arg)
 	int nq = 0, nsent = 0, rc;
 	char err[512] = "";
 
-	rc = h ? tc__peer_tcp.connect(o->sources[sm->src], o->timeout_ms,
-				      o->timeout_ms, &c, err, sizeof(err)) :
+	rc = h ? tc__peer_tcp.connect(ps->addr, o->timeout_ms, o->timeout_ms,
+				      &c, err, sizeof(err)) :
 		 -ENOMEM;
 	if (rc == 0)
 		rc = tc__peer_auth_client(c, o->secret, o->name, o->timeout_ms,
 					  err, sizeof(err));
+	if (rc == 0)
+		rc = ask_have(p, sm->src, c, &b, err, sizeof(err));
 	while (rc == 0) {
+		uint64_t now = tc__now_ns();
+		bool ask = false;
+
 		pthread_mutex_lock(&p->mu);
 		while (!p->dropped[sm->src] && nq < TC_PULL_DEPTH) {
-			int64_t k = take(p, sm->src);
+			int64_t k = take(p, sm->src, now);
 
 			if (k < 0)
 				break;
 			q[nq++] = k;
 		}
+		if (p->nasked)
+			pthread_cond_broadcast(&p->cv); /* to tell peers */
 		if (nq == 0) {
 			/* Nothing for us now: finished, or what is left is
-			 * in flight elsewhere (and may come back). */
-			if (p->ndone == p->n || p->dropped[sm->src] ||
-			    p->nflight == 0) {
+			 * in flight elsewhere or held by no one we know yet
+			 * (and may come). */
+			if (p->ndone == p->n || p->dropped[sm->src]) {
 				pthread_mutex_unlock(&p->mu);
 				break;
 			}
-			pthread_cond_wait(&p->cv, &p->mu);
+			if (p->nflight == 0 &&
+			    now - p->progress_ns >
+				    (uint64_t)o->timeout_ms * 1000000u) {
+				snprintf(err, sizeof(err),
+					 "%s: holds none of the %llu chunks "
+					 "left, and no source sent any for "
+					 "%d ms",
+					 ps->addr,
+					 (unsigned long long)(p->n - p->ndone),
+					 o->timeout_ms);
+				pthread_mutex_unlock(&p->mu);
+				rc = TC_ENOTFOUND;
+				break;
+			}
+			ask = !ps->complete &&
+			      now - ps->have_ns > TC_PULL_HAVE_MS * 1000000ull;
+			if (!ask) {
+				struct timespec ts;
+
+				clock_gettime(CLOCK_MONOTONIC, &ts);
+				ts.tv_nsec += TC_PULL_HAVE_MS * 1000000l;
+				if (ts.tv_nsec >= 1000000000l) {
+					ts.tv_sec++;
+					ts.tv_nsec -= 1000000000l;
+				}
+				pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+			}
 			pthread_mutex_unlock(&p->mu);
+			if (ask)
+				rc = ask_have(p, sm->src, c, &b, err,
+					      sizeof(err));
 			continue;
 		}
 		pthread_mutex_unlock(&p->mu);
@@ -197,7 +372,8 @@ static void *stream_main(void *arg)
 		}
 		if (rc < 0)
 			break;
-		rc = recv_chunk(p, c, h, (uint64_t)q[0], err, sizeof(err));
+		rc = recv_chunk(p, sm->src, c, h, (uint64_t)q[0], err,
+				sizeof(err));
 		if (rc < 0)
 			break;
 		pthread_mutex_lock(&p->mu);
@@ -205,8 +381,17 @@ static void *stream_main(void *arg)
 		if (rc == 1) {
 			p->state[q[0]] = C_DONE;
 			p->ndone++;
+			p->progress_ns = tc__now_ns();
+			p->fresh[p->nfresh++] = (uint64_t)q[0];
 			st->chunks++;
 			st->bytes += chunk_len(p, (uint64_t)q[0]);
+		} else if (rc == 2) {
+			/* It said it held it: only an id it dropped meanwhile
+			 * gets here.  Forget what it said. */
+			p->state[q[0]] = C_TODO;
+			if (ps->have)
+				ps->have[q[0] / 8] &=
+					(uint8_t) ~(1u << q[0] % 8);
 		} else {
 			p->state[q[0]] = C_TODO;
 			p->barred[q[0]] |= (uint16_t)(1u << sm->src);
@@ -234,6 +419,7 @@ static void *stream_main(void *arg)
 	if (rc < 0)
 		drop_source(p, sm->src, err);
 	p->live[sm->src]--;
+	p->nlive--;
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
 	if (c)
@@ -255,7 +441,7 @@ static int get_manifest(struct pull *p, char *err, size_t errlen)
 		struct tc__buf b = TC_BUF_INIT;
 		char e[512] = "";
 
-		rc = tc__peer_tcp.connect(o->sources[i], o->timeout_ms,
+		rc = tc__peer_tcp.connect(p->src[i].addr, o->timeout_ms,
 					  o->timeout_ms, &c, e, sizeof(e));
 		if (rc == 0)
 			rc = tc__peer_auth_client(c, o->secret, o->name,
@@ -268,17 +454,17 @@ static int get_manifest(struct pull *p, char *err, size_t errlen)
 			rc = tc__peer_recv_msg(c, &p->man, e, sizeof(e));
 		if (rc == 0 && p->man.type == TC_PEER_ERROR) {
 			snprintf(e, sizeof(e), "%s says: %s (%s)",
-				 o->sources[i], p->man.msg,
+				 p->src[i].addr, p->man.msg,
 				 tc_err_name(p->man.code));
 			rc = p->man.code;
 		} else if (rc == 0 && p->man.type != TC_PEER_MANIFEST) {
 			snprintf(e, sizeof(e), "%s: not a manifest",
-				 o->sources[i]);
+				 p->src[i].addr);
 			rc = TC_EPROTO;
 		} else if (rc == 0 && tc__is_id(o->ref) &&
 			   strcmp(o->ref, p->man.id)) {
 			snprintf(e, sizeof(e), "%s: manifest of '%s' for '%s'",
-				 o->sources[i], p->man.id, o->ref);
+				 p->src[i].addr, p->man.id, o->ref);
 			rc = TC_EDIGEST;
 		}
 		tc__buf_release(&b);
@@ -305,12 +491,130 @@ static void summarize(const struct pull *p, char *err, size_t errlen)
 				      (unsigned long long)p->ndone,
 				      (unsigned long long)p->n, p->o->ref);
 
-	for (int i = 0; i < p->o->nsources && off < errlen; i++)
+	for (int i = 0; i < p->nsrc && off < errlen; i++)
 		off += (size_t)snprintf(err + off, errlen - off, "%s%s: %s",
 					i ? "; " : "", p->res->src[i].addr,
 					p->res->src[i].failed ?
 						p->res->src[i].err :
 						"nothing left it could send");
+}
+
+/* Start `streams` threads on source `s` (mu not held).  Returns how many
+ * started. */
+static int start_streams(struct pull *p, struct stream *sm, int *ns, int s)
+{
+	int started = 0;
+
+	for (int j = 0; j < p->o->streams; j++) {
+		struct stream *x = &sm[*ns];
+
+		x->p = p;
+		x->src = s;
+		pthread_mutex_lock(&p->mu);
+		p->live[s]++;
+		p->nlive++;
+		pthread_mutex_unlock(&p->mu);
+		if (pthread_create(&x->th, NULL, stream_main, x)) {
+			pthread_mutex_lock(&p->mu);
+			p->live[s]--;
+			p->nlive--;
+			pthread_mutex_unlock(&p->mu);
+			continue;
+		}
+		x->started = true;
+		(*ns)++;
+		started++;
+	}
+	return started;
+}
+
+/* Sources the discover callback names that the pull does not know yet
+ * join it (mu not held). */
+static void discover(struct pull *p, struct stream *sm, int *ns)
+{
+	static char found[TC_PEER_MAX_SOURCES][TC_PEER_ADDR_MAX];
+	const struct tc__peer_discover *d = &p->o->discover;
+	int n = d->fn(d->arg, found, TC_PEER_MAX_SOURCES);
+
+	for (int i = 0; i < n; i++) {
+		bool known = false;
+		int s;
+
+		found[i][TC_PEER_ADDR_MAX - 1] = '\0';
+		pthread_mutex_lock(&p->mu);
+		for (s = 0; s < p->nsrc && !known; s++)
+			known = !strcmp(p->src[s].addr, found[i]);
+		if (known || p->nsrc == TC_PEER_MAX_SOURCES || !found[i][0]) {
+			pthread_mutex_unlock(&p->mu);
+			continue;
+		}
+		s = p->nsrc++;
+		snprintf(p->src[s].addr, sizeof(p->src[s].addr), "%s",
+			 found[i]);
+		snprintf(p->res->src[s].addr, sizeof(p->res->src[s].addr), "%s",
+			 found[i]);
+		p->res->nsources = p->nsrc;
+		pthread_mutex_unlock(&p->mu);
+		tc__log(TC_LOG_DEBUG, "pull %s: new source %s", p->man.id,
+			found[i]);
+		start_streams(p, sm, ns, s);
+	}
+}
+
+/* The caller's thread while the streams run: tell the sink what is
+ * verified (so this node serves it), find more sources. */
+static void supervise(struct pull *p, struct stream *sm, int *ns)
+{
+	const struct tc__peer_pull_opts *o = p->o;
+	uint64_t *batch = tc__malloc(2 * p->n * sizeof(*batch));
+	uint64_t next_discover = tc__now_ns();
+
+	pthread_mutex_lock(&p->mu);
+	while (p->nlive > 0) {
+		struct timespec ts;
+		uint64_t nb = 0, na = 0;
+
+		if (o->sink.have && batch) {
+			nb = p->nfresh;
+			memcpy(batch, p->fresh, nb * sizeof(*batch));
+			na = p->nasked;
+			memcpy(batch + nb, p->asked, na * sizeof(*batch));
+		}
+		p->nfresh = p->nasked = 0;
+		if (nb || na ||
+		    (o->discover.fn && p->ndone < p->n &&
+		     tc__now_ns() >= next_discover)) {
+			pthread_mutex_unlock(&p->mu);
+			/* What we fetch from a seed first: peers then ask
+			 * the seed for other chunks. */
+			for (uint64_t i = 0; i < na; i += 65536)
+				o->sink.have(o->sink.arg, batch + nb + i,
+					     (uint32_t)TC_MIN(65536, na - i),
+					     true);
+			for (uint64_t i = 0; i < nb; i += 65536)
+				o->sink.have(o->sink.arg, batch + i,
+					     (uint32_t)TC_MIN(65536, nb - i),
+					     false);
+			if (o->discover.fn && tc__now_ns() >= next_discover) {
+				discover(p, sm, ns);
+				next_discover =
+					tc__now_ns() +
+					TC_PEER_DISCOVER_MS * 1000000ull;
+			}
+			pthread_mutex_lock(&p->mu);
+			continue;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += TC_PULL_TICK_MS * 1000000l;
+		if (ts.tv_nsec >= 1000000000l) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000l;
+		}
+		if (!p->nfresh && !p->nasked)
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	}
+	pthread_mutex_unlock(&p->mu);
+	tc__free(batch);
 }
 
 int tc__peer_pull(const struct tc__peer_pull_opts *o,
@@ -320,6 +624,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	struct pull p;
 	uint64_t t0;
 	int rc, ns = 0;
+	bool sync = false;
 
 	memset(res, 0, sizeof(*res));
 	memset(&p, 0, sizeof(p));
@@ -335,10 +640,13 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 			 TC_PEER_MAX_SOURCES, TC_PEER_MAX_STREAMS);
 		return TC_EINVAL;
 	}
-	res->nsources = o->nsources;
-	for (int i = 0; i < o->nsources; i++)
+	res->nsources = p.nsrc = o->nsources;
+	for (int i = 0; i < o->nsources; i++) {
 		snprintf(res->src[i].addr, sizeof(res->src[i].addr), "%s",
 			 o->sources[i]);
+		snprintf(p.src[i].addr, sizeof(p.src[i].addr), "%s",
+			 o->sources[i]);
+	}
 	rc = get_manifest(&p, err, errlen);
 	if (rc < 0)
 		goto out;
@@ -349,37 +657,41 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 			   errlen);
 	if (rc < 0)
 		goto out;
+	if (o->sink.serve)
+		o->sink.serve(o->sink.arg, p.man.id, p.man.chunks, p.n);
 	t0 = now_ns();
+	p.progress_ns = tc__now_ns();
+	if (getrandom(&p.start, sizeof(p.start), GRND_NONBLOCK) !=
+	    sizeof(p.start))
+		p.start = t0;
+	p.start = p.n ? p.start % p.n : 0;
 	p.state = tc__calloc(p.n ? p.n : 1, 1);
 	p.barred = tc__calloc(p.n ? p.n : 1, sizeof(*p.barred));
-	sm = tc__calloc((size_t)o->nsources * (size_t)o->streams, sizeof(*sm));
-	if (!p.state || !p.barred || !sm) {
+	p.fresh = tc__calloc(p.n ? p.n : 1, sizeof(*p.fresh));
+	p.asked = tc__calloc(p.n ? p.n : 1, sizeof(*p.asked));
+	p.told = tc__calloc(p.n ? p.n : 1, 1);
+	sm = tc__calloc((size_t)TC_PEER_MAX_SOURCES * (size_t)o->streams,
+			sizeof(*sm));
+	if (!p.state || !p.barred || !p.fresh || !p.asked || !p.told || !sm) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	pthread_mutex_init(&p.mu, NULL);
-	pthread_cond_init(&p.cv, NULL);
-	for (int s = 0; p.n && s < o->nsources; s++) {
-		if (p.dropped[s])
-			continue;
-		for (int j = 0; j < o->streams; j++) {
-			struct stream *x = &sm[ns];
+	{
+		/* Timed waits count on the monotonic clock. */
+		pthread_condattr_t ca;
 
-			x->p = &p;
-			x->src = s;
-			pthread_mutex_lock(&p.mu);
-			p.live[s]++;
-			pthread_mutex_unlock(&p.mu);
-			if (pthread_create(&x->th, NULL, stream_main, x)) {
-				pthread_mutex_lock(&p.mu);
-				p.live[s]--;
-				pthread_mutex_unlock(&p.mu);
-				continue;
-			}
-			x->started = true;
-			ns++;
-		}
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&p.cv, &ca);
+		pthread_condattr_destroy(&ca);
 	}
+	sync = true;
+	for (int s = 0; p.n && s < o->nsources; s++)
+		if (!p.dropped[s])
+			start_streams(&p, sm, &ns, s);
+	if (p.n)
+		supervise(&p, sm, &ns);
 	for (int i = 0; i < ns; i++)
 		pthread_join(sm[i].th, NULL);
 	res->ns = now_ns() - t0;
@@ -387,17 +699,26 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	if (p.ndone != p.n) {
 		summarize(&p, err, errlen);
 		rc = TC_EDIGEST;
-		for (int i = 0; i < o->nsources; i++)
+		for (int i = 0; i < p.nsrc; i++)
 			if (res->src[i].failed &&
 			    !strstr(res->src[i].err, "digest"))
 				rc = TC_ECLOSED;
 	}
-	pthread_mutex_destroy(&p.mu);
-	pthread_cond_destroy(&p.cv);
 out:
+	if (sync) {
+		pthread_mutex_destroy(&p.mu);
+		pthread_cond_destroy(&p.cv);
+	}
+	for (int i = 0; i < TC_PEER_MAX_SOURCES; i++) {
+		tc__free(p.src[i].have);
+		tc__free(p.src[i].fetching);
+	}
+	tc__free(p.asked);
+	tc__free(p.told);
 	tc__free(sm);
 	tc__free(p.state);
 	tc__free(p.barred);
+	tc__free(p.fresh);
 	tc__peer_msg_release(&p.man);
 	return rc;
 }

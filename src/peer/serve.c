@@ -39,6 +39,12 @@ struct entry {
 	struct tc__buf manifest; /* the whole MANIFEST frame, prebuilt */
 	int refs;		 /* registry + connections sending */
 	bool gone;		 /* withdrawn */
+	/* A replica still filling (a pull in progress here): only the
+	 * chunks marked in `have` (verified by the receiver) are served;
+	 * NULL for a sealed replica, where every chunk is. */
+	uint8_t *have;
+	uint8_t *fetching; /* filling: chunks it fetches from a sealed
+			      source (so others ask the seed for others) */
 };
 
 struct keyent {
@@ -65,6 +71,7 @@ struct tc__peer_server {
 	int nconns;
 	bool stopping;
 	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
+	_Atomic uint32_t n_uploads; /* GETs being answered now */
 };
 
 static void entry_put(struct entry *e) /* mu held */
@@ -72,13 +79,15 @@ static void entry_put(struct entry *e) /* mu held */
 	if (--e->refs == 0) {
 		close(e->fd);
 		tc__buf_release(&e->manifest);
+		tc__free(e->have);
+		tc__free(e->fetching);
 		tc__free(e);
 	}
 }
 
-int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
-			    const struct tc__table *t,
-			    const struct tc__digest *chunks, uint64_t nchunks)
+static int publish(struct tc__peer_server *s, const char *id, int fd,
+		   const struct tc__table *t, const struct tc__digest *chunks,
+		   uint64_t nchunks, bool partial)
 {
 	struct entry *e, *old;
 	int rc = 0;
@@ -88,6 +97,13 @@ int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
 	e = tc__calloc(1, sizeof(*e));
 	if (!e)
 		return -ENOMEM;
+	if (partial &&
+	    (!(e->have = tc__calloc((nchunks + 7) / 8 + 1, 1)) ||
+	     !(e->fetching = tc__calloc((nchunks + 7) / 8 + 1, 1)))) {
+		tc__free(e->have);
+		tc__free(e);
+		return -ENOMEM;
+	}
 	snprintf(e->id, sizeof(e->id), "%s", id);
 	e->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (e->fd < 0) {
@@ -106,6 +122,12 @@ int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
 		goto out_free;
 	}
 	pthread_mutex_lock(&s->mu);
+	old = tc__map_get(&s->by_id, e->id);
+	if (old && partial && !old->have) {
+		/* Sealed already here: a filling copy adds nothing. */
+		pthread_mutex_unlock(&s->mu);
+		goto out_free;
+	}
 	old = tc__map_del(&s->by_id, e->id);
 	if (old) {
 		old->gone = true;
@@ -119,21 +141,70 @@ int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
 out_free:
 	close(e->fd);
 	tc__buf_release(&e->manifest);
+	tc__free(e->have);
+	tc__free(e->fetching);
 	tc__free(e);
 	return rc;
 }
 
-void tc__peer_server_withdraw(struct tc__peer_server *s, const char *id)
+int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
+			    const struct tc__table *t,
+			    const struct tc__digest *chunks, uint64_t nchunks)
+{
+	return publish(s, id, fd, t, chunks, nchunks, false);
+}
+
+int tc__peer_server_publish_partial(struct tc__peer_server *s, const char *id,
+				    int fd, const struct tc__table *t,
+				    const struct tc__digest *chunks,
+				    uint64_t nchunks)
+{
+	return publish(s, id, fd, t, chunks, nchunks, true);
+}
+
+void tc__peer_server_have(struct tc__peer_server *s, const char *id,
+			  const uint64_t *chunks, uint32_t n, bool fetching)
+{
+	struct entry *e;
+	uint8_t *bits;
+
+	pthread_mutex_lock(&s->mu);
+	e = tc__map_get(&s->by_id, id);
+	bits = !e ? NULL : fetching ? e->fetching : e->have;
+	for (uint32_t i = 0; bits && i < n; i++)
+		if (chunks[i] < e->nchunks)
+			bits[chunks[i] / 8] |= (uint8_t)(1u << chunks[i] % 8);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void withdraw(struct tc__peer_server *s, const char *id,
+		     bool partial_only)
 {
 	struct entry *e;
 
 	pthread_mutex_lock(&s->mu);
-	e = tc__map_del(&s->by_id, id);
-	if (e) {
+	e = tc__map_get(&s->by_id, id);
+	if (e && (!partial_only || e->have)) {
+		tc__map_del(&s->by_id, id);
 		e->gone = true;
 		entry_put(e);
 	}
 	pthread_mutex_unlock(&s->mu);
+}
+
+void tc__peer_server_withdraw(struct tc__peer_server *s, const char *id)
+{
+	withdraw(s, id, false);
+}
+
+void tc__peer_server_withdraw_partial(struct tc__peer_server *s, const char *id)
+{
+	withdraw(s, id, true);
+}
+
+uint32_t tc__peer_server_uploads(struct tc__peer_server *s)
+{
+	return s ? s->n_uploads : 0;
 }
 
 void tc__peer_server_key(struct tc__peer_server *s, const char *key,
@@ -226,9 +297,24 @@ static int serve_get(struct tc__peer_server *s, struct tc__peer_conn *c,
 		unref(s, e);
 		return send_error(c, TC_EINVAL, "chunk range past the end");
 	}
+	s->n_uploads++;
 	for (uint64_t k = m->first; rc == 0 && k < m->first + m->count; k++) {
 		uint64_t off = k * TC_CHUNK_BYTES;
 		uint32_t n = (uint32_t)TC_MIN(TC_CHUNK_BYTES, e->total - off);
+		bool held = true;
+
+		if (e->have) {
+			/* Bits are only ever set, under mu: a chunk seen
+			 * held stays held (and its bytes never change). */
+			pthread_mutex_lock(&s->mu);
+			held = e->have[k / 8] & (1u << k % 8);
+			pthread_mutex_unlock(&s->mu);
+		}
+		if (!held) {
+			rc = send_error(c, TC_ENOTFOUND,
+					"chunk not here yet (still filling)");
+			continue;
+		}
 
 		snprintf(subject, sizeof(subject), "%s#%llu.", e->id,
 			 (unsigned long long)k);
@@ -248,7 +334,40 @@ static int serve_get(struct tc__peer_server *s, struct tc__peer_conn *c,
 			s->n_bytes += n;
 		}
 	}
+	s->n_uploads--;
 	tc__buf_release(&b);
+	unref(s, e);
+	return rc;
+}
+
+/* HAVE_REQ: a sealed replica has every chunk; a filling one says which
+ * (a copy taken under mu, sent after it). */
+static int serve_have(struct tc__peer_server *s, struct tc__peer_conn *c,
+		      const struct tc__peer_msg *m)
+{
+	struct entry *e = lookup(s, m->id);
+	struct tc__buf b = TC_BUF_INIT;
+	uint8_t *bits = NULL;
+	size_t bl = (e ? e->nchunks + 7 : 0) / 8;
+	int rc;
+
+	if (!e)
+		return send_error(c, TC_ENOTFOUND, "no such artifact here");
+	if (e->have) {
+		bits = tc__malloc(2 * bl + 1);
+		if (!bits) {
+			unref(s, e);
+			return -ENOMEM;
+		}
+		pthread_mutex_lock(&s->mu);
+		memcpy(bits, e->have, bl);
+		memcpy(bits + bl, e->fetching, bl);
+		pthread_mutex_unlock(&s->mu);
+	}
+	tc__peer_put_have(&b, e->nchunks, bits, bits ? bits + bl : NULL);
+	rc = b.oom ? -ENOMEM : tc__peer_send_buf(c, &b, false);
+	tc__buf_release(&b);
+	tc__free(bits);
 	unref(s, e);
 	return rc;
 }
@@ -314,6 +433,8 @@ static void *conn_main(void *arg)
 			rc = serve_manifest(s, c, &m);
 		else if (rc == 0 && m.type == TC_PEER_GET)
 			rc = serve_get(s, c, &m);
+		else if (rc == 0 && m.type == TC_PEER_HAVE_REQ)
+			rc = serve_have(s, c, &m);
 		else if (rc == 0) {
 			snprintf(err, sizeof(err),
 				 "%s: frame type %u is not a request", c->addr,

@@ -42,6 +42,7 @@ int tc__peer_hdr_decode(const uint8_t raw[TC_PEER_HDR_BYTES],
 	if (flags)
 		return fail(err, errlen, TC_EPROTO, "reserved flag bits set");
 	max = type == TC_PEER_MANIFEST ? TC_PEER_MAX_MANIFEST :
+	      type == TC_PEER_HAVE     ? TC_PEER_MAX_HAVE :
 					 TC_PEER_MAX_CTRL;
 	if (len > max)
 		return fail(err, errlen, TC_ELIMIT, "body length over limit");
@@ -60,7 +61,11 @@ void tc__peer_msg_release(struct tc__peer_msg *m)
 {
 	tc__table_release(&m->table);
 	tc__free(m->chunks);
+	tc__free(m->have);
+	tc__free(m->fetching);
 	m->chunks = NULL;
+	m->have = NULL;
+	m->fetching = NULL;
 	m->nchunks = 0;
 }
 
@@ -154,6 +159,50 @@ int tc__peer_msg_decode(const struct tc__peer_hdr *h, const uint8_t *body,
 		break;
 	case TC_PEER_MANIFEST:
 		return decode_manifest(&c, m, err, errlen);
+	case TC_PEER_HAVE_REQ:
+		if (tc__cur_read_strcpy(&c, m->id, sizeof(m->id)) < 0 ||
+		    !tc__is_id(m->id))
+			return fail(err, errlen, TC_EPROTO, "bad id");
+		break;
+	case TC_PEER_HAVE: {
+		const uint8_t *raw;
+
+		if (tc__cur_read_u8(&c, &m->complete) < 0 ||
+		    tc__cur_read_u64(&c, &m->nchunks) < 0 ||
+		    tc__cur_read_u32(&c, &u32) < 0)
+			return fail(err, errlen, TC_EPROTO, "short HAVE");
+		if (m->complete > 1 || m->nchunks > TC_PEER_MAX_CHUNKS)
+			return fail(err, errlen, TC_ELIMIT,
+				    "HAVE flag or chunk count over limit");
+		if (u32 != (m->complete ? 0 : (m->nchunks + 7) / 8))
+			return fail(err, errlen, TC_EPROTO,
+				    "HAVE bitmap length does not match its "
+				    "chunk count");
+		if (tc__cur_read_bytes(&c, u32, &raw) < 0)
+			return fail(err, errlen, TC_EPROTO,
+				    "HAVE bitmap past the frame end");
+		if (!m->complete) {
+			m->have = tc__calloc(u32 ? u32 : 1, 1);
+			if (!m->have)
+				return -ENOMEM;
+			memcpy(m->have, raw, u32);
+		}
+		{
+			uint32_t want = u32;
+
+			if (tc__cur_read_u32(&c, &u32) < 0 || u32 != want ||
+			    tc__cur_read_bytes(&c, u32, &raw) < 0)
+				return fail(err, errlen, TC_EPROTO,
+					    "HAVE fetching bitmap malformed");
+		}
+		if (!m->complete) {
+			m->fetching = tc__calloc(u32 ? u32 : 1, 1);
+			if (!m->fetching)
+				return -ENOMEM;
+			memcpy(m->fetching, raw, u32);
+		}
+		break;
+	}
 	case TC_PEER_GET:
 		if (tc__cur_read_strcpy(&c, m->id, sizeof(m->id)) < 0 ||
 		    !tc__is_id(m->id))
@@ -261,5 +310,30 @@ void tc__peer_put_error(struct tc__buf *b, int code, const char *msg)
 
 	tc__buf_put_u32(b, (uint32_t)code);
 	tc__buf_put_strn(b, msg, strnlen(msg, TC_PEER_MAX_ERRMSG));
+	finish(b, off);
+}
+
+void tc__peer_put_have_req(struct tc__buf *b, const char *id)
+{
+	size_t off = begin(b, TC_PEER_HAVE_REQ);
+
+	tc__buf_put_str(b, id);
+	finish(b, off);
+}
+
+void tc__peer_put_have(struct tc__buf *b, uint64_t nchunks, const uint8_t *have,
+		       const uint8_t *fetching)
+{
+	size_t off = begin(b, TC_PEER_HAVE);
+	uint32_t len = have ? (uint32_t)((nchunks + 7) / 8) : 0;
+
+	tc__buf_put_u8(b, have ? 0 : 1);
+	tc__buf_put_u64(b, nchunks);
+	tc__buf_put_u32(b, len);
+	if (len)
+		tc__buf_put(b, have, len);
+	tc__buf_put_u32(b, len);
+	if (len)
+		tc__buf_put(b, fetching, len);
 	finish(b, off);
 }

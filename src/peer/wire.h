@@ -6,7 +6,12 @@
  *
  *   MANIFEST_REQ {ref}             -> MANIFEST {id, table, chunk digests}
  *                                     or ERROR
- *   GET {id, first, count}         -> count x DATA {chunk, nbytes} + bytes
+ *   GET {id, first, count}         -> count x (DATA {chunk, nbytes} + bytes,
+ *                                     or ERROR TC_ENOTFOUND from a source
+ *                                     still filling: that chunk is not
+ *                                     there yet), or one ERROR
+ *   HAVE_REQ {id}                  -> HAVE {complete, nchunks, held bitmap,
+ *                                     fetching bitmap}
  *                                     or ERROR
  *
  * A frame is a 12-byte header (magic, version, type, flags, body length)
@@ -38,6 +43,9 @@
 /* 2^40 chunks of 4 MiB would be 4 EiB: cap the count so that
  * nchunks * TC_DIGEST_BYTES fits the manifest limit. */
 #define TC_PEER_MAX_CHUNKS ((TC_PEER_MAX_MANIFEST - 65536) / TC_DIGEST_BYTES)
+/* HAVE: u8 + u64 + 2 x (u32 + a bitmap of at most TC_PEER_MAX_CHUNKS
+ * bits) */
+#define TC_PEER_MAX_HAVE (17 + 2 * ((TC_PEER_MAX_CHUNKS + 7) / 8))
 
 enum tc__peer_type {
 	TC_PEER_MANIFEST_REQ = 1,
@@ -45,6 +53,8 @@ enum tc__peer_type {
 	TC_PEER_GET = 3,
 	TC_PEER_DATA = 4,
 	TC_PEER_ERROR = 5,
+	TC_PEER_HAVE_REQ = 6, /* which chunks do you hold? */
+	TC_PEER_HAVE = 7, /* these (a source still filling sends a bitmap) */
 	TC_PEER__TYPES
 };
 
@@ -58,10 +68,15 @@ struct tc__peer_hdr {
 struct tc__peer_msg {
 	uint8_t type;
 	char ref[TC_PEER_MAX_REF + 1];	  /* MANIFEST_REQ */
-	char id[TC_ID_LEN + 1];		  /* MANIFEST, GET */
+	char id[TC_ID_LEN + 1];		  /* MANIFEST, GET, HAVE_REQ */
 	struct tc__table table;		  /* MANIFEST */
 	struct tc__digest *chunks;	  /* MANIFEST: nchunks digests */
-	uint64_t nchunks;		  /* MANIFEST */
+	uint64_t nchunks;		  /* MANIFEST, HAVE */
+	uint8_t complete;		  /* HAVE: every chunk (no bitmap) */
+	uint8_t *have;			  /* HAVE: ceil(nchunks/8) bytes, owned;
+					     NULL when complete */
+	uint8_t *fetching;		  /* HAVE: chunks it is fetching from a
+					     sealed source (same size) */
 	uint64_t first;			  /* GET: first chunk; DATA: chunk */
 	uint32_t count;			  /* GET: chunks; DATA: payload bytes */
 	int32_t code;			  /* ERROR: a negative tcast code */
@@ -95,5 +110,9 @@ void tc__peer_put_get(struct tc__buf *b, const char *id, uint64_t first,
 /* The DATA frame only; the caller sends `nbytes` raw bytes after it. */
 void tc__peer_put_data(struct tc__buf *b, uint64_t chunk, uint32_t nbytes);
 void tc__peer_put_error(struct tc__buf *b, int code, const char *msg);
+void tc__peer_put_have_req(struct tc__buf *b, const char *id);
+/* `have` NULL: complete (every chunk; `fetching` ignored). */
+void tc__peer_put_have(struct tc__buf *b, uint64_t nchunks, const uint8_t *have,
+		       const uint8_t *fetching);
 
 #endif /* TC_PEER_WIRE_H */

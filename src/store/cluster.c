@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/tensor.h"
 #include "config.h"
+#include "obj.h"
 #include "gsc.h"
 #include "net/auth.h"
 #include "net/ev.h"
@@ -38,9 +39,11 @@
 /* One replica of the inventory.  `sent`: the global store has it since
  * the last (re)registration. */
 struct crep {
-	struct tc__gsp_replica r;
+	struct tc__gsp_replica r;  /* r.have: a filling replica's chunks */
 	struct tc__gsp_artifact a; /* the record sent with it */
 	bool sent;
+	bool stale;	  /* filling: chunks arrived since it was sent */
+	uint64_t sent_ms; /* tc__now_ms() of the last send */
 	struct crep *next;
 };
 
@@ -74,6 +77,8 @@ struct tc__cluster {
 	uint32_t lease_ms, hb_ms;
 	uint64_t joined_unix_ms;
 
+	const struct tc__objs_observer *ob; /* uploads; borrowed */
+
 	pthread_mutex_t io; /* the connection */
 	struct tc__gsc g;
 	char global[TC_GSP_MAX_ADDR + 1];
@@ -97,18 +102,15 @@ static uint64_t unix_ms(void)
 
 /* ------------------------------------------------------------ hooks */
 
-void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
-			     uint32_t device, uint64_t size,
-			     const struct tc__table *t, const char *policy)
+static struct crep *crep_new(const char *id, int tier, uint32_t device,
+			     uint64_t size, const struct tc__table *t,
+			     const char *policy)
 {
 	struct tc__buf b = TC_BUF_INIT;
-	struct crep *c, **pp;
+	struct crep *c = tc__calloc(1, sizeof(*c));
 
-	if (!cl)
-		return;
-	c = tc__calloc(1, sizeof(*c));
 	if (!c)
-		return;
+		return NULL;
 	snprintf(c->r.id, sizeof(c->r.id), "%s", id);
 	c->r.tier = (uint8_t)tier;
 	c->r.device = device;
@@ -127,6 +129,17 @@ void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
 		}
 		tc__buf_release(&b);
 	}
+	return c;
+}
+
+void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
+			     uint32_t device, uint64_t size,
+			     const struct tc__table *t, const char *policy)
+{
+	struct crep *c, **pp;
+
+	if (!cl || !(c = crep_new(id, tier, device, size, t, policy)))
+		return;
 	pthread_mutex_lock(&cl->mu);
 	for (pp = &cl->reps; *pp; pp = &(*pp)->next) {
 		struct crep *o = *pp;
@@ -185,6 +198,95 @@ void tc__cluster_replica_del(struct tc__cluster *cl, const char *id, int tier,
 		op_queue(cl, op);
 	}
 	pthread_mutex_unlock(&cl->mu);
+}
+
+static struct crep *find_host(struct tc__cluster *cl, const char *id)
+{
+	for (struct crep *c = cl->reps; c; c = c->next)
+		if (!strcmp(c->r.id, id) && c->r.tier == TC_GSP_TIER_HOST &&
+		    c->r.device == 0)
+			return c;
+	return NULL;
+}
+
+void tc__cluster_filling(struct tc__cluster *cl, const char *id,
+			 const struct tc__table *t, const char *policy, bool up)
+{
+	struct crep *c, *old;
+
+	if (!cl)
+		return;
+	if (!up) {
+		pthread_mutex_lock(&cl->mu);
+		old = find_host(cl, id);
+		pthread_mutex_unlock(&cl->mu);
+		/* Only a filling one goes: a sealed one stays. */
+		if (old && old->r.have)
+			tc__cluster_replica_del(cl, id, TC_GSP_TIER_HOST, 0);
+		return;
+	}
+	c = crep_new(id, TC_GSP_TIER_HOST, 0, t->total_bytes, t, policy);
+	if (!c)
+		return;
+	c->r.have = tc__calloc(tc__gsp_bitmap_len(c->r.nchunks) + 1, 1);
+	pthread_mutex_lock(&cl->mu);
+	if (!c->r.have || find_host(cl, id)) {
+		pthread_mutex_unlock(&cl->mu);
+		crep_free(c);
+		return;
+	}
+	c->next = cl->reps;
+	cl->reps = c;
+	cl->dirty = true;
+	pthread_cond_signal(&cl->cv);
+	pthread_mutex_unlock(&cl->mu);
+}
+
+void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
+			      const uint64_t *chunks, uint32_t n)
+{
+	struct crep *c;
+
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->mu);
+	c = find_host(cl, id);
+	if (c && c->r.have) {
+		for (uint32_t i = 0; i < n; i++)
+			if (chunks[i] < c->r.nchunks)
+				c->r.have[chunks[i] / 8] |=
+					(uint8_t)(1u << chunks[i] % 8);
+		c->stale = c->sent;
+		if (c->stale &&
+		    tc__now_ms() - c->sent_ms >= TC_CLUSTER_HAVE_MS) {
+			c->sent = false;
+			c->stale = false;
+			cl->dirty = true;
+			pthread_cond_signal(&cl->cv);
+		}
+	}
+	pthread_mutex_unlock(&cl->mu);
+}
+
+/* Filling replicas whose news waited out TC_CLUSTER_HAVE_MS go again
+ * (mu held).  Returns whether one still waits. */
+static bool flush_stale(struct tc__cluster *cl)
+{
+	uint64_t now = tc__now_ms();
+	bool waiting = false;
+
+	for (struct crep *c = cl->reps; c; c = c->next) {
+		if (!c->stale)
+			continue;
+		if (now - c->sent_ms >= TC_CLUSTER_HAVE_MS) {
+			c->stale = false;
+			c->sent = false;
+			cl->dirty = true;
+		} else {
+			waiting = true;
+		}
+	}
+	return waiting;
 }
 
 void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
@@ -272,9 +374,21 @@ static int join(struct tc__cluster *cl)
 	for (c = cl->reps; c; c = c->next) {
 		reps[i] = c->r;
 		reps[i].have = NULL;
+		if (c->r.have) {
+			/* A copy: the crep may go while we register. */
+			uint32_t bl = tc__gsp_bitmap_len(c->r.nchunks);
+
+			reps[i].have = tc__malloc(bl ? bl : 1);
+			if (reps[i].have)
+				memcpy(reps[i].have, c->r.have, bl);
+			else
+				continue; /* sent with the drain */
+		}
 		c->sent = false;
+		c->sent_ms = tc__now_ms();
 		i++;
 	}
+	n = i;
 	/* Deletes are moot: the list below replaces everything. */
 	for (op = cl->ops; op; op = next) {
 		next = op->next;
@@ -290,6 +404,8 @@ static int join(struct tc__cluster *cl)
 	cl->ops_tail = keys ? kt : &cl->ops; /* kt may point at `keys` */
 	pthread_mutex_unlock(&cl->mu);
 	ret = tc__gsc_register(&cl->g, &node, reps, n, &id, &lease, &hb);
+	for (i = 0; i < n; i++)
+		tc__free(reps[i].have);
 	tc__free(reps);
 	if (ret < 0)
 		return ret;
@@ -331,6 +447,15 @@ static int drain_one(struct tc__cluster *cl)
 		/* Copy out: the hook may replace the crep meanwhile. */
 		r = c->r;
 		r.have = NULL;
+		if (c->r.have) {
+			uint32_t bl = tc__gsp_bitmap_len(c->r.nchunks);
+
+			r.have = tc__malloc(bl ? bl : 1);
+			if (r.have)
+				memcpy(r.have, c->r.have, bl);
+		}
+		c->sent_ms = tc__now_ms();
+		c->stale = false;
 		a = c->a;
 		a.table = NULL;
 		a.digests = NULL;
@@ -355,9 +480,13 @@ static int drain_one(struct tc__cluster *cl)
 	if (!c && !op)
 		return 0;
 	pthread_mutex_lock(&cl->io);
-	if (c) {
+	if (c && c->r.have && !r.have) {
+		ret = -ENOMEM; /* never report a filling replica complete */
+		tc__free(a.table);
+	} else if (c) {
 		ret = tc__gsc_replica_add(&cl->g, &r, &a);
 		tc__free(a.table);
+		tc__free(r.have);
 	} else if (op->kind == OP_DEL) {
 		ret = tc__gsc_replica_del(&cl->g, op->id, op->tier, op->device);
 	} else {
@@ -496,6 +625,8 @@ static void *cluster_main(void *arg)
 			pthread_mutex_lock(&cl->mu);
 			up = cl->uploads;
 			pthread_mutex_unlock(&cl->mu);
+			if (cl->ob && cl->ob->uploads)
+				up = cl->ob->uploads(cl->ob->arg);
 			pthread_mutex_lock(&cl->io);
 			ret = tc__gsc_heartbeat(&cl->g, up, 0);
 			pthread_mutex_unlock(&cl->io);
@@ -520,10 +651,16 @@ static void *cluster_main(void *arg)
 		}
 		{
 			uint64_t now = tc__now_ms();
+			uint32_t ms =
+				next_hb > now ? (uint32_t)(next_hb - now) : 0;
+			bool waiting;
 
-			wait_ms(cl,
-				next_hb > now ? (uint32_t)(next_hb - now) : 0,
-				true);
+			pthread_mutex_lock(&cl->mu);
+			waiting = flush_stale(cl);
+			pthread_mutex_unlock(&cl->mu);
+			if (waiting && ms > TC_CLUSTER_HAVE_MS)
+				ms = TC_CLUSTER_HAVE_MS;
+			wait_ms(cl, ms, true);
 		}
 	}
 	/* Leaving: say so, so routing drops us now rather than at lease
@@ -578,6 +715,7 @@ int tc__cluster_start(const struct tc__store_config *cfg,
 	}
 	cl->ops_tail = &cl->ops;
 	tc__gsc_init(&cl->g, CALL_MS);
+	cl->ob = cfg->observer;
 	snprintf(cl->global, sizeof(cl->global), "%s", cfg->global);
 	if (cfg->node_name[0]) {
 		snprintf(cl->node.name, sizeof(cl->node.name), "%s",

@@ -41,6 +41,17 @@ void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
 void tc__cluster_replica_del(struct tc__cluster *cl, const char *id, int tier,
 			     uint32_t device);
 /* A key now names `id`; `prev` is what it named before ("" when new). */
+/* A put fills `id` here (a pull in progress): a partial host replica
+ * whose chunks filling_have names; up=false when it ends unsealed.  A
+ * sealed host replica of `id` wins over a filling one. */
+void tc__cluster_filling(struct tc__cluster *cl, const char *id,
+			 const struct tc__table *t, const char *policy,
+			 bool up);
+/* Chunks of a filling replica verified in place; the global store hears
+ * of them at most every TC_CLUSTER_HAVE_MS (batched). */
+void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
+			      const uint64_t *chunks, uint32_t n);
+#define TC_CLUSTER_HAVE_MS 250
 void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
 			 const char *id, const char *prev);
 /* The peer server's bound address (port 0 resolved), once known. */

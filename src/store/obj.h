@@ -116,6 +116,20 @@ struct tc__objs_observer {
 	void *arg;
 	void (*replica)(void *arg, const struct tc__obj *o, bool up);
 	void (*key)(void *arg, const char *key, const char *id);
+	/* A put is filling `id` (a pull in progress, PUT_SERVE): serve the
+	 * chunks later named by filling_have from `fd` (O_RDWR memfd, dup
+	 * it); up=false when the put ends without a sealed replica.
+	 * filling_have with `fetching`: chunks it is fetching from a seed
+	 * (not held yet). */
+	void (*filling)(void *arg, const char *id, int fd,
+			const struct tc__table *t,
+			const struct tc__digest *chunks, uint64_t nchunks,
+			bool up);
+	void (*filling_have)(void *arg, const char *id, const uint64_t *chunks,
+			     uint32_t n, bool fetching);
+	/* peer requests being answered now (the node's load in routing);
+	 * called from the cluster thread */
+	uint32_t (*uploads)(void *arg);
 };
 
 /* Who else wants to know when host replicas and keys change (the
@@ -130,6 +144,12 @@ struct tc__objs_hooks {
 	/* `key` names `id` now; `prev` is what it named ("" when new) */
 	void (*key_moved)(void *arg, const char *key, const char *id,
 			  const char *prev);
+	/* a put fills `id` (a partial replica, chunks as filling_have
+	 * names them); up=false: it ended without becoming a replica */
+	void (*filling)(void *arg, const char *id, const struct tc__table *t,
+			const char *policy, bool up);
+	void (*filling_have)(void *arg, const char *id, const uint64_t *chunks,
+			     uint32_t n);
 };
 
 struct tc__objs {

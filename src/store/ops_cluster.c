@@ -38,6 +38,18 @@ static void hook_key(void *arg, const char *key, const char *id,
 	tc__cluster_key_set(arg, key, id, prev);
 }
 
+static void hook_filling(void *arg, const char *id, const struct tc__table *t,
+			 const char *policy, bool up)
+{
+	tc__cluster_filling(arg, id, t, policy, up);
+}
+
+static void hook_filling_have(void *arg, const char *id, const uint64_t *chunks,
+			      uint32_t n)
+{
+	tc__cluster_filling_have(arg, id, chunks, n);
+}
+
 int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 {
 	int rc = tc__cluster_start(s->cfg, &s->cluster, err, errlen);
@@ -48,6 +60,8 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 	s->objs.hooks.added = hook_added;
 	s->objs.hooks.removed = hook_removed;
 	s->objs.hooks.key_moved = hook_key;
+	s->objs.hooks.filling = hook_filling;
+	s->objs.hooks.filling_have = hook_filling_have;
 	/* What the daemon already holds (recovered from the shared disk at
 	 * start) joins the inventory too. */
 	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)

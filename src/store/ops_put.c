@@ -14,12 +14,14 @@
 #include "common/failpoint.h"
 #include "common/log.h"
 #include "common/names.h"
+#include "format/canon.h"
 #include "format/format.h"
 #include "gpu_tier.h"
 #include "xfer/jobs.h"
 #include "xfer/loader.h"
 #include "metrics.h"
 #include "obj.h"
+#include "proto/gsp.h"
 #include "proto/proto.h"
 #include "shm.h"
 #include "tcast/errors.h"
@@ -360,8 +362,26 @@ static struct pending *pending_of_req(struct conn *c, struct req *r, int *rc)
 	return p;
 }
 
+/* A put that served what it held while filling ends without becoming a
+ * replica (abort, failed seal, the client gone): peers and the cluster
+ * stop counting on it. */
+static void filling_end(struct server *s, struct pending *p)
+{
+	const struct tc__objs_observer *ob = s->objs.observer;
+	const struct tc__objs_hooks *hk = &s->objs.hooks;
+
+	if (!p->serving[0])
+		return;
+	if (ob && ob->filling)
+		ob->filling(ob->arg, p->serving, -1, NULL, NULL, 0, false);
+	if (hk->filling)
+		hk->filling(hk->arg, p->serving, NULL, NULL, false);
+	p->serving[0] = '\0';
+}
+
 static void pending_free(struct conn *c, struct pending *p)
 {
+	filling_end(c->srv, p);
 	tc__objs_unreserve(&c->srv->objs, p->o->mem_bytes);
 	tc__obj_free(p->o);
 	tc__free(p);
@@ -511,4 +531,136 @@ void tc__srv_puts_free(struct conn *c)
 		c->pending = p->next;
 		pending_free(c, p);
 	}
+}
+
+/* ----------------------------------------------------- serve while filling */
+
+static struct pending *pending_find(struct conn *c, uint64_t handle)
+{
+	for (struct pending *p = c->pending; p; p = p->next)
+		if (p->handle == handle)
+			return p;
+	return NULL;
+}
+
+/* PUT_SERVE: u64 handle, str id, u64 nchunks, nchunks x 32-byte chunk
+ * digests.  The put fills artifact `id` (tcast pull): from now on the
+ * daemon serves each chunk PUT_HAVE names to peers, and the cluster knows
+ * it as a partial replica, so other receivers of a fan-out pull from
+ * here.  The digests must hash, with the put's table, to `id`: what is
+ * served under an id is what the id vouches for. */
+int on_put_serve(struct conn *c, struct req *r)
+{
+	const struct tc__objs_observer *ob = c->srv->objs.observer;
+	const struct tc__objs_hooks *hk = &c->srv->objs.hooks;
+	struct tc__digest root, *chunks = NULL;
+	char id[TC_ID_LEN + 2], got[TC_ID_LEN + 1];
+	const uint8_t *raw;
+	struct pending *p;
+	struct tc__obj *o;
+	uint64_t handle, n;
+	int rc;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0)
+		return TC_EPROTO;
+	if ((rc = tc__srv_read_str(c, r, "id", id, sizeof(id))) < 0)
+		return rc;
+	if (tc__cur_read_u64(&r->body, &n) < 0 || n > TC_GSP_MAX_CHUNKS ||
+	    tc__cur_read_bytes(&r->body, n * TC_DIGEST_BYTES, &raw) < 0) {
+		snprintf(c->err, sizeof(c->err),
+			 "PUT_SERVE: chunk digests truncated or over %u",
+			 (unsigned)TC_GSP_MAX_CHUNKS);
+		return TC_EPROTO;
+	}
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		return rc;
+	p = pending_find(c, handle);
+	if (!p) {
+		snprintf(c->err, sizeof(c->err), "no unsealed put %llu",
+			 (unsigned long long)handle);
+		return TC_ENOTFOUND;
+	}
+	if (!tc__is_id(id) || n != tc__chunk_count(p->o->table.total_bytes)) {
+		snprintf(c->err, sizeof(c->err),
+			 "PUT_SERVE: '%.80s' is not an id of this put's %llu "
+			 "chunks",
+			 id, (unsigned long long)n);
+		return TC_EINVAL;
+	}
+	chunks = tc__malloc((n ? n : 1) * sizeof(*chunks));
+	if (!chunks)
+		return -ENOMEM;
+	memcpy(chunks, raw, n * TC_DIGEST_BYTES);
+	rc = tc__canon_root(&p->o->table, chunks, n, &root);
+	if (rc == 0) {
+		tc__digest_id(&root, got);
+		if (strcmp(got, id)) {
+			snprintf(c->err, sizeof(c->err),
+				 "PUT_SERVE: this put's table and those "
+				 "digests make %s, not %s",
+				 got, id);
+			rc = TC_EDIGEST;
+		}
+	}
+	o = rc == 0 ? tc__map_get(&c->srv->objs.by_id, id) : NULL;
+	/* Held here already, or served already: nothing to add. */
+	if (rc == 0 && !(o && o->shm) && !p->serving[0]) {
+		snprintf(p->serving, sizeof(p->serving), "%s", id);
+		p->nchunks = n;
+		if (ob && ob->filling)
+			ob->filling(ob->arg, id, p->o->shm->fd, &p->o->table,
+				    chunks, n, true);
+		if (hk->filling)
+			hk->filling(hk->arg, id, &p->o->table,
+				    tc__policy_name(p->o->policy), true);
+	}
+	tc__free(chunks);
+	if (rc < 0)
+		return rc;
+	tc__srv_reply_status(c, r, 0);
+	return 0;
+}
+
+/* PUT_HAVE (no reply): u64 handle, u32 flags, u32 n <= 65536, n x u64
+ * chunk: those chunks of a serving put are written and verified (the
+ * client checked each against its digest); with flag 1 (FETCHING) they
+ * are being fetched from a sealed source (peers ask it for others). */
+int on_put_have(struct conn *c, struct req *r)
+{
+	const struct tc__objs_observer *ob = c->srv->objs.observer;
+	const struct tc__objs_hooks *hk = &c->srv->objs.hooks;
+	uint64_t handle, *ks;
+	struct pending *p;
+	uint32_t n, flags;
+
+	if (tc__cur_read_u64(&r->body, &handle) < 0 ||
+	    tc__cur_read_u32(&r->body, &flags) < 0 || flags > 1 ||
+	    tc__cur_read_u32(&r->body, &n) < 0 || n > 65536 ||
+	    r->body.left != (size_t)n * 8) {
+		snprintf(c->err, sizeof(c->err),
+			 "PUT_HAVE: truncated, unknown flags or more than "
+			 "65536 chunks");
+		return TC_EPROTO;
+	}
+	p = pending_find(c, handle);
+	if (!p || !p->serving[0] || !n)
+		return 0; /* sealed or aborted meanwhile: nothing to do */
+	ks = tc__malloc(n * sizeof(*ks));
+	if (!ks)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		if (tc__cur_read_u64(&r->body, &ks[i]) < 0 ||
+		    ks[i] >= p->nchunks) {
+			tc__free(ks);
+			snprintf(c->err, sizeof(c->err),
+				 "PUT_HAVE: chunk out of range");
+			return TC_EPROTO;
+		}
+	}
+	if (ob && ob->filling_have)
+		ob->filling_have(ob->arg, p->serving, ks, n, flags & 1);
+	if (hk->filling_have && !(flags & 1))
+		hk->filling_have(hk->arg, p->serving, ks, n);
+	tc__free(ks);
+	return 0;
 }

@@ -93,7 +93,10 @@ struct pending {
 	uint32_t flags;
 	uint64_t expect_gen;
 	uint64_t t0_ns;
-	struct persist_req persist; /* the policy's shared-disk part */
+	struct persist_req persist;  /* the policy's shared-disk part */
+	char serving[TC_ID_LEN + 1]; /* PUT_SERVE: the id it fills, served
+					while filling ("" = not) */
+	uint64_t nchunks;	     /* of `serving` */
 	struct pending *next;
 };
 

@@ -6,8 +6,8 @@
  * Two readings of each input: (1) a stream of frames, each header checked
  * and each body that fits decoded; (2) the first byte picks a frame type
  * and the rest is its body, so the body decoders (manifest tables, GET
- * ranges, DATA sizes, ERROR codes) are reached without the fuzzer having
- * to find the magic first.  A decoder must never read past its body,
+ * ranges, DATA sizes, ERROR codes, HAVE bitmaps) are reached without the fuzzer
+ * having to find the magic first.  A decoder must never read past its body,
  * allocate from an unchecked count or leak what it built.
  */
 #include <stddef.h>

@@ -1,0 +1,130 @@
+#!/bin/bash
+# Fan-out as a pipeline (issue 12): one seed and three receivers that pull
+# the same artifact at once, with sources from the global store only.
+# Each receiver serves the chunks it has verified while it pulls (its
+# daemon announces the filling replica to the global store), so the
+# others take chunks from it and the seed sends each chunk about once.
+# The seed is made slow (failpoint peer.delay_chunk: 100 ms per chunk per
+# connection, one stream each), so without the pipeline it would send
+# every chunk three times.  Then kill -9 of one receiver's pull mid-way:
+# the others finish (from the seed and each other), and its daemon stops
+# serving the half-filled copy.  Loopback TCP: what is tested is who sends
+# what, not the links (the netns tests and bench/fanout.sh cover those).
+set -u
+T=${TCAST:?}
+PY=/usr/bin/python3
+dir=$(mktemp -d /tmp/tcast-fanout-XXXXXX)
+chmod 700 "$dir"
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
+mark() { echo "[$(date +%T.%3N)] $*"; }
+S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
+d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
+nodes=(seed b c d e)
+cleanup() {
+	for n in "${nodes[@]}"; do d "$n" daemon stop --timeout 10 >/dev/null 2>&1; done
+	g stop >/dev/null 2>&1
+	[ "$fail" = 0 ] || for n in "${nodes[@]}"; do echo "--- $n"; tail -n 15 "$dir/$n/daemon.log"; done >&2
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
+wait_for() {
+	local t=$1; shift
+	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+(umask 077; openssl rand -hex 32 >"$dir/secret")
+
+g start --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null || { echo "cannot start the global store" >&2; exit 1; }
+G=$(cat "$dir/gs/global.addr")
+start_daemon() { # name [ENV...]
+	local n=$1; shift
+	mkdir -p "$dir/$n" && chmod 700 "$dir/$n"
+	env "$@" "$T" --socket "$dir/$n/d.sock" daemon start --host-memory 1GiB \
+		--set "global=$G" --set "cluster_secret_file=$dir/secret" \
+		--set "node_name=node-$n" --set "peer_listen=127.0.0.1:0" \
+		--set peer_timeout_ms=3000 >/dev/null ||
+		{ echo "cannot start daemon $n" >&2; exit 1; }
+}
+start_daemon seed TCAST_FAILPOINTS=peer.delay_chunk=
+for n in b c d e; do start_daemon $n; done
+live() { test "$(g status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["nodes_live"])')" = 5; }
+ok wait_for 15 live
+
+# 96 MiB: 24 chunks of 4 MiB.
+$PY - "$dir/m.safetensors" <<'PYEOF'
+import json, os, struct, sys
+n = 96 << 20
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
+PYEOF
+id=$(d seed import "$dir/m.safetensors" --key fan:v1 2>/dev/null)
+ok test -n "$id"
+d seed export "$id" "$dir/want.st"
+same() { d "$1" export "$id" "$dir/$1.st" --force && cmp -s "$dir/want.st" "$dir/$1.st"; }
+known() { d b --json global resolve fan:v1 --via-daemon | grep -q node-seed; }
+ok wait_for 10 known
+size=$((96 << 20))
+
+# 1. three receivers at once: every copy verified, and the seed sent far
+#    fewer than three copies (the receivers swapped the rest).
+mark "1. three receivers at once, sources from the global store only"
+for n in b c d; do d $n --json pull fan:v1 --streams 1 >"$dir/$n.json" 2>"$dir/$n.err" & done
+wait
+for n in b c d; do
+	ok test "$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$dir/$n.json")" = "$id"
+	ok same $n
+done
+from_seed=0 from_peers=0
+for n in b c d; do
+	read -r s p < <($PY -c '
+import json, sys
+d = json.load(open(sys.argv[1])); seed = open(sys.argv[2]).read().strip()
+print(sum(s["bytes"] for s in d["sources"] if s["addr"] == seed),
+      sum(s["bytes"] for s in d["sources"] if s["addr"] != seed))' "$dir/$n.json" "$dir/seed/peer.addr")
+	from_seed=$((from_seed + s)) from_peers=$((from_peers + p))
+done
+echo "  seed sent $((from_seed >> 20)) MiB, receivers swapped $((from_peers >> 20)) MiB (3 copies: $((3 * size >> 20)) MiB)"
+ok test $((from_seed + from_peers)) = $((3 * size))
+ok test "$from_peers" -gt 0
+# Without the pipeline the seed would send 3 copies; allow up to 2.
+ok test "$from_seed" -lt $((2 * size))
+
+# 2. one receiver's pull stops mid-way (SIGSTOP: its daemon still serves
+#    what it verified) and is then killed: the others finish, its daemon
+#    aborts the put and withdraws the filling copy everywhere.
+#    (By id: the key stays on b, c, d naming nothing after the rm.)
+mark "2. a receiver's pull stopped, then killed mid-pull: the others finish"
+for n in b c d; do d $n rm "$id" >/dev/null; done
+# (the tcast process itself, not a subshell, so that SIGSTOP stops it)
+"$T" --socket "$dir/b/d.sock" --json pull "$id" --streams 1 >"$dir/b.json" 2>"$dir/b.err" &
+pb=$!
+sleep 0.3
+kill -STOP $pb
+d c --json pull "$id" --streams 1 >"$dir/c.json" 2>"$dir/c.err" &
+pc=$!
+d e --json pull "$id" --streams 1 >"$dir/e.json" 2>"$dir/e.err" &
+pe=$!
+wait $pc
+ok test $? = 0
+wait $pe
+ok test $? = 0
+kill -9 $pb
+kill -CONT $pb 2>/dev/null
+wait $pb 2>/dev/null
+ok same c
+ok same e
+nothing_on_b() { test -z "$(d b ls --json | $PY -c 'import json,sys; print(" ".join(a["id"] for a in json.load(sys.stdin)["artifacts"]))')"; }
+ok wait_for 5 nothing_on_b
+# b's global-store entry goes with its put (sealed replicas on c and e)
+b_gone() { ! d c --json global resolve fan:v1 --via-daemon | grep -q node-b; }
+ok wait_for 5 b_gone
+
+for n in "${nodes[@]}"; do d "$n" daemon stop --timeout 10 >/dev/null 2>&1; done
+ok test -z "$(grep -l 'Sanitizer\|runtime error' "$dir"/*/daemon.log 2>/dev/null)"
+echo "test_fanout: $pass passed, $fail failed"
+[ "$fail" = 0 ]
