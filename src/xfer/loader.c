@@ -210,9 +210,18 @@ static int run(struct load_ctx *c, int nthreads, int wthreads)
 	pthread_mutex_init(&c->lock, NULL);
 	nthreads = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), c->nchunks);
 	nthreads = TC_MIN(nthreads, (int)TC_ARRAY_SIZE(tids));
+	/* No more writers than pieces, and none for a single piece (a
+	 * small put): this thread writes it after hashing, which costs less
+	 * than starting a thread. */
 	wthreads =
 		c->w ? TC_MIN(TC_MAX(wthreads, 1), (int)TC_ARRAY_SIZE(wids)) :
 		       0;
+	if ((uint64_t)wthreads >
+	    (c->size + WRITE_PIECE_BYTES - 1) / WRITE_PIECE_BYTES)
+		wthreads = (int)((c->size + WRITE_PIECE_BYTES - 1) /
+				 WRITE_PIECE_BYTES);
+	if (wthreads == 1)
+		wthreads = 0;
 	for (int i = 0; i < wthreads; i++)
 		if (pthread_create(&wids[wstarted], NULL, writer, c) == 0)
 			wstarted++;
