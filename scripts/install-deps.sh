@@ -7,8 +7,9 @@ libssl-dev libcmocka-dev liburing-dev libmicrohttpd-dev libsystemd-dev
 libsqlite3-dev
 python3 python3-numpy python3-pytest python3-torch python3-venv python3-pip
 python3-setuptools python3-wheel librust-blake3-dev python3-hypothesis"
-# iproute2: tests/integration/test_peer.sh (namespaces); iperf3: bench/peer_pull.sh
-PKGS="$PKGS iproute2"
+# iproute2: tests/integration/test_peer.sh (namespaces); iptables: its
+# packet-loss lane (statistic match); iperf3: bench/peer_pull.sh
+PKGS="$PKGS iproute2 iptables"
 [ "${1:-}" = "--dev" ] && PKGS="$PKGS clang-14 libclang-rt-14-dev clang-format iperf3"
 missing=""
 for p in $PKGS; do

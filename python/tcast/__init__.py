@@ -65,6 +65,7 @@ def init(
     daemon_args: Sequence[str] = (),
     show_daemon_logs: bool = False,
     timeout: float = 30.0,
+    global_store_mode: Optional[str] = None,
 ) -> None:
     """Connect to a daemon ("connect"), or start a private one ("create").
 
@@ -77,18 +78,28 @@ def init(
     (e.g. "4GiB") and extra ``daemon_args``; tc.shutdown() -- or the exit
     of this process -- stops it.
     auto: connect if a daemon answers, else create.
+    global_store_mode="start" (with mode="create"): also start a private
+    global store on 127.0.0.1 (a random port, a fresh cluster secret in
+    the private folder) and have the daemon join it with a peer server on
+    127.0.0.1, as a notebook's one-node cluster; tc.shutdown() stops both.
+    daemon_info() names its address and secret file, for other daemons
+    that should join (docs/cluster.md).
     Calling init again with a session open raises unless shutdown() ran.
     """
     global _current, _last_address
     if mode not in ("connect", "create", "auto"):
         raise errors.InvalidArgumentError(f"mode must be 'connect', 'create' or 'auto', not {mode!r}")
+    if global_store_mode not in (None, "none", "start"):
+        raise errors.InvalidArgumentError(f"global_store_mode must be 'start' or None, not {global_store_mode!r}")
+    if global_store_mode == "start" and mode != "create":
+        raise errors.InvalidArgumentError("global_store_mode='start' needs mode='create' (a daemon this process starts)")
     with _lock:
         if _current is not None and not _current.closed and not _current.forked:
             raise errors.AlreadyExistsError(
                 f"tcast is already initialised (socket {_current.socket_path}); call tcast.shutdown() first"
             )
         _native.load()
-        s = _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout)
+        s = _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout, global_store_mode == "start")
         _current = s
         _last_address = s.socket_path
 
@@ -114,7 +125,7 @@ def _local_address(address: Optional[str]) -> Optional[str]:
     return address
 
 
-def _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout) -> Session:
+def _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout, with_global=False) -> Session:
     global _atexit_registered
     if mode in ("connect", "auto"):
         address = _local_address(address)
@@ -127,7 +138,7 @@ def _open(mode, address, host_memory, daemon_args, show_daemon_logs, timeout) ->
         if host_memory is not None or daemon_args:
             raise errors.InvalidArgumentError("host_memory and daemon_args apply to mode='create' only")
         return Session(address)
-    daemon = PrivateDaemon(address, host_memory, daemon_args, show_daemon_logs, timeout)
+    daemon = PrivateDaemon(address, host_memory, daemon_args, show_daemon_logs, timeout, with_global)
     try:
         s = Session(daemon.socket, daemon)
     except BaseException:
@@ -192,6 +203,8 @@ def daemon_info() -> Dict[str, Any]:
         "pid": s.daemon_pid,
         "epoch": s.daemon_epoch,
         "private": s.daemon is not None,
+        "global_store": s.daemon.global_addr if s.daemon is not None else None,
+        "cluster_secret_file": s.daemon.secret_file if s.daemon is not None else None,
         "library": _native.lib_path,
         "library_version": _native.lib.tc_version().decode(),
     }

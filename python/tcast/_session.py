@@ -127,11 +127,22 @@ class PrivateDaemon:
         args: Sequence[str] = (),
         show_logs: bool = False,
         timeout: float = 30.0,
+        with_global: bool = False,
     ):
         self.owner_pid = os.getpid()
         self.binary = _native.find_binary()
         self.tmpdir = tempfile.mkdtemp(prefix="tcast-")
         os.chmod(self.tmpdir, 0o700)
+        self.gproc: Optional[subprocess.Popen] = None
+        self.global_addr: Optional[str] = None
+        self.secret_file: Optional[str] = None
+        self.proc = None
+        if with_global:
+            try:
+                args = list(args) + self._start_global(show_logs, timeout)
+            except BaseException:
+                self.stop()
+                raise
         self.socket = socket_path or os.path.join(self.tmpdir, "daemon.sock")
         self.log = os.path.join(self.tmpdir, "daemon.log")
         cmd: List[str] = [self.binary, "--socket", self.socket, "daemon", "run"]
@@ -155,6 +166,52 @@ class PrivateDaemon:
         except BaseException:
             self.stop()
             raise
+
+    def _start_global(self, show_logs: bool, timeout: float) -> List[str]:
+        """A private global store (`tcast global run`) on 127.0.0.1:0 with a
+        fresh secret; returns the daemon's arguments that join it."""
+        import secrets
+
+        self.secret_file = os.path.join(self.tmpdir, "cluster.secret")
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        gdir = os.path.join(self.tmpdir, "global")
+        os.mkdir(gdir, 0o700)
+        self.glog = os.path.join(gdir, "global.log")
+        cmd = [self.binary, "global", "run", "--state-dir", gdir, "--listen", "127.0.0.1:0",
+               "--cluster-secret-file", self.secret_file]
+        if not show_logs:
+            cmd += ["--log-file", self.glog]
+        preexec = _pdeathsig if threading.current_thread() is threading.main_thread() else None
+        self.gproc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=None if show_logs else subprocess.DEVNULL,
+            stderr=None if show_logs else subprocess.STDOUT,
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+        addr_file = os.path.join(gdir, "global.addr")
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.gproc.poll() is not None:
+                raise errors.NoDaemonError(
+                    f"the private global store exited with status {self.gproc.returncode} ({' '.join(cmd)})"
+                )
+            try:
+                with open(addr_file) as f:
+                    addr = f.read().strip()
+                if addr:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise errors.NoDaemonError(f"the private global store did not listen in {timeout:.0f} s")
+            time.sleep(0.01)
+        self.global_addr = addr
+        return ["--set", f"global={addr}", "--set", f"cluster_secret_file={self.secret_file}",
+                "--set", "peer_listen=127.0.0.1:0"]
 
     def _wait_ready(self, timeout: float) -> None:
         lib = _native.load()
@@ -189,14 +246,18 @@ class PrivateDaemon:
     def stop(self, timeout: float = 10.0) -> None:
         if getattr(self, "owner_pid", os.getpid()) != os.getpid():
             return  # only the process that started it stops it
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        # The daemon first (it says goodbye to the global store), then
+        # the global store.
+        for attr in ("proc", "gproc"):
+            proc = getattr(self, attr, None)
+            setattr(self, attr, None)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = ""

@@ -45,7 +45,7 @@
 
 #define TC_PULL_DEPTH	 2	    /* requests outstanding per stream */
 #define TC_PULL_PIECE	 (1u << 20) /* bytes per recv (then hashed) */
-#define TC_PULL_HAVE_MS	 20	    /* ask a filling source again after */
+#define TC_PULL_HAVE_MS	 30	    /* ask a filling source again after */
 #define TC_PULL_VALVE_MS 300	    /* no progress: the seed sends anything */
 #define TC_PULL_TICK_MS	 50	    /* supervisor and idle-stream period */
 
@@ -342,7 +342,11 @@ static void *stream_main(void *arg)
 			}
 			ask = !ps->complete &&
 			      now - ps->have_ns > TC_PULL_HAVE_MS * 1000000ull;
-			if (!ask) {
+			if (ask) {
+				/* One stream per source asks; the others
+				 * wait for its answer. */
+				ps->have_ns = now;
+			} else {
 				struct timespec ts;
 
 				clock_gettime(CLOCK_MONOTONIC, &ts);

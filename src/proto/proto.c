@@ -351,3 +351,44 @@ out_short:
 	snprintf(err, errlen, "truncated tensor table");
 	return TC_EPROTO;
 }
+
+int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
+			    size_t idlen, uint64_t *nchunks,
+			    const uint8_t **digests, char *err, size_t errlen)
+{
+	if (tc__cur_read_u64(c, handle) < 0 ||
+	    tc__cur_read_strcpy(c, id, idlen) < 0 ||
+	    tc__cur_read_u64(c, nchunks) < 0) {
+		snprintf(err, errlen, "PUT_SERVE: truncated or id too long");
+		return TC_EPROTO;
+	}
+	if (*nchunks > TC_PROTO_MAX_CHUNKS) {
+		snprintf(err, errlen, "PUT_SERVE: %llu chunks (at most %llu)",
+			 (unsigned long long)*nchunks,
+			 (unsigned long long)TC_PROTO_MAX_CHUNKS);
+		return TC_ELIMIT;
+	}
+	if (tc__cur_read_bytes(c, *nchunks * 32, digests) < 0 || c->left) {
+		snprintf(err, errlen,
+			 "PUT_SERVE: digests truncated or bytes after them");
+		return TC_EPROTO;
+	}
+	return 0;
+}
+
+int tc__proto_get_put_have(struct tc__cur *c, uint64_t *handle, uint32_t *flags,
+			   uint32_t *n, const uint8_t **chunks, char *err,
+			   size_t errlen)
+{
+	if (tc__cur_read_u64(c, handle) < 0 || tc__cur_read_u32(c, flags) < 0 ||
+	    *flags > 1 || tc__cur_read_u32(c, n) < 0 ||
+	    *n > TC_PROTO_MAX_HAVE ||
+	    tc__cur_read_bytes(c, (size_t)*n * 8, chunks) < 0 || c->left) {
+		snprintf(err, errlen,
+			 "PUT_HAVE: truncated, unknown flags, more than %d "
+			 "chunks or bytes after them",
+			 TC_PROTO_MAX_HAVE);
+		return TC_EPROTO;
+	}
+	return 0;
+}

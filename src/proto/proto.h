@@ -112,4 +112,21 @@ void tc__proto_put_layout(struct tc__buf *b, const struct tc__table *t);
 int tc__proto_get_table(struct tc__cur *c, int check_layout,
 			struct tc__table *out, char *err, size_t errlen);
 
+/* PUT_SERVE body: u64 handle, str id (<= 128 bytes), u64 nchunks
+ * (<= 2^24), nchunks x 32-byte digests.  `*digests` points into the
+ * cursor's buffer.  Returns 0, TC_EPROTO (truncated, trailing bytes) or
+ * TC_ELIMIT, with `err` set. */
+#define TC_PROTO_MAX_CHUNKS ((uint64_t)1 << 24)
+int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
+			    size_t idlen, uint64_t *nchunks,
+			    const uint8_t **digests, char *err, size_t errlen);
+/* PUT_HAVE body: u64 handle, u32 flags (bit 0 FETCHING, no other), u32 n
+ * (<= 65536), n x u64 chunk.  `*chunks` points into the cursor's buffer
+ * (read them with tc__cur_read_u64 on a cursor over n * 8 bytes).
+ * Returns 0 or TC_EPROTO with `err` set. */
+#define TC_PROTO_MAX_HAVE 65536
+int tc__proto_get_put_have(struct tc__cur *c, uint64_t *handle, uint32_t *flags,
+			   uint32_t *n, const uint8_t **chunks, char *err,
+			   size_t errlen);
+
 #endif /* TC_PROTO_H */

@@ -561,18 +561,9 @@ int on_put_serve(struct conn *c, struct req *r)
 	uint64_t handle, n;
 	int rc;
 
-	if (tc__cur_read_u64(&r->body, &handle) < 0)
-		return TC_EPROTO;
-	if ((rc = tc__srv_read_str(c, r, "id", id, sizeof(id))) < 0)
-		return rc;
-	if (tc__cur_read_u64(&r->body, &n) < 0 || n > TC_GSP_MAX_CHUNKS ||
-	    tc__cur_read_bytes(&r->body, n * TC_DIGEST_BYTES, &raw) < 0) {
-		snprintf(c->err, sizeof(c->err),
-			 "PUT_SERVE: chunk digests truncated or over %u",
-			 (unsigned)TC_GSP_MAX_CHUNKS);
-		return TC_EPROTO;
-	}
-	if ((rc = tc__srv_body_end(c, r)) < 0)
+	rc = tc__proto_get_put_serve(&r->body, &handle, id, sizeof(id), &n,
+				     &raw, c->err, sizeof(c->err));
+	if (rc < 0)
 		return rc;
 	p = pending_find(c, handle);
 	if (!p) {
@@ -633,24 +624,21 @@ int on_put_have(struct conn *c, struct req *r)
 	struct pending *p;
 	uint32_t n, flags;
 
-	if (tc__cur_read_u64(&r->body, &handle) < 0 ||
-	    tc__cur_read_u32(&r->body, &flags) < 0 || flags > 1 ||
-	    tc__cur_read_u32(&r->body, &n) < 0 || n > 65536 ||
-	    r->body.left != (size_t)n * 8) {
-		snprintf(c->err, sizeof(c->err),
-			 "PUT_HAVE: truncated, unknown flags or more than "
-			 "65536 chunks");
+	struct tc__cur cur;
+	const uint8_t *raw;
+
+	if (tc__proto_get_put_have(&r->body, &handle, &flags, &n, &raw, c->err,
+				   sizeof(c->err)) < 0)
 		return TC_EPROTO;
-	}
 	p = pending_find(c, handle);
 	if (!p || !p->serving[0] || !n)
 		return 0; /* sealed or aborted meanwhile: nothing to do */
 	ks = tc__malloc(n * sizeof(*ks));
 	if (!ks)
 		return -ENOMEM;
+	tc__cur_init(&cur, raw, (size_t)n * 8);
 	for (uint32_t i = 0; i < n; i++) {
-		if (tc__cur_read_u64(&r->body, &ks[i]) < 0 ||
-		    ks[i] >= p->nchunks) {
+		if (tc__cur_read_u64(&cur, &ks[i]) < 0 || ks[i] >= p->nchunks) {
 			tc__free(ks);
 			snprintf(c->err, sizeof(c->err),
 				 "PUT_HAVE: chunk out of range");

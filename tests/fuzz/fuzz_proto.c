@@ -4,8 +4,9 @@
  * The input is read as a stream of frames, as the daemon and the client
  * read it: each header is decoded and validated, and each body that fits is
  * fed to every body decoder (tensor tables with and without layout checks,
- * strings, the attach reply shape).  A decoder must never read past the
- * body, allocate from an unchecked count, or leak what it built.
+ * strings, the attach reply shape, PUT_SERVE and PUT_HAVE).  A decoder must
+ * never read past the body, allocate from an unchecked count, or leak what it
+ * built.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +35,25 @@ static void decode_body(const uint8_t *p, size_t n)
 	    tc__cur_read_u64(&c, &u) == 0 &&
 	    tc__proto_get_table(&c, 1, &t, err, sizeof(err)) == 0)
 		tc__table_release(&t);
+	/* PUT_SERVE and PUT_HAVE bodies. */
+	{
+		const uint8_t *raw;
+		uint64_t h, nc;
+		uint32_t fl, nh;
+
+		tc__cur_init(&c, p, n);
+		tc__proto_get_put_serve(&c, &h, id, sizeof(id), &nc, &raw, err,
+					sizeof(err));
+		tc__cur_init(&c, p, n);
+		if (tc__proto_get_put_have(&c, &h, &fl, &nh, &raw, err,
+					   sizeof(err)) == 0) {
+			struct tc__cur cc;
+
+			tc__cur_init(&cc, raw, (size_t)nh * 8);
+			while (tc__cur_read_u64(&cc, &u) == 0)
+				;
+		}
+	}
 	/* Request bodies are sequences of strings and integers. */
 	tc__cur_init(&c, p, n);
 	while (tc__cur_read_str(&c, 4096, &s, &sl) == 0)

@@ -6,7 +6,8 @@
 #   elsewhere, never registered; kill -9 of a source mid-pull, the pull
 #   finishes from the other; a stalled source (SIGSTOP) timed out; a wrong
 #   secret and a garbage client refused (net/auth.h); a secret file of mode 0644
-#   refused at start.  Needs root (ip netns); skipped otherwise.
+#   refused at start; 2 % packet loss (iptables statistic match) on a
+#   receiver's link.  Needs root (ip netns); skipped otherwise.
 set -u
 T=${TCAST:?}
 PY=/usr/bin/python3
@@ -105,6 +106,29 @@ ok is "$rc" 0
 ok is "$(jq_ 'd["id"]')" "$want"
 ok is "$(jq_ 'int(all(s["bytes"] > 0 for s in d["sources"]))')" 1
 ok is "$(jq_ 'sum(s["bytes"] for s in d["sources"])')" "$((64 * 1048576 + 12))"
+
+# 2b. 2 % of the TCP packets into C dropped (iptables statistic match;
+#     cubic, so loss costs what it costs): the pull completes, verified
+#     and byte-identical.  No iptables: said, and skipped.
+mark "2b. 2 % packet loss into C: the pull completes, verified"
+if command -v iptables >/dev/null &&
+	ip netns exec "${ns[2]}" iptables -A INPUT -p tcp -m statistic --mode random \
+		--probability 0.02 -j DROP 2>"$dir/ipt"; then
+	ip netns exec "${ns[2]}" sysctl -qw net.ipv4.tcp_congestion_control=cubic 2>/dev/null
+	t c rm "$want" >/dev/null
+	lstart=$(date +%s)
+	run pull_on c "${ns[2]}" "$want" --from "$A:7070" --from "$B:7070" --streams 2
+	ok is "$rc" 0
+	ok is "$(jq_ 'd["id"]')" "$want"
+	echo "  under 2 % loss: $(jq_ '"%.2f s" % d["transfer_seconds"]'), $(($(date +%s) - lstart)) s in all"
+	ip netns exec "${ns[2]}" iptables -D INPUT -p tcp -m statistic --mode random \
+		--probability 0.02 -j DROP
+	ip netns exec "${ns[2]}" iptables-save | grep -q statistic && ok false
+	t c export "$want" "$dir/c.st" --force
+	ok cmp -s "$dir/a.st" "$dir/c.st"
+else
+	echo "  SKIP (loss lane): no iptables with the statistic match: $(cat "$dir/ipt" 2>/dev/null)"
+fi
 
 # 3. a source that corrupts every chunk it sends: caught, never registered,
 mark "3. a source that corrupts every chunk it sends: caught, never registered,"

@@ -1,0 +1,128 @@
+#!/bin/bash
+# Fan-out: one seed to N receivers (default 8), each in its own network
+# namespace on a bridge, every link capped with tc tbf at both ends of its
+# veth, so that the links and not this machine's cores are the
+# bottleneck.  A global store (its own namespace) gives the sources; the
+# receivers pull with no --from, so they find each other through it and
+# swap chunks while they pull (docs/peer.md, "Fan-out").  Same run: the
+# time of one receiver alone, then of all N at once; prints the ratio
+# (issue 12 target: <= 1.25) and how many copies left the seed.
+# Needs root and iproute2.  Usage:
+#   bench/fanout.sh [BUILD] [SIZE_MIB] [RECEIVERS] [RATE] [STREAMS]
+# Memory: the seed and every receiver hold a copy (SIZE x (N + 1)).
+set -eu
+build=${1:-build}
+mib=${2:-1024}
+n=${3:-8}
+rate=${4:-2gbit}
+streams=${5:-4}
+root=$(cd "$(dirname "$0")/.." && pwd)
+T=$root/$build/bin/tcast
+PY=/usr/bin/python3
+[ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
+id=$$
+br=tcfb$((id % 100000))
+sub="10.$((150 + id % 50)).$(((id / 50) % 250))"
+names=(gs seed)
+for i in $(seq 1 "$n"); do names+=("r$i"); done
+dir=$(mktemp -d /tmp/tcast-bench-fanout-XXXXXX)
+chmod 700 "$dir"
+cleanup() {
+	for x in "${names[@]}"; do "$T" --socket "$dir/$x/d.sock" daemon stop --timeout 10 >/dev/null 2>&1 || true; done
+	"$T" global stop --state-dir "$dir/gs" >/dev/null 2>&1 || true
+	for x in "${names[@]}"; do ip netns del "tcf$x$id" 2>/dev/null || true; done
+	ip link del "$br" 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+ip link add "$br" type bridge
+ip link set "$br" up
+k=10
+for x in "${names[@]}"; do
+	k=$((k + 1))
+	ns=tcf$x$id
+	ip netns add "$ns"
+	ip link add "v$k-$id" type veth peer name "b$k-$id"
+	ip link set "v$k-$id" netns "$ns"
+	ip link set "b$k-$id" master "$br" up
+	ip -n "$ns" link set lo up
+	ip -n "$ns" addr add "$sub.$k/24" dev "v$k-$id"
+	ip -n "$ns" link set "v$k-$id" up
+	# Both directions of the node's link.
+	ip netns exec "$ns" tc qdisc add dev "v$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
+	tc qdisc add dev "b$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
+	eval "addr_$x=$sub.$k"
+done
+(umask 077; head -c 48 /dev/urandom | base64 -w0 >"$dir/secret")
+ip netns exec "tcfgs$id" "$T" global start --state-dir "$dir/gs" --cluster-secret-file "$dir/secret" \
+	--listen "$addr_gs:7470" >/dev/null
+mem=$(((mib * 2 + 1024) >> 10))GiB
+for x in "${names[@]:1}"; do
+	mkdir -m 700 "$dir/$x"
+	a=addr_$x
+	ip netns exec "tcf$x$id" "$T" --socket "$dir/$x/d.sock" daemon start --host-memory "$mem" \
+		--set host_spare=0 --set "global=$addr_gs:7470" --set "cluster_secret_file=$dir/secret" \
+		--set "node_name=$x" --set "peer_listen=${!a}:7070" >/dev/null
+done
+# A sparse safetensors file of zeros (TCP and BLAKE3 do not care).
+$PY - "$dir/m.safetensors" "$mib" <<'PYEOF'
+import json, struct, sys
+n = int(sys.argv[2]) << 20
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h)
+    f.truncate(8 + len(h) + n)
+PYEOF
+art=$("$T" --socket "$dir/seed/d.sock" import "$dir/m.safetensors" 2>/dev/null)
+rm -f "$dir/m.safetensors"
+for _ in $(seq 100); do
+	ip netns exec tcfr1$id "$T" --socket "$dir/r1/d.sock" global resolve "$art" --via-daemon >/dev/null 2>&1 && break
+	sleep 0.1
+done
+echo "== $(date -u '+%F %T') UTC, $(nproc) cores, kernel $(uname -r)"
+echo "   $mib MiB artifact, 1 seed -> $n receivers, every link $rate (tbf, both ends), $streams streams per source"
+
+now() { date +%s.%N; }
+calc() { $PY -c "print($1)"; } # no bc on a fresh Debian
+pull_on() { # receiver: a pull with sources from the global store only
+	ip netns exec "tcf$1$id" "$T" --socket "$dir/$1/d.sock" --json pull "$art" \
+		--streams "$streams" >"$dir/$1.json" 2>"$dir/$1.err"
+}
+clear() { for x in "${names[@]:2}"; do "$T" --socket "$dir/$x/d.sock" rm "$art" >/dev/null 2>&1 || true; done; }
+
+# One receiver alone.
+clear
+t0=$(now)
+pull_on r1 || { cat "$dir/r1.err"; exit 1; }
+t1=$(calc "$(now) - $t0")
+printf '   one receiver alone:   %6.2f s  (%.2f Gbit/s)\n' "$t1" "$(calc "$mib * 8 * 1.048576 / 1000 / $t1")"
+
+# All of them at once.
+clear
+sleep 1 # the global store forgets the removed replicas
+t0=$(now)
+pids=()
+for x in "${names[@]:2}"; do pull_on "$x" & pids+=($!); done
+bad=0
+for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
+tn=$(calc "$(now) - $t0")
+[ "$bad" = 0 ] || { echo "   $bad pulls failed"; cat "$dir"/r*.err; exit 1; }
+read -r from_seed from_peers < <($PY - "$dir" "$addr_seed:7070" "${names[@]:2}" <<'PYEOF'
+import json, sys
+d, seed, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+s = p = 0
+for x in names:
+    for src in json.load(open(f"{d}/{x}.json"))["sources"]:
+        if src["addr"] == seed:
+            s += src["bytes"]
+        else:
+            p += src["bytes"]
+print(s, p)
+PYEOF
+)
+printf '   %d receivers at once:  %6.2f s  (slowest; %.2f Gbit/s aggregate)\n' "$n" "$tn" \
+	"$(calc "$n * $mib * 8 * 1.048576 / 1000 / $tn")"
+printf '   the seed sent %.2f copies, receivers swapped %.2f copies\n' \
+	"$(calc "$from_seed / ($mib * 1048576)")" "$(calc "$from_peers / ($mib * 1048576)")"
+printf '   ratio (%d receivers / one alone): %.2f  (target <= 1.25)\n' "$n" "$(calc "$tn / $t1")"
