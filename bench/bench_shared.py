@@ -5,7 +5,7 @@
     4 MiB CUDA tensor, against a torch.multiprocessing queue handing the
     same tensor over CUDA IPC (a worker that clones it and sends it back);
     tcast twice: through the slab ring (the default) and through per-call
-    artifacts (TCAST_SHARED_RING=0 in the client), with the ratios;
+    artifacts (TCAST_SHARED_RING=0 in the client; the server allows rings), with the ratios;
  2. a second process receiving a 1,000-parameter module of >= 14 GiB
     (500 bf16 Linear(3880, 3880) layers) ready to run, against torch CUDA
     IPC of the same module through a torch.multiprocessing queue.
@@ -171,7 +171,7 @@ def main():
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     print(f"# {out['gpu']}, torch {out['torch']}, {out['date']}", flush=True)
     tmp = tempfile.mkdtemp(prefix="bench-shared-")
-    env = dict(os.environ, B_LAYERS=str(a.layers), B_WIDTH=str(a.width),
+    env = dict(os.environ, B_LAYERS=str(a.layers), B_WIDTH=str(a.width), TCAST_SHARED_RING="1",
                SHARED_TENSOR_BASE_PORT=os.environ.get("SHARED_TENSOR_BASE_PORT", "26500"))
     env.pop("SHARED_TENSOR_ROLE", None)
     os.environ["SHARED_TENSOR_BASE_PORT"] = env["SHARED_TENSOR_BASE_PORT"]
@@ -204,7 +204,8 @@ def main():
                       f"results mapped {r['results']['imported']} times", flush=True)
             c.close()
 
-        tcast_calls("slab ring", "tcast_direct_4MiB", a.iters)
+        os.environ["TCAST_SHARED_RING"] = "1"
+        tcast_calls("slab ring (TCAST_SHARED_RING=1)", "tcast_direct_4MiB", a.iters)
         os.environ["TCAST_SHARED_RING"] = "0"
         tcast_calls("per-call artifacts (TCAST_SHARED_RING=0)", "tcast_direct_4MiB_artifacts", min(a.iters, 100))
         del os.environ["TCAST_SHARED_RING"]

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture
 def senv(tmp_path, daemon):
     port = free_port()
-    return port, env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket)
+    return port, env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1")
 
 
 def test_zero_branch_readme_example_unchanged(senv, tmp_path):
