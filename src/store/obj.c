@@ -465,10 +465,11 @@ struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
 	if (!o || o->dead) {
 		if (!k->id[0])
-			snprintf(err, errlen,
-				 "key '%s' was deleted (generation %llu names "
-				 "no artifact)",
-				 ref, (unsigned long long)k->gen);
+			snprintf(
+				err, errlen,
+				"key '%s' (generation %llu) names no artifact: "
+				"the one it named is no longer held (removed)",
+				ref, (unsigned long long)k->gen);
 		else
 			snprintf(err, errlen,
 				 "key '%s' (generation %llu) points to '%s', "
@@ -548,7 +549,7 @@ static int gen_conflict(const struct tc__key *k, const char *key,
 	if (k->id[0])
 		snprintf(to, sizeof(to), "it points to '%s'", k->id);
 	else
-		snprintf(to, sizeof(to), "deleted: it names no artifact");
+		snprintf(to, sizeof(to), "it names no artifact");
 	snprintf(err, errlen, "key '%s' is at generation %llu, not %llu (%s)%s",
 		 key, (unsigned long long)k->gen,
 		 (unsigned long long)expect_gen, to, tail);

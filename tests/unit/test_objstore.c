@@ -935,7 +935,7 @@ static void test_objstore__rm(void **state)
 		json_decref(j);
 	}
 	assert_null(tc__objs_resolve(&s, "kb", err, MSG, &rc));
-	must_contain(err, "was deleted");
+	must_contain(err, "names no artifact");
 	/* ...and can be pointed somewhere again with CAS. */
 	a = added(&s, 1, TC_POLICY_CACHE);
 	assert_int_equal(kset(&s, "kb", a->id, false, 0, &gen, err),
