@@ -18,6 +18,7 @@ rate=${4:-2gbit}
 streams=${5:-4}
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
+. "$root/scripts/netns-lib.sh"
 PY=/usr/bin/python3
 [ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
 id=$$
@@ -41,13 +42,7 @@ k=10
 for x in "${names[@]}"; do
 	k=$((k + 1))
 	ns=tcf$x$id
-	ip netns add "$ns"
-	ip link add "v$k-$id" type veth peer name "b$k-$id"
-	ip link set "v$k-$id" netns "$ns"
-	ip link set "b$k-$id" master "$br" up
-	ip -n "$ns" link set lo up
-	ip -n "$ns" addr add "$sub.$k/24" dev "v$k-$id"
-	ip -n "$ns" link set "v$k-$id" up
+	netns_join "$ns" "$br" "$k-$id" "$sub.$k"
 	# Both directions of the node's link.
 	ip netns exec "$ns" tc qdisc add dev "v$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
 	tc qdisc add dev "b$k-$id" root tbf rate "$rate" burst 1mb latency 20ms

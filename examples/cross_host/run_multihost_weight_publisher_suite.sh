@@ -23,6 +23,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 T=${TCAST:-$repo/build/bin/tcast}
 T=$(cd "$(dirname "$T")" && pwd)/$(basename "$T")
+. "$repo/scripts/netns-lib.sh"
 PY=${TC_PYTHON:-/usr/bin/python3}
 counts=${TC_SCALE_RECEIVER_COUNTS:-1,2,4,8}
 nver=${TC_SCALE_NUM_VERSIONS:-3}
@@ -66,14 +67,7 @@ mark() { echo "[$(date +%T)] $*"; }
 
 ip link add "$br" type bridge && ip link set "$br" up || { echo "SKIP: cannot make a bridge"; exit 77; }
 for i in $(seq 0 "$max"); do
-	n=${ns[$i]}
-	ip netns add "$n"
-	ip link add "v$i-$id" type veth peer name "b$i-$id"
-	ip link set "v$i-$id" netns "$n"
-	ip link set "b$i-$id" master "$br" up
-	ip -n "$n" link set lo up
-	ip -n "$n" addr add "$sub.$((11 + i))/24" dev "v$i-$id"
-	ip -n "$n" link set "v$i-$id" up
+	netns_join "${ns[$i]}" "$br" "$i-$id" "$sub.$((11 + i))"
 done
 (umask 077; head -c 48 /dev/urandom | base64 -w0 >"$out/secret")
 

@@ -10,6 +10,7 @@
 #   receiver's link.  Needs root (ip netns); skipped otherwise.
 set -u
 T=${TCAST:?}
+. "$(dirname "$0")/../../scripts/netns-lib.sh"
 PY=/usr/bin/python3
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
 	echo "SKIP: needs root and iproute2 for network namespaces (ip netns)"
@@ -38,14 +39,7 @@ trap cleanup EXIT
 
 ip link add "$br" type bridge && ip link set "$br" up || { echo "SKIP: cannot make a bridge"; exit 77; }
 for i in 0 1 2; do
-	n=${ns[$i]}
-	ip netns add "$n"
-	ip link add "v$i-$id" type veth peer name "b$i-$id"
-	ip link set "v$i-$id" netns "$n"
-	ip link set "b$i-$id" master "$br" up
-	ip -n "$n" link set lo up
-	ip -n "$n" addr add "$sub.$((11 + i))/24" dev "v$i-$id"
-	ip -n "$n" link set "v$i-$id" up
+	netns_join "${ns[$i]}" "$br" "$i-$id" "$sub.$((11 + i))"
 done
 A=$sub.11 B=$sub.12
 head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"

@@ -4,28 +4,7 @@
 """
 from __future__ import annotations
 
-from .weight_publisher import (
-    EndpointResult,
-    FolderChangedError,
-    KeyCollisionError,
-    KeyMappingError,
-    PublishResult,
-    ReloadError,
-    VersionOrderError,
-    VersionRetiredError,
-    WeightPublisher,
-    WeightPublisherConfig,
-)
+from . import weight_publisher as _weight_publisher
+from .weight_publisher import *  # noqa: F401,F403 (its __all__)
 
-__all__ = [
-    "WeightPublisher",
-    "WeightPublisherConfig",
-    "PublishResult",
-    "EndpointResult",
-    "ReloadError",
-    "VersionOrderError",
-    "KeyCollisionError",
-    "KeyMappingError",
-    "VersionRetiredError",
-    "FolderChangedError",
-]
+__all__ = list(_weight_publisher.__all__)
