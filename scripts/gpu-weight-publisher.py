@@ -117,6 +117,10 @@ finally:
         srv.wait(30)
     tc.shutdown()
     subprocess.run([BIN, "--socket", sock, "daemon", "stop"])
+    if out_path:  # the machine keeps nothing: the server's and daemon's logs go beside the JSON
+        for name in ("server.log", "daemon.log"):
+            if (root / name).exists():
+                Path(out_path).with_name(f"wp-{name}").write_bytes((root / name).read_bytes())
 print(json.dumps(res))
 if out_path:
     Path(out_path).write_text(json.dumps(res, indent=1))

@@ -146,10 +146,11 @@ class Receiver:
         from peers when it is not)."""
         a = tc.artifact(key)
         try:
-            if a.exists():
-                return a.artifact_id, False
-        except tc.TcastError:
-            pass
+            held = a.exists()
+        except tc.TcastError as e:
+            raise ReloadFailed(502, f"key {key!r}: cannot ask the local daemon: {e}") from None
+        if held:
+            return a.artifact_id, False
         if self.args.no_pull:
             raise ReloadFailed(404, f"key {key!r}: the local daemon does not hold it (and --no-pull)")
         try:

@@ -1027,11 +1027,21 @@ class Artifact:
 
     @property
     def artifact_id(self) -> str:
-        """The content id ("tc2:..."); attaches (or imports) if needed."""
+        """The content id ("tc2:..."); attaches (or imports) if needed.
+
+        A key the daemon holds is resolved by asking it, without
+        attaching: the artifact may live on a GPU only, where a host
+        attach is refused."""
         if self._att is not None:
             return self._att.id
         if self._id is not None:
             return self._id
+        if self._key is not None:
+            s = self._sess()
+            try:
+                return s.call_json(s.lib.tc_inspect_json, self._key.encode())["id"]
+            except errors.NotFoundError:
+                pass  # not held: attaching may import it (from_disk, fallback)
         return self._attach().id
 
     def __repr__(self) -> str:

@@ -184,6 +184,42 @@ print(json.dumps(out))
     assert "disk unavailable" in out["disk_first"]["fallback"]
 
 
+def test_key_of_a_gpu_only_artifact_resolves_without_a_host_attach(gpu_daemon):
+    """A put of CUDA tensors leaves the artifact on the GPU only.  Its key
+    gives the id, inspect() and exists() without a host attach (which is
+    refused there): the weight receiver's reload asked for artifact_id of
+    such a key and got 'held on a GPU only' (H200, 16 GiB publish)."""
+    code = '''
+import ctypes
+import tcast._native as N
+s = tc._sess(); lib = s.lib
+sh = (ctypes.c_uint64 * 1)(1024)
+d = (N.TcTensorDesc * 1)()
+d[0].name, d[0].dtype, d[0].ndim = b"w", 14, 1
+d[0].shape = ctypes.cast(sh, ctypes.POINTER(ctypes.c_uint64))
+opts, keep = tc.make_opts("gpu-only:v1", None, None, None, None, None)
+opts.field_mask |= N.TC_OPT_DEVICE
+opts.device = 0
+p = ctypes.c_void_p()
+s.call(lib.tc_put_begin, d, 1, None, ctypes.byref(opts), ctypes.byref(p))
+ctypes.memset(lib.tc_put_data(p, 0), 7, 4096)  # the fake's device memory is host memory
+res = N.TcResult()
+assert lib.tc_put_commit(p, ctypes.byref(res)) == 0
+a = tc.artifact("gpu-only:v1")
+out = {"put": res.id.decode(), "exists": a.exists(), "id": a.artifact_id,
+       "tiers": [r["tier"] for r in a.inspect()["replicas"]]}
+try:
+    a.tensor_dict()
+except tc.TcastError as e:
+    out["host"] = str(e)
+print(json.dumps(out))
+'''
+    out = json.loads(_client(gpu_daemon, code).stdout.splitlines()[-1])
+    assert out["exists"] and out["id"] == out["put"], out
+    assert out["tiers"] == ["gpu"], out
+    assert "GPU only" in out["host"], out
+
+
 def test_daemon_without_gpu_says_why(tmp_path):
     """A daemon with no driver: a DLPack request for a GPU is refused with
     the reason (no silent host copy for a framework that cannot move it);

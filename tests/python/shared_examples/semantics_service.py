@@ -172,7 +172,7 @@ _held = []
 def ring_echo(t: torch.Tensor, extra: dict) -> tuple:
     # extra["v"] comes back as it came: a view of the argument slab, which
     # the reply must copy into a result slab, not alias.
-    return t * 2, {"v": extra["v"], "n": torch.tensor([extra["v"].numel() + t.numel()])}
+    return t * 2, {"v": extra["v"], "n": torch.tensor([extra["v"].numel() + t.numel()], device=t.device)}
 
 
 @provider.share(cache=False, singleflight=False)
