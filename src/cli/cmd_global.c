@@ -1,5 +1,6 @@
 /*
- * cmd_global.c - tcast global start|stop|status|logs|run|resolve
+ * cmd_global.c - tcast global start|stop|status|logs|run|resolve|key-set|
+ * group
  *
  * The global store's lifecycle mirrors `tcast daemon`: `start` forks it
  * and returns once it listens (or prints why it did not start), `run`
@@ -40,6 +41,10 @@ struct gopts {
 	uint64_t expect; /* key-set --expect */
 	bool has_expect;
 	bool via_daemon;
+	/* group: its request (name, rank, ranks, node, lease, id, reason) */
+	bool group;
+	struct tc__gsp_group_req gq;
+	bool has_rank, has_ranks;
 };
 
 static int set(struct tc__gs_config *c, const char *k, const char *v)
@@ -48,6 +53,69 @@ static int set(struct tc__gs_config *c, const char *k, const char *v)
 	int rc = tc__gs_config_set(c, k, v, err, sizeof(err));
 
 	return rc < 0 ? cli_fail(rc, err) : 0;
+}
+
+/* The options only `global group` takes.  1: taken, 0: not one of them,
+ * EXIT_USAGE: a bad value. */
+static int parse_group_opt(int argc, char **argv, int *i, struct gopts *o)
+{
+	struct tc__gsp_group_req *q = &o->gq;
+	const char *v;
+	uint64_t n;
+	int m;
+
+	if ((m = cli_opt(argc, argv, i, "--rank", &v))) {
+		if (m < 0 ||
+		    cli_parse_uint("--rank", v, 0, TC_GSP_MAX_RANKS - 1, &n))
+			return EXIT_USAGE;
+		q->rank = (uint32_t)n;
+		o->has_rank = true;
+	} else if ((m = cli_opt(argc, argv, i, "--ranks", &v))) {
+		if (m < 0 ||
+		    cli_parse_uint("--ranks", v, 1, TC_GSP_MAX_RANKS, &n))
+			return EXIT_USAGE;
+		q->ranks = (uint32_t)n;
+		o->has_ranks = true;
+	} else if ((m = cli_opt(argc, argv, i, "--timeout-ms", &v))) {
+		if (m < 0 || cli_parse_uint("--timeout-ms", v, 1,
+					    TC_GSP_MAX_GROUP_MS, &n))
+			return EXIT_USAGE;
+		q->timeout_ms = (uint32_t)n;
+	} else if ((m = cli_opt(argc, argv, i, "--rank-lease-ms", &v))) {
+		if (m < 0 ||
+		    cli_parse_uint("--rank-lease-ms", v, TC_GSP_MIN_LEASE_MS,
+				   TC_GSP_MAX_LEASE_MS, &n))
+			return EXIT_USAGE;
+		q->lease_ms = (uint32_t)n;
+	} else if ((m = cli_opt(argc, argv, i, "--wait-ms", &v))) {
+		if (m < 0 ||
+		    cli_parse_uint("--wait-ms", v, 0, TC_GSP_MAX_WAIT_MS, &n))
+			return EXIT_USAGE;
+		q->wait_ms = (uint32_t)n;
+	} else if ((m = cli_opt(argc, argv, i, "--node", &v))) {
+		if (m < 0 || strlen(v) > TC_GSP_MAX_NAME)
+			return m < 0 ? EXIT_USAGE :
+				       cli_usage_error("--node: too long");
+		snprintf(q->node, sizeof(q->node), "%s", v);
+	} else if ((m = cli_opt(argc, argv, i, "--id", &v))) {
+		if (m < 0 || strlen(v) > TC_GSP_MAX_ID)
+			return m < 0 ? EXIT_USAGE :
+				       cli_usage_error("--id: too long");
+		snprintf(q->id, sizeof(q->id), "%s", v);
+	} else if ((m = cli_opt(argc, argv, i, "--reason", &v))) {
+		if (m < 0)
+			return EXIT_USAGE;
+		/* the store takes printable ASCII: say it here, not as a
+		 * protocol error */
+		snprintf(q->reason, sizeof(q->reason), "%s", v);
+		for (char *p = q->reason; *p; p++)
+			if ((unsigned char)*p < 0x20 ||
+			    (unsigned char)*p > 0x7e)
+				*p = '?';
+	} else {
+		return 0;
+	}
+	return 1;
 }
 
 static int parse(int argc, char **argv, struct gopts *o, bool operand)
@@ -97,6 +165,13 @@ static int parse(int argc, char **argv, struct gopts *o, bool operand)
 		}
 		if (done)
 			continue;
+		if (o->group) {
+			rc = parse_group_opt(argc, argv, &i, o);
+			if (rc == EXIT_USAGE)
+				return rc;
+			if (rc == 1)
+				continue;
+		}
 		if ((m = cli_opt(argc, argv, &i, "--global", &v))) {
 			if (m < 0 || strlen(v) > TC_GSP_MAX_ADDR)
 				return m < 0 ? EXIT_USAGE :
@@ -682,6 +757,180 @@ static int key_set(struct gopts *o)
 	return 0;
 }
 
+/* ------------------------------------------------------------ group */
+
+static json_t *group_json(const struct tc__gsp_group *g)
+{
+	json_t *ms = json_array();
+
+	for (uint32_t i = 0; i < g->nmembers; i++) {
+		const struct tc__gsp_member *m = &g->members[i];
+
+		json_array_append_new(
+			ms, json_pack("{s:i, s:s, s:i, s:i, s:b, s:s}", "rank",
+				      (int)m->rank, "node", m->node, "lease_ms",
+				      (int)m->lease_ms, "lease_left_ms",
+				      (int)m->lease_left_ms, "prepared",
+				      m->prepared, "id", m->id));
+	}
+	return json_pack(
+		"{s:s, s:s, s:i, s:i, s:i, s:I, s:I, s:I, s:o, s:s, "
+		"s:s, s:o}",
+		"group", g->name, "state", tc__gsp_group_state_name(g->state),
+		"ranks", (int)g->ranks, "prepared", (int)g->nprepared,
+		"timeout_ms", (int)g->timeout_ms, "created_ms",
+		(json_int_t)g->created_ms, "decided_ms",
+		(json_int_t)g->decided_ms, "deadline_left_ms",
+		(json_int_t)g->deadline_left_ms, "by_rank",
+		g->by_rank >= 0 ? json_integer(g->by_rank) : json_null(),
+		"by_node", g->by_node, "reason", g->reason, "members", ms);
+}
+
+static void group_print(const struct tc__gsp_group *g)
+{
+	if (cli.json) {
+		cli_put_json(group_json(g));
+		return;
+	}
+	printf("group %s: %s, %u of %u ranks prepared", cli_esc(g->name),
+	       tc__gsp_group_state_name(g->state), g->nprepared, g->ranks);
+	if (g->state == TC_GSP_GSTATE_OPEN) {
+		printf(", deadline in %.1f s\n", g->deadline_left_ms / 1000.0);
+	} else {
+		/* the reason names the rank and node it is about */
+		printf("\n  %s\n", cli_esc(g->reason));
+	}
+	for (uint32_t i = 0; i < g->nmembers; i++) {
+		const struct tc__gsp_member *m = &g->members[i];
+
+		printf("  rank %-4u %-20s %-8s lease %u/%u ms %s\n", m->rank,
+		       m->node[0] ? cli_esc(m->node) : "-",
+		       m->prepared ? "prepared" : "joined", m->lease_left_ms,
+		       m->lease_ms, m->id[0] ? cli_esc(m->id) : "");
+	}
+	fflush(stdout);
+}
+
+/* One GROUP_* call on a connected handle; the record is printed. */
+static int group_call(struct tc__gsc *g, int type,
+		      const struct tc__gsp_group_req *q, bool print)
+{
+	struct tc__gsp_group rec;
+	int rc = tc__gsc_group(g, type, q, &rec);
+
+	if (rc < 0)
+		return cli_fail(rc, g->err);
+	if (print)
+		group_print(&rec);
+	rc = rec.state;
+	tc__gsp_group_release(&rec);
+	return -rc; /* 0 open, or minus the decided state */
+}
+
+/*
+ * hold: create the group (with --ranks), join it, then keep the rank's
+ * lease renewed until stdin closes (the rank's process, our parent, is
+ * gone: we stop renewing and the store aborts the group once the lease
+ * runs out) or the group is decided (its record is printed again).
+ */
+static int group_hold(struct gopts *o, struct tc__gsc *g)
+{
+	struct tc__gsp_group_req *q = &o->gq;
+	int period = (int)q->lease_ms / 3, rc;
+
+	if (o->has_ranks) {
+		rc = group_call(g, TC_GSP_GROUP_CREATE, q, false);
+		if (rc > 0)
+			return rc;
+	}
+	rc = group_call(g, TC_GSP_GROUP_JOIN, q, true);
+	if (rc != 0)
+		return rc > 0 ? rc : 0;
+	for (;;) {
+		struct pollfd p = { STDIN_FILENO, POLLIN, 0 };
+		int r = poll(&p, 1, period);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r > 0) {
+			char buf[256];
+			ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+
+			if (n <= 0 && !(n < 0 && errno == EINTR))
+				return 0; /* the rank is gone or done */
+			continue;
+		}
+		rc = group_call(g, TC_GSP_GROUP_JOIN, q, false);
+		if (rc > 0)
+			return rc;
+		if (rc < 0) {
+			struct tc__gsp_group_req get = *q;
+
+			get.wait_ms = 0;
+			group_call(g, TC_GSP_GROUP_GET, &get, true);
+			return 0;
+		}
+	}
+}
+
+/* group create|join|prepare|abort|status|hold GROUP: one group of ranks
+ * that commit or abort together (docs/cluster.md#groups). */
+static int group(struct gopts *o)
+{
+	static const char *const subs[] = { "create", "join",	"prepare",
+					    "abort",  "status", "hold",
+					    NULL };
+	struct tc__gsp_group_req *q = &o->gq;
+	const char *sub = o->operand ? o->operand : "";
+	struct tc__gsc g;
+	int type, rc;
+
+	if (!o->operand)
+		return cli_usage_error("group: create, join, prepare, abort, "
+				       "status or hold?");
+	if (cli_parse_choice("group", sub, subs))
+		return EXIT_USAGE;
+	if (!o->operand2)
+		return cli_usage_error("group %s: which group?", sub);
+	if (strlen(o->operand2) > TC_GSP_MAX_GROUP)
+		return cli_usage_error("group name: at most %d bytes",
+				       TC_GSP_MAX_GROUP);
+	snprintf(q->group, sizeof(q->group), "%s", o->operand2);
+	if (!q->timeout_ms)
+		q->timeout_ms = 60000;
+	if (!q->lease_ms)
+		q->lease_ms = 3000;
+	if (!strcmp(sub, "create")) {
+		if (!o->has_ranks)
+			return cli_usage_error("group create: --ranks N");
+		type = TC_GSP_GROUP_CREATE;
+	} else if (!strcmp(sub, "join") || !strcmp(sub, "hold")) {
+		if (!o->has_rank)
+			return cli_usage_error("group %s: --rank R", sub);
+		type = TC_GSP_GROUP_JOIN;
+	} else if (!strcmp(sub, "prepare")) {
+		if (!o->has_rank || !q->id[0])
+			return cli_usage_error("group prepare: --rank R --id "
+					       "ID");
+		type = TC_GSP_GROUP_PREPARE;
+	} else if (!strcmp(sub, "abort")) {
+		if (!o->has_rank)
+			q->rank = TC_GSP_NO_RANK;
+		type = TC_GSP_GROUP_ABORT;
+	} else {
+		type = TC_GSP_GROUP_GET;
+	}
+	rc = connect_tool(o, &g);
+	if (rc)
+		return rc;
+	if (!strcmp(sub, "hold"))
+		rc = group_hold(o, &g);
+	else if ((rc = group_call(&g, type, q, true)) < 0)
+		rc = 0; /* a decided group is an answer, not an error */
+	tc__gsc_close(&g);
+	return rc;
+}
+
 static int logs(struct gopts *o)
 {
 	FILE *f = fopen(o->cfg.log_file, "r");
@@ -703,9 +952,9 @@ static int logs(struct gopts *o)
 
 int cmd_global(int argc, char **argv)
 {
-	static const char *const subverbs[] = { "start",   "run",  "stop",
-						"status",  "logs", "resolve",
-						"key-set", NULL };
+	static const char *const subverbs[] = { "start",   "run",   "stop",
+						"status",  "logs",  "resolve",
+						"key-set", "group", NULL };
 	struct gopts o = { 0 };
 	const char *verb = argc > 1 ? argv[1] : "";
 	int rc;
@@ -714,8 +963,10 @@ int cmd_global(int argc, char **argv)
 		return cli_usage_error("which global verb?");
 	if (cli_parse_choice("global", verb, subverbs))
 		return EXIT_USAGE;
+	o.group = !strcmp(verb, "group");
 	rc = parse(argc, argv, &o,
-		   !strcmp(verb, "resolve") || !strcmp(verb, "key-set"));
+		   !strcmp(verb, "resolve") || !strcmp(verb, "key-set") ||
+			   o.group);
 	if (rc)
 		return rc;
 	if (!strcmp(verb, "run"))
@@ -730,5 +981,7 @@ int cmd_global(int argc, char **argv)
 		return resolve(&o);
 	if (!strcmp(verb, "key-set"))
 		return key_set(&o);
+	if (o.group)
+		return group(&o);
 	return logs(&o);
 }

@@ -33,6 +33,12 @@ struct tc__gs_load_cb {
 	int (*replica)(void *arg, uint64_t node_id,
 		       const struct tc__gsp_replica *r);
 	int (*key)(void *arg, const char *key, const char *id, uint64_t gen);
+	/* A group (members not filled in), then each of its members; the
+	 * group's deadline as wall-clock ms.  May be NULL. */
+	int (*group)(void *arg, const struct tc__gsp_group *g,
+		     int64_t deadline_ms);
+	int (*member)(void *arg, const char *group,
+		      const struct tc__gsp_member *m);
 };
 
 struct tc__gs_history {
@@ -73,6 +79,20 @@ struct tc__gs_backend_ops {
 	 * count or a negative code. */
 	int (*key_history)(struct tc__gs_backend *be, const char *key,
 			   struct tc__gs_history *out, int max);
+	/* A new group (open), with its deadline as wall-clock ms. */
+	int (*group_put)(struct tc__gs_backend *be,
+			 const struct tc__gsp_group *g, int64_t deadline_ms);
+	/* A member's row (joined, node, prepared and what it staged). */
+	int (*member_put)(struct tc__gs_backend *be, const char *group,
+			  const struct tc__gsp_member *m);
+	/* The decision, as a compare-and-swap in the database: moves the
+	 * group from open to g->state with g's decided_ms, by_rank, by_node
+	 * and reason only if it is still open there.  0, TC_ECONFLICT when
+	 * it was decided already, TC_ENOTFOUND, or a negative code. */
+	int (*group_decide)(struct tc__gs_backend *be,
+			    const struct tc__gsp_group *g);
+	/* Forget a group and its members. */
+	int (*group_del)(struct tc__gs_backend *be, const char *group);
 };
 
 extern const struct tc__gs_backend_ops tc__gs_sqlite;

@@ -35,6 +35,11 @@ enum {
 	S_KEY_HIST_PUT,
 	S_KEY_HIST,
 	S_META_REV,
+	S_GRP_PUT,
+	S_MEMBER_PUT,
+	S_GRP_DECIDE,
+	S_GRP_DEL,
+	S_MEMBER_DEL,
 	S__N
 };
 
@@ -63,6 +68,16 @@ static const char *const SQL[S__N] = {
 	[S_KEY_HIST] = "SELECT gen,artifact_id,time_ms FROM key_history WHERE "
 		       "name=?1 ORDER BY gen DESC LIMIT ?2",
 	[S_META_REV] = "UPDATE meta SET v=v+1 WHERE k='rev'",
+	[S_GRP_PUT] = "INSERT INTO grp(name,ranks,timeout_ms,created_ms,"
+		      "deadline_ms,state,decided_ms,by_rank,by_node,reason) "
+		      "VALUES(?1,?2,?3,?4,?5,0,0,-1,'','')",
+	[S_MEMBER_PUT] = "INSERT OR REPLACE INTO grp_member(grp,rank,node,"
+			 "lease_ms,prepared,staged) VALUES(?1,?2,?3,?4,?5,?6)",
+	/* The decision's compare-and-swap: only an open group moves. */
+	[S_GRP_DECIDE] = "UPDATE grp SET state=?2,decided_ms=?3,by_rank=?4,"
+			 "by_node=?5,reason=?6 WHERE name=?1 AND state=0",
+	[S_GRP_DEL] = "DELETE FROM grp WHERE name=?1",
+	[S_MEMBER_DEL] = "DELETE FROM grp_member WHERE grp=?1",
 };
 
 static const char SCHEMA[] =
@@ -82,7 +97,14 @@ static const char SCHEMA[] =
 	"TEXT, gen INTEGER);"
 	"CREATE TABLE IF NOT EXISTS key_history(name TEXT, gen INTEGER, "
 	"artifact_id TEXT, time_ms INTEGER, PRIMARY KEY(name,gen)) WITHOUT "
-	"ROWID;";
+	"ROWID;"
+	"CREATE TABLE IF NOT EXISTS grp(name TEXT PRIMARY KEY, ranks INTEGER, "
+	"timeout_ms INTEGER, created_ms INTEGER, deadline_ms INTEGER, state "
+	"INTEGER, decided_ms INTEGER, by_rank INTEGER, by_node TEXT, reason "
+	"TEXT);"
+	"CREATE TABLE IF NOT EXISTS grp_member(grp TEXT, rank INTEGER, node "
+	"TEXT, lease_ms INTEGER, prepared INTEGER, staged TEXT, PRIMARY "
+	"KEY(grp,rank)) WITHOUT ROWID;";
 
 struct tc__gs_backend {
 	sqlite3 *db;
@@ -205,6 +227,58 @@ static void col_text(sqlite3_stmt *st, int col, char *dst, size_t max)
 	snprintf(dst, max + 1, "%s", t ? (const char *)t : "");
 }
 
+/* Groups, then their members (a member of an unknown group is skipped
+ * by the callback). */
+static int load_groups(struct tc__gs_backend *be,
+		       const struct tc__gs_load_cb *cb)
+{
+	sqlite3_stmt *st;
+	int ret = 0;
+
+	if (sqlite3_prepare_v2(be->db,
+			       "SELECT name,ranks,timeout_ms,created_ms,"
+			       "deadline_ms,state,decided_ms,by_rank,by_node,"
+			       "reason FROM grp",
+			       -1, &st, NULL) != SQLITE_OK)
+		return sq_err(be, "load groups");
+	while (ret == 0 && sqlite3_step(st) == SQLITE_ROW) {
+		struct tc__gsp_group g = { 0 };
+
+		col_text(st, 0, g.name, TC_GSP_MAX_GROUP);
+		g.ranks = (uint32_t)sqlite3_column_int64(st, 1);
+		g.timeout_ms = (uint32_t)sqlite3_column_int64(st, 2);
+		g.created_ms = (uint64_t)sqlite3_column_int64(st, 3);
+		g.state = (uint8_t)sqlite3_column_int(st, 5);
+		g.decided_ms = (uint64_t)sqlite3_column_int64(st, 6);
+		g.by_rank = sqlite3_column_int(st, 7);
+		col_text(st, 8, g.by_node, TC_GSP_MAX_NAME);
+		col_text(st, 9, g.reason, TC_GSP_MAX_REASON);
+		ret = cb->group(cb->arg, &g, sqlite3_column_int64(st, 4));
+	}
+	sqlite3_finalize(st);
+	if (ret)
+		return ret;
+	if (sqlite3_prepare_v2(be->db,
+			       "SELECT grp,rank,node,lease_ms,prepared,staged "
+			       "FROM grp_member",
+			       -1, &st, NULL) != SQLITE_OK)
+		return sq_err(be, "load group members");
+	while (ret == 0 && sqlite3_step(st) == SQLITE_ROW) {
+		struct tc__gsp_member m = { 0 };
+		char grp[TC_GSP_MAX_GROUP + 1];
+
+		col_text(st, 0, grp, TC_GSP_MAX_GROUP);
+		m.rank = (uint32_t)sqlite3_column_int64(st, 1);
+		col_text(st, 2, m.node, TC_GSP_MAX_NAME);
+		m.lease_ms = (uint32_t)sqlite3_column_int64(st, 3);
+		m.prepared = sqlite3_column_int(st, 4) ? 1 : 0;
+		col_text(st, 5, m.id, TC_GSP_MAX_ID);
+		ret = cb->member(cb->arg, grp, &m);
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
 static int sq_load(struct tc__gs_backend *be, const struct tc__gs_load_cb *cb)
 {
 	sqlite3_stmt *st;
@@ -281,7 +355,9 @@ static int sq_load(struct tc__gs_backend *be, const struct tc__gs_load_cb *cb)
 			      (uint64_t)sqlite3_column_int64(st, 2));
 	}
 	sqlite3_finalize(st);
-	return ret;
+	if (ret || !cb->group)
+		return ret;
+	return load_groups(be, cb);
 }
 
 static int sq_node_put(struct tc__gs_backend *be, uint64_t id,
@@ -440,6 +516,64 @@ static int sq_key_history(struct tc__gs_backend *be, const char *key,
 	return n;
 }
 
+static int sq_group_put(struct tc__gs_backend *be,
+			const struct tc__gsp_group *g, int64_t deadline_ms)
+{
+	sqlite3_stmt *st = be->st[S_GRP_PUT];
+
+	sqlite3_bind_text(st, 1, g->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, g->ranks);
+	sqlite3_bind_int64(st, 3, g->timeout_ms);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)g->created_ms);
+	sqlite3_bind_int64(st, 5, deadline_ms);
+	return run(be, S_GRP_PUT);
+}
+
+static int sq_member_put(struct tc__gs_backend *be, const char *group,
+			 const struct tc__gsp_member *m)
+{
+	sqlite3_stmt *st = be->st[S_MEMBER_PUT];
+
+	sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, m->rank);
+	sqlite3_bind_text(st, 3, m->node, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, m->lease_ms);
+	sqlite3_bind_int(st, 5, m->prepared);
+	sqlite3_bind_text(st, 6, m->id, -1, SQLITE_STATIC);
+	return run(be, S_MEMBER_PUT);
+}
+
+static int sq_group_decide(struct tc__gs_backend *be,
+			   const struct tc__gsp_group *g)
+{
+	sqlite3_stmt *st = be->st[S_GRP_DECIDE];
+	int ret;
+
+	sqlite3_bind_text(st, 1, g->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, g->state);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)g->decided_ms);
+	sqlite3_bind_int(st, 4, g->by_rank);
+	sqlite3_bind_text(st, 5, g->by_node, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, g->reason, -1, SQLITE_STATIC);
+	ret = run(be, S_GRP_DECIDE);
+	if (ret < 0)
+		return ret;
+	/* No row moved: the group was decided already (or is unknown). */
+	return sqlite3_changes(be->db) == 1 ? 0 : TC_ECONFLICT;
+}
+
+static int sq_group_del(struct tc__gs_backend *be, const char *group)
+{
+	int ret;
+
+	sqlite3_bind_text(be->st[S_MEMBER_DEL], 1, group, -1, SQLITE_STATIC);
+	ret = run(be, S_MEMBER_DEL);
+	if (ret < 0)
+		return ret;
+	sqlite3_bind_text(be->st[S_GRP_DEL], 1, group, -1, SQLITE_STATIC);
+	return run(be, S_GRP_DEL);
+}
+
 const struct tc__gs_backend_ops tc__gs_sqlite = {
 	.name = "sqlite",
 	.open = sq_open,
@@ -456,4 +590,8 @@ const struct tc__gs_backend_ops tc__gs_sqlite = {
 	.replica_del_node = sq_replica_del_node,
 	.key_put = sq_key_put,
 	.key_history = sq_key_history,
+	.group_put = sq_group_put,
+	.member_put = sq_member_put,
+	.group_decide = sq_group_decide,
+	.group_del = sq_group_del,
 };

@@ -436,3 +436,277 @@ int tc__gsp_get_source(struct tc__cur *c, struct tc__gsp_source *s, char *err,
 	}
 	return 0;
 }
+
+/* ------------------------------------------------------------ groups */
+
+const char *tc__gsp_group_state_name(int state)
+{
+	static const char *const n[] = { "open", "commit", "abort" };
+
+	return state >= 0 && state <= TC_GSP_GSTATE_ABORT ? n[state] : "?";
+}
+
+int tc__gsp_get_text(struct tc__cur *c, const char *field, char *dst,
+		     size_t max, char *err, size_t errlen)
+{
+	const char *s;
+	size_t n;
+	uint32_t len;
+	struct tc__cur peek = *c;
+
+	if (tc__cur_read_u32(&peek, &len) < 0) {
+		snprintf(err, errlen, "%s: truncated", field);
+		return TC_EPROTO;
+	}
+	if (len > max) {
+		snprintf(err, errlen, "%s: %u bytes (at most %zu)", field, len,
+			 max);
+		return TC_ELIMIT;
+	}
+	if (tc__cur_read_str(c, max, &s, &n) < 0) {
+		snprintf(err, errlen, "%s: truncated or holds a NUL", field);
+		return TC_EPROTO;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) {
+			snprintf(err, errlen,
+				 "%s: a byte outside printable ASCII at %zu",
+				 field, i);
+			return TC_EPROTO;
+		}
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return 0;
+}
+
+void tc__gsp_put_group_req(struct tc__buf *b, int type,
+			   const struct tc__gsp_group_req *r)
+{
+	tc__buf_put_str(b, r->group);
+	switch (type) {
+	case TC_GSP_GROUP_CREATE:
+		tc__buf_put_u32(b, r->ranks);
+		tc__buf_put_u32(b, r->timeout_ms);
+		break;
+	case TC_GSP_GROUP_JOIN:
+		tc__buf_put_u32(b, r->rank);
+		tc__buf_put_str(b, r->node);
+		tc__buf_put_u32(b, r->lease_ms);
+		break;
+	case TC_GSP_GROUP_PREPARE:
+		tc__buf_put_u32(b, r->rank);
+		tc__buf_put_str(b, r->id);
+		break;
+	case TC_GSP_GROUP_ABORT:
+		tc__buf_put_u32(b, r->rank);
+		tc__buf_put_str(b, r->reason);
+		break;
+	case TC_GSP_GROUP_GET:
+		tc__buf_put_u32(b, r->wait_ms);
+		break;
+	}
+}
+
+/* A u32 in [lo, hi]: TC_EPROTO when truncated, TC_EINVAL outside. */
+static int get_u32_in(struct tc__cur *c, const char *field, uint32_t lo,
+		      uint32_t hi, uint32_t *v, char *err, size_t errlen)
+{
+	if (tc__cur_read_u32(c, v) < 0) {
+		snprintf(err, errlen, "%s: truncated", field);
+		return TC_EPROTO;
+	}
+	if (*v < lo || *v > hi) {
+		snprintf(err, errlen, "%s: %u (must be %u to %u)", field, *v,
+			 lo, hi);
+		return TC_EINVAL;
+	}
+	return 0;
+}
+
+int tc__gsp_get_group_req(struct tc__cur *c, int type,
+			  struct tc__gsp_group_req *r, char *err, size_t errlen)
+{
+	int ret;
+
+	memset(r, 0, sizeof(*r));
+	ret = tc__gsp_get_name(c, "group", r->group, TC_GSP_MAX_GROUP, false,
+			       err, errlen);
+	if (ret < 0)
+		return ret;
+	switch (type) {
+	case TC_GSP_GROUP_CREATE:
+		if ((ret = get_u32_in(c, "ranks", 1, TC_GSP_MAX_RANKS,
+				      &r->ranks, err, errlen)) < 0 ||
+		    (ret = get_u32_in(c, "timeout_ms", 1, TC_GSP_MAX_GROUP_MS,
+				      &r->timeout_ms, err, errlen)) < 0)
+			return ret;
+		break;
+	case TC_GSP_GROUP_JOIN:
+		if ((ret = get_u32_in(c, "rank", 0, TC_GSP_MAX_RANKS - 1,
+				      &r->rank, err, errlen)) < 0 ||
+		    (ret = tc__gsp_get_name(c, "node", r->node, TC_GSP_MAX_NAME,
+					    true, err, errlen)) < 0 ||
+		    (ret = get_u32_in(c, "lease_ms", TC_GSP_MIN_LEASE_MS,
+				      TC_GSP_MAX_LEASE_MS, &r->lease_ms, err,
+				      errlen)) < 0)
+			return ret;
+		break;
+	case TC_GSP_GROUP_PREPARE:
+		if ((ret = get_u32_in(c, "rank", 0, TC_GSP_MAX_RANKS - 1,
+				      &r->rank, err, errlen)) < 0 ||
+		    (ret = tc__gsp_get_name(c, "staged id", r->id,
+					    TC_GSP_MAX_ID, false, err,
+					    errlen)) < 0)
+			return ret;
+		break;
+	case TC_GSP_GROUP_ABORT:
+		if (tc__cur_read_u32(c, &r->rank) < 0) {
+			snprintf(err, errlen, "rank: truncated");
+			return TC_EPROTO;
+		}
+		if (r->rank >= TC_GSP_MAX_RANKS && r->rank != TC_GSP_NO_RANK) {
+			snprintf(err, errlen, "rank: %u (at most %u)", r->rank,
+				 TC_GSP_MAX_RANKS - 1);
+			return TC_EINVAL;
+		}
+		if ((ret = tc__gsp_get_text(c, "reason", r->reason,
+					    TC_GSP_MAX_REASON, err, errlen)) <
+		    0)
+			return ret;
+		break;
+	case TC_GSP_GROUP_GET:
+		if ((ret = get_u32_in(c, "wait_ms", 0, TC_GSP_MAX_WAIT_MS,
+				      &r->wait_ms, err, errlen)) < 0)
+			return ret;
+		break;
+	default:
+		snprintf(err, errlen, "%s is not a group message",
+			 tc__gsp_name(type));
+		return TC_EPROTO;
+	}
+	return tc__gsp_end(c, err, errlen);
+}
+
+void tc__gsp_put_group(struct tc__buf *b, const struct tc__gsp_group *g)
+{
+	tc__buf_put_str(b, g->name);
+	tc__buf_put_u32(b, g->ranks);
+	tc__buf_put_u32(b, g->timeout_ms);
+	tc__buf_put_u8(b, g->state);
+	tc__buf_put_u64(b, g->created_ms);
+	tc__buf_put_u64(b, g->decided_ms);
+	tc__buf_put_u32(b, g->deadline_left_ms);
+	tc__buf_put_u32(b, g->nprepared);
+	tc__buf_put_i32(b, g->by_rank);
+	tc__buf_put_str(b, g->by_node);
+	tc__buf_put_str(b, g->reason);
+	tc__buf_put_u32(b, g->nmembers);
+	for (uint32_t i = 0; i < g->nmembers; i++) {
+		const struct tc__gsp_member *m = &g->members[i];
+
+		tc__buf_put_u32(b, m->rank);
+		tc__buf_put_str(b, m->node);
+		tc__buf_put_u32(b, m->lease_ms);
+		tc__buf_put_u32(b, m->lease_left_ms);
+		tc__buf_put_u8(b, m->prepared);
+		tc__buf_put_str(b, m->id);
+	}
+}
+
+void tc__gsp_group_release(struct tc__gsp_group *g)
+{
+	tc__free(g->members);
+	g->members = NULL;
+	g->nmembers = 0;
+}
+
+/* Smallest encoded member: rank, two empty strings, lease, left, flag. */
+#define MEMBER_MIN 21
+
+int tc__gsp_get_group(struct tc__cur *c, struct tc__gsp_group *g, char *err,
+		      size_t errlen)
+{
+	int ret;
+
+	memset(g, 0, sizeof(*g));
+	if ((ret = tc__gsp_get_name(c, "group", g->name, TC_GSP_MAX_GROUP,
+				    false, err, errlen)) < 0)
+		return ret;
+	if (tc__cur_read_u32(c, &g->ranks) < 0 ||
+	    tc__cur_read_u32(c, &g->timeout_ms) < 0 ||
+	    tc__cur_read_u8(c, &g->state) < 0 ||
+	    tc__cur_read_u64(c, &g->created_ms) < 0 ||
+	    tc__cur_read_u64(c, &g->decided_ms) < 0 ||
+	    tc__cur_read_u32(c, &g->deadline_left_ms) < 0 ||
+	    tc__cur_read_u32(c, &g->nprepared) < 0 ||
+	    tc__cur_read_i32(c, &g->by_rank) < 0) {
+		snprintf(err, errlen, "group '%s': truncated", g->name);
+		return TC_EPROTO;
+	}
+	if (g->state > TC_GSP_GSTATE_ABORT || g->ranks > TC_GSP_MAX_RANKS ||
+	    g->nprepared > g->ranks || g->by_rank < -1 ||
+	    g->by_rank >= TC_GSP_MAX_RANKS) {
+		snprintf(err, errlen,
+			 "group '%s': state %u, %u ranks, %u prepared, "
+			 "rank %d",
+			 g->name, g->state, g->ranks, g->nprepared, g->by_rank);
+		return TC_EPROTO;
+	}
+	if ((ret = tc__gsp_get_name(c, "node", g->by_node, TC_GSP_MAX_NAME,
+				    true, err, errlen)) < 0 ||
+	    (ret = tc__gsp_get_text(c, "reason", g->reason, TC_GSP_MAX_REASON,
+				    err, errlen)) < 0)
+		return ret;
+	if (tc__cur_read_u32(c, &g->nmembers) < 0) {
+		snprintf(err, errlen, "group '%s': member count truncated",
+			 g->name);
+		return TC_EPROTO;
+	}
+	if (g->nmembers > g->ranks || g->nmembers > c->left / MEMBER_MIN) {
+		snprintf(err, errlen, "group '%s': %u members for %u ranks",
+			 g->name, g->nmembers, g->ranks);
+		g->nmembers = 0;
+		return TC_EPROTO;
+	}
+	if (!g->nmembers)
+		return 0;
+	g->members = tc__calloc(g->nmembers, sizeof(*g->members));
+	if (!g->members) {
+		g->nmembers = 0;
+		return -ENOMEM;
+	}
+	for (uint32_t i = 0; i < g->nmembers; i++) {
+		struct tc__gsp_member *m = &g->members[i];
+
+		if (tc__cur_read_u32(c, &m->rank) < 0 || m->rank >= g->ranks) {
+			snprintf(err, errlen,
+				 "group '%s': member %u: rank truncated or "
+				 "not below %u",
+				 g->name, i, g->ranks);
+			ret = TC_EPROTO;
+			goto out_release;
+		}
+		if ((ret = tc__gsp_get_name(c, "member node", m->node,
+					    TC_GSP_MAX_NAME, true, err,
+					    errlen)) < 0)
+			goto out_release;
+		if (tc__cur_read_u32(c, &m->lease_ms) < 0 ||
+		    tc__cur_read_u32(c, &m->lease_left_ms) < 0 ||
+		    tc__cur_read_u8(c, &m->prepared) < 0 || m->prepared > 1) {
+			snprintf(err, errlen,
+				 "group '%s': member %u: truncated", g->name,
+				 m->rank);
+			ret = TC_EPROTO;
+			goto out_release;
+		}
+		if ((ret = tc__gsp_get_name(c, "member id", m->id,
+					    TC_GSP_MAX_ID, true, err, errlen)) <
+		    0)
+			goto out_release;
+	}
+	return 0;
+
+out_release:
+	tc__gsp_group_release(g);
+	return ret;
+}

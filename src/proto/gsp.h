@@ -21,22 +21,30 @@
 
 #include "common/buf.h"
 
-#define TC_GSP_MAGIC	   0x31474354u /* "TCG1" on the wire */
-#define TC_GSP_VERSION	   1
-#define TC_GSP_HDR	   20
-#define TC_GSP_MAX_BODY	   ((uint32_t)32 << 20) /* any frame body */
-#define TC_GSP_MAX_NAME	   64			/* node names, labels */
-#define TC_GSP_MAX_ADDR	   128			/* "host:port" */
-#define TC_GSP_MAX_ID	   128			/* artifact ids */
-#define TC_GSP_MAX_KEY	   512			/* keys (as the local store) */
-#define TC_GSP_MAX_POLICY  32			/* policy names */
-#define TC_GSP_MAX_MSG	   1024			/* error messages */
-#define TC_GSP_MAX_TABLE   ((uint32_t)16 << 20) /* encoded tensor table */
-#define TC_GSP_MAX_CHUNKS  ((uint32_t)1 << 24)	/* 64 TiB at 4 MiB chunks */
-#define TC_GSP_MAX_REPL	   65536		/* replicas in one REGISTER */
-#define TC_GSP_MAX_SOURCES 64			/* sources in one reply */
-#define TC_GSP_MAX_HISTORY 1024			/* key history entries */
-#define TC_GSP_MAX_TIER	   3			/* tiers below */
+#define TC_GSP_MAGIC	    0x31474354u /* "TCG1" on the wire */
+#define TC_GSP_VERSION	    1
+#define TC_GSP_HDR	    20
+#define TC_GSP_MAX_BODY	    ((uint32_t)32 << 20) /* any frame body */
+#define TC_GSP_MAX_NAME	    64			 /* node names, labels */
+#define TC_GSP_MAX_ADDR	    128			 /* "host:port" */
+#define TC_GSP_MAX_ID	    128			 /* artifact ids */
+#define TC_GSP_MAX_KEY	    512			 /* keys (as the local store) */
+#define TC_GSP_MAX_POLICY   32			 /* policy names */
+#define TC_GSP_MAX_MSG	    1024		 /* error messages */
+#define TC_GSP_MAX_TABLE    ((uint32_t)16 << 20) /* encoded tensor table */
+#define TC_GSP_MAX_CHUNKS   ((uint32_t)1 << 24)	 /* 64 TiB at 4 MiB chunks */
+#define TC_GSP_MAX_REPL	    65536		 /* replicas in one REGISTER */
+#define TC_GSP_MAX_SOURCES  64			 /* sources in one reply */
+#define TC_GSP_MAX_HISTORY  1024		 /* key history entries */
+#define TC_GSP_MAX_TIER	    3			 /* tiers below */
+#define TC_GSP_MAX_GROUP    256			 /* group names */
+#define TC_GSP_MAX_RANKS    4096		 /* ranks in one group */
+#define TC_GSP_MAX_REASON   512			 /* an abort's reason */
+#define TC_GSP_MAX_WAIT_MS  600000		 /* GROUP_GET's wait_ms */
+#define TC_GSP_MAX_GROUP_MS 86400000		 /* a group's timeout_ms */
+#define TC_GSP_MIN_LEASE_MS 100			 /* a rank's lease_ms */
+#define TC_GSP_MAX_LEASE_MS 600000
+#define TC_GSP_NO_RANK	    0xffffffffu /* ABORT by an operator, not a rank */
 
 #define TC_GSP_REPLY 0x1u /* this frame answers req_id */
 
@@ -117,6 +125,67 @@ struct tc__gsp_source {
 	uint32_t uploads;  /* its uploads in flight, last heartbeat */
 };
 
+/*
+ * Group realization (GROUP_* messages, docs/cluster.md#groups): a group
+ * (name, ranks expected, timeout) is created; each rank joins it with its
+ * node and a lease it renews by joining again, then reports prepared;
+ * the store makes one decision, commit or abort, by compare-and-swap in
+ * its database transaction.  A group's state only moves open -> commit
+ * or open -> abort.
+ */
+enum tc_gsp_group_state {
+	TC_GSP_GSTATE_OPEN = 0,
+	TC_GSP_GSTATE_COMMIT = 1,
+	TC_GSP_GSTATE_ABORT = 2,
+};
+
+/* A GROUP_* request body, decoded.  Which fields a type carries:
+ *   CREATE  group, ranks, timeout_ms
+ *   JOIN    group, rank, node ("" = tied to no node), lease_ms
+ *   PREPARE group, rank, id (what the rank staged)
+ *   ABORT   group, rank (TC_GSP_NO_RANK: an operator), reason
+ *   GET     group, wait_ms (0: answer now; else when decided or after
+ *           wait_ms, whichever is first) */
+struct tc__gsp_group_req {
+	char group[TC_GSP_MAX_GROUP + 1];
+	uint32_t rank;
+	uint32_t ranks;
+	uint32_t timeout_ms;
+	uint32_t lease_ms;
+	uint32_t wait_ms;
+	char node[TC_GSP_MAX_NAME + 1];
+	char id[TC_GSP_MAX_ID + 1];
+	char reason[TC_GSP_MAX_REASON + 1];
+};
+
+/* One joined rank of a group record. */
+struct tc__gsp_member {
+	uint32_t rank;
+	char node[TC_GSP_MAX_NAME + 1]; /* "" = tied to no node */
+	uint32_t lease_ms;		/* its lease's length */
+	uint32_t lease_left_ms;		/* 0 once lapsed */
+	uint8_t prepared;		/* 1: reported prepared */
+	char id[TC_GSP_MAX_ID + 1];	/* what it staged, "" before */
+};
+
+/* A group as every GROUP_* reply carries it.  `members` (owned, tc__free
+ * through tc__gsp_group_release) lists the ranks that joined, by rank. */
+struct tc__gsp_group {
+	char name[TC_GSP_MAX_GROUP + 1];
+	uint32_t ranks;		   /* expected */
+	uint32_t timeout_ms;	   /* from creation to the deadline */
+	uint8_t state;		   /* enum tc_gsp_group_state */
+	uint64_t created_ms;	   /* wall clock, ms since the epoch */
+	uint64_t decided_ms;	   /* wall clock; 0 while open */
+	uint32_t deadline_left_ms; /* 0 once decided or past */
+	uint32_t nprepared;
+	int32_t by_rank; /* the rank an abort is about, or -1 */
+	char by_node[TC_GSP_MAX_NAME + 1];  /* its node, or "" */
+	char reason[TC_GSP_MAX_REASON + 1]; /* why it was decided */
+	uint32_t nmembers;
+	struct tc__gsp_member *members;
+};
+
 const char *tc__gsp_name(int type);
 const char *tc__gsp_tier_name(int tier);
 void tc__gsp_hdr_encode(const struct tc__gsp_hdr *h, uint8_t out[TC_GSP_HDR]);
@@ -159,6 +228,25 @@ void tc__gsp_artifact_release(struct tc__gsp_artifact *a);
 void tc__gsp_put_source(struct tc__buf *b, const struct tc__gsp_source *s);
 int tc__gsp_get_source(struct tc__cur *c, struct tc__gsp_source *s, char *err,
 		       size_t errlen);
+const char *tc__gsp_group_state_name(int state);
+/* Encode / decode the body of GROUP_* request `type` (checking every
+ * field's limit and range, and that the body is used up).  Decode returns
+ * 0, TC_EPROTO, TC_ELIMIT or TC_EINVAL (a value out of range) with `err`. */
+void tc__gsp_put_group_req(struct tc__buf *b, int type,
+			   const struct tc__gsp_group_req *r);
+int tc__gsp_get_group_req(struct tc__cur *c, int type,
+			  struct tc__gsp_group_req *r, char *err,
+			  size_t errlen);
+void tc__gsp_put_group(struct tc__buf *b, const struct tc__gsp_group *g);
+/* On failure `g` holds nothing to free. */
+int tc__gsp_get_group(struct tc__cur *c, struct tc__gsp_group *g, char *err,
+		      size_t errlen);
+void tc__gsp_group_release(struct tc__gsp_group *g);
+/* Free text (an abort's reason): printable ASCII and spaces, at most
+ * `max` bytes. */
+int tc__gsp_get_text(struct tc__cur *c, const char *field, char *dst,
+		     size_t max, char *err, size_t errlen);
+
 /* Bitmap bytes for n chunks. */
 static inline uint32_t tc__gsp_bitmap_len(uint32_t nchunks)
 {

@@ -345,6 +345,31 @@ int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
 	return 0;
 }
 
+int tc__gsc_group(struct tc__gsc *g, int type,
+		  const struct tc__gsp_group_req *q, struct tc__gsp_group *out)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	int saved = g->timeout_ms, ret;
+
+	memset(out, 0, sizeof(*out));
+	tc__gsp_put_group_req(&b, type, q);
+	if (type == TC_GSP_GROUP_GET && q->wait_ms)
+		g->timeout_ms = saved + (int)q->wait_ms;
+	ret = call_buf(g, type, &b, &r);
+	g->timeout_ms = saved;
+	if (ret < 0)
+		return ret;
+	ret = tc__gsp_get_group(&r, out, g->err, sizeof(g->err));
+	if (ret == 0)
+		ret = tc__gsp_end(&r, g->err, sizeof(g->err));
+	if (ret < 0) {
+		tc__gsp_group_release(out);
+		return bad_reply(g, tc__gsp_name(type));
+	}
+	return 0;
+}
+
 int tc__gsc_status(struct tc__gsc *g, char **json)
 {
 	struct tc__cur r;

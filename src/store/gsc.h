@@ -70,6 +70,15 @@ int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
 int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
 		    uint32_t max, char *id, uint64_t *gen,
 		    struct tc__gsp_source *src, uint32_t *nsrc);
+/* GROUP_CREATE / JOIN / PREPARE / ABORT / GET (`type`) with request `q`
+ * (proto/gsp.h says which fields each uses).  On success *out is the
+ * group's record (release with tc__gsp_group_release).  A GET with
+ * q->wait_ms > 0 blocks until the group is decided or wait_ms passed
+ * (the call's timeout is extended by wait_ms).  Returns 0 or the
+ * store's code with g->err (TC_ENOTFOUND, TC_ECONFLICT, TC_EINVAL,
+ * TC_ELIMIT, TC_EPROTO), or a connection error. */
+int tc__gsc_group(struct tc__gsc *g, int type,
+		  const struct tc__gsp_group_req *q, struct tc__gsp_group *out);
 /* STATUS: the JSON document (malloc'd, free()). */
 int tc__gsc_status(struct tc__gsc *g, char **json);
 

@@ -6,7 +6,8 @@ All prepared -> commit -> every rank holds its shard of the new version
 at the same addresses; one rank killed (SIGKILL) mid-stage -> the others see
 its liveness lease gone and abort at once, every surviving rank still holds the
 old version bit for bit; a rank that aborts explicitly stops the others at
-once; and the end-to-end harness in single-host mode (keep_last=2 over
+once; the same through the global store's groups across two nodes (a rank's
+lease, a node's lease); and the end-to-end harness in single-host mode (keep_last=2 over
 v1..v3, tp_world_size 2, group realization into bindings).
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ RANK = textwrap.dedent(r"""
     import os
     scope = os.environ.get("GR_SCOPE", "node")
     g = GroupRealization(os.environ.get("GR_GROUP", "grp"), rank, world, fake_gpu=True, scope=scope,
-                         global_address=os.environ.get("GR_GLOBAL"), cluster_secret_file=os.environ.get("GR_SECRET"))
+                         global_address=os.environ.get("GR_GLOBAL"), cluster_secret_file=os.environ.get("GR_SECRET"),
+                         rank_lease_s=float(os.environ.get("GR_LEASE", "3")))
     for line in sys.stdin:
         cmd = line.split()
         try:
@@ -65,6 +67,8 @@ RANK = textwrap.dedent(r"""
             elif cmd[0] == "acquire":
                 g.acquire(int(cmd[1]))
                 out = "ok"
+            elif cmd[0] == "outcome":
+                out = json.dumps(g.outcome(int(cmd[1])))
             elif cmd[0] == "check":
                 err = validate(views(g.binding), int(cmd[1]), rank)
                 out = json.dumps({"err": err, "version": g.version, "addr": g.binding.data_ptr})
@@ -173,55 +177,112 @@ def test_four_ranks_commit_abort_and_a_rank_killed_mid_stage(fake_daemon):
             r.close()
 
 
-def test_ranks_decide_through_the_global_store(fake_daemon, tmp_path):
-    """scope="cluster": the prepared reports and the decision are keys of
-    the global store, created by its compare-and-swap; the decision
-    survives a kill -9 of the store."""
+def test_ranks_decide_through_the_global_store(tmp_path):
+    """scope="cluster": each version is a group of the global store (a real
+    `tcast global` process), ranks on two nodes (two real daemons in the
+    cluster).  All prepared -> commit; a rank SIGKILLed mid-stage -> the
+    store aborts as soon as its lease lapses, and every waiting rank hears
+    which rank on which node; a node's daemon killed -> the store aborts
+    when the node's heartbeat lease expires; the decisions survive a
+    kill -9 of the store and a late rank cannot overturn them."""
     T = os.environ["TCAST_BIN"]
+    os.chmod(tmp_path, 0o700)
     secret = tmp_path / "secret"
     secret.write_text(os.urandom(32).hex())
     os.chmod(secret, 0o600)
     S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
-    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", *S], check=True, capture_output=True)
+    NODE_LEASE_MS, RANK_LEASE_S = 1500, 1.0
+    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", str(NODE_LEASE_MS), *S],
+                   check=True, capture_output=True)
+    daemons = {}
+    ranks = []
     try:
         addr = (tmp_path / "gs" / "global.addr").read_text().strip()
-        for v in (1, 2):
-            tcast.put(payload(v, W, 1 << 20, 3), key=f"m:v{v}")
-        env = {"GR_SCOPE": "cluster", "GR_GROUP": "cl", "GR_GLOBAL": addr, "GR_SECRET": str(secret)}
-        ranks = [Rank(fake_daemon.socket, r, **env) for r in range(W)]
-        try:
-            assert each(ranks, "stage 1") == ["staged"] * W
-            assert each(ranks, "wait 1 20") == ["commit"] * W
-            each(ranks, "acquire 1")
-            assert all(json.loads(x)["err"] is None for x in each(ranks, "check 1"))
-            # rank 3 dies mid-stage: the others time out and abort
-            ranks[3].send("stage 2 hang")
-            live = ranks[:3]
-            assert each(live, "stage 2") == ["staged"] * 3
-            ranks[3].p.kill()
-            assert each(live, "wait 2 2") == ["abort"] * 3
-            assert all(json.loads(x)["version"] == 1 and json.loads(x)["err"] is None for x in each(live, "check 1"))
-        finally:
-            for r in ranks:
-                r.close()
 
-        def resolve(key):
-            p = subprocess.run([T, "--json", "global", "resolve", key, *S], capture_output=True, text=True)
-            return json.loads(p.stdout)
+        def gs(*args):
+            p = subprocess.run([T, "--json", "global", *args, *S], capture_output=True, text=True)
+            return json.loads(p.stdout.splitlines()[-1])
 
-        assert resolve("tcast.group/cl/v1/decision")["id"] == "tcast-group:commit"
-        assert resolve("tcast.group/cl/v2/decision")["id"] == "tcast-group:abort"
-        assert "error" in resolve("tcast.group/cl/v2/rank3")  # never prepared
-        # the store acknowledged the decisions only once committed: a kill -9 keeps them
+        for n in ("a", "b"):
+            (tmp_path / n).mkdir(mode=0o700)
+            daemons[n] = Daemon(tmp_path / n, "1GiB", env={"TCAST_CUDA_LIB": str(FAKE)},
+                                args=["--set", f"global={addr}", "--set", f"cluster_secret_file={secret}",
+                                      "--set", f"node_name=node-{n}"])
+        deadline = time.monotonic() + 20
+        while gs("status").get("nodes_live") != 2:
+            assert time.monotonic() < deadline, gs("status")
+            time.sleep(0.1)
+        for d in daemons.values():
+            tcast.shutdown()
+            tcast.init(address=d.socket)
+            for v in (1, 2, 3):
+                tcast.put(payload(v, W, 1 << 20, 3), key=f"m:v{v}")
+        tcast.shutdown()
+        env = {"GR_SCOPE": "cluster", "GR_GROUP": "cl", "GR_GLOBAL": addr, "GR_SECRET": str(secret),
+               "GR_LEASE": str(RANK_LEASE_S)}
+        home = ["a", "a", "b", "b"]  # ranks 0, 1 on node-a; 2, 3 on node-b
+        ranks = [Rank(daemons[home[r]].socket, r, **env) for r in range(W)]
+
+        # v1: all prepared -> commit -> all switch
+        assert each(ranks, "stage 1") == ["staged"] * W
+        assert each(ranks, "wait 1 20") == ["commit"] * W
+        each(ranks, "acquire 1")
+        assert all(json.loads(x)["err"] is None for x in each(ranks, "check 1"))
+        rec = gs("group", "status", "cl/v1")
+        assert rec["state"] == "commit" and rec["prepared"] == W and rec["reason"] == "all 4 ranks prepared"
+        assert sorted((m["rank"], m["node"]) for m in rec["members"]) == [
+            (0, "node-a"), (1, "node-a"), (2, "node-b"), (3, "node-b")]
+
+        # v2: rank 1 dies mid-stage -> abort once its lease lapses, long
+        # before the group's deadline and the ranks' 30 s waits
+        ranks[1].send("stage 2 hang")
+        live = [ranks[i] for i in (0, 2, 3)]
+        assert each(live, "stage 2") == ["staged"] * 3
+        ranks[1].p.kill()
+        ranks[1].p.wait()
+        t0 = time.monotonic()
+        assert each(live, "wait 2 30") == ["abort"] * 3
+        assert time.monotonic() - t0 < RANK_LEASE_S + 4
+        for x in each(live, "outcome 2"):  # every rank hears who and why
+            o = json.loads(x)
+            assert o["by_rank"] == 1 and o["by_node"] == "node-a", o
+            assert "rank 1 on node 'node-a': lease not renewed" in o["reason"], o
+        assert all(x.startswith("error GroupAborted") and "lease not renewed" in x for x in each(live, "acquire 2"))
+        assert all(json.loads(x)["version"] == 1 and json.loads(x)["err"] is None for x in each(live, "check 1"))
+
+        # v3: node-b's daemon is killed while rank 3 (on it) stages -> abort
+        # when node-b's heartbeat lease expires, naming the node
+        ranks[1] = Rank(daemons["a"].socket, 1, **env)
+        ranks[3].send("stage 3 hang")
+        assert each(ranks[:3], "stage 3") == ["staged"] * 3
+        daemons["b"].proc.kill()
+        daemons["b"].proc.wait()
+        t0 = time.monotonic()
+        assert each(ranks[:3], "wait 3 30") == ["abort"] * 3
+        assert time.monotonic() - t0 < NODE_LEASE_MS / 1000 + 4
+        o = json.loads(ranks[0].cmd("outcome 3"))
+        assert o["by_node"] == "node-b" and o["by_rank"] in (2, 3), o
+        assert "node 'node-b' lease expired" in o["reason"], o
+        assert all(json.loads(x)["version"] == 1 and json.loads(x)["err"] is None for x in each(ranks[:1], "check 1"))
+    finally:
+        for r in ranks:
+            r.close()
+        for d in daemons.values():
+            d.stop()
+    try:
+        # the store acknowledged each decision only once committed: a
+        # kill -9 keeps them, reasons included
         pid = int((tmp_path / "gs" / "global.pid").read_text())
         os.kill(pid, 9)
         subprocess.run([T, "global", "start", "--listen", addr, *S], check=True, capture_output=True)
-        assert resolve("tcast.group/cl/v2/decision")["id"] == "tcast-group:abort"
+        assert gs("group", "status", "cl/v1")["state"] == "commit"
+        o = gs("group", "status", "cl/v2")
+        assert o["state"] == "abort" and o["by_rank"] == 1 and "lease not renewed" in o["reason"]
         # a late rank cannot overturn a decision
-        p = subprocess.run([T, "global", "key-set", "tcast.group/cl/v2/decision", "tcast-group:commit", "--expect",
-                            "0", "--global", addr, "--cluster-secret-file", str(secret)], capture_output=True,
-                           text=True)
-        assert p.returncode != 0 and "TC_ECONFLICT" in p.stderr
+        p = subprocess.run([T, "global", "group", "prepare", "cl/v2", "--rank", "1", "--id", "x", *S],
+                           capture_output=True, text=True)
+        assert p.returncode == 1 and "TC_ECONFLICT" in p.stderr and "was aborted" in p.stderr, p.stderr
+        assert gs("group", "abort", "cl/v1", "--reason", "too late")["state"] == "commit"
     finally:
         subprocess.run([T, "global", "stop", *S[:2]], capture_output=True)
 

@@ -20,11 +20,16 @@ its live binding (same addresses; ``acquire``), so an abort leaves every
 rank on the old version, bit for bit.
 
 The prepared reports and the decision are keys of the node's daemon
-(``scope="node"``: the ranks of one server), or of the global store
-(``scope="cluster"``: ranks on several nodes; the keys are created by the
-store's compare-and-swap through ``tcast global key-set`` and read with
-``tcast global resolve``, so every rank needs the cluster secret; a rank's
-death is then seen through the timeout only).
+(``scope="node"``: the ranks of one server).  With ``scope="cluster"``
+(ranks on several nodes) they are a group of the global store instead
+(``tcast global group``, docs/cluster.md#groups): the group is created
+with its ranks and a deadline, each rank joins it with its node and a
+lease that a small helper process (``tcast global group hold``) renews
+while this process lives, reports prepared, and the store decides commit
+or abort by one compare-and-swap in its database transaction.  It aborts
+the group at once when a member's lease is not renewed (the rank's
+process died) or its node's heartbeat lease expires (the node's daemon
+died), and every waiting rank hears why (which rank, which node).
 """
 from __future__ import annotations
 
@@ -61,12 +66,18 @@ class GroupAborted(errors.TcastError):
 class GroupRealization:
     def __init__(self, group: str, rank: int, world_size: int, *, device: str = "cuda:0",
                  fake_gpu: bool = False, poll_s: float = 0.05, scope: str = "node",
-                 global_address: Optional[str] = None, cluster_secret_file: Optional[str] = None):
+                 global_address: Optional[str] = None, cluster_secret_file: Optional[str] = None,
+                 node: Optional[str] = None, rank_lease_s: float = 3.0, group_timeout_s: float = 300.0):
         """``scope="node"``: the group's keys live in this node's daemon
-        (ranks of one server).  ``scope="cluster"``: they live in the global
-        store at ``global_address`` (ranks on several nodes; needs the
-        cluster secret), created by its compare-and-swap, which it
-        acknowledges only once committed to its database."""
+        (ranks of one server).  ``scope="cluster"``: the group lives in the
+        global store at ``global_address`` (ranks on several nodes; needs
+        the cluster secret): each version is a group ``<group>/v<version>``
+        whose decision the store makes in its database transaction.  There
+        a rank's membership is tied to ``node`` (default: the node name of
+        this process's daemon, when it is in the cluster) and to a lease of
+        ``rank_lease_s`` renewed while this process lives; the store aborts
+        the version when either lapses, or ``group_timeout_s`` after it was
+        created."""
         if scope not in ("node", "cluster"):
             raise errors.InvalidArgumentError(f"scope must be 'node' or 'cluster', not {scope!r}")
         if scope == "cluster" and not (global_address and cluster_secret_file):
@@ -84,6 +95,19 @@ class GroupRealization:
         self._staged: Dict[int, str] = {}
         self._markers: Dict[str, str] = {}
         self._alive = self._announce() if scope == "node" else None
+        self.rank_lease_s, self.group_timeout_s = rank_lease_s, group_timeout_s
+        self._node = node if node is not None else (self._daemon_node() if scope == "cluster" else "")
+        self._holders: Dict[int, Any] = {}
+        self.outcomes: Dict[int, Dict[str, Any]] = {}  # cluster: the store's record per version
+
+    @staticmethod
+    def _daemon_node() -> str:
+        """This process's daemon's node name in the cluster ("" if none)."""
+        try:
+            cl = tc.status().get("cluster") or {}
+        except errors.TcastError:
+            return ""
+        return str(cl.get("node") or "")
 
     def _announce(self) -> Any:
         """This rank's liveness: an artifact unique to this process that
@@ -126,57 +150,121 @@ class GroupRealization:
         return f"{_PREFIX}{self.group}/v{version}/{what}"
 
     def _marker_id(self, decision: str) -> str:
-        if self.scope == "cluster":
-            return f"tcast-group:{decision}"  # global keys may name any id
         if decision not in self._markers:
             self._markers[decision] = _marker(decision)
         return self._markers[decision]
 
     def _get(self, key: str) -> Optional[str]:
         """The id ``key`` names, None when it does not exist."""
-        if self.scope == "node":
-            try:
-                return tc.key_info(key).artifact_id
-            except errors.NotFoundError:
-                return None
-        p = self._global("resolve", key, "--max", "1")
-        if p is None:
+        try:
+            return tc.key_info(key).artifact_id
+        except errors.NotFoundError:
             return None
-        return p["id"]
 
     def _create(self, key: str, aid: str) -> None:
         """Create ``key`` naming ``aid``; ConflictError if it exists."""
-        if self.scope == "node":
-            tc.set_key(key, aid, expect_generation=0)
-        else:
-            self._global("key-set", key, aid, "--expect", "0")
+        tc.set_key(key, aid, expect_generation=0)
 
-    def _global(self, verb: str, *args: str) -> Optional[Dict[str, Any]]:
-        """`tcast global VERB` against the global store: its JSON, None for
-        a key that does not exist, the mapped error otherwise."""
+    # ------------------------------------------------- cluster: the store
+
+    def _gid(self, version: int) -> str:
+        return f"{self.group}/v{version}"
+
+    def _group(self, sub: str, version: int, *args: str) -> Optional[Dict[str, Any]]:
+        """`tcast global group SUB <group>/v<version> ARGS`: the group's
+        record, None for a group that does not exist (yet)."""
         import json
         import subprocess
 
         from tcast import _cli
 
         addr, secret = self._gs
-        p = subprocess.run([_cli.binary() or "tcast", "--json", "global", verb, *args, "--global", str(addr),
-                            "--cluster-secret-file", str(secret)], capture_output=True, text=True,
-                           stdin=subprocess.DEVNULL)
+        wait = 0.0
+        if "--wait-ms" in args:
+            wait = int(args[args.index("--wait-ms") + 1]) / 1000
+        p = subprocess.run([_cli.binary() or "tcast", "--json", "global", "group", sub, self._gid(version), *args,
+                            "--global", str(addr), "--cluster-secret-file", str(secret)], capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL, timeout=wait + 60)
         try:
-            doc = json.loads(p.stdout)
+            doc = json.loads(p.stdout.splitlines()[-1] if p.stdout.strip() else "")
         except ValueError:
-            raise errors.error_from_code(-5, f"tcast global {verb} gave no report: {p.stderr.strip()[:300]}") \
+            raise errors.error_from_code(-5, f"tcast global group {sub} gave no report: {p.stderr.strip()[:300]}") \
                 from None
-        if p.returncode == 0:
+        if p.returncode == 0 and "error" not in doc:
+            self._record(version, doc)
             return doc
         err = doc.get("error", {})
         code = int(err.get("errno", -4014))
-        if code == -4000 and verb == "resolve":
+        if code == -4000 and sub == "status":
             return None
-        raise errors.error_from_code(code, err.get("message", f"tcast global {verb} failed"))
+        raise errors.error_from_code(code, err.get("message", f"tcast global group {sub} failed"))
+
+    def _record(self, version: int, doc: Dict[str, Any]) -> None:
+        if doc.get("state") in (COMMIT, ABORT):
+            self.outcomes[version] = doc
+            self._release(version)
+
+    def _hold(self, version: int) -> None:
+        """Create the version's group (every rank may: same shape, same
+        group), join it with this rank's node and lease, and keep the lease
+        renewed by a helper process for as long as this process lives (its
+        stdin is our pipe: when we die it stops and the lease runs out)."""
+        import json
+        import subprocess
+
+        from tcast import _cli
+
+        if version in self._holders:
+            return
+        addr, secret = self._gs
+        argv = [_cli.binary() or "tcast", "--json", "global", "group", "hold", self._gid(version),
+                "--rank", str(self.rank), "--ranks", str(self.world_size),
+                "--timeout-ms", str(max(1, int(self.group_timeout_s * 1000))),
+                "--rank-lease-ms", str(max(100, int(self.rank_lease_s * 1000))),
+                "--global", str(addr), "--cluster-secret-file", str(secret)]
+        if self._node:
+            argv += ["--node", self._node]
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+        line = p.stdout.readline() if p.stdout else ""
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            p.kill()
+            p.wait()
+            raise errors.error_from_code(-5, f"tcast global group hold gave no report (exit {p.poll()})") from None
+        if "error" in doc:
+            p.wait()
+            err = doc["error"]
+            raise errors.error_from_code(int(err.get("errno", -4014)), err.get("message", "group hold failed"))
+        self._holders[version] = p
+        self._record(version, doc)
+
+    def _release(self, version: int) -> None:
+        """Stop renewing this rank's lease (the group is decided, or we
+        are done with it)."""
+        p = self._holders.pop(version, None)
+        if p is None:
+            return
+        try:
+            p.stdin.close()
+            p.wait(10)
+        except Exception:  # noqa: BLE001 - never let cleanup mask a result
+            p.kill()
+            p.wait()
+
+    def outcome(self, version: int) -> Optional[Dict[str, Any]]:
+        """The group's record (``scope="cluster"``): state, reason, the
+        rank and node an abort is about (``by_rank``, ``by_node``),
+        members with their nodes and leases; None before it exists."""
+        if self.scope != "cluster":
+            raise errors.InvalidArgumentError("outcome() is for scope='cluster'")
+        return self.outcomes.get(version) or self._group("status", version)
 
     def decision(self, version: int) -> Optional[str]:
+        if self.scope == "cluster":
+            rec = self.outcomes.get(version) or self._group("status", version)
+            return rec["state"] if rec and rec["state"] != "open" else None
         aid = self._get(self._k(version, "decision"))
         if aid is None:
             return None
@@ -199,7 +287,8 @@ class GroupRealization:
     def prepared(self, version: int) -> List[int]:
         """The ranks that reported prepared for ``version``."""
         if self.scope == "cluster":
-            return [r for r in range(self.world_size) if self._get(self._k(version, f"rank{r}")) is not None]
+            rec = self._group("status", version)
+            return sorted(m["rank"] for m in (rec or {}).get("members", []) if m["prepared"])
         pre = self._k(version, "rank")
         out = []
         for k in tc.keys():
@@ -217,6 +306,8 @@ class GroupRealization:
         daemon, without touching the live binding), then report prepared.
         Returns the staged artifact id.  A failure aborts the group's
         version and raises."""
+        if self.scope == "cluster":
+            self._hold(version)  # a member from now on: its death aborts
         try:
             a = tc.artifact(ref)
             staged = view(a).kept_id() if view is not None else a.artifact_id
@@ -226,7 +317,10 @@ class GroupRealization:
             self.abort(version, f"rank {self.rank} could not stage {ref}: {e}")
             raise
         self._staged[version] = staged
-        self._create(self._k(version, f"rank{self.rank}"), staged)
+        if self.scope == "cluster":
+            self._group("prepare", version, "--rank", str(self.rank), "--id", staged)
+        else:
+            self._create(self._k(version, f"rank{self.rank}"), staged)
         return staged
 
     def wait(self, version: int, timeout_s: float = 60.0) -> str:
@@ -234,6 +328,8 @@ class GroupRealization:
         be the one that decides), "abort" when a rank aborted, or on this
         rank's timeout (which then aborts for everyone)."""
         deadline = time.monotonic() + timeout_s
+        if self.scope == "cluster":
+            return self._wait_cluster(version, deadline, timeout_s)
         while True:
             d = self.decision(version)
             if d is not None:
@@ -249,7 +345,30 @@ class GroupRealization:
                 return self._decide(version, ABORT) if missing else self._decide(version, COMMIT)
             time.sleep(self.poll_s)
 
+    def _wait_cluster(self, version: int, deadline: float, timeout_s: float) -> str:
+        """The store answers a waiting status the moment it decides."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.abort(version, f"rank {self.rank} timed out waiting after {timeout_s:g} s")
+            rec = self._group("status", version, "--wait-ms", str(max(1, min(int(left * 1000), 600000))))
+            if rec is None:  # no rank created it yet
+                time.sleep(self.poll_s)
+            elif rec["state"] != "open":
+                return rec["state"]
+
     def abort(self, version: int, reason: str = "") -> str:
+        """Abort ``version`` for every rank unless it was decided already;
+        returns the decision that stands."""
+        if self.scope == "cluster":
+            try:
+                rec = self._group("abort", version, "--rank", str(self.rank), "--reason", reason or "no reason given")
+            except errors.NotFoundError:  # nobody created it: create it to abort it
+                self._group("create", version, "--ranks", str(self.world_size),
+                            "--timeout-ms", str(max(1, int(self.group_timeout_s * 1000))))
+                rec = self._group("abort", version, "--rank", str(self.rank), "--reason", reason or "no reason given")
+            assert rec is not None
+            return rec["state"]
         return self._decide(version, ABORT)
 
     def acquire(self, version: int) -> Any:
@@ -257,8 +376,11 @@ class GroupRealization:
         the first version); only after a commit.  Returns the binding."""
         d = self.decision(version)
         if d != COMMIT:
-            raise GroupAborted(f"group {self.group} v{version} is {d or 'undecided'}: rank {self.rank} stays on "
-                               f"version {self.version}")
+            why = ""
+            if self.scope == "cluster" and version in self.outcomes:
+                why = f" ({self.outcomes[version].get('reason')})"
+            raise GroupAborted(f"group {self.group} v{version} is {d or 'undecided'}{why}: rank {self.rank} stays "
+                               f"on version {self.version}")
         staged = self._staged.pop(version)
         if self.binding is None:
             self.binding = self._bind(staged)
@@ -269,8 +391,10 @@ class GroupRealization:
 
     def cleanup(self, version: int) -> None:
         """Drop the group's keys for ``version`` (after every rank acted;
-        node scope: the global store keeps its keys, append-only)."""
+        cluster scope: stop renewing this rank's lease; the store keeps
+        the decided group's record for an hour)."""
         if self.scope != "node":
+            self._release(version)
             return
         for k in tc.keys():
             if k.key.startswith(self._k(version, "")):
