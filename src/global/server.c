@@ -126,6 +126,7 @@ struct gconn {
 	int fd;
 	char addr[TC_TCP_ADDRSTR];
 	bool authed, closing, in_turn;
+	bool last_word; /* closing after a protocol error: try to send why */
 	struct tc__auth auth;
 	uint8_t *in;
 	size_t in_cap, in_off, in_len;
@@ -1769,6 +1770,7 @@ static void conn_frames(struct gconn *c)
 				reply_err(c, &h, ret, err);
 			turn_add(c);
 			conn_close(c, NULL);
+			c->last_word = true;
 			break;
 		}
 		if (c->in_len - c->in_off < TC_GSP_HDR + (size_t)h.body_len)
@@ -1794,6 +1796,7 @@ static void conn_frames(struct gconn *c)
 					   "protocol error from %s in %s: %s",
 					   c->addr, tc__gsp_name(h.type), err);
 				conn_close(c, NULL);
+				c->last_word = true;
 			}
 		} else {
 			tc__gsp_finish(&c->out, off);
@@ -1873,6 +1876,18 @@ static void conn_flush(struct gconn *c)
 	} else if (c->out.len - c->out_off > OUT_MAX) {
 		conn_close(c, "client does not read its replies");
 	}
+}
+
+/* A client whose request was malformed is dropped, but first told why
+ * (its replies up to the error, which name the field): one send that
+ * never blocks, whatever it manages. */
+static void last_word(struct gconn *c)
+{
+	if (c->out.len > c->out_off &&
+	    send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
+		 MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+		tc__log(TC_LOG_DEBUG, "told %s why it is dropped", c->addr);
+	c->last_word = false;
 }
 
 static void on_conn_io(struct tc__ev *ev, int fd, void *arg, int mask)
@@ -1990,8 +2005,10 @@ static void before_sleep(struct tc__ev *ev, void *arg)
 			tc__log(TC_LOG_ERROR,
 				"commit failed: dropping this turn's "
 				"connections so that their clients retry");
-			for (c = gs->turn; c; c = c->turn_next)
+			for (c = gs->turn; c; c = c->turn_next) {
 				conn_close(c, "commit failed");
+				c->last_word = false;
+			}
 		}
 		if (tc__failpoint("gs.crash_after_commit", ""))
 			_exit(99);
@@ -2001,6 +2018,8 @@ static void before_sleep(struct tc__ev *ev, void *arg)
 		c->in_turn = false;
 		c->turn_next = NULL;
 		conn_flush(c);
+		if (c->closing && c->last_word)
+			last_word(c);
 		/* frames left over from a busy turn run in the next one */
 		if (!c->closing && c->authed &&
 		    c->in_len - c->in_off >= TC_GSP_HDR &&

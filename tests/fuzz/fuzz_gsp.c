@@ -4,7 +4,8 @@
  * The input is read as a stream of frames, as the global store and its
  * clients read it: each header is decoded and validated, and each body
  * that fits is fed to every record decoder (node, replica, artifact,
- * source, key and name fields, a REGISTER body with its replica list).
+ * source, key and name fields, a REGISTER body with its replica list,
+ * every GROUP_* request body and the group record of their replies).
  * Nothing may read past the body, allocate from an unchecked count or
  * leak what it built.
  */
@@ -21,6 +22,7 @@ static void decode_body(const uint8_t *p, size_t n)
 	struct tc__gsp_replica r;
 	struct tc__gsp_artifact a;
 	struct tc__gsp_source s;
+	struct tc__gsp_group g;
 	struct tc__cur c;
 	char err[256], key[TC_GSP_MAX_KEY + 1];
 	uint32_t cnt;
@@ -52,6 +54,23 @@ static void decode_body(const uint8_t *p, size_t n)
 	tc__cur_init(&c, p, n);
 	while (tc__gsp_get_key(&c, key, err, sizeof(err)) == 0)
 		;
+	for (int t = TC_GSP_GROUP_CREATE; t <= TC_GSP_GROUP_GET; t++) {
+		struct tc__gsp_group_req q;
+
+		tc__cur_init(&c, p, n);
+		tc__gsp_get_group_req(&c, t, &q, err, sizeof(err));
+	}
+	tc__cur_init(&c, p, n);
+	if (tc__gsp_get_group(&c, &g, err, sizeof(err)) == 0) {
+		/* what a decoded record says must hold */
+		if (g.nmembers > g.ranks || g.nprepared > g.ranks ||
+		    (g.nmembers && !g.members))
+			abort();
+		for (uint32_t i = 0; i < g.nmembers; i++)
+			if (g.members[i].rank >= g.ranks)
+				abort();
+		tc__gsp_group_release(&g);
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

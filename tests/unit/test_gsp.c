@@ -265,6 +265,187 @@ static void test_gsp__source(void **state)
 	tc__buf_release(&b);
 }
 
+static void test_gsp__group_req(void **state)
+{
+	static const int types[] = { TC_GSP_GROUP_CREATE, TC_GSP_GROUP_JOIN,
+				     TC_GSP_GROUP_PREPARE, TC_GSP_GROUP_ABORT,
+				     TC_GSP_GROUP_GET };
+	struct tc__gsp_group_req q = { .group = "serve/v12",
+				       .rank = 3,
+				       .ranks = 4,
+				       .timeout_ms = 30000,
+				       .lease_ms = 1500,
+				       .wait_ms = 250,
+				       .node = "node-a",
+				       .id = "tc2:ab",
+				       .reason =
+					       "rank 3 could not stage: out of "
+					       "memory" },
+				 o;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256];
+
+	for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++) {
+		b.len = 0;
+		tc__gsp_put_group_req(&b, types[t], &q);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, types[t], &o, err,
+						       sizeof(err)),
+				 0);
+		assert_string_equal(o.group, "serve/v12");
+		/* every truncation is refused, and so are trailing bytes */
+		for (size_t i = 0; i < b.len; i++) {
+			tc__cur_init(&c, b.data, i);
+			assert_true(tc__gsp_get_group_req(&c, types[t], &o, err,
+							  sizeof(err)) < 0);
+		}
+		tc__buf_put_u8(&b, 0);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, types[t], &o, err,
+						       sizeof(err)),
+				 TC_EPROTO);
+	}
+	b.len = 0;
+	tc__gsp_put_group_req(&b, TC_GSP_GROUP_JOIN, &q);
+	tc__cur_init(&c, b.data, b.len);
+	tc__gsp_get_group_req(&c, TC_GSP_GROUP_JOIN, &o, err, sizeof(err));
+	assert_int_equal(o.rank, 3);
+	assert_string_equal(o.node, "node-a");
+	assert_int_equal(o.lease_ms, 1500);
+	b.len = 0;
+	tc__gsp_put_group_req(&b, TC_GSP_GROUP_ABORT, &q);
+	tc__cur_init(&c, b.data, b.len);
+	tc__gsp_get_group_req(&c, TC_GSP_GROUP_ABORT, &o, err, sizeof(err));
+	assert_string_equal(o.reason, q.reason);
+	/* values out of range: their own code, naming the field */
+	{
+		struct tc__gsp_group_req bad = q;
+
+		bad.ranks = 0;
+		b.len = 0;
+		tc__gsp_put_group_req(&b, TC_GSP_GROUP_CREATE, &bad);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_GROUP_CREATE,
+						       &o, err, sizeof(err)),
+				 TC_EINVAL);
+		assert_non_null(strstr(err, "ranks"));
+		bad = q;
+		bad.lease_ms = 99;
+		b.len = 0;
+		tc__gsp_put_group_req(&b, TC_GSP_GROUP_JOIN, &bad);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_GROUP_JOIN,
+						       &o, err, sizeof(err)),
+				 TC_EINVAL);
+		bad = q;
+		bad.rank = TC_GSP_MAX_RANKS;
+		b.len = 0;
+		tc__gsp_put_group_req(&b, TC_GSP_GROUP_ABORT, &bad);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_GROUP_ABORT,
+						       &o, err, sizeof(err)),
+				 TC_EINVAL);
+		bad.rank = TC_GSP_NO_RANK; /* an operator's abort */
+		b.len = 0;
+		tc__gsp_put_group_req(&b, TC_GSP_GROUP_ABORT, &bad);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_GROUP_ABORT,
+						       &o, err, sizeof(err)),
+				 0);
+		bad = q;
+		snprintf(bad.reason, sizeof(bad.reason), "two\nlines");
+		b.len = 0;
+		tc__gsp_put_group_req(&b, TC_GSP_GROUP_ABORT, &bad);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_GROUP_ABORT,
+						       &o, err, sizeof(err)),
+				 TC_EPROTO);
+		bad = q;
+		snprintf(bad.group, sizeof(bad.group), "a group");
+		b.len = 0;
+		tc__gsp_put_group_req(&b, TC_GSP_GROUP_GET, &bad);
+		tc__cur_init(&c, b.data, b.len);
+		assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_GROUP_GET, &o,
+						       err, sizeof(err)),
+				 TC_EPROTO);
+	}
+	/* not a group message */
+	b.len = 0;
+	tc__gsp_put_group_req(&b, TC_GSP_GROUP_GET, &q);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_group_req(&c, TC_GSP_KEY_SET, &o, err,
+					       sizeof(err)),
+			 TC_EPROTO);
+	tc__buf_release(&b);
+}
+
+static void test_gsp__group(void **state)
+{
+	struct tc__gsp_member m[2] = {
+		{ 0, "node-a", 1500, 1200, 1, "tc2:ab" },
+		{ 2, "", 3000, 0, 0, "" },
+	};
+	struct tc__gsp_group g = { .name = "serve/v12",
+				   .ranks = 4,
+				   .timeout_ms = 60000,
+				   .state = TC_GSP_GSTATE_ABORT,
+				   .created_ms = 1796000000000ull,
+				   .decided_ms = 1796000001000ull,
+				   .nprepared = 1,
+				   .by_rank = 2,
+				   .reason = "rank 2: lease not renewed for "
+					     "3000 ms",
+				   .nmembers = 2,
+				   .members = m },
+			     o;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256];
+
+	tc__gsp_put_group(&b, &g);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_group(&c, &o, err, sizeof(err)), 0);
+	assert_int_equal(tc__gsp_end(&c, err, sizeof(err)), 0);
+	assert_string_equal(o.name, "serve/v12");
+	assert_int_equal(o.state, TC_GSP_GSTATE_ABORT);
+	assert_int_equal(o.by_rank, 2);
+	assert_string_equal(o.reason, g.reason);
+	assert_int_equal(o.nmembers, 2);
+	assert_string_equal(o.members[0].node, "node-a");
+	assert_int_equal(o.members[1].rank, 2);
+	tc__gsp_group_release(&o);
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_true(tc__gsp_get_group(&c, &o, err, sizeof(err)) < 0);
+		assert_null(o.members); /* nothing left to free */
+	}
+	/* more members than ranks, a member's rank past the ranks, a state
+	 * that does not exist */
+	g.ranks = 1;
+	g.nprepared = 0;
+	b.len = 0;
+	tc__gsp_put_group(&b, &g);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_group(&c, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	g.ranks = 2;
+	b.len = 0;
+	tc__gsp_put_group(&b, &g);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_group(&c, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	assert_null(o.members);
+	g.ranks = 4;
+	g.state = 3;
+	b.len = 0;
+	tc__gsp_put_group(&b, &g);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_group(&c, &o, err, sizeof(err)),
+			 TC_EPROTO);
+	tc__buf_release(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -274,6 +455,8 @@ int main(void)
 		cmocka_unit_test(test_gsp__artifact),
 		cmocka_unit_test(test_gsp__key),
 		cmocka_unit_test(test_gsp__source),
+		cmocka_unit_test(test_gsp__group_req),
+		cmocka_unit_test(test_gsp__group),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
