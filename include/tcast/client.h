@@ -262,6 +262,10 @@ enum tc_source {
 /* What served a tc_realize call (tc_realize_info.served). */
 #define TC_SERVED_LOCAL 1 /* attached a replica the daemon already held */
 #define TC_SERVED_DISK	2 /* imported from the disk path, then attached */
+#define TC_SERVED_SHARED_DISK                                                \
+	3 /* the daemon loaded it from its shared-disk tier for this call (a \
+	     durable artifact not in memory), then attached: gpu_direct says \
+	     it went straight to the GPU replica */
 
 #define TC_REALIZE_SOURCE (1u << 0) /* source */
 #define TC_REALIZE_DEVICE (1u << 1) /* device */
@@ -285,8 +289,9 @@ struct tc_realize_info {
 				ordinal, or -1: host memory (a GPU was asked
 				for and fallback_reason says why not) */
 	uint32_t imported;   /* 1: `import` describes the import made */
-	uint32_t gpu_direct; /* 1: imported straight to the GPU by the
-				daemon's loader (no host copy) */
+	uint32_t gpu_direct; /* 1: imported (or, served TC_SERVED_SHARED_DISK,
+				loaded from the shared disk) straight to the
+				GPU by the daemon's loader (no host copy) */
 	struct tc_result import;
 	uint64_t import_ns;	   /* wall time of the import, this side */
 	uint64_t attach_ns;	   /* wall time of the attach, this side */

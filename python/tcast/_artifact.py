@@ -219,9 +219,13 @@ class ImportResult:
 class Diagnostics:
     """What served a tensor_dict call, and how fast.
 
-    source: "local" (attached the daemon's replica) or "disk" (imported
+    source: "local" (attached the daemon's replica), "disk" (imported
     from disk_path, then attached; ``deduplicated`` says the daemon already
-    held identical content).  bytes / seconds / gbps cover the whole call
+    held identical content) or "shared_disk" (a durable artifact the daemon
+    held on its shared disk only, loaded for this call); on a GPU, e.g.
+    "shared disk, straight to the GPU replica (cuda:0)" when the daemon's
+    loader read it into the GPU replica with no host copy.  bytes / seconds
+    / gbps cover the whole call
     (import, attach, views and any device copy); zero_copy is False only
     when tensors were copied to another device.
     """
@@ -1157,7 +1161,8 @@ class Artifact:
             self.last_import = imp
         reason = info.fallback_reason.decode(errors="replace") or None
         return h.value, {  # type: ignore[return-value]
-            "source": "disk" if info.served == _native.TC_SERVED_DISK else "local",
+            "source": {_native.TC_SERVED_DISK: "disk", _native.TC_SERVED_SHARED_DISK: "shared_disk"}.get(
+                info.served, "local"),
             "import": imp,
             "fallback_reason": reason,
             "attach_seconds": info.attach_ns / 1e9,
@@ -1406,8 +1411,9 @@ class Artifact:
                 lib.tc_artifact_close(h)
         imp: Optional[ImportResult] = info["import"]
         if info["device"] >= 0:
-            src = (f"disk, straight to the GPU replica ({dev})" if info["gpu_direct"]
-                   else f"{'local' if info['source'] == 'local' else info['source'] + ', then'} GPU replica ({dev})")
+            where = "shared disk" if info["source"] == "shared_disk" else info["source"]
+            src = (f"{where}, straight to the GPU replica ({dev})" if info["gpu_direct"]
+                   else f"{'local' if where == 'local' else where + ', then'} GPU replica ({dev})")
         else:
             src = info["source"]
         diag = Diagnostics(

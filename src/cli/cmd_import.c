@@ -15,14 +15,17 @@ int cmd_import(int argc, char **argv)
 	static const char *const policies[] = { "cache",   "warm", "pinned",
 						"durable", "ha",   "cold",
 						NULL };
+	/* By TC_PERSIST_* value. */
+	static const char *const persist_names[] = { "memory", "durable",
+						     "pending" };
 	struct tc_opts o = { 0 };
 	struct tc_result r;
 	const char *path = NULL, *v;
 	bool opts = true;
-	char b1[32], b2[48];
+	char b1[32], b2[48], degraded[512];
 	tc_client *c;
 	uint64_t gen;
-	int rc, m;
+	int rc, m, persist;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -80,13 +83,18 @@ int cmd_import(int argc, char **argv)
 		tc_client_close(c);
 		return rc;
 	}
+	persist = tc_last_persistence(c, degraded, sizeof(degraded));
 	if (cli.json) {
 		cli_put_json(json_pack(
-			"{s:s, s:I, s:I, s:f, s:b, s:I}", "id", r.id, "bytes",
-			(json_int_t)r.bytes, "tensors", (json_int_t)r.ntensors,
-			"seconds", (double)r.nanoseconds / 1e9, "deduplicated",
+			"{s:s, s:I, s:I, s:f, s:b, s:I, s:s, s:s}", "id", r.id,
+			"bytes", (json_int_t)r.bytes, "tensors",
+			(json_int_t)r.ntensors, "seconds",
+			(double)r.nanoseconds / 1e9, "deduplicated",
 			r.deduplicated, "key_generation",
-			(json_int_t)r.key_generation));
+			(json_int_t)r.key_generation, "persistence",
+			persist_names[persist >= 0 && persist <= 2 ? persist :
+								     0],
+			"degraded", degraded));
 	} else {
 		puts(cli_esc(r.id));
 		fflush(stdout);
@@ -99,6 +107,12 @@ int cmd_import(int argc, char **argv)
 			fprintf(stderr, "; key '%s' at generation %llu",
 				cli_esc(o.key),
 				(unsigned long long)r.key_generation);
+		if (persist == TC_PERSIST_DURABLE)
+			fprintf(stderr, "; durable on the shared disk");
+		else if (persist == TC_PERSIST_PENDING)
+			fprintf(stderr, "; being written to the shared disk");
+		if (degraded[0])
+			fprintf(stderr, " (degraded: %s)", cli_esc(degraded));
 		fputc('\n', stderr);
 	}
 	tc_client_close(c);

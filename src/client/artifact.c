@@ -32,7 +32,13 @@ struct tc_artifact {
 	struct tc__gpu_mem gmem;       /* owned when device >= 0 */
 	char uuid[TC_GPU_UUID_STRLEN]; /* the GPU's UUID when device >= 0 */
 	uint64_t binding;	       /* a BIND handle, or 0 */
+	uint32_t origin;	       /* TC_ORIGIN_* of the attach reply */
 };
+
+uint32_t tc__artifact_origin(const tc_artifact *a)
+{
+	return a->origin;
+}
 
 /* Tell the daemon one lease is gone (fire and forget: a DLPack deleter
  * must never block on a reply, and a dead daemon dropped it already). */
@@ -116,6 +122,9 @@ TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
 	rc = read_table(c, &rep, a, "malformed ATTACH table");
 	if (rc < 0)
 		goto out_free;
+	/* Optional: daemons before it end the reply at the table. */
+	if (tc__cur_read_u32(&rep.body, &a->origin) < 0)
+		a->origin = TC_ORIGIN_HELD;
 	/* No MAP_POPULATE: attaching costs the same for 16 MiB and 4 GiB;
 	 * pages are mapped as they are first read. */
 	p = mmap(NULL, a->map_size, PROT_READ, MAP_SHARED, rep.fds[0], 0);
@@ -216,6 +225,9 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	rc = read_table(c, &rep, a, "malformed tensor table");
 	if (rc < 0)
 		goto out_free;
+	if (type != TC_MSG_ATTACH_GPU ||
+	    tc__cur_read_u32(&rep.body, &a->origin) < 0)
+		a->origin = TC_ORIGIN_HELD;
 	/* Read-only: the mapping refuses device writes (it catches bugs;
 	 * the fd would allow a read-write import). */
 	rc = tc__gpu_import(device, rep.fds[0], a->map_size, TC_GPU_READ_ONLY,

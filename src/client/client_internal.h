@@ -38,4 +38,9 @@ int tc__client_read_result(tc_client *c, struct reply *rep,
  * the message in tc_client_errmsg(c). */
 int tc__client_export_fd(tc_client *c, const char *ref, int fd);
 
+/* How the daemon came to hold what `a` maps for the attach that made it
+ * (TC_ORIGIN_* of proto.h: TC_ORIGIN_HELD unless it was loaded from the
+ * shared disk for that request). */
+uint32_t tc__artifact_origin(const tc_artifact *a);
+
 #endif /* TC_CLIENT_INTERNAL_H */

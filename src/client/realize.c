@@ -98,6 +98,13 @@ static int attach(tc_client *c, const char *ref, int32_t dev, tc_artifact **out,
 		   "no replica on GPU %d (%.300s); attached the host copy",
 		   (int)dev, first);
 out:
+	/* The daemon had it on its shared disk only and loaded it for this
+	 * call: that, not a replica in memory, is what served. */
+	if (rc == 0 && tc__artifact_origin(*out) != TC_ORIGIN_HELD) {
+		info->served = TC_SERVED_SHARED_DISK;
+		info->gpu_direct = tc__artifact_origin(*out) ==
+				   TC_ORIGIN_SHARED_GPU;
+	}
 	info->attach_ns += now_ns() - t0;
 	return rc;
 }

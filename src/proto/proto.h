@@ -57,6 +57,17 @@
 #define TC_PERSIST_DURABLE 1 /* on the shared disk and in the metadata */
 #define TC_PERSIST_PENDING 2 /* being written (TC_RF_NOWAIT) */
 
+/* ATTACH and ATTACH_GPU replies end with an optional u32 origin: how the
+ * replica the reply hands out came to be for this request.  Clients read
+ * it when present (daemons before it end the reply at the table). */
+#define TC_ORIGIN_HELD 0 /* in memory already (or filled from it) */
+#define TC_ORIGIN_SHARED_HOST                      \
+	1 /* loaded from the shared disk into host \
+	     memory for this request */
+#define TC_ORIGIN_SHARED_GPU                      \
+	2 /* loaded from the shared disk straight \
+	     into this GPU replica (no host copy) */
+
 /* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
 #define TC_GPU_ANY_DEVICE 0xffffffffu
 

@@ -312,6 +312,7 @@ static int bind_start(struct conn *c, struct req *r, struct binding *bd,
 int on_bind(struct conn *c, struct req *r)
 {
 	char ref[TC_PROTO_MAX_STR], uuid[TC_PROTO_MAX_STR];
+	uint8_t raw[TC_GPU_UUID_BYTES];
 	struct binding *bd;
 	struct tc__obj *o;
 	uint32_t flags;
@@ -324,17 +325,22 @@ int on_bind(struct conn *c, struct req *r)
 	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0 ||
 	    (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
-	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
-	if (!o)
-		return rc;
-	bd = tc__calloc(1, sizeof(*bd));
-	if (!bd)
-		return -ENOMEM;
-	if (tc__gpu_uuid_parse(uuid, bd->uuid) < 0) {
-		tc__free(bd);
+	if (tc__gpu_uuid_parse(uuid, raw) < 0) {
 		snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'", uuid);
 		return TC_EINVAL;
 	}
+	/* A durable artifact on the shared disk only loads straight to a
+	 * replica on this GPU first; the binding is then filled from it
+	 * device to device. */
+	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
+	if (!o)
+		return tc__srv_durable_miss(c, r, ref, rc, raw);
+	if (tc__srv_durable_lacks(c->srv, o, raw))
+		return tc__srv_durable_miss(c, r, o->id, TC_ENOTFOUND, raw);
+	bd = tc__calloc(1, sizeof(*bd));
+	if (!bd)
+		return -ENOMEM;
+	memcpy(bd->uuid, raw, sizeof(raw));
 	tc__gpu_mem_init(&bd->mem);
 	tc__buf_init(&bd->layout);
 	tc__proto_put_layout(&bd->layout, &o->table);
@@ -376,7 +382,10 @@ int on_swap(struct conn *c, struct req *r)
 	}
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return rc;
+		return tc__srv_durable_miss(c, r, ref, rc, bd->uuid);
+	if (tc__srv_durable_lacks(c->srv, o, bd->uuid))
+		return tc__srv_durable_miss(c, r, o->id, TC_ENOTFOUND,
+					    bd->uuid);
 	tc__proto_put_layout(&lay, &o->table);
 	same = !lay.oom && lay.len == bd->layout.len &&
 	       !memcmp(lay.data, bd->layout.data, lay.len);

@@ -148,6 +148,7 @@ void tc__srv_conn_process(struct conn *c)
 			     r.h.body_len);
 		c->in_off += TC_FRAME_HDR + r.h.body_len;
 		r.t0_ns = tc__now_ns();
+		r.origin = TC_ORIGIN_HELD;
 		rc = tc__srv_dispatch(c, &r);
 		for (int i = 0; i < r.nfds; i++)
 			if (r.fds[i] >= 0)

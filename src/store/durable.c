@@ -19,7 +19,9 @@
 #include "common/map.h"
 #include "durable.h"
 #include "format/format.h"
+#include "gpu_tier.h"
 #include "xfer/loader.h"
+#include "xfer/xfer.h"
 #include "net/ev.h"
 #include "shm.h"
 #include "tcast/errors.h"
@@ -35,6 +37,11 @@ struct tc__durable {
 	uint64_t cold_ttl_ns; /* cold: host copy kept this long */
 	uint64_t written, write_failures, restores, restore_failures, expired,
 		cold_dropped;
+	uint64_t restores_gpu;	      /* of restores, straight to a GPU */
+	uint64_t restored_host_bytes; /* read from the shared disk into host
+					 memory */
+	uint64_t restored_gpu_bytes;  /* read from the shared disk straight
+					 into GPU replicas */
 };
 
 struct tc__restore {
@@ -49,6 +56,16 @@ struct tc__restore {
 	struct tc__obj *o;
 	struct tc__digest *chunks;
 	uint64_t charged;
+	/* Straight to a GPU (to.to_gpu): the loader fills gmem, which the
+	 * tier adopts as the artifact's replica on gdev; no host copy. */
+	struct tc__restore_to to;
+	int gdev;		 /* the daemon's ordinal, once charged */
+	uint64_t gcharged;	 /* bytes charged to that GPU's budget */
+	struct tc__gpu_mem gmem; /* the allocation while the load owns it */
+	bool copying;		 /* counted in tc__gpu_tier_copy_begin */
+	uint32_t open_waits;	 /* phase 1 runs while the tier opens */
+	struct tc__gpu_load_stats gstats;
+	uint64_t t0_ns;
 	struct waiter {
 		tc__durable_done_fn *fn;
 		void *arg;
@@ -467,8 +484,16 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 		r->d->restore_failures++;
 	else
 		r->d->restores++;
+	if (r->copying)
+		tc__gpu_tier_copy_end(r->to.tier);
+	/* A failed GPU load gives its allocation and charge back before the
+	 * waiters run (one of them may start another). */
+	if (r->gcharged) {
+		tc__gpu_release(&r->gmem);
+		tc__gpu_tier_unreserve(r->to.tier, r->gdev, r->gcharged);
+	}
 	for (uint32_t i = 0; i < r->nw; i++)
-		r->w[i].fn(r->w[i].arg, o, r->rc, r->err);
+		r->w[i].fn(r->w[i].arg, o, r->rc, r->err, r->to.to_gpu);
 	if (r->charged)
 		tc__objs_unreserve(r->objs, r->charged);
 	tc__source_free(r->src);
@@ -478,11 +503,52 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 	tc__free(r);
 }
 
+/* Worker, to a GPU: the data file straight into gmem through the GPU
+ * loader, then the id and the manifest's check from the chunk digests it
+ * computed (on the GPU where the kernels run). */
+static void restore_run_gpu(struct tc__restore *r, uint64_t n)
+{
+	struct tc__gpu_load_opts lo = { .nthreads = r->io_threads,
+					.depth = 2,
+					.direct = -1,
+					.stage_chunks = 1,
+					.io = r->to.io_engine };
+	struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
+			      .files = r->src,
+			      .to = TC_XFER_TO_GPU,
+			      .gpu_dst = &r->gmem,
+			      .ordinal = r->gdev,
+			      .alloc_bytes = r->gcharged,
+			      .nthreads = r->io_threads,
+			      .load = &lo,
+			      .chunks = r->chunks };
+
+	r->rc = tc__xfer_run(&x, r->err, sizeof(r->err));
+	r->gstats = x.stats;
+	if (r->rc < 0)
+		return;
+	r->o->table = r->src->table;
+	tc__table_init(&r->src->table);
+	r->rc = tc__obj_finish(r->o, r->chunks, n);
+	if (r->rc == 0)
+		r->rc = tc__native_check(r->src, r->chunks, n, r->o->id, r->err,
+					 sizeof(r->err));
+}
+
+/* How long a GPU restore waits for a driver load another request began
+ * (TC_EBUSY from the tier), in steps of OPEN_WAIT_US. */
+#define OPEN_WAIT_US	2000
+#define OPEN_WAIT_STEPS 5000
+
 static void restore_run(struct tc__job *job)
 {
 	struct tc__restore *r = (struct tc__restore *)job;
 	uint64_t n;
 
+	if (r->phase == 1 && r->open_waits) {
+		usleep(OPEN_WAIT_US);
+		return;
+	}
 	if (r->phase == 1) {
 		char path[PATH_MAX + 80];
 
@@ -497,12 +563,20 @@ static void restore_run(struct tc__job *job)
 				 r->o->id);
 			r->rc = TC_EDIGEST;
 		}
+		/* The driver is loaded here, off the loop (sticky: a no-op
+		 * once loaded). */
+		if (r->rc == 0 && r->to.to_gpu)
+			r->rc = tc__gpu_init(r->err, sizeof(r->err));
 		return;
 	}
 	n = tc__chunk_count(r->src->table.total_bytes);
 	r->chunks = tc__calloc(n ? n : 1, sizeof(*r->chunks));
 	if (!r->chunks) {
 		r->rc = -ENOMEM;
+		return;
+	}
+	if (r->to.to_gpu) {
+		restore_run_gpu(r, n);
 		return;
 	}
 	r->rc = tc__shm_map_rw(r->o->shm);
@@ -526,13 +600,98 @@ static void restore_run(struct tc__job *job)
 					 sizeof(r->err));
 }
 
+/* Loop, after phase 1 of a GPU restore: the tier open, the GPU's budget
+ * charged (evicting unleased replicas), then phase 2.  Returns 0 when the
+ * job was submitted again (phase 1 to wait for the tier, or phase 2). */
+static int restore_gpu_charge(struct tc__restore *r)
+{
+	int rc = tc__gpu_tier_open_now(r->to.tier, r->err, sizeof(r->err));
+
+	if (rc == TC_EBUSY && r->open_waits < OPEN_WAIT_STEPS) {
+		/* Another request is loading the driver: wait for it. */
+		r->open_waits++;
+		r->err[0] = '\0';
+		tc__jobs_submit(r->pool, &r->job);
+		return 0;
+	}
+	if (rc == 0)
+		rc = tc__gpu_tier_reserve_new(r->to.tier, r->to.uuid,
+					      r->src->table.total_bytes,
+					      &r->gdev, &r->gcharged, r->err,
+					      sizeof(r->err));
+	if (rc < 0)
+		return rc;
+	tc__gpu_mem_init(&r->gmem);
+	tc__gpu_tier_copy_begin(r->to.tier);
+	r->copying = true;
+	r->phase = 2;
+	tc__jobs_submit(r->pool, &r->job);
+	return 0;
+}
+
+/* Loop, a GPU restore done: the artifact goes into the table with no host
+ * copy and its replica on that GPU. */
+static void restore_done_gpu(struct tc__restore *r)
+{
+	const struct tc__gpu_load_stats *st = &r->gstats;
+	double secs = (double)(tc__now_ns() - r->t0_ns) / 1e9;
+	struct tc__obj *o = r->o;
+	int gdev = r->gdev;
+	char why[96] = "";
+
+	tc__gpu_tier_copy_end(r->to.tier);
+	r->copying = false;
+	r->o->mem_bytes = 0; /* charged to the GPU, not host memory */
+	if (tc__objs_insert(r->objs, r->o, &o) < 0) {
+		r->rc = -ENOMEM;
+		snprintf(r->err, sizeof(r->err), "out of memory");
+		restore_finish(r, NULL);
+		return;
+	}
+	r->o = NULL;
+	/* The allocation and its charge are the replica's from here (or
+	 * given back when the same content is on that GPU already). */
+	tc__gpu_tier_adopt(r->to.tier, o, gdev, &r->gmem, r->gcharged,
+			   st->seconds);
+	r->gcharged = 0;
+	/* Adopting fails when the same content has a replica there already
+	 * (kept, ready or filling: the request uses it), or on OOM. */
+	if (!o->gpu || !o->gpu->rep[gdev]) {
+		r->rc = -ENOMEM;
+		snprintf(r->err, sizeof(r->err),
+			 "out of memory adopting the GPU replica of %s", o->id);
+		restore_finish(r, NULL);
+		return;
+	}
+	r->d->restores_gpu++;
+	r->d->restored_gpu_bytes += st->bytes;
+	if (st->uring_errno)
+		snprintf(why, sizeof(why), " (io_uring unavailable: %s)",
+			 strerror(st->uring_errno));
+	tc__log(TC_LOG_INFO,
+		"loaded %s from the shared disk, straight to the GPU replica "
+		"on GPU %d: %llu bytes in %.3f s (loader %.2f GB/s), read with "
+		"%s%s, %llu bytes with O_DIRECT, chunk digests checked against "
+		"the manifest (hashed on the %s)",
+		o->id, gdev, (unsigned long long)o->table.total_bytes, secs,
+		st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0.0,
+		st->uring_bytes ? "io_uring" : "pread", why,
+		(unsigned long long)st->direct_bytes,
+		st->gpu_hash ? "GPU" : "host");
+	restore_finish(r, o);
+}
+
 static void restore_done(struct tc__job *job)
 {
 	struct tc__restore *r = (struct tc__restore *)job;
 	struct tc__obj *o;
 	uint64_t bytes, extra;
 
-	if (r->rc == 0 && r->phase == 1) {
+	if (r->rc == 0 && r->phase == 1 && r->to.to_gpu) {
+		r->rc = restore_gpu_charge(r);
+		if (r->rc == 0)
+			return;
+	} else if (r->rc == 0 && r->phase == 1) {
 		bytes = tc__shm_round(r->src->table.total_bytes);
 		extra = tc__table_cost(&r->src->table);
 		r->rc = tc__objs_reserve(r->objs, bytes + extra,
@@ -558,15 +717,21 @@ static void restore_done(struct tc__job *job)
 		}
 	}
 	if (r->rc < 0) {
-		tc__log(TC_LOG_ERROR, "cannot load %s from the shared disk: %s",
-			r->o->id, r->err);
+		tc__log(TC_LOG_ERROR,
+			"cannot load %s from the shared disk%s: %s", r->o->id,
+			r->to.to_gpu ? " straight to a GPU replica" : "",
+			r->err[0] ? r->err : tc_strerror(r->rc));
 		restore_finish(r, NULL);
 		return;
 	}
 	r->o->policy = r->a ? r->a->policy : TC_POLICY_DURABLE;
-	r->o->load_seconds = 0;
+	r->o->load_seconds = (double)(tc__now_ns() - r->t0_ns) / 1e9;
 	snprintf(r->o->source, sizeof(r->o->source), "disk:%s/%s", r->d->root,
 		 r->o->id + strlen(TC_ID_PREFIX));
+	if (r->to.to_gpu) {
+		restore_done_gpu(r);
+		return;
+	}
 	o = r->o;
 	if (tc__objs_insert(r->objs, r->o, &o) < 0) {
 		r->rc = -ENOMEM;
@@ -576,15 +741,20 @@ static void restore_done(struct tc__job *job)
 	}
 	r->o = NULL;
 	r->charged = 0;
-	tc__log(TC_LOG_INFO, "loaded %s from the shared disk (%llu bytes)",
-		o->id, (unsigned long long)o->table.total_bytes);
+	r->d->restored_host_bytes += o->table.total_bytes;
+	tc__log(TC_LOG_INFO,
+		"loaded %s from the shared disk into host memory (%llu bytes "
+		"in %.3f s)",
+		o->id, (unsigned long long)o->table.total_bytes,
+		o->load_seconds);
 	restore_finish(r, o);
 }
 
 int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
 			struct tc__objs *objs, struct tc__jobs *pool,
-			int io_threads, tc__durable_done_fn *done, void *arg,
-			char *err, size_t errlen)
+			int io_threads, const struct tc__restore_to *to,
+			tc__durable_done_fn *done, void *arg, char *err,
+			size_t errlen)
 {
 	struct tc__restore *r = a->restore;
 	struct waiter *w;
@@ -608,6 +778,11 @@ int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
 		r->phase = 1;
 		r->pool = pool;
 		r->io_threads = io_threads;
+		if (to)
+			r->to = *to;
+		r->gdev = -1;
+		tc__gpu_mem_init(&r->gmem);
+		r->t0_ns = tc__now_ns();
 		r->job.run = restore_run;
 		r->job.done = restore_done;
 		a->restore = r;
@@ -686,7 +861,7 @@ json_t *tc__durable_status_json(struct tc__durable *d)
 	if (!d)
 		return json_null();
 	return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-			 "s:I}",
+			 "s:I, s:I, s:I, s:I}",
 			 "shared_disk", d->root, "state",
 			 d->rootfd >= 0 ? "ok" : "unavailable", "error",
 			 d->disk_err, "artifacts", (json_int_t)d->arts.count,
@@ -696,7 +871,11 @@ json_t *tc__durable_status_json(struct tc__durable *d)
 			 (json_int_t)d->restores, "restore_failures",
 			 (json_int_t)d->restore_failures, "expired",
 			 (json_int_t)d->expired, "cold_dropped",
-			 (json_int_t)d->cold_dropped);
+			 (json_int_t)d->cold_dropped, "restores_gpu",
+			 (json_int_t)d->restores_gpu, "restored_host_bytes",
+			 (json_int_t)d->restored_host_bytes,
+			 "restored_gpu_bytes",
+			 (json_int_t)d->restored_gpu_bytes);
 }
 
 const char *tc__durable_degraded(enum tc__policy p)

@@ -28,6 +28,7 @@
 
 #include "common/hash.h"
 #include "config.h"
+#include "gpu/vmm.h"
 #include "xfer/jobs.h"
 #include "mdb.h"
 #include "obj.h"
@@ -101,17 +102,34 @@ void tc__durable_key_changed(struct tc__durable *d, struct tc__objs *objs,
 			     const char *key);
 void tc__durable_key_removed(struct tc__durable *d, const char *key);
 
-/* Load a durable artifact's bytes from its disk copy into host memory,
- * checking every chunk digest.  done(arg, o, rc, err) runs on the loop
- * with the inserted artifact (or NULL and rc < 0); requests for an
- * artifact being loaded join the running load.  Returns 0 (done will
- * run) or a negative code with err set (done will not run). */
+/* Where a restore puts the bytes.  Host memory (to_gpu false): a sealed
+ * memfd, the artifact's host replica.  A GPU (to_gpu): straight from the
+ * data file into a new replica on the GPU with `uuid`, through the GPU
+ * loader (pinned staging, the chunks hashed on the GPU where the kernels
+ * run); no host copy is made. */
+struct tc__gpu_tier;
+struct tc__restore_to {
+	bool to_gpu;
+	struct tc__gpu_tier *tier;	 /* to_gpu: the daemon's GPU tier */
+	uint8_t uuid[TC_GPU_UUID_BYTES]; /* to_gpu: which GPU */
+	int io_engine;			 /* to_gpu: enum tc__io_engine */
+};
+
+/* Load a durable artifact's bytes from its disk copy into host memory or
+ * straight to a GPU replica (`to`; NULL: host memory), checking every
+ * chunk digest against the manifest.  done(arg, o, rc, err, to_gpu) runs
+ * on the loop with the inserted artifact (or NULL and rc < 0), to_gpu
+ * saying where the load that ran put the bytes; requests for an artifact
+ * being loaded join the running load, wherever it loads to (a request
+ * that needs the other place runs again and starts its own).  Returns 0
+ * (done will run) or a negative code with err set (done will not run). */
 typedef void tc__durable_done_fn(void *arg, struct tc__obj *o, int rc,
-				 const char *err);
+				 const char *err, bool to_gpu);
 int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
 			struct tc__objs *objs, struct tc__jobs *pool,
-			int io_threads, tc__durable_done_fn *done, void *arg,
-			char *err, size_t errlen);
+			int io_threads, const struct tc__restore_to *to,
+			tc__durable_done_fn *done, void *arg, char *err,
+			size_t errlen);
 
 /* Once a second: artifacts whose TTL passed go (memory, disk, record);
  * cold artifacts' host copies unused for cold_ttl_ms are dropped (the

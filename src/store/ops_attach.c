@@ -116,7 +116,11 @@ int on_attach(struct conn *c, struct req *r)
 		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return tc__srv_durable_miss(c, r, ref, rc);
+		return tc__srv_durable_miss(c, r, ref, rc, NULL);
+	/* Held on a GPU only (loaded there from the shared disk): the host
+	 * copy comes from the disk too. */
+	if (tc__srv_durable_lacks(c->srv, o, NULL))
+		return tc__srv_durable_miss(c, r, o->id, TC_ENOTFOUND, NULL);
 	if (!o->shm) {
 		snprintf(c->err, sizeof(c->err),
 			 "'%s' is held on a GPU only (it was imported straight "
@@ -132,6 +136,7 @@ int on_attach(struct conn *c, struct req *r)
 			 tc__now_ns() - r->t0_ns);
 	off = tc__srv_reply_begin(c, r);
 	tc__buf_put(&c->out, o->attach_body.data, o->attach_body.len);
+	tc__buf_put_u32(&c->out, r->origin);
 	if (tc__srv_reply_fds(c, off, &o->shm->ro_fd, 1, false) < 0) {
 		/* The lease would be held with no reply to release it. */
 		c->out.len = off;
@@ -191,6 +196,7 @@ static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
 	tc__buf_put_u64(&c->out, rep->mem.size);
 	tc__buf_put_str(&c->out, rep->dev->info.uuid_str);
 	tc__proto_put_table(&c->out, &o->table);
+	tc__buf_put_u32(&c->out, r->origin);
 	if (tc__srv_reply_fds(c, off, &rep->mem.fd, 1, false) < 0) {
 		/* Drop the half-built frame with the lease. */
 		c->out.len = off;
@@ -259,9 +265,15 @@ int on_attach_gpu(struct conn *c, struct req *r)
 			 "ATTACH_GPU names no device (no ordinal, no UUID)");
 		return TC_EINVAL;
 	}
+	/* A durable artifact that is not in memory, or held without a host
+	 * copy and not on this GPU, loads from the shared disk straight to
+	 * a replica here (the GPU loader), never through host memory. */
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return tc__srv_durable_miss(c, r, ref, rc);
+		return tc__srv_durable_miss(c, r, ref, rc,
+					    uuid_s[0] ? uuid : NULL);
+	if (uuid_s[0] && tc__srv_durable_lacks(c->srv, o, uuid))
+		return tc__srv_durable_miss(c, r, o->id, TC_ENOTFOUND, uuid);
 	w = tc__calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;

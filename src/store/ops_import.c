@@ -173,6 +173,63 @@ static int open_client_shards(struct import_job *j)
 	return rc;
 }
 
+/* Phase 2 straight to a GPU: the loader fills a new allocation.  With a
+ * durable policy it also writes the shared-disk copy from the bytes it
+ * reads (the artifact will have no host copy to write from), committed
+ * under the id once the digests are known. */
+static void import_run_gpu(struct import_job *j, uint64_t n)
+{
+	struct persist_req *p = &j->persist;
+	struct tc__native_tmp tmp;
+	struct tc__gpu_load_opts lo = { .nthreads = j->io_threads,
+					.depth = 2,
+					.direct = -1,
+					.stage_chunks = 1,
+					.io = j->io_engine };
+	struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
+			      .files = j->src,
+			      .to = TC_XFER_TO_GPU,
+			      .gpu_dst = &j->gmem,
+			      .ordinal = j->gpu_dev,
+			      .alloc_bytes = j->gpu_charged,
+			      .nthreads = j->io_threads,
+			      .load = &lo,
+			      .chunks = j->chunks,
+			      .prog = &j->prog };
+
+	if (p->tee) {
+		/* A disk that cannot take the copy fails the import before
+		 * anything is read (posix_fallocate: ENOSPC at once). */
+		j->rc = tc__native_begin(p->dirfd, p->root,
+					 j->src->table.total_bytes, &tmp,
+					 j->err, sizeof(j->err));
+		if (j->rc < 0)
+			return;
+		lo.tee = &tmp;
+	}
+	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
+	j->gpu_stats = x.stats;
+	if (j->rc == 0) {
+		j->gpu_seconds = x.stats.seconds;
+		j->o->table = j->src->table;
+		tc__table_init(&j->src->table);
+		j->rc = tc__obj_finish(j->o, j->chunks, n);
+	}
+	/* A native folder's bytes must hash to its manifest's. */
+	if (j->rc == 0)
+		j->rc = tc__native_check(j->src, j->chunks, n, j->o->id, j->err,
+					 sizeof(j->err));
+	if (!p->tee)
+		return;
+	if (j->rc < 0) {
+		tc__native_abort(&tmp);
+		return;
+	}
+	p->rc = tc__native_commit(&tmp, p->root, j->o->id, &j->o->table,
+				  j->chunks, n, 0, p->err, sizeof(p->err));
+	p->written = true;
+}
+
 static void import_run(struct tc__job *job)
 {
 	struct import_job *j = (struct import_job *)job;
@@ -216,34 +273,7 @@ static void import_run(struct tc__job *job)
 		return;
 	}
 	if (j->gpu) {
-		struct tc__gpu_load_opts lo = { .nthreads = j->io_threads,
-						.depth = 2,
-						.direct = -1,
-						.stage_chunks = 1,
-						.io = j->io_engine };
-		struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
-				      .files = j->src,
-				      .to = TC_XFER_TO_GPU,
-				      .gpu_dst = &j->gmem,
-				      .ordinal = j->gpu_dev,
-				      .alloc_bytes = j->gpu_charged,
-				      .nthreads = j->io_threads,
-				      .load = &lo,
-				      .chunks = j->chunks,
-				      .prog = &j->prog };
-
-		j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
-		j->gpu_stats = x.stats;
-		if (j->rc < 0)
-			return;
-		j->gpu_seconds = x.stats.seconds;
-		j->o->table = j->src->table;
-		tc__table_init(&j->src->table);
-		j->rc = tc__obj_finish(j->o, j->chunks, n);
-		/* A native folder's bytes must hash to its manifest's. */
-		if (j->rc == 0)
-			j->rc = tc__native_check(j->src, j->chunks, n, j->o->id,
-						 j->err, sizeof(j->err));
+		import_run_gpu(j, n);
 		return;
 	}
 	j->rc = tc__shm_map_rw(j->o->shm);
@@ -445,13 +475,16 @@ static void import_done(struct tc__job *job)
 				 strerror(st->uring_errno));
 		tc__log(TC_LOG_INFO,
 			"'%s' to GPU %d: %.2f GB/s, read with %s%s, %llu bytes "
-			"with O_DIRECT",
+			"with O_DIRECT%s",
 			j->display, j->gpu_dev,
 			st->seconds > 0 ?
 				(double)st->bytes / st->seconds / 1e9 :
 				0.0,
 			st->uring_bytes ? "io_uring" : "pread", why,
-			(unsigned long long)st->direct_bytes);
+			(unsigned long long)st->direct_bytes,
+			st->tee_bytes ? ", the shared-disk copy written from "
+					"the same read" :
+					"");
 	}
 	struct import_reply a = { j, o, ns, dedup };
 

@@ -83,6 +83,10 @@ struct persist_req {
 	char root[PATH_MAX + 8]; /* its name, for messages */
 	int rc;			 /* the write's result */
 	char err[512];		 /* and its message */
+	bool tee;		 /* an import straight to a GPU: the loader
+				    writes the copy from the same read (the
+				    artifact has no host copy to write from
+				    after), always before the reply */
 };
 
 /* A put between CREATE and SEAL: the artifact is not visible yet. */
@@ -194,6 +198,10 @@ struct req {
 	struct tc__cur body;
 	int fds[TC_PROTO_MAX_FDS];
 	int nfds;
+	uint32_t origin; /* TC_ORIGIN_*: set when the request runs again
+			    after its artifact was loaded from the shared
+			    disk for it (ATTACH and ATTACH_GPU replies say
+			    so); 0 otherwise */
 };
 
 /* ---- request handlers (ops_*.c, binding.c) -------------------------- */
@@ -342,9 +350,17 @@ void tc__srv_put_durability(struct conn *c, const struct persist_req *p,
 			    const struct tc__obj *o);
 /* A handler's lookup of `ref` failed with rc: when ref is a durable
  * artifact on disk only, load it and run the request again (returns 0:
- * the reply comes then); else rc. */
-int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref,
-			 int rc);
+ * the reply comes then); else rc.  `gpu_uuid` NULL: into host memory;
+ * else straight from the data file to a replica on that GPU (GPU
+ * requests: ATTACH_GPU, BIND, SWAP), no host copy made. */
+int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
+			 const uint8_t *gpu_uuid);
+/* o is in memory but lacks what a request needs, and the shared disk has
+ * it: no host copy (gpu_uuid NULL: a host request), or neither a host
+ * copy nor a replica on that GPU.  Then the request goes to
+ * tc__srv_durable_miss with o's id. */
+bool tc__srv_durable_lacks(struct server *s, const struct tc__obj *o,
+			   const uint8_t *gpu_uuid);
 /* RM with TC_RM_* flags: memory, key, record and disk copy. */
 int tc__srv_durable_rm(struct conn *c, const char *ref, uint32_t flags);
 void tc__srv_durable_tick(struct server *s, uint64_t now_ms);

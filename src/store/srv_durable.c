@@ -53,16 +53,16 @@ int tc__srv_persist_prepare(struct conn *c, struct persist_req *p,
 	rc = tc__durable_check(d, pol, c->err, sizeof(c->err));
 	if (rc < 0)
 		return rc;
-	if (flags & TC_RF_GPU) {
-		snprintf(c->err, sizeof(c->err),
-			 "policy '%s' writes the host copy to the shared "
-			 "disk; an import straight to a GPU has none (import "
-			 "it for host memory, then attach it on the GPU)",
-			 tc__policy_name(pol));
-		return TC_EPOLICY;
-	}
 	p->on = true;
 	p->wait = !(flags & TC_RF_NOWAIT);
+	if (flags & TC_RF_GPU) {
+		/* Straight to a GPU there is no host copy to write from
+		 * after the reply: the loader writes the disk copy from
+		 * the bytes it reads, so the write ends with the load and
+		 * the import is durable when it replies, NOWAIT or not. */
+		p->tee = true;
+		p->wait = true;
+	}
 	p->dirfd = tc__durable_dirfd(d);
 	snprintf(p->root, sizeof(p->root), "%s", tc__durable_root(d));
 	return 0;
@@ -225,12 +225,13 @@ void tc__srv_put_durability(struct conn *c, const struct persist_req *p,
 
 /* ------------------------------------------------ requests that wait */
 
-/* A request for an artifact whose bytes are on the shared disk only: it
- * runs again, whole, once they are loaded. */
+/* A request for an artifact whose bytes are on the shared disk only (or
+ * not where it needs them): it runs again, whole, once they are loaded. */
 struct retry {
 	struct conn *c;
 	struct req r;
-	uint8_t *body; /* owned copy */
+	uint8_t *body;	 /* owned copy */
+	uint32_t origin; /* TC_ORIGIN_* of the load that ran */
 };
 
 /* Run the request again, whole: its handler finds the artifact now. */
@@ -241,24 +242,38 @@ static int rerun(struct conn *c, const struct req *r, void *arg)
 
 	tc__cur_init(&again.body, w->body, r->h.body_len);
 	again.nfds = 0;
+	again.origin = w->origin;
 	tc__srv_dispatch(c, &again);
 	return 0;
 }
 
-static void retry_done(void *arg, struct tc__obj *o, int rc, const char *err)
+static void retry_done(void *arg, struct tc__obj *o, int rc, const char *err,
+		       bool to_gpu)
 {
 	struct retry *w = arg;
 
-	if (rc == 0)
+	if (rc == 0 && o->shm)
 		tc__gpu_tier_host_added(w->c->srv->gpu, o);
+	w->origin = to_gpu ? TC_ORIGIN_SHARED_GPU : TC_ORIGIN_SHARED_HOST;
 	tc__srv_finish(w->c, &w->r, rc, err, rerun, w);
 	tc__free(w->body);
 	tc__free(w);
 }
 
-int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc)
+bool tc__srv_durable_lacks(struct server *s, const struct tc__obj *o,
+			   const uint8_t *gpu_uuid)
+{
+	if (o->shm || !tc__durable_has(s->durable, o->id))
+		return false;
+	return !gpu_uuid ||
+	       !tc__gpu_tier_find(s->gpu, (struct tc__obj *)o, gpu_uuid);
+}
+
+int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
+			 const uint8_t *gpu_uuid)
 {
 	struct server *s = c->srv;
+	struct tc__restore_to to = { 0 };
 	struct tc__dart *a;
 	struct retry *w;
 	size_t used = r->h.body_len - r->body.left;
@@ -276,9 +291,17 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc)
 	memcpy(w->body, r->body.p - used, r->h.body_len);
 	w->c = c;
 	w->r = *r;
+	if (gpu_uuid) {
+		/* A GPU request: the data file straight into a replica on
+		 * that GPU through the loader, not through host memory. */
+		to.to_gpu = true;
+		to.tier = s->gpu;
+		memcpy(to.uuid, gpu_uuid, TC_GPU_UUID_BYTES);
+		to.io_engine = s->cfg->io_engine;
+	}
 	rc2 = tc__durable_restore(s->durable, a, &s->objs, s->io_jobs,
-				  s->cfg->io_threads, retry_done, w, c->err,
-				  sizeof(c->err));
+				  s->cfg->io_threads, &to, retry_done, w,
+				  c->err, sizeof(c->err));
 	if (rc2 < 0) {
 		tc__free(w->body);
 		tc__free(w);

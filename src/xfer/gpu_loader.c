@@ -63,6 +63,7 @@ struct gload {
 	_Atomic uint64_t next;
 	_Atomic uint64_t direct_bytes;
 	_Atomic uint64_t uring_bytes;
+	_Atomic uint64_t tee_bytes;
 	bool any_direct; /* some file is read with O_DIRECT */
 	bool gpu_hash;	 /* chunks hashed on the GPU once all are in */
 	_Atomic int uring_errno;
@@ -485,6 +486,21 @@ copy:
 		if (rc < 0)
 			goto out_fail;
 		sl->busy = true;
+		if (g->o->tee && !g->host_src) {
+			/* The disk copy from the same read, written while the
+			 * DMA reads the same buffer. */
+			rc = tc__native_write_data(g->o->tee, sl->p, u0,
+						   u1 - u0);
+			if (rc < 0) {
+				snprintf(err, sizeof(err),
+					 "cannot write the shared-disk copy "
+					 "('%s', byte %llu): %s",
+					 g->o->tee->name,
+					 (unsigned long long)u0, strerror(-rc));
+				goto out_fail;
+			}
+			atomic_fetch_add(&g->tee_bytes, u1 - u0);
+		}
 		if (g->prog)
 			atomic_fetch_add(&g->prog->done_bytes, u1 - u0);
 	}
@@ -650,6 +666,8 @@ int tc__gpu_load_source(const struct tc__source *src,
 		stats->direct_bytes = atomic_load(&g.direct_bytes);
 		stats->uring_bytes = atomic_load(&g.uring_bytes);
 		stats->uring_errno = atomic_load(&g.uring_errno);
+		stats->tee_bytes = atomic_load(&g.tee_bytes);
+		stats->gpu_hash = g.gpu_hash;
 		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
 				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	}

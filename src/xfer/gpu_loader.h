@@ -44,6 +44,12 @@ struct tc__gpu_load_opts {
 	uint64_t copy_unit; /* bytes per staging buffer when copying host
 			       memory (tc__gpu_copy_host_opts); 0: 4 MiB */
 	int io;		    /* enum tc__io_engine */
+	/* Optional: each unit, once read, is also written here at its
+	 * offset (a durable import's shared-disk copy, from the same read:
+	 * the staging buffer is page-aligned, so the bulk goes O_DIRECT
+	 * while the unit's DMA runs).  NULL: none.  A failed write fails
+	 * the load. */
+	struct tc__native_tmp *tee;
 };
 
 struct tc__gpu_load_stats {
@@ -53,6 +59,8 @@ struct tc__gpu_load_stats {
 	uint64_t uring_bytes;  /* of `bytes`, read through io_uring */
 	int uring_errno;       /* why io_uring was not used (0: it was, or
 				  it was not asked for) */
+	uint64_t tee_bytes;    /* of `bytes`, also written to o->tee */
+	bool gpu_hash;	       /* the chunks were hashed on the GPU */
 };
 
 /*
