@@ -837,6 +837,8 @@ static int group_hold(struct gopts *o, struct tc__gsc *g)
 {
 	struct tc__gsp_group_req *q = &o->gq;
 	int period = (int)q->lease_ms / 3, rc;
+	struct tc__gsp_group rec;
+	bool decided;
 
 	if (o->has_ranks) {
 		rc = group_call(g, TC_GSP_GROUP_CREATE, q, false);
@@ -860,10 +862,29 @@ static int group_hold(struct gopts *o, struct tc__gsc *g)
 				return 0; /* the rank is gone or done */
 			continue;
 		}
-		rc = group_call(g, TC_GSP_GROUP_JOIN, q, false);
-		if (rc > 0)
-			return rc;
-		if (rc < 0) {
+		if (g->fd < 0) {
+			/* stdout is for records: a failed retry goes to
+			 * stderr only */
+			bool json = cli.json;
+
+			cli.json = false;
+			rc = connect_tool(o, g);
+			cli.json = json;
+			if (rc) {
+				tc__gsc_init(g, 5000); /* next period */
+				continue;
+			}
+		}
+		rc = tc__gsc_group(g, TC_GSP_GROUP_JOIN, q, &rec);
+		if (rc < 0 && g->fd < 0)
+			continue; /* the store restarted or the link broke:
+				     reconnect while the rank lives; the store
+				     judges the lease, not us */
+		if (rc < 0)
+			return cli_fail(rc, g->err); /* refused: say why */
+		decided = rec.state != TC_GSP_GSTATE_OPEN;
+		tc__gsp_group_release(&rec);
+		if (decided) {
 			struct tc__gsp_group_req get = *q;
 
 			get.wait_ms = 0;

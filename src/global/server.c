@@ -1351,7 +1351,12 @@ static int on_group_join(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	}
 	if (q.node[0]) {
 		n = tc__map_get(&gs->node_by_name, q.node);
-		if (!n || !node_up(n, tc__now_ms())) {
+		/* A renewal needs the node known, not live: after the store's
+		 * restart it is not live until it registers again, and the
+		 * sweep gives it a lease for that.  A new join needs it live.
+		 */
+		if (!n || (!node_up(n, tc__now_ms()) &&
+			   !(m->joined && m->node == n))) {
 			snprintf(err, errlen,
 				 "node '%s' is not live in the cluster (never "
 				 "registered, or its lease lapsed): rank %u "

@@ -11,7 +11,9 @@
  * with spaces or control bytes, numbers out of range, and random bodies
  * from a seeded generator.  Each gets an error naming what was wrong (a
  * malformed frame also drops its connection); the store never crashes and
- * keeps serving the next connection.
+ * keeps serving the next connection.  Last, an open group with two
+ * holders (`tcast global group hold`) survives a kill -9 of the store:
+ * they reconnect and renew, the prepared report is kept, it commits.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -104,9 +106,9 @@ static void conn(struct tc__gsc *g)
 }
 
 /* One GROUP_* call; its code (the record released). */
-static int call(struct tc__gsc *g, int type, const char *group,
-		uint32_t rank, uint32_t ranks, const char *node,
-		uint32_t lease_ms, const char *id, struct tc__gsp_group *out)
+static int call(struct tc__gsc *g, int type, const char *group, uint32_t rank,
+		uint32_t ranks, const char *node, uint32_t lease_ms,
+		const char *id, struct tc__gsp_group *out)
 {
 	struct tc__gsp_group_req q = { 0 };
 	struct tc__gsp_group rec;
@@ -148,8 +150,8 @@ static void test_gs_group__four_ranks_commit(void **state)
 			      NULL, NULL),
 			 TC_ECONFLICT);
 	for (uint32_t k = 0; k < 4; k++)
-		assert_int_equal(call(&g, TC_GSP_GROUP_JOIN, "c/v1", k, 0,
-				      NULL, 0, NULL, NULL),
+		assert_int_equal(call(&g, TC_GSP_GROUP_JOIN, "c/v1", k, 0, NULL,
+				      0, NULL, NULL),
 				 0);
 	/* a waiter on another connection */
 	snprintf(q.group, sizeof(q.group), "c/v1");
@@ -261,8 +263,8 @@ static void test_gs_group__refusals(void **state)
 			      "y", NULL),
 			 TC_ECONFLICT);
 	/* these errors are answers: the connection still serves */
-	assert_int_equal(call(&g, TC_GSP_GROUP_GET, "r/v1", 0, 0, NULL, 0,
-			      NULL, NULL),
+	assert_int_equal(call(&g, TC_GSP_GROUP_GET, "r/v1", 0, 0, NULL, 0, NULL,
+			      NULL),
 			 0);
 	tc__gsc_close(&g);
 }
@@ -313,12 +315,12 @@ static void test_gs_group__hostile_bodies(void **state)
 		tc__buf_init(&b);
 		str(&b, "h/v1");
 		assert_int_equal(raw(&g, types[t], b.data, b.len), TC_EPROTO);
-		tc__buf_put(&b, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-			    20);
+		tc__buf_put(&b, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 20);
 		ret = raw(&g, types[t], b.data, b.len);
 		assert_true(ret == TC_EPROTO || ret == TC_EINVAL);
 		tc__buf_release(&b);
-		/* a group name past its limit, with a space, with a byte < 0x20 */
+		/* a group name past its limit, with a space, with a byte < 0x20
+		 */
 		memset(big, 'a', sizeof(big));
 		big[sizeof(big) - 1] = '\0';
 		tc__buf_init(&b);
@@ -375,13 +377,12 @@ static void test_gs_group__hostile_bodies(void **state)
 	str(&b, "h/v1");
 	tc__buf_put_u32(&b, 7);
 	str(&b, "bad\nreason");
-	assert_int_equal(raw(&g, TC_GSP_GROUP_ABORT, b.data, b.len),
-			 TC_EPROTO);
+	assert_int_equal(raw(&g, TC_GSP_GROUP_ABORT, b.data, b.len), TC_EPROTO);
 	tc__buf_release(&b);
 	/* seeded random bodies, and random mutations of good ones, against
 	 * a decided group (a GET on it never waits) */
-	assert_int_equal(call(&g, TC_GSP_GROUP_ABORT, "h/v1", TC_GSP_NO_RANK,
-			      0, NULL, 0, "operator", NULL),
+	assert_int_equal(call(&g, TC_GSP_GROUP_ABORT, "h/v1", TC_GSP_NO_RANK, 0,
+			      NULL, 0, "operator", NULL),
 			 0);
 	t_rng_init(&rng, t_rng_seed("TC_TEST_SEED"));
 	for (int i = 0; i < 1500; i++) {
@@ -431,6 +432,64 @@ static void test_gs_group__hostile_bodies(void **state)
 	tc__gsc_close(&g);
 }
 
+/* `tcast global group hold` as a rank would run it: our pipe on its
+ * stdin, so closing it lets the rank's lease go. */
+static FILE *hold(const char *group, int rank)
+{
+	char cmd[2048];
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd),
+		 "exec %s global group hold %s --rank %d --rank-lease-ms 1000 "
+		 "--global %s --cluster-secret-file %s >/dev/null 2>&1",
+		 bin, group, rank, addr, secret_path);
+	f = popen(cmd, "w");
+	assert_non_null(f);
+	return f;
+}
+
+static void test_gs_group__survives_store_restart(void **state)
+{
+	struct tc__gsc g;
+	struct tc__gsp_group rec;
+	FILE *h0, *h1;
+
+	conn(&g);
+	assert_int_equal(call(&g, TC_GSP_GROUP_CREATE, "s/v1", 0, 2, NULL, 0,
+			      NULL, NULL),
+			 0);
+	h0 = hold("s/v1", 0);
+	h1 = hold("s/v1", 1);
+	usleep(500 * 1000);
+	assert_int_equal(call(&g, TC_GSP_GROUP_PREPARE, "s/v1", 0, 0, NULL, 0,
+			      "a", NULL),
+			 0);
+	tc__gsc_close(&g);
+	/* kill -9 and a new store on the same address and database: the
+	 * holders reconnect and renew, so the open group stays open */
+	assert_int_equal(kill(store_pid(), SIGKILL), 0);
+	usleep(200 * 1000);
+	sh("%s global start --listen %s --lease-ms 1500 --state-dir %s/gs "
+	   "--cluster-secret-file %s >/dev/null",
+	   bin, addr, dir, secret_path);
+	usleep(2500 * 1000); /* past both leases: only renewals keep them */
+	conn(&g);
+	assert_int_equal(call(&g, TC_GSP_GROUP_GET, "s/v1", 0, 0, NULL, 0, NULL,
+			      &rec),
+			 0);
+	assert_int_equal(rec.state, TC_GSP_GSTATE_OPEN);
+	assert_int_equal(rec.nprepared, 1); /* rank 0's report was kept */
+	tc__gsp_group_release(&rec);
+	assert_int_equal(call(&g, TC_GSP_GROUP_PREPARE, "s/v1", 1, 0, NULL, 0,
+			      "b", &rec),
+			 0);
+	assert_int_equal(rec.state, TC_GSP_GSTATE_COMMIT);
+	tc__gsp_group_release(&rec);
+	pclose(h0);
+	pclose(h1);
+	tc__gsc_close(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -438,6 +497,7 @@ int main(void)
 		cmocka_unit_test(test_gs_group__lapsed_lease_aborts),
 		cmocka_unit_test(test_gs_group__refusals),
 		cmocka_unit_test(test_gs_group__hostile_bodies),
+		cmocka_unit_test(test_gs_group__survives_store_restart),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
