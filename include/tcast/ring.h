@@ -22,9 +22,14 @@
  *
  * Memory: a slab's GPU memory lives until the owner freed its ring AND
  * every reader unmapped it (VMM semantics, docs/gpu.md), so either side
- * may die first.  A ring handle is reference counted by its live DLPack
- * views: tc_ring_free() drops the caller's reference and the mappings go
- * with the last view.
+ * may die first; when both live, the reader unmaps first and the owner
+ * frees after (tcast.shared's channel close does so).  A ring handle is
+ * reference counted by its live DLPack views: tc_ring_free() drops the
+ * caller's reference and the mappings go with the last view.  A slab is
+ * unmapped only after the device is synchronised (every stream of this
+ * process), since a view can die on the host while kernels queued on it
+ * still run: tc_ring_free(), tc_ring_trim(), a refill and the deleter of
+ * a slab's last view may therefore block for the GPU's queued work.
  *
  * All functions are thread-safe; DLPack deleters may run on any thread.
  * Errors: TC_EINVAL (bad argument, wrong role, unknown or empty slot,

@@ -7,8 +7,18 @@
  * a slot or freeing the ring never unmaps memory a tensor still points at.
  * The ring itself is counted the same way (the caller's reference plus one
  * per view), because a reader's deleter writes into the ring's dead list.
- * One mutex guards everything; GPU calls made under it are allocation,
- * import and release, which happen once per slab, not per call.
+ *
+ * A slab's last reference can go on any thread at any time: the ring's
+ * owner frees it (a client closing its channel), a slot is refilled, or the
+ * last torch view dies, which happens on the host as soon as Python drops
+ * the tensor, while kernels that read or write it may still be queued on
+ * some stream of this process.  Unmapping under such a kernel is an illegal
+ * address that kills the whole CUDA context (the server's, for every
+ * client).  So a dying slab is never released in place: it is collected,
+ * the ring's mutex is dropped, the device is synchronised (every stream of
+ * this process), and only then is it unmapped and released (slabs_release).
+ * One mutex guards everything else; the GPU calls made under it are
+ * allocation and import, once per slab, not per call.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -17,6 +27,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/log.h"
 #include "gpu/vmm.h"
 #include "tcast/dlpack.h"
 #include "tcast/errors.h"
@@ -81,12 +92,40 @@ __attribute__((format(printf, 3, 4))) static int ring_err(tc_ring *r, int rc,
 	return rc;
 }
 
-static void slab_unref(struct slab *s)
+/* Slabs whose last reference went while the mutex was held, released by
+ * slabs_release() once it is dropped.  One operation drops at most one
+ * slab per slot (tc_ring_free, pick, trim) or one (a view, an import). */
+struct drops {
+	struct slab *s[TC_RING_MAX_SLOTS];
+	unsigned n;
+};
+
+/* Drop one reference (mu held); a slab with none left joins d. */
+static void slab_unref(struct slab *s, struct drops *d)
 {
-	if (s && --s->refs == 0) {
-		tc__gpu_release(&s->mem);
-		tc__free(s);
+	if (s && --s->refs == 0)
+		d->s[d->n++] = s;
+}
+
+/* Release d's slabs (mu NOT held): first wait for every queued use of
+ * them on this device (see the file comment), then unmap and free.  A
+ * failed sync (a context already broken by someone else's fault) is
+ * logged; the release still runs, there is nothing better to do then. */
+static void slabs_release(int device, struct drops *d)
+{
+	char err[256];
+
+	if (d->n == 0)
+		return;
+	if (tc__gpu_device_sync(device, err, sizeof(err)) < 0)
+		tc__log(TC_LOG_WARN,
+			"slab ring: releasing %u slab(s) unsynchronised: %s",
+			d->n, err);
+	for (unsigned i = 0; i < d->n; i++) {
+		tc__gpu_release(&d->s[i]->mem);
+		tc__free(d->s[i]);
 	}
+	d->n = 0;
 }
 
 /* Drop one ring reference (mu held); true when the ring must be freed. */
@@ -126,8 +165,8 @@ TC_API int tc_ring_create(int device, int role, uint64_t cap_bytes,
 
 TC_API void tc_ring_free(tc_ring *r)
 {
-	struct slab *drop[TC_RING_MAX_SLOTS];
-	unsigned n = 0;
+	struct drops d = { .n = 0 };
+	int device;
 	bool last;
 
 	if (!r)
@@ -138,19 +177,18 @@ TC_API void tc_ring_free(tc_ring *r)
 		return;
 	}
 	r->freed = true;
+	device = r->device;
 	for (unsigned i = 0; i < TC_RING_MAX_SLOTS; i++) {
-		if (r->slots[i].slab)
-			drop[n++] = r->slots[i].slab;
+		slab_unref(r->slots[i].slab, &d);
 		r->slots[i].slab = NULL;
 		r->slots[i].busy = false;
 	}
 	r->st.slabs = 0;
 	r->st.bytes = 0;
 	r->st.busy = 0;
-	for (unsigned i = 0; i < n; i++)
-		slab_unref(drop[i]);
 	last = ring_unref_locked(r);
 	pthread_mutex_unlock(&r->mu);
+	slabs_release(device, &d);
 	if (last)
 		ring_destroy(r);
 }
@@ -197,7 +235,7 @@ static int slot_alloc(tc_ring *r, unsigned i, uint64_t size)
 	return 0;
 }
 
-static void slot_clear(tc_ring *r, unsigned i)
+static void slot_clear(tc_ring *r, unsigned i, struct drops *d)
 {
 	struct slab *s = r->slots[i].slab;
 
@@ -207,11 +245,13 @@ static void slot_clear(tc_ring *r, unsigned i)
 	r->st.bytes -= s->mem.size;
 	r->slots[i].slab = NULL;
 	r->slots[i].busy = false;
-	slab_unref(s);
+	slab_unref(s, d);
 }
 
-/* The slot for nbytes (mu held): -1 when none can be had. */
-static int pick(tc_ring *r, uint64_t nbytes, uint64_t want, int *is_new)
+/* The slot for nbytes (mu held): -1 when none can be had.  Free slabs
+ * too small that it clears to make room join d. */
+static int pick(tc_ring *r, uint64_t nbytes, uint64_t want, int *is_new,
+		struct drops *d)
 {
 	uint64_t freeable = 0;
 	int best = -1, empty = -1;
@@ -252,7 +292,7 @@ static int pick(tc_ring *r, uint64_t nbytes, uint64_t want, int *is_new)
 		}
 		if (small < 0)
 			return -1; /* 64 busy slabs */
-		slot_clear(r, (unsigned)small);
+		slot_clear(r, (unsigned)small, d);
 		if (empty < 0)
 			empty = small;
 	}
@@ -263,6 +303,7 @@ TC_API int tc_ring_acquire(tc_ring *r, uint64_t nbytes, uint32_t *slot,
 			   uint32_t *gen, uint64_t *dptr, int *is_new)
 {
 	uint64_t want = slab_size_for(nbytes ? nbytes : 1);
+	struct drops d = { .n = 0 };
 	int i, rc;
 
 	pthread_mutex_lock(&r->mu);
@@ -271,7 +312,7 @@ TC_API int tc_ring_acquire(tc_ring *r, uint64_t nbytes, uint32_t *slot,
 			      "acquire on a reader or freed ring");
 		goto out_unlock;
 	}
-	i = pick(r, nbytes, want, is_new);
+	i = pick(r, nbytes, want, is_new, &d);
 	if (i < 0) {
 		r->st.refused++;
 		rc = ring_err(r, TC_ENOSPACE,
@@ -298,6 +339,7 @@ TC_API int tc_ring_acquire(tc_ring *r, uint64_t nbytes, uint32_t *slot,
 	rc = 0;
 out_unlock:
 	pthread_mutex_unlock(&r->mu);
+	slabs_release(r->device, &d);
 	return rc;
 }
 
@@ -337,16 +379,18 @@ TC_API int tc_ring_put_back(tc_ring *r, uint32_t slot, uint32_t gen)
 
 TC_API int tc_ring_trim(tc_ring *r)
 {
+	struct drops d = { .n = 0 };
 	int n = 0;
 
 	pthread_mutex_lock(&r->mu);
 	for (unsigned i = 0; i < TC_RING_MAX_SLOTS; i++) {
 		if (r->slots[i].slab && !r->slots[i].busy) {
-			slot_clear(r, i);
+			slot_clear(r, i, &d);
 			n++;
 		}
 	}
 	pthread_mutex_unlock(&r->mu);
+	slabs_release(r->device, &d);
 	return n;
 }
 
@@ -354,6 +398,7 @@ TC_API int tc_ring_trim(tc_ring *r)
 
 TC_API int tc_ring_import(tc_ring *r, uint32_t slot, int fd, uint64_t size)
 {
+	struct drops d = { .n = 0 };
 	char err[256];
 	struct slab *s;
 	int rc;
@@ -382,15 +427,17 @@ TC_API int tc_ring_import(tc_ring *r, uint32_t slot, int fd, uint64_t size)
 		rc = ring_err(r, TC_EINVAL,
 			      "import into an owner or freed ring");
 		pthread_mutex_unlock(&r->mu);
-		slab_unref(s);
+		slab_unref(s, &d); /* never viewed: nothing can use it */
+		slabs_release(r->device, &d);
 		return rc;
 	}
-	slot_clear(r, slot);
+	slot_clear(r, slot, &d);
 	r->slots[slot].slab = s;
 	r->st.slabs++;
 	r->st.bytes += s->mem.size;
 	r->st.imported++;
 	pthread_mutex_unlock(&r->mu);
+	slabs_release(r->device, &d);
 	return 0;
 }
 
@@ -399,7 +446,9 @@ TC_API int tc_ring_import(tc_ring *r, uint32_t slot, int fd, uint64_t size)
 static void view_delete(struct tc_DLManagedTensor *m)
 {
 	struct ring_view *v = (struct ring_view *)m;
+	struct drops d = { .n = 0 };
 	tc_ring *r = v->r;
+	int device = r->device;
 	bool last;
 
 	pthread_mutex_lock(&r->mu);
@@ -410,10 +459,14 @@ static void view_delete(struct tc_DLManagedTensor *m)
 		 * and the owner grows or falls back, never overwrites */
 	}
 	r->st.views--;
-	slab_unref(v->slab);
+	slab_unref(v->slab, &d);
 	last = ring_unref_locked(r);
 	pthread_mutex_unlock(&r->mu);
 	tc__free(v);
+	/* The torch tensor just died on the host; kernels queued on it may
+	 * not have run yet.  Only a slab no slot holds (the ring was freed or
+	 * the slot refilled) is released here, after a device sync. */
+	slabs_release(device, &d);
 	if (last)
 		ring_destroy(r);
 }

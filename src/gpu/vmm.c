@@ -545,6 +545,24 @@ int tc__gpu_stream_sync(struct tc__gpu_stream *s, char *err, size_t errlen)
 	return ret;
 }
 
+int tc__gpu_device_sync(int ordinal, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUresult r;
+	int ret;
+
+	ret = gpu_begin(ordinal, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	r = cu->fn.cuCtxSynchronize();
+	if (r)
+		ret = tc__cu_fail(cu, r, "cuCtxSynchronize", err, errlen,
+				  "cannot synchronise GPU %d", ordinal);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
 int tc__gpu_stream_wait_event(struct tc__gpu_stream *s, struct tc__gpu_event *e,
 			      char *err, size_t errlen)
 {

@@ -185,6 +185,13 @@ int tc__gpu_stream_sync(struct tc__gpu_stream *s, char *err, size_t errlen);
 int tc__gpu_stream_wait_event(struct tc__gpu_stream *s, struct tc__gpu_event *e,
 			      char *err, size_t errlen);
 
+/* Wait until all work queued on device `ordinal` in this process (every
+ * stream of its primary context, torch's included) is done: what must
+ * precede unmapping memory that kernels queued elsewhere may still use.
+ * Returns 0, TC_EDEVICE, TC_ENODEV or TC_ECUDA (also a sticky error of an
+ * earlier launch). */
+int tc__gpu_device_sync(int ordinal, char *err, size_t errlen);
+
 /* Destroy a created stream (after its work completes) or free a wrapper.
  * NULL is a no-op. */
 void tc__gpu_stream_free(struct tc__gpu_stream *s);

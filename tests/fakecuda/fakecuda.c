@@ -47,6 +47,18 @@
  *                               unregister) still tear down before failing,
  *                               as a driver does for a dead GPU, so callers
  *                               can be checked for leaks.
+ *   TC_FAKECUDA_ORDER_DIR=dir   (re-read on every call) check the teardown
+ *                               order of memory shared between processes:
+ *                               an exporter releasing its allocation
+ *                               leaves dir/<tag>.released; an importer
+ *                               that unmaps such an allocation afterwards
+ *                               (the exporter let go first while this
+ *                               process still mapped it, the order the
+ *                               driver's rules for shared device memory
+ *                               forbid) is aborted, as the H200 server's
+ *                               CUDA context died after exactly that.  A
+ *                               killed exporter leaves no marker, so only
+ *                               orderly teardowns are judged.
  * cuGetErrorName/cuGetErrorString are never failed or counted.
  *
  * One global lock serialises the fake; it is a test double, not fast.
@@ -101,6 +113,7 @@ struct falloc {
 	bool charged;	/* counted in devs[].used (created here) */
 	bool handle;	/* the handle is not yet released */
 	unsigned types; /* requested handle types */
+	char tag[40];	/* unique per allocation, in the memfd's name */
 	struct falloc *next;
 };
 
@@ -156,6 +169,7 @@ static struct {
 	struct freg *regs;
 	struct fstream *streams;
 	struct fevent *events;
+	unsigned tags; /* allocations made, for their tags */
 	/* fault injection */
 	char *fail_env; /* last TC_FAKECUDA_FAIL seen, owned */
 	struct fspec specs[FAKE_MAX_SPECS];
@@ -758,6 +772,41 @@ cuMemGetAllocationGranularity(size_t *g, const CUmemAllocationProp *prop,
 	RETURN(CUDA_SUCCESS);
 }
 
+/* TC_FAKECUDA_ORDER_DIR: the exporter of `a` has released it. */
+static void order_mark_released(const struct falloc *a)
+{
+	const char *dir = getenv("TC_FAKECUDA_ORDER_DIR");
+	char path[512];
+	int fd;
+
+	if (!dir || !*dir || !a->tag[0])
+		return;
+	snprintf(path, sizeof(path), "%s/%s.released", dir, a->tag);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		close(fd);
+}
+
+/* TC_FAKECUDA_ORDER_DIR: this process unmaps its import of `a`; its
+ * exporter must not have released it yet. */
+static void order_check_unmap(const struct falloc *a)
+{
+	const char *dir = getenv("TC_FAKECUDA_ORDER_DIR");
+	char path[512];
+
+	if (!dir || !*dir || a->charged || !a->tag[0])
+		return;
+	snprintf(path, sizeof(path), "%s/%s.released", dir, a->tag);
+	if (access(path, F_OK) == 0) {
+		fprintf(stderr,
+			"fakecuda: pid %d unmaps allocation %s, which its "
+			"exporter already released: importers must unmap "
+			"first (TC_FAKECUDA_ORDER_DIR)\n",
+			(int)getpid(), a->tag);
+		abort();
+	}
+}
+
 static struct falloc *alloc_of(CUmemGenericAllocationHandle h)
 {
 	for (struct falloc *a = F.allocs; a; a = a->next)
@@ -807,7 +856,11 @@ FAKE_API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size,
 	a = calloc(1, sizeof(*a));
 	if (!a)
 		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
-	snprintf(name, sizeof(name), "fakecuda:dev%d", d->phys);
+	/* The tag rides in the name (memfd_phys reads only the device), so
+	 * an importer can name the allocation for TC_FAKECUDA_ORDER_DIR. */
+	snprintf(a->tag, sizeof(a->tag), "%d-%lx-%u", (int)getpid(),
+		 (unsigned long)(uintptr_t)a, ++F.tags);
+	snprintf(name, sizeof(name), "fakecuda:dev%d:%s", d->phys, a->tag);
 	fd = memfd_create(name, MFD_CLOEXEC);
 	if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
 		if (fd >= 0)
@@ -838,6 +891,8 @@ FAKE_API CUresult cuMemRelease(CUmemGenericAllocationHandle h)
 	if (!a || !a->handle)
 		RETURN_TEARDOWN(CUDA_ERROR_INVALID_VALUE);
 	a->handle = false;
+	if (a->charged)
+		order_mark_released(a);
 	alloc_unref(a);
 	RETURN_TEARDOWN(CUDA_SUCCESS);
 }
@@ -861,6 +916,28 @@ FAKE_API CUresult cuMemExportToShareableHandle(void *out,
 		RETURN(CUDA_ERROR_OUT_OF_MEMORY);
 	*(int *)out = fd;
 	RETURN(CUDA_SUCCESS);
+}
+
+/* The tag of a fake allocation's memfd (empty when it has none). */
+static void memfd_tag(int fd, char *tag, size_t n)
+{
+	char path[64], target[256], *p, *e;
+	ssize_t len;
+
+	tag[0] = '\0';
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	len = readlink(path, target, sizeof(target) - 1);
+	if (len < 0)
+		return;
+	target[len] = '\0';
+	p = strchr(target + sizeof("/memfd:fakecuda:dev") - 1, ':');
+	if (!p)
+		return;
+	p++;
+	e = strchr(p, ' '); /* " (deleted)" */
+	if (e)
+		*e = '\0';
+	snprintf(tag, n, "%s", p);
 }
 
 /* The physical device of a fake allocation's memfd, or -1 if fd is not one. */
@@ -908,6 +985,7 @@ FAKE_API CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *h
 	a->fd = dupfd;
 	a->size = (size_t)st.st_size;
 	a->phys = phys;
+	memfd_tag(fd, a->tag, sizeof(a->tag));
 	a->refs = 1;
 	a->handle = true;
 	a->charged = false; /* the exporter's budget pays for it */
@@ -1037,6 +1115,7 @@ FAKE_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 	for (pp = &F.maps; *pp;) {
 		m = *pp;
 		if (m->va >= ptr && m->va + m->size <= ptr + size) {
+			order_check_unmap(m->a);
 			*pp = m->next;
 			/* Back to a PROT_NONE reservation. */
 			mmap((void *)m->va, m->size, PROT_NONE,

@@ -187,3 +187,92 @@ def test_the_channel_refuses_unknown_tokens(svc):
     assert rep["ok"] is False and "unknown slab channel token" in rep["message"]
     assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
     assert _ring.socket_path(port) == path
+
+
+def test_close_then_new_clients_on_the_same_server(tmp_path):
+    """The H200 bench's sequence: a ring client makes calls and closes, then
+    new clients (ring off, ring on) call the same server, which must still
+    serve.  TC_FAKECUDA_ORDER_DIR makes the fake driver abort a process that
+    unmaps an import its exporter already released (the order that preceded
+    the server's illegal address there): close() must have the server unmap
+    the client's argument slabs before the client frees them, and the
+    client unmap the server's result slabs before the server frees them."""
+    order = tmp_path / "order"
+    order.mkdir()
+    daemon = FakeGpuDaemon(tmp_path / "d")
+    port = free_port()
+    env = env_for(tmp_path, port, fake=True, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1",
+                  TC_FAKECUDA_ORDER_DIR=str(order))
+    srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
+    try:
+        out = client(env, """
+from tcast.shared import SharedTensorClient
+res = {"bad": []}
+x = torch.arange(1 << 20, dtype=torch.float32)
+c1 = SharedTensorClient()
+for i in range(25):
+    y, d = c1.call("ring_echo", x + i, {"v": x[:3]})
+    if not torch.equal(y, (x + i) * 2):
+        res["bad"].append(("c1", i))
+    del y, d
+res["c1"] = [c1._chan.args.stats(), c1._chan.results.stats()]
+cid1 = c1.client_id
+c1.close()
+for ring in ("0", "1", "1"):
+    os.environ["TCAST_SHARED_RING"] = ring
+    c2 = SharedTensorClient()
+    for i in range(6):
+        y, d = c2.call("ring_echo", x - i, {"v": x[:3]})
+        if not torch.equal(y, (x - i) * 2):
+            res["bad"].append((ring, i))
+        del y, d
+    chans = c2.get_server_info()["ring"]["channels"]
+    res.setdefault("after", []).append({"ring": c2._chan is not None,
+                                        "old_channel_left": any(ch["client_id"] == cid1 for ch in chans)})
+    cid1 = c2.client_id
+    c2.close()
+print(json.dumps(res))
+""")
+        assert srv.proc.poll() is None, srv.kill()
+        assert out["bad"] == []
+        assert out["c1"][0]["acquired"] == 25 and out["c1"][1]["imported"] >= 1
+        # close() returns once the server has dropped the channel.
+        assert out["after"] == [{"ring": False, "old_channel_left": False}, {"ring": True, "old_channel_left": False},
+                                {"ring": True, "old_channel_left": False}]
+        assert status(port, env)["ring"]["channels"] == []
+        assert sorted(p.name for p in order.iterdir())  # the exporters did mark their releases
+    finally:
+        log = srv.kill(signal.SIGTERM)
+        daemon.stop()
+    assert "importers must unmap first" not in log, log
+
+
+def test_a_failed_call_returns_its_slabs_at_once(svc):
+    """A call failing halfway -- the endpoint raises after viewing its
+    arguments, the endpoint does not exist (never viewed), a cached result
+    is a view of its argument -- leaves no slab busy on either side."""
+    port, env = svc
+    out = client(env, """
+res = {}
+t = torch.ones(100_000)
+ss.ring_echo(t, {"v": t[:2]})
+def busy():
+    return c._chan.args.stats()["busy"]
+res["before"] = busy()
+for what, call in (("raises", lambda: ss.fails(t)),
+                   ("unknown", lambda: c.call("no_such_endpoint", t)),):
+    try:
+        call()
+        res[what] = "no error"
+    except Exception as e:
+        res[what] = [type(e).__name__, busy()]
+y = ss.ring_cached_view(t * 3, 7)
+res["cached"] = [float(y.sum()), busy()]
+res["cached_again"] = [float(ss.ring_cached_view(t, 7).sum()), busy()]
+res["results_busy_server"] = None
+print(json.dumps(res))
+""")
+    assert out["before"] <= 1
+    assert out["raises"][1] == 0, out
+    assert out["unknown"][1] == 0, out
+    assert out["cached"] == [12.0, 0] and out["cached_again"] == [12.0, 0], out

@@ -141,7 +141,10 @@ class _TensorUnpickler(pickle.Unpickler):
         t = self.views[name]
         if kind == "p":
             torch = _torch()
+            ring = getattr(t, "_tcast_ring", False)
             t = torch.nn.Parameter(t, requires_grad=rg and (t.is_floating_point() or t.is_complex()))
+            if ring:
+                t._tcast_ring = True  # a slab view still (see _ring.unalias)
         self.made[(kind, name)] = t
         return t
 

@@ -20,19 +20,24 @@ call and have several readers, stay artifacts (read-only).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
+import logging
 import os
 import secrets
 import socket
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .. import _native
 from .. import errors as tc_errors
 from . import _wire
 from .errors import SharedTensorConnectionLostError
 from .utils import runtime_dir, test_cpu_as_cuda
+
+log = logging.getLogger("tcast.shared")
 
 ENV_RING = "TCAST_SHARED_RING"  # "1": per-call payloads through the rings
 ENV_RING_BYTES = "TCAST_SHARED_RING_BYTES"  # slab bytes per ring
@@ -92,6 +97,9 @@ class Ring:
             raise tc_errors.error_from_code(rc, "cannot create a slab ring")
         self.h = h.value
         self._lock = threading.Lock()
+        # Reader: payloads that arrived but were never viewed (the call
+        # failed first): dead at once, with no view to die.
+        self._discarded: List[int] = []
 
     def _c(self, name: str, *args: Any, quiet: bool = False) -> int:
         """Call tc_ring_<name> on this ring.  Under the lock, so free() on
@@ -153,9 +161,18 @@ class Ring:
             raise
         return from_dlpack(cap)
 
+    def discard(self, slot: int, gen: int) -> None:
+        """Reader: a payload in (slot, gen) that will never be viewed (its
+        call failed before that): the owner may have the slab back at the
+        next report.  Only for payloads never viewed: a view's death
+        reports itself."""
+        with self._lock:
+            self._discarded.append((int(slot) & 0xFFFFFFFF) << 32 | (int(gen) & 0xFFFFFFFF))
+
     def drain(self) -> List[int]:
         buf = (ctypes.c_uint64 * 256)()
-        out: List[int] = []
+        with self._lock:
+            out, self._discarded = self._discarded, []
         while True:
             n = self._c("drain", buf, 256, quiet=True)
             out.extend(buf[:n])
@@ -176,20 +193,104 @@ class Ring:
 
 
 def sync(device: int) -> None:
-    """Wait for this thread's current stream: the writer before it tells
-    the reader, the reader before it reports a slab free."""
+    """Wait for this thread's current stream: the writer, whose copies into
+    the slab were queued there, before it tells the reader."""
     if test_cpu_as_cuda():
         return
     torch = _torch()
     torch.cuda.current_stream(device).synchronize()
 
 
+def sync_device(device: int) -> None:
+    """Wait for every stream of this process on the device: before a reader
+    hands a slab back or unmaps it.  Its views were used by whatever code
+    received them -- an endpoint running on a task thread, a side stream --
+    not only by the current stream of the thread that reports."""
+    if test_cpu_as_cuda():
+        return
+    _torch().cuda.synchronize(device)
+
+
 def report(ring: Ring) -> List[int]:
-    """The reader's dead slabs, safe to hand back (see sync)."""
+    """The reader's dead slabs, safe to hand back (see sync_device)."""
     dead = ring.drain()
     if dead:
-        sync(ring.device)
+        sync_device(ring.device)
     return dead
+
+
+def message_slot(msg: Any) -> Optional[Tuple[int, int]]:
+    """(slot, gen) of a ring payload message, else None."""
+    if isinstance(msg, dict) and msg.get("transport") == "ring":
+        return int(msg["slot"]), int(msg["gen"])
+    return None
+
+
+def discard_unviewed(msg: Any, ring: Optional[Ring]) -> None:
+    """A ring payload whose receiver failed before viewing it goes back to
+    its writer with the next report (see Ring.discard)."""
+    at = message_slot(msg)
+    if at is not None and ring is not None and not msg.get("_viewed"):
+        msg["_viewed"] = True  # once
+        ring.discard(*at)
+
+
+def unalias(value: Any, args: Any) -> Any:
+    """``value`` with every tensor that shares memory with a slab-backed
+    argument in ``args`` replaced by a copy.  A result that outlives its
+    call (cached, managed, a task's result, one that failed to go out)
+    must not keep a slab of the client's ring: the slab would stay busy
+    there, and its mapping here would outlive the client's channel.
+    Modules get their aliasing parameters and buffers copied in place."""
+    torch = _torch()
+    slabs = set()
+    _walk(args, lambda t: slabs.add(_storage(t)) if getattr(t, "_tcast_ring", False) else None, torch)
+    if not slabs:
+        return value
+    return _copy_aliases(value, slabs, torch)
+
+
+def _storage(t: Any) -> int:
+    st = t.untyped_storage() if hasattr(t, "untyped_storage") else t.storage()  # torch < 2.0: storage()
+    return st.data_ptr()
+
+
+def _walk(obj: Any, fn, torch) -> None:
+    if isinstance(obj, torch.Tensor):
+        fn(obj)
+    elif isinstance(obj, torch.nn.Module):
+        for t in list(obj.parameters()) + list(obj.buffers()):
+            fn(t)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            _walk(v, fn, torch)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _walk(v, fn, torch)
+
+
+def _copy_aliases(obj: Any, slabs: set, torch) -> Any:
+    if isinstance(obj, torch.Tensor):
+        if _storage(obj) not in slabs:
+            return obj
+        c = obj.detach().clone()
+        if isinstance(obj, torch.nn.Parameter):
+            return torch.nn.Parameter(c, requires_grad=obj.requires_grad)
+        return c.requires_grad_(obj.requires_grad) if obj.requires_grad else c
+    if isinstance(obj, torch.nn.Module):
+        with torch.no_grad():
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                if _storage(t) in slabs:
+                    t.data = t.data.clone()
+        return obj
+    if isinstance(obj, tuple):
+        return type(obj)(*(_copy_aliases(v, slabs, torch) for v in obj)) if hasattr(obj, "_fields") else tuple(
+            _copy_aliases(v, slabs, torch) for v in obj)
+    if isinstance(obj, list):
+        return [_copy_aliases(v, slabs, torch) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _copy_aliases(v, slabs, torch) for k, v in obj.items()}
+    return obj
 
 
 # ------------------------------------------------------------------ codec
@@ -240,13 +341,18 @@ def decode_views(msg: Dict[str, Any], ring: Ring) -> Dict[str, Any]:
     be mapped: see ClientChannel.fetch)."""
     torch = _torch()
     base = ring.view(int(msg["slot"]), int(msg["gen"]), int(msg["nbytes"]))
+    # From here the slab comes back when the views die (a failure below
+    # included: the views die with the frames), never by discard_unviewed.
+    msg["_viewed"] = True
     views: Dict[str, Any] = {}
     for name, dt, shape, o, nb in msg["layout"]:
-        dtype = getattr(torch, dt)
+        dtype = getattr(torch, dt, None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"ring payload: unknown dtype {dt!r}")
         if nb:
-            views[name] = base[o: o + nb].view(dtype).view(shape)
+            v = base[o: o + nb].view(dtype).view(shape)
+            v._tcast_ring = True  # for unalias(): this tensor is a slab
+            views[name] = v
         else:
             views[name] = torch.empty(shape, dtype=dtype, device=base.device)
     return views
@@ -321,28 +427,73 @@ class ClientChannel:
         finally:
             os.close(fd)
 
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.args.free()
+    def close(self, timeout: float = 30.0) -> None:
+        """Readers unmap first, owners free last, in both directions: this
+        process drops its mappings of the server's result slabs, asks the
+        server to drop its mappings of our argument slabs (and free its
+        result slabs) and waits for its answer, and only then frees our
+        slabs.  Freeing an allocation while the other process still maps
+        it is what the driver's rules for shared device memory say not to
+        do (importers first); the H200 run where the server faulted right
+        after a client's close did exactly that.  A dead server cannot
+        answer: then our slabs simply go."""
+        sync_device(self.device)
         self.results.free()
+        with self.lock:
+            if not self.broken:
+                try:
+                    self.sock.settimeout(timeout)
+                    _wire.send_msg(self.sock, {"op": "close"})
+                    _wire.recv_msg(self.sock)
+                except (EOFError, OSError, ValueError) as e:
+                    log.debug("slab channel close: the server did not answer (%s)", e)
+            self.broken = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.args.free()
 
 
 class ServerChannel:
     """The server's side of one client's channel: its result ring (owner)
-    and the client's argument slabs (reader)."""
+    and the client's argument slabs (reader).  Calls that use the channel
+    hold it (use()); close() waits for them, so no slab goes while a call's
+    kernels may still touch it."""
+
+    CLOSE_WAIT_S = 120.0  # longest close() waits for calls still using it
 
     def __init__(self, token: str, client_id: str, pid: int, device: int, cap: int):
         self.token = token
         self.client_id = client_id
         self.pid = pid
+        self.device = device
         self.results = Ring(device, OWNER, cap)
         self.args = Ring(device, READER)
+        self._cv = threading.Condition()
+        self._users = 0
+        self.closing = False
+        self.closed = False
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator["ServerChannel"]:
+        """Hold the channel for one request: close() waits until released."""
+        with self._cv:
+            if self.closing:
+                from .errors import SharedTensorProviderError
+
+                raise SharedTensorProviderError(
+                    "the request names a slab channel that is closing (its client closed it): reconnect")
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._cv:
+                self._users -= 1
+                self._cv.notify_all()
 
     def serve(self, conn: socket.socket) -> None:
-        """Answer offers and fetches until the client goes away."""
+        """Answer offers and fetches until the client closes or goes away."""
         while True:
             try:
                 req = _wire.recv_msg(conn)
@@ -350,6 +501,10 @@ class ServerChannel:
                 return
             op = req.get("op")
             try:
+                if op == "close":
+                    self.close()
+                    _wire.send_msg(conn, {"ok": True})
+                    return
                 if op == "offer":
                     fd = _recv_fd(conn)
                     try:
@@ -374,8 +529,29 @@ class ServerChannel:
                 "args": self.args.stats()}
 
     def close(self) -> None:
-        self.results.free()
+        """Free this side: wait for the calls using the channel, then for
+        the device (their kernels), then unmap the client's argument slabs
+        (this side imported them: it goes first) and free the result slabs.
+        Idempotent; safe from any thread."""
+        with self._cv:
+            self.closing = True
+            deadline = time.monotonic() + self.CLOSE_WAIT_S
+            while self._users and not self.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("slab channel of client %s: %d call(s) still use it after %.0f s; freeing anyway",
+                                self.client_id, self._users, self.CLOSE_WAIT_S)
+                    break
+                self._cv.wait(left)
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            sync_device(self.device)
+        except Exception as e:  # noqa: BLE001  (a broken context: release anyway)
+            log.warning("slab channel of client %s: device sync before unmapping failed: %s", self.client_id, e)
         self.args.free()
+        self.results.free()
 
 
 def new_token() -> str:

@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -196,9 +197,13 @@ class SharedTensorClient:
             s.close()
             raise
         self._give(s)
-        dead = rep.get("dead")
-        if dead and self._chan is not None and req.get("ring") == self._chan.token:
-            self._chan.args.put_back(dead)  # argument slabs the server is done with
+        ch = self._chan
+        if ch is not None and req.get("ring") == ch.token:
+            dead = rep.get("dead")
+            if dead:
+                ch.args.put_back(dead)  # argument slabs the server is done with
+            if rep.get("ring_closed"):
+                ch.broken = True  # the server dropped it: the next call opens another
         if not rep.get("ok"):
             _raise(rep, f"{what} on the {self.where}")
         return rep
@@ -282,25 +287,39 @@ class SharedTensorClient:
                 # driver refusing the slab, say).  Artifacts still work.
                 self._ring_failed(f"arguments: {e}")
                 ch, msg = None, None
-        if msg is not None:
-            if msg["new"]:
-                try:
-                    ch.offer(msg["slot"])
-                except BaseException:
-                    ch.args.put_back([msg["slot"] << 32 | msg["gen"]])
-                    raise
-            pub = _payload.Published(None, None, 0)
-        else:
-            msg, pub = _payload.encode(payload, "tcast", self.device_index)
-        req = {"op": "call", "endpoint": endpoint, "payload": msg, "submit": submit}
-        self._ring_fields(req, ch)
-        chain = _calling_chain()
-        if chain and not submit:  # a submitted task does not hold the caller
-            req["chain"] = chain
+        sent = False
         try:
-            return self.request(req, f"call {endpoint!r}")
-        finally:
-            pub.close()  # the server mapped the arguments (or failed)
+            if msg is not None:
+                if msg["new"]:
+                    ch.offer(msg["slot"])
+                pub = _payload.Published(None, None, 0)
+            else:
+                msg, pub = _payload.encode(payload, "tcast", self.device_index)
+            req = {"op": "call", "endpoint": endpoint, "payload": msg, "submit": submit}
+            self._ring_fields(req, ch)
+            chain = _calling_chain()
+            if chain and not submit:  # a submitted task does not hold the caller
+                req["chain"] = chain
+            sent = True
+            try:
+                return self.request(req, f"call {endpoint!r}")
+            except SharedTensorConnectionLostError:
+                # The server may still read the slab (or be gone): never
+                # reuse it; a fresh channel replaces this one, and closing
+                # this one first has the server unmap it.
+                if ch is not None:
+                    ch.broken = True
+                raise
+            finally:
+                pub.close()  # the server mapped the arguments (or failed)
+        except BaseException:
+            # Failed before the server saw the payload: its slab is free
+            # at once.  (After, the server's reply hands it back: at once
+            # for a payload it never viewed, else when its views died.)
+            at = _ring.message_slot(msg)
+            if at is not None and not sent:
+                ch.args.put_back([at[0] << 32 | at[1]])
+            raise
 
     def _result(self, rep: Dict[str, Any]) -> Any:
         msg = rep["payload"]
@@ -309,10 +328,18 @@ class SharedTensorClient:
             ch = self._chan
             if ch is None:
                 raise SharedTensorConnectionLostError(f"the {self.where} sent a slab result but this client's channel closed")
-            if msg["new"]:
-                ch.fetch(msg["slot"])
             ring = ch.results
-        value = _payload.decode(msg, self.device_index, self.readonly_guard, ring=ring)
+        try:
+            if ring is not None and msg["new"]:
+                ch.fetch(msg["slot"])
+            value = _payload.decode(msg, self.device_index, self.readonly_guard, ring=ring)
+        except BaseException as e:
+            # A result slab never viewed goes back with the next request; a
+            # viewed one when its views die, which dropping the frames that
+            # hold them makes happen now.
+            _ring.discard_unviewed(msg, ring)
+            traceback.clear_frames(e.__traceback__)
+            raise
         if rep["kind"] == "managed":
             return SharedObjectHandle(self, rep["object_id"], value)
         return value

@@ -384,11 +384,14 @@ class SharedTensorServer:
                 if session is None:
                     _wire.send_msg(conn, {"ok": False, "kind": "provider", "message": "hello expected first"})
                     return
+                rep = self._request(req, session, pending)
                 try:
-                    rep = self._dispatch(req, session, pending)
-                except BaseException as e:  # noqa: BLE001  (reported to the caller)
-                    rep = error_reply(e)
-                _wire.send_msg(conn, rep)
+                    _wire.send_msg(conn, rep)
+                except BaseException:
+                    # The reply never left: a result slab in it would stay
+                    # busy until the channel closes.
+                    self._ring_unsent(req, rep)
+                    raise
         except (OSError, EOFError) as e:
             log.debug("connection ended: %s", e)
         finally:
@@ -469,10 +472,60 @@ class SharedTensorServer:
 
     # ------------------------------------------------------------- requests
 
-    def _dispatch(self, req: Dict[str, Any], s: _Session, pending: List[_payload.Published]) -> Dict[str, Any]:
+    def _request(self, req: Dict[str, Any], s: _Session, pending: List[_payload.Published]) -> Dict[str, Any]:
+        """One request's reply, an error included.  The request's slab
+        channel is held for the whole of it (its close waits), and a failed
+        call still hands back the client's argument slab: at once when it
+        was never viewed, else when its views die, which is made to happen
+        before this reply by dropping the failure's frames."""
+        try:
+            ch = self._channel(req)
+        except BaseException as e:  # noqa: BLE001  (reported to the caller)
+            rep = error_reply(e)
+            if isinstance(e, _NoChannel):
+                rep["ring_closed"] = True  # the client reopens its channel
+            return rep
+        if ch is None:
+            try:
+                return self._dispatch(req, s, pending, None)
+            except BaseException as e:  # noqa: BLE001
+                return error_reply(e)
+        use = ch.use()
+        try:
+            use.__enter__()
+        except SharedTensorError as e:  # closing under us: it unmaps everything anyway
+            rep = error_reply(e)
+            rep["ring_closed"] = True
+            return rep
+        try:
+            try:
+                return self._dispatch(req, s, pending, ch)
+            except BaseException as e:  # noqa: BLE001  (reported to the caller)
+                rep = error_reply(e)
+                # The frames hold the call's argument views; without them
+                # the views die now and the report below returns the slab.
+                traceback.clear_frames(e.__traceback__)
+            _ring.discard_unviewed(req.get("payload"), ch.args)
+            try:
+                return self._ring_done(ch, rep)
+            except BaseException as e:  # noqa: BLE001  (the first error is the one to report)
+                log.warning("slab ring: cannot report argument slabs after a failed call: %s", e)
+                return rep
+        finally:
+            use.__exit__(None, None, None)
+
+    def _ring_unsent(self, req: Dict[str, Any], rep: Dict[str, Any]) -> None:
+        at = _ring.message_slot(rep.get("payload"))
+        if at is None:
+            return
+        with self._lock:
+            ch = self._channels.get(req.get("ring") or "")
+        if ch is not None:
+            ch.results.put_back([at[0] << 32 | at[1]])
+
+    def _dispatch(self, req: Dict[str, Any], s: _Session, pending: List[_payload.Published], ch) -> Dict[str, Any]:
         self._sweep_tasks()
         op = req.get("op")
-        ch = self._channel(req)
         if op == "call":
             ep = self._endpoint(req["endpoint"])
             with self._lock:
@@ -524,8 +577,9 @@ class SharedTensorServer:
         with self._lock:
             ch = self._channels.get(tok)
         if ch is None:
-            raise SharedTensorProviderError(
-                "the request names a slab channel this server does not have (it restarted?): reconnect"
+            raise _NoChannel(
+                "the request names a slab channel this server does not have (it restarted, or the channel "
+                "closed): reconnect"
             )
         dead = req.get("dead")
         if dead:
@@ -534,9 +588,17 @@ class SharedTensorServer:
 
     @staticmethod
     def _ring_done(ch, rep: Dict[str, Any]) -> Dict[str, Any]:
-        """Add the argument slabs this server is done with to a reply."""
+        """Add the argument slabs this server is done with to a reply.  If
+        that fails (a device sync raising), the reply's own result slab
+        goes back before the error does."""
         if ch is not None:
-            dead = _ring.report(ch.args)
+            try:
+                dead = _ring.report(ch.args)
+            except BaseException:
+                at = _ring.message_slot(rep.get("payload"))
+                if at is not None:
+                    ch.results.put_back([at[0] << 32 | at[1]])
+                raise
             if dead:
                 rep["dead"] = dead
         return rep
@@ -660,6 +722,9 @@ class SharedTensorServer:
                     return e
         value = ep.func(*args, **kwargs)
         _payload.check(value, f"result of {ep.name!r}", results=True)
+        # The entry may outlive this call (cached, managed, a task's result
+        # waiting to be collected): it must not keep the client's slabs.
+        value = _ring.unalias(value, (args, kwargs))
         e = _Entry(ep, key, value)
         if ep.cache:
             with self._lock:
@@ -798,6 +863,10 @@ class SharedTensorServer:
                          "channels": [c.info() for c in self._channels.values()]},
                 "tasks_expired": self.tasks_expired,
             }
+
+
+class _NoChannel(SharedTensorProviderError):
+    """A request names a slab channel the server does not hold."""
 
 
 class _Workers:

@@ -189,6 +189,13 @@ def ring_drop() -> torch.Tensor:
     return torch.tensor([float(n)])
 
 
+@provider.share(cache=True, cache_format_key="ringkeep:{k}")
+def ring_cached_view(t: torch.Tensor, k: int) -> torch.Tensor:
+    # A cached result that is a view of its argument: the server must keep
+    # a copy, not the client's slab (it would stay busy there for good).
+    return t[:4]
+
+
 @provider.share(cache=False, singleflight=False)
 def ring_write_arg(t: torch.Tensor) -> torch.Tensor:
     # The argument is the server's private copy: writing it is allowed
