@@ -6,12 +6,20 @@
     same tensor over CUDA IPC (a worker that clones it and sends it back);
     tcast twice: through the slab ring (the default) and through per-call
     artifacts (TCAST_SHARED_RING=0 in the client; the server allows rings), with the ratios;
+    each phase is its own client, closed before the next, so the run also
+    checks that a server keeps serving after a ring client closed: after
+    the ring phase, a ring-off client and then a new ring client call the
+    same server ("close sequence: ok" / "close sequence: FAILED");
  2. a second process receiving a 1,000-parameter module of >= 14 GiB
     (500 bf16 Linear(3880, 3880) layers) ready to run, against torch CUDA
     IPC of the same module through a torch.multiprocessing queue.
 
 Needs a tcast daemon ($TCAST_SOCKET) with a GPU tier and >= 16 GiB of host
 memory.  Usage: bench_shared.py [--iters N] [--layers L] [--width W]
+[--close-only] [--server-log PATH]; --close-only runs the close sequence
+alone (few calls, no figures).  The server's output goes to --server-log
+(default: bench_server.log in the run's temporary directory, named at the
+end).
 """
 from __future__ import annotations
 
@@ -89,17 +97,21 @@ h.release()
 """
 
 
-def start_server(tmp, env):
+def start_server(tmp, env, log_path):
     path = os.path.join(tmp, "bench_shared_server.py")
     with open(path, "w") as f:
         f.write(SERVER)
-    p = subprocess.Popen([sys.executable, path], env=dict(env, SHARED_TENSOR_ROLE="server"),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # To a file, not a pipe nobody drains: the server's warnings are what
+    # explains a failure, and a full pipe would block it.
+    with open(log_path, "ab") as log:
+        p = subprocess.Popen([sys.executable, path], env=dict(env, SHARED_TENSOR_ROLE="server"),
+                             stdout=log, stderr=subprocess.STDOUT)
     port = int(env["SHARED_TENSOR_BASE_PORT"])
     deadline = time.monotonic() + 120
     while True:
         if p.poll() is not None:
-            raise SystemExit(f"server died: {p.stdout.read()}")
+            with open(log_path, errors="replace") as f:
+                raise SystemExit(f"server died: {f.read()[-4000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return p
@@ -161,6 +173,8 @@ def main():
     ap.add_argument("--width", type=int, default=3880)
     ap.add_argument("--receivers", type=int, default=3)
     ap.add_argument("--skip-module", action="store_true")
+    ap.add_argument("--close-only", action="store_true")
+    ap.add_argument("--server-log", default=None)
     a = ap.parse_args()
 
     import torch
@@ -175,7 +189,8 @@ def main():
                SHARED_TENSOR_BASE_PORT=os.environ.get("SHARED_TENSOR_BASE_PORT", "26500"))
     env.pop("SHARED_TENSOR_ROLE", None)
     os.environ["SHARED_TENSOR_BASE_PORT"] = env["SHARED_TENSOR_BASE_PORT"]
-    srv = start_server(tmp, env)
+    server_log = a.server_log or os.path.join(tmp, "bench_server.log")
+    srv = start_server(tmp, env, server_log)
     try:
         # ---- 1. call latency, 4 MiB in and out
         x = torch.randn(1 << 20, device="cuda")  # 4 MiB of float32
@@ -188,8 +203,8 @@ def main():
                 y = c.call("echo", x)
                 torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
-                if i == 0:
-                    assert torch.equal(y, x)
+                if i == 0 or i == iters + 19:
+                    assert torch.equal(y, x), f"{label}: call {i} returned other values"
                 del y
                 if i >= 20:
                     lat.append(dt)
@@ -204,11 +219,36 @@ def main():
                       f"results mapped {r['results']['imported']} times", flush=True)
             c.close()
 
-        os.environ["TCAST_SHARED_RING"] = "1"
-        tcast_calls("slab ring (TCAST_SHARED_RING=1)", "tcast_direct_4MiB", a.iters)
-        os.environ["TCAST_SHARED_RING"] = "0"
-        tcast_calls("per-call artifacts (TCAST_SHARED_RING=0)", "tcast_direct_4MiB_artifacts", min(a.iters, 100))
-        del os.environ["TCAST_SHARED_RING"]
+        # Each phase is a new client of the same server, the previous one
+        # closed: the H200's first ring run lost the server's CUDA context
+        # right there (2026-12-02, tests/gpu/logs/2026-12-02-h200-s3-ring-wp).
+        phase = "ring"
+        try:
+            os.environ["TCAST_SHARED_RING"] = "1"
+            tcast_calls("slab ring (TCAST_SHARED_RING=1)", "tcast_direct_4MiB",
+                        20 if a.close_only else a.iters)
+            phase = "ring-off client after the ring client closed"
+            os.environ["TCAST_SHARED_RING"] = "0"
+            tcast_calls("per-call artifacts (TCAST_SHARED_RING=0)", "tcast_direct_4MiB_artifacts",
+                        10 if a.close_only else min(a.iters, 100))
+            phase = "new ring client after two closed clients"
+            os.environ["TCAST_SHARED_RING"] = "1"
+            tcast_calls("slab ring, a new client (TCAST_SHARED_RING=1)", "tcast_direct_4MiB_ring_again",
+                        20 if a.close_only else min(a.iters, 100))
+        except BaseException as e:
+            print(f"close sequence: FAILED in the {phase} phase: {type(e).__name__}: {str(e)[:2000]}", flush=True)
+            print(f"server log: {server_log}", flush=True)
+            raise
+        finally:
+            os.environ.pop("TCAST_SHARED_RING", None)
+        alive = srv.poll() is None
+        again = "ring" in out["tcast_direct_4MiB_ring_again"]
+        ok = alive and again
+        print(f"close sequence: {'ok' if ok else 'FAILED'}: ring client, close, ring-off client, close, ring "
+              f"client; server alive: {alive}, the last client used the ring: {again}", flush=True)
+        out["close_sequence_ok"] = ok
+        if a.close_only:
+            return
 
         ctx = mp.get_context("spawn")
         q_in, q_out = ctx.Queue(), ctx.Queue()
@@ -292,6 +332,7 @@ def main():
                 srv.wait(30)
             except subprocess.TimeoutExpired:
                 srv.kill()
+        print(f"server log: {server_log}", flush=True)
     print("RESULT " + json.dumps(out))
 
 

@@ -1,6 +1,11 @@
 #!/bin/bash
 # tcast.shared on the GPU machine (issue 15): the README's zero-branch
-# example unchanged as two processes, pytest -m gpu, and bench_shared.py.
+# example unchanged as two processes, pytest -m gpu (with the slab ring's
+# close-then-new-clients test), and bench_shared.py, whose ring phase is
+# followed by a close, a ring-off client and a new ring client on the same
+# server ("VERDICT close sequence: ok|FAILED"; on failure a rerun with
+# CUDA_LAUNCH_BLOCKING=1 for the faulting call's traceback).  About 4-6
+# minutes on an H200 with BENCH_ARGS="--iters 200".
 # Runs over the .gpu/ bundle like gpu-run.sh; logs go to $OUT.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,9 +41,23 @@ tail -5 "$OUT/test_ring_real.log"
 echo "== pytest -m gpu"
 (cd "$root" && TC_TEST_HOST_MEMORY=8GiB timeout 300 python3 -m pytest -m gpu -q -s -p no:cacheprovider tests/python/test_shared_gpu.py) > "$OUT/shared-pytest-gpu.log" 2>&1
 tail -25 "$OUT/shared-pytest-gpu.log"
-echo "== bench_shared.py"
-timeout ${BENCH_TIMEOUT:-330} python3 "$root/bench/bench_shared.py" ${BENCH_ARGS:-} > "$OUT/shared-bench.log" 2>&1; echo "bench exit $?" >> "$OUT/shared-bench.log"
+echo "== bench_shared.py (ring client, close, ring-off client, close, new ring client: the same server)"
+timeout ${BENCH_TIMEOUT:-330} python3 "$root/bench/bench_shared.py" ${BENCH_ARGS:-} \
+	--server-log "$OUT/shared-bench-server.log" > "$OUT/shared-bench.log" 2>&1
+echo "bench exit $?" >> "$OUT/shared-bench.log"
 cat "$OUT/shared-bench.log"
+if grep -q '^close sequence: ok' "$OUT/shared-bench.log"; then
+	echo "VERDICT close sequence: ok (the server served a ring-off and a new ring client after a ring client closed)"
+else
+	# Again with every launch synchronous, so the faulting call raises
+	# where it is made: the server's traceback lands in its log.
+	echo "VERDICT close sequence: FAILED; rerun with CUDA_LAUNCH_BLOCKING=1 (shared-close-blocking*.log)"
+	CUDA_LAUNCH_BLOCKING=1 SHARED_TENSOR_BASE_PORT=26600 timeout 120 python3 "$root/bench/bench_shared.py" \
+		--close-only --server-log "$OUT/shared-close-blocking-server.log" > "$OUT/shared-close-blocking.log" 2>&1
+	echo "exit $?" >> "$OUT/shared-close-blocking.log"
+	tail -30 "$OUT/shared-close-blocking.log"; tail -60 "$OUT/shared-close-blocking-server.log"
+fi
+echo "pytest -m gpu: $(tail -1 "$OUT/shared-pytest-gpu.log")"
 kill $dpid; wait $dpid 2>/dev/null
 cp "$D/daemon.log" "$OUT/shared-daemon.log" 2>/dev/null
 true

@@ -175,3 +175,63 @@ print(json.dumps(res))
     assert out["write_arg"] == 101.0 and out["caller"] == 1.0
     assert out["args"]["acquired"] == 71 and out["args"]["created"] <= 12
     assert out["results"]["imported"] <= 12
+
+
+def test_ring_close_then_new_clients_real_cuda(senv):
+    """The sequence that lost the server's CUDA context on the H200's first
+    ring run (bench_shared.py, 2026-12-02): a ring client makes calls and
+    closes, then a ring-off client and a new ring client call the same
+    server.  Results are used by kernels still queued when they are dropped,
+    a call fails halfway (its slabs come back at once), and the server must
+    keep serving with a healthy context to the end."""
+    port, env = senv
+    srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
+    try:
+        r = run_client(f"""
+import json, os, sys, torch
+sys.path.insert(0, {str(EXAMPLES)!r})
+import semantics_service  # noqa: F401  (the endpoints' module, for pickles)
+from tcast.shared import SharedTensorClient
+res = {{"bad": [], "phases": []}}
+x = torch.randn(1 << 20, device="cuda")
+def phase(ring, n):
+    os.environ["TCAST_SHARED_RING"] = ring
+    c = SharedTensorClient()
+    acc = torch.zeros((), device="cuda")
+    for i in range(n):
+        t = x + i
+        y, d = c.call("ring_echo", t, {{"v": t[:5]}})
+        if not (torch.equal(y, t * 2) and torch.equal(d["v"], t[:5])):
+            res["bad"].append((ring, i))
+        acc += y.sum()  # queued on the result, which is dropped right away
+        del y, d
+    try:
+        c.call("fails", x)
+    except Exception as e:
+        res.setdefault("fail", []).append(type(e).__name__)
+    info = {{"ring": ring, "chan": c._chan is not None}}
+    if c._chan is not None:
+        info["args_busy"] = c._chan.args.stats()["busy"]
+    res["phases"].append(info)
+    c.close()
+    torch.cuda.synchronize()
+phase("1", 60)
+phase("0", 10)
+phase("1", 60)
+phase("1", 20)
+c = SharedTensorClient()
+res["channels_left"] = len(c.get_server_info()["ring"]["channels"])
+c.close()
+print(json.dumps(res))
+""", env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        alive = srv.proc.poll() is None
+    finally:
+        log = srv.kill()
+    assert alive, log[-4000:]
+    assert out["bad"] == [], out
+    assert [p["chan"] for p in out["phases"]] == [True, False, True, True], out
+    assert all(p.get("args_busy", 0) == 0 for p in out["phases"]), out
+    assert len(out["fail"]) == 4 and out["channels_left"] == 0, out
+    assert "illegal memory access" not in log, log[-4000:]
