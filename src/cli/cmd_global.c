@@ -461,12 +461,14 @@ static int status(struct gopts *o)
 	       cli_esc(json_string_value(json_object_get(j, "backend"))),
 	       json_integer_value(json_object_get(j, "uptime_ms")) / 1000);
 	printf("nodes %zu (%lld live), artifacts %lld, replicas %lld, keys "
-	       "%lld; lease %lld ms\n",
+	       "%lld, groups %lld (%lld open); lease %lld ms\n",
 	       json_array_size(json_object_get(j, "nodes")),
 	       json_integer_value(json_object_get(j, "nodes_live")),
 	       json_integer_value(json_object_get(j, "artifacts")),
 	       json_integer_value(json_object_get(j, "replicas")),
 	       json_integer_value(json_object_get(j, "keys")),
+	       json_integer_value(json_object_get(j, "groups")),
+	       json_integer_value(json_object_get(j, "groups_open")),
 	       json_integer_value(json_object_get(j, "lease_ms")));
 	printf("%-4s %-20s %-22s %-5s %-9s %-22s %s\n", "ID", "NODE", "PEER",
 	       "LIVE", "LEASE", "ZONE/RACK/HOST", "REPLICAS");

@@ -440,7 +440,7 @@ static FILE *hold(const char *group, int rank)
 	FILE *f;
 
 	snprintf(cmd, sizeof(cmd),
-		 "exec %s global group hold %s --rank %d --rank-lease-ms 1000 "
+		 "exec %s global group hold %s --rank %d --rank-lease-ms 2000 "
 		 "--global %s --cluster-secret-file %s >/dev/null 2>&1",
 		 bin, group, rank, addr, secret_path);
 	f = popen(cmd, "w");
@@ -472,7 +472,9 @@ static void test_gs_group__survives_store_restart(void **state)
 	sh("%s global start --listen %s --lease-ms 1500 --state-dir %s/gs "
 	   "--cluster-secret-file %s >/dev/null",
 	   bin, addr, dir, secret_path);
-	usleep(2500 * 1000); /* past both leases: only renewals keep them */
+	/* past the leases the restart gave them (2 s + the 1.5 s node
+	 * lease): only renewals keep them */
+	usleep(4000 * 1000);
 	conn(&g);
 	assert_int_equal(call(&g, TC_GSP_GROUP_GET, "s/v1", 0, 0, NULL, 0, NULL,
 			      &rec),

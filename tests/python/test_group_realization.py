@@ -191,9 +191,12 @@ def test_ranks_decide_through_the_global_store(tmp_path):
     secret.write_text(os.urandom(32).hex())
     os.chmod(secret, 0o600)
     S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
-    NODE_LEASE_MS, RANK_LEASE_S = 1500, 1.0
-    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", str(NODE_LEASE_MS), *S],
-                   check=True, capture_output=True)
+    # leases short enough to tell from the 30 s waits, with a margin for a
+    # loaded machine: heartbeats every 250 ms against a 2 s node lease, a
+    # rank's renewals every 1/3 of its 2 s lease
+    NODE_LEASE_MS, RANK_LEASE_S = 2000, 2.0
+    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", str(NODE_LEASE_MS),
+                    "--set", "heartbeat_ms=250", *S], check=True, capture_output=True)
     daemons = {}
     ranks = []
     try:
