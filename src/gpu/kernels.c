@@ -219,9 +219,9 @@ int tc__gpu_hash_ready(int ordinal, char *err, size_t errlen)
 	return kernel_ready(ordinal, KMOD_HASH, err, errlen);
 }
 
-/* Both kernels over a's chunks, on the NULL stream. */
+/* Both kernels over a's chunks, on stream st (NULL: the legacy one). */
 static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[2],
-			  struct tc__gpu_b3 *a)
+			  struct tc__gpu_b3 *a, CUstream st)
 {
 	uint64_t nl = a->nchunks * (a->chunk_bytes / 1024);
 	void *params[1] = { a };
@@ -229,10 +229,10 @@ static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[2],
 
 	r = cu->fn.cuLaunchKernel(
 		fn[0], (unsigned)TC_MIN((nl + 127) / 128, (uint64_t)1 << 20), 1,
-		1, 128, 1, 1, 0, NULL, params, NULL);
+		1, 128, 1, 1, 0, st, params, NULL);
 	if (r == CUDA_SUCCESS)
 		r = cu->fn.cuLaunchKernel(fn[1], (unsigned)a->nchunks, 1, 1,
-					  256, 1, 1, 0, NULL, params, NULL);
+					  256, 1, 1, 0, st, params, NULL);
 	return r;
 }
 
@@ -271,7 +271,7 @@ static int hash_selftest(const struct tc__cu *cu, int ordinal,
 					 .tmp = m.dptr + 40960,
 					 .out = m.dptr + 49152,
 					 .chunk_bytes = CH };
-		r = b3_launch(cu, fn, &a);
+		r = b3_launch(cu, fn, &a, NULL);
 		if (r == CUDA_SUCCESS)
 			r = cu->fn.cuMemcpyDtoH(got, a.out, sizeof(got));
 		if (r != CUDA_SUCCESS)
@@ -341,7 +341,7 @@ int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 			.chunk_bytes = TC_CHUNK_BYTES,
 		};
 
-		r = b3_launch(cu, fn, &a);
+		r = b3_launch(cu, fn, &a, NULL);
 		if (r == CUDA_SUCCESS)
 			r = cu->fn.cuMemcpyDtoH(&out[c0], a.out,
 						a.nchunks * TC_DIGEST_BYTES);
@@ -354,5 +354,54 @@ int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 	tc__cu_leave(cu, &g);
 out_free:
 	tc__gpu_release(&tmp);
+	return ret;
+}
+
+uint64_t tc__gpu_hash_scratch_bytes(uint64_t nchunks)
+{
+	return 2 * nchunks * (TC_CHUNK_BYTES / 1024) * 32;
+}
+
+int tc__gpu_hash_chunks_async(int ordinal, uint64_t data, uint64_t size,
+			      uint64_t c0, uint64_t nchunks, uint64_t scratch,
+			      uint64_t dig, struct tc__gpu_stream *s, char *err,
+			      size_t errlen)
+{
+	uint64_t leaves = nchunks * (TC_CHUNK_BYTES / 1024);
+	struct tc__gpu_b3 a = {
+		.data = data,
+		.size = size,
+		.chunk0 = c0,
+		.nchunks = nchunks,
+		.cvs = scratch,
+		.tmp = scratch + leaves * 32,
+		.out = dig + c0 * TC_DIGEST_BYTES,
+		.chunk_bytes = TC_CHUNK_BYTES,
+	};
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUfunction fn[2];
+	CUresult r;
+	int ret;
+
+	if (!s || nchunks == 0 || nchunks > HASH_BATCH ||
+	    c0 + nchunks > tc__chunk_count(size))
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "cannot queue the hash of chunks %" PRIu64
+				     "..%" PRIu64 " of %" PRIu64 " bytes",
+				     c0, c0 + nchunks, size);
+	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = kernel_get(cu, ordinal, KMOD_HASH, fn, err, errlen);
+	if (ret == 0) {
+		r = b3_launch(cu, fn, &a, s->s);
+		if (r != CUDA_SUCCESS)
+			ret = tc__cu_fail(cu, r, "cuLaunchKernel", err, errlen,
+					  "cannot hash chunks %" PRIu64
+					  "..%" PRIu64 " on GPU %d",
+					  c0, c0 + nchunks, ordinal);
+	}
+	tc__cu_leave(cu, &g);
 	return ret;
 }

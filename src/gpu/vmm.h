@@ -340,6 +340,25 @@ struct tc__digest;
 int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 			    struct tc__digest *out, char *err, size_t errlen);
 
+/* Device scratch tc__gpu_hash_chunks_async needs for `nchunks` chunks of
+ * at most TC_CHUNK_BYTES (two chaining values per 1 KiB leaf). */
+uint64_t tc__gpu_hash_scratch_bytes(uint64_t nchunks);
+
+/*
+ * Queue on s (a stream of GPU `ordinal`) the digests of chunks
+ * [c0, c0 + nchunks) of the `size`-byte space at device address data:
+ * digest k lands at dig + 32 * k.  Ordered after what s already holds, so
+ * a loader queues it behind the copy that fills those chunks and the hash
+ * overlaps the next copies.  scratch holds tc__gpu_hash_scratch_bytes(
+ * nchunks) and may be reused by the next call on the same stream.  The
+ * kernels must be ready (tc__gpu_hash_ready).  Returns 0, TC_EINVAL,
+ * TC_ENOTSUP, TC_EDEVICE or TC_ECUDA.
+ */
+int tc__gpu_hash_chunks_async(int ordinal, uint64_t data, uint64_t size,
+			      uint64_t c0, uint64_t nchunks, uint64_t scratch,
+			      uint64_t dig, struct tc__gpu_stream *s, char *err,
+			      size_t errlen);
+
 /* ---- pinned host memory ------------------------------------------------ */
 
 /* Page-lock an existing host mapping (a memfd mapping, say) for every

@@ -65,7 +65,14 @@ struct gload {
 	_Atomic uint64_t uring_bytes;
 	_Atomic uint64_t tee_bytes;
 	bool any_direct; /* some file is read with O_DIRECT */
-	bool gpu_hash;	 /* chunks hashed on the GPU once all are in */
+	bool gpu_hash;	 /* chunks hashed on the GPU, not by the readers */
+	/* The GPU hashes each unit behind its copy, on the copy's stream:
+	 * digests at hash.dptr, then one scratch area per worker. */
+	bool hash_async;
+	struct tc__gpu_mem hash;
+	uint64_t hash_scratch; /* bytes per worker, after the digests */
+	_Atomic int hash_fail; /* a launch failed: hash it all afterwards */
+	_Atomic int nworker;   /* workers started so far: each one's index */
 	_Atomic int uring_errno;
 	_Atomic int stop;
 	pthread_mutex_t lock; /* guards rc and err */
@@ -379,6 +386,23 @@ void tc__gpu_stage_pool_drain(void)
 	pthread_mutex_unlock(&stage_pool.mu);
 }
 
+/* Queue the digests of unit [u0, u1) behind its copy on s.  A failure
+ * only means the whole space is hashed again once the load is in. */
+static void queue_hash(struct gload *g, int wid, uint64_t u0, uint64_t u1,
+		       struct tc__gpu_stream *s)
+{
+	uint64_t scratch = g->hash.dptr +
+			   TC_ALIGN_UP(g->nchunks * TC_DIGEST_BYTES, 256) +
+			   (uint64_t)wid * g->hash_scratch;
+	char err[256];
+
+	if (tc__gpu_hash_chunks_async(
+		    g->dst->device, g->dst->dptr, g->size, u0 / TC_CHUNK_BYTES,
+		    (u1 - u0 + TC_CHUNK_BYTES - 1) / TC_CHUNK_BYTES, scratch,
+		    g->hash.dptr, s, err, sizeof(err)) < 0)
+		atomic_store(&g->hash_fail, 1);
+}
+
 static void *worker(void *arg)
 {
 	struct gload *g = arg;
@@ -392,7 +416,7 @@ static void *worker(void *arg)
 	struct tc__ioring *ur = NULL;
 	char err[512];
 	uint64_t k;
-	int rc, nslots = 0, i = 0;
+	int rc, nslots = 0, i = 0, wid = atomic_fetch_add(&g->nworker, 1);
 	bool synced = true;
 
 	if (!h) {
@@ -486,6 +510,8 @@ copy:
 		if (rc < 0)
 			goto out_fail;
 		sl->busy = true;
+		if (g->hash_async && !atomic_load(&g->hash_fail))
+			queue_hash(g, wid, u0, u1, s);
 		if (g->o->tee && !g->host_src) {
 			/* The disk copy from the same read, written while the
 			 * DMA reads the same buffer. */
@@ -590,13 +616,17 @@ static void open_direct(struct gload *g)
 /* Run g's units on up to `nthreads` threads, this one included.  Threads
  * beyond the first are an optimisation: when one cannot be created the
  * others still finish the work. */
+static int nworkers(const struct gload *g, int nthreads)
+{
+	return (int)TC_MIN(TC_MIN((uint64_t)TC_MAX(nthreads, 1), g->nunits),
+			   (uint64_t)MAX_THREADS);
+}
+
 static void run_workers(struct gload *g, int nthreads)
 {
 	pthread_t tids[MAX_THREADS];
-	int n = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), g->nunits),
-	    started = 0;
+	int n = nworkers(g, nthreads), started = 0;
 
-	n = TC_MIN(n, MAX_THREADS);
 	for (int i = 1; i < n; i++)
 		if (pthread_create(&tids[started], NULL, worker, g) == 0)
 			started++;
@@ -631,6 +661,7 @@ int tc__gpu_load_source(const struct tc__source *src,
 	g.o = o;
 	g.chunks = chunks;
 	g.prog = prog;
+	tc__gpu_mem_init(&g.hash);
 	g.size = src->table.total_bytes;
 	g.nchunks = tc__chunk_count(g.size);
 	g.unit = TC_CHUNK_BYTES *
@@ -646,10 +677,23 @@ int tc__gpu_load_source(const struct tc__source *src,
 		return -ENOMEM;
 	/* Where the chunk-hash kernels run, the CPU only reads and copies
 	 * (BLAKE3 on the host held the loader to ~70% of the pinned copy
-	 * rate on an H200 host) and the GPU hashes the bytes once they are
-	 * all in, at device-memory speed. */
+	 * rate on an H200 host) and the GPU hashes each unit behind its
+	 * copy, while the next ones cross the bus (hashing after the last
+	 * copy added 12 ms to 8 GiB loaded in 184 ms on an H200). */
 	g.gpu_hash = !getenv("TCAST_GPU_HASH_HOST") &&
 		     tc__gpu_hash_ready(dst->device, err, errlen) == 0;
+	if (g.gpu_hash && g.nunits) {
+		g.hash_scratch = TC_ALIGN_UP(
+			tc__gpu_hash_scratch_bytes(g.unit / TC_CHUNK_BYTES),
+			256);
+		g.hash_async =
+			tc__gpu_alloc(
+				dst->device,
+				TC_ALIGN_UP(g.nchunks * TC_DIGEST_BYTES, 256) +
+					(uint64_t)nworkers(&g, o->nthreads) *
+						g.hash_scratch,
+				0, &g.hash, err, errlen) == 0;
+	}
 	open_direct(&g);
 	run_workers(&g, o->nthreads);
 	for (uint32_t i = 0; i < src->nfiles; i++)
@@ -657,6 +701,12 @@ int tc__gpu_load_source(const struct tc__source *src,
 			close(g.files[i].dfd);
 	tc__free(g.files);
 	pthread_mutex_destroy(&g.lock);
+	/* Every worker synchronised its stream: the digests are in. */
+	if (g.rc == 0 && g.hash_async && !atomic_load(&g.hash_fail) &&
+	    tc__gpu_dtoh(dst->device, chunks, g.hash.dptr,
+			 g.nchunks * TC_DIGEST_BYTES, NULL, err, errlen) == 0)
+		g.gpu_hash = false;
+	tc__gpu_release(&g.hash);
 	if (g.rc == 0 && g.gpu_hash)
 		g.rc = tc__gpu_hash_chunks(dst, g.size, o->nthreads, chunks,
 					   err, errlen);

@@ -169,11 +169,23 @@ static void test_gpu_loader__matches_host_loader(void **state)
 					     "many-tensors.safetensors",
 					     "tiny-llama" };
 
-	/* Chunks hashed by the GPU kernels (the default), then by the host
-	 * threads (the fallback where the kernels cannot run). */
-	for (int host_hash = 0; host_hash <= 1; host_hash++) {
-		if (host_hash)
+	/* Chunks hashed by the GPU kernels behind each copy (the default),
+	 * by the host threads (the fallback where the kernels cannot run),
+	 * and with kernel launches failing: one (the whole space is hashed
+	 * again on the GPU once it is in), then every one from the second
+	 * on (hashed on the host from the GPU's bytes). */
+	static const char *const fails[] = {
+		NULL, NULL, "cuLaunchKernel:2:CUDA_ERROR_INVALID_VALUE",
+		"cuLaunchKernel:2+:CUDA_ERROR_INVALID_VALUE"
+	};
+
+	for (int host_hash = 0; host_hash < 4; host_hash++) {
+		if (host_hash == 1)
 			setenv("TCAST_GPU_HASH_HOST", "1", 1);
+		if (host_hash >= 2) {
+			unsetenv("TCAST_GPU_HASH_HOST");
+			setenv("TC_FAKECUDA_FAIL", fails[host_hash], 1);
+		}
 		for (size_t i = 0; i < 3; i++) {
 			struct ref r;
 
@@ -188,6 +200,7 @@ static void test_gpu_loader__matches_host_loader(void **state)
 		}
 	}
 	unsetenv("TCAST_GPU_HASH_HOST");
+	unsetenv("TC_FAKECUDA_FAIL");
 }
 
 /* A model bigger than one chunk, tensors straddling chunk boundaries at
