@@ -1202,6 +1202,82 @@ static void test_gpu__chunk_hash_on_device(void **state)
 	assert_no_device_memory_used();
 }
 
+/* Device-to-device copies: the kernel for ranges of 1 MiB and more, any
+ * alignment and length, on a stream or blocking; the driver's copy below
+ * that and when TCAST_GPU_COPY=driver (a failing launch tells which ran);
+ * a range outside the allocations fails as a GPU's would. */
+static void test_gpu__copy_kernel(void **state)
+{
+	static const uint64_t sizes[] = { 1,	   4095,	 MiB,
+					  MiB + 1, 3 * MiB + 17, 4 * MiB - 3 };
+	static const uint64_t offs[] = { 0, 16, 1, 7 };
+	uint8_t *host = malloc(5 * MiB), *back = malloc(5 * MiB);
+	struct tc__gpu_stream *s;
+	struct tc__gpu_mem a, b;
+
+	(void)state;
+	assert_true(host && back);
+	for (uint64_t i = 0; i < 5 * MiB; i++)
+		host[i] = (uint8_t)((i * 2654435761u) >> 17);
+	assert_int_equal(tc__gpu_alloc(0, 5 * MiB, 0, &a, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_alloc(0, 5 * MiB, 0, &b, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_write(&a, 0, host, 5 * MiB, NULL, err,
+					   sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_stream_create(0, &s, err, sizeof(err)), 0);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+		for (size_t j = 0; j < 4; j++) {
+			uint64_t so = offs[j], dof = offs[(j + 1) % 4];
+
+			assert_int_equal(tc__gpu_memset8(0, b.dptr, 0, b.size,
+							 NULL, err,
+							 sizeof(err)),
+					 0);
+			assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + dof,
+							  a.dptr + so, sizes[i],
+							  j % 2 ? s : NULL, err,
+							  sizeof(err)),
+					 0);
+			assert_int_equal(
+				tc__gpu_stream_sync(s, err, sizeof(err)), 0);
+			assert_int_equal(tc__gpu_mem_read(&b, 0, back, 5 * MiB,
+							  NULL, err,
+							  sizeof(err)),
+					 0);
+			assert_memory_equal(back + dof, host + so, sizes[i]);
+			/* nothing beyond the range */
+			assert_int_equal(back[dof + sizes[i]], 0);
+			if (dof)
+				assert_int_equal(back[dof - 1], 0);
+		}
+	/* Which copy ran: a failing launch shows the kernel's. */
+	setenv("TC_FAKECUDA_FAIL", "cuLaunchKernel:1+:CUDA_ERROR_INVALID_VALUE",
+	       1);
+	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, 2 * MiB, NULL, err,
+					  sizeof(err)),
+			 TC_ECUDA);
+	assert_non_null(strstr(err, "cuLaunchKernel"));
+	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, MiB - 1, NULL, err,
+					  sizeof(err)),
+			 0);
+	setenv("TCAST_GPU_COPY", "driver", 1);
+	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, 2 * MiB, NULL, err,
+					  sizeof(err)),
+			 0);
+	unsetenv("TCAST_GPU_COPY");
+	unsetenv("TC_FAKECUDA_FAIL");
+	/* Past the end of the destination: refused like a GPU's fault. */
+	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + MiB, a.dptr, b.size, NULL,
+					  err, sizeof(err)),
+			 TC_ECUDA);
+	tc__gpu_stream_free(s);
+	tc__gpu_release(&a);
+	tc__gpu_release(&b);
+	free(host);
+	free(back);
+	assert_no_device_memory_used();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1232,6 +1308,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__threads),
 		cmocka_unit_test(test_gpu__chunk_hash_core_is_blake3),
 		cmocka_unit_test(test_gpu__chunk_hash_on_device),
+		cmocka_unit_test(test_gpu__copy_kernel),
 	};
 
 	if (argc == 4 && !strcmp(argv[1], "--child"))
