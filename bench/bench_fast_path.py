@@ -316,6 +316,19 @@ def main():
         f, m = map(float, out.stdout.split())
         firsts.append(f)
         meds.append(m)
+    if os.environ.get("BENCH_PROFILE_ATTACH"):
+        # Where a fresh process's first call goes: cProfile of it, and the
+        # C attach alone (tc_realize), in one more child; not in the figure.
+        prof = ATTACH_CHILD.replace(
+            'd = tc.artifact(sys.argv[1]).tensor_dict(device="cuda:0")\ntorch.cuda.synchronize()\nfirst',
+            'import cProfile, pstats, io\npr = cProfile.Profile(); pr.enable()\n'
+            'd = tc.artifact(sys.argv[1]).tensor_dict(device="cuda:0")\ntorch.cuda.synchronize()\n'
+            'pr.disable(); sio = io.StringIO()\n'
+            'pstats.Stats(pr, stream=sio).sort_stats("tottime").print_stats(25)\n'
+            'sys.stderr.write(sio.getvalue())\nfirst', 1)
+        out = subprocess.run([sys.executable, "-c", prof, art.artifact_id, str(NT), str(REPO / "python")],
+                             capture_output=True, text=True, env=dict(os.environ))
+        log("profile of a fresh process's first tensor_dict(device=cuda:0):\n" + out.stderr[-6000:])
     if firsts:
         res["attach_first_ms"] = statistics.median(firsts) * 1e3
         log(f"fresh process attaching {args.attach_gib:g} GiB / {NT} tensors (tensor_dict(device=cuda:0)): "
