@@ -434,7 +434,9 @@ int tc__gpu_copy_d2d(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 	uint64_t blocks;
 	int ret;
 
-	if ((e && !strcmp(e, "driver")) || n < COPY_KERNEL_MIN)
+	/* Misaligned ranges would take the kernel's byte loop. */
+	if ((e && !strcmp(e, "driver")) || n < COPY_KERNEL_MIN ||
+	    ((dst | src) & 15))
 		return tc__gpu_dtod(ordinal, dst, src, n, s, err, errlen);
 	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
 	if (ret < 0)

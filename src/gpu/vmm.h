@@ -315,8 +315,9 @@ int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
  * Copy n bytes between two device addresses of GPU `ordinal` (see
  * tc__gpu_dtod for s and the blocking form) with tcast's copy kernel
  * (src/gpu/kernels/copy.cu), which the driver's copy does not match on
- * large ranges; small ones, TCAST_GPU_COPY=driver, and a GPU whose driver
- * refuses the module take cuMemcpyDtoD.  The ranges must not overlap.
+ * ranges of many tensors; small or misaligned ones, TCAST_GPU_COPY=driver,
+ * and a GPU whose driver refuses the module take cuMemcpyDtoD.  The ranges
+ * must not overlap.
  */
 int tc__gpu_copy_d2d(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 		     struct tc__gpu_stream *s, char *err, size_t errlen);
