@@ -1260,6 +1260,10 @@ static void test_gpu__copy_kernel(void **state)
 	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, MiB - 1, NULL, err,
 					  sizeof(err)),
 			 0);
+	/* misaligned: the driver's copy */
+	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + 1, a.dptr, 2 * MiB, NULL,
+					  err, sizeof(err)),
+			 0);
 	setenv("TCAST_GPU_COPY", "driver", 1);
 	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, 2 * MiB, NULL, err,
 					  sizeof(err)),
