@@ -295,6 +295,13 @@ def main():
     s_host = time.perf_counter() - t0
     log(f"swap to an artifact with a replica on that GPU: {nbytes / s / 1e9:.1f} GB/s ({s * 1e3:.2f} ms, median); "
         f"to one in host memory only: {nbytes / s_host / 1e9:.1f} GB/s ({s_host:.3f} s)")
+    # The daemon's own account of each fill (its copy alone, no request):
+    # where a swap's time goes.
+    dlog = getattr(getattr(tc._sess(), "daemon", None), "log", None)
+    if dlog and os.path.exists(dlog):
+        for line in Path(dlog).read_text(errors="replace").splitlines():
+            if "swapped to" in line or "filled with" in line:
+                log("  daemon: " + line[line.find("binding"):])
     bd.close()
     del a, b, c, bd, src
     rm_all()
