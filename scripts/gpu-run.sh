@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs on the GPU machine over the carried .gpu/ bundle (scripts/gpu-bundle.sh)
 # and writes every log to $OUT.  Usage: scripts/gpu-run.sh [steps...]
-# steps: env gpu python bench pybench fill loader attach stream (default: all but stream)
+# steps: env gpu python bench pybench fill loader attach stream durable
+# (default: all but stream and durable)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 G="$root/.gpu"
@@ -57,6 +58,10 @@ for s in $steps; do
 	stream)
 		echo "== bench_stream.py (layer streaming, 8 B decoder, tcast.stream vs accelerate)"
 		python3 "$root/bench/bench_stream.py" --json "$OUT/bench_stream.json" > "$OUT/bench_stream.log" 2>&1; tail -6 "$OUT/bench_stream.log" ;;
+	durable)
+		echo "== gpu-durable.py (issue 13: a durable artifact -> cuda:0 after a restart vs tcast import --device)"
+		timeout 300 python3 "$root/scripts/gpu-durable.py" ${DURABLE_GIB:-8} > "$OUT/gpu-durable.log" 2>&1
+		echo "exit $?" >> "$OUT/gpu-durable.log"; cat "$OUT/gpu-durable.log" ;;
 	pybench)
 		echo "== python benches"
 		python3 "$root/bench/bench_tensor_dict.py" > "$OUT/bench_tensor_dict.log" 2>&1; tail -8 "$OUT/bench_tensor_dict.log"

@@ -554,7 +554,10 @@ out:
 	return NULL;
 }
 
-/* Whether any sampled page of the file is in the page cache. */
+/* Whether any sampled page of the file is in the page cache.  The samples
+ * are the middles of 16 equal parts, never page 0: parsing the header read
+ * it (and its read-ahead), so a cold file would look cached and be read
+ * through the page cache. */
 static bool file_cached(int fd, uint64_t size)
 {
 	long pg = sysconf(_SC_PAGESIZE);
@@ -568,8 +571,8 @@ static bool file_cached(int fd, uint64_t size)
 	if (p == MAP_FAILED)
 		return true;
 	for (int i = 0; i < 16 && !cached; i++) {
-		uint64_t off =
-			size / 16 * (uint64_t)i / (uint64_t)pg * (uint64_t)pg;
+		uint64_t off = (size / 16 * (uint64_t)i + size / 32) /
+			       (uint64_t)pg * (uint64_t)pg;
 
 		if (mincore((uint8_t *)p + off, 1, v) == 0 && (v[0] & 1))
 			cached = true;
