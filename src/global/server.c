@@ -48,6 +48,7 @@
 #define GROUPS_OPEN_MAX 4096  /* open groups at once */
 #define GROUPS_MAX	65536 /* groups kept, decided included */
 #define GROUP_KEEP_MS	((uint64_t)3600 * 1000) /* a decided group's record */
+#define GROUP_SLOTS_MAX ((size_t)1 << 20)	/* ranks over all kept groups */
 
 struct gnode;
 
@@ -158,6 +159,7 @@ struct gs {
 	struct tc__map node_by_name, arts, keys, groups;
 	struct ggroup *open; /* undecided groups */
 	size_t nopen;
+	size_t rank_slots; /* sum of ranks over kept groups (memory bound) */
 	struct gconn *conns, *turn, *reap;
 	int nconns;
 	bool txn, txn_failed;
@@ -1280,11 +1282,16 @@ static int on_group_create(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 		put_group(gs, g, out);
 		return 0;
 	}
-	if (gs->nopen >= GROUPS_OPEN_MAX || gs->groups.count >= GROUPS_MAX) {
+	/* Each rank is a slot of memory: bound them, so that a client with
+	 * the secret cannot make the store allocate without limit. */
+	if (gs->nopen >= GROUPS_OPEN_MAX || gs->groups.count >= GROUPS_MAX ||
+	    gs->rank_slots + q.ranks > GROUP_SLOTS_MAX) {
 		snprintf(err, errlen,
-			 "%zu groups open and %zu kept (at most %d and %d)",
-			 gs->nopen, gs->groups.count, GROUPS_OPEN_MAX,
-			 GROUPS_MAX);
+			 "%zu groups open and %zu kept with %zu ranks (at most "
+			 "%d, %d and %zu; decided groups are forgotten an hour "
+			 "after their decision)",
+			 gs->nopen, gs->groups.count, gs->rank_slots,
+			 GROUPS_OPEN_MAX, GROUPS_MAX, GROUP_SLOTS_MAX);
 		return TC_ELIMIT;
 	}
 	if ((ret = be_write(gs)) < 0) {
@@ -1306,6 +1313,7 @@ static int on_group_create(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 		return ret;
 	}
 	open_link(gs, g);
+	gs->rank_slots += g->rec.ranks;
 	gs->n_writes++;
 	tc__log(TC_LOG_INFO, "group '%s' created: %u ranks, %u ms", q.group,
 		q.ranks, q.timeout_ms);
@@ -1557,6 +1565,7 @@ static void groups_tick(struct gs *gs, uint64_t now)
 			for (size_t i = 0; i < n; i++) {
 				gs->ops->group_del(gs->be, drop[i]->rec.name);
 				tc__map_del(&gs->groups, drop[i]->rec.name);
+				gs->rank_slots -= drop[i]->rec.ranks;
 				group_free(drop[i]);
 			}
 	}
@@ -2175,6 +2184,7 @@ static int load_group(void *arg, const struct tc__gsp_group *rec,
 	}
 	if (g->rec.state == TC_GSP_GSTATE_OPEN)
 		open_link(gs, g);
+	gs->rank_slots += g->rec.ranks;
 	return 0;
 }
 

@@ -14,6 +14,8 @@
  * keeps serving the next connection.  Last, an open group with two
  * holders (`tcast global group hold`) survives a kill -9 of the store:
  * they reconnect and renew, the prepared report is kept, it commits.
+ * And a client creating the largest groups it may is refused at the
+ * store's bound on ranks kept (memory), not served until it runs out.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -492,6 +494,34 @@ static void test_gs_group__survives_store_restart(void **state)
 	tc__gsc_close(&g);
 }
 
+/* Groups cost the store memory per rank: a client creating the largest
+ * groups it may is refused once 2^20 ranks are kept, and the store goes
+ * on answering. */
+static void test_gs_group__bounded(void **state)
+{
+	struct tc__gsp_group_req q = { .ranks = TC_GSP_MAX_RANKS,
+				       .timeout_ms = 600000 };
+	struct tc__gsp_group rec;
+	struct tc__gsc g;
+	int ret = 0, i;
+
+	conn(&g);
+	for (i = 0; i < 300; i++) {
+		snprintf(q.group, sizeof(q.group), "big/%d", i);
+		ret = tc__gsc_group(&g, TC_GSP_GROUP_CREATE, &q, &rec);
+		if (ret < 0)
+			break;
+		tc__gsp_group_release(&rec);
+	}
+	assert_int_equal(ret, TC_ELIMIT);
+	assert_true(i >= 250 && i <= 256);
+	assert_non_null(strstr(g.err, "ranks"));
+	assert_int_equal(call(&g, TC_GSP_GROUP_GET, "big/0", 0, 0, NULL, 0,
+			      NULL, NULL),
+			 0);
+	tc__gsc_close(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -500,6 +530,7 @@ int main(void)
 		cmocka_unit_test(test_gs_group__refusals),
 		cmocka_unit_test(test_gs_group__hostile_bodies),
 		cmocka_unit_test(test_gs_group__survives_store_restart),
+		cmocka_unit_test(test_gs_group__bounded),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
