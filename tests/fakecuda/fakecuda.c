@@ -842,7 +842,7 @@ FAKE_API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size,
 {
 	struct fdev *d;
 	struct falloc *a;
-	char name[32];
+	char name[80]; /* "fakecuda:devN:" and a tag of up to 39 */
 	int fd;
 
 	ENTER("cuMemCreate");
