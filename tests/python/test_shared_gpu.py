@@ -227,6 +227,14 @@ phase("1", 20)
 c = SharedTensorClient()
 res["channels_left"] = len(c.get_server_info()["ring"]["channels"])
 c.close()
+# A result held across close(): the server keeps its slab until we exit.
+c = SharedTensorClient()
+y, d = c.call("ring_echo", x, {{"v": x[:5]}})
+c.close()
+res["kept"] = bool(torch.equal(y, x * 2))
+y.add_(1)
+torch.cuda.synchronize()
+del y, d
 print(json.dumps(res))
 """, env, timeout=300)
         assert r.returncode == 0, r.stderr
@@ -238,5 +246,5 @@ print(json.dumps(res))
     assert out["bad"] == [], out
     assert [p["chan"] for p in out["phases"]] == [True, False, True, True], out
     assert all(p.get("args_busy", 0) == 0 for p in out["phases"]), out
-    assert len(out["fail"]) == 4 and out["channels_left"] == 0, out
+    assert len(out["fail"]) == 4 and out["channels_left"] == 0 and out["kept"], out
     assert "illegal memory access" not in log, log[-4000:]

@@ -136,6 +136,10 @@ class Ring:
         for x in done:  # stale or repeated reports change nothing
             self._c("put_back", (int(x) >> 32) & 0xFFFFFFFF, int(x) & 0xFFFFFFFF, quiet=True)
 
+    def trim(self) -> int:
+        """Owner: free every slab not in use; returns how many."""
+        return int(self._c("trim", quiet=True))
+
     def import_slab(self, slot: int, fd: int, size: int) -> None:
         rc = self._c("import", slot, fd, size)
         if rc < 0:
@@ -360,6 +364,10 @@ def decode_views(msg: Dict[str, Any], ring: Ring) -> Dict[str, Any]:
 
 _FD_BYTE = b"F"  # the one byte each SCM_RIGHTS fd rides on
 
+# Channel sockets of closed clients that still hold results: the server
+# keeps those result slabs until the socket closes, i.e. this process exits.
+_LINGERING: List[socket.socket] = []
+
 
 def _send_fd(sock: socket.socket, fd: int) -> None:
     socket.send_fds(sock, [_FD_BYTE], [fd])
@@ -434,25 +442,32 @@ class ClientChannel:
         it is what the driver's rules for shared device memory say not to
         do (importers first); the H200 run where the server faulted right
         after a client's close did exactly that.  A dead server cannot
-        answer: then our slabs simply go."""
+        answer: then our slabs simply go.  Results this process still
+        holds stay mapped: the server keeps their slabs (and the socket
+        stays open) until this process exits."""
         try:
             sync_device(self.device)
         except Exception as e:  # noqa: BLE001  (a broken context: tear down anyway)
             log.warning("slab channel close: device sync failed: %s", e)
-        self.results.free()
+        keep = self.results.stats()["views"] > 0
+        self.results.free()  # live views keep their own slabs mapped
         with self.lock:
+            answered = False
             if not self.broken:
                 try:
                     self.sock.settimeout(timeout)
-                    _wire.send_msg(self.sock, {"op": "close"})
-                    _wire.recv_msg(self.sock)
+                    _wire.send_msg(self.sock, {"op": "close", "keep_results": keep})
+                    answered = bool(_wire.recv_msg(self.sock).get("ok"))
                 except (EOFError, OSError, ValueError) as e:
                     log.debug("slab channel close: the server did not answer (%s)", e)
             self.broken = True
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            if keep and answered:
+                _LINGERING.append(self.sock)
+            else:
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass
         self.args.free()
 
 
@@ -475,6 +490,7 @@ class ServerChannel:
         self._users = 0
         self.closing = False
         self.closed = False
+        self._args_freed = False
 
     @contextlib.contextmanager
     def use(self) -> Iterator["ServerChannel"]:
@@ -503,9 +519,14 @@ class ServerChannel:
             op = req.get("op")
             try:
                 if op == "close":
-                    self.close()
+                    # keep_results: the client still holds results; their
+                    # slabs go when this socket closes (it exited).
+                    keep = bool(req.get("keep_results"))
+                    self.close(keep_results=keep)
                     _wire.send_msg(conn, {"ok": True})
-                    return
+                    if not keep:
+                        return
+                    continue
                 if op == "offer":
                     fd = _recv_fd(conn)
                     try:
@@ -529,11 +550,13 @@ class ServerChannel:
         return {"client_id": self.client_id, "pid": self.pid, "results": self.results.stats(),
                 "args": self.args.stats()}
 
-    def close(self) -> None:
+    def close(self, keep_results: bool = False) -> None:
         """Free this side: wait for the calls using the channel, then for
         the device (their kernels), then unmap the client's argument slabs
-        (this side imported them: it goes first) and free the result slabs.
-        Idempotent; safe from any thread."""
+        (this side imported them: it goes first) and free the result slabs
+        -- only those not in use when ``keep_results`` (the client still
+        maps them; a later close() frees the rest).  Idempotent; safe
+        from any thread."""
         with self._cv:
             self.closing = True
             deadline = time.monotonic() + self.CLOSE_WAIT_S
@@ -546,13 +569,19 @@ class ServerChannel:
                 self._cv.wait(left)
             if self.closed:
                 return
-            self.closed = True
-        try:
-            sync_device(self.device)
-        except Exception as e:  # noqa: BLE001  (a broken context: release anyway)
-            log.warning("slab channel of client %s: device sync before unmapping failed: %s", self.client_id, e)
-        self.args.free()
-        self.results.free()
+            self.closed = not keep_results
+            first = not self._args_freed
+            self._args_freed = True
+        if first:
+            try:
+                sync_device(self.device)
+            except Exception as e:  # noqa: BLE001  (a broken context: release anyway)
+                log.warning("slab channel of client %s: device sync before unmapping failed: %s", self.client_id, e)
+            self.args.free()
+        if keep_results:
+            self.results.trim()
+        else:
+            self.results.free()
 
 
 def new_token() -> str:
