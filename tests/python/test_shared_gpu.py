@@ -20,9 +20,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture
 def senv(tmp_path, daemon):
     port = free_port()
-    env = env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket)
-    env.pop("TCAST_SHARED_RING", None)  # the slab rings are on by default
-    return port, env
+    return port, env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1")
 
 
 def test_zero_branch_readme_example_unchanged(senv, tmp_path):
@@ -197,10 +195,7 @@ from tcast.shared import SharedTensorClient
 res = {{"bad": [], "phases": []}}
 x = torch.randn(1 << 20, device="cuda")
 def phase(ring, n):
-    if ring == "0":
-        os.environ["TCAST_SHARED_RING"] = "0"
-    else:
-        os.environ.pop("TCAST_SHARED_RING", None)  # the default: on
+    os.environ["TCAST_SHARED_RING"] = ring
     c = SharedTensorClient()
     acc = torch.zeros((), device="cuda")
     for i in range(n):
