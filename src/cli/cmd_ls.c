@@ -236,6 +236,22 @@ static void show_gpus(json_t *g)
 	}
 }
 
+/* The spill tier's part of STATUS, when it has one. */
+static void show_spill(json_t *sp)
+{
+	char b1[32], b2[32];
+
+	if (!json_is_object(sp))
+		return;
+	printf("spill folder %s (%s): %lld artifacts, %s of %s; %lld spilled, "
+	       "%lld dropped, %lld removed, %lld reloads (%lld failed)\n",
+	       str(sp, "dir"), str(sp, "state"), num(sp, "artifacts"),
+	       cli_bytes((uint64_t)num(sp, "bytes"), b1, sizeof(b1)),
+	       cli_bytes((uint64_t)num(sp, "budget_bytes"), b2, sizeof(b2)),
+	       num(sp, "spilled"), num(sp, "dropped"), num(sp, "removed"),
+	       num(sp, "reloads"), num(sp, "reload_failures"));
+}
+
 static void show_status(json_t *j)
 {
 	json_t *cfg = json_object_get(j, "config");
@@ -251,6 +267,7 @@ static void show_status(json_t *j)
 	       cli_bytes((uint64_t)num(j, "host_budget_bytes"), b2, sizeof(b2)),
 	       num(j, "evictions"));
 	show_gpus(json_object_get(j, "gpu"));
+	show_spill(json_object_get(j, "spill"));
 	if (cfg) {
 		const char *k;
 		json_t *v;

@@ -70,6 +70,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	/* Longer than any pause a loaded sender shows, short enough that a
 	 * pull moves a stalled source's chunks elsewhere quickly. */
 	c->peer_timeout_ms = 5000;
+	c->spill_bytes = TC_SPILL_AUTO;
 }
 
 int tc__parse_size(const char *s, uint64_t *out)
@@ -360,8 +361,25 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		c->log_format = f;
 		return 0;
 	}
-	if (!strcmp(key, "shared_disk") || !strcmp(key, "state_dir")) {
-		char *dst = key[1] == 'h' ? c->shared_disk : c->state_dir;
+	if (!strcmp(key, "spill_bytes")) {
+		if (!strcmp(val, "auto")) {
+			c->spill_bytes = TC_SPILL_AUTO;
+			return 0;
+		}
+		if (tc__parse_size(val, &c->spill_bytes) < 0 ||
+		    c->spill_bytes == 0) {
+			snprintf(why, whylen,
+				 "'%s' is not a size (e.g. 64GiB) or 'auto'",
+				 val);
+			return TC_EINVAL;
+		}
+		return 0;
+	}
+	if (!strcmp(key, "shared_disk") || !strcmp(key, "state_dir") ||
+	    !strcmp(key, "spill_dir")) {
+		char *dst = key[1] == 'h' ? c->shared_disk :
+			    key[1] == 'p' ? c->spill_dir :
+					    c->state_dir;
 
 		if (strlen(val) >= PATH_MAX) {
 			snprintf(why, whylen, "path too long");
@@ -497,6 +515,11 @@ char *tc__config_json(const struct tc__store_config *c)
 	TC__CFG_NUM("max_tensors", c->max_tensors);
 	json_object_set_new(j, "shared_disk", json_string(c->shared_disk));
 	json_object_set_new(j, "state_dir", json_string(c->state_dir));
+	json_object_set_new(j, "spill_dir", json_string(c->spill_dir));
+	if (c->spill_bytes == TC_SPILL_AUTO)
+		json_object_set_new(j, "spill_bytes", json_string("auto"));
+	else
+		TC__CFG_NUM("spill_bytes", c->spill_bytes);
 	json_object_set_new(j, "peer_listen", json_string(c->peer_listen));
 	json_object_set_new(j, "cluster_secret_file",
 			    json_string(c->cluster_secret_file));

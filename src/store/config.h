@@ -51,6 +51,13 @@ struct tc__store_config {
 				       its last use */
 	char state_dir[PATH_MAX];   /* the daemon's own metadata (SQLite);
 				       "" = "state" next to the socket */
+	char spill_dir[PATH_MAX];   /* this node's own folder where evicted
+				       cache artifacts may spill, under
+				       <spill_dir>/tcast-spill/, emptied at
+				       start; "" = no spilling */
+	uint64_t spill_bytes;	    /* bytes the spill folder may hold;
+				       TC_SPILL_AUTO: half of its file
+				       system's free space at start */
 	bool pin_eager;	       /* gpu_pin_host: pin large host replicas when
 				  they are sealed, once a GPU is in use
 				  (eager), or after their first GPU fill
@@ -74,6 +81,7 @@ struct tc__store_config {
 };
 
 #define TC_SPARE_AUTO UINT64_MAX
+#define TC_SPILL_AUTO UINT64_MAX
 
 void tc__config_defaults(struct tc__store_config *c);
 /* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
@@ -81,9 +89,9 @@ void tc__config_defaults(struct tc__store_config *c);
  * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,
  * metrics_port, log_format, idle_timeout_ms, write_stall_ms,
  * max_clients_per_uid, max_clients_per_pid, max_tensors, shared_disk,
- * state_dir, cold_ttl_ms, peer_listen, cluster_secret_file,
- * peer_timeout_ms).  Returns
- * 0, TC_EBADCONFIG or -errno; `err` names the file, line and key. */
+ * state_dir, spill_dir, spill_bytes, cold_ttl_ms, peer_listen,
+ * cluster_secret_file, peer_timeout_ms).  Returns 0, TC_EBADCONFIG or -errno;
+ * `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);
 /* Apply one key as if it were a line of a config file (`--set`,

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/map.h"
 #include "durable.h"
+#include "durable_internal.h"
 #include "format/format.h"
 #include "gpu_tier.h"
 #include "xfer/loader.h"
@@ -25,24 +26,6 @@
 #include "net/ev.h"
 #include "shm.h"
 #include "tcast/errors.h"
-
-struct tc__durable {
-	char shared[PATH_MAX];	 /* the configured shared_disk */
-	char root[PATH_MAX + 8]; /* <shared>/tcast */
-	int rootfd;		 /* -1 while unusable */
-	char disk_err[512];	 /* why, while unusable */
-	struct tc__mdb *db;
-	struct tc__map arts;  /* id -> struct tc__dart */
-	uint64_t bytes;	      /* byte spaces of arts */
-	uint64_t cold_ttl_ns; /* cold: host copy kept this long */
-	uint64_t written, write_failures, restores, restore_failures, expired,
-		cold_dropped;
-	uint64_t restores_gpu;	      /* of restores, straight to a GPU */
-	uint64_t restored_host_bytes; /* read from the shared disk into host
-					 memory */
-	uint64_t restored_gpu_bytes;  /* read from the shared disk straight
-					 into GPU replicas */
-};
 
 struct tc__restore {
 	struct tc__job job;
@@ -119,6 +102,12 @@ static void remove_temps(int rootfd)
 			"removed %u unfinished write(s) left by a crash", n);
 }
 
+/* What the tier's folder is called in messages. */
+static const char *tier_name(const struct tc__durable *d)
+{
+	return d->spill ? "spill folder" : "shared disk";
+}
+
 /* Open <shared>/tcast, creating the subfolder; the shared folder itself
  * must exist (it is a mount, not ours to invent). */
 static int open_root(struct tc__durable *d)
@@ -130,14 +119,14 @@ static int open_root(struct tc__durable *d)
 		return 0;
 	if (mkdir(d->root, 0777) < 0 && errno != EEXIST) {
 		snprintf(d->disk_err, sizeof(d->disk_err),
-			 "shared disk '%s' is unusable: %s", d->shared,
+			 "%s '%s' is unusable: %s", tier_name(d), d->shared,
 			 strerror(errno));
 		return -1;
 	}
 	fd = open(d->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
 		snprintf(d->disk_err, sizeof(d->disk_err),
-			 "shared disk '%s' is unusable: %s", d->root,
+			 "%s '%s' is unusable: %s", tier_name(d), d->root,
 			 strerror(errno));
 		return -1;
 	}
@@ -146,7 +135,7 @@ static int open_root(struct tc__durable *d)
 	if ((fstatvfs(fd, &vfs) == 0 && (vfs.f_flag & ST_RDONLY)) ||
 	    faccessat(fd, ".", W_OK, AT_EACCESS) < 0) {
 		snprintf(d->disk_err, sizeof(d->disk_err),
-			 "shared disk '%s' is read-only", d->root);
+			 "%s '%s' is read-only", tier_name(d), d->root);
 		close(fd);
 		return -1;
 	}
@@ -154,6 +143,24 @@ static int open_root(struct tc__durable *d)
 	d->disk_err[0] = '\0';
 	remove_temps(fd);
 	return 0;
+}
+
+int tc__durable_open_root(struct tc__durable *d)
+{
+	return open_root(d);
+}
+
+struct tc__durable *tc__durable_new_bare(const char *shown, const char *root)
+{
+	struct tc__durable *d = tc__calloc(1, sizeof(*d));
+
+	if (!d)
+		return NULL;
+	d->rootfd = -1;
+	tc__map_init(&d->arts);
+	snprintf(d->shared, sizeof(d->shared), "%s", shown);
+	snprintf(d->root, sizeof(d->root), "%s", root);
+	return d;
 }
 
 static int load_art(void *arg, const struct tc__mdb_artifact *r)
@@ -293,13 +300,30 @@ const char *tc__durable_root(const struct tc__durable *d)
 	return d ? d->root : "";
 }
 
-int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
-		      const struct tc__digest *chunks, uint64_t nchunks,
-		      char *err, size_t errlen)
+int tc__durable_write_bytes(int dirfd, const char *root, const char *id,
+			    const void *base, const struct tc__table *t,
+			    const struct tc__digest *chunks, uint64_t nchunks,
+			    char *err, size_t errlen)
 {
 	struct tc__native_tmp w;
 	int rc, wrc;
 
+	rc = tc__native_have(dirfd, root, id, err, errlen);
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
+	rc = tc__native_begin(dirfd, root, t->total_bytes, &w, err, errlen);
+	if (rc < 0)
+		return rc;
+	tc__hash_chunks_write(base, t->total_bytes, 0, NULL, &w,
+			      TC_DURABLE_WRITERS, &wrc);
+	return tc__native_commit(&w, root, id, t, chunks, nchunks, wrc, err,
+				 errlen);
+}
+
+int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
+		      const struct tc__digest *chunks, uint64_t nchunks,
+		      char *err, size_t errlen)
+{
 	if (!o->shm || !o->shm->map) {
 		snprintf(err, errlen,
 			 "'%s' has no sealed host copy to write to the shared "
@@ -307,17 +331,8 @@ int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
 			 o->id);
 		return TC_ENOTSUP;
 	}
-	rc = tc__native_have(dirfd, root, o->id, err, errlen);
-	if (rc != 0)
-		return rc < 0 ? rc : 0;
-	rc = tc__native_begin(dirfd, root, o->table.total_bytes, &w, err,
-			      errlen);
-	if (rc < 0)
-		return rc;
-	tc__hash_chunks_write(o->shm->map, o->table.total_bytes, 0, NULL, &w,
-			      TC_DURABLE_WRITERS, &wrc);
-	return tc__native_commit(&w, root, o->id, &o->table, chunks, nchunks,
-				 wrc, err, errlen);
+	return tc__durable_write_bytes(dirfd, root, o->id, o->shm->map,
+				       &o->table, chunks, nchunks, err, errlen);
 }
 
 int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
@@ -428,7 +443,7 @@ int tc__durable_forget(struct tc__durable *d, const char *id, bool keep_disk,
 		return 0;
 	/* The record first: a crash between the two leaves a folder no
 	 * record names (harmless), never a record naming nothing. */
-	rc = tc__mdb_artifact_del(d->db, id, err, errlen);
+	rc = d->db ? tc__mdb_artifact_del(d->db, id, err, errlen) : 0;
 	if (rc < 0)
 		return rc;
 	tc__map_del(&d->arts, id);
@@ -452,7 +467,7 @@ void tc__durable_key_changed(struct tc__durable *d, struct tc__objs *objs,
 	struct tc__mdb_version v;
 	char err[256];
 
-	if (!d || !(k = tc__map_get(&objs->keys, key)) || !k->nhist)
+	if (!d || !d->db || !(k = tc__map_get(&objs->keys, key)) || !k->nhist)
 		return;
 	if (!tc__map_get(&d->arts, k->id) && !tc__mdb_key_known(d->db, key))
 		return;
@@ -469,17 +484,33 @@ void tc__durable_key_removed(struct tc__durable *d, const char *key)
 {
 	char err[256];
 
-	if (d && tc__mdb_key_known(d->db, key) &&
+	if (d && d->db && tc__mdb_key_known(d->db, key) &&
 	    tc__mdb_key_del(d->db, key, err, sizeof(err)) < 0)
 		tc__log(TC_LOG_ERROR, "key '%s': %s", key, err);
 }
 
 /* -------------------------------------------------------------- restore */
 
+/* A load from the spill folder failed because of the copy itself (a
+ * changed, cut or vanished file): the copy goes, so no request reads it
+ * again.  The artifact is then gone, as an eviction without a spill. */
+static bool spill_copy_bad(int rc)
+{
+	return rc == TC_EDIGEST || rc == TC_EBADFILE || rc == -EIO ||
+	       rc == -ENOENT;
+}
+
 static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 {
-	if (r->a)
+	struct tc__durable *d = r->d;
+	char id[TC_ID_LEN + 1] = "", err[256];
+
+	if (r->a) {
 		r->a->restore = NULL;
+		r->a->use_ns = tc__now_ns();
+		if (d->spill && spill_copy_bad(r->rc))
+			snprintf(id, sizeof(id), "%s", r->a->rec.id);
+	}
 	if (r->rc < 0)
 		r->d->restore_failures++;
 	else
@@ -494,6 +525,17 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 	}
 	for (uint32_t i = 0; i < r->nw; i++)
 		r->w[i].fn(r->w[i].arg, o, r->rc, r->err, r->to.to_gpu);
+	if (id[0]) {
+		struct tc__dart *a = tc__map_get(&d->arts, id);
+
+		/* Unless a waiter started another load of it meanwhile. */
+		if (a && !a->restore && !a->writing) {
+			tc__log(TC_LOG_WARN,
+				"%s: its spilled copy is unusable; removing it",
+				id);
+			tc__durable_forget(d, id, false, err, sizeof(err));
+		}
+	}
 	if (r->charged)
 		tc__objs_unreserve(r->objs, r->charged);
 	tc__source_free(r->src);
@@ -550,7 +592,7 @@ static void restore_run(struct tc__job *job)
 		return;
 	}
 	if (r->phase == 1) {
-		char path[PATH_MAX + 80];
+		char path[PATH_MAX + 96];
 
 		snprintf(path, sizeof(path), "%s/%s", r->d->root,
 			 r->o->id + strlen(TC_ID_PREFIX));
@@ -669,11 +711,12 @@ static void restore_done_gpu(struct tc__restore *r)
 		snprintf(why, sizeof(why), " (io_uring unavailable: %s)",
 			 strerror(st->uring_errno));
 	tc__log(TC_LOG_INFO,
-		"loaded %s from the shared disk, straight to the GPU replica "
+		"loaded %s from the %s, straight to the GPU replica "
 		"on GPU %d: %llu bytes in %.3f s (loader %.2f GB/s), read with "
 		"%s%s, %llu bytes with O_DIRECT, chunk digests checked against "
 		"the manifest (hashed on the %s)",
-		o->id, gdev, (unsigned long long)o->table.total_bytes, secs,
+		o->id, tier_name(r->d), gdev,
+		(unsigned long long)o->table.total_bytes, secs,
 		st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0.0,
 		st->uring_bytes ? "io_uring" : "pread", why,
 		(unsigned long long)st->direct_bytes,
@@ -717,8 +760,8 @@ static void restore_done(struct tc__job *job)
 		}
 	}
 	if (r->rc < 0) {
-		tc__log(TC_LOG_ERROR,
-			"cannot load %s from the shared disk%s: %s", r->o->id,
+		tc__log(TC_LOG_ERROR, "cannot load %s from the %s%s: %s",
+			r->o->id, tier_name(r->d),
 			r->to.to_gpu ? " straight to a GPU replica" : "",
 			r->err[0] ? r->err : tc_strerror(r->rc));
 		restore_finish(r, NULL);
@@ -728,6 +771,12 @@ static void restore_done(struct tc__job *job)
 	r->o->load_seconds = (double)(tc__now_ns() - r->t0_ns) / 1e9;
 	snprintf(r->o->source, sizeof(r->o->source), "disk:%s/%s", r->d->root,
 		 r->o->id + strlen(TC_ID_PREFIX));
+	if (r->d->spill && r->a) {
+		/* A cache artifact back from its spill: what it was. */
+		snprintf(r->o->source, sizeof(r->o->source), "%s",
+			 r->a->rec.source);
+		r->o->expires_ms = r->a->rec.expires_ms;
+	}
 	if (r->to.to_gpu) {
 		restore_done_gpu(r);
 		return;
@@ -743,10 +792,10 @@ static void restore_done(struct tc__job *job)
 	r->charged = 0;
 	r->d->restored_host_bytes += o->table.total_bytes;
 	tc__log(TC_LOG_INFO,
-		"loaded %s from the shared disk into host memory (%llu bytes "
-		"in %.3f s)",
-		o->id, (unsigned long long)o->table.total_bytes,
-		o->load_seconds);
+		"loaded %s from the %s into host memory (%llu bytes in %.3f s, "
+		"chunk digests checked against the manifest)",
+		o->id, tier_name(r->d),
+		(unsigned long long)o->table.total_bytes, o->load_seconds);
 	restore_finish(r, o);
 }
 
@@ -761,8 +810,8 @@ int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
 
 	if (!r) {
 		if (open_root(d) < 0) {
-			snprintf(err, errlen, "'%s' is on the shared disk: %s",
-				 a->rec.id, d->disk_err);
+			snprintf(err, errlen, "'%s' is on the %s: %s",
+				 a->rec.id, tier_name(d), d->disk_err);
 			return TC_EPOLICY;
 		}
 		r = tc__calloc(1, sizeof(*r));
@@ -819,7 +868,7 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs)
 		if (o && o->dead)
 			o = NULL;
 		if (a->rec.expires_ms && now >= a->rec.expires_ms &&
-		    !a->restore) {
+		    !a->restore && !a->writing) {
 			/* Removed after the walk: the map cannot change
 			 * under it. */
 			void *g =
@@ -833,8 +882,9 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs)
 		}
 		/* cold: the host copy is kept for a TTL after its last use;
 		 * the disk copy serves the next one. */
-		if (o && o->policy == TC_POLICY_COLD && !o->leases &&
-		    o->mem_bytes && mono - o->last_use_ns > d->cold_ttl_ns) {
+		if (!d->spill && o && o->policy == TC_POLICY_COLD &&
+		    !o->leases && o->mem_bytes &&
+		    mono - o->last_use_ns > d->cold_ttl_ns) {
 			tc__objs_kill(objs, o);
 			d->cold_dropped++;
 		}
@@ -844,7 +894,9 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs)
 
 		tc__log(TC_LOG_INFO, "%s: its TTL passed; removing it",
 			gone[i]);
-		if (o && !o->dead)
+		/* A spilled artifact's copy in memory has its own TTL
+		 * (the server's tick); it may be durable too by now. */
+		if (o && !o->dead && !d->spill)
 			tc__objs_rm(objs, gone[i], err, sizeof(err));
 		if (tc__durable_forget(d, gone[i], false, err, sizeof(err)) < 0)
 			tc__log(TC_LOG_ERROR, "%s: %s", gone[i], err);
@@ -891,7 +943,7 @@ json_t *tc__durable_obj_json(struct tc__durable *d, const char *id)
 	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
 	const char *why;
 	json_t *deg;
-	char path[PATH_MAX + 80];
+	char path[PATH_MAX + 96];
 
 	if (!a)
 		return NULL;
@@ -908,7 +960,8 @@ json_t *tc__durable_obj_json(struct tc__durable *d, const char *id)
 			 "degraded", deg);
 }
 
-json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs)
+json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs,
+			      struct tc__durable *skip)
 {
 	json_t *arr = json_array();
 	struct tc__map_entry *e;
@@ -920,11 +973,11 @@ json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs)
 	     e = tc__map_next(&d->arts, e, &b)) {
 		struct tc__dart *a = e->val;
 		struct tc__obj *o = tc__map_get(&objs->by_id, a->rec.id);
-		json_t *keys = json_array();
+		json_t *keys = json_array(), *one;
 		struct tc__map_entry *ke;
 		size_t kb;
 
-		if (o && !o->dead)
+		if ((o && !o->dead) || tc__durable_has(skip, a->rec.id))
 			continue;
 		for (ke = tc__map_next(&objs->keys, NULL, &kb); ke;
 		     ke = tc__map_next(&objs->keys, ke, &kb)) {
@@ -934,21 +987,40 @@ json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs)
 				json_array_append_new(keys,
 						      json_string(k->name));
 		}
-		json_array_append_new(
-			arr,
-			json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
-				  "s:I, s:o, s:o}",
-				  "id", a->rec.id, "keys", keys, "tensors",
-				  (json_int_t)a->rec.ntensors, "bytes",
-				  (json_int_t)a->rec.bytes, "mem_bytes",
-				  (json_int_t)0, "leases", (json_int_t)0,
-				  "policy", tc__policy_name(a->policy),
-				  "source", a->rec.source, "created_ms",
-				  (json_int_t)a->rec.created_ms, "replicas",
-				  json_pack("[{s:s, s:I}]", "tier", "disk",
-					    "bytes", (json_int_t)a->rec.bytes),
-				  "durable",
-				  tc__durable_obj_json(d, a->rec.id)));
+		one = json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
+				"s:I, s:o}",
+				"id", a->rec.id, "keys", keys, "tensors",
+				(json_int_t)a->rec.ntensors, "bytes",
+				(json_int_t)a->rec.bytes, "mem_bytes",
+				(json_int_t)0, "leases", (json_int_t)0,
+				"policy", tc__policy_name(a->policy), "source",
+				a->rec.source, "created_ms",
+				(json_int_t)a->rec.created_ms, "replicas",
+				json_pack("[{s:s, s:I}]", "tier",
+					  d->spill ? "spill" : "disk", "bytes",
+					  (json_int_t)a->rec.bytes));
+		if (!one)
+			continue;
+		if (d->spill)
+			json_object_set_new(one, "spill",
+					    tc__spill_obj_json(d, a->rec.id));
+		else
+			json_object_set_new(one, "durable",
+					    tc__durable_obj_json(d, a->rec.id));
+		json_array_append_new(arr, one);
 	}
 	return arr;
+}
+
+json_t *tc__spill_obj_json(struct tc__durable *d, const char *id)
+{
+	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
+	char path[PATH_MAX + 96];
+
+	if (!a)
+		return NULL;
+	snprintf(path, sizeof(path), "%s/%s", d->root,
+		 id + strlen(TC_ID_PREFIX));
+	return json_pack("{s:s, s:s}", "state",
+			 a->writing ? "writing" : "spilled", "path", path);
 }

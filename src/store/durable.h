@@ -42,6 +42,10 @@ struct tc__dart {
 	struct tc__mdb_artifact rec;
 	enum tc__policy policy;
 	struct tc__restore *restore; /* the load running now, or NULL */
+	void *writing;		     /* spill tier: its write running now
+					(spill.c), or NULL: on disk */
+	uint64_t use_ns;	     /* spill tier: last spilled or loaded
+					(monotonic), its LRU order */
 };
 
 /* Open the tier for cfg.  Without shared_disk, *out is NULL and every
@@ -72,6 +76,13 @@ const char *tc__durable_root(const struct tc__durable *d);
 int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
 		      const struct tc__digest *chunks, uint64_t nchunks,
 		      char *err, size_t errlen);
+/* Worker: the same from any mapping of an artifact's byte space (`base`,
+ * t->total_bytes long) named `id` (the spill tier writes from its own
+ * mapping of an evicted artifact's memfd). */
+int tc__durable_write_bytes(int dirfd, const char *root, const char *id,
+			    const void *base, const struct tc__table *t,
+			    const struct tc__digest *chunks, uint64_t nchunks,
+			    char *err, size_t errlen);
 /* Worker, a put that waits for its disk copy: hash o's sealed bytes into
  * chunks (nchunks of them) with nthreads threads and finish o (its id)
  * while TC_DURABLE_WRITERS threads write the same bytes to the shared
@@ -141,8 +152,13 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs);
  * NULL when it is not durable. */
 json_t *tc__durable_status_json(struct tc__durable *d);
 json_t *tc__durable_obj_json(struct tc__durable *d, const char *id);
-/* Durable artifacts not in memory, for LIST (an array of objects). */
-json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs);
+/* Artifacts of this tier not in memory, for LIST (an array of objects);
+ * those `skip` (another tier, or NULL) also has are left to it. */
+json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs,
+			      struct tc__durable *skip);
+/* The spill tier's part of inspect for `id` ({"state": "spilled" or
+ * "writing", "path": ...}), or NULL when it has no copy. */
+json_t *tc__spill_obj_json(struct tc__durable *d, const char *id);
 /* The "should" part of a policy that cannot be met here: ha's replica on
  * another node needs a cluster.  NULL when nothing is degraded. */
 const char *tc__durable_degraded(enum tc__policy p);

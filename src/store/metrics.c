@@ -48,6 +48,11 @@ struct tier_gauges {
 	counter replicas, bytes, budget, used, evictions, leases;
 };
 
+struct spill_gauges {
+	counter artifacts, bytes, budget, spilled, spilled_bytes, dropped,
+		removed, reloads, reload_failures;
+};
+
 static struct {
 	uint64_t start_s;
 	counter path_bytes[TC_MPATH__N], path_ns[TC_MPATH__N],
@@ -60,6 +65,7 @@ static struct {
 	counter conns_open, proto_errors;
 	struct tier_gauges host;
 	counter keys, jobs_pending;
+	struct spill_gauges spill;
 	struct tier_gauges gpu[TC_METRICS_MAX_GPU];
 	char gpu_uuid[TC_METRICS_MAX_GPU][48];
 	_Atomic int ngpu; /* gpu_uuid[0..ngpu) are written (release) */
@@ -135,6 +141,19 @@ static void set_tier(struct tier_gauges *g, const struct tc__metrics_tier *t)
 void tc__metrics_set_host(const struct tc__metrics_tier *t)
 {
 	set_tier(&m.host, t);
+}
+
+void tc__metrics_set_spill(const struct tc__metrics_spill *sp)
+{
+	SET(m.spill.artifacts, sp->artifacts);
+	SET(m.spill.bytes, sp->bytes);
+	SET(m.spill.budget, sp->budget);
+	SET(m.spill.spilled, sp->spilled);
+	SET(m.spill.spilled_bytes, sp->spilled_bytes);
+	SET(m.spill.dropped, sp->dropped);
+	SET(m.spill.removed, sp->removed);
+	SET(m.spill.reloads, sp->reloads);
+	SET(m.spill.reload_failures, sp->reload_failures);
 }
 
 void tc__metrics_set_server(uint64_t keys, int jobs_pending, int connections,
@@ -262,6 +281,56 @@ char *tc__metrics_render(size_t *len)
 	tier_lines(f, "tcast_leases", "gauge",
 		   "Attaches clients hold and have not released, per tier.",
 		   offsetof(struct tier_gauges, leases));
+	{
+		static const struct {
+			const char *name, *type, *text;
+			size_t off;
+		} sl[] = {
+#define TC__SPILL(n, t, x, f) { n, t, x, offsetof(struct spill_gauges, f) }
+			TC__SPILL("tcast_spill_artifacts", "gauge",
+				  "Evicted cache artifacts held in the spill "
+				  "folder (or being written).",
+				  artifacts),
+			TC__SPILL("tcast_spill_bytes", "gauge",
+				  "Bytes of those spilled copies.", bytes),
+			TC__SPILL("tcast_spill_budget_bytes", "gauge",
+				  "spill_bytes: what the spill folder may "
+				  "hold.",
+				  budget),
+			TC__SPILL("tcast_spilled_total", "counter",
+				  "Evicted cache artifacts written to the "
+				  "spill folder.",
+				  spilled),
+			TC__SPILL("tcast_spilled_bytes_total", "counter",
+				  "Bytes written to the spill folder.",
+				  spilled_bytes),
+			TC__SPILL("tcast_spill_dropped_total", "counter",
+				  "Evicted cache artifacts dropped instead "
+				  "of spilled (folder unusable or full, "
+				  "write failed).",
+				  dropped),
+			TC__SPILL("tcast_spill_removed_total", "counter",
+				  "Spilled copies removed by the spill "
+				  "folder's LRU.",
+				  removed),
+			TC__SPILL("tcast_spill_reloads_total", "counter",
+				  "Spilled artifacts loaded back.", reloads),
+			TC__SPILL("tcast_spill_reload_failures_total",
+				  "counter",
+				  "Loads from the spill folder that failed "
+				  "(a corrupt copy among them).",
+				  reload_failures),
+#undef TC__SPILL
+		};
+
+		for (size_t i = 0; i < TC_ARRAY_SIZE(sl); i++) {
+			help(f, sl[i].name, sl[i].type, sl[i].text);
+			fprintf(f, "%s %llu\n", sl[i].name,
+				(unsigned long long)GET(
+					*(counter *)((char *)&m.spill +
+						     sl[i].off)));
+		}
+	}
 	help(f, "tcast_keys", "gauge", "Keys the daemon holds.");
 	fprintf(f, "tcast_keys %llu\n", (unsigned long long)GET(m.keys));
 	help(f, "tcast_jobs_pending", "gauge",

@@ -50,6 +50,14 @@ struct tc__metrics_tier {
 void tc__metrics_set_host(const struct tc__metrics_tier *t);
 void tc__metrics_set_server(uint64_t keys, int jobs_pending, int connections,
 			    uint64_t protocol_errors);
+/* The spill tier (spill.h): spilled copies held, their budget, and
+ * counts since start.  All zero when no spill_dir is set. */
+struct tc__metrics_spill {
+	uint64_t artifacts, bytes, budget;
+	uint64_t spilled, spilled_bytes, dropped, removed, reloads,
+		reload_failures;
+};
+void tc__metrics_set_spill(const struct tc__metrics_spill *sp);
 /* GPU `i` (ordinal) with its UUID; `uuid` is copied the first time only. */
 void tc__metrics_set_gpu(int i, const char *uuid,
 			 const struct tc__metrics_tier *t);

@@ -266,6 +266,8 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 				"evicting '%s' (%llu bytes) to make room",
 				o->id, (unsigned long long)o->mem_bytes);
 			s->evictions++;
+			if (s->evicting)
+				s->evicting(s->evicting_arg, o);
 			obj_kill(s, o);
 		}
 	}

@@ -163,6 +163,11 @@ struct tc__objs {
 	uint64_t evictions;	  /* counters for status */
 	uint64_t inserted;
 	struct tc__objs_hooks hooks; /* zeroed by tc__objs_init: none */
+	/* An artifact is about to be evicted for room (tc__objs_reserve),
+	 * before it goes: the spill tier's chance to keep a copy on disk
+	 * (spill.h).  NULL: none.  Loop thread; must not block. */
+	void (*evicting)(void *arg, struct tc__obj *o);
+	void *evicting_arg;
 };
 
 void tc__objs_init(struct tc__objs *s, uint64_t budget);

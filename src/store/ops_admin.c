@@ -20,6 +20,7 @@
 #include "tcast/version.h"
 
 #include "durable.h"
+#include "spill.h"
 #include "cluster.h"
 #include "server_internal.h"
 
@@ -110,6 +111,8 @@ int on_status(struct conn *c, struct req *r)
 				    tc__durable_status_json(s->durable));
 		json_object_set_new(j, "durable_artifacts", json_integer(dn));
 		json_object_set_new(j, "durable_bytes", json_integer(db));
+		json_object_set_new(j, "spill",
+				    tc__spill_status_json(s->spill));
 	}
 	if (j && s->cluster) {
 		char *cl = tc__cluster_status_json(s->cluster);
@@ -128,15 +131,21 @@ int on_status(struct conn *c, struct req *r)
 
 int on_list(struct conn *c, struct req *r)
 {
+	struct server *s = c->srv;
+	json_t *more, *spilled;
 	int rc = tc__srv_body_end(c, r);
 
 	if (rc < 0)
 		return rc;
+	more = tc__durable_list_json(s->durable, &s->objs, NULL);
+	/* Spilled artifacts out of memory too (once: the shared disk's
+	 * listing has those that are durable as well). */
+	spilled = tc__durable_list_json(tc__spill_tier(s->spill), &s->objs,
+					s->durable);
+	json_array_extend(more, spilled);
+	json_decref(spilled);
 	tc__srv_reply_json(
-		c, r,
-		tc__objs_list_json(&c->srv->objs, c->srv->spare_charged,
-				   tc__durable_list_json(c->srv->durable,
-							 &c->srv->objs)));
+		c, r, tc__objs_list_json(&s->objs, s->spare_charged, more));
 	return 0;
 }
 

@@ -28,6 +28,7 @@
 #include "tcast/version.h"
 
 #include "durable.h"
+#include "spill.h"
 #include "server_internal.h"
 
 /* -------------------------------------------------------------- hooks */
@@ -191,6 +192,15 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		tc__jobs_free(s.jobs);
 		goto out_sig;
 	}
+	/* Evicted cache artifacts may spill once the I/O workers run. */
+	rc = tc__spill_open(cfg, s.io_jobs, &s.spill, err, errlen);
+	if (rc < 0) {
+		tc__jobs_free(s.io_jobs);
+		tc__jobs_free(s.jobs);
+		goto out_sig;
+	}
+	s.objs.evicting = s.spill ? tc__spill_evicting : NULL;
+	s.objs.evicting_arg = s.spill;
 	rc = tc__gpu_tier_new(cfg, &s.objs, s.jobs, &s.gpu);
 	if (rc < 0) {
 		snprintf(err, errlen, "out of memory");
@@ -266,6 +276,7 @@ out_sig:
 out_listen:
 	close(s.lfd);
 out_ev:
+	tc__spill_close(s.spill);
 	tc__durable_close(s.durable);
 	tc__ev_free(s.ev);
 	return rc;

@@ -36,6 +36,7 @@
 struct tc__gpu_tier;
 struct tc__gpu_replica;
 struct tc__cluster;
+struct tc__spill;
 struct binding;
 
 #define FDQ_MAX		 8     /* fds a connection may have in flight */
@@ -187,6 +188,7 @@ struct server {
 				   being allocated) */
 	bool stopping;
 	struct tc__durable *durable; /* the shared-disk tier, or NULL */
+	struct tc__spill *spill;     /* the spill tier (spill.h), or NULL */
 	uint64_t durable_tick_ms;    /* last tc__srv_durable_tick */
 	struct tc__cluster *cluster; /* cluster.h; NULL when alone */
 };

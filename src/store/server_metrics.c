@@ -4,6 +4,7 @@
  * thread reads (metrics.h).
  */
 #include "gpu_tier.h"
+#include "spill.h"
 #include "metrics.h"
 #include "server_internal.h"
 
@@ -16,6 +17,7 @@ void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force)
 {
 	static uint64_t next_ms;
 	struct tc__metrics_tier host = { 0 };
+	struct tc__metrics_spill spill;
 
 	if (!force && now_ms < next_ms)
 		return;
@@ -33,6 +35,8 @@ void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force)
 	host.used = s->objs.used;
 	host.evictions = s->objs.evictions;
 	tc__metrics_set_host(&host);
+	tc__spill_counts(s->spill, &spill);
+	tc__metrics_set_spill(&spill);
 	tc__metrics_set_server(s->objs.keys.count, tc__jobs_pending(s->jobs),
 			       s->nconns, s->n_proto_err);
 	tc__gpu_tier_publish_metrics(s->gpu);

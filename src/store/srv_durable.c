@@ -16,6 +16,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "durable.h"
+#include "spill.h"
 #include "format/format.h"
 #include "gpu_tier.h"
 #include "xfer/loader.h"
@@ -260,10 +261,22 @@ static void retry_done(void *arg, struct tc__obj *o, int rc, const char *err,
 	tc__free(w);
 }
 
+/* A request for it runs again once its spill write has ended: then it
+ * loads from the spill folder, or fails with why it is gone. */
+static void spill_waited(void *arg, int rc, const char *err)
+{
+	struct retry *w = arg;
+
+	tc__srv_finish(w->c, &w->r, rc, err, rerun, w);
+	tc__free(w->body);
+	tc__free(w);
+}
+
 bool tc__srv_durable_lacks(struct server *s, const struct tc__obj *o,
 			   const uint8_t *gpu_uuid)
 {
-	if (o->shm || !tc__durable_has(s->durable, o->id))
+	if (o->shm || (!tc__durable_has(s->durable, o->id) &&
+		       !tc__durable_has(tc__spill_tier(s->spill), o->id)))
 		return false;
 	return !gpu_uuid ||
 	       !tc__gpu_tier_find(s->gpu, (struct tc__obj *)o, gpu_uuid);
@@ -274,13 +287,21 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 {
 	struct server *s = c->srv;
 	struct tc__restore_to to = { 0 };
-	struct tc__dart *a;
+	struct tc__durable *d = s->durable;
+	struct tc__dart *a = NULL;
 	struct retry *w;
 	size_t used = r->h.body_len - r->body.left;
 	int rc2;
 
-	if (rc != TC_ENOTFOUND ||
-	    !(a = tc__durable_find(s->durable, &s->objs, ref)))
+	if (rc != TC_ENOTFOUND)
+		return rc;
+	/* The shared disk first: a copy there is the one that must be
+	 * kept; a spilled copy of the same content is only a cache. */
+	if (!(a = tc__durable_find(d, &s->objs, ref))) {
+		d = tc__spill_tier(s->spill);
+		a = tc__durable_find(d, &s->objs, ref);
+	}
+	if (!a)
 		return rc;
 	w = tc__calloc(1, sizeof(*w));
 	if (!w || !(w->body = tc__malloc(r->h.body_len ? r->h.body_len : 1))) {
@@ -299,9 +320,16 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 		memcpy(to.uuid, gpu_uuid, TC_GPU_UUID_BYTES);
 		to.io_engine = s->cfg->io_engine;
 	}
-	rc2 = tc__durable_restore(s->durable, a, &s->objs, s->io_jobs,
-				  s->cfg->io_threads, &to, retry_done, w,
-				  c->err, sizeof(c->err));
+	if (a->writing) {
+		/* Evicted a moment ago and still being spilled. */
+		rc2 = tc__spill_wait(s->spill, a, spill_waited, w);
+		if (rc2 < 0)
+			snprintf(c->err, sizeof(c->err), "out of memory");
+	} else {
+		rc2 = tc__durable_restore(d, a, &s->objs, s->io_jobs,
+					  s->cfg->io_threads, &to, retry_done,
+					  w, c->err, sizeof(c->err));
+	}
 	if (rc2 < 0) {
 		tc__free(w->body);
 		tc__free(w);
@@ -316,16 +344,17 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 int tc__srv_durable_rm(struct conn *c, const char *ref, uint32_t flags)
 {
 	struct server *s = c->srv;
-	struct tc__durable *d = s->durable;
+	struct tc__durable *d = s->durable, *sp = tc__spill_tier(s->spill);
 	struct tc__dart *a = tc__durable_find(d, &s->objs, ref);
-	char id[TC_ID_LEN + 1] = "";
+	struct tc__dart *sa = tc__durable_find(sp, &s->objs, ref);
+	char id[TC_ID_LEN + 1] = "", err[256];
 	bool is_key = !tc__is_id(ref) && tc__map_get(&s->objs.keys, ref);
 	int rc;
 
-	if (a)
-		snprintf(id, sizeof(id), "%s", a->rec.id);
+	if (a || sa)
+		snprintf(id, sizeof(id), "%s", a ? a->rec.id : sa->rec.id);
 	rc = tc__objs_rm(&s->objs, ref, c->err, sizeof(c->err));
-	if (rc == TC_ENOTFOUND && a && !is_key) {
+	if (rc == TC_ENOTFOUND && id[0] && !is_key) {
 		/* On disk only: nothing in memory to remove. */
 		struct tc__map_entry *e;
 		size_t b;
@@ -343,7 +372,7 @@ int tc__srv_durable_rm(struct conn *c, const char *ref, uint32_t flags)
 		return rc;
 	if (is_key)
 		tc__durable_key_removed(d, ref);
-	if (!a)
+	if (!id[0])
 		return 0;
 	if (is_key) {
 		/* rm KEY removes the artifact when no other key names it. */
@@ -355,6 +384,13 @@ int tc__srv_durable_rm(struct conn *c, const char *ref, uint32_t flags)
 			if (!strcmp(((struct tc__key *)e->val)->id, id))
 				return 0;
 	}
+	/* A spilled copy is cache: it goes whatever the flags say (a write
+	 * still running removes what it wrote when it ends). */
+	if (tc__durable_has(sp, id) &&
+	    tc__durable_forget(sp, id, false, err, sizeof(err)) < 0)
+		tc__log(TC_LOG_WARN, "%s: %s", id, err);
+	if (!a)
+		return 0;
 	return tc__durable_forget(d, id, flags & TC_RM_KEEP_DISK, c->err,
 				  sizeof(c->err));
 }
@@ -372,6 +408,7 @@ void tc__srv_durable_tick(struct server *s, uint64_t now_ms)
 		return;
 	s->durable_tick_ms = now_ms;
 	tc__durable_tick(s->durable, &s->objs);
+	tc__durable_tick(tc__spill_tier(s->spill), &s->objs);
 	/* TTLs of artifacts that are not durable. */
 	for (e = tc__map_next(&s->objs.by_id, NULL, &b); e;
 	     e = tc__map_next(&s->objs.by_id, e, &b)) {
@@ -401,9 +438,25 @@ void tc__srv_durable_inspect(struct server *s, const struct tc__obj *o,
 			     void *head)
 {
 	json_t *j = head, *dj = tc__durable_obj_json(s->durable, o->id);
+	json_t *sj = tc__spill_obj_json(tc__spill_tier(s->spill), o->id);
 
-	if (!j)
+	if (!j) {
+		json_decref(dj);
+		json_decref(sj);
 		return;
+	}
+	if (sj) {
+		json_t *reps = json_object_get(j, "replicas");
+
+		if (json_is_array(reps))
+			json_array_append_new(
+				reps,
+				json_pack("{s:s, s:O, s:I}", "tier", "spill",
+					  "path", json_object_get(sj, "path"),
+					  "bytes",
+					  (json_int_t)o->table.total_bytes));
+		json_object_set_new(j, "spill", sj);
+	}
 	if (dj) {
 		json_t *reps = json_object_get(j, "replicas");
 
