@@ -649,6 +649,7 @@ int tc__gpu_load_source(const struct tc__source *src,
 {
 	struct gload g = { 0 };
 	struct timespec t0, t1;
+	bool rehash;
 
 	if (dst->size < src->table.total_bytes) {
 		snprintf(err, errlen,
@@ -704,13 +705,15 @@ int tc__gpu_load_source(const struct tc__source *src,
 			close(g.files[i].dfd);
 	tc__free(g.files);
 	pthread_mutex_destroy(&g.lock);
-	/* Every worker synchronised its stream: the digests are in. */
+	/* Every worker synchronised its stream: the digests are in, or
+	 * (a launch failed) the whole space is hashed now. */
+	rehash = g.gpu_hash;
 	if (g.rc == 0 && g.hash_async && !atomic_load(&g.hash_fail) &&
 	    tc__gpu_dtoh(dst->device, chunks, g.hash.dptr,
 			 g.nchunks * TC_DIGEST_BYTES, NULL, err, errlen) == 0)
-		g.gpu_hash = false;
+		rehash = false;
 	tc__gpu_release(&g.hash);
-	if (g.rc == 0 && g.gpu_hash)
+	if (g.rc == 0 && rehash)
 		g.rc = tc__gpu_hash_chunks(dst, g.size, o->nthreads, chunks,
 					   err, errlen);
 	clock_gettime(CLOCK_MONOTONIC, &t1);

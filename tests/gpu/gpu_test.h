@@ -41,7 +41,23 @@ static inline int t_gpu_start(uint64_t *bytes, int *dev)
 	char err[512];
 	int ret;
 
-	*bytes = env ? strtoull(env, NULL, 0) : (uint64_t)1 << 30;
+	*bytes = (uint64_t)1 << 30;
+	if (env) { /* bytes, or with a K/M/G suffix ("8GiB") */
+		char *end;
+		unsigned long long v = strtoull(env, &end, 0);
+		int sh = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+
+		if ((*end && !sh) || v == 0 || (sh && v > (~0ull >> sh))) {
+			printf("FAIL: TC_GPU_TEST_BYTES='%s' is not a size\n",
+			       env);
+			return 1;
+		}
+		*bytes = (uint64_t)v << sh;
+	}
+	if (*bytes < ((uint64_t)64 << 20)) {
+		printf("FAIL: TC_GPU_TEST_BYTES must be at least 64 MiB\n");
+		return 1;
+	}
 	env = getenv("TC_GPU_TEST_DEVICE");
 	*dev = env ? atoi(env) : 0;
 	ret = tc__gpu_init(err, sizeof(err));
