@@ -128,6 +128,11 @@ static void load_and_compare_io(struct ref *r, int nthreads, int depth,
 	if (rc < 0)
 		fail_msg("load: %s", err);
 	assert_int_equal(st.bytes, size);
+	/* Where the digests were made, as the daemon's log reports it. */
+	if (getenv("TCAST_GPU_HASH_HOST"))
+		assert_false(st.gpu_hash);
+	else if (!getenv("TC_FAKECUDA_FAIL"))
+		assert_true(st.gpu_hash);
 	/* Every byte went through the engine asked for. */
 	if (io == TC_IO_URING) {
 		assert_int_equal(st.uring_bytes, payload(r->src));
