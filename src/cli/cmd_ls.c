@@ -110,6 +110,13 @@ static void show_replicas(json_t *reps)
 			       cli_bytes((uint64_t)num(r, "bytes"), b,
 					 sizeof(b)),
 			       str(r, "state"), num(r, "leases"));
+		else if (tier &&
+			 (!strcmp(tier, "disk") || !strcmp(tier, "spill")))
+			printf("%s %s %s, %s\n", i ? "         " : "replicas:",
+			       tier[0] == 'd' ? "shared disk" : "spill folder",
+			       str(r, "path"),
+			       cli_bytes((uint64_t)num(r, "bytes"), b,
+					 sizeof(b)));
 		else
 			printf("%s host memory (sealed memfd), %s\n",
 			       i ? "         " : "replicas:",

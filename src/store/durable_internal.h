@@ -20,16 +20,16 @@
 struct tc__mdb;
 
 struct tc__durable {
-	bool spill;		 /* the spill tier: no metadata (db NULL),
-				    no keys, nothing kept across restarts */
-	char shared[PATH_MAX];	 /* the configured folder */
+	bool spill;		  /* the spill tier: no metadata (db NULL),
+				     no keys, nothing kept across restarts */
+	char shared[PATH_MAX];	  /* the configured folder */
 	char root[PATH_MAX + 16]; /* <shared>/tcast, <spill_dir>/tcast-spill */
-	int rootfd;		 /* -1 while unusable */
-	char disk_err[512];	 /* why, while unusable */
-	struct tc__mdb *db;	 /* NULL for the spill tier */
-	struct tc__map arts;	 /* id -> struct tc__dart */
-	uint64_t bytes;		 /* byte spaces of arts */
-	uint64_t cold_ttl_ns;	 /* cold: host copy kept this long */
+	int rootfd;		  /* -1 while unusable */
+	char disk_err[512];	  /* why, while unusable */
+	struct tc__mdb *db;	  /* NULL for the spill tier */
+	struct tc__map arts;	  /* id -> struct tc__dart */
+	uint64_t bytes;		  /* byte spaces of arts */
+	uint64_t cold_ttl_ns;	  /* cold: host copy kept this long */
 	uint64_t written, write_failures, restores, restore_failures, expired,
 		cold_dropped;
 	uint64_t restores_gpu;	      /* of restores, straight to a GPU */

@@ -41,11 +41,11 @@ struct tc__spill {
 	 * it is bounded (at most inflight_max, or one artifact alone). */
 	uint64_t inflight;
 	uint64_t inflight_max;
-	uint32_t writing; /* writes running */
+	uint32_t writing;		 /* writes running */
 	uint64_t spilled, spilled_bytes; /* writes that ended on disk */
 	uint64_t dropped, dropped_bytes; /* evicted and not spilled */
 	uint64_t removed;		 /* spilled copies its LRU removed */
-	uint64_t kept; /* evicted again with its copy already there */
+	uint64_t kept;	     /* evicted again with its copy already there */
 	char last_drop[320]; /* why the last one was dropped */
 };
 
@@ -333,10 +333,10 @@ static void discard(struct spill_write *j)
 
 /* Say why `o` is dropped rather than spilled (a "may" failure: a log
  * line and a counter, nothing to the caller). */
-static void drop(struct tc__spill *sp, const struct tc__obj *o,
-		 const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void drop(struct tc__spill *sp, const struct tc__obj *o,
-		 const char *fmt, ...)
+static void drop(struct tc__spill *sp, const struct tc__obj *o, const char *fmt,
+		 ...) __attribute__((format(printf, 3, 4)));
+static void drop(struct tc__spill *sp, const struct tc__obj *o, const char *fmt,
+		 ...)
 {
 	static struct tc__ratelimit rl;
 	char why[256];
@@ -348,8 +348,9 @@ static void drop(struct tc__spill *sp, const struct tc__obj *o,
 	sp->dropped++;
 	sp->dropped_bytes += o->table.total_bytes;
 	snprintf(sp->last_drop, sizeof(sp->last_drop), "%s: %s", o->id, why);
-	tc__log_rl(&rl, TC_LOG_WARN, "not spilling %s (%llu bytes): %s; dropped",
-		   o->id, (unsigned long long)o->table.total_bytes, why);
+	tc__log_rl(&rl, TC_LOG_WARN,
+		   "not spilling %s (%llu bytes): %s; dropped", o->id,
+		   (unsigned long long)o->table.total_bytes, why);
 }
 
 /* Can the budget take `bytes` more once every copy that may go has gone
@@ -489,10 +490,9 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	}
 	/* Our own mapping: it keeps the pages after the artifact and its
 	 * segment are freed, until the worker has written them. */
-	map = mmap(NULL, o->shm->size, PROT_READ, MAP_SHARED, o->shm->ro_fd,
-		   0);
-	j->chunks = tc__malloc((o->nchunks ? o->nchunks : 1) *
-			       sizeof(*j->chunks));
+	map = mmap(NULL, o->shm->size, PROT_READ, MAP_SHARED, o->shm->ro_fd, 0);
+	j->chunks =
+		tc__malloc((o->nchunks ? o->nchunks : 1) * sizeof(*j->chunks));
 	if (map == MAP_FAILED || !j->chunks ||
 	    table_copy(&j->table, &o->table) < 0) {
 		if (map != MAP_FAILED)

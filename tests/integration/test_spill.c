@@ -49,8 +49,8 @@ static void start(const char *where, const char *budget)
 	snprintf(setdir, sizeof(setdir), "spill_dir=%s", spill);
 	snprintf(setbytes, sizeof(setbytes), "spill_bytes=%s", budget);
 	snprintf(root, sizeof(root), "%s/tcast-spill", spill);
-	t_daemon_start(&D, "64MiB", "--set", setdir, "--set", setbytes,
-		       "--set", "host_spare=0", NULL);
+	t_daemon_start(&D, "64MiB", "--set", setdir, "--set", setbytes, "--set",
+		       "host_spare=0", NULL);
 }
 
 static void finish(void)
@@ -327,8 +327,7 @@ static void test_spill__warm_pinned_and_restart(void **state)
 				fail_msg("%s %s: %s", pols[p], key,
 					 tc_client_errmsg(c));
 		}
-		assert_int_equal(put(c, "more", pols[p], 2, NULL),
-				 TC_ENOSPACE);
+		assert_int_equal(put(c, "more", pols[p], 2, NULL), TC_ENOSPACE);
 		settle(c);
 		assert_int_equal(spill_int(c, "spilled"), 0);
 		assert_int_equal(spill_int(c, "artifacts"), 0);
