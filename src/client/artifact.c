@@ -12,6 +12,7 @@
 #include "client_internal.h"
 #include "common/alloc.h"
 #include "common/hash.h"
+#include "common/log.h"
 #include "format/format.h"
 #include "gpu/vmm.h"
 #include "tcast/dlpack.h"
@@ -303,15 +304,37 @@ TC_API int32_t tc_artifact_device(const tc_artifact *a)
 	return a->device;
 }
 
+/*
+ * Wait for every stream of this process on a's GPU before its mapping goes.
+ * The last reference is usually a DLPack view dying on the host (Python
+ * dropped the tensor), while kernels that read it -- a torch clone of an
+ * argument queued on the caller's stream -- may not have run yet; the
+ * driver does not wait for them at cuMemUnmap, and the first of them to
+ * run then takes an illegal address that kills the whole CUDA context.
+ * (The H200 tcast.shared server did exactly that once its per-call
+ * arguments died before the reply's own synchronisation: 2026-12-02.)  A
+ * failed sync (a context already broken) is logged; the unmap still runs.
+ */
+static void artifact_gpu_release(tc_artifact *a)
+{
+	char err[256];
+
+	if (tc__gpu_device_sync(a->device, err, sizeof(err)) < 0)
+		tc__log(TC_LOG_WARN,
+			"artifact %s: unmapping unsynchronised: %s", a->id,
+			err);
+	tc__gpu_release(&a->gmem);
+}
+
 TC_API void tc_artifact_close(tc_artifact *a)
 {
 	if (!a || atomic_fetch_sub(&a->refs, 1) != 1)
 		return;
 	if (a->binding) {
-		tc__gpu_release(&a->gmem);
+		artifact_gpu_release(a);
 		send_unbind(a->c, a->binding);
 	} else if (a->device >= 0) {
-		tc__gpu_release(&a->gmem);
+		artifact_gpu_release(a);
 		send_release(a->c, a->id, a->uuid);
 	} else {
 		munmap((void *)a->map, a->map_size);

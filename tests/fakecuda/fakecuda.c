@@ -59,6 +59,19 @@
  *                               CUDA context died after exactly that.  A
  *                               killed exporter leaves no marker, so only
  *                               orderly teardowns are judged.
+ *   TC_FAKECUDA_QUEUED=1        (re-read on every call) model work queued on
+ *                               a stream: an async copy or memset (it still
+ *                               runs at once) keeps using the device ranges
+ *                               it read and wrote until a synchronisation
+ *                               covers it (cuStreamSynchronize of its
+ *                               stream, cuCtxSynchronize, or any
+ *                               cuEventSynchronize, which clears all: no
+ *                               false alarms); a cuMemUnmap of such a range
+ *                               before that aborts the process, as on a GPU
+ *                               the queued work takes an illegal address and
+ *                               the context dies (what the H200 tcast.shared
+ *                               server did when an argument's mapping went
+ *                               while a clone of it was queued).
  * cuGetErrorName/cuGetErrorString are never failed or counted.
  *
  * One global lock serialises the fake; it is a test double, not fast.
@@ -180,6 +193,68 @@ static struct {
 } F = { .lock = PTHREAD_MUTEX_INITIALIZER, .lost_after = -1 };
 
 static __thread struct fctx *cur_ctx;
+
+/* TC_FAKECUDA_QUEUED: device ranges used by queued (not yet synchronised)
+ * async work.  When full, the oldest is forgotten: a missed check, never
+ * a false alarm. */
+#define FAKE_MAX_QUEUED 256
+static struct fqueued {
+	uintptr_t p;
+	size_t n;
+	CUstream s;
+} queued[FAKE_MAX_QUEUED];
+static unsigned nqueued;
+
+static bool queued_mode(void)
+{
+	const char *env = getenv("TC_FAKECUDA_QUEUED");
+
+	return env && *env && strcmp(env, "0") != 0;
+}
+
+/* Async work on s used [p, p + n) (F.lock held). */
+static void queued_add(CUstream s, uintptr_t p, size_t n)
+{
+	if (!queued_mode() || n == 0)
+		return;
+	if (nqueued == FAKE_MAX_QUEUED) {
+		memmove(queued, queued + 1, sizeof(queued[0]) * --nqueued);
+	}
+	queued[nqueued].p = p;
+	queued[nqueued].n = n;
+	queued[nqueued].s = s;
+	nqueued++;
+}
+
+/* Work on s (every stream when all) is done (F.lock held). */
+static void queued_done(CUstream s, bool all)
+{
+	unsigned k = 0;
+
+	for (unsigned i = 0; i < nqueued; i++)
+		if (!all && queued[i].s != s)
+			queued[k++] = queued[i];
+	nqueued = k;
+}
+
+/* [p, p + n) is being unmapped: no queued work may still use it. */
+static void queued_check_unmap(uintptr_t p, size_t n)
+{
+	if (!queued_mode())
+		return;
+	for (unsigned i = 0; i < nqueued; i++) {
+		if (queued[i].p < p + n && p < queued[i].p + queued[i].n) {
+			fprintf(stderr,
+				"fakecuda: pid %d unmaps [0x%" PRIxPTR
+				", +%zu) while work queued on a stream still "
+				"uses it (no synchronisation since): an "
+				"illegal address on a GPU "
+				"(TC_FAKECUDA_QUEUED)\n",
+				(int)getpid(), p, n);
+			abort();
+		}
+	}
+}
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                    */
@@ -727,6 +802,7 @@ FAKE_API CUresult cuCtxSynchronize(void)
 {
 	ENTER("cuCtxSynchronize");
 	NEED_CTX();
+	queued_done(NULL, true);
 	RETURN(CUDA_SUCCESS);
 }
 
@@ -1116,6 +1192,7 @@ FAKE_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 		m = *pp;
 		if (m->va >= ptr && m->va + m->size <= ptr + size) {
 			order_check_unmap(m->a);
+			queued_check_unmap(m->va, m->size);
 			*pp = m->next;
 			/* Back to a PROT_NONE reservation. */
 			mmap((void *)m->va, m->size, PROT_NONE,
@@ -1236,6 +1313,12 @@ static CUresult do_copy(const char *fn, uintptr_t dst, int dst_need,
 		memset((void *)dst, fill, n);
 	else
 		memmove((void *)dst, (const void *)src, n);
+	if (async) {
+		if (dst_need)
+			queued_add(s, dst, n);
+		if (src_need)
+			queued_add(s, src, n);
+	}
 	RETURN(CUDA_SUCCESS);
 }
 
@@ -1328,7 +1411,10 @@ FAKE_API CUresult cuStreamSynchronize(CUstream s)
 {
 	ENTER("cuStreamSynchronize");
 	NEED_CTX();
-	RETURN(stream_ok(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+	if (!stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	queued_done(s, false);
+	RETURN(CUDA_SUCCESS);
 }
 
 FAKE_API CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags)
@@ -1391,7 +1477,10 @@ FAKE_API CUresult cuEventRecord(CUevent e, CUstream s)
 FAKE_API CUresult cuEventSynchronize(CUevent e)
 {
 	ENTER("cuEventSynchronize");
-	RETURN(event_of(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE);
+	if (!event_of(e))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	queued_done(NULL, true);
+	RETURN(CUDA_SUCCESS);
 }
 
 FAKE_API CUresult cuEventQuery(CUevent e)

@@ -182,7 +182,9 @@ def test_ring_close_then_new_clients_real_cuda(senv):
     ring run (bench_shared.py, 2026-12-02): a ring client makes calls and
     closes, then a ring-off client and a new ring client call the same
     server.  Results are used by kernels still queued when they are dropped,
-    a call fails halfway (its slabs come back at once), and the server must
+    the server's clone of an argument is still queued when the argument
+    dies (late_clone: what faulted the second run, in the ring-off phase,
+    as an artifact argument was unmapped under it), a call fails halfway (its slabs come back at once), and the server must
     keep serving with a healthy context to the end."""
     port, env = senv
     srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
@@ -205,6 +207,11 @@ def phase(ring, n):
             res["bad"].append((ring, i))
         acc += y.sum()  # queued on the result, which is dropped right away
         del y, d
+        if i < 3:  # the server's clone of the argument still queued as it dies
+            z = c.call("late_clone", t)
+            if not torch.equal(z, t):
+                res["bad"].append(("late_clone", ring, i))
+            del z
     try:
         c.call("fails", x)
     except Exception as e:

@@ -259,6 +259,50 @@ print(json.dumps(res))
     assert "importers must unmap first" not in log, log
 
 
+def test_work_queued_on_an_argument_outlives_its_views(tmp_path):
+    """The H200's second close-sequence failure (2026-12-02, 18:11 UTC): the
+    first call of a ring-off client after a ring client closed took an
+    illegal address in the server.  Its argument travelled as an artifact;
+    the endpoint's clone of it was queued on a stream; the argument died
+    when the endpoint returned (before the reply's synchronisation), and its
+    last view unmapped the artifact at once, under the queued clone.  With
+    TC_FAKECUDA_QUEUED=1 the fake driver keeps an async copy's ranges in use
+    until a synchronisation and aborts a process that unmaps them first;
+    queued_clone queues such a copy of its argument and returns.  Ring,
+    ring off, ring again, each client closed before the next, as the bench
+    does."""
+    daemon = FakeGpuDaemon(tmp_path / "d")
+    port = free_port()
+    env = env_for(tmp_path, port, fake=True, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1",
+                  TC_FAKECUDA_QUEUED="1")
+    srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
+    try:
+        r = run_client(PRELUDE + """
+from tcast.shared import SharedTensorClient
+res = {"bad": [], "ring": []}
+x = torch.arange(1 << 20, dtype=torch.float32)
+for ring in ("1", "0", "1"):
+    os.environ["TCAST_SHARED_RING"] = ring
+    c2 = SharedTensorClient()
+    for i in range(5):
+        print("phase", ring, i, flush=True)
+        y = c2.call("queued_clone", x + i)
+        if not torch.equal(y, x + i):
+            res["bad"].append((ring, i))
+        del y
+    res["ring"].append(c2._chan is not None)
+    c2.close()
+print(json.dumps(res))
+""", dict(env, TC_FAKECUDA_QUEUED="0"), timeout=120)
+        alive = srv.proc.poll() is None
+    finally:
+        log = srv.kill(signal.SIGTERM)
+        daemon.stop()
+    assert "TC_FAKECUDA_QUEUED" not in log, r.stdout[-300:] + log
+    assert alive and r.returncode == 0, r.stdout + r.stderr + log
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"bad": [], "ring": [True, False, True]}
+
+
 def test_a_failed_call_returns_its_slabs_at_once(svc):
     """A call failing halfway -- the endpoint raises after viewing its
     arguments, the endpoint does not exist (never viewed), a cached result

@@ -202,3 +202,49 @@ def ring_write_arg(t: torch.Tensor) -> torch.Tensor:
     # and never reaches the caller.
     t.add_(100)
     return t
+
+
+@provider.share(cache=False, singleflight=False)
+def late_clone(t: torch.Tensor) -> torch.Tensor:
+    # On a GPU the clone runs well after this returns (the stream is kept
+    # busy first), so the argument's mapping must outlive its views: the
+    # H200 server faulted when a ring-off client's argument was unmapped
+    # under its queued clone (2026-12-02).
+    if t.is_cuda and hasattr(torch.cuda, "_sleep"):
+        torch.cuda._sleep(50_000_000)
+    return t.clone()
+
+
+_cu = {}
+
+
+def _fake_driver():
+    """The fake driver tcast loaded (the same library, so the same state),
+    with device 0's primary context current on this thread."""
+    import ctypes
+
+    if not _cu:
+        lib = ctypes.CDLL(os.environ["TCAST_CUDA_LIB"])
+        dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+        assert lib.cuInit(0) == 0 and lib.cuDeviceGet(ctypes.byref(dev), 0) == 0
+        assert lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) == 0
+        _cu.update(lib=lib, ctx=ctx)
+    assert _cu["lib"].cuCtxSetCurrent(_cu["ctx"]) == 0
+    return _cu["lib"]
+
+
+@provider.share(cache=False, singleflight=False)
+def queued_clone(t: torch.Tensor) -> torch.Tensor:
+    # What t.clone() is on a GPU: a copy queued on a stream that reads the
+    # argument after this returns (the fake driver keeps it "queued" until
+    # a synchronisation, TC_FAKECUDA_QUEUED=1).  The argument's mapping
+    # must outlive that copy.
+    import ctypes
+
+    lib = _fake_driver()
+    out = torch.empty_like(t)
+    n = t.numel() * t.element_size()
+    rc = lib.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(out.data_ptr()), ctypes.c_uint64(t.data_ptr()),
+                                  ctypes.c_size_t(n), None)
+    assert rc == 0, rc
+    return out
