@@ -5,7 +5,7 @@
     4 MiB CUDA tensor, against a torch.multiprocessing queue handing the
     same tensor over CUDA IPC (a worker that clones it and sends it back);
     tcast twice: through the slab ring (the default) and through per-call
-    artifacts (TCAST_SHARED_RING=0 in the client; the server allows rings), with the ratios;
+    artifacts (TCAST_SHARED_RING=0 in the client), with the ratios;
     each phase is its own client, closed before the next, so the run also
     checks that a server keeps serving after a ring client closed: after
     the ring phase, a ring-off client and then a new ring client call the
@@ -185,9 +185,10 @@ def main():
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     print(f"# {out['gpu']}, torch {out['torch']}, {out['date']}", flush=True)
     tmp = tempfile.mkdtemp(prefix="bench-shared-")
-    env = dict(os.environ, B_LAYERS=str(a.layers), B_WIDTH=str(a.width), TCAST_SHARED_RING="1",
+    env = dict(os.environ, B_LAYERS=str(a.layers), B_WIDTH=str(a.width),
                SHARED_TENSOR_BASE_PORT=os.environ.get("SHARED_TENSOR_BASE_PORT", "26500"))
     env.pop("SHARED_TENSOR_ROLE", None)
+    env.pop("TCAST_SHARED_RING", None)  # the server as deployed: rings on by default
     os.environ["SHARED_TENSOR_BASE_PORT"] = env["SHARED_TENSOR_BASE_PORT"]
     server_log = a.server_log or os.path.join(tmp, "bench_server.log")
     srv = start_server(tmp, env, server_log)
@@ -224,16 +225,16 @@ def main():
         # right there (2026-12-02, tests/gpu/logs/2026-12-02-h200-s3-ring-wp).
         phase = "ring"
         try:
-            os.environ["TCAST_SHARED_RING"] = "1"
-            tcast_calls("slab ring (TCAST_SHARED_RING=1)", "tcast_direct_4MiB",
+            os.environ.pop("TCAST_SHARED_RING", None)
+            tcast_calls("slab ring (the default)", "tcast_direct_4MiB",
                         20 if a.close_only else a.iters)
             phase = "ring-off client after the ring client closed"
             os.environ["TCAST_SHARED_RING"] = "0"
             tcast_calls("per-call artifacts (TCAST_SHARED_RING=0)", "tcast_direct_4MiB_artifacts",
                         10 if a.close_only else min(a.iters, 100))
             phase = "new ring client after two closed clients"
-            os.environ["TCAST_SHARED_RING"] = "1"
-            tcast_calls("slab ring, a new client (TCAST_SHARED_RING=1)", "tcast_direct_4MiB_ring_again",
+            os.environ.pop("TCAST_SHARED_RING", None)
+            tcast_calls("slab ring, a new client (the default)", "tcast_direct_4MiB_ring_again",
                         20 if a.close_only else min(a.iters, 100))
         except BaseException as e:
             print(f"close sequence: FAILED in the {phase} phase: {type(e).__name__}: {str(e)[:2000]}", flush=True)

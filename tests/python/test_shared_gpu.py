@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.fixture
 def senv(tmp_path, daemon):
     port = free_port()
-    return port, env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1")
+    env = env_for(tmp_path, port, fake=False, TCAST_SOCKET=daemon.socket)
+    env.pop("TCAST_SHARED_RING", None)  # the slab rings are on by default
+    return port, env
 
 
 def test_zero_branch_readme_example_unchanged(senv, tmp_path):
@@ -197,7 +199,10 @@ from tcast.shared import SharedTensorClient
 res = {{"bad": [], "phases": []}}
 x = torch.randn(1 << 20, device="cuda")
 def phase(ring, n):
-    os.environ["TCAST_SHARED_RING"] = ring
+    if ring == "0":
+        os.environ["TCAST_SHARED_RING"] = "0"
+    else:
+        os.environ.pop("TCAST_SHARED_RING", None)  # the default: on
     c = SharedTensorClient()
     acc = torch.zeros((), device="cuda")
     for i in range(n):

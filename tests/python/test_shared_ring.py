@@ -27,7 +27,8 @@ def svc(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ring")
     daemon = FakeGpuDaemon(tmp / "d")  # the artifact fallback goes through it
     port = free_port()
-    env = env_for(tmp, port, fake=True, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1")
+    env = env_for(tmp, port, fake=True, TCAST_SOCKET=daemon.socket)  # rings on by default
+    env.pop("TCAST_SHARED_RING", None)
     srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
     yield port, env
     srv.kill(signal.SIGTERM)
@@ -167,7 +168,7 @@ h = ss.obj(21)
 info = c.get_object_info(h.object_id)
 print(json.dumps({"chan": c._chan is not None, "off": c.ring_off, "y": float(y.sum()), "art": info["artifact_id"]}))
 """, TCAST_SHARED_RING="0")
-    assert out["chan"] is False and "TCAST_SHARED_RING is not 1" in out["off"]
+    assert out["chan"] is False and "TCAST_SHARED_RING=0" in out["off"]
     assert out["y"] == 20.0 and out["art"]  # managed: an artifact, as before
 
 
@@ -201,8 +202,8 @@ def test_close_then_new_clients_on_the_same_server(tmp_path):
     order.mkdir()
     daemon = FakeGpuDaemon(tmp_path / "d")
     port = free_port()
-    env = env_for(tmp_path, port, fake=True, TCAST_SOCKET=daemon.socket, TCAST_SHARED_RING="1",
-                  TC_FAKECUDA_ORDER_DIR=str(order))
+    env = env_for(tmp_path, port, fake=True, TCAST_SOCKET=daemon.socket, TC_FAKECUDA_ORDER_DIR=str(order))
+    env.pop("TCAST_SHARED_RING", None)  # the default: on
     srv = ServerProc(EXAMPLES / "semantics_service.py", env, port)
     try:
         out = client(env, """
@@ -219,7 +220,10 @@ res["c1"] = [c1._chan.args.stats(), c1._chan.results.stats()]
 cid1 = c1.client_id
 c1.close()
 for ring in ("0", "1", "1"):
-    os.environ["TCAST_SHARED_RING"] = ring
+    if ring == "0":
+        os.environ["TCAST_SHARED_RING"] = "0"
+    else:
+        os.environ.pop("TCAST_SHARED_RING", None)  # the default
     c2 = SharedTensorClient()
     for i in range(6):
         y, d = c2.call("ring_echo", x - i, {"v": x[:3]})

@@ -121,7 +121,7 @@ class SharedTensorClient:
         # when the server offers one; None until then or when off.
         self._chan: Optional[_ring.ClientChannel] = None
         self._chan_lock = threading.Lock()
-        self.ring_off: Optional[str] = None if _ring.enabled() else f"{_ring.ENV_RING} is not 1"
+        self.ring_off: Optional[str] = None if _ring.enabled() else f"{_ring.ENV_RING}={os.environ.get(_ring.ENV_RING, '')}"
 
     @property
     def where(self) -> str:
