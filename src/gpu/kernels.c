@@ -424,7 +424,7 @@ struct copy_args {
 int tc__gpu_copy_d2d(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 		     struct tc__gpu_stream *s, char *err, size_t errlen)
 {
-	const char *e = getenv("TCAST_GPU_COPY"); /* "driver": no kernel */
+	const char *e = getenv("TCAST_GPU_COPY"); /* "kernel": ours */
 	struct copy_args a = { dst, src, n };
 	void *params[1] = { &a };
 	const struct tc__cu *cu;
@@ -435,7 +435,7 @@ int tc__gpu_copy_d2d(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
 	int ret;
 
 	/* Misaligned ranges would take the kernel's byte loop. */
-	if ((e && !strcmp(e, "driver")) || n < COPY_KERNEL_MIN ||
+	if (!e || strcmp(e, "kernel") || n < COPY_KERNEL_MIN ||
 	    ((dst | src) & 15))
 		return tc__gpu_dtod(ordinal, dst, src, n, s, err, errlen);
 	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);

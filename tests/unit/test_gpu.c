@@ -1202,10 +1202,10 @@ static void test_gpu__chunk_hash_on_device(void **state)
 	assert_no_device_memory_used();
 }
 
-/* Device-to-device copies: the kernel for ranges of 1 MiB and more, any
- * alignment and length, on a stream or blocking; the driver's copy below
- * that and when TCAST_GPU_COPY=driver (a failing launch tells which ran);
- * a range outside the allocations fails as a GPU's would. */
+/* Device-to-device copies with TCAST_GPU_COPY=kernel: the kernel for
+ * aligned ranges of 1 MiB and more, on a stream or blocking; the driver's
+ * copy below that, misaligned, and by default (a failing launch tells
+ * which ran); a range outside the allocations fails as a GPU's would. */
 static void test_gpu__copy_kernel(void **state)
 {
 	static const uint64_t sizes[] = { 1,	   4095,	 MiB,
@@ -1217,6 +1217,7 @@ static void test_gpu__copy_kernel(void **state)
 
 	(void)state;
 	assert_true(host && back);
+	setenv("TCAST_GPU_COPY", "kernel", 1);
 	for (uint64_t i = 0; i < 5 * MiB; i++)
 		host[i] = (uint8_t)((i * 2654435761u) >> 17);
 	assert_int_equal(tc__gpu_alloc(0, 5 * MiB, 0, &a, err, sizeof(err)), 0);
@@ -1264,11 +1265,10 @@ static void test_gpu__copy_kernel(void **state)
 	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + 1, a.dptr, 2 * MiB, NULL,
 					  err, sizeof(err)),
 			 0);
-	setenv("TCAST_GPU_COPY", "driver", 1);
+	unsetenv("TCAST_GPU_COPY"); /* the default: the driver's copy */
 	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, 2 * MiB, NULL, err,
 					  sizeof(err)),
 			 0);
-	unsetenv("TCAST_GPU_COPY");
 	unsetenv("TC_FAKECUDA_FAIL");
 	/* Past the end of the destination: refused like a GPU's fault. */
 	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + MiB, a.dptr, b.size, NULL,
