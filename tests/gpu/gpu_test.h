@@ -45,7 +45,10 @@ static inline int t_gpu_start(uint64_t *bytes, int *dev)
 	if (env) { /* bytes, or with a K/M/G suffix ("8GiB") */
 		char *end;
 		unsigned long long v = strtoull(env, &end, 0);
-		int sh = *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+		int sh = *end == 'K' ? 10 :
+			 *end == 'M' ? 20 :
+			 *end == 'G' ? 30 :
+				       0;
 
 		if ((*end && !sh) || v == 0 || (sh && v > (~0ull >> sh))) {
 			printf("FAIL: TC_GPU_TEST_BYTES='%s' is not a size\n",
