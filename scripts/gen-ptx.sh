@@ -4,7 +4,6 @@
 #                                                  tc__view_permute_sm90)
 #   chunk_hash.cu   -> src/gpu/chunk_hash_ptx.h   (tc__chunk_hash_ptx,
 #                                                  tc__chunk_hash_sm90)
-#   copy.cu         -> src/gpu/copy_ptx.h         (tc__copy_ptx, tc__copy_sm90)
 # Needs nvcc (any CUDA >= 11.8); the build itself never does.  The PTX
 # targets compute_80 so every GPU from Ampere on JIT-compiles it; the sm_90
 # cubin (ptxas's output for Hopper) is tried first, so an H100 or H200
@@ -43,6 +42,6 @@ gen() { # gen NAME: src/gpu/kernels/NAME.cu -> src/gpu/NAME_ptx.h
 	echo "wrote $out ($(wc -c <"$tmp/$1.ptx") bytes of PTX)"
 }
 
-for k in ${*:-view_permute chunk_hash copy}; do
+for k in ${*:-view_permute chunk_hash}; do
 	gen "$k"
 done

@@ -280,9 +280,9 @@ TC_API int tc_put_copy_from_device(tc_put *p, uint32_t n, const uint32_t *index,
 		const struct tc__tensor *x = &p->table.tensors[index[k]];
 
 		if (x->nbytes)
-			rc = tc__gpu_copy_d2d(p->device,
-					      p->gmem.dptr + x->offset, src[k],
-					      x->nbytes, s, err, sizeof(err));
+			rc = tc__gpu_dtod(p->device, p->gmem.dptr + x->offset,
+					  src[k], x->nbytes, s, err,
+					  sizeof(err));
 	}
 	if (s) {
 		rc2 = tc__gpu_stream_sync(s, err2, sizeof(err2));

@@ -1,7 +1,6 @@
 /*
- * kernels.c - tcast's own GPU kernels: the view kernel (permute + cast),
- * the chunk-hash kernels (BLAKE3 of digest chunks in device memory) and
- * the device-to-device copy.
+ * kernels.c - tcast's own GPU kernels: the view kernel (permute + cast)
+ * and the chunk-hash kernels (BLAKE3 of digest chunks in device memory).
  *
  * Each module is PTX checked in as a C string (scripts/gen-ptx.sh), loaded
  * once per device and process with cuModuleLoadData (the driver compiles
@@ -23,7 +22,6 @@
 #include "vmm.h"
 
 #include "chunk_hash_ptx.h"
-#include "copy_ptx.h"
 #include "view_permute_ptx.h"
 
 _Static_assert(sizeof(struct tc__gpu_permute) == 296,
@@ -31,7 +29,7 @@ _Static_assert(sizeof(struct tc__gpu_permute) == 296,
 
 #define KMAX_DEV 64 /* devices whose modules we cache */
 
-enum kmod { KMOD_VIEW, KMOD_HASH, KMOD_COPY, KMOD_N };
+enum kmod { KMOD_VIEW, KMOD_HASH, KMOD_N };
 
 static const struct {
 	const char *ptx;
@@ -47,7 +45,6 @@ static const struct {
 			tc__chunk_hash_sm90,
 			"chunk hash",
 			{ "tc_b3_leaves", "tc_b3_parents" } },
-	[KMOD_COPY] = { tc__copy_ptx, tc__copy_sm90, "copy", { "tc_copy" } },
 };
 
 static int hash_selftest(const struct tc__cu *cu, int ordinal,
@@ -405,60 +402,6 @@ int tc__gpu_hash_chunks_async(int ordinal, uint64_t data, uint64_t size,
 					  "..%" PRIu64 " on GPU %d",
 					  c0, c0 + nchunks, ordinal);
 	}
-	tc__cu_leave(cu, &g);
-	return ret;
-}
-
-/* ------------------------------------------------------------------------ */
-/* The copy kernel                                                           */
-/* ------------------------------------------------------------------------ */
-
-/* struct tc_copy_args of copy.cu. */
-struct copy_args {
-	uint64_t dst, src, n;
-};
-
-/* Below this the driver's copy is as fast and needs no module. */
-#define COPY_KERNEL_MIN ((uint64_t)1 << 20)
-
-int tc__gpu_copy_d2d(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
-		     struct tc__gpu_stream *s, char *err, size_t errlen)
-{
-	const char *e = getenv("TCAST_GPU_COPY"); /* "kernel": ours */
-	struct copy_args a = { dst, src, n };
-	void *params[1] = { &a };
-	const struct tc__cu *cu;
-	struct tc__cu_guard g;
-	CUfunction fn[2];
-	CUresult r;
-	uint64_t blocks;
-	int ret;
-
-	/* Misaligned ranges would take the kernel's byte loop. */
-	if (!e || strcmp(e, "kernel") || n < COPY_KERNEL_MIN ||
-	    ((dst | src) & 15))
-		return tc__gpu_dtod(ordinal, dst, src, n, s, err, errlen);
-	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
-	if (ret < 0)
-		return ret;
-	/* A module the driver refused: its copy still works. */
-	if (kernel_get(cu, ordinal, KMOD_COPY, fn, err, errlen) < 0) {
-		tc__cu_leave(cu, &g);
-		return tc__gpu_dtod(ordinal, dst, src, n, s, err, errlen);
-	}
-	/* 256 threads of four 16-byte words per round; 4,096 blocks keep
-	 * every multiprocessor of a GPU of this decade busy. */
-	blocks = TC_MIN((n / 16 + 1023) / 1024, (uint64_t)4096);
-	r = cu->fn.cuLaunchKernel(fn[0], (unsigned)TC_MAX(blocks, 1), 1, 1, 256,
-				  1, 1, 0, s ? s->s : NULL, params, NULL);
-	if (r == CUDA_SUCCESS && !s)
-		r = cu->fn.cuStreamSynchronize(NULL);
-	if (r != CUDA_SUCCESS)
-		ret = tc__cu_fail(cu, r, "cuLaunchKernel", err, errlen,
-				  "cannot copy %" PRIu64
-				  " bytes on GPU %d from 0x%" PRIx64
-				  " to 0x%" PRIx64,
-				  n, ordinal, src, dst);
 	tc__cu_leave(cu, &g);
 	return ret;
 }

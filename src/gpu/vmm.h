@@ -309,20 +309,6 @@ int tc__gpu_permute_ready(int ordinal, char *err, size_t errlen);
 int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
 		    struct tc__gpu_stream *s, char *err, size_t errlen);
 
-/* ---- the copy kernel --------------------------------------------------- */
-
-/*
- * Copy n bytes between two device addresses of GPU `ordinal` (see
- * tc__gpu_dtod for s and the blocking form).  cuMemcpyDtoD unless
- * TCAST_GPU_COPY=kernel asks for tcast's copy kernel (src/gpu/kernels/
- * copy.cu), which the H200 measured 0.92-0.96x the driver's copy on 8 GiB
- * as one range and as 1,000 (it stays to compare on other GPUs); small or
- * misaligned ranges and a GPU whose driver refuses the module take the
- * driver's copy anyway.  The ranges must not overlap.
- */
-int tc__gpu_copy_d2d(int ordinal, uint64_t dst, uint64_t src, uint64_t n,
-		     struct tc__gpu_stream *s, char *err, size_t errlen);
-
 /* ---- the chunk-hash kernels -------------------------------------------- */
 
 /* The parameter block of tc_b3_leaves / tc_b3_parents

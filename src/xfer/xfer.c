@@ -49,8 +49,8 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 		return tc__gpu_mem_write(dst, 0, x->host, x->bytes, NULL, err,
 					 errlen);
 	case TC_XFER_FROM_GPU:
-		return tc__gpu_copy_d2d(x->ordinal, dst->dptr, x->gpu_src->dptr,
-					x->bytes, NULL, err, errlen);
+		return tc__gpu_dtod(x->ordinal, dst->dptr, x->gpu_src->dptr,
+				    x->bytes, NULL, err, errlen);
 	}
 	return TC_EINVAL;
 }

@@ -1661,9 +1661,8 @@ static struct fmod *mods;
 static struct ffunc permute_fn = { "tc_view_permute", NULL };
 static struct ffunc b3_leaves_fn = { "tc_b3_leaves", NULL };
 static struct ffunc b3_parents_fn = { "tc_b3_parents", NULL };
-static struct ffunc copy_fn = { "tc_copy", NULL };
 static struct ffunc *const known_fns[] = { &permute_fn, &b3_leaves_fn,
-					   &b3_parents_fn, &copy_fn };
+					   &b3_parents_fn };
 
 FAKE_API CUresult cuModuleLoadData(CUmodule *out, const void *image)
 {
@@ -1869,17 +1868,6 @@ FAKE_API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy,
 	if ((void *)f == (void *)&b3_leaves_fn ||
 	    (void *)f == (void *)&b3_parents_fn)
 		RETURN(b3_launch((struct ffunc *)f, params));
-	if ((void *)f == (void *)&copy_fn) {
-		uint64_t c[3]; /* struct tc_copy_args of copy.cu */
-
-		memcpy(c, params[0], sizeof(c));
-		if (!range_ok(c[1], c[2], PROT_READ) ||
-		    !range_ok(c[0], c[2], PROT_WRITE))
-			RETURN(CUDA_ERROR_ILLEGAL_ADDRESS);
-		memcpy((void *)(uintptr_t)c[0], (const void *)(uintptr_t)c[1],
-		       c[2]);
-		RETURN(CUDA_SUCCESS);
-	}
 	if ((void *)f != (void *)&permute_fn)
 		RETURN(CUDA_ERROR_INVALID_HANDLE);
 	memcpy(&a, params[0], sizeof(a));

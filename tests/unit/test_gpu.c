@@ -1202,11 +1202,10 @@ static void test_gpu__chunk_hash_on_device(void **state)
 	assert_no_device_memory_used();
 }
 
-/* Device-to-device copies with TCAST_GPU_COPY=kernel: the kernel for
- * aligned ranges of 1 MiB and more, on a stream or blocking; the driver's
- * copy below that, misaligned, and by default (a failing launch tells
- * which ran); a range outside the allocations fails as a GPU's would. */
-static void test_gpu__copy_kernel(void **state)
+/* Device-to-device copies of any size and alignment, on a stream or
+ * blocking, move exactly their range; a range outside the allocations
+ * fails as a GPU's would. */
+static void test_gpu__copy_d2d(void **state)
 {
 	static const uint64_t sizes[] = { 1,	   4095,	 MiB,
 					  MiB + 1, 3 * MiB + 17, 4 * MiB - 3 };
@@ -1217,7 +1216,6 @@ static void test_gpu__copy_kernel(void **state)
 
 	(void)state;
 	assert_true(host && back);
-	setenv("TCAST_GPU_COPY", "kernel", 1);
 	for (uint64_t i = 0; i < 5 * MiB; i++)
 		host[i] = (uint8_t)((i * 2654435761u) >> 17);
 	assert_int_equal(tc__gpu_alloc(0, 5 * MiB, 0, &a, err, sizeof(err)), 0);
@@ -1234,10 +1232,10 @@ static void test_gpu__copy_kernel(void **state)
 							 NULL, err,
 							 sizeof(err)),
 					 0);
-			assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + dof,
-							  a.dptr + so, sizes[i],
-							  j % 2 ? s : NULL, err,
-							  sizeof(err)),
+			assert_int_equal(tc__gpu_dtod(0, b.dptr + dof,
+						      a.dptr + so, sizes[i],
+						      j % 2 ? s : NULL, err,
+						      sizeof(err)),
 					 0);
 			assert_int_equal(
 				tc__gpu_stream_sync(s, err, sizeof(err)), 0);
@@ -1251,28 +1249,9 @@ static void test_gpu__copy_kernel(void **state)
 			if (dof)
 				assert_int_equal(back[dof - 1], 0);
 		}
-	/* Which copy ran: a failing launch shows the kernel's. */
-	setenv("TC_FAKECUDA_FAIL", "cuLaunchKernel:1+:CUDA_ERROR_INVALID_VALUE",
-	       1);
-	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, 2 * MiB, NULL, err,
-					  sizeof(err)),
-			 TC_ECUDA);
-	assert_non_null(strstr(err, "cuLaunchKernel"));
-	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, MiB - 1, NULL, err,
-					  sizeof(err)),
-			 0);
-	/* misaligned: the driver's copy */
-	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + 1, a.dptr, 2 * MiB, NULL,
-					  err, sizeof(err)),
-			 0);
-	unsetenv("TCAST_GPU_COPY"); /* the default: the driver's copy */
-	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr, a.dptr, 2 * MiB, NULL, err,
-					  sizeof(err)),
-			 0);
-	unsetenv("TC_FAKECUDA_FAIL");
 	/* Past the end of the destination: refused like a GPU's fault. */
-	assert_int_equal(tc__gpu_copy_d2d(0, b.dptr + MiB, a.dptr, b.size, NULL,
-					  err, sizeof(err)),
+	assert_int_equal(tc__gpu_dtod(0, b.dptr + MiB, a.dptr, b.size, NULL,
+				      err, sizeof(err)),
 			 TC_ECUDA);
 	tc__gpu_stream_free(s);
 	tc__gpu_release(&a);
@@ -1312,7 +1291,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__threads),
 		cmocka_unit_test(test_gpu__chunk_hash_core_is_blake3),
 		cmocka_unit_test(test_gpu__chunk_hash_on_device),
-		cmocka_unit_test(test_gpu__copy_kernel),
+		cmocka_unit_test(test_gpu__copy_d2d),
 	};
 
 	if (argc == 4 && !strcmp(argv[1], "--child"))
