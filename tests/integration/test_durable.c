@@ -71,11 +71,7 @@ static int put(tc_client *c, const char *key, const char *policy, uint8_t fill,
 	       uint64_t bytes, uint32_t mask, uint64_t ttl_ms, char *id,
 	       int *persist)
 {
-	uint64_t shape[1] = { bytes };
-	struct tc_tensor_desc d = { "x", TC_DTYPE_U8, 1, shape };
 	struct tc_opts o = { 0 };
-	struct tc_result r;
-	tc_put *p;
 	int rc;
 
 	o.field_mask = TC_OPT_POLICY | mask | (key ? TC_OPT_KEY : 0) |
@@ -83,35 +79,10 @@ static int put(tc_client *c, const char *key, const char *policy, uint8_t fill,
 	o.key = key;
 	o.policy = policy;
 	o.ttl_ms = ttl_ms;
-	rc = tc_put_begin(c, &d, 1, NULL, &o, &p);
-	if (rc < 0)
-		return rc;
-	memset(tc_put_data(p, 0), fill, bytes);
-	rc = tc_put_commit(p, &r);
-	if (rc == 0 && id)
-		strcpy(id, r.id);
+	rc = t_put_fill(c, &o, fill, bytes, id);
 	if (rc == 0 && persist)
 		*persist = tc_last_persistence(c, NULL, 0);
 	return rc;
-}
-
-/* Attach `ref` and check every byte is `fill`. */
-static int check(tc_client *c, const char *ref, uint8_t fill, uint64_t bytes)
-{
-	tc_artifact *a;
-	const uint8_t *p;
-	int rc = tc_attach(c, ref, &a);
-
-	if (rc < 0)
-		return rc;
-	p = tc_artifact_data(a);
-	assert_true(tc_artifact_size(a) >= bytes);
-	for (uint64_t i = 0; i < bytes; i++)
-		if (p[i] != fill)
-			fail_msg("%s: byte %llu is %u, not %u", ref,
-				 (unsigned long long)i, p[i], fill);
-	tc_artifact_close(a);
-	return 0;
 }
 
 /* Entries of the shared folder, and how many are temporaries. */
@@ -181,10 +152,10 @@ static void test_durable__survives_restart_and_kill9(void **state)
 
 	restart(true, NULL);
 	c = t_connect(D.sock);
-	assert_int_equal(check(c, "m:v", 8, 5000), 0);
-	assert_int_equal(check(c, a, 7, 100000), 0);
+	assert_int_equal(t_check_fill(c, "m:v", 8, 5000), 0);
+	assert_int_equal(t_check_fill(c, a, 7, 100000), 0);
 	/* cache artifacts are gone, as documented. */
-	assert_int_equal(check(c, cache, 9, 1000), TC_ENOTFOUND);
+	assert_int_equal(t_check_fill(c, cache, 9, 1000), TC_ENOTFOUND);
 	assert_int_equal(tc_keys_json(c, "m:v", &json), 0);
 	j = json_loads(json, 0, NULL);
 	tc_free(json);
@@ -199,7 +170,7 @@ static void test_durable__survives_restart_and_kill9(void **state)
 
 	restart(false, NULL);
 	c = t_connect(D.sock);
-	assert_int_equal(check(c, "m:v", 8, 5000), 0);
+	assert_int_equal(t_check_fill(c, "m:v", 8, 5000), 0);
 	j = durable_status(c);
 	assert_int_equal(json_integer_value(json_object_get(j, "artifacts")),
 			 2);
@@ -230,7 +201,7 @@ static void test_durable__corrupt_copy_is_refused(void **state)
 	assert_int_equal(pwrite(fd, &x, 1, 5 << 20), 1);
 	close(fd);
 	c = t_connect(D.sock);
-	assert_int_equal(check(c, "k", 3, 6 << 20), TC_EDIGEST);
+	assert_int_equal(t_check_fill(c, "k", 3, 6 << 20), TC_EDIGEST);
 	assert_non_null(strstr(tc_client_errmsg(c), "chunk 1"));
 	/* The daemon serves the rest. */
 	assert_int_equal(put(c, NULL, "cache", 1, 100, 0, 0, NULL, NULL), 0);
@@ -287,7 +258,7 @@ static void test_durable__policies(void **state)
 			1);
 		json_decref(d);
 	}
-	assert_int_equal(check(c, "c", 5, 3000), 0);
+	assert_int_equal(t_check_fill(c, "c", 5, 3000), 0);
 	tc_client_close(c);
 	finish();
 }
@@ -312,8 +283,8 @@ static void test_durable__overflow(void **state)
 			 0);
 	/* big1's host copy went; its disk copy serves it (and evicts big2's
 	 * host copy to fit). */
-	assert_int_equal(check(c, "big1", 1, 40 << 20), 0);
-	assert_int_equal(check(c, b, 3, 40 << 20), 0);
+	assert_int_equal(t_check_fill(c, "big1", 1, 40 << 20), 0);
+	assert_int_equal(t_check_fill(c, b, 3, 40 << 20), 0);
 	tc_client_close(c);
 	finish();
 }
@@ -354,8 +325,8 @@ static void test_durable__ttl_nowait_rm(void **state)
 	json_decref(j);
 	/* TTLs: both go, the durable one with its disk copy. */
 	usleep(2300 * 1000);
-	assert_int_equal(check(c, "t", 1, 1000), TC_ENOTFOUND);
-	assert_int_equal(check(c, m, 2, 1000), TC_ENOTFOUND);
+	assert_int_equal(t_check_fill(c, "t", 1, 1000), TC_ENOTFOUND);
+	assert_int_equal(t_check_fill(c, m, 2, 1000), TC_ENOTFOUND);
 	assert_false(on_disk(a));
 	/* rm keeping the disk copy: the daemon forgets it, the folder stays
 	 * and imports as the same artifact (digests checked). */
@@ -368,7 +339,7 @@ static void test_durable__ttl_nowait_rm(void **state)
 		snprintf(path, sizeof(path), "%s/%s", dataroot, k + 4);
 		assert_int_equal(tc_import(c, path, &o, &r), 0);
 		assert_string_equal(r.id, k);
-		assert_int_equal(check(c, k, 4, 5000), 0);
+		assert_int_equal(t_check_fill(c, k, 4, 5000), 0);
 	}
 	/* rm without: the folder goes, also for an artifact on disk only. */
 	assert_int_equal(tc_rm(c, b), 0);
@@ -376,7 +347,7 @@ static void test_durable__ttl_nowait_rm(void **state)
 	tc_client_close(c);
 	restart(true, NULL);
 	c = t_connect(D.sock);
-	assert_int_equal(check(c, "n", 3, 3 << 20), TC_ENOTFOUND);
+	assert_int_equal(t_check_fill(c, "n", 3, 3 << 20), TC_ENOTFOUND);
 	tc_client_close(c);
 	finish();
 }
@@ -404,7 +375,7 @@ static void test_durable__disk_full(void **state)
 			 -ENOSPC);
 	assert_non_null(strstr(tc_client_errmsg(c), "No space left"));
 	assert_int_equal(folder_entries(&temps), 0);
-	assert_int_equal(check(c, "big", 1, 10), TC_ENOTFOUND);
+	assert_int_equal(t_check_fill(c, "big", 1, 10), TC_ENOTFOUND);
 	assert_int_equal(put(c, NULL, "cache", 2, 3 << 20, 0, 0, NULL, NULL),
 			 0);
 	assert_int_equal(put(c, "small", "durable", 3, 100000, 0, 0, a, NULL),
@@ -412,7 +383,7 @@ static void test_durable__disk_full(void **state)
 	tc_client_close(c);
 	restart(true, NULL);
 	c = t_connect(D.sock);
-	assert_int_equal(check(c, "small", 3, 100000), 0);
+	assert_int_equal(t_check_fill(c, "small", 3, 100000), 0);
 	tc_client_close(c);
 	finish();
 	umount2(mnt, MNT_DETACH);
@@ -487,7 +458,7 @@ static void test_durable__fsync_and_rename_failures(void **state)
 		assert_non_null(strstr(tc_client_errmsg(c),
 				       i ? "cannot rename" : "cannot fsync"));
 		assert_int_equal(folder_entries(&temps), 0);
-		assert_int_equal(check(c, "k", 1, 10), TC_ENOTFOUND);
+		assert_int_equal(t_check_fill(c, "k", 1, 10), TC_ENOTFOUND);
 		assert_int_equal(
 			put(c, "c", "cache", 2, 1000, 0, 0, NULL, NULL), 0);
 		d = durable_status(c);
@@ -497,7 +468,7 @@ static void test_durable__fsync_and_rename_failures(void **state)
 		tc_client_close(c);
 		restart(true, NULL);
 		c = t_connect(D.sock);
-		assert_int_equal(check(c, "k", 1, 10), TC_ENOTFOUND);
+		assert_int_equal(t_check_fill(c, "k", 1, 10), TC_ENOTFOUND);
 		assert_int_equal(
 			put(c, "k", "durable", 1, 5 << 20, 0, 0, a, NULL), 0);
 		assert_true(on_disk(a));

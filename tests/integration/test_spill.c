@@ -63,24 +63,12 @@ static void finish(void)
 static int put_n(tc_client *c, const char *key, const char *policy,
 		 uint8_t fill, uint64_t bytes, char *id)
 {
-	uint64_t shape[1] = { bytes };
-	struct tc_tensor_desc d = { "x", TC_DTYPE_U8, 1, shape };
 	struct tc_opts o = { 0 };
-	struct tc_result r;
-	tc_put *p;
-	int rc;
 
 	o.field_mask = TC_OPT_POLICY | TC_OPT_KEY;
 	o.key = key;
 	o.policy = policy;
-	rc = tc_put_begin(c, &d, 1, NULL, &o, &p);
-	if (rc < 0)
-		return rc;
-	memset(tc_put_data(p, 0), fill, bytes);
-	rc = tc_put_commit(p, &r);
-	if (rc == 0 && id)
-		strcpy(id, r.id);
-	return rc;
+	return t_put_fill(c, &o, fill, bytes, id);
 }
 
 static int put(tc_client *c, const char *key, const char *policy, uint8_t fill,
@@ -92,20 +80,7 @@ static int put(tc_client *c, const char *key, const char *policy, uint8_t fill,
 /* Attach `ref`: every byte must be `fill`. */
 static int check(tc_client *c, const char *ref, uint8_t fill)
 {
-	tc_artifact *a;
-	const uint8_t *p;
-	int rc = tc_attach(c, ref, &a);
-
-	if (rc < 0)
-		return rc;
-	p = tc_artifact_data(a);
-	assert_true(tc_artifact_size(a) >= ART);
-	for (uint64_t i = 0; i < ART; i++)
-		if (p[i] != fill)
-			fail_msg("%s: byte %llu is %u, not %u", ref,
-				 (unsigned long long)i, p[i], fill);
-	tc_artifact_close(a);
-	return 0;
+	return t_check_fill(c, ref, fill, ART);
 }
 
 static long long spill_int(tc_client *c, const char *field)

@@ -416,6 +416,43 @@ long long t_status_int(tc_client *c, const char *field)
 	return v;
 }
 
+int t_put_fill(tc_client *c, const struct tc_opts *o, uint8_t fill,
+	       uint64_t bytes, char *id)
+{
+	uint64_t shape[1] = { bytes };
+	struct tc_tensor_desc d = { "x", TC_DTYPE_U8, 1, shape };
+	struct tc_result r;
+	tc_put *p;
+	int rc;
+
+	rc = tc_put_begin(c, &d, 1, NULL, o, &p);
+	if (rc < 0)
+		return rc;
+	memset(tc_put_data(p, 0), fill, bytes);
+	rc = tc_put_commit(p, &r);
+	if (rc == 0 && id)
+		strcpy(id, r.id);
+	return rc;
+}
+
+int t_check_fill(tc_client *c, const char *ref, uint8_t fill, uint64_t bytes)
+{
+	tc_artifact *a;
+	const uint8_t *p;
+	int rc = tc_attach(c, ref, &a);
+
+	if (rc < 0)
+		return rc;
+	p = tc_artifact_data(a);
+	assert_true(tc_artifact_size(a) >= bytes);
+	for (uint64_t i = 0; i < bytes; i++)
+		if (p[i] != fill)
+			fail_msg("%s: byte %llu is %u, not %u", ref,
+				 (unsigned long long)i, p[i], fill);
+	tc_artifact_close(a);
+	return 0;
+}
+
 void t_drain_count(int fd, int idle_ms, double end_ms, long *bytes, long *fds)
 {
 	for (;;) {

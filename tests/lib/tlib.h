@@ -84,6 +84,15 @@ json_t *t_status(tc_client *c);
 /* One integer field of STATUS (0 when absent). */
 long long t_status_int(tc_client *c, const char *field);
 
+/* Put one U8 tensor "x" of `bytes` bytes of `fill` with options o (NULL:
+ * none); the id into `id` when not NULL.  Returns tc_put_begin's or
+ * tc_put_commit's code. */
+int t_put_fill(tc_client *c, const struct tc_opts *o, uint8_t fill,
+	       uint64_t bytes, char *id);
+/* Attach `ref` and fail the running test unless its first `bytes` bytes
+ * are all `fill`.  Returns tc_attach's code (nothing checked when < 0). */
+int t_check_fill(tc_client *c, const char *ref, uint8_t fill, uint64_t bytes);
+
 /*
  * Read what a peer sends on `fd` until it closes, nothing arrives for
  * idle_ms (-1: no idle limit) or t_now_ms() reaches end_ms (0: no

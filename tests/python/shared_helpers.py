@@ -78,6 +78,27 @@ def run_client(script_or_code, env: dict, timeout=180, cwd=None) -> subprocess.C
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
+# Client-script prelude shared by the fake-driver GPU tests: DLPack's C
+# structs, to read what a producer's capsule points at (the fake maps
+# device memory at host addresses).
+DLPACK_PRELUDE = r'''
+import ctypes, json, sys
+import tcast as tc
+
+class DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+class DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+class DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+GetPointer = ctypes.pythonapi.PyCapsule_GetPointer
+GetPointer.restype = ctypes.c_void_p
+GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+'''
+
+
 def fakecuda_lib() -> str:
     lib = Path(os.environ["TCAST_LIB"]).resolve()
     return str(lib.parent.parent / "fakecuda" / "libcuda.so.1")

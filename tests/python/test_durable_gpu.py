@@ -24,25 +24,11 @@ import numpy as np
 import pytest
 
 from conftest import Daemon, run_py
-from shared_helpers import fakecuda_lib
+from shared_helpers import DLPACK_PRELUDE, fakecuda_lib
 
 CHUNK = 4 << 20
 
-PRELUDE = r'''
-import ctypes, json, sys
-import tcast as tc
-
-class DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-class DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-class DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-GetPointer = ctypes.pythonapi.PyCapsule_GetPointer
-GetPointer.restype = ctypes.c_void_p
-GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+PRELUDE = DLPACK_PRELUDE + r'''
 
 def read(producer):
     """(device, sha256 of the bytes): the fake maps GPU memory at host

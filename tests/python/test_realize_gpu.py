@@ -18,27 +18,13 @@ import numpy as np
 import pytest
 
 from conftest import DATA, run_py
-from shared_helpers import FakeGpuDaemon, fakecuda_lib
+from shared_helpers import DLPACK_PRELUDE, FakeGpuDaemon, fakecuda_lib
 
 from conftest import Daemon
 
 # What the client scripts share: read a DLPack producer's bytes (the fake
 # maps device memory at host addresses).
-PRELUDE = r'''
-import ctypes, json, sys
-import tcast as tc
-
-class DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-class DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-class DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int32),
-                ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-GetPointer = ctypes.pythonapi.PyCapsule_GetPointer
-GetPointer.restype = ctypes.c_void_p
-GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+PRELUDE = DLPACK_PRELUDE + r'''
 
 def read(producer):
     cap = producer.__dlpack__()
