@@ -1033,9 +1033,9 @@ class Artifact:
     def artifact_id(self) -> str:
         """The content id ("tc2:..."); attaches (or imports) if needed.
 
-        A key the daemon holds is resolved by asking it, without
-        attaching: the artifact may live on a GPU only, where a host
-        attach is refused."""
+        A key the daemon knows is resolved from its record, without
+        attaching or loading anything: the artifact may live on a GPU
+        only (a host attach is refused there) or on the shared disk only."""
         if self._att is not None:
             return self._att.id
         if self._id is not None:
@@ -1043,9 +1043,12 @@ class Artifact:
         if self._key is not None:
             s = self._sess()
             try:
-                return s.call_json(s.lib.tc_inspect_json, self._key.encode())["id"]
+                aid = s.call_json(s.lib.tc_keys_json, self._key.encode()).get("id")
             except errors.NotFoundError:
-                pass  # not held: attaching may import it (from_disk, fallback)
+                aid = None
+            if aid:
+                return aid
+            # not a key here: attaching may import it (from_disk, fallback)
         return self._attach().id
 
     def __repr__(self) -> str:
