@@ -139,13 +139,14 @@ static bool printable(const char *s, size_t n)
 	return true;
 }
 
-int tc__gsp_get_name(struct tc__cur *c, const char *field, char *dst,
-		     size_t max, bool empty_ok, char *err, size_t errlen)
+/* A string of at most max bytes, no NUL: *s and *n point into the body.
+ * The length is checked before the read, so an oversized one is told as
+ * TC_ELIMIT rather than as truncated. */
+static int read_bounded(struct tc__cur *c, const char *field, size_t max,
+			const char **s, size_t *n, char *err, size_t errlen)
 {
-	const char *s;
-	size_t n;
-	uint32_t len;
 	struct tc__cur peek = *c;
+	uint32_t len;
 
 	if (tc__cur_read_u32(&peek, &len) < 0) {
 		snprintf(err, errlen, "%s: truncated", field);
@@ -156,10 +157,22 @@ int tc__gsp_get_name(struct tc__cur *c, const char *field, char *dst,
 			 max);
 		return TC_ELIMIT;
 	}
-	if (tc__cur_read_str(c, max, &s, &n) < 0) {
+	if (tc__cur_read_str(c, max, s, n) < 0) {
 		snprintf(err, errlen, "%s: truncated or holds a NUL", field);
 		return TC_EPROTO;
 	}
+	return 0;
+}
+
+int tc__gsp_get_name(struct tc__cur *c, const char *field, char *dst,
+		     size_t max, bool empty_ok, char *err, size_t errlen)
+{
+	const char *s;
+	size_t n;
+	int ret = read_bounded(c, field, max, &s, &n, err, errlen);
+
+	if (ret < 0)
+		return ret;
 	if ((!n && !empty_ok) || !printable(s, n)) {
 		snprintf(err, errlen, "%s: %s", field,
 			 n ? "a byte outside printable ASCII (or a space)" :
@@ -175,23 +188,10 @@ int tc__gsp_get_key(struct tc__cur *c, char *dst, char *err, size_t errlen)
 {
 	const char *s;
 	size_t n;
-	uint32_t len;
-	struct tc__cur peek = *c;
-	int ret;
+	int ret = read_bounded(c, "key", TC_GSP_MAX_KEY, &s, &n, err, errlen);
 
-	if (tc__cur_read_u32(&peek, &len) < 0) {
-		snprintf(err, errlen, "key: truncated");
-		return TC_EPROTO;
-	}
-	if (len > TC_GSP_MAX_KEY) {
-		snprintf(err, errlen, "key: %u bytes (at most %d)", len,
-			 TC_GSP_MAX_KEY);
-		return TC_ELIMIT;
-	}
-	if (tc__cur_read_str(c, TC_GSP_MAX_KEY, &s, &n) < 0) {
-		snprintf(err, errlen, "key: truncated or holds a NUL");
-		return TC_EPROTO;
-	}
+	if (ret < 0)
+		return ret;
 	ret = tc__name_check("key", s, n, TC_GSP_MAX_KEY, 0, err, errlen);
 	if (ret < 0)
 		return ret;
@@ -451,22 +451,10 @@ int tc__gsp_get_text(struct tc__cur *c, const char *field, char *dst,
 {
 	const char *s;
 	size_t n;
-	uint32_t len;
-	struct tc__cur peek = *c;
+	int ret = read_bounded(c, field, max, &s, &n, err, errlen);
 
-	if (tc__cur_read_u32(&peek, &len) < 0) {
-		snprintf(err, errlen, "%s: truncated", field);
-		return TC_EPROTO;
-	}
-	if (len > max) {
-		snprintf(err, errlen, "%s: %u bytes (at most %zu)", field, len,
-			 max);
-		return TC_ELIMIT;
-	}
-	if (tc__cur_read_str(c, max, &s, &n) < 0) {
-		snprintf(err, errlen, "%s: truncated or holds a NUL", field);
-		return TC_EPROTO;
-	}
+	if (ret < 0)
+		return ret;
 	for (size_t i = 0; i < n; i++)
 		if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) {
 			snprintf(err, errlen,
