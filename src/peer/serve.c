@@ -320,6 +320,10 @@ static int serve_get(struct tc__peer_server *s, struct tc__peer_conn *c,
 			 (unsigned long long)k);
 		if (tc__failpoint("peer.delay_chunk", subject))
 			usleep(100 * 1000);
+		/* A sender that goes quiet mid-pull with its requests
+		 * taken: the receiver's peer_timeout has to notice. */
+		if (tc__failpoint("peer.stall_chunk", subject))
+			sleep(5);
 		b.len = 0;
 		tc__peer_put_data(&b, k, n);
 		rc = tc__peer_send_buf(c, &b, true);

@@ -4,10 +4,11 @@
 #   put on A, pull on B: same id, same bytes; striping over two sources;
 #   a corrupt chunk (failpoint peer.corrupt_chunk) caught and fetched
 #   elsewhere, never registered; kill -9 of a source mid-pull, the pull
-#   finishes from the other; a stalled source (SIGSTOP) timed out; a wrong
-#   secret and a garbage client refused (net/auth.h); a secret file of mode 0644
-#   refused at start; 2 % packet loss (iptables statistic match) on a
-#   receiver's link.  Needs root (ip netns); skipped otherwise.
+#   finishes from the other; a stalled source (quiet mid-pull, or SIGSTOP)
+#   timed out; a wrong secret and a garbage client refused (net/auth.h); a
+#   secret file of mode 0644 refused at start; 2 % packet loss (iptables
+#   statistic match) on a receiver's link.  Needs root (ip netns); skipped
+#   otherwise.
 set -u
 T=${TCAST:?}
 . "$(dirname "$0")/../../scripts/netns-lib.sh"
@@ -162,23 +163,35 @@ ok is "$(jq_ 'int(d["sources"][1]["bytes"] > 0)')" 1
 t c export "$want" "$dir/c.st" --force
 ok cmp -s "$dir/a.st" "$dir/c.st"
 
-# 5. a stalled source (SIGSTOP): timed out after peer_timeout, the pull
-mark "5. a stalled source (SIGSTOP): timed out after peer_timeout, the pull"
-#    finishes from B, in bounded time
+# 5. a stalled source, timed out after peer_timeout; the pull finishes from
+#    B in bounded time.  Two ways to stall: a sender that goes quiet with
+#    its chunks requested (failpoint peer.stall_chunk: 5 s before its first
+#    chunk, so it has requests in flight whatever the timing), and a
+#    process stopped outright (SIGSTOP) before the pull: its handshake's
+#    deadline.  (A SIGSTOP sent mid-pull races the pull's end: the source
+#    may have handed its last chunks to the kernel already.)
+mark "5. a stalled source (mid-pull, then SIGSTOP): timed out, the pull finishes from B"
+daemon st "${ns[1]}" "$B:7073" TCAST_FAILPOINTS=peer.stall_chunk= || exit 1
+t st import "$dir/m.safetensors" >/dev/null 2>&1
 t c rm "$want" >/dev/null
 start=$(date +%s)
-pull_on c "${ns[2]}" "$want" --from "$B:7072" --from "$B:7070" --streams 1 --timeout-ms 1500 >"$dir/o" 2>"$dir/e" &
-pp=$!
-sleep 0.3
+run pull_on c "${ns[2]}" "$want" --from "$B:7073" --from "$B:7070" --streams 1 --timeout-ms 1500
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'd["sources"][0]["failed"]')" True
+ok has "$(jq_ 'd["sources"][0]["error"]')" "timed out"
+ok is "$(jq_ 'd["sources"][0]["bytes"]')" 0
+ok test $(($(date +%s) - start)) -lt 20
+t c export "$want" "$dir/c.st" --force
+ok cmp -s "$dir/a.st" "$dir/c.st"
+t c rm "$want" >/dev/null
 kill -STOP "$(pid_of z)"
-wait $pp
-rc=$?
+start=$(date +%s)
+run pull_on c "${ns[2]}" "$want" --from "$B:7072" --from "$B:7070" --streams 1 --timeout-ms 1500
 kill -CONT "$(pid_of z)"
 ok is "$rc" 0
 ok is "$(jq_ 'd["id"]')" "$want"
 ok is "$(jq_ 'd["sources"][0]["failed"]')" True
-# (stopped mid-transfer: no bytes for peer_timeout; stopped before its
-# handshake ended: the handshake's deadline)
 ok grep -qE "timed out|deadline" <<<"$(jq_ 'd["sources"][0]["error"]')"
 ok test $(($(date +%s) - start)) -lt 20
 
