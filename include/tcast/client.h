@@ -266,6 +266,9 @@ enum tc_source {
 	3 /* the daemon loaded it from its shared-disk tier for this call (a \
 	     durable artifact not in memory), then attached: gpu_direct says \
 	     it went straight to the GPU replica */
+#define TC_SERVED_SPILL                                                   \
+	4 /* the same from the daemon's spill folder (a cache artifact it \
+	     had spilled under memory pressure) */
 
 #define TC_REALIZE_SOURCE (1u << 0) /* source */
 #define TC_REALIZE_DEVICE (1u << 1) /* device */

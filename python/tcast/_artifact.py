@@ -222,7 +222,9 @@ class Diagnostics:
     source: "local" (attached the daemon's replica), "disk" (imported
     from disk_path, then attached; ``deduplicated`` says the daemon already
     held identical content) or "shared_disk" (a durable artifact the daemon
-    held on its shared disk only, loaded for this call); on a GPU, e.g.
+    held on its shared disk only, loaded for this call) or "spill" (a cache
+    artifact the daemon had spilled to its spill folder, loaded back for
+    this call); on a GPU, e.g.
     "shared disk, straight to the GPU replica (cuda:0)" when the daemon's
     loader read it into the GPU replica with no host copy.  bytes / seconds
     / gbps cover the whole call
@@ -1164,8 +1166,8 @@ class Artifact:
             self.last_import = imp
         reason = info.fallback_reason.decode(errors="replace") or None
         return h.value, {  # type: ignore[return-value]
-            "source": {_native.TC_SERVED_DISK: "disk", _native.TC_SERVED_SHARED_DISK: "shared_disk"}.get(
-                info.served, "local"),
+            "source": {_native.TC_SERVED_DISK: "disk", _native.TC_SERVED_SHARED_DISK: "shared_disk",
+                       _native.TC_SERVED_SPILL: "spill"}.get(info.served, "local"),
             "import": imp,
             "fallback_reason": reason,
             "attach_seconds": info.attach_ns / 1e9,
@@ -1414,7 +1416,7 @@ class Artifact:
                 lib.tc_artifact_close(h)
         imp: Optional[ImportResult] = info["import"]
         if info["device"] >= 0:
-            where = "shared disk" if info["source"] == "shared_disk" else info["source"]
+            where = {"shared_disk": "shared disk", "spill": "spill folder"}.get(info["source"], info["source"])
             src = (f"{where}, straight to the GPU replica ({dev})" if info["gpu_direct"]
                    else f"{'local' if where == 'local' else where + ', then'} GPU replica ({dev})")
         else:

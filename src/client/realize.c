@@ -101,9 +101,14 @@ out:
 	/* The daemon had it on its shared disk only and loaded it for this
 	 * call: that, not a replica in memory, is what served. */
 	if (rc == 0 && tc__artifact_origin(*out) != TC_ORIGIN_HELD) {
-		info->served = TC_SERVED_SHARED_DISK;
-		info->gpu_direct = tc__artifact_origin(*out) ==
-				   TC_ORIGIN_SHARED_GPU;
+		uint32_t og = tc__artifact_origin(*out);
+
+		info->served = og == TC_ORIGIN_SPILL_HOST ||
+					       og == TC_ORIGIN_SPILL_GPU ?
+				       TC_SERVED_SPILL :
+				       TC_SERVED_SHARED_DISK;
+		info->gpu_direct = og == TC_ORIGIN_SHARED_GPU ||
+				   og == TC_ORIGIN_SPILL_GPU;
 	}
 	info->attach_ns += now_ns() - t0;
 	return rc;

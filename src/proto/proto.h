@@ -64,9 +64,11 @@
 #define TC_ORIGIN_SHARED_HOST                      \
 	1 /* loaded from the shared disk into host \
 	     memory for this request */
-#define TC_ORIGIN_SHARED_GPU                      \
-	2 /* loaded from the shared disk straight \
-	     into this GPU replica (no host copy) */
+#define TC_ORIGIN_SHARED_GPU                                           \
+	2		       /* loaded from the shared disk straight \
+				  into this GPU replica (no host copy) */
+#define TC_ORIGIN_SPILL_HOST 3 /* the same from the spill folder */
+#define TC_ORIGIN_SPILL_GPU  4
 
 /* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
 #define TC_GPU_ANY_DEVICE 0xffffffffu

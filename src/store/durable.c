@@ -960,6 +960,40 @@ json_t *tc__durable_obj_json(struct tc__durable *d, const char *id)
 			 "degraded", deg);
 }
 
+json_t *tc__durable_entry_json(struct tc__durable *d, struct tc__objs *objs,
+			       const struct tc__dart *a)
+{
+	json_t *keys = json_array(), *one;
+	struct tc__map_entry *ke;
+	size_t kb;
+
+	for (ke = tc__map_next(&objs->keys, NULL, &kb); ke;
+	     ke = tc__map_next(&objs->keys, ke, &kb)) {
+		struct tc__key *k = ke->val;
+
+		if (!strcmp(k->id, a->rec.id))
+			json_array_append_new(keys, json_string(k->name));
+	}
+	one = json_pack(
+		"{s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, s:I, s:o}", "id",
+		a->rec.id, "keys", keys, "tensors", (json_int_t)a->rec.ntensors,
+		"bytes", (json_int_t)a->rec.bytes, "mem_bytes", (json_int_t)0,
+		"leases", (json_int_t)0, "policy", tc__policy_name(a->policy),
+		"source", a->rec.source, "created_ms",
+		(json_int_t)a->rec.created_ms, "replicas",
+		json_pack("[{s:s, s:I}]", "tier", d->spill ? "spill" : "disk",
+			  "bytes", (json_int_t)a->rec.bytes));
+	if (!one)
+		return NULL;
+	if (d->spill)
+		json_object_set_new(one, "spill",
+				    tc__spill_obj_json(d, a->rec.id));
+	else
+		json_object_set_new(one, "durable",
+				    tc__durable_obj_json(d, a->rec.id));
+	return one;
+}
+
 json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs,
 			      struct tc__durable *skip)
 {
@@ -973,41 +1007,13 @@ json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs,
 	     e = tc__map_next(&d->arts, e, &b)) {
 		struct tc__dart *a = e->val;
 		struct tc__obj *o = tc__map_get(&objs->by_id, a->rec.id);
-		json_t *keys = json_array(), *one;
-		struct tc__map_entry *ke;
-		size_t kb;
+		json_t *one;
 
 		if ((o && !o->dead) || tc__durable_has(skip, a->rec.id))
 			continue;
-		for (ke = tc__map_next(&objs->keys, NULL, &kb); ke;
-		     ke = tc__map_next(&objs->keys, ke, &kb)) {
-			struct tc__key *k = ke->val;
-
-			if (!strcmp(k->id, a->rec.id))
-				json_array_append_new(keys,
-						      json_string(k->name));
-		}
-		one = json_pack("{s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
-				"s:I, s:o}",
-				"id", a->rec.id, "keys", keys, "tensors",
-				(json_int_t)a->rec.ntensors, "bytes",
-				(json_int_t)a->rec.bytes, "mem_bytes",
-				(json_int_t)0, "leases", (json_int_t)0,
-				"policy", tc__policy_name(a->policy), "source",
-				a->rec.source, "created_ms",
-				(json_int_t)a->rec.created_ms, "replicas",
-				json_pack("[{s:s, s:I}]", "tier",
-					  d->spill ? "spill" : "disk", "bytes",
-					  (json_int_t)a->rec.bytes));
-		if (!one)
-			continue;
-		if (d->spill)
-			json_object_set_new(one, "spill",
-					    tc__spill_obj_json(d, a->rec.id));
-		else
-			json_object_set_new(one, "durable",
-					    tc__durable_obj_json(d, a->rec.id));
-		json_array_append_new(arr, one);
+		one = tc__durable_entry_json(d, objs, a);
+		if (one)
+			json_array_append_new(arr, one);
 	}
 	return arr;
 }

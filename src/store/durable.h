@@ -156,6 +156,9 @@ json_t *tc__durable_obj_json(struct tc__durable *d, const char *id);
  * those `skip` (another tier, or NULL) also has are left to it. */
 json_t *tc__durable_list_json(struct tc__durable *d, struct tc__objs *objs,
 			      struct tc__durable *skip);
+/* One such artifact's LIST entry (the head of its INSPECT answer too). */
+json_t *tc__durable_entry_json(struct tc__durable *d, struct tc__objs *objs,
+			       const struct tc__dart *a);
 /* The spill tier's part of inspect for `id` ({"state": "spilled" or
  * "writing", "path": ...}), or NULL when it has no copy. */
 json_t *tc__spill_obj_json(struct tc__durable *d, const char *id);

@@ -824,6 +824,11 @@ void *tc__objs_inspect_head(struct tc__objs *s, struct tc__obj *o)
 
 char *tc__obj_inspect_finish(void *head, const struct tc__obj *o)
 {
+	return tc__table_inspect_finish(head, &o->table);
+}
+
+char *tc__table_inspect_finish(void *head, const struct tc__table *t)
+{
 	json_t *j = head, *ts = json_array(), *meta = json_object();
 
 	if (!j) {
@@ -831,8 +836,8 @@ char *tc__obj_inspect_finish(void *head, const struct tc__obj *o)
 		json_decref(meta);
 		return NULL;
 	}
-	for (uint32_t i = 0; i < o->table.ntensors; i++) {
-		const struct tc__tensor *x = &o->table.tensors[i];
+	for (uint32_t i = 0; i < t->ntensors; i++) {
+		const struct tc__tensor *x = &t->tensors[i];
 		json_t *shape = json_array();
 
 		for (uint32_t d = 0; d < x->ndim; d++)
@@ -845,9 +850,9 @@ char *tc__obj_inspect_finish(void *head, const struct tc__obj *o)
 				  shape, "offset", (json_int_t)x->offset,
 				  "nbytes", (json_int_t)x->nbytes));
 	}
-	for (uint32_t i = 0; i < o->table.nmeta; i++)
-		json_object_set_new(meta, o->table.meta[i].key,
-				    json_string(o->table.meta[i].val));
+	for (uint32_t i = 0; i < t->nmeta; i++)
+		json_object_set_new(meta, t->meta[i].key,
+				    json_string(t->meta[i].val));
 	json_object_set_new(j, "tensor_table", ts);
 	json_object_set_new(j, "metadata", meta);
 	json_object_set_new(j, "chunk_bytes", json_integer(TC_CHUNK_BYTES));

@@ -254,6 +254,9 @@ char *tc__objs_inspect_json(struct tc__objs *s, struct tc__obj *o);
  * json_t *, consumed by finish. */
 void *tc__objs_inspect_head(struct tc__objs *s, struct tc__obj *o);
 char *tc__obj_inspect_finish(void *head, const struct tc__obj *o);
+/* The same for a table alone: an artifact known by its manifest only (on
+ * the shared disk or in the spill folder, not in memory). */
+char *tc__table_inspect_finish(void *head, const struct tc__table *t);
 /* Host bytes a table costs beyond the artifact's segment (the table, its
  * names, the ATTACH body): charged to the budget with the segment. */
 #define TC_TABLE_FREE_BYTES 4096 /* not charged (see tc__table_cost) */

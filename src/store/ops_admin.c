@@ -198,7 +198,7 @@ int on_inspect(struct conn *c, struct req *r)
 		return rc;
 	o = tc__objs_resolve(&c->srv->objs, ref, c->err, sizeof(c->err), &rc);
 	if (!o)
-		return tc__srv_durable_miss(c, r, ref, rc, NULL);
+		return tc__srv_durable_inspect_miss(c, r, ref, rc);
 	if (o->table.ntensors < 1024) {
 		void *head = tc__objs_inspect_head(&c->srv->objs, o);
 

@@ -357,6 +357,10 @@ void tc__srv_put_durability(struct conn *c, const struct persist_req *p,
  * requests: ATTACH_GPU, BIND, SWAP), no host copy made. */
 int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 			 const uint8_t *gpu_uuid);
+/* The same for INSPECT: its answer comes from the manifest alone (the
+ * bytes are not loaded). */
+int tc__srv_durable_inspect_miss(struct conn *c, struct req *r, const char *ref,
+				 int rc);
 /* o is in memory but lacks what a request needs, and the shared disk has
  * it: no host copy (gpu_uuid NULL: a host request), or neither a host
  * copy nor a replica on that GPU.  Then the request goes to

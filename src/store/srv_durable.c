@@ -233,6 +233,7 @@ struct retry {
 	struct req r;
 	uint8_t *body;	 /* owned copy */
 	uint32_t origin; /* TC_ORIGIN_* of the load that ran */
+	bool spill;	 /* loaded from the spill folder */
 };
 
 /* Run the request again, whole: its handler finds the artifact now. */
@@ -255,7 +256,11 @@ static void retry_done(void *arg, struct tc__obj *o, int rc, const char *err,
 
 	if (rc == 0 && o->shm)
 		tc__gpu_tier_host_added(w->c->srv->gpu, o);
-	w->origin = to_gpu ? TC_ORIGIN_SHARED_GPU : TC_ORIGIN_SHARED_HOST;
+	if (w->spill)
+		w->origin = to_gpu ? TC_ORIGIN_SPILL_GPU : TC_ORIGIN_SPILL_HOST;
+	else
+		w->origin = to_gpu ? TC_ORIGIN_SHARED_GPU :
+				     TC_ORIGIN_SHARED_HOST;
 	tc__srv_finish(w->c, &w->r, rc, err, rerun, w);
 	tc__free(w->body);
 	tc__free(w);
@@ -312,6 +317,7 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 	memcpy(w->body, r->body.p - used, r->h.body_len);
 	w->c = c;
 	w->r = *r;
+	w->spill = d != s->durable;
 	if (gpu_uuid) {
 		/* A GPU request: the data file straight into a replica on
 		 * that GPU through the loader, not through host memory. */
@@ -336,6 +342,101 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 		return rc2;
 	}
 	tc__srv_defer(c);
+	return 0;
+}
+
+/* INSPECT of an artifact whose bytes are on the shared disk or in the
+ * spill folder only.  Its manifest holds everything INSPECT answers, so
+ * only the manifest is read (on a worker: the folder may be a network
+ * mount); restoring the bytes, as an attach would, would read the whole
+ * artifact into host memory to print its table. */
+struct disk_inspect {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	json_t *head; /* the LIST entry, consumed by the worker */
+	int dirfd;
+	char name[TC_ID_LEN + 1];
+	char *json;
+	int rc;
+	char err[512];
+};
+
+static void disk_inspect_run(struct tc__job *job)
+{
+	struct disk_inspect *j = (struct disk_inspect *)job;
+	struct tc__native n;
+
+	j->rc = tc__native_read_at(j->dirfd, j->name, &n, j->err,
+				   sizeof(j->err));
+	if (j->rc < 0) {
+		json_decref(j->head);
+	} else {
+		j->json = tc__table_inspect_finish(j->head, &n.table);
+		tc__native_release(&n);
+		if (!j->json)
+			j->rc = -ENOMEM;
+	}
+	j->head = NULL;
+}
+
+static int disk_inspect_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct disk_inspect *j = arg;
+
+	tc__srv_reply_json(c, r, j->json);
+	j->json = NULL; /* freed by the reply */
+	return 0;
+}
+
+static void disk_inspect_done(struct tc__job *job)
+{
+	struct disk_inspect *j = (struct disk_inspect *)job;
+
+	tc__srv_finish(j->c, &j->r, j->rc, j->err, disk_inspect_reply, j);
+	free(j->json); /* not sent: failed, or the connection closed */
+	tc__free(j);
+}
+
+int tc__srv_durable_inspect_miss(struct conn *c, struct req *r, const char *ref,
+				 int rc)
+{
+	struct server *s = c->srv;
+	struct tc__durable *d = s->durable;
+	struct tc__dart *a;
+	struct disk_inspect *j;
+
+	if (rc != TC_ENOTFOUND)
+		return rc;
+	if (!(a = tc__durable_find(d, &s->objs, ref))) {
+		d = tc__spill_tier(s->spill);
+		a = tc__durable_find(d, &s->objs, ref);
+	}
+	/* Still being spilled: no manifest yet; the request waits for the
+	 * write like an attach would, then runs again. */
+	if (!a || a->writing)
+		return tc__srv_durable_miss(c, r, ref, rc, NULL);
+	if (tc__durable_dirfd(d) < 0) {
+		snprintf(c->err, sizeof(c->err),
+			 "'%s' is on the shared disk, but '%s' cannot be "
+			 "opened now",
+			 ref, tc__durable_root(d));
+		return -EIO;
+	}
+	j = tc__calloc(1, sizeof(*j));
+	if (!j || !(j->head = tc__durable_entry_json(d, &s->objs, a))) {
+		tc__free(j);
+		return -ENOMEM;
+	}
+	j->c = c;
+	j->r = *r;
+	j->dirfd = tc__durable_dirfd(d);
+	snprintf(j->name, sizeof(j->name), "%s",
+		 a->rec.id + strlen(TC_ID_PREFIX));
+	j->job.run = disk_inspect_run;
+	j->job.done = disk_inspect_done;
+	tc__srv_defer(c);
+	tc__jobs_submit(s->jobs, &j->job);
 	return 0;
 }
 

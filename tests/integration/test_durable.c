@@ -152,6 +152,39 @@ static void test_durable__survives_restart_and_kill9(void **state)
 
 	restart(true, NULL);
 	c = t_connect(D.sock);
+	/* INSPECT of an artifact on disk only answers from its manifest:
+	 * the table, the disk replica, and no byte read into memory. */
+	assert_int_equal(tc_inspect_json(c, "m:v", &json), 0);
+	j = json_loads(json, 0, NULL);
+	tc_free(json);
+	assert_string_equal(json_string_value(json_object_get(j, "id")), b);
+	assert_string_equal(
+		json_string_value(json_object_get(
+			json_array_get(json_object_get(j, "tensor_table"), 0),
+			"name")),
+		"x");
+	assert_int_equal(
+		json_integer_value(json_object_get(
+			json_array_get(json_object_get(j, "tensor_table"), 0),
+			"nbytes")),
+		5000);
+	assert_int_equal(json_integer_value(json_object_get(j, "mem_bytes")),
+			 0);
+	assert_string_equal(
+		json_string_value(json_object_get(
+			json_array_get(json_object_get(j, "replicas"), 0),
+			"tier")),
+		"disk");
+	assert_string_equal(json_string_value(json_object_get(
+				    json_object_get(j, "durable"), "state")),
+			    "durable");
+	json_decref(j);
+	j = durable_status(c);
+	assert_int_equal(
+		json_integer_value(json_object_get(j, "restored_host_bytes")),
+		0);
+	json_decref(j);
+	assert_int_equal(tc_inspect_json(c, "tc2:0123", &json), TC_ENOTFOUND);
 	assert_int_equal(t_check_fill(c, "m:v", 8, 5000), 0);
 	assert_int_equal(t_check_fill(c, a, 7, 100000), 0);
 	/* cache artifacts are gone, as documented. */

@@ -56,8 +56,11 @@ deadline = time.monotonic() + 30
 while tc.status()["spill"]["spilled"] < 1 or tc.status()["spill"]["writing"]:
     assert time.monotonic() < deadline
     time.sleep(0.02)
-# ls, unlike inspect, does not load it back.
+# Neither ls nor inspect loads it back: inspect reads the manifest only.
 out = {"tiers0": [r["tier"] for a in tc.list_artifacts() if "s0" in a["keys"] for r in a["replicas"]]}
+ins = tc.inspect("s0")
+out["inspect0"] = {"tiers": [r["tier"] for r in ins["replicas"]], "names": sorted(t["name"] for t in ins["tensor_table"]),
+                   "reloads": tc.status()["spill"]["reloads"]}
 host = tc.artifact("s0").tensor_dict_with_diagnostics(device="cpu", framework="numpy")
 out["host"] = {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in host.tensors.items()}
 out["host_source"] = host.diagnostics.source
@@ -73,10 +76,13 @@ print(json.dumps(out))
         want = put["want"]
         assert out["tiers0"] == ["spill"], out["tiers0"]
         assert out["host"] == want["0"]
-        assert out["host_source"] == "shared_disk"
+        assert out["inspect0"]["tiers"] == ["spill"], out["inspect0"]
+        assert out["inspect0"]["names"] == sorted(want["0"]), out["inspect0"]
+        assert out["inspect0"]["reloads"] == 0, out["inspect0"]
+        assert out["host_source"] == "spill"
         g = out["gpu"]
         assert g["id"] == put["ids"]["1"]
-        assert g["source"] == "shared disk, straight to the GPU replica (cuda:0)", g
+        assert g["source"] == "spill folder, straight to the GPU replica (cuda:0)", g
         for k, h in want["1"].items():
             assert g["tensors"][k] == [[2, 0], h], k
         # Straight to the GPU: no host copy was made for it.
