@@ -230,6 +230,11 @@ void tc__native_abort(struct tc__native_tmp *w);
  * name holds something else: TC_EEXIST, TC_EBADFILE...). */
 int tc__native_have(int parent, const char *where, const char *id, char *err,
 		    size_t errlen);
+/* May temporary `name` of `parent` be removed?  False while its writer
+ * (a process on this node or, on a file system with shared locks such as
+ * NFSv4, another node) still runs: begin locks the data file until the
+ * rename. */
+bool tc__native_tmp_unowned(int parent, const char *name);
 /* Remove folder <hex of id> of `parent` (manifest first).  0 when absent. */
 int tc__native_remove(int parent, const char *id);
 /* Read the manifest of folder `name` of `parent` (the data is not read). */

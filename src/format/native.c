@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -34,6 +35,7 @@
 #include "common/alloc.h"
 #include "common/compiler.h"
 #include "common/failpoint.h"
+#include "common/log.h"
 #include "common/map.h"
 #include "common/names.h"
 #include "format.h"
@@ -706,6 +708,14 @@ int tc__native_begin(int parent, const char *where, uint64_t total_bytes,
 			    w->name, TC_NATIVE_DATA, tc_strerror(ret));
 		goto fail;
 	}
+	/* Held until the rename: a daemon starting on the same shared
+	 * folder (another node, or this one's successor) removes only the
+	 * temporaries no live writer locks (tc__native_tmp_unowned).  A
+	 * file system without locks still writes, unprotected. */
+	if (flock(w->fd, LOCK_EX | LOCK_NB) < 0 && errno != ENOLCK &&
+	    errno != EOPNOTSUPP)
+		tc__log(TC_LOG_WARN, "cannot lock '%s/%s/%s': %s", where,
+			w->name, TC_NATIVE_DATA, strerror(errno));
 	/* Reserve the blocks first: a disk too small fails here, at once,
 	 * rather than after gigabytes were written. */
 	if (total_bytes) {
@@ -915,6 +925,23 @@ int tc__native_write(int parent, const char *where, const char *id,
 	ret = tc__native_write_data(&w, base, 0, t->total_bytes);
 	return tc__native_commit(&w, where, id, t, chunks, nchunks, ret, err,
 				 errlen);
+}
+
+bool tc__native_tmp_unowned(int parent, const char *name)
+{
+	int dfd = openat(parent, name,
+			 O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = dfd >= 0 ? openat(dfd, TC_NATIVE_DATA,
+				   O_RDWR | O_NOFOLLOW | O_CLOEXEC) :
+			    -1;
+	bool held = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0 &&
+		    errno == EWOULDBLOCK;
+
+	if (fd >= 0)
+		close(fd);
+	if (dfd >= 0)
+		close(dfd);
+	return !held;
 }
 
 int tc__native_remove(int parent, const char *id)

@@ -67,14 +67,16 @@ static uint64_t unix_ms(void)
 }
 
 /* Temporaries a crash left behind (format.h: .tmp-<hex>-<random>): never
- * artifacts, removed at start so they do not pile up. */
+ * artifacts, removed at start so they do not pile up.  Those a live
+ * writer still locks stay: several nodes may share the folder, and one
+ * starting must not pull a write from under another. */
 static void remove_temps(int rootfd)
 {
 	int fd = dup(rootfd);
 	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *e;
 	size_t pl = strlen(TC_NATIVE_TMP_PREFIX);
-	uint32_t n = 0;
+	uint32_t n = 0, busy = 0;
 
 	if (!dir) {
 		if (fd >= 0)
@@ -86,6 +88,10 @@ static void remove_temps(int rootfd)
 
 		if (strncmp(e->d_name, TC_NATIVE_TMP_PREFIX, pl))
 			continue;
+		if (!tc__native_tmp_unowned(rootfd, e->d_name)) {
+			busy++;
+			continue;
+		}
 		sub = openat(rootfd, e->d_name,
 			     O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 		if (sub >= 0) {
@@ -100,6 +106,11 @@ static void remove_temps(int rootfd)
 	if (n)
 		tc__log(TC_LOG_INFO,
 			"removed %u unfinished write(s) left by a crash", n);
+	if (busy)
+		tc__log(TC_LOG_INFO,
+			"left %u write(s) in progress in the shared folder "
+			"(another daemon's, locked by their writer)",
+			busy);
 }
 
 /* What the tier's folder is called in messages. */
@@ -965,6 +976,7 @@ json_t *tc__durable_entry_json(struct tc__durable *d, struct tc__objs *objs,
 {
 	json_t *keys = json_array(), *one;
 	struct tc__map_entry *ke;
+	char path[PATH_MAX + 96];
 	size_t kb;
 
 	for (ke = tc__map_next(&objs->keys, NULL, &kb); ke;
@@ -974,15 +986,22 @@ json_t *tc__durable_entry_json(struct tc__durable *d, struct tc__objs *objs,
 		if (!strcmp(k->id, a->rec.id))
 			json_array_append_new(keys, json_string(k->name));
 	}
-	one = json_pack(
-		"{s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, s:I, s:o}", "id",
-		a->rec.id, "keys", keys, "tensors", (json_int_t)a->rec.ntensors,
-		"bytes", (json_int_t)a->rec.bytes, "mem_bytes", (json_int_t)0,
-		"leases", (json_int_t)0, "policy", tc__policy_name(a->policy),
-		"source", a->rec.source, "created_ms",
-		(json_int_t)a->rec.created_ms, "replicas",
-		json_pack("[{s:s, s:I}]", "tier", d->spill ? "spill" : "disk",
-			  "bytes", (json_int_t)a->rec.bytes));
+	snprintf(path, sizeof(path), "%s/%s", d->root,
+		 a->rec.id + strlen(TC_ID_PREFIX));
+	/* The id is the digest's hex behind its prefix. */
+	one = json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
+			"s:I, s:o}",
+			"id", a->rec.id, "digest",
+			a->rec.id + strlen(TC_ID_PREFIX), "digest_algorithm",
+			"blake3", "keys", keys, "tensors",
+			(json_int_t)a->rec.ntensors, "bytes",
+			(json_int_t)a->rec.bytes, "mem_bytes", (json_int_t)0,
+			"leases", (json_int_t)0, "policy",
+			tc__policy_name(a->policy), "source", a->rec.source,
+			"created_ms", (json_int_t)a->rec.created_ms, "replicas",
+			json_pack("[{s:s, s:s, s:I}]", "tier",
+				  d->spill ? "spill" : "disk", "path", path,
+				  "bytes", (json_int_t)a->rec.bytes));
 	if (!one)
 		return NULL;
 	if (d->spill)

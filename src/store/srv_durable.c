@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,6 +358,7 @@ struct disk_inspect {
 	json_t *head; /* the LIST entry, consumed by the worker */
 	int dirfd;
 	char name[TC_ID_LEN + 1];
+	char root[PATH_MAX];
 	char *json;
 	int rc;
 	char err[512];
@@ -366,10 +368,12 @@ static void disk_inspect_run(struct tc__job *job)
 {
 	struct disk_inspect *j = (struct disk_inspect *)job;
 	struct tc__native n;
+	char why[400];
 
-	j->rc = tc__native_read_at(j->dirfd, j->name, &n, j->err,
-				   sizeof(j->err));
+	j->rc = tc__native_read_at(j->dirfd, j->name, &n, why, sizeof(why));
 	if (j->rc < 0) {
+		snprintf(j->err, sizeof(j->err), "%s/%s: %s", j->root, j->name,
+			 why);
 		json_decref(j->head);
 	} else {
 		j->json = tc__table_inspect_finish(j->head, &n.table);
@@ -433,6 +437,7 @@ int tc__srv_durable_inspect_miss(struct conn *c, struct req *r, const char *ref,
 	j->dirfd = tc__durable_dirfd(d);
 	snprintf(j->name, sizeof(j->name), "%s",
 		 a->rec.id + strlen(TC_ID_PREFIX));
+	snprintf(j->root, sizeof(j->root), "%s", tc__durable_root(d));
 	j->job.run = disk_inspect_run;
 	j->job.done = disk_inspect_done;
 	tc__srv_defer(c);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -211,6 +212,40 @@ static void test_durable__survives_restart_and_kill9(void **state)
 	assert_int_equal(folder_entries(&temps), 2);
 	assert_int_equal(temps, 0);
 	tc_client_close(c);
+	finish();
+}
+
+/* Several daemons may share one folder: a daemon starting removes the
+ * temporaries a crash left (no writer holds their lock) and leaves those
+ * a live writer still locks (another node's put in progress). */
+static void test_durable__shared_folder_keeps_live_writes(void **state)
+{
+	char live[600], dead[600], path[700];
+	struct stat st;
+	int fd, temps;
+
+	start(NULL, NULL);
+	snprintf(live, sizeof(live), "%s/.tmp-w-00000000000a11fe", dataroot);
+	snprintf(dead, sizeof(dead), "%s/.tmp-w-00000000000dead0", dataroot);
+	assert_int_equal(mkdir(live, 0700), 0);
+	assert_int_equal(mkdir(dead, 0700), 0);
+	snprintf(path, sizeof(path), "%s/tcast.data", dead);
+	fd = open(path, O_RDWR | O_CREAT, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	snprintf(path, sizeof(path), "%s/tcast.data", live);
+	fd = open(path, O_RDWR | O_CREAT, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+	restart(true, NULL);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(stat(dead, &st), -1);
+	assert_int_equal(folder_entries(&temps), 1);
+	assert_int_equal(temps, 1);
+	/* The writer is gone: the next start removes its leftovers. */
+	close(fd);
+	restart(false, NULL);
+	assert_int_equal(folder_entries(&temps), 0);
 	finish();
 }
 
@@ -514,6 +549,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_durable__survives_restart_and_kill9),
+		cmocka_unit_test(test_durable__shared_folder_keeps_live_writes),
 		cmocka_unit_test(test_durable__corrupt_copy_is_refused),
 		cmocka_unit_test(test_durable__policies),
 		cmocka_unit_test(test_durable__overflow),

@@ -232,7 +232,8 @@ print(json.dumps(out))
     for dev in out["st"]["gpu"]["devices"]:
         assert dev["replicas"] == 0 and dev["used_bytes"] == 0, dev
     assert out["st"]["durable"]["restore_failures"] == 1
-    assert out["listed"] == [[{"tier": "disk", "bytes": put["bytes"]}]], out["listed"]
+    assert [[(r["tier"], r["bytes"]) for r in reps] for reps in out["listed"]] == [[("disk", put["bytes"])]], \
+        out["listed"]
     assert out["other"].startswith("tc2:")
 
 
