@@ -131,6 +131,17 @@ struct tc__store_config;
 int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
 			  size_t errlen);
 void cli_daemon_peer_stop(void);
+/* Pull po->ref from peers into the daemon `c` is connected to, as a put
+ * with options `o` (pull_sink.c): po's sink is set here.  Returns 0 with
+ * `res` (and *t_pulled_ns, when not NULL: when the last chunk verified)
+ * or a negative code with `err`; `r` says what each source did either
+ * way. */
+struct tc__peer_pull_opts;
+struct tc__peer_pull_result;
+int cli_pull_into(tc_client *c, const struct tc_opts *o,
+		  struct tc__peer_pull_opts *po, struct tc__peer_pull_result *r,
+		  struct tc_result *res, uint64_t *t_pulled_ns, char *err,
+		  size_t errlen);
 int cmd_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);

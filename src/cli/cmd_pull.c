@@ -2,12 +2,9 @@
  * cmd_pull.c - tcast pull REF [--from HOST:PORT ...]
  *
  * Pulls an artifact from peer daemons into the local daemon as a host
- * replica: the receiver (src/peer/pull.c) writes straight into a put's
- * memory (the daemon's memfd, mapped here), then the put is committed, so
- * the daemon hashes the whole artifact once more and registers it under
- * its id (and the key, when REF is a key).  The id it computes must be
- * the one the sources announced: a second, end-to-end check on top of the
- * per-chunk digests.
+ * replica (pull_sink.c: straight into a put's memory, then committed and
+ * hashed once more), registered under its id and the key, when REF is a
+ * key.  This file picks the sources and reports.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -22,100 +19,12 @@
 #include "proto/gsp.h"
 #include "tcast/errors.h"
 
-struct sink {
-	tc_client *c;
-	const struct tc_opts *o;
-	tc_put *put;
-	bool serving; /* the daemon serves what we verify */
-	char err[512];
-};
-
 static uint64_t now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Create the local artifact's memory with the manifest's tensors; the
- * daemon lays them out as the source did (the manifest's layout was
- * checked to be the canonical one), which is checked here too. */
-static int sink_begin(void *arg, const char *id, const struct tc__table *t,
-		      uint8_t **base, char *err, size_t errlen)
-{
-	struct sink *s = arg;
-	struct tc_tensor_desc *d;
-	json_t *meta = json_object();
-	char *mj = NULL;
-	int rc;
-
-	*base = NULL;
-	d = calloc(t->ntensors ? t->ntensors : 1, sizeof(*d));
-	if (!d || !meta) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	for (uint32_t i = 0; i < t->ntensors; i++) {
-		d[i].name = t->tensors[i].name;
-		d[i].dtype = t->tensors[i].dtype;
-		d[i].ndim = t->tensors[i].ndim;
-		d[i].shape = t->tensors[i].shape;
-	}
-	for (uint32_t i = 0; i < t->nmeta; i++)
-		json_object_set_new(meta, t->meta[i].key,
-				    json_string(t->meta[i].val));
-	mj = json_dumps(meta, JSON_COMPACT);
-	rc = tc_put_begin(s->c, d, t->ntensors, mj, s->o, &s->put);
-	if (rc < 0) {
-		snprintf(err, errlen, "local daemon: %s",
-			 tc_client_errmsg(s->c));
-		goto out;
-	}
-	if (t->ntensors) {
-		uint8_t *b = (uint8_t *)tc_put_data(s->put, 0) -
-			     t->tensors[0].offset;
-
-		for (uint32_t i = 0; i < t->ntensors; i++)
-			if ((uint8_t *)tc_put_data(s->put, i) !=
-			    b + t->tensors[i].offset) {
-				snprintf(err, errlen,
-					 "the local daemon lays '%s' out "
-					 "elsewhere than the source",
-					 t->tensors[i].name);
-				rc = TC_EINVAL;
-				goto out;
-			}
-		*base = b;
-	}
-	rc = 0;
-out:
-	free(mj);
-	json_decref(meta);
-	free(d);
-	return rc;
-}
-
-/* Serve what we verify while we pull: the local daemon sends those
- * chunks to other receivers (a fan-out becomes a pipeline). */
-static void sink_serve(void *arg, const char *id,
-		       const struct tc__digest *chunks, uint64_t nchunks)
-{
-	struct sink *s = arg;
-
-	if (tc_put_serve(s->put, id, chunks, nchunks) < 0)
-		snprintf(s->err, sizeof(s->err), "%s", tc_client_errmsg(s->c));
-	else
-		s->serving = true;
-}
-
-static void sink_have(void *arg, const uint64_t *chunks, uint32_t n,
-		      bool fetching)
-{
-	struct sink *s = arg;
-
-	if (s->serving)
-		tc_put_have(s->put, chunks, n, fetching ? TC_HAVE_FETCHING : 0);
 }
 
 /* Another receiver's address is a source a fan-out pulls from too:
@@ -226,7 +135,7 @@ int cmd_pull(int argc, char **argv)
 	struct tc__auth_secret *secret = NULL;
 	struct tc_opts o = { 0 };
 	struct tc_result res;
-	struct sink sk = { 0 };
+	tc_client *tcl = NULL;
 	const char *ref = NULL, *v, *secret_file = NULL;
 	char spath[4096], err[2048], b1[32], b2[48], host[64] = "";
 	static char gid[TC_GSP_MAX_ID + 1];
@@ -300,14 +209,13 @@ int cmd_pull(int argc, char **argv)
 	}
 	if (o.key && !nokey)
 		o.field_mask |= TC_OPT_KEY;
-	sk.o = &o;
-	sk.c = cli_connect();
-	if (!sk.c)
+	tcl = cli_connect();
+	if (!tcl)
 		return EXIT_RUNTIME;
 	if (!secret_file && getenv("TCAST_CLUSTER_SECRET_FILE") &&
 	    *getenv("TCAST_CLUSTER_SECRET_FILE"))
 		secret_file = getenv("TCAST_CLUSTER_SECRET_FILE");
-	if (!secret_file && secret_from_daemon(sk.c, spath, sizeof(spath)) == 0)
+	if (!secret_file && secret_from_daemon(tcl, spath, sizeof(spath)) == 0)
 		secret_file = spath;
 	if (!secret_file) {
 		rc = cli_fail(TC_EBADCONFIG,
@@ -334,14 +242,9 @@ int cmd_pull(int argc, char **argv)
 	po.secret = secret;
 	gethostname(host, sizeof(host) - 1);
 	po.name = host;
-	po.sink.arg = &sk;
-	po.sink.begin = sink_begin;
-	po.sink.serve = sink_serve;
-	po.sink.have = sink_have;
 	t0 = now_ns();
-	rc = tc__peer_pull(&po, r, err, sizeof(err));
+	rc = cli_pull_into(tcl, &o, &po, r, &res, &t1, err, sizeof(err));
 	if (rc < 0) {
-		tc_put_abort(sk.put);
 		if (cli.json)
 			cli.partial =
 				json_pack("{s:o}", "sources", sources_json(r));
@@ -354,23 +257,6 @@ int cmd_pull(int argc, char **argv)
 		rc = cli_fail(rc, err);
 		goto out_close;
 	}
-	t1 = now_ns();
-	rc = tc_put_commit(sk.put, &res);
-	if (rc < 0) {
-		rc = cli_fail(rc, tc_client_errmsg(sk.c));
-		goto out_close;
-	}
-	if (strcmp(res.id, r->id)) {
-		/* Cannot happen unless the daemon and the sources disagree
-		 * on the id's definition: do not leave it behind. */
-		tc_rm(sk.c, res.id);
-		snprintf(err, sizeof(err),
-			 "the local daemon made '%s' of what the sources call "
-			 "'%s'",
-			 res.id, r->id);
-		rc = cli_fail(TC_EDIGEST, err);
-		goto out_close;
-	}
 	if (device >= 0) {
 		/* The GPU replica is made by the local daemon from the host
 		 * replica just registered (pinned, docs/gpu.md); pulling
@@ -378,9 +264,9 @@ int cmd_pull(int argc, char **argv)
 		tc_artifact *ga;
 		uint64_t g0 = now_ns();
 
-		rc = tc_attach_gpu(sk.c, res.id, device, &ga);
+		rc = tc_attach_gpu(tcl, res.id, device, &ga);
 		if (rc < 0) {
-			rc = cli_fail(rc, tc_client_errmsg(sk.c));
+			rc = cli_fail(rc, tc_client_errmsg(tcl));
 			goto out_close;
 		}
 		tc_artifact_close(ga);
@@ -421,6 +307,6 @@ out_close:
 	if (secret)
 		tc__auth_secret_wipe(secret);
 	free(secret);
-	tc_client_close(sk.c);
+	tc_client_close(tcl);
 	return rc;
 }

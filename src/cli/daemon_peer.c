@@ -6,12 +6,18 @@
  * (store/obj.h), and this file forwards them to the peer server's
  * registry.  The bound address goes to `peer.addr` next to the socket, so
  * `peer_listen: HOST:0` is usable by scripts and tests.
+ *
+ * Policy ha wires both ways through here too: the store asks another
+ * node for a replica through cfg->ha (tc__peer_replicate), and this
+ * node's peer server answers such a request by pulling into its own
+ * daemon over the local socket, as `tcast pull ID --from A` does.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -26,6 +32,7 @@ static struct tc__peer_server *srv;
 static struct tc__auth_secret secret;
 static char node_name[64];
 static char addr_file[PATH_MAX];
+static const struct tc__store_config *dcfg;
 
 static void on_replica(void *arg, const struct tc__obj *o, bool up)
 {
@@ -85,6 +92,64 @@ static const struct tc__objs_observer observer = {
 	.uploads = on_uploads,
 };
 
+/* A REPLICATE_REQ from another node (its ha artifact): pull `id` from
+ * `source` into this daemon, on the asking connection's thread.  The
+ * replica is an ordinary cache artifact here, under its id only. */
+static int on_replicate(void *arg, const char *id, const char *source,
+			uint64_t *bytes, uint64_t *ns, char *err, size_t errlen)
+{
+	const char *sources[1] = { source };
+	struct tc__peer_pull_opts po = { 0 };
+	struct tc__peer_pull_result *r = calloc(1, sizeof(*r));
+	struct tc_opts o = { 0 };
+	struct tc_result res;
+	tc_client *c = NULL;
+	char why[1024];
+	int rc;
+
+	if (!r)
+		return -ENOMEM;
+	rc = tc_client_connect(dcfg->socket, &c, why, sizeof(why));
+	if (rc < 0) {
+		snprintf(err, errlen, "pull failed: its daemon: %s", why);
+		goto out;
+	}
+	po.ref = id;
+	po.sources = sources;
+	po.nsources = 1;
+	po.streams = 4;
+	po.timeout_ms = dcfg->peer_timeout_ms;
+	po.secret = &secret;
+	po.name = node_name;
+	rc = cli_pull_into(c, &o, &po, r, &res, NULL, why, sizeof(why));
+	if (rc < 0) {
+		snprintf(err, errlen, "pull failed: %s", why);
+		goto out;
+	}
+	*bytes = r->bytes;
+	*ns = r->ns;
+	tc__log(TC_LOG_INFO, "replica of %s pulled from %s: %llu bytes", id,
+		source, (unsigned long long)r->bytes);
+out:
+	tc_client_close(c);
+	free(r);
+	return rc;
+}
+
+/* The store's side (cfg->ha): ask the node at `addr` for a replica. */
+static int ha_replicate(void *arg, const char *addr, const char *id,
+			const char *source, int wait_ms, char *err,
+			size_t errlen)
+{
+	uint64_t bytes, ns;
+
+	return tc__peer_replicate(addr, id, source, &secret, node_name,
+				  dcfg->peer_timeout_ms, wait_ms, &bytes, &ns,
+				  err, errlen);
+}
+
+static const struct tc__ha_ops ha_ops = { .replicate = ha_replicate };
+
 int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
 			  size_t errlen)
 {
@@ -111,10 +176,13 @@ int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
 	gethostname(node_name, sizeof(node_name) - 1);
 	o.name = node_name;
 	o.io_timeout_ms = cfg->peer_timeout_ms;
+	o.replicate = on_replicate;
+	dcfg = cfg;
 	rc = tc__peer_server_start(&o, &srv, err, errlen);
 	if (rc < 0)
 		return rc;
 	cfg->observer = &observer;
+	cfg->ha = &ha_ops;
 	/* Port 0 chose a port: the cluster advertises the one bound. */
 	snprintf(cfg->peer_bound, sizeof(cfg->peer_bound), "%s",
 		 tc__peer_server_addr(srv));

@@ -982,6 +982,79 @@ static int on_resolve(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	return put_sources(gs, c, id, req, max, out);
 }
 
+/* PEERS: where a replica of a new artifact may go (policy ha).  Every
+ * live node with a peer address other than the requester, ranked like
+ * sources (distance, then load, then at random); the requester itself is
+ * never named, so an answer of none means "no other live node". */
+struct pcand {
+	struct gnode *n;
+	uint64_t score;
+};
+
+static int pcand_cmp(const void *x, const void *y)
+{
+	const struct pcand *a = x, *b = y;
+
+	return a->score < b->score ? -1 : a->score > b->score;
+}
+
+static int on_peers(struct gs *gs, struct gconn *c, struct tc__cur *cur,
+		    struct tc__buf *out, char *err, size_t errlen)
+{
+	char req[TC_GSP_MAX_NAME + 1];
+	struct pcand *pc;
+	struct gnode *me;
+	uint64_t now = tc__now_ms();
+	uint32_t max;
+	size_t n = 0;
+	int ret = tc__gsp_get_peers_req(cur, req, &max, err, errlen);
+
+	if (ret < 0)
+		return ret;
+	if (max == 0 || max > (uint32_t)gs->cfg->sources_max)
+		max = (uint32_t)gs->cfg->sources_max;
+	me = requester(gs, c, req);
+	pc = tc__calloc(gs->nnodes ? gs->nnodes : 1, sizeof(*pc));
+	if (!pc)
+		return -ENOMEM;
+	for (size_t i = 0; i < gs->nnodes; i++) {
+		struct gnode *nd = gs->nodes[i];
+		uint64_t load;
+
+		if (!nd || nd == me || !nd->live || nd->lease_until < now ||
+		    !nd->info.peer_addr[0] ||
+		    (req[0] && !strcmp(nd->info.name, req)))
+			continue;
+		load = (uint64_t)nd->uploads + nd->handouts;
+		if (load > 0xffff)
+			load = 0xffff;
+		pc[n].n = nd;
+		pc[n].score = (uint64_t)distance(me, nd) << 40 | load << 16 |
+			      (xorshift() & 0xffff);
+		n++;
+	}
+	qsort(pc, n, sizeof(*pc), pcand_cmp);
+	if (n > max)
+		n = max;
+	tc__buf_put_u32(out, (uint32_t)n);
+	for (size_t i = 0; i < n; i++) {
+		struct tc__gsp_source s = { 0 };
+
+		s.node_id = pc[i].n->id;
+		snprintf(s.name, sizeof(s.name), "%s", pc[i].n->info.name);
+		snprintf(s.peer_addr, sizeof(s.peer_addr), "%s",
+			 pc[i].n->info.peer_addr);
+		s.tier = TC_GSP_TIER_HOST;
+		s.complete = 1;
+		s.distance = (uint32_t)(pc[i].score >> 40);
+		s.uploads = pc[i].n->uploads;
+		tc__gsp_put_source(out, &s);
+	}
+	tc__free(pc);
+	gs->n_lookups++;
+	return 0;
+}
+
 /* ------------------------------------------------------------ groups */
 
 /* A handler's return value: the reply is sent later (a GROUP_GET that
@@ -1696,6 +1769,7 @@ static handler *const handlers[TC_GSP__MAX] = {
 	[TC_GSP_GROUP_PREPARE] = on_group_prepare,
 	[TC_GSP_GROUP_ABORT] = on_group_abort,
 	[TC_GSP_GROUP_GET] = on_group_get,
+	[TC_GSP_PEERS] = on_peers,
 };
 
 /* ------------------------------------------------------------ connections */

@@ -39,6 +39,15 @@ struct tc__peer_server_opts {
 				long ends the connection */
 	int idle_timeout_ms; /* an idle connection is closed */
 	int max_conns;	     /* connections served at once */
+	/* Optional (policy ha): a REPLICATE_REQ asks this node to pull `id`
+	 * from `source` ("host:port") into its own daemon.  Runs on the
+	 * asking connection's thread and blocks until the pull ended;
+	 * returns 0 (*bytes, *ns set) or a negative code with `err`.  NULL:
+	 * such requests are refused with TC_ENOTSUP. */
+	int (*replicate)(void *arg, const char *id, const char *source,
+			 uint64_t *bytes, uint64_t *ns, char *err,
+			 size_t errlen);
+	void *replicate_arg;
 };
 
 /* Listen and serve on threads of its own.  Returns 0 or a negative code
@@ -92,6 +101,20 @@ struct tc__peer_server_stats {
 };
 void tc__peer_server_stats(struct tc__peer_server *s,
 			   struct tc__peer_server_stats *out);
+
+/* ---------------------------------------------------- replication (ha) */
+
+/* Ask the peer server at `addr` to pull `id` from `source` into its
+ * daemon (REPLICATE_REQ) and wait for the outcome: connect and handshake
+ * within `timeout_ms`, then at most `wait_ms` for the answer.  Returns 0
+ * (*bytes, *ns: what it pulled and how long it took) or a negative code
+ * with `err` saying why: the peer's own error for a pull that failed
+ * there ("pull failed: ..."), else what went wrong on the way
+ * ("cannot reach its peer server at ...: Connection refused"). */
+int tc__peer_replicate(const char *addr, const char *id, const char *source,
+		       const struct tc__auth_secret *secret, const char *name,
+		       int timeout_ms, int wait_ms, uint64_t *bytes,
+		       uint64_t *ns, char *err, size_t errlen);
 
 /* ------------------------------------------------------------ receiver */
 

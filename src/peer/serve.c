@@ -390,6 +390,43 @@ static int serve_manifest(struct tc__peer_server *s, struct tc__peer_conn *c,
 	return rc;
 }
 
+/* REPLICATE_REQ (policy ha): the daemon's own pull of `id` from the
+ * source named, run here on this connection's thread; the asker waits
+ * for the outcome. */
+static int serve_replicate(struct tc__peer_server *s, struct tc__peer_conn *c,
+			   const struct tc__peer_msg *m)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	uint64_t bytes = 0, ns = 0;
+	char err[TC_PEER_MAX_ERRMSG];
+	int rc;
+
+	if (!s->o.replicate)
+		return send_error(c, TC_ENOTSUP,
+				  "this node takes no replication requests");
+	tc__log(TC_LOG_INFO, "peer %s asks for a replica of %s from %s",
+		c->addr, m->id, m->source);
+	/* A node that goes away with the request taken, and a slow pull
+	 * (the asker replies "pending" meanwhile). */
+	if (tc__failpoint("peer.drop_replicate", m->id))
+		return TC_ECLOSED;
+	if (tc__failpoint("peer.delay_replicate", m->id))
+		sleep(3);
+	err[0] = '\0';
+	rc = s->o.replicate(s->o.replicate_arg, m->id, m->source, &bytes, &ns,
+			    err, sizeof(err));
+	if (rc < 0) {
+		tc__log(TC_LOG_WARN, "replica of %s for %s failed: %s", m->id,
+			c->addr, err);
+		return send_error(c, rc < -100000 || rc >= 0 ? TC_EINVAL : rc,
+				  err[0] ? err : tc_strerror(rc));
+	}
+	tc__peer_put_replicated(&b, bytes, ns);
+	rc = tc__peer_send_buf(c, &b, false);
+	tc__buf_release(&b);
+	return rc;
+}
+
 /* The cluster handshake, first on every connection (net/auth.h): only a
  * peer that proves it knows the secret gets a single frame decoded. */
 static int auth(struct tc__peer_server *s, struct tc__peer_conn *c)
@@ -439,6 +476,8 @@ static void *conn_main(void *arg)
 			rc = serve_get(s, c, &m);
 		else if (rc == 0 && m.type == TC_PEER_HAVE_REQ)
 			rc = serve_have(s, c, &m);
+		else if (rc == 0 && m.type == TC_PEER_REPLICATE_REQ)
+			rc = serve_replicate(s, c, &m);
 		else if (rc == 0) {
 			snprintf(err, sizeof(err),
 				 "%s: frame type %u is not a request", c->addr,

@@ -203,6 +203,35 @@ int tc__peer_msg_decode(const struct tc__peer_hdr *h, const uint8_t *body,
 		}
 		break;
 	}
+	case TC_PEER_REPLICATE_REQ: {
+		const char *src;
+		size_t n;
+
+		if (tc__cur_read_strcpy(&c, m->id, sizeof(m->id)) < 0 ||
+		    !tc__is_id(m->id))
+			return fail(err, errlen, TC_EPROTO,
+				    "REPLICATE_REQ id is not an artifact id");
+		if (tc__cur_read_str(&c, sizeof(m->source) - 1, &src, &n) < 0)
+			return fail(err, errlen, TC_EPROTO,
+				    "REPLICATE_REQ source truncated or over "
+				    "127 bytes");
+		if (!n || !memchr(src, ':', n))
+			return fail(err, errlen, TC_EPROTO,
+				    "REPLICATE_REQ source is not HOST:PORT");
+		for (size_t i = 0; i < n; i++)
+			if (src[i] <= ' ' || src[i] > '~')
+				return fail(err, errlen, TC_EPROTO,
+					    "REPLICATE_REQ source holds a "
+					    "byte outside printable ASCII");
+		memcpy(m->source, src, n);
+		m->source[n] = '\0';
+		break;
+	}
+	case TC_PEER_REPLICATED:
+		if (tc__cur_read_u64(&c, &m->bytes) < 0 ||
+		    tc__cur_read_u64(&c, &m->ns) < 0)
+			return fail(err, errlen, TC_EPROTO, "short REPLICATED");
+		break;
 	case TC_PEER_GET:
 		if (tc__cur_read_strcpy(&c, m->id, sizeof(m->id)) < 0 ||
 		    !tc__is_id(m->id))
@@ -335,5 +364,24 @@ void tc__peer_put_have(struct tc__buf *b, uint64_t nchunks, const uint8_t *have,
 	tc__buf_put_u32(b, len);
 	if (len)
 		tc__buf_put(b, fetching, len);
+	finish(b, off);
+}
+
+void tc__peer_put_replicate_req(struct tc__buf *b, const char *id,
+				const char *source)
+{
+	size_t off = begin(b, TC_PEER_REPLICATE_REQ);
+
+	tc__buf_put_str(b, id);
+	tc__buf_put_str(b, source);
+	finish(b, off);
+}
+
+void tc__peer_put_replicated(struct tc__buf *b, uint64_t bytes, uint64_t ns)
+{
+	size_t off = begin(b, TC_PEER_REPLICATED);
+
+	tc__buf_put_u64(b, bytes);
+	tc__buf_put_u64(b, ns);
 	finish(b, off);
 }

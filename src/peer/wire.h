@@ -13,6 +13,10 @@
  *   HAVE_REQ {id}                  -> HAVE {complete, nchunks, held bitmap,
  *                                     fetching bitmap}
  *                                     or ERROR
+ *   REPLICATE_REQ {id, source}     -> REPLICATED {bytes, ns} once the
+ *                                     receiving daemon holds id, pulled
+ *                                     from source ("host:port"), or ERROR
+ *                                     with why it could not (policy ha)
  *
  * A frame is a 12-byte header (magic, version, type, flags, body length)
  * and a body read with a bounded cursor.  A DATA frame's body is only its
@@ -31,6 +35,7 @@
 #include "common/buf.h"
 #include "common/hash.h"
 #include "common/tensor.h"
+#include "transport.h"
 
 #define TC_PEER_MAGIC	     0x31504354u /* "TCP1" little-endian */
 #define TC_PEER_VERSION	     1
@@ -55,6 +60,8 @@ enum tc__peer_type {
 	TC_PEER_ERROR = 5,
 	TC_PEER_HAVE_REQ = 6, /* which chunks do you hold? */
 	TC_PEER_HAVE = 7, /* these (a source still filling sends a bitmap) */
+	TC_PEER_REPLICATE_REQ = 8, /* pull id from source into your daemon */
+	TC_PEER_REPLICATED = 9,	   /* done: bytes and time it took */
 	TC_PEER__TYPES
 };
 
@@ -68,7 +75,11 @@ struct tc__peer_hdr {
 struct tc__peer_msg {
 	uint8_t type;
 	char ref[TC_PEER_MAX_REF + 1];	  /* MANIFEST_REQ */
-	char id[TC_ID_LEN + 1];		  /* MANIFEST, GET, HAVE_REQ */
+	char id[TC_ID_LEN + 1];		  /* MANIFEST, GET, HAVE_REQ,
+					     REPLICATE_REQ */
+	char source[TC_PEER_ADDR_MAX];	  /* REPLICATE_REQ: "host:port" */
+	uint64_t bytes;			  /* REPLICATED: artifact bytes */
+	uint64_t ns;			  /* REPLICATED: the pull's time */
 	struct tc__table table;		  /* MANIFEST */
 	struct tc__digest *chunks;	  /* MANIFEST: nchunks digests */
 	uint64_t nchunks;		  /* MANIFEST, HAVE */
@@ -111,6 +122,9 @@ void tc__peer_put_get(struct tc__buf *b, const char *id, uint64_t first,
 void tc__peer_put_data(struct tc__buf *b, uint64_t chunk, uint32_t nbytes);
 void tc__peer_put_error(struct tc__buf *b, int code, const char *msg);
 void tc__peer_put_have_req(struct tc__buf *b, const char *id);
+void tc__peer_put_replicate_req(struct tc__buf *b, const char *id,
+				const char *source);
+void tc__peer_put_replicated(struct tc__buf *b, uint64_t bytes, uint64_t ns);
 /* `have` NULL: complete (every chunk; `fetching` ignored). */
 void tc__peer_put_have(struct tc__buf *b, uint64_t nchunks, const uint8_t *have,
 		       const uint8_t *fetching);

@@ -439,6 +439,58 @@ int tc__gsp_get_source(struct tc__cur *c, struct tc__gsp_source *s, char *err,
 
 /* ------------------------------------------------------------ groups */
 
+void tc__gsp_put_peers_req(struct tc__buf *b, const char *requester,
+			   uint32_t max)
+{
+	tc__buf_put_str(b, requester ? requester : "");
+	tc__buf_put_u32(b, max);
+}
+
+int tc__gsp_get_peers_req(struct tc__cur *c, char *requester, uint32_t *max,
+			  char *err, size_t errlen)
+{
+	int ret = tc__gsp_get_name(c, "requester", requester, TC_GSP_MAX_NAME,
+				   true, err, errlen);
+
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u32(c, max) < 0) {
+		snprintf(err, errlen, "max nodes: truncated");
+		return TC_EPROTO;
+	}
+	if (*max > TC_GSP_MAX_SOURCES) {
+		snprintf(err, errlen, "max nodes: %u (at most %d)", *max,
+			 TC_GSP_MAX_SOURCES);
+		return TC_EINVAL;
+	}
+	return tc__gsp_end(c, err, errlen);
+}
+
+int tc__gsp_get_sources(struct tc__cur *c, struct tc__gsp_source *src,
+			uint32_t max, uint32_t *n, char *err, size_t errlen)
+{
+	uint32_t k;
+	int ret;
+
+	*n = 0;
+	if (tc__cur_read_u32(c, &k) < 0) {
+		snprintf(err, errlen, "source count: truncated");
+		return TC_EPROTO;
+	}
+	if (k > max || k > TC_GSP_MAX_SOURCES) {
+		snprintf(err, errlen, "%u sources (at most %u asked for)", k,
+			 max);
+		return TC_ELIMIT;
+	}
+	for (uint32_t i = 0; i < k; i++)
+		if ((ret = tc__gsp_get_source(c, &src[i], err, errlen)) < 0)
+			return ret;
+	if ((ret = tc__gsp_end(c, err, errlen)) < 0)
+		return ret;
+	*n = k;
+	return 0;
+}
+
 const char *tc__gsp_group_state_name(int state)
 {
 	static const char *const n[] = { "open", "commit", "abort" };

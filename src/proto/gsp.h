@@ -247,6 +247,19 @@ void tc__gsp_group_release(struct tc__gsp_group *g);
 int tc__gsp_get_text(struct tc__cur *c, const char *field, char *dst,
 		     size_t max, char *err, size_t errlen);
 
+/* PEERS request: str requester (a node name; "" = the connection's own
+ * node), u32 max (0 = the store's default, else 1..TC_GSP_MAX_SOURCES).
+ * Decode returns 0, TC_EPROTO, TC_ELIMIT or TC_EINVAL with `err`. */
+void tc__gsp_put_peers_req(struct tc__buf *b, const char *requester,
+			   uint32_t max);
+int tc__gsp_get_peers_req(struct tc__cur *c, char *requester, uint32_t *max,
+			  char *err, size_t errlen);
+/* A source list as SOURCES, RESOLVE and PEERS replies end: u32 n (at most
+ * `max`, itself at most TC_GSP_MAX_SOURCES), then n sources, and nothing
+ * after.  Returns 0 with *n set, or TC_EPROTO / TC_ELIMIT with `err`. */
+int tc__gsp_get_sources(struct tc__cur *c, struct tc__gsp_source *src,
+			uint32_t max, uint32_t *n, char *err, size_t errlen);
+
 /* Bitmap bytes for n chunks. */
 static inline uint32_t tc__gsp_bitmap_len(uint32_t nchunks)
 {

@@ -783,15 +783,17 @@ void tc__cluster_stop(struct tc__cluster *cl)
 	tc__free(cl);
 }
 
-int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
-			uint64_t *gen, struct tc__gsp_source *src, uint32_t max,
-			uint32_t *nsrc, char *err, size_t errlen)
+/* One call on the connection for a worker: the node's name, the store
+ * up or not, the connection marked down after a broken call. */
+static int worker_call(struct tc__cluster *cl,
+		       int (*fn)(struct tc__cluster *cl, const char *name,
+				 void *arg),
+		       void *arg, char *err, size_t errlen)
 {
 	char name[TC_GSP_MAX_NAME + 1];
 	bool up;
 	int ret;
 
-	*nsrc = 0;
 	if (!cl) {
 		snprintf(err, errlen,
 			 "this daemon is not in a cluster (no 'global' in its "
@@ -808,7 +810,7 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
 		return TC_ENODAEMON;
 	}
 	pthread_mutex_lock(&cl->io);
-	ret = tc__gsc_resolve(&cl->g, what, name, max, id, gen, src, nsrc);
+	ret = fn(cl, name, arg);
 	if (ret < 0)
 		snprintf(err, errlen, "%s", cl->g.err);
 	pthread_mutex_unlock(&cl->io);
@@ -819,6 +821,53 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
 		pthread_mutex_unlock(&cl->mu);
 	}
 	return ret;
+}
+
+struct resolve_args {
+	const char *what;
+	char *id;
+	uint64_t *gen;
+	struct tc__gsp_source *src;
+	uint32_t max, *nsrc;
+};
+
+static int call_resolve(struct tc__cluster *cl, const char *name, void *arg)
+{
+	struct resolve_args *a = arg;
+
+	return tc__gsc_resolve(&cl->g, a->what, name, a->max, a->id, a->gen,
+			       a->src, a->nsrc);
+}
+
+int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
+			uint64_t *gen, struct tc__gsp_source *src, uint32_t max,
+			uint32_t *nsrc, char *err, size_t errlen)
+{
+	struct resolve_args a = { what, id, gen, src, max, nsrc };
+
+	*nsrc = 0;
+	return worker_call(cl, call_resolve, &a, err, errlen);
+}
+
+static int call_peers(struct tc__cluster *cl, const char *name, void *arg)
+{
+	struct resolve_args *a = arg;
+
+	return tc__gsc_peers(&cl->g, name, a->max, a->src, a->nsrc);
+}
+
+int tc__cluster_peers(struct tc__cluster *cl, struct tc__gsp_source *src,
+		      uint32_t max, uint32_t *nsrc, char *err, size_t errlen)
+{
+	struct resolve_args a = { NULL, NULL, NULL, src, max, nsrc };
+
+	*nsrc = 0;
+	return worker_call(cl, call_peers, &a, err, errlen);
+}
+
+const char *tc__cluster_node_name(struct tc__cluster *cl)
+{
+	return cl ? cl->node.name : "";
 }
 
 char *tc__cluster_status_json(struct tc__cluster *cl)

@@ -15,6 +15,19 @@
 
 struct tc__objs_observer;
 
+/* How the store asks another node for a replica (policy ha), wired by the
+ * daemon's main when it runs a peer server (the store does not know the
+ * peer layer).  replicate() blocks, on an I/O worker: it asks the node
+ * whose peer server is at `addr` to pull `id` from `source` (this node's
+ * peer server) and waits at most wait_ms for the outcome.  Returns 0 once
+ * that node holds it, or a negative code with `err` saying why not. */
+struct tc__ha_ops {
+	void *arg;
+	int (*replicate)(void *arg, const char *addr, const char *id,
+			 const char *source, int wait_ms, char *err,
+			 size_t errlen);
+};
+
 struct tc__store_config {
 	char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	uint64_t host_bytes;	 /* host-memory budget */
@@ -70,6 +83,12 @@ struct tc__store_config {
 				given up (its chunks go elsewhere) */
 	/* Not configuration: wired by the daemon's main (obj.h). */
 	const struct tc__objs_observer *observer;
+	/* Not configuration: the ha replication hook, or NULL (no peer
+	 * server: no other node can pull from this one). */
+	const struct tc__ha_ops *ha;
+	int ha_wait_ms; /* a put or import with policy ha waits this long for
+			   its replica on another node before it replies
+			   (then "pending"; the replication goes on) */
 	/* Not configuration: the address the peer server bound (peer_listen
 	 * with its port chosen), advertised to the cluster; "" = peer_listen.
 	 */
@@ -90,8 +109,8 @@ void tc__config_defaults(struct tc__store_config *c);
  * metrics_port, log_format, idle_timeout_ms, write_stall_ms,
  * max_clients_per_uid, max_clients_per_pid, max_tensors, shared_disk,
  * state_dir, spill_dir, spill_bytes, cold_ttl_ms, peer_listen,
- * cluster_secret_file, peer_timeout_ms).  Returns 0, TC_EBADCONFIG or -errno;
- * `err` names the file, line and key. */
+ * cluster_secret_file, peer_timeout_ms, ha_wait_ms).  Returns 0, TC_EBADCONFIG
+ * or -errno; `err` names the file, line and key. */
 int tc__config_load(struct tc__store_config *c, const char *path, char *err,
 		    size_t errlen);
 /* Apply one key as if it were a line of a config file (`--set`,

@@ -941,34 +941,95 @@ json_t *tc__durable_status_json(struct tc__durable *d)
 			 (json_int_t)d->restored_gpu_bytes);
 }
 
-const char *tc__durable_degraded(enum tc__policy p)
+static const char *const ha_names[] = { "none", "pending", "done", "failed" };
+
+const char *tc__durable_degraded(struct tc__durable *d, const char *id,
+				 enum tc__policy p, char *buf, size_t len)
 {
-	if (p == TC_POLICY_HA)
-		return "ha: no replica on another node (this daemon is not "
-		       "part of a cluster)";
-	return NULL;
+	struct tc__dart *a = d && id ? tc__map_get(&d->arts, id) : NULL;
+
+	if (p != TC_POLICY_HA)
+		return NULL;
+	if (!d || !d->clustered) {
+		snprintf(buf, len,
+			 "ha: no replica on another node (this "
+			 "daemon is not part of a cluster)");
+		return buf;
+	}
+	switch (a ? a->ha : TC_HA_NONE) {
+	case TC_HA_DONE:
+		return NULL;
+	case TC_HA_PENDING:
+		snprintf(buf, len,
+			 "ha: replica on another node pending (still being "
+			 "made; inspect shows when it is)");
+		break;
+	case TC_HA_FAILED:
+		snprintf(buf, len, "ha: no replica on another node: %s",
+			 a->ha_why);
+		break;
+	default:
+		snprintf(buf, len,
+			 "ha: no replica on another node (none made since "
+			 "this daemon started)");
+	}
+	return buf;
+}
+
+void tc__durable_ha_set(struct tc__durable *d, const char *id,
+			enum tc__ha_state st, const char *node, const char *why)
+{
+	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
+
+	if (!a)
+		return;
+	a->ha = st;
+	snprintf(a->ha_node, sizeof(a->ha_node), "%s", node ? node : "");
+	snprintf(a->ha_why, sizeof(a->ha_why), "%s", why ? why : "");
+	a->ha_unix_ms = unix_ms();
+}
+
+enum tc__ha_state tc__durable_ha_state(struct tc__durable *d, const char *id)
+{
+	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
+
+	return a ? a->ha : TC_HA_NONE;
+}
+
+void tc__durable_set_clustered(struct tc__durable *d, bool on)
+{
+	if (d)
+		d->clustered = on;
 }
 
 json_t *tc__durable_obj_json(struct tc__durable *d, const char *id)
 {
 	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;
 	const char *why;
-	json_t *deg;
-	char path[PATH_MAX + 96];
+	json_t *deg, *j;
+	char path[PATH_MAX + 96], buf[768];
 
 	if (!a)
 		return NULL;
 	deg = json_array();
-	why = tc__durable_degraded(a->policy);
+	why = tc__durable_degraded(d, id, a->policy, buf, sizeof(buf));
 	if (why)
 		json_array_append_new(deg, json_string(why));
 	snprintf(path, sizeof(path), "%s/%s", d->root,
 		 id + strlen(TC_ID_PREFIX));
-	return json_pack("{s:s, s:s, s:s, s:I, s:I, s:o}", "state", "durable",
-			 "policy", tc__policy_name(a->policy), "path", path,
-			 "created_ms", (json_int_t)a->rec.created_ms,
-			 "expires_ms", (json_int_t)a->rec.expires_ms,
-			 "degraded", deg);
+	j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:o}", "state", "durable",
+		      "policy", tc__policy_name(a->policy), "path", path,
+		      "created_ms", (json_int_t)a->rec.created_ms, "expires_ms",
+		      (json_int_t)a->rec.expires_ms, "degraded", deg);
+	/* The replica on another node, as this daemon knows it now. */
+	if (j && a->policy == TC_POLICY_HA)
+		json_object_set_new(j, "ha",
+				    json_pack("{s:s, s:s, s:s, s:I}", "state",
+					      ha_names[a->ha], "node",
+					      a->ha_node, "error", a->ha_why,
+					      "changed_ms",
+					      (json_int_t)a->ha_unix_ms));
+	return j;
 }
 
 json_t *tc__durable_entry_json(struct tc__durable *d, struct tc__objs *objs,

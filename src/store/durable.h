@@ -38,9 +38,22 @@
 struct tc__durable;
 
 /* A durable artifact known to this daemon (on disk; maybe in memory). */
+/* Policy ha's replica on another node, as this daemon knows it (memory
+ * only: a restart forgets it, and says so). */
+enum tc__ha_state {
+	TC_HA_NONE,    /* not asked for since this daemon started */
+	TC_HA_PENDING, /* a node is being chosen or is pulling it */
+	TC_HA_DONE,    /* node ha_node holds a replica */
+	TC_HA_FAILED,  /* no node could make one: ha_why says why */
+};
+
 struct tc__dart {
 	struct tc__mdb_artifact rec;
 	enum tc__policy policy;
+	enum tc__ha_state ha; /* policy ha: its replica on another node */
+	char ha_node[65];     /* DONE: the node holding it */
+	char ha_why[512];     /* FAILED: why, per node tried */
+	uint64_t ha_unix_ms;  /* when ha last changed */
 	struct tc__restore *restore; /* the load running now, or NULL */
 	void *writing;		     /* spill tier: its write running now
 					(spill.c), or NULL: on disk */
@@ -162,8 +175,21 @@ json_t *tc__durable_entry_json(struct tc__durable *d, struct tc__objs *objs,
 /* The spill tier's part of inspect for `id` ({"state": "spilled" or
  * "writing", "path": ...}), or NULL when it has no copy. */
 json_t *tc__spill_obj_json(struct tc__durable *d, const char *id);
-/* The "should" part of a policy that cannot be met here: ha's replica on
- * another node needs a cluster.  NULL when nothing is degraded. */
-const char *tc__durable_degraded(enum tc__policy p);
+/* The "should" part of policy p that is not met for artifact id, written
+ * into buf: ha's replica on another node when it is not made (not in a
+ * cluster, pending, failed and why).  NULL when nothing is degraded. */
+const char *tc__durable_degraded(struct tc__durable *d, const char *id,
+				 enum tc__policy p, char *buf, size_t len);
+/* Policy ha: record the state of id's replica on another node (node: the
+ * one that holds it, or the one being asked; why: a failure's reason).
+ * No-op when id is not recorded (removed meanwhile). */
+void tc__durable_ha_set(struct tc__durable *d, const char *id,
+			enum tc__ha_state st, const char *node,
+			const char *why);
+/* TC_HA_NONE when id is not recorded. */
+enum tc__ha_state tc__durable_ha_state(struct tc__durable *d, const char *id);
+/* This daemon is in a cluster (ha replicas can be made): changes what a
+ * replica never asked for is reported as. */
+void tc__durable_set_clustered(struct tc__durable *d, bool on);
 
 #endif /* TC_DURABLE_H */

@@ -37,6 +37,7 @@ struct tc__durable {
 					 memory */
 	uint64_t restored_gpu_bytes;  /* read from the folder straight into
 					 GPU replicas */
+	bool clustered;		      /* the daemon is in a cluster (ha) */
 };
 
 /* Open (or retry opening) the folder: 0, or -1 with disk_err set. */

@@ -345,6 +345,28 @@ int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
 	return 0;
 }
 
+int tc__gsc_peers(struct tc__gsc *g, const char *requester, uint32_t max,
+		  struct tc__gsp_source *src, uint32_t *nsrc)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	char why[256];
+	int ret;
+
+	*nsrc = 0;
+	tc__gsp_put_peers_req(&b, requester, max);
+	ret = call_buf(g, TC_GSP_PEERS, &b, &r);
+	if (ret < 0)
+		return ret;
+	ret = tc__gsp_get_sources(&r, src, max, nsrc, why, sizeof(why));
+	if (ret < 0) {
+		snprintf(g->err, sizeof(g->err), "malformed PEERS reply: %s",
+			 why);
+		return TC_EPROTO;
+	}
+	return 0;
+}
+
 int tc__gsc_group(struct tc__gsc *g, int type,
 		  const struct tc__gsp_group_req *q, struct tc__gsp_group *out)
 {

@@ -70,6 +70,11 @@ int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
 int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
 		    uint32_t max, char *id, uint64_t *gen,
 		    struct tc__gsp_source *src, uint32_t *nsrc);
+/* PEERS: up to `max` (1..TC_GSP_MAX_SOURCES) live nodes other than
+ * `requester` with a peer address, ranked by topology from it, into
+ * src[]; *nsrc gets their count. */
+int tc__gsc_peers(struct tc__gsc *g, const char *requester, uint32_t max,
+		  struct tc__gsp_source *src, uint32_t *nsrc);
 /* GROUP_CREATE / JOIN / PREPARE / ABORT / GET (`type`) with request `q`
  * (proto/gsp.h says which fields each uses).  On success *out is the
  * group's record (release with tc__gsp_group_release).  A GET with

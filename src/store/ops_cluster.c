@@ -13,6 +13,7 @@
 #include "cluster.h"
 #include "common/alloc.h"
 #include "common/log.h"
+#include "durable.h"
 #include "obj.h"
 #include "proto/gsp.h"
 #include "proto/proto.h"
@@ -56,6 +57,7 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 
 	if (rc < 0 || !s->cluster)
 		return rc;
+	tc__durable_set_clustered(s->durable, true);
 	s->objs.hooks.arg = s->cluster;
 	s->objs.hooks.added = hook_added;
 	s->objs.hooks.removed = hook_removed;

@@ -72,6 +72,11 @@ struct import_job {
 	struct persist_req persist; /* the policy's shared-disk part */
 	int rc;
 	char err[512];
+	/* Once inserted, for the reply (which may wait for an ha replica):
+	 * what the import inserted or the copy already held, its time. */
+	struct tc__obj *done_o;
+	uint64_t done_ns;
+	bool done_dedup;
 };
 
 static void import_free(struct import_job *j)
@@ -323,34 +328,32 @@ static void import_fail(struct import_job *j, int rc, const char *msg)
 	import_free(j);
 }
 
-/* Publish the key and reply; `o` is what the import inserted (or the copy
- * already held, dedup). */
-struct import_reply {
-	struct import_job *j;
-	struct tc__obj *o;
-	uint64_t ns;
-	bool dedup;
-};
-
+/* Publish the key and reply; j->done_o is what the import inserted (or
+ * the copy already held, dedup). */
 static int import_reply(struct conn *c, const struct req *r, void *arg)
 {
-	struct import_reply *a = arg;
-	struct import_job *j = a->j;
+	struct import_job *j = arg;
 	uint64_t gen;
 	int rc;
 
-	rc = tc__srv_publish_key(c, a->o, j->key, j->flags, j->expect_gen,
+	rc = tc__srv_publish_key(c, j->done_o, j->key, j->flags, j->expect_gen,
 				 &gen);
 	if (rc < 0) {
 		/* The key moved while we loaded: what this import added
 		 * goes again, so the failure leaves nothing. */
-		if (!a->dedup)
-			tc__objs_discard_new(&c->srv->objs, a->o);
+		if (!j->done_dedup)
+			tc__objs_discard_new(&c->srv->objs, j->done_o);
 		return rc;
 	}
 	tc__durable_key_changed(c->srv->durable, &c->srv->objs, j->key);
-	tc__srv_reply_created(c, r, a->o, a->ns, a->dedup, gen, &j->persist);
+	tc__srv_reply_created(c, r, j->done_o, j->done_ns, j->done_dedup, gen,
+			      &j->persist);
 	return 0;
+}
+
+static void import_release(void *arg)
+{
+	import_free(arg);
 }
 
 static void import_done(struct tc__job *job)
@@ -486,8 +489,9 @@ static void import_done(struct tc__job *job)
 					"the same read" :
 					"");
 	}
-	struct import_reply a = { j, o, ns, dedup };
-
+	j->done_o = o;
+	j->done_ns = ns;
+	j->done_dedup = dedup;
 	/* Recorded (or its write started) even when the client went; a
 	 * failed must takes back what this import added. */
 	c->err[0] = '\0';
@@ -496,8 +500,8 @@ static void import_done(struct tc__job *job)
 	if (rc < 0 && !dedup)
 		tc__objs_discard_new(&s->objs, o);
 	snprintf(j->err, sizeof(j->err), "%s", c->err);
-	tc__srv_finish(c, &j->r, rc, j->err, import_reply, &a);
-	import_free(j);
+	tc__srv_finish_created(c, &j->r, rc, j->err, import_reply, j,
+			       import_release, &j->persist, o);
 }
 
 /* TC_RF_SHARDS: u32 n, then n shard names (for messages only). */

@@ -435,6 +435,15 @@ static int seal_reply(struct conn *c, const struct req *r, void *arg)
 	return rc;
 }
 
+static void seal_release(void *arg)
+{
+	struct seal_job *j = arg;
+
+	tc__free(j->p);
+	tc__free(j->chunks);
+	tc__free(j);
+}
+
 static void seal_done(struct tc__job *job)
 {
 	struct seal_job *j = (struct seal_job *)job;
@@ -464,8 +473,11 @@ static void seal_done(struct tc__job *job)
 		if (rc < 0 && j->o == p->o)
 			tc__objs_discard_new(&c->srv->objs, j->o);
 		snprintf(why, sizeof(why), "%s", c->err);
-		tc__srv_finish(c, &j->r, rc, why, seal_reply, j);
-		tc__free(p);
+		tc__free(j->chunks);
+		j->chunks = NULL;
+		tc__srv_finish_created(c, &j->r, rc, why, seal_reply, j,
+				       seal_release, &p->persist, j->o);
+		return;
 	}
 	tc__free(j->chunks);
 	tc__free(j);

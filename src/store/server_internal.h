@@ -38,6 +38,7 @@ struct tc__gpu_replica;
 struct tc__cluster;
 struct tc__spill;
 struct binding;
+struct ha_rep;
 
 #define FDQ_MAX		 8     /* fds a connection may have in flight */
 #define READ_CHUNK	 65536 /* bytes read per readable event at most */
@@ -191,6 +192,8 @@ struct server {
 	struct tc__spill *spill;     /* the spill tier (spill.h), or NULL */
 	uint64_t durable_tick_ms;    /* last tc__srv_durable_tick */
 	struct tc__cluster *cluster; /* cluster.h; NULL when alone */
+	struct ha_rep *ha_reps;	     /* ha replications in flight
+					(srv_ha.c) */
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */
@@ -373,6 +376,31 @@ void tc__srv_durable_tick(struct server *s, uint64_t now_ms);
 /* Add the "durable" object and the disk replica to an INSPECT head. */
 void tc__srv_durable_inspect(struct server *s, const struct tc__obj *o,
 			     void *head);
+
+/* ---- policy ha: a replica on another node (srv_ha.c) ------------------ */
+
+/* What a reply that waited for an ha replica runs next (on the loop). */
+typedef void tc__srv_ha_cont(void *arg);
+/* o, with policy ha, is durable now: have a node of the cluster make a
+ * replica of it, unless one is made or being made already.  The outcome
+ * goes to o's durable record (tc__durable_ha_set), where the reply's and
+ * inspect's "degraded" read it.  Returns true when the caller's reply
+ * waits for it (`wait` and ha_wait_ms > 0): `cont(arg)` then runs once
+ * the replica is made or failed, or after ha_wait_ms (the replication
+ * going on); false: reply now (not in a cluster, nothing to wait for). */
+bool tc__srv_ha_start(struct server *s, struct tc__obj *o, bool wait,
+		      tc__srv_ha_cont *cont, void *arg);
+/* tc__srv_finish for a put or import that created `o` with persistence
+ * p: at once, or (policy ha, waiting for persistence) once its replica
+ * on another node is made or failed, or ha_wait_ms passed; o is leased
+ * meanwhile, and a request whose artifact was removed meanwhile fails.
+ * release(arg) runs after the finish either way. */
+void tc__srv_finish_created(struct conn *c, const struct req *r, int rc,
+			    const char *err, tc__srv_reply_fn *reply, void *arg,
+			    void (*release)(void *arg),
+			    const struct persist_req *p, struct tc__obj *o);
+/* Every tick: replies that waited ha_wait_ms go on ("pending"). */
+void tc__srv_ha_tick(struct server *s, uint64_t now_ms);
 
 /* ---- bindings (binding.c) -------------------------------------------- */
 

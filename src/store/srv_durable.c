@@ -152,6 +152,10 @@ static void persist_done(struct tc__job *job)
 				tc__durable_key_changed(d, &j->s->objs,
 							k->name);
 		}
+		/* Durable now: ha's replica on another node next (nobody
+		 * waits; inspect tells). */
+		if (j->p.policy == TC_POLICY_HA)
+			tc__srv_ha_start(j->s, j->o, false, NULL, NULL);
 	}
 	j->o->persisting = false;
 	tc__objs_unlease(&j->s->objs, j->o);
@@ -215,12 +219,20 @@ void tc__srv_put_durability(struct conn *c, const struct persist_req *p,
 	struct tc__durable *d = c->srv->durable;
 	const char *why;
 	uint32_t state = TC_PERSIST_MEMORY;
+	char buf[768];
 
 	if (tc__durable_has(d, o->id))
 		state = TC_PERSIST_DURABLE;
 	else if (o->persisting)
 		state = TC_PERSIST_PENDING;
-	why = p ? tc__durable_degraded(p->policy) : NULL;
+	why = p ? tc__durable_degraded(d, o->id, p->policy, buf, sizeof(buf)) :
+		  NULL;
+	/* Not durable yet (written after the reply): its replica on
+	 * another node comes after that. */
+	if (why && p->policy == TC_POLICY_HA && state == TC_PERSIST_PENDING &&
+	    c->srv->cluster)
+		why = "ha: replica on another node pending (made once the "
+		      "artifact is durable)";
 	tc__buf_put_u32(&c->out, state);
 	tc__buf_put_str(&c->out, why ? why : "");
 }

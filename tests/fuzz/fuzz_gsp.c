@@ -4,10 +4,10 @@
  * The input is read as a stream of frames, as the global store and its
  * clients read it: each header is decoded and validated, and each body
  * that fits is fed to every record decoder (node, replica, artifact,
- * source, key and name fields, a REGISTER body with its replica list,
- * every GROUP_* request body and the group record of their replies).
- * Nothing may read past the body, allocate from an unchecked count or
- * leak what it built.
+ * source, key and name fields, a PEERS request and a source list, a REGISTER
+ * body with its replica list, every GROUP_* request body and the group record
+ * of their replies). Nothing may read past the body, allocate from an unchecked
+ * count or leak what it built.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -54,6 +54,19 @@ static void decode_body(const uint8_t *p, size_t n)
 	tc__cur_init(&c, p, n);
 	while (tc__gsp_get_key(&c, key, err, sizeof(err)) == 0)
 		;
+	tc__cur_init(&c, p, n);
+	if (tc__gsp_get_peers_req(&c, node.name, &cnt, err, sizeof(err)) == 0 &&
+	    cnt > TC_GSP_MAX_SOURCES)
+		abort();
+	{
+		struct tc__gsp_source src[TC_GSP_MAX_SOURCES];
+
+		tc__cur_init(&c, p, n);
+		if (tc__gsp_get_sources(&c, src, TC_GSP_MAX_SOURCES, &cnt, err,
+					sizeof(err)) == 0 &&
+		    cnt > TC_GSP_MAX_SOURCES)
+			abort();
+	}
 	for (int t = TC_GSP_GROUP_CREATE; t <= TC_GSP_GROUP_GET; t++) {
 		struct tc__gsp_group_req q;
 

@@ -1,0 +1,179 @@
+#!/bin/bash
+# Policy ha (docs/durable.md, "ha: a replica on another node"): a global
+# store and daemons on loopback TCP.  A puts and imports with policy ha;
+# the reply's `degraded` and inspect's `durable.degraded` / `durable.ha`
+# say what became of the replica on another node:
+#   A alone in the cluster: "no other live node in the cluster";
+#   B joins: B holds a replica (tcast ls on B, the global store's sources),
+#     the reply is not degraded, a failed artifact put again is retried;
+#   from Python, tc.put(policy="ha"): last_import.degraded is empty;
+#   B leaves, C's peer server drops the request (failpoint
+#     peer.drop_replicate): degraded names node-c and why;
+#   C's pull fails (its host memory is too small): "node node-c: pull
+#     failed: ...";
+#   C is slow (peer.delay_replicate, 3 s) and A's ha_wait_ms is 1 s: the
+#     reply says pending, inspect later says done on node-c.
+set -u
+T=${TCAST:?}
+BUILD=${TC_BUILD:-$(dirname "$T")/..}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=/usr/bin/python3
+dir=$(mktemp -d /tmp/tcast-ha-XXXXXX)
+chmod 700 "$dir"
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
+is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
+has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
+json() { $PY -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
+d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
+cleanup() {
+	for n in a b c; do d $n daemon stop >/dev/null 2>&1; done
+	g stop >/dev/null 2>&1
+	if [ "$fail" != 0 ]; then
+		for n in a b c; do
+			echo "--- $n" >&2
+			tail -n 15 "$dir/$n/tcastd.log" "$dir/$n"/*.log 2>/dev/null >&2
+		done
+	fi
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+wait_for() {
+	local t=$1; shift
+	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+# mk FILE BYTES: a safetensors file of one random U8 tensor.
+mk() {
+	$PY - "$1" "$2" <<'EOF'
+import json, os, struct, sys
+n = int(sys.argv[2])
+h = json.dumps({"x": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * (-len(h) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
+EOF
+}
+
+(umask 077; openssl rand -hex 32 >"$dir/secret")
+g start --listen 127.0.0.1:0 --lease-ms 1500 >/dev/null
+ok test $? = 0
+G=$(cat "$dir/gs/global.addr")
+
+# daemon NAME PEERPORT [--set K=V | ENV=V ...]
+daemon() {
+	local n=$1 port=$2 envs=() sets=()
+	shift 2
+	for a in "$@"; do
+		case $a in *=*) if [[ $a == TCAST_* ]]; then envs+=("$a"); else sets+=(--set "$a"); fi ;; esac
+	done
+	mkdir -p "$dir/$n" && chmod 700 "$dir/$n"
+	env "${envs[@]}" "$T" --socket "$dir/$n/d.sock" daemon start --host-memory 256MiB \
+		--set "global=$G" --set "cluster_secret_file=$dir/secret" \
+		--set "node_name=node-$n" --set "peer_listen=127.0.0.1:$port" \
+		--set "log_file=$dir/$n/tcastd.log" "${sets[@]}" >/dev/null
+}
+live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
+# imp NODE FILE: import with policy ha, JSON reply in $r.
+imp() { r=$(d "$1" --json import "$2" --policy ha 2>"$dir/err"); echo "import $2: degraded: $(deg)"; }
+deg() { echo "$r" | json 'd["degraded"]'; }
+inspect_ha() { d a --json inspect "$1" | json "d['durable']$2"; }
+on_b() { d "$1" --json ls | json "'$2' in [a['id'] for a in d['artifacts']]" | grep -q True; }
+
+mkdir -p "$dir/shared"
+daemon a 0 "shared_disk=$dir/shared" "ha_wait_ms=1000"
+ok test $? = 0
+ok wait_for 10 live 1
+
+# 1. Alone: durable, and degraded saying why.
+mk "$dir/f1.safetensors" 5000000
+imp a "$dir/f1.safetensors"
+ok is "$(echo "$r" | json 'd["persistence"]')" durable
+ok is "$(deg)" "ha: no replica on another node: no other live node in the cluster"
+id1=$(echo "$r" | json 'd["id"]')
+ok is "$(inspect_ha "$id1" '["ha"]["state"]')" failed
+ok is "$(inspect_ha "$id1" '["degraded"][0]')" "ha: no replica on another node: no other live node in the cluster"
+
+# 2. B joins: the replica is made on B before the reply.
+daemon b 0
+ok test $? = 0
+ok wait_for 10 live 2
+mk "$dir/f2.safetensors" 9000000
+imp a "$dir/f2.safetensors"
+ok is "$(deg)" ""
+id2=$(echo "$r" | json 'd["id"]')
+ok on_b b "$id2"
+ok is "$(inspect_ha "$id2" '["ha"]["state"]')" done
+ok is "$(inspect_ha "$id2" '["ha"]["node"]')" node-b
+ok is "$(inspect_ha "$id2" '["degraded"]')" "[]"
+# The global store names B as a holder (its host replica).
+b_holds() { d a --json global resolve "$1" --via-daemon | json "'node-b' in [s['node'] for s in d['sources']]" | grep -q True; }
+ok wait_for 5 b_holds "$id2"
+# B's copy has A's bytes (same id: B's daemon hashed what it pulled).
+ok is "$(d b --json inspect "$id2" | json 'd["id"]')" "$id2"
+# The artifact that failed alone is retried when put again.
+imp a "$dir/f1.safetensors"
+ok is "$(deg)" ""
+ok on_b b "$id1"
+ok is "$(inspect_ha "$id1" '["ha"]["state"]')" done
+
+# 3. Python: tc.put(policy="ha") in a cluster is not degraded.
+out=$(TCAST_SOCKET="$dir/a/d.sock" TCAST_LIB="$BUILD/lib/libtcast.so" PYTHONPATH="$ROOT/python" \
+	$PY -c '
+import numpy as np, tcast as tc
+a = tc.put({"w": np.arange(300000, dtype=np.float32)}, policy="ha")
+print(a.last_import.persistence, repr(a.last_import.degraded), a.artifact_id)
+' 2>&1)
+ok has "$out" "durable () "
+pyid=${out##* }
+ok on_b b "$pyid"
+
+# 4. B leaves; C's peer server drops the request.
+d b daemon stop >/dev/null
+ok wait_for 10 live 1
+daemon c 0 TCAST_FAILPOINTS=peer.drop_replicate=
+ok test $? = 0
+ok wait_for 10 live 2
+mk "$dir/f3.safetensors" 3000000
+imp a "$dir/f3.safetensors"
+ok has "$(deg)" "ha: no replica on another node: node node-c: no answer from its peer server"
+ok has "$(deg)" "connection closed"
+id3=$(echo "$r" | json 'd["id"]')
+ok is "$(inspect_ha "$id3" '["ha"]["state"]')" failed
+ok has "$(inspect_ha "$id3" '["ha"]["error"]')" "node node-c: no answer"
+ok test "$(echo "$r" | json 'd["persistence"]')" = durable
+
+# 5. C's own pull fails: its host memory cannot hold the artifact.
+d c daemon stop >/dev/null
+ok wait_for 10 live 1
+daemon c 0 host_memory=4MiB
+ok test $? = 0
+ok wait_for 10 live 2
+mk "$dir/f5.safetensors" 6000000
+imp a "$dir/f5.safetensors"
+ok has "$(deg)" "ha: no replica on another node: node node-c: pull failed: "
+id5=$(echo "$r" | json 'd["id"]')
+ok has "$(grep -h "replica of $id5" "$dir/c/tcastd.log")" "failed"
+
+# 6. A slow node: the reply waits ha_wait_ms (1 s), says pending; inspect
+# tells the truth once C is done.
+d c daemon stop >/dev/null
+ok wait_for 10 live 1
+daemon c 0 TCAST_FAILPOINTS=peer.delay_replicate=
+ok test $? = 0
+ok wait_for 10 live 2
+mk "$dir/f4.safetensors" 2000000
+imp a "$dir/f4.safetensors"
+ok has "$(deg)" "ha: replica on another node pending"
+id4=$(echo "$r" | json 'd["id"]')
+ok is "$(inspect_ha "$id4" '["ha"]["state"]')" pending
+done4() { test "$(inspect_ha "$id4" '["ha"]["state"]')" = done; }
+ok wait_for 10 done4
+ok is "$(inspect_ha "$id4" '["ha"]["node"]')" node-c
+ok is "$(inspect_ha "$id4" '["degraded"]')" "[]"
+ok on_b c "$id4"
+
+echo "test_ha: $pass passed, $fail failed"
+[ "$fail" = 0 ]
