@@ -29,7 +29,7 @@
 
 #include "server_internal.h"
 
-#define HA_TRIES   3			  /* nodes asked, at most */
+#define HA_TRIES   3		    /* nodes asked, at most */
 #define HA_PULL_MS (10 * 60 * 1000) /* one node's pull, at most */
 
 struct ha_wait {
@@ -45,7 +45,7 @@ struct ha_rep {
 	struct server *s;
 	struct tc__obj *o; /* leased: its host copy is what the node pulls */
 	char id[TC_ID_LEN + 1];
-	char source[160];	/* this node's peer server */
+	char source[160];      /* this node's peer server */
 	struct ha_wait *waits; /* replies waiting for it */
 	struct ha_rep *next;
 	/* the worker's result */
@@ -125,9 +125,8 @@ static void ha_done(struct tc__job *job)
 	} else {
 		tc__durable_ha_set(s->durable, h->id, TC_HA_FAILED, NULL,
 				   h->why);
-		tc__log(TC_LOG_WARN,
-			"%s: ha: no replica on another node: %s", h->id,
-			h->why);
+		tc__log(TC_LOG_WARN, "%s: ha: no replica on another node: %s",
+			h->id, h->why);
 	}
 	waits_run(h->waits);
 	tc__objs_unlease(&s->objs, h->o);
@@ -263,8 +262,8 @@ static void finish_waited(void *arg)
 }
 
 void tc__srv_finish_created(struct conn *c, const struct req *r, int rc,
-			    const char *err, tc__srv_reply_fn *reply,
-			    void *arg, void (*release)(void *arg),
+			    const char *err, tc__srv_reply_fn *reply, void *arg,
+			    void (*release)(void *arg),
 			    const struct persist_req *p, struct tc__obj *o)
 {
 	struct ha_finish now = { c, *r, rc, "", reply, arg, release, o };

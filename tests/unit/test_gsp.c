@@ -265,6 +265,73 @@ static void test_gsp__source(void **state)
 	tc__buf_release(&b);
 }
 
+/* PEERS (policy ha): the request's requester and max, and the source
+ * list of its reply. */
+static void test_gsp__peers(void **state)
+{
+	struct tc__gsp_source
+		s = { 5, "node-b", "10.0.0.2:7471", 0, 0, 1, 2, 3 },
+		src[4];
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	char err[256], req[TC_GSP_MAX_NAME + 1];
+	uint32_t max, n;
+
+	tc__gsp_put_peers_req(&b, "node-a", 8);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_peers_req(&c, req, &max, err, sizeof(err)),
+			 0);
+	assert_string_equal(req, "node-a");
+	assert_int_equal(max, 8);
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_int_equal(tc__gsp_get_peers_req(&c, req, &max, err,
+						       sizeof(err)),
+				 TC_EPROTO);
+	}
+	tc__buf_put_u8(&b, 0); /* a byte after the last field */
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_peers_req(&c, req, &max, err, sizeof(err)),
+			 TC_EPROTO);
+	b.len = 0;
+	tc__gsp_put_peers_req(&b, "node-a", TC_GSP_MAX_SOURCES + 1);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_peers_req(&c, req, &max, err, sizeof(err)),
+			 TC_EINVAL);
+	assert_non_null(strstr(err, "max nodes"));
+	b.len = 0;
+	tc__gsp_put_peers_req(&b, "node a", 1); /* a name reaches logs */
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_peers_req(&c, req, &max, err, sizeof(err)),
+			 TC_EPROTO);
+	assert_non_null(strstr(err, "requester"));
+
+	/* The reply's list: at most what was asked for, nothing after. */
+	b.len = 0;
+	tc__buf_put_u32(&b, 2);
+	tc__gsp_put_source(&b, &s);
+	tc__gsp_put_source(&b, &s);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_sources(&c, src, 4, &n, err, sizeof(err)),
+			 0);
+	assert_int_equal(n, 2);
+	assert_string_equal(src[1].name, "node-b");
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_sources(&c, src, 1, &n, err, sizeof(err)),
+			 TC_ELIMIT);
+	assert_int_equal(n, 0);
+	for (size_t i = 0; i < b.len; i++) {
+		tc__cur_init(&c, b.data, i);
+		assert_true(tc__gsp_get_sources(&c, src, 4, &n, err,
+						sizeof(err)) < 0);
+	}
+	tc__buf_put_u8(&b, 0);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_sources(&c, src, 4, &n, err, sizeof(err)),
+			 TC_EPROTO);
+	tc__buf_release(&b);
+}
+
 static void test_gsp__group_req(void **state)
 {
 	static const int types[] = { TC_GSP_GROUP_CREATE, TC_GSP_GROUP_JOIN,
@@ -455,6 +522,7 @@ int main(void)
 		cmocka_unit_test(test_gsp__artifact),
 		cmocka_unit_test(test_gsp__key),
 		cmocka_unit_test(test_gsp__source),
+		cmocka_unit_test(test_gsp__peers),
 		cmocka_unit_test(test_gsp__group_req),
 		cmocka_unit_test(test_gsp__group),
 	};
