@@ -865,11 +865,6 @@ int tc__cluster_peers(struct tc__cluster *cl, struct tc__gsp_source *src,
 	return worker_call(cl, call_peers, &a, err, errlen);
 }
 
-const char *tc__cluster_node_name(struct tc__cluster *cl)
-{
-	return cl ? cl->node.name : "";
-}
-
 char *tc__cluster_status_json(struct tc__cluster *cl)
 {
 	json_t *j;

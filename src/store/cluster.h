@@ -72,8 +72,6 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
  * a negative code with `err` (TC_ENODAEMON: the store is unreachable). */
 int tc__cluster_peers(struct tc__cluster *cl, struct tc__gsp_source *src,
 		      uint32_t max, uint32_t *nsrc, char *err, size_t errlen);
-/* This node's name in the cluster (set at start, never changed). */
-const char *tc__cluster_node_name(struct tc__cluster *cl);
 
 /* The "cluster" object of the daemon's STATUS (malloc'd JSON text). */
 char *tc__cluster_status_json(struct tc__cluster *cl);

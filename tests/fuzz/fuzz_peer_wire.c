@@ -6,9 +6,10 @@
  * Two readings of each input: (1) a stream of frames, each header checked
  * and each body that fits decoded; (2) the first byte picks a frame type
  * and the rest is its body, so the body decoders (manifest tables, GET
- * ranges, DATA sizes, ERROR codes, HAVE bitmaps) are reached without the fuzzer
- * having to find the magic first.  A decoder must never read past its body,
- * allocate from an unchecked count or leak what it built.
+ * ranges, DATA sizes, ERROR codes, HAVE bitmaps, REPLICATE_REQ ids and
+ * addresses) are reached without the fuzzer having to find the magic
+ * first.  A decoder must never read past its body, allocate from an
+ * unchecked count or leak what it built.
  */
 #include <stddef.h>
 #include <stdint.h>

@@ -58,8 +58,7 @@ static void test_peer_wire__replicate_req(void **state)
 	}
 	/* A byte after the last field. */
 	tc__buf_put_u8(&b, 0);
-	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)),
-			 TC_EPROTO);
+	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)), TC_EPROTO);
 	assert_non_null(strstr(err, "trailing"));
 	tc__peer_msg_release(&m);
 
@@ -124,8 +123,7 @@ static void test_peer_wire__replicated(void **state)
 		tc__peer_msg_release(&m);
 	}
 	tc__buf_put_u8(&b, 0);
-	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)),
-			 TC_EPROTO);
+	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)), TC_EPROTO);
 	tc__peer_msg_release(&m);
 	tc__buf_release(&b);
 }
