@@ -970,8 +970,9 @@ const char *tc__durable_degraded(struct tc__durable *d, const char *id,
 		break;
 	default:
 		snprintf(buf, len,
-			 "ha: no replica on another node (none made since "
-			 "this daemon started)");
+			 "ha: no replica on another node known (none made "
+			 "since this daemon started; a put or import of it "
+			 "makes one)");
 	}
 	return buf;
 }

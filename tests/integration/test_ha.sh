@@ -12,7 +12,8 @@
 #   C's pull fails (its host memory is too small): "node node-c: pull
 #     failed: ...";
 #   C is slow (peer.delay_replicate, 3 s) and A's ha_wait_ms is 1 s: the
-#     reply says pending, inspect later says done on node-c.
+#     reply says pending, inspect later says done on node-c;
+#   A restarts: the state is "none" (not known), a put again makes one.
 set -u
 T=${TCAST:?}
 BUILD=${TC_BUILD:-$(dirname "$T")/..}
@@ -174,6 +175,18 @@ ok wait_for 10 done4
 ok is "$(inspect_ha "$id4" '["ha"]["node"]')" node-c
 ok is "$(inspect_ha "$id4" '["degraded"]')" "[]"
 ok on_b c "$id4"
+
+# 7. A restarts: what became of its replicas is not known any more, and
+# says so; putting the artifact again makes one (C, still slow).
+d a daemon restart >/dev/null
+ok test $? = 0
+ok wait_for 10 live 2
+ok is "$(inspect_ha "$id2" '["ha"]["state"]')" none
+ok has "$(inspect_ha "$id2" '["degraded"][0]')" "ha: no replica on another node known (none made since this daemon started"
+imp a "$dir/f2.safetensors"
+done2() { test "$(inspect_ha "$id2" '["ha"]["state"]')" = done; }
+ok wait_for 10 done2
+ok is "$(inspect_ha "$id2" '["ha"]["node"]')" node-c
 
 echo "test_ha: $pass passed, $fail failed"
 [ "$fail" = 0 ]
