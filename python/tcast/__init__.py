@@ -242,6 +242,8 @@ def _to_bytes_source(name: str, t: Any):
             dst = torch.frombuffer(buf, dtype=torch.uint8).view(src.dtype).view(src.shape)
             dst.copy_(src)
 
+        if src.device.type == "cpu" and src.is_contiguous():
+            write.flat = (src.data_ptr(), nbytes)  # type: ignore[attr-defined]
         return dt, shape, write
     if mod == "numpy" and hasattr(t, "__array_interface__"):
         import numpy as np
@@ -266,6 +268,8 @@ def _to_bytes_source(name: str, t: Any):
             dst = np.frombuffer(buf, np.uint8).view(a.dtype).reshape(a.shape)
             np.copyto(dst, a, casting="no")
 
+        if a.flags.c_contiguous:
+            write.flat = (a.ctypes.data, nbytes)  # type: ignore[attr-defined]
         return dt, shape, write
     raise errors.InvalidArgumentError(
         f"tensor {name!r}: expected a torch.Tensor, a numpy.ndarray or a tcast.RawTensor, "
@@ -356,9 +360,7 @@ def put(
         if gpu is not None:
             copy_seconds = _fill_from_device(s, p, names, tensors, sources, gpu)
         else:
-            for i, (_, _, write) in enumerate(sources):
-                addr = lib.tc_put_data(p, i) or 0
-                write(addr, lib.tc_put_nbytes(p, i))
+            _fill_host(lib, p, sources)
     except BaseException:
         lib.tc_put_abort(p)
         raise
@@ -373,6 +375,49 @@ def put(
         r.device = f"cuda:{gpu}"
         r.copy_seconds = copy_seconds
     return Artifact(_sess, key=key, artifact_id=r.artifact_id, policy=policy, result=r)
+
+
+_COPY_PIECE = 16 << 20
+
+
+def _fill_host(lib, p, sources) -> None:
+    """Copy every tensor into the artifact's shared memory.  A large put
+    copies in pieces on several threads (ctypes.memmove drops the GIL): one
+    thread faulting in fresh memfd pages and copying used a fraction of the
+    cores and memory bandwidth, and the copy is the part of a put that
+    nothing else overlaps (a durable put writes while it hashes, after)."""
+    pieces = []
+    for i, (_, _, write) in enumerate(sources):
+        addr = lib.tc_put_data(p, i) or 0
+        size = lib.tc_put_nbytes(p, i)
+        flat = getattr(write, "flat", None)
+        if flat is None or flat[1] != size or size < 2 * _COPY_PIECE:
+            write(addr, size)  # small, strided or mismatched (it raises)
+            continue
+        for off in range(0, size, _COPY_PIECE):
+            pieces.append((addr + off, flat[0] + off, min(_COPY_PIECE, size - off)))
+    nthreads = min(len(pieces), os.cpu_count() or 1, 8)
+    if nthreads <= 1:
+        for dst, src, n in pieces:
+            ctypes.memmove(dst, src, n)
+        return
+    it = iter(pieces)
+    lock = threading.Lock()
+
+    def run() -> None:
+        while True:
+            with lock:
+                job = next(it, None)
+            if job is None:
+                return
+            ctypes.memmove(*job)
+
+    threads = [threading.Thread(target=run, name=f"tcast-put-copy-{k}", daemon=True) for k in range(nthreads - 1)]
+    for t in threads:
+        t.start()
+    run()
+    for t in threads:
+        t.join()
 
 
 def _cuda_ordinal_of(tensors: Mapping[str, Any]) -> Optional[int]:

@@ -126,3 +126,24 @@ def test_many_tensors(tc, manifest):
     sub = art.tensor_dict(names=["t0000", "t1199"]) if "t0000" in art else None
     if sub is not None:
         assert set(sub) == {"t0000", "t1199"}
+
+
+def test_large_put_copies_in_pieces_on_threads(tc):
+    """Tensors of two pieces or more (tcast._COPY_PIECE) are copied by
+    several threads; every byte lands where it belongs, next to small,
+    strided and torch tensors copied whole, in one artifact."""
+    piece = tcast._COPY_PIECE
+    rng = np.random.default_rng(7)
+    tensors = {
+        "big": rng.integers(0, 256, 3 * piece + 4093, dtype=np.uint8),
+        "two": rng.standard_normal((2 * piece) // 8).astype(np.float64),
+        "small": rng.standard_normal(1000).astype(np.float32),
+        "strided": rng.standard_normal((512, 4096)).astype(np.float32)[:, ::2],
+        "torch": torch.arange(2 * piece // 4 + 7, dtype=torch.int32),
+    }
+    art = tc.put(tensors)
+    back = art.tensor_dict(framework="numpy")
+    for name, t in tensors.items():
+        want = t.numpy() if name == "torch" else np.ascontiguousarray(t)
+        assert back[name].shape == want.shape, name
+        assert sha(back[name]) == sha(want), name

@@ -140,6 +140,9 @@ def run_publisher(args, out: Dict[str, Any], stop: threading.Event) -> bool:
     ok = True
     for n in range(args.num_versions):
         v = args.start_version + n
+        # the last version's arrays go first: at 1 GiB a model, two of them
+        # at once were what pushed nine nodes on one machine out of memory
+        tensors = None
         tensors = payload(v, args.tp_world_size, args.payload_bytes, args.num_tensors)
         t0 = time.time()
         try:
