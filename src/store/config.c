@@ -73,6 +73,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	/* An ha put's reply waits this long for its replica on another
 	 * node: seconds for artifacts of a few GB on a fast network. */
 	c->ha_wait_ms = 30000;
+	c->ha_check_ms = 30000;
 	c->spill_bytes = TC_SPILL_AUTO;
 }
 
@@ -405,6 +406,13 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		}
 		return 0;
 	}
+	if (!strcmp(key, "ha_check_ms")) {
+		if (set_int(val, 0, 86400000, &c->ha_check_ms) < 0) {
+			snprintf(why, whylen, "must be an integer 0..86400000");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
 	if (!strcmp(key, "peer_timeout_ms")) {
 		if (set_int(val, 100, 600000, &c->peer_timeout_ms) < 0) {
 			snprintf(why, whylen, "must be an integer 100..600000");
@@ -535,6 +543,7 @@ char *tc__config_json(const struct tc__store_config *c)
 			    json_string(c->cluster_secret_file));
 	TC__CFG_NUM("peer_timeout_ms", c->peer_timeout_ms);
 	TC__CFG_NUM("ha_wait_ms", c->ha_wait_ms);
+	TC__CFG_NUM("ha_check_ms", c->ha_check_ms);
 #undef TC__CFG_NUM
 	{
 		const char *const k[] = { "global", "node_name", "zone", "rack",

@@ -86,9 +86,11 @@ struct tc__store_config {
 	/* Not configuration: the ha replication hook, or NULL (no peer
 	 * server: no other node can pull from this one). */
 	const struct tc__ha_ops *ha;
-	int ha_wait_ms; /* a put or import with policy ha waits this long for
-			   its replica on another node before it replies
-			   (then "pending"; the replication goes on) */
+	int ha_wait_ms;	 /* a put or import with policy ha waits this long for
+			    its replica on another node before it replies
+			    (then "pending"; the replication goes on) */
+	int ha_check_ms; /* how often the ha replicas are checked against the
+			    global store (lost ones made again); 0 = never */
 	/* Not configuration: the address the peer server bound (peer_listen
 	 * with its port chosen), advertised to the cluster; "" = peer_listen.
 	 */

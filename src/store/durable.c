@@ -990,6 +990,30 @@ void tc__durable_ha_set(struct tc__durable *d, const char *id,
 	a->ha_unix_ms = unix_ms();
 }
 
+char *tc__durable_ha_ids(struct tc__durable *d, size_t *n)
+{
+	struct tc__map_entry *e;
+	size_t b, k = 0;
+	char *ids;
+
+	*n = 0;
+	if (!d || !d->arts.count)
+		return NULL;
+	ids = tc__malloc(d->arts.count * (TC_ID_LEN + 1));
+	if (!ids)
+		return NULL;
+	for (e = tc__map_next(&d->arts, NULL, &b); e;
+	     e = tc__map_next(&d->arts, e, &b)) {
+		const struct tc__dart *a = e->val;
+
+		if (a->policy == TC_POLICY_HA)
+			memcpy(ids + (k++) * (TC_ID_LEN + 1), a->rec.id,
+			       TC_ID_LEN + 1);
+	}
+	*n = k;
+	return ids;
+}
+
 enum tc__ha_state tc__durable_ha_state(struct tc__durable *d, const char *id)
 {
 	struct tc__dart *a = d ? tc__map_get(&d->arts, id) : NULL;

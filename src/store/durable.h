@@ -186,6 +186,9 @@ const char *tc__durable_degraded(struct tc__durable *d, const char *id,
 void tc__durable_ha_set(struct tc__durable *d, const char *id,
 			enum tc__ha_state st, const char *node,
 			const char *why);
+/* The ids of the recorded ha artifacts, TC_ID_LEN + 1 bytes each
+ * (malloc'd; NULL with *n = 0 when none or out of memory). */
+char *tc__durable_ha_ids(struct tc__durable *d, size_t *n);
 /* TC_HA_NONE when id is not recorded. */
 enum tc__ha_state tc__durable_ha_state(struct tc__durable *d, const char *id);
 /* This daemon is in a cluster (ha replicas can be made): changes what a

@@ -194,6 +194,8 @@ struct server {
 	struct tc__cluster *cluster; /* cluster.h; NULL when alone */
 	struct ha_rep *ha_reps;	     /* ha replications in flight
 					(srv_ha.c) */
+	uint64_t ha_check_next;	     /* tc__now_ms() of the next ha check */
+	bool ha_checking;	     /* an ha check runs on a worker */
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */

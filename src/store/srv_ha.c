@@ -15,13 +15,23 @@
  * A put or import that waits for its persistence also waits for this,
  * at most ha_wait_ms: then it replies with "pending" and the
  * replication goes on; inspect shows how it ended.
+ *
+ * Every ha_check_ms the replicas are checked against the global store
+ * (ha_check): the other node's copy is an ordinary cache artifact there,
+ * which it may evict, and that node may leave; after a restart this
+ * daemon knows nothing of the replicas it made.  A replica the store
+ * names is recorded as the one; none named and the artifact in this
+ * node's memory: another is made; none named and the bytes on the disk
+ * only: recorded as failed, saying so, and made once they are in memory.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "cluster.h"
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "common/log.h"
 #include "durable.h"
 #include "proto/gsp.h"
@@ -204,8 +214,159 @@ bool tc__srv_ha_start(struct server *s, struct tc__obj *o, bool wait,
 	return true;
 }
 
+/* ------------------------------------------------ the periodic check */
+
+/* A replica made or failed this recently is left alone: the holder's
+ * report of it reaches the global store with its next batch. */
+#define HA_SETTLE_MS 5000
+#define HA_RETRY_MS  1000 /* the store was unreachable: again after */
+
+struct ha_check {
+	struct tc__job job;
+	struct server *s;
+	char *ids;     /* n ids, TC_ID_LEN + 1 bytes each */
+	char *holders; /* n node names, TC_GSP_MAX_NAME + 1 each; "" none */
+	size_t n;
+	size_t done; /* ids the store answered for */
+	char err[256];
+};
+
+static char *holder_of(struct ha_check *k, size_t i)
+{
+	return k->holders + i * (TC_GSP_MAX_NAME + 1);
+}
+
+static void check_run(struct tc__job *job)
+{
+	struct ha_check *k = (struct ha_check *)job;
+
+	for (; k->done < k->n; k->done++) {
+		const char *id = k->ids + k->done * (TC_ID_LEN + 1);
+		struct tc__gsp_source src[8];
+		char got[TC_ID_LEN + 1];
+		uint64_t gen = 0;
+		uint32_t n = 0;
+		int rc = tc__cluster_resolve(k->s->cluster, id, got, &gen, src,
+					     8, &n, k->err, sizeof(k->err));
+
+		/* The store unreachable: nothing learnt, nothing changed. */
+		if (rc == TC_ENODAEMON)
+			break;
+		if (rc < 0)
+			n = 0; /* it knows no holder */
+		for (uint32_t j = 0; j < n; j++)
+			if (src[j].distance != 0 && src[j].complete &&
+			    src[j].tier != TC_GSP_TIER_DISK &&
+			    src[j].tier != TC_GSP_TIER_SHARED) {
+				snprintf(holder_of(k, k->done),
+					 TC_GSP_MAX_NAME + 1, "%s",
+					 src[j].name);
+				break;
+			}
+	}
+}
+
+static void check_done(struct tc__job *job)
+{
+	struct ha_check *k = (struct ha_check *)job;
+	struct server *s = k->s;
+	uint64_t now = (uint64_t)time(NULL) * 1000;
+
+	s->ha_checking = false;
+	if (k->done < k->n) {
+		/* Not joined yet (just started) or the store is down: look
+		 * again soon rather than a whole period later. */
+		tc__log(TC_LOG_DEBUG, "ha check stopped after %zu of %zu: %s",
+			k->done, k->n, k->err);
+		s->ha_check_next =
+			TC_MIN(s->ha_check_next, tc__now_ms() + HA_RETRY_MS);
+	}
+	for (size_t i = 0; i < k->done && !s->stopping; i++) {
+		const char *id = k->ids + i * (TC_ID_LEN + 1);
+		const char *holder = holder_of(k, i);
+		struct tc__dart *a = tc__durable_find(s->durable, &s->objs, id);
+		struct tc__obj *o;
+		char why[600];
+
+		if (!a || a->ha == TC_HA_PENDING || rep_of(s, id) ||
+		    (a->ha != TC_HA_NONE && now < a->ha_unix_ms + HA_SETTLE_MS))
+			continue;
+		if (holder[0]) {
+			if (a->ha != TC_HA_DONE || strcmp(a->ha_node, holder)) {
+				tc__log(TC_LOG_INFO,
+					"%s: ha replica found on node %s", id,
+					holder);
+				tc__durable_ha_set(s->durable, id, TC_HA_DONE,
+						   holder, NULL);
+			}
+			continue;
+		}
+		if (a->ha == TC_HA_DONE)
+			snprintf(why, sizeof(why),
+				 "the replica on node %s is gone (evicted "
+				 "there, or the node left)",
+				 a->ha_node);
+		else if (a->ha == TC_HA_FAILED)
+			snprintf(why, sizeof(why), "%s", a->ha_why);
+		else
+			snprintf(why, sizeof(why),
+				 "the global store names no other node "
+				 "holding it");
+		o = tc__map_get(&s->objs.by_id, id);
+		if (o && !o->dead && o->shm) {
+			if (a->ha == TC_HA_DONE)
+				tc__log(TC_LOG_WARN,
+					"%s: ha: %s; making another", id, why);
+			/* Not DONE any more, so a new replication starts. */
+			tc__durable_ha_set(s->durable, id, TC_HA_FAILED, NULL,
+					   why);
+			tc__srv_ha_start(s, o, false, NULL, NULL);
+			continue;
+		}
+		if (a->ha == TC_HA_FAILED && strstr(a->ha_why, "made again"))
+			continue;
+		if (a->ha == TC_HA_DONE)
+			tc__log(TC_LOG_WARN, "%s: ha: %s", id, why);
+		snprintf(why + strlen(why), sizeof(why) - strlen(why),
+			 "; made again once its bytes are in this node's "
+			 "memory (its next use)");
+		tc__durable_ha_set(s->durable, id, TC_HA_FAILED, NULL, why);
+	}
+	tc__free(k->ids);
+	tc__free(k->holders);
+	tc__free(k);
+}
+
+static void check_start(struct server *s)
+{
+	struct ha_check *k;
+	size_t n;
+	char *ids = tc__durable_ha_ids(s->durable, &n);
+
+	if (!ids)
+		return;
+	k = tc__calloc(1, sizeof(*k));
+	if (!k || !(k->holders = tc__calloc(n, TC_GSP_MAX_NAME + 1))) {
+		tc__free(k);
+		tc__free(ids);
+		return;
+	}
+	k->s = s;
+	k->ids = ids;
+	k->n = n;
+	k->job.run = check_run;
+	k->job.done = check_done;
+	s->ha_checking = true;
+	tc__jobs_submit(s->io_jobs, &k->job);
+}
+
 void tc__srv_ha_tick(struct server *s, uint64_t now_ms)
 {
+	if (s->cluster && s->cfg->ha && s->cfg->ha_check_ms > 0 &&
+	    !s->ha_checking && now_ms >= s->ha_check_next) {
+		s->ha_check_next = now_ms + (uint64_t)s->cfg->ha_check_ms;
+		check_start(s);
+	}
 	for (struct ha_rep *h = s->ha_reps; h; h = h->next) {
 		struct ha_wait **p = &h->waits, *late = NULL;
 

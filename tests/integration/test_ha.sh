@@ -13,7 +13,9 @@
 #     failed: ...";
 #   C is slow (peer.delay_replicate, 3 s) and A's ha_wait_ms is 1 s: the
 #     reply says pending, inspect later says done on node-c;
-#   A restarts: the state is "none" (not known), a put again makes one.
+#   A restarts with ha_check_ms=1000: its check finds the replica C holds
+#     and names the one whose holder left as failed; a put again makes one;
+#   C loses a replica (rm): A's check makes another.
 set -u
 T=${TCAST:?}
 BUILD=${TC_BUILD:-$(dirname "$T")/..}
@@ -176,17 +178,36 @@ ok is "$(inspect_ha "$id4" '["ha"]["node"]')" node-c
 ok is "$(inspect_ha "$id4" '["degraded"]')" "[]"
 ok on_b c "$id4"
 
-# 7. A restarts: what became of its replicas is not known any more, and
-# says so; putting the artifact again makes one (C, still slow).
-d a daemon restart >/dev/null
+# 7. A restarts (checking every second from now): it knows nothing of its
+# replicas until its first check asks the global store.  id4, which C
+# holds, is found there; id2 (its holder B is gone) is failed, saying a
+# replica is made once its bytes are in memory again; putting it again
+# makes one (C, still slow).
+d a daemon stop >/dev/null
+daemon a 0 "shared_disk=$dir/shared" "ha_wait_ms=1000" "ha_check_ms=1000"
 ok test $? = 0
 ok wait_for 10 live 2
-ok is "$(inspect_ha "$id2" '["ha"]["state"]')" none
-ok has "$(inspect_ha "$id2" '["degraded"][0]')" "ha: no replica on another node known (none made since this daemon started"
+ok wait_for 10 done4
+ok is "$(inspect_ha "$id4" '["ha"]["node"]')" node-c
+failed2() { test "$(inspect_ha "$id2" '["ha"]["state"]')" = failed; }
+ok wait_for 10 failed2
+ok has "$(inspect_ha "$id2" '["ha"]["error"]')" "the global store names no other node holding it"
+ok has "$(inspect_ha "$id2" '["degraded"][0]')" "made again once its bytes are in this node's memory"
+ok grep -q "$id4: ha replica found on node node-c" "$dir/a/tcastd.log"
 imp a "$dir/f2.safetensors"
 done2() { test "$(inspect_ha "$id2" '["ha"]["state"]')" = done; }
 ok wait_for 10 done2
 ok is "$(inspect_ha "$id2" '["ha"]["node"]')" node-c
+
+# 8. The replica is lost (C evicts it; here: rm): A's check notices and
+# makes another while A holds the bytes.
+ok on_b c "$id2"
+d c rm "$id2" >/dev/null
+gone2() { ! on_b c "$id2"; }
+ok gone2
+ok wait_for 30 on_b c "$id2"
+ok wait_for 10 done2
+ok grep -q "$id2: ha: the replica on node node-c is gone" "$dir/a/tcastd.log"
 
 echo "test_ha: $pass passed, $fail failed"
 [ "$fail" = 0 ]
