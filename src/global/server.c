@@ -772,11 +772,13 @@ static int on_key_set(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 		return ret;
 	if (tc__cur_read_u32(cur, &flags) < 0 ||
 	    tc__cur_read_u64(cur, &expect) < 0 ||
-	    (flags & ~(TC_GSP_KF_EXPECT | TC_GSP_KF_PREV)) ||
-	    (flags & TC_GSP_KF_EXPECT && flags & TC_GSP_KF_PREV)) {
+	    (flags & ~(TC_GSP_KF_EXPECT | TC_GSP_KF_PREV | TC_GSP_KF_AT)) ||
+	    (flags & TC_GSP_KF_EXPECT && flags & TC_GSP_KF_PREV) ||
+	    (flags & TC_GSP_KF_AT &&
+	     flags & (TC_GSP_KF_EXPECT | TC_GSP_KF_PREV))) {
 		snprintf(err, errlen,
-			 "key flags: truncated, unknown or both "
-			 "EXPECT and PREV");
+			 "key flags: truncated, unknown, or AT, EXPECT and "
+			 "PREV combined");
 		return TC_EPROTO;
 	}
 	if ((flags & TC_GSP_KF_PREV) &&
@@ -832,6 +834,11 @@ static int on_key_set(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 		}
 	}
 	gen = k->gen + 1;
+	/* A key new here that a daemon made on its own keeps the daemon's
+	 * generation (KF_AT): one number per version on both sides. */
+	if (gen == 1 && (flags & TC_GSP_KF_AT) && expect > 1 &&
+	    expect < (uint64_t)1 << 62)
+		gen = expect;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ret = gs->ops->key_put(gs->be, key, id, gen,
 			       (int64_t)ts.tv_sec * 1000 +

@@ -62,6 +62,11 @@ enum tc_gsp_tier {
 	0x2u /* move only if the key names `prev` (a str after        \
 		expect_gen): how a daemon forwards its own CAS, whose \
 		generations are local */
+/* Neither EXPECT nor PREV: a plain set (create, or confirm the same id)
+ * whose new key starts at expect_gen rather than 1.  A daemon publishes
+ * a key it made while alone or while the store was down this way, so the
+ * cluster's generation and its own agree (docs/cluster.md). */
+#define TC_GSP_KF_AT 0x4u
 
 enum tc_gsp_type {
 #define GSP(name, id) TC_GSP_##name = (id),

@@ -56,6 +56,7 @@ struct cop {
 	uint32_t device;
 	char key[TC_GSP_MAX_KEY + 1];
 	char prev[TC_GSP_MAX_ID + 1];
+	uint64_t gen; /* OP_KEY: the daemon's generation (KF_AT) */
 	struct cop *next;
 };
 
@@ -71,6 +72,7 @@ struct tc__cluster {
 	uint32_t uploads;
 	/* figures */
 	uint64_t registers, failures, key_conflicts, sent_ops;
+	uint64_t key_cas, key_cas_lost, key_cas_down; /* tc__cluster_key_cas */
 	char last_err[256];
 	bool connected;
 	uint64_t node_id;
@@ -290,7 +292,7 @@ static bool flush_stale(struct tc__cluster *cl)
 }
 
 void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
-			 const char *id, const char *prev)
+			 const char *id, const char *prev, uint64_t gen)
 {
 	struct cop *op;
 
@@ -303,6 +305,7 @@ void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
 	snprintf(op->key, sizeof(op->key), "%s", key);
 	snprintf(op->id, sizeof(op->id), "%s", id);
 	snprintf(op->prev, sizeof(op->prev), "%s", prev ? prev : "");
+	op->gen = gen;
 	pthread_mutex_lock(&cl->mu);
 	op_queue(cl, op);
 	pthread_mutex_unlock(&cl->mu);
@@ -427,6 +430,19 @@ static int join(struct tc__cluster *cl)
 	return 0;
 }
 
+/* A queued key change (io held).  A new key goes as a plain set that
+ * keeps the daemon's generation if the global store has none (KF_AT); a
+ * move as "from the id it named" (PREV). */
+static int send_key_op(struct tc__cluster *cl, const struct cop *op,
+		       uint64_t *gen)
+{
+	if (op->prev[0])
+		return tc__gsc_key_set(&cl->g, op->key, op->id, TC_GSP_KF_PREV,
+				       0, op->prev, gen);
+	return tc__gsc_key_set(&cl->g, op->key, op->id, TC_GSP_KF_AT, op->gen,
+			       NULL, gen);
+}
+
 /* Send one queued change.  Returns 1 when something was sent, 0 when
  * nothing was queued, < 0 on a connection failure (the change stays
  * queued). */
@@ -490,9 +506,7 @@ static int drain_one(struct tc__cluster *cl)
 	} else if (op->kind == OP_DEL) {
 		ret = tc__gsc_replica_del(&cl->g, op->id, op->tier, op->device);
 	} else {
-		ret = tc__gsc_key_set(&cl->g, op->key, op->id,
-				      op->prev[0] ? TC_GSP_KF_PREV : 0, 0,
-				      op->prev, &gen);
+		ret = send_key_op(cl, op, &gen);
 	}
 	pthread_mutex_unlock(&cl->io);
 	if (ret == TC_ECLOSED || ret == -ETIMEDOUT || cl->g.fd < 0) {
@@ -879,7 +893,7 @@ char *tc__cluster_status_json(struct tc__cluster *cl)
 		unsent += !c->sent;
 	}
 	j = json_pack("{s:s, s:s, s:b, s:I, s:I, s:s, s:s, s:s, s:s, s:I, "
-		      "s:I, s:I, s:I, s:I, s:I, s:s}",
+		      "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
 		      "global", cl->global, "node", cl->node.name, "connected",
 		      cl->connected, "node_id", (json_int_t)cl->node_id,
 		      "epoch", (json_int_t)(cl->node.epoch >> 1), "peer_addr",
@@ -888,10 +902,134 @@ char *tc__cluster_status_json(struct tc__cluster *cl)
 		      (json_int_t)n, "replicas_unsent", (json_int_t)unsent,
 		      "registers", (json_int_t)cl->registers, "failures",
 		      (json_int_t)cl->failures, "key_conflicts",
-		      (json_int_t)cl->key_conflicts, "sent",
+		      (json_int_t)cl->key_conflicts, "key_cas",
+		      (json_int_t)cl->key_cas, "key_cas_lost",
+		      (json_int_t)cl->key_cas_lost, "key_cas_unreachable",
+		      (json_int_t)cl->key_cas_down, "sent",
 		      (json_int_t)cl->sent_ops, "last_error", cl->last_err);
 	pthread_mutex_unlock(&cl->mu);
 	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);
 	return s;
+}
+
+bool tc__cluster_connected(struct tc__cluster *cl)
+{
+	bool up;
+
+	if (!cl)
+		return false;
+	pthread_mutex_lock(&cl->mu);
+	up = cl->connected;
+	pthread_mutex_unlock(&cl->mu);
+	return up;
+}
+
+/* The connection broke under a call: the cluster thread reconnects. */
+static void lost(struct tc__cluster *cl)
+{
+	pthread_mutex_lock(&cl->mu);
+	cl->connected = false;
+	pthread_cond_signal(&cl->cv);
+	pthread_mutex_unlock(&cl->mu);
+}
+
+int tc__cluster_key_cas(struct tc__cluster *cl, const char *key, const char *id,
+			bool expect, uint64_t expect_gen, uint64_t *gen,
+			char *err, size_t errlen)
+{
+	struct cop *op, **pp, *mine = NULL, **mt = &mine;
+	uint64_t g;
+	int ret = 0;
+
+	*gen = 0;
+	if (!cl) {
+		snprintf(err, errlen, "this daemon is not in a cluster");
+		return TC_ENOTSUP;
+	}
+	pthread_mutex_lock(&cl->mu);
+	if (!cl->connected) {
+		cl->key_cas_down++;
+		pthread_mutex_unlock(&cl->mu);
+		snprintf(err, errlen,
+			 "the global store at %s is unreachable: key '%s' "
+			 "cannot be checked cluster-wide, so nothing was "
+			 "changed (retry when it is back)",
+			 cl->global, key);
+		return TC_ENODAEMON;
+	}
+	/* Changes of this key still queued (made while the store was down)
+	 * go first, in order, so the compare sees what this daemon already
+	 * acknowledged. */
+	for (pp = &cl->ops; *pp;) {
+		op = *pp;
+		if (op->kind == OP_KEY && !strcmp(op->key, key)) {
+			*pp = op->next;
+			*mt = op;
+			mt = &op->next;
+			*mt = NULL;
+		} else {
+			pp = &op->next;
+		}
+	}
+	cl->ops_tail = pp;
+	cl->key_cas++;
+	pthread_mutex_unlock(&cl->mu);
+
+	pthread_mutex_lock(&cl->io);
+	while (mine && ret >= 0) {
+		op = mine;
+		ret = send_key_op(cl, op, &g);
+		if (ret == TC_ECLOSED || ret == -ETIMEDOUT || cl->g.fd < 0)
+			break;
+		if (ret < 0)
+			tc__log(TC_LOG_WARN, "global store refused a key: %s",
+				cl->g.err);
+		ret = 0;
+		mine = op->next;
+		tc__free(op);
+	}
+	if (ret >= 0)
+		ret = tc__gsc_key_set(&cl->g, key, id,
+				      expect ? TC_GSP_KF_EXPECT : 0, expect_gen,
+				      NULL, gen);
+	if (ret < 0)
+		snprintf(err, errlen, "%s", cl->g.err);
+	pthread_mutex_unlock(&cl->io);
+	if (mine) {
+		/* not sent: back to the head of the queue */
+		pthread_mutex_lock(&cl->mu);
+		for (op = mine; op->next; op = op->next)
+			;
+		op->next = cl->ops;
+		if (!cl->ops)
+			cl->ops_tail = &op->next;
+		cl->ops = mine;
+		cl->dirty = true;
+		pthread_mutex_unlock(&cl->mu);
+	}
+	if (ret == TC_ECLOSED || ret == -ETIMEDOUT || cl->g.fd < 0) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", err);
+		lost(cl);
+		pthread_mutex_lock(&cl->mu);
+		cl->key_cas_down++;
+		pthread_mutex_unlock(&cl->mu);
+		/* The request may have reached the store before the link
+		 * broke: say so rather than guess. */
+		snprintf(err, errlen,
+			 "lost the global store at %s while setting key '%s' "
+			 "(%s): the change may or may not have happened "
+			 "cluster-wide, and nothing was changed here (resolve "
+			 "the key to see)",
+			 cl->global, key, why);
+		return TC_ENODAEMON;
+	}
+	if (ret == TC_ECONFLICT) {
+		pthread_mutex_lock(&cl->mu);
+		cl->key_cas_lost++;
+		pthread_mutex_unlock(&cl->mu);
+	}
+	return ret;
 }

@@ -52,8 +52,10 @@ void tc__cluster_filling(struct tc__cluster *cl, const char *id,
 void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
 			      const uint64_t *chunks, uint32_t n);
 #define TC_CLUSTER_HAVE_MS 250
+/* `gen`: the key's generation here (a new key keeps it at the global
+ * store, TC_GSP_KF_AT). */
 void tc__cluster_key_set(struct tc__cluster *cl, const char *key,
-			 const char *id, const char *prev);
+			 const char *id, const char *prev, uint64_t gen);
 /* The peer server's bound address (port 0 resolved), once known. */
 void tc__cluster_set_peer_addr(struct tc__cluster *cl, const char *addr);
 /* Uploads in flight, for the next heartbeat. */
@@ -72,6 +74,21 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
  * a negative code with `err` (TC_ENODAEMON: the store is unreachable). */
 int tc__cluster_peers(struct tc__cluster *cl, struct tc__gsp_source *src,
 		      uint32_t max, uint32_t *nsrc, char *err, size_t errlen);
+/* Whether the node is registered with the global store right now. */
+bool tc__cluster_connected(struct tc__cluster *cl);
+/* KEY_SET at the global store, decided there before the daemon
+ * acknowledges anything (blocking, bounded by 2 s per call; call it off
+ * the loop thread): with `expect`, a compare-and-swap of the cluster's
+ * generation `expect_gen` (0: create only if absent); without, create
+ * the key or confirm it names `id`.  Queued changes of the same key go
+ * first.  *gen gets the cluster's generation after it.  Returns 0,
+ * TC_ECONFLICT (the store's message names the key and generations),
+ * TC_ENODAEMON when the store is unreachable or the link broke during
+ * the call (err says the change may or may not have happened), or
+ * another store code, with `err`. */
+int tc__cluster_key_cas(struct tc__cluster *cl, const char *key, const char *id,
+			bool expect, uint64_t expect_gen, uint64_t *gen,
+			char *err, size_t errlen);
 
 /* The "cluster" object of the daemon's STATUS (malloc'd JSON text). */
 char *tc__cluster_status_json(struct tc__cluster *cl);

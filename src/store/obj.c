@@ -557,15 +557,13 @@ static int gen_conflict(const struct tc__key *k, const char *key,
 		 (unsigned long long)expect_gen, to, tail);
 	return TC_ECONFLICT;
 }
-int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
-		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
-		     size_t errlen)
+int tc__objs_key_target(struct tc__objs *s, const char *key, const char *id,
+			char *full, char *err, size_t errlen)
 {
-	struct tc__key *k;
 	struct tc__obj *o;
 	int rc = key_name_ok(key, err, errlen);
 
-	*gen = 0;
+	full[0] = '\0';
 	if (rc < 0)
 		return rc;
 	o = tc__map_get(&s->by_id, id);
@@ -573,11 +571,59 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		o = objs_by_prefix(s, id, err, errlen, &rc);
 		if (!o)
 			return rc;
-		id = o->id;
 	} else if (!o || o->dead) {
 		snprintf(err, errlen, "no artifact '%s'", id);
 		return TC_ENOTFOUND;
 	}
+	snprintf(full, TC_ID_LEN + 1, "%s", o->id);
+	return 0;
+}
+
+bool tc__objs_key_exists(struct tc__objs *s, const char *key)
+{
+	return tc__map_get(&s->keys, key) != NULL;
+}
+
+int tc__objs_key_adopt(struct tc__objs *s, const char *key, const char *id,
+		       uint64_t gen)
+{
+	struct tc__key *k = tc__map_get(&s->keys, key);
+
+	if (!k) {
+		k = tc__calloc(1, sizeof(*k));
+		if (!k)
+			return -ENOMEM;
+		k->name = tc__strdup(key);
+		if (!k->name || tc__map_put(&s->keys, k->name, k) < 0) {
+			tc__free(k->name);
+			tc__free(k);
+			return -ENOMEM;
+		}
+	} else if (k->gen == gen && !strcmp(k->id, id)) {
+		return 0; /* already recorded */
+	}
+	/* The cluster's generation, even where it skips numbers (other
+	 * nodes moved the key meanwhile): one number per version, the same
+	 * on every node that asks the global store. */
+	k->gen = gen;
+	if (strcmp(k->id, id))
+		key_retarget(s, k, id);
+	key_record(k, id);
+	return 0;
+}
+
+int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
+		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
+		     size_t errlen)
+{
+	struct tc__key *k;
+	char full[TC_ID_LEN + 1];
+	int rc = tc__objs_key_target(s, key, id, full, err, errlen);
+
+	*gen = 0;
+	if (rc < 0)
+		return rc;
+	id = full;
 	k = tc__map_get(&s->keys, key);
 	if (!k) {
 		if (expect && expect_gen != 0) {
@@ -601,7 +647,7 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		key_record(k, id);
 		*gen = k->gen;
 		if (s->hooks.key_moved)
-			s->hooks.key_moved(s->hooks.arg, key, id, "");
+			s->hooks.key_moved(s->hooks.arg, key, id, "", k->gen);
 		return 0;
 	}
 	if (!expect) {
@@ -630,7 +676,7 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		key_retarget(s, k, id);
 		key_record(k, id);
 		if (s->hooks.key_moved)
-			s->hooks.key_moved(s->hooks.arg, key, id, prev);
+			s->hooks.key_moved(s->hooks.arg, key, id, prev, k->gen);
 	}
 	*gen = k->gen;
 	return 0;

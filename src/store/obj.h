@@ -141,9 +141,11 @@ struct tc__objs_hooks {
 	void (*added)(void *arg, const struct tc__obj *o);
 	/* `o` lost its host replica (rm, eviction, removal) */
 	void (*removed)(void *arg, const struct tc__obj *o);
-	/* `key` names `id` now; `prev` is what it named ("" when new) */
+	/* `key` names `id` now, at generation `gen`; `prev` is what it
+	 * named ("" when new).  Not called for tc__objs_key_adopt: the
+	 * global store decided that move itself. */
 	void (*key_moved)(void *arg, const char *key, const char *id,
-			  const char *prev);
+			  const char *prev, uint64_t gen);
 	/* a put fills `id` (a partial replica, chunks as filling_have
 	 * names them); up=false: it ended without becoming a replica */
 	void (*filling)(void *arg, const char *id, const struct tc__table *t,
@@ -225,6 +227,22 @@ int tc__objs_rm(struct tc__objs *s, const char *ref, char *err, size_t errlen);
 int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 		     bool expect, uint64_t expect_gen, uint64_t *gen, char *err,
 		     size_t errlen);
+
+/* The checks of tc__objs_key_set that come before any generation: the
+ * key's name, and that `id` (a full id or a unique prefix) names a live
+ * artifact, whose full id goes to full[TC_ID_LEN + 1].  Returns 0,
+ * TC_EINVAL or TC_ENOTFOUND with err set. */
+int tc__objs_key_target(struct tc__objs *s, const char *key, const char *id,
+			char *full, char *err, size_t errlen);
+bool tc__objs_key_exists(struct tc__objs *s, const char *key);
+/* Record a key change the global store decided (a daemon in a cluster,
+ * docs/cluster.md "Keys across the cluster"): `key` names `id` at the
+ * cluster's generation `gen`, with no local compare and no key_moved
+ * hook (the global store has it already).  The artifact may be gone by
+ * now (removed meanwhile): the key then names it dangling, as after an
+ * eviction.  Returns 0 or -ENOMEM. */
+int tc__objs_key_adopt(struct tc__objs *s, const char *key, const char *id,
+		       uint64_t gen);
 
 /* Recreate a key from the daemon's metadata at start (versions oldest
  * first, the last one current).  Returns 0 or -ENOMEM. */

@@ -34,9 +34,9 @@ static void hook_removed(void *arg, const struct tc__obj *o)
 }
 
 static void hook_key(void *arg, const char *key, const char *id,
-		     const char *prev)
+		     const char *prev, uint64_t gen)
 {
-	tc__cluster_key_set(arg, key, id, prev);
+	tc__cluster_key_set(arg, key, id, prev, gen);
 }
 
 static void hook_filling(void *arg, const char *id, const struct tc__table *t,
@@ -78,7 +78,8 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 			struct tc__key *k = e->val;
 
 			if (k->id[0])
-				hook_key(s->cluster, k->name, k->id, "");
+				hook_key(s->cluster, k->name, k->id, "",
+					 k->gen);
 		}
 	}
 	tc__log(TC_LOG_INFO, "joining the cluster at %s", s->cfg->global);

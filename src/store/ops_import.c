@@ -70,6 +70,8 @@ struct import_job {
 	int io_engine;
 	bool gpu_copying;	    /* counted in tc__gpu_tier_copy_begin */
 	struct persist_req persist; /* the policy's shared-disk part */
+	struct server *s;
+	struct key_gate gate; /* the key, decided by the global store */
 	int rc;
 	char err[512];
 	/* Once inserted, for the reply (which may wait for an ha replica):
@@ -235,9 +237,22 @@ static void import_run_gpu(struct import_job *j, uint64_t n)
 	p->written = true;
 }
 
+static void import_work(struct import_job *j);
+
 static void import_run(struct tc__job *job)
 {
 	struct import_job *j = (struct import_job *)job;
+
+	import_work(j);
+	/* Loaded and hashed: the id is known, so the global store can
+	 * decide the key now (a daemon in a cluster). */
+	if (j->phase == 2 && j->rc == 0)
+		tc__srv_key_gate_run(j->s, &j->gate, j->key, j->o->id, j->flags,
+				     j->expect_gen);
+}
+
+static void import_work(struct import_job *j)
+{
 	uint64_t n;
 
 	if (j->phase == 1) {
@@ -336,8 +351,8 @@ static int import_reply(struct conn *c, const struct req *r, void *arg)
 	uint64_t gen;
 	int rc;
 
-	rc = tc__srv_publish_key(c, j->done_o, j->key, j->flags, j->expect_gen,
-				 &gen);
+	rc = tc__srv_publish_key(c, j->done_o->id, j->key, j->flags,
+				 j->expect_gen, &j->gate, &gen);
 	if (rc < 0) {
 		/* The key moved while we loaded: what this import added
 		 * goes again, so the failure leaves nothing. */
@@ -601,9 +616,14 @@ int on_import(struct conn *c, struct req *r)
 	/* A key the import could never publish under (a bad name, a CAS
 	 * generation that does not match) fails now: before anything is
 	 * read, reserved or evicted.  publish_key checks again at the end. */
-	rc = tc__objs_key_precheck(&c->srv->objs, j->key,
-				   j->flags & TC_RF_EXPECT, j->expect_gen,
-				   c->err, sizeof(c->err));
+	/* In a cluster the generation is the global store's: it decides
+	 * the compare-and-swap once the id is known (struct key_gate). */
+	rc = tc__srv_key_gate_init(c, &j->gate, j->key, j->flags);
+	if (rc == 0)
+		rc = tc__objs_key_precheck(
+			&c->srv->objs, j->key,
+			(j->flags & TC_RF_EXPECT) && !j->gate.on, j->expect_gen,
+			c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	/* Only a regular file, or for a folder the socket its shards come
@@ -626,6 +646,7 @@ int on_import(struct conn *c, struct req *r)
 	j->fd = r->fds[0];
 	r->fds[0] = -1;
 	j->c = c;
+	j->s = c->srv;
 	j->r = *r;
 	j->phase = 1;
 	j->io_threads = c->srv->cfg->io_threads;

@@ -31,17 +31,6 @@
 
 /* ------------------------------------------------- publish and reply */
 
-/* Publish `o` under `key` after insert; fills c->err on failure. */
-int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
-			uint32_t flags, uint64_t expect_gen, uint64_t *gen)
-{
-	*gen = 0;
-	if (!key[0])
-		return 0;
-	return tc__objs_key_set(&c->srv->objs, key, o->id, flags & TC_RF_EXPECT,
-				expect_gen, gen, c->err, sizeof(c->err));
-}
-
 /* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen,
  * persistence, degraded. */
 void tc__srv_reply_created(struct conn *c, const struct req *r,
@@ -272,9 +261,14 @@ int on_create(struct conn *c, struct req *r)
 					     ttl_ms);
 	if (rc < 0)
 		goto out_free;
-	rc = tc__objs_key_precheck(&c->srv->objs, p->key,
-				   p->flags & TC_RF_EXPECT, p->expect_gen,
-				   c->err, sizeof(c->err));
+	/* In a cluster the generation is the global store's: it decides
+	 * the compare-and-swap at SEAL (struct key_gate). */
+	rc = tc__srv_key_gate_init(c, NULL, p->key, p->flags);
+	if (rc == 0)
+		rc = tc__objs_key_precheck(
+			&c->srv->objs, p->key,
+			(p->flags & TC_RF_EXPECT) && !c->srv->cluster,
+			p->expect_gen, c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	rc = tc__table_layout(&p->o->table);
@@ -398,6 +392,8 @@ struct seal_job {
 	int rc;
 	struct tc__obj *o; /* once inserted: p->o, or the copy held already */
 	uint64_t ns;
+	struct server *s;
+	struct key_gate gate; /* the key, decided by the global store */
 };
 
 static void seal_run(struct tc__job *job)
@@ -413,6 +409,9 @@ static void seal_run(struct tc__job *job)
 	}
 	j->rc = tc__srv_persist_hash(&j->p->persist, o, j->io_threads,
 				     j->chunks, j->nchunks);
+	if (j->rc == 0)
+		tc__srv_key_gate_run(j->s, &j->gate, j->p->key, o->id,
+				     j->p->flags, j->p->expect_gen);
 }
 
 static int seal_reply(struct conn *c, const struct req *r, void *arg)
@@ -423,8 +422,8 @@ static int seal_reply(struct conn *c, const struct req *r, void *arg)
 	uint64_t gen;
 	int rc;
 
-	rc = tc__srv_publish_key(c, j->o, p->key, p->flags, p->expect_gen,
-				 &gen);
+	rc = tc__srv_publish_key(c, j->o->id, p->key, p->flags, p->expect_gen,
+				 &j->gate, &gen);
 	if (rc == 0) {
 		tc__durable_key_changed(c->srv->durable, &c->srv->objs, p->key);
 		tc__srv_reply_created(c, r, j->o, j->ns, dedup, gen,
@@ -492,7 +491,17 @@ int on_seal(struct conn *c, struct req *r)
 	p = pending_of_req(c, r, &rc);
 	if (!p)
 		return rc;
-	rc = tc__shm_seal(p->o->shm);
+	/* A compare-and-swap the global store cannot check now fails
+	 * before the seal, so the client may seal again later. */
+	rc = tc__srv_key_gate_init(c, NULL, p->key, p->flags);
+	if (rc == 0)
+		rc = tc__shm_seal(p->o->shm);
+	if (rc == TC_ENODAEMON) {
+		p->next = c->pending;
+		c->pending = p;
+		c->npending++;
+		return rc;
+	}
 	if (rc < 0) {
 		snprintf(c->err, sizeof(c->err),
 			 rc == TC_EBUSY ?
@@ -514,7 +523,9 @@ int on_seal(struct conn *c, struct req *r)
 	j->c = c;
 	j->r = *r;
 	j->p = p;
+	j->s = c->srv;
 	j->io_threads = c->srv->cfg->io_threads;
+	tc__srv_key_gate_init(c, &j->gate, p->key, p->flags); /* ok above */
 	j->job.run = seal_run;
 	j->job.done = seal_done;
 	tc__srv_defer(c);

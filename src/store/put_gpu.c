@@ -90,6 +90,8 @@ struct gput_job {
 	uint32_t flags;
 	uint64_t expect_gen;
 	struct persist_req persist;
+	struct server *s;
+	struct key_gate gate; /* SEAL_GPU's key, decided by the global store */
 	int rc;
 	char err[512];
 };
@@ -130,6 +132,9 @@ static void gput_run(struct tc__job *job)
 	if (j->rc == 0)
 		j->rc = tc__obj_finish(o, chunks, nchunks);
 	tc__free(chunks);
+	if (j->rc == 0)
+		tc__srv_key_gate_run(j->s, &j->gate, p->key, o->id, p->flags,
+				     p->expect_gen);
 	j->seconds = (double)(tc__now_ns() - t0) / 1e9;
 }
 
@@ -185,8 +190,8 @@ static int gput_reply(struct conn *c, const struct req *r, void *arg)
 	int rc;
 
 	if (j->phase == 3) {
-		rc = tc__srv_publish_key(c, j->o, j->key, j->flags,
-					 j->expect_gen, &gen);
+		rc = tc__srv_publish_key(c, j->o->id, j->key, j->flags,
+					 j->expect_gen, &j->gate, &gen);
 		if (rc < 0) {
 			if (!j->dedup)
 				tc__objs_discard_new(&c->srv->objs, j->o);
@@ -267,7 +272,16 @@ static int gput_submit(struct conn *c, struct req *r, struct gpu_put *p,
 	j->r = *r;
 	j->p = p;
 	j->phase = phase;
+	j->s = c->srv;
 	j->nthreads = c->srv->cfg->io_threads;
+	if (phase == 3) {
+		int rc = tc__srv_key_gate_init(c, &j->gate, p->key, p->flags);
+
+		if (rc < 0) {
+			tc__free(j);
+			return rc;
+		}
+	}
 	j->job.run = gput_run;
 	j->job.done = gput_done;
 	if (phase == 3) {
@@ -329,9 +343,14 @@ int on_create_gpu(struct conn *c, struct req *r)
 					     p->flags | TC_RF_GPU, ttl_ms);
 	if (rc < 0)
 		goto out_free;
-	rc = tc__objs_key_precheck(&c->srv->objs, p->key,
-				   p->flags & TC_RF_EXPECT, p->expect_gen,
-				   c->err, sizeof(c->err));
+	/* In a cluster the generation is the global store's: it decides
+	 * the compare-and-swap at SEAL (struct key_gate). */
+	rc = tc__srv_key_gate_init(c, NULL, p->key, p->flags);
+	if (rc == 0)
+		rc = tc__objs_key_precheck(
+			&c->srv->objs, p->key,
+			(p->flags & TC_RF_EXPECT) && !c->srv->cluster,
+			p->expect_gen, c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
 	rc = tc__table_layout(&p->o->table);

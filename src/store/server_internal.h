@@ -92,6 +92,23 @@ struct persist_req {
 };
 
 /* A put between CREATE and SEAL: the artifact is not visible yet. */
+/*
+ * A key publish that the global store decides before the daemon
+ * acknowledges it (ops_keys.c; docs/cluster.md "Keys across the
+ * cluster").  In a cluster, a compare-and-swap (TC_RF_EXPECT) and the
+ * creation of a key this daemon does not have are KEY_SETs at the global
+ * store first, on an I/O worker (the loop never waits on the network);
+ * the local table then takes the store's answer and its generation.
+ * `on` is set on the loop (tc__srv_key_gate_init), the rest by the
+ * worker (tc__srv_key_gate_run) and read back on the loop after the job.
+ */
+struct key_gate {
+	bool on;       /* the global store decides this publish */
+	int rc;	       /* its answer: 0 or a code */
+	uint64_t gen;  /* the cluster's generation after it */
+	char err[512]; /* why, when rc < 0 */
+};
+
 struct pending {
 	uint64_t handle;
 	struct tc__obj *o; /* owned until inserted */
@@ -305,10 +322,25 @@ void tc__srv_spare_refill(struct server *s);
 /* Give the spare's memory and charge back; a spare still being allocated
  * gives its charge back now and its memory when its job is done. */
 void tc__srv_spare_drop(struct server *s);
-/* Publish `o` under `key` (none when empty) after insert; fills c->err on
- * failure. */
-int tc__srv_publish_key(struct conn *c, struct tc__obj *o, const char *key,
-			uint32_t flags, uint64_t expect_gen, uint64_t *gen);
+/* Publish artifact `id` under `key` (none when empty) after insert: the
+ * local compare-and-swap, or, when `g` says the global store decided
+ * (struct key_gate), its decision.  Fills c->err on failure. */
+int tc__srv_publish_key(struct conn *c, const char *id, const char *key,
+			uint32_t flags, uint64_t expect_gen,
+			const struct key_gate *g, uint64_t *gen);
+/* Whether the global store must decide a publish of `key` with `flags`
+ * (a daemon in a cluster: a compare-and-swap, or a key new here).  Sets
+ * g->on; a compare-and-swap while the store is unreachable is refused
+ * (TC_ENODAEMON with c->err): it cannot be checked cluster-wide.  A plain
+ * set then goes on locally and is published later, as a daemon alone.
+ * NULL g: only the answer (for a precheck).  Returns 0 or TC_ENODAEMON. */
+int tc__srv_key_gate_init(struct conn *c, struct key_gate *g, const char *key,
+			  uint32_t flags);
+/* The global store's decision on `key` -> `id` (an I/O worker; blocks up
+ * to 2 s).  An unreachable store turns a plain set back to local (g->on
+ * false). */
+void tc__srv_key_gate_run(struct server *s, struct key_gate *g, const char *key,
+			  const char *id, uint32_t flags, uint64_t expect_gen);
 /* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen,
  * then the persistence and what the policy could not do (p may be NULL). */
 void tc__srv_reply_created(struct conn *c, const struct req *r,

@@ -108,6 +108,46 @@ moved() { test "$(d b --json global resolve model:v1 --via-daemon | json 'd["id"
 ok wait_for 10 moved
 ok test "$(d b --json global resolve model:v1 --via-daemon | json 'd["gen"]')" = 2
 
+# Keys are decided by the global store before a daemon acknowledges:
+# compare-and-swaps of one key from two nodes at once, exactly one wins
+# cluster-wide each round, and the loser's error names the generations.
+ida=$id2 idb=$id # each node holds its own
+wins=0 losses=0
+for i in 1 2 3 4 5; do
+	(d a keys set race:$i "$ida" --expect 0 >"$dir/ra" 2>&1; echo $? >>"$dir/ra") &
+	(d b keys set race:$i "$idb" --expect 0 >"$dir/rb" 2>&1; echo $? >>"$dir/rb") &
+	wait
+	for f in ra rb; do
+		if [ "$(tail -n 1 "$dir/$f")" = 0 ]; then wins=$((wins + 1)); else
+			losses=$((losses + 1))
+			grep -q "TC_ECONFLICT" "$dir/$f" || { echo "loser said: $(cat "$dir/$f")"; fail=$((fail + 1)); }
+			grep -q "key 'race:$i' is at generation 1, not 0" "$dir/$f" || fail=$((fail + 1))
+		fi
+	done
+	ok test "$(d c --json global resolve race:$i --via-daemon | json 'd["gen"]')" = 1
+done
+ok test "$wins" = 5
+ok test "$losses" = 5
+# A compare-and-swap on B of a key B never had: the generation is the
+# cluster's (model:v1 is at 2 after A's move), and B's record takes it.
+idc=$(d b import "$DATA/dtypes.safetensors" 2>/dev/null)
+out=$(d b keys set model:v1 "$idc" --expect 1 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "key 'model:v1' is at generation 2, not 1"
+ok test $? = 0
+r=$(d b --json keys set model:v1 "$idc" --expect 2)
+ok test "$(echo "$r" | json 'd["generation"]')" = 3
+ok test "$(d b --json keys model:v1 | json 'd["generation"]')" = 3
+ok test "$(d c --json global resolve model:v1 --via-daemon | json 'd["gen"]')" = 3
+ok test "$(d c --json global resolve model:v1 --via-daemon | json 'd["id"]')" = "$idc"
+# A's next compare-and-swap from its stale generation 2 loses.
+out=$(d a import "$DATA/dtypes.safetensors" --key model:v1 --expect 2 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "is at generation 3, not 2"
+ok test $? = 0
+ok test "$(d a --json daemon status | json 'd["cluster"]["key_cas_lost"]')" -ge 1
+id2=$idc # what model:v1 names now
+
 # Wrong secret, garbage and a silent client: refused, reason logged, and
 # the store keeps serving.
 out=$("$T" global status --global "$G" --cluster-secret-file "$dir/wrong" 2>&1)
@@ -133,11 +173,30 @@ kill -9 "$gpid"
 ok d a ls >/dev/null
 out=$(d b global resolve model:v1 --via-daemon 2>&1)
 ok test $? != 0
+# While it is down a compare-and-swap cannot be checked cluster-wide: a
+# clear error, nothing changed; a plain set of a new key is taken here
+# and published when the store is back.
+down() { test "$(d a --json daemon status | json 'd["cluster"]["connected"]')" = False; }
+ok wait_for 10 down
+out=$(d a keys set model:v1 "$ida" --expect 3 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "global store at $G is unreachable"
+ok test $? = 0
+echo "$out" | grep -q "TC_ENODAEMON"
+ok test $? = 0
+ok test "$(d a --json keys model:v1 | json 'd["generation"]')" = 2 # unchanged
+out=$(d a import "$DATA/dtypes.safetensors" --key model:v1 --expect 3 2>&1)
+ok test $? != 0
+echo "$out" | grep -q "unreachable"
+ok test $? = 0
+ok d a keys set offline:1 "$ida" >/dev/null
 g start --listen "$G" --lease-ms 1500 >/dev/null
 ok test $? = 0
-ok test "$(g status --json | json 'd["keys"]')" = 1
+ok test "$(g status --json | json 'd["keys"]')" = 6
 ok wait_for 15 live 3
 ok wait_for 10 moved
+published() { test "$(d b --json global resolve offline:1 --via-daemon | json 'd["id"]')" = "$ida"; }
+ok wait_for 10 published
 ok test "$(g status --json | json '[n["replicas"].get("host",0) for n in d["nodes"] if n["name"]=="node-a"][0]')" = 2
 ok test "$(g status --json | json 'd["counters"]["registers"]')" -ge 3
 
