@@ -26,6 +26,7 @@
 #include "common/log.h"
 #include "global/gs.h"
 #include "net/auth.h"
+#include "net/ev.h"
 #include "net/net.h"
 #include "proto/proto.h"
 #include "store/gsc.h"
@@ -522,9 +523,11 @@ static int read_all(int fd, void *p, size_t n)
 }
 
 /* One request to the local daemon over its socket: HELLO, then `type`
- * with `body`; the reply body (after a 0 status) into *out (malloc'd). */
-static int daemon_call(int type, const struct tc__buf *body, uint8_t **out,
-		       size_t *outlen, char *err, size_t errlen)
+ * with `body`; the reply body (after a 0 status) into *out (malloc'd).
+ * With `keep`, a successful call leaves the connection open in *keep
+ * (a GROUP hold lasts as long as it). */
+static int daemon_call_keep(int type, const struct tc__buf *body, uint8_t **out,
+			    size_t *outlen, char *err, size_t errlen, int *keep)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__frame_hdr h;
@@ -608,8 +611,17 @@ static int daemon_call(int type, const struct tc__buf *body, uint8_t **out,
 out:
 	free(rb);
 	tc__buf_release(&b);
-	close(fd);
+	if (keep && rc == 0)
+		*keep = fd;
+	else
+		close(fd);
 	return rc;
+}
+
+static int daemon_call(int type, const struct tc__buf *body, uint8_t **out,
+		       size_t *outlen, char *err, size_t errlen)
+{
+	return daemon_call_keep(type, body, out, outlen, err, errlen, NULL);
 }
 
 /* The same question through the local daemon, which asks the global
@@ -829,6 +841,109 @@ static int group_call(struct tc__gsc *g, int type,
 	return -rc; /* 0 open, or minus the decided state */
 }
 
+/* A group operation through the local daemon (GROUP), which relays it
+ * to the global store with its own secret.  Prints the record like
+ * group_call; `keep` as daemon_call_keep. */
+static int group_via_daemon(uint32_t op, const struct tc__gsp_group_req *q,
+			    bool print, int *keep)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__gsp_group rec;
+	struct tc__cur c;
+	char err[1024];
+	uint8_t *rb = NULL;
+	size_t rl = 0;
+	int rc;
+
+	err[0] = '\0';
+	tc__proto_put_group(&b, op, q);
+	rc = daemon_call_keep(TC_MSG_GROUP, &b, &rb, &rl, err, sizeof(err),
+			      keep);
+	tc__buf_release(&b);
+	if (rc < 0)
+		return cli_fail(rc, err[0] ? err : tc_strerror(rc));
+	tc__cur_init(&c, rb, rl);
+	rc = tc__gsp_get_group(&c, &rec, err, sizeof(err));
+	free(rb);
+	if (rc < 0) {
+		if (keep) {
+			close(*keep);
+			*keep = -1;
+		}
+		return cli_fail(rc, "malformed reply from the daemon");
+	}
+	if (print)
+		group_print(&rec);
+	rc = rec.state;
+	tc__gsp_group_release(&rec);
+	return -rc; /* 0 open, or minus the decided state */
+}
+
+/* hold --via-daemon: the daemon creates, joins for its node and renews
+ * the lease while our connection to it is open; we keep it open until
+ * stdin closes (the rank is gone or done).  The connection closing with
+ * the group still open aborts it for this rank, at once. */
+static int group_hold_daemon(struct gopts *o)
+{
+	struct tc__gsp_group_req q = o->gq;
+	int fd = -1, rc;
+
+	if (!o->has_ranks)
+		q.ranks = 0;
+	rc = group_via_daemon(TC_PROTO_GROUP_HOLD, &q, true, &fd);
+	if (rc != 0) {
+		if (fd >= 0)
+			close(fd);
+		return rc > 0 ? rc : 0;
+	}
+	for (;;) {
+		struct pollfd p[2] = { { STDIN_FILENO, POLLIN, 0 },
+				       { fd, POLLIN, 0 } };
+		char buf[256];
+
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (p[1].revents) /* the daemon went: nothing holds us */
+			break;
+		if (p[0].revents) {
+			ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+
+			if (n <= 0 && !(n < 0 && errno == EINTR))
+				break; /* the rank is gone or done */
+		}
+	}
+	close(fd);
+	return 0;
+}
+
+/* status --via-daemon --wait-ms: the daemon answers a waiting GET within
+ * a few seconds; ask again until decided or our wait is over. */
+static int group_wait_daemon(struct gopts *o)
+{
+	struct tc__gsp_group_req q = o->gq;
+	uint64_t end = tc__now_ms() + q.wait_ms;
+	int rc;
+
+	for (;;) {
+		uint64_t now = tc__now_ms();
+		bool last;
+
+		q.wait_ms = now < end ? (uint32_t)(end - now) : 0;
+		last = q.wait_ms <= 5000;
+		rc = group_via_daemon(TC_GSP_GROUP_GET, &q, last, NULL);
+		if (rc > 0 || last)
+			return rc > 0 ? rc : 0;
+		if (rc < 0) { /* decided: print the record */
+			q.wait_ms = 0;
+			rc = group_via_daemon(TC_GSP_GROUP_GET, &q, true, NULL);
+			return rc > 0 ? rc : 0;
+		}
+	}
+}
+
 /*
  * hold: create the group (with --ranks), join it, then keep the rank's
  * lease renewed until stdin closes (the rank's process, our parent, is
@@ -942,6 +1057,14 @@ static int group(struct gopts *o)
 		type = TC_GSP_GROUP_ABORT;
 	} else {
 		type = TC_GSP_GROUP_GET;
+	}
+	if (o->via_daemon) {
+		if (!strcmp(sub, "hold"))
+			return group_hold_daemon(o);
+		if (type == TC_GSP_GROUP_GET && q->wait_ms)
+			return group_wait_daemon(o);
+		rc = group_via_daemon((uint32_t)type, q, true, NULL);
+		return rc < 0 ? 0 : rc;
 	}
 	rc = connect_tool(o, &g);
 	if (rc)

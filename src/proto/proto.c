@@ -8,6 +8,7 @@
 
 #include "common/alloc.h"
 #include "common/map.h"
+#include "gsp.h"
 #include "proto.h"
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
@@ -391,4 +392,66 @@ int tc__proto_get_put_have(struct tc__cur *c, uint64_t *handle, uint32_t *flags,
 		return TC_EPROTO;
 	}
 	return 0;
+}
+
+/* ------------------------------------------------------------- GROUP */
+
+void tc__proto_put_group(struct tc__buf *b, uint32_t op,
+			 const struct tc__gsp_group_req *q)
+{
+	tc__buf_put_u32(b, op);
+	if (op != TC_PROTO_GROUP_HOLD) {
+		tc__gsp_put_group_req(b, (int)op, q);
+		return;
+	}
+	tc__buf_put_str(b, q->group);
+	tc__buf_put_u32(b, q->ranks);
+	tc__buf_put_u32(b, q->timeout_ms);
+	tc__buf_put_u32(b, q->rank);
+	tc__buf_put_u32(b, q->lease_ms);
+}
+
+int tc__proto_get_group(struct tc__cur *c, uint32_t *op,
+			struct tc__gsp_group_req *q, char *err, size_t errlen)
+{
+	int ret;
+
+	memset(q, 0, sizeof(*q));
+	if (tc__cur_read_u32(c, op) < 0) {
+		snprintf(err, errlen, "GROUP: truncated before its op");
+		return TC_EPROTO;
+	}
+	if (*op >= TC_GSP_GROUP_CREATE && *op <= TC_GSP_GROUP_GET)
+		return tc__gsp_get_group_req(c, (int)*op, q, err, errlen);
+	if (*op != TC_PROTO_GROUP_HOLD) {
+		snprintf(err, errlen, "GROUP: unknown op %u", *op);
+		return TC_EPROTO;
+	}
+	ret = tc__gsp_get_name(c, "group", q->group, TC_GSP_MAX_GROUP, false,
+			       err, errlen);
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u32(c, &q->ranks) < 0 ||
+	    tc__cur_read_u32(c, &q->timeout_ms) < 0 ||
+	    tc__cur_read_u32(c, &q->rank) < 0 ||
+	    tc__cur_read_u32(c, &q->lease_ms) < 0) {
+		snprintf(err, errlen, "GROUP hold: truncated");
+		return TC_EPROTO;
+	}
+	if (q->ranks > TC_GSP_MAX_RANKS ||
+	    (q->ranks &&
+	     (q->timeout_ms < 1 || q->timeout_ms > TC_GSP_MAX_GROUP_MS ||
+	      q->rank >= q->ranks)) ||
+	    q->rank >= TC_GSP_MAX_RANKS || q->lease_ms < TC_GSP_MIN_LEASE_MS ||
+	    q->lease_ms > TC_GSP_MAX_LEASE_MS) {
+		snprintf(err, errlen,
+			 "GROUP hold: rank %u of %u ranks, timeout %u ms, "
+			 "lease %u ms (ranks <= %u, rank < ranks, timeout "
+			 "1..%u ms, lease %u..%u ms)",
+			 q->rank, q->ranks, q->timeout_ms, q->lease_ms,
+			 TC_GSP_MAX_RANKS, TC_GSP_MAX_GROUP_MS,
+			 TC_GSP_MIN_LEASE_MS, TC_GSP_MAX_LEASE_MS);
+		return TC_EINVAL;
+	}
+	return tc__gsp_end(c, err, errlen);
 }

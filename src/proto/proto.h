@@ -142,4 +142,23 @@ int tc__proto_get_put_have(struct tc__cur *c, uint64_t *handle, uint32_t *flags,
 			   uint32_t *n, const uint8_t **chunks, char *err,
 			   size_t errlen);
 
+/* GROUP (26): a group of the global store (docs/cluster.md#groups),
+ * relayed by a daemon in the cluster with its own secret.  Body: u32 op,
+ * then for op CREATE, JOIN, PREPARE, ABORT or GET (the global store's
+ * message ids, 13..17) that message's request body (proto/gsp.h); for op
+ * TC_PROTO_GROUP_HOLD: str group, u32 ranks (0: join only, else create
+ * first), u32 timeout_ms (1..86,400,000 when ranks > 0, else ignored),
+ * u32 rank (< ranks when ranks > 0), u32 lease_ms (100..600,000): the
+ * daemon creates and joins for its own node and renews the rank's lease
+ * for as long as this connection stays open; when it closes first, the
+ * daemon aborts the group for that rank.  HOLD fills q->group, ranks,
+ * timeout_ms, rank and lease_ms.  Returns 0, TC_EPROTO or TC_EINVAL with
+ * `err` set. */
+#define TC_PROTO_GROUP_HOLD 0x100u
+struct tc__gsp_group_req;
+int tc__proto_get_group(struct tc__cur *c, uint32_t *op,
+			struct tc__gsp_group_req *q, char *err, size_t errlen);
+void tc__proto_put_group(struct tc__buf *b, uint32_t op,
+			 const struct tc__gsp_group_req *q);
+
 #endif /* TC_PROTO_H */

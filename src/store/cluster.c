@@ -60,6 +60,17 @@ struct cop {
 	struct cop *next;
 };
 
+/* A rank's membership the daemon keeps renewed for a local connection
+ * (GROUP hold): JOIN every third of the lease while `owner` is open;
+ * `ended`: the connection closed first, so the rank aborts the group. */
+struct chold {
+	uintptr_t owner;
+	struct tc__gsp_group_req q; /* the JOIN (node "": this node) */
+	uint64_t next_ms;	    /* tc__now_ms() of the next renewal */
+	bool ended;
+	struct chold *next;
+};
+
 struct tc__cluster {
 	pthread_t th;
 	pthread_mutex_t mu; /* everything below up to `io` */
@@ -67,7 +78,8 @@ struct tc__cluster {
 	bool stop, started;
 	struct crep *reps;
 	struct cop *ops, **ops_tail;
-	bool dirty; /* a rep is unsent or an op is queued */
+	struct chold *holds;
+	bool dirty; /* a rep is unsent, an op is queued or a hold ended */
 	struct tc__gsp_node node;
 	uint32_t uploads;
 	/* figures */
@@ -550,6 +562,79 @@ static int drain_one(struct tc__cluster *cl)
 	return 1;
 }
 
+/* Holds due (io not held): renew each rank's lease, or abort for a rank
+ * whose connection closed.  A decided group, a refusal or a sent abort
+ * ends a hold.  Returns 0, or < 0 when the connection broke (the hold
+ * stays for the next connection). */
+static int renew_holds(struct tc__cluster *cl)
+{
+	for (;;) {
+		struct chold *h, **pp;
+		struct tc__gsp_group_req q;
+		struct tc__gsp_group rec;
+		uintptr_t owner = 0;
+		bool ended = false, done;
+		uint64_t now = tc__now_ms();
+		int type, ret;
+
+		pthread_mutex_lock(&cl->mu);
+		for (h = cl->holds; h; h = h->next)
+			if (h->ended || h->next_ms <= now)
+				break;
+		if (h) {
+			q = h->q;
+			owner = h->owner;
+			ended = h->ended;
+			h->next_ms = now + h->q.lease_ms / 3;
+		}
+		pthread_mutex_unlock(&cl->mu);
+		if (!h)
+			return 0;
+		type = ended ? TC_GSP_GROUP_ABORT : TC_GSP_GROUP_JOIN;
+		if (ended)
+			snprintf(q.reason, sizeof(q.reason),
+				 "rank %u on node '%s': its connection to the "
+				 "daemon closed (the rank's process is gone)",
+				 q.rank, cl->node.name);
+		pthread_mutex_lock(&cl->io);
+		ret = tc__gsc_group(&cl->g, type, &q, &rec);
+		pthread_mutex_unlock(&cl->io);
+		if (ret == TC_ECLOSED || ret == -ETIMEDOUT || cl->g.fd < 0) {
+			pthread_mutex_lock(&cl->mu);
+			cl->connected = false;
+			pthread_mutex_unlock(&cl->mu);
+			return ret < 0 ? ret : TC_ECLOSED;
+		}
+		done = ended || ret < 0 || rec.state != TC_GSP_GSTATE_OPEN;
+		if (ret < 0)
+			tc__log(TC_LOG_WARN,
+				"group '%s' rank %u: the global store refused "
+				"%s: %s",
+				q.group, q.rank,
+				ended ? "the abort" : "a renewal", cl->g.err);
+		else
+			tc__gsp_group_release(&rec);
+		if (ended && ret == 0)
+			tc__log(TC_LOG_INFO,
+				"group '%s': rank %u's connection closed; "
+				"aborted for it",
+				q.group, q.rank);
+		if (!done)
+			continue;
+		pthread_mutex_lock(&cl->mu);
+		for (pp = &cl->holds; *pp; pp = &(*pp)->next) {
+			h = *pp;
+			if (h->owner == owner && h->q.rank == q.rank &&
+			    !strcmp(h->q.group, q.group)) {
+				*pp = h->next;
+				tc__free(h);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&cl->mu);
+	}
+}
+
 static uint32_t jitter(uint32_t ms)
 {
 	uint32_t r = 0;
@@ -625,6 +710,8 @@ static void *cluster_main(void *arg)
 		}
 		while ((ret = drain_one(cl)) > 0)
 			;
+		if (ret == 0)
+			ret = renew_holds(cl);
 		if (ret < 0) {
 			set_err(cl, "connection lost", cl->g.err);
 			tc__log(TC_LOG_WARN,
@@ -674,6 +761,13 @@ static void *cluster_main(void *arg)
 			pthread_mutex_unlock(&cl->mu);
 			if (waiting && ms > TC_CLUSTER_HAVE_MS)
 				ms = TC_CLUSTER_HAVE_MS;
+			pthread_mutex_lock(&cl->mu);
+			for (struct chold *h = cl->holds; h; h = h->next)
+				if (h->next_ms <= now)
+					ms = 0;
+				else if (h->next_ms - now < ms)
+					ms = (uint32_t)(h->next_ms - now);
+			pthread_mutex_unlock(&cl->mu);
 			wait_ms(cl, ms, true);
 		}
 	}
@@ -789,6 +883,12 @@ void tc__cluster_stop(struct tc__cluster *cl)
 	for (c = cl->reps; c; c = cn) {
 		cn = c->next;
 		crep_free(c);
+	}
+	while (cl->holds) {
+		struct chold *h = cl->holds;
+
+		cl->holds = h->next;
+		tc__free(h);
 	}
 	tc__auth_secret_wipe(&cl->sec);
 	pthread_mutex_destroy(&cl->mu);
@@ -1032,4 +1132,86 @@ int tc__cluster_key_cas(struct tc__cluster *cl, const char *key, const char *id,
 		pthread_mutex_unlock(&cl->mu);
 	}
 	return ret;
+}
+
+/* ------------------------------------------------------------ groups */
+
+int tc__cluster_group(struct tc__cluster *cl, int type,
+		      const struct tc__gsp_group_req *q,
+		      struct tc__gsp_group *out, char *err, size_t errlen)
+{
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	if (!cl) {
+		snprintf(err, errlen,
+			 "this daemon is not in a cluster (no 'global' in its "
+			 "config)");
+		return TC_ENOTSUP;
+	}
+	if (!tc__cluster_connected(cl)) {
+		snprintf(err, errlen, "the global store at %s is unreachable",
+			 cl->global);
+		return TC_ENODAEMON;
+	}
+	if (type == TC_GSP_GROUP_GET && q->wait_ms) {
+		/* A wait on a connection of its own: the node's connection
+		 * carries heartbeats and must not wait on a group. */
+		struct tc__gsc side;
+
+		tc__gsc_init(&side, CALL_MS);
+		ret = tc__gsc_connect(&side, cl->global, &cl->sec,
+				      TC_AUTH_ROLE_TOOL, cl->node.name);
+		if (ret == 0)
+			ret = tc__gsc_group(&side, type, q, out);
+		if (ret < 0)
+			snprintf(err, errlen, "%s", side.err);
+		tc__gsc_close(&side);
+		return ret;
+	}
+	pthread_mutex_lock(&cl->io);
+	ret = tc__gsc_group(&cl->g, type, q, out);
+	if (ret < 0)
+		snprintf(err, errlen, "%s", cl->g.err);
+	pthread_mutex_unlock(&cl->io);
+	if (ret == TC_ECLOSED || ret == -ETIMEDOUT)
+		lost(cl);
+	return ret;
+}
+
+int tc__cluster_hold_add(struct tc__cluster *cl, uintptr_t owner,
+			 const struct tc__gsp_group_req *join)
+{
+	struct chold *h = tc__calloc(1, sizeof(*h));
+
+	if (!h)
+		return -ENOMEM;
+	h->owner = owner;
+	h->q = *join;
+	h->next_ms = tc__now_ms() + join->lease_ms / 3;
+	pthread_mutex_lock(&cl->mu);
+	h->next = cl->holds;
+	cl->holds = h;
+	pthread_cond_signal(&cl->cv);
+	pthread_mutex_unlock(&cl->mu);
+	return 0;
+}
+
+void tc__cluster_hold_end(struct tc__cluster *cl, uintptr_t owner)
+{
+	bool any = false;
+
+	if (!cl)
+		return;
+	pthread_mutex_lock(&cl->mu);
+	for (struct chold *h = cl->holds; h; h = h->next)
+		if (h->owner == owner) {
+			h->ended = true;
+			any = true;
+		}
+	if (any) {
+		cl->dirty = true;
+		pthread_cond_signal(&cl->cv);
+	}
+	pthread_mutex_unlock(&cl->mu);
 }

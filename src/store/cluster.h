@@ -90,6 +90,25 @@ int tc__cluster_key_cas(struct tc__cluster *cl, const char *key, const char *id,
 			bool expect, uint64_t expect_gen, uint64_t *gen,
 			char *err, size_t errlen);
 
+/* A group operation of the global store for a local client
+ * (proto/proto.h GROUP; blocking, call it off the loop thread): on the
+ * node's connection (a JOIN with node "" ties the rank to this node), a
+ * GET that waits on a connection of its own.  *out as tc__gsc_group.
+ * Returns 0, TC_ENODAEMON when the store is unreachable, or the store's
+ * code, with `err`. */
+int tc__cluster_group(struct tc__cluster *cl, int type,
+		      const struct tc__gsp_group_req *q,
+		      struct tc__gsp_group *out, char *err, size_t errlen);
+/* Keep renewing the JOIN `join` (every third of its lease) until the
+ * group is decided or tc__cluster_hold_end(owner).  Returns 0 or
+ * -ENOMEM. */
+int tc__cluster_hold_add(struct tc__cluster *cl, uintptr_t owner,
+			 const struct tc__gsp_group_req *join);
+/* `owner` (a local connection) closed: every group it holds that is still
+ * open is aborted for its rank (by the cluster thread, at once when the
+ * store is reachable, else when it is back).  NULL cl is a no-op. */
+void tc__cluster_hold_end(struct tc__cluster *cl, uintptr_t owner);
+
 /* The "cluster" object of the daemon's STATUS (malloc'd JSON text). */
 char *tc__cluster_status_json(struct tc__cluster *cl);
 

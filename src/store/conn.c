@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "common/alloc.h"
 #include "common/log.h"
 #include "net/ev.h"
@@ -175,6 +176,9 @@ static void conn_free(struct conn *c)
 	tc__srv_puts_free(c);
 	tc__srv_bindings_free(c);
 	tc__srv_gpu_puts_free(c);
+	/* A rank's hold ends with its connection: its open groups abort. */
+	if (c->holds)
+		tc__cluster_hold_end(s->cluster, (uintptr_t)c);
 	for (int i = 0; i < c->nfdq; i++)
 		close(c->fdq[i]);
 	for (int i = 0; i < c->nofds; i++)
@@ -250,7 +254,8 @@ static void conn_close_told(struct conn *c, const char *why)
 static bool conn_empty(const struct conn *c)
 {
 	return !c->closing && !c->nleases && !c->npending && !c->bindings &&
-	       !c->gpu_puts && !c->jobs && c->out_off == c->out.len;
+	       !c->gpu_puts && !c->holds && !c->jobs &&
+	       c->out_off == c->out.len;
 }
 
 /*

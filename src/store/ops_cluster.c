@@ -181,3 +181,105 @@ int on_cluster_resolve(struct conn *c, struct req *r)
 	tc__jobs_submit(c->srv->io_jobs, &j->job);
 	return 0; /* the reply comes when the job is done */
 }
+
+/* ------------------------------------------------------------ GROUP */
+
+struct group_job {
+	struct tc__job job;
+	struct conn *c;
+	struct req r;
+	struct tc__cluster *cl;
+	uint32_t op;
+	struct tc__gsp_group_req q;
+	struct tc__gsp_group rec;
+	int rc;
+	char err[512];
+};
+
+/* Longest wait one relayed GET holds a worker for; the client asks again
+ * (the CLI and the SDK do). */
+#define GROUP_WAIT_MAX_MS 5000
+
+static void group_run(struct tc__job *job)
+{
+	struct group_job *j = (struct group_job *)job;
+	struct tc__gsp_group_req join = j->q;
+
+	if (j->op != TC_PROTO_GROUP_HOLD) {
+		j->rc = tc__cluster_group(j->cl, (int)j->op, &j->q, &j->rec,
+					  j->err, sizeof(j->err));
+		return;
+	}
+	if (j->q.ranks) {
+		j->rc = tc__cluster_group(j->cl, TC_GSP_GROUP_CREATE, &j->q,
+					  &j->rec, j->err, sizeof(j->err));
+		tc__gsp_group_release(&j->rec);
+		if (j->rc < 0)
+			return;
+	}
+	join.node[0] = '\0'; /* the node's connection: this node */
+	j->rc = tc__cluster_group(j->cl, TC_GSP_GROUP_JOIN, &join, &j->rec,
+				  j->err, sizeof(j->err));
+}
+
+static int group_reply(struct conn *c, const struct req *r, void *arg)
+{
+	struct group_job *j = arg;
+	size_t off = tc__srv_reply_begin(c, r);
+
+	tc__gsp_put_group(&c->out, &j->rec);
+	tc__srv_reply_end(c, off);
+	return 0;
+}
+
+static void group_done(struct tc__job *job)
+{
+	struct group_job *j = (struct group_job *)job;
+	struct conn *c = j->c;
+
+	/* Held from now on, even when the connection already closed: then
+	 * conn_free, which runs after this, ends it (the group aborts). */
+	if (j->rc == 0 && j->op == TC_PROTO_GROUP_HOLD &&
+	    j->rec.state == TC_GSP_GSTATE_OPEN) {
+		if (tc__cluster_hold_add(j->cl, (uintptr_t)c, &j->q) == 0)
+			c->holds++;
+		else
+			j->rc = -ENOMEM;
+	}
+	tc__srv_finish(c, &j->r, j->rc, j->err, group_reply, j);
+	tc__gsp_group_release(&j->rec);
+	tc__free(j);
+}
+
+/* GROUP: a group of the global store, relayed (proto/proto.h). */
+int on_group(struct conn *c, struct req *r)
+{
+	struct group_job *j;
+	int rc;
+
+	j = tc__calloc(1, sizeof(*j));
+	if (!j)
+		return -ENOMEM;
+	rc = tc__proto_get_group(&r->body, &j->op, &j->q, c->err,
+				 sizeof(c->err));
+	if (rc == 0 && !c->srv->cluster) {
+		snprintf(c->err, sizeof(c->err),
+			 "this daemon is not in a cluster (no 'global' in "
+			 "its configuration)");
+		rc = TC_ENOTSUP;
+	}
+	if (rc < 0) {
+		tc__free(j);
+		return rc;
+	}
+	if (j->op == TC_GSP_GROUP_GET && j->q.wait_ms > GROUP_WAIT_MAX_MS)
+		j->q.wait_ms = GROUP_WAIT_MAX_MS;
+	j->c = c;
+	j->r = *r;
+	j->cl = c->srv->cluster;
+	j->job.run = group_run;
+	j->job.done = group_done;
+	tc__srv_defer(c);
+	tc__jobs_submit(c->srv->io_jobs, &j->job);
+	return 0; /* the reply comes when the global store answered */
+}

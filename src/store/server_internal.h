@@ -160,6 +160,8 @@ struct conn {
 	uint32_t nleases, cap_leases;
 	struct pending *pending;
 	struct binding *bindings; /* BIND allocations this client owns */
+	uint32_t holds; /* GROUP holds: ranks the cluster thread renews while
+			   this connection is open (ops_cluster.c) */
 	uint64_t next_binding;
 	struct gpu_put *gpu_puts; /* CREATE_GPU puts not sealed yet */
 	uint32_t npending;

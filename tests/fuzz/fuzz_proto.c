@@ -4,7 +4,8 @@
  * The input is read as a stream of frames, as the daemon and the client
  * read it: each header is decoded and validated, and each body that fits is
  * fed to every body decoder (tensor tables with and without layout checks,
- * strings, the attach reply shape, PUT_SERVE and PUT_HAVE).  A decoder must
+ * strings, the attach reply shape, PUT_SERVE, PUT_HAVE, GROUP and the
+ * group record it answers with).  A decoder must
  * never read past the body, allocate from an unchecked count, or leak what it
  * built.
  */
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 
 #include "common/buf.h"
+#include "proto/gsp.h"
 #include "proto/proto.h"
 
 static void decode_body(const uint8_t *p, size_t n)
@@ -53,6 +55,18 @@ static void decode_body(const uint8_t *p, size_t n)
 			while (tc__cur_read_u64(&cc, &u) == 0)
 				;
 		}
+	}
+	/* GROUP: every op's request; its reply, a group record. */
+	{
+		struct tc__gsp_group_req q;
+		struct tc__gsp_group g;
+		uint32_t op;
+
+		tc__cur_init(&c, p, n);
+		tc__proto_get_group(&c, &op, &q, err, sizeof(err));
+		tc__cur_init(&c, p, n);
+		if (tc__gsp_get_group(&c, &g, err, sizeof(err)) == 0)
+			tc__gsp_group_release(&g);
 	}
 	/* Request bodies are sequences of strings and integers. */
 	tc__cur_init(&c, p, n);

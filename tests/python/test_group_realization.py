@@ -7,7 +7,8 @@ at the same addresses; one rank killed (SIGKILL) mid-stage -> the others see
 its liveness lease gone and abort at once, every surviving rank still holds the
 old version bit for bit; a rank that aborts explicitly stops the others at
 once; the same through the global store's groups across two nodes (a rank's
-lease, a node's lease); and the end-to-end harness in single-host mode (keep_last=2 over
+lease, a node's lease), and through each node's daemon for ranks without
+the cluster secret; and the end-to-end harness in single-host mode (keep_last=2 over
 v1..v3, tp_world_size 2, group realization into bindings).
 """
 from __future__ import annotations
@@ -287,6 +288,96 @@ def test_ranks_decide_through_the_global_store(tmp_path):
         assert p.returncode == 1 and "TC_ECONFLICT" in p.stderr and "was aborted" in p.stderr, p.stderr
         assert gs("group", "abort", "cl/v1", "--reason", "too late")["state"] == "commit"
     finally:
+        subprocess.run([T, "global", "stop", *S[:2]], capture_output=True)
+
+
+def test_ranks_without_the_secret_go_through_their_daemons(tmp_path):
+    """scope="cluster" with no global_address and no secret in the ranks:
+    each rank's group operations go through its own node's daemon, which
+    relays them to the global store with its own secret and ties the rank
+    to its node.  All prepared -> commit; a rank SIGKILLed mid-stage -> its
+    helper's connection to the daemon closes and the daemon aborts the
+    group for it at once (well before its lease would lapse), naming the
+    rank and node; a daemon not in a cluster refuses, saying so."""
+    T = os.environ["TCAST_BIN"]
+    os.chmod(tmp_path, 0o700)
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(32).hex())
+    os.chmod(secret, 0o600)
+    S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+    RANK_LEASE_S = 20.0  # long: an abort well before it comes from the closed connection
+    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--set", "heartbeat_ms=250", *S],
+                   check=True, capture_output=True)
+    daemons = {}
+    ranks = []
+    try:
+        addr = (tmp_path / "gs" / "global.addr").read_text().strip()
+
+        def gs(*args):
+            p = subprocess.run([T, "--json", "global", *args, *S], capture_output=True, text=True)
+            return json.loads(p.stdout.splitlines()[-1])
+
+        for n in ("a", "b", "alone"):
+            (tmp_path / n).mkdir(mode=0o700)
+            extra = [] if n == "alone" else ["--set", f"global={addr}", "--set", f"cluster_secret_file={secret}",
+                                             "--set", f"node_name=node-{n}"]
+            daemons[n] = Daemon(tmp_path / n, "1GiB", env={"TCAST_CUDA_LIB": str(FAKE)}, args=extra)
+        deadline = time.monotonic() + 20
+        while gs("status").get("nodes_live") != 2:
+            assert time.monotonic() < deadline, gs("status")
+            time.sleep(0.1)
+        for n in ("a", "b"):
+            tcast.shutdown()
+            tcast.init(address=daemons[n].socket)
+            for v in (1, 2):
+                tcast.put(payload(v, W, 1 << 20, 3), key=f"m:v{v}")
+        tcast.shutdown()
+        # no GR_GLOBAL, no GR_SECRET: the ranks know only their daemon
+        env = {"GR_SCOPE": "cluster", "GR_GROUP": "vd", "GR_LEASE": str(RANK_LEASE_S)}
+        home = ["a", "a", "b", "b"]
+        ranks = [Rank(daemons[home[r]].socket, r, **env) for r in range(W)]
+
+        # v1: all prepared through the daemons -> commit -> all switch
+        assert each(ranks, "stage 1") == ["staged"] * W
+        assert each(ranks, "wait 1 20") == ["commit"] * W
+        each(ranks, "acquire 1")
+        assert all(json.loads(x)["err"] is None for x in each(ranks, "check 1"))
+        rec = gs("group", "status", "vd/v1")
+        assert rec["state"] == "commit" and rec["prepared"] == W, rec
+        assert sorted((m["rank"], m["node"]) for m in rec["members"]) == [
+            (0, "node-a"), (1, "node-a"), (2, "node-b"), (3, "node-b")]
+        assert all(m["lease_ms"] == RANK_LEASE_S * 1000 for m in rec["members"])
+
+        # v2: rank 2 (on node-b) dies mid-stage -> its daemon aborts the
+        # group for it as soon as its helper's connection closes
+        ranks[2].send("stage 2 hang")
+        live = [ranks[i] for i in (0, 1, 3)]
+        assert each(live, "stage 2") == ["staged"] * 3
+        ranks[2].p.kill()
+        ranks[2].p.wait()
+        t0 = time.monotonic()
+        assert each(live, "wait 2 30") == ["abort"] * 3
+        assert time.monotonic() - t0 < RANK_LEASE_S / 4, time.monotonic() - t0
+        for x in each(live, "outcome 2"):
+            o = json.loads(x)
+            assert o["by_rank"] == 2 and o["by_node"] == "node-b", o
+            assert "rank 2 on node 'node-b': its connection to the daemon closed" in o["reason"], o
+        assert all(x.startswith("error GroupAborted") for x in each(live, "acquire 2"))
+        assert all(json.loads(x)["version"] == 1 and json.loads(x)["err"] is None for x in each(live, "check 1"))
+
+        # a daemon that is not in a cluster says so
+        p = subprocess.run([T, "--socket", daemons["alone"].socket, "global", "group", "status", "vd/v1",
+                            "--via-daemon"], capture_output=True, text=True)
+        assert p.returncode == 1 and "not in a cluster" in p.stderr, p.stderr
+        # the relay's answers are the store's: a late prepare is refused
+        p = subprocess.run([T, "--socket", daemons["a"].socket, "global", "group", "prepare", "vd/v2", "--rank",
+                            "2", "--id", "x", "--via-daemon"], capture_output=True, text=True)
+        assert p.returncode == 1 and "TC_ECONFLICT" in p.stderr and "was aborted" in p.stderr, p.stderr
+    finally:
+        for r in ranks:
+            r.close()
+        for d in daemons.values():
+            d.stop()
         subprocess.run([T, "global", "stop", *S[:2]], capture_output=True)
 
 

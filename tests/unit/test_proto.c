@@ -25,6 +25,7 @@
 #include "common/buf.h"
 #include "common/compiler.h"
 #include "common/tensor.h"
+#include "proto/gsp.h"
 #include "proto/proto.h"
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
@@ -801,6 +802,84 @@ static void test_proto__table_oom(void **state)
 	tc__buf_release(&b);
 }
 
+/* GROUP (26): every op round-trips; a hold out of range, an unknown op,
+ * a truncated body and a byte after the last field are refused. */
+static int group_decode(const struct tc__buf *b, uint32_t *op,
+			struct tc__gsp_group_req *q)
+{
+	struct tc__cur c;
+	char err[256];
+
+	tc__cur_init(&c, b->data, b->len);
+	return tc__proto_get_group(&c, op, q, err, sizeof(err));
+}
+
+static void test_proto__group(void **state)
+{
+	struct tc__gsp_group_req q = { .rank = 1,
+				       .ranks = 4,
+				       .timeout_ms = 60000,
+				       .lease_ms = 3000,
+				       .wait_ms = 5 },
+				 out;
+	struct tc__buf b = TC_BUF_INIT;
+	uint32_t op;
+	static const uint32_t ops[] = {
+		TC_GSP_GROUP_CREATE, TC_GSP_GROUP_JOIN, TC_GSP_GROUP_PREPARE,
+		TC_GSP_GROUP_ABORT,  TC_GSP_GROUP_GET,	TC_PROTO_GROUP_HOLD
+	};
+
+	snprintf(q.group, sizeof(q.group), "serve/v3");
+	snprintf(q.id, sizeof(q.id), "tc2:ab");
+	snprintf(q.reason, sizeof(q.reason), "told to");
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		tc__buf_init(&b);
+		tc__proto_put_group(&b, ops[i], &q);
+		assert_int_equal(group_decode(&b, &op, &out), 0);
+		assert_int_equal(op, ops[i]);
+		assert_string_equal(out.group, "serve/v3");
+		/* every prefix is truncated */
+		for (size_t n = 0; n < b.len; n++) {
+			struct tc__buf t = b;
+
+			t.len = n;
+			assert_int_equal(group_decode(&t, &op, &out),
+					 TC_EPROTO);
+		}
+		tc__buf_put_u8(&b, 0); /* a byte after the last field */
+		assert_int_equal(group_decode(&b, &op, &out), TC_EPROTO);
+		tc__buf_release(&b);
+	}
+	tc__proto_put_group(&b, TC_PROTO_GROUP_HOLD, &q);
+	group_decode(&b, &op, &out);
+	assert_int_equal(out.ranks, 4);
+	assert_int_equal(out.rank, 1);
+	assert_int_equal(out.timeout_ms, 60000);
+	assert_int_equal(out.lease_ms, 3000);
+	tc__buf_release(&b);
+	/* a hold's rank past its ranks, a lease too short */
+	q.rank = 4;
+	tc__proto_put_group(&b, TC_PROTO_GROUP_HOLD, &q);
+	assert_int_equal(group_decode(&b, &op, &out), TC_EINVAL);
+	tc__buf_release(&b);
+	q.rank = 1;
+	q.lease_ms = 10;
+	tc__proto_put_group(&b, TC_PROTO_GROUP_HOLD, &q);
+	assert_int_equal(group_decode(&b, &op, &out), TC_EINVAL);
+	tc__buf_release(&b);
+	/* join only (ranks 0): the timeout is not looked at */
+	q.lease_ms = 3000;
+	q.ranks = 0;
+	q.timeout_ms = 0;
+	tc__proto_put_group(&b, TC_PROTO_GROUP_HOLD, &q);
+	assert_int_equal(group_decode(&b, &op, &out), 0);
+	tc__buf_release(&b);
+	/* not a group op */
+	tc__proto_put_group(&b, TC_GSP_REGISTER, &q);
+	assert_int_equal(group_decode(&b, &op, &out), TC_EPROTO);
+	tc__buf_release(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -820,6 +899,7 @@ int main(void)
 		cmocka_unit_test(test_proto__table_meta),
 		cmocka_unit_test_teardown(test_proto__table_oom,
 					  teardown_alloc),
+		cmocka_unit_test(test_proto__group),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

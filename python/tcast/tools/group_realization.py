@@ -30,6 +30,15 @@ or abort by one compare-and-swap in its database transaction.  It aborts
 the group at once when a member's lease is not renewed (the rank's
 process died) or its node's heartbeat lease expires (the node's daemon
 died), and every waiting rank hears why (which rank, which node).
+
+By default a cluster-scope rank needs no cluster secret: it talks to its
+own node's daemon (``tcast global group ... --via-daemon``, the daemon's
+Unix socket), which relays each group operation to the global store with
+its own secret, ties the rank to its node, and renews the rank's lease
+while the helper's connection to it is open; when the rank dies the
+helper exits, the connection closes and the daemon aborts the group for
+that rank at once.  ``global_address`` with ``cluster_secret_file`` talks
+to the global store directly instead.
 """
 from __future__ import annotations
 
@@ -70,20 +79,25 @@ class GroupRealization:
                  node: Optional[str] = None, rank_lease_s: float = 3.0, group_timeout_s: float = 300.0):
         """``scope="node"``: the group's keys live in this node's daemon
         (ranks of one server).  ``scope="cluster"``: the group lives in the
-        global store at ``global_address`` (ranks on several nodes; needs
-        the cluster secret): each version is a group ``<group>/v<version>``
-        whose decision the store makes in its database transaction.  There
-        a rank's membership is tied to ``node`` (default: the node name of
-        this process's daemon, when it is in the cluster) and to a lease of
-        ``rank_lease_s`` renewed while this process lives; the store aborts
-        the version when either lapses, or ``group_timeout_s`` after it was
-        created."""
+        global store (ranks on several nodes): each version is a group
+        ``<group>/v<version>`` whose decision the store makes in its
+        database transaction.  Without ``global_address`` the rank goes
+        through this process's daemon, which must be in the cluster (no
+        secret here; the rank is tied to the daemon's node); with
+        ``global_address`` and ``cluster_secret_file`` it talks to the
+        store directly, tied to ``node`` (default: the node name of this
+        process's daemon, when it is in the cluster).  A lease of
+        ``rank_lease_s`` is renewed while this process lives; the store
+        aborts the version when it or the node's lease lapses, or
+        ``group_timeout_s`` after it was created."""
         if scope not in ("node", "cluster"):
             raise errors.InvalidArgumentError(f"scope must be 'node' or 'cluster', not {scope!r}")
-        if scope == "cluster" and not (global_address and cluster_secret_file):
-            raise errors.InvalidArgumentError("scope='cluster' needs global_address and cluster_secret_file")
+        if scope == "cluster" and bool(global_address) != bool(cluster_secret_file):
+            raise errors.InvalidArgumentError("scope='cluster': global_address and cluster_secret_file go together "
+                                              "(or neither: through this process's daemon)")
         self.scope = scope
         self._gs = (global_address, cluster_secret_file)
+        self._via_daemon = scope == "cluster" and not global_address
         if not isinstance(group, str) or not group or "/" in group:
             raise errors.InvalidArgumentError(f"group must be a non-empty name without '/', not {group!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
@@ -96,7 +110,8 @@ class GroupRealization:
         self._markers: Dict[str, str] = {}
         self._alive = self._announce() if scope == "node" else None
         self.rank_lease_s, self.group_timeout_s = rank_lease_s, group_timeout_s
-        self._node = node if node is not None else (self._daemon_node() if scope == "cluster" else "")
+        self._node = node if node is not None else (self._daemon_node()
+                                                    if scope == "cluster" and not self._via_daemon else "")
         self._holders: Dict[int, Any] = {}
         self.outcomes: Dict[int, Dict[str, Any]] = {}  # cluster: the store's record per version
 
@@ -170,20 +185,32 @@ class GroupRealization:
     def _gid(self, version: int) -> str:
         return f"{self.group}/v{version}"
 
+    def _cli(self, sub: str, version: int, *args: str) -> List[str]:
+        """`tcast global group SUB <gid> ARGS`, to the store directly or
+        through this process's daemon."""
+        from tcast import _cli
+
+        head = [_cli.binary() or "tcast"]
+        if self._via_daemon:
+            sock = getattr(tc._sess(), "socket_path", None)
+            if sock:
+                head += ["--socket", str(sock)]
+        argv = head + ["--json", "global", "group", sub, self._gid(version), *args]
+        if self._via_daemon:
+            return argv + ["--via-daemon"]
+        addr, secret = self._gs
+        return argv + ["--global", str(addr), "--cluster-secret-file", str(secret)]
+
     def _group(self, sub: str, version: int, *args: str) -> Optional[Dict[str, Any]]:
         """`tcast global group SUB <group>/v<version> ARGS`: the group's
         record, None for a group that does not exist (yet)."""
         import json
         import subprocess
 
-        from tcast import _cli
-
-        addr, secret = self._gs
         wait = 0.0
         if "--wait-ms" in args:
             wait = int(args[args.index("--wait-ms") + 1]) / 1000
-        p = subprocess.run([_cli.binary() or "tcast", "--json", "global", "group", sub, self._gid(version), *args,
-                            "--global", str(addr), "--cluster-secret-file", str(secret)], capture_output=True,
+        p = subprocess.run(self._cli(sub, version, *args), capture_output=True,
                            text=True, stdin=subprocess.DEVNULL, timeout=wait + 60)
         try:
             doc = json.loads(p.stdout.splitlines()[-1] if p.stdout.strip() else "")
@@ -212,17 +239,12 @@ class GroupRealization:
         import json
         import subprocess
 
-        from tcast import _cli
-
         if version in self._holders:
             return
-        addr, secret = self._gs
-        argv = [_cli.binary() or "tcast", "--json", "global", "group", "hold", self._gid(version),
-                "--rank", str(self.rank), "--ranks", str(self.world_size),
-                "--timeout-ms", str(max(1, int(self.group_timeout_s * 1000))),
-                "--rank-lease-ms", str(max(100, int(self.rank_lease_s * 1000))),
-                "--global", str(addr), "--cluster-secret-file", str(secret)]
-        if self._node:
+        argv = self._cli("hold", version, "--rank", str(self.rank), "--ranks", str(self.world_size),
+                         "--timeout-ms", str(max(1, int(self.group_timeout_s * 1000))),
+                         "--rank-lease-ms", str(max(100, int(self.rank_lease_s * 1000))))
+        if self._node and not self._via_daemon:
             argv += ["--node", self._node]
         p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True)
