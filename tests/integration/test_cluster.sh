@@ -21,7 +21,7 @@ S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
 g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
 d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
-	for n in a b c; do d $n daemon stop >/dev/null 2>&1; done
+	for n in a b c x; do d $n daemon stop >/dev/null 2>&1; done
 	g stop >/dev/null 2>&1
 	[ "$fail" = 0 ] || tail -n 30 "$dir/gs/global.log" >&2
 	rm -rf "$dir"
@@ -213,6 +213,26 @@ ok wait_for 10 has_src b model:v1 node-a
 d a daemon stop >/dev/null
 ok test "$(g status --json | json '[n["live"] for n in d["nodes"] if n["name"]=="node-a"][0]')" = False
 ok test "$(g status --json | json '[sum(n["replicas"].values()) for n in d["nodes"] if n["name"]=="node-a"][0]')" = 0
+
+# A daemon's own generations survive its joining: keys it moved while
+# alone (kept on its shared disk) are published at the generation it
+# gave them (KEY_SET flag AT), so both sides number versions alike.
+mkdir -p "$dir/x/shared" && chmod 700 "$dir/x"
+dx() { d x "$@"; }
+ok dx daemon start --host-memory 64MiB --set "shared_disk=$dir/x/shared" >/dev/null
+ok dx import "$DATA/dtypes.safetensors" --key solo:k --policy durable >/dev/null
+ok dx import "$DATA/many-tensors.safetensors" --key solo:k --policy durable --expect 1 >/dev/null
+ok test "$(dx --json keys solo:k | json 'd["generation"]')" = 2
+dx daemon stop >/dev/null
+ok dx daemon start --host-memory 64MiB --set "shared_disk=$dir/x/shared" --set "global=$G" \
+	--set "cluster_secret_file=$dir/secret" --set node_name=node-x >/dev/null
+solo() { test "$(dx --json global resolve solo:k --via-daemon | json 'd["gen"]')" = 2; }
+ok wait_for 10 solo
+# and its next compare-and-swap goes on from there, cluster-wide
+ok dx import "$DATA/dtypes.safetensors" --key solo:k --expect 2 >/dev/null
+ok test "$(dx --json keys solo:k | json 'd["generation"]')" = 3
+ok test "$(dx --json global resolve solo:k --via-daemon | json 'd["gen"]')" = 3
+dx daemon stop >/dev/null
 
 echo "test_cluster: $pass passed, $fail failed"
 [ "$fail" = 0 ]
