@@ -579,6 +579,12 @@ int tc__objs_key_target(struct tc__objs *s, const char *key, const char *id,
 	return 0;
 }
 
+bool tc__key_node_local(const char *key)
+{
+	return !strncmp(key, TC_KEY_NODE_PREFIX,
+			sizeof(TC_KEY_NODE_PREFIX) - 1);
+}
+
 bool tc__objs_key_exists(struct tc__objs *s, const char *key)
 {
 	return tc__map_get(&s->keys, key) != NULL;

@@ -235,6 +235,13 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 int tc__objs_key_target(struct tc__objs *s, const char *key, const char *id,
 			char *full, char *err, size_t errlen);
 bool tc__objs_key_exists(struct tc__objs *s, const char *key);
+/* Keys under this prefix are the node's own even in a cluster: group
+ * realization's node-scope records (python/tcast/tools/
+ * group_realization.py), whose ranks are one server's.  They are neither
+ * published to nor decided by the global store, so two servers may run
+ * node-scope groups of the same name. */
+#define TC_KEY_NODE_PREFIX "tcast.group/"
+bool tc__key_node_local(const char *key);
 /* Record a key change the global store decided (a daemon in a cluster,
  * docs/cluster.md "Keys across the cluster"): `key` names `id` at the
  * cluster's generation `gen`, with no local compare and no key_moved

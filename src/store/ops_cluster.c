@@ -36,7 +36,8 @@ static void hook_removed(void *arg, const struct tc__obj *o)
 static void hook_key(void *arg, const char *key, const char *id,
 		     const char *prev, uint64_t gen)
 {
-	tc__cluster_key_set(arg, key, id, prev, gen);
+	if (!tc__key_node_local(key))
+		tc__cluster_key_set(arg, key, id, prev, gen);
 }
 
 static void hook_filling(void *arg, const char *id, const struct tc__table *t,

@@ -31,7 +31,7 @@ int tc__srv_key_gate_init(struct conn *c, struct key_gate *g, const char *key,
 
 	if (g)
 		memset(g, 0, sizeof(*g));
-	if (!key[0] || !s->cluster)
+	if (!key[0] || !s->cluster || tc__key_node_local(key))
 		return 0;
 	/* A plain set of a key this daemon has is a confirm (or a local
 	 * conflict): the global store heard of the key when it was made. */

@@ -128,6 +128,12 @@ for i in 1 2 3 4 5; do
 done
 ok test "$wins" = 5
 ok test "$losses" = 5
+# Group realization's node-scope records are each node's own: the same
+# name on two nodes is no race.
+ok d a keys set tcast.group/same/v1/decision "$ida" --expect 0 >/dev/null
+ok d b keys set tcast.group/same/v1/decision "$idb" --expect 0 >/dev/null
+out=$(d c global resolve tcast.group/same/v1/decision --via-daemon 2>&1)
+ok test $? != 0
 # A compare-and-swap on B of a key B never had: the generation is the
 # cluster's (model:v1 is at 2 after A's move), and B's record takes it.
 idc=$(d b import "$DATA/dtypes.safetensors" 2>/dev/null)
