@@ -15,11 +15,13 @@ n=${1:-8}
 bytes=${2:-1073741824}
 nver=${3:-5}
 out=${TC_WP_OUT:-$(mktemp -d "${TMPDIR:-/tmp}/tcast-wp-bench-XXXXXX")}
-# receivers let go of each version once applied (TC_WP_RECEIVER_KEEP=0) so
-# nine daemons of a 1 GiB model fit one machine's memory
+# receivers let go of each version once applied (TC_WP_RECEIVER_KEEP=0), and
+# no daemon keeps a spare segment (host_spare=0: 512 MiB each at a 4 GiB
+# budget), so nine daemons of a 1 GiB model fit one 23 GiB machine (with
+# spares the kernel killed the publisher's daemon at the third version)
 TC_WP_OUT=$out TC_SCALE_RECEIVER_COUNTS=$n TC_SCALE_NUM_VERSIONS=$nver TC_WP_PAYLOAD_BYTES=$bytes \
 	TC_WP_KEEP_LAST=${TC_WP_KEEP_LAST:-2} TC_WP_RECEIVER_KEEP=${TC_WP_RECEIVER_KEEP:-0} \
-	TC_WP_HOST_MEMORY=${TC_WP_HOST_MEMORY:-4GiB} TC_PUBLISH_INTERVAL_S=${TC_PUBLISH_INTERVAL_S:-15} \
+	TC_WP_HOST_MEMORY=${TC_WP_HOST_MEMORY:-4GiB} TC_WP_DAEMON_SET=${TC_WP_DAEMON_SET:-host_spare=0} TC_PUBLISH_INTERVAL_S=${TC_PUBLISH_INTERVAL_S:-15} \
 	TC_RECEIVER_TIMEOUT_S=${TC_RECEIVER_TIMEOUT_S:-300} TC_RETENTION_TIMEOUT_S=60 \
 	TC_WP_BASELINE_ENABLE=1 TC_WP_PROGRESSIVE_ENABLE=1 \
 	bash "$here/../examples/cross_host/run_multihost_weight_publisher_suite.sh"

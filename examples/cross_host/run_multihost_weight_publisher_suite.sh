@@ -33,6 +33,9 @@ interval=${TC_PUBLISH_INTERVAL_S:-1}
 rx_timeout=${TC_RECEIVER_TIMEOUT_S:-60}
 ret_timeout=${TC_RETENTION_TIMEOUT_S:-30}
 hostmem=${TC_WP_HOST_MEMORY:-1GiB}
+# extra daemon settings, KEY=VALUE separated by spaces (e.g. host_spare=0)
+dsets=()
+for kv in ${TC_WP_DAEMON_SET:-}; do dsets+=(--set "$kv"); done
 rx_keep=${TC_WP_RECEIVER_KEEP:-}
 progressive=${TC_WP_PROGRESSIVE_ENABLE:-0}
 baseline=${TC_WP_BASELINE_ENABLE:-1}
@@ -84,7 +87,7 @@ run_case() {
 		mkdir -p "$c/n$i" && chmod 700 "$c/n$i"
 		ip netns exec "${ns[$i]}" "$T" --socket "$c/n$i/d.sock" daemon start --host-memory "$hostmem" \
 			--set "global=$sub.1:7470" --set "cluster_secret_file=$out/secret" --set "node_name=node-$i" \
-			--set "peer_listen=$sub.$((11 + i)):7070" --set peer_timeout_ms=3000 >/dev/null ||
+			--set "peer_listen=$sub.$((11 + i)):7070" --set peer_timeout_ms=3000 "${dsets[@]}" >/dev/null ||
 			{ echo "case $name: daemon $i did not start" >&2; cat "$c/n$i"/*.log >&2; return 1; }
 	done
 	local common=(--init-mode connect --model-name "wp-$name" --start-version 1 --num-versions "$nver"
