@@ -590,21 +590,31 @@ bool tc__objs_key_exists(struct tc__objs *s, const char *key)
 	return tc__map_get(&s->keys, key) != NULL;
 }
 
+/* A new key of no generation yet, in s->keys, or NULL (out of memory). */
+static struct tc__key *key_new(struct tc__objs *s, const char *key)
+{
+	struct tc__key *k = tc__calloc(1, sizeof(*k));
+
+	if (!k)
+		return NULL;
+	k->name = tc__strdup(key);
+	if (!k->name || tc__map_put(&s->keys, k->name, k) < 0) {
+		tc__free(k->name);
+		tc__free(k);
+		return NULL;
+	}
+	return k;
+}
+
 int tc__objs_key_adopt(struct tc__objs *s, const char *key, const char *id,
 		       uint64_t gen)
 {
 	struct tc__key *k = tc__map_get(&s->keys, key);
 
 	if (!k) {
-		k = tc__calloc(1, sizeof(*k));
+		k = key_new(s, key);
 		if (!k)
 			return -ENOMEM;
-		k->name = tc__strdup(key);
-		if (!k->name || tc__map_put(&s->keys, k->name, k) < 0) {
-			tc__free(k->name);
-			tc__free(k);
-			return -ENOMEM;
-		}
 	} else if (k->gen == gen && !strcmp(k->id, id)) {
 		return 0; /* already recorded */
 	}
@@ -639,15 +649,9 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 				 key, (unsigned long long)expect_gen);
 			return TC_ECONFLICT;
 		}
-		k = tc__calloc(1, sizeof(*k));
+		k = key_new(s, key);
 		if (!k)
 			return -ENOMEM;
-		k->name = tc__strdup(key);
-		if (!k->name || tc__map_put(&s->keys, k->name, k) < 0) {
-			tc__free(k->name);
-			tc__free(k);
-			return -ENOMEM;
-		}
 		k->gen = 1;
 		key_retarget(s, k, id);
 		key_record(k, id);

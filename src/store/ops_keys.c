@@ -23,6 +23,22 @@
 
 /* ------------------------------------------------------------ the gate */
 
+int tc__srv_key_precheck(struct conn *c, const char *key, uint32_t flags,
+			 uint64_t expect_gen)
+{
+	/* In a cluster the generation is the global store's: it decides
+	 * the compare-and-swap at SEAL (struct key_gate). */
+	int rc = tc__srv_key_gate_init(c, NULL, key, flags);
+
+	if (rc == 0)
+		rc = tc__objs_key_precheck(&c->srv->objs, key,
+					   (flags & TC_RF_EXPECT) &&
+						   (!c->srv->cluster ||
+						    tc__key_node_local(key)),
+					   expect_gen, c->err, sizeof(c->err));
+	return rc;
+}
+
 int tc__srv_key_gate_init(struct conn *c, struct key_gate *g, const char *key,
 			  uint32_t flags)
 {

@@ -261,16 +261,7 @@ int on_create(struct conn *c, struct req *r)
 					     ttl_ms);
 	if (rc < 0)
 		goto out_free;
-	/* In a cluster the generation is the global store's: it decides
-	 * the compare-and-swap at SEAL (struct key_gate). */
-	rc = tc__srv_key_gate_init(c, NULL, p->key, p->flags);
-	if (rc == 0)
-		rc = tc__objs_key_precheck(&c->srv->objs, p->key,
-					   (p->flags & TC_RF_EXPECT) &&
-						   (!c->srv->cluster ||
-						    tc__key_node_local(p->key)),
-					   p->expect_gen, c->err,
-					   sizeof(c->err));
+	rc = tc__srv_key_precheck(c, p->key, p->flags, p->expect_gen);
 	if (rc < 0)
 		goto out_free;
 	rc = tc__table_layout(&p->o->table);

@@ -336,6 +336,11 @@ int tc__srv_publish_key(struct conn *c, const char *id, const char *key,
  * (TC_ENODAEMON with c->err): it cannot be checked cluster-wide.  A plain
  * set then goes on locally and is published later, as a daemon alone.
  * NULL g: only the answer (for a precheck).  Returns 0 or TC_ENODAEMON. */
+/* Before a put's bytes come (CREATE, CREATE_GPU): can `key` be published
+ * at the end?  The global store's reachability for a cluster CAS, the
+ * local generation otherwise.  0, or a code with c->err. */
+int tc__srv_key_precheck(struct conn *c, const char *key, uint32_t flags,
+			 uint64_t expect_gen);
 int tc__srv_key_gate_init(struct conn *c, struct key_gate *g, const char *key,
 			  uint32_t flags);
 /* The global store's decision on `key` -> `id` (an I/O worker; blocks up
