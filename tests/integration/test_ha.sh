@@ -122,16 +122,21 @@ ok is "$(deg)" ""
 ok on_b b "$id1"
 ok is "$(inspect_ha "$id1" '["ha"]["state"]')" done
 
-# 3. Python: tc.put(policy="ha") in a cluster is not degraded.
-out=$(TCAST_SOCKET="$dir/a/d.sock" TCAST_LIB="$BUILD/lib/libtcast.so" PYTHONPATH="$ROOT/python" \
-	$PY -c '
+# 3. Python: tc.put(policy="ha") in a cluster is not degraded.  (Python
+# cannot load a sanitized libtcast through ctypes: the ASan suite skips
+# this step, as run-tests.sh skips pytest there; tests/python/test_ha.py
+# covers it in the normal build.)
+if [ -z "${TC_SANITIZED:-}" ]; then
+	out=$(TCAST_SOCKET="$dir/a/d.sock" TCAST_LIB="$BUILD/lib/libtcast.so" PYTHONPATH="$ROOT/python" \
+		$PY -c '
 import numpy as np, tcast as tc
 a = tc.put({"w": np.arange(300000, dtype=np.float32)}, policy="ha")
 print(a.last_import.persistence, repr(a.last_import.degraded), a.artifact_id)
 ' 2>&1)
-ok has "$out" "durable () "
-pyid=${out##* }
-ok on_b b "$pyid"
+	ok has "$out" "durable () "
+	pyid=${out##* }
+	ok on_b b "$pyid"
+fi
 
 # 4. B leaves; C's peer server drops the request.
 d b daemon stop >/dev/null
