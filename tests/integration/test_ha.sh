@@ -79,6 +79,10 @@ daemon() {
 		--set "log_file=$dir/$n/tcastd.log" "${sets[@]}" >/dev/null
 }
 live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
+# leave NODE: it stops and the cluster is down to A; c_joins [SETTINGS]: C
+# starts with them and the cluster is A and C.
+leave() { d "$1" daemon stop >/dev/null; ok wait_for 10 live 1; }
+c_joins() { daemon c 0 "$@"; ok test $? = 0; ok wait_for 10 live 2; }
 # imp NODE FILE: import with policy ha, JSON reply in $r.
 imp() { r=$(d "$1" --json import "$2" --policy ha 2>"$dir/err"); echo "import $2: degraded: $(deg)"; }
 deg() { echo "$r" | json 'd["degraded"]'; }
@@ -139,11 +143,8 @@ print(a.last_import.persistence, repr(a.last_import.degraded), a.artifact_id)
 fi
 
 # 4. B leaves; C's peer server drops the request.
-d b daemon stop >/dev/null
-ok wait_for 10 live 1
-daemon c 0 TCAST_FAILPOINTS=peer.drop_replicate=
-ok test $? = 0
-ok wait_for 10 live 2
+leave b
+c_joins TCAST_FAILPOINTS=peer.drop_replicate=
 mk "$dir/f3.safetensors" 3000000
 imp a "$dir/f3.safetensors"
 ok has "$(deg)" "ha: no replica on another node: node node-c: no answer from its peer server"
@@ -154,11 +155,8 @@ ok has "$(inspect_ha "$id3" '["ha"]["error"]')" "node node-c: no answer"
 ok test "$(echo "$r" | json 'd["persistence"]')" = durable
 
 # 5. C's own pull fails: its host memory cannot hold the artifact.
-d c daemon stop >/dev/null
-ok wait_for 10 live 1
-daemon c 0 host_memory=4MiB
-ok test $? = 0
-ok wait_for 10 live 2
+leave c
+c_joins host_memory=4MiB
 mk "$dir/f5.safetensors" 6000000
 imp a "$dir/f5.safetensors"
 ok has "$(deg)" "ha: no replica on another node: node node-c: pull failed: "
@@ -167,11 +165,8 @@ ok has "$(grep -h "replica of $id5" "$dir/c/tcastd.log")" "failed"
 
 # 6. A slow node: the reply waits ha_wait_ms (1 s), says pending; inspect
 # tells the truth once C is done.
-d c daemon stop >/dev/null
-ok wait_for 10 live 1
-daemon c 0 TCAST_FAILPOINTS=peer.delay_replicate=
-ok test $? = 0
-ok wait_for 10 live 2
+leave c
+c_joins TCAST_FAILPOINTS=peer.delay_replicate=
 mk "$dir/f4.safetensors" 2000000
 imp a "$dir/f4.safetensors"
 ok has "$(deg)" "ha: replica on another node pending"

@@ -37,6 +37,23 @@ static int decode(const struct tc__buf *b, size_t body_len,
 				   errlen);
 }
 
+/* A REPLICATE_REQ of (id, source) is refused as malformed, the message
+ * naming `why`. */
+static void refused(struct tc__buf *b, const char *id, const char *source,
+		    const char *why)
+{
+	struct tc__peer_msg m;
+	char err[256];
+
+	b->len = 0;
+	tc__peer_put_replicate_req(b, id, source);
+	assert_int_equal(decode(b, b->len - TC_PEER_HDR_BYTES, &m, err,
+				sizeof(err)),
+			 TC_EPROTO);
+	assert_non_null(strstr(err, why));
+	tc__peer_msg_release(&m);
+}
+
 static void test_peer_wire__replicate_req(void **state)
 {
 	struct tc__buf b = TC_BUF_INIT;
@@ -62,43 +79,16 @@ static void test_peer_wire__replicate_req(void **state)
 	assert_non_null(strstr(err, "trailing"));
 	tc__peer_msg_release(&m);
 
-	b.len = 0;
-	tc__peer_put_replicate_req(&b, "model:v1", "10.0.0.1:7471");
-	assert_int_equal(decode(&b, b.len - TC_PEER_HDR_BYTES, &m, err,
-				sizeof(err)),
-			 TC_EPROTO);
-	assert_non_null(strstr(err, "not an artifact id"));
-	tc__peer_msg_release(&m);
-
-	b.len = 0;
-	tc__peer_put_replicate_req(&b, ID, "10.0.0.1");
-	assert_int_equal(decode(&b, b.len - TC_PEER_HDR_BYTES, &m, err,
-				sizeof(err)),
-			 TC_EPROTO);
-	assert_non_null(strstr(err, "HOST:PORT"));
-	tc__peer_msg_release(&m);
-
-	b.len = 0;
-	tc__peer_put_replicate_req(&b, ID, "10.0.0.1:7471\n:x");
-	assert_int_equal(decode(&b, b.len - TC_PEER_HDR_BYTES, &m, err,
-				sizeof(err)),
-			 TC_EPROTO);
-	assert_non_null(strstr(err, "printable"));
-	tc__peer_msg_release(&m);
-
+	refused(&b, "model:v1", "10.0.0.1:7471", "not an artifact id");
+	refused(&b, ID, "10.0.0.1", "HOST:PORT");
+	refused(&b, ID, "10.0.0.1:7471\n:x", "printable");
 	{
 		char big[200];
 
 		memset(big, 'a', sizeof(big) - 1);
 		big[sizeof(big) - 1] = '\0';
 		big[10] = ':';
-		b.len = 0;
-		tc__peer_put_replicate_req(&b, ID, big);
-		assert_int_equal(decode(&b, b.len - TC_PEER_HDR_BYTES, &m, err,
-					sizeof(err)),
-				 TC_EPROTO);
-		assert_non_null(strstr(err, "127 bytes"));
-		tc__peer_msg_release(&m);
+		refused(&b, ID, big, "127 bytes");
 	}
 	tc__buf_release(&b);
 }
