@@ -137,6 +137,16 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
  * or for a GPU put (TC_OPT_DEVICE) a device address on that GPU.
  * Borrowed: valid until commit or abort. */
 TC_API void *tc_put_data(tc_put *p, uint32_t i);
+/* Byte offset of tensor i in the put's memory (UINT64_MAX when out of
+ * range): where tc_put_write puts its bytes. */
+TC_API uint64_t tc_put_offset(const tc_put *p, uint32_t i);
+/* Host puts: copy n bytes from src to byte `off` of the put's memory
+ * (tensor i starts at tc_put_offset(p, i)).  Same result as a memcpy to
+ * tc_put_data, but through the memory's file: the pages are filled
+ * without faulting a mapping in, several times faster for large puts
+ * (docs/design.md).  Thread-safe for disjoint ranges.  Returns 0,
+ * TC_EINVAL (a GPU put, a range outside the memory) or -errno. */
+TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n);
 /* The CUDA ordinal a put fills (TC_OPT_DEVICE in tc_put_begin), or -1. */
 TC_API int32_t tc_put_device(const tc_put *p);
 /* GPU puts: copy tensor index[k] from device address src[k] (on the put's

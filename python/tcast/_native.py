@@ -199,6 +199,8 @@ PROTOTYPES = {
     ),
     "tc_put_data": (c_void_p, [_p, c_uint32]),
     "tc_put_nbytes": (c_uint64, [_p, c_uint32]),
+    "tc_put_offset": (c_uint64, [_p, c_uint32]),
+    "tc_put_write": (c_int, [_p, c_uint64, c_void_p, c_uint64]),
     "tc_put_device": (c_int32, [_p]),
     "tc_put_copy_from_device": (c_int, [_p, c_uint32, POINTER(c_uint32), POINTER(c_uint64)]),
     "tc_put_commit": (c_int, [_p, POINTER(TcResult)]),

@@ -60,27 +60,34 @@ static int sink_begin(void *arg, const char *id, const struct tc__table *t,
 			 tc_client_errmsg(s->c));
 		goto out;
 	}
-	if (t->ntensors) {
-		uint8_t *b = (uint8_t *)tc_put_data(s->put, 0) -
-			     t->tensors[0].offset;
-
-		for (uint32_t i = 0; i < t->ntensors; i++)
-			if ((uint8_t *)tc_put_data(s->put, i) !=
-			    b + t->tensors[i].offset) {
-				snprintf(err, errlen,
-					 "the local daemon lays '%s' out "
-					 "elsewhere than the source",
-					 t->tensors[i].name);
-				rc = TC_EINVAL;
-				goto out;
-			}
-		*base = b;
-	}
+	/* The bytes go in through sink_write: the put's mapping is never
+	 * touched here. */
+	for (uint32_t i = 0; i < t->ntensors; i++)
+		if (tc_put_offset(s->put, i) != t->tensors[i].offset) {
+			snprintf(err, errlen,
+				 "the local daemon lays '%s' out elsewhere "
+				 "than the source",
+				 t->tensors[i].name);
+			rc = TC_EINVAL;
+			goto out;
+		}
 	rc = 0;
 out:
 	free(mj);
 	json_decref(meta);
 	free(d);
+	return rc;
+}
+
+static int sink_write(void *arg, uint64_t off, const void *src, uint64_t n,
+		      char *err, size_t errlen)
+{
+	struct sink *s = arg;
+	int rc = tc_put_write(s->put, off, src, n);
+
+	if (rc < 0)
+		snprintf(err, errlen, "local daemon's memory: %s",
+			 tc_client_errmsg(s->c));
 	return rc;
 }
 
@@ -124,6 +131,7 @@ int cli_pull_into(tc_client *c, const struct tc_opts *o,
 
 	po->sink.arg = &sk;
 	po->sink.begin = sink_begin;
+	po->sink.write = sink_write;
 	po->sink.serve = sink_serve;
 	po->sink.have = sink_have;
 	rc = tc__peer_pull(po, r, err, errlen);

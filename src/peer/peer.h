@@ -121,11 +121,21 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 /* Where pulled bytes go.  begin() is called once, with the verified
  * manifest, and returns a writable mapping of the artifact's whole byte
  * space (table->total_bytes) that stays valid until tc__peer_pull
- * returns. */
+ * returns; with write() set it may return NULL instead. */
 struct tc__peer_sink {
 	void *arg;
 	int (*begin)(void *arg, const char *id, const struct tc__table *t,
 		     uint8_t **base, char *err, size_t errlen);
+	/* Optional: bytes [off, off + n) of the byte space.  A stream then
+	 * receives into a buffer of its own, hashes it there and hands it
+	 * over, instead of receiving into `base`: fresh shared memory is
+	 * filled faster through its file than by first writes through a
+	 * mapping (docs/peer.md).  Called from the streams' threads, for
+	 * disjoint ranges; bytes handed over before their chunk verifies
+	 * are overwritten when it is fetched again.  Returns 0 or a
+	 * negative code with `err` set. */
+	int (*write)(void *arg, uint64_t off, const void *src, uint64_t n,
+		     char *err, size_t errlen);
 	/* Optional, so that this node serves what it holds while it pulls
 	 * (a fan-out becomes a pipeline).  serve() is called once after
 	 * begin() with the verified digests; have() with chunks verified

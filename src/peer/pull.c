@@ -179,7 +179,7 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
  * filling source does not hold it yet (in sync too), or a negative code
  * (the stream is not). */
 static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
-		      struct tc__hasher *h, uint64_t k, char *err,
+		      struct tc__hasher *h, uint8_t *buf, uint64_t k, char *err,
 		      size_t errlen)
 {
 	struct tc__peer_msg m;
@@ -207,12 +207,13 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	tc__peer_msg_release(&m);
 	if (rc < 0)
 		return rc;
-	dst = p->base + k * TC_CHUNK_BYTES;
+	dst = buf ? buf : p->base + k * TC_CHUNK_BYTES;
 	tc__hasher_reset(h);
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);
+		uint8_t *at = buf ? buf : dst + got;
 
-		rc = c->t->recv(c, dst + got, piece);
+		rc = c->t->recv(c, at, piece);
 		if (rc < 0) {
 			snprintf(err, errlen, "%s: %s in chunk %llu", c->addr,
 				 rc == TC_ECLOSED ? "connection closed" :
@@ -221,7 +222,15 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 				 (unsigned long long)k);
 			return rc;
 		}
-		tc__hasher_update(h, dst + got, piece);
+		tc__hasher_update(h, at, piece);
+		/* Still in cache from the hash. */
+		if (buf) {
+			rc = p->o->sink.write(p->o->sink.arg,
+					      k * TC_CHUNK_BYTES + got, buf,
+					      piece, err, errlen);
+			if (rc < 0)
+				return rc;
+		}
 		got += piece;
 	}
 	tc__hasher_final(h, &d);
@@ -291,14 +300,16 @@ static void *stream_main(void *arg)
 	struct psrc *ps = &p->src[sm->src];
 	struct tc__peer_conn *c = NULL;
 	struct tc__hasher *h = tc__hasher_new();
+	uint8_t *buf = o->sink.write ? tc__malloc(TC_PULL_PIECE) : NULL;
 	struct tc__buf b = TC_BUF_INIT;
 	int64_t q[TC_PULL_DEPTH];
 	int nq = 0, nsent = 0, rc;
 	char err[512] = "";
 
-	rc = h ? tc__peer_tcp.connect(ps->addr, o->timeout_ms, o->timeout_ms,
-				      &c, err, sizeof(err)) :
-		 -ENOMEM;
+	rc = h && (buf || !o->sink.write) ?
+		     tc__peer_tcp.connect(ps->addr, o->timeout_ms,
+					  o->timeout_ms, &c, err, sizeof(err)) :
+		     -ENOMEM;
 	if (rc == 0)
 		rc = tc__peer_auth_client(c, o->secret, o->name, o->timeout_ms,
 					  err, sizeof(err));
@@ -376,7 +387,7 @@ static void *stream_main(void *arg)
 		}
 		if (rc < 0)
 			break;
-		rc = recv_chunk(p, sm->src, c, h, (uint64_t)q[0], err,
+		rc = recv_chunk(p, sm->src, c, h, buf, (uint64_t)q[0], err,
 				sizeof(err));
 		if (rc < 0)
 			break;
@@ -429,6 +440,7 @@ static void *stream_main(void *arg)
 	if (c)
 		c->t->close(c);
 	tc__hasher_free(h);
+	tc__free(buf);
 	tc__buf_release(&b);
 	return NULL;
 }

@@ -318,6 +318,9 @@ static void test_realize__put_from_device(void **state)
 	ptr[0] = src.dptr;
 	assert_int_equal(tc_put_copy_from_device(p, 1, bad, ptr), TC_EINVAL);
 	assert_int_equal(tc_put_copy_from_device(p, 1, idx, ptr), 0);
+	/* a GPU put has no host memory file to write through */
+	assert_int_equal(tc_put_write(p, 0, b, 1), TC_EINVAL);
+	assert_non_null(strstr(tc_client_errmsg(c), "not a host put"));
 	/* the fake's device memory is host-addressable: "b" written directly */
 	memcpy(tc_put_data(p, 1), b, NB);
 	assert_int_equal(tc_put_commit(p, &res), 0);
@@ -330,7 +333,7 @@ static void test_realize__put_from_device(void **state)
 	assert_int_equal(tc_put_device(p), -1);
 	assert_int_equal(tc_put_copy_from_device(p, 1, idx, ptr), TC_EINVAL);
 	memcpy(tc_put_data(p, 0), a, NA * sizeof(float));
-	memcpy(tc_put_data(p, 1), b, NB);
+	assert_int_equal(tc_put_write(p, tc_put_offset(p, 1), b, NB), 0);
 	assert_int_equal(tc_put_commit(p, &hres), 0);
 	assert_string_equal(hres.id, res.id);
 	assert_int_equal(hres.deduplicated, 1);

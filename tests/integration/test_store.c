@@ -182,6 +182,62 @@ static void test_store__put_roundtrip(void **state)
 	tc_client_close(c);
 }
 
+/* tc_put_write fills the put through its memory's file: the same id as
+ * copies through tc_put_data, and ranges outside the memory refused. */
+static void test_store__put_write_through_the_file(void **state)
+{
+	tc_client *c = t_connect(D.sock);
+	struct tc_tensor_desc *d;
+	const struct tc_tensor_info *info;
+	struct tc_result r, rp;
+	tc_artifact *a;
+	tc_put *p;
+	uint32_t n;
+	uint64_t end = 0;
+
+	import_ok(c, t_data("dtypes.safetensors"), NULL, &r);
+	assert_int_equal(tc_attach(c, r.id, &a), 0);
+	n = tc_artifact_count(a);
+	info = tc_artifact_tensors(a);
+	d = calloc(n, sizeof(*d));
+	for (uint32_t i = 0; i < n; i++) {
+		d[i].name = info[i].name;
+		d[i].dtype = info[i].dtype;
+		d[i].ndim = info[i].ndim;
+		d[i].shape = info[i].shape;
+	}
+	assert_int_equal(tc_put_begin(c, d, n,
+				      "{\"format\":\"pt\",\"note\":\"dtype "
+				      "coverage\"}",
+				      NULL, &p),
+			 0);
+	assert_int_equal(tc_put_offset(p, n), UINT64_MAX);
+	for (uint32_t i = 0; i < n; i++) {
+		uint64_t off = tc_put_offset(p, i), nb = info[i].nbytes;
+		const uint8_t *src =
+			(const uint8_t *)tc_artifact_data(a) + info[i].offset;
+
+		/* In two pieces, the second first: any order works. */
+		assert_int_equal(tc_put_write(p, off + nb / 2, src + nb / 2,
+					      nb - nb / 2),
+				 0);
+		assert_int_equal(tc_put_write(p, off, src, nb / 2), 0);
+		end = off + nb > end ? off + nb : end;
+	}
+	/* Past the end of the memory, or wrapping around: refused with a
+	 * message, the put untouched. */
+	assert_int_equal(tc_put_write(p, UINT64_MAX - 1, "xy", 2), TC_EINVAL);
+	assert_non_null(strstr(tc_client_errmsg(c), "outside the artifact"));
+	assert_int_equal(tc_put_write(p, end + (1ull << 40), "x", 1),
+			 TC_EINVAL);
+	assert_int_equal(tc_put_commit(p, &rp), 0);
+	assert_string_equal(rp.id, r.id);
+	assert_int_equal(rp.deduplicated, 1);
+	tc_artifact_close(a);
+	free(d);
+	tc_client_close(c);
+}
+
 /* ---------------------------------------------------------- sealing */
 
 static int raw_attach(int fd, const char *ref, int *memfd)
@@ -942,6 +998,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_store__roundtrip_testdata),
 		cmocka_unit_test(test_store__put_roundtrip),
+		cmocka_unit_test(test_store__put_write_through_the_file),
 		cmocka_unit_test(test_store__sealed_memfd_refuses_writes),
 		cmocka_unit_test(test_store__seal_with_writable_mapping_fails),
 		cmocka_unit_test(test_store__client_crash_releases),

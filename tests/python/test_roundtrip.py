@@ -128,10 +128,17 @@ def test_many_tensors(tc, manifest):
         assert set(sub) == {"t0000", "t1199"}
 
 
-def test_large_put_copies_in_pieces_on_threads(tc):
-    """Tensors of two pieces or more (tcast._COPY_PIECE) are copied by
-    several threads; every byte lands where it belongs, next to small,
-    strided and torch tensors copied whole, in one artifact."""
+@pytest.mark.parametrize("through_file", [True, False], ids=["tc_put_write", "threads"])
+def test_large_put_copies_in_pieces_on_threads(tc, monkeypatch, through_file):
+    """Contiguous tensors go in through the memory's file (tc_put_write);
+    with a library without it, tensors of two pieces or more
+    (tcast._COPY_PIECE) are copied by several threads.  Either way every
+    byte lands where it belongs, next to small, strided and torch tensors
+    copied whole, in one artifact, under the same id."""
+    from tcast import _native
+
+    if not through_file:
+        monkeypatch.setattr(_native, "unavailable", _native.unavailable | {"tc_put_write"})
     piece = tcast._COPY_PIECE
     rng = np.random.default_rng(7)
     tensors = {
@@ -147,3 +154,6 @@ def test_large_put_copies_in_pieces_on_threads(tc):
         want = t.numpy() if name == "torch" else np.ascontiguousarray(t)
         assert back[name].shape == want.shape, name
         assert sha(back[name]) == sha(want), name
+    # Both paths make the same artifact: the id names the content only.
+    again = {k: (v.clone() if k == "torch" else v.copy()) for k, v in tensors.items()}
+    assert tc.put(again).artifact_id == art.artifact_id
