@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "gpu_tier.h"
 #include "xfer/jobs.h"
+#include "xfer/loader.h"
 #include "metrics.h"
 #include "net/ev.h"
 #include "net/net.h"
@@ -224,6 +225,11 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		"bytes, %d io threads)",
 		TC_VERSION_STRING, cfg->socket, (int)getpid(),
 		(unsigned long long)cfg->host_bytes, cfg->io_threads);
+	tc__log(TC_LOG_INFO,
+		"a first read of a mapped page costs %llu ns here: puts are "
+		"hashed through %s",
+		(unsigned long long)tc__page_fault_ns(),
+		tc__hash_by_file() ? "their memfd's file" : "the mapping");
 	if (cfg->metrics_port) {
 		/* Asked for and unavailable is a start-up error, not a
 		 * silently missing endpoint. */

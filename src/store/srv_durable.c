@@ -85,6 +85,13 @@ int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
 {
 	int rc;
 
+	if ((!p->on || !p->wait) && tc__hash_by_file()) {
+		/* Where a fault per page of the fresh mapping costs more
+		 * than copying the page out (docs/design.md). */
+		rc = tc__hash_chunks_fd(o->shm->fd, o->table.total_bytes,
+					nthreads, chunks);
+		return rc == 0 ? tc__obj_finish(o, chunks, n) : rc;
+	}
 #ifdef MADV_POPULATE_READ
 	/* The sealed mapping is fresh: its page tables in one call, not a
 	 * fault per few pages while hashing (faults are dear on VMs). */

@@ -69,6 +69,19 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 		    struct tc__digest *chunks);
 
+/* The same reading the bytes from `fd` (pread into a window per thread)
+ * instead of through a mapping. */
+int tc__hash_chunks_fd(int fd, uint64_t size, int nthreads,
+		       struct tc__digest *chunks);
+
+/* Nanoseconds the first read of a page of a fresh shared mapping costs on
+ * this machine (measured once, ~0.5 ms on bare metal, ~8 ms on the dev
+ * VM), and whether hashing sealed bytes should therefore read them
+ * through their file rather than through a fresh mapping
+ * (TCAST_HASH_BY_FILE=0|1 overrides; docs/design.md). */
+uint64_t tc__page_fault_ns(void);
+bool tc__hash_by_file(void);
+
 /* The same while `wthreads` more threads write the bytes to w
  * (tc__native_write_data) beside the hashing; chunks NULL: write only.
  * Returns the hashing's result; *wrc gets the writes' (0 or -errno). */
