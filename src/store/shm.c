@@ -71,18 +71,27 @@ int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out)
 	return rc;
 }
 
+int tc__shm_reserve(struct tc__shm *seg)
+{
+	if (fallocate(seg->fd, 0, 0, (off_t)seg->size) < 0 &&
+	    errno != EOPNOTSUPP)
+		return -errno;
+	return 0;
+}
+
 int tc__shm_map_rw(struct tc__shm *seg)
 {
 	void *p;
+	int rc;
 
 	if (seg->rw_map)
 		return 0;
 	/* Allocate every page in one call, then map them all: one trip into
 	 * the kernel instead of a fault per 4 KiB page while copying, which
 	 * is what bounds an import on most machines. */
-	if (fallocate(seg->fd, 0, 0, (off_t)seg->size) < 0 &&
-	    errno != EOPNOTSUPP)
-		return -errno;
+	rc = tc__shm_reserve(seg);
+	if (rc < 0)
+		return rc;
 	p = mmap(NULL, seg->size, PROT_READ | PROT_WRITE, MAP_SHARED, seg->fd,
 		 0);
 	if (p == MAP_FAILED)

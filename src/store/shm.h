@@ -27,6 +27,9 @@ struct tc__shm {
  * page) already sealed against shrink and grow.  Returns 0, -ENOMEM, or -errno
  * from memfd_create(2)/ftruncate(2). */
 int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out);
+/* Allocate every page of the segment (fallocate), unmapped: for writers
+ * that fill it through its file.  Returns 0 or -errno (-ENOSPC). */
+int tc__shm_reserve(struct tc__shm *seg);
 /* A spare: an unsealed segment of `size` bytes (page-rounded) whose pages
  * are all allocated, zeroed and mapped writable, made ahead of time so an
  * import or put does not pay for page allocation while it copies.  Runs

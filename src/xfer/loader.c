@@ -41,6 +41,8 @@ struct load_ctx {
 	uint8_t *dst;		      /* destination (or data to hash) */
 	int rfd;		      /* hash: read the bytes from here */
 	bool by_fd;		      /* ... rather than through dst */
+	int wfd;		      /* load: write the bytes to here */
+	bool to_fd;		      /* ... rather than through dst */
 	uint64_t size;		      /* byte space */
 	uint64_t nchunks;
 	struct tc__digest *chunks;
@@ -132,26 +134,54 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 	return 0;
 }
 
-/* Read the tensor bytes that fall in [w0, w1) into the destination. */
+/* Read the tensor bytes that fall in [w0, w1) into the destination, or
+ * into `wbuf` (gaps zeroed: it is reused) to be written to c->wfd after
+ * hashing. */
 static int fill_window(struct load_ctx *c, uint64_t w0, uint64_t w1,
-		       uint32_t *cursor)
+		       uint32_t *cursor, uint8_t *wbuf)
 {
 	char msg[512];
-	int rc = tc__load_range(c->src, c->dst + w0, w0, w1, cursor, false,
-				NULL, msg, sizeof(msg));
+	int rc = tc__load_range(c->src, wbuf ? wbuf : c->dst + w0, w0, w1,
+				cursor, wbuf != NULL, NULL, msg, sizeof(msg));
 
 	if (rc < 0)
 		fail(c, rc, "%s", msg);
 	return rc;
 }
 
+static int write_window(struct load_ctx *c, const uint8_t *wbuf, uint64_t w0,
+			uint64_t w1)
+{
+	uint64_t off = w0;
+
+	while (off < w1) {
+		ssize_t w =
+			pwrite(c->wfd, wbuf + (off - w0), w1 - off, (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			int rc = w < 0 ? -errno : -EIO;
+
+			fail(c, rc,
+			     "cannot write bytes %" PRIu64 "..%" PRIu64
+			     " of the artifact's memory: %s",
+			     off, w1, tc_strerror(rc));
+			return rc;
+		}
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
 static void *worker(void *arg)
 {
 	struct load_ctx *c = arg;
 	struct tc__hasher *h = tc__hasher_new();
-	uint8_t *wbuf = c->by_fd ? tc__malloc(WINDOW_BYTES) : NULL;
+	bool windowed = c->by_fd || c->to_fd;
+	uint8_t *wbuf = windowed ? tc__malloc(WINDOW_BYTES) : NULL;
 
-	if (!h || (c->by_fd && !wbuf)) {
+	if (!h || (windowed && !wbuf)) {
 		fail(c, -ENOMEM, "out of memory");
 		goto out;
 	}
@@ -174,9 +204,10 @@ static void *worker(void *arg)
 		for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
 			uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);
 
-			if (c->src && fill_window(c, w, we, &cursor) < 0)
+			if (c->src && fill_window(c, w, we, &cursor,
+						  c->to_fd ? wbuf : NULL) < 0)
 				goto out;
-			if (wbuf) {
+			if (c->by_fd) {
 				int rc = tc__pread_exact(c->rfd, wbuf,
 							 (size_t)(we - w), w);
 
@@ -190,6 +221,9 @@ static void *worker(void *arg)
 			}
 			tc__hasher_update(h, wbuf ? wbuf : c->dst + w,
 					  (size_t)(we - w));
+			/* Still in cache from the hash. */
+			if (c->to_fd && write_window(c, wbuf, w, we) < 0)
+				goto out;
 		}
 		tc__hasher_final(h, &c->chunks[k]);
 		if (c->prog)
@@ -295,6 +329,23 @@ int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 	c.dst = (uint8_t *)p;
 	c.size = size;
 	c.chunks = chunks;
+	return run(&c, nthreads, 0);
+}
+
+int tc__load_source_fd(const struct tc__source *src, int fd, int nthreads,
+		       struct tc__digest *chunks,
+		       struct tc__load_progress *prog, char *err, size_t errlen)
+{
+	struct load_ctx c = { 0 };
+
+	c.src = src;
+	c.wfd = fd;
+	c.to_fd = true;
+	c.size = src->table.total_bytes;
+	c.chunks = chunks;
+	c.prog = prog;
+	c.err = err;
+	c.errlen = errlen;
 	return run(&c, nthreads, 0);
 }
 

@@ -69,6 +69,15 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 		    struct tc__digest *chunks);
 
+/* tc__load_source writing into the file `fd` (a memfd; pwrite of each
+ * window after it is hashed) instead of through a mapping: where faults
+ * are dear (tc__hash_by_file), a fresh segment fills several times
+ * faster this way.  The file must be at least the table's size. */
+int tc__load_source_fd(const struct tc__source *src, int fd, int nthreads,
+		       struct tc__digest *chunks,
+		       struct tc__load_progress *prog, char *err,
+		       size_t errlen);
+
 /* The same reading the bytes from `fd` (pread into a window per thread)
  * instead of through a mapping. */
 int tc__hash_chunks_fd(int fd, uint64_t size, int nthreads,

@@ -59,9 +59,15 @@ static int to_host(struct tc__xfer *x, char *err, size_t errlen)
 {
 	switch (x->from) {
 	case TC_XFER_FROM_FILES:
+		if (!x->host_dst)
+			return tc__load_source_fd(x->files, x->host_fd,
+						  x->nthreads, x->chunks,
+						  x->prog, err, errlen);
 		return tc__load_source(x->files, x->host_dst, x->nthreads,
 				       x->chunks, x->prog, err, errlen);
 	case TC_XFER_FROM_HOST:
+		if (!x->host_dst)
+			break;
 		memcpy(x->host_dst, x->host, x->bytes);
 		return 0;
 	case TC_XFER_FROM_GPU:

@@ -55,7 +55,9 @@ struct tc__xfer {
 	uint64_t bytes; /* HOST, GPU: bytes to move (FILES: the table's) */
 
 	enum tc__xfer_sink to;
-	void *host_dst;		     /* TO_HOST */
+	void *host_dst;		     /* TO_HOST (or NULL with host_fd) */
+	int host_fd;		     /* TO_HOST, FILES, host_dst NULL: the
+					sink's file, written with pwrite */
 	struct tc__gpu_mem *gpu_dst; /* TO_GPU */
 	int ordinal;		     /* TO_GPU: the device */
 	uint64_t alloc_bytes;	     /* TO_GPU, gpu_dst empty: its size */

@@ -517,6 +517,37 @@ static void put_blob(tc_client *c, const char *name, uint8_t fill,
 		strcpy(id, r.id);
 }
 
+/* Imports and puts fill and hash a fresh segment through its file where
+ * page faults are dear, through a mapping elsewhere (docs/design.md):
+ * both ways, forced, make the same ids from the same bytes. */
+static void test_store__file_and_mapping_fills_agree(void **state)
+{
+	const char *mode[] = { "1", "0" };
+	char ids[2][3][TC_ID_BUFLEN];
+
+	(void)state;
+	for (int m = 0; m < 2; m++) {
+		struct t_daemon d;
+		struct tc_result r;
+		tc_client *c;
+
+		setenv("TCAST_HASH_BY_FILE", mode[m], 1);
+		/* No spare: every segment is fresh. */
+		t_daemon_start(&d, "64MiB", "--set", "host_spare=0", NULL);
+		unsetenv("TCAST_HASH_BY_FILE");
+		c = t_connect(d.sock);
+		import_ok(c, t_data("dtypes.safetensors"), NULL, &r);
+		strcpy(ids[m][0], r.id);
+		import_ok(c, t_data("tiny-llama"), NULL, &r);
+		strcpy(ids[m][1], r.id);
+		put_blob(c, "blob", 7, (9 << 20) + 4095, "cache", 0, ids[m][2]);
+		tc_client_close(c);
+		assert_int_equal(t_daemon_stop(&d), 0);
+	}
+	for (int k = 0; k < 3; k++)
+		assert_string_equal(ids[0][k], ids[1][k]);
+}
+
 static void test_store__eviction_lru_and_leases(void **state)
 {
 	struct t_daemon small;
@@ -999,6 +1030,7 @@ int main(void)
 		cmocka_unit_test(test_store__roundtrip_testdata),
 		cmocka_unit_test(test_store__put_roundtrip),
 		cmocka_unit_test(test_store__put_write_through_the_file),
+		cmocka_unit_test(test_store__file_and_mapping_fills_agree),
 		cmocka_unit_test(test_store__sealed_memfd_refuses_writes),
 		cmocka_unit_test(test_store__seal_with_writable_mapping_fails),
 		cmocka_unit_test(test_store__client_crash_releases),
