@@ -73,6 +73,24 @@ TC_API int tc_view_plan_artifact(const tc_view *v, tc_artifact *a,
  * Returns what tc_view_plan_artifact returns, or tc_st_verify's codes. */
 TC_API int tc_view_plan_path(const tc_view *v, const char *path,
 			     tc_view_plan **out, char *err, size_t errlen);
+/* Plan `v` against the table of artifact `artifact_id` whose byte space
+ * (`size` bytes) the caller holds at `base` (borrowed: valid while the
+ * plan is realized or kept), e.g. the chunks of it a peer pull fetched.
+ * `tensors` carries names, dtypes, shapes and offsets (the daemon's
+ * canonical layout).  The view id is the one tc_view_plan_artifact gives
+ * for the same artifact; only the byte ranges the view needs are read
+ * from `base` (tc_view_plan_chunks says which).  Returns what
+ * tc_view_plan_artifact returns. */
+TC_API int tc_view_plan_memory(const tc_view *v, const char *artifact_id,
+			       const struct tc_tensor_info *tensors, uint32_t n,
+			       uint64_t size, const void *base,
+			       tc_view_plan **out, char *err, size_t errlen);
+/* Which `chunk_bytes`-sized pieces of the source byte space the view
+ * reads: sets bit k of `bits` (little-endian bit order, nchunks bits, the
+ * caller zeroes them) for every chunk k a planned byte range touches, and
+ * returns how many are set.  TC_EINVAL for a chunk size of 0. */
+TC_API int64_t tc_view_plan_chunks(const tc_view_plan *p, uint64_t chunk_bytes,
+				   uint8_t *bits, uint64_t nchunks);
 /* NULL is a no-op. */
 TC_API void tc_view_plan_free(tc_view_plan *p);
 
@@ -168,13 +186,13 @@ TC_API int tc_view_plan_gpu_counts(const tc_view_plan *p, uint64_t *kernel,
  * published under the view id and attached.  device < 0: a host
  * attachment; else a GPU replica of the view on that ordinal (the daemon
  * copies it once; later attaches on that GPU are zero-copy).  Only plans
- * made by tc_view_plan_artifact (a file's view id names a path, not
- * content).  *out is owned by the caller (tc_artifact_close); *flags (may
- * be NULL) gets TC_VIEW_ATTACH_CACHED.  Returns 0, TC_ENOTSUP (a plan of
- * a file), TC_ECONFLICT (the key names an artifact of another table), or
- * what tc_put_begin, tc_put_commit, tc_key_set, tc_attach and
- * tc_attach_gpu return; err says what.  A failure leaves nothing behind
- * (no key, no partial artifact).
+ * made by tc_view_plan_artifact or tc_view_plan_memory (a file's view id
+ * names a path, not content).  *out is owned by the caller (tc_artifact_close);
+ * *flags (may be NULL) gets TC_VIEW_ATTACH_CACHED.  Returns 0, TC_ENOTSUP (a
+ * plan of a file), TC_ECONFLICT (the key names an artifact of another table),
+ * or what tc_put_begin, tc_put_commit, tc_key_set, tc_attach and tc_attach_gpu
+ * return; err says what.  A failure leaves nothing behind (no key, no partial
+ * artifact).
  */
 TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 			  tc_artifact **out, uint32_t *flags, char *err,

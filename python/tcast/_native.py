@@ -271,6 +271,8 @@ PROTOTYPES = {
     "tc_view_free": (None, [_p]),
     "tc_view_plan_artifact": (c_int, [_p, _p, _pp, c_char_p, c_size_t]),
     "tc_view_plan_path": (c_int, [_p, c_char_p, _pp, c_char_p, c_size_t]),
+    "tc_view_plan_memory": (c_int, [_p, c_char_p, c_void_p, c_uint32, c_uint64, c_void_p, _pp, c_char_p, c_size_t]),
+    "tc_view_plan_chunks": (c_int64, [_p, c_uint64, c_void_p, c_uint64]),
     "tc_view_plan_free": (None, [_p]),
     "tc_view_plan_id": (c_char_p, [_p]),
     "tc_view_plan_count": (c_uint32, [_p]),

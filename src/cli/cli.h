@@ -19,6 +19,7 @@
 #include <sys/types.h>
 
 #include "tcast/client.h"
+#include "tcast/view.h"
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
@@ -141,6 +142,23 @@ struct tc__peer_pull_result;
 int cli_pull_into(tc_client *c, const struct tc_opts *o,
 		  struct tc__peer_pull_opts *po, struct tc__peer_pull_result *r,
 		  struct tc_result *res, uint64_t *t_pulled_ns, char *err,
+		  size_t errlen);
+/* A view of REF pulled from peers (pull_sink.c): only the chunks that
+ * cover its byte ranges are fetched (each verified), and the local daemon
+ * keeps the view under its view id (tc_view_attach; device >= 0: with a
+ * replica on that GPU).  po's sink is set here.  Returns 0 with `out` or
+ * a negative code with `err`; `r` says what each source did either way
+ * (want_bytes: what was pulled). */
+struct cli_view_pulled {
+	char kept_id[128];     /* the kept view's content id */
+	char view_id[128];     /* its key */
+	uint64_t bytes;	       /* the view's byte space */
+	uint64_t bytes_needed; /* source bytes its ranges cover */
+	bool held;	       /* kept here already: nothing pulled */
+};
+int cli_pull_view(tc_client *c, const tc_view *v, int32_t device,
+		  struct tc__peer_pull_opts *po, struct tc__peer_pull_result *r,
+		  struct cli_view_pulled *out, uint64_t *t_pulled_ns, char *err,
 		  size_t errlen);
 int cmd_import(int argc, char **argv);
 int cmd_ls(int argc, char **argv);

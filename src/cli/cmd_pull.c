@@ -1,10 +1,12 @@
 /*
- * cmd_pull.c - tcast pull REF [--from HOST:PORT ...]
+ * cmd_pull.c - tcast pull REF [--from HOST:PORT ...] [--view SPEC]
  *
  * Pulls an artifact from peer daemons into the local daemon as a host
  * replica (pull_sink.c: straight into a put's memory, then committed and
  * hashed once more), registered under its id and the key, when REF is a
- * key.  This file picks the sources and reports.
+ * key.  With --view, only the chunks covering the view's byte ranges are
+ * pulled and the daemon keeps the view (under its view id).  This file
+ * picks the sources and reports.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -125,6 +127,76 @@ static int global_sources(const char *ref, char *id,
 	return 0;
 }
 
+static void report_failed_sources(const struct tc__peer_pull_result *r)
+{
+	if (cli.json)
+		cli.partial = json_pack("{s:o}", "sources", sources_json(r));
+	else
+		for (int i = 0; i < r->nsources; i++)
+			if (r->src[i].failed)
+				fprintf(stderr, "  %s: %s\n",
+					cli_esc(r->src[i].addr),
+					cli_esc(r->src[i].err));
+}
+
+/* --view: only the chunks the view reads; the daemon keeps the view. */
+static int pull_view(tc_client *c, const tc_view *v, int32_t device,
+		     struct tc__peer_pull_opts *po,
+		     struct tc__peer_pull_result *r, uint64_t t0, char *err,
+		     size_t errlen)
+{
+	struct cli_view_pulled vp;
+	char b1[32], b2[32], b3[48];
+	uint64_t t1;
+	int rc;
+
+	rc = cli_pull_view(c, v, device, po, r, &vp, &t1, err, errlen);
+	if (rc < 0) {
+		report_failed_sources(r);
+		return cli_fail(rc, err);
+	}
+	if (cli.json) {
+		cli_put_json(json_pack(
+			"{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, "
+			"s:f, s:f, s:f, s:o}",
+			"id", vp.kept_id, "view_id", vp.view_id, "view_of",
+			r->id, "bytes", (json_int_t)vp.bytes, "artifact_bytes",
+			(json_int_t)r->bytes, "bytes_needed",
+			(json_int_t)vp.bytes_needed, "bytes_pulled",
+			(json_int_t)r->want_bytes, "chunks_pulled",
+			(json_int_t)r->want_chunks, "chunks",
+			(json_int_t)r->nchunks, "held_already", vp.held,
+			"seconds", (double)(now_ns() - t0) / 1e9,
+			"transfer_seconds", (double)r->ns / 1e9, "gbps",
+			gbps(r->want_bytes, r->ns), "sources",
+			sources_json(r)));
+		return 0;
+	}
+	puts(vp.kept_id);
+	fflush(stdout);
+	fprintf(stderr, "view %s of %s: %s\n", vp.view_id, r->id,
+		vp.held ? "kept here already, nothing pulled" : "kept");
+	fprintf(stderr,
+		"pulled %s of %s (%llu of %llu chunks) in %.3f s%s "
+		"(+%.3f s to make the view)\n",
+		cli_bytes(r->want_bytes, b1, sizeof(b1)),
+		cli_bytes(r->bytes, b2, sizeof(b2)),
+		(unsigned long long)r->want_chunks,
+		(unsigned long long)r->nchunks, (double)r->ns / 1e9,
+		cli_rate(r->want_bytes, r->ns, b3, sizeof(b3)),
+		(double)(now_ns() - t1) / 1e9);
+	for (int i = 0; i < r->nsources; i++) {
+		const struct tc__peer_source_stats *s = &r->src[i];
+
+		fprintf(stderr, "  %s: %s%s, %u bad chunks%s%s\n",
+			cli_esc(s->addr), cli_bytes(s->bytes, b1, sizeof(b1)),
+			cli_rate(s->bytes, r->ns, b3, sizeof(b3)),
+			s->bad_chunks, s->failed ? "; dropped: " : "",
+			s->failed ? cli_esc(s->err) : "");
+	}
+	return 0;
+}
+
 int cmd_pull(int argc, char **argv)
 {
 	static const char *const policies[] = { "cache", "warm", "pinned",
@@ -145,6 +217,8 @@ int cmd_pull(int argc, char **argv)
 	int32_t device = -1;
 	uint64_t gpu_ns = 0;
 	bool nokey = false;
+	const char *view_spec = NULL;
+	tc_view *view = NULL;
 
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -181,6 +255,10 @@ int cmd_pull(int argc, char **argv)
 		} else if ((m = cli_opt(argc, argv, &i, "--device", &v))) {
 			if (m < 0 || cli_parse_device("--device", v, &device))
 				return EXIT_USAGE;
+		} else if ((m = cli_opt(argc, argv, &i, "--view", &v))) {
+			if (m < 0 || cli_parse_nonempty("--view", v))
+				return EXIT_USAGE;
+			view_spec = v;
 		} else if (!strcmp(a, "--no-key")) {
 			nokey = true;
 		} else if (a[0] == '-' && a[1]) {
@@ -195,13 +273,25 @@ int cmd_pull(int argc, char **argv)
 	}
 	if (!ref)
 		return cli_usage_error("no REF given");
+	if (view_spec && (o.key || nokey || o.policy))
+		return cli_usage_error(
+			"--view keeps the view under its view id (policy "
+			"cache): --key, --no-key and --policy do not apply");
+	if (view_spec) {
+		rc = tc_view_parse(view_spec, &view, err, sizeof(err));
+		if (rc < 0)
+			return cli_usage_error("--view: %s", cli_esc(err));
+		nokey = true; /* the view id is its key */
+	}
 	/* A key pulled is registered under that key here too. */
 	if (!o.key && !nokey && !tc__is_id(ref))
 		o.key = ref;
 	if (!nsrc) {
 		rc = global_sources(ref, gid, gaddr, sources, &nsrc);
-		if (rc)
+		if (rc) {
+			tc_view_free(view);
 			return rc;
+		}
 		ref = gid; /* the sources serve the id the key named */
 		/* Receivers that start after us join as they appear. */
 		po.discover.fn = discover;
@@ -210,8 +300,10 @@ int cmd_pull(int argc, char **argv)
 	if (o.key && !nokey)
 		o.field_mask |= TC_OPT_KEY;
 	tcl = cli_connect();
-	if (!tcl)
+	if (!tcl) {
+		tc_view_free(view);
 		return EXIT_RUNTIME;
+	}
 	if (!secret_file && getenv("TCAST_CLUSTER_SECRET_FILE") &&
 	    *getenv("TCAST_CLUSTER_SECRET_FILE"))
 		secret_file = getenv("TCAST_CLUSTER_SECRET_FILE");
@@ -243,17 +335,13 @@ int cmd_pull(int argc, char **argv)
 	gethostname(host, sizeof(host) - 1);
 	po.name = host;
 	t0 = now_ns();
+	if (view) {
+		rc = pull_view(tcl, view, device, &po, r, t0, err, sizeof(err));
+		goto out_close;
+	}
 	rc = cli_pull_into(tcl, &o, &po, r, &res, &t1, err, sizeof(err));
 	if (rc < 0) {
-		if (cli.json)
-			cli.partial =
-				json_pack("{s:o}", "sources", sources_json(r));
-		else
-			for (int i = 0; i < r->nsources; i++)
-				if (r->src[i].failed)
-					fprintf(stderr, "  %s: %s\n",
-						cli_esc(r->src[i].addr),
-						cli_esc(r->src[i].err));
+		report_failed_sources(r);
 		rc = cli_fail(rc, err);
 		goto out_close;
 	}
@@ -303,6 +391,7 @@ int cmd_pull(int argc, char **argv)
 	}
 	rc = 0;
 out_close:
+	tc_view_free(view);
 	free(r);
 	if (secret)
 		tc__auth_secret_wipe(secret);

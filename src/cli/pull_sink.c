@@ -6,6 +6,12 @@
  * computes must be the one the sources announced: a second, end-to-end
  * check on top of the per-chunk digests.  Used by `tcast pull` and by
  * the daemon's peer server answering a replication request (policy ha).
+ *
+ * A view pull (`tcast pull REF --view SPEC`) plans the view against the
+ * verified manifest's table, pulls only the chunks that cover its byte
+ * ranges into scratch memory, and has the local daemon keep the view
+ * (tc_view_attach: an artifact of its own under the view id, as
+ * `tcast inspect --view --keep` makes from a local replica).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -14,9 +20,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <sys/mman.h>
+
 #include "cli.h"
 #include "peer/peer.h"
 #include "tcast/errors.h"
+#include "tcast/view.h"
 
 struct sink {
 	tc_client *c;
@@ -157,4 +166,117 @@ int cli_pull_into(tc_client *c, const struct tc_opts *o,
 		return TC_EDIGEST;
 	}
 	return 0;
+}
+
+/* ------------------------------------------------------------ a view */
+
+struct vsink {
+	tc_client *c;
+	const tc_view *v;
+	tc_view_plan *plan;
+	uint8_t *mem; /* the artifact's byte space; only wanted chunks land */
+	uint64_t len;
+	bool held; /* the daemon keeps this view already: pull nothing */
+};
+
+static int vsink_begin(void *arg, const char *id, const struct tc__table *t,
+		       uint8_t **base, char *err, size_t errlen)
+{
+	struct vsink *s = arg;
+	struct tc_tensor_info *ti;
+	tc_artifact *a;
+	int rc;
+
+	*base = NULL;
+	/* Untouched pages of an anonymous mapping cost nothing: only the
+	 * chunks pulled take memory. */
+	s->len = t->total_bytes ? t->total_bytes : 1;
+	s->mem = mmap(NULL, s->len, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->mem == MAP_FAILED) {
+		rc = -errno;
+		s->mem = NULL;
+		snprintf(err, errlen, "cannot map %llu bytes of scratch: %s",
+			 (unsigned long long)s->len, strerror(-rc));
+		return rc;
+	}
+	ti = calloc(t->ntensors ? t->ntensors : 1, sizeof(*ti));
+	if (!ti)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < t->ntensors; i++) {
+		ti[i].name = t->tensors[i].name;
+		ti[i].dtype = t->tensors[i].dtype;
+		ti[i].ndim = t->tensors[i].ndim;
+		memcpy(ti[i].shape, t->tensors[i].shape, sizeof(ti[i].shape));
+		ti[i].offset = t->tensors[i].offset;
+		ti[i].nbytes = t->tensors[i].nbytes;
+	}
+	rc = tc_view_plan_memory(s->v, id, ti, t->ntensors, t->total_bytes,
+				 s->mem, &s->plan, err, errlen);
+	free(ti);
+	if (rc < 0)
+		return rc;
+	/* Kept here already (same view of the same artifact): nothing to
+	 * pull; tc_view_attach checks its table. */
+	if (tc_attach(s->c, tc_view_plan_id(s->plan), &a) == 0) {
+		s->held = true;
+		tc_artifact_close(a);
+	}
+	*base = s->mem;
+	return 0;
+}
+
+static int vsink_want(void *arg, uint8_t *bits, uint64_t nchunks, char *err,
+		      size_t errlen)
+{
+	struct vsink *s = arg;
+	int64_t n;
+
+	if (s->held)
+		return 0;
+	n = tc_view_plan_chunks(s->plan, TC_CHUNK_BYTES, bits, nchunks);
+	if (n < 0) {
+		snprintf(err, errlen, "view: cannot list its chunks");
+		return (int)n;
+	}
+	return 0;
+}
+
+int cli_pull_view(tc_client *c, const tc_view *v, int32_t device,
+		  struct tc__peer_pull_opts *po, struct tc__peer_pull_result *r,
+		  struct cli_view_pulled *out, uint64_t *t_pulled_ns, char *err,
+		  size_t errlen)
+{
+	struct vsink sk = { .c = c, .v = v };
+	tc_artifact *kept = NULL;
+	uint32_t flags = 0;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	po->sink.arg = &sk;
+	po->sink.begin = vsink_begin;
+	po->sink.want = vsink_want;
+	rc = tc__peer_pull(po, r, err, errlen);
+	if (t_pulled_ns)
+		*t_pulled_ns = now_ns();
+	if (rc == 0)
+		rc = tc_view_attach(c, sk.plan, device, &kept, &flags, err,
+				    errlen);
+	if (rc == 0) {
+		struct tc_view_stats st;
+
+		tc_view_plan_stats(sk.plan, &st);
+		snprintf(out->kept_id, sizeof(out->kept_id), "%s",
+			 tc_artifact_id(kept));
+		snprintf(out->view_id, sizeof(out->view_id), "%s",
+			 tc_view_plan_id(sk.plan));
+		out->bytes = tc_view_plan_size(sk.plan);
+		out->bytes_needed = st.bytes_needed;
+		out->held = (flags & TC_VIEW_ATTACH_CACHED) != 0;
+		tc_artifact_close(kept);
+	}
+	tc_view_plan_free(sk.plan);
+	if (sk.mem)
+		munmap(sk.mem, sk.len);
+	return rc;
 }

@@ -155,7 +155,7 @@ static const struct cli_verb verbs[] = {
 	  "tcast pull REF [--from HOST:PORT]...\n"
 	  "                [--streams N] [--timeout-ms MS] [--secret-file PATH]\n"
 	  "                [--key KEY | --no-key] [--policy cache|warm|pinned]\n"
-	  "                [--device cuda:N]\n"
+	  "                [--device cuda:N] [--view SPEC]\n"
 	  "\n"
 	  "Pull an artifact (by key or full id) from the peer servers of "
 	  "other\ndaemons (their peer_listen) into this node's daemon as a "
@@ -168,7 +168,12 @@ static const struct cli_verb verbs[] = {
 	  "--secret-file, else $TCAST_CLUSTER_SECRET_FILE, else\nthe local "
 	  "daemon's cluster_secret_file.  --device also makes a replica on "
 	  "that GPU\n(from the host replica).  Prints the id; per source bytes and rate\non "
-	  "stderr (--json: one document).\n" GLOBAL_OPTS },
+	  "stderr (--json: one document).\n"
+	  "--view SPEC (JSON, as 'tcast inspect --view'): pull only the "
+	  "chunks that\ncover the view's byte ranges (each verified); the "
+	  "daemon keeps the view\nas an artifact of its own under the view "
+	  "id.  Prints the kept view's id;\n--json adds bytes_pulled, "
+	  "chunks_pulled, artifact_bytes, view_id.\n" GLOBAL_OPTS },
 	{ "status", cmd_status, "same as 'daemon status'",
 	  "tcast status\n"
 	  "\n"

@@ -3,8 +3,9 @@
  * and executors of src/format/view.h.
  *
  * A plan holds what it reads from: a reference on an attached artifact
- * (its host mapping) or an open safetensors source.  Counters are atomic so
- * tensors of one plan may be realized from several threads.
+ * (its host mapping), an open safetensors source, or the caller's memory
+ * holding an artifact's byte space (a view pulled from peers).  Counters are
+ * atomic so tensors of one plan may be realized from several threads.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -30,6 +31,9 @@ struct tc_view_plan {
 	struct tc_tensor_info *infos; /* owned, plan.out.ntensors entries */
 	tc_artifact *a;		      /* a reference, or NULL */
 	struct tc__source *src;	      /* owned, or NULL */
+	const uint8_t *mem;	      /* tc_view_plan_memory: borrowed */
+	uint64_t mem_len;
+	char of[TC_VIEW_ID_LEN + 1]; /* the artifact id, when a is NULL */
 	uint64_t header_bytes;
 	_Atomic uint64_t bytes_read;
 	_Atomic uint64_t reads;
@@ -159,23 +163,16 @@ TC_API void tc_view_plan_free(tc_view_plan *p)
 	tc__free(p);
 }
 
-TC_API int tc_view_plan_artifact(const tc_view *v, tc_artifact *a,
-				 tc_view_plan **out, char *err, size_t errlen)
+/* Plan `v` against a table given as tensor infos (names borrowed). */
+static int plan_table(const tc_view *v, const char *id,
+		      const struct tc_tensor_info *ti, uint32_t n,
+		      uint64_t size, tc_view_plan **out, char *err,
+		      size_t errlen)
 {
-	const struct tc_tensor_info *ti;
 	struct tc__table t;
 	tc_view_plan *p;
-	uint32_t n;
 	int ret;
 
-	*out = NULL;
-	if (!v || !a) {
-		set_err(err, errlen, "%s", "view: NULL spec or artifact");
-		return TC_EINVAL;
-	}
-	/* The artifact's table as the planner wants it; names borrowed. */
-	n = tc_artifact_count(a);
-	ti = tc_artifact_tensors(a);
 	tc__table_init(&t);
 	t.tensors = tc__calloc(n ? n : 1, sizeof(*t.tensors));
 	if (!t.tensors)
@@ -191,21 +188,18 @@ TC_API int tc_view_plan_artifact(const tc_view *v, tc_artifact *a,
 		x->offset = ti[i].offset;
 	}
 	t.ntensors = n;
-	t.total_bytes = tc_artifact_size(a);
+	t.total_bytes = size;
 	p = tc__calloc(1, sizeof(*p));
 	if (!p) {
 		ret = -ENOMEM;
 		goto out_free_tensors;
 	}
-	ret = tc__view_plan(&t, tc_artifact_id(a), &v->spec, &p->plan, err,
-			    errlen);
+	ret = tc__view_plan(&t, id, &v->spec, &p->plan, err, errlen);
 	if (ret < 0)
 		goto out_free_plan;
 	ret = finish_plan(p);
 	if (ret < 0)
 		goto out_release_plan;
-	tc_artifact_ref(a);
-	p->a = a;
 	tc__free(t.tensors); /* names were borrowed */
 	*out = p;
 	return 0;
@@ -217,6 +211,101 @@ out_free_plan:
 out_free_tensors:
 	tc__free(t.tensors);
 	return ret;
+}
+
+TC_API int tc_view_plan_artifact(const tc_view *v, tc_artifact *a,
+				 tc_view_plan **out, char *err, size_t errlen)
+{
+	int ret;
+
+	*out = NULL;
+	if (!v || !a) {
+		set_err(err, errlen, "%s", "view: NULL spec or artifact");
+		return TC_EINVAL;
+	}
+	ret = plan_table(v, tc_artifact_id(a), tc_artifact_tensors(a),
+			 tc_artifact_count(a), tc_artifact_size(a), out, err,
+			 errlen);
+	if (ret < 0)
+		return ret;
+	tc_artifact_ref(a);
+	(*out)->a = a;
+	return 0;
+}
+
+TC_API int tc_view_plan_memory(const tc_view *v, const char *artifact_id,
+			       const struct tc_tensor_info *tensors, uint32_t n,
+			       uint64_t size, const void *base,
+			       tc_view_plan **out, char *err, size_t errlen)
+{
+	int ret;
+
+	*out = NULL;
+	if (!v || !artifact_id || (n && !tensors) || (size && !base)) {
+		set_err(err, errlen, "%s",
+			"view: NULL spec, artifact id, table or memory");
+		return TC_EINVAL;
+	}
+	if (strlen(artifact_id) > TC_VIEW_ID_LEN) {
+		set_err(err, errlen, "%s", "view: artifact id too long");
+		return TC_EINVAL;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		if (tensors[i].offset > size ||
+		    tensors[i].nbytes > size - tensors[i].offset) {
+			set_err(err, errlen,
+				"view: tensor '%s' lies outside the byte space",
+				tensors[i].name ? tensors[i].name : "?");
+			return TC_EINVAL;
+		}
+	ret = plan_table(v, artifact_id, tensors, n, size, out, err, errlen);
+	if (ret < 0)
+		return ret;
+	(*out)->mem = base;
+	(*out)->mem_len = size;
+	snprintf((*out)->of, sizeof((*out)->of), "%s", artifact_id);
+	return 0;
+}
+
+TC_API int64_t tc_view_plan_chunks(const tc_view_plan *p, uint64_t chunk_bytes,
+				   uint8_t *bits, uint64_t nchunks)
+{
+	int64_t set = 0;
+
+	if (!p || !chunk_bytes || (nchunks && !bits))
+		return TC_EINVAL;
+	for (uint32_t i = 0; i < p->plan.out.ntensors; i++) {
+		const struct tc__view_tplan *t = &p->plan.t[i];
+
+		for (uint32_t r = 0; r < t->nruns; r++) {
+			const struct tc__view_run *x = &t->runs[r];
+			/* Gaps shorter than a chunk leave no chunk of the
+			 * span untouched: mark the span at once. */
+			bool span = x->count == 1 ||
+				    x->stride - x->len < chunk_bytes;
+			uint64_t pieces = span ? 1 : x->count;
+			uint64_t len =
+				span ? (x->count - 1) * x->stride + x->len :
+				       x->len;
+
+			if (!len)
+				continue;
+			for (uint64_t j = 0; j < pieces; j++) {
+				uint64_t a = x->src + j * x->stride;
+				uint64_t k0 = a / chunk_bytes;
+				uint64_t k1 = (a + len - 1) / chunk_bytes;
+
+				for (uint64_t k = k0; k <= k1 && k < nchunks;
+				     k++)
+					if (!(bits[k / 8] & (1u << k % 8))) {
+						bits[k / 8] |=
+							(uint8_t)(1u << k % 8);
+						set++;
+					}
+			}
+		}
+	}
+	return set;
 }
 
 TC_API int tc_view_plan_path(const tc_view *v, const char *path,
@@ -345,6 +434,9 @@ TC_API int tc_view_realize_tensor(tc_view_plan *p, uint32_t i, void *dst,
 	if (p->src) {
 		ret = tc__view_exec_source(&p->plan, i, p->src, dst, len, &io,
 					   err, errlen);
+	} else if (!p->a) {
+		ret = tc__view_exec_host(&p->plan, i, p->mem, p->mem_len, dst,
+					 len, &io, err, errlen);
 	} else {
 		if (tc_artifact_device(p->a) >= 0) {
 			set_err(err, errlen,
@@ -408,6 +500,11 @@ static int gpu_source(tc_view_plan *p, int32_t device, const void **host,
 	*len = 0;
 	if (p->src)
 		return 0;
+	if (!p->a) {
+		*host = p->mem;
+		*len = p->mem_len;
+		return 0;
+	}
 	*len = tc_artifact_size(p->a);
 	if (tc_artifact_device(p->a) < 0) {
 		*host = tc_artifact_data(p->a);
@@ -616,6 +713,7 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	struct tc_opts o = { 0 };
 	struct tc_result res;
 	char what[200], *meta = NULL;
+	const char *of;
 	tc_put *put = NULL;
 	tc_artifact *a = NULL;
 	uint32_t n;
@@ -636,8 +734,8 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 			"view the artifact");
 		return TC_ENOTSUP;
 	}
-	snprintf(what, sizeof(what), "view %s of '%s'", p->plan.id,
-		 tc_artifact_id(p->a));
+	of = p->a ? tc_artifact_id(p->a) : p->of;
+	snprintf(what, sizeof(what), "view %s of '%s'", p->plan.id, of);
 	ret = attach_ref(c, p->plan.id, device, &a);
 	if (ret == 0) {
 		if (!same_table(p, a)) {
@@ -659,7 +757,7 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	/* Not held: realize it straight into a new artifact's memory. */
 	n = p->plan.out.ntensors;
 	descs = tc__calloc(n ? n : 1, sizeof(*descs));
-	mlen = strlen(p->plan.id) + strlen(tc_artifact_id(p->a)) + 64;
+	mlen = strlen(p->plan.id) + strlen(of) + 64;
 	meta = tc__malloc(mlen);
 	if (!descs || !meta) {
 		ret = -ENOMEM;
@@ -674,7 +772,7 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	}
 	/* Ids are "tc2:" + hex: nothing to escape. */
 	snprintf(meta, mlen, "{\"tcast.view\":\"%s\",\"tcast.view_of\":\"%s\"}",
-		 p->plan.id, tc_artifact_id(p->a));
+		 p->plan.id, of);
 	o.field_mask = TC_OPT_POLICY;
 	o.policy = "cache";
 	ret = tc_put_begin(c, descs, n, meta, &o, &put);

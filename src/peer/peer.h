@@ -147,6 +147,13 @@ struct tc__peer_sink {
 		      const struct tc__digest *chunks, uint64_t nchunks);
 	void (*have)(void *arg, const uint64_t *chunks, uint32_t n,
 		     bool fetching);
+	/* Optional: only some chunks are wanted (a view needs part of the
+	 * artifact).  Called once after begin(); sets bit k of `bits`
+	 * (nchunks bits, zeroed) for each chunk to pull, and returns 0 or a
+	 * negative code with `err`.  NULL: every chunk.  Chunks not wanted
+	 * are neither fetched nor written. */
+	int (*want)(void *arg, uint8_t *bits, uint64_t nchunks, char *err,
+		    size_t errlen);
 };
 
 /* Optional: more sources while a pull runs (other receivers of the same
@@ -185,7 +192,9 @@ struct tc__peer_pull_result {
 	char id[TC_ID_LEN + 1];
 	uint64_t bytes; /* artifact size */
 	uint64_t nchunks;
-	uint64_t ns; /* manifest to last verified chunk */
+	uint64_t want_bytes;  /* bytes of the chunks wanted (sink.want) */
+	uint64_t want_chunks; /* chunks wanted: nchunks without sink.want */
+	uint64_t ns;	      /* manifest to last verified chunk */
 	int nsources;
 	struct tc__peer_source_stats src[TC_PEER_MAX_SOURCES];
 };

@@ -49,7 +49,7 @@
 #define TC_PULL_VALVE_MS 300	    /* no progress: the seed sends anything */
 #define TC_PULL_TICK_MS	 50	    /* supervisor and idle-stream period */
 
-enum { C_TODO, C_FLIGHT, C_DONE };
+enum { C_TODO, C_FLIGHT, C_DONE, C_SKIP }; /* C_SKIP: not wanted */
 
 /* What the pull knows of one source (under mu). */
 struct psrc {
@@ -67,6 +67,7 @@ struct pull {
 	struct tc__peer_msg man; /* the verified manifest */
 	uint8_t *base;		 /* destination of the byte space */
 	uint64_t n;		 /* chunks */
+	uint64_t nwant;		 /* chunks to pull (n unless sink.want) */
 	uint64_t start;		 /* scans begin here (random) */
 	uint8_t *state;		 /* C_* per chunk */
 	uint16_t *barred;	 /* per chunk: sources that sent it bad */
@@ -110,7 +111,7 @@ static void drop_source(struct pull *p, int src, const char *why)
 		p->dropped[src] = true;
 		st->failed = true;
 		snprintf(st->err, sizeof(st->err), "%s", why);
-		if (p->ndone < p->n)
+		if (p->ndone < p->nwant)
 			tc__log(TC_LOG_WARN, "pull %s: dropping source %s: %s",
 				p->man.id, st->addr, why);
 	}
@@ -333,7 +334,7 @@ static void *stream_main(void *arg)
 			/* Nothing for us now: finished, or what is left is
 			 * in flight elsewhere or held by no one we know yet
 			 * (and may come). */
-			if (p->ndone == p->n || p->dropped[sm->src]) {
+			if (p->ndone == p->nwant || p->dropped[sm->src]) {
 				pthread_mutex_unlock(&p->mu);
 				break;
 			}
@@ -345,7 +346,8 @@ static void *stream_main(void *arg)
 					 "left, and no source sent any for "
 					 "%d ms",
 					 ps->addr,
-					 (unsigned long long)(p->n - p->ndone),
+					 (unsigned long long)(p->nwant -
+							      p->ndone),
 					 o->timeout_ms);
 				pthread_mutex_unlock(&p->mu);
 				rc = TC_ENOTFOUND;
@@ -445,6 +447,37 @@ static void *stream_main(void *arg)
 	return NULL;
 }
 
+/* Mark the chunks the sink does not want C_SKIP; count the others. */
+static int want_chunks(struct pull *p, char *err, size_t errlen)
+{
+	const struct tc__peer_sink *sk = &p->o->sink;
+	uint8_t *bits;
+	int rc;
+
+	p->nwant = p->n;
+	if (!sk->want) {
+		p->res->want_bytes = p->man.table.total_bytes;
+		p->res->want_chunks = p->n;
+		return 0;
+	}
+	bits = tc__calloc((p->n + 7) / 8 + 1, 1);
+	if (!bits)
+		return -ENOMEM;
+	rc = sk->want(sk->arg, bits, p->n, err, errlen);
+	p->nwant = 0;
+	for (uint64_t k = 0; rc == 0 && k < p->n; k++) {
+		if (!bit(bits, k)) {
+			p->state[k] = C_SKIP;
+			continue;
+		}
+		p->nwant++;
+		p->res->want_bytes += chunk_len(p, k);
+	}
+	p->res->want_chunks = p->nwant;
+	tc__free(bits);
+	return rc;
+}
+
 /* The manifest from the first source that has `ref`. */
 static int get_manifest(struct pull *p, char *err, size_t errlen)
 {
@@ -505,7 +538,7 @@ static void summarize(const struct pull *p, char *err, size_t errlen)
 	size_t off = (size_t)snprintf(err, errlen,
 				      "pulled %llu of %llu chunks of '%s'; ",
 				      (unsigned long long)p->ndone,
-				      (unsigned long long)p->n, p->o->ref);
+				      (unsigned long long)p->nwant, p->o->ref);
 
 	for (int i = 0; i < p->nsrc && off < errlen; i++)
 		off += (size_t)snprintf(err + off, errlen - off, "%s%s: %s",
@@ -598,7 +631,7 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 		}
 		p->nfresh = p->nasked = 0;
 		if (nb || na ||
-		    (o->discover.fn && p->ndone < p->n &&
+		    (o->discover.fn && p->ndone < p->nwant &&
 		     tc__now_ns() >= next_discover)) {
 			pthread_mutex_unlock(&p->mu);
 			/* What we fetch from a seed first: peers then ask
@@ -692,6 +725,9 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		rc = -ENOMEM;
 		goto out;
 	}
+	rc = want_chunks(&p, err, errlen);
+	if (rc < 0)
+		goto out;
 	pthread_mutex_init(&p.mu, NULL);
 	{
 		/* Timed waits count on the monotonic clock. */
@@ -703,16 +739,16 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		pthread_condattr_destroy(&ca);
 	}
 	sync = true;
-	for (int s = 0; p.n && s < o->nsources; s++)
+	for (int s = 0; p.nwant && s < o->nsources; s++)
 		if (!p.dropped[s])
 			start_streams(&p, sm, &ns, s);
-	if (p.n)
+	if (p.nwant)
 		supervise(&p, sm, &ns);
 	for (int i = 0; i < ns; i++)
 		pthread_join(sm[i].th, NULL);
 	res->ns = now_ns() - t0;
 	rc = 0;
-	if (p.ndone != p.n) {
+	if (p.ndone != p.nwant) {
 		summarize(&p, err, errlen);
 		rc = TC_EDIGEST;
 		for (int i = 0; i < p.nsrc; i++)
