@@ -44,6 +44,14 @@ class PullResult:
     transfer_seconds: float  # manifest to last verified chunk
     gbps: float  # bytes / transfer_seconds / 1e9
     peers: List[PeerStat]
+    # A view pull (view=SPEC): artifact_id is the kept view's content id,
+    # bytes the view's; what was fetched of the artifact (view_of).
+    view_id: Optional[str] = None
+    view_of: Optional[str] = None
+    bytes_pulled: Optional[int] = None
+    bytes_needed: Optional[int] = None
+    artifact_bytes: Optional[int] = None
+    held_already: Optional[bool] = None
 
 
 def peers_from_env() -> List[str]:
@@ -74,7 +82,10 @@ def pull(
     timeout_ms: int = 5000,
     key: Optional[str] = None,
     secret_file: Optional[str] = None,
+    view: Optional[str] = None,
 ) -> PullResult:
+    """`tcast pull`; view (a JSON view spec): only the chunks that cover
+    the view's byte ranges, and the daemon keeps the view under its id."""
     if not isinstance(ref, str) or not ref:
         raise errors.InvalidArgumentError(f"pull needs a key or an artifact id, not {ref!r}")
     srcs = list(sources)
@@ -97,6 +108,8 @@ def pull(
         cmd += ["--key", key]
     if secret_file:
         cmd += ["--secret-file", os.fspath(secret_file)]
+    if view is not None:
+        cmd += ["--view", view]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     try:
@@ -118,4 +131,10 @@ def pull(
         transfer_seconds=float(doc["transfer_seconds"]),
         gbps=float(doc["gbps"]),
         peers=_stats(doc),
+        view_id=doc.get("view_id"),
+        view_of=doc.get("view_of"),
+        bytes_pulled=doc.get("bytes_pulled"),
+        bytes_needed=doc.get("bytes_needed"),
+        artifact_bytes=doc.get("artifact_bytes"),
+        held_already=doc.get("held_already"),
     )

@@ -11,7 +11,12 @@ it against the table and lists the byte runs to read), then:
   executor into fresh memory (gathers, transposes, casts);
 * from ``tc.from_disk(path)`` (not attached yet): the C executor reads only
   the planned byte ranges of the files with pread, into fresh memory; the
-  daemon is not involved.
+  daemon is not involved;
+* from peers (a ``GetArtifactOptions`` source dict whose first usable
+  source is p2p: the daemon holds no replica): ``tcast pull REF --view
+  SPEC`` fetches only the chunks covering the view's byte ranges and the
+  daemon keeps the view under its view id; its tensors are zero-copy views
+  of that kept artifact (on a GPU: its GPU replica).
 
 On ``device="cuda[:N]"`` (docs/python.md, "Views on a GPU"):
 
@@ -31,6 +36,7 @@ On ``device="cuda[:N]"`` (docs/python.md, "Views on a GPU"):
 from __future__ import annotations
 
 import ctypes
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping as TMapping, Optional, Sequence, Tuple
@@ -171,6 +177,34 @@ def make_level(slices: Any = None, transpose: Any = None, dtype: Any = None,
         else:
             ca.append((None, _dtype_name(dtype, "dtype")))
     return _Level(nm, tuple(sl), tuple(tr), tuple(ca))
+
+
+def spec_json(levels: Sequence[_Level]) -> Optional[str]:
+    """The levels in the JSON form of docs/formats.md (what `tcast pull
+    --view` takes), or None when a level cannot be written that way (a
+    transpose or cast of every tensor and of one tensor in the same level,
+    or one tensor named twice in them)."""
+    out = []
+    for lv in levels:
+        o: Dict[str, Any] = {}
+        if lv.names is not None:
+            o["names"] = list(lv.names)
+        if lv.slices:
+            sl: Dict[str, List[List[Any]]] = {}
+            for n, d, a, b in lv.slices:
+                sl.setdefault(n, []).append([d, a, None if b == _END else b])
+            o["slices"] = sl
+        for key, ops in (("transpose", [(t[0], [t[1], t[2]]) for t in lv.transpose]),
+                         ("dtype", list(lv.casts))):
+            if not ops:
+                continue
+            every = [v for n, v in ops if n is None]
+            named = [(n, v) for n, v in ops if n is not None]
+            if (every and named) or len(every) > 1 or len({n for n, _ in named}) != len(named):
+                return None
+            o[key] = every[0] if every else {n: v for n, v in named}
+        out.append(o)
+    return json.dumps(out)
 
 
 def _enc(s: Optional[str]) -> Optional[bytes]:
@@ -456,6 +490,10 @@ class View:
             raise errors.NotSupportedError("views realize torch tensors or numpy arrays (framework='dlpack' is not done yet)")
         dev = _device(device, fw)
         mode = _gpu_mode(gpu_transform)
+        if cache is not False:
+            got = self._from_peers(options, dev, fw, t0)
+            if got is not None:
+                return got
         plan, att, info = self._plan(options)
         keep = (dev != "cpu") if cache is None else bool(cache)
         if keep and att is None:
@@ -509,6 +547,78 @@ class View:
             kernel_unavailable=why,
         )
         return TensorDictResult(out, diag, out.clear)  # type: ignore[arg-type]
+
+    def _pull_view(self, options: Any) -> Any:
+        """When the sources of `options` (a source dict) reach p2p before
+        anything local or on disk can serve: pull only the view's chunks
+        (the daemon keeps the view) and return the PullResult; else None
+        (the artifact is realized the usual way)."""
+        from . import _peer
+        from ._artifact import GetArtifactOptions
+
+        a = self._artifact
+        if not isinstance(options, GetArtifactOptions) or not isinstance(options.source, dict):
+            return None
+        if a._att is not None:
+            return None
+        spec = spec_json(self._levels)
+        if spec is None:
+            return None
+        order, cfg = options.plan()
+        for kind in order:
+            if kind == "local":
+                if a._ref() is None:
+                    continue
+                try:
+                    a._host_realize("local_only")  # held here: the usual path
+                    return None
+                except errors.TcastError:
+                    continue
+            if kind == "disk":
+                if a._disk_path is None:
+                    continue
+                return None
+            ref = a._ref()
+            peers = cfg["peers"] if cfg["peers"] is not None else _peer.peers_from_env()
+            if ref is None or not peers:
+                continue
+            return _peer.pull(a._sess().socket_path, ref, peers, streams=cfg["streams"],
+                              timeout_ms=cfg["timeout_ms"], view=spec)
+        return None
+
+    def _from_peers(self, options: Any, dev: str, fw: str, t0: float):
+        """tensor_dict_with_diagnostics for a view pulled from peers, or
+        None when the view is realized the usual way."""
+        from ._artifact import Artifact, TensorDictResult
+
+        pulled = self._pull_view(options)
+        if pulled is None:
+            return None
+        a = self._artifact
+        kept = Artifact(a._session_fn, artifact_id=pulled.artifact_id)
+        res = kept.tensor_dict_with_diagnostics(device=dev, framework=fw)
+        out = dict(res.tensors)
+        diag = ViewDiagnostics(
+            view_id=pulled.view_id or "",
+            artifact_id=pulled.view_of,
+            source=(f"p2p (view ranges: {pulled.bytes_pulled} of {pulled.artifact_bytes} bytes "
+                    f"from {sum(1 for p in pulled.peers if p.bytes)} peer(s)), view kept in the daemon"),
+            framework=fw,
+            device=dev,
+            ntensors=len(out),
+            bytes=pulled.bytes,
+            bytes_read=int(pulled.bytes_pulled or 0),
+            bytes_needed=int(pulled.bytes_needed or 0),
+            artifact_bytes=int(pulled.artifact_bytes or 0),
+            header_bytes=0,
+            reads=0,
+            zero_copy_tensors=len(out),
+            seconds=time.perf_counter() - t0,
+            cached="attached" if pulled.held_already else "made",
+            view_artifact_id=pulled.artifact_id,
+        )
+        diag.peers = pulled.peers  # type: ignore[attr-defined]
+        return TensorDictResult(out, diag, res.release_fn)  # type: ignore[arg-type]
 
     def _kept_handle(self, plan: _Plan, ordinal: int) -> Tuple[int, bool]:
         """tc_view_attach: (artifact handle, whether the daemon held it)."""
@@ -588,7 +698,12 @@ class View:
 
     def kept_id(self, options: Any = None) -> str:
         """The content id of the daemon's copy of this view, made now if
-        the daemon does not hold it (the view id is its key)."""
+        the daemon does not hold it (the view id is its key); pulled from
+        peers (only its chunks) when options say so and nothing here
+        holds the artifact."""
+        pulled = self._pull_view(options)
+        if pulled is not None:
+            return pulled.artifact_id
         plan, att, _ = self._plan(options)
         try:
             if att is None:

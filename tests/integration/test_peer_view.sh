@@ -9,12 +9,14 @@
 # artifact (counted from the pull's JSON); the parent is not kept on B; the
 # same view again pulls nothing; a source corrupting every chunk is caught
 # (nothing kept when it is the only one) and its chunks fetched from a good
-# source; bad specs get clear errors; the Python call (tc.get_artifact with
-# a p2p source, .view(...)) does the same.  Needs root (ip netns).
+# source; bad specs get clear errors; the Python call (tc.artifact(key).view(...)
+# realized with a p2p source dict) does the same.  Needs root (ip netns).
 set -u
 T=${TCAST:?}
 . "$(dirname "$0")/../../scripts/netns-lib.sh"
 PY=/usr/bin/python3
+BUILD=${TC_BUILD:-$(dirname "$T")/..}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
 	echo "SKIP: needs root and iproute2 for network namespaces (ip netns)"
 	exit 77
@@ -169,20 +171,20 @@ ok is "$(jq_ 'd["id"]')" "$(kept_on a "$parent" "$ROW")"
 t c export "$(jq_ 'd["id"]')" "$dir/c-row.st" --force 2>/dev/null
 ok cmp -s "$dir/a-row.st" "$dir/c-row.st"
 
-# 4. Python: tc.get_artifact(key, source p2p).view(...) pulls only the view
-mark "4. Python: get_artifact(...).view(...) from a peer"
+# 4. Python: tc.artifact(key).view(...) realized with a p2p source dict
+#    pulls only the view's chunks; the second time the daemon keeps it.
+mark "4. Python: artifact(...).view(...) from a peer"
 if [ -n "${TC_SANITIZED:-}" ]; then
 	echo "  SKIP (Python): ctypes cannot load a sanitized libtcast"
 else
 	t c rm "$(jq_ 'd["id"]')" >/dev/null 2>&1
-	run ip netns exec "${ns[2]}" env TCAST_SOCKET="$dir/c/d.sock" \
-		TCAST_CLUSTER_SECRET_FILE="$dir/secret" "$PY" - "$A:7070" "$dir/a-row.st" <<'PYEOF'
+	run ip netns exec "${ns[2]}" env TCAST_SOCKET="$dir/c/d.sock" TCAST_LIB="$BUILD/lib/libtcast.so" \
+		TCAST_BIN="$T" PYTHONPATH="$ROOT/python" TCAST_CLUSTER_SECRET_FILE="$dir/secret" "$PY" - "$A:7070" "$dir/a-row.st" <<'PYEOF'
 import json, struct, sys
 import tcast as tc
-opts = tc.GetArtifactOptions(source={"preference": "p2p_only", "allow_p2p": True, "peers": [sys.argv[1]]})
-art = tc.get_artifact("model:view", opts)
-v = art.view(slices={"w1": [(0, slice(1024, 2048))]}, names=["w1"])
-res = v.tensor_dict_with_diagnostics(framework="numpy")
+opts = tc.GetArtifactOptions(source={"preference": "prefer_p2p", "allow_p2p": True, "peers": [sys.argv[1]]})
+v = tc.artifact("model:view").view(slices={"w1": [(0, slice(1024, 2048))]}, names=["w1"])
+res = v.tensor_dict_with_diagnostics(framework="numpy", options=opts)
 d = res.diagnostics
 raw = open(sys.argv[2], "rb").read()  # A's kept view, exported
 n = struct.unpack("<Q", raw[:8])[0]
@@ -190,7 +192,12 @@ a, b = json.loads(raw[8:8 + n])["w1"]["data_offsets"]
 assert set(res.tensors) == {"w1"}, res.tensors.keys()
 assert res.tensors["w1"].tobytes() == raw[8 + n + a:8 + n + b]
 assert d.bytes_read < d.artifact_bytes / 2, d
-assert "p2p" in d.source, d.source
+assert "p2p" in d.source and d.cached == "made", d
+assert [p.bytes for p in d.peers] == [d.bytes_read], d.peers
+# Again: the daemon keeps the view; nothing is pulled.
+d2 = v.tensor_dict_with_diagnostics(framework="numpy", options=opts).diagnostics
+assert d2.cached == "attached" and d2.bytes_read == 0, d2
+assert v.kept_id(options=opts) == d.view_artifact_id
 print("OK", d.bytes_read, d.artifact_bytes, d.source)
 PYEOF
 	ok is "$rc" 0 || echo "$out $err" >&2

@@ -96,3 +96,90 @@ def test_bad_source_dicts_are_refused(tc):
         tc.GetArtifactOptions(source={"preference": "prefer_p2p", "allow_p2p": "yes"})
     with pytest.raises(tc.InvalidArgumentError):
         tc.GetArtifactOptions(source={"preference": "prefer_p2p", "bogus": 1})
+
+
+@pytest.fixture(scope="module")
+def big(source, tmp_path_factory):
+    """A 24 MiB artifact (6 chunks) on the source daemon: w (F32 [1024,
+    4096], 16 MiB) and e (F16 [1024, 4096], 8 MiB)."""
+    import numpy as np
+
+    tmp = tmp_path_factory.mktemp("peer-view")
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((1024, 4096), dtype=np.float32)
+    e = rng.standard_normal((1024, 4096)).astype(np.float16)
+    path = tmp / "big.safetensors"
+    import json
+    import struct
+
+    hdr = {"w": {"dtype": "F32", "shape": [1024, 4096], "data_offsets": [0, w.nbytes]},
+           "e": {"dtype": "F16", "shape": [1024, 4096], "data_offsets": [w.nbytes, w.nbytes + e.nbytes]}}
+    hj = json.dumps(hdr).encode()
+    hj += b" " * ((8 - len(hj) % 8) % 8)
+    path.write_bytes(struct.pack("<Q", len(hj)) + hj + w.tobytes() + e.tobytes())
+    d = source["daemon"]
+    key = f"peer:view:{os.getpid()}"
+    subprocess.run([d.bin, "--socket", d.socket, "import", str(path), "--key", key],
+                   capture_output=True, text=True, check=True)
+    return {"key": key, "path": path, "w": w, "e": e}
+
+
+def test_a_view_from_a_peer_pulls_only_its_chunks(tc, source, big):
+    """A row shard (rank 1 of 2) of w realized with a p2p source: only the
+    chunks under its rows come over (each verified), the daemon keeps the
+    view under its view id, the bytes are the rows, and the view id is the
+    one a full replica gives."""
+    opts = tc.GetArtifactOptions(source={"preference": "prefer_p2p", "allow_p2p": True,
+                                         "peers": [source["addr"]]})
+    v = tc.artifact(big["key"]).view(slices={"w": [(0, slice(512, 1024))]}, names=["w"])
+    res = v.tensor_dict_with_diagnostics(framework="numpy", options=opts)
+    d = res.diagnostics
+    assert res.tensors["w"].tobytes() == big["w"][512:].tobytes()
+    assert d.source.startswith("p2p (view ranges") and d.cached == "made"
+    assert d.bytes_needed == big["w"].nbytes // 2
+    assert d.bytes_needed <= d.bytes_read < d.artifact_bytes / 2
+    assert sum(p.bytes for p in d.peers) == d.bytes_read
+    # The parent did not come over; the kept view did.
+    assert not tc.artifact(big["key"]).exists()
+    kept = tc.artifact(d.view_id)
+    assert kept.exists() and kept.artifact_id == d.view_artifact_id
+    # Again: kept, nothing pulled.
+    d2 = v.tensor_dict_with_diagnostics(framework="numpy", options=opts).diagnostics
+    assert d2.cached == "attached" and d2.bytes_read == 0
+    tc.rm(d.view_id)
+
+
+def test_a_cast_transposed_column_shard_from_a_peer_matches_the_local_view(tc, source, big):
+    opts = tc.GetArtifactOptions(source={"preference": "p2p_only", "allow_p2p": True,
+                                         "peers": [source["addr"]]})
+    kw = dict(slices={"e": [(1, slice(1024, 2048))]}, transpose=True, dtype="F32", names=["e"])
+    got = tc.artifact(big["key"]).view(**kw).tensor_dict_with_diagnostics(framework="numpy", options=opts)
+    want = tc.from_disk(big["path"]).view(**kw).tensor_dict(framework="numpy")
+    assert got.tensors["e"].tobytes() == want["e"].tobytes()
+    assert got.diagnostics.bytes_read < got.diagnostics.artifact_bytes / 2
+    tc.rm(got.diagnostics.view_id)
+
+
+def test_a_bad_view_from_a_peer_is_a_clear_error(tc, source, big):
+    opts = tc.GetArtifactOptions(source={"preference": "p2p_only", "allow_p2p": True,
+                                         "peers": [source["addr"]]})
+    with pytest.raises(tc.TcastError) as e:
+        tc.artifact(big["key"]).view(slices={"w": [(0, slice(0, 5000))]}).tensor_dict(options=opts)
+    assert "outside the shape" in str(e.value)
+    with pytest.raises(tc.TcastError) as e:
+        tc.artifact(big["key"]).view(names=["nope"]).tensor_dict(options=opts)
+    assert "no tensor 'nope'" in str(e.value)
+
+
+def test_spec_json_writes_what_the_planner_reads():
+    from tcast._view import make_level, spec_json
+    import json
+
+    lv = make_level(slices={"w": [(0, slice(2, None))]}, transpose={"w": (0, 1)}, dtype="F32", names=["w"])
+    assert json.loads(spec_json([lv])) == [
+        {"names": ["w"], "slices": {"w": [[0, 2, None]]}, "transpose": {"w": [0, 1]}, "dtype": "F32"}]
+    # Every tensor and one tensor cast in one level: no JSON form.
+    assert spec_json([make_level(dtype={"w": "F16"}), make_level(dtype="F32")]) is not None
+    mixed = make_level(dtype="F32")
+    mixed = type(mixed)(None, (), (), (("w", "F16"), (None, "F32")))
+    assert spec_json([mixed]) is None
