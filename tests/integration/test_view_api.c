@@ -229,10 +229,130 @@ static void test_view__host_and_disk_agree(void **state)
 	tc_client_close(c);
 }
 
+/* A plan against a table and memory the caller holds (a view pulled from
+ * peers): same id and bytes as the plan of the attached artifact, and the
+ * chunks its ranges touch. */
+static void test_view__memory_plan_and_chunks(void **state)
+{
+	tc_client *c = t_connect(D.sock);
+	struct tc_result r;
+	tc_artifact *a;
+	tc_view *v;
+	tc_view_plan *pa, *pm;
+	char err[512];
+	uint8_t *x, *y, bits[8];
+
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), NULL, &r), 0);
+	assert_int_equal(tc_attach(c, r.id, &a), 0);
+	assert_int_equal(
+		tc_view_parse("{\"dtype\":\"F32\",\"transpose\":[0,1]}", &v,
+			      err, sizeof(err)),
+		0);
+	assert_int_equal(tc_view_plan_artifact(v, a, &pa, err, sizeof(err)), 0);
+	assert_int_equal(tc_view_plan_memory(
+				 v, tc_artifact_id(a), tc_artifact_tensors(a),
+				 tc_artifact_count(a), tc_artifact_size(a),
+				 tc_artifact_data(a), &pm, err, sizeof(err)),
+			 0);
+	assert_string_equal(tc_view_plan_id(pa), tc_view_plan_id(pm));
+	x = malloc(tc_view_plan_size(pa));
+	y = malloc(tc_view_plan_size(pm));
+	assert_int_equal(tc_view_realize(pa, x, tc_view_plan_size(pa), err,
+					 sizeof(err)),
+			 0);
+	assert_int_equal(tc_view_realize(pm, y, tc_view_plan_size(pm), err,
+					 sizeof(err)),
+			 0);
+	assert_memory_equal(x, y, tc_view_plan_size(pa));
+	free(x);
+	free(y);
+	tc_view_plan_free(pa);
+	tc_view_plan_free(pm);
+	tc_view_free(v);
+	tc_artifact_close(a);
+	tc_client_close(c);
+
+	/* Chunks of 1 MiB over a made-up table (nothing is read):
+	 * w F32 [2048, 1024] (8 MiB at 0), x U8 [4, 4 MiB] (16 MiB at 8 MiB).
+	 */
+	{
+		struct tc_tensor_info t[2] = {
+			{ .name = "w",
+			  .dtype = TC_DTYPE_F32,
+			  .ndim = 2,
+			  .shape = { 2048, 1024 },
+			  .offset = 0,
+			  .nbytes = 8u << 20 },
+			{ .name = "x",
+			  .dtype = TC_DTYPE_U8,
+			  .ndim = 2,
+			  .shape = { 4, 4u << 20 },
+			  .offset = 8u << 20,
+			  .nbytes = 16u << 20 },
+		};
+		static const struct {
+			const char *spec;
+			int64_t n;
+			uint8_t bits[3];
+		} cases[] = {
+			/* rank 1 of 2 of w: chunks 4..7 */
+			{ "{\"names\":[\"w\"],\"slices\":{\"w\":[[0,1024,2048]]}}",
+			  4,
+			  { 0xf0, 0, 0 } },
+			/* a column shard of narrow rows: every chunk of w */
+			{ "{\"names\":[\"w\"],\"slices\":{\"w\":[[1,0,8]]}}",
+			  8,
+			  { 0xff, 0, 0 } },
+			/* a column shard of 4 MiB rows: one chunk per row */
+			{ "{\"names\":[\"x\"],\"slices\":{\"x\":[[1,0,100]]}}",
+			  4,
+			  { 0, 0x11, 0x11 } },
+			/* a subset: x whole */
+			{ "{\"names\":[\"x\"]}", 16, { 0, 0xff, 0xff } },
+		};
+		static uint8_t mem[16];
+
+		for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+			assert_int_equal(tc_view_parse(cases[i].spec, &v, err,
+						       sizeof(err)),
+					 0);
+			assert_int_equal(tc_view_plan_memory(v, "tc2:made-up",
+							     t, 2, 24u << 20,
+							     mem, &pm, err,
+							     sizeof(err)),
+					 0);
+			memset(bits, 0, sizeof(bits));
+			assert_int_equal(tc_view_plan_chunks(pm, 1u << 20, bits,
+							     24),
+					 cases[i].n);
+			assert_memory_equal(bits, cases[i].bits, 3);
+			assert_int_equal(tc_view_plan_chunks(pm, 0, bits, 24),
+					 TC_EINVAL);
+			tc_view_plan_free(pm);
+			tc_view_free(v);
+		}
+		/* A table that does not fit its byte space: refused. */
+		assert_int_equal(tc_view_new(&v), 0);
+		assert_int_equal(tc_view_plan_memory(v, "tc2:made-up", t, 2,
+						     16u << 20, mem, &pm, err,
+						     sizeof(err)),
+				 TC_EINVAL);
+		assert_string_equal(err,
+				    "view: tensor 'x' lies outside the byte "
+				    "space");
+		assert_int_equal(tc_view_plan_memory(v, NULL, t, 2, 24u << 20,
+						     mem, &pm, err,
+						     sizeof(err)),
+				 TC_EINVAL);
+		tc_view_free(v);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_view__host_and_disk_agree),
+		cmocka_unit_test(test_view__memory_plan_and_chunks),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
