@@ -565,7 +565,7 @@ class View:
         if spec is None:
             return None
         order, cfg = options.plan()
-        for kind in order:
+        for i, kind in enumerate(order):
             if kind == "local":
                 if a._ref() is None:
                     continue
@@ -582,8 +582,13 @@ class View:
             peers = cfg["peers"] if cfg["peers"] is not None else _peer.peers_from_env()
             if ref is None or not peers:
                 continue
-            return _peer.pull(a._sess().socket_path, ref, peers, streams=cfg["streams"],
-                              timeout_ms=cfg["timeout_ms"], view=spec)
+            try:
+                return _peer.pull(a._sess().socket_path, ref, peers, streams=cfg["streams"],
+                                  timeout_ms=cfg["timeout_ms"], view=spec)
+            except errors.TcastError:
+                if "disk" in order[i + 1:] and a._disk_path is not None:
+                    return None  # the usual path tries the sources again, then disk
+                raise
         return None
 
     def _from_peers(self, options: Any, dev: str, fw: str, t0: float):

@@ -183,3 +183,14 @@ def test_spec_json_writes_what_the_planner_reads():
     mixed = make_level(dtype="F32")
     mixed = type(mixed)(None, (), (), (("w", "F16"), (None, "F32")))
     assert spec_json([mixed]) is None
+
+
+def test_a_view_no_peer_holds_falls_back_to_disk(tc, source, big):
+    opts = tc.GetArtifactOptions(source={"preference": "prefer_p2p", "allow_p2p": True,
+                                         "peers": [source["addr"]]})
+    key = f"peer:view:absent:{os.getpid()}"
+    v = tc.artifact(key, disk_path=big["path"]).view(slices={"w": [(0, slice(0, 8))]}, names=["w"])
+    got, diag = v.tensor_dict_with_diagnostics(framework="numpy", options=opts)
+    assert got["w"].tobytes() == big["w"][:8].tobytes()
+    assert diag.source == "disk" and "p2p" in (diag.fallback_reason or ""), diag
+    tc.rm(key)
