@@ -10,7 +10,8 @@
 # same view again pulls nothing; a source corrupting every chunk is caught
 # (nothing kept when it is the only one) and its chunks fetched from a good
 # source; bad specs get clear errors; the Python call (tc.artifact(key).view(...)
-# realized with a p2p source dict) does the same.  Needs root (ip netns).
+# realized with a p2p source dict) does the same; in a cluster (a global
+# store on loopback) the sources come from the store.  Needs root (ip netns).
 set -u
 T=${TCAST:?}
 . "$(dirname "$0")/../../scripts/netns-lib.sh"
@@ -36,6 +37,7 @@ jq_() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$di
 socks=()
 cleanup() {
 	for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 5 >/dev/null 2>&1; done
+	"$T" global stop --state-dir "$dir/gs" --cluster-secret-file "$dir/secret" >/dev/null 2>&1
 	for n in "${ns[@]}"; do ip netns del "$n" 2>/dev/null; done
 	ip link del "$br" 2>/dev/null
 	rm -rf "$dir"
@@ -205,8 +207,41 @@ PYEOF
 	echo "  $out"
 fi
 
+# 5. in a cluster (a global store, loopback): no --from, the sources are
+#    the global store's; A keeps the same view first, so the view id is a
+#    key cluster-wide already when B keeps its copy.
+mark "5. in a cluster: pull --view by key, sources from the global store"
+GS=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+gstop() { "$T" global stop "${GS[@]}" >/dev/null 2>&1; }
+if "$T" global start "${GS[@]}" --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null; then
+	G=$(cat "$dir/gs/global.addr")
+	for n in ga gb; do
+		mkdir -p -m 700 "$dir/$n"
+		socks+=("$dir/$n/d.sock")
+		"$T" --socket "$dir/$n/d.sock" daemon start --host-memory 1GiB --set "global=$G" \
+			--set "cluster_secret_file=$dir/secret" --set "node_name=node-$n" \
+			--set peer_listen=127.0.0.1:0 >/dev/null || echo "cannot start daemon $n" >&2
+	done
+	t ga import "$dir/m.safetensors" --key cluster:view >/dev/null 2>&1
+	for _ in $(seq 100); do
+		t gb --json global resolve cluster:view --via-daemon 2>/dev/null | grep -q node-ga && break
+		sleep 0.1
+	done
+	want=$(kept_on ga cluster:view "$ROW")
+	run t gb --json pull cluster:view --view "$ROW"
+	ok is "$rc" 0 || echo "$out $err" >&2
+	ok is "$(jq_ 'd["id"]')" "$want"
+	ok is "$(jq_ 'd["view_of"]')" "$parent"
+	ok test $(($(jq_ 'd["bytes_pulled"]') * 2)) -lt "$(jq_ 'd["artifact_bytes"]')"
+	t gb export "$want" "$dir/gb-row.st" --force 2>/dev/null
+	ok cmp -s "$dir/a-row.st" "$dir/gb-row.st"
+else
+	ok false
+fi
+
 for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 20 >/dev/null 2>&1; done
 socks=()
+gstop
 ok test -z "$(grep -l 'Sanitizer\|runtime error' "$dir"/*/daemon.log 2>/dev/null)"
 
 echo "test_peer_view: $pass passed, $fail failed"
