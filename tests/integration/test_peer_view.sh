@@ -172,6 +172,13 @@ ok is "$(jq_ 'd["sources"][1]["bytes"]')" "$(jq_ 'd["bytes_pulled"]')"
 ok is "$(jq_ 'd["id"]')" "$(kept_on a "$parent" "$ROW")"
 t c export "$(jq_ 'd["id"]')" "$dir/c-row.st" --force 2>/dev/null
 ok cmp -s "$dir/a-row.st" "$dir/c-row.st"
+# A kept view is an ordinary replica: B serves it by its view id.
+vid=$(jq_ 'd["view_id"]')
+kid=$(jq_ 'd["id"]')
+t c rm "$kid" >/dev/null 2>&1
+run pull_on c "${ns[2]}" "$vid" --from "$sub.12:7070" --no-key
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$kid"
 
 # 4. Python: tc.artifact(key).view(...) realized with a p2p source dict
 #    pulls only the view's chunks; the second time the daemon keeps it.
