@@ -632,11 +632,18 @@ static void restore_run(struct tc__job *job)
 		restore_run_gpu(r, n);
 		return;
 	}
-	r->rc = tc__shm_map_rw(r->o->shm);
-	if (r->rc == 0)
-		r->rc = tc__load_source(r->src, r->o->shm->rw_map,
-					r->io_threads, r->chunks, NULL, r->err,
-					sizeof(r->err));
+	r->rc = tc__shm_prepare_fill(r->o->shm);
+	if (r->rc == 0) {
+		struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
+				      .files = r->src,
+				      .to = TC_XFER_TO_HOST,
+				      .host_dst = r->o->shm->rw_map,
+				      .host_fd = r->o->shm->fd,
+				      .nthreads = r->io_threads,
+				      .chunks = r->chunks };
+
+		r->rc = tc__xfer_run(&x, r->err, sizeof(r->err));
+	}
 	if (r->rc == 0)
 		r->rc = tc__shm_seal(r->o->shm);
 	if (r->rc < 0) {

@@ -254,7 +254,6 @@ static void import_run(struct tc__job *job)
 static void import_work(struct import_job *j)
 {
 	uint64_t n;
-	bool by_file;
 
 	if (j->phase == 1) {
 		/* Tests: a read that never returns (a hung mount). */
@@ -297,11 +296,7 @@ static void import_work(struct import_job *j)
 		import_run_gpu(j, n);
 		return;
 	}
-	/* A fresh segment fills through its file where page faults are
-	 * dear (docs/design.md); a spare's pages are mapped already. */
-	by_file = !j->o->shm->rw_map && tc__hash_by_file();
-	j->rc = by_file ? tc__shm_reserve(j->o->shm) :
-			  tc__shm_map_rw(j->o->shm);
+	j->rc = tc__shm_prepare_fill(j->o->shm);
 	if (j->rc < 0) {
 		snprintf(j->err, sizeof(j->err), "cannot map segment: %s",
 			 strerror(-j->rc));

@@ -10,6 +10,7 @@
 #include "common/alloc.h"
 #include "shm.h"
 #include "tcast/errors.h"
+#include "xfer/loader.h"
 
 uint64_t tc__shm_round(uint64_t size)
 {
@@ -77,6 +78,16 @@ int tc__shm_reserve(struct tc__shm *seg)
 	    errno != EOPNOTSUPP)
 		return -errno;
 	return 0;
+}
+
+int tc__shm_prepare_fill(struct tc__shm *seg)
+{
+	/* A spare's pages are mapped and touched already; a fresh segment
+	 * fills through its file where page faults are dear
+	 * (docs/design.md). */
+	if (!seg->rw_map && tc__hash_by_file())
+		return tc__shm_reserve(seg);
+	return tc__shm_map_rw(seg);
 }
 
 int tc__shm_map_rw(struct tc__shm *seg)

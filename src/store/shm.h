@@ -30,6 +30,10 @@ int tc__shm_create(const char *name, uint64_t size, struct tc__shm **out);
 /* Allocate every page of the segment (fallocate), unmapped: for writers
  * that fill it through its file.  Returns 0 or -errno (-ENOSPC). */
 int tc__shm_reserve(struct tc__shm *seg);
+/* Make the segment ready to be filled: reserved, and mapped writable
+ * (rw_map) unless it is better filled through its file (rw_map stays
+ * NULL; write to seg->fd).  Returns 0 or -errno. */
+int tc__shm_prepare_fill(struct tc__shm *seg);
 /* A spare: an unsealed segment of `size` bytes (page-rounded) whose pages
  * are all allocated, zeroed and mapped writable, made ahead of time so an
  * import or put does not pay for page allocation while it copies.  Runs
