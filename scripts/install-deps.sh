@@ -4,7 +4,7 @@
 set -eu
 PKGS="cmake make gcc pkg-config libjansson-dev libyaml-dev libxxhash-dev
 libssl-dev libcmocka-dev liburing-dev libmicrohttpd-dev libsystemd-dev
-libsqlite3-dev
+libsqlite3-dev openssl
 python3 python3-numpy python3-pytest python3-torch python3-venv python3-pip
 python3-setuptools python3-wheel librust-blake3-dev python3-hypothesis"
 # iproute2: tests/integration/test_peer.sh (namespaces); iptables: its

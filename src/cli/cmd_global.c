@@ -131,6 +131,10 @@ static int parse(int argc, char **argv, struct gopts *o, bool operand)
 		{ "--log-file", "log_file" },
 		{ "--log-level", "log_level" },
 		{ "--lease-ms", "lease_ms" },
+		{ "--tls", "tls" },
+		{ "--tls-cert", "tls_cert" },
+		{ "--tls-key", "tls_key" },
+		{ "--tls-ca", "tls_ca" },
 	};
 	char err[1024];
 	const char *v;
@@ -396,6 +400,7 @@ static int stop(struct gopts *o)
 static int connect_tool(struct gopts *o, struct tc__gsc *g)
 {
 	struct tc__auth_secret sec;
+	struct tc__tls_ctx *tls = NULL;
 	char err[1024], *addr = NULL;
 	const char *where = o->global;
 	int rc;
@@ -407,10 +412,16 @@ static int connect_tool(struct gopts *o, struct tc__gsc *g)
 	rc = tc__auth_load_secret(o->cfg.secret_file, &sec, err, sizeof(err));
 	if (rc < 0)
 		return cli_fail(rc, err);
+	rc = tc__tls_ctx_new(&o->cfg.tls, &tls, err, sizeof(err));
+	if (rc < 0) {
+		tc__auth_secret_wipe(&sec);
+		return cli_fail(rc, err);
+	}
 	if (!where[0]) {
 		addr = slurp_line(o->cfg.state_dir, "global.addr");
 		if (!addr) {
 			tc__auth_secret_wipe(&sec);
+			tc__tls_ctx_free(tls);
 			snprintf(err, sizeof(err),
 				 "no global store address: pass --global "
 				 "HOST:PORT (none recorded in '%s')",
@@ -420,9 +431,13 @@ static int connect_tool(struct gopts *o, struct tc__gsc *g)
 		where = addr;
 	}
 	tc__gsc_init(g, 5000);
+	g->tls_ctx = tls;
 	rc = tc__gsc_connect(g, where, &sec, TC_AUTH_ROLE_TOOL, "tcast-cli");
 	tc__auth_secret_wipe(&sec);
 	free(addr);
+	/* The connection keeps its own reference to the context (SSL). */
+	g->tls_ctx = NULL;
+	tc__tls_ctx_free(tls);
 	if (rc < 0) {
 		cli_fail(rc, g->err);
 		tc__gsc_close(g);

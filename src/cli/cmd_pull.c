@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "net/tls.h"
 #include "peer/peer.h"
 #include "proto/gsp.h"
 #include "tcast/errors.h"
@@ -95,6 +96,30 @@ static int secret_from_daemon(tc_client *c, char *path, size_t len)
 	json_decref(j);
 	tc_free(doc);
 	return path[0] ? 0 : -1;
+}
+
+/* The daemon's TLS settings (tls, tls_cert, tls_key, tls_ca), which
+ * --tls* flags then override key by key. */
+static void tls_from_daemon(tc_client *c, struct tc__tls_config *t)
+{
+	static const char *const keys[] = { "tls", "tls_cert", "tls_key",
+					    "tls_ca" };
+	char *doc = NULL, why[256];
+	json_t *j = NULL, *cfg;
+
+	if (tc_status_json(c, &doc) == 0)
+		j = json_loads(doc, 0, NULL);
+	cfg = json_object_get(j, "config");
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		const char *v =
+			json_string_value(json_object_get(cfg, keys[i]));
+
+		if (v)
+			(void)tc__tls_config_set(t, keys[i], v, why,
+						 sizeof(why));
+	}
+	json_decref(j);
+	tc_free(doc);
 }
 
 /* No --from: the sources the global store ranks for `ref`, through the
@@ -205,6 +230,13 @@ int cmd_pull(int argc, char **argv)
 	struct tc__peer_pull_opts po = { 0 };
 	struct tc__peer_pull_result *r = NULL;
 	struct tc__auth_secret *secret = NULL;
+	static struct tc__tls_config tls;
+	const char *tls_flag[4] = { NULL, NULL, NULL, NULL };
+	static const char *const tls_opt[4] = { "--tls", "--tls-cert",
+						"--tls-key", "--tls-ca" };
+	static const char *const tls_key[4] = { "tls", "tls_cert", "tls_key",
+						"tls_ca" };
+	struct tc__tls_ctx *tls_ctx = NULL;
 	struct tc_opts o = { 0 };
 	struct tc_result res;
 	tc_client *tcl = NULL;
@@ -261,6 +293,19 @@ int cmd_pull(int argc, char **argv)
 			view_spec = v;
 		} else if (!strcmp(a, "--no-key")) {
 			nokey = true;
+		} else if (!strncmp(a, "--tls", 5)) {
+			int k;
+
+			for (k = 0; k < 4; k++)
+				if ((m = cli_opt(argc, argv, &i, tls_opt[k],
+						 &v)))
+					break;
+			if (k == 4)
+				return cli_usage_error("unknown option '%s'",
+						       cli_esc(a));
+			if (m < 0)
+				return EXIT_USAGE;
+			tls_flag[k] = v;
 		} else if (a[0] == '-' && a[1]) {
 			return cli_usage_error("unknown option '%s'",
 					       cli_esc(a));
@@ -326,6 +371,24 @@ int cmd_pull(int argc, char **argv)
 		rc = cli_fail(rc, err);
 		goto out_close;
 	}
+	/* TLS as the daemon has it, flags on top. */
+	tls_from_daemon(tcl, &tls);
+	for (int k = 0; k < 4; k++) {
+		char why[512];
+
+		if (tls_flag[k] &&
+		    tc__tls_config_set(&tls, tls_key[k], tls_flag[k], why,
+				       sizeof(why)) < 0) {
+			rc = cli_usage_error("%s: %s", tls_opt[k], why);
+			goto out_close;
+		}
+	}
+	rc = tc__tls_ctx_new(&tls, &tls_ctx, err, sizeof(err));
+	if (rc < 0) {
+		rc = cli_fail(rc, err);
+		goto out_close;
+	}
+	po.tls = tls_ctx;
 	po.ref = ref;
 	po.sources = sources;
 	po.nsources = nsrc;
@@ -393,6 +456,7 @@ int cmd_pull(int argc, char **argv)
 out_close:
 	tc_view_free(view);
 	free(r);
+	tc__tls_ctx_free(tls_ctx);
 	if (secret)
 		tc__auth_secret_wipe(secret);
 	free(secret);

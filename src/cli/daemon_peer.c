@@ -30,6 +30,7 @@
 
 static struct tc__peer_server *srv;
 static struct tc__auth_secret secret;
+static struct tc__tls_ctx *tls_ctx; /* NULL: TLS off */
 static char node_name[64];
 static char addr_file[PATH_MAX];
 static const struct tc__store_config *dcfg;
@@ -120,6 +121,7 @@ static int on_replicate(void *arg, const char *id, const char *source,
 	po.streams = 4;
 	po.timeout_ms = dcfg->peer_timeout_ms;
 	po.secret = &secret;
+	po.tls = tls_ctx;
 	po.name = node_name;
 	rc = cli_pull_into(c, &o, &po, r, &res, NULL, why, sizeof(why));
 	if (rc < 0) {
@@ -143,7 +145,7 @@ static int ha_replicate(void *arg, const char *addr, const char *id,
 {
 	uint64_t bytes, ns;
 
-	return tc__peer_replicate(addr, id, source, &secret, node_name,
+	return tc__peer_replicate(addr, id, source, tls_ctx, &secret, node_name,
 				  dcfg->peer_timeout_ms, wait_ms, &bytes, &ns,
 				  err, errlen);
 }
@@ -171,16 +173,23 @@ int cli_daemon_peer_start(struct tc__store_config *cfg, char *err,
 				  errlen);
 	if (rc < 0)
 		return rc;
+	rc = tc__tls_ctx_new(&cfg->tls, &tls_ctx, err, errlen);
+	if (rc < 0)
+		return rc;
 	o.listen = cfg->peer_listen;
 	o.secret = &secret;
+	o.tls = tls_ctx;
 	gethostname(node_name, sizeof(node_name) - 1);
 	o.name = node_name;
 	o.io_timeout_ms = cfg->peer_timeout_ms;
 	o.replicate = on_replicate;
 	dcfg = cfg;
 	rc = tc__peer_server_start(&o, &srv, err, errlen);
-	if (rc < 0)
+	if (rc < 0) {
+		tc__tls_ctx_free(tls_ctx);
+		tls_ctx = NULL;
 		return rc;
+	}
 	cfg->observer = &observer;
 	cfg->ha = &ha_ops;
 	/* Port 0 chose a port: the cluster advertises the one bound. */
@@ -203,4 +212,6 @@ void cli_daemon_peer_stop(void)
 	unlink(addr_file);
 	tc__peer_server_stop(srv);
 	srv = NULL;
+	tc__tls_ctx_free(tls_ctx);
+	tls_ctx = NULL;
 }

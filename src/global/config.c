@@ -73,6 +73,10 @@ static int apply(void *arg, const char *key, const char *val, char *why,
 		 size_t whylen)
 {
 	struct tc__gs_config *c = arg;
+	int ret = tc__tls_config_set(&c->tls, key, val, why, whylen);
+
+	if (ret != 0)
+		return ret < 0 ? ret : 0;
 
 	if (!strcmp(key, "listen")) {
 		if (!*val || strlen(val) > TC_GSP_MAX_ADDR ||

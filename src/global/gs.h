@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "net/tls.h"
 #include "proto/gsp.h"
 
 struct tc__gs_config {
@@ -24,19 +25,21 @@ struct tc__gs_config {
 	char log_file[PATH_MAX];	  /* "" = stderr */
 	char state_dir[PATH_MAX];	  /* pid, log, db, address files */
 	int log_level;
-	int lease_ms;	  /* a node unheard this long leaves routing */
-	int heartbeat_ms; /* what nodes are told to send at */
-	int max_conns;	  /* connections at once */
-	int handshake_ms; /* time to finish the cluster handshake */
-	int idle_ms;	  /* a connection silent this long is closed */
-	int sources_max;  /* sources in a reply, at most */
-	bool sync_full;	  /* durability: full (fsync every commit) */
+	int lease_ms;		   /* a node unheard this long leaves routing */
+	int heartbeat_ms;	   /* what nodes are told to send at */
+	int max_conns;		   /* connections at once */
+	int handshake_ms;	   /* time to finish the cluster handshake */
+	int idle_ms;		   /* a connection silent this long is closed */
+	int sources_max;	   /* sources in a reply, at most */
+	bool sync_full;		   /* durability: full (fsync every commit) */
+	struct tc__tls_config tls; /* tls, tls_cert, tls_key, tls_ca */
 };
 
 void tc__gs_config_defaults(struct tc__gs_config *c);
 /* YAML mapping of listen, cluster_secret_file, db, log_file, log_level,
  * state_dir, lease_ms, heartbeat_ms, max_connections, handshake_ms,
- * idle_ms, sources_max, durability (normal|full).  Unknown keys are
+ * idle_ms, sources_max, durability (normal|full), tls (auto|on|off),
+ * tls_cert, tls_key, tls_ca.  Unknown keys are
  * errors.  Returns 0, TC_EBADCONFIG or -errno with `err`. */
 int tc__gs_config_load(struct tc__gs_config *c, const char *path, char *err,
 		       size_t errlen);

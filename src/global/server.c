@@ -36,6 +36,7 @@
 #include "common/map.h"
 #include "gs.h"
 #include "net/auth.h"
+#include "net/tls.h"
 #include "net/ev.h"
 #include "net/tcp.h"
 #include "proto/gsp.h"
@@ -129,6 +130,8 @@ struct gconn {
 	bool authed, closing, in_turn;
 	bool last_word; /* closing after a protocol error: try to send why */
 	struct tc__auth auth;
+	struct tc__tls *tls; /* NULL: plain TCP */
+	bool tls_done;	     /* the TLS handshake is over */
 	uint8_t *in;
 	size_t in_cap, in_off, in_len;
 	struct tc__buf out;
@@ -151,6 +154,7 @@ struct gs {
 	const struct tc__gs_backend_ops *ops;
 	struct tc__gs_backend *be;
 	struct tc__auth_secret sec;
+	struct tc__tls_ctx *tls; /* NULL: TLS off */
 	struct tc__ev *ev;
 	int lfd, sigfd, setsize;
 	char bound[TC_TCP_ADDRSTR];
@@ -1807,6 +1811,7 @@ static void conn_free(struct gconn *c)
 		gs->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	tc__tls_free(c->tls);
 	close(c->fd);
 	tc__auth_wipe(&c->auth);
 	tc__free(c->in);
@@ -1904,6 +1909,38 @@ static void conn_frames(struct gconn *c)
 		conn_close(c, "out of memory for replies");
 }
 
+/* recv(2)/send(2) on the non-blocking socket, through TLS when it is
+ * on: -1 with errno (EPROTO for a TLS error) like the calls. */
+static ssize_t conn_recv(struct gconn *c, void *p, size_t n)
+{
+	ssize_t r;
+	int ev;
+
+	if (!c->tls)
+		return recv(c->fd, p, n, 0);
+	r = tc__tls_recv(c->tls, p, n, &ev);
+	if (r < 0) {
+		errno = r == TC_EPROTO ? EPROTO : (int)-r;
+		return -1;
+	}
+	return r;
+}
+
+static ssize_t conn_send(struct gconn *c, const void *p, size_t n)
+{
+	ssize_t r;
+	int ev;
+
+	if (!c->tls)
+		return send(c->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+	r = tc__tls_send(c->tls, p, n, &ev);
+	if (r < 0) {
+		errno = r == TC_EPROTO ? EPROTO : (int)-r;
+		return -1;
+	}
+	return r;
+}
+
 static void conn_read(struct gconn *c)
 {
 	for (int rounds = 0; rounds < 4 && !c->closing; rounds++) {
@@ -1930,13 +1967,15 @@ static void conn_read(struct gconn *c)
 			conn_close(c, "receive buffer");
 			return;
 		}
-		r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+		r = conn_recv(c, c->in + c->in_len, c->in_cap - c->in_len);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			break;
 		if (r <= 0) {
-			conn_close(c, r == 0 ? "peer closed" : strerror(errno));
+			conn_close(c, r == 0	      ? "peer closed" :
+				      errno == EPROTO ? "TLS error" :
+							strerror(errno));
 			return;
 		}
 		c->in_len += (size_t)r;
@@ -1944,7 +1983,8 @@ static void conn_read(struct gconn *c)
 		conn_frames(c);
 		if (c->out.len - c->out_off >= OUT_PAUSE)
 			break;
-		if ((size_t)r < want)
+		/* TLS may hold decrypted bytes that epoll cannot see */
+		if ((size_t)r < want && !tc__tls_pending(c->tls))
 			break;
 	}
 }
@@ -1952,8 +1992,8 @@ static void conn_read(struct gconn *c)
 static void conn_flush(struct gconn *c)
 {
 	while (c->out.len > c->out_off && !c->closing) {
-		ssize_t r = send(c->fd, c->out.data + c->out_off,
-				 c->out.len - c->out_off, MSG_NOSIGNAL);
+		ssize_t r = conn_send(c, c->out.data + c->out_off,
+				      c->out.len - c->out_off);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -1979,8 +2019,7 @@ static void conn_flush(struct gconn *c)
 static void last_word(struct gconn *c)
 {
 	if (c->out.len > c->out_off &&
-	    send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off,
-		 MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+	    conn_send(c, c->out.data + c->out_off, c->out.len - c->out_off) > 0)
 		tc__log(TC_LOG_DEBUG, "told %s why it is dropped", c->addr);
 	c->last_word = false;
 }
@@ -1992,8 +2031,28 @@ static void on_conn_io(struct tc__ev *ev, int fd, void *arg, int mask)
 
 	if (c->closing)
 		return;
+	if (c->tls && !c->tls_done) {
+		char why[512];
+		int want, ret = tc__tls_handshake_io(c->tls, &want, why,
+						     sizeof(why));
+
+		if (ret == -EAGAIN) {
+			tc__ev_add(ev, fd, want, on_conn_io, c);
+			return;
+		}
+		if (ret < 0) {
+			gs->n_auth_fail++;
+			tc__log_rl(&gs->rl_auth, TC_LOG_WARN, "refused %s: %s",
+				   c->addr, why);
+			conn_close(c, NULL);
+			return;
+		}
+		c->tls_done = true;
+		tc__log(TC_LOG_DEBUG, "%s: %s", c->addr,
+			tc__tls_describe(c->tls));
+	}
 	if (!c->authed) {
-		int want, ret = tc__auth_io(&c->auth, fd, &want);
+		int want, ret = tc__auth_io_tls(&c->auth, fd, c->tls, &want);
 
 		if (ret == -EAGAIN) {
 			tc__ev_add(ev, fd, want, on_conn_io, c);
@@ -2066,9 +2125,15 @@ static void on_accept(struct tc__ev *ev, int fd, void *arg, int mask)
 		tc__tcp_tune(cfd);
 		tc__tcp_peer_str(cfd, c->addr, sizeof(c->addr));
 		c->last_ms = tc__now_ms();
+		/* The auth deadline bounds the TLS handshake too (tick). */
 		tc__auth_init_server(&c->auth, &gs->sec, TC_AUTH_ROLE_GLOBAL,
 				     TC_AUTH_ROLE_ANY, "global",
 				     gs->cfg->handshake_ms);
+		if (gs->tls && tc__tls_new(gs->tls, cfd, true, &c->tls) < 0) {
+			close(cfd);
+			tc__free(c);
+			continue;
+		}
 		c->next = gs->conns;
 		if (gs->conns)
 			gs->conns->prev = c;
@@ -2117,7 +2182,8 @@ static void before_sleep(struct tc__ev *ev, void *arg)
 			last_word(c);
 		/* frames left over from a busy turn run in the next one */
 		if (!c->closing && c->authed &&
-		    c->in_len - c->in_off >= TC_GSP_HDR &&
+		    (c->in_len - c->in_off >= TC_GSP_HDR ||
+		     tc__tls_pending(c->tls)) &&
 		    c->out.len - c->out_off < OUT_PAUSE) {
 			c->again_next = again;
 			again = c;
@@ -2135,7 +2201,10 @@ static void before_sleep(struct tc__ev *ev, void *arg)
 		c->again_next = NULL;
 		if (c->closing)
 			continue;
-		conn_frames(c);
+		if (tc__tls_pending(c->tls))
+			conn_read(c); /* runs the frames too */
+		else
+			conn_frames(c);
 		conn_watch(c);
 		tc__ev_no_sleep(ev);
 	}
@@ -2335,6 +2404,7 @@ static void gs_release(struct gs *gs)
 	if (gs->sigfd >= 0)
 		close(gs->sigfd);
 	tc__auth_secret_wipe(&gs->sec);
+	tc__tls_ctx_free(gs->tls);
 }
 
 static int mkdir_p(const char *dir)
@@ -2398,6 +2468,9 @@ int tc__gs_run(const struct tc__gs_config *cfg, int ready_fd, char *err,
 	ret = tc__auth_load_secret(cfg->secret_file, &gs.sec, err, errlen);
 	if (ret < 0)
 		return ret;
+	ret = tc__tls_ctx_new(&cfg->tls, &gs.tls, err, errlen);
+	if (ret < 0)
+		goto out;
 	ret = mkdir_p(cfg->state_dir);
 	if (ret < 0) {
 		snprintf(err, errlen, "cannot create state directory '%s': %s",
@@ -2446,9 +2519,10 @@ int tc__gs_run(const struct tc__gs_config *cfg, int ready_fd, char *err,
 	write_side_file(cfg->state_dir, "global.pid", pid);
 	tc__log(TC_LOG_INFO,
 		"global store listening on %s (db %s, %zu nodes, %zu "
-		"artifacts, %zu keys known; lease %d ms)",
+		"artifacts, %zu keys known; lease %d ms; TLS %s%s)",
 		gs.bound, cfg->db, gs.node_by_name.count, gs.arts.count,
-		gs.keys.count, cfg->lease_ms);
+		gs.keys.count, cfg->lease_ms, gs.tls ? "on as " : "off",
+		tc__tls_ctx_subject(gs.tls));
 	if (ready_fd >= 0) {
 		char one = 1;
 

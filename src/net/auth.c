@@ -21,10 +21,17 @@
 #include "common/buf.h"
 #include "ev.h"
 #include "tcast/errors.h"
+#include "tls.h"
 
 static const char LABEL_S[] = "tcast-s";
 static const char LABEL_C[] = "tcast-c";
 static const char LABEL_ID[] = "tcast-keyid";
+/* A TLS 1.3 client learns that the server refused its certificate only
+ * when the connection ends after the handshake. */
+static const char TLS_REFUSED[] =
+	"the peer ended the connection after the TLS handshake: the peer "
+	"refused our certificate (not signed by its CA?) or our cluster "
+	"secret; its log says which";
 
 const char *tc__auth_role_name(int role)
 {
@@ -234,10 +241,18 @@ static int hdr_check(const uint8_t *p, size_t *blen, char *err, size_t errlen)
 
 	*blen = (size_t)p[6] | (size_t)p[7] << 8;
 	if (magic != TC_AUTH_MAGIC) {
+		/* A TLS record (handshake 0x16 or alert 0x15, version 3.x)
+		 * where the plain handshake was expected: TLS is on at one
+		 * end only. */
+		bool tls = (p[0] == 0x16 || p[0] == 0x15) && p[1] == 3;
+
 		snprintf(err, errlen,
 			 "not a tcast cluster handshake (first bytes %02x %02x "
-			 "%02x %02x)",
-			 p[0], p[1], p[2], p[3]);
+			 "%02x %02x)%s",
+			 p[0], p[1], p[2], p[3],
+			 tls ? ": the peer speaks TLS and we do not (set "
+			       "tls_cert, tls_key and tls_ca here too)" :
+			       "");
 		return TC_EPROTO;
 	}
 	if (p[4] < TC_AUTH_HELLO || p[4] > TC_AUTH_OK || p[5]) {
@@ -717,13 +732,52 @@ void tc__auth_wipe(struct tc__auth *a)
 
 /* ------------------------------------------------------------- drivers */
 
+static int auth_poll(struct tc__auth *a, int fd, struct tc__tls *tls);
+
+/* send(2)/recv(2) without blocking, or the TLS equivalents (whose fd is
+ * non-blocking while the handshake runs): -1 with errno like the calls. */
+static ssize_t xsend(int fd, struct tc__tls *tls, const void *p, size_t n,
+		     int *ev)
+{
+	ssize_t r;
+
+	if (!tls)
+		return send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+	r = tc__tls_send(tls, p, n, ev);
+	if (r < 0) {
+		errno = r == TC_EPROTO ? EPROTO : (int)-r;
+		return -1;
+	}
+	return r;
+}
+
+static ssize_t xrecv(int fd, struct tc__tls *tls, void *p, size_t n, int *ev)
+{
+	ssize_t r;
+
+	if (!tls)
+		return recv(fd, p, n, MSG_DONTWAIT);
+	r = tc__tls_recv(tls, p, n, ev);
+	if (r < 0) {
+		errno = r == TC_EPROTO ? EPROTO : (int)-r;
+		return -1;
+	}
+	return r;
+}
+
 int tc__auth_io(struct tc__auth *a, int fd, int *events)
+{
+	return tc__auth_io_tls(a, fd, NULL, events);
+}
+
+int tc__auth_io_tls(struct tc__auth *a, int fd, struct tc__tls *tls,
+		    int *events)
 {
 	const uint8_t *p;
 	uint8_t buf[TC_AUTH_HDR + TC_AUTH_MAX_BODY];
 	size_t n;
 	ssize_t r;
-	int ret;
+	int ret, tev = 0;
 
 	*events = 0;
 	for (;;) {
@@ -731,14 +785,18 @@ int tc__auth_io(struct tc__auth *a, int fd, int *events)
 			return a->error;
 		n = tc__auth_output(a, &p);
 		if (n) {
-			r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+			r = xsend(fd, tls, p, n, &tev);
 			if (r < 0 && errno == EINTR)
 				continue;
 			if (r < 0 &&
 			    (errno == EAGAIN || errno == EWOULDBLOCK)) {
-				*events = TC_EV_WRITE;
+				*events = tls && tev ? tev : TC_EV_WRITE;
 				goto out_wait;
 			}
+			if (r < 0 && !a->server && tls &&
+			    (errno == ECONNRESET || errno == EPIPE ||
+			     errno == EPROTO))
+				return fail(a, TC_ECLOSED, "%s", TLS_REFUSED);
 			if (r < 0)
 				return fail(a, -errno, "send: %s",
 					    strerror(errno));
@@ -748,15 +806,25 @@ int tc__auth_io(struct tc__auth *a, int fd, int *events)
 		if (tc__auth_done(a))
 			return 0;
 		n = tc__auth_need(a);
-		r = recv(fd, buf, n, MSG_DONTWAIT);
+		r = xrecv(fd, tls, buf, n, &tev);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			*events = TC_EV_READ;
+			*events = tls && tev ? tev : TC_EV_READ;
 			goto out_wait;
 		}
+		if (r < 0 && !a->server && tls &&
+		    (errno == ECONNRESET || errno == EPIPE || errno == EPROTO))
+			return fail(a, TC_ECLOSED, "%s", TLS_REFUSED);
+		if (r < 0 && errno == ECONNRESET && !a->server && !tls)
+			return fail(a, TC_ECLOSED,
+				    "the server reset the connection: it "
+				    "refused us (TLS on at its end only? "
+				    "another cluster secret? its log says)");
 		if (r < 0)
 			return fail(a, -errno, "recv: %s", strerror(errno));
+		if (r == 0 && tls && !a->server)
+			return fail(a, TC_ECLOSED, "%s", TLS_REFUSED);
 		if (r == 0) {
 			if (a->server)
 				return fail(a, TC_ECLOSED,
@@ -786,13 +854,32 @@ out_wait:
 
 int tc__auth_run(struct tc__auth *a, int fd)
 {
+	return tc__auth_run_tls(a, fd, NULL);
+}
+
+int tc__auth_run_tls(struct tc__auth *a, int fd, struct tc__tls *tls)
+{
+	int fl = tls ? fcntl(fd, F_GETFL) : 0, ret;
+
+	/* TLS has no MSG_DONTWAIT: the fd itself is non-blocking while the
+	 * handshake runs, then as it was. */
+	if (fl >= 0 && tls && !(fl & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	ret = auth_poll(a, fd, tls);
+	if (fl >= 0 && tls && !(fl & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fl);
+	return ret;
+}
+
+static int auth_poll(struct tc__auth *a, int fd, struct tc__tls *tls)
+{
 	struct pollfd pfd = { .fd = fd };
 	int ev, ret;
 
 	for (;;) {
 		uint64_t now;
 
-		ret = tc__auth_io(a, fd, &ev);
+		ret = tc__auth_io_tls(a, fd, tls, &ev);
 		if (ret != -EAGAIN)
 			return ret;
 		now = tc__now_ms();

@@ -182,6 +182,15 @@ int tc__auth_io(struct tc__auth *a, int fd, int *events);
  * deadline passes.  Same returns as tc__auth_io, never -EAGAIN. */
 int tc__auth_run(struct tc__auth *a, int fd);
 
+/* The same over TLS (net/tls.h; NULL: plain, as above), once its own
+ * handshake is done.  tc__auth_io_tls needs a non-blocking fd;
+ * tc__auth_run_tls makes the fd non-blocking for the handshake and
+ * restores it. */
+struct tc__tls;
+int tc__auth_io_tls(struct tc__auth *a, int fd, struct tc__tls *tls,
+		    int *events);
+int tc__auth_run_tls(struct tc__auth *a, int fd, struct tc__tls *tls);
+
 /* Decode one whole message (header + body, `n` bytes).  Returns 0,
  * TC_EPROTO, TC_EVERSION or TC_ELIMIT; `err` says which field. */
 int tc__auth_decode(const uint8_t *p, size_t n, struct tc__auth_msg *m,

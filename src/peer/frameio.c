@@ -57,17 +57,20 @@ out_free:
 	return rc;
 }
 
-int tc__peer_auth_client(struct tc__peer_conn *c,
+int tc__peer_auth_client(struct tc__peer_conn *c, struct tc__tls_ctx *tls,
 			 const struct tc__auth_secret *secret, const char *name,
 			 int timeout_ms, char *err, size_t errlen)
 {
 	struct tc__auth a;
 	int rc;
 
+	rc = tc__peer_secure(c, tls, false, timeout_ms, err, errlen);
+	if (rc < 0)
+		return rc;
 	rc = tc__auth_init_client(&a, secret, TC_AUTH_ROLE_PEER,
 				  name ? name : "", timeout_ms);
 	if (rc == 0)
-		rc = tc__auth_run(&a, c->fd);
+		rc = tc__auth_run_tls(&a, c->fd, c->tls);
 	if (rc < 0)
 		snprintf(err, errlen, "%s: %s", c->addr, a.err);
 	tc__auth_wipe(&a);

@@ -13,9 +13,10 @@
  * whatever the result).  Returns 0 or a negative code with err set. */
 int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
 		      char *err, size_t errlen);
-/* The client side of the cluster handshake on a fresh connection.
- * Returns 0 or the code of net/auth.h with `err` naming the peer. */
-int tc__peer_auth_client(struct tc__peer_conn *c,
+/* The client side of a fresh connection: TLS first when `tls` is set
+ * (tc__peer_secure), then the cluster handshake (inside it).  Returns 0
+ * or the code of net/tls.h or net/auth.h with `err` naming the peer. */
+int tc__peer_auth_client(struct tc__peer_conn *c, struct tc__tls_ctx *tls,
 			 const struct tc__auth_secret *secret, const char *name,
 			 int timeout_ms, char *err, size_t errlen);
 /* Send a built buffer (b->oom gives -ENOMEM). */

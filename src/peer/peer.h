@@ -34,11 +34,13 @@ struct tc__peer_server_opts {
 	const char *listen; /* "host:port"; port 0 picks one */
 	const struct tc__auth_secret *secret; /* borrowed for the server's
 						 life */
-	const char *name;    /* this node, in handshakes and logs */
-	int io_timeout_ms;   /* a request or send stalled this
-				long ends the connection */
-	int idle_timeout_ms; /* an idle connection is closed */
-	int max_conns;	     /* connections served at once */
+	struct tc__tls_ctx *tls; /* borrowed for the server's life; NULL:
+				    plain TCP */
+	const char *name;	 /* this node, in handshakes and logs */
+	int io_timeout_ms;	 /* a request or send stalled this
+				    long ends the connection */
+	int idle_timeout_ms;	 /* an idle connection is closed */
+	int max_conns;		 /* connections served at once */
 	/* Optional (policy ha): a REPLICATE_REQ asks this node to pull `id`
 	 * from `source` ("host:port") into its own daemon.  Runs on the
 	 * asking connection's thread and blocks until the pull ended;
@@ -112,6 +114,7 @@ void tc__peer_server_stats(struct tc__peer_server *s,
  * there ("pull failed: ..."), else what went wrong on the way
  * ("cannot reach its peer server at ...: Connection refused"). */
 int tc__peer_replicate(const char *addr, const char *id, const char *source,
+		       struct tc__tls_ctx *tls,
 		       const struct tc__auth_secret *secret, const char *name,
 		       int timeout_ms, int wait_ms, uint64_t *bytes,
 		       uint64_t *ns, char *err, size_t errlen);
@@ -173,7 +176,8 @@ struct tc__peer_pull_opts {
 	int streams;		    /* per source, 1..TC_PEER_MAX_STREAMS */
 	int timeout_ms;		    /* connect, and no bytes for this long */
 	const struct tc__auth_secret *secret;
-	const char *name; /* this node, in handshakes */
+	struct tc__tls_ctx *tls; /* NULL: plain TCP */
+	const char *name;	 /* this node, in handshakes */
 	struct tc__peer_sink sink;
 	struct tc__peer_discover discover; /* fn NULL: the sources above */
 };

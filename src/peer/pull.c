@@ -312,8 +312,8 @@ static void *stream_main(void *arg)
 					  o->timeout_ms, &c, err, sizeof(err)) :
 		     -ENOMEM;
 	if (rc == 0)
-		rc = tc__peer_auth_client(c, o->secret, o->name, o->timeout_ms,
-					  err, sizeof(err));
+		rc = tc__peer_auth_client(c, o->tls, o->secret, o->name,
+					  o->timeout_ms, err, sizeof(err));
 	if (rc == 0)
 		rc = ask_have(p, sm->src, c, &b, err, sizeof(err));
 	while (rc == 0) {
@@ -493,7 +493,7 @@ static int get_manifest(struct pull *p, char *err, size_t errlen)
 		rc = tc__peer_tcp.connect(p->src[i].addr, o->timeout_ms,
 					  o->timeout_ms, &c, e, sizeof(e));
 		if (rc == 0)
-			rc = tc__peer_auth_client(c, o->secret, o->name,
+			rc = tc__peer_auth_client(c, o->tls, o->secret, o->name,
 						  o->timeout_ms, e, sizeof(e));
 		if (rc == 0) {
 			tc__peer_put_manifest_req(&b, o->ref);

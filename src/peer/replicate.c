@@ -13,6 +13,7 @@
 #include "tcast/errors.h"
 
 int tc__peer_replicate(const char *addr, const char *id, const char *source,
+		       struct tc__tls_ctx *tls,
 		       const struct tc__auth_secret *secret, const char *name,
 		       int timeout_ms, int wait_ms, uint64_t *bytes,
 		       uint64_t *ns, char *err, size_t errlen)
@@ -31,7 +32,7 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 		snprintf(err, errlen, "cannot reach its peer server: %s", why);
 		return rc;
 	}
-	rc = tc__peer_auth_client(c, secret, name, timeout_ms, why,
+	rc = tc__peer_auth_client(c, tls, secret, name, timeout_ms, why,
 				  sizeof(why));
 	if (rc < 0) {
 		snprintf(err, errlen, "handshake with its peer server: %s",

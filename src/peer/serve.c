@@ -432,13 +432,23 @@ static int serve_replicate(struct tc__peer_server *s, struct tc__peer_conn *c,
 static int auth(struct tc__peer_server *s, struct tc__peer_conn *c)
 {
 	struct tc__auth a;
+	char why[768];
 	int rc;
 
+	/* TLS first (on this connection's thread, within the io timeout,
+	 * so a silent or plaintext client stalls nobody else). */
+	rc = tc__peer_secure(c, s->o.tls, true, s->o.io_timeout_ms, why,
+			     sizeof(why));
+	if (rc < 0) {
+		s->n_refused++;
+		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, why);
+		return rc;
+	}
 	rc = tc__auth_init_server(&a, s->o.secret, TC_AUTH_ROLE_PEER,
 				  TC_AUTH_ROLE_PEER, s->o.name,
 				  s->o.io_timeout_ms);
 	if (rc == 0)
-		rc = tc__auth_run(&a, c->fd);
+		rc = tc__auth_run_tls(&a, c->fd, c->tls);
 	if (rc < 0) {
 		s->n_refused++;
 		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, a.err);
@@ -604,8 +614,8 @@ int tc__peer_server_start(const struct tc__peer_server_opts *o,
 		snprintf(err, errlen, "cannot start the peer accept thread");
 		goto out_listen;
 	}
-	tc__log(TC_LOG_INFO, "peer server listening on %s (%s)", s->l->addr,
-		s->l->t->name);
+	tc__log(TC_LOG_INFO, "peer server listening on %s (%s%s)", s->l->addr,
+		s->l->t->name, o->tls ? ", TLS" : "");
 	*out = s;
 	return 0;
 

@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "net/ev.h"
 #include "net/tcp.h"
+#include "net/tls.h"
 #include "tcast/errors.h"
 #include "transport.h"
 
@@ -114,10 +116,30 @@ static int io_err(ssize_t r)
 	return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
 }
 
+/* A TLS result as the transport's codes: -EAGAIN is the socket timeout
+ * (SO_RCVTIMEO/SO_SNDTIMEO) running out, 0 the peer's end. */
+static int tls_err(ssize_t r)
+{
+	if (r == 0 || r == -EPIPE || r == -ECONNRESET)
+		return TC_ECLOSED;
+	return r == -EAGAIN ? -ETIMEDOUT : (int)r;
+}
+
 static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
 {
 	const uint8_t *b = p;
+	int ev;
 
+	while (c->tls && n) {
+		ssize_t r = tc__tls_send(c->tls, b, n, &ev);
+
+		if (r == -EINTR)
+			continue;
+		if (r <= 0)
+			return tls_err(r);
+		b += r;
+		n -= (size_t)r;
+	}
 	while (n) {
 		ssize_t r =
 			send(c->fd, b, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
@@ -135,7 +157,18 @@ static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
 static int tcp_recv(struct tc__peer_conn *c, void *p, size_t n)
 {
 	uint8_t *b = p;
+	int ev;
 
+	while (c->tls && n) {
+		ssize_t r = tc__tls_recv(c->tls, b, n, &ev);
+
+		if (r == -EINTR)
+			continue;
+		if (r <= 0)
+			return tls_err(r);
+		b += r;
+		n -= (size_t)r;
+	}
 	while (n) {
 		ssize_t r = recv(c->fd, b, n, 0);
 
@@ -154,6 +187,8 @@ static int tcp_send_file(struct tc__peer_conn *c, int fd, uint64_t off,
 {
 	off_t o = (off_t)off;
 
+	if (c->tls)
+		return tc__tls_send_file(c->tls, fd, off, n);
 	while (n) {
 		ssize_t r = sendfile(c->fd, fd, &o, n);
 
@@ -170,6 +205,7 @@ static void tcp_close(struct tc__peer_conn *c)
 {
 	if (!c)
 		return;
+	tc__tls_free(c->tls);
 	close(c->fd);
 	tc__free(c);
 }
@@ -180,6 +216,29 @@ static void tcp_unlisten(struct tc__peer_listener *l)
 		return;
 	close(l->fd);
 	tc__free(l);
+}
+
+int tc__peer_secure(struct tc__peer_conn *c, struct tc__tls_ctx *ctx,
+		    bool server, int timeout_ms, char *err, size_t errlen)
+{
+	char why[512];
+	int rc;
+
+	if (!ctx)
+		return 0;
+	rc = tc__tls_new(ctx, c->fd, server, &c->tls);
+	if (rc < 0) {
+		snprintf(err, errlen, "%s: TLS: out of memory", c->addr);
+		return rc;
+	}
+	rc = tc__tls_handshake_run(c->tls, tc__now_ms() + (uint64_t)timeout_ms,
+				   why, sizeof(why));
+	if (rc < 0) {
+		snprintf(err, errlen, "%s: %s", c->addr, why);
+		tc__tls_free(c->tls);
+		c->tls = NULL;
+	}
+	return rc;
 }
 
 const struct tc__peer_transport tc__peer_tcp = {

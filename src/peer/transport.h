@@ -19,12 +19,16 @@
 #define TC_PEER_ADDR_MAX 128 /* "host:port" text */
 
 struct tc__peer_transport;
+struct tc__tls;
+struct tc__tls_ctx;
 
 /* One connection.  Transports embed it first in their own struct. */
 struct tc__peer_conn {
 	const struct tc__peer_transport *t;
 	int fd;			     /* the TCP socket, owned */
 	char addr[TC_PEER_ADDR_MAX]; /* the other side, for messages */
+	struct tc__tls *tls; /* owned; set by tc__peer_secure: every byte
+				then goes through TLS (net/tls.h) */
 };
 
 struct tc__peer_listener {
@@ -59,5 +63,14 @@ struct tc__peer_transport {
 };
 
 extern const struct tc__peer_transport tc__peer_tcp;
+
+/* Put TLS on a fresh TCP connection (`server`: the accepting side): the
+ * handshake within `timeout_ms`, both certificates verified against the
+ * cluster CA.  After it, send/recv go through TLS and send_file writes
+ * from a mapping of the file (or sendfile through kernel TLS where the
+ * kernel and OpenSSL offer it).  `ctx` NULL: a no-op.  Returns 0 or the
+ * code of tc__tls_handshake_run with `err`. */
+int tc__peer_secure(struct tc__peer_conn *c, struct tc__tls_ctx *ctx,
+		    bool server, int timeout_ms, char *err, size_t errlen);
 
 #endif /* TC_PEER_TRANSPORT_H */

@@ -97,6 +97,7 @@ struct tc__cluster {
 	struct tc__gsc g;
 	char global[TC_GSP_MAX_ADDR + 1];
 	struct tc__auth_secret sec;
+	struct tc__tls_ctx *tls; /* NULL: TLS off */
 };
 
 static void crep_free(struct crep *c)
@@ -811,6 +812,12 @@ int tc__cluster_start(const struct tc__store_config *cfg,
 		tc__free(cl);
 		return ret;
 	}
+	ret = tc__tls_ctx_new(&cfg->tls, &cl->tls, err, errlen);
+	if (ret < 0) {
+		tc__auth_secret_wipe(&cl->sec);
+		tc__free(cl);
+		return ret;
+	}
 	pthread_mutex_init(&cl->mu, NULL);
 	pthread_mutex_init(&cl->io, NULL);
 	{
@@ -823,6 +830,7 @@ int tc__cluster_start(const struct tc__store_config *cfg,
 	}
 	cl->ops_tail = &cl->ops;
 	tc__gsc_init(&cl->g, CALL_MS);
+	cl->g.tls_ctx = cl->tls;
 	cl->ob = cfg->observer;
 	snprintf(cl->global, sizeof(cl->global), "%s", cfg->global);
 	if (cfg->node_name[0]) {
@@ -853,6 +861,7 @@ int tc__cluster_start(const struct tc__store_config *cfg,
 	ret = pthread_create(&cl->th, NULL, cluster_main, cl);
 	if (ret) {
 		tc__auth_secret_wipe(&cl->sec);
+		tc__tls_ctx_free(cl->tls);
 		tc__free(cl);
 		snprintf(err, errlen, "cluster thread: %s", strerror(ret));
 		return -ret;
@@ -891,6 +900,7 @@ void tc__cluster_stop(struct tc__cluster *cl)
 		tc__free(h);
 	}
 	tc__auth_secret_wipe(&cl->sec);
+	tc__tls_ctx_free(cl->tls);
 	pthread_mutex_destroy(&cl->mu);
 	pthread_mutex_destroy(&cl->io);
 	pthread_cond_destroy(&cl->cv);
@@ -1160,6 +1170,7 @@ int tc__cluster_group(struct tc__cluster *cl, int type,
 		struct tc__gsc side;
 
 		tc__gsc_init(&side, CALL_MS);
+		side.tls_ctx = cl->tls;
 		ret = tc__gsc_connect(&side, cl->global, &cl->sec,
 				      TC_AUTH_ROLE_TOOL, cl->node.name);
 		if (ret == 0)

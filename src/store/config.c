@@ -138,6 +138,10 @@ static int set_int(const char *val, int lo, int hi, int *out)
 static int apply(struct tc__store_config *c, const char *key, const char *val,
 		 char *why, size_t whylen)
 {
+	int tls = tc__tls_config_set(&c->tls, key, val, why, whylen);
+
+	if (tls != 0)
+		return tls < 0 ? tls : 0;
 	if (!strcmp(key, "socket")) {
 		if (strlen(val) >= sizeof(c->socket)) {
 			snprintf(why, whylen, "path longer than %zu bytes",
@@ -542,6 +546,11 @@ char *tc__config_json(const struct tc__store_config *c)
 	json_object_set_new(j, "cluster_secret_file",
 			    json_string(c->cluster_secret_file));
 	TC__CFG_NUM("peer_timeout_ms", c->peer_timeout_ms);
+	json_object_set_new(j, "tls",
+			    json_string(tc__tls_mode_name(c->tls.mode)));
+	json_object_set_new(j, "tls_cert", json_string(c->tls.cert));
+	json_object_set_new(j, "tls_key", json_string(c->tls.key));
+	json_object_set_new(j, "tls_ca", json_string(c->tls.ca));
 	TC__CFG_NUM("ha_wait_ms", c->ha_wait_ms);
 	TC__CFG_NUM("ha_check_ms", c->ha_check_ms);
 #undef TC__CFG_NUM

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <sys/un.h>
 
+#include "net/tls.h"
+
 struct tc__objs_observer;
 
 /* How the store asks another node for a replica (policy ha), wired by the
@@ -79,8 +81,11 @@ struct tc__store_config {
 				  (port 0 picks one); "" = off */
 	char cluster_secret_file[PATH_MAX]; /* 0600 file; required with
 					       peer_listen */
-	int peer_timeout_ms; /* a peer silent this long mid-transfer is
-				given up (its chunks go elsewhere) */
+	struct tc__tls_config tls; /* tls, tls_cert, tls_key, tls_ca: every
+				      cluster connection (global store and
+				      peers) through TLS (net/tls.h) */
+	int peer_timeout_ms;	   /* a peer silent this long mid-transfer is
+				      given up (its chunks go elsewhere) */
 	/* Not configuration: wired by the daemon's main (obj.h). */
 	const struct tc__objs_observer *observer;
 	/* Not configuration: the ha replication hook, or NULL (no peer

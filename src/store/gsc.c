@@ -2,6 +2,7 @@
  * gsc.c - blocking global-store client (gsc.h).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,11 +25,18 @@ void tc__gsc_init(struct tc__gsc *g, int timeout_ms)
 	tc__buf_init(&g->out);
 }
 
-void tc__gsc_close(struct tc__gsc *g)
+static void drop(struct tc__gsc *g)
 {
+	tc__tls_free(g->tls);
+	g->tls = NULL;
 	if (g->fd >= 0)
 		close(g->fd);
 	g->fd = -1;
+}
+
+void tc__gsc_close(struct tc__gsc *g)
+{
+	drop(g);
 	tc__buf_release(&g->out);
 	tc__free(g->in);
 	g->in = NULL;
@@ -40,23 +48,47 @@ int tc__gsc_connect(struct tc__gsc *g, const char *addr,
 		    const char *name)
 {
 	struct tc__auth a;
-	int ret, fd;
+	uint64_t deadline;
+	char why[512];
+	int ret, fd, fl;
 
-	if (g->fd >= 0) {
-		close(g->fd);
-		g->fd = -1;
-	}
+	drop(g);
+	deadline = tc__now_ms() + (uint64_t)g->timeout_ms;
 	ret = tc__tcp_connect(addr, g->timeout_ms, &fd, g->err, sizeof(g->err));
 	if (ret < 0)
 		return ret;
+	if (g->tls_ctx) {
+		/* Non-blocking for good: TLS has no MSG_DONTWAIT, and every
+		 * call here waits in poll with its own deadline. */
+		fl = fcntl(fd, F_GETFL);
+		if (fl >= 0)
+			fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+		ret = tc__tls_new(g->tls_ctx, fd, false, &g->tls);
+		if (ret == 0)
+			ret = tc__tls_handshake_run(g->tls, deadline, why,
+						    sizeof(why));
+		else
+			snprintf(why, sizeof(why), "out of memory");
+		if (ret < 0) {
+			snprintf(g->err, sizeof(g->err),
+				 "TLS with the global store at '%s': %s", addr,
+				 why);
+			tc__tls_free(g->tls);
+			g->tls = NULL;
+			close(fd);
+			return ret;
+		}
+	}
 	ret = tc__auth_init_client(&a, sec, role, name, g->timeout_ms);
 	if (ret == 0)
-		ret = tc__auth_run(&a, fd);
+		ret = tc__auth_run_tls(&a, fd, g->tls);
 	if (ret < 0) {
 		snprintf(g->err, sizeof(g->err),
 			 "cluster handshake with the global store at '%s': %s",
 			 addr, a.err);
 		tc__auth_wipe(&a);
+		tc__tls_free(g->tls);
+		g->tls = NULL;
 		close(fd);
 		return ret;
 	}
@@ -69,11 +101,33 @@ static int io_fail(struct tc__gsc *g, int ret, const char *what)
 {
 	snprintf(g->err, sizeof(g->err), "global store connection: %s: %s",
 		 what,
-		 ret == TC_ECLOSED ? "closed by the server" : strerror(-ret));
-	if (g->fd >= 0)
-		close(g->fd);
-	g->fd = -1;
+		 ret == TC_ECLOSED ? "closed by the server" :
+		 ret == TC_EPROTO  ? "TLS error" :
+				     strerror(-ret));
+	drop(g);
 	return ret;
+}
+
+/* One send or receive without blocking: bytes, 0 (receive: closed), or
+ * -EAGAIN with *pev (POLLIN/POLLOUT) to wait for, or a negative code. */
+static ssize_t xfer(struct tc__gsc *g, void *p, size_t n, bool out, short *pev)
+{
+	ssize_t r;
+	int ev = 0;
+
+	*pev = out ? POLLOUT : POLLIN;
+	if (g->tls) {
+		r = out ? tc__tls_send(g->tls, p, n, &ev) :
+			  tc__tls_recv(g->tls, p, n, &ev);
+		if (r == -EAGAIN && ev)
+			*pev = ev & TC_EV_WRITE ? POLLOUT : POLLIN;
+		return r;
+	}
+	r = out ? send(g->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT) :
+		  recv(g->fd, p, n, MSG_DONTWAIT);
+	if (r < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	return r;
 }
 
 /* Wait for `ev` (POLLIN/POLLOUT) until `deadline`. */
@@ -119,19 +173,20 @@ int tc__gsc_send(struct tc__gsc *g, int type, const void *body, size_t len)
 		return -ENOMEM;
 	off = 0;
 	while (off < g->out.len) {
-		ssize_t r = send(g->fd, g->out.data + off, g->out.len - off,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		short ev;
+		ssize_t r =
+			xfer(g, g->out.data + off, g->out.len - off, true, &ev);
 
-		if (r < 0 && errno == EINTR)
+		if (r == -EINTR)
 			continue;
-		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			ret = wait_fd(g->fd, POLLOUT, deadline);
+		if (r == -EAGAIN) {
+			ret = wait_fd(g->fd, ev, deadline);
 			if (ret < 0)
 				return io_fail(g, ret, "send");
 			continue;
 		}
 		if (r < 0)
-			return io_fail(g, -errno, "send");
+			return io_fail(g, (int)r, "send");
 		off += (size_t)r;
 	}
 	return (int)(req & 0x7fffffff);
@@ -143,18 +198,19 @@ static int read_full(struct tc__gsc *g, uint8_t *p, size_t n, uint64_t deadline)
 	int ret;
 
 	while (got < n) {
-		ssize_t r = recv(g->fd, p + got, n - got, MSG_DONTWAIT);
+		short ev;
+		ssize_t r = xfer(g, p + got, n - got, false, &ev);
 
-		if (r < 0 && errno == EINTR)
+		if (r == -EINTR)
 			continue;
-		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			ret = wait_fd(g->fd, POLLIN, deadline);
+		if (r == -EAGAIN) {
+			ret = wait_fd(g->fd, ev, deadline);
 			if (ret < 0)
 				return ret;
 			continue;
 		}
 		if (r < 0)
-			return -errno;
+			return (int)r;
 		if (r == 0)
 			return TC_ECLOSED;
 		got += (size_t)r;

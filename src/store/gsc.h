@@ -16,22 +16,28 @@
 
 #include "common/buf.h"
 #include "net/auth.h"
+#include "net/tls.h"
 #include "proto/gsp.h"
 
 struct tc__gsc {
-	int fd;		    /* -1 when not connected */
-	int timeout_ms;	    /* per call */
-	uint32_t next_req;  /* req_id of the next request */
-	struct tc__buf out; /* frame being sent */
-	uint8_t *in;	    /* reply being read (owned) */
+	int fd;			     /* -1 when not connected */
+	struct tc__tls_ctx *tls_ctx; /* borrowed; NULL: plain TCP (set it
+					after tc__gsc_init to use TLS) */
+	struct tc__tls *tls;	     /* the connection's TLS, or NULL */
+	int timeout_ms;		     /* per call */
+	uint32_t next_req;	     /* req_id of the next request */
+	struct tc__buf out;	     /* frame being sent */
+	uint8_t *in;		     /* reply being read (owned) */
 	size_t in_cap;
 	char err[1024]; /* why the last call failed */
 };
 
 void tc__gsc_init(struct tc__gsc *g, int timeout_ms);
-/* Connect to HOST:PORT and authenticate as `role` named `name`.  Returns
- * 0, or a negative code with g->err (TC_ECLOSED with "refused us" for a
- * wrong secret). */
+/* Connect to HOST:PORT (through TLS when g->tls_ctx is set: the TLS
+ * handshake, then the cluster handshake inside it) and authenticate as
+ * `role` named `name`.  Returns 0, or a negative code with g->err
+ * (TC_ECLOSED with "refused us" for a wrong secret, TC_EPERM for a
+ * certificate refused). */
 int tc__gsc_connect(struct tc__gsc *g, const char *addr,
 		    const struct tc__auth_secret *sec, int role,
 		    const char *name);

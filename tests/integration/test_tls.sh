@@ -1,0 +1,227 @@
+#!/bin/bash
+# Optional TLS on every cluster connection (docs/peer.md, "TLS"): a
+# throwaway CA and certificates made here with the openssl CLI; a global
+# store and two daemons on loopback TCP, all with tls_cert/tls_key/tls_ca.
+#   put on A, pull on B (by key through the global store, and --from A's
+#     peer server): same id, same bytes; policy ha replicates A -> B;
+#   refused, with the reason in the refuser's log: a daemon without TLS
+#     and one whose certificate another CA signed, by the global store and
+#     by a peer server; plaintext garbage to either TLS port; a silent
+#     client does not slow anybody (its handshake deadline drops it);
+#   bad files at start: a clear error naming the file, exit status != 0.
+set -u
+T=${TCAST:?}
+PY=/usr/bin/python3
+command -v openssl >/dev/null || { echo "SKIP: no openssl CLI"; exit 77; }
+dir=$(mktemp -d /tmp/tcast-tls-XXXXXX)
+chmod 700 "$dir"
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
+is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
+has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
+# in_log FILE TEXT: TEXT shows up in FILE within 5 s (logs are written
+# by other processes).
+in_log() {
+	for _ in $(seq 50); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+	echo "  no '$2' in $1:" >&2; tail -n 5 "$1" >&2; return 1
+}
+json() { $PY -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+C=$dir/pki
+TLS=(--tls-cert "$C/global.crt" --tls-key "$C/global.key" --tls-ca "$C/ca.crt")
+S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+g() { "$T" global "$1" "${S[@]}" "${TLS[@]}" "${@:2}"; }
+d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
+cleanup() {
+	for n in a b x y; do d $n daemon stop >/dev/null 2>&1; done
+	"$T" global stop "${S[@]}" >/dev/null 2>&1
+	if [ "$fail" != 0 ]; then
+		tail -n 20 "$dir/gs/global.log" >&2
+		for n in a b x y; do echo "--- $n" >&2; tail -n 10 "$dir/$n/tcastd.log" 2>/dev/null >&2; done
+	fi
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+wait_for() {
+	local t=$1; shift
+	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+# mk FILE BYTES: a safetensors file of one random U8 tensor.
+mk() {
+	$PY - "$1" "$2" <<'EOF'
+import json, os, struct, sys
+n = int(sys.argv[2])
+h = json.dumps({"x": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * (-len(h) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
+EOF
+}
+
+# --- a throwaway PKI: the cluster CA, one certificate per process, and a
+# rogue CA with a certificate of its own.
+mkdir -p "$C" && chmod 700 "$C"
+ca() { # NAME: a self-signed CA
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-keyout "$C/$1.key" -out "$C/$1.crt" -days 2 -subj "/CN=$1" 2>/dev/null
+}
+leaf() { # NAME CA: a certificate for NAME signed by CA (client and server use)
+	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-keyout "$C/$1.key" -out "$C/$1.csr" -subj "/CN=$1" 2>/dev/null &&
+	printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:%s,IP:127.0.0.1\n' "$1" >"$C/$1.ext" &&
+	openssl x509 -req -in "$C/$1.csr" -CA "$C/$2.crt" -CAkey "$C/$2.key" \
+		-CAcreateserial -days 1 -extfile "$C/$1.ext" -out "$C/$1.crt" 2>/dev/null
+}
+ca ca && ca rogue-ca
+for n in global node-a node-b node-x; do leaf "$n" ca; done
+leaf node-y rogue-ca
+# node-y trusts both CAs (so its own certificate checks out at start, and
+# what it meets is refused at the other end, not at its own).
+cat "$C/ca.crt" "$C/rogue-ca.crt" >"$C/both.crt"
+chmod 600 "$C"/*.key
+ok test -s "$C/node-y.crt"
+(umask 077; openssl rand -hex 32 >"$dir/secret")
+
+# --- bad files at start: named, with what is wrong, exit != 0
+bad() { # EXPECTED-TEXT FLAGS...: global run refuses to start
+	local out
+	out=$("$T" global run --listen 127.0.0.1:0 --state-dir "$dir/bad" \
+		--cluster-secret-file "$dir/secret" "$@" 2>&1)
+	local rc=$?
+	[ $rc != 0 ] || { echo "  started with $*" >&2; return 1; }
+	has "$out" "$1"
+}
+ok bad "tls_cert '$C/nope.crt': cannot open: No such file or directory" \
+	--tls-cert "$C/nope.crt" --tls-key "$C/global.key" --tls-ca "$C/ca.crt"
+ok bad "tls_cert '$C/global.csr': not a PEM certificate" \
+	--tls-cert "$C/global.csr" --tls-key "$C/global.key" --tls-ca "$C/ca.crt"
+ok bad "tls_key '$C/node-a.key' is not the key of tls_cert '$C/global.crt'" \
+	--tls-cert "$C/global.crt" --tls-key "$C/node-a.key" --tls-ca "$C/ca.crt"
+cp "$dir/secret" "$C/secret-copy"
+ok bad "tls_ca '$C/secret-copy': not a PEM CA certificate" \
+	--tls-cert "$C/global.crt" --tls-key "$C/global.key" --tls-ca "$C/secret-copy"
+ok bad "tls_cert '$C/node-y.crt' does not verify against tls_ca '$C/ca.crt'" \
+	--tls-cert "$C/node-y.crt" --tls-key "$C/node-y.key" --tls-ca "$C/ca.crt"
+ok bad "TLS needs all three of tls_cert, tls_key and tls_ca (tls_ca missing)" \
+	--tls-cert "$C/global.crt" --tls-key "$C/global.key"
+ok bad "key 'tls': 'maybe': expected on, off or auto" --tls maybe
+cp "$C/global.key" "$C/open.key" && chmod 644 "$C/open.key"
+ok bad "tls_key '$C/open.key' has mode 0644: anyone may read the private key" \
+	--tls-cert "$C/global.crt" --tls-key "$C/open.key" --tls-ca "$C/ca.crt"
+
+# --- the cluster, TLS everywhere
+out=$(g start --listen 127.0.0.1:0 --lease-ms 1500 --set handshake_ms=1000)
+ok test $? = 0
+G=$(cat "$dir/gs/global.addr")
+ok test -n "$G"
+ok in_log "$dir/gs/global.log" "TLS on as CN = global"
+
+# daemon NAME CERT CA [--set K=V ...]: a daemon of the cluster
+daemon() {
+	local n=$1 cert=$2 cafile=$3 sets=()
+	shift 3
+	for a in "$@"; do sets+=(--set "$a"); done
+	mkdir -p "$dir/$n" && chmod 700 "$dir/$n"
+	d "$n" daemon start --host-memory 256MiB --set "global=$G" \
+		--set "cluster_secret_file=$dir/secret" --set "node_name=$n" \
+		--set "peer_listen=127.0.0.1:0" --set "log_file=$dir/$n/tcastd.log" \
+		${cert:+--set "tls_cert=$C/$cert.crt" --set "tls_key=$C/$cert.key" --set "tls_ca=$C/$cafile.crt"} \
+		"${sets[@]}" >/dev/null
+}
+mkdir -p "$dir/shared"
+daemon a node-a ca "shared_disk=$dir/shared" "ha_wait_ms=5000"
+ok test $? = 0
+daemon b node-b ca
+ok test $? = 0
+live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
+ok wait_for 10 live 2
+ok in_log "$dir/a/tcastd.log" "peer server listening on"
+ok in_log "$dir/a/tcastd.log" ", TLS)"
+
+# A bad file in a daemon's config: it does not start, and says which.
+mkdir -p "$dir/z" && chmod 700 "$dir/z"
+out=$(d z daemon start --set "global=$G" --set "cluster_secret_file=$dir/secret" \
+	--set "peer_listen=127.0.0.1:0" --set "tls_cert=$C/node-a.crt" \
+	--set "tls_key=$C/node-a.key" --set "tls_ca=$C/missing-ca.crt" 2>&1)
+ok test $? != 0
+ok has "$out" "tls_ca '$C/missing-ca.crt': cannot open: No such file or directory"
+
+# 1. put on A, pull on B by key (sources from the global store): same
+# id, same bytes.
+mk "$dir/f1.safetensors" 6000000
+id=$(d a import "$dir/f1.safetensors" --key model:tls 2>/dev/null)
+ok test -n "$id"
+r=$(d b --json pull model:tls 2>"$dir/err")
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$id"
+d a export "$id" "$dir/a.st" && d b export model:tls "$dir/b.st"
+ok cmp -s "$dir/a.st" "$dir/b.st"
+PA=$(cat "$dir/a/peer.addr")
+ok test -n "$PA"
+# --from A's peer server, more streams: the TLS settings come from B's
+# daemon config.
+r=$(d b --json pull "$id" --from "$PA" --streams 3 --no-key 2>"$dir/err")
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$id"
+
+# 2. policy ha: A asks B (REPLICATE_REQ over TLS), B pulls from A.
+mk "$dir/f2.safetensors" 3000000
+r=$(d a --json import "$dir/f2.safetensors" --policy ha 2>"$dir/err")
+ok is "$(echo "$r" | json 'd["degraded"]')" ""
+id2=$(echo "$r" | json 'd["id"]')
+ok is "$(d b --json inspect "$id2" | json 'd["id"]')" "$id2"
+
+# 3. refused by the global store, the reason in its log: a daemon without
+# TLS, then one whose certificate another CA signed.
+daemon x "" ""
+ok in_log "$dir/gs/global.log" "does not speak TLS (plaintext, or TLS off at its end)"
+ok in_log "$dir/x/tcastd.log" "TLS on at its end only?"
+daemon y node-y both
+ok in_log "$dir/gs/global.log" "TLS: the peer's certificate (CN = node-y) is refused"
+ok in_log "$dir/y/tcastd.log" "the peer refused our certificate"
+# neither joined
+sleep 1
+ok live 2
+# (they would go on retrying, and the global store's refusals are
+# rate-limited to a line a second: section 5 wants its own lines)
+d x daemon stop >/dev/null
+d y daemon stop >/dev/null
+
+# 4. refused by A's peer server: a pull without TLS, and one with the
+# rogue certificate.
+out=$(d b --json pull "$id" --from "$PA" --no-key --tls off 2>&1)
+ok test $? != 0
+ok in_log "$dir/a/tcastd.log" "does not speak TLS"
+out=$(d b --json pull "$id" --from "$PA" --no-key --tls-cert "$C/node-y.crt" \
+	--tls-key "$C/node-y.key" --tls-ca "$C/both.crt" 2>&1)
+ok test $? != 0
+ok has "$out" "the peer refused our certificate"
+ok in_log "$dir/a/tcastd.log" "TLS: the peer's certificate (CN = node-y) is refused"
+
+# 5. plaintext garbage to the TLS ports: refused and logged; a silent
+# client holds no one up (status answers at once, and the silent one is
+# dropped at its handshake deadline).
+garbage() { # HOST:PORT
+	exec 3<>"/dev/tcp/${1%:*}/${1##*:}" && printf 'GET / HTTP/1.0\r\n\r\n' >&3
+	timeout 3 cat <&3 >/dev/null 2>&1
+	exec 3>&-
+}
+sleep 1.2
+garbage "$G"
+ok in_log "$dir/gs/global.log" "http request"
+garbage "$PA"
+ok in_log "$dir/a/tcastd.log" "http request"
+exec 4<>"/dev/tcp/${G%:*}/${G##*:}"
+t0=$(date +%s%N)
+ok live 2
+ok test $((($(date +%s%N) - t0) / 1000000)) -lt 2000
+ok in_log "$dir/gs/global.log" "not finished within its deadline"
+exec 4>&-
+
+# 6. still serving after all that
+r=$(d b --json pull model:tls --no-key 2>"$dir/err")
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$id"
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
