@@ -53,7 +53,7 @@ const char *tc__auth_role_name(int role)
 static int hmac(const uint8_t *key, size_t keylen, const char *label,
 		const uint8_t *msg, size_t n, uint8_t out[TC_AUTH_MAC])
 {
-	uint8_t buf[sizeof(LABEL_ID) + TC_AUTH_TRANSCRIPT];
+	uint8_t buf[sizeof(LABEL_ID) + TC_AUTH_BIND + TC_AUTH_TRANSCRIPT];
 	unsigned int outlen = 0;
 	size_t ll = strlen(label) + 1; /* the NUL separates label and T */
 
@@ -66,6 +66,26 @@ static int hmac(const uint8_t *key, size_t keylen, const char *label,
 	    outlen != TC_AUTH_MAC)
 		return -EIO;
 	return 0;
+}
+
+/* The MAC of the transcript T under key k, after the TLS channel binding
+ * when there is one: HMAC(K, label || [binding] || T). */
+static int mac_tr(const struct tc__auth *a, int k, const char *label,
+		  uint8_t out[TC_AUTH_MAC])
+{
+	uint8_t m[TC_AUTH_BIND + TC_AUTH_TRANSCRIPT];
+	size_t n = 0;
+	int ret;
+
+	if (a->bound) {
+		memcpy(m, a->bind, TC_AUTH_BIND);
+		n = TC_AUTH_BIND;
+	}
+	memcpy(m + n, a->tr, a->tr_len);
+	ret = hmac(a->sec->key[k], a->sec->len[k], label, m, n + a->tr_len,
+		   out);
+	OPENSSL_cleanse(m, sizeof(m));
+	return ret;
 }
 
 /* ------------------------------------------------------------- secrets */
@@ -541,8 +561,7 @@ static int on_hello(struct tc__auth *a, const struct tc__auth_msg *m,
 		return fail(a, -ENOMEM, "out of memory");
 	}
 	tr_add(a, b.data + bstart, b.len - bstart);
-	if (hmac(a->sec->key[k], a->sec->len[k], LABEL_S, a->tr, a->tr_len,
-		 mac) < 0) {
+	if (mac_tr(a, k, LABEL_S, mac) < 0) {
 		tc__buf_release(&b);
 		return fail(a, -EIO, "HMAC failed");
 	}
@@ -573,16 +592,14 @@ static int on_challenge(struct tc__auth *a, const struct tc__auth_msg *m,
 			    "server '%s' echoed our nonce (a reflection)",
 			    m->name);
 	tr_add(a, body, m->mac_off);
-	if (hmac(a->sec->key[k], a->sec->len[k], LABEL_S, a->tr, a->tr_len,
-		 mac) < 0)
+	if (mac_tr(a, k, LABEL_S, mac) < 0)
 		return fail(a, -EIO, "HMAC failed");
 	if (CRYPTO_memcmp(mac, m->mac, TC_AUTH_MAC) != 0)
 		return fail(a, TC_EPERM,
 			    "server '%s' could not prove it knows the cluster "
 			    "secret (wrong secret on one side?)",
 			    m->name);
-	if (hmac(a->sec->key[k], a->sec->len[k], LABEL_C, a->tr, a->tr_len,
-		 mac) < 0)
+	if (mac_tr(a, k, LABEL_C, mac) < 0)
 		return fail(a, -EIO, "HMAC failed");
 	off = msg_begin(&b, TC_AUTH_PROOF);
 	tc__buf_put(&b, mac, TC_AUTH_MAC);
@@ -605,8 +622,7 @@ static int on_proof(struct tc__auth *a, const struct tc__auth_msg *m)
 	size_t off;
 	int k = a->key;
 
-	if (hmac(a->sec->key[k], a->sec->len[k], LABEL_C, a->tr, a->tr_len,
-		 mac) < 0)
+	if (mac_tr(a, k, LABEL_C, mac) < 0)
 		return fail(a, -EIO, "HMAC failed");
 	if (CRYPTO_memcmp(mac, m->mac, TC_AUTH_MAC) != 0)
 		return fail(a, TC_EPERM,
@@ -726,6 +742,7 @@ void tc__auth_wipe(struct tc__auth *a)
 {
 	OPENSSL_cleanse(a->nonce, sizeof(a->nonce));
 	OPENSSL_cleanse(a->tr, sizeof(a->tr));
+	OPENSSL_cleanse(a->bind, sizeof(a->bind));
 	OPENSSL_cleanse(a->in, sizeof(a->in));
 	a->tr_len = a->in_len = 0;
 }
@@ -780,6 +797,15 @@ int tc__auth_io_tls(struct tc__auth *a, int fd, struct tc__tls *tls,
 	int ret, tev = 0;
 
 	*events = 0;
+	/* Inside TLS, bind the proofs to this TLS session: a relay that
+	 * holds a certificate of the CA but not the secret cannot pass
+	 * them on between two sessions of its own. */
+	if (tls && !a->bound) {
+		if (tc__tls_binding(tls, a->bind) < 0)
+			return fail(a, TC_EPROTO,
+				    "cannot export TLS keying material");
+		a->bound = true;
+	}
 	for (;;) {
 		if (a->state == TC_AUTH_S_FAILED)
 			return a->error;

@@ -18,8 +18,11 @@
  * useful about K.  MACs are compared with CRYPTO_memcmp.  A server that
  * fails a client closes without saying why (the reason goes to its log).
  *
- * This is admission control only: no confidentiality and no integrity after
- * the handshake (docs/cluster.md, Security).
+ * On its own this is admission control only: no confidentiality and no
+ * integrity after the handshake.  Over TLS (net/tls.h, tc__auth_io_tls)
+ * both MACs also cover a TLS exporter value (RFC 5705/8446 keying material,
+ * label "EXPORTER-tcast-auth"), so the proofs are bound to that TLS session
+ * (docs/cluster.md, Security).
  *
  * The state machine does no I/O of its own (tc__auth_feed / tc__auth_output)
  * so an event loop, a blocking caller and a later TLS layer can all drive
@@ -46,6 +49,7 @@
 #define TC_AUTH_MAX_KEYS   2	/* active + previous (rotation) */
 #define TC_AUTH_TIMEOUT_MS 5000 /* whole handshake, default */
 #define TC_AUTH_TRANSCRIPT (2 * TC_AUTH_MAX_BODY)
+#define TC_AUTH_BIND	   32 /* bytes of the TLS channel binding */
 
 /* Handshake message types. */
 enum tc_auth_type {
@@ -119,9 +123,11 @@ struct tc__auth {
 	size_t in_len;
 	uint8_t out[TC_AUTH_HDR + TC_AUTH_MAX_BODY]; /* messages to send */
 	size_t out_len, out_off;
-	uint64_t deadline_ms; /* tc__now_ms() clock */
-	int error;	      /* the failure code, once FAILED */
-	char err[256];	      /* why it failed (for the log) */
+	uint8_t bind[TC_AUTH_BIND]; /* TLS exporter value (tc__auth_io_tls) */
+	bool bound;		    /* bind is set: MACs cover it */
+	uint64_t deadline_ms;	    /* tc__now_ms() clock */
+	int error;		    /* the failure code, once FAILED */
+	char err[256];		    /* why it failed (for the log) */
 };
 
 /* ---- the secret file */

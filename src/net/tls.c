@@ -31,9 +31,9 @@ struct tc__tls_ctx {
 
 struct tc__tls {
 	SSL *ssl;
-	int fd;		     /* borrowed */
-	char desc[384];	     /* tc__tls_describe */
-	char bad_subj[256];  /* the peer certificate that failed to verify */
+	int fd;		    /* borrowed */
+	char desc[384];	    /* tc__tls_describe */
+	char bad_subj[256]; /* the peer certificate that failed to verify */
 };
 
 /* ------------------------------------------------------------- config */
@@ -122,8 +122,8 @@ static void name_str(X509_NAME *n, char *buf, size_t len)
 	buf[0] = '\0';
 	if (!b)
 		return;
-	if (X509_NAME_print_ex(b, n, 0, XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB) >=
-	    0) {
+	if (X509_NAME_print_ex(b, n, 0,
+			       XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
 		got = BIO_get_mem_data(b, &p);
 		snprintf(buf, len, "%.*s", (int)(got > 0 ? got : 0), p);
 	}
@@ -200,8 +200,7 @@ static int check_own_cert(SSL_CTX *s, const struct tc__tls_config *c,
 	name_str(X509_get_subject_name(x), subject, sublen);
 	if (X509_cmp_current_time(X509_get0_notAfter(x)) <= 0) {
 		snprintf(err, errlen,
-			 "tls_cert '%s': the certificate has expired",
-			 c->cert);
+			 "tls_cert '%s': the certificate has expired", c->cert);
 		return TC_EBADCONFIG;
 	}
 	if (X509_cmp_current_time(X509_get0_notBefore(x)) >= 0) {
@@ -274,6 +273,16 @@ int tc__tls_ctx_new(const struct tc__tls_config *c, struct tc__tls_ctx **out,
 	ERR_clear_error();
 	if (SSL_CTX_use_PrivateKey_file(t->ssl, c->key, SSL_FILETYPE_PEM) !=
 	    1) {
+		unsigned long e = ERR_peek_last_error();
+
+		if (ERR_GET_LIB(e) == ERR_LIB_X509 &&
+		    ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+			snprintf(err, errlen,
+				 "tls_key '%s' is not the key of tls_cert "
+				 "'%s'",
+				 c->key, c->cert);
+			goto out_free;
+		}
 		ssl_errstr(why, sizeof(why));
 		snprintf(err, errlen,
 			 "tls_key '%s': not a PEM private key, or one with "
@@ -656,6 +665,16 @@ int tc__tls_send_file(struct tc__tls *t, int fd, uint64_t off, uint64_t n)
 		off += want;
 		n -= want;
 	}
+	return 0;
+}
+
+int tc__tls_binding(struct tc__tls *t, uint8_t out[32])
+{
+	static const char label[] = "EXPORTER-tcast-auth";
+
+	if (SSL_export_keying_material(t->ssl, out, 32, label,
+				       sizeof(label) - 1, NULL, 0, 0) != 1)
+		return TC_EPROTO;
 	return 0;
 }
 

@@ -106,8 +106,7 @@ int tc__tls_handshake_run(struct tc__tls *t, uint64_t deadline_ms, char *err,
  * -EAGAIN (*events: what to wait for; also what a blocking fd's
  * SO_RCVTIMEO/SO_SNDTIMEO gives), TC_EPROTO (a TLS error, `t` unusable)
  * or -errno.  send may move fewer than n bytes. */
-ssize_t tc__tls_send(struct tc__tls *t, const void *p, size_t n,
-		     int *events);
+ssize_t tc__tls_send(struct tc__tls *t, const void *p, size_t n, int *events);
 ssize_t tc__tls_recv(struct tc__tls *t, void *p, size_t n, int *events);
 /* Decrypted bytes buffered inside TLS that a poll on the fd cannot see:
  * an event loop reads again while this is > 0. */
@@ -119,6 +118,11 @@ size_t tc__tls_pending(const struct tc__tls *t);
 int tc__tls_send_file(struct tc__tls *t, int fd, uint64_t off, uint64_t n);
 /* Whether sends go through kernel TLS (sendfile without a copy). */
 bool tc__tls_ktls_send(const struct tc__tls *t);
+
+/* 32 bytes of keying material exported from the session (label
+ * "EXPORTER-tcast-auth"): the channel binding of net/auth.h.  Returns 0
+ * or TC_EPROTO (no session yet). */
+int tc__tls_binding(struct tc__tls *t, uint8_t out[32]);
 
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=..." for logs.  Borrowed
  * until the next call on `t`. */
