@@ -28,6 +28,7 @@
 #include "common/log.h"
 #include "common/map.h"
 #include "frameio.h"
+#include "net/tls.h"
 #include "peer.h"
 #include "tcast/errors.h"
 
@@ -443,6 +444,20 @@ static int auth(struct tc__peer_server *s, struct tc__peer_conn *c)
 		s->n_refused++;
 		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, why);
 		return rc;
+	}
+	if (c->tls) {
+		/* Once per server: how replicas go out (docs/peer.md). */
+		static atomic_bool said;
+
+		if (!atomic_exchange(&said, true))
+			tc__log(TC_LOG_INFO, "peer TLS: %s; replicas go out %s",
+				tc__tls_describe(c->tls),
+				tc__tls_ktls_send(c->tls) ?
+					"with sendfile through kernel TLS" :
+					"with SSL_write from the mapped "
+					"memfd (no kernel TLS)");
+		tc__log(TC_LOG_DEBUG, "peer %s: %s", c->addr,
+			tc__tls_describe(c->tls));
 	}
 	rc = tc__auth_init_server(&a, s->o.secret, TC_AUTH_ROLE_PEER,
 				  TC_AUTH_ROLE_PEER, s->o.name,

@@ -94,28 +94,22 @@ static void test_tls__config(void **state)
 	char why[256], big[PATH_MAX + 8];
 
 	assert_false(tc__tls_config_on(&c));
-	assert_int_equal(tc__tls_config_set(&c, "listen", "x:1", why,
-					    sizeof(why)),
-			 0);
-	assert_int_equal(tc__tls_config_set(&c, "tls_cert", "/c", why,
-					    sizeof(why)),
-			 1);
+	assert_int_equal(
+		tc__tls_config_set(&c, "listen", "x:1", why, sizeof(why)), 0);
+	assert_int_equal(
+		tc__tls_config_set(&c, "tls_cert", "/c", why, sizeof(why)), 1);
 	assert_true(tc__tls_config_on(&c)); /* auto: on with a cert */
-	assert_int_equal(tc__tls_config_set(&c, "tls", "off", why,
-					    sizeof(why)),
+	assert_int_equal(tc__tls_config_set(&c, "tls", "off", why, sizeof(why)),
 			 1);
 	assert_false(tc__tls_config_on(&c));
 	assert_string_equal(tc__tls_mode_name(c.mode), "off");
-	assert_int_equal(tc__tls_config_set(&c, "tls", "required", why,
-					    sizeof(why)),
-			 1);
+	assert_int_equal(
+		tc__tls_config_set(&c, "tls", "required", why, sizeof(why)), 1);
 	assert_int_equal(c.mode, TC_TLS_ON);
-	assert_int_equal(tc__tls_config_set(&c, "tls", "auto", why,
-					    sizeof(why)),
-			 1);
+	assert_int_equal(
+		tc__tls_config_set(&c, "tls", "auto", why, sizeof(why)), 1);
 	assert_int_equal(c.mode, TC_TLS_AUTO);
-	assert_int_equal(tc__tls_config_set(&c, "tls", "yes", why,
-					    sizeof(why)),
+	assert_int_equal(tc__tls_config_set(&c, "tls", "yes", why, sizeof(why)),
 			 TC_EINVAL);
 	assert_non_null(strstr(why, "expected on, off or auto"));
 	memset(big, 'x', sizeof(big) - 1);
@@ -125,9 +119,8 @@ static void test_tls__config(void **state)
 			 TC_EINVAL);
 	assert_non_null(strstr(why, "path longer than"));
 	/* an empty value clears a path: auto is off again */
-	assert_int_equal(tc__tls_config_set(&c, "tls_cert", "", why,
-					    sizeof(why)),
-			 1);
+	assert_int_equal(
+		tc__tls_config_set(&c, "tls_cert", "", why, sizeof(why)), 1);
 	assert_false(tc__tls_config_on(&c));
 	/* on without files */
 	c.mode = TC_TLS_ON;
@@ -166,8 +159,7 @@ static void test_tls__load(void **state)
 	tc__tls_ctx_free(NULL);
 
 	cfg(&c, "a", "none");
-	snprintf(want, sizeof(want), "tls_ca '%s/none.crt': cannot open",
-		 dir);
+	snprintf(want, sizeof(want), "tls_ca '%s/none.crt': cannot open", dir);
 	load_fails(&c, TC_EBADCONFIG, want);
 	cfg(&c, "a", "ca");
 	snprintf(c.cert, sizeof(c.cert), "%s/a.csr", dir);
@@ -214,9 +206,8 @@ static void both(struct tc__tls *s, struct tc__tls *c, int *rs, int *rc,
 
 static void pair(int sv[2])
 {
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0,
-				    sv),
-			 0);
+	assert_int_equal(
+		socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
 }
 
 static void test_tls__handshake_and_auth(void **state)
@@ -408,16 +399,14 @@ static void test_tls__plaintext(void **state)
 	/* a TLS client to a plain server: its ClientHello is named */
 	pair(sv);
 	assert_int_equal(tc__tls_new(xa, sv[1], false, &c), 0);
-	assert_int_equal(tc__tls_handshake_io(c, &ev, es, sizeof(es)),
-			 -EAGAIN);
+	assert_int_equal(tc__tls_handshake_io(c, &ev, es, sizeof(es)), -EAGAIN);
 	{
 		struct tc__auth as;
 
-		assert_int_equal(tc__auth_init_server(&as, &sec,
-						      TC_AUTH_ROLE_GLOBAL,
-						      TC_AUTH_ROLE_ANY, "g",
-						      2000),
-				 0);
+		assert_int_equal(
+			tc__auth_init_server(&as, &sec, TC_AUTH_ROLE_GLOBAL,
+					     TC_AUTH_ROLE_ANY, "g", 2000),
+			0);
 		assert_int_equal(tc__auth_io(&as, sv[0], &ev), TC_EPROTO);
 		assert_non_null(strstr(as.err, "the peer speaks TLS"));
 	}
