@@ -1705,6 +1705,7 @@ static json_t *status_json(struct gs *gs)
 	}
 	tc__free(per);
 	json_object_set_new(j, "listen", json_string(gs->bound));
+	json_object_set_new(j, "tls", json_boolean(gs->tls != NULL));
 	json_object_set_new(j, "pid", json_integer(getpid()));
 	json_object_set_new(j, "backend", json_string(gs->ops->name));
 	json_object_set_new(j, "db", json_string(gs->cfg->db));
