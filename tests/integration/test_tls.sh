@@ -3,7 +3,8 @@
 # throwaway CA and certificates made here with the openssl CLI; a global
 # store and two daemons on loopback TCP, all with tls_cert/tls_key/tls_ca.
 #   put on A, pull on B (by key through the global store, and --from A's
-#     peer server): same id, same bytes; policy ha replicates A -> B;
+#     peer server): same id, same bytes; C pulls from A and B at once;
+#     policy ha replicates A -> B;
 #   refused, with the reason in the refuser's log: a daemon without TLS
 #     and one whose certificate another CA signed, by the global store and
 #     by a peer server; plaintext garbage to either TLS port; a silent
@@ -32,11 +33,11 @@ S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
 g() { "$T" global "$1" "${S[@]}" "${TLS[@]}" "${@:2}"; }
 d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
-	for n in a b x y; do d $n daemon stop >/dev/null 2>&1; done
+	for n in a b c x y; do d $n daemon stop >/dev/null 2>&1; done
 	"$T" global stop "${S[@]}" >/dev/null 2>&1
 	if [ "$fail" != 0 ]; then
 		tail -n 20 "$dir/gs/global.log" >&2
-		for n in a b x y; do echo "--- $n" >&2; tail -n 10 "$dir/$n/tcastd.log" 2>/dev/null >&2; done
+		for n in a b c x y; do echo "--- $n" >&2; tail -n 10 "$dir/$n/tcastd.log" 2>/dev/null >&2; done
 	fi
 	rm -rf "$dir"
 }
@@ -171,6 +172,20 @@ r=$(d a --json import "$dir/f2.safetensors" --policy ha 2>"$dir/err")
 ok is "$(echo "$r" | json 'd["degraded"]')" ""
 id2=$(echo "$r" | json 'd["id"]')
 ok is "$(d b --json inspect "$id2" | json 'd["id"]')" "$id2"
+
+# 2b. fan-out: C pulls the key from A and B at once (both hold it now),
+# every source over TLS, none failing.
+daemon c node-x ca
+ok test $? = 0
+ok wait_for 10 live 3
+r=$(d c --json pull model:tls 2>"$dir/err")
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$id"
+ok is "$(echo "$r" | json 'sorted(len(s["addr"]) > 0 and not s["failed"] for s in d["sources"])')" "[True, True]"
+d c export model:tls "$dir/c.st"
+ok cmp -s "$dir/a.st" "$dir/c.st"
+d c daemon stop >/dev/null
+ok wait_for 10 live 2
 
 # 3. refused by the global store, the reason in its log: a daemon without
 # TLS, then one whose certificate another CA signed.
