@@ -31,11 +31,21 @@ static uint64_t now_ns(void)
 }
 
 /* Another receiver's address is a source a fan-out pulls from too:
- * every host replica, complete or filling, on another node. */
+ * every host replica, complete or filling, and every GPU replica (its
+ * peer server stages chunks device to host), on another node. */
 static int usable(const struct tc__gsp_source *s)
 {
 	return s->distance != 0 && s->peer_addr[0] &&
-	       s->tier == TC_GSP_TIER_HOST;
+	       (s->tier == TC_GSP_TIER_HOST || s->tier == TC_GSP_TIER_GPU);
+}
+
+/* A node with a host and a GPU replica is listed twice: one source. */
+static bool listed(char (*addr)[TC_PEER_ADDR_MAX], int n, const char *a)
+{
+	for (int i = 0; i < n; i++)
+		if (!strcmp(addr[i], a))
+			return true;
+	return false;
 }
 
 static int discover(void *arg, char (*addr)[TC_PEER_ADDR_MAX], int max)
@@ -50,7 +60,7 @@ static int discover(void *arg, char (*addr)[TC_PEER_ADDR_MAX], int max)
 				sizeof(err)) < 0)
 		return 0; /* the store is away: go on with what we have */
 	for (uint32_t i = 0; i < n && k < max; i++)
-		if (usable(&src[i]))
+		if (usable(&src[i]) && !listed(addr, k, src[i].peer_addr))
 			snprintf(addr[k++], TC_PEER_ADDR_MAX, "%s",
 				 src[i].peer_addr);
 	return k;
@@ -137,7 +147,11 @@ static int global_sources(const char *ref, char *id,
 	if (rc)
 		return rc;
 	for (uint32_t i = 0; i < n && *nout < TC_PEER_MAX_SOURCES; i++) {
-		if (!usable(&src[i]))
+		bool dup = false;
+
+		for (int j = 0; j < *nout; j++)
+			dup = dup || !strcmp(out[j], src[i].peer_addr);
+		if (!usable(&src[i]) || dup)
 			continue;
 		snprintf(addr[*nout], TC_GSP_MAX_ADDR + 1, "%s",
 			 src[i].peer_addr);
@@ -147,8 +161,9 @@ static int global_sources(const char *ref, char *id,
 	if (!*nout)
 		return cli_fail(TC_ENOTFOUND,
 				"no peer holds it: the global store knows no "
-				"host replica of it on another node with a "
-				"peer address (or pass --from HOST:PORT)");
+				"host or GPU replica of it on another node "
+				"with a peer address (or pass --from "
+				"HOST:PORT)");
 	return 0;
 }
 

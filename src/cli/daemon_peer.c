@@ -50,6 +50,24 @@ static void on_replica(void *arg, const struct tc__obj *o, bool up)
 			tc_strerror(rc));
 }
 
+/* A GPU replica: served through device-to-host staging when this node
+ * holds no host replica of it (a GPU put, an import straight to a GPU). */
+static void on_gpu_replica(void *arg, const struct tc__obj *o, int ordinal,
+			   uint64_t dptr, uint64_t size, bool up)
+{
+	int rc;
+
+	if (!up) {
+		tc__peer_server_withdraw_gpu(srv, o->id, ordinal);
+		return;
+	}
+	rc = tc__peer_server_publish_gpu(srv, o->id, ordinal, dptr, size,
+					 &o->table, o->chunks, o->nchunks);
+	if (rc < 0)
+		tc__log(TC_LOG_WARN, "peer: cannot serve %s from GPU %d: %s",
+			o->id, ordinal, tc_strerror(rc));
+}
+
 static void on_key(void *arg, const char *key, const char *id)
 {
 	tc__peer_server_key(srv, key, id);
@@ -91,6 +109,7 @@ static const struct tc__objs_observer observer = {
 	.filling = on_filling,
 	.filling_have = on_filling_have,
 	.uploads = on_uploads,
+	.gpu_replica = on_gpu_replica,
 };
 
 /* A REPLICATE_REQ from another node (its ha artifact): pull `id` from

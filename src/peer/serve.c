@@ -1,5 +1,6 @@
 /*
- * serve.c - the peer server: sends chunks of host replicas (peer.h).
+ * serve.c - the peer server: sends chunks of host replicas, and of GPU
+ * replicas through pinned staging (peer.h).
  *
  * One accept thread, one thread per connection (a stream is a long
  * sequence of 4 MiB sendfiles: a thread each keeps the sends of several
@@ -7,7 +8,10 @@
  * servable replicas is shared with the daemon's loop thread (publish,
  * withdraw, key) under one mutex; a connection holds a reference on the
  * entry it is sending from, so a withdrawn replica's fd is closed when
- * its last send ends, never under a send.
+ * its last send ends, never under a send.  A GPU replica's memory is
+ * the daemon's (borrowed): a connection copies a chunk of it into its
+ * staging buffer with the entry's `copying` count held, and sends from
+ * the buffer after; withdrawing waits only for copies, never for sends.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,9 +32,14 @@
 #include "common/log.h"
 #include "common/map.h"
 #include "frameio.h"
+#include "gpu/vmm.h"
 #include "net/tls.h"
 #include "peer.h"
 #include "tcast/errors.h"
+
+/* GPU replicas are registered as "<id>/<ordinal>"; lookups try these. */
+#define GPU_MAX_ORDINAL 32
+#define GPU_NAME_LEN	(TC_ID_LEN + 8)
 
 struct entry {
 	char id[TC_ID_LEN + 1];
@@ -46,7 +55,20 @@ struct entry {
 	uint8_t *have;
 	uint8_t *fetching; /* filling: chunks it fetches from a sealed
 			      source (so others ask the seed for others) */
+	/* A GPU replica (fd -1): `total` bytes at dptr on CUDA device
+	 * `ordinal`, borrowed from the daemon; `copying`: device-to-host
+	 * copies from it in progress (withdraw waits for 0). */
+	bool gpu;
+	int ordinal;
+	uint64_t dptr;
+	int copying;
+	char gname[GPU_NAME_LEN]; /* its by_gpu key */
 };
+
+static void gpu_name(char *out, const char *id, int ordinal)
+{
+	snprintf(out, GPU_NAME_LEN, "%s/%d", id, ordinal);
+}
 
 struct keyent {
 	char id[TC_ID_LEN + 1];
@@ -57,6 +79,11 @@ struct conn {
 	struct tc__peer_server *srv;
 	struct tc__peer_conn *c;
 	struct conn *next;
+	/* Staging for chunks of GPU replicas, made at the first one:
+	 * TC_CHUNK_BYTES, pinned when the driver lets us (else pageable). */
+	uint8_t *stage;
+	bool stage_pinned;
+	int stage_ordinal;
 };
 
 struct tc__peer_server {
@@ -66,9 +93,10 @@ struct tc__peer_server {
 	pthread_t acceptor;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	struct tc__map by_id; /* id -> struct entry (live ones) */
-	struct tc__map keys;  /* key -> malloc'd id */
-	struct conn *conns;   /* live connections */
+	struct tc__map by_id;  /* id -> struct entry (live ones) */
+	struct tc__map by_gpu; /* "<id>/<ordinal>" -> GPU entry */
+	struct tc__map keys;   /* key -> malloc'd id */
+	struct conn *conns;    /* live connections */
 	int nconns;
 	bool stopping;
 	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
@@ -78,7 +106,8 @@ struct tc__peer_server {
 static void entry_put(struct entry *e) /* mu held */
 {
 	if (--e->refs == 0) {
-		close(e->fd);
+		if (e->fd >= 0)
+			close(e->fd);
 		tc__buf_release(&e->manifest);
 		tc__free(e->have);
 		tc__free(e->fetching);
@@ -163,6 +192,80 @@ int tc__peer_server_publish_partial(struct tc__peer_server *s, const char *id,
 	return publish(s, id, fd, t, chunks, nchunks, true);
 }
 
+int tc__peer_server_publish_gpu(struct tc__peer_server *s, const char *id,
+				int ordinal, uint64_t dptr, uint64_t size,
+				const struct tc__table *t,
+				const struct tc__digest *chunks,
+				uint64_t nchunks)
+{
+	struct entry *e, *old;
+	int rc = 0;
+
+	if (nchunks != tc__chunk_count(t->total_bytes) ||
+	    size < t->total_bytes || ordinal < 0 ||
+	    ordinal >= GPU_MAX_ORDINAL || !dptr)
+		return TC_EINVAL;
+	e = tc__calloc(1, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	snprintf(e->id, sizeof(e->id), "%s", id);
+	e->fd = -1;
+	e->gpu = true;
+	e->ordinal = ordinal;
+	e->dptr = dptr;
+	e->total = t->total_bytes;
+	e->nchunks = nchunks;
+	e->refs = 1;
+	tc__buf_init(&e->manifest);
+	tc__peer_put_manifest(&e->manifest, id, t, chunks, nchunks);
+	if (e->manifest.oom ||
+	    e->manifest.len - TC_PEER_HDR_BYTES > TC_PEER_MAX_MANIFEST) {
+		rc = e->manifest.oom ? -ENOMEM : TC_ELIMIT;
+		tc__buf_release(&e->manifest);
+		tc__free(e);
+		return rc;
+	}
+	gpu_name(e->gname, id, ordinal);
+	pthread_mutex_lock(&s->mu);
+	old = tc__map_get(&s->by_gpu, e->gname);
+	if (old) {
+		/* The same replica again (the daemon never publishes two
+		 * on one device): keep the first. */
+		pthread_mutex_unlock(&s->mu);
+		tc__buf_release(&e->manifest);
+		tc__free(e);
+		return 0;
+	}
+	if (tc__map_put(&s->by_gpu, e->gname, e) < 0)
+		rc = -ENOMEM;
+	pthread_mutex_unlock(&s->mu);
+	if (rc < 0) {
+		tc__buf_release(&e->manifest);
+		tc__free(e);
+	}
+	return rc;
+}
+
+void tc__peer_server_withdraw_gpu(struct tc__peer_server *s, const char *id,
+				  int ordinal)
+{
+	char name[GPU_NAME_LEN];
+	struct entry *e;
+
+	gpu_name(name, id, ordinal);
+	pthread_mutex_lock(&s->mu);
+	e = tc__map_del(&s->by_gpu, name);
+	if (e) {
+		e->gone = true;
+		/* The caller frees the memory next: no copy may still read
+		 * it.  A copy is one chunk, so this wait is short. */
+		while (e->copying)
+			pthread_cond_wait(&s->cv, &s->mu);
+		entry_put(e);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
 void tc__peer_server_have(struct tc__peer_server *s, const char *id,
 			  const uint64_t *chunks, uint32_t n, bool fetching)
 {
@@ -236,11 +339,28 @@ static struct entry *lookup(struct tc__peer_server *s, const char *ref)
 	struct entry *e = NULL;
 	struct keyent *k;
 
+	const char *id = NULL;
+
 	pthread_mutex_lock(&s->mu);
 	if (tc__is_id(ref))
-		e = tc__map_get(&s->by_id, ref);
+		id = ref;
 	else if ((k = tc__map_get(&s->keys, ref)))
-		e = tc__map_get(&s->by_id, k->id);
+		id = k->id;
+	if (id)
+		e = tc__map_get(&s->by_id, id);
+	/* A sealed host replica first (sendfile), then a GPU one, then
+	 * a copy still filling. */
+	if (id && (!e || e->have) && s->by_gpu.count) {
+		char name[GPU_NAME_LEN];
+		struct entry *g = NULL;
+
+		for (int i = 0; !g && i < GPU_MAX_ORDINAL; i++) {
+			gpu_name(name, id, i);
+			g = tc__map_get(&s->by_gpu, name);
+		}
+		if (g)
+			e = g;
+	}
 	if (e)
 		e->refs++;
 	pthread_mutex_unlock(&s->mu);
@@ -284,9 +404,63 @@ static int send_corrupt(struct tc__peer_conn *c, int fd, uint64_t off,
 	return rc;
 }
 
-static int serve_get(struct tc__peer_server *s, struct tc__peer_conn *c,
+/* Stage chunk bytes [off, off + n) of GPU entry e in cn's buffer (made
+ * at the first use, pinned when it can be).  Returns 0, TC_ENOTFOUND
+ * (withdrawn meanwhile) or another negative code (logged). */
+static int gpu_stage(struct tc__peer_server *s, struct conn *cn,
+		     struct entry *e, uint64_t off, uint32_t n)
+{
+	char err[256];
+	int rc;
+
+	if (!cn->stage) {
+		void *p = NULL;
+
+		if (posix_memalign(&p, 4096, TC_CHUNK_BYTES))
+			return -ENOMEM;
+		memset(p, 0, TC_CHUNK_BYTES); /* fault in before pinning */
+		cn->stage = p;
+		cn->stage_ordinal = e->ordinal;
+		cn->stage_pinned = tc__gpu_host_register(e->ordinal, p,
+							 TC_CHUNK_BYTES, 0, err,
+							 sizeof(err)) == 0;
+		if (!cn->stage_pinned)
+			tc__log(TC_LOG_WARN,
+				"peer: GPU chunks to %s go through pageable "
+				"memory: %s",
+				cn->c->addr, err);
+	}
+	pthread_mutex_lock(&s->mu);
+	if (e->gone) {
+		pthread_mutex_unlock(&s->mu);
+		return TC_ENOTFOUND;
+	}
+	e->copying++;
+	pthread_mutex_unlock(&s->mu);
+	rc = tc__gpu_dtoh(e->ordinal, cn->stage, e->dptr + off, n, NULL, err,
+			  sizeof(err));
+	pthread_mutex_lock(&s->mu);
+	if (--e->copying == 0 && e->gone)
+		pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	if (rc < 0)
+		tc__log(TC_LOG_WARN, "peer: cannot copy %s from GPU %d: %s",
+			e->id, e->ordinal, err);
+	return rc;
+}
+
+static void stage_free(struct conn *cn)
+{
+	if (cn->stage_pinned)
+		tc__gpu_host_unregister(cn->stage_ordinal, cn->stage, NULL, 0);
+	free(cn->stage);
+	cn->stage = NULL;
+}
+
+static int serve_get(struct tc__peer_server *s, struct conn *cn,
 		     const struct tc__peer_msg *m)
 {
+	struct tc__peer_conn *c = cn->c;
 	struct entry *e = lookup(s, m->id);
 	struct tc__buf b = TC_BUF_INIT;
 	char subject[TC_ID_LEN + 32];
@@ -325,12 +499,27 @@ static int serve_get(struct tc__peer_server *s, struct tc__peer_conn *c,
 		 * taken: the receiver's peer_timeout has to notice. */
 		if (tc__failpoint("peer.stall_chunk", subject))
 			sleep(5);
+		if (e->gpu) {
+			rc = gpu_stage(s, cn, e, off, n);
+			if (rc == TC_ENOTFOUND) {
+				rc = send_error(c, TC_ENOTFOUND,
+						"chunk no longer here (its GPU "
+						"replica was withdrawn)");
+				continue;
+			}
+			if (rc < 0)
+				break;
+			if (tc__failpoint("peer.corrupt_chunk", subject))
+				cn->stage[n / 2] ^= 0x5a;
+		}
 		b.len = 0;
 		tc__peer_put_data(&b, k, n);
 		rc = tc__peer_send_buf(c, &b, true);
 		if (rc < 0)
 			break;
-		if (tc__failpoint("peer.corrupt_chunk", subject))
+		if (e->gpu)
+			rc = c->t->send(c, cn->stage, n, false);
+		else if (tc__failpoint("peer.corrupt_chunk", subject))
 			rc = send_corrupt(c, e->fd, off, n);
 		else
 			rc = c->t->send_file(c, e->fd, off, n);
@@ -498,7 +687,7 @@ static void *conn_main(void *arg)
 		if (rc == 0 && m.type == TC_PEER_MANIFEST_REQ)
 			rc = serve_manifest(s, c, &m);
 		else if (rc == 0 && m.type == TC_PEER_GET)
-			rc = serve_get(s, c, &m);
+			rc = serve_get(s, cn, &m);
 		else if (rc == 0 && m.type == TC_PEER_HAVE_REQ)
 			rc = serve_have(s, c, &m);
 		else if (rc == 0 && m.type == TC_PEER_REPLICATE_REQ)
@@ -517,6 +706,7 @@ static void *conn_main(void *arg)
 		tc__log(TC_LOG_WARN, "peer connection %s dropped: %s", c->addr,
 			err);
 out:
+	stage_free(cn);
 	pthread_mutex_lock(&s->mu);
 	for (struct conn **p = &s->conns; *p; p = &(*p)->next)
 		if (*p == cn) {
@@ -608,6 +798,7 @@ int tc__peer_server_start(const struct tc__peer_server_opts *o,
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	tc__map_init(&s->by_id);
+	tc__map_init(&s->by_gpu);
 	tc__map_init(&s->keys);
 	if (pipe2(s->stop_pipe, O_CLOEXEC) < 0) {
 		rc = -errno;
@@ -641,6 +832,7 @@ out_pipe:
 	close(s->stop_pipe[1]);
 out_free:
 	tc__map_release(&s->by_id);
+	tc__map_release(&s->by_gpu);
 	tc__map_release(&s->keys);
 	tc__free(s);
 	return rc;
@@ -678,11 +870,15 @@ void tc__peer_server_stop(struct tc__peer_server *s)
 	for (me = tc__map_next(&s->by_id, NULL, &b); me;
 	     me = tc__map_next(&s->by_id, me, &b))
 		entry_put(me->val);
+	for (me = tc__map_next(&s->by_gpu, NULL, &b); me;
+	     me = tc__map_next(&s->by_gpu, me, &b))
+		entry_put(me->val);
 	for (me = tc__map_next(&s->keys, NULL, &b); me;
 	     me = tc__map_next(&s->keys, me, &b))
 		tc__free(me->val);
 	pthread_mutex_unlock(&s->mu);
 	tc__map_release(&s->by_id);
+	tc__map_release(&s->by_gpu);
 	tc__map_release(&s->keys);
 	s->l->t->unlisten(s->l);
 	close(s->stop_pipe[0]);

@@ -156,6 +156,25 @@ static void replica_touch(struct tc__gpu_replica *r)
 
 static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o);
 
+/* A ready replica is announced to the peer server (which serves it when
+ * the artifact has no host replica here) and the cluster (a source of
+ * tier gpu); withdrawn before its memory goes.  An artifact removed
+ * while leased keeps its replicas for its clients only. */
+static void replica_announce(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
+			     bool up)
+{
+	const struct tc__objs_observer *ob = t->objs->observer;
+	int i = dev_index(t, r->dev);
+
+	if (up == r->announced || (up && (r->o->dead || !r->o->nchunks)))
+		return;
+	r->announced = up;
+	if (ob && ob->gpu_replica)
+		ob->gpu_replica(ob->arg, r->o, i, r->mem.dptr, r->mem.size, up);
+	if (t->objs->hooks.gpu)
+		t->objs->hooks.gpu(t->objs->hooks.arg, r->o, i, up);
+}
+
 /* Free a ready, unleased replica: unaccount, unmap, release -- or, with
  * `keep`, hand its allocation (mapping and exported fd) over instead. */
 static void replica_free_keep(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
@@ -163,6 +182,7 @@ static void replica_free_keep(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 {
 	struct tc__gpu_dev *d = r->dev;
 
+	replica_announce(t, r, false);
 	if (r->ready)
 		lru_unlink(d, r);
 	r->o->gpu->rep[dev_index(t, d)] = NULL;
@@ -738,6 +758,7 @@ int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
 	lru_push(d, r);
 	t->n_fills++;
 	t->n_fill_bytes += o->table.total_bytes;
+	replica_announce(t, r, true);
 	return 0;
 
 out_drop:
@@ -1032,6 +1053,7 @@ static void fill_done(struct tc__job *job)
 		r->reused = j->reused;
 		r->last_use_ns = tc__now_ns();
 		lru_push(d, r);
+		replica_announce(t, r, true);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
 		tc__metrics_path(TC_MPATH_GPU_FILL, j->src_bytes,

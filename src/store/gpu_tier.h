@@ -80,6 +80,7 @@ struct tc__gpu_replica {
 	bool reused;		 /* filled in an evicted replica's memory */
 	bool no_reuse;		 /* may be mapped without a lease: when
 				    evicted, release, never refill */
+	bool announced;		 /* peers and the cluster know it */
 	struct gt_req *waiters;	 /* requests waiting for the fill */
 	struct tc__gpu_replica *lru_prev, *lru_next;
 };

@@ -130,6 +130,12 @@ struct tc__objs_observer {
 	/* peer requests being answered now (the node's load in routing);
 	 * called from the cluster thread */
 	uint32_t (*uploads)(void *arg);
+	/* o's GPU replica on the daemon's CUDA device `ordinal` became
+	 * ready (up) or is about to be released (!up): `size` bytes at
+	 * `dptr`, the tier's mapping, valid until the !up call returns
+	 * (which must not return while anything still reads it). */
+	void (*gpu_replica)(void *arg, const struct tc__obj *o, int ordinal,
+			    uint64_t dptr, uint64_t size, bool up);
 };
 
 /* Who else wants to know when host replicas and keys change (the
@@ -152,6 +158,9 @@ struct tc__objs_hooks {
 			const char *policy, bool up);
 	void (*filling_have)(void *arg, const char *id, const uint64_t *chunks,
 			     uint32_t n);
+	/* `o` gained (up) or lost its GPU replica on the daemon's device
+	 * `ordinal` */
+	void (*gpu)(void *arg, const struct tc__obj *o, int ordinal, bool up);
 };
 
 struct tc__objs {

@@ -14,6 +14,7 @@
 #include "common/alloc.h"
 #include "common/log.h"
 #include "durable.h"
+#include "gpu_tier.h"
 #include "obj.h"
 #include "proto/gsp.h"
 #include "proto/proto.h"
@@ -31,6 +32,19 @@ static void hook_added(void *arg, const struct tc__obj *o)
 static void hook_removed(void *arg, const struct tc__obj *o)
 {
 	tc__cluster_replica_del(arg, o->id, TC_GSP_TIER_HOST, 0);
+}
+
+/* A GPU replica is a source of tier gpu, device = the daemon's ordinal
+ * (peers read it through the peer server's device-to-host staging). */
+static void hook_gpu(void *arg, const struct tc__obj *o, int ordinal, bool up)
+{
+	if (up)
+		tc__cluster_replica_add(arg, o->id, TC_GSP_TIER_GPU,
+					(uint32_t)ordinal, o->table.total_bytes,
+					&o->table, tc__policy_name(o->policy));
+	else
+		tc__cluster_replica_del(arg, o->id, TC_GSP_TIER_GPU,
+					(uint32_t)ordinal);
 }
 
 static void hook_key(void *arg, const char *key, const char *id,
@@ -65,11 +79,16 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 	s->objs.hooks.key_moved = hook_key;
 	s->objs.hooks.filling = hook_filling;
 	s->objs.hooks.filling_have = hook_filling_have;
+	s->objs.hooks.gpu = hook_gpu;
 	/* What the daemon already holds (recovered from the shared disk at
 	 * start) joins the inventory too. */
-	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next) {
 		if (o->shm)
 			hook_added(s->cluster, o);
+		for (int i = 0; o->gpu && i < TC_GPU_TIER_MAX_DEV; i++)
+			if (o->gpu->rep[i] && o->gpu->rep[i]->announced)
+				hook_gpu(s->cluster, o, i, true);
+	}
 	{
 		struct tc__map_entry *e;
 		size_t b;

@@ -1,0 +1,118 @@
+#!/bin/bash
+# GPU replicas in the peer data path (issue 12), on the fake CUDA driver
+# (tests/fakecuda): a GPU-only artifact (imported straight to a GPU, no
+# host copy) is reported to the global store as a source of tier gpu, and
+# its node's peer server sends it through device-to-host staging; another
+# node pulls it byte-identical; a GPU sender that corrupts a chunk is
+# caught and the chunk refetched; eviction and rm withdraw the source.
+# Loopback TCP, a global store and three daemons.
+set -u
+T=${TCAST:?}
+FAKE=${TC_BUILD:?}/fakecuda/libcuda.so.1
+PY=/usr/bin/python3
+[ -e "$FAKE" ] || { echo "SKIP: no fake CUDA driver at $FAKE"; exit 77; }
+dir=$(mktemp -d /tmp/tcast-peergpu-XXXXXX)
+chmod 700 "$dir"
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
+mark() { echo "[$(date +%T.%3N)] $*"; }
+S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
+d() { local n=$1; shift; TCAST_CUDA_LIB=$FAKE TC_FAKECUDA_DEVICES=1 "$T" --socket "$dir/$n/d.sock" "$@"; }
+nodes=(a b c)
+cleanup() {
+	for n in "${nodes[@]}"; do d "$n" daemon stop --timeout 10 >/dev/null 2>&1; done
+	g stop >/dev/null 2>&1
+	[ "$fail" = 0 ] || for n in "${nodes[@]}"; do echo "--- $n"; tail -n 20 "$dir/$n/daemon.log"; done >&2
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+[ -n "${KEEP:-}" ] && trap - EXIT
+wait_for() {
+	local t=$1; shift
+	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+(umask 077; openssl rand -hex 32 >"$dir/secret")
+
+g start --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null || { echo "cannot start the global store" >&2; exit 1; }
+G=$(cat "$dir/gs/global.addr")
+start_daemon() { # name [ENV...]
+	local n=$1; shift
+	mkdir -p "$dir/$n" && chmod 700 "$dir/$n"
+	env TCAST_CUDA_LIB="$FAKE" TC_FAKECUDA_DEVICES=1 "$@" "$T" --socket "$dir/$n/d.sock" \
+		daemon start --host-memory 1GiB \
+		--set "global=$G" --set "cluster_secret_file=$dir/secret" \
+		--set "node_name=node-$n" --set "peer_listen=127.0.0.1:0" \
+		--set peer_timeout_ms=3000 >/dev/null ||
+		{ echo "cannot start daemon $n" >&2; exit 1; }
+}
+# c corrupts every chunk it sends (one byte flipped).
+start_daemon a
+start_daemon b
+start_daemon c TCAST_FAILPOINTS=peer.corrupt_chunk=
+live() { test "$(g status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["nodes_live"])')" = 3; }
+ok wait_for 15 live
+
+# 40 MiB: 10 chunks of 4 MiB.
+$PY - "$dir/m.safetensors" <<'PYEOF'
+import json, os, struct, sys
+n = 40 << 20
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
+PYEOF
+# The bytes to compare with: a host import exported, on b, then removed.
+id=$(d b import "$dir/m.safetensors" 2>/dev/null)
+ok test -n "$id"
+d b export "$id" "$dir/want.st"
+d b rm "$id" >/dev/null
+# tier counts of node NAME in `global status --json`: "host=H gpu=G"
+tiers() {
+	g status --json | $PY -c '
+import json, sys
+for n in json.load(sys.stdin)["nodes"]:
+    if n["name"] == sys.argv[1]:
+        r = n.get("replicas", {})
+        print("host=%d gpu=%d" % (r.get("host", 0), r.get("gpu", 0)))' "node-$1"
+}
+tiers_are() { test "$(tiers "$1")" = "$2"; }
+
+mark "1. a GPU-only artifact on a is a source of tier gpu at the global store"
+ok test "$(d a import "$dir/m.safetensors" --key gm:v1 --device cuda:0 2>"$dir/a.imp")" = "$id"
+ok wait_for 10 tiers_are a "host=0 gpu=1"
+# resolve names it, tier gpu
+ok wait_for 10 sh -c "TCAST_CUDA_LIB=$FAKE '$T' --socket '$dir/b/d.sock' --json global resolve gm:v1 --via-daemon | grep -q '\"gpu\"'"
+
+mark "2. b pulls it from a's GPU replica (sources from the global store): byte-identical"
+ok d b --json pull gm:v1 >"$dir/b.json" 2>"$dir/b.err"
+ok test "$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$dir/b.json")" = "$id"
+d b export "$id" "$dir/b.st" --force
+ok cmp -s "$dir/want.st" "$dir/b.st"
+# a still holds no host copy: what it sent came from GPU memory
+ok tiers_are a "host=0 gpu=1"
+
+mark "3. a corrupt chunk from a GPU sender is caught and refetched from the other"
+ok test "$(d c import "$dir/m.safetensors" --device cuda:0 2>/dev/null)" = "$id"
+ok wait_for 10 tiers_are c "host=0 gpu=1"
+d b rm "$id" >/dev/null
+ok d b --json pull "$id" --from "$(cat "$dir/c/peer.addr")" --from "$(cat "$dir/a/peer.addr")" >"$dir/b2.json" 2>"$dir/b2.err"
+bad=$($PY -c '
+import json, sys
+d = json.load(open(sys.argv[1])); c = open(sys.argv[2]).read().strip()
+print(sum(s["bad_chunks"] for s in d["sources"] if s["addr"] == c))' "$dir/b2.json" "$dir/c/peer.addr")
+ok test "${bad:-0}" -ge 1
+d b export "$id" "$dir/b2.st" --force
+ok cmp -s "$dir/want.st" "$dir/b2.st"
+ok grep -q "chunk [0-9]* from $(cat "$dir/c/peer.addr") fails its digest" "$dir/b2.err"
+
+mark "4. rm on a withdraws its GPU source"
+d a rm "$id" >/dev/null
+ok wait_for 10 tiers_are a "host=0 gpu=0"
+# a's peer server no longer serves it
+d b rm "$id" >/dev/null
+ok sh -c "! TCAST_CUDA_LIB=$FAKE '$T' --socket '$dir/b/d.sock' pull '$id' --from '$(cat "$dir/a/peer.addr")' --no-key >/dev/null 2>&1" 
+
+echo "test_peer_gpu: $pass passed, $fail failed"
+[ "$fail" = 0 ]
