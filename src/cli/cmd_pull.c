@@ -1,11 +1,16 @@
 /*
  * cmd_pull.c - tcast pull REF [--from HOST:PORT ...] [--view SPEC]
+ *              [--device D [--host-copy]]
  *
  * Pulls an artifact from peer daemons into the local daemon as a host
  * replica (pull_sink.c: straight into a put's memory, then committed and
  * hashed once more), registered under its id and the key, when REF is a
  * key.  With --view, only the chunks covering the view's byte ranges are
- * pulled and the daemon keeps the view (under its view id).  This file
+ * pulled and the daemon keeps the view (under its view id).  With
+ * --device the chunks go straight into a GPU replica the daemon owns
+ * (through pinned staging, verified before each copy), and no host
+ * replica is made; --host-copy (and a view) makes the host replica first
+ * and the GPU replica from it (the daemon's pinned fill).  This file
  * picks the sources and reports.
  */
 #include <errno.h>
@@ -263,7 +268,7 @@ int cmd_pull(int argc, char **argv)
 	int nsrc = 0, rc, m;
 	int32_t device = -1;
 	uint64_t gpu_ns = 0;
-	bool nokey = false;
+	bool nokey = false, host_copy = false;
 	const char *view_spec = NULL;
 	tc_view *view = NULL;
 
@@ -321,6 +326,8 @@ int cmd_pull(int argc, char **argv)
 			if (m < 0)
 				return EXIT_USAGE;
 			tls_flag[k] = v;
+		} else if (!strcmp(a, "--host-copy")) {
+			host_copy = true;
 		} else if (a[0] == '-' && a[1]) {
 			return cli_usage_error("unknown option '%s'",
 					       cli_esc(a));
@@ -342,6 +349,13 @@ int cmd_pull(int argc, char **argv)
 		if (rc < 0)
 			return cli_usage_error("--view: %s", cli_esc(err));
 		nokey = true; /* the view id is its key */
+	}
+	if (host_copy && device < 0)
+		return cli_usage_error("--host-copy goes with --device");
+	if (device >= 0 && !host_copy && !view_spec) {
+		/* Straight into the GPU replica (a GPU put). */
+		o.device = device;
+		o.field_mask |= TC_OPT_DEVICE;
 	}
 	/* A key pulled is registered under that key here too. */
 	if (!o.key && !nokey && !tc__is_id(ref))
@@ -423,10 +437,9 @@ int cmd_pull(int argc, char **argv)
 		rc = cli_fail(rc, err);
 		goto out_close;
 	}
-	if (device >= 0) {
+	if (device >= 0 && host_copy) {
 		/* The GPU replica is made by the local daemon from the host
-		 * replica just registered (pinned, docs/gpu.md); pulling
-		 * straight into GPU memory through staging is not done yet. */
+		 * replica just registered (pinned, docs/gpu.md). */
 		tc_artifact *ga;
 		uint64_t g0 = now_ns();
 
@@ -440,14 +453,15 @@ int cmd_pull(int argc, char **argv)
 	}
 	if (cli.json) {
 		cli_put_json(json_pack(
-			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o, s:f}", "id",
-			res.id, "key",
+			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o, s:f, s:b}",
+			"id", res.id, "key",
 			(o.field_mask & TC_OPT_KEY) ? o.key : NULL, "bytes",
 			(json_int_t)r->bytes, "chunks", (json_int_t)r->nchunks,
 			"seconds", (double)(now_ns() - t0) / 1e9,
 			"transfer_seconds", (double)r->ns / 1e9, "gbps",
 			gbps(r->bytes, r->ns), "sources", sources_json(r),
-			"gpu_seconds", (double)gpu_ns / 1e9));
+			"gpu_seconds", (double)gpu_ns / 1e9, "gpu_direct",
+			(o.field_mask & TC_OPT_DEVICE) != 0));
 	} else {
 		puts(res.id);
 		fflush(stdout);

@@ -12,6 +12,14 @@
  * ranges into scratch memory, and has the local daemon keep the view
  * (tc_view_attach: an artifact of its own under the view id, as
  * `tcast inspect --view --keep` makes from a local replica).
+ *
+ * With TC_OPT_DEVICE the put is a GPU put (CREATE_GPU: the daemon's GPU
+ * tier allocates the replica and this process maps it writable): each
+ * stream receives a chunk into a pinned staging buffer of its own, the
+ * receiver verifies it there (BLAKE3 on the CPU), and only then is it
+ * copied host to device into place.  The commit (SEAL_GPU) hashes the
+ * replica once more in the daemon, on the GPU where its kernels run, and
+ * keeps it as the artifact's replica on that GPU: no host copy is made.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -23,6 +31,7 @@
 #include <sys/mman.h>
 
 #include "cli.h"
+#include "gpu/vmm.h"
 #include "peer/peer.h"
 #include "tcast/errors.h"
 #include "tcast/view.h"
@@ -31,7 +40,9 @@ struct sink {
 	tc_client *c;
 	const struct tc_opts *o;
 	tc_put *put;
-	bool serving; /* the daemon serves what we verify */
+	bool serving;	/* the daemon serves what we verify */
+	int32_t device; /* a GPU put's CUDA ordinal, else -1 */
+	uint64_t dbase; /* its device address of byte 0 */
 	char err[512];
 };
 
@@ -69,8 +80,9 @@ static int sink_begin(void *arg, const char *id, const struct tc__table *t,
 			 tc_client_errmsg(s->c));
 		goto out;
 	}
-	/* The bytes go in through sink_write: the put's mapping is never
-	 * touched here. */
+	/* Both sinks take the bytes through write(): the host put through its
+	 * memfd's file (its mapping is never touched here), the GPU put
+	 * through pinned staging into its device memory. */
 	for (uint32_t i = 0; i < t->ntensors; i++)
 		if (tc_put_offset(s->put, i) != t->tensors[i].offset) {
 			snprintf(err, errlen,
@@ -80,6 +92,9 @@ static int sink_begin(void *arg, const char *id, const struct tc__table *t,
 			rc = TC_EINVAL;
 			goto out;
 		}
+	if (s->device >= 0)
+		s->dbase = (uint64_t)(uintptr_t)tc_put_data(s->put, 0) -
+			   (t->ntensors ? t->tensors[0].offset : 0);
 	rc = 0;
 out:
 	free(mj);
@@ -88,11 +103,12 @@ out:
 	return rc;
 }
 
-static int sink_write(void *arg, uint64_t off, const void *src, uint64_t n,
-		      char *err, size_t errlen)
+/* A verified chunk into the host put, through its memfd's file. */
+static int sink_write_host(void *arg, uint64_t off, const uint8_t *data,
+			   uint32_t n, char *err, size_t errlen)
 {
 	struct sink *s = arg;
-	int rc = tc_put_write(s->put, off, src, n);
+	int rc = tc_put_write(s->put, off, data, n);
 
 	if (rc < 0)
 		snprintf(err, errlen, "local daemon's memory: %s",
@@ -122,6 +138,43 @@ static void sink_have(void *arg, const uint64_t *chunks, uint32_t n,
 		tc_put_have(s->put, chunks, n, fetching ? TC_HAVE_FETCHING : 0);
 }
 
+/* A GPU put's staging: TC_CHUNK_BYTES per stream, pinned when the driver
+ * lets us (a pageable buffer still works, slower). */
+static int sink_stage(void *arg, uint8_t **buf, char *err, size_t errlen)
+{
+	const struct sink *s = arg;
+	void *p = NULL;
+
+	if (posix_memalign(&p, 4096, TC_CHUNK_BYTES)) {
+		snprintf(err, errlen, "no memory for a staging buffer");
+		return -ENOMEM;
+	}
+	memset(p, 0, TC_CHUNK_BYTES); /* fault in before pinning */
+	/* Unpinned, the copies still work (unstage's unregister then
+	 * fails, harmlessly). */
+	(void)tc__gpu_host_register(s->device, p, TC_CHUNK_BYTES, 0, NULL, 0);
+	*buf = p;
+	return 0;
+}
+
+static void sink_unstage(void *arg, uint8_t *buf)
+{
+	struct sink *s = arg;
+
+	tc__gpu_host_unregister(s->device, buf, NULL, 0);
+	free(buf);
+}
+
+/* A verified chunk, from staging into the GPU replica. */
+static int sink_write_gpu(void *arg, uint64_t off, const uint8_t *data,
+			  uint32_t n, char *err, size_t errlen)
+{
+	struct sink *s = arg;
+
+	return tc__gpu_htod(s->device, s->dbase + off, data, n, NULL, err,
+			    errlen);
+}
+
 static uint64_t now_ns(void)
 {
 	struct timespec ts;
@@ -135,14 +188,23 @@ int cli_pull_into(tc_client *c, const struct tc_opts *o,
 		  struct tc_result *res, uint64_t *t_pulled_ns, char *err,
 		  size_t errlen)
 {
-	struct sink sk = { .c = c, .o = o };
+	struct sink sk = { .c = c, .o = o, .device = -1 };
 	int rc;
 
 	po->sink.arg = &sk;
 	po->sink.begin = sink_begin;
-	po->sink.write = sink_write;
-	po->sink.serve = sink_serve;
-	po->sink.have = sink_have;
+	po->sink.write = sink_write_host;
+	if (o->field_mask & TC_OPT_DEVICE) {
+		/* Into a GPU replica: nothing to serve while it fills (the
+		 * sealed replica is served, from GPU memory). */
+		sk.device = o->device;
+		po->sink.stage = sink_stage;
+		po->sink.unstage = sink_unstage;
+		po->sink.write = sink_write_gpu;
+	} else {
+		po->sink.serve = sink_serve;
+		po->sink.have = sink_have;
+	}
 	rc = tc__peer_pull(po, r, err, errlen);
 	if (rc < 0) {
 		tc_put_abort(sk.put);

@@ -142,20 +142,24 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 /* Where pulled bytes go.  begin() is called once, with the verified
  * manifest, and returns a writable mapping of the artifact's whole byte
  * space (table->total_bytes) that stays valid until tc__peer_pull
- * returns; with write() set it may return NULL instead. */
+ * returns -- or, with write() set, may leave *base NULL. */
 struct tc__peer_sink {
 	void *arg;
 	int (*begin)(void *arg, const char *id, const struct tc__table *t,
 		     uint8_t **base, char *err, size_t errlen);
-	/* Optional: bytes [off, off + n) of the byte space.  A stream then
-	 * receives into a buffer of its own, hashes it there and hands it
-	 * over, instead of receiving into `base`: fresh shared memory is
-	 * filled faster through its file than by first writes through a
-	 * mapping (docs/peer.md).  Called from the streams' threads, for
-	 * disjoint ranges; bytes handed over before their chunk verifies
-	 * are overwritten when it is fetched again.  Returns 0 or a
-	 * negative code with `err` set. */
-	int (*write)(void *arg, uint64_t off, const void *src, uint64_t n,
+	/* Optional: a staged sink.  Each stream receives a chunk into a
+	 * TC_CHUNK_BYTES buffer of its own, verifies it there, and hands it
+	 * to write() with its byte offset, on the stream's thread.  The
+	 * buffer comes from stage() (pinned host memory for a GPU sink,
+	 * which the receiver cannot recv into) and goes back with
+	 * unstage(); without stage() the receiver allocates it.  A host
+	 * sink writes through the memory's file: fresh shared memory fills
+	 * faster that way than by first writes through a mapping
+	 * (docs/design.md).  A failed stage() or write() fails the whole
+	 * pull with its error (no source is blamed). */
+	int (*stage)(void *arg, uint8_t **buf, char *err, size_t errlen);
+	void (*unstage)(void *arg, uint8_t *buf);
+	int (*write)(void *arg, uint64_t off, const uint8_t *data, uint32_t n,
 		     char *err, size_t errlen);
 	/* Optional, so that this node serves what it holds while it pulls
 	 * (a fan-out becomes a pipeline).  serve() is called once after

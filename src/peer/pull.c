@@ -83,6 +83,8 @@ struct pull {
 	struct psrc src[TC_PEER_MAX_SOURCES];
 	int live[TC_PEER_MAX_SOURCES];	   /* streams still running */
 	bool dropped[TC_PEER_MAX_SOURCES]; /* use no more */
+	int fatal; /* a staged sink failed: the pull ends */
+	char fatal_err[512];
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 };
@@ -180,8 +182,8 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
  * filling source does not hold it yet (in sync too), or a negative code
  * (the stream is not). */
 static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
-		      struct tc__hasher *h, uint8_t *buf, uint64_t k, char *err,
-		      size_t errlen)
+		      struct tc__hasher *h, uint64_t k, uint8_t *stage,
+		      char *err, size_t errlen)
 {
 	struct tc__peer_msg m;
 	struct tc__digest d;
@@ -208,11 +210,11 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	tc__peer_msg_release(&m);
 	if (rc < 0)
 		return rc;
-	dst = buf ? buf : p->base + k * TC_CHUNK_BYTES;
+	dst = stage ? stage : p->base + k * TC_CHUNK_BYTES;
 	tc__hasher_reset(h);
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);
-		uint8_t *at = buf ? buf : dst + got;
+		uint8_t *at = dst + got;
 
 		rc = c->t->recv(c, at, piece);
 		if (rc < 0) {
@@ -224,14 +226,6 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 			return rc;
 		}
 		tc__hasher_update(h, at, piece);
-		/* Still in cache from the hash. */
-		if (buf) {
-			rc = p->o->sink.write(p->o->sink.arg,
-					      k * TC_CHUNK_BYTES + got, buf,
-					      piece, err, errlen);
-			if (rc < 0)
-				return rc;
-		}
 		got += piece;
 	}
 	tc__hasher_final(h, &d);
@@ -292,6 +286,17 @@ static int ask_have(struct pull *p, int src, struct tc__peer_conn *c,
 	return rc;
 }
 
+/* A staged sink failed (mu held): the pull ends with its error; the
+ * streams stop taking chunks. */
+static void fail_pull(struct pull *p, int rc, const char *err)
+{
+	if (!p->fatal) {
+		p->fatal = rc;
+		snprintf(p->fatal_err, sizeof(p->fatal_err), "%s", err);
+	}
+	pthread_cond_broadcast(&p->cv);
+}
+
 static void *stream_main(void *arg)
 {
 	struct stream *sm = arg;
@@ -301,16 +306,32 @@ static void *stream_main(void *arg)
 	struct psrc *ps = &p->src[sm->src];
 	struct tc__peer_conn *c = NULL;
 	struct tc__hasher *h = tc__hasher_new();
-	uint8_t *buf = o->sink.write ? tc__malloc(TC_PULL_PIECE) : NULL;
 	struct tc__buf b = TC_BUF_INIT;
 	int64_t q[TC_PULL_DEPTH];
-	int nq = 0, nsent = 0, rc;
+	int nq = 0, nsent = 0, rc = 0;
+	uint8_t *stage = NULL;
 	char err[512] = "";
 
-	rc = h && (buf || !o->sink.write) ?
-		     tc__peer_tcp.connect(ps->addr, o->timeout_ms,
-					  o->timeout_ms, &c, err, sizeof(err)) :
-		     -ENOMEM;
+	if (o->sink.write && !o->sink.stage) {
+		stage = tc__malloc(TC_CHUNK_BYTES);
+		rc = stage ? 0 : -ENOMEM;
+		snprintf(err, sizeof(err),
+			 "out of memory for a stream's buffer");
+	} else if (o->sink.write) {
+		rc = o->sink.stage(o->sink.arg, &stage, err, sizeof(err));
+	}
+	if (o->sink.write && rc < 0) {
+		pthread_mutex_lock(&p->mu);
+		fail_pull(p, rc, err);
+		pthread_mutex_unlock(&p->mu);
+		stage = NULL;
+		rc = 0;
+		goto out_stream; /* not this source's fault */
+	}
+
+	rc = h ? tc__peer_tcp.connect(ps->addr, o->timeout_ms, o->timeout_ms,
+				      &c, err, sizeof(err)) :
+		 -ENOMEM;
 	if (rc == 0)
 		rc = tc__peer_auth_client(c, o->tls, o->secret, o->name,
 					  o->timeout_ms, err, sizeof(err));
@@ -321,7 +342,8 @@ static void *stream_main(void *arg)
 		bool ask = false;
 
 		pthread_mutex_lock(&p->mu);
-		while (!p->dropped[sm->src] && nq < TC_PULL_DEPTH) {
+		while (!p->dropped[sm->src] && !p->fatal &&
+		       nq < TC_PULL_DEPTH) {
 			int64_t k = take(p, sm->src, now);
 
 			if (k < 0)
@@ -334,7 +356,8 @@ static void *stream_main(void *arg)
 			/* Nothing for us now: finished, or what is left is
 			 * in flight elsewhere or held by no one we know yet
 			 * (and may come). */
-			if (p->ndone == p->nwant || p->dropped[sm->src]) {
+			if (p->ndone == p->nwant || p->dropped[sm->src] ||
+			    p->fatal) {
 				pthread_mutex_unlock(&p->mu);
 				break;
 			}
@@ -389,10 +412,27 @@ static void *stream_main(void *arg)
 		}
 		if (rc < 0)
 			break;
-		rc = recv_chunk(p, sm->src, c, h, buf, (uint64_t)q[0], err,
+		rc = recv_chunk(p, sm->src, c, h, (uint64_t)q[0], stage, err,
 				sizeof(err));
 		if (rc < 0)
 			break;
+		if (rc == 1 && stage) {
+			/* Verified in staging: only now does it go to
+			 * the sink's memory. */
+			char werr[512];
+			int wrc = o->sink.write(o->sink.arg,
+						(uint64_t)q[0] * TC_CHUNK_BYTES,
+						stage,
+						chunk_len(p, (uint64_t)q[0]),
+						werr, sizeof(werr));
+
+			if (wrc < 0) {
+				pthread_mutex_lock(&p->mu);
+				fail_pull(p, wrc, werr);
+				pthread_mutex_unlock(&p->mu);
+				rc = 3; /* back to the queue; the pull ends */
+			}
+		}
 		pthread_mutex_lock(&p->mu);
 		p->nflight--;
 		if (rc == 1) {
@@ -402,6 +442,8 @@ static void *stream_main(void *arg)
 			p->fresh[p->nfresh++] = (uint64_t)q[0];
 			st->chunks++;
 			st->bytes += chunk_len(p, (uint64_t)q[0]);
+		} else if (rc == 3) {
+			p->state[q[0]] = C_TODO;
 		} else if (rc == 2) {
 			/* It said it held it: only an id it dropped meanwhile
 			 * gets here.  Forget what it said. */
@@ -428,6 +470,7 @@ static void *stream_main(void *arg)
 		nsent--;
 		rc = 0;
 	}
+out_stream:
 	pthread_mutex_lock(&p->mu);
 	for (int i = 0; i < nq; i++) {
 		p->state[q[i]] = C_TODO;
@@ -441,8 +484,11 @@ static void *stream_main(void *arg)
 	pthread_mutex_unlock(&p->mu);
 	if (c)
 		c->t->close(c);
+	if (stage && o->sink.unstage)
+		o->sink.unstage(o->sink.arg, stage);
+	else
+		tc__free(stage);
 	tc__hasher_free(h);
-	tc__free(buf);
 	tc__buf_release(&b);
 	return NULL;
 }
@@ -682,10 +728,13 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	p.res = res;
 	if (o->nsources < 1 || o->nsources > TC_PEER_MAX_SOURCES ||
 	    o->streams < 1 || o->streams > TC_PEER_MAX_STREAMS || !o->ref ||
-	    !o->ref[0] || strlen(o->ref) > TC_PEER_MAX_REF) {
+	    !o->ref[0] || strlen(o->ref) > TC_PEER_MAX_REF ||
+	    (!o->sink.stage != !o->sink.unstage) ||
+	    (o->sink.stage && !o->sink.write)) {
 		snprintf(err, errlen,
 			 "a pull needs a ref, 1..%d sources and 1..%d "
-			 "streams per source",
+			 "streams per source (and a staged sink write(), "
+			 "with both stage() and unstage() or neither)",
 			 TC_PEER_MAX_SOURCES, TC_PEER_MAX_STREAMS);
 		return TC_EINVAL;
 	}
@@ -748,7 +797,10 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		pthread_join(sm[i].th, NULL);
 	res->ns = now_ns() - t0;
 	rc = 0;
-	if (p.ndone != p.nwant) {
+	if (p.fatal) {
+		rc = p.fatal;
+		snprintf(err, errlen, "%s", p.fatal_err);
+	} else if (p.ndone != p.nwant) {
 		summarize(&p, err, errlen);
 		rc = TC_EDIGEST;
 		for (int i = 0; i < p.nsrc; i++)

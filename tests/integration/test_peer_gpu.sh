@@ -107,7 +107,46 @@ d b export "$id" "$dir/b2.st" --force
 ok cmp -s "$dir/want.st" "$dir/b2.st"
 ok grep -q "chunk [0-9]* from $(cat "$dir/c/peer.addr") fails its digest" "$dir/b2.err"
 
-mark "4. rm on a withdraws its GPU source"
+mark "4. b pulls straight into its GPU: no host replica; a client attaches the daemon's GPU replica"
+d b rm "$id" >/dev/null
+ok wait_for 10 tiers_are b "host=0 gpu=0"
+# (by id: b's key gm:v1 still names the copy removed above)
+ok d b --json pull "$id" --from "$(cat "$dir/a/peer.addr")" --device cuda:0 >"$dir/bg.json" 2>"$dir/bg.err"
+ok test "$($PY -c 'import json,sys; d = json.load(open(sys.argv[1])); print(d["id"], d["gpu_direct"])' "$dir/bg.json")" = "$id True"
+ok wait_for 10 tiers_are b "host=0 gpu=1"
+ok test "$(d b --json inspect "$id" | $PY -c 'import json,sys; print(sorted(r["tier"] for r in json.load(sys.stdin)["replicas"]))')" = "['gpu']"
+# (ctypes cannot load a sanitized libtcast)
+if [ -z "${TC_SANITIZED:-}" ]; then
+	# The fake maps GPU memory at host addresses: read the attached
+	# replica's bytes and compare with the file's tensor data.
+	got=$(TCAST_CUDA_LIB=$FAKE TC_FAKECUDA_DEVICES=1 $PY - "$TC_BUILD/lib/libtcast.so" "$dir/b/d.sock" "$id" "$dir/m.safetensors" <<'PYEOF'
+import ctypes, hashlib, struct, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.tc_artifact_data.restype = ctypes.c_void_p
+lib.tc_artifact_size.restype = ctypes.c_uint64
+lib.tc_artifact_device.restype = ctypes.c_int32
+c, a = ctypes.c_void_p(), ctypes.c_void_p()
+err = ctypes.create_string_buffer(512)
+assert lib.tc_client_connect(sys.argv[2].encode(), ctypes.byref(c), err, 512) == 0, err.value
+rc = lib.tc_attach_gpu(c, sys.argv[3].encode(), 0, ctypes.byref(a))
+assert rc == 0, rc
+raw = open(sys.argv[4], "rb").read()
+data = raw[8 + struct.unpack("<Q", raw[:8])[0]:]
+dev = ctypes.string_at(lib.tc_artifact_data(a), len(data))
+print(lib.tc_artifact_device(a), hashlib.sha256(dev).hexdigest() == hashlib.sha256(data).hexdigest())
+PYEOF
+)
+	ok test "$got" = "0 True"
+fi
+# the attach used the pulled replica: still no host replica on b
+ok tiers_are b "host=0 gpu=1"
+# --host-copy: the old way, host replica first, GPU replica from it
+d b rm "$id" >/dev/null
+ok d b --json pull "$id" --from "$(cat "$dir/a/peer.addr")" --device cuda:0 --host-copy >"$dir/bh.json" 2>"$dir/bh.err"
+ok wait_for 10 tiers_are b "host=1 gpu=1"
+ok sh -c "! '$T' --socket '$dir/b/d.sock' pull '$id' --host-copy >/dev/null 2>&1"
+
+mark "5. rm on a withdraws its GPU source"
 d a rm "$id" >/dev/null
 ok wait_for 10 tiers_are a "host=0 gpu=0"
 # a's peer server no longer serves it
