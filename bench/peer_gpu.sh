@@ -1,9 +1,16 @@
 #!/bin/bash
-# GPU machine: a second daemon on the same host pulls a SIZE GiB artifact
-# from the first daemon's host replica over loopback TCP (tcast pull, 4
-# streams), then makes its GPU replica from it; against, in the same run,
-# `tcast import` of the same file from disk (caches dropped) and from the
-# page cache into the first daemon.  Usage:
+# GPU machine: a second daemon on the same host gets a SIZE GiB artifact
+# into a GPU replica from the first daemon's host replica over loopback
+# TCP (tcast pull, 4 streams), two ways in the same run:
+#   pull then fill:  host replica first, the GPU replica from it
+#                    (tcast pull --device cuda:0 --host-copy)
+#   straight to GPU: chunks verified in pinned staging, copied into the
+#                    daemon's GPU replica, no host replica
+#                    (tcast pull --device cuda:0)
+# against `tcast import` of the same file from disk (caches dropped) and
+# from the page cache into the first daemon.  PEER_GPU_DEVICE= (empty)
+# pulls to host memory only (no GPU lines); NO_DROP=1 leaves the page
+# cache alone (a shared machine: the disk line is then not cold).  Usage:
 #   bench/peer_gpu.sh TCAST_BINARY [SIZE_GIB] [STREAMS]
 set -eu
 T=${1:?tcast binary}
@@ -39,24 +46,39 @@ PYEOF
 sync
 echo "== $(date -u '+%F %T') UTC, $(nproc) cores, $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), ${gib} GiB"
 secs() { $PY -c 'import json,sys; print(json.load(sys.stdin)["seconds"])'; }
-echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && cold=1 || cold=0
+cold=0
+[ -n "${NO_DROP:-}" ] || { echo 3 >/proc/sys/vm/drop_caches 2>/dev/null && cold=1; }
 t_disk=$("$T" --socket "$dir/a/d.sock" --json import "$dir/m.safetensors" | secs)
 id=$("$T" --socket "$dir/a/d.sock" ls --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["artifacts"][0]["id"])')
 "$T" --socket "$dir/a/d.sock" rm "$id" >/dev/null
 t_cache=$("$T" --socket "$dir/a/d.sock" --json import "$dir/m.safetensors" | secs)
 rm -f "$dir/m.safetensors"
-"$T" --socket "$dir/b/d.sock" --json pull "$id" --from "$(cat "$dir/a/peer.addr")" --streams "$streams" \
-	${PEER_GPU_DEVICE---device cuda:0} >"$dir/p.json"
-$PY - "$dir/p.json" "$gib" "$t_disk" "$t_cache" "$cold" <<'PYEOF'
+dev=${PEER_GPU_DEVICE-cuda:0}
+from=$(cat "$dir/a/peer.addr")
+"$T" --socket "$dir/b/d.sock" --json pull "$id" --from "$from" --streams "$streams" \
+	${dev:+--device "$dev" --host-copy} >"$dir/p.json"
+echo '{}' >"$dir/g.json"
+if [ -n "$dev" ]; then
+	"$T" --socket "$dir/b/d.sock" rm "$id" >/dev/null
+	"$T" --socket "$dir/b/d.sock" --json pull "$id" --from "$from" --streams "$streams" \
+		--device "$dev" >"$dir/g.json"
+fi
+$PY - "$dir/p.json" "$dir/g.json" "$t_disk" "$t_cache" "$cold" <<'PYEOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
+g = json.load(open(sys.argv[2]))
 gb = d["bytes"] / 1e9
 disk, cache, cold = float(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
 print(f"import from disk{'' if cold else ' (caches NOT dropped)'}: {disk:.2f} s, {gb / disk:.2f} GB/s")
 print(f"import from page cache: {cache:.2f} s, {gb / cache:.2f} GB/s")
-print(f"pull over loopback TCP, verified: {d['transfer_seconds']:.2f} s, {gb / d['transfer_seconds']:.2f} GB/s;"
-      f" registered host replica after {d['seconds']:.2f} s ({gb / d['seconds']:.2f} GB/s);"
-      f" GPU replica from it {d['gpu_seconds']:.2f} s more;"
-      f" total {d['seconds'] + d['gpu_seconds']:.2f} s ({gb / (d['seconds'] + d['gpu_seconds']):.2f} GB/s)")
-print("sources:", json.dumps(d["sources"]))
+total = d["seconds"] + d["gpu_seconds"]
+print(f"pull then fill (--host-copy): transfer verified {d['transfer_seconds']:.2f} s"
+      f" ({gb / d['transfer_seconds']:.2f} GB/s); host replica registered after {d['seconds']:.2f} s;"
+      f" GPU replica from it {d['gpu_seconds']:.2f} s more; total {total:.2f} s ({gb / total:.2f} GB/s)")
+print("  sources:", json.dumps(d["sources"]))
+if g:
+    print(f"straight to GPU (pinned staging): transfer verified {g['transfer_seconds']:.2f} s"
+          f" ({gb / g['transfer_seconds']:.2f} GB/s); GPU replica sealed after {g['seconds']:.2f} s"
+          f" ({gb / g['seconds']:.2f} GB/s); no host replica")
+    print("  sources:", json.dumps(g["sources"]))
 PYEOF
