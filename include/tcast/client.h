@@ -348,6 +348,18 @@ TC_API int tc_bind(tc_client *c, const char *ref, int32_t device,
  * layout: nothing was written), TC_ENOTFOUND, TC_EINVAL (not a binding)
  * or TC_ECUDA (the content is then undefined until a swap succeeds). */
 TC_API int tc_binding_swap(tc_artifact *a, const char *ref);
+/* tc_bind / tc_binding_swap with flags.  TC_BIND_PUBLISH: the binding is
+ * also a source of what it holds, for peer daemons (their pulls read it
+ * through this daemon's peer server) and the global store (a replica of
+ * tier gpu on this node), from when the fill or swap is done until the
+ * next swap or its close; needs a daemon with peer_listen (and global
+ * for the store) to matter.  A swap with flags 0 stops publishing; plain
+ * tc_binding_swap keeps the binding's setting.  Same returns, and
+ * TC_EINVAL for an unknown flag. */
+#define TC_BIND_PUBLISH 0x1u
+TC_API int tc_bind2(tc_client *c, const char *ref, int32_t device,
+		    uint32_t flags, tc_artifact **out);
+TC_API int tc_binding_swap2(tc_artifact *a, const char *ref, uint32_t flags);
 
 /* ------------------------------------------------------ keys and verbs */
 

@@ -693,6 +693,9 @@ def _torch_views_from_base(base: Any, table: "_Table", names: Optional[List[str]
     return out
 
 
+_BIND_PUBLISH = 0x1  # TC_BIND_PUBLISH
+
+
 class Binding:
     """GPU memory the daemon owns for this process, holding an artifact at
     addresses that stay the same: ``tensors`` are read-only views of it,
@@ -745,11 +748,14 @@ class Binding:
             raise errors.InvalidArgumentError("the binding is closed")
         return self._session.lib.tc_artifact_id(self._handle).decode()
 
-    def swap(self, artifact: "Artifact | str | Any") -> str:
+    def swap(self, artifact: "Artifact | str | Any", publish: Optional[bool] = None) -> str:
         """Refill in place with `artifact` (an Artifact, key or id, or a
         View: its copy kept in the daemon) of the same layout.  Returns the
         new artifact id; raises ShapeError (and writes nothing) for another
-        layout."""
+        layout.  ``publish=True``: once refilled, the binding is a source
+        of the new artifact for peer daemons and the global store (as
+        ``bind(publish=True)``); ``False`` stops that; ``None`` keeps the
+        binding's setting.  Peers stop reading it before the refill."""
         from ._view import View
 
         if self._handle is None:
@@ -762,7 +768,10 @@ class Binding:
             ref = artifact.artifact_id
         s = self._session
         with s.lock:
-            rc = s.lib.tc_binding_swap(self._handle, ref.encode())
+            if publish is None:
+                rc = s.lib.tc_binding_swap(self._handle, ref.encode())
+            else:
+                rc = s.lib.tc_binding_swap2(self._handle, ref.encode(), _BIND_PUBLISH if publish else 0)
             if rc < 0:
                 raise errors.error_from_code(rc, s.lib.tc_client_errmsg(s._h()).decode(errors="replace"))
         return self.artifact_id
@@ -1494,16 +1503,24 @@ class Artifact:
 
         return View(self, (make_level(slices, transpose, dtype, names),))
 
-    def bind(self, device: Any = "cuda") -> Binding:
+    def bind(self, device: Any = "cuda", publish: bool = False) -> Binding:
         """Bind this artifact on a GPU: memory the daemon owns for this
-        process, at addresses that stay the same across ``swap``."""
-        dev = _device(device, "torch")
+        process, at addresses that stay the same across ``swap``.
+        ``publish=True``: the binding is also a source of what it holds
+        for peer daemons (``tcast pull`` elsewhere reads it through this
+        daemon's peer server, device to host through pinned staging) and
+        the global store (a replica of tier gpu on this node), until a
+        swap or its close (docs/peer.md, "GPU replicas")."""
+        # The binding needs libtcast and the driver, not torch (its
+        # tensors are made on first use): no torch check here.
+        dev = _device(device, "dlpack")
         if dev == "cpu":
             raise errors.DeviceError("bind() needs a GPU device (cuda[:N])")
         ref = self._ref() or self._realize(None)[0].id
         sess = self._sess()
         h = ctypes.c_void_p()
-        sess.call(sess.lib.tc_bind, ref.encode(), _cuda_ordinal(dev), ctypes.byref(h))
+        sess.call(sess.lib.tc_bind2, ref.encode(), _cuda_ordinal(dev),
+                  _BIND_PUBLISH if publish else 0, ctypes.byref(h))
         return Binding(sess, h.value, dev)
 
     def prefetch(self, device: Any = "cpu", *, options: Optional[GetArtifactOptions] = None) -> "Prefetch":

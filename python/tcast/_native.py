@@ -246,6 +246,8 @@ PROTOTYPES = {
     "tc_source_name": (c_char_p, [c_int32]),
     "tc_bind": (c_int, [_p, c_char_p, c_int32, _pp]),
     "tc_binding_swap": (c_int, [_p, c_char_p]),
+    "tc_bind2": (c_int, [_p, c_char_p, c_int32, c_uint32, _pp]),
+    "tc_binding_swap2": (c_int, [_p, c_char_p, c_uint32]),
     # client.h: keys and verbs
     "tc_key_set": (
         c_int,

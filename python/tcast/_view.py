@@ -685,20 +685,24 @@ class View:
             plan.realize_gpu(ordinal, base, plan.size, _stream_of(dev), mode)
         return _torch_views_from_base(buf[: plan.size], _table_of(plan.infos, plan.size), None, None)
 
-    def bind(self, device: Any = "cuda"):
+    def bind(self, device: Any = "cuda", publish: bool = False):
         """Bind the view on a GPU: daemon-owned memory at stable addresses
         holding the view (kept in the daemon under its view id first, so
         the bind copies from it).  ``Binding.swap(other_view)`` refills it
-        with the same view of another artifact (same layout)."""
-        from ._artifact import Binding, _cuda_ordinal, _device
+        with the same view of another artifact (same layout).
+        ``publish=True`` as in ``Artifact.bind``."""
+        from ._artifact import _BIND_PUBLISH, Binding, _cuda_ordinal, _device
 
-        dev = _device(device, "torch")
+        # The binding needs libtcast and the driver, not torch (its
+        # tensors are made on first use): no torch check here.
+        dev = _device(device, "dlpack")
         if dev == "cpu":
             raise errors.DeviceError("bind() needs a GPU device (cuda[:N])")
         vaid = self.kept_id()
         sess = self._artifact._sess()
         h = ctypes.c_void_p()
-        sess.call(sess.lib.tc_bind, vaid.encode(), _cuda_ordinal(dev), ctypes.byref(h))
+        sess.call(sess.lib.tc_bind2, vaid.encode(), _cuda_ordinal(dev),
+                  _BIND_PUBLISH if publish else 0, ctypes.byref(h))
         return Binding(sess, h.value, dev)
 
     def kept_id(self, options: Any = None) -> str:

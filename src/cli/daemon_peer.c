@@ -50,22 +50,23 @@ static void on_replica(void *arg, const struct tc__obj *o, bool up)
 			tc_strerror(rc));
 }
 
-/* A GPU replica: served through device-to-host staging when this node
- * holds no host replica of it (a GPU put, an import straight to a GPU). */
-static void on_gpu_replica(void *arg, const struct tc__obj *o, int ordinal,
-			   uint64_t dptr, uint64_t size, bool up)
+/* A GPU copy (a replica, a published binding): served through
+ * device-to-host staging when this node holds no host replica of it. */
+static void on_gpu_replica(void *arg, const char *id, const struct tc__table *t,
+			   const struct tc__digest *chunks, uint64_t nchunks,
+			   int ordinal, uint64_t dptr, uint64_t size, bool up)
 {
 	int rc;
 
 	if (!up) {
-		tc__peer_server_withdraw_gpu(srv, o->id, ordinal);
+		tc__peer_server_withdraw_gpu(srv, id, dptr);
 		return;
 	}
-	rc = tc__peer_server_publish_gpu(srv, o->id, ordinal, dptr, size,
-					 &o->table, o->chunks, o->nchunks);
+	rc = tc__peer_server_publish_gpu(srv, id, ordinal, dptr, size, t,
+					 chunks, nchunks);
 	if (rc < 0)
 		tc__log(TC_LOG_WARN, "peer: cannot serve %s from GPU %d: %s",
-			o->id, ordinal, tc_strerror(rc));
+			id, ordinal, tc_strerror(rc));
 }
 
 static void on_key(void *arg, const char *key, const char *id)

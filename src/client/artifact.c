@@ -177,7 +177,7 @@ static void send_unbind(tc_client *c, uint64_t handle)
 /* ATTACH_GPU or BIND: ask for the memory, decode the reply (a BIND reply
  * starts with the binding's handle), import the fd read-only. */
 static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
-		      tc_artifact **out)
+		      uint32_t flags, tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__gpu_info info;
@@ -197,7 +197,7 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	tc__buf_put_str(&b, ref);
 	if (type == TC_MSG_ATTACH_GPU)
 		tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
-	tc__buf_put_u32(&b, 0);
+	tc__buf_put_u32(&b, flags);
 	tc__buf_put_str(&b, info.uuid_str);
 	tc__frame_finish(&b, off);
 	rc = tc__client_call(c, &b, NULL, 0, NULL, &rep);
@@ -263,16 +263,30 @@ out_reply:
 TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
 			 tc_artifact **out)
 {
-	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, out);
+	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, 0, out);
 }
 
 TC_API int tc_bind(tc_client *c, const char *ref, int32_t device,
 		   tc_artifact **out)
 {
-	return gpu_attach(c, TC_MSG_BIND, ref, device, out);
+	return gpu_attach(c, TC_MSG_BIND, ref, device, 0, out);
 }
 
-TC_API int tc_binding_swap(tc_artifact *a, const char *ref)
+TC_API int tc_bind2(tc_client *c, const char *ref, int32_t device,
+		    uint32_t flags, tc_artifact **out)
+{
+	if (flags & ~TC_BIND_PUBLISH) {
+		*out = NULL;
+		return tc__client_err(c, TC_EINVAL, "unknown tc_bind2 flags");
+	}
+	return gpu_attach(c, TC_MSG_BIND, ref, device, flags, out);
+}
+
+/* The public flag is the protocol's. */
+_Static_assert(TC_BIND_PUBLISH == TC_BIND_F_PUBLISH, "BIND flag values");
+
+/* SWAP; `flags` < 0: none sent (the binding keeps its setting). */
+static int swap(tc_artifact *a, const char *ref, int64_t flags)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	char id[TC_ID_BUFLEN];
@@ -286,6 +300,8 @@ TC_API int tc_binding_swap(tc_artifact *a, const char *ref)
 	off = tc__client_begin(a->c, &b, TC_MSG_SWAP);
 	tc__buf_put_u64(&b, a->binding);
 	tc__buf_put_str(&b, ref);
+	if (flags >= 0)
+		tc__buf_put_u32(&b, (uint32_t)flags);
 	tc__frame_finish(&b, off);
 	rc = tc__client_call(a->c, &b, NULL, 0, NULL, &rep);
 	tc__buf_release(&b);
@@ -297,6 +313,19 @@ TC_API int tc_binding_swap(tc_artifact *a, const char *ref)
 		return tc__client_err(a->c, TC_EPROTO, "malformed SWAP reply");
 	snprintf(a->id, sizeof(a->id), "%s", id);
 	return 0;
+}
+
+TC_API int tc_binding_swap(tc_artifact *a, const char *ref)
+{
+	return swap(a, ref, -1);
+}
+
+TC_API int tc_binding_swap2(tc_artifact *a, const char *ref, uint32_t flags)
+{
+	if (flags & ~TC_BIND_PUBLISH)
+		return tc__client_err(a->c, TC_EINVAL,
+				      "unknown tc_binding_swap2 flags");
+	return swap(a, ref, flags);
 }
 
 TC_API int32_t tc_artifact_device(const tc_artifact *a)

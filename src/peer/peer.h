@@ -69,24 +69,24 @@ void tc__peer_server_stop(struct tc__peer_server *s);
 int tc__peer_server_publish(struct tc__peer_server *s, const char *id, int fd,
 			    const struct tc__table *t,
 			    const struct tc__digest *chunks, uint64_t nchunks);
-/* Make artifact `id` servable from a GPU replica: `size` bytes of device
+/* Make artifact `id` servable from a GPU copy: `size` bytes of device
  * memory at `dptr` on the process's CUDA device `ordinal` (the daemon's
- * GPU tier's own mapping, borrowed).  Chunks are copied device to host
- * through a pinned staging buffer per connection, then sent.  A host
- * replica of `id` is served first when there is one; several GPU
- * replicas of one id (one per device) may be published.  Returns 0 or
- * -errno. */
+ * own mapping, borrowed).  Chunks are copied device to host through a
+ * pinned staging buffer per connection, then sent.  A host replica of
+ * `id` is served first when there is one.  Several GPU copies of one id
+ * may be published (dptr tells them apart; the same dptr again is a
+ * no-op).  Returns 0 or -errno. */
 int tc__peer_server_publish_gpu(struct tc__peer_server *s, const char *id,
 				int ordinal, uint64_t dptr, uint64_t size,
 				const struct tc__table *t,
 				const struct tc__digest *chunks,
 				uint64_t nchunks);
-/* Stop serving the GPU replica of `id` on `ordinal`.  Returns once no
- * copy from its memory is in progress (a copy of one chunk at most), so
- * the caller may free the memory right after; sends of chunks already
- * copied finish from their staging buffers. */
+/* Stop serving the GPU copy of `id` at `dptr`.  Returns once no copy
+ * from its memory is in progress (one chunk at most), so the caller may
+ * free or rewrite the memory right after; sends of chunks already staged
+ * finish from their buffers. */
 void tc__peer_server_withdraw_gpu(struct tc__peer_server *s, const char *id,
-				  int ordinal);
+				  uint64_t dptr);
 /* Serve `id` while it fills (a pull in progress into `fd`): only the
  * chunks later marked with tc__peer_server_have are sent; others are
  * answered "not here yet".  A sealed replica of `id` published already

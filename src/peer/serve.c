@@ -37,10 +37,6 @@
 #include "peer.h"
 #include "tcast/errors.h"
 
-/* GPU replicas are registered as "<id>/<ordinal>"; lookups try these. */
-#define GPU_MAX_ORDINAL 32
-#define GPU_NAME_LEN	(TC_ID_LEN + 8)
-
 struct entry {
 	char id[TC_ID_LEN + 1];
 	int fd;		/* owned: dup of the replica's memfd */
@@ -62,13 +58,8 @@ struct entry {
 	int ordinal;
 	uint64_t dptr;
 	int copying;
-	char gname[GPU_NAME_LEN]; /* its by_gpu key */
+	struct entry *gnext; /* the next GPU copy of the same id */
 };
-
-static void gpu_name(char *out, const char *id, int ordinal)
-{
-	snprintf(out, GPU_NAME_LEN, "%s/%d", id, ordinal);
-}
 
 struct keyent {
 	char id[TC_ID_LEN + 1];
@@ -94,7 +85,7 @@ struct tc__peer_server {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	struct tc__map by_id;  /* id -> struct entry (live ones) */
-	struct tc__map by_gpu; /* "<id>/<ordinal>" -> GPU entry */
+	struct tc__map by_gpu; /* id -> its GPU copies (gnext chain) */
 	struct tc__map keys;   /* key -> malloc'd id */
 	struct conn *conns;    /* live connections */
 	int nconns;
@@ -198,12 +189,11 @@ int tc__peer_server_publish_gpu(struct tc__peer_server *s, const char *id,
 				const struct tc__digest *chunks,
 				uint64_t nchunks)
 {
-	struct entry *e, *old;
+	struct entry *e, *head;
 	int rc = 0;
 
 	if (nchunks != tc__chunk_count(t->total_bytes) ||
-	    size < t->total_bytes || ordinal < 0 ||
-	    ordinal >= GPU_MAX_ORDINAL || !dptr)
+	    size < t->total_bytes || ordinal < 0 || !dptr)
 		return TC_EINVAL;
 	e = tc__calloc(1, sizeof(*e));
 	if (!e)
@@ -221,44 +211,61 @@ int tc__peer_server_publish_gpu(struct tc__peer_server *s, const char *id,
 	if (e->manifest.oom ||
 	    e->manifest.len - TC_PEER_HDR_BYTES > TC_PEER_MAX_MANIFEST) {
 		rc = e->manifest.oom ? -ENOMEM : TC_ELIMIT;
-		tc__buf_release(&e->manifest);
-		tc__free(e);
-		return rc;
+		goto out_free;
 	}
-	gpu_name(e->gname, id, ordinal);
 	pthread_mutex_lock(&s->mu);
-	old = tc__map_get(&s->by_gpu, e->gname);
-	if (old) {
-		/* The same replica again (the daemon never publishes two
-		 * on one device): keep the first. */
-		pthread_mutex_unlock(&s->mu);
-		tc__buf_release(&e->manifest);
-		tc__free(e);
-		return 0;
-	}
-	if (tc__map_put(&s->by_gpu, e->gname, e) < 0)
+	head = tc__map_get(&s->by_gpu, id);
+	for (struct entry *g = head; g; g = g->gnext)
+		if (g->dptr == dptr) { /* the same copy again */
+			pthread_mutex_unlock(&s->mu);
+			goto out_free;
+		}
+	/* The new one heads the chain: the map's key is its id buffer. */
+	e->gnext = head;
+	if (tc__map_put(&s->by_gpu, e->id, e) < 0) {
 		rc = -ENOMEM;
-	pthread_mutex_unlock(&s->mu);
-	if (rc < 0) {
-		tc__buf_release(&e->manifest);
-		tc__free(e);
+		e->gnext = NULL;
 	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc == 0)
+		return 0;
+out_free:
+	tc__buf_release(&e->manifest);
+	tc__free(e);
 	return rc;
 }
 
 void tc__peer_server_withdraw_gpu(struct tc__peer_server *s, const char *id,
-				  int ordinal)
+				  uint64_t dptr)
 {
-	char name[GPU_NAME_LEN];
-	struct entry *e;
+	struct entry **pp, *e = NULL, *head;
 
-	gpu_name(name, id, ordinal);
 	pthread_mutex_lock(&s->mu);
-	e = tc__map_del(&s->by_gpu, name);
+	head = tc__map_get(&s->by_gpu, id);
+	for (pp = &head; *pp; pp = &(*pp)->gnext)
+		if ((*pp)->dptr == dptr) {
+			e = *pp;
+			*pp = e->gnext;
+			break;
+		}
 	if (e) {
+		/* Re-key the map: the key was the old head's id buffer. */
+		tc__map_del(&s->by_gpu, id);
+		if (head && tc__map_put(&s->by_gpu, head->id, head) < 0) {
+			/* Out of memory: those copies are not served. */
+			while (head) {
+				struct entry *n = head->gnext;
+
+				head->gone = true;
+				entry_put(head);
+				head = n;
+			}
+		}
+		e->gnext = NULL;
 		e->gone = true;
-		/* The caller frees the memory next: no copy may still read
-		 * it.  A copy is one chunk, so this wait is short. */
+		/* The caller frees or rewrites the memory next: no copy may
+		 * still read it.  A copy is one chunk, so the wait is short.
+		 */
 		while (e->copying)
 			pthread_cond_wait(&s->cv, &s->mu);
 		entry_put(e);
@@ -350,14 +357,9 @@ static struct entry *lookup(struct tc__peer_server *s, const char *ref)
 		e = tc__map_get(&s->by_id, id);
 	/* A sealed host replica first (sendfile), then a GPU one, then
 	 * a copy still filling. */
-	if (id && (!e || e->have) && s->by_gpu.count) {
-		char name[GPU_NAME_LEN];
-		struct entry *g = NULL;
+	if (id && (!e || e->have)) {
+		struct entry *g = tc__map_get(&s->by_gpu, id);
 
-		for (int i = 0; !g && i < GPU_MAX_ORDINAL; i++) {
-			gpu_name(name, id, i);
-			g = tc__map_get(&s->by_gpu, name);
-		}
 		if (g)
 			e = g;
 	}
@@ -872,7 +874,10 @@ void tc__peer_server_stop(struct tc__peer_server *s)
 		entry_put(me->val);
 	for (me = tc__map_next(&s->by_gpu, NULL, &b); me;
 	     me = tc__map_next(&s->by_gpu, me, &b))
-		entry_put(me->val);
+		for (struct entry *g = me->val, *n; g; g = n) {
+			n = g->gnext;
+			entry_put(g);
+		}
 	for (me = tc__map_next(&s->keys, NULL, &b); me;
 	     me = tc__map_next(&s->keys, me, &b))
 		tc__free(me->val);

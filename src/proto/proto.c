@@ -377,6 +377,24 @@ int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
 	return 0;
 }
 
+int tc__proto_get_bind_flags(struct tc__cur *c, bool optional, uint32_t *flags,
+			     bool *present, char *err, size_t errlen)
+{
+	*flags = 0;
+	*present = c->left > 0 || !optional;
+	if (!*present)
+		return 0;
+	if (tc__cur_read_u32(c, flags) < 0) {
+		snprintf(err, errlen, "truncated binding flags");
+		return TC_EPROTO;
+	}
+	if (*flags & ~TC_BIND_F_PUBLISH) {
+		snprintf(err, errlen, "unknown binding flags 0x%x", *flags);
+		return TC_EINVAL;
+	}
+	return 0;
+}
+
 int tc__proto_get_put_have(struct tc__cur *c, uint64_t *handle, uint32_t *flags,
 			   uint32_t *n, const uint8_t **chunks, char *err,
 			   size_t errlen)

@@ -70,6 +70,12 @@
 #define TC_ORIGIN_SPILL_HOST 3 /* the same from the spill folder */
 #define TC_ORIGIN_SPILL_GPU  4
 
+/* BIND's u32 flags, and SWAP's optional u32 flags after the reference
+ * (absent: the binding keeps its setting; present: it is set anew). */
+#define TC_BIND_F_PUBLISH                                 \
+	0x1u /* the binding is a source for peers and the \
+		global store (tier gpu) */
+
 /* ATTACH_GPU: no daemon ordinal given, the UUID names the GPU. */
 #define TC_GPU_ANY_DEVICE 0xffffffffu
 
@@ -133,6 +139,12 @@ int tc__proto_get_table(struct tc__cur *c, int check_layout,
 int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
 			    size_t idlen, uint64_t *nchunks,
 			    const uint8_t **digests, char *err, size_t errlen);
+/* The binding flags of BIND (required) or SWAP (optional: *present false
+ * when the body ends here, as from clients before them).  Returns 0,
+ * TC_EPROTO (a truncated field) or TC_EINVAL (an unknown flag) with
+ * `err`. */
+int tc__proto_get_bind_flags(struct tc__cur *c, bool optional, uint32_t *flags,
+			     bool *present, char *err, size_t errlen);
 /* PUT_HAVE body: u64 handle, u32 flags (bit 0 FETCHING, no other), u32 n
  * (<= 65536), n x u64 chunk.  `*chunks` points into the cursor's buffer
  * (read them with tc__cur_read_u64 on a cursor over n * 8 bytes).

@@ -21,6 +21,10 @@
  * and SWAP refills the same memory in place with another artifact of the
  * same layout, so the client's pointers stay valid.  A swap does not wait
  * for the client's kernels: the caller pauses its readers around it.
+ * A binding made or swapped with TC_BIND_F_PUBLISH is also a source of
+ * what it holds (peers read it through the peer server's staging, the
+ * global store lists it as tier gpu): announced once a fill or swap
+ * succeeded, withdrawn before a swap rewrites it and before it is freed.
  * Invariant: busy => a fill job owns `mem` until it is done.
  */
 struct binding {
@@ -32,12 +36,25 @@ struct binding {
 	uint64_t charged;	/* GPU budget bytes */
 	struct tc__gpu_mem mem; /* daemon-owned allocation */
 	bool busy;
-	bool dead; /* unbound or its client gone: free when not busy */
+	bool dead;    /* unbound or its client gone: free when not busy */
+	bool publish; /* a source once filled (TC_BIND_F_PUBLISH) */
+	char pub_id[TC_ID_LEN + 1]; /* what peers are told it holds, or "" */
 	struct binding *next;
 };
 
+/* Peers and the cluster stop reading it (before a rewrite or a free). */
+static void binding_unpublish(struct server *s, struct binding *bd)
+{
+	if (!bd->pub_id[0])
+		return;
+	tc__objs_notify_gpu(&s->objs, bd->pub_id, NULL, bd->dev, bd->mem.dptr,
+			    bd->mem.size, false);
+	bd->pub_id[0] = '\0';
+}
+
 static void binding_free(struct server *s, struct binding *bd)
 {
+	binding_unpublish(s, bd);
 	tc__gpu_release(&bd->mem);
 	if (bd->charged)
 		tc__gpu_tier_unreserve(s->gpu, bd->dev, bd->charged);
@@ -219,6 +236,14 @@ static void bind_finish(struct bind_job *j, int rc)
 			j->copy_seconds > 0 ? (double)j->o->table.total_bytes /
 						      j->copy_seconds / 1e9 :
 					      0.0);
+	/* Filled: a source now, if asked (j->o, leased, gives the digests).
+	 */
+	if (rc == 0 && j->phase == 2 && bd->publish && !bd->dead &&
+	    j->o->nchunks) {
+		snprintf(bd->pub_id, sizeof(bd->pub_id), "%s", bd->id);
+		tc__objs_notify_gpu(&c->srv->objs, bd->id, j->o, bd->dev,
+				    bd->mem.dptr, bd->mem.size, true);
+	}
 	if (j->rep)
 		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
 	if (j->copying)
@@ -296,6 +321,9 @@ static int bind_start(struct conn *c, struct req *r, struct binding *bd,
 			return rc;
 		}
 	}
+	/* A swap rewrites what peers may be reading: they stop first (the
+	 * wait is one chunk's copy at most). */
+	binding_unpublish(c->srv, bd);
 	tc__objs_lease(&c->srv->objs, o);
 	bd->busy = true;
 	j->job.run = bind_run;
@@ -316,12 +344,14 @@ int on_bind(struct conn *c, struct req *r)
 	struct binding *bd;
 	struct tc__obj *o;
 	uint32_t flags;
+	bool present;
 	int rc;
 
 	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0)
 		return rc;
-	if (tc__cur_read_u32(&r->body, &flags) < 0)
-		return TC_EPROTO;
+	if ((rc = tc__proto_get_bind_flags(&r->body, false, &flags, &present,
+					   c->err, sizeof(c->err))) < 0)
+		return rc;
 	if ((rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid))) < 0 ||
 	    (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
@@ -341,6 +371,7 @@ int on_bind(struct conn *c, struct req *r)
 	if (!bd)
 		return -ENOMEM;
 	memcpy(bd->uuid, raw, sizeof(raw));
+	bd->publish = flags & TC_BIND_F_PUBLISH;
 	tc__gpu_mem_init(&bd->mem);
 	tc__buf_init(&bd->layout);
 	tc__proto_put_layout(&bd->layout, &o->table);
@@ -367,11 +398,17 @@ int on_swap(struct conn *c, struct req *r)
 	struct binding *bd;
 	struct tc__obj *o;
 	uint64_t handle;
+	uint32_t flags;
+	bool has_flags;
 	int rc, same;
 
 	if (tc__cur_read_u64(&r->body, &handle) < 0)
 		return TC_EPROTO;
-	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0 ||
+	if ((rc = tc__srv_read_str(c, r, "reference", ref, sizeof(ref))) < 0)
+		return rc;
+	/* Optional flags (clients before them end at the reference). */
+	if ((rc = tc__proto_get_bind_flags(&r->body, true, &flags, &has_flags,
+					   c->err, sizeof(c->err))) < 0 ||
 	    (rc = tc__srv_body_end(c, r)) < 0)
 		return rc;
 	bd = binding_find(c, handle);
@@ -398,6 +435,8 @@ int on_swap(struct conn *c, struct req *r)
 			o->id, bd->id);
 		return TC_ESHAPE;
 	}
+	if (has_flags)
+		bd->publish = flags & TC_BIND_F_PUBLISH;
 	memcpy(old, bd->id, sizeof(old));
 	snprintf(bd->id, sizeof(bd->id), "%s", o->id);
 	rc = bind_start(c, r, bd, o, true);

@@ -44,6 +44,8 @@ struct crep {
 	bool sent;
 	bool stale;	  /* filling: chunks arrived since it was sent */
 	uint64_t sent_ms; /* tc__now_ms() of the last send */
+	uint32_t copies;  /* tier gpu: copies on that device (a replica,
+			     published bindings); one record for them */
 	struct crep *next;
 };
 
@@ -129,6 +131,7 @@ static struct crep *crep_new(const char *id, int tier, uint32_t device,
 	snprintf(c->r.id, sizeof(c->r.id), "%s", id);
 	c->r.tier = (uint8_t)tier;
 	c->r.device = device;
+	c->copies = 1;
 	c->r.size = size;
 	c->r.nchunks = (uint32_t)tc__chunk_count(size);
 	c->a.size = size;
@@ -161,6 +164,14 @@ void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
 
 		if (!strcmp(o->r.id, id) && o->r.tier == tier &&
 		    o->r.device == device) {
+			if (tier == TC_GSP_TIER_GPU) {
+				/* Another GPU copy there: the store has
+				 * the record already. */
+				o->copies++;
+				pthread_mutex_unlock(&cl->mu);
+				crep_free(c);
+				return;
+			}
 			*pp = o->next;
 			crep_free(o);
 			break;
@@ -197,6 +208,10 @@ void tc__cluster_replica_del(struct tc__cluster *cl, const char *id, int tier,
 
 		if (!strcmp(o->r.id, id) && o->r.tier == tier &&
 		    o->r.device == device) {
+			if (o->copies > 1) { /* another GPU copy stays */
+				o->copies--;
+				break;
+			}
 			*pp = o->next;
 			was_sent = o->sent;
 			found = true;

@@ -34,7 +34,9 @@ int tc__cluster_start(const struct tc__store_config *cfg,
 void tc__cluster_stop(struct tc__cluster *cl);
 
 /* Hooks, from the loop thread.  The table is encoded at once (borrowed
- * only for the call). */
+ * only for the call).  Tier gpu counts copies: one record per (id,
+ * device) however many GPU copies (a replica, published bindings) add
+ * it, deleted by the last del. */
 void tc__cluster_replica_add(struct tc__cluster *cl, const char *id, int tier,
 			     uint32_t device, uint64_t size,
 			     const struct tc__table *t, const char *policy);

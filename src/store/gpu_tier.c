@@ -163,16 +163,11 @@ static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o);
 static void replica_announce(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 			     bool up)
 {
-	const struct tc__objs_observer *ob = t->objs->observer;
-	int i = dev_index(t, r->dev);
-
 	if (up == r->announced || (up && (r->o->dead || !r->o->nchunks)))
 		return;
 	r->announced = up;
-	if (ob && ob->gpu_replica)
-		ob->gpu_replica(ob->arg, r->o, i, r->mem.dptr, r->mem.size, up);
-	if (t->objs->hooks.gpu)
-		t->objs->hooks.gpu(t->objs->hooks.arg, r->o, i, up);
+	tc__objs_notify_gpu(t->objs, r->o->id, r->o, dev_index(t, r->dev),
+			    r->mem.dptr, r->mem.size, up);
 }
 
 /* Free a ready, unleased replica: unaccount, unmap, release -- or, with

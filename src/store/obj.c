@@ -71,6 +71,24 @@ static void notify_replica(struct tc__objs *s, const struct tc__obj *o, bool up)
 		s->observer->replica(s->observer->arg, o, up);
 }
 
+void tc__objs_notify_gpu(struct tc__objs *s, const char *id,
+			 const struct tc__obj *o, int ordinal, uint64_t dptr,
+			 uint64_t size, bool up)
+{
+	const struct tc__objs_observer *ob = s->observer;
+
+	if (up && (!o || !o->nchunks))
+		return;
+	if (ob && ob->gpu_replica)
+		ob->gpu_replica(ob->arg, id, up ? &o->table : NULL,
+				up ? o->chunks : NULL, up ? o->nchunks : 0,
+				ordinal, dptr, size, up);
+	if (s->hooks.gpu)
+		s->hooks.gpu(s->hooks.arg, id, up ? &o->table : NULL,
+			     up ? tc__policy_name(o->policy) : NULL, ordinal,
+			     up);
+}
+
 static void notify_key(struct tc__objs *s, const char *key, const char *id)
 {
 	if (s->observer && s->observer->key)

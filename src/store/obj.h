@@ -130,12 +130,17 @@ struct tc__objs_observer {
 	/* peer requests being answered now (the node's load in routing);
 	 * called from the cluster thread */
 	uint32_t (*uploads)(void *arg);
-	/* o's GPU replica on the daemon's CUDA device `ordinal` became
-	 * ready (up) or is about to be released (!up): `size` bytes at
-	 * `dptr`, the tier's mapping, valid until the !up call returns
-	 * (which must not return while anything still reads it). */
-	void (*gpu_replica)(void *arg, const struct tc__obj *o, int ordinal,
-			    uint64_t dptr, uint64_t size, bool up);
+	/* A GPU copy of artifact `id` (a GPU tier replica, or a binding
+	 * published as a source) on the daemon's CUDA device `ordinal`
+	 * became ready (up: t and chunks given) or is about to be released
+	 * or rewritten (!up: t NULL): `size` bytes at `dptr`, the daemon's
+	 * mapping, valid until the !up call returns (which must not return
+	 * while anything still reads it).  dptr tells copies of one id on
+	 * one device apart. */
+	void (*gpu_replica)(void *arg, const char *id,
+			    const struct tc__table *t,
+			    const struct tc__digest *chunks, uint64_t nchunks,
+			    int ordinal, uint64_t dptr, uint64_t size, bool up);
 };
 
 /* Who else wants to know when host replicas and keys change (the
@@ -158,9 +163,12 @@ struct tc__objs_hooks {
 			const char *policy, bool up);
 	void (*filling_have)(void *arg, const char *id, const uint64_t *chunks,
 			     uint32_t n);
-	/* `o` gained (up) or lost its GPU replica on the daemon's device
-	 * `ordinal` */
-	void (*gpu)(void *arg, const struct tc__obj *o, int ordinal, bool up);
+	/* A GPU copy of `id` (t and policy given when up) appeared on, or
+	 * left, the daemon's device `ordinal`: calls are balanced per copy,
+	 * and several copies of one id on one device may exist (a replica
+	 * and published bindings). */
+	void (*gpu)(void *arg, const char *id, const struct tc__table *t,
+		    const char *policy, int ordinal, bool up);
 };
 
 struct tc__objs {
@@ -265,6 +273,14 @@ int tc__objs_key_adopt(struct tc__objs *s, const char *key, const char *id,
 struct tc__mdb_version;
 int tc__objs_key_restore(struct tc__objs *s, const char *key,
 			 const struct tc__mdb_version *v, uint32_t n);
+
+/* Tell the observer and the hooks of a GPU copy of an artifact (struct
+ * tc__objs_observer.gpu_replica): `o` when up (its id, table, chunk
+ * digests and policy), NULL allowed when down (`id` names it).  Nothing
+ * when o has no chunk digests (it could not be verified by a peer). */
+void tc__objs_notify_gpu(struct tc__objs *s, const char *id,
+			 const struct tc__obj *o, int ordinal, uint64_t dptr,
+			 uint64_t size, bool up);
 
 /* Allocate an empty artifact (caller fills shm, table, id). */
 struct tc__obj *tc__obj_new(void);

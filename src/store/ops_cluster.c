@@ -36,14 +36,15 @@ static void hook_removed(void *arg, const struct tc__obj *o)
 
 /* A GPU replica is a source of tier gpu, device = the daemon's ordinal
  * (peers read it through the peer server's device-to-host staging). */
-static void hook_gpu(void *arg, const struct tc__obj *o, int ordinal, bool up)
+static void hook_gpu(void *arg, const char *id, const struct tc__table *t,
+		     const char *policy, int ordinal, bool up)
 {
 	if (up)
-		tc__cluster_replica_add(arg, o->id, TC_GSP_TIER_GPU,
-					(uint32_t)ordinal, o->table.total_bytes,
-					&o->table, tc__policy_name(o->policy));
+		tc__cluster_replica_add(arg, id, TC_GSP_TIER_GPU,
+					(uint32_t)ordinal, t->total_bytes, t,
+					policy);
 	else
-		tc__cluster_replica_del(arg, o->id, TC_GSP_TIER_GPU,
+		tc__cluster_replica_del(arg, id, TC_GSP_TIER_GPU,
 					(uint32_t)ordinal);
 }
 
@@ -87,7 +88,8 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 			hook_added(s->cluster, o);
 		for (int i = 0; o->gpu && i < TC_GPU_TIER_MAX_DEV; i++)
 			if (o->gpu->rep[i] && o->gpu->rep[i]->announced)
-				hook_gpu(s->cluster, o, i, true);
+				hook_gpu(s->cluster, o->id, &o->table,
+					 tc__policy_name(o->policy), i, true);
 	}
 	{
 		struct tc__map_entry *e;

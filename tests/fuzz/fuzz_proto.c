@@ -5,7 +5,7 @@
  * read it: each header is decoded and validated, and each body that fits is
  * fed to every body decoder (tensor tables with and without layout checks,
  * strings, the attach reply shape, PUT_SERVE, PUT_HAVE, GROUP and the
- * group record it answers with).  A decoder must
+ * group record it answers with, BIND's and SWAP's flags).  A decoder must
  * never read past the body, allocate from an unchecked count, or leak what it
  * built.
  */
@@ -67,6 +67,23 @@ static void decode_body(const uint8_t *p, size_t n)
 		tc__cur_init(&c, p, n);
 		if (tc__gsp_get_group(&c, &g, err, sizeof(err)) == 0)
 			tc__gsp_group_release(&g);
+	}
+	/* BIND (reference, flags, uuid) and SWAP (handle, reference,
+	 * optional flags). */
+	{
+		uint32_t fl;
+		bool present;
+
+		tc__cur_init(&c, p, n);
+		if (tc__cur_read_str(&c, 4096, &s, &sl) == 0 &&
+		    tc__proto_get_bind_flags(&c, false, &fl, &present, err,
+					     sizeof(err)) == 0)
+			tc__cur_read_str(&c, 4096, &s, &sl);
+		tc__cur_init(&c, p, n);
+		if (tc__cur_read_u64(&c, &u) == 0 &&
+		    tc__cur_read_str(&c, 4096, &s, &sl) == 0)
+			tc__proto_get_bind_flags(&c, true, &fl, &present, err,
+						 sizeof(err));
 	}
 	/* Request bodies are sequences of strings and integers. */
 	tc__cur_init(&c, p, n);

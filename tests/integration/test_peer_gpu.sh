@@ -153,5 +153,70 @@ ok wait_for 10 tiers_are a "host=0 gpu=0"
 d b rm "$id" >/dev/null
 ok sh -c "! TCAST_CUDA_LIB=$FAKE '$T' --socket '$dir/b/d.sock' pull '$id' --from '$(cat "$dir/a/peer.addr")' --no-key >/dev/null 2>&1" 
 
+
+# 6. bind(publish=True): a Python process's binding on a is a source
+#    (tier gpu) after the artifact itself is removed there; b pulls it;
+#    swap(publish=True) makes it a source of the new artifact instead.
+#    (ctypes cannot load a sanitized libtcast)
+if [ -z "${TC_SANITIZED:-}" ]; then
+	mark "6. a published binding is a source; its swap publishes the new artifact"
+	ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+	$PY - "$dir/m2.safetensors" <<'PYEOF'
+import json, os, struct, sys
+n = 40 << 20
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
+PYEOF
+	id2=$(d b import "$dir/m2.safetensors" 2>/dev/null)
+	d b export "$id2" "$dir/want2.st"
+	d b rm "$id2" >/dev/null 2>&1
+	d b rm "$id" >/dev/null 2>&1
+	ok test "$(d a import "$dir/m.safetensors" 2>/dev/null)" = "$id"
+	ok test "$(d a import "$dir/m2.safetensors" 2>/dev/null)" = "$id2"
+	# The binding lives as long as this process: it steps when told.
+	mkfifo "$dir/go"
+	TCAST_SOCKET="$dir/a/d.sock" TCAST_LIB="$TC_BUILD/lib/libtcast.so" PYTHONPATH="$ROOT/python" \
+		TCAST_CUDA_LIB=$FAKE TC_FAKECUDA_DEVICES=1 $PY - "$id" "$id2" "$dir" <<'PYEOF' &
+import sys, tcast as tc
+id1, id2, d = sys.argv[1:4]
+go = open(d + "/go")
+bd = tc.artifact(id1).bind("cuda:0", publish=True)
+open(d + "/bound", "w").write(bd.artifact_id)
+go.readline()
+bd.swap(id2, publish=True)
+open(d + "/swapped", "w").write(bd.artifact_id)
+go.readline()
+bd.close()
+PYEOF
+	py=$!
+	exec 7>"$dir/go"
+	ok wait_for 20 test -s "$dir/bound"
+	# a's artifact goes (host and GPU tier): only the binding holds it
+	d a rm "$id" >/dev/null
+	ok wait_for 10 tiers_are a "host=1 gpu=1"
+	ok d b --json pull "$id" --from "$(cat "$dir/a/peer.addr")" >"$dir/b5.json" 2>"$dir/b5.err"
+	d b export "$id" "$dir/b5.st" --force
+	ok cmp -s "$dir/want.st" "$dir/b5.st"
+	echo >&7
+	ok wait_for 20 test -s "$dir/swapped"
+	ok test "$(cat "$dir/swapped")" = "$id2"
+	d a rm "$id2" >/dev/null
+	ok wait_for 10 tiers_are a "host=0 gpu=1"
+	ok d b --json pull "$id2" --from "$(cat "$dir/a/peer.addr")" >"$dir/b6.json" 2>"$dir/b6.err"
+	d b export "$id2" "$dir/b6.st" --force
+	ok cmp -s "$dir/want2.st" "$dir/b6.st"
+	# the old content is no longer served by the binding
+	d b rm "$id" >/dev/null 2>&1
+	ok sh -c "! TCAST_CUDA_LIB=$FAKE '$T' --socket '$dir/b/d.sock' pull '$id' --from '$(cat "$dir/a/peer.addr")' --no-key >/dev/null 2>&1"
+	echo >&7
+	exec 7>&-
+	wait $py
+	ok test $? = 0
+	# closed: no source left on a
+	ok wait_for 10 tiers_are a "host=0 gpu=0"
+fi
+
 echo "test_peer_gpu: $pass passed, $fail failed"
 [ "$fail" = 0 ]
