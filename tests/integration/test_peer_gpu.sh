@@ -44,7 +44,7 @@ start_daemon() { # name [ENV...]
 		daemon start --host-memory 1GiB \
 		--set "global=$G" --set "cluster_secret_file=$dir/secret" \
 		--set "node_name=node-$n" --set "peer_listen=127.0.0.1:0" \
-		--set peer_timeout_ms=3000 >/dev/null ||
+		--set peer_timeout_ms=3000 --set gpu_memory=64MiB >/dev/null ||
 		{ echo "cannot start daemon $n" >&2; exit 1; }
 }
 # c corrupts every chunk it sends (one byte flipped).
@@ -54,8 +54,9 @@ start_daemon c TCAST_FAILPOINTS=peer.corrupt_chunk=
 live() { test "$(g status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["nodes_live"])')" = 3; }
 ok wait_for 15 live
 
-# 40 MiB: 10 chunks of 4 MiB.
-$PY - "$dir/m.safetensors" <<'PYEOF'
+# 40 MiB: 10 chunks of 4 MiB; m2 has the same layout, other bytes.
+mk() {
+	$PY - "$1" <<'PYEOF'
 import json, os, struct, sys
 n = 40 << 20
 h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
@@ -63,11 +64,18 @@ h += b" " * ((8 - len(h) % 8) % 8)
 with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
 PYEOF
+}
+mk "$dir/m.safetensors"
+mk "$dir/m2.safetensors"
 # The bytes to compare with: a host import exported, on b, then removed.
 id=$(d b import "$dir/m.safetensors" 2>/dev/null)
 ok test -n "$id"
 d b export "$id" "$dir/want.st"
 d b rm "$id" >/dev/null
+id2=$(d b import "$dir/m2.safetensors" 2>/dev/null)
+ok test -n "$id2"
+d b export "$id2" "$dir/want2.st"
+d b rm "$id2" >/dev/null
 # tier counts of node NAME in `global status --json`: "host=H gpu=G"
 tiers() {
 	g status --json | $PY -c '
@@ -106,6 +114,17 @@ ok test "${bad:-0}" -ge 1
 d b export "$id" "$dir/b2.st" --force
 ok cmp -s "$dir/want.st" "$dir/b2.st"
 ok grep -q "chunk [0-9]* from $(cat "$dir/c/peer.addr") fails its digest" "$dir/b2.err"
+
+mark "3b. eviction withdraws a GPU source"
+# c's budget holds one 40 MiB replica: importing another to its GPU evicts
+# the GPU-only $id, and the global store hears that c no longer holds it.
+ok test "$(d c import "$dir/m2.safetensors" --device cuda:0 2>/dev/null)" = "$id2"
+ok grep -q "evicting GPU 0 replica of '$id'" "$dir/c/daemon.log"
+# (a, and b since its pull, still hold it: the answer names them, c no more)
+sources_of() { d b global resolve "$1" --via-daemon 2>/dev/null | grep -o 'node-[a-c]' | sort -u | tr '\n' ' '; }
+ok wait_for 10 sh -c "test \"\$(TCAST_CUDA_LIB=$FAKE '$T' --socket '$dir/b/d.sock' global resolve '$id' --via-daemon 2>/dev/null | grep -o 'node-[a-c]' | sort -u | tr '\n' ' ')\" = 'node-a node-b '"
+ok test "$(sources_of "$id2")" = "node-c "
+ok test "$(tiers c)" = "host=0 gpu=1"
 
 mark "4. b pulls straight into its GPU: no host replica; a client attaches the daemon's GPU replica"
 d b rm "$id" >/dev/null
@@ -161,17 +180,6 @@ ok sh -c "! TCAST_CUDA_LIB=$FAKE '$T' --socket '$dir/b/d.sock' pull '$id' --from
 if [ -z "${TC_SANITIZED:-}" ]; then
 	mark "6. a published binding is a source; its swap publishes the new artifact"
 	ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-	$PY - "$dir/m2.safetensors" <<'PYEOF'
-import json, os, struct, sys
-n = 40 << 20
-h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
-PYEOF
-	id2=$(d b import "$dir/m2.safetensors" 2>/dev/null)
-	d b export "$id2" "$dir/want2.st"
-	d b rm "$id2" >/dev/null 2>&1
 	d b rm "$id" >/dev/null 2>&1
 	ok test "$(d a import "$dir/m.safetensors" 2>/dev/null)" = "$id"
 	ok test "$(d a import "$dir/m2.safetensors" 2>/dev/null)" = "$id2"
@@ -218,5 +226,7 @@ PYEOF
 	ok wait_for 10 tiers_are a "host=0 gpu=0"
 fi
 
+# nothing the sanitizers saw in the daemons (the ASan build)
+ok test -z "$(grep -l 'Sanitizer\|runtime error' "$dir"/*/daemon.log 2>/dev/null)"
 echo "test_peer_gpu: $pass passed, $fail failed"
 [ "$fail" = 0 ]
