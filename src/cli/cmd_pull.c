@@ -184,6 +184,48 @@ static void report_failed_sources(const struct tc__peer_pull_result *r)
 					cli_esc(r->src[i].err));
 }
 
+/*
+ * A pull of a key leaves the key naming the pulled artifact here.  A key
+ * this daemon does not have is created.  One it has is moved: outside a
+ * cluster by compare-and-swap of the generation read now (so a local move
+ * meanwhile is refused when the put begins, before any byte is pulled);
+ * in a cluster by a plain set, which the daemon confirms with the global
+ * store (whose key names what we pull) and adopts at the cluster's
+ * generation (docs/cluster.md "Keys across the cluster").  Returns false
+ * when the daemon cannot say.
+ */
+static bool local_key_gen(tc_client *c, const char *key, struct tc_opts *o)
+{
+	char *doc = NULL;
+	json_t *j = NULL, *g;
+	const char *global;
+	int rc = tc_keys_json(c, key, &doc);
+
+	if (rc == TC_ENOTFOUND)
+		return true; /* new here: created */
+	if (rc == 0)
+		j = json_loads(doc, 0, NULL);
+	tc_free(doc);
+	g = json_object_get(j, "generation");
+	if (!json_is_integer(g)) {
+		json_decref(j);
+		return false;
+	}
+	o->expect_gen = (uint64_t)json_integer_value(g);
+	json_decref(j);
+	doc = NULL;
+	j = NULL;
+	if (tc_status_json(c, &doc) == 0)
+		j = json_loads(doc, 0, NULL);
+	tc_free(doc);
+	global = json_string_value(
+		json_object_get(json_object_get(j, "config"), "global"));
+	if (!global || !*global)
+		o->field_mask |= TC_OPT_EXPECT;
+	json_decref(j);
+	return true;
+}
+
 /* --view: only the chunks the view reads; the daemon keeps the view. */
 static int pull_view(tc_client *c, const tc_view *v, int32_t device,
 		     struct tc__peer_pull_opts *po,
@@ -377,6 +419,10 @@ int cmd_pull(int argc, char **argv)
 	if (!tcl) {
 		tc_view_free(view);
 		return EXIT_RUNTIME;
+	}
+	if ((o.field_mask & TC_OPT_KEY) && !local_key_gen(tcl, o.key, &o)) {
+		rc = cli_fail(TC_EINVAL, "cannot read the local daemon's keys");
+		goto out_close;
 	}
 	if (!secret_file && getenv("TCAST_CLUSTER_SECRET_FILE") &&
 	    *getenv("TCAST_CLUSTER_SECRET_FILE"))

@@ -608,6 +608,13 @@ bool tc__objs_key_exists(struct tc__objs *s, const char *key)
 	return tc__map_get(&s->keys, key) != NULL;
 }
 
+void tc__objs_key_id(struct tc__objs *s, const char *key, char *id, size_t len)
+{
+	struct tc__key *k = tc__map_get(&s->keys, key);
+
+	snprintf(id, len, "%s", k ? k->id : "");
+}
+
 /* A new key of no generation yet, in s->keys, or NULL (out of memory). */
 static struct tc__key *key_new(struct tc__objs *s, const char *key)
 {

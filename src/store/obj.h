@@ -252,6 +252,9 @@ int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
 int tc__objs_key_target(struct tc__objs *s, const char *key, const char *id,
 			char *full, char *err, size_t errlen);
 bool tc__objs_key_exists(struct tc__objs *s, const char *key);
+/* The id `key` names here into id[len] ("" when it names nothing or does
+ * not exist). */
+void tc__objs_key_id(struct tc__objs *s, const char *key, char *id, size_t len);
 /* Keys under this prefix are the node's own even in a cluster: group
  * realization's node-scope records (python/tcast/tools/
  * group_realization.py), whose ranks are one server's.  They are neither

@@ -49,10 +49,21 @@ int tc__srv_key_gate_init(struct conn *c, struct key_gate *g, const char *key,
 		memset(g, 0, sizeof(*g));
 	if (!key[0] || !s->cluster || tc__key_node_local(key))
 		return 0;
-	/* A plain set of a key this daemon has is a confirm (or a local
-	 * conflict): the global store heard of the key when it was made. */
-	if (!expect && tc__objs_key_exists(&s->objs, key))
+	/* A plain set of a key this daemon has is a confirm when it names
+	 * the same artifact here (the global store heard of the key when it
+	 * was made).  Naming another, or nothing (removed), the global store
+	 * decides: its key may have moved on to exactly this artifact (a
+	 * `tcast pull KEY` of the key's current version), which the daemon
+	 * then adopts at the cluster's generation; else it is a conflict. */
+	if (!expect && tc__objs_key_exists(&s->objs, key)) {
+		if (!g || !tc__cluster_connected(s->cluster))
+			return 0; /* local compare (tc__objs_key_set) */
+		g->had = true;
+		tc__objs_key_id(&s->objs, key, g->local_id,
+				sizeof(g->local_id));
+		g->on = true;
 		return 0;
+	}
 	if (!tc__cluster_connected(s->cluster)) {
 		if (!expect)
 			return 0; /* made here, published when it is back */
@@ -77,6 +88,10 @@ void tc__srv_key_gate_run(struct server *s, struct key_gate *g, const char *key,
 
 	if (!g->on)
 		return;
+	if (g->had && !strcmp(g->local_id, id)) {
+		g->on = false; /* the same artifact: a local confirm */
+		return;
+	}
 	g->rc = tc__cluster_key_cas(s->cluster, key, id, expect, expect_gen,
 				    &g->gen, why, sizeof(why));
 	if (g->rc == TC_ENODAEMON && !expect) {

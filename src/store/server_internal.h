@@ -107,6 +107,11 @@ struct key_gate {
 	int rc;	       /* its answer: 0 or a code */
 	uint64_t gen;  /* the cluster's generation after it */
 	char err[512]; /* why, when rc < 0 */
+	/* A plain set of a key this daemon has: what it names here ("" for
+	 * nothing).  The same id is a local confirm; another asks the
+	 * global store, whose key may have moved on (a pull of the key). */
+	bool had;
+	char local_id[TC_ID_LEN + 1];
 };
 
 struct pending {

@@ -1,0 +1,97 @@
+#!/bin/bash
+# Keys that move while a daemon holds an older version (issue 12 gaps),
+# with real processes on loopback TCP:
+#   1. `tcast pull KEY` into a daemon whose KEY names another (removed or
+#      older) artifact moves the key to the pulled one: outside a cluster
+#      by compare-and-swap of the local generation (a move meanwhile is
+#      refused before any byte is pulled), in a cluster by the global
+#      store's confirm, adopted at the cluster's generation.
+set -u
+T=${TCAST:?}
+DATA=${TC_TEST_DATA:?}
+dir=$(mktemp -d /tmp/tcast-ckeys-XXXXXX)
+chmod 700 "$dir"
+pass=0 fail=0
+ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
+is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
+has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
+json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
+d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
+cleanup() {
+	for n in a b c e; do d $n daemon stop >/dev/null 2>&1; done
+	g stop >/dev/null 2>&1
+	[ "$fail" = 0 ] || tail -n 30 "$dir/gs/global.log" >&2
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+wait_for() {
+	local t=$1; shift
+	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+keygen() { d "$1" --json keys "$2" | json 'd["generation"]'; }
+keyid() { d "$1" --json keys "$2" | json 'd["id"]'; }
+
+(umask 077; openssl rand -hex 32 >"$dir/secret")
+start_daemon() { # name [--set ...]
+	local n=$1; shift
+	mkdir -p "$dir/$n" && chmod 700 "$dir/$n"
+	d "$n" daemon start --host-memory "${MEM:-256MiB}" \
+		--set "cluster_secret_file=$dir/secret" --set "node_name=node-$n" \
+		--set "peer_listen=127.0.0.1:0" "$@" >/dev/null
+}
+
+# ---- 1a. Outside a cluster: C holds k -> X (removed), E has k -> Y.
+ok start_daemon c
+ok start_daemon e
+E=$(cat "$dir/e/peer.addr")
+x=$(d c import "$DATA/dtypes.safetensors" --key k 2>/dev/null)
+y=$(d e import "$DATA/many-tensors.safetensors" --key k 2>/dev/null)
+ok test -n "$x" -a -n "$y" -a "$x" != "$y"
+ok d c rm "$x" >/dev/null
+r=$(d c --json pull k --from "$E" 2>&1)
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$y"
+ok is "$(keyid c k)" "$y"
+ok is "$(keygen c k)" 2
+# Older (not removed) artifact: k -> X again by CAS, then pull moves it.
+x=$(d c import "$DATA/dtypes.safetensors" 2>/dev/null)
+ok d c keys set k "$x" --expect 2 >/dev/null
+ok d c rm "$y" >/dev/null
+ok d c pull k --from "$E" >/dev/null 2>&1
+ok is "$(keyid c k)" "$y"
+ok is "$(keygen c k)" 4
+# Pulling what the key names already changes nothing.
+ok d c pull k --from "$E" >/dev/null 2>&1
+ok is "$(keygen c k)" 4
+
+# ---- 1b. In a cluster: B's k names an older artifact; A moved k.
+out=$(g start --listen 127.0.0.1:0 --lease-ms 1500 --set handshake_ms=500)
+ok test $? = 0
+G=$(cat "$dir/gs/global.addr")
+ok start_daemon a --set "global=$G"
+ok start_daemon b --set "global=$G"
+live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
+ok wait_for 10 live 2
+x=$(d a import "$DATA/dtypes.safetensors" --key m 2>/dev/null)
+ok d b pull m >/dev/null 2>&1
+ok is "$(keyid b m)" "$x"
+y=$(d a import "$DATA/many-tensors.safetensors" --key m --expect 1 2>/dev/null)
+ok test -n "$y"
+ok d b rm "$x" >/dev/null
+r=$(d b --json pull m 2>&1)
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$y"
+ok is "$(keyid b m)" "$y"
+ok is "$(keygen b m)" "$(d b --json global resolve m --via-daemon | json 'd["gen"]')"
+ok is "$(keygen b m)" 2
+# A key that names another artifact cluster-wide is still a conflict.
+z=$(d b import "$DATA/dtypes.safetensors" 2>/dev/null)
+out=$(d b keys set m "$z" 2>&1)
+ok test $? != 0
+ok has "$out" "compare-and-swap"
+
+echo "test_cluster_keys: $pass passed, $fail failed"
+[ "$fail" = 0 ]
