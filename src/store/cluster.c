@@ -988,6 +988,24 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
 	return worker_call(cl, call_resolve, &a, err, errlen);
 }
 
+static int call_key_get(struct tc__cluster *cl, const char *name, void *arg)
+{
+	struct resolve_args *a = arg;
+
+	(void)name;
+	return tc__gsc_key_get(&cl->g, a->what, a->id, a->gen);
+}
+
+int tc__cluster_key_get(struct tc__cluster *cl, const char *key, char *id,
+			uint64_t *gen, char *err, size_t errlen)
+{
+	struct resolve_args a = { key, id, gen, NULL, 0, NULL };
+
+	id[0] = '\0';
+	*gen = 0;
+	return worker_call(cl, call_key_get, &a, err, errlen);
+}
+
 static int call_peers(struct tc__cluster *cl, const char *name, void *arg)
 {
 	struct resolve_args *a = arg;

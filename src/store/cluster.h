@@ -70,6 +70,12 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
 			uint64_t *gen, struct tc__gsp_source *src, uint32_t max,
 			uint32_t *nsrc, char *err, size_t errlen);
 
+/* KEY_GET (blocking, bounded like resolve; off the loop thread): the id
+ * (TC_GSP_MAX_ID + 1 bytes) and generation of `key` cluster-wide.
+ * Returns 0, TC_ENOTFOUND (no such key there), TC_ENODAEMON (the store is
+ * unreachable) or another code, with `err`. */
+int tc__cluster_key_get(struct tc__cluster *cl, const char *key, char *id,
+			uint64_t *gen, char *err, size_t errlen);
 /* PEERS (blocking, bounded like resolve; off the loop thread): up to
  * `max` live nodes other than this one with a peer address, ranked by
  * topology from here.  *nsrc = 0 means no other live node.  Returns 0 or

@@ -70,6 +70,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	/* Longer than any pause a loaded sender shows, short enough that a
 	 * pull moves a stalled source's chunks elsewhere quickly. */
 	c->peer_timeout_ms = 5000;
+	c->key_sync_ms = 1000;
 	/* An ha put's reply waits this long for its replica on another
 	 * node: seconds for artifacts of a few GB on a fast network. */
 	c->ha_wait_ms = 30000;
@@ -417,6 +418,15 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		}
 		return 0;
 	}
+	if (!strcmp(key, "key_sync_ms")) {
+		if (set_int(val, 0, 600000, &c->key_sync_ms) < 0 ||
+		    (c->key_sync_ms && c->key_sync_ms < 50)) {
+			snprintf(why, whylen,
+				 "must be 0 (off) or an integer 50..600000");
+			return TC_EINVAL;
+		}
+		return 0;
+	}
 	if (!strcmp(key, "peer_timeout_ms")) {
 		if (set_int(val, 100, 600000, &c->peer_timeout_ms) < 0) {
 			snprintf(why, whylen, "must be an integer 100..600000");
@@ -551,6 +561,7 @@ char *tc__config_json(const struct tc__store_config *c)
 	json_object_set_new(j, "tls_cert", json_string(c->tls.cert));
 	json_object_set_new(j, "tls_key", json_string(c->tls.key));
 	json_object_set_new(j, "tls_ca", json_string(c->tls.ca));
+	TC__CFG_NUM("key_sync_ms", c->key_sync_ms);
 	TC__CFG_NUM("ha_wait_ms", c->ha_wait_ms);
 	TC__CFG_NUM("ha_check_ms", c->ha_check_ms);
 #undef TC__CFG_NUM

@@ -86,6 +86,9 @@ struct tc__store_config {
 				      peers) through TLS (net/tls.h) */
 	int peer_timeout_ms;	   /* a peer silent this long mid-transfer is
 				      given up (its chunks go elsewhere) */
+	int key_sync_ms;	   /* in a cluster: how often the daemon reads
+				      the cluster's generation of the keys it
+				      has (0 = never; docs/cluster.md) */
 	/* Not configuration: wired by the daemon's main (obj.h). */
 	const struct tc__objs_observer *observer;
 	/* Not configuration: the ha replication hook, or NULL (no peer

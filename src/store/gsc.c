@@ -374,6 +374,24 @@ int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
 	return 0;
 }
 
+int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id, uint64_t *gen)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	int ret;
+
+	tc__buf_put_str(&b, key);
+	ret = call_buf(g, TC_GSP_KEY_GET, &b, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__gsp_get_name(&r, "artifact id", id, TC_GSP_MAX_ID, false,
+			     g->err, sizeof(g->err)) < 0 ||
+	    tc__cur_read_u64(&r, gen) < 0 ||
+	    tc__gsp_end(&r, g->err, sizeof(g->err)) < 0)
+		return bad_reply(g, "KEY_GET");
+	return 0;
+}
+
 int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
 		    uint32_t max, char *id, uint64_t *gen,
 		    struct tc__gsp_source *src, uint32_t *nsrc)

@@ -70,6 +70,10 @@ int tc__gsc_replica_del(struct tc__gsc *g, const char *id, int tier,
 int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
 		    uint32_t flags, uint64_t expect_gen, const char *prev,
 		    uint64_t *gen);
+/* KEY_GET: the id (TC_GSP_MAX_ID + 1 bytes) and generation `key` has
+ * cluster-wide; TC_ENOTFOUND when the store has no such key. */
+int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id,
+		    uint64_t *gen);
 /* RESOLVE a key or an artifact id for `requester` (a node name, or ""):
  * id (TC_GSP_MAX_ID + 1 bytes), generation (0 for an id), up to `max`
  * sources into src[]; *nsrc gets their count. */

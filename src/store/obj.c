@@ -484,7 +484,13 @@ struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 		return objs_by_prefix(s, ref, err, errlen, rc);
 	o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
 	if (!o || o->dead) {
-		if (!k->id[0])
+		if (k->moved && k->id[0])
+			snprintf(err, errlen,
+				 "key '%s' moved to '%s' (generation %llu) on "
+				 "another node, which this daemon does not "
+				 "hold; pull it: tcast pull %s",
+				 ref, k->id, (unsigned long long)k->gen, ref);
+		else if (!k->id[0])
 			snprintf(
 				err, errlen,
 				"key '%s' (generation %llu) names no artifact: "
@@ -528,6 +534,7 @@ static void key_record(struct tc__key *k, const char *id)
 	snprintf(v->id, sizeof(v->id), "%s", id);
 	v->unix_ms = unix_ms();
 	k->nhist++;
+	k->moved = false; /* tc__objs_key_moved_away sets it after */
 }
 
 static void key_retarget(struct tc__objs *s, struct tc__key *k, const char *id)
@@ -651,6 +658,22 @@ int tc__objs_key_adopt(struct tc__objs *s, const char *key, const char *id,
 		key_retarget(s, k, id);
 	key_record(k, id);
 	return 0;
+}
+
+int tc__objs_key_moved_away(struct tc__objs *s, const char *key,
+			    const char *had_id, uint64_t had_gen,
+			    const char *id, uint64_t gen)
+{
+	struct tc__key *k = tc__map_get(&s->keys, key);
+	int rc;
+
+	if (!k || k->gen != had_gen || strcmp(k->id, had_id))
+		return 0;
+	rc = tc__objs_key_adopt(s, key, id, gen);
+	if (rc < 0)
+		return rc;
+	k->moved = true;
+	return 1;
 }
 
 int tc__objs_key_set(struct tc__objs *s, const char *key, const char *id,
@@ -966,9 +989,9 @@ uint64_t tc__table_cost(const struct tc__table *t)
 static json_t *key_json(struct tc__objs *s, struct tc__key *k, int history)
 {
 	struct tc__obj *o = k->id[0] ? tc__map_get(&s->by_id, k->id) : NULL;
-	json_t *j = json_pack("{s:s, s:s, s:I, s:b}", "key", k->name, "id",
+	json_t *j = json_pack("{s:s, s:s, s:I, s:b, s:b}", "key", k->name, "id",
 			      k->id, "generation", (json_int_t)k->gen, "held",
-			      o && !o->dead);
+			      o && !o->dead, "moved_elsewhere", k->moved);
 
 	if (history) {
 		json_t *h = json_array();

@@ -104,6 +104,7 @@ struct tc__key {
 	uint64_t gen;		/* current generation, starts at 1 */
 	struct tc__key_version hist[TC_KEY_HISTORY]; /* ring of versions */
 	uint32_t nhist;
+	bool moved; /* moved by another node (tc__objs_key_moved_away) */
 };
 
 /* Who else must know when a host replica can be served or a key moves:
@@ -270,6 +271,15 @@ bool tc__key_node_local(const char *key);
  * eviction.  Returns 0 or -ENOMEM. */
 int tc__objs_key_adopt(struct tc__objs *s, const char *key, const char *id,
 		       uint64_t gen);
+/* Another node moved `key` cluster-wide: when this daemon's record is
+ * still (`had_id`, `had_gen`), adopt (`id`, `gen`) as tc__objs_key_adopt
+ * does, remembering that the move came from elsewhere (an attach of the
+ * key, when `id` is not held here, says to pull it).  Returns 1 when the
+ * key moved here, 0 when the record changed meanwhile (left alone), or
+ * -ENOMEM. */
+int tc__objs_key_moved_away(struct tc__objs *s, const char *key,
+			    const char *had_id, uint64_t had_gen,
+			    const char *id, uint64_t gen);
 
 /* Recreate a key from the daemon's metadata at start (versions oldest
  * first, the last one current).  Returns 0 or -ENOMEM. */

@@ -305,3 +305,137 @@ int on_group(struct conn *c, struct req *r)
 	tc__jobs_submit(c->srv->io_jobs, &j->job);
 	return 0; /* the reply comes when the global store answered */
 }
+
+/* ------------------------------------------------------------ key sync */
+
+/*
+ * Other nodes' key moves (docs/cluster.md "Keys across the cluster"):
+ * every key_sync_ms the loop copies the keys this daemon has (at most
+ * KEY_SYNC_MAX a round, the next ones the round after), an I/O worker
+ * asks the global store for each one's id and generation (KEY_GET), and
+ * the loop adopts every key the cluster has at a newer generation, unless
+ * the key changed here meanwhile.  One round at a time; the loop never
+ * waits on the network.
+ */
+#define KEY_SYNC_MAX 1024
+
+struct ksync_ent {
+	char key[TC_KEY_MAX + 1];
+	char id[TC_ID_LEN + 1]; /* what the key named here */
+	uint64_t gen;
+	char nid[TC_GSP_MAX_ID + 1]; /* what it names cluster-wide */
+	uint64_t ngen;
+	int rc;
+};
+
+struct ksync_job {
+	struct tc__job job;
+	struct server *s;
+	struct tc__cluster *cl;
+	struct ksync_ent *e;
+	uint32_t n;
+};
+
+static void ksync_run(struct tc__job *job)
+{
+	struct ksync_job *j = (struct ksync_job *)job;
+	char err[256];
+
+	for (uint32_t i = 0; i < j->n; i++) {
+		struct ksync_ent *e = &j->e[i];
+
+		e->rc = tc__cluster_key_get(j->cl, e->key, e->nid, &e->ngen,
+					    err, sizeof(err));
+		if (e->rc == TC_ENODAEMON || e->rc == TC_ECLOSED ||
+		    e->rc == -ETIMEDOUT) {
+			for (uint32_t k = i + 1; k < j->n; k++)
+				j->e[k].rc = e->rc; /* the store went away */
+			break;
+		}
+	}
+}
+
+static void ksync_done(struct tc__job *job)
+{
+	struct ksync_job *j = (struct ksync_job *)job;
+	struct server *s = j->s;
+
+	for (uint32_t i = 0; i < j->n && s->cluster; i++) {
+		struct ksync_ent *e = &j->e[i];
+		int rc;
+
+		if (e->rc < 0 || e->ngen <= e->gen || !tc__is_id(e->nid))
+			continue;
+		rc = tc__objs_key_moved_away(&s->objs, e->key, e->id, e->gen,
+					     e->nid, e->ngen);
+		if (rc <= 0)
+			continue;
+		s->key_sync_moved++;
+		tc__durable_key_changed(s->durable, &s->objs, e->key);
+		tc__log(TC_LOG_INFO,
+			"key '%s' moved to '%s' (generation %llu) on another "
+			"node%s",
+			e->key, e->nid, (unsigned long long)e->ngen,
+			tc__map_get(&s->objs.by_id, e->nid) ?
+				"" :
+				": not held here (tcast pull it)");
+	}
+	s->key_sync_rounds++;
+	s->key_sync_busy = false;
+	tc__free(j->e);
+	tc__free(j);
+}
+
+void tc__srv_key_sync_tick(struct server *s, uint64_t now_ms)
+{
+	struct tc__map_entry *e;
+	struct ksync_job *j;
+	uint32_t total = 0, idx = 0;
+	size_t b;
+
+	if (!s->cluster || !s->cfg->key_sync_ms || s->key_sync_busy ||
+	    now_ms < s->key_sync_next_ms)
+		return;
+	s->key_sync_next_ms = now_ms + (uint64_t)s->cfg->key_sync_ms;
+	if (!tc__cluster_connected(s->cluster))
+		return;
+	for (e = tc__map_next(&s->objs.keys, NULL, &b); e;
+	     e = tc__map_next(&s->objs.keys, e, &b))
+		total++;
+	if (!total)
+		return;
+	j = tc__calloc(1, sizeof(*j));
+	if (j)
+		j->e = tc__calloc(total < KEY_SYNC_MAX ? total : KEY_SYNC_MAX,
+				  sizeof(*j->e));
+	if (!j || !j->e) {
+		tc__free(j);
+		return; /* the next round tries again */
+	}
+	if (s->key_sync_start >= total)
+		s->key_sync_start = 0;
+	for (e = tc__map_next(&s->objs.keys, NULL, &b);
+	     e && j->n < KEY_SYNC_MAX; e = tc__map_next(&s->objs.keys, e, &b)) {
+		const struct tc__key *k = e->val;
+		struct ksync_ent *x;
+
+		if (idx++ < s->key_sync_start || tc__key_node_local(k->name))
+			continue;
+		x = &j->e[j->n++];
+		snprintf(x->key, sizeof(x->key), "%s", k->name);
+		snprintf(x->id, sizeof(x->id), "%s", k->id);
+		x->gen = k->gen;
+	}
+	s->key_sync_start = idx >= total ? 0 : idx;
+	if (!j->n) {
+		tc__free(j->e);
+		tc__free(j);
+		return;
+	}
+	j->s = s;
+	j->cl = s->cluster;
+	j->job.run = ksync_run;
+	j->job.done = ksync_done;
+	s->key_sync_busy = true;
+	tc__jobs_submit(s->io_jobs, &j->job);
+}

@@ -61,6 +61,7 @@ static void on_tick(struct tc__ev *ev, void *arg)
 	tc__srv_spare_refill(s);
 	tc__srv_durable_tick(s, now);
 	tc__srv_ha_tick(s, now);
+	tc__srv_key_sync_tick(s, now);
 	tc__srv_metrics_publish(s, now, false);
 }
 

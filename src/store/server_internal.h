@@ -216,10 +216,14 @@ struct server {
 	struct tc__spill *spill;     /* the spill tier (spill.h), or NULL */
 	uint64_t durable_tick_ms;    /* last tc__srv_durable_tick */
 	struct tc__cluster *cluster; /* cluster.h; NULL when alone */
-	struct ha_rep *ha_reps;	     /* ha replications in flight
-					(srv_ha.c) */
-	uint64_t ha_check_next;	     /* tc__now_ms() of the next ha check */
-	bool ha_checking;	     /* an ha check runs on a worker */
+	uint64_t key_sync_next_ms;   /* next key sync (ops_cluster.c) */
+	bool key_sync_busy;	     /* a key sync is in flight */
+	uint32_t key_sync_start;     /* where the last round stopped */
+	uint64_t key_sync_rounds, key_sync_moved; /* figures */
+	struct ha_rep *ha_reps;			  /* ha replications in flight
+						     (srv_ha.c) */
+	uint64_t ha_check_next; /* tc__now_ms() of the next ha check */
+	bool ha_checking;	/* an ha check runs on a worker */
 };
 
 /* A frame being handled: its header, body cursor and claimed fds. */
@@ -461,6 +465,9 @@ void tc__srv_bindings_free(struct conn *c);
 int tc__srv_cluster_start(struct server *s, char *err, size_t errlen);
 /* Leave it (before the artifact table is released). */
 void tc__srv_cluster_stop(struct server *s);
+/* Every key_sync_ms: read the cluster's generation of the keys this
+ * daemon has (on an I/O worker) and adopt other nodes' moves. */
+void tc__srv_key_sync_tick(struct server *s, uint64_t now_ms);
 
 /* ---- puts from GPU memory (put_gpu.c) --------------------------------- */
 

@@ -153,6 +153,9 @@ echo "$out" | grep -q "is at generation 3, not 2"
 ok test $? = 0
 ok test "$(d a --json daemon status | json 'd["cluster"]["key_cas_lost"]')" -ge 1
 id2=$idc # what model:v1 names now
+# A hears of B's move by itself (key_sync_ms, docs/cluster.md).
+a_at3() { test "$(d a --json keys model:v1 | json 'd["generation"], d["id"]')" = "3 $idc"; }
+ok wait_for 10 a_at3
 
 # Wrong secret, garbage and a silent client: refused, reason logged, and
 # the store keeps serving.
@@ -190,7 +193,7 @@ echo "$out" | grep -q "global store at $G is unreachable"
 ok test $? = 0
 echo "$out" | grep -q "TC_ENODAEMON"
 ok test $? = 0
-ok test "$(d a --json keys model:v1 | json 'd["generation"]')" = 2 # unchanged
+ok test "$(d a --json keys model:v1 | json 'd["generation"]')" = 3 # unchanged
 out=$(d a import "$DATA/dtypes.safetensors" --key model:v1 --expect 3 2>&1)
 ok test $? != 0
 echo "$out" | grep -q "unreachable"

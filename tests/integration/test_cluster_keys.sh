@@ -6,6 +6,10 @@
 #      by compare-and-swap of the local generation (a move meanwhile is
 #      refused before any byte is pulled), in a cluster by the global
 #      store's confirm, adopted at the cluster's generation.
+#   2. A daemon hears of other nodes' moves (key_sync_ms): B's record of
+#      a key A moved follows within a bounded time; attaching it by key
+#      on B, which does not hold the new artifact, says to pull it; a
+#      compare-and-swap on B at the new generation wins, and A follows.
 set -u
 T=${TCAST:?}
 DATA=${TC_TEST_DATA:?}
@@ -92,6 +96,33 @@ z=$(d b import "$DATA/dtypes.safetensors" 2>/dev/null)
 out=$(d b keys set m "$z" 2>&1)
 ok test $? != 0
 ok has "$out" "compare-and-swap"
+
+# ---- 2. B hears of A's move of a key B holds.
+x=$(d a import "$DATA/dtypes.safetensors" --key n 2>/dev/null)
+ok d b pull n >/dev/null 2>&1
+ok is "$(keygen b n)" 1
+# B does not hold the version A moves the key to (1b pulled it).
+ok d b rm "$(d a --json keys m | json 'd["id"]')" >/dev/null
+y=$(d a import "$DATA/many-tensors.safetensors" --key n --expect 1 2>/dev/null)
+ok test -n "$y"
+at_gen() { test "$(keygen "$1" "$2")" = "$3"; }
+ok wait_for 10 at_gen b n 2
+ok is "$(keyid b n)" "$y"
+ok is "$(d b --json keys n | json 'd["held"], d["moved_elsewhere"]')" "False True"
+out=$(d b inspect n 2>&1)
+ok test $? != 0
+ok has "$out" "key 'n' moved to '$y' (generation 2) on another node"
+ok has "$out" "pull it: tcast pull n"
+# The old version stays held (unkeyed) and attachable by id.
+ok d b inspect "$x" >/dev/null
+# Pulling it fixes it; a CAS on B at the new generation wins cluster-wide.
+ok d b pull n >/dev/null 2>&1
+ok d b inspect n >/dev/null
+ok d b keys set n "$x" --expect 2 >/dev/null
+ok wait_for 10 at_gen a n 3
+ok is "$(keyid a n)" "$x"
+ok d a inspect n >/dev/null
+ok is "$(d a --json keys n | json 'd["moved_elsewhere"]')" True
 
 echo "test_cluster_keys: $pass passed, $fail failed"
 [ "$fail" = 0 ]
