@@ -1006,6 +1006,28 @@ int tc__cluster_key_get(struct tc__cluster *cl, const char *key, char *id,
 	return worker_call(cl, call_key_get, &a, err, errlen);
 }
 
+struct undo_args {
+	const char *key, *id;
+	uint64_t gen, *back;
+};
+
+static int call_key_undo(struct tc__cluster *cl, const char *name, void *arg)
+{
+	struct undo_args *a = arg;
+
+	(void)name;
+	return tc__gsc_key_undo(&cl->g, a->key, a->id, a->gen, a->back);
+}
+
+int tc__cluster_key_undo(struct tc__cluster *cl, const char *key,
+			 const char *id, uint64_t gen, uint64_t *back,
+			 char *err, size_t errlen)
+{
+	struct undo_args a = { key, id, gen, back };
+
+	return worker_call(cl, call_key_undo, &a, err, errlen);
+}
+
 static int call_peers(struct tc__cluster *cl, const char *name, void *arg)
 {
 	struct resolve_args *a = arg;

@@ -70,6 +70,12 @@ int tc__cluster_resolve(struct tc__cluster *cl, const char *what, char *id,
 			uint64_t *gen, struct tc__gsp_source *src, uint32_t max,
 			uint32_t *nsrc, char *err, size_t errlen);
 
+/* tc__gsc_key_undo on the node's connection (blocking, bounded like
+ * resolve; off the loop thread): take back version `gen` of `key`, which
+ * this node's key gate published and the node then failed to keep. */
+int tc__cluster_key_undo(struct tc__cluster *cl, const char *key,
+			 const char *id, uint64_t gen, uint64_t *back,
+			 char *err, size_t errlen);
 /* KEY_GET (blocking, bounded like resolve; off the loop thread): the id
  * (TC_GSP_MAX_ID + 1 bytes) and generation of `key` cluster-wide.
  * Returns 0, TC_ENOTFOUND (no such key there), TC_ENODAEMON (the store is

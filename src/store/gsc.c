@@ -374,6 +374,54 @@ int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
 	return 0;
 }
 
+#define UNDO_HISTORY 16
+
+int tc__gsc_key_undo(struct tc__gsc *g, const char *key, const char *id,
+		     uint64_t gen, uint64_t *back)
+{
+	char prev[TC_GSP_MAX_ID + 1] = "", hid[TC_GSP_MAX_ID + 1];
+	uint64_t pgen = 0, hgen, ms, top = 0;
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	uint32_t n;
+	int ret;
+
+	*back = 0;
+	tc__buf_put_str(&b, key);
+	tc__buf_put_u32(&b, UNDO_HISTORY);
+	ret = call_buf(g, TC_GSP_KEY_HISTORY, &b, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u32(&r, &n) < 0 || n > UNDO_HISTORY)
+		return bad_reply(g, "KEY_HISTORY");
+	/* Newest first. */
+	for (uint32_t i = 0; i < n; i++) {
+		if (tc__cur_read_u64(&r, &hgen) < 0 ||
+		    tc__gsp_get_name(&r, "artifact id", hid, TC_GSP_MAX_ID,
+				     true, g->err, sizeof(g->err)) < 0 ||
+		    tc__cur_read_u64(&r, &ms) < 0)
+			return bad_reply(g, "KEY_HISTORY");
+		if (i == 0)
+			top = hgen;
+		if (hgen < gen && hgen > pgen) {
+			pgen = hgen;
+			snprintf(prev, sizeof(prev), "%s", hid);
+		}
+	}
+	if (tc__gsp_end(&r, g->err, sizeof(g->err)) < 0)
+		return bad_reply(g, "KEY_HISTORY");
+	if (top != gen)
+		return 1; /* moved on since: not ours to take back */
+	if (!prev[0]) {
+		snprintf(g->err, sizeof(g->err),
+			 "key '%s' has no version before %llu to go back to: "
+			 "it names '%s', which no node holds",
+			 key, (unsigned long long)gen, id);
+		return TC_ENOTFOUND;
+	}
+	return tc__gsc_key_set(g, key, prev, TC_GSP_KF_EXPECT, gen, NULL, back);
+}
+
 int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id, uint64_t *gen)
 {
 	struct tc__buf b = TC_BUF_INIT;

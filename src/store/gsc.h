@@ -70,6 +70,15 @@ int tc__gsc_replica_del(struct tc__gsc *g, const char *id, int tier,
 int tc__gsc_key_set(struct tc__gsc *g, const char *key, const char *id,
 		    uint32_t flags, uint64_t expect_gen, const char *prev,
 		    uint64_t *gen);
+/* Take back version `gen` (naming `id`) of `key`, which this node
+ * published and then could not keep: KEY_HISTORY finds the version before
+ * it, and a KEY_SET with EXPECT `gen` moves the key back to it (one more
+ * generation).  Returns 0 (moved back; *back = the new generation),
+ * 1 (nothing to do: the key has moved on since), TC_ENOTFOUND (no earlier
+ * version naming an artifact: the key stays, naming what no node holds),
+ * TC_ECONFLICT (moved meanwhile) or another code, with g->err. */
+int tc__gsc_key_undo(struct tc__gsc *g, const char *key, const char *id,
+		     uint64_t gen, uint64_t *back);
 /* KEY_GET: the id (TC_GSP_MAX_ID + 1 bytes) and generation `key` has
  * cluster-wide; TC_ENOTFOUND when the store has no such key. */
 int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id,

@@ -357,6 +357,7 @@ static int import_reply(struct conn *c, const struct req *r, void *arg)
 	if (rc < 0) {
 		/* The key moved while we loaded: what this import added
 		 * goes again, so the failure leaves nothing. */
+		tc__srv_key_gate_undo(c->srv, &j->gate, j->key, j->done_o->id);
 		if (!j->done_dedup)
 			tc__objs_discard_new(&c->srv->objs, j->done_o);
 		return rc;
@@ -455,8 +456,12 @@ static void import_done(struct tc__job *job)
 	ns = tc__now_ns() - j->t0_ns;
 	j->o->load_seconds = (double)ns / 1e9;
 	o = j->o;
-	rc = tc__objs_insert(&s->objs, j->o, &o);
+	/* Tests: the insert fails after the global store moved the key. */
+	rc = tc__failpoint("import_insert_fail", j->display) ?
+		     -ENOMEM :
+		     tc__objs_insert(&s->objs, j->o, &o);
 	if (rc < 0) {
+		tc__srv_key_gate_undo(s, &j->gate, j->key, j->o->id);
 		import_fail(j, rc, "out of memory");
 		return;
 	}
@@ -513,8 +518,11 @@ static void import_done(struct tc__job *job)
 	c->err[0] = '\0';
 	rc = tc__srv_persist_commit(c, &j->persist, o, j->chunks,
 				    tc__chunk_count(o->table.total_bytes));
-	if (rc < 0 && !dedup)
-		tc__objs_discard_new(&s->objs, o);
+	if (rc < 0) {
+		tc__srv_key_gate_undo(s, &j->gate, j->key, o->id);
+		if (!dedup)
+			tc__objs_discard_new(&s->objs, o);
+	}
 	snprintf(j->err, sizeof(j->err), "%s", c->err);
 	tc__srv_finish_created(c, &j->r, rc, j->err, import_reply, j,
 			       import_release, &j->persist, o);

@@ -14,6 +14,7 @@
 
 #include "cluster.h"
 #include "common/alloc.h"
+#include "common/log.h"
 #include "obj.h"
 #include "proto/proto.h"
 #include "tcast/errors.h"
@@ -108,6 +109,68 @@ void tc__srv_key_gate_run(struct server *s, struct key_gate *g, const char *key,
 			 why);
 	else if (g->rc < 0)
 		snprintf(g->err, sizeof(g->err), "%s", why);
+}
+
+struct undo_job {
+	struct tc__job job;
+	struct tc__cluster *cl;
+	char key[TC_KEY_MAX + 1];
+	char id[TC_ID_LEN + 1];
+	uint64_t gen, back;
+	int rc;
+	char err[512];
+};
+
+static void undo_run(struct tc__job *job)
+{
+	struct undo_job *j = (struct undo_job *)job;
+
+	j->rc = tc__cluster_key_undo(j->cl, j->key, j->id, j->gen, &j->back,
+				     j->err, sizeof(j->err));
+}
+
+static void undo_done(struct tc__job *job)
+{
+	struct undo_job *j = (struct undo_job *)job;
+
+	if (j->rc == 0)
+		tc__log(TC_LOG_WARN,
+			"key '%s': this node could not keep '%s' after the "
+			"global store moved the key to it (generation %llu); "
+			"moved it back (generation %llu)",
+			j->key, j->id, (unsigned long long)j->gen,
+			(unsigned long long)j->back);
+	else if (j->rc < 0)
+		tc__log(TC_LOG_WARN,
+			"key '%s': this node could not keep '%s' after the "
+			"global store moved the key to it (generation %llu), "
+			"and could not move it back: %s",
+			j->key, j->id, (unsigned long long)j->gen, j->err);
+	tc__free(j);
+}
+
+void tc__srv_key_gate_undo(struct server *s, const struct key_gate *g,
+			   const char *key, const char *id)
+{
+	struct undo_job *j;
+
+	if (!g || !g->on || g->rc < 0 || !g->gen || !key[0] || !s->cluster)
+		return;
+	j = tc__calloc(1, sizeof(*j));
+	if (!j) {
+		tc__log(TC_LOG_WARN,
+			"key '%s' names '%s' cluster-wide, which this node "
+			"could not keep (out of memory to take it back)",
+			key, id);
+		return;
+	}
+	j->cl = s->cluster;
+	snprintf(j->key, sizeof(j->key), "%s", key);
+	snprintf(j->id, sizeof(j->id), "%s", id);
+	j->gen = g->gen;
+	j->job.run = undo_run;
+	j->job.done = undo_done;
+	tc__jobs_submit(s->io_jobs, &j->job);
 }
 
 int tc__srv_publish_key(struct conn *c, const char *id, const char *key,

@@ -421,8 +421,10 @@ static int seal_reply(struct conn *c, const struct req *r, void *arg)
 		tc__durable_key_changed(c->srv->durable, &c->srv->objs, p->key);
 		tc__srv_reply_created(c, r, j->o, j->ns, dedup, gen,
 				      &p->persist);
-	} else if (!dedup) {
-		tc__objs_discard_new(&c->srv->objs, j->o);
+	} else {
+		tc__srv_key_gate_undo(c->srv, &j->gate, p->key, j->o->id);
+		if (!dedup)
+			tc__objs_discard_new(&c->srv->objs, j->o);
 	}
 	return rc;
 }
@@ -448,6 +450,9 @@ static void seal_done(struct tc__job *job)
 	if (rc == 0) {
 		p->o->load_seconds = (double)j->ns / 1e9;
 		rc = tc__objs_insert(&c->srv->objs, p->o, &j->o);
+		if (rc < 0)
+			tc__srv_key_gate_undo(c->srv, &j->gate, p->key,
+					      p->o->id);
 	}
 	if (rc < 0) {
 		pending_free(c, p);
@@ -462,8 +467,12 @@ static void seal_done(struct tc__job *job)
 		c->err[0] = '\0';
 		rc = tc__srv_persist_commit(c, &p->persist, j->o, j->chunks,
 					    j->nchunks);
-		if (rc < 0 && j->o == p->o)
-			tc__objs_discard_new(&c->srv->objs, j->o);
+		if (rc < 0) {
+			tc__srv_key_gate_undo(c->srv, &j->gate, p->key,
+					      j->o->id);
+			if (j->o == p->o)
+				tc__objs_discard_new(&c->srv->objs, j->o);
+		}
 		snprintf(why, sizeof(why), "%s", c->err);
 		tc__free(j->chunks);
 		j->chunks = NULL;

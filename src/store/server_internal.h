@@ -357,6 +357,13 @@ int tc__srv_key_gate_init(struct conn *c, struct key_gate *g, const char *key,
  * false). */
 void tc__srv_key_gate_run(struct server *s, struct key_gate *g, const char *key,
 			  const char *id, uint32_t flags, uint64_t expect_gen);
+/* The global store moved `key` to `id` (g decided it) and this daemon
+ * then failed to keep `id` (insert, a must shared-disk write, or the
+ * local publish failed): take the cluster's key back to the version
+ * before it, on an I/O worker (loop thread; nothing when g did not
+ * decide a move).  The daemon's own key was never changed. */
+void tc__srv_key_gate_undo(struct server *s, const struct key_gate *g,
+			   const char *key, const char *id);
 /* Reply of IMPORT and SEAL: id, bytes, tensors, nanoseconds, deduped, gen,
  * then the persistence and what the policy could not do (p may be NULL). */
 void tc__srv_reply_created(struct conn *c, const struct req *r,

@@ -10,6 +10,11 @@
 #      a key A moved follows within a bounded time; attaching it by key
 #      on B, which does not hold the new artifact, says to pull it; a
 #      compare-and-swap on B at the new generation wins, and A follows.
+#   3. An import whose key the global store moved before the node failed
+#      to keep the artifact (failpoint import_insert_fail) takes the
+#      cluster's key back to the version before; a new key stays, naming
+#      what no node holds (a pull says so).  A budget too small fails
+#      before the global store is asked: the cluster's key is untouched.
 set -u
 T=${TCAST:?}
 DATA=${TC_TEST_DATA:?}
@@ -24,7 +29,7 @@ S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
 g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
 d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
-	for n in a b c e; do d $n daemon stop >/dev/null 2>&1; done
+	for n in a b c e f t; do d $n daemon stop >/dev/null 2>&1; done
 	g stop >/dev/null 2>&1
 	[ "$fail" = 0 ] || tail -n 30 "$dir/gs/global.log" >&2
 	rm -rf "$dir"
@@ -123,6 +128,39 @@ ok wait_for 10 at_gen a n 3
 ok is "$(keyid a n)" "$x"
 ok d a inspect n >/dev/null
 ok is "$(d a --json keys n | json 'd["moved_elsewhere"]')" True
+
+# ---- 3. A node that fails to keep what the cluster's key moved to.
+TCAST_FAILPOINTS=import_insert_fail=- start_daemon f --set "global=$G" --set "log_file=$dir/f/tcastd.log"
+ok test $? = 0
+ok wait_for 10 live 3
+x=$(d f import "$DATA/dtypes.safetensors" --key u 2>/dev/null)
+ok test -n "$x"
+out=$(d f import "$DATA/many-tensors.safetensors" --key u --expect 1 2>&1)
+ok test $? != 0
+cl_at() { # key gen id: the cluster's key, read through node A
+	test "$(d a --json global resolve "$1" --via-daemon | json 'd["gen"], d["id"]')" = "$2 $3"
+}
+ok wait_for 10 cl_at u 3 "$x" # moved back, one generation on
+# F's own key was never moved by the import; its key sync then takes the
+# cluster's generation 3 (naming x, held here).
+ok wait_for 10 at_gen f u 3
+ok is "$(keyid f u)" "$x"
+ok d f inspect u >/dev/null
+ok wait_for 10 grep -q "could not keep .* moved it back (generation 3)" "$dir/f/tcastd.log"
+# A new key has no version to go back to: it names what no node holds.
+out=$(d f import "$DATA/tiny-llama/model-00005-of-00006.safetensors" --key w 2>&1)
+ok test $? != 0
+ok wait_for 10 grep -q "key 'w' has no version before 1" "$dir/f/tcastd.log"
+out=$(d b pull w 2>&1)
+ok test $? != 0
+ok has "$out" "no peer holds it"
+# A budget too small: refused before the global store is asked.
+MEM=64KiB start_daemon t --set "global=$G"
+ok test $? = 0
+ok wait_for 10 live 4
+out=$(d t import "$DATA/many-tensors.safetensors" --key u --expect 3 2>&1)
+ok test $? != 0
+ok cl_at u 3 "$x"
 
 echo "test_cluster_keys: $pass passed, $fail failed"
 [ "$fail" = 0 ]
