@@ -750,3 +750,38 @@ out_release:
 	tc__gsp_group_release(g);
 	return ret;
 }
+
+int tc__gsp_get_key_value(struct tc__cur *c, char *id, uint64_t *gen, char *err,
+			  size_t errlen)
+{
+	int ret = tc__gsp_get_name(c, "artifact id", id, TC_GSP_MAX_ID, false,
+				   err, errlen);
+
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u64(c, gen) < 0) {
+		snprintf(err, errlen, "key generation: truncated");
+		return TC_EPROTO;
+	}
+	return 0;
+}
+
+int tc__gsp_get_key_version(struct tc__cur *c, uint64_t *gen, char *id,
+			    uint64_t *unix_ms, char *err, size_t errlen)
+{
+	int ret;
+
+	if (tc__cur_read_u64(c, gen) < 0) {
+		snprintf(err, errlen, "key version: truncated");
+		return TC_EPROTO;
+	}
+	ret = tc__gsp_get_name(c, "artifact id", id, TC_GSP_MAX_ID, true, err,
+			       errlen);
+	if (ret < 0)
+		return ret;
+	if (tc__cur_read_u64(c, unix_ms) < 0) {
+		snprintf(err, errlen, "key version time: truncated");
+		return TC_EPROTO;
+	}
+	return 0;
+}

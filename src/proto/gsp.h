@@ -217,6 +217,14 @@ int tc__gsp_get_name(struct tc__cur *c, const char *field, char *dst,
 int tc__gsp_get_key(struct tc__cur *c, char *dst, char *err, size_t errlen);
 /* The body must be used up. */
 int tc__gsp_end(const struct tc__cur *c, char *err, size_t errlen);
+/* A KEY_GET reply's value: str id (TC_GSP_MAX_ID + 1 bytes), u64
+ * generation.  Returns 0 or TC_EPROTO with err. */
+int tc__gsp_get_key_value(struct tc__cur *c, char *id, uint64_t *gen, char *err,
+			  size_t errlen);
+/* One entry of a KEY_HISTORY reply: u64 generation, str id (may be ""),
+ * u64 unix ms.  Returns 0 or TC_EPROTO with err. */
+int tc__gsp_get_key_version(struct tc__cur *c, uint64_t *gen, char *id,
+			    uint64_t *unix_ms, char *err, size_t errlen);
 
 void tc__gsp_put_node(struct tc__buf *b, const struct tc__gsp_node *n);
 int tc__gsp_get_node(struct tc__cur *c, struct tc__gsp_node *n, char *err,

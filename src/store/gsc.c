@@ -396,10 +396,8 @@ int tc__gsc_key_undo(struct tc__gsc *g, const char *key, const char *id,
 		return bad_reply(g, "KEY_HISTORY");
 	/* Newest first. */
 	for (uint32_t i = 0; i < n; i++) {
-		if (tc__cur_read_u64(&r, &hgen) < 0 ||
-		    tc__gsp_get_name(&r, "artifact id", hid, TC_GSP_MAX_ID,
-				     true, g->err, sizeof(g->err)) < 0 ||
-		    tc__cur_read_u64(&r, &ms) < 0)
+		if (tc__gsp_get_key_version(&r, &hgen, hid, &ms, g->err,
+					    sizeof(g->err)) < 0)
 			return bad_reply(g, "KEY_HISTORY");
 		if (i == 0)
 			top = hgen;
@@ -432,9 +430,7 @@ int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id, uint64_t *gen)
 	ret = call_buf(g, TC_GSP_KEY_GET, &b, &r);
 	if (ret < 0)
 		return ret;
-	if (tc__gsp_get_name(&r, "artifact id", id, TC_GSP_MAX_ID, false,
-			     g->err, sizeof(g->err)) < 0 ||
-	    tc__cur_read_u64(&r, gen) < 0 ||
+	if (tc__gsp_get_key_value(&r, id, gen, g->err, sizeof(g->err)) < 0 ||
 	    tc__gsp_end(&r, g->err, sizeof(g->err)) < 0)
 		return bad_reply(g, "KEY_GET");
 	return 0;

@@ -4,7 +4,8 @@
  * The input is read as a stream of frames, as the global store and its
  * clients read it: each header is decoded and validated, and each body
  * that fits is fed to every record decoder (node, replica, artifact,
- * source, key and name fields, a PEERS request and a source list, a REGISTER
+ * source, key and name fields, KEY_GET's value and KEY_HISTORY's entries,
+ * a PEERS request and a source list, a REGISTER
  * body with its replica list, every GROUP_* request body and the group record
  * of their replies). Nothing may read past the body, allocate from an unchecked
  * count or leak what it built.
@@ -54,6 +55,22 @@ static void decode_body(const uint8_t *p, size_t n)
 	tc__cur_init(&c, p, n);
 	while (tc__gsp_get_key(&c, key, err, sizeof(err)) == 0)
 		;
+	{
+		char id[TC_GSP_MAX_ID + 1];
+		uint64_t gen, ms;
+
+		/* KEY_GET's value; KEY_HISTORY's count and entries. */
+		tc__cur_init(&c, p, n);
+		tc__gsp_get_key_value(&c, id, &gen, err, sizeof(err));
+		tc__cur_init(&c, p, n);
+		if (tc__cur_read_u32(&c, &cnt) == 0)
+			for (uint32_t i = 0; i < cnt && i < TC_GSP_MAX_HISTORY;
+			     i++)
+				if (tc__gsp_get_key_version(&c, &gen, id, &ms,
+							    err,
+							    sizeof(err)) < 0)
+					break;
+	}
 	tc__cur_init(&c, p, n);
 	if (tc__gsp_get_peers_req(&c, node.name, &cnt, err, sizeof(err)) == 0 &&
 	    cnt > TC_GSP_MAX_SOURCES)
