@@ -106,6 +106,23 @@ static void entry_put(struct entry *e) /* mu held */
 	}
 }
 
+/* An entry's size and the MANIFEST it answers with (encoded once). */
+static int entry_manifest(struct entry *e, const char *id,
+			  const struct tc__table *t,
+			  const struct tc__digest *chunks, uint64_t nchunks)
+{
+	e->total = t->total_bytes;
+	e->nchunks = nchunks;
+	e->refs = 1;
+	tc__buf_init(&e->manifest);
+	tc__peer_put_manifest(&e->manifest, id, t, chunks, nchunks);
+	if (e->manifest.oom)
+		return -ENOMEM;
+	if (e->manifest.len - TC_PEER_HDR_BYTES > TC_PEER_MAX_MANIFEST)
+		return TC_ELIMIT;
+	return 0;
+}
+
 static int publish(struct tc__peer_server *s, const char *id, int fd,
 		   const struct tc__table *t, const struct tc__digest *chunks,
 		   uint64_t nchunks, bool partial)
@@ -132,16 +149,9 @@ static int publish(struct tc__peer_server *s, const char *id, int fd,
 		tc__free(e);
 		return rc;
 	}
-	e->total = t->total_bytes;
-	e->nchunks = nchunks;
-	e->refs = 1;
-	tc__buf_init(&e->manifest);
-	tc__peer_put_manifest(&e->manifest, id, t, chunks, nchunks);
-	if (e->manifest.oom ||
-	    e->manifest.len - TC_PEER_HDR_BYTES > TC_PEER_MAX_MANIFEST) {
-		rc = e->manifest.oom ? -ENOMEM : TC_ELIMIT;
+	rc = entry_manifest(e, id, t, chunks, nchunks);
+	if (rc < 0)
 		goto out_free;
-	}
 	pthread_mutex_lock(&s->mu);
 	old = tc__map_get(&s->by_id, e->id);
 	if (old && partial && !old->have) {
@@ -203,16 +213,9 @@ int tc__peer_server_publish_gpu(struct tc__peer_server *s, const char *id,
 	e->gpu = true;
 	e->ordinal = ordinal;
 	e->dptr = dptr;
-	e->total = t->total_bytes;
-	e->nchunks = nchunks;
-	e->refs = 1;
-	tc__buf_init(&e->manifest);
-	tc__peer_put_manifest(&e->manifest, id, t, chunks, nchunks);
-	if (e->manifest.oom ||
-	    e->manifest.len - TC_PEER_HDR_BYTES > TC_PEER_MAX_MANIFEST) {
-		rc = e->manifest.oom ? -ENOMEM : TC_ELIMIT;
+	rc = entry_manifest(e, id, t, chunks, nchunks);
+	if (rc < 0)
 		goto out_free;
-	}
 	pthread_mutex_lock(&s->mu);
 	head = tc__map_get(&s->by_gpu, id);
 	for (struct entry *g = head; g; g = g->gnext)

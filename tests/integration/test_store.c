@@ -129,6 +129,23 @@ static void test_store__roundtrip_testdata(void **state)
 }
 
 /* put the bytes of an imported artifact again: same id, same bytes. */
+/* Descriptors of an attached artifact's tensors (borrowing its names
+ * and shapes), for a put of the same tensors.  Free with free(). */
+static struct tc_tensor_desc *descs_of(const tc_artifact *a)
+{
+	uint32_t n = tc_artifact_count(a);
+	const struct tc_tensor_info *info = tc_artifact_tensors(a);
+	struct tc_tensor_desc *d = calloc(n ? n : 1, sizeof(*d));
+
+	for (uint32_t i = 0; i < n; i++) {
+		d[i].name = info[i].name;
+		d[i].dtype = info[i].dtype;
+		d[i].ndim = info[i].ndim;
+		d[i].shape = info[i].shape;
+	}
+	return d;
+}
+
 static void test_store__put_roundtrip(void **state)
 {
 	tc_client *c = t_connect(D.sock);
@@ -143,13 +160,7 @@ static void test_store__put_roundtrip(void **state)
 	assert_int_equal(tc_attach(c, r.id, &a), 0);
 	n = tc_artifact_count(a);
 	info = tc_artifact_tensors(a);
-	d = calloc(n, sizeof(*d));
-	for (uint32_t i = 0; i < n; i++) {
-		d[i].name = info[i].name;
-		d[i].dtype = info[i].dtype;
-		d[i].ndim = info[i].ndim;
-		d[i].shape = info[i].shape;
-	}
+	d = descs_of(a);
 	assert_int_equal(tc_put_begin(c, d, n,
 				      "{\"format\":\"pt\",\"note\":\"dtype "
 				      "coverage\"}",
@@ -199,13 +210,7 @@ static void test_store__put_write_through_the_file(void **state)
 	assert_int_equal(tc_attach(c, r.id, &a), 0);
 	n = tc_artifact_count(a);
 	info = tc_artifact_tensors(a);
-	d = calloc(n, sizeof(*d));
-	for (uint32_t i = 0; i < n; i++) {
-		d[i].name = info[i].name;
-		d[i].dtype = info[i].dtype;
-		d[i].ndim = info[i].ndim;
-		d[i].shape = info[i].shape;
-	}
+	d = descs_of(a);
 	assert_int_equal(tc_put_begin(c, d, n,
 				      "{\"format\":\"pt\",\"note\":\"dtype "
 				      "coverage\"}",
