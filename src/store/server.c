@@ -230,7 +230,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		"a first read of a mapped page costs %llu ns here: puts are "
 		"hashed through %s",
 		(unsigned long long)tc__page_fault_ns(),
-		tc__hash_by_file() ? "their memfd's file" : "the mapping");
+		tc__faults_dear() ? "their memfd's file" : "the mapping");
 	if (cfg->metrics_port) {
 		/* Asked for and unavailable is a start-up error, not a
 		 * silently missing endpoint. */

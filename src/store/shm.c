@@ -85,7 +85,7 @@ int tc__shm_prepare_fill(struct tc__shm *seg)
 	/* A spare's pages are mapped and touched already; a fresh segment
 	 * fills through its file where page faults are dear
 	 * (docs/design.md). */
-	if (!seg->rw_map && tc__hash_by_file())
+	if (!seg->rw_map && tc__faults_dear())
 		return tc__shm_reserve(seg);
 	return tc__shm_map_rw(seg);
 }

@@ -85,7 +85,7 @@ int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
 {
 	int rc;
 
-	if ((!p->on || !p->wait) && tc__hash_by_file()) {
+	if ((!p->on || !p->wait) && tc__faults_dear()) {
 		/* Where a fault per page of the fresh mapping costs more
 		 * than copying the page out (docs/design.md). */
 		rc = tc__hash_chunks_fd(o->shm->fd, o->table.total_bytes,

@@ -39,11 +39,13 @@ struct load_ctx {
 	_Atomic uint64_t next_write;  /* the next piece to write */
 	_Atomic int wrc;	      /* the first write error */
 	uint8_t *dst;		      /* destination (or data to hash) */
-	int rfd;		      /* hash: read the bytes from here */
-	bool by_fd;		      /* ... rather than through dst */
-	int wfd;		      /* load: write the bytes to here */
-	bool to_fd;		      /* ... rather than through dst */
-	uint64_t size;		      /* byte space */
+	int fd;			      /* the byte space's file (`via`) */
+	enum {
+		VIA_MAP,     /* dst is the byte space */
+		VIA_READ_FD, /* hash only: read the bytes from fd */
+		VIA_WRITE_FD /* load: write each hashed window to fd */
+	} via;
+	uint64_t size; /* byte space */
 	uint64_t nchunks;
 	struct tc__digest *chunks;
 	struct tc__load_progress *prog;
@@ -135,7 +137,7 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 }
 
 /* Read the tensor bytes that fall in [w0, w1) into the destination, or
- * into `wbuf` (gaps zeroed: it is reused) to be written to c->wfd after
+ * into `wbuf` (gaps zeroed: it is reused) to be written to c->fd after
  * hashing. */
 static int fill_window(struct load_ctx *c, uint64_t w0, uint64_t w1,
 		       uint32_t *cursor, uint8_t *wbuf)
@@ -156,7 +158,7 @@ static int write_window(struct load_ctx *c, const uint8_t *wbuf, uint64_t w0,
 
 	while (off < w1) {
 		ssize_t w =
-			pwrite(c->wfd, wbuf + (off - w0), w1 - off, (off_t)off);
+			pwrite(c->fd, wbuf + (off - w0), w1 - off, (off_t)off);
 
 		if (w < 0 && errno == EINTR)
 			continue;
@@ -178,7 +180,7 @@ static void *worker(void *arg)
 {
 	struct load_ctx *c = arg;
 	struct tc__hasher *h = tc__hasher_new();
-	bool windowed = c->by_fd || c->to_fd;
+	bool windowed = c->via != VIA_MAP;
 	uint8_t *wbuf = windowed ? tc__malloc(WINDOW_BYTES) : NULL;
 
 	if (!h || (windowed && !wbuf)) {
@@ -204,11 +206,13 @@ static void *worker(void *arg)
 		for (uint64_t w = c0; w < c1; w += WINDOW_BYTES) {
 			uint64_t we = TC_MIN(w + WINDOW_BYTES, c1);
 
-			if (c->src && fill_window(c, w, we, &cursor,
-						  c->to_fd ? wbuf : NULL) < 0)
+			if (c->src &&
+			    fill_window(c, w, we, &cursor,
+					c->via == VIA_WRITE_FD ? wbuf : NULL) <
+				    0)
 				goto out;
-			if (c->by_fd) {
-				int rc = tc__pread_exact(c->rfd, wbuf,
+			if (c->via == VIA_READ_FD) {
+				int rc = tc__pread_exact(c->fd, wbuf,
 							 (size_t)(we - w), w);
 
 				if (rc < 0) {
@@ -222,7 +226,8 @@ static void *worker(void *arg)
 			tc__hasher_update(h, wbuf ? wbuf : c->dst + w,
 					  (size_t)(we - w));
 			/* Still in cache from the hash. */
-			if (c->to_fd && write_window(c, wbuf, w, we) < 0)
+			if (c->via == VIA_WRITE_FD &&
+			    write_window(c, wbuf, w, we) < 0)
 				goto out;
 		}
 		tc__hasher_final(h, &c->chunks[k]);
@@ -339,8 +344,8 @@ int tc__load_source_fd(const struct tc__source *src, int fd, int nthreads,
 	struct load_ctx c = { 0 };
 
 	c.src = src;
-	c.wfd = fd;
-	c.to_fd = true;
+	c.fd = fd;
+	c.via = VIA_WRITE_FD;
 	c.size = src->table.total_bytes;
 	c.chunks = chunks;
 	c.prog = prog;
@@ -354,8 +359,8 @@ int tc__hash_chunks_fd(int fd, uint64_t size, int nthreads,
 {
 	struct load_ctx c = { 0 };
 
-	c.rfd = fd;
-	c.by_fd = true;
+	c.fd = fd;
+	c.via = VIA_READ_FD;
 	c.size = size;
 	c.chunks = chunks;
 	return run(&c, nthreads, 0);
@@ -399,7 +404,7 @@ uint64_t tc__page_fault_ns(void)
 	return fault_ns;
 }
 
-bool tc__hash_by_file(void)
+bool tc__faults_dear(void)
 {
 	const char *e = getenv("TCAST_HASH_BY_FILE");
 

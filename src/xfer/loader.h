@@ -71,7 +71,7 @@ int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 
 /* tc__load_source writing into the file `fd` (a memfd; pwrite of each
  * window after it is hashed) instead of through a mapping: where faults
- * are dear (tc__hash_by_file), a fresh segment fills several times
+ * are dear (tc__faults_dear), a fresh segment fills several times
  * faster this way.  The file must be at least the table's size. */
 int tc__load_source_fd(const struct tc__source *src, int fd, int nthreads,
 		       struct tc__digest *chunks,
@@ -89,7 +89,7 @@ int tc__hash_chunks_fd(int fd, uint64_t size, int nthreads,
  * through their file rather than through a fresh mapping
  * (TCAST_HASH_BY_FILE=0|1 overrides; docs/design.md). */
 uint64_t tc__page_fault_ns(void);
-bool tc__hash_by_file(void);
+bool tc__faults_dear(void);
 
 /* The same while `wthreads` more threads write the bytes to w
  * (tc__native_write_data) beside the hashing; chunks NULL: write only.

@@ -27,12 +27,7 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-# wait_for SECONDS CMD...: poll until CMD succeeds (bounded).
-wait_for() {
-	local t=$1; shift
-	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	return 1
-}
+. "$(dirname "$0")/../lib/cluster.sh"
 
 (umask 077; openssl rand -hex 32 >"$dir/secret"; openssl rand -hex 32 >"$dir/wrong")
 

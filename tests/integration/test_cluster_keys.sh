@@ -35,11 +35,7 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-wait_for() {
-	local t=$1; shift
-	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	return 1
-}
+. "$(dirname "$0")/../lib/cluster.sh"
 keygen() { d "$1" --json keys "$2" | json 'd["generation"]'; }
 keyid() { d "$1" --json keys "$2" | json 'd["id"]'; }
 

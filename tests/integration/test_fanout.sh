@@ -30,11 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT
 [ -n "${KEEP:-}" ] && trap - EXIT
-wait_for() {
-	local t=$1; shift
-	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	return 1
-}
+. "$(dirname "$0")/../lib/cluster.sh"
 (umask 077; openssl rand -hex 32 >"$dir/secret")
 
 g start --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null || { echo "cannot start the global store" >&2; exit 1; }

@@ -43,22 +43,7 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-wait_for() {
-	local t=$1; shift
-	for _ in $(seq $((t * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-	return 1
-}
-# mk FILE BYTES: a safetensors file of one random U8 tensor.
-mk() {
-	$PY - "$1" "$2" <<'EOF'
-import json, os, struct, sys
-n = int(sys.argv[2])
-h = json.dumps({"x": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-h += b" " * (-len(h) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
-EOF
-}
+. "$(dirname "$0")/../lib/cluster.sh"
 
 (umask 077; openssl rand -hex 32 >"$dir/secret")
 g start --listen 127.0.0.1:0 --lease-ms 1500 >/dev/null

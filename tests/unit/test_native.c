@@ -532,9 +532,9 @@ static void test_native__hash_through_the_file(void **state)
 	assert_true(tc__hash_chunks_fd(fd, size, 2, b) < 0);
 	assert_true(tc__page_fault_ns() > 0);
 	setenv("TCAST_HASH_BY_FILE", "1", 1);
-	assert_true(tc__hash_by_file());
+	assert_true(tc__faults_dear());
 	setenv("TCAST_HASH_BY_FILE", "0", 1);
-	assert_false(tc__hash_by_file());
+	assert_false(tc__faults_dear());
 	unsetenv("TCAST_HASH_BY_FILE");
 	close(fd);
 	tc__free(a);
