@@ -5,9 +5,11 @@
  * gather buffer (the sliced tensor, packed, in the source dtype).  Here a
  * run of `count` pieces becomes one 2D copy (rows of `len` bytes, source
  * pitch `stride`, destination pitch `len`), so a column shard of a matrix
- * moves in one driver call instead of one per row.  For a plain tensor the
- * gather buffer is the output itself; otherwise it is device scratch that
- * the view kernel permutes and converts into the output, or the whole
+ * moves in one driver call instead of one per row, and runs that repeat
+ * one shape at equal distances become one 3D copy (a slice of every
+ * expert of a 3D tensor in one call instead of one per expert).  For a plain
+ * tensor the gather buffer is the output itself; otherwise it is device scratch
+ * that the view kernel permutes and converts into the output, or the whole
  * tensor is made on the host and copied once.
  */
 #include <errno.h>
@@ -84,26 +86,72 @@ static uint32_t kind_of(int dtype)
 	return 0;
 }
 
-/* The runs of tensor t into `base` (device), from host or device memory. */
+/* How many runs from `r` on repeat run r's shape (len, count, stride) at
+ * one source and one destination distance: they are one copy. */
+static uint32_t same_shape(const struct tc__view_tplan *t, uint32_t r)
+{
+	const struct tc__view_run *a = &t->runs[r];
+	uint32_t k = 1;
+
+	if (r + 1 >= t->nruns)
+		return 1;
+	for (; r + k < t->nruns; k++) {
+		const struct tc__view_run *p = &t->runs[r + k - 1],
+					  *q = &t->runs[r + k];
+
+		if (q->len != a->len || q->count != a->count ||
+		    q->stride != a->stride || q->src <= p->src ||
+		    q->dst <= p->dst ||
+		    q->src - p->src != t->runs[r + 1].src - a->src ||
+		    q->dst - p->dst != t->runs[r + 1].dst - a->dst)
+			break;
+	}
+	return k;
+}
+
+/*
+ * The runs of tensor t into `base` (device), from host or device memory.
+ * Runs that repeat one shape at equal distances (the same rows and
+ * columns of every expert of a [E, R, C] tensor) are one driver call: a
+ * 2D copy when each run is one piece, a 3D copy when each is a 2D block;
+ * every other run is one 2D copy.
+ */
 static int gather(const struct tc__view_tplan *t, const void *src_host,
 		  uint64_t src_dev, uint64_t base, struct tc__view_gpu_ctx *x,
 		  struct tc__view_io *io, char *err, size_t errlen)
 {
-	for (uint32_t r = 0; r < t->nruns; r++) {
+	uint32_t k;
+
+	for (uint32_t r = 0; r < t->nruns; r += k) {
 		const struct tc__view_run *run = &t->runs[r];
 		uint64_t from =
 			src_host ? (uint64_t)(uintptr_t)src_host + run->src :
 				   src_dev + run->src;
+		uint64_t ds, dd;
 		int ret;
 
-		ret = tc__gpu_copy_2d(x->device, base + run->dst, true,
-				      run->len, from, !src_host,
-				      run->count > 1 ? run->stride : run->len,
-				      run->len, run->count, x->s, err, errlen);
+		k = same_shape(t, r);
+		ds = k > 1 ? t->runs[r + 1].src - run->src : 0;
+		dd = k > 1 ? t->runs[r + 1].dst - run->dst : 0;
+		if (k > 1 && run->count == 1)
+			ret = tc__gpu_copy_2d(x->device, base + run->dst, true,
+					      dd, from, !src_host, ds, run->len,
+					      k, x->s, err, errlen);
+		else if (k > 1)
+			ret = tc__gpu_copy_3d(x->device, base + run->dst, true,
+					      run->len, dd, from, !src_host,
+					      run->stride, ds, run->len,
+					      run->count, k, x->s, err, errlen);
+		else
+			ret = tc__gpu_copy_2d(
+				x->device, base + run->dst, true, run->len,
+				from, !src_host,
+				run->count > 1 ? run->stride : run->len,
+				run->len, run->count, x->s, err, errlen);
 		if (ret < 0)
 			return ret;
 		if (io)
-			io->bytes_read += run->len * run->count;
+			io->bytes_read += run->len * run->count * k;
 	}
 	return 0;
 }

@@ -172,6 +172,37 @@ typedef struct CUDA_MEMCPY2D_st {
 	size_t Height;
 } CUDA_MEMCPY2D;
 
+/* cuMemcpy3D's description (CUDA_MEMCPY3D_v2): Depth blocks of Height
+ * rows of WidthInBytes bytes; a side's block z starts at
+ * z * Pitch * Height(of that side) from its base. */
+typedef struct CUDA_MEMCPY3D_st {
+	size_t srcXInBytes;
+	size_t srcY;
+	size_t srcZ;
+	size_t srcLOD;
+	CUmemorytype srcMemoryType;
+	const void *srcHost;
+	CUdeviceptr srcDevice;
+	CUarray srcArray;
+	void *reserved0;
+	size_t srcPitch;
+	size_t srcHeight;
+	size_t dstXInBytes;
+	size_t dstY;
+	size_t dstZ;
+	size_t dstLOD;
+	CUmemorytype dstMemoryType;
+	void *dstHost;
+	CUdeviceptr dstDevice;
+	CUarray dstArray;
+	void *reserved1;
+	size_t dstPitch;
+	size_t dstHeight;
+	size_t WidthInBytes;
+	size_t Height;
+	size_t Depth;
+} CUDA_MEMCPY3D;
+
 /* cuStreamCreate flags */
 #define CU_STREAM_DEFAULT      0x0
 #define CU_STREAM_NON_BLOCKING 0x1
@@ -263,6 +294,8 @@ typedef struct CUDA_MEMCPY2D_st {
 	  (CUdeviceptr, CUdeviceptr, size_t, CUstream))                        \
 	X(cuMemcpy2DAsync, "cuMemcpy2DAsync_v2", NULL,                         \
 	  (const CUDA_MEMCPY2D *, CUstream))                                   \
+	X(cuMemcpy3DAsync, "cuMemcpy3DAsync_v2", NULL,                         \
+	  (const CUDA_MEMCPY3D *, CUstream))                                   \
 	X(cuModuleLoadData, "cuModuleLoadData", NULL,                          \
 	  (CUmodule *, const void *))                                          \
 	X(cuModuleUnload, "cuModuleUnload", NULL, (CUmodule))                  \

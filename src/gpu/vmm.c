@@ -988,6 +988,72 @@ int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 	return ret;
 }
 
+int tc__gpu_copy_3d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
+		    uint64_t dblock, uint64_t src, bool src_dev,
+		    uint64_t spitch, uint64_t sblock, uint64_t width,
+		    uint64_t height, uint64_t depth, struct tc__gpu_stream *s,
+		    char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUDA_MEMCPY3D m;
+	CUstream st = s ? s->s : NULL;
+	CUresult r;
+	const char *what = "cuMemcpy3DAsync";
+	int ret;
+
+	if (width == 0 || height == 0 || depth == 0)
+		return 0;
+	/* What one 3D copy cannot express goes block by block. */
+	if (depth == 1 || height == 1 || spitch < width || dpitch < width ||
+	    spitch > MAX_PITCH || dpitch > MAX_PITCH || sblock % spitch ||
+	    dblock % dpitch || sblock / spitch < height ||
+	    dblock / dpitch < height) {
+		for (uint64_t z = 0; z < depth; z++) {
+			ret = tc__gpu_copy_2d(ordinal, dst + z * dblock,
+					      dst_dev, dpitch, src + z * sblock,
+					      src_dev, spitch, width, height, s,
+					      err, errlen);
+			if (ret < 0)
+				return ret;
+		}
+		return 0;
+	}
+	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	memset(&m, 0, sizeof(m));
+	m.srcMemoryType = src_dev ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
+	m.srcHost = (const void *)(uintptr_t)src;
+	m.srcDevice = src;
+	m.srcPitch = spitch;
+	m.srcHeight = sblock / spitch;
+	m.dstMemoryType = dst_dev ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
+	m.dstHost = (void *)(uintptr_t)dst;
+	m.dstDevice = dst;
+	m.dstPitch = dpitch;
+	m.dstHeight = dblock / dpitch;
+	m.WidthInBytes = width;
+	m.Height = height;
+	m.Depth = depth;
+	r = cu->fn.cuMemcpy3DAsync(&m, st);
+	if (r == CUDA_SUCCESS && !s) {
+		r = cu->fn.cuStreamSynchronize(NULL);
+		what = "cuStreamSynchronize";
+	}
+	if (r != CUDA_SUCCESS)
+		ret = tc__cu_fail(cu, r, what, err, errlen,
+				  "cannot copy %" PRIu64 " x %" PRIu64
+				  " rows of %" PRIu64 " bytes %s GPU %d",
+				  depth, height, width,
+				  dst_dev && src_dev ? "on" :
+				  dst_dev	     ? "to" :
+						       "from",
+				  ordinal);
+	tc__cu_leave(cu, &g);
+	return ret;
+}
+
 static int check_range(const struct tc__gpu_mem *m, uint64_t off, uint64_t n,
 		       const char *verb, char *err, size_t errlen)
 {

@@ -269,6 +269,22 @@ int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 		    uint64_t height, struct tc__gpu_stream *s, char *err,
 		    size_t errlen);
 
+/*
+ * Copy `depth` blocks of `height` rows of `width` bytes: row r of block z
+ * goes from src + z * sblock + r * spitch to dst + z * dblock + r * dpitch
+ * (a slice of a 3D tensor, e.g. some rows and columns of every expert, in
+ * one driver call instead of one 2D copy per block).  The driver wants
+ * each block stride as a whole number of rows no smaller than the block
+ * (sblock = spitch * k, k >= height; the same for dst); other strides, or
+ * pitches past the driver's limit, go as one tc__gpu_copy_2d per block.
+ * Same sides, stream and returns as tc__gpu_copy_2d.
+ */
+int tc__gpu_copy_3d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
+		    uint64_t dblock, uint64_t src, bool src_dev,
+		    uint64_t spitch, uint64_t sblock, uint64_t width,
+		    uint64_t height, uint64_t depth, struct tc__gpu_stream *s,
+		    char *err, size_t errlen);
+
 /* Element kinds of the view kernel: the low byte is the element size. */
 #define TC_GPU_KIND_B1	 0x001 /* any 1-byte element, copied */
 #define TC_GPU_KIND_B2	 0x002

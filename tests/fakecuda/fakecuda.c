@@ -1631,6 +1631,63 @@ FAKE_API CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *m, CUstream s)
 	RETURN(CUDA_SUCCESS);
 }
 
+/* The driver's rules for linear memory: pitches at least the width and at
+ * most 2^31 - 1, each side's slice height at least the copy's height;
+ * every row is checked before any is copied. */
+FAKE_API CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *m, CUstream s)
+{
+	uintptr_t src, dst;
+	size_t sblock, dblock;
+	int sneed, dneed;
+
+	ENTER("cuMemcpy3DAsync_v2");
+	NEED_CTX();
+	if (!stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if (!m || m->srcArray || m->dstArray || m->reserved0 || m->reserved1 ||
+	    m->srcLOD || m->dstLOD ||
+	    (m->srcMemoryType != CU_MEMORYTYPE_HOST &&
+	     m->srcMemoryType != CU_MEMORYTYPE_DEVICE) ||
+	    (m->dstMemoryType != CU_MEMORYTYPE_HOST &&
+	     m->dstMemoryType != CU_MEMORYTYPE_DEVICE))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (m->WidthInBytes == 0 || m->Height == 0 || m->Depth == 0)
+		RETURN(CUDA_SUCCESS);
+	if (m->srcPitch < m->WidthInBytes || m->dstPitch < m->WidthInBytes ||
+	    m->srcPitch > INT32_MAX || m->dstPitch > INT32_MAX ||
+	    (m->Depth > 1 &&
+	     (m->srcHeight < m->Height || m->dstHeight < m->Height)))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	sblock = m->srcPitch * m->srcHeight;
+	dblock = m->dstPitch * m->dstHeight;
+	src = m->srcMemoryType == CU_MEMORYTYPE_HOST ? (uintptr_t)m->srcHost :
+						       (uintptr_t)m->srcDevice;
+	dst = m->dstMemoryType == CU_MEMORYTYPE_HOST ? (uintptr_t)m->dstHost :
+						       (uintptr_t)m->dstDevice;
+	src += m->srcZ * sblock + m->srcY * m->srcPitch + m->srcXInBytes;
+	dst += m->dstZ * dblock + m->dstY * m->dstPitch + m->dstXInBytes;
+	if (!src || !dst)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	sneed = m->srcMemoryType == CU_MEMORYTYPE_DEVICE ? PROT_READ : 0;
+	dneed = m->dstMemoryType == CU_MEMORYTYPE_DEVICE ? PROT_WRITE : 0;
+	for (size_t z = 0; z < m->Depth; z++)
+		for (size_t r = 0; r < m->Height; r++)
+			if ((sneed &&
+			     !range_ok(src + z * sblock + r * m->srcPitch,
+				       m->WidthInBytes, sneed)) ||
+			    (dneed &&
+			     !range_ok(dst + z * dblock + r * m->dstPitch,
+				       m->WidthInBytes, dneed)))
+				RETURN(CUDA_ERROR_INVALID_VALUE);
+	for (size_t z = 0; z < m->Depth; z++)
+		for (size_t r = 0; r < m->Height; r++)
+			memmove((void *)(dst + z * dblock + r * m->dstPitch),
+				(const void *)(src + z * sblock +
+					       r * m->srcPitch),
+				m->WidthInBytes);
+	RETURN(CUDA_SUCCESS);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Modules and the view kernel                                               */
 /* ------------------------------------------------------------------------ */

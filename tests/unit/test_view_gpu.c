@@ -254,6 +254,67 @@ static void test_view_gpu__column_shard_is_one_2d_copy(void **state)
 	tc__table_release(&t);
 }
 
+/* Rows and columns of every expert of a [E, R, C] tensor: E runs of one
+ * shape at equal distances, one 3D copy (from host and from device
+ * memory); columns alone of every expert of a [E, R, C] tensor whose rows
+ * are whole are one run already (one 2D copy). */
+static void test_view_gpu__expert_slices_are_one_3d_copy(void **state)
+{
+	struct t_vcase c = { .ndim = 3,
+			     .shape = { 8, 16, 24 },
+			     .start = { 0, 4, 6 },
+			     .stop = { 8, 12, 18 },
+			     .sliced = { 0, 1, 1 },
+			     .src_dt = TC_DTYPE_F16,
+			     .dst_dt = TC_DTYPE_F16 };
+	struct tc__table t;
+	struct tc__view_spec s;
+	struct tc__view_plan p;
+	struct tc__gpu_mem src;
+	uint8_t *data, want[8 * 8 * 12 * 2], got[8 * 8 * 12 * 2];
+	char err[MSG];
+
+	(void)state;
+	make_table(&t, &c);
+	data = malloc(t.total_bytes);
+	assert_non_null(data);
+	fill(&t, &c, data);
+	make_plan(&t, &c, &s, &p);
+	assert_int_equal(p.t[0].nruns, 8);
+	t_vcase_reference(&c, data + t.tensors[1].offset, want);
+	tc__gpu_mem_init(&src);
+	assert_int_equal(tc__gpu_alloc(0, t.total_bytes, 0, &src, err, MSG), 0);
+	assert_int_equal(tc__gpu_mem_write(&src, 0, data, t.total_bytes, NULL,
+					   err, MSG),
+			 0);
+	/* The one 3D copy fails: the error names it and its shape; no 2D
+	 * copy was made instead (a fault in the first 2D copy changes
+	 * nothing). */
+	setenv("TC_FAKECUDA_FAIL", "cuMemcpy3DAsync:1:CUDA_ERROR_INVALID_VALUE",
+	       1);
+	assert_int_equal(realize(&p, data, t.total_bytes, NULL, 0, got, NULL,
+				 err),
+			 TC_ECUDA);
+	assert_non_null(
+		strstr(err, "cannot copy 8 x 8 rows of 24 bytes to GPU 0"));
+	assert_non_null(strstr(err, "cuMemcpy3DAsync"));
+	setenv("TC_FAKECUDA_FAIL",
+	       "cuMemcpy2DAsync:1+:CUDA_ERROR_INVALID_VALUE", 1);
+	for (int dev = 0; dev < 2; dev++) {
+		memset(got, 0xa5, sizeof(got));
+		if (realize(&p, data, t.total_bytes, dev ? &src : NULL, 0, got,
+			    NULL, err))
+			fail_msg("from %s: %s", dev ? "device" : "host", err);
+		assert_memory_equal(got, want, sizeof(want));
+	}
+	unsetenv("TC_FAKECUDA_FAIL");
+	tc__gpu_release(&src);
+	free(data);
+	tc__view_plan_release(&p);
+	tc__view_spec_release(&s);
+	tc__table_release(&t);
+}
+
 /* The kernel does not load on GPU 1: auto makes the transform on the host
  * and keeps the reason; kernel mode fails with it. */
 static void test_view_gpu__kernel_not_loaded(void **state)
@@ -324,6 +385,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_view_gpu__matches_reference),
 		cmocka_unit_test(test_view_gpu__column_shard_is_one_2d_copy),
+		cmocka_unit_test(test_view_gpu__expert_slices_are_one_3d_copy),
 		cmocka_unit_test(test_view_gpu__kernel_not_loaded),
 	};
 	uint64_t seed = t_rng_seed("TC_VIEW_GPU_SEED");
