@@ -163,6 +163,9 @@ bool tc__gpu_tier_obj_empty(const struct tc__obj *o);
  * stalls the process's other driver calls. */
 void tc__gpu_tier_copy_begin(struct tc__gpu_tier *t);
 void tc__gpu_tier_copy_end(struct tc__gpu_tier *t);
+/* Every tick of the daemon's loop: pinning parked behind GPU copies goes
+ * on once they have been quiet for a while.  t may be NULL. */
+void tc__gpu_tier_tick(struct tc__gpu_tier *t);
 
 /* o, a host artifact, was just sealed and inserted.  With gpu_pin_host:
  * eager (the default) and a GPU already in use, a large one is pinned in

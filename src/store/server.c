@@ -62,6 +62,7 @@ static void on_tick(struct tc__ev *ev, void *arg)
 	tc__srv_durable_tick(s, now);
 	tc__srv_ha_tick(s, now);
 	tc__srv_key_sync_tick(s, now);
+	tc__gpu_tier_tick(s->gpu);
 	tc__srv_metrics_publish(s, now, false);
 }
 

@@ -42,8 +42,13 @@ NAMES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
 def raw(t):
-    t = t.detach().cpu().contiguous()
-    return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    # A fresh tensor: contiguous() keeps any stride on a size-1 dim, and
+    # view(uint8) wants the last stride 1 (torch 2.11 refused a one-element
+    # int64 tensor of stride 16 that way).
+    t = t.detach().cpu()
+    flat = torch.empty(t.numel(), dtype=t.dtype)
+    flat.copy_(t.reshape(-1))
+    return flat.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
 
 def same(a, b, what):
