@@ -156,7 +156,8 @@ int main(int argc, char **argv)
 	const char *file = NULL;
 	char path[512], err[512];
 	double gib = 8, best = 0, st_warm, st_cold = -1, dd = -1, cold = -1,
-	       cold_buf = -1, h2d, host2gpu, best_pread = 0, cold_pread = -1;
+	       cold_buf = -1, h2d, host2gpu, best_pread = 0, cold_pread = -1,
+	       best_mmap = 0;
 	int dev = 0, best_t = 0, threads[] = { 2, 4, 8, 12, 16, 24, 32 },
 	    cold_runs = 1;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -215,15 +216,18 @@ int main(int argc, char **argv)
 		double g = load_gbs(src, &m, threads[i], depth_opt, 0,
 				    TC_IO_URING, chunks, NULL),
 		       gp = load_gbs(src, &m, threads[i], depth_opt, 0,
-				     TC_IO_PREAD, chunks, NULL);
+				     TC_IO_PREAD, chunks, NULL),
+		       gm = load_gbs(src, &m, threads[i], depth_opt, 0,
+				     TC_IO_MMAP, chunks, NULL);
 
 		printf("cached  tcast %2d threads  io_uring %7.2f GB/s   pread "
-		       "%7.2f GB/s\n",
-		       threads[i], g, gp);
+		       "%7.2f GB/s   mmap %7.2f GB/s\n",
+		       threads[i], g, gp, gm);
 		if (g > best) {
 			best = g;
 			best_t = threads[i];
 		}
+		best_mmap = TC_MAX(best_mmap, gm);
 		best_pread = TC_MAX(best_pread, gp);
 	}
 	memcpy(ref, chunks, nchunks * sizeof(*ref));
@@ -287,6 +291,7 @@ int main(int argc, char **argv)
 	       "%.2f GB/s   ratio %.1fx\n",
 	       best_t, best, st_warm, st_warm > 0 ? best / st_warm : 0);
 	printf("cached: pread engine best           %7.2f GB/s\n", best_pread);
+	printf("cached: mmap engine best            %7.2f GB/s\n", best_mmap);
 	printf("cold:   tcast O_DIRECT io_uring      %7.2f GB/s   (%.0f%% "
 	       "direct) dd iflag=direct %.2f GB/s   ratio %.0f%%\n",
 	       cold, dbytes ? 100.0 * (double)dbytes / (double)size : 0, dd,

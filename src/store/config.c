@@ -25,6 +25,7 @@ static const char *const io_engines[] = {
 	[TC_IO_AUTO] = "auto",
 	[TC_IO_PREAD] = "pread",
 	[TC_IO_URING] = "io_uring",
+	[TC_IO_MMAP] = "mmap",
 };
 
 const char *tc__io_engine_name(int e)
@@ -215,8 +216,8 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 				c->io_engine = e;
 				return 0;
 			}
-		snprintf(why, whylen, "'%s' is not auto, io_uring or pread",
-			 val);
+		snprintf(why, whylen,
+			 "'%s' is not auto, io_uring, pread or mmap", val);
 		return TC_EINVAL;
 	}
 	if (!strcmp(key, "gpu_pin_host")) {

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,7 @@
 
 #include "common/alloc.h"
 #include "common/compiler.h"
+#include "common/failpoint.h"
 #include "common/io.h"
 #include "common/log.h"
 #include "gpu_loader.h"
@@ -42,10 +45,16 @@
  * at the default 4 MiB unit. */
 #define STAGE_POOL_MAX 32
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14 */
+#endif
+
 /* A source file as the reader threads see it. */
 struct lfile {
 	int dfd;	/* O_DIRECT descriptor, or -1: use the source's fd */
 	uint64_t align; /* direct I/O offset and length alignment */
+	const uint8_t *map; /* TC_IO_MMAP: the whole file, read-only */
+	uint64_t map_len;
 };
 
 struct gload {
@@ -151,6 +160,83 @@ static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	return 0;
 }
 
+/*
+ * The mmap engine copies page-cached bytes from a shared mapping of the
+ * file: one user-space copy with the page tables filled a range at a time
+ * (MADV_POPULATE_READ), instead of pread's per-page work in the kernel.
+ * A file truncated under the mapping makes the copy fault with SIGBUS;
+ * the handler sends the thread back to its read, which says the file
+ * shrank, as pread's short read does.  Faults that are not a loader
+ * copy's go to whatever handled SIGBUS before.
+ */
+/* volatile: the compiler knows memcpy does not read it, and would drop
+ * the store before the copy as dead. */
+static __thread sigjmp_buf *volatile tl_bus;
+static struct sigaction bus_prev;
+static pthread_mutex_t bus_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	if (tl_bus)
+		siglongjmp(*tl_bus, 1);
+	if ((bus_prev.sa_flags & SA_SIGINFO) && bus_prev.sa_sigaction) {
+		bus_prev.sa_sigaction(sig, si, uc);
+	} else if (bus_prev.sa_handler != SIG_IGN &&
+		   bus_prev.sa_handler != SIG_DFL) {
+		bus_prev.sa_handler(sig);
+	} else {
+		/* The default action: on return the access faults again. */
+		signal(SIGBUS, SIG_DFL);
+	}
+}
+
+/* At every mapped load, not once: whoever set another handler since (a
+ * test framework does for each test) is chained to, not lost. */
+static void sigbus_install(void)
+{
+	struct sigaction sa, old;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = on_sigbus;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	pthread_mutex_lock(&bus_lock);
+	if (sigaction(SIGBUS, &sa, &old) == 0 &&
+	    !((old.sa_flags & SA_SIGINFO) && old.sa_sigaction == on_sigbus))
+		bus_prev = old;
+	pthread_mutex_unlock(&bus_lock);
+}
+
+static int mread(struct tc__reader *r, uint32_t file, uint8_t *dst,
+		 uint64_t len, uint64_t off)
+{
+	struct treader *t = (struct treader *)r;
+	struct lfile *lf = &t->g->files[file];
+	sigjmp_buf jb;
+	uint64_t a0;
+
+	if (!lf->map)
+		return tread(r, file, dst, len, off);
+	if (off > lf->map_len || len > lf->map_len - off)
+		return TC_EBADFILE;
+	a0 = off & ~(uint64_t)4095;
+	/* EFAULT: part of the range is past the file's end now.  The
+	 * failpoint leaves the truncation to the copy (SIGBUS), for tests. */
+	if (!tc__failpoint("loader_no_populate", t->g->src->files[file].name) &&
+	    madvise((void *)(uintptr_t)(lf->map + a0), off + len - a0,
+		    MADV_POPULATE_READ) < 0 &&
+	    errno == EFAULT)
+		return TC_EBADFILE;
+	if (sigsetjmp(jb, 1)) {
+		tl_bus = NULL;
+		return TC_EBADFILE;
+	}
+	tl_bus = &jb;
+	memcpy(dst, lf->map + off, len);
+	tl_bus = NULL;
+	return 0;
+}
+
 /* The tc__reader that queues reads on a thread's io_uring instead of
  * making them: tc__load_range plans, the ring reads. */
 struct qreader {
@@ -169,7 +255,7 @@ static int qread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 
 	/* From the page cache io_uring only copies too, later: pread here
 	 * keeps the window in cache for its hash (it ran ~10% faster). */
-	if (!direct && q->g->o->io == TC_IO_AUTO)
+	if (!direct && q->g->o->io != TC_IO_URING)
 		return tc__pread_exact(q->g->src->files[file].fd, dst,
 				       (size_t)len, off);
 	if (direct)
@@ -409,7 +495,9 @@ static void *worker(void *arg)
 	int dev = g->dst->device,
 	    depth = TC_MAX(1, TC_MIN(g->o->depth, MAX_DEPTH));
 	struct slot slots[MAX_DEPTH] = { 0 };
-	struct treader rd = { { tread }, g, NULL, 0 };
+	struct treader rd = {
+		{ g->o->io == TC_IO_MMAP ? mread : tread }, g, NULL, 0
+	};
 	struct pread_ctx pc = { g, &rd.base, 0 };
 	struct tc__gpu_stream *s = NULL;
 	struct tc__hasher *h = tc__hasher_new();
@@ -424,7 +512,7 @@ static void *worker(void *arg)
 		return NULL;
 	}
 	if (g->src && (g->o->io == TC_IO_URING ||
-		       (g->o->io == TC_IO_AUTO && g->any_direct))) {
+		       (g->o->io != TC_IO_PREAD && g->any_direct))) {
 		rc = tc__ioring_new(URING_DEPTH,
 				    (unsigned)(g->unit / WINDOW_BYTES) + 1,
 				    &ur);
@@ -581,6 +669,17 @@ static bool file_cached(int fd, uint64_t size)
 	return cached;
 }
 
+static void map_file(struct lfile *lf, const struct tc__source_file *f)
+{
+	void *p = mmap(NULL, f->size, PROT_READ, MAP_SHARED, f->fd, 0);
+
+	if (p == MAP_FAILED)
+		return; /* read with pread */
+	sigbus_install();
+	lf->map = p;
+	lf->map_len = f->size;
+}
+
 static void open_direct(struct gload *g)
 {
 	for (uint32_t i = 0; i < g->src->nfiles; i++) {
@@ -592,8 +691,11 @@ static void open_direct(struct gload *g)
 		lf->dfd = -1;
 		lf->align = DIO_ALIGN_DEFAULT;
 		if (g->o->direct == 0 ||
-		    (g->o->direct < 0 && file_cached(f->fd, f->size)))
+		    (g->o->direct < 0 && file_cached(f->fd, f->size))) {
+			if (g->o->io == TC_IO_MMAP && f->size)
+				map_file(lf, f);
 			continue;
+		}
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", f->fd);
 		lf->dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 		g->any_direct |= lf->dfd >= 0;
@@ -700,9 +802,13 @@ int tc__gpu_load_source(const struct tc__source *src,
 	}
 	open_direct(&g);
 	run_workers(&g, o->nthreads);
-	for (uint32_t i = 0; i < src->nfiles; i++)
+	for (uint32_t i = 0; i < src->nfiles; i++) {
 		if (g.files[i].dfd >= 0)
 			close(g.files[i].dfd);
+		if (g.files[i].map)
+			munmap((void *)(uintptr_t)g.files[i].map,
+			       g.files[i].map_len);
+	}
 	tc__free(g.files);
 	pthread_mutex_destroy(&g.lock);
 	/* Every worker synchronised its stream: the digests are in, or

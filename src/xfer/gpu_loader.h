@@ -31,6 +31,9 @@ enum tc__io_engine {
 			    allows it, else pread; page-cache reads pread */
 	TC_IO_PREAD = 1, /* one pread at a time per thread */
 	TC_IO_URING = 2, /* io_uring or fail (benchmarks, tests) */
+	TC_IO_MMAP = 3,	 /* page-cached files copied from a read-only shared
+			    mapping (a file that shrinks under it is caught,
+			    SIGBUS included: TC_EBADFILE); others as auto */
 };
 
 struct tc__gpu_load_opts {

@@ -163,6 +163,7 @@ static void load_and_compare(struct ref *r, int nthreads, int depth, int direct,
 {
 	load_and_compare_io(r, nthreads, depth, direct, stage, TC_IO_PREAD);
 	load_and_compare_io(r, nthreads, depth, direct, stage, TC_IO_AUTO);
+	load_and_compare_io(r, nthreads, depth, direct, stage, TC_IO_MMAP);
 	if (have_uring())
 		load_and_compare_io(r, nthreads, depth, direct, stage,
 				    TC_IO_URING);
@@ -264,9 +265,43 @@ static void model_close(const char *dir, const char *path, struct ref *r)
 	rmdir(dir);
 }
 
+/* A source truncated after parsing: a clean TC_EBADFILE naming the file
+ * and a tensor, whichever engine reads (pread, auto, mmap), buffered or
+ * direct (the first `n` of those six ways). */
+static void shrunk_fails(struct ref *r, int n)
+{
+	for (int k = 0; k < n; k++) {
+		struct tc__gpu_load_opts o = { .nthreads = 2,
+					       .depth = 2,
+					       .direct = k & 1,
+					       .stage_chunks = 0,
+					       .io = k < 2 ? TC_IO_PREAD :
+						     k < 4 ? TC_IO_AUTO :
+							     TC_IO_MMAP };
+		struct tc__digest *ch = calloc(r->nchunks, sizeof(*ch));
+		struct tc__gpu_mem m;
+		char err[512];
+		int fd0 = t_count_fds();
+
+		tc__gpu_mem_init(&m);
+		assert_int_equal(tc__gpu_alloc(0, r->src->table.total_bytes, 0,
+					       &m, err, sizeof(err)),
+				 0);
+		assert_int_equal(tc__gpu_load_source(r->src, &m, &o, ch, NULL,
+						     NULL, err, sizeof(err)),
+				 TC_EBADFILE);
+		assert_non_null(strstr(err, "m.safetensors"));
+		assert_non_null(strstr(err, "shrank while reading tensor 't"));
+		tc__gpu_release(&m);
+		free(ch);
+		assert_int_equal(t_count_fds(), fd0);
+	}
+}
+
 static void test_gpu_loader__multi_chunk_unaligned(void **state)
 {
 	char dir[] = "/tmp/tcast-gl-XXXXXX", path[64];
+	char dir2[] = "/tmp/tcast-gl-sigbus-XXXXXX";
 	uint64_t off;
 	size_t hl;
 	struct ref r;
@@ -280,32 +315,16 @@ static void test_gpu_loader__multi_chunk_unaligned(void **state)
 	/* Truncated after parsing: a clean TC_EBADFILE naming the file and
 	 * a tensor, whichever engine reads, buffered or direct. */
 	assert_int_equal(truncate(path, 8 + (off_t)hl + (6 << 20)), 0);
-	for (int k = 0; k < 4; k++) {
-		struct tc__gpu_load_opts o = { .nthreads = 2,
-					       .depth = 2,
-					       .direct = k & 1,
-					       .stage_chunks = 0,
-					       .io = k < 2 ? TC_IO_PREAD :
-							     TC_IO_AUTO };
-		struct tc__digest *ch = calloc(r.nchunks, sizeof(*ch));
-		struct tc__gpu_mem m;
-		char err[512];
-		int fd0 = t_count_fds();
-
-		tc__gpu_mem_init(&m);
-		assert_int_equal(tc__gpu_alloc(0, r.src->table.total_bytes, 0,
-					       &m, err, sizeof(err)),
-				 0);
-		assert_int_equal(tc__gpu_load_source(r.src, &m, &o, ch, NULL,
-						     NULL, err, sizeof(err)),
-				 TC_EBADFILE);
-		assert_non_null(strstr(err, "m.safetensors"));
-		assert_non_null(strstr(err, "shrank while reading tensor 't"));
-		tc__gpu_release(&m);
-		free(ch);
-		assert_int_equal(t_count_fds(), fd0);
-	}
+	shrunk_fails(&r, 6);
 	model_close(dir, path, &r);
+	/* The same through a mapping whose pages are not populated first
+	 * (failpoint loader_no_populate, armed in main for "sigbus"): the
+	 * copy faults with SIGBUS and the loader says the file shrank. */
+	hl = model_open(dir2, path, sizeof(path), &off, &r);
+	assert_non_null(strstr(path, "sigbus"));
+	assert_int_equal(truncate(path, 8 + (off_t)hl + (6 << 20)), 0);
+	shrunk_fails(&r, 6);
+	model_close(dir2, path, &r);
 }
 
 /* Every driver call the loader makes failing in turn: an error with the
@@ -832,6 +851,9 @@ int main(int argc, char **argv)
 	};
 
 	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);
+	/* Sources under a folder named "sigbus" are copied from a mapping
+	 * whose pages were not populated first (multi_chunk_unaligned). */
+	setenv("TCAST_FAILPOINTS", "loader_no_populate=sigbus", 1);
 	if (argc >= 3 && !strcmp(argv[1], "--child") &&
 	    !strcmp(argv[2], "no-uring"))
 		return child_no_uring();
