@@ -58,8 +58,10 @@ struct lfile {
 };
 
 struct gload {
-	const struct tc__source *src; /* files to read, or NULL ... */
-	const uint8_t *host_src;      /* ... host memory to copy (no hash) */
+	const struct tc__source *src;	  /* files to read, or NULL ... */
+	const struct tc__load_plan *plan; /* src's runs to read, or NULL:
+					     every tensor of src->table */
+	const uint8_t *host_src; /* ... host memory to copy (no hash) */
 	const struct tc__gpu_mem *dst;
 	const struct tc__gpu_load_opts *o;
 	struct tc__digest *chunks;
@@ -73,6 +75,8 @@ struct gload {
 	_Atomic uint64_t direct_bytes;
 	_Atomic uint64_t uring_bytes;
 	_Atomic uint64_t tee_bytes;
+	_Atomic uint64_t read_bytes; /* asked of the files, alignment in */
+	_Atomic uint64_t reads;
 	bool any_direct; /* some file is read with O_DIRECT */
 	bool gpu_hash;	 /* chunks hashed on the GPU, not by the readers */
 	/* The GPU hashes each unit behind its copy, on the copy's stream:
@@ -134,9 +138,12 @@ static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	size_t got;
 	int rc;
 
-	if (lf->dfd < 0)
+	atomic_fetch_add(&t->g->reads, 1);
+	if (lf->dfd < 0) {
+		atomic_fetch_add(&t->g->read_bytes, len);
 		return tc__pread_exact(t->g->src->files[file].fd, dst,
 				       (size_t)len, off);
+	}
 	while (len > 0) {
 		uint64_t a0 = off & ~(lf->align - 1);
 		uint64_t want = TC_ALIGN_UP(off + len, lf->align) - a0;
@@ -146,6 +153,7 @@ static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 		rc = tc__pread_full(lf->dfd, t->bounce, (size_t)want, a0, &got);
 		if (rc < 0)
 			return rc;
+		atomic_fetch_add(&t->g->read_bytes, got);
 		if (got <= skip)
 			return TC_EBADFILE;
 		take = TC_MIN(got - skip, len);
@@ -253,6 +261,12 @@ static int qread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	struct lfile *lf = &q->g->files[file];
 	bool direct = lf->dfd >= 0;
 
+	atomic_fetch_add(&q->g->reads, 1);
+	/* O_DIRECT reads the aligned blocks around the range. */
+	atomic_fetch_add(&q->g->read_bytes,
+			 direct ? TC_ALIGN_UP(off + len, lf->align) -
+					  (off & ~(lf->align - 1)) :
+				  len);
 	/* From the page cache io_uring only copies too, later: pread here
 	 * keeps the window in cache for its hash (it ran ~10% faster). */
 	if (!direct && q->g->o->io != TC_IO_URING)
@@ -273,16 +287,27 @@ static void uring_error(struct gload *g, struct tc__ioring *ur, int rc,
 			uint8_t *p, uint64_t u0, char *err, size_t errlen)
 {
 	const struct tc__table *t = &g->src->table;
+	const char *name = "?";
 	uint32_t file, i;
 	uint8_t *at;
+	uint64_t pos;
 
 	tc__ioring_failure(ur, &file, &at);
-	i = tc__load_first_tensor(t, u0 + (uint64_t)(at - p));
+	pos = u0 + (uint64_t)(at - p);
+	if (g->plan) {
+		uint64_t r = tc__load_plan_first(g->plan, pos);
+
+		if (r < g->plan->nruns && g->plan->runs[r].name)
+			name = g->plan->runs[r].name;
+	} else {
+		i = tc__load_first_tensor(t, pos);
+		if (i < t->ntensors)
+			name = t->tensors[i].name;
+	}
 	snprintf(err, errlen,
 		 rc == TC_EBADFILE ? "'%s' shrank while reading tensor '%s'" :
 				     "cannot read '%s' (tensor '%s'): %s",
-		 g->src->files[file].name,
-		 i < t->ntensors ? t->tensors[i].name : "?", tc_strerror(rc));
+		 g->src->files[file].name, name, tc_strerror(rc));
 }
 
 /* Makes window [w, we) of a unit (at p) readable: reads it, or waits for
@@ -316,11 +341,37 @@ static int hash_unit(struct gload *g, uint8_t *p, uint64_t u0, uint64_t u1,
 	return 0;
 }
 
+/* Where the reads of byte space [w, we) start: a tensor of the table, or
+ * a run of the plan. */
+static uint64_t first_at(const struct gload *g, uint64_t w)
+{
+	return g->plan ? tc__load_plan_first(g->plan, w) :
+			 tc__load_first_tensor(&g->src->table, w);
+}
+
+/* Read (or queue, by rd) byte space [w, we) into p: the table's tensors or
+ * the plan's runs, gaps zeroed. */
+static int fill_range(struct gload *g, uint8_t *p, uint64_t w, uint64_t we,
+		      uint64_t *cursor, struct tc__reader *rd, char *err,
+		      size_t errlen)
+{
+	uint32_t c32;
+	int rc;
+
+	if (g->plan)
+		return tc__load_plan_range(g->src, g->plan, p, w, we, cursor,
+					   true, rd, err, errlen);
+	c32 = (uint32_t)*cursor;
+	rc = tc__load_range(g->src, p, w, we, &c32, true, rd, err, errlen);
+	*cursor = c32;
+	return rc;
+}
+
 /* pread engine: read the window now. */
 struct pread_ctx {
 	struct gload *g;
 	struct tc__reader *rd;
-	uint32_t cursor;
+	uint64_t cursor;
 };
 
 static int pread_window(void *ctx, uint8_t *p, uint64_t w, uint64_t we,
@@ -328,8 +379,7 @@ static int pread_window(void *ctx, uint8_t *p, uint64_t w, uint64_t we,
 {
 	struct pread_ctx *c = ctx;
 
-	return tc__load_range(c->g->src, p, w, we, &c->cursor, true, c->rd, err,
-			      errlen);
+	return fill_range(c->g, p, w, we, &c->cursor, c->rd, err, errlen);
 }
 
 /* io_uring engine: the window's reads were queued; wait for them. */
@@ -358,14 +408,14 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 {
 	struct qreader qr = { { qread }, g, ur, 0 };
 	struct uring_ctx uc = { ur, u0 };
-	uint32_t cursor = tc__load_first_tensor(&g->src->table, u0);
+	uint64_t cursor = first_at(g, u0);
 	int rc = 0, drc;
 
 	for (uint64_t w = u0; w < u1 && rc == 0; w += WINDOW_BYTES) {
 		qr.tag = (unsigned)((w - u0) / WINDOW_BYTES);
-		rc = tc__load_range(g->src, p + (w - u0), w,
-				    TC_MIN(w + WINDOW_BYTES, u1), &cursor, true,
-				    &qr.base, err, errlen);
+		rc = fill_range(g, p + (w - u0), w,
+				TC_MIN(w + WINDOW_BYTES, u1), &cursor, &qr.base,
+				err, errlen);
 	}
 	if (rc == 0)
 		rc = hash_unit(g, p, u0, u1, h, uring_window, &uc, err, errlen);
@@ -585,7 +635,7 @@ static void *worker(void *arg)
 				goto out_fail;
 			goto copy;
 		}
-		pc.cursor = tc__load_first_tensor(&g->src->table, u0);
+		pc.cursor = first_at(g, u0);
 		rc = hash_unit(g, sl->p, u0, u1, h, pread_window, &pc, err,
 			       sizeof(err));
 		if (rc < 0)
@@ -741,34 +791,54 @@ static void run_workers(struct gload *g, int nthreads)
 		pthread_join(tids[i], NULL);
 }
 
-int tc__gpu_load_source(const struct tc__source *src,
-			const struct tc__gpu_mem *dst,
-			const struct tc__gpu_load_opts *o,
-			struct tc__digest *chunks,
-			struct tc__load_progress *prog,
-			struct tc__gpu_load_stats *stats, char *err,
-			size_t errlen)
+static int load(const struct tc__source *src, const struct tc__load_plan *plan,
+		const struct tc__gpu_mem *dst,
+		const struct tc__gpu_load_opts *o, struct tc__digest *chunks,
+		struct tc__load_progress *prog,
+		struct tc__gpu_load_stats *stats, char *err, size_t errlen)
 {
 	struct gload g = { 0 };
 	struct timespec t0, t1;
+	uint64_t size = plan ? plan->size : src->table.total_bytes;
 	bool rehash;
 
-	if (dst->size < src->table.total_bytes) {
+	if (dst->size < size) {
 		snprintf(err, errlen,
 			 "GPU allocation of %llu bytes is smaller "
-			 "than the artifact (%llu bytes)",
+			 "than the %s (%llu bytes)",
 			 (unsigned long long)dst->size,
-			 (unsigned long long)src->table.total_bytes);
+			 plan ? "range plan" : "artifact",
+			 (unsigned long long)size);
 		return TC_EINVAL;
+	}
+	for (uint64_t r = 0; plan && r < plan->nruns; r++) {
+		const struct tc__load_run *x = &plan->runs[r];
+		uint64_t end;
+
+		if (x->file >= src->nfiles || !x->len || !x->count ||
+		    __builtin_mul_overflow(x->len, x->count, &end) ||
+		    __builtin_add_overflow(end, x->dst, &end) || end > size ||
+		    (r && x->dst < plan->runs[r - 1].dst +
+					   plan->runs[r - 1].len *
+						   plan->runs[r - 1].count)) {
+			snprintf(err, errlen,
+				 "range plan: run %llu (tensor '%s') is "
+				 "empty, overlaps the one before, ends past "
+				 "the plan or names no file",
+				 (unsigned long long)r,
+				 x->name ? x->name : "?");
+			return TC_EINVAL;
+		}
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	g.src = src;
+	g.plan = plan;
 	g.dst = dst;
 	g.o = o;
 	g.chunks = chunks;
 	g.prog = prog;
 	tc__gpu_mem_init(&g.hash);
-	g.size = src->table.total_bytes;
+	g.size = size;
 	g.nchunks = tc__chunk_count(g.size);
 	g.unit = TC_CHUNK_BYTES *
 		 (uint64_t)(o->stage_chunks > 0 ?
@@ -829,11 +899,35 @@ int tc__gpu_load_source(const struct tc__source *src,
 		stats->uring_bytes = atomic_load(&g.uring_bytes);
 		stats->uring_errno = atomic_load(&g.uring_errno);
 		stats->tee_bytes = atomic_load(&g.tee_bytes);
+		stats->read_bytes = atomic_load(&g.read_bytes);
+		stats->reads = atomic_load(&g.reads);
 		stats->gpu_hash = g.gpu_hash;
 		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
 				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	}
 	return g.rc;
+}
+
+int tc__gpu_load_source(const struct tc__source *src,
+			const struct tc__gpu_mem *dst,
+			const struct tc__gpu_load_opts *o,
+			struct tc__digest *chunks,
+			struct tc__load_progress *prog,
+			struct tc__gpu_load_stats *stats, char *err,
+			size_t errlen)
+{
+	return load(src, NULL, dst, o, chunks, prog, stats, err, errlen);
+}
+
+int tc__gpu_load_plan(const struct tc__source *src,
+		      const struct tc__load_plan *plan,
+		      const struct tc__gpu_mem *dst,
+		      const struct tc__gpu_load_opts *o,
+		      struct tc__digest *chunks,
+		      struct tc__gpu_load_stats *stats, char *err,
+		      size_t errlen)
+{
+	return load(src, plan, dst, o, chunks, NULL, stats, err, errlen);
 }
 
 int tc__gpu_copy_host_opts(const void *src, uint64_t n,

@@ -63,6 +63,10 @@ struct tc__gpu_load_stats {
 	int uring_errno;       /* why io_uring was not used (0: it was, or
 				  it was not asked for) */
 	uint64_t tee_bytes;    /* of `bytes`, also written to o->tee */
+	uint64_t read_bytes;   /* asked of the files: the tensors' (or the
+				  runs') bytes, O_DIRECT reads rounded out
+				  to the file's alignment */
+	uint64_t reads;	       /* read calls (pread, or queued on io_uring) */
 	bool gpu_hash;	       /* the chunks were hashed on the GPU */
 };
 
@@ -81,6 +85,26 @@ int tc__gpu_load_source(const struct tc__source *src,
 			struct tc__load_progress *prog,
 			struct tc__gpu_load_stats *stats, char *err,
 			size_t errlen);
+
+/*
+ * The same for a range plan of `src` (loader.h): plan->size bytes of `dst`
+ * filled, only the runs' bytes read, gaps zeroed, and the digests of that
+ * byte space in `chunks` (tc__chunk_count(plan->size) entries).  This is
+ * how a view of a file reaches a GPU at the loader's rate: its runs are
+ * read by the same threads into the same pinned staging and copied by the
+ * same streams as a whole file.  Short runs (a column shard: one piece per
+ * row) are read piece by piece into staging, packed, so each staging unit
+ * still crosses the bus as one large copy; see tc__xfer_view_plan.  Besides
+ * the errors above, TC_EINVAL for a plan whose runs are empty, overlap,
+ * end past plan->size or name no file.
+ */
+int tc__gpu_load_plan(const struct tc__source *src,
+		      const struct tc__load_plan *plan,
+		      const struct tc__gpu_mem *dst,
+		      const struct tc__gpu_load_opts *o,
+		      struct tc__digest *chunks,
+		      struct tc__gpu_load_stats *stats, char *err,
+		      size_t errlen);
 
 /*
  * Copy `n` bytes of host memory that is not pinned (a sealed memfd

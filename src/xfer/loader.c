@@ -428,3 +428,93 @@ int tc__hash_chunks_write(const void *p, uint64_t size, int nthreads,
 	*wrc = atomic_load(&c.wrc);
 	return rc;
 }
+
+/* ------------------------------------------------------------ range plans */
+
+void tc__load_plan_release(struct tc__load_plan *p)
+{
+	tc__free(p->runs);
+	memset(p, 0, sizeof(*p));
+}
+
+uint64_t tc__load_plan_first(const struct tc__load_plan *p, uint64_t pos)
+{
+	uint64_t lo = 0, hi = p->nruns;
+
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		const struct tc__load_run *r = &p->runs[mid];
+
+		if (r->dst + r->len * r->count <= pos)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Read [a, b) of the byte space, inside run r, piece by piece (or at once
+ * where the pieces are adjacent in the file). */
+static int plan_read(const struct tc__source *src, const struct tc__load_run *r,
+		     uint8_t *buf, uint64_t w0, uint64_t a, uint64_t b,
+		     struct tc__reader *rd, char *err, size_t errlen)
+{
+	bool flat = r->count == 1 || r->stride == r->len;
+
+	while (a < b) {
+		uint64_t j = flat ? 0 : (a - r->dst) / r->len;
+		uint64_t p0 = r->dst + j * r->len;
+		uint64_t e = flat ? b : TC_MIN(b, p0 + r->len);
+		uint64_t off = r->off + j * r->stride + (a - p0);
+		int rc;
+
+		rc = rd ? rd->read(rd, r->file, buf + (a - w0), e - a, off) :
+			  tc__pread_exact(src->files[r->file].fd,
+					  buf + (a - w0), e - a, off);
+		if (rc < 0) {
+			snprintf(err, errlen,
+				 rc == TC_EBADFILE ?
+					 "'%s' shrank while reading tensor "
+					 "'%s'" :
+					 "cannot read '%s' (tensor '%s'): %s",
+				 src->files[r->file].name,
+				 r->name ? r->name : "?", tc_strerror(rc));
+			return rc;
+		}
+		a = e;
+	}
+	return 0;
+}
+
+int tc__load_plan_range(const struct tc__source *src,
+			const struct tc__load_plan *p, uint8_t *buf,
+			uint64_t w0, uint64_t w1, uint64_t *cursor,
+			bool zero_gaps, struct tc__reader *rd, char *err,
+			size_t errlen)
+{
+	uint64_t filled = w0; /* bytes before this are read or zeroed */
+
+	for (uint64_t i = *cursor; i < p->nruns; i++) {
+		const struct tc__load_run *r = &p->runs[i];
+		uint64_t end = r->dst + r->len * r->count, a, b;
+		int rc;
+
+		if (r->dst >= w1)
+			break;
+		a = TC_MAX(r->dst, w0);
+		b = TC_MIN(end, w1);
+		if (a >= b)
+			continue;
+		if (zero_gaps && a > filled)
+			memset(buf + (filled - w0), 0, a - filled);
+		rc = plan_read(src, r, buf, w0, a, b, rd, err, errlen);
+		if (rc < 0)
+			return rc;
+		filled = b;
+		if (end <= w1)
+			*cursor = i + 1;
+	}
+	if (zero_gaps && w1 > filled)
+		memset(buf + (filled - w0), 0, w1 - filled);
+	return 0;
+}

@@ -65,6 +65,50 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 		   uint64_t w1, uint32_t *cursor, bool zero_gaps,
 		   struct tc__reader *rd, char *err, size_t errlen);
 
+/*
+ * A range plan: what a view of a source needs, as file runs.  Run r reads
+ * `count` pieces of `len` bytes of file `file`, piece j at file offset
+ * off + j * stride, and lays them out packed from byte `dst` of the plan's
+ * byte space (piece j at dst + j * len).  Runs are sorted by dst and do not
+ * overlap; what no run covers is zero.  A row shard of a tensor is one run
+ * of count 1; a column shard of a matrix one run of count rows.  The
+ * loaders fill a plan's byte space as they fill a table's (the same
+ * threads, staging and digests), reading only the runs' bytes.
+ */
+struct tc__load_run {
+	uint64_t dst;
+	uint64_t off;
+	uint64_t len;
+	uint64_t count;
+	uint64_t stride;
+	uint32_t file;
+	const char *name; /* for messages (borrowed): the tensor */
+};
+
+struct tc__load_plan {
+	struct tc__load_run *runs; /* owned (tc__load_plan_release) */
+	uint64_t nruns;
+	uint64_t size; /* the byte space: at least every run's end */
+};
+
+void tc__load_plan_release(struct tc__load_plan *p);
+
+/* Index of the first run whose bytes end after byte `pos`. */
+uint64_t tc__load_plan_first(const struct tc__load_plan *p, uint64_t pos);
+
+/*
+ * tc__load_range for a plan: fill `buf` with bytes [w0, w1) of p's byte
+ * space (gaps zeroed with zero_gaps), *cursor from tc__load_plan_first.
+ * Reads go through `rd` (NULL: pread on src's fds), one per piece, or one
+ * per run where its pieces are adjacent in the file.  Returns 0 or a
+ * negative code with `err` naming the file and tensor.
+ */
+int tc__load_plan_range(const struct tc__source *src,
+			const struct tc__load_plan *p, uint8_t *buf,
+			uint64_t w0, uint64_t w1, uint64_t *cursor,
+			bool zero_gaps, struct tc__reader *rd, char *err,
+			size_t errlen);
+
 /* Chunk digests of `size` bytes at `p` with `nthreads` threads. */
 int tc__hash_chunks(const void *p, uint64_t size, int nthreads,
 		    struct tc__digest *chunks);
