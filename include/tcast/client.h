@@ -114,6 +114,17 @@ struct tc_result {
 TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 		     struct tc_result *res);
 
+/* Import only a view of the file or folder (`view`: a JSON view spec,
+ * docs/formats.md, of slices and subsets) straight to the GPU
+ * o->device (TC_OPT_DEVICE is required): the daemon's GPU loader reads
+ * exactly the view's byte ranges (plus O_DIRECT alignment) through its
+ * pinned staging, and the artifact it makes has the view's table and an id
+ * of its bytes.  Transposes and casts are refused (TC_ENOTSUP): realize
+ * those with tc_view_realize_gpu.  Returns what tc_import returns, and
+ * TC_EINVAL, TC_ENOTFOUND or TC_EBADDTYPE for a spec the file refuses. */
+TC_API int tc_import_view(tc_client *c, const char *path, const char *view,
+			  const struct tc_opts *o, struct tc_result *res);
+
 /* A tensor to put: name (UTF-8), dtype (enum tc_dtype), shape. */
 struct tc_tensor_desc {
 	const char *name;      /* borrowed */

@@ -968,7 +968,10 @@ def import_path(
     device: Any = None,
     ttl_ms: Optional[int] = None,
     wait_persistence: bool = True,
+    view: Optional[str] = None,
 ) -> ImportResult:
+    """view: a JSON view spec (slices and subsets): only its byte ranges,
+    straight to the GPU `device` (tc_import_view)."""
     opts, keep = make_opts(key, policy, expect_generation, progress, ttl_ms, wait_persistence)
     gpu = None
     dev = _device(device, "torch") if device is not None else "cpu"
@@ -979,7 +982,11 @@ def import_path(
     res = _native.TcResult()
     t0 = time.perf_counter()
     with session.lock:
-        session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
+        if view is not None:
+            session.call(session.lib.tc_import_view, os.fsencode(path), view.encode(), ctypes.byref(opts),
+                         ctypes.byref(res))
+        else:
+            session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
         result = persistence_of(session, _result_of(res, time.perf_counter() - t0))
     if gpu is not None:
         result.device = f"cuda:{gpu}"

@@ -193,6 +193,7 @@ PROTOTYPES = {
     "tc_free": (None, [c_void_p]),
     # client.h: import and put
     "tc_import": (c_int, [_p, c_char_p, POINTER(TcOpts), POINTER(TcResult)]),
+    "tc_import_view": (c_int, [_p, c_char_p, c_char_p, POINTER(TcOpts), POINTER(TcResult)]),
     "tc_put_begin": (
         c_int,
         [_p, POINTER(TcTensorDesc), c_uint32, c_char_p, POINTER(TcOpts), _pp],

@@ -495,6 +495,11 @@ class View:
             if got is not None:
                 return got
         plan, att, info = self._plan(options)
+        if att is None and dev != "cpu" and not cache:
+            got, why = self._import_view_gpu(plan, dev, fw, t0)
+            if got is not None:
+                return got
+            info = dict(info, fallback_reason=why)
         keep = (dev != "cpu") if cache is None else bool(cache)
         if keep and att is None:
             if cache:
@@ -547,6 +552,52 @@ class View:
             kernel_unavailable=why,
         )
         return TensorDictResult(out, diag, out.clear)  # type: ignore[arg-type]
+
+    def _import_view_gpu(self, plan: _Plan, dev: str, fw: str, t0: float):
+        """A view of a file onto a GPU through the daemon's GPU loader
+        (tc_import_view: only the view's byte ranges, read into pinned
+        staging and copied by its streams, as a whole-file load), then
+        attached there.  (TensorDictResult, None), or (None, why) when the
+        daemon cannot (no daemon, no GPU tier, a transpose or cast: those
+        are made here by the view kernel) and the view is realized here."""
+        from ._artifact import Artifact, TensorDictResult, import_path
+
+        spec = spec_json(self._levels)
+        if spec is None:
+            return None, None
+        if any(lv.transpose or lv.casts for lv in self._levels):
+            return None, None
+        a = self._artifact
+        try:
+            res = import_path(a._sess(), a._disk_path, device=dev, view=spec)
+        except errors.TcastError as e:
+            return None, f"the daemon's loader did not load the view ({e}); read here instead"
+        st = plan.stats()
+        kept = Artifact(a._session_fn, artifact_id=res.artifact_id)
+        got = kept.tensor_dict_with_diagnostics(device=dev, framework=fw)
+        out = {t.name: got.tensors[t.name] for t in plan.infos}
+        plan.close()
+        diag = ViewDiagnostics(
+            view_id=plan.id,
+            artifact_id=None,
+            source=f"disk (view ranges through the daemon's GPU loader), on {dev}",
+            framework=fw,
+            device=dev,
+            ntensors=len(out),
+            bytes=sum(t.nbytes for t in plan.infos),
+            # The loader reads exactly the ranges through the page cache
+            # (O_DIRECT rounds each read out to the file's alignment; the
+            # daemon logs its count): bytes_needed.
+            bytes_read=st.bytes_needed,
+            bytes_needed=st.bytes_needed,
+            artifact_bytes=st.artifact_bytes,
+            header_bytes=st.header_bytes,
+            reads=0,
+            zero_copy_tensors=len(out),
+            seconds=time.perf_counter() - t0,
+            view_artifact_id=res.artifact_id,
+        )
+        return TensorDictResult(out, diag, got.release_fn), None  # type: ignore[arg-type]
 
     def _pull_view(self, options: Any) -> Any:
         """When the sources of `options` (a source dict) reach p2p before

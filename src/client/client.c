@@ -571,8 +571,10 @@ static int import_folder_frame(tc_client *c, int dirfd, const char *display,
 	return rc;
 }
 
-TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
-		     struct tc_result *res)
+/* IMPORT of `path`; with `view` (a JSON view spec) only its byte ranges,
+ * straight to the GPU o->device. */
+static int import(tc_client *c, const char *path, const char *view,
+		  const struct tc_opts *o, struct tc_result *res)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	char display[PATH_MAX];
@@ -610,9 +612,12 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 			close(fd);
 			return tc__client_err(c, rc, err);
 		}
-		tc__client_put_opts(&b, o, TC_RF_GPU | shards);
+		tc__client_put_opts(
+			&b, o, TC_RF_GPU | shards | (view ? TC_RF_VIEW : 0));
 		tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
 		tc__buf_put_str(&b, info.uuid_str);
+		if (view)
+			tc__buf_put_str(&b, view);
 	} else {
 		tc__client_put_opts(&b, o, shards);
 	}
@@ -632,6 +637,27 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
 	rc = tc__client_read_result(c, &rep, res);
 	reply_release(&rep);
 	return rc;
+}
+
+TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
+		     struct tc_result *res)
+{
+	return import(c, path, NULL, o, res);
+}
+
+TC_API int tc_import_view(tc_client *c, const char *path, const char *view,
+			  const struct tc_opts *o, struct tc_result *res)
+{
+	if (!view || !o || !(o->field_mask & TC_OPT_DEVICE))
+		return set_err(c, view ? TC_ENOTSUP : TC_EINVAL,
+			       view ? "a view of a file is imported straight "
+				      "to a GPU only (TC_OPT_DEVICE)" :
+				      "tc_import_view: NULL view spec");
+	if (strlen(view) > TC_PROTO_MAX_VIEW)
+		return set_err(c, TC_ELIMIT,
+			       "view spec of %zu bytes (at most %zu)",
+			       strlen(view), TC_PROTO_MAX_VIEW);
+	return import(c, path, view, o, res);
 }
 
 /* ------------------------------------------------------- simple verbs */

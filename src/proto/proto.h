@@ -49,6 +49,12 @@
 #define TC_RF_TTL                                                  \
 	0x40u /* IMPORT/CREATE: u64 ttl_ms follows expect_gen; the \
 		 artifact goes when it passes */
+#define TC_RF_VIEW                                                     \
+	0x80u /* IMPORT with TC_RF_GPU: str view spec (JSON, at most   \
+		 TC_PROTO_MAX_VIEW bytes) follows the GPU fields; only \
+		 the view's byte ranges are loaded, into an artifact   \
+		 whose table is the view's */
+#define TC_PROTO_MAX_VIEW ((size_t)1 << 20)
 /* RM: an optional u32 of flags after the reference. */
 #define TC_RM_KEEP_DISK 0x1u /* leave the shared-disk copy in place */
 /* IMPORT/SEAL replies end with u32 persistence and str degraded (what a

@@ -20,11 +20,13 @@
 #include "common/log.h"
 #include "common/names.h"
 #include "format/format.h"
+#include "format/view.h"
 #include "gpu/vmm.h"
 #include "xfer/gpu_loader.h"
 #include "gpu_tier.h"
 #include "xfer/jobs.h"
 #include "xfer/loader.h"
+#include "xfer/view_ranges.h"
 #include "xfer/xfer.h"
 #include "metrics.h"
 #include "net/net.h"
@@ -50,6 +52,10 @@ struct import_job {
 	uint32_t flags;
 	uint64_t expect_gen;
 	struct tc__source *src;
+	/* TC_RF_VIEW: the spec (owned), then the runs it reads; the
+	 * source's table is replaced by the view's once planned. */
+	char *view;
+	struct tc__load_plan lplan;
 	struct tc__obj *o;
 	struct tc__digest *chunks;
 	struct tc__load_progress prog;
@@ -101,6 +107,8 @@ static void import_free(struct import_job *j)
 		tc__free(j->shard_names[i]);
 	tc__free(j->shard_names);
 	tc__source_free(j->src);
+	tc__free(j->view);
+	tc__load_plan_release(&j->lplan);
 	tc__obj_free(j->o);
 	tc__free(j->chunks);
 	tc__free(j);
@@ -195,6 +203,7 @@ static void import_run_gpu(struct import_job *j, uint64_t n)
 					.io = j->io_engine };
 	struct tc__xfer x = { .from = TC_XFER_FROM_FILES,
 			      .files = j->src,
+			      .plan = j->view ? &j->lplan : NULL,
 			      .to = TC_XFER_TO_GPU,
 			      .gpu_dst = &j->gmem,
 			      .ordinal = j->gpu_dev,
@@ -239,6 +248,53 @@ static void import_run_gpu(struct import_job *j, uint64_t n)
 
 static void import_work(struct import_job *j);
 
+/*
+ * TC_RF_VIEW: plan the view against the laid-out source, turn it into the
+ * file runs the GPU loader reads (view_ranges.h), and make the view's
+ * table the one loaded and kept.  The artifact is then an ordinary one:
+ * its bytes are the view's byte space, its id their digest.  Transposes
+ * and casts are refused here: the client's view kernel makes them
+ * (docs/formats.md, "Views of a file on a GPU").
+ */
+static int plan_view(struct import_job *j)
+{
+	struct tc__view_spec spec;
+	struct tc__view_plan v;
+	int rc;
+
+	rc = tc__view_spec_parse(j->view, strlen(j->view), &spec, j->err,
+				 sizeof(j->err));
+	if (rc < 0)
+		return rc;
+	rc = tc__view_plan(&j->src->table, "", &spec, &v, j->err,
+			   sizeof(j->err));
+	tc__view_spec_release(&spec);
+	if (rc < 0)
+		return rc;
+	for (uint32_t i = 0; i < v.out.ntensors && rc == 0; i++)
+		if (v.t[i].flags) {
+			snprintf(j->err, sizeof(j->err),
+				 "view of '%s': tensor '%s' is transposed or "
+				 "cast: the daemon loads slices and subsets "
+				 "only (the client transforms)",
+				 j->display, v.out.tensors[i].name);
+			rc = TC_ENOTSUP;
+		}
+	if (rc == 0)
+		rc = tc__view_ranges(j->src, &v, NULL, 0, &j->lplan, j->err,
+				     sizeof(j->err));
+	if (rc == 0) {
+		/* The runs borrow the view table's names: it moves whole. */
+		tc__table_release(&j->src->table);
+		j->src->table = v.out;
+		tc__table_init(&v.out);
+		/* A native folder's manifest is the whole artifact's. */
+		j->src->expect_id[0] = '\0';
+	}
+	tc__view_plan_release(&v);
+	return rc;
+}
+
 static void import_run(struct tc__job *job)
 {
 	struct import_job *j = (struct import_job *)job;
@@ -279,6 +335,8 @@ static void import_work(struct import_job *j)
 					 "'%s': artifact too large",
 					 j->display);
 		}
+		if (j->rc == 0 && j->view)
+			j->rc = plan_view(j);
 		/* Load the driver here, off the loop: the loop then only
 		 * lists devices. */
 		if (j->rc == 0 && j->gpu)
@@ -498,13 +556,15 @@ static void import_done(struct tc__job *job)
 				 " (io_uring unavailable: %s)",
 				 strerror(st->uring_errno));
 		tc__log(TC_LOG_INFO,
-			"'%s' to GPU %d: %.2f GB/s, read with %s%s, %llu bytes "
-			"with O_DIRECT%s",
-			j->display, j->gpu_dev,
+			"'%s'%s to GPU %d: %.2f GB/s, read with %s%s, %llu "
+			"bytes in %llu reads, %llu with O_DIRECT%s",
+			j->display, j->view ? " (a view)" : "", j->gpu_dev,
 			st->seconds > 0 ?
 				(double)st->bytes / st->seconds / 1e9 :
 				0.0,
 			st->uring_bytes ? "io_uring" : "pread", why,
+			(unsigned long long)st->read_bytes,
+			(unsigned long long)st->reads,
 			(unsigned long long)st->direct_bytes,
 			st->tee_bytes ? ", the shared-disk copy written from "
 					"the same read" :
@@ -609,6 +669,31 @@ int on_import(struct conn *c, struct req *r)
 		}
 		j->gpu = true;
 	}
+	if (j->flags & TC_RF_VIEW) {
+		const char *s;
+		size_t n;
+
+		if (!j->gpu) {
+			snprintf(c->err, sizeof(c->err),
+				 "IMPORT of a view (TC_RF_VIEW) loads "
+				 "straight to a GPU only (TC_RF_GPU)");
+			rc = TC_ENOTSUP;
+			goto out_free;
+		}
+		if (tc__cur_read_str(&r->body, TC_PROTO_MAX_VIEW, &s, &n) < 0) {
+			snprintf(c->err, sizeof(c->err),
+				 "IMPORT: malformed view spec");
+			rc = TC_EPROTO;
+			goto out_free;
+		}
+		j->view = tc__malloc(n + 1);
+		if (!j->view) {
+			rc = -ENOMEM;
+			goto out_free;
+		}
+		memcpy(j->view, s, n);
+		j->view[n] = '\0';
+	}
 	if (j->flags & TC_RF_SHARDS) {
 		rc = read_shard_names(c, r, j);
 		if (rc < 0)
@@ -676,6 +761,7 @@ out_free:
 	for (uint32_t i = 0; i < j->nshards; i++)
 		tc__free(j->shard_names[i]);
 	tc__free(j->shard_names);
+	tc__free(j->view);
 	tc__free(j);
 	return rc;
 }

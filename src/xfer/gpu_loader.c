@@ -923,11 +923,11 @@ int tc__gpu_load_plan(const struct tc__source *src,
 		      const struct tc__load_plan *plan,
 		      const struct tc__gpu_mem *dst,
 		      const struct tc__gpu_load_opts *o,
-		      struct tc__digest *chunks,
+		      struct tc__digest *chunks, struct tc__load_progress *prog,
 		      struct tc__gpu_load_stats *stats, char *err,
 		      size_t errlen)
 {
-	return load(src, plan, dst, o, chunks, NULL, stats, err, errlen);
+	return load(src, plan, dst, o, chunks, prog, stats, err, errlen);
 }
 
 int tc__gpu_copy_host_opts(const void *src, uint64_t n,

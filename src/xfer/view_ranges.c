@@ -18,10 +18,9 @@ static int by_dst(const void *a, const void *b)
 	return x->dst < y->dst ? -1 : x->dst > y->dst;
 }
 
-int tc__view_ranges(const struct tc__source *src,
-		    const struct tc__view_plan *v, const uint64_t *dst_of,
-		    uint64_t size, struct tc__load_plan *out, char *err,
-		    size_t errlen)
+int tc__view_ranges(const struct tc__source *src, const struct tc__view_plan *v,
+		    const uint64_t *dst_of, uint64_t size,
+		    struct tc__load_plan *out, char *err, size_t errlen)
 {
 	struct tc__load_run *runs;
 	uint64_t n = 0, k = 0;
@@ -40,13 +39,12 @@ int tc__view_ranges(const struct tc__source *src,
 				 v->out.tensors[i].name);
 			return TC_EINVAL;
 		}
-		if (t->gather_bytes && (base > size ||
-					t->gather_bytes > size - base)) {
+		if (t->gather_bytes &&
+		    (base > size || t->gather_bytes > size - base)) {
 			snprintf(err, errlen,
 				 "view: tensor '%s': its %" PRIu64
 				 " bytes at %" PRIu64
-				 " end past the range plan (%" PRIu64
-				 " bytes)",
+				 " end past the range plan (%" PRIu64 " bytes)",
 				 v->out.tensors[i].name, t->gather_bytes, base,
 				 size);
 			return TC_EINVAL;

@@ -37,9 +37,8 @@
  * runs.  Returns 0, TC_EINVAL (a gather buffer past `size`, buffers that
  * overlap, dst_of NULL with a transpose or cast) or -ENOMEM, with `err`.
  */
-int tc__view_ranges(const struct tc__source *src,
-		    const struct tc__view_plan *v, const uint64_t *dst_of,
-		    uint64_t size, struct tc__load_plan *out, char *err,
-		    size_t errlen);
+int tc__view_ranges(const struct tc__source *src, const struct tc__view_plan *v,
+		    const uint64_t *dst_of, uint64_t size,
+		    struct tc__load_plan *out, char *err, size_t errlen);
 
 #endif /* TC_VIEW_RANGES_H */

@@ -36,6 +36,11 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 
 	switch (x->from) {
 	case TC_XFER_FROM_FILES:
+		if (x->plan)
+			return tc__gpu_load_plan(x->files, x->plan, dst,
+						 x->load ? x->load : &def,
+						 x->chunks, x->prog, &x->stats,
+						 err, errlen);
 		return tc__gpu_load_source(x->files, dst,
 					   x->load ? x->load : &def, x->chunks,
 					   x->prog, &x->stats, err, errlen);
@@ -59,6 +64,12 @@ static int to_host(struct tc__xfer *x, char *err, size_t errlen)
 {
 	switch (x->from) {
 	case TC_XFER_FROM_FILES:
+		if (x->plan) {
+			snprintf(err, errlen,
+				 "a range plan (a view of a file) loads "
+				 "straight to a GPU only");
+			return TC_ENOTSUP;
+		}
 		if (!x->host_dst)
 			return tc__load_source_fd(x->files, x->host_fd,
 						  x->nthreads, x->chunks,

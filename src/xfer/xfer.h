@@ -46,6 +46,10 @@ enum tc__xfer_sink {
 struct tc__xfer {
 	enum tc__xfer_src from;
 	const struct tc__source *files;	   /* FILES: laid out */
+	const struct tc__load_plan *plan;  /* FILES, TO_GPU, optional: only
+					      these runs of `files`, into a
+					      byte space of files->table's
+					      size (a view: view_ranges.h) */
 	const void *host;		   /* HOST */
 	const struct tc__gpu_pinning *pin; /* HOST, optional: `host` pinned
 					      (copied at the pinned rate) */

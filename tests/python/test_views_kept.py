@@ -220,3 +220,101 @@ def test_views_on_the_fake_gpu(tmp_path):
         assert ok == "ok" and int(n_kernel) > 0 and int(n_host) > 0
     finally:
         assert d.stop() == 0
+
+
+# Views of a file onto GPU 0 through the daemon's GPU loader
+# (tc_import_view): only the view's byte ranges are read, into pinned
+# staging, and copied to a new GPU replica whose table is the view's.
+_FAKE_IMPORT_VIEW = r'''
+import ctypes, json, os, sys
+import torch
+import tcast as tc
+from tcast import _native
+sys.path.insert(0, os.environ["TESTS_PY"])
+from test_views import write_st
+
+tc.init(address=os.environ["SOCK"])
+sess = tc._sess()
+lib = sess.lib
+path = os.path.join(os.environ["TMP"], "m.safetensors")
+g = torch.Generator().manual_seed(5)
+ts = {
+    "a.w": torch.randn(640, 1600, generator=g).to(torch.bfloat16),  # 2 MiB: crosses units
+    "b.w": torch.randn(40, 33, generator=g),
+    "c.i": torch.arange(70 * 9, dtype=torch.int32).reshape(70, 9),
+    "d.h": torch.randn(3000, 700, generator=g).to(torch.float16),  # 4 MiB
+}
+write_st(path, ts)
+
+def raw(t):
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+def import_view(spec):
+    o = _native.TcOpts()
+    o.field_mask = _native.TC_OPT_DEVICE
+    o.device = 0
+    r = _native.TcResult()
+    rc = lib.tc_import_view(sess._h(), path.encode(), json.dumps(spec).encode(), ctypes.byref(o), ctypes.byref(r))
+    return rc, r
+
+def check(spec, want):
+    rc, r = import_view(spec)
+    assert rc == 0, (spec, lib.tc_client_errmsg(sess._h()))
+    h = ctypes.c_void_p()
+    sess.call(lib.tc_attach_gpu, r.id, 0, ctypes.byref(h))
+    assert lib.tc_artifact_device(h) == 0
+    infos = ctypes.cast(lib.tc_artifact_tensors(h), ctypes.POINTER(_native.TcTensorInfo))
+    names = [ctypes.string_at(infos[i].name).decode() for i in range(lib.tc_artifact_count(h))]
+    assert names == list(want), (names, list(want))
+    for i, (n, t) in enumerate(want.items()):
+        info = infos[i]
+        assert tuple(info.shape[k] for k in range(info.ndim)) == tuple(t.shape)
+        got = ctypes.string_at(lib.tc_artifact_data(h) + info.offset, info.nbytes)
+        assert got == raw(t), (spec, n)
+    lib.tc_artifact_close(h)
+    return sum(t.numel() * t.element_size() for t in want.values())
+
+needed = []
+# Row shard of every tensor: one run each.
+needed.append(check({"slices": {n: [[0, 0, t.shape[0] // 8]] for n, t in ts.items()}},
+                    {n: t[: t.shape[0] // 8] for n, t in ts.items()}))
+# Column shard: one piece per row.
+needed.append(check({"slices": {n: [[1, 0, t.shape[1] // 8 or 1]] for n, t in ts.items()}},
+                    {n: t[:, : t.shape[1] // 8 or 1] for n, t in ts.items()}))
+# Row and column shard of a subset, in the order named.
+needed.append(check({"names": ["d.h", "a.w"], "slices": {"a.w": [[0, 3, 300], [1, 100, 900]],
+                                                         "d.h": [[0, 17, 2500], [1, 1, 699]]}},
+                    {"d.h": ts["d.h"][17:2500, 1:699], "a.w": ts["a.w"][3:300, 100:900]}))
+# A transpose or a cast: not the daemon's (the client's view kernel).
+rc, _ = import_view({"transpose": [0, 1]})
+assert rc == -4007 and "transposed or cast" in lib.tc_client_errmsg(sess._h()).decode()
+# Bad specs: clear errors, nothing loaded.
+rc, _ = import_view({"slices": {"nope": [[0, 0, 1]]}})
+assert rc == -4000 and "nope" in lib.tc_client_errmsg(sess._h()).decode()
+rc, _ = import_view({"slices": {"b.w": [[0, 0, 41]]}})
+assert rc == -4014 and "outside the shape" in lib.tc_client_errmsg(sess._h()).decode()
+# Without a device: refused before anything is sent.
+r = _native.TcResult()
+assert lib.tc_import_view(sess._h(), path.encode(), b"{}", None, ctypes.byref(r)) == -4007
+print("ok", *needed)
+'''
+
+
+@pytest.mark.skipif(not FAKECUDA.exists(), reason="fake driver not built")
+def test_view_of_a_file_through_the_gpu_loader(tmp_path):
+    env = {"TCAST_CUDA_LIB": str(FAKECUDA), "TC_FAKECUDA_DEVICES": "1", "TC_FAKECUDA_MEM_BYTES": "1g"}
+    d = Daemon(tmp_path, "1GiB", env=env)
+    try:
+        p = run_py(_FAKE_IMPORT_VIEW, timeout=300, env=dict(env, SOCK=d.socket, TMP=str(tmp_path),
+                                                           TESTS_PY=str(Path(__file__).parent)))
+        out = p.stdout.split()
+        assert out[0] == "ok", p.stdout
+        needed = [int(x) for x in out[1:]]
+    finally:
+        assert d.stop() == 0
+    # The daemon's loader read exactly the views' bytes (page cache: no
+    # alignment slack), as its counters say.
+    log = Path(d.log).read_text()
+    reads = [int(line.split(" bytes in ")[0].rsplit(" ", 1)[1]) for line in log.splitlines()
+             if "(a view) to GPU" in line]
+    assert reads == needed, (reads, needed)

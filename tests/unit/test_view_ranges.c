@@ -157,10 +157,9 @@ static void plan_view(const struct model *m, const char *json,
 static void load_check(const struct model *m, const struct tc__view_plan *v,
 		       const uint8_t *ref, int nthreads, int direct, int io)
 {
-	struct tc__gpu_load_opts o = { .nthreads = nthreads,
-				       .depth = 2,
-				       .direct = direct,
-				       .io = io };
+	struct tc__gpu_load_opts o = {
+		.nthreads = nthreads, .depth = 2, .direct = direct, .io = io
+	};
 	struct tc__load_plan lp;
 	struct tc__gpu_load_stats st;
 	struct tc__gpu_mem g;
@@ -178,13 +177,12 @@ static void load_check(const struct model *m, const struct tc__view_plan *v,
 	assert_int_equal(tc__gpu_memset8(0, g.dptr, 0xAB, g.size, NULL, err,
 					 sizeof(err)),
 			 0);
-	if (tc__gpu_load_plan(m->src, &lp, &g, &o, ch, &st, err, sizeof(err)) <
-	    0)
+	if (tc__gpu_load_plan(m->src, &lp, &g, &o, ch, NULL, &st, err,
+			      sizeof(err)) < 0)
 		fail_msg("load: %s", err);
 	assert_int_equal(st.bytes, size);
-	assert_int_equal(tc__gpu_mem_read(&g, 0, back, size, NULL, err,
-					  sizeof(err)),
-			 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&g, 0, back, size, NULL, err, sizeof(err)), 0);
 	assert_memory_equal(back, ref, size);
 	assert_int_equal(tc__hash_chunks(ref, size, 1, want), 0);
 	assert_memory_equal(ch, want, nch * sizeof(*ch));
@@ -295,13 +293,12 @@ static void test_view_ranges__gather_buffers(void **state)
 	back = malloc(size);
 	tc__gpu_mem_init(&g);
 	assert_int_equal(tc__gpu_alloc(0, size, 0, &g, err, sizeof(err)), 0);
-	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, &st, err,
-					   sizeof(err)),
+	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, &st,
+					   err, sizeof(err)),
 			 0);
 	assert_int_equal(st.read_bytes, v.bytes_needed);
-	assert_int_equal(tc__gpu_mem_read(&g, 0, back, size, NULL, err,
-					  sizeof(err)),
-			 0);
+	assert_int_equal(
+		tc__gpu_mem_read(&g, 0, back, size, NULL, err, sizeof(err)), 0);
 	for (uint32_t i = 0; i < 2; i++) {
 		size_t k = mat_of(v.out.tensors[i].name);
 		uint64_t es = mats[k].esize, cols = mats[k].cols;
@@ -311,8 +308,7 @@ static void test_view_ranges__gather_buffers(void **state)
 			memcpy(ref + r * 10 * es,
 			       m.data + m.off[k] + (r * cols + 10) * es,
 			       10 * es);
-		assert_memory_equal(back + dst_of[i], ref,
-				    v.t[i].gather_bytes);
+		assert_memory_equal(back + dst_of[i], ref, v.t[i].gather_bytes);
 		free(ref);
 	}
 	tc__gpu_release(&g);
@@ -342,27 +338,26 @@ static void test_view_ranges__bad_plans(void **state)
 	model_open(&m);
 	tc__gpu_mem_init(&g);
 	assert_int_equal(tc__gpu_alloc(0, 4096, 0, &g, err, sizeof(err)), 0);
-	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, err,
-					   sizeof(err)),
+	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, NULL,
+					   err, sizeof(err)),
 			 TC_EINVAL);
 	assert_non_null(strstr(err, "overlaps"));
 	runs[1].dst = 100;
 	runs[1].file = 7;
-	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, err,
-					   sizeof(err)),
+	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, NULL,
+					   err, sizeof(err)),
 			 TC_EINVAL);
 	runs[1].file = 0;
 	lp.size = g.size + 1; /* larger than the allocation */
-	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, err,
-					   sizeof(err)),
+	assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, ch, NULL, NULL,
+					   err, sizeof(err)),
 			 TC_EINVAL);
 	assert_non_null(strstr(err, "smaller"));
 	tc__gpu_release(&g);
 	/* The file shrinks after planning: TC_EBADFILE naming the tensor. */
 	plan_view(&m, "{\"names\":[\"c.weight\"]}", &v);
-	assert_int_equal(tc__view_ranges(m.src, &v, NULL, 0, &lp, err,
-					 sizeof(err)),
-			 0);
+	assert_int_equal(
+		tc__view_ranges(m.src, &v, NULL, 0, &lp, err, sizeof(err)), 0);
 	assert_int_equal(truncate(m.path, 4096), 0);
 	{
 		struct tc__digest *c =
@@ -372,7 +367,7 @@ static void test_view_ranges__bad_plans(void **state)
 					       sizeof(err)),
 				 0);
 		assert_int_equal(tc__gpu_load_plan(m.src, &lp, &g, &o, c, NULL,
-						   err, sizeof(err)),
+						   NULL, err, sizeof(err)),
 				 TC_EBADFILE);
 		assert_non_null(strstr(err, "c.weight"));
 		free(c);
