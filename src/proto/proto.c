@@ -473,3 +473,31 @@ int tc__proto_get_group(struct tc__cur *c, uint32_t *op,
 	}
 	return tc__gsp_end(c, err, errlen);
 }
+
+int tc__proto_get_view_spec(struct tc__cur *c, char **out, char *err,
+			    size_t errlen)
+{
+	const char *s;
+	size_t n;
+
+	*out = NULL;
+	if (tc__cur_read_str(c, TC_PROTO_MAX_VIEW, &s, &n) < 0) {
+		snprintf(err, errlen,
+			 "IMPORT: malformed view spec (a string of at most "
+			 "%zu bytes)",
+			 TC_PROTO_MAX_VIEW);
+		return TC_EPROTO;
+	}
+	if (memchr(s, '\0', n)) {
+		snprintf(err, errlen, "IMPORT: a NUL inside the view spec");
+		return TC_EPROTO;
+	}
+	*out = tc__malloc(n + 1);
+	if (!*out) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	memcpy(*out, s, n);
+	(*out)[n] = '\0';
+	return 0;
+}

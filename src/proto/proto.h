@@ -156,6 +156,12 @@ int tc__proto_get_bind_flags(struct tc__cur *c, bool optional, uint32_t *flags,
  * (read them with tc__cur_read_u64 on a cursor over n * 8 bytes).
  * Returns 0 or TC_EPROTO with `err` set. */
 #define TC_PROTO_MAX_HAVE 65536
+
+/* IMPORT's view spec (TC_RF_VIEW): a string of at most TC_PROTO_MAX_VIEW
+ * bytes, copied NUL-terminated into *out (tc__free).  Returns 0, TC_EPROTO
+ * (missing, too long, a NUL inside) or -ENOMEM, with `err`. */
+int tc__proto_get_view_spec(struct tc__cur *c, char **out, char *err,
+			    size_t errlen);
 int tc__proto_get_put_have(struct tc__cur *c, uint64_t *handle, uint32_t *flags,
 			   uint32_t *n, const uint8_t **chunks, char *err,
 			   size_t errlen);

@@ -670,9 +670,6 @@ int on_import(struct conn *c, struct req *r)
 		j->gpu = true;
 	}
 	if (j->flags & TC_RF_VIEW) {
-		const char *s;
-		size_t n;
-
 		if (!j->gpu) {
 			snprintf(c->err, sizeof(c->err),
 				 "IMPORT of a view (TC_RF_VIEW) loads "
@@ -680,19 +677,10 @@ int on_import(struct conn *c, struct req *r)
 			rc = TC_ENOTSUP;
 			goto out_free;
 		}
-		if (tc__cur_read_str(&r->body, TC_PROTO_MAX_VIEW, &s, &n) < 0) {
-			snprintf(c->err, sizeof(c->err),
-				 "IMPORT: malformed view spec");
-			rc = TC_EPROTO;
+		rc = tc__proto_get_view_spec(&r->body, &j->view, c->err,
+					     sizeof(c->err));
+		if (rc < 0)
 			goto out_free;
-		}
-		j->view = tc__malloc(n + 1);
-		if (!j->view) {
-			rc = -ENOMEM;
-			goto out_free;
-		}
-		memcpy(j->view, s, n);
-		j->view[n] = '\0';
 	}
 	if (j->flags & TC_RF_SHARDS) {
 		rc = read_shard_names(c, r, j);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "common/alloc.h"
 #include "common/buf.h"
 #include "proto/gsp.h"
 #include "proto/proto.h"
@@ -84,6 +85,14 @@ static void decode_body(const uint8_t *p, size_t n)
 		    tc__cur_read_str(&c, 4096, &s, &sl) == 0)
 			tc__proto_get_bind_flags(&c, true, &fl, &present, err,
 						 sizeof(err));
+	}
+	/* IMPORT's view spec (TC_RF_VIEW). */
+	{
+		char *v;
+
+		tc__cur_init(&c, p, n);
+		if (tc__proto_get_view_spec(&c, &v, err, sizeof(err)) == 0)
+			tc__free(v);
 	}
 	/* Request bodies are sequences of strings and integers. */
 	tc__cur_init(&c, p, n);
