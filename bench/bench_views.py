@@ -10,7 +10,9 @@ Writes one safetensors file of N bf16 matrices (default 8 x 4096 x 4096,
 With --gpu (a CUDA device), views realized on cuda:0 in the same run:
   * from disk: the full load (tc.from_disk(p).tensor_dict(device=...),
     the loader) against a 1/8 row shard and a 1/8 column shard (only
-    their byte ranges read, then copied), with the targets of issue 11
+    their byte ranges read, by the same loader: tc_import_view, one run
+    per tensor for rows, one piece per row for columns; each line says
+    which path served), with the targets of issue 11
     (row shard reads <= 1/8 + 1% and takes <= 1/6 of the full load; the
     column shard >= 50% of the row shard's GB/s);
   * from the host replica (tc.import_from_disk): a row shard kept in the
@@ -82,7 +84,8 @@ def gpu_section(a, p, names, total, r8, c8, results):
         results[f"disk_{key}_gbs"] = dg.bytes / s / 1e9
         print(f"disk {name} -> {dev}: {s * 1e3:8.1f} ms  read {dg.bytes_read / 2**20:8.1f} MiB "
               f"({(dg.bytes_read + dg.header_bytes) / total:.4f} of the file with headers)  "
-              f"{dg.bytes / s / 1e9:6.2f} GB/s  {s / s_full:.3f} of the full load")
+              f"{dg.bytes / s / 1e9:6.2f} GB/s  {s / s_full:.3f} of the full load; {dg.source}"
+              + (f" (fallback: {dg.fallback_reason})" if dg.fallback_reason else ""))
         del res
     rf, rt = results["disk_row_read_fraction"], results["disk_row_s"] / s_full
     cr = results["disk_col_gbs"] / results["disk_row_gbs"]

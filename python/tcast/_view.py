@@ -496,7 +496,7 @@ class View:
                 return got
         plan, att, info = self._plan(options)
         if att is None and dev != "cpu" and not cache:
-            got, why = self._import_view_gpu(plan, dev, fw, t0)
+            got, why = self._import_view_gpu(plan, dev, fw, mode, t0)
             if got is not None:
                 return got
             info = dict(info, fallback_reason=why)
@@ -553,19 +553,30 @@ class View:
         )
         return TensorDictResult(out, diag, out.clear)  # type: ignore[arg-type]
 
-    def _import_view_gpu(self, plan: _Plan, dev: str, fw: str, t0: float):
+    def _import_view_gpu(self, plan: _Plan, dev: str, fw: str, mode: int, t0: float):
         """A view of a file onto a GPU through the daemon's GPU loader
         (tc_import_view: only the view's byte ranges, read into pinned
         staging and copied by its streams, as a whole-file load), then
-        attached there.  (TensorDictResult, None), or (None, why) when the
-        daemon cannot (no daemon, no GPU tier, a transpose or cast: those
-        are made here by the view kernel) and the view is realized here."""
+        attached there.  Transposes and casts of the last level are made
+        afterwards by the view kernel, from the loaded slices (a device
+        replica) into a new buffer; the loaded slices are then removed.
+        Returns (TensorDictResult, None), or (None, why) when the view is
+        to be realized here instead (no daemon or GPU tier: why says so;
+        transforms before the last level or gpu_transform='host': None)."""
         from ._artifact import Artifact, TensorDictResult, import_path
 
-        spec = spec_json(self._levels)
-        if spec is None:
+        levels = list(self._levels)
+        last = levels[-1]
+        if any(lv.transpose or lv.casts for lv in levels[:-1]):
             return None, None
-        if any(lv.transpose or lv.casts for lv in self._levels):
+        post = None
+        if last.transpose or last.casts:
+            if mode == _GPU_MODES["host"]:
+                return None, None
+            post = _Level(names=None, slices=(), transpose=last.transpose, casts=last.casts)
+            levels[-1] = _Level(names=last.names, slices=last.slices, transpose=(), casts=())
+        spec = spec_json(levels)
+        if spec is None or (post is not None and spec_json([post]) is None):
             return None, None
         a = self._artifact
         try:
@@ -573,14 +584,21 @@ class View:
         except errors.TcastError as e:
             return None, f"the daemon's loader did not load the view ({e}); read here instead"
         st = plan.stats()
-        kept = Artifact(a._session_fn, artifact_id=res.artifact_id)
-        got = kept.tensor_dict_with_diagnostics(device=dev, framework=fw)
-        out = {t.name: got.tensors[t.name] for t in plan.infos}
+        kern = hostx = 0
+        if post is None:
+            loaded = Artifact(a._session_fn, artifact_id=res.artifact_id)
+            got = loaded.tensor_dict_with_diagnostics(device=dev, framework=fw)
+            out = {t.name: got.tensors[t.name] for t in plan.infos}
+            release, vaid, nzc = got.release_fn, res.artifact_id, len(out)
+        else:
+            out, kern, hostx = self._transform_loaded(res, post, plan, dev)
+            release, vaid, nzc = out.clear, None, 0
         plan.close()
         diag = ViewDiagnostics(
             view_id=plan.id,
             artifact_id=None,
-            source=f"disk (view ranges through the daemon's GPU loader), on {dev}",
+            source=f"disk (view ranges through the daemon's GPU loader), on {dev}"
+                   + (", transformed by the view kernel" if post is not None else ""),
             framework=fw,
             device=dev,
             ntensors=len(out),
@@ -593,11 +611,48 @@ class View:
             artifact_bytes=st.artifact_bytes,
             header_bytes=st.header_bytes,
             reads=0,
-            zero_copy_tensors=len(out),
+            zero_copy_tensors=nzc,
             seconds=time.perf_counter() - t0,
-            view_artifact_id=res.artifact_id,
+            view_artifact_id=vaid,
+            kernel_tensors=kern,
+            host_transform_tensors=hostx,
         )
-        return TensorDictResult(out, diag, got.release_fn), None  # type: ignore[arg-type]
+        return TensorDictResult(out, diag, release), None  # type: ignore[arg-type]
+
+    def _transform_loaded(self, res: Any, post: _Level, plan: _Plan, dev: str):
+        """The transposes and casts of `post` by the view kernel, from the
+        loaded slices (artifact res.artifact_id, attached on `dev`) into a
+        new buffer; the loaded slices are removed after (unless another
+        holder had them already).  Returns (tensors, kernel tensors, host
+        tensors)."""
+        from ._artifact import _Attachment, _cuda_ordinal
+
+        sess = self._artifact._sess()
+        lib = sess.lib
+        h = ctypes.c_void_p()
+        try:
+            sess.call(lib.tc_attach_gpu, res.artifact_id.encode(), _cuda_ordinal(dev), ctypes.byref(h))
+            att = _Attachment(sess, None, handle=h.value)
+            try:
+                sp = _Spec([post])
+                try:
+                    p2 = _Plan(sp, att=att)
+                finally:
+                    sp.close()
+                try:
+                    got = self._realize_gpu(p2, dev, _GPU_MODES["kernel"])
+                finally:
+                    kern, hostx, _ = p2.gpu_counts()
+                    p2.close()
+            finally:
+                att.owner.close()
+        finally:
+            if not res.deduplicated:
+                try:
+                    sess.call(lib.tc_rm, res.artifact_id.encode())
+                except errors.TcastError:
+                    pass  # gone already (evicted): nothing to clean
+        return {t.name: got[t.name] for t in plan.infos}, kern, hostx
 
     def _pull_view(self, options: Any) -> Any:
         """When the sources of `options` (a source dict) reach p2p before

@@ -108,6 +108,9 @@ struct treader {
 	struct gload *g;
 	uint8_t *bounce;
 	uint64_t bounce_len;
+	/* Reads and bytes asked of the files, added to g's once at the end
+	 * (a column shard makes one read per row: no atomic for each). */
+	uint64_t nreads, nbytes;
 };
 
 static void gfail(struct gload *g, int rc, const char *fmt, ...)
@@ -138,9 +141,9 @@ static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	size_t got;
 	int rc;
 
-	atomic_fetch_add(&t->g->reads, 1);
+	t->nreads++;
 	if (lf->dfd < 0) {
-		atomic_fetch_add(&t->g->read_bytes, len);
+		t->nbytes += len;
 		return tc__pread_exact(t->g->src->files[file].fd, dst,
 				       (size_t)len, off);
 	}
@@ -153,7 +156,7 @@ static int tread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 		rc = tc__pread_full(lf->dfd, t->bounce, (size_t)want, a0, &got);
 		if (rc < 0)
 			return rc;
-		atomic_fetch_add(&t->g->read_bytes, got);
+		t->nbytes += got;
 		if (got <= skip)
 			return TC_EBADFILE;
 		take = TC_MIN(got - skip, len);
@@ -235,6 +238,8 @@ static int mread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 		    MADV_POPULATE_READ) < 0 &&
 	    errno == EFAULT)
 		return TC_EBADFILE;
+	t->nreads++;
+	t->nbytes += len;
 	if (sigsetjmp(jb, 1)) {
 		tl_bus = NULL;
 		return TC_EBADFILE;
@@ -251,7 +256,8 @@ struct qreader {
 	struct tc__reader base;
 	struct gload *g;
 	struct tc__ioring *ur;
-	unsigned tag; /* window of the unit being planned */
+	unsigned tag;		 /* window of the unit being planned */
+	uint64_t nreads, nbytes; /* as struct treader's */
 };
 
 static int qread(struct tc__reader *r, uint32_t file, uint8_t *dst,
@@ -261,12 +267,11 @@ static int qread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	struct lfile *lf = &q->g->files[file];
 	bool direct = lf->dfd >= 0;
 
-	atomic_fetch_add(&q->g->reads, 1);
+	q->nreads++;
 	/* O_DIRECT reads the aligned blocks around the range. */
-	atomic_fetch_add(&q->g->read_bytes,
-			 direct ? TC_ALIGN_UP(off + len, lf->align) -
-					  (off & ~(lf->align - 1)) :
-				  len);
+	q->nbytes += direct ? TC_ALIGN_UP(off + len, lf->align) -
+				      (off & ~(lf->align - 1)) :
+			      len;
 	/* From the page cache io_uring only copies too, later: pread here
 	 * keeps the window in cache for its hash (it ran ~10% faster). */
 	if (!direct && q->g->o->io != TC_IO_URING)
@@ -406,7 +411,7 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 		      uint64_t u0, uint64_t u1, struct tc__hasher *h, char *err,
 		      size_t errlen)
 {
-	struct qreader qr = { { qread }, g, ur, 0 };
+	struct qreader qr = { { qread }, g, ur, 0, 0, 0 };
 	struct uring_ctx uc = { ur, u0 };
 	uint64_t cursor = first_at(g, u0);
 	int rc = 0, drc;
@@ -417,6 +422,8 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 				TC_MIN(w + WINDOW_BYTES, u1), &cursor, &qr.base,
 				err, errlen);
 	}
+	atomic_fetch_add(&g->reads, qr.nreads);
+	atomic_fetch_add(&g->read_bytes, qr.nbytes);
 	if (rc == 0)
 		rc = hash_unit(g, p, u0, u1, h, uring_window, &uc, err, errlen);
 	if (rc == 0)
@@ -546,7 +553,7 @@ static void *worker(void *arg)
 	    depth = TC_MAX(1, TC_MIN(g->o->depth, MAX_DEPTH));
 	struct slot slots[MAX_DEPTH] = { 0 };
 	struct treader rd = {
-		{ g->o->io == TC_IO_MMAP ? mread : tread }, g, NULL, 0
+		{ g->o->io == TC_IO_MMAP ? mread : tread }, g, NULL, 0, 0, 0
 	};
 	struct pread_ctx pc = { g, &rd.base, 0 };
 	struct tc__gpu_stream *s = NULL;
@@ -687,6 +694,8 @@ out:
 	}
 	if (rd.bounce)
 		munmap(rd.bounce, rd.bounce_len);
+	atomic_fetch_add(&g->reads, rd.nreads);
+	atomic_fetch_add(&g->read_bytes, rd.nbytes);
 	tc__gpu_stream_free(s);
 	tc__hasher_free(h);
 	return NULL;

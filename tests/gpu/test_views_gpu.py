@@ -12,6 +12,8 @@
    column-parallel q/k/v/gate/up/embed/lm_head on dim 0, row-parallel o/down
    on dim 1, norms whole), kept from the imported artifact and straight from
    the files, each checked against slicing the full tensors on the GPU.
+4. Random views of files realized on cuda:0 from disk, through the
+   daemon's GPU loader (tc_import_view) and the view kernel, against torch.
 Usage: test_views_gpu.py [--cases 120]  (prints one line per part)
 """
 import argparse
@@ -211,6 +213,33 @@ def part3(tp=8):
               f"and source)")
 
 
+def part4(n):
+    """Random views of a file realized on cuda:0 from disk: through the
+    daemon's GPU loader (only the view's byte ranges into pinned staging,
+    then the view kernel for transposes and casts)."""
+    import safetensors.torch
+
+    g = torch.Generator().manual_seed(23)
+    by_loader = kern = 0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        for i in range(n):
+            t, slices, swap, cast = random_case(g)
+            p = os.path.join(d, f"m{i}.safetensors")
+            safetensors.torch.save_file({"pad": torch.arange(7, dtype=torch.int8), "t": t}, p)
+            v = tc.from_disk(p).view(names=["t"], **spec(slices, swap, cast))
+            r = v.tensor_dict_with_diagnostics(device="cuda:0")
+            same(r.tensors["t"], ref(t, slices, swap, cast), f"case {i} from disk ({r.diagnostics.source})")
+            by_loader += "GPU loader" in r.diagnostics.source
+            kern += r.diagnostics.kernel_tensors
+            if r.diagnostics.fallback_reason:
+                raise AssertionError(f"case {i}: {r.diagnostics.fallback_reason}")
+    print(f"part 4: {n} random views of files on cuda:0, equal to torch ({by_loader} through the daemon's "
+          f"GPU loader, {kern} then by the view kernel; {time.perf_counter() - t0:.1f} s)")
+    if by_loader == 0:
+        raise AssertionError("no view of a file went through the GPU loader")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=120)
@@ -220,7 +249,7 @@ def main():
     info = torch.cuda.get_device_name(0)
     print(f"GPU: {info}; torch {torch.__version__}")
     failed = 0
-    parts = [lambda: part1(a.cases), part2] + ([] if a.skip_model else [part3])
+    parts = [lambda: part1(a.cases), part2, lambda: part4(a.cases // 3)] + ([] if a.skip_model else [part3])
     for fn in parts:
         try:
             fn()

@@ -110,7 +110,8 @@ def test_kept_view_of_a_file_is_refused(tc, tmp_path):
 
 # ---------------------------------------------------------- fake driver
 
-_FAKE_PROPS = r'''
+# The fake driver's device memory, for scripts run against it.
+_FAKE_DEV = r'''
 import ctypes, os, sys
 import torch
 import tcast as tc
@@ -153,6 +154,9 @@ DST = dev_alloc(8 << 20)
 def raw(t):
     return torch.empty(t.shape, dtype=t.dtype).copy_(t).reshape(-1).view(torch.uint8).numpy().tobytes()
 
+'''
+
+_FAKE_PROPS = _FAKE_DEV + r'''
 n_kernel = n_host = 0
 
 @settings(max_examples=int(os.environ.get("EXAMPLES", "40")), deadline=None, database=None,
@@ -225,15 +229,12 @@ def test_views_on_the_fake_gpu(tmp_path):
 # Views of a file onto GPU 0 through the daemon's GPU loader
 # (tc_import_view): only the view's byte ranges are read, into pinned
 # staging, and copied to a new GPU replica whose table is the view's.
-_FAKE_IMPORT_VIEW = r'''
-import ctypes, json, os, sys
-import torch
-import tcast as tc
+_FAKE_IMPORT_VIEW = _FAKE_DEV + r'''
+import json
 from tcast import _native
-sys.path.insert(0, os.environ["TESTS_PY"])
+from tcast._view import _Level, _Plan, _Spec
 from test_views import write_st
 
-tc.init(address=os.environ["SOCK"])
 sess = tc._sess()
 lib = sess.lib
 path = os.path.join(os.environ["TMP"], "m.safetensors")
@@ -245,9 +246,6 @@ ts = {
     "d.h": torch.randn(3000, 700, generator=g).to(torch.float16),  # 4 MiB
 }
 write_st(path, ts)
-
-def raw(t):
-    return t.contiguous().view(torch.uint8).numpy().tobytes()
 
 def import_view(spec):
     o = _native.TcOpts()
@@ -293,6 +291,26 @@ rc, _ = import_view({"slices": {"nope": [[0, 0, 1]]}})
 assert rc == -4000 and "nope" in lib.tc_client_errmsg(sess._h()).decode()
 rc, _ = import_view({"slices": {"b.w": [[0, 0, 41]]}})
 assert rc == -4014 and "outside the shape" in lib.tc_client_errmsg(sess._h()).decode()
+# Transposes and casts (what Python does for them): the slices loaded by
+# the daemon, attached on GPU 0, then the view kernel from that replica.
+rc, r = import_view({"names": ["a.w", "d.h"], "slices": {"a.w": [[0, 3, 300], [1, 100, 900]],
+                                                         "d.h": [[0, 17, 2500], [1, 1, 699]]}})
+assert rc == 0
+from tcast._artifact import _Attachment
+h = ctypes.c_void_p()
+sess.call(lib.tc_attach_gpu, r.id, 0, ctypes.byref(h))
+att = _Attachment(sess, None, handle=h.value)
+sp = _Spec([_Level(names=None, slices=(), transpose=((None, 0, 1),), casts=((None, "F32"),))])
+p2 = _Plan(sp, att=att)
+sp.close()
+p2.realize_gpu(0, DST, p2.size, 0, 1)
+wants = {"a.w": ts["a.w"][3:300, 100:900], "d.h": ts["d.h"][17:2500, 1:699]}
+needed.append(sum(t.numel() * t.element_size() for t in wants.values()))
+for info in p2.infos:
+    assert ctypes.string_at(DST + info.offset, info.nbytes) == raw(wants[info.name].t().float()), info.name
+assert p2.gpu_counts()[0] == 2
+p2.close()
+att.owner.close()
 # Without a device: refused before anything is sent.
 r = _native.TcResult()
 assert lib.tc_import_view(sess._h(), path.encode(), b"{}", None, ctypes.byref(r)) == -4007
