@@ -291,6 +291,28 @@ rc, _ = import_view({"slices": {"nope": [[0, 0, 1]]}})
 assert rc == -4000 and "nope" in lib.tc_client_errmsg(sess._h()).decode()
 rc, _ = import_view({"slices": {"b.w": [[0, 0, 41]]}})
 assert rc == -4014 and "outside the shape" in lib.tc_client_errmsg(sess._h()).decode()
+# A folder (index + shards, sent by the client): tensor-parallel shards
+# of tensors in several files, against slicing what the files hold.
+folder = os.environ["LLAMA"]
+idx = json.load(open(os.path.join(folder, "model.safetensors.index.json")))["weight_map"]
+
+def st_tensor(name):
+    with open(os.path.join(folder, idx[name]), "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        h = json.loads(f.read(n))[name]
+        a, b = h["data_offsets"]
+        f.seek(8 + n + a)
+        buf = bytearray(f.read(b - a))
+    dt = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[h["dtype"]]
+    return torch.frombuffer(buf, dtype=dt).reshape(h["shape"])
+
+q, o = "model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight"
+tq, to = st_tensor(q), st_tensor(o)
+path, keep_path = folder, path
+needed.append(check({"names": [q, o], "slices": {q: [[0, tq.shape[0] // 2, tq.shape[0]]],
+                                                  o: [[1, 0, to.shape[1] // 2]]}},
+                    {q: tq[tq.shape[0] // 2:], o: to[:, : to.shape[1] // 2]}))
+path = keep_path
 # Transposes and casts (what Python does for them): the slices loaded by
 # the daemon, attached on GPU 0, then the view kernel from that replica.
 rc, r = import_view({"names": ["a.w", "d.h"], "slices": {"a.w": [[0, 3, 300], [1, 100, 900]],
@@ -324,7 +346,8 @@ def test_view_of_a_file_through_the_gpu_loader(tmp_path):
     d = Daemon(tmp_path, "1GiB", env=env)
     try:
         p = run_py(_FAKE_IMPORT_VIEW, timeout=300, env=dict(env, SOCK=d.socket, TMP=str(tmp_path),
-                                                           TESTS_PY=str(Path(__file__).parent)))
+                                                           TESTS_PY=str(Path(__file__).parent),
+                                                           LLAMA=str(Path(__file__).parents[1] / "data" / "tiny-llama")))
         out = p.stdout.split()
         assert out[0] == "ok", p.stdout
         needed = [int(x) for x in out[1:]]
