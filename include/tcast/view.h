@@ -150,7 +150,9 @@ TC_API int tc_view_realize_tensor(tc_view_plan *p, uint32_t i, void *dst,
  * straight into place; transposes and casts per `mode`.  The source is the
  * plan's host attachment, its GPU attachment on the same device (copies
  * stay on the GPU; transposes and casts then need the kernel), or its
- * files (read on the host, then copied).  Work is queued on `stream` (a
+ * files (read on the host with pread, then copied: for the loader's rate,
+ * import the view's slices with tc_import_view, attach them with
+ * tc_attach_gpu and realize from that).  Work is queued on `stream` (a
  * CUstream value; 0 the NULL stream) and complete when this returns.
  * Returns 0, TC_EINVAL (dst too small), TC_ENOTSUP (the artifact is on
  * another GPU; a transform from a GPU attachment without the kernel),
