@@ -969,12 +969,14 @@ def import_path(
     ttl_ms: Optional[int] = None,
     wait_persistence: bool = True,
     view: Optional[str] = None,
+    framework: str = "torch",
 ) -> ImportResult:
     """view: a JSON view spec (slices and subsets): only its byte ranges,
-    straight to the GPU `device` (tc_import_view)."""
+    straight to the GPU `device` (tc_import_view).  framework: who will
+    consume the GPU replica ("dlpack" needs no torch)."""
     opts, keep = make_opts(key, policy, expect_generation, progress, ttl_ms, wait_persistence)
     gpu = None
-    dev = _device(device, "torch") if device is not None else "cpu"
+    dev = _device(device, framework) if device is not None else "cpu"
     if dev != "cpu":
         gpu = _cuda_ordinal(dev)
         opts.field_mask |= _native.TC_OPT_DEVICE

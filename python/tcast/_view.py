@@ -486,20 +486,34 @@ class View:
 
         t0 = time.perf_counter()
         fw = _framework(framework)
-        if fw == "dlpack":
-            raise errors.NotSupportedError("views realize torch tensors or numpy arrays (framework='dlpack' is not done yet)")
+        # DLPack producers come from a GPU replica the daemon holds: a
+        # view of a file (slices and subsets) loaded by its GPU loader.
+        no_dlpack = errors.NotSupportedError(
+            "views realize torch tensors or numpy arrays (framework='dlpack' only for slices and subsets "
+            "of a file on a GPU, which the daemon's loader makes)")
+        if fw == "dlpack" and (cache or any(lv.transpose or lv.casts for lv in self._levels)):
+            raise no_dlpack
         dev = _device(device, fw)
+        if fw == "dlpack" and dev == "cpu":
+            raise no_dlpack
         mode = _gpu_mode(gpu_transform)
-        if cache is not False:
+        if cache is not False and fw != "dlpack":
             got = self._from_peers(options, dev, fw, t0)
             if got is not None:
                 return got
         plan, att, info = self._plan(options)
         if att is None and dev != "cpu" and not cache:
-            got, why = self._import_view_gpu(plan, dev, fw, mode, t0)
+            try:
+                got, why = self._import_view_gpu(plan, dev, fw, mode, t0)
+            except BaseException:
+                plan.close()
+                raise
             if got is not None:
                 return got
             info = dict(info, fallback_reason=why)
+        if fw == "dlpack":
+            plan.close()
+            raise errors.NotSupportedError(f"{no_dlpack}" + (f": {why}" if att is None and why else ""))
         keep = (dev != "cpu") if cache is None else bool(cache)
         if keep and att is None:
             if cache:
@@ -580,7 +594,7 @@ class View:
             return None, None
         a = self._artifact
         try:
-            res = import_path(a._sess(), a._disk_path, device=dev, view=spec)
+            res = import_path(a._sess(), a._disk_path, device=dev, view=spec, framework=fw)
         except errors.TcastError as e:
             return None, f"the daemon's loader did not load the view ({e}); read here instead"
         st = plan.stats()

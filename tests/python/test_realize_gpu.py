@@ -119,6 +119,44 @@ print(json.dumps(out))
     assert out["other_gpu"][0] == "NotSupportedError", out["other_gpu"]
 
 
+def test_view_of_a_file_on_gpu_goes_through_the_loader(gpu_daemon, tmp_path):
+    """from_disk(p).view(...).tensor_dict(device='cuda:0'): the daemon's GPU
+    loader reads only the view's byte ranges (tc_import_view) into a GPU
+    replica of the view, whose DLPack producers hold exactly the sliced
+    bytes; what DLPack cannot take (a transpose) and bad specs are clear
+    errors."""
+    p = _write(tmp_path, os.getpid() % 100000 + 1)
+    code = f'''
+v = tc.from_disk({str(p)!r}).view(names=["a", "b"], slices={{"a": [(0, slice(3, 20)), (1, slice(2, 5))],
+                                                             "b": [(0, slice(10, 90))]}})
+res = v.tensor_dict_with_diagnostics(device="cuda:0", framework="dlpack")
+d = res.diagnostics
+out = {{"source": d.source, "fallback": d.fallback_reason, "read": d.bytes_read, "needed": d.bytes_needed,
+       "id": d.view_artifact_id, "tensors": {{k: read(t) for k, t in res.tensors.items()}}}}
+out["replicas"] = [r["tier"] for r in tc.inspect(d.view_artifact_id)["replicas"]]
+for what, w in (("transpose", dict(transpose=True)), ("bad", dict(slices={{"a": [(0, slice(0, 99))]}}))):
+    try:
+        tc.from_disk({str(p)!r}).view(**w).tensor_dict(device="cuda:0", framework="dlpack")
+    except tc.TcastError as e:
+        out[what] = [type(e).__name__, str(e)]
+print(json.dumps(out))
+'''
+    out = json.loads(_client(gpu_daemon, code).stdout.splitlines()[-1])
+    assert out["source"].startswith("disk (view ranges through the daemon's GPU loader)"), out
+    assert out["fallback"] is None and out["replicas"] == ["gpu"], out
+    rng = np.random.default_rng(os.getpid() % 100000 + 1)
+    a = rng.standard_normal((33, 7)).astype(np.float32)
+    b = rng.integers(0, 255, 100, dtype=np.uint8)
+    want = {"a": np.ascontiguousarray(a[3:20, 2:5]).tobytes(), "b": b[10:90].tobytes()}
+    assert list(out["tensors"]) == ["a", "b"]
+    for k, w in want.items():
+        dev, hexd = out["tensors"][k]
+        assert dev == [2, 0] and bytes.fromhex(hexd) == w, k
+    assert out["read"] == out["needed"] == sum(len(w) for w in want.values())
+    assert out["transpose"][0] == "NotSupportedError" and "framework='dlpack' only" in out["transpose"][1]
+    assert out["bad"] == ["InvalidArgumentError", "TC_EINVAL: view: tensor 'a': dim 0: slice [0, 99) outside the shape (size 33)"]
+
+
 def test_host_artifact_reaches_dlpack_on_gpu(gpu_daemon):
     """A put (host replica) realized on GPU 1: the daemon copies it there
     once; producers say kDLCUDA device 1 and hold the same bytes."""
