@@ -124,6 +124,12 @@ TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,
  * TC_EINVAL, TC_ENOTFOUND or TC_EBADDTYPE for a spec the file refuses. */
 TC_API int tc_import_view(tc_client *c, const char *path, const char *view,
 			  const struct tc_opts *o, struct tc_result *res);
+/* What the daemon's loader read for the last tc_import_view on this handle:
+ * bytes asked of the files (the view's bytes through the page cache; with
+ * O_DIRECT each read rounded out to the file's alignment) and read calls.
+ * Zero after a plain tc_import. */
+TC_API void tc_last_import_reads(tc_client *c, uint64_t *bytes,
+				 uint64_t *reads);
 
 /* A tensor to put: name (UTF-8), dtype (enum tc_dtype), shape. */
 struct tc_tensor_desc {

@@ -209,6 +209,10 @@ class ImportResult:
     # what a "should" of the policy could not do (ha without a cluster)
     degraded: Tuple[str, ...] = ()
     copy_seconds: float = 0.0  # a put from GPU memory: the device-to-device copy
+    # an import of a view (tc_import_view): bytes and reads the daemon's
+    # loader asked of the files (tc_last_import_reads)
+    read_bytes: Optional[int] = None
+    reads: Optional[int] = None
 
     @property
     def gbps(self) -> float:
@@ -987,9 +991,13 @@ def import_path(
         if view is not None:
             session.call(session.lib.tc_import_view, os.fsencode(path), view.encode(), ctypes.byref(opts),
                          ctypes.byref(res))
+            nb, nr = ctypes.c_uint64(), ctypes.c_uint64()
+            session.lib.tc_last_import_reads(session._h(), ctypes.byref(nb), ctypes.byref(nr))
         else:
             session.call(session.lib.tc_import, os.fsencode(path), ctypes.byref(opts), ctypes.byref(res))
         result = persistence_of(session, _result_of(res, time.perf_counter() - t0))
+        if view is not None:
+            result.read_bytes, result.reads = nb.value, nr.value
     if gpu is not None:
         result.device = f"cuda:{gpu}"
     del keep

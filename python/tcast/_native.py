@@ -194,6 +194,7 @@ PROTOTYPES = {
     # client.h: import and put
     "tc_import": (c_int, [_p, c_char_p, POINTER(TcOpts), POINTER(TcResult)]),
     "tc_import_view": (c_int, [_p, c_char_p, c_char_p, POINTER(TcOpts), POINTER(TcResult)]),
+    "tc_last_import_reads": (None, [_p, POINTER(c_uint64), POINTER(c_uint64)]),
     "tc_put_begin": (
         c_int,
         [_p, POINTER(TcTensorDesc), c_uint32, c_char_p, POINTER(TcOpts), _pp],

@@ -617,14 +617,13 @@ class View:
             device=dev,
             ntensors=len(out),
             bytes=sum(t.nbytes for t in plan.infos),
-            # The loader reads exactly the ranges through the page cache
-            # (O_DIRECT rounds each read out to the file's alignment; the
-            # daemon logs its count): bytes_needed.
-            bytes_read=st.bytes_needed,
+            # The daemon's loader's counters (O_DIRECT rounds each read
+            # out to the file's alignment).
+            bytes_read=res.read_bytes or 0,
             bytes_needed=st.bytes_needed,
             artifact_bytes=st.artifact_bytes,
             header_bytes=st.header_bytes,
-            reads=0,
+            reads=res.reads or 0,
             zero_copy_tensors=nzc,
             seconds=time.perf_counter() - t0,
             view_artifact_id=vaid,

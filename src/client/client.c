@@ -45,7 +45,8 @@ struct tc_client {
 	int fdq[CLIENT_FDQ];
 	int nfdq;
 	char errmsg[1024];
-	uint32_t persist;   /* of the last created artifact */
+	uint32_t persist;		      /* of the last created artifact */
+	uint64_t view_read_bytes, view_reads; /* of the last tc_import_view */
 	char degraded[512]; /* and what its policy could not do */
 };
 
@@ -635,8 +636,21 @@ static int import(tc_client *c, const char *path, const char *view,
 	if (rc < 0)
 		return rc;
 	rc = tc__client_read_result(c, &rep, res);
+	c->view_read_bytes = c->view_reads = 0;
+	if (rc == 0 && view &&
+	    (tc__cur_read_u64(&rep.body, &c->view_read_bytes) < 0 ||
+	     tc__cur_read_u64(&rep.body, &c->view_reads) < 0))
+		rc = set_err(c, TC_EPROTO, "malformed result of a view import");
 	reply_release(&rep);
 	return rc;
+}
+
+TC_API void tc_last_import_reads(tc_client *c, uint64_t *bytes, uint64_t *reads)
+{
+	if (bytes)
+		*bytes = c->view_read_bytes;
+	if (reads)
+		*reads = c->view_reads;
 }
 
 TC_API int tc_import(tc_client *c, const char *path, const struct tc_opts *o,

@@ -421,8 +421,16 @@ static int import_reply(struct conn *c, const struct req *r, void *arg)
 		return rc;
 	}
 	tc__durable_key_changed(c->srv->durable, &c->srv->objs, j->key);
-	tc__srv_reply_created(c, r, j->done_o, j->done_ns, j->done_dedup, gen,
-			      &j->persist);
+	{
+		/* A view: what the loader read, for the client's
+		 * diagnostics. */
+		uint64_t rd[2] = { j->gpu_stats.read_bytes,
+				   j->gpu_stats.reads };
+
+		tc__srv_reply_created_ex(c, r, j->done_o, j->done_ns,
+					 j->done_dedup, gen, &j->persist, rd,
+					 j->view ? 2 : 0);
+	}
 	return 0;
 }
 

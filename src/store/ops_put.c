@@ -37,6 +37,14 @@ void tc__srv_reply_created(struct conn *c, const struct req *r,
 			   struct tc__obj *o, uint64_t ns, bool dedup,
 			   uint64_t gen, const struct persist_req *p)
 {
+	tc__srv_reply_created_ex(c, r, o, ns, dedup, gen, p, NULL, 0);
+}
+
+void tc__srv_reply_created_ex(struct conn *c, const struct req *r,
+			      struct tc__obj *o, uint64_t ns, bool dedup,
+			      uint64_t gen, const struct persist_req *p,
+			      const uint64_t *extra, int nextra)
+{
 	size_t off = tc__srv_reply_begin(c, r);
 
 	tc__buf_put_str(&c->out, o->id);
@@ -46,6 +54,8 @@ void tc__srv_reply_created(struct conn *c, const struct req *r,
 	tc__buf_put_u32(&c->out, dedup);
 	tc__buf_put_u64(&c->out, gen);
 	tc__srv_put_durability(c, p, o);
+	for (int i = 0; i < nextra; i++)
+		tc__buf_put_u64(&c->out, extra[i]);
 	tc__srv_reply_end(c, off);
 }
 

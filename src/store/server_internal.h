@@ -369,6 +369,12 @@ void tc__srv_key_gate_undo(struct server *s, const struct key_gate *g,
 void tc__srv_reply_created(struct conn *c, const struct req *r,
 			   struct tc__obj *o, uint64_t ns, bool dedup,
 			   uint64_t gen, const struct persist_req *p);
+/* The same with `nextra` u64s after it (IMPORT with TC_RF_VIEW: the bytes
+ * and reads the loader asked of the files). */
+void tc__srv_reply_created_ex(struct conn *c, const struct req *r,
+			      struct tc__obj *o, uint64_t ns, bool dedup,
+			      uint64_t gen, const struct persist_req *p,
+			      const uint64_t *extra, int nextra);
 /* Discard every unsealed put of a closed connection. */
 void tc__srv_puts_free(struct conn *c);
 

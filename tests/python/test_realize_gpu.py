@@ -131,7 +131,7 @@ v = tc.from_disk({str(p)!r}).view(names=["a", "b"], slices={{"a": [(0, slice(3, 
                                                              "b": [(0, slice(10, 90))]}})
 res = v.tensor_dict_with_diagnostics(device="cuda:0", framework="dlpack")
 d = res.diagnostics
-out = {{"source": d.source, "fallback": d.fallback_reason, "read": d.bytes_read, "needed": d.bytes_needed,
+out = {{"source": d.source, "fallback": d.fallback_reason, "read": d.bytes_read, "needed": d.bytes_needed, "reads": d.reads,
        "id": d.view_artifact_id, "tensors": {{k: read(t) for k, t in res.tensors.items()}}}}
 out["replicas"] = [r["tier"] for r in tc.inspect(d.view_artifact_id)["replicas"]]
 for what, w in (("transpose", dict(transpose=True)), ("bad", dict(slices={{"a": [(0, slice(0, 99))]}}))):
@@ -152,7 +152,10 @@ print(json.dumps(out))
     for k, w in want.items():
         dev, hexd = out["tensors"][k]
         assert dev == [2, 0] and bytes.fromhex(hexd) == w, k
+    # The daemon's loader's counters: the view's bytes exactly (page
+    # cache), one read per run or piece (a's columns: one per row).
     assert out["read"] == out["needed"] == sum(len(w) for w in want.values())
+    assert out["reads"] >= 17 + 1, out
     assert out["transpose"][0] == "NotSupportedError" and "framework='dlpack' only" in out["transpose"][1]
     assert out["bad"] == ["InvalidArgumentError", "TC_EINVAL: view: tensor 'a': dim 0: slice [0, 99) outside the shape (size 33)"]
 

@@ -270,7 +270,11 @@ def check(spec, want):
         got = ctypes.string_at(lib.tc_artifact_data(h) + info.offset, info.nbytes)
         assert got == raw(t), (spec, n)
     lib.tc_artifact_close(h)
-    return sum(t.numel() * t.element_size() for t in want.values())
+    need = sum(t.numel() * t.element_size() for t in want.values())
+    nb, nr = ctypes.c_uint64(), ctypes.c_uint64()
+    lib.tc_last_import_reads(sess._h(), ctypes.byref(nb), ctypes.byref(nr))
+    assert nb.value == need and nr.value >= len(want), (nb.value, nr.value, need)
+    return need
 
 needed = []
 # Row shard of every tensor: one run each.
