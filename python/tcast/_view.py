@@ -605,7 +605,10 @@ class View:
             out = {t.name: got.tensors[t.name] for t in plan.infos}
             release, vaid, nzc = got.release_fn, res.artifact_id, len(out)
         else:
-            out, kern, hostx = self._transform_loaded(res, post, plan, dev)
+            try:
+                out, kern, hostx = self._transform_loaded(res, post, plan, dev)
+            except errors.TcastError as e:  # the kernel would not run here
+                return None, f"the view kernel did not transform the loaded slices ({e}); read here instead"
             release, vaid, nzc = out.clear, None, 0
         plan.close()
         diag = ViewDiagnostics(
