@@ -26,6 +26,7 @@
 #include "tcast/dtype.h"
 #include "tcast/errors.h"
 #include "xfer/gpu_loader.h"
+#include "xfer/ioring.h"
 #include "xfer/loader.h"
 #include "xfer/view_ranges.h"
 
@@ -203,6 +204,15 @@ static void load_check(const struct model *m, const struct tc__view_plan *v,
 	free(want);
 }
 
+static bool have_uring(void)
+{
+	struct tc__ioring *r;
+	bool have = tc__ioring_new(4, 1, &r) == 0;
+
+	tc__ioring_free(r);
+	return have;
+}
+
 static void check_view(const struct model *m, const char *json, uint64_t r0,
 		       uint64_t r1, uint64_t c0, uint64_t c1)
 {
@@ -214,6 +224,8 @@ static void check_view(const struct model *m, const char *json, uint64_t r0,
 	for (int direct = 0; direct <= 1; direct++) {
 		load_check(m, &v, ref, 1, direct, TC_IO_PREAD);
 		load_check(m, &v, ref, 3, direct, TC_IO_AUTO);
+		if (have_uring())
+			load_check(m, &v, ref, 2, direct, TC_IO_URING);
 	}
 	free(ref);
 	tc__view_plan_release(&v);
