@@ -480,8 +480,11 @@ class View:
                                      gpu_transform: str = "auto"):
         """Realize the view.  cache: keep it in the daemon under its view id
         and attach that (default: on a GPU yes, on the CPU no); a view of a
-        file is never kept.  gpu_transform: how cache=False makes
-        transposes and casts on a GPU ('auto', 'kernel', 'host')."""
+        file is never kept under its view id: on a GPU, by default, the
+        daemon's GPU loader reads its byte ranges into a replica of its own
+        (cache=False: read here instead, nothing left in the daemon).
+        gpu_transform: how cache=False makes transposes and casts on a GPU
+        ('auto', 'kernel', 'host')."""
         from ._artifact import TensorDictResult, _device, _framework
 
         t0 = time.perf_counter()
@@ -491,7 +494,7 @@ class View:
         no_dlpack = errors.NotSupportedError(
             "views realize torch tensors or numpy arrays (framework='dlpack' only for slices and subsets "
             "of a file on a GPU, which the daemon's loader makes)")
-        if fw == "dlpack" and (cache or any(lv.transpose or lv.casts for lv in self._levels)):
+        if fw == "dlpack" and (cache is not None or any(lv.transpose or lv.casts for lv in self._levels)):
             raise no_dlpack
         dev = _device(device, fw)
         if fw == "dlpack" and dev == "cpu":
@@ -502,7 +505,7 @@ class View:
             if got is not None:
                 return got
         plan, att, info = self._plan(options)
-        if att is None and dev != "cpu" and not cache:
+        if att is None and dev != "cpu" and cache is None:
             try:
                 got, why = self._import_view_gpu(plan, dev, fw, mode, t0)
             except BaseException:
