@@ -739,6 +739,37 @@ static void map_file(struct lfile *lf, const struct tc__source_file *f)
 	lf->map_len = f->size;
 }
 
+/* The same for the bytes a range plan reads of file `file`: the first
+ * page of up to 16 of its runs, spread over the plan (a view's pages may
+ * be cached while the rest of the file is not, or the reverse). */
+static bool plan_cached(const struct gload *g, uint32_t file, int fd,
+			uint64_t size)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t n = g->plan->nruns, step = n / 16 ? n / 16 : 1;
+	unsigned char v[1];
+	bool cached = false, any = false;
+	void *p;
+
+	if (size == 0 || n == 0)
+		return true;
+	p = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return true;
+	for (uint64_t r = 0; r < n && !cached; r += step) {
+		const struct tc__load_run *x = &g->plan->runs[r];
+		uint64_t off = x->off / (uint64_t)pg * (uint64_t)pg;
+
+		if (x->file != file || off >= size)
+			continue;
+		any = true;
+		if (mincore((uint8_t *)p + off, 1, v) == 0 && (v[0] & 1))
+			cached = true;
+	}
+	munmap(p, size);
+	return cached || !any;
+}
+
 static void open_direct(struct gload *g)
 {
 	for (uint32_t i = 0; i < g->src->nfiles; i++) {
@@ -750,7 +781,9 @@ static void open_direct(struct gload *g)
 		lf->dfd = -1;
 		lf->align = DIO_ALIGN_DEFAULT;
 		if (g->o->direct == 0 ||
-		    (g->o->direct < 0 && file_cached(f->fd, f->size))) {
+		    (g->o->direct < 0 &&
+		     (g->plan ? plan_cached(g, i, f->fd, f->size) :
+				file_cached(f->fd, f->size)))) {
 			if (g->o->io == TC_IO_MMAP && f->size)
 				map_file(lf, f);
 			continue;

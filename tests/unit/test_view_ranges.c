@@ -155,8 +155,10 @@ static void plan_view(const struct model *m, const char *json,
 
 /* Load `v`'s range plan with the given knobs; check the bytes against
  * `ref`, the digests against hashing `ref`, and the read counters. */
-static void load_check(const struct model *m, const struct tc__view_plan *v,
-		       const uint8_t *ref, int nthreads, int direct, int io)
+static struct tc__gpu_load_stats load_check(const struct model *m,
+					    const struct tc__view_plan *v,
+					    const uint8_t *ref, int nthreads,
+					    int direct, int io)
 {
 	struct tc__gpu_load_opts o = {
 		.nthreads = nthreads, .depth = 2, .direct = direct, .io = io
@@ -202,6 +204,7 @@ static void load_check(const struct model *m, const struct tc__view_plan *v,
 	free(back);
 	free(ch);
 	free(want);
+	return st;
 }
 
 static bool have_uring(void)
@@ -259,6 +262,41 @@ static void test_view_ranges__shards(void **state)
 		   "\"slices\":{\"a.weight\":[[0,7,600],[1,3,1500]],"
 		   "\"c.weight\":[[0,7,600],[1,3,1500]]}}",
 		   7, 600, 3, 1500);
+	model_close(&m);
+}
+
+/* direct = -1 (the daemon's choice): O_DIRECT when the view's own pages
+ * are not in the page cache, buffered when they are. */
+static void test_view_ranges__cached_or_direct(void **state)
+{
+	struct model m;
+	struct tc__view_plan v;
+	struct tc__gpu_load_stats st;
+	uint8_t *ref;
+	int fd;
+
+	(void)state;
+	model_open(&m);
+	plan_view(
+		&m,
+		"{\"names\":[\"c.weight\"],\"slices\":{\"c.weight\":[[0,300,700]]}}",
+		&v);
+	ref = reference(&m, &v, 300, 700, 0, UINT64_MAX);
+	st = load_check(&m, &v, ref, 2, -1, TC_IO_PREAD);
+	assert_int_equal(st.direct_bytes, 0); /* just written: cached */
+	fd = open(m.path, O_RDONLY);
+	assert_int_equal(fdatasync(fd), 0);
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	close(fd);
+	st = load_check(&m, &v, ref, 2, -1, TC_IO_PREAD);
+	/* Evicted (where the file system allows O_DIRECT: not tmpfs). */
+	fd = open(m.path, O_RDONLY | O_DIRECT);
+	if (fd >= 0) {
+		close(fd);
+		assert_true(st.direct_bytes > 0);
+	}
+	free(ref);
+	tc__view_plan_release(&v);
 	model_close(&m);
 }
 
@@ -394,6 +432,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_view_ranges__shards),
+		cmocka_unit_test(test_view_ranges__cached_or_direct),
 		cmocka_unit_test(test_view_ranges__gather_buffers),
 		cmocka_unit_test(test_view_ranges__bad_plans),
 	};
