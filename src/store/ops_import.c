@@ -565,15 +565,16 @@ static void import_done(struct tc__job *job)
 				 strerror(st->uring_errno));
 		tc__log(TC_LOG_INFO,
 			"'%s'%s to GPU %d: %.2f GB/s, read with %s%s, %llu "
-			"bytes in %llu reads, %llu with O_DIRECT%s",
+			"bytes with O_DIRECT, %llu bytes asked in %llu "
+			"reads%s",
 			j->display, j->view ? " (a view)" : "", j->gpu_dev,
 			st->seconds > 0 ?
 				(double)st->bytes / st->seconds / 1e9 :
 				0.0,
 			st->uring_bytes ? "io_uring" : "pread", why,
+			(unsigned long long)st->direct_bytes,
 			(unsigned long long)st->read_bytes,
 			(unsigned long long)st->reads,
-			(unsigned long long)st->direct_bytes,
 			st->tee_bytes ? ", the shared-disk copy written from "
 					"the same read" :
 					"");

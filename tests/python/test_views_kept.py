@@ -360,6 +360,6 @@ def test_view_of_a_file_through_the_gpu_loader(tmp_path):
     # The daemon's loader read exactly the views' bytes (page cache: no
     # alignment slack), as its counters say.
     log = Path(d.log).read_text()
-    reads = [int(line.split(" bytes in ")[0].rsplit(" ", 1)[1]) for line in log.splitlines()
+    reads = [int(line.split(" bytes asked in ")[0].rsplit(" ", 1)[1]) for line in log.splitlines()
              if "(a view) to GPU" in line]
     assert reads == needed, (reads, needed)
