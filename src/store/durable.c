@@ -701,7 +701,7 @@ static void restore_done_gpu(struct tc__restore *r)
 
 	tc__gpu_tier_copy_end(r->to.tier);
 	r->copying = false;
-	r->o->mem_bytes = 0; /* charged to the GPU, not host memory */
+	r->o->host.bytes = 0; /* charged to the GPU, not host memory */
 	if (tc__objs_insert(r->objs, r->o, &o) < 0) {
 		r->rc = -ENOMEM;
 		snprintf(r->err, sizeof(r->err), "out of memory");
@@ -771,7 +771,7 @@ static void restore_done(struct tc__job *job)
 					 tc_strerror(r->rc));
 		}
 		if (r->rc == 0) {
-			r->o->mem_bytes = bytes + extra;
+			r->o->host.bytes = bytes + extra;
 			r->phase = 2;
 			tc__jobs_submit(r->pool, &r->job);
 			return;
@@ -901,8 +901,8 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs)
 		/* cold: the host copy is kept for a TTL after its last use;
 		 * the disk copy serves the next one. */
 		if (!d->spill && o && o->policy == TC_POLICY_COLD &&
-		    !o->leases && o->mem_bytes &&
-		    mono - o->last_use_ns > d->cold_ttl_ns) {
+		    !o->host.leases && o->host.bytes &&
+		    mono - o->host.last_use_ns > d->cold_ttl_ns) {
 			tc__objs_kill(objs, o);
 			d->cold_dropped++;
 		}

@@ -30,12 +30,29 @@ static uint64_t unix_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static const struct tc__tier_ops host_tier_ops;
+
 void tc__objs_init(struct tc__objs *s, uint64_t budget)
 {
 	memset(s, 0, sizeof(*s));
 	tc__map_init(&s->by_id);
 	tc__map_init(&s->keys);
-	s->budget = budget;
+	tc__tier_init(&s->host, "host", budget, &host_tier_ops, s);
+}
+
+static struct tc__obj *obj_of(const struct tc__replica *r)
+{
+	return r ? tc__replica_owner(r, struct tc__obj, host) : NULL;
+}
+
+struct tc__obj *tc__objs_first(const struct tc__objs *s)
+{
+	return obj_of(s->host.lru_head);
+}
+
+struct tc__obj *tc__objs_next(const struct tc__obj *o)
+{
+	return obj_of(o->host.lru_next);
 }
 
 struct tc__obj *tc__obj_new(void)
@@ -46,8 +63,9 @@ struct tc__obj *tc__obj_new(void)
 		return NULL;
 	tc__table_init(&o->table);
 	tc__buf_init(&o->attach_body);
+	tc__replica_init(&o->host);
 	o->created_ms = unix_ms();
-	o->last_use_ns = tc__now_ns();
+	o->host.last_use_ns = tc__now_ns();
 	return o;
 }
 
@@ -126,37 +144,20 @@ int tc__obj_finish(struct tc__obj *o, const struct tc__digest *chunks,
 
 /* ------------------------------------------------------------------ LRU */
 
-static void lru_unlink(struct tc__objs *s, struct tc__obj *o)
-{
-	if (o->lru_prev)
-		o->lru_prev->lru_next = o->lru_next;
-	else if (s->lru_head == o)
-		s->lru_head = o->lru_next;
-	if (o->lru_next)
-		o->lru_next->lru_prev = o->lru_prev;
-	else if (s->lru_tail == o)
-		s->lru_tail = o->lru_prev;
-	o->lru_prev = o->lru_next = NULL;
-}
-
-static void lru_push(struct tc__objs *s, struct tc__obj *o)
-{
-	o->lru_prev = NULL;
-	o->lru_next = s->lru_head;
-	if (s->lru_head)
-		s->lru_head->lru_prev = o;
-	s->lru_head = o;
-	if (!s->lru_tail)
-		s->lru_tail = o;
-}
-
+/* Only a live artifact moves on the LRU list: touching a removed one that
+ * is still leased leaves it off the list (replica.c). */
 void tc__objs_touch(struct tc__objs *s, struct tc__obj *o)
 {
-	o->last_use_ns = tc__now_ns();
-	if (s->lru_head != o) {
-		lru_unlink(s, o);
-		lru_push(s, o);
-	}
+	tc__replica_touch(&o->host);
+}
+
+/* Forget `o`, whose last lease went or which had none: its charge goes
+ * back to the host tier. */
+static void obj_gone(struct tc__objs *s, struct tc__obj *o)
+{
+	tc__map_del(&s->by_id, o->id);
+	tc__replica_gone(&o->host, false);
+	tc__obj_free(o);
 }
 
 /* Take `o` out of the table and the LRU list; free it now when no lease
@@ -167,13 +168,11 @@ static void obj_kill(struct tc__objs *s, struct tc__obj *o)
 		return;
 	o->dead = true;
 	notify_replica(s, o, false);
-	lru_unlink(s, o);
+	tc__replica_evict(&o->host);
 	if (o->shm && s->hooks.removed)
 		s->hooks.removed(s->hooks.arg, o);
-	if (o->leases == 0) {
-		tc__map_del(&s->by_id, o->id);
-		s->used -= o->mem_bytes;
-		tc__obj_free(o);
+	if (o->host.leases == 0) {
+		obj_gone(s, o);
 	} else {
 		/* Replicas no client maps go now; the rest at release. */
 		if (o->gpu)
@@ -254,72 +253,84 @@ static bool policy_evicts(enum tc__policy p)
 	return p != TC_POLICY_WARM && p != TC_POLICY_PINNED;
 }
 
-/* --------------------------------------------------------------- budget */
+/* ----------------------------------------------------- the host tier */
+
+/* Held by clients (the tier skips leased ones), pinned, or on GPUs only
+ * (evicting it would free no host memory) stays. */
+static bool host_evictable(struct tc__tier *t, struct tc__replica *r)
+{
+	struct tc__obj *o = obj_of(r);
+
+	return o->policy != TC_POLICY_PINNED && o->host.bytes;
+}
+
+static void host_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
+{
+	struct tc__objs *s = t->arg;
+	struct tc__obj *o = obj_of(r);
+
+	tc__log(TC_LOG_INFO, "evicting '%s' (%llu bytes) to make room", o->id,
+		(unsigned long long)o->host.bytes);
+	if (s->evicting)
+		s->evicting(s->evicting_arg, o);
+	obj_kill(s, o);
+}
+
+static void host_refuse(struct tc__tier *t, uint64_t bytes, bool too_big,
+			char *err, size_t errlen)
+{
+	struct tc__objs *s = t->arg;
+	struct tc__map_entry *e;
+	uint64_t pinned = 0;
+	size_t b;
+
+	if (too_big) {
+		tc__tier_refusal(t, bytes, too_big, err, errlen);
+		return;
+	}
+	/* Walk the table, not the LRU list: a removed artifact is off the
+	 * list, and only unleased ones count as pinned (leased bytes are
+	 * the tier's leased_bytes, removed ones included). */
+	for (e = tc__map_next(&s->by_id, NULL, &b); e;
+	     e = tc__map_next(&s->by_id, e, &b)) {
+		struct tc__obj *o = e->val;
+
+		if (!o->host.leases && o->policy == TC_POLICY_PINNED)
+			pinned += o->host.bytes;
+	}
+	snprintf(err, errlen,
+		 "host budget exhausted: need %llu bytes, %llu of %llu "
+		 "free; %llu held by clients, %llu pinned",
+		 (unsigned long long)bytes,
+		 (unsigned long long)(t->budget - t->used),
+		 (unsigned long long)t->budget,
+		 (unsigned long long)t->leased_bytes,
+		 (unsigned long long)pinned);
+}
+
+static const struct tc__tier_ops host_tier_ops = {
+	.evictable = host_evictable,
+	.evict = host_evict,
+	.refuse = host_refuse,
+};
 
 int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 		     char *err, size_t errlen)
 {
-	struct tc__obj *o, *prev;
-	struct tc__map_entry *e;
-	uint64_t held = 0, pinned = 0;
-	size_t b;
+	size_t n;
+	int rc = tc__tier_charge(&s->host, bytes, policy_evicts(policy), NULL,
+				 err, errlen);
 
-	if (bytes > s->budget) {
-		snprintf(err, errlen,
-			 "needs %llu bytes but the host budget is %llu bytes",
-			 (unsigned long long)bytes,
-			 (unsigned long long)s->budget);
-		return TC_ENOSPACE;
-	}
-	if (s->used + bytes > s->budget && policy_evicts(policy)) {
-		for (o = s->lru_tail; o && s->used + bytes > s->budget;
-		     o = prev) {
-			prev = o->lru_prev;
-			/* Held by clients, pinned, or on GPUs only (evicting
-			 * it would free no host memory). */
-			if (o->leases || o->policy == TC_POLICY_PINNED ||
-			    !o->mem_bytes)
-				continue;
-			tc__log(TC_LOG_INFO,
-				"evicting '%s' (%llu bytes) to make room",
-				o->id, (unsigned long long)o->mem_bytes);
-			s->evictions++;
-			if (s->evicting)
-				s->evicting(s->evicting_arg, o);
-			obj_kill(s, o);
-		}
-	}
-	if (s->used + bytes > s->budget) {
-		/* Walk the table, not the LRU list: a removed artifact that
-		 * clients still lease is off the list but its memory is
-		 * held by clients all the same. */
-		for (e = tc__map_next(&s->by_id, NULL, &b); e;
-		     e = tc__map_next(&s->by_id, e, &b)) {
-			o = e->val;
-			if (o->leases)
-				held += o->mem_bytes;
-			else if (o->policy == TC_POLICY_PINNED)
-				pinned += o->mem_bytes;
-		}
-		snprintf(err, errlen,
-			 "host budget exhausted: need %llu bytes, %llu of %llu "
-			 "free; %llu held by clients, %llu pinned%s",
-			 (unsigned long long)bytes,
-			 (unsigned long long)(s->budget - s->used),
-			 (unsigned long long)s->budget,
-			 (unsigned long long)held, (unsigned long long)pinned,
-			 policy_evicts(policy) ?
-				 "" :
-				 " (this policy does not evict others)");
-		return TC_ENOSPACE;
-	}
-	s->used += bytes;
-	return 0;
+	if (rc == TC_ENOSPACE && !policy_evicts(policy) &&
+	    bytes <= s->host.budget && (n = strlen(err)) < errlen)
+		snprintf(err + n, errlen - n,
+			 " (this policy does not evict others)");
+	return rc;
 }
 
 void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes)
 {
-	s->used -= bytes;
+	tc__tier_uncharge(&s->host, bytes);
 }
 
 int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
@@ -341,17 +352,18 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 			 * artifact gains it (its charge moves along). */
 			old->shm = o->shm;
 			o->shm = NULL;
-			old->mem_bytes = o->mem_bytes;
+			tc__tier_uncharge(&s->host, o->host.bytes);
+			tc__replica_recharge(&old->host, o->host.bytes);
 			tc__buf_release(&old->attach_body);
 			old->attach_body = o->attach_body;
 			tc__buf_init(&o->attach_body);
 		} else {
-			tc__objs_unreserve(s, o->mem_bytes);
+			tc__objs_unreserve(s, o->host.bytes);
 		}
 		tc__obj_free(o);
 		if (old->dead) {
 			old->dead = false;
-			lru_push(s, old);
+			tc__replica_revive(&old->host);
 			notify_replica(s, old, true);
 		} else if (gained) {
 			notify_replica(s, old, true);
@@ -375,7 +387,7 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 	     e = tc__map_next(&s->keys, e, &b))
 		if (!strcmp(((struct tc__key *)e->val)->id, o->id))
 			o->nkeys++;
-	lru_push(s, o);
+	tc__replica_adopt(&o->host, &s->host, o->host.bytes);
 	s->inserted++;
 	notify_replica(s, o, true);
 	if (o->shm && s->hooks.added)
@@ -509,19 +521,15 @@ struct tc__obj *tc__objs_resolve(struct tc__objs *s, const char *ref, char *err,
 
 void tc__objs_lease(struct tc__objs *s, struct tc__obj *o)
 {
-	o->leases++;
-	tc__objs_touch(s, o);
+	tc__replica_lease(&o->host); /* touches it too */
 }
 
 void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o)
 {
-	if (o->leases == 0)
+	if (o->host.leases == 0)
 		return;
-	if (--o->leases == 0 && o->dead) {
-		tc__map_del(&s->by_id, o->id);
-		s->used -= o->mem_bytes;
-		tc__obj_free(o);
-	}
+	if (tc__replica_unlease(&o->host) == 0 && o->dead)
+		obj_gone(s, o);
 }
 
 /* ------------------------------------------------------------------ keys */
@@ -798,7 +806,7 @@ int tc__objs_key_precheck(struct tc__objs *s, const char *key, bool expect,
 
 void tc__objs_discard_new(struct tc__objs *s, struct tc__obj *o)
 {
-	if (o->nkeys == 0 && o->leases == 0 && !o->dead)
+	if (o->nkeys == 0 && o->host.leases == 0 && !o->dead)
 		obj_kill(s, o);
 }
 
@@ -882,15 +890,15 @@ static json_t *obj_summary(struct tc__objs *s, struct tc__obj *o)
 	if (o->shm)
 		json_array_append_new(
 			reps, json_pack("{s:s, s:I}", "tier", "host", "bytes",
-					(json_int_t)o->mem_bytes));
+					(json_int_t)o->host.bytes));
 	return json_pack("{s:s, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:s, s:s, "
 			 "s:I, s:f, s:o}",
 			 "id", o->id, "digest", hex, "digest_algorithm",
 			 "blake3", "keys", keys, "tensors",
 			 (json_int_t)o->table.ntensors, "bytes",
 			 (json_int_t)o->table.total_bytes, "mem_bytes",
-			 (json_int_t)o->mem_bytes, "leases",
-			 (json_int_t)o->leases, "policy",
+			 (json_int_t)o->host.bytes, "leases",
+			 (json_int_t)o->host.leases, "policy",
 			 tc__policy_name(o->policy), "source", o->source,
 			 "created_ms", (json_int_t)o->created_ms,
 			 "load_seconds", o->load_seconds, "replicas", reps);
@@ -910,15 +918,15 @@ char *tc__objs_list_json(struct tc__objs *s, uint64_t not_artifacts, void *more)
 {
 	json_t *arr = json_array();
 
-	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next)
+	for (struct tc__obj *o = tc__objs_first(s); o; o = tc__objs_next(o))
 		json_array_append_new(arr, obj_json(s, o));
 	if (more) {
 		json_array_extend(arr, more);
 		json_decref(more);
 	}
 	return dump(json_pack("{s:o, s:I, s:I}", "artifacts", arr, "used_bytes",
-			      (json_int_t)(s->used - not_artifacts),
-			      "budget_bytes", (json_int_t)s->budget));
+			      (json_int_t)(s->host.used - not_artifacts),
+			      "budget_bytes", (json_int_t)s->host.budget));
 }
 
 void *tc__objs_inspect_head(struct tc__objs *s, struct tc__obj *o)

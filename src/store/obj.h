@@ -24,6 +24,7 @@
 #include "common/hash.h"
 #include "common/map.h"
 #include "common/tensor.h"
+#include "replica.h"
 #include "shm.h"
 
 struct tc__obj;
@@ -66,23 +67,29 @@ enum tc__policy {
 /* The policy needs the shared-disk tier (durable, ha, cold). */
 bool tc__policy_on_disk(enum tc__policy p);
 
+/*
+ * `host` is the artifact's place in the host tier (replica.h): READY while
+ * it is in the table, EVICTING once removed (`dead`) while leases still
+ * hold it, IDLE before it is inserted (host.bytes is then what was
+ * reserved for it, adopted by tc__objs_insert).  Its leases are the
+ * artifact's: any hold (a host attach, a GPU replica's lease, a job) keeps
+ * the host copy from eviction.  An artifact held on GPUs only is in the
+ * host tier too, with 0 bytes: listed, never chosen as a victim.
+ * Invariant: dead <=> host.state == TC_REPLICA_EVICTING.
+ */
 struct tc__obj {
 	char id[TC_ID_LEN + 1];
 	struct tc__digest digest;
 	struct tc__shm *shm;	    /* owned; sealed */
 	struct tc__table table;	    /* owned; laid out */
 	struct tc__buf attach_body; /* owned: id, size and encoded table */
-	uint64_t mem_bytes;	    /* bytes charged to the budget */
-	uint32_t leases;	    /* total over all connections */
+	struct tc__replica host;    /* the host replica: bytes, leases, LRU */
 	uint32_t nkeys;		    /* keys whose current target this is */
 	bool dead;		    /* removed; free at zero leases */
 	enum tc__policy policy;
-	char source[512];	  /* where it came from, for inspect */
-	uint64_t created_ms;	  /* unix time */
-	uint64_t last_use_ns;	  /* monotonic; LRU order */
-	double load_seconds;	  /* import/put duration */
-	struct tc__obj *lru_prev; /* neighbours in the LRU list */
-	struct tc__obj *lru_next;
+	char source[512];	 /* where it came from, for inspect */
+	uint64_t created_ms;	 /* unix time */
+	double load_seconds;	 /* import/put duration */
 	struct tc__obj_gpu *gpu; /* owned: GPU replicas (gpu_tier.h), or NULL */
 	const struct tc__replica_ops *gpu_ops; /* set with `gpu` */
 	uint64_t expires_ms; /* unix time its TTL passes; 0 = never */
@@ -174,14 +181,12 @@ struct tc__objs_hooks {
 
 struct tc__objs {
 	const struct tc__objs_observer *observer; /* borrowed, or NULL */
-	struct tc__map by_id;	  /* id -> struct tc__obj (live and dead) */
-	struct tc__map keys;	  /* name -> struct tc__key */
-	uint64_t budget;	  /* host bytes we may hold */
-	uint64_t used;		  /* bytes of artifacts + reservations */
-	struct tc__obj *lru_head; /* most recently used */
-	struct tc__obj *lru_tail; /* eviction starts here */
-	uint64_t evictions;	  /* counters for status */
-	uint64_t inserted;
+	struct tc__map by_id; /* id -> struct tc__obj (live and dead) */
+	struct tc__map keys;  /* name -> struct tc__key */
+	/* the host tier: budget, used (artifacts + reservations), the LRU
+	 * of live artifacts and the eviction count */
+	struct tc__tier host;
+	uint64_t inserted;	     /* counter for status */
 	struct tc__objs_hooks hooks; /* zeroed by tc__objs_init: none */
 	/* An artifact is about to be evicted for room (tc__objs_reserve),
 	 * before it goes: the spill tier's chance to keep a copy on disk
@@ -191,6 +196,10 @@ struct tc__objs {
 };
 
 void tc__objs_init(struct tc__objs *s, uint64_t budget);
+/* The live artifacts, most recently used first (the host tier's LRU):
+ * for (o = tc__objs_first(s); o; o = tc__objs_next(o)). */
+struct tc__obj *tc__objs_first(const struct tc__objs *s);
+struct tc__obj *tc__objs_next(const struct tc__obj *o);
 /* Free every artifact regardless of leases (daemon exit). */
 void tc__objs_release(struct tc__objs *s);
 
@@ -207,7 +216,7 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 		     char *err, size_t errlen);
 void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes);
 
-/* Insert `o` (its mem_bytes already reserved).  When a live artifact with the
+/* Insert `o` (its host.bytes already reserved).  When a live artifact with the
  * same id exists, `o` is freed, its reservation returned, and *out is the
  * existing one; else *out = o.  Returns 0 or -ENOMEM (o untouched). */
 int tc__objs_insert(struct tc__objs *s, struct tc__obj *o,

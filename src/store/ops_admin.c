@@ -63,7 +63,8 @@ int on_status(struct conn *c, struct req *r)
 
 	if (rc < 0)
 		return rc;
-	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+	for (struct tc__obj *o = tc__objs_first(&s->objs); o;
+	     o = tc__objs_next(o))
 		n++;
 	/* Built with jansson: the socket path may hold quotes or control
 	 * characters, and the reply must stay valid JSON. */
@@ -83,9 +84,9 @@ int on_status(struct conn *c, struct req *r)
 		(json_int_t)(tc__now_ms() - s->start_ms), "clients", s->nconns,
 		"artifacts", n, "keys", (json_int_t)s->objs.keys.count,
 		"host_used_bytes",
-		(json_int_t)(s->objs.used - s->spare_charged),
-		"host_budget_bytes", (json_int_t)s->objs.budget, "evictions",
-		(json_int_t)s->objs.evictions, "attaches",
+		(json_int_t)(s->objs.host.used - s->spare_charged),
+		"host_budget_bytes", (json_int_t)s->objs.host.budget,
+		"evictions", (json_int_t)s->objs.host.evictions, "attaches",
 		(json_int_t)s->n_attach, "imports", (json_int_t)s->n_import,
 		"puts", (json_int_t)s->n_put, "protocol_errors",
 		(json_int_t)s->n_proto_err, "io_threads", s->cfg->io_threads,
@@ -102,10 +103,11 @@ int on_status(struct conn *c, struct req *r)
 
 		/* In memory but also on the shared disk: a stop keeps them
 		 * (what `daemon stop` says it drops leaves them out). */
-		for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+		for (struct tc__obj *o = tc__objs_first(&s->objs); o;
+		     o = tc__objs_next(o))
 			if (tc__durable_has(s->durable, o->id)) {
 				dn++;
-				db += (json_int_t)o->mem_bytes;
+				db += (json_int_t)o->host.bytes;
 			}
 		json_object_set_new(j, "durable",
 				    tc__durable_status_json(s->durable));

@@ -83,7 +83,8 @@ int tc__srv_cluster_start(struct server *s, char *err, size_t errlen)
 	s->objs.hooks.gpu = hook_gpu;
 	/* What the daemon already holds (recovered from the shared disk at
 	 * start) joins the inventory too. */
-	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next) {
+	for (struct tc__obj *o = tc__objs_first(&s->objs); o;
+	     o = tc__objs_next(o)) {
 		if (o->shm)
 			hook_added(s->cluster, o);
 		for (int i = 0; o->gpu && i < TC_GPU_TIER_MAX_DEV; i++)

@@ -498,7 +498,7 @@ static void import_done(struct tc__job *job)
 			/* the reservation: segment and table charge */
 			j->host_charged = bytes;
 		}
-		j->o->mem_bytes = bytes;
+		j->o->host.bytes = bytes;
 		j->o->policy = j->policy;
 		snprintf(j->o->source, sizeof(j->o->source), "import:%s",
 			 j->display);

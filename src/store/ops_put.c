@@ -115,8 +115,8 @@ void tc__srv_spare_refill(struct server *s)
 	/* Called every tick: a full budget must cost a comparison, not a
 	 * failed reservation (which walks every artifact for its message). */
 	if (!s->spare_target || s->spare || s->spare_filling || s->stopping ||
-	    tc__jobs_pending(s->jobs) || bytes > s->objs.budget ||
-	    s->objs.used > s->objs.budget - bytes)
+	    tc__jobs_pending(s->jobs) || bytes > s->objs.host.budget ||
+	    s->objs.host.used > s->objs.host.budget - bytes)
 		return;
 	/* Out of fds lately: the spare's memfd, made on a worker, would
 	 * race accept_shed for the reserve's slot. */
@@ -178,7 +178,7 @@ int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 		s->spare_charged -= seg->size;
 		tc__objs_unreserve(&s->objs, seg->size);
 	} else if (s->spare_charged &&
-		   s->objs.used + bytes + extra > s->objs.budget) {
+		   s->objs.host.used + bytes + extra > s->objs.host.budget) {
 		/* A spare too small for this request, or still being made,
 		 * gives up its room before any artifact is evicted for it. */
 		tc__srv_spare_drop(s);
@@ -293,7 +293,7 @@ int on_create(struct conn *c, struct req *r)
 				     c->err, sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
-	p->o->mem_bytes = bytes + extra;
+	p->o->host.bytes = bytes + extra;
 	p->o->policy = pol;
 	snprintf(p->o->source, sizeof(p->o->source), "put:pid %d%s%s",
 		 (int)c->pid, c->name[0] ? " " : "", c->name);
@@ -379,7 +379,7 @@ static void filling_end(struct server *s, struct pending *p)
 static void pending_free(struct conn *c, struct pending *p)
 {
 	filling_end(c->srv, p);
-	tc__objs_unreserve(&c->srv->objs, p->o->mem_bytes);
+	tc__objs_unreserve(&c->srv->objs, p->o->host.bytes);
 	tc__obj_free(p->o);
 	tc__free(p);
 }

@@ -361,7 +361,7 @@ int on_create_gpu(struct conn *c, struct req *r)
 	}
 	/* Held on that GPU only, like an import straight to a GPU: its
 	 * budget is charged, not host memory. */
-	p->o->mem_bytes = 0;
+	p->o->host.bytes = 0;
 	p->o->policy = pol;
 	snprintf(p->o->source, sizeof(p->o->source),
 		 "put (GPU memory):pid %d%s%s", (int)c->pid,

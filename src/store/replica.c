@@ -183,7 +183,10 @@ static void enter(struct tc__replica *r, struct tc__tier *t, uint64_t bytes,
 	r->tier = t;
 	r->bytes = bytes;
 	r->state = s;
-	r->last_use_ns = tc__now_ns();
+	/* An adopted replica may say when it was last used (a host artifact:
+	 * when it was made, before its load). */
+	if (s == TC_REPLICA_FILLING || !r->last_use_ns)
+		r->last_use_ns = tc__now_ns();
 	t->nreplicas++;
 	if (r->leases)
 		t->leased_bytes += bytes;
@@ -193,9 +196,8 @@ static void enter(struct tc__replica *r, struct tc__tier *t, uint64_t bytes,
 		lru_push(t, r);
 }
 
-int tc__replica_fill(struct tc__replica *r, struct tc__tier *t,
-		     uint64_t bytes, bool may_evict, void *ctx, char *err,
-		     size_t errlen)
+int tc__replica_fill(struct tc__replica *r, struct tc__tier *t, uint64_t bytes,
+		     bool may_evict, void *ctx, char *err, size_t errlen)
 {
 	int rc;
 
@@ -208,8 +210,7 @@ int tc__replica_fill(struct tc__replica *r, struct tc__tier *t,
 	return 0;
 }
 
-int tc__replica_adopt(struct tc__replica *r, struct tc__tier *t,
-		      uint64_t bytes)
+int tc__replica_adopt(struct tc__replica *r, struct tc__tier *t, uint64_t bytes)
 {
 	if (r->state != TC_REPLICA_IDLE)
 		return refuse_bug(r, "adopt");

@@ -7,10 +7,10 @@
  * (gpu_tier.c, one tier per device), later the disk and the cluster.  A
  * replica moves through one life cycle:
  *
- *	IDLE --fill--> FILLING --ready--> READY --evict--> EVICTING --gone--> IDLE
- *	IDLE --adopt (already charged, already filled)--> READY
- *	FILLING --gone (the fill failed)--> IDLE
- *	EVICTING --revive (the same content came back)--> READY
+ *	IDLE --fill--> FILLING --ready--> READY --evict--> EVICTING --gone-->
+ *IDLE IDLE --adopt (already charged, already filled)--> READY FILLING --gone
+ *(the fill failed)--> IDLE EVICTING --revive (the same content came back)-->
+ *READY
  *
  * Every charged state (FILLING, READY, EVICTING) holds `bytes` of the
  * tier's budget.  READY replicas are on the tier's LRU list, most recently
@@ -107,7 +107,7 @@ struct tc__replica {
 };
 
 #define tc__replica_owner(r, type, member) \
-	((type *)(void *)((char *)(r) - offsetof(type, member)))
+	((type *)(void *)((char *)(r)-offsetof(type, member)))
 
 /* ---- tiers ---- */
 
@@ -136,9 +136,8 @@ void tc__tier_refusal(const struct tc__tier *t, uint64_t bytes, bool too_big,
 void tc__replica_init(struct tc__replica *r);
 /* IDLE -> FILLING: charge `bytes` to t (tc__tier_charge's rules).
  * Returns 0, TC_ENOSPACE with a reason, or TC_EINVAL (not IDLE). */
-int tc__replica_fill(struct tc__replica *r, struct tc__tier *t,
-		     uint64_t bytes, bool may_evict, void *ctx, char *err,
-		     size_t errlen);
+int tc__replica_fill(struct tc__replica *r, struct tc__tier *t, uint64_t bytes,
+		     bool may_evict, void *ctx, char *err, size_t errlen);
 /* FILLING -> READY (on the LRU unless private).  0 or TC_EINVAL. */
 int tc__replica_ready(struct tc__replica *r);
 /* IDLE -> READY for bytes already charged to t by tc__tier_charge (a

@@ -22,18 +22,19 @@ void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force)
 	if (!force && now_ms < next_ms)
 		return;
 	next_ms = now_ms + PUBLISH_MS;
-	for (struct tc__obj *o = s->objs.lru_head; o; o = o->lru_next)
+	for (struct tc__obj *o = tc__objs_first(&s->objs); o;
+	     o = tc__objs_next(o))
 		if (o->shm) {
 			host.replicas++;
-			host.bytes += o->mem_bytes;
+			host.bytes += o->host.bytes;
 		}
 	for (struct conn *c = s->conns; c; c = c->next)
 		for (uint32_t i = 0; i < c->nleases; i++)
 			if (!c->leases[i].rep)
 				host.leases += c->leases[i].n;
-	host.budget = s->objs.budget;
-	host.used = s->objs.used;
-	host.evictions = s->objs.evictions;
+	host.budget = s->objs.host.budget;
+	host.used = s->objs.host.used;
+	host.evictions = s->objs.host.evictions;
 	tc__metrics_set_host(&host);
 	tc__spill_counts(s->spill, &spill);
 	tc__metrics_set_spill(&spill);

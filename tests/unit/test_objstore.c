@@ -121,7 +121,7 @@ static struct tc__obj *make_obj(const char *name, uint64_t nbytes, uint8_t seed,
 			 0);
 	assert_int_equal(tc__obj_finish(o, chunks, n), 0);
 	free(chunks);
-	o->mem_bytes = bytes;
+	o->host.bytes = bytes;
 	o->policy = pol;
 	snprintf(o->source, sizeof(o->source), "test:%s", name);
 	return o;
@@ -133,7 +133,8 @@ static int add(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 {
 	char err[MSG];
 	struct tc__obj *got = NULL;
-	int rc = tc__objs_reserve(s, o->mem_bytes, o->policy, err, sizeof(err));
+	int rc =
+		tc__objs_reserve(s, o->host.bytes, o->policy, err, sizeof(err));
 
 	if (rc < 0) {
 		tc__obj_free(o);
@@ -204,22 +205,25 @@ static void check_store(struct tc__objs *s)
 	uint64_t charged = 0;
 	size_t b, b2, live = 0;
 
-	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next, live++) {
-		assert_ptr_equal(o->lru_prev, prev);
+	for (struct tc__obj *o = tc__objs_first(s); o;
+	     o = tc__objs_next(o), live++) {
+		assert_ptr_equal(o->host.lru_prev, prev ? &prev->host : NULL);
 		assert_false(o->dead);
+		assert_int_equal(o->host.state, TC_REPLICA_READY);
 		assert_ptr_equal(tc__map_get(&s->by_id, o->id), o);
 		prev = o;
 	}
-	assert_ptr_equal(s->lru_tail, prev);
+	assert_ptr_equal(s->host.lru_tail, prev ? &prev->host : NULL);
 	for (e = tc__map_next(&s->by_id, NULL, &b); e;
 	     e = tc__map_next(&s->by_id, e, &b)) {
 		struct tc__obj *o = e->val;
 		uint32_t nkeys = 0;
 
 		assert_string_equal(e->key, o->id);
-		charged += o->mem_bytes;
+		charged += o->host.bytes;
 		if (o->dead) {
-			assert_true(o->leases > 0);
+			assert_true(o->host.leases > 0);
+			assert_int_equal(o->host.state, TC_REPLICA_EVICTING);
 			live++; /* counted with the list for the total */
 		}
 		for (f = tc__map_next(&s->keys, NULL, &b2); f;
@@ -228,7 +232,7 @@ static void check_store(struct tc__objs *s)
 		assert_int_equal(o->nkeys, nkeys);
 	}
 	assert_int_equal(live, s->by_id.count);
-	assert_true(charged <= s->used);
+	assert_true(charged <= s->host.used);
 }
 
 static void release_all(struct tc__objs *s)
@@ -245,24 +249,24 @@ static void test_objstore__budget(void **state)
 	char err[MSG];
 
 	tc__objs_init(&s, 10 * PG);
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	assert_int_equal(tc__objs_reserve(&s, 4 * PG, TC_POLICY_CACHE, err,
 					  sizeof(err)),
 			 0);
-	assert_int_equal(s.used, 4 * PG);
+	assert_int_equal(s.host.used, 4 * PG);
 	assert_int_equal(tc__objs_reserve(&s, 6 * PG, TC_POLICY_PINNED, err,
 					  sizeof(err)),
 			 0);
-	assert_int_equal(s.used, 10 * PG);
+	assert_int_equal(s.host.used, 10 * PG);
 	/* Full, nothing to evict: refused for every policy. */
 	for (int p = TC_POLICY_CACHE; p <= TC_POLICY_PINNED; p++) {
 		assert_int_equal(tc__objs_reserve(&s, 1, p, err, sizeof(err)),
 				 TC_ENOSPACE);
 		must_contain(err, "host budget exhausted");
-		assert_int_equal(s.used, 10 * PG);
+		assert_int_equal(s.host.used, 10 * PG);
 	}
 	tc__objs_unreserve(&s, 6 * PG);
-	assert_int_equal(s.used, 4 * PG);
+	assert_int_equal(s.host.used, 4 * PG);
 	/* Zero bytes always fit. */
 	assert_int_equal(
 		tc__objs_reserve(&s, 0, TC_POLICY_WARM, err, sizeof(err)), 0);
@@ -275,7 +279,7 @@ static void test_objstore__budget(void **state)
 					  sizeof(err)),
 			 TC_ENOSPACE);
 	tc__objs_unreserve(&s, 4 * PG);
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	release_all(&s);
 }
 
@@ -285,17 +289,18 @@ static void expect_lru(struct tc__objs *s, const uint8_t *seeds, int n)
 	struct tc__obj *prev = NULL;
 	int i = 0;
 
-	for (struct tc__obj *o = s->lru_head; o; o = o->lru_next, i++) {
+	for (struct tc__obj *o = tc__objs_first(s); o;
+	     o = tc__objs_next(o), i++) {
 		char name[16];
 
 		assert_true(i < n);
 		snprintf(name, sizeof(name), "t%u", seeds[i]);
 		assert_string_equal(o->table.tensors[0].name, name);
-		assert_ptr_equal(o->lru_prev, prev);
+		assert_ptr_equal(o->host.lru_prev, prev ? &prev->host : NULL);
 		assert_false(o->dead);
 		prev = o;
 	}
-	assert_ptr_equal(s->lru_tail, prev);
+	assert_ptr_equal(s->host.lru_tail, prev ? &prev->host : NULL);
 	assert_int_equal(i, n);
 	check_store(s);
 }
@@ -315,7 +320,7 @@ static void test_objstore__lru_order(void **state)
 	memcpy(idb, b->id, sizeof(idb));
 	memcpy(idc, c->id, sizeof(idc));
 	expect_lru(&s, (const uint8_t[]){ 3, 2, 1 }, 3);
-	assert_int_equal(s.used, 3 * PG);
+	assert_int_equal(s.host.used, 3 * PG);
 	assert_int_equal(s.inserted, 3);
 
 	/* A use moves an artifact to the head. */
@@ -328,19 +333,19 @@ static void test_objstore__lru_order(void **state)
 
 	/* A full budget evicts from the tail: b, then a. */
 	d = added(&s, 4, TC_POLICY_CACHE);
-	assert_int_equal(s.evictions, 1);
+	assert_int_equal(s.host.evictions, 1);
 	assert_false(held(&s, idb));
 	assert_true(held(&s, ida));
 	expect_lru(&s, (const uint8_t[]){ 4, 3, 1 }, 3);
 	assert_int_equal(tc__objs_reserve(&s, 2 * PG, TC_POLICY_CACHE, err,
 					  sizeof(err)),
 			 0);
-	assert_int_equal(s.evictions, 3);
+	assert_int_equal(s.host.evictions, 3);
 	assert_false(held(&s, ida));
 	assert_false(held(&s, idc));
 	assert_true(held(&s, d->id));
 	expect_lru(&s, (const uint8_t[]){ 4 }, 1);
-	assert_int_equal(s.used, 3 * PG);
+	assert_int_equal(s.host.used, 3 * PG);
 	tc__objs_unreserve(&s, 2 * PG);
 	/* Leasing also counts as a use. */
 	a = added(&s, 1, TC_POLICY_CACHE);
@@ -376,7 +381,7 @@ static void test_objstore__evict_skips_leased_pinned(void **state)
 	assert_int_equal(tc__objs_reserve(&s, 2 * PG, TC_POLICY_CACHE, err,
 					  sizeof(err)),
 			 0);
-	assert_int_equal(s.evictions, 2);
+	assert_int_equal(s.host.evictions, 2);
 	assert_true(held(&s, leased->id));
 	assert_true(held(&s, pinned->id));
 	expect_lru(&s, (const uint8_t[]){ 1, 2 }, 2);
@@ -391,7 +396,7 @@ static void test_objstore__evict_skips_leased_pinned(void **state)
 		 (unsigned long long)PG, (unsigned long long)(4 * PG),
 		 (unsigned long long)PG, (unsigned long long)PG);
 	must_contain(err, want);
-	assert_int_equal(s.evictions, 2);
+	assert_int_equal(s.host.evictions, 2);
 	tc__objs_unreserve(&s, 2 * PG);
 
 	/* Unleased, the first one is evictable again; pinned never. */
@@ -399,7 +404,7 @@ static void test_objstore__evict_skips_leased_pinned(void **state)
 	assert_int_equal(tc__objs_reserve(&s, 3 * PG, TC_POLICY_CACHE, err,
 					  sizeof(err)),
 			 0);
-	assert_int_equal(s.evictions, 3);
+	assert_int_equal(s.host.evictions, 3);
 	assert_true(held(&s, pinned->id));
 	tc__objs_unreserve(&s, 3 * PG);
 	assert_int_equal(tc__objs_reserve(&s, 4 * PG, TC_POLICY_CACHE, err,
@@ -426,14 +431,14 @@ static void test_objstore__warm_pinned_refuse(void **state)
 					  sizeof(err)),
 			 TC_ENOSPACE);
 	must_contain(err, "this policy does not evict others");
-	assert_int_equal(s.evictions, 0);
-	assert_int_equal(s.used, 2 * PG);
+	assert_int_equal(s.host.evictions, 0);
+	assert_int_equal(s.host.used, 2 * PG);
 	release_all(&s);
 	/* With room they fit. */
 	tc__objs_init(&s, 2 * PG);
 	added(&s, 3, TC_POLICY_WARM);
 	added(&s, 4, TC_POLICY_PINNED);
-	assert_int_equal(s.used, 2 * PG);
+	assert_int_equal(s.host.used, 2 * PG);
 	release_all(&s);
 }
 
@@ -462,7 +467,7 @@ static void test_objstore__enospace_counts_removed_leased(void **state)
 		must_contain(err, want);
 	}
 	tc__objs_unlease(&s, a);
-	assert_int_equal(s.used, PG);
+	assert_int_equal(s.host.used, PG);
 	assert_int_equal(
 		tc__objs_reserve(&s, PG, TC_POLICY_CACHE, err, sizeof(err)), 0);
 	tc__objs_unreserve(&s, PG);
@@ -493,13 +498,13 @@ static void test_objstore__insert_dedup(void **state)
 		a = make_obj("w", 5000, 9, cases[i].first);
 		b = make_obj("w", 5000, 9, cases[i].second);
 		assert_string_equal(a->id, b->id);
-		assert_int_equal(a->mem_bytes, tc__shm_round(5000));
+		assert_int_equal(a->host.bytes, tc__shm_round(5000));
 		assert_int_equal(add(&s, a, &got), 0);
 		assert_ptr_equal(got, a);
 		/* The second copy is freed; its reservation comes back. */
 		assert_int_equal(add(&s, b, &got), 0);
 		assert_ptr_equal(got, a);
-		assert_int_equal(s.used, a->mem_bytes);
+		assert_int_equal(s.host.used, a->host.bytes);
 		assert_int_equal(s.inserted, 1);
 		assert_int_equal(s.by_id.count, 1);
 		if (a->policy != cases[i].want)
@@ -589,12 +594,12 @@ static void test_objstore__rm_leased(void **state)
 	memcpy(id, a->id, sizeof(id));
 	tc__objs_lease(&s, a);
 	tc__objs_lease(&s, a);
-	assert_int_equal(a->leases, 2);
+	assert_int_equal(a->host.leases, 2);
 
 	/* rm hides it at once; the memory stays charged while mapped. */
 	assert_int_equal(tc__objs_rm(&s, id, err, sizeof(err)), 0);
 	assert_false(held(&s, id));
-	assert_int_equal(s.used, PG);
+	assert_int_equal(s.host.used, PG);
 	assert_int_equal(tc__objs_rm(&s, id, err, sizeof(err)), TC_ENOTFOUND);
 	j = parse(tc__objs_list_json(&s, 0, NULL));
 	assert_int_equal(json_array_size(json_object_get(j, "artifacts")), 0);
@@ -617,22 +622,22 @@ static void test_objstore__rm_leased(void **state)
 	assert_ptr_equal(a2, a);
 	assert_false(a->dead);
 	assert_true(held(&s, id));
-	assert_int_equal(s.used, PG);
+	assert_int_equal(s.host.used, PG);
 	assert_int_equal(s.by_id.count, 1);
 	expect_lru(&s, (const uint8_t[]){ 1 }, 1);
 
 	/* Revived, it outlives its leases. */
 	tc__objs_unlease(&s, a);
 	tc__objs_unlease(&s, a);
-	assert_int_equal(a->leases, 0);
+	assert_int_equal(a->host.leases, 0);
 	tc__objs_unlease(&s, a); /* no lease left: a no-op */
-	assert_int_equal(s.used, PG);
+	assert_int_equal(s.host.used, PG);
 	assert_ptr_equal(
 		tc__objs_resolve(&s, id, err, sizeof(err), &(int){ 0 }), a);
 
 	/* rm of an unleased artifact frees it at once. */
 	assert_int_equal(tc__objs_rm(&s, id, err, sizeof(err)), 0);
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	assert_int_equal(s.by_id.count, 0);
 
 	/* rm by key of a leased artifact: freed at the last unlease. */
@@ -646,10 +651,18 @@ static void test_objstore__rm_leased(void **state)
 	}
 	tc__objs_lease(&s, got);
 	assert_int_equal(tc__objs_rm(&s, "m", err, sizeof(err)), 0);
-	assert_int_equal(s.used, PG);
+	assert_int_equal(s.host.used, PG);
+	assert_true(got->dead);
+	/* Another hold on the removed artifact (a GPU fill job's, a waiter's
+	 * reply) leaves it off the LRU list: once there, it was listed, and
+	 * freed at its last lease while still linked. */
+	tc__objs_lease(&s, got);
+	check_store(&s);
+	assert_null(tc__objs_first(&s));
+	tc__objs_unlease(&s, got);
 	assert_true(got->dead);
 	tc__objs_unlease(&s, got);
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	assert_int_equal(s.by_id.count, 0);
 	release_all(&s);
 }
@@ -918,12 +931,12 @@ static void test_objstore__rm(void **state)
 	/* rm of the last key takes the artifact with it. */
 	assert_int_equal(tc__objs_rm(&s, "k2", err, MSG), 0);
 	assert_false(held(&s, ida));
-	assert_int_equal(s.used, PG);
+	assert_int_equal(s.host.used, PG);
 
 	/* rm by id: the keys naming it stay, pointing nowhere. */
 	memcpy(ida, b->id, sizeof(ida));
 	assert_int_equal(tc__objs_rm(&s, ida, err, MSG), 0);
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	{
 		json_t *j = parse(tc__objs_keys_json(&s, "kb", &rc, err, MSG));
 
@@ -955,7 +968,7 @@ static void test_objstore__rm(void **state)
 			"tc2:0000000000000000000000000000000000000000000000000000000000000000",
 			err, MSG),
 		TC_ENOTFOUND);
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	release_all(&s);
 }
 
@@ -986,7 +999,7 @@ static void test_objstore__rm_key_after_reload(void **state)
 	assert_true(held(&s, id));
 	assert_int_equal(tc__objs_rm(&s, "k2", err, MSG), 0);
 	assert_false(held(&s, id));
-	assert_int_equal(s.used, 0);
+	assert_int_equal(s.host.used, 0);
 	release_all(&s);
 }
 
