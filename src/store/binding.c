@@ -191,7 +191,7 @@ static int choose_source(struct server *s, struct bind_job *j, char *err,
 	struct tc__obj *o = j->o;
 	struct tc__gpu_replica *rep = o->gpu ? o->gpu->rep[j->bd->dev] : NULL;
 
-	if (rep && rep->ready) {
+	if (rep && rep->base.state == TC_REPLICA_READY) {
 		j->rep = rep;
 		tc__gpu_replica_lease(s->gpu, rep);
 		return 0;

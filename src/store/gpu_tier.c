@@ -12,6 +12,12 @@
  * wait on the replica.  Host mappings are pinned by background jobs that
  * yield to every GPU copy (pin_later).  Only done() callbacks and the
  * functions below touch tier state, all on the loop thread.
+ *
+ * Each device is a struct tc__tier and each replica embeds a struct
+ * tc__replica (replica.h): the budget, the LRU, leases and the choice of
+ * victims are the shared core's; this file says how a victim goes
+ * (gpu_evict, which may hand its allocation to the next fill) and words
+ * a refusal (gpu_refuse).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -126,39 +132,33 @@ static int dev_index(const struct tc__gpu_tier *t, const struct tc__gpu_dev *d)
 	return (int)(d - t->devs);
 }
 
-/* ------------------------------------------------------------------ LRU */
+/* ------------------------------------------------------ replicas, tiers */
 
-static void lru_unlink(struct tc__gpu_dev *d, struct tc__gpu_replica *r)
+static struct tc__gpu_replica *rep_of(const struct tc__replica *b)
 {
-	if (r->lru_prev)
-		r->lru_prev->lru_next = r->lru_next;
-	else if (d->lru_head == r)
-		d->lru_head = r->lru_next;
-	if (r->lru_next)
-		r->lru_next->lru_prev = r->lru_prev;
-	else if (d->lru_tail == r)
-		d->lru_tail = r->lru_prev;
-	r->lru_prev = r->lru_next = NULL;
+	return b ? tc__replica_owner(b, struct tc__gpu_replica, base) : NULL;
 }
 
-static void lru_push(struct tc__gpu_dev *d, struct tc__gpu_replica *r)
+static struct tc__gpu_dev *dev_of(const struct tc__tier *tier)
 {
-	r->lru_prev = NULL;
-	r->lru_next = d->lru_head;
-	if (d->lru_head)
-		d->lru_head->lru_prev = r;
-	d->lru_head = r;
-	if (!d->lru_tail)
-		d->lru_tail = r;
+	return tc__replica_owner(tier, struct tc__gpu_dev, tier);
 }
 
-static void replica_touch(struct tc__gpu_replica *r)
+static bool replica_ready(const struct tc__gpu_replica *r)
 {
-	r->last_use_ns = tc__now_ns();
-	if (r->ready && r->dev->lru_head != r) {
-		lru_unlink(r->dev, r);
-		lru_push(r->dev, r);
-	}
+	return r->base.state == TC_REPLICA_READY;
+}
+
+/* The device's ready replicas, most recently used first:
+ * for (r = ready_first(d); r; r = ready_next(r)). */
+static struct tc__gpu_replica *ready_first(const struct tc__gpu_dev *d)
+{
+	return rep_of(d->tier.lru_head);
+}
+
+static struct tc__gpu_replica *ready_next(const struct tc__gpu_replica *r)
+{
+	return rep_of(r->base.lru_next);
 }
 
 static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o);
@@ -177,18 +177,18 @@ static void replica_announce(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 			    r->mem.dptr, r->mem.size, up);
 }
 
-/* Free a ready, unleased replica: unaccount, unmap, release -- or, with
- * `keep`, hand its allocation (mapping and exported fd) over instead. */
+/* Free a replica (filling after a failed fill, or ready and unleased but
+ * at daemon exit): uncharge, unmap, release -- or, with `keep`, hand its
+ * allocation (mapping and exported fd) over instead. */
 static void replica_free_keep(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 			      struct tc__gpu_mem *keep)
 {
 	struct tc__gpu_dev *d = r->dev;
 
 	replica_announce(t, r, false);
-	if (r->ready)
-		lru_unlink(d, r);
 	r->o->gpu->rep[dev_index(t, d)] = NULL;
-	d->used -= r->bytes;
+	/* Leased only at daemon exit (obj_gpu_free): forced. */
+	tc__replica_gone(&r->base, true);
 	d->nreplicas--;
 	if (keep) {
 		*keep = r->mem;
@@ -203,100 +203,102 @@ static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 	replica_free_keep(t, r, NULL);
 }
 
-/* Evict unleased ready replicas of `d`, least recently used first, until
- * `need` more bytes fit (need 0: until `want` bytes were freed).  With
- * `reuse`, the first victim whose allocation is exactly reuse->size bytes
- * is not released but moved into *reuse: a new replica of that size is
- * filled in it, because memory the driver has just freed is scrubbed
- * while the next copy runs (measured on an H200: a 16 GiB copy into a new
- * allocation made right after freeing as much ran at 49 GB/s, at 54-55
- * otherwise).  Returns the number evicted. */
-static int evict(struct tc__gpu_tier *t, struct tc__gpu_dev *d, uint64_t need,
-		 uint64_t want, struct tc__gpu_mem *reuse)
+/* A victim chosen by the device's tier (tc__tier_evict: unleased, ready,
+ * least recently used first).  With `ctx` (a struct tc__gpu_mem *reuse),
+ * the first victim whose allocation is exactly reuse->size bytes is not
+ * released but moved into *reuse: a new replica of that size is filled in
+ * it, because memory the driver has just freed is scrubbed while the next
+ * copy runs (measured on an H200: a 16 GiB copy into a new allocation made
+ * right after freeing as much ran at 49 GB/s, at 54-55 otherwise). */
+static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 {
-	struct tc__gpu_replica *r, *prev;
-	uint64_t freed = 0;
-	int n = 0;
+	struct tc__gpu_tier *t = tier->arg;
+	struct tc__gpu_dev *d = dev_of(tier);
+	struct tc__gpu_replica *r = rep_of(b);
+	struct tc__gpu_mem *reuse = ctx;
+	struct tc__obj *o = r->o;
 
-	for (r = d->lru_tail; r; r = prev) {
-		prev = r->lru_prev;
-		if (need ? d->used + need <= d->budget : freed >= want)
-			break;
-		if (r->leases)
-			continue;
-		tc__log(TC_LOG_INFO,
-			"evicting GPU %d replica of '%s' (%llu bytes) to make "
-			"room",
-			dev_index(t, d), r->o->id,
-			(unsigned long long)r->bytes);
-		struct tc__obj *o = r->o;
-
-		freed += r->bytes;
-		d->evictions++;
-		n++;
-		if (reuse && !reuse->dptr && !r->no_reuse &&
-		    r->mem.size == reuse->size) {
-			d->reused++;
-			replica_free_keep(t, r, reuse);
-		} else {
-			replica_free(t, r);
-		}
-		/* An artifact held only on GPUs is gone with its last replica.
-		 */
-		if (!o->shm && tc__gpu_tier_obj_empty(o))
-			tc__objs_kill(t->objs, o);
+	tc__log(TC_LOG_INFO,
+		"evicting GPU %d replica of '%s' (%llu bytes) to make room",
+		dev_index(t, d), o->id, (unsigned long long)r->base.bytes);
+	if (reuse && !reuse->dptr && !r->no_reuse &&
+	    r->mem.size == reuse->size) {
+		d->reused++;
+		replica_free_keep(t, r, reuse);
+	} else {
+		replica_free(t, r);
 	}
-	return n;
+	/* An artifact held only on GPUs is gone with its last replica. */
+	if (!o->shm && tc__gpu_tier_obj_empty(o))
+		tc__objs_kill(t->objs, o);
 }
 
-/* Charge `bytes` to d, evicting unleased replicas if needed (and keeping
- * an allocation of `bytes` for reuse, when `reuse` is given and a victim
- * has one: reuse->dptr is then non-zero). */
-static int reserve(struct tc__gpu_tier *t, struct tc__gpu_dev *d,
-		   uint64_t bytes, struct tc__gpu_mem *reuse, char *err,
-		   size_t errlen)
+/* Why `bytes` do not fit on the device.  Being filled: what is charged
+ * but not ready (fills, and reservations of imports and bindings). */
+static void gpu_refuse(struct tc__tier *tier, uint64_t bytes, bool too_big,
+		       char *err, size_t errlen)
 {
-	uint64_t held = 0, filling = 0;
-	int i = dev_index(t, d);
+	struct tc__gpu_dev *d = dev_of(tier);
+	int i = dev_index(tier->arg, d);
+	uint64_t filling = tier->used;
 
-	if (bytes > d->budget) {
+	if (too_big) {
 		snprintf(err, errlen,
 			 "needs %llu bytes but the budget of GPU %d (%s) is "
 			 "%llu bytes",
 			 (unsigned long long)bytes, i, d->info.uuid_str,
-			 (unsigned long long)d->budget);
-		return TC_ENOSPACE;
+			 (unsigned long long)tier->budget);
+		return;
 	}
+	for (struct tc__gpu_replica *r = ready_first(d); r; r = ready_next(r))
+		filling -= r->base.bytes;
+	snprintf(err, errlen,
+		 "GPU %d budget exhausted: need %llu bytes, %llu of "
+		 "%llu free; %llu held by clients, %llu being filled",
+		 i, (unsigned long long)bytes,
+		 (unsigned long long)(tier->budget - tier->used),
+		 (unsigned long long)tier->budget,
+		 (unsigned long long)tier->leased_bytes,
+		 (unsigned long long)filling);
+}
+
+static const struct tc__tier_ops gpu_tier_ops = {
+	.evict = gpu_evict,
+	.refuse = gpu_refuse,
+};
+
+/* Evict unleased ready replicas of `d` until `need` more bytes fit (need
+ * 0: until `want` bytes were freed).  Returns the number evicted. */
+static uint32_t evict(struct tc__gpu_dev *d, uint64_t need, uint64_t want,
+		      struct tc__gpu_mem *reuse)
+{
+	return tc__tier_evict(&d->tier, need, want, reuse);
+}
+
+/* Charge `bytes` to d: as replica `r`'s fill (FILLING), or with r NULL
+ * as a reservation; evicting unleased replicas if needed, and keeping an
+ * allocation of `bytes` for reuse, when `reuse` is given and a victim has
+ * one (reuse->dptr is then non-zero). */
+static int reserve(struct tc__gpu_dev *d, struct tc__gpu_replica *r,
+		   uint64_t bytes, struct tc__gpu_mem *reuse, char *err,
+		   size_t errlen)
+{
+	int rc;
+
 	if (reuse) {
 		tc__gpu_mem_init(reuse);
 		reuse->size = bytes;
 	}
-	if (d->used + bytes > d->budget)
-		evict(t, d, bytes, 0, reuse);
+	if (r)
+		rc = tc__replica_fill(&r->base, &d->tier, bytes, true, reuse,
+				      err, errlen);
+	else
+		rc = tc__tier_charge(&d->tier, bytes, true, reuse, err, errlen);
 	if (reuse && !reuse->dptr)
 		tc__gpu_mem_init(reuse); /* nothing kept: size back to 0 */
-	if (d->used + bytes > d->budget) {
-		for (struct tc__gpu_replica *r = d->lru_head; r;
-		     r = r->lru_next)
-			if (r->leases)
-				held += r->bytes;
-		filling = d->used;
-		for (struct tc__gpu_replica *r = d->lru_head; r;
-		     r = r->lru_next)
-			filling -= r->bytes;
-		snprintf(err, errlen,
-			 "GPU %d budget exhausted: need %llu bytes, %llu of "
-			 "%llu free; %llu held by clients, %llu being filled",
-			 i, (unsigned long long)bytes,
-			 (unsigned long long)(d->budget - d->used),
-			 (unsigned long long)d->budget,
-			 (unsigned long long)held, (unsigned long long)filling);
-		if (reuse)
-			tc__gpu_release(reuse);
-		return TC_ENOSPACE;
-	}
-	d->used += bytes;
-	return 0;
+	if (rc < 0 && reuse)
+		tc__gpu_release(reuse);
+	return rc;
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -412,8 +414,8 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		return TC_ENOTSUP;
 	}
 	r = o->gpu ? o->gpu->rep[i] : NULL;
-	if (r && r->ready) {
-		replica_touch(r);
+	if (r && replica_ready(r)) {
+		tc__replica_touch(&r->base);
 		*rep = r;
 		return 0;
 	}
@@ -442,7 +444,8 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		tc__free(j);
 		return -ENOMEM;
 	}
-	rc = reserve(t, d, bytes, &j->mem, err, errlen);
+	tc__replica_init(&r->base);
+	rc = reserve(d, r, bytes, &j->mem, err, errlen);
 	if (rc < 0) {
 		tc__free(r);
 		tc__free(j);
@@ -450,7 +453,6 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	}
 	r->o = o;
 	r->dev = d;
-	r->bytes = bytes;
 	tc__gpu_mem_init(&r->mem);
 	o->gpu->rep[i] = r;
 	d->nreplicas++;
@@ -566,27 +568,31 @@ static void open_done(struct tc__job *job)
 		struct tc__gpu_dev *d = &t->devs[i];
 		uint64_t total = j->infos[i].total_bytes;
 
+		uint64_t budget;
+
 		d->info = j->infos[i];
 		if (t->cfg->gpu_bytes) {
-			d->budget = t->cfg->gpu_bytes;
-			if (d->budget > total) {
+			budget = t->cfg->gpu_bytes;
+			if (budget > total) {
 				tc__log(TC_LOG_WARN,
 					"gpu_memory %llu bytes exceeds GPU "
 					"%d's %llu bytes: using all of it",
-					(unsigned long long)d->budget, i,
+					(unsigned long long)budget, i,
 					(unsigned long long)total);
-				d->budget = total;
+				budget = total;
 			}
 		} else {
-			d->budget =
+			budget =
 				(uint64_t)((unsigned __int128)total *
 					   (unsigned)t->cfg->gpu_percent / 100);
 		}
+		snprintf(d->name, sizeof(d->name), "GPU %d", i);
+		tc__tier_init(&d->tier, d->name, budget, &gpu_tier_ops, t);
 		tc__log(TC_LOG_INFO,
 			"GPU %d: %s %s (%s), %llu bytes, budget %llu bytes%s",
 			i, d->info.uuid_str, d->info.name, d->info.pci_bus_id,
 			(unsigned long long)total,
-			(unsigned long long)d->budget,
+			(unsigned long long)d->tier.budget,
 			d->info.vmm && d->info.posix_fd ?
 				"" :
 				" (no VMM/POSIX-fd sharing: unusable)");
@@ -717,7 +723,7 @@ int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
 	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
 	bytes = bytes ? bytes : 1;
 	bytes = (bytes + gran - 1) / gran * gran;
-	rc = reserve(t, d, bytes, NULL, err, errlen);
+	rc = reserve(d, NULL, bytes, NULL, err, errlen);
 	if (rc < 0)
 		return rc;
 	d->nreplicas++;
@@ -728,7 +734,7 @@ int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
 
 void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged)
 {
-	t->devs[dev].used -= charged;
+	tc__tier_uncharge(&t->devs[dev].tier, charged);
 	t->devs[dev].nreplicas--;
 }
 
@@ -746,18 +752,17 @@ int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
 	r = tc__calloc(1, sizeof(*r));
 	if (!r)
 		goto out_drop;
+	tc__replica_init(&r->base);
 	r->o = o;
 	r->dev = d;
 	r->mem = *mem;
 	tc__gpu_mem_init(mem);
-	r->bytes = charged;
-	r->ready = true;
 	r->fill_seconds = seconds;
 	r->fill_pinned = true;
-	r->last_use_ns = tc__now_ns();
 	d->touched = true; /* the import made a context here */
 	o->gpu->rep[dev] = r;
-	lru_push(d, r);
+	/* charged by tc__gpu_tier_reserve_new */
+	tc__replica_adopt(&r->base, &d->tier, charged);
 	t->n_fills++;
 	t->n_fill_bytes += o->table.total_bytes;
 	replica_announce(t, r, true);
@@ -787,7 +792,7 @@ struct tc__gpu_replica *tc__gpu_tier_find(struct tc__gpu_tier *t,
 		return NULL;
 	for (int i = 0; i < t->ndev; i++)
 		if (!memcmp(t->devs[i].info.uuid, uuid, TC_GPU_UUID_BYTES))
-			return o->gpu->rep[i] && o->gpu->rep[i]->ready ?
+			return o->gpu->rep[i] && replica_ready(o->gpu->rep[i]) ?
 				       o->gpu->rep[i] :
 				       NULL;
 	return NULL;
@@ -1040,7 +1045,7 @@ static void fill_done(struct tc__job *job)
 				j->reg_err);
 	}
 	if (j->rc < 0 && j->oom && !j->retried && !t->stopping &&
-	    evict(t, d, 0, r->bytes, NULL)) {
+	    evict(d, 0, r->base.bytes, NULL)) {
 		/* The driver is fuller than our budget knows (other
 		 * processes use this GPU): make room once and retry. */
 		tc__log(TC_LOG_INFO, "GPU %d out of memory: retrying '%s'", i,
@@ -1053,20 +1058,17 @@ static void fill_done(struct tc__job *job)
 	r->waiters = NULL;
 	if (j->rc == 0) {
 		r->mem = j->mem;
-		d->used = d->used - r->bytes + j->mem.size;
-		r->bytes = j->mem.size;
+		tc__replica_recharge(&r->base, j->mem.size);
 		if (j->gran)
 			d->gran = j->gran;
 		d->touched = true;
-		r->ready = true;
+		tc__replica_ready(&r->base); /* on the LRU, used now */
 		r->fill_seconds = j->seconds;
 		r->alloc_seconds = j->alloc_seconds;
 		/* Staging buffers are pinned too: only a pageable copy
 		 * (registration refused) is not. */
 		r->fill_pinned = j->staged || j->pin.nsegs;
 		r->reused = j->reused;
-		r->last_use_ns = tc__now_ns();
-		lru_push(d, r);
 		replica_announce(t, r, true);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
@@ -1088,18 +1090,16 @@ static void fill_done(struct tc__job *job)
 				    "");
 		/* Hold it while answering: a waiter's reply path may run
 		 * that client's next requests, releases included. */
-		r->leases++;
+		tc__replica_lease(&r->base);
 		for (q = list; q; q = q->next)
 			q->cb(q->arg, o, r, 0, NULL);
-		r->leases--;
-		if (o->dead && r->leases == 0)
+		if (tc__replica_unlease(&r->base) == 0 && o->dead)
 			replica_free(t, r);
 	} else {
 		t->n_fill_failures++;
 		tc__log(TC_LOG_WARN, "cannot make a GPU %d replica of '%s': %s",
 			i, o->id, j->err);
-		r->ready = false;
-		replica_free(t, r);
+		replica_free(t, r); /* from FILLING */
 		for (q = list; q; q = q->next)
 			q->cb(q->arg, o, NULL, j->rc, j->err);
 	}
@@ -1122,8 +1122,7 @@ static void fill_done(struct tc__job *job)
 
 void tc__gpu_replica_lease(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 {
-	r->leases++;
-	replica_touch(r);
+	tc__replica_lease(&r->base); /* touches it too */
 	tc__objs_lease(t->objs, r->o);
 }
 
@@ -1136,11 +1135,10 @@ void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 {
 	struct tc__obj *o = r->o;
 
-	if (r->leases == 0)
+	if (r->base.leases == 0)
 		return;
-	r->leases--;
 	/* A removed artifact keeps only what clients still hold. */
-	if (o->dead && r->leases == 0)
+	if (tc__replica_unlease(&r->base) == 0 && o->dead)
 		replica_free(t, r);
 	tc__objs_unlease(t->objs, o);
 }
@@ -1203,7 +1201,7 @@ static void obj_gpu_free(struct tc__obj *o)
 			continue;
 		/* Only at daemon exit can a replica still be leased; a fill
 		 * job holds its artifact, so none is filling here. */
-		if (!r->ready)
+		if (!replica_ready(r))
 			TC_BUG("freeing an artifact while a GPU replica fills");
 		replica_free(g->tier, r);
 	}
@@ -1225,7 +1223,7 @@ static void obj_gpu_trim(struct tc__obj *o)
 	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++) {
 		struct tc__gpu_replica *r = o->gpu->rep[i];
 
-		if (r && r->ready && r->leases == 0)
+		if (r && replica_ready(r) && r->base.leases == 0)
 			replica_free(o->gpu->tier, r);
 	}
 }
@@ -1247,12 +1245,14 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:f, s:b, "
 				"s:b}",
 				"tier", "gpu", "device", r->dev->info.uuid_str,
-				"ordinal", i, "bytes", (json_int_t)r->bytes,
-				"leases", (json_int_t)r->leases, "state",
-				r->ready ? "ready" : "filling", "fill_seconds",
-				r->fill_seconds, "alloc_seconds",
-				r->alloc_seconds, "pinned", r->fill_pinned,
-				"reused_allocation", r->reused));
+				"ordinal", i, "bytes",
+				(json_int_t)r->base.bytes, "leases",
+				(json_int_t)r->base.leases, "state",
+				replica_ready(r) ? "ready" : "filling",
+				"fill_seconds", r->fill_seconds,
+				"alloc_seconds", r->alloc_seconds, "pinned",
+				r->fill_pinned, "reused_allocation",
+				r->reused));
 	}
 }
 
@@ -1281,14 +1281,14 @@ void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)
 	for (int i = 0; t->state == GT_OPEN && i < t->ndev; i++) {
 		struct tc__gpu_dev *d = &t->devs[i];
 		struct tc__metrics_tier m = { .replicas = d->nreplicas,
-					      .budget = d->budget,
-					      .used = d->used,
-					      .evictions = d->evictions };
+					      .budget = d->tier.budget,
+					      .used = d->tier.used,
+					      .evictions = d->tier.evictions };
 
-		for (struct tc__gpu_replica *r = d->lru_head; r;
-		     r = r->lru_next) {
-			m.bytes += r->bytes;
-			m.leases += r->leases;
+		for (struct tc__gpu_replica *r = ready_first(d); r;
+		     r = ready_next(r)) {
+			m.bytes += r->base.bytes;
+			m.leases += r->base.leases;
 		}
 		tc__metrics_set_gpu(i, d->info.uuid_str, &m);
 	}
@@ -1306,20 +1306,20 @@ char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
 		uint32_t leases = 0;
 		json_t *dj;
 
-		for (struct tc__gpu_replica *r = d->lru_head; r;
-		     r = r->lru_next)
-			leases += r->leases;
+		for (struct tc__gpu_replica *r = ready_first(d); r;
+		     r = ready_next(r))
+			leases += r->base.leases;
 		dj = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, "
 			       "s:I, s:I}",
 			       "ordinal", i, "uuid", d->info.uuid_str, "name",
 			       d->info.name, "pci_bus_id", d->info.pci_bus_id,
 			       "total_bytes", (json_int_t)d->info.total_bytes,
-			       "budget_bytes", (json_int_t)d->budget,
-			       "used_bytes", (json_int_t)d->used, "replicas",
-			       (json_int_t)d->nreplicas, "leases",
+			       "budget_bytes", (json_int_t)d->tier.budget,
+			       "used_bytes", (json_int_t)d->tier.used,
+			       "replicas", (json_int_t)d->nreplicas, "leases",
 			       (json_int_t)leases, "evictions",
-			       (json_int_t)d->evictions, "reused_allocations",
-			       (json_int_t)d->reused);
+			       (json_int_t)d->tier.evictions,
+			       "reused_allocations", (json_int_t)d->reused);
 		/* Only where we already have a context: a status query
 		 * must not create one (hundreds of MiB on a real GPU). */
 		if (dj && d->touched) {

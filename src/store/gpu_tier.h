@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "gpu/vmm.h"
+#include "replica.h"
 #include "xfer/gpu_loader.h"
 
 #define TC_GPU_TIER_MAX_DEV 32 /* devices the tier manages */
@@ -46,34 +47,35 @@ struct tc__store_config;
 struct tc__gpu_tier;
 struct gt_req;
 
-/* One device as the tier sees it.  used counts replicas and reservations
- * of replicas being filled; lru lists ready replicas, most recent first. */
+/* One device as the tier sees it.  Its tier (replica.h) holds the
+ * budget; used counts replicas (filling or ready) and reservations made
+ * by tc__gpu_tier_reserve_new (imports straight to a GPU, bindings); its
+ * LRU lists ready replicas, most recent first. */
 struct tc__gpu_dev {
 	struct tc__gpu_info info; /* from enumeration (no context made) */
-	uint64_t budget;	  /* bytes the tier may hold here */
-	uint64_t used;		  /* bytes of replicas + reservations */
+	struct tc__tier tier;	  /* budget, used, LRU, evictions */
+	char name[16];		  /* "GPU <ordinal>": the tier's name */
 	uint64_t gran;		  /* VMM granularity, 0 until first alloc */
-	uint64_t evictions;	  /* replicas evicted to make room */
-	uint64_t reused;	  /* of which the allocation was refilled */
-	uint32_t nreplicas;	  /* replicas here, filling or ready */
+	uint64_t reused;	  /* evictions whose allocation was refilled */
+	uint32_t nreplicas;	  /* replicas here, filling or ready, and
+				     reservations */
 	bool touched;		  /* a context exists (we allocated here) */
-	struct tc__gpu_replica *lru_head;
-	struct tc__gpu_replica *lru_tail;
 };
 
 /*
- * One artifact's copy on one device.  Invariant: ready => mem complete and
- * filled, on dev's LRU list; !ready => a fill job is in flight (it holds an
- * artifact lease) and `waiters` are the requests to answer when it ends.
+ * One artifact's copy on one device.  Its base (replica.h) is charged to
+ * dev->tier; its leases are client attaches not yet released.  Invariant:
+ * base READY => mem complete and filled, on the device's LRU list;
+ * FILLING => a fill job is in flight (it holds an artifact lease) and
+ * `waiters` are the requests to answer when it ends.  A GPU replica is
+ * never EVICTING: one whose artifact was removed while clients map it
+ * stays READY and goes at its last unlease.
  */
 struct tc__gpu_replica {
+	struct tc__replica base; /* state, bytes, leases, LRU */
 	struct tc__obj *o;	 /* the artifact it copies */
 	struct tc__gpu_dev *dev; /* where it lives (tier-owned) */
 	struct tc__gpu_mem mem;	 /* owned: allocation, mapping, exported fd */
-	uint64_t bytes;		 /* charged to dev->used */
-	uint32_t leases;	 /* client attaches not yet released */
-	bool ready;		 /* filled and attachable */
-	uint64_t last_use_ns;	 /* monotonic; LRU order */
 	double fill_seconds;	 /* allocation + copy time */
 	double alloc_seconds;	 /* of which allocation */
 	bool fill_pinned;	 /* the copy ran from pinned host memory */
@@ -82,7 +84,6 @@ struct tc__gpu_replica {
 				    evicted, release, never refill */
 	bool announced;		 /* peers and the cluster know it */
 	struct gt_req *waiters;	 /* requests waiting for the fill */
-	struct tc__gpu_replica *lru_prev, *lru_next;
 };
 
 /* Per-artifact GPU state (struct tc__obj.gpu), NULL until the first GPU
