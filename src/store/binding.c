@@ -25,6 +25,10 @@
  * what it holds (peers read it through the peer server's staging, the
  * global store lists it as tier gpu): announced once a fill or swap
  * succeeded, withdrawn before a swap rewrites it and before it is freed.
+ * Its GPU memory is a private replica (replica.h): charged to the GPU's
+ * tier, never on its LRU, so never evicted and counted in the budget
+ * like any replica; FILLING until its first fill is done, then READY
+ * (a swap rewrites it in place, READY all along).
  * Invariant: busy => a fill job owns `mem` until it is done.
  */
 struct binding {
@@ -33,7 +37,7 @@ struct binding {
 	struct tc__buf layout;	/* names, dtypes, shapes, offsets */
 	uint8_t uuid[TC_GPU_UUID_BYTES];
 	int dev;		/* the daemon's ordinal, once charged */
-	uint64_t charged;	/* GPU budget bytes */
+	struct tc__replica rep; /* private: its charge (rep.bytes) */
 	struct tc__gpu_mem mem; /* daemon-owned allocation */
 	bool busy;
 	bool dead;    /* unbound or its client gone: free when not busy */
@@ -56,8 +60,7 @@ static void binding_free(struct server *s, struct binding *bd)
 {
 	binding_unpublish(s, bd);
 	tc__gpu_release(&bd->mem);
-	if (bd->charged)
-		tc__gpu_tier_unreserve(s->gpu, bd->dev, bd->charged);
+	tc__gpu_tier_bind_release(s->gpu, bd->dev, &bd->rep);
 	tc__buf_release(&bd->layout);
 	tc__free(bd);
 }
@@ -116,7 +119,7 @@ static void bind_run(struct tc__job *job)
 			      .to = TC_XFER_TO_GPU,
 			      .gpu_dst = &bd->mem,
 			      .ordinal = bd->dev,
-			      .alloc_bytes = bd->charged,
+			      .alloc_bytes = bd->rep.bytes,
 			      .nthreads = j->nthreads };
 
 	if (j->phase == 1) {
@@ -244,6 +247,8 @@ static void bind_finish(struct bind_job *j, int rc)
 		tc__objs_notify_gpu(&c->srv->objs, bd->id, j->o, bd->dev,
 				    bd->mem.dptr, bd->mem.size, true);
 	}
+	if (rc == 0 && j->phase == 2 && bd->rep.state == TC_REPLICA_FILLING)
+		tc__replica_ready(&bd->rep);
 	if (j->rep)
 		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
 	if (j->copying)
@@ -280,9 +285,9 @@ static void bind_done(struct tc__job *job)
 	if (rc == 0 && j->phase == 1) {
 		rc = tc__gpu_tier_open_now(s->gpu, j->err, sizeof(j->err));
 		if (rc == 0)
-			rc = tc__gpu_tier_reserve_new(s->gpu, bd->uuid,
+			rc = tc__gpu_tier_bind_charge(s->gpu, bd->uuid,
 						      j->o->table.total_bytes,
-						      &bd->dev, &bd->charged,
+						      &bd->rep, &bd->dev,
 						      j->err, sizeof(j->err));
 		if (rc == 0)
 			rc = choose_source(s, j, j->err, sizeof(j->err));
@@ -371,6 +376,7 @@ int on_bind(struct conn *c, struct req *r)
 	if (!bd)
 		return -ENOMEM;
 	memcpy(bd->uuid, raw, sizeof(raw));
+	tc__replica_init(&bd->rep);
 	bd->publish = flags & TC_BIND_F_PUBLISH;
 	tc__gpu_mem_init(&bd->mem);
 	tc__buf_init(&bd->layout);

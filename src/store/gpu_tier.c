@@ -690,10 +690,12 @@ int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen)
 	return 0;
 }
 
-int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
-			     const uint8_t uuid[TC_GPU_UUID_BYTES],
-			     uint64_t bytes, int *dev, uint64_t *charged,
-			     char *err, size_t errlen)
+/* Charge `bytes` (granularity-rounded) on the GPU with this UUID: to
+ * replica `r` (FILLING) or, with r NULL, as a reservation. */
+static int reserve_on(struct tc__gpu_tier *t,
+		      const uint8_t uuid[TC_GPU_UUID_BYTES], uint64_t bytes,
+		      struct tc__replica *r, int *dev, uint64_t *charged,
+		      char *err, size_t errlen)
 {
 	struct tc__gpu_dev *d = NULL;
 	uint64_t gran;
@@ -723,13 +725,49 @@ int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
 	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
 	bytes = bytes ? bytes : 1;
 	bytes = (bytes + gran - 1) / gran * gran;
-	rc = reserve(d, NULL, bytes, NULL, err, errlen);
+	if (r)
+		rc = tc__replica_fill(r, &d->tier, bytes, true, NULL, err,
+				      errlen);
+	else
+		rc = reserve(d, NULL, bytes, NULL, err, errlen);
 	if (rc < 0)
 		return rc;
 	d->nreplicas++;
 	*dev = dev_index(t, d);
 	*charged = bytes;
 	return 0;
+}
+
+int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
+			     const uint8_t uuid[TC_GPU_UUID_BYTES],
+			     uint64_t bytes, int *dev, uint64_t *charged,
+			     char *err, size_t errlen)
+{
+	return reserve_on(t, uuid, bytes, NULL, dev, charged, err, errlen);
+}
+
+int tc__gpu_tier_bind_charge(struct tc__gpu_tier *t,
+			     const uint8_t uuid[TC_GPU_UUID_BYTES],
+			     uint64_t bytes, struct tc__replica *r, int *dev,
+			     char *err, size_t errlen)
+{
+	uint64_t charged;
+	int rc = tc__replica_set_private(r);
+
+	if (rc < 0) {
+		snprintf(err, errlen, "binding charged twice");
+		return rc;
+	}
+	return reserve_on(t, uuid, bytes, r, dev, &charged, err, errlen);
+}
+
+void tc__gpu_tier_bind_release(struct tc__gpu_tier *t, int dev,
+			       struct tc__replica *r)
+{
+	if (!tc__replica_charged(r))
+		return;
+	tc__replica_gone(r, false);
+	t->devs[dev].nreplicas--;
 }
 
 void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged)

@@ -148,6 +148,20 @@ int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
 			     uint64_t bytes, int *dev, uint64_t *charged,
 			     char *err, size_t errlen);
 void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged);
+/* A binding's memory (binding.c) is a private replica `r` (replica.h):
+ * charged as reserve_new charges (granularity-rounded, evicting unleased
+ * replicas when needed; r->bytes says how much), FILLING until the caller
+ * makes it READY, never on the device's LRU, so never evicted.  *dev: the
+ * daemon's ordinal.  Returns 0, TC_EDEVICE, TC_ENOTSUP or TC_ENOSPACE
+ * with a message (r stays IDLE), or TC_EINVAL when r is charged already. */
+int tc__gpu_tier_bind_charge(struct tc__gpu_tier *t,
+			     const uint8_t uuid[TC_GPU_UUID_BYTES],
+			     uint64_t bytes, struct tc__replica *r, int *dev,
+			     char *err, size_t errlen);
+/* Give back the charge of a binding's replica on the daemon's `dev`
+ * (nothing when r was never charged). */
+void tc__gpu_tier_bind_release(struct tc__gpu_tier *t, int dev,
+			       struct tc__replica *r);
 /* Make `mem` (filled, charged by reserve_new) o's ready replica on `dev`;
  * *mem is left empty.  When o already has a replica there (the same
  * content imported again) the new one is released and its charge returned.

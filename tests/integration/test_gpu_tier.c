@@ -1338,6 +1338,52 @@ static void test_gpu_tier__bind_and_swap(void **state)
 	daemon_stop();
 }
 
+/* A binding is a private replica: charged to its GPU's budget like a
+ * replica, but never on the LRU, so never evicted to make room. */
+static void test_gpu_tier__binding_never_evicted(void **state)
+{
+	char a[TC_ID_BUFLEN], h1[65], h2[65];
+	tc_artifact *bd, *x, *y;
+	json_t *doc;
+	tc_client *c;
+
+	daemon_start(fake_env, "--set", "gpu_memory=8MiB", NULL);
+	c = t_connect(D.sock);
+	put_blob(c, "p1", 3 * MiB, 1, a); /* 4 MiB on a GPU */
+	put_blob(c, "p2", 3 * MiB, 2, NULL);
+	put_blob(c, "p3", 3 * MiB, 3, NULL);
+	assert_int_equal(tc_bind(c, "p1", 0, &bd), 0);
+	x = attach_gpu_ok(c, "p2", 0);
+	tc_artifact_close(x);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 8 * MiB);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 2);
+	/* Room for p3: the unleased replica of p2 goes, the binding (older,
+	 * unleased as far as the tier knows) stays. */
+	x = attach_gpu_ok(c, "p3", 0);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 1);
+	assert_null(gpu_replica(c, "p2", 0, &doc));
+	json_decref(doc);
+	artifact_sha(bd, h1);
+	host_sha(c, a, h2);
+	assert_string_equal(h1, h2);
+	/* Nothing else can go: refused, the binding untouched. */
+	assert_int_equal(tc_attach_gpu(c, "p2", 0, &y), TC_ENOSPACE);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 1);
+	/* Unbound, its charge comes back and p2 fits. */
+	tc_artifact_close(bd);
+	for (int i = 0;
+	     i < 200 && gpu_stat(c, 0, "used_bytes") > (long long)(4 * MiB);
+	     i++)
+		usleep(10000);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 4 * MiB);
+	y = attach_gpu_ok(c, "p2", 0);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), 1);
+	tc_artifact_close(y);
+	tc_artifact_close(x);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1358,6 +1404,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__config),
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
+		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 	};
 
 	/* This process and every daemon and child use the fake. */
