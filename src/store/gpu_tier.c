@@ -1295,7 +1295,7 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 }
 
 /* What obj.c calls on an artifact's GPU replicas (obj.h). */
-static const struct tc__replica_ops gpu_replica_ops = {
+static const struct tc__obj_gpu_ops gpu_replica_ops = {
 	.free = obj_gpu_free,
 	.trim = obj_gpu_trim,
 	.json = obj_gpu_json,

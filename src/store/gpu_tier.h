@@ -204,7 +204,7 @@ void tc__gpu_replica_lease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
 void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
 
 /* The "gpu" member of STATUS (a malloc'd string, NULL on OOM).  An
- * artifact's own GPU entries come through its tc__replica_ops (obj.h). */
+ * artifact's own GPU entries come through its tc__obj_gpu_ops (obj.h). */
 char *tc__gpu_tier_status_json(struct tc__gpu_tier *t);
 
 /* Publish each opened device's replicas, bytes, budget, evictions and

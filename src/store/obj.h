@@ -36,7 +36,7 @@ struct tc__obj_gpu;
  * the tier sets these with the replica state it hangs on the artifact, and
  * obj.c calls them only while that state exists.
  */
-struct tc__replica_ops {
+struct tc__obj_gpu_ops {
 	/* The artifact is freed: release every replica (none may be leased
 	 * or filling) and what they hold of it (a host pinning), and the
 	 * tier's state; called before the host segment is freed. */
@@ -91,7 +91,7 @@ struct tc__obj {
 	uint64_t created_ms;	 /* unix time */
 	double load_seconds;	 /* import/put duration */
 	struct tc__obj_gpu *gpu; /* owned: GPU replicas (gpu_tier.h), or NULL */
-	const struct tc__replica_ops *gpu_ops; /* set with `gpu` */
+	const struct tc__obj_gpu_ops *gpu_ops; /* set with `gpu` */
 	uint64_t expires_ms; /* unix time its TTL passes; 0 = never */
 	bool persisting; /* its shared-disk copy is being written (leased) */
 	char persist_err[256];	   /* why the last such write failed, or "" */
