@@ -73,6 +73,23 @@ static bool on_lru(const struct tc__replica *r)
 
 /* ---------------------------------------------------------------- tiers */
 
+#ifdef TC_DEBUG
+bool tc__tier_ok(const struct tc__tier *t)
+{
+	const struct tc__replica *prev = NULL;
+	uint64_t lru_bytes = 0;
+
+	for (const struct tc__replica *r = t->lru_head; r; r = r->lru_next) {
+		if (r->lru_prev != prev || r->tier != t || !on_lru(r))
+			return false;
+		lru_bytes += r->bytes;
+		prev = r;
+	}
+	return t->lru_tail == prev && lru_bytes + t->filling_bytes <= t->used &&
+	       t->leased_bytes <= t->used;
+}
+#endif
+
 void tc__tier_init(struct tc__tier *t, const char *name, uint64_t budget,
 		   const struct tc__tier_ops *ops, void *arg)
 {

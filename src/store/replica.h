@@ -173,4 +173,11 @@ int tc__replica_unlease(struct tc__replica *r);
 bool tc__replica_charged(const struct tc__replica *r);
 const char *tc__replica_state_name(enum tc__replica_state s);
 
+#ifdef TC_DEBUG
+/* The tier's invariants that its own fields can show: the LRU's links,
+ * that it holds only READY non-private replicas charged here, and that
+ * their bytes plus filling_bytes fit in used.  For tests and assert(). */
+bool tc__tier_ok(const struct tc__tier *t);
+#endif
+
 #endif /* TC_REPLICA_H */

@@ -233,6 +233,9 @@ static void check_store(struct tc__objs *s)
 	}
 	assert_int_equal(live, s->by_id.count);
 	assert_true(charged <= s->host.used);
+#ifdef TC_DEBUG
+	assert_true(tc__tier_ok(&s->host));
+#endif
 }
 
 static void release_all(struct tc__objs *s)

@@ -22,6 +22,12 @@
 
 #define MSG 512
 
+#ifdef TC_DEBUG
+#define tier_ok(t) tc__tier_ok(t)
+#else
+#define tier_ok(t) true
+#endif
+
 struct item {
 	struct tc__replica r;
 	char name;
@@ -86,6 +92,7 @@ static void lru_names(const struct tc__tier *t, char *out, size_t n)
 	}
 	assert_ptr_equal(t->lru_tail, prev);
 	out[i] = '\0';
+	assert_true(tier_ok(t));
 }
 
 static void must_contain(const char *hay, const char *needle)
@@ -140,6 +147,7 @@ static void test_replica__life_cycle(void **state)
 	assert_int_equal(a.r.state, TC_REPLICA_IDLE);
 	assert_null(a.r.tier);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 	assert_int_equal(t.nreplicas, 0);
 
 	/* A failed fill goes straight from FILLING. */
@@ -148,6 +156,7 @@ static void test_replica__life_cycle(void **state)
 			 0);
 	assert_int_equal(tc__replica_gone(&a.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 	assert_int_equal(t.filling_bytes, 0);
 
 	/* Adopt: charged beforehand (a reservation), ready at once; a
@@ -160,6 +169,7 @@ static void test_replica__life_cycle(void **state)
 	assert_int_equal(t.used, 25);
 	assert_int_equal(tc__replica_gone(&a.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 	assert_null(t.lru_head);
 }
 
@@ -214,6 +224,7 @@ static void test_replica__illegal_transitions(void **state)
 	assert_int_equal(tc__replica_unlease(&a.r), TC_EINVAL);
 	assert_int_equal(tc__replica_gone(&a.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 	assert_int_equal(t.leased_bytes, 0);
 
 	/* Daemon exit: force lets a leased replica go. */
@@ -221,6 +232,7 @@ static void test_replica__illegal_transitions(void **state)
 	assert_int_equal(tc__replica_lease(&a.r), 0);
 	assert_int_equal(tc__replica_gone(&a.r, true), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 	assert_int_equal(t.leased_bytes, 0);
 	assert_int_equal(t.nreplicas, 0);
 }
@@ -307,6 +319,7 @@ static void test_replica__victims(void **state)
 	assert_int_equal(tc__replica_gone(&b.r, false), 0);
 	assert_int_equal(tc__replica_gone(&f.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 	assert_int_equal(t.nreplicas, 0);
 }
 
@@ -340,6 +353,7 @@ static void test_replica__budget(void **state)
 	assert_int_equal(t.used, 60);
 	assert_int_equal(tc__replica_gone(&b.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 }
 
 static void test_replica__private(void **state)
@@ -369,6 +383,7 @@ static void test_replica__private(void **state)
 	assert_int_equal(t.used, 40);
 	assert_int_equal(tc__replica_gone(&p.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 }
 
 /* A default refusal when the tier gives no wording; a lease taken while
@@ -396,6 +411,7 @@ static void test_replica__counters(void **state)
 	assert_int_equal(t.leased_bytes, 0);
 	assert_int_equal(tc__replica_gone(&a.r, false), 0);
 	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
 }
 
 int main(void)
