@@ -279,9 +279,8 @@ static uint32_t evict(struct tc__gpu_dev *d, uint64_t need, uint64_t want,
  * as a reservation; evicting unleased replicas if needed, and keeping an
  * allocation of `bytes` for reuse, when `reuse` is given and a victim has
  * one (reuse->dptr is then non-zero). */
-static int reserve(struct tc__gpu_dev *d, struct tc__gpu_replica *r,
-		   uint64_t bytes, struct tc__gpu_mem *reuse, char *err,
-		   size_t errlen)
+static int reserve(struct tc__gpu_dev *d, struct tc__replica *r, uint64_t bytes,
+		   struct tc__gpu_mem *reuse, char *err, size_t errlen)
 {
 	int rc;
 
@@ -290,8 +289,8 @@ static int reserve(struct tc__gpu_dev *d, struct tc__gpu_replica *r,
 		reuse->size = bytes;
 	}
 	if (r)
-		rc = tc__replica_fill(&r->base, &d->tier, bytes, true, reuse,
-				      err, errlen);
+		rc = tc__replica_fill(r, &d->tier, bytes, true, reuse, err,
+				      errlen);
 	else
 		rc = tc__tier_charge(&d->tier, bytes, true, reuse, err, errlen);
 	if (reuse && !reuse->dptr)
@@ -445,7 +444,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		return -ENOMEM;
 	}
 	tc__replica_init(&r->base);
-	rc = reserve(d, r, bytes, &j->mem, err, errlen);
+	rc = reserve(d, &r->base, bytes, &j->mem, err, errlen);
 	if (rc < 0) {
 		tc__free(r);
 		tc__free(j);
@@ -566,9 +565,7 @@ static void open_done(struct tc__job *job)
 	snprintf(t->driver_path, sizeof(t->driver_path), "%s", j->path);
 	for (int i = 0; i < t->ndev; i++) {
 		struct tc__gpu_dev *d = &t->devs[i];
-		uint64_t total = j->infos[i].total_bytes;
-
-		uint64_t budget;
+		uint64_t total = j->infos[i].total_bytes, budget;
 
 		d->info = j->infos[i];
 		if (t->cfg->gpu_bytes) {
@@ -725,11 +722,7 @@ static int reserve_on(struct tc__gpu_tier *t,
 	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
 	bytes = bytes ? bytes : 1;
 	bytes = (bytes + gran - 1) / gran * gran;
-	if (r)
-		rc = tc__replica_fill(r, &d->tier, bytes, true, NULL, err,
-				      errlen);
-	else
-		rc = reserve(d, NULL, bytes, NULL, err, errlen);
+	rc = reserve(d, r, bytes, NULL, err, errlen);
 	if (rc < 0)
 		return rc;
 	d->nreplicas++;
