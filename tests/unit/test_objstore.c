@@ -1347,7 +1347,7 @@ static void test_objstore__config_bad(void **state)
 	expect_bad_config(dir, "handshake_ms: 0\n", "'handshake_ms'", NULL);
 	expect_bad_config(dir, "log_level: loud\n", "'log_level'", NULL);
 	expect_bad_config(dir, "io_engine: fast\n", "'io_engine'",
-			  "'fast' is not auto, io_uring or pread", NULL);
+			  "'fast' is not auto, io_uring, pread or mmap", NULL);
 	expect_bad_config(dir, "gpu_pin_host: always\n", "'gpu_pin_host'",
 			  "'always' is not eager or on_use", NULL);
 	expect_bad_config(dir, "gpu_memory: 101%\n", "'gpu_memory'",
