@@ -28,7 +28,8 @@
 /* How the loader reads files. */
 enum tc__io_engine {
 	TC_IO_AUTO = 0,	 /* O_DIRECT reads through io_uring where the kernel
-			    allows it, else pread; page-cache reads pread */
+			    allows it, else pread; page-cached reads pread,
+			    short ones (< 64 KiB) copied from a mapping */
 	TC_IO_PREAD = 1, /* one pread at a time per thread */
 	TC_IO_URING = 2, /* io_uring or fail (benchmarks, tests) */
 	TC_IO_MMAP = 3,	 /* page-cached files copied from a read-only shared
