@@ -7,6 +7,8 @@
 # swap chunks while they pull (docs/peer.md, "Fan-out").  Same run: the
 # time of one receiver alone, then of all N at once; prints the ratio
 # (issue 12 target: <= 1.25) and how many copies left the seed.
+# Also prints each receiver's time and, with FANOUT_TRACE=1, what every
+# node sent per 0.5 s (from its bridge port's counters) while the N ran.
 # Needs root and iproute2.  Usage:
 #   bench/fanout.sh [BUILD] [SIZE_MIB] [RECEIVERS] [RATE] [STREAMS]
 # Memory: the seed and every receiver hold a copy (SIZE x (N + 1)).
@@ -25,6 +27,7 @@ id=$$
 br=tcfb$((id % 100000))
 sub="10.$((150 + id % 50)).$(((id / 50) % 250))"
 names=(gs seed)
+ports=()
 for i in $(seq 1 "$n"); do names+=("r$i"); done
 dir=$(mktemp -d /tmp/tcast-bench-fanout-XXXXXX)
 chmod 700 "$dir"
@@ -33,7 +36,7 @@ cleanup() {
 	"$T" global stop --state-dir "$dir/gs" >/dev/null 2>&1 || true
 	for x in "${names[@]}"; do ip netns del "tcf$x$id" 2>/dev/null || true; done
 	ip link del "$br" 2>/dev/null || true
-	rm -rf "$dir"
+	[ -n "${FANOUT_KEEP:-}" ] && echo "   kept $dir (daemon logs)" || rm -rf "$dir"
 }
 trap cleanup EXIT
 ip link add "$br" type bridge
@@ -47,6 +50,7 @@ for x in "${names[@]}"; do
 	ip netns exec "$ns" tc qdisc add dev "v$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
 	tc qdisc add dev "b$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
 	eval "addr_$x=$sub.$k"
+	ports+=("b$k-$id")
 done
 (umask 077; head -c 48 /dev/urandom | base64 -w0 >"$dir/secret")
 ip netns exec "tcfgs$id" "$T" global start --state-dir "$dir/gs" --cluster-secret-file "$dir/secret" \
@@ -98,26 +102,58 @@ clear
 sleep 1 # the global store forgets the removed replicas
 t0=$(now)
 pids=()
-for x in "${names[@]:2}"; do pull_on "$x" & pids+=($!); done
+if [ "${FANOUT_TRACE:-}" = 1 ]; then
+	# A node's transmit is its bridge port's receive.
+	$PY - "$dir/trace" "${ports[@]:1}" <<'PYEOF' &
+import sys, time
+with open(sys.argv[1], "w") as f:
+    while True:
+        cpu = open("/proc/stat").readline().split()[1:]
+        row = [time.clock_gettime(time.CLOCK_REALTIME), sum(map(int, cpu)), int(cpu[3]) + int(cpu[4])]
+        for b in sys.argv[2:]:
+            row.append(int(open(f"/sys/class/net/{b}/statistics/rx_bytes").read()))
+        print(*row, file=f, flush=True)
+        time.sleep(0.5)
+PYEOF
+	tracer=$!
+fi
+for x in "${names[@]:2}"; do (pull_on "$x" && now >"$dir/$x.end") & pids+=($!); done
 bad=0
 for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
 tn=$(calc "$(now) - $t0")
+[ -z "${tracer:-}" ] || kill "$tracer"
 [ "$bad" = 0 ] || { echo "   $bad pulls failed"; cat "$dir"/r*.err; exit 1; }
-read -r from_seed from_peers < <($PY - "$dir" "$addr_seed:7070" "${names[@]:2}" <<'PYEOF'
+read -r from_seed from_peers declined < <($PY - "$dir" "$addr_seed:7070" "${names[@]:2}" <<'PYEOF'
 import json, sys
 d, seed, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-s = p = 0
+s = p = n = 0
 for x in names:
     for src in json.load(open(f"{d}/{x}.json"))["sources"]:
         if src["addr"] == seed:
             s += src["bytes"]
+            n += src.get("declined", 0)
         else:
             p += src["bytes"]
-print(s, p)
+print(s, p, n)
 PYEOF
 )
 printf '   %d receivers at once:  %6.2f s  (slowest; %.2f Gbit/s aggregate)\n' "$n" "$tn" \
 	"$(calc "$n * $mib * 8 * 1.048576 / 1000 / $tn")"
-printf '   the seed sent %.2f copies, receivers swapped %.2f copies\n' \
-	"$(calc "$from_seed / ($mib * 1048576)")" "$(calc "$from_peers / ($mib * 1048576)")"
+printf '   the seed sent %.2f copies, receivers swapped %.2f copies; the seed said "ask your peers" %d times\n' \
+	"$(calc "$from_seed / ($mib * 1048576)")" "$(calc "$from_peers / ($mib * 1048576)")" "$declined"
+printf '   each receiver (s):'
+for x in "${names[@]:2}"; do printf ' %.2f' "$(calc "$(cat "$dir/$x.end") - $t0")"; done
+echo
+if [ -n "${tracer:-}" ]; then
+	echo "   per 0.5 s: CPU busy %, then Mbit/s sent by the seed and by each receiver:"
+	$PY - "$dir/trace" "$t0" <<'PYEOF'
+import sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+for a, b in zip(rows, rows[1:]):
+    dt = b[0] - a[0]
+    busy = 100 - 100 * (b[2] - a[2]) / max(1, b[1] - a[1])
+    print("   %5.1f s %3.0f%% " % (b[0] - float(sys.argv[2]), busy) +
+          " ".join("%4.0f" % ((y - x) * 8 / dt / 1e6) for x, y in zip(a[3:], b[3:])))
+PYEOF
+fi
 printf '   ratio (%d receivers / one alone): %.2f  (target <= 1.25)\n' "$n" "$(calc "$tn / $t1")"

@@ -84,13 +84,14 @@ static json_t *sources_json(const struct tc__peer_pull_result *r)
 		const struct tc__peer_source_stats *s = &r->src[i];
 
 		json_array_append_new(
-			a, json_pack("{s:s, s:I, s:I, s:f, s:i, s:b, s:b, "
-				     "s:s?}",
+			a, json_pack("{s:s, s:I, s:I, s:f, s:i, s:i, s:b, "
+				     "s:b, s:s?}",
 				     "addr", s->addr, "bytes",
 				     (json_int_t)s->bytes, "chunks",
 				     (json_int_t)s->chunks, "gbps",
 				     gbps(s->bytes, r->ns), "bad_chunks",
-				     (int)s->bad_chunks, "filling", s->partial,
+				     (int)s->bad_chunks, "declined",
+				     (int)s->declined, "filling", s->partial,
 				     "failed", s->failed, "error",
 				     s->failed ? s->err : NULL));
 	}
@@ -111,6 +112,27 @@ static int secret_from_daemon(tc_client *c, char *path, size_t len)
 	json_decref(j);
 	tc_free(doc);
 	return path[0] ? 0 : -1;
+}
+
+/* This node's name for handshakes: the daemon's node_name, else the host
+ * name (receivers on one host, or in network namespaces of one, share
+ * that; a seed tells fan-out receivers apart by name and address). */
+static void name_from_daemon(tc_client *c, char *name, size_t len)
+{
+	char *doc = NULL;
+	json_t *j = NULL;
+	const char *v;
+
+	if (tc_status_json(c, &doc) == 0)
+		j = json_loads(doc, 0, NULL);
+	v = json_string_value(
+		json_object_get(json_object_get(j, "config"), "node_name"));
+	if (v && v[0])
+		snprintf(name, len, "%s", v);
+	else if (gethostname(name, len - 1) < 0)
+		snprintf(name, len, "tcast");
+	json_decref(j);
+	tc_free(doc);
 }
 
 /* The daemon's TLS settings (tls, tls_cert, tls_key, tls_ca), which
@@ -470,7 +492,7 @@ int cmd_pull(int argc, char **argv)
 	po.streams = (int)streams;
 	po.timeout_ms = (int)timeout;
 	po.secret = secret;
-	gethostname(host, sizeof(host) - 1);
+	name_from_daemon(tcl, host, sizeof(host));
 	po.name = host;
 	t0 = now_ns();
 	if (view) {

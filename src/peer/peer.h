@@ -209,6 +209,7 @@ struct tc__peer_source_stats {
 	uint64_t bytes;	     /* verified payload bytes from it */
 	uint64_t chunks;     /* verified chunks */
 	uint32_t bad_chunks; /* chunks that failed their digest */
+	uint32_t declined;   /* chunks a seed said to ask peers for */
 	bool partial;	     /* was still filling when first asked */
 	bool failed;	     /* dropped: died, stalled, refused, lied */
 	char err[256];	     /* why, when failed */

@@ -21,8 +21,14 @@
  * filling source holds, so with many receivers each chunk tends to leave
  * it once and the receivers swap the rest; after TC_PULL_VALVE_MS
  * without a verified chunk it sends anything (a filling source may be
- * slow or stuck).  Chunks are scanned from a random start per pull, so
- * receivers started together ask the seed for different chunks.  The
+ * slow or stuck).  Chunks are scanned in an order of their own per pull
+ * (a random start and a random stride), so receivers started together
+ * ask the seed for different chunks.  A receiver that serves what it
+ * pulls flags its GETs to a sealed source SHARES; such a source may
+ * decline a chunk it has just sent to another receiver (serve.c,
+ * super-seeding): the chunk goes back to the queue and is not asked of a
+ * sealed source for TC_PULL_DECLINED_MS, by when a peer says it holds or
+ * fetches it.  The
  * caller's thread supervises: it reports newly verified chunks to the
  * sink (which makes this node serve them) and adds sources the discover
  * callback finds.
@@ -43,11 +49,12 @@
 #include "net/ev.h"
 #include "tcast/errors.h"
 
-#define TC_PULL_DEPTH	 2	    /* requests outstanding per stream */
-#define TC_PULL_PIECE	 (1u << 20) /* bytes per recv (then hashed) */
-#define TC_PULL_HAVE_MS	 30	    /* ask a filling source again after */
-#define TC_PULL_VALVE_MS 300	    /* no progress: the seed sends anything */
-#define TC_PULL_TICK_MS	 50	    /* supervisor and idle-stream period */
+#define TC_PULL_DEPTH	    2	       /* requests outstanding per stream */
+#define TC_PULL_PIECE	    (1u << 20) /* bytes per recv (then hashed) */
+#define TC_PULL_HAVE_MS	    30	       /* ask a filling source again after */
+#define TC_PULL_VALVE_MS    300 /* no progress: the seed sends anything */
+#define TC_PULL_TICK_MS	    50	/* supervisor and idle-stream period */
+#define TC_PULL_DECLINED_MS 250 /* a seed said "ask your peers" */
 
 enum { C_TODO, C_FLIGHT, C_DONE, C_SKIP }; /* C_SKIP: not wanted */
 
@@ -69,6 +76,8 @@ struct pull {
 	uint64_t n;		 /* chunks */
 	uint64_t nwant;		 /* chunks to pull (n unless sink.want) */
 	uint64_t start;		 /* scans begin here (random) */
+	uint64_t stride;	 /* and step by this (random, coprime to n) */
+	uint64_t *declined;	 /* per chunk: when a seed last declined it */
 	uint8_t *state;		 /* C_* per chunk */
 	uint16_t *barred;	 /* per chunk: sources that sent it bad */
 	uint64_t ndone, nflight;
@@ -148,10 +157,14 @@ static int64_t take(struct pull *p, int src, uint64_t now)
 		return -1;
 	for (int pass = 0; pass < 2; pass++) {
 		for (uint64_t i = 0; i < p->n; i++) {
-			uint64_t k = (p->start + i) % p->n;
+			uint64_t k = (p->start + i * p->stride) % p->n;
 
 			if (p->state[k] != C_TODO ||
 			    (p->barred[k] & (1u << src)))
+				continue;
+			if (ps->complete && p->declined[k] &&
+			    now - p->declined[k] <
+				    TC_PULL_DECLINED_MS * 1000000ull)
 				continue;
 			if (!ps->complete && !bit(ps->have, k))
 				continue;
@@ -159,16 +172,23 @@ static int64_t take(struct pull *p, int src, uint64_t now)
 				continue;
 			p->state[k] = C_FLIGHT;
 			p->nflight++;
-			if (ps->complete && !p->told[k]) {
-				p->told[k] = 1;
-				p->asked[p->nasked++] = k;
-			}
 			return (int64_t)k;
 		}
 		if (!ps->complete || !valve)
 			break;
 	}
 	return -1;
+}
+
+static uint64_t gcd(uint64_t a, uint64_t b)
+{
+	while (b) {
+		uint64_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	return a;
 }
 
 static uint32_t chunk_len(const struct pull *p, uint64_t k)
@@ -179,8 +199,9 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
 
 /* Receive one chunk's DATA into place and check it.  Returns 1 when it
  * verified, 0 when it did not (the stream is still in sync), 2 when a
- * filling source does not hold it yet (in sync too), or a negative code
- * (the stream is not). */
+ * filling source does not hold it yet, 4 when a sealed one declined it
+ * (ask the peers; in sync too), or a negative code (the stream is
+ * not). */
 static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 		      struct tc__hasher *h, uint64_t k, uint8_t *stage,
 		      char *err, size_t errlen)
@@ -197,6 +218,11 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 		tc__peer_msg_release(&m);
 		return 2;
 	}
+	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_EBUSY &&
+	    p->src[src].complete) {
+		tc__peer_msg_release(&m);
+		return 4;
+	}
 	if (rc == 0 && m.type == TC_PEER_ERROR) {
 		snprintf(err, errlen, "%s says: %s (%s)", c->addr, m.msg,
 			 tc_err_name(m.code));
@@ -210,6 +236,17 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	tc__peer_msg_release(&m);
 	if (rc < 0)
 		return rc;
+	if (p->src[src].complete) {
+		/* A seed sends it: peers may ask the seed for others (told
+		 * now, not when asked: a seed may decline). */
+		pthread_mutex_lock(&p->mu);
+		if (!p->told[k]) {
+			p->told[k] = 1;
+			p->asked[p->nasked++] = k;
+			pthread_cond_broadcast(&p->cv);
+		}
+		pthread_mutex_unlock(&p->mu);
+	}
 	dst = stage ? stage : p->base + k * TC_CHUNK_BYTES;
 	tc__hasher_reset(h);
 	while (got < n) {
@@ -350,8 +387,6 @@ static void *stream_main(void *arg)
 				break;
 			q[nq++] = k;
 		}
-		if (p->nasked)
-			pthread_cond_broadcast(&p->cv); /* to tell peers */
 		if (nq == 0) {
 			/* Nothing for us now: finished, or what is left is
 			 * in flight elsewhere or held by no one we know yet
@@ -402,7 +437,12 @@ static void *stream_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 		for (; nsent < nq; nsent++) {
 			b.len = 0;
-			tc__peer_put_get(&b, p->man.id, (uint64_t)q[nsent], 1);
+			/* This node serves what it pulls: a seed may
+			 * send it to us once, for all. */
+			tc__peer_put_get(&b, p->man.id, (uint64_t)q[nsent], 1,
+					 o->sink.have && ps->complete ?
+						 TC_PEER_GET_SHARES :
+						 0);
 			rc = tc__peer_send_buf(c, &b, nsent + 1 < nq);
 			if (rc < 0) {
 				snprintf(err, sizeof(err), "%s: send: %s",
@@ -444,6 +484,10 @@ static void *stream_main(void *arg)
 			st->bytes += chunk_len(p, (uint64_t)q[0]);
 		} else if (rc == 3) {
 			p->state[q[0]] = C_TODO;
+		} else if (rc == 4) {
+			p->state[q[0]] = C_TODO;
+			p->declined[q[0]] = tc__now_ns();
+			st->declined++;
 		} else if (rc == 2) {
 			/* It said it held it: only an id it dropped meanwhile
 			 * gets here.  Forget what it said. */
@@ -763,14 +807,21 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	    sizeof(p.start))
 		p.start = t0;
 	p.start = p.n ? p.start % p.n : 0;
+	/* A stride coprime to n visits every chunk once; receivers with
+	 * different ones spread their first asks over the artifact. */
+	p.stride = p.n > 2 ? 1 + (p.start * 2654435761u + t0) % (p.n - 1) : 1;
+	while (p.n > 2 && gcd(p.stride, p.n) != 1)
+		p.stride = p.stride % (p.n - 1) + 1;
 	p.state = tc__calloc(p.n ? p.n : 1, 1);
 	p.barred = tc__calloc(p.n ? p.n : 1, sizeof(*p.barred));
 	p.fresh = tc__calloc(p.n ? p.n : 1, sizeof(*p.fresh));
 	p.asked = tc__calloc(p.n ? p.n : 1, sizeof(*p.asked));
 	p.told = tc__calloc(p.n ? p.n : 1, 1);
+	p.declined = tc__calloc(p.n ? p.n : 1, sizeof(*p.declined));
 	sm = tc__calloc((size_t)TC_PEER_MAX_SOURCES * (size_t)o->streams,
 			sizeof(*sm));
-	if (!p.state || !p.barred || !p.fresh || !p.asked || !p.told || !sm) {
+	if (!p.state || !p.barred || !p.fresh || !p.asked || !p.told ||
+	    !p.declined || !sm) {
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -819,6 +870,7 @@ out:
 	}
 	tc__free(p.asked);
 	tc__free(p.told);
+	tc__free(p.declined);
 	tc__free(sm);
 	tc__free(p.state);
 	tc__free(p.barred);

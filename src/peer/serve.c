@@ -12,6 +12,22 @@
  * the daemon's (borrowed): a connection copies a chunk of it into its
  * staging buffer with the entry's `copying` count held, and sends from
  * the buffer after; withdrawing waits only for copies, never for sends.
+ *
+ * Super-seeding (docs/peer.md "Fan-out"), for GETs flagged SHARES (the
+ * asker serves what it gets to the other receivers): a sealed replica
+ * remembers, per chunk, which such receiver it last sent the chunk to
+ * and when; another one asking for it while it is being sent, or within
+ * TC_PEER_SUPERSEED_MS after, gets "ask your peers" (TC_EBUSY) instead,
+ * unless the seed has nothing else to send (the end of a fan-out), so
+ * the seed's link carries each chunk about once and the receivers swap
+ * the rest.  And the server sends at most TC_PEER_SEED_SENDS such
+ * chunks at once: a chunk then leaves whole in a fraction of a second
+ * and its receiver serves it on, where 8 receivers x 4 streams would
+ * share the link 32 ways and nobody would hold anything to swap for
+ * seconds.  A request that finds no free slot within TC_PEER_SEED_WAIT_MS
+ * is declined the same way (the asker takes another chunk, or asks a
+ * peer).  Other GETs (a pull that does not serve, a view) are sent as
+ * always.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -32,10 +49,15 @@
 #include "common/log.h"
 #include "common/map.h"
 #include "frameio.h"
+#include "net/ev.h"
 #include "gpu/vmm.h"
 #include "net/tls.h"
 #include "peer.h"
 #include "tcast/errors.h"
+
+#define TC_PEER_SUPERSEED_MS 2000 /* a chunk sent is declined this long */
+#define TC_PEER_SEED_SENDS   4	  /* SHARES chunks sent at once */
+#define TC_PEER_SEED_WAIT_MS 200  /* for a free slot, then declined */
 
 struct entry {
 	char id[TC_ID_LEN + 1];
@@ -59,6 +81,13 @@ struct entry {
 	uint64_t dptr;
 	int copying;
 	struct entry *gnext; /* the next GPU copy of the same id */
+	/* Sealed, asked by fan-out receivers (super-seeding, above): per
+	 * chunk, who got it last (a hash of its name and address, 0:
+	 * nobody) and when that send ended (UINT64_MAX while it runs).
+	 * Made at the first such GET; NULL when out of memory (then
+	 * nothing is declined). */
+	uint32_t *sent_to;
+	uint64_t *sent_ns;
 };
 
 struct keyent {
@@ -75,6 +104,10 @@ struct conn {
 	uint8_t *stage;
 	bool stage_pinned;
 	int stage_ordinal;
+	uint32_t who; /* the asker: a hash of its name and address */
+	/* TC_CHUNK_BYTES for chunks of a copy still filling, made at the
+	 * first one: those are copied, not sent with sendfile (below). */
+	uint8_t *fill;
 };
 
 struct tc__peer_server {
@@ -92,6 +125,8 @@ struct tc__peer_server {
 	bool stopping;
 	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
 	_Atomic uint32_t n_uploads; /* GETs being answered now */
+	int seeding;	  /* SHARES chunks being sent (super-seeding) */
+	int seed_waiting; /* SHARES GETs waiting for a slot */
 };
 
 static void entry_put(struct entry *e) /* mu held */
@@ -102,6 +137,8 @@ static void entry_put(struct entry *e) /* mu held */
 		tc__buf_release(&e->manifest);
 		tc__free(e->have);
 		tc__free(e->fetching);
+		tc__free(e->sent_to);
+		tc__free(e->sent_ns);
 		tc__free(e);
 	}
 }
@@ -409,6 +446,21 @@ static int send_corrupt(struct tc__peer_conn *c, int fd, uint64_t off,
 	return rc;
 }
 
+/* A chunk of a copy still filling, read into a buffer and sent from
+ * there.  Not sendfile: pages it hands to TCP stay referenced until the
+ * peer acknowledges them (seconds on a slow or shaped link), and a memfd
+ * with referenced pages cannot be sealed (F_SEAL_WRITE fails with EBUSY),
+ * so the pull's commit would fail while this node serves its peers. */
+static int send_filling(struct conn *cn, int fd, uint64_t off, uint32_t n)
+{
+	int rc;
+
+	if (!cn->fill && !(cn->fill = tc__malloc(TC_CHUNK_BYTES)))
+		return -ENOMEM;
+	rc = tc__pread_exact(fd, cn->fill, n, off);
+	return rc < 0 ? rc : cn->c->t->send(cn->c, cn->fill, n, false);
+}
+
 /* Stage chunk bytes [off, off + n) of GPU entry e in cn's buffer (made
  * at the first use, pinned when it can be).  Returns 0, TC_ENOTFOUND
  * (withdrawn meanwhile) or another negative code (logged). */
@@ -462,13 +514,153 @@ static void stage_free(struct conn *cn)
 	cn->stage = NULL;
 }
 
+/* Chunk k of sealed entry e went to another fan-out receiver than `who`
+ * moments ago, or is going (mu held). */
+static bool superseed_recent(const struct entry *e, uint32_t who, uint64_t k)
+{
+	uint64_t at = e->sent_ns[k];
+
+	return e->sent_to[k] && e->sent_to[k] != who &&
+	       (at == UINT64_MAX ||
+		tc__now_ns() - at < TC_PEER_SUPERSEED_MS * 1000000ull);
+}
+
+/* May chunk k of sealed entry e go to fan-out receiver `who` now?  NULL:
+ * yes, it holds one of the TC_PEER_SEED_SENDS slots and is recorded as
+ * going to `who`; else why not (mu held; waits for a slot). */
+static const char *superseed_admit(struct tc__peer_server *s, struct entry *e,
+				   uint32_t who, uint64_t k)
+{
+	struct timespec until;
+
+	if (!e->sent_to) {
+		e->sent_to = tc__calloc(e->nchunks, sizeof(*e->sent_to));
+		e->sent_ns = tc__calloc(e->nchunks, sizeof(*e->sent_ns));
+		if (!e->sent_to || !e->sent_ns) {
+			tc__free(e->sent_to);
+			tc__free(e->sent_ns);
+			e->sent_to = NULL;
+			e->sent_ns = NULL;
+		}
+	}
+	clock_gettime(CLOCK_REALTIME, &until); /* s->cv's clock */
+	until.tv_nsec += TC_PEER_SEED_WAIT_MS * 1000000l;
+	if (until.tv_nsec >= 1000000000l) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000l;
+	}
+	for (;;) {
+		int rc;
+
+		/* A chunk sent moments ago goes again only to an idle
+		 * seed (the end of a fan-out: its peers are busy). */
+		if (e->sent_to && superseed_recent(e, who, k) &&
+		    (s->seeding >= TC_PEER_SEED_SENDS || s->seed_waiting))
+			return "sent to another receiver moments ago: ask "
+			       "your peers";
+		if (s->stopping)
+			return "the server is stopping";
+		if (s->seeding < TC_PEER_SEED_SENDS)
+			break;
+		s->seed_waiting++;
+		rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
+		s->seed_waiting--;
+		if (rc == ETIMEDOUT)
+			return "sending to other receivers: ask your peers";
+	}
+	s->seeding++;
+	if (e->sent_to) {
+		e->sent_to[k] = who;
+		e->sent_ns[k] = UINT64_MAX;
+	}
+	return NULL;
+}
+
+/* The send of chunk k to `who` ended (mu held): its slot is free; when
+ * it failed, the chunk went to nobody. */
+static void superseed_done(struct tc__peer_server *s, struct entry *e,
+			   uint32_t who, uint64_t k, bool ok)
+{
+	s->seeding--;
+	pthread_cond_broadcast(&s->cv);
+	if (!e->sent_to || e->sent_to[k] != who || e->sent_ns[k] != UINT64_MAX)
+		return;
+	e->sent_to[k] = ok ? who : 0;
+	e->sent_ns[k] = ok ? tc__now_ns() : 0;
+}
+
+/* Chunk k of e to the asker: DATA and its bytes, or an ERROR frame for a
+ * chunk that is not (or no longer) here.  *sent says whether the bytes
+ * went.  Returns 0 or a negative code (the connection is done). */
+static int send_chunk(struct tc__peer_server *s, struct conn *cn,
+		      struct entry *e, uint64_t k, struct tc__buf *b,
+		      bool *sent)
+{
+	struct tc__peer_conn *c = cn->c;
+	uint64_t off = k * TC_CHUNK_BYTES;
+	uint32_t n = (uint32_t)TC_MIN(TC_CHUNK_BYTES, e->total - off);
+	char subject[TC_ID_LEN + 32];
+	bool held = true;
+	int rc;
+
+	*sent = false;
+	if (e->have) {
+		/* Bits are only ever set, under mu: a chunk seen held stays
+		 * held (and its bytes never change). */
+		pthread_mutex_lock(&s->mu);
+		held = e->have[k / 8] & (1u << k % 8);
+		pthread_mutex_unlock(&s->mu);
+	}
+	if (!held)
+		return send_error(c, TC_ENOTFOUND,
+				  "chunk not here yet (still filling)");
+
+	snprintf(subject, sizeof(subject), "%s#%llu.", e->id,
+		 (unsigned long long)k);
+	if (tc__failpoint("peer.delay_chunk", subject))
+		usleep(100 * 1000);
+	/* A sender that goes quiet mid-pull with its requests taken: the
+	 * receiver's peer_timeout has to notice. */
+	if (tc__failpoint("peer.stall_chunk", subject))
+		sleep(5);
+	if (e->gpu) {
+		rc = gpu_stage(s, cn, e, off, n);
+		if (rc == TC_ENOTFOUND)
+			return send_error(c, TC_ENOTFOUND,
+					  "chunk no longer here (its GPU "
+					  "replica was withdrawn)");
+		if (rc < 0)
+			return rc;
+		if (tc__failpoint("peer.corrupt_chunk", subject))
+			cn->stage[n / 2] ^= 0x5a;
+	}
+	b->len = 0;
+	tc__peer_put_data(b, k, n);
+	rc = tc__peer_send_buf(c, b, true);
+	if (rc < 0)
+		return rc;
+	if (e->gpu)
+		rc = c->t->send(c, cn->stage, n, false);
+	else if (tc__failpoint("peer.corrupt_chunk", subject))
+		rc = send_corrupt(c, e->fd, off, n);
+	else if (e->have)
+		rc = send_filling(cn, e->fd, off, n);
+	else
+		rc = c->t->send_file(c, e->fd, off, n);
+	if (rc == 0) {
+		s->n_chunks++;
+		s->n_bytes += n;
+		*sent = true;
+	}
+	return rc;
+}
+
 static int serve_get(struct tc__peer_server *s, struct conn *cn,
 		     const struct tc__peer_msg *m)
 {
 	struct tc__peer_conn *c = cn->c;
 	struct entry *e = lookup(s, m->id);
 	struct tc__buf b = TC_BUF_INIT;
-	char subject[TC_ID_LEN + 32];
 	int rc = 0;
 
 	if (!e)
@@ -479,58 +671,25 @@ static int serve_get(struct tc__peer_server *s, struct conn *cn,
 	}
 	s->n_uploads++;
 	for (uint64_t k = m->first; rc == 0 && k < m->first + m->count; k++) {
-		uint64_t off = k * TC_CHUNK_BYTES;
-		uint32_t n = (uint32_t)TC_MIN(TC_CHUNK_BYTES, e->total - off);
-		bool held = true;
+		bool swarm = !e->have && (m->flags & TC_PEER_GET_SHARES);
+		bool sent;
 
-		if (e->have) {
-			/* Bits are only ever set, under mu: a chunk seen
-			 * held stays held (and its bytes never change). */
+		if (swarm) {
+			const char *why;
+
 			pthread_mutex_lock(&s->mu);
-			held = e->have[k / 8] & (1u << k % 8);
+			why = superseed_admit(s, e, cn->who, k);
 			pthread_mutex_unlock(&s->mu);
-		}
-		if (!held) {
-			rc = send_error(c, TC_ENOTFOUND,
-					"chunk not here yet (still filling)");
-			continue;
-		}
-
-		snprintf(subject, sizeof(subject), "%s#%llu.", e->id,
-			 (unsigned long long)k);
-		if (tc__failpoint("peer.delay_chunk", subject))
-			usleep(100 * 1000);
-		/* A sender that goes quiet mid-pull with its requests
-		 * taken: the receiver's peer_timeout has to notice. */
-		if (tc__failpoint("peer.stall_chunk", subject))
-			sleep(5);
-		if (e->gpu) {
-			rc = gpu_stage(s, cn, e, off, n);
-			if (rc == TC_ENOTFOUND) {
-				rc = send_error(c, TC_ENOTFOUND,
-						"chunk no longer here (its GPU "
-						"replica was withdrawn)");
+			if (why) {
+				rc = send_error(c, TC_EBUSY, why);
 				continue;
 			}
-			if (rc < 0)
-				break;
-			if (tc__failpoint("peer.corrupt_chunk", subject))
-				cn->stage[n / 2] ^= 0x5a;
 		}
-		b.len = 0;
-		tc__peer_put_data(&b, k, n);
-		rc = tc__peer_send_buf(c, &b, true);
-		if (rc < 0)
-			break;
-		if (e->gpu)
-			rc = c->t->send(c, cn->stage, n, false);
-		else if (tc__failpoint("peer.corrupt_chunk", subject))
-			rc = send_corrupt(c, e->fd, off, n);
-		else
-			rc = c->t->send_file(c, e->fd, off, n);
-		if (rc == 0) {
-			s->n_chunks++;
-			s->n_bytes += n;
+		rc = send_chunk(s, cn, e, k, &b, &sent);
+		if (swarm) {
+			pthread_mutex_lock(&s->mu);
+			superseed_done(s, e, cn->who, k, sent);
+			pthread_mutex_unlock(&s->mu);
 		}
 	}
 	s->n_uploads--;
@@ -624,8 +783,9 @@ static int serve_replicate(struct tc__peer_server *s, struct tc__peer_conn *c,
 
 /* The cluster handshake, first on every connection (net/auth.h): only a
  * peer that proves it knows the secret gets a single frame decoded. */
-static int auth(struct tc__peer_server *s, struct tc__peer_conn *c)
+static int auth(struct tc__peer_server *s, struct conn *cn)
 {
+	struct tc__peer_conn *c = cn->c;
 	struct tc__auth a;
 	char why[768];
 	int rc;
@@ -661,6 +821,19 @@ static int auth(struct tc__peer_server *s, struct tc__peer_conn *c)
 	if (rc < 0) {
 		s->n_refused++;
 		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, a.err);
+	} else {
+		/* Who asks, for super-seeding: its name and host (FNV-1a;
+		 * daemons on one host may share a name). */
+		uint32_t h = 2166136261u;
+		const char *port = strrchr(c->addr, ':');
+		size_t na = port ? (size_t)(port - c->addr) : strlen(c->addr);
+
+		for (const char *q = a.peer_name; *q; q++)
+			h = (h ^ (uint8_t)*q) * 16777619u;
+		h = (h ^ '@') * 16777619u;
+		for (size_t i = 0; i < na; i++)
+			h = (h ^ (uint8_t)c->addr[i]) * 16777619u;
+		cn->who = h ? h : 1;
 	}
 	tc__auth_wipe(&a);
 	return rc;
@@ -678,7 +851,7 @@ static void *conn_main(void *arg)
 	char err[512];
 	int rc;
 
-	rc = auth(s, c);
+	rc = auth(s, cn);
 	if (rc < 0)
 		goto out;
 	for (;;) {
@@ -712,6 +885,7 @@ static void *conn_main(void *arg)
 			err);
 out:
 	stage_free(cn);
+	tc__free(cn->fill);
 	pthread_mutex_lock(&s->mu);
 	for (struct conn **p = &s->conns; *p; p = &(*p)->next)
 		if (*p == cn) {
@@ -868,6 +1042,7 @@ void tc__peer_server_stop(struct tc__peer_server *s)
 	pthread_join(s->acceptor, NULL);
 	pthread_mutex_lock(&s->mu);
 	s->stopping = true;
+	pthread_cond_broadcast(&s->cv); /* super-seeding waits */
 	for (struct conn *cn = s->conns; cn; cn = cn->next)
 		shutdown(cn->c->fd, SHUT_RDWR);
 	while (s->nconns)

@@ -243,6 +243,10 @@ int tc__peer_msg_decode(const struct tc__peer_hdr *h, const uint8_t *body,
 		    m->first > TC_PEER_MAX_CHUNKS)
 			return fail(err, errlen, TC_ELIMIT,
 				    "GET range over limit");
+		if (c.left && (tc__cur_read_u8(&c, &m->flags) < 0 ||
+			       !m->flags || (m->flags & ~TC_PEER_GET_SHARES)))
+			return fail(err, errlen, TC_EPROTO,
+				    "GET flags zero or unknown");
 		break;
 	case TC_PEER_DATA:
 		if (tc__cur_read_u64(&c, &m->first) < 0 ||
@@ -314,13 +318,15 @@ void tc__peer_put_manifest(struct tc__buf *b, const char *id,
 }
 
 void tc__peer_put_get(struct tc__buf *b, const char *id, uint64_t first,
-		      uint32_t count)
+		      uint32_t count, uint8_t flags)
 {
 	size_t off = begin(b, TC_PEER_GET);
 
 	tc__buf_put_str(b, id);
 	tc__buf_put_u64(b, first);
 	tc__buf_put_u32(b, count);
+	if (flags) /* a GET without flags reads as before */
+		tc__buf_put_u8(b, flags);
 	finish(b, off);
 }
 

@@ -6,10 +6,13 @@
  *
  *   MANIFEST_REQ {ref}             -> MANIFEST {id, table, chunk digests}
  *                                     or ERROR
- *   GET {id, first, count}         -> count x (DATA {chunk, nbytes} + bytes,
- *                                     or ERROR TC_ENOTFOUND from a source
- *                                     still filling: that chunk is not
- *                                     there yet), or one ERROR
+ *   GET {id, first, count[, flags]} -> count x (DATA {chunk, nbytes} +
+ *                                     bytes, or ERROR TC_ENOTFOUND from a
+ *                                     source still filling: that chunk is
+ *                                     not there yet, or ERROR TC_EBUSY to
+ *                                     a GET flagged SHARES: sent to
+ *                                     another receiver moments ago, ask
+ *                                     the peers), or one ERROR
  *   HAVE_REQ {id}                  -> HAVE {complete, nchunks, held bitmap,
  *                                     fetching bitmap}
  *                                     or ERROR
@@ -45,6 +48,12 @@
 #define TC_PEER_MAX_REF	     1024 /* bytes of a key or id in a request */
 #define TC_PEER_MAX_GET	     16	  /* chunks in one GET */
 #define TC_PEER_MAX_ERRMSG   256
+/* GET flags (an optional trailing u8; absent = 0).  SHARES: the asker
+ * serves what it gets to the other receivers of the artifact (a fan-out),
+ * so a sealed source may decline a chunk it has just sent to another
+ * such receiver (ERROR TC_EBUSY) and spend its link on chunks nobody
+ * has yet. */
+#define TC_PEER_GET_SHARES 0x01u
 /* 2^40 chunks of 4 MiB would be 4 EiB: cap the count so that
  * nchunks * TC_DIGEST_BYTES fits the manifest limit. */
 #define TC_PEER_MAX_CHUNKS ((TC_PEER_MAX_MANIFEST - 65536) / TC_DIGEST_BYTES)
@@ -90,6 +99,7 @@ struct tc__peer_msg {
 					     sealed source (same size) */
 	uint64_t first;			  /* GET: first chunk; DATA: chunk */
 	uint32_t count;			  /* GET: chunks; DATA: payload bytes */
+	uint8_t flags;			  /* GET: TC_PEER_GET_* */
 	int32_t code;			  /* ERROR: a negative tcast code */
 	char msg[TC_PEER_MAX_ERRMSG + 1]; /* ERROR */
 };
@@ -116,8 +126,9 @@ void tc__peer_put_manifest_req(struct tc__buf *b, const char *ref);
 void tc__peer_put_manifest(struct tc__buf *b, const char *id,
 			   const struct tc__table *t,
 			   const struct tc__digest *chunks, uint64_t nchunks);
+/* `flags` TC_PEER_GET_*: 0 sends the GET without its flags byte. */
 void tc__peer_put_get(struct tc__buf *b, const char *id, uint64_t first,
-		      uint32_t count);
+		      uint32_t count, uint8_t flags);
 /* The DATA frame only; the caller sends `nbytes` raw bytes after it. */
 void tc__peer_put_data(struct tc__buf *b, uint64_t chunk, uint32_t nbytes);
 void tc__peer_put_error(struct tc__buf *b, int code, const char *msg);

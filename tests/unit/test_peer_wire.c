@@ -2,8 +2,10 @@
  * test_peer_wire.c - src/peer/wire.c's replication frames (policy ha):
  * REPLICATE_REQ and REPLICATED round trips, every truncation refused, an
  * id that is not an artifact id, a source that is not HOST:PORT or holds
- * bytes that would reach logs raw, and trailing bytes.  (The data frames
- * are covered by test_peer.sh end to end and by fuzz_peer_wire.c.)
+ * bytes that would reach logs raw, and trailing bytes; GET with and
+ * without its flags byte (super-seeding, docs/peer.md "Fan-out"), unknown
+ * flags refused.  (The data frames are covered by test_peer.sh end to end
+ * and by fuzz_peer_wire.c.)
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -118,9 +120,53 @@ static void test_peer_wire__replicated(void **state)
 	tc__buf_release(&b);
 }
 
+static void test_peer_wire__get_flags(void **state)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__peer_msg m;
+	char err[256];
+	size_t body;
+
+	/* No flags: the GET is as it always was (no flags byte). */
+	tc__peer_put_get(&b, ID, 7, 1, 0);
+	body = b.len - TC_PEER_HDR_BYTES;
+	assert_int_equal(decode(&b, body, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, TC_PEER_GET);
+	assert_int_equal(m.first, 7);
+	assert_int_equal(m.count, 1);
+	assert_int_equal(m.flags, 0);
+	tc__peer_msg_release(&m);
+
+	b.len = 0;
+	tc__peer_put_get(&b, ID, 7, 1, TC_PEER_GET_SHARES);
+	assert_int_equal(b.len - TC_PEER_HDR_BYTES, body + 1);
+	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.flags, TC_PEER_GET_SHARES);
+	tc__peer_msg_release(&m);
+	for (size_t i = 0; i < body; i++) {
+		assert_int_not_equal(decode(&b, i, &m, err, sizeof(err)), 0);
+		tc__peer_msg_release(&m);
+	}
+	/* A flags byte of 0, an unknown bit, a byte after the flags. */
+	b.data[b.len - 1] = 0;
+	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)), TC_EPROTO);
+	assert_non_null(strstr(err, "flags"));
+	tc__peer_msg_release(&m);
+	b.data[b.len - 1] = 0x80 | TC_PEER_GET_SHARES;
+	assert_int_equal(decode(&b, body + 1, &m, err, sizeof(err)), TC_EPROTO);
+	tc__peer_msg_release(&m);
+	b.data[b.len - 1] = TC_PEER_GET_SHARES;
+	tc__buf_put_u8(&b, 0);
+	assert_int_equal(decode(&b, body + 2, &m, err, sizeof(err)), TC_EPROTO);
+	assert_non_null(strstr(err, "trailing"));
+	tc__peer_msg_release(&m);
+	tc__buf_release(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_peer_wire__get_flags),
 		cmocka_unit_test(test_peer_wire__replicate_req),
 		cmocka_unit_test(test_peer_wire__replicated),
 	};
