@@ -90,18 +90,50 @@ pull_on() { # receiver: a pull with sources from the global store only
 }
 clear() { for x in "${names[@]:2}"; do "$T" --socket "$dir/$x/d.sock" rm "$art" >/dev/null 2>&1 || true; done; }
 
+# CPU seconds (user + system) the daemons of this bench used so far.
+daemon_cpu() {
+	$PY - "$dir" <<'PYEOF'
+import os, sys
+tck = os.sysconf("SC_CLK_TCK")
+t = 0
+for pid in os.listdir("/proc"):
+    try:
+        if pid.isdigit() and sys.argv[1].encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            t += int(f[11]) + int(f[12])
+    except OSError:
+        pass
+print(t / tck)
+PYEOF
+}
+# CPU seconds of this shell's waited-for children (the pulls), from `times`
+# written to a file (in the shell itself: a subshell's count starts at 0).
+cpu_of() { tail -1 "$1" | $PY -c 'import re,sys; print(sum(int(m)*60+float(s) for m,s in re.findall(r"(\d+)m([\d.]+)s", sys.stdin.read())))'; }
+
 # One receiver alone.
 clear
+c0=$(daemon_cpu)
+times >"$dir/times0"
 t0=$(now)
 pull_on r1 || { cat "$dir/r1.err"; exit 1; }
 t1=$(calc "$(now) - $t0")
-printf '   one receiver alone:   %6.2f s  (%.2f Gbit/s)\n' "$t1" "$(calc "$mib * 8 * 1.048576 / 1000 / $t1")"
+c1=$(daemon_cpu)
+times >"$dir/times1"
+printf '   one receiver alone:   %6.2f s  (%.2f Gbit/s; CPU: the daemons %.1f s, the pull %.1f s)\n' "$t1" \
+	"$(calc "$mib * 8 * 1.048576 / 1000 / $t1")" "$(calc "$c1 - $c0")" \
+	"$(calc "$(cpu_of "$dir/times1") - $(cpu_of "$dir/times0")")"
 
 # All of them at once.
 clear
 sleep 1 # the global store forgets the removed replicas
+c0=$(daemon_cpu)
+times >"$dir/times0"
 t0=$(now)
 pids=()
+if [ -n "${FANOUT_PERF:-}" ]; then # a profile of the whole machine meanwhile
+	perf record -a -g -F 299 -o "$FANOUT_PERF" -- sleep 30 >/dev/null 2>&1 &
+	perfpid=$!
+fi
 if [ "${FANOUT_TRACE:-}" = 1 ]; then
 	# A node's transmit is its bridge port's receive.
 	$PY - "$dir/trace" "${ports[@]:1}" <<'PYEOF' &
@@ -122,6 +154,10 @@ bad=0
 for p in "${pids[@]}"; do wait "$p" || bad=$((bad + 1)); done
 tn=$(calc "$(now) - $t0")
 [ -z "${tracer:-}" ] || kill "$tracer"
+[ -z "${perfpid:-}" ] || { kill -INT "$perfpid"; wait "$perfpid" || true; }
+c1=$(daemon_cpu)
+times >"$dir/times1"
+p0=$(cpu_of "$dir/times0") p1=$(cpu_of "$dir/times1")
 [ "$bad" = 0 ] || { echo "   $bad pulls failed"; cat "$dir"/r*.err; exit 1; }
 read -r from_seed from_peers declined < <($PY - "$dir" "$addr_seed:7070" "${names[@]:2}" <<'PYEOF'
 import json, sys
@@ -141,6 +177,8 @@ printf '   %d receivers at once:  %6.2f s  (slowest; %.2f Gbit/s aggregate)\n' "
 	"$(calc "$n * $mib * 8 * 1.048576 / 1000 / $tn")"
 printf '   the seed sent %.2f copies, receivers swapped %.2f copies; the seed said "ask your peers" %d times\n' \
 	"$(calc "$from_seed / ($mib * 1048576)")" "$(calc "$from_peers / ($mib * 1048576)")" "$declined"
+printf '   CPU: the daemons %.1f s, the pulls %.1f s, in %.1f s on %d cores\n' "$(calc "$c1 - $c0")" \
+	"$(calc "$p1 - $p0")" "$tn" "$(nproc)"
 printf '   each receiver (s):'
 for x in "${names[@]:2}"; do printf ' %.2f' "$(calc "$(cat "$dir/$x.end") - $t0")"; done
 echo

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "common/alloc.h"
 #include "frameio.h"
@@ -83,4 +84,25 @@ int tc__peer_send_buf(struct tc__peer_conn *c, const struct tc__buf *b,
 	if (b->oom)
 		return -ENOMEM;
 	return c->t->send(c, b->data, b->len, more);
+}
+
+uint8_t *tc__peer_buf_new(size_t n)
+{
+	uint8_t *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+#ifdef MADV_POPULATE_WRITE
+	if (madvise(p, n, MADV_POPULATE_WRITE) == 0)
+		return p;
+#endif
+	memset(p, 0, n);
+	return p;
+}
+
+void tc__peer_buf_free(uint8_t *p, size_t n)
+{
+	if (p)
+		munmap(p, n);
 }

@@ -22,5 +22,12 @@ int tc__peer_auth_client(struct tc__peer_conn *c, struct tc__tls_ctx *tls,
 /* Send a built buffer (b->oom gives -ENOMEM). */
 int tc__peer_send_buf(struct tc__peer_conn *c, const struct tc__buf *b,
 		      bool more);
+/* A buffer of n bytes (TC_PEER_PIECE for a stream's pieces) faulted in at
+ * once: one page fault each of its pages would cost milliseconds in a VM,
+ * and a pull of a fan-out has one for each of its dozens of streams.
+ * NULL when out of memory.  Free with tc__peer_buf_free. */
+#define TC_PEER_PIECE (1u << 20) /* bytes per recv or pread of a chunk */
+uint8_t *tc__peer_buf_new(size_t n);
+void tc__peer_buf_free(uint8_t *p, size_t n);
 
 #endif /* TC_PEER_FRAMEIO_H */

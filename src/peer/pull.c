@@ -49,9 +49,9 @@
 #include "net/ev.h"
 #include "tcast/errors.h"
 
-#define TC_PULL_DEPTH	    2	       /* requests outstanding per stream */
-#define TC_PULL_PIECE	    (1u << 20) /* bytes per recv (then hashed) */
-#define TC_PULL_HAVE_MS	    30	       /* ask a filling source again after */
+#define TC_PULL_DEPTH	    2		  /* requests outstanding per stream */
+#define TC_PULL_PIECE	    TC_PEER_PIECE /* bytes per recv (then hashed) */
+#define TC_PULL_HAVE_MS	    30		  /* ask a filling source again after */
 #define TC_PULL_VALVE_MS    300 /* no progress: the seed sends anything */
 #define TC_PULL_TICK_MS	    50	/* supervisor and idle-stream period */
 #define TC_PULL_DECLINED_MS 250 /* a seed said "ask your peers" */
@@ -180,6 +180,8 @@ static int64_t take(struct pull *p, int src, uint64_t now)
 	return -1;
 }
 
+static void fail_pull(struct pull *p, int rc, const char *err);
+
 static uint64_t gcd(uint64_t a, uint64_t b)
 {
 	while (b) {
@@ -197,20 +199,25 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
 				p->man.table.total_bytes - k * TC_CHUNK_BYTES);
 }
 
-/* Receive one chunk's DATA into place and check it.  Returns 1 when it
- * verified, 0 when it did not (the stream is still in sync), 2 when a
- * filling source does not hold it yet, 4 when a sealed one declined it
- * (ask the peers; in sync too), or a negative code (the stream is
+/* Receive one chunk's DATA into place and check it: into `stage` (a
+ * staged sink: the whole chunk), or piece by piece through `stage` to the
+ * sink's write() (a sink that writes, unstaged), or straight into the
+ * mapping.  Returns 1 when it verified, 0 when it did not (the stream is
+ * still in sync), 2 when a filling source does not hold it yet, 4 when a
+ * sealed one declined it (ask the peers), 3 when the sink's write()
+ * failed (the pull fails; in sync too), or a negative code (the stream is
  * not). */
 static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 		      struct tc__hasher *h, uint64_t k, uint8_t *stage,
 		      char *err, size_t errlen)
 {
+	const struct tc__peer_sink *sk = &p->o->sink;
+	bool pieces = sk->write && !sk->stage;
 	struct tc__peer_msg m;
 	struct tc__digest d;
 	uint8_t *dst;
 	uint32_t n = chunk_len(p, k), got = 0;
-	int rc;
+	int rc, wrc = 0;
 
 	rc = tc__peer_recv_msg(c, &m, err, errlen);
 	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_ENOTFOUND &&
@@ -251,7 +258,7 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	tc__hasher_reset(h);
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);
-		uint8_t *at = dst + got;
+		uint8_t *at = pieces ? stage : dst + got;
 
 		rc = c->t->recv(c, at, piece);
 		if (rc < 0) {
@@ -263,8 +270,24 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 			return rc;
 		}
 		tc__hasher_update(h, at, piece);
+		if (pieces && wrc == 0) {
+			/* Into the sink before the chunk verified: it counts
+			 * (and is served) only once it has; one that fails is
+			 * written again by its next fetch. */
+			char werr[512];
+
+			wrc = sk->write(sk->arg, k * TC_CHUNK_BYTES + got, at,
+					piece, werr, sizeof(werr));
+			if (wrc < 0) {
+				pthread_mutex_lock(&p->mu);
+				fail_pull(p, wrc, werr);
+				pthread_mutex_unlock(&p->mu);
+			}
+		}
 		got += piece;
 	}
+	if (wrc < 0)
+		return 3;
 	tc__hasher_final(h, &d);
 	return tc__digest_eq(&d, &p->man.chunks[k]) ? 1 : 0;
 }
@@ -350,7 +373,7 @@ static void *stream_main(void *arg)
 	char err[512] = "";
 
 	if (o->sink.write && !o->sink.stage) {
-		stage = tc__malloc(TC_CHUNK_BYTES);
+		stage = tc__peer_buf_new(TC_PULL_PIECE);
 		rc = stage ? 0 : -ENOMEM;
 		snprintf(err, sizeof(err),
 			 "out of memory for a stream's buffer");
@@ -456,7 +479,7 @@ static void *stream_main(void *arg)
 				sizeof(err));
 		if (rc < 0)
 			break;
-		if (rc == 1 && stage) {
+		if (rc == 1 && stage && o->sink.stage) {
 			/* Verified in staging: only now does it go to
 			 * the sink's memory. */
 			char werr[512];
@@ -531,7 +554,7 @@ out_stream:
 	if (stage && o->sink.unstage)
 		o->sink.unstage(o->sink.arg, stage);
 	else
-		tc__free(stage);
+		tc__peer_buf_free(stage, TC_PULL_PIECE);
 	tc__hasher_free(h);
 	tc__buf_release(&b);
 	return NULL;

@@ -105,8 +105,8 @@ struct conn {
 	bool stage_pinned;
 	int stage_ordinal;
 	uint32_t who; /* the asker: a hash of its name and address */
-	/* TC_CHUNK_BYTES for chunks of a copy still filling, made at the
-	 * first one: those are copied, not sent with sendfile (below). */
+	/* TC_PEER_PIECE bytes for chunks of a copy still filling, made at
+	 * the first one: those are copied, not sent with sendfile (below). */
 	uint8_t *fill;
 };
 
@@ -453,12 +453,19 @@ static int send_corrupt(struct tc__peer_conn *c, int fd, uint64_t off,
  * so the pull's commit would fail while this node serves its peers. */
 static int send_filling(struct conn *cn, int fd, uint64_t off, uint32_t n)
 {
-	int rc;
+	int rc = 0;
 
-	if (!cn->fill && !(cn->fill = tc__malloc(TC_CHUNK_BYTES)))
+	if (!cn->fill && !(cn->fill = tc__peer_buf_new(TC_PEER_PIECE)))
 		return -ENOMEM;
-	rc = tc__pread_exact(fd, cn->fill, n, off);
-	return rc < 0 ? rc : cn->c->t->send(cn->c, cn->fill, n, false);
+	for (uint32_t got = 0; rc == 0 && got < n; got += TC_PEER_PIECE) {
+		uint32_t piece = TC_MIN(TC_PEER_PIECE, n - got);
+
+		rc = tc__pread_exact(fd, cn->fill, piece, off + got);
+		if (rc == 0)
+			rc = cn->c->t->send(cn->c, cn->fill, piece,
+					    got + piece < n);
+	}
+	return rc;
 }
 
 /* Stage chunk bytes [off, off + n) of GPU entry e in cn's buffer (made
@@ -885,7 +892,7 @@ static void *conn_main(void *arg)
 			err);
 out:
 	stage_free(cn);
-	tc__free(cn->fill);
+	tc__peer_buf_free(cn->fill, TC_PEER_PIECE);
 	pthread_mutex_lock(&s->mu);
 	for (struct conn **p = &s->conns; *p; p = &(*p)->next)
 		if (*p == cn) {

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/sendfile.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "net/ev.h"
 #include "net/tcp.h"
 #include "net/tls.h"
@@ -154,10 +156,74 @@ static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
 	return 0;
 }
 
+#define TC_TCP_LOWAT (256u << 10) /* a large read wakes per this much */
+
+/* A large read (a chunk's bytes) on plain TCP: woken once per
+ * TC_TCP_LOWAT bytes, not per segment.  With dozens of streams per pull
+ * (a fan-out), wake-ups and context switches cost more CPU than the
+ * copies.  SO_RCVLOWAT is set to what is wanted (at most TC_TCP_LOWAT),
+ * poll() waits for that much -- nothing is taken before, so the wait
+ * ends: the peer sends at least what is asked -- and recv() takes all
+ * there is.  A wait that runs out the socket's timeout takes what came
+ * and goes on; only no bytes at all is a timeout.  The mark goes back to
+ * 1 after, for small frames. */
+static int recv_bulk(struct tc__peer_conn *c, uint8_t *b, size_t n)
+{
+	struct timeval tv = { 0, 0 };
+	socklen_t tl = sizeof(tv);
+	int ms = -1, lowat = 1, rc = 0;
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 &&
+	    (tv.tv_sec || tv.tv_usec))
+		ms = (int)(tv.tv_sec * 1000 + tv.tv_usec / 1000);
+	while (n) {
+		int want = (int)TC_MIN(n, TC_TCP_LOWAT);
+		struct pollfd pfd = { c->fd, POLLIN, 0 };
+		int pr;
+		ssize_t r;
+
+		if (want != lowat && setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT,
+						&want, sizeof(want)) == 0)
+			lowat = want;
+		pr = poll(&pfd, 1, ms);
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr < 0) {
+			rc = -errno;
+			break;
+		}
+		r = recv(c->fd, b, n, MSG_DONTWAIT);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (pr == 0) { /* no byte in the socket's timeout */
+				rc = -ETIMEDOUT;
+				break;
+			}
+			continue;
+		}
+		if (r <= 0) {
+			rc = io_err(r);
+			break;
+		}
+		b += r;
+		n -= (size_t)r;
+	}
+	if (lowat != 1) {
+		int one = 1;
+
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+	}
+	return rc;
+}
+
 static int tcp_recv(struct tc__peer_conn *c, void *p, size_t n)
 {
 	uint8_t *b = p;
 	int ev;
+
+	if (!c->tls && n >= TC_TCP_LOWAT)
+		return recv_bulk(c, b, n);
 
 	while (c->tls && n) {
 		ssize_t r = tc__tls_recv(c->tls, b, n, &ev);
