@@ -209,7 +209,7 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
  * not). */
 static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 		      struct tc__hasher *h, uint64_t k, uint8_t *stage,
-		      char *err, size_t errlen)
+		      int64_t *offer, char *err, size_t errlen)
 {
 	const struct tc__peer_sink *sk = &p->o->sink;
 	bool pieces = sk->write && !sk->stage;
@@ -227,6 +227,8 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	}
 	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_EBUSY &&
 	    p->src[src].complete) {
+		if (m.hint && m.hint <= p->n)
+			*offer = (int64_t)m.hint - 1; /* it would send that */
 		tc__peer_msg_release(&m);
 		return 4;
 	}
@@ -367,7 +369,7 @@ static void *stream_main(void *arg)
 	struct tc__peer_conn *c = NULL;
 	struct tc__hasher *h = tc__hasher_new();
 	struct tc__buf b = TC_BUF_INIT;
-	int64_t q[TC_PULL_DEPTH];
+	int64_t q[TC_PULL_DEPTH], offer = -1;
 	int nq = 0, nsent = 0, rc = 0;
 	uint8_t *stage = NULL;
 	char err[512] = "";
@@ -402,6 +404,16 @@ static void *stream_main(void *arg)
 		bool ask = false;
 
 		pthread_mutex_lock(&p->mu);
+		if (offer >= 0 && !p->dropped[sm->src] && !p->fatal &&
+		    nq < TC_PULL_DEPTH && p->state[offer] == C_TODO &&
+		    !(p->barred[offer] & (1u << sm->src))) {
+			/* A seed offered it (super-seeding): nobody has
+			 * it lately. */
+			p->state[offer] = C_FLIGHT;
+			p->nflight++;
+			q[nq++] = offer;
+		}
+		offer = -1;
 		while (!p->dropped[sm->src] && !p->fatal &&
 		       nq < TC_PULL_DEPTH) {
 			int64_t k = take(p, sm->src, now);
@@ -475,8 +487,8 @@ static void *stream_main(void *arg)
 		}
 		if (rc < 0)
 			break;
-		rc = recv_chunk(p, sm->src, c, h, (uint64_t)q[0], stage, err,
-				sizeof(err));
+		rc = recv_chunk(p, sm->src, c, h, (uint64_t)q[0], stage, &offer,
+				err, sizeof(err));
 		if (rc < 0)
 			break;
 		if (rc == 1 && stage && o->sink.stage) {

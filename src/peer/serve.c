@@ -88,6 +88,7 @@ struct entry {
 	 * nothing is declined). */
 	uint32_t *sent_to;
 	uint64_t *sent_ns;
+	uint64_t cursor; /* where the search for a chunk to offer goes on */
 };
 
 struct keyent {
@@ -532,11 +533,35 @@ static bool superseed_recent(const struct entry *e, uint32_t who, uint64_t k)
 		tc__now_ns() - at < TC_PEER_SUPERSEED_MS * 1000000ull);
 }
 
+/* A chunk of e that went to no fan-out receiver lately, to offer `who`
+ * instead of one it was declined: kept for it (as if sent to it now, so
+ * others asking for it are declined meanwhile).  Returns 1 + the chunk,
+ * or 0 when every chunk went out lately (mu held). */
+static uint64_t superseed_offer(struct entry *e, uint32_t who)
+{
+	uint64_t now = tc__now_ns();
+
+	for (uint64_t i = 0; e->sent_to && i < e->nchunks; i++) {
+		uint64_t j = (e->cursor + i) % e->nchunks, at = e->sent_ns[j];
+
+		if (e->sent_to[j] &&
+		    (at == UINT64_MAX ||
+		     now - at < TC_PEER_SUPERSEED_MS * 1000000ull))
+			continue;
+		e->sent_to[j] = who;
+		e->sent_ns[j] = now;
+		e->cursor = j + 1;
+		return j + 1;
+	}
+	return 0;
+}
+
 /* May chunk k of sealed entry e go to fan-out receiver `who` now?  NULL:
  * yes, it holds one of the TC_PEER_SEED_SENDS slots and is recorded as
- * going to `who`; else why not (mu held; waits for a slot). */
+ * going to `who`; else why not, and in *offer 1 + a chunk to ask for
+ * instead, or 0 (mu held; waits for a slot). */
 static const char *superseed_admit(struct tc__peer_server *s, struct entry *e,
-				   uint32_t who, uint64_t k)
+				   uint32_t who, uint64_t k, uint64_t *offer)
 {
 	struct timespec until;
 
@@ -562,9 +587,11 @@ static const char *superseed_admit(struct tc__peer_server *s, struct entry *e,
 		/* A chunk sent moments ago goes again only to an idle
 		 * seed (the end of a fan-out: its peers are busy). */
 		if (e->sent_to && superseed_recent(e, who, k) &&
-		    (s->seeding >= TC_PEER_SEED_SENDS || s->seed_waiting))
+		    (s->seeding >= TC_PEER_SEED_SENDS || s->seed_waiting)) {
+			*offer = superseed_offer(e, who);
 			return "sent to another receiver moments ago: ask "
 			       "your peers";
+		}
 		if (s->stopping)
 			return "the server is stopping";
 		if (s->seeding < TC_PEER_SEED_SENDS)
@@ -572,8 +599,16 @@ static const char *superseed_admit(struct tc__peer_server *s, struct entry *e,
 		s->seed_waiting++;
 		rc = pthread_cond_timedwait(&s->cv, &s->mu, &until);
 		s->seed_waiting--;
-		if (rc == ETIMEDOUT)
-			return "sending to other receivers: ask your peers";
+		if (rc == ETIMEDOUT) {
+			/* Kept for it, unless another took it meanwhile:
+			 * it asks again (a queue, not a scramble). */
+			if (e->sent_to && !superseed_recent(e, who, k)) {
+				e->sent_to[k] = who;
+				e->sent_ns[k] = tc__now_ns();
+				*offer = k + 1;
+			}
+			return "sending to other receivers: ask again";
+		}
 	}
 	s->seeding++;
 	if (e->sent_to) {
@@ -682,13 +717,17 @@ static int serve_get(struct tc__peer_server *s, struct conn *cn,
 		bool sent;
 
 		if (swarm) {
+			uint64_t offer = 0;
 			const char *why;
 
 			pthread_mutex_lock(&s->mu);
-			why = superseed_admit(s, e, cn->who, k);
+			why = superseed_admit(s, e, cn->who, k, &offer);
 			pthread_mutex_unlock(&s->mu);
 			if (why) {
-				rc = send_error(c, TC_EBUSY, why);
+				b.len = 0;
+				tc__peer_put_error_hint(&b, TC_EBUSY, why,
+							offer);
+				rc = tc__peer_send_buf(c, &b, false);
 				continue;
 			}
 		}

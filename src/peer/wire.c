@@ -267,6 +267,10 @@ int tc__peer_msg_decode(const struct tc__peer_hdr *h, const uint8_t *body,
 		if (m->code >= 0 || m->code < -100000)
 			return fail(err, errlen, TC_EPROTO,
 				    "ERROR code out of range");
+		if (c.left && (tc__cur_read_u64(&c, &m->hint) < 0 || !m->hint ||
+			       m->hint > TC_PEER_MAX_CHUNKS + 1))
+			return fail(err, errlen, TC_EPROTO,
+				    "ERROR hint zero or over limit");
 		break;
 	default:
 		return fail(err, errlen, TC_EPROTO, "unknown type");
@@ -341,10 +345,18 @@ void tc__peer_put_data(struct tc__buf *b, uint64_t chunk, uint32_t nbytes)
 
 void tc__peer_put_error(struct tc__buf *b, int code, const char *msg)
 {
+	tc__peer_put_error_hint(b, code, msg, 0);
+}
+
+void tc__peer_put_error_hint(struct tc__buf *b, int code, const char *msg,
+			     uint64_t hint)
+{
 	size_t off = begin(b, TC_PEER_ERROR);
 
 	tc__buf_put_u32(b, (uint32_t)code);
 	tc__buf_put_strn(b, msg, strnlen(msg, TC_PEER_MAX_ERRMSG));
+	if (hint) /* an ERROR without a hint reads as before */
+		tc__buf_put_u64(b, hint);
 	finish(b, off);
 }
 

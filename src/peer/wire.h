@@ -12,7 +12,9 @@
  *                                     not there yet, or ERROR TC_EBUSY to
  *                                     a GET flagged SHARES: sent to
  *                                     another receiver moments ago, ask
- *                                     the peers), or one ERROR
+ *                                     the peers, with an optional hint:
+ *                                     a chunk to ask for instead), or
+ *                                     one ERROR
  *   HAVE_REQ {id}                  -> HAVE {complete, nchunks, held bitmap,
  *                                     fetching bitmap}
  *                                     or ERROR
@@ -101,6 +103,9 @@ struct tc__peer_msg {
 	uint32_t count;			  /* GET: chunks; DATA: payload bytes */
 	uint8_t flags;			  /* GET: TC_PEER_GET_* */
 	int32_t code;			  /* ERROR: a negative tcast code */
+	uint64_t hint;			  /* ERROR TC_EBUSY to a GET: 1 + a
+					     chunk to ask for instead (0:
+					     none; optional trailing u64) */
 	char msg[TC_PEER_MAX_ERRMSG + 1]; /* ERROR */
 };
 
@@ -132,6 +137,10 @@ void tc__peer_put_get(struct tc__buf *b, const char *id, uint64_t first,
 /* The DATA frame only; the caller sends `nbytes` raw bytes after it. */
 void tc__peer_put_data(struct tc__buf *b, uint64_t chunk, uint32_t nbytes);
 void tc__peer_put_error(struct tc__buf *b, int code, const char *msg);
+/* An ERROR with a hint (1 + a chunk; 0 sends none), for a seed's "ask your
+ * peers": the chunk it would rather send this asker. */
+void tc__peer_put_error_hint(struct tc__buf *b, int code, const char *msg,
+			     uint64_t hint);
 void tc__peer_put_have_req(struct tc__buf *b, const char *id);
 void tc__peer_put_replicate_req(struct tc__buf *b, const char *id,
 				const char *source);

@@ -163,9 +163,44 @@ static void test_peer_wire__get_flags(void **state)
 	tc__buf_release(&b);
 }
 
+static void test_peer_wire__error_hint(void **state)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__peer_msg m;
+	char err[256];
+	size_t body;
+
+	tc__peer_put_error(&b, TC_EBUSY, "ask your peers");
+	body = b.len - TC_PEER_HDR_BYTES;
+	assert_int_equal(decode(&b, body, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.code, TC_EBUSY);
+	assert_int_equal(m.hint, 0);
+	tc__peer_msg_release(&m);
+	b.len = 0;
+	tc__peer_put_error_hint(&b, TC_EBUSY, "ask your peers", 18);
+	assert_int_equal(b.len - TC_PEER_HDR_BYTES, body + 8);
+	assert_int_equal(decode(&b, body + 8, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.hint, 18);
+	assert_string_equal(m.msg, "ask your peers");
+	tc__peer_msg_release(&m);
+	/* A hint cut short, a hint of 0 (none is sent as nothing), a hint
+	 * past the chunk limit. */
+	assert_int_equal(decode(&b, body + 4, &m, err, sizeof(err)), TC_EPROTO);
+	tc__peer_msg_release(&m);
+	memset(b.data + b.len - 8, 0, 8);
+	assert_int_equal(decode(&b, body + 8, &m, err, sizeof(err)), TC_EPROTO);
+	assert_non_null(strstr(err, "hint"));
+	tc__peer_msg_release(&m);
+	memset(b.data + b.len - 8, 0xff, 8);
+	assert_int_equal(decode(&b, body + 8, &m, err, sizeof(err)), TC_EPROTO);
+	tc__peer_msg_release(&m);
+	tc__buf_release(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_peer_wire__error_hint),
 		cmocka_unit_test(test_peer_wire__get_flags),
 		cmocka_unit_test(test_peer_wire__replicate_req),
 		cmocka_unit_test(test_peer_wire__replicated),
