@@ -147,16 +147,18 @@ struct tc__peer_sink {
 	void *arg;
 	int (*begin)(void *arg, const char *id, const struct tc__table *t,
 		     uint8_t **base, char *err, size_t errlen);
-	/* Optional: a staged sink.  Each stream receives a chunk into a
-	 * TC_CHUNK_BYTES buffer of its own, verifies it there, and hands it
-	 * to write() with its byte offset, on the stream's thread.  The
-	 * buffer comes from stage() (pinned host memory for a GPU sink,
-	 * which the receiver cannot recv into) and goes back with
-	 * unstage(); without stage() the receiver allocates it.  A host
-	 * sink writes through the memory's file: fresh shared memory fills
-	 * faster that way than by first writes through a mapping
-	 * (docs/design.md).  A failed stage() or write() fails the whole
-	 * pull with its error (no source is blamed). */
+	/* Optional: a sink that writes.  With stage() (a staged sink),
+	 * each stream receives a chunk into a TC_CHUNK_BYTES buffer from
+	 * stage() (pinned host memory for a GPU sink, which the receiver
+	 * cannot recv into; back with unstage()), verifies it there, and
+	 * only then hands it to write() with its byte offset, on the
+	 * stream's thread.  Without stage(), write() gets each chunk in
+	 * pieces as they arrive, before the chunk verified (it counts only
+	 * once it has; a bad one is written again by its next fetch): a
+	 * host sink writes through the memory's file, since fresh shared
+	 * memory fills faster that way than by first writes through a
+	 * mapping (docs/design.md).  A failed stage() or write() fails the
+	 * whole pull with its error (no source is blamed). */
 	int (*stage)(void *arg, uint8_t **buf, char *err, size_t errlen);
 	void (*unstage)(void *arg, uint8_t *buf);
 	int (*write)(void *arg, uint64_t off, const uint8_t *data, uint32_t n,
@@ -233,7 +235,10 @@ struct tc__peer_pull_result {
  * source reported, a source that dies or stalls leaves its chunks to the
  * others.  Sources still filling (other receivers) are asked only for
  * what they hold; a sealed source is asked first for chunks no filling
- * source holds, so each chunk tends to leave it once.  Returns 0 (every chunk
+ * source holds, and a pull that serves (sink.have) flags its GETs so
+ * the seed may decline chunks it has just sent to another receiver and
+ * offer others (super-seeding, serve.c): each chunk leaves it about
+ * once.  Returns 0 (every chunk
  * verified) or a negative code with `err` naming what each source did; `res` is
  * filled either way. */
 int tc__peer_pull(const struct tc__peer_pull_opts *o,

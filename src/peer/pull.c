@@ -28,7 +28,7 @@
  * decline a chunk it has just sent to another receiver (serve.c,
  * super-seeding): the chunk goes back to the queue and is not asked of a
  * sealed source for TC_PULL_DECLINED_MS, by when a peer says it holds or
- * fetches it.  The
+ * fetches it; the chunk the seed offers instead is asked for next.  The
  * caller's thread supervises: it reports newly verified chunks to the
  * sink (which makes this node serve them) and adds sources the discover
  * callback finds.
