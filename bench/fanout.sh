@@ -7,8 +7,10 @@
 # swap chunks while they pull (docs/peer.md, "Fan-out").  Same run: the
 # time of one receiver alone, then of all N at once; prints the ratio
 # (issue 12 target: <= 1.25) and how many copies left the seed.
-# Also prints each receiver's time and, with FANOUT_TRACE=1, what every
-# node sent per 0.5 s (from its bridge port's counters) while the N ran.
+# Also prints each receiver's time, CPU seconds, and with FANOUT_TRACE=1
+# what every node sent per 0.5 s (from its bridge port's counters) and how
+# busy the CPU was while the N ran; FANOUT_PERF=FILE records a profile of
+# the machine meanwhile, FANOUT_KEEP=1 keeps the daemon logs.
 # Needs root and iproute2.  Usage:
 #   bench/fanout.sh [BUILD] [SIZE_MIB] [RECEIVERS] [RATE] [STREAMS]
 # Memory: the seed and every receiver hold a copy (SIZE x (N + 1)).
@@ -36,7 +38,7 @@ cleanup() {
 	"$T" global stop --state-dir "$dir/gs" >/dev/null 2>&1 || true
 	for x in "${names[@]}"; do ip netns del "tcf$x$id" 2>/dev/null || true; done
 	ip link del "$br" 2>/dev/null || true
-	[ -n "${FANOUT_KEEP:-}" ] && echo "   kept $dir (daemon logs)" || rm -rf "$dir"
+	if [ -n "${FANOUT_KEEP:-}" ]; then echo "   kept $dir (daemon logs)"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 ip link add "$br" type bridge
@@ -46,6 +48,9 @@ for x in "${names[@]}"; do
 	k=$((k + 1))
 	ns=tcf$x$id
 	netns_join "$ns" "$br" "$k-$id" "$sub.$k"
+	# FANOUT_SYSCTL="KEY=VALUE ...": in every node (e.g. to try
+	# net.ipv4.tcp_slow_start_after_idle=0).
+	for kv in ${FANOUT_SYSCTL:-}; do ip netns exec "$ns" sysctl -qw "$kv"; done
 	# Both directions of the node's link.
 	ip netns exec "$ns" tc qdisc add dev "v$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
 	tc qdisc add dev "b$k-$id" root tbf rate "$rate" burst 1mb latency 20ms
