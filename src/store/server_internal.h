@@ -125,6 +125,10 @@ struct pending {
 	char serving[TC_ID_LEN + 1]; /* PUT_SERVE: the id it fills, served
 					while filling ("" = not) */
 	uint64_t nchunks;	     /* of `serving` */
+	/* PUT_SERVE from a client of the daemon's own uid: the digests its
+	 * pull verified every chunk against, adopted at SEAL instead of a
+	 * second hash of every byte (NULL: SEAL hashes). */
+	struct tc__digest *served;
 	struct pending *next;
 };
 
@@ -201,6 +205,7 @@ struct server {
 	uint64_t epoch;
 	uint64_t start_ms;
 	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
+	uint64_t n_put_verified; /* sealed with their pull's digests */
 	/* The spare (shm.h): one segment allocated ahead at idle, charged to
 	 * the budget, taken by the next import or put that fits, and dropped
 	 * first when a request needs its room. */

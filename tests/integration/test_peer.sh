@@ -93,6 +93,9 @@ ok is "$(jq_ 'd["sources"][0]["bytes"]')" "$((64 * 1048576 + 12))"
 ok is "$(t b keys --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["keys"][0]["id"])')" "$want"
 t a export "$want" "$dir/a.st" && t b export model:peer "$dir/b.st"
 ok cmp -s "$dir/a.st" "$dir/b.st"
+# The pull (the daemon's owner) checked every chunk against the digests it
+# served: B sealed with them instead of hashing every byte again.
+ok is "$(t b --json status | $PY -c 'import json,sys; d=json.load(sys.stdin); print(d["puts"], d["puts_verified_by_pull"])')" "1 1"
 
 # 2. striped over two sources (B now holds it too): both send
 mark "2. striped over two sources (B now holds it too): both send"
