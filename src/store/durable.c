@@ -38,7 +38,6 @@ struct tc__restore {
 	struct tc__source *src;
 	struct tc__obj *o;
 	struct tc__digest *chunks;
-	uint64_t charged;
 	/* Straight to a GPU (to.to_gpu): the loader fills gmem, which the
 	 * tier adopts as the artifact's replica on gdev; no host copy. */
 	struct tc__restore_to to;
@@ -547,10 +546,8 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 			tc__durable_forget(d, id, false, err, sizeof(err));
 		}
 	}
-	if (r->charged)
-		tc__objs_unreserve(r->objs, r->charged);
 	tc__source_free(r->src);
-	tc__obj_free(r->o);
+	tc__objs_fill_free(r->objs, r->o); /* a failed fill goes */
 	tc__free(r->chunks);
 	tc__free(r->w);
 	tc__free(r);
@@ -755,12 +752,11 @@ static void restore_done(struct tc__job *job)
 	} else if (r->rc == 0 && r->phase == 1) {
 		bytes = tc__shm_round(r->src->table.total_bytes);
 		extra = tc__table_cost(&r->src->table);
-		r->rc = tc__objs_reserve(r->objs, bytes + extra,
-					 r->a ? r->a->policy :
-						TC_POLICY_DURABLE,
-					 r->err, sizeof(r->err));
+		/* A FILLING host replica until it is inserted. */
+		r->rc = tc__objs_fill(r->objs, r->o, bytes + extra,
+				      r->a ? r->a->policy : TC_POLICY_DURABLE,
+				      r->err, sizeof(r->err));
 		if (r->rc == 0) {
-			r->charged = bytes + extra;
 			r->rc = tc__shm_create("tcast-artifact", bytes,
 					       &r->o->shm);
 			if (r->rc < 0)
@@ -771,7 +767,6 @@ static void restore_done(struct tc__job *job)
 					 tc_strerror(r->rc));
 		}
 		if (r->rc == 0) {
-			r->o->host.bytes = bytes + extra;
 			r->phase = 2;
 			tc__jobs_submit(r->pool, &r->job);
 			return;
@@ -806,8 +801,7 @@ static void restore_done(struct tc__job *job)
 		restore_finish(r, NULL);
 		return;
 	}
-	r->o = NULL;
-	r->charged = 0;
+	r->o = NULL; /* and its charge */
 	r->d->restored_host_bytes += o->table.total_bytes;
 	tc__log(TC_LOG_INFO,
 		"loaded %s from the %s into host memory (%llu bytes in %.3f s, "

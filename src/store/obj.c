@@ -300,12 +300,13 @@ static void host_refuse(struct tc__tier *t, uint64_t bytes, bool too_big,
 	}
 	snprintf(err, errlen,
 		 "host budget exhausted: need %llu bytes, %llu of %llu "
-		 "free; %llu held by clients, %llu pinned",
+		 "free; %llu held by clients, %llu pinned, %llu being filled",
 		 (unsigned long long)bytes,
 		 (unsigned long long)(t->budget - t->used),
 		 (unsigned long long)t->budget,
 		 (unsigned long long)t->leased_bytes,
-		 (unsigned long long)pinned);
+		 (unsigned long long)pinned,
+		 (unsigned long long)t->filling_bytes);
 }
 
 static const struct tc__tier_ops host_tier_ops = {
@@ -333,6 +334,36 @@ void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes)
 	tc__tier_uncharge(&s->host, bytes);
 }
 
+int tc__objs_fill(struct tc__objs *s, struct tc__obj *o, uint64_t bytes,
+		  enum tc__policy policy, char *err, size_t errlen)
+{
+	size_t n;
+	int rc = tc__replica_fill(&o->host, &s->host, bytes,
+				  policy_evicts(policy), NULL, err, errlen);
+
+	if (rc == TC_ENOSPACE && !policy_evicts(policy) &&
+	    bytes <= s->host.budget && (n = strlen(err)) < errlen)
+		snprintf(err + n, errlen - n,
+			 " (this policy does not evict others)");
+	return rc;
+}
+
+/* A fill that will not become a replica: its charge goes (gone). */
+static void fill_gone(struct tc__obj *o)
+{
+	if (o->host.state == TC_REPLICA_FILLING)
+		tc__replica_gone(&o->host, false);
+}
+
+void tc__objs_fill_free(struct tc__objs *s, struct tc__obj *o)
+{
+	(void)s;
+	if (!o)
+		return;
+	fill_gone(o);
+	tc__obj_free(o);
+}
+
 int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 {
 	struct tc__obj *old = tc__map_get(&s->by_id, o->id);
@@ -350,15 +381,17 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 		if (gained) {
 			/* A host copy of content held on GPUs only: the
 			 * artifact gains it (its charge moves along). */
+			uint64_t bytes = o->host.bytes;
+
 			old->shm = o->shm;
 			o->shm = NULL;
-			tc__tier_uncharge(&s->host, o->host.bytes);
-			tc__replica_recharge(&old->host, o->host.bytes);
+			fill_gone(o);
+			tc__replica_recharge(&old->host, bytes);
 			tc__buf_release(&old->attach_body);
 			old->attach_body = o->attach_body;
 			tc__buf_init(&o->attach_body);
 		} else {
-			tc__objs_unreserve(s, o->host.bytes);
+			fill_gone(o); /* the new fill's charge goes */
 		}
 		tc__obj_free(o);
 		if (old->dead) {
@@ -387,7 +420,12 @@ int tc__objs_insert(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 	     e = tc__map_next(&s->keys, e, &b))
 		if (!strcmp(((struct tc__key *)e->val)->id, o->id))
 			o->nkeys++;
-	tc__replica_adopt(&o->host, &s->host, o->host.bytes);
+	/* A host fill becomes READY; an artifact held on GPUs only (no
+	 * host fill, 0 bytes) joins the tier as it is. */
+	if (o->host.state == TC_REPLICA_FILLING)
+		tc__replica_ready(&o->host);
+	else
+		tc__replica_adopt(&o->host, &s->host, 0);
 	s->inserted++;
 	notify_replica(s, o, true);
 	if (o->shm && s->hooks.added)

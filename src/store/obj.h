@@ -70,12 +70,12 @@ bool tc__policy_on_disk(enum tc__policy p);
 /*
  * `host` is the artifact's place in the host tier (replica.h): READY while
  * it is in the table, EVICTING once removed (`dead`) while leases still
- * hold it, IDLE before it is inserted (host.bytes is then what was
- * reserved for it, adopted by tc__objs_insert).  Its leases are the
- * artifact's: any hold (a host attach, a GPU replica's lease, a job) keeps
- * the host copy from eviction.  An artifact held on GPUs only is in the
- * host tier too, with 0 bytes: listed, never chosen as a victim.
- * Invariant: dead <=> host.state == TC_REPLICA_EVICTING.
+ * hold it, FILLING from tc__objs_fill until tc__objs_insert (its bytes
+ * charged while they load), IDLE before (or when held on GPUs only).  Its
+ * leases are the artifact's: any hold (a host attach, a GPU replica's lease, a
+ * job) keeps the host copy from eviction.  An artifact held on GPUs only is in
+ * the host tier too, with 0 bytes: listed, never chosen as a victim. Invariant:
+ * dead <=> host.state == TC_REPLICA_EVICTING.
  */
 struct tc__obj {
 	char id[TC_ID_LEN + 1];
@@ -216,9 +216,21 @@ int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
 		     char *err, size_t errlen);
 void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes);
 
-/* Insert `o` (its host.bytes already reserved).  When a live artifact with the
- * same id exists, `o` is freed, its reservation returned, and *out is the
- * existing one; else *out = o.  Returns 0 or -ENOMEM (o untouched). */
+/* Begin `o`'s host replica as a FILLING one of `bytes` (IDLE -> FILLING),
+ * evicting LRU artifacts when `policy` allows: the bytes count in the host
+ * tier's used (and filling) bytes from here.  Returns 0 or TC_ENOSPACE
+ * with a message saying what holds the memory. */
+int tc__objs_fill(struct tc__objs *s, struct tc__obj *o, uint64_t bytes,
+		  enum tc__policy policy, char *err, size_t errlen);
+/* Free `o`, never inserted, whose fill failed or was cancelled: its
+ * FILLING replica goes (gone) and the host tier is uncharged.  NULL: no-op. */
+void tc__objs_fill_free(struct tc__objs *s, struct tc__obj *o);
+
+/* Insert `o`: its FILLING host replica becomes READY (an artifact held on
+ * GPUs only, never filled on the host, joins with 0 bytes).  When a live
+ * artifact with the same id exists, `o`'s fill goes (its bytes move to the
+ * existing artifact when that had no host copy), `o` is freed and *out is
+ * the existing one; else *out = o.  Returns 0 or -ENOMEM (o untouched). */
 int tc__objs_insert(struct tc__objs *s, struct tc__obj *o,
 		    struct tc__obj **out);
 /* Key name or artifact id to a live artifact; NULL with a message. */

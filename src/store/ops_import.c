@@ -66,8 +66,6 @@ struct import_job {
 	 * that the tier adopts as the artifact's only replica. */
 	bool gpu;
 	uint8_t gpu_uuid[TC_GPU_UUID_BYTES];
-	uint64_t host_charged;	 /* host budget reserved for j->o, until
-				    tc__objs_insert takes it over */
 	int gpu_dev;		 /* the daemon's ordinal, once charged */
 	uint64_t gpu_charged;	 /* bytes charged to that GPU's budget */
 	struct tc__gpu_mem gmem; /* the allocation while the job owns it */
@@ -96,11 +94,6 @@ static void import_free(struct import_job *j)
 		tc__gpu_tier_unreserve(j->c->srv->gpu, j->gpu_dev,
 				       j->gpu_charged);
 	}
-	/* Every exit returns what the job reserved: a load that failed (a
-	 * shard that shrank, a bad file, a GPU error, a cancel) leaves the
-	 * budget as it found it. */
-	if (j->host_charged)
-		tc__objs_unreserve(&j->c->srv->objs, j->host_charged);
 	if (j->fd >= 0)
 		close(j->fd);
 	for (uint32_t i = 0; i < j->nshards; i++)
@@ -109,7 +102,10 @@ static void import_free(struct import_job *j)
 	tc__source_free(j->src);
 	tc__free(j->view);
 	tc__load_plan_release(&j->lplan);
-	tc__obj_free(j->o);
+	/* Every exit returns what the job charged: a load that failed (a
+	 * shard that shrank, a bad file, a GPU error, a cancel) leaves its
+	 * FILLING replica, which goes, and the budget as it found it. */
+	tc__objs_fill_free(&j->s->objs, j->o);
 	tc__free(j->chunks);
 	tc__free(j);
 }
@@ -485,20 +481,16 @@ static void import_done(struct tc__job *job)
 				import_fail(j, rc, j->err);
 				return;
 			}
-			bytes = 0;
 		} else {
-			rc = tc__srv_artifact_memory(s, bytes, extra, j->policy,
-						     &j->o->shm, j->err,
+			/* A FILLING host replica: segment and table charge */
+			rc = tc__srv_artifact_memory(s, j->o, bytes, extra,
+						     j->policy, j->err,
 						     sizeof(j->err));
 			if (rc < 0) {
 				import_fail(j, rc, j->err);
 				return;
 			}
-			bytes += extra;
-			/* the reservation: segment and table charge */
-			j->host_charged = bytes;
 		}
-		j->o->host.bytes = bytes;
 		j->o->policy = j->policy;
 		snprintf(j->o->source, sizeof(j->o->source), "import:%s",
 			 j->display);
@@ -533,8 +525,8 @@ static void import_done(struct tc__job *job)
 	}
 	bool dedup = o != j->o;
 
-	j->o = NULL; /* owned by the table now (or freed as a duplicate) */
-	j->host_charged = 0; /* and so is its charge */
+	j->o = NULL; /* owned by the table now (or freed as a duplicate),
+			and so is its charge */
 	tc__gpu_tier_host_added(s->gpu, o);
 	if (j->gpu) {
 		/* The allocation becomes o's replica (or is dropped when the

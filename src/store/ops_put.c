@@ -161,18 +161,19 @@ void tc__srv_spare_drop(struct server *s)
 }
 
 /*
- * Reserve `bytes` (page-rounded) for a new artifact and give it memory:
- * the spare when it is big enough (its pages exist already), else a fresh
- * segment.  Returns 0, TC_ENOSPACE or -errno with `err` set.
+ * Begin `o`'s host replica as a FILLING one of `bytes` (page-rounded) +
+ * `extra` (its table's host memory) and give it memory: the spare when it
+ * is big enough (its pages exist already), else a fresh segment, in
+ * o->shm.  On failure nothing stays charged.  Returns 0, TC_ENOSPACE or
+ * -errno with `err` set.
  */
-int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
-			    enum tc__policy pol, struct tc__shm **out,
-			    char *err, size_t errlen)
+int tc__srv_artifact_memory(struct server *s, struct tc__obj *o, uint64_t bytes,
+			    uint64_t extra, enum tc__policy pol, char *err,
+			    size_t errlen)
 {
 	struct tc__shm *seg = NULL;
 	int rc;
 
-	*out = NULL;
 	if (s->spare && bytes <= s->spare->size) {
 		seg = s->spare;
 		s->spare = NULL;
@@ -185,21 +186,21 @@ int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
 		tc__srv_spare_drop(s);
 	}
 	/* The segment and the table's host memory (extra) together. */
-	rc = tc__objs_reserve(&s->objs, bytes + extra, pol, err, errlen);
+	rc = tc__objs_fill(&s->objs, o, bytes + extra, pol, err, errlen);
 	if (rc < 0) {
 		tc__shm_free(seg);
 		return rc;
 	}
 	if (seg) {
 		if (tc__shm_spare_take(seg, bytes) == 0) {
-			*out = seg;
+			o->shm = seg;
 			return 0;
 		}
 		tc__shm_free(seg); /* fall back to a fresh segment */
 	}
-	rc = tc__shm_create("tcast-artifact", bytes, out);
+	rc = tc__shm_create("tcast-artifact", bytes, &o->shm);
 	if (rc < 0) {
-		tc__objs_unreserve(&s->objs, bytes + extra);
+		tc__replica_gone(&o->host, false);
 		snprintf(err, errlen, "cannot create a %llu-byte segment: %s",
 			 (unsigned long long)bytes, tc_strerror(rc));
 	}
@@ -290,11 +291,10 @@ int on_create(struct conn *c, struct req *r)
 	}
 	bytes = tc__shm_round(p->o->table.total_bytes);
 	extra = tc__table_cost(&p->o->table);
-	rc = tc__srv_artifact_memory(c->srv, bytes, extra, pol, &p->o->shm,
-				     c->err, sizeof(c->err));
+	rc = tc__srv_artifact_memory(c->srv, p->o, bytes, extra, pol, c->err,
+				     sizeof(c->err));
 	if (rc < 0)
 		goto out_free;
-	p->o->host.bytes = bytes + extra;
 	p->o->policy = pol;
 	snprintf(p->o->source, sizeof(p->o->source), "put:pid %d%s%s",
 		 (int)c->pid, c->name[0] ? " " : "", c->name);
@@ -321,7 +321,7 @@ int on_create(struct conn *c, struct req *r)
 	return 0;
 
 out_free:
-	tc__obj_free(p->o);
+	tc__objs_fill_free(&c->srv->objs, p->o);
 	tc__free(p);
 	return rc;
 }
@@ -381,8 +381,7 @@ static void pending_free(struct conn *c, struct pending *p)
 {
 	tc__free(p->served);
 	filling_end(c->srv, p);
-	tc__objs_unreserve(&c->srv->objs, p->o->host.bytes);
-	tc__obj_free(p->o);
+	tc__objs_fill_free(&c->srv->objs, p->o); /* the fill goes */
 	tc__free(p);
 }
 

@@ -327,12 +327,13 @@ void tc__srv_conns_tick(struct server *s, uint64_t now_ms);
 
 /* ---- puts, the spare and artifact memory (ops_put.c) ------------------ */
 
-/* Reserve `bytes` (page-rounded) plus `extra` for a new artifact and give
- * it memory (the spare when it fits).  Returns 0, TC_ENOSPACE or -errno
- * with `err` set. */
-int tc__srv_artifact_memory(struct server *s, uint64_t bytes, uint64_t extra,
-			    enum tc__policy pol, struct tc__shm **out,
-			    char *err, size_t errlen);
+/* Begin `o`'s host replica as a FILLING one of `bytes` (page-rounded) plus
+ * `extra` and give it memory in o->shm (the spare when it fits); free o
+ * with tc__objs_fill_free unless it is inserted.  Returns 0, TC_ENOSPACE
+ * or -errno with `err` set, nothing charged. */
+int tc__srv_artifact_memory(struct server *s, struct tc__obj *o, uint64_t bytes,
+			    uint64_t extra, enum tc__policy pol, char *err,
+			    size_t errlen);
 /* Allocate the next spare if the daemon is idle and the budget has room. */
 void tc__srv_spare_refill(struct server *s);
 /* Give the spare's memory and charge back; a spare still being allocated

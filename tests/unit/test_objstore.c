@@ -127,17 +127,18 @@ static struct tc__obj *make_obj(const char *name, uint64_t nbytes, uint8_t seed,
 	return o;
 }
 
-/* Reserve and insert like the daemon; returns the reserve code.  *out is
- * the artifact now in the store (an older copy after dedup). */
+/* Fill (a FILLING host replica of o->host.bytes) and insert like the
+ * daemon; returns the fill's code.  *out is the artifact now in the store
+ * (an older copy after dedup). */
 static int add(struct tc__objs *s, struct tc__obj *o, struct tc__obj **out)
 {
 	char err[MSG];
 	struct tc__obj *got = NULL;
 	int rc =
-		tc__objs_reserve(s, o->host.bytes, o->policy, err, sizeof(err));
+		tc__objs_fill(s, o, o->host.bytes, o->policy, err, sizeof(err));
 
 	if (rc < 0) {
-		tc__obj_free(o);
+		tc__objs_fill_free(s, o);
 		if (out)
 			*out = NULL;
 		return rc;
@@ -242,6 +243,92 @@ static void release_all(struct tc__objs *s)
 {
 	check_store(s);
 	tc__objs_release(s);
+}
+
+/*
+ * A host fill is a FILLING replica: charged (used and filling bytes) from
+ * tc__objs_fill, never a victim, READY at insert, gone when it fails; a
+ * duplicate's fill is uncharged, or moves to an artifact that had no host
+ * copy.
+ */
+static void test_objstore__fill_life(void **state)
+{
+	struct tc__objs s;
+	struct tc__obj *a, *b, *g, *got;
+	char err[MSG], want[64];
+	uint64_t bytes;
+
+	(void)state;
+	tc__objs_init(&s, 8 * PG);
+	a = make_obj("f", 5000, 1, TC_POLICY_CACHE);
+	bytes = a->host.bytes;
+	assert_int_equal(tc__objs_fill(&s, a, bytes, a->policy, err, MSG), 0);
+	assert_int_equal(a->host.state, TC_REPLICA_FILLING);
+	assert_int_equal(s.host.used, bytes);
+	assert_int_equal(s.host.filling_bytes, bytes);
+	assert_null(tc__objs_first(&s)); /* not on the LRU */
+	/* Room for the rest only: the fill is not evicted for it. */
+	b = make_obj("other", 100, 2, TC_POLICY_CACHE);
+	assert_int_equal(tc__objs_fill(&s, b, 8 * PG, TC_POLICY_CACHE, err,
+				       MSG),
+			 TC_ENOSPACE);
+	assert_int_equal(b->host.state, TC_REPLICA_IDLE);
+	snprintf(want, sizeof(want), "%llu being filled",
+		 (unsigned long long)bytes);
+	if (!strstr(err, want))
+		fail_msg("'%s' does not mention '%s'", err, want);
+	assert_int_equal(s.host.used, bytes);
+	assert_int_equal(tc__objs_fill(&s, b, 8 * PG - bytes, TC_POLICY_CACHE,
+				       err, MSG),
+			 0);
+	assert_int_equal(s.host.used, 8 * PG);
+	/* A failed fill goes: used returns to what it was. */
+	tc__objs_fill_free(&s, b);
+	assert_int_equal(s.host.used, bytes);
+	assert_int_equal(s.host.filling_bytes, bytes);
+	tc__objs_fill_free(&s, a);
+	assert_int_equal(s.host.used, 0);
+	assert_int_equal(s.host.filling_bytes, 0);
+	assert_int_equal(s.host.nreplicas, 0);
+
+	/* Insert: READY, on the LRU. */
+	a = make_obj("f", 5000, 1, TC_POLICY_CACHE);
+	assert_int_equal(add(&s, a, &got), 0);
+	assert_ptr_equal(got, a);
+	assert_int_equal(a->host.state, TC_REPLICA_READY);
+	assert_ptr_equal(tc__objs_first(&s), a);
+	assert_int_equal(s.host.filling_bytes, 0);
+	/* The same content filled again: charged while it loads, uncharged
+	 * when it turns out to be held already. */
+	b = make_obj("f", 5000, 1, TC_POLICY_CACHE);
+	assert_int_equal(tc__objs_fill(&s, b, bytes, b->policy, err, MSG), 0);
+	assert_int_equal(s.host.used, 2 * bytes);
+	assert_int_equal(tc__objs_insert(&s, b, &got), 0);
+	assert_ptr_equal(got, a);
+	assert_int_equal(s.host.used, bytes);
+	assert_int_equal(s.host.filling_bytes, 0);
+	assert_int_equal(s.host.nreplicas, 1);
+	check_store(&s);
+
+	/* Held on GPUs only (no host copy, 0 bytes), then filled on the
+	 * host: the artifact gains the fill's bytes, charged once. */
+	g = make_obj("g", 3000, 3, TC_POLICY_CACHE);
+	tc__shm_free(g->shm);
+	g->shm = NULL;
+	g->host.bytes = 0;
+	assert_int_equal(tc__objs_insert(&s, g, &got), 0);
+	assert_ptr_equal(got, g);
+	assert_int_equal(g->host.state, TC_REPLICA_READY);
+	assert_int_equal(s.host.used, bytes);
+	b = make_obj("g", 3000, 3, TC_POLICY_CACHE);
+	assert_int_equal(add(&s, b, &got), 0);
+	assert_ptr_equal(got, g);
+	assert_non_null(g->shm);
+	assert_int_equal(g->host.bytes, tc__shm_round(3000));
+	assert_int_equal(s.host.used, bytes + tc__shm_round(3000));
+	assert_int_equal(s.host.filling_bytes, 0);
+	assert_int_equal(s.host.nreplicas, 2);
+	release_all(&s);
 }
 
 /* ---------------------------------------------------------------- budget */
@@ -1989,6 +2076,7 @@ int main(void)
 		cmocka_unit_test(test_objstore__warm_pinned_refuse),
 		cmocka_unit_test(test_objstore__enospace_counts_removed_leased),
 		cmocka_unit_test(test_objstore__insert_dedup),
+		cmocka_unit_test(test_objstore__fill_life),
 		cmocka_unit_test(test_objstore__obj_finish),
 		cmocka_unit_test(test_objstore__rm_leased),
 		cmocka_unit_test(test_objstore__keys_cas),
