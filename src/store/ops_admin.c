@@ -103,6 +103,12 @@ int on_status(struct conn *c, struct req *r)
 	if (j) {
 		json_int_t dn = 0, db = 0;
 
+		/* Of host_used_bytes: FILLING replicas (imports, puts and
+		 * restores still loading). */
+		json_object_set_new(
+			j, "host_filling_bytes",
+			json_integer((json_int_t)s->objs.host.filling_bytes));
+
 		/* In memory but also on the shared disk: a stop keeps them
 		 * (what `daemon stop` says it drops leaves them out). */
 		for (struct tc__obj *o = tc__objs_first(&s->objs); o;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -43,7 +44,7 @@ static int teardown(void **state)
 
 /* What a failed operation must not change. */
 struct snap {
-	long long used, artifacts, keys, evictions, spare;
+	long long used, filling, artifacts, keys, evictions, spare;
 	char gpu[512];
 };
 
@@ -58,6 +59,8 @@ static struct snap snap(tc_client *c)
 	tc_free(txt);
 	assert_non_null(j);
 	s.used = json_integer_value(json_object_get(j, "host_used_bytes"));
+	s.filling =
+		json_integer_value(json_object_get(j, "host_filling_bytes"));
 	s.artifacts = json_integer_value(json_object_get(j, "artifacts"));
 	s.keys = json_integer_value(json_object_get(j, "keys"));
 	s.evictions = json_integer_value(json_object_get(j, "evictions"));
@@ -73,6 +76,7 @@ static struct snap snap(tc_client *c)
 static void same(const struct snap *a, const struct snap *b)
 {
 	assert_int_equal(a->used, b->used);
+	assert_int_equal(a->filling, b->filling);
 	assert_int_equal(a->artifacts, b->artifacts);
 	assert_int_equal(a->keys, b->keys);
 	assert_int_equal(a->evictions, b->evictions);
@@ -320,6 +324,66 @@ static void test_budget__spare_being_made_gives_its_room(void **state)
 	t_rmtree(d.dir);
 }
 
+/*
+ * A put is a FILLING host replica from PUT to SEAL: its bytes count in
+ * host_used_bytes and host_filling_bytes while the client writes, and go
+ * when the client disconnects before sealing (a child process that exits
+ * with its put open).
+ */
+static void test_budget__put_client_gone_returns_its_fill(void **state)
+{
+	tc_client *c = t_connect(D.sock);
+	struct snap before, mid, after;
+	int to_parent[2], to_child[2];
+	char ch = 0;
+	pid_t pid;
+	int status;
+
+	before = snap(c);
+	assert_int_equal(pipe(to_parent), 0);
+	assert_int_equal(pipe(to_child), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		uint64_t n = 64 * MiB;
+		struct tc_tensor_desc desc = { "w", TC_DTYPE_U8, 1, &n };
+		char err[256];
+		tc_client *cc = NULL;
+		tc_put *p;
+
+		if (tc_client_connect(D.sock, &cc, err, sizeof(err)) < 0 ||
+		    tc_put_begin(cc, &desc, 1, NULL, NULL, &p) < 0)
+			_exit(2);
+		memset(tc_put_data(p, 0), 5, (size_t)n / 2); /* midway */
+		if (write(to_parent[1], "x", 1) != 1 ||
+		    read(to_child[0], &ch, 1) < 0)
+			_exit(3);
+		_exit(0); /* gone, the put unsealed */
+	}
+	close(to_parent[1]);
+	close(to_child[0]);
+	assert_int_equal(read(to_parent[0], &ch, 1), 1);
+	mid = snap(c);
+	assert_true(mid.used >= before.used + (long long)(64 * MiB));
+	assert_true(mid.filling >= before.filling + (long long)(64 * MiB));
+	assert_int_equal(mid.artifacts, before.artifacts);
+	assert_int_equal(write(to_child[1], "x", 1), 1);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	close(to_parent[0]);
+	close(to_child[1]);
+	/* The daemon sees the disconnect on its loop: wait for it. */
+	for (int i = 0; i < 100; i++) {
+		after = snap(c);
+		if (after.used == before.used)
+			break;
+		usleep(50 * 1000);
+	}
+	same(&before, &after);
+	assert_int_equal(after.filling, 0);
+	tc_client_close(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -330,6 +394,7 @@ int main(void)
 		cmocka_unit_test(
 			test_budget__cas_lost_at_publish_leaves_nothing),
 		cmocka_unit_test(test_budget__spare_being_made_gives_its_room),
+		cmocka_unit_test(test_budget__put_client_gone_returns_its_fill),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
