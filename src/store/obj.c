@@ -315,25 +315,6 @@ static const struct tc__tier_ops host_tier_ops = {
 	.refuse = host_refuse,
 };
 
-int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
-		     char *err, size_t errlen)
-{
-	size_t n;
-	int rc = tc__tier_charge(&s->host, bytes, policy_evicts(policy), NULL,
-				 err, errlen);
-
-	if (rc == TC_ENOSPACE && !policy_evicts(policy) &&
-	    bytes <= s->host.budget && (n = strlen(err)) < errlen)
-		snprintf(err + n, errlen - n,
-			 " (this policy does not evict others)");
-	return rc;
-}
-
-void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes)
-{
-	tc__tier_uncharge(&s->host, bytes);
-}
-
 int tc__objs_fill(struct tc__objs *s, struct tc__obj *o, uint64_t bytes,
 		  enum tc__policy policy, char *err, size_t errlen)
 {

@@ -183,12 +183,13 @@ struct tc__objs {
 	const struct tc__objs_observer *observer; /* borrowed, or NULL */
 	struct tc__map by_id; /* id -> struct tc__obj (live and dead) */
 	struct tc__map keys;  /* name -> struct tc__key */
-	/* the host tier: budget, used (artifacts + reservations), the LRU
-	 * of live artifacts and the eviction count */
+	/* the host tier: budget, used (its replicas: artifacts, fills and
+	 * the server's spare), the LRU of live artifacts and the eviction
+	 * count */
 	struct tc__tier host;
 	uint64_t inserted;	     /* counter for status */
 	struct tc__objs_hooks hooks; /* zeroed by tc__objs_init: none */
-	/* An artifact is about to be evicted for room (tc__objs_reserve),
+	/* An artifact is about to be evicted for room (tc__objs_fill),
 	 * before it goes: the spill tier's chance to keep a copy on disk
 	 * (spill.h).  NULL: none.  Loop thread; must not block. */
 	void (*evicting)(void *arg, struct tc__obj *o);
@@ -209,12 +210,6 @@ void tc__objs_release(struct tc__objs *s);
 int tc__policy_parse(const char *name, enum tc__policy *out, char *err,
 		     size_t errlen);
 const char *tc__policy_name(enum tc__policy p);
-
-/* Charge `bytes` to the budget, evicting LRU artifacts when `policy` allows.
- * Returns 0 or TC_ENOSPACE with a message saying what holds the memory. */
-int tc__objs_reserve(struct tc__objs *s, uint64_t bytes, enum tc__policy policy,
-		     char *err, size_t errlen);
-void tc__objs_unreserve(struct tc__objs *s, uint64_t bytes);
 
 /* Begin `o`'s host replica as a FILLING one of `bytes` (IDLE -> FILLING),
  * evicting LRU artifacts when `policy` allows: the bytes count in the host
@@ -245,7 +240,7 @@ void tc__objs_kill(struct tc__objs *s, struct tc__obj *o);
 void tc__objs_unlease(struct tc__objs *s, struct tc__obj *o);
 /* The checks of tc__objs_key_set that do not need the artifact: the key's
  * name, and with `expect` its generation.  Run before a load, so a CAS
- * import or put that cannot publish reserves, loads and evicts nothing.
+ * import or put that cannot publish fills, loads and evicts nothing.
  * Returns 0, TC_EINVAL or TC_ECONFLICT with err set. */
 int tc__objs_key_precheck(struct tc__objs *s, const char *key, bool expect,
 			  uint64_t expect_gen, char *err, size_t errlen);

@@ -85,7 +85,7 @@ int on_status(struct conn *c, struct req *r)
 		(json_int_t)(tc__now_ms() - s->start_ms), "clients", s->nconns,
 		"artifacts", n, "keys", (json_int_t)s->objs.keys.count,
 		"host_used_bytes",
-		(json_int_t)(s->objs.host.used - s->spare_charged),
+		(json_int_t)(s->objs.host.used - tc__srv_spare_charged(s)),
 		"host_budget_bytes", (json_int_t)s->objs.host.budget,
 		"evictions", (json_int_t)s->objs.host.evictions, "attaches",
 		(json_int_t)s->n_attach, "imports", (json_int_t)s->n_import,
@@ -104,10 +104,16 @@ int on_status(struct conn *c, struct req *r)
 		json_int_t dn = 0, db = 0;
 
 		/* Of host_used_bytes: FILLING replicas (imports, puts and
-		 * restores still loading). */
+		 * restores still loading), not a spare being made. */
+		uint64_t spare_filling = s->spare_rep.state ==
+							 TC_REPLICA_FILLING ?
+						 s->spare_rep.bytes :
+						 0;
+
 		json_object_set_new(
 			j, "host_filling_bytes",
-			json_integer((json_int_t)s->objs.host.filling_bytes));
+			json_integer((json_int_t)(s->objs.host.filling_bytes -
+						  spare_filling)));
 
 		/* In memory but also on the shared disk: a stop keeps them
 		 * (what `daemon stop` says it drops leaves them out). */
@@ -154,8 +160,9 @@ int on_list(struct conn *c, struct req *r)
 					s->durable);
 	json_array_extend(more, spilled);
 	json_decref(spilled);
-	tc__srv_reply_json(
-		c, r, tc__objs_list_json(&s->objs, s->spare_charged, more));
+	tc__srv_reply_json(c, r,
+			   tc__objs_list_json(&s->objs,
+					      tc__srv_spare_charged(s), more));
 	return 0;
 }
 

@@ -4,8 +4,8 @@
  * or straight to a GPU, with PROGRESS frames for a client that asks.
  *
  * Two phases on the I/O workers (imports may block for good in a hung
- * mount, so they have their own elastic pool): parse, then (memory
- * reserved on the loop in between) load and seal.
+ * mount, so they have their own elastic pool): parse, then (a FILLING
+ * host replica charged on the loop in between) load and seal.
  */
 #include <errno.h>
 #include <poll.h>
@@ -339,7 +339,7 @@ static void import_work(struct import_job *j)
 			j->rc = tc__gpu_init(j->err, sizeof(j->err));
 		return;
 	}
-	/* Phase 2: memory was reserved on the loop; fill and seal it. */
+	/* Phase 2: a FILLING replica charged on the loop; load and seal. */
 	n = tc__chunk_count(j->src->table.total_bytes);
 	j->chunks = tc__calloc(n ? n : 1, sizeof(*j->chunks));
 	if (!j->chunks) {

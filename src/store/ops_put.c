@@ -87,22 +87,27 @@ static void spare_done(struct tc__job *job)
 
 	s->spare_filling = false;
 	if (s->spare_given_up) {
-		/* A request took the charge back while we allocated. */
+		/* A request took the charge back (gone) while we allocated. */
 		s->spare_given_up = false;
 		tc__shm_free(j->seg);
 	} else if (j->rc == 0 && !s->spare && !s->stopping) {
-		s->spare = j->seg; /* the charge now covers it */
+		s->spare = j->seg; /* the replica's charge now covers it */
+		tc__replica_ready(&s->spare_rep);
 	} else {
-		s->spare_charged -= j->size;
 		if (j->rc < 0)
 			tc__log(TC_LOG_WARN,
 				"cannot prepare a %llu-byte spare: %s",
 				(unsigned long long)j->size,
 				tc_strerror(j->rc));
 		tc__shm_free(j->seg);
-		tc__objs_unreserve(&s->objs, j->size);
+		tc__replica_gone(&s->spare_rep, false);
 	}
 	tc__free(j);
+}
+
+uint64_t tc__srv_spare_charged(const struct server *s)
+{
+	return tc__replica_charged(&s->spare_rep) ? s->spare_rep.bytes : 0;
 }
 
 /* Start allocating the next spare when the daemon is idle and the budget
@@ -114,7 +119,7 @@ void tc__srv_spare_refill(struct server *s)
 	uint64_t bytes = tc__shm_round(s->spare_target);
 
 	/* Called every tick: a full budget must cost a comparison, not a
-	 * failed reservation (which walks every artifact for its message). */
+	 * failed charge (which walks every artifact for its message). */
 	if (!s->spare_target || s->spare || s->spare_filling || s->stopping ||
 	    tc__jobs_pending(s->jobs) || bytes > s->objs.host.budget ||
 	    s->objs.host.used > s->objs.host.budget - bytes)
@@ -123,17 +128,18 @@ void tc__srv_spare_refill(struct server *s)
 	 * race accept_shed for the reserve's slot. */
 	if (s->reserve_fd < 0 || tc__now_ms() < s->fd_short_ms + 5000)
 		return;
-	if (tc__objs_reserve(&s->objs, bytes, TC_POLICY_WARM, err,
-			     sizeof(err)) < 0)
+	/* A private replica: charged like any other, never evicted. */
+	if (tc__replica_set_private(&s->spare_rep) < 0 ||
+	    tc__replica_fill(&s->spare_rep, &s->objs.host, bytes, false, NULL,
+			     err, sizeof(err)) < 0)
 		return;
 	j = tc__calloc(1, sizeof(*j));
 	if (!j) {
-		tc__objs_unreserve(&s->objs, bytes);
+		tc__replica_gone(&s->spare_rep, false);
 		return;
 	}
 	j->s = s;
 	j->size = bytes;
-	s->spare_charged += bytes;
 	j->job.run = spare_run;
 	j->job.done = spare_done;
 	s->spare_filling = true;
@@ -143,19 +149,17 @@ void tc__srv_spare_refill(struct server *s)
 void tc__srv_spare_drop(struct server *s)
 {
 	if (!s->spare && s->spare_filling && !s->spare_given_up &&
-	    s->spare_charged) {
+	    tc__replica_charged(&s->spare_rep)) {
 		/* Its pages are being made: the room goes back now (a request
 		 * needs it, and the job may take a while on a loaded host),
 		 * the segment when the job is done. */
-		tc__objs_unreserve(&s->objs, s->spare_charged);
-		s->spare_charged = 0;
+		tc__replica_gone(&s->spare_rep, false);
 		s->spare_given_up = true;
 		return;
 	}
 	if (!s->spare)
 		return;
-	s->spare_charged -= s->spare->size;
-	tc__objs_unreserve(&s->objs, s->spare->size);
+	tc__replica_gone(&s->spare_rep, false);
 	tc__shm_free(s->spare);
 	s->spare = NULL;
 }
@@ -177,9 +181,8 @@ int tc__srv_artifact_memory(struct server *s, struct tc__obj *o, uint64_t bytes,
 	if (s->spare && bytes <= s->spare->size) {
 		seg = s->spare;
 		s->spare = NULL;
-		s->spare_charged -= seg->size;
-		tc__objs_unreserve(&s->objs, seg->size);
-	} else if (s->spare_charged &&
+		tc__replica_gone(&s->spare_rep, false); /* its room is o's */
+	} else if (tc__replica_charged(&s->spare_rep) &&
 		   s->objs.host.used + bytes + extra > s->objs.host.budget) {
 		/* A spare too small for this request, or still being made,
 		 * gives up its room before any artifact is evicted for it. */

@@ -210,12 +210,14 @@ struct server {
 	 * the budget, taken by the next import or put that fits, and dropped
 	 * first when a request needs its room. */
 	struct tc__shm *spare;
-	uint64_t spare_target;	/* bytes to keep ready; 0 = off */
-	bool spare_filling;	/* a job is allocating the next one */
-	bool spare_given_up;	/* ...and a request took its charge back:
-				   the job frees what it made */
-	uint64_t spare_charged; /* budget bytes held by the spare (ready or
-				   being allocated) */
+	uint64_t spare_target; /* bytes to keep ready; 0 = off */
+	bool spare_filling;    /* a job is allocating the next one */
+	bool spare_given_up;   /* ...and a request took its charge back:
+				  the job frees what it made */
+	/* The spare's charge: a private host replica (never on the LRU, so
+	 * never a victim), FILLING while a worker makes its pages, READY
+	 * once made, IDLE when there is none or a request took its room. */
+	struct tc__replica spare_rep;
 	bool stopping;
 	struct tc__durable *durable; /* the shared-disk tier, or NULL */
 	struct tc__spill *spill;     /* the spill tier (spill.h), or NULL */
@@ -334,6 +336,8 @@ void tc__srv_conns_tick(struct server *s, uint64_t now_ms);
 int tc__srv_artifact_memory(struct server *s, struct tc__obj *o, uint64_t bytes,
 			    uint64_t extra, enum tc__policy pol, char *err,
 			    size_t errlen);
+/* Host budget bytes the spare holds (ready or being allocated). */
+uint64_t tc__srv_spare_charged(const struct server *s);
 /* Allocate the next spare if the daemon is idle and the budget has room. */
 void tc__srv_spare_refill(struct server *s);
 /* Give the spare's memory and charge back; a spare still being allocated
