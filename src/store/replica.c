@@ -153,12 +153,25 @@ static int refuse(struct tc__tier *t, uint64_t bytes, bool too_big, char *err,
 	return TC_ENOSPACE;
 }
 
+/* Would evicting every replica that may go make room for `bytes`? */
+static bool room_possible(struct tc__tier *t, uint64_t bytes)
+{
+	uint64_t may_go = 0;
+
+	for (struct tc__replica *r = t->lru_tail; r; r = r->lru_prev)
+		if (!r->leases &&
+		    (!t->ops->evictable || t->ops->evictable(t, r)))
+			may_go += r->bytes;
+	return t->used - may_go + bytes <= t->budget;
+}
+
 int tc__tier_charge(struct tc__tier *t, uint64_t bytes, bool may_evict,
 		    void *ctx, char *err, size_t errlen)
 {
 	if (bytes > t->budget)
 		return refuse(t, bytes, true, err, errlen);
-	if (t->used + bytes > t->budget && may_evict)
+	if (t->used + bytes > t->budget && may_evict &&
+	    (!t->all_or_nothing || room_possible(t, bytes)))
 		tc__tier_evict(t, bytes, 0, ctx);
 	if (t->used + bytes > t->budget)
 		return refuse(t, bytes, false, err, errlen);

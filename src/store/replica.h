@@ -4,7 +4,8 @@
  *
  * An artifact is metadata (tensor table, digest, policy, keys); its bytes
  * live in replicas, each charged to one tier: host memory (obj.c), one GPU
- * (gpu_tier.c, one tier per device), later the disk and the cluster.  A
+ * (gpu_tier.c, one tier per device), the spill folder (spill.c), later the
+ * shared disk and the cluster.  A
  * replica moves through one life cycle:
  *
  *	IDLE --fill--> FILLING --ready--> READY --evict--> EVICTING --gone-->
@@ -85,8 +86,13 @@ struct tc__tier {
 	uint64_t filling_bytes;		/* of which being filled */
 	uint64_t evictions;		/* replicas evicted for room */
 	uint32_t nreplicas;		/* charged replicas */
-	struct tc__replica *lru_head;	/* most recently used */
-	struct tc__replica *lru_tail;	/* eviction starts here */
+	/* Charging: refuse before evicting anything when evicting every
+	 * replica that may go would still not make room (a tier whose
+	 * victims' bytes go at once, the spill folder's files), rather than
+	 * evict some and then refuse.  Set by the owner after init. */
+	bool all_or_nothing;
+	struct tc__replica *lru_head; /* most recently used */
+	struct tc__replica *lru_tail; /* eviction starts here */
 };
 
 /*
@@ -120,8 +126,9 @@ void tc__tier_init(struct tc__tier *t, const char *name, uint64_t budget,
 uint32_t tc__tier_evict(struct tc__tier *t, uint64_t need, uint64_t want,
 			void *ctx);
 /* Charge `bytes` that no replica holds yet (a reservation), evicting first
- * when `may_evict` (ctx goes to ops->evict).  Returns 0 or TC_ENOSPACE
- * with the reason in err (ops->refuse, else tc__tier_refusal). */
+ * when `may_evict` (ctx goes to ops->evict; with t->all_or_nothing only
+ * when that makes room).  Returns 0 or TC_ENOSPACE with the reason in err
+ * (ops->refuse, else tc__tier_refusal). */
 int tc__tier_charge(struct tc__tier *t, uint64_t bytes, bool may_evict,
 		    void *ctx, char *err, size_t errlen);
 void tc__tier_uncharge(struct tc__tier *t, uint64_t bytes);

@@ -356,6 +356,55 @@ static void test_replica__budget(void **state)
 	assert_true(tier_ok(&t));
 }
 
+/*
+ * all_or_nothing (the spill folder): when evicting every replica that may
+ * go would not make room, nothing is evicted; when it would, only as many
+ * as needed go.  Without it the tier evicts what it can, then refuses.
+ */
+static void test_replica__all_or_nothing(void **state)
+{
+	struct tc__tier t;
+	struct item a, b, k, n;
+	char err[MSG];
+
+	for (int aon = 0; aon < 2; aon++) {
+		setup(state);
+		tc__tier_init(&t, "toy", 100, &toy_ops, NULL);
+		t.all_or_nothing = aon;
+		make_ready(&t, &a, 'a', 20);
+		make_ready(&t, &b, 'b', 20);
+		make_ready(&t, &k, 'k', 50);
+		k.keep = true; /* not evictable: 40 bytes may go */
+		item_init(&n, 'n');
+		/* 90 needs 80 freed; only 40 may go. */
+		assert_int_equal(tc__replica_fill(&n.r, &t, 90, true, NULL, err,
+						  sizeof(err)),
+				 TC_ENOSPACE);
+		assert_int_equal(n.r.state, TC_REPLICA_IDLE);
+		if (aon) {
+			assert_int_equal(nvictims, 0);
+			assert_int_equal(t.used, 90);
+		} else {
+			assert_string_equal(victims, "ab");
+			assert_int_equal(t.used, 50);
+		}
+		assert_true(tier_ok(&t));
+		if (aon) {
+			/* 40 needs 30 freed: a (least recent) and b go. */
+			assert_int_equal(tc__replica_fill(&n.r, &t, 40, true,
+							  NULL, err,
+							  sizeof(err)),
+					 0);
+			assert_string_equal(victims, "ab");
+			assert_int_equal(t.used, 90);
+			assert_int_equal(tc__replica_gone(&n.r, false), 0);
+		}
+		assert_int_equal(tc__replica_gone(&k.r, false), 0);
+		assert_int_equal(t.used, 0);
+		assert_true(tier_ok(&t));
+	}
+}
+
 static void test_replica__private(void **state)
 {
 	struct tc__tier t;
@@ -423,6 +472,7 @@ int main(void)
 		cmocka_unit_test_setup(test_replica__lru_order, setup),
 		cmocka_unit_test_setup(test_replica__victims, setup),
 		cmocka_unit_test_setup(test_replica__budget, setup),
+		cmocka_unit_test_setup(test_replica__all_or_nothing, setup),
 		cmocka_unit_test_setup(test_replica__private, setup),
 		cmocka_unit_test_setup(test_replica__counters, setup),
 	};
