@@ -460,6 +460,8 @@ int tc__durable_forget(struct tc__durable *d, const char *id, bool keep_disk,
 	d->bytes -= a->rec.bytes;
 	if (a->restore)
 		a->restore->a = NULL;
+	if (tc__replica_charged(&a->rep)) /* a spilled copy: off its tier */
+		tc__replica_gone(&a->rep, true);
 	tc__free(a);
 	if (keep_disk)
 		return 0;
@@ -517,7 +519,7 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 
 	if (r->a) {
 		r->a->restore = NULL;
-		r->a->use_ns = tc__now_ns();
+		tc__replica_touch(&r->a->rep); /* spill tier: its LRU */
 		if (d->spill && spill_copy_bad(r->rc))
 			snprintf(id, sizeof(id), "%s", r->a->rec.id);
 	}

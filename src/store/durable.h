@@ -57,8 +57,10 @@ struct tc__dart {
 	struct tc__restore *restore; /* the load running now, or NULL */
 	void *writing;		     /* spill tier: its write running now
 					(spill.c), or NULL: on disk */
-	uint64_t use_ns;	     /* spill tier: last spilled or loaded
-					(monotonic), its LRU order */
+	/* spill tier: its copy, a replica of the spill's tier (spill.c):
+	 * FILLING while written, READY on disk, on that tier's LRU (touched
+	 * when spilled or loaded).  IDLE on the shared disk. */
+	struct tc__replica rep;
 };
 
 /* Open the tier for cfg.  Without shared_disk, *out is NULL and every

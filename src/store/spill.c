@@ -35,7 +35,12 @@ struct tc__spill {
 	struct tc__durable *d; /* owned: folder, artifacts, loads */
 	struct tc__jobs *pool; /* borrowed: writes run here */
 	uint64_t budget;       /* spill_bytes; 0 while auto and unknown */
-	bool budget_auto;      /* half the free space, measured once */
+	/* The folder as a tier of the replica core (replica.h): budget
+	 * spill_bytes, used = the copies on disk or being written (each a
+	 * dart's replica), their LRU; all_or_nothing, since a victim's
+	 * files leave its name at once. */
+	struct tc__tier tier;
+	bool budget_auto; /* half the free space, measured once */
 	/* Bytes being written: the memory of artifacts evicted but not on
 	 * disk yet, held beyond the host budget until their write ends, so
 	 * it is bounded (at most inflight_max, or one artifact alone). */
@@ -48,6 +53,8 @@ struct tc__spill {
 	uint64_t kept;	     /* evicted again with its copy already there */
 	char last_drop[320]; /* why the last one was dropped */
 };
+
+static const struct tc__tier_ops spill_tier_ops; /* below */
 
 struct waiter {
 	tc__spill_wait_fn *fn;
@@ -166,6 +173,8 @@ int tc__spill_open(const struct tc__store_config *cfg, struct tc__jobs *pool,
 	sp->pool = pool;
 	sp->budget_auto = cfg->spill_bytes == TC_SPILL_AUTO;
 	sp->budget = sp->budget_auto ? 0 : cfg->spill_bytes;
+	tc__tier_init(&sp->tier, "spill", sp->budget, &spill_tier_ops, sp);
+	sp->tier.all_or_nothing = true;
 	/* Bounded so that a burst of evictions cannot hold more than twice
 	 * the host budget while its writes run. */
 	sp->inflight_max = cfg->host_bytes;
@@ -285,7 +294,7 @@ static void write_done(struct tc__job *job)
 		sp->spilled++;
 		sp->spilled_bytes += j->bytes;
 		d->written++;
-		a->use_ns = tc__now_ns();
+		tc__replica_ready(&a->rep); /* on disk: on the tier's LRU */
 		tc__log(TC_LOG_INFO,
 			"spilled %s (%llu bytes) to '%s' in %.3f s; it loads "
 			"from there when next needed",
@@ -353,76 +362,57 @@ static void drop(struct tc__spill *sp, const struct tc__obj *o, const char *fmt,
 		   (unsigned long long)o->table.total_bytes, why);
 }
 
-/* Can the budget take `bytes` more once every copy that may go has gone
- * (all but those being written or loaded)? */
-static bool room_possible(struct tc__spill *sp, uint64_t bytes)
+/* The tier's ops: a copy being written or loaded stays. */
+static bool spill_evictable(struct tc__tier *t, struct tc__replica *r)
 {
-	struct tc__map_entry *e;
-	uint64_t stuck = 0;
-	size_t b;
+	struct tc__dart *a = tc__replica_owner(r, struct tc__dart, rep);
 
-	for (e = tc__map_next(&sp->d->arts, NULL, &b); e;
-	     e = tc__map_next(&sp->d->arts, e, &b)) {
-		struct tc__dart *a = e->val;
-
-		if (a->writing || a->restore)
-			stuck += a->rec.bytes;
-	}
-	return stuck + bytes <= sp->budget;
+	(void)t;
+	return !a->writing && !a->restore;
 }
 
-/* Make room for `bytes` in the budget: the least recently used spilled
- * copies (none being written or loaded) leave the names now, their files
- * go with the write (`j`).  false only on out of memory (room_possible
- * said there is enough to remove). */
-static bool make_room(struct tc__spill *sp, uint64_t bytes,
-		      struct spill_write *j)
+/* The least recently used copy goes for room: out of its name now (a
+ * rename, so a later spill of the same content writes a new folder; no
+ * fsync: nothing here must survive a crash), its files with the write
+ * `ctx` (struct spill_write), or here when out of memory. */
+static void spill_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 {
+	struct tc__spill *sp = t->arg;
 	struct tc__durable *d = sp->d;
-	char err[256];
+	struct tc__dart *a = tc__replica_owner(r, struct tc__dart, rep);
+	struct spill_write *j = ctx;
+	char err[256], id[TC_ID_LEN + 1];
+	void *tr = tc__realloc(j->trash, (j->ntrash + 1) * sizeof(*j->trash));
+	uint64_t rnd = 0;
 
-	while (d->bytes + bytes > sp->budget) {
-		struct tc__dart *lru = NULL;
-		struct tc__map_entry *e;
-		size_t b;
-		uint64_t r = 0;
-		void *t;
-
-		for (e = tc__map_next(&d->arts, NULL, &b); e;
-		     e = tc__map_next(&d->arts, e, &b)) {
-			struct tc__dart *a = e->val;
-
-			if (!a->writing && !a->restore &&
-			    (!lru || a->use_ns < lru->use_ns))
-				lru = a;
-		}
-		if (!lru)
-			return false;
-		t = tc__realloc(j->trash, (j->ntrash + 1) * sizeof(*j->trash));
-		if (!t)
-			return false;
-		j->trash = t;
-		/* Out of its name at once (a rename), so a later spill of
-		 * the same content writes a new folder; no fsync: nothing
-		 * here must survive a crash. */
-		if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-			r = tc__now_ns();
-		snprintf(j->trash[j->ntrash], sizeof(j->trash[0]),
-			 "%s%s-rm-%016llx", TC_NATIVE_TMP_PREFIX,
-			 lru->rec.id + strlen(TC_ID_PREFIX),
-			 (unsigned long long)r);
-		if (renameat(d->rootfd, lru->rec.id + strlen(TC_ID_PREFIX),
-			     d->rootfd, j->trash[j->ntrash]) == 0)
-			j->ntrash++;
-		tc__log(TC_LOG_INFO,
-			"spill folder full: removing the spilled copy of %s "
-			"(%llu bytes, least recently used)",
-			lru->rec.id, (unsigned long long)lru->rec.bytes);
-		sp->removed++;
-		tc__durable_forget(d, lru->rec.id, true, err, sizeof(err));
+	snprintf(id, sizeof(id), "%s", a->rec.id);
+	tc__log(TC_LOG_INFO,
+		"spill folder full: removing the spilled copy of %s "
+		"(%llu bytes, least recently used)",
+		id, (unsigned long long)a->rec.bytes);
+	sp->removed++;
+	if (!tr) {
+		/* Its files go now, on the loop (rare). */
+		tc__durable_forget(d, id, false, err, sizeof(err));
+		return;
 	}
-	return true;
+	j->trash = tr;
+	if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+		rnd = tc__now_ns();
+	snprintf(j->trash[j->ntrash], sizeof(j->trash[0]), "%s%s-rm-%016llx",
+		 TC_NATIVE_TMP_PREFIX, id + strlen(TC_ID_PREFIX),
+		 (unsigned long long)rnd);
+	if (renameat(d->rootfd, id + strlen(TC_ID_PREFIX), d->rootfd,
+		     j->trash[j->ntrash]) == 0)
+		j->ntrash++;
+	/* Off the tier with its record (durable.c gones the replica). */
+	tc__durable_forget(d, id, true, err, sizeof(err));
 }
+
+static const struct tc__tier_ops spill_tier_ops = {
+	.evictable = spill_evictable,
+	.evict = spill_evict,
+};
 
 void tc__spill_evicting(void *arg, struct tc__obj *o)
 {
@@ -431,6 +421,7 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	uint64_t bytes = o->table.total_bytes;
 	struct spill_write *j;
 	struct tc__dart *a;
+	char msg[256];
 	void *map;
 
 	/* warm and pinned never spill, and the disk policies have their
@@ -442,7 +433,7 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	if (a) {
 		/* Loaded from its spill and evicted again: the copy is
 		 * there (or being written). */
-		a->use_ns = tc__now_ns();
+		tc__replica_touch(&a->rep);
 		sp->kept++;
 		return;
 	}
@@ -455,6 +446,7 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 		return;
 	}
 	measure_budget(sp);
+	sp->tier.budget = sp->budget;
 	if (bytes > sp->budget) {
 		drop(sp, o, "larger than spill_bytes (%llu)",
 		     (unsigned long long)sp->budget);
@@ -478,13 +470,17 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	tc__table_init(&j->table);
 	j->sp = sp;
 	j->rootfd = d->rootfd;
-	if (!room_possible(sp, bytes) || !make_room(sp, bytes, j)) {
+	/* Its copy: a FILLING replica of the folder's tier, charged now,
+	 * evicting least recently used copies for room only when that
+	 * makes enough (all_or_nothing). */
+	if (tc__replica_fill(&a->rep, &sp->tier, bytes, true, j, msg,
+			     sizeof(msg)) < 0) {
 		tc__free(a);
 		drop(sp, o,
 		     "the spill folder is full (spill_bytes %llu, %llu used, "
 		     "of which %u copies being written or loaded)",
 		     (unsigned long long)sp->budget,
-		     (unsigned long long)d->bytes, sp->writing);
+		     (unsigned long long)sp->tier.used, sp->writing);
 		discard(j);
 		return;
 	}
@@ -497,6 +493,7 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	    table_copy(&j->table, &o->table) < 0) {
 		if (map != MAP_FAILED)
 			munmap(map, o->shm->size);
+		tc__replica_gone(&a->rep, false);
 		tc__free(a);
 		drop(sp, o, "cannot map it for the write: %s",
 		     map == MAP_FAILED ? strerror(errno) : "out of memory");
@@ -524,9 +521,9 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	snprintf(a->rec.source, sizeof(a->rec.source), "%s", o->source);
 	a->policy = TC_POLICY_CACHE;
 	a->writing = j;
-	a->use_ns = tc__now_ns();
 	/* The map borrows the key: the dart's own copy of the id. */
 	if (tc__map_put(&d->arts, a->rec.id, a) < 0) {
+		tc__replica_gone(&a->rep, false);
 		tc__free(a);
 		drop(sp, o, "out of memory");
 		discard(j);
@@ -567,11 +564,12 @@ json_t *tc__spill_status_json(struct tc__spill *sp)
 		"s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
 		"dir", d->root, "state", d->rootfd >= 0 ? "ok" : "unavailable",
 		"error", d->disk_err, "budget_bytes", (json_int_t)sp->budget,
-		"budget_auto", sp->budget_auto, "bytes", (json_int_t)d->bytes,
-		"artifacts", (json_int_t)d->arts.count, "writing",
-		(json_int_t)sp->writing, "writing_bytes",
-		(json_int_t)sp->inflight, "spilled", (json_int_t)sp->spilled,
-		"spilled_bytes", (json_int_t)sp->spilled_bytes, "dropped",
+		"budget_auto", sp->budget_auto, "bytes",
+		(json_int_t)sp->tier.used, "artifacts",
+		(json_int_t)d->arts.count, "writing", (json_int_t)sp->writing,
+		"writing_bytes", (json_int_t)sp->inflight, "spilled",
+		(json_int_t)sp->spilled, "spilled_bytes",
+		(json_int_t)sp->spilled_bytes, "dropped",
 		(json_int_t)sp->dropped, "dropped_bytes",
 		(json_int_t)sp->dropped_bytes, "write_failures",
 		(json_int_t)d->write_failures, "removed",
@@ -588,7 +586,7 @@ void tc__spill_counts(struct tc__spill *sp, struct tc__metrics_spill *out)
 	if (!sp)
 		return;
 	out->artifacts = sp->d->arts.count;
-	out->bytes = sp->d->bytes;
+	out->bytes = sp->tier.used;
 	out->budget = sp->budget;
 	out->spilled = sp->spilled;
 	out->spilled_bytes = sp->spilled_bytes;

@@ -9,7 +9,8 @@
  * key or id) loads it back through the shared-disk tier's restore, every
  * chunk checked against the manifest's digests.  The folder is this
  * node's own: emptied at start (cache artifacts do not survive a
- * restart), with its own LRU within `spill_bytes`.
+ * restart), a tier of the replica core (replica.h) with its own budget
+ * (`spill_bytes`) and LRU: each copy is a replica of it.
  *
  * A spill is best effort: no spill_dir, a folder that is unusable or full,
  * an artifact larger than spill_bytes, too many bytes already being
