@@ -98,26 +98,10 @@ static json_t *sources_json(const struct tc__peer_pull_result *r)
 	return a;
 }
 
-static int secret_from_daemon(tc_client *c, char *path, size_t len)
-{
-	char *doc = NULL;
-	json_t *j = NULL;
-	const char *v;
-
-	if (tc_status_json(c, &doc) == 0)
-		j = json_loads(doc, 0, NULL);
-	v = json_string_value(json_object_get(json_object_get(j, "config"),
-					      "cluster_secret_file"));
-	snprintf(path, len, "%s", v ? v : "");
-	json_decref(j);
-	tc_free(doc);
-	return path[0] ? 0 : -1;
-}
-
-/* This node's name for handshakes: the daemon's node_name, else the host
- * name (receivers on one host, or in network namespaces of one, share
- * that; a seed tells fan-out receivers apart by name and address). */
-static void name_from_daemon(tc_client *c, char *name, size_t len)
+/* The daemon's configuration value `key` as a string into out ("" when it
+ * has none or the daemon does not say). */
+static void config_from_daemon(tc_client *c, const char *key, char *out,
+			       size_t len)
 {
 	char *doc = NULL;
 	json_t *j = NULL;
@@ -126,13 +110,29 @@ static void name_from_daemon(tc_client *c, char *name, size_t len)
 	if (tc_status_json(c, &doc) == 0)
 		j = json_loads(doc, 0, NULL);
 	v = json_string_value(
-		json_object_get(json_object_get(j, "config"), "node_name"));
-	if (v && v[0])
-		snprintf(name, len, "%s", v);
-	else if (gethostname(name, len - 1) < 0)
-		snprintf(name, len, "tcast");
+		json_object_get(json_object_get(j, "config"), key));
+	snprintf(out, len, "%s", v ? v : "");
 	json_decref(j);
 	tc_free(doc);
+}
+
+static int secret_from_daemon(tc_client *c, char *path, size_t len)
+{
+	config_from_daemon(c, "cluster_secret_file", path, len);
+	return path[0] ? 0 : -1;
+}
+
+/* This node's name for handshakes: the daemon's node_name, else the host
+ * name (receivers on one host, or in network namespaces of one, share
+ * that; a seed tells fan-out receivers apart by name and address). */
+static void name_from_daemon(tc_client *c, char *name, size_t len)
+{
+	config_from_daemon(c, "node_name", name, len);
+	if (name[0])
+		return;
+	if (gethostname(name, len - 1) < 0)
+		snprintf(name, len, "tcast");
+	name[len - 1] = '\0'; /* truncated names need not end */
 }
 
 /* The daemon's TLS settings (tls, tls_cert, tls_key, tls_ca), which

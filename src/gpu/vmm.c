@@ -911,6 +911,26 @@ int tc__gpu_memset8(int ordinal, uint64_t dst, uint8_t value, uint64_t n,
  * (2^31 - 1 on every GPU so far); larger ones go row by row. */
 #define MAX_PITCH ((uint64_t)INT32_MAX)
 
+/* The end of a strided copy: wait for it when it runs on no stream (the
+ * caller's contract), then name what failed and which way it went. */
+static int copy_finish(const struct tc__cu *cu, CUresult r, const char *what,
+		       struct tc__gpu_stream *s, bool dst_dev, bool src_dev,
+		       int ordinal, const char *shape, char *err, size_t errlen)
+{
+	if (r == CUDA_SUCCESS && !s) {
+		r = cu->fn.cuStreamSynchronize(NULL);
+		what = "cuStreamSynchronize";
+	}
+	if (r == CUDA_SUCCESS)
+		return 0;
+	return tc__cu_fail(cu, r, what, err, errlen, "cannot copy %s %s GPU %d",
+			   shape,
+			   dst_dev && src_dev ? "on" :
+			   dst_dev	      ? "to" :
+						"from",
+			   ordinal);
+}
+
 int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 		    uint64_t src, bool src_dev, uint64_t spitch, uint64_t width,
 		    uint64_t height, struct tc__gpu_stream *s, char *err,
@@ -922,6 +942,7 @@ int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 	CUstream st = s ? s->s : NULL;
 	CUresult r = CUDA_SUCCESS;
 	const char *what = "cuMemcpy2DAsync";
+	char shape[96];
 	int ret;
 
 	if (width == 0 || height == 0)
@@ -971,19 +992,10 @@ int tc__gpu_copy_2d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 		m.Height = height;
 		r = cu->fn.cuMemcpy2DAsync(&m, st);
 	}
-	if (r == CUDA_SUCCESS && !s) {
-		r = cu->fn.cuStreamSynchronize(NULL);
-		what = "cuStreamSynchronize";
-	}
-	if (r != CUDA_SUCCESS)
-		ret = tc__cu_fail(cu, r, what, err, errlen,
-				  "cannot copy %" PRIu64 " rows of %" PRIu64
-				  " bytes %s GPU %d",
-				  height, width,
-				  dst_dev && src_dev ? "on" :
-				  dst_dev	     ? "to" :
-						       "from",
-				  ordinal);
+	snprintf(shape, sizeof(shape), "%" PRIu64 " rows of %" PRIu64 " bytes",
+		 height, width);
+	ret = copy_finish(cu, r, what, s, dst_dev, src_dev, ordinal, shape, err,
+			  errlen);
 	tc__cu_leave(cu, &g);
 	return ret;
 }
@@ -999,7 +1011,7 @@ int tc__gpu_copy_3d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 	CUDA_MEMCPY3D m;
 	CUstream st = s ? s->s : NULL;
 	CUresult r;
-	const char *what = "cuMemcpy3DAsync";
+	char shape[96];
 	int ret;
 
 	if (width == 0 || height == 0 || depth == 0)
@@ -1037,19 +1049,11 @@ int tc__gpu_copy_3d(int ordinal, uint64_t dst, bool dst_dev, uint64_t dpitch,
 	m.Height = height;
 	m.Depth = depth;
 	r = cu->fn.cuMemcpy3DAsync(&m, st);
-	if (r == CUDA_SUCCESS && !s) {
-		r = cu->fn.cuStreamSynchronize(NULL);
-		what = "cuStreamSynchronize";
-	}
-	if (r != CUDA_SUCCESS)
-		ret = tc__cu_fail(cu, r, what, err, errlen,
-				  "cannot copy %" PRIu64 " x %" PRIu64
-				  " rows of %" PRIu64 " bytes %s GPU %d",
-				  depth, height, width,
-				  dst_dev && src_dev ? "on" :
-				  dst_dev	     ? "to" :
-						       "from",
-				  ordinal);
+	snprintf(shape, sizeof(shape),
+		 "%" PRIu64 " x %" PRIu64 " rows of %" PRIu64 " bytes", depth,
+		 height, width);
+	ret = copy_finish(cu, r, "cuMemcpy3DAsync", s, dst_dev, src_dev,
+			  ordinal, shape, err, errlen);
 	tc__cu_leave(cu, &g);
 	return ret;
 }
