@@ -28,6 +28,7 @@ _Static_assert(sizeof(struct tc__gpu_permute) == 296,
 	       "struct tc__gpu_permute is the kernel's 296-byte parameter");
 
 #define KMAX_DEV 64 /* devices whose modules we cache */
+#define KFN_MAX	 3  /* functions of one module */
 
 enum kmod { KMOD_VIEW, KMOD_HASH, KMOD_N };
 
@@ -35,7 +36,8 @@ static const struct {
 	const char *ptx;
 	const unsigned char *sm90; /* the same compiled for Hopper */
 	const char *what;
-	const char *entry[2]; /* functions, in the order kernel_get gives */
+	const char *entry[KFN_MAX]; /* functions, in the order kernel_get gives
+				     */
 } kmods[KMOD_N] = {
 	[KMOD_VIEW] = { tc__view_permute_ptx,
 			tc__view_permute_sm90,
@@ -44,11 +46,13 @@ static const struct {
 	[KMOD_HASH] = { tc__chunk_hash_ptx,
 			tc__chunk_hash_sm90,
 			"chunk hash",
-			{ "tc_b3_leaves", "tc_b3_parents" } },
+			{ "tc_b3_leaves", "tc_b3_parents",
+			  "tc_b3_copy_leaves" } },
 };
 
 static int hash_selftest(const struct tc__cu *cu, int ordinal,
-			 const CUfunction fn[2], char *err, size_t errlen);
+			 const CUfunction fn[KFN_MAX], char *err,
+			 size_t errlen);
 
 /* Per device and module: the loaded functions, or the sticky reason it
  * did not load.  Guarded by kernel_lock; a loaded function never
@@ -57,7 +61,7 @@ static pthread_mutex_t kernel_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
 	int state; /* 0 not tried, 1 loaded, < 0 the error */
 	CUmodule mod;
-	CUfunction fn[2];
+	CUfunction fn[KFN_MAX];
 	char why[256];
 } kernels[KMAX_DEV][KMOD_N];
 
@@ -82,7 +86,8 @@ static int kernel_get(const struct tc__cu *cu, int ordinal, enum kmod k,
 		r = cu->fn.cuModuleLoadData(&kk->mod, kmods[k].sm90);
 		if (r != CUDA_SUCCESS)
 			r = cu->fn.cuModuleLoadData(&kk->mod, kmods[k].ptx);
-		for (int i = 0; r == CUDA_SUCCESS && i < 2 && kmods[k].entry[i];
+		for (int i = 0;
+		     r == CUDA_SUCCESS && i < KFN_MAX && kmods[k].entry[i];
 		     i++) {
 			call = "cuModuleGetFunction";
 			r = cu->fn.cuModuleGetFunction(&kk->fn[i], kk->mod,
@@ -122,7 +127,7 @@ static int kernel_ready(int ordinal, enum kmod k, char *err, size_t errlen)
 {
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
-	CUfunction fn[2];
+	CUfunction fn[KFN_MAX];
 	int ret;
 
 	ret = tc__gpu_enter(ordinal, NULL, &cu, &g, err, errlen);
@@ -163,7 +168,7 @@ int tc__gpu_permute(int ordinal, const struct tc__gpu_permute *a,
 	struct tc__gpu_permute args = *a;
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
-	CUfunction fn[2];
+	CUfunction fn[KFN_MAX];
 	CUresult r;
 	void *params[1] = { &args };
 	uint64_t blocks;
@@ -213,6 +218,9 @@ out:
 
 _Static_assert(sizeof(struct tc__gpu_b3) == 64,
 	       "struct tc__gpu_b3 is the kernels' 64-byte parameter");
+_Static_assert(sizeof(struct tc__gpu_b3_copy) == 80 &&
+		       sizeof(struct tc__gpu_seg) == 24,
+	       "the fused kernel's parameter and segments");
 
 int tc__gpu_hash_ready(int ordinal, char *err, size_t errlen)
 {
@@ -220,7 +228,7 @@ int tc__gpu_hash_ready(int ordinal, char *err, size_t errlen)
 }
 
 /* Both kernels over a's chunks, on stream st (NULL: the legacy one). */
-static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[2],
+static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[KFN_MAX],
 			  struct tc__gpu_b3 *a, CUstream st)
 {
 	uint64_t nl = a->nchunks * (a->chunk_bytes / 1024);
@@ -236,6 +244,85 @@ static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[2],
 	return r;
 }
 
+static CUresult b3_copy_launch(const struct tc__cu *cu, const CUfunction fn[],
+			       struct tc__gpu_b3_copy *ca, CUstream st)
+{
+	uint64_t nl = ca->a.nchunks * (ca->a.chunk_bytes / 1024);
+	void *p0[1] = { ca }, *p1[1] = { &ca->a };
+	CUresult r;
+
+	r = cu->fn.cuLaunchKernel(
+		fn[2], (unsigned)TC_MIN((nl + 127) / 128, (uint64_t)1 << 20), 1,
+		1, 128, 1, 1, 0, st, p0, NULL);
+	if (r == CUDA_SUCCESS)
+		r = cu->fn.cuLaunchKernel(fn[1], (unsigned)ca->a.nchunks, 1, 1,
+					  256, 1, 1, 0, st, p1, NULL);
+	return r;
+}
+
+/*
+ * The fused kernel over the self-test's bytes, which sit at m + 0: three
+ * segments copied to m + 20480 as a 9,000-byte space (a gap of padding
+ * between the first two, a source not 16-byte aligned, a space ending
+ * mid-block), its digests and bytes compared with the host's.
+ */
+static int copy_selftest(const struct tc__cu *cu, const CUfunction fn[],
+			 const struct tc__gpu_mem *m, const uint8_t *data,
+			 char *why, size_t whylen)
+{
+	enum { CH = 7168, N = 9000, NCH = (N + CH - 1) / CH };
+	static const struct tc__gpu_seg layout[3] = { { 0, 1000, 0 },
+						      { 1024, 4000, 3 },
+						      { 5120, 3880, 8000 } };
+	uint8_t want_bytes[N], got_bytes[N];
+	struct tc__gpu_seg segs[3];
+	struct tc__digest got[NCH], want;
+	struct tc__gpu_b3_copy ca;
+	CUresult r;
+
+	memset(want_bytes, 0, sizeof(want_bytes));
+	for (int i = 0; i < 3; i++) {
+		segs[i] = layout[i];
+		segs[i].src = m->dptr + layout[i].src;
+		memcpy(want_bytes + layout[i].off, data + layout[i].src,
+		       layout[i].len);
+	}
+	r = cu->fn.cuMemcpyHtoD(m->dptr + 61440, segs, sizeof(segs));
+	ca = (struct tc__gpu_b3_copy){ .a = { .data = m->dptr + 20480,
+					      .size = N,
+					      .nchunks = NCH,
+					      .cvs = m->dptr + 32768,
+					      .tmp = m->dptr + 40960,
+					      .out = m->dptr + 49152,
+					      .chunk_bytes = CH },
+				       .segs = m->dptr + 61440,
+				       .nseg = 3 };
+	if (r == CUDA_SUCCESS)
+		r = b3_copy_launch(cu, fn, &ca, NULL);
+	if (r == CUDA_SUCCESS)
+		r = cu->fn.cuMemcpyDtoH(got, ca.a.out, sizeof(got));
+	if (r == CUDA_SUCCESS)
+		r = cu->fn.cuMemcpyDtoH(got_bytes, ca.a.data, N);
+	if (r != CUDA_SUCCESS)
+		return tc__cu_fail(cu, r, "cuLaunchKernel", why, whylen,
+				   "fused launch");
+	if (memcmp(got_bytes, want_bytes, N)) {
+		snprintf(why, whylen, "the fused kernel copied wrong bytes");
+		return TC_ENOTSUP;
+	}
+	for (int k = 0; k < NCH; k++) {
+		tc__hash256(want_bytes + k * CH, TC_MIN(CH, N - k * CH), &want);
+		if (!tc__digest_eq(&got[k], &want)) {
+			snprintf(why, whylen,
+				 "the fused kernel's chunk %d digest differs "
+				 "from the host's",
+				 k);
+			return TC_ENOTSUP;
+		}
+	}
+	return 0;
+}
+
 /*
  * Hash 20,000 known bytes in chunks of 7 KiB on the GPU and on the host:
  * 7 leaves per chunk (a tree that is not a power of two), a last chunk of
@@ -243,7 +330,7 @@ static CUresult b3_launch(const struct tc__cu *cu, const CUfunction fn[2],
  * (digests differ, or the test could not run).
  */
 static int hash_selftest(const struct tc__cu *cu, int ordinal,
-			 const CUfunction fn[2], char *err, size_t errlen)
+			 const CUfunction fn[KFN_MAX], char *err, size_t errlen)
 {
 	enum { CH = 7168, N = 20000, NCH = (N + CH - 1) / CH };
 	struct tc__digest got[NCH], want;
@@ -287,6 +374,8 @@ static int hash_selftest(const struct tc__cu *cu, int ordinal,
 			ret = TC_ENOTSUP;
 		}
 	}
+	if (ret == 0)
+		ret = copy_selftest(cu, fn, &m, data, why, sizeof(why));
 	tc__gpu_release(&m);
 	free(data);
 	if (ret < 0)
@@ -304,7 +393,7 @@ int tc__gpu_hash_chunks_dev(const struct tc__gpu_mem *m, uint64_t n,
 	struct tc__gpu_mem tmp;
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
-	CUfunction fn[2];
+	CUfunction fn[KFN_MAX];
 	CUresult r = CUDA_SUCCESS;
 	int ret;
 
@@ -380,7 +469,7 @@ int tc__gpu_hash_chunks_async(int ordinal, uint64_t data, uint64_t size,
 	};
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
-	CUfunction fn[2];
+	CUfunction fn[KFN_MAX];
 	CUresult r;
 	int ret;
 
@@ -403,5 +492,100 @@ int tc__gpu_hash_chunks_async(int ordinal, uint64_t data, uint64_t size,
 					  c0, c0 + nchunks, ordinal);
 	}
 	tc__cu_leave(cu, &g);
+	return ret;
+}
+
+static int segs_check(uint64_t size, const struct tc__gpu_seg *segs,
+		      uint64_t nseg, char *err, size_t errlen)
+{
+	uint64_t end = 0;
+
+	for (uint64_t i = 0; i < nseg; i++) {
+		if (segs[i].off < end || segs[i].len == 0 ||
+		    segs[i].len > size || segs[i].off > size - segs[i].len)
+			return tc__cu_seterr(
+				TC_EINVAL, err, errlen,
+				"copy and hash: segment %" PRIu64 " [%" PRIu64
+				", +%" PRIu64
+				") is empty, out of order or outside the %" PRIu64
+				"-byte space",
+				i, segs[i].off, segs[i].len, size);
+		end = segs[i].off + segs[i].len;
+	}
+	return 0;
+}
+
+int tc__gpu_copy_hash(int ordinal, uint64_t dst, uint64_t size,
+		      const struct tc__gpu_seg *segs, uint64_t nseg,
+		      struct tc__digest *out, char *err, size_t errlen)
+{
+	uint64_t nchunks = tc__chunk_count(size), leaves, scratch, segb;
+	struct tc__gpu_stream *s = NULL;
+	struct tc__gpu_mem tmp;
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUfunction fn[KFN_MAX];
+	CUresult r = CUDA_SUCCESS;
+	int ret;
+
+	ret = segs_check(size, segs, nseg, err, errlen);
+	if (ret < 0 || nchunks == 0)
+		return ret;
+	ret = kernel_ready(ordinal, KMOD_HASH, err, errlen);
+	if (ret < 0)
+		return ret;
+	leaves =
+		TC_MIN(nchunks, (uint64_t)HASH_BATCH) * (TC_CHUNK_BYTES / 1024);
+	segb = TC_ALIGN_UP(nseg * sizeof(*segs), (uint64_t)256);
+	scratch = 2 * leaves * 32 + nchunks * TC_DIGEST_BYTES + segb;
+	tc__gpu_mem_init(&tmp);
+	ret = tc__gpu_alloc(ordinal, scratch, 0, &tmp, err, errlen);
+	if (ret == 0)
+		ret = tc__gpu_stream_create(ordinal, &s, err, errlen);
+	if (ret < 0)
+		goto out_free;
+	ret = tc__gpu_enter(ordinal, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		goto out_free;
+	ret = kernel_get(cu, ordinal, KMOD_HASH, fn, err, errlen);
+	if (ret == 0)
+		r = cu->fn.cuMemcpyHtoDAsync(tmp.dptr, segs,
+					     nseg * sizeof(*segs), s->s);
+	/* Batches queued back to back on one stream: the scratch of one
+	 * batch is free again when the next starts, in stream order. */
+	for (uint64_t c0 = 0; ret == 0 && r == CUDA_SUCCESS && c0 < nchunks;
+	     c0 += HASH_BATCH) {
+		struct tc__gpu_b3_copy ca = {
+			.a = { .data = dst,
+			       .size = size,
+			       .chunk0 = c0,
+			       .nchunks = TC_MIN((uint64_t)HASH_BATCH,
+						 nchunks - c0),
+			       .cvs = tmp.dptr + segb,
+			       .tmp = tmp.dptr + segb + leaves * 32,
+			       .out = tmp.dptr + segb + 2 * leaves * 32 +
+				      c0 * TC_DIGEST_BYTES,
+			       .chunk_bytes = TC_CHUNK_BYTES },
+			.segs = tmp.dptr,
+			.nseg = nseg,
+		};
+
+		r = b3_copy_launch(cu, fn, &ca, s->s);
+	}
+	if (ret == 0 && r == CUDA_SUCCESS)
+		r = cu->fn.cuMemcpyDtoHAsync(out,
+					     tmp.dptr + segb + 2 * leaves * 32,
+					     nchunks * TC_DIGEST_BYTES, s->s);
+	if (ret == 0 && r == CUDA_SUCCESS)
+		r = cu->fn.cuStreamSynchronize(s->s);
+	if (ret == 0 && r != CUDA_SUCCESS)
+		ret = tc__cu_fail(cu, r, "cuLaunchKernel", err, errlen,
+				  "cannot copy and hash %" PRIu64
+				  " bytes (%" PRIu64 " segments) on GPU %d",
+				  size, nseg, ordinal);
+	tc__cu_leave(cu, &g);
+out_free:
+	tc__gpu_stream_free(s);
+	tc__gpu_release(&tmp);
 	return ret;
 }

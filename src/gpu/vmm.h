@@ -375,6 +375,33 @@ int tc__gpu_hash_chunks_async(int ordinal, uint64_t data, uint64_t size,
 			      uint64_t dig, struct tc__gpu_stream *s, char *err,
 			      size_t errlen);
 
+/* Bytes [off, off + len) of a byte space come from device address src
+ * (struct b3_seg in b3core.h: do not reorder). */
+struct tc__gpu_seg {
+	uint64_t off, len, src;
+};
+
+/* The parameter block of tc_b3_copy_leaves (struct b3_copy_args). */
+struct tc__gpu_b3_copy {
+	struct tc__gpu_b3 a;
+	uint64_t segs, nseg;
+};
+
+/*
+ * Copy nseg segments of device memory into the `size`-byte space at dst
+ * (zeros in the gaps between them) and compute its chunk digests in the
+ * same pass: each byte is read once, where a copy then a hash reads it
+ * twice.  segs are in increasing order of off, not overlapping, inside
+ * size; any source alignment.  On stream s (NULL: a stream of its own);
+ * returns when the bytes and out[tc__chunk_count(size)] are done.  Takes
+ * scratch device memory for the call, like tc__gpu_hash_chunks_dev.
+ * Returns 0, TC_EINVAL (a segment out of order or outside the space),
+ * TC_ENOTSUP, TC_EDEVICE, TC_ENODEV or TC_ECUDA.
+ */
+int tc__gpu_copy_hash(int ordinal, uint64_t dst, uint64_t size,
+		      const struct tc__gpu_seg *segs, uint64_t nseg,
+		      struct tc__digest *out, char *err, size_t errlen);
+
 /* ---- pinned host memory ------------------------------------------------ */
 
 /* Page-lock an existing host mapping (a memfd mapping, say) for every

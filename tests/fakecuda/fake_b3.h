@@ -10,4 +10,7 @@
  * order the GPU's barriers impose. */
 void fake_b3_run(const struct b3_args *a, int leaves);
 
+/* Run tc_b3_copy_leaves: every leaf of ca's chunks, in index order. */
+void fake_b3_copy_run(const struct b3_copy_args *ca);
+
 #endif /* TC_FAKE_B3_H */

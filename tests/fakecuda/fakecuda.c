@@ -1718,8 +1718,9 @@ static struct fmod *mods;
 static struct ffunc permute_fn = { "tc_view_permute", NULL };
 static struct ffunc b3_leaves_fn = { "tc_b3_leaves", NULL };
 static struct ffunc b3_parents_fn = { "tc_b3_parents", NULL };
+static struct ffunc b3_copy_fn = { "tc_b3_copy_leaves", NULL };
 static struct ffunc *const known_fns[] = { &permute_fn, &b3_leaves_fn,
-					   &b3_parents_fn };
+					   &b3_parents_fn, &b3_copy_fn };
 
 FAKE_API CUresult cuModuleLoadData(CUmodule *out, const void *image)
 {
@@ -1878,25 +1879,40 @@ static void fk_store(uint32_t kind, uint8_t *p, float f)
  */
 static CUresult b3_launch(const struct ffunc *f, void **params)
 {
+	struct b3_copy_args ca;
 	struct b3_args a;
-	uint64_t per, nleaf;
+	uint64_t per, nleaf, bytes;
 
-	memcpy(&a, params[0], sizeof(a));
+	if (f == &b3_copy_fn)
+		memcpy(&ca, params[0], sizeof(ca));
+	memcpy(&a, f == &b3_copy_fn ? (void *)&ca.a : params[0], sizeof(a));
 	if (a.chunk_bytes < B3_LEAF_BYTES || a.chunk_bytes % B3_LEAF_BYTES ||
 	    !a.nchunks || a.chunk0 * a.chunk_bytes >= a.size)
 		return CUDA_ERROR_INVALID_VALUE;
 	per = a.chunk_bytes / B3_LEAF_BYTES;
 	nleaf = a.nchunks * per;
+	bytes = a.size - a.chunk0 * a.chunk_bytes < a.nchunks * a.chunk_bytes ?
+			a.size - a.chunk0 * a.chunk_bytes :
+			a.nchunks * a.chunk_bytes;
 	if (!range_ok(a.cvs, nleaf * 32, PROT_WRITE) ||
 	    !range_ok(a.tmp, nleaf * 32, PROT_WRITE) ||
 	    !range_ok(a.out, a.nchunks * 32, PROT_WRITE) ||
-	    !range_ok(a.data + a.chunk0 * a.chunk_bytes,
-		      a.size - a.chunk0 * a.chunk_bytes <
-				      a.nchunks * a.chunk_bytes ?
-			      a.size - a.chunk0 * a.chunk_bytes :
-			      a.nchunks * a.chunk_bytes,
-		      PROT_READ))
+	    !range_ok(a.data + a.chunk0 * a.chunk_bytes, bytes,
+		      f == &b3_copy_fn ? PROT_WRITE : PROT_READ))
 		return CUDA_ERROR_ILLEGAL_ADDRESS;
+	if (f == &b3_copy_fn) {
+		const struct b3_seg *sg = (const struct b3_seg *)ca.segs;
+
+		/* The table and every source whole, as a GPU would fault on
+		 * any of them (the kernel reads only the launch's part). */
+		if (!range_ok(ca.segs, ca.nseg * sizeof(*sg), PROT_READ))
+			return CUDA_ERROR_ILLEGAL_ADDRESS;
+		for (uint64_t i = 0; i < ca.nseg; i++)
+			if (!range_ok(sg[i].src, sg[i].len, PROT_READ))
+				return CUDA_ERROR_ILLEGAL_ADDRESS;
+		fake_b3_copy_run(&ca);
+		return CUDA_SUCCESS;
+	}
 	fake_b3_run(&a, f == &b3_leaves_fn);
 	if (f != &b3_leaves_fn && getenv("TC_FAKECUDA_B3_WRONG"))
 		((uint32_t *)(uintptr_t)a.out)[0] ^= 1;
@@ -1923,7 +1939,8 @@ FAKE_API CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy,
 	    !params || extra)
 		RETURN(CUDA_ERROR_INVALID_VALUE);
 	if ((void *)f == (void *)&b3_leaves_fn ||
-	    (void *)f == (void *)&b3_parents_fn)
+	    (void *)f == (void *)&b3_parents_fn ||
+	    (void *)f == (void *)&b3_copy_fn)
 		RETURN(b3_launch((struct ffunc *)f, params));
 	if ((void *)f != (void *)&permute_fn)
 		RETURN(CUDA_ERROR_INVALID_HANDLE);

@@ -1129,32 +1129,40 @@ static void b3_host(const uint8_t *p, uint64_t size, uint64_t chunk_bytes,
 static void test_gpu__chunk_hash_core_is_blake3(void **state)
 {
 	static const uint64_t cb[] = { 1024, 3072, 5120, 7168, 13312 };
-	uint8_t *buf = malloc(40000);
+	uint8_t *mem = malloc(40016), *buf;
 
-	assert_non_null(buf);
-	for (int i = 0; i < 40000; i++)
-		buf[i] = (uint8_t)(i * 131 + (i >> 7));
-	for (size_t c = 0; c < sizeof(cb) / sizeof(cb[0]); c++)
-		for (uint64_t size = 1; size < 40000;
-		     size += 1 + size / 3 + (size % 61)) {
-			uint64_t nch = (size + cb[c] - 1) / cb[c];
-			struct tc__digest got[40], want;
+	assert_non_null(mem);
+	/* At a 16-byte aligned base whole leaves take the 16-byte loads, at
+	 * base + 1 the word-by-word path: both are checked. */
+	for (int shift = 0; shift < 2; shift++)
+		for (size_t c = 0; c < sizeof(cb) / sizeof(cb[0]); c++)
+			for (uint64_t size = 1; size < 40000;
+			     size += 1 + size / 3 + (size % 61)) {
+				uint64_t nch = (size + cb[c] - 1) / cb[c];
+				struct tc__digest got[40], want;
 
-			b3_host(buf, size, cb[c], got);
-			for (uint64_t k = 0; k < nch; k++) {
-				uint64_t len = b3_chunk_len(size, cb[c], k);
+				buf = mem + 16 + shift;
+				for (int i = 0; i < 40000 - shift; i++)
+					buf[i] = (uint8_t)(i * 131 + (i >> 7));
+				b3_host(buf, size, cb[c], got);
+				for (uint64_t k = 0; k < nch; k++) {
+					uint64_t len =
+						b3_chunk_len(size, cb[c], k);
 
-				tc__hash256(buf + k * cb[c], len, &want);
-				if (!tc__digest_eq(&got[k], &want))
-					fail_msg("chunk %llu of %llu bytes "
-						 "(chunks of %llu): digest "
-						 "differs",
-						 (unsigned long long)k,
-						 (unsigned long long)size,
-						 (unsigned long long)cb[c]);
+					tc__hash256(buf + k * cb[c], len,
+						    &want);
+					if (!tc__digest_eq(&got[k], &want))
+						fail_msg(
+							"chunk %llu of %llu bytes "
+							"(chunks of %llu): digest "
+							"differs",
+							(unsigned long long)k,
+							(unsigned long long)size,
+							(unsigned long long)
+								cb[c]);
+				}
 			}
-		}
-	free(buf);
+	free(mem);
 }
 
 /* tc__gpu_hash_chunks_dev on the fake: the launches, the scratch and the
@@ -1199,6 +1207,100 @@ static void test_gpu__chunk_hash_on_device(void **state)
 	assert_non_null(strstr(err, "cannot hash"));
 	tc__gpu_release(&m);
 	free(host);
+	assert_no_device_memory_used();
+}
+
+/*
+ * tc__gpu_copy_hash on the fake (the fused kernel's own arithmetic,
+ * b3core.h): random layouts of segments, as a put's table lays tensors
+ * out (256-byte aligned offsets, odd lengths, padding between them),
+ * from sources at any alignment; the destination must hold the byte
+ * space exactly (zeros in the gaps) and the digests must be the host's
+ * digests of it.  Bad segment lists are refused before any launch.
+ */
+static void test_gpu__copy_hash(void **state)
+{
+	uint64_t space = 9 * MiB + 700, srcn = 10 * MiB;
+	uint8_t *host = malloc(srcn), *want = malloc(space),
+		*back = malloc(space);
+	struct tc__gpu_seg segs[64], bad[2];
+	struct tc__digest got[3], dig;
+	struct tc__gpu_mem src, dst;
+	uint64_t seed = 0x9e3779b97f4a7c15ull;
+
+	assert_true(host && want && back);
+	for (uint64_t i = 0; i < srcn; i++)
+		host[i] = (uint8_t)((i * 2654435761u) >> 9);
+	assert_int_equal(tc__gpu_alloc(0, srcn, 0, &src, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_alloc(0, space, 0, &dst, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_write(&src, 0, host, srcn, NULL, err,
+					   sizeof(err)),
+			 0);
+	for (int round = 0; round < 6; round++) {
+		uint64_t off = 0, n = 0, used;
+
+		memset(want, 0, space);
+		while (n < 64 && off < space) {
+			uint64_t len, so;
+
+			seed = seed * 6364136223846793005ull +
+			       1442695040888963407ull;
+			len = 1 + (seed >> 33) % (round < 3 ? 700000 : 3000);
+			if (len > space - off)
+				len = space - off;
+			so = (seed >> 13) % (srcn - len);
+			if (round % 2 == 0)
+				so &= ~(uint64_t)255; /* aligned sources */
+			segs[n++] =
+				(struct tc__gpu_seg){ off, len, src.dptr + so };
+			memcpy(want + off, host + so, len);
+			off = TC_ALIGN_UP(off + len, (uint64_t)256);
+		}
+		used = n ? segs[n - 1].off + segs[n - 1].len : 0;
+		assert_int_equal(tc__gpu_memset8(0, dst.dptr, 0xA5, space, NULL,
+						 err, sizeof(err)),
+				 0);
+		assert_int_equal(tc__gpu_copy_hash(0, dst.dptr, used, segs, n,
+						   got, err, sizeof(err)),
+				 0);
+		assert_int_equal(tc__gpu_mem_read(&dst, 0, back, space, NULL,
+						  err, sizeof(err)),
+				 0);
+		assert_memory_equal(back, want, used);
+		for (uint64_t i = used; i < space; i++)
+			assert_int_equal(back[i], 0xA5); /* nothing past it */
+		for (uint64_t k = 0; k < tc__chunk_count(used); k++) {
+			tc__hash256(want + k * TC_CHUNK_BYTES,
+				    TC_MIN(TC_CHUNK_BYTES,
+					   used - k * TC_CHUNK_BYTES),
+				    &dig);
+			if (!tc__digest_eq(&got[k], &dig))
+				fail_msg(
+					"round %d: chunk %llu's digest differs",
+					round, (unsigned long long)k);
+		}
+	}
+	/* Overlapping, empty and outside: refused with the segment named. */
+	bad[0] = (struct tc__gpu_seg){ 0, 4096, src.dptr };
+	bad[1] = (struct tc__gpu_seg){ 4000, 10, src.dptr };
+	assert_int_equal(tc__gpu_copy_hash(0, dst.dptr, space, bad, 2, got, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_non_null(strstr(err, "segment 1"));
+	bad[1] = (struct tc__gpu_seg){ 4096, 0, src.dptr };
+	assert_int_equal(tc__gpu_copy_hash(0, dst.dptr, space, bad, 2, got, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	bad[1] = (struct tc__gpu_seg){ space - 5, 10, src.dptr };
+	assert_int_equal(tc__gpu_copy_hash(0, dst.dptr, space, bad, 2, got, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_non_null(strstr(err, "outside"));
+	tc__gpu_release(&src);
+	tc__gpu_release(&dst);
+	free(host);
+	free(want);
+	free(back);
 	assert_no_device_memory_used();
 }
 
@@ -1291,6 +1393,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__threads),
 		cmocka_unit_test(test_gpu__chunk_hash_core_is_blake3),
 		cmocka_unit_test(test_gpu__chunk_hash_on_device),
+		cmocka_unit_test(test_gpu__copy_hash),
 		cmocka_unit_test(test_gpu__copy_d2d),
 	};
 

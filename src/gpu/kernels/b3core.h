@@ -26,6 +26,7 @@ typedef unsigned int b3_u32;
 typedef unsigned char b3_u8;
 #else
 #include <stdint.h>
+#include <string.h>
 #define B3_FN static inline
 typedef uint64_t b3_u64;
 typedef uint32_t b3_u32;
@@ -51,6 +52,20 @@ struct b3_args {
 	b3_u64 chunk_bytes;
 };
 
+/* Bytes [off, off + len) of a byte space come from device address src. */
+struct b3_seg {
+	b3_u64 off, len, src;
+};
+
+/* The fused kernel's parameter block (struct tc__gpu_b3_copy in vmm.h):
+ * a.data is the destination; the byte space is the segments, in order of
+ * off and not overlapping, with zeros in the gaps between them. */
+struct b3_copy_args {
+	struct b3_args a;
+	b3_u64 segs; /* device address of nseg struct b3_seg */
+	b3_u64 nseg;
+};
+
 B3_FN b3_u32 b3_iv(int i)
 {
 	const b3_u32 iv[8] = { 0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u,
@@ -62,6 +77,45 @@ B3_FN b3_u32 b3_iv(int i)
 B3_FN b3_u32 b3_rotr(b3_u32 x, int n)
 {
 	return (x >> n) | (x << (32 - n));
+}
+
+/* Four message words from / to 16 aligned bytes: one 16-byte access
+ * where a GPU thread would otherwise make four.  Threads of a warp hash
+ * leaves 1 KiB apart, so each of their loads touches 32 cache lines: with
+ * 4-byte loads the L1's wavefronts, not the arithmetic, bounded the hash
+ * (~3.4 bytes per clock per multiprocessor). */
+#ifdef __CUDACC__
+B3_FN void b3_ld16(const b3_u8 *p, b3_u32 *m)
+{
+	uint4 x = __ldg((const uint4 *)p);
+
+	m[0] = x.x;
+	m[1] = x.y;
+	m[2] = x.z;
+	m[3] = x.w;
+}
+
+B3_FN void b3_st16(b3_u8 *p, const b3_u32 *m)
+{
+	*(uint4 *)p = make_uint4(m[0], m[1], m[2], m[3]);
+}
+#else
+B3_FN void b3_ld16(const b3_u8 *p, b3_u32 *m)
+{
+	memcpy(m, p, 16); /* little endian, like every GPU */
+}
+
+B3_FN void b3_st16(b3_u8 *p, const b3_u32 *m)
+{
+	memcpy(p, m, 16);
+}
+#endif
+
+/* Flags of block b of a leaf of nblocks blocks (root: B3_ROOT or 0). */
+B3_FN b3_u32 b3_block_flags(b3_u32 b, b3_u32 nblocks, b3_u32 root)
+{
+	return (b == 0 ? B3_CHUNK_START : 0) |
+	       (b == nblocks - 1 ? B3_CHUNK_END | root : 0);
 }
 
 #define B3_G(a, b, c, d, x, y)                   \
@@ -142,7 +196,7 @@ B3_FN void b3_leaf(const b3_u8 *p, b3_u64 len, b3_u64 j, b3_u32 cv[8])
 	for (int i = 0; i < 8; i++)
 		cv[i] = b3_iv(i);
 	for (b3_u32 b = 0; b < nblocks; b++) {
-		b3_u32 m[16], blen = n - b * B3_BLOCK_BYTES, flags = 0;
+		b3_u32 m[16], blen = n - b * B3_BLOCK_BYTES;
 		const b3_u8 *q = leaf + b * B3_BLOCK_BYTES;
 
 		if (blen > B3_BLOCK_BYTES)
@@ -165,11 +219,30 @@ B3_FN void b3_leaf(const b3_u8 *p, b3_u64 len, b3_u64 j, b3_u32 cv[8])
 						     << (8 * k);
 			m[w] = x;
 		}
-		if (b == 0)
-			flags |= B3_CHUNK_START;
-		if (b == nblocks - 1)
-			flags |= B3_CHUNK_END | root;
-		b3_compress(cv, m, j, blen, flags);
+		b3_compress(cv, m, j, blen, b3_block_flags(b, nblocks, root));
+	}
+}
+
+/* A whole leaf, 16-byte aligned: the common case, without b3_leaf's
+ * per-word bounds. */
+B3_FN void b3_leaf_full(const b3_u8 *leaf, b3_u64 j, b3_u32 root, b3_u32 cv[8])
+{
+	for (int i = 0; i < 8; i++)
+		cv[i] = b3_iv(i);
+#ifdef __CUDACC__
+#pragma unroll 1
+#endif
+	for (b3_u32 b = 0; b < B3_LEAF_BYTES / B3_BLOCK_BYTES; b++) {
+		b3_u32 m[16];
+
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+		for (int q = 0; q < 4; q++)
+			b3_ld16(leaf + b * B3_BLOCK_BYTES + 16 * q, m + 4 * q);
+		b3_compress(cv, m, j, B3_BLOCK_BYTES,
+			    b3_block_flags(b, B3_LEAF_BYTES / B3_BLOCK_BYTES,
+					   root));
 	}
 }
 
@@ -205,12 +278,151 @@ B3_FN void b3_leaf_at(const struct b3_args *a, b3_u64 i)
 	b3_u64 c = a->chunk0 + i / per, j = i % per;
 	b3_u64 len = b3_chunk_len(a->size, a->chunk_bytes, c);
 	b3_u32 cv[8], *out = (b3_u32 *)a->cvs + i * 8;
+	const b3_u8 *p = (const b3_u8 *)a->data + c * a->chunk_bytes;
 
 	if (j >= b3_leaves(len))
 		return;
-	b3_leaf((const b3_u8 *)a->data + c * a->chunk_bytes, len, j, cv);
+	if (len - j * B3_LEAF_BYTES >= B3_LEAF_BYTES && !((b3_u64)p & 15))
+		b3_leaf_full(p + j * B3_LEAF_BYTES, j,
+			     b3_leaves(len) == 1 ? B3_ROOT : 0, cv);
+	else
+		b3_leaf(p, len, j, cv);
 	for (int k = 0; k < 8; k++)
 		out[k] = cv[k];
+}
+
+/* The first segment that ends after byte `off` (nseg if none). */
+B3_FN b3_u64 b3_seg_find(const struct b3_seg *sg, b3_u64 nseg, b3_u64 off)
+{
+	b3_u64 lo = 0, hi = nseg;
+
+	while (lo < hi) {
+		b3_u64 mid = lo + (hi - lo) / 2;
+
+		if (sg[mid].off + sg[mid].len <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* Byte `pos` of the byte space; *k: a segment at or before the one that
+ * holds it (advanced; positions come in increasing order). */
+B3_FN b3_u32 b3_seg_byte(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
+			 b3_u64 pos)
+{
+	while (*k < nseg && sg[*k].off + sg[*k].len <= pos)
+		(*k)++;
+	if (*k == nseg || sg[*k].off > pos)
+		return 0; /* a gap: alignment padding */
+	return ((const b3_u8 *)sg[*k].src)[pos - sg[*k].off];
+}
+
+/*
+ * Block [off, off + blen) of the byte space into m (zero past blen): four
+ * 16-byte loads when one segment holds all of it at an aligned source
+ * address (tensors start at multiples of 256 bytes, so nearly every
+ * block), else byte by byte (a tensor's last bytes and the padding after
+ * them, or a source that is not 16-byte aligned).
+ */
+B3_FN void b3_gather(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
+		     b3_u64 off, b3_u32 blen, b3_u32 m[16])
+{
+	b3_u64 kk;
+
+	while (*k < nseg && sg[*k].off + sg[*k].len <= off)
+		(*k)++;
+	if (*k < nseg && blen == B3_BLOCK_BYTES && sg[*k].off <= off &&
+	    off + B3_BLOCK_BYTES <= sg[*k].off + sg[*k].len &&
+	    !((sg[*k].src + (off - sg[*k].off)) & 15)) {
+		const b3_u8 *q =
+			(const b3_u8 *)(sg[*k].src + (off - sg[*k].off));
+
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+		for (int w = 0; w < 4; w++)
+			b3_ld16(q + 16 * w, m + 4 * w);
+		return;
+	}
+	kk = *k;
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+	for (b3_u32 w = 0; w < 16; w++) {
+		b3_u32 x = 0;
+
+		for (b3_u32 t = 0; t < 4; t++)
+			if (4 * w + t < blen)
+				x |= b3_seg_byte(sg, nseg, &kk, off + 4 * w + t)
+				     << (8 * t);
+		m[w] = x;
+	}
+}
+
+/* m's first blen bytes to dst (64-byte aligned: a block of the byte
+ * space of a fresh allocation). */
+B3_FN void b3_scatter(b3_u8 *dst, const b3_u32 m[16], b3_u32 blen)
+{
+	if (blen == B3_BLOCK_BYTES) {
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+		for (int w = 0; w < 4; w++)
+			b3_st16(dst + 16 * w, m + 4 * w);
+		return;
+	}
+	/* Constant indices into m, as in b3_leaf: m stays in registers. */
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+	for (b3_u32 w = 0; w < 16; w++)
+		for (b3_u32 t = 0; t < 4; t++)
+			if (4 * w + t < blen)
+				dst[4 * w + t] = (b3_u8)(m[w] >> (8 * t));
+}
+
+/*
+ * Leaf i of a fused launch: its bytes gathered from the segments, written
+ * to the destination and hashed in one pass, so a put of device memory
+ * reads its sources once instead of copying and then reading the copy.
+ */
+B3_FN void b3_copy_leaf_at(const struct b3_copy_args *ca, b3_u64 i)
+{
+	const struct b3_args *a = &ca->a;
+	const struct b3_seg *sg = (const struct b3_seg *)ca->segs;
+	b3_u64 per = a->chunk_bytes / B3_LEAF_BYTES;
+	b3_u64 c = a->chunk0 + i / per, j = i % per;
+	b3_u64 len = b3_chunk_len(a->size, a->chunk_bytes, c);
+	b3_u64 base = c * a->chunk_bytes + j * B3_LEAF_BYTES, k;
+	b3_u32 cv[8], *out = (b3_u32 *)a->cvs + i * 8, n, nblocks, root;
+
+	if (j >= b3_leaves(len))
+		return;
+	n = (b3_u32)(len - j * B3_LEAF_BYTES < B3_LEAF_BYTES ?
+			     len - j * B3_LEAF_BYTES :
+			     B3_LEAF_BYTES);
+	nblocks = (n + B3_BLOCK_BYTES - 1) / B3_BLOCK_BYTES;
+	root = b3_leaves(len) == 1 ? B3_ROOT : 0;
+	k = b3_seg_find(sg, ca->nseg, base);
+	for (int w = 0; w < 8; w++)
+		cv[w] = b3_iv(w);
+#ifdef __CUDACC__
+#pragma unroll 1
+#endif
+	for (b3_u32 b = 0; b < nblocks; b++) {
+		b3_u32 m[16], blen = n - b * B3_BLOCK_BYTES;
+		b3_u64 off = base + b * B3_BLOCK_BYTES;
+
+		if (blen > B3_BLOCK_BYTES)
+			blen = B3_BLOCK_BYTES;
+		b3_gather(sg, ca->nseg, &k, off, blen, m);
+		b3_scatter((b3_u8 *)a->data + off, m, blen);
+		b3_compress(cv, m, j, blen, b3_block_flags(b, nblocks, root));
+	}
+	for (int w = 0; w < 8; w++)
+		out[w] = cv[w];
 }
 
 /* One level of a chunk's merge: the pairs t0, t0 + step, ... of the n

@@ -27,6 +27,18 @@ extern "C" __global__ void tc_b3_leaves(struct b3_args a)
 		b3_leaf_at(&a, i);
 }
 
+/* tc_b3_leaves fused with the copy of a put's sources into the
+ * destination (b3_copy_leaf_at); tc_b3_parents finishes it. */
+extern "C" __global__ void tc_b3_copy_leaves(struct b3_copy_args ca)
+{
+	b3_u64 total = ca.a.nchunks * (ca.a.chunk_bytes / B3_LEAF_BYTES);
+	b3_u64 step = (b3_u64)gridDim.x * blockDim.x;
+
+	for (b3_u64 i = (b3_u64)blockIdx.x * blockDim.x + threadIdx.x;
+	     i < total; i += step)
+		b3_copy_leaf_at(&ca, i);
+}
+
 extern "C" __global__ void tc_b3_parents(struct b3_args a)
 {
 	b3_u64 per = a.chunk_bytes / B3_LEAF_BYTES;
