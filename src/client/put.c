@@ -10,7 +10,10 @@
  * With TC_OPT_DEVICE the memory is a new replica on that GPU (CREATE_GPU):
  * the daemon allocates it, this process maps it writable and fills it
  * device to device (tc_put_copy_from_device), and SEAL_GPU makes the
- * daemon hash it and keep it as the artifact's only replica: no host copy.
+ * daemon keep it as the artifact's only replica: no host copy.  When one
+ * copy call fills every tensor, the copy is fused with the chunk hash
+ * (each byte read once) and SEAL_GPU carries the digests, which a daemon
+ * of the same uid adopts instead of hashing the replica again.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +42,12 @@ struct tc_put {
 	struct tc__gpu_mem gmem; /* the writable mapping of a GPU put */
 	int fd;			 /* host puts: the memfd, for tc_put_write */
 	uint8_t *touched;	 /* per tensor: its pages populated */
+	/* GPU puts: the chunk digests of the bytes as the fused copy left
+	 * them (tc__gpu_copy_hash), sent with SEAL_GPU; NULL once anything
+	 * else may have written (a device pointer handed out, a second
+	 * copy). */
+	struct tc__digest *dig;
+	bool data_out; /* tc_put_data handed out a pointer */
 };
 
 /* Build the CREATE table from the caller's descriptors and metadata. */
@@ -257,9 +266,15 @@ TC_API void *tc_put_data(tc_put *p, uint32_t i)
 {
 	if (i >= p->table.ntensors)
 		return NULL;
-	if (p->device >= 0)
+	if (p->device >= 0) {
+		/* The caller may write through it at any time: the fused
+		 * copy's digests no longer vouch for the bytes. */
+		p->data_out = true;
+		tc__free(p->dig);
+		p->dig = NULL;
 		return (void *)(uintptr_t)(p->gmem.dptr +
 					   p->table.tensors[i].offset);
+	}
 #ifdef MADV_POPULATE_WRITE
 	if (!p->touched[i] && p->table.tensors[i].nbytes) {
 		/* The caller is about to write this tensor: its pages in one
@@ -327,6 +342,75 @@ TC_API int32_t tc_put_device(const tc_put *p)
 	return p->device;
 }
 
+static int seg_cmp(const void *a, const void *b)
+{
+	const struct tc__gpu_seg *x = a, *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/*
+ * When these n copies fill every tensor of the put, each exactly once and
+ * nothing was handed out through tc_put_data: copy and hash in one pass
+ * (tc__gpu_copy_hash) and keep the digests for SEAL_GPU.  TC_ENOTSUP when
+ * it does not apply (or the kernels do not load here): the caller copies
+ * as before and the daemon hashes.  Other errors are the copy's.
+ */
+static int copy_hash_all(tc_put *p, uint32_t n, const uint32_t *index,
+			 const uint64_t *src)
+{
+	uint32_t nt = p->table.ntensors, nseg = 0;
+	uint64_t nch = tc__chunk_count(p->table.total_bytes);
+	struct tc__gpu_seg *segs;
+	uint8_t *seen;
+	char err[512];
+	int rc = 0;
+
+	if (p->data_out || nch == 0 || n > nt)
+		return TC_ENOTSUP;
+	seen = tc__calloc(nt ? nt : 1, 1);
+	segs = tc__calloc(n ? n : 1, sizeof(*segs));
+	if (!seen || !segs) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t k = 0; k < n; k++) {
+		const struct tc__tensor *x = &p->table.tensors[index[k]];
+
+		if (seen[index[k]]++) {
+			rc = TC_ENOTSUP; /* the same tensor twice */
+			goto out;
+		}
+		if (x->nbytes)
+			segs[nseg++] = (struct tc__gpu_seg){ x->offset,
+							     x->nbytes,
+							     src[k] };
+	}
+	for (uint32_t i = 0; i < nt; i++)
+		if (!seen[i] && p->table.tensors[i].nbytes) {
+			rc = TC_ENOTSUP; /* some tensor left to the caller */
+			goto out;
+		}
+	qsort(segs, nseg, sizeof(*segs), seg_cmp);
+	p->dig = tc__calloc(nch, sizeof(*p->dig));
+	if (!p->dig) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = tc__gpu_copy_hash(p->device, p->gmem.dptr, p->table.total_bytes,
+			       segs, nseg, p->dig, err, sizeof(err));
+	if (rc < 0) {
+		tc__free(p->dig);
+		p->dig = NULL;
+		if (rc != TC_ENOTSUP)
+			tc__client_err(p->c, rc, err);
+	}
+out:
+	tc__free(seen);
+	tc__free(segs);
+	return rc == -ENOMEM ? tc__client_err(p->c, rc, "out of memory") : rc;
+}
+
 TC_API int tc_put_copy_from_device(tc_put *p, uint32_t n, const uint32_t *index,
 				   const uint64_t *src)
 {
@@ -345,6 +429,11 @@ TC_API int tc_put_copy_from_device(tc_put *p, uint32_t n, const uint32_t *index,
 				 index[k], p->table.ntensors);
 			return tc__client_err(p->c, TC_EINVAL, err);
 		}
+	tc__free(p->dig);
+	p->dig = NULL;
+	rc = copy_hash_all(p, n, index, src);
+	if (rc != TC_ENOTSUP)
+		return rc; /* done, or failed with its message set */
 	/* One stream, one synchronisation: a model's thousand tensors must
 	 * not pay a thousand blocking copies. */
 	rc = tc__gpu_stream_create(p->device, &s, err, sizeof(err));
@@ -379,6 +468,7 @@ static void put_free(tc_put *p)
 	if (p->fd >= 0)
 		close(p->fd);
 	tc__free(p->touched);
+	tc__free(p->dig);
 	tc__gpu_release(&p->gmem);
 	tc__table_release(&p->table);
 	tc_client_close(p->c);
@@ -396,6 +486,12 @@ static int send_handle(tc_put *p, int type, struct reply *rep)
 	int rc;
 
 	tc__buf_put_u64(&b, p->handle);
+	if (type == TC_MSG_SEAL_GPU && p->dig) {
+		uint64_t nch = tc__chunk_count(p->table.total_bytes);
+
+		tc__buf_put_u64(&b, nch);
+		tc__buf_put(&b, p->dig, nch * TC_DIGEST_BYTES);
+	}
 	tc__frame_finish(&b, off);
 	rc = tc__client_call(p->c, &b, NULL, 0, NULL, rep);
 	tc__buf_release(&b);

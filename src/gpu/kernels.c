@@ -261,80 +261,137 @@ static CUresult b3_copy_launch(const struct tc__cu *cu, const CUfunction fn[],
 }
 
 /*
- * The fused kernel over the self-test's bytes, which sit at m + 0: three
- * segments copied to m + 20480 as a 9,000-byte space (a gap of padding
- * between the first two, a source not 16-byte aligned, a space ending
- * mid-block), its digests and bytes compared with the host's.
+ * The self-tests' device memory: known bytes at 0, then each test's
+ * destination and scratch at fixed places (all far below 512 KiB).
  */
-static int copy_selftest(const struct tc__cu *cu, const CUfunction fn[],
-			 const struct tc__gpu_mem *m, const uint8_t *data,
-			 char *why, size_t whylen)
+enum {
+	ST_BYTES = 512 << 10,
+	ST_DATA = 80000,     /* known bytes at 0 */
+	ST_DST = 160 << 10,  /* a fused copy's destination */
+	ST_CVS = 256 << 10,  /* chaining values */
+	ST_TMP = 320 << 10,  /* their ping-pong */
+	ST_OUT = 384 << 10,  /* digests */
+	ST_SEGS = 448 << 10, /* a fused copy's segment table */
+};
+
+/* Digests and (fused) bytes of a launch compared with the host's. */
+static int selftest_check(const struct tc__cu *cu, uint64_t base,
+			  const uint8_t *want, uint64_t n, uint64_t ch,
+			  bool bytes, const char *what, char *why,
+			  size_t whylen)
 {
-	enum { CH = 7168, N = 9000, NCH = (N + CH - 1) / CH };
-	static const struct tc__gpu_seg layout[3] = { { 0, 1000, 0 },
-						      { 1024, 4000, 3 },
-						      { 5120, 3880, 8000 } };
-	uint8_t want_bytes[N], got_bytes[N];
-	struct tc__gpu_seg segs[3];
-	struct tc__digest got[NCH], want;
-	struct tc__gpu_b3_copy ca;
+	struct tc__digest got[8], d;
+	uint64_t nch = (n + ch - 1) / ch;
+	uint8_t *back = bytes ? malloc(n) : NULL;
 	CUresult r;
 
-	memset(want_bytes, 0, sizeof(want_bytes));
-	for (int i = 0; i < 3; i++) {
-		segs[i] = layout[i];
-		segs[i].src = m->dptr + layout[i].src;
-		memcpy(want_bytes + layout[i].off, data + layout[i].src,
-		       layout[i].len);
+	if (bytes && !back)
+		return tc__cu_seterr(TC_ENOTSUP, why, whylen, "out of memory");
+	r = cu->fn.cuMemcpyDtoH(got, base + ST_OUT, nch * sizeof(got[0]));
+	if (r == CUDA_SUCCESS && bytes)
+		r = cu->fn.cuMemcpyDtoH(back, base + ST_DST, n);
+	if (r != CUDA_SUCCESS) {
+		free(back);
+		return tc__cu_fail(cu, r, "cuMemcpyDtoH", why, whylen,
+				   "%s: read back", what);
 	}
-	r = cu->fn.cuMemcpyHtoD(m->dptr + 61440, segs, sizeof(segs));
-	ca = (struct tc__gpu_b3_copy){ .a = { .data = m->dptr + 20480,
-					      .size = N,
-					      .nchunks = NCH,
-					      .cvs = m->dptr + 32768,
-					      .tmp = m->dptr + 40960,
-					      .out = m->dptr + 49152,
-					      .chunk_bytes = CH },
-				       .segs = m->dptr + 61440,
-				       .nseg = 3 };
-	if (r == CUDA_SUCCESS)
-		r = b3_copy_launch(cu, fn, &ca, NULL);
-	if (r == CUDA_SUCCESS)
-		r = cu->fn.cuMemcpyDtoH(got, ca.a.out, sizeof(got));
-	if (r == CUDA_SUCCESS)
-		r = cu->fn.cuMemcpyDtoH(got_bytes, ca.a.data, N);
-	if (r != CUDA_SUCCESS)
-		return tc__cu_fail(cu, r, "cuLaunchKernel", why, whylen,
-				   "fused launch");
-	if (memcmp(got_bytes, want_bytes, N)) {
-		snprintf(why, whylen, "the fused kernel copied wrong bytes");
-		return TC_ENOTSUP;
+	if (bytes && memcmp(back, want, n)) {
+		free(back);
+		return tc__cu_seterr(TC_ENOTSUP, why, whylen,
+				     "%s: wrong bytes copied", what);
 	}
-	for (int k = 0; k < NCH; k++) {
-		tc__hash256(want_bytes + k * CH, TC_MIN(CH, N - k * CH), &want);
-		if (!tc__digest_eq(&got[k], &want)) {
-			snprintf(why, whylen,
-				 "the fused kernel's chunk %d digest differs "
-				 "from the host's",
-				 k);
-			return TC_ENOTSUP;
-		}
+	free(back);
+	for (uint64_t k = 0; k < nch; k++) {
+		tc__hash256(want + k * ch, TC_MIN(ch, n - k * ch), &d);
+		if (!tc__digest_eq(&got[k], &d))
+			return tc__cu_seterr(TC_ENOTSUP, why, whylen,
+					     "%s: chunk %" PRIu64
+					     "'s digest differs from the "
+					     "host's",
+					     what, k);
 	}
 	return 0;
 }
 
 /*
+ * The fused kernel on the self-test's known bytes, twice: a 9,000-byte
+ * space in 7 KiB chunks (lane by lane: 7 leaves per chunk) and a
+ * 72,000-byte space in 32 KiB chunks (whole warps, then lane by lane for
+ * the short last chunk), each of three segments with padding between
+ * them, one source not 16-byte aligned, the space ending mid-block.
+ */
+static int copy_selftest(const struct tc__cu *cu, const CUfunction fn[],
+			 uint64_t base, const uint8_t *data, char *why,
+			 size_t whylen)
+{
+	static const struct {
+		uint64_t n, ch;
+		struct tc__gpu_seg seg[3];
+	} cases[2] = {
+		{ 9000,
+		  7168,
+		  { { 0, 1000, 0 }, { 1024, 4000, 3 }, { 5120, 3880, 8000 } } },
+		{ 72000,
+		  32768,
+		  { { 0, 30000, 0 },
+		    { 30208, 20000, 5 },
+		    { 50432, 21568, 40000 } } },
+	};
+	uint8_t *want = malloc(72000);
+	int ret = 0;
+
+	if (!want)
+		return tc__cu_seterr(TC_ENOTSUP, why, whylen, "out of memory");
+	for (int c = 0; ret == 0 && c < 2; c++) {
+		struct tc__gpu_seg segs[3];
+		struct tc__gpu_b3_copy ca = {
+			.a = { .data = base + ST_DST,
+			       .size = cases[c].n,
+			       .nchunks = (cases[c].n + cases[c].ch - 1) /
+					  cases[c].ch,
+			       .cvs = base + ST_CVS,
+			       .tmp = base + ST_TMP,
+			       .out = base + ST_OUT,
+			       .chunk_bytes = cases[c].ch },
+			.segs = base + ST_SEGS,
+			.nseg = 3,
+		};
+		CUresult r;
+
+		memset(want, 0, cases[c].n);
+		for (int i = 0; i < 3; i++) {
+			segs[i] = cases[c].seg[i];
+			segs[i].src += base;
+			memcpy(want + segs[i].off, data + cases[c].seg[i].src,
+			       segs[i].len);
+		}
+		r = cu->fn.cuMemcpyHtoD(base + ST_SEGS, segs, sizeof(segs));
+		if (r == CUDA_SUCCESS)
+			r = b3_copy_launch(cu, fn, &ca, NULL);
+		if (r != CUDA_SUCCESS)
+			ret = tc__cu_fail(cu, r, "cuLaunchKernel", why, whylen,
+					  "fused launch");
+		else
+			ret = selftest_check(cu, base, want, cases[c].n,
+					     cases[c].ch, true, "fused kernel",
+					     why, whylen);
+	}
+	free(want);
+	return ret;
+}
+
+/*
  * Hash 20,000 known bytes in chunks of 7 KiB on the GPU and on the host:
  * 7 leaves per chunk (a tree that is not a power of two), a last chunk of
- * 6 leaves ending mid-block.  Returns 0, or TC_ENOTSUP with the reason
- * (digests differ, or the test could not run).
+ * 6 leaves ending mid-block; then the fused kernel (copy_selftest).
+ * Returns 0, or TC_ENOTSUP with the reason (digests differ, or the test
+ * could not run).
  */
 static int hash_selftest(const struct tc__cu *cu, int ordinal,
 			 const CUfunction fn[KFN_MAX], char *err, size_t errlen)
 {
-	enum { CH = 7168, N = 20000, NCH = (N + CH - 1) / CH };
-	struct tc__digest got[NCH], want;
-	uint8_t *data = malloc(N);
+	enum { CH = 7168, N = 20000 };
+	uint8_t *data = malloc(ST_DATA);
 	struct tc__gpu_mem m;
 	struct tc__gpu_b3 a;
 	char why[256] = "";
@@ -344,38 +401,31 @@ static int hash_selftest(const struct tc__cu *cu, int ordinal,
 	if (!data)
 		return tc__cu_seterr(TC_ENOTSUP, err, errlen,
 				     "chunk hash self-test: out of memory");
-	for (int i = 0; i < N; i++)
+	for (int i = 0; i < ST_DATA; i++)
 		data[i] = (uint8_t)((i * 2654435761u) >> 11);
-	ret = tc__gpu_alloc(ordinal, 65536, 0, &m, why, sizeof(why));
+	tc__gpu_mem_init(&m);
+	ret = tc__gpu_alloc(ordinal, ST_BYTES, 0, &m, why, sizeof(why));
 	if (ret == 0)
-		ret = tc__gpu_htod(ordinal, m.dptr, data, N, NULL, why,
+		ret = tc__gpu_htod(ordinal, m.dptr, data, ST_DATA, NULL, why,
 				   sizeof(why));
 	if (ret == 0) {
 		a = (struct tc__gpu_b3){ .data = m.dptr,
 					 .size = N,
-					 .nchunks = NCH,
-					 .cvs = m.dptr + 32768,
-					 .tmp = m.dptr + 40960,
-					 .out = m.dptr + 49152,
+					 .nchunks = (N + CH - 1) / CH,
+					 .cvs = m.dptr + ST_CVS,
+					 .tmp = m.dptr + ST_TMP,
+					 .out = m.dptr + ST_OUT,
 					 .chunk_bytes = CH };
 		r = b3_launch(cu, fn, &a, NULL);
-		if (r == CUDA_SUCCESS)
-			r = cu->fn.cuMemcpyDtoH(got, a.out, sizeof(got));
 		if (r != CUDA_SUCCESS)
 			ret = tc__cu_fail(cu, r, "cuLaunchKernel", why,
 					  sizeof(why), "launch");
-	}
-	for (int k = 0; ret == 0 && k < NCH; k++) {
-		tc__hash256(data + k * CH, TC_MIN(CH, N - k * CH), &want);
-		if (!tc__digest_eq(&got[k], &want)) {
-			snprintf(why, sizeof(why),
-				 "chunk %d's digest differs from the host's",
-				 k);
-			ret = TC_ENOTSUP;
-		}
+		else
+			ret = selftest_check(cu, m.dptr, data, N, CH, false,
+					     "hash kernel", why, sizeof(why));
 	}
 	if (ret == 0)
-		ret = copy_selftest(cu, fn, &m, data, why, sizeof(why));
+		ret = copy_selftest(cu, fn, m.dptr, data, why, sizeof(why));
 	tc__gpu_release(&m);
 	free(data);
 	if (ret < 0)

@@ -377,6 +377,37 @@ int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
 	return 0;
 }
 
+int tc__proto_get_seal_gpu(struct tc__cur *c, uint64_t *handle,
+			   uint64_t *nchunks, const uint8_t **digests,
+			   char *err, size_t errlen)
+{
+	*nchunks = 0;
+	*digests = NULL;
+	if (tc__cur_read_u64(c, handle) < 0) {
+		snprintf(err, errlen, "SEAL_GPU: truncated handle");
+		return TC_EPROTO;
+	}
+	if (!c->left)
+		return 0;
+	if (tc__cur_read_u64(c, nchunks) < 0) {
+		snprintf(err, errlen, "SEAL_GPU: truncated chunk count");
+		return TC_EPROTO;
+	}
+	if (*nchunks == 0 || *nchunks > TC_PROTO_MAX_CHUNKS) {
+		snprintf(err, errlen,
+			 "SEAL_GPU: %llu chunk digests (1 to %llu)",
+			 (unsigned long long)*nchunks,
+			 (unsigned long long)TC_PROTO_MAX_CHUNKS);
+		return TC_ELIMIT;
+	}
+	if (tc__cur_read_bytes(c, *nchunks * 32, digests) < 0 || c->left) {
+		snprintf(err, errlen,
+			 "SEAL_GPU: digests truncated or bytes after them");
+		return TC_EPROTO;
+	}
+	return 0;
+}
+
 int tc__proto_get_bind_flags(struct tc__cur *c, bool optional, uint32_t *flags,
 			     bool *present, char *err, size_t errlen)
 {

@@ -145,6 +145,14 @@ int tc__proto_get_table(struct tc__cur *c, int check_layout,
 int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
 			    size_t idlen, uint64_t *nchunks,
 			    const uint8_t **digests, char *err, size_t errlen);
+/* SEAL_GPU body: u64 handle, then optionally u64 nchunks (1..2^24) and
+ * nchunks x 32-byte digests: the chunk digests the client computed while
+ * copying (*nchunks 0 when the body ends after the handle, as from
+ * clients before them).  `*digests` points into the cursor's buffer.
+ * Returns 0, TC_EPROTO or TC_ELIMIT, with `err` set. */
+int tc__proto_get_seal_gpu(struct tc__cur *c, uint64_t *handle,
+			   uint64_t *nchunks, const uint8_t **digests,
+			   char *err, size_t errlen);
 /* The binding flags of BIND (required) or SWAP (optional: *present false
  * when the body ends here, as from clients before them).  Returns 0,
  * TC_EPROTO (a truncated field) or TC_EINVAL (an unknown flag) with

@@ -78,8 +78,8 @@ int on_status(struct conn *c, struct req *r)
 	free(cfg);
 	j = json_pack(
 		"{s:s, s:i, s:I, s:s?, s:I, s:i, s:i, s:I, s:I, s:I, s:I, s:I, "
-		"s:I, s:I, s:I, s:I, s:i, s:s, s:i, s:I, s:I, s:o, s:o, s:i, s:i, "
-		"s:i}",
+		"s:I, s:I, s:I, s:I, s:I, s:i, s:s, s:i, s:I, s:I, s:o, s:o, s:i, "
+		"s:i, s:i}",
 		"version", TC_VERSION_STRING, "pid", (int)getpid(), "epoch",
 		(json_int_t)s->epoch, "socket", s->cfg->socket, "uptime_ms",
 		(json_int_t)(tc__now_ms() - s->start_ms), "clients", s->nconns,
@@ -90,7 +90,8 @@ int on_status(struct conn *c, struct req *r)
 		"evictions", (json_int_t)s->objs.host.evictions, "attaches",
 		(json_int_t)s->n_attach, "imports", (json_int_t)s->n_import,
 		"puts", (json_int_t)s->n_put, "puts_verified_by_pull",
-		(json_int_t)s->n_put_verified, "protocol_errors",
+		(json_int_t)s->n_put_verified, "gpu_puts_hashed_by_client",
+		(json_int_t)s->n_put_gpu_client_hashed, "protocol_errors",
 		(json_int_t)s->n_proto_err, "io_threads", s->cfg->io_threads,
 		"io_engine", tc__io_engine_name(s->cfg->io_engine),
 		"jobs_pending",

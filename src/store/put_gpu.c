@@ -7,14 +7,19 @@
  * in device to device; SEAL_GPU hashes the bytes (device to host through
  * pinned staging, BLAKE3 on the CPU: the id is the same content id a host
  * put of the same tensors gets) and keeps the allocation as the artifact's
- * replica on that GPU.  No host copy is made.  Like SEAL after an unmapped
- * memfd, the seal trusts the client to have released its writable mapping
- * (libtcast does, before it sends SEAL_GPU); GPU sharing is one trust
+ * replica on that GPU.  A client that copied with the fused copy+hash
+ * sends its chunk digests with SEAL_GPU; when it runs as the daemon's own
+ * uid (which could change the daemon's memory anyway) they stand for the
+ * hash, as a pull's verified digests do for a host put; any other uid's
+ * replica is hashed whatever it says.  No host copy is made.  Like SEAL after
+ * an unmapped memfd, the seal trusts the client to have released its writable
+ * mapping (libtcast does, before it sends SEAL_GPU); GPU sharing is one trust
  * domain per uid (docs/gpu.md).
  */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -43,6 +48,7 @@ struct gpu_put {
 	int dev;		/* the daemon's ordinal, once charged */
 	uint64_t charged;	/* GPU budget bytes */
 	struct tc__gpu_mem mem; /* the replica-to-be */
+	struct tc__digest *dig; /* SEAL_GPU's digests, adopted (same uid) */
 	bool busy; /* a job runs for it (its connection is paused) */
 	struct gpu_put *next;
 };
@@ -50,6 +56,7 @@ struct gpu_put {
 static void gput_free(struct server *s, struct gpu_put *p)
 {
 	tc__gpu_release(&p->mem);
+	tc__free(p->dig);
 	if (p->charged)
 		tc__gpu_tier_unreserve(s->gpu, p->dev, p->charged);
 	tc__obj_free(p->o);
@@ -126,7 +133,9 @@ static void gput_run(struct tc__job *job)
 		j->rc = tc__gpu_memset8(p->dev, p->mem.dptr + n, 0,
 					p->mem.size - n, NULL, j->err,
 					sizeof(j->err));
-	if (j->rc == 0)
+	if (j->rc == 0 && p->dig)
+		memcpy(chunks, p->dig, nchunks * sizeof(*chunks));
+	else if (j->rc == 0)
 		j->rc = tc__gpu_hash_chunks(&p->mem, n, j->nthreads, chunks,
 					    j->err, sizeof(j->err));
 	if (j->rc == 0)
@@ -161,11 +170,13 @@ static int seal_insert(struct gput_job *j)
 	tc__gpu_tier_adopt(s->gpu, o, p->dev, &p->mem, p->charged, j->seconds);
 	p->charged = 0;
 	s->n_put++;
+	s->n_put_gpu_client_hashed += p->dig != NULL;
 	tc__metrics_path(TC_MPATH_PUT, o->table.total_bytes, j->ns);
 	tc__log(TC_LOG_INFO,
-		"put '%s' on GPU %d from device memory: %llu bytes, hashed "
+		"put '%s' on GPU %d from device memory: %llu bytes, %s "
 		"in %.3f s (%.2f GB/s)%s",
 		o->id, p->dev, (unsigned long long)o->table.total_bytes,
+		p->dig ? "sealed with the client's digests" : "hashed",
 		j->seconds,
 		j->seconds > 0 ?
 			(double)o->table.total_bytes / j->seconds / 1e9 :
@@ -381,19 +392,11 @@ out_free:
 	return rc;
 }
 
-/* The unsealed GPU put a SEAL_GPU or ABORT_GPU names; NULL with *rc. */
-static struct gpu_put *gput_of_req(struct conn *c, struct req *r, int *rc)
+/* The unsealed GPU put `handle` names; NULL with *rc. */
+static struct gpu_put *gput_of_handle(struct conn *c, uint64_t handle, int *rc)
 {
-	struct gpu_put *p;
-	uint64_t handle;
+	struct gpu_put *p = gput_find(c, handle);
 
-	if (tc__cur_read_u64(&r->body, &handle) < 0) {
-		*rc = TC_EPROTO;
-		return NULL;
-	}
-	if ((*rc = tc__srv_body_end(c, r)) < 0)
-		return NULL;
-	p = gput_find(c, handle);
 	if (!p || p->busy) {
 		snprintf(c->err, sizeof(c->err),
 			 p ? "GPU put %llu is busy" :
@@ -407,21 +410,47 @@ static struct gpu_put *gput_of_req(struct conn *c, struct req *r, int *rc)
 
 int on_seal_gpu(struct conn *c, struct req *r)
 {
+	const uint8_t *raw;
 	struct gpu_put *p;
+	uint64_t handle, n;
 	int rc;
 
-	p = gput_of_req(c, r, &rc);
+	rc = tc__proto_get_seal_gpu(&r->body, &handle, &n, &raw, c->err,
+				    sizeof(c->err));
+	if (rc < 0)
+		return rc;
+	p = gput_of_handle(c, handle, &rc);
 	if (!p)
 		return rc;
+	if (n && n != tc__chunk_count(p->o->table.total_bytes)) {
+		snprintf(
+			c->err, sizeof(c->err),
+			"SEAL_GPU: %llu chunk digests for a put of %llu chunks",
+			(unsigned long long)n,
+			(unsigned long long)tc__chunk_count(
+				p->o->table.total_bytes));
+		return TC_EINVAL;
+	}
+	if (n && c->uid == geteuid()) {
+		p->dig = tc__malloc(n * sizeof(*p->dig));
+		if (!p->dig)
+			return -ENOMEM;
+		memcpy(p->dig, raw, n * TC_DIGEST_BYTES);
+	}
 	return gput_submit(c, r, p, 3);
 }
 
 int on_abort_gpu(struct conn *c, struct req *r)
 {
 	struct gpu_put *p;
+	uint64_t handle;
 	int rc;
 
-	p = gput_of_req(c, r, &rc);
+	if (tc__cur_read_u64(&r->body, &handle) < 0)
+		return TC_EPROTO;
+	if ((rc = tc__srv_body_end(c, r)) < 0)
+		return rc;
+	p = gput_of_handle(c, handle, &rc);
 	if (!p)
 		return rc;
 	gput_unlink(c, p);

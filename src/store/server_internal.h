@@ -205,7 +205,9 @@ struct server {
 	uint64_t epoch;
 	uint64_t start_ms;
 	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
-	uint64_t n_put_verified; /* sealed with their pull's digests */
+	uint64_t n_put_verified;	  /* sealed with their pull's digests */
+	uint64_t n_put_gpu_client_hashed; /* GPU puts sealed with the fused
+					     copy's digests */
 	/* The spare (shm.h): one segment allocated ahead at idle, charged to
 	 * the budget, taken by the next import or put that fits, and dropped
 	 * first when a request needs its room. */

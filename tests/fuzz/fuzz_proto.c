@@ -48,6 +48,8 @@ static void decode_body(const uint8_t *p, size_t n)
 		tc__proto_get_put_serve(&c, &h, id, sizeof(id), &nc, &raw, err,
 					sizeof(err));
 		tc__cur_init(&c, p, n);
+		tc__proto_get_seal_gpu(&c, &h, &nc, &raw, err, sizeof(err));
+		tc__cur_init(&c, p, n);
 		if (tc__proto_get_put_have(&c, &h, &fl, &nh, &raw, err,
 					   sizeof(err)) == 0) {
 			struct tc__cur cc;

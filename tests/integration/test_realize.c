@@ -23,6 +23,8 @@
 #include "tcast/errors.h"
 #include "tlib.h"
 
+#define MiB ((uint64_t)1 << 20)
+
 #ifndef TC_FAKECUDA_PATH
 #error "TC_FAKECUDA_PATH must name the fake driver"
 #endif
@@ -275,6 +277,85 @@ static void test_realize__gpu(void **state)
 	assert_int_equal(t_daemon_stop(&D), 0);
 }
 
+/*
+ * One copy call that fills every tensor takes the fused copy+hash: the
+ * daemon seals with the client's digests (STATUS
+ * gpu_puts_hashed_by_client), and the id is the one a host put of the same
+ * bytes gets, padding between tensors and chunk boundaries included (five
+ * tensors over 9 MiB: three digest chunks, odd sizes, one source not
+ * 16-byte aligned).  A put whose caller also took a device pointer
+ * (tc_put_data) may have been written after the copy: the daemon hashes
+ * it, and the id is right either way.
+ */
+static void test_realize__put_from_device_fused(void **state)
+{
+	enum { NT = 5 };
+	static const uint64_t len[NT] = { 3 * MiB + 5, 1, 4 * MiB + 999, 77,
+					  2 * MiB };
+	uint64_t shape[NT][1], srcoff[NT], idx_src[NT], off = 0;
+	struct tc_tensor_desc d[NT];
+	struct tc_opts o = { 0 };
+	struct tc_result res, hres;
+	struct tc__gpu_mem src;
+	uint32_t idx[NT];
+	uint8_t *host = malloc(10 * MiB);
+	char err[512], name[NT][8];
+	tc_client *c;
+	tc_put *p;
+
+	(void)state;
+	assert_non_null(host);
+	for (uint64_t i = 0; i < 10 * MiB; i++)
+		host[i] = (uint8_t)((i * 2654435761u) >> 7);
+	start(TC_FAKECUDA_PATH);
+	c = t_connect(D.sock);
+	assert_int_equal(tc__gpu_alloc(0, 11 * MiB, 0, &src, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_mem_write(&src, 0, host, 10 * MiB, NULL, err,
+					   sizeof(err)),
+			 0);
+	for (int i = 0; i < NT; i++) {
+		snprintf(name[i], sizeof(name[i]), "t%d", i);
+		shape[i][0] = len[i];
+		d[i] = (struct tc_tensor_desc){ name[i], TC_DTYPE_U8, 1,
+						shape[i] };
+		srcoff[i] = off + (i == 2 ? 3 : 0); /* one unaligned source */
+		off += len[i] + 64;
+		/* copied in reverse order: the table's order is the daemon's */
+		idx[i] = (uint32_t)(NT - 1 - i);
+	}
+	for (int i = 0; i < NT; i++)
+		idx_src[i] = src.dptr + srcoff[idx[i]];
+	o.field_mask = TC_OPT_DEVICE;
+	o.device = 0;
+	for (int round = 0; round < 2; round++) {
+		long long before = t_status_int(c, "gpu_puts_hashed_by_client");
+
+		assert_int_equal(tc_put_begin(c, d, NT, NULL, &o, &p), 0);
+		if (round == 1)
+			assert_non_null(tc_put_data(p, 1));
+		assert_int_equal(tc_put_copy_from_device(p, NT, idx, idx_src),
+				 0);
+		assert_int_equal(tc_put_commit(p, &res), 0);
+		assert_int_equal(t_status_int(c, "gpu_puts_hashed_by_client"),
+				 before + (round == 0));
+		/* the same bytes from host memory: the same id */
+		assert_int_equal(tc_put_begin(c, d, NT, NULL, NULL, &p), 0);
+		for (int i = 0; i < NT; i++)
+			assert_int_equal(tc_put_write(p, tc_put_offset(p, i),
+						      host + srcoff[i], len[i]),
+					 0);
+		assert_int_equal(tc_put_commit(p, &hres), 0);
+		assert_string_equal(hres.id, res.id);
+		assert_int_equal(hres.deduplicated, 1);
+		assert_int_equal(tc_rm(c, res.id), 0);
+	}
+	tc__gpu_release(&src);
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&D), 0);
+	free(host);
+}
+
 /* Two tensors "a" (F32 [n]) and "b" (U8 [m]) put from GPU 0's memory: the
  * daemon keeps a GPU replica and no host copy, and the id is the one a
  * host put of the same bytes gets (which then joins it). */
@@ -432,6 +513,7 @@ int main(void)
 		cmocka_unit_test(test_realize__host_sources),
 		cmocka_unit_test(test_realize__gpu),
 		cmocka_unit_test(test_realize__put_from_device),
+		cmocka_unit_test(test_realize__put_from_device_fused),
 		cmocka_unit_test(test_realize__daemon_without_gpu),
 	};
 

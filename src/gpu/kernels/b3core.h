@@ -320,67 +320,64 @@ B3_FN b3_u32 b3_seg_byte(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
 }
 
 /*
- * Block [off, off + blen) of the byte space into m (zero past blen): four
- * 16-byte loads when one segment holds all of it at an aligned source
- * address (tensors start at multiples of 256 bytes, so nearly every
- * block), else byte by byte (a tensor's last bytes and the padding after
- * them, or a source that is not 16-byte aligned).
+ * Bytes [off, off + n) of the byte space (n <= 16) into m[0..3], zero
+ * past n: one 16-byte load when one segment holds all 16 at an aligned
+ * source address (tensors start at multiples of 256 bytes, so nearly
+ * every piece), else byte by byte (a tensor's last bytes and the padding
+ * after them, or a source that is not 16-byte aligned).  *k: a segment at
+ * or before the one holding off (advanced; offsets of one caller's
+ * pieces come in increasing order).
  */
-B3_FN void b3_gather(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
-		     b3_u64 off, b3_u32 blen, b3_u32 m[16])
+B3_FN void b3_gather16(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
+		       b3_u64 off, b3_u32 n, b3_u32 m[4])
 {
 	b3_u64 kk;
 
 	while (*k < nseg && sg[*k].off + sg[*k].len <= off)
 		(*k)++;
-	if (*k < nseg && blen == B3_BLOCK_BYTES && sg[*k].off <= off &&
-	    off + B3_BLOCK_BYTES <= sg[*k].off + sg[*k].len &&
+	if (n == 16 && *k < nseg && sg[*k].off <= off &&
+	    off + 16 <= sg[*k].off + sg[*k].len &&
 	    !((sg[*k].src + (off - sg[*k].off)) & 15)) {
-		const b3_u8 *q =
-			(const b3_u8 *)(sg[*k].src + (off - sg[*k].off));
-
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-		for (int w = 0; w < 4; w++)
-			b3_ld16(q + 16 * w, m + 4 * w);
+		b3_ld16((const b3_u8 *)(sg[*k].src + (off - sg[*k].off)), m);
 		return;
 	}
 	kk = *k;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-	for (b3_u32 w = 0; w < 16; w++) {
+	for (b3_u32 w = 0; w < 4; w++) {
 		b3_u32 x = 0;
 
 		for (b3_u32 t = 0; t < 4; t++)
-			if (4 * w + t < blen)
+			if (4 * w + t < n)
 				x |= b3_seg_byte(sg, nseg, &kk, off + 4 * w + t)
 				     << (8 * t);
 		m[w] = x;
 	}
 }
 
-/* m's first blen bytes to dst (64-byte aligned: a block of the byte
+/* m[0..3]'s first n bytes to dst (16-byte aligned: a piece of the byte
  * space of a fresh allocation). */
-B3_FN void b3_scatter(b3_u8 *dst, const b3_u32 m[16], b3_u32 blen)
+B3_FN void b3_scatter16(b3_u8 *dst, const b3_u32 m[4], b3_u32 n)
 {
-	if (blen == B3_BLOCK_BYTES) {
-#ifdef __CUDACC__
-#pragma unroll
-#endif
-		for (int w = 0; w < 4; w++)
-			b3_st16(dst + 16 * w, m + 4 * w);
+	if (n == 16) {
+		b3_st16(dst, m);
 		return;
 	}
 	/* Constant indices into m, as in b3_leaf: m stays in registers. */
 #ifdef __CUDACC__
 #pragma unroll
 #endif
-	for (b3_u32 w = 0; w < 16; w++)
+	for (b3_u32 w = 0; w < 4; w++)
 		for (b3_u32 t = 0; t < 4; t++)
-			if (4 * w + t < blen)
+			if (4 * w + t < n)
 				dst[4 * w + t] = (b3_u8)(m[w] >> (8 * t));
+}
+
+/* Bytes of piece q (16 bytes each) of a block of blen bytes. */
+B3_FN b3_u32 b3_piece_len(b3_u32 blen, b3_u32 q)
+{
+	return blen <= 16 * q ? 0 : blen - 16 * q >= 16 ? 16 : blen - 16 * q;
 }
 
 /*
@@ -417,8 +414,18 @@ B3_FN void b3_copy_leaf_at(const struct b3_copy_args *ca, b3_u64 i)
 
 		if (blen > B3_BLOCK_BYTES)
 			blen = B3_BLOCK_BYTES;
-		b3_gather(sg, ca->nseg, &k, off, blen, m);
-		b3_scatter((b3_u8 *)a->data + off, m, blen);
+#ifdef __CUDACC__
+#pragma unroll
+#endif
+		for (b3_u32 q = 0; q < 4; q++) {
+			b3_u32 pn = b3_piece_len(blen, q);
+
+			b3_gather16(sg, ca->nseg, &k, off + 16 * q, pn,
+				    m + 4 * q);
+			if (pn)
+				b3_scatter16((b3_u8 *)a->data + off + 16 * q,
+					     m + 4 * q, pn);
+		}
 		b3_compress(cv, m, j, blen, b3_block_flags(b, nblocks, root));
 	}
 	for (int w = 0; w < 8; w++)
