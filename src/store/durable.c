@@ -39,10 +39,13 @@ struct tc__restore {
 	struct tc__obj *o;
 	struct tc__digest *chunks;
 	/* Straight to a GPU (to.to_gpu): the loader fills gmem, which the
-	 * tier adopts as the artifact's replica on gdev; no host copy. */
+	 * tier adopts as the artifact's replica on gdev; no host copy.
+	 * gfill is that replica, FILLING on the GPU's tier from the charge
+	 * to the adoption, dropped if the load fails. */
 	struct tc__restore_to to;
-	int gdev;		 /* the daemon's ordinal, once charged */
-	uint64_t gcharged;	 /* bytes charged to that GPU's budget */
+	struct tc__gpu_replica *gfill; /* loop only */
+	int gdev;		       /* the daemon's ordinal, once charged */
+	uint64_t gcharged;	       /* bytes charged (to allocate) */
 	struct tc__gpu_mem gmem; /* the allocation while the load owns it */
 	bool copying;		 /* counted in tc__gpu_tier_copy_begin */
 	uint32_t open_waits;	 /* phase 1 runs while the tier opens */
@@ -529,11 +532,12 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
 		r->d->restores++;
 	if (r->copying)
 		tc__gpu_tier_copy_end(r->to.tier);
-	/* A failed GPU load gives its allocation and charge back before the
-	 * waiters run (one of them may start another). */
-	if (r->gcharged) {
+	/* A failed GPU load gives its allocation back and its FILLING
+	 * replica goes, before the waiters run (one of them may start
+	 * another). */
+	if (r->gfill) {
 		tc__gpu_release(&r->gmem);
-		tc__gpu_tier_unreserve(r->to.tier, r->gdev, r->gcharged);
+		tc__gpu_tier_fill_drop(r->to.tier, &r->gfill);
 	}
 	for (uint32_t i = 0; i < r->nw; i++)
 		r->w[i].fn(r->w[i].arg, o, r->rc, r->err, r->to.to_gpu);
@@ -674,10 +678,10 @@ static int restore_gpu_charge(struct tc__restore *r)
 		return 0;
 	}
 	if (rc == 0)
-		rc = tc__gpu_tier_reserve_new(r->to.tier, r->to.uuid,
-					      r->src->table.total_bytes,
-					      &r->gdev, &r->gcharged, r->err,
-					      sizeof(r->err));
+		rc = tc__gpu_tier_fill_begin(r->to.tier, r->to.uuid,
+					     r->src->table.total_bytes,
+					     &r->gfill, &r->gdev, &r->gcharged,
+					     r->err, sizeof(r->err));
 	if (rc < 0)
 		return rc;
 	tc__gpu_mem_init(&r->gmem);
@@ -708,14 +712,12 @@ static void restore_done_gpu(struct tc__restore *r)
 		return;
 	}
 	r->o = NULL;
-	/* The allocation and its charge are the replica's from here (or
-	 * given back when the same content is on that GPU already). */
-	tc__gpu_tier_adopt(r->to.tier, o, gdev, &r->gmem, r->gcharged,
-			   st->seconds);
-	r->gcharged = 0;
-	/* Adopting fails when the same content has a replica there already
-	 * (kept, ready or filling: the request uses it), or on OOM. */
-	if (!o->gpu || !o->gpu->rep[gdev]) {
+	/* The allocation and its charge are the replica's from here, READY
+	 * (or the fill goes when the same content is on that GPU already:
+	 * kept, ready or filling, the request uses that one).  Only OOM
+	 * leaves o without a replica there. */
+	if (tc__gpu_tier_fill_adopt(r->to.tier, o, &r->gfill, &r->gmem,
+				    st->seconds) < 0) {
 		r->rc = -ENOMEM;
 		snprintf(r->err, sizeof(r->err),
 			 "out of memory adopting the GPU replica of %s", o->id);

@@ -233,14 +233,17 @@ static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 		tc__objs_kill(t->objs, o);
 }
 
-/* Why `bytes` do not fit on the device.  Being filled: what is charged
- * but not ready (fills, and reservations of imports and bindings). */
+/* Why `bytes` do not fit on the device: what clients hold, what is being
+ * filled (FILLING replicas: attach fills, imports, restores and puts to
+ * this GPU, bindings before their first fill) and what bindings hold
+ * (READY private replicas, never victims). */
 static void gpu_refuse(struct tc__tier *tier, uint64_t bytes, bool too_big,
 		       char *err, size_t errlen)
 {
 	struct tc__gpu_dev *d = dev_of(tier);
 	int i = dev_index(tier->arg, d);
-	uint64_t filling = tier->used;
+	uint64_t bound = tier->used - tier->filling_bytes;
+	char extra[64] = "";
 
 	if (too_big) {
 		snprintf(err, errlen,
@@ -251,15 +254,18 @@ static void gpu_refuse(struct tc__tier *tier, uint64_t bytes, bool too_big,
 		return;
 	}
 	for (struct tc__gpu_replica *r = ready_first(d); r; r = ready_next(r))
-		filling -= r->base.bytes;
+		bound -= r->base.bytes;
+	if (bound)
+		snprintf(extra, sizeof(extra), ", %llu bound",
+			 (unsigned long long)bound);
 	snprintf(err, errlen,
 		 "GPU %d budget exhausted: need %llu bytes, %llu of "
-		 "%llu free; %llu held by clients, %llu being filled",
+		 "%llu free; %llu held by clients, %llu being filled%s",
 		 i, (unsigned long long)bytes,
 		 (unsigned long long)(tier->budget - tier->used),
 		 (unsigned long long)tier->budget,
 		 (unsigned long long)tier->leased_bytes,
-		 (unsigned long long)filling);
+		 (unsigned long long)tier->filling_bytes, extra);
 }
 
 static const struct tc__tier_ops gpu_tier_ops = {
@@ -275,10 +281,11 @@ static uint32_t evict(struct tc__gpu_dev *d, uint64_t need, uint64_t want,
 	return tc__tier_evict(&d->tier, need, want, reuse);
 }
 
-/* Charge `bytes` to d: as replica `r`'s fill (FILLING), or with r NULL
- * as a reservation; evicting unleased replicas if needed, and keeping an
- * allocation of `bytes` for reuse, when `reuse` is given and a victim has
- * one (reuse->dptr is then non-zero). */
+/* Charge `bytes` to d as replica `r`'s fill (FILLING), evicting unleased
+ * replicas if needed, and keeping an allocation of `bytes` for reuse,
+ * when `reuse` is given and a victim has one (reuse->dptr is then
+ * non-zero).  Every charge of a GPU tier is a replica's: no raw
+ * reservation. */
 static int reserve(struct tc__gpu_dev *d, struct tc__replica *r, uint64_t bytes,
 		   struct tc__gpu_mem *reuse, char *err, size_t errlen)
 {
@@ -288,11 +295,7 @@ static int reserve(struct tc__gpu_dev *d, struct tc__replica *r, uint64_t bytes,
 		tc__gpu_mem_init(reuse);
 		reuse->size = bytes;
 	}
-	if (r)
-		rc = tc__replica_fill(r, &d->tier, bytes, true, reuse, err,
-				      errlen);
-	else
-		rc = tc__tier_charge(&d->tier, bytes, true, reuse, err, errlen);
+	rc = tc__replica_fill(r, &d->tier, bytes, true, reuse, err, errlen);
 	if (reuse && !reuse->dptr)
 		tc__gpu_mem_init(reuse); /* nothing kept: size back to 0 */
 	if (rc < 0 && reuse)
@@ -687,19 +690,17 @@ int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen)
 	return 0;
 }
 
-/* Charge `bytes` (granularity-rounded) on the GPU with this UUID: to
- * replica `r` (FILLING) or, with r NULL, as a reservation. */
-static int reserve_on(struct tc__gpu_tier *t,
-		      const uint8_t uuid[TC_GPU_UUID_BYTES], uint64_t bytes,
-		      struct tc__replica *r, int *dev, uint64_t *charged,
-		      char *err, size_t errlen)
+/* Charge `bytes` (granularity-rounded) on the GPU with this UUID to
+ * replica `r` (FILLING); *dev: the daemon's ordinal. */
+static int charge_on(struct tc__gpu_tier *t,
+		     const uint8_t uuid[TC_GPU_UUID_BYTES], uint64_t bytes,
+		     struct tc__replica *r, int *dev, char *err, size_t errlen)
 {
 	struct tc__gpu_dev *d = NULL;
 	uint64_t gran;
 	int rc;
 
 	*dev = -1;
-	*charged = 0;
 	for (int i = 0; i < t->ndev; i++)
 		if (!memcmp(t->devs[i].info.uuid, uuid, TC_GPU_UUID_BYTES))
 			d = &t->devs[i];
@@ -727,16 +728,52 @@ static int reserve_on(struct tc__gpu_tier *t,
 		return rc;
 	d->nreplicas++;
 	*dev = dev_index(t, d);
-	*charged = bytes;
 	return 0;
 }
 
-int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
-			     const uint8_t uuid[TC_GPU_UUID_BYTES],
-			     uint64_t bytes, int *dev, uint64_t *charged,
-			     char *err, size_t errlen)
+int tc__gpu_tier_fill_begin(struct tc__gpu_tier *t,
+			    const uint8_t uuid[TC_GPU_UUID_BYTES],
+			    uint64_t bytes, struct tc__gpu_replica **fill,
+			    int *dev, uint64_t *charged, char *err,
+			    size_t errlen)
 {
-	return reserve_on(t, uuid, bytes, NULL, dev, charged, err, errlen);
+	struct tc__gpu_replica *r;
+	int rc;
+
+	*fill = NULL;
+	*dev = -1;
+	*charged = 0;
+	r = tc__calloc(1, sizeof(*r));
+	if (!r) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	tc__replica_init(&r->base);
+	tc__gpu_mem_init(&r->mem);
+	rc = charge_on(t, uuid, bytes, &r->base, dev, err, errlen);
+	if (rc < 0) {
+		tc__free(r);
+		return rc;
+	}
+	r->dev = &t->devs[*dev];
+	*charged = r->base.bytes;
+	*fill = r;
+	return 0;
+}
+
+void tc__gpu_tier_fill_drop(struct tc__gpu_tier *t,
+			    struct tc__gpu_replica **fill)
+{
+	struct tc__gpu_replica *r = *fill;
+
+	if (!r)
+		return;
+	*fill = NULL;
+	/* FILLING, never leased, on no artifact: gone, its charge back. */
+	tc__replica_gone(&r->base, false);
+	r->dev->nreplicas--;
+	tc__gpu_release(&r->mem);
+	tc__free(r);
 }
 
 int tc__gpu_tier_bind_charge(struct tc__gpu_tier *t,
@@ -744,14 +781,13 @@ int tc__gpu_tier_bind_charge(struct tc__gpu_tier *t,
 			     uint64_t bytes, struct tc__replica *r, int *dev,
 			     char *err, size_t errlen)
 {
-	uint64_t charged;
 	int rc = tc__replica_set_private(r);
 
 	if (rc < 0) {
 		snprintf(err, errlen, "binding charged twice");
 		return rc;
 	}
-	return reserve_on(t, uuid, bytes, r, dev, &charged, err, errlen);
+	return charge_on(t, uuid, bytes, r, dev, err, errlen);
 }
 
 void tc__gpu_tier_bind_release(struct tc__gpu_tier *t, int dev,
@@ -763,46 +799,40 @@ void tc__gpu_tier_bind_release(struct tc__gpu_tier *t, int dev,
 	t->devs[dev].nreplicas--;
 }
 
-void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged)
+int tc__gpu_tier_fill_adopt(struct tc__gpu_tier *t, struct tc__obj *o,
+			    struct tc__gpu_replica **fill,
+			    struct tc__gpu_mem *mem, double seconds)
 {
-	tc__tier_uncharge(&t->devs[dev].tier, charged);
-	t->devs[dev].nreplicas--;
-}
+	struct tc__gpu_replica *r = *fill;
+	struct tc__gpu_dev *d = r->dev;
+	int dev = dev_index(t, d);
 
-int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
-		       struct tc__gpu_mem *mem, uint64_t charged,
-		       double seconds)
-{
-	struct tc__gpu_dev *d = &t->devs[dev];
-	struct tc__gpu_replica *r;
-
-	if (!obj_gpu(t, o))
-		goto out_drop;
-	if (o->gpu->rep[dev])
-		goto out_drop; /* the same content is already on that GPU */
-	r = tc__calloc(1, sizeof(*r));
-	if (!r)
-		goto out_drop;
-	tc__replica_init(&r->base);
+	*fill = NULL;
+	if (!obj_gpu(t, o) || o->gpu->rep[dev]) {
+		/* Out of memory, or the same content is on that GPU already
+		 * (ready, or filling for an attach): this fill goes. */
+		tc__gpu_release(mem);
+		*fill = r;
+		tc__gpu_tier_fill_drop(t, fill);
+		return o->gpu && o->gpu->rep[dev] ? 0 : -ENOMEM;
+	}
 	r->o = o;
-	r->dev = d;
 	r->mem = *mem;
 	tc__gpu_mem_init(mem);
+	/* The allocation may be larger than charged (the device's
+	 * granularity was not known yet): charge what it is, as an attach
+	 * fill does. */
+	if (r->mem.size && r->mem.size != r->base.bytes)
+		tc__replica_recharge(&r->base, r->mem.size);
 	r->fill_seconds = seconds;
 	r->fill_pinned = true;
-	d->touched = true; /* the import made a context here */
+	d->touched = true; /* the fill made a context here */
 	o->gpu->rep[dev] = r;
-	/* charged by tc__gpu_tier_reserve_new */
-	tc__replica_adopt(&r->base, &d->tier, charged);
+	tc__replica_ready(&r->base); /* on the LRU, used now */
 	t->n_fills++;
 	t->n_fill_bytes += o->table.total_bytes;
 	replica_announce(t, r, true);
 	return 0;
-
-out_drop:
-	tc__gpu_release(mem);
-	tc__gpu_tier_unreserve(t, dev, charged);
-	return -ENOMEM;
 }
 
 bool tc__gpu_tier_obj_empty(const struct tc__obj *o)
@@ -1340,14 +1370,20 @@ char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
 		for (struct tc__gpu_replica *r = ready_first(d); r;
 		     r = ready_next(r))
 			leases += r->base.leases;
+		/* filling_bytes: of used_bytes, the FILLING replicas (attach
+		 * fills, imports, restores and puts to this GPU, bindings
+		 * before their first fill), as host_filling_bytes is the
+		 * host tier's. */
 		dj = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, "
-			       "s:I, s:I}",
+			       "s:I, s:I, s:I}",
 			       "ordinal", i, "uuid", d->info.uuid_str, "name",
 			       d->info.name, "pci_bus_id", d->info.pci_bus_id,
 			       "total_bytes", (json_int_t)d->info.total_bytes,
 			       "budget_bytes", (json_int_t)d->tier.budget,
 			       "used_bytes", (json_int_t)d->tier.used,
-			       "replicas", (json_int_t)d->nreplicas, "leases",
+			       "filling_bytes",
+			       (json_int_t)d->tier.filling_bytes, "replicas",
+			       (json_int_t)d->nreplicas, "leases",
 			       (json_int_t)leases, "evictions",
 			       (json_int_t)d->tier.evictions,
 			       "reused_allocations", (json_int_t)d->reused);

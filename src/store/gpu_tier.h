@@ -48,17 +48,18 @@ struct tc__gpu_tier;
 struct gt_req;
 
 /* One device as the tier sees it.  Its tier (replica.h) holds the
- * budget; used counts replicas (filling or ready) and reservations made
- * by tc__gpu_tier_reserve_new (imports straight to a GPU, bindings); its
- * LRU lists ready replicas, most recent first. */
+ * budget; used counts its replicas only, FILLING (attach fills, fills
+ * begun by tc__gpu_tier_fill_begin, bindings before their first fill) or
+ * READY (bindings private, off the LRU); its LRU lists ready replicas,
+ * most recent first. */
 struct tc__gpu_dev {
 	struct tc__gpu_info info; /* from enumeration (no context made) */
 	struct tc__tier tier;	  /* budget, used, LRU, evictions */
 	char name[16];		  /* "GPU <ordinal>": the tier's name */
 	uint64_t gran;		  /* VMM granularity, 0 until first alloc */
 	uint64_t reused;	  /* evictions whose allocation was refilled */
-	uint32_t nreplicas;	  /* replicas here, filling or ready, and
-				     reservations */
+	uint32_t nreplicas;	  /* replicas here, filling or ready,
+				     bindings included */
 	bool touched;		  /* a context exists (we allocated here) */
 };
 
@@ -66,14 +67,18 @@ struct tc__gpu_dev {
  * One artifact's copy on one device.  Its base (replica.h) is charged to
  * dev->tier; its leases are client attaches not yet released.  Invariant:
  * base READY => mem complete and filled, on the device's LRU list;
- * FILLING => a fill job is in flight (it holds an artifact lease) and
- * `waiters` are the requests to answer when it ends.  A GPU replica is
+ * FILLING with o => a fill job is in flight (it holds an artifact lease)
+ * and `waiters` are the requests to answer when it ends; FILLING without
+ * o => a fill begun by tc__gpu_tier_fill_begin, owned by the import,
+ * restore or put that fills its own allocation (mem stays empty until
+ * adopted).  A GPU replica is
  * never EVICTING: one whose artifact was removed while clients map it
  * stays READY and goes at its last unlease.
  */
 struct tc__gpu_replica {
 	struct tc__replica base; /* state, bytes, leases, LRU */
-	struct tc__obj *o;	 /* the artifact it copies */
+	struct tc__obj *o;	 /* the artifact it copies; NULL while a
+				    fill_begin fill runs */
 	struct tc__gpu_dev *dev; /* where it lives (tier-owned) */
 	struct tc__gpu_mem mem;	 /* owned: allocation, mapping, exported fd */
 	double fill_seconds;	 /* allocation + copy time */
@@ -139,17 +144,43 @@ int tc__gpu_tier_attach(struct tc__gpu_tier *t, struct tc__obj *o,
  * driver (tc__gpu_init), so this costs a device enumeration.  Returns 0,
  * TC_EBUSY (an asynchronous open is in flight), or the sticky open error. */
 int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen);
-/* Charge a new replica of `bytes` on the GPU with this UUID, evicting
- * unleased replicas when needed.  *dev: the daemon's ordinal; *charged: the
- * granularity-rounded bytes.  Returns 0, TC_EDEVICE, TC_ENOTSUP or
- * TC_ENOSPACE with a message. */
-int tc__gpu_tier_reserve_new(struct tc__gpu_tier *t,
-			     const uint8_t uuid[TC_GPU_UUID_BYTES],
-			     uint64_t bytes, int *dev, uint64_t *charged,
-			     char *err, size_t errlen);
-void tc__gpu_tier_unreserve(struct tc__gpu_tier *t, int dev, uint64_t charged);
+/*
+ * A fill whose artifact is not in the table yet (an import or a restore
+ * straight to a GPU, a put of CUDA tensors: the caller's worker fills an
+ * allocation of its own) is a FILLING replica of that GPU's tier from its
+ * start, like a host fill: charged (granularity-rounded, evicting
+ * unleased replicas when needed), counted in the tier's filling_bytes,
+ * never a victim; READY once tc__gpu_tier_fill_adopt makes it the
+ * artifact's; gone (tc__gpu_tier_fill_drop) when the fill fails, is
+ * aborted or its client goes away.  No GPU charge is a raw reservation.
+ */
+
+/* Begin a fill of `bytes` on the GPU with this UUID.  On success *fill is
+ * the FILLING replica, owned by the caller until fill_adopt or fill_drop;
+ * *dev: the daemon's ordinal; *charged: the granularity-rounded bytes (to
+ * allocate).  Returns 0, TC_EDEVICE, TC_ENOTSUP, TC_ENOSPACE (saying what
+ * clients hold and what is being filled) or -ENOMEM with a message; *fill
+ * is then NULL. */
+int tc__gpu_tier_fill_begin(struct tc__gpu_tier *t,
+			    const uint8_t uuid[TC_GPU_UUID_BYTES],
+			    uint64_t bytes, struct tc__gpu_replica **fill,
+			    int *dev, uint64_t *charged, char *err,
+			    size_t errlen);
+/* The fill failed or was given up: the replica goes and its charge comes
+ * back; *fill becomes NULL (NULL: a no-op).  The caller releases its own
+ * allocation. */
+void tc__gpu_tier_fill_drop(struct tc__gpu_tier *t,
+			    struct tc__gpu_replica **fill);
+/* The fill is done: `mem` (filled) becomes o's READY replica on the
+ * fill's GPU, charged as much as it is; *mem is left empty and *fill
+ * NULL.  When o already has a replica there (the same content arrived
+ * another way) or on OOM, the fill goes instead (mem released, charge
+ * back).  Returns 0 when o has a replica on that GPU now, else -ENOMEM. */
+int tc__gpu_tier_fill_adopt(struct tc__gpu_tier *t, struct tc__obj *o,
+			    struct tc__gpu_replica **fill,
+			    struct tc__gpu_mem *mem, double seconds);
 /* A binding's memory (binding.c) is a private replica `r` (replica.h):
- * charged as reserve_new charges (granularity-rounded, evicting unleased
+ * charged as fill_begin charges (granularity-rounded, evicting unleased
  * replicas when needed; r->bytes says how much), FILLING until the caller
  * makes it READY, never on the device's LRU, so never evicted.  *dev: the
  * daemon's ordinal.  Returns 0, TC_EDEVICE, TC_ENOTSUP or TC_ENOSPACE
@@ -162,13 +193,6 @@ int tc__gpu_tier_bind_charge(struct tc__gpu_tier *t,
  * (nothing when r was never charged). */
 void tc__gpu_tier_bind_release(struct tc__gpu_tier *t, int dev,
 			       struct tc__replica *r);
-/* Make `mem` (filled, charged by reserve_new) o's ready replica on `dev`;
- * *mem is left empty.  When o already has a replica there (the same
- * content imported again) the new one is released and its charge returned.
- * Returns 0, or -ENOMEM (also released). */
-int tc__gpu_tier_adopt(struct tc__gpu_tier *t, struct tc__obj *o, int dev,
-		       struct tc__gpu_mem *mem, uint64_t charged,
-		       double seconds);
 /* True when o has no GPU replica (filling or ready). */
 bool tc__gpu_tier_obj_empty(const struct tc__obj *o);
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/alloc.h"
@@ -63,11 +64,14 @@ struct import_job {
 	uint64_t t0_ns;
 	int io_threads;
 	/* Straight to a GPU (TC_RF_GPU): the loader fills a new allocation
-	 * that the tier adopts as the artifact's only replica. */
+	 * that the tier adopts as the artifact's only replica.  gpu_fill is
+	 * its FILLING replica on that GPU's tier from the charge on the loop
+	 * to the adoption (or to import_free, which drops it). */
 	bool gpu;
 	uint8_t gpu_uuid[TC_GPU_UUID_BYTES];
+	struct tc__gpu_replica *gpu_fill; /* loop only */
 	int gpu_dev;		 /* the daemon's ordinal, once charged */
-	uint64_t gpu_charged;	 /* bytes charged to that GPU's budget */
+	uint64_t gpu_charged;	 /* bytes charged (to allocate) */
 	struct tc__gpu_mem gmem; /* the allocation while the job owns it */
 	double gpu_seconds;
 	struct tc__gpu_load_stats gpu_stats;
@@ -89,10 +93,9 @@ static void import_free(struct import_job *j)
 {
 	if (j->gpu_copying)
 		tc__gpu_tier_copy_end(j->c->srv->gpu);
-	if (j->gpu_charged) {
+	if (j->gpu_fill) {
 		tc__gpu_release(&j->gmem);
-		tc__gpu_tier_unreserve(j->c->srv->gpu, j->gpu_dev,
-				       j->gpu_charged);
+		tc__gpu_tier_fill_drop(j->c->srv->gpu, &j->gpu_fill);
 	}
 	if (j->fd >= 0)
 		close(j->fd);
@@ -221,6 +224,17 @@ static void import_run_gpu(struct import_job *j, uint64_t n)
 	}
 	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
 	j->gpu_stats = x.stats;
+	/* Tests: a load as slow as a large one (STATUS shows its fill), and
+	 * one that fails midway, its allocation made and filled. */
+	if (j->rc == 0 && tc__failpoint("import_gpu_slow", j->display))
+		nanosleep(&(struct timespec){ 1, 500000000 }, NULL);
+	if (j->rc == 0 && tc__failpoint("import_gpu_fail", j->display)) {
+		j->rc = -EIO;
+		snprintf(j->err, sizeof(j->err),
+			 "'%s': read failed midway (failpoint "
+			 "import_gpu_fail)",
+			 j->display);
+	}
 	if (j->rc == 0) {
 		j->gpu_seconds = x.stats.seconds;
 		j->o->table = j->src->table;
@@ -467,15 +481,16 @@ static void import_done(struct tc__job *job)
 			return;
 		}
 		if (j->gpu) {
-			/* Straight to a GPU: charge its budget, not host
-			 * memory; the artifact has no host replica. */
+			/* Straight to a GPU: a FILLING replica of that
+			 * GPU's tier, not host memory; the artifact has no
+			 * host replica. */
 			rc = tc__gpu_tier_open_now(s->gpu, j->err,
 						   sizeof(j->err));
 			if (rc == 0)
-				rc = tc__gpu_tier_reserve_new(
+				rc = tc__gpu_tier_fill_begin(
 					s->gpu, j->gpu_uuid,
-					j->src->table.total_bytes, &j->gpu_dev,
-					&j->gpu_charged, j->err,
+					j->src->table.total_bytes, &j->gpu_fill,
+					&j->gpu_dev, &j->gpu_charged, j->err,
 					sizeof(j->err));
 			if (rc < 0) {
 				import_fail(j, rc, j->err);
@@ -529,12 +544,11 @@ static void import_done(struct tc__job *job)
 			and so is its charge */
 	tc__gpu_tier_host_added(s->gpu, o);
 	if (j->gpu) {
-		/* The allocation becomes o's replica (or is dropped when the
-		 * same content is already on that GPU): the job owns neither
-		 * it nor its charge from here. */
-		tc__gpu_tier_adopt(s->gpu, o, j->gpu_dev, &j->gmem,
-				   j->gpu_charged, j->gpu_seconds);
-		j->gpu_charged = 0;
+		/* The allocation becomes o's replica, READY (or goes with
+		 * its fill when the same content is already on that GPU):
+		 * the job owns neither it nor its charge from here. */
+		tc__gpu_tier_fill_adopt(s->gpu, o, &j->gpu_fill, &j->gmem,
+					j->gpu_seconds);
 	}
 	s->n_import++;
 	tc__metrics_path(j->gpu ? TC_MPATH_IMPORT_GPU : TC_MPATH_IMPORT_HOST,

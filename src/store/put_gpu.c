@@ -33,8 +33,9 @@
 
 /*
  * A GPU put between CREATE_GPU and SEAL_GPU.  Invariant: busy => a job
- * owns `mem` and `o`; charged != 0 => `charged` bytes of GPU `dev`'s budget
- * are held for it.
+ * owns `mem` and `o`; fill != NULL => a FILLING replica of GPU `dev`'s
+ * tier holds `charged` bytes for it (adopted at the seal, dropped when
+ * the put fails, is aborted or its client goes).
  */
 struct gpu_put {
 	uint64_t handle;
@@ -50,6 +51,8 @@ struct gpu_put {
 	struct tc__gpu_mem mem; /* the replica-to-be */
 	struct tc__digest *dig; /* SEAL_GPU's digests, adopted (same uid) */
 	bool busy; /* a job runs for it (its connection is paused) */
+	/* Its FILLING replica on GPU dev's tier, once charged. */
+	struct tc__gpu_replica *fill;
 	struct gpu_put *next;
 };
 
@@ -57,8 +60,7 @@ static void gput_free(struct server *s, struct gpu_put *p)
 {
 	tc__gpu_release(&p->mem);
 	tc__free(p->dig);
-	if (p->charged)
-		tc__gpu_tier_unreserve(s->gpu, p->dev, p->charged);
+	tc__gpu_tier_fill_drop(s->gpu, &p->fill);
 	tc__obj_free(p->o);
 	tc__free(p);
 }
@@ -165,10 +167,9 @@ static int seal_insert(struct gput_job *j)
 	j->dedup = o != p->o;
 	j->o = o;
 	p->o = NULL; /* the table's now (or freed as a duplicate) */
-	/* The allocation becomes o's replica on that GPU (or is dropped when
-	 * the same content is there already); its charge goes with it. */
-	tc__gpu_tier_adopt(s->gpu, o, p->dev, &p->mem, p->charged, j->seconds);
-	p->charged = 0;
+	/* The allocation becomes o's READY replica on that GPU (or goes with
+	 * its fill when the same content is there already). */
+	tc__gpu_tier_fill_adopt(s->gpu, o, &p->fill, &p->mem, j->seconds);
 	s->n_put++;
 	s->n_put_gpu_client_hashed += p->dig != NULL;
 	tc__metrics_path(TC_MPATH_PUT, o->table.total_bytes, j->ns);
@@ -241,10 +242,11 @@ static void gput_done(struct tc__job *job)
 	if (rc == 0 && j->phase == 1) {
 		rc = tc__gpu_tier_open_now(s->gpu, j->err, sizeof(j->err));
 		if (rc == 0)
-			rc = tc__gpu_tier_reserve_new(s->gpu, p->uuid,
-						      p->o->table.total_bytes,
-						      &p->dev, &p->charged,
-						      j->err, sizeof(j->err));
+			rc = tc__gpu_tier_fill_begin(s->gpu, p->uuid,
+						     p->o->table.total_bytes,
+						     &p->fill, &p->dev,
+						     &p->charged, j->err,
+						     sizeof(j->err));
 		if (rc == 0) {
 			j->phase = 2;
 			tc__jobs_submit(s->jobs, &j->job);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -300,6 +301,27 @@ static int child_main(int argc, char **argv)
 	if (tc_client_connect(sock, &c, err, sizeof(err)) < 0) {
 		printf("connect: %s\n", err);
 		return 10;
+	}
+	if (!strcmp(mode, "gput")) {
+		/* A put of 3 MiB from GPU `dev`, half written, then this
+		 * process waits to be killed with the put unsealed. */
+		uint64_t n = 3 * MiB;
+		struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
+		struct tc_opts o = { .field_mask = TC_OPT_DEVICE,
+				     .device = dev };
+		tc_put *p;
+
+		rc = tc_put_begin(c, &d, 1, NULL, &o, &p);
+		if (rc < 0) {
+			printf("put: %s: %s\n", tc_err_name(rc),
+			       tc_client_errmsg(c));
+			return 18;
+		}
+		memset(tc_put_data(p, 0), 0x33, (size_t)n / 2);
+		printf("ready\n");
+		fflush(stdout);
+		pause();
+		return 0;
 	}
 	rc = tc_attach_gpu(c, ref, dev, &a);
 	if (!strcmp(mode, "nodriver")) {
@@ -1384,6 +1406,174 @@ static void test_gpu_tier__binding_never_evicted(void **state)
 	daemon_stop();
 }
 
+/* An import straight to GPU `device` on its own connection (a thread), so
+ * the test can read STATUS while it loads. */
+struct gimport {
+	const char *path;
+	int device;
+	pthread_t thread;
+	int rc;
+	char id[TC_ID_BUFLEN];
+	char err[512];
+};
+
+static void *gimport_run(void *arg)
+{
+	struct gimport *g = arg;
+	struct tc_opts o = { .field_mask = TC_OPT_DEVICE, .device = g->device };
+	struct tc_result r;
+	char err[256];
+	tc_client *c;
+
+	if (tc_client_connect(D.sock, &c, err, sizeof(err)) < 0) {
+		g->rc = -1;
+		snprintf(g->err, sizeof(g->err), "connect: %s", err);
+		return NULL;
+	}
+	g->rc = tc_import(c, g->path, &o, &r);
+	if (g->rc == 0)
+		memcpy(g->id, r.id, TC_ID_BUFLEN);
+	snprintf(g->err, sizeof(g->err), "%s", tc_client_errmsg(c));
+	tc_client_close(c);
+	return NULL;
+}
+
+static void gimport_start(struct gimport *g, const char *path, int device)
+{
+	memset(g, 0, sizeof(*g));
+	g->path = path;
+	g->device = device;
+	assert_int_equal(pthread_create(&g->thread, NULL, gimport_run, g), 0);
+}
+
+/* Poll GPU `dev`'s filling_bytes until it is `want` (at most 5 s). */
+static long long wait_filling(tc_client *c, int dev, long long want)
+{
+	long long v = -1;
+
+	for (int i = 0; i < 500; i++) {
+		v = gpu_stat(c, dev, "filling_bytes");
+		if (v == want)
+			break;
+		usleep(10000);
+	}
+	return v;
+}
+
+/*
+ * Every GPU fill is a FILLING replica of its GPU's tier (issue 11): an
+ * import straight to a GPU, a put of CUDA tensors.  STATUS shows its bytes
+ * as filling_bytes (part of used_bytes) while it runs and 0 after; a
+ * refusal for room says what is being filled; a fill that fails midway
+ * and a put whose client is killed give their charge back.  The
+ * failpoints hold each GPU import 1.5 s once its allocation is filled,
+ * and fail the one of many-tensors there.
+ */
+static void test_gpu_tier__fills_are_filling_replicas(void **state)
+{
+	static const char *const env[] = {
+		"TC_FAKECUDA_DEVICES=2",
+		"TCAST_FAILPOINTS=import_gpu_slow=.safetensors,"
+		"import_gpu_fail=many-tensors",
+		NULL
+	};
+	const long long G = 2 * MiB; /* a small artifact's charge */
+	struct gimport g;
+	char line[256], want[256];
+	tc_artifact *a, *x;
+	tc_client *c;
+	tc_put *p;
+	pid_t pid;
+	int fd;
+
+	daemon_start(env, "--set", "gpu_memory=4MiB", NULL);
+	c = t_connect(D.sock);
+
+	/* An import to GPU 1: FILLING while it loads, READY after. */
+	gimport_start(&g, t_data("dtypes.safetensors"), 1);
+	assert_int_equal(wait_filling(c, 1, G), G);
+	assert_int_equal(gpu_stat(c, 1, "used_bytes"), G);
+	assert_int_equal(gpu_stat(c, 1, "replicas"), 1);
+	assert_int_equal(pthread_join(g.thread, NULL), 0);
+	if (g.rc < 0)
+		fail_msg("import: %s", g.err);
+	assert_int_equal(gpu_stat(c, 1, "filling_bytes"), 0);
+	assert_int_equal(gpu_stat(c, 1, "used_bytes"), G);
+	assert_int_equal(gpu_stat(c, 1, "replicas"), 1);
+
+	/* Held by a client, it cannot make room for what follows. */
+	a = attach_gpu_ok(c, g.id, 1);
+
+	/* An import that fails midway: charged while it runs ... */
+	gimport_start(&g, t_data("many-tensors.safetensors"), 1);
+	assert_int_equal(wait_filling(c, 1, G), G);
+	assert_int_equal(gpu_stat(c, 1, "used_bytes"), 2 * G);
+	/* ... so the budget is full, and a refusal says by what. */
+	{
+		uint64_t n = 1;
+		struct tc_tensor_desc d = { "one", TC_DTYPE_U8, 1, &n };
+		struct tc_opts o = { .field_mask = TC_OPT_DEVICE, .device = 1 };
+
+		assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p),
+				 TC_ENOSPACE);
+		snprintf(want, sizeof(want),
+			 "GPU 1 budget exhausted: need %lld bytes, 0 of %lld "
+			 "free; %lld held by clients, %lld being filled",
+			 G, 2 * G, G, G);
+		if (!strstr(tc_client_errmsg(c), want))
+			fail_msg("refusal '%s' lacks '%s'",
+				 tc_client_errmsg(c), want);
+	}
+	assert_int_equal(pthread_join(g.thread, NULL), 0);
+	assert_int_equal(g.rc, -EIO);
+	assert_non_null(strstr(g.err, "failed midway"));
+	/* ... and its charge came back; the held replica is untouched. */
+	assert_int_equal(gpu_stat(c, 1, "filling_bytes"), 0);
+	assert_int_equal(gpu_stat(c, 1, "used_bytes"), G);
+	assert_int_equal(gpu_stat(c, 1, "replicas"), 1);
+	assert_int_equal(gpu_stat(c, 1, "evictions"), 0);
+	tc_artifact_close(a);
+
+	/* A GPU put is FILLING from CREATE_GPU to SEAL_GPU ... */
+	{
+		uint64_t n = 3 * MiB;
+		struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
+		struct tc_opts o = { .field_mask = TC_OPT_DEVICE, .device = 0 };
+		struct tc_result r;
+
+		assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p), 0);
+		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 2 * G);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+		/* The fake's device memory is host-addressable. */
+		memset(tc_put_data(p, 0), 0x44, (size_t)n);
+		assert_int_equal(tc_put_commit(p, &r), 0);
+		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 0);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+		assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+		x = attach_gpu_ok(c, r.id, 0);
+		tc_artifact_close(x);
+		assert_int_equal(tc_rm(c, r.id), 0);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	}
+
+	/* ... and one whose client is killed with it open gives its
+	 * charge back once the daemon sees the connection go. */
+	pid = spawn("gput", "-", 0, NULL, &fd);
+	t_read_line(fd, line, sizeof(line));
+	assert_string_equal(line, "ready");
+	assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 2 * G);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+	kill(pid, SIGKILL);
+	assert_int_equal(t_wait_status(pid), 128 + SIGKILL);
+	close(fd);
+	assert_int_equal(wait_filling(c, 0, 0), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1405,6 +1595,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
+		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),
 	};
 
 	/* This process and every daemon and child use the fake. */
