@@ -165,8 +165,11 @@ static bool room_possible(struct tc__tier *t, uint64_t bytes)
 	return t->used - may_go + bytes <= t->budget;
 }
 
-int tc__tier_charge(struct tc__tier *t, uint64_t bytes, bool may_evict,
-		    void *ctx, char *err, size_t errlen)
+/* Charge `bytes` for a replica that enters the tier now (fill), evicting
+ * first when `may_evict` (with t->all_or_nothing only when that makes
+ * room).  Every charge is a replica's: there is no raw reservation. */
+static int tier_charge(struct tc__tier *t, uint64_t bytes, bool may_evict,
+		       void *ctx, char *err, size_t errlen)
 {
 	if (bytes > t->budget)
 		return refuse(t, bytes, true, err, errlen);
@@ -179,7 +182,7 @@ int tc__tier_charge(struct tc__tier *t, uint64_t bytes, bool may_evict,
 	return 0;
 }
 
-void tc__tier_uncharge(struct tc__tier *t, uint64_t bytes)
+static void tier_uncharge(struct tc__tier *t, uint64_t bytes)
 {
 	if (bytes > t->used) {
 		tc__log(TC_LOG_ERROR,
@@ -233,7 +236,7 @@ int tc__replica_fill(struct tc__replica *r, struct tc__tier *t, uint64_t bytes,
 
 	if (r->state != TC_REPLICA_IDLE)
 		return refuse_bug(r, "fill");
-	rc = tc__tier_charge(t, bytes, may_evict, ctx, err, errlen);
+	rc = tier_charge(t, bytes, may_evict, ctx, err, errlen);
 	if (rc < 0)
 		return rc;
 	enter(r, t, bytes, TC_REPLICA_FILLING);
@@ -244,6 +247,7 @@ int tc__replica_adopt(struct tc__replica *r, struct tc__tier *t, uint64_t bytes)
 {
 	if (r->state != TC_REPLICA_IDLE)
 		return refuse_bug(r, "adopt");
+	t->used += bytes; /* no room is made: see replica.h */
 	enter(r, t, bytes, TC_REPLICA_READY);
 	return 0;
 }
@@ -307,7 +311,7 @@ int tc__replica_gone(struct tc__replica *r, bool force)
 		t->filling_bytes -= r->bytes;
 	if (r->leases)
 		t->leased_bytes -= r->bytes;
-	tc__tier_uncharge(t, r->bytes);
+	tier_uncharge(t, r->bytes);
 	t->nreplicas--;
 	r->state = TC_REPLICA_IDLE;
 	r->tier = NULL;

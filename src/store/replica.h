@@ -5,21 +5,23 @@
  * An artifact is metadata (tensor table, digest, policy, keys); its bytes
  * live in replicas, each charged to one tier: host memory (obj.c), one GPU
  * (gpu_tier.c, one tier per device), the spill folder (spill.c), later the
- * shared disk and the cluster.  A
- * replica moves through one life cycle:
+ * shared disk and the cluster.  A replica moves through one life cycle:
  *
- *	IDLE --fill--> FILLING --ready--> READY --evict--> EVICTING --gone-->
- *IDLE IDLE --adopt (already charged, already filled)--> READY FILLING --gone
- *(the fill failed)--> IDLE EVICTING --revive (the same content came back)-->
- *READY
+ *   IDLE --fill--> FILLING --ready--> READY --evict--> EVICTING
+ *   EVICTING --gone--> IDLE
+ *   FILLING --gone (the fill failed, or its client went)--> IDLE
+ *   EVICTING --revive (the same content came back)--> READY
+ *   IDLE --adopt (needs no room: an artifact on GPUs only, 0 bytes)--> READY
  *
  * Every charged state (FILLING, READY, EVICTING) holds `bytes` of the
- * tier's budget.  READY replicas are on the tier's LRU list, most recently
- * used first, unless private: a private replica (a binding: one client's
- * memory) is charged like any other but never on the list, so never
- * chosen for eviction.  A replica with leases is never chosen either, nor
- * is a FILLING one (it is not on the list); an EVICTING one is off the
- * list and leaves (gone) when its owner sees its last lease go.
+ * tier's budget, and nothing else does: a fill is charged as a FILLING
+ * replica from its start, on every tier.  READY replicas are on the
+ * tier's LRU list, most recently used first, unless private: a private
+ * replica (a binding: one client's memory) is charged like any other but
+ * never on the list, so never chosen for eviction.  A replica with leases
+ * is never chosen either, nor is a FILLING one (it is not on the list); an
+ * EVICTING one is off the list and leaves (gone) when its owner sees its
+ * last lease go.
  *
  * What differs between tiers comes through struct tc__tier_ops: whether a
  * READY unleased replica may go (the host keeps pinned artifacts) and how
@@ -71,10 +73,11 @@ struct tc__tier_ops {
 
 /*
  * One place replicas live, with one budget.  Invariants: used = the bytes
- * of every charged replica + raw charges (tc__tier_charge: reservations
- * whose replica does not exist yet); leased_bytes = the bytes of charged
- * replicas with leases; filling_bytes = the bytes of FILLING replicas;
- * the LRU holds exactly the READY, non-private replicas.
+ * of every charged replica, and nothing else (there are no raw
+ * reservations: a fill whose artifact does not exist yet is a FILLING
+ * replica already); leased_bytes = the bytes of charged replicas with
+ * leases; filling_bytes = the bytes of FILLING replicas; the LRU holds
+ * exactly the READY, non-private replicas.
  */
 struct tc__tier {
 	const char *name; /* borrowed: "host", "GPU 0", for messages */
@@ -125,13 +128,6 @@ void tc__tier_init(struct tc__tier *t, const char *name, uint64_t budget,
  * number evicted (each counted in t->evictions). */
 uint32_t tc__tier_evict(struct tc__tier *t, uint64_t need, uint64_t want,
 			void *ctx);
-/* Charge `bytes` that no replica holds yet (a reservation), evicting first
- * when `may_evict` (ctx goes to ops->evict; with t->all_or_nothing only
- * when that makes room).  Returns 0 or TC_ENOSPACE with the reason in err
- * (ops->refuse, else tc__tier_refusal). */
-int tc__tier_charge(struct tc__tier *t, uint64_t bytes, bool may_evict,
-		    void *ctx, char *err, size_t errlen);
-void tc__tier_uncharge(struct tc__tier *t, uint64_t bytes);
 /* The default wording of a refusal: "<name> budget exhausted: need N
  * bytes, F of B free; L held by clients, P being filled", or "needs N
  * bytes but the <name> budget is B bytes". */
@@ -141,15 +137,18 @@ void tc__tier_refusal(const struct tc__tier *t, uint64_t bytes, bool too_big,
 /* ---- the life cycle of one replica ---- */
 
 void tc__replica_init(struct tc__replica *r);
-/* IDLE -> FILLING: charge `bytes` to t (tc__tier_charge's rules).
- * Returns 0, TC_ENOSPACE with a reason, or TC_EINVAL (not IDLE). */
+/* IDLE -> FILLING: charge `bytes` to t, evicting first when `may_evict`
+ * (ctx goes to ops->evict; with t->all_or_nothing only when that makes
+ * room).  Returns 0, TC_ENOSPACE with the reason in err (ops->refuse, else
+ * tc__tier_refusal), or TC_EINVAL (not IDLE). */
 int tc__replica_fill(struct tc__replica *r, struct tc__tier *t, uint64_t bytes,
 		     bool may_evict, void *ctx, char *err, size_t errlen);
 /* FILLING -> READY (on the LRU unless private).  0 or TC_EINVAL. */
 int tc__replica_ready(struct tc__replica *r);
-/* IDLE -> READY for bytes already charged to t by tc__tier_charge (a
- * replica filled before it existed as one: an import, a put).  0 or
- * TC_EINVAL. */
+/* IDLE -> READY, charging `bytes` to t without making room or checking
+ * the budget: for a replica whose bytes need no room (an artifact held on
+ * GPUs only joins the host tier with 0).  Fills go through
+ * tc__replica_fill.  0 or TC_EINVAL. */
 int tc__replica_adopt(struct tc__replica *r, struct tc__tier *t,
 		      uint64_t bytes);
 /* Change the bytes a charged replica holds (its filled size differs from

@@ -1521,8 +1521,8 @@ static void test_gpu_tier__fills_are_filling_replicas(void **state)
 			 "free; %lld held by clients, %lld being filled",
 			 G, 2 * G, G, G);
 		if (!strstr(tc_client_errmsg(c), want))
-			fail_msg("refusal '%s' lacks '%s'",
-				 tc_client_errmsg(c), want);
+			fail_msg("refusal '%s' lacks '%s'", tc_client_errmsg(c),
+				 want);
 	}
 	assert_int_equal(pthread_join(g.thread, NULL), 0);
 	assert_int_equal(g.rc, -EIO);

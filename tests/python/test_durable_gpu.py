@@ -227,10 +227,12 @@ print(json.dumps(out))
     name, msg = out["err"]
     assert name == "DigestError", out["err"]
     assert "chunk 1 (from byte 4194304) does not match the manifest" in msg, msg
-    # Nothing half-made: no replica, nothing charged, the artifact still
-    # listed on the disk only, and the daemon serves others.
+    # Nothing half-made: no replica, nothing charged (the restore's
+    # FILLING replica went with it), the artifact still listed on the disk
+    # only, and the daemon serves others.
     for dev in out["st"]["gpu"]["devices"]:
         assert dev["replicas"] == 0 and dev["used_bytes"] == 0, dev
+        assert dev["filling_bytes"] == 0, dev
     assert out["st"]["durable"]["restore_failures"] == 1
     assert [[(r["tier"], r["bytes"]) for r in reps] for reps in out["listed"]] == [[("disk", put["bytes"])]], \
         out["listed"]
@@ -318,6 +320,7 @@ def test_durable_import_to_a_gpu_on_a_full_disk_leaves_nothing(tmp_path):
                       '"key": tc.artifact("dg:full").exists()}))')
         for dev in out["st"]["gpu"]["devices"]:
             assert dev["replicas"] == 0 and dev["used_bytes"] == 0, dev
+            assert dev["filling_bytes"] == 0, dev
         assert out["n"] == 0 and not out["key"]
         assert not list((dg.shared / "tcast").iterdir())
     finally:

@@ -159,11 +159,11 @@ static void test_replica__life_cycle(void **state)
 	assert_true(tier_ok(&t));
 	assert_int_equal(t.filling_bytes, 0);
 
-	/* Adopt: charged beforehand (a reservation), ready at once; a
-	 * recharge moves the tier's used with it. */
-	assert_int_equal(tc__tier_charge(&t, 20, false, NULL, err, sizeof(err)),
-			 0);
+	/* Adopt: charged by the adoption itself (no room made), ready at
+	 * once; a recharge moves the tier's used with it. */
 	assert_int_equal(tc__replica_adopt(&a.r, &t, 20), 0);
+	assert_int_equal(t.used, 20);
+	assert_int_equal(t.filling_bytes, 0);
 	assert_ptr_equal(t.lru_head, &a.r);
 	assert_int_equal(tc__replica_recharge(&a.r, 25), 0);
 	assert_int_equal(t.used, 25);
@@ -274,10 +274,13 @@ static void test_replica__lru_order(void **state)
 static void test_replica__victims(void **state)
 {
 	struct tc__tier t;
-	struct item a, b, c, d, f;
+	struct item a, b, c, d, f, g, h, x;
 	char err[MSG];
 
 	tc__tier_init(&t, "toy", 100, &toy_ops, NULL);
+	item_init(&g, 'g');
+	item_init(&h, 'h');
+	item_init(&x, 'x');
 	make_ready(&t, &a, 'a', 20); /* oldest: leased */
 	make_ready(&t, &b, 'b', 20); /* not evictable */
 	make_ready(&t, &c, 'c', 20);
@@ -290,9 +293,11 @@ static void test_replica__victims(void **state)
 	b.keep = true;
 	assert_int_equal(t.used, 100);
 
-	/* 30 more bytes need two victims; a (leased), b (kept) and f
-	 * (filling) are skipped, so c then d go, and no more than needed. */
-	assert_int_equal(tc__tier_charge(&t, 30, true, NULL, err, sizeof(err)),
+	/* A fill of 30 more bytes needs two victims; a (leased), b (kept)
+	 * and f (filling) are skipped, so c then d go, and no more than
+	 * needed. */
+	assert_int_equal(tc__replica_fill(&g.r, &t, 30, true, NULL, err,
+					  sizeof(err)),
 			 0);
 	assert_string_equal(victims, "cd");
 	assert_int_equal(t.used, 90);
@@ -301,19 +306,24 @@ static void test_replica__victims(void **state)
 	assert_int_equal(b.r.state, TC_REPLICA_READY);
 	assert_int_equal(f.r.state, TC_REPLICA_FILLING);
 
-	/* Nothing more can go: refused, with the reason, charging nothing. */
-	assert_int_equal(tc__tier_charge(&t, 20, true, NULL, err, sizeof(err)),
+	/* Nothing more can go: refused, with the reason, charging nothing
+	 * (the fills f and g count as being filled). */
+	assert_int_equal(tc__replica_fill(&x.r, &t, 20, true, NULL, err,
+					  sizeof(err)),
 			 TC_ENOSPACE);
 	must_contain(err, "toy budget exhausted: need 20 bytes, 10 of 100 "
-			  "free; 20 held by clients, 20 being filled");
+			  "free; 20 held by clients, 50 being filled");
+	assert_int_equal(x.r.state, TC_REPLICA_IDLE);
 	assert_string_equal(victims, "cd");
 	assert_int_equal(t.used, 90);
 
 	/* Only 10 bytes fit without evicting: b (kept) is still there. */
-	assert_int_equal(tc__tier_charge(&t, 10, false, NULL, err, sizeof(err)),
+	assert_int_equal(tc__replica_fill(&h.r, &t, 10, false, NULL, err,
+					  sizeof(err)),
 			 0);
 	assert_int_equal(t.used, 100);
-	tc__tier_uncharge(&t, 10 + 30);
+	assert_int_equal(tc__replica_gone(&h.r, false), 0);
+	assert_int_equal(tc__replica_gone(&g.r, false), 0);
 	assert_int_equal(tc__replica_unlease(&a.r), 0);
 	assert_int_equal(tc__replica_gone(&a.r, false), 0);
 	assert_int_equal(tc__replica_gone(&b.r, false), 0);
@@ -408,7 +418,7 @@ static void test_replica__all_or_nothing(void **state)
 static void test_replica__private(void **state)
 {
 	struct tc__tier t;
-	struct item a, p;
+	struct item a, p, q;
 	char err[MSG];
 
 	tc__tier_init(&t, "toy", 100, &toy_ops, NULL);
@@ -425,7 +435,9 @@ static void test_replica__private(void **state)
 	assert_int_equal(t.nreplicas, 2);
 	assert_ptr_equal(t.lru_head, &a.r);
 	assert_ptr_equal(t.lru_tail, &a.r);
-	assert_int_equal(tc__tier_charge(&t, 70, true, NULL, err, sizeof(err)),
+	item_init(&q, 'q');
+	assert_int_equal(tc__replica_fill(&q.r, &t, 70, true, NULL, err,
+					  sizeof(err)),
 			 TC_ENOSPACE);
 	assert_string_equal(victims, "a");
 	assert_int_equal(p.r.state, TC_REPLICA_READY);
