@@ -1536,22 +1536,34 @@ static void test_gpu_tier__fills_are_filling_replicas(void **state)
 
 	/* A GPU put is FILLING from CREATE_GPU to SEAL_GPU ... */
 	{
-		uint64_t n = 3 * MiB;
+		uint64_t n = MiB;
 		struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
 		struct tc_opts o = { .field_mask = TC_OPT_DEVICE, .device = 0 };
-		struct tc_result r;
+		struct tc_result r, r2;
 
 		assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p), 0);
-		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 2 * G);
-		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), G);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
 		/* The fake's device memory is host-addressable. */
 		memset(tc_put_data(p, 0), 0x44, (size_t)n);
 		assert_int_equal(tc_put_commit(p, &r), 0);
 		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 0);
-		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
 		assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
 		x = attach_gpu_ok(c, r.id, 0);
 		tc_artifact_close(x);
+		/* The same bytes put again: its fill goes at the seal, the
+		 * replica there stays, charged once. */
+		assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p), 0);
+		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), G);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+		memset(tc_put_data(p, 0), 0x44, (size_t)n);
+		assert_int_equal(tc_put_commit(p, &r2), 0);
+		assert_string_equal(r2.id, r.id);
+		assert_int_equal(r2.deduplicated, 1);
+		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 0);
+		assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
+		assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
 		assert_int_equal(tc_rm(c, r.id), 0);
 		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
 	}
