@@ -16,6 +16,7 @@ import atexit
 import ctypes
 import json
 import os
+import struct
 import sys
 import threading
 import time
@@ -355,27 +356,22 @@ def put(
     for n in names:
         if not isinstance(n, str) or not n:
             raise errors.InvalidArgumentError(f"tensor names must be non-empty strings, not {n!r}")
-    sources = [_to_bytes_source(n, tensors[n]) for n in names]
     n = len(names)
-    descs = (_native.TcTensorDesc * max(n, 1))()
-    keep: List[Any] = []
-    for i, (name, (dt, shape, _)) in enumerate(zip(names, sources)):
+    # The disk-backed policies persist from host memory.
+    to_gpu = n and not host and policy not in ("durable", "ha", "cold")
+    gpu = _cuda_ordinal_of(tensors) if to_gpu else None
+    if gpu is not None:
+        sources, ptrs = _cuda_sources(names, tensors)
+    else:
+        sources = [_to_bytes_source(n, tensors[n]) for n in names]
+    for name, (dt, shape, _) in zip(names, sources):
         if len(shape) > _native.TC_MAX_RANK:
             raise errors.LimitError(f"tensor {name!r} has {len(shape)} dimensions (at most {_native.TC_MAX_RANK})")
-        sh = (ctypes.c_uint64 * max(len(shape), 1))(*shape)
-        nm = name.encode()
-        keep += [sh, nm]
-        descs[i].name = nm
-        descs[i].dtype = dt.id
-        descs[i].ndim = len(shape)
-        descs[i].shape = ctypes.cast(sh, ctypes.POINTER(ctypes.c_uint64))
+    descs, keep = _pack_descs(names, sources)
     opts, keep_opts = make_opts(key, policy, expect_generation, None, ttl_ms, wait_persistence)
     s = _sess()
     lib = s.lib
     p = ctypes.c_void_p()
-    # The disk-backed policies persist from host memory.
-    to_gpu = n and not host and policy not in ("durable", "ha", "cold")
-    gpu = _cuda_ordinal_of(tensors) if to_gpu else None
     copy_seconds = 0.0
     if gpu is not None:
         # Every tensor on one GPU: the artifact becomes a replica on that
@@ -386,7 +382,7 @@ def put(
     s.call(lib.tc_put_begin, descs, n, meta_json, ctypes.byref(opts), ctypes.byref(p))
     try:
         if gpu is not None:
-            copy_seconds = _fill_from_device(s, p, names, tensors, sources, gpu)
+            copy_seconds = _fill_from_device(s, p, ptrs, gpu)
         else:
             _fill_host(lib, p, sources)
     except BaseException:
@@ -478,34 +474,89 @@ def _cuda_ordinal_of(tensors: Mapping[str, Any]) -> Optional[int]:
     return dev
 
 
-def _fill_from_device(s, p, names, tensors, sources, gpu: int) -> float:
-    """Copy every tensor into the GPU put `p` device to device: one call,
-    one stream, one synchronisation in libtcast.  Returns the copy's
-    seconds."""
-    import torch
-
+def _pack_descs(names, sources):
+    """The put's tc_tensor_desc array, packed in one buffer (names in one
+    string buffer, every shape in one uint64 array): a ctypes structure and
+    array per tensor cost ~5 us each, which a 1,000-tensor put of GPU
+    memory (a few ms in all) notices.  Returns (descs, objects to keep
+    alive until tc_put_begin returns)."""
     n = len(names)
-    srcs = []
+    blob = bytearray()
+    offs = []
+    dims: List[int] = []
+    for name in names:
+        offs.append(len(blob))
+        blob += name.encode()
+        blob.append(0)
+    for _, shape, _ in sources:
+        dims.extend(shape)
+    nbuf = ctypes.create_string_buffer(bytes(blob), len(blob) or 1)
+    shp = (ctypes.c_uint64 * max(len(dims), 1))(*dims)
+    raw = ctypes.create_string_buffer(24 * max(n, 1))
+    na, sa = ctypes.addressof(nbuf), ctypes.addressof(shp)
+    pack = _DESC.pack_into
+    d = 0
+    for i, (dt, shape, _) in enumerate(sources):
+        nd = len(shape)
+        pack(raw, 24 * i, na + offs[i], dt.id, nd, sa + 8 * d)
+        d += nd
+    return ctypes.cast(raw, ctypes.POINTER(_native.TcTensorDesc)), (nbuf, shp, raw)
+
+
+# struct tc_tensor_desc: const char *name; int32_t dtype; uint32_t ndim;
+# const uint64_t *shape (include/tcast/client.h).
+_DESC = struct.Struct("=QiIQ")
+assert _DESC.size == ctypes.sizeof(_native.TcTensorDesc)
+
+
+def _cuda_sources(names, tensors):
+    """(dtype, shape, None) per tensor and the device address of each (made
+    contiguous where it is not), for a put of CUDA tensors; one pass, no
+    per-tensor closure or library call."""
+    from_torch = dtypes.from_torch_dtype
+    sources = []
+    ptrs = []
+    keep = []
+    checks = []  # RawTensors: their byte count against the table's
     for i, name in enumerate(names):
         v = tensors[name]
-        t = (v.data if isinstance(v, RawTensor) else v).detach()
+        if isinstance(v, RawTensor):
+            t = v.data.detach()
+            dt, shape = v.dtype, v.shape
+            checks.append((i, name, dt, shape, t.numel() * t.element_size()))
+        else:
+            t = v.detach()
+            dt, shape = from_torch(t.dtype), tuple(t.shape)
         if not t.is_contiguous():
             t = t.contiguous()
-        nbytes = t.numel() * t.element_size()
-        dt, shape, _ = sources[i]
-        _check_size(name, dt, shape, nbytes, s.lib.tc_put_nbytes(p, i))
-        srcs.append(t)
+            keep.append(t)
+        sources.append((dt, shape, None))
+        ptrs.append(t.data_ptr())
+    ptrs.append((keep, checks))  # the contiguous copies live until the copy
+    return sources, ptrs
+
+
+def _fill_from_device(s, p, ptrs, gpu: int) -> float:
+    """Copy every tensor into the GPU put `p` device to device: one call
+    into libtcast, which copies and hashes in one pass (every tensor in one
+    call is what lets it).  Returns the copy's seconds."""
+    import torch
+
+    keep, checks = ptrs.pop()
+    n = len(ptrs)
+    for i, name, dt, shape, have in checks:
+        _check_size(name, dt, shape, have, s.lib.tc_put_nbytes(p, i))
     # The sources may still be written by kernels queued on torch's
     # streams (and .contiguous() just queued copies): let them finish.
     torch.cuda.synchronize(gpu)
     idx = (ctypes.c_uint32 * n)(*range(n))
-    ptrs = (ctypes.c_uint64 * n)(*(t.data_ptr() for t in srcs))
+    src = (ctypes.c_uint64 * n)(*ptrs)
     t0 = time.perf_counter()
     with s.lock:
-        rc = s.lib.tc_put_copy_from_device(p, n, idx, ptrs)
+        rc = s.lib.tc_put_copy_from_device(p, n, idx, src)
         if rc < 0:
             raise errors.error_from_code(rc, s.lib.tc_client_errmsg(s._h()).decode(errors="replace"))
-    del srcs
+    del keep
     return time.perf_counter() - t0
 
 
