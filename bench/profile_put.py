@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Where a tc.put of CUDA tensors spends its time: cProfile of one put of
+--gib GiB in --tensors bf16 CUDA tensors (after a warm-up put), sorted by
+total time, plus the put's own account (copy and daemon seconds).  Needs a
+GPU and torch with CUDA; starts a private daemon like the other benches.
+
+    python3 bench/profile_put.py --gib 8 --tensors 1000
+"""
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+import tcast as tc
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--gib", type=float, default=8)
+ap.add_argument("--tensors", type=int, default=1000)
+args = ap.parse_args()
+nbytes = int(args.gib * 2**30)
+n_el = nbytes // 2 // args.tensors
+src = {f"p.{i:04d}": torch.empty(n_el, dtype=torch.bfloat16, device="cuda:0").normal_() for i in range(args.tensors)}
+torch.cuda.synchronize()
+tc.init()
+a = tc.put(src)  # warm-up: kernels loaded, daemon's CUDA made
+tc.deregister_artifact(a.artifact_id)
+del a
+time.sleep(0.3)
+pr = cProfile.Profile()
+t0 = time.perf_counter()
+pr.enable()
+a = tc.put(src)
+pr.disable()
+s = time.perf_counter() - t0
+r = a.last_import
+print(f"put {nbytes / 2**30:.2f} GiB / {args.tensors} tensors: {s * 1e3:.2f} ms end to end "
+      f"({nbytes / s / 1e12:.3f} TB/s); copy {r.copy_seconds * 1e3:.2f} ms; daemon create-to-seal "
+      f"{r.daemon_seconds * 1e3:.2f} ms")
+pstats.Stats(pr).sort_stats("tottime").print_stats(18)
