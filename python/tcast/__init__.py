@@ -359,9 +359,10 @@ def put(
     n = len(names)
     # The disk-backed policies persist from host memory.
     to_gpu = n and not host and policy not in ("durable", "ha", "cold")
-    gpu = _cuda_ordinal_of(tensors) if to_gpu else None
-    if gpu is not None:
-        sources, ptrs = _cuda_sources(names, tensors)
+    cuda = _cuda_sources(names, tensors) if to_gpu else None
+    gpu = None
+    if cuda is not None:
+        gpu, sources, ptrs = cuda
     else:
         sources = [_to_bytes_source(n, tensors[n]) for n in names]
     for name, (dt, shape, _) in zip(names, sources):
@@ -458,22 +459,6 @@ def _fill_host(lib, p, sources) -> None:
         t.join()
 
 
-def _cuda_ordinal_of(tensors: Mapping[str, Any]) -> Optional[int]:
-    """The CUDA ordinal when every tensor is a torch tensor on that one GPU
-    (a put then fills a GPU replica device to device), else None."""
-    dev = None
-    for v in tensors.values():
-        t = v.data if isinstance(v, RawTensor) else v
-        if not (type(t).__module__.startswith("torch") and getattr(t, "is_cuda", False)):
-            return None
-        i = t.device.index
-        if dev is None:
-            dev = i
-        elif i != dev:
-            return None
-    return dev
-
-
 def _pack_descs(names, sources):
     """The put's tc_tensor_desc array, packed in one buffer (names in one
     string buffer, every shape in one uint64 array): a ctypes structure and
@@ -510,30 +495,51 @@ assert _DESC.size == ctypes.sizeof(_native.TcTensorDesc)
 
 
 def _cuda_sources(names, tensors):
-    """(dtype, shape, None) per tensor and the device address of each (made
-    contiguous where it is not), for a put of CUDA tensors; one pass, no
-    per-tensor closure or library call."""
+    """For a put of torch tensors all on one GPU (it then fills a GPU
+    replica device to device): (ordinal, [(dtype, shape, None)], device
+    addresses + what to keep alive); None when any tensor is not one.  One
+    pass, no per-tensor closure or library call: at 1,000 tensors each
+    microsecond here is a millisecond of a put that copies 8 GiB in ~9."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # no torch imported: no CUDA tensor can exist
+        return None
+    tensor_t = torch.Tensor
     from_torch = dtypes.from_torch_dtype
+    dts: Dict[Any, dtypes.DType] = {}
     sources = []
     ptrs = []
     keep = []
     checks = []  # RawTensors: their byte count against the table's
+    gpu = None
     for i, name in enumerate(names):
         v = tensors[name]
-        if isinstance(v, RawTensor):
-            t = v.data.detach()
+        raw = isinstance(v, RawTensor)
+        t = v.data if raw else v
+        if not isinstance(t, tensor_t) or not t.is_cuda:
+            return None
+        dev = t.get_device()
+        if gpu is None:
+            gpu = dev
+        elif dev != gpu:
+            return None
+        if raw:
             dt, shape = v.dtype, v.shape
             checks.append((i, name, dt, shape, t.numel() * t.element_size()))
         else:
-            t = v.detach()
-            dt, shape = from_torch(t.dtype), tuple(t.shape)
+            tdt = t.dtype
+            dt = dts.get(tdt)
+            if dt is None:
+                dt = dts[tdt] = from_torch(tdt)
+            shape = t.shape
         if not t.is_contiguous():
             t = t.contiguous()
             keep.append(t)
         sources.append((dt, shape, None))
         ptrs.append(t.data_ptr())
+    if gpu is None:
+        return None
     ptrs.append((keep, checks))  # the contiguous copies live until the copy
-    return sources, ptrs
+    return gpu, sources, ptrs
 
 
 def _fill_from_device(s, p, ptrs, gpu: int) -> float:
