@@ -381,6 +381,7 @@ def put(
         opts.device = gpu
     t0 = time.perf_counter()
     s.call(lib.tc_put_begin, descs, n, meta_json, ctypes.byref(opts), ctypes.byref(p))
+    t_begin = time.perf_counter() - t0
     try:
         if gpu is not None:
             copy_seconds = _fill_from_device(s, p, ptrs, gpu)
@@ -391,10 +392,13 @@ def put(
         raise
     res = _native.TcResult()
     with s.lock:  # commit frees p whatever happens; read the message here
+        t1 = time.perf_counter()
         rc = lib.tc_put_commit(p, ctypes.byref(res))
+        t_seal = time.perf_counter() - t1
         if rc < 0:
             raise errors.error_from_code(rc, lib.tc_client_errmsg(s._h()).decode(errors="replace"))
         r = persistence_of(s, _result_of(res, time.perf_counter() - t0))
+    r.begin_seconds, r.seal_seconds = t_begin, t_seal
     del keep, keep_opts
     if gpu is not None:
         r.device = f"cuda:{gpu}"

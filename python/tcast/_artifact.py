@@ -209,6 +209,10 @@ class ImportResult:
     # what a "should" of the policy could not do (ha without a cluster)
     degraded: Tuple[str, ...] = ()
     copy_seconds: float = 0.0  # a put from GPU memory: the device-to-device copy
+    # a put: tc_put_begin (the daemon makes the memory, this process maps
+    # it) and tc_put_commit (unmap, seal, reply), as this process saw them
+    begin_seconds: float = 0.0
+    seal_seconds: float = 0.0
     # an import of a view (tc_import_view): bytes and reads the daemon's
     # loader asked of the files (tc_last_import_reads)
     read_bytes: Optional[int] = None
