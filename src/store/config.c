@@ -34,6 +34,13 @@ const char *tc__io_engine_name(int e)
 							      "?";
 }
 
+int tc__cfg_gpu_load_threads(const struct tc__store_config *c)
+{
+	if (c->gpu_load_threads)
+		return c->gpu_load_threads;
+	return c->io_threads < 12 ? c->io_threads : 12;
+}
+
 void tc__config_defaults(struct tc__store_config *c)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
@@ -47,6 +54,7 @@ void tc__config_defaults(struct tc__store_config *c)
 				(uint64_t)pages * (uint64_t)psz / 2 :
 				(uint64_t)1 << 30;
 	c->io_threads = ncpu > 0 ? (int)(ncpu < 16 ? ncpu : 16) : 4;
+	c->gpu_load_threads = 0; /* tc__cfg_gpu_load_threads */
 	c->job_threads = 2;
 	c->max_clients = 1024;
 	c->log_level = TC_LOG_INFO;
@@ -229,8 +237,11 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		c->pin_eager = val[0] == 'e';
 		return 0;
 	}
-	if (!strcmp(key, "io_threads") || !strcmp(key, "job_threads")) {
-		int *dst = key[0] == 'i' ? &c->io_threads : &c->job_threads;
+	if (!strcmp(key, "io_threads") || !strcmp(key, "job_threads") ||
+	    !strcmp(key, "gpu_load_threads")) {
+		int *dst = key[0] == 'i' ? &c->io_threads :
+			   key[0] == 'j' ? &c->job_threads :
+					   &c->gpu_load_threads;
 
 		if (set_int(val, 1, 64, dst) < 0) {
 			snprintf(why, whylen, "must be an integer 1..64");
@@ -510,6 +521,7 @@ char *tc__config_json(const struct tc__store_config *c)
 	json_object_set_new(j, "socket", json_string(c->socket));
 	TC__CFG_NUM("host_memory", c->host_bytes);
 	TC__CFG_NUM("io_threads", c->io_threads);
+	TC__CFG_NUM("gpu_load_threads", tc__cfg_gpu_load_threads(c));
 	TC__CFG_NUM("job_threads", c->job_threads);
 	TC__CFG_NUM("max_clients", c->max_clients);
 	json_object_set_new(

@@ -34,6 +34,8 @@ struct tc__store_config {
 	char socket[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	uint64_t host_bytes;	 /* host-memory budget */
 	int io_threads;		 /* threads per import or digest */
+	int gpu_load_threads;	 /* threads of a load straight to a GPU; 0:
+				    tc__cfg_gpu_load_threads decides */
 	int job_threads;	 /* imports/digests running at once */
 	int max_clients;	 /* connections accepted at once */
 	int log_level;		 /* enum tc_log_level */
@@ -113,6 +115,15 @@ struct tc__store_config {
 #define TC_SPILL_AUTO UINT64_MAX
 
 void tc__config_defaults(struct tc__store_config *c);
+/*
+ * Threads of one load straight to a GPU: gpu_load_threads when set, else
+ * io_threads, at most 12.  Page cache -> pinned staging copies and the DMA
+ * out of staging share the host's memory bus: past ~12 copying threads the
+ * DMA slows (H200, 2026-12-03: 12 threads 88% of pinned H2D, 16 84%, 8
+ * 76%; bench/loader_threads.py).
+ */
+int tc__cfg_gpu_load_threads(const struct tc__store_config *c);
+
 /* Load a YAML mapping of the keys above (socket, host_memory, io_threads,
  * job_threads, max_clients, log_level, log_file, handshake_ms,
  * max_client_buffer, gpu_memory, host_spare, io_engine, gpu_pin_host,

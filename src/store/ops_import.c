@@ -63,6 +63,7 @@ struct import_job {
 	uint64_t total_bytes; /* for PROGRESS; set on the loop before phase 2 */
 	uint64_t t0_ns;
 	int io_threads;
+	int gpu_threads; /* the GPU loader's (gpu_load_threads) */
 	/* Straight to a GPU (TC_RF_GPU): the loader fills a new allocation
 	 * that the tier adopts as the artifact's only replica.  gpu_fill is
 	 * its FILLING replica on that GPU's tier from the charge on the loop
@@ -195,7 +196,7 @@ static void import_run_gpu(struct import_job *j, uint64_t n)
 {
 	struct persist_req *p = &j->persist;
 	struct tc__native_tmp tmp;
-	struct tc__gpu_load_opts lo = { .nthreads = j->io_threads,
+	struct tc__gpu_load_opts lo = { .nthreads = j->gpu_threads,
 					.depth = 2,
 					.direct = -1,
 					.stage_chunks = 1,
@@ -747,6 +748,7 @@ int on_import(struct conn *c, struct req *r)
 	j->r = *r;
 	j->phase = 1;
 	j->io_threads = c->srv->cfg->io_threads;
+	j->gpu_threads = tc__cfg_gpu_load_threads(c->srv->cfg);
 	j->io_engine = c->srv->cfg->io_engine;
 	j->t0_ns = tc__now_ns();
 	j->job.run = import_run;
