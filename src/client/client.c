@@ -573,9 +573,11 @@ static int import_folder_frame(tc_client *c, int dirfd, const char *display,
 }
 
 /* IMPORT of `path`; with `view` (a JSON view spec) only its byte ranges,
- * straight to the GPU o->device. */
-static int import(tc_client *c, const char *path, const char *view,
-		  const struct tc_opts *o, struct tc_result *res)
+ * straight to the GPU o->device, named by `gpu_ref` (an ordinal ref) or,
+ * when NULL, by its UUID. */
+static int import_once(tc_client *c, const char *path, const char *view,
+		       const struct tc_opts *o, struct tc_result *res,
+		       const char *gpu_ref)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	char display[PATH_MAX];
@@ -606,8 +608,11 @@ static int import(tc_client *c, const char *path, const char *view,
 		struct tc__gpu_info info;
 		char err[512];
 
-		/* Ordinals are per process: the daemon is told the UUID. */
-		rc = tc__gpu_device_info(o->device, &info, err, sizeof(err));
+		/* Ordinals are per process: the daemon is told the UUID, or
+		 * the ordinal with the environment that decides it. */
+		rc = gpu_ref ? 0 :
+			       tc__gpu_device_info(o->device, &info, err,
+						   sizeof(err));
 		if (rc < 0) {
 			tc__buf_release(&b);
 			close(fd);
@@ -616,7 +621,7 @@ static int import(tc_client *c, const char *path, const char *view,
 		tc__client_put_opts(
 			&b, o, TC_RF_GPU | shards | (view ? TC_RF_VIEW : 0));
 		tc__buf_put_u32(&b, TC_GPU_ANY_DEVICE);
-		tc__buf_put_str(&b, info.uuid_str);
+		tc__buf_put_str(&b, gpu_ref ? gpu_ref : info.uuid_str);
 		if (view)
 			tc__buf_put_str(&b, view);
 	} else {
@@ -643,6 +648,25 @@ static int import(tc_client *c, const char *path, const char *view,
 		rc = set_err(c, TC_EPROTO, "malformed result of a view import");
 	reply_release(&rep);
 	return rc;
+}
+
+static int import(tc_client *c, const char *path, const char *view,
+		  const struct tc_opts *o, struct tc_result *res)
+{
+	char ref[TC_GPU_REF_MAX];
+	int rc;
+
+	/* A process without the driver (the CLI) lets the daemon resolve its
+	 * ordinal rather than pay a cuInit to learn the UUID; a daemon in
+	 * another CUDA environment says so and the UUID goes instead. */
+	if (o && (o->field_mask & TC_OPT_DEVICE) &&
+	    tc__gpu_driver_untouched() &&
+	    tc__gpu_ordinal_ref(o->device, ref, sizeof(ref)) == 0) {
+		rc = import_once(c, path, view, o, res, ref);
+		if (rc != TC_EDEVICE)
+			return rc;
+	}
+	return import_once(c, path, view, o, res, NULL);
 }
 
 TC_API void tc_last_import_reads(tc_client *c, uint64_t *bytes, uint64_t *reads)

@@ -27,6 +27,7 @@
 #define TC_CU_DEFAULT_LIB "libcuda.so.1" /* the driver's soname */
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static bool load_started; /* load_once_fn has begun (atomic) */
 static pthread_mutex_t dev_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tc__cu the_cu;	/* valid when load_ret == 0 */
 static int load_ret;		/* result of the one load */
@@ -308,11 +309,31 @@ out_close_dl:
 
 static void load_once_fn(void)
 {
+	__atomic_store_n(&load_started, true, __ATOMIC_RELEASE);
 	load_ret = load_driver(&the_cu, load_err, sizeof(load_err));
 	if (load_ret == 0)
 		pthread_atfork(NULL, NULL, on_fork_child);
 	else
 		tc__log(TC_LOG_INFO, "%s", load_err);
+}
+
+bool tc__gpu_driver_untouched(void)
+{
+	const char *path = getenv("TCAST_CUDA_LIB");
+	void *h;
+
+	if (__atomic_load_n(&load_started, __ATOMIC_ACQUIRE))
+		return false;
+	if (!path || !*path)
+		path = TC_CU_DEFAULT_LIB;
+	/* Loaded by someone else (torch): its cuInit has read the
+	 * environment already, and ordinals are what it saw. */
+	h = dlopen(path, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+	if (h) {
+		dlclose(h);
+		return false;
+	}
+	return true;
 }
 
 int tc__cu_get(const struct tc__cu **out, char *err, size_t errlen)

@@ -3,6 +3,7 @@
  * call: usable before (or without) the driver.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -58,4 +59,63 @@ int tc__gpu_uuid_parse(const char *s, uint8_t out[TC_GPU_UUID_BYTES])
 	}
 	memcpy(out, u, sizeof(u));
 	return 0;
+}
+
+static const char *const ref_vars[] = { "CUDA_VISIBLE_DEVICES",
+					"CUDA_DEVICE_ORDER", "TCAST_CUDA_LIB" };
+
+/* The environment part of this process's ref ("|VAR=value|VAR!..."). */
+static int ref_env(char *out, size_t outlen)
+{
+	size_t off = 0;
+
+	out[0] = '\0';
+	for (size_t i = 0; i < sizeof(ref_vars) / sizeof(ref_vars[0]); i++) {
+		const char *v = getenv(ref_vars[i]);
+		int k;
+
+		if (v && strchr(v, '|'))
+			return TC_EINVAL;
+		k = v ? snprintf(out + off, outlen - off, "|%s=%s", ref_vars[i],
+				 v) :
+			snprintf(out + off, outlen - off, "|%s!", ref_vars[i]);
+		if (k < 0 || (size_t)k >= outlen - off)
+			return TC_EINVAL;
+		off += (size_t)k;
+	}
+	return 0;
+}
+
+int tc__gpu_ordinal_ref(int ordinal, char *out, size_t outlen)
+{
+	char env[TC_GPU_REF_MAX];
+	int k;
+
+	if (ordinal < 0 || ref_env(env, sizeof(env)) < 0)
+		return TC_EINVAL;
+	k = snprintf(out, outlen, "cuda:%d%s", ordinal, env);
+	return k < 0 || (size_t)k >= outlen ? TC_EINVAL : 0;
+}
+
+int tc__gpu_ordinal_ref_parse(const char *s, int *ordinal, bool *same_env)
+{
+	char env[TC_GPU_REF_MAX];
+	long n = 0;
+	const char *p;
+
+	if (strncmp(s, "cuda:", 5))
+		return 0;
+	p = s + 5;
+	if (*p < '0' || *p > '9')
+		return TC_EINVAL;
+	while (*p >= '0' && *p <= '9') {
+		n = n * 10 + (*p++ - '0');
+		if (n > 65535)
+			return TC_EINVAL;
+	}
+	if (*p && *p != '|')
+		return TC_EINVAL;
+	*ordinal = (int)n;
+	*same_env = ref_env(env, sizeof(env)) == 0 && !strcmp(p, env);
+	return 1;
 }

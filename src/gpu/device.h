@@ -46,4 +46,25 @@ void tc__gpu_uuid_format(const uint8_t uuid[TC_GPU_UUID_BYTES],
 /* Parse that form, with or without "GPU-".  Returns 0 or TC_EINVAL. */
 int tc__gpu_uuid_parse(const char *s, uint8_t out[TC_GPU_UUID_BYTES]);
 
+/*
+ * A GPU named by a process's CUDA ordinal, for a daemon to resolve: ordinals
+ * are per process (CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER), so the ref
+ * carries the environment that decides them: "cuda:N" then, for each of
+ * CUDA_VISIBLE_DEVICES, CUDA_DEVICE_ORDER and TCAST_CUDA_LIB, "|VAR=value"
+ * when set or "|VAR!" when not.  A process that has not loaded the driver
+ * sends it instead of the UUID, sparing its own cuInit (~15 ms of a CLI
+ * call); the daemon resolves N itself when its environment is the same,
+ * which is what makes its ordinal N the client's.
+ */
+#define TC_GPU_REF_MAX 1024
+
+/* This process's ref for `ordinal`.  Returns 0, or TC_EINVAL when it does
+ * not fit or a value holds '|' (the caller names the GPU by UUID). */
+int tc__gpu_ordinal_ref(int ordinal, char *out, size_t outlen);
+
+/* Whether s is an ordinal ref: 1 with *ordinal and *same_env (the ref's
+ * environment is this process's), 0 when it is not one (a UUID, say),
+ * TC_EINVAL when it starts as one but is malformed. */
+int tc__gpu_ordinal_ref_parse(const char *s, int *ordinal, bool *same_env);
+
 #endif /* TC_GPU_DEVICE_H */

@@ -79,6 +79,12 @@ struct tc__gpu_mem {
  * first, so calling it is only needed to get the reason early. */
 int tc__gpu_init(char *err, size_t errlen);
 
+/* Whether this process has not loaded the CUDA driver at all (neither
+ * tcast nor anyone else): naming a GPU by ordinal then spares a cuInit
+ * (tc__gpu_ordinal_ref), and the environment is what any later cuInit
+ * will read. */
+bool tc__gpu_driver_untouched(void);
+
 /* Number of visible GPUs (> 0), or TC_ENODEV / TC_ECUDA. */
 int tc__gpu_device_count(char *err, size_t errlen);
 

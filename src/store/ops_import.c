@@ -70,6 +70,8 @@ struct import_job {
 	 * to the adoption (or to import_free, which drops it). */
 	bool gpu;
 	uint8_t gpu_uuid[TC_GPU_UUID_BYTES];
+	int gpu_ref; /* >= 0: the client named the GPU by this ordinal of
+			an environment like the daemon's (gpu_uuid unset) */
 	struct tc__gpu_replica *gpu_fill; /* loop only */
 	int gpu_dev;		 /* the daemon's ordinal, once charged */
 	uint64_t gpu_charged;	 /* bytes charged (to allocate) */
@@ -401,6 +403,18 @@ static void import_work(struct import_job *j)
 		tc__srv_persist_write(&j->persist, j->o, j->chunks, n);
 }
 
+/* The client's ordinal is the daemon's (same CUDA environment): its
+ * UUID, from the driver the tier opened. */
+static int resolve_ref(struct import_job *j)
+{
+	struct tc__gpu_info info;
+	int rc = tc__gpu_device_info(j->gpu_ref, &info, j->err, sizeof(j->err));
+
+	if (rc == 0)
+		memcpy(j->gpu_uuid, info.uuid, sizeof(j->gpu_uuid));
+	return rc;
+}
+
 static void import_done(struct tc__job *job);
 
 static void import_fail(struct import_job *j, int rc, const char *msg)
@@ -487,6 +501,8 @@ static void import_done(struct tc__job *job)
 			 * host replica. */
 			rc = tc__gpu_tier_open_now(s->gpu, j->err,
 						   sizeof(j->err));
+			if (rc == 0 && j->gpu_ref >= 0)
+				rc = resolve_ref(j);
 			if (rc == 0)
 				rc = tc__gpu_tier_fill_begin(
 					s->gpu, j->gpu_uuid,
@@ -651,6 +667,8 @@ int on_import(struct conn *c, struct req *r)
 		return TC_EPROTO;
 	}
 	j = tc__calloc(1, sizeof(*j));
+	if (j)
+		j->gpu_ref = -1;
 	if (!j)
 		return -ENOMEM;
 	j->fd = -1;
@@ -674,10 +692,25 @@ int on_import(struct conn *c, struct req *r)
 			rc = TC_EPROTO;
 			goto out_free;
 		}
+		bool same_env;
+		int k;
+
 		rc = tc__srv_read_str(c, r, "GPU uuid", uuid, sizeof(uuid));
 		if (rc < 0)
 			goto out_free;
-		if (tc__gpu_uuid_parse(uuid, j->gpu_uuid) < 0) {
+		k = tc__gpu_ordinal_ref_parse(uuid, &j->gpu_ref, &same_env);
+		if (k == 1 && !same_env) {
+			snprintf(c->err, sizeof(c->err),
+				 "cannot resolve the client's GPU '%.200s': its "
+				 "CUDA environment is not the daemon's, so its "
+				 "ordinals may not be; name the GPU by UUID",
+				 uuid);
+			rc = TC_EDEVICE;
+			goto out_free;
+		}
+		if (k == 0 && tc__gpu_uuid_parse(uuid, j->gpu_uuid) < 0)
+			k = TC_EINVAL;
+		if (k < 0) {
 			snprintf(c->err, sizeof(c->err), "bad GPU uuid '%s'",
 				 uuid);
 			rc = TC_EINVAL;

@@ -70,6 +70,19 @@ if [ -e "$TC_BUILD/fakecuda/libcuda.so.1" ]; then
 	[ "$(t --json inspect "$gid" | json '[r["tier"] for r in d["replicas"]]')" = "['gpu']" ]; ok test $? = 0
 	t export "$gid" "$dir/gpu.safetensors" 2>&1 | grep -q "GPU only"; ok test $? = 0
 	ok rc_is 1 t import "$DATA/tiny-llama" --device cuda:7
+	# The CLI has the daemon resolve cuda:N (their CUDA environments
+	# match) and never initialises the driver itself: a cuInit in it
+	# would fail here.
+	ok rc_is 0 t rm "$gid"
+	TC_FAKECUDA_FAIL=cuInit:1 t import "$DATA/tiny-llama" --device cuda:0 >/dev/null; ok test $? = 0
+	t daemon logs -n 5 | grep -q "to GPU 0: "; ok test $? = 0
+	# Another environment: the daemon says it cannot map the ordinal and
+	# the CLI names the GPU by UUID (its cuda:0 is the daemon's GPU 1).
+	ok rc_is 0 t daemon stop
+	TC_FAKECUDA_DEVICES=2 t daemon start --host-memory 64MiB >/dev/null; ok test $? = 0
+	CUDA_VISIBLE_DEVICES=1 t import "$DATA/tiny-llama" --device cuda:0 >/dev/null; ok test $? = 0
+	t daemon logs -n 5 | grep -q "to GPU 1: "; ok test $? = 0
+	ok rc_is 0 t daemon restart --host-memory 64MiB
 	# The log says how the files were read: from the page cache with
 	# pread; O_DIRECT reads through io_uring where the kernel allows it.
 	[ "$(t --json daemon status | json 'd["io_engine"]')" = auto ]; ok test $? = 0

@@ -299,6 +299,50 @@ static void test_gpu__uuid_text(void **state)
 	assert_int_equal(tc__gpu_uuid_parse("", v), TC_EINVAL);
 }
 
+/* A GPU named by ordinal carries the environment that decides ordinals:
+ * equal here, not equal once a variable differs; malformed refs are
+ * refused, UUIDs are not refs. */
+static void test_gpu__ordinal_ref(void **state)
+{
+	char ref[TC_GPU_REF_MAX];
+	const char *cvd = getenv("CUDA_VISIBLE_DEVICES");
+	char *keep = cvd ? strdup(cvd) : NULL;
+	bool same;
+	int n;
+
+	(void)state;
+	assert_int_equal(tc__gpu_ordinal_ref(3, ref, sizeof(ref)), 0);
+	assert_true(!strncmp(ref, "cuda:3|CUDA_VISIBLE_DEVICES", 27));
+	assert_int_equal(tc__gpu_ordinal_ref_parse(ref, &n, &same), 1);
+	assert_int_equal(n, 3);
+	assert_true(same);
+	setenv("CUDA_VISIBLE_DEVICES", "1,0", 1);
+	assert_int_equal(tc__gpu_ordinal_ref_parse(ref, &n, &same), 1);
+	assert_false(same);
+	assert_int_equal(tc__gpu_ordinal_ref(0, ref, sizeof(ref)), 0);
+	assert_non_null(strstr(ref, "|CUDA_VISIBLE_DEVICES=1,0|"));
+	assert_int_equal(tc__gpu_ordinal_ref_parse(ref, &n, &same), 1);
+	assert_true(same);
+	setenv("CUDA_VISIBLE_DEVICES", "a|b", 1); /* cannot be carried */
+	assert_int_equal(tc__gpu_ordinal_ref(0, ref, sizeof(ref)), TC_EINVAL);
+	assert_int_equal(tc__gpu_ordinal_ref(0, ref, 8), TC_EINVAL);
+	if (keep)
+		setenv("CUDA_VISIBLE_DEVICES", keep, 1);
+	else
+		unsetenv("CUDA_VISIBLE_DEVICES");
+	free(keep);
+	assert_int_equal(tc__gpu_ordinal_ref_parse("cuda:x", &n, &same),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_ordinal_ref_parse("cuda:99999999", &n, &same),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_ordinal_ref_parse("cuda:1x", &n, &same),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_ordinal_ref_parse(
+				 "GPU-03142536-4758-697a-8b9c-adbecfe0f102", &n,
+				 &same),
+			 0);
+}
+
 static void test_gpu__visible_devices(void **state)
 {
 	const char *env[] = { "CUDA_VISIBLE_DEVICES=1", NULL };
@@ -1369,6 +1413,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__load),
 		cmocka_unit_test(test_gpu__devices),
 		cmocka_unit_test(test_gpu__uuid_text),
+		cmocka_unit_test(test_gpu__ordinal_ref),
 		cmocka_unit_test(test_gpu__visible_devices),
 		cmocka_unit_test(test_gpu__granularity),
 		cmocka_unit_test(test_gpu__alloc_release),
