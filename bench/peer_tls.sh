@@ -33,8 +33,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 for n in a b; do
 	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 		-keyout "$C/$n.key" -out "$C/$n.csr" -subj "/CN=node-$n" 2>/dev/null
+	# The name the pull dials (127.0.0.1): clients check it (tls_verify_name).
+	printf 'subjectAltName=DNS:node-%s,IP:127.0.0.1\n' "$n" >"$C/$n.ext"
 	openssl x509 -req -in "$C/$n.csr" -CA "$C/ca.crt" -CAkey "$C/ca.key" \
-		-CAcreateserial -days 1 -out "$C/$n.crt" 2>/dev/null
+		-CAcreateserial -days 1 -extfile "$C/$n.ext" -out "$C/$n.crt" 2>/dev/null
 done
 chmod 600 "$C"/*.key
 (umask 077; openssl rand -hex 32 >"$dir/secret")

@@ -135,6 +135,7 @@ static int parse(int argc, char **argv, struct gopts *o, bool operand)
 		{ "--tls-cert", "tls_cert" },
 		{ "--tls-key", "tls_key" },
 		{ "--tls-ca", "tls_ca" },
+		{ "--tls-verify-name", "tls_verify_name" },
 	};
 	char err[1024];
 	const char *v;

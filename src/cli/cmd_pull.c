@@ -135,12 +135,12 @@ static void name_from_daemon(tc_client *c, char *name, size_t len)
 	name[len - 1] = '\0'; /* truncated names need not end */
 }
 
-/* The daemon's TLS settings (tls, tls_cert, tls_key, tls_ca), which
- * --tls* flags then override key by key. */
+/* The daemon's TLS settings (tls, tls_cert, tls_key, tls_ca,
+ * tls_verify_name), which --tls* flags then override key by key. */
 static void tls_from_daemon(tc_client *c, struct tc__tls_config *t)
 {
 	static const char *const keys[] = { "tls", "tls_cert", "tls_key",
-					    "tls_ca" };
+					    "tls_ca", "tls_verify_name" };
 	char *doc = NULL, why[256];
 	json_t *j = NULL, *cfg;
 
@@ -306,6 +306,8 @@ static int pull_view(tc_client *c, const tc_view *v, int32_t device,
 	return 0;
 }
 
+#define NTLS 5 /* --tls, --tls-cert, --tls-key, --tls-ca, --tls-verify-name */
+
 int cmd_pull(int argc, char **argv)
 {
 	static const char *const policies[] = { "cache", "warm", "pinned",
@@ -315,11 +317,13 @@ int cmd_pull(int argc, char **argv)
 	struct tc__peer_pull_result *r = NULL;
 	struct tc__auth_secret *secret = NULL;
 	static struct tc__tls_config tls;
-	const char *tls_flag[4] = { NULL, NULL, NULL, NULL };
-	static const char *const tls_opt[4] = { "--tls", "--tls-cert",
-						"--tls-key", "--tls-ca" };
-	static const char *const tls_key[4] = { "tls", "tls_cert", "tls_key",
-						"tls_ca" };
+	const char *tls_flag[NTLS] = { NULL };
+	static const char *const tls_opt[NTLS] = { "--tls", "--tls-cert",
+						   "--tls-key", "--tls-ca",
+						   "--tls-verify-name" };
+	static const char *const tls_key[NTLS] = { "tls", "tls_cert", "tls_key",
+						   "tls_ca",
+						   "tls_verify_name" };
 	struct tc__tls_ctx *tls_ctx = NULL;
 	struct tc_opts o = { 0 };
 	struct tc_result res;
@@ -380,11 +384,11 @@ int cmd_pull(int argc, char **argv)
 		} else if (!strncmp(a, "--tls", 5)) {
 			int k;
 
-			for (k = 0; k < 4; k++)
+			for (k = 0; k < NTLS; k++)
 				if ((m = cli_opt(argc, argv, &i, tls_opt[k],
 						 &v)))
 					break;
-			if (k == 4)
+			if (k == NTLS)
 				return cli_usage_error("unknown option '%s'",
 						       cli_esc(a));
 			if (m < 0)
@@ -470,7 +474,7 @@ int cmd_pull(int argc, char **argv)
 	}
 	/* TLS as the daemon has it, flags on top. */
 	tls_from_daemon(tcl, &tls);
-	for (int k = 0; k < 4; k++) {
+	for (int k = 0; k < NTLS; k++) {
 		char why[512];
 
 		if (tls_flag[k] &&

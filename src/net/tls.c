@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -20,6 +21,7 @@
 #include "common/alloc.h"
 #include "ev.h"
 #include "tcast/errors.h"
+#include "tcp.h"
 #include "tls.h"
 
 #define SEND_WINDOW (8u << 20) /* bytes of a file mapped at once */
@@ -27,13 +29,18 @@
 struct tc__tls_ctx {
 	SSL_CTX *ssl;
 	char subject[256]; /* our certificate's subject */
+	bool verify_name;  /* clients check the server's name (default) */
 };
 
 struct tc__tls {
 	SSL *ssl;
-	int fd;		    /* borrowed */
-	char desc[384];	    /* tc__tls_describe */
-	char bad_subj[256]; /* the peer certificate that failed to verify */
+	int fd;		     /* borrowed */
+	bool verify_name;    /* from the context */
+	char desc[384];	     /* tc__tls_describe */
+	char bad_subj[256];  /* the peer certificate that failed to verify */
+	char want[256];	     /* the host we dialled ("" on a server) */
+	char bad_names[512]; /* what the certificate that did not name
+				`want` holds: "DNS:a, IP:10.0.0.1" */
 };
 
 /* ------------------------------------------------------------- config */
@@ -74,6 +81,23 @@ int tc__tls_config_set(struct tc__tls_config *c, const char *key,
 			snprintf(why, whylen,
 				 "'%s': expected on, off or auto (on when "
 				 "tls_cert is set)",
+				 val);
+			return TC_EINVAL;
+		}
+		return 1;
+	}
+	if (!strcmp(key, "tls_verify_name")) {
+		if (!strcmp(val, "on") || !strcmp(val, "true") ||
+		    !strcmp(val, "yes") || !strcmp(val, "1") || !*val)
+			c->no_verify_name = 0;
+		else if (!strcmp(val, "off") || !strcmp(val, "false") ||
+			 !strcmp(val, "no") || !strcmp(val, "0"))
+			c->no_verify_name = 1;
+		else {
+			snprintf(why, whylen,
+				 "'%s': expected on or off (whether a client "
+				 "checks that the server's certificate names "
+				 "the address it dialled)",
 				 val);
 			return TC_EINVAL;
 		}
@@ -160,8 +184,46 @@ static int check_file(const char *what, const char *path, bool secret,
 	return 0;
 }
 
+/* The subjectAltNames of `x` a name check looks at, "DNS:a, IP:10.0.0.1",
+ * or "no subjectAltName". */
+static void alt_names(X509 *x, char *buf, size_t len)
+{
+	GENERAL_NAMES *gens =
+		X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (int i = 0; gens && i < sk_GENERAL_NAME_num(gens); i++) {
+		const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+		char one[INET6_ADDRSTRLEN + 8] = "";
+		int type;
+		ASN1_STRING *v = GENERAL_NAME_get0_value(g, &type);
+		const unsigned char *d = v ? ASN1_STRING_get0_data(v) : NULL;
+		int n = v ? ASN1_STRING_length(v) : 0;
+
+		if (type == GEN_DNS && d)
+			snprintf(one, sizeof(one), "DNS:%.*s", n > 64 ? 64 : n,
+				 (const char *)d);
+		else if (type == GEN_IPADD && d && (n == 4 || n == 16)) {
+			char ip[INET6_ADDRSTRLEN];
+
+			if (inet_ntop(n == 4 ? AF_INET : AF_INET6, d, ip,
+				      sizeof(ip)))
+				snprintf(one, sizeof(one), "IP:%s", ip);
+		}
+		if (!one[0] || used + strlen(one) + 3 >= len)
+			continue;
+		used += (size_t)snprintf(buf + used, len - used, "%s%s",
+					 used ? ", " : "", one);
+	}
+	GENERAL_NAMES_free(gens);
+	if (!buf[0])
+		snprintf(buf, len, "no subjectAltName");
+}
+
 /* OpenSSL's verdict stands; we only note whose certificate failed (the
- * peer's own, depth 0), for the log. */
+ * peer's own, depth 0), and on a name mismatch what names it holds, for
+ * the error. */
 static int verify_cb(int ok, X509_STORE_CTX *x)
 {
 	SSL *ssl = X509_STORE_CTX_get_ex_data(
@@ -169,7 +231,14 @@ static int verify_cb(int ok, X509_STORE_CTX *x)
 	struct tc__tls *t = ssl ? SSL_get_app_data(ssl) : NULL;
 	STACK_OF(X509) *chain = X509_STORE_CTX_get0_untrusted(x);
 	X509 *leaf = X509_STORE_CTX_get0_cert(x);
+	int e = X509_STORE_CTX_get_error(x);
 
+	if (!ok && t && !t->bad_names[0] &&
+	    (e == X509_V_ERR_HOSTNAME_MISMATCH ||
+	     e == X509_V_ERR_IP_ADDRESS_MISMATCH) &&
+	    X509_STORE_CTX_get_current_cert(x))
+		alt_names(X509_STORE_CTX_get_current_cert(x), t->bad_names,
+			  sizeof(t->bad_names));
 	if (!ok && t && !t->bad_subj[0]) {
 		if (!leaf && chain && sk_X509_num(chain) > 0)
 			leaf = sk_X509_value(chain, 0);
@@ -314,6 +383,7 @@ int tc__tls_ctx_new(const struct tc__tls_config *c, struct tc__tls_ctx **out,
 	SSL_CTX_set_verify(t->ssl,
 			   SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
 			   verify_cb);
+	t->verify_name = !c->no_verify_name;
 	/* Peers send client CA names (the CA's subject) in requests. */
 	{
 		STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(c->ca);
@@ -352,6 +422,11 @@ void tc__tls_ctx_free(struct tc__tls_ctx *ctx)
 	tc__free(ctx);
 }
 
+bool tc__tls_ctx_verify_name(const struct tc__tls_ctx *ctx)
+{
+	return ctx && ctx->verify_name;
+}
+
 const char *tc__tls_ctx_subject(const struct tc__tls_ctx *ctx)
 {
 	return ctx ? ctx->subject : "";
@@ -375,6 +450,7 @@ int tc__tls_new(struct tc__tls_ctx *ctx, int fd, bool server,
 		return -ENOMEM;
 	}
 	t->fd = fd;
+	t->verify_name = ctx->verify_name;
 	SSL_set_app_data(t->ssl, t);
 	if (server)
 		SSL_set_accept_state(t->ssl);
@@ -382,6 +458,41 @@ int tc__tls_new(struct tc__tls_ctx *ctx, int fd, bool server,
 		SSL_set_connect_state(t->ssl);
 	*out = t;
 	return 0;
+}
+
+int tc__tls_expect_peer(struct tc__tls *t, const char *hostport, char *err,
+			size_t errlen)
+{
+	unsigned char ip[sizeof(struct in6_addr)];
+	char host[256];
+	uint16_t port;
+	int rc;
+
+	if (!t->verify_name)
+		return 0;
+	rc = tc__tcp_split(hostport, host, sizeof(host), &port, 0, err, errlen);
+	if (rc < 0)
+		return rc;
+	snprintf(t->want, sizeof(t->want), "%s", host);
+	ERR_clear_error();
+	if (inet_pton(AF_INET, host, ip) == 1 ||
+	    inet_pton(AF_INET6, host, ip) == 1) {
+		/* An address: only a subjectAltName IP may match it. */
+		if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl),
+						  host) != 1)
+			goto oom;
+		return 0;
+	}
+	/* A name: "*.example" matches one whole label, never part of one. */
+	SSL_set_hostflags(t->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	if (SSL_set1_host(t->ssl, host) != 1)
+		goto oom;
+	/* SNI, so a server behind one address can tell whom we want. */
+	(void)SSL_set_tlsext_host_name(t->ssl, host);
+	return 0;
+oom:
+	snprintf(err, errlen, "TLS: cannot set the expected name '%s'", host);
+	return -ENOMEM;
 }
 
 void tc__tls_free(struct tc__tls *t)
@@ -436,6 +547,26 @@ static int handshake_fail(struct tc__tls *t, int r, char *err, size_t errlen)
 		peer_subject(t, subj, sizeof(subj));
 		if (!subj[0])
 			snprintf(subj, sizeof(subj), "%s", t->bad_subj);
+		if (vr == X509_V_ERR_HOSTNAME_MISMATCH ||
+		    vr == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+			snprintf(err, errlen,
+				 "TLS: the peer's certificate%s%s%s does not "
+				 "name %s '%s' that we connected to: it "
+				 "holds %s (give the node a certificate with "
+				 "subjectAltName %s:%s, connect by a name it "
+				 "holds, or set tls_verify_name: off)",
+				 subj[0] ? " (" : "", subj, subj[0] ? ")" : "",
+				 vr == X509_V_ERR_IP_ADDRESS_MISMATCH ?
+					 "the address" :
+					 "the host",
+				 t->want,
+				 t->bad_names[0] ? t->bad_names :
+						   "no name we could read",
+				 vr == X509_V_ERR_IP_ADDRESS_MISMATCH ? "IP" :
+									"DNS",
+				 t->want);
+			return TC_EPERM;
+		}
 		snprintf(err, errlen,
 			 "TLS: the peer's certificate%s%s%s is refused: %s "
 			 "(not signed by our tls_ca?)",
@@ -460,7 +591,9 @@ static int handshake_fail(struct tc__tls *t, int r, char *err, size_t errlen)
 	case SSL_R_TLSV1_ALERT_DECRYPT_ERROR:
 		snprintf(err, errlen,
 			 "TLS: the peer refused our certificate (%s): is it "
-			 "signed by the cluster's CA?",
+			 "signed by the cluster's CA (and, where the peer "
+			 "dialled us, does it name that address)? its log "
+			 "says which",
 			 why);
 		return TC_EPERM;
 	case SSL_R_WRONG_VERSION_NUMBER:

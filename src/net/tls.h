@@ -11,9 +11,13 @@
  * identity; the secret stays the check of cluster membership
  * (docs/cluster.md, Security).
  *
- * What this module does not do: check host names or IP addresses against
- * the certificate (any certificate the cluster CA signed is admitted),
- * revocation lists, session resumption (no tickets are issued).
+ * A client also checks that the server's certificate names the address
+ * it meant to reach (tc__tls_expect_peer: subjectAltName DNS or IP, the
+ * way a browser does), unless `tls_verify_name: off`.  A server cannot
+ * know a client's name and checks only the chain.
+ *
+ * What this module does not do: revocation lists, session resumption (no
+ * tickets are issued).
  *
  * Connections are driven like the plain ones: tc__tls_handshake_io() is
  * one non-blocking step for an event loop, tc__tls_handshake_run() the
@@ -21,8 +25,8 @@
  * and tc__tls_recv() behave like send(2)/recv(2) on the fd's blocking
  * mode (-EAGAIN, with the events to wait for, where those would give
  * EAGAIN).  OpenSSL writes with write(2): a process that turns TLS on
- * ignores SIGPIPE (tc__tls_ctx_new does it).  Depends only on src/common
- * and OpenSSL.
+ * ignores SIGPIPE (tc__tls_ctx_new does it).  Depends only on src/common,
+ * net/tcp.h (HOST:PORT parsing) and OpenSSL.
  */
 #ifndef TC_TLS_H
 #define TC_TLS_H
@@ -47,6 +51,9 @@ struct tc__tls_config {
 	char cert[PATH_MAX]; /* tls_cert: PEM certificate (chain) */
 	char key[PATH_MAX];  /* tls_key: PEM private key */
 	char ca[PATH_MAX];   /* tls_ca: PEM CA certificate(s) */
+	int no_verify_name;  /* tls_verify_name: off; 0 (the default)
+				means a client checks the server's
+				certificate names the address it dialled */
 };
 
 struct tc__tls_ctx; /* a loaded configuration: certificate, key, CA */
@@ -55,7 +62,8 @@ struct tc__tls;	    /* one connection */
 /* ---- configuration */
 
 /* Apply one key of a config file or flag: `tls` (auto|on|off), `tls_cert`,
- * `tls_key`, `tls_ca` (an empty value clears a path).  Returns 1 when
+ * `tls_key`, `tls_ca` (an empty value clears a path), `tls_verify_name`
+ * (on|off, also true|false, yes|no, 1|0).  Returns 1 when
  * `key` is one of them and was set, 0 when it is not a TLS key, TC_EINVAL
  * with `why` for a bad value. */
 int tc__tls_config_set(struct tc__tls_config *c, const char *key,
@@ -76,6 +84,8 @@ int tc__tls_ctx_new(const struct tc__tls_config *c, struct tc__tls_ctx **out,
 		    char *err, size_t errlen);
 /* NULL is a no-op. */
 void tc__tls_ctx_free(struct tc__tls_ctx *ctx);
+/* Whether clients of this context check the server's name. */
+bool tc__tls_ctx_verify_name(const struct tc__tls_ctx *ctx);
 /* Subject of our own certificate (for logs).  Borrowed. */
 const char *tc__tls_ctx_subject(const struct tc__tls_ctx *ctx);
 
@@ -85,6 +95,16 @@ const char *tc__tls_ctx_subject(const struct tc__tls_ctx *ctx);
  * the server (accepting) or client side.  Returns 0 or -ENOMEM. */
 int tc__tls_new(struct tc__tls_ctx *ctx, int fd, bool server,
 		struct tc__tls **out);
+/* Client side: the server's certificate must name the host of `hostport`
+ * ("HOST:PORT", "[v6]:PORT"; the address we dialled), as a subjectAltName
+ * IP when HOST is an IP address, else as a subjectAltName DNS name
+ * (wildcards allowed, the subject's CN only when the certificate has no
+ * DNS names).  A mismatch fails the handshake with TC_EPERM and an error
+ * naming what we expected and what the certificate holds.  Call before
+ * the handshake; a no-op when the context has tls_verify_name off.
+ * Returns 0, TC_EINVAL (`err`: not HOST:PORT) or -ENOMEM. */
+int tc__tls_expect_peer(struct tc__tls *t, const char *hostport, char *err,
+			size_t errlen);
 /* Free (no close_notify is sent: the cluster protocols frame their own
  * ends).  NULL is a no-op. */
 void tc__tls_free(struct tc__tls *t);

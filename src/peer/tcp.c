@@ -297,6 +297,16 @@ int tc__peer_secure(struct tc__peer_conn *c, struct tc__tls_ctx *ctx,
 		snprintf(err, errlen, "%s: TLS: out of memory", c->addr);
 		return rc;
 	}
+	/* We dialled c->addr: the peer's certificate must name it. */
+	if (!server) {
+		rc = tc__tls_expect_peer(c->tls, c->addr, why, sizeof(why));
+		if (rc < 0) {
+			snprintf(err, errlen, "%s: %s", c->addr, why);
+			tc__tls_free(c->tls);
+			c->tls = NULL;
+			return rc;
+		}
+	}
 	rc = tc__tls_handshake_run(c->tls, tc__now_ms() + (uint64_t)timeout_ms,
 				   why, sizeof(why));
 	if (rc < 0) {

@@ -574,6 +574,8 @@ char *tc__config_json(const struct tc__store_config *c)
 	json_object_set_new(j, "tls_cert", json_string(c->tls.cert));
 	json_object_set_new(j, "tls_key", json_string(c->tls.key));
 	json_object_set_new(j, "tls_ca", json_string(c->tls.ca));
+	json_object_set_new(j, "tls_verify_name",
+			    json_string(c->tls.no_verify_name ? "off" : "on"));
 	TC__CFG_NUM("key_sync_ms", c->key_sync_ms);
 	TC__CFG_NUM("ha_wait_ms", c->ha_wait_ms);
 	TC__CFG_NUM("ha_check_ms", c->ha_check_ms);

@@ -64,11 +64,15 @@ int tc__gsc_connect(struct tc__gsc *g, const char *addr,
 		if (fl >= 0)
 			fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 		ret = tc__tls_new(g->tls_ctx, fd, false, &g->tls);
+		if (ret < 0)
+			snprintf(why, sizeof(why), "out of memory");
+		/* The global store's certificate must name `addr`. */
+		if (ret == 0)
+			ret = tc__tls_expect_peer(g->tls, addr, why,
+						  sizeof(why));
 		if (ret == 0)
 			ret = tc__tls_handshake_run(g->tls, deadline, why,
 						    sizeof(why));
-		else
-			snprintf(why, sizeof(why), "out of memory");
 		if (ret < 0) {
 			snprintf(g->err, sizeof(g->err),
 				 "TLS with the global store at '%s': %s", addr,

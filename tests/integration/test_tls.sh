@@ -9,7 +9,11 @@
 #     and one whose certificate another CA signed, by the global store and
 #     by a peer server; plaintext garbage to either TLS port; a silent
 #     client does not slow anybody (its handshake deadline drops it);
-#   bad files at start: a clear error naming the file, exit status != 0.
+#   bad files at start: a clear error naming the file, exit status != 0;
+#   the name check: a client refuses a server whose certificate does not
+#     name the host or IP it dialled (subjectAltName), with the expected
+#     name and what the certificate holds; the right name connects;
+#     tls_verify_name off admits it; the refused server keeps serving.
 set -u
 T=${TCAST:?}
 PY=/usr/bin/python3
@@ -33,11 +37,11 @@ S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
 g() { "$T" global "$1" "${S[@]}" "${TLS[@]}" "${@:2}"; }
 d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
-	for n in a b c x y; do d $n daemon stop >/dev/null 2>&1; done
+	for n in a b c x y w; do d $n daemon stop >/dev/null 2>&1; done
 	"$T" global stop "${S[@]}" >/dev/null 2>&1
 	if [ "$fail" != 0 ]; then
 		tail -n 20 "$dir/gs/global.log" >&2
-		for n in a b c x y; do echo "--- $n" >&2; tail -n 10 "$dir/$n/tcastd.log" 2>/dev/null >&2; done
+		for n in a b c x y w; do echo "--- $n" >&2; tail -n 10 "$dir/$n/tcastd.log" 2>/dev/null >&2; done
 	fi
 	rm -rf "$dir"
 }
@@ -61,6 +65,12 @@ leaf() { # NAME CA: a certificate for NAME signed by CA (client and server use)
 ca ca && ca rogue-ca
 for n in global node-a node-b node-x; do leaf "$n" ca; done
 leaf node-y rogue-ca
+# node-w: a certificate of the cluster CA for the name localhost and an
+# address it is not at (10.9.9.9), so 127.0.0.1 is the wrong address.
+leaf node-w ca
+sed -i 's/^subjectAltName=.*/subjectAltName=DNS:localhost,IP:10.9.9.9/' "$C/node-w.ext"
+openssl x509 -req -in "$C/node-w.csr" -CA "$C/ca.crt" -CAkey "$C/ca.key" \
+	-CAcreateserial -days 1 -extfile "$C/node-w.ext" -out "$C/node-w.crt" 2>/dev/null
 # node-y trusts both CAs (so its own certificate checks out at start, and
 # what it meets is refused at the other end, not at its own).
 cat "$C/ca.crt" "$C/rogue-ca.crt" >"$C/both.crt"
@@ -224,6 +234,46 @@ exec 4>&-
 r=$(d b --json pull model:tls --no-key 2>"$dir/err")
 ok test $? = 0
 ok is "$(echo "$r" | json 'd["id"]')" "$id"
+
+# 7. the name check.  The global store's certificate names 127.0.0.1 and
+# "global", not localhost: a tool dialling localhost refuses it, naming
+# both; then W (a peer server whose certificate names localhost and
+# 10.9.9.9 only) serves a pull by the name it holds, refuses one by an
+# address it does not hold, admits it with tls_verify_name off, and goes
+# on serving.
+gport=${G##*:}
+out=$(g status --global "localhost:$gport" 2>&1)
+ok test $? != 0
+ok has "$out" "TLS: the peer's certificate (CN = global) does not name the host 'localhost' that we connected to: it holds DNS:global, IP:127.0.0.1"
+out=$(g status --global "localhost:$gport" --tls-verify-name off --json 2>&1)
+ok has "$out" '"nodes_live":2'
+mkdir -p "$dir/w" && chmod 700 "$dir/w"
+d w daemon start --host-memory 64MiB --set "cluster_secret_file=$dir/secret" \
+	--set "node_name=w" --set "peer_listen=127.0.0.1:0" \
+	--set "log_file=$dir/w/tcastd.log" --set "tls_cert=$C/node-w.crt" \
+	--set "tls_key=$C/node-w.key" --set "tls_ca=$C/ca.crt" >/dev/null
+ok test $? = 0
+ok wait_for 10 test -s "$dir/w/peer.addr"
+PW=$(cat "$dir/w/peer.addr")
+idw=$(d w import "$dir/f2.safetensors" 2>/dev/null)
+ok test -n "$idw"
+d b rm "$idw" >/dev/null 2>&1
+out=$(d b --json pull "$idw" --from "$PW" --no-key 2>&1)
+ok test $? != 0
+ok has "$out" "TLS: the peer's certificate (CN = node-w) does not name the address '127.0.0.1' that we connected to: it holds DNS:localhost, IP:10.9.9.9"
+ok has "$out" "tls_verify_name: off"
+ok in_log "$dir/w/tcastd.log" "the peer refused our certificate"
+r=$(d b --json pull "$idw" --from "localhost:${PW##*:}" --no-key 2>"$dir/err")
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$idw"
+d b rm "$idw" >/dev/null 2>&1
+r=$(d b --json pull "$idw" --from "$PW" --no-key --tls-verify-name off 2>"$dir/err")
+ok test $? = 0
+ok is "$(echo "$r" | json 'd["id"]')" "$idw"
+out=$(d b pull "$idw" --from "$PW" --tls-verify-name perhaps 2>&1)
+ok test $? = 2
+ok has "$out" "--tls-verify-name: 'perhaps': expected on or off"
+d w daemon stop >/dev/null
 
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

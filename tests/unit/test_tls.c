@@ -8,7 +8,8 @@
  * it stops asking to wait: a good pair completes TLS and then the cluster
  * handshake inside it and moves bytes; a rogue certificate, a peer
  * without TLS and plaintext bytes are refused, each with its reason; bad
- * files are refused at load time naming the file.
+ * files are refused at load time naming the file; a client refuses a
+ * server whose certificate does not name the host or address it dialled.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,6 +58,14 @@ static int setup(void **state)
 	   "&& openssl x509 -req -in $l.csr -CA $c.crt -CAkey $c.key "
 	   "-CAcreateserial -days 1 -out $l.crt 2>/dev/null || exit 1; done "
 	   "&& cat ca.crt rogue.crt >both.crt && chmod 600 *.key",
+	   dir);
+	/* n: a certificate with subjectAltNames, as a node would have */
+	sh("cd %s && openssl req -new -newkey ec -pkeyopt "
+	   "ec_paramgen_curve:P-256 -nodes -keyout n.key -out n.csr -subj "
+	   "/CN=node-n 2>/dev/null && printf 'subjectAltName=DNS:node-n,"
+	   "DNS:*.ok.test,IP:127.0.0.1,IP:::1\\n' >n.ext && openssl x509 "
+	   "-req -in n.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 "
+	   "-extfile n.ext -out n.crt 2>/dev/null && chmod 600 n.key",
 	   dir);
 	return 0;
 }
@@ -125,6 +134,25 @@ static void test_tls__config(void **state)
 	/* on without files */
 	c.mode = TC_TLS_ON;
 	assert_true(tc__tls_config_on(&c));
+	/* the name check: on unless turned off */
+	assert_int_equal(c.no_verify_name, 0);
+	assert_int_equal(tc__tls_config_set(&c, "tls_verify_name", "off", why,
+					    sizeof(why)),
+			 1);
+	assert_int_equal(c.no_verify_name, 1);
+	assert_int_equal(tc__tls_config_set(&c, "tls_verify_name", "true", why,
+					    sizeof(why)),
+			 1);
+	assert_int_equal(c.no_verify_name, 0);
+	assert_int_equal(tc__tls_config_set(&c, "tls_verify_name", "false", why,
+					    sizeof(why)),
+			 1);
+	assert_int_equal(c.no_verify_name, 1);
+	assert_int_equal(tc__tls_config_set(&c, "tls_verify_name", "maybe", why,
+					    sizeof(why)),
+			 TC_EINVAL);
+	assert_non_null(strstr(why, "'maybe': expected on or off"));
+	assert_int_equal(c.no_verify_name, 1);
 }
 
 static void load_fails(struct tc__tls_config *c, int code, const char *want)
@@ -427,6 +455,93 @@ static void test_tls__plaintext(void **state)
 	tc__tls_ctx_free(xa);
 }
 
+/* A client of `client` dialling `hostport` (the name it expects) meets a
+ * server with certificate `cert`: returns the client's result, its error
+ * in `ec`, the server's result in *rs. */
+static int dial(struct tc__tls_ctx *client, const char *cert,
+		const char *hostport, char *ec, int *rs)
+{
+	struct tc__tls_ctx *xs = ctx_of(cert, "ca");
+	struct tc__tls *s, *c;
+	char es[512] = "";
+	int sv[2], rc;
+
+	ec[0] = '\0';
+	pair(sv);
+	assert_int_equal(tc__tls_new(xs, sv[0], true, &s), 0);
+	assert_int_equal(tc__tls_new(client, sv[1], false, &c), 0);
+	assert_int_equal(tc__tls_expect_peer(c, hostport, ec, 512), 0);
+	both(s, c, rs, &rc, es, ec);
+	tc__tls_free(s);
+	tc__tls_free(c);
+	close(sv[0]);
+	close(sv[1]);
+	tc__tls_ctx_free(xs);
+	return rc;
+}
+
+static void test_tls__peer_name(void **state)
+{
+	struct tc__tls_ctx *xb = ctx_of("b", "ca"), *off;
+	struct tc__tls_config c;
+	struct tc__tls *t;
+	char ec[512], err[512];
+	int rs, sv[2];
+
+	assert_true(tc__tls_ctx_verify_name(xb));
+	/* the names the certificate holds, and only those */
+	assert_int_equal(dial(xb, "n", "node-n:7070", ec, &rs), 0);
+	assert_int_equal(rs, 0);
+	assert_int_equal(dial(xb, "n", "127.0.0.1:7070", ec, &rs), 0);
+	assert_int_equal(dial(xb, "n", "[::1]:7070", ec, &rs), 0);
+	assert_int_equal(dial(xb, "n", "x.ok.test:7070", ec, &rs), 0);
+	assert_int_equal(dial(xb, "n", "NODE-N:7070", ec, &rs), 0);
+
+	/* another host name: refused by the client, naming both */
+	assert_int_equal(dial(xb, "n", "node-z:7070", ec, &rs), TC_EPERM);
+	if (!strstr(ec, "(CN = node-n) does not name the host 'node-z' "
+			"that we connected to: it holds DNS:node-n, "
+			"DNS:*.ok.test, IP:127.0.0.1, IP:::1"))
+		fail_msg("got '%s'", ec);
+	assert_non_null(strstr(ec, "tls_verify_name: off"));
+	/* and the server learns its certificate was refused */
+	assert_int_equal(rs, TC_EPERM);
+	/* a wildcard covers one label, not two, nor part of one */
+	assert_int_equal(dial(xb, "n", "a.b.ok.test:1", ec, &rs), TC_EPERM);
+	assert_int_equal(dial(xb, "n", "node-nx:1", ec, &rs), TC_EPERM);
+	/* another address: only a subjectAltName IP matches an address */
+	assert_int_equal(dial(xb, "n", "10.0.0.12:7070", ec, &rs), TC_EPERM);
+	if (!strstr(ec, "does not name the address '10.0.0.12' that we "
+			"connected to") ||
+	    !strstr(ec, "subjectAltName IP:10.0.0.12"))
+		fail_msg("got '%s'", ec);
+	/* no subjectAltName at all: the CN stands in for a host name (as
+	 * OpenSSL and browsers of old did), never for an address */
+	assert_int_equal(dial(xb, "a", "node-a:1", ec, &rs), 0);
+	assert_int_equal(dial(xb, "a", "127.0.0.1:1", ec, &rs), TC_EPERM);
+	assert_non_null(strstr(ec, "it holds no subjectAltName"));
+
+	/* tls_verify_name: off: any certificate of the CA, from anywhere */
+	cfg(&c, "b", "ca");
+	c.no_verify_name = 1;
+	assert_int_equal(tc__tls_ctx_new(&c, &off, err, sizeof(err)), 0);
+	assert_false(tc__tls_ctx_verify_name(off));
+	assert_int_equal(dial(off, "n", "node-z:7070", ec, &rs), 0);
+	assert_int_equal(rs, 0);
+
+	/* not HOST:PORT: said before any byte moves */
+	pair(sv);
+	assert_int_equal(tc__tls_new(xb, sv[1], false, &t), 0);
+	assert_int_equal(tc__tls_expect_peer(t, "node-n", err, sizeof(err)),
+			 TC_EINVAL);
+	assert_non_null(strstr(err, "expected HOST:PORT"));
+	tc__tls_free(t);
+	close(sv[0]);
+	close(sv[1]);
+	tc__tls_ctx_free(off);
+	tc__tls_ctx_free(xb);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -436,6 +551,7 @@ int main(void)
 		cmocka_unit_test(test_tls__binding),
 		cmocka_unit_test(test_tls__rogue),
 		cmocka_unit_test(test_tls__plaintext),
+		cmocka_unit_test(test_tls__peer_name),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
