@@ -24,6 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
 . "$root/scripts/netns-lib.sh"
 PY=/usr/bin/python3
+. "$root/bench/lib/bench.sh"
 [ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
 id=$$
 br=tcfb$((id % 100000))
@@ -57,7 +58,7 @@ for x in "${names[@]}"; do
 	eval "addr_$x=$sub.$k"
 	ports+=("b$k-$id")
 done
-(umask 077; head -c 48 /dev/urandom | base64 -w0 >"$dir/secret")
+bench_secret "$dir/secret"
 ip netns exec "tcfgs$id" "$T" global start --state-dir "$dir/gs" --cluster-secret-file "$dir/secret" \
 	--listen "$addr_gs:7470" >/dev/null
 mem=$(((mib * 2 + 1024) >> 10))GiB
@@ -68,23 +69,14 @@ for x in "${names[@]:1}"; do
 		--set host_spare=0 --set "global=$addr_gs:7470" --set "cluster_secret_file=$dir/secret" \
 		--set "node_name=$x" --set "peer_listen=${!a}:7070" >/dev/null
 done
-# A sparse safetensors file of zeros (TCP and BLAKE3 do not care).
-$PY - "$dir/m.safetensors" "$mib" <<'PYEOF'
-import json, struct, sys
-n = int(sys.argv[2]) << 20
-h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h)
-    f.truncate(8 + len(h) + n)
-PYEOF
+bench_sparse "$dir/m.safetensors" $((mib << 20))
 art=$("$T" --socket "$dir/seed/d.sock" import "$dir/m.safetensors" 2>/dev/null)
 rm -f "$dir/m.safetensors"
 for _ in $(seq 100); do
 	ip netns exec tcfr1$id "$T" --socket "$dir/r1/d.sock" global resolve "$art" --via-daemon >/dev/null 2>&1 && break
 	sleep 0.1
 done
-echo "== $(date -u '+%F %T') UTC, $(nproc) cores, kernel $(uname -r)"
+bench_header
 echo "   $mib MiB artifact, 1 seed -> $n receivers, every link $rate (tbf, both ends), $streams streams per source"
 
 now() { date +%s.%N; }

@@ -14,6 +14,7 @@ rounds=${4:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
 PY=/usr/bin/python3
+. "$root/bench/lib/bench.sh"
 [ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
 command -v iperf3 >/dev/null || { echo "needs iperf3: apt-get install -y iperf3"; exit 77; }
 id=$$
@@ -38,8 +39,7 @@ ip -n "$B" addr add 10.99.0.2/24 dev "pb$id"
 for n in "$A" "$B"; do ip -n "$n" link set lo up; done
 ip -n "$A" link set "pa$id" up
 ip -n "$B" link set "pb$id" up
-head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
-chmod 600 "$dir/secret"
+bench_secret "$dir/secret"
 mem=$((gib + 2))GiB
 for x in a b; do
 	mkdir -m 700 "$dir/$x"
@@ -50,18 +50,10 @@ for x in a b; do
 		--set cluster_secret_file="$dir/secret" >/dev/null
 done
 # A sparse safetensors file of SIZE GiB of zeros, imported into A.
-$PY - "$dir/m.safetensors" "$gib" <<'PYEOF'
-import json, struct, sys
-n = int(sys.argv[2]) << 30
-h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h)
-    f.truncate(8 + len(h) + n)
-PYEOF
+bench_sparse "$dir/m.safetensors" $((gib << 30))
 id_=$("$T" --socket "$dir/a/d.sock" import "$dir/m.safetensors" 2>/dev/null)
 rm -f "$dir/m.safetensors"
-echo "== $(date -u '+%F %T') UTC, $(nproc) cores, kernel $(uname -r), $(iperf3 --version | head -1)"
+bench_header "$(iperf3 --version | head -1)"
 echo "   ${gib} GiB artifact, $streams streams, veth pair between two namespaces"
 
 iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received

@@ -18,9 +18,10 @@ order=("${@:-off}")
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
 PY=/usr/bin/python3
+. "$root/bench/lib/bench.sh"
 dir=$(mktemp -d /tmp/tcast-bench-tls-XXXXXX)
 chmod 700 "$dir"
-d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
+d() { bench_d "$@"; }
 cleanup() {
 	for n in a b; do d $n daemon stop >/dev/null 2>&1 || true; done
 	rm -rf "$dir"
@@ -39,17 +40,9 @@ for n in a b; do
 		-CAcreateserial -days 1 -extfile "$C/$n.ext" -out "$C/$n.crt" 2>/dev/null
 done
 chmod 600 "$C"/*.key
-(umask 077; openssl rand -hex 32 >"$dir/secret")
-$PY - "$dir/m.safetensors" "$gib" <<'PYEOF'
-import json, struct, sys
-n = int(sys.argv[2]) << 30
-h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack("<Q", len(h)) + h)
-    f.truncate(8 + len(h) + n)
-PYEOF
-echo "== $(date -u '+%F %T') UTC, $(nproc) cores, kernel $(uname -r), $(openssl version)"
+bench_secret "$dir/secret"
+bench_sparse "$dir/m.safetensors" $((gib << 30))
+bench_header "$(openssl version)"
 echo "   ${gib} GiB artifact, $streams streams, loopback"
 run() { # off|on
 	local tls=()

@@ -11,15 +11,10 @@
 # not depend on them; the peer data path's tests use them.)
 set -u
 T=${TCAST:?}
+. "$(dirname "$0")/../lib/cluster.sh"
 DATA=${TC_TEST_DATA:?}
 dir=$(mktemp -d /tmp/tcast-cluster-XXXXXX)
 chmod 700 "$dir"
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
-json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
-g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
-d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
 	for n in a b c x; do d $n daemon stop >/dev/null 2>&1; done
 	g stop >/dev/null 2>&1
@@ -27,9 +22,9 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-. "$(dirname "$0")/../lib/cluster.sh"
 
-(umask 077; openssl rand -hex 32 >"$dir/secret"; openssl rand -hex 32 >"$dir/wrong")
+new_secret "$dir/secret"
+new_secret "$dir/wrong"
 
 # A secret file others may read is refused, saying why.
 chmod 644 "$dir/secret"
@@ -65,7 +60,6 @@ start_daemon b z1 r1 h2 0
 ok test $? = 0
 start_daemon c z2 r9 h3 0 # the port the peer server picks is advertised
 ok test $? = 0
-live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
 ok wait_for 10 live 3
 
 # Put on A; B and C resolve the key through their own daemons.

@@ -17,17 +17,10 @@
 #      before the global store is asked: the cluster's key is untouched.
 set -u
 T=${TCAST:?}
+. "$(dirname "$0")/../lib/cluster.sh"
 DATA=${TC_TEST_DATA:?}
 dir=$(mktemp -d /tmp/tcast-ckeys-XXXXXX)
 chmod 700 "$dir"
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
-is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
-has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
-json() { /usr/bin/python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
-g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
-d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
 	for n in a b c e f t; do d $n daemon stop >/dev/null 2>&1; done
 	g stop >/dev/null 2>&1
@@ -35,11 +28,10 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-. "$(dirname "$0")/../lib/cluster.sh"
 keygen() { d "$1" --json keys "$2" | json 'd["generation"]'; }
 keyid() { d "$1" --json keys "$2" | json 'd["id"]'; }
 
-(umask 077; openssl rand -hex 32 >"$dir/secret")
+new_secret "$dir/secret"
 start_daemon() { # name [--set ...]
 	local n=$1; shift
 	mkdir -p "$dir/$n" && chmod 700 "$dir/$n"
@@ -78,7 +70,6 @@ ok test $? = 0
 G=$(cat "$dir/gs/global.addr")
 ok start_daemon a --set "global=$G"
 ok start_daemon b --set "global=$G"
-live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
 ok wait_for 10 live 2
 x=$(d a import "$DATA/dtypes.safetensors" --key m 2>/dev/null)
 ok d b pull m >/dev/null 2>&1

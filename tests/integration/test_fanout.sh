@@ -12,15 +12,9 @@
 # what, not the links (the netns tests and bench/fanout.sh cover those).
 set -u
 T=${TCAST:?}
-PY=/usr/bin/python3
+. "$(dirname "$0")/../lib/cluster.sh"
 dir=$(mktemp -d /tmp/tcast-fanout-XXXXXX)
 chmod 700 "$dir"
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
-mark() { echo "[$(date +%T.%3N)] $*"; }
-S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
-g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
-d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 nodes=(seed b c d e)
 cleanup() {
 	for n in "${nodes[@]}"; do d "$n" daemon stop --timeout 10 >/dev/null 2>&1; done
@@ -30,8 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 [ -n "${KEEP:-}" ] && trap - EXIT
-. "$(dirname "$0")/../lib/cluster.sh"
-(umask 077; openssl rand -hex 32 >"$dir/secret")
+new_secret "$dir/secret"
 
 g start --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null || { echo "cannot start the global store" >&2; exit 1; }
 G=$(cat "$dir/gs/global.addr")
@@ -46,8 +39,7 @@ start_daemon() { # name [ENV...]
 }
 start_daemon seed TCAST_FAILPOINTS=peer.delay_chunk=
 for n in b c d e; do start_daemon $n; done
-live() { test "$(g status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["nodes_live"])')" = 5; }
-ok wait_for 15 live
+ok wait_for 15 live 5
 
 # 96 MiB: 24 chunks of 4 MiB.
 $PY - "$dir/m.safetensors" <<'PYEOF'

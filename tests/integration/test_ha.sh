@@ -18,19 +18,11 @@
 #   C loses a replica (rm): A's check makes another.
 set -u
 T=${TCAST:?}
+. "$(dirname "$0")/../lib/cluster.sh"
 BUILD=${TC_BUILD:-$(dirname "$T")/..}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PY=/usr/bin/python3
 dir=$(mktemp -d /tmp/tcast-ha-XXXXXX)
 chmod 700 "$dir"
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
-is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
-has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
-json() { $PY -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
-g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
-d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
 	for n in a b c; do d $n daemon stop >/dev/null 2>&1; done
 	g stop >/dev/null 2>&1
@@ -43,9 +35,8 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-. "$(dirname "$0")/../lib/cluster.sh"
 
-(umask 077; openssl rand -hex 32 >"$dir/secret")
+new_secret "$dir/secret"
 g start --listen 127.0.0.1:0 --lease-ms 1500 >/dev/null
 ok test $? = 0
 G=$(cat "$dir/gs/global.addr")
@@ -63,7 +54,6 @@ daemon() {
 		--set "node_name=node-$n" --set "peer_listen=127.0.0.1:$port" \
 		--set "log_file=$dir/$n/tcastd.log" "${sets[@]}" >/dev/null
 }
-live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
 # leave NODE: it stops and the cluster is down to A; c_joins [SETTINGS]: C
 # starts with them and the cluster is A and C.
 leave() { d "$1" daemon stop >/dev/null; ok wait_for 10 live 1; }

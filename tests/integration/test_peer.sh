@@ -11,58 +11,21 @@
 #   otherwise.
 set -u
 T=${TCAST:?}
-. "$(dirname "$0")/../../scripts/netns-lib.sh"
-PY=/usr/bin/python3
-if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
-	echo "SKIP: needs root and iproute2 for network namespaces (ip netns)"
-	exit 77
-fi
-id=$$
-sub="10.$((200 + id % 50)).$(((id / 50) % 250))"
-br="tcpbr$((id % 100000))"
-ns=(tcpa$id tcpb$id tcpc$id)
+. "$(dirname "$0")/../lib/cluster.sh"
+netns_require
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tcast-peer-XXXXXX")
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $*" >&2; fi; }
-is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
-has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
-mark() { echo "[$(date +%T.%3N)] $*"; }
-run() { "$@" >"$dir/o" 2>"$dir/e"; rc=$?; out=$(cat "$dir/o"); err=$(cat "$dir/e"); }
-jq_() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$dir/o"; }
-socks=()
 cleanup() {
-	for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 5 >/dev/null 2>&1; done
-	for n in "${ns[@]}"; do ip netns del "$n" 2>/dev/null; done
-	ip link del "$br" 2>/dev/null
+	daemons_stop
+	netns_cleanup
 	rm -rf "$dir"
 }
 trap cleanup EXIT
 
-ip link add "$br" type bridge && ip link set "$br" up || { echo "SKIP: cannot make a bridge"; exit 77; }
-for i in 0 1 2; do
-	netns_join "${ns[$i]}" "$br" "$i-$id" "$sub.$((11 + i))"
-done
+netns_nodes p 3
 A=$sub.11 B=$sub.12
-head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
-chmod 600 "$dir/secret"
-head -c 48 /dev/urandom | base64 -w0 >"$dir/wrong"
-chmod 600 "$dir/wrong"
-
-# daemon NAME NETNS ADDR [ENV...]: start a daemon with a peer server
-daemon() {
-	local name=$1 n=$2 addr=$3
-	shift 3
-	mkdir -p -m 700 "$dir/$name"
-	socks+=("$dir/$name/d.sock")
-	env "$@" ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json daemon start \
-		--host-memory 1GiB --set peer_listen="$addr" \
-		--set cluster_secret_file="$dir/secret" --set peer_timeout_ms=1500 \
-		>"$dir/$name/start.json" || { echo "cannot start daemon $name" >&2; cat "$dir/$name"/*.log >&2; return 1; }
-}
+new_secret "$dir/secret"
+new_secret "$dir/wrong"
 pid_of() { $PY -c "import json; print(json.load(open('$dir/$1/start.json'))['pid'])"; }
-t() { local name=$1; shift; "$T" --socket "$dir/$name/d.sock" "$@"; }
-# pull_on NAME NETNS ARGS...: tcast pull run inside NETNS into daemon NAME
-pull_on() { local name=$1 n=$2; shift 2; ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json pull "$@"; }
 
 # A 64 MiB artifact (16 chunks) and a tiny tensor after it.
 $PY - "$dir/m.safetensors" <<'PYEOF'
@@ -229,9 +192,7 @@ ok is "$rc" 1
 ok has "$err" "must be 0600"
 
 # 8. the daemons stop cleanly, and the sanitized build finds nothing in them
-for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 20 >/dev/null 2>&1; done
-socks=()
+daemons_stop 20
 ok test -z "$(grep -l 'Sanitizer\|runtime error' "$dir"/*/daemon.log 2>/dev/null)"
 
-echo "test_peer: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary test_peer

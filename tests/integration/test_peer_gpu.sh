@@ -8,16 +8,11 @@
 # Loopback TCP, a global store and three daemons.
 set -u
 T=${TCAST:?}
+. "$(dirname "$0")/../lib/cluster.sh"
 FAKE=${TC_BUILD:?}/fakecuda/libcuda.so.1
-PY=/usr/bin/python3
 [ -e "$FAKE" ] || { echo "SKIP: no fake CUDA driver at $FAKE"; exit 77; }
 dir=$(mktemp -d /tmp/tcast-peergpu-XXXXXX)
 chmod 700 "$dir"
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
-mark() { echo "[$(date +%T.%3N)] $*"; }
-S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
-g() { "$T" global "$1" "${S[@]}" "${@:2}"; }
 d() { local n=$1; shift; TCAST_CUDA_LIB=$FAKE TC_FAKECUDA_DEVICES=1 "$T" --socket "$dir/$n/d.sock" "$@"; }
 nodes=(a b c)
 cleanup() {
@@ -28,8 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 [ -n "${KEEP:-}" ] && trap - EXIT
-. "$(dirname "$0")/../lib/cluster.sh"
-(umask 077; openssl rand -hex 32 >"$dir/secret")
+new_secret "$dir/secret"
 
 g start --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null || { echo "cannot start the global store" >&2; exit 1; }
 G=$(cat "$dir/gs/global.addr")
@@ -47,8 +41,7 @@ start_daemon() { # name [ENV...]
 start_daemon a
 start_daemon b
 start_daemon c TCAST_FAILPOINTS=peer.corrupt_chunk=
-live() { test "$(g status --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["nodes_live"])')" = 3; }
-ok wait_for 15 live
+ok wait_for 15 live 3
 
 # 40 MiB: 10 chunks of 4 MiB; m2 has the same layout, other bytes.
 mk() {

@@ -14,56 +14,23 @@
 # store on loopback) the sources come from the store.  Needs root (ip netns).
 set -u
 T=${TCAST:?}
-. "$(dirname "$0")/../../scripts/netns-lib.sh"
-PY=/usr/bin/python3
+. "$(dirname "$0")/../lib/cluster.sh"
 BUILD=${TC_BUILD:-$(dirname "$T")/..}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
-	echo "SKIP: needs root and iproute2 for network namespaces (ip netns)"
-	exit 77
-fi
-id=$$
-sub="10.$((200 + id % 50)).$(((id / 50) % 250))"
-br="tcvbr$((id % 100000))"
-ns=(tcva$id tcvb$id tcvc$id)
+netns_require
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tcast-peer-view-XXXXXX")
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $*" >&2; fi; }
-is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
-has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
-mark() { echo "[$(date +%T.%3N)] $*"; }
-run() { "$@" >"$dir/o" 2>"$dir/e"; rc=$?; out=$(cat "$dir/o"); err=$(cat "$dir/e"); }
-jq_() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$dir/o"; }
-socks=()
 cleanup() {
-	for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 5 >/dev/null 2>&1; done
-	"$T" global stop --state-dir "$dir/gs" --cluster-secret-file "$dir/secret" >/dev/null 2>&1
-	for n in "${ns[@]}"; do ip netns del "$n" 2>/dev/null; done
-	ip link del "$br" 2>/dev/null
+	daemons_stop
+	g stop >/dev/null 2>&1
+	netns_cleanup
 	rm -rf "$dir"
 }
 trap cleanup EXIT
 
-ip link add "$br" type bridge && ip link set "$br" up || { echo "SKIP: cannot make a bridge"; exit 77; }
-for i in 0 1 2; do
-	netns_join "${ns[$i]}" "$br" "v$i-$id" "$sub.$((11 + i))"
-done
+netns_nodes v 3
 A=$sub.11
-head -c 48 /dev/urandom | base64 -w0 >"$dir/secret"
-chmod 600 "$dir/secret"
+new_secret "$dir/secret"
 
-daemon() {
-	local name=$1 n=$2 addr=$3
-	shift 3
-	mkdir -p -m 700 "$dir/$name"
-	socks+=("$dir/$name/d.sock")
-	env "$@" ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json daemon start \
-		--host-memory 1GiB --set peer_listen="$addr" \
-		--set cluster_secret_file="$dir/secret" --set peer_timeout_ms=1500 \
-		>"$dir/$name/start.json" || { echo "cannot start daemon $name" >&2; cat "$dir/$name"/*.log >&2; return 1; }
-}
-t() { local name=$1; shift; "$T" --socket "$dir/$name/d.sock" "$@"; }
-pull_on() { local name=$1 n=$2; shift 2; ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json pull "$@"; }
 # kept_on NAME REF SPEC: the content id of the view NAME's daemon keeps
 kept_on() { t "$1" --json inspect "$2" --view "$3" --keep | $PY -c 'import json,sys; print(json.load(sys.stdin)["kept_id"])'; }
 
@@ -218,9 +185,7 @@ fi
 #    the global store's; A keeps the same view first, so the view id is a
 #    key cluster-wide already when B keeps its copy.
 mark "5. in a cluster: pull --view by key, sources from the global store"
-GS=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
-gstop() { "$T" global stop "${GS[@]}" >/dev/null 2>&1; }
-if "$T" global start "${GS[@]}" --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null; then
+if g start --listen 127.0.0.1:0 --lease-ms 3000 >/dev/null; then
 	G=$(cat "$dir/gs/global.addr")
 	for n in ga gb; do
 		mkdir -p -m 700 "$dir/$n"
@@ -246,10 +211,8 @@ else
 	ok false
 fi
 
-for s in "${socks[@]}"; do "$T" --socket "$s" daemon stop --timeout 20 >/dev/null 2>&1; done
-socks=()
-gstop
+daemons_stop 20
+g stop >/dev/null 2>&1
 ok test -z "$(grep -l 'Sanitizer\|runtime error' "$dir"/*/daemon.log 2>/dev/null)"
 
-echo "test_peer_view: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+summary test_peer_view

@@ -16,26 +16,15 @@
 #     tls_verify_name off admits it; the refused server keeps serving.
 set -u
 T=${TCAST:?}
-PY=/usr/bin/python3
 command -v openssl >/dev/null || { echo "SKIP: no openssl CLI"; exit 77; }
+. "$(dirname "$0")/../lib/cluster.sh"
 dir=$(mktemp -d /tmp/tcast-tls-XXXXXX)
 chmod 700 "$dir"
-pass=0 fail=0
-ok() { if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL (line ${BASH_LINENO[0]}): $*" >&2; fi; }
-is() { [ "$1" = "$2" ] || { echo "  got '$1', want '$2'" >&2; return 1; }; }
-has() { grep -qF -- "$2" <<<"$1" || { echo "  no '$2' in: $1" >&2; return 1; }; }
-# in_log FILE TEXT: TEXT shows up in FILE within 5 s (logs are written
-# by other processes).
-in_log() {
-	for _ in $(seq 50); do grep -qF -- "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-	echo "  no '$2' in $1:" >&2; tail -n 5 "$1" >&2; return 1
-}
-json() { $PY -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 C=$dir/pki
 TLS=(--tls-cert "$C/global.crt" --tls-key "$C/global.key" --tls-ca "$C/ca.crt")
 S=(--state-dir "$dir/gs" --cluster-secret-file "$dir/secret")
+# the global store, with TLS
 g() { "$T" global "$1" "${S[@]}" "${TLS[@]}" "${@:2}"; }
-d() { local n=$1; shift; "$T" --socket "$dir/$n/d.sock" "$@"; }
 cleanup() {
 	for n in a b c x y w; do d $n daemon stop >/dev/null 2>&1; done
 	"$T" global stop "${S[@]}" >/dev/null 2>&1
@@ -46,7 +35,6 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-. "$(dirname "$0")/../lib/cluster.sh"
 
 # --- a throwaway PKI: the cluster CA, one certificate per process, and a
 # rogue CA with a certificate of its own.
@@ -76,7 +64,7 @@ openssl x509 -req -in "$C/node-w.csr" -CA "$C/ca.crt" -CAkey "$C/ca.key" \
 cat "$C/ca.crt" "$C/rogue-ca.crt" >"$C/both.crt"
 chmod 600 "$C"/*.key
 ok test -s "$C/node-y.crt"
-(umask 077; openssl rand -hex 32 >"$dir/secret")
+new_secret "$dir/secret"
 
 # --- bad files at start: named, with what is wrong, exit != 0
 bad() { # EXPECTED-TEXT FLAGS...: global run refuses to start
@@ -129,7 +117,6 @@ daemon a node-a ca "shared_disk=$dir/shared" "ha_wait_ms=5000"
 ok test $? = 0
 daemon b node-b ca
 ok test $? = 0
-live() { test "$(g status --json | json 'd["nodes_live"]')" = "$1"; }
 ok wait_for 10 live 2
 ok is "$(g status --json | json 'd["tls"]')" True
 ok in_log "$dir/a/tcastd.log" "peer server listening on"
