@@ -25,7 +25,6 @@ netns_nodes p 3
 A=$sub.11 B=$sub.12
 new_secret "$dir/secret"
 new_secret "$dir/wrong"
-pid_of() { $PY -c "import json; print(json.load(open('$dir/$1/start.json'))['pid'])"; }
 
 # A 64 MiB artifact (16 chunks) and a tiny tensor after it.
 $PY - "$dir/m.safetensors" <<'PYEOF'

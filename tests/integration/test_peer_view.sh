@@ -131,7 +131,20 @@ run pull_on c "${ns[2]}" "$parent" --from "$A:7071" --view "$ROW"
 ok is "$rc" 1
 ok has "$out" TC_EDIGEST
 ok is "$(t c ls --json | $PY -c "import json,sys; print(len(json.load(sys.stdin)['artifacts']))")" 0
-run pull_on c "${ns[2]}" "$parent" --from "$A:7071" --from "$A:7072" --view "$ROW" --streams 2
+# Which source's streams come up first is the scheduler's choice, and the
+# view is 4 chunks: y's two streams (2 requests in flight each) could take
+# all of them before x's were up, and x would never be asked (seen on a
+# loaded machine: bad_chunks 0).  So y is held (SIGSTOP: its streams'
+# handshakes wait) until the pull has caught a bad chunk from x, then let
+# go to serve it.
+kill -STOP "$(pid_of y)"
+pull_on c "${ns[2]}" "$parent" --from "$A:7071" --from "$A:7072" --view "$ROW" --streams 2 \
+	>"$dir/o" 2>"$dir/e" &
+pp=$!
+ok wait_for 10 grep -q "fails its digest" "$dir/e"
+kill -CONT "$(pid_of y)"
+wait "$pp"
+rc=$? out=$(cat "$dir/o") err=$(cat "$dir/e")
 ok is "$rc" 0
 ok test "$(jq_ 'd["sources"][0]["bad_chunks"]')" -ge 1
 ok is "$(jq_ 'd["sources"][0]["bytes"]')" 0

@@ -14,7 +14,7 @@
 #               (tcast for the daemon of $dir/NAME), live N (N nodes live)
 #   namespaces  netns_require (exit 77 unless root with iproute2),
 #               netns_nodes TAG N (a bridge and N namespaces on it),
-#               daemon NAME NETNS ADDR [ENV...], t NAME ARGS...,
+#               daemon NAME NETNS ADDR [ENV...], t NAME ARGS..., pid_of NAME,
 #               pull_on NAME NETNS ARGS..., daemons_stop, netns_cleanup
 #   summary     summary NAME: prints the counts; its status is the verdict
 PY=${PY:-/usr/bin/python3}
@@ -118,6 +118,8 @@ daemon() {
 		>"$dir/$name/start.json" || { echo "cannot start daemon $name" >&2; cat "$dir/$name"/*.log >&2; return 1; }
 }
 t() { local name=$1; shift; "$T" --socket "$dir/$name/d.sock" "$@"; }
+# pid_of NAME: the pid of the daemon `daemon NAME ...` started
+pid_of() { $PY -c "import json; print(json.load(open('$dir/$1/start.json'))['pid'])"; }
 # pull_on NAME NETNS ARGS...: tcast pull run inside NETNS into daemon NAME
 pull_on() { local name=$1 n=$2; shift 2; ip netns exec "$n" "$T" --socket "$dir/$name/d.sock" --json pull "$@"; }
 # daemons_stop [SECONDS]: stop every daemon `daemon` started.
