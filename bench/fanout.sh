@@ -13,13 +13,17 @@
 # the machine meanwhile, FANOUT_KEEP=1 keeps the daemon logs.
 # Needs root and iproute2.  Usage:
 #   bench/fanout.sh [BUILD] [SIZE_MIB] [RECEIVERS] [RATE] [STREAMS]
+# STREAMS: per source, or "auto" (the default: tcast pull chooses, 8 per
+# online CPU shared among the sources, docs/peer.md "Data path").
 # Memory: the seed and every receiver hold a copy (SIZE x (N + 1)).
 set -eu
 build=${1:-build}
 mib=${2:-1024}
 n=${3:-8}
 rate=${4:-2gbit}
-streams=${5:-4}
+streams=${5:-auto}
+sflag=()
+[ "$streams" = auto ] || sflag=(--streams "$streams")
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
 . "$root/scripts/netns-lib.sh"
@@ -83,7 +87,7 @@ now() { date +%s.%N; }
 calc() { $PY -c "print($1)"; } # no bc on a fresh Debian
 pull_on() { # receiver: a pull with sources from the global store only
 	ip netns exec "tcf$1$id" "$T" --socket "$dir/$1/d.sock" --json pull "$art" \
-		--streams "$streams" >"$dir/$1.json" 2>"$dir/$1.err"
+		"${sflag[@]}" >"$dir/$1.json" 2>"$dir/$1.err"
 }
 clear() { for x in "${names[@]:2}"; do "$T" --socket "$dir/$x/d.sock" rm "$art" >/dev/null 2>&1 || true; done; }
 
@@ -178,6 +182,11 @@ printf '   CPU: the daemons %.1f s, the pulls %.1f s, in %.1f s on %d cores\n' "
 	"$(calc "$p1 - $p0")" "$tn" "$(nproc)"
 printf '   each receiver (s):'
 for x in "${names[@]:2}"; do printf ' %.2f' "$(calc "$(cat "$dir/$x.end") - $t0")"; done
+echo
+printf '   each receiver, streams over sources:'
+for x in "${names[@]:2}"; do
+	printf ' %s' "$($PY -c 'import json,sys; s=json.load(open(sys.argv[1]))["sources"]; print("%d/%d" % (sum(x.get("streams", 0) for x in s), len(s)))' "$dir/$x.json")"
+done
 echo
 if [ -n "${tracer:-}" ]; then
 	echo "   per 0.5 s: CPU busy %, then Mbit/s sent by the seed and by each receiver:"

@@ -596,7 +596,7 @@ def pull(
     key_or_id: str,
     sources: "Sequence[str] | None" = None,
     *,
-    streams: int = 4,
+    streams: Optional[int] = None,
     timeout_ms: int = 5000,
     key: Optional[str] = None,
     secret_file: "str | os.PathLike | None" = None,
@@ -604,8 +604,9 @@ def pull(
     """Pull an artifact from peer daemons (``sources``: "HOST:PORT" of
     their peer_listen, else $TCAST_PEERS) into this node's daemon as a host
     replica, registered under its id and, for a key, that key.  Chunks are
-    striped over every source and checked against their digests
-    (docs/peer.md).  Returns a PullResult whose ``peers`` name each source
+    striped over every source, ``streams`` TCP streams each (None: 8 per
+    online CPU shared among the sources, 1 to 4 each), and checked against
+    their digests (docs/peer.md).  Returns a PullResult whose ``peers`` name each source
     with the bytes it sent and its GB/s."""
     srcs = list(sources) if sources is not None else _peer.peers_from_env()
     return _peer.pull(

@@ -167,7 +167,7 @@ class GetArtifactOptions:
             raise errors.InvalidArgumentError(f"source 'peers' must be a list of 'HOST:PORT', not {peers!r}")
         cfg = {
             "peers": list(peers) if peers is not None else None,
-            "streams": int(d.get("streams", 4)),
+            "streams": int(d["streams"]) if d.get("streams") is not None else None,
             "timeout_ms": int(d.get("timeout_ms", 5000)),
         }
         return [x for x in order if allowed[x]], cfg

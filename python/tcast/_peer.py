@@ -33,6 +33,7 @@ class PeerStat:
     bad_chunks: int
     failed: bool
     error: Optional[str] = None
+    streams: int = 0  # TCP streams the pull opened to it
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def _stats(doc: dict) -> List[PeerStat]:
             bad_chunks=int(s.get("bad_chunks", 0)),
             failed=bool(s.get("failed", False)),
             error=s.get("error"),
+            streams=int(s.get("streams", 0)),
         )
         for s in doc.get("sources", [])
     ]
@@ -78,14 +80,15 @@ def pull(
     ref: str,
     sources: Sequence[str],
     *,
-    streams: int = 4,
+    streams: Optional[int] = None,
     timeout_ms: int = 5000,
     key: Optional[str] = None,
     secret_file: Optional[str] = None,
     view: Optional[str] = None,
 ) -> PullResult:
     """`tcast pull`; view (a JSON view spec): only the chunks that cover
-    the view's byte ranges, and the daemon keeps the view under its id."""
+    the view's byte ranges, and the daemon keeps the view under its id.
+    streams None: `tcast pull` chooses (docs/peer.md, "Data path")."""
     if not isinstance(ref, str) or not ref:
         raise errors.InvalidArgumentError(f"pull needs a key or an artifact id, not {ref!r}")
     srcs = list(sources)
@@ -101,7 +104,9 @@ def pull(
     cmd = [exe, "--json"]
     if socket_path:
         cmd += ["--socket", socket_path]
-    cmd += ["pull", ref, "--streams", str(int(streams)), "--timeout-ms", str(int(timeout_ms))]
+    cmd += ["pull", ref, "--timeout-ms", str(int(timeout_ms))]
+    if streams is not None:
+        cmd += ["--streams", str(int(streams))]
     for s in srcs:
         cmd += ["--from", s]
     if key:

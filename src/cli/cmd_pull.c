@@ -84,16 +84,17 @@ static json_t *sources_json(const struct tc__peer_pull_result *r)
 		const struct tc__peer_source_stats *s = &r->src[i];
 
 		json_array_append_new(
-			a, json_pack("{s:s, s:I, s:I, s:f, s:i, s:i, s:b, "
-				     "s:b, s:s?}",
-				     "addr", s->addr, "bytes",
-				     (json_int_t)s->bytes, "chunks",
-				     (json_int_t)s->chunks, "gbps",
-				     gbps(s->bytes, r->ns), "bad_chunks",
-				     (int)s->bad_chunks, "declined",
-				     (int)s->declined, "filling", s->partial,
-				     "failed", s->failed, "error",
-				     s->failed ? s->err : NULL));
+			a,
+			json_pack("{s:s, s:i, s:I, s:I, s:f, s:i, s:i, "
+				  "s:b, s:b, s:s?}",
+				  "addr", s->addr, "streams", (int)s->streams,
+				  "bytes", (json_int_t)s->bytes, "chunks",
+				  (json_int_t)s->chunks, "gbps",
+				  gbps(s->bytes, r->ns), "bad_chunks",
+				  (int)s->bad_chunks, "declined",
+				  (int)s->declined, "filling", s->partial,
+				  "failed", s->failed, "error",
+				  s->failed ? s->err : NULL));
 	}
 	return a;
 }
@@ -297,9 +298,9 @@ static int pull_view(tc_client *c, const tc_view *v, int32_t device,
 	for (int i = 0; i < r->nsources; i++) {
 		const struct tc__peer_source_stats *s = &r->src[i];
 
-		fprintf(stderr, "  %s: %s%s, %u bad chunks%s%s\n",
+		fprintf(stderr, "  %s: %s%s, %u streams, %u bad chunks%s%s\n",
 			cli_esc(s->addr), cli_bytes(s->bytes, b1, sizeof(b1)),
-			cli_rate(s->bytes, r->ns, b3, sizeof(b3)),
+			cli_rate(s->bytes, r->ns, b3, sizeof(b3)), s->streams,
 			s->bad_chunks, s->failed ? "; dropped: " : "",
 			s->failed ? cli_esc(s->err) : "");
 	}
@@ -332,7 +333,7 @@ int cmd_pull(int argc, char **argv)
 	char spath[4096], err[2048], b1[32], b2[48], host[64] = "";
 	static char gid[TC_GSP_MAX_ID + 1];
 	static char gaddr[TC_PEER_MAX_SOURCES][TC_GSP_MAX_ADDR + 1];
-	uint64_t streams = 4, timeout = 5000, t0, t1;
+	uint64_t streams = 0, timeout = 5000, t0, t1; /* streams 0: chosen */
 	int nsrc = 0, rc, m;
 	int32_t device = -1;
 	uint64_t gpu_ns = 0;
@@ -545,11 +546,13 @@ int cmd_pull(int argc, char **argv)
 		for (int i = 0; i < r->nsources; i++) {
 			const struct tc__peer_source_stats *s = &r->src[i];
 
-			fprintf(stderr, "  %s: %s%s, %u bad chunks%s%s\n",
+			fprintf(stderr,
+				"  %s: %s%s, %u streams, %u bad chunks%s%s\n",
 				cli_esc(s->addr),
 				cli_bytes(s->bytes, b1, sizeof(b1)),
 				cli_rate(s->bytes, r->ns, b2, sizeof(b2)),
-				s->bad_chunks, s->failed ? "; dropped: " : "",
+				s->streams, s->bad_chunks,
+				s->failed ? "; dropped: " : "",
 				s->failed ? cli_esc(s->err) : "");
 		}
 	}

@@ -22,9 +22,13 @@
 #include "net/auth.h"
 #include "transport.h"
 
-#define TC_PEER_MAX_SOURCES 16 /* sources one pull stripes over */
-#define TC_PEER_MAX_STREAMS 16 /* TCP streams per source */
-#define TC_PEER_BAD_LIMIT   3  /* bad chunks before a source is dropped */
+#define TC_PEER_MAX_SOURCES  16 /* sources one pull stripes over */
+#define TC_PEER_MAX_STREAMS  16 /* TCP streams per source */
+#define TC_PEER_AUTO_STREAMS 4	/* per source by default, at most */
+#define TC_PEER_STREAMS_PER_CPU                                           \
+	8 /* by default a pull's streams over all its sources, per online \
+	     CPU */
+#define TC_PEER_BAD_LIMIT 3 /* bad chunks before a source is dropped */
 
 /* ------------------------------------------------------------- server */
 
@@ -197,8 +201,9 @@ struct tc__peer_pull_opts {
 	const char *ref;	    /* key or full id */
 	const char *const *sources; /* "host:port", in order of preference */
 	int nsources;		    /* 1..TC_PEER_MAX_SOURCES */
-	int streams;		    /* per source, 1..TC_PEER_MAX_STREAMS */
-	int timeout_ms;		    /* connect, and no bytes for this long */
+	int streams;	/* per source, 1..TC_PEER_MAX_STREAMS; 0: chosen
+			   by tc__peer_auto_streams as each source joins */
+	int timeout_ms; /* connect, and no bytes for this long */
 	const struct tc__auth_secret *secret;
 	struct tc__tls_ctx *tls; /* NULL: plain TCP */
 	const char *name;	 /* this node, in handshakes */
@@ -212,6 +217,7 @@ struct tc__peer_source_stats {
 	uint64_t chunks;     /* verified chunks */
 	uint32_t bad_chunks; /* chunks that failed their digest */
 	uint32_t declined;   /* chunks a seed said to ask peers for */
+	uint32_t streams;    /* connections the pull opened to it */
 	bool partial;	     /* was still filling when first asked */
 	bool failed;	     /* dropped: died, stalled, refused, lied */
 	char err[256];	     /* why, when failed */
@@ -243,5 +249,17 @@ struct tc__peer_pull_result {
  * filled either way. */
 int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		  struct tc__peer_pull_result *res, char *err, size_t errlen);
+
+/* The default streams per source (opts.streams 0) for a source joining a
+ * pull that then knows `nsources` live sources, on a node with `ncpu`
+ * online CPUs: TC_PEER_STREAMS_PER_CPU * ncpu streams shared among the
+ * sources, at least 1 and at most TC_PEER_AUTO_STREAMS each.  One stream
+ * cannot copy and hash at line rate, so a lone source gets 4; but every
+ * stream is a thread at this end and a connection at the other, and a
+ * fan-out receiver pulls from the seed and up to 15 peers, so on a small
+ * node the total is what counts (2 vCPUs: 4 each for up to 4 sources, 3
+ * for 5, 2 for 6 to 8, 1 beyond; bench/RESULTS.md "Fan-out").  ncpu < 1 counts
+ * as 1, nsources < 1 as 1. */
+int tc__peer_auto_streams(int ncpu, int nsources);
 
 #endif /* TC_PEER_H */

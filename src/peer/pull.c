@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sys/random.h>
 
@@ -88,6 +89,7 @@ struct pull {
 	uint64_t nasked;
 	uint8_t *told; /* per chunk: `asked` of it went already */
 	int nsrc;      /* sources so far (grows by discovery) */
+	int ncpu;      /* online CPUs, for tc__peer_auto_streams */
 	int nlive;
 	struct psrc src[TC_PEER_MAX_SOURCES];
 	int live[TC_PEER_MAX_SOURCES];	   /* streams still running */
@@ -673,13 +675,43 @@ static void summarize(const struct pull *p, char *err, size_t errlen)
 						"nothing left it could send");
 }
 
-/* Start `streams` threads on source `s` (mu not held).  Returns how many
+int tc__peer_auto_streams(int ncpu, int nsources)
+{
+	long per = (long)TC_PEER_STREAMS_PER_CPU * (ncpu < 1 ? 1 : ncpu) /
+		   (nsources < 1 ? 1 : nsources);
+
+	return (int)TC_MAX(1, TC_MIN(per, (long)TC_PEER_AUTO_STREAMS));
+}
+
+/* Most streams one source may get: what the sm array is sized by. */
+static int max_per_source(const struct tc__peer_pull_opts *o)
+{
+	return o->streams ? o->streams : TC_PEER_AUTO_STREAMS;
+}
+
+/* Streams for a source joining now (mu not held): opts.streams, else the
+ * share tc__peer_auto_streams gives it among the live sources. */
+static int streams_for(struct pull *p)
+{
+	int n = 0;
+
+	if (p->o->streams)
+		return p->o->streams;
+	pthread_mutex_lock(&p->mu);
+	for (int i = 0; i < p->nsrc; i++)
+		n += !p->dropped[i];
+	pthread_mutex_unlock(&p->mu);
+	return tc__peer_auto_streams(p->ncpu, n);
+}
+
+/* Start `want` threads on source `s` (mu not held).  Returns how many
  * started. */
-static int start_streams(struct pull *p, struct stream *sm, int *ns, int s)
+static int start_streams(struct pull *p, struct stream *sm, int *ns, int s,
+			 int want)
 {
 	int started = 0;
 
-	for (int j = 0; j < p->o->streams; j++) {
+	for (int j = 0; j < want; j++) {
 		struct stream *x = &sm[*ns];
 
 		x->p = p;
@@ -699,6 +731,9 @@ static int start_streams(struct pull *p, struct stream *sm, int *ns, int s)
 		(*ns)++;
 		started++;
 	}
+	pthread_mutex_lock(&p->mu);
+	p->res->src[s].streams += (uint32_t)started;
+	pthread_mutex_unlock(&p->mu);
 	return started;
 }
 
@@ -709,6 +744,11 @@ static void discover(struct pull *p, struct stream *sm, int *ns)
 	static char found[TC_PEER_MAX_SOURCES][TC_PEER_ADDR_MAX];
 	const struct tc__peer_discover *d = &p->o->discover;
 	int n = d->fn(d->arg, found, TC_PEER_MAX_SOURCES);
+	int first, last, per;
+
+	pthread_mutex_lock(&p->mu);
+	first = p->nsrc;
+	pthread_mutex_unlock(&p->mu);
 
 	for (int i = 0; i < n; i++) {
 		bool known = false;
@@ -731,8 +771,17 @@ static void discover(struct pull *p, struct stream *sm, int *ns)
 		pthread_mutex_unlock(&p->mu);
 		tc__log(TC_LOG_DEBUG, "pull %s: new source %s", p->man.id,
 			found[i]);
-		start_streams(p, sm, ns, s);
 	}
+	/* Every source found this time gets the same share, counted with
+	 * all of them (a fan-out's peers tend to appear together). */
+	pthread_mutex_lock(&p->mu);
+	last = p->nsrc;
+	pthread_mutex_unlock(&p->mu);
+	if (last == first)
+		return;
+	per = streams_for(p);
+	for (int s = first; s < last; s++)
+		start_streams(p, sm, ns, s, per);
 }
 
 /* The caller's thread while the streams run: tell the sink what is
@@ -806,14 +855,15 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	p.o = o;
 	p.res = res;
 	if (o->nsources < 1 || o->nsources > TC_PEER_MAX_SOURCES ||
-	    o->streams < 1 || o->streams > TC_PEER_MAX_STREAMS || !o->ref ||
+	    o->streams < 0 || o->streams > TC_PEER_MAX_STREAMS || !o->ref ||
 	    !o->ref[0] || strlen(o->ref) > TC_PEER_MAX_REF ||
 	    (!o->sink.stage != !o->sink.unstage) ||
 	    (o->sink.stage && !o->sink.write)) {
 		snprintf(err, errlen,
 			 "a pull needs a ref, 1..%d sources and 1..%d "
-			 "streams per source (and a staged sink write(), "
-			 "with both stage() and unstage() or neither)",
+			 "streams per source (0: chosen; and a staged sink "
+			 "write(), with both stage() and unstage() or "
+			 "neither)",
 			 TC_PEER_MAX_SOURCES, TC_PEER_MAX_STREAMS);
 		return TC_EINVAL;
 	}
@@ -853,7 +903,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	p.asked = tc__calloc(p.n ? p.n : 1, sizeof(*p.asked));
 	p.told = tc__calloc(p.n ? p.n : 1, 1);
 	p.declined = tc__calloc(p.n ? p.n : 1, sizeof(*p.declined));
-	sm = tc__calloc((size_t)TC_PEER_MAX_SOURCES * (size_t)o->streams,
+	sm = tc__calloc((size_t)TC_PEER_MAX_SOURCES * (size_t)max_per_source(o),
 			sizeof(*sm));
 	if (!p.state || !p.barred || !p.fresh || !p.asked || !p.told ||
 	    !p.declined || !sm) {
@@ -874,9 +924,14 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		pthread_condattr_destroy(&ca);
 	}
 	sync = true;
-	for (int s = 0; p.nwant && s < o->nsources; s++)
-		if (!p.dropped[s])
-			start_streams(&p, sm, &ns, s);
+	p.ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (p.nwant) {
+		int per = streams_for(&p);
+
+		for (int s = 0; s < o->nsources; s++)
+			if (!p.dropped[s])
+				start_streams(&p, sm, &ns, s, per);
+	}
 	if (p.nwant)
 		supervise(&p, sm, &ns);
 	for (int i = 0; i < ns; i++)

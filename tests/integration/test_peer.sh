@@ -52,6 +52,8 @@ run pull_on b "${ns[1]}" model:peer --from "$A:7070"
 ok is "$rc" 0
 ok is "$(jq_ 'd["id"]')" "$want"
 ok is "$(jq_ 'd["sources"][0]["bytes"]')" "$((64 * 1048576 + 12))"
+# no --streams: one source gets 4 on any machine (8 per CPU shared, <= 4)
+ok is "$(jq_ 'd["sources"][0]["streams"]')" 4
 ok is "$(t b keys --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["keys"][0]["id"])')" "$want"
 t a export "$want" "$dir/a.st" && t b export model:peer "$dir/b.st"
 ok cmp -s "$dir/a.st" "$dir/b.st"
@@ -65,6 +67,7 @@ run pull_on c "${ns[2]}" "$want" --from "$A:7070" --from "$B:7070" --streams 2
 ok is "$rc" 0
 ok is "$(jq_ 'd["id"]')" "$want"
 ok is "$(jq_ 'int(all(s["bytes"] > 0 for s in d["sources"]))')" 1
+ok is "$(jq_ '[s["streams"] for s in d["sources"]]')" "[2, 2]"
 ok is "$(jq_ 'sum(s["bytes"] for s in d["sources"])')" "$((64 * 1048576 + 12))"
 
 # 2b. 2 % of the TCP packets into C dropped (iptables statistic match;

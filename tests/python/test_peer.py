@@ -72,6 +72,19 @@ def test_pull_reports_each_peer(tc, source):
     assert r.artifact_id == source["id"]
     assert sum(p.bytes for p in r.peers) == r.bytes
     assert r.peers[0].addr == source["addr"]
+    assert r.peers[0].streams == 2  # as asked
+
+
+def test_pull_chooses_the_streams(tc, source):
+    # No streams given: one source gets TC_PEER_AUTO_STREAMS (4) on any
+    # machine (8 per online CPU shared among the sources, 1 to 4 each).
+    try:
+        tc.rm(source["id"])  # held since the test above, when it ran
+    except tc.TcastError:
+        pass
+    r = tc.pull(source["id"], [source["addr"]])
+    assert r.artifact_id == source["id"]
+    assert [p.streams for p in r.peers] == [4]
 
 
 def test_p2p_without_peers_falls_back_and_says_why(tc, source, monkeypatch):
