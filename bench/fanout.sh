@@ -14,7 +14,7 @@
 # Needs root and iproute2.  Usage:
 #   bench/fanout.sh [BUILD] [SIZE_MIB] [RECEIVERS] [RATE] [STREAMS]
 # STREAMS: per source, or "auto" (the default: tcast pull chooses, 8 per
-# online CPU shared among the sources, docs/peer.md "Data path").
+# usable CPU shared among the sources, docs/peer.md "Data path").
 # Memory: the seed and every receiver hold a copy (SIZE x (N + 1)).
 set -eu
 build=${1:-build}
@@ -183,9 +183,9 @@ printf '   CPU: the daemons %.1f s, the pulls %.1f s, in %.1f s on %d cores\n' "
 printf '   each receiver (s):'
 for x in "${names[@]:2}"; do printf ' %.2f' "$(calc "$(cat "$dir/$x.end") - $t0")"; done
 echo
-printf '   each receiver, streams over sources:'
+printf '   each receiver, streams opened-retired/sources:'
 for x in "${names[@]:2}"; do
-	printf ' %s' "$($PY -c 'import json,sys; s=json.load(open(sys.argv[1]))["sources"]; print("%d/%d" % (sum(x.get("streams", 0) for x in s), len(s)))' "$dir/$x.json")"
+	printf ' %s' "$($PY -c 'import json,sys; s=json.load(open(sys.argv[1]))["sources"]; print("%d-%d/%d" % (sum(x.get("streams", 0) for x in s), sum(x.get("streams_retired", 0) for x in s), len(s)))' "$dir/$x.json")"
 done
 echo
 if [ -n "${tracer:-}" ]; then

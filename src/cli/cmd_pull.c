@@ -85,10 +85,11 @@ static json_t *sources_json(const struct tc__peer_pull_result *r)
 
 		json_array_append_new(
 			a,
-			json_pack("{s:s, s:i, s:I, s:I, s:f, s:i, s:i, "
+			json_pack("{s:s, s:i, s:i, s:I, s:I, s:f, s:i, s:i, "
 				  "s:b, s:b, s:s?}",
 				  "addr", s->addr, "streams", (int)s->streams,
-				  "bytes", (json_int_t)s->bytes, "chunks",
+				  "streams_retired", (int)s->retired, "bytes",
+				  (json_int_t)s->bytes, "chunks",
 				  (json_int_t)s->chunks, "gbps",
 				  gbps(s->bytes, r->ns), "bad_chunks",
 				  (int)s->bad_chunks, "declined",

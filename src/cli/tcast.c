@@ -168,7 +168,7 @@ static const struct cli_verb verbs[] = {
 	  "host replica.\nSources: each --from, else (a daemon in a cluster) "
 	  "the global store's\nranked host and GPU replicas on other nodes.  "
 	  "Chunks are striped over every source, N streams "
-	  "each (default: 8 per\nonline CPU over all sources, 1 to 4 each), "
+	  "each (default: 8 per\nusable CPU over all sources, 1 to 4 each), "
 	  "and\neach is checked against its digest; a "
 	  "bad or missing chunk comes from\nanother source.  A key pulled "
 	  "is published here under the same key.\nThe cluster secret is "

@@ -218,6 +218,8 @@ struct tc__peer_source_stats {
 	uint32_t bad_chunks; /* chunks that failed their digest */
 	uint32_t declined;   /* chunks a seed said to ask peers for */
 	uint32_t streams;    /* connections the pull opened to it */
+	uint32_t retired;    /* of those, ended early when more sources
+				joined and its share shrank */
 	bool partial;	     /* was still filling when first asked */
 	bool failed;	     /* dropped: died, stalled, refused, lied */
 	char err[256];	     /* why, when failed */
@@ -251,15 +253,18 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		  struct tc__peer_pull_result *res, char *err, size_t errlen);
 
 /* The default streams per source (opts.streams 0) for a source joining a
- * pull that then knows `nsources` live sources, on a node with `ncpu`
- * online CPUs: TC_PEER_STREAMS_PER_CPU * ncpu streams shared among the
- * sources, at least 1 and at most TC_PEER_AUTO_STREAMS each.  One stream
+ * pull that then knows `nsources` live sources, in a process that may run
+ * on `ncpu` CPUs (its affinity mask): TC_PEER_STREAMS_PER_CPU * ncpu
+ * streams shared among the sources, at least 1 and at most
+ * TC_PEER_AUTO_STREAMS each.  One stream
  * cannot copy and hash at line rate, so a lone source gets 4; but every
  * stream is a thread at this end and a connection at the other, and a
  * fan-out receiver pulls from the seed and up to 15 peers, so on a small
  * node the total is what counts (2 vCPUs: 4 each for up to 4 sources, 3
- * for 5, 2 for 6 to 8, 1 beyond; bench/RESULTS.md "Fan-out").  ncpu < 1 counts
- * as 1, nsources < 1 as 1. */
+ * for 5, 2 for 6 to 8, 1 beyond; bench/RESULTS.md "Fan-out").  ncpu < 1
+ * counts as 1, nsources < 1 as 1.  The share of the sources that joined
+ * earlier drops to it too: their streams over it finish what they asked
+ * for and end. */
 int tc__peer_auto_streams(int ncpu, int nsources);
 
 #endif /* TC_PEER_H */

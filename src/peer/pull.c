@@ -35,6 +35,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -89,10 +90,14 @@ struct pull {
 	uint64_t nasked;
 	uint8_t *told; /* per chunk: `asked` of it went already */
 	int nsrc;      /* sources so far (grows by discovery) */
-	int ncpu;      /* online CPUs, for tc__peer_auto_streams */
+	int ncpu;      /* CPUs we may run on, for tc__peer_auto_streams */
 	int nlive;
 	struct psrc src[TC_PEER_MAX_SOURCES];
 	int live[TC_PEER_MAX_SOURCES];	   /* streams still running */
+	int active[TC_PEER_MAX_SOURCES];   /* of those, not retiring */
+	int target[TC_PEER_MAX_SOURCES];   /* streams it should have: more
+					      sources joining lower it, and
+					      streams over it retire */
 	bool dropped[TC_PEER_MAX_SOURCES]; /* use no more */
 	int fatal; /* a staged sink failed: the pull ends */
 	char fatal_err[512];
@@ -373,6 +378,7 @@ static void *stream_main(void *arg)
 	struct tc__buf b = TC_BUF_INIT;
 	int64_t q[TC_PULL_DEPTH], offer = -1;
 	int nq = 0, nsent = 0, rc = 0;
+	bool retiring = false; /* over its source's target: ending */
 	uint8_t *stage = NULL;
 	char err[512] = "";
 
@@ -406,8 +412,25 @@ static void *stream_main(void *arg)
 		bool ask = false;
 
 		pthread_mutex_lock(&p->mu);
-		if (offer >= 0 && !p->dropped[sm->src] && !p->fatal &&
-		    nq < TC_PULL_DEPTH && p->state[offer] == C_TODO &&
+		if (!retiring && p->active[sm->src] > p->target[sm->src]) {
+			/* More sources joined and this source's share
+			 * shrank: take nothing more, finish what is in
+			 * flight, end (the pull's streams stay near their
+			 * budget, tc__peer_auto_streams). */
+			p->active[sm->src]--;
+			st->retired++;
+			retiring = true;
+		}
+		if (retiring) {
+			offer = -1;
+			if (nq == 0) {
+				pthread_mutex_unlock(&p->mu);
+				break;
+			}
+		}
+		if (offer >= 0 && !retiring && !p->dropped[sm->src] &&
+		    !p->fatal && nq < TC_PULL_DEPTH &&
+		    p->state[offer] == C_TODO &&
 		    !(p->barred[offer] & (1u << sm->src))) {
 			/* A seed offered it (super-seeding): nobody has
 			 * it lately. */
@@ -416,7 +439,7 @@ static void *stream_main(void *arg)
 			q[nq++] = offer;
 		}
 		offer = -1;
-		while (!p->dropped[sm->src] && !p->fatal &&
+		while (!retiring && !p->dropped[sm->src] && !p->fatal &&
 		       nq < TC_PULL_DEPTH) {
 			int64_t k = take(p, sm->src, now);
 
@@ -559,6 +582,8 @@ out_stream:
 	}
 	if (rc < 0)
 		drop_source(p, sm->src, err);
+	if (!retiring)
+		p->active[sm->src]--;
 	p->live[sm->src]--;
 	p->nlive--;
 	pthread_cond_broadcast(&p->cv);
@@ -683,6 +708,17 @@ int tc__peer_auto_streams(int ncpu, int nsources)
 	return (int)TC_MAX(1, TC_MIN(per, (long)TC_PEER_AUTO_STREAMS));
 }
 
+/* The CPUs this process may run on: its affinity mask (taskset, a
+ * cpuset), else the online ones. */
+static int usable_cpus(void)
+{
+	cpu_set_t set;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return CPU_COUNT(&set);
+	return (int)sysconf(_SC_NPROCESSORS_ONLN);
+}
+
 /* Most streams one source may get: what the sm array is sized by. */
 static int max_per_source(const struct tc__peer_pull_opts *o)
 {
@@ -690,18 +726,25 @@ static int max_per_source(const struct tc__peer_pull_opts *o)
 }
 
 /* Streams for a source joining now (mu not held): opts.streams, else the
- * share tc__peer_auto_streams gives it among the live sources. */
+ * share tc__peer_auto_streams gives it among the live sources, which
+ * also becomes the most any source keeps: sources that have more retire
+ * streams down to it. */
 static int streams_for(struct pull *p)
 {
-	int n = 0;
+	int n = 0, per;
 
 	if (p->o->streams)
 		return p->o->streams;
 	pthread_mutex_lock(&p->mu);
 	for (int i = 0; i < p->nsrc; i++)
 		n += !p->dropped[i];
+	per = tc__peer_auto_streams(p->ncpu, n);
+	for (int i = 0; i < p->nsrc; i++)
+		if (p->target[i] > per)
+			p->target[i] = per;
+	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->mu);
-	return tc__peer_auto_streams(p->ncpu, n);
+	return per;
 }
 
 /* Start `want` threads on source `s` (mu not held).  Returns how many
@@ -718,11 +761,16 @@ static int start_streams(struct pull *p, struct stream *sm, int *ns, int s,
 		x->src = s;
 		pthread_mutex_lock(&p->mu);
 		p->live[s]++;
+		p->active[s]++;
 		p->nlive++;
+		if (p->target[s] < p->active[s])
+			p->target[s] = p->active[s];
 		pthread_mutex_unlock(&p->mu);
 		if (pthread_create(&x->th, NULL, stream_main, x)) {
 			pthread_mutex_lock(&p->mu);
 			p->live[s]--;
+			p->active[s]--;
+			p->target[s]--;
 			p->nlive--;
 			pthread_mutex_unlock(&p->mu);
 			continue;
@@ -924,7 +972,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		pthread_condattr_destroy(&ca);
 	}
 	sync = true;
-	p.ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	p.ncpu = usable_cpus();
 	if (p.nwant) {
 		int per = streams_for(&p);
 

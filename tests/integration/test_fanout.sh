@@ -8,7 +8,9 @@
 # connection, one stream each), so without the pipeline it would send
 # every chunk three times.  Then kill -9 of one receiver's pull mid-way:
 # the others finish (from the seed and each other), and its daemon stops
-# serving the half-filled copy.  Loopback TCP: what is tested is who sends
+# serving the half-filled copy.  Between the two: a pull with no
+# --streams pinned to one CPU takes 2 streams from each of four sealed
+# sources (the default rule, docs/peer.md "Data path").  Loopback TCP: what is tested is who sends
 # what, not the links (the netns tests and bench/fanout.sh cover those).
 set -u
 T=${TCAST:?}
@@ -85,6 +87,19 @@ ok test $((from_seed + from_peers)) = $((3 * size))
 # copies seen in CI); the receivers must still swap at least half a copy.
 ok test "$from_peers" -ge $((size / 2))
 ok test "$from_seed" -lt $((5 * size / 2))
+
+# 1b. the default streams per source (tc__peer_auto_streams): e's pull,
+#     pinned to one CPU (taskset: 8 streams for the pull), finds four
+#     sealed sources (the seed, b, c, d): 2 streams each.
+mark "1b. no --streams, one CPU, four sources: 2 streams each"
+nsrc_e() { test "$(d e --json global resolve fan:v1 --via-daemon | $PY -c 'import json,sys; print(len(json.load(sys.stdin)["sources"]))')" = 4; }
+ok wait_for 10 nsrc_e
+cpu=$(taskset -pc $$ | sed 's/.*: //; s/[-,].*//')
+taskset -c "$cpu" "$T" --socket "$dir/e/d.sock" --json pull fan:v1 >"$dir/e.json" 2>"$dir/e.err"
+ok test $? = 0
+ok test "$($PY -c 'import json,sys; print([s["streams"] for s in json.load(open(sys.argv[1]))["sources"]])' "$dir/e.json")" = "[2, 2, 2, 2]"
+ok same e
+d e rm "$id" >/dev/null
 
 # 2. one receiver's pull stops mid-way (SIGSTOP: its daemon still serves
 #    what it verified) and is then killed: the others finish, its daemon

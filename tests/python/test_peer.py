@@ -77,7 +77,7 @@ def test_pull_reports_each_peer(tc, source):
 
 def test_pull_chooses_the_streams(tc, source):
     # No streams given: one source gets TC_PEER_AUTO_STREAMS (4) on any
-    # machine (8 per online CPU shared among the sources, 1 to 4 each).
+    # machine (8 per usable CPU shared among the sources, 1 to 4 each).
     try:
         tc.rm(source["id"])  # held since the test above, when it ran
     except tc.TcastError:

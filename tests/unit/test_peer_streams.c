@@ -1,7 +1,7 @@
 /*
  * test_peer_streams.c - the default number of TCP streams per source of a
  * pull (tc__peer_auto_streams, src/peer/pull.c; docs/peer.md "Data
- * path"): TC_PEER_STREAMS_PER_CPU per online CPU shared among the live
+ * path"): TC_PEER_STREAMS_PER_CPU per usable CPU shared among the live
  * sources, at least 1 and at most TC_PEER_AUTO_STREAMS each.
  */
 #include <stdbool.h>
