@@ -8,9 +8,10 @@
 # connection, one stream each), so without the pipeline it would send
 # every chunk three times.  Then kill -9 of one receiver's pull mid-way:
 # the others finish (from the seed and each other), and its daemon stops
-# serving the half-filled copy.  Between the two: a pull with no
-# --streams pinned to one CPU takes 2 streams from each of four sealed
-# sources (the default rule, docs/peer.md "Data path").  Loopback TCP: what is tested is who sends
+# serving the half-filled copy.  Between the two, the default streams
+# (docs/peer.md "Data path"): a pull with no --streams pinned to one CPU
+# takes 2 streams from each of four sealed sources, and three such pulls
+# at once retire the seed's extra streams as they find each other.  Loopback TCP: what is tested is who sends
 # what, not the links (the netns tests and bench/fanout.sh cover those).
 set -u
 T=${TCAST:?}
@@ -100,6 +101,30 @@ ok test $? = 0
 ok test "$($PY -c 'import json,sys; print([s["streams"] for s in json.load(open(sys.argv[1]))["sources"]])' "$dir/e.json")" = "[2, 2, 2, 2]"
 ok same e
 d e rm "$id" >/dev/null
+
+# 1c. the same three receivers at once with no --streams, each pull pinned
+#     to one CPU (8 streams): each starts with 4 on the seed, and as it
+#     finds the two other receivers (3 sources: 2 each) the seed's extra
+#     streams finish what they asked for and end.  Every copy
+#     byte-identical; the seed's delay (100 ms a chunk) keeps the pulls
+#     running well past the first discovery rounds (300 ms), so some
+#     stream retires.
+mark "1c. three receivers, no --streams, one CPU each: streams retire as peers join"
+for n in b c d; do d $n rm "$id" >/dev/null; done
+sleep 1 # the global store forgets the removed replicas
+for n in b c d; do
+	taskset -c "$cpu" "$T" --socket "$dir/$n/d.sock" --json pull "$id" >"$dir/$n.json" 2>"$dir/$n.err" &
+done
+wait
+retired=0
+for n in b c d; do
+	ok test "$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$dir/$n.json")" = "$id"
+	ok same $n
+	r=$($PY -c 'import json,sys; s=json.load(open(sys.argv[1]))["sources"]; print(sum(x["streams_retired"] for x in s), " ".join("%d-%d" % (x["streams"], x["streams_retired"]) for x in s))' "$dir/$n.json")
+	echo "  $n: streams opened-retired per source: ${r#* }"
+	retired=$((retired + ${r%% *}))
+done
+ok test "$retired" -ge 1
 
 # 2. one receiver's pull stops mid-way (SIGSTOP: its daemon still serves
 #    what it verified) and is then killed: the others finish, its daemon
