@@ -29,6 +29,7 @@
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "canon.h"
@@ -806,6 +807,10 @@ int tc__native_commit(struct tc__native_tmp *w, const char *where,
 			    TC_NATIVE_DATA, tc_strerror(ret));
 		goto out_remove;
 	}
+	/* Tests: a write as slow as a large one's to a network disk (STATUS
+	 * shows its copy as filling meanwhile). */
+	if (ret == 0 && tc__failpoint("durable_slow", id))
+		nanosleep(&(struct timespec){ 2, 0 }, NULL);
 	ret = tc__native_have(w->parent, where, id, err, errlen);
 	if (ret != 0) {
 		/* Written already (the same content, put before): ours is

@@ -158,6 +158,71 @@ static int open_root(struct tc__durable *d)
 	return 0;
 }
 
+/* ------------------------------------------------------------- the tier */
+
+/* Durable copies are policy, not cache: none is ever a victim. */
+static bool disk_evictable(struct tc__tier *t, struct tc__replica *r)
+{
+	(void)t;
+	(void)r;
+	return false;
+}
+
+static void disk_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
+{
+	(void)r;
+	(void)ctx;
+	tc__log(TC_LOG_ERROR, "BUG: the %s tier was asked to evict a copy",
+		t->name);
+}
+
+static const struct tc__tier_ops disk_tier_ops = {
+	.evictable = disk_evictable,
+	.evict = disk_evict,
+};
+
+int tc__durable_fill_begin(struct tc__durable *d, uint64_t bytes,
+			   struct tc__dart **out)
+{
+	struct tc__dart *a = tc__calloc(1, sizeof(*a));
+	char err[256];
+	int rc;
+
+	*out = NULL;
+	if (!a)
+		return -ENOMEM;
+	/* No budget: this cannot be refused (the disk's ENOSPC is the
+	 * write's failure). */
+	rc = tc__replica_fill(&a->rep, &d->tier, bytes, false, NULL, err,
+			      sizeof(err));
+	if (rc < 0) {
+		tc__log(TC_LOG_ERROR, "BUG: %s", err);
+		tc__free(a);
+		return rc;
+	}
+	*out = a;
+	return 0;
+}
+
+void tc__durable_fill_drop(struct tc__durable *d, struct tc__dart **fill)
+{
+	struct tc__dart *a = fill ? *fill : NULL;
+
+	(void)d;
+	if (!a)
+		return;
+	if (tc__replica_charged(&a->rep))
+		tc__replica_gone(&a->rep, true);
+	tc__free(a);
+	*fill = NULL;
+}
+
+void tc__durable_write_failed(struct tc__durable *d)
+{
+	if (d)
+		d->write_failures++;
+}
+
 int tc__durable_open_root(struct tc__durable *d)
 {
 	return open_root(d);
@@ -196,6 +261,8 @@ static int load_art(void *arg, const struct tc__mdb_artifact *r)
 		return -ENOMEM;
 	}
 	d->bytes += r->bytes;
+	/* On disk already: a READY replica of the tier. */
+	tc__replica_adopt(&a->rep, &d->tier, r->bytes);
 	return 0;
 }
 
@@ -228,6 +295,7 @@ int tc__durable_open(const struct tc__store_config *cfg, struct tc__objs *objs,
 	d->rootfd = -1;
 	d->cold_ttl_ns = (uint64_t)cfg->cold_ttl_ms * 1000000;
 	tc__map_init(&d->arts);
+	tc__tier_init(&d->tier, "shared disk", UINT64_MAX, &disk_tier_ops, d);
 	snprintf(d->shared, sizeof(d->shared), "%s", cfg->shared_disk);
 	snprintf(d->root, sizeof(d->root), "%s/%s", cfg->shared_disk,
 		 TC_DURABLE_SUBDIR);
@@ -381,8 +449,8 @@ int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
 }
 
 int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
-		       enum tc__policy p, uint64_t ttl_ms, char *err,
-		       size_t errlen)
+		       enum tc__policy p, uint64_t ttl_ms,
+		       struct tc__dart **fill, char *err, size_t errlen)
 {
 	struct tc__dart *a = tc__map_get(&d->arts, o->id);
 	struct tc__mdb_artifact r;
@@ -408,16 +476,31 @@ int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
 		r.expires_ms = unix_ms() + ttl_ms;
 	rc = tc__mdb_artifact_put(d->db, &r, err, errlen);
 	if (rc < 0)
-		return rc;
+		goto out_drop_fill;
 	if (fresh) {
-		a = tc__calloc(1, sizeof(*a));
+		/* The write's FILLING replica becomes the record's; a
+		 * record without one (out of memory at its start) joins
+		 * the tier now. */
+		if (fill && *fill) {
+			a = *fill;
+			*fill = NULL;
+		} else {
+			a = tc__calloc(1, sizeof(*a));
+		}
 		if (a)
 			a->rec = r;
 		/* The map borrows the key: the dart's own copy of the id. */
 		if (!a || tc__map_put(&d->arts, a->rec.id, a) < 0) {
-			tc__free(a);
+			tc__durable_fill_drop(d, &a);
 			snprintf(err, errlen, "out of memory");
-			return -ENOMEM;
+			rc = -ENOMEM;
+			goto out_drop_fill;
+		}
+		if (tc__replica_charged(&a->rep)) {
+			tc__replica_recharge(&a->rep, r.bytes);
+			tc__replica_ready(&a->rep);
+		} else {
+			tc__replica_adopt(&a->rep, &d->tier, r.bytes);
 		}
 		d->bytes += r.bytes;
 		d->written++;
@@ -425,7 +508,13 @@ int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
 	a->rec = r;
 	if (tc__policy_parse(r.policy, &a->policy, err, errlen) < 0)
 		a->policy = p;
-	return 0;
+	rc = 0;
+
+out_drop_fill:
+	/* Recorded before (a deduplicated write), or not recorded: the
+	 * write's copy is not a replica of its own. */
+	tc__durable_fill_drop(d, fill);
+	return rc;
 }
 
 bool tc__durable_has(struct tc__durable *d, const char *id)
@@ -926,24 +1015,38 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs)
 
 json_t *tc__durable_status_json(struct tc__durable *d)
 {
+	json_t *j;
+
 	if (!d)
 		return json_null();
-	return json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-			 "s:I, s:I, s:I, s:I}",
-			 "shared_disk", d->root, "state",
-			 d->rootfd >= 0 ? "ok" : "unavailable", "error",
-			 d->disk_err, "artifacts", (json_int_t)d->arts.count,
-			 "bytes", (json_int_t)d->bytes, "written",
-			 (json_int_t)d->written, "write_failures",
-			 (json_int_t)d->write_failures, "restores",
-			 (json_int_t)d->restores, "restore_failures",
-			 (json_int_t)d->restore_failures, "expired",
-			 (json_int_t)d->expired, "cold_dropped",
-			 (json_int_t)d->cold_dropped, "restores_gpu",
-			 (json_int_t)d->restores_gpu, "restored_host_bytes",
-			 (json_int_t)d->restored_host_bytes,
-			 "restored_gpu_bytes",
-			 (json_int_t)d->restored_gpu_bytes);
+	j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+		      "s:I, s:I, s:I, s:I}",
+		      "shared_disk", d->root, "state",
+		      d->rootfd >= 0 ? "ok" : "unavailable", "error",
+		      d->disk_err, "artifacts", (json_int_t)d->arts.count,
+		      "bytes", (json_int_t)d->bytes, "written",
+		      (json_int_t)d->written, "write_failures",
+		      (json_int_t)d->write_failures, "restores",
+		      (json_int_t)d->restores, "restore_failures",
+		      (json_int_t)d->restore_failures, "expired",
+		      (json_int_t)d->expired, "cold_dropped",
+		      (json_int_t)d->cold_dropped, "restores_gpu",
+		      (json_int_t)d->restores_gpu, "restored_host_bytes",
+		      (json_int_t)d->restored_host_bytes, "restored_gpu_bytes",
+		      (json_int_t)d->restored_gpu_bytes);
+	/* The tier as the replica core sees it, as each GPU's in "gpu":
+	 * used_bytes = the copies recorded (READY) plus those being written
+	 * (filling_bytes); no budget (null). */
+	if (!j)
+		return NULL;
+	json_object_set_new(j, "used_bytes",
+			    json_integer((json_int_t)d->tier.used));
+	json_object_set_new(j, "filling_bytes",
+			    json_integer((json_int_t)d->tier.filling_bytes));
+	json_object_set_new(j, "replicas",
+			    json_integer((json_int_t)d->tier.nreplicas));
+	json_object_set_new(j, "budget_bytes", json_null());
+	return j;
 }
 
 static const char *const ha_names[] = { "none", "pending", "done", "failed" };

@@ -57,9 +57,13 @@ struct tc__dart {
 	struct tc__restore *restore; /* the load running now, or NULL */
 	void *writing;		     /* spill tier: its write running now
 					(spill.c), or NULL: on disk */
-	/* spill tier: its copy, a replica of the spill's tier (spill.c):
-	 * FILLING while written, READY on disk, on that tier's LRU (touched
-	 * when spilled or loaded).  IDLE on the shared disk. */
+	/* Its copy, a replica of its folder's tier.  Spill tier: of the
+	 * spill's tier (spill.c), FILLING while written, READY on disk, on
+	 * that tier's LRU (touched when spilled or loaded).  Shared disk:
+	 * of the shared-disk tier (durable_internal.h), FILLING while a put
+	 * or import writes it (the dart is then a fill, not in the table),
+	 * READY once recorded, never on an LRU's victim list (the tier
+	 * says no to every eviction). */
 	struct tc__replica rep;
 };
 
@@ -108,12 +112,29 @@ int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
 			   int nthreads, struct tc__digest *chunks,
 			   uint64_t nchunks, int *disk_rc, char *err,
 			   size_t errlen);
+/* Loop, before a worker writes a copy of `bytes` bytes: its FILLING
+ * replica on the shared-disk tier, in a dart of its own (*out, not in
+ * the tier's table: the id may not be known yet).  Hand it to
+ * tc__durable_record, or drop it with tc__durable_fill_drop when the
+ * write fails or is not recorded.  Returns 0, or -ENOMEM (*out NULL: the
+ * write goes on uncounted until recorded). */
+int tc__durable_fill_begin(struct tc__durable *d, uint64_t bytes,
+			   struct tc__dart **out);
+/* Loop: the write of *fill failed or is not needed: its replica leaves
+ * the tier and it is freed; *fill becomes NULL.  NULL or *fill NULL: a
+ * no-op. */
+void tc__durable_fill_drop(struct tc__durable *d, struct tc__dart **fill);
+/* Loop: a put's or import's write of a copy failed (STATUS counts it). */
+void tc__durable_write_failed(struct tc__durable *d);
 /* Loop: record o as durable (after tc__durable_write succeeded).  ttl_ms
- * 0 = no expiry.  Returns 0 or -EIO (the metadata could not be
- * committed: not durable). */
+ * 0 = no expiry.  `fill` (may be NULL, or point at NULL) is the write's
+ * FILLING replica: it becomes the record's, READY, or is dropped when o
+ * was recorded already or on failure; *fill is NULL on return.  A record
+ * without one joins the tier READY.  Returns 0, -ENOMEM or -EIO (the
+ * metadata could not be committed: not durable). */
 int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
-		       enum tc__policy p, uint64_t ttl_ms, char *err,
-		       size_t errlen);
+		       enum tc__policy p, uint64_t ttl_ms,
+		       struct tc__dart **fill, char *err, size_t errlen);
 /* The durable artifact `ref` (id or key) names, or NULL. */
 struct tc__dart *tc__durable_find(struct tc__durable *d, struct tc__objs *objs,
 				  const char *ref);
@@ -162,7 +183,9 @@ int tc__durable_restore(struct tc__durable *d, struct tc__dart *a,
  * disk copy stays). */
 void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs);
 
-/* Status and inspect: the tier's state and counters, and one artifact's
+/* Status and inspect: the tier's state and counters (with the tier's
+ * used_bytes, filling_bytes and replicas: the replica core's view), and
+ * one artifact's
  * durability ({"state": "durable", "path": ..., "degraded": [...]}), or
  * NULL when it is not durable. */
 json_t *tc__durable_status_json(struct tc__durable *d);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "common/map.h"
+#include "replica.h"
 
 struct tc__mdb;
 
@@ -38,6 +39,15 @@ struct tc__durable {
 	uint64_t restored_gpu_bytes;  /* read from the folder straight into
 					 GPU replicas */
 	bool clustered;		      /* the daemon is in a cluster (ha) */
+	/* The shared disk as a tier of the replica core (replica.h): each
+	 * copy is a replica of it, FILLING while a put or import writes it
+	 * (struct tc__dart not in `arts` yet: tc__durable_fill_begin),
+	 * READY once recorded (and for every record loaded at start), gone
+	 * with the copy (rm, TTL, a failed write).  No budget (UINT64_MAX:
+	 * the disk's own size is the limit, ENOSPC a write's failure) and
+	 * never evictable: a durable copy is policy, not cache.  Unused
+	 * (zeroed) in the spill tier's struct: spill.c has its own tier. */
+	struct tc__tier tier;
 };
 
 /* Open (or retry opening) the folder: 0, or -1 with disk_err set. */

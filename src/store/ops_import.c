@@ -112,6 +112,7 @@ static void import_free(struct import_job *j)
 	 * shard that shrank, a bad file, a GPU error, a cancel) leaves its
 	 * FILLING replica, which goes, and the budget as it found it. */
 	tc__objs_fill_free(&j->s->objs, j->o);
+	tc__srv_persist_end(j->s, &j->persist); /* and its disk copy's */
 	tc__free(j->chunks);
 	tc__free(j);
 }
@@ -527,6 +528,9 @@ static void import_done(struct tc__job *job)
 		snprintf(j->o->source, sizeof(j->o->source), "import:%s",
 			 j->display);
 		j->total_bytes = j->src->table.total_bytes;
+		/* A write before the reply (the tee's too): its copy is a
+		 * FILLING replica of the shared-disk tier from now. */
+		tc__srv_persist_begin(s, &j->persist, j->total_bytes);
 		j->phase = 2;
 		if (j->gpu) {
 			tc__gpu_tier_copy_begin(s->gpu);

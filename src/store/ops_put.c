@@ -384,7 +384,8 @@ static void pending_free(struct conn *c, struct pending *p)
 {
 	tc__free(p->served);
 	filling_end(c->srv, p);
-	tc__objs_fill_free(&c->srv->objs, p->o); /* the fill goes */
+	tc__srv_persist_end(c->srv, &p->persist); /* and its disk copy's */
+	tc__objs_fill_free(&c->srv->objs, p->o);  /* the fill goes */
 	tc__free(p);
 }
 
@@ -460,6 +461,7 @@ static void seal_release(void *arg)
 {
 	struct seal_job *j = arg;
 
+	tc__srv_persist_end(j->s, &j->p->persist); /* recorded: a no-op */
 	tc__free(j->p);
 	tc__free(j->chunks);
 	tc__free(j);
@@ -558,6 +560,9 @@ int on_seal(struct conn *c, struct req *r)
 	tc__srv_key_gate_init(c, &j->gate, p->key, p->flags); /* ok above */
 	j->job.run = seal_run;
 	j->job.done = seal_done;
+	/* A write before the reply: the shared-disk tier counts its copy
+	 * as FILLING while seal_run writes it. */
+	tc__srv_persist_begin(c->srv, &p->persist, p->o->table.total_bytes);
 	tc__srv_defer(c);
 	tc__jobs_submit(c->srv->jobs, &j->job);
 	return 0; /* the reply comes when the job is done */

@@ -89,6 +89,11 @@ struct persist_req {
 				    writes the copy from the same read (the
 				    artifact has no host copy to write from
 				    after), always before the reply */
+	/* The write's copy, a FILLING replica of the shared-disk tier
+	 * (tc__srv_persist_begin) until tc__srv_persist_commit records it
+	 * (READY) or it is dropped (tc__srv_persist_end); NULL when no
+	 * write is under way.  Loop only. */
+	struct tc__dart *fill;
 };
 
 /* A put between CREATE and SEAL: the artifact is not visible yet. */
@@ -411,6 +416,15 @@ int tc__srv_durable_init(struct server *s, char *err, size_t errlen);
 int tc__srv_persist_prepare(struct conn *c, struct persist_req *p,
 			    enum tc__policy pol, uint32_t flags,
 			    uint64_t ttl_ms);
+/* Loop, before a worker writes the shared-disk copy p asks for (a put's
+ * or import's, before the reply): the copy's FILLING replica of the
+ * shared-disk tier, `bytes` long, so STATUS counts it while it is
+ * written.  Nothing when p asks for no write before the reply. */
+void tc__srv_persist_begin(struct server *s, struct persist_req *p,
+			   uint64_t bytes);
+/* Loop: the request is done with p without recording its copy (it
+ * failed, or its client went): the FILLING replica goes.  Idempotent. */
+void tc__srv_persist_end(struct server *s, struct persist_req *p);
 /* Worker: write o to the shared disk when p says so (before the reply). */
 void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
 			   const struct tc__digest *chunks, uint64_t n);

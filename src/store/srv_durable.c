@@ -70,6 +70,20 @@ int tc__srv_persist_prepare(struct conn *c, struct persist_req *p,
 	return 0;
 }
 
+void tc__srv_persist_begin(struct server *s, struct persist_req *p,
+			   uint64_t bytes)
+{
+	if (!p->on || !p->wait || p->fill || !s->durable)
+		return;
+	/* Out of memory: the write goes on, counted once recorded. */
+	tc__durable_fill_begin(s->durable, bytes, &p->fill);
+}
+
+void tc__srv_persist_end(struct server *s, struct persist_req *p)
+{
+	tc__durable_fill_drop(s->durable, &p->fill);
+}
+
 void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
 			   const struct tc__digest *chunks, uint64_t n)
 {
@@ -141,9 +155,14 @@ static void persist_done(struct tc__job *job)
 		tc__native_remove(j->p.dirfd, j->o->id);
 		rc = TC_ENOTFOUND;
 		snprintf(j->p.err, sizeof(j->p.err), "removed meanwhile");
-	} else if (rc == 0)
+	} else if (rc == 0) {
 		rc = tc__durable_record(d, j->o, j->p.policy, j->p.ttl_ms,
-					j->p.err, sizeof(j->p.err));
+					&j->p.fill, j->p.err, sizeof(j->p.err));
+	} else {
+		tc__durable_write_failed(d);
+	}
+	/* Not recorded: its FILLING replica leaves the tier. */
+	tc__durable_fill_drop(d, &j->p.fill);
 	if (rc < 0) {
 		tc__log(TC_LOG_ERROR, "%s is not durable: %s", j->o->id,
 			j->p.err);
@@ -181,9 +200,10 @@ int tc__srv_persist_commit(struct conn *c, struct persist_req *p,
 	if (p->ttl_ms)
 		o->expires_ms = unix_ms() + p->ttl_ms;
 	if (!p->on || tc__durable_has(s->durable, o->id)) {
-		if (p->on) /* already durable: a deduplicated put */
+		if (p->on) /* already durable: a deduplicated put (its
+			      write's FILLING replica goes) */
 			return tc__durable_record(s->durable, o, p->policy,
-						  p->ttl_ms, c->err,
+						  p->ttl_ms, &p->fill, c->err,
 						  sizeof(c->err));
 		return 0;
 	}
@@ -192,10 +212,16 @@ int tc__srv_persist_commit(struct conn *c, struct persist_req *p,
 			snprintf(c->err, sizeof(c->err), "%s",
 				 p->written ? p->err :
 					      "not written to the shared disk");
+			/* Nothing of it is on disk (the writer cleans up):
+			 * its FILLING replica goes. */
+			if (p->written)
+				tc__durable_write_failed(s->durable);
+			tc__srv_persist_end(s, p);
 			return p->rc < 0 ? p->rc : TC_EPOLICY;
 		}
+		/* Durable: the FILLING replica becomes the record's, READY */
 		rc = tc__durable_record(s->durable, o, p->policy, p->ttl_ms,
-					c->err, sizeof(c->err));
+					&p->fill, c->err, sizeof(c->err));
 		return rc;
 	}
 	if (o->persisting)
@@ -211,6 +237,10 @@ int tc__srv_persist_commit(struct conn *c, struct persist_req *p,
 	j->s = s;
 	j->o = o;
 	j->p = *p;
+	/* The write after the reply: its FILLING replica from now until
+	 * persist_done records or drops it. */
+	j->p.wait = true;
+	tc__srv_persist_begin(s, &j->p, o->table.total_bytes);
 	o->persisting = true;
 	o->persist_err[0] = '\0';
 	tc__objs_lease(&s->objs, o);
