@@ -4,7 +4,9 @@
  * SIGTERM and by kill -9; each policy's must / should / may outcome and
  * overflow; TTLs; rm with and without the disk copy; a corrupt disk copy;
  * and the disk faults: a full disk (a small tmpfs), failed fsync and
- * rename (failpoints), a read-only and a missing shared folder.  The
+ * rename (failpoints), a read-only and a missing shared folder; the
+ * shared disk's accounting as a tier of the replica core (FILLING while
+ * written, READY once durable, gone with rm or a failed write).  The
  * crash loop is test_durable_crash.c.
  */
 #include <dirent.h>
@@ -532,6 +534,16 @@ static void test_durable__fsync_and_rename_failures(void **state)
 		d = durable_status(c);
 		assert_int_equal(
 			json_integer_value(json_object_get(d, "artifacts")), 0);
+		/* The failed write's FILLING replica went with it. */
+		assert_int_equal(
+			json_integer_value(json_object_get(d, "used_bytes")),
+			0);
+		assert_int_equal(
+			json_integer_value(json_object_get(d, "filling_bytes")),
+			0);
+		assert_int_equal(json_integer_value(
+					 json_object_get(d, "write_failures")),
+				 1);
 		json_decref(d);
 		tc_client_close(c);
 		restart(true, NULL);
@@ -543,6 +555,100 @@ static void test_durable__fsync_and_rename_failures(void **state)
 		tc_client_close(c);
 		finish();
 	}
+}
+
+/* One field of the durable object of STATUS. */
+static long long disk_int(tc_client *c, const char *field)
+{
+	json_t *d = durable_status(c);
+	long long v = json_integer_value(json_object_get(d, field));
+
+	json_decref(d);
+	return v;
+}
+
+/* The shared disk as a tier of the replica core (docs/store.md): a put's
+ * copy is a FILLING replica while it is written (the durable_slow
+ * failpoint holds each write 2 s), READY once durable, READY again after
+ * a restart, and rm gives its bytes back; the tier has no budget. */
+static void test_durable__tier_filling_ready_rm(void **state)
+{
+	const uint64_t n = 3 << 20;
+	char a[TC_ID_BUFLEN], b[TC_ID_BUFLEN];
+	bool seen = false;
+	tc_client *c;
+	json_t *d;
+	pid_t pid;
+
+	putenv((char *)"TCAST_FAILPOINTS=durable_slow=");
+	start(NULL, NULL);
+	unsetenv("TCAST_FAILPOINTS");
+	c = t_connect(D.sock);
+	d = durable_status(c);
+	assert_int_equal(json_integer_value(json_object_get(d, "used_bytes")),
+			 0);
+	assert_true(json_is_null(json_object_get(d, "budget_bytes")));
+	json_decref(d);
+	/* A put that waits for its disk copy, from another process. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		tc_client *pc = t_connect(D.sock);
+
+		_exit(put(pc, "slow", "durable", 7, n, 0, 0, NULL, NULL) == 0 ?
+			      0 :
+			      1);
+	}
+	for (int i = 0; i < 300 && !seen; i++) {
+		d = durable_status(c);
+		if (json_integer_value(json_object_get(d, "filling_bytes")) ==
+		    (json_int_t)n) {
+			seen = true;
+			/* Charged to the tier, not recorded yet. */
+			assert_int_equal(json_integer_value(json_object_get(
+						 d, "used_bytes")),
+					 n);
+			assert_int_equal(json_integer_value(json_object_get(
+						 d, "artifacts")),
+					 0);
+		}
+		json_decref(d);
+		if (!seen)
+			usleep(10000);
+	}
+	assert_true(seen);
+	assert_int_equal(t_wait_status(pid), 0);
+	assert_int_equal(disk_int(c, "filling_bytes"), 0);
+	assert_int_equal(disk_int(c, "used_bytes"), n);
+	assert_int_equal(disk_int(c, "replicas"), 1);
+	assert_int_equal(t_check_fill(c, "slow", 7, n), 0);
+	/* NOWAIT: acknowledged at once, its copy FILLING until written. */
+	assert_int_equal(
+		put(c, "nw", "durable", 8, n, TC_OPT_NOWAIT, 0, b, NULL), 0);
+	assert_int_equal(disk_int(c, "filling_bytes"), n);
+	assert_int_equal(disk_int(c, "used_bytes"), 2 * n);
+	for (int i = 0; i < 400 && disk_int(c, "filling_bytes"); i++)
+		usleep(10000);
+	assert_int_equal(disk_int(c, "filling_bytes"), 0);
+	assert_int_equal(disk_int(c, "used_bytes"), 2 * n);
+	assert_true(on_disk(b));
+	/* The records come back READY after a restart. */
+	tc_client_close(c);
+	restart(true, NULL);
+	c = t_connect(D.sock);
+	assert_int_equal(disk_int(c, "used_bytes"), 2 * n);
+	assert_int_equal(disk_int(c, "replicas"), 2);
+	assert_int_equal(disk_int(c, "filling_bytes"), 0);
+	/* rm gives the bytes back, with the copy. */
+	assert_int_equal(tc_rm(c, b), 0);
+	assert_false(on_disk(b));
+	assert_int_equal(disk_int(c, "used_bytes"), n);
+	assert_int_equal(put(c, NULL, "durable", 7, n, 0, 0, a, NULL), 0);
+	assert_int_equal(tc_rm(c, a), 0);
+	assert_int_equal(disk_int(c, "used_bytes"), 0);
+	assert_int_equal(disk_int(c, "replicas"), 0);
+	tc_client_close(c);
+	finish();
 }
 
 int main(void)
@@ -557,6 +663,7 @@ int main(void)
 		cmocka_unit_test(test_durable__disk_full),
 		cmocka_unit_test(test_durable__readonly_and_missing),
 		cmocka_unit_test(test_durable__fsync_and_rename_failures),
+		cmocka_unit_test(test_durable__tier_filling_ready_rm),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
