@@ -3,6 +3,7 @@ durable, ha and cold, wait_persistence, a kill -9 of the daemon, the
 native folder read back with from_disk and `tcast verify`, and
 deregister_artifact with and without keep_shared_disk_copy."""
 
+import json
 import os
 import signal
 import subprocess
@@ -138,3 +139,63 @@ def test_ttl(durable):
     assert not a.exists()
     with pytest.raises(tcast.InvalidArgumentError):
         tcast.put({"w": np.ones(8, np.float32)}, ttl_ms=0)
+
+
+def _disk_status(d):
+    """The durable object of `tcast --json status` (the CLI, as an operator
+    reads it)."""
+    out = subprocess.run([d.bin, "--socket", d.socket, "--json", "status"], check=True,
+                         capture_output=True, text=True, env=d.env).stdout
+    return json.loads(out)["durable"]
+
+
+def test_shared_disk_tier_accounting(tmp_path):
+    """The shared disk is a tier of the replica core (docs/store.md): an
+    import's copy is FILLING while it is written (durable_slow holds each
+    write 2 s), READY once durable, and deregistering gives its bytes back;
+    a failed write (durable_enospc) leaves nothing filling and no copy."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    d = Daemon(tmp_path, "512MiB", args=["--set", f"shared_disk={shared}"],
+               env={"TCAST_FAILPOINTS": "durable_slow="})
+    try:
+        st = _disk_status(d)
+        assert st["used_bytes"] == 0 and st["filling_bytes"] == 0 and st["budget_bytes"] is None
+        imp = subprocess.Popen([d.bin, "--socket", d.socket, "import", str(DTYPES_FILE), "--key", "slow",
+                                "--policy", "durable"], stdout=subprocess.DEVNULL, env=d.env)
+        filling = 0
+        deadline = time.monotonic() + 10
+        while not filling and time.monotonic() < deadline:
+            st = _disk_status(d)
+            filling = st["filling_bytes"]
+            time.sleep(0.02)
+        assert filling > 0, "the import's copy never showed as filling"
+        assert st["used_bytes"] == filling and st["artifacts"] == 0
+        assert imp.wait(timeout=30) == 0
+        st = _disk_status(d)
+        assert st["filling_bytes"] == 0 and st["used_bytes"] == filling
+        assert st["replicas"] == 1 and st["artifacts"] == 1
+        tcast.shutdown()
+        tcast.init(address=d.socket)
+        tcast.deregister_artifact("slow")
+        st = _disk_status(d)
+        assert st["used_bytes"] == 0 and st["replicas"] == 0
+    finally:
+        tcast.shutdown()
+        d.stop()
+
+    full = tmp_path / "full"
+    full.mkdir(mode=0o700)
+    (full / "shared").mkdir()
+    d = Daemon(full, "512MiB", args=["--set", f"shared_disk={full / 'shared'}"],
+               env={"TCAST_FAILPOINTS": "durable_enospc="})
+    try:
+        r = subprocess.run([d.bin, "--socket", d.socket, "import", str(DTYPES_FILE), "--policy", "durable"],
+                           capture_output=True, text=True, env=d.env)
+        assert r.returncode == 1 and "No space left" in r.stderr
+        st = _disk_status(d)
+        assert st["used_bytes"] == 0 and st["filling_bytes"] == 0 and st["replicas"] == 0
+        assert st["write_failures"] == 1
+        assert [p.name for p in (full / "shared" / "tcast").iterdir()] == []
+    finally:
+        d.stop()
