@@ -322,6 +322,11 @@ def test_durable_import_to_a_gpu_on_a_full_disk_leaves_nothing(tmp_path):
             assert dev["replicas"] == 0 and dev["used_bytes"] == 0, dev
             assert dev["filling_bytes"] == 0, dev
         assert out["n"] == 0 and not out["key"]
+        # The tee's copy was a FILLING replica of the shared-disk tier:
+        # gone with the failed write (docs/store.md).
+        disk = out["st"]["durable"]
+        assert disk["used_bytes"] == 0 and disk["filling_bytes"] == 0, disk
+        assert disk["replicas"] == 0 and disk["write_failures"] == 1, disk
         assert not list((dg.shared / "tcast").iterdir())
     finally:
         dg.stop()
