@@ -259,6 +259,23 @@ static void show_spill(json_t *sp)
 	       num(sp, "reloads"), num(sp, "reload_failures"));
 }
 
+/* The shared-disk tier's part of STATUS, when it has one. */
+static void show_durable(json_t *d)
+{
+	char b1[32], b2[32];
+
+	if (!json_is_object(d))
+		return;
+	printf("shared disk %s (%s): %lld artifacts, %s used, %s being "
+	       "written; %lld written (%lld failed), %lld restores (%lld "
+	       "failed)\n",
+	       str(d, "shared_disk"), str(d, "state"), num(d, "artifacts"),
+	       cli_bytes((uint64_t)num(d, "used_bytes"), b1, sizeof(b1)),
+	       cli_bytes((uint64_t)num(d, "filling_bytes"), b2, sizeof(b2)),
+	       num(d, "written"), num(d, "write_failures"), num(d, "restores"),
+	       num(d, "restore_failures"));
+}
+
 static void show_status(json_t *j)
 {
 	json_t *cfg = json_object_get(j, "config");
@@ -274,6 +291,7 @@ static void show_status(json_t *j)
 	       cli_bytes((uint64_t)num(j, "host_budget_bytes"), b2, sizeof(b2)),
 	       num(j, "evictions"));
 	show_gpus(json_object_get(j, "gpu"));
+	show_durable(json_object_get(j, "durable"));
 	show_spill(json_object_get(j, "spill"));
 	if (cfg) {
 		const char *k;

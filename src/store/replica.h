@@ -4,8 +4,9 @@
  *
  * An artifact is metadata (tensor table, digest, policy, keys); its bytes
  * live in replicas, each charged to one tier: host memory (obj.c), one GPU
- * (gpu_tier.c, one tier per device), the spill folder (spill.c), later the
- * shared disk and the cluster.  A replica moves through one life cycle:
+ * (gpu_tier.c, one tier per device), the spill folder (spill.c), the
+ * shared disk (durable.c: no budget, never evictable; its copies are
+ * policy, not cache).  A replica moves through one life cycle:
  *
  *   IDLE --fill--> FILLING --ready--> READY --evict--> EVICTING
  *   EVICTING --gone--> IDLE
