@@ -21,6 +21,7 @@
 #include "durable_internal.h"
 #include "format/format.h"
 #include "gpu_tier.h"
+#include "metrics.h"
 #include "xfer/loader.h"
 #include "xfer/xfer.h"
 #include "net/ev.h"
@@ -1047,6 +1048,17 @@ json_t *tc__durable_status_json(struct tc__durable *d)
 			    json_integer((json_int_t)d->tier.nreplicas));
 	json_object_set_new(j, "budget_bytes", json_null());
 	return j;
+}
+
+void tc__durable_counts(struct tc__durable *d, struct tc__metrics_disk *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!d)
+		return;
+	out->replicas = d->tier.nreplicas;
+	out->bytes = d->tier.used;
+	out->filling_bytes = d->tier.filling_bytes;
+	out->write_failures = d->write_failures;
 }
 
 static const char *const ha_names[] = { "none", "pending", "done", "failed" };

@@ -189,6 +189,9 @@ void tc__durable_tick(struct tc__durable *d, struct tc__objs *objs);
  * durability ({"state": "durable", "path": ..., "degraded": [...]}), or
  * NULL when it is not durable. */
 json_t *tc__durable_status_json(struct tc__durable *d);
+/* The tier's gauges for metrics (all zero when d is NULL). */
+struct tc__metrics_disk;
+void tc__durable_counts(struct tc__durable *d, struct tc__metrics_disk *out);
 json_t *tc__durable_obj_json(struct tc__durable *d, const char *id);
 /* Artifacts of this tier not in memory, for LIST (an array of objects);
  * those `skip` (another tier, or NULL) also has are left to it. */

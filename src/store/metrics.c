@@ -53,6 +53,10 @@ struct spill_gauges {
 		removed, reloads, reload_failures;
 };
 
+struct disk_gauges {
+	counter replicas, bytes, filling_bytes, write_failures;
+};
+
 static struct {
 	uint64_t start_s;
 	counter path_bytes[TC_MPATH__N], path_ns[TC_MPATH__N],
@@ -66,6 +70,7 @@ static struct {
 	struct tier_gauges host;
 	counter keys, jobs_pending;
 	struct spill_gauges spill;
+	struct disk_gauges disk;
 	struct tier_gauges gpu[TC_METRICS_MAX_GPU];
 	char gpu_uuid[TC_METRICS_MAX_GPU][48];
 	_Atomic int ngpu; /* gpu_uuid[0..ngpu) are written (release) */
@@ -154,6 +159,14 @@ void tc__metrics_set_spill(const struct tc__metrics_spill *sp)
 	SET(m.spill.removed, sp->removed);
 	SET(m.spill.reloads, sp->reloads);
 	SET(m.spill.reload_failures, sp->reload_failures);
+}
+
+void tc__metrics_set_disk(const struct tc__metrics_disk *d)
+{
+	SET(m.disk.replicas, d->replicas);
+	SET(m.disk.bytes, d->bytes);
+	SET(m.disk.filling_bytes, d->filling_bytes);
+	SET(m.disk.write_failures, d->write_failures);
 }
 
 void tc__metrics_set_server(uint64_t keys, int jobs_pending, int connections,
@@ -329,6 +342,39 @@ char *tc__metrics_render(size_t *len)
 				(unsigned long long)GET(
 					*(counter *)((char *)&m.spill +
 						     sl[i].off)));
+		}
+	}
+	{
+		static const struct {
+			const char *name, *type, *text;
+			size_t off;
+		} dl[] = {
+#define TC__DISK(n, t, x, f) { n, t, x, offsetof(struct disk_gauges, f) }
+			TC__DISK("tcast_shared_disk_replicas", "gauge",
+				 "Copies on the shared disk (durable, ha, "
+				 "cold), recorded or being written.",
+				 replicas),
+			TC__DISK("tcast_shared_disk_bytes", "gauge",
+				 "Bytes of those copies (the tier has no "
+				 "budget).",
+				 bytes),
+			TC__DISK("tcast_shared_disk_filling_bytes", "gauge",
+				 "Of those, bytes of copies being written.",
+				 filling_bytes),
+			TC__DISK("tcast_shared_disk_write_failures_total",
+				 "counter",
+				 "Writes of puts and imports to the shared "
+				 "disk that failed.",
+				 write_failures),
+#undef TC__DISK
+		};
+
+		for (size_t i = 0; i < TC_ARRAY_SIZE(dl); i++) {
+			help(f, dl[i].name, dl[i].type, dl[i].text);
+			fprintf(f, "%s %llu\n", dl[i].name,
+				(unsigned long long)GET(
+					*(counter *)((char *)&m.disk +
+						     dl[i].off)));
 		}
 	}
 	help(f, "tcast_keys", "gauge", "Keys the daemon holds.");

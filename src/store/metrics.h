@@ -58,6 +58,13 @@ struct tc__metrics_spill {
 		reload_failures;
 };
 void tc__metrics_set_spill(const struct tc__metrics_spill *sp);
+/* The shared-disk tier (durable.h): its replicas (durable copies, READY
+ * or being written), their bytes, those being written, and failed writes
+ * since start.  All zero when no shared_disk is set. */
+struct tc__metrics_disk {
+	uint64_t replicas, bytes, filling_bytes, write_failures;
+};
+void tc__metrics_set_disk(const struct tc__metrics_disk *d);
 /* GPU `i` (ordinal) with its UUID; `uuid` is copied the first time only. */
 void tc__metrics_set_gpu(int i, const char *uuid,
 			 const struct tc__metrics_tier *t);

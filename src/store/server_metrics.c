@@ -3,6 +3,7 @@
  * loop may walk (artifacts, leases, connections) as gauges the scrape
  * thread reads (metrics.h).
  */
+#include "durable.h"
 #include "gpu_tier.h"
 #include "spill.h"
 #include "metrics.h"
@@ -18,6 +19,7 @@ void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force)
 	static uint64_t next_ms;
 	struct tc__metrics_tier host = { 0 };
 	struct tc__metrics_spill spill;
+	struct tc__metrics_disk disk;
 
 	if (!force && now_ms < next_ms)
 		return;
@@ -38,6 +40,8 @@ void tc__srv_metrics_publish(struct server *s, uint64_t now_ms, bool force)
 	tc__metrics_set_host(&host);
 	tc__spill_counts(s->spill, &spill);
 	tc__metrics_set_spill(&spill);
+	tc__durable_counts(s->durable, &disk);
+	tc__metrics_set_disk(&disk);
 	tc__metrics_set_server(s->objs.keys.count, tc__jobs_pending(s->jobs),
 			       s->nconns, s->n_proto_err);
 	tc__gpu_tier_publish_metrics(s->gpu);

@@ -5,9 +5,12 @@ deregister_artifact with and without keep_shared_disk_copy."""
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +152,21 @@ def _disk_status(d):
     return json.loads(out)["durable"]
 
 
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _disk_metrics(port):
+    """The tcast_shared_disk_* samples of /metrics (published every 250 ms)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(tcast_shared_disk_\w+) (\d+)$", text, re.M)}
+
+
 def test_shared_disk_tier_accounting(tmp_path):
     """The shared disk is a tier of the replica core (docs/store.md): an
     import's copy is FILLING while it is written (durable_slow holds each
@@ -156,7 +174,8 @@ def test_shared_disk_tier_accounting(tmp_path):
     a failed write (durable_enospc) leaves nothing filling and no copy."""
     shared = tmp_path / "shared"
     shared.mkdir()
-    d = Daemon(tmp_path, "512MiB", args=["--set", f"shared_disk={shared}"],
+    port = _free_port()
+    d = Daemon(tmp_path, "512MiB", args=["--set", f"shared_disk={shared}", "--set", f"metrics_port={port}"],
                env={"TCAST_FAILPOINTS": "durable_slow="})
     try:
         st = _disk_status(d)
@@ -171,10 +190,16 @@ def test_shared_disk_tier_accounting(tmp_path):
             time.sleep(0.02)
         assert filling > 0, "the import's copy never showed as filling"
         assert st["used_bytes"] == filling and st["artifacts"] == 0
+        time.sleep(0.3)  # a metrics publish
+        m = _disk_metrics(port)
+        assert m["tcast_shared_disk_filling_bytes"] == filling and m["tcast_shared_disk_replicas"] == 1
         assert imp.wait(timeout=30) == 0
         st = _disk_status(d)
         assert st["filling_bytes"] == 0 and st["used_bytes"] == filling
         assert st["replicas"] == 1 and st["artifacts"] == 1
+        time.sleep(0.3)
+        m = _disk_metrics(port)
+        assert m["tcast_shared_disk_bytes"] == filling and m["tcast_shared_disk_filling_bytes"] == 0
         tcast.shutdown()
         tcast.init(address=d.socket)
         tcast.deregister_artifact("slow")
