@@ -1,6 +1,7 @@
 /*
  * test_replica.c - src/store/replica.c alone: the life cycle, the LRU,
- * the budget and the leases that the host and GPU tiers share.
+ * the budget and the leases that the host, GPU, spill and shared-disk
+ * tiers share.
  *
  * The tier here is a toy owner: items embed a struct tc__replica, its
  * evict op records the order of its victims and lets them go, and items
@@ -415,6 +416,48 @@ static void test_replica__all_or_nothing(void **state)
 	}
 }
 
+/* A tier with no budget whose replicas are never victims, as the shared
+ * disk's (durable.c): fills are never refused or make room, and an
+ * eviction asked for anything evicts nothing. */
+static bool never_evictable(struct tc__tier *t, struct tc__replica *r)
+{
+	return false;
+}
+
+static const struct tc__tier_ops never_ops = {
+	.evictable = never_evictable,
+	.evict = toy_evict,
+};
+
+static void test_replica__unlimited_never_evictable(void **state)
+{
+	struct tc__tier t;
+	struct item a, b, f;
+	char err[MSG];
+
+	tc__tier_init(&t, "shared disk", UINT64_MAX, &never_ops, NULL);
+	make_ready(&t, &a, 'a', UINT64_C(1) << 50);
+	make_ready(&t, &b, 'b', UINT64_C(1) << 50);
+	item_init(&f, 'f');
+	assert_int_equal(tc__replica_fill(&f.r, &t, UINT64_C(1) << 40, true,
+					  NULL, err, sizeof(err)),
+			 0);
+	assert_int_equal(t.filling_bytes, UINT64_C(1) << 40);
+	assert_int_equal(tc__tier_evict(&t, 0, UINT64_MAX, NULL), 0);
+	assert_int_equal(nvictims, 0);
+	assert_int_equal(t.evictions, 0);
+	assert_int_equal(t.nreplicas, 3);
+	assert_true(tier_ok(&t));
+	/* A failed write: its FILLING replica goes, the others stay. */
+	assert_int_equal(tc__replica_gone(&f.r, false), 0);
+	assert_int_equal(t.filling_bytes, 0);
+	assert_int_equal(t.used, UINT64_C(1) << 51);
+	assert_int_equal(tc__replica_gone(&a.r, false), 0);
+	assert_int_equal(tc__replica_gone(&b.r, false), 0);
+	assert_int_equal(t.used, 0);
+	assert_true(tier_ok(&t));
+}
+
 static void test_replica__private(void **state)
 {
 	struct tc__tier t;
@@ -485,6 +528,8 @@ int main(void)
 		cmocka_unit_test_setup(test_replica__victims, setup),
 		cmocka_unit_test_setup(test_replica__budget, setup),
 		cmocka_unit_test_setup(test_replica__all_or_nothing, setup),
+		cmocka_unit_test_setup(test_replica__unlimited_never_evictable,
+				       setup),
 		cmocka_unit_test_setup(test_replica__private, setup),
 		cmocka_unit_test_setup(test_replica__counters, setup),
 	};
