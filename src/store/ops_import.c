@@ -704,11 +704,12 @@ int on_import(struct conn *c, struct req *r)
 			goto out_free;
 		k = tc__gpu_ordinal_ref_parse(uuid, &j->gpu_ref, &same_env);
 		if (k == 1 && !same_env) {
-			snprintf(c->err, sizeof(c->err),
-				 "cannot resolve the client's GPU '%.200s': its "
-				 "CUDA environment is not the daemon's, so its "
-				 "ordinals may not be; name the GPU by UUID",
-				 uuid);
+			snprintf(
+				c->err, sizeof(c->err),
+				"cannot resolve the client's GPU '%.200s': its "
+				"CUDA environment is not the daemon's, so its "
+				"ordinals may not be; name the GPU by UUID",
+				uuid);
 			rc = TC_EDEVICE;
 			goto out_free;
 		}

@@ -320,28 +320,57 @@ B3_FN b3_u32 b3_seg_byte(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
 }
 
 /*
+ * A reader's segment, held in registers: segment k (the first that ends
+ * after the offset last looked up), its bytes [lo, hi) from src; lo = hi
+ * = ~0 past the last.  Tensors are mostly megabytes long, so a reader
+ * checks registers, not the table, for nearly every 16 bytes, and looks
+ * the table up again (a binary search) only when it leaves them.
+ */
+struct b3_segc {
+	b3_u64 k, lo, hi, src;
+};
+
+B3_FN void b3_segc_load(const struct b3_seg *sg, b3_u64 nseg, struct b3_segc *c)
+{
+	if (c->k < nseg) {
+		c->lo = sg[c->k].off;
+		c->hi = sg[c->k].off + sg[c->k].len;
+		c->src = sg[c->k].src;
+	} else {
+		c->lo = c->hi = ~(b3_u64)0;
+		c->src = 0;
+	}
+}
+
+/* The reader's segment for offset `off`. */
+B3_FN void b3_segc_find(const struct b3_seg *sg, b3_u64 nseg, struct b3_segc *c,
+			b3_u64 off)
+{
+	c->k = b3_seg_find(sg, nseg, off);
+	b3_segc_load(sg, nseg, c);
+}
+
+/*
  * Bytes [off, off + n) of the byte space (n <= 16) into m[0..3], zero
  * past n: one 16-byte load when one segment holds all 16 at an aligned
  * source address (tensors start at multiples of 256 bytes, so nearly
  * every piece), else byte by byte (a tensor's last bytes and the padding
- * after them, or a source that is not 16-byte aligned).  *k: a segment at
- * or before the one holding off (advanced; offsets of one caller's
- * pieces come in increasing order).
+ * after them, or a source that is not 16-byte aligned).  c: the reader's
+ * segment, any offset order.
  */
-B3_FN void b3_gather16(const struct b3_seg *sg, b3_u64 nseg, b3_u64 *k,
+B3_FN void b3_gather16(const struct b3_seg *sg, b3_u64 nseg, struct b3_segc *c,
 		       b3_u64 off, b3_u32 n, b3_u32 m[4])
 {
 	b3_u64 kk;
 
-	while (*k < nseg && sg[*k].off + sg[*k].len <= off)
-		(*k)++;
-	if (n == 16 && *k < nseg && sg[*k].off <= off &&
-	    off + 16 <= sg[*k].off + sg[*k].len &&
-	    !((sg[*k].src + (off - sg[*k].off)) & 15)) {
-		b3_ld16((const b3_u8 *)(sg[*k].src + (off - sg[*k].off)), m);
+	if (off < c->lo || off >= c->hi)
+		b3_segc_find(sg, nseg, c, off);
+	if (n == 16 && c->lo <= off && off + 16 <= c->hi &&
+	    !((c->src + (off - c->lo)) & 15)) {
+		b3_ld16((const b3_u8 *)(c->src + (off - c->lo)), m);
 		return;
 	}
-	kk = *k;
+	kk = c->k;
 #ifdef __CUDACC__
 #pragma unroll
 #endif
@@ -392,7 +421,8 @@ B3_FN void b3_copy_leaf_at(const struct b3_copy_args *ca, b3_u64 i)
 	b3_u64 per = a->chunk_bytes / B3_LEAF_BYTES;
 	b3_u64 c = a->chunk0 + i / per, j = i % per;
 	b3_u64 len = b3_chunk_len(a->size, a->chunk_bytes, c);
-	b3_u64 base = c * a->chunk_bytes + j * B3_LEAF_BYTES, k;
+	b3_u64 base = c * a->chunk_bytes + j * B3_LEAF_BYTES;
+	struct b3_segc sc;
 	b3_u32 cv[8], *out = (b3_u32 *)a->cvs + i * 8, n, nblocks, root;
 
 	if (j >= b3_leaves(len))
@@ -402,7 +432,7 @@ B3_FN void b3_copy_leaf_at(const struct b3_copy_args *ca, b3_u64 i)
 			     B3_LEAF_BYTES);
 	nblocks = (n + B3_BLOCK_BYTES - 1) / B3_BLOCK_BYTES;
 	root = b3_leaves(len) == 1 ? B3_ROOT : 0;
-	k = b3_seg_find(sg, ca->nseg, base);
+	b3_segc_find(sg, ca->nseg, &sc, base);
 	for (int w = 0; w < 8; w++)
 		cv[w] = b3_iv(w);
 #ifdef __CUDACC__
@@ -420,7 +450,7 @@ B3_FN void b3_copy_leaf_at(const struct b3_copy_args *ca, b3_u64 i)
 		for (b3_u32 q = 0; q < 4; q++) {
 			b3_u32 pn = b3_piece_len(blen, q);
 
-			b3_gather16(sg, ca->nseg, &k, off + 16 * q, pn,
+			b3_gather16(sg, ca->nseg, &sc, off + 16 * q, pn,
 				    m + 4 * q);
 			if (pn)
 				b3_scatter16((b3_u8 *)a->data + off + 16 * q,

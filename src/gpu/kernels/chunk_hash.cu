@@ -46,14 +46,11 @@ __device__ static void b3_copy_warp(const struct b3_copy_args *ca,
 	const struct b3_seg *sg = (const struct b3_seg *)ca->segs;
 	b3_u64 per = a->chunk_bytes / B3_LEAF_BYTES;
 	b3_u64 c = a->chunk0 + w0 / per, j0 = w0 % per;
-	b3_u64 wbase = c * a->chunk_bytes + j0 * B3_LEAF_BYTES, hint[4];
+	b3_u64 wbase = c * a->chunk_bytes + j0 * B3_LEAF_BYTES;
+	struct b3_segc sc;
 	b3_u32 cv[8], q = lane % 4, *out = (b3_u32 *)a->cvs + (w0 + lane) * 8;
 
-#pragma unroll
-	for (int k = 0; k < 4; k++)
-		hint[k] = b3_seg_find(sg, ca->nseg,
-				      wbase + (8 * k + lane / 4) * B3_LEAF_BYTES +
-					      16 * q);
+	b3_segc_find(sg, ca->nseg, &sc, wbase + (lane / 4) * B3_LEAF_BYTES);
 	for (int w = 0; w < 8; w++)
 		cv[w] = b3_iv(w);
 #pragma unroll 1
@@ -66,7 +63,7 @@ __device__ static void b3_copy_warp(const struct b3_copy_args *ca,
 			b3_u64 off = wbase + leaf * B3_LEAF_BYTES +
 				     b * B3_BLOCK_BYTES + 16 * q;
 
-			b3_gather16(sg, ca->nseg, &hint[k], off, 16, m4);
+			b3_gather16(sg, ca->nseg, &sc, off, 16, m4);
 			b3_st16((b3_u8 *)a->data + off, m4);
 #pragma unroll
 			for (int t = 0; t < 4; t++)
