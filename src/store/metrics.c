@@ -202,6 +202,25 @@ static void help(FILE *f, const char *name, const char *type, const char *text)
 	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
 }
 
+/* One metric of a block of counters (the spill folder's, the shared
+ * disk's): its counter at `off` in the block. */
+struct metric_def {
+	const char *name, *type, *text;
+	size_t off;
+};
+
+static void metric_lines(FILE *f, const void *block, const struct metric_def *d,
+			 size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		help(f, d[i].name, d[i].type, d[i].text);
+		fprintf(f, "%s %llu\n", d[i].name,
+			(unsigned long long)GET(
+				*(const counter *)((const char *)block +
+						   d[i].off)));
+	}
+}
+
 static void tier_lines(FILE *f, const char *name, const char *type,
 		       const char *text, size_t field)
 {
@@ -295,10 +314,7 @@ char *tc__metrics_render(size_t *len)
 		   "Attaches clients hold and have not released, per tier.",
 		   offsetof(struct tier_gauges, leases));
 	{
-		static const struct {
-			const char *name, *type, *text;
-			size_t off;
-		} sl[] = {
+		static const struct metric_def sl[] = {
 #define TC__SPILL(n, t, x, f) { n, t, x, offsetof(struct spill_gauges, f) }
 			TC__SPILL("tcast_spill_artifacts", "gauge",
 				  "Evicted cache artifacts held in the spill "
@@ -336,19 +352,10 @@ char *tc__metrics_render(size_t *len)
 #undef TC__SPILL
 		};
 
-		for (size_t i = 0; i < TC_ARRAY_SIZE(sl); i++) {
-			help(f, sl[i].name, sl[i].type, sl[i].text);
-			fprintf(f, "%s %llu\n", sl[i].name,
-				(unsigned long long)GET(
-					*(counter *)((char *)&m.spill +
-						     sl[i].off)));
-		}
+		metric_lines(f, &m.spill, sl, TC_ARRAY_SIZE(sl));
 	}
 	{
-		static const struct {
-			const char *name, *type, *text;
-			size_t off;
-		} dl[] = {
+		static const struct metric_def dl[] = {
 #define TC__DISK(n, t, x, f) { n, t, x, offsetof(struct disk_gauges, f) }
 			TC__DISK("tcast_shared_disk_replicas", "gauge",
 				 "Copies on the shared disk (durable, ha, "
@@ -369,13 +376,7 @@ char *tc__metrics_render(size_t *len)
 #undef TC__DISK
 		};
 
-		for (size_t i = 0; i < TC_ARRAY_SIZE(dl); i++) {
-			help(f, dl[i].name, dl[i].type, dl[i].text);
-			fprintf(f, "%s %llu\n", dl[i].name,
-				(unsigned long long)GET(
-					*(counter *)((char *)&m.disk +
-						     dl[i].off)));
-		}
+		metric_lines(f, &m.disk, dl, TC_ARRAY_SIZE(dl));
 	}
 	help(f, "tcast_keys", "gauge", "Keys the daemon holds.");
 	fprintf(f, "tcast_keys %llu\n", (unsigned long long)GET(m.keys));
