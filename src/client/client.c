@@ -22,6 +22,7 @@
 
 #include "client_internal.h"
 #include "common/alloc.h"
+#include "common/log.h"
 #include "common/hash.h"
 #include "format/format.h"
 #include "gpu/vmm.h"
@@ -325,9 +326,22 @@ int tc__client_send(tc_client *c, struct tc__buf *req)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* TCAST_LOG_LEVEL (error, warn, info, debug) sets what libtcast itself
+ * logs to stderr in this process: warn by default. */
+static void log_level_from_env(void)
+{
+	const char *v = getenv("TCAST_LOG_LEVEL");
+	int l = v && *v ? tc__log_parse_level(v) : -1;
+
+	if (l >= 0)
+		tc__log_level = l;
+}
+
 TC_API int tc_client_connect(const char *socket_path, tc_client **out,
 			     char *err, size_t errlen)
 {
+	static pthread_once_t log_once = PTHREAD_ONCE_INIT;
+
 	char path[PATH_MAX];
 	struct tc__buf b = TC_BUF_INIT;
 	struct reply rep;
@@ -337,6 +351,7 @@ TC_API int tc_client_connect(const char *socket_path, tc_client **out,
 	int rc, fd, trust_root;
 
 	*out = NULL;
+	pthread_once(&log_once, log_level_from_env);
 	if (!err || !errlen) {
 		err = path; /* scratch; the message is dropped */
 		errlen = sizeof(path);

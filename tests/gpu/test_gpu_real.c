@@ -40,6 +40,7 @@
 #include "tcast/errors.h"
 #include "common/compiler.h"
 #include "common/hash.h"
+#include "common/log.h"
 #include "gpu/vmm.h"
 #include "gpu_test.h"
 
@@ -131,6 +132,7 @@ static int child_big(int sock)
 		goto out_report;
 	}
 	t0 = t_now_ms();
+	tc__log_level = TC_LOG_DEBUG; /* the driver calls of a slow import */
 	ret = tc__gpu_import(ord, fd, req.size, TC_GPU_READ_ONLY, &ro, rep.msg,
 			     sizeof(rep.msg));
 	rep.import_ms = t_now_ms() - t0;
