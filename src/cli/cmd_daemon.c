@@ -191,6 +191,11 @@ static int run_foreground(struct tc__store_config *cfg, int ready_fd)
 		if (!log)
 			return cli_fail(-errno, "cannot open the log file");
 		tc__log_set_file(log);
+		/* A spawned daemon's stderr is /dev/null: what the C library
+		 * or a sanitizer prints as the process dies goes to the log
+		 * instead, where whoever looks at the death will look. */
+		if (ready_fd >= 0)
+			dup2(fileno(log), STDERR_FILENO);
 	}
 	rc = cli_daemon_peer_start(cfg, err, sizeof(err));
 	if (rc == 0) {
