@@ -362,7 +362,7 @@ def put(
     cuda = _cuda_sources(names, tensors) if to_gpu else None
     gpu = None
     if cuda is not None:
-        gpu, sources, ptrs = cuda
+        gpu, sources, ptrs, keep_src, checks = cuda
     else:
         sources = [_to_bytes_source(n, tensors[n]) for n in names]
     for name, (dt, shape, _) in zip(names, sources):
@@ -384,7 +384,8 @@ def put(
     t_begin = time.perf_counter() - t0
     try:
         if gpu is not None:
-            copy_seconds = _fill_from_device(s, p, ptrs, gpu)
+            copy_seconds = _fill_from_device(s, p, ptrs, checks, gpu)
+            del keep_src  # the contiguous copies, needed until the copy
         else:
             _fill_host(lib, p, sources)
     except BaseException:
@@ -501,7 +502,8 @@ assert _DESC.size == ctypes.sizeof(_native.TcTensorDesc)
 def _cuda_sources(names, tensors):
     """For a put of torch tensors all on one GPU (it then fills a GPU
     replica device to device): (ordinal, [(dtype, shape, None)], device
-    addresses + what to keep alive); None when any tensor is not one.  One
+    addresses, contiguous copies to keep until the copy, RawTensor size
+    checks); None when any tensor is not one.  One
     pass, no per-tensor closure or library call: at 1,000 tensors each
     microsecond here is a millisecond of a put that copies 8 GiB in ~9."""
     torch = sys.modules.get("torch")
@@ -542,17 +544,15 @@ def _cuda_sources(names, tensors):
         ptrs.append(t.data_ptr())
     if gpu is None:
         return None
-    ptrs.append((keep, checks))  # the contiguous copies live until the copy
-    return gpu, sources, ptrs
+    return gpu, sources, ptrs, keep, checks
 
 
-def _fill_from_device(s, p, ptrs, gpu: int) -> float:
+def _fill_from_device(s, p, ptrs, checks, gpu: int) -> float:
     """Copy every tensor into the GPU put `p` device to device: one call
     into libtcast, which copies and hashes in one pass (every tensor in one
     call is what lets it).  Returns the copy's seconds."""
     import torch
 
-    keep, checks = ptrs.pop()
     n = len(ptrs)
     for i, name, dt, shape, have in checks:
         _check_size(name, dt, shape, have, s.lib.tc_put_nbytes(p, i))
@@ -566,7 +566,6 @@ def _fill_from_device(s, p, ptrs, gpu: int) -> float:
         rc = s.lib.tc_put_copy_from_device(p, n, idx, src)
         if rc < 0:
             raise errors.error_from_code(rc, s.lib.tc_client_errmsg(s._h()).decode(errors="replace"))
-    del keep
     return time.perf_counter() - t0
 
 

@@ -353,28 +353,42 @@ out_short:
 	return TC_EPROTO;
 }
 
-int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
-			    size_t idlen, uint64_t *nchunks,
-			    const uint8_t **digests, char *err, size_t errlen)
+/* The tail of PUT_SERVE and SEAL_GPU: u64 nchunks (min..2^24), nchunks x
+ * 32-byte digests, and nothing after them.  `what` names the message. */
+static int get_digest_list(struct tc__cur *c, const char *what, uint64_t min,
+			   uint64_t *nchunks, const uint8_t **digests,
+			   char *err, size_t errlen)
 {
-	if (tc__cur_read_u64(c, handle) < 0 ||
-	    tc__cur_read_strcpy(c, id, idlen) < 0 ||
-	    tc__cur_read_u64(c, nchunks) < 0) {
-		snprintf(err, errlen, "PUT_SERVE: truncated or id too long");
+	if (tc__cur_read_u64(c, nchunks) < 0) {
+		snprintf(err, errlen, "%s: truncated chunk count", what);
 		return TC_EPROTO;
 	}
-	if (*nchunks > TC_PROTO_MAX_CHUNKS) {
-		snprintf(err, errlen, "PUT_SERVE: %llu chunks (at most %llu)",
-			 (unsigned long long)*nchunks,
+	if (*nchunks < min || *nchunks > TC_PROTO_MAX_CHUNKS) {
+		snprintf(err, errlen, "%s: %llu chunk digests (%llu to %llu)",
+			 what, (unsigned long long)*nchunks,
+			 (unsigned long long)min,
 			 (unsigned long long)TC_PROTO_MAX_CHUNKS);
 		return TC_ELIMIT;
 	}
 	if (tc__cur_read_bytes(c, *nchunks * 32, digests) < 0 || c->left) {
 		snprintf(err, errlen,
-			 "PUT_SERVE: digests truncated or bytes after them");
+			 "%s: digests truncated or bytes after them", what);
 		return TC_EPROTO;
 	}
 	return 0;
+}
+
+int tc__proto_get_put_serve(struct tc__cur *c, uint64_t *handle, char *id,
+			    size_t idlen, uint64_t *nchunks,
+			    const uint8_t **digests, char *err, size_t errlen)
+{
+	if (tc__cur_read_u64(c, handle) < 0 ||
+	    tc__cur_read_strcpy(c, id, idlen) < 0) {
+		snprintf(err, errlen, "PUT_SERVE: truncated or id too long");
+		return TC_EPROTO;
+	}
+	return get_digest_list(c, "PUT_SERVE", 0, nchunks, digests, err,
+			       errlen);
 }
 
 int tc__proto_get_seal_gpu(struct tc__cur *c, uint64_t *handle,
@@ -387,25 +401,9 @@ int tc__proto_get_seal_gpu(struct tc__cur *c, uint64_t *handle,
 		snprintf(err, errlen, "SEAL_GPU: truncated handle");
 		return TC_EPROTO;
 	}
-	if (!c->left)
+	if (!c->left) /* the handle alone: a client before digests */
 		return 0;
-	if (tc__cur_read_u64(c, nchunks) < 0) {
-		snprintf(err, errlen, "SEAL_GPU: truncated chunk count");
-		return TC_EPROTO;
-	}
-	if (*nchunks == 0 || *nchunks > TC_PROTO_MAX_CHUNKS) {
-		snprintf(err, errlen,
-			 "SEAL_GPU: %llu chunk digests (1 to %llu)",
-			 (unsigned long long)*nchunks,
-			 (unsigned long long)TC_PROTO_MAX_CHUNKS);
-		return TC_ELIMIT;
-	}
-	if (tc__cur_read_bytes(c, *nchunks * 32, digests) < 0 || c->left) {
-		snprintf(err, errlen,
-			 "SEAL_GPU: digests truncated or bytes after them");
-		return TC_EPROTO;
-	}
-	return 0;
+	return get_digest_list(c, "SEAL_GPU", 1, nchunks, digests, err, errlen);
 }
 
 int tc__proto_get_bind_flags(struct tc__cur *c, bool optional, uint32_t *flags,

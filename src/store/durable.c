@@ -654,7 +654,7 @@ static void restore_finish(struct tc__restore *r, struct tc__obj *o)
  * computed (on the GPU where the kernels run). */
 static void restore_run_gpu(struct tc__restore *r, uint64_t n)
 {
-	struct tc__gpu_load_opts lo = { .nthreads = r->io_threads,
+	struct tc__gpu_load_opts lo = { .nthreads = r->to.gpu_threads,
 					.depth = 2,
 					.direct = -1,
 					.stage_chunks = 1,

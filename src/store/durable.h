@@ -160,6 +160,7 @@ struct tc__restore_to {
 	struct tc__gpu_tier *tier;	 /* to_gpu: the daemon's GPU tier */
 	uint8_t uuid[TC_GPU_UUID_BYTES]; /* to_gpu: which GPU */
 	int io_engine;			 /* to_gpu: enum tc__io_engine */
+	int gpu_threads; /* to_gpu: the loader's (tc__cfg_gpu_load_threads) */
 };
 
 /* Load a durable artifact's bytes from its disk copy into host memory or

@@ -375,6 +375,7 @@ int tc__srv_durable_miss(struct conn *c, struct req *r, const char *ref, int rc,
 		to.tier = s->gpu;
 		memcpy(to.uuid, gpu_uuid, TC_GPU_UUID_BYTES);
 		to.io_engine = s->cfg->io_engine;
+		to.gpu_threads = tc__cfg_gpu_load_threads(s->cfg);
 	}
 	if (a->writing) {
 		/* Evicted a moment ago and still being spilled. */

@@ -697,7 +697,7 @@ static double best_copy_ms(uint64_t dst, uint64_t src, uint64_t n,
 	if (pieces > 1)
 		check_ok(tc__gpu_stream_create(dev, &s, err, sizeof(err)));
 	for (int r = 0; r < 5; r++) {
-		struct timespec t0, t1;
+		struct timespec t0;
 		double ms;
 
 		clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -707,9 +707,7 @@ static double best_copy_ms(uint64_t dst, uint64_t src, uint64_t n,
 				pieces > 1 ? each : n, s, err, sizeof(err)));
 		if (s)
 			check_ok(tc__gpu_stream_sync(s, err, sizeof(err)));
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-		     (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+		ms = ms_since(&t0);
 		best = TC_MIN(best, ms);
 		all[r] = ms;
 	}
