@@ -70,3 +70,7 @@ for t, xs in res.items():
     print(f"io_threads {t:2d}: CLI wall {nbytes / w / 1e9:6.2f} GB/s ({100 * nbytes / w / 1e9 / h2d:.0f}% of pinned), "
           f"daemon {nbytes / d / 1e9:6.2f} GB/s ({100 * nbytes / d / 1e9 / h2d:.0f}%); runs "
           + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in xs))
+    # The loader's own timeline for this setting's last load (daemon log).
+    lines = [ln for ln in open(top / f"d{t}.log", errors="replace") if "to GPU" in ln and "first copy" in ln]
+    if lines:
+        print("    last load: " + lines[-1].split(": ", 2)[-1].strip())

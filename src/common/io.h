@@ -1,5 +1,6 @@
 /*
- * io.h - reading files whole, whatever the kernel hands back per call.
+ * io.h - reading files whole, whatever the kernel hands back per call;
+ * faulting mappings in without stalling the process's other threads.
  */
 #ifndef TC_IO_H
 #define TC_IO_H
@@ -18,5 +19,17 @@ int tc__pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got);
 /* All n bytes at `off`: 0, -errno, or TC_EBADFILE when the file ends first
  * (it is shorter than its header said, or shrank). */
 int tc__pread_exact(int fd, void *buf, size_t n, uint64_t off);
+
+/*
+ * Fault in the page tables of [p, p + n) for reading or for writing
+ * (MADV_POPULATE_READ / _WRITE), one slice at a time.  The kernel holds the
+ * process's mmap lock for a whole call: populating a few GiB in one call
+ * (~0.2-0.5 s where a fault costs ~3 us) stalled every other thread that
+ * grew its heap or mapped anything -- the daemon's loop among them.  `p`
+ * need not be page-aligned.  Returns 0, or -errno of the first slice that
+ * failed (-EINVAL or -ENOSYS where the kernel lacks the advice; -EFAULT
+ * past the end of a shrunk file).
+ */
+int tc__populate(void *p, size_t n, int write);
 
 #endif /* TC_IO_H */

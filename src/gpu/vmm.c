@@ -290,6 +290,9 @@ int tc__gpu_alloc(int ordinal, uint64_t size, unsigned flags,
 	prop.location.id = cu->devs[ordinal].dev;
 	prop.allocFlags.gpuDirectRDMACapable = (flags & TC_GPU_RDMA) ? 1 : 0;
 	r = cu->fn.cuMemCreate(&h, bytes, &prop, 0);
+	/* The memory may be on its way back (tc__gpu_release_later). */
+	if (r == CUDA_ERROR_OUT_OF_MEMORY && tc__gpu_release_wait() > 0)
+		r = cu->fn.cuMemCreate(&h, bytes, &prop, 0);
 	if (r) {
 		ret = tc__cu_fail(cu, r, "cuMemCreate", err, errlen,
 				  "cannot allocate %zu bytes on GPU %d", bytes,
@@ -448,6 +451,7 @@ int tc__gpu_export(const struct tc__gpu_mem *m, int *fd, char *err,
 
 void tc__gpu_release(struct tc__gpu_mem *m)
 {
+	uint64_t t0, t1;
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
 	char err[256];
@@ -455,6 +459,7 @@ void tc__gpu_release(struct tc__gpu_mem *m)
 
 	if (!m->handle && !m->dptr && m->fd < 0)
 		goto out_reset;
+	t0 = mono_ns();
 	if (tc__cu_get(&cu, err, sizeof(err)) < 0) {
 		/* A forked child: the driver's objects are not ours to
 		 * touch, but the fd copy is. */
@@ -481,11 +486,131 @@ void tc__gpu_release(struct tc__gpu_mem *m)
 				  m->device);
 	}
 	tc__cu_leave(cu, &g);
+	t1 = mono_ns();
+	/* Releases run where their owner runs (the daemon's loop, too): a
+	 * slow one stalls that thread, so say which. */
+	if (t1 - t0 > 5 * 1000000ull)
+		tc__log(TC_LOG_DEBUG,
+			"release of %" PRIu64 " bytes on GPU %d took %.1f ms",
+			m->size, m->device, (double)(t1 - t0) / 1e6);
 out_close_fd:
 	if (m->fd >= 0)
 		close(m->fd);
 out_reset:
 	tc__gpu_mem_init(m);
+}
+
+/* ---- releases off the caller's thread ---------------------------------- */
+
+struct later {
+	struct later *next;
+	struct tc__gpu_mem m;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t work, idle;
+	struct later *head, *tail;
+	int pending; /* queued or being released */
+	pid_t pid;   /* the process whose thread runs; 0: none yet */
+} rel = { .mu = PTHREAD_MUTEX_INITIALIZER,
+	  .work = PTHREAD_COND_INITIALIZER,
+	  .idle = PTHREAD_COND_INITIALIZER };
+
+static void *release_thread(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&rel.mu);
+	for (;;) {
+		struct later *l;
+
+		while (!rel.head)
+			pthread_cond_wait(&rel.work, &rel.mu);
+		l = rel.head;
+		rel.head = l->next;
+		if (!rel.head)
+			rel.tail = NULL;
+		pthread_mutex_unlock(&rel.mu);
+		tc__gpu_release(&l->m);
+		tc__free(l);
+		pthread_mutex_lock(&rel.mu);
+		if (--rel.pending == 0)
+			pthread_cond_broadcast(&rel.idle);
+	}
+	return NULL;
+}
+
+/* A forked child inherits the queue and its lock (perhaps held), not the
+ * thread: it releases on its own thread, never touching either. */
+static bool release_forked(void)
+{
+	pid_t pid = __atomic_load_n(&rel.pid, __ATOMIC_ACQUIRE);
+
+	return pid && pid != getpid();
+}
+
+/* Called with rel.mu held: start the release thread once. */
+static bool release_thread_ready(void)
+{
+	pthread_attr_t a;
+	pthread_t t;
+	bool ok;
+
+	if (rel.pid)
+		return true;
+	if (pthread_attr_init(&a) != 0)
+		return false;
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	ok = pthread_create(&t, &a, release_thread, NULL) == 0;
+	pthread_attr_destroy(&a);
+	if (ok)
+		__atomic_store_n(&rel.pid, getpid(), __ATOMIC_RELEASE);
+	return ok;
+}
+
+void tc__gpu_release_later(struct tc__gpu_mem *m)
+{
+	struct later *l;
+
+	if (!m->handle && !m->dptr && m->fd < 0)
+		return;
+	if (release_forked()) {
+		tc__gpu_release(m);
+		return;
+	}
+	l = tc__malloc(sizeof(*l));
+	pthread_mutex_lock(&rel.mu);
+	if (!l || !release_thread_ready()) {
+		pthread_mutex_unlock(&rel.mu);
+		tc__free(l);
+		tc__gpu_release(m);
+		return;
+	}
+	l->next = NULL;
+	l->m = *m;
+	if (rel.tail)
+		rel.tail->next = l;
+	else
+		rel.head = l;
+	rel.tail = l;
+	rel.pending++;
+	pthread_cond_signal(&rel.work);
+	pthread_mutex_unlock(&rel.mu);
+	tc__gpu_mem_init(m);
+}
+
+int tc__gpu_release_wait(void)
+{
+	int n;
+
+	if (release_forked())
+		return 0;
+	pthread_mutex_lock(&rel.mu);
+	n = rel.pending;
+	while (rel.pending)
+		pthread_cond_wait(&rel.idle, &rel.mu);
+	pthread_mutex_unlock(&rel.mu);
+	return n;
 }
 
 /* ------------------------------------------------------------------------ */

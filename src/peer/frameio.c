@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 
 #include "common/alloc.h"
+#include "common/io.h"
 #include "frameio.h"
 #include "tcast/errors.h"
 
@@ -93,10 +94,8 @@ uint8_t *tc__peer_buf_new(size_t n)
 
 	if (p == MAP_FAILED)
 		return NULL;
-#ifdef MADV_POPULATE_WRITE
-	if (madvise(p, n, MADV_POPULATE_WRITE) == 0)
+	if (tc__populate(p, n, 1) == 0)
 		return p;
-#endif
 	memset(p, 0, n);
 	return p;
 }

@@ -59,7 +59,7 @@ static void binding_unpublish(struct server *s, struct binding *bd)
 static void binding_free(struct server *s, struct binding *bd)
 {
 	binding_unpublish(s, bd);
-	tc__gpu_release(&bd->mem);
+	tc__gpu_release_later(&bd->mem); /* off the loop */
 	tc__gpu_tier_bind_release(s->gpu, bd->dev, &bd->rep);
 	tc__buf_release(&bd->layout);
 	tc__free(bd);

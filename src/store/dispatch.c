@@ -23,6 +23,8 @@
 #define MSG_FDS_OUT 0x4
 #define MSG_NOREPLY 0x8
 
+#define SLOW_HANDLER_NS (5 * 1000000ull)
+
 typedef int handler_fn(struct conn *c, struct req *r);
 
 static const struct {
@@ -57,7 +59,17 @@ int tc__srv_dispatch(struct conn *c, struct req *r)
 			 tc__proto_name(r->h.type));
 		rc = TC_EPROTO;
 	} else {
+		uint64_t t0 = tc__now_ns(), ns;
+
 		rc = handlers[r->h.type].fn(c, r);
+		/* A handler runs on the loop: whatever it takes, every other
+		 * connection waits that long.  Say so where it shows. */
+		ns = tc__now_ns() - t0;
+		if (ns > SLOW_HANDLER_NS)
+			tc__log(TC_LOG_DEBUG,
+				"%s from pid %d held the loop %.1f ms",
+				tc__proto_name(r->h.type), (int)c->pid,
+				(double)ns / 1e6);
 		if (rc >= 0)
 			return 0;
 	}

@@ -593,7 +593,9 @@ static void import_done(struct tc__job *job)
 		tc__log(TC_LOG_INFO,
 			"'%s'%s to GPU %d: %.2f GB/s, read with %s%s, %llu "
 			"bytes with O_DIRECT, %llu bytes asked in %llu "
-			"reads%s",
+			"reads%s; first copy at %.1f ms, threads reading "
+			"%.3f s and waiting for the bus %.3f s, %.1f ms "
+			"after the last copy",
 			j->display, j->view ? " (a view)" : "", j->gpu_dev,
 			st->seconds > 0 ?
 				(double)st->bytes / st->seconds / 1e9 :
@@ -604,7 +606,9 @@ static void import_done(struct tc__job *job)
 			(unsigned long long)st->reads,
 			st->tee_bytes ? ", the shared-disk copy written from "
 					"the same read" :
-					"");
+					"",
+			st->first_copy_seconds * 1e3, st->read_thread_seconds,
+			st->wait_thread_seconds, st->tail_seconds * 1e3);
 	}
 	j->done_o = o;
 	j->done_ns = ns;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/io.h"
 #include "shm.h"
 #include "tcast/errors.h"
 #include "xfer/loader.h"
@@ -107,9 +108,7 @@ int tc__shm_map_rw(struct tc__shm *seg)
 		 0);
 	if (p == MAP_FAILED)
 		return -errno;
-#ifdef MADV_POPULATE_WRITE
-	madvise(p, seg->size, MADV_POPULATE_WRITE); /* best effort */
-#endif
+	tc__populate(p, seg->size, 1); /* best effort */
 	seg->rw_map = p;
 	return 0;
 }

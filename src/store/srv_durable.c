@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "common/alloc.h"
+#include "common/io.h"
 #include "common/log.h"
 #include "durable.h"
 #include "spill.h"
@@ -106,11 +107,9 @@ int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
 					nthreads, chunks);
 		return rc == 0 ? tc__obj_finish(o, chunks, n) : rc;
 	}
-#ifdef MADV_POPULATE_READ
-	/* The sealed mapping is fresh: its page tables in one call, not a
+	/* The sealed mapping is fresh: its page tables in few calls, not a
 	 * fault per few pages while hashing (faults are dear on VMs). */
-	madvise((void *)o->shm->map, o->shm->size, MADV_POPULATE_READ);
-#endif
+	tc__populate((void *)o->shm->map, o->shm->size, 0);
 	if (!p->on || !p->wait) {
 		rc = tc__hash_chunks(o->shm->map, o->table.total_bytes,
 				     nthreads, chunks);

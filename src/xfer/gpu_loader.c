@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "gpu_loader.h"
 #include "ioring.h"
+#include "net/ev.h"
 #include "tcast/errors.h"
 
 #define MAX_THREADS	  64
@@ -52,10 +53,6 @@
  * 0.22 of its row shard's rate.  Their pages fault in (the kernel maps
  * 64 KiB around each fault) instead of being populated first. */
 #define MREAD_SMALL ((uint64_t)64 << 10)
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22 /* Linux 5.14 */
-#endif
 
 /* A source file as the reader threads see it. */
 struct lfile {
@@ -96,6 +93,11 @@ struct gload {
 	_Atomic int nworker;   /* workers started so far: each one's index */
 	_Atomic int uring_errno;
 	_Atomic int stop;
+	/* The timeline (tc__gpu_load_stats), in ns since t0_ns. */
+	uint64_t t0_ns;
+	_Atomic uint64_t first_copy_ns; /* UINT64_MAX until one */
+	_Atomic uint64_t last_done_ns;
+	_Atomic uint64_t read_ns, wait_ns;
 	pthread_mutex_t lock; /* guards rc and err */
 	int rc;
 	char *err;
@@ -244,9 +246,8 @@ static int mread(struct tc__reader *r, uint32_t file, uint8_t *dst,
 	 * failpoint leaves the truncation to the copy (SIGBUS), for tests. */
 	if (!small &&
 	    !tc__failpoint("loader_no_populate", t->g->src->files[file].name) &&
-	    madvise((void *)(uintptr_t)(lf->map + a0), off + len - a0,
-		    MADV_POPULATE_READ) < 0 &&
-	    errno == EFAULT)
+	    tc__populate((void *)(uintptr_t)(lf->map + a0), off + len - a0,
+			 0) == -EFAULT)
 		return TC_EBADFILE;
 	t->nreads++;
 	t->nbytes += len;
@@ -570,7 +571,7 @@ static void *worker(void *arg)
 	struct tc__hasher *h = tc__hasher_new();
 	struct tc__ioring *ur = NULL;
 	char err[512];
-	uint64_t k;
+	uint64_t k, t = 0, t1, read_ns = 0, wait_ns = 0;
 	int rc, nslots = 0, i = 0, wid = atomic_fetch_add(&g->nworker, 1);
 	bool synced = true;
 
@@ -629,13 +630,16 @@ static void *worker(void *arg)
 			break;
 		}
 		if (sl->busy) {
+			t = tc__now_ns();
 			rc = tc__gpu_event_sync(sl->ev, err, sizeof(err));
+			wait_ns += tc__now_ns() - t;
 			if (rc < 0) {
 				gfail(g, rc, "%s", err);
 				break;
 			}
 			sl->busy = false;
 		}
+		t = tc__now_ns();
 		if (g->host_src) {
 			/* Host memory that is not pinned: one memcpy into
 			 * pinned staging, then DMA (already hashed).  Plain
@@ -658,6 +662,10 @@ static void *worker(void *arg)
 		if (rc < 0)
 			goto out_fail;
 copy:
+		t1 = tc__now_ns();
+		read_ns += t1 - t;
+		if (t1 - g->t0_ns < atomic_load(&g->first_copy_ns))
+			atomic_store(&g->first_copy_ns, t1 - g->t0_ns);
 		rc = tc__gpu_htod(dev, g->dst->dptr + u0, sl->p, u1 - u0, s,
 				  err, sizeof(err));
 		if (rc == 0)
@@ -696,6 +704,13 @@ out:
 		gfail(g, TC_ECUDA, "%s", err);
 		synced = false;
 	}
+	t = tc__now_ns() - g->t0_ns;
+	for (uint64_t last = atomic_load(&g->last_done_ns);
+	     t > last &&
+	     !atomic_compare_exchange_weak(&g->last_done_ns, &last, t);)
+		;
+	atomic_fetch_add(&g->read_ns, read_ns);
+	atomic_fetch_add(&g->wait_ns, wait_ns);
 	for (int j = 0; j < nslots; j++) {
 		if (slots[j].ev)
 			tc__gpu_event_free(slots[j].ev);
@@ -885,6 +900,8 @@ static int load(const struct tc__source *src, const struct tc__load_plan *plan,
 		}
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	g.t0_ns = tc__now_ns();
+	g.first_copy_ns = UINT64_MAX;
 	g.src = src;
 	g.plan = plan;
 	g.dst = dst;
@@ -958,6 +975,14 @@ static int load(const struct tc__source *src, const struct tc__load_plan *plan,
 		stats->gpu_hash = g.gpu_hash;
 		stats->seconds = (double)(t1.tv_sec - t0.tv_sec) +
 				 (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+		stats->first_copy_seconds =
+			g.first_copy_ns == UINT64_MAX ?
+				0.0 :
+				(double)g.first_copy_ns / 1e9;
+		stats->read_thread_seconds = (double)g.read_ns / 1e9;
+		stats->wait_thread_seconds = (double)g.wait_ns / 1e9;
+		stats->tail_seconds =
+			stats->seconds - (double)g.last_done_ns / 1e9;
 	}
 	return g.rc;
 }

@@ -69,6 +69,15 @@ struct tc__gpu_load_stats {
 				  to the file's alignment */
 	uint64_t reads;	       /* read calls (pread, or queued on io_uring) */
 	bool gpu_hash;	       /* the chunks were hashed on the GPU */
+	/* Where the wall time went, to tell a slow source from a slow bus:
+	 * until the first copy was queued; the readers' seconds in reads
+	 * (summed over threads) and waiting for a staging buffer's copy to
+	 * end (summed: a bus-bound load waits, a read-bound one does not);
+	 * and after the last worker's copies ended (digests, teardown). */
+	double first_copy_seconds;
+	double read_thread_seconds;
+	double wait_thread_seconds;
+	double tail_seconds;
 };
 
 /*

@@ -40,6 +40,9 @@
  *   TC_FAKECUDA_B3_WRONG=1      (re-read on every launch) the chunk-hash
  *                               kernels give a wrong digest, as a broken
  *                               driver or JIT might (tests of the self-test)
+ *   TC_FAKECUDA_RELEASE_DELAY_MS=n  (re-read on every call) cuMemRelease
+ *                               sleeps n ms first, as a real release of
+ *                               GiBs takes ms (tests of deferred releases)
  *   TC_FAKECUDA_LOST_AFTER=n    (re-read on every call) after n more calls
  *                               the device is "lost": every call returns
  *                               CUDA_ERROR_DEVICE_UNAVAILABLE.  Teardown
@@ -960,8 +963,12 @@ FAKE_API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size,
 
 FAKE_API CUresult cuMemRelease(CUmemGenericAllocationHandle h)
 {
+	const char *delay = getenv("TC_FAKECUDA_RELEASE_DELAY_MS");
 	struct falloc *a;
 
+	/* A real release of GiBs takes ms, outside this fake's lock. */
+	if (delay && atoi(delay) > 0)
+		usleep((useconds_t)atoi(delay) * 1000);
 	ENTER_TEARDOWN("cuMemRelease");
 	a = alloc_of(h);
 	if (!a || !a->handle)

@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "tcast/errors.h"
@@ -773,6 +776,57 @@ static void test_gpu__out_of_memory(void **state)
 	assert_no_device_memory_used();
 }
 
+/* A release handed to the release thread: the caller's struct is empty at
+ * once, the memory comes back a little later, and an allocation that runs
+ * out meanwhile waits for it instead of failing.  A forked child releases
+ * on its own thread (it has no release thread, and must not wait for the
+ * parent's). */
+static void test_gpu__release_later(void **state)
+{
+	struct tc__gpu_mem all, again;
+	int fds = t_count_fds(), st;
+	struct timespec a, b;
+	pid_t pid;
+
+	(void)state;
+	setenv("TC_FAKECUDA_RELEASE_DELAY_MS", "150", 1);
+	assert_int_equal(tc__gpu_alloc(0, FAKE_MEM, 0, &all, err, sizeof(err)),
+			 0);
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	tc__gpu_release_later(&all);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	assert_mem_empty(&all);
+	/* Handed over, not released here (that sleeps 150 ms). */
+	assert_true((b.tv_sec - a.tv_sec) * 1000 +
+			    (b.tv_nsec - a.tv_nsec) / 1000000 <
+		    100);
+	/* The whole GPU is still held: this waits for the release. */
+	assert_int_equal(
+		tc__gpu_alloc(0, FAKE_MEM, 0, &again, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_release_wait(), 0);
+	tc__gpu_release_later(&again);
+	assert_int_equal(tc__gpu_release_wait(), 1);
+	assert_no_device_memory_used();
+	assert_int_equal(t_count_fds(), fds);
+	unsetenv("TC_FAKECUDA_RELEASE_DELAY_MS");
+
+	/* A child: no thread to hand to, and the parent's state untouched. */
+	assert_int_equal(tc__gpu_alloc(0, 1, 0, &all, err, sizeof(err)), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		alarm(10);
+		tc__gpu_release_later(&all); /* its fd copy; no driver calls */
+		_exit(all.fd == -1 && tc__gpu_release_wait() == 0 ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	tc__gpu_release_later(&all);
+	tc__gpu_release_wait();
+	assert_no_device_memory_used();
+	assert_int_equal(t_count_fds(), fds);
+}
+
 /* Each driver call tc__gpu_alloc makes, failed on its own. */
 static void test_gpu__inject_alloc_steps(void **state)
 {
@@ -1424,6 +1478,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__import_bad_input),
 		cmocka_unit_test(test_gpu__host_register),
 		cmocka_unit_test(test_gpu__out_of_memory),
+		cmocka_unit_test(test_gpu__release_later),
 		cmocka_unit_test(test_gpu__inject_alloc_steps),
 		cmocka_unit_test(test_gpu__inject_sweep_alloc),
 		cmocka_unit_test(test_gpu__inject_sweep_import),
