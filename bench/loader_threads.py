@@ -23,6 +23,9 @@ import bench_fast_path as bfp  # noqa: E402  (write_model, pinned_h2d)
 ap = argparse.ArgumentParser()
 ap.add_argument("--gib", type=float, default=8)
 ap.add_argument("--threads", default="6,8,12,16")
+ap.add_argument("--variants", default="",
+                help="instead of --threads: NAME:key=val+key=val;... daemon settings per daemon "
+                     "(e.g. 'pread12:io_threads=12;mmap12:io_threads=12+io_engine=mmap')")
 ap.add_argument("--rounds", type=int, default=3)
 ap.add_argument("--dir", default="/tmp")
 args = ap.parse_args()
@@ -35,11 +38,21 @@ subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # pag
 top = Path(tempfile.mkdtemp(prefix="tcast-lt-"))
 os.chmod(top, 0o700)
 daemons = {}
-for t in [int(x) for x in args.threads.split(",")]:
+if args.variants:
+    variants = {name: sets.split("+") for name, sets in (v.split(":", 1) for v in args.variants.split(";") if v)}
+else:
+    variants = {int(x): [f"io_threads={x}"] for x in args.threads.split(",")}
+for t, sets in variants.items():
     sock = str(top / f"d{t}.sock")
-    p = subprocess.Popen([TC, "--socket", sock, "daemon", "run", "--host-memory", "2GiB", "--set",
-                          f"io_threads={t}", "--set", "gpu_memory=40%", "--log-file", str(top / f"d{t}.log")],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [TC, "--socket", sock, "daemon", "run", "--host-memory", "2GiB", "--set", "gpu_memory=40%",
+           "--log-file", str(top / f"d{t}.log")]
+    env = dict(os.environ)
+    for kv in sets:
+        if kv.startswith("TCAST_"):  # an environment variable of that daemon
+            env[kv.split("=", 1)[0]] = kv.split("=", 1)[1]
+        else:
+            cmd += ["--set", kv]
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     for _ in range(200):
         if os.path.exists(sock):
             break
@@ -67,7 +80,7 @@ print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {nbytes / 2**30:.
 for t, xs in res.items():
     w = statistics.median(x[0] for x in xs)
     d = statistics.median(x[1] for x in xs)
-    print(f"io_threads {t:2d}: CLI wall {nbytes / w / 1e9:6.2f} GB/s ({100 * nbytes / w / 1e9 / h2d:.0f}% of pinned), "
+    print(f"{'io_threads ' + str(t) if isinstance(t, int) else t:>14}: CLI wall {nbytes / w / 1e9:6.2f} GB/s ({100 * nbytes / w / 1e9 / h2d:.0f}% of pinned), "
           f"daemon {nbytes / d / 1e9:6.2f} GB/s ({100 * nbytes / d / 1e9 / h2d:.0f}%); runs "
           + ", ".join(f"{a:.3f}/{b:.3f}" for a, b in xs))
     # The loader's own timeline for this setting's last load (daemon log).
