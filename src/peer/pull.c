@@ -91,6 +91,7 @@ struct pull {
 	uint8_t *told; /* per chunk: `asked` of it went already */
 	int nsrc;      /* sources so far (grows by discovery) */
 	int ncpu;      /* CPUs we may run on, for tc__peer_auto_streams */
+	int nslots;    /* stream slots (threads) the pull may start in all */
 	int nlive;
 	struct psrc src[TC_PEER_MAX_SOURCES];
 	int live[TC_PEER_MAX_SOURCES];	   /* streams still running */
@@ -754,7 +755,7 @@ static int start_streams(struct pull *p, struct stream *sm, int *ns, int s,
 {
 	int started = 0;
 
-	for (int j = 0; j < want; j++) {
+	for (int j = 0; j < want && *ns < p->nslots; j++) {
 		struct stream *x = &sm[*ns];
 
 		x->p = p;
@@ -832,18 +833,68 @@ static void discover(struct pull *p, struct stream *sm, int *ns)
 		start_streams(p, sm, ns, s, per);
 }
 
+/* Sources dropped so far (mu held). */
+static int ndropped(const struct pull *p)
+{
+	int n = 0;
+
+	for (int i = 0; i < p->nsrc; i++)
+		n += p->dropped[i];
+	return n;
+}
+
+/* A source dropped out (mu not held): with chosen stream counts, the
+ * survivors' share of the pull's budget (tc__peer_auto_streams) grows
+ * back and each serving source starts streams up to it, so a pull that
+ * lost a source goes on with as many streams as it would have started
+ * with. */
+static void regrow(struct pull *p, struct stream *sm, int *ns)
+{
+	int want[TC_PEER_MAX_SOURCES] = { 0 }, alive = 0, per, nsrc;
+
+	if (p->o->streams)
+		return;
+	pthread_mutex_lock(&p->mu);
+	nsrc = p->nsrc;
+	for (int i = 0; i < nsrc; i++)
+		alive += !p->dropped[i];
+	per = tc__peer_auto_streams(p->ncpu, alive);
+	for (int i = 0; i < nsrc && p->ndone < p->nwant && !p->fatal; i++)
+		if (!p->dropped[i] && p->active[i] > 0 && p->active[i] < per) {
+			want[i] = per - p->active[i];
+			p->target[i] = per;
+		}
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < nsrc; i++)
+		if (want[i] > 0 && start_streams(p, sm, ns, i, want[i]) > 0)
+			tc__log(TC_LOG_DEBUG,
+				"pull %s: source %s now has %d streams (a "
+				"source dropped out)",
+				p->man.id, p->src[i].addr, per);
+}
+
 /* The caller's thread while the streams run: tell the sink what is
- * verified (so this node serves it), find more sources. */
+ * verified (so this node serves it), find more sources, give the streams
+ * of a source that dropped out to the others. */
 static void supervise(struct pull *p, struct stream *sm, int *ns)
 {
 	const struct tc__peer_pull_opts *o = p->o;
 	uint64_t *batch = tc__malloc(2 * p->n * sizeof(*batch));
 	uint64_t next_discover = tc__now_ns();
+	int seen_dropped = 0;
 
 	pthread_mutex_lock(&p->mu);
 	while (p->nlive > 0) {
 		struct timespec ts;
 		uint64_t nb = 0, na = 0;
+
+		if (ndropped(p) > seen_dropped) {
+			seen_dropped = ndropped(p);
+			pthread_mutex_unlock(&p->mu);
+			regrow(p, sm, ns);
+			pthread_mutex_lock(&p->mu);
+			continue;
+		}
 
 		if (o->sink.have && batch) {
 			nb = p->nfresh;
@@ -951,8 +1002,10 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	p.asked = tc__calloc(p.n ? p.n : 1, sizeof(*p.asked));
 	p.told = tc__calloc(p.n ? p.n : 1, 1);
 	p.declined = tc__calloc(p.n ? p.n : 1, sizeof(*p.declined));
-	sm = tc__calloc((size_t)TC_PEER_MAX_SOURCES * (size_t)max_per_source(o),
-			sizeof(*sm));
+	/* Room for every source's share twice: streams retire as sources
+	 * join and start again as sources drop out (regrow). */
+	p.nslots = 2 * TC_PEER_MAX_SOURCES * max_per_source(o);
+	sm = tc__calloc((size_t)p.nslots, sizeof(*sm));
 	if (!p.state || !p.barred || !p.fresh || !p.asked || !p.told ||
 	    !p.declined || !sm) {
 		rc = -ENOMEM;

@@ -131,6 +131,39 @@ ok is "$(jq_ 'int(d["sources"][1]["bytes"] > 0)')" 1
 t c export "$want" "$dir/c.st" --force
 ok cmp -s "$dir/a.st" "$dir/c.st"
 
+# 4b. the streams of a source that drops out go to the others: a pull on
+#     one CPU (taskset) over three sources starts 2 streams each (8 per CPU
+#     shared); once one is killed, each survivor grows to 4
+mark "4b. the streams of a dropped source go to the others"
+$PY - "$dir/big.safetensors" <<'PYEOF'
+import json, os, struct, sys
+n = 256 << 20
+h = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + os.urandom(n))
+PYEOF
+daemon r1 "${ns[0]}" "$A:7074" TCAST_FAILPOINTS=peer.delay_chunk= || exit 1
+daemon r2 "${ns[1]}" "$B:7074" TCAST_FAILPOINTS=peer.delay_chunk= || exit 1
+daemon r3 "${ns[0]}" "$A:7075" TCAST_FAILPOINTS=peer.delay_chunk= || exit 1
+big=$(t r1 import "$dir/big.safetensors" 2>/dev/null)
+t r2 import "$dir/big.safetensors" >/dev/null 2>&1
+t r3 import "$dir/big.safetensors" >/dev/null 2>&1
+ip netns exec "${ns[2]}" taskset -c 0 "$T" --socket "$dir/c/d.sock" --json pull "$big" \
+	--from "$A:7074" --from "$B:7074" --from "$A:7075" >"$dir/o" 2>"$dir/e" &
+pp=$!
+sleep 0.3
+kill -9 "$(pid_of r1)"
+wait $pp
+rc=$?
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$big"
+echo "  sources: $(jq_ '[(s["addr"], s["streams"], s["failed"]) for s in d["sources"]]')"
+ok is "$(jq_ 'd["sources"][0]["failed"]')" True
+ok is "$(jq_ 'd["sources"][0]["streams"]')" 2
+ok is "$(jq_ '[s["streams"] for s in d["sources"][1:]]')" "[4, 4]"
+t c rm "$big" >/dev/null 2>&1
+
 # 5. a stalled source, timed out after peer_timeout; the pull finishes from
 #    B in bounded time.  Two ways to stall: a sender that goes quiet with
 #    its chunks requested (failpoint peer.stall_chunk: 5 s before its first
