@@ -262,5 +262,26 @@ ok test $? = 2
 ok has "$out" "--tls-verify-name: 'perhaps': expected on or off"
 d w daemon stop >/dev/null
 
+# 8. a global store listening on every address (0.0.0.0), whose certificate
+# names neither 0.0.0.0 nor 127.0.0.1 (node-w's): local verbs reach it over
+# loopback through the address it recorded, checking the chain, not the
+# name; the same address given by hand is checked and refused.
+S2=(--state-dir "$dir/gs2" --cluster-secret-file "$dir/secret")
+W=(--tls-cert "$C/node-w.crt" --tls-key "$C/node-w.key" --tls-ca "$C/ca.crt")
+"$T" global start "${S2[@]}" "${W[@]}" --listen 0.0.0.0:0 >/dev/null
+ok test $? = 0
+G2=$(cat "$dir/gs2/global.addr")
+ok has "$G2" "0.0.0.0:"
+out=$("$T" --json global status "${S2[@]}" "${W[@]}" 2>&1)
+ok test $? = 0
+ok has "$out" '"nodes"'
+out=$("$T" global status "${S2[@]}" "${W[@]}" --global "127.0.0.1:${G2##*:}" 2>&1)
+ok test $? != 0
+ok has "$out" "does not name the address '127.0.0.1'"
+# A rogue CA's certificate is refused all the same over loopback.
+out=$("$T" global status "${S2[@]}" --tls-cert "$C/node-y.crt" --tls-key "$C/node-y.key" --tls-ca "$C/both.crt" 2>&1)
+ok test $? != 0
+"$T" global stop "${S2[@]}" >/dev/null 2>&1
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
