@@ -193,9 +193,10 @@ static void test_store__put_roundtrip(void **state)
 	tc_client_close(c);
 }
 
-/* tc_put_write fills the put through its memory's file: the same id as
- * copies through tc_put_data, and ranges outside the memory refused. */
-static void test_store__put_write_through_the_file(void **state)
+/* tc_put_write fills the put through its memory's file or its mapping
+ * (TCAST_PUT_WRITE): the same id as copies through tc_put_data, and ranges
+ * outside the memory refused. */
+static void put_write_one_way(const char *way)
 {
 	tc_client *c = t_connect(D.sock);
 	struct tc_tensor_desc *d;
@@ -205,6 +206,8 @@ static void test_store__put_write_through_the_file(void **state)
 	tc_put *p;
 	uint32_t n;
 	uint64_t end = 0;
+
+	print_message("  tc_put_write, %s\n", way);
 
 	import_ok(c, t_data("dtypes.safetensors"), NULL, &r);
 	assert_int_equal(tc_attach(c, r.id, &a), 0);
@@ -241,6 +244,17 @@ static void test_store__put_write_through_the_file(void **state)
 	tc_artifact_close(a);
 	free(d);
 	tc_client_close(c);
+}
+
+static void test_store__put_write_through_the_file(void **state)
+{
+	(void)state;
+	setenv("TCAST_PUT_WRITE", "pwrite", 1);
+	put_write_one_way("pwrite");
+	setenv("TCAST_PUT_WRITE", "map", 1);
+	put_write_one_way("map");
+	unsetenv("TCAST_PUT_WRITE");
+	put_write_one_way("measured");
 }
 
 /* ---------------------------------------------------------- sealing */
