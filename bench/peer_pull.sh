@@ -15,7 +15,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
 PY=/usr/bin/python3
 . "$root/bench/lib/bench.sh"
-[ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
+# PEER_PULL_NET=loopback: both daemons and iperf3 on this namespace's
+# loopback (127.0.0.1 and 127.0.0.2), for hosts where namespaces cannot be
+# made (a container without CAP_SYS_ADMIN); say so with the figures.
+net=${PEER_PULL_NET:-netns}
+[ "$net" = loopback ] || [ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
 command -v iperf3 >/dev/null || { echo "needs iperf3: apt-get install -y iperf3"; exit 77; }
 id=$$
 A=tcbena$id B=tcbenb$id
@@ -29,24 +33,28 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-ip netns add "$A"
-ip netns add "$B"
-ip link add "pa$id" type veth peer name "pb$id"
-ip link set "pa$id" netns "$A"
-ip link set "pb$id" netns "$B"
-ip -n "$A" addr add 10.99.0.1/24 dev "pa$id"
-ip -n "$B" addr add 10.99.0.2/24 dev "pb$id"
-for n in "$A" "$B"; do ip -n "$n" link set lo up; done
-ip -n "$A" link set "pa$id" up
-ip -n "$B" link set "pb$id" up
+if [ "$net" = loopback ]; then
+	inA=() inB=() ipA=127.0.0.1 ipB=127.0.0.2
+else
+	inA=(ip netns exec "$A") inB=(ip netns exec "$B") ipA=10.99.0.1 ipB=10.99.0.2
+	ip netns add "$A"
+	ip netns add "$B"
+	ip link add "pa$id" type veth peer name "pb$id"
+	ip link set "pa$id" netns "$A"
+	ip link set "pb$id" netns "$B"
+	ip -n "$A" addr add $ipA/24 dev "pa$id"
+	ip -n "$B" addr add $ipB/24 dev "pb$id"
+	for n in "$A" "$B"; do ip -n "$n" link set lo up; done
+	ip -n "$A" link set "pa$id" up
+	ip -n "$B" link set "pb$id" up
+fi
 bench_secret "$dir/secret"
 mem=$((gib + 2))GiB
 for x in a b; do
 	mkdir -m 700 "$dir/$x"
-	ns=$A
-	[ $x = b ] && ns=$B
-	ip netns exec "$ns" "$T" --socket "$dir/$x/d.sock" daemon start --host-memory "$mem" \
-		--set host_spare=0 --set peer_listen=10.99.0.$([ $x = a ] && echo 1 || echo 2):7070 \
+	if [ $x = a ]; then in=("${inA[@]}") ip_=$ipA; else in=("${inB[@]}") ip_=$ipB; fi
+	"${in[@]}" "$T" --socket "$dir/$x/d.sock" daemon start --host-memory "$mem" \
+		--set host_spare=0 --set peer_listen=$ip_:7070 \
 		--set cluster_secret_file="$dir/secret" >/dev/null
 done
 # A sparse safetensors file of SIZE GiB of zeros, imported into A.
@@ -54,19 +62,23 @@ bench_sparse "$dir/m.safetensors" $((gib << 30))
 id_=$("$T" --socket "$dir/a/d.sock" import "$dir/m.safetensors" 2>/dev/null)
 rm -f "$dir/m.safetensors"
 bench_header "$(iperf3 --version | head -1)"
-echo "   ${gib} GiB artifact, $streams streams, veth pair between two namespaces"
+if [ "$net" = loopback ]; then
+	echo "   ${gib} GiB artifact, $streams streams, loopback of one namespace (PEER_PULL_NET=loopback)"
+else
+	echo "   ${gib} GiB artifact, $streams streams, veth pair between two namespaces"
+fi
 
 iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received
-	ip netns exec "$A" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+	"${inA[@]}" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
 	local s=$!
 	sleep 0.5
-	ip netns exec "$B" iperf3 -c 10.99.0.1 -p 5201 -P "$streams" -t 5 -J "$@" >"$dir/ip.json" || true
+	"${inB[@]}" iperf3 -c $ipA -B $ipB -p 5201 -P "$streams" -t 5 -J "$@" >"$dir/ip.json" || true
 	wait $s 2>/dev/null || true
 	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$dir/ip.json"
 }
 pull() { # prints transfer Gbit/s and end-to-end Gbit/s
 	"$T" --socket "$dir/b/d.sock" rm "$id_" >/dev/null 2>&1 || true
-	ip netns exec "$B" "$T" --socket "$dir/b/d.sock" --json pull "$id_" --from 10.99.0.1:7070 \
+	"${inB[@]}" "$T" --socket "$dir/b/d.sock" --json pull "$id_" --from $ipA:7070 \
 		--streams "$streams" >"$dir/p.json"
 	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); b=d["bytes"]*8/1e9; print("%.2f %.2f" % (b / d["transfer_seconds"], b / d["seconds"]))' "$dir/p.json"
 }
