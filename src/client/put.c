@@ -308,8 +308,8 @@ TC_API uint64_t tc_put_offset(const tc_put *p, uint32_t i)
 }
 
 /* One way of filling fresh memfd pages, timed on a scratch memfd. */
-static uint64_t time_fill(int fd, uint8_t *map, const uint8_t *src,
-			  size_t n, bool via_map)
+static uint64_t time_fill(int fd, uint8_t *map, const uint8_t *src, size_t n,
+			  bool via_map)
 {
 	uint64_t t0 = tc__now_ns();
 
@@ -370,6 +370,17 @@ static bool write_via_map(void)
 	return measured_map;
 }
 
+/* Drop the page tables of the whole pages inside [off, off + n) of p's
+ * mapping (MADV_DONTNEED on a shared mapping keeps the memfd's pages). */
+static void unmap_written(tc_put *p, uint64_t off, uint64_t n)
+{
+	uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t lo = (off + pg - 1) / pg * pg, hi = (off + n) / pg * pg;
+
+	if (hi > lo)
+		madvise(p->map + lo, hi - lo, MADV_DONTNEED);
+}
+
 TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n)
 {
 	const uint8_t *s = src;
@@ -398,6 +409,12 @@ TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n)
 			return tc__client_err(p->c, rc, msg);
 		}
 		memcpy(p->map + off, s, n);
+		/* And the range's page tables go again at once, from the
+		 * writing thread (the mmap lock taken shared): the commit
+		 * must unmap before the seal, and one munmap of a 4 GiB put's
+		 * populated tables took ~0.3 s after the transfer (a 16-core
+		 * host).  The bytes stay in the memfd. */
+		unmap_written(p, off, n);
 		return 0;
 	}
 	/* Through the file: the kernel fills the memfd's pages without a
