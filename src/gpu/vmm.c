@@ -502,6 +502,9 @@ out_reset:
 
 /* ---- releases off the caller's thread ---------------------------------- */
 
+/* A release thread runs while releases are queued and exits when the queue
+ * is empty: no thread outlives its work (nothing for the process's exit,
+ * or a leak checker stopping every thread, to find mid-wait). */
 struct later {
 	struct later *next;
 	struct tc__gpu_mem m;
@@ -509,24 +512,22 @@ struct later {
 
 static struct {
 	pthread_mutex_t mu;
-	pthread_cond_t work, idle;
+	pthread_cond_t idle;
 	struct later *head, *tail;
-	int pending; /* queued or being released */
-	pid_t pid;   /* the process whose thread runs; 0: none yet */
-} rel = { .mu = PTHREAD_MUTEX_INITIALIZER,
-	  .work = PTHREAD_COND_INITIALIZER,
-	  .idle = PTHREAD_COND_INITIALIZER };
+	int pending;   /* queued or being released */
+	bool running;  /* a release thread is at work */
+	bool joinable; /* `thread` is to be joined (running or done) */
+	pthread_t thread;
+	pid_t pid; /* the process that started one; 0: none yet */
+} rel = { .mu = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER };
 
 static void *release_thread(void *arg)
 {
 	(void)arg;
 	pthread_mutex_lock(&rel.mu);
-	for (;;) {
-		struct later *l;
+	while (rel.head) {
+		struct later *l = rel.head;
 
-		while (!rel.head)
-			pthread_cond_wait(&rel.work, &rel.mu);
-		l = rel.head;
 		rel.head = l->next;
 		if (!rel.head)
 			rel.tail = NULL;
@@ -534,9 +535,11 @@ static void *release_thread(void *arg)
 		tc__gpu_release(&l->m);
 		tc__free(l);
 		pthread_mutex_lock(&rel.mu);
-		if (--rel.pending == 0)
-			pthread_cond_broadcast(&rel.idle);
+		rel.pending--;
 	}
+	rel.running = false;
+	pthread_cond_broadcast(&rel.idle);
+	pthread_mutex_unlock(&rel.mu);
 	return NULL;
 }
 
@@ -549,23 +552,25 @@ static bool release_forked(void)
 	return pid && pid != getpid();
 }
 
-/* Called with rel.mu held: start the release thread once. */
+/* With rel.mu held: a release thread at work, joining the one that
+ * finished first.  False when none can be started. */
 static bool release_thread_ready(void)
 {
-	pthread_attr_t a;
-	pthread_t t;
-	bool ok;
+	while (!rel.running && rel.joinable) {
+		pthread_t t = rel.thread;
 
-	if (rel.pid)
+		rel.joinable = false;
+		pthread_mutex_unlock(&rel.mu);
+		pthread_join(t, NULL); /* it has finished, or nearly */
+		pthread_mutex_lock(&rel.mu);
+	}
+	if (rel.running)
 		return true;
-	if (pthread_attr_init(&a) != 0)
+	if (pthread_create(&rel.thread, NULL, release_thread, NULL) != 0)
 		return false;
-	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	ok = pthread_create(&t, &a, release_thread, NULL) == 0;
-	pthread_attr_destroy(&a);
-	if (ok)
-		__atomic_store_n(&rel.pid, getpid(), __ATOMIC_RELEASE);
-	return ok;
+	rel.running = rel.joinable = true;
+	__atomic_store_n(&rel.pid, getpid(), __ATOMIC_RELEASE);
+	return true;
 }
 
 void tc__gpu_release_later(struct tc__gpu_mem *m)
@@ -586,6 +591,7 @@ void tc__gpu_release_later(struct tc__gpu_mem *m)
 		tc__gpu_release(m);
 		return;
 	}
+	/* Queued before the lock goes: the thread finds it. */
 	l->next = NULL;
 	l->m = *m;
 	if (rel.tail)
@@ -594,22 +600,30 @@ void tc__gpu_release_later(struct tc__gpu_mem *m)
 		rel.head = l;
 	rel.tail = l;
 	rel.pending++;
-	pthread_cond_signal(&rel.work);
 	pthread_mutex_unlock(&rel.mu);
 	tc__gpu_mem_init(m);
 }
 
 int tc__gpu_release_wait(void)
 {
+	bool join = false;
+	pthread_t t;
 	int n;
 
 	if (release_forked())
 		return 0;
 	pthread_mutex_lock(&rel.mu);
 	n = rel.pending;
-	while (rel.pending)
+	while (rel.pending || rel.running)
 		pthread_cond_wait(&rel.idle, &rel.mu);
+	if (rel.joinable) {
+		t = rel.thread;
+		rel.joinable = false;
+		join = true;
+	}
 	pthread_mutex_unlock(&rel.mu);
+	if (join)
+		pthread_join(t, NULL);
 	return n;
 }
 
