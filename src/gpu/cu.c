@@ -391,6 +391,15 @@ static int primary_ctx(const struct tc__cu *cu, struct tc__cu_dev *d,
 	return 0;
 }
 
+int tc__cu_ctx(const struct tc__cu *cu, int ordinal, CUcontext *ctx, char *err,
+	       size_t errlen)
+{
+	*ctx = NULL;
+	if (!tc__cu_dev(cu, ordinal, err, errlen))
+		return TC_EDEVICE;
+	return primary_ctx(cu, &cu->devs[ordinal], ctx, err, errlen);
+}
+
 int tc__cu_enter(const struct tc__cu *cu, int ordinal, struct tc__cu_guard *g,
 		 char *err, size_t errlen)
 {

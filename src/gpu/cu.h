@@ -58,11 +58,13 @@ typedef enum cudaError_enum {
 	CUDA_ERROR_ALREADY_MAPPED = 208,
 	CUDA_ERROR_NOT_MAPPED = 211,
 	CUDA_ERROR_ECC_UNCORRECTABLE = 214,
+	CUDA_ERROR_PEER_ACCESS_UNSUPPORTED = 217,
 	CUDA_ERROR_OPERATING_SYSTEM = 304,
 	CUDA_ERROR_INVALID_HANDLE = 400,
 	CUDA_ERROR_NOT_FOUND = 500,
 	CUDA_ERROR_NOT_READY = 600,
 	CUDA_ERROR_ILLEGAL_ADDRESS = 700,
+	CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED = 704,
 	CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712,
 	CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED = 713,
 	CUDA_ERROR_LAUNCH_FAILED = 719,
@@ -323,7 +325,13 @@ typedef struct CUDA_MEMCPY3D_st {
 	X(cuEventSynchronize, "cuEventSynchronize", NULL, (CUevent))           \
 	X(cuEventQuery, "cuEventQuery", NULL, (CUevent))                       \
 	X(cuEventElapsedTime, "cuEventElapsedTime", NULL,                      \
-	  (float *, CUevent, CUevent))
+	  (float *, CUevent, CUevent))                                         \
+	X(cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", NULL,                \
+	  (int *, CUdevice, CUdevice))                                         \
+	X(cuCtxEnablePeerAccess, "cuCtxEnablePeerAccess", NULL,                \
+	  (CUcontext, unsigned int))                                           \
+	X(cuMemcpyPeerAsync, "cuMemcpyPeerAsync", NULL,                        \
+	  (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream))
 
 /* One pointer per driver entry point; all are non-NULL once loaded. */
 struct tc__cu_fns {
@@ -401,6 +409,12 @@ int tc__cu_seterr(int code, char *err, size_t errlen, const char *fmt, ...)
  * with tc__cu_leave(); on failure g needs no leave (but leave is harmless). */
 int tc__cu_enter(const struct tc__cu *cu, int ordinal, struct tc__cu_guard *g,
 		 char *err, size_t errlen);
+
+/* Device `ordinal`'s primary context (retained on first use) in *ctx,
+ * without making it current: the other end of a peer copy.  Returns 0,
+ * TC_EDEVICE or TC_ECUDA. */
+int tc__cu_ctx(const struct tc__cu *cu, int ordinal, CUcontext *ctx, char *err,
+	       size_t errlen);
 
 /* Restore the context saved by tc__cu_enter.  A failure is only logged: the
  * caller's work is done and there is nothing better to do. */

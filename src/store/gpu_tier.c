@@ -51,6 +51,17 @@
  * H200, 8 GiB swaps took 10-21 ms instead of 4.1 while a host replica was
  * pinned beside them; with this wait they stayed at 4.1 ms). */
 #define GT_PIN_QUIET_MS 100
+/* Sibling-GPU sources.  A replica whose artifact is ready on another GPU
+ * may be filled from there by a peer copy instead of from the host
+ * replica, whichever ran faster for that pair: the tier keeps the rate of
+ * past fills per source kind (host -> GPU d, GPU s -> GPU d).  While a
+ * pair or the destination's host rate is unknown, a fill first copies
+ * GT_PROBE_BYTES (or the whole, when smaller) both ways, and takes the
+ * faster for the rest.  Below GT_PROBE_MIN both copies are latency, not
+ * bandwidth: they take the host replica (or the sibling, when there is
+ * no host replica) and teach nothing. */
+#define GT_PROBE_BYTES ((uint64_t)64 << 20)
+#define GT_PROBE_MIN   ((uint64_t)256 << 10)
 
 enum { GT_CLOSED, GT_OPENING, GT_OPEN, GT_FAILED };
 
@@ -85,6 +96,17 @@ struct tc__gpu_tier {
 	uint64_t n_fills, n_fill_failures, n_fill_bytes;
 	uint64_t n_fill_pinned_bytes; /* copied from pinned host replicas */
 	uint64_t pinned_host_bytes;   /* host replicas pinned now */
+	uint64_t n_peer_fills, n_peer_fill_bytes; /* filled from a sibling */
+	uint64_t n_probes;			  /* fills that measured both */
+	/* Measured rates (GB/s) of fills by source: host_rate[d] from host
+	 * replicas to GPU d, peer_rate[s][d] from GPU s to GPU d; peer_link
+	 * [s][d]: 0 unknown, 1 the pair has a direct link, 2 staged. */
+	struct gt_rate {
+		double gbps; /* running mean of the last few fills */
+		uint32_t n;  /* fills measured */
+	} host_rate[TC_GPU_TIER_MAX_DEV],
+		peer_rate[TC_GPU_TIER_MAX_DEV][TC_GPU_TIER_MAX_DEV];
+	uint8_t peer_link[TC_GPU_TIER_MAX_DEV][TC_GPU_TIER_MAX_DEV];
 };
 
 /* Loads the driver and lists devices (no context is created). */
@@ -115,6 +137,19 @@ struct fill_job {
 	int nthreads;	      /* threads of a staged copy */
 	bool retried;	      /* evicted once after an OOM already */
 	bool reused;	      /* mem is an evicted replica's allocation */
+	/* A sibling source: the ready replica of o on GPU sib->dev, leased
+	 * by the job (so neither evicted nor freed) until done(). */
+	struct tc__gpu_replica *sib; /* done() only */
+	struct tc__gpu_mem sib_mem;  /* its allocation (borrowed) */
+	int sib_dev;		     /* its ordinal, or -1: none */
+	bool use_peer;		     /* copy from the sibling (in: the
+					choice; out: what was done) */
+	bool probe;		     /* measure both first, then choose */
+	double probe_host_gbps;	     /* out, when probed */
+	double probe_peer_gbps;
+	uint64_t probe_bytes;
+	int link;	     /* out: 1 direct, 2 staged, 0 unknown */
+	double copy_seconds; /* out: the fill's copy alone */
 	int reg_rc;
 	char reg_err[256];
 	struct tc__gpu_mem mem;
@@ -133,6 +168,18 @@ static int dev_index(const struct tc__gpu_tier *t, const struct tc__gpu_dev *d)
 }
 
 /* ------------------------------------------------------ replicas, tiers */
+
+/* One more measured fill of `bytes` in `seconds` for a source kind. */
+static void rate_add(struct gt_rate *r, uint64_t bytes, double seconds)
+{
+	double g;
+
+	if (bytes < GT_PROBE_MIN || seconds <= 0)
+		return;
+	g = (double)bytes / seconds / 1e9;
+	r->gbps = r->n ? (r->gbps + g) / 2 : g;
+	r->n++;
+}
 
 static struct tc__gpu_replica *rep_of(const struct tc__replica *b)
 {
@@ -358,13 +405,73 @@ static void req_free(struct tc__gpu_tier *t, struct gt_req *q)
 static void fill_run(struct tc__job *job);
 static void fill_done(struct tc__job *job);
 
+/* The ready replica of o on another GPU than `dst` to fill from, or NULL:
+ * a pair never measured first (to learn it), else the fastest pair. */
+static struct tc__gpu_replica *sibling_of(struct tc__gpu_tier *t,
+					  struct tc__obj *o, int dst)
+{
+	struct tc__gpu_replica *best = NULL;
+	double bg = -1;
+
+	for (int s = 0; s < t->ndev; s++) {
+		struct tc__gpu_replica *r = o->gpu->rep[s];
+		const struct gt_rate *pr = &t->peer_rate[s][dst];
+		double g;
+
+		if (s == dst || !r || !replica_ready(r))
+			continue;
+		g = pr->n ? pr->gbps : 1e300;
+		if (g > bg) {
+			best = r;
+			bg = g;
+		}
+	}
+	return best;
+}
+
+/* Where j copies from: the host replica, the sibling `sib`, or both
+ * first (a probe) when a rate it would compare is still unknown.  The
+ * sibling is leased until the job is done. */
+static void choose_source(struct tc__gpu_tier *t, struct fill_job *j,
+			  struct tc__gpu_replica *sib)
+{
+	int s = sib ? dev_index(t, sib->dev) : -1;
+	const struct gt_rate *pr, *hr = &t->host_rate[j->ordinal];
+
+	if (!sib || (j->src && j->src_bytes < GT_PROBE_MIN))
+		return; /* the host replica: tiny, or no sibling */
+	j->sib = sib;
+	j->sib_dev = s;
+	j->sib_mem = sib->mem;
+	tc__replica_lease(&sib->base);
+	pr = &t->peer_rate[s][j->ordinal];
+	if (!j->src)
+		j->use_peer = true; /* the only source */
+	else if (pr->n && hr->n)
+		j->use_peer = pr->gbps > hr->gbps;
+	else
+		j->probe = true;
+}
+
+/* Drop the job's lease on its sibling source. */
+static void sib_unlease(struct tc__gpu_tier *t, struct fill_job *j)
+{
+	struct tc__gpu_replica *sr = j->sib;
+
+	if (!sr)
+		return;
+	j->sib = NULL;
+	if (tc__replica_unlease(&sr->base) == 0 && sr->o->dead)
+		replica_free(t, sr);
+}
+
 /* Route q to its device: 0 with *rep ready, 1 when q now waits on a fill
  * (owned by the replica), or an error (q still the caller's). */
 static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		 struct tc__gpu_replica **rep, char *err, size_t errlen)
 {
 	struct tc__obj *o = q->o;
-	struct tc__gpu_replica *r;
+	struct tc__gpu_replica *r, *sib;
 	struct tc__gpu_dev *d = NULL;
 	struct fill_job *j;
 	uint64_t gran, bytes;
@@ -430,11 +537,13 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	}
 	if (!obj_gpu(t, o))
 		return -ENOMEM;
-	if (!o->shm) {
+	sib = sibling_of(t, o, i);
+	if (!o->shm && !sib) {
 		snprintf(
 			err, errlen,
 			"'%s' is held on other GPUs only (imported straight to "
-			"a GPU); attach it there or import it again",
+			"a GPU) and none of them is ready to copy from; "
+			"attach it there or import it again",
 			o->id);
 		return TC_ENOTSUP;
 	}
@@ -449,6 +558,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		return -ENOMEM;
 	}
 	tc__replica_init(&r->base);
+	r->fill_src = -1;
 	rc = reserve(d, &r->base, bytes, &j->mem, err, errlen);
 	if (rc < 0) {
 		tc__free(r);
@@ -465,16 +575,20 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->r = r;
 	j->o = o;
 	j->ordinal = i;
-	j->src = o->shm->map;
+	j->src = o->shm ? o->shm->map : NULL;
 	j->src_bytes = o->table.total_bytes;
-	j->map_bytes = o->shm->size;
+	j->map_bytes = o->shm ? o->shm->size : 0;
 	j->alloc_bytes = bytes;
+	j->sib_dev = -1;
+	choose_source(t, j, sib);
 	/* A pinned host replica is copied from directly.  Otherwise large
 	 * ones go through staging rings (pinning 16 GiB first would cost
 	 * more than the copy: 0.5-1 s) and are pinned in the background,
 	 * off the clients' path (pin_later: from their seal, or after this
 	 * fill); small ones are pinned first, once. */
-	if (o->gpu->reg_state == GT_REG_DONE) {
+	if (!o->shm || (j->use_peer && !j->probe)) {
+		/* The host replica plays no part. */
+	} else if (o->gpu->reg_state == GT_REG_DONE) {
 		j->pin = o->gpu->pin; /* stays pinned: the job holds o */
 	} else if (o->table.total_bytes >= GT_STAGE_MIN) {
 		j->staged = true;
@@ -752,6 +866,7 @@ int tc__gpu_tier_fill_begin(struct tc__gpu_tier *t,
 	}
 	tc__replica_init(&r->base);
 	tc__gpu_mem_init(&r->mem);
+	r->fill_src = -2;
 	rc = charge_on(t, uuid, bytes, &r->base, dev, err, errlen);
 	if (rc < 0) {
 		tc__free(r);
@@ -828,6 +943,7 @@ int tc__gpu_tier_fill_adopt(struct tc__gpu_tier *t, struct tc__obj *o,
 		tc__replica_recharge(&r->base, r->mem.size);
 	r->fill_seconds = seconds;
 	r->fill_pinned = true;
+	r->fill_src = -2;  /* the loader, a put or a restore filled it */
 	d->touched = true; /* the fill made a context here */
 	o->gpu->rep[dev] = r;
 	tc__replica_ready(&r->base); /* on the LRU, used now */
@@ -863,20 +979,76 @@ struct tc__gpu_replica *tc__gpu_tier_find(struct tc__gpu_tier *t,
 
 /* ----------------------------------------------------------------- fill */
 
-static void fill_run(struct tc__job *job)
+/* Copy the first n bytes of the byte space into j->mem, from the host
+ * replica or (peer) the sibling's; *secs: the copy alone (no allocation,
+ * no pinning). */
+static int fill_copy(struct fill_job *j, bool peer, uint64_t n, double *secs)
 {
-	struct fill_job *j = (struct fill_job *)job;
-	uint64_t t0 = tc__now_ns();
-	struct tc__xfer x = { .from = TC_XFER_FROM_HOST,
+	struct tc__xfer x = { .from = peer ? TC_XFER_FROM_PEER :
+					     TC_XFER_FROM_HOST,
 			      .host = j->src,
 			      .pin = &j->pin,
 			      .staged = j->staged,
-			      .bytes = j->src_bytes,
+			      .gpu_src = &j->sib_mem,
+			      .bytes = n,
 			      .to = TC_XFER_TO_GPU,
 			      .gpu_dst = &j->mem,
 			      .ordinal = j->ordinal,
 			      .alloc_bytes = j->alloc_bytes,
 			      .nthreads = j->nthreads };
+	uint64_t t0 = tc__now_ns();
+	int rc;
+
+	rc = tc__xfer_run(&x, j->err, sizeof(j->err));
+	j->alloc_seconds += x.alloc_seconds;
+	j->oom = x.alloc_oom;
+	*secs = (double)(tc__now_ns() - t0) / 1e9 - x.alloc_seconds;
+	if (*secs <= 0)
+		*secs = 1e-9;
+	return rc;
+}
+
+/* Measure both sources on the first GT_PROBE_BYTES (the same bytes, so
+ * the content does not care which ran last) and choose the faster.  A
+ * sibling that fails to copy loses: the host replica serves.  Returns the
+ * host copy's result; *whole when the probe copied everything. */
+static int fill_probe(struct fill_job *j, bool *whole)
+{
+	uint64_t p = j->src_bytes < GT_PROBE_BYTES ? j->src_bytes :
+						     GT_PROBE_BYTES;
+	double th, tp;
+	int rc;
+
+	*whole = false;
+	rc = fill_copy(j, false, p, &th);
+	if (rc < 0)
+		return rc;
+	j->probe_bytes = p;
+	j->probe_host_gbps = (double)p / th / 1e9;
+	if (fill_copy(j, true, p, &tp) < 0) {
+		tc__log(TC_LOG_WARN,
+			"GPU %d cannot copy from GPU %d's replica (the host "
+			"replica serves): %s",
+			j->ordinal, j->sib_dev, j->err);
+		j->err[0] = '\0';
+		j->use_peer = false;
+		j->probe_peer_gbps = 0;
+		/* The peer copy may have left part of the probe range. */
+		return fill_copy(j, false, p, &th);
+	}
+	j->probe_peer_gbps = (double)p / tp / 1e9;
+	j->use_peer = tp < th;
+	*whole = p == j->src_bytes;
+	if (*whole)
+		j->copy_seconds = j->use_peer ? tp : th;
+	return 0;
+}
+
+static void fill_run(struct tc__job *job)
+{
+	struct fill_job *j = (struct fill_job *)job;
+	uint64_t t0 = tc__now_ns();
+	bool whole = false;
 
 	if (j->do_register) {
 		/* Pin the sealed mapping once, so this and later copies run
@@ -889,9 +1061,29 @@ static void fill_run(struct tc__job *job)
 	/* An evicted replica's allocation of the same size is refilled in
 	 * place (evict(): j->mem is given); else the transfer makes one. */
 	j->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9; /* the pin */
-	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
-	j->alloc_seconds += x.alloc_seconds;
-	j->oom = x.alloc_oom;
+	if (j->sib_dev >= 0) {
+		int can = tc__gpu_can_access_peer(j->ordinal, j->sib_dev, NULL,
+						  0);
+
+		j->link = can < 0 ? 0 : can ? 1 : 2;
+	}
+	j->rc = 0;
+	if (j->probe)
+		j->rc = fill_probe(j, &whole);
+	if (j->rc == 0 && !whole) {
+		j->rc = fill_copy(j, j->use_peer, j->src_bytes,
+				  &j->copy_seconds);
+		if (j->rc < 0 && j->use_peer && j->src && !j->oom) {
+			/* The host replica is still there: it serves. */
+			tc__log(TC_LOG_WARN,
+				"GPU %d cannot copy from GPU %d's replica (the "
+				"host replica serves): %s",
+				j->ordinal, j->sib_dev, j->err);
+			j->use_peer = false;
+			j->rc = fill_copy(j, false, j->src_bytes,
+					  &j->copy_seconds);
+		}
+	}
 	if (j->mem.dptr &&
 	    tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
 		j->gran = 0;
@@ -1119,6 +1311,42 @@ static void fill_done(struct tc__job *job)
 	}
 	list = r->waiters;
 	r->waiters = NULL;
+	if (j->sib_dev >= 0 && j->link)
+		t->peer_link[j->sib_dev][i] = (uint8_t)j->link;
+	if (j->rc == 0 && j->probe && j->probe_bytes) {
+		t->n_probes++;
+		rate_add(&t->host_rate[i], j->probe_bytes,
+			 (double)j->probe_bytes / j->probe_host_gbps / 1e9);
+		if (j->probe_peer_gbps > 0)
+			rate_add(&t->peer_rate[j->sib_dev][i], j->probe_bytes,
+				 (double)j->probe_bytes / j->probe_peer_gbps /
+					 1e9);
+		tc__log(TC_LOG_INFO,
+			"GPU %d from GPU %d (%s) measured on %llu bytes: %.2f "
+			"GB/s, from host memory %.2f GB/s: %s serves",
+			i, j->sib_dev,
+			j->link == 1 ? "direct link" : "staged by the driver",
+			(unsigned long long)j->probe_bytes, j->probe_peer_gbps,
+			j->probe_host_gbps,
+			j->use_peer ? "the sibling" : "the host replica");
+	}
+	if (j->rc == 0 && j->copy_seconds > 0 &&
+	    !(j->probe && j->probe_bytes == j->src_bytes))
+		rate_add(j->use_peer ? &t->peer_rate[j->sib_dev][i] :
+				       &t->host_rate[i],
+			 j->src_bytes, j->copy_seconds);
+	if (j->rc == 0) {
+		r->fill_src = j->use_peer ? j->sib_dev : -1;
+		r->fill_gbps =
+			j->copy_seconds > 0 ?
+				(double)j->src_bytes / j->copy_seconds / 1e9 :
+				0;
+		if (j->use_peer) {
+			t->n_peer_fills++;
+			t->n_peer_fill_bytes += j->src_bytes;
+		}
+	}
+	sib_unlease(t, j);
 	if (j->rc == 0) {
 		r->mem = j->mem;
 		tc__replica_recharge(&r->base, j->mem.size);
@@ -1139,18 +1367,32 @@ static void fill_done(struct tc__job *job)
 				 (uint64_t)(j->seconds * 1e9));
 		if (j->pin.nsegs)
 			t->n_fill_pinned_bytes += j->src_bytes;
-		tc__log(TC_LOG_INFO,
-			"GPU %d replica of '%s': %llu bytes in %.3f s "
-			"(%.2f GB/s from %s memory%s)",
-			i, o->id, (unsigned long long)j->src_bytes, j->seconds,
-			j->seconds > 0 ?
-				(double)j->src_bytes / j->seconds / 1e9 :
-				0.0,
-			j->pin.nsegs ? "pinned" :
-			j->staged    ? "staged" :
-				       "pageable",
-			j->reused ? ", into an evicted replica's allocation" :
-				    "");
+		if (j->use_peer)
+			tc__log(TC_LOG_INFO,
+				"GPU %d replica of '%s': %llu bytes in %.3f s "
+				"(%.2f GB/s from GPU %d's replica, %s%s)",
+				i, o->id, (unsigned long long)j->src_bytes,
+				j->seconds, r->fill_gbps, j->sib_dev,
+				j->link == 1 ? "peer copy" :
+					       "peer copy staged by the driver",
+				j->reused ? ", into an evicted replica's "
+					    "allocation" :
+					    "");
+		else
+			tc__log(TC_LOG_INFO,
+				"GPU %d replica of '%s': %llu bytes in %.3f s "
+				"(%.2f GB/s from %s memory%s)",
+				i, o->id, (unsigned long long)j->src_bytes,
+				j->seconds,
+				j->seconds > 0 ? (double)j->src_bytes /
+							 j->seconds / 1e9 :
+						 0.0,
+				j->pin.nsegs ? "pinned" :
+				j->staged    ? "staged" :
+					       "pageable",
+				j->reused ? ", into an evicted replica's "
+					    "allocation" :
+					    "");
 		/* Hold it while answering: a waiter's reply path may run
 		 * that client's next requests, releases included. */
 		tc__replica_lease(&r->base);
@@ -1172,8 +1414,8 @@ static void fill_done(struct tc__job *job)
 	}
 	/* A host replica that fed a GPU through staging is pinned now, off
 	 * the clients' path, for the next GPU that wants it. */
-	if (j->rc == 0 && j->staged && o->gpu->reg_state == GT_REG_NONE &&
-	    !o->dead && !t->stopping)
+	if (j->rc == 0 && j->staged && !j->use_peer &&
+	    o->gpu->reg_state == GT_REG_NONE && !o->dead && !t->stopping)
 		pin_later(t, o, i);
 	t->copies_running--;
 	t->copy_end_ms = tc__now_ms();
@@ -1293,6 +1535,23 @@ static void obj_gpu_trim(struct tc__obj *o)
 
 /* ----------------------------------------------------------------- JSON */
 
+/* Where a replica's bytes came from: "host", "gpu N" (a peer copy from
+ * that GPU's replica), or "import" (the loader, a put, a restore). */
+static const char *fill_source_name(const struct tc__gpu_replica *r)
+{
+	static const char *const gpus[] = {
+		"gpu 0",  "gpu 1",  "gpu 2",  "gpu 3", "gpu 4",	 "gpu 5",
+		"gpu 6",  "gpu 7",  "gpu 8",  "gpu 9", "gpu 10", "gpu 11",
+		"gpu 12", "gpu 13", "gpu 14", "gpu 15"
+	};
+
+	if (r->fill_src == -2)
+		return "import";
+	if (r->fill_src < 0)
+		return "host";
+	return r->fill_src < 16 ? gpus[r->fill_src] : "gpu";
+}
+
 static void obj_gpu_json(const struct tc__obj *o, void *arr)
 {
 	if (!o->gpu)
@@ -1306,7 +1565,7 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 			arr,
 			json_pack(
 				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:f, s:b, "
-				"s:b}",
+				"s:b, s:s, s:f}",
 				"tier", "gpu", "device", r->dev->info.uuid_str,
 				"ordinal", i, "bytes",
 				(json_int_t)r->base.bytes, "leases",
@@ -1314,8 +1573,9 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 				replica_ready(r) ? "ready" : "filling",
 				"fill_seconds", r->fill_seconds,
 				"alloc_seconds", r->alloc_seconds, "pinned",
-				r->fill_pinned, "reused_allocation",
-				r->reused));
+				r->fill_pinned, "reused_allocation", r->reused,
+				"fill_source", fill_source_name(r), "fill_gbps",
+				r->fill_gbps));
 	}
 }
 
@@ -1355,6 +1615,47 @@ void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)
 		}
 		tc__metrics_set_gpu(i, d->info.uuid_str, &m);
 	}
+}
+
+/* The sibling-GPU sources as measured: fills from a sibling, probes, the
+ * host rate per device and the peer rate per pair (only what was seen). */
+static json_t *peer_json(const struct tc__gpu_tier *t)
+{
+	json_t *host = json_array(), *pairs = json_array();
+
+	for (int d = 0; d < t->ndev; d++) {
+		const struct gt_rate *h = &t->host_rate[d];
+
+		if (h->n)
+			json_array_append_new(
+				host,
+				json_pack("{s:i, s:f, s:i}", "ordinal", d,
+					  "gbps", h->gbps, "fills", (int)h->n));
+		for (int s = 0; s < t->ndev; s++) {
+			const struct gt_rate *p = &t->peer_rate[s][d];
+			uint8_t l = t->peer_link[s][d];
+
+			if (!p->n && !l)
+				continue;
+			json_array_append_new(
+				pairs,
+				json_pack("{s:i, s:i, s:s, s:f, s:i, s:s}",
+					  "src", s, "dst", d, "link",
+					  l == 1 ? "direct" :
+					  l == 2 ? "staged" :
+						   "unknown",
+					  "gbps", p->gbps, "fills", (int)p->n,
+					  "choice",
+					  !p->n || !h->n    ? "probe" :
+					  p->gbps > h->gbps ? "peer" :
+							      "host"));
+		}
+	}
+	return json_pack("{s:I, s:I, s:I, s:o, s:o}", "fills",
+			 (json_int_t)t->n_peer_fills, "fill_bytes",
+			 (json_int_t)t->n_peer_fill_bytes, "probes",
+			 (json_int_t)t->n_probes, "host_rates", host, "pairs",
+			 pairs);
 }
 
 char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
@@ -1413,6 +1714,8 @@ char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
 		      (json_int_t)t->n_fill_bytes, "fill_pinned_bytes",
 		      (json_int_t)t->n_fill_pinned_bytes, "pinned_host_bytes",
 		      (json_int_t)t->pinned_host_bytes);
+	if (j)
+		json_object_set_new(j, "peer", peer_json(t));
 	if (j && t->state == GT_FAILED)
 		json_object_set_new(j, "error", json_string(t->open_err));
 	if (j && t->state == GT_OPEN) {

@@ -84,6 +84,10 @@ struct tc__gpu_replica {
 	double fill_seconds;	 /* allocation + copy time */
 	double alloc_seconds;	 /* of which allocation */
 	bool fill_pinned;	 /* the copy ran from pinned host memory */
+	int fill_src;		 /* -1: from the host replica; >= 0: a peer
+				    copy from that GPU's replica; -2: made
+				    by an import, put or restore */
+	double fill_gbps;	 /* the copy's rate (allocation excluded) */
 	bool reused;		 /* filled in an evicted replica's memory */
 	bool no_reuse;		 /* may be mapped without a lease: when
 				    evicted, release, never refill */

@@ -56,6 +56,9 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 	case TC_XFER_FROM_GPU:
 		return tc__gpu_dtod(x->ordinal, dst->dptr, x->gpu_src->dptr,
 				    x->bytes, NULL, err, errlen);
+	case TC_XFER_FROM_PEER:
+		return tc__gpu_peer_copy(x->ordinal, dst->dptr, x->gpu_src, 0,
+					 x->bytes, NULL, err, errlen);
 	}
 	return TC_EINVAL;
 }
@@ -82,6 +85,7 @@ static int to_host(struct tc__xfer *x, char *err, size_t errlen)
 		memcpy(x->host_dst, x->host, x->bytes);
 		return 0;
 	case TC_XFER_FROM_GPU:
+	case TC_XFER_FROM_PEER:
 		break;
 	}
 	snprintf(err, errlen,

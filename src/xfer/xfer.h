@@ -3,12 +3,13 @@
  * sink, run on the calling (worker) thread.
  *
  * Sources: safetensors files laid out as an artifact (the chunk digests
- * are computed on the way), host memory (pinned or not), or a GPU
- * allocation.  Sinks: host memory (a writable memfd mapping, or a
- * caller's buffer) or a GPU allocation, which the transfer makes when it
- * is still empty and whose tail past the byte space it zeroes (clients see
- * only what the artifact says).  The daemon's disk import, GPU replica
- * fill and binding fill are each one call; a peer module gets the same
+ * are computed on the way), host memory (pinned or not), a GPU
+ * allocation on the sink's device, or one on another device (a sibling
+ * GPU's replica: a peer copy, src/gpu/peer.c).  Sinks: host memory (a writable
+ * memfd mapping, or a caller's buffer) or a GPU allocation, which the transfer
+ * makes when it is still empty and whose tail past the byte space it zeroes
+ * (clients see only what the artifact says).  The daemon's disk import, GPU
+ * replica fill and binding fill are each one call; a peer module gets the same
  * engines without knowing the daemon.
  *
  * Part of src/xfer (uses common, net, format, gpu): nothing here knows
@@ -30,6 +31,8 @@ enum tc__xfer_src {
 	TC_XFER_FROM_FILES, /* files: every tensor, read and hashed */
 	TC_XFER_FROM_HOST,  /* host: `bytes` bytes of host memory */
 	TC_XFER_FROM_GPU,   /* gpu: `bytes` bytes on the sink's device */
+	TC_XFER_FROM_PEER,  /* gpu: `bytes` bytes of an allocation of another
+			       device (gpu_src->device), mapped here */
 };
 
 enum tc__xfer_sink {
@@ -55,8 +58,9 @@ struct tc__xfer {
 					      (copied at the pinned rate) */
 	bool staged; /* HOST, unpinned: through the pinned staging ring
 			(large copies), else one direct write */
-	const struct tc__gpu_mem *gpu_src; /* GPU */
-	uint64_t bytes; /* HOST, GPU: bytes to move (FILES: the table's) */
+	const struct tc__gpu_mem *gpu_src; /* GPU, PEER */
+	uint64_t bytes; /* HOST, GPU, PEER: bytes to move (FILES: the
+			   table's) */
 
 	enum tc__xfer_sink to;
 	void *host_dst;		     /* TO_HOST (or NULL with host_fd) */

@@ -19,6 +19,14 @@
  *     instead of faulting.
  *   - An allocation's memory lives until its handle and every mapping are
  *     gone; an exported fd keeps the memfd (not the budget) alive.
+ *   - Access is per device, as cuMemSetAccess grants it: the mapping's
+ *     mprotect is the union over devices, and a peer copy checks that
+ *     its source is readable by the source context's device and its
+ *     destination writable by the destination's.  Peer access
+ *     (cuCtxEnablePeerAccess) is bookkeeping per ordered pair of
+ *     devices; a peer copy copies the bytes between the two devices'
+ *     memfds whether it is enabled or not (the driver stages through the
+ *     host when it is not).
  *   - Streams and events are bookkeeping; async work completes at once.
  *
  * Environment (read at cuInit unless noted):
@@ -28,6 +36,15 @@
  *                               suffixes k, m, g); cuMemCreate beyond it
  *                               fails with CUDA_ERROR_OUT_OF_MEMORY
  *   TC_FAKECUDA_NO_VMM=1        report no VMM / POSIX-fd support
+ *   TC_FAKECUDA_NO_PEER=1       cuDeviceCanAccessPeer says no for every
+ *                               pair (GPUs on separate PCIe roots, no
+ *                               NVLink): peer copies still work, staged
+ *                               through the host as the driver does
+ *   TC_FAKECUDA_GBPS=htod=R,peer=R  (re-read on every copy) throttle
+ *                               host-to-device copies and peer copies to
+ *                               about R GB/s (a sleep after the memcpy),
+ *                               so a test can make one source faster
+ *                               than the other; absent: full speed
  *   CUDA_VISIBLE_DEVICES=1,0    visible subset and order, by physical index;
  *                               the first bad entry ends the list, as in CUDA
  *   TC_FAKECUDA_FAIL=fn:n[+][:ERR][,...]   (re-read on every call)
@@ -143,7 +160,8 @@ struct fmap { /* a cuMemMap mapping */
 	uintptr_t va;
 	size_t size;
 	struct falloc *a;
-	int prot; /* PROT_* granted by cuMemSetAccess */
+	int prot; /* PROT_* granted by cuMemSetAccess: the union */
+	int prot_dev[FAKE_MAX_DEV]; /* per visible ordinal */
 	struct fmap *next;
 };
 
@@ -179,6 +197,8 @@ static struct {
 	int ndev;
 	struct fdev devs[FAKE_MAX_DEV];
 	bool no_vmm;
+	bool no_peer;				  /* TC_FAKECUDA_NO_PEER */
+	bool peer_on[FAKE_MAX_DEV][FAKE_MAX_DEV]; /* [ctx dev][peer] enabled */
 	struct falloc *allocs;
 	struct fres *res;
 	struct fmap *maps;
@@ -314,6 +334,12 @@ static const struct {
 	  "operation not permitted" },
 	{ CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED",
 	  "operation not supported" },
+	{ CUDA_ERROR_PEER_ACCESS_UNSUPPORTED,
+	  "CUDA_ERROR_PEER_ACCESS_UNSUPPORTED",
+	  "peer access is not supported between these two devices" },
+	{ CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED,
+	  "CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED",
+	  "peer access is already enabled" },
 	{ CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error" },
 };
 
@@ -585,6 +611,9 @@ FAKE_API CUresult cuInit(unsigned int flags)
 	budget = parse_bytes(getenv("TC_FAKECUDA_MEM_BYTES"), FAKE_DEFAULT_MEM);
 	env = getenv("TC_FAKECUDA_NO_VMM");
 	F.no_vmm = env && *env && strcmp(env, "0");
+	env = getenv("TC_FAKECUDA_NO_PEER");
+	F.no_peer = env && *env && strcmp(env, "0");
+	memset(F.peer_on, 0, sizeof(F.peer_on));
 
 	F.ndev = 0;
 	vis = getenv("CUDA_VISIBLE_DEVICES");
@@ -1237,30 +1266,56 @@ static bool range_ok(uintptr_t p, size_t n, int need)
 	return true;
 }
 
+/* range_ok, for what device `ord` was granted (a peer copy's ends). */
+static bool range_ok_dev(uintptr_t p, size_t n, int need, int ord)
+{
+	while (n > 0) {
+		struct fmap *m;
+		size_t chunk;
+
+		for (m = F.maps; m; m = m->next)
+			if (p >= m->va && p < m->va + m->size)
+				break;
+		if (!m || (m->prot_dev[ord] & need) != need)
+			return false;
+		chunk = m->va + m->size - p;
+		if (chunk >= n)
+			return true;
+		p += chunk;
+		n -= chunk;
+	}
+	return true;
+}
+
 FAKE_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,
 				 const CUmemAccessDesc *desc, size_t count)
 {
-	int prot = PROT_NONE;
+	int prot[FAKE_MAX_DEV];
+	bool set[FAKE_MAX_DEV] = { false };
 
 	ENTER("cuMemSetAccess");
 	if (!desc || count == 0 || size == 0)
 		RETURN(CUDA_ERROR_INVALID_VALUE);
 	for (size_t i = 0; i < count; i++) {
+		int id = desc[i].location.id;
+
 		if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
-		    !dev_of(desc[i].location.id))
+		    !dev_of(id))
 			RETURN(CUDA_ERROR_INVALID_DEVICE);
 		switch (desc[i].flags) {
 		case CU_MEM_ACCESS_FLAGS_PROT_NONE:
+			prot[id] = PROT_NONE;
 			break;
 		case CU_MEM_ACCESS_FLAGS_PROT_READ:
-			prot |= PROT_READ;
+			prot[id] = PROT_READ;
 			break;
 		case CU_MEM_ACCESS_FLAGS_PROT_READWRITE:
-			prot |= PROT_READ | PROT_WRITE;
+			prot[id] = PROT_READ | PROT_WRITE;
 			break;
 		default:
 			RETURN(CUDA_ERROR_INVALID_VALUE);
 		}
+		set[id] = true;
 	}
 	/* The whole range must be mapped: check before changing anything. */
 	if (!range_ok(ptr, size, PROT_NONE))
@@ -1270,9 +1325,22 @@ FAKE_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,
 			continue;
 		if (m->va < ptr || m->va + m->size > ptr + size)
 			RETURN(CUDA_ERROR_INVALID_VALUE);
-		if (mprotect((void *)m->va, m->size, prot) < 0)
+	}
+	/* Each listed device gets what it is given; the others keep theirs.
+	 * The host mapping is the union. */
+	for (struct fmap *m = F.maps; m; m = m->next) {
+		int u = PROT_NONE;
+
+		if (m->va + m->size <= ptr || m->va >= ptr + size)
+			continue;
+		for (int d = 0; d < F.ndev; d++) {
+			if (set[d])
+				m->prot_dev[d] = prot[d];
+			u |= m->prot_dev[d];
+		}
+		if (mprotect((void *)m->va, m->size, u) < 0)
 			RETURN(CUDA_ERROR_UNKNOWN);
-		m->prot = prot;
+		m->prot = u;
 	}
 	RETURN(CUDA_SUCCESS);
 }
@@ -1299,6 +1367,31 @@ static struct fevent *event_of(CUevent e)
 	return NULL;
 }
 
+/* TC_FAKECUDA_GBPS ("htod=R,peer=R"): sleep so that a copy of `n` bytes
+ * of this kind takes about n / R ns in all.  The memcpy itself is not
+ * timed: the fake's own speed is far above any rate a test asks for. */
+static void throttle(const char *kind, size_t n)
+{
+	const char *env = getenv("TC_FAKECUDA_GBPS"), *p;
+	size_t k = strlen(kind);
+	double gbps, ns;
+
+	for (p = env; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+		if (!strncmp(p, kind, k) && p[k] == '=')
+			break;
+	if (!p || !*p)
+		return;
+	gbps = strtod(p + k + 1, NULL);
+	if (gbps <= 0)
+		return;
+	ns = (double)n / gbps;
+	if (ns >= 1e3)
+		nanosleep(
+			&(struct timespec){ (time_t)(ns / 1e9),
+					    (long)((uint64_t)ns % 1000000000) },
+			NULL);
+}
+
 /* One body for the eight copy/memset entry points. */
 static CUresult do_copy(const char *fn, uintptr_t dst, int dst_need,
 			uintptr_t src, int src_need, int fill, size_t n,
@@ -1320,6 +1413,8 @@ static CUresult do_copy(const char *fn, uintptr_t dst, int dst_need,
 		memset((void *)dst, fill, n);
 	else
 		memmove((void *)dst, (const void *)src, n);
+	if (fill < 0 && dst_need && !src_need)
+		throttle("htod", n);
 	if (async) {
 		if (dst_need)
 			queued_add(s, dst, n);
@@ -1378,6 +1473,67 @@ FAKE_API CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n,
 				  CUstream s)
 {
 	return do_copy("cuMemsetD8Async", dst, PROT_WRITE, 1, 0, v, n, true, s);
+}
+
+/* Peers.  Every pair of distinct devices can reach each other unless
+ * TC_FAKECUDA_NO_PEER; a peer copy works either way (the driver stages
+ * it through the host when the pair cannot), and needs its source
+ * readable by the source context's device and its destination writable by
+ * the destination's (cuMemSetAccess). */
+FAKE_API CUresult cuDeviceCanAccessPeer(int *can, CUdevice d, CUdevice peer)
+{
+	ENTER("cuDeviceCanAccessPeer");
+	if (!can)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!dev_of(d) || !dev_of(peer))
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	*can = !F.no_peer && d != peer;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags)
+{
+	struct fctx *p = (struct fctx *)(void *)peer;
+
+	ENTER("cuCtxEnablePeerAccess");
+	NEED_CTX();
+	if (flags)
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	if (!peer || !ctx_valid(peer) || p->refs <= 0)
+		RETURN(CUDA_ERROR_INVALID_CONTEXT);
+	if (p == cur_ctx)
+		RETURN(CUDA_ERROR_INVALID_DEVICE);
+	if (F.no_peer)
+		RETURN(CUDA_ERROR_PEER_ACCESS_UNSUPPORTED);
+	if (F.peer_on[cur_ctx->ordinal][p->ordinal])
+		RETURN(CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED);
+	F.peer_on[cur_ctx->ordinal][p->ordinal] = true;
+	RETURN(CUDA_SUCCESS);
+}
+
+FAKE_API CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dctx,
+				    CUdeviceptr src, CUcontext sctx, size_t n,
+				    CUstream s)
+{
+	struct fctx *dc = (struct fctx *)(void *)dctx;
+	struct fctx *sc = (struct fctx *)(void *)sctx;
+
+	ENTER("cuMemcpyPeerAsync");
+	if (!dctx || !sctx || !ctx_valid(dctx) || !ctx_valid(sctx) ||
+	    dc->refs <= 0 || sc->refs <= 0)
+		RETURN(CUDA_ERROR_INVALID_CONTEXT);
+	if (!stream_ok(s))
+		RETURN(CUDA_ERROR_INVALID_HANDLE);
+	if (n == 0)
+		RETURN(CUDA_SUCCESS);
+	if (!dst || !src || !range_ok_dev(src, n, PROT_READ, sc->ordinal) ||
+	    !range_ok_dev(dst, n, PROT_WRITE, dc->ordinal))
+		RETURN(CUDA_ERROR_INVALID_VALUE);
+	memmove((void *)dst, (const void *)src, n);
+	queued_add(s, dst, n);
+	queued_add(s, src, n);
+	throttle("peer", n);
+	RETURN(CUDA_SUCCESS);
 }
 
 FAKE_API CUresult cuStreamCreate(CUstream *s, unsigned int flags)

@@ -1263,11 +1263,29 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 	/* No host replica: a host attach says where it is. */
 	assert_int_equal(tc_attach(c, "g:llama", &x), TC_ENOTSUP);
 	assert_non_null(strstr(tc_client_errmsg(c), "GPU only"));
-	/* On another GPU it cannot be copied from host memory either. */
-	assert_int_equal(tc_attach_gpu(c, "g:llama", 0, &x), TC_ENOTSUP);
 	a = attach_gpu_ok(c, "g:llama", 1);
 	artifact_sha(a, h1);
 	tc_artifact_close(a);
+	/* Another GPU has no host replica to copy from, but GPU 1's: a
+	 * peer copy (the only source, so no probe). */
+	a = attach_gpu_ok(c, "g:llama", 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h1, h2);
+	tc_artifact_close(a);
+	{
+		json_t *doc, *rj = gpu_replica(c, "g:llama", 0, &doc);
+
+		assert_non_null(rj);
+		assert_string_equal(
+			json_string_value(json_object_get(rj, "fill_source")),
+			"gpu 1");
+		json_decref(doc);
+		rj = gpu_replica(c, "g:llama", 1, &doc);
+		assert_string_equal(
+			json_string_value(json_object_get(rj, "fill_source")),
+			"import");
+		json_decref(doc);
+	}
 	/* The same files imported for host memory: the same id (the digest
 	 * does not depend on the path the bytes took), one artifact, which
 	 * now has its host copy too. */
@@ -1305,6 +1323,133 @@ static void test_gpu_tier__import_straight_to_gpu(void **state)
 	assert_non_null(strstr(tc_client_errmsg(c), "CUDA_ERROR"));
 	assert_int_equal(gpu_stat(c, 1, "used_bytes"), 0);
 	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* A field of the sibling-source figures in STATUS (gpu.peer). */
+static long long peer_stat(tc_client *c, const char *field)
+{
+	json_t *j = get_json(c, NULL);
+	long long v = json_integer_value(json_object_get(
+		json_object_get(json_object_get(j, "gpu"), "peer"), field));
+
+	json_decref(j);
+	return v;
+}
+
+/* The measured pair src -> dst in STATUS: its link and choice into the
+ * buffers, its fills returned (-1: not listed). */
+static long long peer_pair(tc_client *c, int src, int dst, char *link,
+			   char *choice)
+{
+	json_t *j = get_json(c, NULL), *p;
+	json_t *pairs = json_object_get(
+		json_object_get(json_object_get(j, "gpu"), "peer"), "pairs");
+	long long v = -1;
+	size_t i;
+
+	json_array_foreach(pairs, i, p)
+	{
+		if (json_integer_value(json_object_get(p, "src")) != src ||
+		    json_integer_value(json_object_get(p, "dst")) != dst)
+			continue;
+		strcpy(link, json_string_value(json_object_get(p, "link")));
+		strcpy(choice, json_string_value(json_object_get(p, "choice")));
+		v = json_integer_value(json_object_get(p, "fills"));
+	}
+	json_decref(j);
+	return v;
+}
+
+static const char *fill_source(tc_client *c, const char *ref, int dev,
+			       char *buf)
+{
+	json_t *doc, *r = gpu_replica(c, ref, dev, &doc);
+
+	assert_non_null(r);
+	strcpy(buf, json_string_value(json_object_get(r, "fill_source")));
+	json_decref(doc);
+	return buf;
+}
+
+/* Sibling-GPU sources: a replica on GPU 1 of an artifact ready on GPU 0
+ * is filled by a peer copy when that measured faster than the host
+ * replica, and from the host replica otherwise.  The fake driver is
+ * throttled (TC_FAKECUDA_GBPS) to make one or the other faster; the first
+ * fill of a pair measures both (a probe), later fills use the rates. */
+static void test_gpu_tier__sibling_gpu_source(void **state)
+{
+	static const char *const slow_host[] = {
+		"TC_FAKECUDA_DEVICES=2", "TC_FAKECUDA_GBPS=htod=0.4,peer=8",
+		NULL
+	};
+	static const char *const slow_peer[] = {
+		"TC_FAKECUDA_DEVICES=2", "TC_FAKECUDA_GBPS=htod=8,peer=0.02",
+		NULL
+	};
+	static const char *const no_link[] = { "TC_FAKECUDA_DEVICES=2",
+					       "TC_FAKECUDA_NO_PEER=1", NULL };
+	char id[TC_ID_BUFLEN], id2[TC_ID_BUFLEN], buf[32], link[32], ch[32];
+	tc_artifact *a, *b;
+	tc_client *c;
+
+	daemon_start(slow_host, NULL);
+	c = t_connect(D.sock);
+	put_blob(c, "sib:a", 4 * MiB, 1, id);
+	a = attach_gpu_ok(c, id, 0);
+	assert_string_equal(fill_source(c, id, 0, buf), "host");
+	/* GPU 1 probes both and takes the sibling, and its bytes are the
+	 * artifact's. */
+	gpu_copy_matches_host(c, id, 1);
+	assert_string_equal(fill_source(c, id, 1, buf), "gpu 0");
+	assert_int_equal(peer_stat(c, "probes"), 1);
+	assert_int_equal(peer_stat(c, "fills"), 1);
+	assert_true(peer_pair(c, 0, 1, link, ch) >= 1);
+	assert_string_equal(link, "direct");
+	assert_string_equal(ch, "peer");
+	/* Known rates: the next artifact goes straight to the sibling. */
+	put_blob(c, "sib:b", 4 * MiB, 2, id2);
+	b = attach_gpu_ok(c, id2, 0);
+	gpu_copy_matches_host(c, id2, 1);
+	assert_string_equal(fill_source(c, id2, 1, buf), "gpu 0");
+	assert_int_equal(peer_stat(c, "probes"), 1);
+	assert_int_equal(peer_stat(c, "fills"), 2);
+	/* The source replica was leased by the fill only: none left. */
+	assert_int_equal(replica_leases(c, id2, 0), 1);
+	tc_artifact_close(a);
+	tc_artifact_close(b);
+	/* Small artifacts are not worth a probe: the host replica. */
+	put_blob(c, "sib:small", 64 << 10, 3, id);
+	a = attach_gpu_ok(c, id, 0);
+	gpu_copy_matches_host(c, id, 1);
+	assert_string_equal(fill_source(c, id, 1, buf), "host");
+	tc_artifact_close(a);
+	tc_client_close(c);
+
+	/* Peer copies slower than the host replica: the host serves. */
+	daemon_start(slow_peer, NULL);
+	c = t_connect(D.sock);
+	put_blob(c, "sib:a", 4 * MiB, 1, id);
+	a = attach_gpu_ok(c, id, 0);
+	gpu_copy_matches_host(c, id, 1);
+	assert_string_equal(fill_source(c, id, 1, buf), "host");
+	assert_int_equal(peer_stat(c, "probes"), 1);
+	assert_int_equal(peer_stat(c, "fills"), 0);
+	assert_int_equal(peer_pair(c, 0, 1, link, ch), 1);
+	assert_string_equal(ch, "host");
+	tc_artifact_close(a);
+	tc_client_close(c);
+
+	/* No direct link: still measured (the driver stages the copy). */
+	daemon_start(no_link, NULL);
+	c = t_connect(D.sock);
+	put_blob(c, "sib:a", 4 * MiB, 1, id);
+	a = attach_gpu_ok(c, id, 1);
+	gpu_copy_matches_host(c, id, 0);
+	assert_true(peer_pair(c, 1, 0, link, ch) >= 0);
+	assert_string_equal(link, "staged");
+	tc_artifact_close(a);
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -1605,6 +1750,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__eager_pin_and_reuse),
 		cmocka_unit_test(test_gpu_tier__config),
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
+		cmocka_unit_test(test_gpu_tier__sibling_gpu_source),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),

@@ -1462,10 +1462,77 @@ static void test_gpu__copy_d2d(void **state)
 	assert_no_device_memory_used();
 }
 
+/* A peer copy moves real bytes between two fake GPUs' memory: the
+ * destination device is granted read access to the source allocation
+ * first (VMM memory is reachable only where cuMemSetAccess says), the
+ * range is checked against the source, and a copy with a stream is done
+ * once the stream is. */
+static void test_gpu__peer_copy(void **state)
+{
+	uint8_t *host = malloc(3 * MiB), *back = malloc(3 * MiB);
+	struct tc__gpu_stream *s;
+	struct tc__gpu_mem a, b;
+
+	(void)state;
+	assert_true(host && back);
+	for (uint64_t i = 0; i < 3 * MiB; i++)
+		host[i] = (uint8_t)((i * 2654435761u) >> 11);
+	assert_int_equal(tc__gpu_can_access_peer(1, 0, err, sizeof(err)), 1);
+	assert_int_equal(tc__gpu_can_access_peer(0, 0, err, sizeof(err)), 1);
+	assert_int_equal(tc__gpu_can_access_peer(0, 9, err, sizeof(err)),
+			 TC_EDEVICE);
+	assert_int_equal(tc__gpu_alloc(0, 3 * MiB, 0, &a, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_alloc(1, 3 * MiB, 0, &b, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_write(&a, 0, host, 3 * MiB, NULL, err,
+					   sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_memset8(1, b.dptr, 0, b.size, NULL, err,
+					 sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_peer_copy(1, b.dptr + 8, &a, 16, 2 * MiB + 5,
+					   NULL, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_mem_read(&b, 0, back, 3 * MiB, NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(back + 8, host + 16, 2 * MiB + 5);
+	assert_int_equal(back[7], 0);
+	assert_int_equal(back[8 + 2 * MiB + 5], 0);
+	/* On a stream of the destination, twice (the grant is kept). */
+	assert_int_equal(tc__gpu_stream_create(1, &s, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_peer_copy(1, b.dptr, &a, 0, 3 * MiB, s, err,
+					   sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_stream_sync(s, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_read(&b, 0, back, 3 * MiB, NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(back, host, 3 * MiB);
+	/* A stream of another device, a range past the source: refused. */
+	assert_int_equal(tc__gpu_peer_copy(0, b.dptr, &a, 0, MiB, s, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_peer_copy(1, b.dptr, &a, MiB, a.size, NULL,
+					   err, sizeof(err)),
+			 TC_EINVAL);
+	tc__gpu_stream_free(s);
+	/* The source's own device still writes it (the grant added a
+	 * reader, it did not replace the owner's access). */
+	assert_int_equal(tc__gpu_mem_write(&a, 0, host + 1, MiB, NULL, err,
+					   sizeof(err)),
+			 0);
+	tc__gpu_release(&a);
+	tc__gpu_release(&b);
+	free(host);
+	free(back);
+	assert_no_device_memory_used();
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_gpu__load),
+		cmocka_unit_test(test_gpu__peer_copy),
 		cmocka_unit_test(test_gpu__devices),
 		cmocka_unit_test(test_gpu__uuid_text),
 		cmocka_unit_test(test_gpu__ordinal_ref),

@@ -1,0 +1,168 @@
+/*
+ * peer.c - copies between two GPUs of this process: whether a pair can
+ * reach each other directly (NVLink or PCIe peer-to-peer), and a copy
+ * from an allocation of one device into memory of another.
+ *
+ * A VMM allocation (vmm.c) is reachable only by the devices cuMemSetAccess
+ * granted, whatever cuCtxEnablePeerAccess says (that call covers
+ * cuMemAlloc memory): so a peer copy first grants the destination device
+ * read access to the source allocation, then queues cuMemcpyPeerAsync on
+ * the destination's context, whose copy engines pull the bytes over the
+ * link.  A pair without a link still copies (the driver stages through
+ * host memory), only slower: callers measure, never assume (the daemon's
+ * GPU tier keeps the rates it saw per pair).
+ *
+ * Part of src/gpu: only the driver table below it.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tcast/errors.h"
+#include "cu.h"
+#include "gpu_internal.h"
+#include "vmm.h"
+
+#define PEER_MAX_DEV 64 /* pairs whose state is cached */
+
+/* Per ordered pair (destination, source): 0 unknown, 1 yes, 2 no; and
+ * whether cuCtxEnablePeerAccess was tried.  Guarded by peer_lock. */
+static pthread_mutex_t peer_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char peer_can[PEER_MAX_DEV][PEER_MAX_DEV];
+static bool peer_enabled[PEER_MAX_DEV][PEER_MAX_DEV];
+
+int tc__gpu_can_access_peer(int dst, int src, char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	const struct tc__cu_dev *dd, *sd;
+	int ret, can = 0;
+	CUresult r;
+
+	ret = tc__cu_get(&cu, err, errlen);
+	if (ret < 0)
+		return ret;
+	dd = tc__cu_dev(cu, dst, err, errlen);
+	sd = dd ? tc__cu_dev(cu, src, err, errlen) : NULL;
+	if (!sd)
+		return TC_EDEVICE;
+	if (dst == src)
+		return 1;
+	if (dst < PEER_MAX_DEV && src < PEER_MAX_DEV) {
+		pthread_mutex_lock(&peer_lock);
+		can = peer_can[dst][src];
+		pthread_mutex_unlock(&peer_lock);
+		if (can)
+			return can == 1;
+	}
+	r = cu->fn.cuDeviceCanAccessPeer(&can, dd->dev, sd->dev);
+	if (r)
+		return tc__cu_fail(cu, r, "cuDeviceCanAccessPeer", err, errlen,
+				   "cannot ask whether GPU %d reaches GPU %d",
+				   dst, src);
+	if (dst < PEER_MAX_DEV && src < PEER_MAX_DEV) {
+		pthread_mutex_lock(&peer_lock);
+		peer_can[dst][src] = can ? 1 : 2;
+		pthread_mutex_unlock(&peer_lock);
+	}
+	return can != 0;
+}
+
+/* Inside dst's context: let it reach src's context (cuMemAlloc memory;
+ * VMM memory needs the grant in grant_read), once per pair.  A refusal
+ * only costs speed: the copy is staged. */
+static void enable_once(const struct tc__cu *cu, int dst, int src,
+			CUcontext sctx)
+{
+	bool todo = false;
+	CUresult r;
+
+	if (dst >= PEER_MAX_DEV || src >= PEER_MAX_DEV)
+		return;
+	pthread_mutex_lock(&peer_lock);
+	if (!peer_enabled[dst][src]) {
+		peer_enabled[dst][src] = true;
+		todo = peer_can[dst][src] == 1;
+	}
+	pthread_mutex_unlock(&peer_lock);
+	if (!todo)
+		return;
+	r = cu->fn.cuCtxEnablePeerAccess(sctx, 0);
+	if (r && r != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED)
+		tc__cu_fail(cu, r, "cuCtxEnablePeerAccess", NULL, 0,
+			    "GPU %d cannot enable access to GPU %d", dst, src);
+}
+
+/* Grant device `dst` read access to all of `m` (an allocation of another
+ * device, mapped in this process).  Idempotent. */
+static int grant_read(const struct tc__cu *cu, const struct tc__gpu_mem *m,
+		      int dst, char *err, size_t errlen)
+{
+	CUmemAccessDesc d;
+	CUresult r;
+
+	memset(&d, 0, sizeof(d));
+	d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	d.location.id = cu->devs[dst].dev;
+	d.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+	r = cu->fn.cuMemSetAccess(m->dptr, m->size, &d, 1);
+	if (r)
+		return tc__cu_fail(cu, r, "cuMemSetAccess", err, errlen,
+				   "cannot let GPU %d read GPU %d's allocation",
+				   dst, m->device);
+	return 0;
+}
+
+int tc__gpu_peer_copy(int dst_ord, uint64_t dst, const struct tc__gpu_mem *src,
+		      uint64_t off, uint64_t n, struct tc__gpu_stream *s,
+		      char *err, size_t errlen)
+{
+	const struct tc__cu *cu;
+	struct tc__cu_guard g;
+	CUcontext dctx, sctx;
+	const char *what = "cuMemcpyPeerAsync";
+	int ret, can;
+	CUresult r;
+
+	if (n == 0)
+		return 0;
+	if (off > src->size || n > src->size - off)
+		return tc__cu_seterr(TC_EINVAL, err, errlen,
+				     "peer copy of %" PRIu64 " bytes at %" PRIu64
+				     " past the end of a %" PRIu64
+				     "-byte allocation",
+				     n, off, src->size);
+	can = tc__gpu_can_access_peer(dst_ord, src->device, err, errlen);
+	if (can < 0)
+		return can;
+	ret = tc__gpu_enter(dst_ord, s, &cu, &g, err, errlen);
+	if (ret < 0)
+		return ret;
+	ret = tc__cu_ctx(cu, src->device, &sctx, err, errlen);
+	if (ret == 0)
+		ret = tc__cu_ctx(cu, dst_ord, &dctx, err, errlen);
+	if (ret < 0)
+		goto out;
+	if (can && dst_ord != src->device) {
+		enable_once(cu, dst_ord, src->device, sctx);
+		/* Without the grant the copy engines of dst cannot read the
+		 * source over the link. */
+		ret = grant_read(cu, src, dst_ord, err, errlen);
+		if (ret < 0)
+			goto out;
+	}
+	r = cu->fn.cuMemcpyPeerAsync(dst, dctx, src->dptr + off, sctx, n,
+				     s ? s->s : NULL);
+	if (r == CUDA_SUCCESS && !s) {
+		r = cu->fn.cuStreamSynchronize(NULL);
+		what = "cuStreamSynchronize";
+	}
+	if (r)
+		ret = tc__cu_fail(cu, r, what, err, errlen,
+				  "cannot copy %" PRIu64
+				  " bytes from GPU %d to GPU %d",
+				  n, src->device, dst_ord);
+out:
+	tc__cu_leave(cu, &g);
+	return ret;
+}
