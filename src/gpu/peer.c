@@ -127,11 +127,11 @@ int tc__gpu_peer_copy(int dst_ord, uint64_t dst, const struct tc__gpu_mem *src,
 	if (n == 0)
 		return 0;
 	if (off > src->size || n > src->size - off)
-		return tc__cu_seterr(TC_EINVAL, err, errlen,
-				     "peer copy of %" PRIu64 " bytes at %" PRIu64
-				     " past the end of a %" PRIu64
-				     "-byte allocation",
-				     n, off, src->size);
+		return tc__cu_seterr(
+			TC_EINVAL, err, errlen,
+			"peer copy of %" PRIu64 " bytes at %" PRIu64
+			" past the end of a %" PRIu64 "-byte allocation",
+			n, off, src->size);
 	can = tc__gpu_can_access_peer(dst_ord, src->device, err, errlen);
 	if (can < 0)
 		return can;

@@ -90,10 +90,29 @@ struct import_job {
 	struct tc__obj *done_o;
 	uint64_t done_ns;
 	bool done_dedup;
+	/* Concurrent identical imports read once: a host import of one
+	 * regular file (joinable()) leads while it reads, listed in
+	 * s->importing; another of the same file (device, inode, size,
+	 * modification time) and policy arriving meanwhile joins it instead
+	 * of reading, and is answered with what the leader inserted (as an
+	 * import of content already held) -- or, when the leader fails,
+	 * runs on its own. */
+	dev_t st_dev;
+	ino_t st_ino;
+	off_t st_size;
+	struct timespec st_mtim;
+	bool lead;			/* in s->importing */
+	struct import_job *next_lead;	/* s->importing */
+	struct import_job *joined;	/* followers, while lead */
+	struct import_job *next_joined; /* a follower's link */
 };
+
+static void lead_end(struct import_job *j, struct tc__obj *o);
 
 static void import_free(struct import_job *j)
 {
+	if (j->lead)
+		lead_end(j, NULL); /* failed: the followers read themselves */
 	if (j->gpu_copying)
 		tc__gpu_tier_copy_end(j->c->srv->gpu);
 	if (j->gpu_fill) {
@@ -368,6 +387,10 @@ static void import_work(struct import_job *j)
 		import_run_gpu(j, n);
 		return;
 	}
+	/* Tests: a host load slow enough for concurrent identical imports
+	 * to find it still reading (and join it). */
+	if (tc__failpoint("import_slow", j->display))
+		nanosleep(&(struct timespec){ 1, 500000000 }, NULL);
 	j->rc = tc__shm_prepare_fill(j->o->shm);
 	if (j->rc < 0) {
 		snprintf(j->err, sizeof(j->err), "cannot map segment: %s",
@@ -613,6 +636,8 @@ static void import_done(struct tc__job *job)
 	j->done_o = o;
 	j->done_ns = ns;
 	j->done_dedup = dedup;
+	if (j->lead)
+		lead_end(j, o);
 	/* Recorded (or its write started) even when the client went; a
 	 * failed must takes back what this import added. */
 	c->err[0] = '\0';
@@ -626,6 +651,91 @@ static void import_done(struct tc__job *job)
 	snprintf(j->err, sizeof(j->err), "%s", c->err);
 	tc__srv_finish_created(c, &j->r, rc, j->err, import_reply, j,
 			       import_release, &j->persist, o);
+}
+
+/* ------------------------------------------- concurrent identical imports */
+
+/* A host import of one regular file, with nothing that makes it its own:
+ * no GPU, view, shards or TTL, no shared-disk copy, no key the global
+ * store decides. */
+static bool joinable(const struct import_job *j)
+{
+	return !(j->flags &
+		 (TC_RF_GPU | TC_RF_SHARDS | TC_RF_VIEW | TC_RF_TTL)) &&
+	       !j->persist.on && !j->gate.on;
+}
+
+/* Join a leader reading the same file for the same policy; false when
+ * there is none (or j wants progress frames, which only a reader sends). */
+static bool join(struct server *s, struct import_job *j)
+{
+	struct import_job *l;
+
+	if (j->flags & TC_RF_PROGRESS)
+		return false;
+	for (l = s->importing; l; l = l->next_lead)
+		if (l->st_dev == j->st_dev && l->st_ino == j->st_ino &&
+		    l->st_size == j->st_size &&
+		    l->st_mtim.tv_sec == j->st_mtim.tv_sec &&
+		    l->st_mtim.tv_nsec == j->st_mtim.tv_nsec &&
+		    l->policy == j->policy)
+			break;
+	if (!l)
+		return false;
+	j->next_joined = l->joined;
+	l->joined = j;
+	s->n_import_joined++;
+	tc__log(TC_LOG_DEBUG,
+		"import of '%s' joins the one reading it already (pid %d)",
+		j->display, (int)l->c->pid);
+	return true;
+}
+
+/* Answer a follower with `o`, which its leader inserted: an import of
+ * content already held. */
+static void follower_done(struct import_job *f, struct tc__obj *o)
+{
+	struct conn *c = f->c;
+
+	f->done_o = o;
+	f->done_ns = tc__now_ns() - f->t0_ns;
+	f->done_dedup = true;
+	c->srv->n_import++;
+	tc__log(TC_LOG_INFO,
+		"imported '%s' as %s: read once for this and a concurrent "
+		"import of the same file, in %.3f s",
+		f->display, o->id, (double)f->done_ns / 1e9);
+	c->err[0] = '\0';
+	tc__srv_finish_created(c, &f->r, 0, "", import_reply, f, import_release,
+			       &f->persist, o);
+}
+
+/* The leader j is done: with o, every follower is answered with it;
+ * without (j failed), each reads on its own now. */
+static void lead_end(struct import_job *j, struct tc__obj *o)
+{
+	struct server *s = j->s;
+	struct import_job *f, *next;
+
+	for (struct import_job **pp = &s->importing; *pp;
+	     pp = &(*pp)->next_lead)
+		if (*pp == j) {
+			*pp = j->next_lead;
+			break;
+		}
+	j->lead = false;
+	f = j->joined;
+	j->joined = NULL;
+	for (; f; f = next) {
+		next = f->next_joined;
+		if (o)
+			follower_done(f, o);
+		else if (s->stopping)
+			import_fail(f, TC_ECLOSED,
+				    "the daemon is shutting down");
+		else
+			tc__jobs_submit(s->io_jobs, &f->job);
+	}
 }
 
 /* TC_RF_SHARDS: u32 n, then n shard names (for messages only). */
@@ -800,6 +910,17 @@ int on_import(struct conn *c, struct req *r)
 		c->progress_job = j;
 		c->progress_req = r->h.req_id;
 		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
+	}
+	if (joinable(j)) {
+		j->st_dev = st.st_dev;
+		j->st_ino = st.st_ino;
+		j->st_size = st.st_size;
+		j->st_mtim = st.st_mtim;
+		if (join(c->srv, j))
+			return 0; /* answered when the leader is done */
+		j->lead = true;
+		j->next_lead = c->srv->importing;
+		c->srv->importing = j;
 	}
 	tc__jobs_submit(c->srv->io_jobs, &j->job);
 	return 0; /* the reply comes when the job is done */

@@ -190,6 +190,8 @@ struct conn {
 	char err[512]; /* message of the request being handled */
 };
 
+struct import_job;
+
 struct server {
 	const struct tc__store_config *cfg;
 	struct tc__ev *ev;
@@ -210,6 +212,11 @@ struct server {
 	uint64_t epoch;
 	uint64_t start_ms;
 	uint64_t n_attach, n_import, n_put, n_proto_err, n_attach_gpu;
+	/* Host imports of one plain file that others may join while they
+	 * read (ops_import.c: concurrent identical imports read once), and
+	 * how many imports were answered by another's read. */
+	struct import_job *importing;
+	uint64_t n_import_joined;
 	uint64_t n_put_verified;	  /* sealed with their pull's digests */
 	uint64_t n_put_gpu_client_hashed; /* GPU puts sealed with the fused
 					     copy's digests */

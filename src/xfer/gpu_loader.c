@@ -435,6 +435,7 @@ static int uring_unit(struct gload *g, struct tc__ioring *ur, uint8_t *p,
 	}
 	atomic_fetch_add(&g->reads, qr.nreads);
 	atomic_fetch_add(&g->read_bytes, qr.nbytes);
+	tc__load_count(qr.nbytes, qr.nreads);
 	if (rc == 0)
 		rc = hash_unit(g, p, u0, u1, h, uring_window, &uc, err, errlen);
 	if (rc == 0)
@@ -721,6 +722,7 @@ out:
 		munmap(rd.bounce, rd.bounce_len);
 	atomic_fetch_add(&g->reads, rd.nreads);
 	atomic_fetch_add(&g->read_bytes, rd.nbytes);
+	tc__load_count(rd.nbytes, rd.nreads);
 	tc__gpu_stream_free(s);
 	tc__hasher_free(h);
 	return NULL;

@@ -2,6 +2,7 @@
  * loader.c - parallel pread + hash into artifact memory.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -30,6 +31,23 @@
  * paravirtualised page tables: ~15 us; bare metal: ~0.1-0.3 us) makes
  * reading through the file the faster way to hash sealed bytes. */
 #define TC_DEAR_FAULT_NS 1000
+
+/* Every byte this process's loaders asked of source files (the host
+ * loader's preads here, the GPU loader's reads in gpu_loader.c). */
+static _Atomic uint64_t load_read_bytes, load_reads;
+
+void tc__load_count(uint64_t bytes, uint64_t reads)
+{
+	atomic_fetch_add_explicit(&load_read_bytes, bytes,
+				  memory_order_relaxed);
+	atomic_fetch_add_explicit(&load_reads, reads, memory_order_relaxed);
+}
+
+void tc__load_counters(uint64_t *bytes, uint64_t *reads)
+{
+	*bytes = atomic_load_explicit(&load_read_bytes, memory_order_relaxed);
+	*reads = atomic_load_explicit(&load_reads, memory_order_relaxed);
+}
 
 static uint64_t fault_ns; /* tc__page_fault_ns, measured once */
 
@@ -117,6 +135,8 @@ int tc__load_range(const struct tc__source *src, uint8_t *buf, uint64_t w0,
 		rc = rd ? rd->read(rd, x->src_file, buf + (a - w0), b - a,
 				   off) :
 			  tc__pread_exact(f->fd, buf + (a - w0), b - a, off);
+		if (!rd && rc == 0)
+			tc__load_count(b - a, 1);
 		if (rc < 0) {
 			snprintf(
 				err, errlen,
@@ -471,6 +491,8 @@ static int plan_read(const struct tc__source *src, const struct tc__load_run *r,
 		rc = rd ? rd->read(rd, r->file, buf + (a - w0), e - a, off) :
 			  tc__pread_exact(src->files[r->file].fd,
 					  buf + (a - w0), e - a, off);
+		if (!rd && rc == 0)
+			tc__load_count(e - a, 1);
 		if (rc < 0) {
 			snprintf(err, errlen,
 				 rc == TC_EBADFILE ?

@@ -29,6 +29,14 @@ struct tc__load_progress {
 	_Atomic int cancel;	     /* set to stop the load early */
 };
 
+/* What every load of this process asked of its source files since it
+ * started: bytes and reads (the host loader's and the GPU loader's; a
+ * read rounded out for O_DIRECT counts what it read).  STATUS reports
+ * them, so a test can tell how often each byte was read. */
+void tc__load_counters(uint64_t *bytes, uint64_t *reads);
+/* Add to them (the loaders' own accounting). */
+void tc__load_count(uint64_t bytes, uint64_t reads);
+
 /*
  * Copy every tensor of `src` (laid out by tc__table_layout) into `dst`, a
  * zero-filled writable mapping of at least src->table.total_bytes bytes,

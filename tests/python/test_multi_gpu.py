@@ -1,0 +1,154 @@
+"""Several GPUs in one node, on the fake driver (tests/fakecuda with
+TC_FAKECUDA_DEVICES=4): tensor-parallel realization, N processes each
+realizing its rank's shard of one file on its own GPU at the same time.
+
+Checked: each rank's tensors equal numpy slicing of the file's arrays
+(replicated tensors whole); the daemon read the file from disk once for
+all ranks (STATUS loader.read_bytes, imports_joined: the concurrent
+identical imports were coalesced); each rank's view lives on its own
+GPU.  The daemon's failpoint import_slow holds the first import for 1.5 s
+so the others find it reading whatever the machine's load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, Daemon
+from shared_helpers import fakecuda_lib
+
+RANK = r'''
+import json, os, sys, time
+import numpy as np
+import tcast as tc
+from tcast.tools.tensor_parallel import realize_rank
+tc.init(mode="connect")
+rank, n, path, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+want = np.load(sys.argv[5])
+open(f"{go}.ready{rank}", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.005)
+res = realize_rank(path, rank, n, f"cuda:{rank}", fake_gpu=True)
+bad = []
+for name in want.files:
+    a = want[name]
+    if a.ndim >= 2 and a.shape[0] % n == 0:
+        rows = a.shape[0] // n
+        a = a[rank * rows:(rank + 1) * rows]
+    got = res.tensors[name]
+    if got.shape != a.shape or not np.array_equal(got, a):
+        bad.append(name)
+d = res.diagnostics
+h = tc.artifact(d.view_artifact_id)
+reps = [r for r in tc.status()["gpu"]["devices"]]
+print(json.dumps({"bad": bad, "bytes": d.bytes, "joined": d.import_joined, "t0": d.t_start, "t1": d.t_end,
+                  "view": d.view_artifact_id, "artifact": d.artifact_id, "split": d.split_tensors,
+                  "replicated": d.replicated_tensors}))
+res.release()
+'''
+
+
+def _write_st(path: Path, arrays):
+    names = {np.dtype("float32"): "F32", np.dtype("int64"): "I64", np.dtype("float16"): "F16"}
+    hdr, off, blobs = {}, 0, []
+    for k, v in arrays.items():
+        raw = np.ascontiguousarray(v).tobytes()
+        hdr[k] = {"dtype": names[v.dtype], "shape": list(v.shape), "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        blobs.append(raw)
+    h = json.dumps(hdr, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        for b in blobs:
+            f.write(b)
+
+
+def _model(tmp: Path, seed: int):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "embed.weight": rng.standard_normal((64, 48)).astype(np.float32),
+        "layers.0.attn.weight": rng.standard_normal((128, 64)).astype(np.float32),
+        "layers.0.mlp.weight": rng.standard_normal((256, 32)).astype(np.float16),
+        "layers.0.norm": rng.standard_normal(64).astype(np.float32),  # replicated
+        "layers.0.bias": np.arange(96, dtype=np.int64),  # replicated
+        "odd.weight": rng.standard_normal((6, 10)).astype(np.float32),  # 6 % 4: replicated at 4
+    }
+    path = tmp / "tp.safetensors"
+    _write_st(path, arrays)
+    np.savez(tmp / "want.npz", **arrays)
+    return path, tmp / "want.npz"
+
+
+@pytest.fixture
+def gpu4(tmp_path):
+    env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
+           "TCAST_FAILPOINTS": "import_slow=tp.safetensors"}
+    (tmp_path / "d").mkdir(mode=0o700)
+    d = Daemon(tmp_path / "d", "512MiB", env=env)
+    yield d
+    d.stop()
+
+
+def _status(d: Daemon):
+    e = dict(os.environ, TCAST_SOCKET=d.socket, PYTHONPATH=str(REPO / "python"))
+    p = subprocess.run([os.environ["TCAST_BIN"], "--socket", d.socket, "daemon", "status", "--json"],
+                       capture_output=True, text=True, env=e, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def _run_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path):
+    go = tmp / f"go{n}"
+    e = dict(os.environ, TCAST_SOCKET=d.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
+             PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(n), str(path), str(go), str(want)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+             for r in range(n)]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.ready{r}").exists() for r in range(n)):
+        assert time.monotonic() < deadline, "ranks did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    go.touch()
+    out = []
+    for p in procs:
+        so, se = p.communicate(timeout=120)
+        assert p.returncode == 0, se
+        out.append(json.loads(so.strip().splitlines()[-1]))
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_tensor_parallel_ranks_read_once(gpu4, tmp_path, n):
+    path, want = _model(tmp_path, seed=n)
+    before = _status(gpu4)
+    got = _run_ranks(gpu4, tmp_path, n, path, want)
+    after = _status(gpu4)
+    for r, g in enumerate(got):
+        assert g["bad"] == [], (r, g)
+    # One artifact for all ranks, one view per rank (each its own shard).
+    assert len({g["artifact"] for g in got}) == 1
+    assert len({g["view"] for g in got}) == n
+    split = 3 if n == 4 else 4  # odd.weight splits in 2, not in 4
+    assert all(g["split"] == split for g in got)
+    # The file was read once: the loaders' bytes grew by the tensors'
+    # bytes, not n times that, and n - 1 imports joined the first.
+    data = path.stat().st_size - 8 - int.from_bytes(path.read_bytes()[:8], "little")
+    read = after["loader"]["read_bytes"] - before["loader"]["read_bytes"]
+    assert data <= read < 2 * data, (read, data)
+    assert after["loader"]["imports_joined"] - before["loader"]["imports_joined"] == n - 1
+    assert sum(g["joined"] for g in got) == n - 1
+    # Each rank's view is on its own GPU (the daemon's ordinal = rank).
+    for r, g in enumerate(got):
+        info = json.loads(subprocess.run([os.environ["TCAST_BIN"], "--socket", gpu4.socket, "inspect", "--json",
+                                          g["view"]], capture_output=True, text=True, timeout=60).stdout)
+        ords = {x["ordinal"] for x in info["replicas"] if x["tier"] == "gpu"}
+        assert ords == {r}, (r, info["replicas"])
