@@ -399,3 +399,26 @@ def test_e2e_single_host(tmp_path):
                         "cluster_sources": ret["1"]["cluster_sources"]}
     assert ret["2"]["realizable"] and ret["3"]["realizable"]
     assert s["publish_to_apply_s"]["n"] == 3 and s["publish_to_apply_s"]["p99"] < 30
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_e2e_single_host_rank_devices(tmp_path, tp):
+    """--materialize-device cuda:RANK: rank r's binding lives on GPU r (the
+    fake driver with 4 GPUs), and every version is switched by all ranks
+    after the group's commit, validated per rank."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TCAST_CUDA_LIB=str(FAKE), TC_FAKECUDA_DEVICES="4")
+    p = subprocess.run(
+        [sys.executable, "-m", "tcast.tools.weight_publisher_e2e", "single-host", "--init-mode", "create",
+         "--num-versions", "2", "--keep-last", "2", "--payload-mode", "tp_ranked", "--tp-world-size", str(tp),
+         "--publish-interval-s", "0.5", "--receiver-timeout-s", "60", "--retention-timeout-s", "10",
+         "--materialize-device", "cuda:RANK", "--fake-gpu", "--payload-bytes", str(1 << 20),
+         "--output-dir", str(tmp_path), "--run-id", "r1"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = json.loads((tmp_path / "r1" / "summary-single-host.json").read_text())
+    assert s["ok"]
+    assert [r["version"] for r in s["received"]] == [1, 2]
+    for r in s["received"]:
+        assert r["validated"], r
+        assert r["rank_devices"] == list(range(tp)), r
+        assert r["switch_spread_s"] is not None

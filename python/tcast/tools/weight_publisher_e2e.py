@@ -86,6 +86,18 @@ def validate(tensors: Dict[str, Any], version: int, rank: int) -> Optional[str]:
     return None
 
 
+def rank_device(device: str, rank: int) -> str:
+    """--materialize-device for one rank: "cuda:RANK" puts each rank on
+    its own GPU (cuda:0, cuda:1, ...); anything else is every rank's."""
+    return device.replace("RANK", str(rank))
+
+
+def binding_ordinal(binding: Any) -> Optional[int]:
+    """The CUDA ordinal a binding's memory lives on (this process's)."""
+    h = getattr(binding, "_handle", None)
+    return int(tc._sess().lib.tc_artifact_device(h)) if h else None
+
+
 def pct(xs: List[float], q: float) -> Optional[float]:
     if not xs:
         return None
@@ -195,7 +207,8 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
     device = args.materialize_device
     use_binding = device != "cpu"
     group = f"{args.model_name}-rx-{uuid.uuid4().hex[:6]}"
-    ranks = [GroupRealization(group, r, tp, device=device, fake_gpu=fake) for r in range(tp)] if use_binding else []
+    ranks = [GroupRealization(group, r, tp, device=rank_device(device, r), fake_gpu=fake)
+             for r in range(tp)] if use_binding else []
     results = out.setdefault("received", [])
     pulled: List[str] = []
     # explicit sources (the baseline lane: the publisher only), else the
@@ -238,6 +251,8 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
         bad = None
         if use_binding:
             errs: List[Optional[str]] = [None] * tp
+            switched: List[Optional[float]] = [None] * tp
+            on_gpu: List[Optional[int]] = [None] * tp
 
             def one(r: int) -> None:
                 g = ranks[r]
@@ -247,6 +262,8 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
                         errs[r] = "group aborted"
                         return
                     g.acquire(v)
+                    switched[r] = time.time()
+                    on_gpu[r] = binding_ordinal(g.binding)
                     vals = fake_gpu_views(g.binding, "numpy") if fake else g.binding.tensors
                     errs[r] = validate(vals, v, r)
                 except Exception as e:  # reported in the summary
@@ -259,6 +276,11 @@ def run_receiver(args, out: Dict[str, Any], distributed: bool) -> bool:
                 t.join()
             bad = next((e for e in errs if e), None)
             ranks[0].cleanup(v)
+            # Every rank switched after the commit, each on its own GPU
+            # with cuda:RANK: when, and where its binding lives.
+            done = [x for x in switched if x is not None]
+            rec["rank_devices"] = on_gpu
+            rec["switch_spread_s"] = round(max(done) - min(done), 6) if len(done) == tp else None
         else:
             tensors = tc.artifact(aid).tensor_dict(device="cpu", framework="numpy")
             for r in range(tp):
@@ -312,7 +334,9 @@ def main(argv=None) -> int:
     ap.add_argument("--publish-interval-s", type=float, default=2.0)
     ap.add_argument("--receiver-timeout-s", type=float, default=120.0)
     ap.add_argument("--retention-timeout-s", type=float, default=30.0)
-    ap.add_argument("--materialize-device", default="cpu", help="cpu, or cuda:N (group realization into bindings)")
+    ap.add_argument("--materialize-device", default="cpu",
+                    help="cpu, cuda:N (every rank on GPU N) or cuda:RANK (rank r on GPU r): group realization "
+                    "into bindings")
     ap.add_argument("--fake-gpu", action="store_true", help="bindings on tcast's fake CUDA driver (CI)")
     ap.add_argument("--hold-after-finish-s", type=float, default=0.0)
     ap.add_argument("--policy", default="auto", help="auto (durable when the daemon has a shared disk), none, or a name")
