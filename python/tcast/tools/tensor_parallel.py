@@ -129,16 +129,23 @@ def _fake_views(lib: Any, h: int, infos: Sequence[Any]) -> Dict[str, Any]:
     return out
 
 
-def realize_rank(path: str, rank: int, world_size: int, device: str, *, split: Optional[Split] = None,
-                 fake_gpu: bool = False, key: Optional[str] = None) -> RankResult:
+def realize_rank(path: Optional[str], rank: int, world_size: int, device: str, *, split: Optional[Split] = None,
+                 fake_gpu: bool = False, key: Optional[str] = None, ref: Optional[str] = None) -> RankResult:
     """Realize `rank`'s shard of the safetensors file `path` on `device`
     (see the module's doc).  `key`: the import publishes it (every rank
-    may pass the same one)."""
+    may pass the same one).  With `ref` (an artifact id or key the daemon
+    holds) instead of a path, nothing is imported: the shard comes from
+    that host replica."""
     from tcast._artifact import _cuda_ordinal
 
     t0 = time.time()
-    a = tc.import_from_disk(path, key=key)
-    res = a.last_import
+    if ref is not None:
+        a, res = tc.artifact(ref), None
+    elif path is not None:
+        a = tc.import_from_disk(path, key=key)
+        res = a.last_import
+    else:
+        raise errors.InvalidArgumentError("realize_rank needs a path or a ref")
     t1 = time.time()
     sl = shard_slices(a, rank, world_size, split)
     v = a.view(slices=sl)
