@@ -74,6 +74,10 @@ class Cu:
         self.l.cuMemSetAccess.argtypes = [u64, sz, ctypes.c_void_p, sz]
         self.l.cuMemcpyPeerAsync.argtypes = [u64, ctypes.c_void_p, u64, ctypes.c_void_p, sz, ctypes.c_void_p]
         self.l.cuMemsetD8_v2.argtypes = [u64, ctypes.c_ubyte, sz]
+        self.l.cuMemUnmap.argtypes = [u64, sz]
+        self.l.cuMemAddressFree.argtypes = [u64, sz]
+        self.l.cuMemRelease.argtypes = [u64]
+        self.live = {}  # address -> (handle, size)
         self._ok(self.l.cuInit(0), "cuInit")
         self.ctx = {}
 
@@ -104,7 +108,14 @@ class Cu:
         self._ok(self.l.cuMemSetAccess(p.value, n, acc, len(devs)), "cuMemSetAccess")
         self._ok(self.l.cuMemsetD8_v2(p.value, 7, n), "cuMemsetD8")
         self._ok(self.l.cuCtxSynchronize(), "cuCtxSynchronize")
+        self.live[p.value] = (h.value, n)
         return p.value
+
+    def free(self, p: int) -> None:
+        h, n = self.live.pop(p)
+        self.l.cuMemUnmap(p, n)
+        self.l.cuMemAddressFree(p, n)
+        self.l.cuMemRelease(h)
 
     def peer_gbps(self, src: int, dst: int, n: int, repeat: int) -> float:
         """Best of `repeat` copies of n bytes from GPU src to GPU dst."""
@@ -120,6 +131,8 @@ class Cu:
             dt = time.perf_counter() - t0
             if i:  # the first warms the link up
                 best = min(best, dt)
+        self.free(a)
+        self.free(b)
         self.l.cuCtxSetCurrent(None)
         return n / best / 1e9
 

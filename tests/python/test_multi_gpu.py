@@ -152,3 +152,25 @@ def test_tensor_parallel_ranks_read_once(gpu4, tmp_path, n):
                                           g["view"]], capture_output=True, text=True, timeout=60).stdout)
         ords = {x["ordinal"] for x in info["replicas"] if x["tier"] == "gpu"}
         assert ords == {r}, (r, info["replicas"])
+
+
+def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
+    """bench/multi_gpu.py end to end on 2 fake GPUs with small sizes, so
+    the GPU machine's run is known to work (the figures mean nothing)."""
+    out = tmp_path / "r.json"
+    # import_slow: the ranks from disk find the first import still reading.
+    e = dict(os.environ, TCAST_CUDA_LIB=fakecuda_lib(), PYTHONPATH=str(REPO / "python"),
+             TCAST_FAILPOINTS="import_slow=tp-model.safetensors",
+             PATH=str(Path(os.environ["TCAST_BIN"]).parent) + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "multi_gpu.py"), "--fake", "--gpus", "2",
+                        "--model-gib", "0.03125", "--peer-mib", "8", "--repeat", "1", "--from-disk",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300, env=e)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(out.read_text())
+    rf = r["replica_fill"]
+    assert rf["raw_peer_gbps_0to1"] > 0 and rf["gpu0_from_host"]["source"] == "host"
+    assert rf["gpu1_from_host"]["source"] == "host"
+    assert rf["daemon_peer"]["probes"] == 1
+    assert r["tp_views"]["group"]["ranks"] == 2 and r["tp_views"]["aggregate_vs_n_x_single"] > 0
+    assert r["tp_from_disk"]["imports_joined"] == 1
+    assert r["tp_from_disk"]["read_bytes"] < 2 * r["tp_from_disk"]["file_bytes"]
