@@ -69,7 +69,7 @@ int tc__gpu_can_access_peer(int dst, int src, char *err, size_t errlen)
 }
 
 /* Inside dst's context: let it reach src's context (cuMemAlloc memory;
- * VMM memory needs the grant in grant_read), once per pair.  A refusal
+ * VMM memory needs the grants of grant()), once per pair.  A refusal
  * only costs speed: the copy is staged. */
 static void enable_once(const struct tc__cu *cu, int dst, int src,
 			CUcontext sctx)
@@ -93,45 +93,49 @@ static void enable_once(const struct tc__cu *cu, int dst, int src,
 			    "GPU %d cannot enable access to GPU %d", dst, src);
 }
 
-/* Grant device `dst` read access to all of `m` (an allocation of another
- * device, mapped in this process).  Idempotent. */
-static int grant_read(const struct tc__cu *cu, const struct tc__gpu_mem *m,
-		      int dst, char *err, size_t errlen)
+/* Grant device `dev` access to all of `m` (an allocation of another
+ * device, mapped in this process): `flags` CU_MEM_ACCESS_FLAGS_PROT_*.
+ * Idempotent; what other devices were granted is left as it is. */
+static int grant(const struct tc__cu *cu, const struct tc__gpu_mem *m, int dev,
+		 CUmemAccess_flags flags, char *err, size_t errlen)
 {
 	CUmemAccessDesc d;
 	CUresult r;
 
 	memset(&d, 0, sizeof(d));
 	d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-	d.location.id = cu->devs[dst].dev;
-	d.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+	d.location.id = cu->devs[dev].dev;
+	d.flags = flags;
 	r = cu->fn.cuMemSetAccess(m->dptr, m->size, &d, 1);
 	if (r)
-		return tc__cu_fail(cu, r, "cuMemSetAccess", err, errlen,
-				   "cannot let GPU %d read GPU %d's allocation",
-				   dst, m->device);
+		return tc__cu_fail(
+			cu, r, "cuMemSetAccess", err, errlen,
+			"cannot let GPU %d reach GPU %d's allocation", dev,
+			m->device);
 	return 0;
 }
 
-int tc__gpu_peer_copy(int dst_ord, uint64_t dst, const struct tc__gpu_mem *src,
-		      uint64_t off, uint64_t n, struct tc__gpu_stream *s,
-		      char *err, size_t errlen)
+int tc__gpu_peer_copy(const struct tc__gpu_mem *dst, uint64_t doff,
+		      const struct tc__gpu_mem *src, uint64_t off, uint64_t n,
+		      struct tc__gpu_stream *s, char *err, size_t errlen)
 {
+	const char *what = "cuMemcpyPeerAsync";
+	int dst_ord = dst->device, ret, can;
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
 	CUcontext dctx, sctx;
-	const char *what = "cuMemcpyPeerAsync";
-	int ret, can;
 	CUresult r;
 
 	if (n == 0)
 		return 0;
-	if (off > src->size || n > src->size - off)
+	if (off > src->size || n > src->size - off || doff > dst->size ||
+	    n > dst->size - doff)
 		return tc__cu_seterr(
 			TC_EINVAL, err, errlen,
-			"peer copy of %" PRIu64 " bytes at %" PRIu64
-			" past the end of a %" PRIu64 "-byte allocation",
-			n, off, src->size);
+			"peer copy of %" PRIu64 " bytes from %" PRIu64
+			" to %" PRIu64 " past the end of an "
+			"allocation (%" PRIu64 " and %" PRIu64 " bytes)",
+			n, off, doff, src->size, dst->size);
 	can = tc__gpu_can_access_peer(dst_ord, src->device, err, errlen);
 	if (can < 0)
 		return can;
@@ -145,14 +149,21 @@ int tc__gpu_peer_copy(int dst_ord, uint64_t dst, const struct tc__gpu_mem *src,
 		goto out;
 	if (can && dst_ord != src->device) {
 		enable_once(cu, dst_ord, src->device, sctx);
-		/* Without the grant the copy engines of dst cannot read the
-		 * source over the link. */
-		ret = grant_read(cu, src, dst_ord, err, errlen);
+		/* Without the grants the copy engines cannot reach the other
+		 * GPU's memory over the link: the destination's read the
+		 * source, and (should the driver push from the source's
+		 * side) the source's write the destination. */
+		ret = grant(cu, src, dst_ord, CU_MEM_ACCESS_FLAGS_PROT_READ,
+			    err, errlen);
+		if (ret == 0)
+			ret = grant(cu, dst, src->device,
+				    CU_MEM_ACCESS_FLAGS_PROT_READWRITE, err,
+				    errlen);
 		if (ret < 0)
 			goto out;
 	}
-	r = cu->fn.cuMemcpyPeerAsync(dst, dctx, src->dptr + off, sctx, n,
-				     s ? s->s : NULL);
+	r = cu->fn.cuMemcpyPeerAsync(dst->dptr + doff, dctx, src->dptr + off,
+				     sctx, n, s ? s->s : NULL);
 	if (r == CUDA_SUCCESS && !s) {
 		r = cu->fn.cuStreamSynchronize(NULL);
 		what = "cuStreamSynchronize";

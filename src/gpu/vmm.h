@@ -279,16 +279,17 @@ int tc__gpu_mem_read(const struct tc__gpu_mem *m, uint64_t off, void *dst,
 int tc__gpu_can_access_peer(int dst, int src, char *err, size_t errlen);
 
 /* Copy n bytes at `off` of `src` (an allocation of device src->device,
- * mapped in this process) to `dst` on device `dst_ord`, by the
- * destination's copy engines: dst_ord is granted read access to src's
- * whole allocation first (kept: cuMemSetAccess), and the copy is staged
- * through host memory by the driver when the pair has no direct link.
- * With s (a stream of dst_ord) it is queued; without, done on return.
- * Returns 0, TC_EINVAL (a range outside src), TC_ENODEV, TC_EDEVICE or
- * TC_ECUDA. */
-int tc__gpu_peer_copy(int dst_ord, uint64_t dst, const struct tc__gpu_mem *src,
-		      uint64_t off, uint64_t n, struct tc__gpu_stream *s,
-		      char *err, size_t errlen);
+ * mapped in this process) to `doff` of `dst` (an allocation of another
+ * device, or the same), by the destination's copy engines: when the pair
+ * has a direct link the destination device is granted read access to all
+ * of src and the source device read-write access to all of dst (kept:
+ * cuMemSetAccess); without one the driver stages the copy through host
+ * memory.  With s (a stream of dst's device) it is queued; without, done
+ * on return.  Returns 0, TC_EINVAL (a range outside src or dst, a stream
+ * of another device), TC_ENODEV, TC_EDEVICE or TC_ECUDA. */
+int tc__gpu_peer_copy(const struct tc__gpu_mem *dst, uint64_t doff,
+		      const struct tc__gpu_mem *src, uint64_t off, uint64_t n,
+		      struct tc__gpu_stream *s, char *err, size_t errlen);
 
 /* ---- strided copies and the view kernel -------------------------------- */
 

@@ -57,8 +57,8 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 		return tc__gpu_dtod(x->ordinal, dst->dptr, x->gpu_src->dptr,
 				    x->bytes, NULL, err, errlen);
 	case TC_XFER_FROM_PEER:
-		return tc__gpu_peer_copy(x->ordinal, dst->dptr, x->gpu_src, 0,
-					 x->bytes, NULL, err, errlen);
+		return tc__gpu_peer_copy(dst, 0, x->gpu_src, 0, x->bytes, NULL,
+					 err, errlen);
 	}
 	return TC_EINVAL;
 }

@@ -1489,8 +1489,8 @@ static void test_gpu__peer_copy(void **state)
 	assert_int_equal(tc__gpu_memset8(1, b.dptr, 0, b.size, NULL, err,
 					 sizeof(err)),
 			 0);
-	assert_int_equal(tc__gpu_peer_copy(1, b.dptr + 8, &a, 16, 2 * MiB + 5,
-					   NULL, err, sizeof(err)),
+	assert_int_equal(tc__gpu_peer_copy(&b, 8, &a, 16, 2 * MiB + 5, NULL,
+					   err, sizeof(err)),
 			 0);
 	assert_int_equal(tc__gpu_mem_read(&b, 0, back, 3 * MiB, NULL, err,
 					  sizeof(err)),
@@ -1500,7 +1500,7 @@ static void test_gpu__peer_copy(void **state)
 	assert_int_equal(back[8 + 2 * MiB + 5], 0);
 	/* On a stream of the destination, twice (the grant is kept). */
 	assert_int_equal(tc__gpu_stream_create(1, &s, err, sizeof(err)), 0);
-	assert_int_equal(tc__gpu_peer_copy(1, b.dptr, &a, 0, 3 * MiB, s, err,
+	assert_int_equal(tc__gpu_peer_copy(&b, 0, &a, 0, 3 * MiB, s, err,
 					   sizeof(err)),
 			 0);
 	assert_int_equal(tc__gpu_stream_sync(s, err, sizeof(err)), 0);
@@ -1509,11 +1509,14 @@ static void test_gpu__peer_copy(void **state)
 			 0);
 	assert_memory_equal(back, host, 3 * MiB);
 	/* A stream of another device, a range past the source: refused. */
-	assert_int_equal(tc__gpu_peer_copy(0, b.dptr, &a, 0, MiB, s, err,
+	assert_int_equal(tc__gpu_peer_copy(&a, 0, &b, 0, MiB, s, err,
 					   sizeof(err)),
 			 TC_EINVAL);
-	assert_int_equal(tc__gpu_peer_copy(1, b.dptr, &a, MiB, a.size, NULL,
-					   err, sizeof(err)),
+	assert_int_equal(tc__gpu_peer_copy(&b, 0, &a, MiB, a.size, NULL, err,
+					   sizeof(err)),
+			 TC_EINVAL);
+	assert_int_equal(tc__gpu_peer_copy(&b, MiB, &a, 0, b.size, NULL, err,
+					   sizeof(err)),
 			 TC_EINVAL);
 	tc__gpu_stream_free(s);
 	/* The source's own device still writes it (the grant added a
