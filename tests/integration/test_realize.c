@@ -241,15 +241,18 @@ static void test_realize__gpu(void **state)
 	tiers(c, id, t, sizeof(t));
 	assert_string_equal(t, "gpu");
 
-	/* held on GPU 0 only: GPU 1 and host memory cannot serve it, and
-	 * nothing pretends they can */
+	/* held on GPU 0 only: GPU 1 is served by a peer copy of GPU 0's
+	 * replica (a sibling source); host memory cannot serve it, and
+	 * nothing pretends it can */
 	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 0, NULL, &a, &info);
 	assert_int_equal(rc, 0);
 	assert_int_equal(info.served, TC_SERVED_LOCAL);
 	tc_artifact_close(a);
 	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 1, NULL, &a, &info);
-	assert_int_equal(rc, TC_ENOTSUP);
-	assert_null(a);
+	assert_int_equal(rc, 0);
+	assert_int_equal(info.served, TC_SERVED_LOCAL);
+	assert_int_equal(tc_artifact_device(a), 1);
+	tc_artifact_close(a);
 	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, -1, NULL, &a, &info);
 	assert_int_equal(rc, TC_ENOTSUP);
 	assert_has(tc_client_errmsg(c), "GPU only");
