@@ -100,10 +100,10 @@ res = art.tensor_dict_with_diagnostics(device="cuda:0", framework="dlpack")
 out = dump(res)
 out["imported_to"] = art.last_import.device
 out["replicas"] = [r["tier"] for r in tc.inspect(res.diagnostics.artifact_id)["replicas"]]
-try:
-    tc.artifact(res.diagnostics.artifact_id).tensor_dict(device="cuda:1", framework="dlpack")
-except tc.TcastError as e:
-    out["other_gpu"] = [type(e).__name__, str(e)]
+other = tc.artifact(res.diagnostics.artifact_id).tensor_dict_with_diagnostics(device="cuda:1", framework="dlpack")
+out["other_gpu"] = dump(other)
+out["other_fill"] = [r["fill_source"] for r in tc.inspect(res.diagnostics.artifact_id)["replicas"]
+                     if r["tier"] == "gpu" and r["ordinal"] == 1]
 print(json.dumps(out))
 '''
     out = json.loads(_client(gpu_daemon, code).stdout.splitlines()[-1])
@@ -114,9 +114,13 @@ print(json.dumps(out))
         t = out["tensors"][k]
         assert t["dlpack_device"] == [2, 0] and t["read_device"] == [2, 0], t
         assert bytes.fromhex(t["hex"]) == b, k
-    # cuda:1 has no replica and the artifact no host copy: a clear error,
-    # not a silent host copy.
-    assert out["other_gpu"][0] == "NotSupportedError", out["other_gpu"]
+    # cuda:1 has no replica and the artifact no host copy: the daemon
+    # copies GPU 0's replica there (a sibling source), the same bytes.
+    assert out["other_fill"] == ["gpu 0"], out
+    for k, b in want.items():
+        t = out["other_gpu"]["tensors"][k]
+        assert t["dlpack_device"] == [2, 1] and t["read_device"] == [2, 1], t
+        assert bytes.fromhex(t["hex"]) == b, k
 
 
 def test_view_of_a_file_on_gpu_goes_through_the_loader(gpu_daemon, tmp_path):
