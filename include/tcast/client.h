@@ -234,6 +234,16 @@ TC_API const char *tc_artifact_id(const tc_artifact *a);
 TC_API const void *tc_artifact_data(const tc_artifact *a);
 /* The CUDA ordinal (in this process) the data lives on, or -1: host. */
 TC_API int32_t tc_artifact_device(const tc_artifact *a);
+/* Where a GPU attach's replica got its bytes when the daemon made it:
+ * TC_FILL_HOST (copied from the daemon's host replica), a GPU ordinal of
+ * the daemon >= 0 (a peer copy from that GPU's replica: a sibling
+ * source), TC_FILL_LOADED (loaded, put or restored straight to that
+ * GPU), or TC_FILL_UNKNOWN (a host attach, a binding, an older daemon).
+ * *gbps (may be NULL): the copy's rate, 0 when unknown. */
+#define TC_FILL_HOST	-1
+#define TC_FILL_LOADED	-2
+#define TC_FILL_UNKNOWN -3
+TC_API int32_t tc_artifact_fill_source(const tc_artifact *a, double *gbps);
 TC_API uint64_t tc_artifact_size(const tc_artifact *a);
 TC_API uint32_t tc_artifact_count(const tc_artifact *a);
 /* Index of the tensor called `name`, or TC_ENOTFOUND. */

@@ -257,10 +257,26 @@ class Diagnostics:
     raw_dtypes: Dict[str, str] = field(default_factory=dict)
     # source "p2p": every peer the pull used, with its bytes and GB/s
     peers: List[PeerStat] = field(default_factory=list)
+    # On a GPU: where the daemon's replica got its bytes when it was made
+    # ("host": copied from the host replica; "gpu N": a peer copy from
+    # GPU N's replica, the daemon's ordinal; "loaded": straight from disk,
+    # a put or a restore; None: not known) and that copy's GB/s.
+    fill_source: Optional[str] = None
+    fill_gbps: Optional[float] = None
 
     @property
     def gbps(self) -> float:
         return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
+
+
+def _fill_of(lib: Any, h: int) -> Tuple[Optional[str], Optional[float]]:
+    """(fill_source, fill_gbps) of a GPU attach's handle (Diagnostics)."""
+    g = ctypes.c_double()
+    fs = lib.tc_artifact_fill_source(h, ctypes.byref(g))
+    if fs == -3:  # TC_FILL_UNKNOWN
+        return None, None
+    name = "host" if fs == -1 else "loaded" if fs == -2 else f"gpu {fs}"
+    return name, (g.value if g.value > 0 else None)
 
 
 @dataclass
@@ -1407,6 +1423,7 @@ class Artifact:
                          names: Optional[List[str]], ordinal: int, t0: float) -> TensorDictResult:
         lib = self._sess().lib
         zero_copy = True
+        fill_src, fill_gbps = _fill_of(lib, h)
         try:
             aid = lib.tc_artifact_id(h).decode()
             self._id = aid
@@ -1458,7 +1475,7 @@ class Artifact:
             daemon_seconds=imp.daemon_seconds if imp else 0.0, deduplicated=imp.deduplicated if imp else None,
             zero_copy=zero_copy, fallback_reason=info["fallback_reason"],
             raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
-            peers=list(info.get("peers") or []),
+            peers=list(info.get("peers") or []), fill_source=fill_src, fill_gbps=fill_gbps,
         )
         return TensorDictResult(out, diag, out.clear)
 

@@ -34,6 +34,9 @@ struct tc_artifact {
 	char uuid[TC_GPU_UUID_STRLEN]; /* the GPU's UUID when device >= 0 */
 	uint64_t binding;	       /* a BIND handle, or 0 */
 	uint32_t origin;	       /* TC_ORIGIN_* of the attach reply */
+	int32_t fill_source;	       /* TC_FILL_* or the sibling GPU's
+					  daemon ordinal (tc_attach_gpu) */
+	uint64_t fill_kbps;	       /* the fill's rate, kB/s (0: unknown) */
 };
 
 uint32_t tc__artifact_origin(const tc_artifact *a)
@@ -210,6 +213,7 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 		goto out_reply;
 	}
 	a->device = device;
+	a->fill_source = TC_FILL_UNKNOWN;
 	tc__gpu_mem_init(&a->gmem);
 	if (rep.nfds != 1 ||
 	    (type == TC_MSG_BIND &&
@@ -229,6 +233,16 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	if (type != TC_MSG_ATTACH_GPU ||
 	    tc__cur_read_u32(&rep.body, &a->origin) < 0)
 		a->origin = TC_ORIGIN_HELD;
+	{
+		uint32_t fs;
+
+		/* A daemon without sibling sources says nothing more. */
+		a->fill_source = TC_FILL_UNKNOWN;
+		if (type == TC_MSG_ATTACH_GPU &&
+		    tc__cur_read_u32(&rep.body, &fs) == 0 &&
+		    tc__cur_read_u64(&rep.body, &a->fill_kbps) == 0)
+			a->fill_source = (int32_t)fs;
+	}
 	/* Read-only: the mapping refuses device writes (it catches bugs;
 	 * the fd would allow a read-write import). */
 	rc = tc__gpu_import(device, rep.fds[0], a->map_size, TC_GPU_READ_ONLY,
@@ -331,6 +345,15 @@ TC_API int tc_binding_swap2(tc_artifact *a, const char *ref, uint32_t flags)
 TC_API int32_t tc_artifact_device(const tc_artifact *a)
 {
 	return a->device;
+}
+
+TC_API int32_t tc_artifact_fill_source(const tc_artifact *a, double *gbps)
+{
+	if (gbps)
+		*gbps = a->device >= 0 && a->fill_source != TC_FILL_UNKNOWN ?
+				(double)a->fill_kbps / 1e6 :
+				0.0;
+	return a->device >= 0 ? a->fill_source : TC_FILL_UNKNOWN;
 }
 
 /*

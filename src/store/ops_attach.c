@@ -197,6 +197,10 @@ static int reply_gpu(struct conn *c, const struct req *r, struct tc__obj *o,
 	tc__buf_put_str(&c->out, rep->dev->info.uuid_str);
 	tc__proto_put_table(&c->out, &o->table);
 	tc__buf_put_u32(&c->out, r->origin);
+	/* Where the replica's bytes came from and how fast (a client's
+	 * diagnostics; older clients stop reading before). */
+	tc__buf_put_u32(&c->out, (uint32_t)rep->fill_src);
+	tc__buf_put_u64(&c->out, (uint64_t)(rep->fill_gbps * 1e6));
 	if (tc__srv_reply_fds(c, off, &rep->mem.fd, 1, false) < 0) {
 		/* Drop the half-built frame with the lease. */
 		c->out.len = off;

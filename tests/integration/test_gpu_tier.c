@@ -1400,9 +1400,19 @@ static void test_gpu_tier__sibling_gpu_source(void **state)
 	a = attach_gpu_ok(c, id, 0);
 	assert_string_equal(fill_source(c, id, 0, buf), "host");
 	/* GPU 1 probes both and takes the sibling, and its bytes are the
-	 * artifact's. */
+	 * artifact's; the attach says where they came from. */
 	gpu_copy_matches_host(c, id, 1);
 	assert_string_equal(fill_source(c, id, 1, buf), "gpu 0");
+	{
+		double g = 0;
+		tc_artifact *x = attach_gpu_ok(c, id, 1);
+
+		assert_int_equal(tc_artifact_fill_source(x, &g), 0);
+		assert_true(g > 0);
+		tc_artifact_close(x);
+		assert_int_equal(tc_artifact_fill_source(a, NULL),
+				 TC_FILL_HOST);
+	}
 	assert_int_equal(peer_stat(c, "probes"), 1);
 	assert_int_equal(peer_stat(c, "fills"), 1);
 	assert_true(peer_pair(c, 0, 1, link, ch) >= 1);

@@ -104,6 +104,7 @@ other = tc.artifact(res.diagnostics.artifact_id).tensor_dict_with_diagnostics(de
 out["other_gpu"] = dump(other)
 out["other_fill"] = [r["fill_source"] for r in tc.inspect(res.diagnostics.artifact_id)["replicas"]
                      if r["tier"] == "gpu" and r["ordinal"] == 1]
+out["diag_fill"] = [res.diagnostics.fill_source, other.diagnostics.fill_source, other.diagnostics.fill_gbps]
 print(json.dumps(out))
 '''
     out = json.loads(_client(gpu_daemon, code).stdout.splitlines()[-1])
@@ -117,6 +118,8 @@ print(json.dumps(out))
     # cuda:1 has no replica and the artifact no host copy: the daemon
     # copies GPU 0's replica there (a sibling source), the same bytes.
     assert out["other_fill"] == ["gpu 0"], out
+    # ... and the realization's diagnostics say so, with the copy's rate.
+    assert out["diag_fill"][:2] == ["loaded", "gpu 0"] and out["diag_fill"][2] is not None, out
     for k, b in want.items():
         t = out["other_gpu"]["tensors"][k]
         assert t["dlpack_device"] == [2, 1] and t["read_device"] == [2, 1], t
