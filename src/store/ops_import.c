@@ -317,6 +317,12 @@ static int plan_view(struct import_job *j)
 		rc = tc__view_ranges(j->src, &v, NULL, 0, &j->lplan, j->err,
 				     sizeof(j->err));
 	if (rc == 0) {
+		/* The plan's gather runs go now: releasing the plan below
+		 * finds them by the table's count, which moves away. */
+		for (uint32_t i = 0; i < v.out.ntensors; i++) {
+			tc__free(v.t[i].runs);
+			v.t[i].runs = NULL;
+		}
 		/* The runs borrow the view table's names: it moves whole. */
 		tc__table_release(&j->src->table);
 		j->src->table = v.out;
