@@ -213,6 +213,35 @@ int cmd_inspect(int argc, char **argv)
 	return with_json(tc_inspect_json, ref, show_inspect);
 }
 
+/* Sibling-GPU sources as the daemon measured them: one line per pair
+ * seen, with the host rate of its destination to compare. */
+static void show_gpu_peers(json_t *p)
+{
+	json_t *x, *h;
+	size_t i, k;
+
+	if (!json_is_object(p) || !json_array_size(json_object_get(p, "pairs")))
+		return;
+	printf("GPU peer fills: %lld (%lld probes)\n", num(p, "fills"),
+	       num(p, "probes"));
+	json_array_foreach(json_object_get(p, "pairs"), i, x)
+	{
+		double host = 0;
+
+		json_array_foreach(json_object_get(p, "host_rates"), k, h)
+		{
+			if (num(h, "ordinal") == num(x, "dst"))
+				host = json_number_value(
+					json_object_get(h, "gbps"));
+		}
+		printf("  GPU %lld -> GPU %lld (%s link): %.1f GB/s over %lld "
+		       "fills, host -> GPU %lld %.1f GB/s: next fill %s\n",
+		       num(x, "src"), num(x, "dst"), str(x, "link"),
+		       json_number_value(json_object_get(x, "gbps")),
+		       num(x, "fills"), num(x, "dst"), host, str(x, "choice"));
+	}
+}
+
 /* The GPU tier's part of STATUS: its state, then one line per GPU. */
 static void show_gpus(json_t *g)
 {
@@ -241,6 +270,7 @@ static void show_gpus(json_t *g)
 		       num(d, "replicas"), num(d, "leases"),
 		       num(d, "evictions"));
 	}
+	show_gpu_peers(json_object_get(g, "peer"));
 }
 
 /* The spill tier's part of STATUS, when it has one. */

@@ -1418,6 +1418,13 @@ static void test_gpu_tier__sibling_gpu_source(void **state)
 	assert_true(peer_pair(c, 0, 1, link, ch) >= 1);
 	assert_string_equal(link, "direct");
 	assert_string_equal(ch, "peer");
+	{
+		char *out = cli_output("daemon status");
+
+		assert_non_null(strstr(out, "GPU 0 -> GPU 1 (direct link)"));
+		assert_non_null(strstr(out, "next fill peer"));
+		free(out);
+	}
 	/* Known rates: the next artifact goes straight to the sibling. */
 	put_blob(c, "sib:b", 4 * MiB, 2, id2);
 	b = attach_gpu_ok(c, id2, 0);
