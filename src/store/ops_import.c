@@ -672,13 +672,12 @@ static bool joinable(const struct import_job *j)
 }
 
 /* Join a leader reading the same file for the same policy; false when
- * there is none (or j wants progress frames, which only a reader sends). */
+ * there is none.  A follower that asked for progress frames gets none
+ * (only a reader sends them), then its answer. */
 static bool join(struct server *s, struct import_job *j)
 {
 	struct import_job *l;
 
-	if (j->flags & TC_RF_PROGRESS)
-		return false;
 	for (l = s->importing; l; l = l->next_lead)
 		if (l->st_dev == j->st_dev && l->st_ino == j->st_ino &&
 		    l->st_size == j->st_size &&
@@ -703,6 +702,8 @@ static void follower_done(struct import_job *f, struct tc__obj *o)
 {
 	struct conn *c = f->c;
 
+	if (c->progress_job == f)
+		c->progress_job = NULL;
 	f->done_o = o;
 	f->done_ns = tc__now_ns() - f->t0_ns;
 	f->done_dedup = true;

@@ -90,7 +90,7 @@ def _model(tmp: Path, seed: int):
 @pytest.fixture
 def gpu4(tmp_path):
     env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
-           "TCAST_FAILPOINTS": "import_slow=tp.safetensors"}
+           "TCAST_FAILPOINTS": "import_slow=safetensors,import_insert_fail=bad.safetensors"}
     (tmp_path / "d").mkdir(mode=0o700)
     d = Daemon(tmp_path / "d", "512MiB", env=env)
     yield d
@@ -174,3 +174,35 @@ def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
     assert r["tp_views"]["group"]["ranks"] == 2 and r["tp_views"]["aggregate_vs_n_x_single"] > 0
     assert r["tp_from_disk"]["imports_joined"] == 1
     assert r["tp_from_disk"]["read_bytes"] < 2 * r["tp_from_disk"]["file_bytes"]
+
+
+def _cli_imports(d: Daemon, path: Path, n: int):
+    e = dict(os.environ, TCAST_SOCKET=d.socket)
+    procs = [subprocess.Popen([os.environ["TCAST_BIN"], "--socket", d.socket, "import", str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e) for _ in range(n)]
+    return [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in procs]
+
+
+def test_concurrent_cli_imports_read_once(gpu4, tmp_path):
+    """Three `tcast import` of one file at once (the CLI asks for progress
+    frames): one reads, two join it; all get the same id.  When the reader
+    fails, each joined import reads on its own (and here fails the same
+    way), and the daemon serves on."""
+    path, _ = _model(tmp_path, seed=7)
+    data = path.stat().st_size - 8 - int.from_bytes(path.read_bytes()[:8], "little")
+    before = _status(gpu4)["loader"]
+    got = _cli_imports(gpu4, path, 3)
+    after = _status(gpu4)["loader"]
+    assert all(rc == 0 for rc, _, _ in got), got
+    assert len({out.split()[0] for _, out, _ in got}) == 1, got
+    assert after["imports_joined"] - before["imports_joined"] == 2
+    assert after["read_bytes"] - before["read_bytes"] == data
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes())
+    got = _cli_imports(gpu4, bad, 3)
+    assert all(rc != 0 for rc, _, _ in got), got
+    again = _status(gpu4)["loader"]
+    assert again["imports_joined"] - after["imports_joined"] == 2
+    assert again["read_bytes"] - after["read_bytes"] == 3 * data  # the leader's, then each on its own
+    rc, out, err = _cli_imports(gpu4, path, 1)[0]
+    assert rc == 0 and "already held" in out + err
