@@ -340,8 +340,10 @@ def put(
     ``persistence`` and what was ``degraded``.
 
     CUDA tensors all on one GPU become a replica on that GPU, copied device
-    to device; ``host=True`` (or a policy that keeps a disk copy: durable,
-    ha, cold) puts them in host memory instead, copied device to host.
+    to device; durable and cold write their shared-disk copy from that
+    replica before returning (no host copy).  ``host=True`` (or policy ha,
+    whose replica on another node is pulled from a host copy) puts them in
+    host memory instead, copied device to host.
     """
     if not isinstance(tensors, Mapping):
         raise errors.InvalidArgumentError(f"put() takes a mapping of name -> tensor, not {type(tensors).__name__}")
@@ -357,8 +359,9 @@ def put(
         if not isinstance(n, str) or not n:
             raise errors.InvalidArgumentError(f"tensor names must be non-empty strings, not {n!r}")
     n = len(names)
-    # The disk-backed policies persist from host memory.
-    to_gpu = n and not host and policy not in ("durable", "ha", "cold")
+    # durable and cold persist from the GPU replica (the daemon writes the
+    # disk copy from it); ha's other node pulls a host copy.
+    to_gpu = n and not host and policy != "ha"
     cuda = _cuda_sources(names, tensors) if to_gpu else None
     gpu = None
     if cuda is not None:

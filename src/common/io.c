@@ -1,5 +1,5 @@
 /*
- * io.c - whole-length pread; page tables populated in slices.
+ * io.c - whole-length pread and pwrite; page tables populated in slices.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -70,6 +70,25 @@ int tc__populate(void *p, size_t n, int write)
 			return -errno;
 		}
 		a += len;
+	}
+	return 0;
+}
+
+int tc__pwrite_exact(int fd, const void *buf, size_t n, uint64_t off)
+{
+	const uint8_t *p = buf;
+
+	while (n) {
+		ssize_t w = pwrite(fd, p, n < TC_IO_MAX ? n : TC_IO_MAX,
+				   (off_t)off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		p += w;
+		off += (uint64_t)w;
+		n -= (size_t)w;
 	}
 	return 0;
 }

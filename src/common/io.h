@@ -1,6 +1,7 @@
 /*
- * io.h - reading files whole, whatever the kernel hands back per call;
- * faulting mappings in without stalling the process's other threads.
+ * io.h - reading and writing files whole, whatever the kernel hands back
+ * per call; faulting mappings in without stalling the process's other
+ * threads.
  */
 #ifndef TC_IO_H
 #define TC_IO_H
@@ -19,6 +20,10 @@ int tc__pread_full(int fd, void *buf, size_t n, uint64_t off, size_t *got);
 /* All n bytes at `off`: 0, -errno, or TC_EBADFILE when the file ends first
  * (it is shorter than its header said, or shrank). */
 int tc__pread_exact(int fd, void *buf, size_t n, uint64_t off);
+
+/* Write all n bytes at `off`, retrying on EINTR and short writes: 0 or
+ * -errno (-EIO when the file takes nothing). */
+int tc__pwrite_exact(int fd, const void *buf, size_t n, uint64_t off);
 
 /*
  * Fault in the page tables of [p, p + n) for reading or for writing

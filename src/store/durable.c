@@ -388,7 +388,13 @@ int tc__durable_write_bytes(int dirfd, const char *root, const char *id,
 			    char *err, size_t errlen)
 {
 	struct tc__native_tmp w;
-	int rc, wrc;
+	struct tc__xfer x = { .from = TC_XFER_FROM_HOST,
+			      .host = base,
+			      .bytes = t->total_bytes,
+			      .to = TC_XFER_TO_DISK,
+			      .disk_dst = &w,
+			      .writers = TC_DURABLE_WRITERS };
+	int rc;
 
 	rc = tc__native_have(dirfd, root, id, err, errlen);
 	if (rc != 0)
@@ -396,10 +402,9 @@ int tc__durable_write_bytes(int dirfd, const char *root, const char *id,
 	rc = tc__native_begin(dirfd, root, t->total_bytes, &w, err, errlen);
 	if (rc < 0)
 		return rc;
-	tc__hash_chunks_write(base, t->total_bytes, 0, NULL, &w,
-			      TC_DURABLE_WRITERS, &wrc);
-	return tc__native_commit(&w, root, id, t, chunks, nchunks, wrc, err,
-				 errlen);
+	rc = tc__xfer_run(&x, err, errlen);
+	return tc__native_commit(&w, root, id, t, chunks, nchunks,
+				 rc < 0 ? rc : x.sink_rc, err, errlen);
 }
 
 int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
@@ -417,36 +422,83 @@ int tc__durable_write(int dirfd, const char *root, const struct tc__obj *o,
 				       &o->table, chunks, nchunks, err, errlen);
 }
 
-int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
-			   int nthreads, struct tc__digest *chunks,
-			   uint64_t nchunks, int *disk_rc, char *err,
-			   size_t errlen)
+/*
+ * The byte space of x's source (host memory or a GPU allocation, filled
+ * in by the caller) to a new copy on disk, hashed into chunks on the way
+ * unless `have` (the chunks are given), then o finished (its id) and the
+ * copy committed under it.  Returns the hashing's result; *disk_rc gets
+ * the disk's.
+ */
+static int hash_write(int dirfd, const char *root, struct tc__obj *o,
+		      struct tc__xfer *x, struct tc__digest *chunks,
+		      uint64_t nchunks, bool have, int *disk_rc, char *err,
+		      size_t errlen)
 {
 	struct tc__native_tmp w;
 	uint64_t size = o->table.total_bytes;
-	int rc, wrc = 0;
+	char why[512];
+	int rc = 0;
 
+	x->bytes = size;
+	x->chunks = have ? NULL : chunks;
 	*disk_rc = tc__native_begin(dirfd, root, size, &w, err, errlen);
 	if (*disk_rc < 0) {
 		/* The disk failed already: the put fails with its reason,
 		 * but the hash still runs (the caller frees by the id). */
-		rc = tc__hash_chunks(o->shm->map, size, nthreads, chunks);
+		if (!have && x->from == TC_XFER_FROM_GPU)
+			rc = tc__gpu_hash_chunks(x->gpu_src, size, x->nthreads,
+						 chunks, why, sizeof(why));
+		else if (!have)
+			rc = tc__hash_chunks(x->host, size, x->nthreads,
+					     chunks);
 		return rc == 0 ? tc__obj_finish(o, chunks, nchunks) : rc;
 	}
-	rc = tc__hash_chunks_write(o->shm->map, size, nthreads, chunks, &w,
-				   TC_DURABLE_WRITERS, &wrc);
+	x->to = TC_XFER_TO_DISK;
+	x->disk_dst = &w;
+	x->writers = TC_DURABLE_WRITERS;
+	rc = tc__xfer_run(x, why, sizeof(why));
 	if (rc == 0)
 		rc = tc__obj_finish(o, chunks, nchunks);
 	if (rc < 0) {
 		tc__native_abort(&w);
 		*disk_rc = rc;
 		snprintf(err, errlen, "cannot hash '%s': %s", o->id,
-			 tc_strerror(rc));
+			 why[0] && x->from == TC_XFER_FROM_GPU ?
+				 why :
+				 tc_strerror(rc));
 		return rc;
 	}
 	*disk_rc = tc__native_commit(&w, root, o->id, &o->table, chunks,
-				     nchunks, wrc, err, errlen);
+				     nchunks, x->sink_rc, err, errlen);
 	return 0;
+}
+
+int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
+			   int nthreads, struct tc__digest *chunks,
+			   uint64_t nchunks, int *disk_rc, char *err,
+			   size_t errlen)
+{
+	struct tc__xfer x = { .from = TC_XFER_FROM_HOST,
+			      .host = o->shm->map,
+			      .nthreads = nthreads };
+
+	return hash_write(dirfd, root, o, &x, chunks, nchunks, false, disk_rc,
+			  err, errlen);
+}
+
+int tc__durable_hash_write_gpu(int dirfd, const char *root, struct tc__obj *o,
+			       const struct tc__gpu_mem *mem, int nthreads,
+			       struct tc__digest *chunks, uint64_t nchunks,
+			       bool have, int *disk_rc, char *err,
+			       size_t errlen)
+{
+	struct tc__xfer x = { .from = TC_XFER_FROM_GPU,
+			      .gpu_src = mem,
+			      .ordinal = mem->device,
+			      .nthreads = nthreads };
+
+	return hash_write(dirfd, root, o, &x, chunks, nchunks, have, disk_rc,
+			  err, errlen);
 }
 
 int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,

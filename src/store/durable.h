@@ -112,6 +112,18 @@ int tc__durable_hash_write(int dirfd, const char *root, struct tc__obj *o,
 			   int nthreads, struct tc__digest *chunks,
 			   uint64_t nchunks, int *disk_rc, char *err,
 			   size_t errlen);
+/* Worker, a put of GPU memory that waits for its disk copy: the same
+ * from the allocation `mem` (o's byte space, o->shm NULL), read out
+ * through pinned staging by nthreads threads and written by
+ * TC_DURABLE_WRITERS (xfer.h, GPU -> DISK).  `have`: chunks hold the
+ * digests already (adopted from the client), else they are computed on
+ * the way (on the GPU where the kernels run).  Returns the hashing's
+ * result; *disk_rc gets the disk's. */
+int tc__durable_hash_write_gpu(int dirfd, const char *root, struct tc__obj *o,
+			       const struct tc__gpu_mem *mem, int nthreads,
+			       struct tc__digest *chunks, uint64_t nchunks,
+			       bool have, int *disk_rc, char *err,
+			       size_t errlen);
 /* Loop, before a worker writes a copy of `bytes` bytes: its FILLING
  * replica on the shared-disk tier, in a dart of its own (*out, not in
  * the tier's table: the id may not be known yet).  Hand it to

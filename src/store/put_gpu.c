@@ -11,7 +11,11 @@
  * sends its chunk digests with SEAL_GPU; when it runs as the daemon's own
  * uid (which could change the daemon's memory anyway) they stand for the
  * hash, as a pull's verified digests do for a host put; any other uid's
- * replica is hashed whatever it says.  No host copy is made.  Like SEAL after
+ * replica is hashed whatever it says.  No host copy is made; a policy with
+ * a shared-disk copy (durable, cold; ha without its replica on another
+ * node, which pulls a host copy) gets it written from the replica at
+ * SEAL_GPU, hashed on the same read (GPU -> disk through pinned staging,
+ * the transfer engine's pair: xfer.h).  Like SEAL after
  * an unmapped memfd, the seal trusts the client to have released its writable
  * mapping (libtcast does, before it sends SEAL_GPU); GPU sharing is one trust
  * domain per uid (docs/gpu.md).
@@ -44,7 +48,7 @@ struct gpu_put {
 	uint32_t flags;
 	uint64_t expect_gen;
 	uint64_t t0_ns;
-	struct persist_req persist; /* the TTL; no shared-disk copy */
+	struct persist_req persist; /* the TTL and the shared-disk copy */
 	uint8_t uuid[TC_GPU_UUID_BYTES];
 	int dev;		/* the daemon's ordinal, once charged */
 	uint64_t charged;	/* GPU budget bytes */
@@ -58,6 +62,7 @@ struct gpu_put {
 
 static void gput_free(struct server *s, struct gpu_put *p)
 {
+	tc__srv_persist_end(s, &p->persist); /* its disk copy's fill */
 	tc__gpu_release(&p->mem);
 	tc__free(p->dig);
 	tc__gpu_tier_fill_drop(s->gpu, &p->fill);
@@ -137,11 +142,14 @@ static void gput_run(struct tc__job *job)
 					sizeof(j->err));
 	if (j->rc == 0 && p->dig)
 		memcpy(chunks, p->dig, nchunks * sizeof(*chunks));
-	else if (j->rc == 0)
-		j->rc = tc__gpu_hash_chunks(&p->mem, n, j->nthreads, chunks,
-					    j->err, sizeof(j->err));
+	/* Hashed (unless adopted) and, for a policy with a shared-disk
+	 * copy, written there from the same read of the replica (GPU ->
+	 * disk through pinned staging: xfer.h). */
 	if (j->rc == 0)
-		j->rc = tc__obj_finish(o, chunks, nchunks);
+		j->rc = tc__srv_persist_hash_gpu(&p->persist, o, &p->mem,
+						 j->nthreads, chunks, nchunks,
+						 p->dig != NULL, j->err,
+						 sizeof(j->err));
 	tc__free(chunks);
 	if (j->rc == 0)
 		tc__srv_key_gate_run(j->s, &j->gate, p->key, o->id, p->flags,
@@ -187,8 +195,19 @@ static int seal_insert(struct gput_job *j)
 	j->flags = p->flags;
 	j->expect_gen = p->expect_gen;
 	j->persist = p->persist;
-	/* No shared-disk part (refused at CREATE_GPU): this sets the TTL. */
-	return tc__srv_persist_commit(j->c, &j->persist, o, NULL, 0);
+	p->persist.fill = NULL; /* the copy's now */
+	/* Records the shared-disk copy written before (a durable policy)
+	 * and sets the TTL.  A failed must takes back what this put added. */
+	j->c->err[0] = '\0';
+	rc = tc__srv_persist_commit(j->c, &j->persist, o, NULL, 0);
+	if (rc < 0) {
+		snprintf(j->err, sizeof(j->err), "%s", j->c->err);
+		tc__srv_key_gate_undo(s, &j->gate, j->key, o->id);
+		if (!j->dedup)
+			tc__objs_discard_new(&s->objs, o);
+		j->o = NULL;
+	}
+	return rc;
 }
 
 /* The success reply: CREATE_GPU's handle, size, table and fd; SEAL_GPU's
@@ -301,6 +320,10 @@ static int gput_submit(struct conn *c, struct req *r, struct gpu_put *p,
 		/* Staging copies: background pinning waits for them. */
 		tc__gpu_tier_copy_begin(c->srv->gpu);
 		j->copying = true;
+		/* The shared-disk tier counts the copy as FILLING while
+		 * the seal writes it. */
+		tc__srv_persist_begin(c->srv, &p->persist,
+				      p->o->table.total_bytes);
 	}
 	p->busy = true;
 	tc__srv_defer(c);
@@ -349,8 +372,9 @@ int on_create_gpu(struct conn *c, struct req *r)
 		goto out_free;
 	}
 	rc = tc__policy_parse(policy, &pol, c->err, sizeof(c->err));
-	/* A policy that writes the host copy to the shared disk is refused
-	 * (TC_EPOLICY): this put has no host copy. */
+	/* durable and cold: the shared-disk copy is written from the GPU
+	 * replica at SEAL_GPU, before the reply (TC_RF_GPU: there is no
+	 * host copy to write from after it). */
 	if (rc == 0)
 		rc = tc__srv_persist_prepare(c, &p->persist, pol,
 					     p->flags | TC_RF_GPU, ttl_ms);

@@ -441,6 +441,17 @@ void tc__srv_persist_write(struct persist_req *p, const struct tc__obj *o,
  * the hashing's result. */
 int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
 			 struct tc__digest *chunks, uint64_t n);
+/* Worker, a put of GPU memory (put_gpu.c): the same from its allocation
+ * `mem`; `have`: chunks hold the client's digests (adopted), else they
+ * are computed.  The disk copy is always written before the reply (p->wait:
+ * there is no host copy to write from after it), GPU -> disk through
+ * pinned staging (tc__durable_hash_write_gpu).  Returns the hashing's
+ * result, with err set. */
+struct tc__gpu_mem;
+int tc__srv_persist_hash_gpu(struct persist_req *p, struct tc__obj *o,
+			     const struct tc__gpu_mem *mem, int nthreads,
+			     struct tc__digest *chunks, uint64_t n, bool have,
+			     char *err, size_t errlen);
 /* Loop, after insert: record the write, or start it (TC_RF_NOWAIT), and
  * set the TTL.  0 or a code with c->err set (the put failed). */
 int tc__srv_persist_commit(struct conn *c, struct persist_req *p,

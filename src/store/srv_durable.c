@@ -21,6 +21,7 @@
 #include "spill.h"
 #include "format/format.h"
 #include "gpu_tier.h"
+#include "xfer/gpu_loader.h"
 #include "xfer/loader.h"
 #include "server_internal.h"
 #include "tcast/errors.h"
@@ -118,6 +119,28 @@ int tc__srv_persist_hash(struct persist_req *p, struct tc__obj *o, int nthreads,
 	rc = tc__durable_hash_write(p->dirfd, p->root, o, nthreads, chunks, n,
 				    &p->rc, p->err, sizeof(p->err));
 	p->written = true;
+	return rc;
+}
+
+int tc__srv_persist_hash_gpu(struct persist_req *p, struct tc__obj *o,
+			     const struct tc__gpu_mem *mem, int nthreads,
+			     struct tc__digest *chunks, uint64_t n, bool have,
+			     char *err, size_t errlen)
+{
+	int rc = 0;
+
+	if (!p->on || !p->wait) {
+		if (!have)
+			rc = tc__gpu_hash_chunks(mem, o->table.total_bytes,
+						 nthreads, chunks, err, errlen);
+		return rc == 0 ? tc__obj_finish(o, chunks, n) : rc;
+	}
+	rc = tc__durable_hash_write_gpu(p->dirfd, p->root, o, mem, nthreads,
+					chunks, n, have, &p->rc, p->err,
+					sizeof(p->err));
+	p->written = true;
+	if (rc < 0)
+		snprintf(err, errlen, "%s", p->err);
 	return rc;
 }
 

@@ -1171,16 +1171,55 @@ void tc__gpu_unpin(struct tc__gpu_pinning *pin)
  * one pinned staging buffer while it hashes chunk k from the other.  Bound
  * by the CPU's BLAKE3 rate, not by the copy.
  */
+/*
+ * A read-out of GPU bytes, chunk by chunk on a few threads: each chunk is
+ * copied device to host (into `host` when the sink is host memory, else
+ * into pinned staging), then hashed (chunks != NULL) and written to the
+ * sink's file (fd >= 0, pwrite) or native temporary (w).  A failed write
+ * stops the writes (wrc) but not the hashing, as tc__hash_chunks_write.
+ */
 struct ghash {
 	const struct tc__gpu_mem *src;
 	uint64_t size, nchunks;
-	struct tc__digest *chunks;
+	struct tc__digest *chunks; /* NULL: no hash */
+	uint8_t *host;		   /* copied straight here, or NULL */
+	int fd;			   /* pwrite each chunk here, or -1 */
+	struct tc__native_tmp *w;  /* write each chunk here, or NULL */
+	_Atomic int wrc;	   /* the writes' first failure */
 	pthread_mutex_t lock;
 	uint64_t next; /* next chunk to take */
 	int rc;
 	char *err;
 	size_t errlen;
 };
+
+/* A chunk arrived at `p`: hash it, write it where the sink says. */
+static void ghash_chunk(struct ghash *h, const uint8_t *p, uint64_t k,
+			uint64_t len)
+{
+	uint64_t off = k * TC_CHUNK_BYTES;
+	int rc = 0;
+
+	if (h->chunks)
+		tc__hash256(p, len, &h->chunks[k]);
+	if (atomic_load(&h->wrc))
+		return;
+	if (h->w)
+		rc = tc__native_write_data(h->w, p, off, len);
+	else if (h->fd >= 0)
+		rc = tc__pwrite_exact(h->fd, p, len, off);
+	if (rc < 0) {
+		int zero = 0;
+
+		atomic_compare_exchange_strong(&h->wrc, &zero, rc);
+	}
+}
+
+/* Where chunk k's copy lands: the host sink itself, or a staging buffer. */
+static uint8_t *ghash_dst(struct ghash *h, void *stage, int64_t k)
+{
+	return h->host ? h->host + (uint64_t)k * TC_CHUNK_BYTES : stage;
+}
 
 static int64_t ghash_take(struct ghash *h)
 {
@@ -1215,16 +1254,17 @@ static void *ghash_worker(void *arg)
 	int rc, cur = 0;
 
 	rc = tc__gpu_stream_create(dev, &s, err, sizeof(err));
-	for (int i = 0; rc == 0 && i < 2; i++)
+	for (int i = 0; rc == 0 && !h->host && i < 2; i++)
 		rc = stage_get(dev, TC_CHUNK_BYTES, &buf[i], err, sizeof(err));
 	if (rc < 0)
 		goto out;
-	/* One copy in flight: chunk k[!cur] arrives while k[cur] is hashed. */
+	/* One copy in flight: chunk k[!cur] arrives while k[cur] is hashed
+	 * and written. */
 	k[cur] = ghash_take(h);
 	if (k[cur] >= 0) {
 		len[cur] = TC_MIN(TC_CHUNK_BYTES,
 				  h->size - (uint64_t)k[cur] * TC_CHUNK_BYTES);
-		rc = tc__gpu_dtoh(dev, buf[cur],
+		rc = tc__gpu_dtoh(dev, ghash_dst(h, buf[cur], k[cur]),
 				  h->src->dptr +
 					  (uint64_t)k[cur] * TC_CHUNK_BYTES,
 				  len[cur], s, err, sizeof(err));
@@ -1238,10 +1278,12 @@ static void *ghash_worker(void *arg)
 			uint64_t off = (uint64_t)k[!cur] * TC_CHUNK_BYTES;
 
 			len[!cur] = TC_MIN(TC_CHUNK_BYTES, h->size - off);
-			rc = tc__gpu_dtoh(dev, buf[!cur], h->src->dptr + off,
-					  len[!cur], s, err, sizeof(err));
+			rc = tc__gpu_dtoh(dev, ghash_dst(h, buf[!cur], k[!cur]),
+					  h->src->dptr + off, len[!cur], s, err,
+					  sizeof(err));
 		}
-		tc__hash256(buf[cur], len[cur], &h->chunks[k[cur]]);
+		ghash_chunk(h, ghash_dst(h, buf[cur], k[cur]), (uint64_t)k[cur],
+			    len[cur]);
 		cur = !cur;
 	}
 out:
@@ -1257,13 +1299,35 @@ out:
 	return NULL;
 }
 
+/* Run h (src, size and its sink filled in) on up to nthreads threads. */
+static int ghash_run(struct ghash *h, int nthreads, char *err, size_t errlen)
+{
+	pthread_t tids[MAX_THREADS];
+	int started = 0, want;
+
+	h->nchunks = tc__chunk_count(h->size);
+	h->err = err;
+	h->errlen = errlen;
+	pthread_mutex_init(&h->lock, NULL);
+	want = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), h->nchunks);
+	want = TC_MIN(want, MAX_THREADS);
+	for (int i = 1; i < want; i++)
+		if (pthread_create(&tids[started], NULL, ghash_worker, h) == 0)
+			started++;
+	if (h->nchunks)
+		ghash_worker(h);
+	for (int i = 0; i < started; i++)
+		pthread_join(tids[i], NULL);
+	pthread_mutex_destroy(&h->lock);
+	return h->rc;
+}
+
 int tc__gpu_hash_chunks(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
 			struct tc__digest *chunks, char *err, size_t errlen)
 {
 	static struct tc__ratelimit rl;
 	struct ghash h = { 0 };
-	pthread_t tids[MAX_THREADS];
-	int started = 0, want, rc;
+	int rc;
 
 	if (src->size < n) {
 		snprintf(err, errlen,
@@ -1286,20 +1350,32 @@ int tc__gpu_hash_chunks(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
 	}
 	h.src = src;
 	h.size = n;
-	h.nchunks = tc__chunk_count(n);
 	h.chunks = chunks;
-	h.err = err;
-	h.errlen = errlen;
-	pthread_mutex_init(&h.lock, NULL);
-	want = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), h.nchunks);
-	want = TC_MIN(want, MAX_THREADS);
-	for (int i = 1; i < want; i++)
-		if (pthread_create(&tids[started], NULL, ghash_worker, &h) == 0)
-			started++;
-	if (h.nchunks)
-		ghash_worker(&h);
-	for (int i = 0; i < started; i++)
-		pthread_join(tids[i], NULL);
-	pthread_mutex_destroy(&h.lock);
-	return h.rc;
+	h.fd = -1;
+	return ghash_run(&h, nthreads, err, errlen);
+}
+
+int tc__gpu_read_out(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
+		     const struct tc__gpu_out *out, struct tc__digest *chunks,
+		     int *wrc, char *err, size_t errlen)
+{
+	struct ghash h = { 0 };
+	int rc;
+
+	*wrc = 0;
+	if (src->size < n) {
+		snprintf(err, errlen,
+			 "cannot read %llu bytes of a %llu-byte GPU allocation",
+			 (unsigned long long)n, (unsigned long long)src->size);
+		return TC_EINVAL;
+	}
+	h.src = src;
+	h.size = n;
+	h.chunks = chunks;
+	h.host = out->host;
+	h.fd = out->host ? -1 : out->fd;
+	h.w = out->host ? NULL : out->w;
+	rc = ghash_run(&h, nthreads, err, errlen);
+	*wrc = atomic_load(&h.wrc);
+	return rc;
 }

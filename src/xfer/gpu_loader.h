@@ -180,6 +180,26 @@ int tc__gpu_copy_pinned(const struct tc__gpu_pinning *pin, uint64_t n,
 int tc__gpu_hash_chunks(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
 			struct tc__digest *chunks, char *err, size_t errlen);
 
+/* Where tc__gpu_read_out puts GPU bytes: host memory (`host`, copied
+ * straight into it), else a file written with pwrite (`fd` >= 0) or a
+ * native temporary (`w`, tc__native_write_data), each chunk through
+ * pinned staging.  Offsets are the byte space's. */
+struct tc__gpu_out {
+	uint8_t *host;		  /* n bytes, or NULL */
+	int fd;			  /* host NULL, w NULL: this file */
+	struct tc__native_tmp *w; /* host NULL: this temporary */
+};
+
+/* The first `n` bytes of a GPU allocation to `out`, 4 MiB chunks on
+ * `nthreads` threads (the next chunk's copy overlaps this one's hash and
+ * write), hashed on the way when `chunks` is not NULL.  Returns the
+ * copies' and hashing's result (0, TC_EINVAL, TC_ECUDA or TC_ENODEV with
+ * `err`); *wrc gets the writes' (0 or -errno: a failed write stops the
+ * writes, not the hashing). */
+int tc__gpu_read_out(const struct tc__gpu_mem *src, uint64_t n, int nthreads,
+		     const struct tc__gpu_out *out, struct tc__digest *chunks,
+		     int *wrc, char *err, size_t errlen);
+
 /* Unpin all of `pin` and zero it (~6 ms per GiB).  Zeroed: a no-op. */
 void tc__gpu_unpin(struct tc__gpu_pinning *pin);
 

@@ -4,8 +4,11 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "common/compiler.h"
+#include "common/io.h"
 #include "net/ev.h"
 #include "tcast/errors.h"
 #include "xfer.h"
@@ -63,8 +66,39 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 	return TC_EINVAL;
 }
 
+/* GPU bytes out to host memory, a file or a native temporary.  Where
+ * digests are wanted, the chunk-hash kernels on that GPU go first (no
+ * host CPU); else each chunk is hashed on the host as it arrives. */
+static int from_gpu_out(struct tc__xfer *x, const struct tc__gpu_out *out,
+			char *err, size_t errlen)
+{
+	struct tc__digest *chunks = x->chunks;
+	int rc;
+
+	if (x->gpu_src->size < x->bytes) {
+		snprintf(err, errlen,
+			 "cannot read %llu bytes of a %llu-byte GPU allocation",
+			 (unsigned long long)x->bytes,
+			 (unsigned long long)x->gpu_src->size);
+		return TC_EINVAL;
+	}
+	if (chunks && !getenv("TCAST_GPU_HASH_HOST")) {
+		rc = tc__gpu_hash_chunks_dev(x->gpu_src, x->bytes, chunks, err,
+					     errlen);
+		if (rc == TC_ENODEV)
+			return rc;
+		if (rc == 0)
+			chunks = NULL; /* hashed already */
+	}
+	return tc__gpu_read_out(x->gpu_src, x->bytes, x->nthreads, out, chunks,
+				&x->sink_rc, err, errlen);
+}
+
 static int to_host(struct tc__xfer *x, char *err, size_t errlen)
 {
+	struct tc__gpu_out out = { .host = x->host_dst, .fd = x->host_fd };
+	int rc;
+
 	switch (x->from) {
 	case TC_XFER_FROM_FILES:
 		if (x->plan) {
@@ -80,17 +114,48 @@ static int to_host(struct tc__xfer *x, char *err, size_t errlen)
 		return tc__load_source(x->files, x->host_dst, x->nthreads,
 				       x->chunks, x->prog, err, errlen);
 	case TC_XFER_FROM_HOST:
-		if (!x->host_dst)
-			break;
-		memcpy(x->host_dst, x->host, x->bytes);
+		rc = x->chunks ? tc__hash_chunks(x->host, x->bytes, x->nthreads,
+						 x->chunks) :
+				 0;
+		if (rc < 0) {
+			snprintf(err, errlen, "cannot hash: %s",
+				 tc_strerror(rc));
+			return rc;
+		}
+		if (x->host_dst)
+			memcpy(x->host_dst, x->host, x->bytes);
+		else
+			x->sink_rc = tc__pwrite_exact(x->host_fd, x->host,
+						      x->bytes, 0);
 		return 0;
 	case TC_XFER_FROM_GPU:
-	case TC_XFER_FROM_PEER:
+	case TC_XFER_FROM_PEER: /* read out by its own device */
+		return from_gpu_out(x, &out, err, errlen);
+	}
+	return TC_EINVAL;
+}
+
+static int to_disk(struct tc__xfer *x, char *err, size_t errlen)
+{
+	struct tc__gpu_out out = { .fd = -1, .w = x->disk_dst };
+
+	switch (x->from) {
+	case TC_XFER_FROM_FILES:
 		break;
+	case TC_XFER_FROM_HOST:
+		/* The hashing threads and the writers read the same bytes
+		 * at once: the CPU and the disk work together. */
+		return tc__hash_chunks_write(x->host, x->bytes, x->nthreads,
+					     x->chunks, x->disk_dst,
+					     TC_MAX(x->writers, 1),
+					     &x->sink_rc);
+	case TC_XFER_FROM_GPU:
+	case TC_XFER_FROM_PEER:
+		return from_gpu_out(x, &out, err, errlen);
 	}
 	snprintf(err, errlen,
-		 "a transfer from GPU to host memory is not "
-		 "implemented");
+		 "a transfer from files to a disk copy is not implemented "
+		 "(the GPU loader's tee writes one)");
 	return TC_ENOTSUP;
 }
 
@@ -102,8 +167,15 @@ int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen)
 	if (x->from == TC_XFER_FROM_FILES)
 		x->bytes = x->files->table.total_bytes;
 	n = x->bytes;
-	if (x->to == TC_XFER_TO_HOST)
-		return to_host(x, err, errlen);
+	x->sink_rc = 0;
+	if (x->to != TC_XFER_TO_GPU) {
+		rc = x->to == TC_XFER_TO_HOST ? to_host(x, err, errlen) :
+						to_disk(x, err, errlen);
+		if (rc == 0 && x->sink_rc < 0)
+			snprintf(err, errlen, "cannot write the copy: %s",
+				 tc_strerror(x->sink_rc));
+		return rc;
+	}
 	rc = sink_alloc(x, err, errlen);
 	if (rc == 0)
 		rc = to_gpu(x, err, errlen);

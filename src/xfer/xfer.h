@@ -8,12 +8,26 @@
  * GPU's replica: a peer copy, src/gpu/peer.c).  Sinks: host memory (a writable
  * memfd mapping, or a caller's buffer) or a GPU allocation, which the transfer
  * makes when it is still empty and whose tail past the byte space it zeroes
- * (clients see only what the artifact says).  The daemon's disk import, GPU
- * replica fill and binding fill are each one call; a peer module gets the same
- * engines without knowing the daemon.
+ * (clients see only what the artifact says), or a file written with pwrite,
+ * or a copy on disk in tcast's native layout (a temporary of format.h,
+ * written by several threads; its commit is the caller's, once the id is
+ * known).  From host memory or a GPU the chunk digests may be computed on
+ * the way too (`chunks`), so a put's bytes are read once to be hashed and
+ * written.  The daemon's disk import, GPU replica fill, binding fill, the
+ * shared-disk and spill copies of puts and evictions, and the host copy
+ * of an artifact held on GPUs only are each one call; a peer module gets
+ * the same engines without knowing the daemon.
+ *
+ * Pairs: FILES -> HOST, GPU (a range plan: GPU only); HOST -> HOST, GPU,
+ * DISK; GPU, PEER -> HOST, GPU, DISK.  Not FILES -> DISK (the GPU loader's
+ * tee writes a copy of what it reads: gpu_loader.h).
  *
  * Part of src/xfer (uses common, net, format, gpu): nothing here knows
- * artifacts, connections or budgets.
+ * artifacts, connections or budgets.  libtcast does not link src/xfer
+ * (the layering and its io_uring dependency): a client's put writes its
+ * own tensors into the memory the daemon made, and an export copies the
+ * attached artifact's memfd to a file (docs/design.md says why neither
+ * needs an engine of its own).
  */
 #ifndef TC_XFER_H
 #define TC_XFER_H
@@ -36,8 +50,10 @@ enum tc__xfer_src {
 };
 
 enum tc__xfer_sink {
-	TC_XFER_TO_HOST, /* host_dst: writable, zero-filled, >= bytes */
+	TC_XFER_TO_HOST, /* host_dst: writable, zero-filled, >= bytes; or
+			    host_fd, a file (memfd) >= bytes long */
 	TC_XFER_TO_GPU,	 /* gpu_dst, allocated here when empty */
+	TC_XFER_TO_DISK, /* disk_dst: a native temporary of `bytes` */
 };
 
 /*
@@ -63,31 +79,40 @@ struct tc__xfer {
 			   table's) */
 
 	enum tc__xfer_sink to;
-	void *host_dst;		     /* TO_HOST (or NULL with host_fd) */
-	int host_fd;		     /* TO_HOST, FILES, host_dst NULL: the
-					sink's file, written with pwrite */
-	struct tc__gpu_mem *gpu_dst; /* TO_GPU */
-	int ordinal;		     /* TO_GPU: the device */
-	uint64_t alloc_bytes;	     /* TO_GPU, gpu_dst empty: its size */
+	void *host_dst;			 /* TO_HOST (or NULL with host_fd) */
+	int host_fd;			 /* TO_HOST, host_dst NULL: the sink's
+					    file, written with pwrite */
+	struct tc__gpu_mem *gpu_dst;	 /* TO_GPU */
+	int ordinal;			 /* TO_GPU: the device */
+	uint64_t alloc_bytes;		 /* TO_GPU, gpu_dst empty: its size */
+	struct tc__native_tmp *disk_dst; /* TO_DISK: begun (format.h) */
+	int writers; /* TO_DISK: threads writing (the disk's queue depth) */
 
 	int nthreads;			      /* reader or copy threads */
 	const struct tc__gpu_load_opts *load; /* FILES -> GPU: the loader's
 						 knobs (NULL: defaults) */
-	struct tc__digest *chunks;	      /* FILES: tc__chunk_count(total)
-						 digests out */
+	struct tc__digest *chunks;	      /* tc__chunk_count(bytes) digests
+						 out: FILES always; HOST, GPU,
+						 PEER -> HOST (by fd), DISK when
+						 not NULL (hashed on the way) */
 	struct tc__load_progress *prog;	      /* FILES, optional */
 
 	/* Results. */
 	struct tc__gpu_load_stats stats; /* FILES -> GPU */
 	double alloc_seconds;		 /* TO_GPU: allocation time */
 	bool alloc_oom;			 /* the allocation ran out of memory */
+	int sink_rc; /* HOST, GPU, PEER -> a file or DISK: the writes' result
+			(0 or -errno); a failed write stops the writes, not
+			the hash, so the caller still learns the id */
 };
 
 /*
  * Run `x`.  Returns 0, or a negative code with `err` naming what failed:
  * -errno or TC_EBADFILE from reads, TC_ECUDA, TC_ENODEV, TC_EINVAL, -ENOMEM,
  * -ECANCELED (x->prog's cancel), TC_ENOTSUP for a pair of source and sink
- * not implemented (GPU -> host).
+ * not implemented (FILES -> DISK, a plan to host memory).  A sink's failed
+ * write is x->sink_rc, not the result (with err set when the result is
+ * 0): the hash went on.
  */
 int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen);
 

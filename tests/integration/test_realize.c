@@ -2,9 +2,10 @@
  * test_realize.c - tc_realize against a real daemon: the four sources,
  * every fallback and its reason, in host memory and on GPUs of the fake
  * driver (imports straight to the GPU, replicas made from a host copy, a
- * daemon with no GPU tier).  The Python SDK calls the same function, so
- * tests/python/test_api.py and test_realize_gpu.py check the same rules
- * from the other side.
+ * daemon with no GPU tier), and puts of GPU memory (durable ones write
+ * their shared-disk copy from the GPU replica).  The Python SDK calls the same
+ * function, so tests/python/test_api.py and test_realize_gpu.py check the same
+ * rules from the other side.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -12,7 +13,9 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -478,6 +481,143 @@ static void test_realize__put_from_device(void **state)
 	assert_int_equal(t_daemon_stop(&D), 0);
 }
 
+/* A daemon on the fake driver whose shared disk is <dir>/shared. */
+static void start_shared(const char *dir, bool again)
+{
+	char set[600];
+
+	snprintf(set, sizeof(set), "shared_disk=%s/shared", dir);
+	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);
+	if (again)
+		t_daemon_restart(&D, "256MiB", "--set", set, NULL);
+	else
+		t_daemon_start(&D, "256MiB", "--set", set, NULL);
+}
+
+/* One integer of STATUS's "durable" object. */
+static long long durable_int(tc_client *c, const char *field)
+{
+	json_t *j = t_status(c);
+	long long v = json_integer_value(
+		json_object_get(json_object_get(j, "durable"), field));
+
+	json_decref(j);
+	return v;
+}
+
+/*
+ * A durable put of GPU memory (issue 11): SEAL_GPU writes the shared-disk
+ * copy from the GPU replica (GPU -> disk through pinned staging, the
+ * transfer engine's pair), hashed on the same read when the daemon
+ * hashes (round 1) or with the client's fused digests adopted (round 0).
+ * The put is durable when it replies, with no host copy; the data file
+ * holds the bytes, and after a kill -9 a host attach loads them from it
+ * (every chunk checked against the manifest).  A failed disk write fails
+ * the put and leaves nothing: no artifact, its GPU budget back.
+ */
+static void test_realize__durable_put_from_device(void **state)
+{
+	enum { N = 5 * MiB + 77 };
+	uint64_t shape[1] = { N };
+	struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, shape };
+	struct tc_opts o = { 0 };
+	struct tc__gpu_mem src;
+	struct tc_result res;
+	uint8_t *host = malloc(N);
+	char err[512], id[2][TC_ID_BUFLEN], t[64], path[900], *dir, *data;
+	uint32_t idx[1] = { 0 };
+	uint64_t ptr[1];
+	tc_artifact *a;
+	tc_client *c;
+	size_t len;
+	tc_put *p;
+
+	(void)state;
+	assert_non_null(host);
+	dir = t_tmpdir();
+	snprintf(path, sizeof(path), "%s/shared", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	start_shared(dir, false);
+	c = t_connect(D.sock);
+	assert_int_equal(tc__gpu_alloc(0, N, 0, &src, err, sizeof(err)), 0);
+	o.field_mask = TC_OPT_DEVICE | TC_OPT_POLICY;
+	o.device = 0;
+	o.policy = "durable";
+	for (int round = 0; round < 2; round++) {
+		long long hashed = t_status_int(c, "gpu_puts_hashed_by_client");
+
+		for (uint64_t i = 0; i < N; i++)
+			host[i] = (uint8_t)(((i * 2654435761u) >> 9) + round);
+		assert_int_equal(tc__gpu_mem_write(&src, 0, host, N, NULL, err,
+						   sizeof(err)),
+				 0);
+		ptr[0] = src.dptr;
+		assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p), 0);
+		if (round == 1) /* handed out: the daemon hashes */
+			assert_non_null(tc_put_data(p, 0));
+		assert_int_equal(tc_put_copy_from_device(p, 1, idx, ptr), 0);
+		assert_int_equal(tc_put_commit(p, &res), 0);
+		assert_int_equal(tc_last_persistence(c, NULL, 0),
+				 TC_PERSIST_DURABLE);
+		assert_int_equal(t_status_int(c, "gpu_puts_hashed_by_client"),
+				 hashed + (round == 0));
+		snprintf(id[round], sizeof(id[round]), "%s", res.id);
+		tiers(c, res.id, t, sizeof(t));
+		assert_string_equal(t, "gpu,disk");
+		snprintf(path, sizeof(path), "%s/shared/tcast/%s/tcast.data",
+			 dir, res.id + 4);
+		data = t_slurp(path, &len);
+		assert_non_null(data);
+		assert_true(len >= N);
+		assert_memory_equal(data, host, N);
+		free(data);
+	}
+	assert_int_equal(durable_int(c, "artifacts"), 2);
+	assert_int_equal(durable_int(c, "filling_bytes"), 0);
+	tc_client_close(c);
+
+	/* kill -9, then a host attach loads the copy the GPU put wrote */
+	kill(D.pid, SIGKILL);
+	assert_int_equal(t_wait_status(D.pid), 128 + SIGKILL);
+	start_shared(dir, true);
+	c = t_connect(D.sock);
+	for (int round = 0; round < 2; round++) {
+		for (uint64_t i = 0; i < N; i++)
+			host[i] = (uint8_t)(((i * 2654435761u) >> 9) + round);
+		assert_int_equal(tc_attach(c, id[round], &a), 0);
+		assert_int_equal(tc_artifact_size(a), N);
+		assert_memory_equal(tc_artifact_data(a), host, N);
+		tc_artifact_close(a);
+	}
+	tc_client_close(c);
+	kill(D.pid, SIGKILL); /* a stop would remove its folder */
+	assert_int_equal(t_wait_status(D.pid), 128 + SIGKILL);
+
+	/* the disk fails at fsync: the put fails, nothing stays */
+	putenv((char *)"TCAST_FAILPOINTS=durable_fsync=");
+	start_shared(dir, true);
+	unsetenv("TCAST_FAILPOINTS");
+	c = t_connect(D.sock);
+	host[0] ^= 0xff;
+	assert_int_equal(
+		tc__gpu_mem_write(&src, 0, host, N, NULL, err, sizeof(err)), 0);
+	assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p), 0);
+	assert_int_equal(tc_put_copy_from_device(p, 1, idx, ptr), 0);
+	assert_int_equal(tc_put_commit(p, &res), -EIO);
+	assert_has(tc_client_errmsg(c), "cannot fsync");
+	assert_int_equal(gpu_used(c), 0); /* nothing else on that GPU */
+	assert_int_equal(durable_int(c, "artifacts"), 2);
+	assert_int_equal(durable_int(c, "filling_bytes"), 0);
+	assert_int_equal(durable_int(c, "write_failures"), 1);
+	assert_int_equal(t_status_int(c, "artifacts"), 0);
+	tc_client_close(c);
+	assert_int_equal(t_daemon_stop(&D), 0);
+	tc__gpu_release(&src);
+	t_rmtree(dir);
+	free(dir);
+	free(host);
+}
+
 static void test_realize__daemon_without_gpu(void **state)
 {
 	struct tc_realize_info info;
@@ -517,6 +657,7 @@ int main(void)
 		cmocka_unit_test(test_realize__gpu),
 		cmocka_unit_test(test_realize__put_from_device),
 		cmocka_unit_test(test_realize__put_from_device_fused),
+		cmocka_unit_test(test_realize__durable_put_from_device),
 		cmocka_unit_test(test_realize__daemon_without_gpu),
 	};
 

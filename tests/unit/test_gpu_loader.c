@@ -690,8 +690,10 @@ static void test_gpu_loader__no_uring_under_seccomp(void **state)
 /*
  * xfer.h: every source to every sink it serves, bytes and digests as the
  * host loader's, the GPU sink allocated when empty and its tail past the
- * byte space zeroed (even over garbage, when refilled in place), and a
- * pair it does not serve refused by name.
+ * byte space zeroed (even over garbage, when refilled in place), GPU and
+ * host memory out to host memory, files and native copies on disk
+ * (hashed on the way; a refused write is the sink's failure, the digests
+ * still right), and a pair it does not serve refused by name.
  */
 static void test_gpu_loader__xfer_sources_and_sinks(void **state)
 {
@@ -782,14 +784,124 @@ static void test_gpu_loader__xfer_sources_and_sinks(void **state)
 		tc__gpu_mem_read(&b, 0, back, n, NULL, err, sizeof(err)), 0);
 	assert_memory_equal(back, r.bytes, n);
 
-	/* GPU -> host: not served, said so */
-	struct tc__xfer gh = { .from = TC_XFER_FROM_GPU,
-			       .gpu_src = &a,
-			       .bytes = n,
-			       .to = TC_XFER_TO_HOST,
-			       .host_dst = host };
-	assert_int_equal(tc__xfer_run(&gh, err, sizeof(err)), TC_ENOTSUP);
-	assert_non_null(strstr(err, "GPU to host"));
+	/* GPU -> host memory, hashed on the way (on the GPU, and with
+	 * TCAST_GPU_HASH_HOST on the host as each chunk arrives) */
+	for (int on_host = 0; on_host <= 1; on_host++) {
+		if (on_host)
+			setenv("TCAST_GPU_HASH_HOST", "1", 1);
+		memset(host, 0, n);
+		memset(chunks, 0, r.nchunks * sizeof(*chunks));
+		struct tc__xfer gh = { .from = TC_XFER_FROM_GPU,
+				       .gpu_src = &a,
+				       .bytes = n,
+				       .to = TC_XFER_TO_HOST,
+				       .host_dst = host,
+				       .nthreads = 2,
+				       .chunks = chunks };
+		assert_int_equal(tc__xfer_run(&gh, err, sizeof(err)), 0);
+		assert_memory_equal(host, r.bytes, n);
+		assert_memory_equal(chunks, r.chunks,
+				    r.nchunks * sizeof(*chunks));
+		unsetenv("TCAST_GPU_HASH_HOST");
+	}
+
+	/* GPU -> a file (a memfd, pwrite through pinned staging), and host
+	 * memory -> a file */
+	for (int from_gpu = 0; from_gpu <= 1; from_gpu++) {
+		int fd = memfd_create("xfer-test", MFD_CLOEXEC);
+
+		assert_true(fd >= 0);
+		assert_int_equal(ftruncate(fd, (off_t)n), 0);
+		memset(chunks, 0, r.nchunks * sizeof(*chunks));
+		struct tc__xfer gf = { .from = from_gpu ? TC_XFER_FROM_GPU :
+							  TC_XFER_FROM_HOST,
+				       .gpu_src = &a,
+				       .host = r.bytes,
+				       .bytes = n,
+				       .to = TC_XFER_TO_HOST,
+				       .host_fd = fd,
+				       .nthreads = 2,
+				       .chunks = chunks };
+		assert_int_equal(tc__xfer_run(&gf, err, sizeof(err)), 0);
+		assert_int_equal(gf.sink_rc, 0);
+		memset(back, 0, n);
+		assert_int_equal(pread(fd, back, n, 0), (ssize_t)n);
+		assert_memory_equal(back, r.bytes, n);
+		assert_memory_equal(chunks, r.chunks,
+				    r.nchunks * sizeof(*chunks));
+		/* a write the file refuses is the sink's failure, not the
+		 * hash's: the digests still come */
+		close(fd);
+		fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		gf.host_fd = fd;
+		memset(chunks, 0, r.nchunks * sizeof(*chunks));
+		assert_int_equal(tc__xfer_run(&gf, err, sizeof(err)), 0);
+		assert_int_equal(gf.sink_rc, -EBADF);
+		assert_non_null(strstr(err, "cannot write the copy"));
+		assert_memory_equal(chunks, r.chunks,
+				    r.nchunks * sizeof(*chunks));
+		close(fd);
+	}
+
+	/* host memory and GPU -> a native copy on disk (the shared disk's
+	 * and the spill folder's writes), hashed on the way */
+	{
+		char *dir = t_tmpdir();
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+		assert_true(dfd >= 0);
+		for (int from_gpu = 0; from_gpu <= 1; from_gpu++) {
+			struct tc__native_tmp w;
+
+			assert_int_equal(tc__native_begin(dfd, dir, n, &w, err,
+							  sizeof(err)),
+					 0);
+			memset(chunks, 0, r.nchunks * sizeof(*chunks));
+			struct tc__xfer hd = {
+				.from = from_gpu ? TC_XFER_FROM_GPU :
+						   TC_XFER_FROM_HOST,
+				.gpu_src = &a,
+				.host = r.bytes,
+				.bytes = n,
+				.to = TC_XFER_TO_DISK,
+				.disk_dst = &w,
+				.writers = 3,
+				.nthreads = 2,
+				.chunks = chunks
+			};
+			assert_int_equal(tc__xfer_run(&hd, err, sizeof(err)),
+					 0);
+			assert_int_equal(hd.sink_rc, 0);
+			assert_memory_equal(chunks, r.chunks,
+					    r.nchunks * sizeof(*chunks));
+			int rfd = openat(w.dfd, TC_NATIVE_DATA,
+					 O_RDONLY | O_CLOEXEC);
+
+			assert_true(rfd >= 0);
+			memset(back, 0, n);
+			assert_int_equal(pread(rfd, back, n, 0), (ssize_t)n);
+			assert_memory_equal(back, r.bytes, n);
+			close(rfd);
+			tc__native_abort(&w);
+		}
+		/* files -> disk: not served, said so */
+		struct tc__native_tmp w;
+
+		assert_int_equal(
+			tc__native_begin(dfd, dir, n, &w, err, sizeof(err)), 0);
+		struct tc__xfer fd_ = { .from = TC_XFER_FROM_FILES,
+					.files = r.src,
+					.to = TC_XFER_TO_DISK,
+					.disk_dst = &w,
+					.chunks = chunks };
+		assert_int_equal(tc__xfer_run(&fd_, err, sizeof(err)),
+				 TC_ENOTSUP);
+		assert_non_null(strstr(err, "files to a disk copy"));
+		tc__native_abort(&w);
+		close(dfd);
+		t_rmtree(dir);
+		free(dir);
+	}
 
 	tc__gpu_release(&a);
 	tc__gpu_release(&b);
