@@ -1,6 +1,7 @@
 /*
  * tensor.c - tensor tables: sizes and layout.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -12,6 +13,36 @@
 void tc__table_init(struct tc__table *t)
 {
 	memset(t, 0, sizeof(*t));
+}
+
+int tc__table_copy(struct tc__table *dst, const struct tc__table *src)
+{
+	tc__table_init(dst);
+	dst->total_bytes = src->total_bytes;
+	dst->tensors = tc__calloc(src->ntensors ? src->ntensors : 1,
+				  sizeof(*dst->tensors));
+	dst->meta = tc__calloc(src->nmeta ? src->nmeta : 1, sizeof(*dst->meta));
+	if (!dst->tensors || !dst->meta)
+		goto out_release;
+	for (uint32_t i = 0; i < src->ntensors; i++) {
+		dst->tensors[i] = src->tensors[i];
+		dst->tensors[i].name = tc__strdup(src->tensors[i].name);
+		dst->ntensors = i + 1;
+		if (!dst->tensors[i].name)
+			goto out_release;
+	}
+	for (uint32_t i = 0; i < src->nmeta; i++) {
+		dst->meta[i].key = tc__strdup(src->meta[i].key);
+		dst->meta[i].val = tc__strdup(src->meta[i].val);
+		dst->nmeta = i + 1;
+		if (!dst->meta[i].key || !dst->meta[i].val)
+			goto out_release;
+	}
+	return 0;
+
+out_release:
+	tc__table_release(dst);
+	return -ENOMEM;
 }
 
 void tc__table_release(struct tc__table *t)

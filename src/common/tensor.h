@@ -51,6 +51,9 @@ struct tc__table {
 
 void tc__table_init(struct tc__table *t);
 void tc__table_release(struct tc__table *t);
+/* A deep copy of src (names, shapes, offsets, metadata) into dst, which
+ * is overwritten.  Returns 0 or -ENOMEM (dst then empty). */
+int tc__table_copy(struct tc__table *dst, const struct tc__table *src);
 /* Compute nbytes from dtype and shape with checked arithmetic; returns 0,
  * TC_EBADDTYPE, or TC_ELIMIT on overflow or a sub-byte size that is not a
  * whole number of bytes. */

@@ -121,14 +121,10 @@ int on_attach(struct conn *c, struct req *r)
 	 * copy comes from the disk too. */
 	if (tc__srv_durable_lacks(c->srv, o, NULL))
 		return tc__srv_durable_miss(c, r, o->id, TC_ENOTFOUND, NULL);
-	if (!o->shm) {
-		snprintf(c->err, sizeof(c->err),
-			 "'%s' is held on a GPU only (it was imported straight "
-			 "to one): attach it on that GPU, or import it without "
-			 "a device for host memory",
-			 o->id);
-		return TC_ENOTSUP;
-	}
+	/* Held on GPUs only (a put of GPU memory, an import straight to a
+	 * GPU): the host copy comes from a GPU replica. */
+	if (!o->shm)
+		return tc__srv_host_from_gpu(c, r, o);
 	if (lease_add(c, o, NULL) < 0)
 		return -ENOMEM;
 	c->srv->n_attach++;

@@ -526,6 +526,16 @@ void tc__srv_cluster_stop(struct server *s);
  * daemon has (on an I/O worker) and adopt other nodes' moves. */
 void tc__srv_key_sync_tick(struct server *s, uint64_t now_ms);
 
+/* ---- host copies of artifacts held on GPUs only (host_copy.c) -------- */
+
+/* `o` has no host copy; a request (r, on c, its body read) needs one:
+ * make it from o's READY GPU replica (GPU -> host through the transfer
+ * engine, the digests checked against o's id), then run r again.
+ * Returns 0 (deferred: the reply comes then), TC_ENOTSUP when o has no
+ * READY GPU replica, or the host budget's refusal (TC_ENOSPACE), with
+ * c->err set. */
+int tc__srv_host_from_gpu(struct conn *c, struct req *r, struct tc__obj *o);
+
 /* ---- puts from GPU memory (put_gpu.c) --------------------------------- */
 
 /* Free every unsealed GPU put of a closed connection (no job running). */

@@ -68,7 +68,18 @@ if [ -e "$TC_BUILD/fakecuda/libcuda.so.1" ]; then
 	gid=$(t import "$DATA/tiny-llama" --device cuda:0)
 	ok test "${gid:0:4}" = "tc2:"
 	[ "$(t --json inspect "$gid" | json '[r["tier"] for r in d["replicas"]]')" = "['gpu']" ]; ok test $? = 0
-	t export "$gid" "$dir/gpu.safetensors" 2>&1 | grep -q "GPU only"; ok test $? = 0
+	# Export of an artifact held on a GPU only: the daemon makes its host
+	# copy from the GPU replica (GPU -> host, the transfer engine), the
+	# same bytes an export of a host import writes.
+	ok rc_is 0 t export "$gid" "$dir/gpu.safetensors"
+	[ "$(t --json inspect "$gid" | json 'sorted(r["tier"] for r in d["replicas"])')" = "['gpu', 'host']" ]; ok test $? = 0
+	t daemon logs -n 20 | grep -q "made a host copy of $gid from its replica on GPU 0"; ok test $? = 0
+	ok rc_is 0 t rm "$gid"
+	ok test "$(t import "$DATA/tiny-llama")" = "$gid"
+	ok rc_is 0 t export "$gid" "$dir/host.safetensors"
+	ok cmp -s "$dir/gpu.safetensors" "$dir/host.safetensors"
+	ok rc_is 0 t rm "$gid"
+	ok test "$(t import "$DATA/tiny-llama" --device cuda:0)" = "$gid"
 	ok rc_is 1 t import "$DATA/tiny-llama" --device cuda:7
 	# The CLI has the daemon resolve cuda:N (their CUDA environments
 	# match) and never initialises the driver itself: a cuInit in it

@@ -245,20 +245,34 @@ static void test_realize__gpu(void **state)
 	assert_string_equal(t, "gpu");
 
 	/* held on GPU 0 only: GPU 1 is served by a peer copy of GPU 0's
-	 * replica (a sibling source); host memory cannot serve it, and
-	 * nothing pretends it can */
+	 * replica (a sibling source); host memory by a host copy made from
+	 * a GPU replica (GPU -> host, the transfer engine) */
 	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 0, NULL, &a, &info);
 	assert_int_equal(rc, 0);
 	assert_int_equal(info.served, TC_SERVED_LOCAL);
+	{
+		tc_artifact *h;
+		uint64_t n = tc_artifact_size(a);
+
+		rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, -1, NULL, &h,
+			     &info);
+		assert_int_equal(rc, 0);
+		assert_int_equal(info.served, TC_SERVED_LOCAL);
+		assert_int_equal(info.device, -1);
+		assert_int_equal(tc_artifact_device(h), -1);
+		/* the fake's device memory is host-addressable */
+		assert_memory_equal(tc_artifact_data(h), tc_artifact_data(a),
+				    n);
+		tc_artifact_close(h);
+		tiers(c, id, t, sizeof(t));
+		assert_true(!strcmp(t, "host,gpu") || !strcmp(t, "gpu,host"));
+	}
 	tc_artifact_close(a);
 	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, 1, NULL, &a, &info);
 	assert_int_equal(rc, 0);
 	assert_int_equal(info.served, TC_SERVED_LOCAL);
 	assert_int_equal(tc_artifact_device(a), 1);
 	tc_artifact_close(a);
-	rc = realize(c, id, NULL, TC_SOURCE_LOCAL_ONLY, -1, NULL, &a, &info);
-	assert_int_equal(rc, TC_ENOTSUP);
-	assert_has(tc_client_errmsg(c), "GPU only");
 
 	/* a host artifact on GPU 1: the daemon copies its host copy once */
 	d.name = "w";

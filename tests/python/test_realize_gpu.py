@@ -220,9 +220,11 @@ print(json.dumps(out))
 
 def test_key_of_a_gpu_only_artifact_resolves_without_a_host_attach(gpu_daemon):
     """A put of CUDA tensors leaves the artifact on the GPU only.  Its key
-    gives the id, inspect() and exists() without a host attach (which is
-    refused there): the weight receiver's reload asked for artifact_id of
-    such a key and got 'held on a GPU only' (H200, 16 GiB publish)."""
+    gives the id, inspect() and exists() without a host attach: the weight
+    receiver's reload asked for artifact_id of such a key and got 'held on
+    a GPU only' (H200, 16 GiB publish).  A host tensor_dict() then makes
+    the host copy from the GPU replica (GPU -> host, the transfer engine):
+    the same bytes, and the artifact has both replicas."""
     code = '''
 import ctypes
 import tcast._native as N
@@ -242,16 +244,16 @@ assert lib.tc_put_commit(p, ctypes.byref(res)) == 0
 a = tc.artifact("gpu-only:v1")
 out = {"put": res.id.decode(), "exists": a.exists(), "id": a.artifact_id,
        "tiers": [r["tier"] for r in a.inspect()["replicas"]]}
-try:
-    a.tensor_dict()
-except tc.TcastError as e:
-    out["host"] = str(e)
+w = a.tensor_dict(framework="numpy")["w"]
+out["host"] = [int(w.view("u1").min()), int(w.view("u1").max()), int(w.nbytes)]
+out["after"] = sorted(r["tier"] for r in a.inspect()["replicas"])
 print(json.dumps(out))
 '''
     out = json.loads(_client(gpu_daemon, code).stdout.splitlines()[-1])
     assert out["exists"] and out["id"] == out["put"], out
     assert out["tiers"] == ["gpu"], out
-    assert "GPU only" in out["host"], out
+    assert out["host"] == [7, 7, 4096], out
+    assert out["after"] == ["gpu", "host"], out
 
 
 def test_daemon_without_gpu_says_why(tmp_path):
