@@ -116,6 +116,14 @@ static void remove_temps(int rootfd)
 			busy);
 }
 
+/* The byte spaces of the recorded copies: the shared-disk tier's READY
+ * replicas, which every record has (tier.used less the copies being
+ * written, FILLING), so no count beside the tier's can drift from it. */
+static uint64_t recorded_bytes(const struct tc__durable *d)
+{
+	return d->tier.used - d->tier.filling_bytes;
+}
+
 /* What the tier's folder is called in messages. */
 static const char *tier_name(const struct tc__durable *d)
 {
@@ -261,7 +269,6 @@ static int load_art(void *arg, const struct tc__mdb_artifact *r)
 		tc__free(a);
 		return -ENOMEM;
 	}
-	d->bytes += r->bytes;
 	/* On disk already: a READY replica of the tier. */
 	tc__replica_adopt(&a->rep, &d->tier, r->bytes);
 	return 0;
@@ -317,7 +324,7 @@ int tc__durable_open(const struct tc__store_config *cfg, struct tc__objs *objs,
 		"durable tier: %s, metadata in %s/%s, %zu artifacts (%llu "
 		"bytes) known, loaded in %.1f ms",
 		d->root, state, TC_MDB_FILE, d->arts.count,
-		(unsigned long long)d->bytes,
+		(unsigned long long)recorded_bytes(d),
 		(double)(tc__now_ns() - t0) / 1e6);
 	*out = d;
 	return 0;
@@ -555,7 +562,6 @@ int tc__durable_record(struct tc__durable *d, const struct tc__obj *o,
 		} else {
 			tc__replica_adopt(&a->rep, &d->tier, r.bytes);
 		}
-		d->bytes += r.bytes;
 		d->written++;
 	}
 	a->rec = r;
@@ -602,7 +608,6 @@ int tc__durable_forget(struct tc__durable *d, const char *id, bool keep_disk,
 	if (rc < 0)
 		return rc;
 	tc__map_del(&d->arts, id);
-	d->bytes -= a->rec.bytes;
 	if (a->restore)
 		a->restore->a = NULL;
 	if (tc__replica_charged(&a->rep)) /* a spilled copy: off its tier */
@@ -1077,7 +1082,7 @@ json_t *tc__durable_status_json(struct tc__durable *d)
 		      "shared_disk", d->root, "state",
 		      d->rootfd >= 0 ? "ok" : "unavailable", "error",
 		      d->disk_err, "artifacts", (json_int_t)d->arts.count,
-		      "bytes", (json_int_t)d->bytes, "written",
+		      "bytes", (json_int_t)recorded_bytes(d), "written",
 		      (json_int_t)d->written, "write_failures",
 		      (json_int_t)d->write_failures, "restores",
 		      (json_int_t)d->restores, "restore_failures",

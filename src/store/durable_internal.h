@@ -28,8 +28,9 @@ struct tc__durable {
 	int rootfd;		  /* -1 while unusable */
 	char disk_err[512];	  /* why, while unusable */
 	struct tc__mdb *db;	  /* NULL for the spill tier */
-	struct tc__map arts;	  /* id -> struct tc__dart */
-	uint64_t bytes;		  /* byte spaces of arts */
+	struct tc__map arts;	  /* id -> struct tc__dart; their bytes are
+				     the tier's (shared disk: its READY
+				     replicas; spill: spill.c's tier) */
 	uint64_t cold_ttl_ns;	  /* cold: host copy kept this long */
 	uint64_t written, write_failures, restores, restore_failures, expired,
 		cold_dropped;

@@ -529,7 +529,6 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 		discard(j);
 		return;
 	}
-	d->bytes += bytes;
 	sp->inflight += bytes;
 	sp->writing++;
 	tc__jobs_submit(sp->pool, &j->job);

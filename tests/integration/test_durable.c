@@ -611,6 +611,11 @@ static void test_durable__tier_filling_ready_rm(void **state)
 			assert_int_equal(json_integer_value(json_object_get(
 						 d, "artifacts")),
 					 0);
+			/* "bytes" is what is recorded: derived from the
+			 * tier (READY), not a count beside it. */
+			assert_int_equal(
+				json_integer_value(json_object_get(d, "bytes")),
+				0);
 		}
 		json_decref(d);
 		if (!seen)
@@ -627,16 +632,19 @@ static void test_durable__tier_filling_ready_rm(void **state)
 		put(c, "nw", "durable", 8, n, TC_OPT_NOWAIT, 0, b, NULL), 0);
 	assert_int_equal(disk_int(c, "filling_bytes"), n);
 	assert_int_equal(disk_int(c, "used_bytes"), 2 * n);
+	assert_int_equal(disk_int(c, "bytes"), n);
 	for (int i = 0; i < 400 && disk_int(c, "filling_bytes"); i++)
 		usleep(10000);
 	assert_int_equal(disk_int(c, "filling_bytes"), 0);
 	assert_int_equal(disk_int(c, "used_bytes"), 2 * n);
+	assert_int_equal(disk_int(c, "bytes"), 2 * n);
 	assert_true(on_disk(b));
 	/* The records come back READY after a restart. */
 	tc_client_close(c);
 	restart(true, NULL);
 	c = t_connect(D.sock);
 	assert_int_equal(disk_int(c, "used_bytes"), 2 * n);
+	assert_int_equal(disk_int(c, "bytes"), 2 * n);
 	assert_int_equal(disk_int(c, "replicas"), 2);
 	assert_int_equal(disk_int(c, "filling_bytes"), 0);
 	/* rm gives the bytes back, with the copy. */
@@ -646,6 +654,7 @@ static void test_durable__tier_filling_ready_rm(void **state)
 	assert_int_equal(put(c, NULL, "durable", 7, n, 0, 0, a, NULL), 0);
 	assert_int_equal(tc_rm(c, a), 0);
 	assert_int_equal(disk_int(c, "used_bytes"), 0);
+	assert_int_equal(disk_int(c, "bytes"), 0);
 	assert_int_equal(disk_int(c, "replicas"), 0);
 	tc_client_close(c);
 	finish();

@@ -588,6 +588,7 @@ static void test_realize__durable_put_from_device(void **state)
 	}
 	assert_int_equal(durable_int(c, "artifacts"), 2);
 	assert_int_equal(durable_int(c, "filling_bytes"), 0);
+	assert_int_equal(durable_int(c, "bytes"), 2 * N);
 	tc_client_close(c);
 
 	/* kill -9, then a host attach loads the copy the GPU put wrote */
@@ -623,6 +624,7 @@ static void test_realize__durable_put_from_device(void **state)
 	assert_int_equal(durable_int(c, "artifacts"), 2);
 	assert_int_equal(durable_int(c, "filling_bytes"), 0);
 	assert_int_equal(durable_int(c, "write_failures"), 1);
+	assert_int_equal(durable_int(c, "bytes"), 2 * N);
 	assert_int_equal(t_status_int(c, "artifacts"), 0);
 	tc_client_close(c);
 	assert_int_equal(t_daemon_stop(&D), 0);
