@@ -3,6 +3,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
@@ -59,13 +60,28 @@ void t_rmtree(const char *path)
 	nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* t_daemon_start_as: the uid the next daemon runs as (-1: ours). */
+static uid_t daemon_uid = (uid_t)-1;
+
 static void daemon_vstart(struct t_daemon *d, bool reuse,
 			  const char *host_memory, va_list ap)
 {
 	char *argv[32], bin[512];
+	uid_t uid = daemon_uid;
 	int argc = 0;
 
-	if (!reuse) {
+	daemon_uid = (uid_t)-1;
+	if (!reuse && uid != (uid_t)-1) {
+		/* Under /tmp, not $TMPDIR: another uid must reach it, and
+		 * the runner's folder is private to us. */
+		char tmpl[] = "/tmp/tcast-test-uid-XXXXXX";
+
+		if (!mkdtemp(tmpl) || chown(tmpl, uid, uid) < 0) {
+			perror("daemon folder for another uid");
+			abort();
+		}
+		snprintf(d->dir, sizeof(d->dir), "%s", tmpl);
+	} else if (!reuse) {
 		char *dir = t_tmpdir();
 
 		snprintf(d->dir, sizeof(d->dir), "%s", dir);
@@ -103,6 +119,9 @@ static void daemon_vstart(struct t_daemon *d, bool reuse,
 		fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
 		dup2(fd, 1);
 		dup2(fd, 2);
+		if (uid != (uid_t)-1 && (setgroups(0, NULL) < 0 ||
+					 setgid(uid) < 0 || setuid(uid) < 0))
+			_exit(126);
 		execv(bin, argv);
 		_exit(127);
 	}
@@ -125,6 +144,17 @@ void t_daemon_start(struct t_daemon *d, const char *host_memory, ...)
 {
 	va_list ap;
 
+	va_start(ap, host_memory);
+	daemon_vstart(d, false, host_memory, ap);
+	va_end(ap);
+}
+
+void t_daemon_start_as(struct t_daemon *d, uid_t uid, const char *host_memory,
+		       ...)
+{
+	va_list ap;
+
+	daemon_uid = uid;
 	va_start(ap, host_memory);
 	daemon_vstart(d, false, host_memory, ap);
 	va_end(ap);

@@ -29,6 +29,10 @@ struct t_daemon {
  * arguments (NULL-terminated), wait until it accepts.  Aborts the test
  * process on failure. */
 void t_daemon_start(struct t_daemon *d, const char *host_memory, ...);
+/* The same run as `uid` (the caller is root), in a folder of that uid
+ * under /tmp. */
+void t_daemon_start_as(struct t_daemon *d, uid_t uid, const char *host_memory,
+		       ...);
 /* t_daemon_start again in d's directory (the same socket, log and state
  * folder), after a stop or a kill. */
 void t_daemon_restart(struct t_daemon *d, const char *host_memory, ...);
