@@ -3,6 +3,7 @@
  * table, DLPack, export.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -94,7 +95,10 @@ static int read_table(tc_client *c, struct reply *rep, tc_artifact *a,
 	return 0;
 }
 
-TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
+/* tc_attach; with `keep_fd`, *keep_fd gets a dup of the sealed memfd
+ * (the caller closes it), for a reader that goes through its file. */
+static int attach_host(tc_client *c, const char *ref, int *keep_fd,
+		       tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc_artifact *a;
@@ -138,6 +142,15 @@ TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
 		goto out_infos;
 	}
 	a->map = p;
+	if (keep_fd) {
+		*keep_fd = fcntl(rep.fds[0], F_DUPFD_CLOEXEC, 3);
+		if (*keep_fd < 0) {
+			rc = -errno;
+			munmap(p, a->map_size);
+			tc__client_err(c, rc, "cannot keep the artifact's fd");
+			goto out_infos;
+		}
+	}
 	a->device = -1;
 	tc__gpu_mem_init(&a->gmem);
 	atomic_init(&a->refs, 1);
@@ -158,6 +171,11 @@ out_free:
 out_reply:
 	reply_release(&rep);
 	return rc;
+}
+
+TC_API int tc_attach(tc_client *c, const char *ref, tc_artifact **out)
+{
+	return attach_host(c, ref, NULL, out);
 }
 
 TC_API void tc_artifact_ref(tc_artifact *a)
@@ -552,16 +570,23 @@ TC_API int tc_export_ex(tc_client *c, const char *ref, const char *path,
 	char err[512];
 	int rc;
 
+	int src;
+
 	if (flags & ~(uint32_t)TC_EXPORT_FORCE)
 		return tc__client_err(c, TC_EINVAL, "unknown export flags");
-	rc = tc_attach(c, ref, &a);
+	rc = attach_host(c, ref, &src, &a);
 	if (rc < 0)
 		return rc;
-	rc = tc__st_write_path(path, &a->table, a->map,
-			       flags & TC_EXPORT_FORCE ? TC_ST_WRITE_FORCE : 0,
-			       err, sizeof(err));
+	/* Through the memfd's file, not the mapping: the kernel copies each
+	 * run page cache to page cache, with no fault per page of a fresh
+	 * mapping (docs/design.md). */
+	rc = tc__st_write_path_from(
+		path, &a->table, src,
+		flags & TC_EXPORT_FORCE ? TC_ST_WRITE_FORCE : 0, err,
+		sizeof(err));
 	if (rc < 0)
 		tc__client_err(c, rc, err);
+	close(src);
 	tc_artifact_close(a);
 	return rc;
 }
@@ -570,13 +595,14 @@ int tc__client_export_fd(tc_client *c, const char *ref, int fd)
 {
 	tc_artifact *a;
 	char err[512];
-	int rc = tc_attach(c, ref, &a);
+	int src, rc = attach_host(c, ref, &src, &a);
 
 	if (rc < 0)
 		return rc;
-	rc = tc__st_write_fd(fd, &a->table, a->map, err, sizeof(err));
+	rc = tc__st_write_fd_from(fd, &a->table, src, err, sizeof(err));
 	if (rc < 0)
 		tc__client_err(c, rc, err);
+	close(src);
 	tc_artifact_close(a);
 	return rc;
 }

@@ -2,11 +2,15 @@
  * io.c - whole-length pread and pwrite; page tables populated in slices.
  */
 #include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/sendfile.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "io.h"
 #include "tcast/errors.h"
 
@@ -89,6 +93,64 @@ int tc__pwrite_exact(int fd, const void *buf, size_t n, uint64_t off)
 		p += w;
 		off += (uint64_t)w;
 		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* tc__copy_fd where sendfile is refused: 1 MiB at a time. */
+static int copy_buffered(int out_fd, int in_fd, uint64_t in_off, uint64_t n)
+{
+	size_t len = n < ((size_t)1 << 20) ? (size_t)n : (size_t)1 << 20;
+	char *buf = tc__malloc(len ? len : 1);
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (n && rc == 0) {
+		size_t want = n < len ? (size_t)n : len;
+		const char *p = buf;
+		size_t left = want;
+
+		rc = tc__pread_exact(in_fd, buf, want, in_off);
+		while (rc == 0 && left) {
+			ssize_t w = write(out_fd, p, left);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				rc = w < 0 ? -errno : -EIO;
+			else {
+				p += w;
+				left -= (size_t)w;
+			}
+		}
+		in_off += want;
+		n -= want;
+	}
+	tc__free(buf);
+	return rc;
+}
+
+int tc__copy_fd(int out_fd, int in_fd, uint64_t in_off, uint64_t n)
+{
+	bool first = true;
+
+	while (n) {
+		off_t off = (off_t)in_off;
+		ssize_t w = sendfile(out_fd, in_fd, &off,
+				     n < TC_IO_MAX ? (size_t)n : TC_IO_MAX);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && first && (errno == EINVAL || errno == ENOSYS))
+			return copy_buffered(out_fd, in_fd, in_off, n);
+		if (w < 0)
+			return -errno;
+		if (w == 0)
+			return TC_EBADFILE; /* the source ended */
+		first = false;
+		in_off += (uint64_t)w;
+		n -= (uint64_t)w;
 	}
 	return 0;
 }

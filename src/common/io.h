@@ -25,6 +25,13 @@ int tc__pread_exact(int fd, void *buf, size_t n, uint64_t off);
  * -errno (-EIO when the file takes nothing). */
 int tc__pwrite_exact(int fd, const void *buf, size_t n, uint64_t off);
 
+/* Append n bytes of in_fd's file at `in_off` to out_fd (at its file
+ * position), in the kernel (sendfile(2): page cache to page cache, no
+ * user copy, no mapping); through a buffer where the kernel refuses the
+ * pair (EINVAL, ENOSYS).  0, -errno, or TC_EBADFILE when in_fd ends
+ * first. */
+int tc__copy_fd(int out_fd, int in_fd, uint64_t in_off, uint64_t n);
+
 /*
  * Fault in the page tables of [p, p + n) for reading or for writing
  * (MADV_POPULATE_READ / _WRITE), one slice at a time.  The kernel holds the

@@ -142,6 +142,15 @@ int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
 int tc__st_write_path(const char *path, const struct tc__table *t,
 		      const void *base, unsigned flags, char *err,
 		      size_t errlen);
+/* The same reading the byte space from the file `src_fd` (an artifact's
+ * sealed memfd) instead of a mapping: each run goes file to file in the
+ * kernel (tc__copy_fd), with no page-table fault per page of a fresh
+ * mapping and no copy through user memory. */
+int tc__st_write_fd_from(int fd, const struct tc__table *t, int src_fd,
+			 char *err, size_t errlen);
+int tc__st_write_path_from(const char *path, const struct tc__table *t,
+			   int src_fd, unsigned flags, char *err,
+			   size_t errlen);
 
 /* ------------------------------------------------------- native layout */
 

@@ -27,6 +27,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/compiler.h"
+#include "common/io.h"
 #include "format.h"
 #include "fmt_internal.h"
 #include "tcast/dtype.h"
@@ -340,12 +341,20 @@ static int write_full(int fd, const void *p, uint64_t n)
 	return 0;
 }
 
-int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
-		    char *err, size_t errlen)
+/* n bytes of the byte space at `off`: from base, or from src_fd's file. */
+static int write_range(int fd, const void *base, int src_fd, uint64_t off,
+		       uint64_t n)
+{
+	if (base)
+		return write_full(fd, (const char *)base + off, n);
+	return tc__copy_fd(fd, src_fd, off, n);
+}
+
+static int write_fd_any(int fd, const struct tc__table *t, const void *base,
+			int src_fd, char *err, size_t errlen)
 {
 	struct tc__buf b = TC_BUF_INIT;
-	const char *run = NULL, *p;
-	uint64_t runlen = 0;
+	uint64_t run = 0, runlen = 0;
 	uint32_t *ord;
 	int ret;
 
@@ -365,25 +374,24 @@ int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
 	if (ret < 0)
 		goto out_free_header;
 	ret = write_full(fd, b.data, b.len);
-	/* Data in header order; tensors adjacent in `base` go out in one
-	 * write (a table from the parser is usually one run). */
+	/* Data in header order; tensors adjacent in the byte space go out
+	 * in one write (a table from the parser is usually one run). */
 	for (uint32_t i = 0; i < t->ntensors && ret == 0; i++) {
 		const struct tc__tensor *x = &t->tensors[ord[i]];
 
 		if (!x->nbytes)
 			continue;
-		p = (const char *)base + x->offset;
-		if (run && p == run + runlen) {
+		if (runlen && x->offset == run + runlen) {
 			runlen += x->nbytes;
 			continue;
 		}
-		if (run)
-			ret = write_full(fd, run, runlen);
-		run = p;
+		if (runlen)
+			ret = write_range(fd, base, src_fd, run, runlen);
+		run = x->offset;
 		runlen = x->nbytes;
 	}
-	if (ret == 0 && run)
-		ret = write_full(fd, run, runlen);
+	if (ret == 0 && runlen)
+		ret = write_range(fd, base, src_fd, run, runlen);
 	if (ret < 0 && ret != -ENOMEM)
 		tc__fmt_err(err, errlen, "cannot write: %s", tc_strerror(ret));
 out_free_header:
@@ -393,6 +401,18 @@ out_report_nomem:
 	if (ret == -ENOMEM)
 		tc__fmt_err(err, errlen, "out of memory writing a header");
 	return ret;
+}
+
+int tc__st_write_fd(int fd, const struct tc__table *t, const void *base,
+		    char *err, size_t errlen)
+{
+	return write_fd_any(fd, t, base, -1, err, errlen);
+}
+
+int tc__st_write_fd_from(int fd, const struct tc__table *t, int src_fd,
+			 char *err, size_t errlen)
+{
+	return write_fd_any(fd, t, NULL, src_fd, err, errlen);
 }
 
 /* fsync the folder holding `path`, so the rename itself is durable. */
@@ -493,9 +513,9 @@ static int open_temp(const char *path, char *tmp, size_t len)
 	return -EEXIST;
 }
 
-int tc__st_write_path(const char *path, const struct tc__table *t,
-		      const void *base, unsigned flags, char *err,
-		      size_t errlen)
+static int write_path_any(const char *path, const struct tc__table *t,
+			  const void *base, int src_fd, unsigned flags,
+			  char *err, size_t errlen)
 {
 	size_t len = strlen(path) + 40;
 	char *tmp;
@@ -517,7 +537,7 @@ int tc__st_write_path(const char *path, const struct tc__table *t,
 			    path, tc_strerror(ret));
 		goto out_free_tmp;
 	}
-	ret = tc__st_write_fd(fd, t, base, err, errlen);
+	ret = write_fd_any(fd, t, base, src_fd, err, errlen);
 	if (ret < 0) {
 		tc__fmt_prefix(err, errlen, "%s", path);
 		goto out_close;
@@ -573,4 +593,17 @@ out_unlink:
 out_free_tmp:
 	tc__free(tmp);
 	return ret;
+}
+
+int tc__st_write_path(const char *path, const struct tc__table *t,
+		      const void *base, unsigned flags, char *err,
+		      size_t errlen)
+{
+	return write_path_any(path, t, base, -1, flags, err, errlen);
+}
+
+int tc__st_write_path_from(const char *path, const struct tc__table *t,
+			   int src_fd, unsigned flags, char *err, size_t errlen)
+{
+	return write_path_any(path, t, NULL, src_fd, flags, err, errlen);
 }

@@ -41,19 +41,19 @@
 #error "TC_FAKECUDA_PATH must name the fake driver"
 #endif
 
-#define OTHER_UID 65534 /* nobody */
+#define OTHER_UID 65534			    /* nobody */
 #define N	  ((uint64_t)(5 << 20) + 3) /* two chunks */
 
 static struct t_daemon D;
 
 /* A child's failed check: say which, exit with its line. */
-#define CHECK(cond)                                                         \
-	do {                                                                \
-		if (!(cond)) {                                              \
+#define CHECK(cond)                                                          \
+	do {                                                                 \
+		if (!(cond)) {                                               \
 			fprintf(stderr, "%s:%d: %s failed (%s)\n", __FILE__, \
-				__LINE__, #cond, tc_client_errmsg(c));      \
-			_exit(__LINE__ % 250 + 1);                          \
-		}                                                           \
+				__LINE__, #cond, tc_client_errmsg(c));       \
+			_exit(__LINE__ % 250 + 1);                           \
+		}                                                            \
 	} while (0)
 
 static long long status_int(tc_client *c, const char *field)
@@ -94,7 +94,8 @@ static void id_of_fill(uint8_t fill, char id[TC_ID_BUFLEN],
 		abort();
 	for (uint64_t k = 0; k < 2; k++)
 		tc__hash256(b + k * TC_CHUNK_BYTES,
-			    k ? N - TC_CHUNK_BYTES : TC_CHUNK_BYTES, &chunks[k]);
+			    k ? N - TC_CHUNK_BYTES : TC_CHUNK_BYTES,
+			    &chunks[k]);
 	if (tc__canon_root(&t, chunks, 2, &root) < 0)
 		abort();
 	tc__digest_id(&root, id);
@@ -126,8 +127,7 @@ static void client(bool own)
 	tc_put *p;
 
 	if (setgroups(0, NULL) < 0 || setgid(OTHER_UID) < 0 ||
-	    setresuid(OTHER_UID, own ? OTHER_UID : 0, own ? OTHER_UID : 0) <
-		    0)
+	    setresuid(OTHER_UID, own ? OTHER_UID : 0, own ? OTHER_UID : 0) < 0)
 		_exit(100);
 	if (tc_client_connect(D.sock, &c, err, sizeof(err)) < 0) {
 		fprintf(stderr, "connect: %s\n", err);
@@ -161,8 +161,7 @@ static void client(bool own)
 	CHECK(host != NULL);
 	memset(host, fg, N);
 	CHECK(tc__gpu_alloc(0, N, 0, &src, err, sizeof(err)) == 0);
-	CHECK(tc__gpu_mem_write(&src, 0, host, N, NULL, err, sizeof(err)) ==
-	      0);
+	CHECK(tc__gpu_mem_write(&src, 0, host, N, NULL, err, sizeof(err)) == 0);
 	ptr[0] = src.dptr;
 	o.field_mask = TC_OPT_DEVICE;
 	o.device = 0;

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1446,6 +1447,61 @@ static void test_format__write_every_dtype(void **state)
 		free(buf);
 	}
 	assert_int_equal(r.tensors[0].src_offset % 8, 0);
+	/* The same from the byte space's file (an attached memfd: export
+	 * copies in the kernel, no mapping): the same file, to a regular
+	 * file and to a pipe (tcast export to stdout); a source shorter than
+	 * its table is a clear error. */
+	{
+		off_t len = lseek(fd, 0, SEEK_END);
+		uint8_t *want = malloc((size_t)len), *got = malloc((size_t)len);
+		int src = memfd_create("src", MFD_CLOEXEC);
+		int out = memfd_create("out", MFD_CLOEXEC), pp[2];
+
+		assert_int_equal(pread(fd, want, (size_t)len, 0), len);
+		assert_int_equal(write(src, base, off), (ssize_t)off);
+		assert_int_equal(tc__st_write_fd_from(out, &t, src, err,
+						      sizeof(err)),
+				 0);
+		assert_int_equal(pread(out, got, (size_t)len, 0), len);
+		assert_int_equal(lseek(out, 0, SEEK_END), len);
+		assert_memory_equal(got, want, (size_t)len);
+		assert_int_equal(pipe(pp), 0);
+		{
+			pid_t pid = fork();
+			off_t n = 0;
+			int st;
+			ssize_t got_n;
+
+			assert_true(pid >= 0);
+			if (pid == 0) {
+				close(pp[0]);
+				_exit(tc__st_write_fd_from(pp[1], &t, src, err,
+							   sizeof(err)) ?
+					      1 :
+					      0);
+			}
+			close(pp[1]);
+			memset(got, 0, (size_t)len);
+			while (n < len && (got_n = read(pp[0], got + n,
+							(size_t)(len - n))) > 0)
+				n += got_n;
+			assert_int_equal(n, len);
+			assert_int_equal(read(pp[0], got, 1), 0); /* no more */
+			assert_int_equal(waitpid(pid, &st, 0), pid);
+			assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+			close(pp[0]);
+		}
+		assert_memory_equal(got, want, (size_t)len);
+		assert_int_equal(ftruncate(src, (off_t)(off - 3)), 0);
+		assert_int_equal(tc__st_write_fd_from(out, &t, src, err,
+						      sizeof(err)),
+				 TC_EBADFILE);
+		assert_non_null(strstr(err, "cannot write"));
+		close(out);
+		close(src);
+		free(want);
+		free(got);
+	}
 	close(fd);
 	tc__table_release(&r);
 	tc__table_release(&t);
