@@ -3,10 +3,10 @@
  */
 #include <errno.h>
 #include <stdbool.h>
-#include <stdlib.h>
-#include <sys/sendfile.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/types.h>
 #include <unistd.h>
 
