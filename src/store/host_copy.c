@@ -126,9 +126,10 @@ static void host_copy_done(struct tc__job *job)
 	struct host_copy *j = (struct host_copy *)job;
 	struct server *s = j->s;
 	struct tc__obj *o = NULL;
-	int rc = j->rc;
+	int rc = j->rc, dev = j->rep->mem.device;
 
 	tc__gpu_replica_unlease(s->gpu, j->rep);
+	j->rep = NULL; /* may be evicted from here on */
 	if (rc == 0 && j->src->dead) {
 		rc = TC_ENOTFOUND;
 		snprintf(j->err, sizeof(j->err), "'%s' was removed meanwhile",
@@ -148,8 +149,8 @@ static void host_copy_done(struct tc__job *job)
 			"made a host copy of %s from its replica on GPU %d: "
 			"%llu bytes in %.3f s (%.2f GB/s), chunk digests "
 			"checked",
-			o->id, j->rep->mem.device,
-			(unsigned long long)o->table.total_bytes, j->seconds,
+			o->id, dev, (unsigned long long)o->table.total_bytes,
+			j->seconds,
 			j->seconds > 0 ? (double)o->table.total_bytes /
 						 j->seconds / 1e9 :
 					 0.0);
