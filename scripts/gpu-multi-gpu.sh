@@ -14,18 +14,8 @@
 #    the host fill, TP=N views of an 8 GiB model vs N x one GPU, and the
 #    same from the file (--from-disk).  MODEL_GIB, PEER_MIB override.
 set -u
-root=$(cd "$(dirname "$0")/.." && pwd)
-G="$root/.gpu"
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
-export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast" PATH="$G/bin:$PATH"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-if python3 -c 'import pytest' 2>/dev/null; then
-	export PYTHONPATH="$root/python"
-else
-	export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-fi
+. "$(dirname "$0")/gpu-env.sh"
+export PATH="$G/bin:$PATH"
 ngpu=$(nvidia-smi -L | wc -l)
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvidia-smi topo -m;
   nproc; free -g; python3 -c 'import torch; print("torch", torch.__version__)'; } > "$OUT/env.log" 2>&1

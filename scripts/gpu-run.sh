@@ -4,23 +4,10 @@
 # steps: env gpu python bench pybench fill loader attach stream durable
 # (default: all but stream and durable)
 set -u
-root=$(cd "$(dirname "$0")/.." && pwd)
-G="$root/.gpu"
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
-export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+. "$(dirname "$0")/gpu-env.sh"
 # The GPU containers lack /run/udev, which cuFile needs to register a file
 # (tests/python/test_stream_gpu.py::cufile_volume writes a stand-in record).
 export TCAST_TEST_UDEV_STUB=1
-# The machine's own pytest when it has one (its plugins expect it); else
-# the Debian copy carried in the bundle, with plugin autoload off.
-if python3 -c 'import pytest' 2>/dev/null; then
-	export PYTHONPATH="$root/python"
-else
-	export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-fi
 steps=${*:-env gpu python bench pybench fill loader attach}
 for s in $steps; do
 	case $s in

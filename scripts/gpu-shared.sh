@@ -8,14 +8,7 @@
 # minutes on an H200 with BENCH_ARGS="--iters 200".
 # Runs over the .gpu/ bundle like gpu-run.sh; logs go to $OUT.
 set -u
-root=$(cd "$(dirname "$0")/.." && pwd)
-G="$root/.gpu"
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
-export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-if python3 -c 'import pytest' 2>/dev/null; then export PYTHONPATH="$root/python"
-else export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1; fi
+. "$(dirname "$0")/gpu-env.sh"
 D=$(mktemp -d /tmp/tcast-shared-XXXX); chmod 700 "$D"
 export TCAST_SOCKET="$D/d.sock" TCAST_SHARED_SECRET_FILE="$D/secret"
 "$TCAST_BIN" --socket "$TCAST_SOCKET" daemon run --host-memory 24GiB --log-file "$D/daemon.log" & dpid=$!

@@ -4,18 +4,7 @@
 # views on a real GPU (tests/gpu/test_views_gpu.py, test_views.py's CUDA
 # case) and bench/bench_views.py --gpu on the 8 GiB model.  Logs go to $OUT.
 set -u
-root=$(cd "$(dirname "$0")/.." && pwd)
-G="$root/.gpu"
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
-export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-if python3 -c 'import pytest' 2>/dev/null; then
-	export PYTHONPATH="$root/python"
-else
-	export PYTHONPATH="$root/python:$G/py" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-fi
+. "$(dirname "$0")/gpu-env.sh"
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc;
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'; } > "$OUT/env.log" 2>&1
 cat "$OUT/env.log"

@@ -887,9 +887,10 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 	while (p->nlive > 0) {
 		struct timespec ts;
 		uint64_t nb = 0, na = 0;
+		int nd = ndropped(p);
 
-		if (ndropped(p) > seen_dropped) {
-			seen_dropped = ndropped(p);
+		if (nd > seen_dropped) {
+			seen_dropped = nd;
 			pthread_mutex_unlock(&p->mu);
 			regrow(p, sm, ns);
 			pthread_mutex_lock(&p->mu);

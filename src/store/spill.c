@@ -214,41 +214,6 @@ struct tc__durable *tc__spill_tier(struct tc__spill *sp)
 
 /* ---------------------------------------------------------------- write */
 
-static int table_copy(struct tc__table *dst, const struct tc__table *src)
-{
-	tc__table_init(dst);
-	dst->total_bytes = src->total_bytes;
-	if (src->ntensors) {
-		dst->tensors = tc__calloc(src->ntensors, sizeof(*dst->tensors));
-		if (!dst->tensors)
-			return -ENOMEM;
-	}
-	for (uint32_t i = 0; i < src->ntensors; i++) {
-		dst->tensors[i] = src->tensors[i];
-		dst->tensors[i].name = tc__strdup(src->tensors[i].name);
-		dst->ntensors = i + 1;
-		if (!dst->tensors[i].name)
-			goto out_release;
-	}
-	if (src->nmeta) {
-		dst->meta = tc__calloc(src->nmeta, sizeof(*dst->meta));
-		if (!dst->meta)
-			goto out_release;
-	}
-	for (uint32_t i = 0; i < src->nmeta; i++) {
-		dst->meta[i].key = tc__strdup(src->meta[i].key);
-		dst->meta[i].val = tc__strdup(src->meta[i].val);
-		dst->nmeta = i + 1;
-		if (!dst->meta[i].key || !dst->meta[i].val)
-			goto out_release;
-	}
-	return 0;
-
-out_release:
-	tc__table_release(dst);
-	return -ENOMEM;
-}
-
 static void write_free(struct spill_write *j)
 {
 	if (j->map)
@@ -490,7 +455,7 @@ void tc__spill_evicting(void *arg, struct tc__obj *o)
 	j->chunks =
 		tc__malloc((o->nchunks ? o->nchunks : 1) * sizeof(*j->chunks));
 	if (map == MAP_FAILED || !j->chunks ||
-	    table_copy(&j->table, &o->table) < 0) {
+	    tc__table_copy(&j->table, &o->table) < 0) {
 		if (map != MAP_FAILED)
 			munmap(map, o->shm->size);
 		tc__replica_gone(&a->rep, false);

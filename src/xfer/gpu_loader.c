@@ -558,6 +558,22 @@ static void queue_hash(struct gload *g, int wid, uint64_t u0, uint64_t u1,
 		atomic_store(&g->hash_fail, 1);
 }
 
+static void atomic_min_u64(_Atomic uint64_t *a, uint64_t v)
+{
+	uint64_t cur = atomic_load(a);
+
+	while (v < cur && !atomic_compare_exchange_weak(a, &cur, v))
+		;
+}
+
+static void atomic_max_u64(_Atomic uint64_t *a, uint64_t v)
+{
+	uint64_t cur = atomic_load(a);
+
+	while (v > cur && !atomic_compare_exchange_weak(a, &cur, v))
+		;
+}
+
 static void *worker(void *arg)
 {
 	struct gload *g = arg;
@@ -665,8 +681,7 @@ static void *worker(void *arg)
 copy:
 		t1 = tc__now_ns();
 		read_ns += t1 - t;
-		if (t1 - g->t0_ns < atomic_load(&g->first_copy_ns))
-			atomic_store(&g->first_copy_ns, t1 - g->t0_ns);
+		atomic_min_u64(&g->first_copy_ns, t1 - g->t0_ns);
 		rc = tc__gpu_htod(dev, g->dst->dptr + u0, sl->p, u1 - u0, s,
 				  err, sizeof(err));
 		if (rc == 0)
@@ -705,11 +720,7 @@ out:
 		gfail(g, TC_ECUDA, "%s", err);
 		synced = false;
 	}
-	t = tc__now_ns() - g->t0_ns;
-	for (uint64_t last = atomic_load(&g->last_done_ns);
-	     t > last &&
-	     !atomic_compare_exchange_weak(&g->last_done_ns, &last, t);)
-		;
+	atomic_max_u64(&g->last_done_ns, tc__now_ns() - g->t0_ns);
 	atomic_fetch_add(&g->read_ns, read_ns);
 	atomic_fetch_add(&g->wait_ns, wait_ns);
 	for (int j = 0; j < nslots; j++) {

@@ -1245,8 +1245,10 @@ FAKE_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 	RETURN_TEARDOWN(found ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE);
 }
 
-/* Are [p, p + n) all mapped, contiguously, with at least `need` access? */
-static bool range_ok(uintptr_t p, size_t n, int need)
+/* Are [p, p + n) all mapped, contiguously, with at least `need` access:
+ * the mapping's own (ord -1), or what device `ord` was granted (a peer
+ * copy's ends)? */
+static bool range_ok_dev(uintptr_t p, size_t n, int need, int ord)
 {
 	while (n > 0) {
 		struct fmap *m;
@@ -1255,7 +1257,8 @@ static bool range_ok(uintptr_t p, size_t n, int need)
 		for (m = F.maps; m; m = m->next)
 			if (p >= m->va && p < m->va + m->size)
 				break;
-		if (!m || (m->prot & need) != need)
+		if (!m ||
+		    ((ord < 0 ? m->prot : m->prot_dev[ord]) & need) != need)
 			return false;
 		chunk = m->va + m->size - p;
 		if (chunk >= n)
@@ -1266,25 +1269,9 @@ static bool range_ok(uintptr_t p, size_t n, int need)
 	return true;
 }
 
-/* range_ok, for what device `ord` was granted (a peer copy's ends). */
-static bool range_ok_dev(uintptr_t p, size_t n, int need, int ord)
+static bool range_ok(uintptr_t p, size_t n, int need)
 {
-	while (n > 0) {
-		struct fmap *m;
-		size_t chunk;
-
-		for (m = F.maps; m; m = m->next)
-			if (p >= m->va && p < m->va + m->size)
-				break;
-		if (!m || (m->prot_dev[ord] & need) != need)
-			return false;
-		chunk = m->va + m->size - p;
-		if (chunk >= n)
-			return true;
-		p += chunk;
-		n -= chunk;
-	}
-	return true;
+	return range_ok_dev(p, n, need, -1);
 }
 
 FAKE_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,

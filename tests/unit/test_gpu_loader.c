@@ -128,6 +128,15 @@ static void load_and_compare_io(struct ref *r, int nthreads, int depth,
 	if (rc < 0)
 		fail_msg("load: %s", err);
 	assert_int_equal(st.bytes, size);
+	/* The timeline the daemon logs: inside the load's wall time, and
+	 * reads counted wherever a unit was read. */
+	assert_true(st.first_copy_seconds >= 0 &&
+		    st.first_copy_seconds <= st.seconds);
+	assert_true(st.tail_seconds >= 0 && st.tail_seconds <= st.seconds);
+	assert_true(st.wait_thread_seconds >= 0);
+	if (payload(r->src))
+		assert_true(st.read_thread_seconds > 0 &&
+			    st.first_copy_seconds > 0);
 	/* Where the digests were made, as the daemon's log reports it. */
 	if (getenv("TCAST_GPU_HASH_HOST"))
 		assert_false(st.gpu_hash);
