@@ -176,6 +176,23 @@ MANIFEST_TO_TC = {
 }
 
 
+def write_safetensors(path, entries: dict) -> int:
+    """An independent, minimal safetensors writer, the reader's mirror:
+    entries {name: (dtype, shape, bytes)} in order; returns the bytes
+    before the data (8 + the header's length)."""
+    hdr, off = {}, 0
+    for name, (dt, shape, raw) in entries.items():
+        hdr[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+    h = json.dumps(hdr, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for _, _, raw in entries.values():
+            f.write(raw)
+    return 8 + len(h)
+
+
 def read_safetensors(path: Path):
     """An independent, minimal safetensors reader: {name: (dtype, shape, bytes)}.
     Folders: the index's weight_map, else every *.safetensors."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, Daemon
+from conftest import REPO, Daemon, write_safetensors
 from shared_helpers import fakecuda_lib
 
 RANK = r'''
@@ -57,18 +57,8 @@ res.release()
 
 def _write_st(path: Path, arrays):
     names = {np.dtype("float32"): "F32", np.dtype("int64"): "I64", np.dtype("float16"): "F16"}
-    hdr, off, blobs = {}, 0, []
-    for k, v in arrays.items():
-        raw = np.ascontiguousarray(v).tobytes()
-        hdr[k] = {"dtype": names[v.dtype], "shape": list(v.shape), "data_offsets": [off, off + len(raw)]}
-        off += len(raw)
-        blobs.append(raw)
-    h = json.dumps(hdr, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h)
-        for b in blobs:
-            f.write(b)
+    write_safetensors(path, {k: (names[v.dtype], v.shape, np.ascontiguousarray(v).tobytes())
+                             for k, v in arrays.items()})
 
 
 def _model(tmp: Path, seed: int):

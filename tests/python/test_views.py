@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import textwrap
 
 import pytest
 
-from conftest import run_py
+from conftest import run_py, write_safetensors
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
@@ -32,19 +31,9 @@ FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 
 def write_st(path, tensors):
     """A minimal safetensors writer (independent of tcast's)."""
-    hdr, off, blobs = {}, 0, []
-    for n, t in tensors.items():
-        raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        hdr[n] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        off += len(raw)
-        blobs.append(raw)
-    h = json.dumps(hdr, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        for b in blobs:
-            f.write(b)
-    return 8 + len(h)
+    return write_safetensors(path, {n: (ST_NAMES[t.dtype], t.shape,
+                                        t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                                    for n, t in tensors.items()})
 
 
 def ref(t, slices=(), swap=None, dtype=None):
