@@ -859,18 +859,26 @@ static int nworkers(const struct gload *g, int nthreads)
 			   (uint64_t)MAX_THREADS);
 }
 
-static void run_workers(struct gload *g, int nthreads)
+/* fn(arg) on n threads (at most MAX_THREADS): n - 1 new ones, and this
+ * one when `here`; then joined.  A thread that cannot be created only
+ * means fewer: the others, at least this one, do its share. */
+static void run_threads(void *(*fn)(void *), void *arg, int n, bool here)
 {
 	pthread_t tids[MAX_THREADS];
-	int n = nworkers(g, nthreads), started = 0;
+	int started = 0;
 
-	for (int i = 1; i < n; i++)
-		if (pthread_create(&tids[started], NULL, worker, g) == 0)
+	for (int i = 1; i < TC_MIN(n, MAX_THREADS); i++)
+		if (pthread_create(&tids[started], NULL, fn, arg) == 0)
 			started++;
-	if (g->nunits)
-		worker(g);
+	if (here)
+		fn(arg);
 	for (int i = 0; i < started; i++)
 		pthread_join(tids[i], NULL);
+}
+
+static void run_workers(struct gload *g, int nthreads)
+{
+	run_threads(worker, g, nworkers(g, nthreads), g->nunits > 0);
 }
 
 static int load(const struct tc__source *src, const struct tc__load_plan *plan,
@@ -1313,22 +1321,13 @@ out:
 /* Run h (src, size and its sink filled in) on up to nthreads threads. */
 static int ghash_run(struct ghash *h, int nthreads, char *err, size_t errlen)
 {
-	pthread_t tids[MAX_THREADS];
-	int started = 0, want;
-
 	h->nchunks = tc__chunk_count(h->size);
 	h->err = err;
 	h->errlen = errlen;
 	pthread_mutex_init(&h->lock, NULL);
-	want = (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), h->nchunks);
-	want = TC_MIN(want, MAX_THREADS);
-	for (int i = 1; i < want; i++)
-		if (pthread_create(&tids[started], NULL, ghash_worker, h) == 0)
-			started++;
-	if (h->nchunks)
-		ghash_worker(h);
-	for (int i = 0; i < started; i++)
-		pthread_join(tids[i], NULL);
+	run_threads(ghash_worker, h,
+		    (int)TC_MIN((uint64_t)TC_MAX(nthreads, 1), h->nchunks),
+		    h->nchunks > 0);
 	pthread_mutex_destroy(&h->lock);
 	return h->rc;
 }
