@@ -30,11 +30,18 @@ ap.add_argument("--rounds", type=int, default=2)
 ap.add_argument("--hybrid", default="8,12", help="staging threads of the hybrid runs ('' skips them)")
 ap.add_argument("--lane-mib", default="64,128", help="MiB per window of the hybrid's registering lane")
 ap.add_argument("--skip-pipeline", action="store_true")
+ap.add_argument("--lane-process", action="store_true",
+                help="also run the hybrid with its registering lane in a process of its own")
+ap.add_argument("--lane-child", default="", help=argparse.SUPPRESS)
 args = ap.parse_args()
 
 cu = ctypes.CDLL(os.environ.get("TCAST_CUDA_LIB", "libcuda.so.1"))
 MiB = 1 << 20
 RO_FLAG = 0x08  # CU_MEMHOSTREGISTER_READ_ONLY
+
+
+class IpcHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * 64)]
 
 
 def ck(name, *a):
@@ -45,6 +52,54 @@ def ck(name, *a):
 
 size = int(args.gib * (1 << 30))
 size -= size % (64 * MiB)
+
+if args.lane_child:
+    import sys
+    hx, win = args.lane_child.split(":")
+    win = int(win)
+    ck("cuInit", 0)
+    dv = ctypes.c_int()
+    ck("cuDeviceGet", ctypes.byref(dv), args.device)
+    cx = ctypes.c_void_p()
+    ck("cuDevicePrimaryCtxRetain", ctypes.byref(cx), dv)
+    ck("cuCtxSetCurrent", cx)
+    hnd = IpcHandle.from_buffer_copy(bytes.fromhex(hx))
+    dp = ctypes.c_uint64()
+    ck("cuIpcOpenMemHandle_v2", ctypes.byref(dp), hnd, 1)  # the handle goes by value
+    fd0 = os.open(args.file, os.O_RDONLY)
+    mm0 = mmap.mmap(fd0, size, mmap.MAP_SHARED, mmap.PROT_READ)
+    b0 = None
+    with open("/proc/self/maps") as m:
+        for line in m:
+            if args.file in line:
+                b0 = int(line.split("-")[0], 16)
+                break
+    st = ctypes.c_void_p()
+    ck("cuStreamCreate", ctypes.byref(st), 1)
+    print("ready", flush=True)
+    assert sys.stdin.readline().strip() == "go"
+    inflight = []
+    while True:
+        print("next", flush=True)
+        off, nb = (int(x) for x in sys.stdin.readline().split())
+        if nb == 0:
+            break
+        ck("cuMemHostRegister_v2", ctypes.c_void_p(b0 + off), ctypes.c_size_t(nb), 0x08)
+        ck("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(dp.value + off), ctypes.c_void_p(b0 + off), ctypes.c_size_t(nb), st)
+        ev = ctypes.c_void_p()
+        ck("cuEventCreate", ctypes.byref(ev), 2)
+        ck("cuEventRecord", ev, st)
+        inflight.append((b0 + off, ev))
+        if len(inflight) > 2:
+            a, e = inflight.pop(0)
+            ck("cuEventSynchronize", e)
+            ck("cuEventDestroy_v2", e)
+            ck("cuMemHostUnregister", ctypes.c_void_p(a))
+    ck("cuStreamSynchronize", st)
+    print("finished", flush=True)
+    for a, e in inflight:
+        ck("cuMemHostUnregister", ctypes.c_void_p(a))
+    raise SystemExit(0)
 
 # The file: written once, left in the page cache.
 if not os.path.exists(args.file) or os.path.getsize(args.file) != size:
@@ -321,6 +376,102 @@ for _ in range(args.rounds if not args.skip_pipeline else 0):
             except RuntimeError as e:
                 print(f"pipeline {t}x{w}: {e}")
 print(f"best pipeline {best:.2f} GB/s = {best / ceiling * 100:.0f}% of pinned H2D {ceiling:.2f} GB/s")
+if args.lane_process:
+    import subprocess
+    import sys
+    hnd = IpcHandle()
+    ck("cuIpcGetMemHandle", ctypes.byref(hnd), dptr)
+
+    def hybrid_process(nstage, lane_win):
+        """hybrid(), its lane in another process (its own context and
+        driver lock), writing into this one's allocation through an IPC
+        handle; windows handed out over a pipe."""
+        ck("cuMemsetD8_v2", dptr, 0, ctypes.c_size_t(size))
+        child = subprocess.Popen([sys.executable, __file__, "--gib", str(args.gib), "--file", args.file,
+                                  "--lane-child", bytes(hnd).hex() + f":{lane_win}"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert child.stdout.readline().strip() == "ready"
+        unit = 4 * MiB
+        lo_hi = [0, size // unit]
+        lock = threading.Lock()
+        lane_units = [0]
+
+        def claim_front():
+            with lock:
+                if lo_hi[0] >= lo_hi[1]:
+                    return None
+                lo_hi[0] += 1
+                return lo_hi[0] - 1
+
+        def serve_child():
+            while True:
+                line = child.stdout.readline().strip()
+                if line != "next":
+                    return line
+                with lock:
+                    take = min(lane_win // unit, lo_hi[1] - lo_hi[0])
+                    if take > 0:
+                        lo_hi[1] -= take
+                        lane_units[0] += take
+                child.stdin.write(f"{lo_hi[1] * unit} {max(take, 0) * unit}\n")
+
+        done = []
+
+        def server():
+            done.append(serve_child())
+
+        def stager():
+            ck("cuCtxSetCurrent", ctx)
+            st = ctypes.c_void_p()
+            ck("cuStreamCreate", ctypes.byref(st), 1)
+            slots = []
+            for _ in range(2):
+                hp, ev = ctypes.c_void_p(), ctypes.c_void_p()
+                ck("cuMemAllocHost_v2", ctypes.byref(hp), ctypes.c_size_t(unit))
+                ck("cuEventCreate", ctypes.byref(ev), 2)
+                slots.append([hp, ev, False])
+            i = 0
+            while True:
+                k = claim_front()
+                if k is None:
+                    break
+                sl = slots[i % 2]
+                i += 1
+                if sl[2]:
+                    ck("cuEventSynchronize", sl[1])
+                ctypes.memmove(sl[0], base + k * unit, unit)
+                ck("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(dptr.value + k * unit), sl[0], ctypes.c_size_t(unit), st)
+                ck("cuEventRecord", sl[1], st)
+                sl[2] = True
+            ck("cuStreamSynchronize", st)
+            for hp, ev, _ in slots:
+                ck("cuMemFreeHost", hp)
+                ck("cuEventDestroy_v2", ev)
+
+        th = [threading.Thread(target=stager) for _ in range(nstage)]
+        srv = threading.Thread(target=server)
+        t0 = time.perf_counter()
+        child.stdin.write("go\n")
+        srv.start()
+        for x in th:
+            x.start()
+        for x in th:
+            x.join()
+        srv.join()
+        dt = time.perf_counter() - t0
+        child.wait()
+        ok = verify("hybrid-process") and done and done[0] == "finished"
+        gbps = size / dt / 1e9
+        print(f"hybrid, lane in its own process: {nstage} staging threads + lane of {lane_win // MiB} MiB "
+              f"windows: {gbps:.2f} GB/s = {gbps / ceiling * 100:.0f}% of pinned, lane took "
+              f"{lane_units[0] * unit / size * 100:.0f}%{'' if ok else ' BAD ' + str(done)}")
+        return gbps
+
+    for _ in range(args.rounds):
+        for t in (int(x) for x in args.hybrid.split(",") if x):
+            for w in (int(x) for x in args.lane_mib.split(",")):
+                hybrid_process(t, w * MiB)
+
 hb = {}
 for _ in range(args.rounds):
     for t in (int(x) for x in args.hybrid.split(",") if x):
