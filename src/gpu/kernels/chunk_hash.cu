@@ -38,6 +38,27 @@ extern "C" __global__ void tc_b3_leaves(struct b3_args a)
  * were 1 KiB apart, and the L1's wavefronts made the fused kernel slower
  * than a copy then a hash.
  */
+__device__ static void b3_copy_load(const struct b3_copy_args *ca,
+				    struct b3_segc *sc, b3_u64 wbase,
+				    unsigned lane, b3_u32 b, b3_u32 nx[4][4])
+{
+	const struct b3_seg *sg = (const struct b3_seg *)ca->segs;
+
+#pragma unroll
+	for (int k = 0; k < 4; k++)
+		b3_gather16(sg, ca->nseg, sc,
+			    wbase + (8 * k + lane / 4) * B3_LEAF_BYTES +
+				    b * B3_BLOCK_BYTES + 16 * (lane % 4),
+			    16, nx[k]);
+}
+
+/*
+ * The loads of block b + 1 are issued before block b is compressed, so
+ * a warp's next 64-byte blocks are on their way while it spends ~700
+ * instructions on the current one: loaded then used at once, every block
+ * waited the whole memory latency, and the fused kernel took the hash's
+ * time plus most of a copy's.
+ */
 __device__ static void b3_copy_warp(const struct b3_copy_args *ca,
 				    b3_u64 w0, unsigned lane,
 				    b3_u32 (*sm)[33])
@@ -49,31 +70,34 @@ __device__ static void b3_copy_warp(const struct b3_copy_args *ca,
 	b3_u64 wbase = c * a->chunk_bytes + j0 * B3_LEAF_BYTES;
 	struct b3_segc sc;
 	b3_u32 cv[8], q = lane % 4, *out = (b3_u32 *)a->cvs + (w0 + lane) * 8;
+	b3_u32 nx[4][4];
 
 	b3_segc_find(sg, ca->nseg, &sc, wbase + (lane / 4) * B3_LEAF_BYTES);
 	for (int w = 0; w < 8; w++)
 		cv[w] = b3_iv(w);
+	b3_copy_load(ca, &sc, wbase, lane, 0, nx);
 #pragma unroll 1
 	for (b3_u32 b = 0; b < B3_LEAF_BYTES / B3_BLOCK_BYTES; b++) {
 		b3_u32 m[16];
 
 #pragma unroll
 		for (int k = 0; k < 4; k++) {
-			b3_u32 leaf = 8 * k + lane / 4, m4[4];
+			b3_u32 leaf = 8 * k + lane / 4;
 			b3_u64 off = wbase + leaf * B3_LEAF_BYTES +
 				     b * B3_BLOCK_BYTES + 16 * q;
 
-			b3_gather16(sg, ca->nseg, &sc, off, 16, m4);
-			b3_st16((b3_u8 *)a->data + off, m4);
+			b3_st16((b3_u8 *)a->data + off, nx[k]);
 #pragma unroll
 			for (int t = 0; t < 4; t++)
-				sm[4 * q + t][leaf] = m4[t];
+				sm[4 * q + t][leaf] = nx[k][t];
 		}
 		__syncwarp();
 #pragma unroll
 		for (int w = 0; w < 16; w++)
 			m[w] = sm[w][lane];
 		__syncwarp();
+		if (b + 1 < B3_LEAF_BYTES / B3_BLOCK_BYTES)
+			b3_copy_load(ca, &sc, wbase, lane, b + 1, nx);
 		b3_compress(cv, m, j0 + lane, B3_BLOCK_BYTES,
 			    b3_block_flags(b, B3_LEAF_BYTES / B3_BLOCK_BYTES,
 					   0));
