@@ -15,6 +15,14 @@ find "$root/$build/tests" -maxdepth 1 -type f -perm -u+x -name 'test_*' -exec cp
 [ -d "$root/$build/fakecuda" ] && cp -r "$root/$build/fakecuda" "$out/"
 find "$root/$build/bench" -maxdepth 1 -type f -perm -u+x -name 'bench_*' -exec cp {} "$out/bench/" \;
 /work/shared/device/bundle-libs "$out/libs" "$out"/bin/* "$out"/lib/libtcast.so "$out"/tests/* "$out"/bench/* >/dev/null
+# GPU_BUNDLE_NET=1: Debian's ip, tc and iperf3 with their libraries, for
+# the namespace benches (bench/peer_pull.sh, bench/fanout.sh) on a machine
+# that lacks them or has other versions; gpu-env.sh puts them first on PATH.
+if [ "${GPU_BUNDLE_NET:-0}" = 1 ]; then
+	mkdir -p "$out/net/bin"
+	for t in ip tc iperf3; do cp "$(command -v $t)" "$out/net/bin/"; done
+	/work/shared/device/bundle-libs "$out/libs" "$out"/net/bin/* >/dev/null
+fi
 for p in pytest _pytest pluggy iniconfig packaging py.py; do
 	[ -e "/usr/lib/python3/dist-packages/$p" ] && cp -r "/usr/lib/python3/dist-packages/$p" "$out/py/"
 done

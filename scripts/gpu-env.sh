@@ -8,6 +8,7 @@ G="$root/.gpu"
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$G/libs:$G/lib:${LD_LIBRARY_PATH:-}"
+[ -d "$G/net/bin" ] && export PATH="$G/net/bin:$PATH"
 export TCAST_LIB="$G/lib/libtcast.so" TCAST_BIN="$G/bin/tcast"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # The machine's own pytest when it has one (its plugins expect it); else
