@@ -175,7 +175,7 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 	struct tc__table t;
 	struct reply rep;
 	char err[512];
-	uint64_t t0, t1, t2;
+	uint64_t tb = tc__now_ns(), t0, t1, t2;
 	tc_put *p;
 	size_t off;
 	void *map;
@@ -232,13 +232,12 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 		t2 = tc__now_ns();
 		/* The first puts of a process were seen to wait 0.1-0.3 s
 		 * here on an H200 host: say on which side. */
-		if (t2 - t0 > 10 * 1000000ull)
-			tc__log(TC_LOG_DEBUG,
-				"CREATE_GPU of %" PRIu64
-				" bytes: %.1f ms for the reply, %.1f ms to "
-				"map it",
-				p->map_size, (double)(t1 - t0) / 1e6,
-				(double)(t2 - t1) / 1e6);
+		tc__log(TC_LOG_DEBUG,
+			"CREATE_GPU of %" PRIu64
+			" bytes: %.2f ms before the request (device, table), "
+			"%.2f ms for the reply, %.2f ms to map it",
+			p->map_size, (double)(t0 - tb) / 1e6,
+			(double)(t1 - t0) / 1e6, (double)(t2 - t1) / 1e6);
 		goto out_ok;
 	}
 	map = mmap(NULL, p->map_size, PROT_READ | PROT_WRITE, MAP_SHARED,

@@ -76,6 +76,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	 * one asks (DESIGN.md 4): the pinned copy runs ~10% faster than the
 	 * staging rings and needs no CPU. */
 	c->pin_eager = true;
+	c->gpu_spare = true;
 	/* Longer than any pause a loaded sender shows, short enough that a
 	 * pull moves a stalled source's chunks elsewhere quickly. */
 	c->peer_timeout_ms = 5000;
@@ -227,6 +228,14 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		snprintf(why, whylen,
 			 "'%s' is not auto, io_uring, pread or mmap", val);
 		return TC_EINVAL;
+	}
+	if (!strcmp(key, "gpu_spare")) {
+		if (strcmp(val, "on") && strcmp(val, "off")) {
+			snprintf(why, whylen, "'%s' is not on or off", val);
+			return TC_EINVAL;
+		}
+		c->gpu_spare = val[1] == 'n';
+		return 0;
 	}
 	if (!strcmp(key, "gpu_pin_host")) {
 		if (strcmp(val, "eager") && strcmp(val, "on_use")) {
@@ -548,6 +557,8 @@ char *tc__config_json(const struct tc__store_config *c)
 			    json_string(tc__io_engine_name(c->io_engine)));
 	json_object_set_new(j, "gpu_pin_host",
 			    json_string(c->pin_eager ? "eager" : "on_use"));
+	json_object_set_new(j, "gpu_spare",
+			    json_string(c->gpu_spare ? "on" : "off"));
 	TC__CFG_NUM("metrics_port", c->metrics_port);
 	json_object_set_new(j, "log_format",
 			    json_string(c->log_format == TC_LOG_JSON ? "json" :

@@ -75,6 +75,8 @@ struct tc__store_config {
 	uint64_t spill_bytes;	    /* bytes the spill folder may hold;
 				       TC_SPILL_AUTO: half of its file
 				       system's free space at start */
+	bool gpu_spare;		    /* gpu_spare: keep one allocation per GPU
+				       for the next put of its size */
 	bool pin_eager;	       /* gpu_pin_host: pin large host replicas when
 				  they are sealed, once a GPU is in use
 				  (eager), or after their first GPU fill

@@ -828,7 +828,7 @@ static int restore_gpu_charge(struct tc__restore *r)
 		rc = tc__gpu_tier_fill_begin(r->to.tier, r->to.uuid,
 					     r->src->table.total_bytes,
 					     &r->gfill, &r->gdev, &r->gcharged,
-					     r->err, sizeof(r->err));
+					     NULL, r->err, sizeof(r->err));
 	if (rc < 0)
 		return rc;
 	tc__gpu_mem_init(&r->gmem);

@@ -246,9 +246,96 @@ static void replica_free_keep(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 	tc__free(r);
 }
 
+/* ---------------------------------------------------------------- spare */
+
+/* Drop the device's spare: uncharged, its allocation released. */
+static void spare_drop(struct tc__gpu_dev *d)
+{
+	struct tc__gpu_replica *sp = d->spare;
+
+	if (!sp)
+		return;
+	d->spare = NULL;
+	tc__replica_gone(&sp->base, true);
+	tc__gpu_release_later(&sp->mem);
+	tc__free(sp);
+}
+
+/*
+ * Keep `mem` (an allocation nobody maps any more, its charge already
+ * given back) as d's spare when the daemon keeps one, d has none and its
+ * bytes fit the budget without evicting anything; else release it.
+ * Whatever it held stays in it: every client of the daemon may read
+ * every artifact (one uid, docs/gpu.md), and a put overwrites it all.
+ */
+static void spare_keep(struct tc__gpu_tier *t, struct tc__gpu_dev *d,
+		       struct tc__gpu_mem *mem)
+{
+	struct tc__gpu_replica *sp = NULL;
+	char err[256];
+
+	if (!mem->dptr)
+		return;
+	if (t->cfg->gpu_spare && !t->stopping && !d->spare &&
+	    (sp = tc__calloc(1, sizeof(*sp)))) {
+		tc__replica_init(&sp->base);
+		if (tc__replica_fill(&sp->base, &d->tier, mem->size, false,
+				     NULL, err, sizeof(err)) == 0) {
+			sp->dev = d;
+			sp->mem = *mem;
+			sp->fill_src = -2;
+			tc__gpu_mem_init(mem);
+			tc__replica_ready(&sp->base);
+			tc__replica_age(&sp->base); /* the first victim */
+			d->spare = sp;
+			d->spares_kept++;
+			return;
+		}
+		tc__free(sp);
+	}
+	tc__gpu_release_later(mem);
+}
+
+/* Bytes the spare holds (charged, but shown apart from used_bytes, as
+ * the host tier's spare segment is). */
+static uint64_t spare_bytes(const struct tc__gpu_dev *d)
+{
+	return d->spare ? d->spare->base.bytes : 0;
+}
+
+/* Move d's spare into *reuse when it is exactly `bytes`; true if so. */
+static bool spare_take(struct tc__gpu_dev *d, uint64_t bytes,
+		       struct tc__gpu_mem *reuse)
+{
+	struct tc__gpu_replica *sp = d->spare;
+
+	if (!sp || sp->mem.size != bytes)
+		return false;
+	d->spare = NULL;
+	tc__replica_gone(&sp->base, true);
+	*reuse = sp->mem;
+	tc__free(sp);
+	d->spares_used++;
+	return true;
+}
+
+/* A replica whose artifact is gone (removed, expired, freed): its
+ * allocation may become the device's spare. */
 static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 {
-	replica_free_keep(t, r, NULL);
+	struct tc__gpu_mem keep;
+
+	if (!replica_ready(r) || r->no_reuse) {
+		replica_free_keep(t, r, NULL);
+		return;
+	}
+	tc__gpu_mem_init(&keep);
+	{
+		struct tc__gpu_dev *d = r->dev;
+
+		replica_free_keep(t, r, &keep);
+		spare_keep(t, d, &keep);
+	}
 }
 
 /* A victim chosen by the device's tier (tc__tier_evict: unleased, ready,
@@ -266,6 +353,12 @@ static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 	struct tc__gpu_mem *reuse = ctx;
 	struct tc__obj *o = r->o;
 
+	if (r == d->spare) {
+		if (!(reuse && !reuse->dptr &&
+		      spare_take(d, reuse->size, reuse)))
+			spare_drop(d);
+		return;
+	}
 	tc__log(TC_LOG_INFO,
 		"evicting GPU %d replica of '%s' (%llu bytes) to make room",
 		dev_index(t, d), o->id, (unsigned long long)r->base.bytes);
@@ -274,7 +367,7 @@ static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 		d->reused++;
 		replica_free_keep(t, r, reuse);
 	} else {
-		replica_free(t, r);
+		replica_free_keep(t, r, NULL); /* room: never the spare */
 	}
 	/* An artifact held only on GPUs is gone with its last replica. */
 	if (!o->shm && tc__gpu_tier_obj_empty(o))
@@ -374,6 +467,8 @@ static void pin_drop_parked(struct tc__gpu_tier *t);
 void tc__gpu_tier_stop(struct tc__gpu_tier *t)
 {
 	t->stopping = true;
+	for (int i = 0; i < t->ndev; i++)
+		spare_drop(&t->devs[i]);
 	pin_drop_parked(t); /* before the mappings go */
 }
 
@@ -810,7 +905,8 @@ int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen)
  * replica `r` (FILLING); *dev: the daemon's ordinal. */
 static int charge_on(struct tc__gpu_tier *t,
 		     const uint8_t uuid[TC_GPU_UUID_BYTES], uint64_t bytes,
-		     struct tc__replica *r, int *dev, char *err, size_t errlen)
+		     struct tc__replica *r, int *dev, struct tc__gpu_mem *reuse,
+		     char *err, size_t errlen)
 {
 	struct tc__gpu_dev *d = NULL;
 	uint64_t gran;
@@ -839,7 +935,11 @@ static int charge_on(struct tc__gpu_tier *t,
 	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
 	bytes = bytes ? bytes : 1;
 	bytes = (bytes + gran - 1) / gran * gran;
-	rc = reserve(d, r, bytes, NULL, err, errlen);
+	/* The spare first (its charge becomes this fill's), else a victim
+	 * of the same size if room must be made. */
+	if (reuse && spare_take(d, bytes, reuse))
+		reuse = NULL;
+	rc = reserve(d, r, bytes, reuse, err, errlen);
 	if (rc < 0)
 		return rc;
 	d->nreplicas++;
@@ -850,8 +950,8 @@ static int charge_on(struct tc__gpu_tier *t,
 int tc__gpu_tier_fill_begin(struct tc__gpu_tier *t,
 			    const uint8_t uuid[TC_GPU_UUID_BYTES],
 			    uint64_t bytes, struct tc__gpu_replica **fill,
-			    int *dev, uint64_t *charged, char *err,
-			    size_t errlen)
+			    int *dev, uint64_t *charged,
+			    struct tc__gpu_mem *reuse, char *err, size_t errlen)
 {
 	struct tc__gpu_replica *r;
 	int rc;
@@ -867,8 +967,10 @@ int tc__gpu_tier_fill_begin(struct tc__gpu_tier *t,
 	tc__replica_init(&r->base);
 	tc__gpu_mem_init(&r->mem);
 	r->fill_src = -2;
-	rc = charge_on(t, uuid, bytes, &r->base, dev, err, errlen);
+	rc = charge_on(t, uuid, bytes, &r->base, dev, reuse, err, errlen);
 	if (rc < 0) {
+		if (reuse)
+			tc__gpu_release_later(reuse); /* taken, then refused */
 		tc__free(r);
 		return rc;
 	}
@@ -904,7 +1006,7 @@ int tc__gpu_tier_bind_charge(struct tc__gpu_tier *t,
 		snprintf(err, errlen, "binding charged twice");
 		return rc;
 	}
-	return charge_on(t, uuid, bytes, r, dev, err, errlen);
+	return charge_on(t, uuid, bytes, r, dev, NULL, err, errlen);
 }
 
 void tc__gpu_tier_bind_release(struct tc__gpu_tier *t, int dev,
@@ -927,10 +1029,13 @@ int tc__gpu_tier_fill_adopt(struct tc__gpu_tier *t, struct tc__obj *o,
 	*fill = NULL;
 	if (!obj_gpu(t, o) || o->gpu->rep[dev]) {
 		/* Out of memory, or the same content is on that GPU already
-		 * (ready, or filling for an attach): this fill goes. */
-		tc__gpu_release(mem);
+		 * (ready, or filling for an attach): this fill goes, its
+		 * allocation kept for the next put of its size (a loop that
+		 * puts the same tensors again, a publisher's unchanged
+		 * version). */
 		*fill = r;
 		tc__gpu_tier_fill_drop(t, fill);
+		spare_keep(t, d, mem);
 		return o->gpu && o->gpu->rep[dev] ? 0 : -ENOMEM;
 	}
 	r->o = o;
@@ -1605,12 +1710,13 @@ void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)
 		struct tc__gpu_dev *d = &t->devs[i];
 		struct tc__metrics_tier m = { .replicas = d->nreplicas,
 					      .budget = d->tier.budget,
-					      .used = d->tier.used,
+					      .used = d->tier.used -
+						      spare_bytes(d),
 					      .evictions = d->tier.evictions };
 
 		for (struct tc__gpu_replica *r = ready_first(d); r;
 		     r = ready_next(r)) {
-			m.bytes += r->base.bytes;
+			m.bytes += r->o ? r->base.bytes : 0; /* not the spare */
 			m.leases += r->base.leases;
 		}
 		tc__metrics_set_gpu(i, d->info.uuid_str, &m);
@@ -1683,13 +1789,21 @@ char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
 			       d->info.name, "pci_bus_id", d->info.pci_bus_id,
 			       "total_bytes", (json_int_t)d->info.total_bytes,
 			       "budget_bytes", (json_int_t)d->tier.budget,
-			       "used_bytes", (json_int_t)d->tier.used,
+			       "used_bytes",
+			       (json_int_t)(d->tier.used - spare_bytes(d)),
 			       "filling_bytes",
 			       (json_int_t)d->tier.filling_bytes, "replicas",
 			       (json_int_t)d->nreplicas, "leases",
 			       (json_int_t)leases, "evictions",
 			       (json_int_t)d->tier.evictions,
 			       "reused_allocations", (json_int_t)d->reused);
+		if (dj)
+			json_object_set_new(
+				dj, "spare",
+				json_pack("{s:I, s:I, s:I}", "bytes",
+					  (json_int_t)spare_bytes(d), "kept",
+					  (json_int_t)d->spares_kept, "used",
+					  (json_int_t)d->spares_used));
 		/* Only where we already have a context: a status query
 		 * must not create one (hundreds of MiB on a real GPU). */
 		if (dj && d->touched) {

@@ -58,9 +58,18 @@ struct tc__gpu_dev {
 	char name[16];		  /* "GPU <ordinal>": the tier's name */
 	uint64_t gran;		  /* VMM granularity, 0 until first alloc */
 	uint64_t reused;	  /* evictions whose allocation was refilled */
-	uint32_t nreplicas;	  /* replicas here, filling or ready,
-				     bindings included */
-	bool touched;		  /* a context exists (we allocated here) */
+	/* The spare: the allocation of a put that found its content here
+	 * already, or of a replica whose artifact was removed, kept for the
+	 * next put of exactly its size (a put's cuMemCreate + map + export
+	 * is 3-5 ms of its begin on an H200, beside another allocation's
+	 * release).  A READY replica of this tier with no artifact, at the
+	 * LRU's tail: charged like any other, the first victim.  At most
+	 * one; NULL when none (or gpu_spare is off). */
+	struct tc__gpu_replica *spare;
+	uint64_t spares_kept, spares_used;
+	uint32_t nreplicas; /* replicas here, filling or ready,
+			       bindings included */
+	bool touched;	    /* a context exists (we allocated here) */
 };
 
 /*
@@ -162,13 +171,18 @@ int tc__gpu_tier_open_now(struct tc__gpu_tier *t, char *err, size_t errlen);
 /* Begin a fill of `bytes` on the GPU with this UUID.  On success *fill is
  * the FILLING replica, owned by the caller until fill_adopt or fill_drop;
  * *dev: the daemon's ordinal; *charged: the granularity-rounded bytes (to
- * allocate).  Returns 0, TC_EDEVICE, TC_ENOTSUP, TC_ENOSPACE (saying what
+ * allocate).  With `reuse` (else NULL; empty on entry), an allocation of
+ * exactly *charged bytes already made on that GPU -- the device's spare,
+ * or an unleased replica evicted for the room -- is moved into *reuse
+ * (reuse->dptr != 0), its bytes as they were: the caller fills every
+ * byte.  Returns 0, TC_EDEVICE, TC_ENOTSUP, TC_ENOSPACE (saying what
  * clients hold and what is being filled) or -ENOMEM with a message; *fill
  * is then NULL. */
 int tc__gpu_tier_fill_begin(struct tc__gpu_tier *t,
 			    const uint8_t uuid[TC_GPU_UUID_BYTES],
 			    uint64_t bytes, struct tc__gpu_replica **fill,
-			    int *dev, uint64_t *charged, char *err,
+			    int *dev, uint64_t *charged,
+			    struct tc__gpu_mem *reuse, char *err,
 			    size_t errlen);
 /* The fill failed or was given up: the replica goes and its charge comes
  * back; *fill becomes NULL (NULL: a no-op).  The caller releases its own
@@ -178,8 +192,9 @@ void tc__gpu_tier_fill_drop(struct tc__gpu_tier *t,
 /* The fill is done: `mem` (filled) becomes o's READY replica on the
  * fill's GPU, charged as much as it is; *mem is left empty and *fill
  * NULL.  When o already has a replica there (the same content arrived
- * another way) or on OOM, the fill goes instead (mem released, charge
- * back).  Returns 0 when o has a replica on that GPU now, else -ENOMEM. */
+ * another way) or on OOM, the fill goes instead (charge back; mem kept as
+ * the device's spare when it has none, else released).  Returns 0 when o has a
+ * replica on that GPU now, else -ENOMEM. */
 int tc__gpu_tier_fill_adopt(struct tc__gpu_tier *t, struct tc__obj *o,
 			    struct tc__gpu_replica **fill,
 			    struct tc__gpu_mem *mem, double seconds);

@@ -537,8 +537,8 @@ static void import_done(struct tc__job *job)
 				rc = tc__gpu_tier_fill_begin(
 					s->gpu, j->gpu_uuid,
 					j->src->table.total_bytes, &j->gpu_fill,
-					&j->gpu_dev, &j->gpu_charged, j->err,
-					sizeof(j->err));
+					&j->gpu_dev, &j->gpu_charged, NULL,
+					j->err, sizeof(j->err));
 			if (rc < 0) {
 				import_fail(j, rc, j->err);
 				return;

@@ -329,6 +329,19 @@ void tc__replica_touch(struct tc__replica *r)
 	}
 }
 
+void tc__replica_age(struct tc__replica *r)
+{
+	struct tc__tier *t = r->tier;
+
+	r->last_use_ns = 0;
+	if (!on_lru(r) || t->lru_tail == r)
+		return;
+	lru_unlink(t, r);
+	r->lru_prev = t->lru_tail;
+	t->lru_tail->lru_next = r; /* not empty: r was on it */
+	t->lru_tail = r;
+}
+
 int tc__replica_lease(struct tc__replica *r)
 {
 	if (r->state == TC_REPLICA_IDLE)

@@ -105,8 +105,18 @@ static long long gpu_stat(tc_client *c, int dev, const char *field)
 	json_t *d = json_array_get(json_object_get(json_object_get(j, "gpu"),
 						   "devices"),
 				   (size_t)dev);
-	long long v = d ? json_integer_value(json_object_get(d, field)) : -1;
+	const char *dot = strchr(field, '.');
+	long long v;
 
+	/* "spare.bytes": a member of an object member. */
+	if (d && dot) {
+		char head[32];
+
+		snprintf(head, sizeof(head), "%.*s", (int)(dot - field), field);
+		d = json_object_get(d, head);
+		field = dot + 1;
+	}
+	v = d ? json_integer_value(json_object_get(d, field)) : -1;
 	json_decref(j);
 	return v;
 }
@@ -597,12 +607,16 @@ static void test_gpu_tier__budget_and_eviction(void **state)
 		assert_int_equal(gpu_stat(c, 1, "replicas"), 1);
 		assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
 	}
-	/* Removing an artifact frees its replicas on every GPU. */
+	/* Removing an artifact frees its replicas on every GPU; what
+	 * stays charged is each GPU's spare (one allocation kept for the
+	 * next put of its size), the LRU's first victim. */
 	assert_int_equal(tc_rm(c, "e1"), 0);
 	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
 	assert_int_equal(gpu_stat(c, 1, "replicas"), 0);
-	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
-	assert_int_equal(gpu_stat(c, 1, "used_bytes"), 0);
+	for (int i = 0; i < 2; i++) {
+		assert_true(gpu_stat(c, i, "spare.bytes") > 0);
+		assert_int_equal(gpu_stat(c, i, "used_bytes"), 0);
+	}
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -935,7 +949,9 @@ static void test_gpu_tier__host_eviction_frees_replicas(void **state)
 	put_blob(c, "h4", 5 * MiB, 4, NULL);
 	assert_int_equal(tc_attach(c, "h1", &x), TC_ENOTFOUND);
 	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	/* Its allocation is the GPU's spare now, charged, nothing more. */
 	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	assert_true(gpu_stat(c, 0, "spare.bytes") > 0);
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -1719,7 +1735,8 @@ static void test_gpu_tier__fills_are_filling_replicas(void **state)
 		x = attach_gpu_ok(c, r.id, 0);
 		tc_artifact_close(x);
 		/* The same bytes put again: its fill goes at the seal, the
-		 * replica there stays, charged once. */
+		 * replica there stays, charged once; the fill's allocation
+		 * is kept as the GPU's spare (charged, no replica). */
 		assert_int_equal(tc_put_begin(c, &d, 1, NULL, &o, &p), 0);
 		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), G);
 		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
@@ -1729,9 +1746,14 @@ static void test_gpu_tier__fills_are_filling_replicas(void **state)
 		assert_int_equal(r2.deduplicated, 1);
 		assert_int_equal(gpu_stat(c, 0, "filling_bytes"), 0);
 		assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
+		assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
 		assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+		/* A removed replica's allocation goes when a spare is held
+		 * already: one spare per GPU. */
 		assert_int_equal(tc_rm(c, r.id), 0);
 		assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+		assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+		assert_int_equal(gpu_stat(c, 0, "spare.kept"), 1);
 	}
 
 	/* ... and one whose client is killed with it open gives its
@@ -1748,6 +1770,95 @@ static void test_gpu_tier__fills_are_filling_replicas(void **state)
 	assert_int_equal(wait_filling(c, 0, 0), 0);
 	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
 	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* A GPU put of `n` bytes of `fill` on GPU 0; its result in *r. */
+static void put_gpu_fill(tc_client *c, uint64_t n, int fill,
+			 struct tc_result *r, bool on_gpu)
+{
+	struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
+	struct tc_opts o = { .field_mask = on_gpu ? TC_OPT_DEVICE : 0,
+			     .device = 0 };
+	tc_put *p;
+
+	if (tc_put_begin(c, &d, 1, NULL, &o, &p) < 0)
+		fail_msg("put: %s", tc_client_errmsg(c));
+	/* The fake's device memory is host-addressable. */
+	memset(tc_put_data(p, 0), fill, (size_t)n);
+	if (tc_put_commit(p, r) < 0)
+		fail_msg("commit: %s", tc_client_errmsg(c));
+}
+
+/* The GPU's spare: the allocation of a removed replica (or of a put
+ * whose content was there already) is kept, charged, for the next GPU
+ * put of its size, which then makes no allocation; what it held never
+ * reaches the new artifact; it is the first victim when room is needed;
+ * gpu_spare=off keeps none. */
+static void test_gpu_tier__put_reuses_spare(void **state)
+{
+	const long long G = 2 * MiB; /* the fake's granularity */
+	const uint64_t n1 = MiB + 100, n2 = 3 * MiB;
+	struct tc_result ra, rb, rh, rc, rf;
+	char h1[65], h2[65];
+	tc_artifact *a;
+	tc_client *c;
+	uint8_t *want;
+
+	daemon_start(fake_env, "--set", "gpu_memory=8MiB", NULL);
+	c = t_connect(D.sock);
+	put_gpu_fill(c, n1, 0xa1, &ra, true);
+	assert_int_equal(tc_rm(c, ra.id), 0);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+	assert_int_equal(gpu_stat(c, 0, "spare.kept"), 1);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+
+	/* The next put of that size takes it: charged once, as a fill. */
+	put_gpu_fill(c, n1, 0xb2, &rb, true);
+	assert_int_equal(gpu_stat(c, 0, "spare.used"), 1);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 1);
+	/* Its id is its own bytes' (a host put of them joins it), and the
+	 * bytes on the GPU are those, not A's. */
+	put_gpu_fill(c, n1, 0xb2, &rh, false);
+	assert_string_equal(rh.id, rb.id);
+	want = malloc(n1);
+	assert_non_null(want);
+	memset(want, 0xb2, n1);
+	t_sha256_hex(want, n1, h2);
+	free(want);
+	a = attach_gpu_ok(c, rb.id, 0);
+	artifact_sha(a, h1);
+	assert_string_equal(h1, h2);
+	tc_artifact_close(a);
+	assert_int_equal(tc_rm(c, rb.id), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+	assert_int_equal(gpu_stat(c, 0, "spare.kept"), 2);
+
+	/* Another size fits beside it and leaves it alone ... */
+	put_gpu_fill(c, n2, 0xc3, &rc, true);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+	assert_int_equal(gpu_stat(c, 0, "spare.used"), 1);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
+	/* ... and when room is needed it goes first, before C, which is
+	 * older than nothing but the spare. */
+	put_gpu_fill(c, n2, 0xf4, &rf, true);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 4 * G);
+	assert_int_equal(gpu_stat(c, 0, "replicas"), 2);
+	a = attach_gpu_ok(c, rc.id, 0);
+	tc_artifact_close(a);
+	tc_client_close(c);
+
+	daemon_start(fake_env, "--set", "gpu_spare=off", NULL);
+	c = t_connect(D.sock);
+	put_gpu_fill(c, n1, 0xa1, &ra, true);
+	assert_int_equal(tc_rm(c, ra.id), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.kept"), 0);
 	tc_client_close(c);
 	daemon_stop();
 }
@@ -1775,6 +1886,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),
+		cmocka_unit_test(test_gpu_tier__put_reuses_spare),
 	};
 
 	/* This process and every daemon and child use the fake. */

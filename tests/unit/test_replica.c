@@ -260,6 +260,30 @@ static void test_replica__lru_order(void **state)
 	lru_names(&t, names, sizeof(names));
 	assert_string_equal(names, "bac");
 	assert_int_equal(tc__replica_unlease(&b.r), 0);
+	/* Aged: to the tail, the next victim (the head, the middle, the
+	 * tail itself). */
+	tc__replica_age(&b.r);
+	lru_names(&t, names, sizeof(names));
+	assert_string_equal(names, "acb");
+	tc__replica_age(&c.r);
+	lru_names(&t, names, sizeof(names));
+	assert_string_equal(names, "abc");
+	tc__replica_age(&c.r);
+	lru_names(&t, names, sizeof(names));
+	assert_string_equal(names, "abc");
+	tc__replica_touch(&b.r);
+	tc__replica_touch(&a.r);
+	tc__replica_touch(&c.r);
+	tc__replica_touch(&a.r);
+	lru_names(&t, names, sizeof(names));
+	assert_string_equal(names, "acb");
+	tc__replica_touch(&b.r);
+	tc__replica_touch(&a.r);
+	lru_names(&t, names, sizeof(names));
+	assert_string_equal(names, "abc");
+	tc__replica_touch(&b.r);
+	lru_names(&t, names, sizeof(names));
+	assert_string_equal(names, "bac");
 
 	/* Want 15 bytes freed: the two least recently used go, in order. */
 	assert_int_equal(tc__tier_evict(&t, 0, 15, &t), 2);
