@@ -22,6 +22,9 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--gib", type=float, default=8)
 ap.add_argument("--tensors", type=int, default=1000)
 ap.add_argument("--daemon-log", type=int, default=0, help="print the daemon log's last N lines")
+ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                help="daemon setting (e.g. gpu_spare=off), repeatable")
+ap.add_argument("--puts", type=int, default=4, help="timed puts before the profiled one")
 ap.add_argument("--sample-daemon", action="store_true",
                 help="sample the daemon's threads (/proc state, wchan, kernel stack) every 2 ms during each put")
 args = ap.parse_args()
@@ -29,7 +32,8 @@ nbytes = int(args.gib * 2**30)
 n_el = nbytes // 2 // args.tensors
 src = {f"p.{i:04d}": torch.empty(n_el, dtype=torch.bfloat16, device="cuda:0").normal_() for i in range(args.tensors)}
 torch.cuda.synchronize()
-tc.init(mode="create", host_memory="24GiB", daemon_args=("--log-level", "debug"))
+dargs = ("--log-level", "debug") + tuple(x for kv in args.set for x in ("--set", kv))
+tc.init(mode="create", host_memory="24GiB", daemon_args=dargs)
 
 
 class Sampler(threading.Thread):
@@ -67,7 +71,7 @@ class Sampler(threading.Thread):
 
 
 dpid = getattr(getattr(tc._sess(), "daemon", None), "pid", None)
-for k in range(4):
+for k in range(args.puts):
     sampler = Sampler(dpid) if args.sample_daemon and dpid else None
     if sampler:
         sampler.start()
