@@ -477,6 +477,8 @@ void tc__gpu_tier_free(struct tc__gpu_tier *t)
 	if (!t)
 		return;
 	for (int i = 0; i < t->ndev; i++)
+		spare_drop(&t->devs[i]); /* a start that failed skips stop */
+	for (int i = 0; i < t->ndev; i++)
 		if (t->devs[i].nreplicas)
 			tc__log(TC_LOG_WARN,
 				"GPU %d: %u replicas outlive the tier", i,
