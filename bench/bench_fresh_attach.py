@@ -83,6 +83,8 @@ def main():
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--gib", type=float, default=None, help="artifact size (default 16 on a GPU, 1 on the CPU)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--profile", action="store_true",
+                    help="then one more fresh process: cProfile of its first tensor_dict (not in the figure)")
     args = ap.parse_args()
     dev = args.device
     gib = args.gib if args.gib is not None else (16 if dev != "cpu" else 1)
@@ -130,6 +132,14 @@ def main():
     w = statistics.median(res["warm-up"][0])
     n = statistics.median(res["no warm-up"][0])
     print(f"first call with the warm-up: {w:.2f} ms vs {n:.2f} ms without ({n / w:.2f}x); goal <= 5 ms on a GPU")
+    if args.profile:
+        prof = CHILD.replace("first = once()", "import cProfile, pstats, io\npr = cProfile.Profile(); pr.enable()\n"
+                             "first = once()\npr.disable(); sio = io.StringIO()\n"
+                             "pstats.Stats(pr, stream=sio).sort_stats('tottime').print_stats(30)\n"
+                             "sys.stderr.write(sio.getvalue())", 1)
+        out = subprocess.run([sys.executable, "-c", prof, dev, art.artifact_id, str(REPO / "python")],
+                             capture_output=True, text=True, env=env)
+        print("profile of a fresh process's first tensor_dict:\n" + out.stderr[-8000:])
     if ipc:
         t = statistics.median(res["torch IPC"][0])
         print(f"torch CUDA IPC, first rebuild of the same 1,000 tensors: {t:.2f} ms ({t / w:.2f}x tcast's)")
