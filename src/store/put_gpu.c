@@ -112,6 +112,42 @@ struct gput_job {
 	char err[512];
 };
 
+/*
+ * A kept allocation (the GPU's spare, or a victim's) still holds its old
+ * bytes where no tensor lies: the alignment padding between tensors.  A
+ * new allocation reads as zeros there (the driver scrubs what it hands
+ * out), and the id covers the whole byte space, so the padding is zeroed
+ * before the daemon hashes it -- one memset per gap on one stream.  The
+ * fused copy writes zeros there itself, so a put sealed with its digests
+ * needs none of this.
+ */
+static int zero_gaps(const struct gpu_put *p, char *err, size_t errlen)
+{
+	const struct tc__table *t = &p->o->table;
+	struct tc__gpu_stream *st = NULL;
+	uint64_t at = 0;
+	int rc;
+
+	rc = tc__gpu_stream_create(p->dev, &st, err, errlen);
+	for (uint32_t i = 0; rc == 0 && i <= t->ntensors; i++) {
+		uint64_t next = i < t->ntensors ? t->tensors[i].offset :
+						  t->total_bytes;
+
+		if (next > at)
+			rc = tc__gpu_memset8(p->dev, p->mem.dptr + at, 0,
+					     next - at, st, err, errlen);
+		if (i < t->ntensors &&
+		    t->tensors[i].offset + t->tensors[i].nbytes > at)
+			at = t->tensors[i].offset + t->tensors[i].nbytes;
+	}
+	if (st) {
+		if (rc == 0)
+			rc = tc__gpu_stream_sync(st, err, errlen);
+		tc__gpu_stream_free(st);
+	}
+	return rc;
+}
+
 static void gput_run(struct tc__job *job)
 {
 	struct gput_job *j = (struct gput_job *)job;
@@ -144,6 +180,8 @@ static void gput_run(struct tc__job *job)
 		j->rc = tc__gpu_memset8(p->dev, p->mem.dptr + n, 0,
 					p->mem.size - n, NULL, j->err,
 					sizeof(j->err));
+	if (j->rc == 0 && p->spare && !p->dig)
+		j->rc = zero_gaps(p, j->err, sizeof(j->err));
 	if (j->rc == 0 && p->dig)
 		memcpy(chunks, p->dig, nchunks * sizeof(*chunks));
 	/* Hashed (unless adopted) and, for a policy with a shared-disk
