@@ -138,7 +138,7 @@ static int on_replicate(void *arg, const char *id, const char *source,
 	po.ref = id;
 	po.sources = sources;
 	po.nsources = 1;
-	po.streams = 0; /* chosen: one source, so 4 */
+	po.streams = 0; /* chosen: the lone-source rule */
 	po.timeout_ms = dcfg->peer_timeout_ms;
 	po.secret = &secret;
 	po.tls = tls_ctx;

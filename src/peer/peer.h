@@ -22,9 +22,16 @@
 #include "net/auth.h"
 #include "transport.h"
 
-#define TC_PEER_MAX_SOURCES  16 /* sources one pull stripes over */
-#define TC_PEER_MAX_STREAMS  16 /* TCP streams per source */
-#define TC_PEER_AUTO_STREAMS 4	/* per source by default, at most */
+#define TC_PEER_MAX_SOURCES 16 /* sources one pull stripes over */
+#define TC_PEER_MAX_STREAMS 16 /* TCP streams per source */
+#define TC_PEER_AUTO_STREAMS                                                    \
+	4			   /* per source by default, at most, when a    \
+				      pull has several sources; a lone source's \
+				      floor */
+#define TC_PEER_LONE_MAX_STREAMS 8 /* a lone source by default, at most */
+#define TC_PEER_CPUS_PER_LONE_STREAM                                          \
+	2 /* a lone source gets one stream per this many usable CPUs (between \
+	     the two figures above) */
 #define TC_PEER_STREAMS_PER_CPU                                           \
 	8 /* by default a pull's streams over all its sources, per online \
 	     CPU */
@@ -254,17 +261,22 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 
 /* The default streams per source (opts.streams 0) for a source joining a
  * pull that then knows `nsources` live sources, in a process that may run
- * on `ncpu` CPUs (its affinity mask): TC_PEER_STREAMS_PER_CPU * ncpu
- * streams shared among the sources, at least 1 and at most
- * TC_PEER_AUTO_STREAMS each.  One stream
- * cannot copy and hash at line rate, so a lone source gets 4; but every
+ * on `ncpu` CPUs (its affinity mask).  A lone source gets one stream per
+ * TC_PEER_CPUS_PER_LONE_STREAM CPUs, at least TC_PEER_AUTO_STREAMS and
+ * at most TC_PEER_LONE_MAX_STREAMS: a stream receives at ~6 Gbit/s where
+ * iperf3's reach 8-11, so on a host with CPUs to spare a lone source
+ * needs more of them to fill the link (bench/RESULTS.md, "Pull"), while
+ * a 2-CPU node keeps 4.  Several sources share TC_PEER_STREAMS_PER_CPU *
+ * ncpu streams, at least 1 and at most TC_PEER_AUTO_STREAMS each: every
  * stream is a thread at this end and a connection at the other, and a
  * fan-out receiver pulls from the seed and up to 15 peers, so on a small
  * node the total is what counts (2 vCPUs: 4 each for up to 4 sources, 3
  * for 5, 2 for 6 to 8, 1 beyond; bench/RESULTS.md "Fan-out").  ncpu < 1
  * counts as 1, nsources < 1 as 1.  The share of the sources that joined
  * earlier drops to it too: their streams over it finish what they asked
- * for and end. */
+ * for and end.  TCAST_PEER_LONE_STREAMS=N in the pulling process's
+ * environment (1..TC_PEER_MAX_STREAMS) overrides the lone source's count
+ * (pull.c; this function ignores it). */
 int tc__peer_auto_streams(int ncpu, int nsources);
 
 #endif /* TC_PEER_H */

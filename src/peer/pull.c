@@ -37,6 +37,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,6 +92,7 @@ struct pull {
 	uint8_t *told; /* per chunk: `asked` of it went already */
 	int nsrc;      /* sources so far (grows by discovery) */
 	int ncpu;      /* CPUs we may run on, for tc__peer_auto_streams */
+	int lone;      /* a lone source's streams (environment), or 0 */
 	int nslots;    /* stream slots (threads) the pull may start in all */
 	int nlive;
 	struct psrc src[TC_PEER_MAX_SOURCES];
@@ -703,10 +705,46 @@ static void summarize(const struct pull *p, char *err, size_t errlen)
 
 int tc__peer_auto_streams(int ncpu, int nsources)
 {
-	long per = (long)TC_PEER_STREAMS_PER_CPU * (ncpu < 1 ? 1 : ncpu) /
-		   (nsources < 1 ? 1 : nsources);
+	long cpus = ncpu < 1 ? 1 : ncpu;
+	long per;
 
+	if (nsources <= 1)
+		return (int)TC_MAX(TC_PEER_AUTO_STREAMS,
+				   TC_MIN(cpus / TC_PEER_CPUS_PER_LONE_STREAM,
+					  (long)TC_PEER_LONE_MAX_STREAMS));
+	per = (long)TC_PEER_STREAMS_PER_CPU * cpus / nsources;
 	return (int)TC_MAX(1, TC_MIN(per, (long)TC_PEER_AUTO_STREAMS));
+}
+
+/* TCAST_PEER_LONE_STREAMS=N (1..TC_PEER_MAX_STREAMS): a lone source's
+ * streams, for benchmarks and hosts the rule misjudges; 0 when unset or
+ * out of range (then the rule). */
+static int lone_override(void)
+{
+	const char *v = getenv("TCAST_PEER_LONE_STREAMS");
+	char *end;
+	long n;
+
+	if (!v || !*v)
+		return 0;
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (errno || *end || n < 1 || n > TC_PEER_MAX_STREAMS) {
+		tc__log(TC_LOG_WARN,
+			"ignoring TCAST_PEER_LONE_STREAMS='%s': not 1..%d", v,
+			TC_PEER_MAX_STREAMS);
+		return 0;
+	}
+	return (int)n;
+}
+
+/* The default streams per source with `nsources` live ones: the rule, or
+ * the override for a lone source. */
+static int auto_streams(const struct pull *p, int nsources)
+{
+	if (nsources <= 1 && p->lone)
+		return p->lone;
+	return tc__peer_auto_streams(p->ncpu, nsources);
 }
 
 /* The CPUs this process may run on: its affinity mask (taskset, a
@@ -723,7 +761,7 @@ static int usable_cpus(void)
 /* Most streams one source may get: what the sm array is sized by. */
 static int max_per_source(const struct tc__peer_pull_opts *o)
 {
-	return o->streams ? o->streams : TC_PEER_AUTO_STREAMS;
+	return o->streams ? o->streams : TC_PEER_MAX_STREAMS;
 }
 
 /* Streams for a source joining now (mu not held): opts.streams, else the
@@ -739,7 +777,7 @@ static int streams_for(struct pull *p)
 	pthread_mutex_lock(&p->mu);
 	for (int i = 0; i < p->nsrc; i++)
 		n += !p->dropped[i];
-	per = tc__peer_auto_streams(p->ncpu, n);
+	per = auto_streams(p, n);
 	for (int i = 0; i < p->nsrc; i++)
 		if (p->target[i] > per)
 			p->target[i] = per;
@@ -858,7 +896,7 @@ static void regrow(struct pull *p, struct stream *sm, int *ns)
 	nsrc = p->nsrc;
 	for (int i = 0; i < nsrc; i++)
 		alive += !p->dropped[i];
-	per = tc__peer_auto_streams(p->ncpu, alive);
+	per = auto_streams(p, alive);
 	for (int i = 0; i < nsrc && p->ndone < p->nwant && !p->fatal; i++)
 		if (!p->dropped[i] && p->active[i] > 0 && p->active[i] < per) {
 			want[i] = per - p->active[i];
@@ -1027,6 +1065,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	}
 	sync = true;
 	p.ncpu = usable_cpus();
+	p.lone = lone_override();
 	if (p.nwant) {
 		int per = streams_for(&p);
 

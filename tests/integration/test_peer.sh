@@ -52,16 +52,21 @@ run pull_on b "${ns[1]}" model:peer --from "$A:7070"
 ok is "$rc" 0
 ok is "$(jq_ 'd["id"]')" "$want"
 ok is "$(jq_ 'd["sources"][0]["bytes"]')" "$((64 * 1048576 + 12))"
-# no --streams: one source gets 4 on any machine (8 per CPU shared, <= 4)
-ok is "$(jq_ 'd["sources"][0]["streams"]')" 4
+# no --streams: a lone source gets one stream per 2 CPUs, 4 to 8
+# (tc__peer_auto_streams)
+ncpu=$(nproc)
+lone=$((ncpu / 2 < 4 ? 4 : ncpu / 2 > 8 ? 8 : ncpu / 2))
+ok is "$(jq_ 'd["sources"][0]["streams"]')" "$lone"
 ok is "$(t b keys --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["keys"][0]["id"])')" "$want"
 t a export "$want" "$dir/a.st" && t b export model:peer "$dir/b.st"
 ok cmp -s "$dir/a.st" "$dir/b.st"
 # Again with the streams writing through the put's mapping, all at once
 # (TCAST_PUT_WRITE=map; hosts where page tables are cheap take it).
 t b rm model:peer >/dev/null 2>&1; t b rm "$want" >/dev/null 2>&1
-TCAST_PUT_WRITE=map run pull_on b "${ns[1]}" "$want" --from "$A:7070" --no-key
+# TCAST_PEER_LONE_STREAMS overrides the lone source's count.
+TCAST_PUT_WRITE=map TCAST_PEER_LONE_STREAMS=6 run pull_on b "${ns[1]}" "$want" --from "$A:7070" --no-key
 ok is "$rc" 0
+ok is "$(jq_ 'd["sources"][0]["streams"]')" 6
 t b export "$want" "$dir/b2.st"
 ok cmp -s "$dir/a.st" "$dir/b2.st"
 # The pulls (the daemon's owner) checked every chunk against the digests
