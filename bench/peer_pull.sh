@@ -4,12 +4,21 @@
 # (issue 12 figures: >= 95% of iperf3).  Needs root, iproute2 and iperf3
 # (apt-get install -y iperf3).  Usage:
 #   bench/peer_pull.sh [BUILD] [SIZE_GIB] [STREAMS] [ROUNDS]
+# STREAMS is a number (1..16, --streams N) or "auto": the pull chooses as
+# it does without --streams (a lone source: one stream per 2 CPUs, 4..8,
+# or TCAST_PEER_LONE_STREAMS), and iperf3 then runs with the count the
+# pull used (read from its JSON), in each round.
 # Prints one line per measurement and the ratios; the artifact's bytes are
 # zeros (a sparse file: TCP and BLAKE3 do not care what the bytes are).
 set -eu
 build=${1:-build}
 gib=${2:-4}
 streams=${3:-4}
+case $streams in
+auto) ;;
+*[!0-9]* | '') echo "STREAMS: a number or auto, not '$streams'" >&2; exit 2 ;;
+esac
+mode=$streams # "auto" or the number
 rounds=${4:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 T=$root/$build/bin/tcast
@@ -63,9 +72,9 @@ id_=$("$T" --socket "$dir/a/d.sock" import "$dir/m.safetensors" 2>/dev/null)
 rm -f "$dir/m.safetensors"
 bench_header "$(iperf3 --version | head -1)"
 if [ "$net" = loopback ]; then
-	echo "   ${gib} GiB artifact, $streams streams, loopback of one namespace (PEER_PULL_NET=loopback)"
+	echo "   ${gib} GiB artifact, $mode streams, loopback of one namespace (PEER_PULL_NET=loopback)"
 else
-	echo "   ${gib} GiB artifact, $streams streams, veth pair between two namespaces"
+	echo "   ${gib} GiB artifact, $mode streams, veth pair between two namespaces"
 fi
 
 iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received
@@ -76,18 +85,27 @@ iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received
 	wait $s 2>/dev/null || true
 	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$dir/ip.json"
 }
-pull() { # prints transfer Gbit/s and end-to-end Gbit/s
+pull() { # prints transfer Gbit/s, end-to-end Gbit/s and the streams used
+	local sflag=()
+	[ "$mode" = auto ] || sflag=(--streams "$mode")
 	"$T" --socket "$dir/b/d.sock" rm "$id_" >/dev/null 2>&1 || true
 	"${inB[@]}" "$T" --socket "$dir/b/d.sock" --json pull "$id_" --from $ipA:7070 \
-		--streams "$streams" >"$dir/p.json"
-	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); b=d["bytes"]*8/1e9; print("%.2f %.2f" % (b / d["transfer_seconds"], b / d["seconds"]))' "$dir/p.json"
+		"${sflag[@]}" >"$dir/p.json"
+	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); b=d["bytes"]*8/1e9; print("%.2f %.2f %d" % (b / d["transfer_seconds"], b / d["seconds"], d["sources"][0]["streams"]))' "$dir/p.json"
 }
 best_ip=0 best_ipz=0 best_pull=0 best_e2e=0
 max() { $PY -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
 for r in $(seq "$rounds"); do
-	i=$(iperf)
-	iz=$(iperf -Z)
-	read -r p e <<<"$(pull)"
+	if [ "$mode" = auto ]; then
+		# The pull first, so that iperf3 runs with the streams it chose.
+		read -r p e streams <<<"$(pull)"
+		i=$(iperf)
+		iz=$(iperf -Z)
+	else
+		i=$(iperf)
+		iz=$(iperf -Z)
+		read -r p e _ <<<"$(pull)"
+	fi
 	echo "round $r: iperf3 -P $streams $i Gbit/s, iperf3 -Z -P $streams $iz Gbit/s, tcast pull $p Gbit/s (transfer, verified), $e Gbit/s (end to end, with the local daemon's re-hash and seal)"
 	best_ip=$(max "$best_ip" "$i")
 	best_ipz=$(max "$best_ipz" "$iz")
