@@ -158,18 +158,18 @@ struct tc__peer_sink {
 	void *arg;
 	int (*begin)(void *arg, const char *id, const struct tc__table *t,
 		     uint8_t **base, char *err, size_t errlen);
-	/* Optional: a sink that writes.  With stage() (a staged sink),
-	 * each stream receives a chunk into a TC_CHUNK_BYTES buffer from
-	 * stage() (pinned host memory for a GPU sink, which the receiver
-	 * cannot recv into; back with unstage()), verifies it there, and
-	 * only then hands it to write() with its byte offset, on the
-	 * stream's thread.  Without stage(), write() gets each chunk in
-	 * pieces as they arrive, before the chunk verified (it counts only
-	 * once it has; a bad one is written again by its next fetch): a
-	 * host sink writes through the memory's file, since fresh shared
-	 * memory fills faster that way than by first writes through a
-	 * mapping (docs/design.md).  A failed stage() or write() fails the
-	 * whole pull with its error (no source is blamed). */
+	/* Optional: a sink that writes.  The streams receive each chunk
+	 * into a TC_CHUNK_BYTES buffer of the pull's pool (from stage()
+	 * when set, e.g. pinned host memory for a GPU sink, which the
+	 * receiver cannot recv into; back with unstage() when the pull
+	 * ends; else memory of the pull's own), a verifier thread checks
+	 * it there and only then hands it to write() with its byte
+	 * offset, on the verifier's thread (several run at once).  A host
+	 * sink writes through the memory's file, since fresh shared memory
+	 * fills faster that way than by first writes through a mapping
+	 * (docs/design.md).  Without write(), chunks land in begin()'s
+	 * mapping and are verified in place.  A failed stage() or write()
+	 * fails the whole pull with its error (no source is blamed). */
 	int (*stage)(void *arg, uint8_t **buf, char *err, size_t errlen);
 	void (*unstage)(void *arg, uint8_t *buf);
 	int (*write)(void *arg, uint64_t off, const uint8_t *data, uint32_t n,

@@ -5,10 +5,16 @@
  * Chunks are handed out dynamically: a stream takes the next chunk nobody
  * holds or fetches when it has fewer than TC_PULL_DEPTH requests out, so a
  * fast source or stream simply takes more (an even split would run at the
- * slowest one, reference/cluster.md P4).  Bytes land straight in the
- * destination, hashed piece by piece while they are in cache; a chunk
- * counts only when its BLAKE3 matches the manifest, whose digests the
- * artifact id vouches for (wire.c).  A chunk that fails goes back to the
+ * slowest one, reference/cluster.md P4).  A stream only receives: each
+ * chunk into a buffer of the pull's pool (a sink that writes) or its
+ * place in the mapping, then hands it to a pool of verifier threads that
+ * hash it and write it into the sink, so that one stream moves bytes at
+ * the link's rate (receiving, hashing and writing on one thread held a
+ * stream to ~6 Gbit/s, below iperf3's 8-11).  At most vcap chunks wait
+ * received and unverified (the memory cap; a stream waits for a slot
+ * beyond it, and TCP's window holds the sender).  A chunk counts only
+ * when its BLAKE3 matches the manifest, whose digests the artifact id
+ * vouches for (wire.c).  A chunk that fails goes back to the
  * queue, barred from the source that sent it; a source that sent
  * TC_PEER_BAD_LIMIT bad chunks, or whose stream died or stalled past the
  * timeout, is dropped and its chunks go to the others.  Shared state is
@@ -46,6 +52,7 @@
 
 #include "common/alloc.h"
 #include "common/compiler.h"
+#include "common/failpoint.h"
 #include "common/log.h"
 #include "frameio.h"
 #include "peer.h"
@@ -58,6 +65,10 @@
 #define TC_PULL_VALVE_MS    300 /* no progress: the seed sends anything */
 #define TC_PULL_TICK_MS	    50	/* supervisor and idle-stream period */
 #define TC_PULL_DECLINED_MS 250 /* a seed said "ask your peers" */
+#define TC_PULL_MAX_VERIFY  8	/* verifier threads, at most */
+#define TC_PULL_BUFFER_MB                                                   \
+	128 /* received chunks not yet verified, at most (MiB; environment: \
+	       TCAST_PEER_PULL_BUFFER_MB) */
 
 enum { C_TODO, C_FLIGHT, C_DONE, C_SKIP }; /* C_SKIP: not wanted */
 
@@ -69,6 +80,13 @@ struct psrc {
 	uint8_t *have;	   /* filling: chunks it said it holds (owned) */
 	uint8_t *fetching; /* filling: chunks it fetches from a seed */
 	uint64_t have_ns;  /* when it last said so */
+};
+
+/* A chunk received, waiting for a verifier. */
+struct vjob {
+	uint64_t k;   /* the chunk */
+	int src;      /* the source that sent it */
+	uint8_t *buf; /* its bytes (a pool buffer), or NULL: in the mapping */
 };
 
 struct pull {
@@ -104,8 +122,25 @@ struct pull {
 	bool dropped[TC_PEER_MAX_SOURCES]; /* use no more */
 	int fatal; /* a staged sink failed: the pull ends */
 	char fatal_err[512];
+	/* Received chunks on their way to the verifiers: at most vcap slots
+	 * out (a buffer each for a sink that writes), a ring of vcap jobs. */
+	int vcap;	 /* slots: the buffering's memory cap */
+	int vused;	 /* slots out: being received or verified */
+	uint8_t **vbufs; /* every buffer made so far (nvbufs, owned) */
+	int nvbufs;
+	uint8_t **vfree; /* of those, free (nvfree) */
+	int nvfree;
+	struct vjob *vq; /* received, not yet taken by a verifier */
+	int vhead, vlen;
+	int nverifying; /* jobs queued or being verified */
+	bool vstop;	/* the streams are gone: verifiers end */
+	bool held;	/* failpoint pull.hold_verify done */
+	bool holding;	/* and in progress: the other verifiers wait */
+	pthread_t vth[TC_PULL_MAX_VERIFY];
+	int nvth;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
+	pthread_cond_t vcv; /* a job for the verifiers, or vstop */
 };
 
 struct stream {
@@ -209,25 +244,81 @@ static uint32_t chunk_len(const struct pull *p, uint64_t k)
 				p->man.table.total_bytes - k * TC_CHUNK_BYTES);
 }
 
-/* Receive one chunk's DATA into place and check it: into `stage` (a
- * staged sink: the whole chunk), or piece by piece through `stage` to the
- * sink's write() (a sink that writes, unstaged), or straight into the
- * mapping.  Returns 1 when it verified, 0 when it did not (the stream is
- * still in sync), 2 when a filling source does not hold it yet, 4 when a
- * sealed one declined it (ask the peers), 3 when the sink's write()
- * failed (the pull fails; in sync too), or a negative code (the stream is
- * not). */
-static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
-		      struct tc__hasher *h, uint64_t k, uint8_t *stage,
-		      int64_t *offer, char *err, size_t errlen)
+/* ------------------------------------------------- buffers and verifiers */
+
+/* A slot for one received chunk (mu held on entry and return; may wait):
+ * a buffer from the pool (a sink that writes), or none (the chunk lands
+ * in the mapping).  At most p->vcap slots are out at once: what bounds
+ * the memory of chunks received but not yet verified.  Returns 0 with
+ * *buf set (NULL for the mapping), or a negative code with `err` (the
+ * pull failed meanwhile, or a buffer could not be made). */
+static int slot_get(struct pull *p, uint8_t **buf, char *err, size_t errlen)
 {
 	const struct tc__peer_sink *sk = &p->o->sink;
-	bool pieces = sk->write && !sk->stage;
+	uint8_t *nb = NULL;
+	int rc = 0;
+
+	*buf = NULL;
+	while (p->vused >= p->vcap && !p->fatal)
+		pthread_cond_wait(&p->cv, &p->mu);
+	if (p->fatal) {
+		snprintf(err, errlen, "the pull failed: %s", p->fatal_err);
+		return -ECANCELED;
+	}
+	p->vused++;
+	if (!sk->write)
+		return 0;
+	if (p->nvfree > 0) {
+		*buf = p->vfree[--p->nvfree];
+		return 0;
+	}
+	/* A new buffer, made without the lock (pinned memory is slow to
+	 * make). */
+	pthread_mutex_unlock(&p->mu);
+	if (sk->stage) {
+		rc = sk->stage(sk->arg, &nb, err, errlen);
+	} else {
+		nb = tc__peer_buf_new(TC_CHUNK_BYTES);
+		if (!nb) {
+			rc = -ENOMEM;
+			snprintf(err, errlen,
+				 "out of memory for a chunk buffer");
+		}
+	}
+	pthread_mutex_lock(&p->mu);
+	if (rc < 0) {
+		p->vused--;
+		fail_pull(p, rc, err);
+		return rc;
+	}
+	p->vbufs[p->nvbufs++] = nb;
+	*buf = nb;
+	return 0;
+}
+
+/* Give a slot back (mu held). */
+static void slot_put(struct pull *p, uint8_t *buf)
+{
+	if (buf)
+		p->vfree[p->nvfree++] = buf;
+	p->vused--;
+	pthread_cond_broadcast(&p->cv);
+}
+
+/* Receive one chunk's DATA into a slot (a buffer, or its place in the
+ * mapping) and hand it to the verifiers: stream threads only receive, so
+ * that a stream moves bytes at the link's rate instead of also hashing
+ * and writing every chunk.  Returns 5 when the chunk went to the
+ * verifiers (it stays in flight until they are done), 2 when a filling
+ * source does not hold it yet, 4 when a sealed one declined it (ask the
+ * peers), or a negative code (the stream is out of sync). */
+static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
+		      uint64_t k, int64_t *offer, char *err, size_t errlen)
+{
 	struct tc__peer_msg m;
-	struct tc__digest d;
-	uint8_t *dst;
+	uint8_t *buf, *dst;
 	uint32_t n = chunk_len(p, k), got = 0;
-	int rc, wrc = 0;
+	int rc;
 
 	rc = tc__peer_recv_msg(c, &m, err, errlen);
 	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_ENOTFOUND &&
@@ -255,53 +346,163 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	tc__peer_msg_release(&m);
 	if (rc < 0)
 		return rc;
-	if (p->src[src].complete) {
+	pthread_mutex_lock(&p->mu);
+	if (p->src[src].complete && !p->told[k]) {
 		/* A seed sends it: peers may ask the seed for others (told
 		 * now, not when asked: a seed may decline). */
-		pthread_mutex_lock(&p->mu);
-		if (!p->told[k]) {
-			p->told[k] = 1;
-			p->asked[p->nasked++] = k;
-			pthread_cond_broadcast(&p->cv);
-		}
-		pthread_mutex_unlock(&p->mu);
+		p->told[k] = 1;
+		p->asked[p->nasked++] = k;
+		pthread_cond_broadcast(&p->cv);
 	}
-	dst = stage ? stage : p->base + k * TC_CHUNK_BYTES;
-	tc__hasher_reset(h);
+	rc = slot_get(p, &buf, err, errlen);
+	pthread_mutex_unlock(&p->mu);
+	if (rc < 0)
+		return rc;
+	dst = buf ? buf : p->base + k * TC_CHUNK_BYTES;
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);
-		uint8_t *at = pieces ? stage : dst + got;
 
-		rc = c->t->recv(c, at, piece);
+		rc = c->t->recv(c, dst + got, piece);
 		if (rc < 0) {
 			snprintf(err, errlen, "%s: %s in chunk %llu", c->addr,
 				 rc == TC_ECLOSED ? "connection closed" :
 				 rc == -ETIMEDOUT ? "timed out (no bytes)" :
 						    strerror(-rc),
 				 (unsigned long long)k);
+			pthread_mutex_lock(&p->mu);
+			slot_put(p, buf);
+			pthread_mutex_unlock(&p->mu);
 			return rc;
-		}
-		tc__hasher_update(h, at, piece);
-		if (pieces && wrc == 0) {
-			/* Into the sink before the chunk verified: it counts
-			 * (and is served) only once it has; one that fails is
-			 * written again by its next fetch. */
-			char werr[512];
-
-			wrc = sk->write(sk->arg, k * TC_CHUNK_BYTES + got, at,
-					piece, werr, sizeof(werr));
-			if (wrc < 0) {
-				pthread_mutex_lock(&p->mu);
-				fail_pull(p, wrc, werr);
-				pthread_mutex_unlock(&p->mu);
-			}
 		}
 		got += piece;
 	}
-	if (wrc < 0)
-		return 3;
-	tc__hasher_final(h, &d);
-	return tc__digest_eq(&d, &p->man.chunks[k]) ? 1 : 0;
+	pthread_mutex_lock(&p->mu);
+	p->vq[(p->vhead + p->vlen) % p->vcap] =
+		(struct vjob){ .k = k, .src = src, .buf = buf };
+	p->vlen++;
+	p->nverifying++;
+	pthread_cond_signal(&p->vcv);
+	pthread_cond_broadcast(&p->cv); /* a held verifier counts them */
+	pthread_mutex_unlock(&p->mu);
+	return 5;
+}
+
+/* Failpoint pull.hold_verify (subject: the artifact id): the verifiers
+ * start only once the streams have received as many chunks as the
+ * buffering allows (or every chunk left), at most 10 s, and it is logged
+ * how many that was: receiving goes on while nothing is verified, up to
+ * the cap and no further (tests/integration/test_peer.sh).  Once per
+ * pull (mu held). */
+static void hold_verify(struct pull *p)
+{
+	uint64_t until = tc__now_ns() + 10000000000ull;
+
+	if (p->held || !tc__failpoint("pull.hold_verify", p->man.id))
+		return;
+	p->held = p->holding = true;
+	while ((uint64_t)p->vlen <
+		       TC_MIN((uint64_t)p->vcap, p->nwant - p->ndone) &&
+	       p->nlive > 0 && !p->fatal && tc__now_ns() < until) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += TC_PULL_TICK_MS * 1000000l;
+		if (ts.tv_nsec >= 1000000000l) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000l;
+		}
+		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+	}
+	tc__log(TC_LOG_WARN,
+		"pull %s: verify held (failpoint): %d chunks received, none "
+		"verified, buffering for %d",
+		p->man.id, p->vlen, p->vcap);
+	p->holding = false;
+	pthread_cond_broadcast(&p->vcv);
+}
+
+/* A verifier: takes received chunks in order, checks each against its
+ * digest and, for a sink that writes, writes it from its buffer; then
+ * the chunk counts (or goes back to the queue barred from its source, as
+ * a stream did it before the split). */
+static void *verify_main(void *arg)
+{
+	struct pull *p = arg;
+	const struct tc__peer_sink *sk = &p->o->sink;
+	struct tc__hasher *h = tc__hasher_new();
+
+	pthread_setname_np(pthread_self(), "tc-pull-verify");
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		struct tc__peer_source_stats *st;
+		struct tc__digest d;
+		struct vjob j;
+		const uint8_t *data;
+		uint32_t n;
+		int wrc = 0;
+		bool good;
+		char werr[512];
+
+		while ((p->vlen == 0 && !p->vstop) || p->holding)
+			pthread_cond_wait(&p->vcv, &p->mu);
+		if (p->vlen == 0)
+			break;
+		hold_verify(p);
+		j = p->vq[p->vhead];
+		p->vhead = (p->vhead + 1) % p->vcap;
+		p->vlen--;
+		pthread_mutex_unlock(&p->mu);
+
+		n = chunk_len(p, j.k);
+		data = j.buf ? j.buf : p->base + j.k * TC_CHUNK_BYTES;
+		good = false;
+		if (h) {
+			tc__hasher_reset(h);
+			tc__hasher_update(h, data, n);
+			tc__hasher_final(h, &d);
+			good = tc__digest_eq(&d, &p->man.chunks[j.k]);
+		}
+		if (good && sk->write)
+			/* Verified: only now does it go to the sink. */
+			wrc = sk->write(sk->arg, j.k * TC_CHUNK_BYTES, data, n,
+					werr, sizeof(werr));
+
+		pthread_mutex_lock(&p->mu);
+		st = &p->res->src[j.src];
+		slot_put(p, j.buf);
+		p->nflight--;
+		p->nverifying--;
+		if (!h) {
+			p->state[j.k] = C_TODO;
+			fail_pull(p, -ENOMEM, "out of memory for a hasher");
+		} else if (wrc < 0) {
+			p->state[j.k] = C_TODO;
+			fail_pull(p, wrc, werr);
+		} else if (good) {
+			p->state[j.k] = C_DONE;
+			p->ndone++;
+			p->progress_ns = tc__now_ns();
+			p->fresh[p->nfresh++] = j.k;
+			st->chunks++;
+			st->bytes += n;
+		} else {
+			p->state[j.k] = C_TODO;
+			p->barred[j.k] |= (uint16_t)(1u << j.src);
+			st->bad_chunks++;
+			tc__log(TC_LOG_WARN,
+				"pull %s: chunk %llu from %s fails its digest; "
+				"fetching it elsewhere",
+				p->man.id, (unsigned long long)j.k, st->addr);
+			if (st->bad_chunks >= TC_PEER_BAD_LIMIT)
+				drop_source(p, j.src,
+					    "sent chunks that fail their "
+					    "digest");
+		}
+		pthread_cond_broadcast(&p->cv);
+	}
+	pthread_mutex_unlock(&p->mu);
+	tc__hasher_free(h);
+	return NULL;
 }
 
 /* Ask the source what it holds (no request of ours outstanding on `c`).
@@ -377,34 +578,15 @@ static void *stream_main(void *arg)
 	struct tc__peer_source_stats *st = &p->res->src[sm->src];
 	struct psrc *ps = &p->src[sm->src];
 	struct tc__peer_conn *c = NULL;
-	struct tc__hasher *h = tc__hasher_new();
 	struct tc__buf b = TC_BUF_INIT;
 	int64_t q[TC_PULL_DEPTH], offer = -1;
 	int nq = 0, nsent = 0, rc = 0;
 	bool retiring = false; /* over its source's target: ending */
-	uint8_t *stage = NULL;
 	char err[512] = "";
 
-	if (o->sink.write && !o->sink.stage) {
-		stage = tc__peer_buf_new(TC_PULL_PIECE);
-		rc = stage ? 0 : -ENOMEM;
-		snprintf(err, sizeof(err),
-			 "out of memory for a stream's buffer");
-	} else if (o->sink.write) {
-		rc = o->sink.stage(o->sink.arg, &stage, err, sizeof(err));
-	}
-	if (o->sink.write && rc < 0) {
-		pthread_mutex_lock(&p->mu);
-		fail_pull(p, rc, err);
-		pthread_mutex_unlock(&p->mu);
-		stage = NULL;
-		rc = 0;
-		goto out_stream; /* not this source's fault */
-	}
-
-	rc = h ? tc__peer_tcp.connect(ps->addr, o->timeout_ms, o->timeout_ms,
-				      &c, err, sizeof(err)) :
-		 -ENOMEM;
+	pthread_setname_np(pthread_self(), "tc-pull-recv");
+	rc = tc__peer_tcp.connect(ps->addr, o->timeout_ms, o->timeout_ms, &c,
+				  err, sizeof(err));
 	if (rc == 0)
 		rc = tc__peer_auth_client(c, o->tls, o->secret, o->name,
 					  o->timeout_ms, err, sizeof(err));
@@ -515,61 +697,27 @@ static void *stream_main(void *arg)
 		}
 		if (rc < 0)
 			break;
-		rc = recv_chunk(p, sm->src, c, h, (uint64_t)q[0], stage, &offer,
-				err, sizeof(err));
+		rc = recv_chunk(p, sm->src, c, (uint64_t)q[0], &offer, err,
+				sizeof(err));
 		if (rc < 0)
 			break;
-		if (rc == 1 && stage && o->sink.stage) {
-			/* Verified in staging: only now does it go to
-			 * the sink's memory. */
-			char werr[512];
-			int wrc = o->sink.write(o->sink.arg,
-						(uint64_t)q[0] * TC_CHUNK_BYTES,
-						stage,
-						chunk_len(p, (uint64_t)q[0]),
-						werr, sizeof(werr));
-
-			if (wrc < 0) {
-				pthread_mutex_lock(&p->mu);
-				fail_pull(p, wrc, werr);
-				pthread_mutex_unlock(&p->mu);
-				rc = 3; /* back to the queue; the pull ends */
-			}
-		}
 		pthread_mutex_lock(&p->mu);
-		p->nflight--;
-		if (rc == 1) {
-			p->state[q[0]] = C_DONE;
-			p->ndone++;
-			p->progress_ns = tc__now_ns();
-			p->fresh[p->nfresh++] = (uint64_t)q[0];
-			st->chunks++;
-			st->bytes += chunk_len(p, (uint64_t)q[0]);
-		} else if (rc == 3) {
-			p->state[q[0]] = C_TODO;
+		if (rc == 5) {
+			/* The verifiers have it; it stays in flight until
+			 * they are done with it. */
 		} else if (rc == 4) {
+			p->nflight--;
 			p->state[q[0]] = C_TODO;
 			p->declined[q[0]] = tc__now_ns();
 			st->declined++;
 		} else if (rc == 2) {
 			/* It said it held it: only an id it dropped meanwhile
 			 * gets here.  Forget what it said. */
+			p->nflight--;
 			p->state[q[0]] = C_TODO;
 			if (ps->have)
 				ps->have[q[0] / 8] &=
 					(uint8_t) ~(1u << q[0] % 8);
-		} else {
-			p->state[q[0]] = C_TODO;
-			p->barred[q[0]] |= (uint16_t)(1u << sm->src);
-			st->bad_chunks++;
-			tc__log(TC_LOG_WARN,
-				"pull %s: chunk %lld from %s fails its digest; "
-				"fetching it elsewhere",
-				p->man.id, (long long)q[0], st->addr);
-			if (st->bad_chunks >= TC_PEER_BAD_LIMIT)
-				drop_source(p, sm->src,
-					    "sent chunks that fail their "
-					    "digest");
 		}
 		pthread_cond_broadcast(&p->cv);
 		pthread_mutex_unlock(&p->mu);
@@ -577,7 +725,6 @@ static void *stream_main(void *arg)
 		nsent--;
 		rc = 0;
 	}
-out_stream:
 	pthread_mutex_lock(&p->mu);
 	for (int i = 0; i < nq; i++) {
 		p->state[q[i]] = C_TODO;
@@ -593,11 +740,6 @@ out_stream:
 	pthread_mutex_unlock(&p->mu);
 	if (c)
 		c->t->close(c);
-	if (stage && o->sink.unstage)
-		o->sink.unstage(o->sink.arg, stage);
-	else
-		tc__peer_buf_free(stage, TC_PULL_PIECE);
-	tc__hasher_free(h);
 	tc__buf_release(&b);
 	return NULL;
 }
@@ -922,7 +1064,7 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 	int seen_dropped = 0;
 
 	pthread_mutex_lock(&p->mu);
-	while (p->nlive > 0) {
+	while (p->nlive > 0 || p->nverifying > 0) {
 		struct timespec ts;
 		uint64_t nb = 0, na = 0;
 		int nd = ndropped(p);
@@ -976,6 +1118,82 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 	}
 	pthread_mutex_unlock(&p->mu);
 	tc__free(batch);
+}
+
+/* The buffering's cap in chunks: TC_PULL_BUFFER_MB, or
+ * TCAST_PEER_PULL_BUFFER_MB (tests: a small cap shows receiving stops
+ * there); at least one chunk. */
+static int buffer_chunks(void)
+{
+	const char *v = getenv("TCAST_PEER_PULL_BUFFER_MB");
+	long mb = TC_PULL_BUFFER_MB;
+	char *end;
+
+	if (v && *v) {
+		errno = 0;
+		mb = strtol(v, &end, 10);
+		if (errno || *end || mb < 1 || mb > 65536) {
+			tc__log(TC_LOG_WARN,
+				"ignoring TCAST_PEER_PULL_BUFFER_MB='%s': not "
+				"1..65536",
+				v);
+			mb = TC_PULL_BUFFER_MB;
+		}
+	}
+	return (int)TC_MAX(1, ((uint64_t)mb << 20) / TC_CHUNK_BYTES);
+}
+
+/* The verifier pool: one thread per usable CPU, 2 to TC_PULL_MAX_VERIFY
+ * (BLAKE3 runs at several GB/s a thread, so a few keep up with the
+ * streams; two so that a write into the sink overlaps a hash).  Returns
+ * 0 or a negative code with `err`. */
+static int start_verifiers(struct pull *p, char *err, size_t errlen)
+{
+	int want = TC_MAX(2, TC_MIN(p->ncpu, TC_PULL_MAX_VERIFY));
+
+	p->vcap = buffer_chunks();
+	p->vbufs = tc__calloc((size_t)p->vcap, sizeof(*p->vbufs));
+	p->vfree = tc__calloc((size_t)p->vcap, sizeof(*p->vfree));
+	p->vq = tc__calloc((size_t)p->vcap, sizeof(*p->vq));
+	if (!p->vbufs || !p->vfree || !p->vq) {
+		snprintf(err, errlen, "out of memory for the pull's buffers");
+		return -ENOMEM;
+	}
+	for (int i = 0; i < want; i++)
+		if (pthread_create(&p->vth[p->nvth], NULL, verify_main, p) == 0)
+			p->nvth++;
+	if (p->nvth == 0) {
+		snprintf(err, errlen, "cannot start a verifier thread");
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+/* The streams are gone: the verifiers finish what is queued and end.
+ * Idempotent. */
+static void stop_verifiers(struct pull *p)
+{
+	pthread_mutex_lock(&p->mu);
+	p->vstop = true;
+	pthread_cond_broadcast(&p->vcv);
+	pthread_mutex_unlock(&p->mu);
+	for (int i = 0; i < p->nvth; i++)
+		pthread_join(p->vth[i], NULL);
+	p->nvth = 0;
+}
+
+static void free_buffers(struct pull *p)
+{
+	const struct tc__peer_sink *sk = &p->o->sink;
+
+	for (int i = 0; i < p->nvbufs; i++)
+		if (sk->unstage)
+			sk->unstage(sk->arg, p->vbufs[i]);
+		else
+			tc__peer_buf_free(p->vbufs[i], TC_CHUNK_BYTES);
+	tc__free(p->vbufs);
+	tc__free(p->vfree);
+	tc__free(p->vq);
 }
 
 int tc__peer_pull(const struct tc__peer_pull_opts *o,
@@ -1063,9 +1281,13 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		pthread_cond_init(&p.cv, &ca);
 		pthread_condattr_destroy(&ca);
 	}
+	pthread_cond_init(&p.vcv, NULL);
 	sync = true;
 	p.ncpu = usable_cpus();
 	p.lone = lone_override();
+	rc = start_verifiers(&p, err, errlen);
+	if (rc < 0)
+		goto out;
 	if (p.nwant) {
 		int per = streams_for(&p);
 
@@ -1077,6 +1299,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		supervise(&p, sm, &ns);
 	for (int i = 0; i < ns; i++)
 		pthread_join(sm[i].th, NULL);
+	stop_verifiers(&p);
 	res->ns = now_ns() - t0;
 	rc = 0;
 	if (p.fatal) {
@@ -1092,8 +1315,11 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	}
 out:
 	if (sync) {
+		stop_verifiers(&p);
+		free_buffers(&p);
 		pthread_mutex_destroy(&p.mu);
 		pthread_cond_destroy(&p.cv);
+		pthread_cond_destroy(&p.vcv);
 	}
 	for (int i = 0; i < TC_PEER_MAX_SOURCES; i++) {
 		tc__free(p.src[i].have);

@@ -3,7 +3,8 @@
 # namespaces (one veth each on a private bridge), through `tcast pull`:
 #   put on A, pull on B: same id, same bytes; striping over two sources;
 #   a corrupt chunk (failpoint peer.corrupt_chunk) caught and fetched
-#   elsewhere, never registered; kill -9 of a source mid-pull, the pull
+#   elsewhere, never registered, also while the verifiers are held (the
+#   streams receive on, up to the buffer cap: failpoint pull.hold_verify); kill -9 of a source mid-pull, the pull
 #   finishes from the other; a stalled source (quiet mid-pull, or SIGSTOP)
 #   timed out; a wrong secret and a garbage client refused (net/auth.h); a
 #   secret file of mode 0644 refused at start; 2 % packet loss (iptables
@@ -120,6 +121,26 @@ run pull_on c "${ns[2]}" "$want" --from "$A:7071" --from "$B:7070" --streams 2
 ok is "$rc" 0
 ok is "$(jq_ 'd["id"]')" "$want"
 echo "  corrupt source: $(jq_ 'd["sources"][0]')"
+t c export "$want" "$dir/c.st" --force
+ok cmp -s "$dir/a.st" "$dir/c.st"
+
+# 3b. the streams only receive; verifier threads hash and write (pull.c).
+#     Failpoint pull.hold_verify holds the verifiers until the streams
+#     have received as many chunks as the buffering allows
+#     (TCAST_PEER_PULL_BUFFER_MB=16: 4 chunks): receiving goes on while
+#     nothing is verified, and stops at the cap.  With the corrupting
+#     source among the two, its chunks are still caught once verified,
+#     reported as before, and fetched from B.
+mark "3b. verify held: the streams receive up to the buffer cap; a corrupt chunk is still caught"
+t c rm "$want" >/dev/null
+TCAST_FAILPOINTS=pull.hold_verify= TCAST_PEER_PULL_BUFFER_MB=16 \
+	run pull_on c "${ns[2]}" "$want" --from "$A:7071" --from "$B:7070" --streams 2
+ok is "$rc" 0
+ok has "$err" "verify held (failpoint): 4 chunks received, none verified, buffering for 4"
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'int(d["sources"][0]["bad_chunks"] > 0)')" 1
+ok is "$(jq_ 'd["sources"][0]["bytes"]')" 0
+ok is "$(jq_ 'd["sources"][1]["bytes"]')" "$((64 * 1048576 + 12))"
 t c export "$want" "$dir/c.st" --force
 ok cmp -s "$dir/a.st" "$dir/c.st"
 
