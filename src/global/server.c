@@ -171,7 +171,8 @@ struct gs {
 	/* figures */
 	uint64_t n_lookups, n_commits, n_writes, n_registers, n_expired,
 		n_auth_fail, n_proto_err, n_heartbeats, n_group_commits,
-		n_group_aborts;
+		n_group_aborts, n_key_get, /* KEY_GET requests */
+		n_keys_get; /* KEYS_GET requests (up to 1024 keys each) */
 	uint64_t nkeys_hist;
 	struct tc__ratelimit rl_auth, rl_conns, rl_proto;
 };
@@ -868,6 +869,7 @@ static int on_key_get(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	if ((ret = tc__gsp_get_key(cur, key, err, errlen)) < 0 ||
 	    (ret = tc__gsp_end(cur, err, errlen)) < 0)
 		return ret;
+	gs->n_key_get++;
 	k = tc__map_get(&gs->keys, key);
 	if (!k) {
 		snprintf(err, errlen, "no key '%s' in the cluster", key);
@@ -875,6 +877,33 @@ static int on_key_get(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	}
 	tc__buf_put_str(out, k->id);
 	tc__buf_put_u64(out, k->gen);
+	return 0;
+}
+
+/* KEYS_GET: every key's value in one reply, in the request's order;
+ * keys the store does not have are answered "not found" in place. */
+static int on_keys_get(struct gs *gs, struct gconn *c, struct tc__cur *cur,
+		       struct tc__buf *out, char *err, size_t errlen)
+{
+	char key[TC_GSP_MAX_KEY + 1];
+	uint32_t n;
+	int ret;
+
+	if ((ret = tc__gsp_get_keys_count(cur, TC_GSP_MAX_KEYS_GET, &n, err,
+					  errlen)) < 0)
+		return ret;
+	tc__buf_put_u32(out, n);
+	for (uint32_t i = 0; i < n; i++) {
+		const struct gkey *k;
+
+		if ((ret = tc__gsp_get_key(cur, key, err, errlen)) < 0)
+			return ret;
+		k = tc__map_get(&gs->keys, key);
+		tc__gsp_put_key_entry(out, k ? k->id : NULL, k ? k->gen : 0);
+	}
+	if ((ret = tc__gsp_end(cur, err, errlen)) < 0)
+		return ret;
+	gs->n_keys_get++;
 	return 0;
 }
 
@@ -1727,7 +1756,8 @@ static json_t *status_json(struct gs *gs)
 			    json_integer((json_int_t)gs->groups.count));
 	json_object_set_new(
 		j, "counters",
-		json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+		json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+			  "s:I}",
 			  "lookups", (json_int_t)gs->n_lookups, "commits",
 			  (json_int_t)gs->n_commits, "writes",
 			  (json_int_t)gs->n_writes, "registers",
@@ -1736,7 +1766,9 @@ static json_t *status_json(struct gs *gs)
 			  (json_int_t)gs->n_expired, "auth_failures",
 			  (json_int_t)gs->n_auth_fail, "group_commits",
 			  (json_int_t)gs->n_group_commits, "group_aborts",
-			  (json_int_t)gs->n_group_aborts));
+			  (json_int_t)gs->n_group_aborts, "key_gets",
+			  (json_int_t)gs->n_key_get, "keys_gets",
+			  (json_int_t)gs->n_keys_get));
 	json_object_set_new(j, "nodes", nodes);
 	return j;
 }
@@ -1782,6 +1814,7 @@ static handler *const handlers[TC_GSP__MAX] = {
 	[TC_GSP_GROUP_ABORT] = on_group_abort,
 	[TC_GSP_GROUP_GET] = on_group_get,
 	[TC_GSP_PEERS] = on_peers,
+	[TC_GSP_KEYS_GET] = on_keys_get,
 };
 
 /* ------------------------------------------------------------ connections */
@@ -1848,6 +1881,7 @@ static void conn_frames(struct gconn *c)
 	char err[1024];
 
 	for (int k = 0; k < FRAMES_PER_TURN && !c->closing; k++) {
+		bool old; /* failpoint gs.old_store */
 		struct tc__gsp_hdr h;
 		struct tc__cur cur;
 		size_t off, before;
@@ -1857,6 +1891,16 @@ static void conn_frames(struct gconn *c)
 			break;
 		ret = tc__gsp_hdr_decode(c->in + c->in_off, &h, err,
 					 sizeof(err));
+		old = false;
+		if (ret == 0 && h.type == TC_GSP_KEYS_GET &&
+		    tc__failpoint("gs.old_store", "KEYS_GET")) {
+			/* Tests: answer as a store older than KEYS_GET, which
+			 * does not know the type, closes, and says nothing. */
+			snprintf(err, sizeof(err), "unknown message type %u",
+				 h.type);
+			ret = TC_EPROTO;
+			old = true;
+		}
 		if (ret == 0 && (h.flags & TC_GSP_REPLY)) {
 			snprintf(err, sizeof(err),
 				 "a reply frame from a "
@@ -1867,7 +1911,7 @@ static void conn_frames(struct gconn *c)
 			gs->n_proto_err++;
 			tc__log_rl(&gs->rl_proto, TC_LOG_WARN,
 				   "protocol error from %s: %s", c->addr, err);
-			if (h.type > 0 && h.type < TC_GSP__MAX)
+			if (h.type > 0 && h.type < TC_GSP__MAX && !old)
 				reply_err(c, &h, ret, err);
 			turn_add(c);
 			conn_close(c, NULL);

@@ -766,6 +766,65 @@ int tc__gsp_get_key_value(struct tc__cur *c, char *id, uint64_t *gen, char *err,
 	return 0;
 }
 
+void tc__gsp_put_keys_get_req(struct tc__buf *b, const char *const *keys,
+			      uint32_t n)
+{
+	tc__buf_put_u32(b, n);
+	for (uint32_t i = 0; i < n; i++)
+		tc__buf_put_str(b, keys[i]);
+}
+
+int tc__gsp_get_keys_count(struct tc__cur *c, uint32_t max, uint32_t *n,
+			   char *err, size_t errlen)
+{
+	if (max > TC_GSP_MAX_KEYS_GET)
+		max = TC_GSP_MAX_KEYS_GET;
+	if (tc__cur_read_u32(c, n) < 0) {
+		snprintf(err, errlen, "key count: truncated");
+		return TC_EPROTO;
+	}
+	if (*n == 0) {
+		snprintf(err, errlen, "key count: 0 (at least 1)");
+		return TC_EPROTO;
+	}
+	if (*n > max) {
+		snprintf(err, errlen, "key count: %u (at most %u)", *n, max);
+		return TC_ELIMIT;
+	}
+	return 0;
+}
+
+void tc__gsp_put_key_entry(struct tc__buf *b, const char *id, uint64_t gen)
+{
+	tc__buf_put_u8(b, id ? 1 : 0);
+	if (!id)
+		return;
+	tc__buf_put_str(b, id);
+	tc__buf_put_u64(b, gen);
+}
+
+int tc__gsp_get_key_entry(struct tc__cur *c, bool *found, char *id,
+			  uint64_t *gen, char *err, size_t errlen)
+{
+	uint8_t f = 0;
+
+	*found = false;
+	id[0] = '\0';
+	*gen = 0;
+	if (tc__cur_read_u8(c, &f) < 0) {
+		snprintf(err, errlen, "key entry: truncated");
+		return TC_EPROTO;
+	}
+	if (f > 1) {
+		snprintf(err, errlen, "key entry: found is %u (0 or 1)", f);
+		return TC_EPROTO;
+	}
+	if (!f)
+		return 0;
+	*found = true;
+	return tc__gsp_get_key_value(c, id, gen, err, errlen);
+}
+
 int tc__gsp_get_key_version(struct tc__cur *c, uint64_t *gen, char *id,
 			    uint64_t *unix_ms, char *err, size_t errlen)
 {

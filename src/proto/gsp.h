@@ -36,6 +36,7 @@
 #define TC_GSP_MAX_REPL	    65536		 /* replicas in one REGISTER */
 #define TC_GSP_MAX_SOURCES  64			 /* sources in one reply */
 #define TC_GSP_MAX_HISTORY  1024		 /* key history entries */
+#define TC_GSP_MAX_KEYS_GET 1024		 /* keys in one KEYS_GET */
 #define TC_GSP_MAX_TIER	    3			 /* tiers below */
 #define TC_GSP_MAX_GROUP    256			 /* group names */
 #define TC_GSP_MAX_RANKS    4096		 /* ranks in one group */
@@ -221,6 +222,24 @@ int tc__gsp_end(const struct tc__cur *c, char *err, size_t errlen);
  * generation.  Returns 0 or TC_EPROTO with err. */
 int tc__gsp_get_key_value(struct tc__cur *c, char *id, uint64_t *gen, char *err,
 			  size_t errlen);
+/* KEYS_GET request: u32 n (1..TC_GSP_MAX_KEYS_GET), then n keys (str,
+ * each as KEY_GET's), nothing after.  Reply: u32 n (the request's), then
+ * for each key in order u8 found (0 or 1) and, when 1, its value as
+ * KEY_GET's (str id, u64 generation). */
+void tc__gsp_put_keys_get_req(struct tc__buf *b, const char *const *keys,
+			      uint32_t n);
+/* A KEYS_GET count (request or reply): 1..`max` (at most
+ * TC_GSP_MAX_KEYS_GET).  Returns 0, TC_EPROTO (truncated, or 0) or
+ * TC_ELIMIT with `err`. */
+int tc__gsp_get_keys_count(struct tc__cur *c, uint32_t max, uint32_t *n,
+			   char *err, size_t errlen);
+/* One entry of a KEYS_GET reply; `id` NULL: the store has no such key. */
+void tc__gsp_put_key_entry(struct tc__buf *b, const char *id, uint64_t gen);
+/* Decode one: *found, and when true `id` (TC_GSP_MAX_ID + 1 bytes) and
+ * *gen; else id "" and *gen 0.  Returns 0 or TC_EPROTO / TC_ELIMIT with
+ * `err`. */
+int tc__gsp_get_key_entry(struct tc__cur *c, bool *found, char *id,
+			  uint64_t *gen, char *err, size_t errlen);
 /* One entry of a KEY_HISTORY reply: u64 generation, str id (may be ""),
  * u64 unix ms.  Returns 0 or TC_EPROTO with err. */
 int tc__gsp_get_key_version(struct tc__cur *c, uint64_t *gen, char *id,

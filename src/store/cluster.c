@@ -35,6 +35,9 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CALL_MS	       2000 /* one request to the global store */
+#define KEYS_GET_RETRY_MS                                                \
+	600000 /* a store that did not know KEYS_GET is asked key by key \
+		  this long before a batch is tried again */
 
 /* One replica of the inventory.  `sent`: the global store has it since
  * the last (re)registration. */
@@ -92,6 +95,8 @@ struct tc__cluster {
 	uint64_t node_id;
 	uint32_t lease_ms, hb_ms;
 	uint64_t joined_unix_ms;
+	uint64_t keys_get_off_until_ms; /* tc__now_ms(): KEYS_GET unknown
+					   there, ask key by key till then */
 
 	const struct tc__objs_observer *ob; /* uploads; borrowed */
 
@@ -1004,6 +1009,58 @@ int tc__cluster_key_get(struct tc__cluster *cl, const char *key, char *id,
 	id[0] = '\0';
 	*gen = 0;
 	return worker_call(cl, call_key_get, &a, err, errlen);
+}
+
+struct keys_args {
+	const char *const *keys;
+	uint32_t n;
+	struct tc__gsc_keyval *out;
+};
+
+static int call_keys_get(struct tc__cluster *cl, const char *name, void *arg)
+{
+	struct keys_args *a = arg;
+
+	(void)name;
+	return tc__gsc_keys_get(&cl->g, a->keys, a->n, a->out);
+}
+
+int tc__cluster_keys_get(struct tc__cluster *cl, const char *const *keys,
+			 uint32_t n, struct tc__gsc_keyval *out, char *err,
+			 size_t errlen)
+{
+	struct keys_args a = { keys, n, out };
+	uint64_t now = tc__now_ms();
+	bool off;
+	int ret;
+
+	if (!cl)
+		return worker_call(cl, call_keys_get, &a, err, errlen);
+	pthread_mutex_lock(&cl->mu);
+	off = now < cl->keys_get_off_until_ms;
+	pthread_mutex_unlock(&cl->mu);
+	if (off) {
+		snprintf(err, errlen,
+			 "the global store at %s does not know KEYS_GET",
+			 cl->global);
+		return TC_ENOTSUP;
+	}
+	ret = worker_call(cl, call_keys_get, &a, err, errlen);
+	/* A store older than KEYS_GET closes the connection on it (an
+	 * unknown type is a protocol error there); one that answers says
+	 * so.  A store that died just then looks the same: asking key by
+	 * key for a while costs only round trips. */
+	if (ret == TC_ECLOSED || ret == TC_EPROTO || ret == TC_ENOTSUP) {
+		pthread_mutex_lock(&cl->mu);
+		cl->keys_get_off_until_ms = now + KEYS_GET_RETRY_MS;
+		pthread_mutex_unlock(&cl->mu);
+		tc__log(TC_LOG_WARN,
+			"the global store at %s does not answer KEYS_GET (%s): "
+			"key sync asks key by key (KEY_GET) for %d s",
+			cl->global, err, KEYS_GET_RETRY_MS / 1000);
+		return TC_ENOTSUP;
+	}
+	return ret;
 }
 
 struct undo_args {

@@ -23,6 +23,7 @@
 struct tc__cluster;
 struct tc__store_config;
 struct tc__table;
+struct tc__gsc_keyval; /* gsc.h */
 
 /* Load the secret (refusing a readable file), pick an epoch and start the
  * thread.  *out stays NULL when the config names no global store.
@@ -82,6 +83,16 @@ int tc__cluster_key_undo(struct tc__cluster *cl, const char *key,
  * unreachable) or another code, with `err`. */
 int tc__cluster_key_get(struct tc__cluster *cl, const char *key, char *id,
 			uint64_t *gen, char *err, size_t errlen);
+/* KEYS_GET (blocking, bounded like resolve; off the loop thread): the
+ * values of `n` keys (1..TC_GSP_MAX_KEYS_GET) in one request, into
+ * out[0..n-1] (rc 0 or TC_ENOTFOUND each).  Returns 0, TC_ENOTSUP when
+ * the global store does not know KEYS_GET (an older store: it closed the
+ * connection, which then reconnects; batches are not tried again for
+ * KEYS_GET_RETRY_MS; ask key by key with tc__cluster_key_get),
+ * TC_ENODAEMON or another code, with `err`. */
+int tc__cluster_keys_get(struct tc__cluster *cl, const char *const *keys,
+			 uint32_t n, struct tc__gsc_keyval *out, char *err,
+			 size_t errlen);
 /* PEERS (blocking, bounded like resolve; off the loop thread): up to
  * `max` live nodes other than this one with a peer address, ranked by
  * topology from here.  *nsrc = 0 means no other live node.  Returns 0 or

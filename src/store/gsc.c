@@ -440,6 +440,39 @@ int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id, uint64_t *gen)
 	return 0;
 }
 
+int tc__gsc_keys_get(struct tc__gsc *g, const char *const *keys, uint32_t n,
+		     struct tc__gsc_keyval *out)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur r;
+	uint32_t got;
+	int ret;
+
+	if (n == 0 || n > TC_GSP_MAX_KEYS_GET) {
+		snprintf(g->err, sizeof(g->err), "KEYS_GET of %u keys (1..%d)",
+			 n, TC_GSP_MAX_KEYS_GET);
+		return TC_EINVAL;
+	}
+	tc__gsp_put_keys_get_req(&b, keys, n);
+	ret = call_buf(g, TC_GSP_KEYS_GET, &b, &r);
+	if (ret < 0)
+		return ret;
+	if (tc__gsp_get_keys_count(&r, n, &got, g->err, sizeof(g->err)) < 0 ||
+	    got != n)
+		return bad_reply(g, "KEYS_GET");
+	for (uint32_t i = 0; i < n; i++) {
+		bool found;
+
+		if (tc__gsp_get_key_entry(&r, &found, out[i].id, &out[i].gen,
+					  g->err, sizeof(g->err)) < 0)
+			return bad_reply(g, "KEYS_GET");
+		out[i].rc = found ? 0 : TC_ENOTFOUND;
+	}
+	if (tc__gsp_end(&r, g->err, sizeof(g->err)) < 0)
+		return bad_reply(g, "KEYS_GET");
+	return 0;
+}
+
 int tc__gsc_resolve(struct tc__gsc *g, const char *what, const char *requester,
 		    uint32_t max, char *id, uint64_t *gen,
 		    struct tc__gsp_source *src, uint32_t *nsrc)

@@ -83,6 +83,18 @@ int tc__gsc_key_undo(struct tc__gsc *g, const char *key, const char *id,
  * cluster-wide; TC_ENOTFOUND when the store has no such key. */
 int tc__gsc_key_get(struct tc__gsc *g, const char *key, char *id,
 		    uint64_t *gen);
+/* One key's value in a KEYS_GET answer. */
+struct tc__gsc_keyval {
+	int rc;			    /* 0, or TC_ENOTFOUND: no such key */
+	char id[TC_GSP_MAX_ID + 1]; /* what it names cluster-wide */
+	uint64_t gen;		    /* at this generation */
+};
+/* KEYS_GET: the values of `n` keys (1..TC_GSP_MAX_KEYS_GET) in one
+ * request, into out[0..n-1].  Returns 0, or a negative code for the whole
+ * call (a store older than KEYS_GET closes the connection on it:
+ * TC_ECLOSED; the caller falls back to tc__gsc_key_get). */
+int tc__gsc_keys_get(struct tc__gsc *g, const char *const *keys, uint32_t n,
+		     struct tc__gsc_keyval *out);
 /* RESOLVE a key or an artifact id for `requester` (a node name, or ""):
  * id (TC_GSP_MAX_ID + 1 bytes), generation (0 for an id), up to `max`
  * sources into src[]; *nsrc gets their count. */

@@ -12,9 +12,11 @@
 
 #include "cluster.h"
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "common/log.h"
 #include "durable.h"
 #include "gpu_tier.h"
+#include "gsc.h"
 #include "obj.h"
 #include "proto/gsp.h"
 #include "proto/proto.h"
@@ -313,7 +315,9 @@ int on_group(struct conn *c, struct req *r)
  * Other nodes' key moves (docs/cluster.md "Keys across the cluster"):
  * every key_sync_ms the loop copies the keys this daemon has (at most
  * KEY_SYNC_MAX a round, the next ones the round after), an I/O worker
- * asks the global store for each one's id and generation (KEY_GET), and
+ * asks the global store for their ids and generations, up to 1024 keys a
+ * request (KEYS_GET; key by key with KEY_GET from a store older than
+ * that message), and
  * the loop adopts every key the cluster has at a newer generation, unless
  * the key changed here meanwhile.  One round at a time; the loop never
  * waits on the network.
@@ -337,12 +341,13 @@ struct ksync_job {
 	uint32_t n;
 };
 
-static void ksync_run(struct tc__job *job)
+/* Ask key by key (KEY_GET) from entry `from` on: a store older than
+ * KEYS_GET. */
+static void ksync_each(struct ksync_job *j, uint32_t from)
 {
-	struct ksync_job *j = (struct ksync_job *)job;
 	char err[256];
 
-	for (uint32_t i = 0; i < j->n; i++) {
+	for (uint32_t i = from; i < j->n; i++) {
 		struct ksync_ent *e = &j->e[i];
 
 		e->rc = tc__cluster_key_get(j->cl, e->key, e->nid, &e->ngen,
@@ -354,6 +359,49 @@ static void ksync_run(struct tc__job *job)
 			break;
 		}
 	}
+}
+
+/* The round's keys in batches of TC_GSP_MAX_KEYS_GET (KEYS_GET): one
+ * round trip for up to 1024 keys instead of one per key. */
+static void ksync_run(struct tc__job *job)
+{
+	struct ksync_job *j = (struct ksync_job *)job;
+	struct tc__gsc_keyval *v = tc__calloc(TC_GSP_MAX_KEYS_GET, sizeof(*v));
+	const char **keys = tc__calloc(TC_GSP_MAX_KEYS_GET, sizeof(*keys));
+	char err[256];
+
+	for (uint32_t i = 0; v && keys && i < j->n;) {
+		uint32_t m = TC_MIN(j->n - i, (uint32_t)TC_GSP_MAX_KEYS_GET);
+		int rc;
+
+		for (uint32_t k = 0; k < m; k++)
+			keys[k] = j->e[i + k].key;
+		rc = tc__cluster_keys_get(j->cl, keys, m, v, err, sizeof(err));
+		if (rc == TC_ENOTSUP) {
+			ksync_each(j, i);
+			goto out_free;
+		}
+		for (uint32_t k = 0; k < m; k++) {
+			struct ksync_ent *e = &j->e[i + k];
+
+			e->rc = rc < 0 ? rc : v[k].rc;
+			if (e->rc == 0) {
+				snprintf(e->nid, sizeof(e->nid), "%s", v[k].id);
+				e->ngen = v[k].gen;
+			}
+		}
+		if (rc < 0) {
+			for (uint32_t k = i + m; k < j->n; k++)
+				j->e[k].rc = rc;
+			goto out_free;
+		}
+		i += m;
+	}
+	if (!v || !keys)
+		ksync_each(j, 0); /* no memory for a batch */
+out_free:
+	tc__free(v);
+	tc__free(keys);
 }
 
 static void ksync_done(struct tc__job *job)

@@ -5,11 +5,13 @@
  * clients read it: each header is decoded and validated, and each body
  * that fits is fed to every record decoder (node, replica, artifact,
  * source, key and name fields, KEY_GET's value and KEY_HISTORY's entries,
+ * a KEYS_GET request (count, keys) and reply (count, entries),
  * a PEERS request and a source list, a REGISTER
  * body with its replica list, every GROUP_* request body and the group record
  * of their replies). Nothing may read past the body, allocate from an unchecked
  * count or leak what it built.
  */
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -70,6 +72,35 @@ static void decode_body(const uint8_t *p, size_t n)
 							    err,
 							    sizeof(err)) < 0)
 					break;
+	}
+	{
+		char id[TC_GSP_MAX_ID + 1];
+		uint64_t gen;
+		bool found;
+		int ret;
+
+		/* KEYS_GET: the request as the store reads it, the reply as
+		 * the daemon does. */
+		tc__cur_init(&c, p, n);
+		ret = tc__gsp_get_keys_count(&c, TC_GSP_MAX_KEYS_GET, &cnt, err,
+					     sizeof(err));
+		if (ret == 0 && (cnt == 0 || cnt > TC_GSP_MAX_KEYS_GET))
+			abort();
+		for (uint32_t i = 0; ret == 0 && i < cnt; i++)
+			ret = tc__gsp_get_key(&c, key, err, sizeof(err));
+		if (ret == 0)
+			tc__gsp_end(&c, err, sizeof(err));
+		tc__cur_init(&c, p, n);
+		ret = tc__gsp_get_keys_count(&c, TC_GSP_MAX_KEYS_GET, &cnt, err,
+					     sizeof(err));
+		for (uint32_t i = 0; ret == 0 && i < cnt; i++) {
+			ret = tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+						    sizeof(err));
+			if (ret == 0 && !found && (id[0] || gen))
+				abort();
+		}
+		if (ret == 0)
+			tc__gsp_end(&c, err, sizeof(err));
 	}
 	tc__cur_init(&c, p, n);
 	if (tc__gsp_get_peers_req(&c, node.name, &cnt, err, sizeof(err)) == 0 &&

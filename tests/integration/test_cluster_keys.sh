@@ -149,5 +149,32 @@ out=$(d t import "$DATA/many-tensors.safetensors" --key u --expect 3 2>&1)
 ok test $? != 0
 ok cl_at u 3 "$x"
 
+# ---- 4. KEYS_GET, and the fallback to KEY_GET for an older store.
+counter() { g status --json | json "d['counters']['$1']"; }
+k0=$(counter key_gets)
+b0=$(counter keys_gets)
+sleep 2.5 # two key sync rounds (key_sync_ms 1000) on every daemon
+ok test "$(counter keys_gets)" -gt "$b0"
+ok is "$(counter key_gets)" "$k0"
+ok g stop
+TCAST_FAILPOINTS=gs.old_store=KEYS_GET g start --listen "$G" --lease-ms 1500 \
+	--set handshake_ms=500 >/dev/null
+ok test $? = 0
+ok wait_for 15 live 4
+# Each daemon's first KEYS_GET there costs it its connection (it
+# reconnects at once) and says so; then key sync goes key by key (T
+# holds no key: it asks nothing).
+for n in a b; do ok wait_for 10 grep -q "does not answer KEYS_GET" "$dir/$n/daemon.log"; done
+ok wait_for 10 grep -q "does not answer KEYS_GET" "$dir/f/tcastd.log"
+via_a() { d a --json global resolve n --via-daemon >/dev/null; }
+ok wait_for 10 via_a # A is back on the store
+ok is "$(keygen a n)" 3
+y=$(d a import "$DATA/many-tensors.safetensors" --key n --expect 3 2>/dev/null)
+ok test -n "$y"
+ok wait_for 15 at_gen b n 4
+ok is "$(keyid b n)" "$y"
+ok is "$(counter keys_gets)" 0
+ok test "$(counter key_gets)" -gt 0
+
 echo "test_cluster_keys: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -243,6 +243,153 @@ static void test_gsp__key(void **state)
 	tc__buf_release(&b);
 }
 
+/* A whole KEYS_GET request as the global store reads it: the count,
+ * every key, nothing after.  Returns the first failing reader's code. */
+static int keys_req_decode(const uint8_t *data, size_t len,
+			   char (*keys)[TC_GSP_MAX_KEY + 1], uint32_t *n)
+{
+	struct tc__cur c;
+	char err[256];
+	int ret;
+
+	tc__cur_init(&c, data, len);
+	ret = tc__gsp_get_keys_count(&c, TC_GSP_MAX_KEYS_GET, n, err,
+				     sizeof(err));
+	for (uint32_t i = 0; ret == 0 && i < *n; i++)
+		ret = tc__gsp_get_key(&c, keys[i], err, sizeof(err));
+	if (ret == 0)
+		ret = tc__gsp_end(&c, err, sizeof(err));
+	if (ret < 0)
+		assert_true(err[0] != '\0'); /* every refusal says why */
+	return ret;
+}
+
+/* KEYS_GET: the request's keys and the reply's entries round-trip; every
+ * truncation, a count of 0, a count over the limit, a bad key, a found
+ * flag other than 0 or 1, a reply longer than the request and trailing
+ * bytes are refused. */
+static void test_gsp__keys_get(void **state)
+{
+	static const char *const keys[] = { "model:a", "model:b:v2", "x" };
+	char(*got)[TC_GSP_MAX_KEY + 1] =
+		calloc(TC_GSP_MAX_KEYS_GET + 1, sizeof(*got));
+	const char **many = calloc(TC_GSP_MAX_KEYS_GET + 1, sizeof(*many));
+	char err[256], id[TC_GSP_MAX_ID + 1];
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__cur c;
+	uint64_t gen;
+	uint32_t n;
+	bool found;
+
+	assert_non_null(got);
+	assert_non_null(many);
+	tc__gsp_put_keys_get_req(&b, keys, 3);
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), 0);
+	assert_int_equal(n, 3);
+	for (int i = 0; i < 3; i++)
+		assert_string_equal(got[i], keys[i]);
+	for (size_t i = 0; i < b.len; i++)
+		assert_true(keys_req_decode(b.data, i, got, &n) < 0);
+	tc__buf_put_u8(&b, 0); /* trailing */
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), TC_EPROTO);
+
+	/* counts: 0 refused, the limit taken, one more TC_ELIMIT */
+	b.len = 0;
+	tc__buf_put_u32(&b, 0);
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), TC_EPROTO);
+	for (int i = 0; i <= TC_GSP_MAX_KEYS_GET; i++)
+		many[i] = "k";
+	b.len = 0;
+	tc__gsp_put_keys_get_req(&b, many, TC_GSP_MAX_KEYS_GET);
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), 0);
+	assert_int_equal(n, TC_GSP_MAX_KEYS_GET);
+	b.len = 0;
+	tc__gsp_put_keys_get_req(&b, many, TC_GSP_MAX_KEYS_GET + 1);
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), TC_ELIMIT);
+	b.len = 0;
+	tc__buf_put_u32(&b, 0xffffffffu);
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), TC_ELIMIT);
+	/* a key that would reach logs raw, and one over the key limit */
+	b.len = 0;
+	tc__buf_put_u32(&b, 2);
+	tc__buf_put_str(&b, "ok");
+	tc__buf_put_str(&b, "bad\nkey");
+	assert_true(keys_req_decode(b.data, b.len, got, &n) < 0);
+	b.len = 0;
+	tc__buf_put_u32(&b, 1);
+	tc__buf_put_u32(&b, TC_GSP_MAX_KEY + 1);
+	assert_int_equal(keys_req_decode(b.data, b.len, got, &n), TC_ELIMIT);
+
+	/* the reply: found, not found, found */
+	b.len = 0;
+	tc__buf_put_u32(&b, 3);
+	tc__gsp_put_key_entry(&b, ID, 7);
+	tc__gsp_put_key_entry(&b, NULL, 0);
+	tc__gsp_put_key_entry(&b, ID, 1);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_keys_count(&c, 3, &n, err, sizeof(err)),
+			 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+					       sizeof(err)),
+			 0);
+	assert_true(found);
+	assert_string_equal(id, ID);
+	assert_int_equal(gen, 7);
+	assert_int_equal(tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+					       sizeof(err)),
+			 0);
+	assert_false(found);
+	assert_string_equal(id, "");
+	assert_int_equal(gen, 0);
+	assert_int_equal(tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+					       sizeof(err)),
+			 0);
+	assert_true(found);
+	assert_int_equal(tc__gsp_end(&c, err, sizeof(err)), 0);
+	/* a reply with more entries than were asked for */
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_keys_count(&c, 2, &n, err, sizeof(err)),
+			 TC_ELIMIT);
+	/* every truncation of an entry */
+	for (size_t i = 4; i < b.len; i++) {
+		int ret = 0;
+
+		tc__cur_init(&c, b.data, i);
+		assert_int_equal(
+			tc__gsp_get_keys_count(&c, 3, &n, err, sizeof(err)), 0);
+		for (uint32_t k = 0; ret == 0 && k < n; k++)
+			ret = tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+						    sizeof(err));
+		assert_true(ret < 0);
+	}
+	/* found must be 0 or 1; a found entry's id is checked like
+	 * KEY_GET's */
+	b.len = 0;
+	tc__buf_put_u8(&b, 2);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+					       sizeof(err)),
+			 TC_EPROTO);
+	b.len = 0;
+	tc__buf_put_u8(&b, 1);
+	tc__buf_put_str(&b, "");
+	tc__buf_put_u64(&b, 1);
+	tc__cur_init(&c, b.data, b.len);
+	assert_true(tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+					  sizeof(err)) < 0);
+	b.len = 0;
+	tc__buf_put_u8(&b, 1);
+	tc__buf_put_u32(&b, TC_GSP_MAX_ID + 1);
+	tc__cur_init(&c, b.data, b.len);
+	assert_int_equal(tc__gsp_get_key_entry(&c, &found, id, &gen, err,
+					       sizeof(err)),
+			 TC_ELIMIT);
+	tc__buf_release(&b);
+	free(many);
+	free(got);
+}
+
 static void test_gsp__source(void **state)
 {
 	struct tc__gsp_source
@@ -521,6 +668,7 @@ int main(void)
 		cmocka_unit_test(test_gsp__replica),
 		cmocka_unit_test(test_gsp__artifact),
 		cmocka_unit_test(test_gsp__key),
+		cmocka_unit_test(test_gsp__keys_get),
 		cmocka_unit_test(test_gsp__source),
 		cmocka_unit_test(test_gsp__peers),
 		cmocka_unit_test(test_gsp__group_req),
