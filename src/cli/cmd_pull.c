@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "common/failpoint.h"
 #include "net/tls.h"
 #include "peer/peer.h"
 #include "proto/gsp.h"
@@ -173,6 +174,13 @@ static int global_sources(const char *ref, char *id,
 	int rc =
 		cli_cluster_resolve(ref, TC_GSP_MAX_SOURCES, id, &gen, src, &n);
 
+	char hold[16];
+	/* Failpoint pull.hold_sources (tests): start from the sealed
+	 * sources only; receivers still filling join by discovery, all at
+	 * once (pull.c), whenever each started. */
+	bool sealed_only =
+		tc__failpoint_arg("pull.hold_sources", hold, sizeof(hold));
+
 	if (rc)
 		return rc;
 	for (uint32_t i = 0; i < n && *nout < TC_PEER_MAX_SOURCES; i++) {
@@ -180,7 +188,8 @@ static int global_sources(const char *ref, char *id,
 
 		for (int j = 0; j < *nout; j++)
 			dup = dup || !strcmp(out[j], src[i].peer_addr);
-		if (!usable(&src[i]) || dup)
+		if (!usable(&src[i]) || dup ||
+		    (sealed_only && !src[i].complete))
 			continue;
 		snprintf(addr[*nout], TC_GSP_MAX_ADDR + 1, "%s",
 			 src[i].peer_addr);

@@ -48,6 +48,31 @@ bool tc__failpoint(const char *name, const char *subject)
 	return false;
 }
 
+bool tc__failpoint_arg(const char *name, char *val, size_t len)
+{
+	size_t nl = strlen(name);
+
+	pthread_once(&once, load);
+	if (!spec || !len)
+		return false;
+	for (const char *p = spec; *p;) {
+		const char *end = strchr(p, ',');
+		size_t n = end ? (size_t)(end - p) : strlen(p);
+
+		if (n > nl && !strncmp(p, name, nl) && p[nl] == '=') {
+			size_t vl = n - nl - 1 < len - 1 ? n - nl - 1 : len - 1;
+
+			memcpy(val, p + nl + 1, vl);
+			val[vl] = '\0';
+			return true;
+		}
+		p += n;
+		if (*p == ',')
+			p++;
+	}
+	return false;
+}
+
 void tc__failpoint_hang(const char *name, const char *subject)
 {
 	if (!tc__failpoint(name, subject))

@@ -10,10 +10,15 @@
 #define TC_FAILPOINT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* True when failpoint `name` is armed for `subject` (its substring is in
  * subject, or it is armed with an empty substring). */
 bool tc__failpoint(const char *name, const char *subject);
+/* The value failpoint `name` is armed with ("name=value"), copied into
+ * `val` (NUL-terminated, cut to `len`); false when it is not armed.  For
+ * failpoints that take a number rather than a subject. */
+bool tc__failpoint_arg(const char *name, char *val, size_t len);
 /* "hang" failpoints: block the calling thread for good, like a read on a
  * hung NFS or FUSE mount (only the process's exit ends it). */
 void tc__failpoint_hang(const char *name, const char *subject);

@@ -62,10 +62,11 @@
 #define TC_PULL_DEPTH	    2		  /* requests outstanding per stream */
 #define TC_PULL_PIECE	    TC_PEER_PIECE /* bytes per recv (then hashed) */
 #define TC_PULL_HAVE_MS	    30		  /* ask a filling source again after */
-#define TC_PULL_VALVE_MS    300 /* no progress: the seed sends anything */
-#define TC_PULL_TICK_MS	    50	/* supervisor and idle-stream period */
-#define TC_PULL_DECLINED_MS 250 /* a seed said "ask your peers" */
-#define TC_PULL_MAX_VERIFY  8	/* verifier threads, at most */
+#define TC_PULL_VALVE_MS    300	  /* no progress: the seed sends anything */
+#define TC_PULL_TICK_MS	    50	  /* supervisor and idle-stream period */
+#define TC_PULL_DECLINED_MS 250	  /* a seed said "ask your peers" */
+#define TC_PULL_MAX_VERIFY  8	  /* verifier threads, at most */
+#define TC_PULL_HOLD_MS	    10000 /* failpoint pull.hold_sources, at most */
 #define TC_PULL_BUFFER_MB                                                   \
 	128 /* received chunks not yet verified, at most (MiB; environment: \
 	       TCAST_PEER_PULL_BUFFER_MB) */
@@ -132,10 +133,14 @@ struct pull {
 	int nvfree;
 	struct vjob *vq; /* received, not yet taken by a verifier */
 	int vhead, vlen;
-	int nverifying; /* jobs queued or being verified */
-	bool vstop;	/* the streams are gone: verifiers end */
-	bool held;	/* failpoint pull.hold_verify done */
-	bool holding;	/* and in progress: the other verifiers wait */
+	int nverifying;		/* jobs queued or being verified */
+	bool vstop;		/* the streams are gone: verifiers end */
+	int hold_sources;	/* failpoint pull.hold_sources: no chunk is
+				   taken before this many sources are known,
+				   and found ones join all at once */
+	uint64_t hold_until_ns; /* or until then */
+	bool held;		/* failpoint pull.hold_verify done */
+	bool holding;		/* and in progress: the other verifiers wait */
 	pthread_t vth[TC_PULL_MAX_VERIFY];
 	int nvth;
 	pthread_mutex_t mu;
@@ -570,6 +575,26 @@ static void fail_pull(struct pull *p, int rc, const char *err)
 	pthread_cond_broadcast(&p->cv);
 }
 
+/* Failpoint pull.hold_sources=N (mu held): true while the streams must
+ * take nothing, because the pull knows fewer than N sources and its
+ * 10 s are not up.  When the hold ends the pull's progress clock starts
+ * again (the hold is no stall). */
+static bool held_back(struct pull *p, uint64_t now)
+{
+	if (!p->hold_sources)
+		return false;
+	if (p->nsrc < p->hold_sources && now < p->hold_until_ns)
+		return true;
+	tc__log(TC_LOG_WARN,
+		"pull %s: hold released (failpoint pull.hold_sources): %d "
+		"sources known",
+		p->man.id, p->nsrc);
+	p->hold_sources = 0;
+	p->progress_ns = now;
+	pthread_cond_broadcast(&p->cv);
+	return false;
+}
+
 static void *stream_main(void *arg)
 {
 	struct stream *sm = arg;
@@ -612,6 +637,19 @@ static void *stream_main(void *arg)
 				pthread_mutex_unlock(&p->mu);
 				break;
 			}
+		}
+		if (!retiring && nq == 0 && held_back(p, now)) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_nsec += TC_PULL_TICK_MS * 1000000l;
+			if (ts.tv_nsec >= 1000000000l) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000l;
+			}
+			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+			pthread_mutex_unlock(&p->mu);
+			continue;
 		}
 		if (offer >= 0 && !retiring && !p->dropped[sm->src] &&
 		    !p->fatal && nq < TC_PULL_DEPTH &&
@@ -977,6 +1015,26 @@ static void discover(struct pull *p, struct stream *sm, int *ns)
 
 	pthread_mutex_lock(&p->mu);
 	first = p->nsrc;
+	if (p->hold_sources && tc__now_ns() < p->hold_until_ns) {
+		/* Failpoint pull.hold_sources: sources join only once
+		 * enough are found, all in one round, so that the shares
+		 * (and the streams that retire) do not depend on when
+		 * each peer appeared. */
+		int fresh = 0;
+
+		for (int i = 0; i < n; i++) {
+			bool known = !found[i][0];
+
+			found[i][TC_PEER_ADDR_MAX - 1] = '\0';
+			for (int s = 0; s < p->nsrc && !known; s++)
+				known = !strcmp(p->src[s].addr, found[i]);
+			fresh += !known;
+		}
+		if (p->nsrc + fresh < p->hold_sources) {
+			pthread_mutex_unlock(&p->mu);
+			return;
+		}
+	}
 	pthread_mutex_unlock(&p->mu);
 
 	for (int i = 0; i < n; i++) {
@@ -1118,6 +1176,18 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 	}
 	pthread_mutex_unlock(&p->mu);
 	tc__free(batch);
+}
+
+/* Failpoint pull.hold_sources=N (2..TC_PEER_MAX_SOURCES), or 0. */
+static int hold_sources(void)
+{
+	char v[16], *end;
+	long n;
+
+	if (!tc__failpoint_arg("pull.hold_sources", v, sizeof(v)))
+		return 0;
+	n = strtol(v, &end, 10);
+	return *end || n < 2 || n > TC_PEER_MAX_SOURCES ? 0 : (int)n;
 }
 
 /* The buffering's cap in chunks: TC_PULL_BUFFER_MB, or
@@ -1285,6 +1355,8 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	sync = true;
 	p.ncpu = usable_cpus();
 	p.lone = lone_override();
+	p.hold_sources = o->discover.fn ? hold_sources() : 0;
+	p.hold_until_ns = tc__now_ns() + TC_PULL_HOLD_MS * 1000000ull;
 	rc = start_verifiers(&p, err, errlen);
 	if (rc < 0)
 		goto out;

@@ -11,7 +11,8 @@
 # serving the half-filled copy.  Between the two, the default streams
 # (docs/peer.md "Data path"): a pull with no --streams pinned to one CPU
 # takes 2 streams from each of four sealed sources, and three such pulls
-# at once retire the seed's extra streams as they find each other.  Loopback TCP: what is tested is who sends
+# at once retire the seed's extra streams as they find each other
+# (failpoint pull.hold_sources makes the counts exact).  Loopback TCP: what is tested is who sends
 # what, not the links (the netns tests and bench/fanout.sh cover those).
 set -u
 T=${TCAST:?}
@@ -103,28 +104,35 @@ ok same e
 d e rm "$id" >/dev/null
 
 # 1c. the same three receivers at once with no --streams, each pull pinned
-#     to one CPU (8 streams): each starts with 4 on the seed, and as it
-#     finds the two other receivers (3 sources: 2 each) the seed's extra
-#     streams finish what they asked for and end.  Every copy
-#     byte-identical; the seed's delay (100 ms a chunk) keeps the pulls
-#     running well past the first discovery rounds (300 ms), so some
-#     stream retires.
-mark "1c. three receivers, no --streams, one CPU each: streams retire as peers join"
+#     to one CPU (8 streams): each starts with the seed alone (4 streams,
+#     the lone-source floor), and as it finds the two other receivers (3
+#     sources: 2 each) the seed's 2 extra streams end.  Made exact by
+#     failpoint pull.hold_sources=3: a pull starts from the sealed sources
+#     only, takes no chunk before it knows 3 sources, and the peers it
+#     finds join in one round; so whatever the timing, each pull opens 4
+#     streams to the seed and retires 2 of them, and opens 2 to each peer
+#     and retires none.  Every copy byte-identical.
+mark "1c. three receivers, no --streams, one CPU each: the seed's extra streams retire as peers join"
 for n in b c d; do d $n rm "$id" >/dev/null; done
 sleep 1 # the global store forgets the removed replicas
 for n in b c d; do
-	taskset -c "$cpu" "$T" --socket "$dir/$n/d.sock" --json pull "$id" >"$dir/$n.json" 2>"$dir/$n.err" &
+	TCAST_FAILPOINTS=pull.hold_sources=3 taskset -c "$cpu" "$T" --socket "$dir/$n/d.sock" \
+		--json pull "$id" >"$dir/$n.json" 2>"$dir/$n.err" &
 done
 wait
-retired=0
+seed_addr=$(cat "$dir/seed/peer.addr")
 for n in b c d; do
 	ok test "$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$dir/$n.json")" = "$id"
 	ok same $n
-	r=$($PY -c 'import json,sys; s=json.load(open(sys.argv[1]))["sources"]; print(sum(x["streams_retired"] for x in s), " ".join("%d-%d" % (x["streams"], x["streams_retired"]) for x in s))' "$dir/$n.json")
-	echo "  $n: streams opened-retired per source: ${r#* }"
-	retired=$((retired + ${r%% *}))
+	ok grep -q "hold released (failpoint pull.hold_sources): 3 sources known" "$dir/$n.err"
+	r=$($PY -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["sources"]
+print(" ".join("%s:%d-%d" % ("seed" if x["addr"] == sys.argv[2] else "peer",
+                             x["streams"], x["streams_retired"]) for x in s))' "$dir/$n.json" "$seed_addr")
+	echo "  $n: streams opened-retired per source: $r"
+	ok is "$r" "seed:4-2 peer:2-0 peer:2-0"
 done
-ok test "$retired" -ge 1
 
 # 2. one receiver's pull stops mid-way (SIGSTOP: its daemon still serves
 #    what it verified) and is then killed: the others finish, its daemon
