@@ -60,7 +60,7 @@
 #include "tcast/errors.h"
 
 #define TC_PULL_DEPTH	    2		  /* requests outstanding per stream */
-#define TC_PULL_PIECE	    TC_PEER_PIECE /* bytes per recv (then hashed) */
+#define TC_PULL_PIECE	    TC_PEER_PIECE /* bytes per recv */
 #define TC_PULL_HAVE_MS	    30		  /* ask a filling source again after */
 #define TC_PULL_VALVE_MS    300	  /* no progress: the seed sends anything */
 #define TC_PULL_TICK_MS	    50	  /* supervisor and idle-stream period */
@@ -445,7 +445,7 @@ static void *verify_main(void *arg)
 		const uint8_t *data;
 		uint32_t n;
 		int wrc = 0;
-		bool good;
+		bool good, failed;
 		char werr[512];
 
 		while ((p->vlen == 0 && !p->vstop) || p->holding)
@@ -456,12 +456,16 @@ static void *verify_main(void *arg)
 		j = p->vq[p->vhead];
 		p->vhead = (p->vhead + 1) % p->vcap;
 		p->vlen--;
+		failed = p->fatal != 0;
 		pthread_mutex_unlock(&p->mu);
 
 		n = chunk_len(p, j.k);
 		data = j.buf ? j.buf : p->base + j.k * TC_CHUNK_BYTES;
 		good = false;
-		if (h) {
+		if (failed) {
+			/* The pull failed meanwhile: nothing more is
+			 * written; the chunk only gives its slot back. */
+		} else if (h) {
 			tc__hasher_reset(h);
 			tc__hasher_update(h, data, n);
 			tc__hasher_final(h, &d);
@@ -477,7 +481,9 @@ static void *verify_main(void *arg)
 		slot_put(p, j.buf);
 		p->nflight--;
 		p->nverifying--;
-		if (!h) {
+		if (failed) {
+			p->state[j.k] = C_TODO;
+		} else if (!h) {
 			p->state[j.k] = C_TODO;
 			fail_pull(p, -ENOMEM, "out of memory for a hasher");
 		} else if (wrc < 0) {
