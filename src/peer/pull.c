@@ -316,9 +316,11 @@ static void slot_put(struct pull *p, uint8_t *buf)
  * and writing every chunk.  Returns 5 when the chunk went to the
  * verifiers (it stays in flight until they are done), 2 when a filling
  * source does not hold it yet, 4 when a sealed one declined it (ask the
- * peers), or a negative code (the stream is out of sync). */
-static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
-		      uint64_t k, int64_t *offer, char *err, size_t errlen)
+ * peers), or a negative code (the stream is out of sync).  `sealed`: the
+ * source is complete, as read under mu when the GETs went out. */
+static int recv_chunk(struct pull *p, int src, bool sealed,
+		      struct tc__peer_conn *c, uint64_t k, int64_t *offer,
+		      char *err, size_t errlen)
 {
 	struct tc__peer_msg m;
 	uint8_t *buf, *dst;
@@ -327,12 +329,12 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 
 	rc = tc__peer_recv_msg(c, &m, err, errlen);
 	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_ENOTFOUND &&
-	    !p->src[src].complete) {
+	    !sealed) {
 		tc__peer_msg_release(&m);
 		return 2;
 	}
 	if (rc == 0 && m.type == TC_PEER_ERROR && m.code == TC_EBUSY &&
-	    p->src[src].complete) {
+	    sealed) {
 		if (m.hint && m.hint <= p->n)
 			*offer = (int64_t)m.hint - 1; /* it would send that */
 		tc__peer_msg_release(&m);
@@ -352,7 +354,7 @@ static int recv_chunk(struct pull *p, int src, struct tc__peer_conn *c,
 	if (rc < 0)
 		return rc;
 	pthread_mutex_lock(&p->mu);
-	if (p->src[src].complete && !p->told[k]) {
+	if (sealed && !p->told[k]) {
 		/* A seed sends it: peers may ask the seed for others (told
 		 * now, not when asked: a seed may decline). */
 		p->told[k] = 1;
@@ -613,6 +615,7 @@ static void *stream_main(void *arg)
 	int64_t q[TC_PULL_DEPTH], offer = -1;
 	int nq = 0, nsent = 0, rc = 0;
 	bool retiring = false; /* over its source's target: ending */
+	bool sealed = false;   /* the source is (ps->complete, read under mu) */
 	char err[512] = "";
 
 	pthread_setname_np(pthread_self(), "tc-pull-recv");
@@ -723,13 +726,15 @@ static void *stream_main(void *arg)
 					      sizeof(err));
 			continue;
 		}
+		sealed = ps->complete; /* read under mu: other streams'
+					  HAVEs set it */
 		pthread_mutex_unlock(&p->mu);
 		for (; nsent < nq; nsent++) {
 			b.len = 0;
 			/* This node serves what it pulls: a seed may
 			 * send it to us once, for all. */
 			tc__peer_put_get(&b, p->man.id, (uint64_t)q[nsent], 1,
-					 o->sink.have && ps->complete ?
+					 o->sink.have && sealed ?
 						 TC_PEER_GET_SHARES :
 						 0);
 			rc = tc__peer_send_buf(c, &b, nsent + 1 < nq);
@@ -741,8 +746,8 @@ static void *stream_main(void *arg)
 		}
 		if (rc < 0)
 			break;
-		rc = recv_chunk(p, sm->src, c, (uint64_t)q[0], &offer, err,
-				sizeof(err));
+		rc = recv_chunk(p, sm->src, sealed, c, (uint64_t)q[0], &offer,
+				err, sizeof(err));
 		if (rc < 0)
 			break;
 		pthread_mutex_lock(&p->mu);
