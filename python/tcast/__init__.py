@@ -607,7 +607,8 @@ def pull(
     their peer_listen, else $TCAST_PEERS) into this node's daemon as a host
     replica, registered under its id and, for a key, that key.  Chunks are
     striped over every source, ``streams`` TCP streams each (None: 8 per
-    usable CPU shared among the sources, 1 to 4 each), and checked against
+    usable CPU shared among the sources, 1 to 4 each; a lone source one
+    per 2 CPUs, 4 to 8), and checked against
     their digests (docs/peer.md).  Returns a PullResult whose ``peers`` name each source
     with the bytes it sent and its GB/s."""
     srcs = list(sources) if sources is not None else _peer.peers_from_env()
