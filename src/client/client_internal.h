@@ -43,4 +43,8 @@ int tc__client_export_fd(tc_client *c, const char *ref, int fd);
  * shared disk for that request). */
 uint32_t tc__artifact_origin(const tc_artifact *a);
 
+/* Calls of tc_put_write that went through p's file and its mapping so
+ * far (calls[0], calls[1]): for tests of the adaptive choice. */
+void tc__put_write_ways(tc_put *p, uint64_t calls[2]);
+
 #endif /* TC_CLIENT_INTERNAL_H */

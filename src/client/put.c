@@ -30,6 +30,7 @@
 #include "common/alloc.h"
 #include "common/io.h"
 #include "common/compiler.h"
+#include "common/failpoint.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "gpu/vmm.h"
@@ -53,6 +54,13 @@ struct tc_put {
 	 * copy). */
 	struct tc__digest *dig;
 	bool data_out; /* tc_put_data handed out a pointer */
+	/* tc_put_write's two ways (way_pick): calls chosen, running ns per
+	 * MiB as the callers saw them, and the cheaper so far. */
+	pthread_mutex_t way_mu;
+	uint64_t way_n[2], way_calls;
+	double way_ns[2];
+	bool way_seen[2], way_said;
+	int way_best;
 };
 
 /* Build the CREATE table from the caller's descriptors and metadata. */
@@ -209,6 +217,7 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 		rc = -ENOMEM;
 		goto out_reply;
 	}
+	pthread_mutex_init(&p->way_mu, NULL);
 	if (rep.nfds != 1 || tc__cur_read_u64(&rep.body, &p->handle) < 0 ||
 	    tc__cur_read_u64(&rep.body, &p->map_size) < 0 ||
 	    tc__proto_get_table(&rep.body, 1, &p->table, err, sizeof(err)) <
@@ -306,95 +315,83 @@ TC_API uint64_t tc_put_offset(const tc_put *p, uint32_t i)
 	return i < p->table.ntensors ? p->table.tensors[i].offset : UINT64_MAX;
 }
 
-/* One way of filling fresh memfd pages, timed on a scratch memfd. */
-static uint64_t time_fill(int fd, uint8_t *map, const uint8_t *src, size_t n,
-			  bool via_map)
+/*
+ * How tc_put_write fills a put: through its file (pwrite on the memfd) or
+ * through its mapping (populated 4 MiB at a time, then one copy).  The
+ * kernel takes every pwrite into one file under the inode lock, so
+ * several writers (a pull's verifiers) queue behind each other there,
+ * while the mapping takes them all at once; but where a page-table fault
+ * is dear (a paravirtualised guest: 0.5 vs 5.1 GB/s for one writer on the
+ * dev VM) the file wins even so.  No probe of fresh pages decides it
+ * ahead: on a 16-core Firecracker guest one process's 2 MiB probe saw the
+ * mapping 1.6x to 14x dearer than the file, and chose the file in 4 pulls
+ * of 5, which then ran at 17-20 Gbit/s against 35-39 through the mapping.
+ * So each put times its own writes, each way as its callers see it (lock
+ * waits included), and takes the cheaper: both ways twice first, then
+ * the other way one call in WAY_EXPLORE to keep its figure current.
+ */
+enum { WAY_FILE, WAY_MAP };
+#define WAY_EXPLORE 16
+
+/* Which way the next tc_put_write of p takes. */
+static int way_pick(tc_put *p)
 {
-	uint64_t t0 = tc__now_ns();
-
-	if (via_map) {
-		tc__populate(map, n, 1);
-		memcpy(map, src, n);
-	} else if (pwrite(fd, src, n, 0) != (ssize_t)n) {
-		return UINT64_MAX;
-	}
-	return tc__now_ns() - t0;
-}
-
-static bool measured_map;
-
-/* One round of the probe: 2 MiB of fresh memfd pages through the file,
- * then through a mapping (ns into *tw, *tm).  -1 if it could not run. */
-static int probe_round(const uint8_t *src, size_t n, uint64_t *tw, uint64_t *tm)
-{
-	int fd[2] = { memfd_create("tcast-probe", MFD_CLOEXEC),
-		      memfd_create("tcast-probe", MFD_CLOEXEC) };
-	uint8_t *map = MAP_FAILED;
-	int rc = -1;
-
-	if (fd[0] >= 0 && fd[1] >= 0 && ftruncate(fd[1], (off_t)n) == 0)
-		map = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd[1],
-			   0);
-	if (map != MAP_FAILED) {
-		*tw = time_fill(fd[0], NULL, src, n, false);
-		*tm = time_fill(fd[1], map, src, n, true);
-		munmap(map, n);
-		rc = 0;
-	}
-	for (int i = 0; i < 2; i++)
-		if (fd[i] >= 0)
-			close(fd[i]);
-	return rc;
-}
-
-static void measure_write_path(void)
-{
-	const size_t n = (size_t)2 << 20; /* 512 pages */
-	uint64_t tw = UINT64_MAX, tm = UINT64_MAX, w, m;
-	uint8_t *src = tc__malloc(n);
-
-	if (!src)
-		return;
-	memset(src, 0x5a, n);
-	/* The best of two rounds: a process's first fresh pages cost several
-	 * times the next ones whichever way they come (seen on the dev VM:
-	 * 3.9 ms through the file at first, 0.34 ms after). */
-	for (int r = 0; r < 2; r++)
-		if (probe_round(src, n, &w, &m) == 0) {
-			tw = TC_MIN(tw, w);
-			tm = TC_MIN(tm, m);
-		}
-	tc__free(src);
-	if (tw == UINT64_MAX)
-		return;
-	/* pwrite is one writer at a time per file (the kernel holds the
-	 * inode lock); the mapping takes every writer at once.  Where its
-	 * page tables cost little more, it wins as soon as a pull's streams
-	 * write together (on an H200 host: 2.1 GB/s either way for one
-	 * writer; 2.4 vs 4.6 GB/s for 8); where a fault is dear (a
-	 * paravirtualised guest: 0.5 vs 5.1 GB/s for one writer) the file
-	 * stays the way. */
-	measured_map = tm <= 2 * tw;
-	tc__log(TC_LOG_DEBUG,
-		"tc_put_write fills puts through their %s (fresh 2 MiB: %.0f us "
-		"through the file, %.0f us through a mapping)",
-		measured_map ? "mapping" : "file", (double)tw / 1e3,
-		(double)tm / 1e3);
-}
-
-/* Whether tc_put_write copies through the put's mapping (TCAST_PUT_WRITE
- * = map | pwrite decides, read at each call; else measured once). */
-static bool write_via_map(void)
-{
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
 	const char *e = getenv("TCAST_PUT_WRITE");
+	int w;
 
+	if (!p->map || (e && !strcmp(e, "pwrite")))
+		return WAY_FILE;
 	if (e && !strcmp(e, "map"))
-		return true;
-	if (e && !strcmp(e, "pwrite"))
-		return false;
-	pthread_once(&once, measure_write_path);
-	return measured_map;
+		return WAY_MAP;
+	pthread_mutex_lock(&p->way_mu);
+	if (p->way_n[WAY_FILE] < 2 || p->way_n[WAY_MAP] < 2 ||
+	    !p->way_seen[WAY_FILE] || !p->way_seen[WAY_MAP])
+		w = p->way_n[WAY_FILE] <= p->way_n[WAY_MAP] ? WAY_FILE :
+							      WAY_MAP;
+	else
+		w = p->way_best;
+	if (++p->way_calls % WAY_EXPLORE == 0)
+		w = !w;
+	p->way_n[w]++; /* counted when chosen: concurrent callers spread */
+	pthread_mutex_unlock(&p->way_mu);
+	return w;
+}
+
+/* A write of n bytes took ns by way w: its running cost per MiB. */
+static void way_done(tc_put *p, int w, uint64_t n, uint64_t ns)
+{
+	double per = (double)ns * (double)(1 << 20) / (double)(n ? n : 1);
+	double file_ns = 0, map_ns = 0;
+	bool said = false;
+	int best = WAY_FILE;
+
+	pthread_mutex_lock(&p->way_mu);
+	p->way_ns[w] = p->way_seen[w] ? (7 * p->way_ns[w] + per) / 8 : per;
+	p->way_seen[w] = true;
+	if (p->way_seen[!w]) {
+		best = p->way_ns[WAY_MAP] < p->way_ns[WAY_FILE] ? WAY_MAP :
+								  WAY_FILE;
+		said = best != p->way_best || !p->way_said;
+		p->way_best = best;
+		p->way_said = true;
+		file_ns = p->way_ns[WAY_FILE];
+		map_ns = p->way_ns[WAY_MAP];
+	}
+	pthread_mutex_unlock(&p->way_mu);
+	if (said)
+		tc__log(TC_LOG_DEBUG,
+			"tc_put_write: through the %s (%.0f us per MiB "
+			"through the file, %.0f through the mapping)",
+			best == WAY_MAP ? "mapping" : "file", file_ns / 1e3,
+			map_ns / 1e3);
+}
+
+void tc__put_write_ways(tc_put *p, uint64_t calls[2])
+{
+	pthread_mutex_lock(&p->way_mu);
+	calls[0] = p->way_n[WAY_FILE];
+	calls[1] = p->way_n[WAY_MAP];
+	pthread_mutex_unlock(&p->way_mu);
 }
 
 /* Drop the page tables of the whole pages inside [off, off + n) of p's
@@ -411,7 +408,9 @@ static void unmap_written(tc_put *p, uint64_t off, uint64_t n)
 TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n)
 {
 	const uint8_t *s = src;
+	uint64_t t0, done = 0;
 	char msg[160];
+	int way;
 
 	if (p->fd < 0)
 		return tc__client_err(p->c, TC_EINVAL,
@@ -423,7 +422,12 @@ TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n)
 			 off, off + n, p->map_size);
 		return tc__client_err(p->c, TC_EINVAL, msg);
 	}
-	if (p->map && write_via_map()) {
+	way = way_pick(p);
+	t0 = tc__now_ns();
+	/* Tests: one way made dear, which the choice must leave. */
+	if (tc__failpoint("put_write_slow", way == WAY_MAP ? "map" : "file"))
+		usleep(20000);
+	if (way == WAY_MAP) {
 		/* The range's pages in a few calls, then one copy: callers
 		 * on several threads fill one put at once (a pull). */
 		int rc = tc__populate(p->map + off, n, 1);
@@ -442,6 +446,7 @@ TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n)
 		 * populated tables took ~0.3 s after the transfer (a 16-core
 		 * host).  The bytes stay in the memfd. */
 		unmap_written(p, off, n);
+		way_done(p, way, n, tc__now_ns() - t0);
 		return 0;
 	}
 	/* Through the file: the kernel fills the memfd's pages without a
@@ -466,7 +471,9 @@ TC_API int tc_put_write(tc_put *p, uint64_t off, const void *src, uint64_t n)
 		s += w;
 		off += (uint64_t)w;
 		n -= (uint64_t)w;
+		done += (uint64_t)w;
 	}
+	way_done(p, way, done, tc__now_ns() - t0);
 	return 0;
 }
 
@@ -605,6 +612,7 @@ static void put_free(tc_put *p)
 	tc__gpu_release(&p->gmem);
 	tc__table_release(&p->table);
 	tc_client_close(p->c);
+	pthread_mutex_destroy(&p->way_mu);
 	tc__free(p);
 }
 

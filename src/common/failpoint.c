@@ -19,6 +19,12 @@ static void load(void)
 		spec = NULL;
 }
 
+void tc__failpoint_reload(void)
+{
+	pthread_once(&once, load);
+	load();
+}
+
 bool tc__failpoint(const char *name, const char *subject)
 {
 	size_t nl = strlen(name);

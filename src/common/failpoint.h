@@ -19,6 +19,9 @@ bool tc__failpoint(const char *name, const char *subject);
  * `val` (NUL-terminated, cut to `len`); false when it is not armed.  For
  * failpoints that take a number rather than a subject. */
 bool tc__failpoint_arg(const char *name, char *val, size_t len);
+/* Read TCAST_FAILPOINTS again: for a test's forked child, whose parent
+ * read it already (no other thread may check failpoints meanwhile). */
+void tc__failpoint_reload(void);
 /* "hang" failpoints: block the calling thread for good, like a read on a
  * hung NFS or FUSE mount (only the process's exit ends it). */
 void tc__failpoint_hang(const char *name, const char *subject);

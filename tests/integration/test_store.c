@@ -25,6 +25,8 @@
 
 #include "tcast/client.h"
 #include "tcast/errors.h"
+#include "client/client_internal.h"
+#include "common/failpoint.h"
 #include "net/net.h"
 #include "tlib.h"
 
@@ -246,6 +248,58 @@ static void put_write_one_way(const char *way)
 	tc_client_close(c);
 }
 
+/* In a child (the failpoint's spec is read once per process): 48 writes
+ * of 1 MiB into one put, with way `slow` (file or map) made 20 ms dearer;
+ * the put must leave it after both ways' two first calls, going back
+ * only to keep its figure (one call in 16). */
+static void put_write_adapts(const char *slow)
+{
+	pid_t pid = fork();
+
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		uint64_t n = 48ull << 20, calls[2];
+		struct tc_tensor_desc d = { "w", TC_DTYPE_U8, 1, &n };
+		static uint8_t buf[1 << 20];
+		struct tc_result r;
+		tc_client *c;
+		tc_put *p;
+		char spec[64];
+		int bad = 0;
+
+		snprintf(spec, sizeof(spec), "put_write_slow=%s", slow);
+		setenv("TCAST_FAILPOINTS", spec, 1);
+		tc__failpoint_reload();
+		unsetenv("TCAST_PUT_WRITE");
+		c = t_connect(D.sock);
+		memset(buf, 0x3c, sizeof(buf));
+		if (tc_put_begin(c, &d, 1, NULL, NULL, &p) < 0)
+			_exit(2);
+		for (uint64_t off = 0; off < n; off += sizeof(buf))
+			if (tc_put_write(p, off, buf, sizeof(buf)) < 0)
+				_exit(3);
+		tc__put_write_ways(p, calls);
+		/* calls[0] through the file, calls[1] the mapping. */
+		if (calls[0] + calls[1] != 48)
+			bad = 4;
+		else if (!strcmp(slow, "file") && calls[0] > 2 + 48 / 16 + 1)
+			bad = 5;
+		else if (!strcmp(slow, "map") && calls[1] > 2 + 48 / 16 + 1)
+			bad = 6;
+		if (bad)
+			fprintf(stderr,
+				"%s slow: %llu calls through the file, "
+				"%llu through the mapping\n",
+				slow, (unsigned long long)calls[0],
+				(unsigned long long)calls[1]);
+		if (tc_put_commit(p, &r) < 0)
+			_exit(7);
+		tc_client_close(c);
+		_exit(bad);
+	}
+	assert_int_equal(t_wait_status(pid), 0);
+}
+
 static void test_store__put_write_through_the_file(void **state)
 {
 	(void)state;
@@ -255,6 +309,8 @@ static void test_store__put_write_through_the_file(void **state)
 	put_write_one_way("map");
 	unsetenv("TCAST_PUT_WRITE");
 	put_write_one_way("measured");
+	put_write_adapts("file");
+	put_write_adapts("map");
 }
 
 /* ---------------------------------------------------------- sealing */
