@@ -97,7 +97,9 @@ struct tc__gpu_tier {
 	uint64_t n_fill_pinned_bytes; /* copied from pinned host replicas */
 	uint64_t pinned_host_bytes;   /* host replicas pinned now */
 	uint64_t n_peer_fills, n_peer_fill_bytes; /* filled from a sibling */
-	uint64_t n_probes;			  /* fills that measured both */
+	uint64_t n_peer_bind_fills;		  /* bindings filled so */
+	uint64_t n_peer_bind_bytes;
+	uint64_t n_probes; /* fills that measured both */
 	/* Measured rates (GB/s) of fills by source: host_rate[d] from host
 	 * replicas to GPU d, peer_rate[s][d] from GPU s to GPU d; peer_link
 	 * [s][d]: 0 unknown, 1 the pair has a direct link, 2 staged. */
@@ -137,19 +139,9 @@ struct fill_job {
 	int nthreads;	      /* threads of a staged copy */
 	bool retried;	      /* evicted once after an OOM already */
 	bool reused;	      /* mem is an evicted replica's allocation */
-	/* A sibling source: the ready replica of o on GPU sib->dev, leased
-	 * by the job (so neither evicted nor freed) until done(). */
-	struct tc__gpu_replica *sib; /* done() only */
-	struct tc__gpu_mem sib_mem;  /* its allocation (borrowed) */
-	int sib_dev;		     /* its ordinal, or -1: none */
-	bool use_peer;		     /* copy from the sibling (in: the
-					choice; out: what was done) */
-	bool probe;		     /* measure both first, then choose */
-	double probe_host_gbps;	     /* out, when probed */
-	double probe_peer_gbps;
-	uint64_t probe_bytes;
-	int link;	     /* out: 1 direct, 2 staged, 0 unknown */
-	double copy_seconds; /* out: the fill's copy alone */
+	/* The source: the host replica or a sibling GPU's (leased by the
+	 * job, so neither evicted nor freed, until done()). */
+	struct tc__gpu_peer_fill pf;
 	int reg_rc;
 	char reg_err[256];
 	struct tc__gpu_mem mem;
@@ -526,40 +518,213 @@ static struct tc__gpu_replica *sibling_of(struct tc__gpu_tier *t,
 	return best;
 }
 
-/* Where j copies from: the host replica, the sibling `sib`, or both
- * first (a probe) when a rate it would compare is still unknown.  The
- * sibling is leased until the job is done. */
-static void choose_source(struct tc__gpu_tier *t, struct fill_job *j,
-			  struct tc__gpu_replica *sib)
-{
-	int s = sib ? dev_index(t, sib->dev) : -1;
-	const struct gt_rate *pr, *hr = &t->host_rate[j->ordinal];
+/* ------------------------------------------------- sibling-GPU sources */
 
-	if (!sib || (j->src && j->src_bytes < GT_PROBE_MIN))
+void tc__gpu_tier_peer_choose(struct tc__gpu_tier *t, struct tc__obj *o,
+			      struct tc__gpu_peer_fill *pf)
+{
+	struct tc__gpu_replica *sib;
+	const struct gt_rate *pr, *hr;
+	int s;
+
+	pf->sib = NULL;
+	pf->sib_dev = -1;
+	pf->use_peer = pf->probe = false;
+	if (t->state != GT_OPEN || !o->gpu || pf->dst < 0 || pf->dst >= t->ndev)
+		return;
+	sib = sibling_of(t, o, pf->dst);
+	if (!sib || (pf->has_host && pf->bytes < GT_PROBE_MIN))
 		return; /* the host replica: tiny, or no sibling */
-	j->sib = sib;
-	j->sib_dev = s;
-	j->sib_mem = sib->mem;
+	s = dev_index(t, sib->dev);
+	pf->sib = sib;
+	pf->sib_dev = s;
+	pf->sib_mem = sib->mem;
 	tc__replica_lease(&sib->base);
-	pr = &t->peer_rate[s][j->ordinal];
-	if (!j->src)
-		j->use_peer = true; /* the only source */
+	pr = &t->peer_rate[s][pf->dst];
+	hr = &t->host_rate[pf->dst];
+	if (!pf->has_host)
+		pf->use_peer = true; /* the only source */
 	else if (pr->n && hr->n)
-		j->use_peer = pr->gbps > hr->gbps;
+		pf->use_peer = pr->gbps > hr->gbps;
 	else
-		j->probe = true;
+		pf->probe = true;
 }
 
-/* Drop the job's lease on its sibling source. */
-static void sib_unlease(struct tc__gpu_tier *t, struct fill_job *j)
+/* Drop pf's lease on its sibling source. */
+static void sib_unlease(struct tc__gpu_tier *t, struct tc__gpu_peer_fill *pf)
 {
-	struct tc__gpu_replica *sr = j->sib;
+	struct tc__gpu_replica *sr = pf->sib;
 
 	if (!sr)
 		return;
-	j->sib = NULL;
+	pf->sib = NULL;
 	if (tc__replica_unlease(&sr->base) == 0 && sr->o->dead)
 		replica_free(t, sr);
+}
+
+/* Copy the first n bytes of the byte space into the sink, from the host
+ * replica or (peer) the sibling's; *secs: the copy alone (no allocation,
+ * no pinning).  `keep_tail`: a probe's partial copy, completed later. */
+static int peer_copy(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
+		     bool peer, uint64_t n, bool keep_tail, double *secs,
+		     char *err, size_t errlen)
+{
+	uint64_t t0 = tc__now_ns();
+	int rc;
+
+	x->from = peer ? TC_XFER_FROM_PEER : TC_XFER_FROM_HOST;
+	x->gpu_src = peer ? &pf->sib_mem : NULL;
+	x->bytes = n;
+	x->keep_tail = keep_tail;
+	x->alloc_seconds = 0;
+	x->alloc_oom = false;
+	rc = tc__xfer_run(x, err, errlen);
+	pf->alloc_seconds += x->alloc_seconds;
+	pf->oom = x->alloc_oom;
+	*secs = (double)(tc__now_ns() - t0) / 1e9 - x->alloc_seconds;
+	if (*secs <= 0)
+		*secs = 1e-9;
+	return rc;
+}
+
+/* Measure both sources on the first GT_PROBE_BYTES (the same bytes, so
+ * the content does not care which ran last) and choose the faster.  Two
+ * rounds, host then sibling, then sibling then host, each source keeping
+ * its best: whichever runs first writes into fresh memory and pays its
+ * first-touch costs (the driver scrubbing what was just freed; page
+ * faults on the fake driver), and the first host copy also sets up its
+ * staging; one round in one order leaned towards the sibling.  A sibling
+ * that fails to copy loses: the host replica serves.  Returns the host
+ * copies' result; *whole when the probe copied everything. */
+static int peer_probe(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
+		      bool *whole, char *err, size_t errlen)
+{
+	uint64_t p = pf->bytes < GT_PROBE_BYTES ? pf->bytes : GT_PROBE_BYTES;
+	double th = 0, tp = 0, t;
+	bool peer_ok = true;
+	int rc;
+
+	*whole = false;
+	pf->probe_bytes = p;
+	for (int round = 0; round < 2; round++) {
+		for (int k = 0; k < 2; k++) {
+			bool peer = (k == 1) != (round == 1);
+
+			if (peer && !peer_ok)
+				continue;
+			rc = peer_copy(pf, x, peer, p, true, &t, err, errlen);
+			if (rc < 0 && !peer)
+				return rc;
+			if (rc < 0) {
+				tc__log(TC_LOG_WARN,
+					"GPU %d cannot copy from GPU %d's "
+					"replica (the host replica serves): %s",
+					pf->dst, pf->sib_dev, err);
+				err[0] = '\0';
+				peer_ok = false;
+				continue;
+			}
+			if (peer)
+				tp = tp > 0 && tp < t ? tp : t;
+			else
+				th = th > 0 && th < t ? th : t;
+		}
+	}
+	pf->probe_host_gbps = (double)p / th / 1e9;
+	if (!peer_ok) {
+		pf->use_peer = false;
+		pf->probe_peer_gbps = 0;
+		/* A failed peer copy may have left part of the probe range
+		 * after the host's last copy. */
+		return peer_copy(pf, x, false, p, true, &t, err, errlen);
+	}
+	pf->probe_peer_gbps = (double)p / tp / 1e9;
+	pf->use_peer = tp < th;
+	*whole = p == pf->bytes;
+	if (*whole) {
+		pf->copy_seconds = pf->use_peer ? tp : th;
+		/* Both sources wrote the same bytes; the tail still wants
+		 * its zeros (the probe's copies kept it). */
+		if (x->gpu_dst->size > p)
+			return tc__gpu_memset8(x->ordinal, x->gpu_dst->dptr + p,
+					       0, x->gpu_dst->size - p, NULL,
+					       err, errlen);
+	}
+	return 0;
+}
+
+int tc__gpu_tier_peer_run(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
+			  char *err, size_t errlen)
+{
+	bool whole = false;
+	int rc = 0;
+
+	if (pf->sib_dev >= 0) {
+		int can =
+			tc__gpu_can_access_peer(pf->dst, pf->sib_dev, NULL, 0);
+
+		pf->link = can < 0 ? 0 : can ? 1 : 2;
+	}
+	if (pf->probe)
+		rc = peer_probe(pf, x, &whole, err, errlen);
+	if (rc == 0 && !whole) {
+		rc = peer_copy(pf, x, pf->use_peer, pf->bytes, false,
+			       &pf->copy_seconds, err, errlen);
+		if (rc < 0 && pf->use_peer && pf->has_host && !pf->oom) {
+			/* The host replica is still there: it serves. */
+			tc__log(TC_LOG_WARN,
+				"GPU %d cannot copy from GPU %d's replica (the "
+				"host replica serves): %s",
+				pf->dst, pf->sib_dev, err);
+			err[0] = '\0';
+			pf->use_peer = false;
+			rc = peer_copy(pf, x, false, pf->bytes, false,
+				       &pf->copy_seconds, err, errlen);
+		}
+	}
+	return rc;
+}
+
+void tc__gpu_tier_peer_done(struct tc__gpu_tier *t,
+			    struct tc__gpu_peer_fill *pf, int rc,
+			    enum tc__gpu_peer_kind kind)
+{
+	int i = pf->dst, s = pf->sib_dev;
+
+	if (s >= 0 && pf->link)
+		t->peer_link[s][i] = (uint8_t)pf->link;
+	if (rc == 0 && pf->probe && pf->probe_bytes) {
+		t->n_probes++;
+		rate_add(&t->host_rate[i], pf->probe_bytes,
+			 (double)pf->probe_bytes / pf->probe_host_gbps / 1e9);
+		if (pf->probe_peer_gbps > 0)
+			rate_add(&t->peer_rate[s][i], pf->probe_bytes,
+				 (double)pf->probe_bytes / pf->probe_peer_gbps /
+					 1e9);
+		tc__log(TC_LOG_INFO,
+			"GPU %d from GPU %d (%s) measured on %llu bytes (best "
+			"of two rounds each): %.2f GB/s, from host memory "
+			"%.2f GB/s: %s serves",
+			i, s,
+			pf->link == 1 ? "direct link" : "staged by the driver",
+			(unsigned long long)pf->probe_bytes,
+			pf->probe_peer_gbps, pf->probe_host_gbps,
+			pf->use_peer ? "the sibling" : "the host replica");
+	}
+	if (rc == 0 && pf->copy_seconds > 0 &&
+	    !(pf->probe && pf->probe_bytes == pf->bytes))
+		rate_add(pf->use_peer ? &t->peer_rate[s][i] : &t->host_rate[i],
+			 pf->bytes, pf->copy_seconds);
+	if (rc == 0 && pf->use_peer) {
+		if (kind == TC_GPU_PEER_BIND) {
+			t->n_peer_bind_fills++;
+			t->n_peer_bind_bytes += pf->bytes;
+		} else {
+			t->n_peer_fills++;
+			t->n_peer_fill_bytes += pf->bytes;
+		}
+	}
+	sib_unlease(t, pf);
 }
 
 /* Route q to its device: 0 with *rep ready, 1 when q now waits on a fill
@@ -676,14 +841,16 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->src_bytes = o->table.total_bytes;
 	j->map_bytes = o->shm ? o->shm->size : 0;
 	j->alloc_bytes = bytes;
-	j->sib_dev = -1;
-	choose_source(t, j, sib);
+	j->pf.dst = i;
+	j->pf.bytes = j->src_bytes;
+	j->pf.has_host = j->src != NULL;
+	tc__gpu_tier_peer_choose(t, o, &j->pf);
 	/* A pinned host replica is copied from directly.  Otherwise large
 	 * ones go through staging rings (pinning 16 GiB first would cost
 	 * more than the copy: 0.5-1 s) and are pinned in the background,
 	 * off the clients' path (pin_later: from their seal, or after this
 	 * fill); small ones are pinned first, once. */
-	if (!o->shm || (j->use_peer && !j->probe)) {
+	if (!o->shm || (j->pf.use_peer && !j->pf.probe)) {
 		/* The host replica plays no part. */
 	} else if (o->gpu->reg_state == GT_REG_DONE) {
 		j->pin = o->gpu->pin; /* stays pinned: the job holds o */
@@ -1086,76 +1253,10 @@ struct tc__gpu_replica *tc__gpu_tier_find(struct tc__gpu_tier *t,
 
 /* ----------------------------------------------------------------- fill */
 
-/* Copy the first n bytes of the byte space into j->mem, from the host
- * replica or (peer) the sibling's; *secs: the copy alone (no allocation,
- * no pinning). */
-static int fill_copy(struct fill_job *j, bool peer, uint64_t n, double *secs)
-{
-	struct tc__xfer x = { .from = peer ? TC_XFER_FROM_PEER :
-					     TC_XFER_FROM_HOST,
-			      .host = j->src,
-			      .pin = &j->pin,
-			      .staged = j->staged,
-			      .gpu_src = &j->sib_mem,
-			      .bytes = n,
-			      .to = TC_XFER_TO_GPU,
-			      .gpu_dst = &j->mem,
-			      .ordinal = j->ordinal,
-			      .alloc_bytes = j->alloc_bytes,
-			      .nthreads = j->nthreads };
-	uint64_t t0 = tc__now_ns();
-	int rc;
-
-	rc = tc__xfer_run(&x, j->err, sizeof(j->err));
-	j->alloc_seconds += x.alloc_seconds;
-	j->oom = x.alloc_oom;
-	*secs = (double)(tc__now_ns() - t0) / 1e9 - x.alloc_seconds;
-	if (*secs <= 0)
-		*secs = 1e-9;
-	return rc;
-}
-
-/* Measure both sources on the first GT_PROBE_BYTES (the same bytes, so
- * the content does not care which ran last) and choose the faster.  A
- * sibling that fails to copy loses: the host replica serves.  Returns the
- * host copy's result; *whole when the probe copied everything. */
-static int fill_probe(struct fill_job *j, bool *whole)
-{
-	uint64_t p = j->src_bytes < GT_PROBE_BYTES ? j->src_bytes :
-						     GT_PROBE_BYTES;
-	double th, tp;
-	int rc;
-
-	*whole = false;
-	rc = fill_copy(j, false, p, &th);
-	if (rc < 0)
-		return rc;
-	j->probe_bytes = p;
-	j->probe_host_gbps = (double)p / th / 1e9;
-	if (fill_copy(j, true, p, &tp) < 0) {
-		tc__log(TC_LOG_WARN,
-			"GPU %d cannot copy from GPU %d's replica (the host "
-			"replica serves): %s",
-			j->ordinal, j->sib_dev, j->err);
-		j->err[0] = '\0';
-		j->use_peer = false;
-		j->probe_peer_gbps = 0;
-		/* The peer copy may have left part of the probe range. */
-		return fill_copy(j, false, p, &th);
-	}
-	j->probe_peer_gbps = (double)p / tp / 1e9;
-	j->use_peer = tp < th;
-	*whole = p == j->src_bytes;
-	if (*whole)
-		j->copy_seconds = j->use_peer ? tp : th;
-	return 0;
-}
-
 static void fill_run(struct tc__job *job)
 {
 	struct fill_job *j = (struct fill_job *)job;
 	uint64_t t0 = tc__now_ns();
-	bool whole = false;
 
 	if (j->do_register) {
 		/* Pin the sealed mapping once, so this and later copies run
@@ -1168,28 +1269,21 @@ static void fill_run(struct tc__job *job)
 	/* An evicted replica's allocation of the same size is refilled in
 	 * place (evict(): j->mem is given); else the transfer makes one. */
 	j->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9; /* the pin */
-	if (j->sib_dev >= 0) {
-		int can = tc__gpu_can_access_peer(j->ordinal, j->sib_dev, NULL,
-						  0);
+	{
+		struct tc__xfer x = { .host = j->src,
+				      .pin = &j->pin,
+				      .staged = j->staged,
+				      .to = TC_XFER_TO_GPU,
+				      .gpu_dst = &j->mem,
+				      .ordinal = j->ordinal,
+				      .alloc_bytes = j->alloc_bytes,
+				      .nthreads = j->nthreads };
 
-		j->link = can < 0 ? 0 : can ? 1 : 2;
-	}
-	j->rc = 0;
-	if (j->probe)
-		j->rc = fill_probe(j, &whole);
-	if (j->rc == 0 && !whole) {
-		j->rc = fill_copy(j, j->use_peer, j->src_bytes,
-				  &j->copy_seconds);
-		if (j->rc < 0 && j->use_peer && j->src && !j->oom) {
-			/* The host replica is still there: it serves. */
-			tc__log(TC_LOG_WARN,
-				"GPU %d cannot copy from GPU %d's replica (the "
-				"host replica serves): %s",
-				j->ordinal, j->sib_dev, j->err);
-			j->use_peer = false;
-			j->rc = fill_copy(j, false, j->src_bytes,
-					  &j->copy_seconds);
-		}
+		j->pf.alloc_seconds = 0;
+		j->rc = tc__gpu_tier_peer_run(&j->pf, &x, j->err,
+					      sizeof(j->err));
+		j->alloc_seconds += j->pf.alloc_seconds;
+		j->oom = j->pf.oom;
 	}
 	if (j->mem.dptr &&
 	    tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
@@ -1418,42 +1512,14 @@ static void fill_done(struct tc__job *job)
 	}
 	list = r->waiters;
 	r->waiters = NULL;
-	if (j->sib_dev >= 0 && j->link)
-		t->peer_link[j->sib_dev][i] = (uint8_t)j->link;
-	if (j->rc == 0 && j->probe && j->probe_bytes) {
-		t->n_probes++;
-		rate_add(&t->host_rate[i], j->probe_bytes,
-			 (double)j->probe_bytes / j->probe_host_gbps / 1e9);
-		if (j->probe_peer_gbps > 0)
-			rate_add(&t->peer_rate[j->sib_dev][i], j->probe_bytes,
-				 (double)j->probe_bytes / j->probe_peer_gbps /
-					 1e9);
-		tc__log(TC_LOG_INFO,
-			"GPU %d from GPU %d (%s) measured on %llu bytes: %.2f "
-			"GB/s, from host memory %.2f GB/s: %s serves",
-			i, j->sib_dev,
-			j->link == 1 ? "direct link" : "staged by the driver",
-			(unsigned long long)j->probe_bytes, j->probe_peer_gbps,
-			j->probe_host_gbps,
-			j->use_peer ? "the sibling" : "the host replica");
-	}
-	if (j->rc == 0 && j->copy_seconds > 0 &&
-	    !(j->probe && j->probe_bytes == j->src_bytes))
-		rate_add(j->use_peer ? &t->peer_rate[j->sib_dev][i] :
-				       &t->host_rate[i],
-			 j->src_bytes, j->copy_seconds);
 	if (j->rc == 0) {
-		r->fill_src = j->use_peer ? j->sib_dev : -1;
-		r->fill_gbps =
-			j->copy_seconds > 0 ?
-				(double)j->src_bytes / j->copy_seconds / 1e9 :
-				0;
-		if (j->use_peer) {
-			t->n_peer_fills++;
-			t->n_peer_fill_bytes += j->src_bytes;
-		}
+		r->fill_src = j->pf.use_peer ? j->pf.sib_dev : -1;
+		r->fill_gbps = j->pf.copy_seconds > 0 ?
+				       (double)j->src_bytes /
+					       j->pf.copy_seconds / 1e9 :
+				       0;
 	}
-	sib_unlease(t, j);
+	tc__gpu_tier_peer_done(t, &j->pf, j->rc, TC_GPU_PEER_REPLICA);
 	if (j->rc == 0) {
 		r->mem = j->mem;
 		tc__replica_recharge(&r->base, j->mem.size);
@@ -1474,14 +1540,15 @@ static void fill_done(struct tc__job *job)
 				 (uint64_t)(j->seconds * 1e9));
 		if (j->pin.nsegs)
 			t->n_fill_pinned_bytes += j->src_bytes;
-		if (j->use_peer)
+		if (j->pf.use_peer)
 			tc__log(TC_LOG_INFO,
 				"GPU %d replica of '%s': %llu bytes in %.3f s "
 				"(%.2f GB/s from GPU %d's replica, %s%s)",
 				i, o->id, (unsigned long long)j->src_bytes,
-				j->seconds, r->fill_gbps, j->sib_dev,
-				j->link == 1 ? "peer copy" :
-					       "peer copy staged by the driver",
+				j->seconds, r->fill_gbps, j->pf.sib_dev,
+				j->pf.link == 1 ?
+					"peer copy" :
+					"peer copy staged by the driver",
 				j->reused ? ", into an evicted replica's "
 					    "allocation" :
 					    "");
@@ -1521,7 +1588,7 @@ static void fill_done(struct tc__job *job)
 	}
 	/* A host replica that fed a GPU through staging is pinned now, off
 	 * the clients' path, for the next GPU that wants it. */
-	if (j->rc == 0 && j->staged && !j->use_peer &&
+	if (j->rc == 0 && j->staged && !j->pf.use_peer &&
 	    o->gpu->reg_state == GT_REG_NONE && !o->dead && !t->stopping)
 		pin_later(t, o, i);
 	t->copies_running--;
@@ -1759,9 +1826,11 @@ static json_t *peer_json(const struct tc__gpu_tier *t)
 							      "host"));
 		}
 	}
-	return json_pack("{s:I, s:I, s:I, s:o, s:o}", "fills",
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "fills",
 			 (json_int_t)t->n_peer_fills, "fill_bytes",
-			 (json_int_t)t->n_peer_fill_bytes, "probes",
+			 (json_int_t)t->n_peer_fill_bytes, "bind_fills",
+			 (json_int_t)t->n_peer_bind_fills, "bind_fill_bytes",
+			 (json_int_t)t->n_peer_bind_bytes, "probes",
 			 (json_int_t)t->n_probes, "host_rates", host, "pairs",
 			 pairs);
 }

@@ -246,6 +246,73 @@ void tc__gpu_replica_keep_private(struct tc__gpu_replica *r);
 void tc__gpu_replica_lease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
 void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r);
 
+/* ---- sibling-GPU sources: the measured choice of a fill's source ---- */
+
+/* What kind of fill a peer choice serves (counted apart in STATUS
+ * gpu.peer). */
+enum tc__gpu_peer_kind {
+	TC_GPU_PEER_REPLICA, /* a replica of the tier (fills, fill_bytes) */
+	TC_GPU_PEER_BIND,    /* a binding's fill or swap (bind_fills) */
+};
+
+/*
+ * One fill of `bytes` of an artifact onto GPU `dst` that may copy from
+ * the artifact's ready replica on another GPU (a sibling) instead of from
+ * its host replica: which one is measured, never assumed (docs/gpu.md,
+ * "Sibling-GPU sources").  Three steps: tc__gpu_tier_peer_choose on the
+ * loop thread (leases the sibling), tc__gpu_tier_peer_run on the fill's
+ * worker (touches only this struct and the transfer), then
+ * tc__gpu_tier_peer_done on the loop thread (learns the rates, counts,
+ * drops the lease).  Replica fills and binding fills both go through them,
+ * so both make the same choice from the same figures.
+ * Invariant: sib != NULL <=> sib_dev >= 0, and then sib is leased.
+ */
+struct tc__gpu_peer_fill {
+	/* choose: in */
+	int dst;	/* the daemon's ordinal to fill */
+	uint64_t bytes; /* the byte space to copy */
+	bool has_host;	/* the artifact has a host replica */
+	/* choose: out */
+	struct tc__gpu_replica *sib; /* the sibling, leased, or NULL */
+	struct tc__gpu_mem sib_mem;  /* its allocation (borrowed) */
+	int sib_dev;		     /* its ordinal, or -1: none */
+	bool use_peer;		     /* copy from the sibling (run: what was
+					done in the end) */
+	bool probe;		     /* measure both first, then choose */
+	/* run: out */
+	int link;		/* 1 direct, 2 staged, 0 unknown */
+	double probe_host_gbps; /* the best of the probe's rounds */
+	double probe_peer_gbps; /* 0: the sibling failed to copy */
+	uint64_t probe_bytes;	/* bytes each probe copy moved */
+	double copy_seconds;	/* the fill's copy alone */
+	double alloc_seconds;	/* allocations the copies made */
+	bool oom;		/* an allocation ran out of memory */
+};
+
+struct tc__xfer;
+
+/* Begin pf (its `dst`, `bytes` and `has_host` set by the caller) for o:
+ * no sibling (pf->sib_dev -1: the host replica serves), or the sibling
+ * that serves or is probed against the host replica, leased until
+ * tc__gpu_tier_peer_done.  Below the probe's minimum with a host replica
+ * no sibling is taken.  Loop thread. */
+void tc__gpu_tier_peer_choose(struct tc__gpu_tier *t, struct tc__obj *o,
+			      struct tc__gpu_peer_fill *pf);
+/* Run the fill on a worker: `x` is the transfer from the host replica
+ * (host, pin, staged, nthreads) to the GPU sink (gpu_dst, ordinal,
+ * alloc_bytes) of pf->bytes; its source is switched per copy.  A probe
+ * copies the first 64 MiB from both sources twice, in both orders, and
+ * keeps each source's best round (the first write into fresh memory pays
+ * first-touch costs the second does not); a sibling that fails falls back
+ * to the host replica.  Returns 0 or the transfer's error with `err`. */
+int tc__gpu_tier_peer_run(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
+			  char *err, size_t errlen);
+/* The fill ended with `rc` (loop thread): the pair's link and rates are
+ * learnt, a fill from the sibling counted for `kind`, the lease dropped. */
+void tc__gpu_tier_peer_done(struct tc__gpu_tier *t,
+			    struct tc__gpu_peer_fill *pf, int rc,
+			    enum tc__gpu_peer_kind kind);
+
 /* The "gpu" member of STATUS (a malloc'd string, NULL on OOM).  An
  * artifact's own GPU entries come through its tc__obj_gpu_ops (obj.h). */
 char *tc__gpu_tier_status_json(struct tc__gpu_tier *t);

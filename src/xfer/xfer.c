@@ -180,7 +180,7 @@ int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen)
 	if (rc == 0)
 		rc = to_gpu(x, err, errlen);
 	/* Clients see only what the artifact says: zero the tail. */
-	if (rc == 0 && x->gpu_dst->size > n)
+	if (rc == 0 && x->gpu_dst->size > n && !x->keep_tail)
 		rc = tc__gpu_memset8(x->ordinal, x->gpu_dst->dptr + n, 0,
 				     x->gpu_dst->size - n, NULL, err, errlen);
 	return rc;

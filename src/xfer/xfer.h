@@ -79,12 +79,15 @@ struct tc__xfer {
 			   table's) */
 
 	enum tc__xfer_sink to;
-	void *host_dst;			 /* TO_HOST (or NULL with host_fd) */
-	int host_fd;			 /* TO_HOST, host_dst NULL: the sink's
-					    file, written with pwrite */
-	struct tc__gpu_mem *gpu_dst;	 /* TO_GPU */
-	int ordinal;			 /* TO_GPU: the device */
-	uint64_t alloc_bytes;		 /* TO_GPU, gpu_dst empty: its size */
+	void *host_dst;		     /* TO_HOST (or NULL with host_fd) */
+	int host_fd;		     /* TO_HOST, host_dst NULL: the sink's
+					file, written with pwrite */
+	struct tc__gpu_mem *gpu_dst; /* TO_GPU */
+	int ordinal;		     /* TO_GPU: the device */
+	uint64_t alloc_bytes;	     /* TO_GPU, gpu_dst empty: its size */
+	bool keep_tail; /* TO_GPU: leave the bytes past `bytes` as they are
+			   (a partial copy the caller completes), not
+			   zeroed */
 	struct tc__native_tmp *disk_dst; /* TO_DISK: begun (format.h) */
 	int writers; /* TO_DISK: threads writing (the disk's queue depth) */
 

@@ -40,11 +40,16 @@
  *                               pair (GPUs on separate PCIe roots, no
  *                               NVLink): peer copies still work, staged
  *                               through the host as the driver does
- *   TC_FAKECUDA_GBPS=htod=R,peer=R  (re-read on every copy) throttle
- *                               host-to-device copies and peer copies to
- *                               about R GB/s (a sleep after the memcpy),
- *                               so a test can make one source faster
- *                               than the other; absent: full speed
+ *   TC_FAKECUDA_GBPS=htod=R,peer=R,fresh=R  (re-read on every copy)
+ *                               throttle host-to-device copies and peer
+ *                               copies to about R GB/s (a sleep after the
+ *                               memcpy), so a test can make one source
+ *                               faster than the other; fresh: the bytes
+ *                               of any copy or memset that land in device
+ *                               memory never written before (pages the
+ *                               memfd does not hold yet) run at R instead,
+ *                               the first-touch cost a real driver pays
+ *                               scrubbing memory; absent: full speed
  *   CUDA_VISIBLE_DEVICES=1,0    visible subset and order, by physical index;
  *                               the first bad entry ends the list, as in CUDA
  *   TC_FAKECUDA_FAIL=fn:n[+][:ERR][,...]   (re-read on every call)
@@ -1354,24 +1359,70 @@ static struct fevent *event_of(CUevent e)
 	return NULL;
 }
 
-/* TC_FAKECUDA_GBPS ("htod=R,peer=R"): sleep so that a copy of `n` bytes
- * of this kind takes about n / R ns in all.  The memcpy itself is not
- * timed: the fake's own speed is far above any rate a test asks for. */
-static void throttle(const char *kind, size_t n)
+/* The rate R of part `kind` of TC_FAKECUDA_GBPS ("htod=R,peer=R,fresh=R"),
+ * or 0: not throttled. */
+static double gbps_of(const char *kind)
 {
 	const char *env = getenv("TC_FAKECUDA_GBPS"), *p;
 	size_t k = strlen(kind);
-	double gbps, ns;
+	double gbps;
 
+	if (!kind[0])
+		return 0;
 	for (p = env; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
 		if (!strncmp(p, kind, k) && p[k] == '=')
 			break;
 	if (!p || !*p)
-		return;
+		return 0;
 	gbps = strtod(p + k + 1, NULL);
-	if (gbps <= 0)
-		return;
-	ns = (double)n / gbps;
+	return gbps > 0 ? gbps : 0;
+}
+
+/* Bytes of device range [p, p + n) in pages no write has reached yet: the
+ * memfd does not hold them (mincore), as it holds every page written. */
+static size_t fresh_bytes(uintptr_t p, size_t n)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uintptr_t a = p & ~(uintptr_t)(pg - 1), end = p + n;
+	unsigned char vec[1024];
+	size_t fresh = 0;
+
+	if (n == 0 || gbps_of("fresh") <= 0)
+		return 0;
+	while (a < end) {
+		size_t np = (end - a + (size_t)pg - 1) / (size_t)pg;
+
+		if (np > sizeof(vec))
+			np = sizeof(vec);
+		if (mincore((void *)a, np * (size_t)pg, vec) < 0)
+			return 0;
+		for (size_t i = 0; i < np; i++, a += (uintptr_t)pg) {
+			uintptr_t lo = a < p ? p : a;
+			uintptr_t hi = a + (uintptr_t)pg > end ?
+					       end :
+					       a + (uintptr_t)pg;
+
+			if (!(vec[i] & 1))
+				fresh += hi - lo;
+		}
+	}
+	return fresh;
+}
+
+/* TC_FAKECUDA_GBPS: sleep so that a copy of `n` bytes of this kind ("" for
+ * none), `fresh` of them into fresh device memory, takes about n / R ns in
+ * all.  The memcpy itself is not timed: the fake's own speed is far above
+ * any rate a test asks for. */
+static void throttle(const char *kind, size_t n, size_t fresh)
+{
+	double g = gbps_of(kind), gf = fresh ? gbps_of("fresh") : 0, ns = 0;
+
+	if (gf > 0) {
+		ns += (double)fresh / gf;
+		n -= fresh;
+	}
+	if (g > 0)
+		ns += (double)n / g;
 	if (ns >= 1e3)
 		nanosleep(
 			&(struct timespec){ (time_t)(ns / 1e9),
@@ -1384,6 +1435,8 @@ static CUresult do_copy(const char *fn, uintptr_t dst, int dst_need,
 			uintptr_t src, int src_need, int fill, size_t n,
 			bool async, CUstream s)
 {
+	size_t fresh;
+
 	ENTER(fn);
 	NEED_CTX();
 	if (async && !stream_ok(s))
@@ -1396,12 +1449,12 @@ static CUresult do_copy(const char *fn, uintptr_t dst, int dst_need,
 		RETURN(CUDA_ERROR_INVALID_VALUE);
 	if (src_need && !range_ok(src, n, src_need))
 		RETURN(CUDA_ERROR_INVALID_VALUE);
+	fresh = dst_need ? fresh_bytes(dst, n) : 0;
 	if (fill >= 0)
 		memset((void *)dst, fill, n);
 	else
 		memmove((void *)dst, (const void *)src, n);
-	if (fill < 0 && dst_need && !src_need)
-		throttle("htod", n);
+	throttle(fill < 0 && dst_need && !src_need ? "htod" : "", n, fresh);
 	if (async) {
 		if (dst_need)
 			queued_add(s, dst, n);
@@ -1504,6 +1557,7 @@ FAKE_API CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dctx,
 {
 	struct fctx *dc = (struct fctx *)(void *)dctx;
 	struct fctx *sc = (struct fctx *)(void *)sctx;
+	size_t fresh;
 
 	ENTER("cuMemcpyPeerAsync");
 	if (!dctx || !sctx || !ctx_valid(dctx) || !ctx_valid(sctx) ||
@@ -1516,10 +1570,11 @@ FAKE_API CUresult cuMemcpyPeerAsync(CUdeviceptr dst, CUcontext dctx,
 	if (!dst || !src || !range_ok_dev(src, n, PROT_READ, sc->ordinal) ||
 	    !range_ok_dev(dst, n, PROT_WRITE, dc->ordinal))
 		RETURN(CUDA_ERROR_INVALID_VALUE);
+	fresh = fresh_bytes(dst, n);
 	memmove((void *)dst, (const void *)src, n);
 	queued_add(s, dst, n);
 	queued_add(s, src, n);
-	throttle("peer", n);
+	throttle("peer", n, fresh);
 	RETURN(CUDA_SUCCESS);
 }
 

@@ -1491,6 +1491,37 @@ static void test_gpu_tier__sibling_gpu_source(void **state)
 	daemon_stop();
 }
 
+/* The probe is fair: whichever source copies first into the new replica
+ * pays the first write into fresh memory (TC_FAKECUDA_GBPS fresh=: the
+ * fake's first touch of a page, 40x slower here).  Host copies at 2 GB/s
+ * beat peer copies at 1, so the host replica must serve; a probe that
+ * timed one round, host first, saw the host at the fresh rate and chose
+ * the sibling. */
+static void test_gpu_tier__probe_is_fair(void **state)
+{
+	static const char *const env[] = {
+		"TC_FAKECUDA_DEVICES=2",
+		"TC_FAKECUDA_GBPS=htod=2,peer=1,fresh=0.05", NULL
+	};
+	char id[TC_ID_BUFLEN], buf[32], link[32], ch[32];
+	tc_artifact *a;
+	tc_client *c;
+
+	daemon_start(env, NULL);
+	c = t_connect(D.sock);
+	put_blob(c, "fair:a", 4 * MiB, 1, id);
+	a = attach_gpu_ok(c, id, 0);
+	gpu_copy_matches_host(c, id, 1);
+	assert_int_equal(peer_stat(c, "probes"), 1);
+	assert_string_equal(fill_source(c, id, 1, buf), "host");
+	assert_int_equal(peer_stat(c, "fills"), 0);
+	assert_int_equal(peer_pair(c, 0, 1, link, ch), 1);
+	assert_string_equal(ch, "host");
+	tc_artifact_close(a);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 /* bind + swap: daemon-owned GPU memory at stable addresses, refilled in
  * place by an artifact of the same layout; another layout is refused
  * without writing; closing gives the budget back. */
@@ -1919,6 +1950,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__config),
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 		cmocka_unit_test(test_gpu_tier__sibling_gpu_source),
+		cmocka_unit_test(test_gpu_tier__probe_is_fair),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),
