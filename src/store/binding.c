@@ -94,6 +94,11 @@ struct bind_job {
 	bool copying;		    /* counted in tc__gpu_tier_copy_begin */
 	bool pinned;		    /* copy from o's pinned host copy (`pin`) */
 	struct tc__gpu_pinning pin; /* borrowed from o->gpu: o is leased */
+	/* Without a replica on this GPU: the host copy or a sibling GPU's
+	 * replica, chosen as the tier chooses for its replicas (measured;
+	 * the sibling leased until bind_finish). */
+	struct tc__gpu_peer_fill pf;
+	bool peer_chosen; /* pf was begun: end it (peer_done) */
 	int nthreads;
 	double copy_seconds; /* the fill, allocation excluded */
 	int rc;
@@ -106,9 +111,10 @@ static void bind_run(struct tc__job *job)
 	struct binding *bd = j->bd;
 	uint64_t t0 = tc__now_ns();
 	/* The fastest source the artifact has (choose_source): the replica
-	 * on this GPU device to device, the pinned host replica, else the
-	 * host replica through the staging ring.  A BIND allocates (bd->mem
-	 * is empty), a SWAP refills in place. */
+	 * on this GPU device to device, else what the tier's measured choice
+	 * says between a sibling GPU's replica and the host copy (pinned, or
+	 * through the staging ring).  A BIND allocates (bd->mem is empty), a
+	 * SWAP refills in place. */
 	struct tc__xfer x = { .from = j->rep ? TC_XFER_FROM_GPU :
 					       TC_XFER_FROM_HOST,
 			      .host = j->o->shm ? j->o->shm->map : NULL,
@@ -124,6 +130,12 @@ static void bind_run(struct tc__job *job)
 
 	if (j->phase == 1) {
 		j->rc = tc__gpu_init(j->err, sizeof(j->err));
+		return;
+	}
+	if (!j->rep) {
+		j->rc = tc__gpu_tier_peer_run(&j->pf, &x, j->err,
+					      sizeof(j->err));
+		j->copy_seconds = j->pf.copy_seconds;
 		return;
 	}
 	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
@@ -183,10 +195,13 @@ static int bind_reply(struct conn *c, const struct req *r, void *arg)
 /*
  * Pick what a binding on bd->dev is filled from, fastest first: a ready
  * replica of the artifact on that same GPU (device to device: an HBM copy,
- * against ~55 GB/s for the fastest host copy), the host copy once it is
- * pinned (the pinned rate), else the host copy through the staging rings.
- * Leases the replica for the copy.  Returns 0, or TC_ENOTSUP when the
- * artifact has neither a host copy nor a replica on that GPU.
+ * against ~55 GB/s for the fastest host copy); else, when another GPU
+ * holds a ready replica, the tier's measured choice between that sibling
+ * (a peer copy) and the host copy (a probe of both the first time a pair
+ * is seen: tc__gpu_tier_peer_choose); else the host copy once it is pinned
+ * (the pinned rate), else the host copy through the staging rings.
+ * Leases the replica or sibling for the copy.  Returns 0, or TC_ENOTSUP
+ * when the artifact has neither a host copy nor a ready replica on a GPU.
  */
 static int choose_source(struct server *s, struct bind_job *j, char *err,
 			 size_t errlen)
@@ -199,24 +214,36 @@ static int choose_source(struct server *s, struct bind_job *j, char *err,
 		tc__gpu_replica_lease(s->gpu, rep);
 		return 0;
 	}
-	if (!o->shm) {
+	j->pf.dst = j->bd->dev;
+	j->pf.bytes = o->table.total_bytes;
+	j->pf.has_host = o->shm != NULL;
+	tc__gpu_tier_peer_choose(s->gpu, o, &j->pf);
+	j->peer_chosen = true;
+	if (!o->shm && j->pf.sib_dev < 0) {
 		snprintf(err, errlen,
-			 "'%s' has no host copy and no replica on the bound "
-			 "GPU to fill the binding from",
+			 "'%s' has no host copy and no ready replica on a GPU "
+			 "to fill the binding from",
 			 o->id);
 		return TC_ENOTSUP;
 	}
-	if (o->gpu && o->gpu->reg_state == GT_REG_DONE) {
+	if (o->shm && o->gpu && o->gpu->reg_state == GT_REG_DONE) {
 		j->pinned = true;
 		j->pin = o->gpu->pin;
 	}
 	return 0;
 }
 
-static const char *source_name(const struct bind_job *j)
+static const char *source_name(const struct bind_job *j, char *buf, size_t len)
 {
-	return j->rep	 ? "its replica on that GPU (device to device)" :
-	       j->pinned ? "its pinned host copy" :
+	if (j->rep)
+		return "its replica on that GPU (device to device)";
+	if (j->pf.use_peer) {
+		snprintf(buf, len, "its replica on GPU %d (%s)", j->pf.sib_dev,
+			 j->pf.link == 2 ? "peer copy staged by the driver" :
+					   "peer copy");
+		return buf;
+	}
+	return j->pinned ? "its pinned host copy" :
 			   "its host copy (staging rings)";
 }
 
@@ -224,6 +251,7 @@ static void bind_finish(struct bind_job *j, int rc)
 {
 	struct conn *c = j->c;
 	struct binding *bd = j->bd;
+	char src[64];
 
 	/* Which source served, and how fast: per source, for whoever asks
 	 * why a swap took what it took. */
@@ -233,7 +261,7 @@ static void bind_finish(struct bind_job *j, int rc)
 			"(%.1f GB/s)",
 			(unsigned long long)bd->handle,
 			j->swap ? "swapped to" : "filled with", bd->id,
-			source_name(j),
+			source_name(j, src, sizeof(src)),
 			(unsigned long long)j->o->table.total_bytes,
 			j->copy_seconds,
 			j->copy_seconds > 0 ? (double)j->o->table.total_bytes /
@@ -251,6 +279,10 @@ static void bind_finish(struct bind_job *j, int rc)
 		tc__replica_ready(&bd->rep);
 	if (j->rep)
 		tc__gpu_replica_unlease(c->srv->gpu, j->rep);
+	if (j->peer_chosen)
+		tc__gpu_tier_peer_done(c->srv->gpu, &j->pf,
+				       j->phase == 2 ? rc : -1,
+				       TC_GPU_PEER_BIND);
 	if (j->copying)
 		tc__gpu_tier_copy_end(c->srv->gpu);
 	tc__objs_unlease(&c->srv->objs, j->o);

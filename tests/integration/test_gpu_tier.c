@@ -1522,6 +1522,51 @@ static void test_gpu_tier__probe_is_fair(void **state)
 	daemon_stop();
 }
 
+/* A binding on GPU 1 of an artifact whose replica is ready on GPU 0 (and
+ * not on GPU 1) is filled as a replica would be: the first pair probes
+ * both sources, the measured faster serves (here the sibling), and later
+ * fills and swaps use the rates; gpu.peer counts them as bind_fills. */
+static void test_gpu_tier__bind_from_sibling(void **state)
+{
+	static const char *const slow_host[] = {
+		"TC_FAKECUDA_DEVICES=2", "TC_FAKECUDA_GBPS=htod=0.4,peer=8",
+		NULL
+	};
+	char a[TC_ID_BUFLEN], b[TC_ID_BUFLEN], h1[65], h2[65];
+	tc_artifact *ra, *rb, *bd;
+	tc_client *c;
+
+	daemon_start(slow_host, NULL);
+	c = t_connect(D.sock);
+	put_blob(c, "bsib:a", 4 * MiB, 1, a);
+	put_blob(c, "bsib:b", 4 * MiB, 2, b);
+	ra = attach_gpu_ok(c, a, 0);
+	rb = attach_gpu_ok(c, b, 0);
+	assert_int_equal(tc_bind(c, "bsib:a", 1, &bd), 0);
+	artifact_sha(bd, h1);
+	host_sha(c, a, h2);
+	assert_string_equal(h1, h2);
+	assert_int_equal(peer_stat(c, "probes"), 1);
+	assert_int_equal(peer_stat(c, "bind_fills"), 1);
+	assert_int_equal(peer_stat(c, "bind_fill_bytes"), 4 * MiB);
+	assert_int_equal(peer_stat(c, "fills"), 0);
+	/* Known rates: the swap copies from GPU 0 without a probe. */
+	assert_int_equal(tc_binding_swap(bd, "bsib:b"), 0);
+	artifact_sha(bd, h1);
+	host_sha(c, b, h2);
+	assert_string_equal(h1, h2);
+	assert_int_equal(peer_stat(c, "probes"), 1);
+	assert_int_equal(peer_stat(c, "bind_fills"), 2);
+	/* The sources were leased by the fills only. */
+	assert_int_equal(replica_leases(c, a, 0), 1);
+	assert_int_equal(replica_leases(c, b, 0), 1);
+	tc_artifact_close(bd);
+	tc_artifact_close(ra);
+	tc_artifact_close(rb);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 /* bind + swap: daemon-owned GPU memory at stable addresses, refilled in
  * place by an artifact of the same layout; another layout is refused
  * without writing; closing gives the budget back. */
@@ -1951,6 +1996,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__import_straight_to_gpu),
 		cmocka_unit_test(test_gpu_tier__sibling_gpu_source),
 		cmocka_unit_test(test_gpu_tier__probe_is_fair),
+		cmocka_unit_test(test_gpu_tier__bind_from_sibling),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),
