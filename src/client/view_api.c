@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "common/alloc.h"
+#include "common/buf.h"
 #include "format/format.h"
 #include "format/view.h"
 #include "tcast/errors.h"
@@ -705,6 +706,69 @@ static int move_key(tc_client *c, const char *key, const char *id)
 	return ret == TC_ECONFLICT ? 0 : ret;
 }
 
+/*
+ * The view's parts, for the daemon: ranges of the view's byte space that
+ * are one contiguous range of the source artifact's ("dst:src:len"
+ * decimal, space-separated, in increasing dst), each at least
+ * TC_VIEW_PART_MIN bytes.  A rank's view of a tensor-parallel model holds
+ * its replicated tensors whole, and so do the other ranks' views: with
+ * these the daemon fills one rank's GPU replica of its view partly from
+ * another rank's replica on a sibling GPU (GPU to GPU) instead of from
+ * host memory (docs/gpu.md, "Tensor-parallel realization").  Only a hint:
+ * the daemon keeps such a replica only once its chunk digests are the
+ * view's.  Returns a malloc'd string ("" when there is none) or NULL on
+ * OOM.
+ */
+static char *view_parts_meta(const struct tc__view_plan *vp)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	uint64_t pd = 0, ps = 0, pn = 0, nparts = 0;
+	char e[80];
+
+	for (uint32_t i = 0; i <= vp->out.ntensors; i++) {
+		const struct tc__view_tplan *t =
+			i < vp->out.ntensors ? &vp->t[i] : NULL;
+
+		for (uint32_t k = 0; t && !t->flags && k < t->nruns; k++) {
+			const struct tc__view_run *r = &t->runs[k];
+			uint64_t d = vp->out.tensors[i].offset + r->dst;
+			uint64_t n = r->len * r->count;
+
+			if (r->count > 1 && r->stride != r->len)
+				continue; /* pieces: a column shard */
+			if (pn && pd + pn == d && ps + pn == r->src) {
+				pn += n; /* the previous part goes on */
+				continue;
+			}
+			if (pn >= TC_VIEW_PART_MIN &&
+			    nparts < TC_VIEW_MAX_PARTS) {
+				snprintf(e, sizeof(e), "%s%llu:%llu:%llu",
+					 nparts ? " " : "",
+					 (unsigned long long)pd,
+					 (unsigned long long)ps,
+					 (unsigned long long)pn);
+				tc__buf_put(&b, e, strlen(e));
+				nparts++;
+			}
+			pd = d;
+			ps = r->src;
+			pn = n;
+		}
+	}
+	if (pn >= TC_VIEW_PART_MIN && nparts < TC_VIEW_MAX_PARTS) {
+		snprintf(e, sizeof(e), "%s%llu:%llu:%llu", nparts ? " " : "",
+			 (unsigned long long)pd, (unsigned long long)ps,
+			 (unsigned long long)pn);
+		tc__buf_put(&b, e, strlen(e));
+	}
+	tc__buf_put(&b, "", 1);
+	if (b.oom) {
+		tc__buf_release(&b);
+		return NULL;
+	}
+	return (char *)b.data; /* ours now: freed with tc__free */
+}
+
 TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 			  tc_artifact **out, uint32_t *flags, char *err,
 			  size_t errlen)
@@ -712,7 +776,7 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	struct tc_tensor_desc *descs = NULL;
 	struct tc_opts o = { 0 };
 	struct tc_result res;
-	char what[200], *meta = NULL;
+	char what[200], *meta = NULL, *parts = NULL;
 	const char *of;
 	tc_put *put = NULL;
 	tc_artifact *a = NULL;
@@ -757,9 +821,11 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	/* Not held: realize it straight into a new artifact's memory. */
 	n = p->plan.out.ntensors;
 	descs = tc__calloc(n ? n : 1, sizeof(*descs));
-	mlen = strlen(p->plan.id) + strlen(of) + 64;
+	parts = view_parts_meta(&p->plan);
+	mlen = strlen(p->plan.id) + strlen(of) + (parts ? strlen(parts) : 0) +
+	       96;
 	meta = tc__malloc(mlen);
-	if (!descs || !meta) {
+	if (!descs || !meta || !parts) {
 		ret = -ENOMEM;
 		set_err(err, errlen, "%s", "view: out of memory");
 		goto out_free;
@@ -771,8 +837,15 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 		descs[i].shape = p->infos[i].shape;
 	}
 	/* Ids are "tc2:" + hex: nothing to escape. */
-	snprintf(meta, mlen, "{\"tcast.view\":\"%s\",\"tcast.view_of\":\"%s\"}",
-		 p->plan.id, of);
+	if (parts[0])
+		snprintf(meta, mlen,
+			 "{\"tcast.view\":\"%s\",\"tcast.view_of\":\"%s\","
+			 "\"tcast.view_parts\":\"%s\"}",
+			 p->plan.id, of, parts);
+	else
+		snprintf(meta, mlen,
+			 "{\"tcast.view\":\"%s\",\"tcast.view_of\":\"%s\"}",
+			 p->plan.id, of);
 	o.field_mask = TC_OPT_POLICY;
 	o.policy = "cache";
 	ret = tc_put_begin(c, descs, n, meta, &o, &put);
@@ -812,6 +885,7 @@ TC_API int tc_view_attach(tc_client *c, tc_view_plan *p, int32_t device,
 	}
 	*out = a;
 out_free:
+	tc__free(parts);
 	tc__free(meta);
 	tc__free(descs);
 	return ret;

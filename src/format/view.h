@@ -34,6 +34,12 @@
 #define TC_VIEW_END	   UINT64_MAX /* a slice's stop: to the end */
 #define TC_VIEW_ID_PREFIX  "view:"
 #define TC_VIEW_ID_LEN	   (5 + TC_ID_LEN) /* "view:" + an artifact id */
+/* A kept view's metadata "tcast.view_parts": ranges of its byte space
+ * that are one contiguous range of its source's, at least this long (a
+ * copy of less between GPUs is latency, not bandwidth), at most this many
+ * (the daemon's fill copies each on its own). */
+#define TC_VIEW_PART_MIN  ((uint64_t)64 << 10)
+#define TC_VIEW_MAX_PARTS 4096
 
 /* ------------------------------------------------------------------ spec */
 

@@ -26,8 +26,10 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/compiler.h"
 #include "common/log.h"
 #include "config.h"
+#include "format/view.h"
 #include "xfer/gpu_loader.h"
 #include "gpu_tier.h"
 #include "metrics.h"
@@ -62,6 +64,8 @@
  * no host replica) and teach nothing. */
 #define GT_PROBE_BYTES ((uint64_t)64 << 20)
 #define GT_PROBE_MIN   ((uint64_t)256 << 10)
+/* Sibling views one fill copies parts from, at most (view parts below). */
+#define GT_PART_SRCS 8
 
 enum { GT_CLOSED, GT_OPENING, GT_OPEN, GT_FAILED };
 
@@ -99,7 +103,10 @@ struct tc__gpu_tier {
 	uint64_t n_peer_fills, n_peer_fill_bytes; /* filled from a sibling */
 	uint64_t n_peer_bind_fills;		  /* bindings filled so */
 	uint64_t n_peer_bind_bytes;
-	uint64_t n_probes; /* fills that measured both */
+	uint64_t n_probes;	  /* fills that measured both */
+	uint64_t n_part_fills;	  /* fills with parts from sibling views */
+	uint64_t n_part_bytes;	  /* bytes those parts copied */
+	uint64_t n_part_rejected; /* such fills whose digests were wrong */
 	/* Measured rates (GB/s) of fills by source: host_rate[d] from host
 	 * replicas to GPU d, peer_rate[s][d] from GPU s to GPU d; peer_link
 	 * [s][d]: 0 unknown, 1 the pair has a direct link, 2 staged. */
@@ -142,6 +149,18 @@ struct fill_job {
 	/* The source: the host replica or a sibling GPU's (leased by the
 	 * job, so neither evicted nor freed, until done()). */
 	struct tc__gpu_peer_fill pf;
+	/* A view's parts copied from other views of its source ready on
+	 * sibling GPUs (view parts below), each of those replicas leased
+	 * until done(); `chunks` (o's) checks the result. */
+	struct tc__xfer_part *parts; /* owned, nparts; src -> prep_mem */
+	uint32_t nparts;
+	struct tc__gpu_replica *prep[GT_PART_SRCS]; /* done() only */
+	struct tc__gpu_mem prep_mem[GT_PART_SRCS];  /* borrowed */
+	int nprep;
+	const struct tc__digest *chunks; /* o's: the job holds o */
+	uint64_t part_bytes;		 /* out: copied from parts */
+	bool parts_rejected;		 /* out: refilled from the host */
+	char parts_why[256];		 /* out: why, when rejected */
 	int reg_rc;
 	char reg_err[256];
 	struct tc__gpu_mem mem;
@@ -727,6 +746,232 @@ void tc__gpu_tier_peer_done(struct tc__gpu_tier *t,
 	sib_unlease(t, pf);
 }
 
+/* ------------------------------------------------------------ view parts */
+
+/* A kept view (client/view_api.c) names its source ("tcast.view_of") and
+ * the ranges of its byte space that are one contiguous range of the
+ * source's ("tcast.view_parts": "dst:src:len ..."): the replicated tensors
+ * of a tensor-parallel rank's view, held whole by every rank's view.  When
+ * no replica of the view itself is on another GPU, its fill copies such
+ * ranges from another view of the same source ready on a sibling GPU
+ * (GPU to GPU) and only the rest from host memory.  The metadata is the
+ * client's word, so the new replica is kept only if its chunk digests,
+ * computed on its GPU, are the view's; else it is filled again from host
+ * memory alone. */
+
+static const char *meta_get(const struct tc__table *t, const char *key)
+{
+	for (uint32_t i = 0; i < t->nmeta; i++)
+		if (!strcmp(t->meta[i].key, key))
+			return t->meta[i].val;
+	return NULL;
+}
+
+/* Parse o's "tcast.view_parts" into *out (tc__malloc'd, *n entries, in
+ * increasing dst, not overlapping, inside the byte space).  Returns false
+ * when there are none or they do not parse. */
+static bool parts_parse(const struct tc__obj *o, struct tc__xfer_part **out,
+			uint32_t *n)
+{
+	const char *s = meta_get(&o->table, "tcast.view_parts");
+	struct tc__xfer_part *p;
+	uint32_t cap = 1, k = 0;
+	uint64_t end = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (!s || !*s)
+		return false;
+	for (const char *c = s; *c; c++)
+		cap += *c == ' ';
+	if (cap > TC_VIEW_MAX_PARTS)
+		return false;
+	p = tc__calloc(cap, sizeof(*p));
+	if (!p)
+		return false;
+	while (*s) {
+		unsigned long long d, f, l;
+		int used = 0;
+
+		if (k == cap ||
+		    sscanf(s, "%llu:%llu:%llu%n", &d, &f, &l, &used) != 3 ||
+		    !l || d < end || l > o->table.total_bytes ||
+		    d > o->table.total_bytes - l) {
+			tc__free(p);
+			return false;
+		}
+		p[k++] = (struct tc__xfer_part){ .dst_off = d,
+						 .src_off = f,
+						 .len = l };
+		end = d + l;
+		s += used;
+		while (*s == ' ')
+			s++;
+	}
+	*out = p;
+	*n = k;
+	return true;
+}
+
+/* Order of pieces by where they land. */
+static int piece_cmp(const void *a, const void *b)
+{
+	const struct tc__xfer_part *x = a, *y = b;
+
+	return x->dst_off < y->dst_off ? -1 : x->dst_off > y->dst_off;
+}
+
+/* Give j the ranges of o it can copy from other views of o's source ready
+ * on a sibling GPU of j->ordinal: wherever one of o's parts and one of
+ * theirs cover the same source bytes (at least TC_VIEW_PART_MIN of them),
+ * those bytes are the same in both views.  Each view replica used is
+ * leased until done (at most GT_PART_SRCS of them); pairs measured slower
+ * than the host copy are skipped.  Nothing on OOM or malformed metadata:
+ * the host serves. */
+static void parts_choose(struct tc__gpu_tier *t, struct tc__obj *o,
+			 struct fill_job *j)
+{
+	const char *of = meta_get(&o->table, "tcast.view_of");
+	const struct gt_rate *hr = &t->host_rate[j->ordinal];
+	struct tc__xfer_part *mine, *theirs, *pc = NULL;
+	uint32_t nmine, ntheirs, npc = 0, cap = 0, got, k;
+	struct tc__map_entry *e;
+	uint64_t end = 0;
+	size_t b;
+
+	if (!of || !o->shm || o->nchunks != tc__chunk_count(j->src_bytes) ||
+	    !parts_parse(o, &mine, &nmine))
+		return;
+	for (e = tc__map_next(&t->objs->by_id, NULL, &b);
+	     e && j->nprep < GT_PART_SRCS;
+	     e = tc__map_next(&t->objs->by_id, e, &b)) {
+		struct tc__obj *v = e->val;
+		const char *vof;
+		struct tc__gpu_replica *vr = NULL;
+
+		if (v == o || v->dead || !v->gpu ||
+		    !(vof = meta_get(&v->table, "tcast.view_of")) ||
+		    strcmp(vof, of))
+			continue;
+		for (int s = 0; s < t->ndev && !vr; s++) {
+			const struct gt_rate *pr = &t->peer_rate[s][j->ordinal];
+
+			if (s != j->ordinal && v->gpu->rep[s] &&
+			    replica_ready(v->gpu->rep[s]) &&
+			    !(pr->n && hr->n && pr->gbps <= hr->gbps))
+				vr = v->gpu->rep[s];
+		}
+		if (!vr || !parts_parse(v, &theirs, &ntheirs))
+			continue;
+		got = 0;
+		for (uint32_t a = 0; a < nmine; a++) {
+			const struct tc__xfer_part *m = &mine[a];
+
+			for (k = 0; k < ntheirs; k++) {
+				const struct tc__xfer_part *w = &theirs[k];
+				uint64_t lo = TC_MAX(m->src_off, w->src_off);
+				uint64_t hi = TC_MIN(m->src_off + m->len,
+						     w->src_off + w->len);
+
+				if (hi <= lo || hi - lo < TC_VIEW_PART_MIN)
+					continue;
+				if (npc == cap) {
+					uint32_t nc = cap ? 2 * cap : 16;
+					void *np = tc__realloc(
+						pc, nc * sizeof(*pc));
+
+					if (!np || nc > TC_VIEW_MAX_PARTS)
+						break;
+					pc = np;
+					cap = nc;
+				}
+				pc[npc++] = (struct tc__xfer_part){
+					.dst_off =
+						m->dst_off + (lo - m->src_off),
+					.src_off =
+						w->dst_off + (lo - w->src_off),
+					.len = hi - lo,
+					.src = &j->prep_mem[j->nprep]
+				};
+				got++;
+			}
+		}
+		tc__free(theirs);
+		if (got) {
+			j->prep[j->nprep] = vr;
+			j->prep_mem[j->nprep] = vr->mem;
+			tc__replica_lease(&vr->base);
+			j->nprep++;
+		}
+	}
+	tc__free(mine);
+	/* Where pieces from several views overlap, the first by position
+	 * keeps the bytes; what another still adds past it is trimmed. */
+	if (npc)
+		qsort(pc, npc, sizeof(*pc), piece_cmp);
+	j->nparts = 0;
+	for (k = 0; k < npc; k++) {
+		struct tc__xfer_part p = pc[k];
+
+		if (p.dst_off < end) {
+			uint64_t cut = end - p.dst_off;
+
+			if (cut >= p.len || p.len - cut < TC_VIEW_PART_MIN)
+				continue;
+			p.dst_off += cut;
+			p.src_off += cut;
+			p.len -= cut;
+		}
+		pc[j->nparts++] = p;
+		end = p.dst_off + p.len;
+	}
+	if (j->nparts)
+		j->parts = pc;
+	else
+		tc__free(pc);
+}
+
+/* Drop the leases on the view replicas j copied parts from. */
+static void parts_unlease(struct tc__gpu_tier *t, struct fill_job *j)
+{
+	for (int k = 0; k < j->nprep; k++) {
+		struct tc__gpu_replica *vr = j->prep[k];
+
+		j->prep[k] = NULL;
+		if (tc__replica_unlease(&vr->base) == 0 && vr->o->dead)
+			replica_free(t, vr);
+	}
+	j->nprep = 0;
+	tc__free(j->parts);
+	j->parts = NULL;
+	j->nparts = 0;
+}
+
+/* On the worker, after a fill with parts: are the new replica's chunk
+ * digests the view's?  Computed on its GPU.  Returns 0 when they are, else
+ * a reason in j->parts_why and nonzero. */
+static int parts_verify(struct fill_job *j)
+{
+	uint64_t n = tc__chunk_count(j->src_bytes);
+	struct tc__digest *d = tc__calloc(n ? n : 1, sizeof(*d));
+	int rc;
+
+	if (!d) {
+		snprintf(j->parts_why, sizeof(j->parts_why), "out of memory");
+		return -ENOMEM;
+	}
+	rc = tc__gpu_hash_chunks_dev(&j->mem, j->src_bytes, d, j->parts_why,
+				     sizeof(j->parts_why));
+	if (rc == 0 && memcmp(d, j->chunks, n * sizeof(*d))) {
+		snprintf(j->parts_why, sizeof(j->parts_why),
+			 "its chunk digests are not the artifact's (the "
+			 "metadata's parts do not hold its bytes)");
+		rc = TC_EINVAL;
+	}
+	tc__free(d);
+	return rc;
+}
+
 /* Route q to its device: 0 with *rep ready, 1 when q now waits on a fill
  * (owned by the replica), or an error (q still the caller's). */
 static int route(struct tc__gpu_tier *t, struct gt_req *q,
@@ -845,6 +1090,9 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->pf.bytes = j->src_bytes;
 	j->pf.has_host = j->src != NULL;
 	tc__gpu_tier_peer_choose(t, o, &j->pf);
+	j->chunks = o->chunks;
+	if (j->pf.sib_dev < 0)
+		parts_choose(t, o, j);
 	/* A pinned host replica is copied from directly.  Otherwise large
 	 * ones go through staging rings (pinning 16 GiB first would cost
 	 * more than the copy: 0.5-1 s) and are pinned in the background,
@@ -1277,11 +1525,23 @@ static void fill_run(struct tc__job *job)
 				      .gpu_dst = &j->mem,
 				      .ordinal = j->ordinal,
 				      .alloc_bytes = j->alloc_bytes,
-				      .nthreads = j->nthreads };
+				      .nthreads = j->nthreads,
+				      .parts = j->parts,
+				      .nparts = j->nparts };
 
 		j->pf.alloc_seconds = 0;
 		j->rc = tc__gpu_tier_peer_run(&j->pf, &x, j->err,
 					      sizeof(j->err));
+		j->part_bytes = j->rc == 0 ? x.part_bytes : 0;
+		if (j->part_bytes && parts_verify(j) != 0) {
+			/* Not the view's bytes: the host copy alone. */
+			j->parts_rejected = true;
+			j->part_bytes = 0;
+			x.parts = NULL;
+			x.nparts = 0;
+			j->rc = tc__gpu_tier_peer_run(&j->pf, &x, j->err,
+						      sizeof(j->err));
+		}
 		j->alloc_seconds += j->pf.alloc_seconds;
 		j->oom = j->pf.oom;
 	}
@@ -1519,7 +1779,27 @@ static void fill_done(struct tc__job *job)
 					       j->pf.copy_seconds / 1e9 :
 				       0;
 	}
+	if (j->part_bytes)
+		j->pf.copy_seconds = 0; /* a mixed fill teaches no rate */
 	tc__gpu_tier_peer_done(t, &j->pf, j->rc, TC_GPU_PEER_REPLICA);
+	if (j->parts_rejected) {
+		t->n_part_rejected++;
+		tc__log(TC_LOG_WARN,
+			"GPU %d replica of '%s' filled from host memory again: "
+			"with parts from sibling views %s",
+			i, o->id, j->parts_why);
+	}
+	if (j->rc == 0 && j->part_bytes) {
+		r->part_bytes = j->part_bytes;
+		t->n_part_fills++;
+		t->n_part_bytes += j->part_bytes;
+		tc__log(TC_LOG_INFO,
+			"GPU %d replica of view '%s': %llu of %llu bytes from "
+			"%d sibling view replicas (GPU to GPU), digests checked",
+			i, o->id, (unsigned long long)j->part_bytes,
+			(unsigned long long)j->src_bytes, j->nprep);
+	}
+	parts_unlease(t, j);
 	if (j->rc == 0) {
 		r->mem = j->mem;
 		tc__replica_recharge(&r->base, j->mem.size);
@@ -1739,7 +2019,7 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 			arr,
 			json_pack(
 				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:f, s:b, "
-				"s:b, s:s, s:f}",
+				"s:b, s:s, s:f, s:I}",
 				"tier", "gpu", "device", r->dev->info.uuid_str,
 				"ordinal", i, "bytes",
 				(json_int_t)r->base.bytes, "leases",
@@ -1749,7 +2029,8 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 				"alloc_seconds", r->alloc_seconds, "pinned",
 				r->fill_pinned, "reused_allocation", r->reused,
 				"fill_source", fill_source_name(r), "fill_gbps",
-				r->fill_gbps));
+				r->fill_gbps, "peer_bytes",
+				(json_int_t)r->part_bytes));
 	}
 }
 
@@ -1826,11 +2107,14 @@ static json_t *peer_json(const struct tc__gpu_tier *t)
 							      "host"));
 		}
 	}
-	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:o, s:o}", "fills",
-			 (json_int_t)t->n_peer_fills, "fill_bytes",
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
+			 "fills", (json_int_t)t->n_peer_fills, "fill_bytes",
 			 (json_int_t)t->n_peer_fill_bytes, "bind_fills",
 			 (json_int_t)t->n_peer_bind_fills, "bind_fill_bytes",
-			 (json_int_t)t->n_peer_bind_bytes, "probes",
+			 (json_int_t)t->n_peer_bind_bytes, "part_fills",
+			 (json_int_t)t->n_part_fills, "part_fill_bytes",
+			 (json_int_t)t->n_part_bytes, "part_rejected",
+			 (json_int_t)t->n_part_rejected, "probes",
 			 (json_int_t)t->n_probes, "host_rates", host, "pairs",
 			 pairs);
 }

@@ -97,6 +97,9 @@ struct tc__gpu_replica {
 				    copy from that GPU's replica; -2: made
 				    by an import, put or restore */
 	double fill_gbps;	 /* the copy's rate (allocation excluded) */
+	uint64_t part_bytes;	 /* of its bytes, copied from sibling GPUs'
+				    replicas of other views of the same
+				    source (a view's parts; "peer_bytes") */
 	bool reused;		 /* filled in an evicted replica's memory */
 	bool no_reuse;		 /* may be mapped without a lease: when
 				    evicted, release, never refill */

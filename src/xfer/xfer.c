@@ -29,6 +29,78 @@ static int sink_alloc(struct tc__xfer *x, char *err, size_t errlen)
 	return rc;
 }
 
+/* Bytes [off, off + n) of the host source into the GPU sink at the same
+ * offset: from pinned memory one copy per registration it spans (a copy
+ * across two may be treated as pageable), else through the staging rings
+ * or one direct write, as the whole would go. */
+static int host_range(struct tc__xfer *x, uint64_t off, uint64_t n, char *err,
+		      size_t errlen)
+{
+	const uint8_t *host = x->host;
+	struct tc__gpu_mem *dst = x->gpu_dst;
+	struct tc__gpu_mem sub;
+	int rc = 0;
+
+	if (n == 0)
+		return 0;
+	if (x->pin && x->pin->nsegs) {
+		while (n > 0 && rc == 0) {
+			uint64_t seg_end =
+				(off / x->pin->seg + 1) * x->pin->seg;
+			uint64_t k = TC_MIN(n, seg_end - off);
+
+			rc = tc__gpu_htod(dst->device, dst->dptr + off,
+					  x->pin->base + off, k, NULL, err,
+					  errlen);
+			off += k;
+			n -= k;
+		}
+		return rc;
+	}
+	if (x->staged) {
+		sub = *dst;
+		sub.dptr += off;
+		sub.size -= off;
+		return tc__gpu_copy_host(host + off, n, &sub, x->nthreads, err,
+					 errlen);
+	}
+	return tc__gpu_mem_write(dst, off, host + off, n, NULL, err, errlen);
+}
+
+/* HOST -> GPU with parts: each part from its GPU (a peer copy), the gaps
+ * between them from the host source. */
+static int host_with_parts(struct tc__xfer *x, char *err, size_t errlen)
+{
+	uint64_t at = 0;
+	int rc = 0;
+
+	for (uint32_t i = 0; i < x->nparts && rc == 0; i++) {
+		const struct tc__xfer_part *p = &x->parts[i];
+
+		if (p->dst_off < at || p->len > x->bytes ||
+		    p->dst_off > x->bytes - p->len) {
+			snprintf(err, errlen,
+				 "part %u (%llu bytes at %llu) overlaps the "
+				 "one before or ends past %llu bytes",
+				 i, (unsigned long long)p->len,
+				 (unsigned long long)p->dst_off,
+				 (unsigned long long)x->bytes);
+			return TC_EINVAL;
+		}
+		rc = host_range(x, at, p->dst_off - at, err, errlen);
+		if (rc == 0)
+			rc = tc__gpu_peer_copy(x->gpu_dst, p->dst_off, p->src,
+					       p->src_off, p->len, NULL, err,
+					       errlen);
+		if (rc == 0)
+			x->part_bytes += p->len;
+		at = p->dst_off + p->len;
+	}
+	if (rc == 0)
+		rc = host_range(x, at, x->bytes - at, err, errlen);
+	return rc;
+}
+
 static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 {
 	const struct tc__gpu_load_opts def = { .nthreads = x->nthreads,
@@ -48,6 +120,8 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 					   x->load ? x->load : &def, x->chunks,
 					   x->prog, &x->stats, err, errlen);
 	case TC_XFER_FROM_HOST:
+		if (x->nparts)
+			return host_with_parts(x, err, errlen);
 		if (x->pin && x->pin->nsegs)
 			return tc__gpu_copy_pinned(x->pin, x->bytes, dst, err,
 						   errlen);
@@ -168,6 +242,7 @@ int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen)
 		x->bytes = x->files->table.total_bytes;
 	n = x->bytes;
 	x->sink_rc = 0;
+	x->part_bytes = 0;
 	if (x->to != TC_XFER_TO_GPU) {
 		rc = x->to == TC_XFER_TO_HOST ? to_host(x, err, errlen) :
 						to_disk(x, err, errlen);

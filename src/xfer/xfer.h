@@ -56,6 +56,17 @@ enum tc__xfer_sink {
 	TC_XFER_TO_DISK, /* disk_dst: a native temporary of `bytes` */
 };
 
+/* A range of a GPU sink copied from another GPU's allocation that holds
+ * the same bytes (a sibling GPU's replica of an artifact sharing them: a
+ * tensor-parallel rank's view holds the replicated tensors every rank's
+ * view holds) instead of from the transfer's host source. */
+struct tc__xfer_part {
+	uint64_t dst_off;	       /* in the sink's byte space */
+	uint64_t src_off;	       /* in `src` */
+	uint64_t len;		       /* bytes */
+	const struct tc__gpu_mem *src; /* borrowed: another device's */
+};
+
 /*
  * One transfer.  The caller fills the source, the sink and the options;
  * tc__xfer_run fills the results.  Nothing is owned: every pointer is
@@ -74,6 +85,12 @@ struct tc__xfer {
 					      (copied at the pinned rate) */
 	bool staged; /* HOST, unpinned: through the pinned staging ring
 			(large copies), else one direct write */
+	const struct tc__xfer_part *parts; /* HOST -> GPU, optional: these
+					      ranges (increasing dst_off, not
+					      overlapping, inside `bytes`)
+					      peer-copied from their GPUs,
+					      only the rest from `host` */
+	uint32_t nparts;
 	const struct tc__gpu_mem *gpu_src; /* GPU, PEER */
 	uint64_t bytes; /* HOST, GPU, PEER: bytes to move (FILES: the
 			   table's) */
@@ -103,6 +120,7 @@ struct tc__xfer {
 	/* Results. */
 	struct tc__gpu_load_stats stats; /* FILES -> GPU */
 	double alloc_seconds;		 /* TO_GPU: allocation time */
+	uint64_t part_bytes;		 /* bytes copied from `parts` */
 	bool alloc_oom;			 /* the allocation ran out of memory */
 	int sink_rc; /* HOST, GPU, PEER -> a file or DISK: the writes' result
 			(0 or -errno); a failed write stops the writes, not

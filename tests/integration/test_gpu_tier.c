@@ -1567,6 +1567,56 @@ static void test_gpu_tier__bind_from_sibling(void **state)
 	daemon_stop();
 }
 
+/* Put a blob as a kept view would be put: with the metadata naming its
+ * source and its parts (client/view_api.c). */
+static void put_view_blob(tc_client *c, uint64_t bytes, uint32_t seed,
+			  const char *parts, char id[TC_ID_BUFLEN])
+{
+	struct tc_tensor_desc d = { "blob", TC_DTYPE_U8, 1, &bytes };
+	struct tc_result r;
+	char meta[256];
+	uint8_t *p;
+	tc_put *put;
+
+	snprintf(meta, sizeof(meta),
+		 "{\"tcast.view\":\"view:x%u\",\"tcast.view_of\":\"tc2:"
+		 "src\",\"tcast.view_parts\":\"%s\"}",
+		 seed, parts);
+	if (tc_put_begin(c, &d, 1, meta, NULL, &put) < 0)
+		fail_msg("put: %s", tc_client_errmsg(c));
+	p = tc_put_data(put, 0);
+	for (uint64_t i = 0; i < bytes; i++)
+		p[i] = (uint8_t)((i * 2654435761u) >> 13 ^ seed);
+	if (tc_put_commit(put, &r) < 0)
+		fail_msg("commit: %s", tc_client_errmsg(c));
+	memcpy(id, r.id, TC_ID_BUFLEN);
+}
+
+/* View parts are the client's word: two "views" of one source whose
+ * metadata says they share 512 KiB but whose bytes differ.  The second's
+ * fill on GPU 1 copies the range from the first's replica on GPU 0, finds
+ * its chunk digests wrong, and fills again from host memory: the replica
+ * holds its own bytes, nothing counts as a part fill. */
+static void test_gpu_tier__view_parts_are_checked(void **state)
+{
+	char a[TC_ID_BUFLEN], b[TC_ID_BUFLEN], buf[32];
+	tc_artifact *ra;
+	tc_client *c;
+
+	daemon_start(fake_env, NULL);
+	c = t_connect(D.sock);
+	put_view_blob(c, 1 * MiB, 1, "0:0:524288", a);
+	put_view_blob(c, 1 * MiB, 2, "0:0:524288", b);
+	ra = attach_gpu_ok(c, a, 0);
+	gpu_copy_matches_host(c, b, 1);
+	assert_string_equal(fill_source(c, b, 1, buf), "host");
+	assert_int_equal(peer_stat(c, "part_rejected"), 1);
+	assert_int_equal(peer_stat(c, "part_fills"), 0);
+	tc_artifact_close(ra);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 /* bind + swap: daemon-owned GPU memory at stable addresses, refilled in
  * place by an artifact of the same layout; another layout is refused
  * without writing; closing gives the budget back. */
@@ -1997,6 +2047,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__sibling_gpu_source),
 		cmocka_unit_test(test_gpu_tier__probe_is_fair),
 		cmocka_unit_test(test_gpu_tier__bind_from_sibling),
+		cmocka_unit_test(test_gpu_tier__view_parts_are_checked),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),

@@ -144,6 +144,70 @@ def test_tensor_parallel_ranks_read_once(gpu4, tmp_path, n):
         assert ords == {r}, (r, info["replicas"])
 
 
+SEQ_RANK = r'''
+import json, sys
+import numpy as np
+import tcast as tc
+from tcast.tools.tensor_parallel import realize_rank
+tc.init(mode="connect")
+rank, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+want = np.load(sys.argv[4])
+res = realize_rank(path, rank, n, f"cuda:{rank}", fake_gpu=True)
+bad = []
+for name in want.files:
+    a = want[name]
+    if a.ndim >= 2 and a.shape[0] % n == 0:
+        rows = a.shape[0] // n
+        a = a[rank * rows:(rank + 1) * rows]
+    got = res.tensors[name]
+    if got.shape != a.shape or not np.array_equal(got, a):
+        bad.append(name)
+d = res.diagnostics
+print(json.dumps({"bad": bad, "peer_bytes": d.peer_bytes, "view": d.view_artifact_id}))
+res.release()
+'''
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_replicated_tensors_copied_from_a_sibling_gpu(gpu4, tmp_path, n):
+    """Tensor-parallel ranks one after another: rank 0's view replica is
+    filled from host memory; every later rank's fill copies the replicated
+    tensors (here final_norm, 128 KiB; smaller ones are not worth a copy
+    of their own) from an earlier rank's view replica on a sibling GPU,
+    GPU to GPU, and its tensors are still the file's.  Counted in STATUS
+    gpu.peer.part_fills / part_fill_bytes and in each rank's
+    diagnostics.peer_bytes; the digests check passed (part_rejected 0)."""
+    rng = np.random.default_rng(n)
+    arrays = {
+        "embed.weight": rng.standard_normal((64, 48)).astype(np.float32),
+        "layers.0.attn.weight": rng.standard_normal((128, 64)).astype(np.float32),
+        "layers.0.norm": rng.standard_normal(64).astype(np.float32),  # replicated, small
+        "final_norm": rng.standard_normal(32768).astype(np.float32),  # replicated, 128 KiB
+        "lm_head.weight": rng.standard_normal((256, 64)).astype(np.float32),
+    }
+    path = tmp_path / "seq.safetensors"
+    _write_st(path, arrays)
+    np.savez(tmp_path / "want.npz", **arrays)
+    e = dict(os.environ, TCAST_SOCKET=gpu4.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
+             PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    before = _status(gpu4)["gpu"]["peer"] if "peer" in _status(gpu4).get("gpu", {}) else {}
+    got = []
+    for r in range(n):
+        p = subprocess.run([sys.executable, "-c", SEQ_RANK, str(r), str(n), str(path),
+                            str(tmp_path / "want.npz")], capture_output=True, text=True, env=e, timeout=120)
+        assert p.returncode == 0, p.stderr
+        got.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    after = _status(gpu4)["gpu"]["peer"]
+    for r, g in enumerate(got):
+        assert g["bad"] == [], (r, g)
+    assert got[0]["peer_bytes"] == 0
+    for g in got[1:]:
+        assert 32768 * 4 <= g["peer_bytes"] < 2 * 32768 * 4, g
+    assert after["part_fills"] - before.get("part_fills", 0) == n - 1
+    assert after["part_fill_bytes"] - before.get("part_fill_bytes", 0) == sum(g["peer_bytes"] for g in got)
+    assert after["part_rejected"] == 0
+
+
 def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
     """bench/multi_gpu.py end to end on 2 fake GPUs with small sizes, so
     the GPU machine's run is known to work (the figures mean nothing)."""

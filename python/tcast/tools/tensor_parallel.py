@@ -20,7 +20,10 @@ rank's view on its own GPU:
   shard's bytes are copied) and kept under its view id, and its replica is
   filled on the rank's GPU: only the rank's shard travels to its GPU.
   Tensors the split rule leaves whole (norms, biases: replicated) are in
-  every rank's view, read from host memory, never from disk again.
+  every rank's view, read from host memory, never from disk again; once
+  one rank's view replica holds them, another rank's fill copies them
+  from that sibling GPU instead (GPU to GPU, ``diagnostics.peer_bytes``;
+  the daemon checks the result against the view's digests).
 
 The split rule is ``split(name, shape) -> dim or None``; the default
 splits dimension 0 of every tensor of 2 or more dimensions whose size
@@ -90,6 +93,10 @@ class RankDiagnostics:
     t_start: float  # time.time() when the rank began (aggregate rates across processes)
     t_end: float
     cached: str = ""  # the view: "made" by this rank or "attached" (another made it)
+    # Bytes of this rank's view replica the daemon copied from another
+    # rank's view replica on a sibling GPU (GPU to GPU: the replicated
+    # tensors another rank's GPU already held) instead of from host memory.
+    peer_bytes: int = 0
 
     @property
     def seconds(self) -> float:
@@ -127,6 +134,19 @@ def _fake_views(lib: Any, h: int, infos: Sequence[Any]) -> Dict[str, Any]:
         flat = np.frombuffer(buf, dtype=m.fw_dtype, count=t.nbytes // m.itemsize)
         out[t.name] = flat.reshape(m.out_shape(dt, tuple(t.shape), t.nbytes))
     return out
+
+
+def _peer_bytes(view_artifact_id: str, ordinal: int) -> int:
+    """What the daemon's GPU replica of the view on `ordinal` copied from
+    sibling GPUs (its inspect's ``peer_bytes``); 0 when it cannot say."""
+    try:
+        info = tc.inspect(view_artifact_id)
+    except errors.TcastError:
+        return 0
+    for r in info.get("replicas", []):
+        if r.get("tier") == "gpu" and r.get("ordinal") == ordinal:
+            return int(r.get("peer_bytes", 0))
+    return 0
 
 
 def realize_rank(path: Optional[str], rank: int, world_size: int, device: str, *, split: Optional[Split] = None,
@@ -171,11 +191,12 @@ def realize_rank(path: Optional[str], rank: int, world_size: int, device: str, *
         d = r.diagnostics
         vid, vaid, cached, nbytes = d.view_id, d.view_artifact_id or "", d.cached or "", d.bytes
     t2 = time.time()
+    peer_bytes = _peer_bytes(vaid, _cuda_ordinal(device)) if vaid else 0
     diag = RankDiagnostics(
         rank=rank, world_size=world_size, device=device, artifact_id=a.artifact_id, view_id=vid,
         view_artifact_id=vaid, import_joined=bool(getattr(res, "deduplicated", False)), bytes=nbytes,
         split_tensors=len(sl), replicated_tensors=len(a.tensor_names) - len(sl), import_seconds=t1 - t0,
-        view_seconds=t2 - t1, t_start=t0, t_end=t2, cached=cached)
+        view_seconds=t2 - t1, t_start=t0, t_end=t2, cached=cached, peer_bytes=peer_bytes)
     return RankResult(tensors, diag, release)
 
 
@@ -188,4 +209,5 @@ def aggregate(diags: Sequence[RankDiagnostics]) -> Dict[str, Any]:
     total = sum(d.bytes for d in diags)
     return {"ranks": len(diags), "bytes": total, "seconds": span,
             "gbps": total / span / 1e9 if span > 0 else 0.0,
-            "per_rank_gbps": [round(d.gbps, 3) for d in diags]}
+            "per_rank_gbps": [round(d.gbps, 3) for d in diags],
+            "peer_bytes": sum(d.peer_bytes for d in diags)}
