@@ -116,11 +116,14 @@ int on_status(struct conn *c, struct req *r)
 		/* What the loaders read from source files, all imports
 		 * together (shared reads counted once). */
 		tc__load_counters(&rb, &rn);
-		json_object_set_new(j, "loader",
-				    json_pack("{s:I, s:I, s:I}", "read_bytes",
-					      (json_int_t)rb, "reads",
-					      (json_int_t)rn, "imports_joined",
-					      (json_int_t)s->n_import_joined));
+		json_object_set_new(
+			j, "loader",
+			json_pack("{s:I, s:I, s:I, s:I}", "read_bytes",
+				  (json_int_t)rb, "reads", (json_int_t)rn,
+				  "imports_joined",
+				  (json_int_t)s->n_import_joined,
+				  "view_shared_bytes",
+				  (json_int_t)s->n_view_shared_bytes));
 		json_object_set_new(
 			j, "host_filling_bytes",
 			json_integer((json_int_t)(s->objs.host.filling_bytes -

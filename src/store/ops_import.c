@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -105,7 +106,27 @@ struct import_job {
 	struct import_job *next_lead;	/* s->importing */
 	struct import_job *joined;	/* followers, while lead */
 	struct import_job *next_joined; /* a follower's link */
+	/* Concurrent view imports to GPUs share reads (vs_begin): `vs`
+	 * while listed in s->viewing as a leader; `vs_from` the leader
+	 * whose allocation holds vs_runs (taken out of lplan), vs_src[i]
+	 * where run i lies in its byte space. */
+	struct view_share *vs;		 /* owned (a reference) or NULL */
+	struct import_job *next_viewing; /* s->viewing */
+	struct view_share *vs_from;	 /* a reference, or NULL */
+	struct tc__load_run *vs_runs;	 /* owned, vs_nruns */
+	uint64_t *vs_src;		 /* owned, vs_nruns */
+	uint64_t vs_nruns;
+	uint64_t vs_shared; /* out: bytes copied from the leader */
 };
+
+struct view_share;
+static void vs_put(struct view_share *vs);
+static void vs_begin(struct server *s, struct import_job *j);
+static void vs_unlist(struct server *s, struct import_job *j);
+static void vs_ready(struct import_job *j, int rc);
+static void vs_lead_end(struct import_job *j);
+static int vs_follow(struct import_job *j, uint64_t nbytes);
+static int vs_abandon(struct import_job *j, int rc);
 
 static void lead_end(struct import_job *j, struct tc__obj *o);
 
@@ -113,6 +134,11 @@ static void import_free(struct import_job *j)
 {
 	if (j->lead)
 		lead_end(j, NULL); /* failed: the followers read themselves */
+	vs_unlist(j->s, j);
+	vs_put(j->vs);
+	vs_put(j->vs_from);
+	tc__free(j->vs_runs);
+	tc__free(j->vs_src);
 	if (j->gpu_copying)
 		tc__gpu_tier_copy_end(j->c->srv->gpu);
 	if (j->gpu_fill) {
@@ -214,7 +240,15 @@ static int open_client_shards(struct import_job *j)
  * durable policy it also writes the shared-disk copy from the bytes it
  * reads (the artifact will have no host copy to write from), committed
  * under the id once the digests are known. */
+static void import_load_gpu(struct import_job *j, uint64_t n);
+
 static void import_run_gpu(struct import_job *j, uint64_t n)
+{
+	import_load_gpu(j, n);
+	vs_lead_end(j); /* before the allocation changes hands */
+}
+
+static void import_load_gpu(struct import_job *j, uint64_t n)
 {
 	struct persist_req *p = &j->persist;
 	struct tc__native_tmp tmp;
@@ -247,6 +281,10 @@ static void import_run_gpu(struct import_job *j, uint64_t n)
 	}
 	j->rc = tc__xfer_run(&x, j->err, sizeof(j->err));
 	j->gpu_stats = x.stats;
+	vs_ready(j, j->rc);
+	if (j->vs_from)
+		j->rc = j->rc == 0 ? vs_follow(j, x.bytes) :
+				     vs_abandon(j, j->rc);
 	/* Tests: a load as slow as a large one (STATUS shows its fill), and
 	 * one that fails midway, its allocation made and filled. */
 	if (j->rc == 0 && tc__failpoint("import_gpu_slow", j->display))
@@ -564,6 +602,7 @@ static void import_done(struct tc__job *job)
 		if (j->gpu) {
 			tc__gpu_tier_copy_begin(s->gpu);
 			j->gpu_copying = true;
+			vs_begin(s, j);
 		}
 		tc__jobs_submit(s->io_jobs, &j->job);
 		/* The size is known now: tell a watching client at once. */
@@ -576,6 +615,8 @@ static void import_done(struct tc__job *job)
 	/* Phase 2 finished: the artifact is complete and sealed. */
 	if (c->progress_job == j)
 		c->progress_job = NULL;
+	vs_unlist(s, j);
+	s->n_view_shared_bytes += j->vs_shared;
 	ns = tc__now_ns() - j->t0_ns;
 	j->o->load_seconds = (double)ns / 1e9;
 	o = j->o;
@@ -657,6 +698,284 @@ static void import_done(struct tc__job *job)
 	snprintf(j->err, sizeof(j->err), "%s", c->err);
 	tc__srv_finish_created(c, &j->r, rc, j->err, import_reply, j,
 			       import_release, &j->persist, o);
+}
+
+/* ------------------------------------- concurrent view imports to GPUs */
+
+/*
+ * Views of one file loaded straight to different GPUs at once (a
+ * tensor-parallel group's tc_import_view, one per rank) share the reads of
+ * the byte ranges both views hold: the replicated tensors.  Each such
+ * import is listed in s->viewing while it loads, with a view_share that
+ * says when its bytes are in.  A later one of the same file (device,
+ * inode, size, modification time) to another GPU takes out of its own
+ * plan every run whose file range lies inside a run of the first's, loads
+ * the rest, then copies those ranges from the first one's allocation (GPU
+ * to GPU) and hashes its replica on its GPU.  The first one's job keeps
+ * its allocation until its followers have copied (or a minute has passed:
+ * then a follower still waiting reads its ranges itself, as it does when
+ * the first one fails).  STATUS loader.view_shared_bytes counts the bytes
+ * so copied instead of read.
+ */
+enum { VS_LOADING, VS_READY, VS_FAILED, VS_GONE };
+
+#define VS_LEAD_WAIT_S	 60  /* a leader waits this long for followers */
+#define VS_FOLLOW_WAIT_S 600 /* a follower, for its leader's load */
+
+struct view_share {
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* state, waiting and copying changes */
+	int refs;	     /* the leader's job and each follower's */
+	int state;	     /* VS_* */
+	int waiting;	     /* followers not done with it yet */
+	int copying;	     /* followers copying from `mem` now */
+	const struct tc__gpu_mem *mem; /* the leader's allocation, READY */
+};
+
+static void vs_put(struct view_share *vs)
+{
+	int n;
+
+	if (!vs)
+		return;
+	pthread_mutex_lock(&vs->lock);
+	n = --vs->refs;
+	pthread_mutex_unlock(&vs->lock);
+	if (n)
+		return;
+	pthread_cond_destroy(&vs->cond);
+	pthread_mutex_destroy(&vs->lock);
+	tc__free(vs);
+}
+
+static bool same_file(const struct import_job *a, const struct import_job *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
+	       a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
+	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* One run's file range, when it is contiguous in the file. */
+static bool run_range(const struct tc__load_run *r, uint64_t *off,
+		      uint64_t *len)
+{
+	if (r->count > 1 && r->stride != r->len)
+		return false;
+	*off = r->off;
+	*len = r->len * r->count;
+	return true;
+}
+
+/* On the loop, as j's load is submitted: follow the first listed view
+ * import of the same file to another GPU that reads some of j's runs
+ * (moving those runs out of j's plan into j->vs_runs, each with where
+ * it lies in the leader's byte space), then list j as a leader itself. */
+static void vs_begin(struct server *s, struct import_job *j)
+{
+	struct tc__load_plan *p = &j->lplan;
+	struct import_job *l;
+
+	if (!j->gpu || !j->view || !j->st_ino || j->src->nfiles != 1)
+		return;
+	for (l = s->viewing; l && !j->vs_from; l = l->next_viewing) {
+		uint64_t k = 0, n = 0;
+
+		if (!same_file(l, j) || l->gpu_dev == j->gpu_dev)
+			continue;
+		j->vs_runs = tc__calloc(p->nruns ? p->nruns : 1,
+					sizeof(*j->vs_runs));
+		j->vs_src =
+			tc__calloc(p->nruns ? p->nruns : 1, sizeof(*j->vs_src));
+		if (!j->vs_runs || !j->vs_src)
+			break;
+		for (uint64_t i = 0; i < p->nruns; i++) {
+			const struct tc__load_run *r = &p->runs[i];
+			uint64_t ro, rl, qo, ql, at = UINT64_MAX;
+
+			if (run_range(r, &ro, &rl) && rl >= TC_VIEW_PART_MIN)
+				for (uint64_t q = 0; q < l->lplan.nruns; q++) {
+					const struct tc__load_run *w =
+						&l->lplan.runs[q];
+
+					if (run_range(w, &qo, &ql) &&
+					    qo <= ro && ro + rl <= qo + ql) {
+						at = w->dst + (ro - qo);
+						break;
+					}
+				}
+			if (at == UINT64_MAX) {
+				p->runs[k++] = *r;
+				continue;
+			}
+			j->vs_runs[n] = *r;
+			j->vs_src[n++] = at;
+		}
+		if (!n) {
+			tc__free(j->vs_runs);
+			tc__free(j->vs_src);
+			j->vs_runs = NULL;
+			j->vs_src = NULL;
+			continue;
+		}
+		p->nruns = k;
+		j->vs_nruns = n;
+		j->vs_from = l->vs;
+		pthread_mutex_lock(&l->vs->lock);
+		l->vs->refs++;
+		l->vs->waiting++;
+		pthread_mutex_unlock(&l->vs->lock);
+		tc__log(TC_LOG_DEBUG,
+			"view import of '%s' to GPU %d takes %llu runs from "
+			"the one to GPU %d",
+			j->display, j->gpu_dev, (unsigned long long)n,
+			l->gpu_dev);
+	}
+	j->vs = tc__calloc(1, sizeof(*j->vs));
+	if (!j->vs)
+		return;
+	pthread_mutex_init(&j->vs->lock, NULL);
+	pthread_cond_init(&j->vs->cond, NULL);
+	j->vs->refs = 1;
+	j->vs->state = VS_LOADING;
+	j->next_viewing = s->viewing;
+	s->viewing = j;
+}
+
+/* On the loop: j's load is over; no later import may follow it. */
+static void vs_unlist(struct server *s, struct import_job *j)
+{
+	for (struct import_job **pp = &s->viewing; *pp;
+	     pp = &(*pp)->next_viewing)
+		if (*pp == j) {
+			*pp = j->next_viewing;
+			break;
+		}
+}
+
+/* On the worker, the leader's load is done (rc): followers may copy. */
+static void vs_ready(struct import_job *j, int rc)
+{
+	if (!j->vs)
+		return;
+	pthread_mutex_lock(&j->vs->lock);
+	if (j->vs->state == VS_LOADING) {
+		j->vs->state = rc == 0 ? VS_READY : VS_FAILED;
+		j->vs->mem = &j->gmem;
+		pthread_cond_broadcast(&j->vs->cond);
+	}
+	pthread_mutex_unlock(&j->vs->lock);
+}
+
+/* On the worker, before the leader's job gives its allocation up: wait
+ * for the followers (at most VS_LEAD_WAIT_S), then for any copy still
+ * reading it. */
+static void vs_lead_end(struct import_job *j)
+{
+	struct view_share *vs = j->vs;
+	struct timespec until;
+
+	if (!vs)
+		return;
+	vs_ready(j, -ECANCELED); /* failed before its load ended */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += VS_LEAD_WAIT_S;
+	pthread_mutex_lock(&vs->lock);
+	while (vs->waiting > 0 && vs->state == VS_READY &&
+	       pthread_cond_timedwait(&vs->cond, &vs->lock, &until) == 0)
+		;
+	vs->state = VS_GONE;
+	pthread_cond_broadcast(&vs->cond);
+	while (vs->copying > 0)
+		pthread_cond_wait(&vs->cond, &vs->lock);
+	pthread_mutex_unlock(&vs->lock);
+}
+
+/* On the worker, the follower's own load failed: it copies nothing. */
+static int vs_abandon(struct import_job *j, int rc)
+{
+	struct view_share *vs = j->vs_from;
+
+	pthread_mutex_lock(&vs->lock);
+	vs->waiting--;
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
+	return rc;
+}
+
+/* On the worker, after the follower's own load: its shared runs, copied
+ * from the leader's GPU, or read here when the leader failed or went;
+ * then the digests of the whole byte space (on its GPU). */
+static int vs_follow(struct import_job *j, uint64_t nbytes)
+{
+	struct view_share *vs = j->vs_from;
+	struct timespec until;
+	bool copy;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += VS_FOLLOW_WAIT_S;
+	pthread_mutex_lock(&vs->lock);
+	while (vs->state == VS_LOADING &&
+	       pthread_cond_timedwait(&vs->cond, &vs->lock, &until) == 0)
+		;
+	copy = vs->state == VS_READY;
+	if (copy)
+		vs->copying++;
+	pthread_mutex_unlock(&vs->lock);
+	for (uint64_t i = 0; copy && rc == 0 && i < j->vs_nruns; i++) {
+		const struct tc__load_run *r = &j->vs_runs[i];
+
+		rc = tc__gpu_peer_copy(&j->gmem, r->dst, vs->mem, j->vs_src[i],
+				       r->len * r->count, NULL, j->err,
+				       sizeof(j->err));
+		if (rc == 0)
+			j->vs_shared += r->len * r->count;
+	}
+	pthread_mutex_lock(&vs->lock);
+	if (copy)
+		vs->copying--;
+	vs->waiting--;
+	pthread_cond_broadcast(&vs->cond);
+	pthread_mutex_unlock(&vs->lock);
+	if (!copy || rc < 0) {
+		/* Read them here: the same runs, one buffer each. */
+		struct tc__load_plan one = { .nruns = 1 };
+
+		if (rc < 0)
+			tc__log(TC_LOG_WARN,
+				"view import of '%s': cannot copy from the "
+				"other GPU (reading instead): %s",
+				j->display, j->err);
+		j->vs_shared = 0;
+		rc = 0;
+		for (uint64_t i = 0; rc == 0 && i < j->vs_nruns; i++) {
+			struct tc__load_run r = j->vs_runs[i];
+			uint64_t len = r.len * r.count, cur = 0;
+			uint8_t *buf = tc__malloc(len);
+
+			if (!buf) {
+				rc = -ENOMEM;
+				break;
+			}
+			r.dst = 0;
+			one.runs = &r;
+			one.size = len;
+			rc = tc__load_plan_range(j->src, &one, buf, 0, len,
+						 &cur, false, NULL, j->err,
+						 sizeof(j->err));
+			if (rc == 0)
+				rc = tc__gpu_mem_write(&j->gmem,
+						       j->vs_runs[i].dst, buf,
+						       len, NULL, j->err,
+						       sizeof(j->err));
+			tc__free(buf);
+		}
+	}
+	if (rc == 0)
+		rc = tc__gpu_hash_chunks(&j->gmem, nbytes, j->io_threads,
+					 j->chunks, j->err, sizeof(j->err));
+	return rc;
 }
 
 /* ------------------------------------------- concurrent identical imports */
@@ -917,6 +1236,14 @@ int on_import(struct conn *c, struct req *r)
 		c->progress_job = j;
 		c->progress_req = r->h.req_id;
 		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
+	}
+	if ((j->flags & TC_RF_VIEW) && (j->flags & TC_RF_GPU) &&
+	    S_ISREG(st.st_mode)) {
+		/* Views to GPUs of one file share reads (vs_begin). */
+		j->st_dev = st.st_dev;
+		j->st_ino = st.st_ino;
+		j->st_size = st.st_size;
+		j->st_mtim = st.st_mtim;
 	}
 	if (joinable(j)) {
 		j->st_dev = st.st_dev;

@@ -217,6 +217,11 @@ struct server {
 	 * how many imports were answered by another's read. */
 	struct import_job *importing;
 	uint64_t n_import_joined;
+	/* View imports to GPUs being loaded, whose reads a later view import
+	 * of the same file to another GPU may share, and the bytes such
+	 * imports copied from another GPU instead of reading them. */
+	struct import_job *viewing;
+	uint64_t n_view_shared_bytes;
 	uint64_t n_put_verified;	  /* sealed with their pull's digests */
 	uint64_t n_put_gpu_client_hashed; /* GPU puts sealed with the fused
 					     copy's digests */

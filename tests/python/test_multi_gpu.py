@@ -208,6 +208,99 @@ def test_replicated_tensors_copied_from_a_sibling_gpu(gpu4, tmp_path, n):
     assert after["part_rejected"] == 0
 
 
+VIEW_RANK = r'''
+import ctypes, json, os, sys, time
+import numpy as np
+import tcast as tc
+from tcast import _artifact
+tc.init(mode="connect")
+rank, n, path, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+want = np.load(sys.argv[5])
+split = [k for k in want.files if want[k].ndim >= 2 and want[k].shape[0] % n == 0]
+spec = {"slices": {k: [[0, rank * (want[k].shape[0] // n), (rank + 1) * (want[k].shape[0] // n)]] for k in split}}
+open(f"{go}.ready{rank}", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.005)
+sess = tc._sess()
+r = _artifact.import_path(sess, path, device=f"cuda:{rank}", view=json.dumps(spec), framework="dlpack")
+lib = sess.lib
+h = ctypes.c_void_p()
+sess.call(lib.tc_attach_gpu, r.artifact_id.encode(), rank, ctypes.byref(h))
+infos = ctypes.cast(lib.tc_artifact_tensors(h), ctypes.POINTER(tc._native.TcTensorInfo))
+bad = []
+for i in range(lib.tc_artifact_count(h)):
+    name = ctypes.string_at(infos[i].name).decode()
+    a = want[name]
+    if name in split:
+        rows = a.shape[0] // n
+        a = a[rank * rows:(rank + 1) * rows]
+    got = ctypes.string_at(lib.tc_artifact_data(h) + infos[i].offset, infos[i].nbytes)
+    if got != np.ascontiguousarray(a).tobytes():
+        bad.append(name)
+lib.tc_artifact_close(h)
+print(json.dumps({"bad": bad, "read_bytes": r.read_bytes, "id": r.artifact_id}))
+'''
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_concurrent_view_imports_share_reads(tmp_path, n):
+    """n ranks import their views of one file straight to their GPUs at
+    once (tc_import_view).  The replicated tensors (final_norm and
+    embed_norm, 128 KiB each) are read from the file by the first rank
+    only: the others copy them from its GPU (loader.view_shared_bytes),
+    so the loaders read the split tensors once and the replicated ones
+    once, not n times; each rank's bytes are still the file's."""
+    env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
+           "TCAST_FAILPOINTS": "import_gpu_slow=vw.safetensors"}
+    (tmp_path / "d").mkdir(mode=0o700)
+    d = Daemon(tmp_path / "d", "512MiB", env=env)
+    try:
+        rng = np.random.default_rng(n)
+        arrays = {
+            "embed_norm": rng.standard_normal(32768).astype(np.float32),  # replicated
+            "layers.0.attn.weight": rng.standard_normal((128, 512)).astype(np.float32),
+            "final_norm": rng.standard_normal(32768).astype(np.float32),  # replicated
+            "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32),
+        }
+        path = tmp_path / "vw.safetensors"
+        _write_st(path, arrays)
+        np.savez(tmp_path / "want.npz", **arrays)
+        split_bytes = sum(a.nbytes for k, a in arrays.items() if a.ndim >= 2)
+        repl_bytes = sum(a.nbytes for k, a in arrays.items() if a.ndim < 2)
+        before = _status(d)["loader"]
+        go = tmp_path / "go"
+        e = dict(os.environ, TCAST_SOCKET=d.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
+                 PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        procs = [subprocess.Popen([sys.executable, "-c", VIEW_RANK, str(r), str(n), str(path), str(go),
+                                   str(tmp_path / "want.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=e) for r in range(n)]
+        deadline = time.monotonic() + 120
+        while not all(Path(f"{go}.ready{r}").exists() for r in range(n)):
+            assert time.monotonic() < deadline, "ranks did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.01)
+        go.touch()
+        got = []
+        for p in procs:
+            so, se = p.communicate(timeout=120)
+            assert p.returncode == 0, se
+            got.append(json.loads(so.strip().splitlines()[-1]))
+        after = _status(d)["loader"]
+    finally:
+        d.stop()
+    for r, g in enumerate(got):
+        assert g["bad"] == [], (r, g)
+    assert len({g["id"] for g in got}) == n
+    shared = after["view_shared_bytes"] - before["view_shared_bytes"]
+    read = after["read_bytes"] - before["read_bytes"]
+    assert shared == (n - 1) * repl_bytes, (shared, repl_bytes)
+    # The loaders' counters: the shards once and the replicated tensors
+    # once (not n times).
+    assert read == split_bytes + repl_bytes, (read, split_bytes, repl_bytes)
+    assert sorted(g["read_bytes"] for g in got) == sorted(
+        [split_bytes // n + repl_bytes] + [split_bytes // n] * (n - 1))
+
+
 def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
     """bench/multi_gpu.py end to end on 2 fake GPUs with small sizes, so
     the GPU machine's run is known to work (the figures mean nothing)."""
