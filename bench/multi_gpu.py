@@ -17,6 +17,18 @@ one run, against what the hardware does bare:
    N x the single-GPU rate.  Optionally (--from-disk) the N ranks start
    from the file instead: one read of the file for all of them (STATUS
    loader.read_bytes).
+3. A binding on GPU 0 of an artifact held on GPU 1 (and in host memory):
+   filled by the same measured choice as replicas (STATUS
+   gpu.peer.bind_fills when the sibling served).
+4. Replicated tensors from a sibling.  The ranks one after another: rank
+   0's view replica is filled from host memory, every later rank's copies
+   the replicated tensors (the model's shared.scale, about 1/32 of it)
+   from an earlier rank's view replica on a sibling GPU (GPU to GPU;
+   STATUS gpu.peer.part_fills, each rank's diagnostics.peer_bytes).
+5. (--from-disk) View imports straight to the GPUs at once
+   (tc_import_view, one per rank): the replicated ranges are read once
+   and copied GPU to GPU to the other ranks (STATUS
+   loader.view_shared_bytes), against the loaders' read_bytes.
 
 On the GPU machine (nvidia-h200-x2: 2 GPUs):
 
@@ -151,7 +163,8 @@ def write_model(path: Path, total: int, tp: int) -> int:
     piece = min(64 << 20, max(total // 8, 1 << 20))
     rows = max(tp, piece // (cols * 2) // tp * tp)
     n = max(1, total // (rows * cols * 2))
-    hdr, off = {}, 0
+    shared = max(1 << 20, total // 32) // 4  # F32 elements, replicated
+    hdr, off = {"shared.scale": {"dtype": "F32", "shape": [shared], "data_offsets": [0, shared * 4]}}, shared * 4
     for i in range(n):
         hdr[f"layers.{i}.weight"] = {"dtype": "F16", "shape": [rows, cols], "data_offsets": [off, off + rows * cols * 2]}
         off += rows * cols * 2
@@ -161,6 +174,7 @@ def write_model(path: Path, total: int, tp: int) -> int:
     h += b" " * (-len(h) % 8)
     with open(path, "wb") as f:
         f.write(len(h).to_bytes(8, "little") + h)
+        f.write(np.full(shared, 0.5, dtype=np.float32).tobytes())
         for i in range(n):
             f.write(np.full((rows, cols), i % 100, dtype=np.float16).tobytes())
             f.write(np.full(cols, i, dtype=np.float32).tobytes())
@@ -183,18 +197,39 @@ if not fake:
     torch.cuda.synchronize(rank)
 d = res.diagnostics
 print(json.dumps({"rank": rank, "bytes": d.bytes, "t0": d.t_start, "t1": time.time(), "view": d.view_artifact_id,
-                  "view_id": d.view_id, "joined": d.import_joined}))
+                  "view_id": d.view_id, "joined": d.import_joined, "peer_bytes": d.peer_bytes}))
 res.release()
 '''
 
 
-def run_ranks(ranks, n: int, ref: str, path: str, fake: bool, tmp: Path, tag: str):
+VIEW_RANK = r'''
+import json, os, sys, time
+sys.path.insert(0, sys.argv[7])
+import tcast as tc
+from tcast import _artifact
+tc.init(mode="connect")
+rank, n, path, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[4], sys.argv[5]
+with open(path, "rb") as f:  # the default split rule, from the header
+    hdr = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+spec = {"slices": {k: [[0, rank * v["shape"][0] // n, (rank + 1) * v["shape"][0] // n]] for k, v in hdr.items()
+                   if k != "__metadata__" and len(v["shape"]) >= 2 and v["shape"][0] % n == 0}}
+open(f"{go}.ready{rank}", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+t0 = time.time()
+r = _artifact.import_path(tc._sess(), path, device=f"cuda:{rank}", view=json.dumps(spec), framework="dlpack")
+print(json.dumps({"rank": rank, "bytes": r.bytes, "t0": t0, "t1": time.time(), "view": r.artifact_id,
+                  "view_id": "", "read_bytes": r.read_bytes}))
+'''
+
+
+def run_ranks(ranks, n: int, ref: str, path: str, fake: bool, tmp: Path, tag: str, script: str = RANK):
     """Ranks `ranks` of world n at once (a file barrier); their records."""
     go = tmp / f"go-{tag}"
     env = dict(os.environ, TCAST_SOCKET=tc.daemon_info()["socket"])
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(n), ref, path, str(go), "1" if fake else "0",
-                               str(REPO / "python")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for r in ranks]
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(n), ref, path, str(go),
+                               "1" if fake else "0", str(REPO / "python")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for r in ranks]
     deadline = time.monotonic() + 300
     while not all(Path(f"{go}.ready{r}").exists() for r in ranks):
         if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -214,6 +249,8 @@ def forget_views(recs) -> None:
     """Remove the kept views (key and artifact), so the next run makes them."""
     for r in recs:
         for ref in (r["view_id"], r["view"]):
+            if not ref:
+                continue
             try:
                 tc.deregister_artifact(ref)
             except tc.TcastError:
@@ -317,6 +354,18 @@ def main() -> int:
             "fill_vs_host_fill": round(fill / rh["fill_gbps"], 3) if fill and rh["fill_gbps"] else None,
             "daemon_peer": peer,
         }
+        # 3. A binding on GPU 0 of blob_c, held on GPU 1 (and in host memory).
+        s = tc._sess()
+        bh = ctypes.c_void_p()
+        t0 = time.perf_counter()
+        s.call(s.lib.tc_bind, blob_c.artifact_id.encode(), 0, ctypes.byref(bh))
+        bind_s = time.perf_counter() - t0
+        s.lib.tc_artifact_close(bh.value)
+        after_bind = tc.status()["gpu"]["peer"]
+        res["bind_fill"] = {"seconds": round(bind_s, 4), "gbps": round(peer_bytes / bind_s / 1e9, 2),
+                            "from_sibling": after_bind["bind_fills"] - peer["bind_fills"],
+                            "probes": after_bind["probes"] - peer["probes"]}
+        print(json.dumps({"bind_fill": res["bind_fill"]}))
         for b in (blob_a, blob_b, blob_c):
             tc.deregister_artifact(b.artifact_id)
         print(json.dumps({"replica_fill": {k: v for k, v in res["replica_fill"].items() if k != "daemon_peer"}}))
@@ -343,6 +392,22 @@ def main() -> int:
             "aggregate_vs_n_x_single": round(gg / (n * sg), 3) if sg else None,
         }
         print(json.dumps({"tp_views": res["tp_views"]}))
+
+        # 4. The ranks one after another: replicated tensors from a sibling.
+        before = tc.status()["gpu"]["peer"]
+        seq = []
+        for r in range(n):
+            seq += run_ranks([r], n, aid, "", a.fake, tmp, f"seq{r}")
+        after = tc.status()["gpu"]["peer"]
+        forget_views(seq)
+        res["tp_replicated_from_sibling"] = {
+            "per_rank": [{"rank": r["rank"], "bytes": r["bytes"], "peer_bytes": r["peer_bytes"],
+                          "seconds": round(r["t1"] - r["t0"], 4)} for r in seq],
+            "part_fills": after["part_fills"] - before["part_fills"],
+            "part_fill_bytes": after["part_fill_bytes"] - before["part_fill_bytes"],
+            "part_rejected": after["part_rejected"] - before["part_rejected"],
+        }
+        print(json.dumps({"tp_replicated_from_sibling": res["tp_replicated_from_sibling"]}))
         if a.from_disk:
             tc.deregister_artifact(aid)
             before = tc.status()["loader"]
@@ -355,6 +420,18 @@ def main() -> int:
                                    "read_bytes": after["read_bytes"] - before["read_bytes"],
                                    "imports_joined": after["imports_joined"] - before["imports_joined"]}
             print(json.dumps({"tp_from_disk": res["tp_from_disk"]}))
+
+            # 5. View imports straight to the GPUs at once: shared reads.
+            before = tc.status()["loader"]
+            vi = run_ranks(list(range(n)), n, "", str(path), a.fake, tmp, "vimport", VIEW_RANK)
+            after = tc.status()["loader"]
+            forget_views(vi)
+            vb, vs, vg = agg(vi)
+            res["tp_view_imports"] = {"ranks": n, "bytes": vb, "seconds": round(vs, 4), "gbps": round(vg, 2),
+                                      "read_bytes": after["read_bytes"] - before["read_bytes"],
+                                      "view_shared_bytes": after["view_shared_bytes"] - before["view_shared_bytes"],
+                                      "per_rank_read_bytes": [r["read_bytes"] for r in vi]}
+            print(json.dumps({"tp_view_imports": res["tp_view_imports"]}))
     finally:
         tc.shutdown()
         if not a.dir:

@@ -321,6 +321,12 @@ def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
     assert r["tp_views"]["group"]["ranks"] == 2 and r["tp_views"]["aggregate_vs_n_x_single"] > 0
     assert r["tp_from_disk"]["imports_joined"] == 1
     assert r["tp_from_disk"]["read_bytes"] < 2 * r["tp_from_disk"]["file_bytes"]
+    assert r["bind_fill"]["gbps"] > 0
+    rs = r["tp_replicated_from_sibling"]
+    assert rs["part_fills"] == 1 and rs["part_rejected"] == 0, rs
+    assert rs["per_rank"][0]["peer_bytes"] == 0 and rs["per_rank"][1]["peer_bytes"] > 0, rs
+    vi = r["tp_view_imports"]
+    assert vi["ranks"] == 2 and vi["read_bytes"] + vi["view_shared_bytes"] >= vi["bytes"] > 0, vi
 
 
 def _cli_imports(d: Daemon, path: Path, n: int):
