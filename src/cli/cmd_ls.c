@@ -220,10 +220,15 @@ static void show_gpu_peers(json_t *p)
 	json_t *x, *h;
 	size_t i, k;
 
-	if (!json_is_object(p) || !json_array_size(json_object_get(p, "pairs")))
+	if (!json_is_object(p) ||
+	    (!json_array_size(json_object_get(p, "pairs")) &&
+	     !num(p, "part_fills")))
 		return;
-	printf("GPU peer fills: %lld (%lld probes)\n", num(p, "fills"),
-	       num(p, "probes"));
+	printf("GPU peer fills: %lld (%lld probes), bindings %lld, view "
+	       "parts %lld (%lld bytes, %lld rejected)\n",
+	       num(p, "fills"), num(p, "probes"), num(p, "bind_fills"),
+	       num(p, "part_fills"), num(p, "part_fill_bytes"),
+	       num(p, "part_rejected"));
 	json_array_foreach(json_object_get(p, "pairs"), i, x)
 	{
 		double host = 0;
