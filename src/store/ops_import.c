@@ -789,27 +789,31 @@ static void vs_begin(struct server *s, struct import_job *j)
 			tc__calloc(p->nruns ? p->nruns : 1, sizeof(*j->vs_src));
 		if (!j->vs_runs || !j->vs_src)
 			break;
+		/* Where each run lies in the leader's byte space, if it
+		 * does; at least one run stays j's own (the loader wants a
+		 * plan with runs). */
 		for (uint64_t i = 0; i < p->nruns; i++) {
 			const struct tc__load_run *r = &p->runs[i];
-			uint64_t ro, rl, qo, ql, at = UINT64_MAX;
+			uint64_t ro, rl, qo, ql;
 
-			if (run_range(r, &ro, &rl) && rl >= TC_VIEW_PART_MIN)
-				for (uint64_t q = 0; q < l->lplan.nruns; q++) {
-					const struct tc__load_run *w =
-						&l->lplan.runs[q];
-
-					if (run_range(w, &qo, &ql) &&
-					    qo <= ro && ro + rl <= qo + ql) {
-						at = w->dst + (ro - qo);
-						break;
-					}
-				}
-			if (at == UINT64_MAX) {
-				p->runs[k++] = *r;
+			j->vs_src[i] = UINT64_MAX;
+			if (!run_range(r, &ro, &rl) || rl < TC_VIEW_PART_MIN)
 				continue;
+			for (uint64_t q = 0; q < l->lplan.nruns; q++) {
+				const struct tc__load_run *w =
+					&l->lplan.runs[q];
+
+				if (run_range(w, &qo, &ql) && qo <= ro &&
+				    ro + rl <= qo + ql) {
+					j->vs_src[i] = w->dst + (ro - qo);
+					n++;
+					break;
+				}
 			}
-			j->vs_runs[n] = *r;
-			j->vs_src[n++] = at;
+		}
+		if (n && n == p->nruns) {
+			j->vs_src[0] = UINT64_MAX;
+			n--;
 		}
 		if (!n) {
 			tc__free(j->vs_runs);
@@ -817,6 +821,17 @@ static void vs_begin(struct server *s, struct import_job *j)
 			j->vs_runs = NULL;
 			j->vs_src = NULL;
 			continue;
+		}
+		/* Move the shared runs out of the plan, in order (vs_src is
+		 * compacted alongside: entry n <= entry i). */
+		n = 0;
+		for (uint64_t i = 0; i < p->nruns; i++) {
+			if (j->vs_src[i] == UINT64_MAX) {
+				p->runs[k++] = p->runs[i];
+				continue;
+			}
+			j->vs_runs[n] = p->runs[i];
+			j->vs_src[n++] = j->vs_src[i];
 		}
 		p->nruns = k;
 		j->vs_nruns = n;

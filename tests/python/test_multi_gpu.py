@@ -218,6 +218,8 @@ rank, n, path, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 want = np.load(sys.argv[5])
 split = [k for k in want.files if want[k].ndim >= 2 and want[k].shape[0] % n == 0]
 spec = {"slices": {k: [[0, rank * (want[k].shape[0] // n), (rank + 1) * (want[k].shape[0] // n)]] for k in split}}
+if len(sys.argv) > 6:  # a spec of its own (names only: nothing split)
+    spec, split = json.loads(sys.argv[6]), []
 open(f"{go}.ready{rank}", "w").close()
 while not os.path.exists(go):
     time.sleep(0.005)
@@ -240,6 +242,27 @@ for i in range(lib.tc_artifact_count(h)):
 lib.tc_artifact_close(h)
 print(json.dumps({"bad": bad, "read_bytes": r.read_bytes, "id": r.artifact_id}))
 '''
+
+
+def _view_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path, *extra: str):
+    go = tmp / "go"
+    e = dict(os.environ, TCAST_SOCKET=d.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
+             PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", VIEW_RANK, str(r), str(n), str(path), str(go), str(want),
+                               *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+             for r in range(n)]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.ready{r}").exists() for r in range(n)):
+        assert time.monotonic() < deadline, "ranks did not start"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.01)
+    go.touch()
+    got = []
+    for p in procs:
+        so, se = p.communicate(timeout=120)
+        assert p.returncode == 0, se
+        got.append(json.loads(so.strip().splitlines()[-1]))
+    return got
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -268,23 +291,7 @@ def test_concurrent_view_imports_share_reads(tmp_path, n):
         split_bytes = sum(a.nbytes for k, a in arrays.items() if a.ndim >= 2)
         repl_bytes = sum(a.nbytes for k, a in arrays.items() if a.ndim < 2)
         before = _status(d)["loader"]
-        go = tmp_path / "go"
-        e = dict(os.environ, TCAST_SOCKET=d.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
-                 PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        procs = [subprocess.Popen([sys.executable, "-c", VIEW_RANK, str(r), str(n), str(path), str(go),
-                                   str(tmp_path / "want.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=e) for r in range(n)]
-        deadline = time.monotonic() + 120
-        while not all(Path(f"{go}.ready{r}").exists() for r in range(n)):
-            assert time.monotonic() < deadline, "ranks did not start"
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            time.sleep(0.01)
-        go.touch()
-        got = []
-        for p in procs:
-            so, se = p.communicate(timeout=120)
-            assert p.returncode == 0, se
-            got.append(json.loads(so.strip().splitlines()[-1]))
+        got = _view_ranks(d, tmp_path, n, path, tmp_path / "want.npz")
         after = _status(d)["loader"]
     finally:
         d.stop()
@@ -299,6 +306,33 @@ def test_concurrent_view_imports_share_reads(tmp_path, n):
     assert read == split_bytes + repl_bytes, (read, split_bytes, repl_bytes)
     assert sorted(g["read_bytes"] for g in got) == sorted(
         [split_bytes // n + repl_bytes] + [split_bytes // n] * (n - 1))
+
+
+def test_view_imports_of_replicated_tensors_only(tmp_path):
+    """Two ranks whose views hold only replicated tensors (the same
+    names, nothing split): the follower keeps one run to read itself (the
+    loader needs a plan with runs) and copies the other from the leader's
+    GPU; both views are the same content on two GPUs."""
+    env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
+           "TCAST_FAILPOINTS": "import_gpu_slow=vw.safetensors"}
+    (tmp_path / "d").mkdir(mode=0o700)
+    d = Daemon(tmp_path / "d", "512MiB", env=env)
+    try:
+        rng = np.random.default_rng(3)
+        arrays = {"a_norm": rng.standard_normal(32768).astype(np.float32),
+                  "b_norm": rng.standard_normal(32768).astype(np.float32)}
+        path = tmp_path / "vw.safetensors"
+        _write_st(path, arrays)
+        np.savez(tmp_path / "want.npz", **arrays)
+        before = _status(d)["loader"]
+        got = _view_ranks(d, tmp_path, 2, path, tmp_path / "want.npz", json.dumps({"names": ["a_norm", "b_norm"]}))
+        after = _status(d)["loader"]
+    finally:
+        d.stop()
+    assert all(g["bad"] == [] for g in got), got
+    assert len({g["id"] for g in got}) == 1
+    assert after["view_shared_bytes"] - before["view_shared_bytes"] == 32768 * 4
+    assert after["read_bytes"] - before["read_bytes"] == 3 * 32768 * 4
 
 
 def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
