@@ -1563,6 +1563,31 @@ static void test_gpu_tier__bind_from_sibling(void **state)
 	tc_artifact_close(bd);
 	tc_artifact_close(ra);
 	tc_artifact_close(rb);
+	/* An artifact held on GPU 0 only (imported straight there): a
+	 * binding on GPU 1 was refused for want of a host copy; the sibling
+	 * is its only source now. */
+	{
+		struct tc_opts o = { TC_OPT_KEY | TC_OPT_DEVICE,
+				     "bsib:g",
+				     NULL,
+				     0,
+				     NULL,
+				     NULL,
+				     0,
+				     0 };
+		struct tc_result r;
+		tc_artifact *g;
+
+		assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+		g = attach_gpu_ok(c, "bsib:g", 0);
+		artifact_sha(g, h2);
+		assert_int_equal(tc_bind(c, "bsib:g", 1, &bd), 0);
+		artifact_sha(bd, h1);
+		assert_string_equal(h1, h2);
+		assert_int_equal(peer_stat(c, "bind_fills"), 3);
+		tc_artifact_close(bd);
+		tc_artifact_close(g);
+	}
 	tc_client_close(c);
 	daemon_stop();
 }
