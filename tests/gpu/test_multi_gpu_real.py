@@ -10,6 +10,11 @@
    their rank's shard of one safetensors file on their own GPU at once
    (tcast.tools.tensor_parallel), compared with torch slicing of the
    file's tensors; the daemon read the file once (STATUS loader).
+   Then the ranks one after another: each later rank's view replica
+   copies the replicated tensors from an earlier rank's on a sibling GPU
+   (STATUS gpu.peer.part_fills, diagnostics.peer_bytes); and the ranks'
+   view imports straight to their GPUs at once (tc_import_view) read the
+   replicated ranges once (STATUS loader.view_shared_bytes).
 3. The weight publisher's e2e harness with --tp-world-size N and
    --materialize-device cuda:RANK: every version validated on every rank,
    each rank's binding on its own GPU.
@@ -78,9 +83,59 @@ for name, t in full.items():
     if g.device != torch.device(f"cuda:{rank}") or not torch.equal(g.cpu(), t):
         bad.append(name)
 d = res.diagnostics
-print(json.dumps({"bad": bad, "bytes": d.bytes, "t0": d.t_start, "t1": time.time(), "joined": d.import_joined}))
+print(json.dumps({"bad": bad, "bytes": d.bytes, "t0": d.t_start, "t1": time.time(), "joined": d.import_joined,
+                  "peer_bytes": d.peer_bytes}))
 res.release()
 '''
+
+VIEW_RANK = r'''
+import json, os, sys, time
+import torch
+sys.path.insert(0, sys.argv[5])
+import tcast as tc
+from tcast import _artifact
+from safetensors.torch import load_file
+tc.init(mode="connect")
+rank, n, path, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+full = load_file(path)
+split = [k for k, t in full.items() if t.dim() >= 2 and t.shape[0] % n == 0]
+spec = {"slices": {k: [[0, rank * (full[k].shape[0] // n), (rank + 1) * (full[k].shape[0] // n)]] for k in split}}
+open(f"{go}.ready{rank}", "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+t0 = time.time()
+r = _artifact.import_path(tc._sess(), path, device=f"cuda:{rank}", view=json.dumps(spec))
+t1 = time.time()
+got = tc.artifact(r.artifact_id).tensor_dict(device=f"cuda:{rank}")
+bad = []
+for name, t in full.items():
+    if name in split:
+        rows = t.shape[0] // n
+        t = t[rank * rows:(rank + 1) * rows]
+    if not torch.equal(got[name].cpu(), t):
+        bad.append(name)
+print(json.dumps({"bad": bad, "bytes": r.bytes, "t0": t0, "t1": t1, "read_bytes": r.read_bytes}))
+'''
+
+
+def ranks_at_once(script, n, path, tmp, tag, sock):
+    go = os.path.join(tmp, f"go-{tag}")
+    env = dict(os.environ, TCAST_SOCKET=sock)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(n), path, go, os.path.join(REPO, "python")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for r in range(n)]
+    while not all(os.path.exists(f"{go}.ready{r}") for r in range(n)):
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.01)
+    open(go, "w").close()
+    outs = []
+    for p in procs:
+        so, se = p.communicate(timeout=300)
+        if p.returncode:
+            print(se[-2000:])
+        outs.append(json.loads(so.strip().splitlines()[-1]) if p.returncode == 0 else {"bad": ["rank failed"]})
+    return outs
 
 
 def main():
@@ -139,6 +194,32 @@ def main():
         if all("t0" in o for o in outs):
             span = max(o["t1"] for o in outs) - min(o["t0"] for o in outs)
             print(f"  TP={N}: {sum(o['bytes'] for o in outs) / span / 1e9:.2f} GB/s aggregate (import included)")
+        # 2b. replicated tensors from a sibling rank's view replica
+        tp2 = os.path.join(tmp, "tp2.safetensors")
+        save_file({f"l{i}.w": torch.randn(8192, 1024).to(torch.bfloat16) for i in range(4)}
+                  | {"embed_norm": torch.randn(16 << 20)}, tp2)  # 64 MiB replicated
+        pb = tc.status()["gpu"]["peer"]
+        seq = []
+        for r in range(N):
+            go = os.path.join(tmp, f"go-seq{r}")
+            open(go, "w").close()
+            p = subprocess.run([sys.executable, "-c", RANK, str(r), str(N), tp2, go, os.path.join(REPO, "python")],
+                               capture_output=True, text=True, timeout=300, env=dict(os.environ, TCAST_SOCKET=sock))
+            seq.append(json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"bad": [p.stderr[-500:]]})
+        pa = tc.status()["gpu"]["peer"]
+        check(all(not o["bad"] for o in seq), f"TP={N} one after another: every rank's shards equal torch slicing")
+        print("  peer_bytes per rank:", [o.get("peer_bytes") for o in seq],
+              "part_fills", pa["part_fills"] - pb["part_fills"], "rejected", pa["part_rejected"] - pb["part_rejected"],
+              "seconds per rank:", [round(o["t1"] - o["t0"], 3) for o in seq if "t1" in o])
+        check(pa["part_rejected"] == pb["part_rejected"], "no view part fill was rejected (digests checked on the GPU)")
+        # 2c. view imports straight to the GPUs at once share reads
+        lb = tc.status()["loader"]
+        vi = ranks_at_once(VIEW_RANK, N, tp2, tmp, "vimport", sock)
+        la = tc.status()["loader"]
+        check(all(not o["bad"] for o in vi), f"TP={N} view imports to GPUs: every rank's shards equal torch slicing")
+        shared = la["view_shared_bytes"] - lb["view_shared_bytes"]
+        print(f"  view imports: read {la['read_bytes'] - lb['read_bytes']} bytes, shared {shared} bytes GPU to GPU,",
+              "per rank read:", [o.get("read_bytes") for o in vi])
     tc.shutdown()
     # 3. the e2e harness, each rank on its GPU
     with tempfile.TemporaryDirectory() as tmp:
