@@ -873,6 +873,10 @@ static void vs_ready(struct import_job *j, int rc)
 {
 	if (!j->vs)
 		return;
+	/* Tests: followers find their leader failed (and read themselves)
+	 * while the leader's own import goes on. */
+	if (rc == 0 && tc__failpoint("import_view_lead_fail", j->display))
+		rc = -EIO;
 	pthread_mutex_lock(&j->vs->lock);
 	if (j->vs->state == VS_LOADING) {
 		j->vs->state = rc == 0 ? VS_READY : VS_FAILED;

@@ -308,6 +308,32 @@ def test_concurrent_view_imports_share_reads(tmp_path, n):
         [split_bytes // n + repl_bytes] + [split_bytes // n] * (n - 1))
 
 
+def test_view_import_followers_read_when_the_leader_fails(tmp_path):
+    """Failpoint import_view_lead_fail: each leader tells its followers
+    it failed (its own import goes on).  The followers read the ranges
+    they meant to copy themselves: nothing shared, the replicated tensors
+    read by both ranks, every rank's bytes still the file's."""
+    env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
+           "TCAST_FAILPOINTS": "import_gpu_slow=vw.safetensors,import_view_lead_fail=vw.safetensors"}
+    (tmp_path / "d").mkdir(mode=0o700)
+    d = Daemon(tmp_path / "d", "512MiB", env=env)
+    try:
+        rng = np.random.default_rng(5)
+        arrays = {"w": rng.standard_normal((128, 256)).astype(np.float32),
+                  "norm": rng.standard_normal(32768).astype(np.float32)}
+        path = tmp_path / "vw.safetensors"
+        _write_st(path, arrays)
+        np.savez(tmp_path / "want.npz", **arrays)
+        before = _status(d)["loader"]
+        got = _view_ranks(d, tmp_path, 2, path, tmp_path / "want.npz")
+        after = _status(d)["loader"]
+    finally:
+        d.stop()
+    assert all(g["bad"] == [] for g in got), got
+    assert after["view_shared_bytes"] == before["view_shared_bytes"]
+    assert after["read_bytes"] - before["read_bytes"] == arrays["w"].nbytes + 2 * arrays["norm"].nbytes
+
+
 def test_view_imports_of_replicated_tensors_only(tmp_path):
     """Two ranks whose views hold only replicated tensors (the same
     names, nothing split): the follower keeps one run to read itself (the
