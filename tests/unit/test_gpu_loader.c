@@ -923,6 +923,92 @@ static void test_gpu_loader__xfer_sources_and_sinks(void **state)
 /* A GPU whose hash kernels disagree with the host (a driver's or JIT's
  * bug) never makes a digest: the self-test refuses the kernels, with the
  * reason, and hashing falls back to the host, whose digests are right. */
+/* HOST -> GPU with parts: the ranges the parts name come from another
+ * GPU's allocation (at their own offsets there), the rest from host
+ * memory at the same offsets, pinned (the gaps cross the pinned pieces),
+ * staged or direct; parts out of order are refused. */
+static void test_gpu_loader__xfer_parts(void **state)
+{
+	uint64_t n = (5 << 20) + 123, map = TC_ALIGN_UP(n, 4096);
+	uint8_t *host = mmap(NULL, map, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *back = malloc(n), *other = malloc(n);
+	struct tc__gpu_mem sib, dst;
+	struct tc__gpu_pinning pin;
+	char err[512];
+
+	assert_true(host != MAP_FAILED);
+	for (uint64_t i = 0; i < n; i++) {
+		host[i] = (uint8_t)(i * 131 + (i >> 16));
+		other[i] = (uint8_t)~host[i];
+	}
+	/* GPU 1 holds other bytes, but the parts' ranges of ours: part 0
+	 * (1.5 MiB, across pinned pieces) at 3 MiB there, part 1 at 0. */
+	struct tc__xfer_part parts[2] = {
+		{ .dst_off = (1 << 20) - 100,
+		  .src_off = 3 << 20,
+		  .len = (3 << 19) },
+		{ .dst_off = 4 << 20, .src_off = 0, .len = 200 << 10 },
+	};
+	for (int k = 0; k < 2; k++)
+		memcpy(other + parts[k].src_off, host + parts[k].dst_off,
+		       parts[k].len);
+	tc__gpu_mem_init(&sib);
+	assert_int_equal(tc__gpu_alloc(1, n, 0, &sib, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_write(&sib, 0, other, n, NULL, err,
+					   sizeof(err)),
+			 0);
+	parts[0].src = parts[1].src = &sib;
+	mprotect(host, map, PROT_READ);
+	assert_int_equal(
+		tc__gpu_pin(0, host, map, 1 << 20, &pin, err, sizeof(err)), 0);
+	for (int how = 0; how < 3; how++) { /* pinned, staged, direct */
+		struct tc__xfer x = { .from = TC_XFER_FROM_HOST,
+				      .host = host,
+				      .pin = how == 0 ? &pin : NULL,
+				      .staged = how == 1,
+				      .parts = parts,
+				      .nparts = 2,
+				      .bytes = n,
+				      .to = TC_XFER_TO_GPU,
+				      .gpu_dst = &dst,
+				      .ordinal = 0,
+				      .alloc_bytes = n,
+				      .nthreads = 2 };
+
+		tc__gpu_mem_init(&dst);
+		assert_int_equal(tc__xfer_run(&x, err, sizeof(err)), 0);
+		assert_int_equal(x.part_bytes, parts[0].len + parts[1].len);
+		assert_int_equal(tc__gpu_mem_read(&dst, 0, back, n, NULL, err,
+						  sizeof(err)),
+				 0);
+		assert_memory_equal(back, host, n);
+		tc__gpu_release(&dst);
+	}
+	{
+		struct tc__xfer_part bad[2] = { parts[1], parts[0] };
+		struct tc__xfer x = { .from = TC_XFER_FROM_HOST,
+				      .host = host,
+				      .parts = bad,
+				      .nparts = 2,
+				      .bytes = n,
+				      .to = TC_XFER_TO_GPU,
+				      .gpu_dst = &dst,
+				      .ordinal = 0,
+				      .alloc_bytes = n };
+
+		tc__gpu_mem_init(&dst);
+		assert_int_equal(tc__xfer_run(&x, err, sizeof(err)), TC_EINVAL);
+		assert_non_null(strstr(err, "overlaps"));
+		tc__gpu_release(&dst);
+	}
+	tc__gpu_unpin(&pin);
+	tc__gpu_release(&sib);
+	munmap(host, map);
+	free(back);
+	free(other);
+}
+
 static void test_gpu_loader__hash_kernel_self_test(void **state)
 {
 	const uint64_t n = 5 * (1 << 20) + 77;
@@ -969,6 +1055,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_loader__pin_and_copy_pinned),
 		cmocka_unit_test(test_gpu_loader__no_uring_under_seccomp),
 		cmocka_unit_test(test_gpu_loader__xfer_sources_and_sinks),
+		cmocka_unit_test(test_gpu_loader__xfer_parts),
 	};
 
 	setenv("TCAST_CUDA_LIB", TC_FAKECUDA_PATH, 1);
