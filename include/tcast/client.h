@@ -262,6 +262,10 @@ struct tc_tensor_info {
 /* The whole table at once (ntensors entries), borrowed; for bindings that
  * would otherwise make several calls per tensor. */
 TC_API const struct tc_tensor_info *tc_artifact_tensors(const tc_artifact *a);
+/* Every tensor's name in table order, each followed by a NUL, in one
+ * block of *len bytes (borrowed; tc_tensor_info.name points into it):
+ * a binding splits it once instead of reading ntensors strings. */
+TC_API const char *tc_artifact_names(const tc_artifact *a, uint64_t *len);
 TC_API uint32_t tc_artifact_meta_count(const tc_artifact *a);
 TC_API const char *tc_artifact_meta_key(const tc_artifact *a, uint32_t i);
 TC_API const char *tc_artifact_meta_value(const tc_artifact *a, uint32_t i);

@@ -353,11 +353,16 @@ class _Table:
         infos: List[TensorInfo] = []
         if n:
             raw = ctypes.string_at(lib.tc_artifact_tensors(handle), n * _native.TENSOR_INFO_FORMAT.size)
-            string_at = ctypes.string_at
-            names = [d.name for d in dtypes.DTYPES]
+            dnames = [d.name for d in dtypes.DTYPES]
             new = TensorInfo._make
-            for rec in _native.TENSOR_INFO_FORMAT.iter_unpack(raw):
-                infos.append(new((string_at(rec[0]).decode(), names[rec[1]], rec[5 : 5 + rec[2]], rec[4], rec[3])))
+            # Every name in one block, split once: one ctypes call per
+            # name was ~40% of a fresh process's first 1,000-tensor
+            # tensor_dict on a GPU (bench_fresh_attach.py --profile).
+            ln = ctypes.c_uint64()
+            blob = ctypes.string_at(lib.tc_artifact_names(handle, ctypes.byref(ln)), ln.value)
+            tnames = blob.decode().split("\0")
+            for rec, name in zip(_native.TENSOR_INFO_FORMAT.iter_unpack(raw), tnames):
+                infos.append(new((name, dnames[rec[1]], rec[5 : 5 + rec[2]], rec[4], rec[3])))
         self.infos = infos
         self.index: Dict[str, int] = {t.name: i for i, t in enumerate(infos)}
         self.meta: Dict[str, str] = {}

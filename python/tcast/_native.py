@@ -223,6 +223,7 @@ PROTOTYPES = {
     "tc_artifact_count": (c_uint32, [_p]),
     "tc_artifact_find": (c_int64, [_p, c_char_p]),
     "tc_artifact_tensors": (c_void_p, [_p]),
+    "tc_artifact_names": (c_void_p, [_p, POINTER(c_uint64)]),
     "tc_artifact_meta_count": (c_uint32, [_p]),
     "tc_artifact_meta_key": (c_char_p, [_p, c_uint32]),
     "tc_artifact_meta_value": (c_char_p, [_p, c_uint32]),

@@ -29,7 +29,10 @@ struct tc_artifact {
 	const uint8_t *map;
 	uint64_t map_size;
 	struct tc__table table;
-	struct tc_tensor_info *infos;  /* owned, table.ntensors */
+	struct tc_tensor_info *infos; /* owned, table.ntensors */
+	char *names;		      /* owned: every name, NUL after each,
+					 in table order (infos point here) */
+	uint64_t names_len;
 	int32_t device;		       /* CUDA ordinal here, or -1: host */
 	struct tc__gpu_mem gmem;       /* owned when device >= 0 */
 	char uuid[TC_GPU_UUID_STRLEN]; /* the GPU's UUID when device >= 0 */
@@ -81,11 +84,25 @@ static int read_table(tc_client *c, struct reply *rep, tc_artifact *a,
 		tc__table_release(&a->table);
 		return tc__client_err(c, -ENOMEM, "out of memory");
 	}
-	for (uint32_t i = 0; i < a->table.ntensors; i++) {
+	for (uint32_t i = 0; i < a->table.ntensors; i++)
+		a->names_len += strlen(a->table.tensors[i].name) + 1;
+	a->names = tc__malloc(a->names_len ? a->names_len : 1);
+	if (!a->names) {
+		tc__free(a->infos);
+		a->infos = NULL;
+		tc__table_release(&a->table);
+		return tc__client_err(c, -ENOMEM, "out of memory");
+	}
+	for (uint64_t i = 0, at = 0; i < a->table.ntensors; i++) {
 		const struct tc__tensor *x = &a->table.tensors[i];
 		struct tc_tensor_info *t = &a->infos[i];
+		size_t len = strlen(x->name) + 1;
 
-		t->name = x->name;
+		/* One block for every name: a binding reads them all with
+		 * one call (tc_artifact_names) instead of one per tensor. */
+		memcpy(a->names + at, x->name, len);
+		t->name = a->names + at;
+		at += len;
 		t->dtype = x->dtype;
 		t->ndim = x->ndim;
 		t->offset = x->offset;
@@ -162,6 +179,7 @@ static int attach_host(tc_client *c, const char *ref, int *keep_fd,
 
 out_infos:
 	tc__free(a->infos);
+	tc__free(a->names);
 	tc__table_release(&a->table);
 out_free:
 	/* The daemon counted a lease: give it back. */
@@ -279,6 +297,7 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 
 out_table:
 	tc__free(a->infos);
+	tc__free(a->names);
 	tc__table_release(&a->table);
 out_free:
 	/* The daemon counted a lease or made a binding: give it back. */
@@ -413,6 +432,7 @@ TC_API void tc_artifact_close(tc_artifact *a)
 	tc_client_close(a->c);
 	tc__table_release(&a->table);
 	tc__free(a->infos);
+	tc__free(a->names);
 	tc__free(a);
 }
 
@@ -446,6 +466,12 @@ TC_API int64_t tc_artifact_find(const tc_artifact *a, const char *name)
 TC_API const struct tc_tensor_info *tc_artifact_tensors(const tc_artifact *a)
 {
 	return a->infos;
+}
+
+TC_API const char *tc_artifact_names(const tc_artifact *a, uint64_t *len)
+{
+	*len = a->names_len;
+	return a->names;
 }
 
 TC_API uint32_t tc_artifact_meta_count(const tc_artifact *a)

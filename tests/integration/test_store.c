@@ -162,6 +162,17 @@ static void test_store__put_roundtrip(void **state)
 	assert_int_equal(tc_attach(c, r.id, &a), 0);
 	n = tc_artifact_count(a);
 	info = tc_artifact_tensors(a);
+	/* Every name in one block, in table order, each ended by a NUL. */
+	{
+		uint64_t len, at = 0;
+		const char *names = tc_artifact_names(a, &len);
+
+		for (uint32_t i = 0; i < n; i++) {
+			assert_ptr_equal(info[i].name, names + at);
+			at += strlen(info[i].name) + 1;
+		}
+		assert_int_equal(at, len);
+	}
 	d = descs_of(a);
 	assert_int_equal(tc_put_begin(c, d, n,
 				      "{\"format\":\"pt\",\"note\":\"dtype "
