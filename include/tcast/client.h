@@ -144,9 +144,11 @@ struct tc_tensor_desc {
  * GPU o->device (no host copy): fill it with tc_put_copy_from_device (or
  * any device writes to tc_put_data); commit hashes it in the daemon and
  * keeps it as the artifact's replica on that GPU.  Fill each tensor at
- * tc_put_data(p, i), then commit. `meta_json` is a JSON object of string values
- * or NULL.  On success *out is owned by the caller until tc_put_commit or
- * tc_put_abort. */
+ * tc_put_data(p, i), then commit.  Bytes nobody writes read as zeros, on
+ * a GPU too (the daemon may hand over an allocation it kept: libtcast
+ * zeroes what no copy filled).  `meta_json` is a JSON object of string
+ * values or NULL.  On success *out is owned by the caller until tc_put_commit
+ * or tc_put_abort. */
 TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 			uint32_t n, const char *meta_json,
 			const struct tc_opts *o, tc_put **out);
@@ -263,8 +265,9 @@ struct tc_tensor_info {
  * would otherwise make several calls per tensor. */
 TC_API const struct tc_tensor_info *tc_artifact_tensors(const tc_artifact *a);
 /* Every tensor's name in table order, each followed by a NUL, in one
- * block of *len bytes (borrowed; tc_tensor_info.name points into it):
- * a binding splits it once instead of reading ntensors strings. */
+ * block of *len bytes (len must not be NULL): borrowed, valid until
+ * tc_artifact_close(a); tc_tensor_info.name points into it.  A binding
+ * splits it once instead of reading ntensors strings. */
 TC_API const char *tc_artifact_names(const tc_artifact *a, uint64_t *len);
 TC_API uint32_t tc_artifact_meta_count(const tc_artifact *a);
 TC_API const char *tc_artifact_meta_key(const tc_artifact *a, uint32_t i);

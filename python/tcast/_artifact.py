@@ -358,10 +358,16 @@ class _Table:
             # Every name in one block, split once: one ctypes call per
             # name was ~40% of a fresh process's first 1,000-tensor
             # tensor_dict on a GPU (bench_fresh_attach.py --profile).
-            ln = ctypes.c_uint64()
-            blob = ctypes.string_at(lib.tc_artifact_names(handle, ctypes.byref(ln)), ln.value)
-            tnames = blob.decode().split("\0")
-            for rec, name in zip(_native.TENSOR_INFO_FORMAT.iter_unpack(raw), tnames):
+            recs = list(_native.TENSOR_INFO_FORMAT.iter_unpack(raw))
+            if "tc_artifact_names" in _native.unavailable:  # an older libtcast
+                tnames = [ctypes.string_at(rec[0]).decode() for rec in recs]
+            else:
+                ln = ctypes.c_uint64()
+                blob = ctypes.string_at(lib.tc_artifact_names(handle, ctypes.byref(ln)), ln.value)
+                tnames = blob.decode().split("\0")
+                if len(tnames) != n + 1:
+                    raise errors.ProtocolError(f"the artifact's names block holds {len(tnames) - 1} names for {n} tensors")
+            for rec, name in zip(recs, tnames):
                 infos.append(new((name, dnames[rec[1]], rec[5 : 5 + rec[2]], rec[4], rec[3])))
         self.infos = infos
         self.index: Dict[str, int] = {t.name: i for i, t in enumerate(infos)}

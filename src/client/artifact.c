@@ -84,6 +84,7 @@ static int read_table(tc_client *c, struct reply *rep, tc_artifact *a,
 		tc__table_release(&a->table);
 		return tc__client_err(c, -ENOMEM, "out of memory");
 	}
+	a->names_len = 0;
 	for (uint32_t i = 0; i < a->table.ntensors; i++)
 		a->names_len += strlen(a->table.tensors[i].name) + 1;
 	a->names = tc__malloc(a->names_len ? a->names_len : 1);

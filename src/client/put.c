@@ -54,6 +54,13 @@ struct tc_put {
 	 * copy). */
 	struct tc__digest *dig;
 	bool data_out; /* tc_put_data handed out a pointer */
+	/* GPU puts into an allocation the daemon kept (CREATE_GPU says so):
+	 * its old bytes are zeroed wherever the caller does not write, as
+	 * in a new allocation -- all of it before a device pointer goes
+	 * out, else the tensors no copy filled, at the commit. */
+	bool reused, zeroed;
+	uint8_t *copied; /* per tensor: filled by tc_put_copy_from_device */
+	int zero_rc;	 /* a failed zeroing, returned by the commit */
 	/* tc_put_write's two ways (way_pick): calls chosen, running ns per
 	 * MiB as the callers saw them, and the cheaper so far. */
 	pthread_mutex_t way_mu;
@@ -230,6 +237,11 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 	p->device = -1;
 	p->fd = -1;
 	if (gpu) {
+		uint8_t reused = 0;
+
+		/* Absent from an older daemon's reply: a new allocation. */
+		if (tc__cur_read_u8(&rep.body, &reused) == 0)
+			p->reused = reused == 1;
 		rc = tc__gpu_import(o->device, rep.fds[0], p->map_size, 0,
 				    &p->gmem, err, sizeof(err));
 		if (rc < 0) {
@@ -288,6 +300,40 @@ out_reply:
 	return rc;
 }
 
+/*
+ * The tensors of a kept allocation that no copy filled, zeroed: at the
+ * first device pointer handed out (before the caller may write through
+ * it) or at the commit, whichever comes first.  Not after a fused copy
+ * of every tensor, which wrote them all (padding included); the daemon
+ * zeroes the padding otherwise.
+ */
+static int zero_unwritten(tc_put *p)
+{
+	struct tc__gpu_stream *s = NULL;
+	char err[256];
+	int rc;
+
+	if (!p->reused || p->zeroed || p->dig)
+		return p->zero_rc;
+	p->zeroed = true;
+	rc = tc__gpu_stream_create(p->device, &s, err, sizeof(err));
+	for (uint32_t i = 0; rc == 0 && i < p->table.ntensors; i++) {
+		const struct tc__tensor *x = &p->table.tensors[i];
+
+		if (x->nbytes && !(p->copied && p->copied[i]))
+			rc = tc__gpu_memset8(p->device,
+					     p->gmem.dptr + x->offset, 0,
+					     x->nbytes, s, err, sizeof(err));
+	}
+	if (s) {
+		if (rc == 0)
+			rc = tc__gpu_stream_sync(s, err, sizeof(err));
+		tc__gpu_stream_free(s);
+	}
+	p->zero_rc = rc < 0 ? tc__client_err(p->c, rc, err) : 0;
+	return p->zero_rc;
+}
+
 TC_API void *tc_put_data(tc_put *p, uint32_t i)
 {
 	if (i >= p->table.ntensors)
@@ -298,6 +344,9 @@ TC_API void *tc_put_data(tc_put *p, uint32_t i)
 		p->data_out = true;
 		tc__free(p->dig);
 		p->dig = NULL;
+		if (p->reused && !p->zeroed && zero_unwritten(p) < 0)
+			tc__log(TC_LOG_WARN, "GPU put: %s",
+				tc_client_errmsg(p->c));
 		return (void *)(uintptr_t)(p->gmem.dptr +
 					   p->table.tensors[i].offset);
 	}
@@ -331,7 +380,8 @@ TC_API uint64_t tc_put_offset(const tc_put *p, uint32_t i)
  * the other way one call in WAY_EXPLORE to keep its figure current.
  */
 enum { WAY_FILE, WAY_MAP };
-#define WAY_EXPLORE 16
+#define WAY_EXPLORE   16
+#define WAY_MIN_BYTES ((uint64_t)256 << 10) /* smaller writes teach nothing */
 
 /* Which way the next tc_put_write of p takes. */
 static int way_pick(tc_put *p)
@@ -360,6 +410,9 @@ static int way_pick(tc_put *p)
 /* A write of n bytes took ns by way w: its running cost per MiB. */
 static void way_done(tc_put *p, int w, uint64_t n, uint64_t ns)
 {
+	/* A small write is its call's fixed cost, not the way's rate. */
+	if (n < WAY_MIN_BYTES)
+		return;
 	double per = (double)ns * (double)(1 << 20) / (double)(n ? n : 1);
 	double file_ns = 0, map_ns = 0;
 	bool said = false;
@@ -569,6 +622,14 @@ TC_API int tc_put_copy_from_device(tc_put *p, uint32_t n, const uint32_t *index,
 				 index[k], p->table.ntensors);
 			return tc__client_err(p->c, TC_EINVAL, err);
 		}
+	if (p->reused && !p->copied) {
+		p->copied = tc__calloc(
+			p->table.ntensors ? p->table.ntensors : 1, 1);
+		if (!p->copied)
+			return tc__client_err(p->c, -ENOMEM, "out of memory");
+	}
+	for (uint32_t k = 0; p->copied && k < n; k++)
+		p->copied[index[k]] = 1;
 	tc__free(p->dig);
 	p->dig = NULL;
 	rc = copy_hash_all(p, n, index, src);
@@ -608,6 +669,7 @@ static void put_free(tc_put *p)
 	if (p->fd >= 0)
 		close(p->fd);
 	tc__free(p->touched);
+	tc__free(p->copied);
 	tc__free(p->dig);
 	tc__gpu_release(&p->gmem);
 	tc__table_release(&p->table);
@@ -644,12 +706,15 @@ TC_API int tc_put_commit(tc_put *p, struct tc_result *res)
 	struct reply rep;
 	int rc;
 
+	/* A failed zeroing takes the failed seal's way out (ABORT). */
+	rc = p->device >= 0 ? zero_unwritten(p) : 0;
 	if (p->map)
 		munmap(p->map, p->map_size);
 	p->map = NULL;
 	/* Our writable mapping goes before the seal, as with a memfd. */
 	tc__gpu_release(&p->gmem);
-	rc = send_handle(p, TC_MSG_SEAL, &rep);
+	if (rc == 0)
+		rc = send_handle(p, TC_MSG_SEAL, &rep);
 	if (rc == 0) {
 		rc = tc__client_read_result(p->c, &rep, res);
 		reply_release(&rep);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "common/alloc.h"
+#include "common/failpoint.h"
 #include "common/compiler.h"
 #include "common/log.h"
 #include "config.h"
@@ -63,7 +64,11 @@
  * bandwidth: they take the host replica (or the sibling, when there is
  * no host replica) and teach nothing. */
 #define GT_PROBE_BYTES ((uint64_t)64 << 20)
-#define GT_PROBE_MIN   ((uint64_t)256 << 10)
+/* How long a GPU's spare allocation waits for a put of its size before
+ * it is released (a weight publisher puts every few seconds to minutes;
+ * memory another program wants back after an rm should not wait longer). */
+#define GT_SPARE_HOLD_MS 60000
+#define GT_PROBE_MIN	 ((uint64_t)256 << 10)
 /* Sibling views one fill copies parts from, at most (view parts below). */
 #define GT_PART_SRCS 8
 
@@ -299,6 +304,7 @@ static void spare_keep(struct tc__gpu_tier *t, struct tc__gpu_dev *d,
 			tc__replica_ready(&sp->base);
 			tc__replica_age(&sp->base); /* the first victim */
 			d->spare = sp;
+			d->spare_since_ms = tc__now_ms();
 			d->spares_kept++;
 			return;
 		}
@@ -334,6 +340,7 @@ static bool spare_take(struct tc__gpu_dev *d, uint64_t bytes,
  * allocation may become the device's spare. */
 static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 {
+	struct tc__gpu_dev *d = r->dev;
 	struct tc__gpu_mem keep;
 
 	if (!replica_ready(r) || r->no_reuse) {
@@ -341,12 +348,8 @@ static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 		return;
 	}
 	tc__gpu_mem_init(&keep);
-	{
-		struct tc__gpu_dev *d = r->dev;
-
-		replica_free_keep(t, r, &keep);
-		spare_keep(t, d, &keep);
-	}
+	replica_free_keep(t, r, &keep);
+	spare_keep(t, d, &keep);
 }
 
 /* A victim chosen by the device's tier (tc__tier_evict: unleased, ready,
@@ -1692,8 +1695,20 @@ void tc__gpu_tier_copy_end(struct tc__gpu_tier *t)
 
 void tc__gpu_tier_tick(struct tc__gpu_tier *t)
 {
-	if (t)
-		pin_resume(t);
+	uint64_t now, hold = GT_SPARE_HOLD_MS;
+	char v[32];
+
+	if (!t)
+		return;
+	pin_resume(t);
+	/* A spare nobody took gives its GPU memory back: `tcast rm` frees
+	 * memory for other programs on that GPU within GT_SPARE_HOLD_MS. */
+	now = tc__now_ms();
+	if (tc__failpoint_arg("gpu_spare_hold_ms", v, sizeof(v)))
+		hold = strtoull(v, NULL, 10); /* tests: not a minute */
+	for (int i = 0; i < t->ndev; i++)
+		if (t->devs[i].spare && now - t->devs[i].spare_since_ms > hold)
+			spare_drop(&t->devs[i]);
 }
 
 static void pin_later(struct tc__gpu_tier *t, struct tc__obj *o, int ordinal)

@@ -66,10 +66,13 @@ struct tc__gpu_dev {
 	 * LRU's tail: charged like any other, the first victim.  At most
 	 * one; NULL when none (or gpu_spare is off). */
 	struct tc__gpu_replica *spare;
-	uint64_t spares_kept, spares_used;
-	uint32_t nreplicas; /* replicas here, filling or ready,
-			       bindings included */
-	bool touched;	    /* a context exists (we allocated here) */
+	uint64_t spare_since_ms; /* when it was kept (dropped unused after
+				    GT_SPARE_HOLD_MS) */
+	uint64_t spares_kept;	 /* allocations kept as the spare */
+	uint64_t spares_used;	 /* of which taken by a put or a fill */
+	uint32_t nreplicas;	 /* replicas here, filling or ready,
+				    bindings included */
+	bool touched;		 /* a context exists (we allocated here) */
 };
 
 /*

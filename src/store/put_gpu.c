@@ -278,6 +278,9 @@ static int gput_reply(struct conn *c, const struct req *r, void *arg)
 	tc__buf_put_u64(&c->out, p->handle);
 	tc__buf_put_u64(&c->out, p->mem.size);
 	tc__proto_put_table(&c->out, &p->o->table);
+	/* 1: a kept allocation, holding old bytes: the client zeroes what
+	 * it does not write (older clients stop reading before it). */
+	tc__buf_put_u8(&c->out, p->spare ? 1 : 0);
 	if (tc__srv_reply_fds(c, off, &p->mem.fd, 1, false) < 0) {
 		c->out.len = off;
 		/* No put the client could not name. */

@@ -170,11 +170,11 @@ int tc__replica_set_private(struct tc__replica *r);
 
 /* Used now: last_use, and to the LRU's head when READY. */
 void tc__replica_touch(struct tc__replica *r);
-/* Take one lease (and touch): FILLING, READY or EVICTING.  0 or
- * TC_EINVAL. */
 /* As if never used: r goes to the LRU's tail, the next victim (a GPU
  * tier's spare allocation, which holds no artifact). */
 void tc__replica_age(struct tc__replica *r);
+/* Take one lease (and touch): FILLING, READY or EVICTING.  0 or
+ * TC_EINVAL. */
 int tc__replica_lease(struct tc__replica *r);
 /* Drop one lease.  Returns the leases left, or TC_EINVAL when none was
  * held. */

@@ -1952,6 +1952,7 @@ static void test_gpu_tier__put_reuses_spare(void **state)
 	const long long G = 2 * MiB; /* the fake's granularity */
 	const uint64_t n1 = MiB + 100, n2 = 3 * MiB;
 	struct tc_result ra, rb, rh, rc, rf;
+	long long used1;
 	char h1[65], h2[65];
 	tc_artifact *a;
 	tc_client *c;
@@ -1989,46 +1990,88 @@ static void test_gpu_tier__put_reuses_spare(void **state)
 	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
 	assert_int_equal(gpu_stat(c, 0, "spare.kept"), 2);
 
-	/* Tensors copied one by one (no fused copy: the daemon hashes)
-	 * into a kept allocation whose padding held other bytes: the
-	 * padding is zeroed first, so the id is still the one a host put
-	 * of the same tensors gets. */
+	/* A kept allocation's old bytes never reach a new artifact: the
+	 * daemon zeroes the padding between tensors it hashes, the client
+	 * the tensors nobody wrote -- so each put below, of tensors x, y
+	 * and z written in some ways and not others, gets the id a host put
+	 * of the same bytes (zeros where unwritten) gets.  Before each, the
+	 * spare is filled with 0xee everywhere (one tensor, no padding). */
 	{
-		uint64_t sz[3] = { 1000, 1000, 1000 };
+		enum { BY_DATA, ONLY_Y_DATA, ONLY_Y_COPY, NWAYS };
+		uint64_t sz[3] = { 1000, 1000, 1000 }, big = 4096;
 		struct tc_tensor_desc d3[3] = { { "x", TC_DTYPE_U8, 1, &sz[0] },
 						{ "y", TC_DTYPE_U8, 1, &sz[1] },
 						{ "z", TC_DTYPE_U8, 1,
 						  &sz[2] } };
+		struct tc_tensor_desc d1 = { "w", TC_DTYPE_U8, 1, &big };
 		struct tc_opts o = { .field_mask = TC_OPT_DEVICE, .device = 0 };
-		struct tc_result rg, rh3;
-		tc_put *p;
+		struct tc_opts h = { 0 };
+		struct tc__gpu_mem src;
+		uint8_t ybytes[1000];
+		char err[256];
 
-		assert_int_equal(tc_put_begin(c, d3, 3, NULL, &o, &p), 0);
-		/* Everything from the first tensor on, padding included. */
-		memset(tc_put_data(p, 0), 0xee, 4096);
-		assert_int_equal(tc_put_commit(p, &rg), 0);
-		assert_int_equal(tc_rm(c, rg.id), 0);
-		assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
-		assert_int_equal(tc_put_begin(c, d3, 3, NULL, &o, &p), 0);
-		assert_int_equal(gpu_stat(c, 0, "spare.used"), 3);
-		for (uint32_t i = 0; i < 3; i++)
-			memset(tc_put_data(p, i), 0x11 + (int)i, 1000);
-		assert_int_equal(tc_put_commit(p, &rg), 0);
-		o.field_mask = 0;
-		assert_int_equal(tc_put_begin(c, d3, 3, NULL, &o, &p), 0);
-		for (uint32_t i = 0; i < 3; i++)
-			memset(tc_put_data(p, i), 0x11 + (int)i, 1000);
-		assert_int_equal(tc_put_commit(p, &rh3), 0);
-		assert_string_equal(rh3.id, rg.id);
-		assert_int_equal(tc_rm(c, rg.id), 0);
-		assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
-		assert_int_equal(gpu_stat(c, 0, "spare.kept"), 4);
+		memset(ybytes, 0x22, sizeof(ybytes));
+		tc__gpu_mem_init(&src);
+		assert_int_equal(tc__gpu_alloc(0, G, 0, &src, err, sizeof(err)),
+				 0);
+		assert_int_equal(tc__gpu_mem_write(&src, 0, ybytes,
+						   sizeof(ybytes), NULL, err,
+						   sizeof(err)),
+				 0);
+		for (int way = 0; way < NWAYS; way++) {
+			long long used0 = gpu_stat(c, 0, "spare.used");
+			struct tc_result rg, rh3;
+			tc_put *p;
+
+			assert_int_equal(tc_put_begin(c, &d1, 1, NULL, &o, &p),
+					 0);
+			memset(tc_put_data(p, 0), 0xee, (size_t)big);
+			assert_int_equal(tc_put_commit(p, &rg), 0);
+			assert_int_equal(tc_rm(c, rg.id), 0);
+			assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+
+			assert_int_equal(tc_put_begin(c, d3, 3, NULL, &o, &p),
+					 0);
+			assert_int_equal(gpu_stat(c, 0, "spare.used"),
+					 used0 + 2);
+			if (way == BY_DATA) {
+				for (uint32_t i = 0; i < 3; i++)
+					memset(tc_put_data(p, i), 0x21 + (int)i,
+					       1000);
+			} else if (way == ONLY_Y_DATA) {
+				memset(tc_put_data(p, 1), 0x22, 1000);
+			} else {
+				uint32_t idx = 1;
+				uint64_t at = src.dptr;
+
+				assert_int_equal(tc_put_copy_from_device(
+							 p, 1, &idx, &at),
+						 0);
+			}
+			assert_int_equal(tc_put_commit(p, &rg), 0);
+			assert_int_equal(tc_put_begin(c, d3, 3, NULL, &h, &p),
+					 0);
+			for (uint32_t i = 0; i < 3; i++)
+				memset(tc_put_data(p, i),
+				       way == BY_DATA ? 0x21 + (int)i :
+				       i == 1	      ? 0x22 :
+							0,
+				       1000);
+			assert_int_equal(tc_put_commit(p, &rh3), 0);
+			if (strcmp(rh3.id, rg.id))
+				fail_msg("way %d: GPU put %s, host put %s", way,
+					 rg.id, rh3.id);
+			assert_int_equal(tc_rm(c, rg.id), 0);
+			assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+		}
+		tc__gpu_release(&src);
 	}
 
 	/* Another size fits beside it and leaves it alone ... */
+	used1 = gpu_stat(c, 0, "spare.used");
 	put_gpu_fill(c, n2, 0xc3, &rc, true);
 	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
-	assert_int_equal(gpu_stat(c, 0, "spare.used"), 3);
+	assert_int_equal(gpu_stat(c, 0, "spare.used"), used1);
 	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
 	/* ... and when room is needed it goes first, before C, which is
 	 * older than nothing but the spare. */
@@ -2039,6 +2082,26 @@ static void test_gpu_tier__put_reuses_spare(void **state)
 	a = attach_gpu_ok(c, rc.id, 0);
 	tc_artifact_close(a);
 	tc_client_close(c);
+
+	/* A spare nobody takes goes after a while (a minute; here, with
+	 * the failpoint, half a second): rm gives the memory back. */
+	{
+		const char *const env[] = { "TC_FAKECUDA_DEVICES=2",
+					    "TCAST_FAILPOINTS="
+					    "gpu_spare_hold_ms=500",
+					    NULL };
+
+		daemon_start(env, NULL);
+		c = t_connect(D.sock);
+		put_gpu_fill(c, n1, 0xa1, &ra, true);
+		assert_int_equal(tc_rm(c, ra.id), 0);
+		assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+		for (int i = 0; i < 400 && gpu_stat(c, 0, "spare.bytes"); i++)
+			usleep(10000);
+		assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+		assert_int_equal(gpu_stat(c, 0, "spare.kept"), 1);
+		tc_client_close(c);
+	}
 
 	daemon_start(fake_env, "--set", "gpu_spare=off", NULL);
 	c = t_connect(D.sock);
