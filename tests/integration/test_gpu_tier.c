@@ -1493,15 +1493,16 @@ static void test_gpu_tier__sibling_gpu_source(void **state)
 
 /* The probe is fair: whichever source copies first into the new replica
  * pays the first write into fresh memory (TC_FAKECUDA_GBPS fresh=: the
- * fake's first touch of a page, 40x slower here).  Host copies at 2 GB/s
- * beat peer copies at 1, so the host replica must serve; a probe that
+ * fake's first touch of a page, 80x slower here).  Host copies at 4 GB/s
+ * beat peer copies at 0.5 (8x: under ASan the host path's own work must
+ * not close the gap), so the host replica must serve; a probe that
  * timed one round, host first, saw the host at the fresh rate and chose
  * the sibling. */
 static void test_gpu_tier__probe_is_fair(void **state)
 {
 	static const char *const env[] = {
 		"TC_FAKECUDA_DEVICES=2",
-		"TC_FAKECUDA_GBPS=htod=2,peer=1,fresh=0.05", NULL
+		"TC_FAKECUDA_GBPS=htod=4,peer=0.5,fresh=0.05", NULL
 	};
 	char id[TC_ID_BUFLEN], buf[32], link[32], ch[32];
 	tc_artifact *a;
