@@ -163,6 +163,21 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Wait on p->cv (mu held) for at most `ms` milliseconds. */
+static void wait_ms(struct pull *p, long ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (ms % 1000) * 1000000l;
+	if (ts.tv_nsec >= 1000000000l) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000l;
+	}
+	pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+}
+
 /* Drop source `src` (mu held): its streams stop at their next chunk. */
 static void drop_source(struct pull *p, int src, const char *why)
 {
@@ -409,17 +424,8 @@ static void hold_verify(struct pull *p)
 	p->held = p->holding = true;
 	while ((uint64_t)p->vlen <
 		       TC_MIN((uint64_t)p->vcap, p->nwant - p->ndone) &&
-	       p->nlive > 0 && !p->fatal && tc__now_ns() < until) {
-		struct timespec ts;
-
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += TC_PULL_TICK_MS * 1000000l;
-		if (ts.tv_nsec >= 1000000000l) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000l;
-		}
-		pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-	}
+	       p->nlive > 0 && !p->fatal && tc__now_ns() < until)
+		wait_ms(p, TC_PULL_TICK_MS);
 	tc__log(TC_LOG_WARN,
 		"pull %s: verify held (failpoint): %d chunks received, none "
 		"verified, buffering for %d",
@@ -648,15 +654,7 @@ static void *stream_main(void *arg)
 			}
 		}
 		if (!retiring && nq == 0 && held_back(p, now)) {
-			struct timespec ts;
-
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += TC_PULL_TICK_MS * 1000000l;
-			if (ts.tv_nsec >= 1000000000l) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000l;
-			}
-			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+			wait_ms(p, TC_PULL_TICK_MS);
 			pthread_mutex_unlock(&p->mu);
 			continue;
 		}
@@ -710,15 +708,7 @@ static void *stream_main(void *arg)
 				 * wait for its answer. */
 				ps->have_ns = now;
 			} else {
-				struct timespec ts;
-
-				clock_gettime(CLOCK_MONOTONIC, &ts);
-				ts.tv_nsec += TC_PULL_HAVE_MS * 1000000l;
-				if (ts.tv_nsec >= 1000000000l) {
-					ts.tv_sec++;
-					ts.tv_nsec -= 1000000000l;
-				}
-				pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+				wait_ms(p, TC_PULL_HAVE_MS);
 			}
 			pthread_mutex_unlock(&p->mu);
 			if (ask)
@@ -1134,7 +1124,6 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 
 	pthread_mutex_lock(&p->mu);
 	while (p->nlive > 0 || p->nverifying > 0) {
-		struct timespec ts;
 		uint64_t nb = 0, na = 0;
 		int nd = ndropped(p);
 
@@ -1176,14 +1165,8 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 			pthread_mutex_lock(&p->mu);
 			continue;
 		}
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += TC_PULL_TICK_MS * 1000000l;
-		if (ts.tv_nsec >= 1000000000l) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000l;
-		}
 		if (!p->nfresh && !p->nasked)
-			pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+			wait_ms(p, TC_PULL_TICK_MS);
 	}
 	pthread_mutex_unlock(&p->mu);
 	tc__free(batch);
