@@ -65,7 +65,7 @@ struct gpu_put {
 static void gput_free(struct server *s, struct gpu_put *p)
 {
 	tc__srv_persist_end(s, &p->persist); /* its disk copy's fill */
-	tc__gpu_release_later(&p->mem); /* off the loop: ~5 ms per 8 GiB */
+	tc__gpu_release_later(&p->mem);	     /* off the loop: ~5 ms per 8 GiB */
 	tc__free(p->dig);
 	tc__gpu_tier_fill_drop(s->gpu, &p->fill);
 	tc__obj_free(p->o);
