@@ -246,6 +246,39 @@ def pipeline(nthreads, win):
     return size / dt / 1e9
 
 
+def stage_front(claim_front, unit):
+    """One staging thread of the loader's way: claims 4 MiB units from the
+    front, copies each from the mapping into one of two pinned buffers and
+    DMAs it behind the copy (its own stream); returns when none is left."""
+    ck("cuCtxSetCurrent", ctx)
+    s = ctypes.c_void_p()
+    ck("cuStreamCreate", ctypes.byref(s), 1)
+    slots = []
+    for _ in range(2):
+        hp, ev = ctypes.c_void_p(), ctypes.c_void_p()
+        ck("cuMemAllocHost_v2", ctypes.byref(hp), ctypes.c_size_t(unit))
+        ck("cuEventCreate", ctypes.byref(ev), 2)
+        slots.append([hp, ev, False])
+    i = 0
+    while True:
+        k = claim_front()
+        if k is None:
+            break
+        sl = slots[i % 2]
+        i += 1
+        if sl[2]:
+            ck("cuEventSynchronize", sl[1])
+        ctypes.memmove(sl[0], base + k * unit, unit)
+        ck("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(dptr.value + k * unit), sl[0], ctypes.c_size_t(unit), s)
+        ck("cuEventRecord", sl[1], s)
+        sl[2] = True
+    ck("cuStreamSynchronize", s)
+    for hp, ev, _ in slots:
+        ck("cuMemFreeHost", hp)
+        ck("cuEventDestroy_v2", ev)
+    ck("cuStreamDestroy_v2", s)
+
+
 def hybrid(nstage, lane_win):
     """The loader's way (staging threads copy 4 MiB units from the mapping
     into pinned buffers, each DMA'd behind its copy) with, when lane_win,
@@ -276,34 +309,7 @@ def hybrid(nstage, lane_win):
 
     def stager(t):
         try:
-            ck("cuCtxSetCurrent", ctx)
-            s = ctypes.c_void_p()
-            ck("cuStreamCreate", ctypes.byref(s), 1)
-            slots = []
-            for _ in range(2):
-                hp, ev = ctypes.c_void_p(), ctypes.c_void_p()
-                ck("cuMemAllocHost_v2", ctypes.byref(hp), ctypes.c_size_t(unit))
-                ck("cuEventCreate", ctypes.byref(ev), 2)
-                slots.append([hp, ev, False])
-            i = 0
-            while True:
-                k = claim_front()
-                if k is None:
-                    break
-                sl = slots[i % 2]
-                i += 1
-                if sl[2]:
-                    ck("cuEventSynchronize", sl[1])
-                ctypes.memmove(sl[0], base + k * unit, unit)
-                ck("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(dptr.value + k * unit), sl[0],
-                   ctypes.c_size_t(unit), s)
-                ck("cuEventRecord", sl[1], s)
-                sl[2] = True
-            ck("cuStreamSynchronize", s)
-            for hp, ev, _ in slots:
-                ck("cuMemFreeHost", hp)
-                ck("cuEventDestroy_v2", ev)
-            ck("cuStreamDestroy_v2", s)
+            stage_front(claim_front, unit)
         except Exception as e:  # noqa: BLE001
             errs.append(e)
 
@@ -421,32 +427,7 @@ if args.lane_process:
             done.append(serve_child())
 
         def stager():
-            ck("cuCtxSetCurrent", ctx)
-            st = ctypes.c_void_p()
-            ck("cuStreamCreate", ctypes.byref(st), 1)
-            slots = []
-            for _ in range(2):
-                hp, ev = ctypes.c_void_p(), ctypes.c_void_p()
-                ck("cuMemAllocHost_v2", ctypes.byref(hp), ctypes.c_size_t(unit))
-                ck("cuEventCreate", ctypes.byref(ev), 2)
-                slots.append([hp, ev, False])
-            i = 0
-            while True:
-                k = claim_front()
-                if k is None:
-                    break
-                sl = slots[i % 2]
-                i += 1
-                if sl[2]:
-                    ck("cuEventSynchronize", sl[1])
-                ctypes.memmove(sl[0], base + k * unit, unit)
-                ck("cuMemcpyHtoDAsync_v2", ctypes.c_uint64(dptr.value + k * unit), sl[0], ctypes.c_size_t(unit), st)
-                ck("cuEventRecord", sl[1], st)
-                sl[2] = True
-            ck("cuStreamSynchronize", st)
-            for hp, ev, _ in slots:
-                ck("cuMemFreeHost", hp)
-                ck("cuEventDestroy_v2", ev)
+            stage_front(claim_front, unit)
 
         th = [threading.Thread(target=stager) for _ in range(nstage)]
         srv = threading.Thread(target=server)

@@ -155,14 +155,6 @@ struct stream {
 	bool started;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Wait on p->cv (mu held) for at most `ms` milliseconds. */
 static void wait_ms(struct pull *p, long ms)
 {
@@ -1306,7 +1298,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 		goto out;
 	if (o->sink.serve)
 		o->sink.serve(o->sink.arg, p.man.id, p.man.chunks, p.n);
-	t0 = now_ns();
+	t0 = tc__now_ns();
 	p.progress_ns = tc__now_ns();
 	if (getrandom(&p.start, sizeof(p.start), GRND_NONBLOCK) !=
 	    sizeof(p.start))
@@ -1366,7 +1358,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	for (int i = 0; i < ns; i++)
 		pthread_join(sm[i].th, NULL);
 	stop_verifiers(&p);
-	res->ns = now_ns() - t0;
+	res->ns = tc__now_ns() - t0;
 	rc = 0;
 	if (p.fatal) {
 		rc = p.fatal;

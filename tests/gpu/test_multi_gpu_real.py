@@ -169,22 +169,7 @@ def main():
         save_file({f"l{i}.w": torch.randn(8192, 1024).to(torch.bfloat16) for i in range(16)}
                   | {f"l{i}.norm": torch.randn(1024) for i in range(16)}, tp)
         before = tc.status()["loader"]
-        go = os.path.join(tmp, "go")
-        env = dict(os.environ, TCAST_SOCKET=sock)
-        procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(N), tp, go, os.path.join(REPO, "python")],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for r in range(N)]
-        while not all(os.path.exists(f"{go}.ready{r}") for r in range(N)):
-            if any(p.poll() is not None for p in procs):
-                break
-            time.sleep(0.01)
-        open(go, "w").close()
-        outs = []
-        for p in procs:
-            so, se = p.communicate(timeout=300)
-            if p.returncode:
-                print(se[-2000:])
-            outs.append(json.loads(so.strip().splitlines()[-1]) if p.returncode == 0 else {"bad": ["rank failed"]})
+        outs = ranks_at_once(RANK, N, tp, tmp, "tp", sock)
         after = tc.status()["loader"]
         check(all(not o["bad"] for o in outs), f"TP={N}: every rank's shards equal torch slicing, each on its GPU")
         size = os.path.getsize(tp)

@@ -2082,6 +2082,22 @@ static void test_gpu_tier__put_reuses_spare(void **state)
 	assert_int_equal(gpu_stat(c, 0, "replicas"), 2);
 	a = attach_gpu_ok(c, rc.id, 0);
 	tc_artifact_close(a);
+	/* Full now, with no spare: a put of F's size takes F's allocation
+	 * (the least recently used, unleased), and still gets the id of its
+	 * own bytes. */
+	{
+		long long reused0 = gpu_stat(c, 0, "reused_allocations");
+		struct tc_result rv, rvh;
+		tc_artifact *x;
+
+		put_gpu_fill(c, n2, 0x55, &rv, true);
+		assert_int_equal(gpu_stat(c, 0, "reused_allocations"),
+				 reused0 + 1);
+		assert_int_equal(gpu_stat(c, 0, "replicas"), 2);
+		assert_int_equal(tc_attach(c, rf.id, &x), TC_ENOTFOUND);
+		put_gpu_fill(c, n2, 0x55, &rvh, false);
+		assert_string_equal(rvh.id, rv.id);
+	}
 	tc_client_close(c);
 
 	/* A spare nobody takes goes after a while (a minute; here, with

@@ -95,11 +95,13 @@ def _status(d: Daemon):
     return json.loads(p.stdout)
 
 
-def _run_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path):
-    go = tmp / f"go{n}"
+def _start_ranks(d: Daemon, go: Path, n: int, script: str, *args: str):
+    """n rank processes of `script` (argv: rank, n, *args), started together
+    once all are ready (they wait for the file `go`); their last stdout
+    lines, as JSON, in rank order."""
     e = dict(os.environ, TCAST_SOCKET=d.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
              PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(r), str(n), str(path), str(go), str(want)],
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r), str(n), *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
              for r in range(n)]
     deadline = time.monotonic() + 120
@@ -114,6 +116,11 @@ def _run_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path):
         assert p.returncode == 0, se
         out.append(json.loads(so.strip().splitlines()[-1]))
     return out
+
+
+def _run_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path):
+    go = tmp / f"go{n}"
+    return _start_ranks(d, go, n, RANK, str(path), str(go), str(want))
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -246,23 +253,7 @@ print(json.dumps({"bad": bad, "read_bytes": r.read_bytes, "id": r.artifact_id}))
 
 def _view_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path, *extra: str):
     go = tmp / "go"
-    e = dict(os.environ, TCAST_SOCKET=d.socket, TCAST_CUDA_LIB=fakecuda_lib(), TC_FAKECUDA_DEVICES="4",
-             PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, "-c", VIEW_RANK, str(r), str(n), str(path), str(go), str(want),
-                               *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
-             for r in range(n)]
-    deadline = time.monotonic() + 120
-    while not all(Path(f"{go}.ready{r}").exists() for r in range(n)):
-        assert time.monotonic() < deadline, "ranks did not start"
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.01)
-    go.touch()
-    got = []
-    for p in procs:
-        so, se = p.communicate(timeout=120)
-        assert p.returncode == 0, se
-        got.append(json.loads(so.strip().splitlines()[-1]))
-    return got
+    return _start_ranks(d, go, n, VIEW_RANK, str(path), str(go), str(want), *extra)
 
 
 @pytest.mark.parametrize("n", [2, 4])
