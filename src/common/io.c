@@ -2,9 +2,13 @@
  * io.c - whole-length pread and pwrite; page tables populated in slices.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/types.h>
@@ -153,4 +157,107 @@ int tc__copy_fd(int out_fd, int in_fd, uint64_t in_off, uint64_t n)
 		n -= (uint64_t)w;
 	}
 	return 0;
+}
+
+/* ------------------------------------------------------------ huge pages */
+
+static pthread_once_t huge_once = PTHREAD_ONCE_INIT;
+static size_t huge_pmd = (size_t)2 << 20;
+static _Atomic int huge_allowed = -1; /* -1: not set, TCAST_HUGE_PAGES */
+
+/* The bracketed word of a sysfs choice file ("always [advise] never"),
+ * or false when the file is absent or unreadable. */
+static bool sysfs_choice(const char *path, char *out, size_t outlen)
+{
+	char buf[256], *lb, *rb;
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (!f)
+		return false;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	lb = strchr(buf, '[');
+	rb = lb ? strchr(lb, ']') : NULL;
+	if (!rb || (size_t)(rb - lb - 1) >= outlen)
+		return false;
+	memcpy(out, lb + 1, (size_t)(rb - lb - 1));
+	out[rb - lb - 1] = '\0';
+	return true;
+}
+
+#define THP_SYSFS "/sys/kernel/mm/transparent_hugepage"
+
+static void huge_probe(void)
+{
+	unsigned long long pmd = 0;
+	FILE *f = fopen(THP_SYSFS "/hpage_pmd_size", "re");
+
+	if (f) {
+		if (fscanf(f, "%llu", &pmd) == 1 && pmd)
+			huge_pmd = (size_t)pmd;
+		fclose(f);
+	}
+}
+
+/* Read at every call (a few microseconds, only for mappings of a huge
+ * page or more): an operator who changes the setting is heard without a
+ * restart. */
+const char *tc__shm_huge_mode(void)
+{
+	static const char *const modes[] = { "always", "within_size", "advise",
+					     "never",  "deny",	      "force" };
+	char path[160], word[16];
+
+	pthread_once(&huge_once, huge_probe);
+	if (!sysfs_choice(THP_SYSFS "/shmem_enabled", word, sizeof(word)))
+		return "unknown";
+	/* Kernels with per-size huge pages (6.11+) let the PMD size's own
+	 * knob override the global one; "inherit" defers to it. */
+	snprintf(path, sizeof(path), THP_SYSFS "/hugepages-%zukB/shmem_enabled",
+		 huge_pmd >> 10);
+	{
+		char own[16];
+
+		if (sysfs_choice(path, own, sizeof(own)) &&
+		    strcmp(own, "inherit"))
+			memcpy(word, own, sizeof(own));
+	}
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+		if (!strcmp(word, modes[i]))
+			return modes[i];
+	return "unknown";
+}
+
+void tc__shm_huge_set(bool allowed)
+{
+	atomic_store(&huge_allowed, allowed ? 1 : 0);
+}
+
+bool tc__shm_huge(size_t n)
+{
+	int allowed = atomic_load(&huge_allowed);
+	const char *m;
+
+	pthread_once(&huge_once, huge_probe);
+	if (n < huge_pmd)
+		return false;
+	if (allowed < 0) {
+		const char *e = getenv("TCAST_HUGE_PAGES");
+
+		allowed = !(e && (!strcmp(e, "off") || !strcmp(e, "0")));
+	}
+	if (!allowed)
+		return false;
+	m = tc__shm_huge_mode();
+	return !strcmp(m, "advise") || !strcmp(m, "always") ||
+	       !strcmp(m, "within_size") || !strcmp(m, "force");
+}
+
+bool tc__shm_advise_huge(void *p, size_t n)
+{
+	if (!tc__shm_huge(n))
+		return false;
+	return madvise(p, n, MADV_HUGEPAGE) == 0;
 }

@@ -77,6 +77,7 @@ void tc__config_defaults(struct tc__store_config *c)
 	 * staging rings and needs no CPU. */
 	c->pin_eager = true;
 	c->gpu_spare = true;
+	c->host_huge_pages = true;
 	/* Longer than any pause a loaded sender shows, short enough that a
 	 * pull moves a stalled source's chunks elsewhere quickly. */
 	c->peer_timeout_ms = 5000;
@@ -228,6 +229,14 @@ static int apply(struct tc__store_config *c, const char *key, const char *val,
 		snprintf(why, whylen,
 			 "'%s' is not auto, io_uring, pread or mmap", val);
 		return TC_EINVAL;
+	}
+	if (!strcmp(key, "host_huge_pages")) {
+		if (strcmp(val, "auto") && strcmp(val, "off")) {
+			snprintf(why, whylen, "'%s' is not auto or off", val);
+			return TC_EINVAL;
+		}
+		c->host_huge_pages = val[0] == 'a';
+		return 0;
 	}
 	if (!strcmp(key, "gpu_spare")) {
 		if (strcmp(val, "on") && strcmp(val, "off")) {
@@ -557,6 +566,8 @@ char *tc__config_json(const struct tc__store_config *c)
 			    json_string(tc__io_engine_name(c->io_engine)));
 	json_object_set_new(j, "gpu_pin_host",
 			    json_string(c->pin_eager ? "eager" : "on_use"));
+	json_object_set_new(j, "host_huge_pages",
+			    json_string(c->host_huge_pages ? "auto" : "off"));
 	json_object_set_new(j, "gpu_spare",
 			    json_string(c->gpu_spare ? "on" : "off"));
 	TC__CFG_NUM("metrics_port", c->metrics_port);

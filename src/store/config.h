@@ -77,6 +77,8 @@ struct tc__store_config {
 				       system's free space at start */
 	bool gpu_spare;		    /* gpu_spare: keep one allocation per GPU
 				       for the next put of its size */
+	bool host_huge_pages;	    /* host_huge_pages: advise segments'
+				       mappings MADV_HUGEPAGE (auto) */
 	bool pin_eager;	       /* gpu_pin_host: pin large host replicas when
 				  they are sealed, once a GPU is in use
 				  (eager), or after their first GPU fill

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/io.h"
 #include "common/log.h"
 #include "gpu_tier.h"
 #include "xfer/jobs.h"
@@ -124,6 +125,11 @@ int on_status(struct conn *c, struct req *r)
 				  (json_int_t)s->n_import_joined,
 				  "view_shared_bytes",
 				  (json_int_t)s->n_view_shared_bytes));
+		/* Whether segments get 2 MiB pages (common/io.h). */
+		json_object_set_new(j, "host_huge_pages",
+				    json_pack("{s:s, s:b}", "kernel",
+					      tc__shm_huge_mode(), "used",
+					      tc__shm_huge((size_t)1 << 30)));
 		json_object_set_new(
 			j, "host_filling_bytes",
 			json_integer((json_int_t)(s->objs.host.filling_bytes -

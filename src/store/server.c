@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/compiler.h"
+#include "common/io.h"
 #include "common/log.h"
 #include "gpu_tier.h"
 #include "xfer/jobs.h"
@@ -156,6 +157,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	s.spare_target = cfg->host_spare != TC_SPARE_AUTO ?
 				 TC_MIN(cfg->host_spare, cfg->host_bytes / 2) :
 				 TC_MIN((uint64_t)1 << 30, cfg->host_bytes / 8);
+	tc__shm_huge_set(cfg->host_huge_pages);
 	signal(SIGPIPE, SIG_IGN);
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
@@ -232,6 +234,17 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		"hashed through %s",
 		(unsigned long long)tc__page_fault_ns(),
 		tc__faults_dear() ? "their memfd's file" : "the mapping");
+	/* Where segments could fill faster, the operator hears how once
+	 * (docs/store.md; `tcast doctor` says it too). */
+	tc__log(TC_LOG_INFO, "segments fill with %s pages (shmem_enabled %s%s)",
+		tc__shm_huge((size_t)1 << 30) ? "2 MiB" : "4 KiB",
+		tc__shm_huge_mode(),
+		!cfg->host_huge_pages ? ", host_huge_pages off" :
+		tc__shm_huge((size_t)1 << 30) ?
+					"" :
+					"; 'echo advise > /sys/kernel/mm/"
+					"transparent_hugepage/shmem_enabled' "
+					"fills them up to 6x faster");
 	if (cfg->metrics_port) {
 		/* Asked for and unavailable is a start-up error, not a
 		 * silently missing endpoint. */

@@ -84,31 +84,41 @@ int tc__shm_reserve(struct tc__shm *seg)
 int tc__shm_prepare_fill(struct tc__shm *seg)
 {
 	/* A spare's pages are mapped and touched already; a fresh segment
-	 * fills through its file where page faults are dear
-	 * (docs/design.md). */
-	if (!seg->rw_map && tc__faults_dear())
+	 * fills through its file where page faults are dear, unless huge
+	 * pages make them 512 times fewer (docs/design.md). */
+	if (!seg->rw_map && tc__faults_dear() && !tc__shm_huge(seg->size))
 		return tc__shm_reserve(seg);
 	return tc__shm_map_rw(seg);
 }
 
 int tc__shm_map_rw(struct tc__shm *seg)
 {
+	bool huge;
 	void *p;
 	int rc;
 
 	if (seg->rw_map)
 		return 0;
-	/* Allocate every page in one call, then map them all: one trip into
-	 * the kernel instead of a fault per 4 KiB page while copying, which
-	 * is what bounds an import on most machines. */
-	rc = tc__shm_reserve(seg);
-	if (rc < 0)
-		return rc;
 	p = mmap(NULL, seg->size, PROT_READ | PROT_WRITE, MAP_SHARED, seg->fd,
 		 0);
 	if (p == MAP_FAILED)
 		return -errno;
-	tc__populate(p, seg->size, 1); /* best effort */
+	/* Allocate every page in one call, then map them all: one trip into
+	 * the kernel instead of a fault per 4 KiB page while copying, which
+	 * is what bounds an import on most machines.  Where memfds take huge
+	 * pages only through an advised mapping, the populate allocates
+	 * (an fallocate first would make every page 4 KiB); where it fails,
+	 * fallocate says why. */
+	huge = tc__shm_advise_huge(p, seg->size);
+	if (!huge || tc__populate(p, seg->size, 1) < 0) {
+		rc = tc__shm_reserve(seg);
+		if (rc < 0) {
+			munmap(p, seg->size);
+			return rc;
+		}
+		if (!huge)
+			tc__populate(p, seg->size, 1); /* best effort */
+	}
 	seg->rw_map = p;
 	return 0;
 }

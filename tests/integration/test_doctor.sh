@@ -39,7 +39,17 @@ ok test $? = 0
 ok test "$(echo "$j" | json 'd["ok"]')" = True
 ok test "$(echo "$j" | verdict cuda)" = warn
 ok test "$(echo "$j" | json '[c for c in d["checks"] if c["check"]=="cuda"][0]["fix"].startswith("install the NVIDIA driver")')" = True
-ok test "$(echo "$j" | json 'sorted(set(c["check"] for c in d["checks"]))')" = "['cuda', 'io_uring', 'memfd', 'memory', 'socket', 'ulimit -l']"
+ok test "$(echo "$j" | json 'sorted(set(c["check"] for c in d["checks"]))')" = "['cuda', 'hugepages', 'io_uring', 'memfd', 'memory', 'socket', 'ulimit -l']"
+# Huge pages for segments: a warning saying what to do where the kernel's
+# setting keeps them off, ok where it allows them (docs/store.md).
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+if grep -q '\[never\]' "$thp" 2>/dev/null; then
+	ok test "$(echo "$j" | verdict hugepages)" = warn
+	echo "$out" | grep -q "^warn  hugepages  shmem_enabled is never: artifacts fill with 4 KiB pages.* -- echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled"
+	ok test $? = 0
+elif grep -Eq '\[(advise|always|within_size|force)\]' "$thp" 2>/dev/null; then
+	ok test "$(echo "$j" | verdict hugepages)" = ok
+fi
 
 # ulimit -l: unlimited is ok, a small limit a warning that says what to do.
 out=$(ulimit -l unlimited 2>/dev/null && d doctor)
