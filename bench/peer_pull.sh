@@ -10,6 +10,9 @@
 # pull used (read from its JSON), in each round.
 # Prints one line per measurement and the ratios; the artifact's bytes are
 # zeros (a sparse file: TCP and BLAKE3 do not care what the bytes are).
+# SHMEM_ENABLED=advise|never|...: the kernel's shmem_enabled for the run
+# (put back after it): whether the receiver's segment gets 2 MiB pages
+# (docs/store.md, "Huge pages"); the header says which it was.
 set -eu
 build=${1:-build}
 gib=${2:-4}
@@ -30,6 +33,9 @@ PY=/usr/bin/python3
 net=${PEER_PULL_NET:-netns}
 [ "$net" = loopback ] || [ "$(id -u)" = 0 ] || { echo "needs root (ip netns)"; exit 77; }
 command -v iperf3 >/dev/null || { echo "needs iperf3: apt-get install -y iperf3"; exit 77; }
+thp=/sys/kernel/mm/transparent_hugepage/shmem_enabled
+thp_old=$(sed 's/.*\[\(.*\)\].*/\1/' $thp 2>/dev/null || true)
+[ -z "${SHMEM_ENABLED:-}" ] || echo "$SHMEM_ENABLED" >$thp
 id=$$
 A=tcbena$id B=tcbenb$id
 dir=$(mktemp -d /tmp/tcast-bench-peer-XXXXXX)
@@ -40,6 +46,7 @@ cleanup() {
 	ip netns del "$A" 2>/dev/null || true
 	ip netns del "$B" 2>/dev/null || true
 	rm -rf "$dir"
+	[ -z "${SHMEM_ENABLED:-}" ] || echo "$thp_old" >$thp
 }
 trap cleanup EXIT
 if [ "$net" = loopback ]; then
@@ -76,6 +83,7 @@ if [ "$net" = loopback ]; then
 else
 	echo "   ${gib} GiB artifact, $mode streams, veth pair between two namespaces"
 fi
+echo "   memfd huge pages: shmem_enabled $(sed 's/.*\[\(.*\)\].*/\1/' $thp 2>/dev/null || echo absent)"
 
 iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received
 	"${inA[@]}" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
@@ -85,6 +93,31 @@ iperf() { # ARGS: extra iperf3 flags; prints Gbit/s received
 	wait $s 2>/dev/null || true
 	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$dir/ip.json"
 }
+# iperf3 3.12 drives all of -P N's streams from one thread: N processes of
+# one stream each (ports 5301..) show what the link carries with N cores.
+iperfm() { # prints the N processes' summed Gbit/s received
+	local k pids=() cpids=()
+	for k in $(seq 0 $((streams - 1))); do
+		"${inA[@]}" iperf3 -s -1 -p $((5301 + k)) >/dev/null 2>&1 &
+		pids+=($!)
+	done
+	sleep 0.5
+	for k in $(seq 0 $((streams - 1))); do
+		"${inB[@]}" iperf3 -c $ipA -B $ipB -p $((5301 + k)) -t 5 -J >"$dir/ipm$k.json" 2>/dev/null &
+		cpids+=($!)
+	done
+	wait "${cpids[@]}" 2>/dev/null || true
+	wait "${pids[@]}" 2>/dev/null || true
+	$PY -c 'import json,sys
+t = 0
+for f in sys.argv[1:]:
+    try:
+        t += json.load(open(f))["end"]["sum_received"]["bits_per_second"]
+    except Exception:
+        pass
+print("%.2f" % (t / 1e9))' "$dir"/ipm*.json
+	rm -f "$dir"/ipm*.json
+}
 pull() { # prints transfer Gbit/s, end-to-end Gbit/s and the streams used
 	local sflag=()
 	[ "$mode" = auto ] || sflag=(--streams "$mode")
@@ -93,7 +126,7 @@ pull() { # prints transfer Gbit/s, end-to-end Gbit/s and the streams used
 		"${sflag[@]}" >"$dir/p.json"
 	$PY -c 'import json,sys; d=json.load(open(sys.argv[1])); b=d["bytes"]*8/1e9; print("%.2f %.2f %d" % (b / d["transfer_seconds"], b / d["seconds"], d["sources"][0]["streams"]))' "$dir/p.json"
 }
-best_ip=0 best_ipz=0 best_pull=0 best_e2e=0
+best_ip=0 best_ipz=0 best_ipm=0 best_pull=0 best_e2e=0
 max() { $PY -c "import sys; print(max(float(sys.argv[1]), float(sys.argv[2])))" "$1" "$2"; }
 for r in $(seq "$rounds"); do
 	if [ "$mode" = auto ]; then
@@ -101,21 +134,27 @@ for r in $(seq "$rounds"); do
 		read -r p e streams <<<"$(pull)"
 		i=$(iperf)
 		iz=$(iperf -Z)
+		im=$(iperfm)
 	else
 		i=$(iperf)
 		iz=$(iperf -Z)
+		im=$(iperfm)
 		read -r p e _ <<<"$(pull)"
 	fi
-	echo "round $r: iperf3 -P $streams $i Gbit/s, iperf3 -Z -P $streams $iz Gbit/s, tcast pull $p Gbit/s (transfer, verified), $e Gbit/s (end to end, with the local daemon's re-hash and seal)"
+	echo "round $r: iperf3 -P $streams $i Gbit/s, iperf3 -Z -P $streams $iz Gbit/s, $streams iperf3 processes $im Gbit/s, tcast pull $p Gbit/s (transfer, verified), $e Gbit/s (end to end, with the local daemon's re-hash and seal)"
 	best_ip=$(max "$best_ip" "$i")
 	best_ipz=$(max "$best_ipz" "$iz")
+	best_ipm=$(max "$best_ipm" "$im")
 	best_pull=$(max "$best_pull" "$p")
 	best_e2e=$(max "$best_e2e" "$e")
 done
-$PY - "$best_ip" "$best_ipz" "$best_pull" "$best_e2e" <<'PYEOF'
+$PY - "$best_ip" "$best_ipz" "$best_ipm" "$best_pull" "$best_e2e" "$streams" <<'PYEOF'
 import sys
-ip, ipz, p, e = map(float, sys.argv[1:])
+ip, ipz, ipm, p, e = map(float, sys.argv[1:6])
+n = sys.argv[6]
 ref = max(ip, ipz)
-print(f"best: iperf3 {ip:.2f}, iperf3 -Z {ipz:.2f}, pull {p:.2f} (transfer), {e:.2f} (end to end) Gbit/s")
-print(f"ratio pull / best iperf3: {p / ref:.2f} (transfer), {e / ref:.2f} (end to end); goal >= 0.95")
+print(f"best: iperf3 {ip:.2f}, iperf3 -Z {ipz:.2f}, {n} iperf3 processes {ipm:.2f}, pull {p:.2f} (transfer), {e:.2f} (end to end) Gbit/s")
+print(f"ratio pull / best iperf3 -P {n}: {p / ref:.2f} (transfer), {e / ref:.2f} (end to end); goal >= 0.95")
+if ipm > 0:
+    print(f"ratio pull / {n} iperf3 processes (one stream each): {p / ipm:.2f} (transfer), {e / ipm:.2f} (end to end)")
 PYEOF
