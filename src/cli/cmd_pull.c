@@ -536,7 +536,8 @@ int cmd_pull(int argc, char **argv)
 	}
 	if (cli.json) {
 		cli_put_json(json_pack(
-			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o, s:f, s:b}",
+			"{s:s, s:s?, s:I, s:I, s:f, s:f, s:f, s:o, s:f, s:b, "
+			"s:b}",
 			"id", res.id, "key",
 			(o.field_mask & TC_OPT_KEY) ? o.key : NULL, "bytes",
 			(json_int_t)r->bytes, "chunks", (json_int_t)r->nchunks,
@@ -544,7 +545,8 @@ int cmd_pull(int argc, char **argv)
 			"transfer_seconds", (double)r->ns / 1e9, "gbps",
 			gbps(r->bytes, r->ns), "sources", sources_json(r),
 			"gpu_seconds", (double)gpu_ns / 1e9, "gpu_direct",
-			(o.field_mask & TC_OPT_DEVICE) != 0));
+			(o.field_mask & TC_OPT_DEVICE) != 0, "in_place",
+			r->in_place));
 	} else {
 		puts(res.id);
 		fflush(stdout);

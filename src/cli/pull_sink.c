@@ -31,6 +31,7 @@
 #include <sys/mman.h>
 
 #include "cli.h"
+#include "client/client_internal.h"
 #include "gpu/vmm.h"
 #include "peer/peer.h"
 #include "tcast/errors.h"
@@ -80,9 +81,9 @@ static int sink_begin(void *arg, const char *id, const struct tc__table *t,
 			 tc_client_errmsg(s->c));
 		goto out;
 	}
-	/* Both sinks take the bytes through write(): the host put through its
-	 * memfd's file (its mapping is never touched here), the GPU put
-	 * through pinned staging into its device memory. */
+	/* The GPU put takes the bytes through write() from pinned staging;
+	 * the host put through write() (tc_put_write: its file or its
+	 * mapping, whichever is cheaper) or, on huge pages, in place. */
 	for (uint32_t i = 0; i < t->ntensors; i++)
 		if (tc_put_offset(s->put, i) != t->tensors[i].offset) {
 			snprintf(err, errlen,
@@ -95,6 +96,11 @@ static int sink_begin(void *arg, const char *id, const struct tc__table *t,
 	if (s->device >= 0)
 		s->dbase = (uint64_t)(uintptr_t)tc_put_data(s->put, 0) -
 			   (t->ntensors ? t->tensors[0].offset : 0);
+	else
+		/* On huge pages a fault is cheap: chunks are received into
+		 * the put's mapping and verified there, no copy out of a
+		 * buffer (on 4 KiB pages they go through write()). */
+		*base = tc__put_huge_map(s->put);
 	rc = 0;
 out:
 	free(mj);

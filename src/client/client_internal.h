@@ -47,4 +47,12 @@ uint32_t tc__artifact_origin(const tc_artifact *a);
  * far (calls[0], calls[1]): for tests of the adaptive choice. */
 void tc__put_write_ways(tc_put *p, uint64_t calls[2]);
 
+/* A host put's writable mapping of its whole memory when its pages are
+ * huge (common/io.h: faults through it are then cheap), so that a caller
+ * may write in place what it would hand to tc_put_write; NULL otherwise
+ * (a GPU put, 4 KiB pages, TCAST_PUT_WRITE=pwrite|map); always with
+ * TCAST_PUT_WRITE=inplace (tests).  Nothing is populated: the caller's
+ * first writes fault the pages in. */
+uint8_t *tc__put_huge_map(tc_put *p);
+
 #endif /* TC_CLIENT_INTERNAL_H */

@@ -48,6 +48,7 @@ struct tc_put {
 	struct tc__gpu_mem gmem; /* the writable mapping of a GPU put */
 	int fd;			 /* host puts: the memfd, for tc_put_write */
 	uint8_t *touched;	 /* per tensor: its pages populated */
+	bool huge_map;		 /* the mapping was advised huge pages */
 	/* GPU puts: the chunk digests of the bytes as the fused copy left
 	 * them (tc__gpu_copy_hash), sent with SEAL_GPU; NULL once anything
 	 * else may have written (a device pointer handed out, a second
@@ -272,7 +273,7 @@ TC_API int tc_put_begin(tc_client *c, const struct tc_tensor_desc *tensors,
 	/* Pages are populated per tensor at its first tc_put_data (a caller
 	 * writing through tc_put_write never faults the mapping in); as 2 MiB
 	 * pages where the kernel allows (common/io.h): 6x faster to make. */
-	tc__shm_advise_huge(map, p->map_size);
+	p->huge_map = tc__shm_advise_huge(map, p->map_size);
 	p->touched = tc__calloc(p->table.ntensors ? p->table.ntensors : 1, 1);
 	p->fd = fcntl(rep.fds[0], F_DUPFD_CLOEXEC, 3);
 	if (!p->touched || p->fd < 0) {
@@ -359,6 +360,18 @@ TC_API void *tc_put_data(tc_put *p, uint32_t i)
 			     p->table.tensors[i].nbytes, 1);
 	p->touched[i] = 1;
 	return p->map + p->table.tensors[i].offset;
+}
+
+uint8_t *tc__put_huge_map(tc_put *p)
+{
+	const char *e = getenv("TCAST_PUT_WRITE");
+
+	if (!p->map || p->fd < 0)
+		return NULL;
+	/* Tests: the in-place path on any pages. */
+	if (e && !strcmp(e, "inplace"))
+		return p->map;
+	return e || !p->huge_map ? NULL : p->map;
 }
 
 TC_API uint64_t tc_put_offset(const tc_put *p, uint32_t i)

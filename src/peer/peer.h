@@ -153,7 +153,9 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 /* Where pulled bytes go.  begin() is called once, with the verified
  * manifest, and returns a writable mapping of the artifact's whole byte
  * space (table->total_bytes) that stays valid until tc__peer_pull
- * returns -- or, with write() set, may leave *base NULL. */
+ * returns -- or, with write() set, may leave *base NULL.  A mapping
+ * returned (without stage()) is where chunks land, even with write()
+ * set: a sink decides per pull whether receiving in place pays. */
 struct tc__peer_sink {
 	void *arg;
 	int (*begin)(void *arg, const char *id, const struct tc__table *t,
@@ -239,6 +241,7 @@ struct tc__peer_pull_result {
 	uint64_t want_bytes;  /* bytes of the chunks wanted (sink.want) */
 	uint64_t want_chunks; /* chunks wanted: nchunks without sink.want */
 	uint64_t ns;	      /* manifest to last verified chunk */
+	bool in_place;	      /* received into the sink's mapping */
 	int nsources;
 	struct tc__peer_source_stats src[TC_PEER_MAX_SOURCES];
 };

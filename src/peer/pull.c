@@ -95,6 +95,7 @@ struct pull {
 	struct tc__peer_pull_result *res;
 	struct tc__peer_msg man; /* the verified manifest */
 	uint8_t *base;		 /* destination of the byte space */
+	bool in_place;		 /* chunks land in base, not through write */
 	uint64_t n;		 /* chunks */
 	uint64_t nwant;		 /* chunks to pull (n unless sink.want) */
 	uint64_t start;		 /* scans begin here (random) */
@@ -278,7 +279,7 @@ static int slot_get(struct pull *p, uint8_t **buf, char *err, size_t errlen)
 		return -ECANCELED;
 	}
 	p->vused++;
-	if (!sk->write)
+	if (p->in_place)
 		return 0;
 	if (p->nvfree > 0) {
 		*buf = p->vfree[--p->nvfree];
@@ -471,7 +472,7 @@ static void *verify_main(void *arg)
 			tc__hasher_final(h, &d);
 			good = tc__digest_eq(&d, &p->man.chunks[j.k]);
 		}
-		if (good && sk->write)
+		if (good && !p->in_place)
 			/* Verified: only now does it go to the sink. */
 			wrc = sk->write(sk->arg, j.k * TC_CHUNK_BYTES, data, n,
 					werr, sizeof(werr));
@@ -1296,6 +1297,14 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 			   errlen);
 	if (rc < 0)
 		goto out;
+	/* A sink that writes may still hand back its mapping (a host put on
+	 * huge pages): chunks are then received and verified in place. */
+	p.in_place = res->in_place = p.base != NULL && !o->sink.stage;
+	if (!p.in_place && !o->sink.write) {
+		rc = TC_EINVAL;
+		snprintf(err, errlen, "the pull's sink gave no memory");
+		goto out;
+	}
 	if (o->sink.serve)
 		o->sink.serve(o->sink.arg, p.man.id, p.man.chunks, p.n);
 	t0 = tc__now_ns();

@@ -144,6 +144,29 @@ ok is "$(jq_ 'd["sources"][1]["bytes"]')" "$((64 * 1048576 + 12))"
 t c export "$want" "$dir/c.st" --force
 ok cmp -s "$dir/a.st" "$dir/c.st"
 
+# 3c. received in place: on huge pages a host pull receives each chunk
+#     into the put's mapping and verifies it there (pull_sink.c);
+#     TCAST_PUT_WRITE=inplace takes that path on any pages.  The corrupt
+#     source's chunks land where the good ones go, are caught, and are
+#     overwritten by B's: the artifact is still the source's bytes.
+mark "3c. in place: a corrupt chunk in the put's own memory is caught and refetched"
+t c rm "$want" >/dev/null
+TCAST_PUT_WRITE=inplace run pull_on c "${ns[2]}" "$want" --from "$A:7071" --from "$B:7070" --streams 2
+ok is "$rc" 0
+ok is "$(jq_ 'd["in_place"]')" True
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'int(d["sources"][0]["bad_chunks"] > 0)')" 1
+ok is "$(jq_ 'd["sources"][1]["bytes"]')" "$((64 * 1048576 + 12))"
+t c export "$want" "$dir/c.st" --force
+ok cmp -s "$dir/a.st" "$dir/c.st"
+# and the default on this machine's pages says which way it went
+t c rm "$want" >/dev/null
+run pull_on c "${ns[2]}" "$want" --from "$B:7070" --streams 2
+ok is "$rc" 0
+if grep -q '\[never\]' /sys/kernel/mm/transparent_hugepage/shmem_enabled 2>/dev/null; then
+	ok is "$(jq_ 'd["in_place"]')" False
+fi
+
 # 4. kill -9 of a source mid-pull: the other one finishes it
 mark "4. kill -9 of a source mid-pull: the other one finishes it"
 daemon y "${ns[0]}" "$A:7072" TCAST_FAILPOINTS=peer.delay_chunk= || exit 1

@@ -147,3 +147,35 @@ def test_bad_config_value(tmp_path):
                         "host_huge_pages=yes"], capture_output=True, text=True, timeout=30)
     assert d.returncode != 0
     assert "host_huge_pages" in d.stderr and "'yes' is not auto or off" in d.stderr
+
+
+@needs_knob
+def test_a_pull_receives_in_place_on_huge_pages(tmp_path, shmem_mode):
+    """On huge pages `tcast pull` receives each chunk into the put's own
+    mapping and verifies it there (no copy out of a buffer)."""
+    shmem_mode("advise")
+    arr = np.arange(4 << 20, dtype=np.uint32)
+    f = tmp_path / "m.safetensors"
+    write_safetensors(f, {"w": ("U32", list(arr.shape), arr.tobytes())})
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(24).hex() + "\n")
+    os.chmod(secret, 0o600)
+    (tmp_path / "src").mkdir(mode=0o700)
+    (tmp_path / "dst").mkdir(mode=0o700)
+    src = Daemon(tmp_path / "src", "1GiB",
+                 args=("--set", "peer_listen=127.0.0.1:0", "--set", f"cluster_secret_file={secret}"))
+    dst = Daemon(tmp_path / "dst", "1GiB")
+    try:
+        import_file(src, f, "hp:src")
+        addr = (tmp_path / "src" / "peer.addr").read_text().strip()
+        r = subprocess.run([dst.bin, "--socket", dst.socket, "--json", "pull", "hp:src", "--from", addr],
+                           capture_output=True, text=True, env=dict(dst.env, TCAST_CLUSTER_SECRET_FILE=str(secret)))
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["in_place"] is True
+        res = probe(dst, "get", out["id"])
+        check_sum(res, arr)
+        assert res["pmd"] >= 14 * MIB, res["pmd"]
+    finally:
+        dst.stop()
+        src.stop()
