@@ -1069,8 +1069,17 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	}
 	tc__replica_init(&r->base);
 	r->fill_src = -1;
-	rc = reserve(d, &r->base, bytes, &j->mem, err, errlen);
+	/* The spare allocation when it is of this size (its charge goes
+	 * and this fill's comes), else a victim's of this size if room must
+	 * be made: either way no allocation, and nothing freshly freed for
+	 * the driver to scrub under the copy. */
+	tc__gpu_mem_init(&j->mem);
+	if (spare_take(d, bytes, &j->mem))
+		rc = reserve(d, &r->base, bytes, NULL, err, errlen);
+	else
+		rc = reserve(d, &r->base, bytes, &j->mem, err, errlen);
 	if (rc < 0) {
+		tc__gpu_release_later(&j->mem); /* taken, then refused */
 		tc__free(r);
 		tc__free(j);
 		return rc;

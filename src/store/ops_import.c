@@ -571,11 +571,15 @@ static void import_done(struct tc__job *job)
 						   sizeof(j->err));
 			if (rc == 0 && j->gpu_ref >= 0)
 				rc = resolve_ref(j);
+			/* The GPU's spare allocation when it is of this
+			 * size (a model replaced by one of its shape): no
+			 * driver allocation, and no memory the driver has
+			 * just freed to scrub under the copies. */
 			if (rc == 0)
 				rc = tc__gpu_tier_fill_begin(
 					s->gpu, j->gpu_uuid,
 					j->src->table.total_bytes, &j->gpu_fill,
-					&j->gpu_dev, &j->gpu_charged, NULL,
+					&j->gpu_dev, &j->gpu_charged, &j->gmem,
 					j->err, sizeof(j->err));
 			if (rc < 0) {
 				import_fail(j, rc, j->err);

@@ -1943,6 +1943,68 @@ static void put_gpu_fill(tc_client *c, uint64_t n, int fill,
 		fail_msg("commit: %s", tc_client_errmsg(c));
 }
 
+/* Imports straight to a GPU and replica fills from host memory take the
+ * GPU's spare allocation of their size as puts do; what it held (0xee, or
+ * another artifact's bytes) never reaches the new replica: its bytes,
+ * padding between tensors included, are a host import's. */
+static void test_gpu_tier__import_and_fill_take_spare(void **state)
+{
+	const long long G = 2 * MiB; /* the fake's granularity */
+	struct tc_opts o = { .field_mask = TC_OPT_DEVICE, .device = 0 };
+	struct tc_result r, rh, rs;
+	char h1[65], h2[65];
+	long long used0;
+	tc_artifact *a;
+	tc_client *c;
+
+	(void)state;
+	daemon_start(fake_env, "--set", "gpu_memory=8MiB", NULL);
+	c = t_connect(D.sock);
+	put_gpu_fill(c, 4096, 0xee, &rs, true);
+	assert_int_equal(tc_rm(c, rs.id), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+	used0 = gpu_stat(c, 0, "spare.used");
+
+	/* An import straight to GPU 0 (six files, ~300 KB: one G). */
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.used"), used0 + 1);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), NULL, &rh), 0);
+	assert_string_equal(rh.id, r.id);
+	host_sha(c, rh.id, h1);
+	a = attach_gpu_ok(c, r.id, 0);
+	artifact_sha(a, h2);
+	assert_string_equal(h1, h2);
+	tc_artifact_close(a);
+	assert_int_equal(tc_rm(c, r.id), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), G);
+
+	/* A fill from the host replica: 0xee in the spare again first. */
+	put_gpu_fill(c, 4096, 0xee, &rs, true);
+	assert_int_equal(tc_rm(c, rs.id), 0);
+	used0 = gpu_stat(c, 0, "spare.used");
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), NULL, &rh), 0);
+	gpu_copy_matches_host(c, rh.id, 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.used"), used0 + 1);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "used_bytes"), G);
+
+	/* With gpu_spare=off nothing is kept, so nothing is taken. */
+	tc_client_close(c);
+	daemon_stop();
+	daemon_start(fake_env, "--set", "gpu_memory=8MiB", "--set",
+		     "gpu_spare=off", NULL);
+	c = t_connect(D.sock);
+	put_gpu_fill(c, 4096, 0xee, &rs, true);
+	assert_int_equal(tc_rm(c, rs.id), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+	assert_int_equal(tc_import(c, t_data("tiny-llama"), &o, &r), 0);
+	assert_int_equal(gpu_stat(c, 0, "spare.used"), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
 /* The GPU's spare: the allocation of a removed replica (or of a put
  * whose content was there already) is kept, charged, for the next GPU
  * put of its size, which then makes no allocation; what it held never
@@ -2157,6 +2219,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),
 		cmocka_unit_test(test_gpu_tier__put_reuses_spare),
+		cmocka_unit_test(test_gpu_tier__import_and_fill_take_spare),
 	};
 
 	/* This process and every daemon and child use the fake. */
