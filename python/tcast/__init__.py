@@ -124,7 +124,7 @@ def _prewarm() -> None:
         base = torch.zeros(64, dtype=torch.uint8)
         for m in dtypes.torch_mappings().values():
             isz = torch.empty((), dtype=m.fw_dtype).element_size()
-            base[: 64 - 64 % isz].view(m.fw_dtype).as_strided((1,), (1,), 0)
+            base[: 64 - 64 % isz].view(m.fw_dtype).as_strided((2, 1), (1, 1), 0).unbind(0)
             torch.frombuffer(bytearray(isz), dtype=m.fw_dtype, count=1, offset=0)
     except Exception:  # a warm-up only: the real call reports problems
         pass

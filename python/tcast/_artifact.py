@@ -12,13 +12,18 @@ view dies -- which unmaps the memory once nothing else holds it and tells
 the daemon the lease is over.  Nothing here depends on the artifact handle,
 its key, the session or the daemon staying alive.
 
-The per-tensor work is one framework call; the tensor table is read once
-per attachment with one bulk copy of ``tc_artifact_tensors``.
+The per-tensor work is at most one framework call: neighbours laid out
+alike come from one as_strided and one unbind for all of them
+(_torch_batches).
+The tensor table is read once per artifact id in a process (``_TABLES``)
+with one bulk copy of ``tc_artifact_tensors`` and one of
+``tc_artifact_names``; its view plans are cached with it.
 """
 from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import os
 import threading
 import time
@@ -344,21 +349,28 @@ class _Table:
     """An artifact's tensor table and the per-framework view plans built from
     it.  The artifact id is a digest over this very table (names, dtypes,
     shapes, offsets, metadata) and the data, so a table read once serves
-    every later attachment of the same id (``_TABLES``)."""
+    every later attachment of the same id (``_TABLES``).
 
-    __slots__ = ("infos", "index", "meta", "size", "plans")
+    The table is kept as libtcast packed it: ``recs`` holds one tuple per
+    tensor, decoded from ``tc_artifact_tensors`` with one
+    ``struct.iter_unpack`` (name pointer, dtype id, ndim, offset, nbytes,
+    16 dims), and ``names`` the names of the one ``tc_artifact_names`` block.
+    The plans read those directly; ``infos`` (TensorInfo objects) is built
+    only when something asks for it, since a fresh process's first
+    tensor_dict of 1,000 tensors spent ~0.5 ms building them."""
+
+    __slots__ = ("recs", "names", "_infos", "index", "meta", "size", "plans", "nbytes")
 
     def __init__(self, lib, handle: int, size: int):
         n = lib.tc_artifact_count(handle)
-        infos: List[TensorInfo] = []
+        recs: List[Tuple[int, ...]] = []
+        tnames: List[str] = []
         if n:
             raw = ctypes.string_at(lib.tc_artifact_tensors(handle), n * _native.TENSOR_INFO_FORMAT.size)
-            dnames = [d.name for d in dtypes.DTYPES]
-            new = TensorInfo._make
+            recs = list(_native.TENSOR_INFO_FORMAT.iter_unpack(raw))
             # Every name in one block, split once: one ctypes call per
             # name was ~40% of a fresh process's first 1,000-tensor
             # tensor_dict on a GPU (bench_fresh_attach.py --profile).
-            recs = list(_native.TENSOR_INFO_FORMAT.iter_unpack(raw))
             if "tc_artifact_names" in _native.unavailable:  # an older libtcast
                 tnames = [ctypes.string_at(rec[0]).decode() for rec in recs]
             else:
@@ -367,17 +379,46 @@ class _Table:
                 tnames = blob.decode().split("\0")
                 if len(tnames) != n + 1:
                     raise errors.ProtocolError(f"the artifact's names block holds {len(tnames) - 1} names for {n} tensors")
-            for rec, name in zip(recs, tnames):
-                infos.append(new((name, dnames[rec[1]], rec[5 : 5 + rec[2]], rec[4], rec[3])))
-        self.infos = infos
-        self.index: Dict[str, int] = {t.name: i for i, t in enumerate(infos)}
-        self.meta: Dict[str, str] = {}
+                tnames.pop()
+        self._set(recs, tnames, size)
         for i in range(lib.tc_artifact_meta_count(handle)):
             k = lib.tc_artifact_meta_key(handle, i)
             v = lib.tc_artifact_meta_value(handle, i)
             self.meta[k.decode()] = v.decode()
+
+    @classmethod
+    def of_infos(cls, infos: List[TensorInfo], size: int) -> "_Table":
+        """A table over `infos` (a view's: offsets in whatever byte space
+        they name), no metadata."""
+        t = cls.__new__(cls)
+        ids = dtypes.BY_NAME
+        t._set([(0, ids[x.dtype].id, len(x.shape), x.offset, x.nbytes) + tuple(x.shape) for x in infos],
+               [x.name for x in infos], size)
+        t._infos = list(infos)
+        return t
+
+    def _set(self, recs: List[Tuple[int, ...]], names: List[str], size: int) -> None:
+        self.recs = recs
+        self.names = names
+        self._infos: Optional[List[TensorInfo]] = None
+        self.index: Dict[str, int] = dict(zip(names, range(len(names))))
+        self.meta: Dict[str, str] = {}
         self.size = size
         self.plans: Dict[str, Any] = {}
+        self.nbytes = sum(r[4] for r in recs)
+
+    @property
+    def infos(self) -> List[TensorInfo]:
+        infos = self._infos
+        if infos is None:
+            dnames = [d.name for d in dtypes.DTYPES]
+            new = TensorInfo._make
+            infos = self._infos = [new((name, dnames[r[1]], r[5 : 5 + r[2]], r[4], r[3]))
+                                   for r, name in zip(self.recs, self.names)]
+        return infos
+
+    def __len__(self) -> int:
+        return len(self.recs)
 
     def find(self, name: str) -> int:
         i = self.index.get(name)
@@ -385,58 +426,158 @@ class _Table:
             raise errors.NotFoundError(f"the artifact has no tensor {name!r}" + _name_hint(name, self.index))
         return i
 
+    def nbytes_of(self, idx: Optional[List[int]]) -> int:
+        """Bytes of the tensors at `idx` (None: all of them)."""
+        if idx is None:
+            return self.nbytes
+        recs = self.recs
+        return sum(recs[i][4] for i in idx)
+
+    def raw_of(self, raw: Dict[str, str], idx: Optional[List[int]]) -> Dict[str, str]:
+        """The raw-carrier entries of a plan for the tensors at `idx`."""
+        if idx is None or not raw:
+            return dict(raw)
+        names = self.names
+        return {names[i]: raw[names[i]] for i in idx if names[i] in raw}
+
     def torch_plan(self):
         """(rows, raw dtypes, fw dtypes used).  A row: name, position of its
         fw dtype in that list, shape, stride, element offset, kind, byte
         offset, numel."""
         plan = self.plans.get("torch")
         if plan is None:
-            maps = dtypes.torch_mappings()
-            used: List[Any] = []
-            pos: Dict[Any, int] = {}
-            rows = []
-            raw = {}
-            for t in self.infos:
-                dt = dtypes.BY_NAME[t.dtype]
-                m = maps[dt.id]
-                shape = m.out_shape(dt, t.shape, t.nbytes) if m.packed else t.shape
-                numel = 1
-                for x in shape:
-                    numel *= x
-                if m.raw:
-                    raw[t.name] = t.dtype
-                if numel == 0:
-                    kind = 1  # empty: no memory to view
-                elif t.offset % m.itemsize:
-                    kind = 2  # unaligned: frombuffer with a byte offset
-                else:
-                    kind = 0
-                k = pos.get(m.fw_dtype)
-                if k is None:
-                    k = pos[m.fw_dtype] = len(used)
-                    used.append(m.fw_dtype)
-                rows.append(
-                    (t.name, k, shape, _contiguous_strides(shape), t.offset // m.itemsize, kind, t.offset, numel)
-                )
-            plan = (rows, raw, used)
-            self.plans["torch"] = plan
+            rows, raw, used, isz = _torch_plan(self.recs, self.names)
+            self.plans["torch_isz"] = isz
+            plan = self.plans["torch"] = (rows, raw, used)
         return plan
+
+    def torch_itemsizes(self) -> List[int]:
+        """Bytes per element of each fw dtype of torch_plan()[2]."""
+        self.torch_plan()
+        return self.plans["torch_isz"]
+
+    def torch_batches(self):
+        """How a whole tensor_dict makes its torch views (see _torch_batches)."""
+        b = self.plans.get("torch_batches")
+        if b is None:
+            b = self.plans["torch_batches"] = _torch_batches(self.torch_plan())
+        return b
 
     def numpy_plan(self):
         plan = self.plans.get("numpy")
         if plan is None:
             maps = dtypes.numpy_mappings()
+            by_id = dtypes.BY_ID
             rows = []
             raw = {}
-            for t in self.infos:
-                dt = dtypes.BY_NAME[t.dtype]
-                m = maps[dt.id]
+            for r, name in zip(self.recs, self.names):
+                m = maps[r[1]]
+                shape = r[5 : 5 + r[2]]
                 if m.raw:
-                    raw[t.name] = t.dtype
-                rows.append((t.name, m.fw_dtype, m.out_shape(dt, t.shape, t.nbytes) if m.packed else t.shape, t.offset))
+                    raw[name] = by_id[r[1]].name
+                rows.append((name, m.fw_dtype, m.out_shape(by_id[r[1]], shape, r[4]) if m.packed else shape, r[3]))
             plan = (rows, raw)
             self.plans["numpy"] = plan
         return plan
+
+
+def _torch_plan(recs: List[Tuple[int, ...]], names: List[str]):
+    """_Table.torch_plan of a table's records: one pass, with what each tc
+    dtype needs looked up once per dtype rather than once per tensor."""
+    maps = dtypes.torch_mappings()
+    by_id = dtypes.BY_ID
+    used: List[Any] = []
+    isz_of: List[int] = []
+    pos: Dict[Any, int] = {}
+    per: Dict[int, Tuple[int, int, Any, Optional[str]]] = {}
+    rows = []
+    raw = {}
+    strides = _STRIDES
+    prod = math.prod
+    for r, name in zip(recs, names):
+        d = r[1]
+        p = per.get(d)
+        if p is None:
+            m = maps[d]
+            k = pos.get(m.fw_dtype)
+            if k is None:
+                k = pos[m.fw_dtype] = len(used)
+                used.append(m.fw_dtype)
+                isz_of.append(m.itemsize)
+            p = per[d] = (k, m.itemsize, (m, by_id[d]) if m.packed else None, by_id[d].name if m.raw else None)
+        k, isz, packed, rawname = p
+        shape = r[5 : 5 + r[2]]
+        if packed is not None:
+            shape = packed[0].out_shape(packed[1], shape, r[4])
+        if rawname is not None:
+            raw[name] = rawname
+        numel = prod(shape)
+        off = r[3]
+        if numel == 0:
+            kind = 1  # empty: no memory to view
+        elif off % isz:
+            kind = 2  # unaligned: frombuffer with a byte offset
+        else:
+            kind = 0
+        st = strides.get(shape)
+        if st is None:
+            st = _contiguous_strides(shape)
+        rows.append((name, k, shape, st, off // isz, kind, off, numel))
+    return rows, raw, used, isz_of
+
+
+# Neighbours in the table laid out alike -- one dtype, one shape, evenly
+# spaced (a put of equal tensors, the experts of a layer) -- are made by one
+# as_strided over all of them and one unbind: the views come out of torch's
+# C++ (~0.35 us each on the dev VM) instead of one Python call each
+# (~1.1 us).  Below this many, the two calls cost more than they save.
+# (Grouping the rest by shape and by name with its digits masked, to
+# batch the same weight of every layer, cost ~0.8 us per tensor at a
+# process's first tensor_dict of a table whose tensors do not line up,
+# more than it saved there: not done.)
+_MIN_RUN = 4
+
+
+def _torch_batches(plan):
+    """(singles, runs, others) for the views of a whole table, from its
+    torch plan.  singles: (position, dtype slot, shape, stride, element
+    offset), one as_strided each.  runs: (dtype slot, (L,) + shape,
+    (spacing,) + stride, first element offset, positions): the L views of
+    one unbind, for the slice of table positions `positions`.  others: the
+    positions of empty and unaligned tensors (made one by one)."""
+    rows = plan[0]
+    n = len(rows)
+    singles: List[Tuple[Any, ...]] = []
+    runs: List[Tuple[Any, ...]] = []
+    others: List[int] = []
+    i = 0
+    while i < n:
+        row = rows[i]
+        if row[5]:
+            others.append(i)
+            i += 1
+            continue
+        j = i + 1
+        if n - i >= _MIN_RUN:
+            k, shape, e = row[1], row[2], row[4]
+            r = rows[j]
+            d = r[4] - e
+            if d > 0 and r[1] == k and r[2] == shape and not r[5]:
+                e = r[4]
+                j += 1
+                while j < n:
+                    r = rows[j]
+                    if r[4] - e != d or r[1] != k or r[2] != shape or r[5]:
+                        break
+                    e = r[4]
+                    j += 1
+        if j - i >= _MIN_RUN:
+            runs.append((row[1], (j - i,) + row[2], (d,) + row[3], row[4], slice(i, j)))
+            i = j
+        else:
+            singles.append((i, row[1], row[2], row[3], row[4]))
+            i += 1
+    return singles, runs, others
 
 
 _TABLES: "OrderedDict[str, _Table]" = OrderedDict()
@@ -447,7 +588,7 @@ _tables_lock = threading.Lock()
 def _table_for(lib, handle: int, aid: str, size: int) -> _Table:
     with _tables_lock:
         t = _TABLES.get(aid)
-        if t is not None and t.size == size and len(t.infos) == lib.tc_artifact_count(handle):
+        if t is not None and t.size == size and len(t) == lib.tc_artifact_count(handle):
             _TABLES.move_to_end(aid)
             return t
     t = _Table(lib, handle, size)
@@ -477,10 +618,13 @@ class _Attachment:
         self.size: int = lib.tc_artifact_size(self.handle)
         self.data: int = lib.tc_artifact_data(self.handle) or 0
         self.table = _table_for(lib, self.handle, self.id, self.size)
-        self.infos = self.table.infos
         self.index = self.table.index
         self.meta = self.table.meta
         self.seconds = time.perf_counter() - t0 if seconds is None else seconds
+
+    @property
+    def infos(self) -> List[TensorInfo]:
+        return self.table.infos
 
     def torch_plan(self):
         return self.table.torch_plan()
@@ -515,30 +659,18 @@ class _Attachment:
     def torch_views(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
         import torch
 
-        rows, _, used = self.table.torch_plan()
+        if self.size == 0 or not len(self.table):
+            rows, _, used = self.table.torch_plan()
+            if names is not None:
+                rows = [rows[self.find(n)] for n in names]
+            return {name: torch.empty(shape, dtype=used[k]) for name, k, shape, *_ in rows}
         if names is not None:
-            rows = [rows[self.find(n)] for n in names]
-        out: Dict[str, Any] = {}
-        if self.size == 0 or not rows:
-            for name, k, shape, *_ in rows:
-                out[name] = torch.empty(shape, dtype=used[k])
-            return out
+            for n in names:
+                self.find(n)  # this attachment's words for an unknown name
+            if not names:
+                return {}
         buf = self.buffer(self.new_owner())
-        base = torch.frombuffer(buf, dtype=torch.uint8)
-        # One typed view of the whole mapping per dtype; each tensor is then
-        # a single as_strided on it (bound methods hoisted out of the loop).
-        views = []
-        for fwdt in used:
-            isz = torch.empty((), dtype=fwdt).element_size()
-            views.append((base[: self.size - self.size % isz] if isz > 1 else base).view(fwdt).as_strided)
-        for name, k, shape, stride, eoff, kind, off, numel in rows:
-            if kind == 0:
-                out[name] = views[k](shape, stride, eoff)
-            elif kind == 1:
-                out[name] = torch.empty(shape, dtype=used[k])
-            else:
-                out[name] = torch.frombuffer(buf, dtype=used[k], count=numel, offset=off).view(shape)
-        return out
+        return _torch_views_from_base(torch.frombuffer(buf, dtype=torch.uint8), self.table, names, None, buf)
 
     def numpy_views(self, names: Optional[List[str]] = None) -> Dict[str, Any]:
         import numpy as np
@@ -558,9 +690,10 @@ class _Attachment:
         return out
 
     def dlpack_views(self, names: Optional[List[str]] = None) -> Dict[str, "DLPackTensor"]:
-        idx = range(len(self.infos)) if names is None else [self.find(n) for n in names]
+        infos = self.infos
+        idx = range(len(infos)) if names is None else [self.find(n) for n in names]
         owner = self.new_owner()
-        return {self.infos[i].name: DLPackTensor(owner, i, self.infos[i]) for i in idx}
+        return {infos[i].name: DLPackTensor(owner, i, infos[i]) for i in idx}
 
 
 class _NoGC:
@@ -700,32 +833,54 @@ def gpu_torch_views(session: Session, artifact_id: str, table: "Optional[_Table]
     return _torch_views_from_base(base, table, names, find)
 
 
-def _torch_views_from_base(base: Any, table: "_Table", names: Optional[List[str]], find) -> Dict[str, Any]:
+def _torch_views_from_base(base: Any, table: "_Table", names: Optional[List[str]], find, buf: Any = None) -> Dict[str, Any]:
     """Every tensor as one strided view of `base` (a uint8 tensor over the
-    artifact's byte space, on any device); the views keep it alive."""
+    artifact's byte space, on any device); the views keep it alive.  `buf`:
+    the host buffer under `base`, for tensors at unaligned offsets (a
+    typed view of `base` cannot start there)."""
     import torch
 
-    rows, _, used = table.torch_plan()
+    plan = table.torch_plan()
+    rows, _, used = plan
     if names is not None:
         if find is None:
-            index = table.index
-            find = lambda n: index[n]  # noqa: E731
+            find = table.find
         rows = [rows[find(n)] for n in names]
     size = base.numel()
-    views = []
-    for fwdt in used:
-        isz = torch.empty((), dtype=fwdt).element_size()
-        views.append((base[: size - size % isz] if isz > 1 else base).view(fwdt).as_strided)
-    out: Dict[str, Any] = {}
-    for name, k, shape, stride, eoff, kind, off, numel in rows:
-        if kind == 0 and size:
-            out[name] = views[k](shape, stride, eoff)
-        elif kind == 1 or not size:
-            out[name] = torch.empty(shape, dtype=used[k], device=base.device)
-        else:
-            isz = torch.empty((), dtype=used[k]).element_size()
-            out[name] = base[off: off + numel * isz].view(used[k]).view(shape)
-    return out
+    isz = table.torch_itemsizes()
+    # One typed view of the whole byte space per dtype; each tensor is a view
+    # of it (bound methods hoisted out of the loops).
+    views = [(base[: size - size % s] if s > 1 else base).view(fwdt).as_strided
+             for fwdt, s in zip(used, isz)] if size else []
+
+    def other(row):
+        _, k, shape, stride, eoff, kind, off, numel = row
+        if kind == 1 or not size:
+            return torch.empty(shape, dtype=used[k], device=base.device)
+        if kind == 0:
+            return views[k](shape, stride, eoff)
+        if buf is not None:
+            return torch.frombuffer(buf, dtype=used[k], count=numel, offset=off).view(shape)
+        return base[off : off + numel * isz[k]].view(used[k]).view(shape)
+
+    if names is not None or not size:
+        out: Dict[str, Any] = {}
+        for row in rows:
+            if row[5] == 0 and size:
+                out[row[0]] = views[row[1]](row[2], row[3], row[4])
+            else:
+                out[row[0]] = other(row)
+        return out
+    singles, runs, others = table.torch_batches()
+    res: List[Any] = [None] * len(rows)
+    for p, k, shape, stride, eoff in singles:
+        res[p] = views[k](shape, stride, eoff)
+    for k, shape, stride, eoff, at in runs:
+        res[at] = views[k](shape, stride, eoff).unbind(0)
+    for p in others:
+        res[p] = other(rows[p])
+    return dict(zip(table.names, res))
+
 
 
 _BIND_PUBLISH = 0x1  # TC_BIND_PUBLISH
@@ -1307,7 +1462,7 @@ class Artifact:
 
     @property
     def tensor_names(self) -> List[str]:
-        return [t.name for t in self._a().infos]
+        return list(self._a().table.names)
 
     def tensor_meta(self, name: str) -> TensorInfo:
         a = self._a()
@@ -1331,7 +1486,7 @@ class Artifact:
         return self._a().size
 
     def __len__(self) -> int:
-        return len(self._a().infos)
+        return len(self._a().table)
 
     def __contains__(self, name: object) -> bool:
         return name in self._a().index
@@ -1440,7 +1595,7 @@ class Artifact:
             self._id = aid
             table = _table_for(lib, h, aid, lib.tc_artifact_size(h))
             find = table.find
-            sel = table.infos if names is None else [table.infos[find(n)] for n in names]
+            sel = None if names is None else [find(n) for n in names]
             if info["device"] < 0:
                 # No GPU tier: a host attachment came back instead.
                 if fw != "torch":
@@ -1466,8 +1621,9 @@ class Artifact:
             else:
                 owner = _Owner(h)  # the producers share the handle's reference
                 h = None
-                idx = range(len(table.infos)) if names is None else [find(n) for n in names]
-                out = {table.infos[i].name: DLPackTensor(owner, i, table.infos[i], ordinal) for i in idx}
+                infos = table.infos
+                idx = range(len(infos)) if sel is None else sel
+                out = {infos[i].name: DLPackTensor(owner, i, infos[i], ordinal) for i in idx}
                 raw_all = {}
         finally:
             if h is not None:
@@ -1481,11 +1637,11 @@ class Artifact:
             src = info["source"]
         diag = Diagnostics(
             artifact_id=aid, key=self._key, source=src, framework=fw, device=dev, ntensors=len(out),
-            bytes=sum(t.nbytes for t in sel), seconds=time.perf_counter() - t0,
+            bytes=table.nbytes_of(sel), seconds=time.perf_counter() - t0,
             attach_seconds=info["attach_seconds"], import_seconds=imp.seconds if imp else 0.0,
             daemon_seconds=imp.daemon_seconds if imp else 0.0, deduplicated=imp.deduplicated if imp else None,
             zero_copy=zero_copy, fallback_reason=info["fallback_reason"],
-            raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
+            raw_dtypes=table.raw_of(raw_all, sel),
             peers=list(info.get("peers") or []), fill_source=fill_src, fill_gbps=fill_gbps,
         )
         return TensorDictResult(out, diag, out.clear)
@@ -1521,7 +1677,7 @@ class Artifact:
             out = att.dlpack_views(names)
             raw_all = {}
         seconds = time.perf_counter() - t0
-        sel = att.infos if names is None else [att.infos[att.find(n)] for n in names]
+        sel = None if names is None else [att.find(n) for n in names]
         diag = Diagnostics(
             artifact_id=att.id,
             key=self._key,
@@ -1529,7 +1685,7 @@ class Artifact:
             framework=fw,
             device=dev,
             ntensors=len(out),
-            bytes=sum(t.nbytes for t in sel),
+            bytes=att.table.nbytes_of(sel),
             seconds=seconds,
             attach_seconds=info["attach_seconds"],
             import_seconds=imp.seconds if imp else 0.0,
@@ -1537,7 +1693,7 @@ class Artifact:
             deduplicated=imp.deduplicated if imp else None,
             zero_copy=True,
             fallback_reason=info["fallback_reason"],
-            raw_dtypes={t.name: raw_all[t.name] for t in sel if t.name in raw_all},
+            raw_dtypes=att.table.raw_of(raw_all, sel),
             peers=list(info.get("peers") or []),
         )
         return TensorDictResult(out, diag, out.clear)

@@ -347,13 +347,7 @@ def _table_of(infos: List[Any], size: int):
     """A _Table over `infos` (offsets in whatever byte space they name)."""
     from ._artifact import _Table
 
-    t = _Table.__new__(_Table)
-    t.infos = infos
-    t.index = {x.name: i for i, x in enumerate(infos)}
-    t.meta = {}
-    t.size = size
-    t.plans = {}
-    return t
+    return _Table.of_infos(infos, size)
 
 
 # ------------------------------------------------------------ diagnostics
