@@ -43,6 +43,7 @@ static int host_range(struct tc__xfer *x, uint64_t off, uint64_t n, char *err,
 
 	if (n == 0)
 		return 0;
+	x->host_bytes += n;
 	if (x->pin && x->pin->nsegs) {
 		while (n > 0 && rc == 0) {
 			uint64_t seg_end =
@@ -67,37 +68,147 @@ static int host_range(struct tc__xfer *x, uint64_t off, uint64_t n, char *err,
 	return tc__gpu_mem_write(dst, off, host + off, n, NULL, err, errlen);
 }
 
-/* HOST -> GPU with parts: each part from its GPU (a peer copy), the gaps
- * between them from the host source. */
-static int host_with_parts(struct tc__xfer *x, char *err, size_t errlen)
+/* Bytes [lo, hi) of the sink: the parts that hold some of them from
+ * their GPUs, the rest from the host source.  Gated parts are skipped
+ * (gated_parts copies them at the end). */
+static int span(struct tc__xfer *x, uint64_t lo, uint64_t hi, char *err,
+		size_t errlen)
 {
-	uint64_t at = 0;
+	uint64_t at = lo;
 	int rc = 0;
 
 	for (uint32_t i = 0; i < x->nparts && rc == 0; i++) {
 		const struct tc__xfer_part *p = &x->parts[i];
+		uint64_t a = TC_MAX(p->dst_off, lo);
+		uint64_t b = TC_MIN(p->dst_off + p->len, hi);
+
+		if (b <= a)
+			continue;
+		rc = host_range(x, at, a - at, err, errlen);
+		if (rc == 0 && !p->gate)
+			rc = tc__gpu_peer_copy(x->gpu_dst, a, p->src,
+					       p->src_off + (a - p->dst_off),
+					       b - a, NULL, err, errlen);
+		if (rc == 0 && !p->gate)
+			x->part_bytes += b - a;
+		at = b;
+	}
+	if (rc == 0)
+		rc = host_range(x, at, hi - at, err, errlen);
+	return rc;
+}
+
+/* The gated parts, last: each copied once its source says its bytes
+ * are in, else (the other transfer failed or stalled, or the copy
+ * failed) from the host source. */
+static int gated_parts(struct tc__xfer *x, char *err, size_t errlen)
+{
+	int rc = 0;
+
+	for (uint32_t i = 0; i < x->nparts && rc == 0; i++) {
+		const struct tc__xfer_part *p = &x->parts[i];
+		int w;
+
+		if (!p->gate)
+			continue;
+		w = x->part_wait(p->gate, p);
+		if (w == 0) {
+			w = tc__gpu_peer_copy(x->gpu_dst, p->dst_off, p->src,
+					      p->src_off, p->len, NULL, err,
+					      errlen);
+			x->part_end(p->gate);
+			if (w == 0) {
+				x->part_bytes += p->len;
+				x->gated_bytes += p->len;
+				continue;
+			}
+			err[0] = '\0'; /* the host source serves */
+		}
+		rc = host_range(x, p->dst_off, p->len, err, errlen);
+	}
+	return rc;
+}
+
+/* Parts and first ranges are what the header says they are. */
+static int parts_check(const struct tc__xfer *x, char *err, size_t errlen)
+{
+	uint64_t at = 0;
+	uint32_t k = 0;
+
+	for (uint32_t i = 0; i < x->nparts; i++) {
+		const struct tc__xfer_part *p = &x->parts[i];
 
 		if (p->dst_off < at || p->len > x->bytes ||
-		    p->dst_off > x->bytes - p->len) {
+		    p->dst_off > x->bytes - p->len ||
+		    (p->gate && (!x->part_wait || !x->part_end))) {
 			snprintf(err, errlen,
 				 "part %u (%llu bytes at %llu) overlaps the "
-				 "one before or ends past %llu bytes",
+				 "one before, ends past %llu bytes or has no "
+				 "wait",
 				 i, (unsigned long long)p->len,
 				 (unsigned long long)p->dst_off,
 				 (unsigned long long)x->bytes);
 			return TC_EINVAL;
 		}
-		rc = host_range(x, at, p->dst_off - at, err, errlen);
-		if (rc == 0)
-			rc = tc__gpu_peer_copy(x->gpu_dst, p->dst_off, p->src,
-					       p->src_off, p->len, NULL, err,
-					       errlen);
-		if (rc == 0)
-			x->part_bytes += p->len;
 		at = p->dst_off + p->len;
 	}
+	at = 0;
+	for (uint32_t f = 0; f < x->nfirst; f++) {
+		const struct tc__xfer_range *r = &x->first[f];
+
+		if (r->off < at || r->len > x->bytes ||
+		    r->off > x->bytes - r->len) {
+			snprintf(err, errlen,
+				 "first range %u (%llu bytes at %llu) overlaps "
+				 "the one before or ends past %llu bytes",
+				 f, (unsigned long long)r->len,
+				 (unsigned long long)r->off,
+				 (unsigned long long)x->bytes);
+			return TC_EINVAL;
+		}
+		at = r->off + r->len;
+		/* A first range is announced complete: it cannot wait. */
+		for (; k < x->nparts &&
+		       x->parts[k].dst_off + x->parts[k].len <= r->off;
+		     k++)
+			;
+		for (uint32_t i = k; i < x->nparts && x->parts[i].dst_off < at;
+		     i++)
+			if (x->parts[i].gate) {
+				snprintf(err, errlen,
+					 "first range %u holds a gated part",
+					 f);
+				return TC_EINVAL;
+			}
+	}
+	return 0;
+}
+
+/* HOST -> GPU with parts or first ranges: the first ranges, each
+ * announced once complete; then the rest (ready parts from their GPUs,
+ * the gaps from the host source); then the gated parts, which may wait
+ * for their sources. */
+static int host_with_parts(struct tc__xfer *x, char *err, size_t errlen)
+{
+	uint64_t at = 0;
+	int rc;
+
+	rc = parts_check(x, err, errlen);
+	for (uint32_t f = 0; f < x->nfirst && rc == 0; f++) {
+		const struct tc__xfer_range *r = &x->first[f];
+
+		rc = span(x, r->off, r->off + r->len, err, errlen);
+		if (rc == 0 && x->first_done)
+			x->first_done(x->first_arg, x, f);
+	}
+	for (uint32_t f = 0; f < x->nfirst && rc == 0; f++) {
+		rc = span(x, at, x->first[f].off, err, errlen);
+		at = x->first[f].off + x->first[f].len;
+	}
 	if (rc == 0)
-		rc = host_range(x, at, x->bytes - at, err, errlen);
+		rc = span(x, at, x->bytes, err, errlen);
+	if (rc == 0)
+		rc = gated_parts(x, err, errlen);
 	return rc;
 }
 
@@ -120,8 +231,9 @@ static int to_gpu(struct tc__xfer *x, char *err, size_t errlen)
 					   x->load ? x->load : &def, x->chunks,
 					   x->prog, &x->stats, err, errlen);
 	case TC_XFER_FROM_HOST:
-		if (x->nparts)
+		if (x->nparts || x->nfirst)
 			return host_with_parts(x, err, errlen);
+		x->host_bytes = x->bytes;
 		if (x->pin && x->pin->nsegs)
 			return tc__gpu_copy_pinned(x->pin, x->bytes, dst, err,
 						   errlen);
@@ -243,6 +355,8 @@ int tc__xfer_run(struct tc__xfer *x, char *err, size_t errlen)
 	n = x->bytes;
 	x->sink_rc = 0;
 	x->part_bytes = 0;
+	x->gated_bytes = 0;
+	x->host_bytes = 0;
 	if (x->to != TC_XFER_TO_GPU) {
 		rc = x->to == TC_XFER_TO_HOST ? to_host(x, err, errlen) :
 						to_disk(x, err, errlen);

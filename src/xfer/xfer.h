@@ -65,6 +65,18 @@ struct tc__xfer_part {
 	uint64_t src_off;	       /* in `src` */
 	uint64_t len;		       /* bytes */
 	const struct tc__gpu_mem *src; /* borrowed: another device's */
+	/* NULL: `src` holds these bytes now.  Else `src` is still being
+	 * filled (another transfer running beside this one): the part is
+	 * copied last, once x->part_wait(gate, part) says the bytes are
+	 * there (and *src is then valid), or from the host source when it
+	 * says they will not be. */
+	void *gate;
+};
+
+/* A range of a sink's byte space. */
+struct tc__xfer_range {
+	uint64_t off;
+	uint64_t len;
 };
 
 /*
@@ -91,6 +103,20 @@ struct tc__xfer {
 					      peer-copied from their GPUs,
 					      only the rest from `host` */
 	uint32_t nparts;
+	/* HOST -> GPU, optional: these ranges of the sink (increasing, not
+	 * overlapping, inside `bytes`, none holding a gated part) are filled
+	 * before anything else, in order, and first_done(arg, x, k) is
+	 * called once range k is complete on the device: other transfers
+	 * copying from this sink wait for that (gated parts of theirs). */
+	const struct tc__xfer_range *first;
+	uint32_t nfirst;
+	void (*first_done)(void *arg, const struct tc__xfer *x, uint32_t k);
+	void *first_arg;
+	/* Gated parts (part->gate): block until the part's bytes are in
+	 * its source; 0: copy them now (part_end(gate) follows the copy),
+	 * < 0: fill the part from the host source instead. */
+	int (*part_wait)(void *gate, const struct tc__xfer_part *p);
+	void (*part_end)(void *gate);
 	const struct tc__gpu_mem *gpu_src; /* GPU, PEER */
 	uint64_t bytes; /* HOST, GPU, PEER: bytes to move (FILES: the
 			   table's) */
@@ -121,7 +147,9 @@ struct tc__xfer {
 	struct tc__gpu_load_stats stats; /* FILES -> GPU */
 	double alloc_seconds;		 /* TO_GPU: allocation time */
 	uint64_t part_bytes;		 /* bytes copied from `parts` */
-	bool alloc_oom;			 /* the allocation ran out of memory */
+	uint64_t gated_bytes;		 /* of which from gated parts */
+	uint64_t host_bytes; /* HOST -> GPU: bytes copied from `host` */
+	bool alloc_oom;	     /* the allocation ran out of memory */
 	int sink_rc; /* HOST, GPU, PEER -> a file or DISK: the writes' result
 			(0 or -errno); a failed write stops the writes, not
 			the hash, so the caller still learns the id */
