@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/alloc.h"
 #include "common/failpoint.h"
@@ -32,6 +33,7 @@
 #include "config.h"
 #include "format/view.h"
 #include "xfer/gpu_loader.h"
+#include "gpu_parts.h"
 #include "gpu_tier.h"
 #include "metrics.h"
 #include "xfer/jobs.h"
@@ -112,6 +114,13 @@ struct tc__gpu_tier {
 	uint64_t n_part_fills;	  /* fills with parts from sibling views */
 	uint64_t n_part_bytes;	  /* bytes those parts copied */
 	uint64_t n_part_rejected; /* such fills whose digests were wrong */
+	/* Of the part fills, those that copied parts from a lead (a view
+	 * fill still running), the bytes so copied, and the bytes planned
+	 * so that came from host memory (the lead failed or stalled). */
+	uint64_t n_pipe_fills, n_pipe_bytes, n_pipe_fallback_bytes;
+	uint64_t n_pipe_leads;	    /* fills others followed */
+	uint64_t n_fill_host_bytes; /* replica fills' copies from host
+				       replicas (probes, refills included) */
 	/* Measured rates (GB/s) of fills by source: host_rate[d] from host
 	 * replicas to GPU d, peer_rate[s][d] from GPU s to GPU d; peer_link
 	 * [s][d]: 0 unknown, 1 the pair has a direct link, 2 staged. */
@@ -135,6 +144,17 @@ struct open_job {
 	char err[384];
 };
 
+/* A sibling view replica a fill copies parts from: ready (leased) or
+ * still filling (a lead, followed through its pipe; then `mem` is set
+ * by the wait on the worker). */
+struct gt_prep {
+	struct tc__gpu_replica *rep; /* ready, leased; done() only; or NULL */
+	struct tc__gpu_pipe *pipe;   /* a lead's progress (a reference), or
+					NULL */
+	uint64_t stall_ms;	     /* the wait's bound without progress */
+	struct tc__gpu_mem mem;	     /* its allocation (borrowed) */
+};
+
 /* Fills one replica.  run() sees only these fields. */
 struct fill_job {
 	struct tc__job job;
@@ -154,16 +174,22 @@ struct fill_job {
 	/* The source: the host replica or a sibling GPU's (leased by the
 	 * job, so neither evicted nor freed, until done()). */
 	struct tc__gpu_peer_fill pf;
-	/* A view's parts copied from other views of its source ready on
-	 * sibling GPUs (view parts below), each of those replicas leased
-	 * until done(); `chunks` (o's) checks the result. */
-	struct tc__xfer_part *parts; /* owned, nparts; src -> prep_mem */
+	/* A view's parts copied from other views of its source on sibling
+	 * GPUs (view parts below): ready replicas, each leased until
+	 * done(), or fills still running (leads), each followed through its
+	 * pipe; `chunks` (o's) checks the result. */
+	struct tc__xfer_part *parts; /* owned, nparts; src -> prep[k].mem,
+					gate -> prep[k] when it fills */
 	uint32_t nparts;
-	struct tc__gpu_replica *prep[GT_PART_SRCS]; /* done() only */
-	struct tc__gpu_mem prep_mem[GT_PART_SRCS];  /* borrowed */
+	struct gt_prep prep[GT_PART_SRCS];
 	int nprep;
+	/* This fill as a lead: other views' fills copy its first ranges
+	 * as it completes them (a reference; NULL when it is none). */
+	struct tc__gpu_pipe *pipe;
+	uint64_t gated_len;		 /* bytes planned from leads */
 	const struct tc__digest *chunks; /* o's: the job holds o */
 	uint64_t part_bytes;		 /* out: copied from parts */
+	uint64_t gated_bytes;		 /* out: of which from leads */
 	bool parts_rejected;		 /* out: refilled from the host */
 	char parts_why[256];		 /* out: why, when rejected */
 	int reg_rc;
@@ -601,6 +627,7 @@ static int peer_copy(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
 	x->alloc_seconds = 0;
 	x->alloc_oom = false;
 	rc = tc__xfer_run(x, err, errlen);
+	pf->host_bytes += x->host_bytes;
 	pf->alloc_seconds += x->alloc_seconds;
 	pf->oom = x->alloc_oom;
 	*secs = (double)(tc__now_ns() - t0) / 1e9 - x->alloc_seconds;
@@ -751,198 +778,232 @@ void tc__gpu_tier_peer_done(struct tc__gpu_tier *t,
 
 /* ------------------------------------------------------------ view parts */
 
-/* A kept view (client/view_api.c) names its source ("tcast.view_of") and
- * the ranges of its byte space that are one contiguous range of the
- * source's ("tcast.view_parts": "dst:src:len ..."): the replicated tensors
- * of a tensor-parallel rank's view, held whole by every rank's view.  When
- * no replica of the view itself is on another GPU, its fill copies such
- * ranges from another view of the same source ready on a sibling GPU
- * (GPU to GPU) and only the rest from host memory.  The metadata is the
- * client's word, so the new replica is kept only if its chunk digests,
- * computed on its GPU, are the view's; else it is filled again from host
- * memory alone. */
+/* A kept view's parts (gpu_parts.h) are the ranges of its byte space
+ * that are one contiguous range of its source's: the replicated tensors
+ * of a tensor-parallel rank's view, held whole by every rank's view.
+ * When no replica of the view itself is on another GPU, its fill copies
+ * such ranges from other views of the same source on sibling GPUs (GPU
+ * to GPU) and only the rest from host memory: from ready replicas, and
+ * from fills still running (leads) as they complete those ranges, which
+ * a lead copies first.  The metadata is the client's word, so the new
+ * replica is kept only if its chunk digests, computed on its GPU, are the
+ * view's; else it is filled again from host memory alone.
+ *
+ * Who waits on whom: a fill that follows a lead is never a lead itself,
+ * and a lead waits on nobody, so no two fills wait on each other; a lead
+ * was submitted before its followers (the pool runs jobs in order), so
+ * it runs while they wait, and each wait ends after TC_GPU_PIPE_STALL_MS
+ * without progress in any case. */
 
-static const char *meta_get(const struct tc__table *t, const char *key)
+/* Worker: a gated part's wait and its end (xfer.h). */
+static int prep_wait(void *gate, const struct tc__xfer_part *p)
 {
-	for (uint32_t i = 0; i < t->nmeta; i++)
-		if (!strcmp(t->meta[i].key, key))
-			return t->meta[i].val;
-	return NULL;
+	struct gt_prep *g = gate;
+
+	return tc__gpu_pipe_wait(g->pipe, p->src_off, p->len, g->stall_ms,
+				 &g->mem);
 }
 
-/* Parse o's "tcast.view_parts" into *out (tc__malloc'd, *n entries, in
- * increasing dst, not overlapping, inside the byte space).  Returns false
- * when there are none or they do not parse. */
-static bool parts_parse(const struct tc__obj *o, struct tc__xfer_part **out,
-			uint32_t *n)
+static void prep_end(void *gate)
 {
-	const char *s = meta_get(&o->table, "tcast.view_parts");
-	struct tc__xfer_part *p;
-	uint32_t cap = 1, k = 0;
-	uint64_t end = 0;
+	tc__gpu_pipe_copied(((struct gt_prep *)gate)->pipe);
+}
 
-	*out = NULL;
-	*n = 0;
-	if (!s || !*s)
-		return false;
-	for (const char *c = s; *c; c++)
-		cap += *c == ' ';
-	if (cap > TC_VIEW_MAX_PARTS)
-		return false;
-	p = tc__calloc(cap, sizeof(*p));
-	if (!p)
-		return false;
-	while (*s) {
-		unsigned long long d, f, l;
-		int used = 0;
+/* Worker: the lead completed first range k. */
+static void lead_progress(void *arg, const struct tc__xfer *x, uint32_t k)
+{
+	struct fill_job *j = arg;
 
-		if (k == cap ||
-		    sscanf(s, "%llu:%llu:%llu%n", &d, &f, &l, &used) != 3 ||
-		    !l || d < end || l > o->table.total_bytes ||
-		    d > o->table.total_bytes - l) {
-			tc__free(p);
-			return false;
-		}
-		p[k++] = (struct tc__xfer_part){ .dst_off = d,
-						 .src_off = f,
-						 .len = l };
-		end = d + l;
-		s += used;
-		while (*s == ' ')
-			s++;
+	/* Tests: the followers find their lead failed (and fill from host
+	 * memory) while its own fill goes on. */
+	if (tc__failpoint("gpu_fill_lead_fail", j->o->id)) {
+		tc__gpu_pipe_end(j->pipe, -ECANCELED, NULL);
+		return;
 	}
-	*out = p;
-	*n = k;
-	return true;
+	tc__gpu_pipe_publish(j->pipe, x->gpu_dst,
+			     x->first[k].off + x->first[k].len);
 }
 
-/* Order of pieces by where they land. */
-static int piece_cmp(const void *a, const void *b)
+/* How long a follower waits for a lead that makes no progress. */
+static uint64_t pipe_stall_ms(void)
 {
-	const struct tc__xfer_part *x = a, *y = b;
+	char v[32];
 
-	return x->dst_off < y->dst_off ? -1 : x->dst_off > y->dst_off;
+	if (tc__failpoint_arg("gpu_pipe_stall_ms", v, sizeof(v)))
+		return strtoull(v, NULL, 10);
+	return TC_GPU_PIPE_STALL_MS;
 }
 
-/* Give j the ranges of o it can copy from other views of o's source ready
- * on a sibling GPU of j->ordinal: wherever one of o's parts and one of
- * theirs cover the same source bytes (at least TC_VIEW_PART_MIN of them),
- * those bytes are the same in both views.  Each view replica used is
- * leased until done (at most GT_PART_SRCS of them); pairs measured slower
- * than the host copy are skipped.  Nothing on OOM or malformed metadata:
- * the host serves. */
+/* The replica of view v on a sibling GPU of `dst` j may copy parts from:
+ * a ready one, else a lead's fill still running (*lead), on a pair not
+ * measured slower than the host copy; NULL when none. */
+static struct tc__gpu_replica *
+part_source(struct tc__gpu_tier *t, struct tc__obj *v, int dst, bool *lead)
+{
+	const struct gt_rate *hr = &t->host_rate[dst];
+	struct tc__gpu_replica *filling = NULL;
+
+	*lead = false;
+	for (int s = 0; s < t->ndev; s++) {
+		struct tc__gpu_replica *r = v->gpu->rep[s];
+		const struct gt_rate *pr = &t->peer_rate[s][dst];
+
+		if (s == dst || !r || (pr->n && hr->n && pr->gbps <= hr->gbps))
+			continue;
+		if (replica_ready(r))
+			return r;
+		if (!filling && r->pipe && tc__gpu_pipe_live(r->pipe))
+			filling = r;
+	}
+	*lead = filling != NULL;
+	return filling;
+}
+
+/* Give j the ranges of o it can copy from other views of o's source on
+ * sibling GPUs of j->ordinal: wherever one of o's parts and one of theirs
+ * cover the same source bytes (at least TC_VIEW_PART_MIN of them), those
+ * bytes are the same in both views.  A ready view replica used is leased
+ * until done; a lead's fill is followed through its pipe (only its first
+ * ranges, which it copies before anything else); at most GT_PART_SRCS
+ * sources.  Nothing on OOM or malformed metadata: the host serves. */
 static void parts_choose(struct tc__gpu_tier *t, struct tc__obj *o,
 			 struct fill_job *j)
 {
-	const char *of = meta_get(&o->table, "tcast.view_of");
-	const struct gt_rate *hr = &t->host_rate[j->ordinal];
+	const char *of = tc__table_meta(&o->table, "tcast.view_of");
 	struct tc__xfer_part *mine, *theirs, *pc = NULL;
-	uint32_t nmine, ntheirs, npc = 0, cap = 0, got, k;
+	uint32_t nmine, ntheirs, npc = 0, cap = 0;
 	struct tc__map_entry *e;
-	uint64_t end = 0;
+	uint64_t stall = 0;
 	size_t b;
 
 	if (!of || !o->shm || o->nchunks != tc__chunk_count(j->src_bytes) ||
-	    !parts_parse(o, &mine, &nmine))
+	    !tc__view_parts_parse(&o->table, &mine, &nmine))
 		return;
 	for (e = tc__map_next(&t->objs->by_id, NULL, &b);
 	     e && j->nprep < GT_PART_SRCS;
 	     e = tc__map_next(&t->objs->by_id, e, &b)) {
 		struct tc__obj *v = e->val;
+		struct gt_prep *g = &j->prep[j->nprep];
 		const char *vof;
-		struct tc__gpu_replica *vr = NULL;
+		struct tc__gpu_replica *vr;
+		bool lead;
 
 		if (v == o || v->dead || !v->gpu ||
-		    !(vof = meta_get(&v->table, "tcast.view_of")) ||
+		    !(vof = tc__table_meta(&v->table, "tcast.view_of")) ||
 		    strcmp(vof, of))
 			continue;
-		for (int s = 0; s < t->ndev && !vr; s++) {
-			const struct gt_rate *pr = &t->peer_rate[s][j->ordinal];
-
-			if (s != j->ordinal && v->gpu->rep[s] &&
-			    replica_ready(v->gpu->rep[s]) &&
-			    !(pr->n && hr->n && pr->gbps <= hr->gbps))
-				vr = v->gpu->rep[s];
-		}
-		if (!vr || !parts_parse(v, &theirs, &ntheirs))
+		vr = part_source(t, v, j->ordinal, &lead);
+		if (!vr)
 			continue;
-		got = 0;
-		for (uint32_t a = 0; a < nmine; a++) {
-			const struct tc__xfer_part *m = &mine[a];
-
-			for (k = 0; k < ntheirs; k++) {
-				const struct tc__xfer_part *w = &theirs[k];
-				uint64_t lo = TC_MAX(m->src_off, w->src_off);
-				uint64_t hi = TC_MIN(m->src_off + m->len,
-						     w->src_off + w->len);
-
-				if (hi <= lo || hi - lo < TC_VIEW_PART_MIN)
-					continue;
-				if (npc == cap) {
-					uint32_t nc = cap ? 2 * cap : 16;
-					void *np = tc__realloc(
-						pc, nc * sizeof(*pc));
-
-					if (!np || nc > TC_VIEW_MAX_PARTS)
-						break;
-					pc = np;
-					cap = nc;
-				}
-				pc[npc++] = (struct tc__xfer_part){
-					.dst_off =
-						m->dst_off + (lo - m->src_off),
-					.src_off =
-						w->dst_off + (lo - w->src_off),
-					.len = hi - lo,
-					.src = &j->prep_mem[j->nprep]
-				};
-				got++;
+		if (lead) {
+			if (!stall)
+				stall = pipe_stall_ms();
+			if (!tc__view_parts_overlap(mine, nmine, vr->pipe->lead,
+						    vr->pipe->nlead, &g->mem, g,
+						    &pc, &npc, &cap))
+				continue;
+			g->pipe = vr->pipe;
+			g->stall_ms = stall;
+			tc__gpu_pipe_get(g->pipe);
+			if (!g->pipe->followed) {
+				g->pipe->followed = true;
+				t->n_pipe_leads++;
 			}
+			g->pipe->followers++;
+			tc__log(TC_LOG_INFO,
+				"GPU %d fill of view '%s' follows GPU %d's "
+				"fill of view '%s': the ranges they share are "
+				"copied GPU to GPU as that fill completes them",
+				j->ordinal, o->id, dev_index(t, vr->dev),
+				v->id);
+		} else {
+			if (!tc__view_parts_parse(&v->table, &theirs, &ntheirs))
+				continue;
+			ntheirs = tc__view_parts_overlap(mine, nmine, theirs,
+							 ntheirs, &g->mem, NULL,
+							 &pc, &npc, &cap);
+			tc__free(theirs);
+			if (!ntheirs)
+				continue;
+			g->rep = vr;
+			g->mem = vr->mem;
+			/* With its artifact: an rm of that view must not free
+			 * the replica under the copy. */
+			tc__gpu_replica_lease(t, vr);
 		}
-		tc__free(theirs);
-		if (got) {
-			j->prep[j->nprep] = vr;
-			j->prep_mem[j->nprep] = vr->mem;
-			tc__replica_lease(&vr->base);
-			j->nprep++;
-		}
+		j->nprep++;
 	}
 	tc__free(mine);
-	/* Where pieces from several views overlap, the first by position
-	 * keeps the bytes; what another still adds past it is trimmed. */
-	if (npc)
-		qsort(pc, npc, sizeof(*pc), piece_cmp);
-	j->nparts = 0;
-	for (k = 0; k < npc; k++) {
-		struct tc__xfer_part p = pc[k];
-
-		if (p.dst_off < end) {
-			uint64_t cut = end - p.dst_off;
-
-			if (cut >= p.len || p.len - cut < TC_VIEW_PART_MIN)
-				continue;
-			p.dst_off += cut;
-			p.src_off += cut;
-			p.len -= cut;
-		}
-		pc[j->nparts++] = p;
-		end = p.dst_off + p.len;
-	}
+	j->nparts = tc__view_parts_trim(pc, npc);
+	for (uint32_t k = 0; k < j->nparts; k++)
+		if (pc[k].gate)
+			j->gated_len += pc[k].len;
 	if (j->nparts)
 		j->parts = pc;
 	else
 		tc__free(pc);
 }
 
-/* Drop the leases on the view replicas j copied parts from. */
-static void parts_unlease(struct tc__gpu_tier *t, struct fill_job *j)
+/* Make j, the fill of view o with no part from a lead, a lead: its first
+ * ranges (the spans of the source's tensors its parts hold whole; all of
+ * its parts when the source is not held here) go first, and its progress
+ * is published for fills of other views that begin while it runs.  No
+ * pipe on OOM: then nobody follows it. */
+static void lead_begin(struct tc__gpu_tier *t, struct tc__obj *o,
+		       struct tc__gpu_replica *r, struct fill_job *j)
 {
-	for (int k = 0; k < j->nprep; k++) {
-		struct tc__gpu_replica *vr = j->prep[k];
+	const char *of = tc__table_meta(&o->table, "tcast.view_of");
+	struct tc__xfer_part *mine, *lead;
+	struct tc__obj *src;
+	uint32_t nmine, nlead;
 
-		j->prep[k] = NULL;
-		if (tc__replica_unlease(&vr->base) == 0 && vr->o->dead)
-			replica_free(t, vr);
+	if (j->gated_len || !of || !o->shm ||
+	    o->nchunks != tc__chunk_count(j->src_bytes) ||
+	    !tc__view_parts_parse(&o->table, &mine, &nmine))
+		return;
+	src = tc__map_get(&t->objs->by_id, of);
+	tc__view_parts_lead(mine, nmine, src && !src->dead ? &src->table : NULL,
+			    &lead, &nlead);
+	tc__free(mine);
+	if (nlead && tc__gpu_pipe_new(lead, nlead, &j->pipe) == 0) {
+		tc__gpu_pipe_get(j->pipe);
+		r->pipe = j->pipe; /* the replica's reference */
+	}
+}
+
+/* On the loop, j's fill has ended (rc): as a lead, its replica r (ready
+ * when rc is 0) is leased for the followers still copying from it; as a
+ * follower, the last one done drops that lease.  Then the leases on the
+ * ready view replicas it copied from go. */
+static void parts_end(struct tc__gpu_tier *t, struct fill_job *j,
+		      struct tc__gpu_replica *r)
+{
+	if (j->pipe) {
+		struct tc__gpu_pipe *p = j->pipe;
+
+		if (j->rc == 0 && p->followers > 0 && !p->held) {
+			tc__gpu_replica_lease(t, r);
+			p->held = r;
+		}
+		r->pipe = NULL;
+		tc__gpu_pipe_put(p); /* the replica's */
+		tc__gpu_pipe_put(p); /* the job's */
+		j->pipe = NULL;
+	}
+	for (int k = 0; k < j->nprep; k++) {
+		struct gt_prep *g = &j->prep[k];
+		struct tc__gpu_replica *vr = g->rep;
+
+		if (g->pipe) {
+			if (--g->pipe->followers == 0 && g->pipe->held) {
+				tc__gpu_replica_unlease(t, g->pipe->held);
+				g->pipe->held = NULL;
+			}
+			tc__gpu_pipe_put(g->pipe);
+		}
+		if (vr)
+			tc__gpu_replica_unlease(t, vr);
+		*g = (struct gt_prep){ 0 };
 	}
 	j->nprep = 0;
 	tc__free(j->parts);
@@ -1103,8 +1164,10 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	j->pf.has_host = j->src != NULL;
 	tc__gpu_tier_peer_choose(t, o, &j->pf);
 	j->chunks = o->chunks;
-	if (j->pf.sib_dev < 0)
+	if (j->pf.sib_dev < 0) {
 		parts_choose(t, o, j);
+		lead_begin(t, o, r, j);
+	}
 	/* A pinned host replica is copied from directly.  Otherwise large
 	 * ones go through staging rings (pinning 16 GiB first would cost
 	 * more than the copy: 0.5-1 s) and are pinned in the background,
@@ -1529,6 +1592,10 @@ static void fill_run(struct tc__job *job)
 	/* An evicted replica's allocation of the same size is refilled in
 	 * place (evict(): j->mem is given); else the transfer makes one. */
 	j->alloc_seconds = (double)(tc__now_ns() - t0) / 1e9; /* the pin */
+	/* Tests: a lead slow enough for the other ranks' fills to find it
+	 * running whatever the machine's load. */
+	if (j->pipe && tc__failpoint("gpu_fill_lead_slow", j->o->id))
+		nanosleep(&(struct timespec){ 1, 500000000 }, NULL);
 	{
 		struct tc__xfer x = { .host = j->src,
 				      .pin = &j->pin,
@@ -1539,24 +1606,41 @@ static void fill_run(struct tc__job *job)
 				      .alloc_bytes = j->alloc_bytes,
 				      .nthreads = j->nthreads,
 				      .parts = j->parts,
-				      .nparts = j->nparts };
+				      .nparts = j->nparts,
+				      .part_wait = prep_wait,
+				      .part_end = prep_end };
 
+		if (j->pipe) {
+			x.first = j->pipe->first;
+			x.nfirst = j->pipe->nlead;
+			x.first_done = lead_progress;
+			x.first_arg = j;
+		}
 		j->pf.alloc_seconds = 0;
 		j->rc = tc__gpu_tier_peer_run(&j->pf, &x, j->err,
 					      sizeof(j->err));
 		j->part_bytes = j->rc == 0 ? x.part_bytes : 0;
+		j->gated_bytes = j->rc == 0 ? x.gated_bytes : 0;
 		if (j->part_bytes && parts_verify(j) != 0) {
-			/* Not the view's bytes: the host copy alone. */
+			/* Not the view's bytes: the host copy alone, and
+			 * nobody copies from this one meanwhile. */
+			if (j->pipe)
+				tc__gpu_pipe_end(j->pipe, -ECANCELED, NULL);
 			j->parts_rejected = true;
 			j->part_bytes = 0;
 			x.parts = NULL;
 			x.nparts = 0;
+			x.nfirst = 0;
 			j->rc = tc__gpu_tier_peer_run(&j->pf, &x, j->err,
 						      sizeof(j->err));
 		}
 		j->alloc_seconds += j->pf.alloc_seconds;
 		j->oom = j->pf.oom;
 	}
+	/* Followers copy the rest now, or (failed) fill from host memory:
+	 * on failure this returns once none reads the allocation. */
+	if (j->pipe)
+		tc__gpu_pipe_end(j->pipe, j->rc, &j->mem);
 	if (j->mem.dptr &&
 	    tc__gpu_granularity(j->ordinal, &j->gran, NULL, NULL, 0) < 0)
 		j->gran = 0;
@@ -1784,6 +1868,8 @@ static void fill_done(struct tc__job *job)
 				"copying '%s' from pageable memory: %s", o->id,
 				j->reg_err);
 	}
+	t->n_fill_host_bytes += j->pf.host_bytes;
+	j->pf.host_bytes = 0;
 	if (j->rc < 0 && j->oom && !j->retried && !t->stopping &&
 	    evict(d, 0, r->base.bytes, NULL)) {
 		/* The driver is fuller than our budget knows (other
@@ -1819,11 +1905,27 @@ static void fill_done(struct tc__job *job)
 		t->n_part_bytes += j->part_bytes;
 		tc__log(TC_LOG_INFO,
 			"GPU %d replica of view '%s': %llu of %llu bytes from "
-			"%d sibling view replicas (GPU to GPU), digests checked",
+			"%d sibling view replicas (GPU to GPU; %llu of them "
+			"from fills still running, as they completed them), "
+			"digests checked",
 			i, o->id, (unsigned long long)j->part_bytes,
-			(unsigned long long)j->src_bytes, j->nprep);
+			(unsigned long long)j->src_bytes, j->nprep,
+			(unsigned long long)j->gated_bytes);
 	}
-	parts_unlease(t, j);
+	if (j->rc == 0 && j->gated_bytes && !j->parts_rejected) {
+		t->n_pipe_fills++;
+		t->n_pipe_bytes += j->gated_bytes;
+	}
+	if (j->rc == 0 && j->gated_len > j->gated_bytes) {
+		t->n_pipe_fallback_bytes += j->gated_len - j->gated_bytes;
+		tc__log(TC_LOG_WARN,
+			"GPU %d replica of view '%s': %llu bytes from host "
+			"memory instead of a sibling view's fill (it failed, "
+			"gave up or completed nothing for %llu ms)",
+			i, o->id,
+			(unsigned long long)(j->gated_len - j->gated_bytes),
+			(unsigned long long)pipe_stall_ms());
+	}
 	if (j->rc == 0) {
 		r->mem = j->mem;
 		tc__replica_recharge(&r->base, j->mem.size);
@@ -1837,6 +1939,7 @@ static void fill_done(struct tc__job *job)
 		 * (registration refused) is not. */
 		r->fill_pinned = j->staged || j->pin.nsegs;
 		r->reused = j->reused;
+		parts_end(t, j, r); /* ready: a lead's may be leased */
 		replica_announce(t, r, true);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
@@ -1882,6 +1985,7 @@ static void fill_done(struct tc__job *job)
 		t->n_fill_failures++;
 		tc__log(TC_LOG_WARN, "cannot make a GPU %d replica of '%s': %s",
 			i, o->id, j->err);
+		parts_end(t, j, r);
 		replica_free(t, r); /* from FILLING */
 		for (q = list; q; q = q->next)
 			q->cb(q->arg, o, NULL, j->rc, j->err);
@@ -2101,7 +2205,7 @@ void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)
  * host rate per device and the peer rate per pair (only what was seen). */
 static json_t *peer_json(const struct tc__gpu_tier *t)
 {
-	json_t *host = json_array(), *pairs = json_array();
+	json_t *host = json_array(), *pairs = json_array(), *j;
 
 	for (int d = 0; d < t->ndev; d++) {
 		const struct gt_rate *h = &t->host_rate[d];
@@ -2131,16 +2235,29 @@ static json_t *peer_json(const struct tc__gpu_tier *t)
 							      "host"));
 		}
 	}
-	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
-			 "fills", (json_int_t)t->n_peer_fills, "fill_bytes",
-			 (json_int_t)t->n_peer_fill_bytes, "bind_fills",
-			 (json_int_t)t->n_peer_bind_fills, "bind_fill_bytes",
-			 (json_int_t)t->n_peer_bind_bytes, "part_fills",
-			 (json_int_t)t->n_part_fills, "part_fill_bytes",
-			 (json_int_t)t->n_part_bytes, "part_rejected",
-			 (json_int_t)t->n_part_rejected, "probes",
-			 (json_int_t)t->n_probes, "host_rates", host, "pairs",
-			 pairs);
+	j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
+		      "fills", (json_int_t)t->n_peer_fills, "fill_bytes",
+		      (json_int_t)t->n_peer_fill_bytes, "bind_fills",
+		      (json_int_t)t->n_peer_bind_fills, "bind_fill_bytes",
+		      (json_int_t)t->n_peer_bind_bytes, "part_fills",
+		      (json_int_t)t->n_part_fills, "part_fill_bytes",
+		      (json_int_t)t->n_part_bytes, "part_rejected",
+		      (json_int_t)t->n_part_rejected, "probes",
+		      (json_int_t)t->n_probes, "host_rates", host, "pairs",
+		      pairs);
+	/* Part fills that copied from fills still running (leads). */
+	if (j) {
+		json_object_set_new(j, "pipelined_fills",
+				    json_integer((json_int_t)t->n_pipe_fills));
+		json_object_set_new(j, "pipelined_bytes",
+				    json_integer((json_int_t)t->n_pipe_bytes));
+		json_object_set_new(
+			j, "pipelined_fallback_bytes",
+			json_integer((json_int_t)t->n_pipe_fallback_bytes));
+		json_object_set_new(j, "pipelined_leads",
+				    json_integer((json_int_t)t->n_pipe_leads));
+	}
+	return j;
 }
 
 char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
@@ -2207,8 +2324,14 @@ char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
 		      (json_int_t)t->n_fill_bytes, "fill_pinned_bytes",
 		      (json_int_t)t->n_fill_pinned_bytes, "pinned_host_bytes",
 		      (json_int_t)t->pinned_host_bytes);
-	if (j)
+	if (j) {
 		json_object_set_new(j, "peer", peer_json(t));
+		/* Of fill_bytes, what replica fills copied from host
+		 * replicas (the rest came from sibling GPUs). */
+		json_object_set_new(
+			j, "fill_host_bytes",
+			json_integer((json_int_t)t->n_fill_host_bytes));
+	}
 	if (j && t->state == GT_FAILED)
 		json_object_set_new(j, "error", json_string(t->open_err));
 	if (j && t->state == GT_OPEN) {

@@ -45,6 +45,7 @@ struct tc__objs;
 struct tc__jobs;
 struct tc__store_config;
 struct tc__gpu_tier;
+struct tc__gpu_pipe;
 struct gt_req;
 
 /* One device as the tier sees it.  Its tier (replica.h) holds the
@@ -103,11 +104,14 @@ struct tc__gpu_replica {
 	uint64_t part_bytes;	 /* of its bytes, copied from sibling GPUs'
 				    replicas of other views of the same
 				    source (a view's parts; "peer_bytes") */
-	bool reused;		 /* filled in an evicted replica's memory */
-	bool no_reuse;		 /* may be mapped without a lease: when
-				    evicted, release, never refill */
-	bool announced;		 /* peers and the cluster know it */
-	struct gt_req *waiters;	 /* requests waiting for the fill */
+	/* While it fills as a lead (gpu_parts.h): the progress other view
+	 * fills copy its ranges by (a reference), else NULL. */
+	struct tc__gpu_pipe *pipe;
+	bool reused;		/* filled in an evicted replica's memory */
+	bool no_reuse;		/* may be mapped without a lease: when
+				   evicted, release, never refill */
+	bool announced;		/* peers and the cluster know it */
+	struct gt_req *waiters; /* requests waiting for the fill */
 };
 
 /* Per-artifact GPU state (struct tc__obj.gpu), NULL until the first GPU
@@ -292,6 +296,8 @@ struct tc__gpu_peer_fill {
 	uint64_t probe_bytes;	/* bytes each probe copy moved */
 	double copy_seconds;	/* the fill's copy alone */
 	double alloc_seconds;	/* allocations the copies made */
+	uint64_t host_bytes;	/* copied from the host replica, every copy
+				   (probes included); the caller zeroes it */
 	bool oom;		/* an allocation ran out of memory */
 };
 

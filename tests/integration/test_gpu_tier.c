@@ -1594,9 +1594,11 @@ static void test_gpu_tier__bind_from_sibling(void **state)
 }
 
 /* Put a blob as a kept view would be put: with the metadata naming its
- * source and its parts (client/view_api.c). */
+ * source and its parts (client/view_api.c).  Its first `shared` bytes
+ * are the same whatever the seed (what views of one source share). */
 static void put_view_blob(tc_client *c, uint64_t bytes, uint32_t seed,
-			  const char *parts, char id[TC_ID_BUFLEN])
+			  uint64_t shared, const char *parts,
+			  char id[TC_ID_BUFLEN])
 {
 	struct tc_tensor_desc d = { "blob", TC_DTYPE_U8, 1, &bytes };
 	struct tc_result r;
@@ -1612,7 +1614,8 @@ static void put_view_blob(tc_client *c, uint64_t bytes, uint32_t seed,
 		fail_msg("put: %s", tc_client_errmsg(c));
 	p = tc_put_data(put, 0);
 	for (uint64_t i = 0; i < bytes; i++)
-		p[i] = (uint8_t)((i * 2654435761u) >> 13 ^ seed);
+		p[i] = (uint8_t)((i * 2654435761u) >> 13 ^
+				 (i < shared ? 0 : seed));
 	if (tc_put_commit(put, &r) < 0)
 		fail_msg("commit: %s", tc_client_errmsg(c));
 	memcpy(id, r.id, TC_ID_BUFLEN);
@@ -1631,8 +1634,8 @@ static void test_gpu_tier__view_parts_are_checked(void **state)
 
 	daemon_start(fake_env, NULL);
 	c = t_connect(D.sock);
-	put_view_blob(c, 1 * MiB, 1, "0:0:524288", a);
-	put_view_blob(c, 1 * MiB, 2, "0:0:524288", b);
+	put_view_blob(c, 1 * MiB, 1, 0, "0:0:524288", a);
+	put_view_blob(c, 1 * MiB, 2, 0, "0:0:524288", b);
 	ra = attach_gpu_ok(c, a, 0);
 	gpu_copy_matches_host(c, b, 1);
 	assert_string_equal(fill_source(c, b, 1, buf), "host");
@@ -1641,6 +1644,107 @@ static void test_gpu_tier__view_parts_are_checked(void **state)
 	tc_artifact_close(ra);
 	tc_client_close(c);
 	daemon_stop();
+}
+
+/* The state of `ref`'s replica on GPU `dev` ("filling", "ready"), or
+ * NULL when it has none; into buf. */
+static const char *replica_state(tc_client *c, const char *ref, int dev,
+				 char *buf)
+{
+	json_t *doc, *r = gpu_replica(c, ref, dev, &doc);
+
+	if (r)
+		strcpy(buf, json_string_value(json_object_get(r, "state")));
+	json_decref(doc);
+	return r ? buf : NULL;
+}
+
+/* Views A and B of one source share their first MiB (parts
+ * "0:0:1048576").  A's fill on GPU 0 is held back 1.5 s (failpoint
+ * gpu_fill_lead_slow) so that B's fill on GPU 1 begins while A's runs.
+ * Without `fail` or `env2`, B fills its other 3 MiB from host memory,
+ * waits for A to complete the shared MiB and copies it GPU to GPU: host
+ * memory gave 4 + 3 MiB (gpu.fill_host_bytes), the MiB counts as
+ * pipelined.  Else they break A's side (more failpoints: A's failure told
+ * to B, B's wait bounded to 200 ms; env2: A's allocation fails): B fills
+ * everything from host memory, counted as pipelined_fallback_bytes.  B's
+ * bytes are its own in every case, and A's replica keeps no lease of
+ * B's once both are done.  `a_ok`: A's fill succeeds. */
+static void pipelined_case(const char *fail, const char *env2, bool a_ok)
+{
+	char fp[256], a[TC_ID_BUFLEN], b[TC_ID_BUFLEN], st[32];
+	const char *env[] = { "TC_FAKECUDA_DEVICES=2", fp, env2, NULL };
+	bool lead = fail || env2;
+	struct tc__frame_hdr h;
+	int fd, rfd[4], nfds, status, i;
+	uint8_t *body;
+	tc_client *c;
+
+	snprintf(fp, sizeof(fp), "TCAST_FAILPOINTS=gpu_fill_lead_slow=%s%s",
+		 fail ? "," : "", fail ? fail : "");
+	daemon_start(env, NULL);
+	c = t_connect(D.sock);
+	put_view_blob(c, 4 * MiB, 1, 1 * MiB, "0:0:1048576", a);
+	put_view_blob(c, 4 * MiB, 2, 1 * MiB, "0:0:1048576", b);
+	fd = t_raw_connect(D.sock);
+	assert_true(fd >= 0);
+	assert_int_equal(t_raw_hello(fd), 0);
+	raw_attach_gpu(fd, 40, a, 0);
+	for (i = 0; i < 500 && !replica_state(c, a, 0, st); i++)
+		usleep(10000);
+	assert_string_equal(replica_state(c, a, 0, st), "filling");
+	gpu_copy_matches_host(c, b, 1);
+	assert_int_equal(t_raw_recv(fd, &h, &body, rfd, &nfds), 0);
+	memcpy(&status, body, 4);
+	free(body);
+	assert_int_equal(status == 0, a_ok);
+	if (nfds)
+		close(rfd[0]);
+	assert_int_equal(peer_stat(c, "part_rejected"), 0);
+	if (!lead) {
+		assert_int_equal(peer_stat(c, "pipelined_fills"), 1);
+		assert_int_equal(peer_stat(c, "pipelined_bytes"), 1 * MiB);
+		assert_int_equal(peer_stat(c, "pipelined_leads"), 1);
+		assert_int_equal(peer_stat(c, "pipelined_fallback_bytes"), 0);
+		assert_int_equal(peer_stat(c, "part_fills"), 1);
+		assert_int_equal(peer_stat(c, "part_fill_bytes"), 1 * MiB);
+		assert_int_equal(gpu_total(c, "fill_host_bytes"), 7 * MiB);
+	} else {
+		assert_int_equal(peer_stat(c, "pipelined_fills"), 0);
+		assert_int_equal(peer_stat(c, "pipelined_fallback_bytes"),
+				 1 * MiB);
+		assert_int_equal(peer_stat(c, "part_fills"), 0);
+		assert_int_equal(gpu_total(c, "fill_host_bytes"),
+				 (a_ok ? 8 : 4) * MiB);
+	}
+	/* The lead's replica is leased by its client only (not by B's
+	 * fill any more), and by nobody once that client is gone. */
+	if (a_ok)
+		assert_int_equal(replica_leases(c, a, 0), 1);
+	close(fd);
+	for (i = 0; i < 200 && a_ok && replica_leases(c, a, 0) > 0; i++)
+		usleep(10000);
+	if (a_ok)
+		assert_int_equal(replica_leases(c, a, 0), 0);
+	assert_int_equal(replica_leases(c, b, 1), 0);
+	tc_client_close(c);
+	daemon_stop();
+}
+
+/* Pipelined view fills: a view's GPU fill that begins while another
+ * view of its source fills on a sibling GPU copies the ranges they share
+ * from that fill as it completes them; when that fill fails, gives up
+ * or stalls, from host memory, never waiting for good. */
+static void test_gpu_tier__pipelined_view_parts(void **state)
+{
+	pipelined_case(NULL, NULL, true);
+	pipelined_case("gpu_fill_lead_fail=", NULL, true);
+	pipelined_case("gpu_pipe_stall_ms=200", NULL, true);
+	/* A's allocation (the second cuMemCreate: B's, made while A is
+	 * held back, is the first) fails. */
+	pipelined_case(NULL,
+		       "TC_FAKECUDA_FAIL=cuMemCreate:2:CUDA_ERROR_UNKNOWN",
+		       false);
 }
 
 /* bind + swap: daemon-owned GPU memory at stable addresses, refilled in
@@ -2215,6 +2319,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu_tier__probe_is_fair),
 		cmocka_unit_test(test_gpu_tier__bind_from_sibling),
 		cmocka_unit_test(test_gpu_tier__view_parts_are_checked),
+		cmocka_unit_test(test_gpu_tier__pipelined_view_parts),
 		cmocka_unit_test(test_gpu_tier__bind_and_swap),
 		cmocka_unit_test(test_gpu_tier__binding_never_evicted),
 		cmocka_unit_test(test_gpu_tier__fills_are_filling_replicas),
