@@ -14,7 +14,10 @@ one run, against what the hardware does bare:
    (tcast.tools.tensor_parallel: the daemon makes the view from the host
    replica and fills it on the rank's GPU).  Rank 0 alone first (the
    single-GPU rate), then all N processes at once: aggregate GB/s against
-   N x the single-GPU rate.  Optionally (--from-disk) the N ranks start
+   N x the single-GPU rate, with the bytes host memory gave the GPUs
+   (fill_host_bytes) and the replicated tensors the later ranks copied
+   from the first rank's fill while it ran (pipelined_bytes).
+   Optionally (--from-disk) the N ranks start
    from the file instead: one read of the file for all of them (STATUS
    loader.read_bytes).
 3. A binding on GPU 0 of an artifact held on GPU 1 (and in host memory):
@@ -257,6 +260,17 @@ def forget_views(recs) -> None:
                 pass
 
 
+def gpu_counters():
+    """The daemon's GPU fill counters: what host memory gave the GPUs and
+    what the ranks' view fills copied from each other (pipelined: from a
+    fill still running)."""
+    g = tc.status()["gpu"]
+    p = g.get("peer", {})
+    return {"fill_host_bytes": g.get("fill_host_bytes", 0),
+            **{k: p.get(k, 0) for k in ("part_fills", "part_fill_bytes", "pipelined_fills", "pipelined_bytes",
+                                        "pipelined_fallback_bytes", "pipelined_leads")}}
+
+
 def agg(recs):
     span = max(r["t1"] for r in recs) - min(r["t0"] for r in recs)
     total = sum(r["bytes"] for r in recs)
@@ -382,13 +396,19 @@ def main() -> int:
         single = run_ranks([0], n, aid, "", a.fake, tmp, "single")
         forget_views(single)
         sb, ss, sg = agg(single)
+        before = gpu_counters()
         group = run_ranks(list(range(n)), n, aid, "", a.fake, tmp, "group")
+        after = gpu_counters()
         forget_views(group)
         gb, gs, gg = agg(group)
         res["tp_views"] = {
             "single_gpu": {"bytes": sb, "seconds": round(ss, 4), "gbps": round(sg, 2)},
             "group": {"ranks": n, "bytes": gb, "seconds": round(gs, 4), "gbps": round(gg, 2),
-                      "per_rank_gbps": [round(r["bytes"] / (r["t1"] - r["t0"]) / 1e9, 2) for r in group]},
+                      "per_rank_gbps": [round(r["bytes"] / (r["t1"] - r["t0"]) / 1e9, 2) for r in group],
+                      # Ranks at once: the replicated tensors copied from
+                      # the first rank's fill while it ran (docs/gpu.md,
+                      # "pipelined fills") instead of from host memory.
+                      **{k: after[k] - before[k] for k in after}},
             "aggregate_vs_n_x_single": round(gg / (n * sg), 3) if sg else None,
         }
         print(json.dumps({"tp_views": res["tp_views"]}))

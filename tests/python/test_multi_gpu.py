@@ -215,6 +215,94 @@ def test_replicated_tensors_copied_from_a_sibling_gpu(gpu4, tmp_path, n):
     assert after["part_rejected"] == 0
 
 
+def _pipelined_model(tmp: Path, n: int):
+    """Split tensors whose shards are >= 64 KiB at 4 ranks and replicated
+    tensors of 128 KiB, every size a multiple of 256 (no padding in any
+    byte space, so byte counts are exact)."""
+    rng = np.random.default_rng(10 + n)
+    arrays = {
+        "embed_norm": rng.standard_normal(32768).astype(np.float32),  # replicated
+        "layers.0.attn.weight": rng.standard_normal((128, 512)).astype(np.float32),
+        "final_norm": rng.standard_normal(32768).astype(np.float32),  # replicated
+        "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32),
+    }
+    path = tmp / "pp.safetensors"
+    _write_st(path, arrays)
+    np.savez(tmp / "want.npz", **arrays)
+    split = sum(a.nbytes for a in arrays.values() if a.ndim >= 2)
+    repl = sum(a.nbytes for a in arrays.values() if a.ndim < 2)
+    return path, tmp / "want.npz", split, repl
+
+
+def _pipelined_daemon(tmp: Path, extra: str = ""):
+    # import_slow: the ranks' imports of the file join the first;
+    # gpu_fill_lead_slow: the first view fill (the lead) is held back
+    # 1.5 s, so the other ranks' fills begin while it runs.
+    env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
+           "TCAST_FAILPOINTS": "import_slow=pp.safetensors,gpu_fill_lead_slow=" + extra}
+    (tmp / "d").mkdir(mode=0o700)
+    return Daemon(tmp / "d", "512MiB", env=env)
+
+
+def _gpu_counters(d: Daemon):
+    g = _status(d)["gpu"]
+    return dict(g.get("peer", {}), fill_host_bytes=g.get("fill_host_bytes", 0), fills=g.get("fills", 0))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_ranks_at_once_copy_replicated_tensors_from_the_lead(tmp_path, n):
+    """n ranks realize their views at the same instant, each on its own
+    GPU.  The first view fill to begin (the lead) copies the replicated
+    tensors first and says how far it has got; every other rank's fill
+    begins while it runs, copies its shards from host memory, then the
+    replicated tensors from the lead's GPU as soon as the lead has them
+    (gpu.peer.pipelined_*).  Host memory gave the GPUs the shards once and
+    the replicated tensors once (gpu.fill_host_bytes), and every rank's
+    tensors are numpy's slices of the file's."""
+    d = _pipelined_daemon(tmp_path)
+    try:
+        path, want, split, repl = _pipelined_model(tmp_path, n)
+        before = _gpu_counters(d)
+        got = _run_ranks(d, tmp_path, n, path, want)
+        after = _gpu_counters(d)
+    finally:
+        d.stop()
+    for r, g in enumerate(got):
+        assert g["bad"] == [], (r, g)
+    delta = {k: after[k] - before.get(k, 0) for k in after if isinstance(after[k], int)}
+    assert delta["fills"] == n
+    assert delta["pipelined_leads"] == 1, delta
+    assert delta["pipelined_fills"] == n - 1, delta
+    assert delta["pipelined_bytes"] == (n - 1) * repl, (delta, repl)
+    assert delta["pipelined_fallback_bytes"] == 0, delta
+    assert delta["part_fills"] == n - 1 and delta["part_fill_bytes"] == (n - 1) * repl, delta
+    assert delta["part_rejected"] == 0
+    assert delta["fill_host_bytes"] == split + repl, (delta, split, repl)
+
+
+def test_ranks_at_once_fill_from_host_when_the_lead_fails(tmp_path):
+    """As above on 4 GPUs, with the lead telling its followers it failed
+    (failpoint gpu_fill_lead_fail; its own fill goes on): each follower
+    fills the replicated tensors from host memory instead, nothing is
+    copied from the lead, and every rank's tensors are still right."""
+    n = 4
+    d = _pipelined_daemon(tmp_path, ",gpu_fill_lead_fail=")
+    try:
+        path, want, split, repl = _pipelined_model(tmp_path, n)
+        before = _gpu_counters(d)
+        got = _run_ranks(d, tmp_path, n, path, want)
+        after = _gpu_counters(d)
+    finally:
+        d.stop()
+    for r, g in enumerate(got):
+        assert g["bad"] == [], (r, g)
+    delta = {k: after[k] - before.get(k, 0) for k in after if isinstance(after[k], int)}
+    assert delta["pipelined_fills"] == 0 and delta["pipelined_bytes"] == 0, delta
+    assert delta["pipelined_fallback_bytes"] == (n - 1) * repl, delta
+    assert delta["part_fills"] == 0, delta
+    assert delta["fill_host_bytes"] == split + n * repl, (delta, split, repl)
+
+
 VIEW_RANK = r'''
 import ctypes, json, os, sys, time
 import numpy as np
@@ -370,6 +458,10 @@ def test_bench_multi_gpu_runs_on_the_fake_driver(tmp_path):
     assert rf["gpu1_from_host"]["source"] == "host"
     assert rf["daemon_peer"]["probes"] == 1
     assert r["tp_views"]["group"]["ranks"] == 2 and r["tp_views"]["aggregate_vs_n_x_single"] > 0
+    # The group's host and pipelined bytes are reported (how much was
+    # pipelined depends on how the ranks' fills overlapped).
+    grp = r["tp_views"]["group"]
+    assert grp["fill_host_bytes"] > 0 and grp["pipelined_bytes"] >= 0, grp
     assert r["tp_from_disk"]["imports_joined"] == 1
     assert r["tp_from_disk"]["read_bytes"] < 2 * r["tp_from_disk"]["file_bytes"]
     assert r["bind_fill"]["gbps"] > 0
