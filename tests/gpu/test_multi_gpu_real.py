@@ -12,7 +12,10 @@
    file's tensors; the daemon read the file once (STATUS loader).
    Then the ranks one after another: each later rank's view replica
    copies the replicated tensors from an earlier rank's on a sibling GPU
-   (STATUS gpu.peer.part_fills, diagnostics.peer_bytes); and the ranks'
+   (STATUS gpu.peer.part_fills, diagnostics.peer_bytes); the same ranks
+   at once, where a later rank's fill copies the replicated tensor from
+   the first rank's fill while that one runs (gpu.peer.pipelined_*,
+   gpu.fill_host_bytes printed); and the ranks'
    view imports straight to their GPUs at once (tc_import_view) read the
    replicated ranges once (STATUS loader.view_shared_bytes).
 3. The weight publisher's e2e harness with --tp-world-size N and
@@ -197,6 +200,23 @@ def main():
               "part_fills", pa["part_fills"] - pb["part_fills"], "rejected", pa["part_rejected"] - pb["part_rejected"],
               "seconds per rank:", [round(o["t1"] - o["t0"], 3) for o in seq if "t1" in o])
         check(pa["part_rejected"] == pb["part_rejected"], "no view part fill was rejected (digests checked on the GPU)")
+        # 2b'. the same layout, ranks at once: a rank's fill that begins
+        # while the first one runs copies the replicated tensor from it as
+        # soon as it is on its GPU (pipelined), host memory giving it once
+        tp3 = os.path.join(tmp, "tp3.safetensors")
+        save_file({f"l{i}.w": torch.randn(8192, 1024).to(torch.bfloat16) for i in range(4)}
+                  | {"embed_norm": torch.randn(16 << 20)}, tp3)
+        gb = tc.status()["gpu"]
+        both = ranks_at_once(RANK, N, tp3, tmp, "tp3", sock)
+        ga = tc.status()["gpu"]
+        check(all(not o["bad"] for o in both), f"TP={N} at once: every rank's shards equal torch slicing")
+        print("  at once:", {k: ga["peer"].get(k, 0) - gb["peer"].get(k, 0)
+                             for k in ("pipelined_fills", "pipelined_bytes", "pipelined_fallback_bytes",
+                                       "part_fills", "part_fill_bytes")},
+              "fill_host_bytes", ga.get("fill_host_bytes", 0) - gb.get("fill_host_bytes", 0),
+              "span", round(max(o["t1"] for o in both) - min(o["t0"] for o in both), 3) if all("t1" in o for o in both)
+              else None)
+        check(ga["peer"]["part_rejected"] == gb["peer"]["part_rejected"], "  ... no part fill rejected")
         # 2c. view imports straight to the GPUs at once share reads
         lb = tc.status()["loader"]
         vi = ranks_at_once(VIEW_RANK, N, tp2, tmp, "vimport", sock)
