@@ -237,11 +237,14 @@ def _pipelined_model(tmp: Path, n: int):
 def _pipelined_daemon(tmp: Path, extra: str = ""):
     # import_slow: the ranks' imports of the file join the first;
     # gpu_fill_lead_slow: the first view fill (the lead) is held back
-    # 1.5 s, so the other ranks' fills begin while it runs.
+    # 1.5 s, so the other ranks' fills begin while it runs.  The held
+    # lead and a follower waiting for it each hold a job thread: with the
+    # default two, the other ranks' view puts (hashed by jobs) would wait
+    # behind them and reach their fills after the lead's.
     env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
            "TCAST_FAILPOINTS": "import_slow=pp.safetensors,gpu_fill_lead_slow=" + extra}
     (tmp / "d").mkdir(mode=0o700)
-    return Daemon(tmp / "d", "512MiB", env=env)
+    return Daemon(tmp / "d", "512MiB", args=("--set", "job_threads=8"), env=env)
 
 
 def _gpu_counters(d: Daemon):
