@@ -92,14 +92,15 @@ struct tc__gpu_tier {
 	const struct tc__store_config *cfg;
 	struct tc__objs *objs;
 	struct tc__jobs *jobs;
-	int state;		     /* GT_* */
-	bool stopping;		     /* daemon exit: submit no more jobs */
-	unsigned copies_running;     /* fills, GPU imports, binding copies */
-	uint64_t copy_end_ms;	     /* when the last of them ended */
-	struct pin_job *parked;	     /* pinning that waits for them */
-	int open_rc;		     /* when FAILED */
-	char open_err[384];	     /* when FAILED */
-	struct gt_req *open_waiters; /* while OPENING, in arrival order */
+	struct tc__jobs *follow_jobs; /* fills that wait on a lead */
+	int state;		      /* GT_* */
+	bool stopping;		      /* daemon exit: submit no more jobs */
+	unsigned copies_running;      /* fills, GPU imports, binding copies */
+	uint64_t copy_end_ms;	      /* when the last of them ended */
+	struct pin_job *parked;	      /* pinning that waits for them */
+	int open_rc;		      /* when FAILED */
+	char open_err[384];	      /* when FAILED */
+	struct gt_req *open_waiters;  /* while OPENING, in arrival order */
 	int driver_version;
 	char driver_path[256];
 	int ndev;
@@ -487,7 +488,8 @@ static int reserve(struct tc__gpu_dev *d, struct tc__replica *r, uint64_t bytes,
 /* ------------------------------------------------------------ lifecycle */
 
 int tc__gpu_tier_new(const struct tc__store_config *cfg, struct tc__objs *objs,
-		     struct tc__jobs *jobs, struct tc__gpu_tier **out)
+		     struct tc__jobs *jobs, struct tc__jobs *follow_jobs,
+		     struct tc__gpu_tier **out)
 {
 	struct tc__gpu_tier *t = tc__calloc(1, sizeof(*t));
 
@@ -497,6 +499,7 @@ int tc__gpu_tier_new(const struct tc__store_config *cfg, struct tc__objs *objs,
 	t->cfg = cfg;
 	t->objs = objs;
 	t->jobs = jobs;
+	t->follow_jobs = follow_jobs ? follow_jobs : jobs;
 	t->state = GT_CLOSED;
 	*out = t;
 	return 0;
@@ -790,10 +793,17 @@ void tc__gpu_tier_peer_done(struct tc__gpu_tier *t,
  * view's; else it is filled again from host memory alone.
  *
  * Who waits on whom: a fill that follows a lead is never a lead itself,
- * and a lead waits on nobody, so no two fills wait on each other; a lead
- * was submitted before its followers (the pool runs jobs in order), so
- * it runs while they wait, and each wait ends after TC_GPU_PIPE_STALL_MS
- * without progress in any case. */
+ * and a lead waits on nobody, so no two fills wait on each other.  A
+ * follower runs on the tier's elastic follow pool, so its wait holds no
+ * thread of the job pool, where the lead (submitted first), imports and
+ * puts' digests run; each wait ends after TC_GPU_PIPE_STALL_MS without
+ * progress in any case. */
+
+/* Loop: run a fill job on its pool. */
+static void fill_submit(struct tc__gpu_tier *t, struct fill_job *j)
+{
+	tc__jobs_submit(j->gated_len ? t->follow_jobs : t->jobs, &j->job);
+}
 
 /* Worker: a gated part's wait and its end (xfer.h). */
 static int prep_wait(void *gate, const struct tc__xfer_part *p)
@@ -1191,7 +1201,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	t->copies_running++;
 	q->next = NULL;
 	r->waiters = q;
-	tc__jobs_submit(t->jobs, &j->job);
+	fill_submit(t, j);
 	return 1;
 }
 
@@ -1877,7 +1887,7 @@ static void fill_done(struct tc__job *job)
 		tc__log(TC_LOG_INFO, "GPU %d out of memory: retrying '%s'", i,
 			o->id);
 		j->retried = true;
-		tc__jobs_submit(t->jobs, &j->job);
+		fill_submit(t, j);
 		return;
 	}
 	list = r->waiters;

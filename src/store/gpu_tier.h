@@ -136,9 +136,15 @@ typedef void tc__gpu_tier_cb(void *arg, struct tc__obj *o,
 			     struct tc__gpu_replica *rep, int rc,
 			     const char *err);
 
-/* Create the tier (no driver is loaded).  Returns 0 or -ENOMEM. */
+/* Create the tier (no driver is loaded).  Fills run on `jobs`, except
+ * those that wait for a sibling view's fill in progress (followers): they
+ * run on `follow_jobs`, an elastic pool, so a waiting follower never holds
+ * a thread that the lead, an import or a put's digest needs.  Drain
+ * `follow_jobs` before `jobs` (followers wait on leads, never the other
+ * way).  Returns 0 or -ENOMEM. */
 int tc__gpu_tier_new(const struct tc__store_config *cfg, struct tc__objs *objs,
-		     struct tc__jobs *jobs, struct tc__gpu_tier **out);
+		     struct tc__jobs *jobs, struct tc__jobs *follow_jobs,
+		     struct tc__gpu_tier **out);
 /* Daemon exit, before tc__jobs_free: submit no more jobs (requests and
  * OOM retries fail with TC_ECLOSED), so draining the pool ends. */
 void tc__gpu_tier_stop(struct tc__gpu_tier *t);

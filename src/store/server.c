@@ -192,34 +192,29 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	if (rc == 0)
 		rc = tc__jobs_new_elastic(cfg->job_threads, IO_JOBS_MAX, s.ev,
 					  &s.io_jobs);
+	if (rc == 0)
+		rc = tc__jobs_new_elastic(1, FOLLOW_JOBS_MAX, s.ev,
+					  &s.follow_jobs);
 	if (rc < 0) {
 		snprintf(err, errlen, "cannot start workers: %s",
 			 strerror(-rc));
-		tc__jobs_free(s.jobs);
-		goto out_sig;
+		goto out_jobs;
 	}
 	/* Evicted cache artifacts may spill once the I/O workers run. */
 	rc = tc__spill_open(cfg, s.io_jobs, &s.spill, err, errlen);
-	if (rc < 0) {
-		tc__jobs_free(s.io_jobs);
-		tc__jobs_free(s.jobs);
-		goto out_sig;
-	}
+	if (rc < 0)
+		goto out_jobs;
 	s.objs.evicting = s.spill ? tc__spill_evicting : NULL;
 	s.objs.evicting_arg = s.spill;
-	rc = tc__gpu_tier_new(cfg, &s.objs, s.jobs, &s.gpu);
+	rc = tc__gpu_tier_new(cfg, &s.objs, s.jobs, s.follow_jobs, &s.gpu);
 	if (rc < 0) {
 		snprintf(err, errlen, "out of memory");
-		tc__jobs_free(s.io_jobs);
-		tc__jobs_free(s.jobs);
-		goto out_sig;
+		goto out_jobs;
 	}
 	rc = tc__srv_cluster_start(&s, err, errlen);
 	if (rc < 0) {
 		tc__gpu_tier_free(s.gpu);
-		tc__jobs_free(s.io_jobs);
-		tc__jobs_free(s.jobs);
-		goto out_sig;
+		goto out_jobs;
 	}
 	tc__ev_add(s.ev, s.lfd, TC_EV_READ, tc__srv_on_accept, &s);
 	tc__ev_add(s.ev, s.sigfd, TC_EV_READ, on_signal, &s);
@@ -283,6 +278,7 @@ out_stop:
 	if (tc__jobs_free_within(s.io_jobs, STOP_IO_WAIT_MS) < 0)
 		tc__log(TC_LOG_WARN,
 			"stopping with imports still blocked in I/O");
+	tc__jobs_free(s.follow_jobs); /* they wait on s.jobs, not back */
 	tc__jobs_free(s.jobs);
 	tc__srv_spare_drop(&s);
 	before_sleep(s.ev, &s);
@@ -291,6 +287,11 @@ out_stop:
 	tc__gpu_tier_free(s.gpu);
 	unlink(cfg->socket);
 	tc__log(TC_LOG_INFO, "tcast daemon stopped");
+	goto out_sig;
+out_jobs:
+	tc__jobs_free(s.follow_jobs);
+	tc__jobs_free(s.io_jobs);
+	tc__jobs_free(s.jobs);
 out_sig:
 	close(s.sigfd);
 	if (s.reserve_fd >= 0)

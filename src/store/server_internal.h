@@ -59,6 +59,8 @@ struct ha_rep;
 /* Import workers: one per import in flight, up to this many, so imports
  * blocked for good in a hung mount do not starve the others. */
 #define IO_JOBS_MAX 64
+/* Followers at once: a few per GPU group of views filling together. */
+#define FOLLOW_JOBS_MAX 32
 /* How long a stop waits for imports blocked in I/O. */
 #define STOP_IO_WAIT_MS 2000
 
@@ -207,6 +209,7 @@ struct server {
 	uint64_t accept_resume_ms; /* accepting paused until (fds ran out) */
 	uint64_t fd_short_ms;	   /* when accept last hit EMFILE/ENFILE */
 	struct tc__jobs *io_jobs;  /* imports: I/O that may hang */
+	struct tc__jobs *follow_jobs; /* GPU fills waiting on a lead */
 	struct conn *conns;
 	int nconns;
 	uint64_t epoch;

@@ -237,14 +237,19 @@ def _pipelined_model(tmp: Path, n: int):
 def _pipelined_daemon(tmp: Path, extra: str = ""):
     # import_slow: the ranks' imports of the file join the first;
     # gpu_fill_lead_slow: the first view fill (the lead) is held back
-    # 1.5 s, so the other ranks' fills begin while it runs.  The held
-    # lead and a follower waiting for it each hold a job thread: with the
-    # default two, the other ranks' view puts (hashed by jobs) would wait
-    # behind them and reach their fills after the lead's.
+    # 1.5 s, so the other ranks' fills begin while it runs.  The daemon
+    # runs its default two job threads: the held lead takes one, and the
+    # followers wait on the GPU tier's own elastic pool, so the other
+    # ranks' view puts (their digests are jobs) still reach their fills
+    # while the lead runs.  Were followers to wait on job threads, the
+    # first one's wait would hold the second, and with 4 ranks the rest
+    # would fill after the lead had finished (pipelined_fills < n - 1).
     env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
            "TCAST_FAILPOINTS": "import_slow=pp.safetensors,gpu_fill_lead_slow=" + extra}
     (tmp / "d").mkdir(mode=0o700)
-    return Daemon(tmp / "d", "512MiB", args=("--set", "job_threads=8"), env=env)
+    d = Daemon(tmp / "d", "512MiB", env=env)
+    assert int(_status(d)["config"]["job_threads"]) == 2
+    return d
 
 
 def _gpu_counters(d: Daemon):
@@ -304,6 +309,51 @@ def test_ranks_at_once_fill_from_host_when_the_lead_fails(tmp_path):
     assert delta["pipelined_fallback_bytes"] == (n - 1) * repl, delta
     assert delta["part_fills"] == 0, delta
     assert delta["fill_host_bytes"] == split + n * repl, (delta, split, repl)
+
+
+# A client that has nothing to do with the ranks: once the daemon says a
+# follower is waiting for its lead, it puts 1 MiB (sealed by a job) and
+# reads how many GPU fills had completed by then.
+BYSTANDER = r'''
+import json, sys, time
+import numpy as np
+import tcast as tc
+tc.init(mode="connect")
+log, fills0 = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 60
+while "follows GPU" not in open(log).read():
+    assert time.monotonic() < deadline, "no follower in the log"
+    time.sleep(0.005)
+t0 = time.monotonic()
+tc.put({"x": np.ones(1 << 18, dtype=np.float32)}, key="bystander")
+s = time.monotonic() - t0
+print(json.dumps({"seconds": s, "fills": tc.status()["gpu"]["fills"] - fills0}))
+'''
+
+
+def test_a_waiting_follower_holds_no_job_thread(tmp_path):
+    """While the lead is held back (1.5 s) and a follower waits for it,
+    another client's put is sealed at once: the follower waits on the GPU
+    tier's own pool, not on one of the daemon's two job threads (the held
+    lead has the other), so the put's seal job finds a free thread and
+    answers before any fill has completed."""
+    d = _pipelined_daemon(tmp_path)
+    try:
+        path, want, split, repl = _pipelined_model(tmp_path, 2)
+        e = dict(os.environ, TCAST_SOCKET=d.socket,
+                 PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        by = subprocess.Popen([sys.executable, "-c", BYSTANDER, d.log, str(_gpu_counters(d)["fills"])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+        got = _run_ranks(d, tmp_path, 2, path, want)
+        so, se = by.communicate(timeout=120)
+        assert by.returncode == 0, se
+        after = _gpu_counters(d)
+    finally:
+        d.stop()
+    assert all(g["bad"] == [] for g in got), got
+    res = json.loads(so.strip().splitlines()[-1])
+    assert res["fills"] == 0, res  # sealed while the lead was held
+    assert after["pipelined_fills"] == 1, after
 
 
 VIEW_RANK = r'''
