@@ -27,7 +27,13 @@ memory) and a CPU torch in the child that takes the fake's kDLCUDA capsule
 as a CPU tensor.  Everything but torch's CUDA tensors is the real path
 (ATTACH_GPU, the import of the fake's mapping, the table, the views).
 
+--layout transformer makes the 1,000 tensors a decoder's (111 layers of
+q, k, v, o, gate, up, down and two norms, bf16, of the hidden size that
+makes G GiB) instead of 1,000 equal uint8 tensors: neighbours differ in
+shape, so the SDK cannot build them as one strided batch.
+
 Usage: bench_fresh_attach.py [--device cuda:0|cpu|fake] [--gib G] [--rounds R] [--phases]
+                             [--layout uniform|transformer]
 """
 import argparse
 import json
@@ -140,6 +146,25 @@ print(json.dumps({"first": first, "later": later, "init": 0.0}))
 """
 
 
+def decoder_tensors(gib, dev):
+    """1,000 bf16 tensors shaped as a decoder's: 111 layers of 9 (q and o
+    [h, h], k and v [h/4, h], gate and up [i, h], down [h, i], two norms
+    [h]; i = 2.75 h) and a final norm, h the multiple of 64 nearest to G
+    GiB.  Elements per layer: 10.75 h^2 + 2 h."""
+    h = max(64, round((gib * (1 << 30) / 2 / (111 * 10.75)) ** 0.5 / 64) * 64)
+    i = h * 11 // 4
+    shapes = {"q_proj": (h, h), "k_proj": (h // 4, h), "v_proj": (h // 4, h), "o_proj": (h, h),
+              "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i),
+              "input_layernorm": (h,), "post_attention_layernorm": (h,)}
+    out = {}
+    for layer in range(111):
+        for k, shp in shapes.items():
+            out[f"model.layers.{layer}.{k}.weight"] = torch.full(shp, (layer % 7) + 1, dtype=torch.bfloat16,
+                                                                 device=dev)
+    out["model.norm.weight"] = torch.ones(h, dtype=torch.bfloat16, device=dev)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu",
@@ -147,6 +172,8 @@ def main():
     ap.add_argument("--gib", type=float, default=None, help="artifact size (default 16 on a GPU, 1 on the CPU)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--phases", action="store_true", help="split each call into the SDK's phases")
+    ap.add_argument("--layout", choices=("uniform", "transformer"), default="uniform",
+                    help="1,000 equal uint8 tensors, or a decoder's 1,000 bf16 tensors of mixed shapes")
     ap.add_argument("--profile", action="store_true",
                     help="then one more fresh process: cProfile of its first tensor_dict (not in the figure)")
     args = ap.parse_args()
@@ -163,8 +190,10 @@ def main():
     tc.init(mode="create", host_memory=f"{int(gib * 2 + 4)}GiB",
             daemon_args=("--set", "gpu_memory=90%") if dev != "cpu" else ())
     env = dict(os.environ, TCAST_SOCKET=tc.status()["socket"])
-    tensors = {f"a.{i:04d}": torch.full((per,), i % 251, dtype=torch.uint8, device="cpu" if fake else dev)
-               for i in range(NT)}
+    tensors = (decoder_tensors(gib, "cpu" if fake else dev) if args.layout == "transformer" else
+               {f"a.{i:04d}": torch.full((per,), i % 251, dtype=torch.uint8, device="cpu" if fake else dev)
+                for i in range(NT)})
+    assert len(tensors) == NT
     art = tc.put(tensors)
     ipc = None
     if dev not in ("cpu", "fake"):
@@ -180,7 +209,7 @@ def main():
         del tensors
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
           f"{torch.cuda.get_device_name(0) if dev not in ('cpu', 'fake') else 'CPU'}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}; {gib:g} GiB in {NT} tensors on {dev}", flush=True)
+          f"torch {torch.__version__}; {gib:g} GiB in {NT} tensors on {dev} ({args.layout} layout)", flush=True)
     res = {"warm-up": ([], [], []), "no warm-up": ([], [], [])}
     phases = {"warm-up": ([], []), "no warm-up": ([], [])}
     if ipc:
