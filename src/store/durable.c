@@ -177,12 +177,13 @@ static bool disk_evictable(struct tc__tier *t, struct tc__replica *r)
 	return false;
 }
 
-static void disk_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
+static bool disk_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 {
 	(void)r;
 	(void)ctx;
 	tc__log(TC_LOG_ERROR, "BUG: the %s tier was asked to evict a copy",
 		t->name);
+	return false;
 }
 
 static const struct tc__tier_ops disk_tier_ops = {

@@ -386,7 +386,7 @@ static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
  * it, because memory the driver has just freed is scrubbed while the next
  * copy runs (measured on an H200: a 16 GiB copy into a new allocation made
  * right after freeing as much ran at 49 GB/s, at 54-55 otherwise). */
-static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
+static bool gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 {
 	struct tc__gpu_tier *t = tier->arg;
 	struct tc__gpu_dev *d = dev_of(tier);
@@ -398,7 +398,7 @@ static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 		if (!(reuse && !reuse->dptr &&
 		      spare_take(d, reuse->size, reuse)))
 			spare_drop(d);
-		return;
+		return false; /* no artifact lost a copy */
 	}
 	tc__log(TC_LOG_INFO,
 		"evicting GPU %d replica of '%s' (%llu bytes) to make room",
@@ -413,6 +413,7 @@ static void gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 	/* An artifact held only on GPUs is gone with its last replica. */
 	if (!o->shm && tc__gpu_tier_obj_empty(o))
 		tc__objs_kill(t->objs, o);
+	return true;
 }
 
 /* Why `bytes` do not fit on the device: what clients hold, what is being

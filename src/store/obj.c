@@ -264,7 +264,7 @@ static bool host_evictable(struct tc__tier *t, struct tc__replica *r)
 	return o->policy != TC_POLICY_PINNED && o->host.bytes;
 }
 
-static void host_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
+static bool host_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 {
 	struct tc__objs *s = t->arg;
 	struct tc__obj *o = obj_of(r);
@@ -274,6 +274,7 @@ static void host_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 	if (s->evicting)
 		s->evicting(s->evicting_arg, o);
 	obj_kill(s, o);
+	return true;
 }
 
 static void host_refuse(struct tc__tier *t, uint64_t bytes, bool too_big,

@@ -115,11 +115,11 @@ uint32_t tc__tier_evict(struct tc__tier *t, uint64_t need, uint64_t want,
 		    (t->ops->evictable && !t->ops->evictable(t, r)))
 			continue;
 		freed += r->bytes;
-		t->evictions++;
 		n++;
 		/* The owner takes r off the tier (and may free it); prev is
 		 * another artifact's replica, untouched by that. */
-		t->ops->evict(t, r, ctx);
+		if (t->ops->evict(t, r, ctx))
+			t->evictions++;
 	}
 	return n;
 }

@@ -62,8 +62,10 @@ struct tc__tier_ops {
 	/* Evict `r`, chosen by tc__tier_evict: the owner must take it off the
 	 * tier before returning (tc__replica_evict, then tc__replica_gone, or
 	 * tc__replica_gone straight from READY) and may free it.  `ctx` is
-	 * tc__tier_evict's, passed through. */
-	void (*evict)(struct tc__tier *t, struct tc__replica *r, void *ctx);
+	 * tc__tier_evict's, passed through.  Returns true when an artifact's
+	 * copy went (counted in the tier's evictions), false when `r` was
+	 * one the tier keeps for itself (the GPU's spare allocation). */
+	bool (*evict)(struct tc__tier *t, struct tc__replica *r, void *ctx);
 	/* Write why `bytes` do not fit into err[errlen]: `too_big` when they
 	 * exceed the whole budget; `leased` and `filling` are the bytes that
 	 * could not be evicted for those reasons.  NULL: tc__tier_refusal's

@@ -340,7 +340,7 @@ static bool spill_evictable(struct tc__tier *t, struct tc__replica *r)
  * rename, so a later spill of the same content writes a new folder; no
  * fsync: nothing here must survive a crash), its files with the write
  * `ctx` (struct spill_write), or here when out of memory. */
-static void spill_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
+static bool spill_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 {
 	struct tc__spill *sp = t->arg;
 	struct tc__durable *d = sp->d;
@@ -359,7 +359,7 @@ static void spill_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 	if (!tr) {
 		/* Its files go now, on the loop (rare). */
 		tc__durable_forget(d, id, false, err, sizeof(err));
-		return;
+		return true;
 	}
 	j->trash = tr;
 	if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
@@ -372,6 +372,7 @@ static void spill_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 		j->ntrash++;
 	/* Off the tier with its record (durable.c gones the replica). */
 	tc__durable_forget(d, id, true, err, sizeof(err));
+	return true;
 }
 
 static const struct tc__tier_ops spill_tier_ops = {

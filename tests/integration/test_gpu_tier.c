@@ -2119,7 +2119,7 @@ static void test_gpu_tier__put_reuses_spare(void **state)
 	const long long G = 2 * MiB; /* the fake's granularity */
 	const uint64_t n1 = MiB + 100, n2 = 3 * MiB;
 	struct tc_result ra, rb, rh, rc, rf;
-	long long used1;
+	long long used1, evictions0;
 	char h1[65], h2[65];
 	tc_artifact *a;
 	tc_client *c;
@@ -2241,9 +2241,12 @@ static void test_gpu_tier__put_reuses_spare(void **state)
 	assert_int_equal(gpu_stat(c, 0, "spare.used"), used1);
 	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 2 * G);
 	/* ... and when room is needed it goes first, before C, which is
-	 * older than nothing but the spare. */
+	 * older than nothing but the spare; no artifact lost a copy, so
+	 * that is no eviction. */
+	evictions0 = gpu_stat(c, 0, "evictions");
 	put_gpu_fill(c, n2, 0xf4, &rf, true);
 	assert_int_equal(gpu_stat(c, 0, "spare.bytes"), 0);
+	assert_int_equal(gpu_stat(c, 0, "evictions"), evictions0);
 	assert_int_equal(gpu_stat(c, 0, "used_bytes"), 4 * G);
 	assert_int_equal(gpu_stat(c, 0, "replicas"), 2);
 	a = attach_gpu_ok(c, rc.id, 0);

@@ -45,7 +45,7 @@ static bool toy_evictable(struct tc__tier *t, struct tc__replica *r)
 	return !tc__replica_owner(r, struct item, r)->keep;
 }
 
-static void toy_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
+static bool toy_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 {
 	struct item *it = tc__replica_owner(r, struct item, r);
 
@@ -53,6 +53,7 @@ static void toy_evict(struct tc__tier *t, struct tc__replica *r, void *ctx)
 		victims[nvictims++] = it->name;
 	last_ctx = ctx;
 	assert_int_equal(tc__replica_gone(r, false), 0);
+	return true;
 }
 
 static const struct tc__tier_ops toy_ops = {
