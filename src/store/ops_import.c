@@ -116,7 +116,17 @@ struct import_job {
 	struct tc__load_run *vs_runs;	 /* owned, vs_nruns */
 	uint64_t *vs_src;		 /* owned, vs_nruns */
 	uint64_t vs_nruns;
-	uint64_t vs_shared; /* out: bytes copied from the leader */
+	uint64_t vs_shared;	  /* out: bytes copied from the leader */
+	struct vs_file *vs_files; /* owned: the source's files, src->nfiles */
+};
+
+/* What makes two imports' files the same bytes: device, inode, size and
+ * modification time, as for joins. */
+struct vs_file {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtim;
 };
 
 struct view_share;
@@ -139,6 +149,7 @@ static void import_free(struct import_job *j)
 	vs_put(j->vs_from);
 	tc__free(j->vs_runs);
 	tc__free(j->vs_src);
+	tc__free(j->vs_files);
 	if (j->gpu_copying)
 		tc__gpu_tier_copy_end(j->c->srv->gpu);
 	if (j->gpu_fill) {
@@ -707,13 +718,14 @@ static void import_done(struct tc__job *job)
 /* ------------------------------------- concurrent view imports to GPUs */
 
 /*
- * Views of one file loaded straight to different GPUs at once (a
- * tensor-parallel group's tc_import_view, one per rank) share the reads of
- * the byte ranges both views hold: the replicated tensors.  Each such
- * import is listed in s->viewing while it loads, with a view_share that
- * says when its bytes are in.  A later one of the same file (device,
- * inode, size, modification time) to another GPU takes out of its own
- * plan every run whose file range lies inside a run of the first's, loads
+ * Views of one file or sharded folder loaded straight to different GPUs at
+ * once (a tensor-parallel group's tc_import_view, one per rank) share the
+ * reads of the byte ranges both views hold: the replicated tensors.  Each
+ * such import is listed in s->viewing while it loads, with a view_share
+ * that says when its bytes are in.  A later one of the same files (each
+ * one's device, inode, size, modification time, in the same order) to
+ * another GPU takes out of its own plan every run whose range lies inside
+ * a run of the first's in the same file, loads
  * the rest, then copies those ranges from the first one's allocation (GPU
  * to GPU) and hashes its replica on its GPU.  The first one's job keeps
  * its allocation until its followers have copied (or a minute has passed:
@@ -752,12 +764,41 @@ static void vs_put(struct view_share *vs)
 	tc__free(vs);
 }
 
-static bool same_file(const struct import_job *a, const struct import_job *b)
+/* j's files as they are now (fstat of the fds the source holds): false
+ * when one cannot be told. */
+static bool vs_identify(struct import_job *j)
 {
-	return a->st_dev == b->st_dev && a->st_ino == b->st_ino &&
-	       a->st_size == b->st_size &&
-	       a->st_mtim.tv_sec == b->st_mtim.tv_sec &&
-	       a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+	uint32_t n = j->src->nfiles;
+
+	j->vs_files = tc__calloc(n ? n : 1, sizeof(*j->vs_files));
+	if (!j->vs_files)
+		return false;
+	for (uint32_t i = 0; i < n; i++) {
+		struct stat st;
+
+		if (fstat(j->src->files[i].fd, &st) < 0)
+			return false;
+		j->vs_files[i] = (struct vs_file){ st.st_dev, st.st_ino,
+						   st.st_size, st.st_mtim };
+	}
+	return true;
+}
+
+/* The same files in the same order: one file, or the same shards of a
+ * folder (whose runs then name the same file by the same index). */
+static bool same_source(const struct import_job *a, const struct import_job *b)
+{
+	if (a->src->nfiles != b->src->nfiles)
+		return false;
+	for (uint32_t i = 0; i < a->src->nfiles; i++) {
+		const struct vs_file *x = &a->vs_files[i], *y = &b->vs_files[i];
+
+		if (x->dev != y->dev || x->ino != y->ino ||
+		    x->size != y->size || x->mtim.tv_sec != y->mtim.tv_sec ||
+		    x->mtim.tv_nsec != y->mtim.tv_nsec)
+			return false;
+	}
+	return true;
 }
 
 /* One run's file range, when it is contiguous in the file. */
@@ -780,12 +821,12 @@ static void vs_begin(struct server *s, struct import_job *j)
 	struct tc__load_plan *p = &j->lplan;
 	struct import_job *l;
 
-	if (!j->gpu || !j->view || !j->st_ino || j->src->nfiles != 1)
+	if (!j->gpu || !j->view || !vs_identify(j))
 		return;
 	for (l = s->viewing; l && !j->vs_from; l = l->next_viewing) {
 		uint64_t k = 0, n = 0;
 
-		if (!same_file(l, j) || l->gpu_dev == j->gpu_dev)
+		if (l->gpu_dev == j->gpu_dev || !same_source(l, j))
 			continue;
 		j->vs_runs = tc__calloc(p->nruns ? p->nruns : 1,
 					sizeof(*j->vs_runs));
@@ -807,7 +848,8 @@ static void vs_begin(struct server *s, struct import_job *j)
 				const struct tc__load_run *w =
 					&l->lplan.runs[q];
 
-				if (run_range(w, &qo, &ql) && qo <= ro &&
+				if (w->file == r->file &&
+				    run_range(w, &qo, &ql) && qo <= ro &&
 				    ro + rl <= qo + ql) {
 					j->vs_src[i] = w->dst + (ro - qo);
 					n++;
@@ -1259,14 +1301,6 @@ int on_import(struct conn *c, struct req *r)
 		c->progress_job = j;
 		c->progress_req = r->h.req_id;
 		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
-	}
-	if ((j->flags & TC_RF_VIEW) && (j->flags & TC_RF_GPU) &&
-	    S_ISREG(st.st_mode)) {
-		/* Views to GPUs of one file share reads (vs_begin). */
-		j->st_dev = st.st_dev;
-		j->st_ino = st.st_ino;
-		j->st_size = st.st_size;
-		j->st_mtim = st.st_mtim;
 	}
 	if (joinable(j)) {
 		j->st_dev = st.st_dev;

@@ -397,16 +397,18 @@ def _view_ranks(d: Daemon, tmp: Path, n: int, path: Path, want: Path, *extra: st
     return _start_ranks(d, go, n, VIEW_RANK, str(path), str(go), str(want), *extra)
 
 
-@pytest.mark.parametrize("n", [2, 4])
-def test_concurrent_view_imports_share_reads(tmp_path, n):
+@pytest.mark.parametrize("n,folder", [(2, False), (4, False), (4, True)])
+def test_concurrent_view_imports_share_reads(tmp_path, n, folder):
     """n ranks import their views of one file straight to their GPUs at
     once (tc_import_view).  The replicated tensors (final_norm and
     embed_norm, 128 KiB each) are read from the file by the first rank
     only: the others copy them from its GPU (loader.view_shared_bytes),
     so the loaders read the split tensors once and the replicated ones
-    once, not n times; each rank's bytes are still the file's."""
+    once, not n times; each rank's bytes are still the file's.  The same
+    for a sharded folder (model.safetensors.index.json and two shards, a
+    replicated tensor in each): runs are shared within the same shard."""
     env = {"TCAST_CUDA_LIB": fakecuda_lib(), "TC_FAKECUDA_DEVICES": "4",
-           "TCAST_FAILPOINTS": "import_gpu_slow=vw.safetensors"}
+           "TCAST_FAILPOINTS": "import_gpu_slow=vw" + ("" if folder else ".safetensors")}
     (tmp_path / "d").mkdir(mode=0o700)
     d = Daemon(tmp_path / "d", "512MiB", env=env)
     try:
@@ -417,8 +419,19 @@ def test_concurrent_view_imports_share_reads(tmp_path, n):
             "final_norm": rng.standard_normal(32768).astype(np.float32),  # replicated
             "lm_head.weight": rng.standard_normal((256, 256)).astype(np.float32),
         }
-        path = tmp_path / "vw.safetensors"
-        _write_st(path, arrays)
+        if folder:
+            # Two shards, each with a split and a replicated tensor.
+            path = tmp_path / "vw"
+            path.mkdir()
+            shards = {"model-00001-of-00002.safetensors": ["embed_norm", "layers.0.attn.weight"],
+                      "model-00002-of-00002.safetensors": ["final_norm", "lm_head.weight"]}
+            for f, names in shards.items():
+                _write_st(path / f, {k: arrays[k] for k in names})
+            (path / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {}, "weight_map": {k: f for f, names in shards.items() for k in names}}))
+        else:
+            path = tmp_path / "vw.safetensors"
+            _write_st(path, arrays)
         np.savez(tmp_path / "want.npz", **arrays)
         split_bytes = sum(a.nbytes for k, a in arrays.items() if a.ndim >= 2)
         repl_bytes = sum(a.nbytes for k, a in arrays.items() if a.ndim < 2)
