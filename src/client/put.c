@@ -408,6 +408,11 @@ static int way_pick(tc_put *p)
 		return WAY_FILE;
 	if (e && !strcmp(e, "map"))
 		return WAY_MAP;
+	/* On 2 MiB pages the mapping wins outright: a fault per 2 MiB, and
+	 * a write() into the memfd would make 4 KiB pages of it (the kernel
+	 * gives huge pages under `advise` only to an advised mapping). */
+	if (p->huge_map && !e)
+		return WAY_MAP;
 	pthread_mutex_lock(&p->way_mu);
 	if (p->way_n[WAY_FILE] < 2 || p->way_n[WAY_MAP] < 2 ||
 	    !p->way_seen[WAY_FILE] || !p->way_seen[WAY_MAP])

@@ -108,9 +108,14 @@ def test_segments_take_huge_pages(tmp_path, shmem_mode, mode):
     f = tmp_path / "m.safetensors"
     write_safetensors(f, {"w": ("U32", list(arr.shape), arr.tobytes())})
     (tmp_path / "d").mkdir(mode=0o700)
-    d = Daemon(tmp_path / "d", "1GiB")
+    # No spare segment: each put and import makes its own, fresh (a put
+    # into the spare, made huge by the daemon, would pass however the
+    # client wrote it; racing the spare's making, it once did not).
+    d = Daemon(tmp_path / "d", "1GiB", args=("--set", "host_spare=0"))
     try:
-        # A put through libtcast's mapping of the new segment.
+        # A put through libtcast's mapping of the new segment (its
+        # tc_put_write takes the mapping on huge pages: a write() would
+        # make 4 KiB pages under advise).
         before = vmstat()
         res = probe(d, "put", "hp:put")
         check_sum(res, arr)
