@@ -500,7 +500,7 @@ int tc__gpu_tier_new(const struct tc__store_config *cfg, struct tc__objs *objs,
 	t->cfg = cfg;
 	t->objs = objs;
 	t->jobs = jobs;
-	t->follow_jobs = follow_jobs ? follow_jobs : jobs;
+	t->follow_jobs = follow_jobs;
 	t->state = GT_CLOSED;
 	*out = t;
 	return 0;

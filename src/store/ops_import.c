@@ -40,6 +40,28 @@
 #include "durable.h"
 #include "server_internal.h"
 
+/* What makes two imports' files the same bytes (joins, shared view
+ * reads): device, inode, size and modification time. */
+struct file_id {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtim;
+};
+
+static struct file_id file_id_of(const struct stat *st)
+{
+	return (struct file_id){ st->st_dev, st->st_ino, st->st_size,
+				 st->st_mtim };
+}
+
+static bool file_id_eq(const struct file_id *a, const struct file_id *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtim.tv_sec == b->mtim.tv_sec &&
+	       a->mtim.tv_nsec == b->mtim.tv_nsec;
+}
+
 struct import_job {
 	struct tc__job job;
 	struct conn *c;
@@ -98,10 +120,7 @@ struct import_job {
 	 * of reading, and is answered with what the leader inserted (as an
 	 * import of content already held) -- or, when the leader fails,
 	 * runs on its own. */
-	dev_t st_dev;
-	ino_t st_ino;
-	off_t st_size;
-	struct timespec st_mtim;
+	struct file_id fid;
 	bool lead;			/* in s->importing */
 	struct import_job *next_lead;	/* s->importing */
 	struct import_job *joined;	/* followers, while lead */
@@ -117,16 +136,7 @@ struct import_job {
 	uint64_t *vs_src;		 /* owned, vs_nruns */
 	uint64_t vs_nruns;
 	uint64_t vs_shared;	  /* out: bytes copied from the leader */
-	struct vs_file *vs_files; /* owned: the source's files, src->nfiles */
-};
-
-/* What makes two imports' files the same bytes: device, inode, size and
- * modification time, as for joins. */
-struct vs_file {
-	dev_t dev;
-	ino_t ino;
-	off_t size;
-	struct timespec mtim;
+	struct file_id *vs_files; /* owned: the source's files, src->nfiles */
 };
 
 struct view_share;
@@ -778,8 +788,7 @@ static bool vs_identify(struct import_job *j)
 
 		if (fstat(j->src->files[i].fd, &st) < 0)
 			return false;
-		j->vs_files[i] = (struct vs_file){ st.st_dev, st.st_ino,
-						   st.st_size, st.st_mtim };
+		j->vs_files[i] = file_id_of(&st);
 	}
 	return true;
 }
@@ -790,14 +799,9 @@ static bool same_source(const struct import_job *a, const struct import_job *b)
 {
 	if (a->src->nfiles != b->src->nfiles)
 		return false;
-	for (uint32_t i = 0; i < a->src->nfiles; i++) {
-		const struct vs_file *x = &a->vs_files[i], *y = &b->vs_files[i];
-
-		if (x->dev != y->dev || x->ino != y->ino ||
-		    x->size != y->size || x->mtim.tv_sec != y->mtim.tv_sec ||
-		    x->mtim.tv_nsec != y->mtim.tv_nsec)
+	for (uint32_t i = 0; i < a->src->nfiles; i++)
+		if (!file_id_eq(&a->vs_files[i], &b->vs_files[i]))
 			return false;
-	}
 	return true;
 }
 
@@ -1063,11 +1067,7 @@ static bool join(struct server *s, struct import_job *j)
 	struct import_job *l;
 
 	for (l = s->importing; l; l = l->next_lead)
-		if (l->st_dev == j->st_dev && l->st_ino == j->st_ino &&
-		    l->st_size == j->st_size &&
-		    l->st_mtim.tv_sec == j->st_mtim.tv_sec &&
-		    l->st_mtim.tv_nsec == j->st_mtim.tv_nsec &&
-		    l->policy == j->policy)
+		if (file_id_eq(&l->fid, &j->fid) && l->policy == j->policy)
 			break;
 	if (!l)
 		return false;
@@ -1303,10 +1303,7 @@ int on_import(struct conn *c, struct req *r)
 		c->progress_next_ms = tc__now_ms() + PROGRESS_MS;
 	}
 	if (joinable(j)) {
-		j->st_dev = st.st_dev;
-		j->st_ino = st.st_ino;
-		j->st_size = st.st_size;
-		j->st_mtim = st.st_mtim;
+		j->fid = file_id_of(&st);
 		if (join(c->srv, j))
 			return 0; /* answered when the leader is done */
 		j->lead = true;
