@@ -147,15 +147,16 @@ def test_diagnostics_of_all_and_of_names(tc):
 
 
 def test_raw_dtypes_for_all_and_for_names(tc, tmp_path):
-    # F8_E8M0 has no torch dtype on any torch this SDK supports: raw carrier.
-    entries = {"s": ("F8_E8M0", (4,), bytes([1, 2, 3, 4])), "f": ("F32", (1,), b"\0\0\x80\x3f")}
+    # F6_E2M3 has no torch dtype on any torch this SDK supports (F8_E8M0,
+    # used here before, is float8_e8m0fnu from torch 2.7): raw carrier.
+    entries = {"s": ("F6_E2M3", (4,), bytes([1, 2, 3])), "f": ("F32", (1,), b"\0\0\x80\x3f")}
     path = tmp_path / "raw.safetensors"
     write_safetensors(path, entries)
     art = tc.from_disk(path)
     d = art.tensor_dict_with_diagnostics().diagnostics
-    assert d.raw_dtypes == {"s": "F8_E8M0"}
+    assert d.raw_dtypes == {"s": "F6_E2M3"}
     assert art.tensor_dict_with_diagnostics(names=["f"]).diagnostics.raw_dtypes == {}
-    assert art.tensor_dict_with_diagnostics(names=["s"]).diagnostics.raw_dtypes == {"s": "F8_E8M0"}
+    assert art.tensor_dict_with_diagnostics(names=["s"]).diagnostics.raw_dtypes == {"s": "F6_E2M3"}
 
 
 def test_table_infos_built_on_demand(tc):
