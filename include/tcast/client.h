@@ -269,6 +269,27 @@ TC_API const struct tc_tensor_info *tc_artifact_tensors(const tc_artifact *a);
  * tc_artifact_close(a); tc_tensor_info.name points into it.  A binding
  * splits it once instead of reading ntensors strings. */
 TC_API const char *tc_artifact_names(const tc_artifact *a, uint64_t *len);
+
+/* `count` tensors of one dtype and shape, `spacing` bytes apart from
+ * `offset` on: one strided view of shape (count,) + shape, split by one
+ * unbind, makes all of them (fixed layout, part of the ABI). */
+struct tc_tensor_run {
+	uint32_t first;	  /* index into order[] of its first member */
+	uint32_t count;	  /* >= min_run */
+	uint64_t offset;  /* bytes: the first member's */
+	uint64_t spacing; /* bytes from one member to the next, > 0 */
+};
+/* Group table `t` (n entries: tc_artifact_tensors, tc_view_plan_tensors)
+ * into runs of at least min_run (>= 2) tensors of one dtype and shape at
+ * equal spacing, whatever their places in the table; sub-byte dtypes and
+ * empty tensors are in none.  runs[] needs room for n / min_run entries,
+ * order[] for n: run r's members, as table positions in offset order, are
+ * order[runs[r].first .. + count); after every run's members come the
+ * tensors in no run, in table order.  Returns the number of runs,
+ * TC_EINVAL or -ENOMEM. */
+TC_API int64_t tc_tensor_runs(const struct tc_tensor_info *t, uint32_t n,
+			      uint32_t min_run, struct tc_tensor_run *runs,
+			      uint32_t *order);
 TC_API uint32_t tc_artifact_meta_count(const tc_artifact *a);
 TC_API const char *tc_artifact_meta_key(const tc_artifact *a, uint32_t i);
 TC_API const char *tc_artifact_meta_value(const tc_artifact *a, uint32_t i);
@@ -317,6 +338,13 @@ enum tc_source {
 #define TC_REALIZE_SOURCE (1u << 0) /* source */
 #define TC_REALIZE_DEVICE (1u << 1) /* device */
 #define TC_REALIZE_IMPORT (1u << 2) /* import: options of an import */
+#define TC_REALIZE_FLAGS  (1u << 3) /* flags */
+/* A GPU attach returns once the replica is mapped, while a thread of
+ * libtcast grants this process's device access to it (cuMemSetAccess:
+ * half of a fresh process's attach of 16 GiB on an H100); the caller
+ * builds its views of the address meanwhile and calls tc_artifact_wait
+ * before anything reads the memory.  Host attaches ignore it. */
+#define TC_REALIZE_F_ACCESS_LATER 0x1
 
 struct tc_realize_opts {
 	uint64_t field_mask; /* TC_REALIZE_*: fields not in the mask are
@@ -327,6 +355,8 @@ struct tc_realize_opts {
 	const struct tc_opts *import; /* borrowed: key, policy, expect_gen and
 					 progress of an import (device is
 					 ignored: `device` above decides) */
+	uint32_t flags;		      /* TC_REALIZE_F_* */
+	uint32_t reserved;
 };
 
 /* What tc_realize did, for diagnostics (the same for every client). */
@@ -361,6 +391,11 @@ struct tc_realize_info {
 TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 		      const struct tc_realize_opts *o, tc_artifact **out,
 		      struct tc_realize_info *info);
+/* Wait until a's memory may be read: at once, unless a was realized on a
+ * GPU with TC_REALIZE_F_ACCESS_LATER and its access is still being
+ * granted.  Returns 0, or TC_ECUDA / TC_EDEVICE when the grant failed
+ * (the mapping stays unreadable: close a). */
+TC_API int tc_artifact_wait(tc_artifact *a);
 /* "auto", "local_only", "disk_first", "disk_only", or NULL. */
 TC_API const char *tc_source_name(int32_t source);
 

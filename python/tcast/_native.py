@@ -80,6 +80,8 @@ class TcResult(Structure):
 TC_REALIZE_SOURCE = 1 << 0
 TC_REALIZE_DEVICE = 1 << 1
 TC_REALIZE_IMPORT = 1 << 2
+TC_REALIZE_FLAGS = 1 << 3
+TC_REALIZE_F_ACCESS_LATER = 0x1
 TC_SERVED_LOCAL = 1
 TC_SERVED_DISK = 2
 TC_SERVED_SHARED_DISK = 3
@@ -92,6 +94,8 @@ class TcRealizeOpts(Structure):
         ("source", c_int32),
         ("device", c_int32),
         ("import_opts", POINTER(TcOpts)),
+        ("flags", c_uint32),
+        ("reserved", c_uint32),
     ]
 
 
@@ -160,6 +164,8 @@ class TcRingStats(Structure):
 # string_at() and unpack it in Python (far cheaper than ctypes field access).
 TENSOR_INFO_FORMAT = struct.Struct("<QiIQQ16Q")
 assert TENSOR_INFO_FORMAT.size == ctypes.sizeof(TcTensorInfo) == 160
+# struct tc_tensor_run (first, count, offset, spacing).
+TENSOR_RUN_FORMAT = struct.Struct("<IIQQ")
 
 # DLPack (include/tcast/dlpack.h): offsets of the deleter in each struct.
 DL_LEGACY_DELETER_OFFSET = 56  # DLManagedTensor.deleter
@@ -224,6 +230,8 @@ PROTOTYPES = {
     "tc_artifact_find": (c_int64, [_p, c_char_p]),
     "tc_artifact_tensors": (c_void_p, [_p]),
     "tc_artifact_names": (c_void_p, [_p, POINTER(c_uint64)]),
+    "tc_artifact_wait": (c_int, [_p]),
+    "tc_tensor_runs": (c_int64, [c_void_p, c_uint32, c_uint32, c_void_p, c_void_p]),
     "tc_artifact_meta_count": (c_uint32, [_p]),
     "tc_artifact_meta_key": (c_char_p, [_p, c_uint32]),
     "tc_artifact_meta_value": (c_char_p, [_p, c_uint32]),

@@ -79,6 +79,16 @@ class Session:
                 raise errors.error_from_code(rc, msg)
             return rc
 
+    def call_on(self, fn: Callable[..., int], obj: int, *args: Any) -> int:
+        """fn(obj, *args) for a libtcast object of this session's client
+        (an artifact handle): its errors are the client's message."""
+        with self.lock:
+            rc = fn(obj, *args)
+            if rc < 0:
+                msg = self.lib.tc_client_errmsg(self._h()).decode(errors="replace")
+                raise errors.error_from_code(rc, msg)
+            return rc
+
     def call_json(self, fn: Callable[..., int], *args: Any) -> Any:
         out = ctypes.c_void_p()
         self.call(fn, *args, ctypes.byref(out))

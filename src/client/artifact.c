@@ -12,6 +12,7 @@
 
 #include "client_internal.h"
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/hash.h"
 #include "common/log.h"
 #include "format/format.h"
@@ -217,12 +218,13 @@ static void send_unbind(tc_client *c, uint64_t handle)
 /* ATTACH_GPU or BIND: ask for the memory, decode the reply (a BIND reply
  * starts with the binding's handle), import the fd read-only. */
 static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
-		      uint32_t flags, tc_artifact **out)
+		      uint32_t flags, unsigned aflags, tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__gpu_info info;
 	char err[512], uuid[TC_GPU_UUID_STRLEN + 8];
 	struct tc_artifact *a;
+	uint64_t t0, t1, t2;
 	struct reply rep;
 	size_t off;
 	int rc;
@@ -230,9 +232,11 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	*out = NULL;
 	/* Ordinals are per process (CUDA_VISIBLE_DEVICES): the daemon is
 	 * told the GPU's UUID, never our ordinal. */
+	t0 = tc__mono_ns();
 	rc = tc__gpu_device_info(device, &info, err, sizeof(err));
 	if (rc < 0)
 		return tc__client_err(c, rc, err);
+	t1 = tc__mono_ns();
 	off = tc__client_begin(c, &b, type);
 	tc__buf_put_str(&b, ref);
 	if (type == TC_MSG_ATTACH_GPU)
@@ -244,6 +248,7 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	tc__buf_release(&b);
 	if (rc < 0)
 		return rc;
+	t2 = tc__mono_ns();
 	a = tc__calloc(1, sizeof(*a));
 	if (!a) {
 		rc = -ENOMEM;
@@ -282,13 +287,23 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	}
 	/* Read-only: the mapping refuses device writes (it catches bugs;
 	 * the fd would allow a read-write import). */
-	rc = tc__gpu_import(device, rep.fds[0], a->map_size, TC_GPU_READ_ONLY,
+	rc = tc__gpu_import(device, rep.fds[0], a->map_size,
+			    TC_GPU_READ_ONLY |
+				    ((aflags & TC__ATTACH_ACCESS_LATER) ?
+					     TC_GPU_ACCESS_LATER :
+					     0),
 			    &a->gmem, err, sizeof(err));
 	if (rc < 0) {
 		tc__client_err(c, rc, err);
 		goto out_table;
 	}
 	a->map = (const uint8_t *)(uintptr_t)a->gmem.dptr;
+	/* Where a fresh process's attach goes (its budget is a few ms). */
+	tc__log(TC_LOG_DEBUG,
+		"attach of %s on GPU %d: device info %.3f ms, request %.3f, "
+		"table and import %.3f",
+		a->id, (int)device, (double)(t1 - t0) / 1e6,
+		(double)(t2 - t1) / 1e6, (double)(tc__mono_ns() - t2) / 1e6);
 	atomic_init(&a->refs, 1);
 	a->c = c;
 	tc__client_ref(c);
@@ -315,13 +330,30 @@ out_reply:
 TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
 			 tc_artifact **out)
 {
-	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, 0, out);
+	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, 0, 0, out);
+}
+
+int tc__attach_gpu(tc_client *c, const char *ref, int32_t device,
+		   unsigned flags, tc_artifact **out)
+{
+	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, 0, flags, out);
+}
+
+TC_API int tc_artifact_wait(tc_artifact *a)
+{
+	char err[256];
+	int rc;
+
+	if (a->device < 0)
+		return 0;
+	rc = tc__gpu_access_wait(&a->gmem, err, sizeof(err));
+	return rc < 0 ? tc__client_err(a->c, rc, err) : 0;
 }
 
 TC_API int tc_bind(tc_client *c, const char *ref, int32_t device,
 		   tc_artifact **out)
 {
-	return gpu_attach(c, TC_MSG_BIND, ref, device, 0, out);
+	return gpu_attach(c, TC_MSG_BIND, ref, device, 0, 0, out);
 }
 
 TC_API int tc_bind2(tc_client *c, const char *ref, int32_t device,
@@ -331,7 +363,7 @@ TC_API int tc_bind2(tc_client *c, const char *ref, int32_t device,
 		*out = NULL;
 		return tc__client_err(c, TC_EINVAL, "unknown tc_bind2 flags");
 	}
-	return gpu_attach(c, TC_MSG_BIND, ref, device, flags, out);
+	return gpu_attach(c, TC_MSG_BIND, ref, device, flags, 0, out);
 }
 
 /* The public flag is the protocol's. */

@@ -16,15 +16,8 @@
 #include <time.h>
 
 #include "client_internal.h"
+#include "common/clock.h"
 #include "tcast/errors.h"
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void add_reason(struct tc_realize_info *info, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
@@ -71,10 +64,19 @@ static int fail_after(tc_client *c, int rc, const char *first, const char *then)
 	return tc__client_err(c, rc, msg);
 }
 
-static int attach(tc_client *c, const char *ref, int32_t dev, tc_artifact **out,
-		  struct tc_realize_info *info)
+/* What an attach to a GPU asks of the import of its mapping. */
+static unsigned gpu_flags(const struct tc_realize_opts *o)
 {
-	uint64_t t0 = now_ns();
+	return o && (o->field_mask & TC_REALIZE_FLAGS) &&
+			       (o->flags & TC_REALIZE_F_ACCESS_LATER) ?
+		       TC__ATTACH_ACCESS_LATER :
+		       0;
+}
+
+static int attach(tc_client *c, const char *ref, int32_t dev, unsigned gflags,
+		  tc_artifact **out, struct tc_realize_info *info)
+{
+	uint64_t t0 = tc__mono_ns();
 	char first[512];
 	int rc;
 
@@ -83,7 +85,7 @@ static int attach(tc_client *c, const char *ref, int32_t dev, tc_artifact **out,
 		info->device = -1;
 		goto out;
 	}
-	rc = tc_attach_gpu(c, ref, dev, out);
+	rc = tc__attach_gpu(c, ref, dev, gflags, out);
 	info->device = dev;
 	if (rc == 0 || !no_gpu_tier(rc))
 		goto out;
@@ -110,7 +112,7 @@ out:
 		info->gpu_direct = og == TC_ORIGIN_SHARED_GPU ||
 				   og == TC_ORIGIN_SPILL_GPU;
 	}
-	info->attach_ns += now_ns() - t0;
+	info->attach_ns += tc__mono_ns() - t0;
 	return rc;
 }
 
@@ -122,7 +124,7 @@ static int from_disk(tc_client *c, const char *path,
 		     bool *import_failed)
 {
 	struct tc_opts io;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = tc__mono_ns();
 	char first[512];
 	int rc;
 
@@ -151,13 +153,13 @@ static int from_disk(tc_client *c, const char *path,
 	} else if (rc == 0 && dev >= 0) {
 		info->gpu_direct = 1;
 	}
-	info->import_ns = now_ns() - t0;
+	info->import_ns = tc__mono_ns() - t0;
 	*import_failed = rc < 0;
 	if (rc < 0)
 		return rc;
 	info->imported = 1;
 	info->served = TC_SERVED_DISK;
-	return attach(c, info->import.id, dev, out, info);
+	return attach(c, info->import.id, dev, gpu_flags(o), out, info);
 }
 
 TC_API const char *tc_source_name(int32_t source)
@@ -177,6 +179,7 @@ TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 	struct tc_realize_info local;
 	int32_t src = TC_SOURCE_AUTO, dev = -1;
 	char first[512], msg[1200];
+	unsigned gflags = gpu_flags(o);
 	bool import_failed = false;
 	int rc;
 
@@ -221,7 +224,7 @@ TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 				 disk_path);
 			return tc__client_err(c, TC_EINVAL, msg);
 		}
-		return attach(c, ref, dev, out, info);
+		return attach(c, ref, dev, gflags, out, info);
 	case TC_SOURCE_DISK_ONLY:
 		if (!disk_path)
 			return tc__client_err(
@@ -248,7 +251,7 @@ TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 			   "disk unavailable (%.400s); attached the "
 			   "local replica",
 			   first);
-		rc = attach(c, ref, dev, out, info);
+		rc = attach(c, ref, dev, gflags, out, info);
 		if (rc < 0)
 			return fail_after(c, rc, first,
 					  "attaching the local replica");
@@ -257,7 +260,7 @@ TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 		if (!ref)
 			return from_disk(c, disk_path, o, dev, out, info,
 					 &import_failed);
-		rc = attach(c, ref, dev, out, info);
+		rc = attach(c, ref, dev, gflags, out, info);
 		if (rc != TC_ENOTFOUND || !disk_path)
 			return rc;
 		snprintf(first, sizeof(first), "%s", tc_client_errmsg(c));
@@ -274,5 +277,5 @@ TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 		return tc__client_err(c, TC_EINVAL,
 				      "source 'disk_first' without a disk path "
 				      "needs a key or an artifact id");
-	return attach(c, ref, dev, out, info);
+	return attach(c, ref, dev, gflags, out, info);
 }

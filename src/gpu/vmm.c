@@ -20,6 +20,7 @@
 
 #include "tcast/errors.h"
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/compiler.h"
 #include "common/log.h"
 #include "cu.h"
@@ -177,30 +178,45 @@ void tc__gpu_mem_init(struct tc__gpu_mem *m)
 	m->fd = -1;
 }
 
-/* Reserve an address range, map h there and set this device's access.
- * On failure nothing stays reserved or mapped. */
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Reserve, map and set access; t_ns (or NULL) gets when each of the three
- * driver calls began, for a slow import's log line. */
-static int map_handle(const struct tc__cu *cu, int ordinal,
-		      CUmemGenericAllocationHandle h, size_t bytes,
-		      size_t align, CUmemAccess_flags access, CUdeviceptr *va,
-		      uint64_t t_ns[3], char *err, size_t errlen)
+/* Grant this device `access` to [va, va + bytes). */
+static int set_access(const struct tc__cu *cu, int ordinal, CUdeviceptr va,
+		      size_t bytes, CUmemAccess_flags access, char *err,
+		      size_t errlen)
 {
 	CUmemAccessDesc desc;
+	CUresult r;
+
+	memset(&desc, 0, sizeof(desc));
+	desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	desc.location.id = cu->devs[ordinal].dev;
+	desc.flags = access;
+	r = cu->fn.cuMemSetAccess(va, bytes, &desc, 1);
+	if (r)
+		return tc__cu_fail(
+			cu, r, "cuMemSetAccess", err, errlen,
+			"cannot set %s access to %zu bytes on GPU %d",
+			access == CU_MEM_ACCESS_FLAGS_PROT_READ ? "read-only" :
+								  "read-write",
+			bytes, ordinal);
+	return 0;
+}
+
+/* Reserve an address range, map h there and, unless access_later, set
+ * this device's access; t_ns (or NULL) gets when each of the three driver
+ * calls began, for the import's log line.  On failure nothing stays
+ * reserved or mapped. */
+static int map_handle(const struct tc__cu *cu, int ordinal,
+		      CUmemGenericAllocationHandle h, size_t bytes,
+		      size_t align, CUmemAccess_flags access, bool access_later,
+		      CUdeviceptr *va, uint64_t t_ns[3], char *err,
+		      size_t errlen)
+{
 	CUresult r;
 	int ret;
 
 	*va = 0;
 	if (t_ns)
-		t_ns[0] = mono_ns();
+		t_ns[0] = tc__mono_ns();
 	r = cu->fn.cuMemAddressReserve(va, bytes, align, 0, 0);
 	if (r)
 		return tc__cu_fail(cu, r, "cuMemAddressReserve", err, errlen,
@@ -208,7 +224,7 @@ static int map_handle(const struct tc__cu *cu, int ordinal,
 				   "on GPU %d",
 				   bytes, ordinal);
 	if (t_ns)
-		t_ns[1] = mono_ns();
+		t_ns[1] = tc__mono_ns();
 	r = cu->fn.cuMemMap(*va, bytes, 0, h, 0);
 	if (r) {
 		ret = tc__cu_fail(cu, r, "cuMemMap", err, errlen,
@@ -216,22 +232,13 @@ static int map_handle(const struct tc__cu *cu, int ordinal,
 				  ordinal);
 		goto out_free_va;
 	}
-	memset(&desc, 0, sizeof(desc));
-	desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-	desc.location.id = cu->devs[ordinal].dev;
-	desc.flags = access;
 	if (t_ns)
-		t_ns[2] = mono_ns();
-	r = cu->fn.cuMemSetAccess(*va, bytes, &desc, 1);
-	if (r) {
-		ret = tc__cu_fail(cu, r, "cuMemSetAccess", err, errlen,
-				  "cannot set %s access to %zu bytes on GPU %d",
-				  access == CU_MEM_ACCESS_FLAGS_PROT_READ ?
-					  "read-only" :
-					  "read-write",
-				  bytes, ordinal);
+		t_ns[2] = tc__mono_ns();
+	if (access_later)
+		return 0;
+	ret = set_access(cu, ordinal, *va, bytes, access, err, errlen);
+	if (ret < 0)
 		goto out_unmap;
-	}
 	return 0;
 
 out_unmap:
@@ -245,6 +252,78 @@ out_free_va:
 			  ordinal);
 	*va = 0;
 	return ret;
+}
+
+/* An access grant on its own thread (TC_GPU_ACCESS_LATER). */
+struct tc__gpu_access {
+	pthread_t thread;
+	const struct tc__cu *cu;
+	int ordinal;
+	CUdeviceptr va;
+	size_t bytes;
+	CUmemAccess_flags access;
+	uint64_t ns; /* how long the grant took */
+	int rc;
+	char err[256];
+};
+
+static void *access_main(void *arg)
+{
+	struct tc__gpu_access *j = arg;
+	struct tc__cu_guard g;
+	uint64_t t0 = tc__mono_ns();
+
+	j->rc = tc__cu_enter(j->cu, j->ordinal, &g, j->err, sizeof(j->err));
+	if (j->rc == 0) {
+		j->rc = set_access(j->cu, j->ordinal, j->va, j->bytes,
+				   j->access, j->err, sizeof(j->err));
+		tc__cu_leave(j->cu, &g);
+	}
+	j->ns = tc__mono_ns() - t0;
+	return NULL;
+}
+
+/* Start granting m's access on a thread; without one, grant it here. */
+static int access_start(const struct tc__cu *cu, struct tc__gpu_mem *m,
+			CUmemAccess_flags access, char *err, size_t errlen)
+{
+	struct tc__gpu_access *j = tc__calloc(1, sizeof(*j));
+
+	if (j) {
+		j->cu = cu;
+		j->ordinal = m->device;
+		j->va = (CUdeviceptr)m->dptr;
+		j->bytes = (size_t)m->size;
+		j->access = access;
+		if (pthread_create(&j->thread, NULL, access_main, j) == 0) {
+			m->access = j;
+			return 0;
+		}
+		tc__free(j);
+	}
+	return set_access(cu, m->device, (CUdeviceptr)m->dptr, (size_t)m->size,
+			  access, err, errlen);
+}
+
+int tc__gpu_access_wait(struct tc__gpu_mem *m, char *err, size_t errlen)
+{
+	struct tc__gpu_access *j = m->access;
+	int rc;
+
+	if (!j)
+		return 0;
+	pthread_join(j->thread, NULL);
+	m->access = NULL;
+	rc = j->rc;
+	if (rc < 0)
+		snprintf(err, errlen, "%s", j->err);
+	else
+		tc__log(TC_LOG_DEBUG,
+			"access to %" PRIu64 " bytes on GPU %d granted in "
+			"%.3f ms (beside the caller)",
+			m->size, m->device, (double)j->ns / 1e6);
+	tc__free(j);
+	return rc;
 }
 
 int tc__gpu_alloc(int ordinal, uint64_t size, unsigned flags,
@@ -310,8 +389,8 @@ int tc__gpu_alloc(int ordinal, uint64_t size, unsigned flags,
 		goto out_release_handle;
 	}
 	ret = map_handle(cu, ordinal, h, bytes, gmin,
-			 CU_MEM_ACCESS_FLAGS_PROT_READWRITE, &va, NULL, err,
-			 errlen);
+			 CU_MEM_ACCESS_FLAGS_PROT_READWRITE, false, &va, NULL,
+			 err, errlen);
 	if (ret < 0)
 		goto out_close_fd;
 	tc__cu_leave(cu, &g);
@@ -341,6 +420,9 @@ int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
 	const struct tc__cu *cu;
 	struct tc__cu_guard g;
 	CUmemGenericAllocationHandle h = 0;
+	CUmemAccess_flags access = (flags & TC_GPU_READ_ONLY) ?
+					   CU_MEM_ACCESS_FLAGS_PROT_READ :
+					   CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
 	uint64_t t0, t3, t[3];
 	CUdeviceptr va;
 	size_t gmin, grec;
@@ -348,7 +430,7 @@ int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
 	CUresult r;
 
 	tc__gpu_mem_init(out);
-	if (flags & ~(unsigned)TC_GPU_READ_ONLY)
+	if (flags & ~(unsigned)(TC_GPU_READ_ONLY | TC_GPU_ACCESS_LATER))
 		return tc__cu_seterr(TC_EINVAL, err, errlen,
 				     "cannot import GPU memory: unknown flags "
 				     "%#x",
@@ -371,7 +453,7 @@ int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
 		goto out_leave;
 	}
 
-	t0 = mono_ns();
+	t0 = tc__mono_ns();
 	r = cu->fn.cuMemImportFromShareableHandle(
 		&h, (void *)(uintptr_t)fd,
 		CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
@@ -381,32 +463,37 @@ int tc__gpu_import(int ordinal, int fd, uint64_t size, unsigned flags,
 				  ordinal);
 		goto out_leave;
 	}
-	ret = map_handle(cu, ordinal, h, (size_t)size, gmin,
-			 (flags & TC_GPU_READ_ONLY) ?
-				 CU_MEM_ACCESS_FLAGS_PROT_READ :
-				 CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-			 &va, t, err, errlen);
+	ret = map_handle(cu, ordinal, h, (size_t)size, gmin, access,
+			 (flags & TC_GPU_ACCESS_LATER) != 0, &va, t, err,
+			 errlen);
 	if (ret < 0)
 		goto out_release_handle;
-	tc__cu_leave(cu, &g);
-	t3 = mono_ns();
-	/* A process's first import of a fresh allocation was seen to take
-	 * 0.1-0.2 s for 8 GiB on an H200: say which driver call it is. */
-	if (t3 - t0 > 10 * 1000000ull)
-		tc__log(TC_LOG_DEBUG,
-			"import of %" PRIu64
-			" bytes on GPU %d took %.1f ms: import %.1f, reserve "
-			"%.1f, map %.1f, access %.1f",
-			size, ordinal, (double)(t3 - t0) / 1e6,
-			(double)(t[0] - t0) / 1e6, (double)(t[1] - t[0]) / 1e6,
-			(double)(t[2] - t[1]) / 1e6, (double)(t3 - t[2]) / 1e6);
-
 	out->dptr = va;
 	out->size = size;
 	out->handle = h;
 	out->device = ordinal;
 	out->fd = -1;
 	out->flags = flags;
+	if (flags & TC_GPU_ACCESS_LATER) {
+		ret = access_start(cu, out, access, err, errlen);
+		if (ret < 0) {
+			tc__cu_leave(cu, &g);
+			tc__gpu_release(out);
+			return ret;
+		}
+	}
+	tc__cu_leave(cu, &g);
+	t3 = tc__mono_ns();
+	/* A process's first import of a fresh allocation was seen to take
+	 * 0.1-0.2 s for 8 GiB on an H200, and a fresh attach's budget is a
+	 * few ms: say which driver call it is. */
+	tc__log(TC_LOG_DEBUG,
+		"import of %" PRIu64
+		" bytes on GPU %d took %.3f ms: import %.3f, reserve "
+		"%.3f, map %.3f, access %.3f",
+		size, ordinal, (double)(t3 - t0) / 1e6,
+		(double)(t[0] - t0) / 1e6, (double)(t[1] - t[0]) / 1e6,
+		(double)(t[2] - t[1]) / 1e6, (double)(t3 - t[2]) / 1e6);
 	return 0;
 
 out_release_handle:
@@ -459,7 +546,14 @@ void tc__gpu_release(struct tc__gpu_mem *m)
 
 	if (!m->handle && !m->dptr && m->fd < 0)
 		goto out_reset;
-	t0 = mono_ns();
+	if (m->access) {
+		/* Never unmap under a grant still running: its outcome no
+		 * longer matters, only that it is over. */
+		pthread_join(m->access->thread, NULL);
+		tc__free(m->access);
+		m->access = NULL;
+	}
+	t0 = tc__mono_ns();
 	if (tc__cu_get(&cu, err, sizeof(err)) < 0) {
 		/* A forked child: the driver's objects are not ours to
 		 * touch, but the fd copy is. */
@@ -486,7 +580,7 @@ void tc__gpu_release(struct tc__gpu_mem *m)
 				  m->device);
 	}
 	tc__cu_leave(cu, &g);
-	t1 = mono_ns();
+	t1 = tc__mono_ns();
 	/* Releases run where their owner runs (the daemon's loop, too): a
 	 * slow one stalls that thread, so say which. */
 	if (t1 - t0 > 5 * 1000000ull)

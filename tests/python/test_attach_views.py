@@ -7,6 +7,8 @@ tensors.  The tensor table is read once per artifact id and its
 TensorInfo objects are built only when asked for."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -78,8 +80,14 @@ def test_batched_views_equal_one_by_one(tc):
     aid = art.artifact_id
     got = art.tensor_dict()
     table = _artifact._TABLES[aid]
-    singles, runs, others = table.torch_batches()
-    assert [r[4] for r in runs] == [slice(0, 9), slice(9, 14), slice(14, 18)], runs
+    _, _, singles, runs, others = table.torch_batches()
+    # Neighbours make slices; the same weight of every layer (interleaved
+    # with the layer's others, q and o alike in dtype and shape) makes
+    # one run each at the layer's stride (libtcast's tc_tensor_runs).
+    ats = sorted(tuple(range(r[4].start, r[4].stop)) if isinstance(r[4], slice) else tuple(r[4]) for r in runs)
+    layers = [tuple(18 + 5 * layer + j for layer in range(12)) for j in range(5)]
+    assert ats == sorted([tuple(range(0, 9)), tuple(range(9, 14)), tuple(range(14, 18))] + layers), runs
+    assert sorted(p for p, *_ in singles) == [80, 81, 82, 83, 84]  # short.*, u8, bool
     assert len(others) == 2  # the two empty tensors
     assert list(got) == list(src)
     for n, v in src.items():
@@ -118,7 +126,7 @@ def test_batched_views_with_unaligned_tensors(tc):
     assert list(got) == list(arrs)
     for n, a in arrs.items():
         assert np.array_equal(got[n].numpy(), a), n
-    _, runs, others = table.torch_batches()
+    _, _, _, runs, others = table.torch_batches()
     assert len(others) == 5 and len(runs) == 1 and runs[0][4] == slice(0, 6)
 
 
@@ -185,3 +193,61 @@ def test_table_without_tc_artifact_names(tc, monkeypatch):
     got = tcast.artifact(aid).tensor_dict()
     assert list(got) == ["α", "b.c"] and got["b.c"].dtype == torch.int16
     assert _artifact._TABLES[aid].names == ["α", "b.c"]
+
+
+_DTS = [("F32", torch.float32), ("BF16", torch.bfloat16), ("U8", torch.uint8), ("I64", torch.int64),
+        ("F16", torch.float16), ("BOOL", torch.bool)]
+
+
+def _layout_tables():
+    """Random tables as a binding meets them: layers of weights (alike
+    shapes interleaved), equal tensors of unrelated names, scalars, empty
+    tensors, aliases; bytes in table order, in layer order with the table
+    in sorted-name order, or shuffled."""
+    from hypothesis import strategies as st
+
+    tensor = st.tuples(st.sampled_from(range(len(_DTS))),
+                       st.lists(st.integers(0, 3), min_size=0, max_size=3).map(tuple))
+    return st.tuples(st.lists(tensor, min_size=1, max_size=5), st.integers(1, 14), st.lists(tensor, max_size=8),
+                     st.sampled_from(["table", "sorted-names", "shuffled"]), st.integers(0, 2**32 - 1),
+                     st.booleans())
+
+
+def test_runs_give_the_views_one_by_one_gives(tc):
+    """Whatever the layout, the views made through libtcast's runs (one
+    as_strided and unbind per run, positions in any order) are the views
+    of one as_strided per tensor: same dtype, shape, strides, address,
+    table order."""
+    hyp = pytest.importorskip("hypothesis")
+    import random
+
+    @hyp.settings(max_examples=150, deadline=None, derandomize=True, database=None)
+    @hyp.given(_layout_tables())
+    def check(spec):
+        layer, nlayers, extra, order, seed, alias = spec
+        rnd = random.Random(seed)
+        items = [(f"model.layers.{li}.w{j}", _DTS[d], shp) for li in range(nlayers) for j, (d, shp) in enumerate(layer)]
+        items += [(f"x{'abcdefgh'[j]}", _DTS[d], shp) for j, (d, shp) in enumerate(extra)]
+        place = list(range(len(items)))  # the order of the bytes
+        if order == "sorted-names":
+            items.sort(key=lambda it: it[0])
+        elif order == "shuffled":
+            rnd.shuffle(place)
+        offs, off = {}, 0
+        for i in place:
+            _, (_, tdt), shp = items[i]
+            nb = math.prod(shp) * torch.empty((), dtype=tdt).element_size()
+            offs[i] = off
+            off += (nb + 7) // 8 * 8
+        infos = [_artifact.TensorInfo(name, dn, shp, math.prod(shp) * torch.empty((), dtype=tdt).element_size(),
+                                      offs[i]) for i, (name, (dn, tdt), shp) in enumerate(items)]
+        if alias and infos:
+            a = infos[0]
+            infos.append(_artifact.TensorInfo("tied", a.dtype, a.shape, a.nbytes, a.offset))
+        size = max(off, 8)
+        table = _artifact._Table.of_infos(infos, size)
+        assert table.c_runs is not None or len(infos) < _artifact._MIN_RUN
+        base = torch.arange(size, dtype=torch.int64).remainder(251).to(torch.uint8)
+        _same_views(_artifact._torch_views_from_base(base, table, None, None), _one_by_one(base, table))
+
+    check()

@@ -279,3 +279,35 @@ except tcast.NoGpuError as e:
         assert "imported to host memory" in r.stdout, r.stdout
     finally:
         d.stop()
+
+
+def test_a_failed_access_grant_is_a_clear_error(gpu_daemon, tmp_path):
+    """tensor_dict on a GPU maps the replica and builds its views while a
+    libtcast thread grants the device access (TC_REALIZE_F_ACCESS_LATER);
+    when that grant fails, the call raises what the driver said (nothing
+    is returned over unreadable memory) and the next call works."""
+    p = _write(tmp_path, os.getpid() % 100000 + 7)
+    want = _file_bytes(p)
+    code = f'''
+import os
+out = {{}}
+for fw in ("dlpack", "torch"):
+    os.environ["TC_FAKECUDA_FAIL"] = "cuMemSetAccess:1"
+    try:
+        tc.from_disk({str(p)!r}).tensor_dict(device="cuda:0", framework=fw)
+        out[fw] = None
+    except tc.TcastError as e:
+        out[fw] = [type(e).__name__, str(e)]
+    except ImportError:
+        out[fw] = "no torch"
+    del os.environ["TC_FAKECUDA_FAIL"]
+out["after"] = dump(tc.from_disk({str(p)!r}).tensor_dict_with_diagnostics(device="cuda:0", framework="dlpack"))
+print(json.dumps(out))
+'''
+    out = json.loads(_client(gpu_daemon, code).stdout.splitlines()[-1])
+    assert out["dlpack"][0] == "CudaError" and "cuMemSetAccess" in out["dlpack"][1], out
+    # torch's CUDA side is not there on the CPU-only dev machine: the call
+    # then fails before any mapping (or, with torch, like dlpack's).
+    assert out["torch"] is not None, out
+    for k, b in want.items():
+        assert bytes.fromhex(out["after"]["tensors"][k]["hex"]) == b, k

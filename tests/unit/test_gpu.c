@@ -653,6 +653,65 @@ static void test_gpu__readonly_refuses_writes(void **state)
 	assert_no_device_memory_used();
 }
 
+/* TC_GPU_ACCESS_LATER: the import returns mapped, the grant runs on a
+ * thread; after tc__gpu_access_wait the bytes read back.  A failed grant
+ * is the wait's error; a release that never waited still leaves nothing
+ * behind (the fake driver counts fds and device memory). */
+static void test_gpu__import_access_later(void **state)
+{
+	struct tc__gpu_mem owner, ro;
+	uint8_t buf[4096], back[4096];
+	int fd, fds = t_count_fds();
+
+	(void)state;
+	assert_int_equal(tc__gpu_alloc(0, GRAN, 0, &owner, err, sizeof(err)),
+			 0);
+	t_fill_pattern(buf, sizeof(buf), 5);
+	assert_int_equal(tc__gpu_mem_write(&owner, 0, buf, sizeof(buf), NULL,
+					   err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_export(&owner, &fd, err, sizeof(err)), 0);
+
+	assert_int_equal(tc__gpu_import(0, fd, owner.size,
+					TC_GPU_READ_ONLY | TC_GPU_ACCESS_LATER,
+					&ro, err, sizeof(err)),
+			 0);
+	assert_true(ro.dptr != 0);
+	assert_int_equal(tc__gpu_access_wait(&ro, err, sizeof(err)), 0);
+	assert_null(ro.access);
+	assert_int_equal(tc__gpu_access_wait(&ro, err, sizeof(err)), 0);
+	assert_int_equal(tc__gpu_mem_read(&ro, 0, back, sizeof(back), NULL, err,
+					  sizeof(err)),
+			 0);
+	assert_memory_equal(buf, back, sizeof(buf));
+	tc__gpu_release(&ro);
+
+	/* Released without a wait, the grant perhaps still running. */
+	for (int i = 0; i < 8; i++) {
+		assert_int_equal(tc__gpu_import(0, fd, owner.size,
+						TC_GPU_READ_ONLY |
+							TC_GPU_ACCESS_LATER,
+						&ro, err, sizeof(err)),
+				 0);
+		tc__gpu_release(&ro);
+	}
+
+	setenv("TC_FAKECUDA_FAIL", "cuMemSetAccess:1", 1);
+	assert_int_equal(tc__gpu_import(0, fd, owner.size,
+					TC_GPU_READ_ONLY | TC_GPU_ACCESS_LATER,
+					&ro, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__gpu_access_wait(&ro, err, sizeof(err)), TC_ECUDA);
+	unsetenv("TC_FAKECUDA_FAIL");
+	assert_err_has("cuMemSetAccess");
+	tc__gpu_release(&ro);
+
+	close(fd);
+	tc__gpu_release(&owner);
+	assert_int_equal(t_count_fds(), fds);
+	assert_no_device_memory_used();
+}
+
 static void test_gpu__import_bad_input(void **state)
 {
 	struct tc__gpu_mem m;
@@ -1546,6 +1605,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_gpu__import_second_process),
 		cmocka_unit_test(test_gpu__readonly_refuses_writes),
 		cmocka_unit_test(test_gpu__import_bad_input),
+		cmocka_unit_test(test_gpu__import_access_later),
 		cmocka_unit_test(test_gpu__host_register),
 		cmocka_unit_test(test_gpu__out_of_memory),
 		cmocka_unit_test(test_gpu__release_later),
