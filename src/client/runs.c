@@ -55,8 +55,7 @@ static bool same_group(const struct tc_tensor_info *t, const struct cand *a,
 {
 	const struct tc_tensor_info *x = &t[a->pos], *y = &t[b->pos];
 
-	return a->key == b->key && x->dtype == y->dtype &&
-	       x->ndim == y->ndim &&
+	return a->key == b->key && x->dtype == y->dtype && x->ndim == y->ndim &&
 	       !memcmp(x->shape, y->shape, sizeof(x->shape[0]) * x->ndim);
 }
 

@@ -452,6 +452,18 @@ void tc__cu_leave(const struct tc__cu *cu, struct tc__cu_guard *g)
 	}
 }
 
+CUresult tc__cu_set_access(const struct tc__cu *cu, int ordinal, CUdeviceptr va,
+			   size_t bytes, CUmemAccess_flags flags)
+{
+	CUmemAccessDesc d;
+
+	memset(&d, 0, sizeof(d));
+	d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	d.location.id = cu->devs[ordinal].dev;
+	d.flags = flags;
+	return cu->fn.cuMemSetAccess(va, bytes, &d, 1);
+}
+
 int tc__cu_granularity(const struct tc__cu *cu, int ordinal, size_t *min,
 		       size_t *rec, char *err, size_t errlen)
 {

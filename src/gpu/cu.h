@@ -420,6 +420,11 @@ int tc__cu_ctx(const struct tc__cu *cu, int ordinal, CUcontext *ctx, char *err,
  * caller's work is done and there is nothing better to do. */
 void tc__cu_leave(const struct tc__cu *cu, struct tc__cu_guard *g);
 
+/* cuMemSetAccess of [va, va + bytes) for GPU `ordinal` alone: the one
+ * access descriptor every grant builds (callers word their own errors). */
+CUresult tc__cu_set_access(const struct tc__cu *cu, int ordinal, CUdeviceptr va,
+			   size_t bytes, CUmemAccess_flags flags);
+
 /* Minimum and recommended VMM granularity of exportable pinned memory on
  * `ordinal`, queried once and cached.  Returns 0, TC_EDEVICE, TC_ENOTSUP
  * (no VMM or no POSIX-fd handles) or TC_ECUDA.  Callers query it inside

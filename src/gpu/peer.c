@@ -99,14 +99,8 @@ static void enable_once(const struct tc__cu *cu, int dst, int src,
 static int grant(const struct tc__cu *cu, const struct tc__gpu_mem *m, int dev,
 		 CUmemAccess_flags flags, char *err, size_t errlen)
 {
-	CUmemAccessDesc d;
-	CUresult r;
+	CUresult r = tc__cu_set_access(cu, dev, m->dptr, m->size, flags);
 
-	memset(&d, 0, sizeof(d));
-	d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-	d.location.id = cu->devs[dev].dev;
-	d.flags = flags;
-	r = cu->fn.cuMemSetAccess(m->dptr, m->size, &d, 1);
 	if (r)
 		return tc__cu_fail(
 			cu, r, "cuMemSetAccess", err, errlen,

@@ -183,14 +183,8 @@ static int set_access(const struct tc__cu *cu, int ordinal, CUdeviceptr va,
 		      size_t bytes, CUmemAccess_flags access, char *err,
 		      size_t errlen)
 {
-	CUmemAccessDesc desc;
-	CUresult r;
+	CUresult r = tc__cu_set_access(cu, ordinal, va, bytes, access);
 
-	memset(&desc, 0, sizeof(desc));
-	desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-	desc.location.id = cu->devs[ordinal].dev;
-	desc.flags = access;
-	r = cu->fn.cuMemSetAccess(va, bytes, &desc, 1);
 	if (r)
 		return tc__cu_fail(
 			cu, r, "cuMemSetAccess", err, errlen,

@@ -108,8 +108,7 @@ static void check_contract(const struct table *tb, uint32_t min_run,
 		assert_true(r->order[i - 1] < r->order[i]);
 }
 
-static void runs_of(const struct table *tb, uint32_t min_run,
-		    struct result *r)
+static void runs_of(const struct table *tb, uint32_t min_run, struct result *r)
 {
 	memset(r, 0xff, sizeof(*r));
 	r->nruns = tc_tensor_runs(tb->t, tb->n, min_run, r->runs, r->order);
@@ -131,43 +130,39 @@ static int64_t run_of(const struct result *r, uint32_t p)
  * in layer order, as a safetensors file written from a state dict is. */
 static void decoder_layers(void **state)
 {
-	static const char *w[] = { "k", "norm", "o", "q", "v" };
-	uint64_t sq[2] = { 8, 16 }, skv[2] = { 2, 16 }, sn[1] = { 16 };
+	/* A layer's weights in sorted-name order, where each lies in it. */
+	static const struct {
+		const char *name;
+		int dtype;
+		uint32_t ndim;
+		uint64_t shape[2];
+		uint64_t at;
+	} w[] = {
+		{ "k", TC_DTYPE_F32, 2, { 2, 16 }, 1024 },
+		{ "norm", TC_DTYPE_BF16, 1, { 16 }, 1280 },
+		{ "o", TC_DTYPE_F32, 2, { 8, 16 }, 512 },
+		{ "q", TC_DTYPE_F32, 2, { 8, 16 }, 0 },
+		{ "v", TC_DTYPE_F32, 2, { 2, 16 }, 1152 },
+	};
+	const uint64_t layer_bytes = 1344; /* the norm's 32 bytes, 64-aligned */
 	static struct table tb;
 	static struct result r;
-	uint64_t layer_bytes, base[12];
 	char order[12][8], name[48];
 
 	(void)state;
 	memset(&tb, 0, sizeof(tb));
-	/* Byte layout first (layer order), then the table by sorted name. */
-	layer_bytes = 2 * 8 * 16 * 4 + 2 * 2 * 16 * 4 + 64; /* 64-aligned */
-	for (int l = 0; l < 12; l++) {
-		base[l] = (uint64_t)l * layer_bytes;
+	for (int l = 0; l < 12; l++)
 		snprintf(order[l], sizeof(order[l]), "%d", l);
-	}
 	qsort(order, 12, sizeof(order[0]),
 	      (int (*)(const void *, const void *))strcmp);
 	for (int i = 0; i < 12; i++) {
 		int l = atoi(order[i]);
 
 		for (int j = 0; j < 5; j++) {
-			const uint64_t *shape = w[j][0] == 'q' || w[j][0] == 'o'
-							? sq
-						: w[j][0] == 'n' ? sn
-								 : skv;
-			uint64_t off = base[l] +
-				       (w[j][0] == 'q'	 ? 0 :
-					w[j][0] == 'o'	 ? 512 :
-					w[j][0] == 'k'	 ? 1024 :
-					w[j][0] == 'v'	 ? 1152 :
-							   1280);
-
 			snprintf(name, sizeof(name), "model.layers.%d.%s", l,
-				 w[j]);
-			add(&tb, name, w[j][0] == 'n' ? TC_DTYPE_BF16 :
-							TC_DTYPE_F32,
-			    w[j][0] == 'n' ? 1 : 2, shape, off);
+				 w[j].name);
+			add(&tb, name, w[j].dtype, w[j].ndim, w[j].shape,
+			    (uint64_t)l * layer_bytes + w[j].at);
 		}
 	}
 	runs_of(&tb, 4, &r);
