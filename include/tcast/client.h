@@ -394,7 +394,9 @@ TC_API int tc_realize(tc_client *c, const char *ref, const char *disk_path,
 /* Wait until a's memory may be read: at once, unless a was realized on a
  * GPU with TC_REALIZE_F_ACCESS_LATER and its access is still being
  * granted.  Returns 0, or TC_ECUDA / TC_EDEVICE when the grant failed
- * (the mapping stays unreadable: close a). */
+ * (the mapping stays unreadable: close a).  The thread that realized a
+ * calls it, before a is shared with any other thread: the grant is
+ * joined once, never concurrently. */
 TC_API int tc_artifact_wait(tc_artifact *a);
 /* "auto", "local_only", "disk_first", "disk_only", or NULL. */
 TC_API const char *tc_source_name(int32_t source);

@@ -218,7 +218,7 @@ static void send_unbind(tc_client *c, uint64_t handle)
 /* ATTACH_GPU or BIND: ask for the memory, decode the reply (a BIND reply
  * starts with the binding's handle), import the fd read-only. */
 static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
-		      uint32_t flags, unsigned aflags, tc_artifact **out)
+		      uint32_t flags, unsigned import_flags, tc_artifact **out)
 {
 	struct tc__buf b = TC_BUF_INIT;
 	struct tc__gpu_info info;
@@ -288,11 +288,8 @@ static int gpu_attach(tc_client *c, int type, const char *ref, int32_t device,
 	/* Read-only: the mapping refuses device writes (it catches bugs;
 	 * the fd would allow a read-write import). */
 	rc = tc__gpu_import(device, rep.fds[0], a->map_size,
-			    TC_GPU_READ_ONLY |
-				    ((aflags & TC__ATTACH_ACCESS_LATER) ?
-					     TC_GPU_ACCESS_LATER :
-					     0),
-			    &a->gmem, err, sizeof(err));
+			    TC_GPU_READ_ONLY | import_flags, &a->gmem, err,
+			    sizeof(err));
 	if (rc < 0) {
 		tc__client_err(c, rc, err);
 		goto out_table;
@@ -334,9 +331,10 @@ TC_API int tc_attach_gpu(tc_client *c, const char *ref, int32_t device,
 }
 
 int tc__attach_gpu(tc_client *c, const char *ref, int32_t device,
-		   unsigned flags, tc_artifact **out)
+		   unsigned import_flags, tc_artifact **out)
 {
-	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, 0, flags, out);
+	return gpu_attach(c, TC_MSG_ATTACH_GPU, ref, device, 0, import_flags,
+			  out);
 }
 
 TC_API int tc_artifact_wait(tc_artifact *a)

@@ -38,10 +38,10 @@ int tc__client_read_result(tc_client *c, struct reply *rep,
  * the message in tc_client_errmsg(c). */
 int tc__client_export_fd(tc_client *c, const char *ref, int fd);
 
-/* tc_attach_gpu with TC__ATTACH_* flags. */
-#define TC__ATTACH_ACCESS_LATER 0x1 /* TC_REALIZE_F_ACCESS_LATER */
+/* tc_attach_gpu whose import of the mapping also gets `import_flags`
+ * (TC_GPU_ACCESS_LATER, for TC_REALIZE_F_ACCESS_LATER). */
 int tc__attach_gpu(tc_client *c, const char *ref, int32_t device,
-		   unsigned flags, tc_artifact **out);
+		   unsigned import_flags, tc_artifact **out);
 
 /* How the daemon came to hold what `a` maps for the attach that made it
  * (TC_ORIGIN_* of proto.h: TC_ORIGIN_HELD unless it was loaded from the

@@ -17,6 +17,7 @@
 
 #include "client_internal.h"
 #include "common/clock.h"
+#include "gpu/vmm.h"
 #include "tcast/errors.h"
 
 static void add_reason(struct tc_realize_info *info, const char *fmt, ...)
@@ -64,12 +65,12 @@ static int fail_after(tc_client *c, int rc, const char *first, const char *then)
 	return tc__client_err(c, rc, msg);
 }
 
-/* What an attach to a GPU asks of the import of its mapping. */
+/* What an attach to a GPU adds to the import of its mapping. */
 static unsigned gpu_flags(const struct tc_realize_opts *o)
 {
 	return o && (o->field_mask & TC_REALIZE_FLAGS) &&
 			       (o->flags & TC_REALIZE_F_ACCESS_LATER) ?
-		       TC__ATTACH_ACCESS_LATER :
+		       TC_GPU_ACCESS_LATER :
 		       0;
 }
 
