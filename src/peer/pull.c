@@ -105,6 +105,7 @@ struct pull {
 	uint16_t *barred;	 /* per chunk: sources that sent it bad */
 	uint64_t ndone, nflight;
 	uint64_t progress_ns; /* last verified chunk (or the start) */
+	uint64_t valve_ns;    /* TC_PULL_VALVE_MS, or failpoint pull.valve_ms */
 	uint64_t *fresh;      /* verified, not yet told to the sink */
 	uint64_t nfresh;
 	uint64_t *asked; /* asked of a sealed source, not yet told */
@@ -209,7 +210,7 @@ static bool peer_holds(const struct pull *p, int self, uint64_t k)
 static int64_t take(struct pull *p, int src, uint64_t now)
 {
 	const struct psrc *ps = &p->src[src];
-	bool valve = now - p->progress_ns > TC_PULL_VALVE_MS * 1000000ull;
+	bool valve = now - p->progress_ns > p->valve_ns;
 
 	if (!ps->known)
 		return -1;
@@ -1177,6 +1178,24 @@ static int hold_sources(void)
 	return *end || n < 2 || n > TC_PEER_MAX_SOURCES ? 0 : (int)n;
 }
 
+/* Failpoint pull.valve_ms=N (1..600000): how long the pull may go
+ * without a verified chunk before a sealed source sends chunks a peer
+ * holds too.  Tests that count who sent what raise it, so that a loaded
+ * machine's slow peer does not turn the seed's spare streams into
+ * repeats. */
+static uint64_t valve_ns(void)
+{
+	char v[16], *end;
+	long n;
+
+	if (tc__failpoint_arg("pull.valve_ms", v, sizeof(v))) {
+		n = strtol(v, &end, 10);
+		if (!*end && n >= 1 && n <= 600000)
+			return (uint64_t)n * 1000000ull;
+	}
+	return TC_PULL_VALVE_MS * 1000000ull;
+}
+
 /* The buffering's cap in chunks: TC_PULL_BUFFER_MB, or
  * TCAST_PEER_PULL_BUFFER_MB (tests: a small cap shows receiving stops
  * there); at least one chunk. */
@@ -1352,6 +1371,7 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	p.lone = lone_override();
 	p.hold_sources = o->discover.fn ? hold_sources() : 0;
 	p.hold_until_ns = tc__now_ns() + TC_PULL_HOLD_MS * 1000000ull;
+	p.valve_ns = valve_ns();
 	rc = start_verifiers(&p, err, errlen);
 	if (rc < 0)
 		goto out;

@@ -585,9 +585,14 @@ static const char *superseed_admit(struct tc__peer_server *s, struct entry *e,
 		int rc;
 
 		/* A chunk sent moments ago goes again only to an idle
-		 * seed (the end of a fan-out: its peers are busy). */
+		 * seed (the end of a fan-out: its peers are busy).
+		 * Failpoint peer.seed_once (subject: the artifact id):
+		 * never again within TC_PEER_SUPERSEED_MS, idle or not,
+		 * so that a test can count exactly what the receivers
+		 * swap however loaded its machine is. */
 		if (e->sent_to && superseed_recent(e, who, k) &&
-		    (s->seeding >= TC_PEER_SEED_SENDS || s->seed_waiting)) {
+		    (s->seeding >= TC_PEER_SEED_SENDS || s->seed_waiting ||
+		     tc__failpoint("peer.seed_once", e->id))) {
 			*offer = superseed_offer(e, who);
 			return "sent to another receiver moments ago: ask "
 			       "your peers";
