@@ -23,18 +23,11 @@
 
 #include "cli.h"
 #include "common/failpoint.h"
+#include "common/clock.h"
 #include "net/tls.h"
 #include "peer/peer.h"
 #include "proto/gsp.h"
 #include "tcast/errors.h"
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* Another receiver's address is a source a fan-out pulls from too:
  * every host replica, complete or filling, and every GPU replica (its
@@ -286,7 +279,7 @@ static int pull_view(tc_client *c, const tc_view *v, int32_t device,
 			(json_int_t)r->want_bytes, "chunks_pulled",
 			(json_int_t)r->want_chunks, "chunks",
 			(json_int_t)r->nchunks, "held_already", vp.held,
-			"seconds", (double)(now_ns() - t0) / 1e9,
+			"seconds", (double)(tc__mono_ns() - t0) / 1e9,
 			"transfer_seconds", (double)r->ns / 1e9, "gbps",
 			gbps(r->want_bytes, r->ns), "sources",
 			sources_json(r)));
@@ -304,7 +297,7 @@ static int pull_view(tc_client *c, const tc_view *v, int32_t device,
 		(unsigned long long)r->want_chunks,
 		(unsigned long long)r->nchunks, (double)r->ns / 1e9,
 		cli_rate(r->want_bytes, r->ns, b3, sizeof(b3)),
-		(double)(now_ns() - t1) / 1e9);
+		(double)(tc__mono_ns() - t1) / 1e9);
 	for (int i = 0; i < r->nsources; i++) {
 		const struct tc__peer_source_stats *s = &r->src[i];
 
@@ -509,7 +502,7 @@ int cmd_pull(int argc, char **argv)
 	po.secret = secret;
 	name_from_daemon(tcl, host, sizeof(host));
 	po.name = host;
-	t0 = now_ns();
+	t0 = tc__mono_ns();
 	if (view) {
 		rc = pull_view(tcl, view, device, &po, r, t0, err, sizeof(err));
 		goto out_close;
@@ -524,7 +517,7 @@ int cmd_pull(int argc, char **argv)
 		/* The GPU replica is made by the local daemon from the host
 		 * replica just registered (pinned, docs/gpu.md). */
 		tc_artifact *ga;
-		uint64_t g0 = now_ns();
+		uint64_t g0 = tc__mono_ns();
 
 		rc = tc_attach_gpu(tcl, res.id, device, &ga);
 		if (rc < 0) {
@@ -532,7 +525,7 @@ int cmd_pull(int argc, char **argv)
 			goto out_close;
 		}
 		tc_artifact_close(ga);
-		gpu_ns = now_ns() - g0;
+		gpu_ns = tc__mono_ns() - g0;
 	}
 	if (cli.json) {
 		cli_put_json(json_pack(
@@ -541,7 +534,7 @@ int cmd_pull(int argc, char **argv)
 			"id", res.id, "key",
 			(o.field_mask & TC_OPT_KEY) ? o.key : NULL, "bytes",
 			(json_int_t)r->bytes, "chunks", (json_int_t)r->nchunks,
-			"seconds", (double)(now_ns() - t0) / 1e9,
+			"seconds", (double)(tc__mono_ns() - t0) / 1e9,
 			"transfer_seconds", (double)r->ns / 1e9, "gbps",
 			gbps(r->bytes, r->ns), "sources", sources_json(r),
 			"gpu_seconds", (double)gpu_ns / 1e9, "gpu_direct",
@@ -554,7 +547,7 @@ int cmd_pull(int argc, char **argv)
 			cli_bytes(r->bytes, b1, sizeof(b1)),
 			(double)r->ns / 1e9,
 			cli_rate(r->bytes, r->ns, b2, sizeof(b2)),
-			(double)(now_ns() - t1) / 1e9);
+			(double)(tc__mono_ns() - t1) / 1e9);
 		for (int i = 0; i < r->nsources; i++) {
 			const struct tc__peer_source_stats *s = &r->src[i];
 

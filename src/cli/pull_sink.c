@@ -32,6 +32,7 @@
 
 #include "cli.h"
 #include "client/client_internal.h"
+#include "common/clock.h"
 #include "gpu/vmm.h"
 #include "peer/peer.h"
 #include "tcast/errors.h"
@@ -181,14 +182,6 @@ static int sink_write_gpu(void *arg, uint64_t off, const uint8_t *data,
 			    errlen);
 }
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 int cli_pull_into(tc_client *c, const struct tc_opts *o,
 		  struct tc__peer_pull_opts *po, struct tc__peer_pull_result *r,
 		  struct tc_result *res, uint64_t *t_pulled_ns, char *err,
@@ -217,7 +210,7 @@ int cli_pull_into(tc_client *c, const struct tc_opts *o,
 		return rc;
 	}
 	if (t_pulled_ns)
-		*t_pulled_ns = now_ns();
+		*t_pulled_ns = tc__mono_ns();
 	rc = tc_put_commit(sk.put, res);
 	if (rc < 0) {
 		snprintf(err, errlen, "%s", tc_client_errmsg(c));
@@ -326,7 +319,7 @@ int cli_pull_view(tc_client *c, const tc_view *v, int32_t device,
 	po->sink.want = vsink_want;
 	rc = tc__peer_pull(po, r, err, errlen);
 	if (t_pulled_ns)
-		*t_pulled_ns = now_ns();
+		*t_pulled_ns = tc__mono_ns();
 	if (rc == 0)
 		rc = tc_view_attach(c, sk.plan, device, &kept, &flags, err,
 				    errlen);
