@@ -1,6 +1,7 @@
 /*
  * failpoint.c - named fault-injection points (see failpoint.h).
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,19 @@ static void load(void)
 	spec = getenv("TCAST_FAILPOINTS");
 	if (spec && !*spec)
 		spec = NULL;
+}
+
+uint64_t tc__failpoint_num(const char *name, uint64_t lo, uint64_t hi,
+			   uint64_t dflt)
+{
+	char v[32], *end;
+	unsigned long long n;
+
+	if (!tc__failpoint_arg(name, v, sizeof(v)) || v[0] < '0' || v[0] > '9')
+		return dflt;
+	errno = 0;
+	n = strtoull(v, &end, 10);
+	return *end || errno || n < lo || n > hi ? dflt : (uint64_t)n;
 }
 
 void tc__failpoint_reload(void)

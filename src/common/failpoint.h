@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* True when failpoint `name` is armed for `subject` (its substring is in
  * subject, or it is armed with an empty substring). */
@@ -19,6 +20,10 @@ bool tc__failpoint(const char *name, const char *subject);
  * `val` (NUL-terminated, cut to `len`); false when it is not armed.  For
  * failpoints that take a number rather than a subject. */
 bool tc__failpoint_arg(const char *name, char *val, size_t len);
+/* The number failpoint `name` is armed with ("name=N", decimal, lo..hi),
+ * or `dflt` when it is not armed or its value is no such number. */
+uint64_t tc__failpoint_num(const char *name, uint64_t lo, uint64_t hi,
+			   uint64_t dflt);
 /* Read TCAST_FAILPOINTS again: for a test's forked child, whose parent
  * read it already (no other thread may check failpoints meanwhile). */
 void tc__failpoint_reload(void);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "ev.h"
 
 struct ev_slot {
@@ -31,10 +32,7 @@ struct tc__ev {
 
 uint64_t tc__now_ns(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return tc__mono_ns();
 }
 
 uint64_t tc__now_ms(void)

@@ -1166,36 +1166,6 @@ static void supervise(struct pull *p, struct stream *sm, int *ns)
 	tc__free(batch);
 }
 
-/* Failpoint pull.hold_sources=N (2..TC_PEER_MAX_SOURCES), or 0. */
-static int hold_sources(void)
-{
-	char v[16], *end;
-	long n;
-
-	if (!tc__failpoint_arg("pull.hold_sources", v, sizeof(v)))
-		return 0;
-	n = strtol(v, &end, 10);
-	return *end || n < 2 || n > TC_PEER_MAX_SOURCES ? 0 : (int)n;
-}
-
-/* Failpoint pull.valve_ms=N (1..600000): how long the pull may go
- * without a verified chunk before a sealed source sends chunks a peer
- * holds too.  Tests that count who sent what raise it, so that a loaded
- * machine's slow peer does not turn the seed's spare streams into
- * repeats. */
-static uint64_t valve_ns(void)
-{
-	char v[16], *end;
-	long n;
-
-	if (tc__failpoint_arg("pull.valve_ms", v, sizeof(v))) {
-		n = strtol(v, &end, 10);
-		if (!*end && n >= 1 && n <= 600000)
-			return (uint64_t)n * 1000000ull;
-	}
-	return TC_PULL_VALVE_MS * 1000000ull;
-}
-
 /* The buffering's cap in chunks: TC_PULL_BUFFER_MB, or
  * TCAST_PEER_PULL_BUFFER_MB (tests: a small cap shows receiving stops
  * there); at least one chunk. */
@@ -1369,9 +1339,19 @@ int tc__peer_pull(const struct tc__peer_pull_opts *o,
 	sync = true;
 	p.ncpu = usable_cpus();
 	p.lone = lone_override();
-	p.hold_sources = o->discover.fn ? hold_sources() : 0;
+	/* Failpoint pull.hold_sources=N (2..TC_PEER_MAX_SOURCES). */
+	p.hold_sources = o->discover.fn ?
+				 (int)tc__failpoint_num("pull.hold_sources", 2,
+							TC_PEER_MAX_SOURCES,
+							0) :
+				 0;
 	p.hold_until_ns = tc__now_ns() + TC_PULL_HOLD_MS * 1000000ull;
-	p.valve_ns = valve_ns();
+	/* Failpoint pull.valve_ms=N: tests that count who sent what raise
+	 * it, so that a loaded machine's slow peer does not turn the
+	 * seed's spare streams into repeats. */
+	p.valve_ns = tc__failpoint_num("pull.valve_ms", 1, 600000,
+				       TC_PULL_VALVE_MS) *
+		     1000000ull;
 	rc = start_verifiers(&p, err, errlen);
 	if (rc < 0)
 		goto out;

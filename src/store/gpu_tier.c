@@ -838,11 +838,8 @@ static void lead_progress(void *arg, const struct tc__xfer *x, uint32_t k)
 /* How long a follower waits for a lead that makes no progress. */
 static uint64_t pipe_stall_ms(void)
 {
-	char v[32];
-
-	if (tc__failpoint_arg("gpu_pipe_stall_ms", v, sizeof(v)))
-		return strtoull(v, NULL, 10);
-	return TC_GPU_PIPE_STALL_MS;
+	return tc__failpoint_num("gpu_pipe_stall_ms", 0, UINT64_MAX,
+				 TC_GPU_PIPE_STALL_MS);
 }
 
 /* The replica of view v on a sibling GPU of `dst` j may copy parts from:
@@ -1799,8 +1796,7 @@ void tc__gpu_tier_copy_end(struct tc__gpu_tier *t)
 
 void tc__gpu_tier_tick(struct tc__gpu_tier *t)
 {
-	uint64_t now, hold = GT_SPARE_HOLD_MS;
-	char v[32];
+	uint64_t now, hold;
 
 	if (!t)
 		return;
@@ -1808,8 +1804,8 @@ void tc__gpu_tier_tick(struct tc__gpu_tier *t)
 	/* A spare nobody took gives its GPU memory back: `tcast rm` frees
 	 * memory for other programs on that GPU within GT_SPARE_HOLD_MS. */
 	now = tc__now_ms();
-	if (tc__failpoint_arg("gpu_spare_hold_ms", v, sizeof(v)))
-		hold = strtoull(v, NULL, 10); /* tests: not a minute */
+	hold = tc__failpoint_num("gpu_spare_hold_ms", 0, UINT64_MAX,
+				 GT_SPARE_HOLD_MS); /* tests: not a minute */
 	for (int i = 0; i < t->ndev; i++)
 		if (t->devs[i].spare && now - t->devs[i].spare_since_ms > hold)
 			spare_drop(&t->devs[i]);
