@@ -25,7 +25,7 @@ for s in $steps; do
 		done ;;
 	python)
 		echo "== pytest (torch $(python3 -c 'import torch; print(torch.__version__)'))"
-		(cd "$root" && TC_TEST_HOST_MEMORY=${TC_TEST_HOST_MEMORY:-12GiB} timeout 400 python3 -m pytest -q -p no:cacheprovider tests/python) > "$OUT/pytest-gpu.log" 2>&1
+		(cd "$root" && TC_GPU_REQUIRE_CONSUMERS=${TC_GPU_REQUIRE_CONSUMERS:-1} TC_TEST_HOST_MEMORY=${TC_TEST_HOST_MEMORY:-12GiB} timeout 400 python3 -m pytest -q -p no:cacheprovider tests/python) > "$OUT/pytest-gpu.log" 2>&1
 		tail -15 "$OUT/pytest-gpu.log" ;;
 	bench)
 		echo "== bench_store"
