@@ -54,5 +54,14 @@ expect 1 'include cycle in src/gpu' "$three"
 self=$(tree self net/ev.h= net/ev.c=ev.h)
 expect 0 'layering ok' "$self"
 
+# x_internal.h is x's: x.c including it, it including x.h, and a sibling
+# file including it are no cycle; x including that sibling's header is.
+intl=$(tree intl store/t.h= store/t_internal.h=t.h store/t.c=t_internal.h \
+	store/t_src.c=t_internal.h)
+expect 0 'layering ok' "$intl"
+intlcyc=$(tree intlcyc store/t.h= store/t_internal.h=t.h,t_src.h \
+	store/t.c=t_internal.h store/t_src.h= store/t_src.c=t_internal.h)
+expect 1 'include cycle in src/store: .*t' "$intlcyc"
+
 [ $fail = 0 ] && echo "layering self-test ok"
 exit $fail

@@ -3,7 +3,8 @@
 # lower layers never include upper ones, store/global/peer never include
 # each other, client never includes store, only src/gpu knows CUDA, and no
 # two files of one folder include each other, directly or through others
-# (x.c and x.h count as one module; a cycle means neither can be read,
+# (x.c, x.h and x_internal.h -- what x's files share and nobody else
+# includes -- count as one module; a cycle means neither can be read,
 # tested or replaced without the other).
 set -u
 root=${1:-.}
@@ -27,6 +28,8 @@ for f in $(find . -name '*.[ch]' | sed 's|^\./||' | sort); do
 	mod=${f%%/*}
 	ok=$(allowed "$mod")
 	base=$(basename "$f")
+	base=${base%.*}
+	base=${base%_internal}
 	while read -r inc; do
 		dep=${inc%%/*}
 		if [ "$dep" = "$inc" ] || [ "$dep" = "$mod" ]; then
@@ -35,8 +38,10 @@ for f in $(find . -name '*.[ch]' | sed 's|^\./||' | sort); do
 			h=${inc#"$mod"/}
 			case $h in *.h) ;; *) continue ;; esac
 			[ -e "$mod/$h" ] || continue
-			[ "${h%.h}" = "${base%.*}" ] ||
-				echo "$mod ${base%.*} ${h%.h}" >>"$edges"
+			h=${h%.h}
+			h=${h%_internal}
+			[ "$h" = "$base" ] ||
+				echo "$mod $base $h" >>"$edges"
 			continue
 		fi
 		case " $ok " in *" $dep "*) ;; *)

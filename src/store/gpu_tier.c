@@ -18,9 +18,13 @@
  * victims are the shared core's; this file says how a victim goes
  * (gpu_evict, which may hand its allocation to the next fill) and words
  * a refusal (gpu_refuse).
+ *
+ * Where a fill copies from besides the host replica (sibling GPUs, other
+ * views' replicas) is gpu_tier_sources.c; what the tier shows (status,
+ * metrics, inspect) is gpu_tier_json.c; gpu_tier_internal.h is what the
+ * three share.
  */
 #include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,10 +35,8 @@
 #include "common/compiler.h"
 #include "common/log.h"
 #include "config.h"
-#include "format/view.h"
 #include "xfer/gpu_loader.h"
-#include "gpu_parts.h"
-#include "gpu_tier.h"
+#include "gpu_tier_internal.h"
 #include "metrics.h"
 #include "xfer/jobs.h"
 #include "xfer/xfer.h"
@@ -43,213 +45,7 @@
 #include "proto/proto.h"
 #include "tcast/errors.h"
 
-#define GT_DEFAULT_GRAN ((uint64_t)2 << 20)  /* until a device tells us */
-#define GT_STAGE_MIN	((uint64_t)64 << 20) /* staged copy from this size */
-/* Host replicas are pinned this much per driver call, and per job run
- * before a fill that arrived gets to go first: each call holds a driver
- * lock that stalls the process's other CUDA calls (~6 ms at 21 GB/s). */
-#define GT_PIN_PIECE ((uint64_t)128 << 20)
-#define GT_PIN_BURST GT_PIN_PIECE
-/* Pinning waits this long after the last GPU copy: copies come in runs
- * (a client's swaps back to back, a model's fills), and a burst started
- * between two of them stalls the next one for the whole burst (on an
- * H200, 8 GiB swaps took 10-21 ms instead of 4.1 while a host replica was
- * pinned beside them; with this wait they stayed at 4.1 ms). */
-#define GT_PIN_QUIET_MS 100
-/* Sibling-GPU sources.  A replica whose artifact is ready on another GPU
- * may be filled from there by a peer copy instead of from the host
- * replica, whichever ran faster for that pair: the tier keeps the rate of
- * past fills per source kind (host -> GPU d, GPU s -> GPU d).  While a
- * pair or the destination's host rate is unknown, a fill first copies
- * GT_PROBE_BYTES (or the whole, when smaller) both ways, and takes the
- * faster for the rest.  Below GT_PROBE_MIN both copies are latency, not
- * bandwidth: they take the host replica (or the sibling, when there is
- * no host replica) and teach nothing. */
-#define GT_PROBE_BYTES ((uint64_t)64 << 20)
-/* How long a GPU's spare allocation waits for a put of its size before
- * it is released (a weight publisher puts every few seconds to minutes;
- * memory another program wants back after an rm should not wait longer). */
-#define GT_SPARE_HOLD_MS 60000
-#define GT_PROBE_MIN	 ((uint64_t)256 << 10)
-/* Sibling views one fill copies parts from, at most (view parts below). */
-#define GT_PART_SRCS 8
-
-enum { GT_CLOSED, GT_OPENING, GT_OPEN, GT_FAILED };
-
-/* One request waiting for the driver or for a fill.  Holds an artifact
- * lease so the artifact outlives the wait. */
-struct gt_req {
-	struct tc__obj *o;
-	uint32_t device; /* daemon ordinal or TC_GPU_ANY_DEVICE */
-	bool by_uuid;	 /* uuid names the device */
-	uint8_t uuid[TC_GPU_UUID_BYTES]; /* when by_uuid */
-	tc__gpu_tier_cb *cb;
-	void *arg;
-	struct gt_req *next;
-};
-
-struct tc__gpu_tier {
-	const struct tc__store_config *cfg;
-	struct tc__objs *objs;
-	struct tc__jobs *jobs;
-	struct tc__jobs *follow_jobs; /* fills that wait on a lead */
-	int state;		      /* GT_* */
-	bool stopping;		      /* daemon exit: submit no more jobs */
-	unsigned copies_running;      /* fills, GPU imports, binding copies */
-	uint64_t copy_end_ms;	      /* when the last of them ended */
-	struct pin_job *parked;	      /* pinning that waits for them */
-	int open_rc;		      /* when FAILED */
-	char open_err[384];	      /* when FAILED */
-	struct gt_req *open_waiters;  /* while OPENING, in arrival order */
-	int driver_version;
-	char driver_path[256];
-	int ndev;
-	struct tc__gpu_dev devs[TC_GPU_TIER_MAX_DEV];
-	uint64_t n_fills, n_fill_failures, n_fill_bytes;
-	uint64_t n_fill_pinned_bytes; /* copied from pinned host replicas */
-	uint64_t pinned_host_bytes;   /* host replicas pinned now */
-	uint64_t n_peer_fills, n_peer_fill_bytes; /* filled from a sibling */
-	uint64_t n_peer_bind_fills;		  /* bindings filled so */
-	uint64_t n_peer_bind_bytes;
-	uint64_t n_probes;	  /* fills that measured both */
-	uint64_t n_part_fills;	  /* fills with parts from sibling views */
-	uint64_t n_part_bytes;	  /* bytes those parts copied */
-	uint64_t n_part_rejected; /* such fills whose digests were wrong */
-	/* Of the part fills, those that copied parts from a lead (a view
-	 * fill still running), the bytes so copied, and the bytes planned
-	 * so that came from host memory (the lead failed or stalled). */
-	uint64_t n_pipe_fills, n_pipe_bytes, n_pipe_fallback_bytes;
-	uint64_t n_pipe_leads;	    /* fills others followed */
-	uint64_t n_fill_host_bytes; /* replica fills' copies from host
-				       replicas (probes, refills included) */
-	/* Measured rates (GB/s) of fills by source: host_rate[d] from host
-	 * replicas to GPU d, peer_rate[s][d] from GPU s to GPU d; peer_link
-	 * [s][d]: 0 unknown, 1 the pair has a direct link, 2 staged. */
-	struct gt_rate {
-		double gbps; /* running mean of the last few fills */
-		uint32_t n;  /* fills measured */
-	} host_rate[TC_GPU_TIER_MAX_DEV],
-		peer_rate[TC_GPU_TIER_MAX_DEV][TC_GPU_TIER_MAX_DEV];
-	uint8_t peer_link[TC_GPU_TIER_MAX_DEV][TC_GPU_TIER_MAX_DEV];
-};
-
-/* Loads the driver and lists devices (no context is created). */
-struct open_job {
-	struct tc__job job;
-	struct tc__gpu_tier *t;
-	int rc;
-	int ndev;
-	int version;
-	char path[256];
-	struct tc__gpu_info infos[TC_GPU_TIER_MAX_DEV];
-	char err[384];
-};
-
-/* A sibling view replica a fill copies parts from: ready (leased) or
- * still filling (a lead, followed through its pipe; then `mem` is set
- * by the wait on the worker). */
-struct gt_prep {
-	struct tc__gpu_replica *rep; /* ready, leased; done() only; or NULL */
-	struct tc__gpu_pipe *pipe;   /* a lead's progress (a reference), or
-					NULL */
-	uint64_t stall_ms;	     /* the wait's bound without progress */
-	struct tc__gpu_mem mem;	     /* its allocation (borrowed) */
-};
-
-/* Fills one replica.  run() sees only these fields. */
-struct fill_job {
-	struct tc__job job;
-	struct tc__gpu_tier *t;
-	struct tc__gpu_replica *r; /* done() only */
-	struct tc__obj *o;	   /* held by the job until it is freed */
-	int ordinal;
-	const void *src;      /* the artifact's read-only host mapping */
-	uint64_t src_bytes;   /* bytes to copy (the byte space) */
-	uint64_t map_bytes;   /* bytes of the mapping (page-rounded) */
-	uint64_t alloc_bytes; /* bytes to allocate */
-	bool do_register;     /* pin the host mapping first */
-	bool staged;	      /* copy through the loader's staging ring */
-	int nthreads;	      /* threads of a staged copy */
-	bool retried;	      /* evicted once after an OOM already */
-	bool reused;	      /* mem is an evicted replica's allocation */
-	/* The source: the host replica or a sibling GPU's (leased by the
-	 * job, so neither evicted nor freed, until done()). */
-	struct tc__gpu_peer_fill pf;
-	/* A view's parts copied from other views of its source on sibling
-	 * GPUs (view parts below): ready replicas, each leased until
-	 * done(), or fills still running (leads), each followed through its
-	 * pipe; `chunks` (o's) checks the result. */
-	struct tc__xfer_part *parts; /* owned, nparts; src -> prep[k].mem,
-					gate -> prep[k] when it fills */
-	uint32_t nparts;
-	struct gt_prep prep[GT_PART_SRCS];
-	int nprep;
-	/* This fill as a lead: other views' fills copy its first ranges
-	 * as it completes them (a reference; NULL when it is none). */
-	struct tc__gpu_pipe *pipe;
-	uint64_t gated_len;		 /* bytes planned from leads */
-	const struct tc__digest *chunks; /* o's: the job holds o */
-	uint64_t part_bytes;		 /* out: copied from parts */
-	uint64_t gated_bytes;		 /* out: of which from leads */
-	bool parts_rejected;		 /* out: refilled from the host */
-	char parts_why[256];		 /* out: why, when rejected */
-	int reg_rc;
-	char reg_err[256];
-	struct tc__gpu_mem mem;
-	struct tc__gpu_pinning pin; /* the pinned host mapping to copy from */
-	uint64_t gran;
-	int rc;
-	bool oom;
-	double seconds;
-	double alloc_seconds;
-	char err[384];
-};
-
-static int dev_index(const struct tc__gpu_tier *t, const struct tc__gpu_dev *d)
-{
-	return (int)(d - t->devs);
-}
-
 /* ------------------------------------------------------ replicas, tiers */
-
-/* One more measured fill of `bytes` in `seconds` for a source kind. */
-static void rate_add(struct gt_rate *r, uint64_t bytes, double seconds)
-{
-	double g;
-
-	if (bytes < GT_PROBE_MIN || seconds <= 0)
-		return;
-	g = (double)bytes / seconds / 1e9;
-	r->gbps = r->n ? (r->gbps + g) / 2 : g;
-	r->n++;
-}
-
-static struct tc__gpu_replica *rep_of(const struct tc__replica *b)
-{
-	return b ? tc__replica_owner(b, struct tc__gpu_replica, base) : NULL;
-}
-
-static struct tc__gpu_dev *dev_of(const struct tc__tier *tier)
-{
-	return tc__replica_owner(tier, struct tc__gpu_dev, tier);
-}
-
-static bool replica_ready(const struct tc__gpu_replica *r)
-{
-	return r->base.state == TC_REPLICA_READY;
-}
-
-/* The device's ready replicas, most recently used first:
- * for (r = ready_first(d); r; r = ready_next(r)). */
-static struct tc__gpu_replica *ready_first(const struct tc__gpu_dev *d)
-{
-	return rep_of(d->tier.lru_head);
-}
-
-static struct tc__gpu_replica *ready_next(const struct tc__gpu_replica *r)
-{
-	return rep_of(r->base.lru_next);
-}
 
 static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o);
 
@@ -263,7 +59,7 @@ static void replica_announce(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 	if (up == r->announced || (up && (r->o->dead || !r->o->nchunks)))
 		return;
 	r->announced = up;
-	tc__objs_notify_gpu(t->objs, r->o->id, r->o, dev_index(t, r->dev),
+	tc__objs_notify_gpu(t->objs, r->o->id, r->o, gt_dev_index(t, r->dev),
 			    r->mem.dptr, r->mem.size, up);
 }
 
@@ -276,7 +72,7 @@ static void replica_free_keep(struct tc__gpu_tier *t, struct tc__gpu_replica *r,
 	struct tc__gpu_dev *d = r->dev;
 
 	replica_announce(t, r, false);
-	r->o->gpu->rep[dev_index(t, d)] = NULL;
+	r->o->gpu->rep[gt_dev_index(t, d)] = NULL;
 	/* Leased only at daemon exit (obj_gpu_free): forced. */
 	tc__replica_gone(&r->base, true);
 	d->nreplicas--;
@@ -340,13 +136,6 @@ static void spare_keep(struct tc__gpu_tier *t, struct tc__gpu_dev *d,
 	tc__gpu_release_later(mem);
 }
 
-/* Bytes the spare holds (charged, but shown apart from used_bytes, as
- * the host tier's spare segment is). */
-static uint64_t spare_bytes(const struct tc__gpu_dev *d)
-{
-	return d->spare ? d->spare->base.bytes : 0;
-}
-
 /* Move d's spare into *reuse when it is exactly `bytes`; true if so. */
 static bool spare_take(struct tc__gpu_dev *d, uint64_t bytes,
 		       struct tc__gpu_mem *reuse)
@@ -365,12 +154,12 @@ static bool spare_take(struct tc__gpu_dev *d, uint64_t bytes,
 
 /* A replica whose artifact is gone (removed, expired, freed): its
  * allocation may become the device's spare. */
-static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
+void tc__gt_replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 {
 	struct tc__gpu_dev *d = r->dev;
 	struct tc__gpu_mem keep;
 
-	if (!replica_ready(r) || r->no_reuse) {
+	if (!gt_ready(r) || r->no_reuse) {
 		replica_free_keep(t, r, NULL);
 		return;
 	}
@@ -389,8 +178,8 @@ static void replica_free(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 static bool gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 {
 	struct tc__gpu_tier *t = tier->arg;
-	struct tc__gpu_dev *d = dev_of(tier);
-	struct tc__gpu_replica *r = rep_of(b);
+	struct tc__gpu_dev *d = gt_dev_of(tier);
+	struct tc__gpu_replica *r = gt_rep_of(b);
 	struct tc__gpu_mem *reuse = ctx;
 	struct tc__obj *o = r->o;
 
@@ -402,7 +191,7 @@ static bool gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 	}
 	tc__log(TC_LOG_INFO,
 		"evicting GPU %d replica of '%s' (%llu bytes) to make room",
-		dev_index(t, d), o->id, (unsigned long long)r->base.bytes);
+		gt_dev_index(t, d), o->id, (unsigned long long)r->base.bytes);
 	if (reuse && !reuse->dptr && !r->no_reuse &&
 	    r->mem.size == reuse->size) {
 		d->reused++;
@@ -423,8 +212,8 @@ static bool gpu_evict(struct tc__tier *tier, struct tc__replica *b, void *ctx)
 static void gpu_refuse(struct tc__tier *tier, uint64_t bytes, bool too_big,
 		       char *err, size_t errlen)
 {
-	struct tc__gpu_dev *d = dev_of(tier);
-	int i = dev_index(tier->arg, d);
+	struct tc__gpu_dev *d = gt_dev_of(tier);
+	int i = gt_dev_index(tier->arg, d);
 	uint64_t bound = tier->used - tier->filling_bytes;
 	char extra[64] = "";
 
@@ -436,7 +225,8 @@ static void gpu_refuse(struct tc__tier *tier, uint64_t bytes, bool too_big,
 			 (unsigned long long)tier->budget);
 		return;
 	}
-	for (struct tc__gpu_replica *r = ready_first(d); r; r = ready_next(r))
+	for (struct tc__gpu_replica *r = gt_ready_first(d); r;
+	     r = gt_ready_next(r))
 		bound -= r->base.bytes;
 	if (bound)
 		snprintf(extra, sizeof(extra), ", %llu bound",
@@ -546,502 +336,10 @@ static void req_free(struct tc__gpu_tier *t, struct gt_req *q)
 static void fill_run(struct tc__job *job);
 static void fill_done(struct tc__job *job);
 
-/* The ready replica of o on another GPU than `dst` to fill from, or NULL:
- * a pair never measured first (to learn it), else the fastest pair. */
-static struct tc__gpu_replica *sibling_of(struct tc__gpu_tier *t,
-					  struct tc__obj *o, int dst)
-{
-	struct tc__gpu_replica *best = NULL;
-	double bg = -1;
-
-	for (int s = 0; s < t->ndev; s++) {
-		struct tc__gpu_replica *r = o->gpu->rep[s];
-		const struct gt_rate *pr = &t->peer_rate[s][dst];
-		double g;
-
-		if (s == dst || !r || !replica_ready(r))
-			continue;
-		g = pr->n ? pr->gbps : 1e300;
-		if (g > bg) {
-			best = r;
-			bg = g;
-		}
-	}
-	return best;
-}
-
-/* ------------------------------------------------- sibling-GPU sources */
-
-void tc__gpu_tier_peer_choose(struct tc__gpu_tier *t, struct tc__obj *o,
-			      struct tc__gpu_peer_fill *pf)
-{
-	struct tc__gpu_replica *sib;
-	const struct gt_rate *pr, *hr;
-	int s;
-
-	pf->sib = NULL;
-	pf->sib_dev = -1;
-	pf->use_peer = pf->probe = false;
-	if (t->state != GT_OPEN || !o->gpu || pf->dst < 0 || pf->dst >= t->ndev)
-		return;
-	sib = sibling_of(t, o, pf->dst);
-	if (!sib || (pf->has_host && pf->bytes < GT_PROBE_MIN))
-		return; /* the host replica: tiny, or no sibling */
-	s = dev_index(t, sib->dev);
-	pf->sib = sib;
-	pf->sib_dev = s;
-	pf->sib_mem = sib->mem;
-	tc__replica_lease(&sib->base);
-	pr = &t->peer_rate[s][pf->dst];
-	hr = &t->host_rate[pf->dst];
-	if (!pf->has_host)
-		pf->use_peer = true; /* the only source */
-	else if (pr->n && hr->n)
-		pf->use_peer = pr->gbps > hr->gbps;
-	else
-		pf->probe = true;
-}
-
-/* Drop pf's lease on its sibling source. */
-static void sib_unlease(struct tc__gpu_tier *t, struct tc__gpu_peer_fill *pf)
-{
-	struct tc__gpu_replica *sr = pf->sib;
-
-	if (!sr)
-		return;
-	pf->sib = NULL;
-	if (tc__replica_unlease(&sr->base) == 0 && sr->o->dead)
-		replica_free(t, sr);
-}
-
-/* Copy the first n bytes of the byte space into the sink, from the host
- * replica or (peer) the sibling's; *secs: the copy alone (no allocation,
- * no pinning).  `keep_tail`: a probe's partial copy, completed later. */
-static int peer_copy(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
-		     bool peer, uint64_t n, bool keep_tail, double *secs,
-		     char *err, size_t errlen)
-{
-	uint64_t t0 = tc__now_ns();
-	int rc;
-
-	x->from = peer ? TC_XFER_FROM_PEER : TC_XFER_FROM_HOST;
-	x->gpu_src = peer ? &pf->sib_mem : NULL;
-	x->bytes = n;
-	x->keep_tail = keep_tail;
-	x->alloc_seconds = 0;
-	x->alloc_oom = false;
-	rc = tc__xfer_run(x, err, errlen);
-	pf->host_bytes += x->host_bytes;
-	pf->alloc_seconds += x->alloc_seconds;
-	pf->oom = x->alloc_oom;
-	*secs = (double)(tc__now_ns() - t0) / 1e9 - x->alloc_seconds;
-	if (*secs <= 0)
-		*secs = 1e-9;
-	return rc;
-}
-
-/* Measure both sources on the first GT_PROBE_BYTES (the same bytes, so
- * the content does not care which ran last) and choose the faster.  Two
- * rounds, host then sibling, then sibling then host, each source keeping
- * its best: whichever runs first writes into fresh memory and pays its
- * first-touch costs (the driver scrubbing what was just freed; page
- * faults on the fake driver), and the first host copy also sets up its
- * staging; one round in one order leaned towards the sibling.  A sibling
- * that fails to copy loses: the host replica serves.  Returns the host
- * copies' result; *whole when the probe copied everything. */
-static int peer_probe(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
-		      bool *whole, char *err, size_t errlen)
-{
-	uint64_t p = pf->bytes < GT_PROBE_BYTES ? pf->bytes : GT_PROBE_BYTES;
-	double th = 0, tp = 0, t;
-	bool peer_ok = true;
-	int rc;
-
-	*whole = false;
-	pf->probe_bytes = p;
-	for (int round = 0; round < 2; round++) {
-		for (int k = 0; k < 2; k++) {
-			bool peer = (k == 1) != (round == 1);
-
-			if (peer && !peer_ok)
-				continue;
-			rc = peer_copy(pf, x, peer, p, true, &t, err, errlen);
-			if (rc < 0 && !peer)
-				return rc;
-			if (rc < 0) {
-				tc__log(TC_LOG_WARN,
-					"GPU %d cannot copy from GPU %d's "
-					"replica (the host replica serves): %s",
-					pf->dst, pf->sib_dev, err);
-				err[0] = '\0';
-				peer_ok = false;
-				continue;
-			}
-			if (peer)
-				tp = tp > 0 && tp < t ? tp : t;
-			else
-				th = th > 0 && th < t ? th : t;
-		}
-	}
-	pf->probe_host_gbps = (double)p / th / 1e9;
-	if (!peer_ok) {
-		pf->use_peer = false;
-		pf->probe_peer_gbps = 0;
-		/* A failed peer copy may have left part of the probe range
-		 * after the host's last copy. */
-		return peer_copy(pf, x, false, p, true, &t, err, errlen);
-	}
-	pf->probe_peer_gbps = (double)p / tp / 1e9;
-	pf->use_peer = tp < th;
-	*whole = p == pf->bytes;
-	if (*whole) {
-		pf->copy_seconds = pf->use_peer ? tp : th;
-		/* Both sources wrote the same bytes; the tail still wants
-		 * its zeros (the probe's copies kept it). */
-		if (x->gpu_dst->size > p)
-			return tc__gpu_memset8(x->ordinal, x->gpu_dst->dptr + p,
-					       0, x->gpu_dst->size - p, NULL,
-					       err, errlen);
-	}
-	return 0;
-}
-
-int tc__gpu_tier_peer_run(struct tc__gpu_peer_fill *pf, struct tc__xfer *x,
-			  char *err, size_t errlen)
-{
-	bool whole = false;
-	int rc = 0;
-
-	if (pf->sib_dev >= 0) {
-		int can =
-			tc__gpu_can_access_peer(pf->dst, pf->sib_dev, NULL, 0);
-
-		pf->link = can < 0 ? 0 : can ? 1 : 2;
-	}
-	if (pf->probe)
-		rc = peer_probe(pf, x, &whole, err, errlen);
-	if (rc == 0 && !whole) {
-		rc = peer_copy(pf, x, pf->use_peer, pf->bytes, false,
-			       &pf->copy_seconds, err, errlen);
-		if (rc < 0 && pf->use_peer && pf->has_host && !pf->oom) {
-			/* The host replica is still there: it serves. */
-			tc__log(TC_LOG_WARN,
-				"GPU %d cannot copy from GPU %d's replica (the "
-				"host replica serves): %s",
-				pf->dst, pf->sib_dev, err);
-			err[0] = '\0';
-			pf->use_peer = false;
-			rc = peer_copy(pf, x, false, pf->bytes, false,
-				       &pf->copy_seconds, err, errlen);
-		}
-	}
-	return rc;
-}
-
-void tc__gpu_tier_peer_done(struct tc__gpu_tier *t,
-			    struct tc__gpu_peer_fill *pf, int rc,
-			    enum tc__gpu_peer_kind kind)
-{
-	int i = pf->dst, s = pf->sib_dev;
-
-	if (s >= 0 && pf->link)
-		t->peer_link[s][i] = (uint8_t)pf->link;
-	if (rc == 0 && pf->probe && pf->probe_bytes) {
-		t->n_probes++;
-		rate_add(&t->host_rate[i], pf->probe_bytes,
-			 (double)pf->probe_bytes / pf->probe_host_gbps / 1e9);
-		if (pf->probe_peer_gbps > 0)
-			rate_add(&t->peer_rate[s][i], pf->probe_bytes,
-				 (double)pf->probe_bytes / pf->probe_peer_gbps /
-					 1e9);
-		tc__log(TC_LOG_INFO,
-			"GPU %d from GPU %d (%s) measured on %llu bytes (best "
-			"of two rounds each): %.2f GB/s, from host memory "
-			"%.2f GB/s: %s serves",
-			i, s,
-			pf->link == 1 ? "direct link" : "staged by the driver",
-			(unsigned long long)pf->probe_bytes,
-			pf->probe_peer_gbps, pf->probe_host_gbps,
-			pf->use_peer ? "the sibling" : "the host replica");
-	}
-	if (rc == 0 && pf->copy_seconds > 0 &&
-	    !(pf->probe && pf->probe_bytes == pf->bytes))
-		rate_add(pf->use_peer ? &t->peer_rate[s][i] : &t->host_rate[i],
-			 pf->bytes, pf->copy_seconds);
-	if (rc == 0 && pf->use_peer) {
-		if (kind == TC_GPU_PEER_BIND) {
-			t->n_peer_bind_fills++;
-			t->n_peer_bind_bytes += pf->bytes;
-		} else {
-			t->n_peer_fills++;
-			t->n_peer_fill_bytes += pf->bytes;
-		}
-	}
-	sib_unlease(t, pf);
-}
-
-/* ------------------------------------------------------------ view parts */
-
-/* A kept view's parts (gpu_parts.h) are the ranges of its byte space
- * that are one contiguous range of its source's: the replicated tensors
- * of a tensor-parallel rank's view, held whole by every rank's view.
- * When no replica of the view itself is on another GPU, its fill copies
- * such ranges from other views of the same source on sibling GPUs (GPU
- * to GPU) and only the rest from host memory: from ready replicas, and
- * from fills still running (leads) as they complete those ranges, which
- * a lead copies first.  The metadata is the client's word, so the new
- * replica is kept only if its chunk digests, computed on its GPU, are the
- * view's; else it is filled again from host memory alone.
- *
- * Who waits on whom: a fill that follows a lead is never a lead itself,
- * and a lead waits on nobody, so no two fills wait on each other.  A
- * follower runs on the tier's elastic follow pool, so its wait holds no
- * thread of the job pool, where the lead (submitted first), imports and
- * puts' digests run; each wait ends after TC_GPU_PIPE_STALL_MS without
- * progress in any case. */
-
 /* Loop: run a fill job on its pool. */
 static void fill_submit(struct tc__gpu_tier *t, struct fill_job *j)
 {
 	tc__jobs_submit(j->gated_len ? t->follow_jobs : t->jobs, &j->job);
-}
-
-/* Worker: a gated part's wait and its end (xfer.h). */
-static int prep_wait(void *gate, const struct tc__xfer_part *p)
-{
-	struct gt_prep *g = gate;
-
-	return tc__gpu_pipe_wait(g->pipe, p->src_off, p->len, g->stall_ms,
-				 &g->mem);
-}
-
-static void prep_end(void *gate)
-{
-	tc__gpu_pipe_copied(((struct gt_prep *)gate)->pipe);
-}
-
-/* Worker: the lead completed first range k. */
-static void lead_progress(void *arg, const struct tc__xfer *x, uint32_t k)
-{
-	struct fill_job *j = arg;
-
-	/* Tests: the followers find their lead failed (and fill from host
-	 * memory) while its own fill goes on. */
-	if (tc__failpoint("gpu_fill_lead_fail", j->o->id)) {
-		tc__gpu_pipe_end(j->pipe, -ECANCELED, NULL);
-		return;
-	}
-	tc__gpu_pipe_publish(j->pipe, x->gpu_dst,
-			     x->first[k].off + x->first[k].len);
-}
-
-/* How long a follower waits for a lead that makes no progress. */
-static uint64_t pipe_stall_ms(void)
-{
-	return tc__failpoint_num("gpu_pipe_stall_ms", 0, UINT64_MAX,
-				 TC_GPU_PIPE_STALL_MS);
-}
-
-/* The replica of view v on a sibling GPU of `dst` j may copy parts from:
- * a ready one, else a lead's fill still running (*lead), on a pair not
- * measured slower than the host copy; NULL when none. */
-static struct tc__gpu_replica *
-part_source(struct tc__gpu_tier *t, struct tc__obj *v, int dst, bool *lead)
-{
-	const struct gt_rate *hr = &t->host_rate[dst];
-	struct tc__gpu_replica *filling = NULL;
-
-	*lead = false;
-	for (int s = 0; s < t->ndev; s++) {
-		struct tc__gpu_replica *r = v->gpu->rep[s];
-		const struct gt_rate *pr = &t->peer_rate[s][dst];
-
-		if (s == dst || !r || (pr->n && hr->n && pr->gbps <= hr->gbps))
-			continue;
-		if (replica_ready(r))
-			return r;
-		if (!filling && r->pipe && tc__gpu_pipe_live(r->pipe))
-			filling = r;
-	}
-	*lead = filling != NULL;
-	return filling;
-}
-
-/* Give j the ranges of o it can copy from other views of o's source on
- * sibling GPUs of j->ordinal: wherever one of o's parts and one of theirs
- * cover the same source bytes (at least TC_VIEW_PART_MIN of them), those
- * bytes are the same in both views.  A ready view replica used is leased
- * until done; a lead's fill is followed through its pipe (only its first
- * ranges, which it copies before anything else); at most GT_PART_SRCS
- * sources.  Nothing on OOM or malformed metadata: the host serves. */
-static void parts_choose(struct tc__gpu_tier *t, struct tc__obj *o,
-			 struct fill_job *j)
-{
-	const char *of = tc__table_meta(&o->table, "tcast.view_of");
-	struct tc__xfer_part *mine, *theirs, *pc = NULL;
-	uint32_t nmine, ntheirs, npc = 0, cap = 0;
-	struct tc__map_entry *e;
-	uint64_t stall = 0;
-	size_t b;
-
-	if (!of || !o->shm || o->nchunks != tc__chunk_count(j->src_bytes) ||
-	    !tc__view_parts_parse(&o->table, &mine, &nmine))
-		return;
-	for (e = tc__map_next(&t->objs->by_id, NULL, &b);
-	     e && j->nprep < GT_PART_SRCS;
-	     e = tc__map_next(&t->objs->by_id, e, &b)) {
-		struct tc__obj *v = e->val;
-		struct gt_prep *g = &j->prep[j->nprep];
-		const char *vof;
-		struct tc__gpu_replica *vr;
-		bool lead;
-
-		if (v == o || v->dead || !v->gpu ||
-		    !(vof = tc__table_meta(&v->table, "tcast.view_of")) ||
-		    strcmp(vof, of))
-			continue;
-		vr = part_source(t, v, j->ordinal, &lead);
-		if (!vr)
-			continue;
-		if (lead) {
-			if (!stall)
-				stall = pipe_stall_ms();
-			if (!tc__view_parts_overlap(mine, nmine, vr->pipe->lead,
-						    vr->pipe->nlead, &g->mem, g,
-						    &pc, &npc, &cap))
-				continue;
-			g->pipe = vr->pipe;
-			g->stall_ms = stall;
-			tc__gpu_pipe_get(g->pipe);
-			if (!g->pipe->followed) {
-				g->pipe->followed = true;
-				t->n_pipe_leads++;
-			}
-			g->pipe->followers++;
-			tc__log(TC_LOG_INFO,
-				"GPU %d fill of view '%s' follows GPU %d's "
-				"fill of view '%s': the ranges they share are "
-				"copied GPU to GPU as that fill completes them",
-				j->ordinal, o->id, dev_index(t, vr->dev),
-				v->id);
-		} else {
-			if (!tc__view_parts_parse(&v->table, &theirs, &ntheirs))
-				continue;
-			ntheirs = tc__view_parts_overlap(mine, nmine, theirs,
-							 ntheirs, &g->mem, NULL,
-							 &pc, &npc, &cap);
-			tc__free(theirs);
-			if (!ntheirs)
-				continue;
-			g->rep = vr;
-			g->mem = vr->mem;
-			/* With its artifact: an rm of that view must not free
-			 * the replica under the copy. */
-			tc__gpu_replica_lease(t, vr);
-		}
-		j->nprep++;
-	}
-	tc__free(mine);
-	j->nparts = tc__view_parts_trim(pc, npc);
-	for (uint32_t k = 0; k < j->nparts; k++)
-		if (pc[k].gate)
-			j->gated_len += pc[k].len;
-	if (j->nparts)
-		j->parts = pc;
-	else
-		tc__free(pc);
-}
-
-/* Make j, the fill of view o with no part from a lead, a lead: its first
- * ranges (the spans of the source's tensors its parts hold whole; all of
- * its parts when the source is not held here) go first, and its progress
- * is published for fills of other views that begin while it runs.  No
- * pipe on OOM: then nobody follows it. */
-static void lead_begin(struct tc__gpu_tier *t, struct tc__obj *o,
-		       struct tc__gpu_replica *r, struct fill_job *j)
-{
-	const char *of = tc__table_meta(&o->table, "tcast.view_of");
-	struct tc__xfer_part *mine, *lead;
-	struct tc__obj *src;
-	uint32_t nmine, nlead;
-
-	if (j->gated_len || !of || !o->shm ||
-	    o->nchunks != tc__chunk_count(j->src_bytes) ||
-	    !tc__view_parts_parse(&o->table, &mine, &nmine))
-		return;
-	src = tc__map_get(&t->objs->by_id, of);
-	tc__view_parts_lead(mine, nmine, src && !src->dead ? &src->table : NULL,
-			    &lead, &nlead);
-	tc__free(mine);
-	if (nlead && tc__gpu_pipe_new(lead, nlead, &j->pipe) == 0) {
-		tc__gpu_pipe_get(j->pipe);
-		r->pipe = j->pipe; /* the replica's reference */
-	}
-}
-
-/* On the loop, j's fill has ended (rc): as a lead, its replica r (ready
- * when rc is 0) is leased for the followers still copying from it; as a
- * follower, the last one done drops that lease.  Then the leases on the
- * ready view replicas it copied from go. */
-static void parts_end(struct tc__gpu_tier *t, struct fill_job *j,
-		      struct tc__gpu_replica *r)
-{
-	if (j->pipe) {
-		struct tc__gpu_pipe *p = j->pipe;
-
-		if (j->rc == 0 && p->followers > 0 && !p->held) {
-			tc__gpu_replica_lease(t, r);
-			p->held = r;
-		}
-		r->pipe = NULL;
-		tc__gpu_pipe_put(p); /* the replica's */
-		tc__gpu_pipe_put(p); /* the job's */
-		j->pipe = NULL;
-	}
-	for (int k = 0; k < j->nprep; k++) {
-		struct gt_prep *g = &j->prep[k];
-		struct tc__gpu_replica *vr = g->rep;
-
-		if (g->pipe) {
-			if (--g->pipe->followers == 0 && g->pipe->held) {
-				tc__gpu_replica_unlease(t, g->pipe->held);
-				g->pipe->held = NULL;
-			}
-			tc__gpu_pipe_put(g->pipe);
-		}
-		if (vr)
-			tc__gpu_replica_unlease(t, vr);
-		*g = (struct gt_prep){ 0 };
-	}
-	j->nprep = 0;
-	tc__free(j->parts);
-	j->parts = NULL;
-	j->nparts = 0;
-}
-
-/* On the worker, after a fill with parts: are the new replica's chunk
- * digests the view's?  Computed on its GPU.  Returns 0 when they are, else
- * a reason in j->parts_why and nonzero. */
-static int parts_verify(struct fill_job *j)
-{
-	uint64_t n = tc__chunk_count(j->src_bytes);
-	struct tc__digest *d = tc__calloc(n ? n : 1, sizeof(*d));
-	int rc;
-
-	if (!d) {
-		snprintf(j->parts_why, sizeof(j->parts_why), "out of memory");
-		return -ENOMEM;
-	}
-	rc = tc__gpu_hash_chunks_dev(&j->mem, j->src_bytes, d, j->parts_why,
-				     sizeof(j->parts_why));
-	if (rc == 0 && memcmp(d, j->chunks, n * sizeof(*d))) {
-		snprintf(j->parts_why, sizeof(j->parts_why),
-			 "its chunk digests are not the artifact's (the "
-			 "metadata's parts do not hold its bytes)");
-		rc = TC_EINVAL;
-	}
-	tc__free(d);
-	return rc;
 }
 
 /* Route q to its device: 0 with *rep ready, 1 when q now waits on a fill
@@ -1104,7 +402,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 		return TC_ENOTSUP;
 	}
 	r = o->gpu ? o->gpu->rep[i] : NULL;
-	if (r && replica_ready(r)) {
+	if (r && gt_ready(r)) {
 		tc__replica_touch(&r->base);
 		*rep = r;
 		return 0;
@@ -1116,7 +414,7 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	}
 	if (!obj_gpu(t, o))
 		return -ENOMEM;
-	sib = sibling_of(t, o, i);
+	sib = tc__gt_sibling_of(t, o, i);
 	if (!o->shm && !sib) {
 		snprintf(
 			err, errlen,
@@ -1173,8 +471,8 @@ static int route(struct tc__gpu_tier *t, struct gt_req *q,
 	tc__gpu_tier_peer_choose(t, o, &j->pf);
 	j->chunks = o->chunks;
 	if (j->pf.sib_dev < 0) {
-		parts_choose(t, o, j);
-		lead_begin(t, o, r, j);
+		tc__gt_parts_choose(t, o, j);
+		tc__gt_lead_begin(t, o, r, j);
 	}
 	/* A pinned host replica is copied from directly.  Otherwise large
 	 * ones go through staging rings (pinning 16 GiB first would cost
@@ -1429,7 +727,7 @@ static int charge_on(struct tc__gpu_tier *t,
 	if (!d->info.vmm || !d->info.posix_fd) {
 		snprintf(err, errlen,
 			 "GPU %d (%s) cannot share memory as POSIX fds",
-			 dev_index(t, d), d->info.name);
+			 gt_dev_index(t, d), d->info.name);
 		return TC_ENOTSUP;
 	}
 	gran = d->gran ? d->gran : GT_DEFAULT_GRAN;
@@ -1443,7 +741,7 @@ static int charge_on(struct tc__gpu_tier *t,
 	if (rc < 0)
 		return rc;
 	d->nreplicas++;
-	*dev = dev_index(t, d);
+	*dev = gt_dev_index(t, d);
 	return 0;
 }
 
@@ -1524,7 +822,7 @@ int tc__gpu_tier_fill_adopt(struct tc__gpu_tier *t, struct tc__obj *o,
 {
 	struct tc__gpu_replica *r = *fill;
 	struct tc__gpu_dev *d = r->dev;
-	int dev = dev_index(t, d);
+	int dev = gt_dev_index(t, d);
 
 	*fill = NULL;
 	if (!obj_gpu(t, o) || o->gpu->rep[dev]) {
@@ -1576,7 +874,7 @@ struct tc__gpu_replica *tc__gpu_tier_find(struct tc__gpu_tier *t,
 		return NULL;
 	for (int i = 0; i < t->ndev; i++)
 		if (!memcmp(t->devs[i].info.uuid, uuid, TC_GPU_UUID_BYTES))
-			return o->gpu->rep[i] && replica_ready(o->gpu->rep[i]) ?
+			return o->gpu->rep[i] && gt_ready(o->gpu->rep[i]) ?
 				       o->gpu->rep[i] :
 				       NULL;
 	return NULL;
@@ -1615,13 +913,13 @@ static void fill_run(struct tc__job *job)
 				      .nthreads = j->nthreads,
 				      .parts = j->parts,
 				      .nparts = j->nparts,
-				      .part_wait = prep_wait,
-				      .part_end = prep_end };
+				      .part_wait = tc__gt_prep_wait,
+				      .part_end = tc__gt_prep_end };
 
 		if (j->pipe) {
 			x.first = j->pipe->first;
 			x.nfirst = j->pipe->nlead;
-			x.first_done = lead_progress;
+			x.first_done = tc__gt_lead_progress;
 			x.first_arg = j;
 		}
 		j->pf.alloc_seconds = 0;
@@ -1629,7 +927,7 @@ static void fill_run(struct tc__job *job)
 					      sizeof(j->err));
 		j->part_bytes = j->rc == 0 ? x.part_bytes : 0;
 		j->gated_bytes = j->rc == 0 ? x.gated_bytes : 0;
-		if (j->part_bytes && parts_verify(j) != 0) {
+		if (j->part_bytes && tc__gt_parts_verify(j) != 0) {
 			/* Not the view's bytes: the host copy alone, and
 			 * nobody copies from this one meanwhile. */
 			if (j->pipe)
@@ -1860,7 +1158,7 @@ static void fill_done(struct tc__job *job)
 	struct tc__gpu_dev *d = r->dev;
 	struct tc__obj *o = r->o;
 	struct gt_req *q, *next, *list;
-	int i = dev_index(t, d);
+	int i = gt_dev_index(t, d);
 
 	if (j->do_register) {
 		j->do_register = false;
@@ -1931,7 +1229,7 @@ static void fill_done(struct tc__job *job)
 			"gave up or completed nothing for %llu ms)",
 			i, o->id,
 			(unsigned long long)(j->gated_len - j->gated_bytes),
-			(unsigned long long)pipe_stall_ms());
+			(unsigned long long)tc__gt_pipe_stall_ms());
 	}
 	if (j->rc == 0) {
 		r->mem = j->mem;
@@ -1946,7 +1244,7 @@ static void fill_done(struct tc__job *job)
 		 * (registration refused) is not. */
 		r->fill_pinned = j->staged || j->pin.nsegs;
 		r->reused = j->reused;
-		parts_end(t, j, r); /* ready: a lead's may be leased */
+		tc__gt_parts_end(t, j, r); /* ready: a lead's may be leased */
 		replica_announce(t, r, true);
 		t->n_fills++;
 		t->n_fill_bytes += j->src_bytes;
@@ -1987,13 +1285,13 @@ static void fill_done(struct tc__job *job)
 		for (q = list; q; q = q->next)
 			q->cb(q->arg, o, r, 0, NULL);
 		if (tc__replica_unlease(&r->base) == 0 && o->dead)
-			replica_free(t, r);
+			tc__gt_replica_free(t, r);
 	} else {
 		t->n_fill_failures++;
 		tc__log(TC_LOG_WARN, "cannot make a GPU %d replica of '%s': %s",
 			i, o->id, j->err);
-		parts_end(t, j, r);
-		replica_free(t, r); /* from FILLING */
+		tc__gt_parts_end(t, j, r);
+		tc__gt_replica_free(t, r); /* from FILLING */
 		for (q = list; q; q = q->next)
 			q->cb(q->arg, o, NULL, j->rc, j->err);
 	}
@@ -2033,7 +1331,7 @@ void tc__gpu_replica_unlease(struct tc__gpu_tier *t, struct tc__gpu_replica *r)
 		return;
 	/* A removed artifact keeps only what clients still hold. */
 	if (tc__replica_unlease(&r->base) == 0 && o->dead)
-		replica_free(t, r);
+		tc__gt_replica_free(t, r);
 	tc__objs_unlease(t->objs, o);
 }
 
@@ -2095,9 +1393,9 @@ static void obj_gpu_free(struct tc__obj *o)
 			continue;
 		/* Only at daemon exit can a replica still be leased; a fill
 		 * job holds its artifact, so none is filling here. */
-		if (!replica_ready(r))
+		if (!gt_ready(r))
 			TC_BUG("freeing an artifact while a GPU replica fills");
-		replica_free(g->tier, r);
+		tc__gt_replica_free(g->tier, r);
 	}
 	if (g->reg_state == GT_REG_DONE) {
 		g->tier->pinned_host_bytes -= g->pin.bytes;
@@ -2117,55 +1415,8 @@ static void obj_gpu_trim(struct tc__obj *o)
 	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++) {
 		struct tc__gpu_replica *r = o->gpu->rep[i];
 
-		if (r && replica_ready(r) && r->base.leases == 0)
-			replica_free(o->gpu->tier, r);
-	}
-}
-
-/* ----------------------------------------------------------------- JSON */
-
-/* Where a replica's bytes came from: "host", "gpu N" (a peer copy from
- * that GPU's replica), or "import" (the loader, a put, a restore). */
-static const char *fill_source_name(const struct tc__gpu_replica *r)
-{
-	static const char *const gpus[] = {
-		"gpu 0",  "gpu 1",  "gpu 2",  "gpu 3", "gpu 4",	 "gpu 5",
-		"gpu 6",  "gpu 7",  "gpu 8",  "gpu 9", "gpu 10", "gpu 11",
-		"gpu 12", "gpu 13", "gpu 14", "gpu 15"
-	};
-
-	if (r->fill_src == -2)
-		return "import";
-	if (r->fill_src < 0)
-		return "host";
-	return r->fill_src < 16 ? gpus[r->fill_src] : "gpu";
-}
-
-static void obj_gpu_json(const struct tc__obj *o, void *arr)
-{
-	if (!o->gpu)
-		return;
-	for (int i = 0; i < TC_GPU_TIER_MAX_DEV; i++) {
-		const struct tc__gpu_replica *r = o->gpu->rep[i];
-
-		if (!r)
-			continue;
-		json_array_append_new(
-			arr,
-			json_pack(
-				"{s:s, s:s, s:i, s:I, s:I, s:s, s:f, s:f, s:b, "
-				"s:b, s:s, s:f, s:I}",
-				"tier", "gpu", "device", r->dev->info.uuid_str,
-				"ordinal", i, "bytes",
-				(json_int_t)r->base.bytes, "leases",
-				(json_int_t)r->base.leases, "state",
-				replica_ready(r) ? "ready" : "filling",
-				"fill_seconds", r->fill_seconds,
-				"alloc_seconds", r->alloc_seconds, "pinned",
-				r->fill_pinned, "reused_allocation", r->reused,
-				"fill_source", fill_source_name(r), "fill_gbps",
-				r->fill_gbps, "peer_bytes",
-				(json_int_t)r->part_bytes));
+		if (r && gt_ready(r) && r->base.leases == 0)
+			tc__gt_replica_free(o->gpu->tier, r);
 	}
 }
 
@@ -2173,7 +1424,7 @@ static void obj_gpu_json(const struct tc__obj *o, void *arr)
 static const struct tc__obj_gpu_ops gpu_replica_ops = {
 	.free = obj_gpu_free,
 	.trim = obj_gpu_trim,
-	.json = obj_gpu_json,
+	.json = tc__gt_obj_gpu_json,
 };
 
 /* o's GPU state, made on first use; NULL when out of memory. */
@@ -2187,166 +1438,4 @@ static struct tc__obj_gpu *obj_gpu(struct tc__gpu_tier *t, struct tc__obj *o)
 		o->gpu_ops = &gpu_replica_ops;
 	}
 	return o->gpu;
-}
-
-void tc__gpu_tier_publish_metrics(struct tc__gpu_tier *t)
-{
-	for (int i = 0; t->state == GT_OPEN && i < t->ndev; i++) {
-		struct tc__gpu_dev *d = &t->devs[i];
-		struct tc__metrics_tier m = { .replicas = d->nreplicas,
-					      .budget = d->tier.budget,
-					      .used = d->tier.used -
-						      spare_bytes(d),
-					      .evictions = d->tier.evictions };
-
-		for (struct tc__gpu_replica *r = ready_first(d); r;
-		     r = ready_next(r)) {
-			m.bytes += r->o ? r->base.bytes : 0; /* not the spare */
-			m.leases += r->base.leases;
-		}
-		tc__metrics_set_gpu(i, d->info.uuid_str, &m);
-	}
-}
-
-/* The sibling-GPU sources as measured: fills from a sibling, probes, the
- * host rate per device and the peer rate per pair (only what was seen). */
-static json_t *peer_json(const struct tc__gpu_tier *t)
-{
-	json_t *host = json_array(), *pairs = json_array(), *j;
-
-	for (int d = 0; d < t->ndev; d++) {
-		const struct gt_rate *h = &t->host_rate[d];
-
-		if (h->n)
-			json_array_append_new(
-				host,
-				json_pack("{s:i, s:f, s:i}", "ordinal", d,
-					  "gbps", h->gbps, "fills", (int)h->n));
-		for (int s = 0; s < t->ndev; s++) {
-			const struct gt_rate *p = &t->peer_rate[s][d];
-			uint8_t l = t->peer_link[s][d];
-
-			if (!p->n && !l)
-				continue;
-			json_array_append_new(
-				pairs,
-				json_pack("{s:i, s:i, s:s, s:f, s:i, s:s}",
-					  "src", s, "dst", d, "link",
-					  l == 1 ? "direct" :
-					  l == 2 ? "staged" :
-						   "unknown",
-					  "gbps", p->gbps, "fills", (int)p->n,
-					  "choice",
-					  !p->n || !h->n    ? "probe" :
-					  p->gbps > h->gbps ? "peer" :
-							      "host"));
-		}
-	}
-	j = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
-		      "fills", (json_int_t)t->n_peer_fills, "fill_bytes",
-		      (json_int_t)t->n_peer_fill_bytes, "bind_fills",
-		      (json_int_t)t->n_peer_bind_fills, "bind_fill_bytes",
-		      (json_int_t)t->n_peer_bind_bytes, "part_fills",
-		      (json_int_t)t->n_part_fills, "part_fill_bytes",
-		      (json_int_t)t->n_part_bytes, "part_rejected",
-		      (json_int_t)t->n_part_rejected, "probes",
-		      (json_int_t)t->n_probes, "host_rates", host, "pairs",
-		      pairs);
-	/* Part fills that copied from fills still running (leads). */
-	if (j) {
-		json_object_set_new(j, "pipelined_fills",
-				    json_integer((json_int_t)t->n_pipe_fills));
-		json_object_set_new(j, "pipelined_bytes",
-				    json_integer((json_int_t)t->n_pipe_bytes));
-		json_object_set_new(
-			j, "pipelined_fallback_bytes",
-			json_integer((json_int_t)t->n_pipe_fallback_bytes));
-		json_object_set_new(j, "pipelined_leads",
-				    json_integer((json_int_t)t->n_pipe_leads));
-	}
-	return j;
-}
-
-char *tc__gpu_tier_status_json(struct tc__gpu_tier *t)
-{
-	static const char *const states[] = { "not loaded", "loading", "ready",
-					      "unavailable" };
-	json_t *j, *devs = json_array();
-	char *s;
-
-	for (int i = 0; i < t->ndev; i++) {
-		struct tc__gpu_dev *d = &t->devs[i];
-		uint32_t leases = 0;
-		json_t *dj;
-
-		for (struct tc__gpu_replica *r = ready_first(d); r;
-		     r = ready_next(r))
-			leases += r->base.leases;
-		/* filling_bytes: of used_bytes, the FILLING replicas (attach
-		 * fills, imports, restores and puts to this GPU, bindings
-		 * before their first fill), as host_filling_bytes is the
-		 * host tier's. */
-		dj = json_pack("{s:i, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, "
-			       "s:I, s:I, s:I}",
-			       "ordinal", i, "uuid", d->info.uuid_str, "name",
-			       d->info.name, "pci_bus_id", d->info.pci_bus_id,
-			       "total_bytes", (json_int_t)d->info.total_bytes,
-			       "budget_bytes", (json_int_t)d->tier.budget,
-			       "used_bytes",
-			       (json_int_t)(d->tier.used - spare_bytes(d)),
-			       "filling_bytes",
-			       (json_int_t)d->tier.filling_bytes, "replicas",
-			       (json_int_t)d->nreplicas, "leases",
-			       (json_int_t)leases, "evictions",
-			       (json_int_t)d->tier.evictions,
-			       "reused_allocations", (json_int_t)d->reused);
-		if (dj)
-			json_object_set_new(
-				dj, "spare",
-				json_pack("{s:I, s:I, s:I}", "bytes",
-					  (json_int_t)spare_bytes(d), "kept",
-					  (json_int_t)d->spares_kept, "used",
-					  (json_int_t)d->spares_used));
-		/* Only where we already have a context: a status query
-		 * must not create one (hundreds of MiB on a real GPU). */
-		if (dj && d->touched) {
-			uint64_t fr, tot;
-
-			if (tc__gpu_mem_info(i, &fr, &tot, NULL, 0) == 0) {
-				json_object_set_new(
-					dj, "driver_free_bytes",
-					json_integer((json_int_t)fr));
-				json_object_set_new(
-					dj, "driver_total_bytes",
-					json_integer((json_int_t)tot));
-			}
-		}
-		json_array_append_new(devs, dj);
-	}
-	j = json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I}", "state",
-		      states[t->state], "pin_host",
-		      t->cfg->pin_eager ? "eager" : "on_use", "devices", devs,
-		      "fills", (json_int_t)t->n_fills, "fill_failures",
-		      (json_int_t)t->n_fill_failures, "fill_bytes",
-		      (json_int_t)t->n_fill_bytes, "fill_pinned_bytes",
-		      (json_int_t)t->n_fill_pinned_bytes, "pinned_host_bytes",
-		      (json_int_t)t->pinned_host_bytes);
-	if (j) {
-		json_object_set_new(j, "peer", peer_json(t));
-		/* Of fill_bytes, what replica fills copied from host
-		 * replicas (the rest came from sibling GPUs). */
-		json_object_set_new(
-			j, "fill_host_bytes",
-			json_integer((json_int_t)t->n_fill_host_bytes));
-	}
-	if (j && t->state == GT_FAILED)
-		json_object_set_new(j, "error", json_string(t->open_err));
-	if (j && t->state == GT_OPEN) {
-		json_object_set_new(j, "driver_version",
-				    json_integer(t->driver_version));
-		json_object_set_new(j, "library", json_string(t->driver_path));
-	}
-	s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-	json_decref(j);
-	return s;
 }
