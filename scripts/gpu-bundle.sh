@@ -15,6 +15,14 @@ find "$root/$build/tests" -maxdepth 1 -type f -perm -u+x -name 'test_*' -exec cp
 [ -d "$root/$build/fakecuda" ] && cp -r "$root/$build/fakecuda" "$out/"
 find "$root/$build/bench" -maxdepth 1 -type f -perm -u+x -name 'bench_*' -exec cp {} "$out/bench/" \;
 /work/shared/device/bundle-libs "$out/libs" "$out"/bin/* "$out"/lib/libtcast.so "$out"/tests/* "$out"/bench/* >/dev/null
+# Loaded by name, not linked (src/common/dynlib.h): the metrics endpoint's
+# and sd_notify's libraries, with what they link.
+for l in libmicrohttpd.so.12 libsystemd.so.0; do
+	p=$(ldconfig -p | awk -v l="$l" '$1 == l { print $NF; exit }')
+	[ -n "$p" ] || continue
+	cp -L "$p" "$out/libs/$l"
+	/work/shared/device/bundle-libs "$out/libs" "$p" >/dev/null
+done
 # GPU_BUNDLE_NET=1: Debian's ip, tc and iperf3 with their libraries, for
 # the namespace benches (bench/peer_pull.sh, bench/fanout.sh) on a machine
 # that lacks them or has other versions; gpu-env.sh puts them first on PATH.

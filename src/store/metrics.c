@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "common/compiler.h"
+#include "common/dynlib.h"
 #include "common/log.h"
 #include "metrics.h"
 #include "proto/proto.h"
@@ -78,6 +79,39 @@ static struct {
 } m;
 
 static struct MHD_Daemon *httpd;
+
+/* libmicrohttpd's calls, loaded when an endpoint is asked for
+ * (common/dynlib.h: linking it cost every CLI command its GnuTLS chain). */
+static struct {
+	__typeof__(&MHD_start_daemon) start_daemon;
+	__typeof__(&MHD_stop_daemon) stop_daemon;
+	__typeof__(&MHD_create_response_from_buffer) response_from_buffer;
+	__typeof__(&MHD_add_response_header) add_response_header;
+	__typeof__(&MHD_queue_response) queue_response;
+	__typeof__(&MHD_destroy_response) destroy_response;
+} mhd;
+
+static int mhd_load(char *err, size_t errlen)
+{
+#define SYM(f, n)                   \
+	{                           \
+#n, (void **)&mhd.f \
+	}
+	static const struct tc__dl_sym syms[] = {
+		SYM(start_daemon, MHD_start_daemon),
+		SYM(stop_daemon, MHD_stop_daemon),
+		SYM(response_from_buffer, MHD_create_response_from_buffer),
+		SYM(add_response_header, MHD_add_response_header),
+		SYM(queue_response, MHD_queue_response),
+		SYM(destroy_response, MHD_destroy_response),
+	};
+#undef SYM
+
+	if (mhd.start_daemon)
+		return 0;
+	return tc__dl_load("libmicrohttpd.so.12", "libmicrohttpd12", syms,
+			   sizeof(syms) / sizeof(syms[0]), err, errlen);
+}
 
 #define ADD(x, v) atomic_fetch_add_explicit(&(x), (v), memory_order_relaxed)
 #define SET(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
@@ -469,33 +503,33 @@ static enum MHD_Result answer(void *cls, struct MHD_Connection *conn,
 	size_t len = 0;
 
 	if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
-		resp = MHD_create_response_from_buffer(sizeof(bad_method) - 1,
-						       (void *)bad_method,
-						       MHD_RESPMEM_PERSISTENT);
+		resp = mhd.response_from_buffer(sizeof(bad_method) - 1,
+						(void *)bad_method,
+						MHD_RESPMEM_PERSISTENT);
 		code = MHD_HTTP_METHOD_NOT_ALLOWED;
 	} else if (strcmp(url, "/metrics")) {
-		resp = MHD_create_response_from_buffer(sizeof(not_found) - 1,
-						       (void *)not_found,
-						       MHD_RESPMEM_PERSISTENT);
+		resp = mhd.response_from_buffer(sizeof(not_found) - 1,
+						(void *)not_found,
+						MHD_RESPMEM_PERSISTENT);
 		code = MHD_HTTP_NOT_FOUND;
 	} else {
 		body = tc__metrics_render(&len);
 		if (!body)
 			return MHD_NO; /* out of memory: drop the connection */
-		resp = MHD_create_response_from_buffer(len, body,
-						       MHD_RESPMEM_MUST_FREE);
+		resp = mhd.response_from_buffer(len, body,
+						MHD_RESPMEM_MUST_FREE);
 		if (!resp)
 			free(body);
 	}
 	if (!resp)
 		return MHD_NO;
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+	mhd.add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
 				code == MHD_HTTP_OK ?
 					"text/plain; version=0.0.4; "
 					"charset=utf-8" :
 					"text/plain; charset=utf-8");
-	ret = MHD_queue_response(conn, code, resp);
-	MHD_destroy_response(resp);
+	ret = mhd.queue_response(conn, code, resp);
+	mhd.destroy_response(resp);
 	return ret;
 }
 
@@ -524,7 +558,9 @@ int tc__metrics_start(int port, char *err, size_t errlen)
 	 * SSH tunnel, never by opening the port to the network. */
 	sa.sin_port = htons((uint16_t)port);
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	httpd = MHD_start_daemon(
+	if (mhd_load(err, errlen) < 0)
+		return TC_ENOTSUP;
+	httpd = mhd.start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
 			MHD_USE_ERROR_LOG,
 		(uint16_t)port, NULL, NULL, answer, NULL, MHD_OPTION_SOCK_ADDR,
@@ -545,6 +581,6 @@ int tc__metrics_start(int port, char *err, size_t errlen)
 void tc__metrics_stop(void)
 {
 	if (httpd)
-		MHD_stop_daemon(httpd);
+		mhd.stop_daemon(httpd);
 	httpd = NULL;
 }

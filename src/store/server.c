@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/compiler.h"
+#include "common/dynlib.h"
 #include "common/io.h"
 #include "common/log.h"
 #include "gpu_tier.h"
@@ -89,6 +90,32 @@ static void on_signal(struct tc__ev *ev, int fd, void *arg, int mask)
  * an import), but most hold one or two; EMFILE is handled either way. */
 #define FDS_PER_CLIENT 4
 
+/* systemd's Type=notify (docs/operations.md).  libsystemd is loaded only
+ * when systemd asks to be told (NOTIFY_SOCKET), not at every start of the
+ * binary (common/dynlib.h); without it systemd would wait for READY in
+ * vain, so its absence is said in the log. */
+static void notify_systemd(const char *state)
+{
+	static __typeof__(&sd_notify) fn;
+	static bool tried;
+	const struct tc__dl_sym syms[] = { { "sd_notify", (void **)&fn } };
+	char err[300];
+
+	if (!getenv("NOTIFY_SOCKET"))
+		return;
+	if (!tried) {
+		tried = true;
+		if (tc__dl_load("libsystemd.so.0", "libsystemd0", syms, 1, err,
+				sizeof(err)) < 0)
+			tc__log(TC_LOG_ERROR,
+				"systemd waits for READY (NOTIFY_SOCKET is "
+				"set) but: %s",
+				err);
+	}
+	if (fn)
+		fn(0, state);
+}
+
 /*
  * Raise the soft RLIMIT_NOFILE to the hard limit, and size the client
  * limit so that clients cannot take the fds artifacts and imports need.
@@ -143,6 +170,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 		   size_t errlen)
 {
 	struct server s = { 0 };
+	char state[512];
 	sigset_t mask;
 	int rc;
 
@@ -250,10 +278,11 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 			cfg->metrics_port);
 	}
 	tc__srv_metrics_publish(&s, tc__now_ms(), true);
-	/* systemd Type=notify: ready once the socket accepts; a no-op
-	 * without NOTIFY_SOCKET. */
-	sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=serving on %s",
-		   (int)getpid(), cfg->socket);
+	/* systemd Type=notify: ready once the socket accepts. */
+	snprintf(state, sizeof(state),
+		 "READY=1\nMAINPID=%d\nSTATUS=serving on %s", (int)getpid(),
+		 cfg->socket);
+	notify_systemd(state);
 	if (ready_fd >= 0) {
 		if (write(ready_fd, "R", 1) < 0) {
 			/* The starter went away; keep serving anyway. */
@@ -263,7 +292,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	rc = tc__ev_run(s.ev);
 
 	/* Shutdown: stop accepting, finish jobs, drop every connection. */
-	sd_notify(0, "STOPPING=1\nSTATUS=shutting down");
+	notify_systemd("STOPPING=1\nSTATUS=shutting down");
 out_stop:
 	tc__metrics_stop();
 	tc__ev_del(s.ev, s.lfd);

@@ -31,6 +31,7 @@
 #include "common/alloc.h"
 #include "common/buf.h"
 #include "common/compiler.h"
+#include "common/dynlib.h"
 #include "common/io.h"
 #include "common/hash.h"
 #include "common/map.h"
@@ -1305,6 +1306,40 @@ static void test_common__rxbuf_room(void **state)
 /* tc__populate faults a range in slice by slice: every page of an
  * unaligned range ends up resident (write: allocated in the memfd too), and
  * a mapping past the end of a shrunk file is -EFAULT, not a crash. */
+/* A library loaded by name: every slot or none, and an error that names
+ * the library, what is missing and the Debian package. */
+static void test_common__dl_load(void **state)
+{
+	size_t (*len)(const char *) = NULL;
+	void *other = NULL;
+	char err[300];
+	const struct tc__dl_sym ok[] = { { "strlen", (void **)&len } };
+	const struct tc__dl_sym partial[] = {
+		{ "strlen", (void **)&len },
+		{ "tc_no_such_symbol", &other },
+	};
+
+	(void)state;
+	assert_int_equal(tc__dl_load("libtcast-none.so.9", "tcast-none", ok, 1,
+				     err, sizeof(err)),
+			 TC_ENOTSUP);
+	assert_non_null(strstr(err, "libtcast-none.so.9"));
+	assert_non_null(strstr(err, "Debian package tcast-none"));
+	assert_null(len);
+
+	assert_int_equal(tc__dl_load("libc.so.6", "libc6", partial, 2, err,
+				     sizeof(err)),
+			 TC_ENOTSUP);
+	assert_non_null(strstr(err, "tc_no_such_symbol"));
+	assert_null(len); /* all or nothing */
+	assert_null(other);
+
+	assert_int_equal(
+		tc__dl_load("libc.so.6", "libc6", ok, 1, err, sizeof(err)), 0);
+	assert_non_null(len);
+	assert_int_equal(len("tcast"), 5);
+}
+
 static void test_common__populate(void **state)
 {
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE), n = (9u << 20) + 3 * pg;
@@ -1373,6 +1408,7 @@ int main(void)
 		cmocka_unit_test(test_common__errors),
 		cmocka_unit_test(test_common__dtypes),
 		cmocka_unit_test(test_common__populate),
+		cmocka_unit_test(test_common__dl_load),
 		cmocka_unit_test_teardown(test_common__alloc_fail_after,
 					  teardown_alloc),
 		cmocka_unit_test_teardown(test_common__alloc_fail_after_threads,
