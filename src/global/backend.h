@@ -2,7 +2,7 @@
  * backend.h - where the global store keeps its metadata: an interface
  * (vtable) with SQLite as the first implementation (be_sqlite.c).
  *
- * The store keeps what routing needs in memory (gs.c) and writes every
+ * The store keeps what routing needs in memory (state.c) and writes every
  * change through the backend; at start it loads everything back.  Leases
  * are never stored: they live in memory (as in etcd's lessor), and after a
  * restart a node is routed again only once it re-registers.
