@@ -34,11 +34,20 @@ const char *tc__io_engine_name(int e)
 							      "?";
 }
 
+/* A load's threads copy page-cached bytes into pinned staging while the
+ * DMA reads staging out: past ~10 their copies take more of the memory
+ * bus than the DMA gains (8 GiB page-cached, bench/loader_threads.py: two
+ * H100 hosts 2026-12-05, 10 threads 89-90% of pinned H2D at the daemon,
+ * 12 threads 88-89%, 14 88-90%, 16 88%; an H200 host 2026-12-03, 10
+ * threads 79-85%, 12 77-81%, 8 and 16 lower). */
+#define GPU_LOAD_THREADS_MAX 10
+
 int tc__cfg_gpu_load_threads(const struct tc__store_config *c)
 {
 	if (c->gpu_load_threads)
 		return c->gpu_load_threads;
-	return c->io_threads < 12 ? c->io_threads : 12;
+	return c->io_threads < GPU_LOAD_THREADS_MAX ? c->io_threads :
+						      GPU_LOAD_THREADS_MAX;
 }
 
 void tc__config_defaults(struct tc__store_config *c)

@@ -361,7 +361,7 @@ ok has "$out" "dropped 1 artifact ("
 run t --json status
 ok is "$(jq_ 'd["host_budget_bytes"], d["io_threads"], d["config"]["job_threads"], d["config"]["log_level"]')" "50331648 3 3 debug"
 ok is "$(jq_ 'd["config"]["log_format"]')" json
-# a GPU load's threads follow io_threads (at most 12) unless set
+# a GPU load's threads follow io_threads (at most 10) unless set
 ok is "$(jq_ 'd["config"]["gpu_load_threads"]')" 3
 # options given to restart override what it keeps
 run t --json daemon restart --host-memory 40MiB
