@@ -276,23 +276,36 @@ static void group_check(struct gs *gs, struct ggroup *g, uint64_t now)
 	}
 }
 
-static struct ggroup *group_find(struct gs *gs, const char *name, char *err,
-				 size_t errlen)
-{
-	struct ggroup *g = tc__map_get(&gs->groups, name);
+/* Which ranks a request on a group may name (group_req). */
+enum rank_rule {
+	RANK_UNUSED,  /* the request's rank is not looked at */
+	RANK_OR_NONE, /* a rank of the group, or TC_GSP_NO_RANK */
+	RANK_NEEDED,  /* a rank of the group */
+};
 
-	if (!g)
-		snprintf(err, errlen, "no group '%s' (create it first)", name);
-	return g;
-}
-
-static int rank_check(const struct ggroup *g, uint32_t rank, char *err,
-		      size_t errlen)
+/* Decode a `type` request on an existing group: *q, and *g the group.
+ * 0, or the decoder's error, TC_ENOTFOUND (no such group) or TC_EINVAL (a
+ * rank the group does not have), said in err. */
+static int group_req(struct gs *gs, struct tc__cur *cur, int type,
+		     enum rank_rule rule, struct tc__gsp_group_req *q,
+		     struct ggroup **g, char *err, size_t errlen)
 {
-	if (rank < g->rec.ranks)
+	int ret = tc__gsp_get_group_req(cur, type, q, err, errlen);
+
+	if (ret < 0)
+		return ret;
+	*g = tc__map_get(&gs->groups, q->group);
+	if (!*g) {
+		snprintf(err, errlen, "no group '%s' (create it first)",
+			 q->group);
+		return TC_ENOTFOUND;
+	}
+	if (rule == RANK_UNUSED ||
+	    (rule == RANK_OR_NONE && q->rank == TC_GSP_NO_RANK) ||
+	    q->rank < (*g)->rec.ranks)
 		return 0;
-	snprintf(err, errlen, "rank %u of group '%s', which has %u ranks", rank,
-		 g->rec.name, g->rec.ranks);
+	snprintf(err, errlen, "rank %u of group '%s', which has %u ranks",
+		 q->rank, (*g)->rec.name, (*g)->rec.ranks);
 	return TC_EINVAL;
 }
 
@@ -382,12 +395,9 @@ int tc__gs_on_group_join(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	struct ggroup *g;
 	int ret;
 
-	ret = tc__gsp_get_group_req(cur, TC_GSP_GROUP_JOIN, &q, err, errlen);
+	ret = group_req(gs, cur, TC_GSP_GROUP_JOIN, RANK_NEEDED, &q, &g, err,
+			errlen);
 	if (ret < 0)
-		return ret;
-	if (!(g = group_find(gs, q.group, err, errlen)))
-		return TC_ENOTFOUND;
-	if ((ret = rank_check(g, q.rank, err, errlen)) < 0)
 		return ret;
 	m = &g->m[q.rank];
 	if (g->rec.state != TC_GSP_GSTATE_OPEN) {
@@ -446,12 +456,9 @@ int tc__gs_on_group_prepare(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	uint32_t np = 0;
 	int ret;
 
-	ret = tc__gsp_get_group_req(cur, TC_GSP_GROUP_PREPARE, &q, err, errlen);
+	ret = group_req(gs, cur, TC_GSP_GROUP_PREPARE, RANK_NEEDED, &q, &g, err,
+			errlen);
 	if (ret < 0)
-		return ret;
-	if (!(g = group_find(gs, q.group, err, errlen)))
-		return TC_ENOTFOUND;
-	if ((ret = rank_check(g, q.rank, err, errlen)) < 0)
 		return ret;
 	m = &g->m[q.rank];
 	if (m->prepared) {
@@ -509,13 +516,9 @@ int tc__gs_on_group_abort(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	struct ggroup *g;
 	int ret;
 
-	ret = tc__gsp_get_group_req(cur, TC_GSP_GROUP_ABORT, &q, err, errlen);
+	ret = group_req(gs, cur, TC_GSP_GROUP_ABORT, RANK_OR_NONE, &q, &g, err,
+			errlen);
 	if (ret < 0)
-		return ret;
-	if (!(g = group_find(gs, q.group, err, errlen)))
-		return TC_ENOTFOUND;
-	if (q.rank != TC_GSP_NO_RANK &&
-	    (ret = rank_check(g, q.rank, err, errlen)) < 0)
 		return ret;
 	/* Whoever decided first decided: the reply says which way. */
 	if (g->rec.state == TC_GSP_GSTATE_OPEN) {
@@ -550,11 +553,10 @@ int tc__gs_on_group_get(struct gs *gs, struct gconn *c, struct tc__cur *cur,
 	struct ggroup *g;
 	int ret;
 
-	ret = tc__gsp_get_group_req(cur, TC_GSP_GROUP_GET, &q, err, errlen);
+	ret = group_req(gs, cur, TC_GSP_GROUP_GET, RANK_UNUSED, &q, &g, err,
+			errlen);
 	if (ret < 0)
 		return ret;
-	if (!(g = group_find(gs, q.group, err, errlen)))
-		return TC_ENOTFOUND;
 	if (g->rec.state != TC_GSP_GSTATE_OPEN || q.wait_ms == 0) {
 		put_group(gs, g, out);
 		return 0;
