@@ -3,9 +3,10 @@
 # lower layers never include upper ones, store/global/peer never include
 # each other, client never includes store, only src/gpu knows CUDA, and no
 # two files of one folder include each other, directly or through others
-# (x.c, x.h and x_internal.h -- what x's files share and nobody else
-# includes -- count as one module; a cycle means neither can be read,
-# tested or replaced without the other).
+# (x.c, x.h and x_internal.h -- what the files split out of x share --
+# count as one module, so x_parts.c including x_internal.h is an edge to
+# x like any other; a cycle means neither can be read, tested or replaced
+# without the other).
 set -u
 root=${1:-.}
 cd "$root/src" || exit 2

@@ -15,18 +15,16 @@
 
 #include <stddef.h>
 
-/* One symbol to resolve: its exported name, and where its address goes. */
-struct tc__dl_sym {
-	const char *name;
-	void **slot;
-};
-
-/* dlopen `soname` and fill every slot of syms[0..n).  The library stays
- * loaded for the life of the process, so the addresses stay valid.
- * 0, or TC_ENOTSUP with err naming the library, what failed and `pkg`
- * (the Debian package that provides it); no slot is set then. */
-int tc__dl_load(const char *soname, const char *pkg,
-		const struct tc__dl_sym *syms, size_t n, char *err,
-		size_t errlen);
+/*
+ * dlopen `soname` and resolve names[0..n) into addr[0..n).  The library
+ * stays loaded for the life of the process, so the addresses stay valid.
+ * The caller converts each address to its function's type by a cast
+ * (POSIX makes dlsym's result convertible; writing it through a `void **`
+ * aimed at a function pointer would not be).  0, or TC_ENOTSUP with err
+ * naming the library, what failed and `pkg` (the Debian package that
+ * provides it); addr[] is untouched then: all or nothing.
+ */
+int tc__dl_load(const char *soname, const char *pkg, const char *const names[],
+		size_t n, void *addr[], char *err, size_t errlen);
 
 #endif

@@ -285,13 +285,15 @@ enum rank_rule {
 
 /* Decode a `type` request on an existing group: *q, and *g the group.
  * 0, or the decoder's error, TC_ENOTFOUND (no such group) or TC_EINVAL (a
- * rank the group does not have), said in err. */
+ * rank the group does not have), said in err; *g is NULL on every
+ * failure. */
 static int group_req(struct gs *gs, struct tc__cur *cur, int type,
 		     enum rank_rule rule, struct tc__gsp_group_req *q,
 		     struct ggroup **g, char *err, size_t errlen)
 {
 	int ret = tc__gsp_get_group_req(cur, type, q, err, errlen);
 
+	*g = NULL;
 	if (ret < 0)
 		return ret;
 	*g = tc__map_get(&gs->groups, q->group);
@@ -306,6 +308,7 @@ static int group_req(struct gs *gs, struct tc__cur *cur, int type,
 		return 0;
 	snprintf(err, errlen, "rank %u of group '%s', which has %u ranks",
 		 q->rank, (*g)->rec.name, (*g)->rec.ranks);
+	*g = NULL;
 	return TC_EINVAL;
 }
 

@@ -10,7 +10,6 @@
  * could lose).  Heartbeats touch memory only.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -121,10 +121,9 @@ struct tc__store_config {
 void tc__config_defaults(struct tc__store_config *c);
 /*
  * Threads of one load straight to a GPU: gpu_load_threads when set, else
- * io_threads, at most 12.  Page cache -> pinned staging copies and the DMA
- * out of staging share the host's memory bus: past ~12 copying threads the
- * DMA slows (H200, 2026-12-03: 12 threads 88% of pinned H2D, 16 84%, 8
- * 76%; bench/loader_threads.py).
+ * io_threads, at most 10.  Page cache -> pinned staging copies and the DMA
+ * out of staging share the host's memory bus: past ~10 copying threads the
+ * DMA slows (config.c has the measurements; bench/loader_threads.py).
  */
 int tc__cfg_gpu_load_threads(const struct tc__store_config *c);
 

@@ -7,7 +7,7 @@
  * the ranges of its byte space that are one contiguous range of the
  * source's ("tcast.view_parts": "dst:src:len ..."): the replicated
  * tensors of a tensor-parallel rank's view are held whole by every
- * rank's view.  The GPU tier (gpu_tier.c) fills a view's replica partly
+ * rank's view.  The GPU tier (gpu_tier_sources.c) fills a view's replica partly
  * from other views' replicas on sibling GPUs: ready ones, and ones still
  * filling, whose fill (the lead) copies the ranges other ranks share
  * first and publishes how far it has got in a struct tc__gpu_pipe.

@@ -11,7 +11,8 @@
  * through staging rings, and zeroes the tail; requests for it meanwhile
  * wait on the replica.  Host mappings are pinned by background jobs that
  * yield to every GPU copy (pin_later).  Only done() callbacks and the
- * functions below touch tier state, all on the loop thread.
+ * tier's functions (here and in the two files named below) touch tier
+ * state, all on the loop thread.
  *
  * Each device is a struct tc__tier and each replica embeds a struct
  * tc__replica (replica.h): the budget, the LRU, leases and the choice of
@@ -32,7 +33,6 @@
 
 #include "common/alloc.h"
 #include "common/failpoint.h"
-#include "common/compiler.h"
 #include "common/log.h"
 #include "config.h"
 #include "xfer/gpu_loader.h"

@@ -82,35 +82,37 @@ static struct MHD_Daemon *httpd;
 
 /* libmicrohttpd's calls, loaded when an endpoint is asked for
  * (common/dynlib.h: linking it cost every CLI command its GnuTLS chain). */
+#define MHD_CALLS(X)                                             \
+	X(start_daemon, MHD_start_daemon)                        \
+	X(stop_daemon, MHD_stop_daemon)                          \
+	X(response_from_buffer, MHD_create_response_from_buffer) \
+	X(add_response_header, MHD_add_response_header)          \
+	X(queue_response, MHD_queue_response)                    \
+	X(destroy_response, MHD_destroy_response)
+
 static struct {
-	__typeof__(&MHD_start_daemon) start_daemon;
-	__typeof__(&MHD_stop_daemon) stop_daemon;
-	__typeof__(&MHD_create_response_from_buffer) response_from_buffer;
-	__typeof__(&MHD_add_response_header) add_response_header;
-	__typeof__(&MHD_queue_response) queue_response;
-	__typeof__(&MHD_destroy_response) destroy_response;
+#define FIELD(f, sym) __typeof__(&sym) f;
+	MHD_CALLS(FIELD)
+#undef FIELD
 } mhd;
 
 static int mhd_load(char *err, size_t errlen)
 {
-#define SYM(f, n)                   \
-	{                           \
-#n, (void **)&mhd.f \
-	}
-	static const struct tc__dl_sym syms[] = {
-		SYM(start_daemon, MHD_start_daemon),
-		SYM(stop_daemon, MHD_stop_daemon),
-		SYM(response_from_buffer, MHD_create_response_from_buffer),
-		SYM(add_response_header, MHD_add_response_header),
-		SYM(queue_response, MHD_queue_response),
-		SYM(destroy_response, MHD_destroy_response),
-	};
-#undef SYM
+#define NAME(f, sym) #sym,
+	static const char *const names[] = { MHD_CALLS(NAME) };
+#undef NAME
+	void *addr[TC_ARRAY_SIZE(names)];
+	size_t i = 0;
 
 	if (mhd.start_daemon)
 		return 0;
-	return tc__dl_load("libmicrohttpd.so.12", "libmicrohttpd12", syms,
-			   sizeof(syms) / sizeof(syms[0]), err, errlen);
+	if (tc__dl_load("libmicrohttpd.so.12", "libmicrohttpd12", names,
+			TC_ARRAY_SIZE(names), addr, err, errlen) < 0)
+		return TC_ENOTSUP;
+#define ASSIGN(f, sym) mhd.f = (__typeof__(mhd.f))addr[i++];
+	MHD_CALLS(ASSIGN)
+#undef ASSIGN
+	return 0;
 }
 
 #define ADD(x, v) atomic_fetch_add_explicit(&(x), (v), memory_order_relaxed)
@@ -560,6 +562,7 @@ int tc__metrics_start(int port, char *err, size_t errlen)
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (mhd_load(err, errlen) < 0)
 		return TC_ENOTSUP;
+	errno = 0; /* dlopen's search leaves ENOENT behind */
 	httpd = mhd.start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
 			MHD_USE_ERROR_LOG,

@@ -73,8 +73,10 @@ void tc__metrics_set_gpu(int i, const char *uuid,
  * NULL on out of memory. */
 char *tc__metrics_render(size_t *len);
 
-/* Serve GET /metrics on 127.0.0.1:port from a thread of libmicrohttpd.
- * Returns 0, or -errno / TC_EINVAL with `err` saying why. */
+/* Serve GET /metrics on 127.0.0.1:port from a thread of libmicrohttpd,
+ * loaded here by name (common/dynlib.h).  Returns 0, or -errno, TC_EINVAL
+ * (no such port) or TC_ENOTSUP (libmicrohttpd cannot be loaded), with
+ * `err` saying why. */
 int tc__metrics_start(int port, char *err, size_t errlen);
 void tc__metrics_stop(void);
 

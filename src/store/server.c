@@ -96,20 +96,24 @@ static void on_signal(struct tc__ev *ev, int fd, void *arg, int mask)
  * vain, so its absence is said in the log. */
 static void notify_systemd(const char *state)
 {
+	/* The main thread's alone (start and shutdown): no lock. */
 	static __typeof__(&sd_notify) fn;
 	static bool tried;
-	const struct tc__dl_sym syms[] = { { "sd_notify", (void **)&fn } };
+	static const char *const names[] = { "sd_notify" };
+	void *addr[1];
 	char err[300];
 
 	if (!getenv("NOTIFY_SOCKET"))
 		return;
 	if (!tried) {
 		tried = true;
-		if (tc__dl_load("libsystemd.so.0", "libsystemd0", syms, 1, err,
-				sizeof(err)) < 0)
+		if (tc__dl_load("libsystemd.so.0", "libsystemd0", names, 1,
+				addr, err, sizeof(err)) == 0)
+			fn = (__typeof__(fn))addr[0];
+		else
 			tc__log(TC_LOG_ERROR,
-				"systemd waits for READY (NOTIFY_SOCKET is "
-				"set) but: %s",
+				"%s: systemd waits in vain for READY "
+				"(NOTIFY_SOCKET is set)",
 				err);
 	}
 	if (fn)
