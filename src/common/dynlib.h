@@ -22,7 +22,7 @@
  * (POSIX makes dlsym's result convertible; writing it through a `void **`
  * aimed at a function pointer would not be).  0, or TC_ENOTSUP with err
  * naming the library, what failed and `pkg` (the Debian package that
- * provides it); addr[] is untouched then: all or nothing.
+ * provides it); every addr[] is NULL then: all or nothing.
  */
 int tc__dl_load(const char *soname, const char *pkg, const char *const names[],
 		size_t n, void *addr[], char *err, size_t errlen);
