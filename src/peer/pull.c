@@ -627,10 +627,16 @@ static void *stream_main(void *arg)
 	if (rc == 0)
 		rc = ask_have(p, sm->src, c, &b, err, sizeof(err));
 	while (rc == 0) {
-		uint64_t now = tc__now_ns();
+		uint64_t now;
 		bool ask = false;
 
 		pthread_mutex_lock(&p->mu);
+		/* Read under mu: the stamps it is compared with
+		 * (progress_ns, have_ns, declined[]) are written under mu
+		 * by other threads, so a clock read before the lock may be
+		 * older than them, and the unsigned difference would wrap
+		 * into an hours-long stall that drops a live source. */
+		now = tc__now_ns();
 		if (!retiring && p->active[sm->src] > p->target[sm->src]) {
 			/* More sources joined and this source's share
 			 * shrank: take nothing more, finish what is in
