@@ -599,8 +599,11 @@ void tc__gs_groups_tick(struct gs *gs, uint64_t now)
 		for (e = tc__map_next(&gs->groups, NULL, &b); e && n < 64;
 		     e = tc__map_next(&gs->groups, e, &b)) {
 			g = e->val;
+			/* Not now - decided_at: a group decided during this
+			 * tick has decided_at > now, and the difference
+			 * would wrap and drop it at once. */
 			if (g->rec.state != TC_GSP_GSTATE_OPEN &&
-			    now - g->decided_at > GROUP_KEEP_MS)
+			    now > g->decided_at + GROUP_KEEP_MS)
 				drop[n++] = g;
 		}
 		if (n && tc__gs_be_write(gs) == 0)

@@ -85,6 +85,9 @@ struct tc__cluster {
 	struct cop *ops, **ops_tail;
 	struct chold *holds;
 	bool dirty; /* a rep is unsent, an op is queued or a hold ended */
+	bool wake;  /* the loop's wait is out of date: a hold was added
+		       (renew it sooner than the heartbeat) or the
+		       connection was marked down (register now) */
 	struct tc__gsp_node node;
 	uint32_t uploads;
 	/* figures */
@@ -287,6 +290,8 @@ void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
 	pthread_mutex_lock(&cl->mu);
 	c = find_host(cl, id);
 	if (c && c->r.have) {
+		bool was = c->stale;
+
 		for (uint32_t i = 0; i < n; i++)
 			if (chunks[i] < c->r.nchunks)
 				c->r.have[chunks[i] / 8] |=
@@ -297,6 +302,11 @@ void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
 			c->sent = false;
 			c->stale = false;
 			cl->dirty = true;
+			pthread_cond_signal(&cl->cv);
+		} else if (c->stale && !was) {
+			/* Due in under TC_CLUSTER_HAVE_MS: the loop, maybe
+			 * asleep till its next heartbeat, waits for it. */
+			cl->wake = true;
 			pthread_cond_signal(&cl->cv);
 		}
 	}
@@ -354,6 +364,7 @@ void tc__cluster_set_peer_addr(struct tc__cluster *cl, const char *addr)
 			 addr);
 		/* the global store learns it by registering again */
 		cl->connected = false;
+		cl->wake = true;
 		pthread_cond_signal(&cl->cv);
 	}
 	pthread_mutex_unlock(&cl->mu);
@@ -486,6 +497,7 @@ static int drain_one(struct tc__cluster *cl)
 	struct crep *c;
 	struct cop *op = NULL;
 	uint64_t gen;
+	bool filling = false;
 	int ret;
 
 	pthread_mutex_lock(&cl->mu);
@@ -493,9 +505,11 @@ static int drain_one(struct tc__cluster *cl)
 		if (!c->sent)
 			break;
 	if (c) {
-		/* Copy out: the hook may replace the crep meanwhile. */
+		/* Copy out: the hook may replace (free) the crep once mu is
+		 * dropped, so c is not read after that. */
 		r = c->r;
 		r.have = NULL;
+		filling = c->r.have != NULL;
 		if (c->r.have) {
 			uint32_t bl = tc__gsp_bitmap_len(c->r.nchunks);
 
@@ -529,7 +543,7 @@ static int drain_one(struct tc__cluster *cl)
 	if (!c && !op)
 		return 0;
 	pthread_mutex_lock(&cl->io);
-	if (c && c->r.have && !r.have) {
+	if (filling && !r.have) {
 		ret = -ENOMEM; /* never report a filling replica complete */
 		tc__free(a.table);
 	} else if (c) {
@@ -681,9 +695,11 @@ static void wait_ms(struct tc__cluster *cl, uint32_t ms, bool on_work)
 		ts.tv_nsec -= 1000000000;
 	}
 	pthread_mutex_lock(&cl->mu);
-	while (!cl->stop && !(on_work && cl->dirty))
+	while (!cl->stop && !(on_work && (cl->dirty || cl->wake)))
 		if (pthread_cond_timedwait(&cl->cv, &cl->mu, &ts) == ETIMEDOUT)
 			break;
+	if (on_work)
+		cl->wake = false;
 	pthread_mutex_unlock(&cl->mu);
 }
 
@@ -961,6 +977,7 @@ static int worker_call(struct tc__cluster *cl,
 	if (ret == TC_ECLOSED || ret == -ETIMEDOUT) {
 		pthread_mutex_lock(&cl->mu);
 		cl->connected = false;
+		cl->wake = true;
 		pthread_cond_signal(&cl->cv);
 		pthread_mutex_unlock(&cl->mu);
 	}
@@ -1152,6 +1169,7 @@ static void lost(struct tc__cluster *cl)
 {
 	pthread_mutex_lock(&cl->mu);
 	cl->connected = false;
+	cl->wake = true;
 	pthread_cond_signal(&cl->cv);
 	pthread_mutex_unlock(&cl->mu);
 }
@@ -1315,6 +1333,7 @@ int tc__cluster_hold_add(struct tc__cluster *cl, uintptr_t owner,
 	pthread_mutex_lock(&cl->mu);
 	h->next = cl->holds;
 	cl->holds = h;
+	cl->wake = true; /* the loop may sleep till the next heartbeat */
 	pthread_cond_signal(&cl->cv);
 	pthread_mutex_unlock(&cl->mu);
 	return 0;

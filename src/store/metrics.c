@@ -291,7 +291,7 @@ char *tc__metrics_render(size_t *len)
 	if (!f)
 		return NULL;
 	ADD(m.scrapes, 1);
-	clock_gettime(CLOCK_REALTIME, &now);
+	clock_gettime(CLOCK_MONOTONIC, &now);
 
 	help(f, "tcast_build_info", "gauge", "Version of the running daemon.");
 	fprintf(f, "tcast_build_info{version=\"%s\"} 1\n", TC_VERSION_STRING);
@@ -549,7 +549,8 @@ int tc__metrics_start(int port, char *err, size_t errlen)
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	struct timespec now;
 
-	clock_gettime(CLOCK_REALTIME, &now);
+	/* Monotonic: a wall-clock step (NTP) must not wrap the uptime. */
+	clock_gettime(CLOCK_MONOTONIC, &now);
 	m.start_s = (uint64_t)now.tv_sec;
 	if (port <= 0 || port > 65535) {
 		snprintf(err, errlen, "metrics port %d is not 1..65535", port);

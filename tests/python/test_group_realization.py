@@ -381,6 +381,58 @@ def test_ranks_without_the_secret_go_through_their_daemons(tmp_path):
         subprocess.run([T, "global", "stop", *S[:2]], capture_output=True)
 
 
+def test_a_daemon_renews_a_new_hold_before_its_next_heartbeat(tmp_path):
+    """A rank held through its daemon (`global group hold --via-daemon`)
+    with a lease much shorter than the store's heartbeat period: the
+    daemon's cluster thread, asleep until its next heartbeat, wakes when
+    the hold is added and renews it every third of its lease from the
+    start, so the group stays open.  (It slept on: the first renewal came
+    up to a heartbeat late and the store aborted the group.)"""
+    T = os.environ["TCAST_BIN"]
+    os.chmod(tmp_path, 0o700)
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(32).hex())
+    os.chmod(secret, 0o600)
+    S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", "10000",
+                    "--set", "heartbeat_ms=3000", *S], check=True, capture_output=True)
+    d = hold = None
+    try:
+        addr = (tmp_path / "gs" / "global.addr").read_text().strip()
+
+        def gs(*args):
+            p = subprocess.run([T, "--json", "global", *args, *S], capture_output=True, text=True)
+            return json.loads(p.stdout.splitlines()[-1])
+
+        (tmp_path / "a").mkdir(mode=0o700)
+        d = Daemon(tmp_path / "a", "1GiB", args=["--set", f"global={addr}", "--set", f"cluster_secret_file={secret}",
+                                                 "--set", "node_name=node-a"])
+        deadline = time.monotonic() + 20
+        while gs("status").get("nodes_live") != 1:
+            assert time.monotonic() < deadline, gs("status")
+            time.sleep(0.1)
+        assert gs("group", "create", "hw/1", "--ranks", "2")["state"] == "open"
+        hold = subprocess.Popen([T, "--socket", d.socket, "global", "group", "hold", "hw/1", "--rank", "0",
+                                 "--rank-lease-ms", "600", "--via-daemon"], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not gs("group", "status", "hw/1").get("members"):
+            assert hold.poll() is None, hold.stderr.read()
+            assert time.monotonic() < deadline, gs("group", "status", "hw/1")
+            time.sleep(0.05)
+        time.sleep(4)  # past the 3 s heartbeat wait, 6 leases
+        rec = gs("group", "status", "hw/1")
+        assert rec["state"] == "open", rec
+        assert [(m["rank"], m["node"]) for m in rec["members"]] == [(0, "node-a")], rec
+    finally:
+        if hold:
+            hold.kill()
+            hold.wait()
+        if d:
+            d.stop()
+        subprocess.run([T, "global", "stop", *S[:2]], capture_output=True)
+
+
 def test_e2e_single_host(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TCAST_CUDA_LIB=str(FAKE))
     p = subprocess.run(

@@ -190,6 +190,7 @@ def test_metrics_port_is_checked(tmp_path):
 def test_metrics_scraped_during_import_load(tmp_path):
     port = free_port()
     env = {"TCAST_CUDA_LIB": str(FAKECUDA), "TC_FAKECUDA_DEVICES": "2"} if FAKECUDA.exists() else {}
+    t0 = time.monotonic()
     d = OpsDaemon(tmp_path, "log_level=debug", env=env, flags=["--metrics-port", str(port)])
     try:
         # Loopback only: the listening socket is 127.0.0.1:port, nothing wider.
@@ -206,6 +207,8 @@ def test_metrics_scraped_during_import_load(tmp_path):
         assert val(s0, "tcast_path_bytes_total", path="import_host") == 0
         assert val(s0, "tcast_budget_bytes", tier="host") == 1 << 30
         assert val(s0, "tcast_build_info", version="0.1.0") == 1
+        # Seconds on the monotonic clock since the daemon started.
+        assert 0 <= val(s0, "tcast_uptime_seconds") <= time.monotonic() - t0 + 1
 
         # Other paths answer 404, other methods 405.
         with pytest.raises(urllib.error.HTTPError) as e:
