@@ -55,9 +55,10 @@
 #include "peer.h"
 #include "tcast/errors.h"
 
-#define TC_PEER_SUPERSEED_MS 2000 /* a chunk sent is declined this long */
-#define TC_PEER_SEED_SENDS   4	  /* SHARES chunks sent at once */
-#define TC_PEER_SEED_WAIT_MS 200  /* for a free slot, then declined */
+#define TC_PEER_SUPERSEED_MS	2000 /* a chunk sent is declined this long */
+#define TC_PEER_SEED_SENDS	4    /* SHARES chunks sent at once */
+#define TC_PEER_SEED_WAIT_MS	200  /* for a free slot, then declined */
+#define TC_PEER_ACCEPT_PAUSE_MS 100  /* out of fds: between accepts */
 
 struct entry {
 	char id[TC_ID_LEN + 1];
@@ -106,6 +107,12 @@ struct conn {
 	bool stage_pinned;
 	int stage_ordinal;
 	uint32_t who; /* the asker: a hash of its name and address */
+	/* Still in the TLS or cluster handshake (mu): such connections have
+	 * a pool of their own (max_conns more), so that connections which
+	 * never prove the secret cannot take the slots of peers that do. */
+	bool handshaking, evicted;
+	uint64_t accepted_ns;
+	uint32_t host; /* its address without the port, hashed (FNV-1a) */
 	/* TC_PEER_PIECE bytes for chunks of a copy still filling, made at
 	 * the first one: those are copied, not sent with sendfile (below). */
 	uint8_t *fill;
@@ -122,7 +129,12 @@ struct tc__peer_server {
 	struct tc__map by_gpu; /* id -> its GPU copies (gnext chain) */
 	struct tc__map keys;   /* key -> malloc'd id */
 	struct conn *conns;    /* live connections */
-	int nconns;
+	int nconns;	       /* all of them, for stop */
+	int nhandshaking;      /* of which still in the handshake */
+	int nevicted;	       /* of those, told to leave (evicted) */
+	/* A flood repeats these lines: one a second (mu; rl_full: the
+	 * accept thread's). */
+	struct tc__ratelimit rl_evicted, rl_full, rl_fds;
 	bool stopping;
 	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
 	_Atomic uint32_t n_uploads; /* GETs being answered now */
@@ -832,24 +844,97 @@ static int serve_replicate(struct tc__peer_server *s, struct tc__peer_conn *c,
 	return rc;
 }
 
+/* cn's handshake ended, passed or not (mu held). */
+static void handshake_end(struct tc__peer_server *s, struct conn *cn)
+{
+	if (!cn->handshaking)
+		return;
+	cn->handshaking = false;
+	s->nhandshaking--;
+	if (cn->evicted)
+		s->nevicted--;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* The handshake pool is full (mu held): make room for a newcomer from
+ * `host` by evicting the oldest handshake of the address that holds the
+ * most, if that address holds more than the newcomer's would (fair
+ * shares).  So an address flooding connections that never prove the
+ * secret (silent, each for up to io_timeout_ms) keeps every other
+ * address out of nothing: their newcomers take its places, while its
+ * own newcomers are refused.  Returns whether room was made. */
+static bool make_room(struct tc__peer_server *s, uint32_t host)
+{
+	uint32_t *h = tc__malloc((size_t)s->nhandshaking * sizeof(*h));
+	uint32_t top = 0;
+	int n = 0, most = 0, mine = 0;
+	struct conn *old = NULL;
+
+	if (!h)
+		return false;
+	for (struct conn *x = s->conns; x; x = x->next)
+		if (x->handshaking && !x->evicted && n < s->nhandshaking)
+			h[n++] = x->host;
+	qsort(h, (size_t)n, sizeof(*h), cmp_u32);
+	for (int i = 0, j; i < n; i = j) {
+		for (j = i; j < n && h[j] == h[i]; j++)
+			;
+		if (j - i > most) {
+			most = j - i;
+			top = h[i];
+		}
+		if (h[i] == host)
+			mine = j - i;
+	}
+	tc__free(h);
+	if (mine + 1 >= most)
+		return false;
+	for (struct conn *x = s->conns; x; x = x->next)
+		if (x->handshaking && !x->evicted && x->host == top &&
+		    (!old || x->accepted_ns < old->accepted_ns))
+			old = x;
+	old->evicted = true;
+	s->nevicted++;
+	/* Its thread, in a read or write of the handshake, fails at once
+	 * and ends; it still owns (and closes) the fd. */
+	shutdown(old->c->fd, SHUT_RDWR);
+	return true;
+}
+
+/* An address without its port ("10.0.0.1:7070", "[::1]:7070"), hashed. */
+static uint32_t host_hash(const char *addr)
+{
+	const char *port = strrchr(addr, ':');
+	size_t n = port ? (size_t)(port - addr) : strlen(addr);
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)addr[i]) * 16777619u;
+	return h;
+}
+
 /* The cluster handshake, first on every connection (net/auth.h): only a
- * peer that proves it knows the secret gets a single frame decoded. */
-static int auth(struct tc__peer_server *s, struct conn *cn)
+ * peer that proves it knows the secret gets a single frame decoded.
+ * Returns 0, or a negative code with `why`. */
+static int auth(struct tc__peer_server *s, struct conn *cn, char *why,
+		size_t whylen)
 {
 	struct tc__peer_conn *c = cn->c;
 	struct tc__auth a;
-	char why[768];
 	int rc;
 
 	/* TLS first (on this connection's thread, within the io timeout,
 	 * so a silent or plaintext client stalls nobody else). */
 	rc = tc__peer_secure(c, s->o.tls, true, s->o.io_timeout_ms, why,
-			     sizeof(why));
-	if (rc < 0) {
-		s->n_refused++;
-		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, why);
+			     whylen);
+	if (rc < 0)
 		return rc;
-	}
 	if (c->tls) {
 		/* Once per server: how replicas go out (docs/peer.md). */
 		static atomic_bool said;
@@ -870,8 +955,7 @@ static int auth(struct tc__peer_server *s, struct conn *cn)
 	if (rc == 0)
 		rc = tc__auth_run_tls(&a, c->fd, c->tls);
 	if (rc < 0) {
-		s->n_refused++;
-		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, a.err);
+		snprintf(why, whylen, "%s", a.err);
 	} else {
 		/* Who asks, for super-seeding: its name and host (FNV-1a;
 		 * daemons on one host may share a name). */
@@ -902,9 +986,31 @@ static void *conn_main(void *arg)
 	char err[512];
 	int rc;
 
-	rc = auth(s, cn);
+	rc = auth(s, cn, err, sizeof(err));
+	if (rc < 0)
+		s->n_refused++;
+	if (rc < 0 && cn->evicted) {
+		pthread_mutex_lock(&s->mu);
+		tc__log_rl(&s->rl_evicted, TC_LOG_WARN,
+			   "peer %s dropped in the handshake: %d connections "
+			   "were in theirs, most of them from its address, and "
+			   "another address needed a place",
+			   c->addr, s->o.max_conns);
+		pthread_mutex_unlock(&s->mu);
+	} else if (rc < 0)
+		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, err);
 	if (rc < 0)
 		goto out;
+	pthread_mutex_lock(&s->mu);
+	handshake_end(s, cn);
+	rc = s->nconns - s->nhandshaking > s->o.max_conns ? -EBUSY : 0;
+	pthread_mutex_unlock(&s->mu);
+	if (rc < 0) {
+		s->n_refused++;
+		tc__log(TC_LOG_WARN, "peer %s refused: %d connections already",
+			c->addr, s->o.max_conns);
+		goto out;
+	}
 	for (;;) {
 		struct tc__peer_msg m;
 
@@ -944,6 +1050,7 @@ out:
 			break;
 		}
 	s->nconns--;
+	handshake_end(s, cn);
 	c->t->close(c);
 	tc__free(cn);
 	pthread_cond_broadcast(&s->cv);
@@ -962,6 +1069,7 @@ static void *accept_main(void *arg)
 		struct conn *cn;
 		pthread_attr_t at;
 		pthread_t th;
+		int rc;
 
 		if (poll(p, 2, -1) < 0 && errno != EINTR)
 			break;
@@ -969,34 +1077,59 @@ static void *accept_main(void *arg)
 			break;
 		if (!(p[0].revents & POLLIN))
 			continue;
-		if (s->l->t->accept(s->l, s->o.io_timeout_ms, &c) < 0)
-			continue; /* EMFILE, ECONNABORTED: try again */
+		rc = s->l->t->accept(s->l, s->o.io_timeout_ms, &c);
+		if (rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM ||
+		    rc == -ENOBUFS) {
+			/* The connection stays queued and poll says so at
+			 * once: pause rather than spin, until fds come back. */
+			tc__log_rl(&s->rl_fds, TC_LOG_WARN,
+				   "peer server: cannot accept (%s): pausing "
+				   "%d ms between tries",
+				   strerror(-rc), TC_PEER_ACCEPT_PAUSE_MS);
+			poll(p + 1, 1, TC_PEER_ACCEPT_PAUSE_MS);
+			continue;
+		}
+		if (rc < 0)
+			continue; /* ECONNABORTED and the like: the next */
 		s->n_conns++;
 		cn = tc__calloc(1, sizeof(*cn));
-		pthread_mutex_lock(&s->mu);
-		if (!cn || s->nconns >= s->o.max_conns) {
-			pthread_mutex_unlock(&s->mu);
+		if (!cn) {
 			s->n_refused++;
-			tc__log(TC_LOG_WARN,
-				"peer %s refused: %d connections already",
-				c->addr, s->o.max_conns);
 			c->t->close(c);
-			tc__free(cn);
 			continue;
 		}
 		cn->srv = s;
 		cn->c = c;
+		cn->handshaking = true;
+		cn->accepted_ns = tc__now_ns();
+		cn->host = host_hash(c->addr);
+		pthread_mutex_lock(&s->mu);
+		if (s->nhandshaking - s->nevicted >= s->o.max_conns &&
+		    !make_room(s, cn->host)) {
+			pthread_mutex_unlock(&s->mu);
+			s->n_refused++;
+			tc__log_rl(&s->rl_full, TC_LOG_WARN,
+				   "peer %s refused: %d connections already in "
+				   "the handshake, and its address holds its "
+				   "share of them",
+				   c->addr, s->o.max_conns);
+			c->t->close(c);
+			tc__free(cn);
+			continue;
+		}
 		cn->next = s->conns;
 		s->conns = cn;
 		s->nconns++;
+		s->nhandshaking++;
 		pthread_mutex_unlock(&s->mu);
 		pthread_attr_init(&at);
 		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
 		pthread_attr_setstacksize(&at, 256 << 10);
 		if (pthread_create(&th, &at, conn_main, cn)) {
 			pthread_mutex_lock(&s->mu);
-			s->conns = cn->next;
+			s->conns = cn->next; /* only this thread adds */
 			s->nconns--;
+			handshake_end(s, cn);
 			pthread_mutex_unlock(&s->mu);
 			c->t->close(c);
 			tc__free(cn);

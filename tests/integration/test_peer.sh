@@ -7,6 +7,8 @@
 #   streams receive on, up to the buffer cap: failpoint pull.hold_verify); kill -9 of a source mid-pull, the pull
 #   finishes from the other; a stalled source (quiet mid-pull, or SIGSTOP)
 #   timed out; a wrong secret and a garbage client refused (net/auth.h); a
+#   flood of connections that never finish the handshake keeps no real
+#   peer out; a
 #   secret file of mode 0644 refused at start; 2 % packet loss (iptables
 #   statistic match) on a receiver's link.  Needs root (ip netns); skipped
 #   otherwise.
@@ -271,6 +273,53 @@ ok is "$(cat "$dir/g")" closed
 sleep 0.2
 ok grep -q "refused: peer '.*' uses another cluster secret" "$dir/a/daemon.log"
 ok grep -q "refused: not a tcast cluster handshake" "$dir/a/daemon.log"
+run pull_on c "${ns[2]}" "$want" --from "$A:7070"
+ok is "$rc" 0
+
+# 6b. one address floods connections that never finish the handshake
+#     (300, more than max_conns (256), each reopened as soon as it is
+#     closed): handshakes have a pool of their own, and when it is full a
+#     newcomer from another address takes the place of the flooder's oldest,
+#     while the flooder's own newcomers are refused.  A real pull gets in.
+mark "6b. one address floods silent connections: a pull from another gets in"
+ip netns exec "${ns[1]}" "$PY" - "$A" 7070 12 >"$dir/flood" 2>&1 <<'PYEOF' &
+import selectors, socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sel, opened, end = selectors.DefaultSelector(), 0, time.monotonic() + secs
+def connect():
+    global opened
+    s = socket.socket()
+    s.setblocking(False)
+    s.connect_ex((host, port))
+    sel.register(s, selectors.EVENT_READ)
+    opened += 1
+for _ in range(300):
+    connect()
+while time.monotonic() < end:
+    for key, _ in sel.select(0.1):
+        try:
+            data = key.fileobj.recv(4096)
+        except OSError:
+            data = b""
+        if not data:  # closed (refused, timed out or evicted): again
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            time.sleep(0.002)
+            connect()
+print(opened)
+PYEOF
+flood=$!
+sleep 3
+t c rm "$want" >/dev/null
+run pull_on c "${ns[2]}" "$want" --from "$A:7070" --streams 2
+[ "$rc" = 0 ] || echo "$out $err" >&2
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+wait $flood
+t c rm "$want" >/dev/null
+ok test "$(cat "$dir/flood")" -gt 300
+ok grep -q "refused: 256 connections already in the handshake, and its address holds its share" "$dir/a/daemon.log"
+ok grep -q "dropped in the handshake: 256 connections were in theirs" "$dir/a/daemon.log"
 run pull_on c "${ns[2]}" "$want" --from "$A:7070"
 ok is "$rc" 0
 
