@@ -186,15 +186,18 @@ static void import_free(struct import_job *j)
 /*
  * Receive the shard fds a client sends for a folder it resolved (on the
  * socket IMPORT carried: TC_IMPORT_FDS_PER_MSG per message, then EOF) and
- * open the source from them.  A client that stalls is given up on after
- * SHARD_TIMEOUT_MS per message; one that sends more or fewer fds than it
- * named is refused.
+ * open the source from them.  The client has them open and sends them at
+ * once, so the whole exchange gets SHARD_TIMEOUT_MS: this runs on an I/O
+ * worker, and a client trickling messages (or bytes without fds) must
+ * not hold one for longer.  One that sends more or fewer fds than it
+ * named, or a message without any, is refused.
  */
 #define SHARD_TIMEOUT_MS 10000
 
 static int open_client_shards(struct import_job *j)
 {
 	int *fds = tc__calloc(j->nshards, sizeof(*fds)), rc = 0;
+	uint64_t end = tc__now_ms() + SHARD_TIMEOUT_MS;
 	uint32_t got = 0;
 
 	if (!fds)
@@ -202,14 +205,15 @@ static int open_client_shards(struct import_job *j)
 	for (;;) {
 		struct pollfd p = { j->fd, POLLIN, 0 };
 		int batch[TC_MAX_FDS_PER_MSG], nb = 0;
+		uint64_t now = tc__now_ms();
 		char byte[8];
 		ssize_t n;
 
-		if (poll(&p, 1, SHARD_TIMEOUT_MS) != 1) {
+		if (now >= end || poll(&p, 1, (int)(end - now)) != 1) {
 			snprintf(j->err, sizeof(j->err),
-				 "'%s': the client sent %u of %u shards and "
-				 "then nothing",
-				 j->display, got, j->nshards);
+				 "'%s': the client sent %u of %u shards in "
+				 "%d ms",
+				 j->display, got, j->nshards, SHARD_TIMEOUT_MS);
 			rc = TC_EPROTO;
 			break;
 		}
@@ -224,6 +228,14 @@ static int open_client_shards(struct import_job *j)
 		}
 		if (n == 0 && nb == 0)
 			break; /* EOF: all sent */
+		if (n > 0 && nb == 0) {
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': the client sent a message without "
+				 "shard fds (after %u of %u)",
+				 j->display, got, j->nshards);
+			rc = TC_EPROTO;
+			break;
+		}
 		for (int i = 0; i < nb; i++) {
 			if (got < j->nshards)
 				fds[got++] = batch[i];

@@ -9,20 +9,24 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "common/buf.h"
+#include "net/net.h"
 #include "proto/proto.h"
 #include "tcast/client.h"
 #include "tcast/errors.h"
@@ -230,6 +234,104 @@ static void test_rights__daemon_refuses_a_folder_fd(void **state)
 	close(fd);
 }
 
+/* IMPORT of a folder with n shards named: the socket its fds come on
+ * (the test's end of it in *sock).  Returns the raw connection. */
+static int shard_import(uint32_t n, int *sock)
+{
+	struct tc__buf b = TC_BUF_INIT;
+	int fd = t_raw_connect(D.sock), sp[2];
+	char name[32];
+
+	assert_int_equal(t_raw_hello(fd), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sp), 0);
+	tc__buf_put_str(&b, D.dir);
+	tc__buf_put_str(&b, "");
+	tc__buf_put_str(&b, "");
+	tc__buf_put_u32(&b, TC_RF_SHARDS);
+	tc__buf_put_u64(&b, 0);
+	tc__buf_put_u32(&b, n);
+	for (uint32_t i = 0; i < n; i++) {
+		snprintf(name, sizeof(name), "s%u.safetensors", i);
+		tc__buf_put_str(&b, name);
+	}
+	assert_int_equal(
+		t_raw_send(fd, TC_MSG_IMPORT, 9, b.data, b.len, &sp[1], 1), 0);
+	close(sp[1]);
+	tc__buf_release(&b);
+	*sock = sp[0];
+	return fd;
+}
+
+/* The import's reply: its status, and its message in msg. */
+static int32_t import_reply(int fd, char *msg, size_t len)
+{
+	struct tc__frame_hdr h;
+	uint8_t *body = NULL;
+	int fds[8], nfds = 0;
+	struct tc__cur cur;
+	const char *m = "";
+	size_t ml = 0;
+	int32_t st = 0;
+
+	assert_int_equal(t_raw_recv(fd, &h, &body, fds, &nfds), 0);
+	tc__cur_init(&cur, body, h.body_len);
+	assert_int_equal(tc__cur_read_i32(&cur, &st), 0);
+	if (st < 0)
+		assert_int_equal(tc__cur_read_str(&cur, 4096, &m, &ml), 0);
+	snprintf(msg, len, "%.*s", (int)ml, m);
+	free(body);
+	return st;
+}
+
+/* The shard fds come on a socket of the client's, read by an I/O worker
+ * of the daemon's: a client that sends bytes without fds, or trickles
+ * its fds (each message within 10 s, the whole over 10 s), gets an error
+ * within the exchange's 10 s and the worker goes back to everyone. */
+static void test_rights__shard_socket_bounded(void **state)
+{
+	struct iovec iov = { (void *)"s", 1 };
+	int sock, fd, dn[TC_IMPORT_FDS_PER_MSG], sent = 0;
+	struct timespec t0, t1;
+	char msg[4096];
+	double s;
+
+	/* bytes, no fds */
+	fd = shard_import(2, &sock);
+	assert_int_equal(send(sock, "x", 1, 0), 1);
+	assert_int_equal(import_reply(fd, msg, sizeof(msg)), TC_EPROTO);
+	print_message("bytes without fds: %s\n", msg);
+	assert_non_null(strstr(msg, "a message without shard fds"));
+	close(sock);
+	close(fd);
+
+	/* 8 fds every 4 s of 32 named: refused at 10 s, not served at 12 */
+	for (int i = 0; i < TC_IMPORT_FDS_PER_MSG; i++)
+		assert_true((dn[i] = open("/dev/null", O_RDONLY)) >= 0);
+	fd = shard_import(32, &sock);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int k = 0; k < 4; k++) {
+		struct pollfd p = { fd, POLLIN, 0 };
+
+		if (tc__fdpass_send(sock, &iov, 1, dn, TC_IMPORT_FDS_PER_MSG) ==
+		    1)
+			sent += TC_IMPORT_FDS_PER_MSG;
+		if (poll(&p, 1, 4000) == 1)
+			break;
+	}
+	assert_int_equal(import_reply(fd, msg, sizeof(msg)), TC_EPROTO);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	print_message("trickled (%d fds sent): %s after %.1f s\n", sent, msg,
+		      s);
+	assert_non_null(strstr(msg, "of 32 shards in 10000 ms"));
+	assert_true(s > 9.0);
+	assert_true(sent < 32);
+	for (int i = 0; i < TC_IMPORT_FDS_PER_MSG; i++)
+		close(dn[i]);
+	close(sock);
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -237,6 +339,7 @@ int main(void)
 			test_rights__unreadable_shard_in_an_indexed_folder),
 		cmocka_unit_test(test_rights__symlink_into_a_closed_folder),
 		cmocka_unit_test(test_rights__daemon_refuses_a_folder_fd),
+		cmocka_unit_test(test_rights__shard_socket_bounded),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
