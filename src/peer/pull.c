@@ -67,6 +67,10 @@
 #define TC_PULL_DECLINED_MS 250	  /* a seed said "ask your peers" */
 #define TC_PULL_MAX_VERIFY  8	  /* verifier threads, at most */
 #define TC_PULL_HOLD_MS	    10000 /* failpoint pull.hold_sources, at most */
+/* A chunk's bytes must all arrive within this many timeouts (60 s at the
+ * default 5 s: 70 KB/s for 4 MiB): the timeout alone bounds each wait for
+ * a byte, so a source trickling bytes would hold its chunks for ever. */
+#define TC_PULL_CHUNK_TIMEOUTS 12
 #define TC_PULL_BUFFER_MB                                                   \
 	128 /* received chunks not yet verified, at most (MiB; environment: \
 	       TCAST_PEER_PULL_BUFFER_MB) */
@@ -334,6 +338,7 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 	struct tc__peer_msg m;
 	uint8_t *buf, *dst;
 	uint32_t n = chunk_len(p, k), got = 0;
+	uint64_t budget_ms;
 	int rc;
 
 	rc = tc__peer_recv_msg(c, &m, err, errlen);
@@ -375,16 +380,27 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 	if (rc < 0)
 		return rc;
 	dst = buf ? buf : p->base + k * TC_CHUNK_BYTES;
+	budget_ms = (uint64_t)p->o->timeout_ms * TC_PULL_CHUNK_TIMEOUTS;
+	c->deadline_ns = tc__now_ns() + budget_ms * 1000000u;
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);
 
 		rc = c->t->recv(c, dst + got, piece);
-		if (rc < 0) {
+		if (rc == -ETIMEDOUT && tc__now_ns() >= c->deadline_ns) {
+			snprintf(err, errlen,
+				 "%s: too slow: chunk %llu not received in "
+				 "%llu ms (%u of %u bytes)",
+				 c->addr, (unsigned long long)k,
+				 (unsigned long long)budget_ms, got, n);
+		} else if (rc < 0) {
 			snprintf(err, errlen, "%s: %s in chunk %llu", c->addr,
 				 rc == TC_ECLOSED ? "connection closed" :
 				 rc == -ETIMEDOUT ? "timed out (no bytes)" :
 						    strerror(-rc),
 				 (unsigned long long)k);
+		}
+		if (rc < 0) {
+			c->deadline_ns = 0;
 			pthread_mutex_lock(&p->mu);
 			slot_put(p, buf);
 			pthread_mutex_unlock(&p->mu);
@@ -392,6 +408,7 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 		}
 		got += piece;
 	}
+	c->deadline_ns = 0;
 	pthread_mutex_lock(&p->mu);
 	p->vq[(p->vhead + p->vlen) % p->vcap] =
 		(struct vjob){ .k = k, .src = src, .buf = buf };

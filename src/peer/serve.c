@@ -459,6 +459,27 @@ static int send_corrupt(struct tc__peer_conn *c, int fd, uint64_t off,
 	return rc;
 }
 
+/* Failpoint peer.trickle_chunk: the chunk 4 KiB at a time, 500 ms apart
+ * (each wait well under a receiver's socket timeout, the whole about 8
+ * minutes): the receiver's bound on a whole chunk has to end it. */
+static int send_trickle(struct tc__peer_conn *c, int fd, uint64_t off,
+			uint32_t n)
+{
+	uint8_t p[4096];
+	int rc = 0;
+
+	for (uint32_t got = 0; rc == 0 && got < n; got += sizeof(p)) {
+		uint32_t piece = TC_MIN((uint32_t)sizeof(p), n - got);
+
+		rc = tc__pread_exact(fd, p, piece, off + got);
+		if (rc == 0)
+			rc = c->t->send(c, p, piece, false);
+		if (rc == 0)
+			usleep(500 * 1000);
+	}
+	return rc;
+}
+
 /* A chunk of a copy still filling, read into a buffer and sent from
  * there.  Not sendfile: pages it hands to TCP stay referenced until the
  * peer acknowledges them (seconds on a slow or shaped link), and a memfd
@@ -702,6 +723,8 @@ static int send_chunk(struct tc__peer_server *s, struct conn *cn,
 		rc = c->t->send(c, cn->stage, n, false);
 	else if (tc__failpoint("peer.corrupt_chunk", subject))
 		rc = send_corrupt(c, e->fd, off, n);
+	else if (tc__failpoint("peer.trickle_chunk", subject))
+		rc = send_trickle(c, e->fd, off, n);
 	else if (e->have)
 		rc = send_filling(cn, e->fd, off, n);
 	else

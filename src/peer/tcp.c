@@ -167,6 +167,11 @@ static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
  * there is.  A wait that runs out the socket's timeout takes what came
  * and goes on; only no bytes at all is a timeout.  The mark goes back to
  * 1 after, for small frames. */
+static bool past_deadline(const struct tc__peer_conn *c)
+{
+	return c->deadline_ns && tc__now_ns() >= c->deadline_ns;
+}
+
 static int recv_bulk(struct tc__peer_conn *c, uint8_t *b, size_t n)
 {
 	struct timeval tv = { 0, 0 };
@@ -177,15 +182,27 @@ static int recv_bulk(struct tc__peer_conn *c, uint8_t *b, size_t n)
 	    (tv.tv_sec || tv.tv_usec))
 		ms = (int)(tv.tv_sec * 1000 + tv.tv_usec / 1000);
 	while (n) {
-		int want = (int)TC_MIN(n, TC_TCP_LOWAT);
+		int want = (int)TC_MIN(n, TC_TCP_LOWAT), wait = ms;
 		struct pollfd pfd = { c->fd, POLLIN, 0 };
 		int pr;
 		ssize_t r;
 
+		if (c->deadline_ns) {
+			uint64_t now = tc__now_ns();
+			int left;
+
+			if (now >= c->deadline_ns) {
+				rc = -ETIMEDOUT;
+				break;
+			}
+			left = (int)TC_MIN((c->deadline_ns - now) / 1000000 + 1,
+					   (uint64_t)INT32_MAX);
+			wait = ms < 0 ? left : TC_MIN(ms, left);
+		}
 		if (want != lowat && setsockopt(c->fd, SOL_SOCKET, SO_RCVLOWAT,
 						&want, sizeof(want)) == 0)
 			lowat = want;
-		pr = poll(&pfd, 1, ms);
+		pr = poll(&pfd, 1, wait);
 		if (pr < 0 && errno == EINTR)
 			continue;
 		if (pr < 0) {
@@ -226,8 +243,11 @@ static int tcp_recv(struct tc__peer_conn *c, void *p, size_t n)
 		return recv_bulk(c, b, n);
 
 	while (c->tls && n) {
-		ssize_t r = tc__tls_recv(c->tls, b, n, &ev);
+		ssize_t r;
 
+		if (past_deadline(c))
+			return -ETIMEDOUT;
+		r = tc__tls_recv(c->tls, b, n, &ev);
 		if (r == -EINTR)
 			continue;
 		if (r <= 0)
@@ -236,8 +256,11 @@ static int tcp_recv(struct tc__peer_conn *c, void *p, size_t n)
 		n -= (size_t)r;
 	}
 	while (n) {
-		ssize_t r = recv(c->fd, b, n, 0);
+		ssize_t r;
 
+		if (past_deadline(c))
+			return -ETIMEDOUT;
+		r = recv(c->fd, b, n, 0);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0)

@@ -29,6 +29,12 @@ struct tc__peer_conn {
 	char addr[TC_PEER_ADDR_MAX]; /* the other side, for messages */
 	struct tc__tls *tls; /* owned; set by tc__peer_secure: every byte
 				then goes through TLS (net/tls.h) */
+	/* 0, or tc__now_ns() past which recv fails with -ETIMEDOUT: a bound
+	 * on a whole transfer, where the socket's timeout bounds only each
+	 * wait for a byte (a sender trickling a byte at a time defeats
+	 * that alone).  Checked between reads, so it may be overrun by one
+	 * socket timeout at most. */
+	uint64_t deadline_ns;
 };
 
 struct tc__peer_listener {

@@ -6,7 +6,7 @@
 #   elsewhere, never registered, also while the verifiers are held (the
 #   streams receive on, up to the buffer cap: failpoint pull.hold_verify); kill -9 of a source mid-pull, the pull
 #   finishes from the other; a stalled source (quiet mid-pull, or SIGSTOP)
-#   timed out; a wrong secret and a garbage client refused (net/auth.h); a
+#   timed out; a source trickling its bytes dropped; a wrong secret and a garbage client refused (net/auth.h); a
 #   flood of connections that never finish the handshake keeps no real
 #   peer out; a
 #   secret file of mode 0644 refused at start; 2 % packet loss (iptables
@@ -253,6 +253,25 @@ ok is "$(jq_ 'd["id"]')" "$want"
 ok is "$(jq_ 'd["sources"][0]["failed"]')" True
 ok grep -qE "timed out|deadline" <<<"$(jq_ 'd["sources"][0]["error"]')"
 ok test $(($(date +%s) - start)) -lt 20
+
+# 5b. a source that trickles its chunk (4 KiB every 500 ms, each wait well
+#     under the 1 s timeout: failpoint peer.trickle_chunk) is dropped once
+#     a chunk has taken 12 timeouts, and its chunk comes from B.  Without
+#     that bound the pull waited for the trickle, about 8 minutes a chunk.
+mark "5b. a source trickling bytes: dropped after 12 timeouts a chunk, the pull finishes from B"
+daemon tr "${ns[1]}" "$B:7076" TCAST_FAILPOINTS=peer.trickle_chunk= || exit 1
+t tr import "$dir/m.safetensors" >/dev/null 2>&1
+t c rm "$want" >/dev/null
+start=$(date +%s)
+run pull_on c "${ns[2]}" "$want" --from "$B:7076" --from "$B:7070" --streams 1 --timeout-ms 1000
+ok is "$rc" 0
+ok is "$(jq_ 'd["id"]')" "$want"
+ok is "$(jq_ 'd["sources"][0]["failed"]')" True
+ok has "$(jq_ 'd["sources"][0]["error"]')" "too slow: chunk"
+ok has "$(jq_ 'd["sources"][0]["error"]')" "not received in 12000 ms"
+ok test $(($(date +%s) - start)) -lt 40
+t c export "$want" "$dir/c.st" --force
+ok cmp -s "$dir/a.st" "$dir/c.st"
 
 # 6. a wrong secret and a garbage client are refused; A serves on
 mark "6. a wrong secret and a garbage client are refused; A serves on"
