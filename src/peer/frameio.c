@@ -5,10 +5,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include "common/alloc.h"
 #include "common/io.h"
 #include "frameio.h"
+#include "net/ev.h"
 #include "tcast/errors.h"
 
 static void io_msg(char *err, size_t errlen, const char *addr, int rc)
@@ -19,8 +22,11 @@ static void io_msg(char *err, size_t errlen, const char *addr, int rc)
 				    strerror(-rc));
 }
 
-int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
-		      char *err, size_t errlen)
+/* One frame; a body over max_len refused before it is read; body_ms > 0:
+ * the body is read with that socket timeout and within that time in all
+ * (the header may come after a long idle wait, its body must not). */
+static int recv_frame(struct tc__peer_conn *c, struct tc__peer_msg *m,
+		      uint32_t max_len, int body_ms, char *err, size_t errlen)
 {
 	uint8_t raw[TC_PEER_HDR_BYTES], small[TC_PEER_MAX_CTRL];
 	struct tc__peer_hdr h;
@@ -39,17 +45,37 @@ int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
 		snprintf(err, errlen, "%s: %s", c->addr, why);
 		return rc;
 	}
+	if (h.len > max_len) {
+		snprintf(err, errlen,
+			 "%s: a frame of type %u and %u bytes where a request "
+			 "(at most %u) was due",
+			 c->addr, h.type, h.len, max_len);
+		return TC_EPROTO;
+	}
 	if (h.len > sizeof(small)) {
 		/* Only a MANIFEST may be this large (checked above). */
 		body = tc__malloc(h.len);
 		if (!body)
 			return -ENOMEM;
 	}
-	rc = h.len ? c->t->recv(c, body, h.len) : 0;
-	if (rc < 0) {
-		io_msg(err, errlen, c->addr, rc);
-		goto out_free;
+	if (body_ms > 0) {
+		struct timeval tv = { body_ms / 1000, (body_ms % 1000) * 1000 };
+
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		c->deadline_ns = tc__now_ns() + (uint64_t)body_ms * 1000000u;
 	}
+	rc = h.len ? c->t->recv(c, body, h.len) : 0;
+	if (rc == -ETIMEDOUT && body_ms > 0)
+		snprintf(err, errlen,
+			 "%s: the %u-byte body of its request did not come "
+			 "within %d ms",
+			 c->addr, h.len, body_ms);
+	else if (rc < 0)
+		io_msg(err, errlen, c->addr, rc);
+	if (body_ms > 0)
+		c->deadline_ns = 0;
+	if (rc < 0)
+		goto out_free;
 	rc = tc__peer_msg_decode(&h, body, m, why, sizeof(why));
 	if (rc < 0)
 		snprintf(err, errlen, "%s: %s", c->addr, why);
@@ -57,6 +83,18 @@ out_free:
 	if (body != small)
 		tc__free(body);
 	return rc;
+}
+
+int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
+		      char *err, size_t errlen)
+{
+	return recv_frame(c, m, UINT32_MAX, 0, err, errlen);
+}
+
+int tc__peer_recv_request(struct tc__peer_conn *c, struct tc__peer_msg *m,
+			  int io_ms, char *err, size_t errlen)
+{
+	return recv_frame(c, m, TC_PEER_MAX_CTRL, io_ms, err, errlen);
 }
 
 int tc__peer_auth_client(struct tc__peer_conn *c, struct tc__tls_ctx *tls,

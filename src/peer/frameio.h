@@ -13,6 +13,12 @@
  * whatever the result).  Returns 0 or a negative code with err set. */
 int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
 		      char *err, size_t errlen);
+/* The server's: a request, whose header may follow a long idle wait (the
+ * socket's timeout as set) but whose body is at most TC_PEER_MAX_CTRL
+ * bytes, read within io_ms.  A larger frame (a MANIFEST, say) is refused
+ * with TC_EPROTO before a byte of its body is read or allocated. */
+int tc__peer_recv_request(struct tc__peer_conn *c, struct tc__peer_msg *m,
+			  int io_ms, char *err, size_t errlen);
 /* The client side of a fresh connection: TLS first when `tls` is set
  * (tc__peer_secure), then the cluster handshake (inside it).  Returns 0
  * or the code of net/tls.h or net/auth.h with `err` naming the peer. */

@@ -9,6 +9,7 @@
 
 #include "common/buf.h"
 #include "frameio.h"
+#include "net/ev.h"
 #include "peer.h"
 #include "tcast/errors.h"
 
@@ -49,8 +50,12 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 		goto out_close;
 	}
 	/* The peer answers once its pull ended, which takes as long as the
-	 * artifact takes to move: wait for that, not for io timeouts. */
+	 * artifact takes to move: wait for that, not for io timeouts.  And
+	 * no longer in all: the socket's timeout bounds each wait for a
+	 * byte, so a peer answering a byte at a time would hold this
+	 * worker for ever without the deadline. */
 	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+	c->deadline_ns = tc__now_ns() + (uint64_t)wait_ms * 1000000u;
 	rc = tc__peer_recv_msg(c, &m, why, sizeof(why));
 	if (rc < 0) {
 		snprintf(err, errlen, "no answer from its peer server: %s",

@@ -1038,9 +1038,11 @@ static void *conn_main(void *arg)
 		struct tc__peer_msg m;
 
 		/* Waiting for the next request may take long; a request
-		 * once started must not. */
+		 * once started must not (its body has io_timeout_ms in all,
+		 * and is a few KiB at most). */
 		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof(idle));
-		rc = tc__peer_recv_msg(c, &m, err, sizeof(err));
+		rc = tc__peer_recv_request(c, &m, s->o.io_timeout_ms, err,
+					   sizeof(err));
 		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &io, sizeof(io));
 		if (rc == 0 && m.type == TC_PEER_MANIFEST_REQ)
 			rc = serve_manifest(s, c, &m);

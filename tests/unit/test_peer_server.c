@@ -1,0 +1,189 @@
+/*
+ * test_peer_server.c - the peer server (src/peer/serve.c) against a peer
+ * that passed the cluster handshake and then misbehaves, over real TCP on
+ * loopback: a frame too large to be a request is refused before its body
+ * is read (no 64 MiB allocation, no waiting for it), and a request whose
+ * body trickles in a byte at a time, each byte inside the socket timeout,
+ * is dropped once io_timeout_ms have gone by in all.  The server answers
+ * the next connection as before.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "common/buf.h"
+#include "net/auth.h"
+#include "peer/frameio.h"
+#include "peer/peer.h"
+#include "peer/transport.h"
+#include "peer/wire.h"
+#include "tcast/errors.h"
+
+#define IO_MS 1000
+
+static struct tc__auth_secret sec;
+static struct tc__peer_server *srv;
+
+static int setup(void **state)
+{
+	static const char key[] = "0123456789abcdef0123456789abcdef";
+	struct tc__peer_server_opts o = { 0 };
+	char err[512];
+
+	assert_int_equal(tc__auth_secret_set(&sec, 0, key, 32), 0);
+	o.listen = "127.0.0.1:0";
+	o.secret = &sec;
+	o.name = "test-server";
+	o.io_timeout_ms = IO_MS;
+	assert_int_equal(tc__peer_server_start(&o, &srv, err, sizeof(err)),
+			 0);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	tc__peer_server_stop(srv);
+	return 0;
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* A connection that passed the handshake. */
+static struct tc__peer_conn *peer(void)
+{
+	struct tc__peer_conn *c = NULL;
+	char err[512];
+
+	assert_int_equal(tc__peer_tcp.connect(tc__peer_server_addr(srv), 2000,
+					      2000, &c, err, sizeof(err)),
+			 0);
+	assert_int_equal(tc__peer_auth_client(c, NULL, &sec, "test-client",
+					      2000, err, sizeof(err)),
+			 0);
+	return c;
+}
+
+/* A frame header: magic, version, type, flags, body length. */
+static void header(uint8_t raw[TC_PEER_HDR_BYTES], uint8_t type, uint32_t len)
+{
+	struct tc__buf b = TC_BUF_INIT;
+
+	tc__buf_put_u32(&b, TC_PEER_MAGIC);
+	tc__buf_put_u8(&b, TC_PEER_VERSION);
+	tc__buf_put_u8(&b, type);
+	tc__buf_put_u16(&b, 0);
+	tc__buf_put_u32(&b, len);
+	assert_int_equal(b.len, TC_PEER_HDR_BYTES);
+	memcpy(raw, b.data, TC_PEER_HDR_BYTES);
+	tc__buf_release(&b);
+}
+
+/* Seconds until the server closes c (waiting at most `max`); -1 if it
+ * did not. */
+static double closed_after(struct tc__peer_conn *c, double t0, double max)
+{
+	struct timeval tv = { 0, 100 * 1000 };
+	char byte;
+
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	while (now_s() - t0 < max) {
+		ssize_t r = recv(c->fd, &byte, 1, 0);
+
+		if (r == 0 || (r < 0 && errno == ECONNRESET))
+			return now_s() - t0;
+	}
+	return -1;
+}
+
+/* The server still answers: a MANIFEST_REQ for a key nobody has gets an
+ * ERROR frame. */
+static void still_serves(void)
+{
+	struct tc__peer_conn *c = peer();
+	struct tc__buf b = TC_BUF_INIT;
+	struct tc__peer_msg m;
+	char err[512];
+
+	tc__peer_put_manifest_req(&b, "no-such-key");
+	assert_int_equal(tc__peer_send_buf(c, &b, false), 0);
+	assert_int_equal(tc__peer_recv_msg(c, &m, err, sizeof(err)), 0);
+	assert_int_equal(m.type, TC_PEER_ERROR);
+	tc__peer_msg_release(&m);
+	tc__buf_release(&b);
+	c->t->close(c);
+}
+
+/* A MANIFEST-typed frame of 64 MiB sent to the server: closed at once,
+ * before a byte of the body (the server would have allocated it and
+ * waited up to its idle timeout, 5 minutes, for it). */
+static void test_peer_server__large_frame_refused_at_its_header(void **state)
+{
+	struct tc__peer_conn *c = peer();
+	uint8_t raw[TC_PEER_HDR_BYTES];
+	double t0, s;
+
+	header(raw, TC_PEER_MANIFEST, TC_PEER_MAX_MANIFEST);
+	t0 = now_s();
+	assert_int_equal(c->t->send(c, raw, sizeof(raw), false), 0);
+	s = closed_after(c, t0, 5);
+	print_message("64 MiB MANIFEST frame: closed after %.3f s\n", s);
+	assert_true(s >= 0 && s < IO_MS / 1000.0 / 2);
+	c->t->close(c);
+	still_serves();
+}
+
+/* A MANIFEST_REQ announcing 100 bytes, sent a byte every 300 ms (each
+ * well inside the 1 s socket timeout): dropped at about io_timeout_ms
+ * from the header, not after 30 s of trickle. */
+static void test_peer_server__trickled_request_dropped(void **state)
+{
+	struct tc__peer_conn *c = peer();
+	uint8_t raw[TC_PEER_HDR_BYTES], byte = 'k';
+	double t0, s = -1;
+
+	header(raw, TC_PEER_MANIFEST_REQ, 100);
+	t0 = now_s();
+	assert_int_equal(c->t->send(c, raw, sizeof(raw), false), 0);
+	for (int i = 0; i < 100 && s < 0; i++) {
+		if (c->t->send(c, &byte, 1, false) < 0)
+			break;
+		s = closed_after(c, now_s(), 0.3);
+		if (s >= 0)
+			s = now_s() - t0;
+	}
+	if (s < 0)
+		s = closed_after(c, now_s(), 1);
+	print_message("request trickled a byte per 300 ms: closed after %.3f "
+		      "s\n",
+		      s);
+	assert_true(s >= 0.8 * IO_MS / 1000.0 && s < 3 * IO_MS / 1000.0);
+	c->t->close(c);
+	still_serves();
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(
+			test_peer_server__large_frame_refused_at_its_header),
+		cmocka_unit_test(test_peer_server__trickled_request_dropped),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
