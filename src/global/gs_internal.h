@@ -142,6 +142,8 @@ struct gs {
 	struct tc__tls_ctx *tls; /* NULL: TLS off */
 	struct tc__ev *ev;
 	int lfd, sigfd, setsize;
+	int reserve_fd; /* /dev/null, spent to turn a connection away when
+			   accept fails for want of fds (else a busy loop) */
 	char bound[TC_TCP_ADDRSTR];
 	struct gnode **nodes; /* index id - 1 */
 	size_t nnodes;

@@ -10,6 +10,7 @@
  * could lose).  Heartbeats touch memory only.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -388,6 +389,27 @@ static void on_accept(struct tc__ev *ev, int fd, void *arg, int mask)
 		struct gconn *c;
 		int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
+		if (cfd < 0 && (errno == EMFILE || errno == ENFILE) &&
+		    gs->reserve_fd >= 0) {
+			/* The pending connection would wake the loop again
+			 * at once: spend the reserve fd to take it and turn
+			 * it away, then take the reserve back. */
+			int e = errno;
+
+			close(gs->reserve_fd);
+			cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+			if (cfd >= 0)
+				close(cfd);
+			gs->reserve_fd =
+				open("/dev/null", O_RDONLY | O_CLOEXEC);
+			tc__log_rl(&gs->rl_conns, TC_LOG_WARN,
+				   "accept: %s: turning connections away until "
+				   "fds are free (%d connections)",
+				   strerror(e), gs->nconns);
+			if (cfd < 0)
+				return;
+			continue;
+		}
 		if (cfd < 0) {
 			if (errno != EAGAIN && errno != EINTR)
 				tc__log_rl(&gs->rl_conns, TC_LOG_WARN,
@@ -588,6 +610,8 @@ static void gs_release(struct gs *gs)
 		tc__ev_free(gs->ev);
 	if (gs->lfd >= 0)
 		close(gs->lfd);
+	if (gs->reserve_fd >= 0)
+		close(gs->reserve_fd);
 	if (gs->sigfd >= 0)
 		close(gs->sigfd);
 	tc__auth_secret_wipe(&gs->sec);
@@ -638,6 +662,7 @@ int tc__gs_run(const struct tc__gs_config *cfg, int ready_fd, char *err,
 	gs.cfg = cfg;
 	gs.ops = &tc__gs_sqlite;
 	gs.lfd = gs.sigfd = -1;
+	gs.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	tc__map_init(&gs.node_by_name);
 	tc__map_init(&gs.arts);
 	tc__map_init(&gs.keys);

@@ -45,8 +45,7 @@ static int setup(void **state)
 	o.secret = &sec;
 	o.name = "test-server";
 	o.io_timeout_ms = IO_MS;
-	assert_int_equal(tc__peer_server_start(&o, &srv, err, sizeof(err)),
-			 0);
+	assert_int_equal(tc__peer_server_start(&o, &srv, err, sizeof(err)), 0);
 	return 0;
 }
 
