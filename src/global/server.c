@@ -661,8 +661,7 @@ int tc__gs_run(const struct tc__gs_config *cfg, int ready_fd, char *err,
 
 	gs.cfg = cfg;
 	gs.ops = &tc__gs_sqlite;
-	gs.lfd = gs.sigfd = -1;
-	gs.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	gs.lfd = gs.sigfd = gs.reserve_fd = -1;
 	tc__map_init(&gs.node_by_name);
 	tc__map_init(&gs.arts);
 	tc__map_init(&gs.keys);
@@ -704,6 +703,7 @@ int tc__gs_run(const struct tc__gs_config *cfg, int ready_fd, char *err,
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
 	    rl.rlim_cur < (rlim_t)gs.setsize)
 		gs.setsize = (int)rl.rlim_cur;
+	gs.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	gs.ev = tc__ev_new(gs.setsize);
 	if (!gs.ev) {
 		ret = -errno;

@@ -16,7 +16,8 @@ int tc__peer_recv_msg(struct tc__peer_conn *c, struct tc__peer_msg *m,
 /* The server's: a request, whose header may follow a long idle wait (the
  * socket's timeout as set) but whose body is at most TC_PEER_MAX_CTRL
  * bytes, read within io_ms.  A larger frame (a MANIFEST, say) is refused
- * with TC_EPROTO before a byte of its body is read or allocated. */
+ * with TC_EPROTO before a byte of its body is read or allocated.  Once a
+ * header came, the socket's receive timeout is left at io_ms. */
 int tc__peer_recv_request(struct tc__peer_conn *c, struct tc__peer_msg *m,
 			  int io_ms, char *err, size_t errlen);
 /* The client side of a fresh connection: TLS first when `tls` is set

@@ -67,10 +67,13 @@
 #define TC_PULL_DECLINED_MS 250	  /* a seed said "ask your peers" */
 #define TC_PULL_MAX_VERIFY  8	  /* verifier threads, at most */
 #define TC_PULL_HOLD_MS	    10000 /* failpoint pull.hold_sources, at most */
-/* A chunk's bytes must all arrive within this many timeouts (60 s at the
- * default 5 s: 70 KB/s for 4 MiB): the timeout alone bounds each wait for
- * a byte, so a source trickling bytes would hold its chunks for ever. */
+/* A chunk's bytes must all arrive within this many timeouts, and never
+ * less than TC_PULL_CHUNK_MIN_MS (60 s at the default 5 s: 70 KB/s for 4
+ * MiB; a short timeout must not drop a source on a busy link): the
+ * timeout alone bounds each wait for a byte, so a source trickling bytes
+ * would hold its chunks for ever. */
 #define TC_PULL_CHUNK_TIMEOUTS 12
+#define TC_PULL_CHUNK_MIN_MS   10000
 #define TC_PULL_BUFFER_MB                                                   \
 	128 /* received chunks not yet verified, at most (MiB; environment: \
 	       TCAST_PEER_PULL_BUFFER_MB) */
@@ -380,7 +383,9 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 	if (rc < 0)
 		return rc;
 	dst = buf ? buf : p->base + k * TC_CHUNK_BYTES;
-	budget_ms = (uint64_t)p->o->timeout_ms * TC_PULL_CHUNK_TIMEOUTS;
+	budget_ms = TC_MAX((uint64_t)TC_MAX(p->o->timeout_ms, 0) *
+				   TC_PULL_CHUNK_TIMEOUTS,
+			   (uint64_t)TC_PULL_CHUNK_MIN_MS);
 	c->deadline_ns = tc__now_ns() + budget_ms * 1000000u;
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);

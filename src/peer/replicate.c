@@ -57,7 +57,12 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
 	c->deadline_ns = tc__now_ns() + (uint64_t)wait_ms * 1000000u;
 	rc = tc__peer_recv_msg(c, &m, why, sizeof(why));
-	if (rc < 0) {
+	if (rc == -ETIMEDOUT && tc__now_ns() >= c->deadline_ns) {
+		snprintf(err, errlen,
+			 "no whole answer from its peer server at %s within "
+			 "%d ms",
+			 addr, wait_ms);
+	} else if (rc < 0) {
 		snprintf(err, errlen, "no answer from its peer server: %s",
 			 why);
 	} else if (m.type == TC_PEER_ERROR) {

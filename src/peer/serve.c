@@ -110,9 +110,13 @@ struct conn {
 	/* Still in the TLS or cluster handshake (mu): such connections have
 	 * a pool of their own (max_conns more), so that connections which
 	 * never prove the secret cannot take the slots of peers that do. */
-	bool handshaking, evicted;
-	uint64_t accepted_ns;
-	uint32_t host; /* its address without the port, hashed (FNV-1a) */
+	bool handshaking;
+	/* Told to leave the pool (mu; its socket shut down): it still
+	 * counts in nhandshaking until its thread ends the handshake, so
+	 * the pool's live count is nhandshaking - nevicted. */
+	bool evicted;
+	uint64_t accepted_ns; /* oldest goes first */
+	uint32_t host;	      /* its address without the port, hashed */
 	/* TC_PEER_PIECE bytes for chunks of a copy still filling, made at
 	 * the first one: those are copied, not sent with sendfile (below). */
 	uint8_t *fill;
@@ -132,8 +136,8 @@ struct tc__peer_server {
 	int nconns;	       /* all of them, for stop */
 	int nhandshaking;      /* of which still in the handshake */
 	int nevicted;	       /* of those, told to leave (evicted) */
-	/* A flood repeats these lines: one a second (mu; rl_full: the
-	 * accept thread's). */
+	/* A flood repeats these lines: one a second (rl_evicted under mu;
+	 * rl_full and rl_fds: the accept thread's alone). */
 	struct tc__ratelimit rl_evicted, rl_full, rl_fds;
 	bool stopping;
 	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
@@ -891,8 +895,9 @@ static int cmp_u32(const void *a, const void *b)
  * shares).  So an address flooding connections that never prove the
  * secret (silent, each for up to io_timeout_ms) keeps every other
  * address out of nothing: their newcomers take its places, while its
- * own newcomers are refused.  Returns whether room was made. */
-static bool make_room(struct tc__peer_server *s, uint32_t host)
+ * own newcomers are refused.  Returns 1 when room was made, 0 when the
+ * newcomer's address has its share, -ENOMEM. */
+static int make_room(struct tc__peer_server *s, uint32_t host)
 {
 	uint32_t *h = tc__malloc((size_t)s->nhandshaking * sizeof(*h));
 	uint32_t top = 0;
@@ -900,7 +905,7 @@ static bool make_room(struct tc__peer_server *s, uint32_t host)
 	struct conn *old = NULL;
 
 	if (!h)
-		return false;
+		return -ENOMEM;
 	for (struct conn *x = s->conns; x; x = x->next)
 		if (x->handshaking && !x->evicted && n < s->nhandshaking)
 			h[n++] = x->host;
@@ -917,7 +922,7 @@ static bool make_room(struct tc__peer_server *s, uint32_t host)
 	}
 	tc__free(h);
 	if (mine + 1 >= most)
-		return false;
+		return 0;
 	for (struct conn *x = s->conns; x; x = x->next)
 		if (x->handshaking && !x->evicted && x->host == top &&
 		    (!old || x->accepted_ns < old->accepted_ns))
@@ -927,19 +932,24 @@ static bool make_room(struct tc__peer_server *s, uint32_t host)
 	/* Its thread, in a read or write of the handshake, fails at once
 	 * and ends; it still owns (and closes) the fd. */
 	shutdown(old->c->fd, SHUT_RDWR);
-	return true;
+	return 1;
 }
 
-/* An address without its port ("10.0.0.1:7070", "[::1]:7070"), hashed. */
-static uint32_t host_hash(const char *addr)
+#define FNV_BASIS 2166136261u
+
+static uint32_t fnv1a(uint32_t h, const void *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ ((const uint8_t *)p)[i]) * 16777619u;
+	return h;
+}
+
+/* Bytes of an address without its port ("10.0.0.1:7070", "[::1]:7070"). */
+static size_t host_len(const char *addr)
 {
 	const char *port = strrchr(addr, ':');
-	size_t n = port ? (size_t)(port - addr) : strlen(addr);
-	uint32_t h = 2166136261u;
 
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (uint8_t)addr[i]) * 16777619u;
-	return h;
+	return port ? (size_t)(port - addr) : strlen(addr);
 }
 
 /* The cluster handshake, first on every connection (net/auth.h): only a
@@ -980,21 +990,51 @@ static int auth(struct tc__peer_server *s, struct conn *cn, char *why,
 	if (rc < 0) {
 		snprintf(why, whylen, "%s", a.err);
 	} else {
-		/* Who asks, for super-seeding: its name and host (FNV-1a;
-		 * daemons on one host may share a name). */
-		uint32_t h = 2166136261u;
-		const char *port = strrchr(c->addr, ':');
-		size_t na = port ? (size_t)(port - c->addr) : strlen(c->addr);
+		/* Who asks, for super-seeding: its name and host (daemons
+		 * on one host may share a name). */
+		uint32_t h = fnv1a(FNV_BASIS, a.peer_name, strlen(a.peer_name));
 
-		for (const char *q = a.peer_name; *q; q++)
-			h = (h ^ (uint8_t)*q) * 16777619u;
-		h = (h ^ '@') * 16777619u;
-		for (size_t i = 0; i < na; i++)
-			h = (h ^ (uint8_t)c->addr[i]) * 16777619u;
+		h = fnv1a(h, "@", 1);
+		h = fnv1a(h, c->addr, host_len(c->addr));
 		cn->who = h ? h : 1;
 	}
 	tc__auth_wipe(&a);
 	return rc;
+}
+
+/* The handshake ended with `rc` (and `err`): admit the connection among
+ * the authenticated ones, or say why not.  An eviction may have landed
+ * after the handshake passed (its socket is shut down then), so it is
+ * read under mu with the admission.  Returns 0 or a negative code. */
+static int handshake_done(struct tc__peer_server *s, struct conn *cn, int rc,
+			  const char *err)
+{
+	const char *addr = cn->c->addr;
+	bool evicted, full = false;
+
+	pthread_mutex_lock(&s->mu);
+	evicted = cn->evicted;
+	if (evicted)
+		tc__log_rl(&s->rl_evicted, TC_LOG_WARN,
+			   "peer %s dropped in the handshake: %d connections "
+			   "were in theirs, most of them from its address, and "
+			   "another address needed a place",
+			   addr, s->o.max_conns);
+	if (rc == 0 && !evicted) {
+		handshake_end(s, cn);
+		full = s->nconns - s->nhandshaking > s->o.max_conns;
+	}
+	pthread_mutex_unlock(&s->mu);
+	if (rc < 0 && !evicted)
+		tc__log(TC_LOG_WARN, "peer %s refused: %s", addr, err);
+	if (full)
+		tc__log(TC_LOG_WARN, "peer %s refused: %d connections already",
+			addr, s->o.max_conns);
+	if (rc < 0 || evicted || full) {
+		s->n_refused++;
+		return rc < 0 ? rc : -EBUSY;
+	}
+	return 0;
 }
 
 static void *conn_main(void *arg)
@@ -1010,30 +1050,9 @@ static void *conn_main(void *arg)
 	int rc;
 
 	rc = auth(s, cn, err, sizeof(err));
-	if (rc < 0)
-		s->n_refused++;
-	if (rc < 0 && cn->evicted) {
-		pthread_mutex_lock(&s->mu);
-		tc__log_rl(&s->rl_evicted, TC_LOG_WARN,
-			   "peer %s dropped in the handshake: %d connections "
-			   "were in theirs, most of them from its address, and "
-			   "another address needed a place",
-			   c->addr, s->o.max_conns);
-		pthread_mutex_unlock(&s->mu);
-	} else if (rc < 0)
-		tc__log(TC_LOG_WARN, "peer %s refused: %s", c->addr, err);
+	rc = handshake_done(s, cn, rc, err);
 	if (rc < 0)
 		goto out;
-	pthread_mutex_lock(&s->mu);
-	handshake_end(s, cn);
-	rc = s->nconns - s->nhandshaking > s->o.max_conns ? -EBUSY : 0;
-	pthread_mutex_unlock(&s->mu);
-	if (rc < 0) {
-		s->n_refused++;
-		tc__log(TC_LOG_WARN, "peer %s refused: %d connections already",
-			c->addr, s->o.max_conns);
-		goto out;
-	}
 	for (;;) {
 		struct tc__peer_msg m;
 
@@ -1094,7 +1113,7 @@ static void *accept_main(void *arg)
 		struct conn *cn;
 		pthread_attr_t at;
 		pthread_t th;
-		int rc;
+		int rc, room;
 
 		if (poll(p, 2, -1) < 0 && errno != EINTR)
 			break;
@@ -1127,17 +1146,22 @@ static void *accept_main(void *arg)
 		cn->c = c;
 		cn->handshaking = true;
 		cn->accepted_ns = tc__now_ns();
-		cn->host = host_hash(c->addr);
+		cn->host = fnv1a(FNV_BASIS, c->addr, host_len(c->addr));
 		pthread_mutex_lock(&s->mu);
-		if (s->nhandshaking - s->nevicted >= s->o.max_conns &&
-		    !make_room(s, cn->host)) {
+		room = s->nhandshaking - s->nevicted < s->o.max_conns ?
+			       1 :
+			       make_room(s, cn->host);
+		if (room <= 0) {
 			pthread_mutex_unlock(&s->mu);
 			s->n_refused++;
 			tc__log_rl(&s->rl_full, TC_LOG_WARN,
 				   "peer %s refused: %d connections already in "
-				   "the handshake, and its address holds its "
-				   "share of them",
-				   c->addr, s->o.max_conns);
+				   "the handshake, and %s",
+				   c->addr, s->o.max_conns,
+				   room < 0 ?
+					   "no memory to choose one to drop" :
+					   "its address holds its share of "
+					   "them");
 			c->t->close(c);
 			tc__free(cn);
 			continue;

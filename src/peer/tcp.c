@@ -156,6 +156,11 @@ static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
 	return 0;
 }
 
+static bool past_deadline(const struct tc__peer_conn *c)
+{
+	return c->deadline_ns && tc__now_ns() >= c->deadline_ns;
+}
+
 #define TC_TCP_LOWAT (256u << 10) /* a large read wakes per this much */
 
 /* A large read (a chunk's bytes) on plain TCP: woken once per
@@ -167,11 +172,6 @@ static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
  * there is.  A wait that runs out the socket's timeout takes what came
  * and goes on; only no bytes at all is a timeout.  The mark goes back to
  * 1 after, for small frames. */
-static bool past_deadline(const struct tc__peer_conn *c)
-{
-	return c->deadline_ns && tc__now_ns() >= c->deadline_ns;
-}
-
 static int recv_bulk(struct tc__peer_conn *c, uint8_t *b, size_t n)
 {
 	struct timeval tv = { 0, 0 };

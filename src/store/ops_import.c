@@ -208,8 +208,19 @@ static int open_client_shards(struct import_job *j)
 		uint64_t now = tc__now_ms();
 		char byte[8];
 		ssize_t n;
+		int pr;
 
-		if (now >= end || poll(&p, 1, (int)(end - now)) != 1) {
+		pr = now >= end ? 0 : poll(&p, 1, (int)(end - now));
+		if (pr < 0 && errno == EINTR)
+			continue;
+		if (pr < 0) {
+			rc = -errno;
+			snprintf(j->err, sizeof(j->err),
+				 "'%s': waiting for shards: %s", j->display,
+				 strerror(errno));
+			break;
+		}
+		if (pr == 0) {
 			snprintf(j->err, sizeof(j->err),
 				 "'%s': the client sent %u of %u shards in "
 				 "%d ms",

@@ -300,6 +300,9 @@ ok is "$rc" 0
 #     closed): handshakes have a pool of their own, and when it is full a
 #     newcomer from another address takes the place of the flooder's oldest,
 #     while the flooder's own newcomers are refused.  A real pull gets in.
+#     (Whether the pool is full at the moment the pull connects depends on
+#     timing here; tests/unit/test_peer_server.c checks the pool's rule
+#     itself, exactly.)
 mark "6b. one address floods silent connections: a pull from another gets in"
 ip netns exec "${ns[1]}" "$PY" - "$A" 7070 12 >"$dir/flood" 2>&1 <<'PYEOF' &
 import selectors, socket, sys, time
@@ -337,8 +340,6 @@ ok is "$(jq_ 'd["id"]')" "$want"
 wait $flood
 t c rm "$want" >/dev/null
 ok test "$(cat "$dir/flood")" -gt 300
-ok grep -q "refused: 256 connections already in the handshake, and its address holds its share" "$dir/a/daemon.log"
-ok grep -q "dropped in the handshake: 256 connections were in theirs" "$dir/a/daemon.log"
 run pull_on c "${ns[2]}" "$want" --from "$A:7070"
 ok is "$rc" 0
 

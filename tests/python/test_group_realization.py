@@ -394,8 +394,8 @@ def test_a_daemon_renews_a_new_hold_before_its_next_heartbeat(tmp_path):
     secret.write_text(os.urandom(32).hex())
     os.chmod(secret, 0o600)
     S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
-    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", "10000",
-                    "--set", "heartbeat_ms=3000", *S], check=True, capture_output=True)
+    subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", "20000",
+                    "--set", "heartbeat_ms=6000", *S], check=True, capture_output=True)
     d = hold = None
     try:
         addr = (tmp_path / "gs" / "global.addr").read_text().strip()
@@ -413,14 +413,14 @@ def test_a_daemon_renews_a_new_hold_before_its_next_heartbeat(tmp_path):
             time.sleep(0.1)
         assert gs("group", "create", "hw/1", "--ranks", "2")["state"] == "open"
         hold = subprocess.Popen([T, "--socket", d.socket, "global", "group", "hold", "hw/1", "--rank", "0",
-                                 "--rank-lease-ms", "600", "--via-daemon"], stdin=subprocess.PIPE,
+                                 "--rank-lease-ms", "1500", "--via-daemon"], stdin=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while not gs("group", "status", "hw/1").get("members"):
             assert hold.poll() is None, hold.stderr.read()
             assert time.monotonic() < deadline, gs("group", "status", "hw/1")
             time.sleep(0.05)
-        time.sleep(4)  # past the 3 s heartbeat wait, 6 leases
+        time.sleep(7.5)  # past the 6 s heartbeat wait, 5 leases
         rec = gs("group", "status", "hw/1")
         assert rec["state"] == "open", rec
         assert [(m["rank"], m["node"]) for m in rec["members"]] == [(0, "node-a")], rec
