@@ -178,6 +178,16 @@ def test_four_ranks_commit_abort_and_a_rank_killed_mid_stage(fake_daemon):
             r.close()
 
 
+def store_args(tmp_path):
+    """tmp_path made private, with a fresh cluster secret in it: the secret's
+    path and the global store's --state-dir and --cluster-secret-file."""
+    os.chmod(tmp_path, 0o700)
+    secret = tmp_path / "secret"
+    secret.write_text(os.urandom(32).hex())
+    os.chmod(secret, 0o600)
+    return secret, ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+
+
 def test_ranks_decide_through_the_global_store(tmp_path):
     """scope="cluster": each version is a group of the global store (a real
     `tcast global` process), ranks on two nodes (two real daemons in the
@@ -187,11 +197,7 @@ def test_ranks_decide_through_the_global_store(tmp_path):
     when the node's heartbeat lease expires; the decisions survive a
     kill -9 of the store and a late rank cannot overturn them."""
     T = os.environ["TCAST_BIN"]
-    os.chmod(tmp_path, 0o700)
-    secret = tmp_path / "secret"
-    secret.write_text(os.urandom(32).hex())
-    os.chmod(secret, 0o600)
-    S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+    secret, S = store_args(tmp_path)
     # leases short enough to tell from the 30 s waits, with a margin for a
     # loaded machine: heartbeats every 250 ms against a 2 s node lease, a
     # rank's renewals every 1/3 of its 2 s lease
@@ -300,11 +306,7 @@ def test_ranks_without_the_secret_go_through_their_daemons(tmp_path):
     group for it at once (well before its lease would lapse), naming the
     rank and node; a daemon not in a cluster refuses, saying so."""
     T = os.environ["TCAST_BIN"]
-    os.chmod(tmp_path, 0o700)
-    secret = tmp_path / "secret"
-    secret.write_text(os.urandom(32).hex())
-    os.chmod(secret, 0o600)
-    S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+    secret, S = store_args(tmp_path)
     RANK_LEASE_S = 20.0  # long: an abort well before it comes from the closed connection
     subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--set", "heartbeat_ms=250", *S],
                    check=True, capture_output=True)
@@ -389,11 +391,7 @@ def test_a_daemon_renews_a_new_hold_before_its_next_heartbeat(tmp_path):
     start, so the group stays open.  (It slept on: the first renewal came
     up to a heartbeat late and the store aborted the group.)"""
     T = os.environ["TCAST_BIN"]
-    os.chmod(tmp_path, 0o700)
-    secret = tmp_path / "secret"
-    secret.write_text(os.urandom(32).hex())
-    os.chmod(secret, 0o600)
-    S = ["--state-dir", str(tmp_path / "gs"), "--cluster-secret-file", str(secret)]
+    secret, S = store_args(tmp_path)
     subprocess.run([T, "global", "start", "--listen", "127.0.0.1:0", "--lease-ms", "20000",
                     "--set", "heartbeat_ms=6000", *S], check=True, capture_output=True)
     d = hold = None
