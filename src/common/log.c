@@ -158,8 +158,8 @@ void tc__log_write(int level, const char *file, int line, const char *fmt, ...)
 	va_end(ap);
 }
 
-void tc__log_limited(struct tc__ratelimit *rl, int level, const char *file,
-		     int line, const char *fmt, ...)
+void tc__log_limited(struct tc__ratelimit *rl, uint32_t burst, int level,
+		     const char *file, int line, const char *fmt, ...)
 {
 	struct timespec now;
 	char suffix[64] = "";
@@ -168,16 +168,20 @@ void tc__log_limited(struct tc__ratelimit *rl, int level, const char *file,
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
-	if (ms < rl->next_ms) {
+	if (ms >= rl->next_ms) {
+		rl->next_ms = ms + TC_LOG_INTERVAL_MS;
+		rl->passed = 0;
+	}
+	if (rl->passed >= (burst ? burst : 1)) {
 		rl->suppressed++;
 		return;
 	}
+	rl->passed++;
 	if (rl->suppressed)
 		snprintf(suffix, sizeof(suffix),
 			 " (%llu similar lines suppressed)",
 			 (unsigned long long)rl->suppressed);
 	rl->suppressed = 0;
-	rl->next_ms = ms + TC_LOG_INTERVAL_MS;
 	va_start(ap, fmt);
 	log_v(level, file, line, suffix, fmt, ap);
 	va_end(ap);

@@ -50,25 +50,32 @@ int tc__log_parse_level(const char *s);
  * A log line that an attacker can repeat (a refused connection, accept
  * failing for want of fds) goes through a rate limit: at most one line per
  * `interval_ms`; the next line that passes says how many were suppressed.
- * One struct per call site (static); loop thread or one thread only.
+ * One struct per call site (static); loop thread or one thread only (or
+ * under the caller's lock).  tc__log_rl_burst lets `burst` lines through
+ * per interval instead of one, for lines whose first few in a row are
+ * each worth reading (different peers refused for different reasons).
  */
 struct tc__ratelimit {
-	uint64_t next_ms;    /* no line before this */
+	uint64_t next_ms;    /* the interval's end */
 	uint64_t suppressed; /* lines dropped since the last one */
+	uint32_t passed;     /* lines let through in this interval */
 };
 
 #define TC_LOG_INTERVAL_MS 1000
 
-#define tc__log_rl(rl, level, ...)                                         \
-	do {                                                               \
-		if ((level) <= tc__log_level)                              \
-			tc__log_limited((rl), (level), __FILE__, __LINE__, \
-					__VA_ARGS__);                      \
+#define tc__log_rl(rl, level, ...) \
+	tc__log_rl_burst((rl), 1, (level), __VA_ARGS__)
+
+#define tc__log_rl_burst(rl, burst, level, ...)                           \
+	do {                                                              \
+		if ((level) <= tc__log_level)                             \
+			tc__log_limited((rl), (burst), (level), __FILE__, \
+					__LINE__, __VA_ARGS__);           \
 	} while (0)
 
-void tc__log_limited(struct tc__ratelimit *rl, int level, const char *file,
-		     int line, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
+void tc__log_limited(struct tc__ratelimit *rl, uint32_t burst, int level,
+		     const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 6, 7)));
 
 /* Log file and line, then abort: for programmer errors only. */
 #define TC_BUG(msg)                                                        \

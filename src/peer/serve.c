@@ -59,6 +59,7 @@
 #define TC_PEER_SEED_SENDS	4    /* SHARES chunks sent at once */
 #define TC_PEER_SEED_WAIT_MS	200  /* for a free slot, then declined */
 #define TC_PEER_ACCEPT_PAUSE_MS 100  /* out of fds: between accepts */
+#define TC_PEER_AUTH_BURST	10   /* failed handshakes logged a second */
 
 struct entry {
 	char id[TC_ID_LEN + 1];
@@ -136,9 +137,10 @@ struct tc__peer_server {
 	int nconns;	       /* all of them, for stop */
 	int nhandshaking;      /* of which still in the handshake */
 	int nevicted;	       /* of those, told to leave (evicted) */
-	/* A flood repeats these lines: one a second (rl_evicted under mu;
-	 * rl_full and rl_fds: the accept thread's alone). */
-	struct tc__ratelimit rl_evicted, rl_full, rl_fds;
+	/* A flood repeats these lines: one a second, or TC_PEER_AUTH_BURST
+	 * for failed handshakes (rl_evicted and rl_auth under mu; rl_full
+	 * and rl_fds: the accept thread's alone). */
+	struct tc__ratelimit rl_evicted, rl_auth, rl_full, rl_fds;
 	bool stopping;
 	_Atomic uint64_t n_conns, n_refused, n_chunks, n_bytes;
 	_Atomic uint32_t n_uploads; /* GETs being answered now */
@@ -1020,13 +1022,14 @@ static int handshake_done(struct tc__peer_server *s, struct conn *cn, int rc,
 			   "were in theirs, most of them from its address, and "
 			   "another address needed a place",
 			   addr, s->o.max_conns);
+	else if (rc < 0)
+		tc__log_rl_burst(&s->rl_auth, TC_PEER_AUTH_BURST, TC_LOG_WARN,
+				 "peer %s refused: %s", addr, err);
 	if (rc == 0 && !evicted) {
 		handshake_end(s, cn);
 		full = s->nconns - s->nhandshaking > s->o.max_conns;
 	}
 	pthread_mutex_unlock(&s->mu);
-	if (rc < 0 && !evicted)
-		tc__log(TC_LOG_WARN, "peer %s refused: %s", addr, err);
 	if (full)
 		tc__log(TC_LOG_WARN, "peer %s refused: %d connections already",
 			addr, s->o.max_conns);

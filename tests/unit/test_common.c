@@ -34,6 +34,7 @@
 #include "common/dynlib.h"
 #include "common/io.h"
 #include "common/hash.h"
+#include "common/log.h"
 #include "common/map.h"
 #include "common/tensor.h"
 #include "tcast/dtype.h"
@@ -1375,6 +1376,56 @@ static void test_common__populate(void **state)
 	close(fd);
 }
 
+/* Lines written to f since it was rewound, and whether `text` is in
+ * them. */
+static int log_lines(FILE *f, const char *text, bool *found)
+{
+	char line[512];
+	int n = 0;
+
+	fflush(f);
+	rewind(f);
+	*found = false;
+	while (fgets(line, sizeof(line), f)) {
+		n++;
+		*found = *found || strstr(line, text);
+	}
+	rewind(f);
+	assert_int_equal(ftruncate(fileno(f), 0), 0);
+	return n;
+}
+
+/* tc__log_rl lets one line a second through, tc__log_rl_burst `burst`;
+ * the first line of the next second counts what was dropped. */
+static void test_common__log_rate_limit(void **state)
+{
+	struct tc__ratelimit one = { 0 }, three = { 0 };
+	FILE *f = tmpfile();
+	bool found;
+
+	assert_non_null(f);
+	tc__log_set_file(f);
+	for (int i = 0; i < 10; i++)
+		tc__log_rl(&one, TC_LOG_WARN, "refused %d", i);
+	assert_int_equal(log_lines(f, "refused 0", &found), 1);
+	assert_true(found);
+	for (int i = 0; i < 10; i++)
+		tc__log_rl_burst(&three, 3, TC_LOG_WARN, "peer %d refused", i);
+	assert_int_equal(log_lines(f, "peer 2 refused", &found), 3);
+	assert_true(found);
+	one.next_ms = three.next_ms = 0; /* the second is over */
+	tc__log_rl(&one, TC_LOG_WARN, "refused again");
+	assert_int_equal(log_lines(f, "(9 similar lines suppressed)", &found),
+			 1);
+	assert_true(found);
+	tc__log_rl_burst(&three, 3, TC_LOG_WARN, "peer again");
+	assert_int_equal(log_lines(f, "(7 similar lines suppressed)", &found),
+			 1);
+	assert_true(found);
+	tc__log_set_file(NULL);
+	fclose(f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1408,6 +1459,7 @@ int main(void)
 		cmocka_unit_test(test_common__errors),
 		cmocka_unit_test(test_common__dtypes),
 		cmocka_unit_test(test_common__populate),
+		cmocka_unit_test(test_common__log_rate_limit),
 		cmocka_unit_test(test_common__dl_load),
 		cmocka_unit_test_teardown(test_common__alloc_fail_after,
 					  teardown_alloc),

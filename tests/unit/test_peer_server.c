@@ -29,6 +29,7 @@
 #include <cmocka.h>
 
 #include "common/buf.h"
+#include "common/log.h"
 #include "net/auth.h"
 #include "peer/frameio.h"
 #include "peer/peer.h"
@@ -250,6 +251,38 @@ static void test_peer_server__handshake_pool_fair_by_address(void **state)
 	tc__peer_server_stop(small);
 }
 
+/* 40 clients that send an HTTP request instead of the handshake, as
+ * fast as they can: each is refused, but the log gets at most
+ * TC_PEER_AUTH_BURST (10) such lines a second, not 40. */
+static void test_peer_server__refusals_logged_at_a_bounded_rate(void **state)
+{
+	FILE *f = tmpfile();
+	char line[1024];
+	int n = 0;
+
+	assert_non_null(f);
+	tc__log_set_file(f);
+	for (int i = 0; i < 40; i++) {
+		int fd = silent_from("127.0.0.1", tc__peer_server_addr(srv));
+		static const char http[] = "GET / HTTP/1.0\r\n\r\n";
+
+		assert_int_equal(send(fd, http, sizeof(http) - 1, 0),
+				 (ssize_t)sizeof(http) - 1);
+		assert_true(fd_closed(fd, 2.0));
+		close(fd);
+	}
+	usleep(100 * 1000);
+	tc__log_set_file(NULL);
+	rewind(f);
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, "refused: not a tcast cluster handshake") !=
+		     NULL;
+	fclose(f);
+	print_message("40 refused clients: %d log lines\n", n);
+	assert_true(n >= 1 && n <= 20);
+	still_serves(srv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -258,6 +291,8 @@ int main(void)
 		cmocka_unit_test(test_peer_server__trickled_request_dropped),
 		cmocka_unit_test(
 			test_peer_server__handshake_pool_fair_by_address),
+		cmocka_unit_test(
+			test_peer_server__refusals_logged_at_a_bounded_rate),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
