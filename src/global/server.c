@@ -10,7 +10,6 @@
  * could lose).  Heartbeats touch memory only.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +31,7 @@
 #include "net/auth.h"
 #include "net/tls.h"
 #include "net/ev.h"
+#include "net/net.h"
 #include "net/tcp.h"
 #include "proto/gsp.h"
 #include "tcast/errors.h"
@@ -392,16 +392,13 @@ static void on_accept(struct tc__ev *ev, int fd, void *arg, int mask)
 		if (cfd < 0 && (errno == EMFILE || errno == ENFILE) &&
 		    gs->reserve_fd >= 0) {
 			/* The pending connection would wake the loop again
-			 * at once: spend the reserve fd to take it and turn
-			 * it away, then take the reserve back. */
+			 * at once: turn it away with the reserve fd. */
 			int e = errno;
 
-			close(gs->reserve_fd);
-			cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+			cfd = tc__sock_accept_reserve(fd, &gs->reserve_fd);
 			if (cfd >= 0)
 				close(cfd);
-			gs->reserve_fd =
-				open("/dev/null", O_RDONLY | O_CLOEXEC);
+			tc__sock_reserve(&gs->reserve_fd);
 			tc__log_rl(&gs->rl_conns, TC_LOG_WARN,
 				   "accept: %s: turning connections away until "
 				   "fds are free (%d connections)",
@@ -703,7 +700,7 @@ int tc__gs_run(const struct tc__gs_config *cfg, int ready_fd, char *err,
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
 	    rl.rlim_cur < (rlim_t)gs.setsize)
 		gs.setsize = (int)rl.rlim_cur;
-	gs.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	tc__sock_reserve(&gs.reserve_fd);
 	gs.ev = tc__ev_new(gs.setsize);
 	if (!gs.ev) {
 		ret = -errno;

@@ -53,6 +53,16 @@ int tc__sock_peercred(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 
 int tc__sock_set_nonblock(int fd, int on);
 
+/* A reserve fd, kept open for the moment accept(2) fails with EMFILE or
+ * ENFILE while a connection waits: the listening socket stays readable,
+ * and a level-triggered loop would spin on it.  tc__sock_accept_reserve
+ * spends *reserve to take the waiting connection (non-blocking, cloexec;
+ * the caller turns it away and closes it), or returns -1 with no reserve;
+ * tc__sock_reserve opens it (again), if it is not open.  A reserve is -1
+ * when not open. */
+int tc__sock_accept_reserve(int lfd, int *reserve);
+void tc__sock_reserve(int *reserve);
+
 /* sendmsg with optional fds; returns bytes sent (may be short on a
  * non-blocking socket) or -errno.  Retries EINTR. */
 ssize_t tc__fdpass_send(int sock, const struct iovec *iov, int iovcnt,

@@ -262,3 +262,18 @@ int tc__sock_set_nonblock(int fd, int on)
 		return -errno;
 	return 0;
 }
+
+int tc__sock_accept_reserve(int lfd, int *reserve)
+{
+	if (*reserve < 0)
+		return -1;
+	close(*reserve);
+	*reserve = -1;
+	return accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+void tc__sock_reserve(int *reserve)
+{
+	if (*reserve < 0)
+		*reserve = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}

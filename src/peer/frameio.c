@@ -11,7 +11,6 @@
 #include "common/alloc.h"
 #include "common/io.h"
 #include "frameio.h"
-#include "net/ev.h"
 #include "tcast/errors.h"
 
 static void io_msg(char *err, size_t errlen, const char *addr, int rc)
@@ -62,7 +61,7 @@ static int recv_frame(struct tc__peer_conn *c, struct tc__peer_msg *m,
 		struct timeval tv = { body_ms / 1000, (body_ms % 1000) * 1000 };
 
 		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		c->deadline_ns = tc__now_ns() + (uint64_t)body_ms * 1000000u;
+		tc__peer_deadline(c, (uint64_t)body_ms);
 	}
 	rc = h.len ? c->t->recv(c, body, h.len) : 0;
 	if (rc == -ETIMEDOUT && body_ms > 0)
@@ -73,7 +72,7 @@ static int recv_frame(struct tc__peer_conn *c, struct tc__peer_msg *m,
 	else if (rc < 0)
 		io_msg(err, errlen, c->addr, rc);
 	if (body_ms > 0)
-		c->deadline_ns = 0;
+		tc__peer_deadline(c, 0);
 	if (rc < 0)
 		goto out_free;
 	rc = tc__peer_msg_decode(&h, body, m, why, sizeof(why));

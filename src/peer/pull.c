@@ -386,12 +386,12 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 	budget_ms = TC_MAX((uint64_t)TC_MAX(p->o->timeout_ms, 0) *
 				   TC_PULL_CHUNK_TIMEOUTS,
 			   (uint64_t)TC_PULL_CHUNK_MIN_MS);
-	c->deadline_ns = tc__now_ns() + budget_ms * 1000000u;
+	tc__peer_deadline(c, budget_ms);
 	while (got < n) {
 		uint32_t piece = TC_MIN(TC_PULL_PIECE, n - got);
 
 		rc = c->t->recv(c, dst + got, piece);
-		if (rc == -ETIMEDOUT && tc__now_ns() >= c->deadline_ns) {
+		if (rc == -ETIMEDOUT && tc__peer_deadline_passed(c)) {
 			snprintf(err, errlen,
 				 "%s: too slow: chunk %llu not received in "
 				 "%llu ms (%u of %u bytes)",
@@ -405,7 +405,7 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 				 (unsigned long long)k);
 		}
 		if (rc < 0) {
-			c->deadline_ns = 0;
+			tc__peer_deadline(c, 0);
 			pthread_mutex_lock(&p->mu);
 			slot_put(p, buf);
 			pthread_mutex_unlock(&p->mu);
@@ -413,7 +413,7 @@ static int recv_chunk(struct pull *p, int src, bool sealed,
 		}
 		got += piece;
 	}
-	c->deadline_ns = 0;
+	tc__peer_deadline(c, 0);
 	pthread_mutex_lock(&p->mu);
 	p->vq[(p->vhead + p->vlen) % p->vcap] =
 		(struct vjob){ .k = k, .src = src, .buf = buf };

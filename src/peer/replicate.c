@@ -9,7 +9,6 @@
 
 #include "common/buf.h"
 #include "frameio.h"
-#include "net/ev.h"
 #include "peer.h"
 #include "tcast/errors.h"
 
@@ -55,9 +54,9 @@ int tc__peer_replicate(const char *addr, const char *id, const char *source,
 	 * byte, so a peer answering a byte at a time would hold this
 	 * worker for ever without the deadline. */
 	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
-	c->deadline_ns = tc__now_ns() + (uint64_t)wait_ms * 1000000u;
+	tc__peer_deadline(c, (uint64_t)wait_ms);
 	rc = tc__peer_recv_msg(c, &m, why, sizeof(why));
-	if (rc == -ETIMEDOUT && tc__now_ns() >= c->deadline_ns) {
+	if (rc == -ETIMEDOUT && tc__peer_deadline_passed(c)) {
 		snprintf(err, errlen,
 			 "no whole answer from its peer server at %s within "
 			 "%d ms",

@@ -884,11 +884,14 @@ static void handshake_end(struct tc__peer_server *s, struct conn *cn)
 		s->nevicted--;
 }
 
-static int cmp_u32(const void *a, const void *b)
+/* Live handshakes from `host` (mu held). */
+static int handshakes_from(const struct tc__peer_server *s, uint32_t host)
 {
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	int n = 0;
 
-	return (x > y) - (x < y);
+	for (const struct conn *x = s->conns; x; x = x->next)
+		n += x->handshaking && !x->evicted && x->host == host;
+	return n;
 }
 
 /* The handshake pool is full (mu held): make room for a newcomer from
@@ -897,44 +900,37 @@ static int cmp_u32(const void *a, const void *b)
  * shares).  So an address flooding connections that never prove the
  * secret (silent, each for up to io_timeout_ms) keeps every other
  * address out of nothing: their newcomers take its places, while its
- * own newcomers are refused.  Returns 1 when room was made, 0 when the
- * newcomer's address has its share, -ENOMEM. */
-static int make_room(struct tc__peer_server *s, uint32_t host)
+ * own newcomers are refused.  Quadratic in the pool (max_conns), and
+ * run only when it is full.  Returns whether room was made. */
+static bool make_room(struct tc__peer_server *s, uint32_t host)
 {
-	uint32_t *h = tc__malloc((size_t)s->nhandshaking * sizeof(*h));
-	uint32_t top = 0;
-	int n = 0, most = 0, mine = 0;
 	struct conn *old = NULL;
+	int most = 0;
 
-	if (!h)
-		return -ENOMEM;
-	for (struct conn *x = s->conns; x; x = x->next)
-		if (x->handshaking && !x->evicted && n < s->nhandshaking)
-			h[n++] = x->host;
-	qsort(h, (size_t)n, sizeof(*h), cmp_u32);
-	for (int i = 0, j; i < n; i = j) {
-		for (j = i; j < n && h[j] == h[i]; j++)
-			;
-		if (j - i > most) {
-			most = j - i;
-			top = h[i];
+	for (struct conn *x = s->conns; x; x = x->next) {
+		int n;
+
+		if (!x->handshaking || x->evicted)
+			continue;
+		if (old && x->host == old->host) {
+			if (x->accepted_ns < old->accepted_ns)
+				old = x;
+			continue;
 		}
-		if (h[i] == host)
-			mine = j - i;
-	}
-	tc__free(h);
-	if (mine + 1 >= most)
-		return 0;
-	for (struct conn *x = s->conns; x; x = x->next)
-		if (x->handshaking && !x->evicted && x->host == top &&
-		    (!old || x->accepted_ns < old->accepted_ns))
+		n = handshakes_from(s, x->host);
+		if (n > most) {
+			most = n;
 			old = x;
+		}
+	}
+	if (!old || handshakes_from(s, host) + 1 >= most)
+		return false;
 	old->evicted = true;
 	s->nevicted++;
 	/* Its thread, in a read or write of the handshake, fails at once
 	 * and ends; it still owns (and closes) the fd. */
 	shutdown(old->c->fd, SHUT_RDWR);
-	return 1;
+	return true;
 }
 
 #define FNV_BASIS 2166136261u
@@ -1116,7 +1112,7 @@ static void *accept_main(void *arg)
 		struct conn *cn;
 		pthread_attr_t at;
 		pthread_t th;
-		int rc, room;
+		int rc;
 
 		if (poll(p, 2, -1) < 0 && errno != EINTR)
 			break;
@@ -1151,20 +1147,15 @@ static void *accept_main(void *arg)
 		cn->accepted_ns = tc__now_ns();
 		cn->host = fnv1a(FNV_BASIS, c->addr, host_len(c->addr));
 		pthread_mutex_lock(&s->mu);
-		room = s->nhandshaking - s->nevicted < s->o.max_conns ?
-			       1 :
-			       make_room(s, cn->host);
-		if (room <= 0) {
+		if (s->nhandshaking - s->nevicted >= s->o.max_conns &&
+		    !make_room(s, cn->host)) {
 			pthread_mutex_unlock(&s->mu);
 			s->n_refused++;
 			tc__log_rl(&s->rl_full, TC_LOG_WARN,
 				   "peer %s refused: %d connections already in "
-				   "the handshake, and %s",
-				   c->addr, s->o.max_conns,
-				   room < 0 ?
-					   "no memory to choose one to drop" :
-					   "its address holds its share of "
-					   "them");
+				   "the handshake, and its address holds its "
+				   "share of them",
+				   c->addr, s->o.max_conns);
 			c->t->close(c);
 			tc__free(cn);
 			continue;

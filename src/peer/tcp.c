@@ -156,7 +156,12 @@ static int tcp_send(struct tc__peer_conn *c, const void *p, size_t n, bool more)
 	return 0;
 }
 
-static bool past_deadline(const struct tc__peer_conn *c)
+void tc__peer_deadline(struct tc__peer_conn *c, uint64_t ms)
+{
+	c->deadline_ns = ms ? tc__now_ns() + ms * 1000000u : 0;
+}
+
+bool tc__peer_deadline_passed(const struct tc__peer_conn *c)
 {
 	return c->deadline_ns && tc__now_ns() >= c->deadline_ns;
 }
@@ -245,7 +250,7 @@ static int tcp_recv(struct tc__peer_conn *c, void *p, size_t n)
 	while (c->tls && n) {
 		ssize_t r;
 
-		if (past_deadline(c))
+		if (tc__peer_deadline_passed(c))
 			return -ETIMEDOUT;
 		r = tc__tls_recv(c->tls, b, n, &ev);
 		if (r == -EINTR)
@@ -258,7 +263,7 @@ static int tcp_recv(struct tc__peer_conn *c, void *p, size_t n)
 	while (n) {
 		ssize_t r;
 
-		if (past_deadline(c))
+		if (tc__peer_deadline_passed(c))
 			return -ETIMEDOUT;
 		r = recv(c->fd, b, n, 0);
 		if (r < 0 && errno == EINTR)

@@ -37,6 +37,12 @@ struct tc__peer_conn {
 	uint64_t deadline_ns;
 };
 
+/* Arm c's deadline ms from now (0: disarm), and whether it has passed:
+ * a recv that failed with -ETIMEDOUT after it was the deadline's doing,
+ * not a silent socket. */
+void tc__peer_deadline(struct tc__peer_conn *c, uint64_t ms);
+bool tc__peer_deadline_passed(const struct tc__peer_conn *c);
+
 struct tc__peer_listener {
 	const struct tc__peer_transport *t;
 	int fd;			     /* owned */

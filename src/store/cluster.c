@@ -280,6 +280,23 @@ void tc__cluster_filling(struct tc__cluster *cl, const char *id,
 	pthread_mutex_unlock(&cl->mu);
 }
 
+/* The loop's wait is out of date (mu held): it wakes and works out the
+ * next one (a new hold's renewal, a registration, filling news due). */
+static void kick(struct tc__cluster *cl)
+{
+	cl->wake = true;
+	pthread_cond_signal(&cl->cv);
+}
+
+/* The connection broke under a call: the cluster thread reconnects. */
+static void lost(struct tc__cluster *cl)
+{
+	pthread_mutex_lock(&cl->mu);
+	cl->connected = false;
+	kick(cl);
+	pthread_mutex_unlock(&cl->mu);
+}
+
 void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
 			      const uint64_t *chunks, uint32_t n)
 {
@@ -306,8 +323,7 @@ void tc__cluster_filling_have(struct tc__cluster *cl, const char *id,
 		} else if (c->stale && !was) {
 			/* Due in under TC_CLUSTER_HAVE_MS: the loop, maybe
 			 * asleep till its next heartbeat, waits for it. */
-			cl->wake = true;
-			pthread_cond_signal(&cl->cv);
+			kick(cl);
 		}
 	}
 	pthread_mutex_unlock(&cl->mu);
@@ -364,8 +380,7 @@ void tc__cluster_set_peer_addr(struct tc__cluster *cl, const char *addr)
 			 addr);
 		/* the global store learns it by registering again */
 		cl->connected = false;
-		cl->wake = true;
-		pthread_cond_signal(&cl->cv);
+		kick(cl);
 	}
 	pthread_mutex_unlock(&cl->mu);
 }
@@ -974,13 +989,8 @@ static int worker_call(struct tc__cluster *cl,
 	if (ret < 0)
 		snprintf(err, errlen, "%s", cl->g.err);
 	pthread_mutex_unlock(&cl->io);
-	if (ret == TC_ECLOSED || ret == -ETIMEDOUT) {
-		pthread_mutex_lock(&cl->mu);
-		cl->connected = false;
-		cl->wake = true;
-		pthread_cond_signal(&cl->cv);
-		pthread_mutex_unlock(&cl->mu);
-	}
+	if (ret == TC_ECLOSED || ret == -ETIMEDOUT)
+		lost(cl);
 	return ret;
 }
 
@@ -1164,16 +1174,6 @@ bool tc__cluster_connected(struct tc__cluster *cl)
 	return up;
 }
 
-/* The connection broke under a call: the cluster thread reconnects. */
-static void lost(struct tc__cluster *cl)
-{
-	pthread_mutex_lock(&cl->mu);
-	cl->connected = false;
-	cl->wake = true;
-	pthread_cond_signal(&cl->cv);
-	pthread_mutex_unlock(&cl->mu);
-}
-
 int tc__cluster_key_cas(struct tc__cluster *cl, const char *key, const char *id,
 			bool expect, uint64_t expect_gen, uint64_t *gen,
 			char *err, size_t errlen)
@@ -1333,8 +1333,7 @@ int tc__cluster_hold_add(struct tc__cluster *cl, uintptr_t owner,
 	pthread_mutex_lock(&cl->mu);
 	h->next = cl->holds;
 	cl->holds = h;
-	cl->wake = true; /* the loop may sleep till the next heartbeat */
-	pthread_cond_signal(&cl->cv);
+	kick(cl); /* the loop may sleep till the next heartbeat */
 	pthread_mutex_unlock(&cl->mu);
 	return 0;
 }

@@ -11,7 +11,6 @@
  * per-connection queue and are taken by the frame that declares them.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -308,15 +307,13 @@ static void accept_shed(struct server *s, int err)
 
 	s->fd_short_ms = tc__now_ms();
 	if (s->reserve_fd >= 0) {
-		close(s->reserve_fd);
-		s->reserve_fd = -1;
-		fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		fd = tc__sock_accept_reserve(s->lfd, &s->reserve_fd);
 		if (fd >= 0)
 			refuse(fd, TC_EBUSY,
 			       "the daemon is out of file descriptors (%s); "
 			       "try again later",
 			       strerror(err));
-		s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		tc__sock_reserve(&s->reserve_fd);
 	}
 	tc__log_rl(&rl, TC_LOG_WARN,
 		   "accept: %s: refusing new connections until fds are "

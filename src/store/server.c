@@ -6,7 +6,6 @@
  * and binding.c (server_internal.h lists them).  Loop thread only.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,14 +48,13 @@ static void on_tick(struct tc__ev *ev, void *arg)
 	tc__srv_conns_tick(s, now);
 	if (s->accept_resume_ms && now >= s->accept_resume_ms) {
 		s->accept_resume_ms = 0;
-		if (s->reserve_fd < 0)
-			s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		tc__sock_reserve(&s->reserve_fd);
 		/* The spare's job may have taken the reserve's slot in the
 		 * instant accept_shed had it closed: without a reserve no
 		 * flooder is ever told why, so the spare gives its fd. */
 		if (s->reserve_fd < 0 && s->spare) {
 			tc__srv_spare_drop(s);
-			s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			tc__sock_reserve(&s->reserve_fd);
 		}
 		tc__ev_add(s->ev, s->lfd, TC_EV_READ, tc__srv_on_accept, s);
 	}
@@ -213,7 +211,7 @@ int tc__server_run(const struct tc__store_config *cfg, int ready_fd, char *err,
 	rc = tc__sock_listen(cfg->socket, 512, &s.lfd, err, errlen);
 	if (rc < 0)
 		goto out_ev;
-	s.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	tc__sock_reserve(&s.reserve_fd);
 	s.sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (s.sigfd < 0) {
 		rc = -errno;
